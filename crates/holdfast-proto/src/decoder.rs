@@ -1,0 +1,460 @@
+//! The streaming PDU decoder: bytes in, [`Pdu`]s out, never buffering more than the negotiated limits allow.
+//!
+//! Feed it the connection's receive buffer; it validates each PDU's common header as soon as the first 8
+//! bytes arrive (type, HLEN, PDO, PLEN against the limits), so a peer's length field can never make us
+//! buffer more than one maximal PDU. Every framing violation is a [`Fatal`] error naming the FES/FEI for the
+//! TermReq (NVMe/TCP 1.0, §3.6.2.x and §3.7 "Error Handling"); a data digest mismatch is reported separately
+//! because it fails one command, not the connection.
+
+use crate::cqe::CompletionEntry;
+use crate::digest::{crc32c, DIGEST_LEN};
+use crate::pdu::*;
+use crate::sqe::SubmissionEntry;
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Which side is decoding: a controller receives host-to-controller PDUs and vice versa.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// We are the controller (target).
+    Controller,
+    /// We are the host (initiator).
+    Host,
+}
+
+/// Largest PDU data the decoder accepts, per PDU type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// In-capsule data of a CapsuleCmd (IOCCSZ × 16 − 64 for I/O queues; 8192 for the admin queue).
+    pub max_incapsule: u32,
+    /// Data of one H2CData PDU (our MAXH2CDATA).
+    pub max_h2c_data: u32,
+    /// Data of one C2HData PDU (the host's largest transfer).
+    pub max_c2h_data: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_incapsule: 8192, max_h2c_data: 128 * 1024, max_c2h_data: 1024 * 1024 }
+    }
+}
+
+/// A fatal protocol error: the connection must send a TermReq with these values and close.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{} (FEI {fei:#x}): {reason}", fes.name())]
+pub struct Fatal {
+    /// Fatal Error Status.
+    pub fes: Fes,
+    /// Fatal Error Information (offset of the bad field for FES 1 and 6).
+    pub fei: u32,
+    /// The header of the offending PDU (at most 128 bytes), for the TermReq's data.
+    pub header: Bytes,
+    /// What was wrong, for logs.
+    pub reason: &'static str,
+}
+
+/// What the decoder reports instead of a PDU.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// A framing error: send a TermReq and close.
+    #[error("fatal PDU error: {0}")]
+    Fatal(#[from] Fatal),
+    /// The data digest did not match: the PDU is returned so that the command it belongs to can be failed.
+    #[error("data digest mismatch on {:?} PDU (expected {expected:#010x}, received {received:#010x})", pdu.pdu_type())]
+    DataDigest {
+        /// The PDU, with its (corrupt) data.
+        pdu: Box<Pdu>,
+        /// The CRC32C we computed.
+        expected: u32,
+        /// The digest on the wire.
+        received: u32,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Before ICReq/ICResp: only the IC PDU (and a TermReq) may arrive.
+    Init,
+    /// After the exchange.
+    Ready,
+    /// After a fatal error: nothing more is decoded.
+    Failed,
+}
+
+/// The streaming decoder for one connection.
+#[derive(Clone, Debug)]
+pub struct PduDecoder {
+    role: Role,
+    state: State,
+    hdgst: bool,
+    ddgst: bool,
+    pda: u8,
+    limits: Limits,
+}
+
+impl PduDecoder {
+    /// A decoder in the initial state, expecting the ICReq (controller) or ICResp (host).
+    pub fn new(role: Role, limits: Limits) -> Self {
+        PduDecoder { role, state: State::Init, hdgst: false, ddgst: false, pda: 0, limits }
+    }
+
+    /// Enter the post-IC state with the negotiated digests and the PDU data alignment *we* asked the peer
+    /// for (our HPDA as host, our CPDA as controller).
+    pub fn set_negotiated(&mut self, hdgst: bool, ddgst: bool, our_pda: u8) {
+        self.hdgst = hdgst;
+        self.ddgst = ddgst;
+        self.pda = our_pda.min(MAX_PDA);
+        if self.state == State::Init {
+            self.state = State::Ready;
+        }
+    }
+
+    /// Change the data limits (an admin queue may become an I/O queue's neighbour with other limits).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// The current limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// How many bytes the PDU at the front of `buf` needs in all, once its common header is there (for
+    /// reserving buffer space). Call after `decode` returned `Ok(None)`.
+    pub fn pending_len(&self, buf: &[u8]) -> Option<usize> {
+        (buf.len() >= CH_LEN).then(|| u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize)
+    }
+
+    fn fail(&mut self, fes: Fes, fei: u32, buf: &[u8], reason: &'static str) -> DecodeError {
+        self.state = State::Failed;
+        let hlen = if buf.len() > 2 { (buf[2] as usize).max(CH_LEN) } else { buf.len() };
+        let n = hlen.min(buf.len()).min(TERM_MAX_DATA);
+        DecodeError::Fatal(Fatal { fes, fei, header: Bytes::copy_from_slice(&buf[..n]), reason })
+    }
+
+    /// Decode one PDU from the front of `buf`, consuming it. `Ok(None)` means more bytes are needed.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Pdu>, DecodeError> {
+        if self.state == State::Failed {
+            return Err(self.fail(Fes::SequenceError, 0, &[], "decoder already failed"));
+        }
+        if buf.len() < CH_LEN {
+            return Ok(None);
+        }
+        let (ty_raw, fl, hlen, pdo) = (buf[0], buf[1], buf[2], buf[3]);
+        let plen = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+
+        // PDU type: known, travelling in our direction, and allowed in this state.
+        let Some(ty) = PduType::from_u8(ty_raw) else {
+            return Err(self.fail(Fes::InvalidHeaderField, 0, buf, "unknown PDU type"));
+        };
+        if ty.is_h2c() != (self.role == Role::Controller) {
+            return Err(self.fail(Fes::InvalidHeaderField, 0, buf, "PDU type for the other direction"));
+        }
+        let is_term = matches!(ty, PduType::H2CTermReq | PduType::C2HTermReq);
+        let is_ic = matches!(ty, PduType::IcReq | PduType::IcResp);
+        match self.state {
+            State::Init if !is_ic && !is_term => {
+                return Err(self.fail(Fes::SequenceError, 0, buf, "PDU before connection initialization"))
+            }
+            State::Ready if is_ic => return Err(self.fail(Fes::SequenceError, 0, buf, "second ICReq/ICResp")),
+            _ => {}
+        }
+        if hlen != ty.hlen() {
+            return Err(self.fail(Fes::InvalidHeaderField, offset::HLEN, buf, "HLEN does not match the PDU type"));
+        }
+        let hlen = hlen as usize;
+
+        // Digest flags must say what was negotiated.
+        let digestible = ty.digestible();
+        let hd = if digestible && self.hdgst { DIGEST_LEN } else { 0 };
+        if digestible && ((fl & flags::HDGSTF != 0) != self.hdgst) {
+            return Err(self.fail(
+                Fes::InvalidHeaderField,
+                offset::FLAGS,
+                buf,
+                "HDGSTF differs from the negotiated header digest",
+            ));
+        }
+        if !digestible && fl & (flags::HDGSTF | flags::DDGSTF) != 0 {
+            return Err(self.fail(
+                Fes::InvalidHeaderField,
+                offset::FLAGS,
+                buf,
+                "digest flag on a PDU that never carries digests",
+            ));
+        }
+
+        // Lengths: PLEN and PDO against the type and the limits, before buffering anything.
+        let data_len;
+        if is_term {
+            if plen < hlen || plen > hlen + TERM_MAX_DATA {
+                return Err(self.fail(Fes::InvalidHeaderField, offset::PLEN, buf, "TermReq PLEN out of range"));
+            }
+            data_len = plen - hlen;
+        } else if is_ic {
+            if plen != hlen {
+                return Err(self.fail(Fes::InvalidHeaderField, offset::PLEN, buf, "ICReq/ICResp PLEN is not 128"));
+            }
+            data_len = 0;
+        } else if plen == hlen + hd {
+            data_len = 0;
+            if fl & flags::DDGSTF != 0 {
+                return Err(self.fail(Fes::InvalidHeaderField, offset::FLAGS, buf, "DDGSTF set on a PDU without data"));
+            }
+            if matches!(ty, PduType::H2CData | PduType::C2HData) {
+                return Err(self.fail(Fes::InvalidHeaderField, offset::PLEN, buf, "data PDU without data"));
+            }
+        } else {
+            if !ty.may_carry_data() {
+                return Err(self.fail(
+                    Fes::InvalidHeaderField,
+                    offset::PLEN,
+                    buf,
+                    "PLEN does not match a PDU without data",
+                ));
+            }
+            let dd = if self.ddgst { DIGEST_LEN } else { 0 };
+            if (fl & flags::DDGSTF != 0) != self.ddgst {
+                return Err(self.fail(
+                    Fes::InvalidHeaderField,
+                    offset::FLAGS,
+                    buf,
+                    "DDGSTF differs from the negotiated data digest",
+                ));
+            }
+            let pdo = pdo as usize;
+            let align = (self.pda as usize + 1) * 4;
+            if pdo < hlen + hd || pdo % align != 0 {
+                return Err(self.fail(
+                    Fes::InvalidHeaderField,
+                    offset::PDO,
+                    buf,
+                    "PDO is not past the header or not aligned",
+                ));
+            }
+            if plen < pdo + dd + 1 {
+                return Err(self.fail(Fes::InvalidHeaderField, offset::PLEN, buf, "PLEN too small for PDO and digest"));
+            }
+            data_len = plen - pdo - dd;
+            let max = match ty {
+                PduType::CapsuleCmd => self.limits.max_incapsule,
+                PduType::H2CData => self.limits.max_h2c_data,
+                _ => self.limits.max_c2h_data,
+            } as usize;
+            if data_len > max {
+                return Err(self.fail(Fes::DataLimitExceeded, 0, buf, "PDU data longer than negotiated"));
+            }
+        }
+
+        // Header digest as soon as the header is here (before waiting for a large data part).
+        if buf.len() < hlen + hd {
+            return Ok(None);
+        }
+        if hd != 0 {
+            let want = crc32c(&buf[..hlen]);
+            let got = u32::from_le_bytes([buf[hlen], buf[hlen + 1], buf[hlen + 2], buf[hlen + 3]]);
+            if want != got {
+                return Err(self.fail(Fes::HeaderDigestError, 0, buf, "header digest mismatch"));
+            }
+        }
+        if matches!(ty, PduType::H2CData | PduType::C2HData) {
+            let datal = u32::from_le_bytes(buf[16..20].try_into().unwrap_or_default()) as usize;
+            if datal != data_len {
+                return Err(self.fail(
+                    Fes::InvalidHeaderField,
+                    offset::DATA_DATAL,
+                    buf,
+                    "DATAL differs from the PDU's data length",
+                ));
+            }
+        }
+        if buf.len() < plen {
+            buf.reserve(plen - buf.len());
+            return Ok(None);
+        }
+
+        // The whole PDU is here: split it off without copying.
+        let pdu_bytes = buf.split_to(plen).freeze();
+        let data = if is_term {
+            pdu_bytes.slice(hlen..)
+        } else if data_len > 0 {
+            let pdo = pdo as usize;
+            pdu_bytes.slice(pdo..pdo + data_len)
+        } else {
+            Bytes::new()
+        };
+        let digest_err = if data_len > 0 && self.ddgst && digestible {
+            let got = (&pdu_bytes[plen - DIGEST_LEN..]).get_u32_le();
+            let want = crc32c(&data);
+            (want != got).then_some((want, got))
+        } else {
+            None
+        };
+        let h = &pdu_bytes[..hlen];
+        let u16_at = |o: usize| u16::from_le_bytes([h[o], h[o + 1]]);
+        let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+        let pdu = match ty {
+            PduType::IcReq => Pdu::IcReq(IcReq {
+                pfv: u16_at(8),
+                hpda: h[10],
+                hdgst: h[11] & 1 != 0,
+                ddgst: h[11] & 2 != 0,
+                maxr2t: u32_at(12),
+            }),
+            PduType::IcResp => Pdu::IcResp(IcResp {
+                pfv: u16_at(8),
+                cpda: h[10],
+                hdgst: h[11] & 1 != 0,
+                ddgst: h[11] & 2 != 0,
+                maxh2cdata: u32_at(12),
+            }),
+            PduType::H2CTermReq | PduType::C2HTermReq => {
+                let t = TermReq { fes: u16_at(8), fei: u32_at(10), data };
+                if ty == PduType::H2CTermReq {
+                    Pdu::H2CTermReq(t)
+                } else {
+                    Pdu::C2HTermReq(t)
+                }
+            }
+            PduType::CapsuleCmd => {
+                Pdu::CapsuleCmd(CapsuleCmd { sqe: SubmissionEntry::from_slice(&h[8..72]).unwrap_or_default(), data })
+            }
+            PduType::CapsuleResp => {
+                Pdu::CapsuleResp(CapsuleResp { cqe: CompletionEntry::from_slice(&h[8..24]).unwrap_or_default() })
+            }
+            PduType::H2CData => Pdu::H2CData(H2CData {
+                cccid: u16_at(8),
+                ttag: u16_at(10),
+                datao: u32_at(12),
+                data,
+                last: fl & flags::LAST_PDU != 0,
+            }),
+            PduType::C2HData => Pdu::C2HData(C2HData {
+                cccid: u16_at(8),
+                datao: u32_at(12),
+                data,
+                last: fl & flags::LAST_PDU != 0,
+                success: fl & flags::SUCCESS != 0,
+            }),
+            PduType::R2T => Pdu::R2T(R2T { cccid: u16_at(8), ttag: u16_at(10), r2to: u32_at(12), r2tl: u32_at(16) }),
+        };
+        if let Some((expected, received)) = digest_err {
+            return Err(DecodeError::DataDigest { pdu: Box::new(pdu), expected, received });
+        }
+        Ok(Some(pdu))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::Status;
+
+    fn ready(role: Role, hd: bool, dd: bool) -> PduDecoder {
+        let mut d = PduDecoder::new(role, Limits::default());
+        d.set_negotiated(hd, dd, 0);
+        d
+    }
+
+    fn roundtrip(role: Role, f: Framing, pdu: Pdu) {
+        let bytes = pdu.to_bytes(&f);
+        let mut d = ready(role, f.hdgst, f.ddgst);
+        // Feed byte by byte: the decoder must wait, then produce exactly the PDU.
+        let mut buf = BytesMut::new();
+        for (i, b) in bytes.iter().enumerate() {
+            buf.extend_from_slice(&[*b]);
+            let r = d.decode(&mut buf).unwrap();
+            if i + 1 < bytes.len() {
+                assert!(r.is_none(), "produced early at {i}");
+            } else {
+                assert_eq!(r, Some(pdu.clone()));
+            }
+        }
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn roundtrips_every_digest_combination() {
+        for (hd, dd) in [(false, false), (true, false), (false, true), (true, true)] {
+            let f = Framing { hdgst: hd, ddgst: dd, pda: 0 };
+            let mut sqe = SubmissionEntry::new(2, 7);
+            sqe.nsid.set(1);
+            roundtrip(Role::Controller, f, Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() }));
+            roundtrip(Role::Controller, f, Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::from(vec![3; 40]) }));
+            roundtrip(
+                Role::Controller,
+                f,
+                Pdu::H2CData(H2CData { cccid: 1, ttag: 2, datao: 8, data: Bytes::from(vec![5; 33]), last: true }),
+            );
+            roundtrip(
+                Role::Host,
+                f,
+                Pdu::C2HData(C2HData { cccid: 1, datao: 0, data: Bytes::from(vec![5; 64]), last: true, success: true }),
+            );
+            roundtrip(Role::Host, f, Pdu::R2T(R2T { cccid: 4, ttag: 5, r2to: 4096, r2tl: 8192 }));
+            let cqe = CompletionEntry::new(4, Status::LBA_OUT_OF_RANGE, 0);
+            roundtrip(Role::Host, f, Pdu::CapsuleResp(CapsuleResp { cqe }));
+            roundtrip(Role::Host, f, Pdu::C2HTermReq(TermReq { fes: 1, fei: 4, data: Bytes::from(vec![9; 24]) }));
+        }
+    }
+
+    fn fatal(d: &mut PduDecoder, bytes: &[u8]) -> Fatal {
+        match d.decode(&mut BytesMut::from(bytes)) {
+            Err(DecodeError::Fatal(f)) => f,
+            other => panic!("expected a fatal error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_before_buffering_a_huge_plen() {
+        let mut d = ready(Role::Controller, false, false);
+        // H2CData header claiming 4 GiB.
+        let mut h = vec![0x06, flags::LAST_PDU, 24, 24, 0xFF, 0xFF, 0xFF, 0xFF];
+        h.resize(24, 0);
+        let f = fatal(&mut d, &h);
+        assert_eq!(f.fes, Fes::DataLimitExceeded);
+        assert_eq!(&f.header[..], &h[..]);
+    }
+
+    #[test]
+    fn field_errors_name_the_offset() {
+        let mut d = ready(Role::Controller, false, false);
+        assert_eq!(fatal(&mut d, &[0x08, 0, 24, 0, 24, 0, 0, 0]).fei, 0, "unknown type");
+        let mut d = ready(Role::Controller, false, false);
+        assert_eq!(fatal(&mut d, &[0x04, 0, 70, 0, 72, 0, 0, 0]).fei, offset::HLEN);
+        let mut d = ready(Role::Controller, false, false);
+        assert_eq!(fatal(&mut d, &[0x05, 0, 24, 0, 24, 0, 0, 0]).fei, 0, "C2H type at a controller");
+        let mut d = ready(Role::Controller, true, false);
+        assert_eq!(fatal(&mut d, &[0x04, 0, 72, 0, 76, 0, 0, 0]).fei, offset::FLAGS, "missing HDGSTF");
+        let mut d = ready(Role::Controller, false, false);
+        assert_eq!(fatal(&mut d, &[0x04, 0, 72, 10, 100, 0, 0, 0]).fei, offset::PDO);
+        let mut d = ready(Role::Controller, false, false);
+        let mut c = PduDecoder::new(Role::Controller, Limits::default());
+        assert_eq!(fatal(&mut c, &[0x04, 0, 72, 0, 72, 0, 0, 0]).fes, Fes::SequenceError, "capsule before ICReq");
+        assert_eq!(fatal(&mut d, &[0x00, 0, 128, 0, 128, 0, 0, 0]).fes, Fes::SequenceError, "second ICReq");
+    }
+
+    #[test]
+    fn header_digest_error_is_fatal_data_digest_is_not() {
+        let f = Framing { hdgst: true, ddgst: true, pda: 0 };
+        let pdu = Pdu::H2CData(H2CData { cccid: 1, ttag: 2, datao: 0, data: Bytes::from(vec![5; 16]), last: true });
+        let mut b = BytesMut::from(&pdu.to_bytes(&f)[..]);
+        b[40] ^= 1; // corrupt data
+        let mut d = ready(Role::Controller, true, true);
+        assert!(matches!(d.decode(&mut b.clone()), Err(DecodeError::DataDigest { .. })));
+        b[9] ^= 1; // corrupt header
+        let mut d = ready(Role::Controller, true, true);
+        assert_eq!(fatal(&mut d, &b).fes, Fes::HeaderDigestError);
+    }
+
+    #[test]
+    fn datal_must_match_plen() {
+        let f = Framing::default();
+        let mut b = BytesMut::from(
+            &Pdu::H2CData(H2CData { cccid: 1, ttag: 2, datao: 0, data: Bytes::from(vec![5; 16]), last: true })
+                .to_bytes(&f)[..],
+        );
+        b[16] = 17;
+        let mut d = ready(Role::Controller, false, false);
+        assert_eq!(fatal(&mut d, &b).fei, offset::DATA_DATAL);
+    }
+}

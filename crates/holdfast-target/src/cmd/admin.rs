@@ -1,0 +1,294 @@
+//! Admin commands of an NVM controller (NVMe Base 2.0 §5): Identify, Get/Set Features, Keep Alive (no-op
+//! here: every command resets the keep-alive clock), Asynchronous Event Request, Abort. Get Log Page is in
+//! [`super::log_page`].
+
+use crate::controller::{Controller, KAS_100MS, MAX_AERS, MAX_IO_QUEUES, MAX_QUEUE_ENTRIES};
+use crate::namespace::Namespace;
+use crate::request::{Outcome, QueueCtx, Request, Response, MDTS};
+use crate::transport::tcp::IO_INCAPSULE;
+use holdfast_proto::fabrics::VERSION_2_0;
+use holdfast_proto::features as fid;
+use holdfast_proto::identify::{self as id, IdentifyController, IdentifyNamespace};
+use holdfast_proto::sqe::{features, identify};
+use holdfast_proto::Status;
+use std::sync::atomic::Ordering;
+use zerocopy::{FromZeros, IntoBytes};
+
+/// Firmware revision reported in Identify and the Firmware Slot log.
+pub const FIRMWARE_REV: &str = concat!("hf", env!("CARGO_PKG_VERSION"));
+
+/// Fill the fields every holdfast controller reports the same way (I/O and discovery).
+pub fn common_identify(c: &Controller) -> IdentifyController {
+    let mut d = IdentifyController::new_zeroed();
+    id::set_ascii(&mut d.sn, &c.subsys.serial);
+    id::set_ascii(&mut d.mn, &c.subsys.model);
+    id::set_ascii(&mut d.fr, FIRMWARE_REV);
+    d.rab = 6;
+    d.mdts = MDTS;
+    d.cntlid.set(c.cntlid);
+    d.aerl = (MAX_AERS - 1) as u8;
+    d.lpa = id::LPA_EXTENDED_DATA;
+    d.elpe = (crate::controller::ERROR_LOG_ENTRIES - 1) as u8;
+    d.kas.set(KAS_100MS);
+    d.sqes = 0x66;
+    d.cqes = 0x44;
+    d.sgls.set(id::SGLS_SUPPORTED | id::SGLS_OFFSET);
+    d.subnqn = holdfast_proto::fabrics::nqn_to_field(&c.subsys.nqn);
+    d
+}
+
+/// Identify Controller for an NVM (I/O) controller (NVMe Base 2.0 Figure 275; NVMe-oF 1.1 Figure 28).
+pub fn identify_controller(c: &Controller) -> IdentifyController {
+    let mut d = common_identify(c);
+    let policy = c.subsys.policy.read().clone();
+    d.cmic = id::CMIC_MULTI_CTRL;
+    d.ver.set(VERSION_2_0);
+    d.oaes.set(id::OAES_NS_ATTR);
+    d.ctratt.set(id::CTRATT_HOST_ID_128 | id::CTRATT_TBKAS);
+    d.cntrltype = id::CNTRLTYPE_IO;
+    d.acl = 3;
+    d.frmw = 0x03; // one slot, slot 1 read-only
+    d.lpa |= id::LPA_CMD_EFFECTS;
+    d.maxcmd.set(MAX_QUEUE_ENTRIES as u16);
+    d.nn.set(crate::MAX_NSID);
+    d.oncs.set(id::ONCS_DSM | id::ONCS_WRITE_ZEROES | id::ONCS_SAVE_SELECT);
+    d.vwc = id::VWC_PRESENT | id::VWC_FLUSH_BROADCAST;
+    d.cqt.set(policy.cqt_ms.min(u16::MAX as u32) as u16);
+    d.ioccsz.set(((64 + IO_INCAPSULE) / 16) as u32);
+    d.iorcsz.set(1);
+    d.msdbd = 1;
+    d.ofcs.set(1); // Disconnect supported
+    d
+}
+
+/// Identify Namespace (NVM Command Set 1.0 Figure 97).
+pub fn identify_namespace(ns: &Namespace) -> IdentifyNamespace {
+    let mut d = IdentifyNamespace::new_zeroed();
+    d.nsze.set(ns.nblocks);
+    d.ncap.set(ns.nblocks);
+    d.nuse.set(ns.nblocks);
+    d.nlbaf = 0;
+    d.flbas = 0;
+    d.dlfeat = id::DLFEAT_READS_ZEROES | id::DLFEAT_WRITE_ZEROES_DEAC;
+    d.nmic = 1; // may be attached to several controllers
+    d.nvmcap = ((ns.nblocks as u128) << ns.lba_shift()).to_le_bytes();
+    d.nguid = ns.ids.nguid;
+    d.eui64 = ns.ids.eui64;
+    d.lbaf[0].lbads = ns.lba_shift() as u8;
+    d
+}
+
+fn ns_or_inactive(c: &Controller, nsid: u32) -> Result<Option<std::sync::Arc<Namespace>>, Status> {
+    if nsid == 0 || (nsid > crate::MAX_NSID && nsid != 0xFFFF_FFFF) {
+        return Err(Status::INVALID_NAMESPACE.with_dnr());
+    }
+    Ok(c.subsys.namespace(nsid))
+}
+
+/// Identify (NVMe Base 2.0 §5.17).
+pub fn identify(_ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
+    let nsid = req.sqe.nsid();
+    let csi = identify::csi(&req.sqe);
+    match identify::cns(&req.sqe) {
+        id::CNS_NAMESPACE => match ns_or_inactive(c, nsid) {
+            Ok(Some(ns)) => Response::data(identify_namespace(&ns).as_bytes().to_vec()),
+            Ok(None) if nsid == 0xFFFF_FFFF => {
+                // Capabilities common to all namespaces: the one LBA format list we support.
+                let mut d = IdentifyNamespace::new_zeroed();
+                d.lbaf[0].lbads = 9;
+                Response::data(d.as_bytes().to_vec())
+            }
+            Ok(None) => Response::data(vec![0u8; 4096]), // inactive NSID: zero-filled
+            Err(s) => Response::err(s),
+        },
+        id::CNS_CONTROLLER => Response::data(identify_controller(c).as_bytes().to_vec()),
+        id::CNS_ACTIVE_NS_LIST => {
+            if nsid >= 0xFFFF_FFFE {
+                return Response::err(Status::INVALID_NAMESPACE.with_dnr());
+            }
+            let list: Vec<u32> = c.subsys.namespaces.read().keys().copied().filter(|&n| n > nsid).collect();
+            Response::data(id::active_ns_list(&list).to_vec())
+        }
+        id::CNS_NS_DESC_LIST => match ns_or_inactive(c, nsid) {
+            Ok(Some(ns)) => Response::data(
+                id::ns_descriptor_list(&[
+                    id::NsDescriptor::Eui64(ns.ids.eui64),
+                    id::NsDescriptor::Nguid(ns.ids.nguid),
+                    id::NsDescriptor::Uuid(ns.ids.uuid),
+                    id::NsDescriptor::Csi(0),
+                ])
+                .to_vec(),
+            ),
+            _ => Response::err(Status::INVALID_NAMESPACE.with_dnr()),
+        },
+        // NVM command set specific structures: nothing beyond the defaults (all zero).
+        id::CNS_CSI_NAMESPACE if csi == 0 => match ns_or_inactive(c, nsid) {
+            Ok(_) => Response::data(vec![0u8; 4096]),
+            Err(s) => Response::err(s),
+        },
+        id::CNS_CSI_CONTROLLER if csi == 0 => Response::data(vec![0u8; 4096]),
+        id::CNS_CSI_ACTIVE_NS_LIST if csi == 0 => {
+            let list: Vec<u32> = c.subsys.namespaces.read().keys().copied().filter(|&n| n > nsid).collect();
+            Response::data(id::active_ns_list(&list).to_vec())
+        }
+        _ => Response::err(Status::INVALID_FIELD.with_dnr()),
+    }
+}
+
+const SEL_CURRENT: u8 = 0;
+const SEL_DEFAULT: u8 = 1;
+const SEL_SAVED: u8 = 2;
+const SEL_SUPPORTED: u8 = 3;
+/// Supported-capabilities bit: changeable.
+const CAP_CHANGEABLE: u32 = 1 << 2;
+/// Supported-capabilities bit: namespace specific.
+const CAP_NS_SPECIFIC: u32 = 1 << 1;
+
+/// Asynchronous Event Configuration bits we can report.
+pub const AEC_SUPPORTED: u32 = 0xFF | (1 << 8);
+
+/// Get Features (NVMe Base 2.0 §5.15).
+pub fn get_features(c: &Controller, req: &Request) -> Response {
+    let f = features::fid(&req.sqe);
+    let sel = features::sel(&req.sqe);
+    let def = crate::controller::Features::default();
+    let st = c.state.lock();
+    let cur = if sel == SEL_DEFAULT { &def } else { &st.features };
+    let cdw11 = req.sqe.cdw11.get();
+    let ns_specific = matches!(f, fid::ERROR_RECOVERY | fid::WRITE_ATOMICITY);
+    let value = match f {
+        fid::ARBITRATION => cur.arbitration,
+        fid::POWER_MANAGEMENT => cur.power_management,
+        fid::TEMPERATURE_THRESHOLD => {
+            let tmpsel = ((cdw11 >> 16) & 0xF) as usize;
+            let thsel = ((cdw11 >> 20) & 0x3) as usize;
+            if tmpsel > 8 || thsel > 1 {
+                return Response::err(Status::INVALID_FIELD.with_dnr());
+            }
+            cur.temp_thresholds[tmpsel][thsel] as u32 | (tmpsel as u32) << 16 | (thsel as u32) << 20
+        }
+        fid::ERROR_RECOVERY => cur.error_recovery,
+        fid::VOLATILE_WRITE_CACHE => cur.write_cache as u32,
+        fid::NUMBER_OF_QUEUES => {
+            let n = if sel == SEL_DEFAULT || st.io_queues_granted == 0 { MAX_IO_QUEUES } else { st.io_queues_granted };
+            (n as u32 - 1) | ((n as u32 - 1) << 16)
+        }
+        fid::WRITE_ATOMICITY => cur.write_atomicity,
+        fid::ASYNC_EVENT_CONFIG => cur.async_event_config,
+        fid::KEEP_ALIVE_TIMER => {
+            if sel == SEL_DEFAULT {
+                c.subsys.policy.read().kato_ms
+            } else {
+                c.kato_ms.load(Ordering::Relaxed)
+            }
+        }
+        fid::HOST_BEHAVIOR_SUPPORT => {
+            if sel == SEL_SUPPORTED {
+                return Response::dw0(CAP_CHANGEABLE);
+            }
+            return Response::data(cur.host_behavior.to_vec());
+        }
+        fid::SOFTWARE_PROGRESS_MARKER => cur.sw_progress,
+        fid::HOST_IDENTIFIER => {
+            if sel == SEL_SUPPORTED {
+                return Response::dw0(0);
+            }
+            if cdw11 & 1 == 0 {
+                return Response::err(Status::INVALID_FIELD.with_dnr()); // only the 128-bit Host ID exists
+            }
+            return Response::data(c.hostid.to_vec());
+        }
+        _ => return Response::err(Status::INVALID_FIELD.with_dnr()),
+    };
+    match sel {
+        SEL_CURRENT | SEL_DEFAULT | SEL_SAVED => Response::dw0(value),
+        SEL_SUPPORTED => {
+            let changeable = f != fid::NUMBER_OF_QUEUES || !st.io_queue_connected;
+            Response::dw0(if changeable { CAP_CHANGEABLE } else { 0 } | if ns_specific { CAP_NS_SPECIFIC } else { 0 })
+        }
+        _ => Response::err(Status::INVALID_FIELD.with_dnr()),
+    }
+}
+
+/// Set Features (NVMe Base 2.0 §5.27).
+pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Response {
+    if features::save(&req.sqe) {
+        return Response::err(Status::FEATURE_NOT_SAVEABLE.with_dnr());
+    }
+    let f = features::fid(&req.sqe);
+    let v = req.sqe.cdw11.get();
+    let mut st = c.state.lock();
+    match f {
+        fid::ARBITRATION => st.features.arbitration = v,
+        fid::POWER_MANAGEMENT => {
+            if v & 0x1F != 0 {
+                return Response::err(Status::INVALID_FIELD.with_dnr()); // only power state 0 exists
+            }
+            st.features.power_management = v;
+        }
+        fid::TEMPERATURE_THRESHOLD => {
+            let tmpsel = ((v >> 16) & 0xF) as usize;
+            let thsel = ((v >> 20) & 0x3) as usize;
+            if thsel > 1 || (tmpsel > 8 && tmpsel != 0xF) {
+                return Response::err(Status::INVALID_FIELD.with_dnr());
+            }
+            let sensors = if tmpsel == 0xF { 0..9 } else { tmpsel..tmpsel + 1 };
+            for s in sensors {
+                st.features.temp_thresholds[s][thsel] = v as u16;
+            }
+        }
+        fid::ERROR_RECOVERY => {
+            if v & (1 << 16) != 0 {
+                return Response::err(Status::INVALID_FIELD.with_dnr()); // DULBE needs NSFEAT bit 2
+            }
+            st.features.error_recovery = v;
+        }
+        fid::VOLATILE_WRITE_CACHE => st.features.write_cache = v & 1 != 0,
+        fid::NUMBER_OF_QUEUES => {
+            if st.io_queue_connected {
+                return Response::err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+            }
+            let (nsqr, ncqr) = (v & 0xFFFF, v >> 16);
+            if nsqr == 0xFFFF || ncqr == 0xFFFF {
+                return Response::err(Status::INVALID_FIELD.with_dnr());
+            }
+            let n = ((nsqr.min(ncqr) + 1) as u16).min(MAX_IO_QUEUES);
+            st.io_queues_granted = n;
+            return Response::dw0((n as u32 - 1) | ((n as u32 - 1) << 16));
+        }
+        fid::WRITE_ATOMICITY => st.features.write_atomicity = v & 1,
+        fid::ASYNC_EVENT_CONFIG => st.features.async_event_config = v & AEC_SUPPORTED,
+        fid::KEEP_ALIVE_TIMER => {
+            // Round up to the Keep Alive granularity (KAS).
+            let g = KAS_100MS as u32 * 100;
+            c.kato_ms.store(v.div_ceil(g) * g, Ordering::Relaxed);
+        }
+        fid::HOST_BEHAVIOR_SUPPORT => {
+            if data.len() < 512 {
+                return Response::err(Status::SGL_LENGTH_INVALID.with_dnr());
+            }
+            st.features.host_behavior.copy_from_slice(&data[..512]);
+        }
+        fid::SOFTWARE_PROGRESS_MARKER => st.features.sw_progress = v & 0xFF,
+        fid::HOST_IDENTIFIER => return Response::err(Status::COMMAND_SEQUENCE_ERROR.with_dnr()),
+        _ => return Response::err(Status::INVALID_FIELD.with_dnr()),
+    }
+    Response::ok()
+}
+
+/// Asynchronous Event Request (NVMe Base 2.0 §5.2): held until an event; AERL + 1 may be outstanding.
+pub fn async_event_request(c: &Controller, req: &Request) -> Outcome {
+    let mut st = c.state.lock();
+    if st.aers.len() >= MAX_AERS {
+        return Response::err(Status::AER_LIMIT_EXCEEDED.with_dnr()).into();
+    }
+    st.aers.push_back(req.sqe.cid());
+    Controller::deliver(&mut st);
+    Outcome::Held
+}
+
+/// Abort (NVMe Base 2.0 §5.1): commands here are never abortable once received, so the answer is always
+/// "command not aborted" (dword 0 bit 0 set), which the specification allows.
+pub fn abort(_req: &Request) -> Response {
+    Response::dw0(1)
+}

@@ -1,0 +1,100 @@
+//! The discovery controller (NVMe-oF 1.1 §5): Identify Controller, the Discovery log page (LID 70h) with one
+//! entry per (subsystem this host may use, port) plus one per port for the current discovery subsystem, and
+//! the few other admin commands a discovery controller accepts.
+
+use crate::controller::{Controller, ADMIN_QUEUE_ENTRIES};
+use crate::request::{DataDir, Exec, ParseResult, QueueCtx, Request, Response, MAX_TRANSFER};
+use holdfast_proto::fabrics::{DISCOVERY_NQN, VERSION_1_3};
+use holdfast_proto::features as fid;
+use holdfast_proto::identify as id;
+use holdfast_proto::log_page::{self as lp, DiscoveryLogEntry};
+use holdfast_proto::opcode::admin as aop;
+use holdfast_proto::sqe::{features, identify};
+use holdfast_proto::{Status, SubmissionEntry};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use zerocopy::IntoBytes;
+
+/// Asynchronous Event Configuration bit 31: Discovery Log Page Change notices.
+pub const AEC_DISCOVERY_CHANGE: u32 = 1 << 31;
+
+/// Parse an admin command on a discovery controller.
+pub fn parse(_ctx: &QueueCtx, sqe: &SubmissionEntry) -> ParseResult {
+    let (exec, dir) = match sqe.opcode {
+        aop::IDENTIFY => (Exec::Identify, DataDir::ToHost),
+        aop::GET_LOG_PAGE => (Exec::GetLogPage, DataDir::ToHost),
+        aop::GET_FEATURES => match features::fid(sqe) {
+            fid::KEEP_ALIVE_TIMER | fid::ASYNC_EVENT_CONFIG => (Exec::GetFeatures, DataDir::None),
+            _ => return Err(Status::INVALID_FIELD.with_dnr()),
+        },
+        aop::SET_FEATURES => match features::fid(sqe) {
+            fid::KEEP_ALIVE_TIMER | fid::ASYNC_EVENT_CONFIG => (Exec::SetFeatures, DataDir::None),
+            _ => return Err(Status::INVALID_FIELD.with_dnr()),
+        },
+        aop::KEEP_ALIVE => (Exec::KeepAlive, DataDir::None),
+        aop::ASYNC_EVENT_REQUEST => (Exec::AsyncEvent, DataDir::None),
+        _ => return Err(Status::INVALID_OPCODE.with_dnr()),
+    };
+    let len = if dir == DataDir::None { 0 } else { sqe.dptr.len() as usize };
+    if len > MAX_TRANSFER.max(64 << 20) {
+        return Err(Status::INVALID_FIELD.with_dnr());
+    }
+    Ok(Request { sqe: *sqe, exec, dir, len })
+}
+
+/// Identify on a discovery controller: only CNS 01h.
+pub fn identify(_ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
+    if identify::cns(&req.sqe) != id::CNS_CONTROLLER {
+        return Response::err(Status::INVALID_FIELD.with_dnr());
+    }
+    let mut d = super::admin::common_identify(c);
+    d.ver.set(VERSION_1_3);
+    d.cntrltype = id::CNTRLTYPE_DISCOVERY;
+    d.oaes.set(AEC_DISCOVERY_CHANGE);
+    d.maxcmd.set(ADMIN_QUEUE_ENTRIES as u16);
+    d.subnqn = holdfast_proto::fabrics::nqn_to_field(DISCOVERY_NQN);
+    Response::data(d.as_bytes().to_vec())
+}
+
+fn adrfam(a: &SocketAddr) -> u8 {
+    if a.is_ipv4() {
+        lp::ADRFAM_IPV4
+    } else {
+        lp::ADRFAM_IPV6
+    }
+}
+
+/// The Discovery log page for this controller's host. LSP bit 1 (PLEO) limits it to the port the host is
+/// connected to. A port listening on a wildcard address reports the address the host reached us at.
+pub fn discovery_log(ctx: &QueueCtx, c: &Controller, lsp: u8) -> Vec<u8> {
+    let port_local_only = lsp & 0x2 != 0;
+    let target = &c.target;
+    let ports = target.ports.read().clone();
+    let mut entries = Vec::new();
+    for port in ports.iter().filter(|p| !port_local_only || p.id == ctx.port.id) {
+        let addr = if port.addr.ip().is_unspecified() {
+            SocketAddr::new(c.local_addr.ip(), port.addr.port())
+        } else {
+            port.addr
+        };
+        let traddr = addr.ip().to_string();
+        let trsvcid = addr.port().to_string();
+        for s in target.subsystems().iter().filter(|s| s.on_port(port.id) && s.host_allowed(&c.hostnqn)) {
+            entries.push(entry(lp::SUBTYPE_NVME, port.id, &traddr, &trsvcid, &s.nqn, adrfam(&addr)));
+        }
+        entries.push(entry(lp::SUBTYPE_CURRENT_DISCOVERY, port.id, &traddr, &trsvcid, DISCOVERY_NQN, adrfam(&addr)));
+    }
+    lp::discovery_log_bytes(target.genctr.load(Ordering::SeqCst), &entries)
+}
+
+fn entry(subtype: u8, portid: u16, traddr: &str, trsvcid: &str, subnqn: &str, adrfam: u8) -> DiscoveryLogEntry {
+    let mut e =
+        DiscoveryLogEntry::build(subtype, portid, 0xFFFF, ADMIN_QUEUE_ENTRIES as u16, trsvcid, subnqn, traddr, adrfam);
+    e.treq = lp::TREQ_DISABLE_SQFLOW; // secure channel "not specified": no TLS is offered
+    e
+}
+
+/// Bytes of an entry (for tests).
+pub fn entry_bytes(e: &DiscoveryLogEntry) -> &[u8] {
+    e.as_bytes()
+}

@@ -1,0 +1,201 @@
+//! Fabrics commands (NVMe over Fabrics 1.1 §3): Connect, Property Get, Property Set, Disconnect.
+
+use crate::controller::{Controller, ADMIN_QUEUE_ENTRIES, MAX_QUEUE_ENTRIES};
+use crate::request::{DataDir, Exec, ParseResult, QueueCtx, Request, Response};
+use holdfast_proto::fabrics::{
+    cap, nqn_from_field, property, ConnectCommand, ConnectData, InvalidParameter, PropertyCommand,
+    CATTR_DISABLE_SQ_FLOW, CNTLID_DYNAMIC, CONNECT_DATA_SIZE, VERSION_1_3, VERSION_2_0,
+};
+use holdfast_proto::opcode::fctype;
+use holdfast_proto::Status;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// KATO a discovery controller gets when the host asks for none (Linux nvmet does the same: 120 s).
+pub const DISCOVERY_DEFAULT_KATO_MS: u32 = 120_000;
+/// CAP.TO: worst-case time to ready, in 500 ms units.
+pub const CAP_TIMEOUT_500MS: u8 = 10;
+
+/// Parse a Fabrics command.
+pub fn parse(ctx: &QueueCtx, sqe: &holdfast_proto::SubmissionEntry) -> ParseResult {
+    let (exec, dir) = match sqe.fctype() {
+        fctype::CONNECT if ctx.ctrl.is_none() => (Exec::Connect, DataDir::ToController),
+        fctype::CONNECT => return Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr()),
+        _ if ctx.ctrl.is_none() => return Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr()),
+        fctype::PROPERTY_GET if ctx.qid == 0 => (Exec::PropertyGet, DataDir::None),
+        fctype::PROPERTY_SET if ctx.qid == 0 => (Exec::PropertySet, DataDir::None),
+        fctype::DISCONNECT => (Exec::Disconnect, DataDir::None),
+        _ => return Err(Status::INVALID_OPCODE.with_dnr()),
+    };
+    let len = if dir == DataDir::ToController { CONNECT_DATA_SIZE } else { 0 };
+    if exec_is_connect(&exec) && sqe.dptr.len() as usize != CONNECT_DATA_SIZE {
+        return Err(Status::SGL_LENGTH_INVALID.with_dnr());
+    }
+    Ok(Request { sqe: *sqe, exec, dir, len })
+}
+
+fn exec_is_connect(e: &Exec) -> bool {
+    matches!(e, Exec::Connect)
+}
+
+fn invalid(offset: usize, in_data: bool) -> Response {
+    Response {
+        status: Status::CONNECT_INVALID_PARAMETERS.with_dnr(),
+        dw0: InvalidParameter { offset: offset as u16, in_data }.to_dw0(),
+        ..Default::default()
+    }
+}
+
+/// Connect (NVMe-oF 1.1 §3.3): create a controller (admin queue) or bind an I/O queue to one. Awaited by
+/// the transport directly, since it binds the queue and may wait for a reconnecting host's old association
+/// to drain (design §5).
+pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response {
+    let cmd = ConnectCommand::from_sqe(&req.sqe);
+    if cmd.recfmt.get() != 0 {
+        return Response::err(Status::CONNECT_INCOMPATIBLE_FORMAT.with_dnr());
+    }
+    let Some(d) = ConnectData::from_slice(data) else {
+        return Response::err(Status::SGL_LENGTH_INVALID.with_dnr());
+    };
+    let subnqn = match nqn_from_field(&d.subnqn) {
+        Ok(n) => n.to_owned(),
+        Err(_) => return invalid(256, true),
+    };
+    let hostnqn = match nqn_from_field(&d.hostnqn) {
+        Ok(n) => n.to_owned(),
+        Err(_) => return invalid(512, true),
+    };
+    let Some(subsys) = ctx.target.subsystem(&subnqn).filter(|s| s.is_discovery || s.on_port(ctx.port.id)) else {
+        tracing::warn!(peer = %ctx.peer_addr, host = %hostnqn, "Connect to unknown subsystem {subnqn}");
+        return invalid(256, true);
+    };
+    if !subsys.host_allowed(&hostnqn) {
+        tracing::warn!(peer = %ctx.peer_addr, "host {hostnqn} is not allowed on {subnqn}");
+        return Response::err(Status::CONNECT_INVALID_HOST.with_dnr());
+    }
+    let qid = cmd.qid.get();
+    let sqsize = cmd.sqsize.get() as u32; // 0's based
+    if qid == 0 {
+        if d.cntlid.get() != CNTLID_DYNAMIC {
+            return invalid(16, true);
+        }
+        if sqsize == 0 || sqsize >= ADMIN_QUEUE_ENTRIES {
+            return invalid(44, false);
+        }
+        let mut kato = cmd.kato.get();
+        if subsys.is_discovery && kato == 0 {
+            kato = DISCOVERY_DEFAULT_KATO_MS;
+        }
+        if !subsys.is_discovery && ctx.target.settings.drain {
+            let cqt = Duration::from_millis(subsys.policy.read().cqt_ms as u64);
+            let pending = subsys.dead_inflight(&hostnqn, &d.hostid);
+            if pending > 0 {
+                tracing::info!(host = %hostnqn, pending, "holding Connect until the host's previous association drains");
+            }
+            if !subsys.drain_host(&hostnqn, &d.hostid, cqt).await {
+                tracing::warn!(host = %hostnqn, "previous association did not drain within CQT {cqt:?}: Controller Busy");
+                return Response::err(Status::CONNECT_CONTROLLER_BUSY);
+            }
+        }
+        let Some(cntlid) = subsys.alloc_cntlid() else {
+            return Response::err(Status::CONNECT_CONTROLLER_BUSY.with_dnr());
+        };
+        let ctrl = Controller::new(
+            cntlid,
+            subsys.clone(),
+            ctx.target.clone(),
+            hostnqn.clone(),
+            d.hostid,
+            ctx.port.id,
+            ctx.local_addr,
+            kato,
+        );
+        subsys.add_controller(&ctrl);
+        tokio::spawn(ctrl.clone().keep_alive_watchdog());
+        tracing::info!(cntlid, subsys = %subnqn, host = %hostnqn, peer = %ctx.peer_addr, kato_ms = kato, "controller created");
+        ctx.ctrl = Some(ctrl);
+        ctx.qid = 0;
+        ctx.size = sqsize + 1;
+        ctx.sq_flow_disabled = cmd.cattr & CATTR_DISABLE_SQ_FLOW != 0;
+        return Response::dw0(cntlid as u32);
+    }
+    // An I/O queue joins an existing controller of this host.
+    let Some(ctrl) = subsys.controller(d.cntlid.get()).filter(|c| c.hostnqn == hostnqn && c.hostid == d.hostid) else {
+        return invalid(16, true);
+    };
+    if subsys.is_discovery {
+        return invalid(42, false);
+    }
+    if !ctrl.ready() {
+        return Response::err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+    }
+    {
+        let mut st = ctrl.state.lock();
+        if qid > st.io_queues_granted {
+            return invalid(42, false);
+        }
+        st.io_queue_connected = true;
+    }
+    if sqsize == 0 || sqsize >= MAX_QUEUE_ENTRIES {
+        return invalid(44, false);
+    }
+    ctx.qid = qid;
+    ctx.size = sqsize + 1;
+    ctx.sq_flow_disabled = cmd.cattr & CATTR_DISABLE_SQ_FLOW != 0;
+    let cntlid = ctrl.cntlid;
+    ctx.ctrl = Some(ctrl);
+    Response::dw0(cntlid as u32)
+}
+
+fn cap_value(ctx: &QueueCtx) -> u64 {
+    let disc = ctx.ctrl.as_ref().is_some_and(|c| c.subsys.is_discovery);
+    let mqes = if disc { ADMIN_QUEUE_ENTRIES - 1 } else { MAX_QUEUE_ENTRIES - 1 };
+    cap::build(mqes as u16, CAP_TIMEOUT_500MS)
+}
+
+/// Property Get (NVMe-oF 1.1 §3.4).
+pub fn property_get(ctx: &QueueCtx, req: &Request) -> Response {
+    let p = PropertyCommand::from_sqe(&req.sqe);
+    let Some(ctrl) = &ctx.ctrl else { return Response::err(Status::COMMAND_SEQUENCE_ERROR) };
+    let (value, size): (u64, usize) = match p.ofst.get() {
+        property::CAP => (cap_value(ctx), 8),
+        property::VS => (if ctrl.subsys.is_discovery { VERSION_1_3 } else { VERSION_2_0 } as u64, 4),
+        property::CC => (ctrl.state.lock().cc as u64, 4),
+        property::CSTS => (ctrl.state.lock().csts as u64, 4),
+        property::NSSR => (0, 4),
+        property::CRTO => {
+            let to = CAP_TIMEOUT_500MS as u64;
+            (to | (to << 16), 4)
+        }
+        _ => return Response::err(Status::INVALID_FIELD.with_dnr()),
+    };
+    if p.size() != Some(size) {
+        return Response::err(Status::INVALID_FIELD.with_dnr());
+    }
+    Response { dw0: value as u32, dw1: (value >> 32) as u32, ..Default::default() }
+}
+
+/// Property Set (NVMe-oF 1.1 §3.5): only CC is writable.
+pub fn property_set(ctx: &QueueCtx, req: &Request) -> Response {
+    let p = PropertyCommand::from_sqe(&req.sqe);
+    let Some(ctrl) = &ctx.ctrl else { return Response::err(Status::COMMAND_SEQUENCE_ERROR) };
+    match (p.ofst.get(), p.size()) {
+        (property::CC, Some(4)) => match ctrl.write_cc(p.value.get() as u32) {
+            Ok(()) => Response::ok(),
+            Err(s) => Response::err(s),
+        },
+        _ => Response::err(Status::INVALID_FIELD.with_dnr()),
+    }
+}
+
+/// Disconnect (NVMe-oF 1.1a §3.x): delete this queue; on the admin queue, the whole association. The
+/// transport closes the connection after sending the response.
+pub fn disconnect(ctx: &mut QueueCtx) -> Response {
+    ctx.close_after_response = true;
+    if ctx.qid == 0 {
+        if let Some(c) = &ctx.ctrl {
+            c.kato_ms.store(0, Ordering::Relaxed);
+        }
+    }
+    Response::ok()
+}

@@ -1,0 +1,164 @@
+//! NVM command set I/O commands (NVM Command Set Specification 1.0 §3): Read, Write (FUA), Flush, Write
+//! Zeroes (DEAC), Dataset Management (deallocate). Blocking backends run on tokio's blocking pool; the RAM
+//! backend runs inline on the queue's task.
+
+use crate::backend::MediaGate;
+use crate::controller::Controller;
+use crate::namespace::Namespace;
+use crate::request::{DataDir, Exec, Outcome, ParseResult, QueueCtx, Request, Response, MAX_TRANSFER};
+use bytes::{Bytes, BytesMut};
+use holdfast_proto::opcode::io as op;
+use holdfast_proto::sqe::{dsm, rw};
+use holdfast_proto::{Status, SubmissionEntry};
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Broadcast NSID (Flush of every namespace, allowed because VWC bits 2:1 say so).
+pub const NSID_ALL: u32 = 0xFFFF_FFFF;
+
+fn namespace(ctrl: &Controller, nsid: u32) -> Result<Arc<Namespace>, Status> {
+    ctrl.subsys.namespace(nsid).ok_or(Status::INVALID_NAMESPACE.with_dnr())
+}
+
+/// Parse an I/O command.
+pub fn parse(_ctx: &QueueCtx, ctrl: &Controller, sqe: &SubmissionEntry) -> ParseResult {
+    let req = |exec, dir, len| Ok(Request { sqe: *sqe, exec, dir, len });
+    match sqe.opcode {
+        op::READ | op::WRITE => {
+            let ns = namespace(ctrl, sqe.nsid())?;
+            let (slba, nlb) = (rw::slba(sqe), rw::nlb(sqe) as u64);
+            let (offset, len) = ns.byte_range(slba, nlb).ok_or(Status::LBA_OUT_OF_RANGE.with_dnr())?;
+            if len as usize > MAX_TRANSFER {
+                return Err(Status::INVALID_FIELD.with_dnr());
+            }
+            if sqe.opcode == op::READ {
+                req(Exec::Read { ns, offset }, DataDir::ToHost, len as usize)
+            } else {
+                let fua = sqe.cdw12.get() & rw::FUA != 0;
+                req(Exec::Write { ns, offset, fua }, DataDir::ToController, len as usize)
+            }
+        }
+        op::FLUSH => {
+            let ns = if sqe.nsid() == NSID_ALL {
+                ctrl.subsys.namespaces.read().values().cloned().collect()
+            } else {
+                vec![namespace(ctrl, sqe.nsid())?]
+            };
+            req(Exec::Flush { ns }, DataDir::None, 0)
+        }
+        op::WRITE_ZEROES => {
+            let ns = namespace(ctrl, sqe.nsid())?;
+            let (offset, len) =
+                ns.byte_range(rw::slba(sqe), rw::nlb(sqe) as u64).ok_or(Status::LBA_OUT_OF_RANGE.with_dnr())?;
+            let deallocate = sqe.cdw12.get() & rw::DEAC != 0;
+            req(Exec::WriteZeroes { ns, offset, len, deallocate }, DataDir::None, 0)
+        }
+        op::DATASET_MANAGEMENT => {
+            let ns = namespace(ctrl, sqe.nsid())?;
+            let ranges = (sqe.cdw10.get() & 0xFF) as usize + 1;
+            let deallocate = sqe.cdw11.get() & dsm::AD != 0;
+            req(Exec::DatasetManagement { ns, ranges, deallocate }, DataDir::ToController, ranges * dsm::RANGE_SIZE)
+        }
+        _ => Err(Status::INVALID_OPCODE.with_dnr()),
+    }
+}
+
+fn media_status(e: &io::Error, write: bool) -> Status {
+    if e.kind() == io::ErrorKind::Interrupted {
+        Status::ABORTED_SQ_DELETION
+    } else if write {
+        Status::WRITE_FAULT
+    } else {
+        Status::UNRECOVERED_READ_ERROR
+    }
+}
+
+/// The blocking part of a command: runs inline (RAM) or on the blocking pool (file).
+fn run(exec: Exec, len: usize, data: Bytes, gate: MediaGate, write_through: bool) -> Response {
+    let result = match exec {
+        Exec::Read { ns, offset } => {
+            let mut buf = BytesMut::zeroed(len);
+            return match ns.backend.read_at(offset, &mut buf, &gate) {
+                Ok(()) => Response::data(buf.freeze()),
+                Err(e) => Response::err(media_status(&e, false)),
+            };
+        }
+        Exec::Write { ns, offset, fua } => {
+            ns.backend.write_at(offset, &data, fua || write_through, &gate).map_err(|e| (e, true))
+        }
+        Exec::Flush { ns } => ns.iter().try_for_each(|n| n.backend.flush(&gate)).map_err(|e| (e, true)),
+        Exec::WriteZeroes { ns, offset, len, deallocate } => {
+            let r = if deallocate {
+                ns.backend.deallocate(offset, len, &gate)
+            } else {
+                ns.backend.write_zeroes(offset, len, &gate)
+            };
+            r.map_err(|e| (e, true))
+        }
+        Exec::DatasetManagement { ns, ranges, deallocate } => {
+            if !deallocate {
+                return Response::ok(); // only hints: nothing to do
+            }
+            let mut checked = Vec::with_capacity(ranges);
+            for chunk in data.chunks_exact(dsm::RANGE_SIZE).take(ranges) {
+                let r = dsm::Range::decode(chunk.try_into().unwrap_or(&[0; 16]));
+                match ns.byte_range(r.slba, r.nlb as u64) {
+                    Some(br) => checked.push(br),
+                    None => return Response::err(Status::LBA_OUT_OF_RANGE.with_dnr()),
+                }
+            }
+            checked.iter().try_for_each(|&(o, l)| ns.backend.deallocate(o, l, &gate)).map_err(|e| (e, true))
+        }
+        _ => return Response::err(Status::INTERNAL_ERROR),
+    };
+    match result {
+        Ok(()) => Response::ok(),
+        Err((e, w)) => {
+            tracing::warn!("backend error: {e}");
+            Response::err(media_status(&e, w))
+        }
+    }
+}
+
+/// Execute an I/O command.
+pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
+    let Some(ctrl) = ctx.ctrl.clone() else { return Response::err(Status::COMMAND_SEQUENCE_ERROR).into() };
+    let stats = &ctrl.subsys.stats;
+    let blocking = match &req.exec {
+        Exec::Read { ns, .. } => {
+            stats.read_cmds.fetch_add(1, Ordering::Relaxed);
+            stats.bytes_read.fetch_add(req.len as u64, Ordering::Relaxed);
+            ns.backend.blocking()
+        }
+        Exec::Write { ns, .. } => {
+            stats.write_cmds.fetch_add(1, Ordering::Relaxed);
+            stats.bytes_written.fetch_add(req.len as u64, Ordering::Relaxed);
+            ns.backend.blocking()
+        }
+        Exec::Flush { ns } => ns.iter().any(|n| n.backend.blocking()),
+        Exec::WriteZeroes { ns, .. } | Exec::DatasetManagement { ns, .. } => ns.backend.blocking(),
+        _ => false,
+    };
+    let write_through = !ctrl.state.lock().features.write_cache;
+    let gate = ctrl.gate.enter();
+    let (len, sqid, cid, nsid, slba) = (req.len, ctx.qid, req.sqe.cid(), req.sqe.nsid(), rw::slba(&req.sqe));
+    let finish = move |r: Response, ctrl: &Controller| {
+        if !r.status.is_success() && r.status.code() != Status::ABORTED_SQ_DELETION {
+            ctrl.subsys.stats.media_errors.fetch_add(1, Ordering::Relaxed);
+            ctrl.log_error(sqid, cid, r.status, nsid, slba);
+        }
+        r
+    };
+    if blocking {
+        Outcome::Later(Box::pin(async move {
+            let r = tokio::task::spawn_blocking(move || run(req.exec, len, data, gate, write_through))
+                .await
+                .unwrap_or_else(|_| Response::err(Status::INTERNAL_ERROR));
+            finish(r, &ctrl)
+        }))
+    } else {
+        let r = run(req.exec, len, data, gate, write_through);
+        Outcome::Done(finish(r, &ctrl))
+    }
+}

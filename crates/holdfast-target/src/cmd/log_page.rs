@@ -1,0 +1,168 @@
+//! Get Log Page (NVMe Base 2.0 §5.16) and every log an NVM controller offers: Supported Log Pages, Error
+//! Information, SMART / Health, Firmware Slot, Changed Namespace List, Commands Supported and Effects, and
+//! holdfast's connection-policy page. The discovery log is built in [`super::discovery`].
+
+use crate::controller::{Controller, ERROR_LOG_ENTRIES};
+use crate::request::{QueueCtx, Request, Response};
+use holdfast_proto::log_page::{self as lp, ErrorInformationEntry, SmartHealthLog};
+use holdfast_proto::opcode::{admin as aop, io as iop};
+use holdfast_proto::policy;
+use holdfast_proto::sqe::get_log_page as glp;
+use holdfast_proto::Status;
+use std::sync::atomic::Ordering;
+use zerocopy::{FromZeros, IntoBytes};
+
+/// Log pages an NVM controller supports.
+pub const IO_LOGS: &[u8] = &[
+    lp::LID_SUPPORTED_LOG_PAGES,
+    lp::LID_ERROR_INFO,
+    lp::LID_SMART_HEALTH,
+    lp::LID_FIRMWARE_SLOT,
+    lp::LID_CHANGED_NS_LIST,
+    lp::LID_COMMANDS_SUPPORTED_EFFECTS,
+    policy::LID_HOLDFAST_POLICY,
+];
+
+/// Get Log Page: build the whole page, return the window the command asked for.
+pub fn get_log_page(ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
+    let lid = glp::lid(&req.sqe);
+    let offset = glp::offset(&req.sqe);
+    if offset % 4 != 0 {
+        return Response::err(Status::INVALID_FIELD.with_dnr());
+    }
+    let page: Vec<u8> = if c.subsys.is_discovery {
+        match lid {
+            lp::LID_DISCOVERY => super::discovery::discovery_log(ctx, c, glp::lsp(&req.sqe)),
+            policy::LID_HOLDFAST_POLICY => policy_page(c),
+            _ => return Response::err(Status::INVALID_LOG_PAGE.with_dnr()),
+        }
+    } else {
+        match lid {
+            lp::LID_SUPPORTED_LOG_PAGES => supported_log_pages(IO_LOGS),
+            lp::LID_ERROR_INFO => error_log(c),
+            lp::LID_SMART_HEALTH => smart_log(c).as_bytes().to_vec(),
+            lp::LID_FIRMWARE_SLOT => firmware_slot_log(),
+            lp::LID_CHANGED_NS_LIST => changed_ns_list(c, glp::rae(&req.sqe)),
+            lp::LID_COMMANDS_SUPPORTED_EFFECTS => commands_effects().as_bytes().to_vec(),
+            policy::LID_HOLDFAST_POLICY => policy_page(c),
+            _ => return Response::err(Status::INVALID_LOG_PAGE.with_dnr()),
+        }
+    };
+    if offset > page.len() as u64 {
+        return Response::err(Status::INVALID_FIELD.with_dnr());
+    }
+    if !glp::rae(&req.sqe) {
+        c.unmask_log(lid);
+    }
+    Response::data(lp::log_page_slice(&page, offset, req.len))
+}
+
+/// LID 00h: bit 0 (LSUPP) of the entry of each supported log.
+pub fn supported_log_pages(lids: &[u8]) -> Vec<u8> {
+    let mut v = vec![0u8; 1024];
+    for &l in lids {
+        v[l as usize * 4] = 1;
+    }
+    v
+}
+
+fn error_log(c: &Controller) -> Vec<u8> {
+    let st = c.state.lock();
+    let mut v = Vec::with_capacity(ERROR_LOG_ENTRIES * 64);
+    for i in 0..ERROR_LOG_ENTRIES {
+        let mut e = ErrorInformationEntry::new_zeroed();
+        if let Some(r) = st.errors.get(i) {
+            e.error_count.set(r.count);
+            e.sqid.set(r.sqid);
+            e.cid.set(r.cid);
+            e.status.set(r.status.to_cqe_word(false));
+            e.parameter_error_location.set(0xFFFF);
+            e.lba.set(r.lba);
+            e.nsid.set(r.nsid);
+            e.trtype = 3; // TCP
+        }
+        v.extend_from_slice(e.as_bytes());
+    }
+    v
+}
+
+fn smart_log(c: &Controller) -> SmartHealthLog {
+    let s = &c.subsys.stats;
+    let mut d = SmartHealthLog::new_zeroed();
+    d.available_spare = 100;
+    d.available_spare_threshold = 10;
+    // Data units are thousands of 512-byte units, rounded up (Figure 207).
+    let units = |b: u64| (b / 512).div_ceil(1000) as u128;
+    d.data_units_read = lp::u128_le(units(s.bytes_read.load(Ordering::Relaxed)));
+    d.data_units_written = lp::u128_le(units(s.bytes_written.load(Ordering::Relaxed)));
+    d.host_read_commands = lp::u128_le(s.read_cmds.load(Ordering::Relaxed) as u128);
+    d.host_write_commands = lp::u128_le(s.write_cmds.load(Ordering::Relaxed) as u128);
+    d.power_cycles = lp::u128_le(1);
+    d.power_on_hours = lp::u128_le((c.target.now_ms() / 3_600_000) as u128);
+    d.media_errors = lp::u128_le(s.media_errors.load(Ordering::Relaxed) as u128);
+    d.num_err_log_entries = lp::u128_le(c.state.lock().error_count as u128);
+    d
+}
+
+fn firmware_slot_log() -> Vec<u8> {
+    let mut d = lp::FirmwareSlotInfo::new_zeroed();
+    d.afi = 1;
+    holdfast_proto::identify::set_ascii(&mut d.frs[0], super::admin::FIRMWARE_REV);
+    d.as_bytes().to_vec()
+}
+
+fn changed_ns_list(c: &Controller, rae: bool) -> Vec<u8> {
+    let mut st = c.state.lock();
+    let list = if rae { st.changed_nsids.clone() } else { std::mem::take(&mut st.changed_nsids) };
+    let mut d = lp::ChangedNamespaceList::new_zeroed();
+    if list.len() > d.nsid.len() {
+        d.nsid[0].set(0xFFFF_FFFF);
+    } else {
+        for (slot, n) in d.nsid.iter_mut().zip(&list) {
+            slot.set(*n);
+        }
+    }
+    d.as_bytes().to_vec()
+}
+
+fn commands_effects() -> lp::CommandsSupportedAndEffects {
+    let mut d = lp::CommandsSupportedAndEffects::new_zeroed();
+    for op in [
+        aop::GET_LOG_PAGE,
+        aop::IDENTIFY,
+        aop::ABORT,
+        aop::SET_FEATURES,
+        aop::GET_FEATURES,
+        aop::ASYNC_EVENT_REQUEST,
+        aop::KEEP_ALIVE,
+    ] {
+        d.acs[op as usize].set(lp::EFFECTS_CSUPP);
+    }
+    d.iocs[iop::READ as usize].set(lp::EFFECTS_CSUPP);
+    d.iocs[iop::FLUSH as usize].set(lp::EFFECTS_CSUPP | lp::EFFECTS_LBCC);
+    for op in [iop::WRITE, iop::WRITE_ZEROES, iop::DATASET_MANAGEMENT] {
+        d.iocs[op as usize].set(lp::EFFECTS_CSUPP | lp::EFFECTS_LBCC);
+    }
+    d
+}
+
+/// holdfast's connection-policy page (design §3), the same on discovery and I/O controllers.
+pub fn policy_page(c: &Controller) -> Vec<u8> {
+    let sub = if c.subsys.is_discovery {
+        // The discovery controller serves the policy of the subsystems this host may use: the first one.
+        c.target.subsystems().into_iter().find(|s| s.host_allowed(&c.hostnqn))
+    } else {
+        Some(c.subsys.clone())
+    };
+    let mut p = policy::ConnectionPolicy { instance_id: c.target.instance_id, ..Default::default() };
+    if let Some(s) = sub {
+        let pc = s.policy.read().clone();
+        p.kato_ms = pc.kato_ms;
+        p.reconnect_delay_ms = pc.reconnect_delay_ms;
+        p.reconnect_delay_max_ms = pc.reconnect_delay_max_ms;
+        p.ctrl_loss_tmo_ms = pc.ctrl_loss_tmo_ms;
+        p.fast_io_fail_tmo_ms = pc.fast_io_fail_tmo_ms;
+        p.cqt_ms = pc.cqt_ms;
+    }
+    p.to_log_page().as_bytes().to_vec()
+}

@@ -1,0 +1,132 @@
+//! Command handling, one file per command set (the Linux nvmet layout): [`fabrics`] (Connect, Property
+//! Get/Set, Disconnect), [`admin`] (Identify, Get/Set Features, Keep Alive, AER, Abort), [`log_page`] (Get Log
+//! Page, every log), [`discovery`] (the discovery controller's Identify and log page), [`io`] (NVM commands).
+//!
+//! [`parse`] picks the execute step; [`execute`] runs it.
+
+pub mod admin;
+pub mod discovery;
+pub mod fabrics;
+pub mod io;
+pub mod log_page;
+
+use crate::request::{DataDir, Exec, Outcome, ParseResult, QueueCtx, Request, Response, MAX_TRANSFER};
+use bytes::Bytes;
+use holdfast_proto::opcode::{self, admin as aop};
+use holdfast_proto::sgl;
+use holdfast_proto::{Status, SubmissionEntry};
+
+/// Check the SGL of a command against the data it moves: a transport data block or in-capsule data block
+/// whose length is `len` (NVMe/TCP 1.0 §3.3.3, §3.3.5). `incapsule` is the in-capsule data length received.
+pub fn check_sgl(sqe: &SubmissionEntry, len: usize, incapsule: usize) -> Result<(), Status> {
+    let d = &sqe.dptr;
+    if len == 0 {
+        return Ok(());
+    }
+    match d.id {
+        sgl::ID_TRANSPORT => {
+            if incapsule != 0 {
+                return Err(Status::SGL_TYPE_INVALID.with_dnr());
+            }
+        }
+        sgl::ID_INCAPSULE => {
+            if d.addr.get() != 0 {
+                return Err(Status::SGL_OFFSET_INVALID.with_dnr());
+            }
+            if incapsule != len {
+                return Err(Status::SGL_LENGTH_INVALID.with_dnr());
+            }
+        }
+        _ => return Err(Status::SGL_TYPE_INVALID.with_dnr()),
+    }
+    if d.len() as usize != len {
+        return Err(Status::SGL_LENGTH_INVALID.with_dnr());
+    }
+    Ok(())
+}
+
+/// A request for a command whose data length is the SGL's length (admin and fabrics commands).
+fn sgl_sized(sqe: &SubmissionEntry, exec: Exec, dir: DataDir, max: usize) -> ParseResult {
+    let len = if dir == DataDir::None { 0 } else { sqe.dptr.len() as usize };
+    if len > max {
+        return Err(Status::INVALID_FIELD.with_dnr());
+    }
+    Ok(Request { sqe: *sqe, exec, dir, len })
+}
+
+/// Parse a command on this queue: choose its execute step, or the status to fail it with.
+pub fn parse(ctx: &QueueCtx, sqe: &SubmissionEntry) -> ParseResult {
+    if sqe.opcode == opcode::FABRICS {
+        return fabrics::parse(ctx, sqe);
+    }
+    let Some(ctrl) = &ctx.ctrl else {
+        // Nothing but Fabrics commands before Connect (NVMe-oF 1.1 §3.3).
+        return Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+    };
+    if sqe.fuse() != 0 {
+        return Err(Status::INVALID_FIELD.with_dnr());
+    }
+    if !ctrl.ready() {
+        return Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+    }
+    if ctx.qid != 0 {
+        return io::parse(ctx, ctrl, sqe);
+    }
+    if ctrl.subsys.is_discovery {
+        return discovery::parse(ctx, sqe);
+    }
+    let max = MAX_TRANSFER;
+    match sqe.opcode {
+        aop::IDENTIFY => sgl_sized(sqe, Exec::Identify, DataDir::ToHost, max),
+        aop::GET_LOG_PAGE => sgl_sized(sqe, Exec::GetLogPage, DataDir::ToHost, max),
+        aop::GET_FEATURES => sgl_sized(sqe, Exec::GetFeatures, DataDir::ToHost, max),
+        aop::SET_FEATURES => sgl_sized(sqe, Exec::SetFeatures, DataDir::ToController, 4096),
+        aop::KEEP_ALIVE => sgl_sized(sqe, Exec::KeepAlive, DataDir::None, 0),
+        aop::ASYNC_EVENT_REQUEST => sgl_sized(sqe, Exec::AsyncEvent, DataDir::None, 0),
+        aop::ABORT => sgl_sized(sqe, Exec::Abort, DataDir::None, 0),
+        _ => Err(Status::INVALID_OPCODE.with_dnr()),
+    }
+}
+
+/// Run a parsed request with its host data (empty unless it moves data to the controller).
+pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
+    if let Some(c) = &ctx.ctrl {
+        c.touch();
+    }
+    match req.exec {
+        // Connect binds the queue and may wait for a drain: the transport awaits fabrics::connect itself.
+        Exec::Connect => Response::err(Status::COMMAND_SEQUENCE_ERROR).into(),
+        Exec::PropertyGet => fabrics::property_get(ctx, &req).into(),
+        Exec::PropertySet => fabrics::property_set(ctx, &req).into(),
+        Exec::Disconnect => fabrics::disconnect(ctx).into(),
+        Exec::Identify => match &ctx.ctrl {
+            Some(c) if c.subsys.is_discovery => discovery::identify(ctx, c, &req).into(),
+            Some(c) => admin::identify(ctx, c, &req).into(),
+            None => Response::err(Status::COMMAND_SEQUENCE_ERROR).into(),
+        },
+        Exec::GetLogPage => match &ctx.ctrl {
+            Some(c) => log_page::get_log_page(ctx, c, &req).into(),
+            None => Response::err(Status::COMMAND_SEQUENCE_ERROR).into(),
+        },
+        Exec::GetFeatures => with_ctrl(ctx, |c| admin::get_features(c, &req)),
+        Exec::SetFeatures => with_ctrl(ctx, |c| admin::set_features(c, &req, &data)),
+        Exec::KeepAlive => Response::ok().into(),
+        Exec::AsyncEvent => match &ctx.ctrl {
+            Some(c) => admin::async_event_request(c, &req),
+            None => Response::err(Status::COMMAND_SEQUENCE_ERROR).into(),
+        },
+        Exec::Abort => admin::abort(&req).into(),
+        Exec::Read { .. }
+        | Exec::Write { .. }
+        | Exec::Flush { .. }
+        | Exec::WriteZeroes { .. }
+        | Exec::DatasetManagement { .. } => io::execute(ctx, req, data),
+    }
+}
+
+fn with_ctrl(ctx: &QueueCtx, f: impl FnOnce(&crate::controller::Controller) -> Response) -> Outcome {
+    match &ctx.ctrl {
+        Some(c) => f(c).into(),
+        None => Response::err(Status::COMMAND_SEQUENCE_ERROR).into(),
+    }
+}

@@ -1,0 +1,421 @@
+//! Target configuration: a TOML file, or the quick mode's command-line flags, both ending as one [`Config`].
+//!
+//! ```toml
+//! [[port]]
+//! id = 1
+//! listen = "0.0.0.0:4420"
+//!
+//! [[subsystem]]
+//! nqn = "nqn.2026-01.io.holdfast:vol1"
+//! serial = "HF0001"              # optional: derived from the NQN
+//! model = "holdfast"             # optional
+//! allow_any_host = false
+//! allowed_hosts = ["nqn.2014-08.org.nvmexpress:uuid:..."]
+//! ports = [1]                    # optional: every port
+//!
+//! [subsystem.policy]             # optional: the connection policy hosts follow
+//! kato_ms = 5000
+//!
+//! [[subsystem.namespace]]
+//! nsid = 1
+//! backend = "file"               # or "ram"
+//! path = "/var/lib/holdfast/vol1.img"
+//! size_mib = 1024                # ram: required; file: optional (grows the file)
+//! block_size = 4096              # 512 or 4096
+//! uuid = "..."; nguid = "..."; eui64 = "..."   # optional: derived from the NQN and nsid
+//! ```
+//!
+//! Every error names the file, the key and the reason.
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A configuration error: which file, which key, why.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    /// The file (or "command line").
+    pub file: String,
+    /// The key path, e.g. `subsystem[0].namespace[1].block_size`.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The whole target configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners.
+    #[serde(rename = "port", default)]
+    pub ports: Vec<PortConfig>,
+    /// Subsystems.
+    #[serde(rename = "subsystem", default)]
+    pub subsystems: Vec<SubsystemConfig>,
+}
+
+/// One listener (an NVMe-oF port).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    /// Port ID (PORTID in the discovery log).
+    pub id: u16,
+    /// Address to listen on.
+    pub listen: String,
+}
+
+/// One subsystem.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SubsystemConfig {
+    /// Subsystem NQN.
+    pub nqn: String,
+    /// Serial number (at most 20 ASCII characters); derived from the NQN if absent.
+    pub serial: Option<String>,
+    /// Model number (at most 40 ASCII characters).
+    pub model: Option<String>,
+    /// Admit any host.
+    #[serde(default)]
+    pub allow_any_host: bool,
+    /// Host NQNs admitted when `allow_any_host` is false.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Port IDs the subsystem is exported on; empty = all.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// Connection policy advertised to hosts.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// Namespaces.
+    #[serde(rename = "namespace", default)]
+    pub namespaces: Vec<NamespaceConfig>,
+}
+
+/// The connection policy of design §3 (milliseconds).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Keep-alive timeout hosts should request.
+    pub kato_ms: u32,
+    /// First delay between reconnect attempts.
+    pub reconnect_delay_ms: u32,
+    /// Cap of the exponential reconnect backoff.
+    pub reconnect_delay_max_ms: u32,
+    /// How long hosts keep reconnecting before failing I/O for good.
+    pub ctrl_loss_tmo_ms: u32,
+    /// After this long disconnected, I/O fails fast while reconnecting continues (0 = off).
+    pub fast_io_fail_tmo_ms: u32,
+    /// Command quiesce time: how long a dead association's commands may still touch media.
+    pub cqt_ms: u32,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            kato_ms: 5000,
+            reconnect_delay_ms: 1000,
+            reconnect_delay_max_ms: 8000,
+            ctrl_loss_tmo_ms: 600_000,
+            fast_io_fail_tmo_ms: 0,
+            cqt_ms: 5000,
+        }
+    }
+}
+
+/// Backend kind.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// In memory.
+    Ram,
+    /// A file or block device.
+    File,
+}
+
+/// One namespace.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// Namespace ID (1..0xFFFFFFFE).
+    pub nsid: u32,
+    /// Backend kind.
+    pub backend: BackendKind,
+    /// File path (file backend).
+    pub path: Option<PathBuf>,
+    /// Size in MiB (required for RAM; for a file, grows it to this size).
+    pub size_mib: Option<u64>,
+    /// Logical block size: 512 or 4096.
+    #[serde(default = "default_block_size")]
+    pub block_size: u32,
+    /// Namespace UUID ("xxxxxxxx-xxxx-..."); derived from the NQN and nsid if absent.
+    pub uuid: Option<String>,
+    /// NGUID (32 hex digits); derived if absent.
+    pub nguid: Option<String>,
+    /// EUI-64 (16 hex digits); derived if absent.
+    pub eui64: Option<String>,
+}
+
+fn default_block_size() -> u32 {
+    512
+}
+
+/// Namespace identifiers after derivation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NsIds {
+    /// UUID.
+    pub uuid: [u8; 16],
+    /// NGUID.
+    pub nguid: [u8; 16],
+    /// EUI-64.
+    pub eui64: [u8; 8],
+}
+
+fn derive(tag: &str, nqn: &str, nsid: u32) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(tag.as_bytes());
+    h.update(b"/");
+    h.update(nqn.as_bytes());
+    h.update(b"/");
+    h.update(nsid.to_le_bytes());
+    h.finalize().into()
+}
+
+/// A serial number derived from the NQN: stable across restarts, 20 hex characters.
+pub fn derived_serial(nqn: &str) -> String {
+    derive("serial", nqn, 0)[..10].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let s: String = s.chars().filter(|c| *c != '-').collect();
+    if s.len() != N * 2 {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl NamespaceConfig {
+    /// The namespace's identifiers: configured, or derived from (subsystem NQN, nsid) so that a restarted
+    /// target is the same subsystem to a host.
+    pub fn ids(&self, nqn: &str) -> NsIds {
+        let mut uuid: [u8; 16] = derive("uuid", nqn, self.nsid)[..16].try_into().unwrap_or([0; 16]);
+        uuid[6] = (uuid[6] & 0x0F) | 0x40; // RFC 4122 version 4 layout (name-derived, random-looking)
+        uuid[8] = (uuid[8] & 0x3F) | 0x80;
+        let nguid: [u8; 16] = derive("nguid", nqn, self.nsid)[..16].try_into().unwrap_or([0; 16]);
+        let eui64: [u8; 8] = derive("eui64", nqn, self.nsid)[..8].try_into().unwrap_or([0; 8]);
+        NsIds {
+            uuid: self.uuid.as_deref().and_then(parse_hex).unwrap_or(uuid),
+            nguid: self.nguid.as_deref().and_then(parse_hex).unwrap_or(nguid),
+            eui64: self.eui64.as_deref().and_then(parse_hex).unwrap_or(eui64),
+        }
+    }
+    /// Size in bytes, if set.
+    pub fn size_bytes(&self) -> Option<u64> {
+        self.size_mib.map(|m| m << 20)
+    }
+}
+
+fn valid_nqn(n: &str) -> Result<(), String> {
+    if n.is_empty() {
+        return Err("is empty".into());
+    }
+    if n.len() > holdfast_proto::fabrics::NQN_MAX_LEN {
+        return Err(format!("is {} bytes; an NQN has at most 223", n.len()));
+    }
+    if !n.starts_with("nqn.") {
+        return Err(format!("\"{n}\" does not start with \"nqn.\""));
+    }
+    if n.bytes().any(|b| b == 0 || b.is_ascii_control()) {
+        return Err("contains control characters".into());
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Read and validate a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// Parse and validate TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let reason = e.message().to_string();
+            let key = match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    format!("line {line}")
+                }
+                None => "(document)".into(),
+            };
+            ConfigError { file: file.into(), key, reason }
+        })?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    /// Check everything TOML's types cannot.
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let err = |key: String, reason: String| ConfigError { file: file.into(), key, reason };
+        if self.ports.is_empty() {
+            return Err(err("port".into(), "at least one [[port]] is needed".into()));
+        }
+        let mut ids = HashSet::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            if !ids.insert(p.id) {
+                return Err(err(format!("port[{i}].id"), format!("duplicate port id {}", p.id)));
+            }
+            if p.listen.parse::<SocketAddr>().is_err() {
+                return Err(err(format!("port[{i}].listen"), format!("\"{}\" is not an IP:PORT address", p.listen)));
+            }
+        }
+        let mut nqns = HashSet::new();
+        for (i, s) in self.subsystems.iter().enumerate() {
+            let k = |f: &str| format!("subsystem[{i}].{f}");
+            valid_nqn(&s.nqn).map_err(|r| err(k("nqn"), format!("NQN {r}")))?;
+            if s.nqn == holdfast_proto::fabrics::DISCOVERY_NQN {
+                return Err(err(k("nqn"), "the discovery NQN is reserved".into()));
+            }
+            if !nqns.insert(&s.nqn) {
+                return Err(err(k("nqn"), format!("duplicate subsystem {}", s.nqn)));
+            }
+            if let Some(sn) = &s.serial {
+                if sn.is_empty() || sn.len() > 20 || !sn.bytes().all(|b| (0x20..0x7F).contains(&b)) {
+                    return Err(err(k("serial"), "must be 1 to 20 printable ASCII characters".into()));
+                }
+            }
+            if let Some(mn) = &s.model {
+                if mn.is_empty() || mn.len() > 40 || !mn.bytes().all(|b| (0x20..0x7F).contains(&b)) {
+                    return Err(err(k("model"), "must be 1 to 40 printable ASCII characters".into()));
+                }
+            }
+            for (j, h) in s.allowed_hosts.iter().enumerate() {
+                valid_nqn(h).map_err(|r| err(k(&format!("allowed_hosts[{j}]")), format!("host NQN {r}")))?;
+            }
+            if !s.allow_any_host && s.allowed_hosts.is_empty() {
+                return Err(err(k("allowed_hosts"), "no host could connect: set allow_any_host or list hosts".into()));
+            }
+            for (j, p) in s.ports.iter().enumerate() {
+                if !ids.contains(p) {
+                    return Err(err(k(&format!("ports[{j}]")), format!("no [[port]] has id {p}")));
+                }
+            }
+            let pol = &s.policy;
+            if pol.kato_ms == 0 {
+                return Err(err(k("policy.kato_ms"), "must be above 0 (keep-alive is mandatory on fabrics)".into()));
+            }
+            if pol.reconnect_delay_max_ms < pol.reconnect_delay_ms {
+                return Err(err(k("policy.reconnect_delay_max_ms"), "is below reconnect_delay_ms".into()));
+            }
+            if pol.fast_io_fail_tmo_ms != 0 && pol.fast_io_fail_tmo_ms > pol.ctrl_loss_tmo_ms {
+                return Err(err(k("policy.fast_io_fail_tmo_ms"), "is above ctrl_loss_tmo_ms".into()));
+            }
+            let mut nsids = HashSet::new();
+            for (j, n) in s.namespaces.iter().enumerate() {
+                let k = |f: &str| format!("subsystem[{i}].namespace[{j}].{f}");
+                if n.nsid == 0 || n.nsid >= 0xFFFF_FFFF {
+                    return Err(err(k("nsid"), format!("{} is not a valid namespace ID", n.nsid)));
+                }
+                if n.nsid > crate::MAX_NSID {
+                    return Err(err(
+                        k("nsid"),
+                        format!("{} is above the highest supported nsid {}", n.nsid, crate::MAX_NSID),
+                    ));
+                }
+                if !nsids.insert(n.nsid) {
+                    return Err(err(k("nsid"), format!("duplicate nsid {}", n.nsid)));
+                }
+                if n.block_size != 512 && n.block_size != 4096 {
+                    return Err(err(k("block_size"), format!("{} is not 512 or 4096", n.block_size)));
+                }
+                match n.backend {
+                    BackendKind::Ram => {
+                        if n.path.is_some() {
+                            return Err(err(k("path"), "a RAM namespace has no path".into()));
+                        }
+                        if n.size_mib.unwrap_or(0) == 0 {
+                            return Err(err(k("size_mib"), "a RAM namespace needs a size above 0".into()));
+                        }
+                    }
+                    BackendKind::File => {
+                        if n.path.is_none() {
+                            return Err(err(k("path"), "a file namespace needs a path".into()));
+                        }
+                        if n.size_mib == Some(0) {
+                            return Err(err(k("size_mib"), "must be above 0".into()));
+                        }
+                    }
+                }
+                if let Some(u) = &n.uuid {
+                    parse_hex::<16>(u).ok_or_else(|| err(k("uuid"), format!("\"{u}\" is not a UUID")))?;
+                }
+                if let Some(u) = &n.nguid {
+                    parse_hex::<16>(u).ok_or_else(|| err(k("nguid"), format!("\"{u}\" is not 32 hex digits")))?;
+                }
+                if let Some(u) = &n.eui64 {
+                    parse_hex::<8>(u).ok_or_else(|| err(k("eui64"), format!("\"{u}\" is not 16 hex digits")))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[port]]
+id = 1
+listen = "127.0.0.1:4420"
+
+[[subsystem]]
+nqn = "nqn.2026-01.io.holdfast:a"
+allow_any_host = true
+[[subsystem.namespace]]
+nsid = 1
+backend = "ram"
+size_mib = 16
+block_size = 4096
+"#;
+
+    #[test]
+    fn good_config_parses() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        assert_eq!(c.subsystems[0].namespaces[0].block_size, 4096);
+        assert_eq!(c.subsystems[0].policy, PolicyConfig::default());
+    }
+
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        let e = Config::parse(&GOOD.replace("4096", "1024"), "t.toml").unwrap_err();
+        assert_eq!(e.to_string(), "t.toml: subsystem[0].namespace[0].block_size: 1024 is not 512 or 4096");
+        let e = Config::parse(&GOOD.replace("size_mib = 16", "size_mib = 16\nsizee = 1"), "t.toml").unwrap_err();
+        assert!(e.to_string().starts_with("t.toml: line "), "{e}");
+        assert!(e.to_string().contains("sizee"), "{e}");
+        let e = Config::parse(&GOOD.replace("nqn.2026", "foo.2026"), "t.toml").unwrap_err();
+        assert_eq!(e.key, "subsystem[0].nqn");
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_distinct() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        let n = &c.subsystems[0].namespaces[0];
+        assert_eq!(n.ids("nqn.x"), n.ids("nqn.x"));
+        assert_ne!(n.ids("nqn.x").nguid, n.ids("nqn.y").nguid);
+        assert_eq!(derived_serial("nqn.x").len(), 20);
+    }
+}

@@ -1,0 +1,320 @@
+//! A controller: the association between one host and one subsystem, created by the admin queue's Connect.
+//! Holds CC/CSTS, the feature values, the keep-alive clock, outstanding Asynchronous Event Requests and the
+//! events waiting for them, and the error log. Its queues are separate connection tasks that reach it through
+//! an `Arc`; tearing it down cancels all of them at once.
+
+use crate::backend::AssociationGate;
+use crate::subsystem::{Subsystem, Target};
+use holdfast_proto::fabrics::{cc, csts};
+use holdfast_proto::Status;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Most I/O queues a controller grants.
+pub const MAX_IO_QUEUES: u16 = 64;
+/// CAP.MQES + 1: the deepest queue a host may ask for.
+pub const MAX_QUEUE_ENTRIES: u32 = 1024;
+/// Admin queue depth a host may ask for (and ASQSZ in the discovery log).
+pub const ADMIN_QUEUE_ENTRIES: u32 = 32;
+/// Asynchronous Event Requests a controller holds (AERL + 1).
+pub const MAX_AERS: usize = 4;
+/// Error log entries kept (ELPE + 1).
+pub const ERROR_LOG_ENTRIES: usize = 64;
+/// Keep Alive granularity advertised in KAS, in 100 ms units.
+pub const KAS_100MS: u16 = 1;
+
+/// An event for the admin queue's task: complete a held AER.
+#[derive(Debug, Clone, Copy)]
+pub struct AerCompletion {
+    /// CID of the held AER.
+    pub cid: u16,
+    /// Completion dword 0 (event type, info, log page).
+    pub dw0: u32,
+}
+
+/// One Error Information log entry's content.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorRecord {
+    /// Error count at the time.
+    pub count: u64,
+    /// Submission queue.
+    pub sqid: u16,
+    /// Command.
+    pub cid: u16,
+    /// Status.
+    pub status: Status,
+    /// Namespace, if any.
+    pub nsid: u32,
+    /// LBA, if any.
+    pub lba: u64,
+}
+
+/// Feature values (NVMe Base 2.0 §5.27.1).
+#[derive(Debug, Clone)]
+pub struct Features {
+    /// FID 01h.
+    pub arbitration: u32,
+    /// FID 02h.
+    pub power_management: u32,
+    /// FID 04h, by (TMPSEL, THSEL).
+    pub temp_thresholds: [[u16; 2]; 9],
+    /// FID 05h.
+    pub error_recovery: u32,
+    /// FID 06h: Volatile Write Cache enabled.
+    pub write_cache: bool,
+    /// FID 08h.
+    pub irq_coalescing: u32,
+    /// FID 0Ah.
+    pub write_atomicity: u32,
+    /// FID 0Bh.
+    pub async_event_config: u32,
+    /// FID 16h: Host Behavior Support data.
+    pub host_behavior: [u8; 512],
+    /// FID 80h.
+    pub sw_progress: u32,
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        let mut t = [[0u16; 2]; 9];
+        t[0] = [0x0FFF, 0]; // over-temperature default: maximum, under-temperature 0 (Figure 294)
+        Features {
+            arbitration: 0,
+            power_management: 0,
+            temp_thresholds: t,
+            error_recovery: 0,
+            write_cache: true,
+            irq_coalescing: 0,
+            write_atomicity: 0,
+            async_event_config: 0,
+            host_behavior: [0; 512],
+            sw_progress: 0,
+        }
+    }
+}
+
+/// Mutable controller state.
+pub struct CtrlState {
+    /// Controller Configuration.
+    pub cc: u32,
+    /// Controller Status.
+    pub csts: u32,
+    /// Features.
+    pub features: Features,
+    /// I/O queues granted by Set Features Number of Queues (count, not 0's based).
+    pub io_queues_granted: u16,
+    /// Set once an I/O queue connected (Number of Queues may no longer change).
+    pub io_queue_connected: bool,
+    /// CIDs of held AERs.
+    pub aers: VecDeque<u16>,
+    /// Events waiting for an AER (completion dword 0).
+    pub pending_events: VecDeque<u32>,
+    /// Event types (by log page) reported and not yet cleared by reading the log page.
+    pub masked_logs: Vec<u8>,
+    /// Namespaces changed since the Changed Namespace List was last read.
+    pub changed_nsids: Vec<u32>,
+    /// Error log, newest first.
+    pub errors: VecDeque<ErrorRecord>,
+    /// Total errors ever logged.
+    pub error_count: u64,
+    /// Admin queue task's AER channel.
+    pub aer_tx: Option<mpsc::UnboundedSender<AerCompletion>>,
+}
+
+/// A controller.
+pub struct Controller {
+    /// Controller ID.
+    pub cntlid: u16,
+    /// Its subsystem.
+    pub subsys: Arc<Subsystem>,
+    /// The target.
+    pub target: Arc<Target>,
+    /// Host NQN from Connect.
+    pub hostnqn: String,
+    /// Host ID from Connect.
+    pub hostid: [u8; 16],
+    /// Port the admin queue came in on.
+    pub port_id: u16,
+    /// Local address of the admin connection (discovery reports it for wildcard listeners).
+    pub local_addr: SocketAddr,
+    /// Keep Alive Timeout in ms (0 = disabled).
+    pub kato_ms: AtomicU32,
+    last_activity_ms: AtomicU64,
+    /// State behind a lock (admin path only; the I/O path never takes it).
+    pub state: Mutex<CtrlState>,
+    /// The association's media gate (design §5).
+    pub gate: Arc<AssociationGate>,
+    /// Cancelled when the controller is torn down: every queue task exits.
+    pub cancel: CancellationToken,
+    torn_down: AtomicBool,
+}
+
+impl Controller {
+    /// A new, disabled controller.
+    pub fn new(
+        cntlid: u16,
+        subsys: Arc<Subsystem>,
+        target: Arc<Target>,
+        hostnqn: String,
+        hostid: [u8; 16],
+        port_id: u16,
+        local_addr: SocketAddr,
+        kato_ms: u32,
+    ) -> Arc<Self> {
+        let now = target.now_ms();
+        let drain = target.settings.drain;
+        Arc::new(Controller {
+            cntlid,
+            subsys,
+            target,
+            hostnqn,
+            hostid,
+            port_id,
+            local_addr,
+            kato_ms: AtomicU32::new(kato_ms),
+            last_activity_ms: AtomicU64::new(now),
+            state: Mutex::new(CtrlState {
+                cc: 0,
+                csts: 0,
+                features: Features::default(),
+                io_queues_granted: 0,
+                io_queue_connected: false,
+                aers: VecDeque::new(),
+                pending_events: VecDeque::new(),
+                masked_logs: Vec::new(),
+                changed_nsids: Vec::new(),
+                errors: VecDeque::new(),
+                error_count: 0,
+                aer_tx: None,
+            }),
+            gate: AssociationGate::new(drain),
+            cancel: CancellationToken::new(),
+            torn_down: AtomicBool::new(false),
+        })
+    }
+
+    /// Note traffic: any command resets the keep-alive clock (traffic-based keep-alive, CTRATT.TBKAS).
+    #[inline]
+    pub fn touch(&self) {
+        self.last_activity_ms.store(self.target.now_ms(), Ordering::Relaxed);
+    }
+
+    /// True if enabled and ready.
+    pub fn ready(&self) -> bool {
+        self.state.lock().csts & csts::RDY != 0
+    }
+
+    /// True once torn down.
+    pub fn is_torn_down(&self) -> bool {
+        self.torn_down.load(Ordering::SeqCst)
+    }
+
+    /// Apply a CC write (NVMe Base 2.0 §3.6.1 and §3.6.2): EN 0→1 sets CSTS.RDY (after checking the queue
+    /// entry sizes), EN 1→0 is a controller reset, SHN starts (and, with nothing to flush asynchronously,
+    /// completes) a shutdown. Returns Err for an invalid CC value.
+    pub fn write_cc(&self, new: u32) -> Result<(), Status> {
+        let mut st = self.state.lock();
+        let old = st.cc;
+        if new & cc::EN != 0 && old & cc::EN == 0 {
+            // Enabling: I/O queue entry sizes must be 64/16 bytes on an I/O controller, MPS 4 KiB, NVM set.
+            let io_ok = self.subsys.is_discovery || (cc::iosqes(new) == 6 && cc::iocqes(new) == 4);
+            if !io_ok || cc::mps(new) != 0 || cc::css(new) != 0 {
+                st.csts |= csts::CFS;
+                st.cc = new;
+                return Ok(());
+            }
+            st.csts = (st.csts & !csts::SHST_MASK) | csts::RDY;
+        } else if new & cc::EN == 0 && old & cc::EN != 0 {
+            st.csts &= !(csts::RDY | csts::CFS);
+        }
+        if new & cc::SHN_MASK != 0 && old & cc::SHN_MASK == 0 {
+            // Every completed write is already on the backend; file backends are flushed by the transport
+            // on close. Report shutdown complete.
+            st.csts = (st.csts & !csts::SHST_MASK) | csts::SHST_COMPLETE;
+        } else if new & cc::SHN_MASK == 0 {
+            st.csts &= !csts::SHST_MASK;
+        }
+        st.cc = new;
+        Ok(())
+    }
+
+    /// Record an error for the Error Information log.
+    pub fn log_error(&self, sqid: u16, cid: u16, status: Status, nsid: u32, lba: u64) {
+        let mut st = self.state.lock();
+        st.error_count += 1;
+        let count = st.error_count;
+        st.errors.push_front(ErrorRecord { count, sqid, cid, status, nsid, lba });
+        st.errors.truncate(ERROR_LOG_ENTRIES);
+    }
+
+    /// Queue an asynchronous event (completion dword 0) for log page `lid`, if the host enabled events of
+    /// this kind (`config_bit` of Asynchronous Event Configuration; None = always) and the same log page is
+    /// not already reported and unread.
+    pub fn raise_event(&self, dw0: u32, lid: u8, config_bit: Option<u32>) {
+        let mut st = self.state.lock();
+        if let Some(bit) = config_bit {
+            if st.features.async_event_config & (1 << bit) == 0 {
+                return;
+            }
+        }
+        if st.masked_logs.contains(&lid) {
+            return;
+        }
+        st.masked_logs.push(lid);
+        st.pending_events.push_back(dw0);
+        Self::deliver(&mut st);
+    }
+
+    /// Pair pending events with held AERs.
+    pub fn deliver(st: &mut CtrlState) {
+        while !st.aers.is_empty() && !st.pending_events.is_empty() {
+            let (Some(cid), Some(dw0)) = (st.aers.pop_front(), st.pending_events.pop_front()) else { break };
+            if let Some(tx) = &st.aer_tx {
+                let _ = tx.send(AerCompletion { cid, dw0 });
+            }
+        }
+    }
+
+    /// The host read log page `lid` without RAE: events of that kind may be reported again.
+    pub fn unmask_log(&self, lid: u8) {
+        self.state.lock().masked_logs.retain(|l| *l != lid);
+    }
+
+    /// Tear the association down: refuse its not-yet-started media accesses, cancel every queue, forget
+    /// the controller. Idempotent.
+    pub fn teardown(&self, reason: &str) {
+        if self.torn_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.gate.kill();
+        self.cancel.cancel();
+        self.subsys.remove_controller(self.cntlid);
+        self.subsys.add_dead_association(&self.hostnqn, self.hostid, self.gate.clone());
+        tracing::info!(cntlid = self.cntlid, subsys = %self.subsys.nqn, host = %self.hostnqn, "controller torn down: {reason}");
+    }
+
+    /// Run the keep-alive watchdog until the controller is torn down: no command within KATO (plus the
+    /// granularity) tears it down (NVMe Base 2.0 §3.9.4).
+    pub async fn keep_alive_watchdog(self: Arc<Self>) {
+        loop {
+            let kato = self.kato_ms.load(Ordering::Relaxed) as u64;
+            let wait = if kato == 0 { 1000 } else { kato + KAS_100MS as u64 * 100 };
+            let since = self.target.now_ms().saturating_sub(self.last_activity_ms.load(Ordering::Relaxed));
+            let sleep = if kato != 0 && since >= wait { 0 } else { wait.saturating_sub(since).max(50) };
+            if sleep == 0 {
+                self.teardown(&format!("keep-alive timer expired (KATO {kato} ms, no command for {since} ms)"));
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(sleep)) => {}
+                _ = self.cancel.cancelled() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! A namespace: an NSID, a block size, a backend and its identifiers.
+
+use crate::backend::Backend;
+use crate::config::NsIds;
+use std::sync::Arc;
+
+/// An attached namespace.
+pub struct Namespace {
+    /// Namespace ID.
+    pub nsid: u32,
+    /// Logical block size in bytes (512 or 4096).
+    pub block_size: u32,
+    /// Number of logical blocks.
+    pub nblocks: u64,
+    /// Where the blocks live.
+    pub backend: Arc<dyn Backend>,
+    /// UUID, NGUID, EUI-64.
+    pub ids: NsIds,
+}
+
+impl Namespace {
+    /// A namespace over `backend` (its size rounded down to whole blocks).
+    pub fn new(nsid: u32, block_size: u32, backend: Arc<dyn Backend>, ids: NsIds) -> Self {
+        let nblocks = backend.size() / block_size as u64;
+        Namespace { nsid, block_size, nblocks, backend, ids }
+    }
+    /// log2 of the block size.
+    pub fn lba_shift(&self) -> u32 {
+        self.block_size.trailing_zeros()
+    }
+    /// Byte range of `nlb` blocks at `slba`, or None if any of it is beyond the namespace.
+    pub fn byte_range(&self, slba: u64, nlb: u64) -> Option<(u64, u64)> {
+        let end = slba.checked_add(nlb)?;
+        (end <= self.nblocks).then(|| (slba << self.lba_shift(), nlb << self.lba_shift()))
+    }
+}

@@ -1,0 +1,183 @@
+//! A command parsed once into a [`Request`] whose execute step ([`Exec`]) is chosen at parse time (the Linux
+//! nvmet model). The transport moves the data the request says it needs (in-capsule, or R2T + H2CData), then
+//! calls [`crate::cmd::execute`]; it never looks inside a command.
+
+use crate::controller::Controller;
+use crate::namespace::Namespace;
+use crate::subsystem::{Port, Target};
+use bytes::Bytes;
+use holdfast_proto::{Status, SubmissionEntry};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Direction of a command's data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataDir {
+    /// No data.
+    None,
+    /// Host to controller (writes): the transport collects `len` bytes before execution.
+    ToController,
+    /// Controller to host (reads): the response carries the data.
+    ToHost,
+}
+
+/// The execute step, chosen when the command is parsed.
+pub enum Exec {
+    /// Fabrics Connect.
+    Connect,
+    /// Fabrics Property Get.
+    PropertyGet,
+    /// Fabrics Property Set.
+    PropertySet,
+    /// Fabrics Disconnect.
+    Disconnect,
+    /// Identify.
+    Identify,
+    /// Get Log Page.
+    GetLogPage,
+    /// Get Features.
+    GetFeatures,
+    /// Set Features.
+    SetFeatures,
+    /// Keep Alive.
+    KeepAlive,
+    /// Asynchronous Event Request.
+    AsyncEvent,
+    /// Abort.
+    Abort,
+    /// Read `len` bytes at byte `offset`.
+    Read {
+        /// Namespace.
+        ns: Arc<Namespace>,
+        /// Byte offset.
+        offset: u64,
+    },
+    /// Write at byte `offset`.
+    Write {
+        /// Namespace.
+        ns: Arc<Namespace>,
+        /// Byte offset.
+        offset: u64,
+        /// Force Unit Access.
+        fua: bool,
+    },
+    /// Flush one namespace, or all (NSID FFFFFFFFh).
+    Flush {
+        /// Namespaces to flush.
+        ns: Vec<Arc<Namespace>>,
+    },
+    /// Write Zeroes.
+    WriteZeroes {
+        /// Namespace.
+        ns: Arc<Namespace>,
+        /// Byte offset.
+        offset: u64,
+        /// Byte length.
+        len: u64,
+        /// Deallocate instead of writing (DEAC).
+        deallocate: bool,
+    },
+    /// Dataset Management with the Deallocate attribute.
+    DatasetManagement {
+        /// Namespace.
+        ns: Arc<Namespace>,
+        /// Number of ranges.
+        ranges: usize,
+        /// Attribute - Deallocate.
+        deallocate: bool,
+    },
+}
+
+/// A parsed command.
+pub struct Request {
+    /// The command as received.
+    pub sqe: SubmissionEntry,
+    /// What to run.
+    pub exec: Exec,
+    /// Data direction.
+    pub dir: DataDir,
+    /// Data length in bytes.
+    pub len: usize,
+}
+
+/// A command's result: status, completion dwords, and data for the host.
+#[derive(Debug, Clone, Default)]
+pub struct Response {
+    /// Status.
+    pub status: Status,
+    /// Completion dword 0.
+    pub dw0: u32,
+    /// Completion dword 1.
+    pub dw1: u32,
+    /// Data for the host (reads).
+    pub data: Bytes,
+}
+
+impl Response {
+    /// Success with no data.
+    pub fn ok() -> Self {
+        Response::default()
+    }
+    /// Success with dword 0.
+    pub fn dw0(dw0: u32) -> Self {
+        Response { dw0, ..Default::default() }
+    }
+    /// Success with data.
+    pub fn data(data: impl Into<Bytes>) -> Self {
+        Response { data: data.into(), ..Default::default() }
+    }
+    /// Failure.
+    pub fn err(status: Status) -> Self {
+        Response { status, ..Default::default() }
+    }
+}
+
+/// How a command finishes.
+pub enum Outcome {
+    /// Now.
+    Done(Response),
+    /// Later (backend work on the blocking pool); the transport polls it.
+    Later(Pin<Box<dyn Future<Output = Response> + Send>>),
+    /// Held: an Asynchronous Event Request, completed through the controller's AER channel.
+    Held,
+}
+
+impl From<Response> for Outcome {
+    fn from(r: Response) -> Self {
+        Outcome::Done(r)
+    }
+}
+
+/// What a queue knows about itself: the core's view of one transport connection.
+pub struct QueueCtx {
+    /// The target.
+    pub target: Arc<Target>,
+    /// The port the connection came in on.
+    pub port: Port,
+    /// Our address on this connection.
+    pub local_addr: SocketAddr,
+    /// The host's address.
+    pub peer_addr: SocketAddr,
+    /// Queue ID (set by Connect).
+    pub qid: u16,
+    /// Queue size (entries, not 0's based; set by Connect).
+    pub size: u32,
+    /// The controller (set by Connect).
+    pub ctrl: Option<Arc<Controller>>,
+    /// The host disabled SQ flow control (Connect CATTR bit 2).
+    pub sq_flow_disabled: bool,
+    /// Largest in-capsule data this queue accepts.
+    pub max_incapsule: usize,
+    /// Set by Disconnect: close the connection once the response is sent.
+    pub close_after_response: bool,
+}
+
+/// Largest data transfer of one command: MDTS = 6 (2^6 × 4 KiB).
+pub const MDTS: u8 = 6;
+/// MDTS in bytes.
+pub const MAX_TRANSFER: usize = 4096 << MDTS;
+
+/// Result of parsing: a request, or a status to complete the command with at once.
+pub type ParseResult = Result<Request, Status>;

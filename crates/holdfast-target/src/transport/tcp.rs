@@ -1,0 +1,456 @@
+//! The NVMe/TCP transport (NVMe/TCP Transport Specification 1.0): a listener per port and one task per
+//! connection (= one queue). The task owns its socket, its receive and send buffers and its commands; it
+//! reads in batches (one read, every PDU in it decoded), writes in batches (every PDU produced goes into one
+//! send buffer), and never takes a lock shared with other queues on the I/O path.
+
+use crate::cmd::{self, check_sgl};
+use crate::controller::{AerCompletion, MAX_QUEUE_ENTRIES};
+use crate::request::{DataDir, Exec, Outcome, QueueCtx, Request, Response};
+use crate::subsystem::{Port, Target};
+use bytes::{Bytes, BytesMut};
+use holdfast_proto::decoder::{DecodeError, Fatal, Limits, PduDecoder, Role};
+use holdfast_proto::digest::digest_bytes;
+use holdfast_proto::pdu::{self, flags, ControllerIcParams, Fes, Framing, Pdu, PduType, TermReq, R2T};
+use holdfast_proto::{CompletionEntry, Status};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// MAXH2CDATA we advertise in ICResp.
+pub const MAXH2CDATA: u32 = 128 * 1024;
+/// In-capsule data accepted on the admin queue (NVMe/TCP 1.0 §3.3.3: 8 KiB).
+pub const ADMIN_INCAPSULE: usize = 8192;
+/// In-capsule data accepted on I/O queues; IOCCSZ = (64 + this) / 16.
+pub const IO_INCAPSULE: usize = 16384;
+/// Largest C2HData PDU we send.
+const MAX_C2H_PDU: usize = 128 * 1024;
+/// Write transfers (R2T buffers) in progress at once per queue: bounds memory per connection.
+const MAX_ACTIVE_R2T: usize = 64;
+/// Stop reading new PDUs while this much is waiting to be sent.
+const SEND_HIGH_WATER: usize = 8 << 20;
+/// Time a new connection has to send its ICReq.
+const IC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accept connections on `listener` until `shutdown`.
+pub async fn serve(target: Arc<Target>, port: Port, listener: TcpListener, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    tracing::debug!(%peer, port = port.id, "connection accepted");
+                    let (t, p, s) = (target.clone(), port.clone(), shutdown.clone());
+                    tokio::spawn(async move { Connection::run(stream, t, p, s).await });
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Where a command is.
+enum Slot {
+    /// Waiting for a free R2T buffer.
+    Queued(Request),
+    /// R2T sent, H2CData arriving.
+    Receiving { req: Request, buf: BytesMut, failed: bool },
+    /// Executing (or held: an AER).
+    Executing,
+}
+
+/// Why a connection ends.
+enum Close {
+    /// Orderly: EOF, Disconnect, shutdown.
+    Normal(&'static str),
+    /// Protocol violation: TermReq sent.
+    Fatal(Fatal),
+    /// Socket error.
+    Io(std::io::Error),
+}
+
+struct Connection {
+    ctx: QueueCtx,
+    decoder: PduDecoder,
+    framing: Framing,
+    out: BytesMut,
+    slots: HashMap<u16, Slot>,
+    r2t_queue: VecDeque<u16>,
+    active_r2t: usize,
+    sqhd: u16,
+    done_tx: mpsc::UnboundedSender<(u16, Response)>,
+    aer_rx: Option<mpsc::UnboundedReceiver<AerCompletion>>,
+}
+
+fn limits(max_incapsule: usize) -> Limits {
+    Limits { max_incapsule: max_incapsule as u32, max_h2c_data: MAXH2CDATA, max_c2h_data: 0 }
+}
+
+impl Connection {
+    async fn run(stream: TcpStream, target: Arc<Target>, port: Port, shutdown: CancellationToken) {
+        let _ = stream.set_nodelay(true);
+        let (Ok(local_addr), Ok(peer_addr)) = (stream.local_addr(), stream.peer_addr()) else { return };
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let mut c = Connection {
+            ctx: QueueCtx {
+                target,
+                port,
+                local_addr,
+                peer_addr,
+                qid: 0,
+                size: 0,
+                ctrl: None,
+                sq_flow_disabled: false,
+                max_incapsule: ADMIN_INCAPSULE,
+                close_after_response: false,
+            },
+            decoder: PduDecoder::new(Role::Controller, limits(ADMIN_INCAPSULE)),
+            framing: Framing::default(),
+            out: BytesMut::with_capacity(64 * 1024),
+            slots: HashMap::new(),
+            r2t_queue: VecDeque::new(),
+            active_r2t: 0,
+            sqhd: 0,
+            done_tx,
+            aer_rx: None,
+        };
+        let (mut rd, mut wr) = stream.into_split();
+        let mut inbuf = BytesMut::with_capacity(256 * 1024);
+        let ic_deadline = tokio::time::Instant::now() + IC_TIMEOUT;
+        let mut ic_done = false;
+        let close = 'conn: loop {
+            // Everything already received, PDU by PDU.
+            loop {
+                match c.decoder.decode(&mut inbuf) {
+                    Ok(Some(p)) => {
+                        ic_done = true;
+                        if let Err(close) = c.handle_pdu(p).await {
+                            break 'conn close;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(DecodeError::Fatal(f)) => break 'conn Close::Fatal(f),
+                    Err(DecodeError::DataDigest { pdu, expected, received }) => {
+                        tracing::warn!(peer = %c.ctx.peer_addr, "data digest mismatch: computed {expected:#x}, received {received:#x}");
+                        if let Err(close) = c.handle_data_digest_error(*pdu).await {
+                            break 'conn close;
+                        }
+                    }
+                }
+            }
+            if c.ctx.close_after_response && c.out.is_empty() {
+                break Close::Normal("Disconnect");
+            }
+            let ctrl_cancel = c.ctx.ctrl.as_ref().map(|x| x.cancel.clone());
+            let aer = async {
+                match c.aer_rx.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Close::Normal("target shutting down"),
+                _ = async { match &ctrl_cancel { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
+                    break Close::Normal("controller torn down");
+                }
+                r = wr.write_buf(&mut c.out), if !c.out.is_empty() => {
+                    if let Err(e) = r { break Close::Io(e); }
+                }
+                Some((cid, resp)) = done_rx.recv() => c.complete(cid, resp),
+                Some(ev) = aer => c.send_response(ev.cid, Status::SUCCESS, ev.dw0, 0),
+                r = rd.read_buf(&mut inbuf), if c.out.len() < SEND_HIGH_WATER => match r {
+                    Ok(0) => break Close::Normal("connection closed by host"),
+                    Ok(_) => {}
+                    Err(e) => break Close::Io(e),
+                },
+                _ = tokio::time::sleep_until(ic_deadline), if !ic_done => break Close::Normal("no ICReq in time"),
+            }
+        };
+        // Say why, where the protocol wants it, then go.
+        let reason = match &close {
+            Close::Normal(r) => r.to_string(),
+            Close::Io(e) => format!("socket error: {e}"),
+            Close::Fatal(f) => {
+                tracing::warn!(peer = %c.ctx.peer_addr, qid = c.ctx.qid, "fatal transport error, sending C2HTermReq: {f}");
+                let t = TermReq { fes: f.fes as u16, fei: f.fei, data: f.header.clone() };
+                Pdu::C2HTermReq(t).encode(&c.framing, &mut c.out);
+                format!("fatal transport error: {f}")
+            }
+        };
+        if !c.out.is_empty() && !matches!(close, Close::Io(_)) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), wr.write_all(&c.out)).await;
+        }
+        let _ = wr.shutdown().await;
+        if let Some(ctrl) = &c.ctx.ctrl {
+            ctrl.teardown(&format!("queue {} {}", c.ctx.qid, reason));
+        } else {
+            tracing::debug!(peer = %c.ctx.peer_addr, "connection ended before Connect: {reason}");
+        }
+    }
+
+    fn fatal(fes: Fes, fei: u32, header: Bytes, reason: &'static str) -> Close {
+        Close::Fatal(Fatal { fes, fei, header, reason })
+    }
+
+    async fn handle_pdu(&mut self, p: Pdu) -> Result<(), Close> {
+        match p {
+            Pdu::IcReq(req) => {
+                let params = ControllerIcParams { maxh2cdata: MAXH2CDATA, allow_hdgst: true, allow_ddgst: true };
+                match req.negotiate(&params) {
+                    Ok(resp) => {
+                        Pdu::IcResp(resp).encode(&Framing::default(), &mut self.out);
+                        self.decoder.set_negotiated(resp.hdgst, resp.ddgst, resp.cpda);
+                        self.framing = Framing { hdgst: resp.hdgst, ddgst: resp.ddgst, pda: req.hpda };
+                        Ok(())
+                    }
+                    Err(r) => Err(Self::fatal(r.fes, r.fei, Bytes::new(), "ICReq refused")),
+                }
+            }
+            Pdu::H2CTermReq(t) => {
+                let fes = Fes::from_u16(t.fes).map(Fes::name).unwrap_or("unknown");
+                tracing::warn!(peer = %self.ctx.peer_addr, "host terminated the connection: {fes} (FES {:#x}, FEI {:#x})", t.fes, t.fei);
+                Err(Close::Normal("H2CTermReq from host"))
+            }
+            Pdu::CapsuleCmd(c) => self.handle_capsule(c.sqe, c.data).await,
+            Pdu::H2CData(d) => self.handle_h2c_data(d.cccid, d.ttag, d.datao, d.data, false).await,
+            // The decoder only lets host-to-controller PDUs through.
+            _ => Err(Self::fatal(Fes::InvalidHeaderField, 0, Bytes::new(), "unexpected PDU type")),
+        }
+    }
+
+    async fn handle_data_digest_error(&mut self, p: Pdu) -> Result<(), Close> {
+        match p {
+            // The command never runs: Transient Transport Error, the host may retry it.
+            Pdu::CapsuleCmd(c) => {
+                self.advance_sqhd();
+                self.send_response(c.sqe.cid(), Status::TRANSIENT_TRANSPORT_ERROR, 0, 0);
+                Ok(())
+            }
+            // Keep receiving the transfer, then fail the command.
+            // Account for the bytes (so later offsets line up), then fail the command once the transfer ends.
+            Pdu::H2CData(d) => self.handle_h2c_data(d.cccid, d.ttag, d.datao, d.data, true).await,
+            _ => Err(Self::fatal(Fes::InvalidHeaderField, 0, Bytes::new(), "data digest error on a PDU without data")),
+        }
+    }
+
+    fn advance_sqhd(&mut self) {
+        if self.ctx.size > 0 {
+            self.sqhd = ((self.sqhd as u32 + 1) % self.ctx.size) as u16;
+        }
+    }
+
+    async fn handle_capsule(&mut self, sqe: holdfast_proto::SubmissionEntry, data: Bytes) -> Result<(), Close> {
+        self.advance_sqhd();
+        let cid = sqe.cid();
+        if self.slots.len() >= MAX_QUEUE_ENTRIES as usize
+            || (self.ctx.size > 0 && self.slots.len() >= self.ctx.size as usize * 2)
+        {
+            return Err(Self::fatal(
+                Fes::SequenceError,
+                0,
+                Bytes::new(),
+                "more commands outstanding than the queue holds",
+            ));
+        }
+        if self.slots.contains_key(&cid) {
+            self.send_response(cid, Status::CID_CONFLICT.with_dnr(), 0, 0);
+            return Ok(());
+        }
+        let req = match cmd::parse(&self.ctx, &sqe) {
+            Ok(r) => r,
+            Err(status) => {
+                self.send_response(cid, status, 0, 0);
+                return Ok(());
+            }
+        };
+        if req.len == 0 && !data.is_empty() {
+            self.send_response(cid, Status::SGL_LENGTH_INVALID.with_dnr(), 0, 0);
+            return Ok(());
+        }
+        if req.len > 0 {
+            if let Err(status) = check_sgl(&sqe, req.len, data.len()) {
+                self.send_response(cid, status, 0, 0);
+                return Ok(());
+            }
+        }
+        if req.dir == DataDir::ToController && req.len > 0 && data.is_empty() {
+            self.slots.insert(cid, Slot::Queued(req));
+            self.r2t_queue.push_back(cid);
+            self.start_r2ts();
+            return Ok(());
+        }
+        self.exec(cid, req, data).await;
+        Ok(())
+    }
+
+    /// Send R2Ts for queued writes while buffers are free. One R2T covers the whole transfer; the host
+    /// splits it into H2CData PDUs of at most MAXH2CDATA (NVMe/TCP 1.0 §3.6.2.8).
+    fn start_r2ts(&mut self) {
+        while self.active_r2t < MAX_ACTIVE_R2T {
+            let Some(cid) = self.r2t_queue.pop_front() else { return };
+            let Some(Slot::Queued(req)) = self.slots.remove(&cid) else { continue };
+            let len = req.len;
+            self.slots.insert(cid, Slot::Receiving { req, buf: BytesMut::with_capacity(len), failed: false });
+            self.active_r2t += 1;
+            pdu::encode_r2t(&mut self.out, &self.framing, &R2T { cccid: cid, ttag: cid, r2to: 0, r2tl: len as u32 });
+        }
+    }
+
+    async fn handle_h2c_data(
+        &mut self,
+        cccid: u16,
+        ttag: u16,
+        datao: u32,
+        data: Bytes,
+        digest_failed: bool,
+    ) -> Result<(), Close> {
+        let Some(Slot::Receiving { req, buf, failed }) = self.slots.get_mut(&ttag) else {
+            return Err(Self::fatal(
+                Fes::InvalidHeaderField,
+                pdu::offset::DATA_TTAG,
+                Bytes::new(),
+                "H2CData with an unknown TTAG",
+            ));
+        };
+        if cccid != ttag {
+            return Err(Self::fatal(
+                Fes::InvalidHeaderField,
+                pdu::offset::DATA_CCCID,
+                Bytes::new(),
+                "H2CData CCCID does not match the R2T",
+            ));
+        }
+        if datao as usize != buf.len() {
+            return Err(Self::fatal(
+                Fes::InvalidHeaderField,
+                pdu::offset::DATA_DATAO,
+                Bytes::new(),
+                "H2CData DATAO out of order",
+            ));
+        }
+        if buf.len() + data.len() > req.len {
+            return Err(Self::fatal(Fes::DataOutOfRange, 0, Bytes::new(), "H2CData beyond the R2T"));
+        }
+        buf.extend_from_slice(&data);
+        *failed |= digest_failed;
+        if buf.len() < req.len {
+            return Ok(());
+        }
+        let Some(Slot::Receiving { req, buf, failed }) = self.slots.remove(&ttag) else { return Ok(()) };
+        self.active_r2t -= 1;
+        self.start_r2ts();
+        if failed {
+            self.send_response(cccid, Status::TRANSIENT_TRANSPORT_ERROR, 0, 0);
+        } else {
+            self.exec(cccid, req, buf.freeze()).await;
+        }
+        Ok(())
+    }
+
+    async fn exec(&mut self, cid: u16, req: Request, data: Bytes) {
+        let len = req.len;
+        if matches!(req.exec, Exec::Connect) {
+            let bound_before = self.ctx.ctrl.is_some();
+            let resp = cmd::fabrics::connect(&mut self.ctx, &req, &data).await;
+            if !bound_before && self.ctx.ctrl.is_some() {
+                self.on_connected();
+            }
+            self.respond(cid, resp, len);
+            return;
+        }
+        self.slots.insert(cid, Slot::Executing);
+        match cmd::execute(&mut self.ctx, req, data) {
+            Outcome::Done(resp) => self.respond(cid, resp, len),
+            Outcome::Later(fut) => {
+                let tx = self.done_tx.clone();
+                tokio::spawn(async move {
+                    let r = fut.await;
+                    let _ = tx.send((cid, pad_len(r, len)));
+                });
+            }
+            Outcome::Held => {}
+        }
+    }
+
+    fn on_connected(&mut self) {
+        let Some(ctrl) = self.ctx.ctrl.clone() else { return };
+        if self.ctx.qid == 0 {
+            let (tx, rx) = mpsc::unbounded_channel();
+            ctrl.state.lock().aer_tx = Some(tx);
+            self.aer_rx = Some(rx);
+        } else {
+            self.ctx.max_incapsule = IO_INCAPSULE;
+            self.decoder.set_limits(limits(IO_INCAPSULE));
+        }
+    }
+
+    fn complete(&mut self, cid: u16, resp: Response) {
+        let len = resp.data.len();
+        self.respond(cid, resp, len);
+    }
+
+    /// Send a command's data (C2HData) and completion.
+    fn respond(&mut self, cid: u16, resp: Response, len: usize) {
+        self.slots.remove(&cid);
+        let resp = pad_len(resp, len);
+        if !resp.status.is_success() {
+            if let Some(ctrl) = &self.ctx.ctrl {
+                if resp.status.code() != Status::ABORTED_SQ_DELETION {
+                    ctrl.log_error(self.ctx.qid, cid, resp.status, 0, 0);
+                }
+            }
+            self.send_response(cid, resp.status, resp.dw0, resp.dw1);
+            return;
+        }
+        let data = resp.data;
+        // SUCCESS flag only when the host disabled SQ flow control and the CQE would carry nothing else
+        // (NVMe/TCP 1.0 §3.6.2.6); otherwise a CapsuleResp follows the data.
+        let success_flag = self.ctx.sq_flow_disabled && resp.dw0 == 0 && resp.dw1 == 0 && !data.is_empty();
+        let mut off = 0;
+        while off < data.len() {
+            let n = (data.len() - off).min(MAX_C2H_PDU);
+            let last = off + n == data.len();
+            let mut f = if last { flags::LAST_PDU } else { 0 };
+            if last && success_flag {
+                f |= flags::SUCCESS;
+            }
+            pdu::encode_data_header(&mut self.out, &self.framing, PduType::C2HData, f, cid, 0, off as u32, n as u32);
+            let chunk = &data[off..off + n];
+            self.out.extend_from_slice(chunk);
+            if self.framing.ddgst {
+                self.out.extend_from_slice(&digest_bytes(chunk));
+            }
+            off += n;
+        }
+        if !success_flag {
+            self.send_response(cid, Status::SUCCESS, resp.dw0, resp.dw1);
+        }
+    }
+
+    fn send_response(&mut self, cid: u16, status: Status, dw0: u32, dw1: u32) {
+        self.slots.remove(&cid);
+        let mut cqe = CompletionEntry::new(cid, status, dw0);
+        cqe.dw1.set(dw1);
+        cqe.sqhd.set(self.sqhd);
+        cqe.sqid.set(self.ctx.qid);
+        pdu::encode_capsule_resp(&mut self.out, &self.framing, &cqe);
+    }
+}
+
+/// Trim or zero-pad response data to the transfer length the command asked for.
+fn pad_len(mut r: Response, len: usize) -> Response {
+    if r.status.is_success() && r.data.len() != len {
+        let mut b = BytesMut::zeroed(len);
+        let n = r.data.len().min(len);
+        b[..n].copy_from_slice(&r.data[..n]);
+        r.data = b.freeze();
+    }
+    r
+}

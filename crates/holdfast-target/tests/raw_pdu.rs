@@ -1,0 +1,402 @@
+//! Loopback tests that speak raw NVMe/TCP PDUs to an in-process target: the happy paths a host uses, and
+//! every malformed input the target must answer with the right TermReq or NVMe status.
+
+use bytes::{Bytes, BytesMut};
+use holdfast_proto::decoder::{Limits, PduDecoder, Role};
+use holdfast_proto::fabrics::{
+    self, cc, csts, property, ConnectCommand, ConnectData, InvalidParameter, PropertyCommand,
+};
+use holdfast_proto::opcode::{admin, io};
+use holdfast_proto::pdu::{self, CapsuleCmd, Framing, H2CData, IcReq, Pdu, TermReq};
+use holdfast_proto::sgl::SglDescriptor;
+use holdfast_proto::sqe::rw;
+use holdfast_proto::{CompletionEntry, Status, SubmissionEntry};
+use holdfast_target::config::Config;
+use holdfast_target::{Server, Target, TargetSettings};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const NQN: &str = "nqn.2026-01.io.holdfast:test";
+const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000001";
+const HOSTID: [u8; 16] = [0x11; 16];
+
+async fn start(extra: &str) -> (Server, SocketAddr) {
+    let text = format!(
+        r#"
+[[port]]
+id = 1
+listen = "127.0.0.1:0"
+[[subsystem]]
+nqn = "{NQN}"
+{extra}
+[[subsystem.namespace]]
+nsid = 1
+backend = "ram"
+size_mib = 4
+block_size = 512
+"#
+    );
+    let extra_any = if extra.contains("allowed_hosts") {
+        text
+    } else {
+        text.replace(&format!("nqn = \"{NQN}\"\n"), &format!("nqn = \"{NQN}\"\nallow_any_host = true\n"))
+    };
+    let cfg = Config::parse(&extra_any, "test").unwrap();
+    let target = Target::new(&cfg, TargetSettings::default()).unwrap();
+    let server = Server::start(target).await.unwrap();
+    let addr = server.bound[0].1;
+    (server, addr)
+}
+
+struct Conn {
+    s: TcpStream,
+    dec: PduDecoder,
+    buf: BytesMut,
+    f: Framing,
+    cid: u16,
+}
+
+impl Conn {
+    async fn raw(addr: SocketAddr) -> Conn {
+        let s = TcpStream::connect(addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        Conn {
+            s,
+            dec: PduDecoder::new(Role::Host, Limits::default()),
+            buf: BytesMut::new(),
+            f: Framing::default(),
+            cid: 0,
+        }
+    }
+    async fn ic(addr: SocketAddr, hd: bool, dd: bool) -> Conn {
+        let mut c = Conn::raw(addr).await;
+        c.send(Pdu::IcReq(IcReq { pfv: 0, hpda: 0, hdgst: hd, ddgst: dd, maxr2t: 0 })).await;
+        match c.recv().await {
+            Pdu::IcResp(r) => {
+                assert_eq!((r.pfv, r.cpda, r.hdgst, r.ddgst, r.maxh2cdata), (0, 0, hd, dd, 131072));
+            }
+            p => panic!("expected ICResp, got {p:?}"),
+        }
+        c.dec.set_negotiated(hd, dd, 0);
+        c.f = Framing { hdgst: hd, ddgst: dd, pda: 0 };
+        c
+    }
+    async fn send(&mut self, p: Pdu) {
+        let b = p.to_bytes(&self.f);
+        self.s.write_all(&b).await.unwrap();
+    }
+    async fn send_raw(&mut self, b: &[u8]) {
+        self.s.write_all(b).await.unwrap();
+    }
+    async fn recv(&mut self) -> Pdu {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(p) = self.dec.decode(&mut self.buf).unwrap() {
+                    return p;
+                }
+                let n = self.s.read_buf(&mut self.buf).await.unwrap();
+                assert!(n > 0, "connection closed while waiting for a PDU");
+            }
+        })
+        .await
+        .expect("no PDU within 5 s")
+    }
+    /// Expect the target to send a C2HTermReq and close.
+    async fn expect_term(&mut self, fes: u16, fei: u32) -> TermReq {
+        let p = self.recv().await;
+        let Pdu::C2HTermReq(t) = p else { panic!("expected C2HTermReq, got {p:?}") };
+        assert_eq!((t.fes, t.fei), (fes, fei), "FES/FEI");
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), self.s.read_to_end(&mut rest))
+            .await
+            .expect("target did not close");
+        assert!(n.is_err() || rest.is_empty(), "data after the TermReq");
+        t
+    }
+    fn next_cid(&mut self) -> u16 {
+        self.cid = self.cid.wrapping_add(1);
+        self.cid
+    }
+    async fn cmd(&mut self, mut sqe: SubmissionEntry, data: Bytes) -> (CompletionEntry, Vec<u8>) {
+        let cid = self.next_cid();
+        sqe.cid.set(cid);
+        self.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data })).await;
+        self.finish(cid).await
+    }
+    async fn finish(&mut self, cid: u16) -> (CompletionEntry, Vec<u8>) {
+        let mut data = Vec::new();
+        loop {
+            match self.recv().await {
+                Pdu::C2HData(d) => {
+                    assert_eq!(d.cccid, cid);
+                    assert_eq!(d.datao as usize, data.len());
+                    data.extend_from_slice(&d.data);
+                }
+                Pdu::CapsuleResp(r) => {
+                    assert_eq!(r.cqe.cid(), cid);
+                    return (r.cqe, data);
+                }
+                p => panic!("unexpected {p:?}"),
+            }
+        }
+    }
+    async fn connect(&mut self, qid: u16, cntlid: u16, subnqn: &str, kato: u32) -> CompletionEntry {
+        let c = ConnectCommand::new(0, qid, if qid == 0 { 31 } else { 127 }, kato);
+        let d = ConnectData::new(HOSTID, cntlid, subnqn, HOSTNQN);
+        use zerocopy::IntoBytes;
+        self.cmd(c.to_sqe(), Bytes::copy_from_slice(d.as_bytes())).await.0
+    }
+    async fn prop_get(&mut self, ofst: u32, wide: bool) -> CompletionEntry {
+        self.cmd(PropertyCommand::new(0, ofst, wide, None).to_sqe(), Bytes::new()).await.0
+    }
+    async fn prop_set(&mut self, ofst: u32, v: u64) -> CompletionEntry {
+        self.cmd(PropertyCommand::new(0, ofst, false, Some(v)).to_sqe(), Bytes::new()).await.0
+    }
+    /// Admin connect + enable; returns the CNTLID.
+    async fn admin(addr: SocketAddr, subnqn: &str, hd: bool, dd: bool) -> (Conn, u16) {
+        let mut c = Conn::ic(addr, hd, dd).await;
+        let r = c.connect(0, 0xFFFF, subnqn, 5000).await;
+        assert_eq!(r.status(), Status::SUCCESS, "admin connect");
+        let cntlid = r.dw0.get() as u16;
+        assert_eq!(c.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
+        assert_eq!(c.prop_get(property::CSTS, false).await.dw0.get() & csts::RDY, csts::RDY);
+        (c, cntlid)
+    }
+    async fn io(addr: SocketAddr, admin: &mut Conn, cntlid: u16, hd: bool, dd: bool) -> Conn {
+        let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+        s.cdw10.set(0x07);
+        s.cdw11.set(0x0001_0001);
+        assert_eq!(admin.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+        let mut q = Conn::ic(addr, hd, dd).await;
+        let r = q.connect(1, cntlid, NQN, 0).await;
+        assert_eq!(r.status(), Status::SUCCESS, "io connect");
+        q
+    }
+}
+
+fn rw_sqe(op: u8, slba: u64, blocks: u32, sgl: SglDescriptor) -> SubmissionEntry {
+    let mut s = SubmissionEntry::new(op, 0);
+    s.nsid.set(1);
+    s.dptr = sgl;
+    rw::set(&mut s, slba, blocks, 0);
+    s
+}
+
+#[tokio::test]
+async fn connect_enable_identify_and_io_with_every_digest_setting() {
+    let (server, addr) = start("").await;
+    for (hd, dd) in [(false, false), (true, true), (true, false), (false, true)] {
+        let (mut a, cntlid) = Conn::admin(addr, NQN, hd, dd).await;
+        // CAP: MQES and TO, 8 bytes.
+        let cap = a.prop_get(property::CAP, true).await;
+        assert_eq!(fabrics::cap::mqes(cap.result64()), 1023);
+        // Identify Controller.
+        let mut s = SubmissionEntry::new(admin::IDENTIFY, 0);
+        s.dptr = SglDescriptor::transport(4096);
+        s.cdw10.set(1);
+        let (r, d) = a.cmd(s, Bytes::new()).await;
+        assert_eq!(r.status(), Status::SUCCESS);
+        assert_eq!(d.len(), 4096);
+        assert_eq!(u16::from_le_bytes([d[78], d[79]]), cntlid, "CNTLID at byte 78");
+        assert_ne!(u16::from_le_bytes([d[320], d[321]]), 0, "KAS");
+        assert_eq!(u32::from_le_bytes(d[1792..1796].try_into().unwrap()), (64 + 16384) / 16, "IOCCSZ");
+        assert_eq!(&d[768..768 + NQN.len()], NQN.as_bytes());
+        let mut q = Conn::io(addr, &mut a, cntlid, hd, dd).await;
+        // In-capsule write of 8 blocks, then R2T write of 128 blocks (64 KiB), then read both back.
+        let small: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+        let (r, _) = q.cmd(rw_sqe(io::WRITE, 0, 8, SglDescriptor::incapsule(4096)), Bytes::from(small.clone())).await;
+        assert_eq!(r.status(), Status::SUCCESS);
+        let big: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+        let cid = q.next_cid();
+        let mut sqe = rw_sqe(io::WRITE, 100, 128, SglDescriptor::transport(65536));
+        sqe.cid.set(cid);
+        q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() })).await;
+        let Pdu::R2T(r2t) = q.recv().await else { panic!("expected R2T") };
+        assert_eq!((r2t.cccid, r2t.r2to, r2t.r2tl), (cid, 0, 65536));
+        for (i, chunk) in big.chunks(16384).enumerate() {
+            let last = i == 3;
+            q.send(Pdu::H2CData(H2CData {
+                cccid: cid,
+                ttag: r2t.ttag,
+                datao: (i * 16384) as u32,
+                data: Bytes::copy_from_slice(chunk),
+                last,
+            }))
+            .await;
+        }
+        assert_eq!(q.finish(cid).await.0.status(), Status::SUCCESS);
+        let (r, d) = q.cmd(rw_sqe(io::READ, 0, 8, SglDescriptor::transport(4096)), Bytes::new()).await;
+        assert_eq!((r.status(), d), (Status::SUCCESS, small));
+        let (r, d) = q.cmd(rw_sqe(io::READ, 100, 128, SglDescriptor::transport(65536)), Bytes::new()).await;
+        assert_eq!(r.status(), Status::SUCCESS);
+        assert!(d == big, "64 KiB read-back differs");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn io_statuses_are_exact() {
+    let (server, addr) = start("").await;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    // An I/O queue for a controller that does not exist: Invalid Parameters pointing at CNTLID.
+    let mut stray = Conn::ic(addr, false, false).await;
+    let r = stray.connect(1, cntlid.wrapping_add(100), NQN, 0).await;
+    assert_eq!(r.status(), Status::CONNECT_INVALID_PARAMETERS.with_dnr());
+    assert_eq!(InvalidParameter::from_dw0(r.dw0.get()), InvalidParameter { offset: 16, in_data: true });
+    let nblocks = 4 * 2048u64;
+    let (r, _) = q.cmd(rw_sqe(io::READ, nblocks - 1, 2, SglDescriptor::transport(1024)), Bytes::new()).await;
+    assert_eq!(r.status(), Status::LBA_OUT_OF_RANGE.with_dnr());
+    let mut s = rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512));
+    s.nsid.set(7);
+    assert_eq!(q.cmd(s, Bytes::new()).await.0.status(), Status::INVALID_NAMESPACE.with_dnr());
+    let (r, _) = q.cmd(rw_sqe(io::READ, 0, 1024, SglDescriptor::transport(512 * 1024)), Bytes::new()).await;
+    assert_eq!(r.status(), Status::INVALID_FIELD.with_dnr(), "above MDTS");
+    let (r, _) = q.cmd(rw_sqe(0x7E, 0, 1, SglDescriptor::transport(0)), Bytes::new()).await;
+    assert_eq!(r.status(), Status::INVALID_OPCODE.with_dnr());
+    let (r, _) = q.cmd(rw_sqe(io::READ, 0, 1, SglDescriptor::transport(4096)), Bytes::new()).await;
+    assert_eq!(r.status(), Status::SGL_LENGTH_INVALID.with_dnr(), "SGL length differs from NLB");
+    // Admin: unknown log page, unknown feature.
+    let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
+    s.dptr = SglDescriptor::transport(512);
+    holdfast_proto::sqe::get_log_page::set(&mut s, 0x7F, 0, 512, 0);
+    assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::INVALID_LOG_PAGE.with_dnr());
+    let mut s = SubmissionEntry::new(admin::GET_FEATURES, 0);
+    s.cdw10.set(0x0C);
+    assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::INVALID_FIELD.with_dnr());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connect_refusals_say_why() {
+    let (server, addr) = start("allowed_hosts = [\"nqn.2014-08.org.nvmexpress:uuid:someone-else\"]").await;
+    let mut c = Conn::ic(addr, false, false).await;
+    let r = c.connect(0, 0xFFFF, NQN, 5000).await;
+    assert_eq!(r.status(), Status::CONNECT_INVALID_HOST.with_dnr());
+    let r = c.connect(0, 0xFFFF, "nqn.2026-01.io.holdfast:nope", 5000).await;
+    assert_eq!(r.status(), Status::CONNECT_INVALID_PARAMETERS.with_dnr());
+    assert_eq!(InvalidParameter::from_dw0(r.dw0.get()), InvalidParameter { offset: 256, in_data: true });
+    // Connect whose SGL length differs from its in-capsule data.
+    let mut sqe = ConnectCommand::new(0, 0, 31, 5000).to_sqe();
+    sqe.dptr = SglDescriptor::incapsule(1024);
+    let (r, _) = c.cmd(sqe, Bytes::from(vec![0u8; 512])).await;
+    assert_eq!(r.status(), Status::SGL_LENGTH_INVALID.with_dnr());
+    // Commands before Connect.
+    let mut s = SubmissionEntry::new(admin::IDENTIFY, 0);
+    s.dptr = SglDescriptor::transport(4096);
+    assert_eq!(c.cmd(s, Bytes::new()).await.0.status(), Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+    server.stop().await;
+}
+
+fn header(ty: u8, flags: u8, hlen: u8, pdo: u8, plen: u32) -> Vec<u8> {
+    let mut h = vec![ty, flags, hlen, pdo];
+    h.extend_from_slice(&plen.to_le_bytes());
+    h.resize(hlen as usize, 0);
+    h
+}
+
+#[tokio::test]
+async fn malformed_pdus_get_the_right_termination_request() {
+    let (server, addr) = start("").await;
+    // Capsule before ICReq: PDU sequence error.
+    let mut c = Conn::raw(addr).await;
+    c.send_raw(&header(0x04, 0, 72, 0, 72)).await;
+    c.expect_term(0x02, 0).await;
+    // ICReq with PFV 1: unsupported parameter at byte 8.
+    let mut c = Conn::raw(addr).await;
+    let mut ic = header(0x00, 0, 128, 0, 128);
+    ic[8] = 1;
+    c.send_raw(&ic).await;
+    c.expect_term(0x06, 8).await;
+    // Unknown PDU type.
+    let mut c = Conn::ic(addr, false, false).await;
+    c.send_raw(&header(0x08, 0, 24, 0, 24)).await;
+    let t = c.expect_term(0x01, 0).await;
+    assert_eq!(t.data.len(), 24, "the offending header is returned");
+    // Wrong HLEN for a capsule.
+    let mut c = Conn::ic(addr, false, false).await;
+    c.send_raw(&header(0x04, 0, 64, 0, 64)).await;
+    c.expect_term(0x01, 2).await;
+    // PLEN far beyond the in-capsule limit: data transfer limit exceeded, nothing buffered.
+    let mut c = Conn::ic(addr, false, false).await;
+    c.send_raw(&header(0x04, 0, 72, 72, 0x7FFF_FFFF)).await;
+    c.expect_term(0x05, 0).await;
+    // PDO inside the header.
+    let mut c = Conn::ic(addr, false, false).await;
+    c.send_raw(&header(0x04, 0, 72, 8, 200)).await;
+    c.expect_term(0x01, 3).await;
+    // Header digest error.
+    let mut c = Conn::ic(addr, true, false).await;
+    let mut b = BytesMut::new();
+    pdu::encode_capsule_cmd_header(&mut b, &c.f, &SubmissionEntry::new(admin::KEEP_ALIVE, 1), 0);
+    b[72] ^= 0xFF;
+    c.send_raw(&b).await;
+    c.expect_term(0x03, 0).await;
+    // H2CData with a TTAG no R2T gave.
+    let mut c = Conn::ic(addr, false, false).await;
+    c.send(Pdu::H2CData(H2CData { cccid: 1, ttag: 9, datao: 0, data: Bytes::from(vec![0; 512]), last: true })).await;
+    c.expect_term(0x01, 10).await;
+    // H2CData beyond the R2T.
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    let mut sqe = rw_sqe(io::WRITE, 0, 1, SglDescriptor::transport(512));
+    sqe.cid.set(5);
+    q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() })).await;
+    let Pdu::R2T(r2t) = q.recv().await else { panic!("expected R2T") };
+    q.send(Pdu::H2CData(H2CData { cccid: 5, ttag: r2t.ttag, datao: 0, data: Bytes::from(vec![0; 1024]), last: true }))
+        .await;
+    q.expect_term(0x04, 0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn data_digest_error_fails_the_command_not_the_connection() {
+    let (server, addr) = start("").await;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, true).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, true).await;
+    let mut sqe = rw_sqe(io::WRITE, 0, 1, SglDescriptor::incapsule(512));
+    sqe.cid.set(3);
+    let mut b =
+        BytesMut::from(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::from(vec![1u8; 512]) }).to_bytes(&q.f)[..]);
+    b[100] ^= 1;
+    q.send_raw(&b).await;
+    assert_eq!(q.finish(3).await.0.status(), Status::TRANSIENT_TRANSPORT_ERROR);
+    let (r, d) = q.cmd(rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512)), Bytes::new()).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    assert_eq!(d, vec![0u8; 512], "the corrupt write never landed");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn keep_alive_expiry_tears_the_association_down() {
+    let (server, addr) = start("").await;
+    let mut c = Conn::ic(addr, false, false).await;
+    assert_eq!(c.connect(0, 0xFFFF, NQN, 500).await.status(), Status::SUCCESS);
+    let t0 = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), c.s.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "the target kept an idle association past KATO");
+    assert!(t0.elapsed() >= Duration::from_millis(400), "torn down too early: {:?}", t0.elapsed());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn discovery_log_lists_subsystem_and_discovery_entries() {
+    let (server, addr) = start("").await;
+    let (mut c, _) = Conn::admin(addr, fabrics::DISCOVERY_NQN, false, false).await;
+    let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
+    s.dptr = SglDescriptor::transport(3072);
+    holdfast_proto::sqe::get_log_page::set(&mut s, 0x70, 0, 3072, 0);
+    let (r, d) = c.cmd(s, Bytes::new()).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    assert_eq!(u64::from_le_bytes(d[8..16].try_into().unwrap()), 2, "NUMREC");
+    let e = &d[1024..2048];
+    assert_eq!((e[0], e[1], e[2]), (3, 1, 2), "TCP, IPv4, NVM subsystem");
+    assert_eq!(&e[256..256 + NQN.len()], NQN.as_bytes());
+    assert_eq!(&e[512..521], b"127.0.0.1");
+    assert_eq!(&e[32..32 + addr.port().to_string().len()], addr.port().to_string().as_bytes());
+    assert_eq!(d[2048 + 2], 3, "current discovery subsystem entry");
+    server.stop().await;
+}

@@ -1,0 +1,169 @@
+//! `holdfast target`: run the NVMe/TCP target, from a TOML file or the quick mode's flags.
+
+use anyhow::Context;
+use clap::Args as ClapArgs;
+use holdfast_target::config::{BackendKind, Config, NamespaceConfig, PolicyConfig, PortConfig, SubsystemConfig};
+use holdfast_target::{Server, Target, TargetSettings};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Options of `holdfast target`.
+#[derive(ClapArgs, Debug)]
+#[command(
+    after_help = "Quick mode: holdfast target --listen 127.0.0.1:4420 --nqn nqn.2026-01.io.holdfast:demo --ram-mib 256\n\
+                        Config file: holdfast target --config target.toml"
+)]
+pub struct Args {
+    /// Configuration file (TOML); excludes the quick-mode flags.
+    #[arg(long, short = 'c', conflicts_with_all = ["listen", "nqn", "ram_mib", "file"])]
+    config: Option<PathBuf>,
+    /// Quick mode: address to listen on (NVMe/TCP and discovery).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Quick mode: subsystem NQN (namespace 1, any host allowed).
+    #[arg(long)]
+    nqn: Option<String>,
+    /// Quick mode: a RAM namespace of this many MiB.
+    #[arg(long, conflicts_with = "file")]
+    ram_mib: Option<u64>,
+    /// Quick mode: a file namespace at this path (created if missing).
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Quick mode: size of the file namespace in MiB (grows the file; default: its current size).
+    #[arg(long)]
+    size_mib: Option<u64>,
+    /// Quick mode: logical block size, 512 or 4096.
+    #[arg(long, default_value_t = 512)]
+    block_size: u32,
+    /// Policy: keep-alive timeout hosts should use (ms).
+    #[arg(long)]
+    kato_ms: Option<u32>,
+    /// Policy: first reconnect delay (ms).
+    #[arg(long)]
+    reconnect_delay_ms: Option<u32>,
+    /// Policy: cap of the reconnect backoff (ms).
+    #[arg(long)]
+    reconnect_delay_max_ms: Option<u32>,
+    /// Policy: how long hosts keep reconnecting before failing I/O for good (ms).
+    #[arg(long)]
+    ctrl_loss_tmo_ms: Option<u32>,
+    /// Policy: fail I/O fast after this long disconnected, 0 = off (ms).
+    #[arg(long)]
+    fast_io_fail_tmo_ms: Option<u32>,
+    /// Policy: command quiesce time (ms).
+    #[arg(long)]
+    cqt_ms: Option<u32>,
+    /// Test only: delay every write this long before it reaches the media.
+    #[arg(long, hide = true)]
+    test_delay_writes_ms: Option<u64>,
+    /// Test only: admit a reconnecting host without draining its old association (allows stale writes).
+    #[arg(long, hide = true)]
+    test_no_drain: bool,
+}
+
+fn quick_config(a: &Args) -> anyhow::Result<Config> {
+    let listen = a.listen.clone().context("quick mode needs --listen ADDR:PORT (or use --config FILE)")?;
+    let nqn = a.nqn.clone().context("quick mode needs --nqn NQN")?;
+    let (backend, path, size_mib) = match (&a.ram_mib, &a.file) {
+        (Some(m), None) => (BackendKind::Ram, None, Some(*m)),
+        (None, Some(p)) => (BackendKind::File, Some(p.clone()), a.size_mib),
+        _ => anyhow::bail!("quick mode needs --ram-mib N or --file PATH [--size-mib N]"),
+    };
+    let mut policy = PolicyConfig::default();
+    let set = |dst: &mut u32, v: Option<u32>| {
+        if let Some(v) = v {
+            *dst = v;
+        }
+    };
+    set(&mut policy.kato_ms, a.kato_ms);
+    set(&mut policy.reconnect_delay_ms, a.reconnect_delay_ms);
+    set(&mut policy.reconnect_delay_max_ms, a.reconnect_delay_max_ms);
+    if a.reconnect_delay_ms.is_some() && a.reconnect_delay_max_ms.is_none() {
+        policy.reconnect_delay_max_ms = policy.reconnect_delay_max_ms.max(policy.reconnect_delay_ms);
+    }
+    set(&mut policy.ctrl_loss_tmo_ms, a.ctrl_loss_tmo_ms);
+    set(&mut policy.fast_io_fail_tmo_ms, a.fast_io_fail_tmo_ms);
+    set(&mut policy.cqt_ms, a.cqt_ms);
+    let cfg = Config {
+        ports: vec![PortConfig { id: 1, listen }],
+        subsystems: vec![SubsystemConfig {
+            nqn,
+            serial: None,
+            model: None,
+            allow_any_host: true,
+            allowed_hosts: vec![],
+            ports: vec![],
+            policy,
+            namespaces: vec![NamespaceConfig {
+                nsid: 1,
+                backend,
+                path,
+                size_mib,
+                block_size: a.block_size,
+                uuid: None,
+                nguid: None,
+                eui64: None,
+            }],
+        }],
+    };
+    cfg.validate("command line").map_err(|e| {
+        anyhow::anyhow!("{}", e.to_string().replace("subsystem[0].namespace[0].", "--").replace("subsystem[0].", "--"))
+    })?;
+    Ok(cfg)
+}
+
+/// Run the target until SIGINT or SIGTERM.
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let cfg = match &a.config {
+        Some(p) => Config::load(p).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => quick_config(&a)?,
+    };
+    let settings = TargetSettings {
+        drain: !a.test_no_drain,
+        test_delay_writes: a.test_delay_writes_ms.map(Duration::from_millis),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let target = Target::new(&cfg, settings)?;
+        let server = Server::start(target.clone()).await?;
+        for (id, addr) in &server.bound {
+            tracing::info!(port = id, "listening on {addr} (NVMe/TCP and discovery)");
+        }
+        for s in target.subsystems() {
+            for ns in s.namespaces.read().values() {
+                tracing::info!(subsys = %s.nqn, nsid = ns.nsid, block_size = ns.block_size, blocks = ns.nblocks, "namespace: {}", ns.backend.describe());
+            }
+        }
+        if !target.settings.drain {
+            tracing::warn!("TEST MODE: reconnecting hosts are admitted without draining; stale writes are possible");
+        }
+        for (_, addr) in &server.bound {
+            let host = if addr.ip().is_unspecified() { "<this-host-address>".to_string() } else { addr.ip().to_string() };
+            println!("discover: nvme discover -t tcp -a {host} -s {}", addr.port());
+            for s in target.subsystems().iter().filter(|s| s.on_port(server.bound.iter().find(|b| b.1 == *addr).map(|b| b.0).unwrap_or(0))) {
+                println!("connect:  nvme connect -t tcp -a {host} -s {} -n {}", addr.port(), s.nqn);
+            }
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        wait_for_signal().await;
+        tracing::info!("shutting down: closing connections, flushing namespaces");
+        server.stop().await;
+        tracing::info!("stopped");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,41 @@
+//! `holdfast`: one CLI for the NVMe/TCP target, the host tools, the benchmark and the fault proxy.
+//! Each subcommand lives in its own file under `cmd/`.
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// holdfast: an NVMe over Fabrics (TCP) target and host.
+#[derive(Parser)]
+#[command(name = "holdfast", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an NVMe/TCP target (storage server).
+    Target(cmd::target::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let r = match cli.command {
+        Command::Target(a) => cmd::target::run(a),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("holdfast: error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HOLDFAST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}

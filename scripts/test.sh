@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# test.sh: everything CI checks, on a fresh Debian machine (as root): packages, the interop VM cache,
+# formatting, lints, unit and loopback integration tests, then the Linux-kernel interop checks.
+#   SKIP_INTEROP=1  skip the VM-based checks
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export DEBIAN_FRONTEND=noninteractive CARGO_TERM_COLOR=never
+need=()
+for p in tcpdump tshark python3; do command -v "$p" >/dev/null || need+=("$p"); done
+if ((${#need[@]})); then
+  echo "test.sh: installing ${need[*]}"
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if [[ ${SKIP_INTEROP:-0} != 1 ]]; then ../shared/interop/setup.sh >/dev/null; fi
+echo "== cargo fmt --check"; cargo fmt --all -- --check
+echo "== cargo clippy"; cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo build --release"; cargo build --release --quiet
+echo "== cargo test"; HOLDFAST_BIN=$root/target/release/holdfast cargo test --workspace --quiet 2>&1 | tee /tmp/holdfast-cargo-test.log
+grep -q "test result: FAILED" /tmp/holdfast-cargo-test.log && exit 1
+if [[ ${SKIP_INTEROP:-0} != 1 ]]; then
+  echo "== interop: Linux kernel host -> holdfast target"; scripts/interop-kernel-host.sh
+fi
+echo "test.sh: all checks passed"
