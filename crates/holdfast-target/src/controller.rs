@@ -3,7 +3,6 @@
 //! events waiting for them, and the error log. Its queues are separate connection tasks that reach it through
 //! an `Arc`; tearing it down cancels all of them at once.
 
-use crate::backend::AssociationGate;
 use crate::subsystem::{Subsystem, Target};
 use holdfast_proto::fabrics::{cc, csts};
 use holdfast_proto::Status;
@@ -148,8 +147,6 @@ pub struct Controller {
     last_activity_ms: AtomicU64,
     /// State behind a lock (admin path only; the I/O path never takes it).
     pub state: Mutex<CtrlState>,
-    /// The association's media gate (design §5).
-    pub gate: Arc<AssociationGate>,
     /// Cancelled when the controller is torn down: every queue task exits.
     pub cancel: CancellationToken,
     torn_down: AtomicBool,
@@ -168,7 +165,6 @@ impl Controller {
         kato_ms: u32,
     ) -> Arc<Self> {
         let now = target.now_ms();
-        let drain = target.settings.drain;
         Arc::new(Controller {
             cntlid,
             subsys,
@@ -193,7 +189,6 @@ impl Controller {
                 error_count: 0,
                 aer_tx: None,
             }),
-            gate: AssociationGate::new(drain),
             cancel: CancellationToken::new(),
             torn_down: AtomicBool::new(false),
         })
@@ -286,16 +281,14 @@ impl Controller {
         self.state.lock().masked_logs.retain(|l| *l != lid);
     }
 
-    /// Tear the association down: refuse its not-yet-started media accesses, cancel every queue, forget
-    /// the controller. Idempotent.
+    /// Tear the association down: cancel every queue (each queue, as it exits, refuses its not-yet-started
+    /// media accesses and registers what is still in flight), forget the controller. Idempotent.
     pub fn teardown(&self, reason: &str) {
         if self.torn_down.swap(true, Ordering::SeqCst) {
             return;
         }
-        self.gate.kill();
         self.cancel.cancel();
         self.subsys.remove_controller(self.cntlid);
-        self.subsys.add_dead_association(&self.hostnqn, self.hostid, self.gate.clone());
         tracing::info!(cntlid = self.cntlid, subsys = %self.subsys.nqn, host = %self.hostnqn, "controller torn down: {reason}");
     }
 

@@ -172,6 +172,9 @@ pub struct QueueCtx {
     pub max_incapsule: usize,
     /// Set by Disconnect: close the connection once the response is sent.
     pub close_after_response: bool,
+    /// This queue's media gate: its commands are dropped before touching media once the queue is dead,
+    /// and a reconnecting host waits for them (design §5).
+    pub gate: std::sync::Arc<crate::backend::AssociationGate>,
 }
 
 /// Largest data transfer of one command: MDTS = 6 (2^6 × 4 KiB).

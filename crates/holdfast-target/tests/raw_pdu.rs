@@ -146,7 +146,9 @@ impl Conn {
         let c = ConnectCommand::new(0, qid, if qid == 0 { 31 } else { 127 }, kato);
         let d = ConnectData::new(HOSTID, cntlid, subnqn, HOSTNQN);
         use zerocopy::IntoBytes;
-        self.cmd(c.to_sqe(), Bytes::copy_from_slice(d.as_bytes())).await.0
+        let (cqe, data) = self.cmd(c.to_sqe(), Bytes::copy_from_slice(d.as_bytes())).await;
+        assert!(data.is_empty(), "no C2HData for a Connect");
+        cqe
     }
     async fn prop_get(&mut self, ofst: u32, wide: bool) -> CompletionEntry {
         self.cmd(PropertyCommand::new(0, ofst, wide, None).to_sqe(), Bytes::new()).await.0

@@ -58,7 +58,13 @@ pub fn parse(_ctx: &QueueCtx, ctrl: &Controller, sqe: &SubmissionEntry) -> Parse
             let ns = namespace(ctrl, sqe.nsid())?;
             let ranges = (sqe.cdw10.get() & 0xFF) as usize + 1;
             let deallocate = sqe.cdw11.get() & dsm::AD != 0;
-            req(Exec::DatasetManagement { ns, ranges, deallocate }, DataDir::ToController, ranges * dsm::RANGE_SIZE)
+            // NR+1 ranges are meaningful, but hosts may send a longer buffer: Linux always sends all 256
+            // range slots (4096 bytes). Accept any SGL length from NR+1 ranges up to 256 ranges.
+            let len = sqe.dptr.len() as usize;
+            if len < ranges * dsm::RANGE_SIZE || len > dsm::MAX_RANGES * dsm::RANGE_SIZE {
+                return Err(Status::SGL_LENGTH_INVALID.with_dnr());
+            }
+            req(Exec::DatasetManagement { ns, ranges, deallocate }, DataDir::ToController, len)
         }
         _ => Err(Status::INVALID_OPCODE.with_dnr()),
     }
@@ -141,7 +147,7 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
         _ => false,
     };
     let write_through = !ctrl.state.lock().features.write_cache;
-    let gate = ctrl.gate.enter();
+    let gate = ctx.gate.enter();
     let (len, sqid, cid, nsid, slba) = (req.len, ctx.qid, req.sqe.cid(), req.sqe.nsid(), rw::slba(&req.sqe));
     let finish = move |r: Response, ctrl: &Controller| {
         if !r.status.is_success() && r.status.code() != Status::ABORTED_SQ_DELETION {

@@ -97,6 +97,7 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         let (Ok(local_addr), Ok(peer_addr)) = (stream.local_addr(), stream.peer_addr()) else { return };
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let target_drain = target.settings.drain;
         let mut c = Connection {
             ctx: QueueCtx {
                 target,
@@ -109,6 +110,7 @@ impl Connection {
                 sq_flow_disabled: false,
                 max_incapsule: ADMIN_INCAPSULE,
                 close_after_response: false,
+                gate: crate::backend::AssociationGate::new(target_drain),
             },
             decoder: PduDecoder::new(Role::Controller, limits(ADMIN_INCAPSULE)),
             framing: Framing::default(),
@@ -188,8 +190,16 @@ impl Connection {
             let _ = tokio::time::timeout(Duration::from_secs(2), wr.write_all(&c.out)).await;
         }
         let _ = wr.shutdown().await;
+        // Commands of this queue that have not reached the media are dropped; those still running are what a
+        // reconnecting host will wait for.
+        c.ctx.gate.kill();
         if let Some(ctrl) = &c.ctx.ctrl {
-            ctrl.teardown(&format!("queue {} {}", c.ctx.qid, reason));
+            ctrl.subsys.add_dead_association(&ctrl.hostnqn, ctrl.hostid, c.ctx.gate.clone());
+            if c.ctx.qid == 0 {
+                ctrl.teardown(&format!("admin queue: {reason}"));
+            } else {
+                tracing::debug!(cntlid = ctrl.cntlid, qid = c.ctx.qid, "I/O queue closed: {reason}");
+            }
         } else {
             tracing::debug!(peer = %c.ctx.peer_addr, "connection ended before Connect: {reason}");
         }
@@ -355,7 +365,8 @@ impl Connection {
     }
 
     async fn exec(&mut self, cid: u16, req: Request, data: Bytes) {
-        let len = req.len;
+        // Only data for the host is trimmed or padded to the command's transfer length.
+        let len = if req.dir == DataDir::ToHost { req.len } else { 0 };
         if matches!(req.exec, Exec::Connect) {
             let bound_before = self.ctx.ctrl.is_some();
             let resp = cmd::fabrics::connect(&mut self.ctx, &req, &data).await;
