@@ -223,7 +223,7 @@ impl PduDecoder {
             }
             let pdo = pdo as usize;
             let align = (self.pda as usize + 1) * 4;
-            if pdo < hlen + hd || pdo % align != 0 {
+            if pdo < hlen + hd || !pdo.is_multiple_of(align) {
                 return Err(self.fail(
                     Fes::InvalidHeaderField,
                     offset::PDO,

@@ -325,7 +325,7 @@ impl Config {
             let mut nsids = HashSet::new();
             for (j, n) in s.namespaces.iter().enumerate() {
                 let k = |f: &str| format!("subsystem[{i}].namespace[{j}].{f}");
-                if n.nsid == 0 || n.nsid >= 0xFFFF_FFFF {
+                if n.nsid == 0 || n.nsid == 0xFFFF_FFFF {
                     return Err(err(k("nsid"), format!("{} is not a valid namespace ID", n.nsid)));
                 }
                 if n.nsid > crate::MAX_NSID {

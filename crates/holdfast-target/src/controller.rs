@@ -154,6 +154,7 @@ pub struct Controller {
 
 impl Controller {
     /// A new, disabled controller.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cntlid: u16,
         subsys: Arc<Subsystem>,

@@ -67,10 +67,13 @@ pub struct Subsystem {
     controllers: Mutex<BTreeMap<u16, Weak<Controller>>>,
     next_cntlid: Mutex<u16>,
     /// Associations that died with commands still in flight, by (host NQN, host ID).
-    dead: Mutex<Vec<(String, [u8; 16], Arc<AssociationGate>)>>,
+    dead: Mutex<Vec<DeadQueue>>,
     /// SMART counters.
     pub stats: Stats,
 }
+
+/// A dead queue with commands in flight: (host NQN, host ID, its gate).
+type DeadQueue = (String, [u8; 16], Arc<AssociationGate>);
 
 /// Highest CNTLID a dynamic controller may get (NVMe-oF 1.1 §4.2: 0xFFF0..0xFFFF are reserved).
 pub const MAX_CNTLID: u16 = 0xFFEF;
@@ -116,7 +119,7 @@ impl Subsystem {
         for _ in 0..MAX_CNTLID {
             let id = *next;
             *next = if id >= MAX_CNTLID { 1 } else { id + 1 };
-            if !ctrls.get(&id).is_some_and(|w| w.strong_count() > 0) {
+            if ctrls.get(&id).is_none_or(|w| w.strong_count() == 0) {
                 return Some(id);
             }
         }

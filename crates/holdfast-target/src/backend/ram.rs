@@ -11,8 +11,11 @@ const CHUNK: u64 = 1 << CHUNK_SHIFT;
 /// A RAM namespace backend.
 pub struct RamBackend {
     size: u64,
-    chunks: Box<[RwLock<Option<Box<[u8]>>>]>,
+    chunks: Box<[Chunk]>,
 }
+
+/// One lazily allocated 1 MiB chunk.
+type Chunk = RwLock<Option<Box<[u8]>>>;
 
 impl RamBackend {
     /// A zero-filled backend of `size` bytes.

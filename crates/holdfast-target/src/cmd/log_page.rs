@@ -27,7 +27,7 @@ pub const IO_LOGS: &[u8] = &[
 pub fn get_log_page(ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
     let lid = glp::lid(&req.sqe);
     let offset = glp::offset(&req.sqe);
-    if offset % 4 != 0 {
+    if !offset.is_multiple_of(4) {
         return Response::err(Status::INVALID_FIELD.with_dnr());
     }
     let page: Vec<u8> = if c.subsys.is_discovery {
