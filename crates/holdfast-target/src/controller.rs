@@ -5,6 +5,9 @@
 
 use crate::subsystem::{Subsystem, Target};
 use holdfast_proto::fabrics::{cc, csts};
+use holdfast_proto::features::{event_type, notice, AsyncEvent};
+use holdfast_proto::log_page::{LID_CHANGED_NS_LIST, LID_DISCOVERY};
+use holdfast_proto::policy::{AEN_INFO_POLICY_CHANGED, LID_HOLDFAST_POLICY};
 use holdfast_proto::Status;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -280,6 +283,37 @@ impl Controller {
     /// The host read log page `lid` without RAE: events of that kind may be reported again.
     pub fn unmask_log(&self, lid: u8) {
         self.state.lock().masked_logs.retain(|l| *l != lid);
+    }
+
+    /// Namespaces of the subsystem were attached, detached or changed: add them to the Changed Namespace
+    /// List and send a Namespace Attribute Changed notice (if enabled by Asynchronous Event Configuration
+    /// bit 8).
+    pub fn namespaces_changed(&self, nsids: &[u32]) {
+        {
+            let mut st = self.state.lock();
+            for n in nsids {
+                if !st.changed_nsids.contains(n) {
+                    st.changed_nsids.push(*n);
+                }
+            }
+        }
+        let ev =
+            AsyncEvent { event_type: event_type::NOTICE, info: notice::NS_ATTR_CHANGED, log_page: LID_CHANGED_NS_LIST };
+        self.raise_event(ev.to_dword(), LID_CHANGED_NS_LIST, Some(8));
+    }
+
+    /// The discovery log changed: Discovery Log Page Change notice (Asynchronous Event Configuration bit 31).
+    pub fn discovery_changed(&self) {
+        let ev = AsyncEvent { event_type: event_type::NOTICE, info: notice::DISCOVERY_CHANGE, log_page: LID_DISCOVERY };
+        self.raise_event(ev.to_dword(), LID_DISCOVERY, Some(31));
+    }
+
+    /// The connection policy changed: a vendor-specific notice pointing at the policy log page, always
+    /// sent (hosts that do not know it ignore vendor events).
+    pub fn raise_policy_changed(&self) {
+        let ev =
+            AsyncEvent { event_type: event_type::VENDOR, info: AEN_INFO_POLICY_CHANGED, log_page: LID_HOLDFAST_POLICY };
+        self.raise_event(ev.to_dword(), LID_HOLDFAST_POLICY, None);
     }
 
     /// Tear the association down: cancel every queue (each queue, as it exits, refuses its not-yet-started

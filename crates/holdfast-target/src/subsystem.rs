@@ -45,6 +45,17 @@ pub struct Stats {
     pub media_errors: AtomicU64,
 }
 
+/// Who may use a subsystem, and where it is exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// Admit any host.
+    pub allow_any_host: bool,
+    /// Admitted host NQNs.
+    pub allowed_hosts: HashSet<String>,
+    /// Port IDs it is exported on (empty = all).
+    pub ports: Vec<u16>,
+}
+
 /// An NVM subsystem (or the discovery subsystem).
 pub struct Subsystem {
     /// Subsystem NQN.
@@ -55,14 +66,13 @@ pub struct Subsystem {
     pub model: String,
     /// True for the discovery subsystem.
     pub is_discovery: bool,
-    allow_any_host: bool,
-    allowed_hosts: HashSet<String>,
-    /// Port IDs it is exported on (empty = all).
-    pub ports: Vec<u16>,
+    access: RwLock<Access>,
     /// Namespaces by NSID.
     pub namespaces: RwLock<BTreeMap<u32, Arc<Namespace>>>,
     /// Connection policy.
     pub policy: RwLock<PolicyConfig>,
+    /// Incremented whenever the policy changes.
+    pub policy_generation: AtomicU64,
     /// Live controllers by CNTLID.
     controllers: Mutex<BTreeMap<u16, Weak<Controller>>>,
     next_cntlid: Mutex<u16>,
@@ -85,11 +95,10 @@ impl Subsystem {
             serial,
             model,
             is_discovery,
-            allow_any_host: true,
-            allowed_hosts: HashSet::new(),
-            ports: Vec::new(),
+            access: RwLock::new(Access { allow_any_host: true, allowed_hosts: HashSet::new(), ports: Vec::new() }),
             namespaces: RwLock::new(BTreeMap::new()),
             policy: RwLock::new(PolicyConfig::default()),
+            policy_generation: AtomicU64::new(1),
             controllers: Mutex::new(BTreeMap::new()),
             next_cntlid: Mutex::new(1),
             dead: Mutex::new(Vec::new()),
@@ -99,12 +108,14 @@ impl Subsystem {
 
     /// May `hostnqn` connect?
     pub fn host_allowed(&self, hostnqn: &str) -> bool {
-        self.allow_any_host || self.allowed_hosts.contains(hostnqn)
+        let a = self.access.read();
+        a.allow_any_host || a.allowed_hosts.contains(hostnqn)
     }
 
     /// Is the subsystem exported on `port_id`?
     pub fn on_port(&self, port_id: u16) -> bool {
-        self.ports.is_empty() || self.ports.contains(&port_id)
+        let a = self.access.read();
+        a.ports.is_empty() || a.ports.contains(&port_id)
     }
 
     /// A namespace by NSID.
@@ -178,6 +189,15 @@ impl Subsystem {
     }
 }
 
+/// What a reload changed.
+#[derive(Debug, Default)]
+pub struct ReloadSummary {
+    /// One line per change.
+    pub notes: Vec<String>,
+    /// The discovery generation counter afterwards.
+    pub genctr: u64,
+}
+
 /// A listener as the discovery log describes it.
 #[derive(Clone, Debug)]
 pub struct Port {
@@ -221,20 +241,34 @@ fn open_backend(n: &crate::config::NamespaceConfig, settings: &TargetSettings) -
     })
 }
 
+fn access_of(s: &SubsystemConfig) -> Access {
+    Access {
+        allow_any_host: s.allow_any_host,
+        allowed_hosts: s.allowed_hosts.iter().cloned().collect(),
+        ports: s.ports.clone(),
+    }
+}
+
+fn build_namespace(
+    s: &SubsystemConfig,
+    n: &crate::config::NamespaceConfig,
+    settings: &TargetSettings,
+) -> anyhow::Result<Namespace> {
+    let backend = open_backend(n, settings)?;
+    if backend.size() < n.block_size as u64 {
+        anyhow::bail!("namespace {} of {} is smaller than one block", n.nsid, s.nqn);
+    }
+    Ok(Namespace::new(n.nsid, n.block_size, backend, n.ids(&s.nqn)))
+}
+
 fn build_subsystem(s: &SubsystemConfig, settings: &TargetSettings) -> anyhow::Result<Subsystem> {
     let serial = s.serial.clone().unwrap_or_else(|| crate::config::derived_serial(&s.nqn));
     let model = s.model.clone().unwrap_or_else(|| "holdfast".into());
     let mut sub = Subsystem::new(&s.nqn, serial, model, false);
-    sub.allow_any_host = s.allow_any_host;
-    sub.allowed_hosts = s.allowed_hosts.iter().cloned().collect();
-    sub.ports = s.ports.clone();
+    *sub.access.get_mut() = access_of(s);
     *sub.policy.get_mut() = s.policy.clone();
     for n in &s.namespaces {
-        let backend = open_backend(n, settings)?;
-        if backend.size() < n.block_size as u64 {
-            anyhow::bail!("namespace {} of {} is smaller than one block", n.nsid, s.nqn);
-        }
-        sub.namespaces.get_mut().insert(n.nsid, Arc::new(Namespace::new(n.nsid, n.block_size, backend, n.ids(&s.nqn))));
+        sub.namespaces.get_mut().insert(n.nsid, Arc::new(build_namespace(s, n, settings)?));
     }
     Ok(sub)
 }
@@ -289,6 +323,116 @@ impl Target {
     /// Record a configuration change: discovery controllers see a new GENCTR.
     pub fn bump_genctr(&self) {
         self.genctr.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Apply a new configuration to the running target (SIGHUP): subsystems and namespaces are added,
+    /// removed or replaced, access lists and policies updated. Controllers of a subsystem whose namespaces
+    /// changed get a Namespace Attribute Changed notice; if what discovery reports changed, GENCTR moves
+    /// and discovery controllers get a Discovery Log Page Change notice. Ports cannot change while running.
+    pub fn reload(&self, cfg: &Config) -> anyhow::Result<ReloadSummary> {
+        let mut summary = ReloadSummary::default();
+        let new_ports: Vec<(u16, String)> = cfg.ports.iter().map(|p| (p.id, p.listen.clone())).collect();
+        let old_ports: Vec<(u16, String)> = self.ports.read().iter().map(|p| (p.id, p.addr.to_string())).collect();
+        if new_ports.iter().map(|p| p.0).collect::<Vec<_>>() != old_ports.iter().map(|p| p.0).collect::<Vec<_>>() {
+            summary.notes.push("port changes take effect at the next start".into());
+        }
+        // Build everything new first, so that a backend that fails to open changes nothing.
+        let mut fresh: BTreeMap<String, Subsystem> = BTreeMap::new();
+        let mut ns_new: Vec<(Arc<Subsystem>, u32, Option<Arc<Namespace>>)> = Vec::new();
+        let current = self.subsystems.read().clone();
+        for s in &cfg.subsystems {
+            match current.get(&s.nqn) {
+                None => {
+                    fresh.insert(s.nqn.clone(), build_subsystem(s, &self.settings)?);
+                }
+                Some(old) => {
+                    let have = old.namespaces.read().clone();
+                    for n in &s.namespaces {
+                        let same = have.get(&n.nsid).is_some_and(|o| {
+                            o.block_size == n.block_size
+                                && o.ids == n.ids(&s.nqn)
+                                && n.size_bytes().is_none_or(|b| o.backend.size() == b)
+                                && o.backend
+                                    .describe()
+                                    .contains(&n.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
+                        });
+                        if !same {
+                            ns_new.push((old.clone(), n.nsid, Some(Arc::new(build_namespace(s, n, &self.settings)?))));
+                        }
+                    }
+                    for nsid in have.keys().filter(|k| !s.namespaces.iter().any(|n| n.nsid == **k)) {
+                        ns_new.push((old.clone(), *nsid, None));
+                    }
+                }
+            }
+        }
+        // Apply.
+        let mut discovery_changed = false;
+        {
+            let mut subs = self.subsystems.write();
+            for (nqn, s) in fresh {
+                summary.notes.push(format!("subsystem {nqn} added"));
+                subs.insert(nqn, Arc::new(s));
+                discovery_changed = true;
+            }
+            let gone: Vec<String> =
+                subs.keys().filter(|k| !cfg.subsystems.iter().any(|s| &s.nqn == *k)).cloned().collect();
+            for nqn in gone {
+                if let Some(s) = subs.remove(&nqn) {
+                    for c in s.controllers() {
+                        c.teardown("subsystem removed from the configuration");
+                    }
+                }
+                summary.notes.push(format!("subsystem {nqn} removed"));
+                discovery_changed = true;
+            }
+        }
+        let mut changed: BTreeMap<String, (Arc<Subsystem>, Vec<u32>)> = BTreeMap::new();
+        for (sub, nsid, ns) in ns_new {
+            let mut map = sub.namespaces.write();
+            match ns {
+                Some(ns) => {
+                    summary.notes.push(format!("{} nsid {nsid}: {}", sub.nqn, ns.backend.describe()));
+                    map.insert(nsid, ns);
+                }
+                None => {
+                    summary.notes.push(format!("{} nsid {nsid} removed", sub.nqn));
+                    map.remove(&nsid);
+                }
+            }
+            changed.entry(sub.nqn.clone()).or_insert_with(|| (sub.clone(), Vec::new())).1.push(nsid);
+        }
+        for s in &cfg.subsystems {
+            if let Some(sub) = self.subsystem(&s.nqn) {
+                let a = access_of(s);
+                if *sub.access.read() != a {
+                    *sub.access.write() = a;
+                    summary.notes.push(format!("{}: access list updated", s.nqn));
+                    discovery_changed = true;
+                }
+                if *sub.policy.read() != s.policy {
+                    *sub.policy.write() = s.policy.clone();
+                    sub.policy_generation.fetch_add(1, Ordering::SeqCst);
+                    summary.notes.push(format!("{}: connection policy updated", s.nqn));
+                    for c in sub.controllers() {
+                        c.raise_policy_changed();
+                    }
+                }
+            }
+        }
+        for (sub, nsids) in changed.values() {
+            for c in sub.controllers() {
+                c.namespaces_changed(nsids);
+            }
+        }
+        if discovery_changed {
+            self.bump_genctr();
+            for c in self.discovery.controllers() {
+                c.discovery_changed();
+            }
+        }
+        summary.genctr = self.genctr.load(Ordering::SeqCst);
+        Ok(summary)
     }
 
     /// Every live controller of every subsystem (discovery included).

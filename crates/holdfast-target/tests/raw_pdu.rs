@@ -402,3 +402,70 @@ async fn discovery_log_lists_subsystem_and_discovery_entries() {
     assert_eq!(d[2048 + 2], 3, "current discovery subsystem entry");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn namespace_change_completes_the_aer_and_discovery_sees_a_new_genctr() {
+    let (server, addr) = start("").await;
+    let (mut a, _) = Conn::admin(addr, NQN, false, false).await;
+    // Enable namespace attribute notices, post an AER.
+    let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+    s.cdw10.set(0x0B);
+    s.cdw11.set(1 << 8);
+    assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+    let aer_cid = a.next_cid();
+    let sqe = SubmissionEntry::new(admin::ASYNC_EVENT_REQUEST, aer_cid);
+    a.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() })).await;
+    // A discovery controller with discovery-change notices and an AER.
+    let (mut d, _) = Conn::admin(addr, fabrics::DISCOVERY_NQN, false, false).await;
+    let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+    s.cdw10.set(0x0B);
+    s.cdw11.set(1 << 31);
+    assert_eq!(d.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+    let daer = d.next_cid();
+    d.send(Pdu::CapsuleCmd(CapsuleCmd {
+        sqe: SubmissionEntry::new(admin::ASYNC_EVENT_REQUEST, daer),
+        data: Bytes::new(),
+    }))
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let genctr = server.target.genctr.load(std::sync::atomic::Ordering::SeqCst);
+    // Reload: namespace 2 added, a second subsystem added.
+    let cfg = Config::parse(
+        &format!(
+            r#"
+[[port]]
+id = 1
+listen = "127.0.0.1:0"
+[[subsystem]]
+nqn = "{NQN}"
+allow_any_host = true
+[[subsystem.namespace]]
+nsid = 1
+backend = "ram"
+size_mib = 4
+[[subsystem.namespace]]
+nsid = 2
+backend = "ram"
+size_mib = 8
+[[subsystem]]
+nqn = "{NQN}-2"
+allow_any_host = true
+"#
+        ),
+        "reload",
+    )
+    .unwrap();
+    let summary = server.target.reload(&cfg).unwrap();
+    assert_eq!(summary.genctr, genctr + 1);
+    let (r, _) = a.finish(aer_cid).await;
+    assert_eq!(r.dw0.get(), 0x0004_0002, "notice / namespace attribute changed / log page 04h");
+    let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
+    s.dptr = SglDescriptor::transport(4096);
+    holdfast_proto::sqe::get_log_page::set(&mut s, 0x04, 0, 4096, 0);
+    let (r, list) = a.cmd(s, Bytes::new()).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    assert_eq!(&list[..8], &[2, 0, 0, 0, 0, 0, 0, 0], "changed namespace list holds nsid 2");
+    let (r, _) = d.finish(daer).await;
+    assert_eq!(r.dw0.get(), 0x0070_F002, "notice / discovery log page change / log page 70h");
+    server.stop().await;
+}

@@ -14,6 +14,9 @@ use holdfast_proto::Status;
 use std::sync::atomic::Ordering;
 use zerocopy::{FromZeros, IntoBytes};
 
+/// CRDT1 and CRDT2 in 100 ms units (CRDT3 follows the policy's reconnect delay).
+pub const CRDT_100MS: [u16; 2] = [1, 10];
+
 /// Firmware revision reported in Identify and the Firmware Slot log.
 pub const FIRMWARE_REV: &str = concat!("hf", env!("CARGO_PKG_VERSION"));
 
@@ -54,6 +57,11 @@ pub fn identify_controller(c: &Controller) -> IdentifyController {
     d.oncs.set(id::ONCS_DSM | id::ONCS_WRITE_ZEROES | id::ONCS_SAVE_SELECT);
     d.vwc = id::VWC_PRESENT | id::VWC_FLUSH_BROADCAST;
     d.cqt.set(policy.cqt_ms.min(u16::MAX as u32) as u16);
+    // Command Retry Delay Times (100 ms units), selected by CRD in retryable statuses once the host enables
+    // ACRE (Host Behavior Support): CRD 1 for transient transport errors, 2 and 3 for longer waits.
+    d.crdt1.set(CRDT_100MS[0]);
+    d.crdt2.set(CRDT_100MS[1]);
+    d.crdt3.set((policy.reconnect_delay_ms / 100).clamp(1, u16::MAX as u32) as u16);
     d.ioccsz.set(((64 + IO_INCAPSULE) / 16) as u32);
     d.iorcsz.set(1);
     d.msdbd = 1;
@@ -257,7 +265,10 @@ pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Response {
             return Response::dw0((n as u32 - 1) | ((n as u32 - 1) << 16));
         }
         fid::WRITE_ATOMICITY => st.features.write_atomicity = v & 1,
-        fid::ASYNC_EVENT_CONFIG => st.features.async_event_config = v & AEC_SUPPORTED,
+        fid::ASYNC_EVENT_CONFIG => {
+            let supported = if c.subsys.is_discovery { super::discovery::AEC_DISCOVERY_CHANGE } else { AEC_SUPPORTED };
+            st.features.async_event_config = v & supported;
+        }
         fid::KEEP_ALIVE_TIMER => {
             // Round up to the Keep Alive granularity (KAS).
             let g = KAS_100MS as u32 * 100;

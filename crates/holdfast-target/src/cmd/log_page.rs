@@ -163,6 +163,7 @@ pub fn policy_page(c: &Controller) -> Vec<u8> {
         p.ctrl_loss_tmo_ms = pc.ctrl_loss_tmo_ms;
         p.fast_io_fail_tmo_ms = pc.fast_io_fail_tmo_ms;
         p.cqt_ms = pc.cqt_ms;
+        p.generation = s.policy_generation.load(Ordering::SeqCst);
     }
     p.to_log_page().as_bytes().to_vec()
 }

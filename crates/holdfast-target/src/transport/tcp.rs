@@ -445,8 +445,16 @@ impl Connection {
         }
     }
 
-    fn send_response(&mut self, cid: u16, status: Status, dw0: u32, dw1: u32) {
+    fn send_response(&mut self, cid: u16, mut status: Status, dw0: u32, dw1: u32) {
         self.slots.remove(&cid);
+        // A retryable error tells a host that enabled ACRE how long to wait (CRD selects CRDT1..3).
+        if !status.is_success() && !status.dnr() && status.crd() == 0 {
+            if let Some(ctrl) = &self.ctx.ctrl {
+                if ctrl.state.lock().features.host_behavior[0] & 1 != 0 {
+                    status = status.with_crd(1);
+                }
+            }
+        }
         let mut cqe = CompletionEntry::new(cid, status, dw0);
         cqe.dw1.set(dw1);
         cqe.sqhd.set(self.sqhd);

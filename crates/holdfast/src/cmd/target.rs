@@ -125,6 +125,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
+        let a = a;
         let target = Target::new(&cfg, settings)?;
         let server = Server::start(target.clone()).await?;
         for (id, addr) in &server.bound {
@@ -147,7 +148,23 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        wait_for_signal().await;
+        let config_path = a.config.clone();
+        while let Signal::Reload = wait_for_signal().await {
+            let Some(path) = &config_path else {
+                tracing::warn!("SIGHUP: nothing to reload in quick mode (no --config file)");
+                continue;
+            };
+            match Config::load(path).map_err(anyhow::Error::from).and_then(|c| target.reload(&c)) {
+                Ok(s) if s.notes.is_empty() => tracing::info!("SIGHUP: {} reloaded, nothing changed", path.display()),
+                Ok(s) => {
+                    for n in &s.notes {
+                        tracing::info!("SIGHUP: {n}");
+                    }
+                    tracing::info!(genctr = s.genctr, "SIGHUP: {} applied", path.display());
+                }
+                Err(e) => tracing::error!("SIGHUP: configuration not applied, the old one stays: {e:#}"),
+            }
+        }
         tracing::info!("shutting down: closing connections, flushing namespaces");
         server.stop().await;
         tracing::info!("stopped");
@@ -156,14 +173,22 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_signal() {
+enum Signal {
+    Stop,
+    Reload,
+}
+
+/// SIGINT / SIGTERM stop the target; SIGHUP reloads the configuration file.
+async fn wait_for_signal() -> Signal {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        std::future::pending::<()>().await;
-        return;
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        return std::future::pending().await;
     };
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        _ = term.recv() => Signal::Stop,
+        _ = int.recv() => Signal::Stop,
+        _ = hup.recv() => Signal::Reload,
     }
 }
