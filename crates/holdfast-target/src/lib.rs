@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod cmd;
 pub mod config;
+pub mod control;
 pub mod controller;
 pub mod namespace;
 pub mod request;

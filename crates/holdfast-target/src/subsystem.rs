@@ -222,6 +222,8 @@ pub struct Target {
     pub settings: TargetSettings,
     /// When the target started (keep-alive clocks count from here).
     pub epoch: Instant,
+    /// An announced planned restart: hosts keep I/O queued at least this long (0 = none).
+    pub planned_downtime_ms: std::sync::atomic::AtomicU32,
 }
 
 fn open_backend(n: &crate::config::NamespaceConfig, settings: &TargetSettings) -> anyhow::Result<Arc<dyn Backend>> {
@@ -299,6 +301,7 @@ impl Target {
             instance_id: rand::random::<u64>() | 1,
             settings,
             epoch: Instant::now(),
+            planned_downtime_ms: std::sync::atomic::AtomicU32::new(0),
         }))
     }
 

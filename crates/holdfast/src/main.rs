@@ -17,6 +17,8 @@ struct Cli {
 enum Command {
     /// Run an NVMe/TCP target (storage server).
     Target(cmd::target::Args),
+    /// Control a running target (announce a planned restart).
+    TargetCtl(cmd::target_ctl::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -24,6 +26,7 @@ fn main() -> std::process::ExitCode {
     init_tracing();
     let r = match cli.command {
         Command::Target(a) => cmd::target::run(a),
+        Command::TargetCtl(a) => cmd::target_ctl::run(a),
     };
     match r {
         Ok(code) => code,

@@ -154,7 +154,11 @@ pub fn policy_page(c: &Controller) -> Vec<u8> {
     } else {
         Some(c.subsys.clone())
     };
-    let mut p = policy::ConnectionPolicy { instance_id: c.target.instance_id, ..Default::default() };
+    let mut p = policy::ConnectionPolicy {
+        instance_id: c.target.instance_id,
+        planned_downtime_ms: c.target.planned_downtime_ms.load(Ordering::SeqCst),
+        ..Default::default()
+    };
     if let Some(s) = sub {
         let pc = s.policy.read().clone();
         p.kato_ms = pc.kato_ms;

@@ -1,3 +1,4 @@
 //! One module per CLI subcommand.
 
 pub mod target;
+pub mod target_ctl;

@@ -54,6 +54,12 @@ pub struct Args {
     /// Policy: command quiesce time (ms).
     #[arg(long)]
     cqt_ms: Option<u32>,
+    /// Control socket (default: $TMPDIR/holdfast-target-PORT.sock for the first port).
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// Planned downtime announced on SIGUSR1 (ms).
+    #[arg(long, default_value_t = 30_000)]
+    sigusr1_downtime_ms: u32,
     /// Test only: delay every write this long before it reaches the media.
     #[arg(long, hide = true)]
     test_delay_writes_ms: Option<u64>,
@@ -148,8 +154,25 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         use std::io::Write;
         let _ = std::io::stdout().flush();
+        let control = a.control.clone().unwrap_or_else(|| holdfast_target::control::default_path(server.bound[0].1.port()));
+        {
+            let (t, s, p) = (target.clone(), server.shutdown.clone(), control.clone());
+            tokio::spawn(async move {
+                if let Err(e) = holdfast_target::control::serve(t, &p, s).await {
+                    tracing::warn!("control socket {} unavailable: {e}", p.display());
+                }
+            });
+        }
         let config_path = a.config.clone();
-        while let Signal::Reload = wait_for_signal().await {
+        loop {
+            match wait_for_signal().await {
+                Signal::Stop => break,
+                Signal::Announce => {
+                    holdfast_target::control::announce_restart(&target, a.sigusr1_downtime_ms);
+                    continue;
+                }
+                Signal::Reload => {}
+            }
             let Some(path) = &config_path else {
                 tracing::warn!("SIGHUP: nothing to reload in quick mode (no --config file)");
                 continue;
@@ -165,6 +188,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 Err(e) => tracing::error!("SIGHUP: configuration not applied, the old one stays: {e:#}"),
             }
         }
+        let _ = std::fs::remove_file(&control);
         tracing::info!("shutting down: closing connections, flushing namespaces");
         server.stop().await;
         tracing::info!("stopped");
@@ -176,19 +200,25 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 enum Signal {
     Stop,
     Reload,
+    Announce,
 }
 
-/// SIGINT / SIGTERM stop the target; SIGHUP reloads the configuration file.
+/// SIGINT / SIGTERM stop the target; SIGHUP reloads the configuration file; SIGUSR1 announces a planned
+/// restart.
 async fn wait_for_signal() -> Signal {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {
         _ = term.recv() => Signal::Stop,
         _ = int.recv() => Signal::Stop,
         _ = hup.recv() => Signal::Reload,
+        _ = usr1.recv() => Signal::Announce,
     }
 }

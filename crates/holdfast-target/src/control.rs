@@ -1,0 +1,91 @@
+//! The target's local control socket (a Unix socket, one command per line, one reply line): lets an
+//! operator announce a planned restart so that hosts keep I/O queued through it (design §3,
+//! `planned_downtime_ms`).
+//!
+//! | command | effect |
+//! |---|---|
+//! | `announce-restart MS` | advertise a planned downtime of MS ms in the policy page; notify every host |
+//! | `cancel-restart` | withdraw it |
+//! | `status` | one line: instance, controllers, planned downtime |
+
+use crate::subsystem::Target;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+
+/// The default control socket path for a target whose first port is `port`.
+pub fn default_path(port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("holdfast-target-{port}.sock"))
+}
+
+/// Announce (or with 0, withdraw) a planned restart: every controller gets a policy-changed notice.
+pub fn announce_restart(target: &Target, downtime_ms: u32) {
+    target.planned_downtime_ms.store(downtime_ms, Ordering::SeqCst);
+    for s in target.subsystems() {
+        s.policy_generation.fetch_add(1, Ordering::SeqCst);
+    }
+    for c in target.all_controllers() {
+        c.raise_policy_changed();
+    }
+    if downtime_ms > 0 {
+        tracing::warn!(downtime_ms, "planned restart announced: hosts will keep I/O queued at least this long");
+    } else {
+        tracing::info!("planned restart withdrawn");
+    }
+}
+
+/// Execute one control command line.
+pub fn execute(target: &Target, line: &str) -> String {
+    let mut w = line.split_whitespace();
+    match (w.next(), w.next()) {
+        (Some("announce-restart"), Some(ms)) => match ms.parse::<u32>() {
+            Ok(ms) => {
+                announce_restart(target, ms);
+                format!("ok planned downtime {ms} ms announced to {} controller(s)", target.all_controllers().len())
+            }
+            Err(_) => format!("error: \"{ms}\" is not a number of milliseconds"),
+        },
+        (Some("cancel-restart"), None) => {
+            announce_restart(target, 0);
+            "ok planned restart withdrawn".into()
+        }
+        (Some("status"), None) => format!(
+            "ok instance {:016x} controllers {} planned_downtime_ms {}",
+            target.instance_id,
+            target.all_controllers().len(),
+            target.planned_downtime_ms.load(Ordering::SeqCst)
+        ),
+        _ => format!("error: unknown command \"{}\" (announce-restart MS, cancel-restart, status)", line.trim()),
+    }
+}
+
+/// Serve the control socket at `path` until `shutdown`; removes the socket file afterwards.
+pub async fn serve(target: Arc<Target>, path: &Path, shutdown: CancellationToken) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    tracing::info!("control socket at {}", path.display());
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => {
+                let Ok((stream, _)) = r else { continue };
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let (rd, mut wr) = stream.into_split();
+                    let mut lines = BufReader::new(rd).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let reply = execute(&target, &line);
+                        if wr.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+    }
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}
