@@ -1,0 +1,30 @@
+# shellcheck shell=sh
+# guest-ride-through.sh: kernel-host.sh --guest-script for scenario S7. The Linux kernel host mounts ext4 on
+# holdfast's target, keeps writing files while the host side (vm.sh -H) kills the target with SIGKILL and
+# restarts it a few seconds later, then verifies every file, before and after a remount.
+: "${PORT:?}" "${NQN:?}"
+ADDR=10.0.2.2
+nvme connect -t tcp -a "$ADDR" -s "$PORT" -n "$NQN" --reconnect-delay=1 --ctrl-loss-tmo=60 -k 5
+dev=$(ns_dev "$NQN")
+mkfs.ext4 -q -F "$dev"; mkdir -p /mnt/t; mount "$dev" /mnt/t
+dd if=/dev/urandom of=/tmp/seed bs=1M count=2 2>/dev/null
+i=0; while [ $i -lt 4 ]; do cp /tmp/seed "/mnt/t/before$i"; i=$((i + 1)); done; sync
+log "writing files while the target is killed and restarted"
+( j=0; while [ ! -f /tmp/stop ]; do dd if=/tmp/seed of="/mnt/t/during$j" bs=1M conv=fsync 2>/dev/null && j=$((j + 1)); done
+  echo "$j" >/tmp/during_count ) &
+sleep 1
+t0=$(now)
+rc=0; wait_host || rc=$?
+log "host side done (exit $rc) after $(elapsed "$t0") s; writing on for 2 s"
+sleep 2; touch /tmp/stop; wait
+[ "$rc" = 0 ] || exit "$rc"
+log "$(cat /tmp/during_count) files written across the outage"; sync
+for f in /mnt/t/before* /mnt/t/during*; do cmp /tmp/seed "$f"; done
+umount /mnt/t; mount "$dev" /mnt/t
+for f in /mnt/t/before* /mnt/t/during*; do cmp /tmp/seed "$f"; done
+echo "ride-through: $(ls /mnt/t | wc -l) files verified after remount"
+umount /mnt/t
+nvme disconnect -n "$NQN"
+dmesg | grep -E "nvme|EXT4" | tail -n 20
+if dmesg | grep -E "I/O error|Buffer I/O|EXT4-fs error|identifiers changed"; then echo "kernel logged I/O errors"; exit 1; fi
+echo RIDE-THROUGH-PASSED
