@@ -20,13 +20,15 @@ pub struct TargetSettings {
     /// Hold a reconnecting host's new association until its dead ones have drained (design §5). Only tests
     /// turn this off, to show the stale write it prevents.
     pub drain: bool,
-    /// Test only: delay every write this long before it reaches the media.
+    /// Test only: delay writes this long before they reach the media...
     pub test_delay_writes: Option<Duration>,
+    /// ...every N-th write (1 = all).
+    pub test_delay_every: u64,
 }
 
 impl Default for TargetSettings {
     fn default() -> Self {
-        TargetSettings { drain: true, test_delay_writes: None }
+        TargetSettings { drain: true, test_delay_writes: None, test_delay_every: 1 }
     }
 }
 
@@ -238,7 +240,7 @@ fn open_backend(n: &crate::config::NamespaceConfig, settings: &TargetSettings) -
         }
     };
     Ok(match settings.test_delay_writes {
-        Some(d) => Arc::new(DelayWrites::new(b, d)),
+        Some(d) => Arc::new(DelayWrites::new(b, d, settings.test_delay_every)),
         None => b,
     })
 }

@@ -1,9 +1,11 @@
-//! A test-only wrapper that delays every write before it reaches the media, to make the stale-write
-//! ("ghost write") window of design §5 wide enough to test. Enabled only by the hidden `--test-delay-writes-ms`
-//! flag; never in a normal configuration.
+//! A test-only wrapper that holds some writes back before they reach the media, to make the stale-write
+//! ("ghost write") window of design §5 wide enough to test: every `every`-th write (the first, then every
+//! N-th after it) waits `delay`, the others go straight through, so a stuck old write can be overtaken by newer
+//! ones. Enabled only by the hidden `--test-delay-writes-ms` / `--test-delay-every` flags.
 
 use super::{Backend, MediaGate};
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,12 +13,20 @@ use std::time::Duration;
 pub struct DelayWrites {
     inner: Arc<dyn Backend>,
     delay: Duration,
+    every: u64,
+    count: AtomicU64,
 }
 
 impl DelayWrites {
-    /// Wrap `inner`.
-    pub fn new(inner: Arc<dyn Backend>, delay: Duration) -> Self {
-        DelayWrites { inner, delay }
+    /// Wrap `inner`: writes number 0, N, 2N, ... wait `delay` (N = `every`, at least 1).
+    pub fn new(inner: Arc<dyn Backend>, delay: Duration, every: u64) -> Self {
+        DelayWrites { inner, delay, every: every.max(1), count: AtomicU64::new(0) }
+    }
+
+    fn maybe_wait(&self) {
+        if self.count.fetch_add(1, Ordering::SeqCst) % self.every == 0 {
+            std::thread::sleep(self.delay);
+        }
     }
 }
 
@@ -31,21 +41,21 @@ impl Backend for DelayWrites {
         self.inner.read_at(offset, buf, gate)
     }
     fn write_at(&self, offset: u64, data: &[u8], fua: bool, gate: &MediaGate) -> io::Result<()> {
-        std::thread::sleep(self.delay);
+        self.maybe_wait();
         self.inner.write_at(offset, data, fua, gate)
     }
     fn flush(&self, gate: &MediaGate) -> io::Result<()> {
         self.inner.flush(gate)
     }
     fn write_zeroes(&self, offset: u64, len: u64, gate: &MediaGate) -> io::Result<()> {
-        std::thread::sleep(self.delay);
+        self.maybe_wait();
         self.inner.write_zeroes(offset, len, gate)
     }
     fn deallocate(&self, offset: u64, len: u64, gate: &MediaGate) -> io::Result<()> {
-        std::thread::sleep(self.delay);
+        self.maybe_wait();
         self.inner.deallocate(offset, len, gate)
     }
     fn describe(&self) -> String {
-        format!("{} (writes delayed {:?}, test only)", self.inner.describe(), self.delay)
+        format!("{} (every {}. write delayed {:?}, test only)", self.inner.describe(), self.every, self.delay)
     }
 }

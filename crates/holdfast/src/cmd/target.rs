@@ -63,6 +63,9 @@ pub struct Args {
     /// Test only: delay every write this long before it reaches the media.
     #[arg(long, hide = true)]
     test_delay_writes_ms: Option<u64>,
+    /// Test only: delay only every N-th write (with --test-delay-writes-ms).
+    #[arg(long, hide = true, default_value_t = 1)]
+    test_delay_every: u64,
     /// Test only: admit a reconnecting host without draining its old association (allows stale writes).
     #[arg(long, hide = true)]
     test_no_drain: bool,
@@ -128,6 +131,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let settings = TargetSettings {
         drain: !a.test_no_drain,
         test_delay_writes: a.test_delay_writes_ms.map(Duration::from_millis),
+        test_delay_every: a.test_delay_every,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
