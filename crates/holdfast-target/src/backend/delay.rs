@@ -24,7 +24,7 @@ impl DelayWrites {
     }
 
     fn maybe_wait(&self) {
-        if self.count.fetch_add(1, Ordering::SeqCst) % self.every == 0 {
+        if self.count.fetch_add(1, Ordering::SeqCst).is_multiple_of(self.every) {
             std::thread::sleep(self.delay);
         }
     }
