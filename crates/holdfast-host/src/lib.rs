@@ -1,1 +1,23 @@
+//! # holdfast-host: an NVMe/TCP host (initiator)
+//!
+//! [`Controller::connect`] opens an association (admin queue, enable, Identify, I/O queues, keep-alive,
+//! asynchronous events); [`Namespace`] gives async read / write / flush / write-zeroes / deallocate over it;
+//! [`discover`] reads a discovery log.
+//!
+//! Each queue is one task that owns its TCP connection ([`queue`]); callers reach it through a channel that
+//! outlives the connection, and a failed connection hands back its unfinished commands with their buffers —
+//! the structure reconnection (design §4) builds on.
 
+pub mod controller;
+pub mod discovery;
+pub mod error;
+pub mod namespace;
+pub mod options;
+pub mod queue;
+pub mod transport;
+
+pub use controller::Controller;
+pub use discovery::{discover, DiscoveryEntry};
+pub use error::{Error, Result};
+pub use namespace::Namespace;
+pub use options::ConnectOptions;

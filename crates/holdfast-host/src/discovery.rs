@@ -1,0 +1,96 @@
+//! Discovery (NVMe over Fabrics 1.1 §5): connect to a discovery controller and read its log page.
+
+use crate::controller::{get_log_page, Controller};
+use crate::error::{Error, Result};
+use crate::options::ConnectOptions;
+use holdfast_proto::fabrics::DISCOVERY_NQN;
+use holdfast_proto::log_page::{field_str, DiscoveryLogEntry, LID_DISCOVERY};
+
+/// One discovery log entry, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiscoveryEntry {
+    /// Transport type (3 = TCP).
+    pub trtype: u8,
+    /// Address family (1 = IPv4, 2 = IPv6).
+    pub adrfam: u8,
+    /// Subsystem type (2 = NVM, 3 = current discovery, 1 = referral).
+    pub subtype: u8,
+    /// Transport requirements.
+    pub treq: u8,
+    /// Port ID.
+    pub portid: u16,
+    /// Controller ID (FFFFh = dynamic).
+    pub cntlid: u16,
+    /// Admin max SQ size.
+    pub asqsz: u16,
+    /// Transport service ID (TCP port).
+    pub trsvcid: String,
+    /// Subsystem NQN.
+    pub subnqn: String,
+    /// Transport address.
+    pub traddr: String,
+}
+
+impl DiscoveryEntry {
+    fn from(e: &DiscoveryLogEntry) -> Self {
+        DiscoveryEntry {
+            trtype: e.trtype,
+            adrfam: e.adrfam,
+            subtype: e.subtype,
+            treq: e.treq,
+            portid: e.portid.get(),
+            cntlid: e.cntlid.get(),
+            asqsz: e.asqsz.get(),
+            trsvcid: field_str(&e.trsvcid),
+            subnqn: field_str(&e.subnqn),
+            traddr: field_str(&e.traddr),
+        }
+    }
+    /// The subsystem type in words.
+    pub fn subtype_name(&self) -> &'static str {
+        match self.subtype {
+            1 => "referral",
+            2 => "nvme subsystem",
+            3 => "current discovery subsystem",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Read the discovery log of the discovery controller at `opts.addr` (the subsystem NQN is ignored).
+/// The log is read again if its generation counter changes while it is read.
+pub async fn discover(mut opts: ConnectOptions) -> Result<Vec<DiscoveryEntry>> {
+    opts.subnqn = DISCOVERY_NQN.into();
+    opts.nr_io_queues = 0;
+    let ctrl = Controller::connect(opts).await?;
+    let r = read_log(&ctrl).await;
+    let _ = ctrl.shutdown().await;
+    r
+}
+
+async fn read_log(ctrl: &Controller) -> Result<Vec<DiscoveryEntry>> {
+    let admin = ctrl.admin_queue();
+    for _ in 0..5 {
+        let h = get_log_page(admin, LID_DISCOVERY, 0, 1024, 0).await?;
+        let genctr = u64::from_le_bytes(h[0..8].try_into().unwrap_or_default());
+        let numrec = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
+        if numrec > 4096 {
+            return Err(Error::Protocol { qid: 0, what: format!("discovery log claims {numrec} records") });
+        }
+        let body = if numrec == 0 {
+            Default::default()
+        } else {
+            get_log_page(admin, LID_DISCOVERY, 0, numrec as usize * 1024, 1024).await?
+        };
+        let again = get_log_page(admin, LID_DISCOVERY, 0, 1024, 0).await?;
+        if u64::from_le_bytes(again[0..8].try_into().unwrap_or_default()) != genctr {
+            continue;
+        }
+        return Ok(body
+            .chunks_exact(1024)
+            .filter_map(DiscoveryLogEntry::from_slice)
+            .map(|e| DiscoveryEntry::from(&e))
+            .collect());
+    }
+    Err(Error::Protocol { qid: 0, what: "the discovery log kept changing while it was read".into() })
+}

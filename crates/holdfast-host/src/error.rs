@@ -1,0 +1,85 @@
+//! Errors a host user can act on: each says what failed and why, in one line.
+
+use holdfast_proto::Status;
+use std::time::Duration;
+
+/// A host error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The TCP connection could not be made.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// Target address.
+        addr: String,
+        /// Socket error.
+        source: std::io::Error,
+    },
+    /// The connection failed after it was made.
+    #[error("connection to {addr} (queue {qid}) failed: {source}")]
+    Transport {
+        /// Target address.
+        addr: String,
+        /// Queue.
+        qid: u16,
+        /// Socket error.
+        source: std::io::Error,
+    },
+    /// The target broke the protocol, or sent a termination request.
+    #[error("protocol error on queue {qid}: {what}")]
+    Protocol {
+        /// Queue.
+        qid: u16,
+        /// What happened.
+        what: String,
+    },
+    /// A command completed with an error status.
+    #[error("{command} failed: {status}")]
+    Nvme {
+        /// The command's name.
+        command: &'static str,
+        /// Its status.
+        status: Status,
+    },
+    /// Connect refused.
+    #[error("Connect refused by the target: {reason}")]
+    ConnectRefused {
+        /// Why, in words.
+        reason: String,
+        /// The status.
+        status: Status,
+    },
+    /// Something took too long.
+    #[error("{what} timed out after {after:?}")]
+    Timeout {
+        /// What.
+        what: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// The controller is not connected.
+    #[error("not connected: {0}")]
+    NotConnected(String),
+    /// Bad argument from the caller.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// The NVMe status, if this is a command failure.
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            Error::Nvme { status, .. } | Error::ConnectRefused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+    /// True for errors caused by the path (connection) rather than the command.
+    pub fn is_path_error(&self) -> bool {
+        matches!(
+            self,
+            Error::Transport { .. } | Error::Protocol { .. } | Error::Timeout { .. } | Error::NotConnected(_)
+        )
+    }
+}
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,184 @@
+//! The async namespace API: read, write (optional FUA), flush, write zeroes, deallocate. Requests larger
+//! than the controller's transfer limit (MDTS) are split; the pieces go out together, spread over the I/O
+//! queues (NVM Command Set 1.0 §3.2 and §3.3).
+
+use crate::controller::{finish, Controller};
+use crate::error::{Error, Result};
+use bytes::{Bytes, BytesMut};
+use holdfast_proto::identify::{self, IdentifyNamespace, NsDescriptor};
+use holdfast_proto::opcode::io as op;
+use holdfast_proto::sqe::{dsm, rw};
+use holdfast_proto::SubmissionEntry;
+use zerocopy::FromBytes;
+
+/// A namespace of a connected controller.
+#[derive(Clone)]
+pub struct Namespace {
+    ctrl: Controller,
+    /// Namespace ID.
+    pub nsid: u32,
+    /// Logical block size.
+    pub block_size: u32,
+    /// Number of logical blocks.
+    pub nblocks: u64,
+    /// Identify Namespace data.
+    pub id: Box<IdentifyNamespace>,
+    /// Namespace identifiers (EUI-64, NGUID, UUID, CSI).
+    pub descriptors: Vec<NsDescriptor>,
+}
+
+impl Namespace {
+    /// Open namespace `nsid`: Identify Namespace and its descriptor list.
+    pub async fn open(ctrl: &Controller, nsid: u32) -> Result<Namespace> {
+        let b = crate::controller::identify_raw(ctrl.admin_queue(), identify::CNS_NAMESPACE, nsid).await?;
+        let id = IdentifyNamespace::read_from_bytes(&b[..4096])
+            .map_err(|_| Error::Invalid("short Identify Namespace".into()))?;
+        if id.nsze.get() == 0 {
+            return Err(Error::Invalid(format!("namespace {nsid} is not active on {}", ctrl.options().subnqn)));
+        }
+        let block_size =
+            id.block_size().ok_or_else(|| Error::Invalid(format!("namespace {nsid} has an unusable LBA format")))?;
+        let descriptors =
+            match crate::controller::identify_raw(ctrl.admin_queue(), identify::CNS_NS_DESC_LIST, nsid).await {
+                Ok(d) => identify::parse_ns_descriptor_list(&d),
+                Err(_) => Vec::new(),
+            };
+        Ok(Namespace { ctrl: ctrl.clone(), nsid, block_size, nblocks: id.nsze.get(), id: Box::new(id), descriptors })
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.nblocks * self.block_size as u64
+    }
+
+    /// The controller.
+    pub fn controller(&self) -> &Controller {
+        &self.ctrl
+    }
+
+    fn check_range(&self, lba: u64, blocks: u64) -> Result<()> {
+        if blocks == 0 {
+            return Err(Error::Invalid("zero blocks".into()));
+        }
+        match lba.checked_add(blocks) {
+            Some(end) if end <= self.nblocks => Ok(()),
+            _ => Err(Error::Invalid(format!(
+                "blocks {lba}..{} are beyond the end of namespace {} ({} blocks)",
+                lba.saturating_add(blocks),
+                self.nsid,
+                self.nblocks
+            ))),
+        }
+    }
+
+    fn max_blocks(&self) -> u64 {
+        ((self.ctrl.max_transfer() / self.block_size as usize) as u64).clamp(1, 65536)
+    }
+
+    fn rw_sqe(&self, opcode: u8, lba: u64, blocks: u32, flags: u32) -> SubmissionEntry {
+        let mut s = SubmissionEntry::new(opcode, 0);
+        s.nsid.set(self.nsid);
+        rw::set(&mut s, lba, blocks, flags);
+        s
+    }
+
+    /// Read `blocks` blocks at `lba`, on queue `queue` (None: round robin).
+    pub async fn read_on(&self, queue: Option<usize>, lba: u64, blocks: u64) -> Result<Bytes> {
+        self.check_range(lba, blocks)?;
+        let max = self.max_blocks();
+        let mut rxs = Vec::new();
+        let mut at = lba;
+        while at < lba + blocks {
+            let n = (lba + blocks - at).min(max);
+            let sqe = self.rw_sqe(op::READ, at, n as u32, 0);
+            rxs.push(self.ctrl.io_send(queue, sqe, Bytes::new(), (n * self.block_size as u64) as usize).await?);
+            at += n;
+        }
+        if rxs.len() == 1 {
+            return Ok(finish(rxs.pop().unwrap_or_else(|| unreachable!()), "Read").await?.data);
+        }
+        let mut out = BytesMut::with_capacity((blocks * self.block_size as u64) as usize);
+        for rx in rxs {
+            out.extend_from_slice(&finish(rx, "Read").await?.data);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Read `blocks` blocks at `lba`.
+    pub async fn read(&self, lba: u64, blocks: u64) -> Result<Bytes> {
+        self.read_on(None, lba, blocks).await
+    }
+
+    /// Write `data` (a whole number of blocks) at `lba`, on queue `queue`; with `fua`, durable on completion.
+    pub async fn write_on(&self, queue: Option<usize>, lba: u64, data: Bytes, fua: bool) -> Result<()> {
+        let bs = self.block_size as usize;
+        if data.is_empty() || data.len() % bs != 0 {
+            return Err(Error::Invalid(format!(
+                "write of {} bytes is not a whole number of {bs}-byte blocks",
+                data.len()
+            )));
+        }
+        let blocks = (data.len() / bs) as u64;
+        self.check_range(lba, blocks)?;
+        let max = self.max_blocks();
+        let mut rxs = Vec::new();
+        let mut at = 0u64;
+        while at < blocks {
+            let n = (blocks - at).min(max);
+            let sqe = self.rw_sqe(op::WRITE, lba + at, n as u32, if fua { rw::FUA } else { 0 });
+            let piece = data.slice((at as usize) * bs..((at + n) as usize) * bs);
+            rxs.push(self.ctrl.io_send(queue, sqe, piece, 0).await?);
+            at += n;
+        }
+        for rx in rxs {
+            finish(rx, "Write").await?;
+        }
+        Ok(())
+    }
+
+    /// Write `data` at `lba`.
+    pub async fn write(&self, lba: u64, data: Bytes, fua: bool) -> Result<()> {
+        self.write_on(None, lba, data, fua).await
+    }
+
+    /// Flush: every completed write durable.
+    pub async fn flush(&self) -> Result<()> {
+        let mut s = SubmissionEntry::new(op::FLUSH, 0);
+        s.nsid.set(self.nsid);
+        finish(self.ctrl.io_send(None, s, Bytes::new(), 0).await?, "Flush").await.map(|_| ())
+    }
+
+    /// Write Zeroes over `blocks` blocks at `lba` (split at 65536 blocks per command).
+    pub async fn write_zeroes(&self, lba: u64, blocks: u64) -> Result<()> {
+        self.check_range(lba, blocks)?;
+        let mut at = lba;
+        while at < lba + blocks {
+            let n = (lba + blocks - at).min(65536);
+            let sqe = self.rw_sqe(op::WRITE_ZEROES, at, n as u32, 0);
+            finish(self.ctrl.io_send(None, sqe, Bytes::new(), 0).await?, "Write Zeroes").await?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Deallocate (trim) `blocks` blocks at `lba` with Dataset Management.
+    pub async fn deallocate(&self, lba: u64, blocks: u64) -> Result<()> {
+        self.check_range(lba, blocks)?;
+        let mut ranges = Vec::new();
+        let mut at = lba;
+        while at < lba + blocks {
+            let n = (lba + blocks - at).min(u32::MAX as u64);
+            ranges.push(dsm::Range { cattr: 0, nlb: n as u32, slba: at });
+            at += n;
+        }
+        for chunk in ranges.chunks(dsm::MAX_RANGES) {
+            let mut s = SubmissionEntry::new(op::DATASET_MANAGEMENT, 0);
+            s.nsid.set(self.nsid);
+            s.cdw10.set(chunk.len() as u32 - 1);
+            s.cdw11.set(dsm::AD);
+            let data: Vec<u8> = chunk.iter().flat_map(|r| r.encode()).collect();
+            finish(self.ctrl.io_send(None, s, Bytes::from(data), 0).await?, "Dataset Management").await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,75 @@
+//! Connection options, and the default host identity (derived like nvme-cli's hostnqn / hostid).
+
+use std::time::Duration;
+
+/// How to connect to a controller.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// Target address, `IP:PORT`.
+    pub addr: String,
+    /// Subsystem NQN.
+    pub subnqn: String,
+    /// Host NQN.
+    pub hostnqn: String,
+    /// Host ID.
+    pub hostid: [u8; 16],
+    /// I/O queues to create.
+    pub nr_io_queues: u16,
+    /// Entries per I/O queue.
+    pub queue_size: u16,
+    /// Keep-alive timeout requested in Connect.
+    pub kato: Duration,
+    /// Header digests.
+    pub hdgst: bool,
+    /// Data digests.
+    pub ddgst: bool,
+    /// Limit for TCP connect + ICReq/ICResp.
+    pub connect_timeout: Duration,
+    /// Limit for one command (a longer wait is a lost connection).
+    pub io_timeout: Duration,
+}
+
+impl ConnectOptions {
+    /// Defaults for `addr` and `subnqn`: the machine's host identity, 1 queue of 128, KATO 5 s, no digests.
+    pub fn new(addr: impl Into<String>, subnqn: impl Into<String>) -> Self {
+        let (hostnqn, hostid) = default_host_identity();
+        ConnectOptions {
+            addr: addr.into(),
+            subnqn: subnqn.into(),
+            hostnqn,
+            hostid,
+            nr_io_queues: 1,
+            queue_size: 128,
+            kato: Duration::from_secs(5),
+            hdgst: false,
+            ddgst: false,
+            connect_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+fn read_trim(p: &str) -> Option<String> {
+    std::fs::read_to_string(p).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// The host NQN and ID: `/etc/nvme/hostnqn` and `/etc/nvme/hostid` when present (as nvme-cli uses them),
+/// else derived deterministically from the machine ID (`/etc/machine-id`, or the DMI product UUID), as
+/// `nqn.2014-08.org.nvmexpress:uuid:<uuid>`.
+pub fn default_host_identity() -> (String, [u8; 16]) {
+    let file_id = read_trim("/etc/nvme/hostid").and_then(|s| uuid::Uuid::parse_str(&s).ok());
+    let derived = {
+        use sha2::{Digest, Sha256};
+        let seed = read_trim("/etc/machine-id")
+            .or_else(|| read_trim("/sys/class/dmi/id/product_uuid"))
+            .unwrap_or_else(|| "holdfast-default-host".into());
+        let h = Sha256::digest(format!("holdfast-hostid/{seed}").as_bytes());
+        let mut b: [u8; 16] = h[..16].try_into().unwrap_or([0; 16]);
+        b[6] = (b[6] & 0x0F) | 0x40;
+        b[8] = (b[8] & 0x3F) | 0x80;
+        uuid::Uuid::from_bytes(b)
+    };
+    let id = file_id.unwrap_or(derived);
+    let nqn = read_trim("/etc/nvme/hostnqn").unwrap_or_else(|| format!("nqn.2014-08.org.nvmexpress:uuid:{id}"));
+    (nqn, *id.as_bytes())
+}

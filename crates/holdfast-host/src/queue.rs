@@ -1,0 +1,311 @@
+//! One queue pair over one TCP connection (NVMe/TCP Transport Specification 1.0, §3.3–§3.6).
+//!
+//! A queue task owns its socket, its command-ID space and its in-flight table. Callers hand it
+//! [`Command`]s through a channel that outlives any one connection; each command carries its own data and
+//! reply channel. When the connection fails the task does not fail its commands: it returns the channel's
+//! receiver and every command that has not completed, intact, in a [`QueueExit`], so that a controller can
+//! reconnect and re-issue them with new CIDs (design §4).
+
+use crate::error::Error;
+use bytes::{Bytes, BytesMut};
+use holdfast_proto::decoder::{DecodeError, PduDecoder};
+use holdfast_proto::digest::digest_bytes;
+use holdfast_proto::pdu::{self, flags, Framing, Pdu, PduType};
+use holdfast_proto::sgl::SglDescriptor;
+use holdfast_proto::{CompletionEntry, Status, SubmissionEntry};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+/// A command on its way to a controller.
+pub struct Command {
+    /// The SQE (the queue sets the CID and the SGL).
+    pub sqe: SubmissionEntry,
+    /// Data for the controller (writes).
+    pub data_out: Bytes,
+    /// Bytes expected from the controller (reads).
+    pub data_in_len: usize,
+    /// Name for errors ("Read", "Identify", ...).
+    pub name: &'static str,
+    /// True if the command may be re-issued after a lost connection (idempotent effect).
+    pub replayable: bool,
+    /// Waits indefinitely by design (Asynchronous Event Request): exempt from the command timeout.
+    pub long_lived: bool,
+    /// Where the result goes.
+    pub reply: oneshot::Sender<Result<Completion, Error>>,
+}
+
+/// A completed command: its CQE and the data the controller returned.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The completion entry.
+    pub cqe: CompletionEntry,
+    /// Data (reads).
+    pub data: Bytes,
+}
+
+impl Completion {
+    /// The status.
+    pub fn status(&self) -> Status {
+        self.cqe.status()
+    }
+}
+
+/// What a queue needs to know about its connection.
+#[derive(Clone, Debug)]
+pub struct QueueParams {
+    /// Queue ID.
+    pub qid: u16,
+    /// Commands outstanding at most (the queue size minus one).
+    pub depth: u16,
+    /// Framing negotiated in ICReq/ICResp.
+    pub framing: Framing,
+    /// Largest in-capsule data (admin: 8192; I/O: IOCCSZ × 16 − 64).
+    pub max_incapsule: usize,
+    /// MAXH2CDATA from ICResp.
+    pub maxh2cdata: usize,
+    /// A command outstanding longer than this means the connection is lost.
+    pub io_timeout: Duration,
+    /// Target address, for errors.
+    pub addr: String,
+}
+
+/// Why and how a queue task ended.
+pub struct QueueExit {
+    /// The submission channel, for the next connection.
+    pub rx: mpsc::Receiver<Command>,
+    /// Commands sent but not completed, in submission order.
+    pub pending: Vec<Command>,
+    /// What ended it (None: every sender was dropped and nothing was outstanding).
+    pub error: Option<Error>,
+}
+
+struct InFlight {
+    cmd: Command,
+    buf: BytesMut,
+    started: Instant,
+    seq: u64,
+}
+
+/// Run a queue on an initialized connection until it fails or is no longer needed.
+pub async fn run(
+    stream: TcpStream,
+    mut decoder: PduDecoder,
+    mut inbuf: BytesMut,
+    p: QueueParams,
+    mut rx: mpsc::Receiver<Command>,
+    initial: Vec<Command>,
+    cancel: tokio_util::sync::CancellationToken,
+) -> QueueExit {
+    let (mut rd, mut wr) = stream.into_split();
+    let depth = p.depth.max(1) as usize;
+    let mut slots: Vec<Option<InFlight>> = (0..depth).map(|_| None).collect();
+    let mut free: Vec<u16> = (0..depth as u16).rev().collect();
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut backlog: std::collections::VecDeque<Command> = initial.into();
+    let mut seq = 0u64;
+    let mut rx_open = true;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let error: Option<Error> = 'run: loop {
+        // Issue what we can: re-issued commands first, then new ones.
+        while !free.is_empty() {
+            let cmd = match backlog.pop_front() {
+                Some(c) => c,
+                None => match rx.try_recv() {
+                    Ok(c) => c,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        rx_open = false;
+                        break;
+                    }
+                },
+            };
+            if cmd.reply.is_closed() {
+                continue; // the caller gave up
+            }
+            let Some(cid) = free.pop() else { break };
+            encode_command(&mut out, &p, cid, &cmd);
+            seq += 1;
+            slots[cid as usize] = Some(InFlight { buf: BytesMut::new(), cmd, started: Instant::now(), seq });
+        }
+        if !rx_open && free.len() == depth && backlog.is_empty() && out.is_empty() {
+            break None;
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break Some(Error::NotConnected(format!("queue {} closed by the controller", p.qid))),
+            r = wr.write_buf(&mut out), if !out.is_empty() => {
+                if let Err(e) = r {
+                    break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, source: e });
+                }
+            }
+            r = rd.read_buf(&mut inbuf) => {
+                match r {
+                    Ok(0) => break Some(Error::Transport {
+                        addr: p.addr.clone(),
+                        qid: p.qid,
+                        source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed by the target"),
+                    }),
+                    Ok(_) => {}
+                    Err(e) => break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, source: e }),
+                }
+                loop {
+                    match decoder.decode(&mut inbuf) {
+                        Ok(Some(pdu)) => {
+                            if let Err(e) = handle_pdu(pdu, &p, &mut slots, &mut free, &mut out) {
+                                break 'run Some(e);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(DecodeError::Fatal(f)) => {
+                            // Tell the controller why we give up on the connection (H2CTermReq), then go.
+                            let t = pdu::TermReq { fes: f.fes as u16, fei: f.fei, data: f.header.clone() };
+                            let mut b = BytesMut::new();
+                            Pdu::H2CTermReq(t).encode(&p.framing, &mut b);
+                            let _ = tokio::time::timeout(Duration::from_millis(200), wr.write_all(&b)).await;
+                            break 'run Some(Error::Protocol { qid: p.qid, what: format!("malformed PDU from the target: {f}") });
+                        }
+                        Err(e @ DecodeError::DataDigest { .. }) => {
+                            break 'run Some(Error::Protocol { qid: p.qid, what: e.to_string() });
+                        }
+                    }
+                }
+            }
+            c = rx.recv(), if rx_open && !free.is_empty() && backlog.is_empty() => match c {
+                Some(c) => backlog.push_back(c),
+                None => rx_open = false,
+            },
+            _ = tick.tick() => {
+                if let Some(old) = slots.iter().flatten().filter(|f| !f.cmd.long_lived).map(|f| f.started).min() {
+                    if old.elapsed() > p.io_timeout {
+                        break Some(Error::Timeout { what: format!("a command on queue {}", p.qid), after: p.io_timeout });
+                    }
+                }
+            }
+        }
+    };
+    let mut pending: Vec<InFlight> = slots.into_iter().flatten().collect();
+    pending.sort_by_key(|f| f.seq);
+    let mut pending: Vec<Command> = pending.into_iter().map(|f| f.cmd).collect();
+    pending.extend(backlog);
+    let _ = wr.shutdown().await;
+    QueueExit { rx, pending, error }
+}
+
+fn encode_command(out: &mut BytesMut, p: &QueueParams, cid: u16, cmd: &Command) {
+    let mut sqe = cmd.sqe;
+    sqe.cid.set(cid);
+    let n = cmd.data_out.len();
+    if n > 0 && n <= p.max_incapsule {
+        sqe.dptr = SglDescriptor::incapsule(n as u32);
+        pdu::encode_capsule_cmd_header(out, &p.framing, &sqe, n);
+        out.extend_from_slice(&cmd.data_out);
+        if p.framing.ddgst {
+            out.extend_from_slice(&digest_bytes(&cmd.data_out));
+        }
+    } else {
+        let len = if n > 0 { n } else { cmd.data_in_len };
+        sqe.dptr = SglDescriptor::transport(len as u32);
+        pdu::encode_capsule_cmd_header(out, &p.framing, &sqe, 0);
+    }
+}
+
+fn protocol(qid: u16, what: impl Into<String>) -> Error {
+    Error::Protocol { qid, what: what.into() }
+}
+
+fn handle_pdu(
+    pdu: Pdu,
+    p: &QueueParams,
+    slots: &mut [Option<InFlight>],
+    free: &mut Vec<u16>,
+    out: &mut BytesMut,
+) -> Result<(), Error> {
+    let slot = |slots: &mut [Option<InFlight>], cid: u16| -> Result<usize, Error> {
+        match slots.get(cid as usize) {
+            Some(Some(_)) => Ok(cid as usize),
+            _ => Err(protocol(p.qid, format!("PDU for command {cid}, which is not outstanding"))),
+        }
+    };
+    match pdu {
+        Pdu::CapsuleResp(r) => {
+            let i = slot(slots, r.cqe.cid())?;
+            if let Some(f) = slots[i].take() {
+                free.push(i as u16);
+                let _ = f.cmd.reply.send(Ok(Completion { cqe: r.cqe, data: f.buf.freeze() }));
+            }
+        }
+        Pdu::C2HData(d) => {
+            let i = slot(slots, d.cccid)?;
+            let Some(f) = slots[i].as_mut() else { return Ok(()) };
+            if d.datao as usize != f.buf.len() || f.buf.len() + d.data.len() > f.cmd.data_in_len {
+                return Err(protocol(
+                    p.qid,
+                    format!(
+                        "C2HData out of range for command {} (offset {}, {} bytes)",
+                        d.cccid,
+                        d.datao,
+                        d.data.len()
+                    ),
+                ));
+            }
+            f.buf.extend_from_slice(&d.data);
+            if d.success {
+                // SUCCESS: the command completed successfully and no CapsuleResp follows (§3.6.2.6).
+                if !d.last || f.buf.len() != f.cmd.data_in_len {
+                    return Err(protocol(p.qid, "C2HData SUCCESS flag before all data arrived"));
+                }
+                if let Some(f) = slots[i].take() {
+                    free.push(i as u16);
+                    let cqe = CompletionEntry::new(d.cccid, Status::SUCCESS, 0);
+                    let _ = f.cmd.reply.send(Ok(Completion { cqe, data: f.buf.freeze() }));
+                }
+            }
+        }
+        Pdu::R2T(r) => {
+            let i = slot(slots, r.cccid)?;
+            let Some(f) = slots[i].as_ref() else { return Ok(()) };
+            let (o, l) = (r.r2to as usize, r.r2tl as usize);
+            if l == 0 || o + l > f.cmd.data_out.len() {
+                return Err(protocol(
+                    p.qid,
+                    format!("R2T out of range for command {} (offset {o}, {l} bytes)", r.cccid),
+                ));
+            }
+            // Answer with H2CData PDUs of at most MAXH2CDATA (§3.6.2.8).
+            let mut off = o;
+            while off < o + l {
+                let n = (o + l - off).min(p.maxh2cdata.max(4096));
+                let last = off + n == o + l;
+                let chunk = f.cmd.data_out.slice(off..off + n);
+                pdu::encode_data_header(
+                    out,
+                    &p.framing,
+                    PduType::H2CData,
+                    if last { flags::LAST_PDU } else { 0 },
+                    r.cccid,
+                    r.ttag,
+                    off as u32,
+                    n as u32,
+                );
+                out.extend_from_slice(&chunk);
+                if p.framing.ddgst {
+                    out.extend_from_slice(&digest_bytes(&chunk));
+                }
+                off += n;
+            }
+        }
+        Pdu::C2HTermReq(t) => {
+            let fes = holdfast_proto::pdu::Fes::from_u16(t.fes).map(|f| f.name()).unwrap_or("unknown error");
+            return Err(protocol(
+                p.qid,
+                format!("the target terminated the connection: {fes} (FES {:#x}, FEI {:#x})", t.fes, t.fei),
+            ));
+        }
+        other => return Err(protocol(p.qid, format!("unexpected {:?} PDU", other.pdu_type()))),
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! Opening one queue's TCP connection and the ICReq/ICResp exchange (NVMe/TCP 1.0 §3.3.1, §3.6.2.2–3).
+
+use crate::error::{Error, Result};
+use bytes::BytesMut;
+use holdfast_proto::decoder::{Limits, PduDecoder, Role};
+use holdfast_proto::pdu::{Framing, IcReq, Pdu};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The least MAXH2CDATA a controller may offer (NVMe/TCP 1.0 §3.6.2.3; Linux enforces 4096).
+pub const MIN_MAXH2CDATA: u32 = 4096;
+
+/// An initialized connection, ready to carry a queue.
+pub struct Connection {
+    /// The socket.
+    pub stream: TcpStream,
+    /// The decoder, past the IC exchange.
+    pub decoder: PduDecoder,
+    /// Bytes received after the ICResp.
+    pub inbuf: BytesMut,
+    /// How we frame what we send.
+    pub framing: Framing,
+    /// The controller's MAXH2CDATA.
+    pub maxh2cdata: usize,
+}
+
+/// Connect to `addr` and exchange ICReq/ICResp, within `timeout`. The controller must grant exactly the
+/// digests asked for.
+pub async fn connect(addr: &str, hdgst: bool, ddgst: bool, max_c2h: usize, timeout: Duration) -> Result<Connection> {
+    let fut = async {
+        let stream = TcpStream::connect(addr).await.map_err(|e| Error::Connect { addr: addr.into(), source: e })?;
+        let _ = stream.set_nodelay(true);
+        let mut stream = stream;
+        let ic = Pdu::IcReq(IcReq { pfv: 0, hpda: 0, hdgst, ddgst, maxr2t: 0 });
+        stream.write_all(&ic.to_bytes(&Framing::default())).await.map_err(|e| Error::Transport {
+            addr: addr.into(),
+            qid: 0,
+            source: e,
+        })?;
+        let limits = Limits { max_incapsule: 0, max_h2c_data: 0, max_c2h_data: max_c2h as u32 };
+        let mut decoder = PduDecoder::new(Role::Host, limits);
+        let mut inbuf = BytesMut::with_capacity(64 * 1024);
+        let resp = loop {
+            match decoder.decode(&mut inbuf) {
+                Ok(Some(Pdu::IcResp(r))) => break r,
+                Ok(Some(Pdu::C2HTermReq(t))) => {
+                    return Err(Error::Protocol {
+                        qid: 0,
+                        what: format!("ICReq refused (FES {:#x}, FEI {:#x})", t.fes, t.fei),
+                    })
+                }
+                Ok(Some(p)) => {
+                    return Err(Error::Protocol { qid: 0, what: format!("expected ICResp, got {:?}", p.pdu_type()) })
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Error::Protocol { qid: 0, what: e.to_string() }),
+            }
+            let n = stream.read_buf(&mut inbuf).await.map_err(|e| Error::Transport {
+                addr: addr.into(),
+                qid: 0,
+                source: e,
+            })?;
+            if n == 0 {
+                return Err(Error::Transport {
+                    addr: addr.into(),
+                    qid: 0,
+                    source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed during ICReq"),
+                });
+            }
+        };
+        if resp.pfv != 0 {
+            return Err(Error::Protocol { qid: 0, what: format!("unsupported PDU format version {}", resp.pfv) });
+        }
+        if resp.hdgst != hdgst || resp.ddgst != ddgst {
+            return Err(Error::Protocol {
+                qid: 0,
+                what: format!(
+                    "digests not granted as asked (asked header {hdgst} data {ddgst}, got header {} data {})",
+                    resp.hdgst, resp.ddgst
+                ),
+            });
+        }
+        if resp.maxh2cdata < MIN_MAXH2CDATA || resp.maxh2cdata % 4 != 0 {
+            return Err(Error::Protocol { qid: 0, what: format!("invalid MAXH2CDATA {}", resp.maxh2cdata) });
+        }
+        if resp.cpda > 31 {
+            return Err(Error::Protocol { qid: 0, what: format!("invalid CPDA {}", resp.cpda) });
+        }
+        decoder.set_negotiated(hdgst, ddgst, 0);
+        let framing = Framing { hdgst, ddgst, pda: resp.cpda };
+        Ok(Connection { stream, decoder, inbuf, framing, maxh2cdata: resp.maxh2cdata as usize })
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout { what: format!("connecting to {addr} (TCP + ICReq)"), after: timeout }),
+    }
+}
