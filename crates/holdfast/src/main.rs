@@ -17,6 +17,16 @@ struct Cli {
 enum Command {
     /// Run an NVMe/TCP target (storage server).
     Target(cmd::target::Args),
+    /// List the subsystems a discovery controller offers.
+    Discover(cmd::discover::Args),
+    /// Identify a controller (and a namespace).
+    Identify(cmd::identify::Args),
+    /// Read from a namespace to a file or stdout.
+    Read(cmd::io::ReadArgs),
+    /// Write a file or stdin to a namespace.
+    Write(cmd::io::WriteArgs),
+    /// Benchmark and verify a namespace.
+    Bench(cmd::bench::Args),
     /// Control a running target (announce a planned restart).
     TargetCtl(cmd::target_ctl::Args),
 }
@@ -27,6 +37,11 @@ fn main() -> std::process::ExitCode {
     let r = match cli.command {
         Command::Target(a) => cmd::target::run(a),
         Command::TargetCtl(a) => cmd::target_ctl::run(a),
+        Command::Discover(a) => cmd::discover::run(a),
+        Command::Identify(a) => cmd::identify::run(a),
+        Command::Read(a) => cmd::io::run_read(a),
+        Command::Write(a) => cmd::io::run_write(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     match r {
         Ok(code) => code,

@@ -1,4 +1,9 @@
 //! One module per CLI subcommand.
 
+pub mod bench;
+pub mod common;
+pub mod discover;
+pub mod identify;
+pub mod io;
 pub mod target;
 pub mod target_ctl;

@@ -1,0 +1,355 @@
+//! `holdfast bench`: a workload generator with verification.
+//!
+//! `--qd` is the number of I/Os kept outstanding on each queue (`--queues`), so `qd × queues` in all. With
+//! `--verify` every written block starts with a 32-byte header — magic, LBA, write generation, CRC32C of the
+//! block — followed by bytes derived from (LBA, generation); the last acknowledged generation of every I/O
+//! unit is remembered and every read of a written unit is checked against it. Two I/Os never overlap; a unit
+//! whose write failed is not checked until it is written again.
+
+use super::common::{runtime, HostArgs};
+use bytes::{BufMut, Bytes, BytesMut};
+use clap::{Args as ClapArgs, ValueEnum};
+use hdrhistogram::Histogram;
+use holdfast_host::{Controller, Namespace};
+use rand::{Rng, SeedableRng};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Workloads.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Sequential reads.
+    Read,
+    /// Sequential writes.
+    Write,
+    /// Random reads.
+    Randread,
+    /// Random writes.
+    Randwrite,
+    /// Random reads and writes (`--mix` percent reads).
+    Randrw,
+}
+
+/// Options of `holdfast bench`.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    host: HostArgs,
+    /// Subsystem NQN.
+    #[arg(long)]
+    nqn: String,
+    /// Namespace.
+    #[arg(long, default_value_t = 1)]
+    nsid: u32,
+    /// Workload.
+    #[arg(long, value_enum, default_value = "randread")]
+    workload: Workload,
+    /// I/O size in bytes (a multiple of the block size).
+    #[arg(long, default_value_t = 4096)]
+    bs: u32,
+    /// Outstanding I/Os per queue.
+    #[arg(long, default_value_t = 16)]
+    qd: u32,
+    /// I/O queues.
+    #[arg(long, default_value_t = 1)]
+    queues: u16,
+    /// Run time in seconds (default 10 unless --size is given).
+    #[arg(long)]
+    time: Option<f64>,
+    /// Bytes of the namespace to use (default: all of it); with no --time, stop after this much I/O.
+    #[arg(long)]
+    size: Option<u64>,
+    /// Percentage of reads for randrw.
+    #[arg(long, default_value_t = 50)]
+    mix: u32,
+    /// Verify every read against what was written.
+    #[arg(long)]
+    verify: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+const MAGIC: u64 = 0x3154_4e45_4246_4648; // "HFBENT1"
+const UNKNOWN: u64 = 1 << 63;
+
+struct Shared {
+    ops: AtomicU64,
+    bytes: AtomicU64,
+    errors: AtomicU64,
+    mismatches: AtomicU64,
+    first_problems: Mutex<Vec<String>>,
+    gens: Vec<AtomicU64>,
+    busy: Vec<AtomicBool>,
+    next_gen: AtomicU64,
+    cursor: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn problem(&self, s: String) {
+        let mut p = self.first_problems.lock().unwrap_or_else(|e| e.into_inner());
+        if p.len() < 5 {
+            p.push(s);
+        }
+    }
+}
+
+fn fill_block(buf: &mut BytesMut, lba: u64, gen: u64, block: usize) {
+    let start = buf.len();
+    buf.put_u64_le(MAGIC);
+    buf.put_u64_le(lba);
+    buf.put_u64_le(gen);
+    buf.put_u32_le(0);
+    buf.put_u32_le(0);
+    let mut x = lba.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ gen.wrapping_mul(0xD1B5_4A32_D192_ED03) | 1;
+    while buf.len() - start < block {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        buf.put_u64_le(x);
+    }
+    buf.truncate(start + block);
+    let crc = crc32c::crc32c(&buf[start..start + block]);
+    buf[start + 24..start + 28].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Check one block; None if good, else what is wrong.
+fn check_block(b: &[u8], lba: u64, gen: u64) -> Option<String> {
+    let u = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or_default());
+    if u(0) != MAGIC {
+        return Some(format!("lba {lba}: no verify header (expected generation {gen})"));
+    }
+    if u(8) != lba {
+        return Some(format!("lba {lba}: holds the data of lba {}", u(8)));
+    }
+    let mut copy = b.to_vec();
+    copy[24..28].fill(0);
+    let crc = u32::from_le_bytes(b[24..28].try_into().unwrap_or_default());
+    if crc32c::crc32c(&copy) != crc {
+        return Some(format!("lba {lba}: checksum mismatch (corrupt data)"));
+    }
+    if u(16) != gen {
+        return Some(format!("lba {lba}: generation {} where {gen} was last acknowledged (stale data)", u(16)));
+    }
+    None
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn worker(
+    ns: Namespace,
+    sh: Arc<Shared>,
+    queue: usize,
+    a: Arc<Args>,
+    units: u64,
+    seed: u64,
+    deadline: Option<Instant>,
+    byte_limit: Option<u64>,
+) -> Histogram<u64> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let bs = a.bs as u64;
+    let block = ns.block_size as u64;
+    let per_io = bs / block;
+    loop {
+        if sh.stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        if byte_limit.is_some_and(|l| sh.bytes.load(Ordering::Relaxed) >= l) {
+            break;
+        }
+        let is_read = match a.workload {
+            Workload::Read | Workload::Randread => true,
+            Workload::Write | Workload::Randwrite => false,
+            Workload::Randrw => rng.gen_range(0..100) < a.mix,
+        };
+        let mut unit = match a.workload {
+            Workload::Read | Workload::Write => sh.cursor.fetch_add(1, Ordering::Relaxed) % units,
+            _ => rng.gen_range(0..units),
+        };
+        if a.verify {
+            let mut got = false;
+            for _ in 0..64 {
+                if !sh.busy[unit as usize].swap(true, Ordering::Acquire) {
+                    got = true;
+                    break;
+                }
+                unit = (unit + 1) % units;
+            }
+            if !got {
+                tokio::task::yield_now().await;
+                continue;
+            }
+        }
+        let lba = unit * per_io;
+        let t0 = Instant::now();
+        let result = if is_read {
+            match ns.read_on(Some(queue), lba, per_io).await {
+                Ok(data) => {
+                    let gen = sh.gens[unit as usize].load(Ordering::Acquire);
+                    if a.verify && gen != 0 && gen & UNKNOWN == 0 {
+                        for (i, chunk) in data.chunks(block as usize).enumerate() {
+                            if let Some(p) = check_block(chunk, lba + i as u64, gen) {
+                                sh.mismatches.fetch_add(1, Ordering::Relaxed);
+                                sh.problem(format!("verify: {p}"));
+                                break;
+                            }
+                        }
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            let gen = sh.next_gen.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut buf = BytesMut::with_capacity(bs as usize);
+            for i in 0..per_io {
+                fill_block(&mut buf, lba + i, gen, block as usize);
+            }
+            let data: Bytes = buf.freeze();
+            let r = ns.write_on(Some(queue), lba, data, false).await;
+            if a.verify {
+                sh.gens[unit as usize].store(if r.is_ok() { gen } else { UNKNOWN }, Ordering::Release);
+            }
+            r
+        };
+        let us = t0.elapsed().as_micros().max(1) as u64;
+        if a.verify {
+            sh.busy[unit as usize].store(false, Ordering::Release);
+        }
+        match result {
+            Ok(()) => {
+                let _ = h.record(us);
+                sh.ops.fetch_add(1, Ordering::Relaxed);
+                sh.bytes.fetch_add(bs, Ordering::Relaxed);
+            }
+            Err(e) => {
+                sh.errors.fetch_add(1, Ordering::Relaxed);
+                sh.problem(format!("{} error: {e}", if is_read { "read" } else { "write" }));
+                if e.is_path_error() && matches!(e, holdfast_host::Error::NotConnected(_)) {
+                    // The controller is gone for good: no point in spinning.
+                    sh.stop.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    h
+}
+
+/// Run the benchmark.
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(a.qd >= 1 && a.qd <= 1023, "--qd must be 1..=1023");
+    anyhow::ensure!(a.queues >= 1 && a.queues <= 64, "--queues must be 1..=64");
+    anyhow::ensure!(a.mix <= 100, "--mix is a percentage");
+    let a = Arc::new(a);
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let mut o = a.host.options(&a.nqn);
+        o.nr_io_queues = a.queues;
+        o.queue_size = (a.qd + 1).clamp(2, 1024) as u16;
+        let c = Controller::connect(o).await?;
+        let ns = Namespace::open(&c, a.nsid).await?;
+        anyhow::ensure!(a.bs >= ns.block_size && a.bs % ns.block_size == 0, "--bs {} is not a multiple of the {}-byte block size", a.bs, ns.block_size);
+        let region = a.size.unwrap_or(ns.size()).min(ns.size());
+        let units = region / a.bs as u64;
+        anyhow::ensure!(units > 0, "the namespace ({} bytes) holds no {}-byte I/O", ns.size(), a.bs);
+        let (deadline, byte_limit) = match (a.time, a.size) {
+            (Some(t), _) => (Some(Instant::now() + Duration::from_secs_f64(t)), None),
+            (None, Some(s)) => (None, Some(s)),
+            (None, None) => (Some(Instant::now() + Duration::from_secs(10)), None),
+        };
+        let vunits = if a.verify { units as usize } else { 0 };
+        let sh = Arc::new(Shared {
+            ops: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            mismatches: AtomicU64::new(0),
+            first_problems: Mutex::new(Vec::new()),
+            gens: (0..vunits).map(|_| AtomicU64::new(0)).collect(),
+            busy: (0..vunits).map(|_| AtomicBool::new(false)).collect(),
+            next_gen: AtomicU64::new(0),
+            cursor: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let t0 = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..(a.qd as usize * a.queues as usize) {
+            let q = w % a.queues as usize;
+            tasks.push(tokio::spawn(worker(ns.clone(), sh.clone(), q, a.clone(), units, a.seed.wrapping_mul(1000).wrapping_add(w as u64), deadline, byte_limit)));
+        }
+        let progress = std::io::stderr().is_terminal() && !a.json;
+        let ticker = {
+            let sh = sh.clone();
+            tokio::spawn(async move {
+                let (mut last_ops, mut last_bytes) = (0, 0);
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let (o, b) = (sh.ops.load(Ordering::Relaxed), sh.bytes.load(Ordering::Relaxed));
+                    if progress {
+                        eprint!(
+                            "\r[{:>5.0}s] {:>9} IOPS {:>9.1} MB/s  errors {}  mismatches {}   ",
+                            t0.elapsed().as_secs_f64(),
+                            o - last_ops,
+                            (b - last_bytes) as f64 / 1e6,
+                            sh.errors.load(Ordering::Relaxed),
+                            sh.mismatches.load(Ordering::Relaxed)
+                        );
+                    }
+                    (last_ops, last_bytes) = (o, b);
+                }
+            })
+        };
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+        for t in tasks {
+            if let Ok(h) = t.await {
+                let _ = hist.add(&h);
+            }
+        }
+        ticker.abort();
+        if progress {
+            eprintln!();
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let _ = c.shutdown().await;
+        let ops = sh.ops.load(Ordering::Relaxed);
+        let bytes = sh.bytes.load(Ordering::Relaxed);
+        let errors = sh.errors.load(Ordering::Relaxed);
+        let mismatches = sh.mismatches.load(Ordering::Relaxed);
+        let problems = sh.first_problems.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let q = |p: f64| if hist.is_empty() { 0 } else { hist.value_at_quantile(p) };
+        let report = serde_json::json!({
+            "workload": format!("{:?}", a.workload).to_lowercase(), "bs": a.bs, "qd": a.qd, "queues": a.queues,
+            "seconds": (secs * 1000.0).round() / 1000.0, "ops": ops,
+            "iops": (ops as f64 / secs).round(), "mbps": ((bytes as f64 / secs / 1e6) * 10.0).round() / 10.0,
+            "errors": errors, "verify": a.verify, "verify_mismatches": mismatches,
+            "lat_us": { "p50": q(0.5), "p99": q(0.99), "p999": q(0.999), "max": if hist.is_empty() { 0 } else { hist.max() } },
+            "outages": 0, "longest_stall_ms": 0, "problems": problems,
+        });
+        if a.json {
+            println!("{report}");
+        } else {
+            println!(
+                "{} bs={} qd={} queues={}: {:.0} IOPS, {:.1} MB/s over {:.1} s",
+                report["workload"].as_str().unwrap_or(""),
+                a.bs,
+                a.qd,
+                a.queues,
+                ops as f64 / secs,
+                bytes as f64 / secs / 1e6,
+                secs
+            );
+            println!("latency us: p50 {} p99 {} p99.9 {} max {}", q(0.5), q(0.99), q(0.999), report["lat_us"]["max"]);
+            println!("errors {errors}, verify mismatches {mismatches}{}", if a.verify { "" } else { " (not verifying)" });
+            for p in &problems {
+                println!("  {p}");
+            }
+        }
+        Ok::<_, anyhow::Error>(if errors > 0 || mismatches > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    })
+}

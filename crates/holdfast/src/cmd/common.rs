@@ -1,0 +1,41 @@
+//! Options shared by the host commands.
+
+use clap::Args as ClapArgs;
+use holdfast_host::ConnectOptions;
+use std::time::Duration;
+
+/// How to reach the target.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct HostArgs {
+    /// Target address, IP:PORT.
+    #[arg(long)]
+    pub addr: String,
+    /// Host NQN (default: /etc/nvme/hostnqn, or derived from the machine ID).
+    #[arg(long)]
+    pub hostnqn: Option<String>,
+    /// Header and data digests.
+    #[arg(long)]
+    pub digests: bool,
+    /// Limit for the TCP connect and ICReq/ICResp (ms).
+    #[arg(long, default_value_t = 10_000)]
+    pub connect_timeout_ms: u64,
+}
+
+impl HostArgs {
+    /// Connection options for subsystem `nqn`.
+    pub fn options(&self, nqn: &str) -> ConnectOptions {
+        let mut o = ConnectOptions::new(self.addr.clone(), nqn);
+        if let Some(h) = &self.hostnqn {
+            o.hostnqn = h.clone();
+        }
+        o.hdgst = self.digests;
+        o.ddgst = self.digests;
+        o.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
+        o
+    }
+}
+
+/// A current-thread runtime for a short command.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}

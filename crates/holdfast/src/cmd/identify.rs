@@ -1,0 +1,86 @@
+//! `holdfast identify`: Identify Controller (and Namespace) of a subsystem.
+
+use super::common::{runtime, HostArgs};
+use clap::Args as ClapArgs;
+use holdfast_host::{Controller, Namespace};
+use holdfast_proto::identify::{get_ascii, NsDescriptor};
+use std::process::ExitCode;
+
+/// Options of `holdfast identify`.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    host: HostArgs,
+    /// Subsystem NQN.
+    #[arg(long)]
+    nqn: String,
+    /// Also identify this namespace.
+    #[arg(long)]
+    nsid: Option<u32>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Run.
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let mut o = a.host.options(&a.nqn);
+    o.nr_io_queues = if a.nsid.is_some() { 1 } else { 0 };
+    runtime()?.block_on(async move {
+        let c = Controller::connect(o).await?;
+        let id = c.identify();
+        let ns = match a.nsid {
+            Some(n) => Some(Namespace::open(&c, n).await?),
+            None => None,
+        };
+        let nsids = c.active_namespaces().await.unwrap_or_default();
+        let mut ctrl = serde_json::json!({
+            "sn": get_ascii(&id.sn), "mn": get_ascii(&id.mn), "fr": get_ascii(&id.fr),
+            "cntlid": c.cntlid(), "ver": format!("{}.{}.{}", c.version() >> 16, (c.version() >> 8) & 0xFF, c.version() & 0xFF),
+            "mdts": id.mdts, "kas": id.kas.get(), "cqt": id.cqt.get(), "nn": id.nn.get(), "oncs": id.oncs.get(),
+            "vwc": id.vwc, "sgls": id.sgls.get(), "ioccsz": id.ioccsz.get(), "iorcsz": id.iorcsz.get(),
+            "crdt": [id.crdt1.get(), id.crdt2.get(), id.crdt3.get()], "subnqn": holdfast_proto::log_page::field_str(&id.subnqn),
+            "active_namespaces": nsids,
+        });
+        if let Some(p) = c.policy() {
+            ctrl["policy"] = serde_json::json!({
+                "instance_id": format!("{:016x}", p.instance_id), "kato_ms": p.kato_ms, "reconnect_delay_ms": p.reconnect_delay_ms,
+                "reconnect_delay_max_ms": p.reconnect_delay_max_ms, "ctrl_loss_tmo_ms": p.ctrl_loss_tmo_ms,
+                "fast_io_fail_tmo_ms": p.fast_io_fail_tmo_ms, "cqt_ms": p.cqt_ms, "planned_downtime_ms": p.planned_downtime_ms,
+            });
+        }
+        let nsj = ns.as_ref().map(|n| {
+            let mut ids = serde_json::Map::new();
+            for d in &n.descriptors {
+                match d {
+                    NsDescriptor::Eui64(v) => ids.insert("eui64".into(), hex(v).into()),
+                    NsDescriptor::Nguid(v) => ids.insert("nguid".into(), hex(v).into()),
+                    NsDescriptor::Uuid(v) => ids.insert("uuid".into(), uuid::Uuid::from_bytes(*v).to_string().into()),
+                    NsDescriptor::Csi(v) => ids.insert("csi".into(), (*v).into()),
+                };
+            }
+            serde_json::json!({ "nsid": n.nsid, "nsze": n.nblocks, "block_size": n.block_size, "bytes": n.size(), "ids": ids })
+        });
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "controller": ctrl, "namespace": nsj }))?);
+        } else {
+            println!("controller {} of {}", c.cntlid(), a.nqn);
+            for (k, v) in ctrl.as_object().into_iter().flatten() {
+                println!("  {k:<18} {v}");
+            }
+            if let Some(n) = nsj {
+                println!("namespace {}", a.nsid.unwrap_or(0));
+                for (k, v) in n.as_object().into_iter().flatten() {
+                    println!("  {k:<18} {v}");
+                }
+            }
+        }
+        c.shutdown().await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

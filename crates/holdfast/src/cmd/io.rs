@@ -1,0 +1,116 @@
+//! `holdfast read` and `holdfast write`: move bytes between a namespace and a file or stdin/stdout.
+
+use super::common::{runtime, HostArgs};
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Args as ClapArgs;
+use holdfast_host::{Controller, Namespace};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Options of `holdfast read`.
+#[derive(ClapArgs, Debug)]
+pub struct ReadArgs {
+    #[command(flatten)]
+    host: HostArgs,
+    /// Subsystem NQN.
+    #[arg(long)]
+    nqn: String,
+    /// Namespace.
+    #[arg(long, default_value_t = 1)]
+    nsid: u32,
+    /// Byte offset (a multiple of the block size).
+    #[arg(long, default_value_t = 0)]
+    offset: u64,
+    /// Bytes to read (a multiple of the block size).
+    #[arg(long)]
+    length: u64,
+    /// Output file ("-" or absent: stdout).
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+/// Options of `holdfast write`.
+#[derive(ClapArgs, Debug)]
+pub struct WriteArgs {
+    #[command(flatten)]
+    host: HostArgs,
+    /// Subsystem NQN.
+    #[arg(long)]
+    nqn: String,
+    /// Namespace.
+    #[arg(long, default_value_t = 1)]
+    nsid: u32,
+    /// Byte offset (a multiple of the block size).
+    #[arg(long, default_value_t = 0)]
+    offset: u64,
+    /// Input file ("-" or absent: stdin); its length must be a multiple of the block size.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Force Unit Access: durable before the write completes.
+    #[arg(long)]
+    fua: bool,
+}
+
+fn blocks(ns: &Namespace, what: &str, v: u64) -> anyhow::Result<u64> {
+    let bs = ns.block_size as u64;
+    anyhow::ensure!(v % bs == 0, "{what} {v} is not a multiple of the {bs}-byte block size");
+    Ok(v / bs)
+}
+
+/// Run `read`.
+pub fn run_read(a: ReadArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async move {
+        let c = Controller::connect(a.host.options(&a.nqn)).await?;
+        let ns = Namespace::open(&c, a.nsid).await?;
+        let (lba, n) = (blocks(&ns, "offset", a.offset)?, blocks(&ns, "length", a.length)?);
+        let mut out: Box<dyn Write> = match &a.output {
+            Some(p) if p.as_os_str() != "-" => Box::new(std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?),
+            _ => Box::new(std::io::stdout().lock()),
+        };
+        let chunk = 1024 * 1024 / ns.block_size as u64;
+        let mut at = 0;
+        while at < n {
+            let k = (n - at).min(chunk);
+            let data = ns.read(lba + at, k).await?;
+            out.write_all(&data)?;
+            at += k;
+        }
+        out.flush()?;
+        c.shutdown().await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run `write`.
+pub fn run_write(a: WriteArgs) -> anyhow::Result<ExitCode> {
+    let mut data = Vec::new();
+    match &a.input {
+        Some(p) if p.as_os_str() != "-" => {
+            data = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+        }
+        _ => {
+            std::io::stdin().read_to_end(&mut data)?;
+        }
+    }
+    runtime()?.block_on(async move {
+        let c = Controller::connect(a.host.options(&a.nqn)).await?;
+        let ns = Namespace::open(&c, a.nsid).await?;
+        let lba = blocks(&ns, "offset", a.offset)?;
+        blocks(&ns, "input length", data.len() as u64)?;
+        anyhow::ensure!(!data.is_empty(), "nothing to write");
+        let data = Bytes::from(data);
+        let chunk = 1024 * 1024;
+        let mut at = 0;
+        while at < data.len() {
+            let k = (data.len() - at).min(chunk);
+            ns.write(lba + (at / ns.block_size as usize) as u64, data.slice(at..at + k), a.fua).await?;
+            at += k;
+        }
+        c.shutdown().await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
