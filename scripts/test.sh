@@ -20,6 +20,7 @@ echo "== cargo test"; HOLDFAST_BIN=$root/target/release/holdfast cargo test --wo
 grep -q "test result: FAILED" /tmp/holdfast-cargo-test.log && exit 1
 if [[ ${SKIP_INTEROP:-0} != 1 ]]; then
   echo "== interop: Linux kernel host -> holdfast target"; scripts/interop-kernel-host.sh
+  echo "== interop: holdfast host -> Linux kernel target"; scripts/interop-kernel-target.sh
   echo "== scenario S7: Linux kernel host + ext4 rides through a target kill and restart"
   scripts/scenario-linux-ride-through.sh >/tmp/holdfast-s7.log 2>&1 || { tail -n 60 /tmp/holdfast-s7.log; exit 1; }
   grep -E "files written across|verified after remount|RIDE-THROUGH-PASSED" /tmp/holdfast-s7.log

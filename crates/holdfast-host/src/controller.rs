@@ -44,6 +44,8 @@ struct Inner {
     max_transfer: usize,
     failed: Mutex<Option<String>>,
     cancel: CancellationToken,
+    /// Stops the keep-alive task alone (before an orderly shutdown).
+    ka_stop: CancellationToken,
     policy: Mutex<Option<ConnectionPolicy>>,
 }
 
@@ -302,6 +304,7 @@ impl Controller {
             rr: AtomicUsize::new(0),
             max_transfer,
             failed: Mutex::new(None),
+            ka_stop: cancel.child_token(),
             cancel: cancel.clone(),
             policy: Mutex::new(None),
         });
@@ -329,7 +332,7 @@ impl Controller {
             return;
         }
         let weak = Arc::downgrade(&self.inner);
-        let (admin, cancel) = (self.inner.admin.clone(), self.inner.cancel.clone());
+        let (admin, cancel) = (self.inner.admin.clone(), self.inner.ka_stop.clone());
         tokio::spawn(async move {
             let period = (kato / 2).max(Duration::from_millis(100));
             loop {
@@ -461,6 +464,7 @@ impl Controller {
 
     /// Orderly shutdown: CC.SHN = normal, wait for CSTS.SHST complete (bounded), close every queue.
     pub async fn shutdown(&self) -> Result<()> {
+        self.inner.ka_stop.cancel();
         if self.check().is_ok() {
             let admin = &self.inner.admin;
             let r = async {

@@ -198,6 +198,8 @@ pub async fn run(
 fn encode_command(out: &mut BytesMut, p: &QueueParams, cid: u16, cmd: &Command) {
     let mut sqe = cmd.sqe;
     sqe.cid.set(cid);
+    // SGLs for data; PSDT must say so (NVMe-oF 1.1 §2.1).
+    sqe.flags = (sqe.flags & !0xC0) | holdfast_proto::sqe::PSDT_SGL;
     let n = cmd.data_out.len();
     if n > 0 && n <= p.max_incapsule {
         sqe.dptr = SglDescriptor::incapsule(n as u32);

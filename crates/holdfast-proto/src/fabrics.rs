@@ -25,8 +25,8 @@ pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
 pub struct ConnectCommand {
     /// Opcode, 0x7F.
     pub opcode: u8,
-    /// Reserved (PSDT).
-    pub rsvd1: u8,
+    /// FUSE/PSDT: PSDT (bits 7:6) must be 01b on fabrics (NVMe-oF 1.1 §2.1; Linux nvmet enforces it).
+    pub flags: u8,
     /// Command identifier.
     pub cid: U16,
     /// Fabrics command type, 0x01.
@@ -126,6 +126,7 @@ impl ConnectCommand {
     pub fn new(cid: u16, qid: u16, sqsize: u16, kato_ms: u32) -> Self {
         let mut c = Self::new_zeroed();
         c.opcode = crate::opcode::FABRICS;
+        c.flags = crate::sqe::PSDT_SGL;
         c.cid.set(cid);
         c.fctype = crate::opcode::fctype::CONNECT;
         c.sgl1 = SglDescriptor::incapsule(CONNECT_DATA_SIZE as u32);
@@ -191,8 +192,8 @@ impl InvalidParameter {
 pub struct PropertyCommand {
     /// Opcode, 0x7F.
     pub opcode: u8,
-    /// Reserved.
-    pub rsvd1: u8,
+    /// FUSE/PSDT: PSDT must be 01b on fabrics.
+    pub flags: u8,
     /// Command identifier.
     pub cid: U16,
     /// Fabrics command type: 0x00 Set, 0x04 Get.
@@ -251,7 +252,6 @@ impl PropertyCommand {
 /// A Disconnect command (FCTYPE 0x08, RECFMT 0 at byte 40).
 pub fn disconnect_sqe(cid: u16) -> SubmissionEntry {
     let mut s = SubmissionEntry::new(crate::opcode::FABRICS, cid);
-    s.flags = 0;
     s.nsid.set(crate::opcode::fctype::DISCONNECT as u32);
     s.dptr = SglDescriptor::transport(0);
     s
@@ -351,6 +351,7 @@ mod tests {
         let c = ConnectCommand::new(7, 3, 127, 5000);
         let b = c.as_bytes();
         assert_eq!(b[0], 0x7F);
+        assert_eq!(b[1], 0x40, "PSDT = 01b");
         assert_eq!(b[4], 0x01);
         assert_eq!(b[39], 0x01, "in-capsule data block, offset subtype");
         assert_eq!(&b[32..36], &[0, 4, 0, 0], "SGL length 1024");

@@ -152,7 +152,8 @@ async fn worker(
     deadline: Option<Instant>,
     byte_limit: Option<u64>,
 ) -> Histogram<u64> {
-    let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
+    let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let bs = a.bs as u64;
     let block = ns.block_size as u64;

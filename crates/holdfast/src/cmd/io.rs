@@ -66,7 +66,9 @@ pub fn run_read(a: ReadArgs) -> anyhow::Result<ExitCode> {
         let ns = Namespace::open(&c, a.nsid).await?;
         let (lba, n) = (blocks(&ns, "offset", a.offset)?, blocks(&ns, "length", a.length)?);
         let mut out: Box<dyn Write> = match &a.output {
-            Some(p) if p.as_os_str() != "-" => Box::new(std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?),
+            Some(p) if p.as_os_str() != "-" => {
+                Box::new(std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?)
+            }
             _ => Box::new(std::io::stdout().lock()),
         };
         let chunk = 1024 * 1024 / ns.block_size as u64;

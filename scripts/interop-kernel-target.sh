@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# interop-kernel-target.sh: holdfast's host against the Linux kernel NVMe/TCP target (nvmet-tcp in a VM):
+# discover, identify, write + read back 32 MiB through the CLI and compare, and bench --verify for 10 s with
+# 0 errors and 0 mismatches; 512-byte blocks with digests, 4096-byte blocks without.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
+interop=${INTEROP_DIR:-$root/../shared/interop}
+bin=${HOLDFAST_BIN:-$root/target/release/holdfast}
+logs=${INTEROP_LOGS:-$(mktemp -d "${TMPDIR:-/tmp}/holdfast-kt.XXXXXX")}
+nqn=nqn.2014-08.org.kernel:interop
+pass=0 fail=0
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# The host-side check, run while the kernel target is up on 127.0.0.1:$1 ($2 = extra flags, e.g. --digests).
+cat >"$logs/check.sh" <<EOS
+set -euo pipefail
+p=\$1; shift
+b=$bin
+\$b discover 127.0.0.1:\$p --json | grep -q '"subnqn": "$nqn"'
+\$b identify --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 "\$@" --json | grep -q '"mn": "Linux"'
+head -c 33554432 /dev/urandom >$logs/w.bin
+\$b write --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 --offset 1048576 --input $logs/w.bin "\$@"
+\$b read --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 --offset 1048576 --length 33554432 --output $logs/r.bin "\$@"
+cmp $logs/w.bin $logs/r.bin && echo "32 MiB written and read back identical"
+\$b bench --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 --workload randrw --bs 4096 --qd 16 --queues 2 --time 10 --verify --json "\$@" | tee $logs/bench.json
+grep -q '"errors":0,' $logs/bench.json && grep -q '"verify_mismatches":0,' $logs/bench.json
+EOS
+
+run() {  # run NAME BLOCK FLAGS...
+  local name=$1 block=$2; shift 2
+  local port rc=0; port=$(free_port)
+  echo "=== $name"
+  "$interop/kernel-target.sh" --port "$port" --block "$block" -- bash "$logs/check.sh" "$port" "$@" >"$logs/$name.log" 2>&1 || rc=$?
+  if ((rc == 0)); then pass=$((pass + 1)); echo "    pass"; grep -E "identical|\"iops\"" "$logs/$name.log" | sed 's/^/    /'
+  else fail=$((fail + 1)); echo "    FAIL (exit $rc)"; tail -n 40 "$logs/$name.log" | sed 's/^/    /'; fi
+}
+
+"$interop/setup.sh" >/dev/null
+run kernel-target-512-digests 512 --digests
+run kernel-target-4k 4096
+echo "interop (holdfast host -> kernel target): $pass passed, $fail failed (logs in $logs)"
+((fail == 0))
