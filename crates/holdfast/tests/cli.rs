@@ -1,0 +1,143 @@
+//! End-to-end tests of the `holdfast` binary over loopback: our host CLI against our target.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
+
+/// A target on an ephemeral port, killed (by PID) when dropped.
+struct TargetProc {
+    child: Child,
+    port: u16,
+}
+
+impl TargetProc {
+    fn start(args: &[&str]) -> TargetProc {
+        let mut child = Command::new(BIN)
+            .args(["target", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start target");
+        let out = child.stdout.take().expect("stdout");
+        let mut port = 0;
+        for line in BufReader::new(out).lines() {
+            let line = line.expect("read");
+            if let Some(rest) = line.strip_prefix("connect:") {
+                let s = rest.split(" -s ").nth(1).expect("port in connect line");
+                port = s.split_whitespace().next().unwrap().parse().unwrap();
+                break;
+            }
+        }
+        assert_ne!(port, 0, "target printed no connect line");
+        TargetProc { child, port }
+    }
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TargetProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn holdfast(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(BIN).args(args).output().expect("run holdfast");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+const NQN: &str = "nqn.2026-01.io.holdfast:cli";
+
+#[test]
+fn closed_port_and_wrong_nqn_give_one_clear_line_quickly() {
+    // A port nobody listens on.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = l.local_addr().unwrap().to_string();
+    drop(l);
+    let t0 = Instant::now();
+    let (rc, _, err) = holdfast(&["identify", "--addr", &closed, "--nqn", NQN]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("cannot connect to") && err.contains("refused"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "16"]);
+    let (rc, _, err) = holdfast(&["identify", "--addr", &t.addr(), "--nqn", "nqn.2026-01.io.holdfast:nope"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("has no subsystem nqn.2026-01.io.holdfast:nope"), "{err}");
+    let (rc, _, err) = holdfast(&["bench", "--addr", &t.addr(), "--nqn", NQN, "--nsid", "9", "--time", "1"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("namespace 9") || err.contains("Invalid Namespace"), "{err}");
+}
+
+#[test]
+fn discover_identify_write_read_and_bench_verify() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "32", "--block-size", "4096"]);
+    let (rc, out, err) = holdfast(&["discover", &t.addr(), "--json"]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains(NQN) && out.contains("current discovery subsystem"), "{out}");
+    let (rc, out, err) = holdfast(&["identify", "--addr", &t.addr(), "--nqn", NQN, "--nsid", "1", "--json"]);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["namespace"]["block_size"], 4096);
+    assert_eq!(v["controller"]["policy"]["kato_ms"], 5000);
+
+    let dir = std::env::temp_dir().join(format!("holdfast-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    std::fs::write(dir.join("in"), &data).unwrap();
+    let inp = dir.join("in").display().to_string();
+    let outp = dir.join("out").display().to_string();
+    let (rc, _, err) =
+        holdfast(&["write", "--addr", &t.addr(), "--nqn", NQN, "--offset", "8192", "--input", &inp, "--digests"]);
+    assert_eq!(rc, 0, "{err}");
+    let len = data.len().to_string();
+    let (rc, _, err) =
+        holdfast(&["read", "--addr", &t.addr(), "--nqn", NQN, "--offset", "8192", "--length", &len, "--output", &outp]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(std::fs::read(dir.join("out")).unwrap() == data, "read-back differs");
+    let (rc, _, err) = holdfast(&["read", "--addr", &t.addr(), "--nqn", NQN, "--offset", "100", "--length", "4096"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("not a multiple of the 4096-byte block size"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+
+    let (rc, out, err) = holdfast(&[
+        "bench",
+        "--addr",
+        &t.addr(),
+        "--nqn",
+        NQN,
+        "--nsid",
+        "1",
+        "--workload",
+        "randrw",
+        "--bs",
+        "4096",
+        "--qd",
+        "16",
+        "--queues",
+        "2",
+        "--time",
+        "2",
+        "--verify",
+        "--json",
+        "--digests",
+    ]);
+    assert_eq!(rc, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["errors"], 0);
+    assert_eq!(v["verify_mismatches"], 0);
+    assert!(v["iops"].as_f64().unwrap() > 0.0);
+    for k in ["p50", "p99", "max"] {
+        assert!(v["lat_us"][k].as_u64().is_some(), "lat_us.{k}");
+    }
+}
