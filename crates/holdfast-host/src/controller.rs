@@ -1,12 +1,21 @@
-//! A controller association: the admin queue, the I/O queues, keep-alive and asynchronous events
-//! (NVMe over Fabrics 1.1 §3.3 and §7; NVMe Base 2.0 §3.5.2 "Controller Initialization").
+//! A controller and its association, kept alive across connection loss (NVMe over Fabrics 1.1 §3.3 and §7;
+//! NVMe Base 2.0 §3.5.2; design §4).
 //!
-//! Connect sequence: ICReq → Connect (admin, dynamic CNTLID, KATO) → Property Get CAP/VS → Property Set
-//! CC.EN → CSTS.RDY within CAP.TO → Identify Controller → Set Features Number of Queues → one Connect per
-//! I/O queue → keep-alive task and an outstanding Asynchronous Event Request.
+//! Set-up of one association: ICReq → Connect (admin, dynamic CNTLID, KATO) → Property Get CAP/VS →
+//! Property Set CC.EN → CSTS.RDY within CAP.TO → Identify Controller → Set Features Number of Queues →
+//! policy log page → one Connect per I/O queue → the queues open → keep-alive and an Asynchronous Event
+//! Request.
+//!
+//! Callers submit into per-queue channels that outlive every connection. A supervisor task watches the
+//! queues; when one fails (socket error, termination request, command timeout, keep-alive timeout) it tears
+//! the association down, keeps every unfinished command with its buffers, and reconnects with the policy's
+//! delay and backoff. A new association re-issues those commands with new CIDs. Past `fast_io_fail_tmo`
+//! queued I/O fails with a path error while reconnecting goes on; past `ctrl_loss_tmo` (or an announced
+//! planned downtime, whichever is later) the controller is failed and every command fails at once.
 
 use crate::error::{Error, Result};
 use crate::options::ConnectOptions;
+use crate::policy::{self, Effective};
 use crate::queue::{self, Command, Completion, QueueExit, QueueParams};
 use crate::transport;
 use bytes::Bytes;
@@ -20,8 +29,9 @@ use holdfast_proto::sqe::get_log_page;
 use holdfast_proto::{Status, SubmissionEntry};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::Instant as TInstant;
 use tokio_util::sync::CancellationToken;
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -32,27 +42,102 @@ pub const ADMIN_INCAPSULE: usize = 8192;
 /// Largest transfer we issue as one command when the controller sets no MDTS.
 pub const DEFAULT_MAX_TRANSFER: usize = 1 << 20;
 
-struct Inner {
-    opts: ConnectOptions,
+/// Where the controller is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Connected.
+    Live,
+    /// Connection lost; reconnecting.
+    Reconnecting {
+        /// Attempts so far.
+        attempt: u32,
+        /// Why the connection was lost.
+        cause: String,
+        /// True once fast_io_fail_tmo passed (I/O fails while reconnecting goes on).
+        failing_fast: bool,
+    },
+    /// Given up.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// State changes, for applications and the CLI.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// The first association is up.
+    Connected {
+        /// Controller ID.
+        cntlid: u16,
+    },
+    /// The connection was lost (attempt 0) or a reconnect attempt starts.
+    Reconnecting {
+        /// Attempt number.
+        attempt: u32,
+        /// Why the connection was lost, or why the last attempt failed.
+        cause: String,
+        /// Time since the loss.
+        outage: Duration,
+    },
+    /// Queued I/O now fails with a path error (fast_io_fail_tmo passed).
+    FailingFast {
+        /// Time since the loss.
+        outage: Duration,
+    },
+    /// The association is back; pending commands were re-issued.
+    Restored {
+        /// How long the outage lasted.
+        outage: Duration,
+        /// Attempts it took.
+        attempts: u32,
+        /// Commands re-issued.
+        reissued: usize,
+        /// The target restarted (its instance ID changed), rather than the network blipping.
+        target_restarted: bool,
+    },
+    /// The controller is lost for good.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+struct Info {
     cntlid: u16,
     id: Box<IdentifyController>,
     cap: u64,
     vs: u32,
+    max_transfer: usize,
+    policy: Option<ConnectionPolicy>,
+    effective: Effective,
+}
+
+struct Shared {
+    opts: ConnectOptions,
     admin: mpsc::Sender<Command>,
     io: Vec<mpsc::Sender<Command>>,
     rr: AtomicUsize,
-    max_transfer: usize,
-    failed: Mutex<Option<String>>,
-    cancel: CancellationToken,
-    /// Stops the keep-alive task alone (before an orderly shutdown).
-    ka_stop: CancellationToken,
-    policy: Mutex<Option<ConnectionPolicy>>,
+    info: Mutex<Info>,
+    state: Mutex<State>,
+    events: broadcast::Sender<Event>,
+    shutdown: CancellationToken,
+    /// Why the current association was declared lost by keep-alive, if it was.
+    loss_cause: Mutex<Option<String>>,
+    /// The current association: cancelled to tear it down.
+    assoc: Mutex<CancellationToken>,
+    /// The current association's keep-alive and event tasks (stopped alone before an orderly shutdown).
+    tasks: Mutex<CancellationToken>,
 }
 
-/// A live controller association. Cheap to clone.
+/// A controller. Cheap to clone.
 #[derive(Clone)]
 pub struct Controller {
-    inner: Arc<Inner>,
+    inner: Arc<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The name of a command, for errors.
@@ -90,13 +175,13 @@ pub async fn send(
 ) -> Result<oneshot::Receiver<Result<Completion>>> {
     let (reply, rx) = oneshot::channel();
     let cmd = Command { sqe, data_out, data_in_len, name, replayable, long_lived, reply };
-    tx.send(cmd).await.map_err(|_| Error::NotConnected("the queue is gone".into()))?;
+    tx.send(cmd).await.map_err(|_| Error::NotConnected("the controller is closed".into()))?;
     Ok(rx)
 }
 
 /// Wait for a queued command.
 pub async fn finish(rx: oneshot::Receiver<Result<Completion>>, name: &'static str) -> Result<Completion> {
-    let c = rx.await.map_err(|_| Error::NotConnected("the queue went away before the command completed".into()))??;
+    let c = rx.await.map_err(|_| Error::NotConnected("the command was dropped".into()))??;
     if c.status().is_success() {
         Ok(c)
     } else {
@@ -119,60 +204,12 @@ fn connect_refusal(status: Status, dw0: u32, o: &ConnectOptions) -> Error {
             }
         }
         s if s == Status::CONNECT_CONTROLLER_BUSY => {
-            "controller busy (the target may still be draining an older association); retry later".into()
+            "controller busy (the target may still be draining an older association)".into()
         }
         s if s == Status::CONNECT_INCOMPATIBLE_FORMAT => "incompatible Connect format".into(),
         _ => status.name(true).to_string(),
     };
     Error::ConnectRefused { reason: format!("{reason} ({})", status.name(true)), status }
-}
-
-/// Open one queue: TCP + ICReq, spawn its task, send Connect. Returns the CNTLID from the response.
-async fn open_queue(
-    o: &ConnectOptions,
-    qid: u16,
-    size: u16,
-    cntlid: u16,
-    max_incapsule: usize,
-    max_transfer: usize,
-    cancel: &CancellationToken,
-) -> Result<(mpsc::Sender<Command>, u16, tokio::task::JoinHandle<QueueExit>)> {
-    let conn = transport::connect(&o.addr, o.hdgst, o.ddgst, max_transfer.max(64 << 10), o.connect_timeout).await?;
-    let params = QueueParams {
-        qid,
-        depth: size - 1,
-        framing: conn.framing,
-        max_incapsule,
-        maxh2cdata: conn.maxh2cdata,
-        io_timeout: if qid == 0 { o.io_timeout.max(Duration::from_secs(10)) } else { o.io_timeout },
-        addr: o.addr.clone(),
-    };
-    let (tx, rx) = mpsc::channel(size as usize * 2);
-    let handle =
-        tokio::spawn(queue::run(conn.stream, conn.decoder, conn.inbuf, params, rx, Vec::new(), cancel.clone()));
-    let kato = if qid == 0 { o.kato.as_millis() as u32 } else { 0 };
-    let cmd = ConnectCommand::new(0, qid, size - 1, kato);
-    let data = ConnectData::new(o.hostid, cntlid, &o.subnqn, &o.hostnqn);
-    let rx = send(&tx, cmd.to_sqe(), Bytes::copy_from_slice(data.as_bytes()), 0, "Connect", false, false).await?;
-    let c = tokio::time::timeout(o.connect_timeout, rx)
-        .await
-        .map_err(|_| Error::Timeout { what: format!("Connect of queue {qid}"), after: o.connect_timeout })?
-        .map_err(|_| Error::NotConnected("the queue went away during Connect".into()))??;
-    if !c.status().is_success() {
-        cancel.cancel();
-        return Err(connect_refusal(c.status(), c.cqe.dw0.get(), o));
-    }
-    Ok((tx, c.cqe.dw0.get() as u16, handle))
-}
-
-async fn property_get(tx: &mpsc::Sender<Command>, ofst: u32, wide: bool) -> Result<u64> {
-    let c = submit(tx, PropertyCommand::new(0, ofst, wide, None).to_sqe(), Bytes::new(), 0, "Property Get").await?;
-    Ok(c.cqe.result64())
-}
-
-async fn property_set(tx: &mpsc::Sender<Command>, ofst: u32, v: u32) -> Result<()> {
-    submit(tx, PropertyCommand::new(0, ofst, false, Some(v as u64)).to_sqe(), Bytes::new(), 0, "Property Set").await?;
-    Ok(())
 }
 
 /// Identify with the given CNS and NSID: 4096 bytes.
@@ -191,177 +228,391 @@ pub async fn get_log_page(tx: &mpsc::Sender<Command>, lid: u8, nsid: u32, len: u
     Ok(submit(tx, s, Bytes::new(), len, "Get Log Page").await?.data)
 }
 
-/// Supervise a queue task: when it ends with an error, fail the association (every pending and later
-/// command fails with the reason). Reconnection builds on the same exit information.
-fn supervise(
-    inner: std::sync::Weak<Inner>,
-    qid: u16,
-    h: tokio::task::JoinHandle<QueueExit>,
-    cancel: CancellationToken,
-) {
+/// A queue's receiver and unfinished commands while it has no connection.
+struct Slot {
+    rx: mpsc::Receiver<Command>,
+    pending: Vec<Command>,
+}
+
+/// One set-up command on a queue that is not open yet (never replayed), bounded by `deadline`.
+async fn setup(
+    tx: &mpsc::Sender<Command>,
+    sqe: SubmissionEntry,
+    data: Bytes,
+    data_in: usize,
+    name: &'static str,
+    deadline: TInstant,
+) -> Result<Completion> {
+    let rx = send(tx, sqe, data, data_in, name, false, false).await?;
+    match tokio::time::timeout_at(deadline, rx).await {
+        Ok(r) => r.map_err(|_| Error::NotConnected("queue closed during set-up".into()))?,
+        Err(_) => Err(Error::Timeout { what: format!("{name} during set-up"), after: Duration::ZERO }),
+    }
+}
+
+async fn setup_ok(
+    tx: &mpsc::Sender<Command>,
+    sqe: SubmissionEntry,
+    data: Bytes,
+    data_in: usize,
+    name: &'static str,
+    deadline: TInstant,
+) -> Result<Completion> {
+    let c = setup(tx, sqe, data, data_in, name, deadline).await?;
+    if c.status().is_success() {
+        Ok(c)
+    } else {
+        Err(Error::Nvme { command: name, status: c.status() })
+    }
+}
+
+type Exits = (mpsc::UnboundedSender<(usize, QueueExit)>, mpsc::UnboundedReceiver<(usize, QueueExit)>);
+
+/// Start queue `idx` (0 = admin) on a fresh connection, Connect it, and return its set-up channel and the
+/// switch that opens it to callers. The queue task reports its exit on `exits`.
+#[allow(clippy::too_many_arguments)]
+async fn start_queue(
+    o: &ConnectOptions,
+    idx: usize,
+    size: u16,
+    cntlid: u16,
+    kato: Duration,
+    max_incapsule: usize,
+    max_transfer: usize,
+    slot: Slot,
+    exits: &mpsc::UnboundedSender<(usize, QueueExit)>,
+    cancel: &CancellationToken,
+    deadline: TInstant,
+) -> std::result::Result<(mpsc::Sender<Command>, watch::Sender<bool>, u16), (Error, Option<Slot>)> {
+    let timeout = o.connect_timeout.min(deadline.saturating_duration_since(TInstant::now()));
+    let conn = match transport::connect(&o.addr, o.hdgst, o.ddgst, max_transfer.max(64 << 10), timeout).await {
+        Ok(c) => c,
+        Err(e) => return Err((e, Some(slot))),
+    };
+    let qid = idx as u16;
+    let params = QueueParams {
+        qid,
+        depth: size - 1,
+        framing: conn.framing,
+        max_incapsule,
+        maxh2cdata: conn.maxh2cdata,
+        io_timeout: if qid == 0 { o.io_timeout.max(Duration::from_secs(10)) } else { o.io_timeout },
+        addr: o.addr.clone(),
+    };
+    let (setup_tx, setup_rx) = mpsc::channel(8);
+    let (open_tx, open_rx) = watch::channel(false);
+    let (exits, cancel2) = (exits.clone(), cancel.clone());
+    let replay: Vec<Command> = slot.pending;
     tokio::spawn(async move {
-        let Ok(mut exit) = h.await else { return };
-        let reason = match &exit.error {
-            Some(e) => e.to_string(),
-            None => return,
+        let exit =
+            queue::run(conn.stream, conn.decoder, conn.inbuf, params, slot.rx, replay, setup_rx, open_rx, cancel2)
+                .await;
+        let _ = exits.send((idx, exit));
+    });
+    let cmd = ConnectCommand::new(0, qid, size - 1, if qid == 0 { kato.as_millis() as u32 } else { 0 });
+    let data = ConnectData::new(o.hostid, cntlid, &o.subnqn, &o.hostnqn);
+    match setup(&setup_tx, cmd.to_sqe(), Bytes::copy_from_slice(data.as_bytes()), 0, "Connect", deadline).await {
+        Ok(c) if c.status().is_success() => Ok((setup_tx, open_tx, c.cqe.dw0.get() as u16)),
+        Ok(c) => Err((connect_refusal(c.status(), c.cqe.dw0.get(), o), None)),
+        Err(e) => Err((e, None)),
+    }
+}
+
+/// Bring up one association on the given queue slots. On failure every queue task started is torn down
+/// and its slot comes back through `exits` (the caller collects `started` exits).
+async fn establish(
+    sh: &Shared,
+    slots: &mut Vec<Option<Slot>>,
+    exits: &mpsc::UnboundedSender<(usize, QueueExit)>,
+    started: &mut usize,
+    deadline: TInstant,
+    first: bool,
+) -> Result<(CancellationToken, bool)> {
+    let o = &sh.opts;
+    let cancel = sh.shutdown.child_token();
+    let eff = lock(&sh.info).effective.clone();
+    let take = |slots: &mut Vec<Option<Slot>>, i: usize| {
+        slots[i].take().ok_or_else(|| Error::NotConnected("queue slot missing".into()))
+    };
+    let admin_slot = take(slots, 0)?;
+    let (admin, open_admin, cntlid) = match start_queue(
+        o,
+        0,
+        ADMIN_QUEUE_SIZE,
+        fabrics::CNTLID_DYNAMIC,
+        eff.kato.0,
+        ADMIN_INCAPSULE,
+        1 << 20,
+        admin_slot,
+        exits,
+        &cancel,
+        deadline,
+    )
+    .await
+    {
+        Ok(v) => {
+            *started += 1;
+            v
+        }
+        Err((e, slot)) => {
+            match slot {
+                Some(s) => slots[0] = Some(s),
+                None => *started += 1,
+            }
+            cancel.cancel();
+            return Err(e);
+        }
+    };
+    let result = async {
+        let prop_get = |ofst, wide| {
+            let admin = admin.clone();
+            async move {
+                Ok::<u64, Error>(
+                    setup_ok(
+                        &admin,
+                        PropertyCommand::new(0, ofst, wide, None).to_sqe(),
+                        Bytes::new(),
+                        0,
+                        "Property Get",
+                        deadline,
+                    )
+                    .await?
+                    .cqe
+                    .result64(),
+                )
+            }
         };
-        if let Some(inner) = inner.upgrade() {
-            let mut f = inner.failed.lock().unwrap_or_else(|p| p.into_inner());
-            if f.is_none() {
-                tracing::warn!(addr = %inner.opts.addr, qid, "controller lost: {reason}");
-                *f = Some(reason.clone());
+        let capv = prop_get(property::CAP, true).await?;
+        let vs = prop_get(property::VS, false).await? as u32;
+        setup_ok(
+            &admin,
+            PropertyCommand::new(0, property::CC, false, Some(cc::ENABLE_DEFAULT as u64)).to_sqe(),
+            Bytes::new(),
+            0,
+            "Property Set",
+            deadline,
+        )
+        .await?;
+        let ready_limit = Duration::from_millis(500 * cap::timeout_500ms(capv).max(1) as u64);
+        let t0 = Instant::now();
+        loop {
+            let st = prop_get(property::CSTS, false).await? as u32;
+            if st & csts::CFS != 0 {
+                return Err(Error::Protocol {
+                    qid: 0,
+                    what: "controller fatal status (CSTS.CFS) while enabling".into(),
+                });
+            }
+            if st & csts::RDY != 0 {
+                break;
+            }
+            if t0.elapsed() > ready_limit {
+                return Err(Error::Timeout { what: "waiting for CSTS.RDY".into(), after: ready_limit });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut s = SubmissionEntry::new(aop::IDENTIFY, 0);
+        s.cdw10.set(identify::CNS_CONTROLLER as u32);
+        let idb = setup_ok(&admin, s, Bytes::new(), 4096, "Identify", deadline).await?.data;
+        let id = Box::new(
+            IdentifyController::read_from_bytes(&idb[..4096])
+                .map_err(|_| Error::Protocol { qid: 0, what: "short Identify".into() })?,
+        );
+        let is_discovery = o.subnqn == fabrics::DISCOVERY_NQN;
+        let mut adv = None;
+        if !is_discovery {
+            let mut s = SubmissionEntry::new(aop::GET_LOG_PAGE, 0);
+            get_log_page::set(&mut s, LID_HOLDFAST_POLICY, 0, 512, 0);
+            if let Ok(c) = setup_ok(&admin, s, Bytes::new(), 512, "Get Log Page", deadline).await {
+                adv = ConnectionPolicy::from_bytes(&c.data).ok();
             }
         }
-        cancel.cancel();
-        for c in exit.pending.drain(..) {
-            let _ = c.reply.send(Err(Error::NotConnected(reason.clone())));
+        let new_eff = policy::resolve(o, adv.as_ref());
+        if first || new_eff.kato != eff.kato || new_eff.ctrl_loss_tmo != eff.ctrl_loss_tmo {
+            new_eff.log(&o.addr);
         }
-        exit.rx.close();
-        while let Some(c) = exit.rx.recv().await {
-            let _ = c.reply.send(Err(Error::NotConnected(reason.clone())));
+        if new_eff.kato.0 != eff.kato.0 {
+            // The target advertises another KATO than the Connect carried: adopt it (Set Features 0Fh).
+            let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
+            s.cdw10.set(holdfast_proto::features::KEEP_ALIVE_TIMER as u32);
+            s.cdw11.set(new_eff.kato.0.as_millis() as u32);
+            setup_ok(&admin, s, Bytes::new(), 0, "Set Features (Keep Alive Timer)", deadline).await?;
         }
-    });
+        let restarted = matches!((eff.instance_id, new_eff.instance_id), (Some(a), Some(b)) if a != b);
+        let mdts = id.mdts;
+        let max_transfer =
+            if mdts == 0 { DEFAULT_MAX_TRANSFER } else { (4096usize << mdts.min(20)).min(DEFAULT_MAX_TRANSFER) };
+        let mut opens = Vec::new();
+        let nq = sh.io.len();
+        if nq > 0 {
+            let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
+            s.cdw10.set(holdfast_proto::features::NUMBER_OF_QUEUES as u32);
+            let n = nq as u32 - 1;
+            s.cdw11.set(n | n << 16);
+            let c = setup_ok(&admin, s, Bytes::new(), 0, "Set Features (Number of Queues)", deadline).await?;
+            let granted = ((c.cqe.dw0.get() & 0xFFFF).min(c.cqe.dw0.get() >> 16) + 1) as usize;
+            if granted < nq {
+                return Err(Error::Protocol {
+                    qid: 0,
+                    what: format!("the controller grants {granted} I/O queues, {nq} are needed"),
+                });
+            }
+            let size = (o.queue_size as u32).min(cap::mqes(capv) as u32 + 1) as u16;
+            let max_incapsule = (id.ioccsz.get() as usize * 16).saturating_sub(64);
+            for qi in 1..=nq {
+                let slot = take(slots, qi)?;
+                match start_queue(
+                    o,
+                    qi,
+                    size,
+                    cntlid,
+                    eff.kato.0,
+                    max_incapsule,
+                    max_transfer,
+                    slot,
+                    exits,
+                    &cancel,
+                    deadline,
+                )
+                .await
+                {
+                    Ok((_setup, open, _)) => {
+                        *started += 1;
+                        opens.push(open);
+                    }
+                    Err((e, slot)) => {
+                        match slot {
+                            Some(s) => slots[qi] = Some(s),
+                            None => *started += 1,
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        *lock(&sh.info) = Info { cntlid, id, cap: capv, vs, max_transfer, policy: adv, effective: new_eff };
+        Ok::<_, Error>((opens, restarted))
+    }
+    .await;
+    match result {
+        Ok((opens, restarted)) => {
+            // Open the queues: re-issued commands go first, then new ones.
+            let _ = open_admin.send(true);
+            for o in opens {
+                let _ = o.send(true);
+            }
+            drop(admin);
+            if restarted {
+                tracing::info!(addr = %o.addr, "the target restarted (new instance ID)");
+            }
+            Ok((cancel, restarted))
+        }
+        Err(e) => {
+            cancel.cancel();
+            Err(e)
+        }
+    }
 }
 
 impl Controller {
-    /// Connect, enable and set up the queues.
+    /// Connect, enable and set up the queues; then keep the association alive (design §4).
     pub async fn connect(o: ConnectOptions) -> Result<Controller> {
         if o.queue_size < 2 || o.queue_size > 1024 {
             return Err(Error::Invalid(format!("queue size {} is outside 2..=1024", o.queue_size)));
         }
-        let cancel = CancellationToken::new();
-        let (admin, cntlid, ah) =
-            open_queue(&o, 0, ADMIN_QUEUE_SIZE, fabrics::CNTLID_DYNAMIC, ADMIN_INCAPSULE, 1 << 20, &cancel).await?;
-        let setup = async {
-            let capv = property_get(&admin, property::CAP, true).await?;
-            let vs = property_get(&admin, property::VS, false).await? as u32;
-            property_set(&admin, property::CC, cc::ENABLE_DEFAULT).await?;
-            let ready_limit = Duration::from_millis(500 * cap::timeout_500ms(capv).max(1) as u64);
-            let t0 = Instant::now();
-            loop {
-                let st = property_get(&admin, property::CSTS, false).await? as u32;
-                if st & csts::CFS != 0 {
-                    return Err(Error::Protocol {
-                        qid: 0,
-                        what: "controller fatal status (CSTS.CFS) while enabling".into(),
-                    });
-                }
-                if st & csts::RDY != 0 {
-                    break;
-                }
-                if t0.elapsed() > ready_limit {
-                    return Err(Error::Timeout { what: "waiting for CSTS.RDY".into(), after: ready_limit });
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            let idb = identify_raw(&admin, identify::CNS_CONTROLLER, 0).await?;
-            let id = IdentifyController::read_from_bytes(&idb[..4096])
-                .map_err(|_| Error::Protocol { qid: 0, what: "short Identify".into() })?;
-            Ok::<_, Error>((capv, vs, Box::new(id)))
-        };
-        let (capv, vs, id) = match setup.await {
-            Ok(v) => v,
-            Err(e) => {
-                cancel.cancel();
-                return Err(e);
-            }
-        };
-        if id.cntlid.get() != cntlid && id.cntrltype != identify::CNTRLTYPE_DISCOVERY {
-            tracing::warn!("Identify CNTLID {} differs from Connect's {cntlid}", id.cntlid.get());
-        }
-        let mdts = id.mdts;
-        let max_transfer =
-            if mdts == 0 { DEFAULT_MAX_TRANSFER } else { (4096usize << mdts.min(20)).min(DEFAULT_MAX_TRANSFER) };
         let is_discovery = o.subnqn == fabrics::DISCOVERY_NQN;
+        let nq = if is_discovery { 0 } else { o.nr_io_queues as usize };
+        let (admin, arx) = mpsc::channel(ADMIN_QUEUE_SIZE as usize * 2);
+        let mut slots = vec![Some(Slot { rx: arx, pending: Vec::new() })];
         let mut io = Vec::new();
-        let mut handles = Vec::new();
-        if !is_discovery && o.nr_io_queues > 0 {
-            let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
-            s.cdw10.set(holdfast_proto::features::NUMBER_OF_QUEUES as u32);
-            let n = o.nr_io_queues as u32 - 1;
-            s.cdw11.set(n | n << 16);
-            let c = submit(&admin, s, Bytes::new(), 0, "Set Features (Number of Queues)").await?;
-            let granted = ((c.cqe.dw0.get() & 0xFFFF).min(c.cqe.dw0.get() >> 16) + 1) as u16;
-            let nq = o.nr_io_queues.min(granted);
-            let mqes = cap::mqes(capv) as u32 + 1;
-            let size = (o.queue_size as u32).min(mqes) as u16;
-            let ioccsz = id.ioccsz.get() as usize * 16;
-            let max_incapsule = ioccsz.saturating_sub(64);
-            for qid in 1..=nq {
-                let (tx, _, h) = open_queue(&o, qid, size, cntlid, max_incapsule, max_transfer, &cancel).await?;
-                io.push(tx);
-                handles.push((qid, h));
-            }
+        for _ in 0..nq {
+            let (tx, rx) = mpsc::channel(o.queue_size as usize * 2);
+            io.push(tx);
+            slots.push(Some(Slot { rx, pending: Vec::new() }));
         }
-        let inner = Arc::new(Inner {
-            opts: o,
-            cntlid,
-            id,
-            cap: capv,
-            vs,
+        let eff = policy::resolve(&o, None);
+        let sh = Arc::new(Shared {
             admin,
             io,
             rr: AtomicUsize::new(0),
-            max_transfer,
-            failed: Mutex::new(None),
-            ka_stop: cancel.child_token(),
-            cancel: cancel.clone(),
-            policy: Mutex::new(None),
+            info: Mutex::new(Info {
+                cntlid: 0,
+                id: Box::new(zerocopy::FromZeros::new_zeroed()),
+                cap: 0,
+                vs: 0,
+                max_transfer: DEFAULT_MAX_TRANSFER,
+                policy: None,
+                effective: eff,
+            }),
+            state: Mutex::new(State::Live),
+            events: broadcast::channel(64).0,
+            shutdown: CancellationToken::new(),
+            loss_cause: Mutex::new(None),
+            assoc: Mutex::new(CancellationToken::new()),
+            tasks: Mutex::new(CancellationToken::new()),
+            opts: o,
         });
-        supervise(Arc::downgrade(&inner), 0, ah, cancel.clone());
-        for (qid, h) in handles {
-            supervise(Arc::downgrade(&inner), qid, h, cancel.clone());
-        }
-        let ctrl = Controller { inner };
-        if !is_discovery {
-            if let Ok(b) = get_log_page(&ctrl.inner.admin, LID_HOLDFAST_POLICY, 0, 512, 0).await {
-                if let Ok(p) = ConnectionPolicy::from_bytes(&b) {
-                    tracing::debug!(?p, "target advertises a connection policy");
-                    *ctrl.inner.policy.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
+        let (exits_tx, mut exits_rx): Exits = mpsc::unbounded_channel();
+        let mut started = 0;
+        let deadline = TInstant::now() + sh.opts.connect_timeout.max(Duration::from_secs(1)) * 3;
+        match establish(&sh, &mut slots, &exits_tx, &mut started, deadline, true).await {
+            Ok((assoc, _)) => {
+                *lock(&sh.assoc) = assoc.clone();
+                let ctrl = Controller { inner: sh.clone() };
+                ctrl.start_association_tasks(&assoc);
+                let _ = sh.events.send(Event::Connected { cntlid: lock(&sh.info).cntlid });
+                tokio::spawn(supervise(sh, slots, exits_tx, exits_rx, started));
+                Ok(ctrl)
+            }
+            Err(e) => {
+                sh.shutdown.cancel();
+                for _ in 0..started {
+                    let _ = exits_rx.recv().await;
                 }
+                Err(e)
             }
         }
-        ctrl.start_keep_alive();
-        ctrl.start_async_events();
-        Ok(ctrl)
     }
 
-    fn start_keep_alive(&self) {
-        let kato = self.inner.opts.kato;
-        if kato.is_zero() {
-            return;
-        }
+    /// Keep-alive and asynchronous events for one association.
+    fn start_association_tasks(&self, assoc: &CancellationToken) {
+        let eff = lock(&self.inner.info).effective.clone();
+        let kato = eff.kato.0;
         let weak = Arc::downgrade(&self.inner);
-        let (admin, cancel) = (self.inner.admin.clone(), self.inner.ka_stop.clone());
-        tokio::spawn(async move {
-            let period = (kato / 2).max(Duration::from_millis(100));
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(period) => {}
-                }
-                let ka = SubmissionEntry::new(aop::KEEP_ALIVE, 0);
-                let r = tokio::time::timeout(kato, submit(&admin, ka, Bytes::new(), 0, "Keep Alive")).await;
-                let err = match r {
-                    Ok(Ok(_)) => continue,
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => format!("no Keep Alive response within KATO ({kato:?})"),
-                };
-                if let Some(inner) = weak.upgrade() {
-                    let mut f = inner.failed.lock().unwrap_or_else(|p| p.into_inner());
-                    if f.is_none() {
-                        tracing::warn!(addr = %inner.opts.addr, "controller lost: {err}");
-                        *f = Some(err);
+        let tasks = assoc.child_token();
+        *lock(&self.inner.tasks) = tasks.clone();
+        let (admin, cancel, lose) = (self.inner.admin.clone(), tasks.clone(), assoc.clone());
+        if !kato.is_zero() {
+            tokio::spawn(async move {
+                // Well inside KATO: a blackholed path is noticed within KATO of the last good exchange.
+                let period = (kato / 3).max(Duration::from_millis(100));
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(period) => {}
                     }
+                    let ka = SubmissionEntry::new(aop::KEEP_ALIVE, 0);
+                    let r = async {
+                        let rx = send(&admin, ka, Bytes::new(), 0, "Keep Alive", false, false).await?;
+                        finish(rx, "Keep Alive").await
+                    };
+                    let err = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        r = tokio::time::timeout(kato - period, r) => match r {
+                            Ok(Ok(_)) => continue,
+                            Ok(Err(e)) => format!("Keep Alive failed: {e}"),
+                            Err(_) => format!("no Keep Alive response within KATO ({kato:?})"),
+                        },
+                    };
+                    if let Some(sh) = weak.upgrade() {
+                        lock(&sh.loss_cause).get_or_insert(err);
+                    }
+                    lose.cancel();
+                    return;
                 }
-                cancel.cancel();
-                return;
-            }
-        });
-    }
-
-    fn start_async_events(&self) {
-        let (admin, cancel) = (self.inner.admin.clone(), self.inner.cancel.clone());
+            });
+        }
+        let (admin, cancel, weak) = (self.inner.admin.clone(), tasks, Arc::downgrade(&self.inner));
         tokio::spawn(async move {
             loop {
                 let aer = SubmissionEntry::new(aop::ASYNC_EVENT_REQUEST, 0);
@@ -372,29 +623,40 @@ impl Controller {
                     _ = cancel.cancelled() => return,
                     r = rx => r,
                 };
-                match r {
-                    Ok(Ok(c)) if c.status().is_success() => {
-                        let ev = holdfast_proto::features::AsyncEvent::from_dword(c.cqe.dw0.get());
-                        tracing::info!(
-                            event_type = ev.event_type,
-                            info = ev.info,
-                            log_page = ev.log_page,
-                            "asynchronous event"
-                        );
-                        // Reading the log page clears the event so the controller may report more.
-                        let _ = get_log_page(&admin, ev.log_page, 0xFFFF_FFFF, 512, 0).await;
+                let Ok(Ok(c)) = r else { return };
+                if !c.status().is_success() {
+                    return;
+                }
+                let ev = holdfast_proto::features::AsyncEvent::from_dword(c.cqe.dw0.get());
+                tracing::info!(
+                    event_type = ev.event_type,
+                    info = ev.info,
+                    log_page = ev.log_page,
+                    "asynchronous event"
+                );
+                // Reading the log page clears the event so the controller may report more.
+                let Ok(page) = get_log_page(&admin, ev.log_page, 0xFFFF_FFFF, 512, 0).await else { continue };
+                if ev.log_page == LID_HOLDFAST_POLICY {
+                    if let (Some(sh), Ok(p)) = (weak.upgrade(), ConnectionPolicy::from_bytes(&page)) {
+                        let eff = policy::resolve(&sh.opts, Some(&p));
+                        eff.log(&sh.opts.addr);
+                        let mut info = lock(&sh.info);
+                        info.policy = Some(p);
+                        info.effective = eff;
                     }
-                    _ => return,
                 }
             }
         });
     }
 
-    /// Fail fast if the association is gone.
+    /// Fail fast if the controller is failed, or failing fast.
     fn check(&self) -> Result<()> {
-        match &*self.inner.failed.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(r) => Err(Error::NotConnected(r.clone())),
-            None => Ok(()),
+        match &*lock(&self.inner.state) {
+            State::Failed { reason } => Err(Error::ControllerLost(reason.clone())),
+            State::Reconnecting { failing_fast: true, cause, .. } => {
+                Err(Error::PathError(format!("disconnected ({cause}); reconnecting")))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -404,7 +666,7 @@ impl Controller {
         submit(&self.inner.admin, sqe, data_out, data_in_len, command_name(&sqe, true)).await
     }
 
-    /// Queue an I/O command on the next I/O queue (round robin); await the receiver for the completion.
+    /// Queue an I/O command on queue `hint` (None: round robin); await the receiver for the completion.
     pub async fn io_send(
         &self,
         hint: Option<usize>,
@@ -417,24 +679,40 @@ impl Controller {
             return Err(Error::Invalid("this controller has no I/O queues".into()));
         }
         let i = hint.unwrap_or_else(|| self.inner.rr.fetch_add(1, Ordering::Relaxed)) % self.inner.io.len();
-        send(&self.inner.io[i], sqe, data_out, data_in_len, command_name(&sqe, false), true, false).await
+        let replayable = matches!(
+            sqe.opcode,
+            holdfast_proto::opcode::io::READ
+                | holdfast_proto::opcode::io::WRITE
+                | holdfast_proto::opcode::io::FLUSH
+                | holdfast_proto::opcode::io::WRITE_ZEROES
+                | holdfast_proto::opcode::io::DATASET_MANAGEMENT
+        ) && sqe.fuse() == 0;
+        send(&self.inner.io[i], sqe, data_out, data_in_len, command_name(&sqe, false), replayable, false).await
     }
 
-    /// Identify Controller data.
-    pub fn identify(&self) -> &IdentifyController {
-        &self.inner.id
+    /// State changes from now on.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+    /// Where the controller is.
+    pub fn state(&self) -> State {
+        lock(&self.inner.state).clone()
+    }
+    /// Identify Controller data of the current association.
+    pub fn identify(&self) -> IdentifyController {
+        *lock(&self.inner.info).id
     }
     /// CNTLID.
     pub fn cntlid(&self) -> u16 {
-        self.inner.cntlid
+        lock(&self.inner.info).cntlid
     }
     /// CAP.
     pub fn cap(&self) -> u64 {
-        self.inner.cap
+        lock(&self.inner.info).cap
     }
     /// VS.
     pub fn version(&self) -> u32 {
-        self.inner.vs
+        lock(&self.inner.info).vs
     }
     /// Number of I/O queues.
     pub fn io_queues(&self) -> usize {
@@ -442,7 +720,7 @@ impl Controller {
     }
     /// Largest transfer of one command, in bytes.
     pub fn max_transfer(&self) -> usize {
-        self.inner.max_transfer
+        lock(&self.inner.info).max_transfer
     }
     /// The options used.
     pub fn options(&self) -> &ConnectOptions {
@@ -450,9 +728,13 @@ impl Controller {
     }
     /// The connection policy the target advertised, if any.
     pub fn policy(&self) -> Option<ConnectionPolicy> {
-        *self.inner.policy.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner.info).policy
     }
-    /// The admin queue's sender (for discovery and tools).
+    /// The effective policy and its sources.
+    pub fn effective_policy(&self) -> Effective {
+        lock(&self.inner.info).effective.clone()
+    }
+    /// The admin queue's sender.
     pub fn admin_queue(&self) -> &mpsc::Sender<Command> {
         &self.inner.admin
     }
@@ -464,35 +746,251 @@ impl Controller {
 
     /// Orderly shutdown: CC.SHN = normal, wait for CSTS.SHST complete (bounded), close every queue.
     pub async fn shutdown(&self) -> Result<()> {
-        self.inner.ka_stop.cancel();
-        if self.check().is_ok() {
+        lock(&self.inner.tasks).cancel(); // keep-alive and AER stop; the queues close at the end
+        if *lock(&self.inner.state) == State::Live {
             let admin = &self.inner.admin;
             let r = async {
-                let ccv = property_get(admin, property::CC, false).await? as u32;
-                property_set(admin, property::CC, (ccv & !cc::SHN_MASK) | cc::SHN_NORMAL).await?;
+                let get = |o| async move {
+                    Ok::<u64, Error>(
+                        submit(
+                            admin,
+                            PropertyCommand::new(0, o, false, None).to_sqe(),
+                            Bytes::new(),
+                            0,
+                            "Property Get",
+                        )
+                        .await?
+                        .cqe
+                        .result64(),
+                    )
+                };
+                let ccv = get(property::CC).await? as u32;
+                submit(
+                    admin,
+                    PropertyCommand::new(0, property::CC, false, Some(((ccv & !cc::SHN_MASK) | cc::SHN_NORMAL) as u64))
+                        .to_sqe(),
+                    Bytes::new(),
+                    0,
+                    "Property Set",
+                )
+                .await?;
                 let t0 = Instant::now();
                 while t0.elapsed() < Duration::from_secs(5) {
-                    let st = property_get(admin, property::CSTS, false).await? as u32;
-                    if st & csts::SHST_MASK == csts::SHST_COMPLETE {
+                    if get(property::CSTS).await? as u32 & csts::SHST_MASK == csts::SHST_COMPLETE {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Ok::<_, Error>(())
             };
-            let r = tokio::time::timeout(Duration::from_secs(6), r).await;
-            if let Ok(Err(e)) = &r {
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(6), r).await {
                 tracing::debug!("shutdown notification failed: {e}");
             }
         }
-        *self.inner.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some("controller shut down".into());
-        self.inner.cancel.cancel();
+        *lock(&self.inner.state) = State::Failed { reason: "controller shut down".into() };
+        self.inner.shutdown.cancel();
         Ok(())
     }
 }
 
-impl Drop for Inner {
+impl Drop for Shared {
     fn drop(&mut self) {
-        self.cancel.cancel();
+        self.shutdown.cancel();
     }
+}
+
+fn fail_all(slots: &mut [Option<Slot>], err: &dyn Fn() -> Error, close: bool) -> usize {
+    let mut n = 0;
+    for s in slots.iter_mut().flatten() {
+        for c in s.pending.drain(..) {
+            let _ = c.reply.send(Err(err()));
+            n += 1;
+        }
+        if close {
+            s.rx.close();
+        }
+        while let Ok(c) = s.rx.try_recv() {
+            let _ = c.reply.send(Err(err()));
+            n += 1;
+        }
+    }
+    n
+}
+
+/// The supervisor: watches the association, reconnects, applies the deadlines (design §4).
+async fn supervise(
+    sh: Arc<Shared>,
+    mut slots: Vec<Option<Slot>>,
+    exits_tx: mpsc::UnboundedSender<(usize, QueueExit)>,
+    mut exits_rx: mpsc::UnboundedReceiver<(usize, QueueExit)>,
+    mut running: usize,
+) {
+    let ctrl = Controller { inner: sh.clone() };
+    let ctrl_weak = Arc::downgrade(&sh);
+    drop(ctrl);
+    loop {
+        // Live: wait for the first queue to end.
+        let first = exits_rx.recv().await;
+        let Some((idx, exit)) = first else { return };
+        running -= 1;
+        let shutting_down = sh.shutdown.is_cancelled();
+        let cause = lock(&sh.loss_cause)
+            .take()
+            .or_else(|| exit.error.as_ref().map(|e| e.to_string()))
+            .unwrap_or_else(|| "queue closed".into());
+        lock(&sh.assoc).cancel();
+        slots[idx] = Some(Slot { rx: exit.rx, pending: exit.pending });
+        while running > 0 {
+            let Some((i, e)) = exits_rx.recv().await else { break };
+            running -= 1;
+            slots[i] = Some(Slot { rx: e.rx, pending: e.pending });
+        }
+        if shutting_down {
+            fail_all(&mut slots, &|| Error::NotConnected("controller shut down".into()), true);
+            return;
+        }
+        let since = Instant::now();
+        let lost_at = SystemTime::now();
+        tracing::warn!(addr = %sh.opts.addr, "connection lost: {cause}; reconnecting");
+        // Commands that cannot be replayed fail now, with a retryable path error.
+        for s in slots.iter_mut().flatten() {
+            let (keep, drop_): (Vec<_>, Vec<_>) = s.pending.drain(..).partition(|c| c.replayable);
+            s.pending = keep;
+            for c in drop_ {
+                let _ = c.reply.send(Err(Error::PathError(format!(
+                    "{} was in flight when the connection dropped ({cause})",
+                    c.name
+                ))));
+            }
+        }
+        let mut cause = cause;
+        *lock(&sh.state) = State::Reconnecting { attempt: 0, cause: cause.clone(), failing_fast: false };
+        let _ = sh.events.send(Event::Reconnecting { attempt: 0, cause: cause.clone(), outage: Duration::ZERO });
+        let mut attempt = 0u32;
+        let mut failing_fast = false;
+        let mut next_try = Instant::now();
+        loop {
+            let eff = lock(&sh.info).effective.clone();
+            let elapsed = since.elapsed();
+            if let Some(f) = eff.fast_io_fail_tmo.0 {
+                if elapsed >= f {
+                    if !failing_fast {
+                        failing_fast = true;
+                        tracing::warn!(addr = %sh.opts.addr, "fast_io_fail_tmo ({f:?}) passed: failing queued I/O while reconnecting");
+                        if let State::Reconnecting { failing_fast: ff, .. } = &mut *lock(&sh.state) {
+                            *ff = true;
+                        }
+                        let _ = sh.events.send(Event::FailingFast { outage: elapsed });
+                    }
+                    let c = cause.clone();
+                    fail_all(
+                        &mut slots,
+                        &|| Error::PathError(format!("disconnected for more than fast_io_fail_tmo ({c})")),
+                        false,
+                    );
+                }
+            }
+            if let Some(limit) = eff.loss_limit() {
+                if elapsed >= limit {
+                    let stamp = humantime(lost_at);
+                    let reason = format!(
+                        "no connection to {} since {stamp} ({:.1} s, limit {:.1} s{}); last error: {cause}",
+                        sh.opts.addr,
+                        elapsed.as_secs_f64(),
+                        limit.as_secs_f64(),
+                        if eff.planned_downtime > eff.ctrl_loss_tmo.0.unwrap_or_default() {
+                            ", planned downtime"
+                        } else {
+                            ", ctrl_loss_tmo"
+                        }
+                    );
+                    tracing::error!("controller lost: {reason}");
+                    *lock(&sh.state) = State::Failed { reason: reason.clone() };
+                    let r = reason.clone();
+                    fail_all(&mut slots, &|| Error::ControllerLost(r.clone()), true);
+                    let _ = sh.events.send(Event::Failed { reason });
+                    sh.shutdown.cancel();
+                    return;
+                }
+            }
+            // Wait for the next attempt (the first goes at once, then the policy's backoff), waking for any
+            // deadline on the way, and every 100 ms while failing fast to fail what callers still queue.
+            let now = Instant::now();
+            if now < next_try {
+                let mut wake = next_try - now;
+                if let Some(limit) = eff.loss_limit() {
+                    wake = wake.min(limit.saturating_sub(elapsed));
+                }
+                if let Some(f) = eff.fast_io_fail_tmo.0.filter(|_| !failing_fast) {
+                    wake = wake.min(f.saturating_sub(elapsed));
+                }
+                if failing_fast {
+                    wake = wake.min(Duration::from_millis(100));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wake) => {}
+                    _ = sh.shutdown.cancelled() => {
+                        fail_all(&mut slots, &|| Error::NotConnected("controller shut down".into()), true);
+                        return;
+                    }
+                }
+                continue;
+            }
+            attempt += 1;
+            if let State::Reconnecting { attempt: a, .. } = &mut *lock(&sh.state) {
+                *a = attempt;
+            }
+            let _ = sh.events.send(Event::Reconnecting { attempt, cause: cause.clone(), outage: since.elapsed() });
+            let deadline = match eff.loss_limit() {
+                Some(l) => TInstant::now() + l.saturating_sub(since.elapsed()).max(Duration::from_millis(10)),
+                None => TInstant::now() + Duration::from_secs(3600),
+            };
+            let reissued: usize = slots.iter().flatten().map(|s| s.pending.len()).sum();
+            let mut started = 0;
+            match establish(&sh, &mut slots, &exits_tx, &mut started, deadline, false).await {
+                Ok((assoc, restarted)) => {
+                    running = started;
+                    *lock(&sh.assoc) = assoc.clone();
+                    *lock(&sh.state) = State::Live;
+                    let outage = since.elapsed();
+                    tracing::info!(addr = %sh.opts.addr, attempts = attempt, reissued, "connection restored after {:.0} ms", outage.as_secs_f64() * 1000.0);
+                    if let Some(inner) = ctrl_weak.upgrade() {
+                        Controller { inner }.start_association_tasks(&assoc);
+                    }
+                    let _ = sh.events.send(Event::Restored {
+                        outage,
+                        attempts: attempt,
+                        reissued,
+                        target_restarted: restarted,
+                    });
+                    break;
+                }
+                Err(e) => {
+                    for _ in 0..started {
+                        if let Some((i, ex)) = exits_rx.recv().await {
+                            slots[i] = Some(Slot { rx: ex.rx, pending: ex.pending });
+                        }
+                    }
+                    // Set-up commands of the failed attempt are never replayed.
+                    for s in slots.iter_mut().flatten() {
+                        let (keep, drop_): (Vec<_>, Vec<_>) = s.pending.drain(..).partition(|c| c.replayable);
+                        s.pending = keep;
+                        drop(drop_);
+                    }
+                    tracing::info!(addr = %sh.opts.addr, attempt, "reconnect attempt failed: {e}");
+                    next_try = Instant::now() + lock(&sh.info).effective.delay(attempt);
+                    cause = e.to_string();
+                    if let State::Reconnecting { cause: c, .. } = &mut *lock(&sh.state) {
+                        *c = cause.clone();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn humantime(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{s:02} UTC")
 }

@@ -59,6 +59,13 @@ pub enum Error {
     /// The controller is not connected.
     #[error("not connected: {0}")]
     NotConnected(String),
+    /// The controller was lost for good: the connection could not be restored within the policy.
+    #[error("controller lost: {0}")]
+    ControllerLost(String),
+    /// A retryable path error: the connection is down (fast_io_fail_tmo passed, or a command that cannot be
+    /// replayed was in flight when it dropped).
+    #[error("path error (retryable): {0}")]
+    PathError(String),
     /// Bad argument from the caller.
     #[error("{0}")]
     Invalid(String),
@@ -76,7 +83,12 @@ impl Error {
     pub fn is_path_error(&self) -> bool {
         matches!(
             self,
-            Error::Transport { .. } | Error::Protocol { .. } | Error::Timeout { .. } | Error::NotConnected(_)
+            Error::Transport { .. }
+                | Error::Protocol { .. }
+                | Error::Timeout { .. }
+                | Error::NotConnected(_)
+                | Error::ControllerLost(_)
+                | Error::PathError(_)
         )
     }
 }

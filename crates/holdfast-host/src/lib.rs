@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod error;
 pub mod namespace;
 pub mod options;
+pub mod policy;
 pub mod queue;
 pub mod transport;
 

@@ -17,8 +17,16 @@ pub struct ConnectOptions {
     pub nr_io_queues: u16,
     /// Entries per I/O queue.
     pub queue_size: u16,
-    /// Keep-alive timeout requested in Connect.
-    pub kato: Duration,
+    /// Keep-alive timeout (None: as the target advertises, else 5 s).
+    pub kato: Option<Duration>,
+    /// First reconnect delay (None: target policy, else 10 s).
+    pub reconnect_delay: Option<Duration>,
+    /// Cap of the reconnect backoff (None: target policy, else no backoff).
+    pub reconnect_delay_max: Option<Duration>,
+    /// Give up reconnecting after this long (None: target policy, else 600 s).
+    pub ctrl_loss_tmo: Option<Duration>,
+    /// Fail queued I/O after this long disconnected; zero = off (None: target policy, else off).
+    pub fast_io_fail_tmo: Option<Duration>,
     /// Header digests.
     pub hdgst: bool,
     /// Data digests.
@@ -30,7 +38,8 @@ pub struct ConnectOptions {
 }
 
 impl ConnectOptions {
-    /// Defaults for `addr` and `subnqn`: the machine's host identity, 1 queue of 128, KATO 5 s, no digests.
+    /// Defaults for `addr` and `subnqn`: the machine's host identity, 1 queue of 128, no digests, the
+    /// connection policy left to the target.
     pub fn new(addr: impl Into<String>, subnqn: impl Into<String>) -> Self {
         let (hostnqn, hostid) = default_host_identity();
         ConnectOptions {
@@ -40,7 +49,11 @@ impl ConnectOptions {
             hostid,
             nr_io_queues: 1,
             queue_size: 128,
-            kato: Duration::from_secs(5),
+            kato: None,
+            reconnect_delay: None,
+            reconnect_delay_max: None,
+            ctrl_loss_tmo: None,
+            fast_io_fail_tmo: None,
             hdgst: false,
             ddgst: false,
             connect_timeout: Duration::from_secs(10),

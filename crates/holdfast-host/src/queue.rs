@@ -96,6 +96,8 @@ pub async fn run(
     p: QueueParams,
     mut rx: mpsc::Receiver<Command>,
     initial: Vec<Command>,
+    mut setup_rx: mpsc::Receiver<Command>,
+    mut open: tokio::sync::watch::Receiver<bool>,
     cancel: tokio_util::sync::CancellationToken,
 ) -> QueueExit {
     let (mut rd, mut wr) = stream.into_split();
@@ -104,23 +106,31 @@ pub async fn run(
     let mut free: Vec<u16> = (0..depth as u16).rev().collect();
     let mut out = BytesMut::with_capacity(64 * 1024);
     let mut backlog: std::collections::VecDeque<Command> = initial.into();
+    let mut setup_backlog: std::collections::VecDeque<Command> = Default::default();
     let mut seq = 0u64;
     let mut rx_open = true;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let error: Option<Error> = 'run: loop {
-        // Issue what we can: re-issued commands first, then new ones.
+        // Issue what we can: set-up commands (Connect, enable, ...) first; once the queue is opened,
+        // re-issued commands, then new ones.
+        let is_open = *open.borrow();
         while !free.is_empty() {
-            let cmd = match backlog.pop_front() {
+            let setup = setup_backlog.pop_front().or_else(|| setup_rx.try_recv().ok());
+            let cmd = match setup {
                 Some(c) => c,
-                None => match rx.try_recv() {
-                    Ok(c) => c,
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        rx_open = false;
-                        break;
-                    }
+                None if !is_open => break,
+                None => match backlog.pop_front() {
+                    Some(c) => c,
+                    None => match rx.try_recv() {
+                        Ok(c) => c,
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            rx_open = false;
+                            break;
+                        }
+                    },
                 },
             };
             if cmd.reply.is_closed() {
@@ -131,7 +141,7 @@ pub async fn run(
             seq += 1;
             slots[cid as usize] = Some(InFlight { buf: BytesMut::new(), cmd, started: Instant::now(), seq });
         }
-        if !rx_open && free.len() == depth && backlog.is_empty() && out.is_empty() {
+        if !rx_open && free.len() == depth && backlog.is_empty() && setup_backlog.is_empty() && out.is_empty() {
             break None;
         }
         tokio::select! {
@@ -174,10 +184,16 @@ pub async fn run(
                     }
                 }
             }
-            c = rx.recv(), if rx_open && !free.is_empty() && backlog.is_empty() => match c {
+            c = rx.recv(), if is_open && rx_open && !free.is_empty() && backlog.is_empty() => match c {
                 Some(c) => backlog.push_back(c),
                 None => rx_open = false,
             },
+            Some(c) = setup_rx.recv(), if !free.is_empty() => setup_backlog.push_back(c),
+            r = open.changed(), if !is_open => {
+                if r.is_err() {
+                    break Some(Error::NotConnected(format!("queue {} set-up abandoned", p.qid)));
+                }
+            }
             _ = tick.tick() => {
                 if let Some(old) = slots.iter().flatten().filter(|f| !f.cmd.long_lived).map(|f| f.started).min() {
                     if old.elapsed() > p.io_timeout {
@@ -190,6 +206,7 @@ pub async fn run(
     let mut pending: Vec<InFlight> = slots.into_iter().flatten().collect();
     pending.sort_by_key(|f| f.seq);
     let mut pending: Vec<Command> = pending.into_iter().map(|f| f.cmd).collect();
+    pending.extend(setup_backlog);
     pending.extend(backlog);
     let _ = wr.shutdown().await;
     QueueExit { rx, pending, error }

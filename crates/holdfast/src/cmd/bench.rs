@@ -90,6 +90,11 @@ struct Shared {
     next_gen: AtomicU64,
     cursor: AtomicU64,
     stop: AtomicBool,
+    outages: AtomicU64,
+    longest_stall_ms: AtomicU64,
+    /// Set while the connection is down: the progress line says so.
+    down: Mutex<Option<(Instant, u32, String)>>,
+    lost: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -233,7 +238,7 @@ async fn worker(
             Err(e) => {
                 sh.errors.fetch_add(1, Ordering::Relaxed);
                 sh.problem(format!("{} error: {e}", if is_read { "read" } else { "write" }));
-                if e.is_path_error() && matches!(e, holdfast_host::Error::NotConnected(_)) {
+                if matches!(e, holdfast_host::Error::ControllerLost(_) | holdfast_host::Error::NotConnected(_)) {
                     // The controller is gone for good: no point in spinning.
                     sh.stop.store(true, Ordering::Relaxed);
                 }
@@ -277,7 +282,36 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             next_gen: AtomicU64::new(0),
             cursor: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            outages: AtomicU64::new(0),
+            longest_stall_ms: AtomicU64::new(0),
+            down: Mutex::new(None),
+            lost: Mutex::new(None),
         });
+        // Outages, from the controller's event stream.
+        let watcher = {
+            let (sh, mut ev) = (sh.clone(), c.events());
+            tokio::spawn(async move {
+                use holdfast_host::controller::Event;
+                while let Ok(e) = ev.recv().await {
+                    match e {
+                        Event::Reconnecting { attempt, cause, .. } => {
+                            let mut d = sh.down.lock().unwrap_or_else(|p| p.into_inner());
+                            let since = d.as_ref().map(|x| x.0).unwrap_or_else(Instant::now);
+                            *d = Some((since, attempt, cause));
+                        }
+                        Event::Restored { outage, .. } => {
+                            *sh.down.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                            sh.outages.fetch_add(1, Ordering::Relaxed);
+                            sh.longest_stall_ms.fetch_max(outage.as_millis() as u64, Ordering::Relaxed);
+                        }
+                        Event::Failed { reason } => {
+                            *sh.lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                        }
+                        _ => {}
+                    }
+                }
+            })
+        };
         let t0 = Instant::now();
         let mut tasks = Vec::new();
         for w in 0..(a.qd as usize * a.queues as usize) {
@@ -293,8 +327,17 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     let (o, b) = (sh.ops.load(Ordering::Relaxed), sh.bytes.load(Ordering::Relaxed));
                     if progress {
+                        let down = sh.down.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        let status = match down {
+                            Some((since, attempt, cause)) => format!(
+                                "RECONNECTING for {:.1} s (attempt {attempt}: {})",
+                                since.elapsed().as_secs_f64(),
+                                cause.chars().take(60).collect::<String>()
+                            ),
+                            None => format!("outages {}", sh.outages.load(Ordering::Relaxed)),
+                        };
                         eprint!(
-                            "\r[{:>5.0}s] {:>9} IOPS {:>9.1} MB/s  errors {}  mismatches {}   ",
+                            "\r\x1b[K[{:>5.0}s] {:>9} IOPS {:>9.1} MB/s  errors {}  mismatches {}  {status}",
                             t0.elapsed().as_secs_f64(),
                             o - last_ops,
                             (b - last_bytes) as f64 / 1e6,
@@ -313,6 +356,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
         }
         ticker.abort();
+        // An outage still going on at the end counts too.
+        if let Some((since, _, _)) = sh.down.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            sh.outages.fetch_add(1, Ordering::Relaxed);
+            sh.longest_stall_ms.fetch_max(since.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        watcher.abort();
         if progress {
             eprintln!();
         }
@@ -330,7 +379,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             "iops": (ops as f64 / secs).round(), "mbps": ((bytes as f64 / secs / 1e6) * 10.0).round() / 10.0,
             "errors": errors, "verify": a.verify, "verify_mismatches": mismatches,
             "lat_us": { "p50": q(0.5), "p99": q(0.99), "p999": q(0.999), "max": if hist.is_empty() { 0 } else { hist.max() } },
-            "outages": 0, "longest_stall_ms": 0, "problems": problems,
+            "outages": sh.outages.load(Ordering::Relaxed), "longest_stall_ms": sh.longest_stall_ms.load(Ordering::Relaxed),
+            "problems": problems, "controller_lost": sh.lost.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         });
         if a.json {
             println!("{report}");
@@ -347,9 +397,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             );
             println!("latency us: p50 {} p99 {} p99.9 {} max {}", q(0.5), q(0.99), q(0.999), report["lat_us"]["max"]);
             println!("errors {errors}, verify mismatches {mismatches}{}", if a.verify { "" } else { " (not verifying)" });
+            println!("outages {}, longest stall {} ms", report["outages"], report["longest_stall_ms"]);
             for p in &problems {
                 println!("  {p}");
             }
+        }
+        if let Some(reason) = sh.lost.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            eprintln!("holdfast: error: controller lost: {reason}");
         }
         Ok::<_, anyhow::Error>(if errors > 0 || mismatches > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
     })

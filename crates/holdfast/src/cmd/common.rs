@@ -19,6 +19,21 @@ pub struct HostArgs {
     /// Limit for the TCP connect and ICReq/ICResp (ms).
     #[arg(long, default_value_t = 10_000)]
     pub connect_timeout_ms: u64,
+    /// Host override of the keep-alive timeout (ms; default: the target's policy).
+    #[arg(long)]
+    pub kato_ms: Option<u64>,
+    /// Host override of the first reconnect delay (ms).
+    #[arg(long)]
+    pub reconnect_delay_ms: Option<u64>,
+    /// Host override of the reconnect backoff cap (ms).
+    #[arg(long)]
+    pub reconnect_delay_max_ms: Option<u64>,
+    /// Host override of the controller loss timeout (ms).
+    #[arg(long)]
+    pub ctrl_loss_tmo_ms: Option<u64>,
+    /// Host override of the fast I/O fail timeout (ms, 0 = off).
+    #[arg(long)]
+    pub fast_io_fail_tmo_ms: Option<u64>,
 }
 
 impl HostArgs {
@@ -31,6 +46,12 @@ impl HostArgs {
         o.hdgst = self.digests;
         o.ddgst = self.digests;
         o.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
+        let ms = |v: Option<u64>| v.map(Duration::from_millis);
+        o.kato = ms(self.kato_ms);
+        o.reconnect_delay = ms(self.reconnect_delay_ms);
+        o.reconnect_delay_max = ms(self.reconnect_delay_max_ms);
+        o.ctrl_loss_tmo = ms(self.ctrl_loss_tmo_ms);
+        o.fast_io_fail_tmo = ms(self.fast_io_fail_tmo_ms);
         o
     }
 }

@@ -1,0 +1,150 @@
+//! The effective connection policy (design §3): an explicit host option wins, then what the target
+//! advertises in its policy log page, then the defaults; every value remembers where it came from.
+
+use crate::options::ConnectOptions;
+use holdfast_proto::policy::ConnectionPolicy;
+use std::fmt;
+use std::time::Duration;
+
+/// Where an effective value came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// An explicit host option.
+    Host,
+    /// The target's policy page.
+    Target,
+    /// holdfast's default.
+    Default,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Host => "host option",
+            Source::Target => "target policy",
+            Source::Default => "default",
+        })
+    }
+}
+
+/// Default KATO (the Linux host's).
+pub const DEFAULT_KATO: Duration = Duration::from_secs(5);
+/// Default first reconnect delay (Linux: 10 s).
+pub const DEFAULT_RECONNECT_DELAY: Duration = Duration::from_secs(10);
+/// Default controller loss timeout (Linux: 600 s).
+pub const DEFAULT_CTRL_LOSS_TMO: Duration = Duration::from_secs(600);
+
+/// The policy in force, with sources.
+#[derive(Clone, Debug)]
+pub struct Effective {
+    /// Keep-alive timeout.
+    pub kato: (Duration, Source),
+    /// First reconnect delay.
+    pub reconnect_delay: (Duration, Source),
+    /// Backoff cap.
+    pub reconnect_delay_max: (Duration, Source),
+    /// Give up after this long disconnected (None: never).
+    pub ctrl_loss_tmo: (Option<Duration>, Source),
+    /// Fail queued I/O after this long disconnected (None: off).
+    pub fast_io_fail_tmo: (Option<Duration>, Source),
+    /// An announced planned restart: keep I/O queued at least this long.
+    pub planned_downtime: Duration,
+    /// Target instance the policy came from.
+    pub instance_id: Option<u64>,
+}
+
+fn ms(v: u32) -> Duration {
+    Duration::from_millis(v as u64)
+}
+
+/// Resolve the effective policy.
+pub fn resolve(o: &ConnectOptions, adv: Option<&ConnectionPolicy>) -> Effective {
+    fn pick<T>(host: Option<T>, target: Option<T>, default: T) -> (T, Source) {
+        match (host, target) {
+            (Some(v), _) => (v, Source::Host),
+            (None, Some(v)) => (v, Source::Target),
+            (None, None) => (default, Source::Default),
+        }
+    }
+    let t = adv.filter(|p| p.kato_ms > 0);
+    let kato = pick(o.kato, t.map(|p| ms(p.kato_ms)), DEFAULT_KATO);
+    let reconnect_delay = pick(o.reconnect_delay, t.map(|p| ms(p.reconnect_delay_ms)), DEFAULT_RECONNECT_DELAY);
+    let reconnect_delay_max = pick(
+        o.reconnect_delay_max,
+        t.map(|p| ms(p.reconnect_delay_max_ms.max(p.reconnect_delay_ms))),
+        reconnect_delay.0,
+    );
+    let ctrl_loss_tmo = pick(
+        o.ctrl_loss_tmo.map(Some),
+        t.map(|p| if p.ctrl_loss_tmo_ms == u32::MAX { None } else { Some(ms(p.ctrl_loss_tmo_ms)) }),
+        Some(DEFAULT_CTRL_LOSS_TMO),
+    );
+    let fast_io_fail_tmo = pick(
+        o.fast_io_fail_tmo.map(|d| if d.is_zero() { None } else { Some(d) }),
+        t.map(|p| if p.fast_io_fail_tmo_ms == 0 { None } else { Some(ms(p.fast_io_fail_tmo_ms)) }),
+        None,
+    );
+    Effective {
+        kato,
+        reconnect_delay,
+        reconnect_delay_max: (reconnect_delay_max.0.max(reconnect_delay.0), reconnect_delay_max.1),
+        ctrl_loss_tmo,
+        fast_io_fail_tmo,
+        planned_downtime: adv.map(|p| ms(p.planned_downtime_ms)).unwrap_or_default(),
+        instance_id: adv.map(|p| p.instance_id),
+    }
+}
+
+impl Effective {
+    /// How long a loss may last before the controller is failed: the later of ctrl_loss_tmo and the
+    /// announced planned downtime (None: forever).
+    pub fn loss_limit(&self) -> Option<Duration> {
+        self.ctrl_loss_tmo.0.map(|c| c.max(self.planned_downtime))
+    }
+    /// The delay before reconnect attempt `n` (1-based): doubling from reconnect_delay up to the cap.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let d = self.reconnect_delay.0.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        d.min(self.reconnect_delay_max.0)
+    }
+    /// Log every value with its source.
+    pub fn log(&self, addr: &str) {
+        let opt = |d: Option<Duration>| d.map(|d| format!("{d:?}")).unwrap_or_else(|| "off".into());
+        tracing::info!(
+            target: "holdfast::policy",
+            "effective policy for {addr}: kato {:?} ({}), reconnect_delay {:?} ({}), reconnect_delay_max {:?} ({}), \
+             ctrl_loss_tmo {} ({}), fast_io_fail_tmo {} ({}), planned_downtime {:?}",
+            self.kato.0, self.kato.1, self.reconnect_delay.0, self.reconnect_delay.1, self.reconnect_delay_max.0,
+            self.reconnect_delay_max.1, opt(self.ctrl_loss_tmo.0), self.ctrl_loss_tmo.1, opt(self.fast_io_fail_tmo.0),
+            self.fast_io_fail_tmo.1, self.planned_downtime
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_host_then_target_then_default() {
+        let mut o = ConnectOptions::new("127.0.0.1:1", "nqn.x");
+        let adv = ConnectionPolicy {
+            kato_ms: 2000,
+            reconnect_delay_ms: 500,
+            reconnect_delay_max_ms: 4000,
+            ctrl_loss_tmo_ms: 5000,
+            ..Default::default()
+        };
+        let e = resolve(&o, None);
+        assert_eq!(e.kato, (DEFAULT_KATO, Source::Default));
+        assert_eq!(e.ctrl_loss_tmo, (Some(DEFAULT_CTRL_LOSS_TMO), Source::Default));
+        let e = resolve(&o, Some(&adv));
+        assert_eq!(e.kato, (Duration::from_secs(2), Source::Target));
+        assert_eq!(e.delay(1), Duration::from_millis(500));
+        assert_eq!(e.delay(3), Duration::from_millis(2000));
+        assert_eq!(e.delay(10), Duration::from_millis(4000));
+        o.ctrl_loss_tmo = Some(Duration::from_secs(1));
+        let e = resolve(&o, Some(&ConnectionPolicy { planned_downtime_ms: 20_000, ..adv }));
+        assert_eq!(e.ctrl_loss_tmo, (Some(Duration::from_secs(1)), Source::Host));
+        assert_eq!(e.loss_limit(), Some(Duration::from_secs(20)), "a planned window outlasts ctrl_loss_tmo");
+    }
+}
