@@ -27,6 +27,10 @@ enum Command {
     Write(cmd::io::WriteArgs),
     /// Benchmark and verify a namespace.
     Bench(cmd::bench::Args),
+    /// A fault-injecting TCP proxy (cut, blackhole, delay, flap) for testing ride-through.
+    Proxy(cmd::proxy::Args),
+    /// Send a command to a running proxy.
+    ProxyCtl(cmd::proxy::CtlArgs),
     /// Control a running target (announce a planned restart).
     TargetCtl(cmd::target_ctl::Args),
 }
@@ -42,6 +46,8 @@ fn main() -> std::process::ExitCode {
         Command::Read(a) => cmd::io::run_read(a),
         Command::Write(a) => cmd::io::run_write(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Proxy(a) => cmd::proxy::run(a),
+        Command::ProxyCtl(a) => cmd::proxy::run_ctl(a),
     };
     match r {
         Ok(code) => code,

@@ -5,5 +5,6 @@ pub mod common;
 pub mod discover;
 pub mod identify;
 pub mod io;
+pub mod proxy;
 pub mod target;
 pub mod target_ctl;

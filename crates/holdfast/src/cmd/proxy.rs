@@ -1,0 +1,65 @@
+//! `holdfast proxy` (a fault-injecting TCP proxy) and `holdfast proxy-ctl` (its control client).
+
+use clap::Args as ClapArgs;
+use holdfast_testkit::proxy::Proxy;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Options of `holdfast proxy`.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Address to forward to.
+    #[arg(long)]
+    upstream: SocketAddr,
+    /// Control port (default: an ephemeral port on 127.0.0.1, printed at start).
+    #[arg(long)]
+    control: Option<SocketAddr>,
+}
+
+/// Options of `holdfast proxy-ctl`.
+#[derive(ClapArgs, Debug)]
+pub struct CtlArgs {
+    /// The proxy's control port.
+    #[arg(long)]
+    control: SocketAddr,
+    /// Command: cut | blackhole | delay MS | flap MS | resume | status.
+    #[arg(required = true, num_args = 1..)]
+    command: Vec<String>,
+}
+
+/// Run the proxy until SIGINT/SIGTERM.
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let p = Proxy::start(a.listen, a.upstream, a.control).await?;
+        println!("listening: {} -> {}", p.local_addr(), a.upstream);
+        println!("control: {}", p.control_addr());
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        p.shutdown();
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Send one command to a proxy.
+pub fn run_ctl(a: CtlArgs) -> anyhow::Result<ExitCode> {
+    let mut s = TcpStream::connect_timeout(&a.control, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    writeln!(s, "{}", a.command.join(" "))?;
+    let mut reply = String::new();
+    BufReader::new(&s).read_line(&mut reply)?;
+    println!("{}", reply.trim());
+    Ok(if reply.starts_with("ok") { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
