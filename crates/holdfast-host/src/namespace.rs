@@ -112,7 +112,7 @@ impl Namespace {
     /// Write `data` (a whole number of blocks) at `lba`, on queue `queue`; with `fua`, durable on completion.
     pub async fn write_on(&self, queue: Option<usize>, lba: u64, data: Bytes, fua: bool) -> Result<()> {
         let bs = self.block_size as usize;
-        if data.is_empty() || data.len() % bs != 0 {
+        if data.is_empty() || !data.len().is_multiple_of(bs) {
             return Err(Error::Invalid(format!(
                 "write of {} bytes is not a whole number of {bs}-byte blocks",
                 data.len()

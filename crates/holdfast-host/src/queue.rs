@@ -89,6 +89,7 @@ struct InFlight {
 }
 
 /// Run a queue on an initialized connection until it fails or is no longer needed.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     stream: TcpStream,
     mut decoder: PduDecoder,

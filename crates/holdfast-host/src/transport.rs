@@ -81,7 +81,7 @@ pub async fn connect(addr: &str, hdgst: bool, ddgst: bool, max_c2h: usize, timeo
                 ),
             });
         }
-        if resp.maxh2cdata < MIN_MAXH2CDATA || resp.maxh2cdata % 4 != 0 {
+        if resp.maxh2cdata < MIN_MAXH2CDATA || !resp.maxh2cdata.is_multiple_of(4) {
             return Err(Error::Protocol { qid: 0, what: format!("invalid MAXH2CDATA {}", resp.maxh2cdata) });
         }
         if resp.cpda > 31 {

@@ -171,7 +171,10 @@ impl Proxy {
                 "ok resume".into()
             }
             Some("status") => format!("ok {}", self.status()),
-            _ => format!("error: unknown command \"{}\" (cut, blackhole, delay MS, flap MS, resume, status)", line.trim()),
+            _ => format!(
+                "error: unknown command \"{}\" (cut, blackhole, delay MS, flap MS, resume, status)",
+                line.trim()
+            ),
         }
     }
     /// Stop accepting and close everything.
@@ -236,7 +239,13 @@ async fn serve(inner: &Arc<Inner>, client: TcpStream, cut: CancellationToken) {
     tokio::join!(a, b);
 }
 
-async fn pump(inner: Arc<Inner>, mut rd: tokio::net::tcp::OwnedReadHalf, mut wr: tokio::net::tcp::OwnedWriteHalf, cut: CancellationToken, up: bool) {
+async fn pump(
+    inner: Arc<Inner>,
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    cut: CancellationToken,
+    up: bool,
+) {
     let mut bh = inner.blackhole.subscribe();
     let mut buf = vec![0u8; 64 * 1024];
     loop {

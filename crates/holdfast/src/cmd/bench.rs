@@ -261,7 +261,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         o.queue_size = (a.qd + 1).clamp(2, 1024) as u16;
         let c = Controller::connect(o).await?;
         let ns = Namespace::open(&c, a.nsid).await?;
-        anyhow::ensure!(a.bs >= ns.block_size && a.bs % ns.block_size == 0, "--bs {} is not a multiple of the {}-byte block size", a.bs, ns.block_size);
+        anyhow::ensure!(a.bs >= ns.block_size && a.bs.is_multiple_of(ns.block_size), "--bs {} is not a multiple of the {}-byte block size", a.bs, ns.block_size);
         let region = a.size.unwrap_or(ns.size()).min(ns.size());
         let units = region / a.bs as u64;
         anyhow::ensure!(units > 0, "the namespace ({} bytes) holds no {}-byte I/O", ns.size(), a.bs);

@@ -55,7 +55,7 @@ pub struct WriteArgs {
 
 fn blocks(ns: &Namespace, what: &str, v: u64) -> anyhow::Result<u64> {
     let bs = ns.block_size as u64;
-    anyhow::ensure!(v % bs == 0, "{what} {v} is not a multiple of the {bs}-byte block size");
+    anyhow::ensure!(v.is_multiple_of(bs), "{what} {v} is not a multiple of the {bs}-byte block size");
     Ok(v / bs)
 }
 
