@@ -16,8 +16,8 @@ cat >"$logs/check.sh" <<EOS
 set -euo pipefail
 p=\$1; shift
 b=$bin
-\$b discover 127.0.0.1:\$p --json | grep -q '"subnqn": "$nqn"'
-\$b identify --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 "\$@" --json | grep -q '"mn": "Linux"'
+d=\$(\$b discover 127.0.0.1:\$p --json); grep -q '"subnqn": "$nqn"' <<<"\$d"
+i=\$(\$b identify --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 "\$@" --json); grep -q '"mn": "Linux"' <<<"\$i"
 head -c 33554432 /dev/urandom >$logs/w.bin
 \$b write --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 --offset 1048576 --input $logs/w.bin "\$@"
 \$b read --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 --offset 1048576 --length 33554432 --output $logs/r.bin "\$@"

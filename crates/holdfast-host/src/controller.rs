@@ -428,7 +428,7 @@ async fn establish(
             }
         }
         let new_eff = policy::resolve(o, adv.as_ref());
-        if first || new_eff.kato != eff.kato || new_eff.ctrl_loss_tmo != eff.ctrl_loss_tmo {
+        if !is_discovery && (first || new_eff.kato != eff.kato || new_eff.ctrl_loss_tmo != eff.ctrl_loss_tmo) {
             new_eff.log(&o.addr);
         }
         if new_eff.kato.0 != eff.kato.0 {

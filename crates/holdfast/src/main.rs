@@ -3,6 +3,14 @@
 
 use clap::{Parser, Subcommand};
 
+/// `println!` that reports a closed stdout as an error instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($t)*)?
+    }};
+}
+
 mod cmd;
 
 /// holdfast: an NVMe over Fabrics (TCP) target and host.
@@ -51,6 +59,10 @@ fn main() -> std::process::ExitCode {
     };
     match r {
         Ok(code) => code,
+        // A reader that went away (`holdfast discover | head`) is not an error worth a message.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
+            std::process::ExitCode::from(141)
+        }
         Err(e) => {
             eprintln!("holdfast: error: {e:#}");
             std::process::ExitCode::from(1)

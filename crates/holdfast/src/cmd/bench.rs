@@ -383,9 +383,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             "problems": problems, "controller_lost": sh.lost.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         });
         if a.json {
-            println!("{report}");
+            outln!("{report}");
         } else {
-            println!(
+            outln!(
                 "{} bs={} qd={} queues={}: {:.0} IOPS, {:.1} MB/s over {:.1} s",
                 report["workload"].as_str().unwrap_or(""),
                 a.bs,
@@ -395,11 +395,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 bytes as f64 / secs / 1e6,
                 secs
             );
-            println!("latency us: p50 {} p99 {} p99.9 {} max {}", q(0.5), q(0.99), q(0.999), report["lat_us"]["max"]);
-            println!("errors {errors}, verify mismatches {mismatches}{}", if a.verify { "" } else { " (not verifying)" });
-            println!("outages {}, longest stall {} ms", report["outages"], report["longest_stall_ms"]);
+            outln!("latency us: p50 {} p99 {} p99.9 {} max {}", q(0.5), q(0.99), q(0.999), report["lat_us"]["max"]);
+            outln!("errors {errors}, verify mismatches {mismatches}{}", if a.verify { "" } else { " (not verifying)" });
+            outln!("outages {}, longest stall {} ms", report["outages"], report["longest_stall_ms"]);
             for p in &problems {
-                println!("  {p}");
+                outln!("  {p}");
             }
         }
         if let Some(reason) = sh.lost.lock().unwrap_or_else(|p| p.into_inner()).clone() {

@@ -42,16 +42,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "records": v }))?);
+        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "records": v }))?);
     } else {
-        println!("Discovery log of {}: {} record(s)", a.addr, entries.len());
+        outln!("Discovery log of {}: {} record(s)", a.addr, entries.len());
         for (i, e) in entries.iter().enumerate() {
-            println!("===== entry {i} =====");
-            println!("subtype: {}", e.subtype_name());
-            println!("traddr:  {}", e.traddr);
-            println!("trsvcid: {}", e.trsvcid);
-            println!("subnqn:  {}", e.subnqn);
-            println!("portid:  {}  cntlid: {:#x}  asqsz: {}  treq: {:#x}", e.portid, e.cntlid, e.asqsz, e.treq);
+            outln!("===== entry {i} =====");
+            outln!("subtype: {}", e.subtype_name());
+            outln!("traddr:  {}", e.traddr);
+            outln!("trsvcid: {}", e.trsvcid);
+            outln!("subnqn:  {}", e.subnqn);
+            outln!("portid:  {}  cntlid: {:#x}  asqsz: {}  treq: {:#x}", e.portid, e.cntlid, e.asqsz, e.treq);
         }
     }
     Ok(ExitCode::SUCCESS)

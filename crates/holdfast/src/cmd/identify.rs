@@ -66,16 +66,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             serde_json::json!({ "nsid": n.nsid, "nsze": n.nblocks, "block_size": n.block_size, "bytes": n.size(), "ids": ids })
         });
         if a.json {
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "controller": ctrl, "namespace": nsj }))?);
+            outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "controller": ctrl, "namespace": nsj }))?);
         } else {
-            println!("controller {} of {}", c.cntlid(), a.nqn);
+            outln!("controller {} of {}", c.cntlid(), a.nqn);
             for (k, v) in ctrl.as_object().into_iter().flatten() {
-                println!("  {k:<18} {v}");
+                outln!("  {k:<18} {v}");
             }
             if let Some(n) = nsj {
-                println!("namespace {}", a.nsid.unwrap_or(0));
+                outln!("namespace {}", a.nsid.unwrap_or(0));
                 for (k, v) in n.as_object().into_iter().flatten() {
-                    println!("  {k:<18} {v}");
+                    outln!("  {k:<18} {v}");
                 }
             }
         }

@@ -37,8 +37,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let p = Proxy::start(a.listen, a.upstream, a.control).await?;
-        println!("listening: {} -> {}", p.local_addr(), a.upstream);
-        println!("control: {}", p.control_addr());
+        outln!("listening: {} -> {}", p.local_addr(), a.upstream);
+        outln!("control: {}", p.control_addr());
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
         use tokio::signal::unix::{signal, SignalKind};
@@ -60,6 +60,6 @@ pub fn run_ctl(a: CtlArgs) -> anyhow::Result<ExitCode> {
     writeln!(s, "{}", a.command.join(" "))?;
     let mut reply = String::new();
     BufReader::new(&s).read_line(&mut reply)?;
-    println!("{}", reply.trim());
+    outln!("{}", reply.trim());
     Ok(if reply.starts_with("ok") { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -73,7 +73,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut reply = String::new();
     BufReader::new(&s).read_line(&mut reply).context("no reply from the target")?;
     let reply = reply.trim();
-    println!("{reply}");
+    outln!("{reply}");
     Ok(if reply.starts_with("ok") { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
