@@ -1,5 +1,6 @@
 //! `holdfast proxy` (a fault-injecting TCP proxy) and `holdfast proxy-ctl` (its control client).
 
+use anyhow::Context as _;
 use clap::Args as ClapArgs;
 use holdfast_testkit::proxy::Proxy;
 use std::io::{BufRead, BufReader, Write};
@@ -32,11 +33,14 @@ pub struct CtlArgs {
     command: Vec<String>,
 }
 
-/// Run the proxy until SIGINT/SIGTERM.
+/// Run the proxy until SIGINT/SIGTERM. Prints `listening: ADDR -> UPSTREAM` and `control: ADDR` first.
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
-        let p = Proxy::start(a.listen, a.upstream, a.control).await?;
+        let p = match a.control {
+            Some(c) => Proxy::start_with_control(a.listen, a.upstream, c).await?,
+            None => Proxy::start(a.listen, a.upstream).await?,
+        };
         outln!("listening: {} -> {}", p.local_addr(), a.upstream);
         outln!("control: {}", p.control_addr());
         use std::io::Write as _;
@@ -47,19 +51,22 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        p.shutdown();
+        p.shutdown().await;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Send one command to a proxy.
+/// Send one command line to a proxy's control port and print its reply; exit 1 on `error: ...`.
 pub fn run_ctl(a: CtlArgs) -> anyhow::Result<ExitCode> {
-    let mut s = TcpStream::connect_timeout(&a.control, Duration::from_secs(5))?;
+    let mut s = TcpStream::connect_timeout(&a.control, Duration::from_secs(5))
+        .with_context(|| format!("cannot reach the proxy control port {}", a.control))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     writeln!(s, "{}", a.command.join(" "))?;
     let mut reply = String::new();
     BufReader::new(&s).read_line(&mut reply)?;
-    outln!("{}", reply.trim());
-    Ok(if reply.starts_with("ok") { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    let reply = reply.trim();
+    anyhow::ensure!(!reply.is_empty(), "proxy at {} closed the control connection without a reply", a.control);
+    outln!("{reply}");
+    Ok(if reply.starts_with("error:") { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
