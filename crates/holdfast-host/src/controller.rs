@@ -174,7 +174,7 @@ pub async fn send(
     long_lived: bool,
 ) -> Result<oneshot::Receiver<Result<Completion>>> {
     let (reply, rx) = oneshot::channel();
-    let cmd = Command { sqe, data_out, data_in_len, name, replayable, long_lived, reply };
+    let cmd = Command { sqe, data_out, data_in_len, name, replayable, long_lived, reply, timeouts: 0 };
     tx.send(cmd).await.map_err(|_| Error::NotConnected("the controller is closed".into()))?;
     Ok(rx)
 }
@@ -415,7 +415,7 @@ async fn establish(
         s.cdw10.set(identify::CNS_CONTROLLER as u32);
         let idb = setup_ok(&admin, s, Bytes::new(), 4096, "Identify", deadline).await?.data;
         let id = Box::new(
-            IdentifyController::read_from_bytes(&idb[..4096])
+            IdentifyController::read_from_bytes(idb.get(..4096).unwrap_or_default())
                 .map_err(|_| Error::Protocol { qid: 0, what: "short Identify".into() })?,
         );
         let is_discovery = o.subnqn == fabrics::DISCOVERY_NQN;
@@ -440,8 +440,14 @@ async fn establish(
         }
         let restarted = matches!((eff.instance_id, new_eff.instance_id), (Some(a), Some(b)) if a != b);
         let mdts = id.mdts;
-        let max_transfer =
-            if mdts == 0 { DEFAULT_MAX_TRANSFER } else { (4096usize << mdts.min(20)).min(DEFAULT_MAX_TRANSFER) };
+        // MDTS is a power of two in units of the minimum memory page size, 2^(12 + CAP.MPSMIN) (NVMe Base 2.0
+        // §5.17.2.1, CAP bits 51:48 in §3.1.4.1); 0 = no limit.
+        let mpsmin = ((capv >> 48) & 0xF) as u32;
+        let max_transfer = if mdts == 0 {
+            DEFAULT_MAX_TRANSFER
+        } else {
+            (4096usize << mpsmin).checked_shl(mdts.min(20) as u32).unwrap_or(usize::MAX).min(DEFAULT_MAX_TRANSFER)
+        };
         let mut opens = Vec::new();
         let nq = sh.io.len();
         if nq > 0 {
@@ -854,13 +860,19 @@ async fn supervise(
         tracing::warn!(addr = %sh.opts.addr, "connection lost: {cause}; reconnecting");
         // Commands that cannot be replayed fail now, with a retryable path error.
         for s in slots.iter_mut().flatten() {
-            let (keep, drop_): (Vec<_>, Vec<_>) = s.pending.drain(..).partition(|c| c.replayable);
+            let (keep, drop_): (Vec<_>, Vec<_>) =
+                s.pending.drain(..).partition(|c| c.replayable && c.timeouts < queue::MAX_COMMAND_TIMEOUTS);
             s.pending = keep;
             for c in drop_ {
-                let _ = c.reply.send(Err(Error::PathError(format!(
-                    "{} was in flight when the connection dropped ({cause})",
-                    c.name
-                ))));
+                let e = if c.timeouts >= queue::MAX_COMMAND_TIMEOUTS {
+                    Error::Timeout {
+                        what: format!("{} (unanswered on {} connections in a row)", c.name, c.timeouts),
+                        after: sh.opts.io_timeout,
+                    }
+                } else {
+                    Error::PathError(format!("{} was in flight when the connection dropped ({cause})", c.name))
+                };
+                let _ = c.reply.send(Err(e));
             }
         }
         let mut cause = cause;

@@ -68,26 +68,31 @@ pub async fn discover(mut opts: ConnectOptions) -> Result<Vec<DiscoveryEntry>> {
     r
 }
 
+/// A little-endian u64 at `at`, 0 if the buffer is short (never a panic on peer data).
+fn le64(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0)
+}
+
 async fn read_log(ctrl: &Controller) -> Result<Vec<DiscoveryEntry>> {
     let admin = ctrl.admin_queue();
     for _ in 0..5 {
         let h = get_log_page(admin, LID_DISCOVERY, 0, 1024, 0).await?;
-        let genctr = u64::from_le_bytes(h[0..8].try_into().unwrap_or_default());
-        let numrec = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
+        let genctr = le64(&h, 0);
+        let numrec = le64(&h, 8);
         if numrec > 4096 {
             return Err(Error::Protocol { qid: 0, what: format!("discovery log claims {numrec} records") });
         }
-        let body = if numrec == 0 {
-            Default::default()
-        } else {
-            get_log_page(admin, LID_DISCOVERY, 0, numrec as usize * 1024, 1024).await?
-        };
-        let again = get_log_page(admin, LID_DISCOVERY, 0, 1024, 0).await?;
-        if u64::from_le_bytes(again[0..8].try_into().unwrap_or_default()) != genctr {
-            continue;
+        // The whole log from offset 0 in one command (as nvme-cli reads it): header and records agree.
+        let log = get_log_page(admin, LID_DISCOVERY, 0, (numrec as usize + 1) * 1024, 0).await?;
+        if le64(&log, 0) != genctr {
+            continue; // changed between the two reads: start over (NVMe-oF 1.1 §5.3, GENCTR)
         }
-        return Ok(body
+        let numrec = le64(&log, 8).min(numrec) as usize;
+        return Ok(log
+            .get(1024..)
+            .unwrap_or_default()
             .chunks_exact(1024)
+            .take(numrec)
             .filter_map(DiscoveryLogEntry::from_slice)
             .map(|e| DiscoveryEntry::from(&e))
             .collect());

@@ -7,22 +7,24 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The TCP connection could not be made.
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}: {io}")]
     Connect {
         /// Target address.
         addr: String,
-        /// Socket error.
-        source: std::io::Error,
+        /// The socket error. Part of the message, and deliberately not `source()`, so that an error chain
+        /// (`anyhow`'s `{:#}`) prints it once.
+        io: std::io::Error,
     },
     /// The connection failed after it was made.
-    #[error("connection to {addr} (queue {qid}) failed: {source}")]
+    #[error("connection to {addr} (queue {qid}) failed: {io}")]
     Transport {
         /// Target address.
         addr: String,
         /// Queue.
         qid: u16,
-        /// Socket error.
-        source: std::io::Error,
+        /// The socket error. Part of the message, and deliberately not `source()`, so that an error chain
+        /// (`anyhow`'s `{:#}`) prints it once.
+        io: std::io::Error,
     },
     /// The target broke the protocol, or sent a termination request.
     #[error("protocol error on queue {qid}: {what}")]

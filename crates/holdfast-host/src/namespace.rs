@@ -31,7 +31,7 @@ impl Namespace {
     /// Open namespace `nsid`: Identify Namespace and its descriptor list.
     pub async fn open(ctrl: &Controller, nsid: u32) -> Result<Namespace> {
         let b = crate::controller::identify_raw(ctrl.admin_queue(), identify::CNS_NAMESPACE, nsid).await?;
-        let id = IdentifyNamespace::read_from_bytes(&b[..4096])
+        let id = IdentifyNamespace::read_from_bytes(b.get(..4096).unwrap_or_default())
             .map_err(|_| Error::Invalid("short Identify Namespace".into()))?;
         if id.nsze.get() == 0 {
             return Err(Error::Invalid(format!("namespace {nsid} is not active on {}", ctrl.options().subnqn)));
@@ -107,6 +107,26 @@ impl Namespace {
     /// Read `blocks` blocks at `lba`.
     pub async fn read(&self, lba: u64, blocks: u64) -> Result<Bytes> {
         self.read_on(None, lba, blocks).await
+    }
+
+    /// Read into `buf` (a whole number of blocks) from `lba`.
+    pub async fn read_into(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
+        let bs = self.block_size as usize;
+        if buf.is_empty() || !buf.len().is_multiple_of(bs) {
+            return Err(Error::Invalid(format!(
+                "read of {} bytes is not a whole number of {bs}-byte blocks",
+                buf.len()
+            )));
+        }
+        let data = self.read_on(None, lba, (buf.len() / bs) as u64).await?;
+        if data.len() != buf.len() {
+            return Err(Error::Protocol {
+                qid: 0,
+                what: format!("Read returned {} of {} bytes", data.len(), buf.len()),
+            });
+        }
+        buf.copy_from_slice(&data);
+        Ok(())
     }
 
     /// Write `data` (a whole number of blocks) at `lba`, on queue `queue`; with `fua`, durable on completion.

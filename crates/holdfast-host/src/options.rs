@@ -66,23 +66,41 @@ fn read_trim(p: &str) -> Option<String> {
     std::fs::read_to_string(p).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
-/// The host NQN and ID: `/etc/nvme/hostnqn` and `/etc/nvme/hostid` when present (as nvme-cli uses them),
-/// else derived deterministically from the machine ID (`/etc/machine-id`, or the DMI product UUID), as
-/// `nqn.2014-08.org.nvmexpress:uuid:<uuid>`.
+/// The host NQN and ID: `/etc/nvme/hostnqn` and `/etc/nvme/hostid` when present (as nvme-cli uses them);
+/// else derived deterministically like libnvme's `nvmf_hostnqn_generate`: the DMI product UUID when the
+/// machine has one, otherwise a UUID derived from `/etc/machine-id`, as `nqn.2014-08.org.nvmexpress:uuid:<uuid>`.
+/// The host ID is the UUID of the host NQN when it has that form (NVMe Base 2.0 §4.7), so both agree.
 pub fn default_host_identity() -> (String, [u8; 16]) {
-    let file_id = read_trim("/etc/nvme/hostid").and_then(|s| uuid::Uuid::parse_str(&s).ok());
-    let derived = {
-        use sha2::{Digest, Sha256};
-        let seed = read_trim("/etc/machine-id")
-            .or_else(|| read_trim("/sys/class/dmi/id/product_uuid"))
-            .unwrap_or_else(|| "holdfast-default-host".into());
-        let h = Sha256::digest(format!("holdfast-hostid/{seed}").as_bytes());
-        let mut b: [u8; 16] = h[..16].try_into().unwrap_or([0; 16]);
-        b[6] = (b[6] & 0x0F) | 0x40;
-        b[8] = (b[8] & 0x3F) | 0x80;
-        uuid::Uuid::from_bytes(b)
+    let uuid_of = |s: &str| uuid::Uuid::parse_str(s).ok().filter(|u| !u.is_nil() && !u.is_max());
+    let file_nqn = read_trim("/etc/nvme/hostnqn");
+    let file_id = read_trim("/etc/nvme/hostid").and_then(|s| uuid_of(&s));
+    let derived = || {
+        read_trim("/sys/class/dmi/id/product_uuid").and_then(|s| uuid_of(&s)).unwrap_or_else(|| {
+            use sha2::{Digest, Sha256};
+            let seed = read_trim("/etc/machine-id").unwrap_or_else(|| "holdfast-default-host".into());
+            let h = Sha256::digest(format!("holdfast-hostid/{seed}").as_bytes());
+            let mut b: [u8; 16] = h[..16].try_into().unwrap_or([0; 16]);
+            b[6] = (b[6] & 0x0F) | 0x40;
+            b[8] = (b[8] & 0x3F) | 0x80;
+            uuid::Uuid::from_bytes(b)
+        })
     };
-    let id = file_id.unwrap_or(derived);
-    let nqn = read_trim("/etc/nvme/hostnqn").unwrap_or_else(|| format!("nqn.2014-08.org.nvmexpress:uuid:{id}"));
+    let nqn_uuid = file_nqn.as_deref().and_then(|n| n.rsplit_once(":uuid:")).and_then(|(_, u)| uuid_of(u));
+    let id = file_id.or(nqn_uuid).unwrap_or_else(derived);
+    let nqn = file_nqn.unwrap_or_else(|| format!("nqn.2014-08.org.nvmexpress:uuid:{id}"));
     (nqn, *id.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn host_identity_is_stable_and_consistent() {
+        let (nqn, id) = super::default_host_identity();
+        assert_eq!((nqn.clone(), id), super::default_host_identity());
+        assert!(nqn.starts_with("nqn."), "{nqn}");
+        // An explicit /etc/nvme/hostid may differ from the host NQN's UUID (nvme-cli allows it).
+        if let (None, Some((_, u))) = (super::read_trim("/etc/nvme/hostid"), nqn.rsplit_once(":uuid:")) {
+            assert_eq!(uuid::Uuid::parse_str(u).map(|u| *u.as_bytes()).ok(), Some(id));
+        }
+    }
 }

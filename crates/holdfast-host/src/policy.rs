@@ -106,17 +106,37 @@ impl Effective {
         let d = self.reconnect_delay.0.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
         d.min(self.reconnect_delay_max.0)
     }
-    /// Log every value with its source.
+    /// True if every value is holdfast's default (nothing advertised, nothing overridden).
+    pub fn all_default(&self) -> bool {
+        [self.kato.1, self.reconnect_delay.1, self.reconnect_delay_max.1, self.ctrl_loss_tmo.1, self.fast_io_fail_tmo.1]
+            .iter()
+            .all(|s| *s == Source::Default)
+            && self.planned_downtime.is_zero()
+    }
+    /// Log every value with its source (at info level when something is not a default, else at debug level,
+    /// so that the CLI stays quiet against targets that advertise no policy).
     pub fn log(&self, addr: &str) {
         let opt = |d: Option<Duration>| d.map(|d| format!("{d:?}")).unwrap_or_else(|| "off".into());
-        tracing::info!(
-            target: "holdfast::policy",
+        let line = format!(
             "effective policy for {addr}: kato {:?} ({}), reconnect_delay {:?} ({}), reconnect_delay_max {:?} ({}), \
              ctrl_loss_tmo {} ({}), fast_io_fail_tmo {} ({}), planned_downtime {:?}",
-            self.kato.0, self.kato.1, self.reconnect_delay.0, self.reconnect_delay.1, self.reconnect_delay_max.0,
-            self.reconnect_delay_max.1, opt(self.ctrl_loss_tmo.0), self.ctrl_loss_tmo.1, opt(self.fast_io_fail_tmo.0),
-            self.fast_io_fail_tmo.1, self.planned_downtime
+            self.kato.0,
+            self.kato.1,
+            self.reconnect_delay.0,
+            self.reconnect_delay.1,
+            self.reconnect_delay_max.0,
+            self.reconnect_delay_max.1,
+            opt(self.ctrl_loss_tmo.0),
+            self.ctrl_loss_tmo.1,
+            opt(self.fast_io_fail_tmo.0),
+            self.fast_io_fail_tmo.1,
+            self.planned_downtime
         );
+        if self.all_default() {
+            tracing::debug!(target: "holdfast::policy", "{line}");
+        } else {
+            tracing::info!(target: "holdfast::policy", "{line}");
+        }
     }
 }
 

@@ -34,7 +34,15 @@ pub struct Command {
     pub long_lived: bool,
     /// Where the result goes.
     pub reply: oneshot::Sender<Result<Completion, Error>>,
+    /// How many times this command went unanswered past the command timeout (each time the connection was
+    /// declared lost). A command that keeps timing out on fresh connections is failed rather than re-issued
+    /// for ever ([`MAX_COMMAND_TIMEOUTS`]).
+    pub timeouts: u8,
 }
+
+/// After this many command timeouts, each on its own connection, a command fails with [`Error::Timeout`]
+/// instead of being re-issued again: the target is answering everything else, so it is not a lost path.
+pub const MAX_COMMAND_TIMEOUTS: u8 = 3;
 
 /// A completed command: its CQE and the data the controller returned.
 #[derive(Debug, Clone)]
@@ -110,10 +118,20 @@ pub async fn run(
     let mut setup_backlog: std::collections::VecDeque<Command> = Default::default();
     let mut seq = 0u64;
     let mut rx_open = true;
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(TIMEOUT_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_check = Instant::now() + TIMEOUT_CHECK;
 
     let error: Option<Error> = 'run: loop {
+        // Command timeouts, checked here as well as on the tick: a socket that is always readable would
+        // otherwise starve the tick branch of the biased select below.
+        let now = Instant::now();
+        if now >= next_check {
+            next_check = now + TIMEOUT_CHECK;
+            if let Some(e) = timed_out(&slots, &p) {
+                break Some(e);
+            }
+        }
         // Issue what we can: set-up commands (Connect, enable, ...) first; once the queue is opened,
         // re-issued commands, then new ones.
         let is_open = *open.borrow();
@@ -150,7 +168,7 @@ pub async fn run(
             _ = cancel.cancelled() => break Some(Error::NotConnected(format!("queue {} closed by the controller", p.qid))),
             r = wr.write_buf(&mut out), if !out.is_empty() => {
                 if let Err(e) = r {
-                    break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, source: e });
+                    break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, io: e });
                 }
             }
             r = rd.read_buf(&mut inbuf) => {
@@ -158,10 +176,10 @@ pub async fn run(
                     Ok(0) => break Some(Error::Transport {
                         addr: p.addr.clone(),
                         qid: p.qid,
-                        source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed by the target"),
+                        io: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed by the target"),
                     }),
                     Ok(_) => {}
-                    Err(e) => break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, source: e }),
+                    Err(e) => break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, io: e }),
                 }
                 loop {
                     match decoder.decode(&mut inbuf) {
@@ -196,21 +214,37 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => {
-                if let Some(old) = slots.iter().flatten().filter(|f| !f.cmd.long_lived).map(|f| f.started).min() {
-                    if old.elapsed() > p.io_timeout {
-                        break Some(Error::Timeout { what: format!("a command on queue {}", p.qid), after: p.io_timeout });
-                    }
+                next_check = Instant::now() + TIMEOUT_CHECK;
+                if let Some(e) = timed_out(&slots, &p) {
+                    break Some(e);
                 }
             }
         }
     };
     let mut pending: Vec<InFlight> = slots.into_iter().flatten().collect();
+    if matches!(error, Some(Error::Timeout { .. })) {
+        for f in pending.iter_mut().filter(|f| !f.cmd.long_lived && f.started.elapsed() > p.io_timeout) {
+            f.cmd.timeouts = f.cmd.timeouts.saturating_add(1);
+        }
+    }
     pending.sort_by_key(|f| f.seq);
     let mut pending: Vec<Command> = pending.into_iter().map(|f| f.cmd).collect();
     pending.extend(setup_backlog);
     pending.extend(backlog);
     let _ = wr.shutdown().await;
     QueueExit { rx, pending, error }
+}
+
+/// How often outstanding commands are checked against the command timeout.
+const TIMEOUT_CHECK: Duration = Duration::from_millis(250);
+
+/// The timeout error if the oldest outstanding command (Asynchronous Event Requests aside) is overdue.
+fn timed_out(slots: &[Option<InFlight>], p: &QueueParams) -> Option<Error> {
+    let oldest = slots.iter().flatten().filter(|f| !f.cmd.long_lived).min_by_key(|f| f.started)?;
+    (oldest.started.elapsed() > p.io_timeout).then(|| Error::Timeout {
+        what: format!("{} (queue {}, no completion)", oldest.cmd.name, p.qid),
+        after: p.io_timeout,
+    })
 }
 
 fn encode_command(out: &mut BytesMut, p: &QueueParams, cid: u16, cmd: &Command) {
@@ -253,9 +287,25 @@ fn handle_pdu(
     match pdu {
         Pdu::CapsuleResp(r) => {
             let i = slot(slots, r.cqe.cid())?;
-            if let Some(f) = slots[i].take() {
+            if let Some(mut f) = slots[i].take() {
                 free.push(i as u16);
-                let _ = f.cmd.reply.send(Ok(Completion { cqe: r.cqe, data: f.buf.freeze() }));
+                let want = f.cmd.data_in_len;
+                let result = if !r.cqe.status().is_success() || f.buf.len() == want {
+                    Ok(Completion { cqe: r.cqe, data: f.buf.freeze() })
+                } else if p.qid == 0 {
+                    // An admin command (Identify, Get Log Page) that transferred less than asked: the rest of
+                    // the structure reads as zeroes (reserved or absent), as a shorter page would.
+                    tracing::debug!(qid = p.qid, "{} returned {} of {want} bytes", f.cmd.name, f.buf.len());
+                    f.buf.resize(want, 0);
+                    Ok(Completion { cqe: r.cqe, data: f.buf.freeze() })
+                } else {
+                    // A successful read that did not deliver its data must not look like data.
+                    Err(protocol(
+                        p.qid,
+                        format!("{} completed successfully with {} of {want} bytes of data", f.cmd.name, f.buf.len()),
+                    ))
+                };
+                let _ = f.cmd.reply.send(result);
             }
         }
         Pdu::C2HData(d) => {

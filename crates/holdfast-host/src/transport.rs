@@ -29,14 +29,14 @@ pub struct Connection {
 /// digests asked for.
 pub async fn connect(addr: &str, hdgst: bool, ddgst: bool, max_c2h: usize, timeout: Duration) -> Result<Connection> {
     let fut = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| Error::Connect { addr: addr.into(), source: e })?;
+        let stream = TcpStream::connect(addr).await.map_err(|e| Error::Connect { addr: addr.into(), io: e })?;
         let _ = stream.set_nodelay(true);
         let mut stream = stream;
         let ic = Pdu::IcReq(IcReq { pfv: 0, hpda: 0, hdgst, ddgst, maxr2t: 0 });
         stream.write_all(&ic.to_bytes(&Framing::default())).await.map_err(|e| Error::Transport {
             addr: addr.into(),
             qid: 0,
-            source: e,
+            io: e,
         })?;
         let limits = Limits { max_incapsule: 0, max_h2c_data: 0, max_c2h_data: max_c2h as u32 };
         let mut decoder = PduDecoder::new(Role::Host, limits);
@@ -56,16 +56,13 @@ pub async fn connect(addr: &str, hdgst: bool, ddgst: bool, max_c2h: usize, timeo
                 Ok(None) => {}
                 Err(e) => return Err(Error::Protocol { qid: 0, what: e.to_string() }),
             }
-            let n = stream.read_buf(&mut inbuf).await.map_err(|e| Error::Transport {
-                addr: addr.into(),
-                qid: 0,
-                source: e,
-            })?;
+            let n =
+                stream.read_buf(&mut inbuf).await.map_err(|e| Error::Transport { addr: addr.into(), qid: 0, io: e })?;
             if n == 0 {
                 return Err(Error::Transport {
                     addr: addr.into(),
                     qid: 0,
-                    source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed during ICReq"),
+                    io: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed during ICReq"),
                 });
             }
         };

@@ -4,7 +4,7 @@
 //! `--verify` every written block starts with a 32-byte header — magic, LBA, write generation, CRC32C of the
 //! block — followed by bytes derived from (LBA, generation); the last acknowledged generation of every I/O
 //! unit is remembered and every read of a written unit is checked against it. Two I/Os never overlap; a unit
-//! whose write failed is not checked until it is written again.
+//! whose write failed is uncertain (its old or its attempted generation is accepted) until it is written again.
 
 use super::common::{runtime, HostArgs};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -85,7 +85,11 @@ struct Shared {
     errors: AtomicU64,
     mismatches: AtomicU64,
     first_problems: Mutex<Vec<String>>,
+    /// Per I/O unit: the last acknowledged write generation (0: never written), with `UNKNOWN` set while the
+    /// unit is uncertain (a write to it failed).
     gens: Vec<AtomicU64>,
+    /// Per I/O unit: the generation of the failed write that made it uncertain.
+    alt: Vec<AtomicU64>,
     busy: Vec<AtomicBool>,
     next_gen: AtomicU64,
     cursor: AtomicU64,
@@ -134,10 +138,10 @@ fn check_block(b: &[u8], lba: u64, gen: u64) -> Option<String> {
     if u(8) != lba {
         return Some(format!("lba {lba}: holds the data of lba {}", u(8)));
     }
-    let mut copy = b.to_vec();
-    copy[24..28].fill(0);
+    // CRC32C of the block with its checksum field read as zero, without copying the block.
     let crc = u32::from_le_bytes(b[24..28].try_into().unwrap_or_default());
-    if crc32c::crc32c(&copy) != crc {
+    let computed = crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(&b[..24]), &[0; 4]), &b[28..]);
+    if computed != crc {
         return Some(format!("lba {lba}: checksum mismatch (corrupt data)"));
     }
     if u(16) != gen {
@@ -198,14 +202,27 @@ async fn worker(
         let result = if is_read {
             match ns.read_on(Some(queue), lba, per_io).await {
                 Ok(data) => {
-                    let gen = sh.gens[unit as usize].load(Ordering::Acquire);
-                    if a.verify && gen != 0 && gen & UNKNOWN == 0 {
+                    let gen = if a.verify { sh.gens[unit as usize].load(Ordering::Acquire) } else { 0 };
+                    if a.verify && gen != 0 {
+                        // After a failed write the unit is uncertain: the old or the attempted generation
+                        // (or, if never written before, anything) is acceptable until the next good write.
+                        let uncertain = gen & UNKNOWN != 0;
+                        let (prev, alt) = (gen & !UNKNOWN, sh.alt[unit as usize].load(Ordering::Acquire));
                         for (i, chunk) in data.chunks(block as usize).enumerate() {
-                            if let Some(p) = check_block(chunk, lba + i as u64, gen) {
-                                sh.mismatches.fetch_add(1, Ordering::Relaxed);
-                                sh.problem(format!("verify: {p}"));
-                                break;
+                            let l = lba + i as u64;
+                            let Some(p) = check_block(chunk, l, prev) else { continue };
+                            if uncertain
+                                && (check_block(chunk, l, alt).is_none()
+                                    || (prev == 0 && !chunk.starts_with(&MAGIC.to_le_bytes())))
+                            {
+                                continue;
                             }
+                            sh.mismatches.fetch_add(1, Ordering::Relaxed);
+                            sh.problem(format!(
+                                "verify: {p}{}",
+                                if uncertain { format!(" (or {alt})") } else { String::new() }
+                            ));
+                            break;
                         }
                     }
                     Ok(())
@@ -221,7 +238,14 @@ async fn worker(
             let data: Bytes = buf.freeze();
             let r = ns.write_on(Some(queue), lba, data, false).await;
             if a.verify {
-                sh.gens[unit as usize].store(if r.is_ok() { gen } else { UNKNOWN }, Ordering::Release);
+                let g = &sh.gens[unit as usize];
+                if r.is_ok() {
+                    g.store(gen, Ordering::Release);
+                } else {
+                    // Keep the last acknowledged generation, mark the unit uncertain, remember the attempt.
+                    sh.alt[unit as usize].store(gen, Ordering::Release);
+                    g.fetch_or(UNKNOWN, Ordering::AcqRel);
+                }
             }
             r
         };
@@ -278,6 +302,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             mismatches: AtomicU64::new(0),
             first_problems: Mutex::new(Vec::new()),
             gens: (0..vunits).map(|_| AtomicU64::new(0)).collect(),
+            alt: (0..vunits).map(|_| AtomicU64::new(0)).collect(),
             busy: (0..vunits).map(|_| AtomicBool::new(false)).collect(),
             next_gen: AtomicU64::new(0),
             cursor: AtomicU64::new(0),
@@ -407,4 +432,27 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         Ok::<_, anyhow::Error>(if errors > 0 || mismatches > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_header_round_trip_and_failures() {
+        let mut b = BytesMut::new();
+        fill_block(&mut b, 42, 7, 512);
+        assert_eq!(b.len(), 512);
+        assert_eq!(check_block(&b, 42, 7), None);
+        assert!(check_block(&b, 42, 8).unwrap().contains("stale"));
+        assert!(check_block(&b, 43, 7).unwrap().contains("holds the data of lba 42"));
+        let mut c = b.to_vec();
+        c[300] ^= 1;
+        assert!(check_block(&c, 42, 7).unwrap().contains("checksum"));
+        assert!(check_block(&[0u8; 512], 42, 7).unwrap().contains("no verify header"));
+        // Different generations of one block differ beyond the header.
+        let mut d = BytesMut::new();
+        fill_block(&mut d, 42, 8, 512);
+        assert_ne!(b[32..], d[32..]);
+    }
 }

@@ -53,6 +53,11 @@ pub struct WriteArgs {
     fua: bool,
 }
 
+/// 1 MiB transfers kept in flight at once by `read` and `write`.
+const WINDOW: usize = 8;
+/// I/O queues `read` and `write` use.
+const QUEUES: u16 = 2;
+
 fn blocks(ns: &Namespace, what: &str, v: u64) -> anyhow::Result<u64> {
     let bs = ns.block_size as u64;
     anyhow::ensure!(v.is_multiple_of(bs), "{what} {v} is not a multiple of the {bs}-byte block size");
@@ -62,7 +67,9 @@ fn blocks(ns: &Namespace, what: &str, v: u64) -> anyhow::Result<u64> {
 /// Run `read`.
 pub fn run_read(a: ReadArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
-        let c = Controller::connect(a.host.options(&a.nqn)).await?;
+        let mut o = a.host.options(&a.nqn);
+        o.nr_io_queues = QUEUES;
+        let c = Controller::connect(o).await?;
         let ns = Namespace::open(&c, a.nsid).await?;
         let (lba, n) = (blocks(&ns, "offset", a.offset)?, blocks(&ns, "length", a.length)?);
         let mut out: Box<dyn Write> = match &a.output {
@@ -71,13 +78,20 @@ pub fn run_read(a: ReadArgs) -> anyhow::Result<ExitCode> {
             }
             _ => Box::new(std::io::stdout().lock()),
         };
-        let chunk = 1024 * 1024 / ns.block_size as u64;
+        // 1 MiB pieces, up to WINDOW in flight over the queues, written out in order.
+        let chunk = (1024 * 1024 / ns.block_size as u64).max(1);
+        let mut inflight = std::collections::VecDeque::new();
         let mut at = 0;
-        while at < n {
-            let k = (n - at).min(chunk);
-            let data = ns.read(lba + at, k).await?;
-            out.write_all(&data)?;
-            at += k;
+        while at < n || !inflight.is_empty() {
+            while at < n && inflight.len() < WINDOW {
+                let k = (n - at).min(chunk);
+                let ns = ns.clone();
+                inflight.push_back(tokio::spawn(async move { ns.read(lba + at, k).await }));
+                at += k;
+            }
+            if let Some(t) = inflight.pop_front() {
+                out.write_all(&t.await??)?;
+            }
         }
         out.flush()?;
         c.shutdown().await?;
@@ -98,18 +112,30 @@ pub fn run_write(a: WriteArgs) -> anyhow::Result<ExitCode> {
         }
     }
     runtime()?.block_on(async move {
-        let c = Controller::connect(a.host.options(&a.nqn)).await?;
+        let mut o = a.host.options(&a.nqn);
+        o.nr_io_queues = QUEUES;
+        let c = Controller::connect(o).await?;
         let ns = Namespace::open(&c, a.nsid).await?;
         let lba = blocks(&ns, "offset", a.offset)?;
         blocks(&ns, "input length", data.len() as u64)?;
         anyhow::ensure!(!data.is_empty(), "nothing to write");
         let data = Bytes::from(data);
-        let chunk = 1024 * 1024;
+        // 1 MiB pieces, up to WINDOW in flight over the queues.
+        let chunk = 1024 * 1024 / ns.block_size as usize * ns.block_size as usize;
+        let mut inflight = std::collections::VecDeque::new();
         let mut at = 0;
-        while at < data.len() {
-            let k = (data.len() - at).min(chunk);
-            ns.write(lba + (at / ns.block_size as usize) as u64, data.slice(at..at + k), a.fua).await?;
-            at += k;
+        while at < data.len() || !inflight.is_empty() {
+            while at < data.len() && inflight.len() < WINDOW {
+                let k = (data.len() - at).min(chunk);
+                let (ns, piece) = (ns.clone(), data.slice(at..at + k));
+                let lba = lba + (at / ns.block_size as usize) as u64;
+                let fua = a.fua;
+                inflight.push_back(tokio::spawn(async move { ns.write(lba, piece, fua).await }));
+                at += k;
+            }
+            if let Some(t) = inflight.pop_front() {
+                t.await??;
+            }
         }
         c.shutdown().await?;
         Ok::<_, anyhow::Error>(())
