@@ -1,37 +1,93 @@
-//! Log pages (NVMe Base Specification 2.0, §5.16.1; NVMe over Fabrics 1.1, §5.4 for the Discovery log page).
+//! Log pages: identifiers, the standard pages holdfast serves, and the Discovery log page.
+//!
+//! Sources: NVMe Base Specification 2.1 §5.1.12 (Get Log Page): the Log Page Identifiers table, §5.1.12.1.1
+//! Supported Log Pages, §5.1.12.1.2 Error Information (Figure 205 "Error Information Log Entry Data
+//! Structure"), §5.1.12.1.3 SMART / Health Information (Figure 206), §5.1.12.1.4 Firmware Slot Information,
+//! §5.1.12.1.5 Changed Namespace List, §5.1.12.1.6 Commands Supported and Effects, and §5.1.12.3.1 Discovery
+//! (Figure 294 "Discovery Log Page Entry Data Structure"); the same pages in NVMe Base 2.0 §5.16.1; and NVMe
+//! over Fabrics 1.1, where the Discovery log page was defined before it moved into the base specification.
+//! The TCP transport specific address subtype (SECTYPE) is from NVMe/TCP 1.0 as amended by TP8011. Figure
+//! numbers change between revisions: a figure title is the stable reference.
+//!
+//! holdfast's own vendor-specific page (LID C0h) lives in [`crate::policy`].
 
+use crate::identify::{get_nul_padded, set_nul_padded};
 use zerocopy::little_endian::{U16, U32, U64};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-/// Supported Log Pages.
+// ---------------------------------------------------------------------------------------------------------
+// Log Page Identifiers (NVMe Base 2.1 §5.1.12, the Log Page Identifiers table)
+// ---------------------------------------------------------------------------------------------------------
+
+/// LID 00h: Supported Log Pages ([`SupportedLogPages`]).
 pub const LID_SUPPORTED_LOG_PAGES: u8 = 0x00;
-/// Error Information.
+/// LID 01h: Error Information ([`ErrorInformationEntry`] × (ELPE + 1)).
 pub const LID_ERROR_INFO: u8 = 0x01;
-/// SMART / Health Information.
+/// LID 02h: SMART / Health Information ([`SmartHealthLog`]).
 pub const LID_SMART_HEALTH: u8 = 0x02;
-/// Firmware Slot Information.
+/// LID 03h: Firmware Slot Information ([`FirmwareSlotInfo`]).
 pub const LID_FIRMWARE_SLOT: u8 = 0x03;
-/// Changed Namespace List.
+/// LID 04h: Changed Namespace List ([`ChangedNamespaceList`]).
 pub const LID_CHANGED_NS_LIST: u8 = 0x04;
-/// Commands Supported and Effects.
+/// LID 05h: Commands Supported and Effects ([`CommandsSupportedAndEffects`]).
 pub const LID_COMMANDS_SUPPORTED_EFFECTS: u8 = 0x05;
-/// Device Self-test.
+/// LID 06h: Device Self-test.
 pub const LID_DEVICE_SELF_TEST: u8 = 0x06;
-/// Asymmetric Namespace Access.
+/// LID 07h: Telemetry Host-Initiated.
+pub const LID_TELEMETRY_HOST: u8 = 0x07;
+/// LID 08h: Telemetry Controller-Initiated.
+pub const LID_TELEMETRY_CTRL: u8 = 0x08;
+/// LID 0Ch: Asymmetric Namespace Access.
 pub const LID_ANA: u8 = 0x0C;
-/// Persistent Event Log.
+/// LID 0Dh: Persistent Event Log.
 pub const LID_PERSISTENT_EVENT: u8 = 0x0D;
-/// Discovery (discovery controllers).
+/// LID 12h: Feature Identifiers Supported and Effects.
+pub const LID_FEATURE_IDS_EFFECTS: u8 = 0x12;
+/// LID 70h: Discovery (discovery controllers only; header [`DiscoveryLogHeader`], then [`DiscoveryLogEntry`]s).
 pub const LID_DISCOVERY: u8 = 0x70;
+/// LID 71h: Host Discovery (centralized discovery controllers).
+pub const LID_HOST_DISCOVERY: u8 = 0x71;
+/// LID 80h: Reservation Notification.
+pub const LID_RESERVATION_NOTIFICATION: u8 = 0x80;
+/// LID 81h: Sanitize Status.
+pub const LID_SANITIZE_STATUS: u8 = 0x81;
+/// First vendor-specific LID (C0h–FFh); holdfast uses C0h ([`crate::policy::LID_HOLDFAST_POLICY`]).
+pub const LID_VENDOR_SPECIFIC_FIRST: u8 = 0xC0;
 
-/// Effects bit 0: Command Supported.
-pub const EFFECTS_CSUPP: u32 = 1 << 0;
-/// Effects bit 1: Logical Block Content Change.
-pub const EFFECTS_LBCC: u32 = 1 << 1;
-/// Effects bit 2: Namespace Capability Change.
-pub const EFFECTS_NCC: u32 = 1 << 2;
+/// True for a LID in the vendor-specific range C0h–FFh.
+pub fn is_vendor_specific(lid: u8) -> bool {
+    lid >= LID_VENDOR_SPECIFIC_FIRST
+}
 
-/// A 128-bit little-endian counter as SMART fields carry it.
+/// The specification's name of a log page, for logs and error messages.
+pub fn log_page_name(lid: u8) -> &'static str {
+    match lid {
+        LID_SUPPORTED_LOG_PAGES => "Supported Log Pages",
+        LID_ERROR_INFO => "Error Information",
+        LID_SMART_HEALTH => "SMART / Health Information",
+        LID_FIRMWARE_SLOT => "Firmware Slot Information",
+        LID_CHANGED_NS_LIST => "Changed Namespace List",
+        LID_COMMANDS_SUPPORTED_EFFECTS => "Commands Supported and Effects",
+        LID_DEVICE_SELF_TEST => "Device Self-test",
+        LID_TELEMETRY_HOST => "Telemetry Host-Initiated",
+        LID_TELEMETRY_CTRL => "Telemetry Controller-Initiated",
+        LID_ANA => "Asymmetric Namespace Access",
+        LID_PERSISTENT_EVENT => "Persistent Event Log",
+        LID_FEATURE_IDS_EFFECTS => "Feature Identifiers Supported and Effects",
+        LID_DISCOVERY => "Discovery",
+        LID_HOST_DISCOVERY => "Host Discovery",
+        LID_RESERVATION_NOTIFICATION => "Reservation Notification",
+        LID_SANITIZE_STATUS => "Sanitize Status",
+        l if is_vendor_specific(l) => "Vendor Specific",
+        _ => "Unknown log page",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Helpers shared by every page
+// ---------------------------------------------------------------------------------------------------------
+
+/// A 128-bit counter as SMART and capacity fields carry it: little endian.
 pub fn u128_le(v: u128) -> [u8; 16] {
     v.to_le_bytes()
 }
@@ -41,80 +97,164 @@ pub fn u128_from(b: &[u8; 16]) -> u128 {
     u128::from_le_bytes(*b)
 }
 
-/// The window [offset, offset + len) of a log page, zero-filled past its end (Get Log Page LPO/NUMD).
+/// The window `[offset, offset + len)` of a log page, zero-filled where it runs past the page's end (the
+/// Get Log Page LPO and NUMD fields select it). `len` is the command's transfer length, which the caller has
+/// already bounded (by MDTS); it is allocated as is.
 pub fn log_page_slice(full: &[u8], offset: u64, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
-    if let Ok(start) = usize::try_from(offset) {
-        if start < full.len() {
-            let n = (full.len() - start).min(len);
-            out[..n].copy_from_slice(&full[start..start + n]);
-        }
+    if let Some(src) = usize::try_from(offset).ok().and_then(|start| full.get(start..)) {
+        let n = src.len().min(len);
+        out[..n].copy_from_slice(&src[..n]);
     }
     out
 }
 
-/// Error Information log entry (NVMe Base 2.0 Figure 204), 64 bytes.
+// ---------------------------------------------------------------------------------------------------------
+// Supported Log Pages (LID 00h)
+// ---------------------------------------------------------------------------------------------------------
+
+/// Supported Log Pages entry bit 0: LID Supported (LSUPP).
+pub const LOG_LSUPP: u32 = 1 << 0;
+/// Supported Log Pages entry bit 1: Index Offset Supported (IOS).
+pub const LOG_IOS: u32 = 1 << 1;
+/// Supported Log Pages entry bits 31:16: LID Specific Parameter (LIDSP), this shift.
+pub const LOG_LIDSP_SHIFT: u32 = 16;
+
+/// Supported Log Pages log page (LID 00h), 1024 bytes: one Log Page Identifier Supported and Effects dword
+/// per LID (NVMe Base 2.1 §5.1.12.1.1, figure "LID Supported and Effects Data Structure").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct SupportedLogPages {
+    /// Entry for LID n at index n: [`LOG_LSUPP`], [`LOG_IOS`], LIDSP in bits 31:16.
+    pub lid: [U32; 256],
+}
+const _: () = assert!(core::mem::size_of::<SupportedLogPages>() == 1024);
+
+impl SupportedLogPages {
+    /// The page with LSUPP set for every LID in `lids`.
+    pub fn with(lids: &[u8]) -> Self {
+        let mut p = Self::new_zeroed();
+        for &l in lids {
+            p.lid[l as usize].set(p.lid[l as usize].get() | LOG_LSUPP);
+        }
+        p
+    }
+    /// True if LSUPP is set for `lid`.
+    pub fn supports(&self, lid: u8) -> bool {
+        self.lid[lid as usize].get() & LOG_LSUPP != 0
+    }
+    /// Parse the first 1024 bytes of `b`; `None` if it is shorter.
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        Self::read_from_prefix(b).ok().map(|(v, _)| v)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Error Information (LID 01h)
+// ---------------------------------------------------------------------------------------------------------
+
+/// Error Information Log Entry, 64 bytes (NVMe Base 2.1 Figure 205 "Error Information Log Entry Data
+/// Structure", §5.1.12.1.2). The log page
+/// is ELPE + 1 of these, newest first; an entry with error count 0 is empty.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct ErrorInformationEntry {
-    /// Error Count (unique, incrementing; 0 = invalid entry).
+    /// Error Count: unique, incrementing; 0 = invalid (empty) entry.
     pub error_count: U64,
-    /// Submission Queue ID.
+    /// Submission Queue ID (SQID); FFFFh if not specific to a queue.
     pub sqid: U16,
-    /// Command ID.
+    /// Command ID (CID); FFFFh if not specific to a command.
     pub cid: U16,
-    /// Status Field (bit 0 phase tag).
+    /// Status Info: the completion's status field in bits 15:1, phase tag in bit 0.
     pub status: U16,
-    /// Parameter Error Location (FFFFh = none).
+    /// Parameter Error Location: byte (bits 7:0) and bit (bits 10:8) of the SQE field in error; FFFFh = none.
     pub parameter_error_location: U16,
-    /// LBA.
+    /// LBA: the first LBA that experienced the error.
     pub lba: U64,
-    /// Namespace.
+    /// Namespace (NSID) of the error.
     pub nsid: U32,
-    /// Vendor Specific Information Available.
+    /// Vendor Specific Information Available: log page (LID) with more information, 0 = none.
     pub vsia: u8,
-    /// Transport Type.
+    /// Transport Type (TRTYPE) of a transport error (3 = TCP), else 0.
     pub trtype: u8,
-    /// Reserved.
-    pub rsvd30: [u8; 2],
+    /// Command Set Identifier (CSI) of the command (NVMe 2.0).
+    pub csi: u8,
+    /// Opcode (OPC) of the command in error (NVMe 2.1).
+    pub opc: u8,
     /// Command Specific Information.
-    pub csi: U64,
+    pub cmd_specific_info: U64,
     /// Transport Type Specific Information.
     pub ttsi: U16,
     /// Reserved.
-    pub rsvd42: [u8; 22],
+    pub rsvd42: [u8; 21],
+    /// Log Page Version (LPVER) (NVMe 2.1; 0 in earlier revisions).
+    pub lpver: u8,
 }
 const _: () = assert!(core::mem::size_of::<ErrorInformationEntry>() == 64);
+const _: () = assert!(core::mem::offset_of!(ErrorInformationEntry, sqid) == 8);
+const _: () = assert!(core::mem::offset_of!(ErrorInformationEntry, status) == 12);
+const _: () = assert!(core::mem::offset_of!(ErrorInformationEntry, parameter_error_location) == 14);
 const _: () = assert!(core::mem::offset_of!(ErrorInformationEntry, lba) == 16);
+const _: () = assert!(core::mem::offset_of!(ErrorInformationEntry, nsid) == 24);
+const _: () = assert!(core::mem::offset_of!(ErrorInformationEntry, vsia) == 28);
 const _: () = assert!(core::mem::offset_of!(ErrorInformationEntry, trtype) == 29);
+const _: () = assert!(core::mem::offset_of!(ErrorInformationEntry, csi) == 30);
+const _: () = assert!(core::mem::offset_of!(ErrorInformationEntry, cmd_specific_info) == 32);
+const _: () = assert!(core::mem::offset_of!(ErrorInformationEntry, ttsi) == 40);
+const _: () = assert!(core::mem::offset_of!(ErrorInformationEntry, lpver) == 63);
 
-/// SMART / Health Information log (NVMe Base 2.0 Figure 207), 512 bytes.
+impl ErrorInformationEntry {
+    /// Parse the first 64 bytes of `b`; `None` if it is shorter.
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        Self::read_from_prefix(b).ok().map(|(v, _)| v)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// SMART / Health Information (LID 02h)
+// ---------------------------------------------------------------------------------------------------------
+
+/// Critical Warning bit 0: available spare below its threshold.
+pub const CRIT_WARN_SPARE: u8 = 1 << 0;
+/// Critical Warning bit 1: a temperature is above an over-temperature or below an under-temperature threshold.
+pub const CRIT_WARN_TEMPERATURE: u8 = 1 << 1;
+/// Critical Warning bit 2: NVM subsystem reliability degraded.
+pub const CRIT_WARN_DEGRADED: u8 = 1 << 2;
+/// Critical Warning bit 3: all of the media is read only.
+pub const CRIT_WARN_READ_ONLY: u8 = 1 << 3;
+/// Critical Warning bit 4: the volatile memory backup device failed.
+pub const CRIT_WARN_VOLATILE_BACKUP: u8 = 1 << 4;
+/// Critical Warning bit 5: the Persistent Memory Region became read only.
+pub const CRIT_WARN_PMR_READ_ONLY: u8 = 1 << 5;
+
+/// SMART / Health Information log page (LID 02h), 512 bytes (NVMe Base 2.1 Figure 206 "SMART / Health
+/// Information Log Page", §5.1.12.1.3). 128-bit counters are little endian ([`u128_le`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct SmartHealthLog {
-    /// Critical Warning.
+    /// Critical Warning: `CRIT_WARN_*`.
     pub critical_warning: u8,
-    /// Composite Temperature (K).
+    /// Composite Temperature, kelvin (0 = not reported).
     pub composite_temperature: U16,
-    /// Available Spare (%).
+    /// Available Spare, percent.
     pub available_spare: u8,
-    /// Available Spare Threshold (%).
+    /// Available Spare Threshold, percent.
     pub available_spare_threshold: u8,
-    /// Percentage Used.
+    /// Percentage Used (may exceed 100).
     pub percentage_used: u8,
     /// Endurance Group Critical Warning Summary.
     pub endurance_group_warning: u8,
     /// Reserved.
     pub rsvd7: [u8; 25],
-    /// Data Units Read (1000 × 512 bytes).
+    /// Data Units Read, thousands of 512-byte units, rounded up.
     pub data_units_read: [u8; 16],
-    /// Data Units Written.
+    /// Data Units Written, thousands of 512-byte units, rounded up.
     pub data_units_written: [u8; 16],
     /// Host Read Commands.
     pub host_read_commands: [u8; 16],
     /// Host Write Commands.
     pub host_write_commands: [u8; 16],
-    /// Controller Busy Time (minutes).
+    /// Controller Busy Time, minutes.
     pub controller_busy_time: [u8; 16],
     /// Power Cycles.
     pub power_cycles: [u8; 16],
@@ -124,31 +264,66 @@ pub struct SmartHealthLog {
     pub unsafe_shutdowns: [u8; 16],
     /// Media and Data Integrity Errors.
     pub media_errors: [u8; 16],
-    /// Number of Error Information Log Entries.
+    /// Number of Error Information Log Entries over the controller's life.
     pub num_err_log_entries: [u8; 16],
-    /// Warning Composite Temperature Time (minutes).
+    /// Warning Composite Temperature Time, minutes.
     pub warning_temp_time: U32,
-    /// Critical Composite Temperature Time (minutes).
+    /// Critical Composite Temperature Time, minutes.
     pub critical_temp_time: U32,
-    /// Temperature Sensors 1..8 (K).
+    /// Temperature Sensors 1 to 8, kelvin (0 = not implemented).
     pub temp_sensors: [U16; 8],
+    /// Thermal Management Temperature 1 Transition Count.
+    pub tmt1_transition_count: U32,
+    /// Thermal Management Temperature 2 Transition Count.
+    pub tmt2_transition_count: U32,
+    /// Total Time For Thermal Management Temperature 1, seconds.
+    pub tmt1_total_time: U32,
+    /// Total Time For Thermal Management Temperature 2, seconds.
+    pub tmt2_total_time: U32,
     /// Reserved.
-    pub rsvd216: [u8; 296],
+    pub rsvd232: [u8; 280],
 }
 const _: () = assert!(core::mem::size_of::<SmartHealthLog>() == 512);
+const _: () = assert!(core::mem::offset_of!(SmartHealthLog, composite_temperature) == 1);
+const _: () = assert!(core::mem::offset_of!(SmartHealthLog, available_spare) == 3);
+const _: () = assert!(core::mem::offset_of!(SmartHealthLog, endurance_group_warning) == 6);
 const _: () = assert!(core::mem::offset_of!(SmartHealthLog, data_units_read) == 32);
+const _: () = assert!(core::mem::offset_of!(SmartHealthLog, data_units_written) == 48);
+const _: () = assert!(core::mem::offset_of!(SmartHealthLog, host_read_commands) == 64);
+const _: () = assert!(core::mem::offset_of!(SmartHealthLog, host_write_commands) == 80);
+const _: () = assert!(core::mem::offset_of!(SmartHealthLog, controller_busy_time) == 96);
+const _: () = assert!(core::mem::offset_of!(SmartHealthLog, power_cycles) == 112);
+const _: () = assert!(core::mem::offset_of!(SmartHealthLog, power_on_hours) == 128);
+const _: () = assert!(core::mem::offset_of!(SmartHealthLog, unsafe_shutdowns) == 144);
+const _: () = assert!(core::mem::offset_of!(SmartHealthLog, media_errors) == 160);
 const _: () = assert!(core::mem::offset_of!(SmartHealthLog, num_err_log_entries) == 176);
+const _: () = assert!(core::mem::offset_of!(SmartHealthLog, warning_temp_time) == 192);
+const _: () = assert!(core::mem::offset_of!(SmartHealthLog, critical_temp_time) == 196);
 const _: () = assert!(core::mem::offset_of!(SmartHealthLog, temp_sensors) == 200);
+const _: () = assert!(core::mem::offset_of!(SmartHealthLog, tmt1_transition_count) == 216);
+const _: () = assert!(core::mem::offset_of!(SmartHealthLog, tmt2_total_time) == 228);
 
-/// Firmware Slot Information log (NVMe Base 2.0 Figure 208), 512 bytes.
+impl SmartHealthLog {
+    /// Parse the first 512 bytes of `b`; `None` if it is shorter.
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        Self::read_from_prefix(b).ok().map(|(v, _)| v)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Firmware Slot Information (LID 03h)
+// ---------------------------------------------------------------------------------------------------------
+
+/// Firmware Slot Information log page (LID 03h), 512 bytes (NVMe Base 2.1 §5.1.12.1.4, figure "Firmware Slot
+/// Information Log Page").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct FirmwareSlotInfo {
-    /// Active Firmware Info.
+    /// Active Firmware Info (AFI): running slot in bits 2:0, slot for the next reset in bits 6:4 (0 = none).
     pub afi: u8,
     /// Reserved.
     pub rsvd1: [u8; 7],
-    /// Firmware Revision for slots 1..7.
+    /// Firmware Revision for Slot 1 to 7 (FRS1–FRS7): ASCII, space padded; all zero = empty slot.
     pub frs: [[u8; 8]; 7],
     /// Reserved.
     pub rsvd64: [u8; 448],
@@ -156,118 +331,256 @@ pub struct FirmwareSlotInfo {
 const _: () = assert!(core::mem::size_of::<FirmwareSlotInfo>() == 512);
 const _: () = assert!(core::mem::offset_of!(FirmwareSlotInfo, frs) == 8);
 
-/// Changed Namespace List log (NVMe Base 2.0 Figure 209): up to 1024 NSIDs; FFFFFFFFh first if more changed.
+impl FirmwareSlotInfo {
+    /// Parse the first 512 bytes of `b`; `None` if it is shorter.
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        Self::read_from_prefix(b).ok().map(|(v, _)| v)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Changed Namespace List (LID 04h)
+// ---------------------------------------------------------------------------------------------------------
+
+/// The first entry of a Changed Namespace List when more than 1024 namespaces changed.
+pub const CHANGED_NS_OVERFLOW: u32 = 0xFFFF_FFFF;
+
+/// Changed Namespace List log page (LID 04h), 4096 bytes: up to 1024 NSIDs, zero terminated; FFFFFFFFh as the
+/// first entry (and zeroes after it) when more than 1024 changed (NVMe Base 2.1 §5.1.12.1.5, figure "Changed
+/// Namespace List Log Page").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct ChangedNamespaceList {
-    /// NSIDs, zero terminated.
+    /// Changed NSIDs, zero terminated.
     pub nsid: [U32; 1024],
 }
 const _: () = assert!(core::mem::size_of::<ChangedNamespaceList>() == 4096);
 
-/// Commands Supported and Effects log (NVMe Base 2.0 Figure 210), 4096 bytes.
+impl ChangedNamespaceList {
+    /// The page for `nsids`, in the given order; [`CHANGED_NS_OVERFLOW`] alone if there are more than 1024.
+    pub fn build(nsids: &[u32]) -> Self {
+        let mut l = Self::new_zeroed();
+        if nsids.len() > l.nsid.len() {
+            l.nsid[0].set(CHANGED_NS_OVERFLOW);
+        } else {
+            for (slot, &n) in l.nsid.iter_mut().zip(nsids) {
+                slot.set(n);
+            }
+        }
+        l
+    }
+    /// True if the list overflowed: the host must rescan every namespace.
+    pub fn overflowed(&self) -> bool {
+        self.nsid[0].get() == CHANGED_NS_OVERFLOW
+    }
+    /// The listed NSIDs (empty if the list overflowed).
+    pub fn nsids(&self) -> Vec<u32> {
+        if self.overflowed() {
+            return Vec::new();
+        }
+        self.nsid.iter().map(|n| n.get()).take_while(|&n| n != 0).collect()
+    }
+    /// Parse the first 4096 bytes of `b`; `None` if it is shorter.
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        Self::read_from_prefix(b).ok().map(|(v, _)| v)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Commands Supported and Effects (LID 05h)
+// ---------------------------------------------------------------------------------------------------------
+
+/// Effects bit 0: Command Supported (CSUPP).
+pub const EFFECTS_CSUPP: u32 = 1 << 0;
+/// Effects bit 1: Logical Block Content Change (LBCC).
+pub const EFFECTS_LBCC: u32 = 1 << 1;
+/// Effects bit 2: Namespace Capability Change (NCC).
+pub const EFFECTS_NCC: u32 = 1 << 2;
+/// Effects bit 3: Namespace Inventory Change (NIC).
+pub const EFFECTS_NIC: u32 = 1 << 3;
+/// Effects bit 4: Controller Capability Change (CCC).
+pub const EFFECTS_CCC: u32 = 1 << 4;
+/// Effects bits 18:16, Command Submission and Execution (CSE): shift.
+pub const EFFECTS_CSE_SHIFT: u32 = 16;
+/// CSE mask (after shifting).
+pub const EFFECTS_CSE_MASK: u32 = 0x7;
+/// CSE 0: no restriction.
+pub const CSE_NO_RESTRICTION: u32 = 0;
+/// CSE 1: no other command to the same namespace may be outstanding while this one runs.
+pub const CSE_SINGLE_PER_NS: u32 = 1;
+/// CSE 2: no other command to any namespace may be outstanding while this one runs.
+pub const CSE_SINGLE_PER_SUBSYSTEM: u32 = 2;
+/// Effects bit 19: UUID Selection Supported (USS).
+pub const EFFECTS_USS: u32 = 1 << 19;
+
+/// Commands Supported and Effects log page (LID 05h), 4096 bytes (NVMe Base 2.1 §5.1.12.1.6, figures "Commands
+/// Supported and Effects Log Page" and "Commands Supported and Effects Data Structure").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct CommandsSupportedAndEffects {
-    /// Admin Command Supported, by opcode.
+    /// Admin Command Supported (ACS0–ACS255), by opcode: `EFFECTS_*`.
     pub acs: [U32; 256],
-    /// I/O Command Supported, by opcode.
+    /// I/O Command Supported (IOCS0–IOCS255), by opcode: `EFFECTS_*`.
     pub iocs: [U32; 256],
     /// Reserved.
     pub rsvd2048: [u8; 2048],
 }
 const _: () = assert!(core::mem::size_of::<CommandsSupportedAndEffects>() == 4096);
 const _: () = assert!(core::mem::offset_of!(CommandsSupportedAndEffects, iocs) == 1024);
+const _: () = assert!(core::mem::offset_of!(CommandsSupportedAndEffects, rsvd2048) == 2048);
 
-/// TRTYPE: TCP.
+impl CommandsSupportedAndEffects {
+    /// Parse the first 4096 bytes of `b`; `None` if it is shorter.
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        Self::read_from_prefix(b).ok().map(|(v, _)| v)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Discovery (LID 70h)
+// ---------------------------------------------------------------------------------------------------------
+
+/// TRTYPE 1: RDMA.
+pub const TRTYPE_RDMA: u8 = 1;
+/// TRTYPE 2: Fibre Channel.
+pub const TRTYPE_FC: u8 = 2;
+/// TRTYPE 3: TCP.
 pub const TRTYPE_TCP: u8 = 3;
-/// ADRFAM: IPv4.
+/// TRTYPE FEh: intra-host (loop).
+pub const TRTYPE_LOOP: u8 = 0xFE;
+/// ADRFAM 1: IPv4.
 pub const ADRFAM_IPV4: u8 = 1;
-/// ADRFAM: IPv6.
+/// ADRFAM 2: IPv6.
 pub const ADRFAM_IPV6: u8 = 2;
-/// SUBTYPE: referral to another discovery service.
+/// ADRFAM 3: InfiniBand.
+pub const ADRFAM_IB: u8 = 3;
+/// ADRFAM 4: Fibre Channel.
+pub const ADRFAM_FC: u8 = 4;
+/// ADRFAM FEh: intra-host.
+pub const ADRFAM_LOOP: u8 = 0xFE;
+/// SUBTYPE 1: a referral to another discovery service.
 pub const SUBTYPE_REFERRAL: u8 = 1;
-/// SUBTYPE: an NVM subsystem.
+/// SUBTYPE 2: an NVM subsystem.
 pub const SUBTYPE_NVME: u8 = 2;
-/// SUBTYPE: the current discovery subsystem.
+/// SUBTYPE 3: the current discovery subsystem.
 pub const SUBTYPE_CURRENT_DISCOVERY: u8 = 3;
-/// TREQ bits 1:0: secure channel not specified.
+/// TREQ bits 1:0 = 00b: secure channel requirement not specified.
 pub const TREQ_SECURE_NOT_SPECIFIED: u8 = 0;
-/// TREQ bits 1:0: secure channel required.
+/// TREQ bits 1:0 = 01b: secure channel required.
 pub const TREQ_SECURE_REQUIRED: u8 = 1;
-/// TREQ bits 1:0: secure channel not required.
+/// TREQ bits 1:0 = 10b: secure channel not required.
 pub const TREQ_SECURE_NOT_REQUIRED: u8 = 2;
-/// TREQ bit 2: SQ flow control disable supported.
+/// TREQ bits 1:0: mask of the secure channel requirement.
+pub const TREQ_SECURE_MASK: u8 = 0x3;
+/// TREQ bit 2: SQ flow control disable supported (libnvme then connects with `disable_sqflow`).
 pub const TREQ_DISABLE_SQFLOW: u8 = 1 << 2;
+/// EFLAGS bit 0: Duplicate Returned Information (DUPRETINFO).
+pub const EFLAGS_DUPRETINFO: u16 = 1 << 0;
+/// EFLAGS bit 1: Explicit Persistent Connection Support for Discovery (EPCSD).
+pub const EFLAGS_EPCSD: u16 = 1 << 1;
+/// EFLAGS bit 2: No CDC Connectivity (NCC).
+pub const EFLAGS_NCC: u16 = 1 << 2;
+/// TSAS byte 0 for TCP, SECTYPE 0: no security.
+pub const TCP_SECTYPE_NONE: u8 = 0;
+/// TCP SECTYPE 1: TLS 1.2.
+pub const TCP_SECTYPE_TLS12: u8 = 1;
+/// TCP SECTYPE 2: TLS 1.3.
+pub const TCP_SECTYPE_TLS13: u8 = 2;
+/// DLPF bit 0: Extended (EXTEND): the page may hold extended entries and TDLPL is valid.
+pub const DLPF_EXTEND: u8 = 1 << 0;
+/// Get Log Page LSP bit 0 for LID 70h: return Extended Discovery Log Page Entries (EXTDLPE).
+pub const DISC_LSP_EXTDLPE: u8 = 1 << 0;
+/// Get Log Page LSP bit 1 for LID 70h: Port Local Entries Only (PLEO).
+pub const DISC_LSP_PLEO: u8 = 1 << 1;
+/// Get Log Page LSP bit 2 for LID 70h: All NVM Subsystem Entries (ALLSUBE).
+pub const DISC_LSP_ALLSUBE: u8 = 1 << 2;
 
-/// Discovery log page header (NVMe-oF 1.1 Figure 37), 1024 bytes; entries follow.
+/// Discovery log page header, 1024 bytes; the entries follow at byte 1024 (NVMe Base 2.1 §5.1.12.3.1, figure
+/// "Discovery Log Page"; NVMe-oF 1.1 §5.4). Linux (`struct nvmf_disc_rsp_page_hdr`) and libnvme treat bytes 18–1023 as
+/// reserved; DLPF and TDLPL are the newer fields, both zero for a page of basic entries like holdfast's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct DiscoveryLogHeader {
-    /// Generation Counter.
+    /// Generation Counter (GENCTR): incremented whenever the page changes; hosts re-read until it is stable.
     pub genctr: U64,
-    /// Number of Records.
+    /// Number of Records (NUMREC).
     pub numrec: U64,
-    /// Record Format (0).
+    /// Record Format (RECFMT): 0.
     pub recfmt: U16,
+    /// Discovery Log Page Flags (DLPF): [`DLPF_EXTEND`].
+    pub dlpf: u8,
     /// Reserved.
-    pub rsvd18: [u8; 1006],
+    pub rsvd19: u8,
+    /// Total Discovery Log Page Length (TDLPL), bytes including this header; valid when DLPF.EXTEND is set.
+    pub tdlpl: U32,
+    /// Reserved.
+    pub rsvd24: [u8; 1000],
 }
 const _: () = assert!(core::mem::size_of::<DiscoveryLogHeader>() == 1024);
+const _: () = assert!(core::mem::offset_of!(DiscoveryLogHeader, numrec) == 8);
+const _: () = assert!(core::mem::offset_of!(DiscoveryLogHeader, recfmt) == 16);
+const _: () = assert!(core::mem::offset_of!(DiscoveryLogHeader, dlpf) == 18);
+const _: () = assert!(core::mem::offset_of!(DiscoveryLogHeader, tdlpl) == 20);
 
-/// Discovery log page entry (NVMe-oF 1.1 Figure 38), 1024 bytes.
+impl DiscoveryLogHeader {
+    /// Parse the first 1024 bytes of `b`; `None` if it is shorter.
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        Self::read_from_prefix(b).ok().map(|(v, _)| v)
+    }
+}
+
+/// Discovery Log Page Entry, 1024 bytes (NVMe Base 2.1 Figure 294 "Discovery Log Page Entry Data Structure";
+/// NVMe-oF 1.1 §5.4). String fields are
+/// written NUL padded (as Linux nvmet does) and read accepting NUL or space padding (SPDK pads with spaces).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct DiscoveryLogEntry {
-    /// Transport Type.
+    /// Transport Type (TRTYPE): `TRTYPE_*`.
     pub trtype: u8,
-    /// Address Family.
+    /// Address Family (ADRFAM): `ADRFAM_*`.
     pub adrfam: u8,
-    /// Subsystem Type.
+    /// Subsystem Type (SUBTYPE): `SUBTYPE_*`.
     pub subtype: u8,
-    /// Transport Requirements.
+    /// Transport Requirements (TREQ): `TREQ_*`.
     pub treq: u8,
-    /// Port ID.
+    /// Port ID (PORTID).
     pub portid: U16,
-    /// Controller ID (FFFFh: dynamic).
+    /// Controller ID (CNTLID): FFFFh = dynamic controller model (any controller), FFFEh = static.
     pub cntlid: U16,
-    /// Admin Max SQ Size.
+    /// Admin Max SQ Size (ASQSZ).
     pub asqsz: U16,
-    /// Entry Flags.
+    /// Entry Flags (EFLAGS): `EFLAGS_*`.
     pub eflags: U16,
     /// Reserved.
     pub rsvd12: [u8; 20],
-    /// Transport Service Identifier (the TCP port, ASCII).
+    /// Transport Service Identifier (TRSVCID): for TCP the port number in ASCII.
     pub trsvcid: [u8; 32],
     /// Reserved.
     pub rsvd64: [u8; 192],
-    /// Subsystem NQN.
+    /// NVM Subsystem Qualified Name (SUBNQN): the identity hosts connect to, byte for byte.
     pub subnqn: [u8; 256],
-    /// Transport Address (ASCII).
+    /// Transport Address (TRADDR): for TCP the IP address in ASCII.
     pub traddr: [u8; 256],
-    /// Transport Specific Address Subtype (TCP: byte 0 SECTYPE).
+    /// Transport Specific Address Subtype (TSAS): for TCP byte 0 is SECTYPE (`TCP_SECTYPE_*`).
     pub tsas: [u8; 256],
 }
 const _: () = assert!(core::mem::size_of::<DiscoveryLogEntry>() == 1024);
+const _: () = assert!(core::mem::offset_of!(DiscoveryLogEntry, portid) == 4);
+const _: () = assert!(core::mem::offset_of!(DiscoveryLogEntry, cntlid) == 6);
+const _: () = assert!(core::mem::offset_of!(DiscoveryLogEntry, asqsz) == 8);
+const _: () = assert!(core::mem::offset_of!(DiscoveryLogEntry, eflags) == 10);
 const _: () = assert!(core::mem::offset_of!(DiscoveryLogEntry, trsvcid) == 32);
 const _: () = assert!(core::mem::offset_of!(DiscoveryLogEntry, subnqn) == 256);
 const _: () = assert!(core::mem::offset_of!(DiscoveryLogEntry, traddr) == 512);
 const _: () = assert!(core::mem::offset_of!(DiscoveryLogEntry, tsas) == 768);
 
-fn put_str(field: &mut [u8], s: &str) {
-    field.fill(0);
-    let n = s.len().min(field.len());
-    field[..n].copy_from_slice(&s.as_bytes()[..n]);
-}
-
-/// A string field with NUL or space padding removed (SPDK pads with spaces, Linux with NULs).
+/// A string field with its NUL or space padding removed (SPDK pads with spaces, Linux with NULs).
 pub fn field_str(field: &[u8]) -> String {
-    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-    String::from_utf8_lossy(&field[..end]).trim_end_matches(' ').to_string()
+    get_nul_padded(field)
 }
 
 impl DiscoveryLogEntry {
-    /// A TCP entry with NUL-padded strings.
+    /// A TCP entry (TRTYPE 3, SECTYPE none, TREQ and EFLAGS 0) with NUL-padded strings.
     #[allow(clippy::too_many_arguments)]
     pub fn build(
         subtype: u8,
@@ -279,7 +592,6 @@ impl DiscoveryLogEntry {
         traddr: &str,
         adrfam: u8,
     ) -> Self {
-        use zerocopy::FromZeros;
         let mut e = Self::new_zeroed();
         e.trtype = TRTYPE_TCP;
         e.adrfam = adrfam;
@@ -287,20 +599,36 @@ impl DiscoveryLogEntry {
         e.portid.set(portid);
         e.cntlid.set(cntlid);
         e.asqsz.set(asqsz);
-        put_str(&mut e.trsvcid, trsvcid);
-        put_str(&mut e.subnqn, subnqn);
-        put_str(&mut e.traddr, traddr);
+        set_nul_padded(&mut e.trsvcid, trsvcid);
+        set_nul_padded(&mut e.subnqn, subnqn);
+        set_nul_padded(&mut e.traddr, traddr);
         e
     }
-    /// Parse from 1024 bytes.
+    /// Parse the first 1024 bytes of `b`; `None` if it is shorter.
     pub fn from_slice(b: &[u8]) -> Option<Self> {
         Self::read_from_prefix(b).ok().map(|(e, _)| e)
     }
+    /// TRSVCID without padding.
+    pub fn trsvcid_str(&self) -> String {
+        field_str(&self.trsvcid)
+    }
+    /// SUBNQN without padding.
+    pub fn subnqn_str(&self) -> String {
+        field_str(&self.subnqn)
+    }
+    /// TRADDR without padding.
+    pub fn traddr_str(&self) -> String {
+        field_str(&self.traddr)
+    }
+    /// The TCP security type (TSAS byte 0).
+    pub fn tcp_sectype(&self) -> u8 {
+        self.tsas[0]
+    }
 }
 
-/// The whole Discovery log page: header then entries.
+/// The whole Discovery log page: the header (GENCTR `genctr`, NUMREC = the number of entries, RECFMT 0, DLPF
+/// and TDLPL 0) and then the entries.
 pub fn discovery_log_bytes(genctr: u64, entries: &[DiscoveryLogEntry]) -> Vec<u8> {
-    use zerocopy::FromZeros;
     let mut h = DiscoveryLogHeader::new_zeroed();
     h.genctr.set(genctr);
     h.numrec.set(entries.len() as u64);
@@ -312,25 +640,256 @@ pub fn discovery_log_bytes(genctr: u64, entries: &[DiscoveryLogEntry]) -> Vec<u8
     v
 }
 
+/// Parse a Discovery log page read from offset 0: the header and the entries present, at most NUMREC (a
+/// shorter read yields fewer entries). `None` if there is no complete header.
+pub fn parse_discovery_log(b: &[u8]) -> Option<(DiscoveryLogHeader, Vec<DiscoveryLogEntry>)> {
+    let h = DiscoveryLogHeader::from_slice(b)?;
+    let n = usize::try_from(h.numrec.get()).unwrap_or(usize::MAX);
+    let body = b.get(1024..).unwrap_or_default();
+    let entries = body.chunks_exact(1024).take(n).filter_map(DiscoveryLogEntry::from_slice).collect();
+    Some((h, entries))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identify::tests::page;
+
+    #[test]
+    fn lids_and_names() {
+        assert_eq!(log_page_name(LID_DISCOVERY), "Discovery");
+        assert_eq!(log_page_name(0xC0), "Vendor Specific");
+        assert_eq!(log_page_name(0x55), "Unknown log page");
+        assert!(is_vendor_specific(0xFF) && !is_vendor_specific(0xBF));
+    }
+
+    #[test]
+    fn slice_windows() {
+        let full: Vec<u8> = (0..16).collect();
+        assert_eq!(log_page_slice(&full, 4, 4), vec![4, 5, 6, 7]);
+        assert_eq!(log_page_slice(&full, 12, 8), vec![12, 13, 14, 15, 0, 0, 0, 0]);
+        assert_eq!(log_page_slice(&full, 16, 4), vec![0; 4]);
+        assert_eq!(log_page_slice(&full, u64::MAX, 4), vec![0; 4]);
+        assert_eq!(log_page_slice(&full, 0, 0), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn supported_log_pages_golden() {
+        // NVMe Base 2.1 §5.1.12.1.1: dword n describes LID n, LSUPP is bit 0.
+        let p = SupportedLogPages::with(&[LID_SUPPORTED_LOG_PAGES, LID_SMART_HEALTH, 0xC0]);
+        let b = p.as_bytes();
+        assert_eq!(&b[0..4], &[1, 0, 0, 0]);
+        assert_eq!(&b[4..8], &[0, 0, 0, 0]);
+        assert_eq!(&b[8..12], &[1, 0, 0, 0]);
+        assert_eq!(&b[0xC0 * 4..0xC0 * 4 + 4], &[1, 0, 0, 0]);
+        assert!(p.supports(0xC0) && !p.supports(LID_ERROR_INFO));
+        assert_eq!(SupportedLogPages::from_slice(b), Some(p));
+    }
+
+    #[test]
+    fn error_entry_golden() {
+        // NVMe Base 2.1 Figure 205.
+        let mut e = ErrorInformationEntry::new_zeroed();
+        e.error_count.set(7);
+        e.sqid.set(1);
+        e.cid.set(0x1234);
+        e.status.set(0x0281 << 1);
+        e.parameter_error_location.set(0xFFFF);
+        e.lba.set(0x0102_0304_0506_0708);
+        e.nsid.set(1);
+        e.trtype = TRTYPE_TCP;
+        e.opc = 0x01;
+        e.cmd_specific_info.set(9);
+        e.ttsi.set(0xABCD);
+        e.lpver = 1;
+        let b = e.as_bytes();
+        assert_eq!(&b[0..16], &[7, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0x34, 0x12, 0x02, 0x05, 0xFF, 0xFF]);
+        assert_eq!(&b[16..24], &[8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(&b[24..32], &[1, 0, 0, 0, 0, TRTYPE_TCP, 0, 0x01]);
+        assert_eq!(&b[32..42], &[9, 0, 0, 0, 0, 0, 0, 0, 0xCD, 0xAB]);
+        assert_eq!(b[63], 1);
+        assert_eq!(ErrorInformationEntry::from_slice(b), Some(e));
+        // nvmet's error log in captures/linux-host-linux-target.pcap is all zero: 64 empty entries.
+        let empty = ErrorInformationEntry::from_slice(&[0u8; 64]).expect("64 bytes");
+        assert_eq!(empty.error_count.get(), 0);
+    }
+
+    #[test]
+    fn smart_golden() {
+        // NVMe Base 2.1 Figure 206.
+        let mut s = SmartHealthLog::new_zeroed();
+        s.critical_warning = CRIT_WARN_TEMPERATURE;
+        s.composite_temperature.set(300);
+        s.available_spare = 100;
+        s.available_spare_threshold = 10;
+        s.data_units_read = u128_le(1);
+        s.host_read_commands = u128_le(3);
+        s.power_on_hours = u128_le(u128::from(u64::MAX) + 1);
+        s.warning_temp_time.set(5);
+        s.temp_sensors[0].set(301);
+        s.tmt2_total_time.set(8);
+        let b = s.as_bytes();
+        assert_eq!(&b[0..7], &[2, 0x2C, 0x01, 100, 10, 0, 0]);
+        assert_eq!(b[32], 1);
+        assert_eq!(b[64], 3);
+        assert_eq!(&b[128..145], &[0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&b[192..196], &[5, 0, 0, 0]);
+        assert_eq!(&b[200..202], &301u16.to_le_bytes());
+        assert_eq!(&b[228..232], &[8, 0, 0, 0]);
+        assert_eq!(u128_from(&s.power_on_hours), 1 << 64);
+        // nvmet's SMART log from captures/linux-host-linux-target.pcap: 1 data unit read, 3 read commands.
+        let l = SmartHealthLog::from_slice(&page(512, &[(32, &[1]), (64, &[3])])).expect("512 bytes");
+        assert_eq!(u128_from(&l.data_units_read), 1);
+        assert_eq!(u128_from(&l.host_read_commands), 3);
+        assert_eq!(u128_from(&l.host_write_commands), 0);
+    }
+
+    #[test]
+    fn firmware_slot_golden() {
+        // NVMe Base 2.1 §5.1.12.1.4.
+        let mut f = FirmwareSlotInfo::new_zeroed();
+        f.afi = 1;
+        crate::identify::set_ascii(&mut f.frs[0], "hf0.1");
+        crate::identify::set_ascii(&mut f.frs[6], "x");
+        let b = f.as_bytes();
+        assert_eq!(b[0], 1);
+        assert_eq!(&b[8..16], b"hf0.1   ");
+        assert_eq!(&b[56..64], b"x       ");
+        assert_eq!(FirmwareSlotInfo::from_slice(b), Some(f));
+    }
+
+    #[test]
+    fn changed_ns_list_golden() {
+        // NVMe Base 2.1 §5.1.12.1.5.
+        let l = ChangedNamespaceList::build(&[3, 1]);
+        assert_eq!(&l.as_bytes()[..12], &[3, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(l.nsids(), vec![3, 1]);
+        assert!(!l.overflowed());
+        let many: Vec<u32> = (1..=1025).collect();
+        let o = ChangedNamespaceList::build(&many);
+        assert_eq!(&o.as_bytes()[..8], &[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0]);
+        assert!(o.overflowed());
+        assert_eq!(o.nsids(), Vec::<u32>::new());
+        let full: Vec<u32> = (1..=1024).collect();
+        assert_eq!(ChangedNamespaceList::build(&full).nsids(), full);
+    }
+
+    #[test]
+    fn effects_golden_and_linux_nvmet() {
+        // NVMe Base 2.1 §5.1.12.1.6: ACS at byte 4×opcode, IOCS at 1024 + 4×opcode.
+        let mut e = CommandsSupportedAndEffects::new_zeroed();
+        e.acs[0x06].set(EFFECTS_CSUPP);
+        e.iocs[0x01].set(EFFECTS_CSUPP | EFFECTS_LBCC);
+        e.iocs[0x09].set(EFFECTS_CSUPP | EFFECTS_LBCC | (CSE_SINGLE_PER_NS << EFFECTS_CSE_SHIFT));
+        let b = e.as_bytes();
+        assert_eq!(&b[24..28], &[1, 0, 0, 0]);
+        assert_eq!(&b[1028..1032], &[3, 0, 0, 0]);
+        assert_eq!(&b[1060..1064], &[3, 0, 1, 0]);
+        // The page nvmet 6.1 returned in captures/linux-host-linux-target.pcap: CSUPP only.
+        let l = CommandsSupportedAndEffects::from_slice(&page(
+            4096,
+            &[
+                (8, &[1]),
+                (24, &[1]),
+                (32, &[1, 0, 0, 0, 1, 0, 0, 0, 1]),
+                (48, &[1]),
+                (96, &[1]),
+                (1024, &[1, 0, 0, 0, 1, 0, 0, 0, 1]),
+                (1056, &[1, 0, 0, 0, 1]),
+            ],
+        ))
+        .expect("4096 bytes");
+        let admin: Vec<usize> = (0..256).filter(|&op| l.acs[op].get() & EFFECTS_CSUPP != 0).collect();
+        assert_eq!(admin, vec![0x02, 0x06, 0x08, 0x09, 0x0A, 0x0C, 0x18], "log, identify, abort, features, AER, KA");
+        let io: Vec<usize> = (0..256).filter(|&op| l.iocs[op].get() & EFFECTS_CSUPP != 0).collect();
+        assert_eq!(io, vec![0x00, 0x01, 0x02, 0x08, 0x09], "flush, write, read, write zeroes, DSM");
+    }
+
+    /// The discovery log page (both header and entries) nvmet 6.1 returned in
+    /// captures/linux-host-linux-target.pcap (Get Log Page LID 70h, 3072 bytes).
+    fn linux_discovery_log() -> Vec<u8> {
+        page(
+            3072,
+            &[
+                (0, &[0x02]),
+                (8, &[0x02]),
+                (1024, &[0x03, 0x01, 0x03, 0x04, 0x01, 0x00, 0xff, 0xff, 0x20]),
+                (1056, b"4420"),
+                (1280, b"nqn.2014-08.org.nvmexpress.discovery"),
+                (1536, b"10.0.2.15"),
+                (2048, &[0x03, 0x01, 0x02, 0x04, 0x01, 0x00, 0xff, 0xff, 0x20]),
+                (2080, b"4420"),
+                (2304, b"nqn.2014-08.org.kernel:interop"),
+                (2560, b"10.0.2.15"),
+            ],
+        )
+    }
 
     #[test]
     fn discovery_entry_golden() {
-        let e = DiscoveryLogEntry::build(SUBTYPE_NVME, 1, 0xFFFF, 32, "4420", "nqn.x", "127.0.0.1", ADRFAM_IPV4);
+        // NVMe Base 2.1 Figure 294 (NVMe-oF 1.1 §5.4).
+        let mut e = DiscoveryLogEntry::build(SUBTYPE_NVME, 1, 0xFFFF, 32, "4420", "nqn.x", "127.0.0.1", ADRFAM_IPV4);
+        e.treq = TREQ_DISABLE_SQFLOW;
+        e.eflags.set(EFLAGS_EPCSD);
         let b = e.as_bytes();
-        assert_eq!(&b[..10], &[3, 1, 2, 0, 1, 0, 0xFF, 0xFF, 32, 0]);
+        assert_eq!(&b[..12], &[3, 1, 2, 4, 1, 0, 0xFF, 0xFF, 32, 0, 2, 0]);
         assert_eq!(&b[32..37], b"4420\0");
         assert_eq!(&b[256..262], b"nqn.x\0");
-        assert_eq!(&b[512..521], b"127.0.0.1");
+        assert_eq!(&b[512..522], b"127.0.0.1\0");
+        assert_eq!(b[768], TCP_SECTYPE_NONE);
+        assert!(b[522..].iter().all(|&x| x == 0));
         let page = discovery_log_bytes(7, &[e]);
         assert_eq!(page.len(), 2048);
-        assert_eq!(&page[..9], &[7, 0, 0, 0, 0, 0, 0, 0, 1]);
-        let mut spaced = [b' '; 32];
-        spaced[..4].copy_from_slice(b"4420");
-        assert_eq!(field_str(&spaced), "4420");
-        assert_eq!(log_page_slice(&page, 1024, 8), page[1024..1032].to_vec());
-        assert_eq!(log_page_slice(&page, 2040, 16)[8..], [0u8; 8]);
+        assert_eq!(&page[..24], &[7, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&page[1024..], b);
+    }
+
+    #[test]
+    fn discovery_log_matches_linux_nvmet() {
+        let real = linux_discovery_log();
+        let (h, entries) = parse_discovery_log(&real).expect("header");
+        assert_eq!((h.genctr.get(), h.numrec.get(), h.recfmt.get(), h.dlpf, h.tdlpl.get()), (2, 2, 0, 0, 0));
+        assert_eq!(entries.len(), 2);
+        let d = &entries[0];
+        assert_eq!((d.trtype, d.adrfam, d.subtype, d.treq), (TRTYPE_TCP, ADRFAM_IPV4, SUBTYPE_CURRENT_DISCOVERY, 4));
+        assert_eq!((d.portid.get(), d.cntlid.get(), d.asqsz.get(), d.eflags.get()), (1, 0xFFFF, 32, 0));
+        assert_eq!(d.trsvcid_str(), "4420");
+        assert_eq!(d.subnqn_str(), "nqn.2014-08.org.nvmexpress.discovery");
+        assert_eq!(d.traddr_str(), "10.0.2.15");
+        assert_eq!(entries[1].subtype, SUBTYPE_NVME);
+        assert_eq!(entries[1].subnqn_str(), "nqn.2014-08.org.kernel:interop");
+        // Building the same entries reproduces nvmet's bytes exactly.
+        let ours: Vec<DiscoveryLogEntry> = [
+            (SUBTYPE_CURRENT_DISCOVERY, "nqn.2014-08.org.nvmexpress.discovery"),
+            (SUBTYPE_NVME, "nqn.2014-08.org.kernel:interop"),
+        ]
+        .iter()
+        .map(|&(st, nqn)| {
+            let mut e = DiscoveryLogEntry::build(st, 1, 0xFFFF, 32, "4420", nqn, "10.0.2.15", ADRFAM_IPV4);
+            e.treq = TREQ_DISABLE_SQFLOW;
+            e
+        })
+        .collect();
+        assert_eq!(discovery_log_bytes(2, &ours), real);
+    }
+
+    #[test]
+    fn discovery_parsing_is_defensive() {
+        let real = linux_discovery_log();
+        assert_eq!(parse_discovery_log(&real[..1023]), None);
+        let (_, e) = parse_discovery_log(&real[..3071]).expect("header");
+        assert_eq!(e.len(), 1, "a short read yields the complete entries only");
+        let mut lying = real.clone();
+        lying[8] = 0xFF;
+        lying[15] = 0xFF;
+        assert_eq!(parse_discovery_log(&lying).map(|(_, e)| e.len()), Some(2));
+        // SPDK pads TRSVCID and TRADDR with spaces.
+        let mut spaced = DiscoveryLogEntry::build(SUBTYPE_NVME, 1, 0xFFFF, 32, "", "nqn.y", "", ADRFAM_IPV4);
+        spaced.trsvcid = [b' '; 32];
+        spaced.trsvcid[..4].copy_from_slice(b"4420");
+        spaced.traddr = [b' '; 256];
+        spaced.traddr[..8].copy_from_slice(b"10.0.0.1");
+        assert_eq!((spaced.trsvcid_str(), spaced.traddr_str()), ("4420".to_string(), "10.0.0.1".to_string()));
+        assert_eq!(field_str(&[0; 8]), "");
     }
 }
