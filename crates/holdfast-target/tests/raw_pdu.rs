@@ -469,3 +469,24 @@ allow_any_host = true
     assert_eq!(r.dw0.get(), 0x0070_F002, "notice / discovery log page change / log page 70h");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn huge_keep_alive_timer_saturates_instead_of_wrapping() {
+    // Found by fuzzing: CDW11 = FFFFFFFFh once overflowed the rounding to the KAS granularity (a panic in
+    // debug builds, a 4 ms KATO in release).
+    let (server, addr) = start("").await;
+    let (mut a, _) = Conn::admin(addr, NQN, false, false).await;
+    let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+    s.cdw10.set(0x0F);
+    s.cdw11.set(0xFFFF_FFFF);
+    assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+    let mut g = SubmissionEntry::new(admin::GET_FEATURES, 0);
+    g.cdw10.set(0x0F);
+    let (r, _) = a.cmd(g, Bytes::new()).await;
+    assert!(r.dw0.get() >= 0xFFFF_FF00, "KATO {} should saturate, not wrap", r.dw0.get());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ka = SubmissionEntry::new(admin::KEEP_ALIVE, 0);
+    ka.dptr = SglDescriptor::transport(0);
+    assert_eq!(a.cmd(ka, Bytes::new()).await.0.status(), Status::SUCCESS, "the association is still alive");
+    server.stop().await;
+}

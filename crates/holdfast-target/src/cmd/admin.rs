@@ -272,7 +272,8 @@ pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Response {
         fid::KEEP_ALIVE_TIMER => {
             // Round up to the Keep Alive granularity (KAS).
             let g = KAS_100MS as u32 * 100;
-            c.kato_ms.store(v.div_ceil(g) * g, Ordering::Relaxed);
+            c.kato_ms.store(v.div_ceil(g).saturating_mul(g), Ordering::Relaxed);
+            // no wrap to a tiny KATO (found by fuzzing)
         }
         fid::HOST_BEHAVIOR_SUPPORT => {
             if data.len() < 512 {
