@@ -182,6 +182,11 @@ pub async fn send(
 /// Wait for a queued command.
 pub async fn finish(rx: oneshot::Receiver<Result<Completion>>, name: &'static str) -> Result<Completion> {
     let c = rx.await.map_err(|_| Error::NotConnected("the command was dropped".into()))??;
+    status_ok(c, name)
+}
+
+/// A completion with an error status becomes [`Error::Nvme`].
+fn status_ok(c: Completion, name: &'static str) -> Result<Completion> {
     if c.status().is_success() {
         Ok(c)
     } else {
@@ -258,12 +263,7 @@ async fn setup_ok(
     name: &'static str,
     deadline: TInstant,
 ) -> Result<Completion> {
-    let c = setup(tx, sqe, data, data_in, name, deadline).await?;
-    if c.status().is_success() {
-        Ok(c)
-    } else {
-        Err(Error::Nvme { command: name, status: c.status() })
-    }
+    status_ok(setup(tx, sqe, data, data_in, name, deadline).await?, name)
 }
 
 type Exits = (mpsc::UnboundedSender<(usize, QueueExit)>, mpsc::UnboundedReceiver<(usize, QueueExit)>);
@@ -831,9 +831,6 @@ async fn supervise(
     mut exits_rx: mpsc::UnboundedReceiver<(usize, QueueExit)>,
     mut running: usize,
 ) {
-    let ctrl = Controller { inner: sh.clone() };
-    let ctrl_weak = Arc::downgrade(&sh);
-    drop(ctrl);
     loop {
         // Live: wait for the first queue to end.
         let first = exits_rx.recv().await;
@@ -966,9 +963,7 @@ async fn supervise(
                     *lock(&sh.state) = State::Live;
                     let outage = since.elapsed();
                     tracing::info!(addr = %sh.opts.addr, attempts = attempt, reissued, "connection restored after {:.0} ms", outage.as_secs_f64() * 1000.0);
-                    if let Some(inner) = ctrl_weak.upgrade() {
-                        Controller { inner }.start_association_tasks(&assoc);
-                    }
+                    Controller { inner: sh.clone() }.start_association_tasks(&assoc);
                     let _ = sh.events.send(Event::Restored {
                         outage,
                         attempts: attempt,
