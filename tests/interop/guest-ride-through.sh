@@ -10,7 +10,14 @@ mkfs.ext4 -q -F "$dev"; mkdir -p /mnt/t; mount "$dev" /mnt/t
 dd if=/dev/urandom of=/tmp/seed bs=1M count=2 2>/dev/null
 i=0; while [ $i -lt 4 ]; do cp /tmp/seed "/mnt/t/before$i"; i=$((i + 1)); done; sync
 log "writing files while the target is killed and restarted"
-( j=0; while [ ! -f /tmp/stop ]; do dd if=/tmp/seed of="/mnt/t/during$j" bs=1M conv=fsync 2>/dev/null && j=$((j + 1)); done
+# The writer cycles over 16 names (32 MiB), so a fast machine never fills the 128 MiB filesystem; any failed
+# write is reported and fails the scenario (a write error across the outage is exactly what S7 must not see).
+( j=0; while [ ! -f /tmp/stop ]; do
+    if ! dd if=/tmp/seed of="/mnt/t/during$((j % 16))" bs=1M conv=fsync 2>/tmp/dd.err; then
+      echo "write $j failed: $(cat /tmp/dd.err)" >/tmp/writer_failed; break
+    fi
+    j=$((j + 1))
+  done
   echo "$j" >/tmp/during_count ) &
 sleep 1
 t0=$(now)
@@ -18,7 +25,8 @@ rc=0; wait_host || rc=$?
 log "host side done (exit $rc) after $(elapsed "$t0") s; writing on for 2 s"
 sleep 2; touch /tmp/stop; wait
 [ "$rc" = 0 ] || exit "$rc"
-log "$(cat /tmp/during_count) files written across the outage"; sync
+if [ -f /tmp/writer_failed ]; then log "writer: $(cat /tmp/writer_failed)"; df -h /mnt/t; exit 1; fi
+log "$(cat /tmp/during_count) file writes (2 MiB, fsync) across the outage"; sync
 for f in /mnt/t/before* /mnt/t/during*; do cmp /tmp/seed "$f"; done
 umount /mnt/t; mount "$dev" /mnt/t
 for f in /mnt/t/before* /mnt/t/during*; do cmp /tmp/seed "$f"; done
