@@ -128,6 +128,8 @@ struct Shared {
     assoc: Mutex<CancellationToken>,
     /// The current association's keep-alive and event tasks (stopped alone before an orderly shutdown).
     tasks: Mutex<CancellationToken>,
+    /// Adaptive busy polling shared by every queue (None: off).
+    poll: Option<Arc<holdfast_rt::BusyPoll>>,
 }
 
 /// A controller. Cheap to clone.
@@ -283,6 +285,7 @@ async fn start_queue(
     exits: &mpsc::UnboundedSender<(usize, QueueExit)>,
     cancel: &CancellationToken,
     deadline: TInstant,
+    poll: &Option<Arc<holdfast_rt::BusyPoll>>,
 ) -> std::result::Result<(mpsc::Sender<Command>, watch::Sender<bool>, u16), (Error, Option<Slot>)> {
     let timeout = o.connect_timeout.min(deadline.saturating_duration_since(TInstant::now()));
     let conn = match transport::connect(&o.addr, o.hdgst, o.ddgst, max_transfer.max(64 << 10), timeout).await {
@@ -298,6 +301,7 @@ async fn start_queue(
         maxh2cdata: conn.maxh2cdata,
         io_timeout: if qid == 0 { o.io_timeout.max(Duration::from_secs(10)) } else { o.io_timeout },
         addr: o.addr.clone(),
+        poll: poll.clone(),
     };
     let (setup_tx, setup_rx) = mpsc::channel(8);
     let (open_tx, open_rx) = watch::channel(false);
@@ -347,6 +351,7 @@ async fn establish(
         exits,
         &cancel,
         deadline,
+        &sh.poll,
     )
     .await
     {
@@ -479,6 +484,7 @@ async fn establish(
                     exits,
                     &cancel,
                     deadline,
+                    &sh.poll,
                 )
                 .await
                 {
@@ -556,8 +562,12 @@ impl Controller {
             loss_cause: Mutex::new(None),
             assoc: Mutex::new(CancellationToken::new()),
             tasks: Mutex::new(CancellationToken::new()),
+            poll: holdfast_rt::BusyPoll::new(o.busy_poll),
             opts: o,
         });
+        if let Some(p) = &sh.poll {
+            p.spawn();
+        }
         let (exits_tx, mut exits_rx): Exits = mpsc::unbounded_channel();
         let mut started = 0;
         let deadline = TInstant::now() + sh.opts.connect_timeout.max(Duration::from_secs(1)) * 3;

@@ -35,6 +35,10 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Limit for one command (a longer wait is a lost connection).
     pub io_timeout: Duration,
+    /// Adaptive busy polling: after socket activity keep the runtime polling this long instead of sleeping
+    /// (lower latency at the cost of a busy core while I/O flows; see [`holdfast_rt::BusyPoll`]). Zero, the
+    /// default, never spins.
+    pub busy_poll: Duration,
 }
 
 impl ConnectOptions {
@@ -58,6 +62,7 @@ impl ConnectOptions {
             ddgst: false,
             connect_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(30),
+            busy_poll: Duration::ZERO,
         }
     }
 }

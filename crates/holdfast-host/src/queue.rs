@@ -77,6 +77,8 @@ pub struct QueueParams {
     pub io_timeout: Duration,
     /// Target address, for errors.
     pub addr: String,
+    /// Adaptive busy polling, touched on every socket read and write.
+    pub poll: Option<std::sync::Arc<holdfast_rt::BusyPoll>>,
 }
 
 /// Why and how a queue task ended.
@@ -170,6 +172,7 @@ pub async fn run(
                 if let Err(e) = r {
                     break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, io: e });
                 }
+                holdfast_rt::touch(&p.poll);
             }
             r = rd.read_buf(&mut inbuf) => {
                 match r {
@@ -178,7 +181,7 @@ pub async fn run(
                         qid: p.qid,
                         io: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed by the target"),
                     }),
-                    Ok(_) => {}
+                    Ok(_) => holdfast_rt::touch(&p.poll),
                     Err(e) => break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, io: e }),
                 }
                 loop {

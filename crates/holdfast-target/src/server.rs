@@ -23,6 +23,9 @@ impl Server {
     /// Bind every port of `target` and start serving.
     pub async fn start(target: Arc<Target>) -> anyhow::Result<Server> {
         let shutdown = CancellationToken::new();
+        if let Some(p) = &target.busy_poll {
+            p.spawn();
+        }
         let mut bound = Vec::new();
         let mut tasks = Vec::new();
         let ports = target.ports.read().clone();

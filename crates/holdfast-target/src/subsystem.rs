@@ -24,11 +24,14 @@ pub struct TargetSettings {
     pub test_delay_writes: Option<Duration>,
     /// ...every N-th write (1 = all).
     pub test_delay_every: u64,
+    /// Adaptive busy polling: after socket activity the runtime keeps polling for this long instead of
+    /// sleeping (zero: never spin). See [`holdfast_rt::BusyPoll`].
+    pub busy_poll: Duration,
 }
 
 impl Default for TargetSettings {
     fn default() -> Self {
-        TargetSettings { drain: true, test_delay_writes: None, test_delay_every: 1 }
+        TargetSettings { drain: true, test_delay_writes: None, test_delay_every: 1, busy_poll: Duration::ZERO }
     }
 }
 
@@ -226,6 +229,8 @@ pub struct Target {
     pub epoch: Instant,
     /// An announced planned restart: hosts keep I/O queued at least this long (0 = none).
     pub planned_downtime_ms: std::sync::atomic::AtomicU32,
+    /// Busy polling (None: off); the server starts its spinner.
+    pub busy_poll: Option<Arc<holdfast_rt::BusyPoll>>,
 }
 
 fn open_backend(n: &crate::config::NamespaceConfig, settings: &TargetSettings) -> anyhow::Result<Arc<dyn Backend>> {
@@ -301,9 +306,10 @@ impl Target {
             ports: RwLock::new(ports),
             genctr: AtomicU64::new(1),
             instance_id: rand::random::<u64>() | 1,
-            settings,
             epoch: Instant::now(),
             planned_downtime_ms: std::sync::atomic::AtomicU32::new(0),
+            busy_poll: holdfast_rt::BusyPoll::new(settings.busy_poll),
+            settings,
         }))
     }
 

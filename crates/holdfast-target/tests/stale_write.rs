@@ -110,7 +110,8 @@ async fn run(drain: bool) -> u8 {
     )
     .unwrap();
     // The first write (A) is held back; the next one (B) goes straight to the media.
-    let settings = TargetSettings { drain, test_delay_writes: Some(DELAY), test_delay_every: 1000 };
+    let settings =
+        TargetSettings { drain, test_delay_writes: Some(DELAY), test_delay_every: 1000, ..Default::default() };
     let server = Server::start(Target::new(&cfg, settings).unwrap()).await.unwrap();
     let addr = server.bound[0].1;
 

@@ -124,6 +124,7 @@ impl Connection {
         };
         let (mut rd, mut wr) = stream.into_split();
         let mut inbuf = BytesMut::with_capacity(256 * 1024);
+        let poll = c.ctx.target.busy_poll.clone();
         let ic_deadline = tokio::time::Instant::now() + IC_TIMEOUT;
         let mut ic_done = false;
         let close = 'conn: loop {
@@ -164,12 +165,13 @@ impl Connection {
                 }
                 r = wr.write_buf(&mut c.out), if !c.out.is_empty() => {
                     if let Err(e) = r { break Close::Io(e); }
+                    holdfast_rt::touch(&poll);
                 }
                 Some((cid, resp)) = done_rx.recv() => c.complete(cid, resp),
                 Some(ev) = aer => c.send_response(ev.cid, Status::SUCCESS, ev.dw0, 0),
                 r = rd.read_buf(&mut inbuf), if c.out.len() < SEND_HIGH_WATER => match r {
                     Ok(0) => break Close::Normal("connection closed by host"),
-                    Ok(_) => {}
+                    Ok(_) => holdfast_rt::touch(&poll),
                     Err(e) => break Close::Io(e),
                 },
                 _ = tokio::time::sleep_until(ic_deadline), if !ic_done => break Close::Normal("no ICReq in time"),

@@ -56,7 +56,20 @@ impl HostArgs {
     }
 }
 
-/// A current-thread runtime for a short command.
+/// The runtime for a command: one worker thread per CPU this process may run on (its affinity mask, so
+/// `taskset -c 1 holdfast bench` gets one), or `HOLDFAST_WORKER_THREADS`. With a single CPU the runtime is
+/// current-thread: every task runs on the thread that drives the socket, with no cross-thread wake-ups
+/// (an eventfd write and a context switch per hand-off when two workers share one core).
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+    let threads = std::env::var("HOLDFAST_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
+    };
+    Ok(rt)
 }
