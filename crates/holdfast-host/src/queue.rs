@@ -12,7 +12,7 @@ use holdfast_proto::decoder::{DecodeError, PduDecoder};
 use holdfast_proto::digest::digest_bytes;
 use holdfast_proto::pdu::{self, flags, Framing, Pdu, PduType};
 use holdfast_proto::sgl::SglDescriptor;
-use holdfast_proto::{CompletionEntry, Status, SubmissionEntry};
+use holdfast_proto::{CompletionEntry, Reassembly, SendQueue, Status, SubmissionEntry};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -93,7 +93,7 @@ pub struct QueueExit {
 
 struct InFlight {
     cmd: Command,
-    buf: BytesMut,
+    buf: Reassembly,
     started: Instant,
     seq: u64,
 }
@@ -115,7 +115,7 @@ pub async fn run(
     let depth = p.depth.max(1) as usize;
     let mut slots: Vec<Option<InFlight>> = (0..depth).map(|_| None).collect();
     let mut free: Vec<u16> = (0..depth as u16).rev().collect();
-    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut out = SendQueue::new();
     let mut backlog: std::collections::VecDeque<Command> = initial.into();
     let mut setup_backlog: std::collections::VecDeque<Command> = Default::default();
     let mut seq = 0u64;
@@ -160,7 +160,7 @@ pub async fn run(
             let Some(cid) = free.pop() else { break };
             encode_command(&mut out, &p, cid, &cmd);
             seq += 1;
-            slots[cid as usize] = Some(InFlight { buf: BytesMut::new(), cmd, started: Instant::now(), seq });
+            slots[cid as usize] = Some(InFlight { buf: Reassembly::Empty, cmd, started: Instant::now(), seq });
         }
         if !rx_open && free.len() == depth && backlog.is_empty() && setup_backlog.is_empty() && out.is_empty() {
             break None;
@@ -168,12 +168,13 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break Some(Error::NotConnected(format!("queue {} closed by the controller", p.qid))),
-            r = wr.write_buf(&mut out), if !out.is_empty() => {
-                if let Err(e) = r {
-                    break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, io: e });
+            r = write_some(&mut wr, &out), if !out.is_empty() => match r {
+                Ok(n) => {
+                    out.advance(n);
+                    holdfast_rt::touch(&p.poll);
                 }
-                holdfast_rt::touch(&p.poll);
-            }
+                Err(e) => break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, io: e }),
+            },
             r = rd.read_buf(&mut inbuf) => {
                 match r {
                     Ok(0) => break Some(Error::Transport {
@@ -250,7 +251,14 @@ fn timed_out(slots: &[Option<InFlight>], p: &QueueParams) -> Option<Error> {
     })
 }
 
-fn encode_command(out: &mut BytesMut, p: &QueueParams, cid: u16, cmd: &Command) {
+/// Write as much of `q` as the socket takes, in one vectored write.
+async fn write_some(wr: &mut tokio::net::tcp::OwnedWriteHalf, q: &SendQueue) -> std::io::Result<usize> {
+    let mut slices = [std::io::IoSlice::new(&[]); 64];
+    let n = q.io_slices(&mut slices);
+    wr.write_vectored(&slices[..n]).await
+}
+
+fn encode_command(out: &mut SendQueue, p: &QueueParams, cid: u16, cmd: &Command) {
     let mut sqe = cmd.sqe;
     sqe.cid.set(cid);
     // SGLs for data; PSDT must say so (NVMe-oF 1.1 §2.1).
@@ -258,15 +266,15 @@ fn encode_command(out: &mut BytesMut, p: &QueueParams, cid: u16, cmd: &Command) 
     let n = cmd.data_out.len();
     if n > 0 && n <= p.max_incapsule {
         sqe.dptr = SglDescriptor::incapsule(n as u32);
-        pdu::encode_capsule_cmd_header(out, &p.framing, &sqe, n);
-        out.extend_from_slice(&cmd.data_out);
+        pdu::encode_capsule_cmd_header(out.header_buf(), &p.framing, &sqe, n);
+        out.push_data(cmd.data_out.clone());
         if p.framing.ddgst {
-            out.extend_from_slice(&digest_bytes(&cmd.data_out));
+            out.header_buf().extend_from_slice(&digest_bytes(&cmd.data_out));
         }
     } else {
         let len = if n > 0 { n } else { cmd.data_in_len };
         sqe.dptr = SglDescriptor::transport(len as u32);
-        pdu::encode_capsule_cmd_header(out, &p.framing, &sqe, 0);
+        pdu::encode_capsule_cmd_header(out.header_buf(), &p.framing, &sqe, 0);
     }
 }
 
@@ -279,7 +287,7 @@ fn handle_pdu(
     p: &QueueParams,
     slots: &mut [Option<InFlight>],
     free: &mut Vec<u16>,
-    out: &mut BytesMut,
+    out: &mut SendQueue,
 ) -> Result<(), Error> {
     let slot = |slots: &mut [Option<InFlight>], cid: u16| -> Result<usize, Error> {
         match slots.get(cid as usize) {
@@ -290,17 +298,16 @@ fn handle_pdu(
     match pdu {
         Pdu::CapsuleResp(r) => {
             let i = slot(slots, r.cqe.cid())?;
-            if let Some(mut f) = slots[i].take() {
+            if let Some(f) = slots[i].take() {
                 free.push(i as u16);
                 let want = f.cmd.data_in_len;
                 let result = if !r.cqe.status().is_success() || f.buf.len() == want {
-                    Ok(Completion { cqe: r.cqe, data: f.buf.freeze() })
+                    Ok(Completion { cqe: r.cqe, data: f.buf.into_bytes() })
                 } else if p.qid == 0 {
                     // An admin command (Identify, Get Log Page) that transferred less than asked: the rest of
                     // the structure reads as zeroes (reserved or absent), as a shorter page would.
                     tracing::debug!(qid = p.qid, "{} returned {} of {want} bytes", f.cmd.name, f.buf.len());
-                    f.buf.resize(want, 0);
-                    Ok(Completion { cqe: r.cqe, data: f.buf.freeze() })
+                    Ok(Completion { cqe: r.cqe, data: f.buf.into_padded(want) })
                 } else {
                     // A successful read that did not deliver its data must not look like data.
                     Err(protocol(
@@ -325,7 +332,7 @@ fn handle_pdu(
                     ),
                 ));
             }
-            f.buf.extend_from_slice(&d.data);
+            f.buf.push(d.data, f.cmd.data_in_len);
             if d.success {
                 // SUCCESS: the command completed successfully and no CapsuleResp follows (§3.6.2.6).
                 if !d.last || f.buf.len() != f.cmd.data_in_len {
@@ -334,7 +341,7 @@ fn handle_pdu(
                 if let Some(f) = slots[i].take() {
                     free.push(i as u16);
                     let cqe = CompletionEntry::new(d.cccid, Status::SUCCESS, 0);
-                    let _ = f.cmd.reply.send(Ok(Completion { cqe, data: f.buf.freeze() }));
+                    let _ = f.cmd.reply.send(Ok(Completion { cqe, data: f.buf.into_bytes() }));
                 }
             }
         }
@@ -355,7 +362,7 @@ fn handle_pdu(
                 let last = off + n == o + l;
                 let chunk = f.cmd.data_out.slice(off..off + n);
                 pdu::encode_data_header(
-                    out,
+                    out.header_buf(),
                     &p.framing,
                     PduType::H2CData,
                     if last { flags::LAST_PDU } else { 0 },
@@ -364,9 +371,10 @@ fn handle_pdu(
                     off as u32,
                     n as u32,
                 );
-                out.extend_from_slice(&chunk);
-                if p.framing.ddgst {
-                    out.extend_from_slice(&digest_bytes(&chunk));
+                let digest = p.framing.ddgst.then(|| digest_bytes(&chunk));
+                out.push_data(chunk);
+                if let Some(d) = digest {
+                    out.header_buf().extend_from_slice(&d);
                 }
                 off += n;
             }

@@ -9,6 +9,8 @@
 //!   encoding;
 //! - [`decoder::PduDecoder`], the streaming decoder that bounds every length by what was negotiated and
 //!   turns every framing violation into a [`decoder::Fatal`] carrying the TermReq's FES/FEI;
+//! - [`send::SendQueue`], outgoing PDUs arranged for one vectored write, data referenced rather than copied,
+//!   and [`reassembly::Reassembly`], incoming data kept where the decoder left it;
 //! - [`sqe::SubmissionEntry`] and [`cqe::CompletionEntry`] with [`status::Status`];
 //! - the data structures commands carry: [`fabrics`] (Connect, Property Get/Set), [`identify`],
 //!   [`log_page`] (including the discovery log), [`features`], and [`policy`], holdfast's vendor-specific
@@ -30,6 +32,8 @@ pub mod log_page;
 pub mod opcode;
 pub mod pdu;
 pub mod policy;
+pub mod reassembly;
+pub mod send;
 pub mod sgl;
 pub mod sqe;
 pub mod status;
@@ -37,5 +41,7 @@ pub mod status;
 pub use cqe::CompletionEntry;
 pub use decoder::{DecodeError, Fatal, Limits, PduDecoder, Role};
 pub use pdu::{Framing, Pdu, PduType};
+pub use reassembly::Reassembly;
+pub use send::SendQueue;
 pub use sqe::SubmissionEntry;
 pub use status::Status;

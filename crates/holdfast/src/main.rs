@@ -13,6 +13,12 @@ macro_rules! outln {
 
 mod cmd;
 
+/// mimalloc: per-I/O buffers (a 128 KiB read, a receive buffer after its PDUs were split off) come back
+/// from thread-local free lists instead of glibc's mmap/munmap round trips and their page faults (measured
+/// in BENCHMARKS.md and the commit that added it).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// holdfast: an NVMe over Fabrics (TCP) target and host.
 #[derive(Parser)]
 #[command(name = "holdfast", version, about, long_about = None)]

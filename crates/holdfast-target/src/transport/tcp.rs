@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use holdfast_proto::decoder::{DecodeError, Fatal, Limits, PduDecoder, Role};
 use holdfast_proto::digest::digest_bytes;
 use holdfast_proto::pdu::{self, flags, ControllerIcParams, Fes, Framing, Pdu, PduType, TermReq, R2T};
-use holdfast_proto::{CompletionEntry, Status};
+use holdfast_proto::{CompletionEntry, Reassembly, SendQueue, Status};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,7 +60,7 @@ enum Slot {
     /// Waiting for a free R2T buffer.
     Queued(Request),
     /// R2T sent, H2CData arriving.
-    Receiving { req: Request, buf: BytesMut, failed: bool },
+    Receiving { req: Request, buf: Reassembly, failed: bool },
     /// Executing (or held: an AER).
     Executing,
 }
@@ -79,7 +79,7 @@ struct Connection {
     ctx: QueueCtx,
     decoder: PduDecoder,
     framing: Framing,
-    out: BytesMut,
+    out: SendQueue,
     slots: HashMap<u16, Slot>,
     r2t_queue: VecDeque<u16>,
     active_r2t: usize,
@@ -114,7 +114,7 @@ impl Connection {
             },
             decoder: PduDecoder::new(Role::Controller, limits(ADMIN_INCAPSULE)),
             framing: Framing::default(),
-            out: BytesMut::with_capacity(64 * 1024),
+            out: SendQueue::new(),
             slots: HashMap::new(),
             r2t_queue: VecDeque::new(),
             active_r2t: 0,
@@ -163,10 +163,13 @@ impl Connection {
                 _ = async { match &ctrl_cancel { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
                     break Close::Normal("controller torn down");
                 }
-                r = wr.write_buf(&mut c.out), if !c.out.is_empty() => {
-                    if let Err(e) = r { break Close::Io(e); }
-                    holdfast_rt::touch(&poll);
-                }
+                r = write_some(&mut wr, &c.out), if !c.out.is_empty() => match r {
+                    Ok(n) => {
+                        c.out.advance(n);
+                        holdfast_rt::touch(&poll);
+                    }
+                    Err(e) => break Close::Io(e),
+                },
                 Some((cid, resp)) = done_rx.recv() => c.complete(cid, resp),
                 Some(ev) = aer => c.send_response(ev.cid, Status::SUCCESS, ev.dw0, 0),
                 r = rd.read_buf(&mut inbuf), if c.out.len() < SEND_HIGH_WATER => match r {
@@ -184,12 +187,13 @@ impl Connection {
             Close::Fatal(f) => {
                 tracing::warn!(peer = %c.ctx.peer_addr, qid = c.ctx.qid, "fatal transport error, sending C2HTermReq: {f}");
                 let t = TermReq { fes: f.fes as u16, fei: f.fei, data: f.header.clone() };
-                Pdu::C2HTermReq(t).encode(&c.framing, &mut c.out);
+                Pdu::C2HTermReq(t).encode(&c.framing, c.out.header_buf());
                 format!("fatal transport error: {f}")
             }
         };
         if !c.out.is_empty() && !matches!(close, Close::Io(_)) {
-            let _ = tokio::time::timeout(Duration::from_secs(2), wr.write_all(&c.out)).await;
+            let all = c.out.take_all();
+            let _ = tokio::time::timeout(Duration::from_secs(2), wr.write_all(&all)).await;
         }
         let _ = wr.shutdown().await;
         // Commands of this queue that have not reached the media are dropped; those still running are what a
@@ -217,7 +221,7 @@ impl Connection {
                 let params = ControllerIcParams { maxh2cdata: MAXH2CDATA, allow_hdgst: true, allow_ddgst: true };
                 match req.negotiate(&params) {
                     Ok(resp) => {
-                        Pdu::IcResp(resp).encode(&Framing::default(), &mut self.out);
+                        Pdu::IcResp(resp).encode(&Framing::default(), self.out.header_buf());
                         self.decoder.set_negotiated(resp.hdgst, resp.ddgst, resp.cpda);
                         self.framing = Framing { hdgst: resp.hdgst, ddgst: resp.ddgst, pda: req.hpda };
                         Ok(())
@@ -309,9 +313,13 @@ impl Connection {
             let Some(cid) = self.r2t_queue.pop_front() else { return };
             let Some(Slot::Queued(req)) = self.slots.remove(&cid) else { continue };
             let len = req.len;
-            self.slots.insert(cid, Slot::Receiving { req, buf: BytesMut::with_capacity(len), failed: false });
+            self.slots.insert(cid, Slot::Receiving { req, buf: Reassembly::Empty, failed: false });
             self.active_r2t += 1;
-            pdu::encode_r2t(&mut self.out, &self.framing, &R2T { cccid: cid, ttag: cid, r2to: 0, r2tl: len as u32 });
+            pdu::encode_r2t(
+                self.out.header_buf(),
+                &self.framing,
+                &R2T { cccid: cid, ttag: cid, r2to: 0, r2tl: len as u32 },
+            );
         }
     }
 
@@ -350,18 +358,19 @@ impl Connection {
         if buf.len() + data.len() > req.len {
             return Err(Self::fatal(Fes::DataOutOfRange, 0, Bytes::new(), "H2CData beyond the R2T"));
         }
-        buf.extend_from_slice(&data);
         *failed |= digest_failed;
+        buf.push(data, req.len);
         if buf.len() < req.len {
             return Ok(());
         }
         let Some(Slot::Receiving { req, buf, failed }) = self.slots.remove(&ttag) else { return Ok(()) };
+        let data = buf.into_bytes();
         self.active_r2t -= 1;
         self.start_r2ts();
         if failed {
             self.send_response(cccid, Status::TRANSIENT_TRANSPORT_ERROR, 0, 0);
         } else {
-            self.exec(cccid, req, buf.freeze()).await;
+            self.exec(cccid, req, data).await;
         }
         Ok(())
     }
@@ -434,11 +443,13 @@ impl Connection {
             if last && success_flag {
                 f |= flags::SUCCESS;
             }
-            pdu::encode_data_header(&mut self.out, &self.framing, PduType::C2HData, f, cid, 0, off as u32, n as u32);
-            let chunk = &data[off..off + n];
-            self.out.extend_from_slice(chunk);
-            if self.framing.ddgst {
-                self.out.extend_from_slice(&digest_bytes(chunk));
+            let hdr = self.out.header_buf();
+            pdu::encode_data_header(hdr, &self.framing, PduType::C2HData, f, cid, 0, off as u32, n as u32);
+            let chunk = data.slice(off..off + n);
+            let digest = self.framing.ddgst.then(|| digest_bytes(&chunk));
+            self.out.push_data(chunk);
+            if let Some(d) = digest {
+                self.out.header_buf().extend_from_slice(&d);
             }
             off += n;
         }
@@ -461,8 +472,15 @@ impl Connection {
         cqe.dw1.set(dw1);
         cqe.sqhd.set(self.sqhd);
         cqe.sqid.set(self.ctx.qid);
-        pdu::encode_capsule_resp(&mut self.out, &self.framing, &cqe);
+        pdu::encode_capsule_resp(self.out.header_buf(), &self.framing, &cqe);
     }
+}
+
+/// Write as much of `q` as the socket takes, in one vectored write.
+async fn write_some(wr: &mut tokio::net::tcp::OwnedWriteHalf, q: &SendQueue) -> std::io::Result<usize> {
+    let mut slices = [std::io::IoSlice::new(&[]); 64];
+    let n = q.io_slices(&mut slices);
+    wr.write_vectored(&slices[..n]).await
 }
 
 /// Trim or zero-pad response data to the transfer length the command asked for.

@@ -1,0 +1,179 @@
+//! [`SendQueue`]: the bytes waiting to go out on one connection, arranged for one vectored write.
+//!
+//! PDU headers (and digests) are encoded into a small contiguous buffer; PDU data (a read's blocks, a
+//! write's payload) is appended by reference as the [`Bytes`] it already is, never copied. A connection
+//! hands [`SendQueue::io_slices`] to `writev` and reports what was written with [`SendQueue::advance`], so
+//! one system call sends every PDU produced since the last one.
+
+use bytes::{Buf, Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+/// Data shorter than this is copied next to its header rather than queued as its own slice: an extra
+/// iovec costs more than copying a few hundred bytes.
+const COPY_BELOW: usize = 512;
+
+/// Outgoing bytes: encoded headers and referenced data, in order.
+#[derive(Debug, Default)]
+pub struct SendQueue {
+    /// Frozen pieces, in order, ahead of `tail`.
+    chunks: VecDeque<Bytes>,
+    /// Headers encoded since the last data chunk.
+    tail: BytesMut,
+    len: usize,
+}
+
+impl SendQueue {
+    /// An empty queue.
+    pub fn new() -> SendQueue {
+        SendQueue { chunks: VecDeque::new(), tail: BytesMut::with_capacity(16 * 1024), len: 0 }
+    }
+
+    /// Bytes waiting.
+    pub fn len(&self) -> usize {
+        self.len + self.tail.len()
+    }
+
+    /// Nothing waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The buffer PDU headers are encoded into (after everything queued so far).
+    pub fn header_buf(&mut self) -> &mut BytesMut {
+        &mut self.tail
+    }
+
+    /// Append a PDU's data after what is queued, without copying it (short data is copied).
+    pub fn push_data(&mut self, data: Bytes) {
+        if data.len() < COPY_BELOW {
+            self.tail.extend_from_slice(&data);
+            return;
+        }
+        self.seal();
+        self.len += data.len();
+        self.chunks.push_back(data);
+    }
+
+    fn seal(&mut self) {
+        if !self.tail.is_empty() {
+            let t = self.tail.split().freeze();
+            self.len += t.len();
+            self.chunks.push_back(t);
+        }
+    }
+
+    /// Fill `dst` with the waiting bytes in order; returns how many slices were used.
+    pub fn io_slices<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for c in &self.chunks {
+            if n == dst.len() {
+                return n;
+            }
+            dst[n] = IoSlice::new(c);
+            n += 1;
+        }
+        if n < dst.len() && !self.tail.is_empty() {
+            dst[n] = IoSlice::new(&self.tail);
+            n += 1;
+        }
+        n
+    }
+
+    /// `n` bytes were written: drop them.
+    pub fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                let k = n.min(self.tail.len());
+                self.tail.advance(k);
+                return;
+            };
+            let k = n.min(front.len());
+            front.advance(k);
+            self.len -= k;
+            n -= k;
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+    }
+
+    /// Everything waiting, as one contiguous buffer (for a last write before closing), leaving it empty.
+    pub fn take_all(&mut self) -> BytesMut {
+        let mut all = BytesMut::with_capacity(self.len());
+        for c in self.chunks.drain(..) {
+            all.extend_from_slice(&c);
+        }
+        all.extend_from_slice(&self.tail);
+        self.tail.clear();
+        self.len = 0;
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gather(q: &SendQueue) -> Vec<u8> {
+        let mut s = [IoSlice::new(&[]); 64];
+        let n = q.io_slices(&mut s);
+        s[..n].iter().flat_map(|x| x.iter().copied()).collect()
+    }
+
+    #[test]
+    fn order_is_kept_and_large_data_is_not_copied() {
+        let mut q = SendQueue::new();
+        q.header_buf().extend_from_slice(b"h1");
+        let big = Bytes::from(vec![7u8; 4096]);
+        q.push_data(big.clone());
+        q.header_buf().extend_from_slice(b"d1");
+        q.push_data(Bytes::from_static(b"small"));
+        q.header_buf().extend_from_slice(b"h2");
+        assert_eq!(q.len(), 2 + 4096 + 2 + 5 + 2);
+        let mut want = b"h1".to_vec();
+        want.extend_from_slice(&big);
+        want.extend_from_slice(b"d1smallh2");
+        assert_eq!(gather(&q), want);
+        let mut s = [IoSlice::new(&[]); 8];
+        assert_eq!(q.io_slices(&mut s), 3);
+        assert_eq!(s[1].as_ptr(), big.as_ptr(), "the data is referenced, not copied");
+    }
+
+    #[test]
+    fn partial_writes_advance_across_chunks() {
+        let mut q = SendQueue::new();
+        let mut want = Vec::new();
+        for i in 0..10u8 {
+            q.header_buf().extend_from_slice(&[i; 24]);
+            want.extend_from_slice(&[i; 24]);
+            let d = Bytes::from(vec![i.wrapping_mul(3); 1000 + i as usize]);
+            want.extend_from_slice(&d);
+            q.push_data(d);
+        }
+        q.header_buf().extend_from_slice(b"end");
+        want.extend_from_slice(b"end");
+        let mut got = Vec::new();
+        let mut step = 1;
+        while !q.is_empty() {
+            let all = gather(&q);
+            let n = step.min(all.len());
+            got.extend_from_slice(&all[..n]);
+            q.advance(n);
+            step = step * 3 + 1;
+        }
+        assert_eq!(got, want);
+        assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn take_all_concatenates() {
+        let mut q = SendQueue::new();
+        q.header_buf().extend_from_slice(b"a");
+        q.push_data(Bytes::from(vec![1u8; 600]));
+        q.header_buf().extend_from_slice(b"b");
+        let all = q.take_all();
+        assert_eq!(all.len(), 602);
+        assert!(q.is_empty());
+    }
+}
