@@ -160,7 +160,7 @@ pub async fn run(
             let Some(cid) = free.pop() else { break };
             encode_command(&mut out, &p, cid, &cmd);
             seq += 1;
-            slots[cid as usize] = Some(InFlight { buf: Reassembly::Empty, cmd, started: Instant::now(), seq });
+            slots[cid as usize] = Some(InFlight { buf: Reassembly::Empty, cmd, started: now, seq });
         }
         if !rx_open && free.len() == depth && backlog.is_empty() && setup_backlog.is_empty() && out.is_empty() {
             break None;

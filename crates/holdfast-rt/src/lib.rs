@@ -8,7 +8,7 @@
 //! polling its I/O driver without a timeout (by yielding) until `window` has passed with no activity; then it
 //! parks like any other task, and an idle target or host costs no CPU.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -16,9 +16,9 @@ use tokio::sync::Notify;
 /// Adaptive busy polling: spin while I/O was seen within `window`, park otherwise.
 #[derive(Debug)]
 pub struct BusyPoll {
-    window_ns: u64,
-    epoch: Instant,
-    last_ns: AtomicU64,
+    window: Duration,
+    /// Set by [`BusyPoll::touch`], cleared by the spinner: no clock read on the I/O path.
+    activity: AtomicBool,
     parked: AtomicBool,
     wake: Notify,
 }
@@ -31,9 +31,8 @@ impl BusyPoll {
             return None;
         }
         Some(Arc::new(BusyPoll {
-            window_ns: window.as_nanos().min(u64::MAX as u128) as u64,
-            epoch: Instant::now(),
-            last_ns: AtomicU64::new(0),
+            window,
+            activity: AtomicBool::new(false),
             parked: AtomicBool::new(true),
             wake: Notify::new(),
         }))
@@ -43,26 +42,37 @@ impl BusyPoll {
     pub fn spawn(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
+            // When the spinner last saw no activity, if it has seen none since (the clock is read only on
+            // quiet rounds, never while I/O flows).
+            let mut quiet_since: Option<Instant> = None;
             loop {
                 let Some(p) = weak.upgrade() else { return };
-                if p.active() {
-                    drop(p);
-                    // Give the CPU to any other runnable thread first (returns at once on an otherwise idle
-                    // core): a spinner sharing a core with its peer must not hold it for a whole time slice.
-                    std::thread::yield_now();
-                    // Yielding makes the scheduler poll the I/O driver with a zero timeout before it runs
-                    // this task again: the thread never sleeps while I/O is flowing.
-                    tokio::task::yield_now().await;
-                    continue;
+                if p.activity.swap(false, Ordering::Relaxed) {
+                    quiet_since = None;
+                } else {
+                    let now = Instant::now();
+                    let since = *quiet_since.get_or_insert(now);
+                    if now.duration_since(since) >= p.window {
+                        p.parked.store(true, Ordering::SeqCst);
+                        // Activity between the check above and `parked`: go round again rather than miss it.
+                        if p.activity.swap(false, Ordering::SeqCst) {
+                            p.parked.store(false, Ordering::SeqCst);
+                            quiet_since = None;
+                            continue;
+                        }
+                        // Wake up now and then so that a dropped poller ends its task.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), p.wake.notified()).await;
+                        quiet_since = None;
+                        continue;
+                    }
                 }
-                p.parked.store(true, Ordering::SeqCst);
-                // Activity between the check above and `parked`: go round again rather than miss it.
-                if p.active() {
-                    p.parked.store(false, Ordering::SeqCst);
-                    continue;
-                }
-                // Wake up now and then so that a dropped poller ends its task.
-                let _ = tokio::time::timeout(Duration::from_secs(1), p.wake.notified()).await;
+                drop(p);
+                // Give the CPU to any other runnable thread first (returns at once on an otherwise idle
+                // core): a spinner sharing a core with its peer must not hold it for a whole time slice.
+                std::thread::yield_now();
+                // Yielding makes the scheduler poll the I/O driver with a zero timeout before it runs this
+                // task again: the thread never sleeps while I/O is flowing.
+                tokio::task::yield_now().await;
             }
         });
     }
@@ -70,16 +80,16 @@ impl BusyPoll {
     /// Note I/O activity: keep spinning for another window.
     #[inline]
     pub fn touch(&self) {
-        // +1: zero means "never".
-        self.last_ns.store(self.epoch.elapsed().as_nanos() as u64 + 1, Ordering::Relaxed);
+        self.activity.store(true, Ordering::Relaxed);
         if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::SeqCst) {
+            self.activity.store(true, Ordering::SeqCst);
             self.wake.notify_one();
         }
     }
 
-    fn active(&self) -> bool {
-        let last = self.last_ns.load(Ordering::Relaxed);
-        last != 0 && (self.epoch.elapsed().as_nanos() as u64 + 1).saturating_sub(last) < self.window_ns
+    /// True while the spinner is parked (no activity for a window).
+    pub fn is_parked(&self) -> bool {
+        self.parked.load(Ordering::SeqCst)
     }
 }
 
@@ -104,14 +114,19 @@ mod tests {
     async fn spins_within_the_window_and_parks_after_it() {
         let p = BusyPoll::new(Duration::from_millis(50)).unwrap();
         p.spawn();
-        assert!(!p.active());
+        tokio::task::yield_now().await;
+        assert!(p.is_parked(), "no activity yet");
         p.touch();
-        assert!(p.active());
-        assert!(!p.parked.load(Ordering::SeqCst));
-        tokio::time::sleep(Duration::from_millis(120)).await;
-        assert!(!p.active());
-        assert!(p.parked.load(Ordering::SeqCst), "the spinner parks once the window has passed");
+        assert!(!p.is_parked());
+        // Keep touching for a while: it stays awake.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            p.touch();
+            assert!(!p.is_parked());
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(p.is_parked(), "the spinner parks once the window has passed");
         p.touch();
-        assert!(!p.parked.load(Ordering::SeqCst));
+        assert!(!p.is_parked());
     }
 }
