@@ -562,12 +562,9 @@ impl Controller {
             loss_cause: Mutex::new(None),
             assoc: Mutex::new(CancellationToken::new()),
             tasks: Mutex::new(CancellationToken::new()),
-            poll: holdfast_rt::BusyPoll::new(o.busy_poll),
+            poll: o.busy_poll.clone(),
             opts: o,
         });
-        if let Some(p) = &sh.poll {
-            p.spawn();
-        }
         let (exits_tx, mut exits_rx): Exits = mpsc::unbounded_channel();
         let mut started = 0;
         let deadline = TInstant::now() + sh.opts.connect_timeout.max(Duration::from_secs(1)) * 3;

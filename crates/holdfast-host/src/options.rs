@@ -35,10 +35,11 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Limit for one command (a longer wait is a lost connection).
     pub io_timeout: Duration,
-    /// Adaptive busy polling: after socket activity keep the runtime polling this long instead of sleeping
-    /// (lower latency at the cost of a busy core while I/O flows; see [`holdfast_rt::BusyPoll`]). Zero, the
-    /// default, never spins.
-    pub busy_poll: Duration,
+    /// Adaptive busy polling: after socket activity the runtime keeps polling instead of sleeping (lower
+    /// latency at the cost of a busy core while I/O flows; see [`holdfast_rt::BusyPoll`]). Make one with
+    /// `BusyPoll::new(window)`, `spawn()` it on the runtime the controllers run on, and share it among them.
+    /// None, the default, never spins.
+    pub busy_poll: Option<std::sync::Arc<holdfast_rt::BusyPoll>>,
 }
 
 impl ConnectOptions {
@@ -62,7 +63,7 @@ impl ConnectOptions {
             ddgst: false,
             connect_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(30),
-            busy_poll: Duration::ZERO,
+            busy_poll: None,
         }
     }
 }

@@ -175,7 +175,13 @@ pub async fn run(
                 }
                 Err(e) => break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, io: e }),
             },
-            r = rd.read_buf(&mut inbuf) => {
+            r = async {
+                // Room for a useful read (BytesMut would otherwise grow by 64 bytes when full).
+                if inbuf.capacity() - inbuf.len() < 16 * 1024 {
+                    inbuf.reserve(64 * 1024);
+                }
+                rd.read_buf(&mut inbuf).await
+            } => {
                 match r {
                     Ok(0) => break Some(Error::Transport {
                         addr: p.addr.clone(),

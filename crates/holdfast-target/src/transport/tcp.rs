@@ -28,10 +28,14 @@ pub const ADMIN_INCAPSULE: usize = 8192;
 pub const IO_INCAPSULE: usize = 16384;
 /// Largest C2HData PDU we send.
 const MAX_C2H_PDU: usize = 128 * 1024;
-/// Write transfers (R2T buffers) in progress at once per queue: bounds memory per connection.
-const MAX_ACTIVE_R2T: usize = 64;
+/// Bytes of write data solicited (R2T sent, H2CData not yet all in) at once per queue: bounds receive
+/// memory per connection. One transfer (at most MDTS) is always allowed.
+const R2T_BUDGET: usize = 2 << 20;
 /// Stop reading new PDUs while this much is waiting to be sent.
 const SEND_HIGH_WATER: usize = 8 << 20;
+/// Receive buffer: initial size, and what is made free before each read. Larger PDUs grow it (the decoder
+/// reserves a whole PDU once its header is in); the space is reused once the PDUs split off it are dropped.
+const RECV_CHUNK: usize = 64 * 1024;
 /// Time a new connection has to send its ICReq.
 const IC_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -83,6 +87,7 @@ struct Connection {
     slots: HashMap<u16, Slot>,
     r2t_queue: VecDeque<u16>,
     active_r2t: usize,
+    r2t_bytes: usize,
     sqhd: u16,
     done_tx: mpsc::UnboundedSender<(u16, Response)>,
     aer_rx: Option<mpsc::UnboundedReceiver<AerCompletion>>,
@@ -118,12 +123,13 @@ impl Connection {
             slots: HashMap::new(),
             r2t_queue: VecDeque::new(),
             active_r2t: 0,
+            r2t_bytes: 0,
             sqhd: 0,
             done_tx,
             aer_rx: None,
         };
         let (mut rd, mut wr) = stream.into_split();
-        let mut inbuf = BytesMut::with_capacity(256 * 1024);
+        let mut inbuf = BytesMut::with_capacity(RECV_CHUNK);
         let poll = c.ctx.target.busy_poll.clone();
         let ic_deadline = tokio::time::Instant::now() + IC_TIMEOUT;
         let mut ic_done = false;
@@ -172,7 +178,7 @@ impl Connection {
                 },
                 Some((cid, resp)) = done_rx.recv() => c.complete(cid, resp),
                 Some(ev) = aer => c.send_response(ev.cid, Status::SUCCESS, ev.dw0, 0),
-                r = rd.read_buf(&mut inbuf), if c.out.len() < SEND_HIGH_WATER => match r {
+                r = async { reserve_for_read(&mut inbuf); rd.read_buf(&mut inbuf).await }, if c.out.len() < SEND_HIGH_WATER => match r {
                     Ok(0) => break Close::Normal("connection closed by host"),
                     Ok(_) => holdfast_rt::touch(&poll),
                     Err(e) => break Close::Io(e),
@@ -309,10 +315,19 @@ impl Connection {
     /// Send R2Ts for queued writes while buffers are free. One R2T covers the whole transfer; the host
     /// splits it into H2CData PDUs of at most MAXH2CDATA (NVMe/TCP 1.0 §3.6.2.8).
     fn start_r2ts(&mut self) {
-        while self.active_r2t < MAX_ACTIVE_R2T {
-            let Some(cid) = self.r2t_queue.pop_front() else { return };
+        while let Some(&cid) = self.r2t_queue.front() {
+            let Some(Slot::Queued(req)) = self.slots.get(&cid) else {
+                self.r2t_queue.pop_front();
+                continue;
+            };
+            // Bounded receive memory per connection: one transfer always, more within the budget.
+            if self.active_r2t > 0 && self.r2t_bytes + req.len > R2T_BUDGET {
+                return;
+            }
+            self.r2t_queue.pop_front();
             let Some(Slot::Queued(req)) = self.slots.remove(&cid) else { continue };
             let len = req.len;
+            self.r2t_bytes += len;
             self.slots.insert(cid, Slot::Receiving { req, buf: Reassembly::Empty, failed: false });
             self.active_r2t += 1;
             pdu::encode_r2t(
@@ -366,6 +381,7 @@ impl Connection {
         let Some(Slot::Receiving { req, buf, failed }) = self.slots.remove(&ttag) else { return Ok(()) };
         let data = buf.into_bytes();
         self.active_r2t -= 1;
+        self.r2t_bytes -= req.len;
         self.start_r2ts();
         if failed {
             self.send_response(cccid, Status::TRANSIENT_TRANSPORT_ERROR, 0, 0);
@@ -473,6 +489,13 @@ impl Connection {
         cqe.sqhd.set(self.sqhd);
         cqe.sqid.set(self.ctx.qid);
         pdu::encode_capsule_resp(self.out.header_buf(), &self.framing, &cqe);
+    }
+}
+
+/// Make room for a socket read of a useful size (BytesMut would otherwise grow by 64 bytes when full).
+fn reserve_for_read(b: &mut BytesMut) {
+    if b.capacity() - b.len() < RECV_CHUNK / 4 {
+        b.reserve(RECV_CHUNK);
     }
 }
 

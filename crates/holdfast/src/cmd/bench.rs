@@ -53,9 +53,12 @@ pub struct Args {
     /// Outstanding I/Os per queue.
     #[arg(long, default_value_t = 16)]
     qd: u32,
-    /// I/O queues.
+    /// I/O queues (per controller).
     #[arg(long, default_value_t = 1)]
     queues: u16,
+    /// Controllers (associations) to open, each with --queues queues of --qd: for scale tests.
+    #[arg(long, default_value_t = 1)]
+    controllers: u16,
     /// Run time in seconds (default 10 unless --size is given).
     #[arg(long)]
     time: Option<f64>,
@@ -164,9 +167,8 @@ async fn worker(
     seed: u64,
     deadline: Option<Instant>,
     byte_limit: Option<u64>,
-) -> Histogram<u64> {
-    let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
-        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
+    hist: Arc<Mutex<Histogram<u64>>>,
+) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let bs = a.bs as u64;
     let block = ns.block_size as u64;
@@ -274,7 +276,7 @@ async fn worker(
         }
         match result {
             Ok(()) => {
-                let _ = h.record(us);
+                let _ = hist.lock().unwrap_or_else(|p| p.into_inner()).record(us);
                 sh.ops.fetch_add(1, Ordering::Relaxed);
                 sh.bytes.fetch_add(bs, Ordering::Relaxed);
             }
@@ -288,7 +290,6 @@ async fn worker(
             }
         }
     }
-    h
 }
 
 /// Run the benchmark.
@@ -296,15 +297,26 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.qd >= 1 && a.qd <= 1023, "--qd must be 1..=1023");
     anyhow::ensure!(a.queues >= 1 && a.queues <= 64, "--queues must be 1..=64");
     anyhow::ensure!(a.mix <= 100, "--mix is a percentage");
+    anyhow::ensure!(a.controllers >= 1 && a.controllers <= 1024, "--controllers must be 1..=1024");
     let a = Arc::new(a);
     let rt = runtime()?;
     rt.block_on(async move {
         let mut o = a.host.options(&a.nqn);
         o.nr_io_queues = a.queues;
         o.queue_size = (a.qd + 1).clamp(2, 1024) as u16;
-        o.busy_poll = Duration::from_micros(a.busy_poll_us);
-        let c = Controller::connect(o).await?;
-        let ns = Namespace::open(&c, a.nsid).await?;
+        // One poller for every controller: they share this runtime.
+        o.busy_poll = holdfast_rt::BusyPoll::new(Duration::from_micros(a.busy_poll_us));
+        if let Some(p) = &o.busy_poll {
+            p.spawn();
+        }
+        let mut ctrls = Vec::new();
+        let mut nss = Vec::new();
+        for _ in 0..a.controllers {
+            let c = Controller::connect(o.clone()).await?;
+            nss.push(Namespace::open(&c, a.nsid).await?);
+            ctrls.push(c);
+        }
+        let ns = nss[0].clone();
         anyhow::ensure!(a.bs >= ns.block_size && a.bs.is_multiple_of(ns.block_size), "--bs {} is not a multiple of the {}-byte block size", a.bs, ns.block_size);
         let region = a.size.unwrap_or(ns.size()).min(ns.size());
         let units = region / a.bs as u64;
@@ -333,7 +345,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             lost: Mutex::new(None),
         });
         // Outages, from the controller's event stream.
-        let watcher = {
+        let watchers: Vec<_> = ctrls.iter().map(|c| {
             let (sh, mut ev) = (sh.clone(), c.events());
             tokio::spawn(async move {
                 use holdfast_host::controller::Event;
@@ -356,12 +368,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                     }
                 }
             })
-        };
+        }).collect();
         let t0 = Instant::now();
         let mut tasks = Vec::new();
-        for w in 0..(a.qd as usize * a.queues as usize) {
+        // Latency histograms, a few shards shared by the workers (one per worker cost 4096 large histograms
+        // at 256 controllers).
+        let nworkers = a.qd as usize * a.queues as usize * a.controllers as usize;
+        let shards: Vec<Arc<Mutex<Histogram<u64>>>> = (0..nworkers.min(16))
+            .map(|_| Ok(Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?))))
+            .collect::<anyhow::Result<_>>()?;
+        for w in 0..(a.qd as usize * a.queues as usize * a.controllers as usize) {
             let q = w % a.queues as usize;
-            tasks.push(tokio::spawn(worker(ns.clone(), sh.clone(), q, a.clone(), units, a.seed.wrapping_mul(1000).wrapping_add(w as u64), deadline, byte_limit)));
+            let ns = nss[(w / a.queues as usize) % nss.len()].clone();
+            tasks.push(tokio::spawn(worker(ns, sh.clone(), q, a.clone(), units, a.seed.wrapping_mul(1000).wrapping_add(w as u64), deadline, byte_limit, shards[w % shards.len()].clone())));
         }
         let progress = std::io::stderr().is_terminal() && !a.json;
         let ticker = {
@@ -394,11 +413,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 }
             })
         };
-        let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
         for t in tasks {
-            if let Ok(h) = t.await {
-                let _ = hist.add(&h);
-            }
+            let _ = t.await;
+        }
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+        for h in &shards {
+            let _ = hist.add(&*h.lock().unwrap_or_else(|p| p.into_inner()));
         }
         ticker.abort();
         // An outage still going on at the end counts too.
@@ -406,12 +426,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             sh.outages.fetch_add(1, Ordering::Relaxed);
             sh.longest_stall_ms.fetch_max(since.elapsed().as_millis() as u64, Ordering::Relaxed);
         }
-        watcher.abort();
+        for w in &watchers {
+            w.abort();
+        }
         if progress {
             eprintln!();
         }
         let secs = t0.elapsed().as_secs_f64();
-        let _ = c.shutdown().await;
+        for c in &ctrls {
+            let _ = c.shutdown().await;
+        }
         let ops = sh.ops.load(Ordering::Relaxed);
         let bytes = sh.bytes.load(Ordering::Relaxed);
         let errors = sh.errors.load(Ordering::Relaxed);
@@ -420,6 +444,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let q = |p: f64| if hist.is_empty() { 0 } else { hist.value_at_quantile(p) };
         let report = serde_json::json!({
             "workload": format!("{:?}", a.workload).to_lowercase(), "bs": a.bs, "qd": a.qd, "queues": a.queues,
+            "controllers": a.controllers,
             "seconds": (secs * 1000.0).round() / 1000.0, "ops": ops,
             "iops": (ops as f64 / secs).round(), "mbps": ((bytes as f64 / secs / 1e6) * 10.0).round() / 10.0,
             "errors": errors, "verify": a.verify, "verify_mismatches": mismatches,
