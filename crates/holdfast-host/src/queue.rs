@@ -123,6 +123,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(TIMEOUT_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_check = Instant::now() + TIMEOUT_CHECK;
+    let mut recv_hint = 16 * 1024;
 
     let error: Option<Error> = 'run: loop {
         // Command timeouts, checked here as well as on the tick: a socket that is always readable would
@@ -176,9 +177,11 @@ pub async fn run(
                 Err(e) => break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, io: e }),
             },
             r = async {
-                // Room for a useful read (BytesMut would otherwise grow by 64 bytes when full).
-                if inbuf.capacity() - inbuf.len() < 16 * 1024 {
-                    inbuf.reserve(64 * 1024);
+                // Room for a useful read (BytesMut would otherwise grow by 64 bytes when full), and for a
+                // whole data PDU of the size seen lately, so that it lands contiguous without being moved
+                // when the decoder sees its header.
+                if inbuf.capacity() - inbuf.len() < recv_hint {
+                    inbuf.reserve((2 * recv_hint).max(64 * 1024));
                 }
                 rd.read_buf(&mut inbuf).await
             } => {
@@ -194,6 +197,9 @@ pub async fn run(
                 loop {
                     match decoder.decode(&mut inbuf) {
                         Ok(Some(pdu)) => {
+                            if let Pdu::C2HData(d) = &pdu {
+                                recv_hint = recv_hint.max((d.data.len() + 1024).min(MAX_RECV_HINT));
+                            }
                             if let Err(e) = handle_pdu(pdu, &p, &mut slots, &mut free, &mut out) {
                                 break 'run Some(e);
                             }
@@ -244,6 +250,9 @@ pub async fn run(
     let _ = wr.shutdown().await;
     QueueExit { rx, pending, error }
 }
+
+/// Most free receive space kept ahead of a read (bounds memory per queue).
+const MAX_RECV_HINT: usize = 512 * 1024;
 
 /// How often outstanding commands are checked against the command timeout.
 const TIMEOUT_CHECK: Duration = Duration::from_millis(250);

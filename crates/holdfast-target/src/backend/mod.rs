@@ -21,6 +21,17 @@ pub trait Backend: Send + Sync + 'static {
     fn blocking(&self) -> bool;
     /// Read `buf.len()` bytes at `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8], gate: &MediaGate) -> io::Result<()>;
+    /// Read `len` bytes at `offset`, appended to `out`. The default reads into zeroed space; backends that
+    /// can copy straight from their own memory skip the zeroing.
+    fn read_append(&self, offset: u64, len: usize, out: &mut bytes::BytesMut, gate: &MediaGate) -> io::Result<()> {
+        let start = out.len();
+        out.resize(start + len, 0);
+        let r = self.read_at(offset, &mut out[start..], gate);
+        if r.is_err() {
+            out.truncate(start);
+        }
+        r
+    }
     /// Write `data` at `offset`; with `fua`, durable before returning.
     fn write_at(&self, offset: u64, data: &[u8], fua: bool, gate: &MediaGate) -> io::Result<()>;
     /// Make every completed write durable.

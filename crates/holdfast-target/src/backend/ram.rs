@@ -68,6 +68,20 @@ impl Backend for RamBackend {
         }
         Ok(())
     }
+    fn read_append(&self, offset: u64, len: usize, out: &mut bytes::BytesMut, gate: &MediaGate) -> io::Result<()> {
+        self.check_range(offset, len as u64)?;
+        gate.check()?;
+        out.reserve(len);
+        for (idx, within, n, _) in Self::pieces(offset, len as u64) {
+            match &*self.chunks[idx].read() {
+                Some(c) => {
+                    out.extend_from_slice(&c[within..within + n]);
+                }
+                None => out.resize(out.len() + n, 0),
+            }
+        }
+        Ok(())
+    }
     fn write_at(&self, offset: u64, data: &[u8], _fua: bool, gate: &MediaGate) -> io::Result<()> {
         self.check_range(offset, data.len() as u64)?;
         gate.check()?;
@@ -105,6 +119,25 @@ impl Backend for RamBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_append_matches_read_at_across_written_and_unwritten_chunks() {
+        let b = RamBackend::new(3 * CHUNK);
+        let g = MediaGate::open();
+        let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8 + 1).collect();
+        b.write_at(CHUNK - 2048, &data, false, &g).unwrap();
+        let mut want = vec![0u8; 8192];
+        b.read_at(CHUNK - 4096, &mut want, &g).unwrap();
+        let mut out = bytes::BytesMut::from(&b"prefix"[..]);
+        b.read_append(CHUNK - 4096, 8192, &mut out, &g).unwrap();
+        assert_eq!(&out[..6], b"prefix");
+        assert_eq!(&out[6..], &want[..]);
+        assert_eq!(&out[6 + 2048..6 + 6144], &data[..]);
+        // Past the end: an error, nothing appended.
+        let mut out = bytes::BytesMut::new();
+        assert!(b.read_append(3 * CHUNK - 512, 4096, &mut out, &g).is_err());
+        assert!(out.is_empty());
+    }
 
     #[test]
     fn sparse_read_write_across_chunks() {

@@ -84,8 +84,8 @@ fn media_status(e: &io::Error, write: bool) -> Status {
 fn run(exec: Exec, len: usize, data: Bytes, gate: MediaGate, write_through: bool) -> Response {
     let result = match exec {
         Exec::Read { ns, offset } => {
-            let mut buf = BytesMut::zeroed(len);
-            return match ns.backend.read_at(offset, &mut buf, &gate) {
+            let mut buf = BytesMut::with_capacity(len);
+            return match ns.backend.read_append(offset, len, &mut buf, &gate) {
                 Ok(()) => Response::data(buf.freeze()),
                 Err(e) => Response::err(media_status(&e, false)),
             };
