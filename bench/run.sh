@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # bench/run.sh: the benchmark suite. The target is pinned to core 0 and `holdfast bench` to core 1 (RAM
-# namespace, 4 KiB blocks, loopback); iperf3 over loopback with the same pinning is measured in the same run
-# as the reference. Writes BENCHMARKS.md: each figure, its throughput as a ratio of the iperf3 reference, and
-# the change against the previously committed table. Figures are noisy on shared machines: compare ratios.
-#   BENCH_SECONDS (5) per point; BENCH_QUICK=1 runs a reduced matrix.
+# namespace of 1 GiB with 4 KiB blocks, written once before any read so that reads copy real data; loopback);
+# iperf3 over loopback with the same pinning is measured in the same run as the reference. Writes
+# BENCHMARKS.md: each figure with its throughput as a ratio of the iperf3 reference, the change against the
+# previously committed table, a scale table (RSS and IOPS with 1/16/64/256 controllers × 4 queues) and IOPS
+# against the number of queues. Figures are noisy on shared machines: compare ratios taken in one run.
+#   BENCH_SECONDS (5) per point; BENCH_QUICK=1 runs a reduced matrix without the scale tables.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -24,34 +26,89 @@ sleep 0.5
 iperf_gbps=$(taskset -c $hcore iperf3 -c 127.0.0.1 -p "$ip" -t "$secs" -l 128K -J | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9, 2))')
 echo "iperf3 loopback, 1 stream, 128 KiB: $iperf_gbps Gbit/s"
 
-port=$(free_port); nqn=nqn.2026-01.io.holdfast:bench
-taskset -c $tcore "$bin" target --listen "127.0.0.1:$port" --nqn "$nqn" --ram-mib 1024 --block-size 4096 >"$work/target.log" 2>&1 &
-pids+=("$!"); sleep 0.5
+nqn=nqn.2026-01.io.holdfast:bench
+start_target() {  # start_target [extra target flags]: sets $port and $tpid
+  port=$(free_port)
+  taskset -c $tcore "$bin" target --listen "127.0.0.1:$port" --nqn "$nqn" --ram-mib 1024 --block-size 4096 "$@" \
+    >"$work/target.log" 2>&1 &
+  tpid=$!; pids+=("$tpid"); sleep 0.5
+  # Write the whole namespace once: reads then copy real data, as from a filled device.
+  taskset -c $hcore "$bin" bench --addr "127.0.0.1:$port" --nqn "$nqn" --workload write --bs 131072 --qd 16 \
+    --size 1073741824 --json >/dev/null 2>&1
+}
+stop_target() { kill "$tpid" 2>/dev/null; wait "$tpid" 2>/dev/null || true; }
+bench() {  # bench ARGS...: prints the JSON report
+  taskset -c $hcore "$bin" bench --addr "127.0.0.1:$port" --nqn "$nqn" --time "$secs" --size 1073741824 --json "$@" 2>/dev/null
+}
+
 rows=()
-point() {  # point LABEL WORKLOAD BS QD QUEUES [--digests]
+point() {  # point LABEL WORKLOAD BS QD QUEUES [bench flags]
   local label=$1 wl=$2 bs=$3 qd=$4 q=$5; shift 5
-  local j; j=$(taskset -c $hcore "$bin" bench --addr "127.0.0.1:$port" --nqn "$nqn" --workload "$wl" --bs "$bs" --qd "$qd" \
-    --queues "$q" --time "$secs" --size 1073741824 --json "$@")
+  local j; j=$(bench --workload "$wl" --bs "$bs" --qd "$qd" --queues "$q" "$@")
   local line; line=$(python3 -c '
 import json, sys
 d = json.loads(sys.argv[1]); ref = float(sys.argv[2])
 gbps = d["mbps"] * 8 / 1000
-print("| %s | %d | %.1f | %d | %d | %d | %.3f |" % (sys.argv[3], d["iops"], d["mbps"], d["lat_us"]["p50"], d["lat_us"]["p99"], d["errors"], gbps / ref))
+mean = d["qd"] * d["queues"] / d["iops"] * 1e6 if d["iops"] else 0
+print("| %s | %d | %.1f | %.1f | %d | %d | %d | %.3f |" % (sys.argv[3], d["iops"], d["mbps"], mean, d["lat_us"]["p50"], d["lat_us"]["p99"], d["errors"], gbps / ref))
 ' "$j" "$iperf_gbps" "$label")
   echo "$line"; rows+=("$line")
 }
+
+start_target
 point "4 KiB randread QD1" randread 4096 1 1
 point "4 KiB randread QD32" randread 4096 32 1
 point "4 KiB randwrite QD32" randwrite 4096 32 1
 point "128 KiB read QD16" read 131072 16 1
 point "128 KiB write QD16" write 131072 16 1
 if [[ ${BENCH_QUICK:-0} != 1 ]]; then
-  point "4 KiB randread QD128" randread 4096 128 1
   point "4 KiB randwrite QD1" randwrite 4096 1 1
+  point "4 KiB randread QD128" randread 4096 128 1
   point "4 KiB randwrite QD128" randwrite 4096 128 1
   point "4 KiB randread QD32, 2 queues" randread 4096 16 2
+  point "4 KiB randwrite QD32, 2 queues" randwrite 4096 16 2
+  point "128 KiB read QD16, 2 queues" read 131072 8 2
   point "4 KiB randread QD32, digests" randread 4096 32 1 --digests
+  point "4 KiB randwrite QD32, digests" randwrite 4096 32 1 --digests
   point "128 KiB read QD16, digests" read 131072 16 1 --digests
+  point "128 KiB write QD16, digests" write 131072 16 1 --digests
+  point "4 KiB randrw QD16 2 queues --verify" randrw 4096 16 2 --verify
+fi
+stop_target
+if [[ ${BENCH_QUICK:-0} != 1 ]]; then
+  # The same without busy polling on either side.
+  start_target --busy-poll-us 0
+  point "4 KiB randread QD1, no busy polling" randread 4096 1 1 --busy-poll-us 0
+  point "4 KiB randread QD32, no busy polling" randread 4096 32 1 --busy-poll-us 0
+  stop_target
+fi
+
+scale=(); queues=()
+if [[ ${BENCH_QUICK:-0} != 1 ]]; then
+  for n in 1 16 64 256; do
+    start_target
+    j=$(/usr/bin/time -f '%M' -o "$work/host_rss" taskset -c $hcore "$bin" bench --addr "127.0.0.1:$port" --nqn "$nqn" \
+      --workload randread --bs 4096 --qd 4 --queues 4 --controllers "$n" --time "$secs" --json 2>/dev/null)
+    trss=$(awk '/VmHWM/ {print $2}' "/proc/$tpid/status")
+    line=$(python3 -c '
+import json, sys
+d = json.loads(sys.argv[1]); n = int(sys.argv[2])
+print("| %d | %d | %d | %d | %d | %d | %.0f | %.0f |" % (n, n * 5, d["iops"], d["lat_us"]["p50"], d["lat_us"]["p99"], d["errors"], int(sys.argv[3]) / 1024, int(sys.argv[4]) / 1024))
+' "$j" "$n" "$trss" "$(cat "$work/host_rss")")
+    echo "$line"; scale+=("$line")
+    stop_target
+  done
+  start_target
+  for q in 1 2 4 8; do
+    j=$(bench --workload randread --bs 4096 --qd 32 --queues "$q")
+    line=$(python3 -c '
+import json, sys
+d = json.loads(sys.argv[1])
+print("| %d | %d | %d | %d | %d |" % (d["queues"], d["qd"] * d["queues"], d["iops"], d["lat_us"]["p50"], d["lat_us"]["p99"]))
+' "$j")
+    echo "$line"; queues+=("$line")
+  done
+  stop_target
 fi
 
 prev=""; [[ -f BENCHMARKS.md ]] && prev=$(cat BENCHMARKS.md)
@@ -59,13 +116,34 @@ prev=""; [[ -f BENCHMARKS.md ]] && prev=$(cat BENCHMARKS.md)
   echo "# Benchmarks"
   echo
   echo "Produced by \`bench/run.sh\` on $(date -u +%Y-%m-%d) ($(nproc) cores, $(uname -r)): target pinned to core $tcore,"
-  echo "\`holdfast bench\` pinned to core $hcore, RAM namespace with 4 KiB blocks, loopback, $secs s per point."
+  echo "\`holdfast bench\` pinned to core $hcore, RAM namespace of 1 GiB with 4 KiB blocks (written once before the"
+  echo "reads), loopback, $secs s per point, busy polling on (the default: \`--busy-poll-us 200\`) unless a row says otherwise."
   echo "Reference in the same run: iperf3, one stream, 128 KiB writes, same pinning: **$iperf_gbps Gbit/s**."
-  echo "*ratio* = the point's throughput / the iperf3 reference. Numbers on shared machines are noisy: compare ratios."
+  echo "*mean µs* = outstanding I/Os / IOPS (Little's law); *ratio* = the point's throughput / the iperf3 reference."
+  echo "Numbers on shared machines are noisy: compare ratios taken in one run."
   echo
-  echo "| point | IOPS | MB/s | p50 µs | p99 µs | errors | ratio to iperf3 |"
-  echo "|---|---|---|---|---|---|---|"
+  echo "| point | IOPS | MB/s | mean µs | p50 µs | p99 µs | errors | ratio to iperf3 |"
+  echo "|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
+  if [[ ${#scale[@]} -gt 0 ]]; then
+    echo
+    echo "## Scale: controllers × 4 I/O queues, QD 4 per queue, 4 KiB random reads"
+    echo
+    echo "Each controller is one admin and four I/O connections. RSS is the peak (VmHWM of the target, max RSS of"
+    echo "\`holdfast bench\`, which holds every controller)."
+    echo
+    echo "| controllers | connections | IOPS | p50 µs | p99 µs | errors | target RSS MiB | host RSS MiB |"
+    echo "|---|---|---|---|---|---|---|---|"
+    printf '%s\n' "${scale[@]}"
+    echo
+    echo "## IOPS against I/O queues (one controller, QD 32 per queue, 4 KiB random reads)"
+    echo
+    echo "Both sides have one core each, so more queues add outstanding I/O, not CPU."
+    echo
+    echo "| queues | outstanding | IOPS | p50 µs | p99 µs |"
+    echo "|---|---|---|---|---|"
+    printf '%s\n' "${queues[@]}"
+  fi
   if [[ -n $prev ]]; then
     echo
     echo "## Change against the previous table"
@@ -75,7 +153,7 @@ import sys
 prev = {}
 for l in sys.argv[1].splitlines():
     c = [x.strip() for x in l.strip("|").split("|")]
-    if len(c) == 7 and c[1].isdigit():
+    if len(c) >= 7 and c[1].isdigit() and not c[0].isdigit():
         prev[c[0]] = float(c[1])
 print("| point | IOPS before | IOPS now | change |")
 print("|---|---|---|---|")

@@ -153,6 +153,11 @@ pub struct Controller {
     /// Cancelled when the controller is torn down: every queue task exits.
     pub cancel: CancellationToken,
     torn_down: AtomicBool,
+    /// CSTS.RDY, mirrored out of `state` for the I/O path.
+    ready: AtomicBool,
+    /// Volatile write cache disabled (Set Features 06h): writes are made durable before completion.
+    /// Mirrored out of `state` for the I/O path.
+    pub write_through: AtomicBool,
 }
 
 impl Controller {
@@ -195,6 +200,8 @@ impl Controller {
             }),
             cancel: CancellationToken::new(),
             torn_down: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+            write_through: AtomicBool::new(false),
         })
     }
 
@@ -206,7 +213,7 @@ impl Controller {
 
     /// True if enabled and ready.
     pub fn ready(&self) -> bool {
-        self.state.lock().csts & csts::RDY != 0
+        self.ready.load(Ordering::Acquire)
     }
 
     /// True once torn down.
@@ -240,6 +247,7 @@ impl Controller {
             st.csts &= !csts::SHST_MASK;
         }
         st.cc = new;
+        self.ready.store(st.csts & csts::RDY != 0, Ordering::Release);
         Ok(())
     }
 

@@ -251,7 +251,10 @@ pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Response {
             }
             st.features.error_recovery = v;
         }
-        fid::VOLATILE_WRITE_CACHE => st.features.write_cache = v & 1 != 0,
+        fid::VOLATILE_WRITE_CACHE => {
+            st.features.write_cache = v & 1 != 0;
+            c.write_through.store(v & 1 == 0, std::sync::atomic::Ordering::Release);
+        }
         fid::NUMBER_OF_QUEUES => {
             if st.io_queue_connected {
                 return Response::err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());

@@ -146,7 +146,7 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
         Exec::WriteZeroes { ns, .. } | Exec::DatasetManagement { ns, .. } => ns.backend.blocking(),
         _ => false,
     };
-    let write_through = !ctrl.state.lock().features.write_cache;
+    let write_through = ctrl.write_through.load(Ordering::Acquire);
     let gate = ctx.gate.enter();
     let (len, sqid, cid, nsid, slba) = (req.len, ctx.qid, req.sqe.cid(), req.sqe.nsid(), rw::slba(&req.sqe));
     let finish = move |r: Response, ctrl: &Controller| {
