@@ -27,7 +27,7 @@ use holdfast_proto::opcode::{admin as aop, admin_name, fctype_name, io_name, FAB
 use holdfast_proto::policy::{ConnectionPolicy, LID_HOLDFAST_POLICY};
 use holdfast_proto::sqe::get_log_page;
 use holdfast_proto::{Status, SubmissionEntry};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -130,6 +130,19 @@ struct Shared {
     tasks: Mutex<CancellationToken>,
     /// Adaptive busy polling shared by every queue (None: off).
     poll: Option<Arc<holdfast_rt::BusyPoll>>,
+    /// True while new I/O is accepted (live, or reconnecting before fast_io_fail_tmo): the I/O path reads
+    /// this instead of locking `state`. Updated by [`Shared::set_state`].
+    accepting: AtomicBool,
+}
+
+impl Shared {
+    /// Change the state (and what the I/O path sees of it).
+    fn set_state(&self, f: impl FnOnce(&mut State)) {
+        let mut st = lock(&self.state);
+        f(&mut st);
+        let ok = matches!(*st, State::Live | State::Reconnecting { failing_fast: false, .. });
+        self.accepting.store(ok, Ordering::Release);
+    }
 }
 
 /// A controller. Cheap to clone.
@@ -563,6 +576,7 @@ impl Controller {
             assoc: Mutex::new(CancellationToken::new()),
             tasks: Mutex::new(CancellationToken::new()),
             poll: o.busy_poll.clone(),
+            accepting: AtomicBool::new(true),
             opts: o,
         });
         let (exits_tx, mut exits_rx): Exits = mpsc::unbounded_channel();
@@ -664,6 +678,9 @@ impl Controller {
 
     /// Fail fast if the controller is failed, or failing fast.
     fn check(&self) -> Result<()> {
+        if self.inner.accepting.load(Ordering::Acquire) {
+            return Ok(());
+        }
         match &*lock(&self.inner.state) {
             State::Failed { reason } => Err(Error::ControllerLost(reason.clone())),
             State::Reconnecting { failing_fast: true, cause, .. } => {
@@ -800,7 +817,7 @@ impl Controller {
                 tracing::debug!("shutdown notification failed: {e}");
             }
         }
-        *lock(&self.inner.state) = State::Failed { reason: "controller shut down".into() };
+        self.inner.set_state(|s| *s = State::Failed { reason: "controller shut down".into() });
         self.inner.shutdown.cancel();
         Ok(())
     }
@@ -880,7 +897,7 @@ async fn supervise(
             }
         }
         let mut cause = cause;
-        *lock(&sh.state) = State::Reconnecting { attempt: 0, cause: cause.clone(), failing_fast: false };
+        sh.set_state(|s| *s = State::Reconnecting { attempt: 0, cause: cause.clone(), failing_fast: false });
         let _ = sh.events.send(Event::Reconnecting { attempt: 0, cause: cause.clone(), outage: Duration::ZERO });
         let mut attempt = 0u32;
         let mut failing_fast = false;
@@ -893,9 +910,11 @@ async fn supervise(
                     if !failing_fast {
                         failing_fast = true;
                         tracing::warn!(addr = %sh.opts.addr, "fast_io_fail_tmo ({f:?}) passed: failing queued I/O while reconnecting");
-                        if let State::Reconnecting { failing_fast: ff, .. } = &mut *lock(&sh.state) {
-                            *ff = true;
-                        }
+                        sh.set_state(|s| {
+                            if let State::Reconnecting { failing_fast: ff, .. } = s {
+                                *ff = true;
+                            }
+                        });
                         let _ = sh.events.send(Event::FailingFast { outage: elapsed });
                     }
                     let c = cause.clone();
@@ -921,7 +940,7 @@ async fn supervise(
                         }
                     );
                     tracing::error!("controller lost: {reason}");
-                    *lock(&sh.state) = State::Failed { reason: reason.clone() };
+                    sh.set_state(|s| *s = State::Failed { reason: reason.clone() });
                     let r = reason.clone();
                     fail_all(&mut slots, &|| Error::ControllerLost(r.clone()), true);
                     let _ = sh.events.send(Event::Failed { reason });
@@ -967,7 +986,7 @@ async fn supervise(
                 Ok((assoc, restarted)) => {
                     running = started;
                     *lock(&sh.assoc) = assoc.clone();
-                    *lock(&sh.state) = State::Live;
+                    sh.set_state(|s| *s = State::Live);
                     let outage = since.elapsed();
                     tracing::info!(addr = %sh.opts.addr, attempts = attempt, reissued, "connection restored after {:.0} ms", outage.as_secs_f64() * 1000.0);
                     Controller { inner: sh.clone() }.start_association_tasks(&assoc);

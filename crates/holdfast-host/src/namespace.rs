@@ -86,6 +86,12 @@ impl Namespace {
     pub async fn read_on(&self, queue: Option<usize>, lba: u64, blocks: u64) -> Result<Bytes> {
         self.check_range(lba, blocks)?;
         let max = self.max_blocks();
+        if blocks <= max {
+            // One command: no bookkeeping beyond it.
+            let sqe = self.rw_sqe(op::READ, lba, blocks as u32, 0);
+            let rx = self.ctrl.io_send(queue, sqe, Bytes::new(), (blocks * self.block_size as u64) as usize).await?;
+            return Ok(finish(rx, "Read").await?.data);
+        }
         let mut rxs = Vec::new();
         let mut at = lba;
         while at < lba + blocks {
@@ -141,6 +147,11 @@ impl Namespace {
         let blocks = (data.len() / bs) as u64;
         self.check_range(lba, blocks)?;
         let max = self.max_blocks();
+        if blocks <= max {
+            let sqe = self.rw_sqe(op::WRITE, lba, blocks as u32, if fua { rw::FUA } else { 0 });
+            finish(self.ctrl.io_send(queue, sqe, data, 0).await?, "Write").await?;
+            return Ok(());
+        }
         let mut rxs = Vec::new();
         let mut at = 0u64;
         while at < blocks {
