@@ -145,10 +145,22 @@ impl Shared {
     }
 }
 
-/// A controller. Cheap to clone.
+/// A controller. Cheap to clone. When the last clone (and the last [`crate::Namespace`] of it) is dropped
+/// without [`Controller::shutdown`], the controller is closed abruptly: its queues, keep-alive and reconnect
+/// tasks end and anything still queued fails with "controller shut down".
 #[derive(Clone)]
 pub struct Controller {
     inner: Arc<Shared>,
+    _handle: Arc<HandleGuard>,
+}
+
+/// Held only by user handles; the background tasks hold `Shared` itself.
+struct HandleGuard(CancellationToken);
+
+impl Drop for HandleGuard {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -585,8 +597,8 @@ impl Controller {
         match establish(&sh, &mut slots, &exits_tx, &mut started, deadline, true).await {
             Ok((assoc, _)) => {
                 *lock(&sh.assoc) = assoc.clone();
-                let ctrl = Controller { inner: sh.clone() };
-                ctrl.start_association_tasks(&assoc);
+                start_association_tasks(&sh, &assoc);
+                let ctrl = Controller { _handle: Arc::new(HandleGuard(sh.shutdown.clone())), inner: sh.clone() };
                 let _ = sh.events.send(Event::Connected { cntlid: lock(&sh.info).cntlid });
                 tokio::spawn(supervise(sh, slots, exits_tx, exits_rx, started));
                 Ok(ctrl)
@@ -599,81 +611,6 @@ impl Controller {
                 Err(e)
             }
         }
-    }
-
-    /// Keep-alive and asynchronous events for one association.
-    fn start_association_tasks(&self, assoc: &CancellationToken) {
-        let eff = lock(&self.inner.info).effective.clone();
-        let kato = eff.kato.0;
-        let weak = Arc::downgrade(&self.inner);
-        let tasks = assoc.child_token();
-        *lock(&self.inner.tasks) = tasks.clone();
-        let (admin, cancel, lose) = (self.inner.admin.clone(), tasks.clone(), assoc.clone());
-        if !kato.is_zero() {
-            tokio::spawn(async move {
-                // Well inside KATO: a blackholed path is noticed within KATO of the last good exchange.
-                let period = (kato / 3).max(Duration::from_millis(100));
-                loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(period) => {}
-                    }
-                    let ka = SubmissionEntry::new(aop::KEEP_ALIVE, 0);
-                    let r = async {
-                        let rx = send(&admin, ka, Bytes::new(), 0, "Keep Alive", false, false).await?;
-                        finish(rx, "Keep Alive").await
-                    };
-                    let err = tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        r = tokio::time::timeout(kato - period, r) => match r {
-                            Ok(Ok(_)) => continue,
-                            Ok(Err(e)) => format!("Keep Alive failed: {e}"),
-                            Err(_) => format!("no Keep Alive response within KATO ({kato:?})"),
-                        },
-                    };
-                    if let Some(sh) = weak.upgrade() {
-                        lock(&sh.loss_cause).get_or_insert(err);
-                    }
-                    lose.cancel();
-                    return;
-                }
-            });
-        }
-        let (admin, cancel, weak) = (self.inner.admin.clone(), tasks, Arc::downgrade(&self.inner));
-        tokio::spawn(async move {
-            loop {
-                let aer = SubmissionEntry::new(aop::ASYNC_EVENT_REQUEST, 0);
-                let Ok(rx) = send(&admin, aer, Bytes::new(), 0, "Asynchronous Event Request", false, true).await else {
-                    return;
-                };
-                let r = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    r = rx => r,
-                };
-                let Ok(Ok(c)) = r else { return };
-                if !c.status().is_success() {
-                    return;
-                }
-                let ev = holdfast_proto::features::AsyncEvent::from_dword(c.cqe.dw0.get());
-                tracing::info!(
-                    event_type = ev.event_type,
-                    info = ev.info,
-                    log_page = ev.log_page,
-                    "asynchronous event"
-                );
-                // Reading the log page clears the event so the controller may report more.
-                let Ok(page) = get_log_page(&admin, ev.log_page, 0xFFFF_FFFF, 512, 0).await else { continue };
-                if ev.log_page == LID_HOLDFAST_POLICY {
-                    if let (Some(sh), Ok(p)) = (weak.upgrade(), ConnectionPolicy::from_bytes(&page)) {
-                        let eff = policy::resolve(&sh.opts, Some(&p));
-                        eff.log(&sh.opts.addr);
-                        let mut info = lock(&sh.info);
-                        info.policy = Some(p);
-                        info.effective = eff;
-                    }
-                }
-            }
-        });
     }
 
     /// Fail fast if the controller is failed, or failing fast.
@@ -827,6 +764,76 @@ impl Drop for Shared {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Keep-alive and asynchronous events for one association.
+fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
+    let eff = lock(&sh.info).effective.clone();
+    let kato = eff.kato.0;
+    let weak = Arc::downgrade(sh);
+    let tasks = assoc.child_token();
+    *lock(&sh.tasks) = tasks.clone();
+    let (admin, cancel, lose) = (sh.admin.clone(), tasks.clone(), assoc.clone());
+    if !kato.is_zero() {
+        tokio::spawn(async move {
+            // Well inside KATO: a blackholed path is noticed within KATO of the last good exchange.
+            let period = (kato / 3).max(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(period) => {}
+                }
+                let ka = SubmissionEntry::new(aop::KEEP_ALIVE, 0);
+                let r = async {
+                    let rx = send(&admin, ka, Bytes::new(), 0, "Keep Alive", false, false).await?;
+                    finish(rx, "Keep Alive").await
+                };
+                let err = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = tokio::time::timeout(kato - period, r) => match r {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(e)) => format!("Keep Alive failed: {e}"),
+                        Err(_) => format!("no Keep Alive response within KATO ({kato:?})"),
+                    },
+                };
+                if let Some(sh) = weak.upgrade() {
+                    lock(&sh.loss_cause).get_or_insert(err);
+                }
+                lose.cancel();
+                return;
+            }
+        });
+    }
+    let (admin, cancel, weak) = (sh.admin.clone(), tasks, Arc::downgrade(sh));
+    tokio::spawn(async move {
+        loop {
+            let aer = SubmissionEntry::new(aop::ASYNC_EVENT_REQUEST, 0);
+            let Ok(rx) = send(&admin, aer, Bytes::new(), 0, "Asynchronous Event Request", false, true).await else {
+                return;
+            };
+            let r = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = rx => r,
+            };
+            let Ok(Ok(c)) = r else { return };
+            if !c.status().is_success() {
+                return;
+            }
+            let ev = holdfast_proto::features::AsyncEvent::from_dword(c.cqe.dw0.get());
+            tracing::info!(event_type = ev.event_type, info = ev.info, log_page = ev.log_page, "asynchronous event");
+            // Reading the log page clears the event so the controller may report more.
+            let Ok(page) = get_log_page(&admin, ev.log_page, 0xFFFF_FFFF, 512, 0).await else { continue };
+            if ev.log_page == LID_HOLDFAST_POLICY {
+                if let (Some(sh), Ok(p)) = (weak.upgrade(), ConnectionPolicy::from_bytes(&page)) {
+                    let eff = policy::resolve(&sh.opts, Some(&p));
+                    eff.log(&sh.opts.addr);
+                    let mut info = lock(&sh.info);
+                    info.policy = Some(p);
+                    info.effective = eff;
+                }
+            }
+        }
+    });
 }
 
 fn fail_all(slots: &mut [Option<Slot>], err: &dyn Fn() -> Error, close: bool) -> usize {
@@ -989,7 +996,7 @@ async fn supervise(
                     sh.set_state(|s| *s = State::Live);
                     let outage = since.elapsed();
                     tracing::info!(addr = %sh.opts.addr, attempts = attempt, reissued, "connection restored after {:.0} ms", outage.as_secs_f64() * 1000.0);
-                    Controller { inner: sh.clone() }.start_association_tasks(&assoc);
+                    start_association_tasks(&sh, &assoc);
                     let _ = sh.events.send(Event::Restored {
                         outage,
                         attempts: attempt,

@@ -75,6 +75,7 @@ struct State {
     ram: Mutex<Vec<u8>>,
     cc: AtomicU32,
     connections: AtomicU32,
+    closed: Arc<AtomicU32>,
     keep_alives: AtomicU32,
     reads: AtomicU64,
     writes: AtomicU64,
@@ -96,6 +97,7 @@ async fn fake(b: Behaviour) -> Fake {
         ram: Mutex::new(vec![0; NBLOCKS as usize * BS]),
         cc: AtomicU32::new(0),
         connections: AtomicU32::new(0),
+        closed: Arc::new(AtomicU32::new(0)),
         keep_alives: AtomicU32::new(0),
         reads: AtomicU64::new(0),
         writes: AtomicU64::new(0),
@@ -107,7 +109,11 @@ async fn fake(b: Behaviour) -> Fake {
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
             st2.connections.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(serve(s, st2.clone()));
+            let (st3, closed) = (st2.clone(), st2.closed.clone());
+            tokio::spawn(async move {
+                serve(s, st3).await;
+                closed.fetch_add(1, Ordering::Relaxed);
+            });
         }
     });
     Fake { addr, st }
@@ -542,4 +548,29 @@ async fn keep_alive_is_sent_well_inside_kato() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(f.st.keep_alives.load(Ordering::Relaxed) >= 2, "{}", f.st.keep_alives.load(Ordering::Relaxed));
     c.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn dropping_the_last_handle_closes_the_controller() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 2, false);
+    o.kato = Some(Duration::from_millis(600));
+    let c = Controller::connect(o).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    assert_eq!(f.st.connections.load(Ordering::Relaxed), 3);
+    drop(c);
+    // A namespace handle keeps the controller open.
+    ns.write(0, pattern(BS, 3), false).await.unwrap();
+    assert_eq!(f.st.closed.load(Ordering::Relaxed), 0);
+    drop(ns);
+    let t0 = std::time::Instant::now();
+    while f.st.closed.load(Ordering::Relaxed) < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(3), "connections still open after the last handle was dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Nothing reconnects and no keep-alive is sent any more.
+    let ka = f.st.keep_alives.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(f.st.connections.load(Ordering::Relaxed), 3);
+    assert_eq!(f.st.keep_alives.load(Ordering::Relaxed), ka);
 }
