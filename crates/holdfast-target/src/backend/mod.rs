@@ -21,6 +21,11 @@ pub trait Backend: Send + Sync + 'static {
     fn blocking(&self) -> bool;
     /// Read `buf.len()` bytes at `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8], gate: &MediaGate) -> io::Result<()>;
+    /// Read `len` bytes at `offset` as memory the backend shares with the caller (no copy), if it can; None
+    /// to have the caller copy with [`Backend::read_append`]. What is returned never changes afterwards.
+    fn read_shared(&self, _offset: u64, _len: usize, _gate: &MediaGate) -> Option<io::Result<bytes::Bytes>> {
+        None
+    }
     /// Read `len` bytes at `offset`, appended to `out`. The default reads into zeroed space; backends that
     /// can copy straight from their own memory skip the zeroing.
     fn read_append(&self, offset: u64, len: usize, out: &mut bytes::BytesMut, gate: &MediaGate) -> io::Result<()> {

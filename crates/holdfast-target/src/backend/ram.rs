@@ -1,12 +1,23 @@
-//! RAM backend: any size, allocated lazily in 1 MiB chunks (a never-written chunk reads as zeroes and costs
+//! RAM backend: any size, allocated lazily in 128 KiB chunks (a never-written chunk reads as zeroes and costs
 //! nothing), each chunk behind its own lock so that queues never contend on one global lock.
+//!
+//! Chunks are copy-on-write: a read that lies within one chunk returns the chunk's memory itself (a
+//! [`Bytes`] that shares it, no copy), and a write to a chunk that such a read still holds copies the chunk
+//! first, so the read keeps the data as it was when it ran. The chunk size trades the cost of that copy
+//! (rare: only while a response referencing the chunk is being sent) against how many reads fit in one
+//! chunk (every aligned transfer up to 128 KiB).
 
 use super::{Backend, MediaGate};
+use bytes::Bytes;
 use parking_lot::RwLock;
 use std::io;
+use std::sync::Arc;
 
-const CHUNK_SHIFT: u32 = 20;
+const CHUNK_SHIFT: u32 = 17;
 const CHUNK: u64 = 1 << CHUNK_SHIFT;
+
+/// What a never-written chunk reads as.
+static ZEROES: [u8; CHUNK as usize] = [0; CHUNK as usize];
 
 /// A RAM namespace backend.
 pub struct RamBackend {
@@ -14,8 +25,26 @@ pub struct RamBackend {
     chunks: Box<[Chunk]>,
 }
 
-/// One lazily allocated 1 MiB chunk.
-type Chunk = RwLock<Option<Box<[u8]>>>;
+/// One lazily allocated chunk.
+type Chunk = RwLock<Option<Arc<Box<[u8]>>>>;
+
+/// A chunk's memory shared with a response ([`Bytes::from_owner`]).
+struct Shared(Arc<Box<[u8]>>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// The chunk's bytes for writing: in place if nothing else holds it, else a private copy first.
+fn writable(slot: &mut Option<Arc<Box<[u8]>>>) -> &mut [u8] {
+    let arc = slot.get_or_insert_with(|| Arc::new(vec![0u8; CHUNK as usize].into_boxed_slice()));
+    if Arc::get_mut(arc).is_none() {
+        *arc = Arc::new(arc.as_ref().clone());
+    }
+    Arc::get_mut(arc).map(|b| &mut b[..]).unwrap_or_else(|| unreachable!("a fresh Arc is unique"))
+}
 
 impl RamBackend {
     /// A zero-filled backend of `size` bytes.
@@ -68,6 +97,20 @@ impl Backend for RamBackend {
         }
         Ok(())
     }
+    fn read_shared(&self, offset: u64, len: usize, gate: &MediaGate) -> Option<io::Result<Bytes>> {
+        let within = (offset & (CHUNK - 1)) as usize;
+        if len == 0 || within + len > CHUNK as usize {
+            return None; // spans chunks: copied by read_append
+        }
+        if let Err(e) = self.check_range(offset, len as u64).and_then(|_| gate.check()) {
+            return Some(Err(e));
+        }
+        let chunk = self.chunks[(offset >> CHUNK_SHIFT) as usize].read().clone();
+        Some(Ok(match chunk {
+            Some(c) => Bytes::from_owner(Shared(c)).slice(within..within + len),
+            None => Bytes::from_static(&ZEROES[..len]),
+        }))
+    }
     fn read_append(&self, offset: u64, len: usize, out: &mut bytes::BytesMut, gate: &MediaGate) -> io::Result<()> {
         self.check_range(offset, len as u64)?;
         gate.check()?;
@@ -87,8 +130,7 @@ impl Backend for RamBackend {
         gate.check()?;
         for (idx, within, n, pos) in Self::pieces(offset, data.len() as u64) {
             let mut g = self.chunks[idx].write();
-            let c = g.get_or_insert_with(|| vec![0u8; CHUNK as usize].into_boxed_slice());
-            c[within..within + n].copy_from_slice(&data[pos..pos + n]);
+            writable(&mut g)[within..within + n].copy_from_slice(&data[pos..pos + n]);
         }
         Ok(())
     }
@@ -104,9 +146,9 @@ impl Backend for RamBackend {
         for (idx, within, n, _) in Self::pieces(offset, len) {
             let mut g = self.chunks[idx].write();
             if within == 0 && n == CHUNK as usize {
-                *g = None; // a whole chunk: free it
-            } else if let Some(c) = g.as_mut() {
-                c[within..within + n].fill(0);
+                *g = None; // a whole chunk: free it (a response still holding it keeps its copy)
+            } else if g.is_some() {
+                writable(&mut g)[within..within + n].fill(0);
             }
         }
         Ok(())
@@ -137,6 +179,34 @@ mod tests {
         let mut out = bytes::BytesMut::new();
         assert!(b.read_append(3 * CHUNK - 512, 4096, &mut out, &g).is_err());
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn shared_reads_are_snapshots_and_writes_copy_on_write() {
+        let b = RamBackend::new(4 * CHUNK);
+        let g = MediaGate::open();
+        let one = vec![1u8; 8192];
+        b.write_at(CHUNK + 4096, &one, false, &g).unwrap();
+        // Within one chunk: shared, and equal to what read_at gives.
+        let r = b.read_shared(CHUNK + 4096, 8192, &g).unwrap().unwrap();
+        assert_eq!(&r[..], &one[..]);
+        // A write while the read is held does not change the read; a new read sees the write.
+        b.write_at(CHUNK + 4096, &[2u8; 4096], false, &g).unwrap();
+        b.deallocate(CHUNK + 8192, 4096, &g).unwrap();
+        assert_eq!(&r[..], &one[..], "an earlier read is a snapshot");
+        let r2 = b.read_shared(CHUNK + 4096, 8192, &g).unwrap().unwrap();
+        assert_eq!(&r2[..4096], &[2u8; 4096][..]);
+        assert_eq!(&r2[4096..], &[0u8; 4096][..]);
+        // Freeing the whole chunk while a read holds it.
+        b.deallocate(CHUNK, CHUNK, &g).unwrap();
+        assert_eq!(&r2[..4096], &[2u8; 4096][..]);
+        assert!(b.read_shared(CHUNK, 4096, &g).unwrap().unwrap().iter().all(|&x| x == 0));
+        // Spanning two chunks: not shared (the caller copies); out of range: an error.
+        assert!(b.read_shared(CHUNK - 512, 1024, &g).is_none());
+        assert!(b.read_shared(4 * CHUNK - 512, 512, &g).unwrap().is_ok());
+        assert!(RamBackend::new(CHUNK / 2).read_shared(CHUNK / 2 - 512, 1024, &g).unwrap().is_err());
+        // Unwritten: zeroes.
+        assert!(b.read_shared(3 * CHUNK, 4096, &g).unwrap().unwrap().iter().all(|&x| x == 0));
     }
 
     #[test]

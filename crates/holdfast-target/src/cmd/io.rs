@@ -84,6 +84,12 @@ fn media_status(e: &io::Error, write: bool) -> Status {
 fn run(exec: Exec, len: usize, data: Bytes, gate: MediaGate, write_through: bool) -> Response {
     let result = match exec {
         Exec::Read { ns, offset } => {
+            if let Some(r) = ns.backend.read_shared(offset, len, &gate) {
+                return match r {
+                    Ok(data) => Response::data(data),
+                    Err(e) => Response::err(media_status(&e, false)),
+                };
+            }
             let mut buf = BytesMut::with_capacity(len);
             return match ns.backend.read_append(offset, len, &mut buf, &gate) {
                 Ok(()) => Response::data(buf.freeze()),
