@@ -7,12 +7,15 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A file-backed namespace.
 pub struct FileBackend {
     file: File,
     path: PathBuf,
     size: u64,
+    /// preadv2(RWF_NOWAIT) works here (cleared if the kernel or filesystem refuses it).
+    nowait: AtomicBool,
 }
 
 impl FileBackend {
@@ -33,7 +36,7 @@ impl FileBackend {
             Some(s) => s,
             None => cur,
         };
-        Ok(FileBackend { file, path: path.to_owned(), size })
+        Ok(FileBackend { file, path: path.to_owned(), size, nowait: AtomicBool::new(true) })
     }
 }
 
@@ -71,6 +74,31 @@ impl Backend for FileBackend {
             }
         }
         Ok(())
+    }
+    fn read_nowait(&self, offset: u64, len: usize, gate: &MediaGate) -> Option<io::Result<bytes::Bytes>> {
+        if !self.nowait.load(Ordering::Relaxed) || len == 0 || offset.saturating_add(len as u64) > self.size {
+            return None;
+        }
+        if let Err(e) = gate.check() {
+            return Some(Err(e));
+        }
+        let mut buf = bytes::BytesMut::zeroed(len);
+        let iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: len };
+        // SAFETY: `iov` describes `buf`, valid and writable for `len` bytes for the whole call; the file
+        // descriptor is owned by `self.file` and open.
+        let n = unsafe {
+            libc::preadv2(std::os::fd::AsRawFd::as_raw_fd(&self.file), &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT)
+        };
+        if n == len as isize {
+            return Some(Ok(buf.freeze()));
+        }
+        if n < 0 {
+            let e = io::Error::last_os_error().raw_os_error();
+            if e == Some(libc::EOPNOTSUPP) || e == Some(libc::EINVAL) || e == Some(libc::ENOSYS) {
+                self.nowait.store(false, Ordering::Relaxed);
+            }
+        }
+        None // not (all) in the page cache, or a short file: the blocking pool reads it
     }
     fn write_at(&self, offset: u64, data: &[u8], fua: bool, gate: &MediaGate) -> io::Result<()> {
         gate.check()?;
@@ -133,6 +161,21 @@ impl Backend for FileBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_nowait_answers_from_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = FileBackend::open(&dir.path().join("ns.img"), Some(1 << 20)).unwrap();
+        let g = MediaGate::open();
+        let data: Vec<u8> = (0..8192u32).map(|i| (i % 253) as u8).collect();
+        b.write_at(4096, &data, false, &g).unwrap();
+        match b.read_nowait(4096, 8192, &g) {
+            Some(r) => assert_eq!(&r.unwrap()[..], &data[..]),
+            // Only acceptable where the kernel or filesystem has no RWF_NOWAIT.
+            None => assert!(!b.nowait.load(Ordering::Relaxed), "cached data not read without blocking"),
+        }
+        assert!(b.read_nowait((1 << 20) - 4096, 8192, &g).is_none(), "past the end: the blocking path answers");
+    }
 
     #[test]
     fn persists_across_reopen() {

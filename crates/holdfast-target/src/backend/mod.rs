@@ -26,6 +26,11 @@ pub trait Backend: Send + Sync + 'static {
     fn read_shared(&self, _offset: u64, _len: usize, _gate: &MediaGate) -> Option<io::Result<bytes::Bytes>> {
         None
     }
+    /// For a blocking backend: read `len` bytes at `offset` only if that cannot block (the data is cached),
+    /// so the network task can answer at once; None to run the read on the blocking pool.
+    fn read_nowait(&self, _offset: u64, _len: usize, _gate: &MediaGate) -> Option<io::Result<bytes::Bytes>> {
+        None
+    }
     /// Read `len` bytes at `offset`, appended to `out`. The default reads into zeroed space; backends that
     /// can copy straight from their own memory skip the zeroing.
     fn read_append(&self, offset: u64, len: usize, out: &mut bytes::BytesMut, gate: &MediaGate) -> io::Result<()> {

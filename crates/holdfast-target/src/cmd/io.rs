@@ -163,6 +163,16 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
         r
     };
     if blocking {
+        // A read the page cache can answer at once is answered here, without the blocking pool's hand-off.
+        if let Exec::Read { ns, offset } = &req.exec {
+            if let Some(r) = ns.backend.read_nowait(*offset, len, &gate) {
+                let r = match r {
+                    Ok(data) => Response::data(data),
+                    Err(e) => Response::err(media_status(&e, false)),
+                };
+                return Outcome::Done(finish(r, &ctrl));
+            }
+        }
         Outcome::Later(Box::pin(async move {
             let r = tokio::task::spawn_blocking(move || run(req.exec, len, data, gate, write_through))
                 .await
