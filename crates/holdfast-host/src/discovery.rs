@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::options::ConnectOptions;
 use holdfast_proto::fabrics::DISCOVERY_NQN;
 use holdfast_proto::log_page::{field_str, DiscoveryLogEntry, LID_DISCOVERY};
+use holdfast_proto::policy::{ConnectionPolicy, LID_HOLDFAST_POLICY};
 
 /// One discovery log entry, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,13 +60,24 @@ impl DiscoveryEntry {
 
 /// Read the discovery log of the discovery controller at `opts.addr` (the subsystem NQN is ignored).
 /// The log is read again if its generation counter changes while it is read.
-pub async fn discover(mut opts: ConnectOptions) -> Result<Vec<DiscoveryEntry>> {
+pub async fn discover(opts: ConnectOptions) -> Result<Vec<DiscoveryEntry>> {
+    Ok(discover_with_policy(opts).await?.0)
+}
+
+/// [`discover`], and the connection policy the discovery controller advertises (holdfast's vendor log
+/// page; None from a target that has none).
+pub async fn discover_with_policy(mut opts: ConnectOptions) -> Result<(Vec<DiscoveryEntry>, Option<ConnectionPolicy>)> {
     opts.subnqn = DISCOVERY_NQN.into();
     opts.nr_io_queues = 0;
     let ctrl = Controller::connect(opts).await?;
     let r = read_log(&ctrl).await;
+    // Another target answers Invalid Log Page: no policy, not an error.
+    let policy = match get_log_page(ctrl.admin_queue(), LID_HOLDFAST_POLICY, 0, 512, 0).await {
+        Ok(page) => ConnectionPolicy::from_bytes(&page).ok(),
+        Err(_) => None,
+    };
     let _ = ctrl.shutdown().await;
-    r
+    Ok((r?, policy))
 }
 
 /// A little-endian u64 at `at`, 0 if the buffer is short (never a panic on peer data).

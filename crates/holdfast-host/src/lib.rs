@@ -18,7 +18,7 @@ pub mod queue;
 pub mod transport;
 
 pub use controller::Controller;
-pub use discovery::{discover, DiscoveryEntry};
+pub use discovery::{discover, discover_with_policy, DiscoveryEntry};
 pub use error::{Error, Result};
 pub use namespace::Namespace;
 pub use options::ConnectOptions;

@@ -81,10 +81,12 @@ fn closed_port_and_wrong_nqn_give_one_clear_line_quickly() {
 
 #[test]
 fn discover_identify_write_read_and_bench_verify() {
-    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "32", "--block-size", "4096"]);
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "32", "--block-size", "4096", "--ctrl-loss-tmo-ms", "7000"]);
     let (rc, out, err) = holdfast(&["discover", &t.addr(), "--json"]);
     assert_eq!(rc, 0, "{err}");
     assert!(out.contains(NQN) && out.contains("current discovery subsystem"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["policy"]["ctrl_loss_tmo_ms"], 7000, "the discovery controller advertises the policy: {out}");
     let (rc, out, err) = holdfast(&["identify", "--addr", &t.addr(), "--nqn", NQN, "--nsid", "1", "--json"]);
     assert_eq!(rc, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

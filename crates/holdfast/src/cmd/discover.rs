@@ -2,7 +2,7 @@
 
 use super::common::runtime;
 use clap::Args as ClapArgs;
-use holdfast_host::{discover, ConnectOptions};
+use holdfast_host::{discover_with_policy, ConnectOptions};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         o.hostnqn = h;
     }
     o.connect_timeout = Duration::from_millis(a.connect_timeout_ms);
-    let entries = runtime()?.block_on(discover(o))?;
+    let (entries, policy) = runtime()?.block_on(discover_with_policy(o))?;
     if a.json {
         let v: Vec<_> = entries
             .iter()
@@ -42,7 +42,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 })
             })
             .collect();
-        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "records": v }))?);
+        let policy = policy.map(|p| {
+            serde_json::json!({
+                "instance_id": format!("{:016x}", p.instance_id), "generation": p.generation, "kato_ms": p.kato_ms,
+                "reconnect_delay_ms": p.reconnect_delay_ms, "reconnect_delay_max_ms": p.reconnect_delay_max_ms,
+                "ctrl_loss_tmo_ms": p.ctrl_loss_tmo_ms, "fast_io_fail_tmo_ms": p.fast_io_fail_tmo_ms,
+                "cqt_ms": p.cqt_ms, "planned_downtime_ms": p.planned_downtime_ms,
+            })
+        });
+        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "records": v, "policy": policy }))?);
     } else {
         outln!("Discovery log of {}: {} record(s)", a.addr, entries.len());
         for (i, e) in entries.iter().enumerate() {
@@ -52,6 +60,25 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             outln!("trsvcid: {}", e.trsvcid);
             outln!("subnqn:  {}", e.subnqn);
             outln!("portid:  {}  cntlid: {:#x}  asqsz: {}  treq: {:#x}", e.portid, e.cntlid, e.asqsz, e.treq);
+        }
+        match policy {
+            Some(p) => outln!(
+                "connection policy (discovery controller): kato {} ms, reconnect delay {}..{} ms, ctrl_loss_tmo {}, \
+                 fast_io_fail_tmo {}, cqt {} ms, planned downtime {} ms, instance {:016x}",
+                p.kato_ms,
+                p.reconnect_delay_ms,
+                p.reconnect_delay_max_ms,
+                if p.ctrl_loss_tmo_ms == holdfast_proto::policy::CTRL_LOSS_NEVER {
+                    "never".to_string()
+                } else {
+                    format!("{} ms", p.ctrl_loss_tmo_ms)
+                },
+                if p.fast_io_fail_tmo_ms == 0 { "off".to_string() } else { format!("{} ms", p.fast_io_fail_tmo_ms) },
+                p.cqt_ms,
+                p.planned_downtime_ms,
+                p.instance_id
+            ),
+            None => outln!("connection policy: none advertised"),
         }
     }
     Ok(ExitCode::SUCCESS)
