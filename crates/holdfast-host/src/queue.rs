@@ -169,7 +169,7 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break Some(Error::NotConnected(format!("queue {} closed by the controller", p.qid))),
-            r = write_some(&mut wr, &out), if !out.is_empty() => match r {
+            r = holdfast_rt::write_some(&mut wr, &out), if !out.is_empty() => match r {
                 Ok(n) => {
                     out.advance(n);
                     holdfast_rt::touch(&p.poll);
@@ -264,13 +264,6 @@ fn timed_out(slots: &[Option<InFlight>], p: &QueueParams) -> Option<Error> {
         what: format!("{} (queue {}, no completion)", oldest.cmd.name, p.qid),
         after: p.io_timeout,
     })
-}
-
-/// Write as much of `q` as the socket takes, in one vectored write.
-async fn write_some(wr: &mut tokio::net::tcp::OwnedWriteHalf, q: &SendQueue) -> std::io::Result<usize> {
-    let mut slices = [std::io::IoSlice::new(&[]); 64];
-    let n = q.io_slices(&mut slices);
-    wr.write_vectored(&slices[..n]).await
 }
 
 fn encode_command(out: &mut SendQueue, p: &QueueParams, cid: u16, cmd: &Command) {

@@ -7,7 +7,10 @@
 //! there is I/O: every socket read or write calls [`BusyPoll::touch`], and a spinner task keeps the runtime
 //! polling its I/O driver without a timeout (by yielding) until `window` has passed with no activity; then it
 //! parks like any other task, and an idle target or host costs no CPU.
+//!
+//! [`write_some`] sends a connection's [`SendQueue`] with one vectored write.
 
+use holdfast_proto::SendQueue;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,6 +94,14 @@ impl BusyPoll {
     pub fn is_parked(&self) -> bool {
         self.parked.load(Ordering::SeqCst)
     }
+}
+
+/// Write as much of `q` as the socket takes, in one vectored write; the caller advances `q` by the result.
+pub async fn write_some<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, q: &SendQueue) -> std::io::Result<usize> {
+    use tokio::io::AsyncWriteExt;
+    let mut slices = [std::io::IoSlice::new(&[]); 64];
+    let n = q.io_slices(&mut slices);
+    w.write_vectored(&slices[..n]).await
 }
 
 /// Touch `p` if there is one.

@@ -169,7 +169,7 @@ impl Connection {
                 _ = async { match &ctrl_cancel { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
                     break Close::Normal("controller torn down");
                 }
-                r = write_some(&mut wr, &c.out), if !c.out.is_empty() => match r {
+                r = holdfast_rt::write_some(&mut wr, &c.out), if !c.out.is_empty() => match r {
                     Ok(n) => {
                         c.out.advance(n);
                         holdfast_rt::touch(&poll);
@@ -497,13 +497,6 @@ fn reserve_for_read(b: &mut BytesMut) {
     if b.capacity() - b.len() < RECV_CHUNK / 4 {
         b.reserve(RECV_CHUNK);
     }
-}
-
-/// Write as much of `q` as the socket takes, in one vectored write.
-async fn write_some(wr: &mut tokio::net::tcp::OwnedWriteHalf, q: &SendQueue) -> std::io::Result<usize> {
-    let mut slices = [std::io::IoSlice::new(&[]); 64];
-    let n = q.io_slices(&mut slices);
-    wr.write_vectored(&slices[..n]).await
 }
 
 /// Trim or zero-pad response data to the transfer length the command asked for.
