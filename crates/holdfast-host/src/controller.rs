@@ -1018,7 +1018,7 @@ async fn supervise(
                         drop(drop_);
                     }
                     tracing::info!(addr = %sh.opts.addr, attempt, "reconnect attempt failed: {e}");
-                    next_try = Instant::now() + lock(&sh.info).effective.delay(attempt);
+                    next_try = Instant::now() + lock(&sh.info).effective.retry_delay(attempt, since.elapsed());
                     cause = e.to_string();
                     if let State::Reconnecting { cause: c, .. } = &mut *lock(&sh.state) {
                         *c = cause.clone();

@@ -106,6 +106,17 @@ impl Effective {
         let d = self.reconnect_delay.0.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
         d.min(self.reconnect_delay_max.0)
     }
+    /// The delay before the next attempt after attempt `n` failed, `outage` into the outage. Inside an
+    /// announced planned downtime the target said it is coming back, so the host keeps trying at the first
+    /// delay instead of backing off (backing off to the cap could leave it waiting up to
+    /// reconnect_delay_max after the target is back); past it, [`Effective::delay`].
+    pub fn retry_delay(&self, attempt: u32, outage: Duration) -> Duration {
+        if outage < self.planned_downtime {
+            self.reconnect_delay.0.min(self.reconnect_delay_max.0)
+        } else {
+            self.delay(attempt)
+        }
+    }
     /// True if every value is holdfast's default (nothing advertised, nothing overridden).
     pub fn all_default(&self) -> bool {
         [self.kato.1, self.reconnect_delay.1, self.reconnect_delay_max.1, self.ctrl_loss_tmo.1, self.fast_io_fail_tmo.1]
@@ -166,5 +177,9 @@ mod tests {
         let e = resolve(&o, Some(&ConnectionPolicy { planned_downtime_ms: 20_000, ..adv }));
         assert_eq!(e.ctrl_loss_tmo, (Some(Duration::from_secs(1)), Source::Host));
         assert_eq!(e.loss_limit(), Some(Duration::from_secs(20)), "a planned window outlasts ctrl_loss_tmo");
+        // Inside the planned window: no backoff; after it, the usual doubling.
+        assert_eq!(e.retry_delay(5, Duration::from_secs(12)), Duration::from_millis(500));
+        assert_eq!(e.retry_delay(5, Duration::from_secs(21)), Duration::from_millis(4000));
+        assert_eq!(resolve(&o, Some(&adv)).retry_delay(5, Duration::from_secs(12)), Duration::from_millis(4000));
     }
 }
