@@ -1,6 +1,7 @@
 //! NVM command set I/O commands (NVM Command Set Specification 1.0 §3): Read, Write (FUA), Flush, Write
-//! Zeroes (DEAC), Dataset Management (deallocate). Blocking backends run on tokio's blocking pool; the RAM
-//! backend runs inline on the queue's task.
+//! Zeroes (DEAC), Dataset Management (deallocate). Blocking backends run on tokio's blocking pool (a file
+//! read the page cache can answer runs inline); the RAM backend runs inline on the queue's task, and its
+//! reads are sent from its own memory (`Backend::read_shared`).
 
 use crate::backend::MediaGate;
 use crate::controller::Controller;
