@@ -75,7 +75,7 @@ impl Backend for FileBackend {
         }
         Ok(())
     }
-    fn read_nowait(&self, offset: u64, len: usize, gate: &MediaGate) -> Option<io::Result<bytes::Bytes>> {
+    fn read_inline(&self, offset: u64, len: usize, gate: &MediaGate) -> Option<io::Result<bytes::Bytes>> {
         if !self.nowait.load(Ordering::Relaxed) || len == 0 || offset.saturating_add(len as u64) > self.size {
             return None;
         }
@@ -163,18 +163,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn read_nowait_answers_from_the_page_cache() {
+    fn read_inline_answers_from_the_page_cache() {
         let dir = tempfile::tempdir().unwrap();
         let b = FileBackend::open(&dir.path().join("ns.img"), Some(1 << 20)).unwrap();
         let g = MediaGate::open();
         let data: Vec<u8> = (0..8192u32).map(|i| (i % 253) as u8).collect();
         b.write_at(4096, &data, false, &g).unwrap();
-        match b.read_nowait(4096, 8192, &g) {
+        match b.read_inline(4096, 8192, &g) {
             Some(r) => assert_eq!(&r.unwrap()[..], &data[..]),
             // Only acceptable where the kernel or filesystem has no RWF_NOWAIT.
             None => assert!(!b.nowait.load(Ordering::Relaxed), "cached data not read without blocking"),
         }
-        assert!(b.read_nowait((1 << 20) - 4096, 8192, &g).is_none(), "past the end: the blocking path answers");
+        assert!(b.read_inline((1 << 20) - 4096, 8192, &g).is_none(), "past the end: the blocking path answers");
     }
 
     #[test]

@@ -21,14 +21,11 @@ pub trait Backend: Send + Sync + 'static {
     fn blocking(&self) -> bool;
     /// Read `buf.len()` bytes at `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8], gate: &MediaGate) -> io::Result<()>;
-    /// Read `len` bytes at `offset` as memory the backend shares with the caller (no copy), if it can; None
-    /// to have the caller copy with [`Backend::read_append`]. What is returned never changes afterwards.
-    fn read_shared(&self, _offset: u64, _len: usize, _gate: &MediaGate) -> Option<io::Result<bytes::Bytes>> {
-        None
-    }
-    /// For a blocking backend: read `len` bytes at `offset` only if that cannot block (the data is cached),
-    /// so the network task can answer at once; None to run the read on the blocking pool.
-    fn read_nowait(&self, _offset: u64, _len: usize, _gate: &MediaGate) -> Option<io::Result<bytes::Bytes>> {
+    /// Read `len` bytes at `offset` on the network task, if the backend can do it at once, without blocking
+    /// and without copying into a buffer of the caller's (RAM: its own memory, shared; file: the page cache,
+    /// with RWF_NOWAIT). None: the read takes the usual path ([`Backend::read_append`], on the blocking pool
+    /// for a blocking backend). What is returned never changes afterwards.
+    fn read_inline(&self, _offset: u64, _len: usize, _gate: &MediaGate) -> Option<io::Result<bytes::Bytes>> {
         None
     }
     /// Read `len` bytes at `offset`, appended to `out`. The default reads into zeroed space; backends that

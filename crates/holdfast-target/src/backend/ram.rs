@@ -97,7 +97,7 @@ impl Backend for RamBackend {
         }
         Ok(())
     }
-    fn read_shared(&self, offset: u64, len: usize, gate: &MediaGate) -> Option<io::Result<Bytes>> {
+    fn read_inline(&self, offset: u64, len: usize, gate: &MediaGate) -> Option<io::Result<Bytes>> {
         let within = (offset & (CHUNK - 1)) as usize;
         if len == 0 || within + len > CHUNK as usize {
             return None; // spans chunks: copied by read_append
@@ -188,25 +188,25 @@ mod tests {
         let one = vec![1u8; 8192];
         b.write_at(CHUNK + 4096, &one, false, &g).unwrap();
         // Within one chunk: shared, and equal to what read_at gives.
-        let r = b.read_shared(CHUNK + 4096, 8192, &g).unwrap().unwrap();
+        let r = b.read_inline(CHUNK + 4096, 8192, &g).unwrap().unwrap();
         assert_eq!(&r[..], &one[..]);
         // A write while the read is held does not change the read; a new read sees the write.
         b.write_at(CHUNK + 4096, &[2u8; 4096], false, &g).unwrap();
         b.deallocate(CHUNK + 8192, 4096, &g).unwrap();
         assert_eq!(&r[..], &one[..], "an earlier read is a snapshot");
-        let r2 = b.read_shared(CHUNK + 4096, 8192, &g).unwrap().unwrap();
+        let r2 = b.read_inline(CHUNK + 4096, 8192, &g).unwrap().unwrap();
         assert_eq!(&r2[..4096], &[2u8; 4096][..]);
         assert_eq!(&r2[4096..], &[0u8; 4096][..]);
         // Freeing the whole chunk while a read holds it.
         b.deallocate(CHUNK, CHUNK, &g).unwrap();
         assert_eq!(&r2[..4096], &[2u8; 4096][..]);
-        assert!(b.read_shared(CHUNK, 4096, &g).unwrap().unwrap().iter().all(|&x| x == 0));
+        assert!(b.read_inline(CHUNK, 4096, &g).unwrap().unwrap().iter().all(|&x| x == 0));
         // Spanning two chunks: not shared (the caller copies); out of range: an error.
-        assert!(b.read_shared(CHUNK - 512, 1024, &g).is_none());
-        assert!(b.read_shared(4 * CHUNK - 512, 512, &g).unwrap().is_ok());
-        assert!(RamBackend::new(CHUNK / 2).read_shared(CHUNK / 2 - 512, 1024, &g).unwrap().is_err());
+        assert!(b.read_inline(CHUNK - 512, 1024, &g).is_none());
+        assert!(b.read_inline(4 * CHUNK - 512, 512, &g).unwrap().is_ok());
+        assert!(RamBackend::new(CHUNK / 2).read_inline(CHUNK / 2 - 512, 1024, &g).unwrap().is_err());
         // Unwritten: zeroes.
-        assert!(b.read_shared(3 * CHUNK, 4096, &g).unwrap().unwrap().iter().all(|&x| x == 0));
+        assert!(b.read_inline(3 * CHUNK, 4096, &g).unwrap().unwrap().iter().all(|&x| x == 0));
     }
 
     #[test]

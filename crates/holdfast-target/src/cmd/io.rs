@@ -1,7 +1,7 @@
 //! NVM command set I/O commands (NVM Command Set Specification 1.0 §3): Read, Write (FUA), Flush, Write
 //! Zeroes (DEAC), Dataset Management (deallocate). Blocking backends run on tokio's blocking pool (a file
 //! read the page cache can answer runs inline); the RAM backend runs inline on the queue's task, and its
-//! reads are sent from its own memory (`Backend::read_shared`).
+//! reads are sent from its own memory (`Backend::read_inline`).
 
 use crate::backend::MediaGate;
 use crate::controller::Controller;
@@ -85,12 +85,6 @@ fn media_status(e: &io::Error, write: bool) -> Status {
 fn run(exec: Exec, len: usize, data: Bytes, gate: MediaGate, write_through: bool) -> Response {
     let result = match exec {
         Exec::Read { ns, offset } => {
-            if let Some(r) = ns.backend.read_shared(offset, len, &gate) {
-                return match r {
-                    Ok(data) => Response::data(data),
-                    Err(e) => Response::err(media_status(&e, false)),
-                };
-            }
             let mut buf = BytesMut::with_capacity(len);
             return match ns.backend.read_append(offset, len, &mut buf, &gate) {
                 Ok(()) => Response::data(buf.freeze()),
@@ -163,17 +157,17 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
         }
         r
     };
-    if blocking {
-        // A read the page cache can answer at once is answered here, without the blocking pool's hand-off.
-        if let Exec::Read { ns, offset } = &req.exec {
-            if let Some(r) = ns.backend.read_nowait(*offset, len, &gate) {
-                let r = match r {
-                    Ok(data) => Response::data(data),
-                    Err(e) => Response::err(media_status(&e, false)),
-                };
-                return Outcome::Done(finish(r, &ctrl));
-            }
+    // A read the backend can answer at once (shared RAM, a page-cache hit) is answered here.
+    if let Exec::Read { ns, offset } = &req.exec {
+        if let Some(r) = ns.backend.read_inline(*offset, len, &gate) {
+            let r = match r {
+                Ok(data) => Response::data(data),
+                Err(e) => Response::err(media_status(&e, false)),
+            };
+            return Outcome::Done(finish(r, &ctrl));
         }
+    }
+    if blocking {
         Outcome::Later(Box::pin(async move {
             let r = tokio::task::spawn_blocking(move || run(req.exec, len, data, gate, write_through))
                 .await
