@@ -177,12 +177,9 @@ pub async fn run(
                 Err(e) => break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, io: e }),
             },
             r = async {
-                // Room for a useful read (BytesMut would otherwise grow by 64 bytes when full), and for a
-                // whole data PDU of the size seen lately, so that it lands contiguous without being moved
-                // when the decoder sees its header.
-                if inbuf.capacity() - inbuf.len() < recv_hint {
-                    inbuf.reserve((2 * recv_hint).max(64 * 1024));
-                }
+                // Room for a whole data PDU of the size seen lately, so that it lands contiguous without
+                // being moved when the decoder sees its header.
+                holdfast_rt::reserve_for_read(&mut inbuf, recv_hint);
                 rd.read_buf(&mut inbuf).await
             } => {
                 match r {

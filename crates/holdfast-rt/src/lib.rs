@@ -8,7 +8,8 @@
 //! polling its I/O driver without a timeout (by yielding) until `window` has passed with no activity; then it
 //! parks like any other task, and an idle target or host costs no CPU.
 //!
-//! [`write_some`] sends a connection's [`SendQueue`] with one vectored write.
+//! [`write_some`] sends a connection's [`SendQueue`] with one vectored write; [`reserve_for_read`] makes room
+//! for the next socket read.
 
 use holdfast_proto::SendQueue;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,6 +103,15 @@ pub async fn write_some<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, q: &SendQue
     let mut slices = [std::io::IoSlice::new(&[]); 64];
     let n = q.io_slices(&mut slices);
     w.write_vectored(&slices[..n]).await
+}
+
+/// Make room in a receive buffer before a socket read: at least `min_free` bytes, growing by at least
+/// 64 KiB (BytesMut would otherwise grow by 64 bytes when full, one tiny read at a time). The space is
+/// reused once the PDUs split off the buffer have been dropped.
+pub fn reserve_for_read(buf: &mut bytes::BytesMut, min_free: usize) {
+    if buf.capacity() - buf.len() < min_free {
+        buf.reserve((2 * min_free).max(64 * 1024));
+    }
 }
 
 /// Touch `p` if there is one.

@@ -178,7 +178,7 @@ impl Connection {
                 },
                 Some((cid, resp)) = done_rx.recv() => c.complete(cid, resp),
                 Some(ev) = aer => c.send_response(ev.cid, Status::SUCCESS, ev.dw0, 0),
-                r = async { reserve_for_read(&mut inbuf); rd.read_buf(&mut inbuf).await }, if c.out.len() < SEND_HIGH_WATER => match r {
+                r = async { holdfast_rt::reserve_for_read(&mut inbuf, RECV_CHUNK / 4); rd.read_buf(&mut inbuf).await }, if c.out.len() < SEND_HIGH_WATER => match r {
                     Ok(0) => break Close::Normal("connection closed by host"),
                     Ok(_) => holdfast_rt::touch(&poll),
                     Err(e) => break Close::Io(e),
@@ -489,13 +489,6 @@ impl Connection {
         cqe.sqhd.set(self.sqhd);
         cqe.sqid.set(self.ctx.qid);
         pdu::encode_capsule_resp(self.out.header_buf(), &self.framing, &cqe);
-    }
-}
-
-/// Make room for a socket read of a useful size (BytesMut would otherwise grow by 64 bytes when full).
-fn reserve_for_read(b: &mut BytesMut) {
-    if b.capacity() - b.len() < RECV_CHUNK / 4 {
-        b.reserve(RECV_CHUNK);
     }
 }
 
