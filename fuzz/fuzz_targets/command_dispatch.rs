@@ -48,19 +48,9 @@ fn world() -> &'static World {
 }
 
 fn queue_ctx(target: &Arc<Target>, max_incapsule: usize) -> QueueCtx {
-    QueueCtx {
-        target: target.clone(),
-        port: target.ports.read()[0].clone(),
-        local_addr: "127.0.0.1:4420".parse().unwrap(),
-        peer_addr: "127.0.0.1:5000".parse().unwrap(),
-        qid: 0,
-        size: 0,
-        ctrl: None,
-        sq_flow_disabled: false,
-        max_incapsule,
-        close_after_response: false,
-        gate: holdfast_target::backend::AssociationGate::new(true),
-    }
+    let port = target.ports.read()[0].clone();
+    let (local, peer) = ("127.0.0.1:4420".parse().unwrap(), "127.0.0.1:5000".parse().unwrap());
+    QueueCtx::new(target.clone(), port, local, peer, max_incapsule)
 }
 
 /// Connect `ctx` as queue `qid` (to controller `cntlid` for an I/O queue).

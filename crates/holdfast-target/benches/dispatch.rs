@@ -19,19 +19,8 @@ const NQN: &str = "nqn.2026-01.io.holdfast:bench";
 const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-0000000b0001";
 
 fn queue_ctx(target: &Arc<Target>) -> QueueCtx {
-    QueueCtx {
-        target: target.clone(),
-        port: target.ports.read()[0].clone(),
-        local_addr: "127.0.0.1:4420".parse().unwrap(),
-        peer_addr: "127.0.0.1:5000".parse().unwrap(),
-        qid: 0,
-        size: 0,
-        ctrl: None,
-        sq_flow_disabled: false,
-        max_incapsule: 16384,
-        close_after_response: false,
-        gate: holdfast_target::backend::AssociationGate::new(true),
-    }
+    let port = target.ports.read()[0].clone();
+    QueueCtx::new(target.clone(), port, "127.0.0.1:4420".parse().unwrap(), "127.0.0.1:5000".parse().unwrap(), 16384)
 }
 
 async fn connect(ctx: &mut QueueCtx, qid: u16, cntlid: u16) {

@@ -177,6 +177,33 @@ pub struct QueueCtx {
     pub gate: std::sync::Arc<crate::backend::AssociationGate>,
 }
 
+impl QueueCtx {
+    /// A new connection's queue, before Connect: no controller, the admin in-capsule limit until Connect
+    /// says otherwise (`max_incapsule`), a media gate that drains as the target's settings say.
+    pub fn new(
+        target: Arc<Target>,
+        port: Port,
+        local_addr: SocketAddr,
+        peer_addr: SocketAddr,
+        max_incapsule: usize,
+    ) -> QueueCtx {
+        let gate = crate::backend::AssociationGate::new(target.settings.drain);
+        QueueCtx {
+            target,
+            port,
+            local_addr,
+            peer_addr,
+            qid: 0,
+            size: 0,
+            ctrl: None,
+            sq_flow_disabled: false,
+            max_incapsule,
+            close_after_response: false,
+            gate,
+        }
+    }
+}
+
 /// Largest data transfer of one command: MDTS = 6 (2^6 × 4 KiB).
 pub const MDTS: u8 = 6;
 /// MDTS in bytes.

@@ -102,21 +102,8 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         let (Ok(local_addr), Ok(peer_addr)) = (stream.local_addr(), stream.peer_addr()) else { return };
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-        let target_drain = target.settings.drain;
         let mut c = Connection {
-            ctx: QueueCtx {
-                target,
-                port,
-                local_addr,
-                peer_addr,
-                qid: 0,
-                size: 0,
-                ctrl: None,
-                sq_flow_disabled: false,
-                max_incapsule: ADMIN_INCAPSULE,
-                close_after_response: false,
-                gate: crate::backend::AssociationGate::new(target_drain),
-            },
+            ctx: QueueCtx::new(target, port, local_addr, peer_addr, ADMIN_INCAPSULE),
             decoder: PduDecoder::new(Role::Controller, limits(ADMIN_INCAPSULE)),
             framing: Framing::default(),
             out: SendQueue::new(),
