@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# nvme-tcp-check-loopback.sh PCAP PORT: ../shared/captures/nvme-tcp-check.sh (Wireshark's NVMe/TCP dissector,
+# digests checked), plus one rule for what the loopback TCP stack itself does when a peer is slow to ack.
+#
+# On this machine the Linux host runs in a TCG VM behind QEMU's user network, so its TCP peer here is QEMU,
+# often descheduled for milliseconds. The kernel's tail-loss probes then resend a segment the receiver already
+# had (nstat: TcpExtTCPLossProbes, TcpExtTCPDSACKRecv), and the receiver answers with a D-SACK. With sequence
+# analysis off (as nvme-tcp-check.sh runs it) Wireshark reports the resent copy as "New fragment overlaps old
+# data (retransmission?)", an Error/Malformed note at the TCP layer, and the D-SACK ack as a warning. Neither
+# is an NVMe/TCP fault: the PDUs in the original segment were decoded and their digests checked.
+#
+# So when nvme-tcp-check.sh fails, every frame it flagged is looked at again, and the capture passes only if
+# each one is exactly one of:
+#   - a pure ACK whose only note is its D-SACK block, or
+#   - a data segment whose only note is the TCP overlap, and whose whole byte range the receiver D-SACKed
+#     (the receiver's own word that those bytes were a duplicate of what it had already taken).
+# Anything else (a malformed NVMe/TCP PDU, a bad header or data digest, an overlap the receiver did not
+# D-SACK, any other note) fails, and is printed.
+set -euo pipefail
+[[ $# -eq 2 ]] || { echo "usage: $0 PCAP PORT" >&2; exit 2; }
+pcap=$1 port=$2
+here=$(cd "$(dirname "$0")" && pwd)
+check=${NVME_TCP_CHECK:-$here/../../shared/captures/nvme-tcp-check.sh}
+
+out=$("$check" "$pcap" "$port") && { echo "$out"; exit 0; }
+echo "$out" | grep -v '^ *[0-9]\+ ' || true   # its per-PDU counts are long; its verdict and frames are not
+
+ts=(tshark -r "$pcap" -d "tcp.port==$port,nvme-tcp" -o nvme-tcp.check_hdgst:TRUE -o nvme-tcp.check_ddgst:TRUE
+    -o tcp.analyze_sequence_numbers:FALSE)
+flt="_ws.malformed || _ws.expert.severity >= warning || nvme-tcp.hdgst.status == 0 || nvme-tcp.ddgst.status == 0"
+fields=(-T fields -E separator=$'\t' -E occurrence=a -E aggregator='|')
+dsacks=$("${ts[@]}" -Y tcp.options.sack.dsack "${fields[@]}" -e tcp.dstport -e tcp.options.sack.dsack_le \
+  -e tcp.options.sack.dsack_re 2>/dev/null)
+flagged=$("${ts[@]}" -Y "$flt" "${fields[@]}" -e frame.number -e tcp.srcport -e tcp.seq -e tcp.len \
+  -e nvme-tcp.hdgst.status -e nvme-tcp.ddgst.status -e _ws.expert.message 2>/dev/null)
+[[ -n $flagged ]] || { echo "nvme-tcp-check-loopback: check failed but tshark lists no flagged frame"; exit 1; }
+
+verdict=$(awk -F'\t' -v dsacks="$dsacks" '
+  BEGIN {
+    n = split(dsacks, lines, "\n")
+    for (i = 1; i <= n; i++) { if (split(lines[i], f, "\t") == 3) { port[i] = f[1]; le[i] = f[2]; re[i] = f[3] } }
+  }
+  function acked_dup(src, seq, len,   i) {  # did the receiver D-SACK all of [seq, seq+len) sent from src?
+    for (i in port) if (port[i] == src && le[i] + 0 <= seq + 0 && seq + len <= re[i] + 0) return 1
+    return 0
+  }
+  {
+    frame = $1; src = $2; seq = $3; len = $4; hd = $5; dd = $6; msg = $7
+    if (hd ~ /(^|\|)0($|\|)/ || dd ~ /(^|\|)0($|\|)/) { print "frame " frame ": bad digest"; bad++; next }
+    if (msg == "D-SACK Sequence" && len == 0) { dsack_acks++; next }
+    if (msg == "New fragment overlaps old data (retransmission?)" && len > 0 && acked_dup(src, seq, len)) { dups++; next }
+    print "frame " frame ": " msg " (seq " seq ", len " len ")"; bad++
+  }
+  END { printf "summary %d %d %d\n", bad, dups, dsack_acks }' <<<"$flagged")
+
+summary=$(tail -n 1 <<<"$verdict"); read -r _ bad dups acks <<<"$summary"
+if ((bad > 0)); then
+  echo "nvme-tcp-check-loopback: $bad flagged frame(s) are not loopback retransmissions:"
+  sed '$d' <<<"$verdict" | sed -n 1,40p
+  exit 1
+fi
+echo "nvme-tcp-check: $("${ts[@]}" -Y nvme-tcp 2>/dev/null | wc -l) NVMe/TCP PDUs on port $port, none malformed," \
+  "digests checked; its only notes were TCP-level: $dups resent segment(s) the receiver D-SACKed as duplicates," \
+  "$acks D-SACK ack(s)"
