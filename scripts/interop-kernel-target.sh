@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # interop-kernel-target.sh: holdfast's host against the Linux kernel NVMe/TCP target (nvmet-tcp in a VM):
 # discover, identify, write + read back 32 MiB through the CLI and compare, and bench --verify for 10 s with
-# 0 errors and 0 mismatches; 512-byte blocks with digests, 4096-byte blocks without.
+# 0 errors and 0 mismatches; 512-byte blocks with digests, 4096-byte blocks without. With digests, a short
+# write/read/bench is also captured and decoded by Wireshark (scripts/nvme-tcp-check-loopback.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
 interop=${INTEROP_DIR:-$root/../shared/interop}
@@ -22,6 +23,17 @@ head -c 33554432 /dev/urandom >$logs/w.bin
 \$b write --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 --offset 1048576 --input $logs/w.bin "\$@"
 \$b read --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 --offset 1048576 --length 33554432 --output $logs/r.bin "\$@"
 cmp $logs/w.bin $logs/r.bin && echo "32 MiB written and read back identical"
+if [[ " \$* " == *" --digests "* ]]; then  # our host's own PDUs, decoded by Wireshark with digests checked
+  tcpdump -i lo -s 0 -U -w $logs/host-digests.pcap "tcp port \$p" >$logs/tcpdump.log 2>&1 & dpid=\$!
+  sleep 0.5
+  head -c 4194304 $logs/w.bin >$logs/w4.bin
+  \$b write --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 --offset 0 --input $logs/w4.bin "\$@"
+  \$b read --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 --offset 0 --length 4194304 --output $logs/r4.bin "\$@"
+  \$b bench --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 --workload randrw --bs 4096 --qd 16 --queues 2 --time 2 --verify "\$@" >/dev/null
+  sleep 0.3; kill \$dpid; wait \$dpid || true
+  cmp $logs/w4.bin $logs/r4.bin
+  $here/nvme-tcp-check-loopback.sh $logs/host-digests.pcap \$p
+fi
 \$b bench --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 --workload randrw --bs 4096 --qd 16 --queues 2 --time 10 --verify --json "\$@" | tee $logs/bench.json
 grep -q '"errors":0,' $logs/bench.json && grep -q '"verify_mismatches":0,' $logs/bench.json
 EOS
@@ -31,11 +43,12 @@ run() {  # run NAME BLOCK FLAGS...
   local port rc=0; port=$(free_port)
   echo "=== $name"
   "$interop/kernel-target.sh" --port "$port" --block "$block" -- bash "$logs/check.sh" "$port" "$@" >"$logs/$name.log" 2>&1 || rc=$?
-  if ((rc == 0)); then pass=$((pass + 1)); echo "    pass"; grep -E "identical|\"iops\"" "$logs/$name.log" | sed 's/^/    /'
+  if ((rc == 0)); then pass=$((pass + 1)); echo "    pass"; grep -E "identical|\"iops\"|^nvme-tcp-check" "$logs/$name.log" | sed 's/^/    /'
   else fail=$((fail + 1)); echo "    FAIL (exit $rc)"; tail -n 40 "$logs/$name.log" | sed 's/^/    /'; fi
 }
 
 "$interop/setup.sh" >/dev/null
+command -v tcpdump >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tcpdump >/dev/null; }
 run kernel-target-512-digests 512 --digests
 run kernel-target-4k 4096
 echo "interop (holdfast host -> kernel target): $pass passed, $fail failed (logs in $logs)"

@@ -122,6 +122,8 @@ struct Shared {
     state: Mutex<State>,
     events: broadcast::Sender<Event>,
     shutdown: CancellationToken,
+    /// Cancelled when the supervisor has ended (every queue task has exited).
+    closed: CancellationToken,
     /// Why the current association was declared lost by keep-alive, if it was.
     loss_cause: Mutex<Option<String>>,
     /// The current association: cancelled to tear it down.
@@ -311,6 +313,7 @@ async fn start_queue(
     cancel: &CancellationToken,
     deadline: TInstant,
     poll: &Option<Arc<holdfast_rt::BusyPoll>>,
+    closing: &CancellationToken,
 ) -> std::result::Result<(mpsc::Sender<Command>, watch::Sender<bool>, u16), (Error, Option<Slot>)> {
     let timeout = o.connect_timeout.min(deadline.saturating_duration_since(TInstant::now()));
     let conn = match transport::connect(&o.addr, o.hdgst, o.ddgst, max_transfer.max(64 << 10), timeout).await {
@@ -327,6 +330,7 @@ async fn start_queue(
         io_timeout: if qid == 0 { o.io_timeout.max(Duration::from_secs(10)) } else { o.io_timeout },
         addr: o.addr.clone(),
         poll: poll.clone(),
+        closing: closing.clone(),
     };
     let (setup_tx, setup_rx) = mpsc::channel(8);
     let (open_tx, open_rx) = watch::channel(false);
@@ -377,6 +381,7 @@ async fn establish(
         &cancel,
         deadline,
         &sh.poll,
+        &sh.shutdown,
     )
     .await
     {
@@ -510,6 +515,7 @@ async fn establish(
                     &cancel,
                     deadline,
                     &sh.poll,
+                    &sh.shutdown,
                 )
                 .await
                 {
@@ -584,6 +590,7 @@ impl Controller {
             state: Mutex::new(State::Live),
             events: broadcast::channel(64).0,
             shutdown: CancellationToken::new(),
+            closed: CancellationToken::new(),
             loss_cause: Mutex::new(None),
             assoc: Mutex::new(CancellationToken::new()),
             tasks: Mutex::new(CancellationToken::new()),
@@ -711,7 +718,12 @@ impl Controller {
         Ok(identify::parse_active_ns_list(&identify_raw(&self.inner.admin, identify::CNS_ACTIVE_NS_LIST, 0).await?))
     }
 
-    /// Orderly shutdown: CC.SHN = normal, wait for CSTS.SHST complete (bounded), close every queue.
+    /// Orderly shutdown: CC.SHN = normal, wait for CSTS.SHST complete (bounded), then close every queue's
+    /// connection in order (half-close, and read until the target closes its side, within
+    /// [`queue::LINGER`]); returns once the queues are closed.
+    ///
+    /// No Fabrics Disconnect is sent, as the Linux and SPDK hosts send none: a queue ends with its connection,
+    /// and the Linux target rejects Disconnect (FCTYPE 08h) as an unknown capsule type.
     pub async fn shutdown(&self) -> Result<()> {
         lock(&self.inner.tasks).cancel(); // keep-alive and AER stop; the queues close at the end
         if *lock(&self.inner.state) == State::Live {
@@ -756,6 +768,7 @@ impl Controller {
         }
         self.inner.set_state(|s| *s = State::Failed { reason: "controller shut down".into() });
         self.inner.shutdown.cancel();
+        let _ = tokio::time::timeout(queue::LINGER * 2, self.inner.closed.cancelled()).await;
         Ok(())
     }
 }
@@ -862,6 +875,7 @@ async fn supervise(
     mut exits_rx: mpsc::UnboundedReceiver<(usize, QueueExit)>,
     mut running: usize,
 ) {
+    let _closed = sh.closed.clone().drop_guard();
     loop {
         // Live: wait for the first queue to end.
         let first = exits_rx.recv().await;

@@ -79,6 +79,8 @@ pub struct QueueParams {
     pub addr: String,
     /// Adaptive busy polling, touched on every socket read and write.
     pub poll: Option<std::sync::Arc<holdfast_rt::BusyPoll>>,
+    /// Cancelled when the controller is shut down: the queue then closes in order (see [`LINGER`]).
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 /// Why and how a queue task ended.
@@ -245,7 +247,29 @@ pub async fn run(
     pending.extend(setup_backlog);
     pending.extend(backlog);
     let _ = wr.shutdown().await;
+    if p.closing.is_cancelled() {
+        linger(&mut rd).await;
+    }
     QueueExit { rx, pending, error }
+}
+
+/// How long a queue closed by an orderly shutdown waits for the target to close its side.
+///
+/// After our FIN a target still completes what it held (the Linux target aborts the outstanding
+/// Asynchronous Event Requests); a socket already closed here would answer those bytes with a RST. So the
+/// queue reads (and drops) until the target's FIN, for at most this long.
+pub const LINGER: Duration = Duration::from_secs(1);
+
+async fn linger(rd: &mut tokio::net::tcp::OwnedReadHalf) {
+    let mut scratch = vec![0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = rd.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Most free receive space kept ahead of a read (bounds memory per queue).

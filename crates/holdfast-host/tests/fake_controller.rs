@@ -82,6 +82,8 @@ struct State {
     r2ts: AtomicU64,
     h2c_pdus: AtomicU64,
     termed: AtomicBool,
+    /// Writes after the host closed its side that failed (the host's socket answered with a RST).
+    resets: AtomicU32,
 }
 
 struct Fake {
@@ -104,6 +106,7 @@ async fn fake(b: Behaviour) -> Fake {
         r2ts: AtomicU64::new(0),
         h2c_pdus: AtomicU64::new(0),
         termed: AtomicBool::new(false),
+        resets: AtomicU32::new(0),
     });
     let st2 = st.clone();
     tokio::spawn(async move {
@@ -133,6 +136,8 @@ struct Conn {
     qid: u16,
     writes: HashMap<u16, PendingWrite>,
     close: bool,
+    /// Asynchronous Event Requests held.
+    aers: Vec<u16>,
 }
 
 impl Conn {
@@ -254,7 +259,7 @@ impl Conn {
                     self.st.keep_alives.fetch_add(1, Ordering::Relaxed);
                     self.resp(cid, Status::SUCCESS, 0)
                 }
-                admin::ASYNC_EVENT_REQUEST => {} // held, as a controller does
+                admin::ASYNC_EVENT_REQUEST => self.aers.push(cid), // held, as a controller does
                 admin::GET_LOG_PAGE => self.resp(cid, Status::INVALID_LOG_PAGE, 0),
                 _ => self.resp(cid, Status::INVALID_OPCODE, 0),
             }
@@ -341,8 +346,15 @@ async fn serve(mut s: TcpStream, st: Arc<State>) {
     let limits = Limits { max_incapsule: 64 * 1024, max_h2c_data: st.b.maxh2cdata, max_c2h_data: 0 };
     let mut dec = PduDecoder::new(Role::Controller, limits);
     let mut inbuf = BytesMut::with_capacity(64 * 1024);
-    let mut c =
-        Conn { st, framing: Framing::default(), out: BytesMut::new(), qid: 0, writes: HashMap::new(), close: false };
+    let mut c = Conn {
+        st,
+        framing: Framing::default(),
+        out: BytesMut::new(),
+        qid: 0,
+        writes: HashMap::new(),
+        close: false,
+        aers: Vec::new(),
+    };
     loop {
         loop {
             match dec.decode(&mut inbuf) {
@@ -364,10 +376,29 @@ async fn serve(mut s: TcpStream, st: Arc<State>) {
             return;
         }
         match s.read_buf(&mut inbuf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return abort_held(s, c).await,
+            Err(_) => return,
             Ok(_) => {}
         }
     }
+}
+
+/// The host closed its side: like the Linux target, complete the held Asynchronous Event Requests (aborted,
+/// SQ deletion), then close. Two writes apart in time: if the host's socket is already gone, the first one
+/// draws a RST and the second fails.
+async fn abort_held(mut s: TcpStream, mut c: Conn) {
+    for cid in std::mem::take(&mut c.aers) {
+        c.resp(cid, Status::ABORTED_SQ_DELETION, 0);
+        let out = c.out.split();
+        let (a, b) = out.split_at(out.len() / 2);
+        let first = s.write_all(a).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if first.is_err() || s.write_all(b).await.is_err() {
+            c.st.resets.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
+    let _ = s.shutdown().await;
 }
 
 fn opts(f: &Fake, queues: u16, digests: bool) -> ConnectOptions {
@@ -573,4 +604,18 @@ async fn dropping_the_last_handle_closes_the_controller() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(f.st.connections.load(Ordering::Relaxed), 3);
     assert_eq!(f.st.keep_alives.load(Ordering::Relaxed), ka);
+}
+
+#[tokio::test]
+async fn orderly_shutdown_closes_every_connection_without_a_reset() {
+    let f = fake(Behaviour::default()).await;
+    let c = Controller::connect(opts(&f, 2, false)).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    ns.write(0, pattern(BS, 5), false).await.unwrap();
+    assert!(ns.read(0, 1).await.unwrap() == pattern(BS, 5));
+    c.shutdown().await.unwrap();
+    // shutdown() returns once every queue has closed: the fake saw each close and could still answer the
+    // held Asynchronous Event Request after the host's FIN.
+    assert_eq!(f.st.closed.load(Ordering::Relaxed), f.st.connections.load(Ordering::Relaxed));
+    assert_eq!(f.st.resets.load(Ordering::Relaxed), 0, "the host reset a connection the target was still answering on");
 }
