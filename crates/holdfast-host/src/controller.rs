@@ -351,6 +351,45 @@ async fn start_queue(
     }
 }
 
+/// A queue slot the controller did not grant on this association (Set Features Number of Queues answered
+/// with fewer): its commands, re-issued ones first, are handed to a granted queue until the association ends;
+/// then the slot comes back through `exits` like any queue's, with whatever it had not handed on yet.
+fn carry_queue(
+    idx: usize,
+    slot: Slot,
+    to: mpsc::Sender<Command>,
+    exits: &mpsc::UnboundedSender<(usize, QueueExit)>,
+    cancel: &CancellationToken,
+) {
+    let (exits, cancel) = (exits.clone(), cancel.clone());
+    tokio::spawn(async move {
+        let Slot { mut rx, pending } = slot;
+        let mut backlog: std::collections::VecDeque<Command> = pending.into();
+        loop {
+            // A permit first, so that nothing is lost if the association ends while the granted queue is full.
+            let permit = tokio::select! {
+                _ = cancel.cancelled() => break,
+                p = to.reserve() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let cmd = match backlog.pop_front() {
+                Some(c) => c,
+                None => tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    c = rx.recv() => match c {
+                        Some(c) => c,
+                        None => break,
+                    },
+                },
+            };
+            permit.send(cmd);
+        }
+        let _ = exits.send((idx, QueueExit { rx, pending: backlog.into(), error: None }));
+    });
+}
+
 /// Bring up one association on the given queue slots. On failure every queue task started is torn down
 /// and its slot comes back through `exits` (the caller collects `started` exits).
 async fn establish(
@@ -491,17 +530,26 @@ async fn establish(
             let n = nq as u32 - 1;
             s.cdw11.set(n | n << 16);
             let c = setup_ok(&admin, s, Bytes::new(), 0, "Set Features (Number of Queues)", deadline).await?;
+            // NSQA and NCQA, 0's based (NVMe Base 2.0 §5.27.1.5).
             let granted = ((c.cqe.dw0.get() & 0xFFFF).min(c.cqe.dw0.get() >> 16) + 1) as usize;
-            if granted < nq {
-                return Err(Error::Protocol {
-                    qid: 0,
-                    what: format!("the controller grants {granted} I/O queues, {nq} are needed"),
-                });
+            let active = granted.min(nq);
+            if active < nq {
+                tracing::warn!(
+                    addr = %o.addr,
+                    "the controller grants {granted} I/O queues of the {nq} asked for: queues {}..={nq} are carried by \
+                     queues 1..={active}",
+                    active + 1
+                );
             }
             let size = (o.queue_size as u32).min(cap::mqes(capv) as u32 + 1) as u16;
             let max_incapsule = (id.ioccsz.get() as usize * 16).saturating_sub(64);
             for qi in 1..=nq {
                 let slot = take(slots, qi)?;
+                if qi > active {
+                    carry_queue(qi, slot, sh.io[(qi - 1) % active].clone(), exits, &cancel);
+                    *started += 1;
+                    continue;
+                }
                 match start_queue(
                     o,
                     qi,

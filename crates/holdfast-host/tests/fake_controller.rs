@@ -4,7 +4,8 @@
 //! Write, Flush, Write Zeroes, Dataset Management) and can be told to behave like targets we did not write:
 //! C2HData split into odd-sized PDUs, with or without the SUCCESS flag (NVMe/TCP 1.0 §3.6.2.6); no in-capsule
 //! data so every write goes through R2T, several R2Ts per command and a small MAXH2CDATA (§3.6.2.7–8); a
-//! small MDTS; digests; a refused Connect; a command that is never answered; a termination request.
+//! small MDTS; digests; a refused Connect; a command that is never answered; a termination request; fewer I/O
+//! queues granted than asked for; Asynchronous Event Requests aborted after the host closes.
 
 use bytes::{Bytes, BytesMut};
 use holdfast_host::{ConnectOptions, Controller, Error, Namespace};
@@ -82,6 +83,8 @@ struct State {
     r2ts: AtomicU64,
     h2c_pdus: AtomicU64,
     termed: AtomicBool,
+    /// I/O queues granted by Set Features Number of Queues (0: as many as asked).
+    grant: AtomicU32,
     /// Writes after the host closed its side that failed (the host's socket answered with a RST).
     resets: AtomicU32,
 }
@@ -107,6 +110,7 @@ async fn fake(b: Behaviour) -> Fake {
         h2c_pdus: AtomicU64::new(0),
         termed: AtomicBool::new(false),
         resets: AtomicU32::new(0),
+        grant: AtomicU32::new(0),
     });
     let st2 = st.clone();
     tokio::spawn(async move {
@@ -252,7 +256,12 @@ impl Conn {
                     self.send_data(cid, &page);
                 }
                 admin::SET_FEATURES => {
-                    let dw11 = sqe.cdw11.get();
+                    let mut dw11 = sqe.cdw11.get();
+                    let grant = self.st.grant.load(Ordering::Relaxed);
+                    if grant > 0 {
+                        let n = (grant - 1).min(dw11 & 0xFFFF);
+                        dw11 = n | n << 16;
+                    }
                     self.resp(cid, Status::SUCCESS, if sqe.cdw10.get() as u8 == 7 { dw11 as u64 } else { 0 })
                 }
                 admin::KEEP_ALIVE => {
@@ -618,4 +627,56 @@ async fn orderly_shutdown_closes_every_connection_without_a_reset() {
     // held Asynchronous Event Request after the host's FIN.
     assert_eq!(f.st.closed.load(Ordering::Relaxed), f.st.connections.load(Ordering::Relaxed));
     assert_eq!(f.st.resets.load(Ordering::Relaxed), 0, "the host reset a connection the target was still answering on");
+}
+
+/// Writes and reads back `n` blocks at once (so that every queue has work), each block its own command.
+async fn spread_io(ns: &Namespace, n: u64, seed: u8) {
+    let block = move |i: u64| pattern(BS, seed.wrapping_add(i as u8));
+    let writes: Vec<_> = (0..n)
+        .map(|i| {
+            let ns = ns.clone();
+            tokio::spawn(async move { ns.write(100 + i, block(i), false).await })
+        })
+        .collect();
+    for w in writes {
+        w.await.unwrap().expect("write");
+    }
+    let reads: Vec<_> = (0..n)
+        .map(|i| {
+            let ns = ns.clone();
+            tokio::spawn(async move { ns.read(100 + i, 1).await })
+        })
+        .collect();
+    for (i, r) in reads.into_iter().enumerate() {
+        assert!(r.await.unwrap().expect("read") == block(i as u64), "block {i} differs");
+    }
+}
+
+#[tokio::test]
+async fn fewer_granted_queues_are_carried_by_the_granted_ones() {
+    let f = fake(Behaviour::default()).await;
+    f.st.grant.store(2, Ordering::Relaxed);
+    let c = Controller::connect(opts(&f, 4, false)).await.expect("connect with 2 of 4 queues granted");
+    assert_eq!(f.st.connections.load(Ordering::Relaxed), 3, "admin + the 2 granted I/O queues");
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    spread_io(&ns, 32, 1).await;
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reconnect_that_gets_fewer_queues_rides_through() {
+    let f = fake(Behaviour { term_first_read: true, ..Behaviour::default() }).await;
+    let mut o = opts(&f, 2, false);
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    let c = Controller::connect(o).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    ns.write(100, pattern(BS, 1), false).await.expect("write");
+    // The restarted target grants one I/O queue: the first read draws a termination request, and the host
+    // comes back with one queue carrying both.
+    f.st.grant.store(1, Ordering::Relaxed);
+    let r = tokio::time::timeout(Duration::from_secs(10), ns.read(100, 1)).await.expect("no hang");
+    assert!(r.expect("re-issued read") == pattern(BS, 1));
+    assert_eq!(f.st.connections.load(Ordering::Relaxed), 3 + 2, "admin + 2 queues, then admin + 1 queue");
+    spread_io(&ns, 32, 9).await;
+    c.shutdown().await.unwrap();
 }
