@@ -23,7 +23,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 check=${NVME_TCP_CHECK:-$here/../../shared/captures/nvme-tcp-check.sh}
 
 out=$("$check" "$pcap" "$port") && { echo "$out"; exit 0; }
-echo "$out" | grep -v '^ *[0-9]\+ ' || true   # its per-PDU counts are long; its verdict and frames are not
+official=$(grep -v '^ *[0-9]\+ ' <<<"$out" || true)   # its verdict and frames (the per-PDU counts are long)
 
 ts=(tshark -r "$pcap" -d "tcp.port==$port,nvme-tcp" -o nvme-tcp.check_hdgst:TRUE -o nvme-tcp.check_ddgst:TRUE
     -o tcp.analyze_sequence_numbers:FALSE)
@@ -33,7 +33,7 @@ dsacks=$("${ts[@]}" -Y tcp.options.sack.dsack "${fields[@]}" -e tcp.dstport -e t
   -e tcp.options.sack.dsack_re 2>/dev/null)
 flagged=$("${ts[@]}" -Y "$flt" "${fields[@]}" -e frame.number -e tcp.srcport -e tcp.seq -e tcp.len \
   -e nvme-tcp.hdgst.status -e nvme-tcp.ddgst.status -e _ws.expert.message 2>/dev/null)
-[[ -n $flagged ]] || { echo "nvme-tcp-check-loopback: check failed but tshark lists no flagged frame"; exit 1; }
+[[ -n $flagged ]] || { echo "$official"; echo "nvme-tcp-check-loopback: check failed but tshark lists no flagged frame"; exit 1; }
 
 verdict=$(awk -F'\t' -v dsacks="$dsacks" '
   BEGIN {
@@ -55,6 +55,7 @@ verdict=$(awk -F'\t' -v dsacks="$dsacks" '
 
 summary=$(tail -n 1 <<<"$verdict"); read -r _ bad dups acks <<<"$summary"
 if ((bad > 0)); then
+  echo "$official"
   echo "nvme-tcp-check-loopback: $bad flagged frame(s) are not loopback retransmissions:"
   sed '$d' <<<"$verdict" | sed -n 1,40p
   exit 1
