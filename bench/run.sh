@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # bench/run.sh: the benchmark suite. The target is pinned to core 0 and `holdfast bench` to core 1 (RAM
 # namespace of 1 GiB with 4 KiB blocks, written once before any read so that reads copy real data; loopback);
-# iperf3 over loopback with the same pinning is measured in the same run as the reference. Writes
-# BENCHMARKS.md: each figure with its throughput as a ratio of the iperf3 reference, the change against the
+# iperf3 over loopback with the same pinning is measured in the same run as the throughput reference, and
+# the round trip of two spinning processes (crates/holdfast-rt/examples/loopback_rtt.rs) as the latency
+# reference. Writes BENCHMARKS.md: each figure with its throughput as a ratio of the iperf3 reference (and
+# mean latency as a multiple of the round-trip floor), the change against the
 # previously committed table, a scale table (RSS and IOPS with 1/16/64/256 controllers × 4 queues) and IOPS
 # against the number of queues. Figures are noisy on shared machines: compare ratios taken in one run.
 #   BENCH_SECONDS (5) per point; BENCH_QUICK=1 runs a reduced matrix without the scale tables.
@@ -12,6 +14,7 @@ cd "$root"
 secs=${BENCH_SECONDS:-5}
 command -v iperf3 >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 >/dev/null; }
 cargo build --release --quiet
+cargo build --release --quiet -p holdfast-rt --example loopback_rtt
 bin=$root/target/release/holdfast
 work=$(mktemp -d "${TMPDIR:-/tmp}/holdfast-bench.XXXXXX")
 pids=()
@@ -25,6 +28,12 @@ taskset -c $tcore iperf3 -s -p "$ip" -1 >/dev/null 2>&1 & pids+=("$!")
 sleep 0.5
 iperf_gbps=$(taskset -c $hcore iperf3 -c 127.0.0.1 -p "$ip" -t "$secs" -l 128K -J | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9, 2))')
 echo "iperf3 loopback, 1 stream, 128 KiB: $iperf_gbps Gbit/s"
+# Latency reference: spinning request/answer round trips with the wire shape of a 4 KiB read, no NVMe work.
+rtt=$root/target/release/examples/loopback_rtt
+rp=$(free_port)
+taskset -c $tcore "$rtt" serve "$rp" & pids+=("$!")
+floor_us=$(taskset -c $hcore "$rtt" client "$rp" 4144 "$secs")
+echo "loopback round trip floor (72 B request, 4144 B answer, both sides spinning): $floor_us us"
 
 nqn=nqn.2026-01.io.holdfast:bench
 backend=(--ram-mib 1024)
@@ -49,11 +58,12 @@ point() {  # point LABEL WORKLOAD BS QD QUEUES [bench flags]
   local j; j=$(bench --workload "$wl" --bs "$bs" --qd "$qd" --queues "$q" "$@")
   local line; line=$(python3 -c '
 import json, sys
-d = json.loads(sys.argv[1]); ref = float(sys.argv[2])
+d = json.loads(sys.argv[1]); ref = float(sys.argv[2]); floor = float(sys.argv[4])
 gbps = d["mbps"] * 8 / 1000
 mean = d["qd"] * d["queues"] / d["iops"] * 1e6 if d["iops"] else 0
-print("| %s | %d | %.1f | %.1f | %d | %d | %d | %.3f |" % (sys.argv[3], d["iops"], d["mbps"], mean, d["lat_us"]["p50"], d["lat_us"]["p99"], d["errors"], gbps / ref))
-' "$j" "$iperf_gbps" "$label")
+xfloor = "%.2f" % (mean / floor) if d["qd"] * d["queues"] == 1 and floor > 0 else ""
+print("| %s | %d | %.1f | %.1f | %d | %d | %d | %.3f | %s |" % (sys.argv[3], d["iops"], d["mbps"], mean, d["lat_us"]["p50"], d["lat_us"]["p99"], d["errors"], gbps / ref, xfloor))
+' "$j" "$iperf_gbps" "$label" "$floor_us")
   echo "$line"; rows+=("$line")
 }
 
@@ -131,17 +141,21 @@ prev=""; [[ -f BENCHMARKS.md ]] && prev=$(cat BENCHMARKS.md)
   echo "\`holdfast bench\` pinned to core $hcore, RAM namespace of 1 GiB with 4 KiB blocks (written once before the"
   echo "reads), loopback, $secs s per point, busy polling on (the default: \`--busy-poll-us 200\`) unless a row says otherwise."
   echo "Reference in the same run: iperf3, one stream, 128 KiB writes, same pinning: **$iperf_gbps Gbit/s**."
-  echo "*mean µs* = outstanding I/Os / IOPS (Little's law); *ratio* = the point's throughput / the iperf3 reference."
+  echo "Latency reference in the same run: a 72-byte request answered with 4144 bytes (the wire shape of a 4 KiB"
+  echo "read) between two processes spinning on nonblocking loopback sockets, no NVMe work: **$floor_us µs** per round trip."
+  echo "*mean µs* = outstanding I/Os / IOPS (Little's law); *ratio* = the point's throughput / the iperf3 reference;"
+  echo "*× floor* = mean µs / the round-trip floor (QD1 rows)."
   echo "Numbers on shared machines are noisy: compare ratios taken in one run."
   echo
-  echo "| point | IOPS | MB/s | mean µs | p50 µs | p99 µs | errors | ratio to iperf3 |"
-  echo "|---|---|---|---|---|---|---|---|"
+  echo "| point | IOPS | MB/s | mean µs | p50 µs | p99 µs | errors | ratio to iperf3 | × floor |"
+  echo "|---|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
   echo
   echo "## Against the reference figures of issue 5"
   echo
   echo "A polled userspace stack (SPDK) measured on a machine like ours, set against this run by each run's ratio"
-  echo "to its own iperf3 reference (theirs: 34.7 Gbit/s); QD1 latency directly (\`bench/reference.py\`)."
+  echo "to its own iperf3 reference (theirs: 34.7 Gbit/s); QD1 latency directly, since their round-trip floor is not"
+  echo "known (\`bench/reference.py\`)."
   echo
   printf '%s\n' "${rows[@]}" | python3 bench/reference.py "$iperf_gbps"
   if [[ ${#scale[@]} -gt 0 ]]; then
