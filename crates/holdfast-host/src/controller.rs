@@ -203,7 +203,7 @@ pub async fn send(
     long_lived: bool,
 ) -> Result<oneshot::Receiver<Result<Completion>>> {
     let (reply, rx) = oneshot::channel();
-    let cmd = Command { sqe, data_out, data_in_len, name, replayable, long_lived, reply, timeouts: 0 };
+    let cmd = Command { sqe, data_out, data_in_len, name, replayable, long_lived, reply, timeouts: 0, retries: 0 };
     tx.send(cmd).await.map_err(|_| Error::NotConnected("the controller is closed".into()))?;
     Ok(rx)
 }
@@ -314,6 +314,7 @@ async fn start_queue(
     deadline: TInstant,
     poll: &Option<Arc<holdfast_rt::BusyPoll>>,
     closing: &CancellationToken,
+    crdt: [u16; 3],
 ) -> std::result::Result<(mpsc::Sender<Command>, watch::Sender<bool>, u16), (Error, Option<Slot>)> {
     let timeout = o.connect_timeout.min(deadline.saturating_duration_since(TInstant::now()));
     let conn = match transport::connect(&o.addr, o.hdgst, o.ddgst, max_transfer.max(64 << 10), timeout).await {
@@ -331,6 +332,7 @@ async fn start_queue(
         addr: o.addr.clone(),
         poll: poll.clone(),
         closing: closing.clone(),
+        crdt,
     };
     let (setup_tx, setup_rx) = mpsc::channel(8);
     let (open_tx, open_rx) = watch::channel(false);
@@ -421,6 +423,7 @@ async fn establish(
         deadline,
         &sh.poll,
         &sh.shutdown,
+        [0; 3],
     )
     .await
     {
@@ -513,6 +516,24 @@ async fn establish(
             setup_ok(&admin, s, Bytes::new(), 0, "Set Features (Keep Alive Timer)", deadline).await?;
         }
         let restarted = matches!((eff.instance_id, new_eff.instance_id), (Some(a), Some(b)) if a != b);
+        // Advanced Command Retry: once enabled, a retryable error's CRD field selects how long to wait
+        // (CRDT1..3) before the command is issued again (NVMe Base 2.0 §5.27.1.18). As the Linux host, only
+        // for a controller that advertises retry delays.
+        let crdt = if !is_discovery && id.crdt1.get() != 0 {
+            let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
+            s.cdw10.set(holdfast_proto::features::HOST_BEHAVIOR_SUPPORT as u32);
+            let hbs = holdfast_proto::features::HostBehaviorSupport::with_acre(true);
+            let data = Bytes::copy_from_slice(hbs.as_bytes());
+            match setup_ok(&admin, s, data, 0, "Set Features (Host Behavior Support)", deadline).await {
+                Ok(_) => [id.crdt1.get(), id.crdt2.get(), id.crdt3.get()],
+                Err(e) => {
+                    tracing::debug!(addr = %o.addr, "ACRE not enabled: {e}");
+                    [0; 3]
+                }
+            }
+        } else {
+            [0; 3]
+        };
         let mdts = id.mdts;
         // MDTS is a power of two in units of the minimum memory page size, 2^(12 + CAP.MPSMIN) (NVMe Base 2.0
         // §5.17.2.1, CAP bits 51:48 in §3.1.4.1); 0 = no limit.
@@ -564,6 +585,7 @@ async fn establish(
                     deadline,
                     &sh.poll,
                     &sh.shutdown,
+                    crdt,
                 )
                 .await
                 {

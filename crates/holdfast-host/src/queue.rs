@@ -38,11 +38,19 @@ pub struct Command {
     /// declared lost). A command that keeps timing out on fresh connections is failed rather than re-issued
     /// for ever ([`MAX_COMMAND_TIMEOUTS`]).
     pub timeouts: u8,
+    /// How many times the controller answered this command with a retryable error (DNR clear) and it was
+    /// issued again ([`MAX_STATUS_RETRIES`]).
+    pub retries: u8,
 }
 
 /// After this many command timeouts, each on its own connection, a command fails with [`Error::Timeout`]
 /// instead of being re-issued again: the target is answering everything else, so it is not a lost path.
 pub const MAX_COMMAND_TIMEOUTS: u8 = 3;
+
+/// A replayable command the controller fails without Do Not Retry is issued again, up to this many times (as
+/// the Linux host's `nvme_core.max_retries`), after the Command Retry Delay its CRD field selects (NVMe Base
+/// 2.0 §3.3.3.2.2 / Figure 101; CRDT1..3 in Identify Controller, used once ACRE is enabled).
+pub const MAX_STATUS_RETRIES: u8 = 5;
 
 /// A completed command: its CQE and the data the controller returned.
 #[derive(Debug, Clone)]
@@ -81,6 +89,9 @@ pub struct QueueParams {
     pub poll: Option<std::sync::Arc<holdfast_rt::BusyPoll>>,
     /// Cancelled when the controller is shut down: the queue then closes in order (see [`LINGER`]).
     pub closing: tokio_util::sync::CancellationToken,
+    /// Command Retry Delay Times 1..3 in 100 ms units (Identify Controller CRDT1..3), all 0 unless the host
+    /// enabled ACRE: how long a retryable error with CRD 1..3 waits before the command is issued again.
+    pub crdt: [u16; 3],
 }
 
 /// Why and how a queue task ended.
@@ -126,6 +137,8 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_check = Instant::now() + TIMEOUT_CHECK;
     let mut recv_hint = 16 * 1024;
+    // Commands the controller failed with a retryable status, waiting out their retry delay.
+    let mut delayed: Vec<(Instant, Command)> = Vec::new();
 
     let error: Option<Error> = 'run: loop {
         // Command timeouts, checked here as well as on the tick: a socket that is always readable would
@@ -137,6 +150,18 @@ pub async fn run(
                 break Some(e);
             }
         }
+        // Retries whose delay has passed go first.
+        if !delayed.is_empty() {
+            let mut i = 0;
+            while i < delayed.len() {
+                if delayed[i].0 <= now {
+                    backlog.push_front(delayed.swap_remove(i).1);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        let next_retry = delayed.iter().map(|d| d.0).min();
         // Issue what we can: set-up commands (Connect, enable, ...) first; once the queue is opened,
         // re-issued commands, then new ones.
         let is_open = *open.borrow();
@@ -165,7 +190,13 @@ pub async fn run(
             seq += 1;
             slots[cid as usize] = Some(InFlight { buf: Reassembly::Empty, cmd, started: now, seq });
         }
-        if !rx_open && free.len() == depth && backlog.is_empty() && setup_backlog.is_empty() && out.is_empty() {
+        if !rx_open
+            && free.len() == depth
+            && backlog.is_empty()
+            && setup_backlog.is_empty()
+            && delayed.is_empty()
+            && out.is_empty()
+        {
             break None;
         }
         tokio::select! {
@@ -199,7 +230,7 @@ pub async fn run(
                             if let Pdu::C2HData(d) = &pdu {
                                 recv_hint = recv_hint.max((d.data.len() + 1024).min(MAX_RECV_HINT));
                             }
-                            if let Err(e) = handle_pdu(pdu, &p, &mut slots, &mut free, &mut out) {
+                            if let Err(e) = handle_pdu(pdu, &p, &mut slots, &mut free, &mut out, &mut delayed) {
                                 break 'run Some(e);
                             }
                         }
@@ -228,6 +259,7 @@ pub async fn run(
                     break Some(Error::NotConnected(format!("queue {} set-up abandoned", p.qid)));
                 }
             }
+            _ = tokio::time::sleep_until(next_retry.unwrap_or(now).into()), if next_retry.is_some() => {}
             _ = tick.tick() => {
                 next_check = Instant::now() + TIMEOUT_CHECK;
                 if let Some(e) = timed_out(&slots, &p) {
@@ -246,6 +278,7 @@ pub async fn run(
     let mut pending: Vec<Command> = pending.into_iter().map(|f| f.cmd).collect();
     pending.extend(setup_backlog);
     pending.extend(backlog);
+    pending.extend(delayed.into_iter().map(|(_, c)| c));
     let _ = wr.shutdown().await;
     if p.closing.is_cancelled() {
         linger(&mut rd).await;
@@ -317,6 +350,7 @@ fn handle_pdu(
     slots: &mut [Option<InFlight>],
     free: &mut Vec<u16>,
     out: &mut SendQueue,
+    delayed: &mut Vec<(Instant, Command)>,
 ) -> Result<(), Error> {
     let slot = |slots: &mut [Option<InFlight>], cid: u16| -> Result<usize, Error> {
         match slots.get(cid as usize) {
@@ -329,6 +363,23 @@ fn handle_pdu(
             let i = slot(slots, r.cqe.cid())?;
             if let Some(f) = slots[i].take() {
                 free.push(i as u16);
+                let st = r.cqe.status();
+                if !st.is_success() && !st.dnr() && f.cmd.replayable && f.cmd.retries < MAX_STATUS_RETRIES {
+                    let delay = match st.crd() {
+                        0 => Duration::ZERO,
+                        n => Duration::from_millis(100 * p.crdt[(n as usize - 1).min(2)] as u64),
+                    };
+                    let mut cmd = f.cmd;
+                    cmd.retries += 1;
+                    tracing::debug!(
+                        qid = p.qid,
+                        "{} failed with {st}, which may be retried: again in {delay:?} (retry {})",
+                        cmd.name,
+                        cmd.retries
+                    );
+                    delayed.push((Instant::now() + delay, cmd));
+                    return Ok(());
+                }
                 let want = f.cmd.data_in_len;
                 let result = if !r.cqe.status().is_success() || f.buf.len() == want {
                     Ok(Completion { cqe: r.cqe, data: f.buf.into_bytes() })

@@ -5,7 +5,8 @@
 //! C2HData split into odd-sized PDUs, with or without the SUCCESS flag (NVMe/TCP 1.0 §3.6.2.6); no in-capsule
 //! data so every write goes through R2T, several R2Ts per command and a small MAXH2CDATA (§3.6.2.7–8); a
 //! small MDTS; digests; a refused Connect; a command that is never answered; a termination request; fewer I/O
-//! queues granted than asked for; Asynchronous Event Requests aborted after the host closes.
+//! queues granted than asked for; Asynchronous Event Requests aborted after the host closes; writes failed with a
+//! retryable status (CRD and CRDT1) or with Do Not Retry.
 
 use bytes::{Bytes, BytesMut};
 use holdfast_host::{ConnectOptions, Controller, Error, Namespace};
@@ -51,6 +52,10 @@ struct Behaviour {
     hang_reads: bool,
     /// Answer the first Read with a C2HTermReq and close the connection.
     term_first_read: bool,
+    /// CRDT1 in Identify Controller (100 ms units; 0: no retry delays advertised).
+    crdt1: u16,
+    /// The status failed writes get (see `State::fail_writes`).
+    fail_status: Status,
 }
 
 impl Default for Behaviour {
@@ -66,6 +71,8 @@ impl Default for Behaviour {
             refuse_connect: None,
             hang_reads: false,
             term_first_read: false,
+            crdt1: 0,
+            fail_status: Status::TRANSIENT_TRANSPORT_ERROR.with_crd(1),
         }
     }
 }
@@ -85,6 +92,12 @@ struct State {
     termed: AtomicBool,
     /// I/O queues granted by Set Features Number of Queues (0: as many as asked).
     grant: AtomicU32,
+    /// The next this many writes fail with `Behaviour::fail_status` (and change nothing).
+    fail_writes: AtomicU32,
+    /// Writes received, failed or not.
+    write_attempts: AtomicU32,
+    /// Set Features Host Behavior Support arrived with ACRE set.
+    acre: AtomicBool,
     /// Writes after the host closed its side that failed (the host's socket answered with a RST).
     resets: AtomicU32,
 }
@@ -111,6 +124,9 @@ async fn fake(b: Behaviour) -> Fake {
         termed: AtomicBool::new(false),
         resets: AtomicU32::new(0),
         grant: AtomicU32::new(0),
+        fail_writes: AtomicU32::new(0),
+        write_attempts: AtomicU32::new(0),
+        acre: AtomicBool::new(false),
     });
     let st2 = st.clone();
     tokio::spawn(async move {
@@ -183,6 +199,10 @@ impl Conn {
     }
 
     fn apply_write(&mut self, sqe: &SubmissionEntry, data: &[u8]) {
+        self.st.write_attempts.fetch_add(1, Ordering::Relaxed);
+        if self.st.fail_writes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+            return self.resp(sqe.cid(), self.st.b.fail_status, 0);
+        }
         let at = rw::slba(sqe) as usize * BS;
         self.st.ram.lock().unwrap()[at..at + data.len()].copy_from_slice(data);
         self.st.writes.fetch_add(1, Ordering::Relaxed);
@@ -239,6 +259,7 @@ impl Conn {
                             id.mdts = self.st.b.mdts;
                             id.ioccsz.set(self.st.b.ioccsz);
                             id.nn.set(1);
+                            id.crdt1.set(self.st.b.crdt1);
                             identify::set_ascii(&mut id.mn, "fake");
                             page.copy_from_slice(id.as_bytes());
                         }
@@ -256,6 +277,9 @@ impl Conn {
                     self.send_data(cid, &page);
                 }
                 admin::SET_FEATURES => {
+                    if sqe.cdw10.get() as u8 == holdfast_proto::features::HOST_BEHAVIOR_SUPPORT {
+                        self.st.acre.store(data.first() == Some(&1), Ordering::Relaxed);
+                    }
                     let mut dw11 = sqe.cdw11.get();
                     let grant = self.st.grant.load(Ordering::Relaxed);
                     if grant > 0 {
@@ -678,5 +702,44 @@ async fn a_reconnect_that_gets_fewer_queues_rides_through() {
     assert!(r.expect("re-issued read") == pattern(BS, 1));
     assert_eq!(f.st.connections.load(Ordering::Relaxed), 3 + 2, "admin + 2 queues, then admin + 1 queue");
     spread_io(&ns, 32, 9).await;
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_retryable_error_is_retried_after_the_delay_its_crd_selects() {
+    let f = fake(Behaviour { crdt1: 2, ..Behaviour::default() }).await;
+    let c = Controller::connect(opts(&f, 1, false)).await.unwrap();
+    assert!(f.st.acre.load(Ordering::Relaxed), "ACRE enabled: the controller advertises CRDT1");
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    // Two transient transport errors with CRD 1 (CRDT1 = 200 ms), then success: the caller sees success.
+    f.st.fail_writes.store(2, Ordering::Relaxed);
+    let t0 = Instant::now();
+    ns.write(7, pattern(BS, 4), false).await.expect("retried write");
+    assert!(t0.elapsed() >= Duration::from_millis(380), "waited CRDT1 before each retry: {:?}", t0.elapsed());
+    assert_eq!(f.st.write_attempts.load(Ordering::Relaxed), 3);
+    assert!(ns.read(7, 1).await.unwrap() == pattern(BS, 4));
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn retries_are_bounded_and_do_not_retry_is_honoured() {
+    let f = fake(Behaviour::default()).await;
+    let c = Controller::connect(opts(&f, 1, false)).await.unwrap();
+    assert!(!f.st.acre.load(Ordering::Relaxed), "no CRDT advertised: ACRE left alone");
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    f.st.fail_writes.store(100, Ordering::Relaxed);
+    match ns.write(7, pattern(BS, 4), false).await {
+        Err(Error::Nvme { status, .. }) => assert_eq!(status.code(), Status::TRANSIENT_TRANSPORT_ERROR.code()),
+        other => panic!("expected the NVMe status after the retries, got {other:?}"),
+    }
+    assert_eq!(f.st.write_attempts.load(Ordering::Relaxed), 1 + holdfast_host::queue::MAX_STATUS_RETRIES as u32);
+    c.shutdown().await.unwrap();
+
+    let f = fake(Behaviour { fail_status: Status::TRANSIENT_TRANSPORT_ERROR.with_dnr(), ..Behaviour::default() }).await;
+    let c = Controller::connect(opts(&f, 1, false)).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    f.st.fail_writes.store(1, Ordering::Relaxed);
+    assert!(ns.write(7, pattern(BS, 4), false).await.is_err(), "DNR: failed at once");
+    assert_eq!(f.st.write_attempts.load(Ordering::Relaxed), 1);
     c.shutdown().await.unwrap();
 }
