@@ -109,6 +109,8 @@ struct InFlight {
     buf: Reassembly,
     started: Instant,
     seq: u64,
+    /// Some of its C2HData failed the data digest: whatever the controller says, the data is not delivered.
+    bad_data: bool,
 }
 
 /// Run a queue on an initialized connection until it fails or is no longer needed.
@@ -188,7 +190,7 @@ pub async fn run(
             let Some(cid) = free.pop() else { break };
             encode_command(&mut out, &p, cid, &cmd);
             seq += 1;
-            slots[cid as usize] = Some(InFlight { buf: Reassembly::Empty, cmd, started: now, seq });
+            slots[cid as usize] = Some(InFlight { buf: Reassembly::Empty, cmd, started: now, seq, bad_data: false });
         }
         if !rx_open
             && free.len() == depth
@@ -243,8 +245,27 @@ pub async fn run(
                             let _ = tokio::time::timeout(Duration::from_millis(200), wr.write_all(&b)).await;
                             break 'run Some(Error::Protocol { qid: p.qid, what: format!("malformed PDU from the target: {f}") });
                         }
-                        Err(e @ DecodeError::DataDigest { .. }) => {
-                            break 'run Some(Error::Protocol { qid: p.qid, what: e.to_string() });
+                        Err(DecodeError::DataDigest { pdu, expected, received }) => {
+                            // The framing is intact; one command's data is corrupt. Take the PDU as usual
+                            // (offsets, SUCCESS flag) and have the command issued again when it completes.
+                            let Pdu::C2HData(d) = *pdu else {
+                                break 'run Some(Error::Protocol {
+                                    qid: p.qid,
+                                    what: format!("data digest mismatch on a {:?} PDU", pdu.pdu_type()),
+                                });
+                            };
+                            tracing::warn!(
+                                qid = p.qid,
+                                "data digest mismatch on C2HData for command {} (computed {expected:#010x}, \
+                                 received {received:#010x}): its data is dropped and the command issued again",
+                                d.cccid
+                            );
+                            if let Some(Some(f)) = slots.get_mut(d.cccid as usize) {
+                                f.bad_data = true;
+                            }
+                            if let Err(e) = handle_pdu(Pdu::C2HData(d), &p, &mut slots, &mut free, &mut out, &mut delayed) {
+                                break 'run Some(e);
+                            }
                         }
                     }
                 }
@@ -344,6 +365,42 @@ fn protocol(qid: u16, what: impl Into<String>) -> Error {
     Error::Protocol { qid, what: what.into() }
 }
 
+/// A command the controller just completed with `status`: if it is to be issued again (a retryable status, or
+/// data that failed its digest, within [`MAX_STATUS_RETRIES`] for a replayable command), queue it in `delayed`
+/// and return None; else return it to be completed. A command whose data failed its digest and that cannot be
+/// retried is completed here, with the error.
+fn retry_or_keep(
+    f: InFlight,
+    status: Status,
+    p: &QueueParams,
+    delayed: &mut Vec<(Instant, Command)>,
+) -> Option<InFlight> {
+    let retryable = f.bad_data || (!status.is_success() && !status.dnr());
+    if retryable && f.cmd.replayable && f.cmd.retries < MAX_STATUS_RETRIES {
+        let delay = match status.crd() {
+            0 => Duration::ZERO,
+            n => Duration::from_millis(100 * p.crdt[(n as usize - 1).min(2)] as u64),
+        };
+        let mut cmd = f.cmd;
+        cmd.retries += 1;
+        let why = if f.bad_data { "data digest mismatch".to_string() } else { status.to_string() };
+        tracing::debug!(
+            qid = p.qid,
+            "{} failed ({why}), which may be retried: again in {delay:?} (retry {})",
+            cmd.name,
+            cmd.retries
+        );
+        delayed.push((Instant::now() + delay, cmd));
+        return None;
+    }
+    if f.bad_data {
+        let what = format!("{}: data digest mismatch on its data", f.cmd.name);
+        let _ = f.cmd.reply.send(Err(protocol(p.qid, what)));
+        return None;
+    }
+    Some(f)
+}
+
 fn handle_pdu(
     pdu: Pdu,
     p: &QueueParams,
@@ -363,23 +420,7 @@ fn handle_pdu(
             let i = slot(slots, r.cqe.cid())?;
             if let Some(f) = slots[i].take() {
                 free.push(i as u16);
-                let st = r.cqe.status();
-                if !st.is_success() && !st.dnr() && f.cmd.replayable && f.cmd.retries < MAX_STATUS_RETRIES {
-                    let delay = match st.crd() {
-                        0 => Duration::ZERO,
-                        n => Duration::from_millis(100 * p.crdt[(n as usize - 1).min(2)] as u64),
-                    };
-                    let mut cmd = f.cmd;
-                    cmd.retries += 1;
-                    tracing::debug!(
-                        qid = p.qid,
-                        "{} failed with {st}, which may be retried: again in {delay:?} (retry {})",
-                        cmd.name,
-                        cmd.retries
-                    );
-                    delayed.push((Instant::now() + delay, cmd));
-                    return Ok(());
-                }
+                let Some(f) = retry_or_keep(f, r.cqe.status(), p, delayed) else { return Ok(()) };
                 let want = f.cmd.data_in_len;
                 let result = if !r.cqe.status().is_success() || f.buf.len() == want {
                     Ok(Completion { cqe: r.cqe, data: f.buf.into_bytes() })
@@ -420,6 +461,7 @@ fn handle_pdu(
                 }
                 if let Some(f) = slots[i].take() {
                     free.push(i as u16);
+                    let Some(f) = retry_or_keep(f, Status::SUCCESS, p, delayed) else { return Ok(()) };
                     let cqe = CompletionEntry::new(d.cccid, Status::SUCCESS, 0);
                     let _ = f.cmd.reply.send(Ok(Completion { cqe, data: f.buf.into_bytes() }));
                 }

@@ -6,7 +6,7 @@
 //! data so every write goes through R2T, several R2Ts per command and a small MAXH2CDATA (§3.6.2.7–8); a
 //! small MDTS; digests; a refused Connect; a command that is never answered; a termination request; fewer I/O
 //! queues granted than asked for; Asynchronous Event Requests aborted after the host closes; writes failed with a
-//! retryable status (CRD and CRDT1) or with Do Not Retry.
+//! retryable status (CRD and CRDT1) or with Do Not Retry; C2HData with a wrong data digest.
 
 use bytes::{Bytes, BytesMut};
 use holdfast_host::{ConnectOptions, Controller, Error, Namespace};
@@ -98,6 +98,8 @@ struct State {
     write_attempts: AtomicU32,
     /// Set Features Host Behavior Support arrived with ACRE set.
     acre: AtomicBool,
+    /// The next this many C2HData PDUs go out with a wrong data digest.
+    corrupt_c2h: AtomicU32,
     /// Writes after the host closed its side that failed (the host's socket answered with a RST).
     resets: AtomicU32,
 }
@@ -127,6 +129,7 @@ async fn fake(b: Behaviour) -> Fake {
         fail_writes: AtomicU32::new(0),
         write_attempts: AtomicU32::new(0),
         acre: AtomicBool::new(false),
+        corrupt_c2h: AtomicU32::new(0),
     });
     let st2 = st.clone();
     tokio::spawn(async move {
@@ -181,6 +184,12 @@ impl Conn {
                 success: last && self.st.b.c2h_success,
             };
             Pdu::C2HData(pdu).encode(&self.framing, &mut self.out);
+            if self.framing.ddgst
+                && self.st.corrupt_c2h.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
+            {
+                let end = self.out.len();
+                self.out[end - 1] ^= 0xFF; // the data digest is the PDU's last 4 bytes
+            }
             off += n;
         }
         if !self.st.b.c2h_success {
@@ -742,4 +751,27 @@ async fn retries_are_bounded_and_do_not_retry_is_honoured() {
     assert!(ns.write(7, pattern(BS, 4), false).await.is_err(), "DNR: failed at once");
     assert_eq!(f.st.write_attempts.load(Ordering::Relaxed), 1);
     c.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_data_digest_mismatch_reissues_the_read_on_the_same_connection() {
+    for c2h_success in [false, true] {
+        let f = fake(Behaviour { c2h_success, c2h_chunk: 2048, ..Behaviour::default() }).await;
+        let c = Controller::connect(opts(&f, 1, true)).await.unwrap();
+        let ns = Namespace::open(&c, 1).await.unwrap();
+        let d = pattern(8 * BS, 6);
+        ns.write(64, d.clone(), false).await.unwrap();
+        let reads = f.st.reads.load(Ordering::Relaxed);
+        f.st.corrupt_c2h.store(1, Ordering::Relaxed);
+        assert!(ns.read(64, 8).await.expect("read despite one corrupt PDU") == d);
+        assert_eq!(f.st.reads.load(Ordering::Relaxed), reads + 2, "read once more");
+        assert_eq!(f.st.connections.load(Ordering::Relaxed), 2, "no reconnect: admin + 1 I/O queue");
+        // Corrupt every time: after the retries the caller gets an error that names the digest.
+        f.st.corrupt_c2h.store(1000, Ordering::Relaxed);
+        match ns.read(64, 8).await {
+            Err(e) => assert!(e.to_string().contains("data digest"), "{e}"),
+            Ok(_) => panic!("corrupt data delivered"),
+        }
+        c.shutdown().await.unwrap();
+    }
 }
