@@ -22,33 +22,41 @@ pcap=$1 port=$2
 here=$(cd "$(dirname "$0")" && pwd)
 check=${NVME_TCP_CHECK:-$here/../../shared/captures/nvme-tcp-check.sh}
 
-out=$("$check" "$pcap" "$port") && { echo "$out"; exit 0; }
-official=$(grep -v '^ *[0-9]\+ ' <<<"$out" || true)   # its verdict and frames (the per-PDU counts are long)
+if out=$("$check" "$pcap" "$port"); then
+  echo "$out"
+  # It passes a capture it could not read, or one without NVMe/TCP: a check of nothing is a failure here.
+  grep -qE 'nvme-tcp-check: [1-9][0-9]* NVMe/TCP PDUs' <<<"$out" || { echo "nvme-tcp-check-loopback: no NVMe/TCP PDU in $pcap"; exit 1; }
+  exit 0
+fi
+# Its verdict and flagged frames, without its per-PDU counts ("  12 NVMe Write": a count, then no arrow).
+official=$(awk '!/^ *[0-9]+ / || /→/' <<<"$out")
 
 ts=(tshark -r "$pcap" -d "tcp.port==$port,nvme-tcp" -o nvme-tcp.check_hdgst:TRUE -o nvme-tcp.check_ddgst:TRUE
     -o tcp.analyze_sequence_numbers:FALSE)
 flt="_ws.malformed || _ws.expert.severity >= warning || nvme-tcp.hdgst.status == 0 || nvme-tcp.ddgst.status == 0"
 fields=(-T fields -E separator=$'\t' -E occurrence=a -E aggregator='|')
-dsacks=$("${ts[@]}" -Y tcp.options.sack.dsack "${fields[@]}" -e tcp.dstport -e tcp.options.sack.dsack_le \
-  -e tcp.options.sack.dsack_re 2>/dev/null)
-flagged=$("${ts[@]}" -Y "$flt" "${fields[@]}" -e frame.number -e tcp.srcport -e tcp.seq -e tcp.len \
-  -e nvme-tcp.hdgst.status -e nvme-tcp.ddgst.status -e _ws.expert.message 2>/dev/null)
+dsacks=$("${ts[@]}" -Y tcp.options.sack.dsack "${fields[@]}" -e tcp.stream -e tcp.dstport \
+  -e tcp.options.sack.dsack_le -e tcp.options.sack.dsack_re 2>/dev/null || true)
+flagged=$("${ts[@]}" -Y "$flt" "${fields[@]}" -e frame.number -e tcp.stream -e tcp.srcport -e tcp.seq -e tcp.len \
+  -e nvme-tcp.hdgst.status -e nvme-tcp.ddgst.status -e _ws.expert.message 2>/dev/null || true)
 [[ -n $flagged ]] || { echo "$official"; echo "nvme-tcp-check-loopback: check failed but tshark lists no flagged frame"; exit 1; }
 
 verdict=$(awk -F'\t' -v dsacks="$dsacks" '
   BEGIN {
     n = split(dsacks, lines, "\n")
-    for (i = 1; i <= n; i++) { if (split(lines[i], f, "\t") == 3) { port[i] = f[1]; le[i] = f[2]; re[i] = f[3] } }
+    for (i = 1; i <= n; i++) {
+      if (split(lines[i], f, "\t") == 4) { stream[i] = f[1]; port[i] = f[2]; le[i] = f[3]; re[i] = f[4] }
+    }
   }
-  function acked_dup(src, seq, len,   i) {  # did the receiver D-SACK all of [seq, seq+len) sent from src?
-    for (i in port) if (port[i] == src && le[i] + 0 <= seq + 0 && seq + len <= re[i] + 0) return 1
+  function acked_dup(st, src, seq, len,   i) {  # did the receiver D-SACK all of [seq, seq+len) sent from src?
+    for (i in port) if (stream[i] == st && port[i] == src && le[i] + 0 <= seq + 0 && seq + len <= re[i] + 0) return 1
     return 0
   }
   {
-    frame = $1; src = $2; seq = $3; len = $4; hd = $5; dd = $6; msg = $7
+    frame = $1; st = $2; src = $3; seq = $4; len = $5; hd = $6; dd = $7; msg = $8
     if (hd ~ /(^|\|)0($|\|)/ || dd ~ /(^|\|)0($|\|)/) { print "frame " frame ": bad digest"; bad++; next }
     if (msg == "D-SACK Sequence" && len == 0) { dsack_acks++; next }
-    if (msg == "New fragment overlaps old data (retransmission?)" && len > 0 && acked_dup(src, seq, len)) { dups++; next }
+    if (msg == "New fragment overlaps old data (retransmission?)" && len > 0 && acked_dup(st, src, seq, len)) { dups++; next }
     print "frame " frame ": " msg " (seq " seq ", len " len ")"; bad++
   }
   END { printf "summary %d %d %d\n", bad, dups, dsack_acks }' <<<"$flagged")

@@ -368,14 +368,6 @@ fn carry_queue(
         let Slot { mut rx, pending } = slot;
         let mut backlog: std::collections::VecDeque<Command> = pending.into();
         loop {
-            // A permit first, so that nothing is lost if the association ends while the granted queue is full.
-            let permit = tokio::select! {
-                _ = cancel.cancelled() => break,
-                p = to.reserve() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
             let cmd = match backlog.pop_front() {
                 Some(c) => c,
                 None => tokio::select! {
@@ -386,7 +378,21 @@ fn carry_queue(
                     },
                 },
             };
-            permit.send(cmd);
+            // Room in the granted queue's channel; the command goes back to the backlog if the association
+            // ends first, so nothing is lost (and no permit is held while idle).
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    backlog.push_front(cmd);
+                    break;
+                }
+                p = to.reserve() => match p {
+                    Ok(p) => p.send(cmd),
+                    Err(_) => {
+                        backlog.push_front(cmd);
+                        break;
+                    }
+                },
+            }
         }
         let _ = exits.send((idx, QueueExit { rx, pending: backlog.into(), error: None }));
     });
@@ -704,10 +710,16 @@ impl Controller {
         }
     }
 
-    /// Run an admin command.
+    /// Run an admin command. Identify, Get Log Page and Get/Set Features are re-issued after a reconnect;
+    /// any other admin command still outstanding when the connection is lost fails with a retryable path
+    /// error instead (its effect is not known to be idempotent: Format NVM, Namespace Management, ...).
     pub async fn admin(&self, sqe: SubmissionEntry, data_out: Bytes, data_in_len: usize) -> Result<Completion> {
         self.check()?;
-        submit(&self.inner.admin, sqe, data_out, data_in_len, command_name(&sqe, true)).await
+        let replayable =
+            matches!(sqe.opcode, aop::IDENTIFY | aop::GET_LOG_PAGE | aop::GET_FEATURES | aop::SET_FEATURES);
+        let name = command_name(&sqe, true);
+        let rx = send(&self.inner.admin, sqe, data_out, data_in_len, name, replayable, false).await?;
+        finish(rx, name).await
     }
 
     /// Queue an I/O command on queue `hint` (None: round robin); await the receiver for the completion.

@@ -312,7 +312,7 @@ pub async fn run(
 /// After our FIN a target still completes what it held (the Linux target aborts the outstanding
 /// Asynchronous Event Requests); a socket already closed here would answer those bytes with a RST. So the
 /// queue reads (and drops) until the target's FIN, for at most this long.
-pub const LINGER: Duration = Duration::from_secs(1);
+pub const LINGER: Duration = Duration::from_secs(2);
 
 async fn linger(rd: &mut tokio::net::tcp::OwnedReadHalf) {
     let mut scratch = vec![0u8; 4096];
@@ -375,15 +375,17 @@ fn retry_or_keep(
     p: &QueueParams,
     delayed: &mut Vec<(Instant, Command)>,
 ) -> Option<InFlight> {
-    let retryable = f.bad_data || (!status.is_success() && !status.dnr());
-    if retryable && f.cmd.replayable && f.cmd.retries < MAX_STATUS_RETRIES {
+    // The controller's status decides first (a failure with DNR is final, corrupt data or not); corrupt data
+    // under a successful status is a transport fault. Only I/O is retried: admin commands are the caller's.
+    let retryable = if status.is_success() { f.bad_data } else { !status.dnr() };
+    if retryable && p.qid != 0 && f.cmd.replayable && f.cmd.retries < MAX_STATUS_RETRIES {
         let delay = match status.crd() {
             0 => Duration::ZERO,
             n => Duration::from_millis(100 * p.crdt[(n as usize - 1).min(2)] as u64),
         };
         let mut cmd = f.cmd;
         cmd.retries += 1;
-        let why = if f.bad_data { "data digest mismatch".to_string() } else { status.to_string() };
+        let why = if status.is_success() { "data digest mismatch".to_string() } else { status.to_string() };
         tracing::debug!(
             qid = p.qid,
             "{} failed ({why}), which may be retried: again in {delay:?} (retry {})",
@@ -393,7 +395,7 @@ fn retry_or_keep(
         delayed.push((Instant::now() + delay, cmd));
         return None;
     }
-    if f.bad_data {
+    if f.bad_data && status.is_success() {
         let what = format!("{}: data digest mismatch on its data", f.cmd.name);
         let _ = f.cmd.reply.send(Err(protocol(p.qid, what)));
         return None;

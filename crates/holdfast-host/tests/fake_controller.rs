@@ -775,3 +775,22 @@ async fn a_data_digest_mismatch_reissues_the_read_on_the_same_connection() {
         c.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn idle_carried_queues_never_block_the_granted_one() {
+    // Seven carried queues mapped onto one granted queue whose channel holds four commands: a carrier
+    // waiting for work must not hold room in that channel, or a caller of the granted queue waits for ever.
+    let f = fake(Behaviour::default()).await;
+    f.st.grant.store(1, Ordering::Relaxed);
+    let mut o = opts(&f, 8, false);
+    o.queue_size = 2;
+    let c = Controller::connect(o).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await; // let every carrier reach its idle wait
+    for i in 0..10u64 {
+        let w = ns.write_on(Some(0), 200 + i, pattern(BS, i as u8), false);
+        tokio::time::timeout(Duration::from_secs(5), w).await.expect("the granted queue is not blocked").unwrap();
+    }
+    spread_io(&ns, 16, 3).await;
+    c.shutdown().await.unwrap();
+}
