@@ -2,7 +2,8 @@
 //! every file backend.
 
 use crate::backend::MediaGate;
-use crate::subsystem::Target;
+use crate::config::Config;
+use crate::subsystem::{Port, ReloadSummary, Target};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -16,7 +17,19 @@ pub struct Server {
     pub shutdown: CancellationToken,
     /// The bound address of each port (ephemeral ports resolved).
     pub bound: Vec<(u16, SocketAddr)>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    ports: Vec<Listening>,
+}
+
+/// One port being served.
+struct Listening {
+    id: u16,
+    /// The address as configured (port 0 stays 0: an unchanged configuration keeps the port).
+    configured: SocketAddr,
+    /// The address bound.
+    addr: SocketAddr,
+    /// Stops this port's listener and closes the connections it accepted.
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -26,19 +39,84 @@ impl Server {
         if let Some(p) = &target.busy_poll {
             p.spawn();
         }
-        let mut bound = Vec::new();
-        let mut tasks = Vec::new();
-        let ports = target.ports.read().clone();
-        let mut resolved = Vec::new();
-        for mut port in ports {
+        let configured: Vec<Port> = target.ports.read().clone();
+        let mut server = Server { target, shutdown, bound: Vec::new(), ports: Vec::new() };
+        for port in configured {
             let listener = bind(port.addr).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", port.addr))?;
-            port.addr = listener.local_addr()?;
-            bound.push((port.id, port.addr));
-            resolved.push(port.clone());
-            tasks.push(tokio::spawn(crate::transport::tcp::serve(target.clone(), port, listener, shutdown.clone())));
+            server.serve(port.id, port.addr, listener)?;
         }
-        *target.ports.write() = resolved;
-        Ok(Server { target, shutdown, bound, tasks })
+        server.publish_ports();
+        Ok(server)
+    }
+
+    fn serve(&mut self, id: u16, configured: SocketAddr, listener: TcpListener) -> anyhow::Result<()> {
+        let addr = listener.local_addr()?;
+        let stop = self.shutdown.child_token();
+        let port = Port { id, addr };
+        let task = tokio::spawn(crate::transport::tcp::serve(self.target.clone(), port, listener, stop.clone()));
+        self.ports.push(Listening { id, configured, addr, stop, task });
+        Ok(())
+    }
+
+    /// What discovery reports and `bound` say: the ports being served, ephemeral ports resolved.
+    fn publish_ports(&mut self) {
+        self.bound = self.ports.iter().map(|l| (l.id, l.addr)).collect();
+        *self.target.ports.write() = self.bound.iter().map(|&(id, addr)| Port { id, addr }).collect();
+    }
+
+    /// Apply a new configuration to the running target (SIGHUP): subsystems, namespaces, access lists and
+    /// policies as [`Target::reload`] does, and ports: a port whose ID or address is new is bound and served,
+    /// a port no longer configured stops listening and its connections close (as removing an nvmet port
+    /// does). New addresses are bound before anything changes, so a port that cannot be bound (address in use,
+    /// say) leaves the target as it was. Discovery controllers see a new GENCTR when the ports changed.
+    pub async fn reload(&mut self, cfg: &Config) -> anyhow::Result<ReloadSummary> {
+        let mut wanted = Vec::new();
+        for p in &cfg.ports {
+            let addr: SocketAddr =
+                p.listen.parse().map_err(|e| anyhow::anyhow!("port {}: listen = {:?}: {e}", p.id, p.listen))?;
+            wanted.push((p.id, addr));
+        }
+        let running = |id: u16, addr: SocketAddr| self.ports.iter().any(|l| l.id == id && l.configured == addr);
+        let removed: Vec<usize> = (0..self.ports.len())
+            .filter(|&i| !wanted.contains(&(self.ports[i].id, self.ports[i].configured)))
+            .collect();
+        let added: Vec<(u16, SocketAddr)> = wanted.iter().copied().filter(|&(id, a)| !running(id, a)).collect();
+        // An address a removed port still holds can only be bound once that port has stopped.
+        let held = |a: SocketAddr| a.port() != 0 && removed.iter().any(|&i| self.ports[i].addr == a);
+        let (late, now): (Vec<_>, Vec<_>) = added.iter().copied().partition(|&(_, a)| held(a));
+        let mut early = Vec::new();
+        for (id, addr) in now {
+            let l = bind(addr).map_err(|e| anyhow::anyhow!("port {id}: cannot listen on {addr}: {e}"))?;
+            early.push((id, addr, l));
+        }
+        let mut summary = self.target.reload(cfg)?;
+        let mut stopped = Vec::new();
+        for i in removed.into_iter().rev() {
+            let l = self.ports.remove(i);
+            l.stop.cancel();
+            let _ = l.task.await;
+            summary.notes.push(format!("port {} ({}) removed: its connections are closed", l.id, l.addr));
+            stopped.push(l.id);
+        }
+        for (id, addr, listener) in early {
+            self.serve(id, addr, listener)?;
+        }
+        for (id, addr) in late {
+            match bind(addr) {
+                Ok(l) => self.serve(id, addr, l)?,
+                Err(e) => summary.notes.push(format!("port {id}: cannot listen on {addr}: {e} (not served)")),
+            }
+        }
+        self.ports.sort_by_key(|l| l.id);
+        for l in self.ports.iter().filter(|l| added.contains(&(l.id, l.configured))) {
+            summary.notes.push(format!("port {} listening on {}", l.id, l.addr));
+        }
+        if !added.is_empty() || !stopped.is_empty() {
+            self.publish_ports();
+            self.target.discovery_changed();
+            summary.genctr = self.target.genctr.load(std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(summary)
     }
 
     /// Stop: close every connection, then make every file backend durable.
@@ -47,8 +125,8 @@ impl Server {
         for c in self.target.all_controllers() {
             c.teardown("target shutting down");
         }
-        for t in self.tasks {
-            let _ = t.await;
+        for l in self.ports {
+            let _ = l.task.await;
         }
         let target = self.target.clone();
         let _ = tokio::task::spawn_blocking(move || {

@@ -336,17 +336,22 @@ impl Target {
         self.genctr.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// What discovery reports changed: a new GENCTR, and a Discovery Log Page Change notice to every
+    /// discovery controller that asked for it.
+    pub fn discovery_changed(&self) {
+        self.bump_genctr();
+        for c in self.discovery.controllers() {
+            c.discovery_changed();
+        }
+    }
+
     /// Apply a new configuration to the running target (SIGHUP): subsystems and namespaces are added,
     /// removed or replaced, access lists and policies updated. Controllers of a subsystem whose namespaces
     /// changed get a Namespace Attribute Changed notice; if what discovery reports changed, GENCTR moves
-    /// and discovery controllers get a Discovery Log Page Change notice. Ports cannot change while running.
+    /// and discovery controllers get a Discovery Log Page Change notice. Ports are the running server's
+    /// business ([`crate::server::Server::reload`]).
     pub fn reload(&self, cfg: &Config) -> anyhow::Result<ReloadSummary> {
         let mut summary = ReloadSummary::default();
-        let new_ports: Vec<(u16, String)> = cfg.ports.iter().map(|p| (p.id, p.listen.clone())).collect();
-        let old_ports: Vec<(u16, String)> = self.ports.read().iter().map(|p| (p.id, p.addr.to_string())).collect();
-        if new_ports.iter().map(|p| p.0).collect::<Vec<_>>() != old_ports.iter().map(|p| p.0).collect::<Vec<_>>() {
-            summary.notes.push("port changes take effect at the next start".into());
-        }
         // Build everything new first, so that a backend that fails to open changes nothing.
         let mut fresh: BTreeMap<String, Subsystem> = BTreeMap::new();
         let mut ns_new: Vec<(Arc<Subsystem>, u32, Option<Arc<Namespace>>)> = Vec::new();
@@ -437,10 +442,7 @@ impl Target {
             }
         }
         if discovery_changed {
-            self.bump_genctr();
-            for c in self.discovery.controllers() {
-                c.discovery_changed();
-            }
+            self.discovery_changed();
         }
         summary.genctr = self.genctr.load(Ordering::SeqCst);
         Ok(summary)

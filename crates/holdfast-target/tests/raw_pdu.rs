@@ -490,3 +490,56 @@ async fn huge_keep_alive_timer_saturates_instead_of_wrapping() {
     assert_eq!(a.cmd(ka, Bytes::new()).await.0.status(), Status::SUCCESS, "the association is still alive");
     server.stop().await;
 }
+
+fn ports_config(ports: &[(u16, &str)]) -> Config {
+    let mut text = String::new();
+    for (id, listen) in ports {
+        text.push_str(&format!("[[port]]\nid = {id}\nlisten = \"{listen}\"\n"));
+    }
+    text.push_str(&format!(
+        "[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n[[subsystem.namespace]]\nnsid = 1\n\
+         backend = \"ram\"\nsize_mib = 4\nblock_size = 512\n"
+    ));
+    Config::parse(&text, "ports").unwrap()
+}
+
+#[tokio::test]
+async fn reload_adds_and_removes_ports() {
+    let (mut server, addr1) = start("").await;
+    let (mut a1, _) = Conn::admin(addr1, NQN, false, false).await;
+    let genctr = server.target.genctr.load(std::sync::atomic::Ordering::SeqCst);
+
+    // A second port: bound and served, listed by discovery, GENCTR moves; the first is untouched.
+    let s = server.reload(&ports_config(&[(1, "127.0.0.1:0"), (2, "127.0.0.1:0")])).await.unwrap();
+    assert_eq!(server.bound.len(), 2, "{:?}", s.notes);
+    assert_eq!(server.bound[0].1, addr1, "an unchanged port keeps its listener");
+    assert_eq!(s.genctr, genctr + 1);
+    let addr2 = server.bound[1].1;
+    let (mut a2, _) = Conn::admin(addr2, NQN, false, false).await;
+    let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
+    s.dptr = SglDescriptor::transport(4096);
+    holdfast_proto::sqe::get_log_page::set(&mut s, 0x70, 0, 4096, 0);
+    let (mut d, _) = Conn::admin(addr2, fabrics::DISCOVERY_NQN, false, false).await;
+    let (r, log) = d.cmd(s, Bytes::new()).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    assert_eq!(u64::from_le_bytes(log[8..16].try_into().unwrap()), 4, "NQN and discovery entries on 2 ports");
+
+    // The first port removed: its listener closes, and so do the connections it accepted.
+    let s = server.reload(&ports_config(&[(2, "127.0.0.1:0")])).await.unwrap();
+    assert_eq!(server.bound, vec![(2, addr2)], "{:?}", s.notes);
+    assert!(TcpStream::connect(addr1).await.is_err(), "port 1 no longer listens");
+    let mut b = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), a1.s.read(&mut b)).await.expect("closed, not left hanging");
+    assert!(matches!(n, Ok(0) | Err(_)), "the connection on the removed port is closed");
+    let mut ka = SubmissionEntry::new(admin::KEEP_ALIVE, 0);
+    ka.dptr = SglDescriptor::transport(0);
+    assert_eq!(a2.cmd(ka, Bytes::new()).await.0.status(), Status::SUCCESS, "port 2 serves on");
+
+    // A port that cannot be bound changes nothing.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    let e = server.reload(&ports_config(&[(2, "127.0.0.1:0"), (3, &busy)])).await.unwrap_err();
+    assert!(e.to_string().contains("port 3") && e.to_string().contains(&busy), "{e}");
+    assert_eq!(server.bound, vec![(2, addr2)]);
+    server.stop().await;
+}

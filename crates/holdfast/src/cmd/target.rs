@@ -142,7 +142,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let a = a;
         let target = Target::new(&cfg, settings)?;
-        let server = Server::start(target.clone()).await?;
+        let mut server = Server::start(target.clone()).await?;
         for (id, addr) in &server.bound {
             tracing::info!(port = id, "listening on {addr} (NVMe/TCP and discovery)");
         }
@@ -186,7 +186,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 tracing::warn!("SIGHUP: nothing to reload in quick mode (no --config file)");
                 continue;
             };
-            match Config::load(path).map_err(anyhow::Error::from).and_then(|c| target.reload(&c)) {
+            let reloaded = match Config::load(path) {
+                Ok(c) => server.reload(&c).await,
+                Err(e) => Err(anyhow::Error::from(e)),
+            };
+            match reloaded {
                 Ok(s) if s.notes.is_empty() => tracing::info!("SIGHUP: {} reloaded, nothing changed", path.display()),
                 Ok(s) => {
                     for n in &s.notes {
