@@ -22,7 +22,7 @@ HOLDFAST_LOG=info "$bin" bench --addr "127.0.0.1:$port" --nqn "$nqn" --workload 
   --time 12 --verify >"$work/bench.out" 2>"$work/bench.log" & bpid=$!
 echo "[$(at)] host: bench randrw 4 KiB, qd 16 x 2 queues, every read verified"
 sleep 4
-kill -9 "$tpid"; echo "[$(at)] target KILLED (SIGKILL)"
+kill -9 "$tpid"; wait "$tpid" 2>/dev/null || true; echo "[$(at)] target KILLED (SIGKILL)"
 sleep 3
 "$bin" "${args[@]}" >>"$work/target.log" 2>&1 & tpid=$!
 echo "[$(at)] target restarted (same NQN, serial and namespace IDs; new instance)"
