@@ -42,24 +42,24 @@ impl Server {
         let configured: Vec<Port> = target.ports.read().clone();
         let mut server = Server { target, shutdown, bound: Vec::new(), ports: Vec::new() };
         for port in configured {
-            let listener = bind(port.addr).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", port.addr))?;
-            server.serve(port.id, port.addr, listener)?;
+            let (listener, addr) =
+                bind(port.addr).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", port.addr))?;
+            server.serve(port.id, port.addr, addr, listener);
         }
         server.publish_ports();
         Ok(server)
     }
 
-    fn serve(&mut self, id: u16, configured: SocketAddr, listener: TcpListener) -> anyhow::Result<()> {
-        let addr = listener.local_addr()?;
+    fn serve(&mut self, id: u16, configured: SocketAddr, addr: SocketAddr, listener: TcpListener) {
         let stop = self.shutdown.child_token();
         let port = Port { id, addr };
         let task = tokio::spawn(crate::transport::tcp::serve(self.target.clone(), port, listener, stop.clone()));
         self.ports.push(Listening { id, configured, addr, stop, task });
-        Ok(())
     }
 
     /// What discovery reports and `bound` say: the ports being served, ephemeral ports resolved.
     fn publish_ports(&mut self) {
+        self.ports.sort_by_key(|l| l.id);
         self.bound = self.ports.iter().map(|l| (l.id, l.addr)).collect();
         *self.target.ports.write() = self.bound.iter().map(|&(id, addr)| Port { id, addr }).collect();
     }
@@ -67,8 +67,11 @@ impl Server {
     /// Apply a new configuration to the running target (SIGHUP): subsystems, namespaces, access lists and
     /// policies as [`Target::reload`] does, and ports: a port whose ID or address is new is bound and served,
     /// a port no longer configured stops listening and its connections close (as removing an nvmet port
-    /// does). New addresses are bound before anything changes, so a port that cannot be bound (address in use,
-    /// say) leaves the target as it was. Discovery controllers see a new GENCTR when the ports changed.
+    /// does). Every new address is bound before anything changes, so one that cannot be bound (in use, say)
+    /// fails the reload and leaves the target as it was. The one exception is an address whose TCP port a
+    /// removed port still holds (a port moved to another ID or IP): it can only be bound once that port has
+    /// stopped; if that bind then fails, the rest of the configuration stays applied and the failure is in
+    /// [`ReloadSummary::errors`]. Discovery controllers see one new GENCTR for the whole reload.
     pub async fn reload(&mut self, cfg: &Config) -> anyhow::Result<ReloadSummary> {
         let mut wanted = Vec::new();
         for p in &cfg.ports {
@@ -81,41 +84,51 @@ impl Server {
             .filter(|&i| !wanted.contains(&(self.ports[i].id, self.ports[i].configured)))
             .collect();
         let added: Vec<(u16, SocketAddr)> = wanted.iter().copied().filter(|&(id, a)| !running(id, a)).collect();
-        // An address a removed port still holds can only be bound once that port has stopped.
-        let held = |a: SocketAddr| a.port() != 0 && removed.iter().any(|&i| self.ports[i].addr == a);
+        // A TCP port a removed listener holds (on the same IP, or on a wildcard either side) is free only once
+        // that listener has stopped.
+        let held = |a: SocketAddr| {
+            a.port() != 0
+                && removed.iter().any(|&i| {
+                    let b = self.ports[i].addr;
+                    b.port() == a.port() && (b.ip() == a.ip() || b.ip().is_unspecified() || a.ip().is_unspecified())
+                })
+        };
         let (late, now): (Vec<_>, Vec<_>) = added.iter().copied().partition(|&(_, a)| held(a));
         let mut early = Vec::new();
-        for (id, addr) in now {
-            let l = bind(addr).map_err(|e| anyhow::anyhow!("port {id}: cannot listen on {addr}: {e}"))?;
-            early.push((id, addr, l));
+        for (id, configured) in now {
+            let (l, addr) =
+                bind(configured).map_err(|e| anyhow::anyhow!("port {id}: cannot listen on {configured}: {e}"))?;
+            early.push((id, configured, addr, l));
         }
-        let mut summary = self.target.reload(cfg)?;
-        let mut stopped = Vec::new();
+        // Nothing has changed yet; from here on, everything is applied.
+        let (mut summary, mut discovery_changed) = self.target.reload_quiet(cfg)?;
         for i in removed.into_iter().rev() {
             let l = self.ports.remove(i);
             l.stop.cancel();
             let _ = l.task.await;
             summary.notes.push(format!("port {} ({}) removed: its connections are closed", l.id, l.addr));
-            stopped.push(l.id);
+            discovery_changed = true;
         }
-        for (id, addr, listener) in early {
-            self.serve(id, addr, listener)?;
+        for (id, configured, addr, listener) in early {
+            self.serve(id, configured, addr, listener);
+            summary.notes.push(format!("port {id} listening on {addr}"));
+            discovery_changed = true;
         }
-        for (id, addr) in late {
-            match bind(addr) {
-                Ok(l) => self.serve(id, addr, l)?,
-                Err(e) => summary.notes.push(format!("port {id}: cannot listen on {addr}: {e} (not served)")),
+        for (id, configured) in late {
+            match bind(configured) {
+                Ok((l, addr)) => {
+                    self.serve(id, configured, addr, l);
+                    summary.notes.push(format!("port {id} listening on {addr}"));
+                    discovery_changed = true;
+                }
+                Err(e) => summary.errors.push(format!("port {id}: cannot listen on {configured}: {e}; not served")),
             }
         }
-        self.ports.sort_by_key(|l| l.id);
-        for l in self.ports.iter().filter(|l| added.contains(&(l.id, l.configured))) {
-            summary.notes.push(format!("port {} listening on {}", l.id, l.addr));
-        }
-        if !added.is_empty() || !stopped.is_empty() {
-            self.publish_ports();
+        self.publish_ports();
+        if discovery_changed {
             self.target.discovery_changed();
-            summary.genctr = self.target.genctr.load(std::sync::atomic::Ordering::SeqCst);
         }
+        summary.genctr = self.target.genctr.load(std::sync::atomic::Ordering::SeqCst);
         Ok(summary)
     }
 
@@ -142,7 +155,8 @@ impl Server {
     }
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// A listening socket on `addr`, and the address it got (an ephemeral port resolved).
+fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
     let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     sock.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -151,5 +165,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     sock.bind(&addr.into())?;
     sock.listen(1024)?;
     sock.set_nonblocking(true)?;
-    TcpListener::from_std(sock.into())
+    let l = TcpListener::from_std(sock.into())?;
+    let bound = l.local_addr()?;
+    Ok((l, bound))
 }

@@ -199,6 +199,8 @@ impl Subsystem {
 pub struct ReloadSummary {
     /// One line per change.
     pub notes: Vec<String>,
+    /// What could not be applied although the rest was (a moved port whose new address could not be bound).
+    pub errors: Vec<String>,
     /// The discovery generation counter afterwards.
     pub genctr: u64,
 }
@@ -351,6 +353,17 @@ impl Target {
     /// and discovery controllers get a Discovery Log Page Change notice. Ports are the running server's
     /// business ([`crate::server::Server::reload`]).
     pub fn reload(&self, cfg: &Config) -> anyhow::Result<ReloadSummary> {
+        let (mut summary, discovery_changed) = self.reload_quiet(cfg)?;
+        if discovery_changed {
+            self.discovery_changed();
+            summary.genctr = self.genctr.load(Ordering::SeqCst);
+        }
+        Ok(summary)
+    }
+
+    /// [`Target::reload`] without the discovery change notice: returns whether discovery's view changed,
+    /// for a caller that changes more (ports) and raises one notice for all of it.
+    pub fn reload_quiet(&self, cfg: &Config) -> anyhow::Result<(ReloadSummary, bool)> {
         let mut summary = ReloadSummary::default();
         // Build everything new first, so that a backend that fails to open changes nothing.
         let mut fresh: BTreeMap<String, Subsystem> = BTreeMap::new();
@@ -441,11 +454,8 @@ impl Target {
                 c.namespaces_changed(nsids);
             }
         }
-        if discovery_changed {
-            self.discovery_changed();
-        }
         summary.genctr = self.genctr.load(Ordering::SeqCst);
-        Ok(summary)
+        Ok((summary, discovery_changed))
     }
 
     /// Every live controller of every subsystem (discovery included).

@@ -535,11 +535,20 @@ async fn reload_adds_and_removes_ports() {
     ka.dptr = SglDescriptor::transport(0);
     assert_eq!(a2.cmd(ka, Bytes::new()).await.0.status(), Status::SUCCESS, "port 2 serves on");
 
+    // The same address under another port ID: bound once the old port has let it go.
+    let a2s = addr2.to_string();
+    let s = server.reload(&ports_config(&[(3, &a2s)])).await.unwrap();
+    assert_eq!(server.bound, vec![(3, addr2)], "{:?}", s.notes);
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    Conn::admin(addr2, NQN, false, false).await;
+
     // A port that cannot be bound changes nothing.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap().to_string();
-    let e = server.reload(&ports_config(&[(2, "127.0.0.1:0"), (3, &busy)])).await.unwrap_err();
-    assert!(e.to_string().contains("port 3") && e.to_string().contains(&busy), "{e}");
-    assert_eq!(server.bound, vec![(2, addr2)]);
+    let genctr = server.target.genctr.load(std::sync::atomic::Ordering::SeqCst);
+    let e = server.reload(&ports_config(&[(3, &a2s), (4, &busy)])).await.unwrap_err();
+    assert!(e.to_string().contains("port 4") && e.to_string().contains(&busy), "{e}");
+    assert_eq!(server.bound, vec![(3, addr2)]);
+    assert_eq!(server.target.genctr.load(std::sync::atomic::Ordering::SeqCst), genctr);
     server.stop().await;
 }

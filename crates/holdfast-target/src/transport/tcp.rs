@@ -152,7 +152,7 @@ impl Connection {
             };
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break Close::Normal("target shutting down"),
+                _ = shutdown.cancelled() => break Close::Normal("listener stopped (target shutting down, or port removed)"),
                 _ = async { match &ctrl_cancel { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
                     break Close::Normal("controller torn down");
                 }

@@ -191,12 +191,21 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 Err(e) => Err(anyhow::Error::from(e)),
             };
             match reloaded {
-                Ok(s) if s.notes.is_empty() => tracing::info!("SIGHUP: {} reloaded, nothing changed", path.display()),
+                Ok(s) if s.notes.is_empty() && s.errors.is_empty() => {
+                    tracing::info!("SIGHUP: {} reloaded, nothing changed", path.display())
+                }
                 Ok(s) => {
                     for n in &s.notes {
                         tracing::info!("SIGHUP: {n}");
                     }
-                    tracing::info!(genctr = s.genctr, "SIGHUP: {} applied", path.display());
+                    for e in &s.errors {
+                        tracing::error!("SIGHUP: {e}");
+                    }
+                    if s.errors.is_empty() {
+                        tracing::info!(genctr = s.genctr, "SIGHUP: {} applied", path.display());
+                    } else {
+                        tracing::error!(genctr = s.genctr, "SIGHUP: {} applied except for the errors above", path.display());
+                    }
                 }
                 Err(e) => tracing::error!("SIGHUP: configuration not applied, the old one stays: {e:#}"),
             }
