@@ -523,7 +523,7 @@ async fn establish(
         }
         let restarted = matches!((eff.instance_id, new_eff.instance_id), (Some(a), Some(b)) if a != b);
         // Advanced Command Retry: once enabled, a retryable error's CRD field selects how long to wait
-        // (CRDT1..3) before the command is issued again (NVMe Base 2.0 §5.27.1.18). As the Linux host, only
+        // (CRDT1..3) before the command is issued again (NVMe Base 2.0 §5.27.1, Host Behavior Support, FID 16h). As the Linux host, only
         // for a controller that advertises retry delays.
         let crdt = if !is_discovery && id.crdt1.get() != 0 {
             let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
@@ -557,7 +557,7 @@ async fn establish(
             let n = nq as u32 - 1;
             s.cdw11.set(n | n << 16);
             let c = setup_ok(&admin, s, Bytes::new(), 0, "Set Features (Number of Queues)", deadline).await?;
-            // NSQA and NCQA, 0's based (NVMe Base 2.0 §5.27.1.5).
+            // NSQA and NCQA, 0's based (NVMe Base 2.0 §5.27.1, Number of Queues, FID 07h).
             let granted = ((c.cqe.dw0.get() & 0xFFFF).min(c.cqe.dw0.get() >> 16) + 1) as usize;
             let active = granted.min(nq);
             if active < nq {

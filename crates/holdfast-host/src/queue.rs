@@ -49,7 +49,7 @@ pub const MAX_COMMAND_TIMEOUTS: u8 = 3;
 
 /// A replayable command the controller fails without Do Not Retry is issued again, up to this many times (as
 /// the Linux host's `nvme_core.max_retries`), after the Command Retry Delay its CRD field selects (NVMe Base
-/// 2.0 §3.3.3.2.2 / Figure 101; CRDT1..3 in Identify Controller, used once ACRE is enabled).
+/// 2.0 §4.6.1 "Status Field Definition"; CRDT1..3 in Identify Controller, used once ACRE is enabled).
 pub const MAX_STATUS_RETRIES: u8 = 5;
 
 /// A completed command: its CQE and the data the controller returned.
