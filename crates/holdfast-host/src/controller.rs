@@ -523,8 +523,8 @@ async fn establish(
         }
         let restarted = matches!((eff.instance_id, new_eff.instance_id), (Some(a), Some(b)) if a != b);
         // Advanced Command Retry: once enabled, a retryable error's CRD field selects how long to wait
-        // (CRDT1..3) before the command is issued again (NVMe Base 2.0 §5.27.1, Host Behavior Support, FID 16h). As the Linux host, only
-        // for a controller that advertises retry delays.
+        // (CRDT1..3) before the command is issued again (NVMe Base 2.0 §5.27.1, Host Behavior Support,
+        // FID 16h). As the Linux host does, only for a controller that advertises retry delays.
         let crdt = if !is_discovery && id.crdt1.get() != 0 {
             let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
             s.cdw10.set(holdfast_proto::features::HOST_BEHAVIOR_SUPPORT as u32);
