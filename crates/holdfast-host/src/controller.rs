@@ -301,7 +301,7 @@ type Exits = (mpsc::UnboundedSender<(usize, QueueExit)>, mpsc::UnboundedReceiver
 /// switch that opens it to callers. The queue task reports its exit on `exits`.
 #[allow(clippy::too_many_arguments)]
 async fn start_queue(
-    o: &ConnectOptions,
+    sh: &Shared,
     idx: usize,
     size: u16,
     cntlid: u16,
@@ -312,10 +312,9 @@ async fn start_queue(
     exits: &mpsc::UnboundedSender<(usize, QueueExit)>,
     cancel: &CancellationToken,
     deadline: TInstant,
-    poll: &Option<Arc<holdfast_rt::BusyPoll>>,
-    closing: &CancellationToken,
     crdt: [u16; 3],
 ) -> std::result::Result<(mpsc::Sender<Command>, watch::Sender<bool>, u16), (Error, Option<Slot>)> {
+    let o = &sh.opts;
     let timeout = o.connect_timeout.min(deadline.saturating_duration_since(TInstant::now()));
     let conn = match transport::connect(&o.addr, o.hdgst, o.ddgst, max_transfer.max(64 << 10), timeout).await {
         Ok(c) => c,
@@ -330,8 +329,8 @@ async fn start_queue(
         maxh2cdata: conn.maxh2cdata,
         io_timeout: if qid == 0 { o.io_timeout.max(Duration::from_secs(10)) } else { o.io_timeout },
         addr: o.addr.clone(),
-        poll: poll.clone(),
-        closing: closing.clone(),
+        poll: sh.poll.clone(),
+        closing: sh.shutdown.clone(),
         crdt,
     };
     let (setup_tx, setup_rx) = mpsc::channel(8);
@@ -416,7 +415,7 @@ async fn establish(
     };
     let admin_slot = take(slots, 0)?;
     let (admin, open_admin, cntlid) = match start_queue(
-        o,
+        sh,
         0,
         ADMIN_QUEUE_SIZE,
         fabrics::CNTLID_DYNAMIC,
@@ -427,8 +426,6 @@ async fn establish(
         exits,
         &cancel,
         deadline,
-        &sh.poll,
-        &sh.shutdown,
         [0; 3],
     )
     .await
@@ -578,7 +575,7 @@ async fn establish(
                     continue;
                 }
                 match start_queue(
-                    o,
+                    sh,
                     qi,
                     size,
                     cntlid,
@@ -589,8 +586,6 @@ async fn establish(
                     exits,
                     &cancel,
                     deadline,
-                    &sh.poll,
-                    &sh.shutdown,
                     crdt,
                 )
                 .await
