@@ -588,13 +588,20 @@ async fn unanswered_command_never_hangs() {
     assert!(c.active_namespaces().await.is_ok());
 }
 
-#[tokio::test]
-async fn termination_request_reconnects_and_reissues() {
+/// A fake that answers the first Read with a termination request, and a controller on it with `queues` I/O
+/// queues that reconnects after 100 ms.
+async fn terminating_fake(queues: u16) -> (Fake, Controller, Namespace) {
     let f = fake(Behaviour { term_first_read: true, ..Behaviour::default() }).await;
-    let mut o = opts(&f, 1, false);
+    let mut o = opts(&f, queues, false);
     o.reconnect_delay = Some(Duration::from_millis(100));
     let c = Controller::connect(o).await.unwrap();
     let ns = Namespace::open(&c, 1).await.unwrap();
+    (f, c, ns)
+}
+
+#[tokio::test]
+async fn termination_request_reconnects_and_reissues() {
+    let (f, c, ns) = terminating_fake(1).await;
     let d = pattern(4 * BS, 7);
     ns.write(40, d.clone(), false).await.unwrap();
     let mut ev = c.events();
@@ -698,11 +705,7 @@ async fn fewer_granted_queues_are_carried_by_the_granted_ones() {
 
 #[tokio::test]
 async fn a_reconnect_that_gets_fewer_queues_rides_through() {
-    let f = fake(Behaviour { term_first_read: true, ..Behaviour::default() }).await;
-    let mut o = opts(&f, 2, false);
-    o.reconnect_delay = Some(Duration::from_millis(100));
-    let c = Controller::connect(o).await.unwrap();
-    let ns = Namespace::open(&c, 1).await.unwrap();
+    let (f, c, ns) = terminating_fake(2).await;
     ns.write(100, pattern(BS, 1), false).await.expect("write");
     // The restarted target grants one I/O queue: the first read draws a termination request, and the host
     // comes back with one queue carrying both.
