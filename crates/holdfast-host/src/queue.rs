@@ -484,22 +484,9 @@ fn handle_pdu(
             while off < o + l {
                 let n = (o + l - off).min(p.maxh2cdata.max(4096));
                 let last = off + n == o + l;
+                let fl = if last { flags::LAST_PDU } else { 0 };
                 let chunk = f.cmd.data_out.slice(off..off + n);
-                pdu::encode_data_header(
-                    out.header_buf(),
-                    &p.framing,
-                    PduType::H2CData,
-                    if last { flags::LAST_PDU } else { 0 },
-                    r.cccid,
-                    r.ttag,
-                    off as u32,
-                    n as u32,
-                );
-                let digest = p.framing.ddgst.then(|| digest_bytes(&chunk));
-                out.push_data(chunk);
-                if let Some(d) = digest {
-                    out.header_buf().extend_from_slice(&d);
-                }
+                out.push_data_pdu(&p.framing, PduType::H2CData, fl, r.cccid, r.ttag, off as u32, chunk);
                 off += n;
             }
         }

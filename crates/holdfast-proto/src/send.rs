@@ -55,6 +55,27 @@ impl SendQueue {
         self.chunks.push_back(data);
     }
 
+    /// Queue one H2CData or C2HData PDU (Figures 28 and 23): its header, `data` by reference, then the data
+    /// digest if `framing` negotiated one. `flags` carries LAST_PDU / SUCCESS.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_data_pdu(
+        &mut self,
+        framing: &crate::pdu::Framing,
+        ty: crate::pdu::PduType,
+        flags: u8,
+        cccid: u16,
+        ttag: u16,
+        datao: u32,
+        data: Bytes,
+    ) {
+        crate::pdu::encode_data_header(&mut self.tail, framing, ty, flags, cccid, ttag, datao, data.len() as u32);
+        let digest = framing.ddgst.then(|| crate::digest::digest_bytes(&data));
+        self.push_data(data);
+        if let Some(d) = digest {
+            self.tail.extend_from_slice(&d);
+        }
+    }
+
     fn seal(&mut self) {
         if !self.tail.is_empty() {
             let t = self.tail.split().freeze();

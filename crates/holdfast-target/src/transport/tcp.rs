@@ -9,7 +9,6 @@ use crate::request::{DataDir, Exec, Outcome, QueueCtx, Request, Response};
 use crate::subsystem::{Port, Target};
 use bytes::{Bytes, BytesMut};
 use holdfast_proto::decoder::{DecodeError, Fatal, Limits, PduDecoder, Role};
-use holdfast_proto::digest::digest_bytes;
 use holdfast_proto::pdu::{self, flags, ControllerIcParams, Fes, Framing, Pdu, PduType, TermReq, R2T};
 use holdfast_proto::{CompletionEntry, Reassembly, SendQueue, Status};
 use std::collections::{HashMap, VecDeque};
@@ -446,14 +445,7 @@ impl Connection {
             if last && success_flag {
                 f |= flags::SUCCESS;
             }
-            let hdr = self.out.header_buf();
-            pdu::encode_data_header(hdr, &self.framing, PduType::C2HData, f, cid, 0, off as u32, n as u32);
-            let chunk = data.slice(off..off + n);
-            let digest = self.framing.ddgst.then(|| digest_bytes(&chunk));
-            self.out.push_data(chunk);
-            if let Some(d) = digest {
-                self.out.header_buf().extend_from_slice(&d);
-            }
+            self.out.push_data_pdu(&self.framing, PduType::C2HData, f, cid, 0, off as u32, data.slice(off..off + n));
             off += n;
         }
         if !success_flag {
