@@ -375,9 +375,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         // at 256 controllers).
         let nworkers = a.qd as usize * a.queues as usize * a.controllers as usize;
         let shards: Vec<Arc<Mutex<Histogram<u64>>>> = (0..nworkers.min(16))
-            .map(|_| Ok(Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?))))
+            .map(|_| Ok(Arc::new(Mutex::new(latency_histogram()?))))
             .collect::<anyhow::Result<_>>()?;
-        for w in 0..(a.qd as usize * a.queues as usize * a.controllers as usize) {
+        for w in 0..nworkers {
             let q = w % a.queues as usize;
             let ns = nss[(w / a.queues as usize) % nss.len()].clone();
             tasks.push(tokio::spawn(worker(ns, sh.clone(), q, a.clone(), units, a.seed.wrapping_mul(1000).wrapping_add(w as u64), deadline, byte_limit, shards[w % shards.len()].clone())));
@@ -416,7 +416,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         for t in tasks {
             let _ = t.await;
         }
-        let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+        let mut hist = latency_histogram()?;
         for h in &shards {
             let _ = hist.add(&*h.lock().unwrap_or_else(|p| p.into_inner()));
         }
@@ -477,6 +477,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         Ok::<_, anyhow::Error>(if errors > 0 || mismatches > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
     })
+}
+
+/// Latencies in µs from 1 µs to an hour, 3 significant digits: the workers' shards and their sum.
+fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?)
 }
 
 #[cfg(test)]
