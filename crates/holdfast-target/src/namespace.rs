@@ -1,5 +1,6 @@
 //! A namespace: an NSID, a block size, a backend and its identifiers.
 
+use crate::backend::pool::IoPool;
 use crate::backend::Backend;
 use crate::config::NsIds;
 use std::sync::Arc;
@@ -16,13 +17,20 @@ pub struct Namespace {
     pub backend: Arc<dyn Backend>,
     /// UUID, NGUID, EUI-64.
     pub ids: NsIds,
+    /// The threads a blocking backend's calls run on (None for a backend that never blocks).
+    pub io: Option<IoPool>,
 }
+
+/// Most threads a blocking namespace's calls run on at once: enough for the queue depth a disk behind a
+/// file wants when reads miss the page cache; idle threads end after a minute.
+pub const IO_THREADS: usize = 64;
 
 impl Namespace {
     /// A namespace over `backend` (its size rounded down to whole blocks).
     pub fn new(nsid: u32, block_size: u32, backend: Arc<dyn Backend>, ids: NsIds) -> Self {
         let nblocks = backend.size() / block_size as u64;
-        Namespace { nsid, block_size, nblocks, backend, ids }
+        let io = backend.blocking().then(|| IoPool::new(&format!("hf-io-ns{nsid}"), IO_THREADS));
+        Namespace { nsid, block_size, nblocks, backend, ids, io }
     }
     /// log2 of the block size.
     pub fn lba_shift(&self) -> u32 {

@@ -7,9 +7,7 @@ use crate::namespace::Namespace;
 use crate::subsystem::{Port, Target};
 use bytes::Bytes;
 use holdfast_proto::{Status, SubmissionEntry};
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 
 /// Direction of a command's data.
@@ -138,10 +136,33 @@ impl Response {
 pub enum Outcome {
     /// Now.
     Done(Response),
-    /// Later (backend work on the blocking pool); the transport polls it.
-    Later(Pin<Box<dyn Future<Output = Response> + Send>>),
+    /// Later: backend work that may block, run on its namespace's I/O threads; the transport says where
+    /// the response goes ([`Deferred::run`]).
+    Later(Deferred),
     /// Held: an Asynchronous Event Request, completed through the controller's AER channel.
     Held,
+}
+
+/// A command's blocking backend work, not yet started.
+pub struct Deferred {
+    ns: Arc<Namespace>,
+    work: Box<dyn FnOnce() -> Response + Send>,
+}
+
+impl Deferred {
+    /// Work to run on `ns`'s I/O threads (inline, on the caller's thread, if it has none).
+    pub fn new(ns: Arc<Namespace>, work: impl FnOnce() -> Response + Send + 'static) -> Deferred {
+        Deferred { ns, work: Box::new(work) }
+    }
+
+    /// Start the work; `done` gets its response, on the I/O thread that ran it.
+    pub fn run(self, done: impl FnOnce(Response) + Send + 'static) {
+        let work = self.work;
+        match &self.ns.io {
+            Some(pool) => pool.submit(Box::new(move || done(work()))),
+            None => done(work()),
+        }
+    }
 }
 
 impl From<Response> for Outcome {

@@ -1,6 +1,6 @@
 //! File backend: positional reads and writes on a regular file (or block device). Flush is `fdatasync`;
-//! FUA writes are followed by `fdatasync` before they complete. Calls block, so the transport runs them on
-//! tokio's blocking pool, never on a network task.
+//! FUA writes are followed by `fdatasync` before they complete. Calls block, so they run on the
+//! namespace's I/O threads (`backend::pool`), never on a network task.
 
 use super::{Backend, MediaGate};
 use std::fs::{File, OpenOptions};
@@ -98,7 +98,7 @@ impl Backend for FileBackend {
                 self.nowait.store(false, Ordering::Relaxed);
             }
         }
-        None // not (all) in the page cache, or a short file: the blocking pool reads it
+        None // not (all) in the page cache, or a short file: the namespace's I/O threads read it
     }
     fn write_at(&self, offset: u64, data: &[u8], fua: bool, gate: &MediaGate) -> io::Result<()> {
         gate.check()?;

@@ -7,6 +7,7 @@
 
 pub mod delay;
 pub mod file;
+pub mod pool;
 pub mod ram;
 
 use std::io;
@@ -23,8 +24,8 @@ pub trait Backend: Send + Sync + 'static {
     fn read_at(&self, offset: u64, buf: &mut [u8], gate: &MediaGate) -> io::Result<()>;
     /// Read `len` bytes at `offset` on the network task, if the backend can do it at once, without blocking
     /// and without copying into a buffer of the caller's (RAM: its own memory, shared; file: the page cache,
-    /// with RWF_NOWAIT). None: the read takes the usual path ([`Backend::read_append`], on the blocking pool
-    /// for a blocking backend). What is returned never changes afterwards.
+    /// with RWF_NOWAIT). None: the read takes the usual path ([`Backend::read_append`], on the namespace's
+    /// I/O threads for a blocking backend). What is returned never changes afterwards.
     fn read_inline(&self, _offset: u64, _len: usize, _gate: &MediaGate) -> Option<io::Result<bytes::Bytes>> {
         None
     }

@@ -1,12 +1,12 @@
 //! NVM command set I/O commands (NVM Command Set Specification 1.0 §3): Read, Write (FUA), Flush, Write
-//! Zeroes (DEAC), Dataset Management (deallocate). Blocking backends run on tokio's blocking pool (a file
-//! read the page cache can answer runs inline); the RAM backend runs inline on the queue's task, and its
+//! Zeroes (DEAC), Dataset Management (deallocate). Blocking backends run on their namespace's I/O threads (a
+//! file read the page cache can answer runs inline); the RAM backend runs inline on the queue's task, and its
 //! reads are sent from its own memory (`Backend::read_inline`).
 
 use crate::backend::MediaGate;
 use crate::controller::Controller;
 use crate::namespace::Namespace;
-use crate::request::{DataDir, Exec, Outcome, ParseResult, QueueCtx, Request, Response, MAX_TRANSFER};
+use crate::request::{DataDir, Deferred, Exec, Outcome, ParseResult, QueueCtx, Request, Response, MAX_TRANSFER};
 use bytes::{Bytes, BytesMut};
 use holdfast_proto::opcode::io as op;
 use holdfast_proto::sqe::{dsm, rw};
@@ -81,7 +81,7 @@ fn media_status(e: &io::Error, write: bool) -> Status {
     }
 }
 
-/// The blocking part of a command: runs inline (RAM) or on the blocking pool (file).
+/// The blocking part of a command: runs inline (RAM) or on the namespace's I/O threads (file).
 fn run(exec: Exec, len: usize, data: Bytes, gate: MediaGate, write_through: bool) -> Response {
     let result = match exec {
         Exec::Read { ns, offset } => {
@@ -132,20 +132,22 @@ fn run(exec: Exec, len: usize, data: Bytes, gate: MediaGate, write_through: bool
 pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
     let Some(ctrl) = ctx.ctrl.clone() else { return Response::err(Status::COMMAND_SEQUENCE_ERROR).into() };
     let stats = &ctrl.subsys.stats;
-    let blocking = match &req.exec {
+    // The namespace whose I/O threads run the command, if its backend may block.
+    let blocking = |ns: &Arc<Namespace>| ns.io.is_some().then(|| ns.clone());
+    let offload = match &req.exec {
         Exec::Read { ns, .. } => {
             stats.read_cmds.fetch_add(1, Ordering::Relaxed);
             stats.bytes_read.fetch_add(req.len as u64, Ordering::Relaxed);
-            ns.backend.blocking()
+            blocking(ns)
         }
         Exec::Write { ns, .. } => {
             stats.write_cmds.fetch_add(1, Ordering::Relaxed);
             stats.bytes_written.fetch_add(req.len as u64, Ordering::Relaxed);
-            ns.backend.blocking()
+            blocking(ns)
         }
-        Exec::Flush { ns } => ns.iter().any(|n| n.backend.blocking()),
-        Exec::WriteZeroes { ns, .. } | Exec::DatasetManagement { ns, .. } => ns.backend.blocking(),
-        _ => false,
+        Exec::Flush { ns } => ns.iter().find_map(blocking),
+        Exec::WriteZeroes { ns, .. } | Exec::DatasetManagement { ns, .. } => blocking(ns),
+        _ => None,
     };
     let write_through = ctrl.write_through.load(Ordering::Acquire);
     let gate = ctx.gate.enter();
@@ -167,13 +169,8 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
             return Outcome::Done(finish(r, &ctrl));
         }
     }
-    if blocking {
-        Outcome::Later(Box::pin(async move {
-            let r = tokio::task::spawn_blocking(move || run(req.exec, len, data, gate, write_through))
-                .await
-                .unwrap_or_else(|_| Response::err(Status::INTERNAL_ERROR));
-            finish(r, &ctrl)
-        }))
+    if let Some(ns) = offload {
+        Outcome::Later(Deferred::new(ns, move || finish(run(req.exec, len, data, gate, write_through), &ctrl)))
     } else {
         let r = run(req.exec, len, data, gate, write_through);
         Outcome::Done(finish(r, &ctrl))

@@ -392,10 +392,9 @@ impl Connection {
         self.slots.insert(cid, Slot::Executing);
         match cmd::execute(&mut self.ctx, req, data) {
             Outcome::Done(resp) => self.respond(cid, resp, len),
-            Outcome::Later(fut) => {
+            Outcome::Later(work) => {
                 let tx = self.done_tx.clone();
-                tokio::spawn(async move {
-                    let r = fut.await;
+                work.run(move |r| {
                     let _ = tx.send((cid, pad_len(r, len)));
                 });
             }
