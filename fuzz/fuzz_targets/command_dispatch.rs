@@ -81,8 +81,12 @@ async fn run(ctx: &mut QueueCtx, sqe: &SubmissionEntry, incapsule: &[u8]) {
         let _ = cmd::fabrics::connect(ctx, &req, &data).await;
         return;
     }
-    if let Outcome::Later(f) = cmd::execute(ctx, req, data) {
-        let _ = f.await;
+    if let Outcome::Later(work) = cmd::execute(ctx, req, data) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        work.run(move |r| {
+            let _ = tx.send(r);
+        });
+        let _ = rx.recv();
     }
 }
 
