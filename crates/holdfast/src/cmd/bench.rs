@@ -11,6 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Args as ClapArgs, ValueEnum};
 use hdrhistogram::Histogram;
 use holdfast_host::{Controller, Namespace};
+use holdfast_proto::digest::{crc32c, crc32c_append};
 use rand::{Rng, SeedableRng};
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -132,7 +133,7 @@ fn fill_block(buf: &mut BytesMut, lba: u64, gen: u64, block: usize) {
         buf.put_u64_le(x);
     }
     buf.truncate(start + block);
-    let crc = crc32c::crc32c(&buf[start..start + block]);
+    let crc = crc32c(&buf[start..start + block]);
     buf[start + 24..start + 28].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -147,7 +148,7 @@ fn check_block(b: &[u8], lba: u64, gen: u64) -> Option<String> {
     }
     // CRC32C of the block with its checksum field read as zero, without copying the block.
     let crc = u32::from_le_bytes(b[24..28].try_into().unwrap_or_default());
-    let computed = crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(&b[..24]), &[0; 4]), &b[28..]);
+    let computed = crc32c_append(crc32c_append(crc32c(&b[..24]), &[0; 4]), &b[28..]);
     if computed != crc {
         return Some(format!("lba {lba}: checksum mismatch (corrupt data)"));
     }
