@@ -139,6 +139,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_check = Instant::now() + TIMEOUT_CHECK;
     let mut recv_hint = 16 * 1024;
+    let conn_id = holdfast_rt::connection_id();
     // Commands the controller failed with a retryable status, waiting out their retry delay.
     let mut delayed: Vec<(Instant, Command)> = Vec::new();
 
@@ -201,90 +202,104 @@ pub async fn run(
         {
             break None;
         }
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break Some(Error::NotConnected(format!("queue {} closed by the controller", p.qid))),
-            r = holdfast_rt::write_some(&mut wr, &out), if !out.is_empty() => match r {
-                Ok(n) => {
-                    out.advance(n);
-                    holdfast_rt::touch(&p.poll);
-                }
-                Err(e) => break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, io: e }),
-            },
-            r = async {
-                // Room for a whole data PDU of the size seen lately, so that it lands contiguous without
-                // being moved when the decoder sees its header.
-                holdfast_rt::reserve_for_read(&mut inbuf, recv_hint);
-                rd.read_buf(&mut inbuf).await
-            } => {
-                match r {
-                    Ok(0) => break Some(Error::Transport {
-                        addr: p.addr.clone(),
-                        qid: p.qid,
-                        io: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed by the target"),
-                    }),
-                    Ok(_) => holdfast_rt::touch(&p.poll),
+        // One command outstanding and nothing to send (a caller waiting on it): if this queue has the busy
+        // poller to itself, wait for the answer on the socket itself for a while.
+        let mut read = None;
+        if out.is_empty() && depth - free.len() == 1 && delayed.is_empty() && holdfast_rt::solo(&p.poll, conn_id) {
+            read = holdfast_rt::spin_read(rd.as_ref(), &mut inbuf, recv_hint, holdfast_rt::SPIN_BUDGET).transpose();
+        }
+        if read.is_none() {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break Some(Error::NotConnected(format!("queue {} closed by the controller", p.qid))),
+                r = holdfast_rt::write_some(&mut wr, &out), if !out.is_empty() => match r {
+                    Ok(n) => {
+                        out.advance(n);
+                        holdfast_rt::touch(&p.poll, conn_id);
+                    }
                     Err(e) => break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, io: e }),
+                },
+                r = async {
+                    // Room for a whole data PDU of the size seen lately, so that it lands contiguous without
+                    // being moved when the decoder sees its header.
+                    holdfast_rt::reserve_for_read(&mut inbuf, recv_hint);
+                    rd.read_buf(&mut inbuf).await
+                } => read = Some(r),
+                c = rx.recv(), if is_open && rx_open && !free.is_empty() && backlog.is_empty() => match c {
+                    Some(c) => backlog.push_back(c),
+                    None => rx_open = false,
+                },
+                Some(c) = setup_rx.recv(), if !free.is_empty() => setup_backlog.push_back(c),
+                r = open.changed(), if !is_open => {
+                    if r.is_err() {
+                        break Some(Error::NotConnected(format!("queue {} set-up abandoned", p.qid)));
+                    }
                 }
-                loop {
-                    match decoder.decode(&mut inbuf) {
-                        Ok(Some(pdu)) => {
-                            if let Pdu::C2HData(d) = &pdu {
-                                recv_hint = recv_hint.max((d.data.len() + 1024).min(MAX_RECV_HINT));
-                            }
-                            if let Err(e) = handle_pdu(pdu, &p, &mut slots, &mut free, &mut out, &mut delayed) {
-                                break 'run Some(e);
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(DecodeError::Fatal(f)) => {
-                            // Tell the controller why we give up on the connection (H2CTermReq), then go.
-                            let t = pdu::TermReq { fes: f.fes as u16, fei: f.fei, data: f.header.clone() };
-                            let mut b = BytesMut::new();
-                            Pdu::H2CTermReq(t).encode(&p.framing, &mut b);
-                            let _ = tokio::time::timeout(Duration::from_millis(200), wr.write_all(&b)).await;
-                            break 'run Some(Error::Protocol { qid: p.qid, what: format!("malformed PDU from the target: {f}") });
-                        }
-                        Err(DecodeError::DataDigest { pdu, expected, received }) => {
-                            // The framing is intact; one command's data is corrupt. Take the PDU as usual
-                            // (offsets, SUCCESS flag) and have the command issued again when it completes.
-                            let Pdu::C2HData(d) = *pdu else {
-                                break 'run Some(Error::Protocol {
-                                    qid: p.qid,
-                                    what: format!("data digest mismatch on a {:?} PDU", pdu.pdu_type()),
-                                });
-                            };
-                            tracing::warn!(
-                                qid = p.qid,
-                                "data digest mismatch on C2HData for command {} (computed {expected:#010x}, \
-                                 received {received:#010x}): its data is dropped and the command issued again",
-                                d.cccid
-                            );
-                            if let Some(Some(f)) = slots.get_mut(d.cccid as usize) {
-                                f.bad_data = true;
-                            }
-                            if let Err(e) = handle_pdu(Pdu::C2HData(d), &p, &mut slots, &mut free, &mut out, &mut delayed) {
-                                break 'run Some(e);
-                            }
-                        }
+                _ = tokio::time::sleep_until(next_retry.unwrap_or(now).into()), if next_retry.is_some() => {}
+                _ = tick.tick() => {
+                    next_check = Instant::now() + TIMEOUT_CHECK;
+                    if let Some(e) = timed_out(&slots, &p) {
+                        break Some(e);
                     }
                 }
             }
-            c = rx.recv(), if is_open && rx_open && !free.is_empty() && backlog.is_empty() => match c {
-                Some(c) => backlog.push_back(c),
-                None => rx_open = false,
-            },
-            Some(c) = setup_rx.recv(), if !free.is_empty() => setup_backlog.push_back(c),
-            r = open.changed(), if !is_open => {
-                if r.is_err() {
-                    break Some(Error::NotConnected(format!("queue {} set-up abandoned", p.qid)));
+        }
+        if let Some(r) = read {
+            match r {
+                Ok(0) => {
+                    break Some(Error::Transport {
+                        addr: p.addr.clone(),
+                        qid: p.qid,
+                        io: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed by the target"),
+                    })
                 }
+                Ok(_) => holdfast_rt::touch(&p.poll, conn_id),
+                Err(e) => break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, io: e }),
             }
-            _ = tokio::time::sleep_until(next_retry.unwrap_or(now).into()), if next_retry.is_some() => {}
-            _ = tick.tick() => {
-                next_check = Instant::now() + TIMEOUT_CHECK;
-                if let Some(e) = timed_out(&slots, &p) {
-                    break Some(e);
+            loop {
+                match decoder.decode(&mut inbuf) {
+                    Ok(Some(pdu)) => {
+                        if let Pdu::C2HData(d) = &pdu {
+                            recv_hint = recv_hint.max((d.data.len() + 1024).min(MAX_RECV_HINT));
+                        }
+                        if let Err(e) = handle_pdu(pdu, &p, &mut slots, &mut free, &mut out, &mut delayed) {
+                            break 'run Some(e);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(DecodeError::Fatal(f)) => {
+                        // Tell the controller why we give up on the connection (H2CTermReq), then go.
+                        let t = pdu::TermReq { fes: f.fes as u16, fei: f.fei, data: f.header.clone() };
+                        let mut b = BytesMut::new();
+                        Pdu::H2CTermReq(t).encode(&p.framing, &mut b);
+                        let _ = tokio::time::timeout(Duration::from_millis(200), wr.write_all(&b)).await;
+                        break 'run Some(Error::Protocol {
+                            qid: p.qid,
+                            what: format!("malformed PDU from the target: {f}"),
+                        });
+                    }
+                    Err(DecodeError::DataDigest { pdu, expected, received }) => {
+                        // The framing is intact; one command's data is corrupt. Take the PDU as usual
+                        // (offsets, SUCCESS flag) and have the command issued again when it completes.
+                        let Pdu::C2HData(d) = *pdu else {
+                            break 'run Some(Error::Protocol {
+                                qid: p.qid,
+                                what: format!("data digest mismatch on a {:?} PDU", pdu.pdu_type()),
+                            });
+                        };
+                        tracing::warn!(
+                            qid = p.qid,
+                            "data digest mismatch on C2HData for command {} (computed {expected:#010x}, \
+                             received {received:#010x}): its data is dropped and the command issued again",
+                            d.cccid
+                        );
+                        if let Some(Some(f)) = slots.get_mut(d.cccid as usize) {
+                            f.bad_data = true;
+                        }
+                        if let Err(e) = handle_pdu(Pdu::C2HData(d), &p, &mut slots, &mut free, &mut out, &mut delayed) {
+                            break 'run Some(e);
+                        }
+                    }
                 }
             }
         }

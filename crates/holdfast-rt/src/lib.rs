@@ -8,11 +8,18 @@
 //! polling its I/O driver without a timeout (by yielding) until `window` has passed with no activity; then it
 //! parks like any other task, and an idle target or host costs no CPU.
 //!
+//! A connection that has the poller to itself (it alone did the last [`SOLO_AFTER`] socket reads and writes
+//! noted with [`BusyPoll::touch_from`]) may go further and poll its own socket with [`spin_read`] while it
+//! waits for the peer's next PDU: one `recv` per round instead of the runtime's `epoll_wait`, `sched_yield`
+//! and task wake-up. As soon as a second connection does I/O on the poller, neither spins on its socket
+//! (one spinning would hold up the other), and the runtime polls them all as before.
+//!
 //! [`write_some`] sends a connection's [`SendQueue`] with one vectored write; [`reserve_for_read`] makes room
 //! for the next socket read.
 
 use holdfast_proto::SendQueue;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -25,6 +32,24 @@ pub struct BusyPoll {
     activity: AtomicBool,
     parked: AtomicBool,
     wake: Notify,
+    /// The connection that noted I/O last ([`BusyPoll::touch_from`]), and how many times in a row.
+    last_conn: AtomicU64,
+    solo_run: AtomicU32,
+}
+
+/// Consecutive I/O notes from one connection, with none from another, after which it has the poller to
+/// itself ([`BusyPoll::solo`]).
+pub const SOLO_AFTER: u32 = 64;
+
+/// How long a connection that has the poller to itself polls its socket ([`spin_read`]) before it waits
+/// through the runtime: longer than a loopback or LAN round trip, short enough that a timer or another
+/// task on the thread is not held up noticeably.
+pub const SPIN_BUDGET: Duration = Duration::from_micros(50);
+
+/// A process-unique connection number for [`BusyPoll::touch_from`].
+pub fn connection_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl BusyPoll {
@@ -39,6 +64,8 @@ impl BusyPoll {
             activity: AtomicBool::new(false),
             parked: AtomicBool::new(true),
             wake: Notify::new(),
+            last_conn: AtomicU64::new(0),
+            solo_run: AtomicU32::new(0),
         }))
     }
 
@@ -91,6 +118,31 @@ impl BusyPoll {
         }
     }
 
+    /// Note I/O by connection `conn` ([`connection_id`]): [`BusyPoll::touch`], and count towards
+    /// [`BusyPoll::solo`].
+    #[inline]
+    pub fn touch_from(&self, conn: u64) {
+        self.touch();
+        if self.last_conn.load(Ordering::Relaxed) == conn {
+            let run = self.solo_run.load(Ordering::Relaxed);
+            if run < SOLO_AFTER {
+                self.solo_run.store(run + 1, Ordering::Relaxed);
+            }
+        } else {
+            self.last_conn.store(conn, Ordering::Relaxed);
+            self.solo_run.store(1, Ordering::Relaxed);
+        }
+    }
+
+    /// True if connection `conn` did the last [`SOLO_AFTER`] noted socket reads and writes on this poller,
+    /// and it is spinning: `conn` may poll its socket directly ([`spin_read`]) while it waits.
+    #[inline]
+    pub fn solo(&self, conn: u64) -> bool {
+        self.last_conn.load(Ordering::Relaxed) == conn
+            && self.solo_run.load(Ordering::Relaxed) >= SOLO_AFTER
+            && !self.parked.load(Ordering::Relaxed)
+    }
+
     /// True while the spinner is parked (no activity for a window).
     pub fn is_parked(&self) -> bool {
         self.parked.load(Ordering::SeqCst)
@@ -114,11 +166,54 @@ pub fn reserve_for_read(buf: &mut bytes::BytesMut, min_free: usize) {
     }
 }
 
-/// Touch `p` if there is one.
+/// Note I/O by connection `conn` on `p`, if there is one ([`BusyPoll::touch_from`]).
 #[inline]
-pub fn touch(p: &Option<Arc<BusyPoll>>) {
+pub fn touch(p: &Option<Arc<BusyPoll>>, conn: u64) {
     if let Some(p) = p {
-        p.touch();
+        p.touch_from(conn);
+    }
+}
+
+/// True if busy polling is on and connection `conn` has the poller to itself ([`BusyPoll::solo`]).
+#[inline]
+pub fn solo(p: &Option<Arc<BusyPoll>>, conn: u64) -> bool {
+    p.as_ref().is_some_and(|p| p.solo(conn))
+}
+
+/// Read from `sock` without waiting, round after round, for at most `budget`: `Ok(Some(n))` as a socket
+/// read returns it (bytes appended to `buf`; 0: the peer closed), `Ok(None)` if nothing came in time.
+/// For a connection that has the poller to itself ([`solo`]); the runtime's view of the socket stays
+/// right (its next read finds nothing and waits for the next readiness edge).
+pub fn spin_read(
+    sock: &impl AsRawFd,
+    buf: &mut bytes::BytesMut,
+    min_free: usize,
+    budget: Duration,
+) -> std::io::Result<Option<usize>> {
+    reserve_for_read(buf, min_free);
+    let fd = sock.as_raw_fd();
+    let start = Instant::now();
+    let mut round = 0u32;
+    loop {
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: recv writes at most `spare.len()` bytes into `spare`, memory owned by `buf` and valid for
+        // writes; `fd` is borrowed from `sock`, open for the whole call.
+        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            // SAFETY: recv initialised the first `n` bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + n as usize) };
+            return Ok(Some(n as usize));
+        }
+        let e = std::io::Error::last_os_error();
+        if !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) {
+            return Err(e);
+        }
+        round += 1;
+        if round.is_multiple_of(16) && start.elapsed() >= budget {
+            return Ok(None);
+        }
+        // A peer process sharing this core gets it now (returns at once on a core of our own).
+        std::thread::yield_now();
     }
 }
 
@@ -129,6 +224,49 @@ mod tests {
     #[test]
     fn zero_window_is_off() {
         assert!(BusyPoll::new(Duration::ZERO).is_none());
+    }
+
+    #[test]
+    fn solo_needs_a_run_of_one_connection() {
+        let p = BusyPoll::new(Duration::from_secs(10)).unwrap();
+        for _ in 0..SOLO_AFTER {
+            assert!(!p.solo(1));
+            p.touch_from(1);
+        }
+        assert!(p.solo(1), "{SOLO_AFTER} notes in a row from connection 1");
+        assert!(!p.solo(2));
+        p.touch_from(2);
+        assert!(!p.solo(1) && !p.solo(2), "a second connection ends it for both");
+        p.touch_from(1);
+        assert!(!p.solo(1), "and the run starts again");
+    }
+
+    #[test]
+    fn spin_read_returns_data_nothing_or_eof() {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (sock, _) = l.accept().unwrap();
+        let mut buf = bytes::BytesMut::from(&b"ab"[..]);
+        let budget = Duration::from_millis(2);
+        assert!(spin_read(&sock, &mut buf, 1024, budget).unwrap().is_none(), "nothing sent");
+        peer.write_all(b"cdef").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let n = loop {
+            if let Some(n) = spin_read(&sock, &mut buf, 1024, budget).unwrap() {
+                break n;
+            }
+            assert!(Instant::now() < deadline, "data never arrived");
+        };
+        assert_eq!((n, &buf[..]), (4, &b"abcdef"[..]), "appended after what was there");
+        drop(peer);
+        let eof = loop {
+            if let Some(n) = spin_read(&sock, &mut buf, 1024, budget).unwrap() {
+                break n;
+            }
+            assert!(Instant::now() < deadline, "close never seen");
+        };
+        assert_eq!(eof, 0);
     }
 
     #[tokio::test]

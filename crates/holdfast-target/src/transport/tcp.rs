@@ -117,6 +117,7 @@ impl Connection {
         let (mut rd, mut wr) = stream.into_split();
         let mut inbuf = BytesMut::with_capacity(RECV_CHUNK);
         let poll = c.ctx.target.busy_poll.clone();
+        let conn_id = holdfast_rt::connection_id();
         let ic_deadline = tokio::time::Instant::now() + IC_TIMEOUT;
         let mut ic_done = false;
         let close = 'conn: loop {
@@ -142,6 +143,19 @@ impl Connection {
             if c.ctx.close_after_response && c.out.is_empty() {
                 break Close::Normal("Disconnect");
             }
+            // Nothing to send or finish: if this connection has the busy poller to itself, wait for the host's
+            // next PDU on the socket itself for a while.
+            if c.out.is_empty() && c.slots.is_empty() && ic_done && holdfast_rt::solo(&poll, conn_id) {
+                match holdfast_rt::spin_read(rd.as_ref(), &mut inbuf, RECV_CHUNK / 4, holdfast_rt::SPIN_BUDGET) {
+                    Ok(Some(0)) => break Close::Normal("connection closed by host"),
+                    Ok(Some(_)) => {
+                        holdfast_rt::touch(&poll, conn_id);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => break Close::Io(e),
+                }
+            }
             let ctrl_cancel = c.ctx.ctrl.as_ref().map(|x| x.cancel.clone());
             let aer = async {
                 match c.aer_rx.as_mut() {
@@ -158,7 +172,7 @@ impl Connection {
                 r = holdfast_rt::write_some(&mut wr, &c.out), if !c.out.is_empty() => match r {
                     Ok(n) => {
                         c.out.advance(n);
-                        holdfast_rt::touch(&poll);
+                        holdfast_rt::touch(&poll, conn_id);
                     }
                     Err(e) => break Close::Io(e),
                 },
@@ -166,7 +180,7 @@ impl Connection {
                 Some(ev) = aer => c.send_response(ev.cid, Status::SUCCESS, ev.dw0, 0),
                 r = async { holdfast_rt::reserve_for_read(&mut inbuf, RECV_CHUNK / 4); rd.read_buf(&mut inbuf).await }, if c.out.len() < SEND_HIGH_WATER => match r {
                     Ok(0) => break Close::Normal("connection closed by host"),
-                    Ok(_) => holdfast_rt::touch(&poll),
+                    Ok(_) => holdfast_rt::touch(&poll, conn_id),
                     Err(e) => break Close::Io(e),
                 },
                 _ = tokio::time::sleep_until(ic_deadline), if !ic_done => break Close::Normal("no ICReq in time"),
