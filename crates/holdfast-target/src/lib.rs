@@ -6,7 +6,9 @@
 //!
 //! Commands are parsed once into a [`request::Request`] whose execute step is chosen at parse time, and run
 //! by the handler for their command set, one file each: [`cmd::fabrics`], [`cmd::admin`], [`cmd::log_page`],
-//! [`cmd::discovery`], [`cmd::io`]. The transport only moves bytes; it never looks inside a command.
+//! [`cmd::discovery`], [`cmd::io`]. The transport only moves bytes; it never looks inside a command. Work
+//! that may block (a file namespace) comes back as a [`request::Deferred`], run on the namespace's own
+//! threads ([`backend::pool`]); the transport only says where its response goes.
 //!
 //! Configuration is [`config::Config`] (a TOML file or the quick mode's flags).
 
