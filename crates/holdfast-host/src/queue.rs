@@ -140,6 +140,7 @@ pub async fn run(
     let mut next_check = Instant::now() + TIMEOUT_CHECK;
     let mut recv_hint = 16 * 1024;
     let conn_id = holdfast_rt::connection_id();
+    let mut yielded_for_spin = false;
     // Commands the controller failed with a retryable status, waiting out their retry delay.
     let mut delayed: Vec<(Instant, Command)> = Vec::new();
 
@@ -202,10 +203,24 @@ pub async fn run(
         {
             break None;
         }
-        // One command outstanding and nothing to send (a caller waiting on it): if this queue has the busy
-        // poller to itself, wait for the answer on the socket itself for a while.
+        // One command outstanding (not a held AER) and nothing to send: if this queue has the busy poller to
+        // itself, wait for the answer on the socket itself for a while. First let the runtime run the callers
+        // of commands just completed (they share this thread and may have more to submit): yield once, and
+        // spin only if that changed nothing.
         let mut read = None;
-        if out.is_empty() && depth - free.len() == 1 && delayed.is_empty() && holdfast_rt::solo(&p.poll, conn_id) {
+        let spin = out.is_empty()
+            && depth - free.len() == 1
+            && delayed.is_empty()
+            && holdfast_rt::solo(&p.poll, conn_id)
+            && slots.iter().flatten().all(|f| !f.cmd.long_lived);
+        if !spin {
+            yielded_for_spin = false;
+        } else if !yielded_for_spin {
+            yielded_for_spin = true;
+            tokio::task::yield_now().await;
+            continue;
+        } else {
+            yielded_for_spin = false;
             read = holdfast_rt::spin_read(rd.as_ref(), &mut inbuf, recv_hint, holdfast_rt::SPIN_BUDGET).transpose();
         }
         if read.is_none() {

@@ -10,16 +10,18 @@
 //!
 //! A connection that has the poller to itself (it alone did the last [`SOLO_AFTER`] socket reads and writes
 //! noted with [`BusyPoll::touch_from`]) may go further and poll its own socket with [`spin_read`] while it
-//! waits for the peer's next PDU: one `recv` per round instead of the runtime's `epoll_wait`, `sched_yield`
-//! and task wake-up. As soon as a second connection does I/O on the poller, neither spins on its socket
-//! (one spinning would hold up the other), and the runtime polls them all as before.
+//! waits for the peer's next PDU: one `recv` and one `sched_yield` per round instead of the runtime's
+//! `epoll_wait`, `sched_yield` and task wake-up. The spin is bounded ([`SPIN_BUDGET`]) and the connection
+//! yields to the runtime every [`SPINS_PER_YIELD`] reads it made that way, so another task on the thread
+//! waits at most that long; as soon as a second connection does I/O on the poller, neither spins on its
+//! socket, and the runtime polls them all as before.
 //!
 //! [`write_some`] sends a connection's [`SendQueue`] with one vectored write; [`reserve_for_read`] makes room
 //! for the next socket read.
 
 use holdfast_proto::SendQueue;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -32,9 +34,9 @@ pub struct BusyPoll {
     activity: AtomicBool,
     parked: AtomicBool,
     wake: Notify,
-    /// The connection that noted I/O last ([`BusyPoll::touch_from`]), and how many times in a row.
-    last_conn: AtomicU64,
-    solo_run: AtomicU32,
+    /// The connection that noted I/O last ([`BusyPoll::touch_from`]) and how many times in a row, in one
+    /// word (`conn << 8 | run`) so that one connection's count is never read with another's number.
+    solo: AtomicU64,
 }
 
 /// Consecutive I/O notes from one connection, with none from another, after which it has the poller to
@@ -46,7 +48,11 @@ pub const SOLO_AFTER: u32 = 64;
 /// task on the thread is not held up noticeably.
 pub const SPIN_BUDGET: Duration = Duration::from_micros(50);
 
-/// A process-unique connection number for [`BusyPoll::touch_from`].
+/// A connection that waits with [`spin_read`] yields to the runtime after this many PDU batches read that
+/// way, so that other tasks on its thread (and other connections, whose I/O ends the solo run) get in.
+pub const SPINS_PER_YIELD: u32 = 8;
+
+/// A process-unique connection number for [`BusyPoll::touch_from`] (below 2^56).
 pub fn connection_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
@@ -64,8 +70,7 @@ impl BusyPoll {
             activity: AtomicBool::new(false),
             parked: AtomicBool::new(true),
             wake: Notify::new(),
-            last_conn: AtomicU64::new(0),
-            solo_run: AtomicU32::new(0),
+            solo: AtomicU64::new(0),
         }))
     }
 
@@ -123,14 +128,10 @@ impl BusyPoll {
     #[inline]
     pub fn touch_from(&self, conn: u64) {
         self.touch();
-        if self.last_conn.load(Ordering::Relaxed) == conn {
-            let run = self.solo_run.load(Ordering::Relaxed);
-            if run < SOLO_AFTER {
-                self.solo_run.store(run + 1, Ordering::Relaxed);
-            }
-        } else {
-            self.last_conn.store(conn, Ordering::Relaxed);
-            self.solo_run.store(1, Ordering::Relaxed);
+        let old = self.solo.load(Ordering::Relaxed);
+        let new = if old >> 8 == conn { old + u64::from((old & 0xFF) < u64::from(SOLO_AFTER)) } else { conn << 8 | 1 };
+        if new != old {
+            self.solo.store(new, Ordering::Relaxed);
         }
     }
 
@@ -138,9 +139,7 @@ impl BusyPoll {
     /// and it is spinning: `conn` may poll its socket directly ([`spin_read`]) while it waits.
     #[inline]
     pub fn solo(&self, conn: u64) -> bool {
-        self.last_conn.load(Ordering::Relaxed) == conn
-            && self.solo_run.load(Ordering::Relaxed) >= SOLO_AFTER
-            && !self.parked.load(Ordering::Relaxed)
+        self.solo.load(Ordering::Relaxed) == (conn << 8 | u64::from(SOLO_AFTER)) && !self.parked.load(Ordering::Relaxed)
     }
 
     /// True while the spinner is parked (no activity for a window).
@@ -193,7 +192,6 @@ pub fn spin_read(
     reserve_for_read(buf, min_free);
     let fd = sock.as_raw_fd();
     let start = Instant::now();
-    let mut round = 0u32;
     loop {
         let spare = buf.spare_capacity_mut();
         // SAFETY: recv writes at most `spare.len()` bytes into `spare`, memory owned by `buf` and valid for
@@ -208,8 +206,8 @@ pub fn spin_read(
         if !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) {
             return Err(e);
         }
-        round += 1;
-        if round.is_multiple_of(16) && start.elapsed() >= budget {
+        // Every round: a sched_yield to a busy core's other thread can take a whole time slice.
+        if start.elapsed() >= budget {
             return Ok(None);
         }
         // A peer process sharing this core gets it now (returns at once on a core of our own).

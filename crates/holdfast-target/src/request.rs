@@ -155,12 +155,17 @@ impl Deferred {
         Deferred { ns, work: Box::new(work) }
     }
 
-    /// Start the work; `done` gets its response, on the I/O thread that ran it.
+    /// Start the work; `done` gets its response, on the I/O thread that ran it (a panic in the work is
+    /// answered with Internal Error, as tokio's blocking pool did).
     pub fn run(self, done: impl FnOnce(Response) + Send + 'static) {
         let work = self.work;
+        let job = move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+            done(r.unwrap_or_else(|_| Response::err(Status::INTERNAL_ERROR)))
+        };
         match &self.ns.io {
-            Some(pool) => pool.submit(Box::new(move || done(work()))),
-            None => done(work()),
+            Some(pool) => pool.submit(Box::new(job)),
+            None => job(),
         }
     }
 }

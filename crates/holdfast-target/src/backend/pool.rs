@@ -5,13 +5,18 @@
 //! 4 KiB write cost two thread switches and a task hand-off, which on one core was most of its time (89 K
 //! context switches a second for 63 K writes). Here:
 //! - a thread that finishes a call takes the next queued one without sleeping, and a call wakes a thread
-//!   only if no other is already on its way and fewer threads run calls than this process has CPUs: a burst
-//!   of calls costs one wake-up, not one each, and threads are not woken only to wait for a CPU;
+//!   only if no other is already on its way and fewer of the pool's threads run calls than this process has
+//!   CPUs (each namespace has its own pool): a burst of calls costs one wake-up, not one each, and threads
+//!   are not woken only to wait for a CPU;
 //! - calls that block (a page-cache miss on a disk, a sync) must not hold up the queue behind them, so while
 //!   calls are queued one idle thread watches: if none is taken for [`STALL`], the running threads are
 //!   taken to be blocked and the watcher runs a call itself (and the next idle thread watches). Parallelism
 //!   so grows to what the disk needs, one thread per [`STALL`], up to `max`;
-//! - threads are started when first needed and end after a minute idle: an idle namespace holds none;
+//! - threads are started when first needed (under the pool's lock: a submit that starts one waits for it)
+//!   and end after a minute idle: an idle namespace holds none; if none can be started at all, the
+//!   submitter runs the call itself;
+//! - a call that panics is caught on its thread ([`crate::request::Deferred`] answers it with an internal
+//!   error);
 //! - the answer goes straight from the thread to whoever submitted the call (the transport's completion
 //!   channel), with no task in between.
 
@@ -93,6 +98,13 @@ impl IoPool {
         let mut st = self.inner.state.lock();
         st.jobs.push_back(job);
         self.inner.more_work(&mut st);
+        if st.threads == 0 {
+            // No thread could be started (the process is at its thread limit): run the calls here rather
+            // than leave them queued with nothing to take them. It blocks the caller, but nothing hangs.
+            let jobs = std::mem::take(&mut st.jobs);
+            drop(st);
+            jobs.into_iter().for_each(run_job);
+        }
     }
 
     /// Threads alive now (tests, diagnostics).
@@ -141,7 +153,8 @@ impl Inner {
                 Err(e) => tracing::warn!("{}: cannot start an I/O thread: {e}", self.name),
             }
         }
-        // No thread to wake: the running ones will get to the queue.
+        // No thread to wake or start: the running ones will get to the queue (with none alive, `submit` runs
+        // the calls itself).
         if st.watch == Watch::Wanted {
             st.watch = Watch::None;
         }
@@ -184,7 +197,7 @@ impl Inner {
                     self.more_work(&mut st);
                 }
                 drop(st);
-                job();
+                run_job(job);
                 st = self.state.lock();
                 st.running -= 1;
                 continue;
@@ -202,6 +215,13 @@ impl Inner {
             }
         }
         st.threads -= 1;
+    }
+}
+
+/// Run one call; a call that panics is logged and does not take its thread (or the pool's counts) with it.
+fn run_job(job: Job) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+        tracing::error!("an I/O call panicked");
     }
 }
 
@@ -258,6 +278,21 @@ mod tests {
         }
         assert_eq!(done.load(Ordering::SeqCst), 4);
         assert_eq!(pool.threads(), 4);
+    }
+
+    #[test]
+    fn a_panicking_call_does_not_break_the_pool() {
+        let pool = IoPool::new("test-io", 1);
+        pool.submit(Box::new(|| panic!("backend bug")));
+        let (tx, rx) = mpsc::channel();
+        for i in 0..10 {
+            let tx = tx.clone();
+            pool.submit(Box::new(move || tx.send(i).unwrap()));
+        }
+        for _ in 0..10 {
+            rx.recv_timeout(Duration::from_secs(10)).expect("calls after a panic still run");
+        }
+        assert_eq!(pool.threads(), 1);
     }
 
     #[test]

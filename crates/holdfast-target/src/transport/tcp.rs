@@ -118,6 +118,7 @@ impl Connection {
         let mut inbuf = BytesMut::with_capacity(RECV_CHUNK);
         let poll = c.ctx.target.busy_poll.clone();
         let conn_id = holdfast_rt::connection_id();
+        let mut spun = 0u32;
         let ic_deadline = tokio::time::Instant::now() + IC_TIMEOUT;
         let mut ic_done = false;
         let close = 'conn: loop {
@@ -150,6 +151,12 @@ impl Connection {
                     Ok(Some(0)) => break Close::Normal("connection closed by host"),
                     Ok(Some(_)) => {
                         holdfast_rt::touch(&poll, conn_id);
+                        // Let the runtime's other tasks (and the sockets of other connections, which would end
+                        // this connection's solo run) in now and then: nothing else yields here.
+                        spun += 1;
+                        if spun.is_multiple_of(holdfast_rt::SPINS_PER_YIELD) {
+                            tokio::task::yield_now().await;
+                        }
                         continue;
                     }
                     Ok(None) => {}
@@ -282,7 +289,8 @@ impl Connection {
             ));
         }
         if self.slots.contains_key(&cid) {
-            self.send_response(cid, Status::CID_CONFLICT.with_dnr(), 0, 0);
+            // Answered without touching the slot: it belongs to the command already using this CID.
+            self.encode_cqe(cid, Status::CID_CONFLICT.with_dnr(), 0, 0);
             return Ok(());
         }
         let req = match cmd::parse(&self.ctx, &sqe) {
@@ -466,8 +474,13 @@ impl Connection {
         }
     }
 
-    fn send_response(&mut self, cid: u16, mut status: Status, dw0: u32, dw1: u32) {
+    fn send_response(&mut self, cid: u16, status: Status, dw0: u32, dw1: u32) {
         self.slots.remove(&cid);
+        self.encode_cqe(cid, status, dw0, dw1);
+    }
+
+    /// Queue a CapsuleResp.
+    fn encode_cqe(&mut self, cid: u16, mut status: Status, dw0: u32, dw1: u32) {
         // A retryable error tells a host that enabled ACRE how long to wait (CRD selects CRDT1..3).
         if !status.is_success() && !status.dnr() && status.crd() == 0 {
             if let Some(ctrl) = &self.ctx.ctrl {
