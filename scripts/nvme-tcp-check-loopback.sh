@@ -11,7 +11,8 @@
 #
 # So when nvme-tcp-check.sh fails, every frame it flagged is looked at again, and the capture passes only if
 # each one is exactly one of:
-#   - a pure ACK whose only note is its D-SACK block, or
+#   - an ACK whose only note is its D-SACK block (a pure ACK, or one riding on a data segment of ours: the
+#     PDUs in that segment were decoded and checked like any other, and would add notes of their own), or
 #   - a data segment whose only note is the TCP overlap, and whose whole byte range the receiver D-SACKed
 #     (the receiver's own word that those bytes were a duplicate of what it had already taken).
 # Anything else (a malformed NVMe/TCP PDU, a bad header or data digest, an overlap the receiver did not
@@ -55,7 +56,7 @@ verdict=$(awk -F'\t' -v dsacks="$dsacks" '
   {
     frame = $1; st = $2; src = $3; seq = $4; len = $5; hd = $6; dd = $7; msg = $8
     if (hd ~ /(^|\|)0($|\|)/ || dd ~ /(^|\|)0($|\|)/) { print "frame " frame ": bad digest"; bad++; next }
-    if (msg == "D-SACK Sequence" && len == 0) { dsack_acks++; next }
+    if (msg == "D-SACK Sequence") { dsack_acks++; next }
     if (msg == "New fragment overlaps old data (retransmission?)" && len > 0 && acked_dup(st, src, seq, len)) { dups++; next }
     print "frame " frame ": " msg " (seq " seq ", len " len ")"; bad++
   }
