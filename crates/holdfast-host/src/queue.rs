@@ -141,6 +141,8 @@ pub async fn run(
     let mut recv_hint = 16 * 1024;
     let conn_id = holdfast_rt::connection_id();
     let mut yielded_for_spin = false;
+    // The CID issued last: with one command outstanding, it is that one if its slot is still taken.
+    let mut last_cid = 0u16;
     // Commands the controller failed with a retryable status, waiting out their retry delay.
     let mut delayed: Vec<(Instant, Command)> = Vec::new();
 
@@ -193,6 +195,7 @@ pub async fn run(
             encode_command(&mut out, &p, cid, &cmd);
             seq += 1;
             slots[cid as usize] = Some(InFlight { buf: Reassembly::Empty, cmd, started: now, seq, bad_data: false });
+            last_cid = cid;
         }
         if !rx_open
             && free.len() == depth
@@ -203,16 +206,16 @@ pub async fn run(
         {
             break None;
         }
-        // One command outstanding (not a held AER) and nothing to send: if this queue has the busy poller to
-        // itself, wait for the answer on the socket itself for a while. First let the runtime run the callers
-        // of commands just completed (they share this thread and may have more to submit): yield once, and
-        // spin only if that changed nothing.
+        // One command outstanding (the one issued last, and not a held AER) and nothing to send: if this queue
+        // has the busy poller to itself, wait for the answer on the socket itself for a while. First let the
+        // runtime run the callers of commands just completed (they share this thread and may have more to
+        // submit): yield once, and spin only if that changed nothing.
         let mut read = None;
         let spin = out.is_empty()
             && depth - free.len() == 1
             && delayed.is_empty()
             && holdfast_rt::solo(&p.poll, conn_id)
-            && slots.iter().flatten().all(|f| !f.cmd.long_lived);
+            && slots[last_cid as usize].as_ref().is_some_and(|f| !f.cmd.long_lived);
         if !spin {
             yielded_for_spin = false;
         } else if !yielded_for_spin {
