@@ -32,9 +32,11 @@ const MAX_C2H_PDU: usize = 128 * 1024;
 const R2T_BUDGET: usize = 2 << 20;
 /// Stop reading new PDUs while this much is waiting to be sent.
 const SEND_HIGH_WATER: usize = 8 << 20;
-/// Receive buffer: initial size, and what is made free before each read. Larger PDUs grow it (the decoder
-/// reserves a whole PDU once its header is in); the space is reused once the PDUs split off it are dropped.
+/// Receive buffer's initial size. Larger PDUs grow it (the decoder reserves a whole PDU once its header is
+/// in); the space is reused once the PDUs split off it are dropped.
 const RECV_CHUNK: usize = 64 * 1024;
+/// Free space made in the receive buffer before every socket read (direct or through the runtime).
+const READ_MIN_FREE: usize = RECV_CHUNK / 4;
 /// Time a new connection has to send its ICReq.
 const IC_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -147,7 +149,7 @@ impl Connection {
             // Nothing to send or finish: if this connection has the busy poller to itself, wait for the host's
             // next PDU on the socket itself for a while.
             if c.out.is_empty() && c.slots.is_empty() && ic_done && holdfast_rt::solo(&poll, conn_id) {
-                match holdfast_rt::spin_read(rd.as_ref(), &mut inbuf, RECV_CHUNK / 4, holdfast_rt::SPIN_BUDGET) {
+                match holdfast_rt::spin_read(rd.as_ref(), &mut inbuf, READ_MIN_FREE, holdfast_rt::SPIN_BUDGET) {
                     Ok(Some(0)) => break Close::Normal("connection closed by host"),
                     Ok(Some(_)) => {
                         holdfast_rt::touch(&poll, conn_id);
@@ -185,7 +187,7 @@ impl Connection {
                 },
                 Some((cid, resp)) = done_rx.recv() => c.complete(cid, resp),
                 Some(ev) = aer => c.send_response(ev.cid, Status::SUCCESS, ev.dw0, 0),
-                r = async { holdfast_rt::reserve_for_read(&mut inbuf, RECV_CHUNK / 4); rd.read_buf(&mut inbuf).await }, if c.out.len() < SEND_HIGH_WATER => match r {
+                r = async { holdfast_rt::reserve_for_read(&mut inbuf, READ_MIN_FREE); rd.read_buf(&mut inbuf).await }, if c.out.len() < SEND_HIGH_WATER => match r {
                     Ok(0) => break Close::Normal("connection closed by host"),
                     Ok(_) => holdfast_rt::touch(&poll, conn_id),
                     Err(e) => break Close::Io(e),
