@@ -7,7 +7,10 @@
 # mean latency as a multiple of the round-trip floor), the change against the
 # previously committed table, a scale table (RSS and IOPS with 1/16/64/256 controllers × 4 queues) and IOPS
 # against the number of queues. Figures are noisy on shared machines: compare ratios taken in one run.
-#   BENCH_SECONDS (5) per point; BENCH_QUICK=1 runs a reduced matrix without the scale tables.
+# Then bench/side-by-side.sh measures holdfast's target and host against the Linux kernel's (in the interop VM,
+# under emulation) and its section is added to BENCHMARKS.md.
+#   BENCH_SECONDS (5) per point; BENCH_QUICK=1 runs a reduced matrix without the scale tables;
+#   SIDE_BY_SIDE=0 skips the side-by-side run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -133,6 +136,16 @@ print("| %d | %d | %d | %d | %d |" % (d["queues"], d["qd"] * d["queues"], d["iop
   stop_target
 fi
 
+# Side by side with the Linux kernel's target and host (a VM under emulation; both cores).
+sbs=""
+if [[ ${SIDE_BY_SIDE:-1} != 0 ]]; then
+  echo "side by side with the Linux kernel target and host (interop VM)..."
+  if ! sbs=$(SBS_SECONDS=$secs SBS_LOG="$work/side-by-side.log" bench/side-by-side.sh); then
+    sbs="## Side by side with the Linux kernel target and host"$'\n\n'"The run failed (bench/side-by-side.sh); nothing measured."
+  fi
+  printf '%s\n' "$sbs"
+fi
+
 prev=""; [[ -f BENCHMARKS.md ]] && prev=$(cat BENCHMARKS.md)
 {
   echo "# Benchmarks"
@@ -196,6 +209,10 @@ for l in sys.argv[2:]:
     if c[0] in prev and prev[c[0]] > 0:
         print("| %s | %d | %s | %+.1f %% |" % (c[0], prev[c[0]], c[1], (float(c[1]) / prev[c[0]] - 1) * 100))
 PY
+  fi
+  if [[ -n $sbs ]]; then
+    echo
+    printf '%s\n' "$sbs"
   fi
 } >BENCHMARKS.md.new
 mv BENCHMARKS.md.new BENCHMARKS.md

@@ -1,0 +1,71 @@
+# shellcheck shell=sh
+# bench/guest/side-by-side.sh: runs inside the interop VM (../shared/interop/vm.sh, which sources its lib.sh).
+# Serves one 4 KiB-block RAM namespace from the Linux kernel target (nvmet-tcp on memory-backed null_blk) and one
+# from holdfast's target (RAM), then drives each with two initiators, the Linux kernel host (nvme-tcp, fio with
+# libaio and O_DIRECT) and `holdfast bench`, over the same points. Targets and initiators are pinned as far as
+# each allows (holdfast's target to CPU 0; fio and `holdfast bench` to CPU 1; receive processing on loopback
+# steered to CPU 0 with RPS, which is where nvmet-tcp then runs its queue work, see bench/side-by-side.sh).
+# Prints one line per measurement: SBS|initiator|target|label|iops|MB/s.
+# env: SECS (5) per point, MIB (256) namespace size, POINTS ("workload,bs,qd ..."), RPS (1: steer as above; 0: no),
+# TARGET_ARGS (extra `holdfast target` flags), ROLES ("kk kh hk hh": initiator then target, k kernel, h holdfast).
+: "${SECS:=5}" "${MIB:=256}" "${RPS:=1}" "${ROLES:=kk kh hk hh}"
+POINTS=${POINTS:-"randread,4096,1 randread,4096,32 randwrite,4096,32 read,131072,16 write,131072,16"}
+HF=/opt/holdfast
+KNQN=nqn.2026-01.io.holdfast:sbs-kernel
+HNQN=nqn.2026-01.io.holdfast:sbs-holdfast
+modprobe nvmet; modprobe nvmet-tcp; modprobe nvme-tcp
+ip link set lo up
+# Loopback runs the receive path on the sending CPU; without steering, nvmet-tcp (which queues its work on the
+# socket's incoming CPU) would share CPU 1 with the initiator. RPS sends all loopback receive work to CPU 0.
+[ "$RPS" = 0 ] || echo 1 >/sys/class/net/lo/queues/rx-0/rps_cpus
+
+dev=$(SIZE_MIB=$MIB BLOCK=4096 make_backing nullb)
+TRADDR=127.0.0.1 TRSVCID=4420 nvmet_serve "$KNQN" "$dev"
+taskset -c 0 "$HF" target --listen 127.0.0.1:4421 --nqn "$HNQN" --ram-mib "$MIB" --block-size 4096 ${TARGET_ARGS:-} >/tmp/target.log 2>&1 &
+hpid=$!
+sleep 1
+kill -0 "$hpid" || { cat /tmp/target.log; exit 1; }
+size=$((MIB * 1024 * 1024))
+
+# kernel_host PORT NQN TARGETNAME: connect the kernel host, fill the namespace, run the points, disconnect.
+kernel_host() {
+  nvme connect -t tcp -a 127.0.0.1 -s "$1" -n "$2" >/dev/null
+  d=$(ns_dev "$2")
+  taskset -c 1 fio --name=fill --filename="$d" --rw=write --bs=128k --iodepth=16 --ioengine=libaio --direct=1 \
+    --size="$size" >/dev/null
+  for p in $POINTS; do
+    wl=${p%%,*}; r=${p#*,}; bs=${r%%,*}; qd=${r#*,}
+    taskset -c 1 fio --name=p --filename="$d" --rw="$wl" --bs="$bs" --iodepth="$qd" --ioengine=libaio --direct=1 \
+      --size="$size" --runtime="$SECS" --time_based --norandommap --randrepeat=0 \
+      --output-format=terse --terse-version=3 >/tmp/fio.out
+    # terse v3: 5 error, 7/8 read KiB/s and IOPS, 48/49 write KiB/s and IOPS
+    awk -F';' -v t="$3" -v l="$wl $bs $qd" '{ printf "SBS|kernel|%s|%s|%d|%.1f|%d\n", t, l, $8 + $49, ($7 + $48) * 1024 / 1e6, $5 }' /tmp/fio.out
+  done
+  nvme disconnect -n "$2" >/dev/null
+}
+
+# holdfast_host PORT NQN TARGETNAME
+holdfast_host() {
+  taskset -c 1 "$HF" bench --addr "127.0.0.1:$1" --nqn "$2" --workload write --bs 131072 --qd 16 --size "$size" \
+    --json >/dev/null
+  for p in $POINTS; do
+    wl=${p%%,*}; r=${p#*,}; bs=${r%%,*}; qd=${r#*,}
+    taskset -c 1 "$HF" bench --addr "127.0.0.1:$1" --nqn "$2" --workload "$wl" --bs "$bs" --qd "$qd" --queues 1 \
+      --size "$size" --time "$SECS" --json >/tmp/hf.out
+    sed -e 's/.*"errors":\([0-9]*\).*"iops":\([0-9.]*\).*"mbps":\([0-9.]*\).*/\2 \3 \1/' /tmp/hf.out |
+      awk -v t="$3" -v l="$wl $bs $qd" '{ printf "SBS|holdfast|%s|%s|%d|%.1f|%d\n", t, l, $1, $2, $3 }'
+  done
+}
+
+for r in $ROLES; do
+  case $r in
+    kk) log "kernel host -> kernel target"; kernel_host 4420 "$KNQN" kernel ;;
+    kh) log "kernel host -> holdfast target"; kernel_host 4421 "$HNQN" holdfast ;;
+    hk) log "holdfast host -> kernel target"; holdfast_host 4420 "$KNQN" kernel ;;
+    hh) log "holdfast host -> holdfast target"; holdfast_host 4421 "$HNQN" holdfast ;;
+    *) echo "unknown role pair $r" >&2; exit 2 ;;
+  esac
+done
+kill "$hpid"; wait "$hpid" || true
+kernel_errors
+log SBS-DONE
