@@ -108,7 +108,6 @@ struct Info {
     id: Box<IdentifyController>,
     cap: u64,
     vs: u32,
-    max_transfer: usize,
     policy: Option<ConnectionPolicy>,
     effective: Effective,
 }
@@ -119,6 +118,8 @@ struct Shared {
     io: Vec<mpsc::Sender<Command>>,
     rr: AtomicUsize,
     info: Mutex<Info>,
+    /// Largest transfer of one command (from MDTS), read by the I/O path (which splits requests by it).
+    max_transfer: AtomicUsize,
     state: Mutex<State>,
     events: broadcast::Sender<Event>,
     shutdown: CancellationToken,
@@ -604,7 +605,8 @@ async fn establish(
                 }
             }
         }
-        *lock(&sh.info) = Info { cntlid, id, cap: capv, vs, max_transfer, policy: adv, effective: new_eff };
+        *lock(&sh.info) = Info { cntlid, id, cap: capv, vs, policy: adv, effective: new_eff };
+        sh.max_transfer.store(max_transfer, Ordering::Release);
         Ok::<_, Error>((opens, restarted))
     }
     .await;
@@ -654,10 +656,10 @@ impl Controller {
                 id: Box::new(zerocopy::FromZeros::new_zeroed()),
                 cap: 0,
                 vs: 0,
-                max_transfer: DEFAULT_MAX_TRANSFER,
                 policy: None,
                 effective: eff,
             }),
+            max_transfer: AtomicUsize::new(DEFAULT_MAX_TRANSFER),
             state: Mutex::new(State::Live),
             events: broadcast::channel(64).0,
             shutdown: CancellationToken::new(),
@@ -771,7 +773,7 @@ impl Controller {
     }
     /// Largest transfer of one command, in bytes.
     pub fn max_transfer(&self) -> usize {
-        lock(&self.inner.info).max_transfer
+        self.inner.max_transfer.load(Ordering::Acquire)
     }
     /// The options used.
     pub fn options(&self) -> &ConnectOptions {
