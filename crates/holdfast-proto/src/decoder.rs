@@ -80,6 +80,16 @@ enum State {
     Failed,
 }
 
+/// Bytes still to come of the PDU that starts at the front of `buf`, once its common header (with PLEN) is in
+/// (NVMe/TCP 1.0 §3.6.1: PLEN, bytes 4..8, counts the whole PDU with digests and padding); `None` before that.
+/// PLEN is the peer's claim until [`PduDecoder::decode`] has checked the whole header: use this to size socket
+/// reads, never to allocate.
+pub fn pdu_rest(buf: &[u8]) -> Option<usize> {
+    let at = offset::PLEN as usize;
+    let plen = u32::from_le_bytes(buf.get(at..at + 4)?.try_into().ok()?) as usize;
+    Some(plen.saturating_sub(buf.len()))
+}
+
 /// The streaming decoder for one connection.
 #[derive(Clone, Debug)]
 pub struct PduDecoder {
@@ -456,5 +466,15 @@ mod tests {
         b[16] = 17;
         let mut d = ready(Role::Controller, false, false);
         assert_eq!(fatal(&mut d, &b).fei, offset::DATA_DATAL);
+    }
+
+    #[test]
+    fn pdu_rest_reads_plen_once_the_common_header_is_in() {
+        let mut b = vec![0x07u8, 0, 24, 24];
+        assert_eq!(pdu_rest(&b), None, "PLEN not in yet");
+        b.extend_from_slice(&(24u32 + 4096).to_le_bytes());
+        assert_eq!(pdu_rest(&b), Some(24 + 4096 - 8));
+        b.resize(24 + 4096 + 100, 0);
+        assert_eq!(pdu_rest(&b), Some(0), "a complete PDU (and more) needs nothing");
     }
 }
