@@ -12,7 +12,8 @@
 # the ratios are a same-run comparison with a real peer, not a prediction of native ratios.
 #
 # Prints a Markdown section (the table with both ratios) on stdout; the guest's console goes to $SBS_LOG.
-# env: SBS_SECONDS (5) per point, SBS_POINTS (the guest's default matrix), SBS_RPS (1), SBS_LOG.
+# env: SBS_SECONDS (5) per point, SBS_POINTS (the guest's default matrix), SBS_RPS (1), SBS_ROLES ("kk kh hk hh"),
+# SBS_TARGET_ARGS (extra `holdfast target` flags), SBS_LOG.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 interop=${INTEROP_DIR:-$root/../shared/interop}
@@ -20,17 +21,23 @@ log=${SBS_LOG:-$(mktemp "${TMPDIR:-/tmp}/holdfast-sbs.XXXXXX.log")}
 cd "$root"
 cargo build --release --quiet
 "$interop/setup.sh" >/dev/null
-envs=(-e "SECS=${SBS_SECONDS:-5}" -e "RPS=${SBS_RPS:-1}")
+secs=${SBS_SECONDS:-5}
+envs=(-e "SECS=$secs" -e "RPS=${SBS_RPS:-1}")
 [[ -n ${SBS_POINTS:-} ]] && envs+=(-e "POINTS=$SBS_POINTS")
+[[ -n ${SBS_ROLES:-} ]] && envs+=(-e "ROLES=$SBS_ROLES")
+[[ -n ${SBS_TARGET_ARGS:-} ]] && envs+=(-e "TARGET_ARGS=$SBS_TARGET_ARGS")
+# Time limit: every pair's points, plus fills, boot and slack (emulation), generously.
+npoints=$(wc -w <<<"${SBS_POINTS:-a b c d e}")
+limit=$((600 + 4 * npoints * (secs + 10)))
 rc=0
-"$interop/vm.sh" -F -q -l "$log" -c 2 -m 2048 -t 900 "${envs[@]}" -f "$root/target/release/holdfast" \
+"$interop/vm.sh" -F -q -l "$log" -c 2 -m 2048 -t "$limit" "${envs[@]}" -f "$root/target/release/holdfast" \
   "$root/bench/guest/side-by-side.sh" >/dev/null 2>&1 || rc=$?
 if ((rc != 0)) || ! grep -q "SBS-DONE" "$log"; then
   echo "side-by-side: the VM run failed (exit $rc); console log: $log" >&2
   tail -n 30 "$log" >&2
   exit 1
 fi
-kver=$(sed -n 's/.*INTEROP-BOOTED kernel=\([^ ]*\).*/\1/p' "$log" | head -n 1)
+kver=$(sed -n 's/.*INTEROP-BOOTED kernel=\([^ ]*\).*/\1/p;T;q' "$log")
 grep -a '^SBS|' "$log" | tr -d '\r' | python3 -c '
 import sys
 kver, secs = sys.argv[1], sys.argv[2]
@@ -44,10 +51,10 @@ for line in sys.stdin:
 def name(label):
     wl, bs, qd = label.split()
     bs = int(bs)
-    size = "%d KiB" % (bs // 1024)
+    size = "%d KiB" % (bs // 1024) if bs >= 1024 else "%d B" % bs
     return "%s %s QD%s" % (size, wl, qd)
 def r(a, b):
-    return "%.2f" % (a / b) if b else "n/a"
+    return "%.2f" % (a[0] / b[0]) if b[0] and a[2] >= 0 and b[2] >= 0 else "n/a"
 print("## Side by side with the Linux kernel target and host (under emulation)")
 print()
 print("`bench/side-by-side.sh`: Linux %s, nvmet-tcp serving memory-backed null_blk and nvme-tcp driven by fio" % kver)
@@ -62,8 +69,10 @@ print("| point | kernel host: kernel target | kernel host: holdfast target | hol
 print("|---|---|---|---|---|---|---|")
 for l in order:
     kk, kh, hk, hh = (m.get((i, t, l), (0, 0.0, 0)) for i, t in (("kernel", "kernel"), ("kernel", "holdfast"), ("holdfast", "kernel"), ("holdfast", "holdfast")))
-    errs = kk[2] + kh[2] + hk[2] + hh[2]
-    cell = lambda x: "%d IOPS, %.1f MB/s" % (x[0], x[1])
-    print("| %s | %s | %s | %s | %s | %s, %s | %s, %s |%s" % (name(l), cell(kk), cell(kh), cell(hk), cell(hh),
-          r(kh[0], kk[0]), r(hh[0], hk[0]), r(hk[0], kk[0]), r(hh[0], kh[0]), " errors: %d" % errs if errs else ""))
-' "${kver:-unknown}" "${SBS_SECONDS:-5}"
+    runs = (kk, kh, hk, hh)
+    errs = sum(x[2] for x in runs if x[2] > 0)
+    label = name(l) + (" (I/O errors: %d)" % errs if errs else "") + (" (a run failed)" if any(x[2] < 0 for x in runs) else "")
+    cell = lambda x: "%d IOPS, %.1f MB/s" % (x[0], x[1]) if x[2] >= 0 else "failed"
+    print("| %s | %s | %s | %s | %s | %s, %s | %s, %s |" % (label, cell(kk), cell(kh), cell(hk), cell(hh),
+          r(kh, kk), r(hh, hk), r(hk, kk), r(hh, kh)))
+' "${kver:-unknown}" "$secs"

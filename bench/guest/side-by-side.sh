@@ -35,11 +35,17 @@ kernel_host() {
     --size="$size" >/dev/null
   for p in $POINTS; do
     wl=${p%%,*}; r=${p#*,}; bs=${r%%,*}; qd=${r#*,}
+    # A failed point is reported (its error count, or -1 if fio printed nothing), not the end of the run.
+    rm -f /tmp/fio.out
     taskset -c 1 fio --name=p --filename="$d" --rw="$wl" --bs="$bs" --iodepth="$qd" --ioengine=libaio --direct=1 \
       --size="$size" --runtime="$SECS" --time_based --norandommap --randrepeat=0 \
-      --output-format=terse --terse-version=3 >/tmp/fio.out
+      --output-format=terse --terse-version=3 >/tmp/fio.out || true
     # terse v3: 5 error, 7/8 read KiB/s and IOPS, 48/49 write KiB/s and IOPS
-    awk -F';' -v t="$3" -v l="$wl $bs $qd" '{ printf "SBS|kernel|%s|%s|%d|%.1f|%d\n", t, l, $8 + $49, ($7 + $48) * 1024 / 1e6, $5 }' /tmp/fio.out
+    if [ -s /tmp/fio.out ]; then
+      awk -F';' -v t="$3" -v l="$wl $bs $qd" '{ printf "SBS|kernel|%s|%s|%d|%.1f|%d\n", t, l, $8 + $49, ($7 + $48) * 1024 / 1e6, $5 }' /tmp/fio.out
+    else
+      echo "SBS|kernel|$3|$wl $bs $qd|0|0.0|-1"
+    fi
   done
   nvme disconnect -n "$2" >/dev/null
 }
@@ -50,10 +56,16 @@ holdfast_host() {
     --json >/dev/null
   for p in $POINTS; do
     wl=${p%%,*}; r=${p#*,}; bs=${r%%,*}; qd=${r#*,}
+    # `holdfast bench` exits 1 when any I/O failed; its report (with the count) still comes.
+    rm -f /tmp/hf.out
     taskset -c 1 "$HF" bench --addr "127.0.0.1:$1" --nqn "$2" --workload "$wl" --bs "$bs" --qd "$qd" --queues 1 \
-      --size "$size" --time "$SECS" --json >/tmp/hf.out
-    sed -e 's/.*"errors":\([0-9]*\).*"iops":\([0-9.]*\).*"mbps":\([0-9.]*\).*/\2 \3 \1/' /tmp/hf.out |
-      awk -v t="$3" -v l="$wl $bs $qd" '{ printf "SBS|holdfast|%s|%s|%d|%.1f|%d\n", t, l, $1, $2, $3 }'
+      --size "$size" --time "$SECS" --json >/tmp/hf.out || true
+    if grep -q '"iops"' /tmp/hf.out 2>/dev/null; then
+      sed -e 's/.*"errors":\([0-9]*\).*"iops":\([0-9.]*\).*"mbps":\([0-9.]*\).*/\2 \3 \1/' /tmp/hf.out |
+        awk -v t="$3" -v l="$wl $bs $qd" '{ printf "SBS|holdfast|%s|%s|%d|%.1f|%d\n", t, l, $1, $2, $3 }'
+    else
+      echo "SBS|holdfast|$3|$wl $bs $qd|0|0.0|-1"
+    fi
   done
 }
 
