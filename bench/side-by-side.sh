@@ -53,8 +53,10 @@ def name(label):
     bs = int(bs)
     size = "%d KiB" % (bs // 1024) if bs >= 1024 else "%d B" % bs
     return "%s %s QD%s" % (size, wl, qd)
+# A pair not run (SBS_ROLES) is (0, 0.0, None); a run that printed no report has errors -1.
+ok = lambda x: x[2] is not None and x[2] >= 0
 def r(a, b):
-    return "%.2f" % (a[0] / b[0]) if b[0] and a[2] >= 0 and b[2] >= 0 else "n/a"
+    return "%.2f" % (a[0] / b[0]) if b[0] and ok(a) and ok(b) else "n/a"
 print("## Side by side with the Linux kernel target and host (under emulation)")
 print()
 print("`bench/side-by-side.sh`: Linux %s, nvmet-tcp serving memory-backed null_blk and nvme-tcp driven by fio" % kver)
@@ -68,11 +70,12 @@ print()
 print("| point | kernel host: kernel target | kernel host: holdfast target | holdfast host: kernel target | holdfast host: holdfast target | our target / kernel target (kernel host, holdfast host) | our host / kernel host (kernel target, holdfast target) |")
 print("|---|---|---|---|---|---|---|")
 for l in order:
-    kk, kh, hk, hh = (m.get((i, t, l), (0, 0.0, 0)) for i, t in (("kernel", "kernel"), ("kernel", "holdfast"), ("holdfast", "kernel"), ("holdfast", "holdfast")))
+    kk, kh, hk, hh = (m.get((i, t, l), (0, 0.0, None)) for i, t in (("kernel", "kernel"), ("kernel", "holdfast"), ("holdfast", "kernel"), ("holdfast", "holdfast")))
     runs = (kk, kh, hk, hh)
-    errs = sum(x[2] for x in runs if x[2] > 0)
-    label = name(l) + (" (I/O errors: %d)" % errs if errs else "") + (" (a run failed)" if any(x[2] < 0 for x in runs) else "")
-    cell = lambda x: "%d IOPS, %.1f MB/s" % (x[0], x[1]) if x[2] >= 0 else "failed"
+    errs = sum(x[2] for x in runs if ok(x))
+    failed = any(x[2] is not None and x[2] < 0 for x in runs)
+    label = name(l) + (" (I/O errors: %d)" % errs if errs else "") + (" (a run failed)" if failed else "")
+    cell = lambda x: "not run" if x[2] is None else "%d IOPS, %.1f MB/s" % (x[0], x[1]) if x[2] >= 0 else "failed"
     print("| %s | %s | %s | %s | %s | %s, %s | %s, %s |" % (label, cell(kk), cell(kh), cell(hk), cell(hh),
           r(kh, kk), r(hh, hk), r(hk, kk), r(hh, kh)))
 ' "${kver:-unknown}" "$secs"

@@ -26,13 +26,17 @@ hpid=$!
 sleep 1
 kill -0 "$hpid" || { cat /tmp/target.log; exit 1; }
 size=$((MIB * 1024 * 1024))
+# Both namespaces written once, before any pair runs, so that reads copy real data whatever ROLES holds.
+for t in "4420 $KNQN" "4421 $HNQN"; do
+  set -- $t
+  taskset -c 1 "$HF" bench --addr "127.0.0.1:$1" --nqn "$2" --workload write --bs 131072 --qd 16 --size "$size" \
+    --json >/dev/null
+done
 
-# kernel_host PORT NQN TARGETNAME: connect the kernel host, fill the namespace, run the points, disconnect.
+# kernel_host PORT NQN TARGETNAME: connect the kernel host, run the points, disconnect.
 kernel_host() {
   nvme connect -t tcp -a 127.0.0.1 -s "$1" -n "$2" >/dev/null
   d=$(ns_dev "$2")
-  taskset -c 1 fio --name=fill --filename="$d" --rw=write --bs=128k --iodepth=16 --ioengine=libaio --direct=1 \
-    --size="$size" >/dev/null
   for p in $POINTS; do
     wl=${p%%,*}; r=${p#*,}; bs=${r%%,*}; qd=${r#*,}
     # A failed point is reported (its error count, or -1 if fio printed nothing), not the end of the run.
@@ -52,8 +56,6 @@ kernel_host() {
 
 # holdfast_host PORT NQN TARGETNAME
 holdfast_host() {
-  taskset -c 1 "$HF" bench --addr "127.0.0.1:$1" --nqn "$2" --workload write --bs 131072 --qd 16 --size "$size" \
-    --json >/dev/null
   for p in $POINTS; do
     wl=${p%%,*}; r=${p#*,}; bs=${r%%,*}; qd=${r#*,}
     # `holdfast bench` exits 1 when any I/O failed; its report (with the count) still comes.
