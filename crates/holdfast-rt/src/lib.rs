@@ -173,6 +173,22 @@ pub fn reserve_for_read(buf: &mut bytes::BytesMut, min_free: usize) {
     }
 }
 
+/// Milliseconds on the system's coarse monotonic clock (`CLOCK_MONOTONIC_COARSE`: the last timer tick, a few
+/// milliseconds stale at most; read from the vDSO without the time-stamp counter). For clocks that run per
+/// command but only need to be right to a few milliseconds, such as a keep-alive timer: a precise
+/// `Instant::now` per command was 2 % of the target's CPU at 4 KiB random reads.
+pub fn coarse_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call; clock_gettime writes only it.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    if r != 0 {
+        // Not on this kernel (before 2.6.32): the precise clock, same epoch.
+        // SAFETY: as above.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    }
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
 /// Note I/O by connection `conn` on `p`, if there is one ([`BusyPoll::touch_from`]).
 #[inline]
 pub fn touch(p: &Option<Arc<BusyPoll>>, conn: u64) {

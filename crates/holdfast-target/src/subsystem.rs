@@ -227,8 +227,8 @@ pub struct Target {
     pub instance_id: u64,
     /// Non-configuration settings.
     pub settings: TargetSettings,
-    /// When the target started (keep-alive clocks count from here).
-    pub epoch: Instant,
+    /// When the target started, on [`holdfast_rt::coarse_ms`]'s clock (keep-alive clocks count from here).
+    pub epoch_ms: u64,
     /// An announced planned restart: hosts keep I/O queued at least this long (0 = none).
     pub planned_downtime_ms: std::sync::atomic::AtomicU32,
     /// Busy polling (None: off); the server starts its spinner.
@@ -308,7 +308,7 @@ impl Target {
             ports: RwLock::new(ports),
             genctr: AtomicU64::new(1),
             instance_id: rand::random::<u64>() | 1,
-            epoch: Instant::now(),
+            epoch_ms: holdfast_rt::coarse_ms(),
             planned_downtime_ms: std::sync::atomic::AtomicU32::new(0),
             busy_poll: holdfast_rt::BusyPoll::new(settings.busy_poll),
             settings,
@@ -328,9 +328,9 @@ impl Target {
         self.subsystems.read().values().cloned().collect()
     }
 
-    /// Milliseconds since the target started.
+    /// Milliseconds since the target started, to within a clock tick (a few ms): read for every command.
     pub fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        holdfast_rt::coarse_ms().saturating_sub(self.epoch_ms)
     }
 
     /// Record a configuration change: discovery controllers see a new GENCTR.

@@ -11,7 +11,8 @@ use bytes::{Bytes, BytesMut};
 use holdfast_proto::decoder::{DecodeError, Fatal, Limits, PduDecoder, Role};
 use holdfast_proto::pdu::{self, flags, ControllerIcParams, Fes, Framing, Pdu, PduType, TermReq, R2T};
 use holdfast_proto::{CompletionEntry, Reassembly, SendQueue, Status};
-use std::collections::{HashMap, VecDeque};
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -70,6 +71,13 @@ enum Slot {
     Executing,
 }
 
+/// A Connect command with its data, to be run by [`Connection::connect`].
+struct PendingConnect {
+    cid: u16,
+    req: Request,
+    data: Bytes,
+}
+
 /// Why a connection ends.
 enum Close {
     /// Orderly: EOF, Disconnect, shutdown.
@@ -85,7 +93,10 @@ struct Connection {
     decoder: PduDecoder,
     framing: Framing,
     out: SendQueue,
-    slots: HashMap<u16, Slot>,
+    /// Commands that outlive the PDU that brought them (waiting for data, running elsewhere, held), by CID.
+    /// A command answered while its capsule is handled never enters. FxHash: keys are 16-bit CIDs chosen by
+    /// the host, and at most twice the queue size are tracked (the capsule check below).
+    slots: FxHashMap<u16, Slot>,
     r2t_queue: VecDeque<u16>,
     active_r2t: usize,
     r2t_bytes: usize,
@@ -108,7 +119,7 @@ impl Connection {
             decoder: PduDecoder::new(Role::Controller, limits(ADMIN_INCAPSULE)),
             framing: Framing::default(),
             out: SendQueue::new(),
-            slots: HashMap::new(),
+            slots: FxHashMap::default(),
             r2t_queue: VecDeque::new(),
             active_r2t: 0,
             r2t_bytes: 0,
@@ -129,16 +140,20 @@ impl Connection {
                 match c.decoder.decode(&mut inbuf) {
                     Ok(Some(p)) => {
                         ic_done = true;
-                        if let Err(close) = c.handle_pdu(p).await {
-                            break 'conn close;
+                        match c.handle_pdu(p) {
+                            Ok(None) => {}
+                            Ok(Some(connect)) => c.connect(connect).await,
+                            Err(close) => break 'conn close,
                         }
                     }
                     Ok(None) => break,
                     Err(DecodeError::Fatal(f)) => break 'conn Close::Fatal(f),
                     Err(DecodeError::DataDigest { pdu, expected, received }) => {
                         tracing::warn!(peer = %c.ctx.peer_addr, "data digest mismatch: computed {expected:#x}, received {received:#x}");
-                        if let Err(close) = c.handle_data_digest_error(*pdu).await {
-                            break 'conn close;
+                        match c.handle_data_digest_error(*pdu) {
+                            Ok(None) => {}
+                            Ok(Some(connect)) => c.connect(connect).await,
+                            Err(close) => break 'conn close,
                         }
                     }
                 }
@@ -186,7 +201,10 @@ impl Connection {
                     Err(e) => break Close::Io(e),
                 },
                 Some((cid, resp)) = done_rx.recv() => c.complete(cid, resp),
-                Some(ev) = aer => c.send_response(ev.cid, Status::SUCCESS, ev.dw0, 0),
+                Some(ev) = aer => {
+                    c.slots.remove(&ev.cid);
+                    c.send_response(ev.cid, Status::SUCCESS, ev.dw0, 0);
+                }
                 r = async { holdfast_rt::reserve_for_read(&mut inbuf, READ_MIN_FREE); rd.read_buf(&mut inbuf).await }, if c.out.len() < SEND_HIGH_WATER => match r {
                     Ok(0) => break Close::Normal("connection closed by host"),
                     Ok(_) => holdfast_rt::touch(&poll, conn_id),
@@ -230,7 +248,9 @@ impl Connection {
         Close::Fatal(Fatal { fes, fei, header, reason })
     }
 
-    async fn handle_pdu(&mut self, p: Pdu) -> Result<(), Close> {
+    /// Handle one PDU. Everything but Connect is answered (or started) here, synchronously: the I/O path
+    /// builds no futures. A Connect is returned, for the caller to await [`Connection::connect`].
+    fn handle_pdu(&mut self, p: Pdu) -> Result<Option<PendingConnect>, Close> {
         match p {
             Pdu::IcReq(req) => {
                 let params = ControllerIcParams { maxh2cdata: MAXH2CDATA, allow_hdgst: true, allow_ddgst: true };
@@ -239,7 +259,7 @@ impl Connection {
                         Pdu::IcResp(resp).encode(&Framing::default(), self.out.header_buf());
                         self.decoder.set_negotiated(resp.hdgst, resp.ddgst, resp.cpda);
                         self.framing = Framing { hdgst: resp.hdgst, ddgst: resp.ddgst, pda: req.hpda };
-                        Ok(())
+                        Ok(None)
                     }
                     Err(r) => Err(Self::fatal(r.fes, r.fei, Bytes::new(), "ICReq refused")),
                 }
@@ -249,24 +269,24 @@ impl Connection {
                 tracing::warn!(peer = %self.ctx.peer_addr, "host terminated the connection: {fes} (FES {:#x}, FEI {:#x})", t.fes, t.fei);
                 Err(Close::Normal("H2CTermReq from host"))
             }
-            Pdu::CapsuleCmd(c) => self.handle_capsule(c.sqe, c.data).await,
-            Pdu::H2CData(d) => self.handle_h2c_data(d.cccid, d.ttag, d.datao, d.data, false).await,
+            Pdu::CapsuleCmd(c) => self.handle_capsule(c.sqe, c.data),
+            Pdu::H2CData(d) => self.handle_h2c_data(d.cccid, d.ttag, d.datao, d.data, false),
             // The decoder only lets host-to-controller PDUs through.
             _ => Err(Self::fatal(Fes::InvalidHeaderField, 0, Bytes::new(), "unexpected PDU type")),
         }
     }
 
-    async fn handle_data_digest_error(&mut self, p: Pdu) -> Result<(), Close> {
+    fn handle_data_digest_error(&mut self, p: Pdu) -> Result<Option<PendingConnect>, Close> {
         match p {
             // The command never runs: Transient Transport Error, the host may retry it.
             Pdu::CapsuleCmd(c) => {
                 self.advance_sqhd();
                 self.send_response(c.sqe.cid(), Status::TRANSIENT_TRANSPORT_ERROR, 0, 0);
-                Ok(())
+                Ok(None)
             }
             // Keep receiving the transfer, then fail the command.
             // Account for the bytes (so later offsets line up), then fail the command once the transfer ends.
-            Pdu::H2CData(d) => self.handle_h2c_data(d.cccid, d.ttag, d.datao, d.data, true).await,
+            Pdu::H2CData(d) => self.handle_h2c_data(d.cccid, d.ttag, d.datao, d.data, true),
             _ => Err(Self::fatal(Fes::InvalidHeaderField, 0, Bytes::new(), "data digest error on a PDU without data")),
         }
     }
@@ -277,7 +297,11 @@ impl Connection {
         }
     }
 
-    async fn handle_capsule(&mut self, sqe: holdfast_proto::SubmissionEntry, data: Bytes) -> Result<(), Close> {
+    fn handle_capsule(
+        &mut self,
+        sqe: holdfast_proto::SubmissionEntry,
+        data: Bytes,
+    ) -> Result<Option<PendingConnect>, Close> {
         self.advance_sqhd();
         let cid = sqe.cid();
         if self.slots.len() >= MAX_QUEUE_ENTRIES as usize
@@ -293,33 +317,32 @@ impl Connection {
         if self.slots.contains_key(&cid) {
             // Answered without touching the slot: it belongs to the command already using this CID.
             self.encode_cqe(cid, Status::CID_CONFLICT.with_dnr(), 0, 0);
-            return Ok(());
+            return Ok(None);
         }
         let req = match cmd::parse(&self.ctx, &sqe) {
             Ok(r) => r,
             Err(status) => {
                 self.send_response(cid, status, 0, 0);
-                return Ok(());
+                return Ok(None);
             }
         };
         if req.len == 0 && !data.is_empty() {
             self.send_response(cid, Status::SGL_LENGTH_INVALID.with_dnr(), 0, 0);
-            return Ok(());
+            return Ok(None);
         }
         if req.len > 0 {
             if let Err(status) = check_sgl(&sqe, req.len, data.len()) {
                 self.send_response(cid, status, 0, 0);
-                return Ok(());
+                return Ok(None);
             }
         }
         if req.dir == DataDir::ToController && req.len > 0 && data.is_empty() {
             self.slots.insert(cid, Slot::Queued(req));
             self.r2t_queue.push_back(cid);
             self.start_r2ts();
-            return Ok(());
+            return Ok(None);
         }
-        self.exec(cid, req, data).await;
-        Ok(())
+        Ok(self.exec(cid, req, data))
     }
 
     /// Send R2Ts for queued writes while buffers are free. One R2T covers the whole transfer; the host
@@ -348,14 +371,14 @@ impl Connection {
         }
     }
 
-    async fn handle_h2c_data(
+    fn handle_h2c_data(
         &mut self,
         cccid: u16,
         ttag: u16,
         datao: u32,
         data: Bytes,
         digest_failed: bool,
-    ) -> Result<(), Close> {
+    ) -> Result<Option<PendingConnect>, Close> {
         let Some(Slot::Receiving { req, buf, failed }) = self.slots.get_mut(&ttag) else {
             return Err(Self::fatal(
                 Fes::InvalidHeaderField,
@@ -386,44 +409,55 @@ impl Connection {
         *failed |= digest_failed;
         buf.push(data, req.len);
         if buf.len() < req.len {
-            return Ok(());
+            return Ok(None);
         }
-        let Some(Slot::Receiving { req, buf, failed }) = self.slots.remove(&ttag) else { return Ok(()) };
+        let Some(Slot::Receiving { req, buf, failed }) = self.slots.remove(&ttag) else { return Ok(None) };
         let data = buf.into_bytes();
         self.active_r2t -= 1;
         self.r2t_bytes -= req.len;
         self.start_r2ts();
         if failed {
             self.send_response(cccid, Status::TRANSIENT_TRANSPORT_ERROR, 0, 0);
-        } else {
-            self.exec(cccid, req, data).await;
+            return Ok(None);
         }
-        Ok(())
+        Ok(self.exec(cccid, req, data))
     }
 
-    async fn exec(&mut self, cid: u16, req: Request, data: Bytes) {
+    /// Run a command whose data is all here, or hand back a Connect (which may wait for an older
+    /// association to drain) for [`Connection::connect`].
+    fn exec(&mut self, cid: u16, req: Request, data: Bytes) -> Option<PendingConnect> {
+        if matches!(req.exec, Exec::Connect) {
+            return Some(PendingConnect { cid, req, data });
+        }
         // Only data for the host is trimmed or padded to the command's transfer length.
         let len = if req.dir == DataDir::ToHost { req.len } else { 0 };
-        if matches!(req.exec, Exec::Connect) {
-            let bound_before = self.ctx.ctrl.is_some();
-            let resp = cmd::fabrics::connect(&mut self.ctx, &req, &data).await;
-            if !bound_before && self.ctx.ctrl.is_some() {
-                self.on_connected();
-            }
-            self.respond(cid, resp, len);
-            return;
-        }
-        self.slots.insert(cid, Slot::Executing);
+        // The slot is taken only by a command that outlives this call (no other PDU is handled meanwhile).
         match cmd::execute(&mut self.ctx, req, data) {
             Outcome::Done(resp) => self.respond(cid, resp, len),
             Outcome::Later(work) => {
+                self.slots.insert(cid, Slot::Executing);
                 let tx = self.done_tx.clone();
                 work.run(move |r| {
                     let _ = tx.send((cid, pad_len(r, len)));
                 });
             }
-            Outcome::Held => {}
+            Outcome::Held => {
+                self.slots.insert(cid, Slot::Executing);
+            }
         }
+        None
+    }
+
+    /// Run a Connect ([`cmd::fabrics::connect`]) and answer it.
+    async fn connect(&mut self, c: PendingConnect) {
+        let PendingConnect { cid, req, data } = c;
+        let len = if req.dir == DataDir::ToHost { req.len } else { 0 };
+        let bound_before = self.ctx.ctrl.is_some();
+        let resp = cmd::fabrics::connect(&mut self.ctx, &req, &data).await;
+        if !bound_before && self.ctx.ctrl.is_some() {
+            self.on_connected();
+        }
+        self.respond(cid, resp, len);
     }
 
     fn on_connected(&mut self) {
@@ -438,14 +472,15 @@ impl Connection {
         }
     }
 
+    /// A command that ran elsewhere ([`Outcome::Later`]) is done.
     fn complete(&mut self, cid: u16, resp: Response) {
+        self.slots.remove(&cid);
         let len = resp.data.len();
         self.respond(cid, resp, len);
     }
 
-    /// Send a command's data (C2HData) and completion.
+    /// Send a command's data (C2HData) and completion. The command no longer holds a slot.
     fn respond(&mut self, cid: u16, resp: Response, len: usize) {
-        self.slots.remove(&cid);
         let resp = pad_len(resp, len);
         if !resp.status.is_success() {
             if let Some(ctrl) = &self.ctx.ctrl {
@@ -476,8 +511,8 @@ impl Connection {
         }
     }
 
+    /// Send a completion without data. The command no longer holds a slot.
     fn send_response(&mut self, cid: u16, status: Status, dw0: u32, dw1: u32) {
-        self.slots.remove(&cid);
         self.encode_cqe(cid, status, dw0, dw1);
     }
 
