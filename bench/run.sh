@@ -195,19 +195,32 @@ prev=""; [[ -f BENCHMARKS.md ]] && prev=$(cat BENCHMARKS.md)
     echo
     echo "## Change against the previous table"
     echo
-    python3 - "$prev" "${rows[@]}" <<'PY'
-import sys
-prev = {}
+    python3 - "$prev" "$iperf_gbps" "$floor_us" "${rows[@]}" <<'PY'
+import re, sys
+prev, prev_ratio = {}, {}
 for l in sys.argv[1].splitlines():
     c = [x.strip() for x in l.strip("|").split("|")]
-    if len(c) >= 7 and c[1].isdigit() and not c[0].isdigit():
+    if len(c) >= 8 and c[1].isdigit() and not c[0].isdigit():
         prev[c[0]] = float(c[1])
-print("| point | IOPS before | IOPS now | change |")
-print("|---|---|---|---|")
-for l in sys.argv[2:]:
+        prev_ratio[c[0]] = c[7]
+# The references the previous table was measured against: when they moved, the machine (or its load) did,
+# and only the ratios compare.
+m = re.search(r"128 KiB writes, same pinning: \*\*([0-9.]+) Gbit/s", sys.argv[1])
+f = re.search(r"\*\*([0-9.]+) µs\*\* per round trip", sys.argv[1])
+ip_now, fl_now = float(sys.argv[2]), float(sys.argv[3])
+if m and f:
+    ip_before, fl_before = float(m.group(1)), float(f.group(1))
+    print("References: iperf3 %.2f -> %.2f Gbit/s, round-trip floor %.2f -> %.2f µs." % (ip_before, ip_now, fl_before, fl_now))
+    if abs(ip_now / ip_before - 1) > 0.25 or abs(fl_now / fl_before - 1) > 0.25:
+        print("The references moved by more than a quarter: the machine or its load changed since the previous")
+        print("table, so compare the ratios to iperf3, not the IOPS.")
+    print()
+print("| point | IOPS before | IOPS now | change | ratio to iperf3 before | now |")
+print("|---|---|---|---|---|---|")
+for l in sys.argv[4:]:
     c = [x.strip() for x in l.strip("|").split("|")]
     if c[0] in prev and prev[c[0]] > 0:
-        print("| %s | %d | %s | %+.1f %% |" % (c[0], prev[c[0]], c[1], (float(c[1]) / prev[c[0]] - 1) * 100))
+        print("| %s | %d | %s | %+.1f %% | %s | %s |" % (c[0], prev[c[0]], c[1], (float(c[1]) / prev[c[0]] - 1) * 100, prev_ratio[c[0]], c[7]))
 PY
   fi
   if [[ -n $sbs ]]; then
