@@ -85,9 +85,13 @@ enum State {
 /// PLEN is the peer's claim until [`PduDecoder::decode`] has checked the whole header: use this to size socket
 /// reads, never to allocate.
 pub fn pdu_rest(buf: &[u8]) -> Option<usize> {
+    Some(plen(buf)?.saturating_sub(buf.len()))
+}
+
+/// PLEN of the PDU at the front of `buf`, once the common header's first eight bytes are in.
+fn plen(buf: &[u8]) -> Option<usize> {
     let at = offset::PLEN as usize;
-    let plen = u32::from_le_bytes(buf.get(at..at + 4)?.try_into().ok()?) as usize;
-    Some(plen.saturating_sub(buf.len()))
+    Some(u32::from_le_bytes(buf.get(at..at + 4)?.try_into().ok()?) as usize)
 }
 
 /// The streaming decoder for one connection.
@@ -150,7 +154,7 @@ impl PduDecoder {
             return Ok(None);
         }
         let (ty_raw, fl, hlen, pdo) = (buf[0], buf[1], buf[2], buf[3]);
-        let plen = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+        let Some(plen) = plen(buf) else { return Ok(None) };
 
         // PDU type: known, travelling in our direction, and allowed in this state.
         let Some(ty) = PduType::from_u8(ty_raw) else {

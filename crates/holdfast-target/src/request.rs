@@ -100,6 +100,18 @@ pub struct Request {
     pub len: usize,
 }
 
+impl Request {
+    /// How many bytes of data the host gets back: the transfer length for data to the host, else none (the
+    /// transport trims or zero-pads a response's data to this).
+    pub fn len_to_host(&self) -> usize {
+        if self.dir == DataDir::ToHost {
+            self.len
+        } else {
+            0
+        }
+    }
+}
+
 /// A command's result: status, completion dwords, and data for the host.
 #[derive(Debug, Clone, Default)]
 pub struct Response {

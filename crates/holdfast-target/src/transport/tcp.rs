@@ -430,7 +430,7 @@ impl Connection {
             return Some(PendingConnect { cid, req, data });
         }
         // Only data for the host is trimmed or padded to the command's transfer length.
-        let len = if req.dir == DataDir::ToHost { req.len } else { 0 };
+        let len = req.len_to_host();
         // The slot is taken only by a command that outlives this call (no other PDU is handled meanwhile).
         match cmd::execute(&mut self.ctx, req, data) {
             Outcome::Done(resp) => self.respond(cid, resp, len),
@@ -451,7 +451,7 @@ impl Connection {
     /// Run a Connect ([`cmd::fabrics::connect`]) and answer it.
     async fn connect(&mut self, c: PendingConnect) {
         let PendingConnect { cid, req, data } = c;
-        let len = if req.dir == DataDir::ToHost { req.len } else { 0 };
+        let len = req.len_to_host();
         let bound_before = self.ctx.ctrl.is_some();
         let resp = cmd::fabrics::connect(&mut self.ctx, &req, &data).await;
         if !bound_before && self.ctx.ctrl.is_some() {
