@@ -195,6 +195,20 @@ pub fn coarse_ms() -> u64 {
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
+/// CPU time this process has used so far, (user, system), from `getrusage(RUSAGE_SELF)` (microsecond
+/// resolution; all threads). The bench reports its CPU cost per I/O from two readings: on a shared machine whose
+/// throughput swings from run to run, the CPU one side spends per I/O moves much less.
+pub fn process_cpu() -> (Duration, Duration) {
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage for the duration of the call; getrusage writes only it.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    (tv(ru.ru_utime), tv(ru.ru_stime))
+}
+
 /// Note I/O by connection `conn` on `p`, if there is one ([`BusyPoll::touch_from`]).
 #[inline]
 pub fn touch(p: &Option<Arc<BusyPoll>>, conn: u64) {

@@ -374,6 +374,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             })
         }).collect();
         let t0 = Instant::now();
+        let cpu0 = holdfast_rt::process_cpu();
         let mut tasks = Vec::new();
         // Latency histograms, a few shards shared by the workers (one per worker cost 4096 large histograms
         // at 256 controllers).
@@ -437,6 +438,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             eprintln!();
         }
         let secs = t0.elapsed().as_secs_f64();
+        let cpu1 = holdfast_rt::process_cpu();
         for c in &ctrls {
             let _ = c.shutdown().await;
         }
@@ -446,12 +448,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let mismatches = sh.mismatches.load(Ordering::Relaxed);
         let problems = sh.first_problems.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let q = |p: f64| if hist.is_empty() { 0 } else { hist.value_at_quantile(p) };
+        // This process's CPU per I/O over the run (all its threads): what the host side costs, steadier than
+        // IOPS on a shared machine.
+        let per_io = |t0: Duration, t1: Duration| {
+            if ops == 0 { 0.0 } else { ((t1.saturating_sub(t0)).as_secs_f64() * 1e6 / ops as f64 * 100.0).round() / 100.0 }
+        };
+        let (cpu_user, cpu_sys) = (per_io(cpu0.0, cpu1.0), per_io(cpu0.1, cpu1.1));
         let report = serde_json::json!({
             "workload": format!("{:?}", a.workload).to_lowercase(), "bs": a.bs, "qd": a.qd, "queues": a.queues,
             "controllers": a.controllers,
             "seconds": (secs * 1000.0).round() / 1000.0, "ops": ops,
             "iops": (ops as f64 / secs).round(), "mbps": ((bytes as f64 / secs / 1e6) * 10.0).round() / 10.0,
             "errors": errors, "verify": a.verify, "verify_mismatches": mismatches,
+            "cpu_us_per_io": { "user": cpu_user, "sys": cpu_sys },
             "lat_us": { "p50": q(0.5), "p99": q(0.99), "p999": q(0.999), "max": if hist.is_empty() { 0 } else { hist.max() } },
             "outages": sh.outages.load(Ordering::Relaxed), "longest_stall_ms": sh.longest_stall_ms.load(Ordering::Relaxed),
             "problems": problems, "controller_lost": sh.lost.lock().unwrap_or_else(|p| p.into_inner()).clone(),
@@ -470,6 +479,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 secs
             );
             outln!("latency us: p50 {} p99 {} p99.9 {} max {}", q(0.5), q(0.99), q(0.999), report["lat_us"]["max"]);
+            outln!("cpu us per I/O (this process): {cpu_user:.2} user + {cpu_sys:.2} system");
             outln!("errors {errors}, verify mismatches {mismatches}{}", if a.verify { "" } else { " (not verifying)" });
             outln!("outages {}, longest stall {} ms", report["outages"], report["longest_stall_ms"]);
             for p in &problems {
