@@ -121,6 +121,10 @@ fuzz_target!(|input: &[u8]| {
             let (data, tail) = rest.split_at(n);
             rest = tail;
             let ctx = io.as_mut().unwrap_or(&mut admin);
+            if let (Some(c), true) = (&ctx.ctrl, ctx.qid != 0) {
+                // The hint the transport gives for a batch just received, whatever the SQE says.
+                cmd::io::prefetch(c, std::iter::once(&sqe));
+            }
             run(ctx, &sqe, data).await;
         }
         if let Some(q) = &io {

@@ -7,7 +7,7 @@
 //! low 2 bits: PDA % 4), the rest = the stream, cut into chunks of 1..=70000 bytes drawn from the seed.
 #![no_main]
 use bytes::BytesMut;
-use holdfast_proto::decoder::{DecodeError, Limits, PduDecoder, Role};
+use holdfast_proto::decoder::{peek_capsule_sqes, DecodeError, Limits, PduDecoder, Role};
 use holdfast_proto::pdu::{Framing, Pdu};
 use libfuzzer_sys::fuzz_target;
 
@@ -48,6 +48,8 @@ fuzz_target!(|data: &[u8]| {
         max_chunk = max_chunk.max(n);
         buf.extend_from_slice(&stream[at..at + n]);
         at += n;
+        // The look-ahead a target does before decoding a batch: it must end, and never panic.
+        let _ = peek_capsule_sqes(&buf).count();
         loop {
             match d.decode(&mut buf) {
                 Ok(Some(pdu)) => {

@@ -11,6 +11,7 @@ use crate::digest::{crc32c, DIGEST_LEN};
 use crate::pdu::*;
 use crate::sqe::SubmissionEntry;
 use bytes::{Buf, Bytes, BytesMut};
+use zerocopy::FromBytes;
 
 /// Which side is decoding: a controller receives host-to-controller PDUs and vice versa.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +95,28 @@ fn plen(buf: &[u8]) -> Option<usize> {
     Some(u32::from_le_bytes(buf.get(at..at + 4)?.try_into().ok()?) as usize)
 }
 
+/// The submission entries of the command capsules whose headers are already in `buf` (which starts at a PDU
+/// boundary), in order, without decoding or consuming anything: for hints that look ahead, such as bringing in
+/// what a batch of reads will touch before the first of them runs. Walking needs only each common header's
+/// type, HLEN and PLEN (NVMe/TCP 1.0 §3.6.1; a CapsuleCmd's SQE follows its 8-byte common header, §3.6.2.5), and
+/// nothing else is checked: what this yields is the peer's claim, fit for hints only. It stops at the first PDU
+/// whose header is not all in or whose lengths do not add up.
+pub fn peek_capsule_sqes(buf: &[u8]) -> impl Iterator<Item = &SubmissionEntry> + Clone {
+    let mut pos = 0usize;
+    std::iter::from_fn(move || loop {
+        let pdu = buf.get(pos..)?;
+        let ch = CommonHeader::ref_from_prefix(pdu).ok()?.0;
+        let (hlen, plen) = (ch.hlen as usize, ch.plen.get() as usize);
+        if hlen < CH_LEN || plen < hlen {
+            return None;
+        }
+        pos = pos.saturating_add(plen);
+        if ch.pdu_type == PduType::CapsuleCmd as u8 && hlen == HLEN_CAPSULE_CMD as usize {
+            return SubmissionEntry::ref_from_prefix(pdu.get(CH_LEN..hlen)?).ok().map(|(sqe, _)| sqe);
+        }
+    })
+}
+
 /// The streaming decoder for one connection.
 #[derive(Clone, Debug)]
 pub struct PduDecoder {
@@ -135,7 +158,7 @@ impl PduDecoder {
     /// How many bytes the PDU at the front of `buf` needs in all, once its common header is there (for
     /// reserving buffer space). Call after `decode` returned `Ok(None)`.
     pub fn pending_len(&self, buf: &[u8]) -> Option<usize> {
-        (buf.len() >= CH_LEN).then(|| u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize)
+        plen(buf)
     }
 
     fn fail(&mut self, fes: Fes, fei: u32, buf: &[u8], reason: &'static str) -> DecodeError {
@@ -384,6 +407,39 @@ mod tests {
             }
         }
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn peek_capsule_sqes_walks_whole_headers_only() {
+        for (hd, dd) in [(false, false), (true, true)] {
+            let f = Framing { hdgst: hd, ddgst: dd, pda: 0 };
+            let sqe = |cid: u16| {
+                let mut s = SubmissionEntry::new(2, cid);
+                s.nsid.set(1);
+                s
+            };
+            let mut buf = Vec::new();
+            buf.extend(Pdu::CapsuleCmd(CapsuleCmd { sqe: sqe(1), data: Bytes::new() }).to_bytes(&f));
+            let h2c = H2CData { cccid: 9, ttag: 9, datao: 0, data: Bytes::from(vec![7; 100]), last: true };
+            buf.extend(Pdu::H2CData(h2c).to_bytes(&f));
+            buf.extend(Pdu::CapsuleCmd(CapsuleCmd { sqe: sqe(2), data: Bytes::from(vec![1; 64]) }).to_bytes(&f));
+            let third = Pdu::CapsuleCmd(CapsuleCmd { sqe: sqe(3), data: Bytes::from(vec![1; 64]) }).to_bytes(&f);
+            // The third's header all in but not its data: still seen. Only part of its header: not.
+            let mut with_third = buf.clone();
+            with_third.extend(&third[..80]);
+            let cids = |b: &[u8]| peek_capsule_sqes(b).map(|s| s.cid()).collect::<Vec<_>>();
+            assert_eq!(cids(&with_third), [1, 2, 3]);
+            let mut partial = buf.clone();
+            partial.extend(&third[..40]);
+            assert_eq!(cids(&partial), [1, 2]);
+            // Lengths that do not add up end the walk (the decoder will refuse that PDU).
+            let mut bad = third.to_vec();
+            bad[4..8].copy_from_slice(&4u32.to_le_bytes());
+            buf.extend(&bad);
+            buf.extend(Pdu::CapsuleCmd(CapsuleCmd { sqe: sqe(4), data: Bytes::new() }).to_bytes(&f));
+            assert_eq!(cids(&buf), [1, 2]);
+            assert_eq!(cids(&[]), Vec::<u16>::new());
+        }
     }
 
     #[test]

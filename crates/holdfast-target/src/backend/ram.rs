@@ -7,7 +7,7 @@
 //! (rare: only while a response referencing the chunk is being sent) against how many reads fit in one
 //! chunk (every aligned transfer up to 128 KiB).
 
-use super::{Backend, MediaGate};
+use super::{prefetch_line, Backend, MediaGate};
 use bytes::Bytes;
 use parking_lot::RwLock;
 use std::io;
@@ -111,6 +111,18 @@ impl Backend for RamBackend {
             None => Bytes::from_static(&ZEROES[..len]),
         }))
     }
+    fn prefetch(&self, offset: u64, stage: u8) {
+        let Some(chunk) = self.chunks.get((offset >> CHUNK_SHIFT) as usize) else { return };
+        if stage == 0 {
+            // The entry: its lock word and the pointer to the chunk's shared header.
+            prefetch_line(chunk);
+        } else if let Some(g) = chunk.try_read() {
+            // The header whose count `read_inline` increments (not the data: the kernel's copy streams it).
+            if let Some(c) = &*g {
+                prefetch_line(Arc::as_ptr(c));
+            }
+        }
+    }
     fn read_append(&self, offset: u64, len: usize, out: &mut bytes::BytesMut, gate: &MediaGate) -> io::Result<()> {
         self.check_range(offset, len as u64)?;
         gate.check()?;
@@ -207,6 +219,16 @@ mod tests {
         assert!(RamBackend::new(CHUNK / 2).read_inline(CHUNK / 2 - 512, 1024, &g).unwrap().is_err());
         // Unwritten: zeroes.
         assert!(b.read_inline(3 * CHUNK, 4096, &g).unwrap().unwrap().iter().all(|&x| x == 0));
+        // Prefetch hints, anywhere (written, unwritten, past the end, while a writer holds the chunk), change
+        // nothing.
+        b.write_at(CHUNK + 4096, &[3u8; 4096], false, &g).unwrap();
+        let held = b.chunks[1].write();
+        for off in [0, CHUNK + 4096, 3 * CHUNK, 4 * CHUNK, u64::MAX] {
+            b.prefetch(off, 0);
+            b.prefetch(off, 1);
+        }
+        drop(held);
+        assert_eq!(&b.read_inline(CHUNK + 4096, 4096, &g).unwrap().unwrap()[..], &[3u8; 4096][..]);
     }
 
     #[test]

@@ -22,6 +22,21 @@ fn namespace(ctrl: &Controller, nsid: u32) -> Result<Arc<Namespace>, Status> {
     ctrl.subsys.namespace(nsid).ok_or(Status::INVALID_NAMESPACE.with_dnr())
 }
 
+/// Hints for a batch of commands received but not yet handled (`sqes`, as the transport peeked them): each
+/// Read's namespace may start bringing in what the read will touch ([`crate::backend::Backend::prefetch`],
+/// all of the batch at stage 0, then all at stage 1). Nothing is checked or changed: a command that turns out
+/// to be invalid is refused when it is parsed, as always.
+pub fn prefetch<'a>(ctrl: &Controller, sqes: impl Iterator<Item = &'a SubmissionEntry> + Clone) {
+    let namespaces = ctrl.subsys.namespaces.read();
+    for stage in 0..2 {
+        for sqe in sqes.clone().filter(|s| s.opcode == op::READ) {
+            if let Some(ns) = namespaces.get(&sqe.nsid()) {
+                ns.backend.prefetch(rw::slba(sqe) << ns.lba_shift(), stage);
+            }
+        }
+    }
+}
+
 /// Parse an I/O command.
 pub fn parse(_ctx: &QueueCtx, ctrl: &Controller, sqe: &SubmissionEntry) -> ParseResult {
     let req = |exec, dir, len| Ok(Request { sqe: *sqe, exec, dir, len });

@@ -8,7 +8,7 @@ use crate::controller::{AerCompletion, MAX_QUEUE_ENTRIES};
 use crate::request::{DataDir, Exec, Outcome, QueueCtx, Request, Response};
 use crate::subsystem::{Port, Target};
 use bytes::{Bytes, BytesMut};
-use holdfast_proto::decoder::{DecodeError, Fatal, Limits, PduDecoder, Role};
+use holdfast_proto::decoder::{peek_capsule_sqes, DecodeError, Fatal, Limits, PduDecoder, Role};
 use holdfast_proto::pdu::{self, flags, ControllerIcParams, Fes, Framing, Pdu, PduType, TermReq, R2T};
 use holdfast_proto::{CompletionEntry, Reassembly, SendQueue, Status};
 use rustc_hash::FxHashMap;
@@ -38,6 +38,9 @@ const SEND_HIGH_WATER: usize = 8 << 20;
 const RECV_CHUNK: usize = 64 * 1024;
 /// Free space made in the receive buffer before every socket read (direct or through the runtime).
 const READ_MIN_FREE: usize = RECV_CHUNK / 4;
+/// Commands looked ahead at for [`Connection::prefetch`]: a batch of reads, more than the lines a core keeps
+/// in flight.
+const PREFETCH_MAX: usize = 32;
 /// Time a new connection has to send its ICReq.
 const IC_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -168,6 +171,7 @@ impl Connection {
                     Ok(Some(0)) => break Close::Normal("connection closed by host"),
                     Ok(Some(_)) => {
                         holdfast_rt::touch(&poll, conn_id);
+                        c.prefetch(&inbuf);
                         // Let the runtime's other tasks (and the sockets of other connections, which would end
                         // this connection's solo run) in now and then: nothing else yields here.
                         spun += 1;
@@ -207,7 +211,10 @@ impl Connection {
                 }
                 r = async { holdfast_rt::reserve_for_read(&mut inbuf, READ_MIN_FREE); rd.read_buf(&mut inbuf).await }, if c.out.len() < SEND_HIGH_WATER => match r {
                     Ok(0) => break Close::Normal("connection closed by host"),
-                    Ok(_) => holdfast_rt::touch(&poll, conn_id),
+                    Ok(_) => {
+                        holdfast_rt::touch(&poll, conn_id);
+                        c.prefetch(&inbuf);
+                    }
                     Err(e) => break Close::Io(e),
                 },
                 _ = tokio::time::sleep_until(ic_deadline), if !ic_done => break Close::Normal("no ICReq in time"),
@@ -241,6 +248,14 @@ impl Connection {
             }
         } else {
             tracing::debug!(peer = %c.ctx.peer_addr, "connection ended before Connect: {reason}");
+        }
+    }
+
+    /// Before the PDUs just received are handled one by one: let the backends of the reads among them start
+    /// bringing in what those reads touch, all at once ([`cmd::io::prefetch`]). I/O queues only.
+    fn prefetch(&self, inbuf: &[u8]) {
+        if let (Some(ctrl), true) = (&self.ctx.ctrl, self.ctx.qid != 0) {
+            cmd::io::prefetch(ctrl, peek_capsule_sqes(inbuf).take(PREFETCH_MAX));
         }
     }
 
