@@ -5,7 +5,9 @@
 # spread of several alternated pairs does. Each run also gives the CPU each side spent per I/O (the target's
 # from /proc over the run, the host's as `holdfast bench` reports it): with AB_POLL=0 (both sides sleep when
 # idle instead of polling, which spends the whole core whatever the load) that is steadier than IOPS on such a
-# machine, and it measures a side's own cost while the other side is the bottleneck.
+# machine, and it measures a side's own cost while the other side is the bottleneck. (The target's figure also
+# holds its share of the run's connect and shutdown, a few milliseconds; the host's covers the I/O only. A build
+# from before bench reported its CPU shows "nan" for the host.)
 #
 #   bench/ab.sh A_BIN B_BIN [holdfast bench flags...]
 #   e.g. git worktree add /tmp/base HEAD~3 && (cd /tmp/base && cargo build --release)
@@ -18,7 +20,7 @@
 # 0 runs both sides with --busy-poll-us 0.
 # Defaults for the point: --workload randread --bs 4096 --qd 32, for those of these flags not given.
 set -euo pipefail
-[[ $# -ge 2 ]] || { sed -n '2,19p' "$0" >&2; exit 2; }
+[[ $# -ge 2 ]] || { sed -n '2,21p' "$0" >&2; exit 2; }
 a=$(realpath "$1"); b=$(realpath "$2"); shift 2
 [[ -x $a && -x $b ]] || { echo "ab.sh: $a or $b is not an executable" >&2; exit 2; }
 pairs=${AB_PAIRS:-5}; secs=${AB_SECONDS:-4}; side=${AB_SIDE:-both}
@@ -29,7 +31,9 @@ nqn=nqn.2026-01.io.holdfast:ab
 tpid=""
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }  # user + system, in clock ticks
+# User + system CPU of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat, counted after the
+# command name, which may hold spaces).
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
 
 run_one() {  # run_one BIN: prints "IOPS target-µs/IO host-µs/IO" of one run
   local bin=$1 tbin=$1 hbin=$1 port
@@ -37,7 +41,7 @@ run_one() {  # run_one BIN: prints "IOPS target-µs/IO host-µs/IO" of one run
   [[ $side == target ]] && hbin=$a
   port=$(free_port)
   taskset -c 0 "$tbin" target --listen "127.0.0.1:$port" --nqn "$nqn" --ram-mib 1024 --block-size 4096 \
-    "${poll[@]}" >/dev/null 2>&1 &
+    ${poll[@]+"${poll[@]}"} >/dev/null 2>&1 &
   tpid=$!
   sleep 0.5
   if [[ ${AB_PREFILL:-0} == 1 ]]; then
@@ -47,7 +51,7 @@ run_one() {  # run_one BIN: prints "IOPS target-µs/IO host-µs/IO" of one run
   local out c0 c1
   c0=$(cpu_ticks "$tpid")
   out=$(taskset -c $hcore "$hbin" bench --addr "127.0.0.1:$port" --nqn "$nqn" --size 1073741824 --json \
-    --time "$secs" "${poll[@]}" "${point[@]}" 2>"$err") || true
+    --time "$secs" ${poll[@]+"${poll[@]}"} "${point[@]}" 2>"$err") || true
   c1=$(cpu_ticks "$tpid")
   kill "$tpid" 2>/dev/null || true
   wait "$tpid" 2>/dev/null || true
@@ -59,7 +63,8 @@ if d["errors"]:
     print("errors 0 0")
 else:
     tgt = (int(sys.argv[3]) - int(sys.argv[2])) / int(sys.argv[4]) * 1e6 / max(d["ops"], 1)
-    print(int(d["iops"]), "%.2f" % tgt, "%.2f" % (d["cpu_us_per_io"]["user"] + d["cpu_us_per_io"]["sys"]))
+    c = d.get("cpu_us_per_io")
+    print(int(d["iops"]), "%.2f" % tgt, "%.2f" % (c["user"] + c["sys"]) if c else "nan")
 ' "$out" "$c0" "$c1" "$(getconf CLK_TCK)" 2>/dev/null || { echo "ab.sh: holdfast bench failed:" >&2; tail -n 5 "$err" >&2; exit 1; }
 }
 
@@ -91,6 +96,7 @@ for name, path, rs in (("A", a, runs[0]), ("B", b, runs[1])):
     print("%s %s: %s  median %d IOPS; CPU per I/O, medians: target %.2f µs, host %.2f µs"
           % (name, path, " ".join(map(str, iops)), med[-1][0], tgt, host))
 (ia, ta, ha), (ib, tb, hb) = med
-print("B / A (medians, build under test on %s side%s): IOPS %.3f; CPU per I/O: target %.3f, host %.3f"
-      % (side, "" if side != "both" else "s", ib / ia, tb / ta, hb / ha))
+r = lambda b, a: "%.3f" % (b / a) if a > 0 and b == b and a == a else "n/a"
+print("B / A (medians, build under test on %s side%s): IOPS %s; CPU per I/O: target %s, host %s"
+      % (side, "" if side != "both" else "s", r(ib, ia), r(tb, ta), r(hb, ha)))
 PY

@@ -122,8 +122,9 @@ fuzz_target!(|input: &[u8]| {
             rest = tail;
             let ctx = io.as_mut().unwrap_or(&mut admin);
             if let (Some(c), true) = (&ctx.ctrl, ctx.qid != 0) {
-                // The hint the transport gives for a batch just received, whatever the SQE says.
-                cmd::io::prefetch(c, std::iter::once(&sqe));
+                // The hint the transport gives for a batch just received (of two: one alone is not
+                // prefetched), whatever the SQE says.
+                cmd::io::prefetch(c, std::iter::repeat_n(&sqe, 2));
             }
             run(ctx, &sqe, data).await;
         }

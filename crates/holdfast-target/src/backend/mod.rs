@@ -33,6 +33,7 @@ pub trait Backend: Send + Sync + 'static {
     /// with `stage` 0 for all of them, then with 1, so that a backend whose lookup takes two dependent loads
     /// (RAM: the chunk's entry, then the chunk's header) can start the second once the first is on its way, and
     /// the batch's loads overlap instead of each read stalling on its own. Changes nothing that can be observed.
+    /// Called with the subsystem's namespace table read-locked: it must not block, nor take subsystem locks.
     fn prefetch(&self, _offset: u64, _stage: u8) {}
     /// Read `len` bytes at `offset`, appended to `out`. The default reads into zeroed space; backends that
     /// can copy straight from their own memory skip the zeroing.

@@ -47,12 +47,14 @@ fn writable(slot: &mut Option<Arc<Box<[u8]>>>) -> &mut [u8] {
 }
 
 /// Pieces of a write at least this long are copied with non-temporal stores ([`copy_in`]).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const STREAM_MIN: usize = 32 * 1024;
 
-/// Copy a write's data into a chunk. A large piece goes around the caches (non-temporal stores): its
-/// destination is rarely cached (a namespace is much larger than the caches), and an ordinary store would
-/// first read each destination line in, only to overwrite all of it: twice the memory traffic of the data,
-/// and the cache filled with lines nobody is about to read.
+/// Copy a write's data into a chunk. On x86_64 a large piece goes around the caches (non-temporal stores):
+/// its destination is rarely cached (a namespace is much larger than the caches), and ordinary stores may
+/// read each destination line in first, only to overwrite all of it, and fill the cache with lines nobody is
+/// about to read. (Measured on an AMD EPYC: the copy's share of the target at 128 KiB writes fell from 27 % to
+/// 21.5 %, and the kernel's copy into the receive buffer from 23 % to 15 %.)
 fn copy_in(dst: &mut [u8], src: &[u8]) {
     #[cfg(target_arch = "x86_64")]
     if dst.len() >= STREAM_MIN {
@@ -62,19 +64,20 @@ fn copy_in(dst: &mut [u8], src: &[u8]) {
     dst.copy_from_slice(src);
 }
 
-/// `dst.copy_from_slice(src)` with SSE2 non-temporal stores for the 16-byte-aligned middle of `dst`, then a
-/// store fence, so that the data is visible to every core before the chunk's lock is released.
+/// `dst.copy_from_slice(src)` with SSE2 non-temporal stores for the whole cache lines of `dst` (ordinary
+/// stores for the partial lines at either end), then a store fence, so that the data is visible to every
+/// core before the chunk's lock is released.
 #[cfg(target_arch = "x86_64")]
 fn stream_copy(dst: &mut [u8], src: &[u8]) {
     use core::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
     assert_eq!(dst.len(), src.len());
-    let head = dst.as_ptr().align_offset(16).min(dst.len());
-    let body = (dst.len() - head) & !15;
+    let head = dst.as_ptr().align_offset(64).min(dst.len());
+    let body = (dst.len() - head) & !63;
     dst[..head].copy_from_slice(&src[..head]);
     for i in (head..head + body).step_by(16) {
         // SAFETY: i..i+16 lies within both slices (head + body <= len, equal lengths, asserted above); the
-        // load is unaligned-tolerant, and dst + i is 16-byte aligned (dst + head is, and i - head is a multiple
-        // of 16), as MOVNTDQ requires. SSE2 is part of x86_64.
+        // load is unaligned-tolerant, and dst + i is 16-byte aligned (dst + head is 64-byte aligned, and
+        // i - head is a multiple of 16), as MOVNTDQ requires. SSE2 is part of x86_64.
         unsafe {
             let v = _mm_loadu_si128(src.as_ptr().add(i).cast::<__m128i>());
             _mm_stream_si128(dst.as_mut_ptr().add(i).cast::<__m128i>(), v);
@@ -156,9 +159,13 @@ impl Backend for RamBackend {
             // The entry: its lock word and the pointer to the chunk's shared header.
             prefetch_line(chunk);
         } else if let Some(g) = chunk.try_read() {
-            // The header whose count `read_inline` increments (not the data: the kernel's copy streams it).
+            // The header `read_inline` clones (not the data: the kernel's copy streams it): its counts and the
+            // pointer to the data. `as_ptr` is the address of that pointer, just after the counts, which may
+            // start on the line before.
             if let Some(c) = &*g {
-                prefetch_line(Arc::as_ptr(c));
+                let p = Arc::as_ptr(c).cast::<u8>();
+                prefetch_line(p);
+                prefetch_line(p.wrapping_sub(2 * std::mem::size_of::<usize>()));
             }
         }
     }
@@ -274,7 +281,8 @@ mod tests {
     fn large_writes_streamed_past_the_cache_read_back_exactly() {
         // Every alignment of source and destination, lengths around the 16-byte body and the threshold.
         let src: Vec<u8> = (0..STREAM_MIN as u32 + 100).map(|i| (i * 7 + i / 251) as u8).collect();
-        for (d_off, s_off, len) in [(0, 0, STREAM_MIN), (3, 5, STREAM_MIN + 17), (15, 0, STREAM_MIN + 1), (1, 1, 20)] {
+        let cases = [(0, 0, STREAM_MIN), (3, 5, STREAM_MIN + 17), (15, 0, STREAM_MIN + 1), (1, 1, 20), (7, 2, 130)];
+        for (d_off, s_off, len) in cases {
             let mut dst = vec![0xEEu8; len + 40];
             stream_copy_or_plain(&mut dst[d_off..d_off + len], &src[s_off..s_off + len]);
             assert_eq!(&dst[d_off..d_off + len], &src[s_off..s_off + len], "{d_off} {s_off} {len}");
