@@ -146,7 +146,9 @@ if [[ ${SIDE_BY_SIDE:-1} != 0 ]]; then
   printf '%s\n' "$sbs"
 fi
 
-prev=""; [[ -f BENCHMARKS.md ]] && prev=$(cat BENCHMARKS.md)
+# The table to compare with: the committed one (a run whose table was not committed is no baseline), else the
+# file as it is (outside a git checkout).
+prev=$(git show HEAD:BENCHMARKS.md 2>/dev/null) || { prev=""; [[ -f BENCHMARKS.md ]] && prev=$(cat BENCHMARKS.md); }
 {
   echo "# Benchmarks"
   echo
