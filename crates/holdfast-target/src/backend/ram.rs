@@ -279,7 +279,8 @@ mod tests {
 
     #[test]
     fn large_writes_streamed_past_the_cache_read_back_exactly() {
-        // Every alignment of source and destination, lengths around the 16-byte body and the threshold.
+        // Source and destination misaligned every which way; lengths below a line, around whole lines, past the
+        // threshold.
         let src: Vec<u8> = (0..STREAM_MIN as u32 + 100).map(|i| (i * 7 + i / 251) as u8).collect();
         let cases = [(0, 0, STREAM_MIN), (3, 5, STREAM_MIN + 17), (15, 0, STREAM_MIN + 1), (1, 1, 20), (7, 2, 130)];
         for (d_off, s_off, len) in cases {
