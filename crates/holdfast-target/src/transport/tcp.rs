@@ -331,7 +331,7 @@ impl Connection {
         }
         if self.slots.contains_key(&cid) {
             // Answered without touching the slot: it belongs to the command already using this CID.
-            self.encode_cqe(cid, Status::CID_CONFLICT.with_dnr(), 0, 0);
+            self.send_response(cid, Status::CID_CONFLICT.with_dnr(), 0, 0);
             return Ok(None);
         }
         let req = match cmd::parse(&self.ctx, &sqe) {
@@ -526,13 +526,9 @@ impl Connection {
         }
     }
 
-    /// Send a completion without data. The command no longer holds a slot.
-    fn send_response(&mut self, cid: u16, status: Status, dw0: u32, dw1: u32) {
-        self.encode_cqe(cid, status, dw0, dw1);
-    }
-
-    /// Queue a CapsuleResp.
-    fn encode_cqe(&mut self, cid: u16, mut status: Status, dw0: u32, dw1: u32) {
+    /// Queue a completion without data (a CapsuleResp). Touches no slot: a command answered here either never
+    /// took one or has given it up already.
+    fn send_response(&mut self, cid: u16, mut status: Status, dw0: u32, dw1: u32) {
         // A retryable error tells a host that enabled ACRE how long to wait (CRD selects CRDT1..3).
         if !status.is_success() && !status.dnr() && status.crd() == 0 {
             if let Some(ctrl) = &self.ctx.ctrl {
