@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # interop-kernel-host.sh: the Linux kernel NVMe/TCP host (in a VM) against holdfast's target.
-#   1. RAM namespace, 512-byte blocks, header + data digests; traffic captured and checked by Wireshark
+#   1. RAM namespace, 512-byte blocks, header + data digests, SQ flow control disabled (nvme-cli
+#      --disable-sqflow); traffic captured and checked by Wireshark, which must see reads completed by their
+#      C2HData alone (SUCCESS flag)
 #   2. RAM namespace, 4096-byte blocks, no digests
 #   3. file namespace
 #   4. nvme-cli: every Identify, log page and feature the target claims
@@ -45,13 +47,19 @@ digests_512() {
   tcpdump -i lo -s 0 -U -w "$logs/digests.pcap" "tcp port $port" >"$logs/tcpdump.log" 2>&1 & dpid=$!
   sleep 0.5
   local rc=0
-  "$interop/kernel-host.sh" --port "$port" --nqn "$nqn" --digests --mib 16 -- -q || rc=$?
+  # With SQ flow control disabled, as nvme-cli connects after a discovery log entry that allows it: our target
+  # answers the Connect with SQHD FFFFh and completes reads with their C2HData alone (SUCCESS flag).
+  "$interop/kernel-host.sh" --port "$port" --nqn "$nqn" --digests --mib 16 -- -q \
+    -e "CONNECT_OPTS=-g -G --disable-sqflow" || rc=$?
   sleep 0.3; kill "$dpid" 2>/dev/null; wait "$dpid" 2>/dev/null || true; dpid=""
   stop_target
   ((rc == 0)) || return $rc
-  echo "HOST-ROLE-PASSED (digests)"
+  echo "HOST-ROLE-PASSED (digests, SQ flow control disabled)"
   # nvme-tcp-check.sh, plus the one TCP-level exception loopback to a VM needs (see that script's header)
   "$root/scripts/nvme-tcp-check-loopback.sh" "$logs/digests.pcap" "$port"
+  local n; n=$(tshark -r "$logs/digests.pcap" -d "tcp.port==$port,nvme-tcp" -Y "nvme-tcp.flags.pdu.data_success == 1" 2>/dev/null | wc -l)
+  echo "nvme-tcp-check: C2HData with SUCCESS (no CapsuleResp): $n frames"
+  ((n > 0))
 }
 nodigest_4k() { start_target --ram-mib 64 --block-size 4096; local rc=0
   "$interop/kernel-host.sh" --port "$port" --nqn "$nqn" --mib 16 -- -q || rc=$?; stop_target; ((rc == 0)) && echo HOST-ROLE-PASSED; return $rc; }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # interop-kernel-target.sh: holdfast's host against the Linux kernel NVMe/TCP target (nvmet-tcp in a VM):
 # discover, identify, write + read back 32 MiB through the CLI and compare, and bench --verify for 10 s with
-# 0 errors and 0 mismatches; 512-byte blocks with digests, 4096-byte blocks without. With digests, a short
+# 0 errors and 0 mismatches; 512-byte blocks with digests and SQ flow control disabled (--disable-sqflow, as
+# nvme-cli connects after discovery: the kernel target then completes reads with their C2HData alone, SUCCESS
+# flag set, and the capture must show such PDUs), 4096-byte blocks with neither. With digests, a short
 # write/read/bench is also captured and decoded by Wireshark (scripts/nvme-tcp-check-loopback.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
@@ -33,6 +35,11 @@ if [[ " \$* " == *" --digests "* ]]; then  # our host's own PDUs, decoded by Wir
   sleep 0.3; kill \$dpid; wait \$dpid || true
   cmp $logs/w4.bin $logs/r4.bin
   $here/nvme-tcp-check-loopback.sh $logs/host-digests.pcap \$p
+  if [[ " \$* " == *" --disable-sqflow "* ]]; then
+    n=\$(tshark -r $logs/host-digests.pcap -d "tcp.port==\$p,nvme-tcp" -Y "nvme-tcp.flags.pdu.data_success == 1" 2>/dev/null | wc -l)
+    echo "C2HData with SUCCESS (no CapsuleResp): \$n frames"
+    ((n > 0))
+  fi
 fi
 \$b bench --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 --workload randrw --bs 4096 --qd 16 --queues 2 --time 10 --verify --json "\$@" | tee $logs/bench.json
 grep -q '"errors":0,' $logs/bench.json && grep -q '"verify_mismatches":0,' $logs/bench.json
@@ -43,13 +50,13 @@ run() {  # run NAME BLOCK FLAGS...
   local port rc=0; port=$(free_port)
   echo "=== $name"
   "$interop/kernel-target.sh" --port "$port" --block "$block" -- bash "$logs/check.sh" "$port" "$@" >"$logs/$name.log" 2>&1 || rc=$?
-  if ((rc == 0)); then pass=$((pass + 1)); echo "    pass"; grep -E "identical|\"iops\"|^nvme-tcp-check" "$logs/$name.log" | sed 's/^/    /'
+  if ((rc == 0)); then pass=$((pass + 1)); echo "    pass"; grep -E "identical|\"iops\"|^nvme-tcp-check|^C2HData" "$logs/$name.log" | sed 's/^/    /'
   else fail=$((fail + 1)); echo "    FAIL (exit $rc)"; tail -n 40 "$logs/$name.log" | sed 's/^/    /'; fi
 }
 
 "$interop/setup.sh" >/dev/null
 command -v tcpdump >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tcpdump >/dev/null; }
-run kernel-target-512-digests 512 --digests
+run kernel-target-512-digests-sqflow-off 512 --digests --disable-sqflow
 run kernel-target-4k 4096
 echo "interop (holdfast host -> kernel target): $pass passed, $fail failed (logs in $logs)"
 ((fail == 0))

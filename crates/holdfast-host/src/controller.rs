@@ -233,6 +233,11 @@ fn connect_refusal(status: Status, dw0: u32, o: &ConnectOptions) -> Error {
                 (true, 256) => format!("the target has no subsystem {}", o.subnqn),
                 (true, 512) => format!("the host NQN {} was rejected", o.hostnqn),
                 (true, 16) => "the controller ID was rejected (controller gone?)".into(),
+                (false, 46) if o.disable_sqflow => {
+                    "the connect attributes were rejected (this target cannot disable SQ flow control: \
+                     connect without --disable-sqflow)"
+                        .into()
+                }
                 (d, off) => {
                     format!("invalid parameter at byte {off} of the {}", if d { "Connect data" } else { "command" })
                 }
@@ -344,10 +349,20 @@ async fn start_queue(
                 .await;
         let _ = exits.send((idx, exit));
     });
-    let cmd = ConnectCommand::new(0, qid, size - 1, if qid == 0 { kato.as_millis() as u32 } else { 0 });
+    let mut cmd = ConnectCommand::new(0, qid, size - 1, if qid == 0 { kato.as_millis() as u32 } else { 0 });
+    if o.disable_sqflow {
+        cmd.cattr |= fabrics::CATTR_DISABLE_SQ_FLOW;
+    }
     let data = ConnectData::new(o.hostid, cntlid, &o.subnqn, &o.hostnqn);
     match setup(&setup_tx, cmd.to_sqe(), Bytes::copy_from_slice(data.as_bytes()), 0, "Connect", deadline).await {
-        Ok(c) if c.status().is_success() => Ok((setup_tx, open_tx, c.cqe.dw0.get() as u16)),
+        Ok(c) if c.status().is_success() => {
+            if o.disable_sqflow {
+                // Nothing to do either way: the queue never holds more than its size (TP 8005).
+                let granted = c.cqe.sqhd.get() == fabrics::SQHD_FLOW_DISABLED;
+                tracing::debug!(qid, granted, "SQ flow control disable requested");
+            }
+            Ok((setup_tx, open_tx, c.cqe.dw0.get() as u16))
+        }
         Ok(c) => Err((connect_refusal(c.status(), c.cqe.dw0.get(), o), None)),
         Err(e) => Err((e, None)),
     }

@@ -47,6 +47,11 @@ impl DiscoveryEntry {
             traddr: field_str(&e.traddr),
         }
     }
+    /// The subsystem supports disabling SQ flow control (TREQ bit 2): connect to it with
+    /// [`ConnectOptions::disable_sqflow`] set, as libnvme does.
+    pub fn sq_flow_disable_supported(&self) -> bool {
+        self.treq & holdfast_proto::log_page::TREQ_DISABLE_SQFLOW != 0
+    }
     /// The subsystem type in words.
     pub fn subtype_name(&self) -> &'static str {
         match self.subtype {

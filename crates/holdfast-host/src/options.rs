@@ -40,6 +40,13 @@ pub struct ConnectOptions {
     /// `BusyPoll::new(window)`, `spawn()` it on the runtime the controllers run on, and share it among them.
     /// None, the default, never spins.
     pub busy_poll: Option<std::sync::Arc<holdfast_rt::BusyPoll>>,
+    /// Ask the controller to disable SQ flow control on every queue (Connect CATTR bit 2; nvme-cli's
+    /// `--disable-sqflow`). A controller that agrees may then complete a read with its data alone (a C2HData
+    /// PDU with the SUCCESS flag, no CapsuleResp): one PDU less per read. libnvme sets it when the discovery
+    /// log entry says the subsystem supports it ([`crate::DiscoveryEntry::sq_flow_disable_supported`]). A
+    /// controller that does not support it keeps SQ flow control, which this host never needs (it never has
+    /// more commands outstanding than a queue holds). Off by default, as in Linux.
+    pub disable_sqflow: bool,
 }
 
 impl ConnectOptions {
@@ -64,6 +71,7 @@ impl ConnectOptions {
             connect_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(30),
             busy_poll: None,
+            disable_sqflow: false,
         }
     }
 }

@@ -11,7 +11,7 @@
 use bytes::{Bytes, BytesMut};
 use holdfast_host::{ConnectOptions, Controller, Error, Namespace};
 use holdfast_proto::decoder::{Limits, PduDecoder, Role};
-use holdfast_proto::fabrics::{cap, cc, csts, property, ConnectCommand, PropertyCommand};
+use holdfast_proto::fabrics::{self, cap, cc, csts, property, ConnectCommand, PropertyCommand};
 use holdfast_proto::identify::{self, IdentifyController, IdentifyNamespace};
 use holdfast_proto::opcode::{admin, fctype, io, FABRICS};
 use holdfast_proto::pdu::{C2HData, CapsuleResp, Framing, IcResp, Pdu, TermReq, R2T};
@@ -102,6 +102,9 @@ struct State {
     corrupt_c2h: AtomicU32,
     /// Writes after the host closed its side that failed (the host's socket answered with a RST).
     resets: AtomicU32,
+    /// Connect commands received, and how many of them asked to disable SQ flow control (CATTR bit 2).
+    connects: AtomicU32,
+    sqflow_off: AtomicU32,
 }
 
 struct Fake {
@@ -125,6 +128,8 @@ async fn fake(b: Behaviour) -> Fake {
         h2c_pdus: AtomicU64::new(0),
         termed: AtomicBool::new(false),
         resets: AtomicU32::new(0),
+        connects: AtomicU32::new(0),
+        sqflow_off: AtomicU32::new(0),
         grant: AtomicU32::new(0),
         fail_writes: AtomicU32::new(0),
         write_attempts: AtomicU32::new(0),
@@ -226,7 +231,12 @@ impl Conn {
                     if let Some(s) = self.st.b.refuse_connect {
                         return self.resp(cid, s, 0);
                     }
-                    self.qid = ConnectCommand::from_sqe(&sqe).qid.get();
+                    let c = ConnectCommand::from_sqe(&sqe);
+                    self.qid = c.qid.get();
+                    self.st.connects.fetch_add(1, Ordering::Relaxed);
+                    if c.cattr & fabrics::CATTR_DISABLE_SQ_FLOW != 0 {
+                        self.st.sqflow_off.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.resp(cid, Status::SUCCESS, 1);
                 }
                 fctype::PROPERTY_GET => {
@@ -516,6 +526,29 @@ async fn r2t_splitting_c2h_reassembly_success_flag_mdts_and_digests() {
     assert!(r2ts > 64 && h2c > r2ts, "writes went through R2T and were split ({r2ts} R2Ts, {h2c} H2CData)");
     // 97 KiB in pieces of at most 32 KiB (MDTS 3): at least 4 write commands for the first write alone.
     assert!(f.st.writes.load(Ordering::Relaxed) >= 4 + 1 + 64);
+}
+
+#[tokio::test]
+async fn disable_sqflow_asks_on_every_queue_and_only_when_set() {
+    // The fake keeps SQ flow control (its Connect responses' SQHD is not FFFFh) and answers reads with the
+    // SUCCESS flag all the same: the host needs neither, and takes both.
+    let f = fake(Behaviour { c2h_success: true, ..Behaviour::default() }).await;
+    let c = Controller::connect(opts(&f, 2, false)).await.expect("connect");
+    c.shutdown().await.unwrap();
+    assert_eq!((f.st.connects.load(Ordering::Relaxed), f.st.sqflow_off.load(Ordering::Relaxed)), (3, 0));
+    let mut o = opts(&f, 2, false);
+    o.disable_sqflow = true;
+    let c = Controller::connect(o).await.expect("connect");
+    let ns = Namespace::open(&c, 1).await.expect("namespace");
+    let data = pattern(4 * BS, 7);
+    ns.write(20, data.clone(), false).await.expect("write");
+    assert!(ns.read(20, 4).await.expect("read") == data, "read-back differs");
+    c.shutdown().await.unwrap();
+    assert_eq!(
+        (f.st.connects.load(Ordering::Relaxed), f.st.sqflow_off.load(Ordering::Relaxed)),
+        (6, 3),
+        "admin + 2 I/O"
+    );
 }
 
 #[tokio::test]

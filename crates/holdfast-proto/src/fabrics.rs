@@ -59,8 +59,16 @@ const _: () = assert!(core::mem::offset_of!(ConnectCommand, sqsize) == 44);
 const _: () = assert!(core::mem::offset_of!(ConnectCommand, cattr) == 46);
 const _: () = assert!(core::mem::offset_of!(ConnectCommand, kato) == 48);
 
-/// Connect attribute: disable SQ flow control (CATTR bit 2).
+/// Connect attribute: disable SQ flow control (CATTR bit 2). The host asks the controller not to report
+/// SQ head pointer updates; a controller that agrees answers the Connect with SQHD = [`SQHD_FLOW_DISABLED`]
+/// (Technical Proposal 8005, NVMe over Fabrics 1.1), may then complete a read with its last C2HData PDU
+/// alone (SUCCESS flag, NVMe/TCP 1.0 §3.6.2.6), and leaves SQHD reserved (zero) in later completions.
+/// Discovery log entries say whether a subsystem supports it (TREQ bit 2,
+/// [`crate::log_page::TREQ_DISABLE_SQFLOW`]).
 pub const CATTR_DISABLE_SQ_FLOW: u8 = 1 << 2;
+
+/// SQHD of a Connect response when the controller disabled SQ flow control as the host asked.
+pub const SQHD_FLOW_DISABLED: u16 = 0xFFFF;
 
 /// The Connect command's data (Figure 21).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]

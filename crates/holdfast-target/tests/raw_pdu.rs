@@ -239,6 +239,48 @@ async fn connect_enable_identify_and_io_with_every_digest_setting() {
 }
 
 #[tokio::test]
+async fn sq_flow_control_disabled_on_request_reads_complete_with_their_data() {
+    let (server, addr) = start("").await;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+    s.cdw10.set(0x07);
+    s.cdw11.set(0x0001_0001);
+    assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+    // Queue 1 asks for no SQ flow control (CATTR bit 2): the Connect response's SQHD is FFFFh (TP 8005).
+    let mut q = Conn::ic(addr, false, false).await;
+    let mut c = ConnectCommand::new(0, 1, 127, 0);
+    c.cattr |= fabrics::CATTR_DISABLE_SQ_FLOW;
+    let d = ConnectData::new(HOSTID, cntlid, NQN, HOSTNQN);
+    use zerocopy::IntoBytes;
+    let (r, _) = q.cmd(c.to_sqe(), Bytes::copy_from_slice(d.as_bytes())).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    assert_eq!(r.sqhd.get(), fabrics::SQHD_FLOW_DISABLED);
+    // A write's completion leaves SQHD reserved (zero) from then on.
+    let data: Vec<u8> = (0..1024u32).map(|i| (i * 13) as u8).collect();
+    let (r, _) = q.cmd(rw_sqe(io::WRITE, 4, 2, SglDescriptor::incapsule(1024)), Bytes::from(data.clone())).await;
+    assert_eq!((r.status(), r.sqhd.get()), (Status::SUCCESS, 0));
+    // A successful read is answered by its C2HData alone, LAST and SUCCESS set, and no CapsuleResp: the
+    // next PDU on the queue is the next command's.
+    for _ in 0..2 {
+        let cid = q.next_cid();
+        let mut sqe = rw_sqe(io::READ, 4, 2, SglDescriptor::transport(1024));
+        sqe.cid.set(cid);
+        q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() })).await;
+        let Pdu::C2HData(d) = q.recv().await else { panic!("expected C2HData") };
+        assert_eq!((d.cccid, d.datao, d.last, d.success), (cid, 0, true, true));
+        assert!(d.data[..] == data[..], "read-back differs");
+    }
+    // A failed read still gets a CapsuleResp with its status.
+    let (r, d) = q.cmd(rw_sqe(io::READ, 4 * 2048 - 1, 2, SglDescriptor::transport(1024)), Bytes::new()).await;
+    assert_eq!((r.status(), d.len()), (Status::LBA_OUT_OF_RANGE.with_dnr(), 0));
+    // Without the attribute (the admin queue here), SQHD tracks the queue as before.
+    let r = a.prop_get(property::CSTS, false).await;
+    assert_ne!(r.sqhd.get(), fabrics::SQHD_FLOW_DISABLED);
+    assert_ne!(r.sqhd.get(), 0);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn io_statuses_are_exact() {
     let (server, addr) = start("").await;
     let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;

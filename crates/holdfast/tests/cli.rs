@@ -87,6 +87,9 @@ fn discover_identify_write_read_and_bench_verify() {
     assert!(out.contains(NQN) && out.contains("current discovery subsystem"), "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["policy"]["ctrl_loss_tmo_ms"], 7000, "the discovery controller advertises the policy: {out}");
+    let (rc, out, err) = holdfast(&["discover", &t.addr()]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains("SQ flow control disable supported"), "TREQ bit 2 decoded: {out}");
     let (rc, out, err) = holdfast(&["identify", "--addr", &t.addr(), "--nqn", NQN, "--nsid", "1", "--json"]);
     assert_eq!(rc, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -103,8 +106,22 @@ fn discover_identify_write_read_and_bench_verify() {
         holdfast(&["write", "--addr", &t.addr(), "--nqn", NQN, "--offset", "8192", "--input", &inp, "--digests"]);
     assert_eq!(rc, 0, "{err}");
     let len = data.len().to_string();
-    let (rc, _, err) =
-        holdfast(&["read", "--addr", &t.addr(), "--nqn", NQN, "--offset", "8192", "--length", &len, "--output", &outp]);
+    // Read back with SQ flow control disabled: the target answers each read with its data alone (C2HData
+    // with SUCCESS, no CapsuleResp), the path the Linux host takes after discovery.
+    let (rc, _, err) = holdfast(&[
+        "read",
+        "--addr",
+        &t.addr(),
+        "--nqn",
+        NQN,
+        "--offset",
+        "8192",
+        "--length",
+        &len,
+        "--output",
+        &outp,
+        "--disable-sqflow",
+    ]);
     assert_eq!(rc, 0, "{err}");
     assert!(std::fs::read(dir.join("out")).unwrap() == data, "read-back differs");
     let (rc, _, err) = holdfast(&["read", "--addr", &t.addr(), "--nqn", NQN, "--offset", "100", "--length", "4096"]);
@@ -133,6 +150,7 @@ fn discover_identify_write_read_and_bench_verify() {
         "--verify",
         "--json",
         "--digests",
+        "--disable-sqflow",
     ]);
     assert_eq!(rc, 0, "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();

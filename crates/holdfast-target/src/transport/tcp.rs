@@ -9,6 +9,7 @@ use crate::request::{DataDir, Exec, Outcome, QueueCtx, Request, Response};
 use crate::subsystem::{Port, Target};
 use bytes::{Bytes, BytesMut};
 use holdfast_proto::decoder::{peek_capsule_sqes, DecodeError, Fatal, Limits, PduDecoder, Role};
+use holdfast_proto::fabrics::SQHD_FLOW_DISABLED;
 use holdfast_proto::pdu::{self, flags, ControllerIcParams, Fes, Framing, Pdu, PduType, TermReq, R2T};
 use holdfast_proto::{CompletionEntry, Reassembly, SendQueue, Status};
 use rustc_hash::FxHashMap;
@@ -307,7 +308,7 @@ impl Connection {
     }
 
     fn advance_sqhd(&mut self) {
-        if self.ctx.size > 0 {
+        if self.ctx.size > 0 && !self.ctx.sq_flow_disabled {
             self.sqhd = ((self.sqhd as u32 + 1) % self.ctx.size) as u16;
         }
     }
@@ -472,7 +473,16 @@ impl Connection {
         if !bound_before && self.ctx.ctrl.is_some() {
             self.on_connected();
         }
+        // The host asked for no SQ flow control and got it: the Connect response says so with SQHD FFFFh;
+        // later responses leave the field reserved (TP 8005, as the Linux target does).
+        let flow_disabled = resp.status.is_success() && self.ctx.sq_flow_disabled;
+        if flow_disabled {
+            self.sqhd = SQHD_FLOW_DISABLED;
+        }
         self.respond(cid, resp, len);
+        if flow_disabled {
+            self.sqhd = 0;
+        }
     }
 
     fn on_connected(&mut self) {

@@ -34,6 +34,10 @@ pub struct HostArgs {
     /// Host override of the fast I/O fail timeout (ms, 0 = off).
     #[arg(long)]
     pub fast_io_fail_tmo_ms: Option<u64>,
+    /// Ask the target to disable SQ flow control (as nvme-cli's --disable-sqflow, which libnvme sets when a
+    /// discovery log entry's TREQ allows it): reads may then complete with their data alone.
+    #[arg(long)]
+    pub disable_sqflow: bool,
 }
 
 impl HostArgs {
@@ -52,6 +56,7 @@ impl HostArgs {
         o.reconnect_delay_max = ms(self.reconnect_delay_max_ms);
         o.ctrl_loss_tmo = ms(self.ctrl_loss_tmo_ms);
         o.fast_io_fail_tmo = ms(self.fast_io_fail_tmo_ms);
+        o.disable_sqflow = self.disable_sqflow;
         o
     }
 }

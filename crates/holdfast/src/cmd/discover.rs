@@ -59,7 +59,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             outln!("traddr:  {}", e.traddr);
             outln!("trsvcid: {}", e.trsvcid);
             outln!("subnqn:  {}", e.subnqn);
-            outln!("portid:  {}  cntlid: {:#x}  asqsz: {}  treq: {:#x}", e.portid, e.cntlid, e.asqsz, e.treq);
+            let sqflow = if e.sq_flow_disable_supported() {
+                " (SQ flow control disable supported: --disable-sqflow)"
+            } else {
+                ""
+            };
+            outln!("portid:  {}  cntlid: {:#x}  asqsz: {}  treq: {:#x}{sqflow}", e.portid, e.cntlid, e.asqsz, e.treq);
         }
         match policy {
             Some(p) => outln!(
