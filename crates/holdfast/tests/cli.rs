@@ -87,6 +87,10 @@ fn discover_identify_write_read_and_bench_verify() {
     assert!(out.contains(NQN) && out.contains("current discovery subsystem"), "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["policy"]["ctrl_loss_tmo_ms"], 7000, "the discovery controller advertises the policy: {out}");
+    assert!(v["records"].as_array().is_some_and(|r| !r.is_empty()), "{out}");
+    for r in v["records"].as_array().unwrap() {
+        assert_eq!(r["sq_flow_disable_supported"], true, "every entry allows disabling SQ flow control: {out}");
+    }
     let (rc, out, err) = holdfast(&["discover", &t.addr()]);
     assert_eq!(rc, 0, "{err}");
     assert!(out.contains("SQ flow control disable supported"), "TREQ bit 2 decoded: {out}");

@@ -39,6 +39,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                     "adrfam": match e.adrfam { 1 => "ipv4".to_string(), 2 => "ipv6".to_string(), x => x.to_string() },
                     "subtype": e.subtype_name(), "portid": e.portid, "cntlid": e.cntlid, "asqsz": e.asqsz,
                     "trsvcid": e.trsvcid, "subnqn": e.subnqn, "traddr": e.traddr, "treq": e.treq,
+                    "sq_flow_disable_supported": e.sq_flow_disable_supported(),
                 })
             })
             .collect();
