@@ -17,11 +17,21 @@
 #     (the receiver's own word that those bytes were a duplicate of what it had already taken).
 # Anything else (a malformed NVMe/TCP PDU, a bad header or data digest, an overlap the receiver did not
 # D-SACK, any other note) fails, and is printed.
+#
+# With --expect-c2h-success (a host that disabled SQ flow control), the capture must also hold C2HData PDUs
+# with the SUCCESS flag: reads completed by their data alone, no CapsuleResp.
 set -euo pipefail
-[[ $# -eq 2 ]] || { echo "usage: $0 PCAP PORT" >&2; exit 2; }
+[[ $# -eq 2 || ( $# -eq 3 && $3 == --expect-c2h-success ) ]] || {
+  echo "usage: $0 PCAP PORT [--expect-c2h-success]" >&2; exit 2; }
 pcap=$1 port=$2
 here=$(cd "$(dirname "$0")" && pwd)
 check=${NVME_TCP_CHECK:-$here/../../shared/captures/nvme-tcp-check.sh}
+
+if [[ ${3:-} == --expect-c2h-success ]]; then
+  n=$(tshark -r "$pcap" -d "tcp.port==$port,nvme-tcp" -Y "nvme-tcp.flags.pdu.data_success == 1" 2>/dev/null | wc -l)
+  echo "nvme-tcp-check-loopback: C2HData with SUCCESS (no CapsuleResp): $n frames"
+  ((n > 0)) || { echo "nvme-tcp-check-loopback: no C2HData with SUCCESS in $pcap"; exit 1; }
+fi
 
 if out=$("$check" "$pcap" "$port"); then
   echo "$out"

@@ -143,7 +143,12 @@ impl Conn {
         }
     }
     async fn connect(&mut self, qid: u16, cntlid: u16, subnqn: &str, kato: u32) -> CompletionEntry {
-        let c = ConnectCommand::new(0, qid, if qid == 0 { 31 } else { 127 }, kato);
+        self.connect_with(qid, cntlid, subnqn, kato, 0).await
+    }
+    /// Connect with connect attributes (CATTR).
+    async fn connect_with(&mut self, qid: u16, cntlid: u16, subnqn: &str, kato: u32, cattr: u8) -> CompletionEntry {
+        let mut c = ConnectCommand::new(0, qid, if qid == 0 { 31 } else { 127 }, kato);
+        c.cattr = cattr;
         let d = ConnectData::new(HOSTID, cntlid, subnqn, HOSTNQN);
         use zerocopy::IntoBytes;
         let (cqe, data) = self.cmd(c.to_sqe(), Bytes::copy_from_slice(d.as_bytes())).await;
@@ -167,14 +172,25 @@ impl Conn {
         (c, cntlid)
     }
     async fn io(addr: SocketAddr, admin: &mut Conn, cntlid: u16, hd: bool, dd: bool) -> Conn {
+        Conn::io_with(addr, admin, cntlid, hd, dd, 0).await.0
+    }
+    /// I/O queue 1 connected with connect attributes `cattr`; also the Connect's completion.
+    async fn io_with(
+        addr: SocketAddr,
+        admin: &mut Conn,
+        cntlid: u16,
+        hd: bool,
+        dd: bool,
+        cattr: u8,
+    ) -> (Conn, CompletionEntry) {
         let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
         s.cdw10.set(0x07);
         s.cdw11.set(0x0001_0001);
         assert_eq!(admin.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
         let mut q = Conn::ic(addr, hd, dd).await;
-        let r = q.connect(1, cntlid, NQN, 0).await;
+        let r = q.connect_with(1, cntlid, NQN, 0, cattr).await;
         assert_eq!(r.status(), Status::SUCCESS, "io connect");
-        q
+        (q, r)
     }
 }
 
@@ -242,18 +258,8 @@ async fn connect_enable_identify_and_io_with_every_digest_setting() {
 async fn sq_flow_control_disabled_on_request_reads_complete_with_their_data() {
     let (server, addr) = start("").await;
     let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
-    let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
-    s.cdw10.set(0x07);
-    s.cdw11.set(0x0001_0001);
-    assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
     // Queue 1 asks for no SQ flow control (CATTR bit 2): the Connect response's SQHD is FFFFh (TP 8005).
-    let mut q = Conn::ic(addr, false, false).await;
-    let mut c = ConnectCommand::new(0, 1, 127, 0);
-    c.cattr |= fabrics::CATTR_DISABLE_SQ_FLOW;
-    let d = ConnectData::new(HOSTID, cntlid, NQN, HOSTNQN);
-    use zerocopy::IntoBytes;
-    let (r, _) = q.cmd(c.to_sqe(), Bytes::copy_from_slice(d.as_bytes())).await;
-    assert_eq!(r.status(), Status::SUCCESS);
+    let (mut q, r) = Conn::io_with(addr, &mut a, cntlid, false, false, fabrics::CATTR_DISABLE_SQ_FLOW).await;
     assert_eq!(r.sqhd.get(), fabrics::SQHD_FLOW_DISABLED);
     // A write's completion leaves SQHD reserved (zero) from then on.
     let data: Vec<u8> = (0..1024u32).map(|i| (i * 13) as u8).collect();
