@@ -147,6 +147,8 @@ pub async fn run(
     let mut last_cid = 0u16;
     // Commands the controller failed with a retryable status, waiting out their retry delay.
     let mut delayed: Vec<(Instant, Command)> = Vec::new();
+    // Waited on in every round of the select below: a watch, not `cancel.cancelled()` (see CancelWatch).
+    let mut cancelled = holdfast_rt::CancelWatch::new(&cancel);
 
     let error: Option<Error> = 'run: loop {
         // Command timeouts, checked here as well as on the tick: a socket that is always readable would
@@ -173,7 +175,8 @@ pub async fn run(
         // Issue what we can: set-up commands (Connect, enable, ...) first; once the queue is opened,
         // re-issued commands, then new ones.
         let is_open = *open.borrow();
-        while !free.is_empty() {
+        let mut issue = Issue { p: &p, slots: &mut slots, free: &mut free, out: &mut out, seq: &mut seq, now };
+        while !issue.free.is_empty() {
             let setup = setup_backlog.pop_front().or_else(|| setup_rx.try_recv().ok());
             let cmd = match setup {
                 Some(c) => c,
@@ -181,16 +184,23 @@ pub async fn run(
                 None => match backlog.pop_front() {
                     Some(c) => c,
                     None => {
-                        // As many new commands as there are free slots. Polled without a waker: the select
-                        // below waits on the channel with the task's own whenever slots are free.
+                        // As many new commands as there are free slots, issued from where they were taken (each
+                        // finds a free slot). Polled without a waker: the select below waits on the channel
+                        // with the task's own whenever slots are free.
                         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-                        match rx.poll_recv_many(&mut cx, &mut intake, free.len()) {
+                        match rx.poll_recv_many(&mut cx, &mut intake, issue.free.len()) {
                             std::task::Poll::Ready(0) => {
                                 rx_open = false;
                                 break;
                             }
                             std::task::Poll::Ready(_) => {
-                                backlog.extend(intake.drain(..));
+                                for cmd in intake.drain(..) {
+                                    match issue.command(cmd) {
+                                        Ok(Some(cid)) => last_cid = cid,
+                                        Ok(None) => {}
+                                        Err(cmd) => backlog.push_back(cmd),
+                                    }
+                                }
                                 continue;
                             }
                             std::task::Poll::Pending => break,
@@ -198,14 +208,14 @@ pub async fn run(
                     }
                 },
             };
-            if cmd.reply.is_closed() {
-                continue; // the caller gave up
+            match issue.command(cmd) {
+                Ok(Some(cid)) => last_cid = cid,
+                Ok(None) => {}
+                Err(cmd) => {
+                    backlog.push_front(cmd);
+                    break;
+                }
             }
-            let Some(cid) = free.pop() else { break };
-            encode_command(&mut out, &p, cid, &cmd);
-            seq += 1;
-            slots[cid as usize] = Some(InFlight { buf: Reassembly::Empty, cmd, started: now, seq, bad_data: false });
-            last_cid = cid;
         }
         if !rx_open
             && free.len() == depth
@@ -239,7 +249,7 @@ pub async fn run(
         if read.is_none() {
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => break Some(Error::NotConnected(format!("queue {} closed by the controller", p.qid))),
+                _ = &mut cancelled => break Some(Error::NotConnected(format!("queue {} closed by the controller", p.qid))),
                 r = holdfast_rt::write_some(&mut wr, &out), if !out.is_empty() => match r {
                     Ok(n) => {
                         out.advance(n);
@@ -348,6 +358,32 @@ pub async fn run(
         linger(&mut rd).await;
     }
     QueueExit { rx, pending, error }
+}
+
+/// Issuing commands: a free CID, the capsule encoded into the send queue, the in-flight record.
+struct Issue<'a> {
+    p: &'a QueueParams,
+    slots: &'a mut [Option<InFlight>],
+    free: &'a mut Vec<u16>,
+    out: &'a mut SendQueue,
+    seq: &'a mut u64,
+    now: Instant,
+}
+
+impl Issue<'_> {
+    /// Issue `cmd`: `Ok(Some(cid))`, or `Ok(None)` if its caller gave up on it (dropped), or `Err(cmd)` back if
+    /// no CID is free.
+    fn command(&mut self, cmd: Command) -> Result<Option<u16>, Command> {
+        if cmd.reply.is_closed() {
+            return Ok(None);
+        }
+        let Some(cid) = self.free.pop() else { return Err(cmd) };
+        encode_command(self.out, self.p, cid, &cmd);
+        *self.seq += 1;
+        let f = InFlight { buf: Reassembly::Empty, cmd, started: self.now, seq: *self.seq, bad_data: false };
+        self.slots[cid as usize] = Some(f);
+        Ok(Some(cid))
+    }
 }
 
 /// How long a queue closed by an orderly shutdown waits for the target to close its side.

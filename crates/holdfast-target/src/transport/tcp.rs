@@ -138,6 +138,11 @@ impl Connection {
         let mut spun = 0u32;
         let ic_deadline = tokio::time::Instant::now() + IC_TIMEOUT;
         let mut ic_done = false;
+        // Waited on in every round of the select below: watches, not `cancelled()` futures (see CancelWatch).
+        // The controller's is made when a Connect binds the queue to one (`watched`: which).
+        let mut stopped = holdfast_rt::CancelWatch::new(&shutdown);
+        let mut ctrl_gone = holdfast_rt::CancelWatch::never();
+        let mut watched = 0usize;
         let close = 'conn: loop {
             // Everything already received, PDU by PDU.
             loop {
@@ -185,7 +190,12 @@ impl Connection {
                     Err(e) => break Close::Io(e),
                 }
             }
-            let ctrl_cancel = c.ctx.ctrl.as_ref().map(|x| x.cancel.clone());
+            if let Some(ctrl) = &c.ctx.ctrl {
+                if Arc::as_ptr(ctrl) as usize != watched {
+                    watched = Arc::as_ptr(ctrl) as usize;
+                    ctrl_gone = holdfast_rt::CancelWatch::new(&ctrl.cancel);
+                }
+            }
             let aer = async {
                 match c.aer_rx.as_mut() {
                     Some(rx) => rx.recv().await,
@@ -194,10 +204,8 @@ impl Connection {
             };
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break Close::Normal("listener stopped (target shutting down, or port removed)"),
-                _ = async { match &ctrl_cancel { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
-                    break Close::Normal("controller torn down");
-                }
+                _ = &mut stopped => break Close::Normal("listener stopped (target shutting down, or port removed)"),
+                _ = &mut ctrl_gone => break Close::Normal("controller torn down"),
                 r = holdfast_rt::write_some(&mut wr, &c.out), if !c.out.is_empty() => match r {
                     Ok(n) => {
                         c.out.advance(n);
