@@ -198,7 +198,7 @@ pub async fn run(
                                     match issue.command(cmd) {
                                         Ok(Some(cid)) => last_cid = cid,
                                         Ok(None) => {}
-                                        Err(cmd) => backlog.push_back(cmd),
+                                        Err(cmd) => backlog.push_back(*cmd),
                                     }
                                 }
                                 continue;
@@ -212,7 +212,7 @@ pub async fn run(
                 Ok(Some(cid)) => last_cid = cid,
                 Ok(None) => {}
                 Err(cmd) => {
-                    backlog.push_front(cmd);
+                    backlog.push_front(*cmd);
                     break;
                 }
             }
@@ -372,12 +372,12 @@ struct Issue<'a> {
 
 impl Issue<'_> {
     /// Issue `cmd`: `Ok(Some(cid))`, or `Ok(None)` if its caller gave up on it (dropped), or `Err(cmd)` back if
-    /// no CID is free.
-    fn command(&mut self, cmd: Command) -> Result<Option<u16>, Command> {
+    /// no CID is free (callers issue only with one free: not on the I/O path).
+    fn command(&mut self, cmd: Command) -> Result<Option<u16>, Box<Command>> {
         if cmd.reply.is_closed() {
             return Ok(None);
         }
-        let Some(cid) = self.free.pop() else { return Err(cmd) };
+        let Some(cid) = self.free.pop() else { return Err(Box::new(cmd)) };
         encode_command(self.out, self.p, cid, &cmd);
         *self.seq += 1;
         let f = InFlight { buf: Reassembly::Empty, cmd, started: self.now, seq: *self.seq, bad_data: false };
