@@ -205,7 +205,14 @@ pub async fn send(
 ) -> Result<oneshot::Receiver<Result<Completion>>> {
     let (reply, rx) = oneshot::channel();
     let cmd = Command { sqe, data_out, data_in_len, name, replayable, long_lived, reply, timeouts: 0, retries: 0 };
-    tx.send(cmd).await.map_err(|_| Error::NotConnected("the controller is closed".into()))?;
+    let closed = || Error::NotConnected("the controller is closed".into());
+    // With room in the queue (the usual case), no send future to build and poll.
+    let cmd = match tx.try_send(cmd) {
+        Ok(()) => return Ok(rx),
+        Err(mpsc::error::TrySendError::Full(cmd)) => cmd,
+        Err(mpsc::error::TrySendError::Closed(_)) => return Err(closed()),
+    };
+    tx.send(cmd).await.map_err(|_| closed())?;
     Ok(rx)
 }
 
