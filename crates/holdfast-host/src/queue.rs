@@ -273,7 +273,9 @@ pub async fn run(
                         break Some(Error::NotConnected(format!("queue {} set-up abandoned", p.qid)));
                     }
                 }
-                _ = tokio::time::sleep_until(next_retry.unwrap_or(now).into()), if next_retry.is_some() => {}
+                // In an async block: select! builds every branch's future each round, enabled or not, and a
+                // Sleep takes a handle to the runtime when built.
+                _ = async { tokio::time::sleep_until(next_retry.unwrap_or(now).into()).await }, if next_retry.is_some() => {}
                 _ = tick.tick() => {
                     next_check = Instant::now() + TIMEOUT_CHECK;
                     if let Some(e) = timed_out(&slots, &p) {

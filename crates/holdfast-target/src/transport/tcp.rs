@@ -213,7 +213,9 @@ impl Connection {
                     }
                     Err(e) => break Close::Io(e),
                 },
-                Some((cid, resp)) = done_rx.recv() => c.complete(cid, resp),
+                // Work finishing elsewhere always has its slot here (Executing until `complete`): with no slot
+                // taken there is nothing to wait for, and the channel is not polled each round.
+                Some((cid, resp)) = done_rx.recv(), if !c.slots.is_empty() => c.complete(cid, resp),
                 Some(ev) = aer => {
                     c.slots.remove(&ev.cid);
                     c.send_response(ev.cid, Status::SUCCESS, ev.dw0, 0);
@@ -226,7 +228,9 @@ impl Connection {
                     }
                     Err(e) => break Close::Io(e),
                 },
-                _ = tokio::time::sleep_until(ic_deadline), if !ic_done => break Close::Normal("no ICReq in time"),
+                // In an async block: select! builds every branch's future each round, enabled or not, and a
+                // Sleep takes a handle to the runtime when built.
+                _ = async { tokio::time::sleep_until(ic_deadline).await }, if !ic_done => break Close::Normal("no ICReq in time"),
             }
         };
         // Say why, where the protocol wants it, then go.
