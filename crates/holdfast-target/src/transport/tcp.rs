@@ -107,6 +107,8 @@ struct Connection {
     sqhd: u16,
     done_tx: mpsc::UnboundedSender<(u16, Response)>,
     aer_rx: Option<mpsc::UnboundedReceiver<AerCompletion>>,
+    /// Completes when the controller this queue is bound to is torn down (never before a Connect binds it).
+    ctrl_gone: holdfast_rt::CancelWatch,
 }
 
 fn limits(max_incapsule: usize) -> Limits {
@@ -130,6 +132,7 @@ impl Connection {
             sqhd: 0,
             done_tx,
             aer_rx: None,
+            ctrl_gone: holdfast_rt::CancelWatch::never(),
         };
         let (mut rd, mut wr) = stream.into_split();
         let mut inbuf = BytesMut::with_capacity(RECV_CHUNK);
@@ -138,11 +141,9 @@ impl Connection {
         let mut spun = 0u32;
         let ic_deadline = tokio::time::Instant::now() + IC_TIMEOUT;
         let mut ic_done = false;
-        // Waited on in every round of the select below: watches, not `cancelled()` futures (see CancelWatch).
-        // The controller's is made when a Connect binds the queue to one (`watched`: which).
+        // Waited on in every round of the select below, as `c.ctrl_gone` is: a watch, not a `cancelled()` future
+        // (see CancelWatch).
         let mut stopped = holdfast_rt::CancelWatch::new(&shutdown);
-        let mut ctrl_gone = holdfast_rt::CancelWatch::never();
-        let mut watched = 0usize;
         let close = 'conn: loop {
             // Everything already received, PDU by PDU.
             loop {
@@ -190,12 +191,6 @@ impl Connection {
                     Err(e) => break Close::Io(e),
                 }
             }
-            if let Some(ctrl) = &c.ctx.ctrl {
-                if Arc::as_ptr(ctrl) as usize != watched {
-                    watched = Arc::as_ptr(ctrl) as usize;
-                    ctrl_gone = holdfast_rt::CancelWatch::new(&ctrl.cancel);
-                }
-            }
             let aer = async {
                 match c.aer_rx.as_mut() {
                     Some(rx) => rx.recv().await,
@@ -205,7 +200,7 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = &mut stopped => break Close::Normal("listener stopped (target shutting down, or port removed)"),
-                _ = &mut ctrl_gone => break Close::Normal("controller torn down"),
+                _ = &mut c.ctrl_gone => break Close::Normal("controller torn down"),
                 r = holdfast_rt::write_some(&mut wr, &c.out), if !c.out.is_empty() => match r {
                     Ok(n) => {
                         c.out.advance(n);
@@ -499,6 +494,7 @@ impl Connection {
 
     fn on_connected(&mut self) {
         let Some(ctrl) = self.ctx.ctrl.clone() else { return };
+        self.ctrl_gone = holdfast_rt::CancelWatch::new(&ctrl.cancel);
         if self.ctx.qid == 0 {
             let (tx, rx) = mpsc::unbounded_channel();
             ctrl.state.lock().aer_tx = Some(tx);
