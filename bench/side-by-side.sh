@@ -11,9 +11,14 @@
 # one to two orders of magnitude and not evenly (kernel paths with interrupts and IPIs against user code), so
 # the ratios are a same-run comparison with a real peer, not a prediction of native ratios.
 #
+# Single runs under emulation swing by 20-50 % (the kernel-to-kernel pair alone moved 1576 -> 3896 IOPS between
+# two rounds of one run), so the pairs run in SBS_ROUNDS rounds, the order of the pairs reversed every other
+# round, and the table holds each pair's median IOPS with its range; the ratios are of the medians.
+#
 # Prints a Markdown section (the table with both ratios) on stdout; the guest's console goes to $SBS_LOG.
-# env: SBS_SECONDS (5) per point, SBS_POINTS (the guest's default matrix), SBS_RPS (1), SBS_ROLES ("kk kh hk hh"),
-# SBS_TARGET_ARGS (extra `holdfast target` flags), SBS_LOG.
+# env: SBS_SECONDS (5) per point, SBS_ROUNDS (3), SBS_POINTS (the guest's default matrix), SBS_RPS (1),
+# SBS_ROLES ("kk kh hk hh", one round's order), SBS_TARGET_ARGS (extra `holdfast target` flags), SBS_HOST_ARGS
+# (extra `holdfast bench` flags), SBS_LOG.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 interop=${INTEROP_DIR:-$root/../shared/interop}
@@ -24,11 +29,18 @@ cargo build --release --quiet
 secs=${SBS_SECONDS:-5}
 envs=(-e "SECS=$secs" -e "RPS=${SBS_RPS:-1}")
 [[ -n ${SBS_POINTS:-} ]] && envs+=(-e "POINTS=$SBS_POINTS")
-[[ -n ${SBS_ROLES:-} ]] && envs+=(-e "ROLES=$SBS_ROLES")
+rounds=${SBS_ROUNDS:-3}
+one=(${SBS_ROLES:-kk kh hk hh})
+roles=()
+for ((i = 0; i < rounds; i++)); do
+  if ((i % 2 == 0)); then roles+=("${one[@]}"); else for ((j = ${#one[@]} - 1; j >= 0; j--)); do roles+=("${one[j]}"); done; fi
+done
+envs+=(-e "ROLES=${roles[*]}")
 [[ -n ${SBS_TARGET_ARGS:-} ]] && envs+=(-e "TARGET_ARGS=$SBS_TARGET_ARGS")
+[[ -n ${SBS_HOST_ARGS:-} ]] && envs+=(-e "HOST_ARGS=$SBS_HOST_ARGS")
 # Time limit: every pair's points, plus fills, boot and slack (emulation), generously.
 npoints=$(wc -w <<<"${SBS_POINTS:-a b c d e}")
-limit=$((600 + 4 * npoints * (secs + 10)))
+limit=$((600 + ${#roles[@]} * npoints * (secs + 10)))
 rc=0
 "$interop/vm.sh" -F -q -l "$log" -c 2 -m 2048 -t "$limit" "${envs[@]}" -f "$root/target/release/holdfast" \
   "$root/bench/guest/side-by-side.sh" >/dev/null 2>&1 || rc=$?
@@ -39,13 +51,13 @@ if ((rc != 0)) || ! grep -q "SBS-DONE" "$log"; then
 fi
 kver=$(sed -n 's/.*INTEROP-BOOTED kernel=\([^ ]*\).*/\1/p;T;q' "$log")
 grep -a '^SBS|' "$log" | tr -d '\r' | python3 -c '
-import sys
-kver, secs = sys.argv[1], sys.argv[2]
+import sys, statistics
+kver, secs, rounds = sys.argv[1], sys.argv[2], sys.argv[3]
 m = {}
 order = []
 for line in sys.stdin:
     _, ini, tgt, label, iops, mbps, err = line.strip().split("|")
-    m[(ini, tgt, label)] = (int(iops), float(mbps), int(err))
+    m.setdefault((ini, tgt, label), []).append((int(iops), float(mbps), int(err)))
     if label not in order:
         order.append(label)
 def name(label):
@@ -53,16 +65,25 @@ def name(label):
     bs = int(bs)
     size = "%d KiB" % (bs // 1024) if bs >= 1024 else "%d B" % bs
     return "%s %s QD%s" % (size, wl, qd)
-# A pair not run (SBS_ROLES) is (0, 0.0, None); a run that printed no report has errors -1.
-ok = lambda x: x[2] is not None and x[2] >= 0
+# A pair not run is None; a run that printed no report has errors -1 and fails its pair.
+def pair(runs):
+    if not runs:
+        return None
+    if any(e < 0 for _, _, e in runs):
+        return "failed"
+    iops = [i for i, _, _ in runs]
+    return (statistics.median(iops), statistics.median([b for _, b, _ in runs]), min(iops), max(iops), sum(e for _, _, e in runs))
+ok = lambda x: isinstance(x, tuple)
 def r(a, b):
-    return "%.2f" % (a[0] / b[0]) if b[0] and ok(a) and ok(b) else "n/a"
+    return "%.2f" % (a[0] / b[0]) if ok(a) and ok(b) and b[0] else "n/a"
 print("## Side by side with the Linux kernel target and host (under emulation)")
 print()
 print("`bench/side-by-side.sh`: Linux %s, nvmet-tcp serving memory-backed null_blk and nvme-tcp driven by fio" % kver)
-print("(libaio, O_DIRECT), against holdfast'"'"'s target (RAM) and `holdfast bench`, 4 KiB blocks, %s s per point, one" % secs)
-print("queue, all four pairs in one QEMU VM under TCG (2 vCPUs: targets on CPU 0, initiators on CPU 1). Emulation")
-print("slows all paths by one to two orders of magnitude and unevenly, so read the ratios as a same-run check")
+print("(libaio, O_DIRECT), against holdfast'"'"'s target (RAM) and `holdfast bench`, 4 KiB blocks, one queue, all four")
+print("pairs in one QEMU VM under TCG (2 vCPUs: targets on CPU 0, initiators on CPU 1), %s s per point, %s rounds" % (secs, rounds))
+print("with the order of the pairs reversed every other round. Each cell is the median IOPS of the rounds (their")
+print("range in brackets) and the median MB/s; the ratios are of the medians. Emulation slows all paths by one to two")
+print("orders of magnitude and unevenly, and a single round swings by 20-50 %, so read the ratios as a same-run check")
 print("against an independent peer, not as native figures. One example of the unevenness: 128 KiB writes to")
 print("holdfast'"'"'s target ran at 0.36-0.62 of the kernel target'"'"'s until its copy into the RAM namespace used")
 print("SSE2 streaming stores instead of glibc'"'"'s AVX2 memmove, and at 1.0-1.6 since (natively the change saved")
@@ -71,12 +92,12 @@ print()
 print("| point | kernel host: kernel target | kernel host: holdfast target | holdfast host: kernel target | holdfast host: holdfast target | our target / kernel target (kernel host, holdfast host) | our host / kernel host (kernel target, holdfast target) |")
 print("|---|---|---|---|---|---|---|")
 for l in order:
-    kk, kh, hk, hh = (m.get((i, t, l), (0, 0.0, None)) for i, t in (("kernel", "kernel"), ("kernel", "holdfast"), ("holdfast", "kernel"), ("holdfast", "holdfast")))
+    kk, kh, hk, hh = (pair(m.get((i, t, l), [])) for i, t in (("kernel", "kernel"), ("kernel", "holdfast"), ("holdfast", "kernel"), ("holdfast", "holdfast")))
     runs = (kk, kh, hk, hh)
-    errs = sum(x[2] for x in runs if ok(x))
-    failed = any(x[2] is not None and x[2] < 0 for x in runs)
+    errs = sum(x[4] for x in runs if ok(x))
+    failed = any(x == "failed" for x in runs)
     label = name(l) + (" (I/O errors: %d)" % errs if errs else "") + (" (a run failed)" if failed else "")
-    cell = lambda x: "not run" if x[2] is None else "%d IOPS, %.1f MB/s" % (x[0], x[1]) if x[2] >= 0 else "failed"
+    cell = lambda x: "not run" if x is None else "failed" if x == "failed" else "%d IOPS [%d-%d], %.1f MB/s" % (x[0], x[2], x[3], x[1])
     print("| %s | %s | %s | %s | %s | %s, %s | %s, %s |" % (label, cell(kk), cell(kh), cell(hk), cell(hh),
           r(kh, kk), r(hh, hk), r(hk, kk), r(hh, kh)))
-' "${kver:-unknown}" "$secs"
+' "${kver:-unknown}" "$secs" "$rounds"

@@ -7,7 +7,7 @@
 # steered to CPU 0 with RPS, which is where nvmet-tcp then runs its queue work, see bench/side-by-side.sh).
 # Prints one line per measurement: SBS|initiator|target|label|iops|MB/s.
 # env: SECS (5) per point, MIB (256) namespace size, POINTS ("workload,bs,qd ..."), RPS (1: steer as above; 0: no),
-# TARGET_ARGS (extra `holdfast target` flags), ROLES ("kk kh hk hh": initiator then target, k kernel, h holdfast).
+# TARGET_ARGS (extra `holdfast target` flags), HOST_ARGS (extra `holdfast bench` flags), ROLES ("kk kh hk hh": initiator then target, k kernel, h holdfast).
 : "${SECS:=5}" "${MIB:=256}" "${RPS:=1}" "${ROLES:=kk kh hk hh}"
 POINTS=${POINTS:-"randread,4096,1 randread,4096,32 randwrite,4096,32 read,131072,16 write,131072,16"}
 HF=/opt/holdfast
@@ -61,7 +61,7 @@ holdfast_host() {
     # `holdfast bench` exits 1 when any I/O failed; its report (with the count) still comes.
     rm -f /tmp/hf.out
     taskset -c 1 "$HF" bench --addr "127.0.0.1:$1" --nqn "$2" --workload "$wl" --bs "$bs" --qd "$qd" --queues 1 \
-      --size "$size" --time "$SECS" --json >/tmp/hf.out || true
+      --size "$size" --time "$SECS" --json ${HOST_ARGS:-} >/tmp/hf.out || true
     if grep -q '"iops"' /tmp/hf.out 2>/dev/null; then
       sed -e 's/.*"errors":\([0-9]*\).*"iops":\([0-9.]*\).*"mbps":\([0-9.]*\).*/\2 \3 \1/' /tmp/hf.out |
         awk -v t="$3" -v l="$wl $bs $qd" '{ printf "SBS|holdfast|%s|%s|%d|%.1f|%d\n", t, l, $1, $2, $3 }'
