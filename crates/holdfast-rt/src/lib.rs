@@ -6,7 +6,10 @@
 //! sleep and ~7 µs when they do not). Polled stacks such as SPDK never sleep. `BusyPoll` spins only while
 //! there is I/O: every socket read or write calls [`BusyPoll::touch`], and a spinner task keeps the runtime
 //! polling its I/O driver without a timeout (by yielding) until `window` has passed with no activity; then it
-//! parks like any other task, and an idle target or host costs no CPU.
+//! parks like any other task, and an idle target or host costs no CPU. A peer slower than the window (every
+//! gap longer than it) would cost a window of spinning per I/O for nothing: after a run of such misses the
+//! spinner parks as soon as things are quiet, until a gap the window would have caught shows up
+//! (`SpinScore`).
 //!
 //! A connection that has the poller to itself (it alone did the last [`SOLO_AFTER`] socket reads and writes
 //! noted with [`BusyPoll::touch_from`]) may go further and poll its own socket with [`spin_read`] while it
@@ -86,15 +89,19 @@ impl BusyPoll {
             // When the spinner last saw no activity, if it has seen none since (the clock is read only on
             // quiet rounds, never while I/O flows).
             let mut quiet_since: Option<Instant> = None;
+            let mut score = SpinScore::new();
             loop {
                 let Some(p) = weak.upgrade() else { return };
                 let active = p.activity.swap(false, Ordering::Relaxed);
                 if active {
-                    quiet_since = None;
+                    if quiet_since.take().is_some() {
+                        score.caught();
+                    }
                 } else {
                     let now = Instant::now();
                     let since = *quiet_since.get_or_insert(now);
-                    if now.duration_since(since) >= p.window {
+                    let window = if score.spinning() { p.window } else { Duration::ZERO };
+                    if now.duration_since(since) >= window {
                         p.parked.store(true, Ordering::SeqCst);
                         // Activity between the check above and `parked`: go round again rather than miss it.
                         if p.activity.swap(false, Ordering::SeqCst) {
@@ -103,7 +110,10 @@ impl BusyPoll {
                             continue;
                         }
                         // Wake up now and then so that a dropped poller ends its task.
-                        let _ = tokio::time::timeout(Duration::from_secs(1), p.wake.notified()).await;
+                        let woken = tokio::time::timeout(Duration::from_secs(1), p.wake.notified()).await.is_ok();
+                        if woken {
+                            score.woken(since.elapsed(), p.window);
+                        }
                         quiet_since = None;
                         continue;
                     }
@@ -156,6 +166,45 @@ impl BusyPoll {
     /// True while the spinner is parked (no activity for a window).
     pub fn is_parked(&self) -> bool {
         self.parked.load(Ordering::SeqCst)
+    }
+}
+
+/// Whether spinning pays: a score of the recent quiet stretches, each either caught by the spin (activity came
+/// within the window) or not (the spinner spun a whole window, parked, and was woken later). A peer whose
+/// gaps are all longer than the window (a slow or emulated host at QD1, a host with think time between I/Os)
+/// would have the spinner burn a window per I/O for nothing, and take the CPU from whatever else runs there;
+/// after [`SpinScore::MAX`] such misses more than catches it stops spinning (parks as soon as the connections
+/// are quiet, as with polling off) until a gap shorter than the window shows that spinning would catch the
+/// peer again.
+#[derive(Debug, Clone, Copy)]
+struct SpinScore(u8);
+
+impl SpinScore {
+    const MAX: u8 = 8;
+
+    fn new() -> SpinScore {
+        SpinScore(Self::MAX)
+    }
+
+    /// Spin for the window (else park at the first quiet round).
+    fn spinning(self) -> bool {
+        self.0 > 0
+    }
+
+    /// A quiet stretch ended by activity while spinning.
+    fn caught(&mut self) {
+        self.0 = (self.0 + 1).min(Self::MAX);
+    }
+
+    /// Woken from parking by activity, `gap` after the quiet stretch began.
+    fn woken(&mut self, gap: Duration, window: Duration) {
+        if gap < window {
+            // Parked without spinning, and a spin would have caught it.
+            self.caught();
+        } else if self.spinning() {
+            // Spun a whole window for nothing.
+            self.0 -= 1;
+        }
     }
 }
 
@@ -396,6 +445,66 @@ mod tests {
             assert!(Instant::now() < deadline, "the helper outlived its watch");
             tokio::task::yield_now().await;
         }
+    }
+
+    #[test]
+    fn spinning_stops_when_every_gap_outlasts_the_window_and_resumes_on_a_short_one() {
+        let w = Duration::from_micros(200);
+        let mut s = SpinScore::new();
+        // Mixed: a catch for every miss keeps it spinning.
+        for _ in 0..100 {
+            s.woken(Duration::from_micros(450), w);
+            s.caught();
+            assert!(s.spinning());
+        }
+        // Only misses: off after MAX of them, and stays off.
+        for i in 0..SpinScore::MAX {
+            assert!(s.spinning(), "still spinning after {i} misses");
+            s.woken(Duration::from_micros(450), w);
+        }
+        assert!(!s.spinning());
+        s.woken(Duration::from_millis(5), w);
+        assert!(!s.spinning(), "a long gap while parked changes nothing");
+        // A gap the window would have caught turns it back on.
+        s.woken(Duration::from_micros(30), w);
+        assert!(s.spinning());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_poller_whose_peer_is_slower_than_the_window_parks_at_once() {
+        // Bounds are wide (a 40 ms window, checks at 10 ms) so that a loaded machine does not fail the test.
+        let p = BusyPoll::new(Duration::from_millis(40)).unwrap();
+        p.spawn();
+        let stays_unparked_for = |ms: u64| {
+            let p = p.clone();
+            async move {
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_millis(ms) {
+                    if p.is_parked() {
+                        return false;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                true
+            }
+        };
+        p.touch();
+        assert!(stays_unparked_for(10).await, "spins for the window after activity");
+        // Activity every 100 ms, well past the window: the spinner spins 40 ms, parks, is woken 60 ms later.
+        for _ in 0..SpinScore::MAX + 2 {
+            p.touch();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Now it parks at the first quiet round after activity.
+        p.touch();
+        assert!(!stays_unparked_for(10).await, "still spinning after every gap outlasted the window");
+        // Short gaps again: spinning resumes.
+        for _ in 0..4 {
+            p.touch();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        p.touch();
+        assert!(stays_unparked_for(10).await, "spinning again once gaps are short");
     }
 
     #[test]
