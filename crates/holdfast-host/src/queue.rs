@@ -244,7 +244,8 @@ pub async fn run(
             continue;
         } else {
             yielded_for_spin = false;
-            read = holdfast_rt::spin_read(rd.as_ref(), &mut inbuf, recv_hint, holdfast_rt::SPIN_BUDGET).transpose();
+            read = holdfast_rt::spin_read(rd.as_ref(), &mut inbuf, recv_hint, holdfast_rt::spin_budget(&p.poll))
+                .transpose();
         }
         if read.is_none() {
             tokio::select! {

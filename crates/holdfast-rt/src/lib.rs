@@ -53,7 +53,7 @@ pub const SOLO_AFTER: u32 = 64;
 
 /// How long a connection that has the poller to itself polls its socket ([`spin_read`]) before it waits
 /// through the runtime: longer than a loopback or LAN round trip, short enough that a timer or another
-/// task on the thread is not held up noticeably.
+/// task on the thread is not held up noticeably. Never longer than the poller's window ([`spin_budget`]).
 pub const SPIN_BUDGET: Duration = Duration::from_micros(50);
 
 /// A connection that waits with [`spin_read`] yields to the runtime after this many PDU batches read that
@@ -335,6 +335,13 @@ pub fn touch(p: &Option<Arc<BusyPoll>>, conn: u64) {
     }
 }
 
+/// How long [`spin_read`] may spin for a connection on `p`: [`SPIN_BUDGET`], or the poller's window if that is
+/// shorter (`--busy-poll-us 20` means no spin longer than 20 µs); zero without a poller.
+#[inline]
+pub fn spin_budget(p: &Option<Arc<BusyPoll>>) -> Duration {
+    p.as_ref().map_or(Duration::ZERO, |p| p.window.min(SPIN_BUDGET))
+}
+
 /// True if busy polling is on and connection `conn` has the poller to itself ([`BusyPoll::solo`]).
 #[inline]
 pub fn solo(p: &Option<Arc<BusyPoll>>, conn: u64) -> bool {
@@ -510,6 +517,9 @@ mod tests {
     #[test]
     fn zero_window_is_off() {
         assert!(BusyPoll::new(Duration::ZERO).is_none());
+        assert_eq!(spin_budget(&None), Duration::ZERO);
+        assert_eq!(spin_budget(&BusyPoll::new(Duration::from_micros(20))), Duration::from_micros(20));
+        assert_eq!(spin_budget(&BusyPoll::new(Duration::from_micros(200))), SPIN_BUDGET);
     }
 
     #[test]

@@ -174,7 +174,7 @@ impl Connection {
             // Nothing to send or finish: if this connection has the busy poller to itself, wait for the host's
             // next PDU on the socket itself for a while.
             if c.out.is_empty() && c.slots.is_empty() && ic_done && holdfast_rt::solo(&poll, conn_id) {
-                match holdfast_rt::spin_read(rd.as_ref(), &mut inbuf, READ_MIN_FREE, holdfast_rt::SPIN_BUDGET) {
+                match holdfast_rt::spin_read(rd.as_ref(), &mut inbuf, READ_MIN_FREE, holdfast_rt::spin_budget(&poll)) {
                     Ok(Some(0)) => break Close::Normal("connection closed by host"),
                     Ok(Some(_)) => {
                         holdfast_rt::touch(&poll, conn_id);
