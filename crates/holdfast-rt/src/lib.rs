@@ -485,14 +485,18 @@ mod tests {
         let stays_unparked_for = |ms: u64| {
             let p = p.clone();
             async move {
+                // The spinner gets a round (the yield) before every look, and after the deadline too, so that a
+                // thread descheduled for a while still sees what the spinner does next.
                 let t = Instant::now();
-                while t.elapsed() < Duration::from_millis(ms) {
+                loop {
+                    tokio::task::yield_now().await;
                     if p.is_parked() {
                         return false;
                     }
-                    tokio::task::yield_now().await;
+                    if t.elapsed() >= Duration::from_millis(ms) {
+                        return true;
+                    }
                 }
-                true
             }
         };
         p.touch();
