@@ -309,75 +309,84 @@ impl PduDecoder {
             return Ok(None);
         }
 
-        // The whole PDU is here: split it off without copying.
+        // The whole PDU is here. Without data (a completion, a command without in-capsule data, R2T) it is
+        // read in place and consumed; with data it is split off without copying, the data a slice of it.
+        if data_len == 0 {
+            let pdu = header_pdu(ty, fl, &buf[..hlen], Bytes::new());
+            buf.advance(plen);
+            return Ok(Some(pdu));
+        }
         let pdu_bytes = buf.split_to(plen).freeze();
         let data = if is_term {
             pdu_bytes.slice(hlen..)
-        } else if data_len > 0 {
+        } else {
             let pdo = pdo as usize;
             pdu_bytes.slice(pdo..pdo + data_len)
-        } else {
-            Bytes::new()
         };
-        let digest_err = if data_len > 0 && self.ddgst && digestible {
+        let digest_err = if self.ddgst && digestible {
             let got = (&pdu_bytes[plen - DIGEST_LEN..]).get_u32_le();
             let want = crc32c(&data);
             (want != got).then_some((want, got))
         } else {
             None
         };
-        let h = &pdu_bytes[..hlen];
-        let u16_at = |o: usize| u16::from_le_bytes([h[o], h[o + 1]]);
-        let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
-        let pdu = match ty {
-            PduType::IcReq => Pdu::IcReq(IcReq {
-                pfv: u16_at(8),
-                hpda: h[10],
-                hdgst: h[11] & 1 != 0,
-                ddgst: h[11] & 2 != 0,
-                maxr2t: u32_at(12),
-            }),
-            PduType::IcResp => Pdu::IcResp(IcResp {
-                pfv: u16_at(8),
-                cpda: h[10],
-                hdgst: h[11] & 1 != 0,
-                ddgst: h[11] & 2 != 0,
-                maxh2cdata: u32_at(12),
-            }),
-            PduType::H2CTermReq | PduType::C2HTermReq => {
-                let t = TermReq { fes: u16_at(8), fei: u32_at(10), data };
-                if ty == PduType::H2CTermReq {
-                    Pdu::H2CTermReq(t)
-                } else {
-                    Pdu::C2HTermReq(t)
-                }
-            }
-            PduType::CapsuleCmd => {
-                Pdu::CapsuleCmd(CapsuleCmd { sqe: SubmissionEntry::from_slice(&h[8..72]).unwrap_or_default(), data })
-            }
-            PduType::CapsuleResp => {
-                Pdu::CapsuleResp(CapsuleResp { cqe: CompletionEntry::from_slice(&h[8..24]).unwrap_or_default() })
-            }
-            PduType::H2CData => Pdu::H2CData(H2CData {
-                cccid: u16_at(8),
-                ttag: u16_at(10),
-                datao: u32_at(12),
-                data,
-                last: fl & flags::LAST_PDU != 0,
-            }),
-            PduType::C2HData => Pdu::C2HData(C2HData {
-                cccid: u16_at(8),
-                datao: u32_at(12),
-                data,
-                last: fl & flags::LAST_PDU != 0,
-                success: fl & flags::SUCCESS != 0,
-            }),
-            PduType::R2T => Pdu::R2T(R2T { cccid: u16_at(8), ttag: u16_at(10), r2to: u32_at(12), r2tl: u32_at(16) }),
-        };
+        let pdu = header_pdu(ty, fl, &pdu_bytes[..hlen], data);
         if let Some((expected, received)) = digest_err {
             return Err(DecodeError::DataDigest { pdu: Box::new(pdu), expected, received });
         }
         Ok(Some(pdu))
+    }
+}
+
+/// The PDU whose header `h` (HLEN bytes, already checked against the type and the negotiated limits) and
+/// data are given: the PDU-specific header fields at their offsets (NVMe/TCP 1.0 §3.6.2).
+fn header_pdu(ty: PduType, fl: u8, h: &[u8], data: Bytes) -> Pdu {
+    let u16_at = |o: usize| u16::from_le_bytes([h[o], h[o + 1]]);
+    let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+    match ty {
+        PduType::IcReq => Pdu::IcReq(IcReq {
+            pfv: u16_at(8),
+            hpda: h[10],
+            hdgst: h[11] & 1 != 0,
+            ddgst: h[11] & 2 != 0,
+            maxr2t: u32_at(12),
+        }),
+        PduType::IcResp => Pdu::IcResp(IcResp {
+            pfv: u16_at(8),
+            cpda: h[10],
+            hdgst: h[11] & 1 != 0,
+            ddgst: h[11] & 2 != 0,
+            maxh2cdata: u32_at(12),
+        }),
+        PduType::H2CTermReq | PduType::C2HTermReq => {
+            let t = TermReq { fes: u16_at(8), fei: u32_at(10), data };
+            if ty == PduType::H2CTermReq {
+                Pdu::H2CTermReq(t)
+            } else {
+                Pdu::C2HTermReq(t)
+            }
+        }
+        PduType::CapsuleCmd => {
+            Pdu::CapsuleCmd(CapsuleCmd { sqe: SubmissionEntry::from_slice(&h[8..72]).unwrap_or_default(), data })
+        }
+        PduType::CapsuleResp => {
+            Pdu::CapsuleResp(CapsuleResp { cqe: CompletionEntry::from_slice(&h[8..24]).unwrap_or_default() })
+        }
+        PduType::H2CData => Pdu::H2CData(H2CData {
+            cccid: u16_at(8),
+            ttag: u16_at(10),
+            datao: u32_at(12),
+            data,
+            last: fl & flags::LAST_PDU != 0,
+        }),
+        PduType::C2HData => Pdu::C2HData(C2HData {
+            cccid: u16_at(8),
+            datao: u32_at(12),
+            data,
+            last: fl & flags::LAST_PDU != 0,
+            success: fl & flags::SUCCESS != 0,
+        }),
+        PduType::R2T => Pdu::R2T(R2T { cccid: u16_at(8), ttag: u16_at(10), r2to: u32_at(12), r2tl: u32_at(16) }),
     }
 }
 
