@@ -383,8 +383,9 @@ impl Issue<'_> {
         let Some(cid) = self.free.pop() else { return Err(Box::new(cmd)) };
         encode_command(self.out, self.p, cid, &cmd);
         *self.seq += 1;
-        let f = InFlight { buf: Reassembly::Empty, cmd, started: self.now, seq: *self.seq, bad_data: false };
-        self.slots[cid as usize] = Some(f);
+        // Built in its slot, not on the stack and then moved there (a 208-byte copy per command).
+        let slot = &mut self.slots[cid as usize];
+        *slot = Some(InFlight { buf: Reassembly::Empty, cmd, started: self.now, seq: *self.seq, bad_data: false });
         Ok(Some(cid))
     }
 }
