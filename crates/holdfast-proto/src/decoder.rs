@@ -476,6 +476,55 @@ mod tests {
         }
     }
 
+    #[test]
+    fn back_to_back_pdus_with_and_without_data_keep_earlier_data_intact() {
+        // A receive buffer holds data PDUs (split off, their data shared) and PDUs without data (read in
+        // place and consumed); the buffer is then refilled. Data handed out earlier must not change.
+        for (hd, dd) in [(false, false), (true, true)] {
+            let f = Framing { hdgst: hd, ddgst: dd, pda: 0 };
+            let data = |cid: u16, b: u8| {
+                Pdu::C2HData(C2HData {
+                    cccid: cid,
+                    datao: 0,
+                    data: Bytes::from(vec![b; 4096]),
+                    last: true,
+                    success: false,
+                })
+            };
+            let resp = |cid: u16| Pdu::CapsuleResp(CapsuleResp { cqe: CompletionEntry::new(cid, Status::SUCCESS, 0) });
+            let r2t = Pdu::R2T(R2T { cccid: 3, ttag: 1, r2to: 0, r2tl: 4096 });
+            let first = [data(1, 0xA1), resp(1), r2t.clone(), data(2, 0xB2), resp(2)];
+            let mut d = ready(Role::Host, hd, dd);
+            let mut buf = BytesMut::new();
+            for p in &first {
+                buf.extend_from_slice(&p.to_bytes(&f));
+            }
+            let mut got = Vec::new();
+            while let Some(p) = d.decode(&mut buf).unwrap() {
+                got.push(p);
+            }
+            assert_eq!(got, first);
+            assert!(buf.is_empty());
+            // Refill the same buffer (its space may be reused) and decode again.
+            let second = [resp(7), data(8, 0xC3), resp(8)];
+            for p in &second {
+                buf.extend_from_slice(&p.to_bytes(&f));
+            }
+            // Half of the last PDU first: nothing is consumed until it is whole.
+            let last = buf.split_off(buf.len() - 10);
+            let mut again = Vec::new();
+            while let Some(p) = d.decode(&mut buf).unwrap() {
+                again.push(p);
+            }
+            assert_eq!(again, second[..2]);
+            assert!(d.decode(&mut buf).unwrap().is_none());
+            buf.extend_from_slice(&last);
+            again.push(d.decode(&mut buf).unwrap().expect("the completed PDU"));
+            assert_eq!(again, second);
+            assert_eq!(got, first, "data from the first fill changed when the buffer was refilled");
+        }
+    }
+
     fn fatal(d: &mut PduDecoder, bytes: &[u8]) -> Fatal {
         match d.decode(&mut BytesMut::from(bytes)) {
             Err(DecodeError::Fatal(f)) => f,
