@@ -15,6 +15,8 @@ fn crc(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::from_parameter(size), &data, |b, d| {
             b.iter(|| holdfast_proto::digest::crc32c(d))
         });
+        // The reference in the same run: the CRC32 instruction alone (the `crc32c` crate).
+        g.bench_with_input(BenchmarkId::new("crc32c-crate", size), &data, |b, d| b.iter(|| crc32c::crc32c(d)));
     }
     g.finish();
 }
