@@ -152,6 +152,22 @@ mod x86 {
         _mm_crc32_u64(r, _mm_extract_epi64(x, 1) as u64) as u32
     }
 
+    /// Four accumulators of consecutive 32-byte pieces folded into one 128-bit lane: each into the next
+    /// (256 bits apart), then the last one's two lanes into one (128 bits apart).
+    #[inline]
+    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq")]
+    fn collapse(a: [__m256i; 4]) -> __m128i {
+        let k256 = pair256(FOLD_256);
+        let a3 = fold256(fold256(fold256(a[0], k256, a[1]), k256, a[2]), k256, a[3]);
+        fold128(_mm256_castsi256_si128(a3), k128(), _mm256_extracti128_si256(a3, 1))
+    }
+
+    #[inline(always)]
+    fn k128() -> __m128i {
+        // SAFETY: no memory access; SSE2 is part of x86-64.
+        unsafe { _mm_set_epi64x(FOLD_128.1 as i64, FOLD_128.0 as i64) }
+    }
+
     /// The register `r` shifted over the bytes `k` was made for ([`shift_k`]).
     #[inline]
     #[target_feature(enable = "sse4.2,pclmulqdq")]
@@ -177,8 +193,6 @@ mod x86 {
     fn fold_only(reg: u32, data: &[u8]) -> u32 {
         assert!(data.len() >= 128);
         let k1024 = pair256(FOLD_1024);
-        let k256 = pair256(FOLD_256);
-        let k128 = _mm_set_epi64x(FOLD_128.1 as i64, FOLD_128.0 as i64);
         let mut chunks = data.chunks_exact(128);
         let mut lanes = chunks.by_ref().map(|c| {
             let p = c.as_ptr();
@@ -193,8 +207,8 @@ mod x86 {
             }
         }
         let rest = chunks.remainder();
-        let a3 = fold256(fold256(fold256(a[0], k256, a[1]), k256, a[2]), k256, a[3]);
-        let mut x = fold128(_mm256_castsi256_si128(a3), k128, _mm256_extracti128_si256(a3, 1));
+        let mut x = collapse(a);
+        let k128 = k128();
         let mut sixteens = rest.chunks_exact(16);
         for c in sixteens.by_ref() {
             // SAFETY: each chunk is 16 bytes long.
@@ -207,8 +221,6 @@ mod x86 {
     #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.2,sse4.1")]
     fn block(reg: u32, b: &[u8; BLOCK]) -> u32 {
         let k1024 = pair256(FOLD_1024);
-        let k256 = pair256(FOLD_256);
-        let k128 = _mm_set_epi64x(FOLD_128.1 as i64, FOLD_128.0 as i64);
         let v = b.as_ptr();
         let s = [VLEN, VLEN + SLEN, VLEN + 2 * SLEN].map(|o| b[o..].as_ptr());
         // The vector region is b[..VLEN], read 128 bytes a round for ROUNDS rounds; stream j is
@@ -232,8 +244,7 @@ mod x86 {
                 }
             }
         }
-        let a3 = fold256(fold256(fold256(a[0], k256, a[1]), k256, a[2]), k256, a[3]);
-        let rv = reduce(fold128(_mm256_castsi256_si128(a3), k128, _mm256_extracti128_si256(a3, 1)));
+        let rv = reduce(collapse(a));
         shift(rv, SHIFT_3S) ^ shift(c[0] as u32, SHIFT_2S) ^ shift(c[1] as u32, SHIFT_1S) ^ c[2] as u32
     }
 
