@@ -18,13 +18,21 @@
 # Prints a Markdown section (the table with both ratios) on stdout; the guest's console goes to $SBS_LOG.
 # env: SBS_SECONDS (5) per point, SBS_ROUNDS (3), SBS_POINTS (the guest's default matrix), SBS_RPS (1),
 # SBS_ROLES ("kk kh hk hh", one round's order), SBS_TARGET_ARGS (extra `holdfast target` flags), SBS_HOST_ARGS
-# (extra `holdfast bench` flags), SBS_LOG.
+# (extra `holdfast bench` flags), SBS_BIN (a holdfast binary to measure instead of building this tree's; for A/B
+# runs of two builds), SBS_LOG.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 interop=${INTEROP_DIR:-$root/../shared/interop}
 log=${SBS_LOG:-$(mktemp "${TMPDIR:-/tmp}/holdfast-sbs.XXXXXX.log")}
 cd "$root"
-cargo build --release --quiet
+if [[ -n ${SBS_BIN:-} ]]; then
+  # The guest runs /opt/holdfast: a binary of another name goes in under that name.
+  bin=$(mktemp -d "${TMPDIR:-/tmp}/holdfast-sbs-bin.XXXXXX")/holdfast
+  cp "$SBS_BIN" "$bin"
+else
+  cargo build --release --quiet
+  bin=$root/target/release/holdfast
+fi
 "$interop/setup.sh" >/dev/null
 secs=${SBS_SECONDS:-5}
 envs=(-e "SECS=$secs" -e "RPS=${SBS_RPS:-1}")
@@ -42,7 +50,7 @@ envs+=(-e "ROLES=${roles[*]}")
 npoints=$(wc -w <<<"${SBS_POINTS:-a b c d e}")
 limit=$((600 + ${#roles[@]} * npoints * (secs + 10)))
 rc=0
-"$interop/vm.sh" -F -q -l "$log" -c 2 -m 2048 -t "$limit" "${envs[@]}" -f "$root/target/release/holdfast" \
+"$interop/vm.sh" -F -q -l "$log" -c 2 -m 2048 -t "$limit" "${envs[@]}" -f "$bin" \
   "$root/bench/guest/side-by-side.sh" >/dev/null 2>&1 || rc=$?
 if ((rc != 0)) || ! grep -q "SBS-DONE" "$log"; then
   echo "side-by-side: the VM run failed (exit $rc); console log: $log" >&2
