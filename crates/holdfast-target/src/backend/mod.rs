@@ -29,12 +29,13 @@ pub trait Backend: Send + Sync + 'static {
     fn read_inline(&self, _offset: u64, _len: usize, _gate: &MediaGate) -> Option<io::Result<bytes::Bytes>> {
         None
     }
-    /// Hint: a read at `offset` is about to run. Called for a batch of reads just received, each twice: first
-    /// with `stage` 0 for all of them, then with 1, so that a backend whose lookup takes two dependent loads
-    /// (RAM: the chunk's entry, then the chunk's header) can start the second once the first is on its way, and
-    /// the batch's loads overlap instead of each read stalling on its own. Changes nothing that can be observed.
+    /// Hint: a read of `len` bytes at `offset` is about to run. Called for a batch of reads just received, each
+    /// three times: with `stage` 0 for all of them, then with 1, then with 2, so that a backend whose lookup
+    /// takes dependent loads (RAM: the chunk's entry, then the chunk's header, then the data it points to) can
+    /// start each once the one before is on its way, and the batch's loads overlap instead of each read
+    /// stalling on its own. Changes nothing that can be observed.
     /// Called with the subsystem's namespace table read-locked: it must not block, nor take subsystem locks.
-    fn prefetch(&self, _offset: u64, _stage: u8) {}
+    fn prefetch(&self, _offset: u64, _len: usize, _stage: u8) {}
     /// Read `len` bytes at `offset`, appended to `out`. The default reads into zeroed space; backends that
     /// can copy straight from their own memory skip the zeroing.
     fn read_append(&self, offset: u64, len: usize, out: &mut bytes::BytesMut, gate: &MediaGate) -> io::Result<()> {

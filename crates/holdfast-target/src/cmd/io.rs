@@ -24,7 +24,7 @@ fn namespace(ctrl: &Controller, nsid: u32) -> Result<Arc<Namespace>, Status> {
 
 /// Hints for a batch of commands received but not yet handled (`sqes`, as the transport peeked them): each
 /// Read's namespace may start bringing in what the read will touch ([`crate::backend::Backend::prefetch`],
-/// all of the batch at stage 0, then all at stage 1). Nothing is checked or changed: a command that turns out
+/// all of the batch at stage 0, then all at 1, then all at 2). Nothing is checked or changed: a command that turns out
 /// to be invalid is refused when it is parsed, as always.
 pub fn prefetch<'a>(ctrl: &Controller, sqes: impl Iterator<Item = &'a SubmissionEntry> + Clone) {
     let reads = || sqes.clone().filter(|s| s.opcode == op::READ);
@@ -33,10 +33,11 @@ pub fn prefetch<'a>(ctrl: &Controller, sqes: impl Iterator<Item = &'a Submission
         return;
     }
     let namespaces = ctrl.subsys.namespaces.read();
-    for stage in 0..2 {
+    for stage in 0..3 {
         for sqe in reads() {
             if let Some(ns) = namespaces.get(&sqe.nsid()) {
-                ns.backend.prefetch(rw::slba(sqe) << ns.lba_shift(), stage);
+                let len = (rw::nlb(sqe) as usize) << ns.lba_shift();
+                ns.backend.prefetch(rw::slba(sqe) << ns.lba_shift(), len, stage);
             }
         }
     }
