@@ -24,8 +24,10 @@ fn namespace(ctrl: &Controller, nsid: u32) -> Result<Arc<Namespace>, Status> {
 
 /// Hints for a batch of commands received but not yet handled (`sqes`, as the transport peeked them): each
 /// Read's namespace may start bringing in what the read will touch ([`crate::backend::Backend::prefetch`],
-/// all of the batch at stage 0, then all at 1, then all at 2). Nothing is checked or changed: a command that turns out
-/// to be invalid is refused when it is parsed, as always.
+/// all of the batch at stage 0, then all at 1, then all at 2). Nothing is checked or changed: a command that
+/// turns out to be invalid is refused when it is parsed, as always. Writes are not hinted: the start of each
+/// write's destination prefetched the same way measured x0.972 target CPU per I/O at randwrite QD32, within
+/// the machine's noise (the copy into the chunk is bound by line fills, not by the first miss).
 pub fn prefetch<'a>(ctrl: &Controller, sqes: impl Iterator<Item = &'a SubmissionEntry> + Clone) {
     let reads = || sqes.clone().filter(|s| s.opcode == op::READ);
     // A lone read has nothing to overlap with: it would only take its misses a little earlier.
