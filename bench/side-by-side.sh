@@ -27,7 +27,9 @@ log=${SBS_LOG:-$(mktemp "${TMPDIR:-/tmp}/holdfast-sbs.XXXXXX.log")}
 cd "$root"
 if [[ -n ${SBS_BIN:-} ]]; then
   # The guest runs /opt/holdfast: a binary of another name goes in under that name.
-  bin=$(mktemp -d "${TMPDIR:-/tmp}/holdfast-sbs-bin.XXXXXX")/holdfast
+  bindir=$(mktemp -d "${TMPDIR:-/tmp}/holdfast-sbs-bin.XXXXXX")
+  trap 'rm -rf "$bindir"' EXIT
+  bin=$bindir/holdfast
   cp "$SBS_BIN" "$bin"
 else
   cargo build --release --quiet
