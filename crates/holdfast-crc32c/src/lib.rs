@@ -182,6 +182,16 @@ mod x86 {
         unsafe { _mm256_loadu_si256(p as *const __m256i) }
     }
 
+    /// The four accumulators' first 128 bytes, at `p`, with the register `reg` (inverted CRC of what came
+    /// before) added into the first.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn start(p: *const u8, reg: u32) -> [__m256i; 4] {
+        // SAFETY: the caller guarantees 128 readable bytes at `p`.
+        let a = unsafe { [load256(p), load256(p.add(32)), load256(p.add(64)), load256(p.add(96))] };
+        [_mm256_xor_si256(a[0], _mm256_set_epi64x(0, 0, 0, reg as i64)), a[1], a[2], a[3]]
+    }
+
     #[inline(always)]
     unsafe fn load64(p: *const u8) -> u64 {
         // SAFETY: the caller guarantees 8 readable bytes at `p`.
@@ -194,16 +204,13 @@ mod x86 {
         assert!(data.len() >= 128);
         let k1024 = pair256(FOLD_1024);
         let mut chunks = data.chunks_exact(128);
-        let mut lanes = chunks.by_ref().map(|c| {
-            let p = c.as_ptr();
-            // SAFETY: each chunk is 128 bytes long.
-            unsafe { [load256(p), load256(p.add(32)), load256(p.add(64)), load256(p.add(96))] }
-        });
-        let Some(mut a) = lanes.next() else { unreachable!("at least 128 bytes") };
-        a[0] = _mm256_xor_si256(a[0], _mm256_set_epi64x(0, 0, 0, reg as i64));
-        for d in lanes {
-            for (a, d) in a.iter_mut().zip(d) {
-                *a = fold256(*a, k1024, d);
+        let Some(first) = chunks.next() else { unreachable!("at least 128 bytes") };
+        // SAFETY: each chunk is 128 bytes long.
+        let mut a = unsafe { start(first.as_ptr(), reg) };
+        for c in chunks.by_ref() {
+            for (i, a) in a.iter_mut().enumerate() {
+                // SAFETY: 32 * i + 32 <= 128, the chunk's length.
+                *a = fold256(*a, k1024, unsafe { load256(c.as_ptr().add(32 * i)) });
             }
         }
         let rest = chunks.remainder();
@@ -226,8 +233,7 @@ mod x86 {
         // The vector region is b[..VLEN], read 128 bytes a round for ROUNDS rounds; stream j is
         // b[VLEN + j*SLEN..][..SLEN], read 8*QWORDS bytes a round for ROUNDS rounds.
         // SAFETY: the first 128 bytes of the vector region.
-        let mut a = unsafe { [load256(v), load256(v.add(32)), load256(v.add(64)), load256(v.add(96))] };
-        a[0] = _mm256_xor_si256(a[0], _mm256_set_epi64x(0, 0, 0, reg as i64));
+        let mut a = unsafe { start(v, reg) };
         let mut c = [0u64; 3];
         for round in 0..ROUNDS {
             for q in 0..QWORDS {
