@@ -169,28 +169,26 @@ impl Backend for RamBackend {
         if stage == 0 {
             // The entry: its lock word and the pointer to the chunk's shared header.
             prefetch_line(chunk);
-        } else if stage == 2 {
+            return;
+        }
+        let within = (offset & (CHUNK - 1)) as usize;
+        if stage == 2 && (len > DATA_PREFETCH_MAX || within + len > CHUNK as usize) {
+            return;
+        }
+        let Some(g) = chunk.try_read() else { return };
+        let Some(c) = &*g else { return };
+        if stage == 2 {
             // The start of the data (the header, brought in at stage 1, holds the pointer to it).
-            let within = (offset & (CHUNK - 1)) as usize;
-            if len > DATA_PREFETCH_MAX || within + len > CHUNK as usize {
-                return;
+            let data = c.as_ptr().wrapping_add(within);
+            for at in (0..len.min(DATA_PREFETCH_BYTES)).step_by(64) {
+                prefetch_line(data.wrapping_add(at));
             }
-            if let Some(g) = chunk.try_read() {
-                if let Some(c) = &*g {
-                    let data = c.as_ptr().wrapping_add(within);
-                    for at in (0..len.min(DATA_PREFETCH_BYTES)).step_by(64) {
-                        prefetch_line(data.wrapping_add(at));
-                    }
-                }
-            }
-        } else if let Some(g) = chunk.try_read() {
+        } else {
             // The header `read_inline` clones: its counts and the pointer to the data. `as_ptr` is the address
             // of that pointer, just after the counts, which may start on the line before.
-            if let Some(c) = &*g {
-                let p = Arc::as_ptr(c).cast::<u8>();
-                prefetch_line(p);
-                prefetch_line(p.wrapping_sub(2 * std::mem::size_of::<usize>()));
-            }
+            let p = Arc::as_ptr(c).cast::<u8>();
+            prefetch_line(p);
+            prefetch_line(p.wrapping_sub(2 * std::mem::size_of::<usize>()));
         }
     }
     fn read_append(&self, offset: u64, len: usize, out: &mut bytes::BytesMut, gate: &MediaGate) -> io::Result<()> {
