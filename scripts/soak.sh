@@ -39,13 +39,13 @@ PY
 
 fail=0
 phase() {  # phase NAME BS
-  local name=$1 bs=$2 tp pp ctl tpid bpid rc
+  local name=$1 bs=$2 tp pp ctl tpid ppid bpid rc
   tp=$(free_port); pp=$(free_port)
   "$bin" target --listen "127.0.0.1:$tp" --nqn "$nqn" --ram-mib 256 --block-size 4096 --reconnect-delay-ms 200 \
     >"$work/$name-target.log" 2>&1 &
   tpid=$!; pids+=("$tpid")
   "$bin" proxy --listen "127.0.0.1:$pp" --upstream "127.0.0.1:$tp" >"$work/$name-proxy.log" 2>&1 &
-  pids+=("$!")
+  ppid=$!; pids+=("$ppid")
   for _ in $(seq 100); do ctl=$(sed -n 's/^control: //p' "$work/$name-proxy.log"); [[ -n $ctl ]] && break; sleep 0.05; done
   [[ -n $ctl ]] || { echo "    FAIL: the proxy did not start"; fail=1; return; }
   HOLDFAST_LOG=warn "$bin" bench --addr "127.0.0.1:$pp" --nqn "$nqn" --workload randrw --bs "$bs" --qd 32 --queues 4 \
@@ -60,7 +60,7 @@ phase() {  # phase NAME BS
     "$bin" proxy-ctl --control "$ctl" resume >/dev/null
   done < <(schedule "$seed" "$secs")
   wait "$bpid"; rc=$?
-  kill "$tpid" 2>/dev/null
+  kill "$tpid" "$ppid" 2>/dev/null
   local errors mismatches outages
   errors=$(json "$work/$name.json" errors 2>/dev/null || echo "?")
   mismatches=$(json "$work/$name.json" verify_mismatches 2>/dev/null || echo "?")
