@@ -38,8 +38,8 @@ PY
 }
 
 fail=0
-phase() {  # phase NAME BS
-  local name=$1 bs=$2 tp pp ctl tpid ppid bpid rc
+phase() {  # phase NAME BS N: the Nth phase draws its faults from SOAK_SEED + N
+  local name=$1 bs=$2 n=$3 tp pp ctl tpid ppid bpid rc
   tp=$(free_port); pp=$(free_port)
   "$bin" target --listen "127.0.0.1:$tp" --nqn "$nqn" --ram-mib 256 --block-size 4096 --reconnect-delay-ms 200 \
     >"$work/$name-target.log" 2>&1 &
@@ -58,7 +58,7 @@ phase() {  # phase NAME BS
     "$bin" proxy-ctl --control "$ctl" $fault >/dev/null && faults=$((faults + 1))
     sleep "$hold"
     "$bin" proxy-ctl --control "$ctl" resume >/dev/null
-  done < <(schedule "$seed" "$secs")
+  done < <(schedule "$((seed + n))" "$secs")
   wait "$bpid"; rc=$?
   kill "$tpid" "$ppid" 2>/dev/null
   local errors mismatches outages
@@ -74,7 +74,7 @@ phase() {  # phase NAME BS
 }
 
 echo "=== soak: random faults under bench --verify --digests, $secs s per phase, SOAK_SEED=$seed"
-phase 4k 4096
-phase 128k 131072
+phase 4k 4096 0
+phase 128k 131072 1
 if [[ $fail == 0 ]]; then echo "    pass: 0 errors, 0 mismatches, every phase rode through its faults"; rm -rf "$work"; fi
 exit $fail
