@@ -164,8 +164,8 @@ prev=$(git show HEAD:BENCHMARKS.md 2>/dev/null) || { prev=""; [[ -f BENCHMARKS.m
   echo "read) between two processes spinning on nonblocking loopback sockets, no NVMe work: **$floor_us µs** per round trip."
   echo "*mean µs* = outstanding I/Os / IOPS (Little's law); *ratio* = the point's throughput / the iperf3 reference;"
   echo "*× floor* = mean µs / the round-trip floor (QD1 rows). *QD n, 2 queues* is n outstanding in all, n/2 on each"
-  echo "queue: host and target pass each other a queue's I/Os in about two groups, so the per-segment cost is shared"
-  echo "by about half a queue's depth, and such a row compares with the one-queue row at QD n/2."
+  echo "queue. A queue's I/Os travel in about two groups, so each TCP segment's cost is shared by about half that"
+  echo "queue's depth: such a row pays per I/O what the one-queue QD n/2 row does, and trails the one-queue QD n row."
   echo "Numbers on shared machines are noisy: compare ratios taken in one run."
   echo
   echo "| point | IOPS | MB/s | mean µs | p50 µs | p99 µs | errors | ratio to iperf3 | × floor |"
