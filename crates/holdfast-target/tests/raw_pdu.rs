@@ -147,9 +147,24 @@ impl Conn {
     }
     /// Connect with connect attributes (CATTR).
     async fn connect_with(&mut self, qid: u16, cntlid: u16, subnqn: &str, kato: u32, cattr: u8) -> CompletionEntry {
+        self.connect_full(qid, cntlid, subnqn, HOSTNQN, kato, cattr).await
+    }
+    /// Connect as host `hostnqn` (same Host Identifier).
+    async fn connect_as(&mut self, qid: u16, cntlid: u16, hostnqn: &str) -> CompletionEntry {
+        self.connect_full(qid, cntlid, NQN, hostnqn, if qid == 0 { 5000 } else { 0 }, 0).await
+    }
+    async fn connect_full(
+        &mut self,
+        qid: u16,
+        cntlid: u16,
+        subnqn: &str,
+        hostnqn: &str,
+        kato: u32,
+        cattr: u8,
+    ) -> CompletionEntry {
         let mut c = ConnectCommand::new(0, qid, if qid == 0 { 31 } else { 127 }, kato);
         c.cattr = cattr;
-        let d = ConnectData::new(HOSTID, cntlid, subnqn, HOSTNQN);
+        let d = ConnectData::new(HOSTID, cntlid, subnqn, hostnqn);
         use zerocopy::IntoBytes;
         let (cqe, data) = self.cmd(c.to_sqe(), Bytes::copy_from_slice(d.as_bytes())).await;
         assert!(data.is_empty(), "no C2HData for a Connect");
@@ -337,6 +352,41 @@ async fn connect_refusals_say_why() {
     let mut s = SubmissionEntry::new(admin::IDENTIFY, 0);
     s.dptr = SglDescriptor::transport(4096);
     assert_eq!(c.cmd(s, Bytes::new()).await.0.status(), Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+    server.stop().await;
+}
+
+/// SPDK's `spdk_nvme_perf` and `spdk_nvme_identify` send an empty Host NQN unless given one: an anonymous
+/// host, admitted where any host is (as the Linux target does) and refused where hosts are listed.
+#[tokio::test]
+async fn an_empty_host_nqn_is_an_anonymous_host() {
+    let (server, addr) = start("").await;
+    let mut a = Conn::ic(addr, false, false).await;
+    let r = a.connect_as(0, 0xFFFF, "").await;
+    assert_eq!(r.status(), Status::SUCCESS, "admin connect with an empty host NQN");
+    let cntlid = r.dw0.get() as u16;
+    assert_eq!(a.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
+    let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+    s.cdw10.set(0x07);
+    s.cdw11.set(0x0001_0001);
+    assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+    // A named host cannot take over the anonymous host's controller; the anonymous host binds its queue.
+    let mut other = Conn::ic(addr, false, false).await;
+    let r = other.connect_as(1, cntlid, HOSTNQN).await;
+    assert_eq!(r.status(), Status::CONNECT_INVALID_PARAMETERS.with_dnr());
+    assert_eq!(InvalidParameter::from_dw0(r.dw0.get()), InvalidParameter { offset: 16, in_data: true });
+    let mut q = Conn::ic(addr, false, false).await;
+    assert_eq!(q.connect_as(1, cntlid, "").await.status(), Status::SUCCESS, "I/O connect");
+    let data: Vec<u8> = (0..512u32).map(|i| (i * 3) as u8).collect();
+    let (r, _) = q.cmd(rw_sqe(io::WRITE, 7, 1, SglDescriptor::incapsule(512)), Bytes::from(data.clone())).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    let (r, d) = q.cmd(rw_sqe(io::READ, 7, 1, SglDescriptor::transport(512)), Bytes::new()).await;
+    assert_eq!((r.status(), d), (Status::SUCCESS, data));
+    server.stop().await;
+
+    let (server, addr) = start(&format!("allowed_hosts = [\"{HOSTNQN}\"]")).await;
+    let mut c = Conn::ic(addr, false, false).await;
+    assert_eq!(c.connect_as(0, 0xFFFF, "").await.status(), Status::CONNECT_INVALID_HOST.with_dnr());
+    assert_eq!(c.connect_as(0, 0xFFFF, HOSTNQN).await.status(), Status::SUCCESS, "a listed host still connects");
     server.stop().await;
 }
 

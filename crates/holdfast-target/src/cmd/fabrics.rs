@@ -3,7 +3,7 @@
 use crate::controller::{Controller, ADMIN_QUEUE_ENTRIES, MAX_QUEUE_ENTRIES};
 use crate::request::{DataDir, Exec, ParseResult, QueueCtx, Request, Response};
 use holdfast_proto::fabrics::{
-    cap, nqn_from_field, property, ConnectCommand, ConnectData, InvalidParameter, PropertyCommand,
+    cap, nqn_from_field, property, ConnectCommand, ConnectData, InvalidParameter, NqnError, PropertyCommand,
     CATTR_DISABLE_SQ_FLOW, CNTLID_DYNAMIC, CONNECT_DATA_SIZE, VERSION_1_3, VERSION_2_0,
 };
 use holdfast_proto::opcode::fctype;
@@ -61,8 +61,13 @@ pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response
         Ok(n) => n.to_owned(),
         Err(_) => return invalid(256, true),
     };
+    // An empty Host NQN is an anonymous host: admitted where any host is (`allow_any_host`), refused with
+    // Connect Invalid Host where hosts are listed. The Linux target takes it the same way, and SPDK's
+    // `spdk_nvme_perf` and `spdk_nvme_identify` send one unless given `hostnqn:` in their transport ID.
+    // The Host Identifier still tells such hosts apart (I/O queue binding, draining an old association).
     let hostnqn = match nqn_from_field(&d.hostnqn) {
         Ok(n) => n.to_owned(),
+        Err(NqnError::Empty) => String::new(),
         Err(_) => return invalid(512, true),
     };
     let Some(subsys) = ctx.target.subsystem(&subnqn).filter(|s| s.is_discovery || s.on_port(ctx.port.id)) else {
@@ -70,7 +75,8 @@ pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response
         return invalid(256, true);
     };
     if !subsys.host_allowed(&hostnqn) {
-        tracing::warn!(peer = %ctx.peer_addr, "host {hostnqn} is not allowed on {subnqn}");
+        let who = if hostnqn.is_empty() { "with an empty host NQN" } else { &hostnqn };
+        tracing::warn!(peer = %ctx.peer_addr, "host {who} is not allowed on {subnqn}");
         return Response::err(Status::CONNECT_INVALID_HOST.with_dnr());
     }
     let qid = cmd.qid.get();
