@@ -136,6 +136,9 @@ struct Shared {
     /// True while new I/O is accepted (live, or reconnecting before fast_io_fail_tmo): the I/O path reads
     /// this instead of locking `state`. Updated by [`Shared::set_state`].
     accepting: AtomicBool,
+    /// Set when [`Controller::shutdown`] starts: a queue that closes from then on is part of the shutdown, not
+    /// a lost connection (SPDK's target closes the I/O queues itself when CC.SHN is set).
+    stopping: AtomicBool,
 }
 
 impl Shared {
@@ -691,6 +694,7 @@ impl Controller {
             tasks: Mutex::new(CancellationToken::new()),
             poll: o.busy_poll.clone(),
             accepting: AtomicBool::new(true),
+            stopping: AtomicBool::new(false),
             opts: o,
         });
         let (exits_tx, mut exits_rx): Exits = mpsc::unbounded_channel();
@@ -826,6 +830,7 @@ impl Controller {
     /// No Fabrics Disconnect is sent, as the Linux and SPDK hosts send none: a queue ends with its connection,
     /// and the Linux target rejects Disconnect (FCTYPE 08h) as an unknown capsule type.
     pub async fn shutdown(&self) -> Result<()> {
+        self.inner.stopping.store(true, Ordering::Release);
         lock(&self.inner.tasks).cancel(); // keep-alive and AER stop; the queues close at the end
         if *lock(&self.inner.state) == State::Live {
             let admin = &self.inner.admin;
@@ -982,7 +987,19 @@ async fn supervise(
         let first = exits_rx.recv().await;
         let Some((idx, exit)) = first else { return };
         running -= 1;
-        let shutting_down = sh.shutdown.is_cancelled();
+        // During an orderly shutdown an I/O queue may close before the admin queue has finished it: SPDK's
+        // target closes a controller's I/O queue connections when CC.SHN is set (the Linux host closes its
+        // own before it sets CC.SHN). The admin queue carries the shutdown on; nothing reconnects.
+        if idx != 0 && running > 0 && sh.stopping.load(Ordering::Acquire) && !sh.shutdown.is_cancelled() {
+            tracing::debug!(
+                qid = idx,
+                "I/O queue closed during shutdown: {:?}",
+                exit.error.as_ref().map(|e| e.to_string())
+            );
+            slots[idx] = Some(Slot { rx: exit.rx, pending: exit.pending });
+            continue;
+        }
+        let shutting_down = sh.shutdown.is_cancelled() || sh.stopping.load(Ordering::Acquire);
         let cause = lock(&sh.loss_cause)
             .take()
             .or_else(|| exit.error.as_ref().map(|e| e.to_string()))

@@ -3,6 +3,7 @@
 use crate::controller::{get_log_page, Controller};
 use crate::error::{Error, Result};
 use crate::options::ConnectOptions;
+use bytes::BytesMut;
 use holdfast_proto::fabrics::DISCOVERY_NQN;
 use holdfast_proto::log_page::{field_str, DiscoveryLogEntry, LID_DISCOVERY};
 use holdfast_proto::policy::{ConnectionPolicy, LID_HOLDFAST_POLICY};
@@ -99,8 +100,26 @@ async fn read_log(ctrl: &Controller) -> Result<Vec<DiscoveryEntry>> {
         if numrec > 4096 {
             return Err(Error::Protocol { qid: 0, what: format!("discovery log claims {numrec} records") });
         }
-        // The whole log from offset 0 in one command (as nvme-cli reads it): header and records agree.
-        let log = get_log_page(admin, LID_DISCOVERY, 0, (numrec as usize + 1) * 1024, 0).await?;
+        // The whole log from offset 0, in one command when the controller's transfer limit (MDTS) allows:
+        // header and records then agree. A larger log is read in pieces (SPDK's target fails a transfer over
+        // its 128 KiB I/O size with a C2HTermReq), and the header read again after the last piece: an
+        // unchanged GENCTR means no piece saw a different log (NVMe-oF 1.1 §5.3).
+        let total = (numrec as usize + 1) * 1024;
+        let piece = (ctrl.max_transfer() & !1023).max(4096);
+        let log = if total <= piece {
+            get_log_page(admin, LID_DISCOVERY, 0, total, 0).await?
+        } else {
+            let mut log = BytesMut::with_capacity(total);
+            while log.len() < total {
+                let n = piece.min(total - log.len());
+                let part = get_log_page(admin, LID_DISCOVERY, 0, n, log.len() as u64).await?;
+                log.extend_from_slice(&part);
+            }
+            if le64(&get_log_page(admin, LID_DISCOVERY, 0, 1024, 0).await?, 0) != genctr {
+                continue;
+            }
+            log.freeze()
+        };
         if le64(&log, 0) != genctr {
             continue; // changed between the two reads: start over (NVMe-oF 1.1 §5.3, GENCTR)
         }

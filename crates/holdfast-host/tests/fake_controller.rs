@@ -13,9 +13,10 @@ use holdfast_host::{ConnectOptions, Controller, Error, Namespace};
 use holdfast_proto::decoder::{Limits, PduDecoder, Role};
 use holdfast_proto::fabrics::{self, cap, cc, csts, property, ConnectCommand, PropertyCommand};
 use holdfast_proto::identify::{self, IdentifyController, IdentifyNamespace};
+use holdfast_proto::log_page::{discovery_log_bytes, log_page_slice, DiscoveryLogEntry, LID_DISCOVERY};
 use holdfast_proto::opcode::{admin, fctype, io, FABRICS};
 use holdfast_proto::pdu::{C2HData, CapsuleResp, Framing, IcResp, Pdu, TermReq, R2T};
-use holdfast_proto::sqe::rw;
+use holdfast_proto::sqe::{get_log_page, rw};
 use holdfast_proto::{CompletionEntry, Status, SubmissionEntry};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -56,6 +57,12 @@ struct Behaviour {
     crdt1: u16,
     /// The status failed writes get (see `State::fail_writes`).
     fail_status: Status,
+    /// Close every I/O queue connection when the host sets CC.SHN, before reporting the shutdown complete
+    /// (as SPDK's target does).
+    close_io_on_shn: bool,
+    /// Records in the Discovery log page (0: no such page). A Get Log Page longer than MDTS allows is a
+    /// fatal transport error here, as on SPDK's target (C2HTermReq, connection closed).
+    discovery_records: usize,
 }
 
 impl Default for Behaviour {
@@ -73,6 +80,8 @@ impl Default for Behaviour {
             term_first_read: false,
             crdt1: 0,
             fail_status: Status::TRANSIENT_TRANSPORT_ERROR.with_crd(1),
+            close_io_on_shn: false,
+            discovery_records: 0,
         }
     }
 }
@@ -105,6 +114,10 @@ struct State {
     /// Connect commands received, and how many of them asked to disable SQ flow control (CATTR bit 2).
     connects: AtomicU32,
     sqflow_off: AtomicU32,
+    /// Set (true) when the host sets CC.SHN.
+    shn: tokio::sync::watch::Sender<bool>,
+    /// Get Log Page commands for the Discovery log.
+    discovery_reads: AtomicU32,
 }
 
 struct Fake {
@@ -135,6 +148,8 @@ async fn fake(b: Behaviour) -> Fake {
         write_attempts: AtomicU32::new(0),
         acre: AtomicBool::new(false),
         corrupt_c2h: AtomicU32::new(0),
+        shn: tokio::sync::watch::Sender::new(false),
+        discovery_reads: AtomicU32::new(0),
     });
     let st2 = st.clone();
     tokio::spawn(async move {
@@ -260,6 +275,9 @@ impl Conn {
                 fctype::PROPERTY_SET => {
                     let p = PropertyCommand::from_sqe(&sqe);
                     if p.ofst.get() == property::CC {
+                        if p.value.get() as u32 & cc::SHN_MASK != 0 {
+                            self.st.shn.send_replace(true);
+                        }
                         self.st.cc.store(p.value.get() as u32, Ordering::Relaxed);
                     }
                     self.resp(cid, Status::SUCCESS, 0);
@@ -312,6 +330,24 @@ impl Conn {
                     self.resp(cid, Status::SUCCESS, 0)
                 }
                 admin::ASYNC_EVENT_REQUEST => self.aers.push(cid), // held, as a controller does
+                admin::GET_LOG_PAGE if get_log_page::lid(&sqe) == LID_DISCOVERY && self.st.b.discovery_records > 0 => {
+                    self.st.discovery_reads.fetch_add(1, Ordering::Relaxed);
+                    let len = get_log_page::len_bytes(&sqe) as usize;
+                    if self.st.b.mdts > 0 && len > 4096 << self.st.b.mdts {
+                        let t = TermReq { fes: 5, fei: 0, data: Bytes::new() };
+                        Pdu::C2HTermReq(t).encode(&self.framing, &mut self.out);
+                        self.close = true;
+                        return;
+                    }
+                    let records: Vec<_> = (0..self.st.b.discovery_records)
+                        .map(|i| {
+                            let nqn = format!("nqn.2026-01.io.holdfast:rec-{i:03}");
+                            DiscoveryLogEntry::build(2, 1, 0xFFFF, 32, "4420", &nqn, "127.0.0.1", 1)
+                        })
+                        .collect();
+                    let log = discovery_log_bytes(7, &records);
+                    self.send_data(cid, &log_page_slice(&log, get_log_page::offset(&sqe), len));
+                }
                 admin::GET_LOG_PAGE => self.resp(cid, Status::INVALID_LOG_PAGE, 0),
                 _ => self.resp(cid, Status::INVALID_OPCODE, 0),
             }
@@ -398,6 +434,7 @@ async fn serve(mut s: TcpStream, st: Arc<State>) {
     let limits = Limits { max_incapsule: 64 * 1024, max_h2c_data: st.b.maxh2cdata, max_c2h_data: 0 };
     let mut dec = PduDecoder::new(Role::Controller, limits);
     let mut inbuf = BytesMut::with_capacity(64 * 1024);
+    let mut shn = st.shn.subscribe();
     let mut c = Conn {
         st,
         framing: Framing::default(),
@@ -427,10 +464,14 @@ async fn serve(mut s: TcpStream, st: Arc<State>) {
         if c.close {
             return;
         }
-        match s.read_buf(&mut inbuf).await {
-            Ok(0) => return abort_held(s, c).await,
-            Err(_) => return,
-            Ok(_) => {}
+        let close_on_shn = c.qid != 0 && c.st.b.close_io_on_shn;
+        tokio::select! {
+            r = s.read_buf(&mut inbuf) => match r {
+                Ok(0) => return abort_held(s, c).await,
+                Err(_) => return,
+                Ok(_) => {}
+            },
+            _ = async { let _ = shn.wait_for(|v| *v).await; }, if close_on_shn => return,
         }
     }
 }
@@ -700,6 +741,45 @@ async fn orderly_shutdown_closes_every_connection_without_a_reset() {
     // held Asynchronous Event Request after the host's FIN.
     assert_eq!(f.st.closed.load(Ordering::Relaxed), f.st.connections.load(Ordering::Relaxed));
     assert_eq!(f.st.resets.load(Ordering::Relaxed), 0, "the host reset a connection the target was still answering on");
+}
+
+/// SPDK's target closes a controller's I/O queue connections itself when the host sets CC.SHN: during an
+/// orderly shutdown that is not a lost connection. Nothing reconnects and shutdown completes.
+#[tokio::test]
+async fn io_queues_the_target_closes_on_shutdown_are_not_a_lost_connection() {
+    let f = fake(Behaviour { close_io_on_shn: true, ..Default::default() }).await;
+    let c = Controller::connect(opts(&f, 2, false)).await.unwrap();
+    let mut events = c.events();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    ns.write(0, pattern(BS, 6), false).await.unwrap();
+    assert!(ns.read(0, 1).await.unwrap() == pattern(BS, 6));
+    c.shutdown().await.unwrap();
+    assert_eq!(f.st.connections.load(Ordering::Relaxed), 3, "the host connected again after its own shutdown");
+    assert_eq!(f.st.connects.load(Ordering::Relaxed), 3);
+    while let Ok(e) = events.try_recv() {
+        use holdfast_host::controller::Event;
+        assert!(
+            !matches!(e, Event::Reconnecting { .. } | Event::Restored { .. }),
+            "shutdown reported as an outage: {e:?}"
+        );
+    }
+    assert!(matches!(c.state(), holdfast_host::controller::State::Failed { .. }), "{:?}", c.state());
+}
+
+/// A Discovery log larger than the controller's MDTS is read in pieces within it (SPDK's target ends the
+/// connection over a longer transfer), and GENCTR is checked again after the last piece: every record once,
+/// in order.
+#[tokio::test]
+async fn a_discovery_log_larger_than_mdts_is_read_in_pieces() {
+    let f = fake(Behaviour { mdts: 5, discovery_records: 300, ..Default::default() }).await;
+    let mut o = opts(&f, 0, false);
+    o.subnqn = fabrics::DISCOVERY_NQN.into();
+    let entries = holdfast_host::discover(o).await.expect("discover");
+    let names: Vec<String> = entries.iter().map(|e| e.subnqn.clone()).collect();
+    let want: Vec<String> = (0..300).map(|i| format!("nqn.2026-01.io.holdfast:rec-{i:03}")).collect();
+    assert_eq!(names, want);
+    // The header, three pieces of at most 128 KiB (301 KiB in all), the header again.
+    assert_eq!(f.st.discovery_reads.load(Ordering::Relaxed), 5);
 }
 
 /// Writes and reads back `n` blocks at once (so that every queue has work), each block its own command.
