@@ -207,7 +207,8 @@ pub async fn send(
     long_lived: bool,
 ) -> Result<oneshot::Receiver<Result<Completion>>> {
     let (reply, rx) = oneshot::channel();
-    let cmd = Command { sqe, data_out, data_in_len, name, replayable, long_lived, reply, timeouts: 0, retries: 0 };
+    let cmd =
+        Command { sqe, data_out, data_in_len, name, replayable, long_lived, reply, timeouts: 0, retries: 0, losses: 0 };
     let closed = || Error::NotConnected("the controller is closed".into());
     // With room in the queue (the usual case), no send future to build and poll.
     let cmd = match tx.try_send(cmd) {
@@ -1020,8 +1021,9 @@ async fn supervise(
         tracing::warn!(addr = %sh.opts.addr, "connection lost: {cause}; reconnecting");
         // Commands that cannot be replayed fail now, with a retryable path error.
         for s in slots.iter_mut().flatten() {
-            let (keep, drop_): (Vec<_>, Vec<_>) =
-                s.pending.drain(..).partition(|c| c.replayable && c.timeouts < queue::MAX_COMMAND_TIMEOUTS);
+            let (keep, drop_): (Vec<_>, Vec<_>) = s.pending.drain(..).partition(|c| {
+                c.replayable && c.timeouts < queue::MAX_COMMAND_TIMEOUTS && c.losses < queue::MAX_COMMAND_LOSSES
+            });
             s.pending = keep;
             for c in drop_ {
                 let e = if c.timeouts >= queue::MAX_COMMAND_TIMEOUTS {
@@ -1029,6 +1031,11 @@ async fn supervise(
                         what: format!("{} (unanswered on {} connections in a row)", c.name, c.timeouts),
                         after: sh.opts.io_timeout,
                     }
+                } else if c.losses >= queue::MAX_COMMAND_LOSSES {
+                    Error::PathError(format!(
+                        "{} was outstanding on {} connections that were lost, the last one: {cause}; not issued again",
+                        c.name, c.losses
+                    ))
                 } else {
                     Error::PathError(format!("{} was in flight when the connection dropped ({cause})", c.name))
                 };

@@ -41,11 +41,21 @@ pub struct Command {
     /// How many times the controller answered this command with a retryable error (DNR clear) and it was
     /// issued again ([`MAX_STATUS_RETRIES`]).
     pub retries: u8,
+    /// How many lost connections this command was outstanding on ([`MAX_COMMAND_LOSSES`]).
+    pub losses: u8,
 }
 
 /// After this many command timeouts, each on its own connection, a command fails with [`Error::Timeout`]
 /// instead of being re-issued again: the target is answering everything else, so it is not a lost path.
 pub const MAX_COMMAND_TIMEOUTS: u8 = 3;
+
+/// A command outstanding on this many lost connections is failed with a path error instead of being
+/// re-issued once more, as the Linux host fails a request after `nvme_core.max_retries` (5) requeues. A
+/// command the target drops its connection over (a target fault on one LBA, say) would otherwise be
+/// re-issued on every new association, each lost the same way: the association comes back every time, so no
+/// policy deadline ever ends it. An outage, a restart or a reset storm leaves a command outstanding on one or
+/// two lost connections, since re-issued commands complete as soon as a connection holds.
+pub const MAX_COMMAND_LOSSES: u8 = 5;
 
 /// A replayable command the controller fails without Do Not Retry is issued again, up to this many times (as
 /// the Linux host's `nvme_core.max_retries`), after the Command Retry Delay its CRD field selects (NVMe Base
@@ -346,6 +356,11 @@ pub async fn run(
         }
     };
     let mut pending: Vec<InFlight> = slots.into_iter().flatten().collect();
+    if error.is_some() {
+        for f in pending.iter_mut().filter(|f| !f.cmd.long_lived) {
+            f.cmd.losses = f.cmd.losses.saturating_add(1);
+        }
+    }
     if matches!(error, Some(Error::Timeout { .. })) {
         for f in pending.iter_mut().filter(|f| !f.cmd.long_lived && f.started.elapsed() > p.io_timeout) {
             f.cmd.timeouts = f.cmd.timeouts.saturating_add(1);
@@ -431,7 +446,15 @@ fn encode_command(out: &mut SendQueue, p: &QueueParams, cid: u16, cmd: &Command)
     // SGLs for data; PSDT must say so (NVMe-oF 1.1 §2.1).
     sqe.flags = (sqe.flags & !0xC0) | holdfast_proto::sqe::PSDT_SGL;
     let n = cmd.data_out.len();
-    if n > 0 && n <= p.max_incapsule {
+    // Fabrics commands (the I/O queue's Connect, whose 1 KiB of data a controller with a small IOCCSZ would
+    // otherwise fetch with an R2T) get the 8 KiB every queue accepts for them, as the admin queue's commands
+    // do (NVMe/TCP 1.0 §3.3.3; the Linux host does the same).
+    let limit = if sqe.opcode == holdfast_proto::opcode::FABRICS {
+        p.max_incapsule.max(crate::controller::ADMIN_INCAPSULE)
+    } else {
+        p.max_incapsule
+    };
+    if n > 0 && n <= limit {
         sqe.dptr = SglDescriptor::incapsule(n as u32);
         pdu::encode_capsule_cmd_header(out.header_buf(), &p.framing, &sqe, n);
         out.push_data(cmd.data_out.clone());

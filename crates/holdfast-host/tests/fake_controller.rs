@@ -53,6 +53,8 @@ struct Behaviour {
     hang_reads: bool,
     /// Answer the first Read with a C2HTermReq and close the connection.
     term_first_read: bool,
+    /// Answer every Read of this LBA with a C2HTermReq and close the connection (a target fault on one LBA).
+    poison_lba: Option<u64>,
     /// CRDT1 in Identify Controller (100 ms units; 0: no retry delays advertised).
     crdt1: u16,
     /// The status failed writes get (see `State::fail_writes`).
@@ -78,6 +80,7 @@ impl Default for Behaviour {
             refuse_connect: None,
             hang_reads: false,
             term_first_read: false,
+            poison_lba: None,
             crdt1: 0,
             fail_status: Status::TRANSIENT_TRANSPORT_ERROR.with_crd(1),
             close_io_on_shn: false,
@@ -114,6 +117,8 @@ struct State {
     /// Connect commands received, and how many of them asked to disable SQ flow control (CATTR bit 2).
     connects: AtomicU32,
     sqflow_off: AtomicU32,
+    /// Connect commands whose data came in the capsule.
+    connects_incapsule: AtomicU32,
     /// Set (true) when the host sets CC.SHN.
     shn: tokio::sync::watch::Sender<bool>,
     /// Get Log Page commands for the Discovery log.
@@ -143,6 +148,7 @@ async fn fake(b: Behaviour) -> Fake {
         resets: AtomicU32::new(0),
         connects: AtomicU32::new(0),
         sqflow_off: AtomicU32::new(0),
+        connects_incapsule: AtomicU32::new(0),
         grant: AtomicU32::new(0),
         fail_writes: AtomicU32::new(0),
         write_attempts: AtomicU32::new(0),
@@ -249,6 +255,9 @@ impl Conn {
                     let c = ConnectCommand::from_sqe(&sqe);
                     self.qid = c.qid.get();
                     self.st.connects.fetch_add(1, Ordering::Relaxed);
+                    if data.len() == 1024 {
+                        self.st.connects_incapsule.fetch_add(1, Ordering::Relaxed);
+                    }
                     if c.cattr & fabrics::CATTR_DISABLE_SQ_FLOW != 0 {
                         self.st.sqflow_off.fetch_add(1, Ordering::Relaxed);
                     }
@@ -359,7 +368,8 @@ impl Conn {
                 if self.st.b.hang_reads {
                     return;
                 }
-                if self.st.b.term_first_read && !self.st.termed.swap(true, Ordering::Relaxed) {
+                let poisoned = self.st.b.poison_lba == Some(rw::slba(&sqe));
+                if poisoned || (self.st.b.term_first_read && !self.st.termed.swap(true, Ordering::Relaxed)) {
                     let t = TermReq { fes: 1, fei: 0, data: Bytes::new() };
                     Pdu::C2HTermReq(t).encode(&self.framing, &mut self.out);
                     self.close = true;
@@ -567,6 +577,8 @@ async fn r2t_splitting_c2h_reassembly_success_flag_mdts_and_digests() {
     assert!(r2ts > 64 && h2c > r2ts, "writes went through R2T and were split ({r2ts} R2Ts, {h2c} H2CData)");
     // 97 KiB in pieces of at most 32 KiB (MDTS 3): at least 4 write commands for the first write alone.
     assert!(f.st.writes.load(Ordering::Relaxed) >= 4 + 1 + 64);
+    // With no in-capsule data on I/O queues, their Connect still carries its data in the capsule.
+    assert_eq!(f.st.connects_incapsule.load(Ordering::Relaxed), f.st.connects.load(Ordering::Relaxed));
 }
 
 #[tokio::test]
@@ -764,6 +776,26 @@ async fn io_queues_the_target_closes_on_shutdown_are_not_a_lost_connection() {
         );
     }
     assert!(matches!(c.state(), holdfast_host::controller::State::Failed { .. }), "{:?}", c.state());
+}
+
+/// A read the target drops the connection over every time fails with a path error after
+/// `MAX_COMMAND_LOSSES` connections, instead of being re-issued on every new association for ever; the
+/// controller stays live and other I/O goes on.
+#[tokio::test]
+async fn a_command_that_kills_every_connection_fails_instead_of_looping() {
+    let f = fake(Behaviour { poison_lba: Some(77), ..Default::default() }).await;
+    let c = Controller::connect(opts(&f, 1, false)).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    ns.write(0, pattern(BS, 8), false).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(20), ns.read(77, 1)).await.expect("the poisoned read never ended");
+    match r {
+        Err(Error::PathError(m)) => assert!(m.contains("outstanding on 5 connections"), "{m}"),
+        other => panic!("expected a path error, got {other:?}"),
+    }
+    assert_eq!(f.st.reads.load(Ordering::Relaxed), 5, "issued once per connection");
+    assert!(ns.read(0, 1).await.unwrap() == pattern(BS, 8), "other I/O goes on");
+    assert!(matches!(c.state(), holdfast_host::controller::State::Live), "{:?}", c.state());
+    c.shutdown().await.unwrap();
 }
 
 /// A Discovery log larger than the controller's MDTS is read in pieces within it (SPDK's target ends the
