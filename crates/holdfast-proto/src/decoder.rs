@@ -126,12 +126,41 @@ pub struct PduDecoder {
     ddgst: bool,
     pda: u8,
     limits: Limits,
+    /// The header (and header digest) of the last data PDU or ICReq/ICResp decoded: [`PduDecoder::last_header`].
+    last_header: [u8; TERM_MAX_DATA],
+    last_header_len: usize,
 }
 
 impl PduDecoder {
     /// A decoder in the initial state, expecting the ICReq (controller) or ICResp (host).
     pub fn new(role: Role, limits: Limits) -> Self {
-        PduDecoder { role, state: State::Init, hdgst: false, ddgst: false, pda: 0, limits }
+        PduDecoder {
+            role,
+            state: State::Init,
+            hdgst: false,
+            ddgst: false,
+            pda: 0,
+            limits,
+            last_header: [0; TERM_MAX_DATA],
+            last_header_len: 0,
+        }
+    }
+
+    /// The header, with its digest, of the last H2CData, C2HData, ICReq or ICResp PDU decoded (empty before
+    /// the first): the data of a termination request over a field only the receiver of a well-formed PDU
+    /// can judge (a TTAG no R2T gave, an offset out of order, parameters refused), which NVMe/TCP 1.0
+    /// §3.6.2.3/§3.6.2.4 has carry the offending PDU's header. Capsules are not kept: their errors are
+    /// answered with a status, and they are most of the PDUs decoded.
+    pub fn last_header(&self) -> &[u8] {
+        &self.last_header[..self.last_header_len]
+    }
+
+    fn keep_header(&mut self, ty: PduType, header: &[u8]) {
+        if matches!(ty, PduType::H2CData | PduType::C2HData | PduType::IcReq | PduType::IcResp) {
+            let n = header.len().min(TERM_MAX_DATA);
+            self.last_header[..n].copy_from_slice(&header[..n]);
+            self.last_header_len = n;
+        }
     }
 
     /// Enter the post-IC state with the negotiated digests and the PDU data alignment *we* asked the peer
@@ -312,6 +341,7 @@ impl PduDecoder {
         // The whole PDU is here. Without data (a completion, a command without in-capsule data, R2T) it is
         // read in place and consumed; with data it is split off without copying, the data a slice of it.
         if data_len == 0 {
+            self.keep_header(ty, &buf[..hlen + hd]);
             let pdu = header_pdu(ty, fl, &buf[..hlen], Bytes::new());
             buf.advance(plen);
             return Ok(Some(pdu));
@@ -330,6 +360,7 @@ impl PduDecoder {
         } else {
             None
         };
+        self.keep_header(ty, &pdu_bytes[..hlen + hd]);
         let pdu = header_pdu(ty, fl, &pdu_bytes[..hlen], data);
         if let Some((expected, received)) = digest_err {
             return Err(DecodeError::DataDigest { pdu: Box::new(pdu), expected, received });

@@ -409,7 +409,8 @@ async fn malformed_pdus_get_the_right_termination_request() {
     let mut ic = header(0x00, 0, 128, 0, 128);
     ic[8] = 1;
     c.send_raw(&ic).await;
-    c.expect_term(0x06, 8).await;
+    let t = c.expect_term(0x06, 8).await;
+    assert_eq!(&t.data[..], &ic[..], "the refused ICReq");
     // Unknown PDU type.
     let mut c = Conn::ic(addr, false, false).await;
     c.send_raw(&header(0x08, 0, 24, 0, 24)).await;
@@ -435,9 +436,14 @@ async fn malformed_pdus_get_the_right_termination_request() {
     c.send_raw(&b).await;
     c.expect_term(0x03, 0).await;
     // H2CData with a TTAG no R2T gave.
-    let mut c = Conn::ic(addr, false, false).await;
-    c.send(Pdu::H2CData(H2CData { cccid: 1, ttag: 9, datao: 0, data: Bytes::from(vec![0; 512]), last: true })).await;
-    c.expect_term(0x01, 10).await;
+    // The TermReq carries the offending PDU's header (NVMe/TCP 1.0 §3.6.2.4), here with its header digest.
+    let mut c = Conn::ic(addr, true, false).await;
+    let h2c = Pdu::H2CData(H2CData { cccid: 1, ttag: 9, datao: 0, data: Bytes::from(vec![0; 512]), last: true });
+    let mut sent = BytesMut::new();
+    h2c.encode(&c.f, &mut sent);
+    c.send(h2c).await;
+    let t = c.expect_term(0x01, 10).await;
+    assert_eq!(&t.data[..], &sent[..28], "the H2CData header and its digest");
     // H2CData beyond the R2T.
     let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
     let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
@@ -445,9 +451,13 @@ async fn malformed_pdus_get_the_right_termination_request() {
     sqe.cid.set(5);
     q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() })).await;
     let Pdu::R2T(r2t) = q.recv().await else { panic!("expected R2T") };
-    q.send(Pdu::H2CData(H2CData { cccid: 5, ttag: r2t.ttag, datao: 0, data: Bytes::from(vec![0; 1024]), last: true }))
-        .await;
-    q.expect_term(0x04, 0).await;
+    let h2c =
+        Pdu::H2CData(H2CData { cccid: 5, ttag: r2t.ttag, datao: 0, data: Bytes::from(vec![0; 1024]), last: true });
+    let mut sent = BytesMut::new();
+    h2c.encode(&q.f, &mut sent);
+    q.send(h2c).await;
+    let t = q.expect_term(0x04, 0).await;
+    assert_eq!(&t.data[..], &sent[..24], "the H2CData header");
     server.stop().await;
 }
 

@@ -275,6 +275,11 @@ impl Connection {
         }
     }
 
+    /// The header of the PDU just decoded, for a termination request over one of its fields.
+    fn offending_header(&self) -> Bytes {
+        Bytes::copy_from_slice(self.decoder.last_header())
+    }
+
     fn fatal(fes: Fes, fei: u32, header: Bytes, reason: &'static str) -> Close {
         Close::Fatal(Fatal { fes, fei, header, reason })
     }
@@ -292,7 +297,7 @@ impl Connection {
                         self.framing = Framing { hdgst: resp.hdgst, ddgst: resp.ddgst, pda: req.hpda };
                         Ok(None)
                     }
-                    Err(r) => Err(Self::fatal(r.fes, r.fei, Bytes::new(), "ICReq refused")),
+                    Err(r) => Err(Self::fatal(r.fes, r.fei, self.offending_header(), "ICReq refused")),
                 }
             }
             Pdu::H2CTermReq(t) => {
@@ -414,7 +419,7 @@ impl Connection {
             return Err(Self::fatal(
                 Fes::InvalidHeaderField,
                 pdu::offset::DATA_TTAG,
-                Bytes::new(),
+                Bytes::copy_from_slice(self.decoder.last_header()),
                 "H2CData with an unknown TTAG",
             ));
         };
@@ -422,7 +427,7 @@ impl Connection {
             return Err(Self::fatal(
                 Fes::InvalidHeaderField,
                 pdu::offset::DATA_CCCID,
-                Bytes::new(),
+                Bytes::copy_from_slice(self.decoder.last_header()),
                 "H2CData CCCID does not match the R2T",
             ));
         }
@@ -430,12 +435,17 @@ impl Connection {
             return Err(Self::fatal(
                 Fes::InvalidHeaderField,
                 pdu::offset::DATA_DATAO,
-                Bytes::new(),
+                Bytes::copy_from_slice(self.decoder.last_header()),
                 "H2CData DATAO out of order",
             ));
         }
         if buf.len() + data.len() > req.len {
-            return Err(Self::fatal(Fes::DataOutOfRange, 0, Bytes::new(), "H2CData beyond the R2T"));
+            return Err(Self::fatal(
+                Fes::DataOutOfRange,
+                0,
+                Bytes::copy_from_slice(self.decoder.last_header()),
+                "H2CData beyond the R2T",
+            ));
         }
         *failed |= digest_failed;
         buf.push(data, req.len);
