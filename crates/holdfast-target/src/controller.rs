@@ -205,7 +205,8 @@ impl Controller {
         })
     }
 
-    /// Note traffic: any command resets the keep-alive clock (traffic-based keep-alive, CTRATT.TBKAS).
+    /// Note traffic: any command resets the keep-alive clock (as traffic-based keep-alive would; CTRATT.TBKAS
+    /// itself is not advertised, see `cmd::admin::identify_controller`).
     #[inline]
     pub fn touch(&self) {
         self.last_activity_ms.store(self.target.now_ms(), Ordering::Relaxed);

@@ -234,6 +234,8 @@ async fn connect_enable_identify_and_io_with_every_digest_setting() {
         assert_eq!(d.len(), 4096);
         assert_eq!(u16::from_le_bytes([d[78], d[79]]), cntlid, "CNTLID at byte 78");
         assert_ne!(u16::from_le_bytes([d[320], d[321]]), 0, "KAS");
+        let ctratt = u32::from_le_bytes(d[96..100].try_into().unwrap());
+        assert_eq!(ctratt & (1 << 6), 0, "CTRATT.TBKAS is not advertised (Linux before 6.4 then skips Keep Alives)");
         assert_eq!(u32::from_le_bytes(d[1792..1796].try_into().unwrap()), (64 + 16384) / 16, "IOCCSZ");
         assert_eq!(&d[768..768 + NQN.len()], NQN.as_bytes());
         let mut q = Conn::io(addr, &mut a, cntlid, hd, dd).await;

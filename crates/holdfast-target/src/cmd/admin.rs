@@ -47,7 +47,12 @@ pub fn identify_controller(c: &Controller) -> IdentifyController {
     d.cmic = id::CMIC_MULTI_CTRL;
     d.ver.set(VERSION_2_0);
     d.oaes.set(id::OAES_NS_ATTR);
-    d.ctratt.set(id::CTRATT_HOST_ID_128 | id::CTRATT_TBKAS);
+    // Any command resets the keep-alive timer here, but TBKAS (traffic-based keep-alive) is not advertised:
+    // with it, a Linux host before 6.4 (and its stable backports) skips a Keep Alive whenever it saw a
+    // completion in the last KATO, which can leave up to two KATOs between the commands this controller
+    // sees, and the watchdog allows KATO + KAS. Without it the host sends Keep Alive every KATO (KATO / 2
+    // since 6.4) whatever the traffic.
+    d.ctratt.set(id::CTRATT_HOST_ID_128);
     d.cntrltype = id::CNTRLTYPE_IO;
     d.acl = 3;
     d.frmw = 0x03; // one slot, slot 1 read-only

@@ -148,6 +148,9 @@ pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response
     ctx.qid = qid;
     ctx.size = sqsize + 1;
     ctx.sq_flow_disabled = cmd.cattr & CATTR_DISABLE_SQ_FLOW != 0;
+    // Traffic from the host, like any command (Linux before 6.7 starts its Keep Alives only once every I/O
+    // queue is connected).
+    ctrl.touch();
     let cntlid = ctrl.cntlid;
     ctx.ctrl = Some(ctrl);
     Response::dw0(cntlid as u32)
