@@ -247,13 +247,9 @@ impl Connection {
                 format!("fatal transport error: {f}")
             }
         };
-        if !c.out.is_empty() && !matches!(close, Close::Io(_)) {
-            let all = c.out.take_all();
-            let _ = tokio::time::timeout(Duration::from_secs(2), wr.write_all(&all)).await;
-        }
-        let _ = wr.shutdown().await;
         // Commands of this queue that have not reached the media are dropped; those still running are what a
-        // reconnecting host will wait for.
+        // reconnecting host will wait for. Both before the last flush below, which may take its 2 s on a
+        // half-dead path: a Connect from the same host arriving meanwhile must already find them (design §5).
         c.ctx.gate.kill();
         if let Some(ctrl) = &c.ctx.ctrl {
             ctrl.subsys.add_dead_association(&ctrl.hostnqn, ctrl.hostid, c.ctx.gate.clone());
@@ -265,6 +261,11 @@ impl Connection {
         } else {
             tracing::debug!(peer = %c.ctx.peer_addr, "connection ended before Connect: {reason}");
         }
+        if !c.out.is_empty() && !matches!(close, Close::Io(_)) {
+            let all = c.out.take_all();
+            let _ = tokio::time::timeout(Duration::from_secs(2), wr.write_all(&all)).await;
+        }
+        let _ = wr.shutdown().await;
     }
 
     /// Before the PDUs just received are handled one by one: let the backends of the reads among them start
