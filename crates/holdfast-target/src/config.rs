@@ -112,6 +112,10 @@ pub struct PolicyConfig {
     pub cqt_ms: u32,
 }
 
+/// Largest `cqt_ms` accepted: a Connect held that long still completes well inside a host's admin command
+/// timeout (60 s on Linux), and the value fits Identify Controller CQT (16 bits of milliseconds).
+pub const MAX_CQT_MS: u32 = 30_000;
+
 impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
@@ -319,6 +323,16 @@ impl Config {
             if pol.reconnect_delay_max_ms < pol.reconnect_delay_ms {
                 return Err(err(k("policy.reconnect_delay_max_ms"), "is below reconnect_delay_ms".into()));
             }
+            if pol.cqt_ms > MAX_CQT_MS {
+                return Err(err(
+                    k("policy.cqt_ms"),
+                    format!(
+                        "{} is above {MAX_CQT_MS}: a reconnecting host's Connect is held up to this long, and hosts \
+                         give up on an admin command after 60 s (Linux NVME_ADMIN_TIMEOUT)",
+                        pol.cqt_ms
+                    ),
+                ));
+            }
             if pol.fast_io_fail_tmo_ms != 0 && pol.fast_io_fail_tmo_ms > pol.ctrl_loss_tmo_ms {
                 return Err(err(k("policy.fast_io_fail_tmo_ms"), "is above ctrl_loss_tmo_ms".into()));
             }
@@ -408,6 +422,12 @@ block_size = 4096
         assert!(e.to_string().contains("sizee"), "{e}");
         let e = Config::parse(&GOOD.replace("nqn.2026", "foo.2026"), "t.toml").unwrap_err();
         assert_eq!(e.key, "subsystem[0].nqn");
+        let e = Config::parse(
+            &GOOD.replace("allow_any_host = true", "allow_any_host = true\n[subsystem.policy]\ncqt_ms = 90000"),
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "subsystem[0].policy.cqt_ms", "{e}");
     }
 
     #[test]
