@@ -510,6 +510,8 @@ async fn discovery_log_lists_subsystem_and_discovery_entries() {
     assert_eq!(&e[512..521], b"127.0.0.1");
     assert_eq!(&e[32..32 + addr.port().to_string().len()], addr.port().to_string().as_bytes());
     assert_eq!(d[2048 + 2], 3, "current discovery subsystem entry");
+    assert_eq!(u16::from_le_bytes([d[2048 + 10], d[2048 + 11]]), 3, "EFLAGS: DUPRETINFO and EPCSD");
+    assert_eq!(u16::from_le_bytes([e[10], e[11]]), 0, "EFLAGS of an NVM subsystem entry");
     server.stop().await;
 }
 

@@ -91,6 +91,12 @@ fn entry(subtype: u8, portid: u16, traddr: &str, trsvcid: &str, subnqn: &str, ad
     let mut e =
         DiscoveryLogEntry::build(subtype, portid, 0xFFFF, ADMIN_QUEUE_ENTRIES as u16, trsvcid, subnqn, traddr, adrfam);
     e.treq = lp::TREQ_DISABLE_SQFLOW; // secure channel "not specified": no TLS is offered
+    if subtype == lp::SUBTYPE_CURRENT_DISCOVERY {
+        // Every port's discovery controller returns this same log (all ports, unless the host asks for its
+        // own only with LSP PLEO), so a host need not connect to the others' too (nvme-cli's connect-all skips
+        // an entry with DUPRETINFO); and they take persistent connections (KATO, log change events).
+        e.eflags.set(lp::EFLAGS_DUPRETINFO | lp::EFLAGS_EPCSD);
+    }
     e
 }
 
