@@ -18,8 +18,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Most I/O queues a controller grants.
-pub const MAX_IO_QUEUES: u16 = 64;
+/// Most I/O queues a controller grants: 128, as Linux nvmet (NVMET_NR_QUEUES). A Linux host asks for one per
+/// CPU plus any write and poll queues asked for, and gives what is granted to default queues first: with 64,
+/// a host of 64 CPUs or more got none of the write or poll queues it asked for.
+pub const MAX_IO_QUEUES: u16 = 128;
 /// CAP.MQES + 1: the deepest queue a host may ask for.
 pub const MAX_QUEUE_ENTRIES: u32 = 1024;
 /// Admin queue depth a host may ask for (and ASQSZ in the discovery log).
