@@ -43,10 +43,11 @@ pub struct ConnectOptions {
     /// Ask the controller to disable SQ flow control on every queue (Connect CATTR bit 2; nvme-cli's
     /// `--disable-sqflow`). A controller that agrees may then complete a read with its data alone (a C2HData
     /// PDU with the SUCCESS flag, no CapsuleResp): one PDU less per read. (Linux nvmet does so only then;
-    /// SPDK's target does so whether asked or not, and this host takes it either way.) libnvme sets it when the discovery
-    /// log entry says the subsystem supports it ([`crate::DiscoveryEntry::sq_flow_disable_supported`]). A
-    /// controller that does not support it keeps SQ flow control, which this host never needs (it never has
-    /// more commands outstanding than a queue holds). Off by default, as in Linux.
+    /// SPDK's target does so whether asked or not, and this host takes it either way.) libnvme sets it when
+    /// the discovery log entry says the subsystem supports it
+    /// ([`crate::DiscoveryEntry::sq_flow_disable_supported`]). A controller that does not support it keeps SQ
+    /// flow control, which this host never needs (it never has more commands outstanding than a queue holds).
+    /// Off by default, as in Linux.
     pub disable_sqflow: bool,
 }
 

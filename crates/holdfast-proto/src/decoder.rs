@@ -148,8 +148,8 @@ impl PduDecoder {
 
     /// The header, with its digest, of the last H2CData, C2HData, ICReq or ICResp PDU decoded (empty before
     /// the first): the data of a termination request over a field only the receiver of a well-formed PDU
-    /// can judge (a TTAG no R2T gave, an offset out of order, parameters refused), which NVMe/TCP 1.0
-    /// §3.6.2.3/§3.6.2.4 has carry the offending PDU's header. Capsules are not kept: their errors are
+    /// can judge (a TTAG no R2T gave, an offset out of order, parameters refused), which carries the
+    /// offending PDU's header (NVMe/TCP 1.0 Figures 24 and 25). Capsules are not kept: their errors are
     /// answered with a status, and they are most of the PDUs decoded.
     pub fn last_header(&self) -> &[u8] {
         &self.last_header[..self.last_header_len]

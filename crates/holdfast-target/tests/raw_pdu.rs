@@ -438,7 +438,7 @@ async fn malformed_pdus_get_the_right_termination_request() {
     c.send_raw(&b).await;
     c.expect_term(0x03, 0).await;
     // H2CData with a TTAG no R2T gave.
-    // The TermReq carries the offending PDU's header (NVMe/TCP 1.0 §3.6.2.4), here with its header digest.
+    // The TermReq carries the offending PDU's header (NVMe/TCP 1.0 Figure 25), here with its header digest.
     let mut c = Conn::ic(addr, true, false).await;
     let h2c = Pdu::H2CData(H2CData { cccid: 1, ttag: 9, datao: 0, data: Bytes::from(vec![0; 512]), last: true });
     let mut sent = BytesMut::new();

@@ -276,9 +276,9 @@ impl Connection {
         }
     }
 
-    /// The header of the PDU just decoded, for a termination request over one of its fields.
-    fn offending_header(&self) -> Bytes {
-        Bytes::copy_from_slice(self.decoder.last_header())
+    /// The header of the PDU `decoder` just decoded, for a termination request over one of its fields.
+    fn offending_header(decoder: &PduDecoder) -> Bytes {
+        Bytes::copy_from_slice(decoder.last_header())
     }
 
     fn fatal(fes: Fes, fei: u32, header: Bytes, reason: &'static str) -> Close {
@@ -298,7 +298,7 @@ impl Connection {
                         self.framing = Framing { hdgst: resp.hdgst, ddgst: resp.ddgst, pda: req.hpda };
                         Ok(None)
                     }
-                    Err(r) => Err(Self::fatal(r.fes, r.fei, self.offending_header(), "ICReq refused")),
+                    Err(r) => Err(Self::fatal(r.fes, r.fei, Self::offending_header(&self.decoder), "ICReq refused")),
                 }
             }
             Pdu::H2CTermReq(t) => {
@@ -420,7 +420,7 @@ impl Connection {
             return Err(Self::fatal(
                 Fes::InvalidHeaderField,
                 pdu::offset::DATA_TTAG,
-                Bytes::copy_from_slice(self.decoder.last_header()),
+                Self::offending_header(&self.decoder),
                 "H2CData with an unknown TTAG",
             ));
         };
@@ -428,7 +428,7 @@ impl Connection {
             return Err(Self::fatal(
                 Fes::InvalidHeaderField,
                 pdu::offset::DATA_CCCID,
-                Bytes::copy_from_slice(self.decoder.last_header()),
+                Self::offending_header(&self.decoder),
                 "H2CData CCCID does not match the R2T",
             ));
         }
@@ -436,7 +436,7 @@ impl Connection {
             return Err(Self::fatal(
                 Fes::InvalidHeaderField,
                 pdu::offset::DATA_DATAO,
-                Bytes::copy_from_slice(self.decoder.last_header()),
+                Self::offending_header(&self.decoder),
                 "H2CData DATAO out of order",
             ));
         }
@@ -444,7 +444,7 @@ impl Connection {
             return Err(Self::fatal(
                 Fes::DataOutOfRange,
                 0,
-                Bytes::copy_from_slice(self.decoder.last_header()),
+                Self::offending_header(&self.decoder),
                 "H2CData beyond the R2T",
             ));
         }
