@@ -86,6 +86,14 @@ pub struct SubsystemConfig {
     /// Port IDs the subsystem is exported on; empty = all.
     #[serde(default)]
     pub ports: Vec<u16>,
+    /// Lowest CNTLID a controller of this subsystem gets (as nvmet's `attr_cntlid_min`): two target processes
+    /// serving one subsystem on two paths need disjoint ranges, or a multipath host refuses the second path's
+    /// controller as a duplicate.
+    #[serde(default = "default_cntlid_min")]
+    pub cntlid_min: u16,
+    /// Highest CNTLID a controller of this subsystem gets (at most 0xFFEF).
+    #[serde(default = "default_cntlid_max")]
+    pub cntlid_max: u16,
     /// Connection policy advertised to hosts.
     #[serde(default)]
     pub policy: PolicyConfig,
@@ -110,6 +118,14 @@ pub struct PolicyConfig {
     pub fast_io_fail_tmo_ms: u32,
     /// Command quiesce time: how long a dead association's commands may still touch media.
     pub cqt_ms: u32,
+}
+
+fn default_cntlid_min() -> u16 {
+    1
+}
+
+fn default_cntlid_max() -> u16 {
+    crate::subsystem::MAX_CNTLID
 }
 
 /// Largest `cqt_ms` accepted: a Connect held that long still completes well inside a host's admin command
@@ -316,6 +332,22 @@ impl Config {
                     return Err(err(k(&format!("ports[{j}]")), format!("no [[port]] has id {p}")));
                 }
             }
+            if s.cntlid_min == 0 || s.cntlid_min > s.cntlid_max {
+                return Err(err(
+                    k("cntlid_min"),
+                    format!("{} is not in 1..=cntlid_max ({})", s.cntlid_min, s.cntlid_max),
+                ));
+            }
+            if s.cntlid_max > crate::subsystem::MAX_CNTLID {
+                return Err(err(
+                    k("cntlid_max"),
+                    format!(
+                        "{:#x} is above {:#x} (0xFFF0..=0xFFFF are reserved)",
+                        s.cntlid_max,
+                        crate::subsystem::MAX_CNTLID
+                    ),
+                ));
+            }
             let pol = &s.policy;
             if pol.kato_ms == 0 {
                 return Err(err(k("policy.kato_ms"), "must be above 0 (keep-alive is mandatory on fabrics)".into()));
@@ -428,6 +460,18 @@ block_size = 4096
         )
         .unwrap_err();
         assert_eq!(e.key, "subsystem[0].policy.cqt_ms", "{e}");
+        let e = Config::parse(
+            &GOOD.replace("allow_any_host = true", "allow_any_host = true\ncntlid_min = 9\ncntlid_max = 8"),
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "subsystem[0].cntlid_min", "{e}");
+        let e = Config::parse(
+            &GOOD.replace("allow_any_host = true", "allow_any_host = true\ncntlid_max = 65520"),
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "subsystem[0].cntlid_max", "{e}");
     }
 
     #[test]

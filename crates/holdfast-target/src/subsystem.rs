@@ -80,7 +80,8 @@ pub struct Subsystem {
     pub policy_generation: AtomicU64,
     /// Live controllers by CNTLID.
     controllers: Mutex<BTreeMap<u16, Weak<Controller>>>,
-    next_cntlid: Mutex<u16>,
+    /// The next CNTLID to try, and the range (`cntlid_min..=cntlid_max`).
+    cntlids: Mutex<(u16, u16, u16)>,
     /// Associations that died with commands still in flight, by (host NQN, host ID).
     dead: Mutex<Vec<DeadQueue>>,
     /// SMART counters.
@@ -105,7 +106,7 @@ impl Subsystem {
             policy: RwLock::new(PolicyConfig::default()),
             policy_generation: AtomicU64::new(1),
             controllers: Mutex::new(BTreeMap::new()),
-            next_cntlid: Mutex::new(1),
+            cntlids: Mutex::new((1, 1, MAX_CNTLID)),
             dead: Mutex::new(Vec::new()),
             stats: Stats::default(),
         }
@@ -131,10 +132,11 @@ impl Subsystem {
     /// Allocate a CNTLID not used by a live controller.
     pub fn alloc_cntlid(&self) -> Option<u16> {
         let ctrls = self.controllers.lock();
-        let mut next = self.next_cntlid.lock();
-        for _ in 0..MAX_CNTLID {
-            let id = *next;
-            *next = if id >= MAX_CNTLID { 1 } else { id + 1 };
+        let mut ids = self.cntlids.lock();
+        let (min, max) = (ids.1, ids.2);
+        for _ in min..=max {
+            let id = ids.0.clamp(min, max);
+            ids.0 = if id >= max { min } else { id + 1 };
             if ctrls.get(&id).is_none_or(|w| w.strong_count() == 0) {
                 return Some(id);
             }
@@ -278,6 +280,7 @@ fn build_subsystem(s: &SubsystemConfig, settings: &TargetSettings) -> anyhow::Re
     let mut sub = Subsystem::new(&s.nqn, serial, model, false);
     *sub.access.get_mut() = access_of(s);
     *sub.policy.get_mut() = s.policy.clone();
+    *sub.cntlids.get_mut() = (s.cntlid_min, s.cntlid_min, s.cntlid_max);
     for n in &s.namespaces {
         sub.namespaces.get_mut().insert(n.nsid, Arc::new(build_namespace(s, n, settings)?));
     }
@@ -438,6 +441,16 @@ impl Target {
                     *sub.access.write() = a;
                     summary.notes.push(format!("{}: access list updated", s.nqn));
                     discovery_changed = true;
+                }
+                {
+                    let mut ids = sub.cntlids.lock();
+                    if (ids.1, ids.2) != (s.cntlid_min, s.cntlid_max) {
+                        *ids = (s.cntlid_min, s.cntlid_min, s.cntlid_max);
+                        summary.notes.push(format!(
+                            "{}: new controllers get CNTLIDs {}..={}",
+                            s.nqn, s.cntlid_min, s.cntlid_max
+                        ));
+                    }
                 }
                 if *sub.policy.read() != s.policy {
                     *sub.policy.write() = s.policy.clone();

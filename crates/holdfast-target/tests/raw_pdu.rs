@@ -392,6 +392,27 @@ async fn an_empty_host_nqn_is_an_anonymous_host() {
     server.stop().await;
 }
 
+/// `cntlid_min` / `cntlid_max` bound the CNTLIDs a subsystem's controllers get (two targets serving one NQN on
+/// two paths need disjoint ranges for a multipath host); a full range answers Controller Busy.
+#[tokio::test]
+async fn controllers_get_cntlids_from_the_configured_range() {
+    let (server, addr) = start("cntlid_min = 100\ncntlid_max = 101").await;
+    let mut conns = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut c = Conn::ic(addr, false, false).await;
+        let r = c.connect(0, 0xFFFF, NQN, 5000).await;
+        assert_eq!(r.status(), Status::SUCCESS);
+        ids.push(r.dw0.get() as u16);
+        conns.push(c);
+    }
+    ids.sort();
+    assert_eq!(ids, [100, 101]);
+    let mut c = Conn::ic(addr, false, false).await;
+    assert_eq!(c.connect(0, 0xFFFF, NQN, 5000).await.status(), Status::CONNECT_CONTROLLER_BUSY.with_dnr());
+    server.stop().await;
+}
+
 fn header(ty: u8, flags: u8, hlen: u8, pdo: u8, plen: u32) -> Vec<u8> {
     let mut h = vec![ty, flags, hlen, pdo];
     h.extend_from_slice(&plen.to_le_bytes());

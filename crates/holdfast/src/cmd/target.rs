@@ -54,6 +54,13 @@ pub struct Args {
     /// Policy: command quiesce time (ms).
     #[arg(long)]
     cqt_ms: Option<u32>,
+    /// Quick mode: lowest CNTLID of the subsystem's controllers. Two targets serving one NQN on two paths
+    /// (multipath) need disjoint ranges, e.g. --cntlid-min 1 --cntlid-max 32767 and --cntlid-min 32768.
+    #[arg(long, default_value_t = 1)]
+    cntlid_min: u16,
+    /// Quick mode: highest CNTLID of the subsystem's controllers (at most 0xFFEF = 65519).
+    #[arg(long, default_value_t = holdfast_target::subsystem::MAX_CNTLID)]
+    cntlid_max: u16,
     /// Control socket (default: $TMPDIR/holdfast-target-PORT.sock for the first port).
     #[arg(long)]
     control: Option<PathBuf>,
@@ -107,6 +114,8 @@ fn quick_config(a: &Args) -> anyhow::Result<Config> {
             allow_any_host: true,
             allowed_hosts: vec![],
             ports: vec![],
+            cntlid_min: a.cntlid_min,
+            cntlid_max: a.cntlid_max,
             policy,
             namespaces: vec![NamespaceConfig {
                 nsid: 1,
@@ -120,8 +129,13 @@ fn quick_config(a: &Args) -> anyhow::Result<Config> {
             }],
         }],
     };
+    // Name the flag, not the config key: `subsystem[0].policy.cqt_ms` is `--cqt-ms` here.
     cfg.validate("command line").map_err(|e| {
-        anyhow::anyhow!("{}", e.to_string().replace("subsystem[0].namespace[0].", "--").replace("subsystem[0].", "--"))
+        let key = ["subsystem[0].namespace[0].", "subsystem[0].policy.", "subsystem[0]."]
+            .iter()
+            .find_map(|p| e.key.strip_prefix(p))
+            .unwrap_or(&e.key);
+        anyhow::anyhow!("command line: --{}: {}", key.replace('_', "-"), e.reason)
     })?;
     Ok(cfg)
 }
