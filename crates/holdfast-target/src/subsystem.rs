@@ -80,8 +80,8 @@ pub struct Subsystem {
     pub policy_generation: AtomicU64,
     /// Live controllers by CNTLID.
     controllers: Mutex<BTreeMap<u16, Weak<Controller>>>,
-    /// The next CNTLID to try, and the range (`cntlid_min..=cntlid_max`).
-    cntlids: Mutex<(u16, u16, u16)>,
+    /// Where dynamic CNTLIDs come from.
+    cntlids: Mutex<CntlidRange>,
     /// Associations that died with commands still in flight, by (host NQN, host ID).
     dead: Mutex<Vec<DeadQueue>>,
     /// SMART counters.
@@ -90,6 +90,20 @@ pub struct Subsystem {
 
 /// A dead queue with commands in flight: (host NQN, host ID, its gate).
 type DeadQueue = (String, [u8; 16], Arc<AssociationGate>);
+
+/// The CNTLIDs a subsystem's controllers get (`cntlid_min..=cntlid_max`, validated by the config), handed out
+/// round robin from `next`.
+struct CntlidRange {
+    next: u16,
+    min: u16,
+    max: u16,
+}
+
+impl CntlidRange {
+    fn new(min: u16, max: u16) -> Self {
+        CntlidRange { next: min, min, max }
+    }
+}
 
 /// Highest CNTLID a dynamic controller may get (NVMe-oF 1.1 §4.2: 0xFFF0..0xFFFF are reserved).
 pub const MAX_CNTLID: u16 = 0xFFEF;
@@ -106,7 +120,7 @@ impl Subsystem {
             policy: RwLock::new(PolicyConfig::default()),
             policy_generation: AtomicU64::new(1),
             controllers: Mutex::new(BTreeMap::new()),
-            cntlids: Mutex::new((1, 1, MAX_CNTLID)),
+            cntlids: Mutex::new(CntlidRange::new(1, MAX_CNTLID)),
             dead: Mutex::new(Vec::new()),
             stats: Stats::default(),
         }
@@ -133,10 +147,10 @@ impl Subsystem {
     pub fn alloc_cntlid(&self) -> Option<u16> {
         let ctrls = self.controllers.lock();
         let mut ids = self.cntlids.lock();
-        let (min, max) = (ids.1, ids.2);
+        let (min, max) = (ids.min, ids.max);
         for _ in min..=max {
-            let id = ids.0.clamp(min, max);
-            ids.0 = if id >= max { min } else { id + 1 };
+            let id = ids.next;
+            ids.next = if id >= max { min } else { id + 1 };
             if ctrls.get(&id).is_none_or(|w| w.strong_count() == 0) {
                 return Some(id);
             }
@@ -280,7 +294,7 @@ fn build_subsystem(s: &SubsystemConfig, settings: &TargetSettings) -> anyhow::Re
     let mut sub = Subsystem::new(&s.nqn, serial, model, false);
     *sub.access.get_mut() = access_of(s);
     *sub.policy.get_mut() = s.policy.clone();
-    *sub.cntlids.get_mut() = (s.cntlid_min, s.cntlid_min, s.cntlid_max);
+    *sub.cntlids.get_mut() = CntlidRange::new(s.cntlid_min, s.cntlid_max);
     for n in &s.namespaces {
         sub.namespaces.get_mut().insert(n.nsid, Arc::new(build_namespace(s, n, settings)?));
     }
@@ -444,8 +458,8 @@ impl Target {
                 }
                 {
                     let mut ids = sub.cntlids.lock();
-                    if (ids.1, ids.2) != (s.cntlid_min, s.cntlid_max) {
-                        *ids = (s.cntlid_min, s.cntlid_min, s.cntlid_max);
+                    if (ids.min, ids.max) != (s.cntlid_min, s.cntlid_max) {
+                        *ids = CntlidRange::new(s.cntlid_min, s.cntlid_max);
                         summary.notes.push(format!(
                             "{}: new controllers get CNTLIDs {}..={}",
                             s.nqn, s.cntlid_min, s.cntlid_max
