@@ -153,6 +153,7 @@ pub async fn run(
     let mut recv_hint = 16 * 1024;
     let conn_id = holdfast_rt::connection_id();
     let mut yielded_for_spin = false;
+    let current_thread = holdfast_rt::on_current_thread_runtime();
     // The CID issued last: with one command outstanding, it is that one if its slot is still taken.
     let mut last_cid = 0u16;
     // Commands the controller failed with a retryable status, waiting out their retry delay.
@@ -250,7 +251,7 @@ pub async fn run(
             yielded_for_spin = false;
         } else if !yielded_for_spin {
             yielded_for_spin = true;
-            tokio::task::yield_now().await;
+            holdfast_rt::yield_to_tasks(current_thread).await;
             continue;
         } else {
             yielded_for_spin = false;
