@@ -62,15 +62,15 @@ fn writable(slot: &mut Option<Arc<Box<[u8]>>>) -> &mut [u8] {
 /// quarter of the target's CPU, spent waiting for 64 line fills. Streamed, measured with `bench/ab.sh`
 /// (1 GiB written namespace, target side, 5-6 alternated pairs): randwrite QD32 IOPS x1.09 and QD128 x1.13
 /// with busy polling; target CPU per I/O x0.81-0.94 at QD32 and x0.87 at QD128 without; QD8 unchanged.
-/// Shorter pieces are a few lines, cheaper to fill than to fence.
+/// Shorter pieces (sub-page writes) keep ordinary stores: not measured either way.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const STREAM_MIN: usize = 4 * 1024;
 
 /// Copy a write's data into a chunk. On x86_64 a piece of a page or more goes around the caches
 /// (non-temporal stores): its destination is rarely cached (a namespace is much larger than the caches), and
 /// ordinary stores may read each destination line in first, only to overwrite all of it, and fill the cache
-/// with lines nobody is about to read. (Measured on an AMD EPYC: the copy's share of the target at 128 KiB writes fell from 27 % to
-/// 21.5 %, and the kernel's copy into the receive buffer from 23 % to 15 %.)
+/// with lines nobody is about to read. (Measured on an AMD EPYC: the copy's share of the target at 128 KiB
+/// writes fell from 27 % to 21.5 %, and the kernel's copy into the receive buffer from 23 % to 15 %.)
 fn copy_in(dst: &mut [u8], src: &[u8]) {
     #[cfg(target_arch = "x86_64")]
     if dst.len() >= STREAM_MIN {
