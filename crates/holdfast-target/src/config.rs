@@ -121,7 +121,7 @@ pub struct PolicyConfig {
 }
 
 fn default_cntlid_min() -> u16 {
-    1
+    crate::subsystem::MIN_CNTLID
 }
 
 fn default_cntlid_max() -> u16 {
@@ -332,10 +332,15 @@ impl Config {
                     return Err(err(k(&format!("ports[{j}]")), format!("no [[port]] has id {p}")));
                 }
             }
-            if s.cntlid_min == 0 || s.cntlid_min > s.cntlid_max {
+            if s.cntlid_min < crate::subsystem::MIN_CNTLID || s.cntlid_min > s.cntlid_max {
                 return Err(err(
                     k("cntlid_min"),
-                    format!("{} is not in 1..=cntlid_max ({})", s.cntlid_min, s.cntlid_max),
+                    format!(
+                        "{} is not in {}..=cntlid_max ({})",
+                        s.cntlid_min,
+                        crate::subsystem::MIN_CNTLID,
+                        s.cntlid_max
+                    ),
                 ));
             }
             if s.cntlid_max > crate::subsystem::MAX_CNTLID {

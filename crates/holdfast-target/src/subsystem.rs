@@ -105,6 +105,10 @@ impl CntlidRange {
     }
 }
 
+/// Lowest CNTLID a dynamic controller gets by default (as nvmet's `attr_cntlid_min`); a subsystem's
+/// `cntlid_min` may not go below it.
+pub const MIN_CNTLID: u16 = 1;
+
 /// Highest CNTLID a dynamic controller may get (NVMe-oF 1.1 §4.2: 0xFFF0..0xFFFF are reserved).
 pub const MAX_CNTLID: u16 = 0xFFEF;
 
@@ -120,7 +124,7 @@ impl Subsystem {
             policy: RwLock::new(PolicyConfig::default()),
             policy_generation: AtomicU64::new(1),
             controllers: Mutex::new(BTreeMap::new()),
-            cntlids: Mutex::new(CntlidRange::new(1, MAX_CNTLID)),
+            cntlids: Mutex::new(CntlidRange::new(MIN_CNTLID, MAX_CNTLID)),
             dead: Mutex::new(Vec::new()),
             stats: Stats::default(),
         }

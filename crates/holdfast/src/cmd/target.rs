@@ -56,7 +56,7 @@ pub struct Args {
     cqt_ms: Option<u32>,
     /// Quick mode: lowest CNTLID of the subsystem's controllers. Two targets serving one NQN on two paths
     /// (multipath) need disjoint ranges, e.g. --cntlid-min 1 --cntlid-max 32767 and --cntlid-min 32768.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = holdfast_target::subsystem::MIN_CNTLID)]
     cntlid_min: u16,
     /// Quick mode: highest CNTLID of the subsystem's controllers (at most 0xFFEF = 65519).
     #[arg(long, default_value_t = holdfast_target::subsystem::MAX_CNTLID)]
