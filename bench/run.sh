@@ -3,7 +3,8 @@
 # namespace of 1 GiB with 4 KiB blocks, written once before any read so that reads copy real data; loopback);
 # iperf3 over loopback with the same pinning is measured in the same run as the throughput reference, and
 # the round trip of two spinning processes (crates/holdfast-rt/examples/loopback_rtt.rs) as the latency
-# reference. Writes BENCHMARKS.md: each figure with its throughput as a ratio of the iperf3 reference (and
+# reference, both at the start and again after the main table (a table whose references moved during the run
+# says so). Writes BENCHMARKS.md: each figure with its throughput as a ratio of the iperf3 reference (and
 # mean latency as a multiple of the round-trip floor), the change against the
 # previously committed table, a scale table (RSS and IOPS with 1/16/64/256 controllers × 4 queues) and IOPS
 # against the number of queues. Figures are noisy on shared machines: compare ratios taken in one run.
@@ -25,17 +26,22 @@ trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 cores=$(nproc); tcore=0; hcore=$((cores > 1 ? 1 : 0))
 
-# Reference: iperf3, one stream, 128 KiB writes.
-ip=$(free_port)
-taskset -c $tcore iperf3 -s -p "$ip" -1 >/dev/null 2>&1 & pids+=("$!")
-sleep 0.5
-iperf_gbps=$(taskset -c $hcore iperf3 -c 127.0.0.1 -p "$ip" -t "$secs" -l 128K -J | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9, 2))')
-echo "iperf3 loopback, 1 stream, 128 KiB: $iperf_gbps Gbit/s"
-# Latency reference: spinning request/answer round trips with the wire shape of a 4 KiB read, no NVMe work.
+# The references: iperf3, one stream, 128 KiB writes; and spinning request/answer round trips with the wire shape
+# of a 4 KiB read, no NVMe work. Measured at the start of the run and again after the main table: a shared
+# machine can change speed in the middle of a run, and a table whose references moved is not one to trust.
 rtt=$root/target/release/examples/loopback_rtt
-rp=$(free_port)
-taskset -c $tcore "$rtt" serve "$rp" & pids+=("$!")
-floor_us=$(taskset -c $hcore "$rtt" client "$rp" 4144 "$secs")
+measure_refs() {  # sets $ref_gbps and $ref_floor
+  local ip rp
+  ip=$(free_port)
+  taskset -c $tcore iperf3 -s -p "$ip" -1 >/dev/null 2>&1 & pids+=("$!")
+  sleep 0.5
+  ref_gbps=$(taskset -c $hcore iperf3 -c 127.0.0.1 -p "$ip" -t "$secs" -l 128K -J | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9, 2))')
+  rp=$(free_port)
+  taskset -c $tcore "$rtt" serve "$rp" & pids+=("$!")
+  ref_floor=$(taskset -c $hcore "$rtt" client "$rp" 4144 "$secs")
+}
+measure_refs; iperf_gbps=$ref_gbps; floor_us=$ref_floor
+echo "iperf3 loopback, 1 stream, 128 KiB: $iperf_gbps Gbit/s"
 echo "loopback round trip floor (72 B request, 4144 B answer, both sides spinning): $floor_us us"
 
 nqn=nqn.2026-01.io.holdfast:bench
@@ -94,6 +100,8 @@ if [[ ${BENCH_QUICK:-0} != 1 ]]; then
   point "4 KiB randrw QD16 2 queues --verify" randrw 4096 16 2 --verify
 fi
 stop_target
+measure_refs; iperf_end=$ref_gbps; floor_end=$ref_floor
+echo "references again: iperf3 $iperf_end Gbit/s, round trip floor $floor_end us"
 if [[ ${BENCH_QUICK:-0} != 1 ]]; then
   # The same without busy polling on either side.
   start_target --busy-poll-us 0
@@ -162,6 +170,15 @@ prev=$(git show HEAD:BENCHMARKS.md 2>/dev/null) || { prev=""; [[ -f BENCHMARKS.m
   echo "Reference in the same run: iperf3, one stream, 128 KiB writes, same pinning: **$iperf_gbps Gbit/s**."
   echo "Latency reference in the same run: a 72-byte request answered with 4144 bytes (the wire shape of a 4 KiB"
   echo "read) between two processes spinning on nonblocking loopback sockets, no NVMe work: **$floor_us µs** per round trip."
+  echo "Both measured at the start of the run, and again after the busy-polling rows: $iperf_end Gbit/s, $floor_end µs."
+  python3 - "$iperf_gbps" "$iperf_end" "$floor_us" "$floor_end" <<'PY'
+import sys
+g0, g1, f0, f1 = map(float, sys.argv[1:])
+drift = max(abs(g1 / g0 - 1), abs(f1 / f0 - 1))
+if drift > 0.15:
+    print("**The references moved by %.0f %% during the run: the machine changed speed, and rows measured at" % (drift * 100))
+    print("different times do not compare. Take this table as a sketch, not as a measurement.**")
+PY
   echo "*mean µs* = outstanding I/Os / IOPS (Little's law); *ratio* = the point's throughput / the iperf3 reference;"
   echo "*× floor* = mean µs / the round-trip floor (QD1 rows). *QD n, 2 queues* is n outstanding in all, n/2 on each"
   echo "queue. A queue's I/Os travel in about two groups, so each TCP segment's cost is shared by about half that"
