@@ -39,12 +39,17 @@ pub struct RamBackend {
 /// One lazily allocated chunk.
 type Chunk = RwLock<Option<Arc<Box<[u8]>>>>;
 
-/// A chunk's memory shared with a response ([`Bytes::from_owner`]).
-struct Shared(Arc<Box<[u8]>>);
+/// The part of a chunk's memory that a response holds ([`Bytes::from_owner`]): built for the read's own range,
+/// so that the `Bytes` needs no `slice` (a clone and a drop of its count) after it is made.
+struct Shared {
+    chunk: Arc<Box<[u8]>>,
+    at: usize,
+    len: usize,
+}
 
 impl AsRef<[u8]> for Shared {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        &self.chunk[self.at..self.at + self.len]
     }
 }
 
@@ -165,7 +170,7 @@ impl Backend for RamBackend {
         }
         let chunk = self.chunks[(offset >> CHUNK_SHIFT) as usize].read().clone();
         Some(Ok(match chunk {
-            Some(c) => Bytes::from_owner(Shared(c)).slice(within..within + len),
+            Some(chunk) => Bytes::from_owner(Shared { chunk, at: within, len }),
             None => Bytes::from_static(&ZEROES[..len]),
         }))
     }
