@@ -6,11 +6,12 @@
 # reference, both at the start and again after the main table (a table whose references moved during the run
 # says so). Writes BENCHMARKS.md: each figure with its throughput as a ratio of the iperf3 reference (and
 # mean latency as a multiple of the round-trip floor), the change against the
-# previously committed table, a scale table (RSS and IOPS with 1/16/64/256 controllers × 4 queues) and IOPS
-# against the number of queues. Figures are noisy on shared machines: compare ratios taken in one run.
+# previously committed table, each side's system calls and context switches per I/O (perf stat), a scale
+# table (RSS and IOPS with 1/16/64/256 controllers × 4 queues) and IOPS against the number of queues. Figures are noisy on shared machines: compare ratios taken in one run.
 # Then bench/side-by-side.sh measures holdfast's target and host against the Linux kernel's (in the interop VM,
 # under emulation) and its section is added to BENCHMARKS.md.
-#   BENCH_SECONDS (5) per point; BENCH_QUICK=1 runs a reduced matrix without the scale tables;
+#   BENCH_SECONDS (5) per point; BENCH_QUICK=1 runs a reduced matrix without the scale tables (BENCH_COUNT=1
+#   keeps the table of system calls and context switches per I/O, which needs perf, in a quick run);
 #   SIDE_BY_SIDE=0 skips the side-by-side run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -98,6 +99,40 @@ if [[ ${BENCH_QUICK:-0} != 1 ]]; then
   point "128 KiB read QD16, digests" read 131072 16 1 --digests
   point "128 KiB write QD16, digests" write 131072 16 1 --digests
   point "4 KiB randrw QD16 2 queues --verify" randrw 4096 16 2 --verify
+fi
+# Work per I/O, counted rather than timed: each side's system calls and context switches per I/O (perf stat,
+# over the middle of a run), figures that a machine's changes of speed move far less than they move IOPS.
+counts=()
+counted() {  # counted LABEL WORKLOAD BS QD
+  local label=$1 wl=$2 bs=$3 qd=$4 hpid tstat win=$((secs > 3 ? secs - 2 : 1))
+  taskset -c $hcore "$bin" bench --addr "127.0.0.1:$port" --nqn "$nqn" --time "$secs" --size 1073741824 --json \
+    --workload "$wl" --bs "$bs" --qd "$qd" >"$work/counted.json" 2>/dev/null &
+  hpid=$!; pids+=("$hpid")
+  sleep 1
+  perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$tpid" -o "$work/counted.t" -- sleep "$win" &
+  tstat=$!
+  perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$hpid" -o "$work/counted.h" -- sleep "$win"
+  wait "$tstat" "$hpid" || true
+  local line; line=$(python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1])); ios = d["iops"] * float(sys.argv[2])
+def per_io(path):
+    c = {}
+    for l in open(path):
+        f = l.strip().split(",")
+        if len(f) > 2 and f[0].isdigit():
+            c[f[2]] = int(f[0])
+    return "%.2f | %.3f" % (c["raw_syscalls:sys_enter"] / ios, c["context-switches"] / ios)
+print("| %s | %d | %s | %s |" % (sys.argv[3], d["iops"], per_io(sys.argv[4]), per_io(sys.argv[5])))
+' "$work/counted.json" "$win" "$label" "$work/counted.t" "$work/counted.h") || line="| $label | (not counted) | | | | |"
+  echo "$line"; counts+=("$line")
+}
+if [[ ${BENCH_QUICK:-0} != 1 || ${BENCH_COUNT:-0} == 1 ]] && command -v perf >/dev/null && perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
+  counted "4 KiB randread QD1" randread 4096 1
+  counted "4 KiB randread QD32" randread 4096 32
+  counted "4 KiB randread QD128" randread 4096 128
+  counted "4 KiB randwrite QD32" randwrite 4096 32
+  counted "128 KiB read QD16" read 131072 16
 fi
 stop_target
 measure_refs; iperf_end=$ref_gbps; floor_end=$ref_floor
@@ -196,6 +231,19 @@ PY
   echo "known (\`bench/reference.py\`)."
   echo
   printf '%s\n' "${rows[@]}" | python3 bench/reference.py "$iperf_gbps"
+  if [[ ${#counts[@]} -gt 0 ]]; then
+    echo
+    echo "## Work per I/O: system calls and context switches"
+    echo
+    echo "Counted with \`perf stat\` over the middle $((secs > 3 ? secs - 2 : 1)) s of a run of each point (busy polling on, as in the"
+    echo "table above), divided by the I/Os of that time. Counts move far less than IOPS when the machine changes"
+    echo "speed. With busy polling a side that waits calls \`recv\` and \`sched_yield\` in a loop, so low queue"
+    echo "depths count that waiting too; at high depths each system call serves many I/Os."
+    echo
+    echo "| point | IOPS | target syscalls | target switches | host syscalls | host switches |"
+    echo "|---|---|---|---|---|---|"
+    printf '%s\n' "${counts[@]}"
+  fi
   if [[ ${#scale[@]} -gt 0 ]]; then
     echo
     echo "## Scale: controllers × 4 I/O queues, QD 4 per queue, 4 KiB random reads"
