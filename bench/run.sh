@@ -111,7 +111,7 @@ counted() {  # counted LABEL WORKLOAD BS QD
   sleep 1
   perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$tpid" -o "$work/counted.t" -- sleep "$win" &
   tstat=$!
-  perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$hpid" -o "$work/counted.h" -- sleep "$win"
+  perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$hpid" -o "$work/counted.h" -- sleep "$win" || true
   wait "$tstat" "$hpid" || true
   local line; line=$(python3 -c '
 import json, sys
