@@ -7,7 +7,8 @@
 # says so). Writes BENCHMARKS.md: each figure with its throughput as a ratio of the iperf3 reference (and
 # mean latency as a multiple of the round-trip floor), the change against the
 # previously committed table, each side's system calls and context switches per I/O (perf stat), a scale
-# table (RSS and IOPS with 1/16/64/256 controllers × 4 queues) and IOPS against the number of queues. Figures are noisy on shared machines: compare ratios taken in one run.
+# table (RSS and IOPS with 1/16/64/256 controllers × 4 queues) and IOPS against the number of queues. Figures
+# are noisy on shared machines: compare ratios taken in one run.
 # Then bench/side-by-side.sh measures holdfast's target and host against the Linux kernel's (in the interop VM,
 # under emulation) and its section is added to BENCHMARKS.md.
 #   BENCH_SECONDS (5) per point; BENCH_QUICK=1 runs a reduced matrix without the scale tables (BENCH_COUNT=1
@@ -101,7 +102,7 @@ if [[ ${BENCH_QUICK:-0} != 1 ]]; then
   point "4 KiB randrw QD16 2 queues --verify" randrw 4096 16 2 --verify
 fi
 # Work per I/O, counted rather than timed: each side's system calls and context switches per I/O (perf stat,
-# over the middle of a run), figures that a machine's changes of speed move far less than they move IOPS.
+# over the middle of a run), which show how many I/Os each system call serves.
 counts=()
 counted() {  # counted LABEL WORKLOAD BS QD
   local label=$1 wl=$2 bs=$3 qd=$4 hpid tstat win=$((secs > 3 ? secs - 2 : 1))
@@ -238,9 +239,10 @@ PY
     echo "## Work per I/O: system calls and context switches"
     echo
     echo "Counted with \`perf stat\` over the middle $((secs > 3 ? secs - 2 : 1)) s of a run of each point (busy polling on, as in the"
-    echo "table above), divided by the I/Os of that time. Counts move far less than IOPS when the machine changes"
-    echo "speed. With busy polling a side that waits calls \`recv\` and \`sched_yield\` in a loop, so low queue"
-    echo "depths count that waiting too; at high depths each system call serves many I/Os."
+    echo "table above), divided by the I/Os of that time: how many I/Os each system call serves, which IOPS alone"
+    echo "do not show. With busy polling a side that waits calls \`recv\` and \`sched_yield\` in a loop, so the"
+    echo "counts hold that waiting too: a side with time to spare (the host at high queue depths, both at QD1)"
+    echo "counts more than its work."
     echo
     echo "| point | IOPS | target syscalls | target switches | host syscalls | host switches |"
     echo "|---|---|---|---|---|---|"
