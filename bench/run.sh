@@ -59,8 +59,11 @@ start_target() {  # start_target [extra target flags]: sets $port and $tpid
     --size 1073741824 --json >/dev/null 2>&1
 }
 stop_target() { kill "$tpid" 2>/dev/null; wait "$tpid" 2>/dev/null || true; }
+bench_argv() {  # sets $argv: `holdfast bench` on the host core against the running target, $secs long, JSON out
+  argv=(taskset -c $hcore "$bin" bench --addr "127.0.0.1:$port" --nqn "$nqn" --time "$secs" --size 1073741824 --json)
+}
 bench() {  # bench ARGS...: prints the JSON report
-  taskset -c $hcore "$bin" bench --addr "127.0.0.1:$port" --nqn "$nqn" --time "$secs" --size 1073741824 --json "$@" 2>/dev/null
+  bench_argv; "${argv[@]}" "$@" 2>/dev/null
 }
 
 rows=()
@@ -104,10 +107,11 @@ fi
 # Work per I/O, counted rather than timed: each side's system calls and context switches per I/O (perf stat,
 # over the middle of a run), which show how many I/Os each system call serves.
 counts=()
+count_secs=$((secs > 3 ? secs - 2 : 1))  # the counting window: from 1 s into a run to 1 s before its end
 counted() {  # counted LABEL WORKLOAD BS QD
-  local label=$1 wl=$2 bs=$3 qd=$4 hpid tstat win=$((secs > 3 ? secs - 2 : 1))
-  taskset -c $hcore "$bin" bench --addr "127.0.0.1:$port" --nqn "$nqn" --time "$secs" --size 1073741824 --json \
-    --workload "$wl" --bs "$bs" --qd "$qd" >"$work/counted.json" 2>/dev/null &
+  local label=$1 wl=$2 bs=$3 qd=$4 hpid tstat win=$count_secs
+  bench_argv
+  "${argv[@]}" --workload "$wl" --bs "$bs" --qd "$qd" >"$work/counted.json" 2>/dev/null &
   hpid=$!; pids+=("$hpid")
   sleep 1
   perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$tpid" -o "$work/counted.t" -- sleep "$win" &
@@ -238,7 +242,7 @@ PY
     echo
     echo "## Work per I/O: system calls and context switches"
     echo
-    echo "Counted with \`perf stat\` over the middle $((secs > 3 ? secs - 2 : 1)) s of a run of each point (busy polling on, as in the"
+    echo "Counted with \`perf stat\` over the middle $count_secs s of a run of each point (busy polling on, as in the"
     echo "table above), divided by the I/Os of that time: how many I/Os each system call serves, which IOPS alone"
     echo "do not show. With busy polling a side that waits calls \`recv\` and \`sched_yield\` in a loop, so the"
     echo "counts hold that waiting too: a side with time to spare (the host at high queue depths, both at QD1)"
