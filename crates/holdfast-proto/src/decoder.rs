@@ -346,22 +346,21 @@ impl PduDecoder {
             buf.advance(plen);
             return Ok(Some(pdu));
         }
-        let pdu_bytes = buf.split_to(plen).freeze();
-        let data = if is_term {
-            pdu_bytes.slice(hlen..)
-        } else {
-            let pdo = pdo as usize;
-            pdu_bytes.slice(pdo..pdo + data_len)
-        };
-        let digest_err = if self.ddgst && digestible {
-            let got = (&pdu_bytes[plen - DIGEST_LEN..]).get_u32_le();
+        // The header is read in place and the data split off on its own: one more reference to the receive
+        // buffer, not a reference to the whole PDU and a second one for the data slice.
+        let start = if is_term { hlen } else { pdo as usize };
+        let received = (self.ddgst && digestible).then(|| (&buf[plen - DIGEST_LEN..plen]).get_u32_le());
+        self.keep_header(ty, &buf[..hlen + hd]);
+        let mut pdu = header_pdu(ty, fl, &buf[..hlen], Bytes::new());
+        let mut whole = buf.split_to(plen);
+        whole.advance(start);
+        whole.truncate(data_len);
+        let data = whole.freeze();
+        let digest_err = received.and_then(|got| {
             let want = crc32c(&data);
             (want != got).then_some((want, got))
-        } else {
-            None
-        };
-        self.keep_header(ty, &pdu_bytes[..hlen + hd]);
-        let pdu = header_pdu(ty, fl, &pdu_bytes[..hlen], data);
+        });
+        pdu.set_data(data);
         if let Some((expected, received)) = digest_err {
             return Err(DecodeError::DataDigest { pdu: Box::new(pdu), expected, received });
         }

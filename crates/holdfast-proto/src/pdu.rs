@@ -438,6 +438,19 @@ impl Pdu {
         }
     }
 
+    /// Give a PDU that carries data (TermReq, CapsuleCmd, H2CData, C2HData) its data; the others have none
+    /// and are left as they are.
+    pub fn set_data(&mut self, data: Bytes) {
+        match self {
+            Pdu::H2CTermReq(TermReq { data: d, .. })
+            | Pdu::C2HTermReq(TermReq { data: d, .. })
+            | Pdu::CapsuleCmd(CapsuleCmd { data: d, .. })
+            | Pdu::H2CData(H2CData { data: d, .. })
+            | Pdu::C2HData(C2HData { data: d, .. }) => *d = data,
+            Pdu::IcReq(_) | Pdu::IcResp(_) | Pdu::CapsuleResp(_) | Pdu::R2T(_) => {}
+        }
+    }
+
     /// Append the encoded PDU to `out`. ICReq, ICResp and TermReqs ignore `framing` (they never carry digests).
     pub fn encode(&self, framing: &Framing, out: &mut BytesMut) {
         match self {
