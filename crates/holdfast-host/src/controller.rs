@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::options::ConnectOptions;
 use crate::policy::{self, Effective};
 use crate::queue::{self, Command, Completion, QueueExit, QueueParams};
+use crate::reply::Reply;
 use crate::transport;
 use bytes::Bytes;
 use holdfast_proto::fabrics::{
@@ -30,7 +31,7 @@ use holdfast_proto::{Status, SubmissionEntry};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant as TInstant;
 use tokio_util::sync::CancellationToken;
 use zerocopy::{FromBytes, IntoBytes};
@@ -205,8 +206,8 @@ pub async fn send(
     name: &'static str,
     replayable: bool,
     long_lived: bool,
-) -> Result<oneshot::Receiver<Result<Completion>>> {
-    let (reply, rx) = oneshot::channel();
+) -> Result<Reply> {
+    let (reply, rx) = crate::reply::channel();
     let cmd =
         Command { sqe, data_out, data_in_len, name, replayable, long_lived, reply, timeouts: 0, retries: 0, losses: 0 };
     let closed = || Error::NotConnected("the controller is closed".into());
@@ -221,7 +222,7 @@ pub async fn send(
 }
 
 /// Wait for a queued command.
-pub async fn finish(rx: oneshot::Receiver<Result<Completion>>, name: &'static str) -> Result<Completion> {
+pub async fn finish(rx: Reply, name: &'static str) -> Result<Completion> {
     let c = rx.await.map_err(|_| Error::NotConnected("the command was dropped".into()))??;
     status_ok(c, name)
 }
@@ -753,7 +754,7 @@ impl Controller {
         sqe: SubmissionEntry,
         data_out: Bytes,
         data_in_len: usize,
-    ) -> Result<oneshot::Receiver<Result<Completion>>> {
+    ) -> Result<Reply> {
         self.check()?;
         if self.inner.io.is_empty() {
             return Err(Error::Invalid("this controller has no I/O queues".into()));
@@ -960,14 +961,14 @@ fn fail_all(slots: &mut [Option<Slot>], err: &dyn Fn() -> Error, close: bool) ->
     let mut n = 0;
     for s in slots.iter_mut().flatten() {
         for c in s.pending.drain(..) {
-            let _ = c.reply.send(Err(err()));
+            c.reply.send(Err(err()));
             n += 1;
         }
         if close {
             s.rx.close();
         }
         while let Ok(c) = s.rx.try_recv() {
-            let _ = c.reply.send(Err(err()));
+            c.reply.send(Err(err()));
             n += 1;
         }
     }
@@ -1039,7 +1040,7 @@ async fn supervise(
                 } else {
                     Error::PathError(format!("{} was in flight when the connection dropped ({cause})", c.name))
                 };
-                let _ = c.reply.send(Err(e));
+                c.reply.send(Err(e));
             }
         }
         let mut cause = cause;

@@ -15,6 +15,7 @@ pub mod namespace;
 pub mod options;
 pub mod policy;
 pub mod queue;
+pub mod reply;
 pub mod transport;
 
 pub use controller::Controller;
@@ -22,3 +23,4 @@ pub use discovery::{discover, discover_with_policy, DiscoveryEntry};
 pub use error::{Error, Result};
 pub use namespace::Namespace;
 pub use options::ConnectOptions;
+pub use reply::Reply;

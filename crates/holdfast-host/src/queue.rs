@@ -16,7 +16,7 @@ use holdfast_proto::{CompletionEntry, Reassembly, SendQueue, Status, SubmissionE
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// A command on its way to a controller.
 pub struct Command {
@@ -33,7 +33,7 @@ pub struct Command {
     /// Waits indefinitely by design (Asynchronous Event Request): exempt from the command timeout.
     pub long_lived: bool,
     /// Where the result goes.
-    pub reply: oneshot::Sender<Result<Completion, Error>>,
+    pub reply: crate::reply::ReplyTx,
     /// How many times this command went unanswered past the command timeout (each time the connection was
     /// declared lost). A command that keeps timing out on fresh connections is failed rather than re-issued
     /// for ever ([`MAX_COMMAND_TIMEOUTS`]).
@@ -505,7 +505,7 @@ fn retry_or_keep(
     }
     if f.bad_data && status.is_success() {
         let what = format!("{}: data digest mismatch on its data", f.cmd.name);
-        let _ = f.cmd.reply.send(Err(protocol(p.qid, what)));
+        f.cmd.reply.send(Err(protocol(p.qid, what)));
         return None;
     }
     Some(f)
@@ -533,7 +533,7 @@ fn handle_pdu(
                 // The common case (success, all the data, nothing to retry) answered at once: the in-flight
                 // record (a few hundred bytes) is not passed through the retry check and back.
                 if r.cqe.status().is_success() && !f.bad_data && f.buf.len() == f.cmd.data_in_len {
-                    let _ = f.cmd.reply.send(Ok(Completion { cqe: r.cqe, data: f.buf.into_bytes() }));
+                    f.cmd.reply.send(Ok(Completion { cqe: r.cqe, data: f.buf.into_bytes() }));
                     return Ok(());
                 }
                 let Some(f) = retry_or_keep(f, r.cqe.status(), p, delayed) else { return Ok(()) };
@@ -552,7 +552,7 @@ fn handle_pdu(
                         format!("{} completed successfully with {} of {want} bytes of data", f.cmd.name, f.buf.len()),
                     ))
                 };
-                let _ = f.cmd.reply.send(result);
+                f.cmd.reply.send(result);
             }
         }
         Pdu::C2HData(d) => {
@@ -579,7 +579,7 @@ fn handle_pdu(
                     free.push(i as u16);
                     let Some(f) = retry_or_keep(f, Status::SUCCESS, p, delayed) else { return Ok(()) };
                     let cqe = CompletionEntry::new(d.cccid, Status::SUCCESS, 0);
-                    let _ = f.cmd.reply.send(Ok(Completion { cqe, data: f.buf.into_bytes() }));
+                    f.cmd.reply.send(Ok(Completion { cqe, data: f.buf.into_bytes() }));
                 }
             }
         }
