@@ -193,7 +193,7 @@ pub async fn submit(
     data_in_len: usize,
     name: &'static str,
 ) -> Result<Completion> {
-    let rx = send(tx, sqe, data_out, data_in_len, name, true, false).await?;
+    let rx = send(tx, sqe, data_out, data_in_len, name, true).await?;
     finish(rx, name).await
 }
 
@@ -205,11 +205,12 @@ pub async fn send(
     data_in_len: usize,
     name: &'static str,
     replayable: bool,
-    long_lived: bool,
 ) -> Result<Reply> {
+    let Ok(data_in_len) = u32::try_from(data_in_len) else {
+        return Err(Error::Invalid(format!("{name} of {data_in_len} bytes: a command transfers less than 4 GiB")));
+    };
     let (reply, rx) = crate::reply::channel();
-    let cmd =
-        Command { sqe, data_out, data_in_len, name, replayable, long_lived, reply, timeouts: 0, retries: 0, losses: 0 };
+    let cmd = Command { sqe, data_out, data_in_len, name, replayable, reply, timeouts: 0, retries: 0, losses: 0 };
     let closed = || Error::NotConnected("the controller is closed".into());
     // With room in the queue (the usual case), no send future to build and poll.
     let cmd = match tx.try_send(cmd) {
@@ -295,7 +296,7 @@ async fn setup(
     name: &'static str,
     deadline: TInstant,
 ) -> Result<Completion> {
-    let rx = send(tx, sqe, data, data_in, name, false, false).await?;
+    let rx = send(tx, sqe, data, data_in, name, false).await?;
     match tokio::time::timeout_at(deadline, rx).await {
         Ok(r) => r.map_err(|_| Error::NotConnected("queue closed during set-up".into()))?,
         Err(_) => Err(Error::Timeout { what: format!("{name} during set-up"), after: Duration::ZERO }),
@@ -743,7 +744,7 @@ impl Controller {
         let replayable =
             matches!(sqe.opcode, aop::IDENTIFY | aop::GET_LOG_PAGE | aop::GET_FEATURES | aop::SET_FEATURES);
         let name = command_name(&sqe, true);
-        let rx = send(&self.inner.admin, sqe, data_out, data_in_len, name, replayable, false).await?;
+        let rx = send(&self.inner.admin, sqe, data_out, data_in_len, name, replayable).await?;
         finish(rx, name).await
     }
 
@@ -768,7 +769,7 @@ impl Controller {
                 | holdfast_proto::opcode::io::WRITE_ZEROES
                 | holdfast_proto::opcode::io::DATASET_MANAGEMENT
         ) && sqe.fuse() == 0;
-        send(&self.inner.io[i], sqe, data_out, data_in_len, command_name(&sqe, false), replayable, false).await
+        send(&self.inner.io[i], sqe, data_out, data_in_len, command_name(&sqe, false), replayable).await
     }
 
     /// State changes from now on.
@@ -906,7 +907,7 @@ fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
                 }
                 let ka = SubmissionEntry::new(aop::KEEP_ALIVE, 0);
                 let r = async {
-                    let rx = send(&admin, ka, Bytes::new(), 0, "Keep Alive", false, false).await?;
+                    let rx = send(&admin, ka, Bytes::new(), 0, "Keep Alive", false).await?;
                     finish(rx, "Keep Alive").await
                 };
                 let err = tokio::select! {
@@ -929,7 +930,7 @@ fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
     tokio::spawn(async move {
         loop {
             let aer = SubmissionEntry::new(aop::ASYNC_EVENT_REQUEST, 0);
-            let Ok(rx) = send(&admin, aer, Bytes::new(), 0, "Asynchronous Event Request", false, true).await else {
+            let Ok(rx) = send(&admin, aer, Bytes::new(), 0, "Asynchronous Event Request", false).await else {
                 return;
             };
             let r = tokio::select! {

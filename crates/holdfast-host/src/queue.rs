@@ -24,14 +24,15 @@ pub struct Command {
     pub sqe: SubmissionEntry,
     /// Data for the controller (writes).
     pub data_out: Bytes,
-    /// Bytes expected from the controller (reads).
-    pub data_in_len: usize,
+    /// Bytes expected from the controller (reads). A u32, as a command's transfer length is (NLB and the
+    /// SGL's length are narrower still), so that the whole `Command` fits 128 bytes: the compiler moves a
+    /// struct that size inline, and a command is moved several times on its way (into the channel, out of
+    /// it, into the in-flight table).
+    pub data_in_len: u32,
     /// Name for errors ("Read", "Identify", ...).
     pub name: &'static str,
     /// True if the command may be re-issued after a lost connection (idempotent effect).
     pub replayable: bool,
-    /// Waits indefinitely by design (Asynchronous Event Request): exempt from the command timeout.
-    pub long_lived: bool,
     /// Where the result goes.
     pub reply: crate::reply::ReplyTx,
     /// How many times this command went unanswered past the command timeout (each time the connection was
@@ -43,6 +44,22 @@ pub struct Command {
     pub retries: u8,
     /// How many lost connections this command was outstanding on ([`MAX_COMMAND_LOSSES`]).
     pub losses: u8,
+}
+
+// See `data_in_len`: a bigger command is moved with a call to memcpy at every step.
+const _: () = assert!(std::mem::size_of::<Command>() <= 128);
+
+impl Command {
+    /// Waits indefinitely by design, as an Asynchronous Event Request on the admin queue does (NVMe Base 2.0
+    /// §5.2): exempt from the command timeout.
+    pub fn long_lived(&self, qid: u16) -> bool {
+        qid == 0 && self.sqe.opcode == holdfast_proto::opcode::admin::ASYNC_EVENT_REQUEST
+    }
+
+    /// Bytes expected from the controller.
+    pub fn data_in_len(&self) -> usize {
+        self.data_in_len as usize
+    }
 }
 
 /// After this many command timeouts, each on its own connection, a command fails with [`Error::Timeout`]
@@ -246,7 +263,7 @@ pub async fn run(
             && depth - free.len() == 1
             && delayed.is_empty()
             && holdfast_rt::solo(&p.poll, conn_id)
-            && slots[last_cid as usize].as_ref().is_some_and(|f| !f.cmd.long_lived);
+            && slots[last_cid as usize].as_ref().is_some_and(|f| !f.cmd.long_lived(p.qid));
         if !spin {
             yielded_for_spin = false;
         } else if !yielded_for_spin {
@@ -358,12 +375,12 @@ pub async fn run(
     };
     let mut pending: Vec<InFlight> = slots.into_iter().flatten().collect();
     if error.is_some() {
-        for f in pending.iter_mut().filter(|f| !f.cmd.long_lived) {
+        for f in pending.iter_mut().filter(|f| !f.cmd.long_lived(p.qid)) {
             f.cmd.losses = f.cmd.losses.saturating_add(1);
         }
     }
     if matches!(error, Some(Error::Timeout { .. })) {
-        for f in pending.iter_mut().filter(|f| !f.cmd.long_lived && f.started.elapsed() > p.io_timeout) {
+        for f in pending.iter_mut().filter(|f| !f.cmd.long_lived(p.qid) && f.started.elapsed() > p.io_timeout) {
             f.cmd.timeouts = f.cmd.timeouts.saturating_add(1);
         }
     }
@@ -434,7 +451,7 @@ const TIMEOUT_CHECK: Duration = Duration::from_millis(250);
 
 /// The timeout error if the oldest outstanding command (Asynchronous Event Requests aside) is overdue.
 fn timed_out(slots: &[Option<InFlight>], p: &QueueParams) -> Option<Error> {
-    let oldest = slots.iter().flatten().filter(|f| !f.cmd.long_lived).min_by_key(|f| f.started)?;
+    let oldest = slots.iter().flatten().filter(|f| !f.cmd.long_lived(p.qid)).min_by_key(|f| f.started)?;
     (oldest.started.elapsed() > p.io_timeout).then(|| Error::Timeout {
         what: format!("{} (queue {}, no completion)", oldest.cmd.name, p.qid),
         after: p.io_timeout,
@@ -463,7 +480,7 @@ fn encode_command(out: &mut SendQueue, p: &QueueParams, cid: u16, cmd: &Command)
             out.header_buf().extend_from_slice(&digest_bytes(&cmd.data_out));
         }
     } else {
-        let len = if n > 0 { n } else { cmd.data_in_len };
+        let len = if n > 0 { n } else { cmd.data_in_len() };
         sqe.dptr = SglDescriptor::transport(len as u32);
         pdu::encode_capsule_cmd_header(out.header_buf(), &p.framing, &sqe, 0);
     }
@@ -532,12 +549,12 @@ fn handle_pdu(
                 free.push(i as u16);
                 // The common case (success, all the data, nothing to retry) answered at once: the in-flight
                 // record (a few hundred bytes) is not passed through the retry check and back.
-                if r.cqe.status().is_success() && !f.bad_data && f.buf.len() == f.cmd.data_in_len {
+                if r.cqe.status().is_success() && !f.bad_data && f.buf.len() == f.cmd.data_in_len() {
                     f.cmd.reply.send(Ok(Completion { cqe: r.cqe, data: f.buf.into_bytes() }));
                     return Ok(());
                 }
                 let Some(f) = retry_or_keep(f, r.cqe.status(), p, delayed) else { return Ok(()) };
-                let want = f.cmd.data_in_len;
+                let want = f.cmd.data_in_len();
                 let result = if !r.cqe.status().is_success() || f.buf.len() == want {
                     Ok(Completion { cqe: r.cqe, data: f.buf.into_bytes() })
                 } else if p.qid == 0 {
@@ -558,7 +575,7 @@ fn handle_pdu(
         Pdu::C2HData(d) => {
             let i = slot(slots, d.cccid)?;
             let Some(f) = slots[i].as_mut() else { return Ok(()) };
-            if d.datao as usize != f.buf.len() || f.buf.len() + d.data.len() > f.cmd.data_in_len {
+            if d.datao as usize != f.buf.len() || f.buf.len() + d.data.len() > f.cmd.data_in_len() {
                 return Err(protocol(
                     p.qid,
                     format!(
@@ -569,10 +586,10 @@ fn handle_pdu(
                     ),
                 ));
             }
-            f.buf.push(d.data, f.cmd.data_in_len);
+            f.buf.push(d.data, f.cmd.data_in_len());
             if d.success {
                 // SUCCESS: the command completed successfully and no CapsuleResp follows (§3.6.2.6).
-                if !d.last || f.buf.len() != f.cmd.data_in_len {
+                if !d.last || f.buf.len() != f.cmd.data_in_len() {
                     return Err(protocol(p.qid, "C2HData SUCCESS flag before all data arrived"));
                 }
                 if let Some(f) = slots[i].take() {
