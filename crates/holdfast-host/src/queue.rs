@@ -24,10 +24,10 @@ pub struct Command {
     pub sqe: SubmissionEntry,
     /// Data for the controller (writes).
     pub data_out: Bytes,
-    /// Bytes expected from the controller (reads). A u32, as a command's transfer length is (NLB and the
-    /// SGL's length are narrower still), so that the whole `Command` fits 128 bytes: the compiler moves a
-    /// struct that size inline, and a command is moved several times on its way (into the channel, out of
-    /// it, into the in-flight table).
+    /// Bytes expected from the controller (reads). A u32, as the SGL data block descriptor's length is (NVMe
+    /// Base 2.0 §4.3.2), so that the whole `Command` fits 128 bytes: the compiler moves a struct that size
+    /// inline, and a command is moved several times on its way (into the channel, out of it, into the
+    /// in-flight table).
     pub data_in_len: u32,
     /// Name for errors ("Read", "Identify", ...).
     pub name: &'static str,

@@ -39,7 +39,8 @@ pub fn prefetch<'a>(ctrl: &Controller, sqes: impl Iterator<Item = &'a Submission
     }
     let namespaces = ctrl.subsys.namespaces.read();
     // The batch's reads, each looked up once: its namespace (the previous read's, usually: a batch tends to
-    // be all one namespace), byte offset and length.
+    // be all one namespace), byte offset and length. The first `n` entries are filled (the `Option` is only
+    // the unused tail's value).
     let mut reads = [(None::<&Namespace>, 0u64, 0usize); MAX];
     let mut n = 0;
     let mut last: Option<(u32, &Namespace)> = None;
