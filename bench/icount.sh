@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/icount.sh: user-space instructions per I/O of one side, counted by callgrind: the same figure run
-# after run whatever else the machine is doing (two runs of one build agree within 0.1 %), where IOPS and CPU
-# time on a shared VM move by 5-20 %. It
+# after run (two runs of one build agreed within 0.1 % alone, and within 0.6 % with a CI run beside them: the
+# batches depend a little on the other side's speed), where IOPS and CPU time on a shared VM move by 5-20 %. It
 # counts the side's own code and libraries, not the kernel's work for it (copies, TCP), so it judges changes
 # to our code, not the whole cost of an I/O. The side under test runs under valgrind (about 50 times slower),
 # the other natively: so the side under test always finds a full batch waiting, and the figure is for

@@ -206,26 +206,64 @@ pub async fn send(
     name: &'static str,
     replayable: bool,
 ) -> Result<Reply> {
+    let (cmd, rx) = command(sqe, data_out, data_in_len, name, replayable)?;
+    if let Some(cmd) = try_enqueue(tx, cmd)? {
+        tx.send(cmd).await.map_err(|_| closed())?;
+    }
+    Ok(rx)
+}
+
+/// A command and the receiver of its completion.
+fn command(
+    sqe: SubmissionEntry,
+    data_out: Bytes,
+    data_in_len: usize,
+    name: &'static str,
+    replayable: bool,
+) -> Result<(Command, Reply)> {
     let Ok(data_in_len) = u32::try_from(data_in_len) else {
         return Err(Error::Invalid(format!("{name} of {data_in_len} bytes: a command transfers less than 4 GiB")));
     };
     let (reply, rx) = crate::reply::channel();
-    let cmd = Command { sqe, data_out, data_in_len, name, replayable, reply, timeouts: 0, retries: 0, losses: 0 };
-    let closed = || Error::NotConnected("the controller is closed".into());
-    // With room in the queue (the usual case), no send future to build and poll.
-    let cmd = match tx.try_send(cmd) {
-        Ok(()) => return Ok(rx),
-        Err(mpsc::error::TrySendError::Full(cmd)) => cmd,
-        Err(mpsc::error::TrySendError::Closed(_)) => return Err(closed()),
-    };
-    tx.send(cmd).await.map_err(|_| closed())?;
-    Ok(rx)
+    Ok((Command { sqe, data_out, data_in_len, name, replayable, reply, timeouts: 0, retries: 0, losses: 0 }, rx))
 }
 
-/// Wait for a queued command.
-pub async fn finish(rx: Reply, name: &'static str) -> Result<Completion> {
-    let c = rx.await.map_err(|_| Error::NotConnected("the command was dropped".into()))??;
-    status_ok(c, name)
+/// Queue `cmd` if the queue has room (the usual case: no send future to build and poll); `Some(cmd)` back if
+/// it is full, for the caller to wait with `tx.send`.
+fn try_enqueue(tx: &mpsc::Sender<Command>, cmd: Command) -> Result<Option<Command>> {
+    match tx.try_send(cmd) {
+        Ok(()) => Ok(None),
+        Err(mpsc::error::TrySendError::Full(cmd)) => Ok(Some(cmd)),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
+    }
+}
+
+fn closed() -> Error {
+    Error::NotConnected("the controller is closed".into())
+}
+
+/// Wait for a queued command: its completion, an error status as [`Error::Nvme`].
+pub fn finish(rx: Reply, name: &'static str) -> Finish {
+    Finish { rx, name }
+}
+
+/// The future [`finish`] returns: a plain future over the [`Reply`], not an `async fn`'s state machine
+/// around it, since every I/O awaits one.
+pub struct Finish {
+    rx: Reply,
+    name: &'static str,
+}
+
+impl std::future::Future for Finish {
+    type Output = Result<Completion>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let name = self.name;
+        std::pin::Pin::new(&mut self.rx).poll(cx).map(|r| {
+            let c = r.map_err(|_| Error::NotConnected("the command was dropped".into()))??;
+            status_ok(c, name)
+        })
+    }
 }
 
 /// A completion with an error status becomes [`Error::Nvme`].
@@ -769,7 +807,13 @@ impl Controller {
                 | holdfast_proto::opcode::io::WRITE_ZEROES
                 | holdfast_proto::opcode::io::DATASET_MANAGEMENT
         ) && sqe.fuse() == 0;
-        send(&self.inner.io[i], sqe, data_out, data_in_len, command_name(&sqe, false), replayable).await
+        // Built and queued here rather than through `send`: one future less on every I/O.
+        let (cmd, rx) = command(sqe, data_out, data_in_len, command_name(&sqe, false), replayable)?;
+        let tx = &self.inner.io[i];
+        if let Some(cmd) = try_enqueue(tx, cmd)? {
+            tx.send(cmd).await.map_err(|_| closed())?;
+        }
+        Ok(rx)
     }
 
     /// State changes from now on.
