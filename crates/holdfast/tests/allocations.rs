@@ -1,7 +1,7 @@
 //! Issue 5 asks for an I/O path without per-I/O allocation. This counts the host's heap allocations per
-//! 4 KiB read and write, once the queues have settled, against a holdfast target in this process. The target
-//! runs on threads of its own and the host on this test's thread (a current-thread runtime), and the count is
-//! per thread, so only the host's allocations are counted.
+//! 4 KiB read and write (it fails at 0.75 or more), once the queues have settled, against a holdfast target in
+//! this process. The target runs on threads of its own and the host on this test's thread (a current-thread
+//! runtime), and the count is per thread, so only the host's allocations are counted.
 //!
 //! What the host may still allocate is its receive buffer: read data is handed to callers as slices of it,
 //! so a new buffer is taken when the old one is still shared (about one per several reads). A per-command
@@ -124,6 +124,9 @@ fn host_io_path_does_not_allocate_per_command() {
     let _ = stop_tx.send(());
     target.join().unwrap();
     println!("host allocations per I/O: 4 KiB reads {reads:.3}, 4 KiB writes {writes:.3}");
-    assert!(reads < 0.5, "{reads:.3} allocations per 4 KiB read on the host");
-    assert!(writes < 0.5, "{writes:.3} allocations per 4 KiB write on the host");
+    // An allocation per command adds at least one per I/O; the receive buffer's share depends on how the
+    // reads arrive (0.135 here, on a two-core VM), and could not reach one per read unless every read came
+    // alone into a buffer still shared. So the bound sits between the two.
+    assert!(reads < 0.75, "{reads:.3} allocations per 4 KiB read on the host");
+    assert!(writes < 0.75, "{writes:.3} allocations per 4 KiB write on the host");
 }
