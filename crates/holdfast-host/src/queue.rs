@@ -246,13 +246,8 @@ pub async fn run(
             }
         }
         // What was just queued goes out now if the socket takes it, not after one more round of the select.
-        match holdfast_rt::try_write_some(&wr, &out) {
-            Ok(0) => {}
-            Ok(n) => {
-                out.advance(n);
-                holdfast_rt::touch(&p.poll, conn_id);
-            }
-            Err(e) => break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, io: e }),
+        if let Err(e) = holdfast_rt::try_write_some(&wr, &mut out, &p.poll, conn_id) {
+            break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, io: e });
         }
         if !rx_open
             && free.len() == depth

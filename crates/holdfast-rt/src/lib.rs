@@ -311,19 +311,30 @@ pub async fn write_some<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, q: &SendQue
     w.write_vectored(&slices[..n]).await
 }
 
-/// Write as much of `q` as the socket takes now, in one vectored write, without waiting: `Ok(0)` if the socket
-/// has no room (its writability is then left to the caller's next [`write_some`]). A connection loop calls
-/// this as soon as it has queued PDUs, instead of going round its `select!` once more only to find the
-/// socket writable: at 4 KiB QD1 the host's loop went round five times per I/O, and this is one of them.
-pub fn try_write_some(w: &tokio::net::tcp::OwnedWriteHalf, q: &SendQueue) -> std::io::Result<usize> {
+/// Write as much of `q` as the socket takes now, in one vectored write, without waiting, and advance `q` past
+/// it (noting the I/O for connection `conn` on the poller `p`, as [`touch`]). If the socket has no room,
+/// nothing happens: its writability is left to the caller's next [`write_some`]. A connection loop calls this
+/// as soon as it has queued PDUs, instead of going round its `select!` once more only to find the socket
+/// writable: at 4 KiB QD1 the host's loop went round five times per I/O, and this is one of them.
+pub fn try_write_some(
+    w: &tokio::net::tcp::OwnedWriteHalf,
+    q: &mut SendQueue,
+    p: &Option<Arc<BusyPoll>>,
+    conn: u64,
+) -> std::io::Result<()> {
     if q.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
     let mut slices = [std::io::IoSlice::new(&[]); 64];
     let n = q.io_slices(&mut slices);
     match w.try_write_vectored(&slices[..n]) {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
-        r => r,
+        Ok(n) => {
+            q.advance(n);
+            touch(p, conn);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

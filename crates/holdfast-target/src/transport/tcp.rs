@@ -170,13 +170,8 @@ impl Connection {
             }
             // The responses just queued go out now if the socket takes them, not after one more round of the
             // select.
-            match holdfast_rt::try_write_some(&wr, &c.out) {
-                Ok(0) => {}
-                Ok(n) => {
-                    c.out.advance(n);
-                    holdfast_rt::touch(&poll, conn_id);
-                }
-                Err(e) => break Close::Io(e),
+            if let Err(e) = holdfast_rt::try_write_some(&wr, &mut c.out, &poll, conn_id) {
+                break Close::Io(e);
             }
             if c.ctx.close_after_response && c.out.is_empty() {
                 break Close::Normal("Disconnect");
