@@ -26,10 +26,9 @@ a=$(realpath "$1"); b=$(realpath "$2"); shift 2
 pairs=${AB_PAIRS:-5}; secs=${AB_SECONDS:-4}; side=${AB_SIDE:-both}
 poll=(); [[ ${AB_POLL:-1} == 0 ]] && poll=(--busy-poll-us 0)
 case $side in both|target|host) ;; *) echo "ab.sh: AB_SIDE is both, target or host" >&2; exit 2 ;; esac
-cores=$(nproc); hcore=$((cores > 1 ? 1 : 0))
+source "$(dirname "$0")/common.sh"  # hcore, free_port, point_with_defaults
 nqn=nqn.2026-01.io.holdfast:ab
 tpid=""
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # User + system CPU of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat, counted after the
 # command name, which may hold spaces).
@@ -68,11 +67,8 @@ else:
 ' "$out" "$c0" "$c1" "$(getconf CLK_TCK)" 2>/dev/null || { echo "ab.sh: holdfast bench failed:" >&2; tail -n 5 "$err" >&2; exit 1; }
 }
 
-# The point: the flags given, with defaults for the ones not given (clap refuses a flag given twice).
-point=("$@")
-for d in "--workload randread" "--bs 4096" "--qd 32"; do
-  [[ " $* " == *" ${d%% *} "* || " $* " == *" ${d%% *}="* ]] || point+=($d)
-done
+# The point: the flags given, with defaults for the ones not given.
+point_with_defaults "$@"
 err=$(mktemp "${TMPDIR:-/tmp}/ab.XXXXXX")
 trap '[[ -n $tpid ]] && kill "$tpid" 2>/dev/null; rm -f "$err"' EXIT
 

@@ -26,18 +26,14 @@ bins=("$(realpath "$1")"); shift
 if [[ $# -ge 1 && -x $1 && $1 != -* ]]; then bins+=("$(realpath "$1")"); shift; fi
 side=${SIDE:-host}; n=${N:-10000}; poll=${POLL:-0}
 case $side in host|target) ;; *) echo "icount.sh: SIDE is host or target" >&2; exit 2 ;; esac
-point=("$@")
-for d in "--workload randread" "--bs 4096" "--qd 32"; do
-  [[ " $* " == *" ${d%% *} "* || " $* " == *" ${d%% *}="* ]] || point+=($d)
-done
+source "$(dirname "$0")/common.sh"  # hcore, free_port, point_with_defaults
+point_with_defaults "$@"
 bs=4096
 for ((i = 0; i < ${#point[@]}; i++)); do [[ ${point[i]} == --bs ]] && bs=${point[i + 1]}; done
-cores=$(nproc); hcore=$((cores > 1 ? 1 : 0))
 nqn=nqn.2026-01.io.holdfast:icount
 work=$(mktemp -d "${TMPDIR:-/tmp}/icount.XXXXXX")
 tpid=""
 trap '[[ -n $tpid ]] && kill "$tpid" 2>/dev/null; rm -rf "$work"' EXIT
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # count BIN TAG K: run K*N I/Os with BIN on the side under test; leaves $work/TAG.K.txt (callgrind_annotate's
 # flat profile) and prints the I/Os done.

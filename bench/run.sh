@@ -28,8 +28,8 @@ bin=$root/target/release/holdfast
 work=$(mktemp -d "${TMPDIR:-/tmp}/holdfast-bench.XXXXXX")
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-cores=$(nproc); tcore=0; hcore=$((cores > 1 ? 1 : 0))
+source bench/common.sh  # hcore, free_port
+tcore=0
 
 # The references: iperf3, one stream, 128 KiB writes; and spinning request/answer round trips with the wire shape
 # of a 4 KiB read, no NVMe work. Measured at the start of the run and again after the main table: a shared
