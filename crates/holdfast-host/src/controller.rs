@@ -18,6 +18,7 @@ use crate::options::ConnectOptions;
 use crate::policy::{self, Effective};
 use crate::queue::{self, Command, Completion, QueueExit, QueueParams};
 use crate::reply::Reply;
+use crate::submit;
 use crate::transport;
 use bytes::Bytes;
 use holdfast_proto::fabrics::{
@@ -115,8 +116,8 @@ struct Info {
 
 struct Shared {
     opts: ConnectOptions,
-    admin: mpsc::Sender<Command>,
-    io: Vec<mpsc::Sender<Command>>,
+    admin: submit::Sender<Command>,
+    io: Vec<submit::Sender<Command>>,
     rr: AtomicUsize,
     info: Mutex<Info>,
     /// Largest transfer of one command (from MDTS), read by the I/O path (which splits requests by it).
@@ -187,7 +188,7 @@ pub fn command_name(sqe: &SubmissionEntry, admin: bool) -> &'static str {
 
 /// Send a command and wait for its completion; an error status becomes [`Error::Nvme`].
 pub async fn submit(
-    tx: &mpsc::Sender<Command>,
+    tx: &submit::Sender<Command>,
     sqe: SubmissionEntry,
     data_out: Bytes,
     data_in_len: usize,
@@ -199,7 +200,7 @@ pub async fn submit(
 
 /// Queue a command; the receiver yields its completion.
 pub async fn send(
-    tx: &mpsc::Sender<Command>,
+    tx: &submit::Sender<Command>,
     sqe: SubmissionEntry,
     data_out: Bytes,
     data_in_len: usize,
@@ -230,11 +231,11 @@ fn command(
 
 /// Queue `cmd` if the queue has room (the usual case: no send future to build and poll); `Some(cmd)` back if
 /// it is full, for the caller to wait with `tx.send`.
-fn try_enqueue(tx: &mpsc::Sender<Command>, cmd: Command) -> Result<Option<Command>> {
+fn try_enqueue(tx: &submit::Sender<Command>, cmd: Command) -> Result<Option<Command>> {
     match tx.try_send(cmd) {
         Ok(()) => Ok(None),
-        Err(mpsc::error::TrySendError::Full(cmd)) => Ok(Some(cmd)),
-        Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
+        Err(submit::TrySendError::Full(cmd)) => Ok(Some(cmd)),
+        Err(submit::TrySendError::Closed(_)) => Err(closed()),
     }
 }
 
@@ -304,7 +305,7 @@ fn connect_refusal(status: Status, dw0: u32, o: &ConnectOptions) -> Error {
 }
 
 /// Identify with the given CNS and NSID: 4096 bytes.
-pub async fn identify_raw(tx: &mpsc::Sender<Command>, cns: u8, nsid: u32) -> Result<Bytes> {
+pub async fn identify_raw(tx: &submit::Sender<Command>, cns: u8, nsid: u32) -> Result<Bytes> {
     let mut s = SubmissionEntry::new(aop::IDENTIFY, 0);
     s.nsid.set(nsid);
     s.cdw10.set(cns as u32);
@@ -312,7 +313,7 @@ pub async fn identify_raw(tx: &mpsc::Sender<Command>, cns: u8, nsid: u32) -> Res
 }
 
 /// Get Log Page: `len` bytes of `lid` at `offset`.
-pub async fn get_log_page(tx: &mpsc::Sender<Command>, lid: u8, nsid: u32, len: usize, offset: u64) -> Result<Bytes> {
+pub async fn get_log_page(tx: &submit::Sender<Command>, lid: u8, nsid: u32, len: usize, offset: u64) -> Result<Bytes> {
     let mut s = SubmissionEntry::new(aop::GET_LOG_PAGE, 0);
     s.nsid.set(nsid);
     get_log_page::set(&mut s, lid, 0, len as u32, offset);
@@ -321,13 +322,13 @@ pub async fn get_log_page(tx: &mpsc::Sender<Command>, lid: u8, nsid: u32, len: u
 
 /// A queue's receiver and unfinished commands while it has no connection.
 struct Slot {
-    rx: mpsc::Receiver<Command>,
+    rx: submit::Receiver<Command>,
     pending: Vec<Command>,
 }
 
 /// One set-up command on a queue that is not open yet (never replayed), bounded by `deadline`.
 async fn setup(
-    tx: &mpsc::Sender<Command>,
+    tx: &submit::Sender<Command>,
     sqe: SubmissionEntry,
     data: Bytes,
     data_in: usize,
@@ -342,7 +343,7 @@ async fn setup(
 }
 
 async fn setup_ok(
-    tx: &mpsc::Sender<Command>,
+    tx: &submit::Sender<Command>,
     sqe: SubmissionEntry,
     data: Bytes,
     data_in: usize,
@@ -370,7 +371,7 @@ async fn start_queue(
     cancel: &CancellationToken,
     deadline: TInstant,
     crdt: [u16; 3],
-) -> std::result::Result<(mpsc::Sender<Command>, watch::Sender<bool>, u16), (Error, Option<Slot>)> {
+) -> std::result::Result<(submit::Sender<Command>, watch::Sender<bool>, u16), (Error, Option<Slot>)> {
     let o = &sh.opts;
     let timeout = o.connect_timeout.min(deadline.saturating_duration_since(TInstant::now()));
     let conn = match transport::connect(&o.addr, o.hdgst, o.ddgst, max_transfer.max(64 << 10), timeout).await {
@@ -390,7 +391,7 @@ async fn start_queue(
         closing: sh.shutdown.clone(),
         crdt,
     };
-    let (setup_tx, setup_rx) = mpsc::channel(8);
+    let (setup_tx, setup_rx) = submit::channel(8);
     let (open_tx, open_rx) = watch::channel(false);
     let (exits, cancel2) = (exits.clone(), cancel.clone());
     let replay: Vec<Command> = slot.pending;
@@ -425,7 +426,7 @@ async fn start_queue(
 fn carry_queue(
     idx: usize,
     slot: Slot,
-    to: mpsc::Sender<Command>,
+    to: submit::Sender<Command>,
     exits: &mpsc::UnboundedSender<(usize, QueueExit)>,
     cancel: &CancellationToken,
 ) {
@@ -446,18 +447,22 @@ fn carry_queue(
             };
             // Room in the granted queue's channel; the command goes back to the backlog if the association
             // ends first, so nothing is lost (and no permit is held while idle).
-            tokio::select! {
-                _ = cancel.cancelled() => {
+            let room = tokio::select! {
+                _ = cancel.cancelled() => false,
+                r = to.ready() => r,
+            };
+            if !room {
+                backlog.push_front(cmd);
+                break;
+            }
+            match to.try_send(cmd) {
+                Ok(()) => {}
+                // Another sender took the room first: wait again.
+                Err(submit::TrySendError::Full(cmd)) => backlog.push_front(cmd),
+                Err(submit::TrySendError::Closed(cmd)) => {
                     backlog.push_front(cmd);
                     break;
                 }
-                p = to.reserve() => match p {
-                    Ok(p) => p.send(cmd),
-                    Err(_) => {
-                        backlog.push_front(cmd);
-                        break;
-                    }
-                },
             }
         }
         let _ = exits.send((idx, QueueExit { rx, pending: backlog.into(), error: None }));
@@ -704,11 +709,11 @@ impl Controller {
         }
         let is_discovery = o.subnqn == fabrics::DISCOVERY_NQN;
         let nq = if is_discovery { 0 } else { o.nr_io_queues as usize };
-        let (admin, arx) = mpsc::channel(ADMIN_QUEUE_SIZE as usize * 2);
+        let (admin, arx) = submit::channel(ADMIN_QUEUE_SIZE as usize * 2);
         let mut slots = vec![Some(Slot { rx: arx, pending: Vec::new() })];
         let mut io = Vec::new();
         for _ in 0..nq {
-            let (tx, rx) = mpsc::channel(o.queue_size as usize * 2);
+            let (tx, rx) = submit::channel(o.queue_size as usize * 2);
             io.push(tx);
             slots.push(Some(Slot { rx, pending: Vec::new() }));
         }
@@ -861,7 +866,7 @@ impl Controller {
         lock(&self.inner.info).effective.clone()
     }
     /// The admin queue's sender.
-    pub fn admin_queue(&self) -> &mpsc::Sender<Command> {
+    pub fn admin_queue(&self) -> &submit::Sender<Command> {
         &self.inner.admin
     }
     /// Active namespace IDs.
@@ -1012,7 +1017,7 @@ fn fail_all(slots: &mut [Option<Slot>], err: &dyn Fn() -> Error, close: bool) ->
         if close {
             s.rx.close();
         }
-        while let Ok(c) = s.rx.try_recv() {
+        while let Some(c) = s.rx.try_recv() {
             c.reply.send(Err(err()));
             n += 1;
         }

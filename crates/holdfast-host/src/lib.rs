@@ -16,6 +16,7 @@ pub mod options;
 pub mod policy;
 pub mod queue;
 pub mod reply;
+pub mod submit;
 pub mod transport;
 
 pub use controller::Controller;

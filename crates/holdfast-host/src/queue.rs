@@ -16,7 +16,6 @@ use holdfast_proto::{CompletionEntry, Reassembly, SendQueue, Status, SubmissionE
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 /// A command on its way to a controller.
 pub struct Command {
@@ -124,7 +123,7 @@ pub struct QueueParams {
 /// Why and how a queue task ended.
 pub struct QueueExit {
     /// The submission channel, for the next connection.
-    pub rx: mpsc::Receiver<Command>,
+    pub rx: crate::submit::Receiver<Command>,
     /// Commands sent but not completed, in submission order.
     pub pending: Vec<Command>,
     /// What ended it (None: every sender was dropped and nothing was outstanding).
@@ -147,9 +146,9 @@ pub async fn run(
     mut decoder: PduDecoder,
     mut inbuf: BytesMut,
     p: QueueParams,
-    mut rx: mpsc::Receiver<Command>,
+    mut rx: crate::submit::Receiver<Command>,
     initial: Vec<Command>,
-    mut setup_rx: mpsc::Receiver<Command>,
+    mut setup_rx: crate::submit::Receiver<Command>,
     mut open: tokio::sync::watch::Receiver<bool>,
     cancel: tokio_util::sync::CancellationToken,
 ) -> QueueExit {
@@ -205,7 +204,7 @@ pub async fn run(
         let is_open = *open.borrow();
         let mut issue = Issue { p: &p, slots: &mut slots, free: &mut free, out: &mut out, seq: &mut seq, now };
         while !issue.free.is_empty() {
-            let setup = setup_backlog.pop_front().or_else(|| setup_rx.try_recv().ok());
+            let setup = setup_backlog.pop_front().or_else(|| setup_rx.try_recv());
             let cmd = match setup {
                 Some(c) => c,
                 None if !is_open => break,
@@ -213,15 +212,15 @@ pub async fn run(
                     Some(c) => c,
                     None => {
                         // As many new commands as there are free slots, issued from where they were taken (each
-                        // finds a free slot). Polled without a waker: the select below waits on the channel
-                        // with the task's own whenever slots are free.
-                        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-                        match rx.poll_recv_many(&mut cx, &mut intake, issue.free.len()) {
-                            std::task::Poll::Ready(0) => {
+                        // finds a free slot). Taken without waiting: the select below waits on the channel
+                        // whenever slots are free.
+                        match rx.try_recv_many(&mut intake, issue.free.len()) {
+                            None => {
                                 rx_open = false;
                                 break;
                             }
-                            std::task::Poll::Ready(_) => {
+                            Some(0) => break,
+                            Some(_) => {
                                 for cmd in intake.drain(..) {
                                     match issue.command(cmd) {
                                         Ok(Some(cid)) => last_cid = cid,
@@ -231,7 +230,6 @@ pub async fn run(
                                 }
                                 continue;
                             }
-                            std::task::Poll::Pending => break,
                         }
                     }
                 },
@@ -296,10 +294,10 @@ pub async fn run(
                     holdfast_rt::reserve_for_read(&mut inbuf, recv_hint);
                     rd.read_buf(&mut inbuf).await
                 } => read = Some(r),
-                c = rx.recv(), if is_open && rx_open && !free.is_empty() && backlog.is_empty() => match c {
-                    Some(c) => backlog.push_back(c),
-                    None => rx_open = false,
-                },
+                // New commands: taken at the top of the loop, as many as there are free slots.
+                more = std::future::poll_fn(|cx| rx.poll_ready(cx)), if is_open && rx_open && !free.is_empty() && backlog.is_empty() => {
+                    rx_open = more;
+                }
                 Some(c) = setup_rx.recv(), if !free.is_empty() => setup_backlog.push_back(c),
                 r = open.changed(), if !is_open => {
                     if r.is_err() {
