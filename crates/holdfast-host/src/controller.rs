@@ -243,6 +243,30 @@ fn closed() -> Error {
     Error::NotConnected("the controller is closed".into())
 }
 
+/// What [`Controller::io_submit`] did with a command.
+pub enum Submitted<'a> {
+    /// Queued: the completion comes through the [`Reply`] (see [`finish`]).
+    Queued(Reply),
+    /// The queue's channel holds its capacity: [`Backlogged::queue`] waits for room.
+    Full(Backlogged<'a>),
+}
+
+/// A command waiting for room in its queue's channel.
+pub struct Backlogged<'a> {
+    tx: &'a submit::Sender<Command>,
+    /// Boxed, so that a [`Submitted`] is a few words: on the usual path it is returned and matched by value.
+    cmd: Box<Command>,
+    rx: Reply,
+}
+
+impl Backlogged<'_> {
+    /// Wait for room and queue the command; then the completion comes through the returned [`Reply`].
+    pub async fn queue(self) -> Result<Reply> {
+        self.tx.send(*self.cmd).await.map_err(|_| closed())?;
+        Ok(self.rx)
+    }
+}
+
 /// Wait for a queued command: its completion, an error status as [`Error::Nvme`].
 pub fn finish(rx: Reply, name: &'static str) -> Finish {
     Finish { rx, name }
@@ -799,6 +823,23 @@ impl Controller {
         data_out: Bytes,
         data_in_len: usize,
     ) -> Result<Reply> {
+        match self.io_submit(hint, sqe, data_out, data_in_len)? {
+            Submitted::Queued(rx) => Ok(rx),
+            Submitted::Full(b) => b.queue().await,
+        }
+    }
+
+    /// [`Controller::io_send`] without a future in the usual case: the command is queued at once if its
+    /// queue's channel has room ([`Submitted::Queued`]); if not, the caller awaits [`Backlogged::queue`].
+    /// The namespace's reads and writes call this: an `async fn` here was one more state machine to build,
+    /// move the command's parts into and poll on every I/O.
+    pub fn io_submit(
+        &self,
+        hint: Option<usize>,
+        sqe: SubmissionEntry,
+        data_out: Bytes,
+        data_in_len: usize,
+    ) -> Result<Submitted<'_>> {
         self.check()?;
         if self.inner.io.is_empty() {
             return Err(Error::Invalid("this controller has no I/O queues".into()));
@@ -812,13 +853,12 @@ impl Controller {
                 | holdfast_proto::opcode::io::WRITE_ZEROES
                 | holdfast_proto::opcode::io::DATASET_MANAGEMENT
         ) && sqe.fuse() == 0;
-        // Built and queued here rather than through `send`: one future less on every I/O.
         let (cmd, rx) = command(sqe, data_out, data_in_len, command_name(&sqe, false), replayable)?;
         let tx = &self.inner.io[i];
-        if let Some(cmd) = try_enqueue(tx, cmd)? {
-            tx.send(cmd).await.map_err(|_| closed())?;
-        }
-        Ok(rx)
+        Ok(match try_enqueue(tx, cmd)? {
+            None => Submitted::Queued(rx),
+            Some(cmd) => Submitted::Full(Backlogged { tx, cmd: Box::new(cmd), rx }),
+        })
     }
 
     /// State changes from now on.

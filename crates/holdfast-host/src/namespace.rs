@@ -2,7 +2,7 @@
 //! than the controller's transfer limit (MDTS) are split; the pieces go out together, spread over the I/O
 //! queues (NVM Command Set 1.0 §3.2 and §3.3).
 
-use crate::controller::{finish, Controller};
+use crate::controller::{finish, Controller, Submitted};
 use crate::error::{Error, Result};
 use bytes::{Bytes, BytesMut};
 use holdfast_proto::identify::{self, IdentifyNamespace, NsDescriptor};
@@ -89,7 +89,10 @@ impl Namespace {
         if blocks <= max {
             // One command: no bookkeeping beyond it.
             let sqe = self.rw_sqe(op::READ, lba, blocks as u32, 0);
-            let rx = self.ctrl.io_send(queue, sqe, Bytes::new(), (blocks * self.block_size as u64) as usize).await?;
+            let rx = match self.ctrl.io_submit(queue, sqe, Bytes::new(), (blocks * self.block_size as u64) as usize)? {
+                Submitted::Queued(rx) => rx,
+                Submitted::Full(b) => b.queue().await?,
+            };
             return Ok(finish(rx, "Read").await?.data);
         }
         let mut rxs = Vec::new();
@@ -149,7 +152,11 @@ impl Namespace {
         let max = self.max_blocks();
         if blocks <= max {
             let sqe = self.rw_sqe(op::WRITE, lba, blocks as u32, if fua { rw::FUA } else { 0 });
-            finish(self.ctrl.io_send(queue, sqe, data, 0).await?, "Write").await?;
+            let rx = match self.ctrl.io_submit(queue, sqe, data, 0)? {
+                Submitted::Queued(rx) => rx,
+                Submitted::Full(b) => b.queue().await?,
+            };
+            finish(rx, "Write").await?;
             return Ok(());
         }
         let mut rxs = Vec::new();
