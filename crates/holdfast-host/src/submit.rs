@@ -401,6 +401,56 @@ mod tests {
         assert!(!tokio::time::timeout(Duration::from_secs(5), ready).await.expect("woken").unwrap());
     }
 
+    /// Senders on several threads against a receiver on another, through a channel far smaller than what
+    /// they send: everything arrives, once, in each sender's order, and nobody waits for ever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_threads_through_a_small_channel_lose_nothing_and_never_hang() {
+        const SENDERS: u64 = 6;
+        const EACH: u64 = 5000;
+        let (tx, mut rx) = channel::<(u64, u64)>(3);
+        let mut tasks = Vec::new();
+        for s in 0..SENDERS {
+            let tx = tx.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..EACH {
+                    // Both ways of sending: waiting for room, and trying first.
+                    if i % 2 == 0 {
+                        tx.send((s, i)).await.unwrap();
+                    } else if let Err(TrySendError::Full(item)) = tx.try_send((s, i)) {
+                        tx.send(item).await.unwrap();
+                    }
+                }
+            }));
+        }
+        drop(tx);
+        let receiver = tokio::spawn(async move {
+            let mut next = [0u64; SENDERS as usize];
+            let mut buf = Vec::new();
+            loop {
+                // Both ways of receiving, as a queue task does.
+                if poll_fn(|cx| rx.poll_ready(cx)).await {
+                    rx.try_recv_many(&mut buf, 2);
+                } else {
+                    break;
+                }
+                for (s, i) in buf.drain(..) {
+                    assert_eq!(i, next[s as usize], "sender {s}: out of order or duplicated");
+                    next[s as usize] += 1;
+                }
+                if let Some((s, i)) = rx.recv().await {
+                    assert_eq!(i, next[s as usize], "sender {s}: out of order or duplicated");
+                    next[s as usize] += 1;
+                }
+            }
+            next
+        });
+        let next = tokio::time::timeout(Duration::from_secs(30), receiver).await.expect("no hang").unwrap();
+        assert_eq!(next, [EACH; SENDERS as usize]);
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn a_closed_channel_refuses_items_and_still_gives_what_it_held() {
         let (tx, mut rx) = channel::<u32>(4);
