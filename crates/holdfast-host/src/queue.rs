@@ -169,6 +169,8 @@ pub async fn run(
     let mut recv_hint = 16 * 1024;
     let conn_id = holdfast_rt::connection_id();
     let mut yielded_for_spin = false;
+    // Commands completed since the loop last went round: their callers may submit more as soon as they run.
+    let mut completed = false;
     let current_thread = holdfast_rt::on_current_thread_runtime();
     // The CID issued last: with one command outstanding, it is that one if its slot is still taken.
     let mut last_cid = 0u16;
@@ -260,6 +262,21 @@ pub async fn run(
         // has the busy poller to itself, wait for the answer on the socket itself for a while. First let the
         // runtime run the callers of commands just completed (they share this thread and may have more to
         // submit): yield once, and spin only if that changed nothing.
+        // Commands just completed, on a queue that has the busy poller to itself: let their callers (on this
+        // thread) run now, then go round again to issue what they submitted, instead of waiting for it in the
+        // select below, which registers with every source it waits on only to be woken by the submission (at
+        // 4 KiB QD1, about 900 instructions per I/O). The callers have run, so a spin that follows needs no
+        // yield of its own.
+        if std::mem::take(&mut completed) && holdfast_rt::solo(&p.poll, conn_id) {
+            // A queue that keeps completing and spinning never reaches the select: see to its cancellation
+            // here (the tick's timeout check and the retries are seen to at the top of the loop).
+            if cancelled.fired() {
+                break Some(Error::NotConnected(format!("queue {} closed by the controller", p.qid)));
+            }
+            yielded_for_spin = true;
+            holdfast_rt::yield_to_tasks(current_thread).await;
+            continue;
+        }
         let mut read = None;
         let spin = out.is_empty()
             && depth - free.len() == 1
@@ -327,6 +344,7 @@ pub async fn run(
                 Ok(_) => holdfast_rt::touch(&p.poll, conn_id),
                 Err(e) => break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, io: e }),
             }
+            let free_before = free.len();
             loop {
                 match decoder.decode(&mut inbuf) {
                     Ok(Some(pdu)) => {
@@ -373,6 +391,7 @@ pub async fn run(
                     }
                 }
             }
+            completed = free.len() > free_before;
         }
     };
     let mut pending: Vec<InFlight> = slots.into_iter().flatten().collect();

@@ -275,6 +275,16 @@ impl CancelWatch {
     pub fn never() -> CancelWatch {
         CancelWatch(WatchState::Never)
     }
+
+    /// True if the watch has completed or would complete if polled now: for a loop that goes round without
+    /// polling it (an atomic load).
+    pub fn fired(&self) -> bool {
+        match &self.0 {
+            WatchState::Waiting { flag, .. } => flag.fired.load(Ordering::Acquire),
+            WatchState::Never => false,
+            WatchState::Done => true,
+        }
+    }
 }
 
 impl Future for CancelWatch {
@@ -535,13 +545,28 @@ mod tests {
         let mut cx = Context::from_waker(noop);
         let token = CancellationToken::new();
         let mut w = CancelWatch::new(&token);
+        let never_polled = CancelWatch::new(&token);
         for _ in 0..3 {
             tokio::task::yield_now().await;
             assert!(Pin::new(&mut w).poll(&mut cx).is_pending(), "not cancelled yet");
+            assert!(!w.fired());
         }
         token.cancel();
+        // Seen without polling once the helper has run.
+        assert!(!never_polled.fired(), "the helper has not run since the cancel");
+        let mut seen = false;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+            if never_polled.fired() {
+                seen = true;
+                break;
+            }
+        }
+        assert!(seen, "fired() sees the cancel without a poll");
         tokio::time::timeout(Duration::from_secs(5), &mut w).await.expect("the watch completes once cancelled");
         assert!(Pin::new(&mut w).poll(&mut cx).is_ready(), "and stays complete");
+        assert!(w.fired());
+        assert!(!CancelWatch::never().fired());
         // A child token's watch completes with its parent; one made after the cancel is complete at once.
         let parent = CancellationToken::new();
         let child = CancelWatch::new(&parent.child_token());
