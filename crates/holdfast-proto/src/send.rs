@@ -84,6 +84,11 @@ impl SendQueue {
         }
     }
 
+    /// How many slices [`SendQueue::io_slices`] would fill, given room.
+    pub fn slice_count(&self) -> usize {
+        self.chunks.len() + usize::from(!self.tail.is_empty())
+    }
+
     /// Fill `dst` with the waiting bytes in order; returns how many slices were used.
     pub fn io_slices<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
