@@ -417,6 +417,10 @@ impl Framing {
     /// PDO for a PDU of this HLEN that carries data.
     pub fn data_offset(&self, hlen: u8) -> usize {
         let h = hlen as usize + if self.hdgst { DIGEST_LEN } else { 0 };
+        if self.pda == 0 {
+            // The usual case, without the division by a variable alignment below.
+            return h.next_multiple_of(4);
+        }
         let align = (self.pda.min(MAX_PDA) as usize + 1) * 4;
         h.div_ceil(align) * align
     }
@@ -511,13 +515,16 @@ fn finish_header(out: &mut BytesMut, framing: &Framing, header: &mut [u8], data_
         if framing.hdgst { flags::HDGSTF } else { 0 } | if framing.ddgst && data_len > 0 { flags::DDGSTF } else { 0 };
     header[3] = pdo as u8;
     header[4..8].copy_from_slice(&(plen as u32).to_le_bytes());
-    out.reserve(if data_len > 0 { pdo } else { hlen + hd });
+    let pad = if data_len > 0 { pdo - hlen - hd } else { 0 };
+    out.reserve(hlen + hd + pad);
     out.extend_from_slice(header);
     if framing.hdgst {
         out.put_u32_le(crc32c(header));
     }
-    if data_len > 0 {
-        out.put_bytes(0, pdo - hlen - hd);
+    // Only with a PDA that asks for it (the Linux host's default is 0): `put_bytes` of nothing still calls
+    // memset.
+    if pad > 0 {
+        out.put_bytes(0, pad);
     }
 }
 
@@ -673,8 +680,26 @@ mod tests {
         assert_eq!(u32::from_le_bytes(b[4..8].try_into().unwrap()), 32 + 100 + 4);
         assert_eq!(&b[12..16], &4096u32.to_le_bytes());
         assert_eq!(&b[16..20], &100u32.to_le_bytes());
+        assert_eq!(&b[28..32], &[0; 4], "padding between the header digest and the data is zero");
         assert_eq!(&b[32..132], &data[..]);
         assert_eq!(&b[132..136], &crc32c(&data).to_le_bytes());
+    }
+
+    #[test]
+    fn data_offset_rounds_header_and_digest_up_to_the_alignment() {
+        for (hdgst, pda, hlen, want) in [
+            (false, 0, 24, 24),
+            (true, 0, 24, 28),
+            (false, 0, 72, 72),
+            (true, 0, 72, 76),
+            (true, 1, 24, 32),
+            (false, 2, 24, 24),
+            (true, 2, 72, 84),
+            (true, 31, 24, 128),
+        ] {
+            let f = Framing { hdgst, ddgst: false, pda };
+            assert_eq!(f.data_offset(hlen), want, "hdgst {hdgst}, pda {pda}, hlen {hlen}");
+        }
     }
 
     #[test]
