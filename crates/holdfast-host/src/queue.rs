@@ -258,10 +258,6 @@ pub async fn run(
         {
             break None;
         }
-        // One command outstanding (the one issued last, and not a held AER) and nothing to send: if this queue
-        // has the busy poller to itself, wait for the answer on the socket itself for a while. First let the
-        // runtime run the callers of commands just completed (they share this thread and may have more to
-        // submit): yield once, and spin only if that changed nothing.
         // Commands just completed, on a queue that has the busy poller to itself: let their callers (on this
         // thread) run now, then go round again to issue what they submitted, instead of waiting for it in the
         // select below, which registers with every source it waits on only to be woken by the submission (at
@@ -277,6 +273,10 @@ pub async fn run(
             holdfast_rt::yield_to_tasks(current_thread).await;
             continue;
         }
+        // One command outstanding (the one issued last, and not a held AER) and nothing to send: if this queue
+        // has the busy poller to itself, wait for the answer on the socket itself for a while. First let the
+        // runtime run the callers of commands just completed (they share this thread and may have more to
+        // submit): yield once (unless the completions above just did), and spin only if that changed nothing.
         let mut read = None;
         let spin = out.is_empty()
             && depth - free.len() == 1
