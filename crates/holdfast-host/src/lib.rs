@@ -4,9 +4,9 @@
 //! asynchronous events); [`Namespace`] gives async read / write / flush / write-zeroes / deallocate over it;
 //! [`discover`] reads a discovery log.
 //!
-//! Each queue is one task that owns its TCP connection ([`queue`]); callers reach it through a channel that
-//! outlives the connection, and a failed connection hands back its unfinished commands with their buffers —
-//! the structure reconnection (design §4) builds on.
+//! Each queue is one task that owns its TCP connection ([`queue`]); callers reach it through a channel
+//! ([`submit`]) that outlives the connection, and a failed connection hands back its unfinished commands with
+//! their buffers — the structure reconnection (design §4) builds on.
 
 pub mod controller;
 pub mod discovery;
