@@ -213,8 +213,8 @@ impl<T> Receiver<T> {
 
     /// Take up to `limit` items into `buf` without waiting: `Some(n)` (n may be 0: none yet), or `None` once
     /// every sender is gone (or the channel was closed) and nothing is left; that end may also show as
-    /// `Some(0)`, and is certain to show to a wait ([`Receiver::poll_recv_many`], [`Receiver::recv`]). Leaves
-    /// any earlier wait in place.
+    /// `Some(0)`, and is certain to show to a wait ([`Receiver::poll_recv_many`], [`Receiver::recv`]). Registers
+    /// no wait; an earlier one stays in place unless something is taken.
     pub fn try_recv_many(&mut self, buf: &mut Vec<T>, limit: usize) -> Option<usize> {
         self.take(None, buf, limit)
     }
@@ -233,13 +233,8 @@ impl<T> Receiver<T> {
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
         let mut s = self.chan.lock();
         if let Some(item) = s.queue.pop_front() {
-            self.chan.queued.store(s.queue.len(), Ordering::Relaxed);
-            let was_full = s.queue.len() + 1 >= self.chan.cap;
             s.rx_waiting = false;
-            drop(s);
-            if was_full {
-                self.chan.room.notify_waiters();
-            }
+            self.taken(s, 1);
             return Poll::Ready(Some(item));
         }
         if s.senders == 0 || !s.rx_alive {
@@ -280,12 +275,7 @@ impl<T> Receiver<T> {
         }
         let mut s = self.chan.lock();
         let item = s.queue.pop_front()?;
-        self.chan.queued.store(s.queue.len(), Ordering::Relaxed);
-        let was_full = s.queue.len() + 1 >= self.chan.cap;
-        drop(s);
-        if was_full {
-            self.chan.room.notify_waiters();
-        }
+        self.taken(s, 1);
         Some(item)
     }
 
@@ -302,14 +292,9 @@ impl<T> Receiver<T> {
         let mut s = self.chan.lock();
         let n = s.queue.len().min(limit);
         if n > 0 {
-            let was_full = s.queue.len() >= self.chan.cap;
             buf.extend(s.queue.drain(..n));
-            self.chan.queued.store(s.queue.len(), Ordering::Relaxed);
             s.rx_waiting = false;
-            drop(s);
-            if was_full {
-                self.chan.room.notify_waiters();
-            }
+            self.taken(s, n);
             return Some(n);
         }
         if s.senders == 0 || !s.rx_alive {
@@ -319,6 +304,17 @@ impl<T> Receiver<T> {
             Self::wait(&mut s, cx);
         }
         Some(0)
+    }
+
+    /// After `n` items were taken under `s`: the length mirror updated, the lock released, and senders waiting
+    /// for room told if the queue was full before.
+    fn taken(&self, s: MutexGuard<'_, State<T>>, n: usize) {
+        self.chan.queued.store(s.queue.len(), Ordering::Relaxed);
+        let was_full = s.queue.len() + n >= self.chan.cap;
+        drop(s);
+        if was_full {
+            self.chan.room.notify_waiters();
+        }
     }
 
     /// Have the next send (or the last sender's drop) wake `cx`'s task; its waker is cloned only if it is not
