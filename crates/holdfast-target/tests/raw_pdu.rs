@@ -23,6 +23,10 @@ const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0
 const HOSTID: [u8; 16] = [0x11; 16];
 
 async fn start(extra: &str) -> (Server, SocketAddr) {
+    start_with(extra, TargetSettings::default()).await
+}
+
+async fn start_with(extra: &str, settings: TargetSettings) -> (Server, SocketAddr) {
     let text = format!(
         r#"
 [[port]]
@@ -44,7 +48,7 @@ block_size = 512
         text.replace(&format!("nqn = \"{NQN}\"\n"), &format!("nqn = \"{NQN}\"\nallow_any_host = true\n"))
     };
     let cfg = Config::parse(&extra_any, "test").unwrap();
-    let target = Target::new(&cfg, TargetSettings::default()).unwrap();
+    let target = Target::new(&cfg, settings).unwrap();
     let server = Server::start(target).await.unwrap();
     let addr = server.bound[0].1;
     (server, addr)
@@ -512,6 +516,80 @@ async fn keep_alive_expiry_tears_the_association_down() {
     let r = tokio::time::timeout(Duration::from_secs(5), c.s.read_to_end(&mut rest)).await;
     assert!(r.is_ok(), "the target kept an idle association past KATO");
     assert!(t0.elapsed() >= Duration::from_millis(400), "torn down too early: {:?}", t0.elapsed());
+    server.stop().await;
+}
+
+/// An I/O queue that has the busy poller to itself and gets one command after another (so that it reads its
+/// socket in its own spin, never waiting in the runtime) still sees its controller torn down: it closes, and no
+/// command runs on it any more. The fence against stale writes (design §5) counts on a torn-down association's
+/// queues stopping. The host here is a thread of its own with a blocking socket, one read at a time, so that the
+/// gaps between commands stay shorter than the target's spin (on a loaded machine a longer gap can still end a
+/// spin, and the queue would then see the teardown in the runtime even without the check this test is for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_io_queue_closes_when_its_controller_is_torn_down() {
+    use std::io::{Read, Write};
+    let settings = TargetSettings { busy_poll: Duration::from_millis(1), ..TargetSettings::default() };
+    let (server, addr) = start_with("", settings).await;
+    let (mut admin, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let q = Conn::io(addr, &mut admin, cntlid, false, false).await;
+    let (f, mut dec, mut buf) = (q.f, q.dec, q.buf);
+    let mut s = q.s.into_std().unwrap();
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let torn_down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let host = std::thread::spawn({
+        let torn_down = torn_down.clone();
+        move || {
+            // Reads back to back; once the target closes the queue, Some(how many were answered after the
+            // controller was gone).
+            let (mut after, mut cid, mut chunk) = (0u32, 0u16, vec![0u8; 65536]);
+            let t0 = std::time::Instant::now();
+            loop {
+                if t0.elapsed() > Duration::from_secs(20) {
+                    return None;
+                }
+                cid = cid.wrapping_add(1);
+                let mut sqe = rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512));
+                sqe.cid.set(cid);
+                if s.write_all(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() }).to_bytes(&f)).is_err() {
+                    return Some(after);
+                }
+                loop {
+                    match dec.decode(&mut buf) {
+                        Ok(Some(Pdu::CapsuleResp(_))) => break,
+                        Ok(Some(_)) => continue,
+                        Ok(None) => {}
+                        Err(e) => panic!("undecodable PDU from the target: {e:?}"),
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                            panic!("queue 1 neither answered nor closed within 5 s")
+                        }
+                        _ => return Some(after),
+                    }
+                }
+                if torn_down.load(std::sync::atomic::Ordering::Relaxed) {
+                    after += 1;
+                }
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The admin queue's connection closes: the target tears the association down (an association ends with
+    // its admin queue), while the host goes on sending reads on queue 1 as fast as they complete.
+    drop(admin);
+    let subsys = server.target.subsystem(NQN).unwrap();
+    let t0 = std::time::Instant::now();
+    while subsys.controller(cntlid).is_some() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the controller outlived its admin queue by 5 s");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    torn_down.store(true, std::sync::atomic::Ordering::Relaxed);
+    let after = tokio::task::spawn_blocking(move || host.join().unwrap()).await.unwrap();
+    let after = after.expect("queue 1 was still answering reads 20 s after its controller was torn down");
+    // At most the read that was in the queue's hands when the teardown came.
+    assert!(after <= 1, "queue 1 answered {after} reads after its controller was torn down");
     server.stop().await;
 }
 

@@ -177,8 +177,16 @@ impl Connection {
                 break Close::Normal("Disconnect");
             }
             // Nothing to send or finish: if this connection has the busy poller to itself, wait for the host's
-            // next PDU on the socket itself for a while.
-            if c.out.is_empty() && c.slots.is_empty() && ic_done && holdfast_rt::solo(&poll, conn_id) {
+            // next PDU on the socket itself for a while. Not once the listener stopped or the controller is gone
+            // (atomic loads): a spin that goes on reading never reaches the select below that looks at them, and
+            // a host sending command after command would keep a torn-down association's queue serving.
+            if c.out.is_empty()
+                && c.slots.is_empty()
+                && ic_done
+                && holdfast_rt::solo(&poll, conn_id)
+                && !stopped.fired()
+                && !c.ctrl_gone.fired()
+            {
                 match holdfast_rt::spin_read(rd.as_ref(), &mut inbuf, READ_MIN_FREE, holdfast_rt::spin_budget(&poll)) {
                     Ok(Some(0)) => break Close::Normal("connection closed by host"),
                     Ok(Some(_)) => {
