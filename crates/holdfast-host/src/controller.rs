@@ -1001,7 +1001,7 @@ fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
                 };
                 let err = tokio::select! {
                     _ = cancel.cancelled() => return,
-                    r = tokio::time::timeout(kato - period, r) => match r {
+                    r = tokio::time::timeout(kato.saturating_sub(period).max(period), r) => match r {
                         Ok(Ok(_)) => continue,
                         Ok(Err(e)) => format!("Keep Alive failed: {e}"),
                         Err(_) => format!("no Keep Alive response within KATO ({kato:?})"),
@@ -1140,6 +1140,12 @@ async fn supervise(
         let mut failing_fast = false;
         let mut next_try = Instant::now();
         loop {
+            // Shut down (the last handle dropped, or shutdown()) while reconnecting: the wait below sees it, but
+            // an attempt that failed at once goes round without waiting.
+            if sh.shutdown.is_cancelled() {
+                fail_all(&mut slots, &|| Error::NotConnected("controller shut down".into()), true);
+                return;
+            }
             let eff = lock(&sh.info).effective.clone();
             let elapsed = since.elapsed();
             if let Some(f) = eff.fast_io_fail_tmo.0 {
@@ -1213,10 +1219,15 @@ async fn supervise(
                 *a = attempt;
             }
             let _ = sh.events.send(Event::Reconnecting { attempt, cause: cause.clone(), outage: since.elapsed() });
-            let deadline = match eff.loss_limit() {
-                Some(l) => TInstant::now() + l.saturating_sub(since.elapsed()).max(Duration::from_millis(10)),
-                None => TInstant::now() + Duration::from_secs(3600),
-            };
+            // The attempt may last until the controller would be lost, and, while queued I/O has not been failed
+            // yet, no longer than fast_io_fail_tmo: a connect into a black hole (connect_timeout) or a set-up
+            // command held by the target would otherwise keep the callers waiting past it. Cut there, the loop
+            // fails what is queued and tries again.
+            let mut left = eff.loss_limit().map_or(Duration::from_secs(3600), |l| l.saturating_sub(since.elapsed()));
+            if let Some(f) = eff.fast_io_fail_tmo.0.filter(|_| !failing_fast) {
+                left = left.min(f.saturating_sub(since.elapsed()));
+            }
+            let deadline = TInstant::now() + left.max(Duration::from_millis(10));
             let reissued: usize = slots.iter().flatten().map(|s| s.pending.len()).sum();
             let mut started = 0;
             match establish(&sh, &mut slots, &exits_tx, &mut started, deadline, false).await {

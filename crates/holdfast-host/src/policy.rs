@@ -29,6 +29,13 @@ impl fmt::Display for Source {
 
 /// Default KATO (the Linux host's).
 pub const DEFAULT_KATO: Duration = Duration::from_secs(5);
+/// The smallest KATO the host uses, whatever the target advertises or the host option says: a smaller one is
+/// raised to it ([`holdfast_proto::policy::MIN_KATO_MS`] says why).
+pub const MIN_KATO: Duration = Duration::from_millis(holdfast_proto::policy::MIN_KATO_MS as u64);
+/// The shortest wait between two reconnect attempts, whatever reconnect_delay says (0 is allowed there, as in
+/// SPDK, and means "at once"): an attempt that fails at once (connection refused) would otherwise start the next
+/// at once, a storm of connections against a target that is coming back up.
+pub const MIN_RETRY_GAP: Duration = Duration::from_millis(100);
 /// Default first reconnect delay (Linux: 10 s).
 pub const DEFAULT_RECONNECT_DELAY: Duration = Duration::from_secs(10);
 /// Default controller loss timeout (Linux: 600 s).
@@ -67,7 +74,8 @@ pub fn resolve(o: &ConnectOptions, adv: Option<&ConnectionPolicy>) -> Effective 
         }
     }
     let t = adv.filter(|p| p.kato_ms > 0);
-    let kato = pick(o.kato, t.map(|p| ms(p.kato_ms)), DEFAULT_KATO);
+    let mut kato = pick(o.kato, t.map(|p| ms(p.kato_ms)), DEFAULT_KATO);
+    kato.0 = kato.0.max(MIN_KATO);
     let reconnect_delay = pick(o.reconnect_delay, t.map(|p| ms(p.reconnect_delay_ms)), DEFAULT_RECONNECT_DELAY);
     let reconnect_delay_max = pick(
         o.reconnect_delay_max,
@@ -109,13 +117,15 @@ impl Effective {
     /// The delay before the next attempt after attempt `n` failed, `outage` into the outage. Inside an
     /// announced planned downtime the target said it is coming back, so the host keeps trying at the first
     /// delay instead of backing off (backing off to the cap could leave it waiting up to
-    /// reconnect_delay_max after the target is back); past it, [`Effective::delay`].
+    /// reconnect_delay_max after the target is back); past it, [`Effective::delay`]. Never below
+    /// [`MIN_RETRY_GAP`].
     pub fn retry_delay(&self, attempt: u32, outage: Duration) -> Duration {
-        if outage < self.planned_downtime {
+        let d = if outage < self.planned_downtime {
             self.reconnect_delay.0.min(self.reconnect_delay_max.0)
         } else {
             self.delay(attempt)
-        }
+        };
+        d.max(MIN_RETRY_GAP)
     }
     /// True if every value is holdfast's default (nothing advertised, nothing overridden).
     pub fn all_default(&self) -> bool {
@@ -181,5 +191,19 @@ mod tests {
         assert_eq!(e.retry_delay(5, Duration::from_secs(12)), Duration::from_millis(500));
         assert_eq!(e.retry_delay(5, Duration::from_secs(21)), Duration::from_millis(4000));
         assert_eq!(resolve(&o, Some(&adv)).retry_delay(5, Duration::from_secs(12)), Duration::from_millis(4000));
+    }
+
+    #[test]
+    fn tiny_kato_and_zero_reconnect_delay_are_raised_to_their_floors() {
+        let mut o = ConnectOptions::new("127.0.0.1:1", "nqn.x");
+        let adv = ConnectionPolicy { kato_ms: 1, reconnect_delay_ms: 0, ctrl_loss_tmo_ms: 5000, ..Default::default() };
+        let e = resolve(&o, Some(&adv));
+        assert_eq!(e.kato, (MIN_KATO, Source::Target));
+        assert_eq!(e.retry_delay(1, Duration::ZERO), MIN_RETRY_GAP);
+        assert_eq!(e.retry_delay(7, Duration::from_secs(3)), MIN_RETRY_GAP);
+        o.kato = Some(Duration::from_millis(50));
+        assert_eq!(resolve(&o, Some(&adv)).kato, (MIN_KATO, Source::Host));
+        o.kato = Some(Duration::from_millis(900));
+        assert_eq!(resolve(&o, Some(&adv)).kato.0, Duration::from_millis(900), "above the floor: as given");
     }
 }

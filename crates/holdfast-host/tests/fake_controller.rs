@@ -123,6 +123,10 @@ struct State {
     shn: tokio::sync::watch::Sender<bool>,
     /// Get Log Page commands for the Discovery log.
     discovery_reads: AtomicU32,
+    /// Down: new connections are closed as soon as they are accepted, and open ones at their next PDU.
+    down: AtomicBool,
+    /// New connections are accepted and then never answered (held open 30 s): a connect into a black hole.
+    mute: AtomicBool,
 }
 
 struct Fake {
@@ -156,11 +160,23 @@ async fn fake(b: Behaviour) -> Fake {
         corrupt_c2h: AtomicU32::new(0),
         shn: tokio::sync::watch::Sender::new(false),
         discovery_reads: AtomicU32::new(0),
+        down: AtomicBool::new(false),
+        mute: AtomicBool::new(false),
     });
     let st2 = st.clone();
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
             st2.connections.fetch_add(1, Ordering::Relaxed);
+            if st2.mute.load(Ordering::Relaxed) {
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    drop(s);
+                });
+                continue;
+            }
+            if st2.down.load(Ordering::Relaxed) {
+                continue;
+            }
             let (st3, closed) = (st2.clone(), st2.closed.clone());
             tokio::spawn(async move {
                 serve(s, st3).await;
@@ -455,6 +471,9 @@ async fn serve(mut s: TcpStream, st: Arc<State>) {
         aers: Vec::new(),
     };
     loop {
+        if c.st.down.load(Ordering::Relaxed) {
+            return;
+        }
         loop {
             match dec.decode(&mut inbuf) {
                 Ok(Some(p)) => {
@@ -713,6 +732,82 @@ async fn keep_alive_is_sent_well_inside_kato() {
     let c = Controller::connect(o).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(f.st.keep_alives.load(Ordering::Relaxed) >= 2, "{}", f.st.keep_alives.load(Ordering::Relaxed));
+    c.shutdown().await.unwrap();
+}
+
+/// A KATO below the floor (here the host's own option; a target's policy page may say 1 ms) is raised to
+/// policy::MIN_KATO: Keep Alives go out, and nothing panics (the keep-alive task once computed its reply
+/// window as KATO minus the period, which underflowed below 100 ms and killed the task silently).
+#[tokio::test]
+async fn a_tiny_kato_is_raised_to_the_floor_and_keep_alives_go_out() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.kato = Some(Duration::from_millis(50));
+    let c = Controller::connect(o).await.unwrap();
+    assert_eq!(c.effective_policy().kato.0, holdfast_host::policy::MIN_KATO);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(f.st.keep_alives.load(Ordering::Relaxed) >= 2, "{}", f.st.keep_alives.load(Ordering::Relaxed));
+    assert_eq!(c.state(), holdfast_host::controller::State::Live);
+    c.shutdown().await.unwrap();
+}
+
+/// reconnect_delay 0 ("at once", as SPDK allows) against a target that drops every new connection: attempts
+/// are still spaced by policy::MIN_RETRY_GAP, not a storm, and shutting the controller down in the middle
+/// fails the I/O queued meanwhile at once, not at ctrl_loss_tmo.
+#[tokio::test]
+async fn zero_reconnect_delay_is_no_connection_storm_and_shutdown_ends_the_reconnecting() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.kato = Some(Duration::from_millis(600));
+    o.reconnect_delay = Some(Duration::ZERO);
+    o.reconnect_delay_max = Some(Duration::ZERO);
+    o.ctrl_loss_tmo = Some(Duration::from_secs(60));
+    let c = Controller::connect(o).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    f.st.down.store(true, Ordering::Relaxed);
+    // The next Keep Alive finds the admin queue closed: the host reconnects, and every attempt fails at once.
+    let t0 = std::time::Instant::now();
+    while !matches!(c.state(), holdfast_host::controller::State::Reconnecting { .. }) {
+        assert!(t0.elapsed() < Duration::from_secs(3), "the loss was never noticed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = f.st.connections.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let attempts = f.st.connections.load(Ordering::Relaxed) - before;
+    assert!((1..=8).contains(&attempts), "{attempts} connection attempts in 500 ms");
+    let read = tokio::spawn(async move { ns.read(0, 1).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.shutdown().await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(3), read).await;
+    let r = r.expect("a read queued while reconnecting was still waiting 3 s after shutdown").unwrap();
+    assert!(matches!(r, Err(holdfast_host::Error::NotConnected(_))), "{r:?}");
+}
+
+/// fast_io_fail_tmo holds while a reconnect attempt is still under way: here the target accepts the
+/// connection and never answers the ICReq, so the attempt would last connect_timeout (5 s); the I/O queued
+/// meanwhile fails once fast_io_fail_tmo (400 ms) has passed, not when the attempt gives up.
+#[tokio::test]
+async fn fast_io_fail_tmo_holds_during_a_reconnect_attempt_into_a_black_hole() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.kato = Some(Duration::from_millis(600));
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    o.fast_io_fail_tmo = Some(Duration::from_millis(400));
+    o.ctrl_loss_tmo = Some(Duration::from_secs(60));
+    let c = Controller::connect(o).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    f.st.mute.store(true, Ordering::Relaxed);
+    f.st.down.store(true, Ordering::Relaxed);
+    let t0 = std::time::Instant::now();
+    while !matches!(c.state(), holdfast_host::controller::State::Reconnecting { .. }) {
+        assert!(t0.elapsed() < Duration::from_secs(3), "the loss was never noticed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let lost = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(3), ns.read(0, 1)).await;
+    let r = r.expect("a read queued while reconnecting waited 3 s, past fast_io_fail_tmo (400 ms)");
+    assert!(matches!(r, Err(holdfast_host::Error::PathError(_))), "{r:?}");
+    assert!(lost.elapsed() < Duration::from_millis(1500), "failed only after {:?}", lost.elapsed());
     c.shutdown().await.unwrap();
 }
 

@@ -34,6 +34,11 @@ pub const MIN_LEN: usize = 56;
 /// advertises no policy, those fields are zero and the host uses its defaults; instance_id, generation and
 /// planned_downtime_ms are valid either way. Bits 31:1 are reserved (written 0, ignored on read).
 pub const FLAG_POLICY_SET: u32 = 1 << 0;
+/// The smallest `kato_ms` that makes sense: a holdfast host sends a Keep Alive every third of KATO (at least
+/// every 100 ms) and gives it the rest of KATO to be answered, so below half a second the answer must come within
+/// a few scheduler ticks of a loaded machine. The target refuses a smaller value in its configuration; the host
+/// raises a smaller one (from a target's page or its own option) to this.
+pub const MIN_KATO_MS: u32 = 500;
 /// `ctrl_loss_tmo_ms` value meaning "never give up".
 pub const CTRL_LOSS_NEVER: u32 = u32::MAX;
 

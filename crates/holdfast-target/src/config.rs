@@ -354,8 +354,16 @@ impl Config {
                 ));
             }
             let pol = &s.policy;
-            if pol.kato_ms == 0 {
-                return Err(err(k("policy.kato_ms"), "must be above 0 (keep-alive is mandatory on fabrics)".into()));
+            if pol.kato_ms < holdfast_proto::policy::MIN_KATO_MS {
+                return Err(err(
+                    k("policy.kato_ms"),
+                    format!(
+                        "{} is below {} (keep-alive is mandatory on fabrics, and a host sends a Keep Alive every \
+                         third of KATO and must have its answer within the rest)",
+                        pol.kato_ms,
+                        holdfast_proto::policy::MIN_KATO_MS
+                    ),
+                ));
             }
             if pol.reconnect_delay_max_ms < pol.reconnect_delay_ms {
                 return Err(err(k("policy.reconnect_delay_max_ms"), "is below reconnect_delay_ms".into()));
@@ -465,6 +473,12 @@ block_size = 4096
         )
         .unwrap_err();
         assert_eq!(e.key, "subsystem[0].policy.cqt_ms", "{e}");
+        let e = Config::parse(
+            &GOOD.replace("allow_any_host = true", "allow_any_host = true\n[subsystem.policy]\nkato_ms = 100"),
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "t.toml: subsystem[0].policy.kato_ms: 100 is below 500 (keep-alive is mandatory on fabrics, and a host sends a Keep Alive every third of KATO and must have its answer within the rest)");
         let e = Config::parse(
             &GOOD.replace("allow_any_host = true", "allow_any_host = true\ncntlid_min = 9\ncntlid_max = 8"),
             "t.toml",
