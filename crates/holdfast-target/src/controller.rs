@@ -3,6 +3,7 @@
 //! events waiting for them, and the error log. Its queues are separate connection tasks that reach it through
 //! an `Arc`; tearing it down cancels all of them at once.
 
+use crate::backend::AssociationGate;
 use crate::subsystem::{Subsystem, Target};
 use holdfast_proto::fabrics::{cc, csts};
 use holdfast_proto::features::{event_type, notice, AsyncEvent};
@@ -155,6 +156,9 @@ pub struct Controller {
     /// Cancelled when the controller is torn down: every queue task exits.
     pub cancel: CancellationToken,
     torn_down: AtomicBool,
+    /// The media gates of the queues bound to this controller ([`Controller::bind_gate`]): killed by the
+    /// teardown itself, not by each queue task when it gets round to exiting.
+    gates: Mutex<Vec<std::sync::Weak<AssociationGate>>>,
     /// CSTS.RDY, mirrored out of `state` for the I/O path.
     ready: AtomicBool,
     /// Volatile write cache disabled (Set Features 06h): writes are made durable before completion.
@@ -186,6 +190,7 @@ impl Controller {
             local_addr,
             kato_ms: AtomicU32::new(kato_ms),
             last_activity_ms: AtomicU64::new(now),
+            gates: Mutex::new(Vec::new()),
             state: Mutex::new(CtrlState {
                 cc: 0,
                 csts: 0,
@@ -327,11 +332,34 @@ impl Controller {
         self.raise_event(ev.to_dword(), LID_HOLDFAST_POLICY, None);
     }
 
-    /// Tear the association down: cancel every queue (each queue, as it exits, refuses its not-yet-started
-    /// media accesses and registers what is still in flight), forget the controller. Idempotent.
+    /// Note that a queue bound to this controller passes its media accesses through `gate`, so that the
+    /// teardown fences them (design §5). A queue bound after the teardown began has its gate killed here.
+    pub fn bind_gate(&self, gate: &Arc<AssociationGate>) {
+        {
+            let mut g = self.gates.lock();
+            g.retain(|w| w.strong_count() > 0);
+            g.push(Arc::downgrade(gate));
+        }
+        // After the push: a teardown that took the list before it has set `torn_down` before taking it.
+        if self.torn_down.load(Ordering::SeqCst) {
+            gate.kill();
+            self.subsys.add_dead_association(&self.hostnqn, self.hostid, gate.clone());
+        }
+    }
+
+    /// Tear the association down: every queue's media gate is killed now (commands that have not touched
+    /// media yet never will) and what is still in flight is registered with the subsystem, so that a new
+    /// association of this host waits for it (design §5: the fence holds from this moment, not from when
+    /// each queue task gets round to exiting); then every queue is cancelled and the controller forgotten.
+    /// Idempotent.
     pub fn teardown(&self, reason: &str) {
         if self.torn_down.swap(true, Ordering::SeqCst) {
             return;
+        }
+        let gates: Vec<_> = self.gates.lock().iter().filter_map(std::sync::Weak::upgrade).collect();
+        for gate in gates {
+            gate.kill();
+            self.subsys.add_dead_association(&self.hostnqn, self.hostid, gate);
         }
         self.cancel.cancel();
         self.subsys.remove_controller(self.cntlid);

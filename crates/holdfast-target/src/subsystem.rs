@@ -182,11 +182,12 @@ impl Subsystem {
         self.controllers.lock().values().filter_map(Weak::upgrade).collect()
     }
 
-    /// Remember a dead association whose commands are still in flight.
+    /// Remember a dead association whose commands are still in flight (once: the teardown and the queue's
+    /// exit both report it).
     pub fn add_dead_association(&self, hostnqn: &str, hostid: [u8; 16], gate: Arc<AssociationGate>) {
         let mut d = self.dead.lock();
         d.retain(|(_, _, g)| g.inflight() > 0);
-        if gate.inflight() > 0 {
+        if gate.inflight() > 0 && !d.iter().any(|(_, _, g)| Arc::ptr_eq(g, &gate)) {
             d.push((hostnqn.to_owned(), hostid, gate));
         }
     }

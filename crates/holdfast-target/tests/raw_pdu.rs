@@ -593,6 +593,42 @@ async fn a_spinning_io_queue_closes_when_its_controller_is_torn_down() {
     server.stop().await;
 }
 
+/// The teardown fences the association's queues itself, at once (design §5): a Connect from the same host
+/// that runs its drain check right after the teardown must see the I/O queue's write still in flight, even if
+/// the queue's task has not run since. On this current-thread runtime no queue task runs between the
+/// teardown and the check, which makes that race certain.
+#[tokio::test]
+async fn teardown_fences_every_queue_of_the_association_at_once() {
+    let settings = TargetSettings { test_delay_writes: Some(Duration::from_millis(500)), ..TargetSettings::default() };
+    let (server, addr) = start_with("", settings).await;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    let mut sqe = rw_sqe(io::WRITE, 0, 1, SglDescriptor::incapsule(512));
+    sqe.cid.set(q.next_cid());
+    q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::from(vec![7u8; 512]) })).await;
+    // The write is now held before the media (test_delay_writes).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let subsys = server.target.subsystem(NQN).unwrap();
+    subsys.controller(cntlid).unwrap().teardown("test");
+    assert!(
+        subsys.dead_inflight(HOSTNQN, &HOSTID) >= 1,
+        "a new association of this host would be admitted while the old queue's write is still in flight"
+    );
+    // The write never lands: its gate was killed before it reached the media.
+    drop((a, q));
+    let t0 = std::time::Instant::now();
+    while subsys.dead_inflight(HOSTNQN, &HOSTID) > 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the dead association never drained");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (mut a2, cntlid2) = Conn::admin(addr, NQN, false, false).await;
+    let mut q2 = Conn::io(addr, &mut a2, cntlid2, false, false).await;
+    let (r, d) = q2.cmd(rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512)), Bytes::new()).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    assert_eq!(d, vec![0u8; 512], "the dead association's write landed");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn discovery_log_lists_subsystem_and_discovery_entries() {
     let (server, addr) = start("").await;

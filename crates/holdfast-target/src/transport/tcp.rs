@@ -526,6 +526,7 @@ impl Connection {
 
     fn on_connected(&mut self) {
         let Some(ctrl) = self.ctx.ctrl.clone() else { return };
+        ctrl.bind_gate(&self.ctx.gate);
         self.ctrl_gone = holdfast_rt::CancelWatch::new(&ctrl.cancel);
         if self.ctx.qid == 0 {
             let (tx, rx) = mpsc::unbounded_channel();
