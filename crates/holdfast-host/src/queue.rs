@@ -10,7 +10,7 @@ use crate::error::Error;
 use bytes::{Bytes, BytesMut};
 use holdfast_proto::decoder::{DecodeError, PduDecoder};
 use holdfast_proto::digest::digest_bytes;
-use holdfast_proto::pdu::{self, flags, Framing, Pdu, PduType};
+use holdfast_proto::pdu::{self, flags, Fes, Framing, Pdu, PduType};
 use holdfast_proto::sgl::SglDescriptor;
 use holdfast_proto::{CompletionEntry, Reassembly, SendQueue, Status, SubmissionEntry};
 use std::time::{Duration, Instant};
@@ -137,6 +137,11 @@ struct InFlight {
     seq: u64,
     /// Some of its C2HData failed the data digest: whatever the controller says, the data is not delivered.
     bad_data: bool,
+    /// End of its data already queued for the controller: all of it if it went in the capsule, else the end
+    /// of the last R2T answered. An R2T must ask for data past this (MAXR2T 0: one R2T at a time, none for
+    /// data already sent; Linux's host checks the same), so each byte is queued at most once. Set afresh
+    /// each time the command is issued, on whatever connection, after whatever status.
+    h2c_end: u32,
 }
 
 /// Run a queue on an initialized connection until it fails or is no longer needed.
@@ -178,6 +183,8 @@ pub async fn run(
     let mut delayed: Vec<(Instant, Command)> = Vec::new();
     // Waited on in every round of the select below: a watch, not `cancel.cancelled()` (see CancelWatch).
     let mut cancelled = holdfast_rt::CancelWatch::new(&cancel);
+    // An H2CTermReq was queued in `out`: flush it before closing.
+    let mut term = false;
 
     let error: Option<Error> = 'run: loop {
         // Command timeouts, checked here as well as on the tick: a socket that is always readable would
@@ -351,8 +358,8 @@ pub async fn run(
                         if let Pdu::C2HData(d) = &pdu {
                             recv_hint = recv_hint.max((d.data.len() + 1024).min(MAX_RECV_HINT));
                         }
-                        if let Err(e) = handle_pdu(pdu, &p, &mut slots, &mut free, &mut out, &mut delayed) {
-                            break 'run Some(e);
+                        if let Err(f) = handle_pdu(pdu, &p, &mut slots, &mut free, &mut out, &mut delayed) {
+                            break 'run Some(fault(f, &p, &mut out, &mut term));
                         }
                     }
                     Ok(None) => break,
@@ -385,8 +392,8 @@ pub async fn run(
                         if let Some(Some(f)) = slots.get_mut(d.cccid as usize) {
                             f.bad_data = true;
                         }
-                        if let Err(e) = handle_pdu(Pdu::C2HData(d), &p, &mut slots, &mut free, &mut out, &mut delayed) {
-                            break 'run Some(e);
+                        if let Err(f) = handle_pdu(Pdu::C2HData(d), &p, &mut slots, &mut free, &mut out, &mut delayed) {
+                            break 'run Some(fault(f, &p, &mut out, &mut term));
                         }
                     }
                 }
@@ -410,6 +417,19 @@ pub async fn run(
     pending.extend(setup_backlog);
     pending.extend(backlog);
     pending.extend(delayed.into_iter().map(|(_, c)| c));
+    if term {
+        // The termination request goes after what is queued ahead of it (a PDU may be partly written), for
+        // as long as the target reads.
+        let _ = tokio::time::timeout(TERM_FLUSH, async {
+            while !out.is_empty() {
+                match holdfast_rt::write_some(&mut wr, &out).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => out.advance(n),
+                }
+            }
+        })
+        .await;
+    }
     let _ = wr.shutdown().await;
     if p.closing.is_cancelled() {
         linger(&mut rd).await;
@@ -435,12 +455,13 @@ impl Issue<'_> {
             return Ok(None);
         }
         let Some(cid) = self.free.pop() else { return Err(Box::new(cmd)) };
-        encode_command(self.out, self.p, cid, &cmd);
+        let h2c_end = encode_command(self.out, self.p, cid, &cmd);
         *self.seq += 1;
         // Assigned through a reference to the slot: assigned to `self.slots[cid]` directly (or from a local),
         // the record was built on the stack and all 208 bytes copied in (objdump); this way about 140 are.
         let slot = &mut self.slots[cid as usize];
-        *slot = Some(InFlight { buf: Reassembly::Empty, cmd, started: self.now, seq: *self.seq, bad_data: false });
+        *slot =
+            Some(InFlight { buf: Reassembly::Empty, cmd, started: self.now, seq: *self.seq, bad_data: false, h2c_end });
         Ok(Some(cid))
     }
 }
@@ -464,6 +485,20 @@ async fn linger(rd: &mut tokio::net::tcp::OwnedReadHalf) {
     .await;
 }
 
+/// How long a queue that ends over a protocol error tries to send what it queued ahead of its H2CTermReq,
+/// and the request itself.
+const TERM_FLUSH: Duration = Duration::from_millis(200);
+
+/// The error a queue ends with for `f`; its H2CTermReq, if any, queued in `out` (`term` set).
+fn fault(f: Fault, p: &QueueParams, out: &mut SendQueue, term: &mut bool) -> Error {
+    if let Some(t) = f.term {
+        tracing::debug!(qid = p.qid, "{}; sending H2CTermReq (FES {:#x}, FEI {:#x})", f.error, t.fes, t.fei);
+        Pdu::H2CTermReq(t).encode(&p.framing, out.header_buf());
+        *term = true;
+    }
+    f.error
+}
+
 /// Most free receive space kept ahead of a read (bounds memory per queue).
 const MAX_RECV_HINT: usize = 512 * 1024;
 
@@ -479,7 +514,8 @@ fn timed_out(slots: &[Option<InFlight>], p: &QueueParams) -> Option<Error> {
     })
 }
 
-fn encode_command(out: &mut SendQueue, p: &QueueParams, cid: u16, cmd: &Command) {
+/// Encode `cmd`'s capsule with CID `cid`; returns how much of its data went in the capsule.
+fn encode_command(out: &mut SendQueue, p: &QueueParams, cid: u16, cmd: &Command) -> u32 {
     let mut sqe = cmd.sqe;
     sqe.cid.set(cid);
     // SGLs for data; PSDT must say so (NVMe-oF 1.1 §2.1).
@@ -500,15 +536,34 @@ fn encode_command(out: &mut SendQueue, p: &QueueParams, cid: u16, cmd: &Command)
         if p.framing.ddgst {
             out.header_buf().extend_from_slice(&digest_bytes(&cmd.data_out));
         }
+        n as u32
     } else {
         let len = if n > 0 { n } else { cmd.data_in_len() };
         sqe.dptr = SglDescriptor::transport(len as u32);
         pdu::encode_capsule_cmd_header(out.header_buf(), &p.framing, &sqe, 0);
+        0
     }
 }
 
 fn protocol(qid: u16, what: impl Into<String>) -> Error {
     Error::Protocol { qid, what: what.into() }
+}
+
+/// Why [`handle_pdu`] gave up on the connection.
+struct Fault {
+    /// What the queue ends with.
+    error: Error,
+    /// For a PDU the controller got wrong in a way only its receiver can tell (an R2T for data not
+    /// outstanding): the H2CTermReq that says so, with the Fatal Error Status and the offending PDU's header
+    /// (NVMe/TCP 1.0, H2CTermReq PDU; as SPDK's host does for a bad R2T), queued behind what is already in
+    /// the send queue and flushed before the connection closes.
+    term: Option<pdu::TermReq>,
+}
+
+impl From<Error> for Fault {
+    fn from(error: Error) -> Fault {
+        Fault { error, term: None }
+    }
 }
 
 /// A command the controller just completed with `status`: if it is to be issued again (a retryable status, or
@@ -556,7 +611,7 @@ fn handle_pdu(
     free: &mut Vec<u16>,
     out: &mut SendQueue,
     delayed: &mut Vec<(Instant, Command)>,
-) -> Result<(), Error> {
+) -> Result<(), Fault> {
     let slot = |slots: &mut [Option<InFlight>], cid: u16| -> Result<usize, Error> {
         match slots.get(cid as usize) {
             Some(Some(_)) => Ok(cid as usize),
@@ -605,13 +660,14 @@ fn handle_pdu(
                         d.datao,
                         d.data.len()
                     ),
-                ));
+                )
+                .into());
             }
             f.buf.push(d.data, f.cmd.data_in_len());
             if d.success {
                 // SUCCESS: the command completed successfully and no CapsuleResp follows (§3.6.2.6).
                 if !d.last || f.buf.len() != f.cmd.data_in_len() {
-                    return Err(protocol(p.qid, "C2HData SUCCESS flag before all data arrived"));
+                    return Err(protocol(p.qid, "C2HData SUCCESS flag before all data arrived").into());
                 }
                 if let Some(f) = slots[i].take() {
                     free.push(i as u16);
@@ -623,14 +679,36 @@ fn handle_pdu(
         }
         Pdu::R2T(r) => {
             let i = slot(slots, r.cccid)?;
-            let Some(f) = slots[i].as_ref() else { return Ok(()) };
+            let Some(f) = slots[i].as_mut() else { return Ok(()) };
             let (o, l) = (r.r2to as usize, r.r2tl as usize);
-            if l == 0 || o + l > f.cmd.data_out.len() {
-                return Err(protocol(
+            // Each byte is sent once: an R2T asks for data past what was sent (in the capsule or for an
+            // earlier R2T), within the command's data. Anything else (a repeated or overlapping R2T, one for
+            // in-capsule data) would have the same data queued again for every copy the target sends.
+            let bad = if l == 0 {
+                Some((Fes::InvalidHeaderField, pdu::offset::DATA_DATAL, "for no data"))
+            } else if o + l > f.cmd.data_out.len() {
+                Some((Fes::DataOutOfRange, 0, "beyond the command's data"))
+            } else if o < f.h2c_end as usize {
+                Some((Fes::InvalidHeaderField, pdu::offset::DATA_DATAO, "for data already sent"))
+            } else {
+                None
+            };
+            if let Some((fes, fei, why)) = bad {
+                let mut header = BytesMut::new();
+                Pdu::R2T(r).encode(&Framing::default(), &mut header);
+                let error = protocol(
                     p.qid,
-                    format!("R2T out of range for command {} (offset {o}, {l} bytes)", r.cccid),
-                ));
+                    format!(
+                        "R2T {why} for {} (command {}: offset {o}, {l} bytes; {} of {} bytes already sent)",
+                        f.cmd.name,
+                        r.cccid,
+                        f.h2c_end,
+                        f.cmd.data_out.len()
+                    ),
+                );
+                return Err(Fault { error, term: Some(pdu::TermReq { fes: fes as u16, fei, data: header.freeze() }) });
             }
+            f.h2c_end = (o + l) as u32;
             // Answer with H2CData PDUs of at most MAXH2CDATA (§3.6.2.8).
             let mut off = o;
             while off < o + l {
@@ -643,13 +721,14 @@ fn handle_pdu(
             }
         }
         Pdu::C2HTermReq(t) => {
-            let fes = holdfast_proto::pdu::Fes::from_u16(t.fes).map(|f| f.name()).unwrap_or("unknown error");
+            let fes = Fes::from_u16(t.fes).map(|f| f.name()).unwrap_or("unknown error");
             return Err(protocol(
                 p.qid,
                 format!("the target terminated the connection: {fes} (FES {:#x}, FEI {:#x})", t.fes, t.fei),
-            ));
+            )
+            .into());
         }
-        other => return Err(protocol(p.qid, format!("unexpected {:?} PDU", other.pdu_type()))),
+        other => return Err(protocol(p.qid, format!("unexpected {:?} PDU", other.pdu_type())).into()),
     }
     Ok(())
 }

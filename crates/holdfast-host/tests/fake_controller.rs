@@ -6,7 +6,8 @@
 //! data so every write goes through R2T, several R2Ts per command and a small MAXH2CDATA (§3.6.2.7–8); a
 //! small MDTS; digests; a refused Connect; a command that is never answered; a termination request; fewer I/O
 //! queues granted than asked for; Asynchronous Event Requests aborted after the host closes; writes failed with a
-//! retryable status (CRD and CRDT1) or with Do Not Retry; C2HData with a wrong data digest.
+//! retryable status (CRD and CRDT1) or with Do Not Retry; C2HData with a wrong data digest; R2Ts that ask for
+//! data already sent (repeated, overlapping, for in-capsule data) or for none.
 
 use bytes::{Bytes, BytesMut};
 use holdfast_host::{ConnectOptions, Controller, Error, Namespace};
@@ -15,7 +16,7 @@ use holdfast_proto::fabrics::{self, cap, cc, csts, property, ConnectCommand, Pro
 use holdfast_proto::identify::{self, IdentifyController, IdentifyNamespace};
 use holdfast_proto::log_page::{discovery_log_bytes, log_page_slice, DiscoveryLogEntry, LID_DISCOVERY};
 use holdfast_proto::opcode::{admin, fctype, io, FABRICS};
-use holdfast_proto::pdu::{C2HData, CapsuleResp, Framing, IcResp, Pdu, TermReq, R2T};
+use holdfast_proto::pdu::{self as pdu, C2HData, CapsuleResp, Framing, IcResp, Pdu, TermReq, R2T};
 use holdfast_proto::sqe::{get_log_page, rw};
 use holdfast_proto::{CompletionEntry, Status, SubmissionEntry};
 use std::collections::HashMap;
@@ -65,6 +66,22 @@ struct Behaviour {
     /// Records in the Discovery log page (0: no such page). A Get Log Page longer than MDTS allows is a
     /// fatal transport error here, as on SPDK's target (C2HTermReq, connection closed).
     discovery_records: usize,
+    /// Answer the first write with R2Ts that break the protocol (see [`BadR2T`]); that write is never
+    /// completed on that connection.
+    bad_r2t: Option<BadR2T>,
+}
+
+/// R2Ts a host must refuse: it announces MAXR2T 0 (one R2T at a time per command) and sends each byte once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BadR2T {
+    /// An R2T for the whole write, then the same R2T again at once.
+    Repeat,
+    /// An R2T for the first half; once that half came, one for the middle half, which overlaps it.
+    Overlap,
+    /// An R2T for a write whose data came in the capsule.
+    InCapsule,
+    /// An R2T for no data (R2TL 0).
+    Zero,
 }
 
 impl Default for Behaviour {
@@ -85,6 +102,7 @@ impl Default for Behaviour {
             fail_status: Status::TRANSIENT_TRANSPORT_ERROR.with_crd(1),
             close_io_on_shn: false,
             discovery_records: 0,
+            bad_r2t: None,
         }
     }
 }
@@ -127,6 +145,12 @@ struct State {
     down: AtomicBool,
     /// New connections are accepted and then never answered (held open 30 s): a connect into a black hole.
     mute: AtomicBool,
+    /// The bad R2Ts of `Behaviour::bad_r2t` went out (they go out once).
+    bad_r2t_sent: AtomicBool,
+    /// H2CData bytes received for the write that got the bad R2Ts.
+    bad_h2c_bytes: AtomicU64,
+    /// The termination requests the host sent.
+    h2c_terms: Mutex<Vec<TermReq>>,
 }
 
 struct Fake {
@@ -162,6 +186,9 @@ async fn fake(b: Behaviour) -> Fake {
         discovery_reads: AtomicU32::new(0),
         down: AtomicBool::new(false),
         mute: AtomicBool::new(false),
+        bad_r2t_sent: AtomicBool::new(false),
+        bad_h2c_bytes: AtomicU64::new(0),
+        h2c_terms: Mutex::new(Vec::new()),
     });
     let st2 = st.clone();
     tokio::spawn(async move {
@@ -192,6 +219,8 @@ struct PendingWrite {
     buf: Vec<u8>,
     /// End of the data the current R2T asked for.
     r2t_end: usize,
+    /// It got the bad R2Ts of `Behaviour::bad_r2t`.
+    bad: bool,
 }
 
 struct Conn {
@@ -244,9 +273,30 @@ impl Conn {
         let start = w.r2t_end;
         let n = (w.buf.len() - start).min(self.st.b.r2t_chunk);
         w.r2t_end = start + n;
+        self.send_r2t(cid, start, n);
+    }
+
+    fn send_r2t(&mut self, cid: u16, offset: usize, len: usize) {
         self.st.r2ts.fetch_add(1, Ordering::Relaxed);
-        Pdu::R2T(R2T { cccid: cid, ttag: cid ^ 0x5A5A, r2to: start as u32, r2tl: n as u32 })
+        Pdu::R2T(R2T { cccid: cid, ttag: cid ^ 0x5A5A, r2to: offset as u32, r2tl: len as u32 })
             .encode(&self.framing, &mut self.out);
+    }
+
+    /// Answer a write with the R2Ts of `Behaviour::bad_r2t` instead of doing it.
+    fn bad_r2t(&mut self, bad: BadR2T, sqe: SubmissionEntry, incapsule: bool) {
+        let (cid, n) = (sqe.cid(), rw::nlb(&sqe) as usize * BS);
+        assert_eq!(incapsule, bad == BadR2T::InCapsule, "the test's write has the wrong size for {bad:?}");
+        let r2ts: &[(usize, usize)] = match bad {
+            BadR2T::Repeat => &[(0, n), (0, n)],
+            BadR2T::Overlap => &[(0, n / 2)],
+            BadR2T::InCapsule => &[(0, n)],
+            BadR2T::Zero => &[(0, 0)],
+        };
+        let (o, l) = r2ts[0];
+        self.writes.insert(cid, PendingWrite { sqe, buf: vec![0; n], r2t_end: o + l, bad: true });
+        for &(o, l) in r2ts {
+            self.send_r2t(cid, o, l);
+        }
     }
 
     fn apply_write(&mut self, sqe: &SubmissionEntry, data: &[u8]) {
@@ -397,11 +447,14 @@ impl Conn {
             }
             io::WRITE => {
                 let n = rw::nlb(&sqe) as usize * BS;
+                if let Some(bad) = self.st.b.bad_r2t.filter(|_| !self.st.bad_r2t_sent.swap(true, Ordering::Relaxed)) {
+                    return self.bad_r2t(bad, sqe, !data.is_empty());
+                }
                 if !data.is_empty() {
                     assert_eq!(data.len(), n, "in-capsule data length");
                     self.apply_write(&sqe, &data);
                 } else {
-                    self.writes.insert(cid, PendingWrite { sqe, buf: vec![0; n], r2t_end: 0 });
+                    self.writes.insert(cid, PendingWrite { sqe, buf: vec![0; n], r2t_end: 0, bad: false });
                     self.r2t(cid);
                 }
             }
@@ -434,6 +487,16 @@ impl Conn {
                 self.st.h2c_pdus.fetch_add(1, Ordering::Relaxed);
                 assert!(d.data.len() <= self.st.b.maxh2cdata as usize, "H2CData larger than MAXH2CDATA");
                 let w = self.writes.get_mut(&d.cccid).expect("H2CData for a write we asked for");
+                if w.bad {
+                    // Count what the host sends; complete nothing.
+                    self.st.bad_h2c_bytes.fetch_add(d.data.len() as u64, Ordering::Relaxed);
+                    let n = w.buf.len();
+                    if self.st.b.bad_r2t == Some(BadR2T::Overlap) && d.last && w.r2t_end == n / 2 {
+                        w.r2t_end = n / 4 + n / 2;
+                        self.send_r2t(d.cccid, n / 4, n / 2);
+                    }
+                    return;
+                }
                 assert_eq!(d.ttag, d.cccid ^ 0x5A5A, "TTAG echoed");
                 let at = d.datao as usize;
                 assert!(at + d.data.len() <= w.r2t_end, "H2CData beyond the R2T");
@@ -450,7 +513,10 @@ impl Conn {
                     assert!(!d.last, "LAST_PDU before the end of the R2T");
                 }
             }
-            Pdu::H2CTermReq(_) => self.close = true,
+            Pdu::H2CTermReq(t) => {
+                self.st.h2c_terms.lock().unwrap().push(t);
+                self.close = true;
+            }
             other => panic!("unexpected PDU from the host: {other:?}"),
         }
     }
@@ -1035,5 +1101,86 @@ async fn idle_carried_queues_never_block_the_granted_one() {
         tokio::time::timeout(Duration::from_secs(5), w).await.expect("the granted queue is not blocked").unwrap();
     }
     spread_io(&ns, 16, 3).await;
+    c.shutdown().await.unwrap();
+}
+
+/// The first write gets the R2Ts of `bad` (once; `len` bytes, which go in the capsule for `InCapsule` only):
+/// the host sends `sent` bytes of H2CData for it, none of them twice, then ends the connection at once with
+/// a termination request over the R2T field at `fei`, and issues the write again on a new connection.
+async fn bad_r2t_ends_the_connection(bad: BadR2T, len: usize, sent: u64, fei: u32) {
+    let f = fake(Behaviour { bad_r2t: Some(bad), ..Behaviour::default() }).await;
+    let mut o = opts(&f, 1, false);
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    // A host that takes the R2Ts waits this long for a completion that never comes.
+    o.io_timeout = Duration::from_secs(3);
+    let c = Controller::connect(o).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    let mut events = c.events();
+    let d = pattern(len, 11);
+    let t0 = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), ns.write(8, d.clone(), false))
+        .await
+        .expect("the write never ended")
+        .expect("the write, issued again on a new connection");
+    let took = t0.elapsed();
+    assert_eq!(f.st.bad_h2c_bytes.load(Ordering::Relaxed), sent, "{bad:?}: H2CData sent for the bad R2Ts");
+    assert!(took < Duration::from_secs(2), "{bad:?}: the write took {took:?}: the host waited for its completion");
+    let mut cause = String::new();
+    while let Ok(e) = events.try_recv() {
+        if let holdfast_host::controller::Event::Reconnecting { cause: c, .. } = e {
+            cause = c;
+        }
+    }
+    assert!(cause.contains("R2T"), "{bad:?}: the bad R2T is the reported cause: {cause:?}");
+    let t0 = Instant::now();
+    while f.st.h2c_terms.lock().unwrap().is_empty() && t0.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let terms = f.st.h2c_terms.lock().unwrap().clone();
+    assert_eq!(terms.len(), 1, "{bad:?}: one H2CTermReq");
+    assert_eq!((terms[0].fes, terms[0].fei), (pdu::Fes::InvalidHeaderField as u16, fei), "{bad:?}: FES and FEI");
+    assert_eq!(terms[0].data.len(), pdu::HLEN_DATA as usize, "{bad:?}: the R2T's header");
+    assert_eq!(terms[0].data[0], pdu::PduType::R2T as u8, "{bad:?}: the R2T's header");
+    assert!(ns.read(8, (len / BS) as u64).await.unwrap() == d, "{bad:?}: read-back differs");
+    c.shutdown().await.unwrap();
+}
+
+/// A target that repeats an R2T (and may then stop reading) must not get the data again, nor make the host
+/// queue it again for every copy: the host announced MAXR2T 0 and already sent that range.
+#[tokio::test]
+async fn a_repeated_r2t_ends_the_connection_instead_of_sending_the_data_again() {
+    bad_r2t_ends_the_connection(BadR2T::Repeat, 64 * 1024, 64 * 1024, pdu::offset::DATA_DATAO).await;
+}
+
+#[tokio::test]
+async fn an_r2t_overlapping_data_already_sent_ends_the_connection() {
+    bad_r2t_ends_the_connection(BadR2T::Overlap, 64 * 1024, 32 * 1024, pdu::offset::DATA_DATAO).await;
+}
+
+#[tokio::test]
+async fn an_r2t_for_in_capsule_data_ends_the_connection() {
+    bad_r2t_ends_the_connection(BadR2T::InCapsule, 4096, 0, pdu::offset::DATA_DATAO).await;
+}
+
+#[tokio::test]
+async fn an_r2t_for_no_data_ends_the_connection() {
+    bad_r2t_ends_the_connection(BadR2T::Zero, 64 * 1024, 0, pdu::offset::DATA_DATAL).await;
+}
+
+/// A write retried after a retryable status is a new transfer: its R2T from offset 0 is answered in full
+/// again, on the same connection.
+#[tokio::test]
+async fn a_write_retried_after_a_status_answers_its_r2t_afresh() {
+    let f = fake(Behaviour::default()).await;
+    let c = Controller::connect(opts(&f, 1, false)).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    f.st.fail_writes.store(2, Ordering::Relaxed);
+    let d = pattern(64 * 1024, 12);
+    ns.write(16, d.clone(), false).await.expect("retried write");
+    assert_eq!(f.st.write_attempts.load(Ordering::Relaxed), 3);
+    assert_eq!(f.st.r2ts.load(Ordering::Relaxed), 3, "one R2T for the whole write per attempt");
+    assert_eq!(f.st.h2c_pdus.load(Ordering::Relaxed), 3);
+    assert_eq!(f.st.connections.load(Ordering::Relaxed), 2, "no reconnect: admin + 1 I/O queue");
+    assert!(ns.read(16, 128).await.unwrap() == d);
     c.shutdown().await.unwrap();
 }
