@@ -763,3 +763,46 @@ async fn reload_adds_and_removes_ports() {
     assert_eq!(server.target.genctr.load(std::sync::atomic::Ordering::SeqCst), genctr);
     server.stop().await;
 }
+
+/// A host that pipelines a batch of large reads and does not read its socket cannot make the target execute
+/// them all and hold every answer in memory: the target stops decoding at its send high-water mark (8 MiB), the
+/// rest of the batch waiting in its receive buffer, and goes on once the host reads. With and without busy
+/// polling (a queue that stopped decoding must wait for its socket to take data, not spin on reading more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_does_not_read_cannot_make_the_target_buffer_a_whole_batch_of_reads() {
+    const READS: u16 = 200;
+    const LEN: usize = 256 * 1024;
+    for busy_poll in [Duration::ZERO, Duration::from_millis(1)] {
+        let (server, addr) = start_with("", TargetSettings { busy_poll, ..TargetSettings::default() }).await;
+        let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+        let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+        // Reads one at a time first: with busy polling the queue then has the poller to itself and reads its
+        // socket in its own spin.
+        for _ in 0..100 {
+            let (r, _) = q.cmd(rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512)), Bytes::new()).await;
+            assert_eq!(r.status(), Status::SUCCESS);
+        }
+        let stats = &server.target.subsystem(NQN).unwrap().stats;
+        let before = stats.read_cmds.load(std::sync::atomic::Ordering::Relaxed);
+        let mut burst = Vec::new();
+        for i in 0..READS {
+            let mut sqe = rw_sqe(io::READ, 0, (LEN / 512) as u32, SglDescriptor::transport(LEN as u32));
+            sqe.cid.set(100 + i);
+            burst.extend_from_slice(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() }).to_bytes(&q.f));
+        }
+        q.send_raw(&burst).await; // 14 KiB of capsules: one socket read on the target
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let executed = stats.read_cmds.load(std::sync::atomic::Ordering::Relaxed) - before;
+        // 8 MiB / 256 KiB = 32 before the mark, plus what the two socket buffers took meanwhile.
+        assert!(
+            executed <= READS as u64 / 2,
+            "busy poll {busy_poll:?}: {executed} reads of 256 KiB executed and queued for a host that reads nothing"
+        );
+        // The host reads: every read completes, in order, with its data.
+        for i in 0..READS {
+            let (r, d) = q.finish(100 + i).await;
+            assert_eq!((r.status(), d.len()), (Status::SUCCESS, LEN), "read {i}");
+        }
+        server.stop().await;
+    }
+}

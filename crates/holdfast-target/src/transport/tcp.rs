@@ -32,7 +32,9 @@ const MAX_C2H_PDU: usize = 128 * 1024;
 /// Bytes of write data solicited (R2T sent, H2CData not yet all in) at once per queue: bounds receive
 /// memory per connection. One transfer (at most MDTS) is always allowed.
 const R2T_BUDGET: usize = 2 << 20;
-/// Stop reading new PDUs while this much is waiting to be sent.
+/// Send high-water mark: while this much is waiting to be sent, no further PDU is decoded (those already
+/// received wait in the receive buffer) and nothing more is read from the socket. Bounds what a host that
+/// pipelines large reads and does not read its socket can make the target hold.
 const SEND_HIGH_WATER: usize = 8 << 20;
 /// Receive buffer's initial size. Larger PDUs grow it (the decoder reserves a whole PDU once its header is
 /// in); the space is reused once the PDUs split off it are dropped.
@@ -145,8 +147,14 @@ impl Connection {
         // (see CancelWatch).
         let mut stopped = holdfast_rt::CancelWatch::new(&shutdown);
         let close = 'conn: loop {
-            // Everything already received, PDU by PDU.
+            // Everything already received, PDU by PDU, until the send queue reaches its high-water mark: the
+            // PDUs left in `inbuf` are decoded once the socket has taken enough.
+            let mut held = false;
             loop {
+                if c.out.len() >= SEND_HIGH_WATER {
+                    held = true;
+                    break;
+                }
                 match c.decoder.decode(&mut inbuf) {
                     Ok(Some(p)) => {
                         ic_done = true;
@@ -176,11 +184,18 @@ impl Connection {
             if c.ctx.close_after_response && c.out.is_empty() {
                 break Close::Normal("Disconnect");
             }
+            // Decoding stopped at the high-water mark and the socket has taken enough since: go on with what is
+            // waiting in `inbuf` (each round decodes at least one PDU, or finds none left and clears `held`).
+            if held && c.out.len() < SEND_HIGH_WATER {
+                continue;
+            }
             // Nothing to send or finish: if this connection has the busy poller to itself, wait for the host's
             // next PDU on the socket itself for a while. Not once the listener stopped or the controller is gone
             // (atomic loads): a spin that goes on reading never reaches the select below that looks at them, and
-            // a host sending command after command would keep a torn-down association's queue serving.
+            // a host sending command after command would keep a torn-down association's queue serving. Nor
+            // while PDUs wait in `inbuf` (`held`): they are decoded before anything more is read.
             if c.out.is_empty()
+                && !held
                 && c.slots.is_empty()
                 && ic_done
                 && holdfast_rt::solo(&poll, conn_id)
@@ -236,6 +251,8 @@ impl Connection {
                     c.slots.remove(&ev.cid);
                     c.send_response(ev.cid, Status::SUCCESS, ev.dw0, 0);
                 }
+                // Off above the high-water mark (and so while `held`): the write branch above is what runs then,
+                // waiting for the socket to take data.
                 r = async { holdfast_rt::reserve_for_read(&mut inbuf, READ_MIN_FREE); rd.read_buf(&mut inbuf).await }, if c.out.len() < SEND_HIGH_WATER => match r {
                     Ok(0) => break Close::Normal("connection closed by host"),
                     Ok(_) => {
