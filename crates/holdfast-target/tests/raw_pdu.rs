@@ -806,3 +806,44 @@ async fn a_host_that_does_not_read_cannot_make_the_target_buffer_a_whole_batch_o
         server.stop().await;
     }
 }
+
+/// A Connect on a queue that a Connect has already bound is refused with Command Sequence Error when it runs,
+/// not only when it is parsed: two Connects whose data comes through R2T are both parsed before either runs,
+/// and the second must neither create a second controller nor rebind the queue to one.
+#[tokio::test]
+async fn a_second_connect_delivered_by_r2t_is_refused() {
+    use holdfast_proto::pdu::R2T;
+    use zerocopy::IntoBytes;
+    let (server, addr) = start("").await;
+    let mut c = Conn::ic(addr, false, false).await;
+    let d = ConnectData::new(HOSTID, 0xFFFF, NQN, HOSTNQN);
+    for cid in [1u16, 2] {
+        let mut sqe = ConnectCommand::new(0, 0, 31, 0).to_sqe(); // KATO 0: the first controller never expires
+        sqe.cid.set(cid);
+        sqe.dptr = SglDescriptor::transport(d.as_bytes().len() as u32);
+        c.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() })).await;
+    }
+    let mut ttags = Vec::new();
+    for cid in [1u16, 2] {
+        let Pdu::R2T(R2T { cccid, ttag, .. }) = c.recv().await else { panic!("expected R2T") };
+        assert_eq!(cccid, cid);
+        ttags.push(ttag);
+    }
+    let mut cqes = Vec::new();
+    for (cid, ttag) in [1u16, 2].into_iter().zip(ttags) {
+        let data = Bytes::copy_from_slice(d.as_bytes());
+        c.send(Pdu::H2CData(H2CData { cccid: cid, ttag, datao: 0, data, last: true })).await;
+        let Pdu::CapsuleResp(r) = c.recv().await else { panic!("expected CapsuleResp") };
+        assert_eq!(r.cqe.cid(), cid);
+        cqes.push(r.cqe);
+    }
+    assert_eq!(cqes[0].status(), Status::SUCCESS);
+    assert_eq!(cqes[1].status(), Status::COMMAND_SEQUENCE_ERROR.with_dnr(), "the second Connect ran");
+    let subsys = server.target.subsystem(NQN).unwrap();
+    let ids: Vec<u16> = subsys.controllers().iter().map(|c| c.cntlid).collect();
+    assert_eq!(ids, vec![cqes[0].dw0.get() as u16], "controllers after two Connects on one queue");
+    // The queue still serves its first controller.
+    let r = c.prop_get(property::CAP, true).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    server.stop().await;
+}

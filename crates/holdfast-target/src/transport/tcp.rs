@@ -526,6 +526,7 @@ impl Connection {
         let len = req.len_to_host();
         let bound_before = self.ctx.ctrl.is_some();
         let resp = cmd::fabrics::connect(&mut self.ctx, &req, &data).await;
+        // A Connect on a bound queue is refused before it changes anything (a queue is bound once).
         if !bound_before && self.ctx.ctrl.is_some() {
             self.on_connected();
         }
