@@ -847,3 +847,29 @@ async fn a_second_connect_delivered_by_r2t_is_refused() {
     assert_eq!(r.status(), Status::SUCCESS);
     server.stop().await;
 }
+
+/// SQHD counts the Connect itself: it is the queue's first entry, so its response carries SQHD 1 and every
+/// later completion one more, wrapping at the queue size, as Linux nvmet answers a Linux host
+/// (`shared/captures/linux-host-linux-target.pcap`: 1, 2, ... 1Fh, 0 on a 32-entry admin queue).
+#[tokio::test]
+async fn sq_head_counts_the_connect_and_wraps_at_the_queue_size() {
+    let (server, addr) = start("").await;
+    let mut a = Conn::ic(addr, false, false).await;
+    let r = a.connect(0, 0xFFFF, NQN, 5000).await; // SQSIZE 31: 32 entries
+    assert_eq!((r.status(), r.sqhd.get()), (Status::SUCCESS, 1), "admin Connect");
+    let cntlid = r.dw0.get() as u16;
+    let r = a.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await;
+    assert_eq!((r.status(), r.sqhd.get()), (Status::SUCCESS, 2));
+    for n in 3..=40u32 {
+        let r = a.prop_get(property::CSTS, false).await;
+        assert_eq!((r.status(), r.sqhd.get()), (Status::SUCCESS, (n % 32) as u16), "admin command {n}");
+    }
+    // An I/O queue (SQSIZE 127) the same way.
+    let (mut q, r) = Conn::io_with(addr, &mut a, cntlid, false, false, 0).await;
+    assert_eq!(r.sqhd.get(), 1, "I/O queue Connect");
+    for n in 2..=4u16 {
+        let (r, _) = q.cmd(rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512)), Bytes::new()).await;
+        assert_eq!((r.status(), r.sqhd.get()), (Status::SUCCESS, n));
+    }
+    server.stop().await;
+}

@@ -358,6 +358,9 @@ impl Connection {
         }
     }
 
+    /// One more submission queue entry consumed: the SQ Head Pointer the next completions carry moves on,
+    /// wrapping at the queue size. Before a Connect has sized the queue there is nothing to count (the Connect
+    /// counts itself once it has, [`Connection::on_connected`]).
     fn advance_sqhd(&mut self) {
         if self.ctx.size > 0 && !self.ctx.sq_flow_disabled {
             self.sqhd = ((self.sqhd as u32 + 1) % self.ctx.size) as u16;
@@ -544,6 +547,11 @@ impl Connection {
 
     fn on_connected(&mut self) {
         let Some(ctrl) = self.ctx.ctrl.clone() else { return };
+        // The submission queue exists from this Connect on, and the Connect is its first entry (SQ entry 0):
+        // counted now that the queue has a size, so that its response carries SQ Head Pointer 1 and every
+        // later completion the entries consumed since (completion queue entry Dword 2; Linux nvmet answers
+        // the Connect with SQHD 1 as well). No-op with SQ flow control disabled (NVMe-oF 1.1 §3.3, CATTR).
+        self.advance_sqhd();
         self.ctrl_gone = holdfast_rt::CancelWatch::new(&ctrl.cancel);
         if self.ctx.qid == 0 {
             let (tx, rx) = mpsc::unbounded_channel();
