@@ -873,3 +873,37 @@ async fn sq_head_counts_the_connect_and_wraps_at_the_queue_size() {
     }
     server.stop().await;
 }
+
+/// A connection has a limited time to bind its queue: to send its ICReq, then a Connect that succeeds. One
+/// that stops after ICReq (or after a refused Connect) is closed, not held forever; one whose Connect bound
+/// the queue is not. Paused clock: the runtime skips ahead whenever every task waits.
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_never_binds_its_queue_is_closed() {
+    let (server, addr) = start("").await;
+    let closed_within = |mut c: Conn| async move {
+        let t0 = tokio::time::Instant::now();
+        let mut rest = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(120), c.s.read_to_end(&mut rest)).await;
+        assert!(r.is_ok(), "the connection was still open after 120 s");
+        t0.elapsed()
+    };
+    // No ICReq.
+    let waited = closed_within(Conn::raw(addr).await).await;
+    assert!(waited >= Duration::from_secs(9), "closed after {waited:?}");
+    // ICReq, then nothing.
+    let waited = closed_within(Conn::ic(addr, false, false).await).await;
+    assert!(waited >= Duration::from_secs(9), "closed after {waited:?}");
+    // ICReq and a refused Connect (unknown subsystem), then nothing.
+    let mut c = Conn::ic(addr, false, false).await;
+    assert_eq!(
+        c.connect(0, 0xFFFF, "nqn.2026-01.io.holdfast:nobody", 0).await.status(),
+        Status::CONNECT_INVALID_PARAMETERS.with_dnr()
+    );
+    closed_within(c).await;
+    // A bound queue (KATO 0: no keep-alive timer either) stays.
+    let mut c = Conn::ic(addr, false, false).await;
+    assert_eq!(c.connect(0, 0xFFFF, NQN, 0).await.status(), Status::SUCCESS);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(c.prop_get(property::CAP, true).await.status(), Status::SUCCESS, "the bound queue was closed");
+    server.stop().await;
+}

@@ -46,6 +46,10 @@ const READ_MIN_FREE: usize = RECV_CHUNK / 4;
 const PREFETCH_MAX: usize = 32;
 /// Time a new connection has to send its ICReq.
 const IC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a connection has, from its ICReq, to bind its queue with a Connect that succeeds: Connect is the
+/// first command on a queue and nothing else runs before it (NVMe-oF 1.1 §3.3), so a connection without
+/// one after this long is closed rather than held forever.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accept connections on `listener` until `shutdown`.
 pub async fn serve(target: Arc<Target>, port: Port, listener: TcpListener, shutdown: CancellationToken) {
@@ -111,6 +115,9 @@ struct Connection {
     aer_rx: Option<mpsc::UnboundedReceiver<AerCompletion>>,
     /// Completes when the controller this queue is bound to is torn down (never before a Connect binds it).
     ctrl_gone: holdfast_rt::CancelWatch,
+    /// Until a Connect binds the queue, the connection is closed at this instant: [`IC_TIMEOUT`] from
+    /// accept, then [`CONNECT_TIMEOUT`] from the ICReq.
+    bind_deadline: tokio::time::Instant,
 }
 
 fn limits(max_incapsule: usize) -> Limits {
@@ -135,13 +142,13 @@ impl Connection {
             done_tx,
             aer_rx: None,
             ctrl_gone: holdfast_rt::CancelWatch::never(),
+            bind_deadline: tokio::time::Instant::now() + IC_TIMEOUT,
         };
         let (mut rd, mut wr) = stream.into_split();
         let mut inbuf = BytesMut::with_capacity(RECV_CHUNK);
         let poll = c.ctx.target.busy_poll.clone();
         let conn_id = holdfast_rt::connection_id();
         let mut spun = 0u32;
-        let ic_deadline = tokio::time::Instant::now() + IC_TIMEOUT;
         let mut ic_done = false;
         // Waited on in every round of the select below, as `c.ctrl_gone` is: a watch, not a `cancelled()` future
         // (see CancelWatch).
@@ -193,11 +200,12 @@ impl Connection {
             // next PDU on the socket itself for a while. Not once the listener stopped or the controller is gone
             // (atomic loads): a spin that goes on reading never reaches the select below that looks at them, and
             // a host sending command after command would keep a torn-down association's queue serving. Nor
-            // while PDUs wait in `inbuf` (`held`): they are decoded before anything more is read.
+            // while PDUs wait in `inbuf` (`held`): they are decoded before anything more is read. Nor before a
+            // Connect has bound the queue: the select watches the deadline for that.
             if c.out.is_empty()
                 && !held
+                && c.ctx.ctrl.is_some()
                 && c.slots.is_empty()
-                && ic_done
                 && holdfast_rt::solo(&poll, conn_id)
                 && !stopped.fired()
                 && !c.ctrl_gone.fired()
@@ -219,6 +227,7 @@ impl Connection {
                     Err(e) => break Close::Io(e),
                 }
             }
+            let bind_deadline = c.bind_deadline;
             let aer = async {
                 match c.aer_rx.as_mut() {
                     Some(rx) => rx.recv().await,
@@ -251,6 +260,14 @@ impl Connection {
                     c.slots.remove(&ev.cid);
                     c.send_response(ev.cid, Status::SUCCESS, ev.dw0, 0);
                 }
+                // In an async block: select! builds every branch's future each round, enabled or not, and a
+                // Sleep takes a handle to the runtime when built. Ahead of the read branch, so that a host that
+                // keeps sending (refused) commands instead of a Connect does not keep it from firing.
+                _ = async { tokio::time::sleep_until(bind_deadline).await }, if c.ctx.ctrl.is_none() => {
+                    let why = if ic_done { "no Connect in time" } else { "no ICReq in time" };
+                    tracing::info!(peer = %c.ctx.peer_addr, "closing a connection whose queue was never bound: {why}");
+                    break Close::Normal(why);
+                }
                 // Off above the high-water mark (and so while `held`): the write branch above is what runs then,
                 // waiting for the socket to take data.
                 r = async { holdfast_rt::reserve_for_read(&mut inbuf, READ_MIN_FREE); rd.read_buf(&mut inbuf).await }, if c.out.len() < SEND_HIGH_WATER => match r {
@@ -261,9 +278,6 @@ impl Connection {
                     }
                     Err(e) => break Close::Io(e),
                 },
-                // In an async block: select! builds every branch's future each round, enabled or not, and a
-                // Sleep takes a handle to the runtime when built.
-                _ = async { tokio::time::sleep_until(ic_deadline).await }, if !ic_done => break Close::Normal("no ICReq in time"),
             }
         };
         // Say why, where the protocol wants it, then go.
@@ -323,6 +337,7 @@ impl Connection {
                 let params = ControllerIcParams { maxh2cdata: MAXH2CDATA, allow_hdgst: true, allow_ddgst: true };
                 match req.negotiate(&params) {
                     Ok(resp) => {
+                        self.bind_deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
                         Pdu::IcResp(resp).encode(&Framing::default(), self.out.header_buf());
                         self.decoder.set_negotiated(resp.hdgst, resp.ddgst, resp.cpda);
                         self.framing = Framing { hdgst: resp.hdgst, ddgst: resp.ddgst, pda: req.hpda };
