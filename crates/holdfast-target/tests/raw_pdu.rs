@@ -14,6 +14,7 @@ use holdfast_proto::{CompletionEntry, Status, SubmissionEntry};
 use holdfast_target::config::Config;
 use holdfast_target::{Server, Target, TargetSettings};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -905,5 +906,36 @@ async fn a_connection_that_never_binds_its_queue_is_closed() {
     assert_eq!(c.connect(0, 0xFFFF, NQN, 0).await.status(), Status::SUCCESS);
     tokio::time::sleep(Duration::from_secs(120)).await;
     assert_eq!(c.prop_get(property::CAP, true).await.status(), Status::SUCCESS, "the bound queue was closed");
+    server.stop().await;
+}
+
+/// Disconnect deletes the queue (NVMe Base 2.0 §6.4): commands the host pipelined behind it in the same burst
+/// are not executed. Its response is the last PDU on the connection, which then closes.
+#[tokio::test]
+async fn nothing_runs_after_a_disconnect() {
+    let (server, addr) = start("").await;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    let stats = &server.target.subsystem(NQN).unwrap().stats;
+    let (reads, writes) = (stats.read_cmds.load(Ordering::Relaxed), stats.write_cmds.load(Ordering::Relaxed));
+    let mut burst =
+        Pdu::CapsuleCmd(CapsuleCmd { sqe: fabrics::disconnect_sqe(1), data: Bytes::new() }).to_bytes(&q.f).to_vec();
+    for cid in 2..40u16 {
+        let mut sqe = rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512));
+        if cid == 20 {
+            sqe = rw_sqe(io::WRITE, 5, 1, SglDescriptor::incapsule(512));
+        }
+        sqe.cid.set(cid);
+        let data = if cid == 20 { Bytes::from(vec![0xAB; 512]) } else { Bytes::new() };
+        burst.extend_from_slice(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data }).to_bytes(&q.f));
+    }
+    q.send_raw(&burst).await;
+    let Pdu::CapsuleResp(r) = q.recv().await else { panic!("expected the Disconnect's CapsuleResp") };
+    assert_eq!((r.cqe.cid(), r.cqe.status()), (1, Status::SUCCESS));
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), q.s.read_to_end(&mut rest)).await.expect("not closed");
+    assert!(n.is_err() || (rest.is_empty() && q.buf.is_empty()), "PDUs after the Disconnect's response");
+    assert_eq!(stats.read_cmds.load(Ordering::Relaxed), reads, "reads executed after Disconnect");
+    assert_eq!(stats.write_cmds.load(Ordering::Relaxed), writes, "write executed after Disconnect");
     server.stop().await;
 }

@@ -118,6 +118,10 @@ struct Connection {
     /// Until a Connect binds the queue, the connection is closed at this instant: [`IC_TIMEOUT`] from
     /// accept, then [`CONNECT_TIMEOUT`] from the ICReq.
     bind_deadline: tokio::time::Instant,
+    /// No PDU is decoded, nor anything read, while this much (or more) waits to be sent: [`SEND_HIGH_WATER`],
+    /// and 0 once a Disconnect has been answered: it deletes the queue (NVMe Base 2.0 §6.4), so nothing the host
+    /// sent after it runs, and the connection closes once its response is out.
+    stop_decoding_at: usize,
 }
 
 fn limits(max_incapsule: usize) -> Limits {
@@ -143,6 +147,7 @@ impl Connection {
             aer_rx: None,
             ctrl_gone: holdfast_rt::CancelWatch::never(),
             bind_deadline: tokio::time::Instant::now() + IC_TIMEOUT,
+            stop_decoding_at: SEND_HIGH_WATER,
         };
         let (mut rd, mut wr) = stream.into_split();
         let mut inbuf = BytesMut::with_capacity(RECV_CHUNK);
@@ -155,10 +160,10 @@ impl Connection {
         let mut stopped = holdfast_rt::CancelWatch::new(&shutdown);
         let close = 'conn: loop {
             // Everything already received, PDU by PDU, until the send queue reaches its high-water mark: the
-            // PDUs left in `inbuf` are decoded once the socket has taken enough.
+            // PDUs left in `inbuf` are decoded once the socket has taken enough (never, after a Disconnect).
             let mut held = false;
             loop {
-                if c.out.len() >= SEND_HIGH_WATER {
+                if c.out.len() >= c.stop_decoding_at {
                     held = true;
                     break;
                 }
@@ -193,7 +198,7 @@ impl Connection {
             }
             // Decoding stopped at the high-water mark and the socket has taken enough since: go on with what is
             // waiting in `inbuf` (each round decodes at least one PDU, or finds none left and clears `held`).
-            if held && c.out.len() < SEND_HIGH_WATER {
+            if held && c.out.len() < c.stop_decoding_at {
                 continue;
             }
             // Nothing to send or finish: if this connection has the busy poller to itself, wait for the host's
@@ -268,9 +273,9 @@ impl Connection {
                     tracing::info!(peer = %c.ctx.peer_addr, "closing a connection whose queue was never bound: {why}");
                     break Close::Normal(why);
                 }
-                // Off above the high-water mark (and so while `held`): the write branch above is what runs then,
-                // waiting for the socket to take data.
-                r = async { holdfast_rt::reserve_for_read(&mut inbuf, READ_MIN_FREE); rd.read_buf(&mut inbuf).await }, if c.out.len() < SEND_HIGH_WATER => match r {
+                // Off above the high-water mark (and so while `held`, and after a Disconnect): the write branch
+                // above is what runs then, waiting for the socket to take data.
+                r = async { holdfast_rt::reserve_for_read(&mut inbuf, READ_MIN_FREE); rd.read_buf(&mut inbuf).await }, if c.out.len() < c.stop_decoding_at => match r {
                     Ok(0) => break Close::Normal("connection closed by host"),
                     Ok(_) => {
                         holdfast_rt::touch(&poll, conn_id);
@@ -523,7 +528,13 @@ impl Connection {
         let len = req.len_to_host();
         // The slot is taken only by a command that outlives this call (no other PDU is handled meanwhile).
         match cmd::execute(&mut self.ctx, req, data) {
-            Outcome::Done(resp) => self.respond(cid, resp, len),
+            Outcome::Done(resp) => {
+                self.respond(cid, resp, len);
+                // Set by a Disconnect just run.
+                if self.ctx.close_after_response {
+                    self.stop_decoding_at = 0;
+                }
+            }
             Outcome::Later(work) => {
                 self.slots.insert(cid, Slot::Executing);
                 let tx = self.done_tx.clone();
