@@ -14,6 +14,7 @@ use holdfast_proto::{CompletionEntry, Status, SubmissionEntry};
 use holdfast_target::config::Config;
 use holdfast_target::{Server, Target, TargetSettings};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -797,5 +798,180 @@ async fn reload_adds_and_removes_ports() {
     assert!(e.to_string().contains("port 4") && e.to_string().contains(&busy), "{e}");
     assert_eq!(server.bound, vec![(3, addr2)]);
     assert_eq!(server.target.genctr.load(std::sync::atomic::Ordering::SeqCst), genctr);
+    server.stop().await;
+}
+
+/// A host that pipelines a batch of large reads and does not read its socket cannot make the target execute
+/// them all and hold every answer in memory: the target stops decoding at its send high-water mark (8 MiB), the
+/// rest of the batch waiting in its receive buffer, and goes on once the host reads. With and without busy
+/// polling (a queue that stopped decoding must wait for its socket to take data, not spin on reading more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_does_not_read_cannot_make_the_target_buffer_a_whole_batch_of_reads() {
+    const READS: u16 = 200;
+    const LEN: usize = 256 * 1024;
+    for busy_poll in [Duration::ZERO, Duration::from_millis(1)] {
+        let (server, addr) = start_with("", TargetSettings { busy_poll, ..TargetSettings::default() }).await;
+        let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+        let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+        // Reads one at a time first: with busy polling the queue then has the poller to itself and reads its
+        // socket in its own spin.
+        for _ in 0..100 {
+            let (r, _) = q.cmd(rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512)), Bytes::new()).await;
+            assert_eq!(r.status(), Status::SUCCESS);
+        }
+        let stats = &server.target.subsystem(NQN).unwrap().stats;
+        let before = stats.read_cmds.load(std::sync::atomic::Ordering::Relaxed);
+        let mut burst = Vec::new();
+        for i in 0..READS {
+            let mut sqe = rw_sqe(io::READ, 0, (LEN / 512) as u32, SglDescriptor::transport(LEN as u32));
+            sqe.cid.set(100 + i);
+            burst.extend_from_slice(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() }).to_bytes(&q.f));
+        }
+        q.send_raw(&burst).await; // 14 KiB of capsules: one socket read on the target
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let executed = stats.read_cmds.load(std::sync::atomic::Ordering::Relaxed) - before;
+        // 8 MiB / 256 KiB = 32 before the mark, plus what the two socket buffers took meanwhile.
+        assert!(
+            executed <= READS as u64 / 2,
+            "busy poll {busy_poll:?}: {executed} reads of 256 KiB executed and queued for a host that reads nothing"
+        );
+        // The host reads: every read completes, in order, with its data.
+        for i in 0..READS {
+            let (r, d) = q.finish(100 + i).await;
+            assert_eq!((r.status(), d.len()), (Status::SUCCESS, LEN), "read {i}");
+        }
+        server.stop().await;
+    }
+}
+
+/// A Connect on a queue that a Connect has already bound is refused with Command Sequence Error when it runs,
+/// not only when it is parsed: two Connects whose data comes through R2T are both parsed before either runs,
+/// and the second must neither create a second controller nor rebind the queue to one.
+#[tokio::test]
+async fn a_second_connect_delivered_by_r2t_is_refused() {
+    use holdfast_proto::pdu::R2T;
+    use zerocopy::IntoBytes;
+    let (server, addr) = start("").await;
+    let mut c = Conn::ic(addr, false, false).await;
+    let d = ConnectData::new(HOSTID, 0xFFFF, NQN, HOSTNQN);
+    for cid in [1u16, 2] {
+        let mut sqe = ConnectCommand::new(0, 0, 31, 0).to_sqe(); // KATO 0: the first controller never expires
+        sqe.cid.set(cid);
+        sqe.dptr = SglDescriptor::transport(d.as_bytes().len() as u32);
+        c.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() })).await;
+    }
+    let mut ttags = Vec::new();
+    for cid in [1u16, 2] {
+        let Pdu::R2T(R2T { cccid, ttag, .. }) = c.recv().await else { panic!("expected R2T") };
+        assert_eq!(cccid, cid);
+        ttags.push(ttag);
+    }
+    let mut cqes = Vec::new();
+    for (cid, ttag) in [1u16, 2].into_iter().zip(ttags) {
+        let data = Bytes::copy_from_slice(d.as_bytes());
+        c.send(Pdu::H2CData(H2CData { cccid: cid, ttag, datao: 0, data, last: true })).await;
+        let Pdu::CapsuleResp(r) = c.recv().await else { panic!("expected CapsuleResp") };
+        assert_eq!(r.cqe.cid(), cid);
+        cqes.push(r.cqe);
+    }
+    assert_eq!(cqes[0].status(), Status::SUCCESS);
+    assert_eq!(cqes[1].status(), Status::COMMAND_SEQUENCE_ERROR.with_dnr(), "the second Connect ran");
+    let subsys = server.target.subsystem(NQN).unwrap();
+    let ids: Vec<u16> = subsys.controllers().iter().map(|c| c.cntlid).collect();
+    assert_eq!(ids, vec![cqes[0].dw0.get() as u16], "controllers after two Connects on one queue");
+    // The queue still serves its first controller.
+    let r = c.prop_get(property::CAP, true).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    server.stop().await;
+}
+
+/// SQHD counts the Connect itself: it is the queue's first entry, so its response carries SQHD 1 and every
+/// later completion one more, wrapping at the queue size, as Linux nvmet answers a Linux host
+/// (`shared/captures/linux-host-linux-target.pcap`: 1, 2, ... 1Fh, 0 on a 32-entry admin queue).
+#[tokio::test]
+async fn sq_head_counts_the_connect_and_wraps_at_the_queue_size() {
+    let (server, addr) = start("").await;
+    let mut a = Conn::ic(addr, false, false).await;
+    let r = a.connect(0, 0xFFFF, NQN, 5000).await; // SQSIZE 31: 32 entries
+    assert_eq!((r.status(), r.sqhd.get()), (Status::SUCCESS, 1), "admin Connect");
+    let cntlid = r.dw0.get() as u16;
+    let r = a.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await;
+    assert_eq!((r.status(), r.sqhd.get()), (Status::SUCCESS, 2));
+    for n in 3..=40u32 {
+        let r = a.prop_get(property::CSTS, false).await;
+        assert_eq!((r.status(), r.sqhd.get()), (Status::SUCCESS, (n % 32) as u16), "admin command {n}");
+    }
+    // An I/O queue (SQSIZE 127) the same way.
+    let (mut q, r) = Conn::io_with(addr, &mut a, cntlid, false, false, 0).await;
+    assert_eq!(r.sqhd.get(), 1, "I/O queue Connect");
+    for n in 2..=4u16 {
+        let (r, _) = q.cmd(rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512)), Bytes::new()).await;
+        assert_eq!((r.status(), r.sqhd.get()), (Status::SUCCESS, n));
+    }
+    server.stop().await;
+}
+
+/// A connection has a limited time to bind its queue: to send its ICReq, then a Connect that succeeds. One
+/// that stops after ICReq (or after a refused Connect) is closed, not held forever; one whose Connect bound
+/// the queue is not. Paused clock: the runtime skips ahead whenever every task waits.
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_never_binds_its_queue_is_closed() {
+    let (server, addr) = start("").await;
+    let closed_within = |mut c: Conn| async move {
+        let t0 = tokio::time::Instant::now();
+        let mut rest = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(120), c.s.read_to_end(&mut rest)).await;
+        assert!(r.is_ok(), "the connection was still open after 120 s");
+        t0.elapsed()
+    };
+    // No ICReq.
+    let waited = closed_within(Conn::raw(addr).await).await;
+    assert!(waited >= Duration::from_secs(9), "closed after {waited:?}");
+    // ICReq, then nothing.
+    let waited = closed_within(Conn::ic(addr, false, false).await).await;
+    assert!(waited >= Duration::from_secs(9), "closed after {waited:?}");
+    // ICReq and a refused Connect (unknown subsystem), then nothing.
+    let mut c = Conn::ic(addr, false, false).await;
+    assert_eq!(
+        c.connect(0, 0xFFFF, "nqn.2026-01.io.holdfast:nobody", 0).await.status(),
+        Status::CONNECT_INVALID_PARAMETERS.with_dnr()
+    );
+    closed_within(c).await;
+    // A bound queue (KATO 0: no keep-alive timer either) stays.
+    let mut c = Conn::ic(addr, false, false).await;
+    assert_eq!(c.connect(0, 0xFFFF, NQN, 0).await.status(), Status::SUCCESS);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(c.prop_get(property::CAP, true).await.status(), Status::SUCCESS, "the bound queue was closed");
+    server.stop().await;
+}
+
+/// Disconnect deletes the queue (NVMe Base 2.0 §6.4): commands the host pipelined behind it in the same burst
+/// are not executed. Its response is the last PDU on the connection, which then closes.
+#[tokio::test]
+async fn nothing_runs_after_a_disconnect() {
+    let (server, addr) = start("").await;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    let stats = &server.target.subsystem(NQN).unwrap().stats;
+    let (reads, writes) = (stats.read_cmds.load(Ordering::Relaxed), stats.write_cmds.load(Ordering::Relaxed));
+    let mut burst =
+        Pdu::CapsuleCmd(CapsuleCmd { sqe: fabrics::disconnect_sqe(1), data: Bytes::new() }).to_bytes(&q.f).to_vec();
+    for cid in 2..40u16 {
+        let mut sqe = rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512));
+        if cid == 20 {
+            sqe = rw_sqe(io::WRITE, 5, 1, SglDescriptor::incapsule(512));
+        }
+        sqe.cid.set(cid);
+        let data = if cid == 20 { Bytes::from(vec![0xAB; 512]) } else { Bytes::new() };
+        burst.extend_from_slice(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data }).to_bytes(&q.f));
+    }
+    q.send_raw(&burst).await;
+    let Pdu::CapsuleResp(r) = q.recv().await else { panic!("expected the Disconnect's CapsuleResp") };
+    assert_eq!((r.cqe.cid(), r.cqe.status()), (1, Status::SUCCESS));
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), q.s.read_to_end(&mut rest)).await.expect("not closed");
+    assert!(n.is_err() || (rest.is_empty() && q.buf.is_empty()), "PDUs after the Disconnect's response");
+    assert_eq!(stats.read_cmds.load(Ordering::Relaxed), reads, "reads executed after Disconnect");
+    assert_eq!(stats.write_cmds.load(Ordering::Relaxed), writes, "write executed after Disconnect");
     server.stop().await;
 }

@@ -49,7 +49,15 @@ fn invalid(offset: usize, in_data: bool) -> Response {
 /// Connect (NVMe-oF 1.1 §3.3): create a controller (admin queue) or bind an I/O queue to one. Awaited by
 /// the transport directly, since it binds the queue and may wait for a reconnecting host's old association
 /// to drain (design §5).
+///
+/// A Connect for a queue that already exists is aborted with Command Sequence Error (NVMe-oF 1.1 §3.3). The
+/// parser refuses one that arrives on a bound queue; this catches one parsed before the queue was bound and
+/// run after (its data came through R2T behind an earlier Connect's).
 pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response {
+    if let Some(ctrl) = &ctx.ctrl {
+        tracing::warn!(peer = %ctx.peer_addr, cntlid = ctrl.cntlid, qid = ctx.qid, "Connect on a queue already connected");
+        return Response::err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+    }
     let cmd = ConnectCommand::from_sqe(&req.sqe);
     if cmd.recfmt.get() != 0 {
         return Response::err(Status::CONNECT_INCOMPATIBLE_FORMAT.with_dnr());

@@ -32,7 +32,9 @@ const MAX_C2H_PDU: usize = 128 * 1024;
 /// Bytes of write data solicited (R2T sent, H2CData not yet all in) at once per queue: bounds receive
 /// memory per connection. One transfer (at most MDTS) is always allowed.
 const R2T_BUDGET: usize = 2 << 20;
-/// Stop reading new PDUs while this much is waiting to be sent.
+/// Send high-water mark: while this much is waiting to be sent, no further PDU is decoded (those already
+/// received wait in the receive buffer) and nothing more is read from the socket. Bounds what a host that
+/// pipelines large reads and does not read its socket can make the target hold.
 const SEND_HIGH_WATER: usize = 8 << 20;
 /// Receive buffer's initial size. Larger PDUs grow it (the decoder reserves a whole PDU once its header is
 /// in); the space is reused once the PDUs split off it are dropped.
@@ -44,6 +46,10 @@ const READ_MIN_FREE: usize = RECV_CHUNK / 4;
 const PREFETCH_MAX: usize = 32;
 /// Time a new connection has to send its ICReq.
 const IC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a connection has, from its ICReq, to bind its queue with a Connect that succeeds: Connect is the
+/// first command on a queue and nothing else runs before it (NVMe-oF 1.1 §3.3), so a connection without
+/// one after this long is closed rather than held forever.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accept connections on `listener` until `shutdown`.
 pub async fn serve(target: Arc<Target>, port: Port, listener: TcpListener, shutdown: CancellationToken) {
@@ -109,6 +115,13 @@ struct Connection {
     aer_rx: Option<mpsc::UnboundedReceiver<AerCompletion>>,
     /// Completes when the controller this queue is bound to is torn down (never before a Connect binds it).
     ctrl_gone: holdfast_rt::CancelWatch,
+    /// Until a Connect binds the queue, the connection is closed at this instant: [`IC_TIMEOUT`] from
+    /// accept, then [`CONNECT_TIMEOUT`] from the ICReq.
+    bind_deadline: tokio::time::Instant,
+    /// No PDU is decoded, nor anything read, while this much (or more) waits to be sent: [`SEND_HIGH_WATER`],
+    /// and 0 once a Disconnect has been answered: it deletes the queue (NVMe Base 2.0 §6.4), so nothing the host
+    /// sent after it runs, and the connection closes once its response is out.
+    stop_decoding_at: usize,
 }
 
 fn limits(max_incapsule: usize) -> Limits {
@@ -133,20 +146,27 @@ impl Connection {
             done_tx,
             aer_rx: None,
             ctrl_gone: holdfast_rt::CancelWatch::never(),
+            bind_deadline: tokio::time::Instant::now() + IC_TIMEOUT,
+            stop_decoding_at: SEND_HIGH_WATER,
         };
         let (mut rd, mut wr) = stream.into_split();
         let mut inbuf = BytesMut::with_capacity(RECV_CHUNK);
         let poll = c.ctx.target.busy_poll.clone();
         let conn_id = holdfast_rt::connection_id();
         let mut spun = 0u32;
-        let ic_deadline = tokio::time::Instant::now() + IC_TIMEOUT;
         let mut ic_done = false;
         // Waited on in every round of the select below, as `c.ctrl_gone` is: a watch, not a `cancelled()` future
         // (see CancelWatch).
         let mut stopped = holdfast_rt::CancelWatch::new(&shutdown);
         let close = 'conn: loop {
-            // Everything already received, PDU by PDU.
+            // Everything already received, PDU by PDU, until the send queue reaches its high-water mark: the
+            // PDUs left in `inbuf` are decoded once the socket has taken enough (never, after a Disconnect).
+            let mut held = false;
             loop {
+                if c.out.len() >= c.stop_decoding_at {
+                    held = true;
+                    break;
+                }
                 match c.decoder.decode(&mut inbuf) {
                     Ok(Some(p)) => {
                         ic_done = true;
@@ -176,13 +196,21 @@ impl Connection {
             if c.ctx.close_after_response && c.out.is_empty() {
                 break Close::Normal("Disconnect");
             }
+            // Decoding stopped at the high-water mark and the socket has taken enough since: go on with what is
+            // waiting in `inbuf` (each round decodes at least one PDU, or finds none left and clears `held`).
+            if held && c.out.len() < c.stop_decoding_at {
+                continue;
+            }
             // Nothing to send or finish: if this connection has the busy poller to itself, wait for the host's
             // next PDU on the socket itself for a while. Not once the listener stopped or the controller is gone
             // (atomic loads): a spin that goes on reading never reaches the select below that looks at them, and
-            // a host sending command after command would keep a torn-down association's queue serving.
+            // a host sending command after command would keep a torn-down association's queue serving. Nor
+            // while PDUs wait in `inbuf` (`held`): they are decoded before anything more is read. Nor before a
+            // Connect has bound the queue: the select watches the deadline for that.
             if c.out.is_empty()
+                && !held
+                && c.ctx.ctrl.is_some()
                 && c.slots.is_empty()
-                && ic_done
                 && holdfast_rt::solo(&poll, conn_id)
                 && !stopped.fired()
                 && !c.ctrl_gone.fired()
@@ -204,6 +232,7 @@ impl Connection {
                     Err(e) => break Close::Io(e),
                 }
             }
+            let bind_deadline = c.bind_deadline;
             let aer = async {
                 match c.aer_rx.as_mut() {
                     Some(rx) => rx.recv().await,
@@ -236,7 +265,17 @@ impl Connection {
                     c.slots.remove(&ev.cid);
                     c.send_response(ev.cid, Status::SUCCESS, ev.dw0, 0);
                 }
-                r = async { holdfast_rt::reserve_for_read(&mut inbuf, READ_MIN_FREE); rd.read_buf(&mut inbuf).await }, if c.out.len() < SEND_HIGH_WATER => match r {
+                // In an async block: select! builds every branch's future each round, enabled or not, and a
+                // Sleep takes a handle to the runtime when built. Ahead of the read branch, so that a host that
+                // keeps sending (refused) commands instead of a Connect does not keep it from firing.
+                _ = async { tokio::time::sleep_until(bind_deadline).await }, if c.ctx.ctrl.is_none() => {
+                    let why = if ic_done { "no Connect in time" } else { "no ICReq in time" };
+                    tracing::info!(peer = %c.ctx.peer_addr, "closing a connection whose queue was never bound: {why}");
+                    break Close::Normal(why);
+                }
+                // Off above the high-water mark (and so while `held`, and after a Disconnect): the write branch
+                // above is what runs then, waiting for the socket to take data.
+                r = async { holdfast_rt::reserve_for_read(&mut inbuf, READ_MIN_FREE); rd.read_buf(&mut inbuf).await }, if c.out.len() < c.stop_decoding_at => match r {
                     Ok(0) => break Close::Normal("connection closed by host"),
                     Ok(_) => {
                         holdfast_rt::touch(&poll, conn_id);
@@ -244,9 +283,6 @@ impl Connection {
                     }
                     Err(e) => break Close::Io(e),
                 },
-                // In an async block: select! builds every branch's future each round, enabled or not, and a
-                // Sleep takes a handle to the runtime when built.
-                _ = async { tokio::time::sleep_until(ic_deadline).await }, if !ic_done => break Close::Normal("no ICReq in time"),
             }
         };
         // Say why, where the protocol wants it, then go.
@@ -306,6 +342,7 @@ impl Connection {
                 let params = ControllerIcParams { maxh2cdata: MAXH2CDATA, allow_hdgst: true, allow_ddgst: true };
                 match req.negotiate(&params) {
                     Ok(resp) => {
+                        self.bind_deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
                         Pdu::IcResp(resp).encode(&Framing::default(), self.out.header_buf());
                         self.decoder.set_negotiated(resp.hdgst, resp.ddgst, resp.cpda);
                         self.framing = Framing { hdgst: resp.hdgst, ddgst: resp.ddgst, pda: req.hpda };
@@ -341,6 +378,9 @@ impl Connection {
         }
     }
 
+    /// One more submission queue entry consumed: the SQ Head Pointer the next completions carry moves on,
+    /// wrapping at the queue size. Before a Connect has sized the queue there is nothing to count (the Connect
+    /// counts itself once it has, [`Connection::on_connected`]).
     fn advance_sqhd(&mut self) {
         if self.ctx.size > 0 && !self.ctx.sq_flow_disabled {
             self.sqhd = ((self.sqhd as u32 + 1) % self.ctx.size) as u16;
@@ -488,7 +528,13 @@ impl Connection {
         let len = req.len_to_host();
         // The slot is taken only by a command that outlives this call (no other PDU is handled meanwhile).
         match cmd::execute(&mut self.ctx, req, data) {
-            Outcome::Done(resp) => self.respond(cid, resp, len),
+            Outcome::Done(resp) => {
+                self.respond(cid, resp, len);
+                // Set by a Disconnect just run.
+                if self.ctx.close_after_response {
+                    self.stop_decoding_at = 0;
+                }
+            }
             Outcome::Later(work) => {
                 self.slots.insert(cid, Slot::Executing);
                 let tx = self.done_tx.clone();
@@ -509,6 +555,7 @@ impl Connection {
         let len = req.len_to_host();
         let bound_before = self.ctx.ctrl.is_some();
         let resp = cmd::fabrics::connect(&mut self.ctx, &req, &data).await;
+        // A Connect on a bound queue is refused before it changes anything (a queue is bound once).
         if !bound_before && self.ctx.ctrl.is_some() {
             self.on_connected();
         }
@@ -527,6 +574,11 @@ impl Connection {
     fn on_connected(&mut self) {
         let Some(ctrl) = self.ctx.ctrl.clone() else { return };
         ctrl.bind_gate(&self.ctx.gate);
+        // The submission queue exists from this Connect on, and the Connect is its first entry (SQ entry 0):
+        // counted now that the queue has a size, so that its response carries SQ Head Pointer 1 and every
+        // later completion the entries consumed since (completion queue entry Dword 2; Linux nvmet answers
+        // the Connect with SQHD 1 as well). No-op with SQ flow control disabled (NVMe-oF 1.1 §3.3, CATTR).
+        self.advance_sqhd();
         self.ctrl_gone = holdfast_rt::CancelWatch::new(&ctrl.cancel);
         if self.ctx.qid == 0 {
             let (tx, rx) = mpsc::unbounded_channel();
