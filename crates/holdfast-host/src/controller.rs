@@ -141,6 +141,9 @@ struct Shared {
     /// Set when [`Controller::shutdown`] starts: a queue that closes from then on is part of the shutdown, not
     /// a lost connection (SPDK's target closes the I/O queues itself when CC.SHN is set).
     stopping: AtomicBool,
+    /// The identifiers (EUI-64, NGUID, UUID) of the namespaces opened, as first read: a reconnect checks them
+    /// before anything is issued again ([`check_namespace_ids`]).
+    ns_ids: Mutex<Vec<(u32, Vec<identify::NsDescriptor>)>>,
 }
 
 impl Shared {
@@ -594,6 +597,9 @@ async fn establish(
             IdentifyController::read_from_bytes(idb.get(..4096).unwrap_or_default())
                 .map_err(|_| Error::Protocol { qid: 0, what: "short Identify".into() })?,
         );
+        if !first {
+            check_namespace_ids(sh, &admin, deadline).await?;
+        }
         let is_discovery = o.subnqn == fabrics::DISCOVERY_NQN;
         let mut adv = None;
         if !is_discovery {
@@ -725,6 +731,41 @@ async fn establish(
     }
 }
 
+/// On a reconnect, before anything is issued again: every namespace opened must still have the identifiers
+/// it had (EUI-64, NGUID, UUID; Identify CNS 03h). Other identifiers mean another namespace under the same
+/// NSID (a target re-created with new ones, as Linux's nvmet gives a namespace a random UUID when it is
+/// created): replaying writes onto it would write someone else's blocks. Linux's host then logs "identifiers
+/// changed for nsid" and fails the namespace's I/O; here the controller is lost, with
+/// [`Error::ControllerLost`] naming the namespace, and nothing pending is issued again.
+async fn check_namespace_ids(sh: &Shared, admin: &submit::Sender<Command>, deadline: TInstant) -> Result<()> {
+    let known = lock(&sh.ns_ids).clone();
+    for (nsid, before) in known {
+        let mut s = SubmissionEntry::new(aop::IDENTIFY, 0);
+        s.nsid.set(nsid);
+        s.cdw10.set(identify::CNS_NS_DESC_LIST as u32);
+        let now: Vec<_> = match setup_ok(admin, s, Bytes::new(), 4096, "Identify", deadline).await {
+            Ok(c) => identify::parse_ns_descriptor_list(&c.data)
+                .into_iter()
+                .filter(|d| !matches!(d, identify::NsDescriptor::Csi(_)))
+                .collect(),
+            // Not active any more (Invalid Namespace or Format): not the namespace it was either.
+            Err(Error::Nvme { status, .. }) => {
+                return Err(Error::ControllerLost(format!(
+                    "namespace {nsid} is gone after the reconnect ({status}); pending I/O is not issued again"
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        if now != before {
+            return Err(Error::ControllerLost(format!(
+                "namespace {nsid}'s identifiers changed across the reconnect ({before:?} -> {now:?}): another \
+                 namespace under the same NSID; pending I/O is not issued again"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Controller {
     /// Connect, enable and set up the queues; then keep the association alive (design §4).
     pub async fn connect(o: ConnectOptions) -> Result<Controller> {
@@ -764,6 +805,7 @@ impl Controller {
             tasks: Mutex::new(CancellationToken::new()),
             poll: o.busy_poll.clone(),
             accepting: AtomicBool::new(true),
+            ns_ids: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
             opts: o,
         });
@@ -908,6 +950,17 @@ impl Controller {
     /// The admin queue's sender.
     pub fn admin_queue(&self) -> &submit::Sender<Command> {
         &self.inner.admin
+    }
+    /// Remember namespace `nsid`'s identifiers, as [`crate::Namespace::open`] read them, for the check at every
+    /// reconnect ([`check_namespace_ids`]). The first reading stands; a namespace without identifiers
+    /// (a controller that does not report them) is not checked.
+    pub(crate) fn note_namespace_ids(&self, nsid: u32, descriptors: &[identify::NsDescriptor]) {
+        let ids: Vec<_> =
+            descriptors.iter().copied().filter(|d| !matches!(d, identify::NsDescriptor::Csi(_))).collect();
+        let mut known = lock(&self.inner.ns_ids);
+        if !ids.is_empty() && !known.iter().any(|(n, _)| *n == nsid) {
+            known.push((nsid, ids));
+        }
     }
     /// Active namespace IDs.
     pub async fn active_namespaces(&self) -> Result<Vec<u32>> {
@@ -1257,6 +1310,15 @@ async fn supervise(
                         let (keep, drop_): (Vec<_>, Vec<_>) = s.pending.drain(..).partition(|c| c.replayable);
                         s.pending = keep;
                         drop(drop_);
+                    }
+                    if let Error::ControllerLost(reason) = &e {
+                        // Not a failed attempt: what came back is not what was lost. Nothing is issued again.
+                        tracing::error!("controller lost: {reason}");
+                        sh.set_state(|s| *s = State::Failed { reason: reason.clone() });
+                        fail_all(&mut slots, &|| Error::ControllerLost(reason.clone()), true);
+                        let _ = sh.events.send(Event::Failed { reason: reason.clone() });
+                        sh.shutdown.cancel();
+                        return;
                     }
                     tracing::info!(addr = %sh.opts.addr, attempt, "reconnect attempt failed: {e}");
                     next_try = Instant::now() + lock(&sh.info).effective.retry_delay(attempt, since.elapsed());

@@ -43,6 +43,7 @@ impl Namespace {
                 Ok(d) => identify::parse_ns_descriptor_list(&d),
                 Err(_) => Vec::new(),
             };
+        ctrl.note_namespace_ids(nsid, &descriptors);
         Ok(Namespace { ctrl: ctrl.clone(), nsid, block_size, nblocks: id.nsze.get(), id: Box::new(id), descriptors })
     }
 

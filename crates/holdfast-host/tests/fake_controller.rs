@@ -145,6 +145,9 @@ struct State {
     down: AtomicBool,
     /// New connections are accepted and then never answered (held open 30 s): a connect into a black hole.
     mute: AtomicBool,
+    /// Namespace 1's NGUID is sixteen bytes of this plus one (Identify CNS 03h): changing it makes namespace 1
+    /// another namespace.
+    ns_gen: AtomicU32,
     /// The bad R2Ts of `Behaviour::bad_r2t` went out (they go out once).
     bad_r2t_sent: AtomicBool,
     /// H2CData bytes received for the write that got the bad R2Ts.
@@ -186,6 +189,7 @@ async fn fake(b: Behaviour) -> Fake {
         discovery_reads: AtomicU32::new(0),
         down: AtomicBool::new(false),
         mute: AtomicBool::new(false),
+        ns_gen: AtomicU32::new(0),
         bad_r2t_sent: AtomicBool::new(false),
         bad_h2c_bytes: AtomicU64::new(0),
         h2c_terms: Mutex::new(Vec::new()),
@@ -384,6 +388,12 @@ impl Conn {
                             page.copy_from_slice(ns.as_bytes());
                         }
                         identify::CNS_ACTIVE_NS_LIST => page.copy_from_slice(&identify::active_ns_list(&[1])),
+                        identify::CNS_NS_DESC_LIST if sqe.nsid() == 1 => {
+                            let g = self.st.ns_gen.load(Ordering::Relaxed) as u8 + 1;
+                            page.copy_from_slice(&identify::ns_descriptor_list(&[identify::NsDescriptor::Nguid(
+                                [g; 16],
+                            )]));
+                        }
                         _ => {}
                     }
                     self.send_data(cid, &page);
@@ -875,6 +885,42 @@ async fn fast_io_fail_tmo_holds_during_a_reconnect_attempt_into_a_black_hole() {
     assert!(matches!(r, Err(holdfast_host::Error::PathError(_))), "{r:?}");
     assert!(lost.elapsed() < Duration::from_millis(1500), "failed only after {:?}", lost.elapsed());
     c.shutdown().await.unwrap();
+}
+
+/// A reconnect finds namespace 1 with another NGUID (a target re-created with new identifiers): another
+/// namespace under the same NSID. The write queued during the outage is not replayed onto it; it fails, and so
+/// does the controller, saying why. (With the same identifiers, every other reconnect test here goes through.)
+#[tokio::test]
+async fn changed_namespace_identifiers_fail_pending_io_instead_of_replaying_it() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.kato = Some(Duration::from_millis(600));
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    o.ctrl_loss_tmo = Some(Duration::from_secs(60));
+    let c = Controller::connect(o).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    ns.write(0, pattern(BS, 1), false).await.unwrap();
+    f.st.down.store(true, Ordering::Relaxed);
+    let t0 = std::time::Instant::now();
+    while !matches!(c.state(), holdfast_host::controller::State::Reconnecting { .. }) {
+        assert!(t0.elapsed() < Duration::from_secs(3), "the loss was never noticed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let writes = f.st.write_attempts.load(Ordering::Relaxed);
+    let w = tokio::spawn({
+        let ns = ns.clone();
+        async move { ns.write(0, pattern(BS, 2), false).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    f.st.ns_gen.store(1, Ordering::Relaxed);
+    f.st.down.store(false, Ordering::Relaxed);
+    let r = tokio::time::timeout(Duration::from_secs(5), w).await.expect("the queued write never finished").unwrap();
+    match r {
+        Err(holdfast_host::Error::ControllerLost(why)) => assert!(why.contains("identifiers changed"), "{why}"),
+        other => panic!("expected the controller lost over changed identifiers, got {other:?}"),
+    }
+    assert_eq!(f.st.write_attempts.load(Ordering::Relaxed), writes, "the write was replayed onto another namespace");
+    assert!(matches!(c.state(), holdfast_host::controller::State::Failed { .. }));
 }
 
 #[tokio::test]
