@@ -364,15 +364,12 @@ pub async fn run(
                     }
                     Ok(None) => break,
                     Err(DecodeError::Fatal(f)) => {
-                        // Tell the controller why we give up on the connection (H2CTermReq), then go.
+                        // Tell the controller why we give up on the connection (H2CTermReq), then go. Queued
+                        // behind what `out` holds (written straight to the socket, it could land inside a PDU
+                        // partly written) and flushed on the way out.
                         let t = pdu::TermReq { fes: f.fes as u16, fei: f.fei, data: f.header.clone() };
-                        let mut b = BytesMut::new();
-                        Pdu::H2CTermReq(t).encode(&p.framing, &mut b);
-                        let _ = tokio::time::timeout(Duration::from_millis(200), wr.write_all(&b)).await;
-                        break 'run Some(Error::Protocol {
-                            qid: p.qid,
-                            what: format!("malformed PDU from the target: {f}"),
-                        });
+                        let error = Error::Protocol { qid: p.qid, what: format!("malformed PDU from the target: {f}") };
+                        break 'run Some(fault(Fault { error, term: Some(t) }, &p, &mut out, &mut term));
                     }
                     Err(DecodeError::DataDigest { pdu, expected, received }) => {
                         // The framing is intact; one command's data is corrupt. Take the PDU as usual

@@ -54,6 +54,8 @@ struct Behaviour {
     hang_reads: bool,
     /// Answer the first Read with a C2HTermReq and close the connection.
     term_first_read: bool,
+    /// Answer the first Read with a malformed PDU (an unknown PDU type) and nothing else.
+    garbage_first_read: bool,
     /// Answer every Read of this LBA with a C2HTermReq and close the connection (a target fault on one LBA).
     poison_lba: Option<u64>,
     /// CRDT1 in Identify Controller (100 ms units; 0: no retry delays advertised).
@@ -97,6 +99,7 @@ impl Default for Behaviour {
             refuse_connect: None,
             hang_reads: false,
             term_first_read: false,
+            garbage_first_read: false,
             poison_lba: None,
             crdt1: 0,
             fail_status: Status::TRANSIENT_TRANSPORT_ERROR.with_crd(1),
@@ -445,6 +448,11 @@ impl Conn {
                     return;
                 }
                 let poisoned = self.st.b.poison_lba == Some(rw::slba(&sqe));
+                if self.st.b.garbage_first_read && !self.st.termed.swap(true, Ordering::Relaxed) {
+                    // Type 7Fh: no such PDU. HLEN 8, PLEN 8.
+                    self.out.extend_from_slice(&[0x7F, 0, 8, 0, 8, 0, 0, 0]);
+                    return;
+                }
                 if poisoned || (self.st.b.term_first_read && !self.st.termed.swap(true, Ordering::Relaxed)) {
                     let t = TermReq { fes: 1, fei: 0, data: Bytes::new() };
                     Pdu::C2HTermReq(t).encode(&self.framing, &mut self.out);
@@ -778,6 +786,27 @@ async fn terminating_fake(queues: u16) -> (Fake, Controller, Namespace) {
     let c = Controller::connect(o).await.unwrap();
     let ns = Namespace::open(&c, 1).await.unwrap();
     (f, c, ns)
+}
+
+/// A malformed PDU from the target (an unknown type) ends the connection with an H2CTermReq that says so
+/// (FES Invalid PDU Header Field, the offending header as its data), sent after whatever was queued ahead of it;
+/// the read is issued again on the new connection.
+#[tokio::test]
+async fn a_malformed_pdu_gets_an_h2c_termination_request_and_a_reconnect() {
+    let f = fake(Behaviour { garbage_first_read: true, ..Behaviour::default() }).await;
+    let mut o = opts(&f, 1, false);
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    let c = Controller::connect(o).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    let d = pattern(BS, 4);
+    ns.write(8, d.clone(), false).await.unwrap();
+    let r =
+        tokio::time::timeout(Duration::from_secs(10), ns.read(8, 1)).await.expect("no hang").expect("re-issued read");
+    assert!(r == d);
+    let terms = f.st.h2c_terms.lock().unwrap().clone();
+    assert_eq!(terms.len(), 1, "{terms:?}");
+    assert_eq!((terms[0].fes, &terms[0].data[..]), (1, &[0x7Fu8, 0, 8, 0, 8, 0, 0, 0][..]));
+    c.shutdown().await.unwrap();
 }
 
 #[tokio::test]
