@@ -159,12 +159,21 @@ pub enum Outcome {
 pub struct Deferred {
     ns: Arc<Namespace>,
     work: Box<dyn FnOnce() -> Response + Send>,
+    /// Never inline: without I/O threads, on tokio's blocking pool.
+    off_task: bool,
 }
 
 impl Deferred {
     /// Work to run on `ns`'s I/O threads (inline, on the caller's thread, if it has none).
     pub fn new(ns: Arc<Namespace>, work: impl FnOnce() -> Response + Send + 'static) -> Deferred {
-        Deferred { ns, work: Box::new(work) }
+        Deferred { ns, work: Box::new(work), off_task: false }
+    }
+
+    /// Work too long to run on a connection's task even for a backend that never blocks (a deallocation
+    /// over gigabytes of a RAM namespace): on `ns`'s I/O threads, or tokio's blocking pool if it has none, so
+    /// that the runtime's other connections and timers go on meanwhile. Must be started on a runtime.
+    pub fn off_task(ns: Arc<Namespace>, work: impl FnOnce() -> Response + Send + 'static) -> Deferred {
+        Deferred { ns, work: Box::new(work), off_task: true }
     }
 
     /// Start the work; `done` gets its response, on the I/O thread that ran it (a panic in the work is
@@ -177,6 +186,7 @@ impl Deferred {
         };
         match &self.ns.io {
             Some(pool) => pool.submit(Box::new(job)),
+            None if self.off_task => drop(tokio::task::spawn_blocking(job)),
             None => job(),
         }
     }

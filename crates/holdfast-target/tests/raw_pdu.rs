@@ -630,6 +630,57 @@ async fn teardown_fences_every_queue_of_the_association_at_once() {
     server.stop().await;
 }
 
+/// A Dataset Management deallocation over gigabytes of a RAM namespace runs off the connection's task: it
+/// visits every 128 KiB chunk of its ranges (here 64 ranges over 64 GiB, 33 million chunks), and on this
+/// current-thread runtime everything else (other connections, keep-alive timers, this test's own timer) would
+/// wait for it. The test's 20 ms sleep, taken while the deallocation runs, must not last as long as it.
+#[tokio::test]
+async fn a_huge_deallocation_does_not_stall_the_runtime() {
+    let text = format!(
+        r#"
+[[port]]
+id = 1
+listen = "127.0.0.1:0"
+[[subsystem]]
+nqn = "{NQN}"
+allow_any_host = true
+[[subsystem.namespace]]
+nsid = 1
+backend = "ram"
+size_mib = 65536
+block_size = 4096
+"#
+    );
+    let target = Target::new(&Config::parse(&text, "test").unwrap(), TargetSettings::default()).unwrap();
+    let server = Server::start(target).await.unwrap();
+    let addr = server.bound[0].1;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    let ranges = 64usize;
+    let whole = holdfast_proto::sqe::dsm::Range { cattr: 0, nlb: (65536u32 << 8), slba: 0 };
+    let data: Vec<u8> = (0..ranges).flat_map(|_| whole.encode()).collect();
+    let mut sqe = SubmissionEntry::new(io::DATASET_MANAGEMENT, 0);
+    sqe.nsid.set(1);
+    sqe.dptr = SglDescriptor::incapsule(data.len() as u32);
+    sqe.cdw10.set(ranges as u32 - 1);
+    sqe.cdw11.set(holdfast_proto::sqe::dsm::AD);
+    let cid = q.next_cid();
+    sqe.cid.set(cid);
+    let t0 = std::time::Instant::now();
+    q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::from(data) })).await;
+    let s0 = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let slept = s0.elapsed();
+    let (r, _) = q.finish(cid).await;
+    let took = t0.elapsed();
+    assert_eq!(r.status(), Status::SUCCESS);
+    assert!(
+        slept < took / 2,
+        "a 20 ms sleep took {slept:?} while a {took:?} deallocation ran: the deallocation held the runtime"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn discovery_log_lists_subsystem_and_discovery_entries() {
     let (server, addr) = start("").await;

@@ -127,6 +127,30 @@ fn media_status(e: &io::Error, write: bool) -> Status {
     }
 }
 
+/// A deallocation or write of zeroes of more than this many bytes on a backend without I/O threads (RAM) runs
+/// off the connection's task ([`Deferred::off_task`]): it visits every 128 KiB chunk of its ranges, and a
+/// Dataset Management command of 256 ranges over a 64 GiB namespace (mkfs discards whole devices) took
+/// seconds, during which every other connection and keep-alive timer on the thread waited.
+const INLINE_DEALLOCATE_MAX: u64 = 64 << 20;
+
+/// The namespace, if `exec` deallocates or zeroes more than [`INLINE_DEALLOCATE_MAX`] bytes (ranges as
+/// given; out-of-range ones are refused later, when the command runs).
+fn long_deallocation(exec: &Exec, data: &[u8]) -> Option<Arc<Namespace>> {
+    let (ns, bytes) = match exec {
+        Exec::WriteZeroes { ns, len, .. } => (ns, *len),
+        Exec::DatasetManagement { ns, ranges, deallocate: true } => {
+            let blocks: u64 = data
+                .chunks_exact(dsm::RANGE_SIZE)
+                .take(*ranges)
+                .map(|c| dsm::Range::decode(c.try_into().unwrap_or(&[0; 16])).nlb as u64)
+                .sum();
+            (ns, blocks.saturating_mul(ns.block_size as u64))
+        }
+        _ => return None,
+    };
+    (bytes > INLINE_DEALLOCATE_MAX).then(|| ns.clone())
+}
+
 /// The blocking part of a command: runs inline (RAM) or on the namespace's I/O threads (file).
 fn run(exec: Exec, len: usize, data: Bytes, gate: MediaGate, write_through: bool) -> Response {
     let result = match exec {
@@ -217,6 +241,8 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
     }
     if let Some(ns) = offload {
         Outcome::Later(Deferred::new(ns, move || finish(run(req.exec, len, data, gate, write_through), &ctrl)))
+    } else if let Some(ns) = long_deallocation(&req.exec, &data) {
+        Outcome::Later(Deferred::off_task(ns, move || finish(run(req.exec, len, data, gate, write_through), &ctrl)))
     } else {
         let r = run(req.exec, len, data, gate, write_through);
         Outcome::Done(finish(r, &ctrl))
