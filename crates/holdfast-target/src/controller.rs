@@ -116,6 +116,9 @@ pub struct CtrlState {
     pub io_queues_granted: u16,
     /// Set once an I/O queue connected (Number of Queues may no longer change).
     pub io_queue_connected: bool,
+    /// I/O queue IDs bound to a live connection: a second Connect for one of them is refused (as Linux's
+    /// nvmet does: the queue exists already). Cleared as each queue's connection ends.
+    pub live_qids: std::collections::BTreeSet<u16>,
     /// CIDs of held AERs.
     pub aers: VecDeque<u16>,
     /// Events waiting for an AER (completion dword 0).
@@ -197,6 +200,7 @@ impl Controller {
                 features: Features::default(),
                 io_queues_granted: 0,
                 io_queue_connected: false,
+                live_qids: std::collections::BTreeSet::new(),
                 aers: VecDeque::new(),
                 pending_events: VecDeque::new(),
                 masked_logs: Vec::new(),

@@ -681,6 +681,30 @@ block_size = 4096
     server.stop().await;
 }
 
+/// An I/O queue exists from its Connect until its connection ends: a second Connect for the same queue ID on
+/// another connection is refused (Command Sequence Error, as Linux's nvmet answers), and the ID is free
+/// again once the first connection has closed.
+#[tokio::test]
+async fn a_second_connect_for_a_live_io_queue_id_is_refused() {
+    let (server, addr) = start("").await;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    let mut dup = Conn::ic(addr, false, false).await;
+    let r = dup.connect(1, cntlid, NQN, 0).await;
+    assert_eq!(r.status(), Status::COMMAND_SEQUENCE_ERROR.with_dnr(), "a second queue 1");
+    drop(q);
+    let t0 = std::time::Instant::now();
+    loop {
+        let mut again = Conn::ic(addr, false, false).await;
+        if again.connect(1, cntlid, NQN, 0).await.status() == Status::SUCCESS {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "queue 1 stayed taken after its connection closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn discovery_log_lists_subsystem_and_discovery_entries() {
     let (server, addr) = start("").await;

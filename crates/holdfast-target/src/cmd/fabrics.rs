@@ -143,15 +143,20 @@ pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response
     if !ctrl.ready() {
         return Response::err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
     }
+    if sqsize == 0 || sqsize >= MAX_QUEUE_ENTRIES {
+        return invalid(44, false);
+    }
     {
         let mut st = ctrl.state.lock();
         if qid > st.io_queues_granted {
             return invalid(42, false);
         }
+        // The queue exists already, on another connection (NVMe-oF 1.1 §3.3: a queue is created by its Connect
+        // and lives as long as its connection). Linux's nvmet answers the same.
+        if !st.live_qids.insert(qid) {
+            return Response::err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+        }
         st.io_queue_connected = true;
-    }
-    if sqsize == 0 || sqsize >= MAX_QUEUE_ENTRIES {
-        return invalid(44, false);
     }
     ctx.qid = qid;
     ctx.size = sqsize + 1;

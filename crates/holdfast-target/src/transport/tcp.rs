@@ -305,6 +305,7 @@ impl Connection {
             if c.ctx.qid == 0 {
                 ctrl.teardown(&format!("admin queue: {reason}"));
             } else {
+                ctrl.state.lock().live_qids.remove(&c.ctx.qid);
                 tracing::debug!(cntlid = ctrl.cntlid, qid = c.ctx.qid, "I/O queue closed: {reason}");
             }
         } else {
