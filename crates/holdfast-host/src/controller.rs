@@ -609,6 +609,17 @@ async fn establish(
                 adv = ConnectionPolicy::from_bytes(&c.data).ok();
             }
         }
+        // The previous association was with a holdfast controller (its Identify carried a uniquifier): end it
+        // there before anything is issued again (design §5).
+        let previous = {
+            let i = lock(&sh.info);
+            i.id.holdfast_uniquifier().map(|u| (i.cntlid, u))
+        };
+        // (A previous CNTLID given to this new association means the previous one is gone already.)
+        if let Some((prev_cntlid, prev_uniquifier)) = previous.filter(|&(c, _)| !first && c != cntlid) {
+            let cqt_ms = adv.map_or(0, |a| a.cqt_ms);
+            fence_previous_association(&admin, prev_cntlid, prev_uniquifier, cqt_ms, deadline).await?;
+        }
         let new_eff = policy::resolve(o, adv.as_ref());
         if !is_discovery && (first || new_eff.kato != eff.kato || new_eff.ctrl_loss_tmo != eff.ctrl_loss_tmo) {
             new_eff.log(&o.addr);
@@ -728,6 +739,45 @@ async fn establish(
             cancel.cancel();
             Err(e)
         }
+    }
+}
+
+/// On a reconnect to a holdfast target, before anything is issued again: end the previous association
+/// (controller `previous` with `uniquifier`, as its Identify Controller said) with Fence Association (vendor admin command C1h) and wait until none of its commands
+/// is in flight any more (the command reports how many are; asked again every 5 ms, at most CQT, `cqt_ms`, or
+/// 5 s when the target advertises none). The target's drain at Connect only knows associations it has already
+/// ended; one it still takes for alive (the host noticed a partition first, and it healed before the target's
+/// KATO ran out) would otherwise run commands that reach it late over the old connections, after newer ones.
+/// A target that does not know the command (Invalid Opcode) is left as it is.
+async fn fence_previous_association(
+    admin: &submit::Sender<Command>,
+    previous: u16,
+    uniquifier: u64,
+    cqt_ms: u32,
+    deadline: TInstant,
+) -> Result<()> {
+    let limit = Duration::from_millis(if cqt_ms == 0 { 5000 } else { cqt_ms as u64 });
+    let t0 = Instant::now();
+    loop {
+        let mut s = SubmissionEntry::new(aop::HOLDFAST_FENCE_ASSOCIATION, 0);
+        s.cdw10.set(previous as u32);
+        s.cdw11.set(uniquifier as u32);
+        s.cdw12.set((uniquifier >> 32) as u32);
+        let c = setup(admin, s, Bytes::new(), 0, "Fence Association", deadline).await?;
+        if c.status().code() == Status::INVALID_OPCODE.code() {
+            return Ok(());
+        }
+        let left = status_ok(c, "Fence Association")?.cqe.dw0.get();
+        if left == 0 {
+            return Ok(());
+        }
+        if t0.elapsed() >= limit {
+            return Err(Error::Timeout {
+                what: format!("the previous association's {left} commands in flight (controller {previous})"),
+                after: limit,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

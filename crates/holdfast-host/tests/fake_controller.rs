@@ -148,6 +148,10 @@ struct State {
     down: AtomicBool,
     /// New connections are accepted and then never answered (held open 30 s): a connect into a black hole.
     mute: AtomicBool,
+    /// CNTLID of the next admin Connect (each association gets its own; its uniquifier is 0xF00D0000 + CNTLID).
+    next_cntlid: AtomicU32,
+    /// In order: "connect N" for each Connect (N its queue ID) and "fence C U" for each Fence Association.
+    log: Mutex<Vec<String>>,
     /// Namespace 1's NGUID is sixteen bytes of this plus one (Identify CNS 03h): changing it makes namespace 1
     /// another namespace.
     ns_gen: AtomicU32,
@@ -193,6 +197,8 @@ async fn fake(b: Behaviour) -> Fake {
         down: AtomicBool::new(false),
         mute: AtomicBool::new(false),
         ns_gen: AtomicU32::new(0),
+        next_cntlid: AtomicU32::new(1),
+        log: Mutex::new(Vec::new()),
         bad_r2t_sent: AtomicBool::new(false),
         bad_h2c_bytes: AtomicU64::new(0),
         h2c_terms: Mutex::new(Vec::new()),
@@ -239,6 +245,8 @@ struct Conn {
     close: bool,
     /// Asynchronous Event Requests held.
     aers: Vec<u16>,
+    /// This admin queue's controller (0 on I/O queues).
+    cntlid: u16,
 }
 
 impl Conn {
@@ -334,7 +342,11 @@ impl Conn {
                     if c.cattr & fabrics::CATTR_DISABLE_SQ_FLOW != 0 {
                         self.st.sqflow_off.fetch_add(1, Ordering::Relaxed);
                     }
-                    self.resp(cid, Status::SUCCESS, 1);
+                    self.st.log.lock().unwrap().push(format!("connect {}", self.qid));
+                    if self.qid == 0 {
+                        self.cntlid = self.st.next_cntlid.fetch_add(1, Ordering::Relaxed) as u16;
+                    }
+                    self.resp(cid, Status::SUCCESS, self.cntlid.max(1) as u64);
                 }
                 fctype::PROPERTY_GET => {
                     let p = PropertyCommand::from_sqe(&sqe);
@@ -380,6 +392,7 @@ impl Conn {
                             id.nn.set(1);
                             id.crdt1.set(self.st.b.crdt1);
                             identify::set_ascii(&mut id.mn, "fake");
+                            id.set_holdfast_uniquifier(0xF00D_0000 + self.cntlid as u64);
                             page.copy_from_slice(id.as_bytes());
                         }
                         identify::CNS_NAMESPACE if sqe.nsid() == 1 => {
@@ -437,6 +450,11 @@ impl Conn {
                     self.send_data(cid, &log_page_slice(&log, get_log_page::offset(&sqe), len));
                 }
                 admin::GET_LOG_PAGE => self.resp(cid, Status::INVALID_LOG_PAGE, 0),
+                admin::HOLDFAST_FENCE_ASSOCIATION => {
+                    let u = sqe.cdw11.get() as u64 | (sqe.cdw12.get() as u64) << 32;
+                    self.st.log.lock().unwrap().push(format!("fence {} {u:#x}", sqe.cdw10.get()));
+                    self.resp(cid, Status::SUCCESS, 0);
+                }
                 _ => self.resp(cid, Status::INVALID_OPCODE, 0),
             }
             return;
@@ -553,6 +571,7 @@ async fn serve(mut s: TcpStream, st: Arc<State>) {
         writes: HashMap::new(),
         close: false,
         aers: Vec::new(),
+        cntlid: 0,
     };
     loop {
         if c.st.down.load(Ordering::Relaxed) {
@@ -950,6 +969,38 @@ async fn changed_namespace_identifiers_fail_pending_io_instead_of_replaying_it()
     }
     assert_eq!(f.st.write_attempts.load(Ordering::Relaxed), writes, "the write was replayed onto another namespace");
     assert!(matches!(c.state(), holdfast_host::controller::State::Failed { .. }));
+}
+
+/// A reconnect to a holdfast controller (its Identify carried a uniquifier) ends the previous association
+/// with Fence Association, naming its CNTLID and uniquifier, right after the new admin queue is up and before
+/// any I/O queue is connected, so before anything is issued again (design §5).
+#[tokio::test]
+async fn a_reconnect_fences_the_previous_association_before_reissuing() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.kato = Some(Duration::from_millis(600));
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    let c = Controller::connect(o).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    ns.write(0, pattern(BS, 1), false).await.unwrap();
+    f.st.down.store(true, Ordering::Relaxed);
+    let t0 = std::time::Instant::now();
+    while !matches!(c.state(), holdfast_host::controller::State::Reconnecting { .. }) {
+        assert!(t0.elapsed() < Duration::from_secs(3), "the loss was never noticed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    f.st.log.lock().unwrap().clear();
+    let w = tokio::spawn({
+        let ns = ns.clone();
+        async move { ns.write(0, pattern(BS, 2), false).await }
+    });
+    f.st.down.store(false, Ordering::Relaxed);
+    tokio::time::timeout(Duration::from_secs(5), w).await.expect("the queued write never finished").unwrap().unwrap();
+    let log = f.st.log.lock().unwrap().clone();
+    let first = log.iter().position(|l| l == "connect 0").expect("an admin Connect");
+    assert_eq!(log.get(first + 1).map(String::as_str), Some("fence 1 0xf00d0001"), "{log:?}");
+    assert_eq!(log.get(first + 2).map(String::as_str), Some("connect 1"), "{log:?}");
+    c.shutdown().await.unwrap();
 }
 
 #[tokio::test]

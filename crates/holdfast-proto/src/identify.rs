@@ -629,6 +629,8 @@ const _: () = assert!(core::mem::offset_of!(IdentifyController, ofcs) == 1804);
 const _: () = assert!(core::mem::offset_of!(IdentifyController, dctype) == 1806);
 const _: () = assert!(core::mem::offset_of!(IdentifyController, psd) == 2048);
 const _: () = assert!(core::mem::offset_of!(IdentifyController, vs) == 3072);
+/// Signature of holdfast's data in Identify Controller's vendor-specific area (bytes 3072–3075).
+pub const HOLDFAST_VS_SIGNATURE: [u8; 4] = *b"HFCU";
 
 impl IdentifyController {
     /// Parse the first 4096 bytes of `b`; `None` if it is shorter.
@@ -666,6 +668,19 @@ impl IdentifyController {
     /// SUBNQN without padding.
     pub fn subsystem_nqn(&self) -> String {
         get_nul_padded(&self.subnqn)
+    }
+    /// Put holdfast's controller uniquifier in the vendor-specific area: the signature [`HOLDFAST_VS_SIGNATURE`]
+    /// at byte 3072, the value (little endian) at 3076–3083. A value that differs for every controller a target
+    /// ever creates (random), so that a host can name one association even after its CNTLID was given to
+    /// another ([`crate::opcode::admin::HOLDFAST_FENCE_ASSOCIATION`]).
+    pub fn set_holdfast_uniquifier(&mut self, v: u64) {
+        self.vs[..4].copy_from_slice(&HOLDFAST_VS_SIGNATURE);
+        self.vs[4..12].copy_from_slice(&v.to_le_bytes());
+    }
+    /// holdfast's controller uniquifier, if the vendor-specific area carries one ([`Self::set_holdfast_uniquifier`]).
+    pub fn holdfast_uniquifier(&self) -> Option<u64> {
+        let v = u64::from_le_bytes(self.vs[4..12].try_into().ok()?);
+        (self.vs[..4] == HOLDFAST_VS_SIGNATURE && v != 0).then_some(v)
     }
 }
 

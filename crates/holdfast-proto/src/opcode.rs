@@ -56,6 +56,11 @@ pub mod admin {
     pub const SECURITY_RECEIVE: u8 = 0x82;
     /// Sanitize.
     pub const SANITIZE: u8 = 0x84;
+    /// holdfast's Fence Association (vendor specific, C0h–FFh): ends the issuing host's previous association
+    /// (CDW10 bits 15:0: its CNTLID) and reports in completion Dword 0 how many commands of that host's ended
+    /// associations are still in flight. A reconnecting host issues it until that is 0, before it issues
+    /// anything again (design §5).
+    pub const HOLDFAST_FENCE_ASSOCIATION: u8 = 0xC1;
 }
 
 /// NVM command set I/O opcodes.
@@ -131,6 +136,7 @@ pub fn admin_name(op: u8) -> &'static str {
         SECURITY_SEND => "Security Send",
         SECURITY_RECEIVE => "Security Receive",
         SANITIZE => "Sanitize",
+        HOLDFAST_FENCE_ASSOCIATION => "Fence Association (holdfast)",
         FABRICS => "Fabrics",
         _ => "Unknown admin command",
     }

@@ -159,6 +159,10 @@ pub struct Controller {
     /// Cancelled when the controller is torn down: every queue task exits.
     pub cancel: CancellationToken,
     torn_down: AtomicBool,
+    /// Random, and so different for every controller ever created (across restarts too): with the CNTLID, names
+    /// this association in a Fence Association ([`crate::cmd::admin::fence_association`]), even after the
+    /// CNTLID was given to another. Reported in Identify Controller's vendor-specific area.
+    pub uniquifier: u64,
     /// The media gates of the queues bound to this controller ([`Controller::bind_gate`]): killed by the
     /// teardown itself, not by each queue task when it gets round to exiting.
     gates: Mutex<Vec<std::sync::Weak<AssociationGate>>>,
@@ -194,6 +198,7 @@ impl Controller {
             kato_ms: AtomicU32::new(kato_ms),
             last_activity_ms: AtomicU64::new(now),
             gates: Mutex::new(Vec::new()),
+            uniquifier: rand::random::<u64>() | 1,
             state: Mutex::new(CtrlState {
                 cc: 0,
                 csts: 0,

@@ -45,6 +45,8 @@ pub enum Exec {
     AsyncEvent,
     /// Abort.
     Abort,
+    /// holdfast's Fence Association (vendor specific, [`holdfast_proto::opcode::admin::HOLDFAST_FENCE_ASSOCIATION`]).
+    FenceAssociation,
     /// Read `len` bytes at byte `offset`.
     Read {
         /// Namespace.

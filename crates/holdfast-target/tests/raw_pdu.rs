@@ -705,6 +705,71 @@ async fn a_second_connect_for_a_live_io_queue_id_is_refused() {
     server.stop().await;
 }
 
+/// Fence Association (holdfast's vendor admin command C1h, design §5): a host whose old association the target
+/// still takes for alive (it noticed a partition first and reconnected) ends it from its new one. The old
+/// association's write still waiting for the media is dropped, and the command reports it in flight until it
+/// is gone; a host may not fence its own controller.
+#[tokio::test]
+async fn fence_association_ends_the_hosts_old_association_and_reports_its_drain() {
+    let settings = TargetSettings { test_delay_writes: Some(Duration::from_millis(300)), ..TargetSettings::default() };
+    let (server, addr) = start_with("", settings).await;
+    let (mut old_admin, old) = Conn::admin(addr, NQN, false, false).await;
+    let mut old_q = Conn::io(addr, &mut old_admin, old, false, false).await;
+    let mut sqe = rw_sqe(io::WRITE, 0, 1, SglDescriptor::incapsule(512));
+    sqe.cid.set(old_q.next_cid());
+    old_q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::from(vec![9u8; 512]) })).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The same host's new association: admitted, since the old one is still alive.
+    let (mut a, new) = Conn::admin(addr, NQN, false, false).await;
+    // The old controller's uniquifier, from its Identify Controller (vendor-specific area).
+    let mut s = SubmissionEntry::new(admin::IDENTIFY, 0);
+    s.dptr = SglDescriptor::transport(4096);
+    s.cdw10.set(1);
+    let (_, d) = old_admin.cmd(s, Bytes::new()).await;
+    let id: holdfast_proto::identify::IdentifyController = zerocopy::FromBytes::read_from_bytes(&d[..4096]).unwrap();
+    let u = id.holdfast_uniquifier().expect("a uniquifier in Identify Controller");
+    let fence = |cntlid: u16, u: u64| {
+        let mut s = SubmissionEntry::new(admin::HOLDFAST_FENCE_ASSOCIATION, 0);
+        s.cdw10.set(cntlid as u32);
+        s.cdw11.set(u as u32);
+        s.cdw12.set((u >> 32) as u32);
+        s
+    };
+    let mut s = SubmissionEntry::new(admin::IDENTIFY, 0);
+    s.dptr = SglDescriptor::transport(4096);
+    s.cdw10.set(1);
+    let (_, d) = a.cmd(s, Bytes::new()).await;
+    let own: holdfast_proto::identify::IdentifyController = zerocopy::FromBytes::read_from_bytes(&d[..4096]).unwrap();
+    let (r, _) = a.cmd(fence(new, own.holdfast_uniquifier().unwrap()), Bytes::new()).await;
+    assert_eq!(r.status(), Status::INVALID_FIELD.with_dnr(), "its own controller");
+    assert_ne!(own.holdfast_uniquifier(), Some(u), "two controllers, two uniquifiers");
+    // Another uniquifier names another controller (a later one with that CNTLID): nothing is ended.
+    let (r, _) = a.cmd(fence(old, u ^ 2), Bytes::new()).await;
+    assert_eq!((r.status(), r.dw0.get()), (Status::SUCCESS, 0));
+    let subsys = server.target.subsystem(NQN).unwrap();
+    assert!(subsys.controller(old).is_some(), "a fence with the wrong uniquifier ended the controller");
+    let (r, _) = a.cmd(fence(old, u), Bytes::new()).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    assert!(r.dw0.get() >= 1, "the old write is in flight");
+    assert!(subsys.controller(old).is_none(), "the old association was ended");
+    let t0 = std::time::Instant::now();
+    loop {
+        let (r, _) = a.cmd(fence(old, u), Bytes::new()).await;
+        assert_eq!(r.status(), Status::SUCCESS);
+        if r.dw0.get() == 0 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "the old association never drained");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut q = Conn::io(addr, &mut a, new, false, false).await;
+    let (r, d) = q.cmd(rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512)), Bytes::new()).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    assert_eq!(d, vec![0u8; 512], "the old association's write landed after the fence");
+    drop((old_admin, old_q));
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn discovery_log_lists_subsystem_and_discovery_entries() {
     let (server, addr) = start("").await;

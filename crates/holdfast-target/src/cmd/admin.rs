@@ -45,6 +45,7 @@ pub fn identify_controller(c: &Controller) -> IdentifyController {
     let mut d = common_identify(c);
     let policy = c.subsys.policy.read().clone();
     d.cmic = id::CMIC_MULTI_CTRL;
+    d.set_holdfast_uniquifier(c.uniquifier);
     d.ver.set(VERSION_2_0);
     d.oaes.set(id::OAES_NS_ATTR);
     // Any command resets the keep-alive timer here, but TBKAS (traffic-based keep-alive) is not advertised:
@@ -305,6 +306,35 @@ pub fn async_event_request(c: &Controller, req: &Request) -> Outcome {
     st.aers.push_back(req.sqe.cid());
     Controller::deliver(&mut st);
     Outcome::Held
+}
+
+/// Fence Association (holdfast, vendor-specific admin opcode C1h; design §5). A host that reconnected names
+/// its previous association's controller: CNTLID in CDW10 bits 15:0, its uniquifier (Identify Controller,
+/// vendor-specific area) in CDW11 (low 32 bits) and CDW12 (high). If that controller is still alive, has that
+/// uniquifier (not a later controller that got the CNTLID, nor one of another target instance) and is this
+/// host's (the same HostNQN and HostID), it is torn down now, which closes its queues' media gates and
+/// registers what they still have in flight. Completion Dword 0: how many commands of this host's ended associations
+/// are still in flight; the host issues the command again until it reads 0, and only then issues anything
+/// else. This covers what the drain at Connect cannot: an old association the target had not yet seen end
+/// (a partition the host noticed first, healed before the target's KATO ran out), whose late commands would
+/// otherwise still run. Any other controller is left alone.
+pub fn fence_association(c: &Controller, req: &Request) -> Response {
+    let old = (req.sqe.cdw10.get() & 0xFFFF) as u16;
+    let uniquifier = req.sqe.cdw11.get() as u64 | (req.sqe.cdw12.get() as u64) << 32;
+    if old == c.cntlid && uniquifier == c.uniquifier {
+        // Itself.
+        return Response::err(Status::INVALID_FIELD.with_dnr());
+    }
+    if let Some(o) = c
+        .subsys
+        .controller(old)
+        .filter(|o| o.uniquifier == uniquifier && o.hostnqn == c.hostnqn && o.hostid == c.hostid)
+    {
+        o.teardown(&format!("fenced by the same host's new association (cntlid {})", c.cntlid));
+    }
+    // With the drain switched off (a test-only setting, as at Connect) nothing is waited for.
+    let left = if c.target.settings.drain { c.subsys.dead_inflight(&c.hostnqn, &c.hostid) } else { 0 };
+    Response::dw0(left.min(u32::MAX as u64) as u32)
 }
 
 /// Abort (NVMe Base 2.0 §5.1): commands here are never abortable once received, so the answer is always

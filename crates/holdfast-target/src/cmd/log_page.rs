@@ -135,6 +135,7 @@ fn commands_effects() -> lp::CommandsSupportedAndEffects {
         aop::GET_FEATURES,
         aop::ASYNC_EVENT_REQUEST,
         aop::KEEP_ALIVE,
+        aop::HOLDFAST_FENCE_ASSOCIATION,
     ] {
         d.acs[op as usize].set(lp::EFFECTS_CSUPP);
     }

@@ -84,6 +84,7 @@ pub fn parse(ctx: &QueueCtx, sqe: &SubmissionEntry) -> ParseResult {
         aop::KEEP_ALIVE => sgl_sized(sqe, Exec::KeepAlive, DataDir::None, 0),
         aop::ASYNC_EVENT_REQUEST => sgl_sized(sqe, Exec::AsyncEvent, DataDir::None, 0),
         aop::ABORT => sgl_sized(sqe, Exec::Abort, DataDir::None, 0),
+        aop::HOLDFAST_FENCE_ASSOCIATION => sgl_sized(sqe, Exec::FenceAssociation, DataDir::None, 0),
         _ => Err(Status::INVALID_OPCODE.with_dnr()),
     }
 }
@@ -116,6 +117,7 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
             None => Response::err(Status::COMMAND_SEQUENCE_ERROR).into(),
         },
         Exec::Abort => admin::abort(&req).into(),
+        Exec::FenceAssociation => with_ctrl(ctx, |c| admin::fence_association(c, &req)),
         Exec::Read { .. }
         | Exec::Write { .. }
         | Exec::Flush { .. }
