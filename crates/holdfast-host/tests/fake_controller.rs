@@ -636,6 +636,17 @@ fn opts(f: &Fake, queues: u16, digests: bool) -> ConnectOptions {
     o
 }
 
+/// Take the fake down (open connections close at their next PDU, new ones at once) and wait until `c` is
+/// reconnecting.
+async fn go_down(f: &Fake, c: &Controller) {
+    f.st.down.store(true, Ordering::Relaxed);
+    let t0 = std::time::Instant::now();
+    while !matches!(c.state(), holdfast_host::controller::State::Reconnecting { .. }) {
+        assert!(t0.elapsed() < Duration::from_secs(3), "the loss was never noticed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn pattern(len: usize, seed: u8) -> Bytes {
     (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed as u32).to_le_bytes()[1]).collect()
 }
@@ -888,13 +899,8 @@ async fn zero_reconnect_delay_is_no_connection_storm_and_shutdown_ends_the_recon
     o.ctrl_loss_tmo = Some(Duration::from_secs(60));
     let c = Controller::connect(o).await.unwrap();
     let ns = Namespace::open(&c, 1).await.unwrap();
-    f.st.down.store(true, Ordering::Relaxed);
     // The next Keep Alive finds the admin queue closed: the host reconnects, and every attempt fails at once.
-    let t0 = std::time::Instant::now();
-    while !matches!(c.state(), holdfast_host::controller::State::Reconnecting { .. }) {
-        assert!(t0.elapsed() < Duration::from_secs(3), "the loss was never noticed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    go_down(&f, &c).await;
     let before = f.st.connections.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let attempts = f.st.connections.load(Ordering::Relaxed) - before;
@@ -921,12 +927,7 @@ async fn fast_io_fail_tmo_holds_during_a_reconnect_attempt_into_a_black_hole() {
     let c = Controller::connect(o).await.unwrap();
     let ns = Namespace::open(&c, 1).await.unwrap();
     f.st.mute.store(true, Ordering::Relaxed);
-    f.st.down.store(true, Ordering::Relaxed);
-    let t0 = std::time::Instant::now();
-    while !matches!(c.state(), holdfast_host::controller::State::Reconnecting { .. }) {
-        assert!(t0.elapsed() < Duration::from_secs(3), "the loss was never noticed");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    go_down(&f, &c).await;
     let lost = std::time::Instant::now();
     let r = tokio::time::timeout(Duration::from_secs(3), ns.read(0, 1)).await;
     let r = r.expect("a read queued while reconnecting waited 3 s, past fast_io_fail_tmo (400 ms)");
@@ -948,12 +949,7 @@ async fn changed_namespace_identifiers_fail_pending_io_instead_of_replaying_it()
     let c = Controller::connect(o).await.unwrap();
     let ns = Namespace::open(&c, 1).await.unwrap();
     ns.write(0, pattern(BS, 1), false).await.unwrap();
-    f.st.down.store(true, Ordering::Relaxed);
-    let t0 = std::time::Instant::now();
-    while !matches!(c.state(), holdfast_host::controller::State::Reconnecting { .. }) {
-        assert!(t0.elapsed() < Duration::from_secs(3), "the loss was never noticed");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    go_down(&f, &c).await;
     let writes = f.st.write_attempts.load(Ordering::Relaxed);
     let w = tokio::spawn({
         let ns = ns.clone();
@@ -983,12 +979,7 @@ async fn a_reconnect_fences_the_previous_association_before_reissuing() {
     let c = Controller::connect(o).await.unwrap();
     let ns = Namespace::open(&c, 1).await.unwrap();
     ns.write(0, pattern(BS, 1), false).await.unwrap();
-    f.st.down.store(true, Ordering::Relaxed);
-    let t0 = std::time::Instant::now();
-    while !matches!(c.state(), holdfast_host::controller::State::Reconnecting { .. }) {
-        assert!(t0.elapsed() < Duration::from_secs(3), "the loss was never noticed");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    go_down(&f, &c).await;
     f.st.log.lock().unwrap().clear();
     let w = tokio::spawn({
         let ns = ns.clone();

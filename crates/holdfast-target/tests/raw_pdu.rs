@@ -28,6 +28,12 @@ async fn start(extra: &str) -> (Server, SocketAddr) {
 }
 
 async fn start_with(extra: &str, settings: TargetSettings) -> (Server, SocketAddr) {
+    start_ns(extra, settings, 4, 512).await
+}
+
+/// A target with one port and subsystem `NQN` (`extra` in its table), whose namespace 1 is `size_mib` of RAM
+/// in blocks of `block_size`.
+async fn start_ns(extra: &str, settings: TargetSettings, size_mib: u64, block_size: u32) -> (Server, SocketAddr) {
     let text = format!(
         r#"
 [[port]]
@@ -39,8 +45,8 @@ nqn = "{NQN}"
 [[subsystem.namespace]]
 nsid = 1
 backend = "ram"
-size_mib = 4
-block_size = 512
+size_mib = {size_mib}
+block_size = {block_size}
 "#
     );
     let extra_any = if extra.contains("allowed_hosts") {
@@ -119,6 +125,14 @@ impl Conn {
             .expect("target did not close");
         assert!(n.is_err() || rest.is_empty(), "data after the TermReq");
         t
+    }
+    async fn identify_controller(&mut self) -> holdfast_proto::identify::IdentifyController {
+        let mut s = SubmissionEntry::new(admin::IDENTIFY, 0);
+        s.dptr = SglDescriptor::transport(4096);
+        s.cdw10.set(1);
+        let (r, d) = self.cmd(s, Bytes::new()).await;
+        assert_eq!(r.status(), Status::SUCCESS, "Identify Controller");
+        zerocopy::FromBytes::read_from_bytes(&d[..4096]).unwrap()
     }
     fn next_cid(&mut self) -> u16 {
         self.cid = self.cid.wrapping_add(1);
@@ -212,6 +226,28 @@ impl Conn {
         assert_eq!(r.status(), Status::SUCCESS, "io connect");
         (q, r)
     }
+}
+
+/// A target whose writes wait `delay_ms` before the media, and one association on it (admin queue, its
+/// CNTLID, I/O queue 1) with a one-block write of 7s at LBA 0 sent and now held before the media.
+async fn association_with_a_held_write(delay_ms: u64) -> (Server, SocketAddr, Conn, u16, Conn) {
+    let settings =
+        TargetSettings { test_delay_writes: Some(Duration::from_millis(delay_ms)), ..TargetSettings::default() };
+    let (server, addr) = start_with("", settings).await;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    let mut sqe = rw_sqe(io::WRITE, 0, 1, SglDescriptor::incapsule(512));
+    sqe.cid.set(q.next_cid());
+    q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::from(vec![7u8; 512]) })).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    (server, addr, a, cntlid, q)
+}
+
+/// Read block 0 (512 bytes) on `q`: it must read back as zeroes (`why` says which write must not have landed).
+async fn assert_block0_zero(q: &mut Conn, why: &str) {
+    let (r, d) = q.cmd(rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512)), Bytes::new()).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    assert_eq!(d, vec![0u8; 512], "{why}");
 }
 
 fn rw_sqe(op: u8, slba: u64, blocks: u32, sgl: SglDescriptor) -> SubmissionEntry {
@@ -501,9 +537,7 @@ async fn data_digest_error_fails_the_command_not_the_connection() {
     b[100] ^= 1;
     q.send_raw(&b).await;
     assert_eq!(q.finish(3).await.0.status(), Status::TRANSIENT_TRANSPORT_ERROR);
-    let (r, d) = q.cmd(rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512)), Bytes::new()).await;
-    assert_eq!(r.status(), Status::SUCCESS);
-    assert_eq!(d, vec![0u8; 512], "the corrupt write never landed");
+    assert_block0_zero(&mut q, "the corrupt write never landed").await;
     server.stop().await;
 }
 
@@ -600,15 +634,7 @@ async fn a_spinning_io_queue_closes_when_its_controller_is_torn_down() {
 /// teardown and the check, which makes that race certain.
 #[tokio::test]
 async fn teardown_fences_every_queue_of_the_association_at_once() {
-    let settings = TargetSettings { test_delay_writes: Some(Duration::from_millis(500)), ..TargetSettings::default() };
-    let (server, addr) = start_with("", settings).await;
-    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
-    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
-    let mut sqe = rw_sqe(io::WRITE, 0, 1, SglDescriptor::incapsule(512));
-    sqe.cid.set(q.next_cid());
-    q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::from(vec![7u8; 512]) })).await;
-    // The write is now held before the media (test_delay_writes).
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (server, addr, a, cntlid, q) = association_with_a_held_write(500).await;
     let subsys = server.target.subsystem(NQN).unwrap();
     subsys.controller(cntlid).unwrap().teardown("test");
     assert!(
@@ -624,9 +650,7 @@ async fn teardown_fences_every_queue_of_the_association_at_once() {
     }
     let (mut a2, cntlid2) = Conn::admin(addr, NQN, false, false).await;
     let mut q2 = Conn::io(addr, &mut a2, cntlid2, false, false).await;
-    let (r, d) = q2.cmd(rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512)), Bytes::new()).await;
-    assert_eq!(r.status(), Status::SUCCESS);
-    assert_eq!(d, vec![0u8; 512], "the dead association's write landed");
+    assert_block0_zero(&mut q2, "the dead association's write landed").await;
     server.stop().await;
 }
 
@@ -636,24 +660,7 @@ async fn teardown_fences_every_queue_of_the_association_at_once() {
 /// wait for it. The test's 20 ms sleep, taken while the deallocation runs, must not last as long as it.
 #[tokio::test]
 async fn a_huge_deallocation_does_not_stall_the_runtime() {
-    let text = format!(
-        r#"
-[[port]]
-id = 1
-listen = "127.0.0.1:0"
-[[subsystem]]
-nqn = "{NQN}"
-allow_any_host = true
-[[subsystem.namespace]]
-nsid = 1
-backend = "ram"
-size_mib = 65536
-block_size = 4096
-"#
-    );
-    let target = Target::new(&Config::parse(&text, "test").unwrap(), TargetSettings::default()).unwrap();
-    let server = Server::start(target).await.unwrap();
-    let addr = server.bound[0].1;
+    let (server, addr) = start_ns("", TargetSettings::default(), 65536, 4096).await;
     let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
     let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
     let ranges = 64usize;
@@ -711,23 +718,11 @@ async fn a_second_connect_for_a_live_io_queue_id_is_refused() {
 /// is gone; a host may not fence its own controller.
 #[tokio::test]
 async fn fence_association_ends_the_hosts_old_association_and_reports_its_drain() {
-    let settings = TargetSettings { test_delay_writes: Some(Duration::from_millis(300)), ..TargetSettings::default() };
-    let (server, addr) = start_with("", settings).await;
-    let (mut old_admin, old) = Conn::admin(addr, NQN, false, false).await;
-    let mut old_q = Conn::io(addr, &mut old_admin, old, false, false).await;
-    let mut sqe = rw_sqe(io::WRITE, 0, 1, SglDescriptor::incapsule(512));
-    sqe.cid.set(old_q.next_cid());
-    old_q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::from(vec![9u8; 512]) })).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (server, addr, mut old_admin, old, old_q) = association_with_a_held_write(300).await;
     // The same host's new association: admitted, since the old one is still alive.
     let (mut a, new) = Conn::admin(addr, NQN, false, false).await;
     // The old controller's uniquifier, from its Identify Controller (vendor-specific area).
-    let mut s = SubmissionEntry::new(admin::IDENTIFY, 0);
-    s.dptr = SglDescriptor::transport(4096);
-    s.cdw10.set(1);
-    let (_, d) = old_admin.cmd(s, Bytes::new()).await;
-    let id: holdfast_proto::identify::IdentifyController = zerocopy::FromBytes::read_from_bytes(&d[..4096]).unwrap();
-    let u = id.holdfast_uniquifier().expect("a uniquifier in Identify Controller");
+    let u = old_admin.identify_controller().await.holdfast_uniquifier().expect("a uniquifier in Identify Controller");
     let fence = |cntlid: u16, u: u64| {
         let mut s = SubmissionEntry::new(admin::HOLDFAST_FENCE_ASSOCIATION, 0);
         s.cdw10.set(cntlid as u32);
@@ -735,11 +730,7 @@ async fn fence_association_ends_the_hosts_old_association_and_reports_its_drain(
         s.cdw12.set((u >> 32) as u32);
         s
     };
-    let mut s = SubmissionEntry::new(admin::IDENTIFY, 0);
-    s.dptr = SglDescriptor::transport(4096);
-    s.cdw10.set(1);
-    let (_, d) = a.cmd(s, Bytes::new()).await;
-    let own: holdfast_proto::identify::IdentifyController = zerocopy::FromBytes::read_from_bytes(&d[..4096]).unwrap();
+    let own = a.identify_controller().await;
     let (r, _) = a.cmd(fence(new, own.holdfast_uniquifier().unwrap()), Bytes::new()).await;
     assert_eq!(r.status(), Status::INVALID_FIELD.with_dnr(), "its own controller");
     assert_ne!(own.holdfast_uniquifier(), Some(u), "two controllers, two uniquifiers");
@@ -763,9 +754,7 @@ async fn fence_association_ends_the_hosts_old_association_and_reports_its_drain(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut q = Conn::io(addr, &mut a, new, false, false).await;
-    let (r, d) = q.cmd(rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512)), Bytes::new()).await;
-    assert_eq!(r.status(), Status::SUCCESS);
-    assert_eq!(d, vec![0u8; 512], "the old association's write landed after the fence");
+    assert_block0_zero(&mut q, "the old association's write landed after the fence").await;
     drop((old_admin, old_q));
     server.stop().await;
 }
