@@ -743,12 +743,13 @@ async fn establish(
 }
 
 /// On a reconnect to a holdfast target, before anything is issued again: end the previous association
-/// (controller `previous` with `uniquifier`, as its Identify Controller said) with Fence Association (vendor admin command C1h) and wait until none of its commands
-/// is in flight any more (the command reports how many are; asked again every 5 ms, at most CQT, `cqt_ms`, or
-/// 5 s when the target advertises none). The target's drain at Connect only knows associations it has already
-/// ended; one it still takes for alive (the host noticed a partition first, and it healed before the target's
-/// KATO ran out) would otherwise run commands that reach it late over the old connections, after newer ones.
-/// A target that does not know the command (Invalid Opcode) is left as it is.
+/// (controller `previous` with `uniquifier`, as its Identify Controller said) with Fence Association (vendor
+/// admin command C1h) and wait until none of its commands is in flight any more (the command reports how many
+/// are; asked again every 5 ms, at most CQT, `cqt_ms`, or 5 s when the target advertises none). The target's
+/// drain at Connect only knows associations it has already ended; one it still takes for alive (the host
+/// noticed a partition first, and it healed before the target's KATO ran out) would otherwise run commands that
+/// reach it late over the old connections, after newer ones. A target that does not know the command (Invalid
+/// Opcode) is left as it is.
 async fn fence_previous_association(
     admin: &submit::Sender<Command>,
     previous: u16,
