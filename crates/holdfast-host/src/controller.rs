@@ -782,6 +782,11 @@ async fn fence_previous_association(
     }
 }
 
+/// The descriptors that identify a namespace (EUI-64, NGUID, UUID): all but its command set (CSI).
+fn namespace_identity(descriptors: &[identify::NsDescriptor]) -> Vec<identify::NsDescriptor> {
+    descriptors.iter().copied().filter(|d| !matches!(d, identify::NsDescriptor::Csi(_))).collect()
+}
+
 /// On a reconnect, before anything is issued again: every namespace opened must still have the identifiers
 /// it had (EUI-64, NGUID, UUID; Identify CNS 03h). Other identifiers mean another namespace under the same
 /// NSID (a target re-created with new ones, as Linux's nvmet gives a namespace a random UUID when it is
@@ -795,10 +800,7 @@ async fn check_namespace_ids(sh: &Shared, admin: &submit::Sender<Command>, deadl
         s.nsid.set(nsid);
         s.cdw10.set(identify::CNS_NS_DESC_LIST as u32);
         let now: Vec<_> = match setup_ok(admin, s, Bytes::new(), 4096, "Identify", deadline).await {
-            Ok(c) => identify::parse_ns_descriptor_list(&c.data)
-                .into_iter()
-                .filter(|d| !matches!(d, identify::NsDescriptor::Csi(_)))
-                .collect(),
+            Ok(c) => namespace_identity(&identify::parse_ns_descriptor_list(&c.data)),
             // Not active any more (Invalid Namespace or Format): not the namespace it was either.
             Err(Error::Nvme { status, .. }) => {
                 return Err(Error::ControllerLost(format!(
@@ -1006,8 +1008,7 @@ impl Controller {
     /// reconnect ([`check_namespace_ids`]). The first reading stands; a namespace without identifiers
     /// (a controller that does not report them) is not checked.
     pub(crate) fn note_namespace_ids(&self, nsid: u32, descriptors: &[identify::NsDescriptor]) {
-        let ids: Vec<_> =
-            descriptors.iter().copied().filter(|d| !matches!(d, identify::NsDescriptor::Csi(_))).collect();
+        let ids = namespace_identity(descriptors);
         let mut known = lock(&self.inner.ns_ids);
         if !ids.is_empty() && !known.iter().any(|(n, _)| *n == nsid) {
             known.push((nsid, ids));
@@ -1286,13 +1287,7 @@ async fn supervise(
                             ", ctrl_loss_tmo"
                         }
                     );
-                    tracing::error!("controller lost: {reason}");
-                    sh.set_state(|s| *s = State::Failed { reason: reason.clone() });
-                    let r = reason.clone();
-                    fail_all(&mut slots, &|| Error::ControllerLost(r.clone()), true);
-                    let _ = sh.events.send(Event::Failed { reason });
-                    sh.shutdown.cancel();
-                    return;
+                    return lose_controller(&sh, &mut slots, reason);
                 }
             }
             // Wait for the next attempt (the first goes at once, then the policy's backoff), waking for any
@@ -1362,14 +1357,9 @@ async fn supervise(
                         s.pending = keep;
                         drop(drop_);
                     }
-                    if let Error::ControllerLost(reason) = &e {
+                    if let Error::ControllerLost(reason) = e {
                         // Not a failed attempt: what came back is not what was lost. Nothing is issued again.
-                        tracing::error!("controller lost: {reason}");
-                        sh.set_state(|s| *s = State::Failed { reason: reason.clone() });
-                        fail_all(&mut slots, &|| Error::ControllerLost(reason.clone()), true);
-                        let _ = sh.events.send(Event::Failed { reason: reason.clone() });
-                        sh.shutdown.cancel();
-                        return;
+                        return lose_controller(&sh, &mut slots, reason);
                     }
                     tracing::info!(addr = %sh.opts.addr, attempt, "reconnect attempt failed: {e}");
                     next_try = Instant::now() + lock(&sh.info).effective.retry_delay(attempt, since.elapsed());
@@ -1381,6 +1371,17 @@ async fn supervise(
             }
         }
     }
+}
+
+/// The controller is lost for good (`reason`): failed, every command waiting fails with
+/// [`Error::ControllerLost`], [`Event::Failed`] goes out and the controller shuts down.
+fn lose_controller(sh: &Shared, slots: &mut [Option<Slot>], reason: String) {
+    tracing::error!("controller lost: {reason}");
+    sh.set_state(|s| *s = State::Failed { reason: reason.clone() });
+    let r = reason.clone();
+    fail_all(slots, &|| Error::ControllerLost(r.clone()), true);
+    let _ = sh.events.send(Event::Failed { reason });
+    sh.shutdown.cancel();
 }
 
 fn humantime(t: SystemTime) -> String {

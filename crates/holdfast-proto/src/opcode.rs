@@ -57,8 +57,9 @@ pub mod admin {
     /// Sanitize.
     pub const SANITIZE: u8 = 0x84;
     /// holdfast's Fence Association (vendor specific, C0h–FFh): ends the issuing host's previous association
-    /// (CDW10 bits 15:0: its CNTLID) and reports in completion Dword 0 how many commands of that host's ended
-    /// associations are still in flight. A reconnecting host issues it until that is 0, before it issues
+    /// (CDW10 bits 15:0: its CNTLID; CDW11 and CDW12: the low and high 32 bits of its uniquifier, from
+    /// [`crate::identify::IdentifyController::holdfast_uniquifier`]) and reports in completion Dword 0 how many
+    /// commands of that host's ended associations are still in flight. A reconnecting host issues it until that is 0, before it issues
     /// anything again (design §5).
     pub const HOLDFAST_FENCE_ASSOCIATION: u8 = 0xC1;
 }

@@ -351,9 +351,16 @@ impl Controller {
         }
         // After the push: a teardown that took the list before it has set `torn_down` before taking it.
         if self.torn_down.load(Ordering::SeqCst) {
-            gate.kill();
-            self.subsys.add_dead_association(&self.hostnqn, self.hostid, gate.clone());
+            self.fence_gate(gate);
         }
+    }
+
+    /// Close `gate` (one of this controller's queues): its commands that have not touched media never will,
+    /// and what it still has in flight is registered with the subsystem as this host's dead association, for
+    /// a reconnecting host to wait for (design §5).
+    pub fn fence_gate(&self, gate: &Arc<AssociationGate>) {
+        gate.kill();
+        self.subsys.add_dead_association(&self.hostnqn, self.hostid, gate.clone());
     }
 
     /// Tear the association down: every queue's media gate is killed now (commands that have not touched
@@ -366,9 +373,8 @@ impl Controller {
             return;
         }
         let gates: Vec<_> = self.gates.lock().iter().filter_map(std::sync::Weak::upgrade).collect();
-        for gate in gates {
-            gate.kill();
-            self.subsys.add_dead_association(&self.hostnqn, self.hostid, gate);
+        for gate in &gates {
+            self.fence_gate(gate);
         }
         self.cancel.cancel();
         self.subsys.remove_controller(self.cntlid);

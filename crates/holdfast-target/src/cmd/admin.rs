@@ -313,9 +313,9 @@ pub fn async_event_request(c: &Controller, req: &Request) -> Outcome {
 /// vendor-specific area) in CDW11 (low 32 bits) and CDW12 (high). If that controller is still alive, has that
 /// uniquifier (not a later controller that got the CNTLID, nor one of another target instance) and is this
 /// host's (the same HostNQN and HostID), it is torn down now, which closes its queues' media gates and
-/// registers what they still have in flight. Completion Dword 0: how many commands of this host's ended associations
-/// are still in flight; the host issues the command again until it reads 0, and only then issues anything
-/// else. This covers what the drain at Connect cannot: an old association the target had not yet seen end
+/// registers what they still have in flight. Completion Dword 0: how many commands of this host's ended
+/// associations are still in flight; the host issues the command again until it reads 0, and only then issues
+/// anything else. This covers what the drain at Connect cannot: an old association the target had not yet seen end
 /// (a partition the host noticed first, healed before the target's KATO ran out), whose late commands would
 /// otherwise still run. Any other controller is left alone.
 pub fn fence_association(c: &Controller, req: &Request) -> Response {

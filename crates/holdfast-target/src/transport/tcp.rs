@@ -299,9 +299,8 @@ impl Connection {
         // Commands of this queue that have not reached the media are dropped; those still running are what a
         // reconnecting host will wait for. Both before the last flush below, which may take its 2 s on a
         // half-dead path: a Connect from the same host arriving meanwhile must already find them (design §5).
-        c.ctx.gate.kill();
         if let Some(ctrl) = &c.ctx.ctrl {
-            ctrl.subsys.add_dead_association(&ctrl.hostnqn, ctrl.hostid, c.ctx.gate.clone());
+            ctrl.fence_gate(&c.ctx.gate);
             if c.ctx.qid == 0 {
                 ctrl.teardown(&format!("admin queue: {reason}"));
             } else {
@@ -309,6 +308,7 @@ impl Connection {
                 tracing::debug!(cntlid = ctrl.cntlid, qid = c.ctx.qid, "I/O queue closed: {reason}");
             }
         } else {
+            c.ctx.gate.kill();
             tracing::debug!(peer = %c.ctx.peer_addr, "connection ended before Connect: {reason}");
         }
         if !c.out.is_empty() && !matches!(close, Close::Io(_)) {
