@@ -76,6 +76,9 @@ pub const MAX_COMMAND_LOSSES: u8 = 5;
 /// A replayable command the controller fails without Do Not Retry is issued again, up to this many times (as
 /// the Linux host's `nvme_core.max_retries`), after the Command Retry Delay its CRD field selects (NVMe Base
 /// 2.0 §4.6.1 "Status Field Definition"; CRDT1..3 in Identify Controller, used once ACRE is enabled).
+/// A delay longer than the queue's I/O timeout is not waited out (CRDT goes up to 6553.5 s, which a caller
+/// would take for a hang): the command completes at once with the controller's status, Do Not Retry clear,
+/// and the caller decides whether to issue it again later.
 pub const MAX_STATUS_RETRIES: u8 = 5;
 
 /// A completed command: its CQE and the data the controller returned.
@@ -576,11 +579,11 @@ fn retry_or_keep(
     // The controller's status decides first (a failure with DNR is final, corrupt data or not); corrupt data
     // under a successful status is a transport fault. Only I/O is retried: admin commands are the caller's.
     let retryable = if status.is_success() { f.bad_data } else { !status.dnr() };
-    if retryable && p.qid != 0 && f.cmd.replayable && f.cmd.retries < MAX_STATUS_RETRIES {
-        let delay = match status.crd() {
-            0 => Duration::ZERO,
-            n => Duration::from_millis(100 * p.crdt[(n as usize - 1).min(2)] as u64),
-        };
+    let delay = match status.crd() {
+        0 => Duration::ZERO,
+        n => Duration::from_millis(100 * p.crdt[(n as usize - 1).min(2)] as u64),
+    };
+    if retryable && p.qid != 0 && f.cmd.replayable && f.cmd.retries < MAX_STATUS_RETRIES && delay <= p.io_timeout {
         let mut cmd = f.cmd;
         cmd.retries += 1;
         let why = if status.is_success() { "data digest mismatch".to_string() } else { status.to_string() };
@@ -592,6 +595,13 @@ fn retry_or_keep(
         );
         delayed.push((Instant::now() + delay, cmd));
         return None;
+    }
+    if retryable && delay > p.io_timeout {
+        tracing::debug!(
+            qid = p.qid,
+            "{} failed ({status}) with a retry delay of {delay:?}, longer than the I/O timeout: not retried",
+            f.cmd.name
+        );
     }
     if f.bad_data && status.is_success() {
         let what = format!("{}: data digest mismatch on its data", f.cmd.name);

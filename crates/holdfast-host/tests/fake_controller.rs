@@ -1157,6 +1157,31 @@ async fn a_retryable_error_is_retried_after_the_delay_its_crd_selects() {
 }
 
 #[tokio::test]
+async fn a_retry_delay_longer_than_the_io_timeout_completes_with_the_status_at_once() {
+    // CRDT1 = 65535: 6553.5 s before a retry with CRD 1, far past the I/O timeout.
+    let f = fake(Behaviour { crdt1: u16::MAX, ..Behaviour::default() }).await;
+    let mut o = opts(&f, 1, false);
+    o.io_timeout = Duration::from_secs(2);
+    let c = Controller::connect(o).await.unwrap();
+    assert!(f.st.acre.load(Ordering::Relaxed), "ACRE enabled: the controller advertises CRDT1");
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    f.st.fail_writes.store(1, Ordering::Relaxed);
+    let r = tokio::time::timeout(Duration::from_secs(10), ns.write(7, pattern(BS, 4), false)).await;
+    match r.expect("not held for the retry delay") {
+        Err(Error::Nvme { status, .. }) => {
+            assert_eq!(status.code(), Status::TRANSIENT_TRANSPORT_ERROR.code());
+            assert!(!status.dnr(), "the controller's status as it was: the caller may retry")
+        }
+        other => panic!("expected the controller's status, got {other:?}"),
+    }
+    assert_eq!(f.st.write_attempts.load(Ordering::Relaxed), 1, "not retried");
+    // The queue goes on: the next write succeeds.
+    ns.write(7, pattern(BS, 5), false).await.expect("write after the failed one");
+    assert!(ns.read(7, 1).await.unwrap() == pattern(BS, 5));
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn retries_are_bounded_and_do_not_retry_is_honoured() {
     let f = fake(Behaviour::default()).await;
     let c = Controller::connect(opts(&f, 1, false)).await.unwrap();
