@@ -129,6 +129,9 @@ struct Shared {
     closed: CancellationToken,
     /// Why the current association was declared lost by keep-alive, if it was.
     loss_cause: Mutex<Option<String>>,
+    /// Set if a queue task panicked (a bug), with what it said: its submission channel and the commands it
+    /// held went with it, so the controller cannot go on and is lost ([`watch_queue`]).
+    broken: Arc<Mutex<Option<String>>>,
     /// The current association: cancelled to tear it down.
     assoc: Mutex<CancellationToken>,
     /// The current association's keep-alive and event tasks (stopped alone before an orderly shutdown).
@@ -422,12 +425,18 @@ async fn start_queue(
     let (open_tx, open_rx) = watch::channel(false);
     let (exits, cancel2) = (exits.clone(), cancel.clone());
     let replay: Vec<Command> = slot.pending;
-    tokio::spawn(async move {
-        let exit =
-            queue::run(conn.stream, conn.decoder, conn.inbuf, params, slot.rx, replay, setup_rx, open_rx, cancel2)
-                .await;
-        let _ = exits.send((idx, exit));
-    });
+    let queue = tokio::spawn(queue::run(
+        conn.stream,
+        conn.decoder,
+        conn.inbuf,
+        params,
+        slot.rx,
+        replay,
+        setup_rx,
+        open_rx,
+        cancel2,
+    ));
+    watch_queue(queue, idx, sh.broken.clone(), exits);
     let mut cmd = ConnectCommand::new(0, qid, size - 1, if qid == 0 { kato.as_millis() as u32 } else { 0 });
     if o.disable_sqflow {
         cmd.cattr |= fabrics::CATTR_DISABLE_SQ_FLOW;
@@ -445,6 +454,43 @@ async fn start_queue(
         Ok(c) => Err((connect_refusal(c.status(), c.cqe.dw0.get(), o), None)),
         Err(e) => Err((e, None)),
     }
+}
+
+/// Report the exit of the queue task `queue` (slot `idx`) on `exits`, as the supervisor expects of every
+/// queue it started. A queue task that panicked (a bug) has no exit to give: its submission channel and
+/// in-flight commands (whose callers get [`crate::reply::ReplyDropped`]) went with it. Then `broken` says why,
+/// and the exit sent holds a closed channel; the supervisor, seeing `broken`, declares the controller lost
+/// rather than waiting for an exit that never comes (a hang) or reconnecting a queue nothing can submit to.
+fn watch_queue(
+    queue: tokio::task::JoinHandle<QueueExit>,
+    idx: usize,
+    broken: Arc<Mutex<Option<String>>>,
+    exits: mpsc::UnboundedSender<(usize, QueueExit)>,
+) {
+    tokio::spawn(async move {
+        let exit = match queue.await {
+            Ok(exit) => exit,
+            Err(e) => {
+                let what = match e.try_into_panic() {
+                    Ok(p) => {
+                        let msg = p
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a non-text payload".into());
+                        format!("panicked: {msg}")
+                    }
+                    Err(e) => format!("ended abnormally: {e}"),
+                };
+                let reason = format!("internal error: the task of queue {idx} {what}");
+                tracing::error!("{reason}");
+                lock(&broken).get_or_insert(reason.clone());
+                let (_, rx) = submit::channel(1);
+                QueueExit { rx, pending: Vec::new(), error: Some(Error::ControllerLost(reason)) }
+            }
+        };
+        let _ = exits.send((idx, exit));
+    });
 }
 
 /// A queue slot the controller did not grant on this association (Set Features Number of Queues answered
@@ -854,6 +900,7 @@ impl Controller {
             shutdown: CancellationToken::new(),
             closed: CancellationToken::new(),
             loss_cause: Mutex::new(None),
+            broken: Arc::new(Mutex::new(None)),
             assoc: Mutex::new(CancellationToken::new()),
             tasks: Mutex::new(CancellationToken::new()),
             poll: o.busy_poll.clone(),
@@ -1212,6 +1259,9 @@ async fn supervise(
             fail_all(&mut slots, &|| Error::NotConnected("controller shut down".into()), true);
             return;
         }
+        if let Some(reason) = lock(&sh.broken).clone() {
+            return lose_controller(&sh, &mut slots, reason);
+        }
         let since = Instant::now();
         let lost_at = SystemTime::now();
         tracing::warn!(addr = %sh.opts.addr, "connection lost: {cause}; reconnecting");
@@ -1351,6 +1401,9 @@ async fn supervise(
                             slots[i] = Some(Slot { rx: ex.rx, pending: ex.pending });
                         }
                     }
+                    if let Some(reason) = lock(&sh.broken).clone() {
+                        return lose_controller(&sh, &mut slots, reason);
+                    }
                     // Set-up commands of the failed attempt are never replayed.
                     for s in slots.iter_mut().flatten() {
                         let (keep, drop_): (Vec<_>, Vec<_>) = s.pending.drain(..).partition(|c| c.replayable);
@@ -1388,4 +1441,43 @@ fn humantime(t: SystemTime) -> String {
     let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
     format!("{h:02}:{m:02}:{s:02} UTC")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_queue_task_that_panics_still_reports_an_exit_and_breaks_the_controller() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let broken = Arc::new(Mutex::new(None));
+        let queue = tokio::spawn(async {
+            if std::hint::black_box(true) {
+                panic!("a bug in the queue");
+            }
+            let (_, rx) = submit::channel(1);
+            QueueExit { rx, pending: Vec::new(), error: None }
+        });
+        watch_queue(queue, 3, broken.clone(), tx.clone());
+        let (idx, exit) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("an exit").unwrap();
+        assert_eq!(idx, 3);
+        assert!(exit.pending.is_empty());
+        match exit.error {
+            Some(Error::ControllerLost(r)) => assert!(r.contains("queue 3") && r.contains("a bug in the queue"), "{r}"),
+            other => panic!("expected ControllerLost, got {other:?}"),
+        }
+        let reason = lock(&broken).clone().expect("broken is set");
+        assert!(reason.contains("panicked: a bug in the queue"), "{reason}");
+
+        // A queue that ends normally passes its exit on as it is, and breaks nothing.
+        let broken = Arc::new(Mutex::new(None));
+        let queue = tokio::spawn(async {
+            let (_, rx) = submit::channel(1);
+            QueueExit { rx, pending: Vec::new(), error: None }
+        });
+        watch_queue(queue, 1, broken.clone(), tx);
+        let (idx, exit) = rx.recv().await.unwrap();
+        assert_eq!((idx, exit.error.is_none()), (1, true));
+        assert!(lock(&broken).is_none());
+    }
 }
