@@ -583,7 +583,14 @@ fn retry_or_keep(
         0 => Duration::ZERO,
         n => Duration::from_millis(100 * p.crdt[(n as usize - 1).min(2)] as u64),
     };
-    if retryable && p.qid != 0 && f.cmd.replayable && f.cmd.retries < MAX_STATUS_RETRIES && delay <= p.io_timeout {
+    let may_retry = retryable && p.qid != 0 && f.cmd.replayable && f.cmd.retries < MAX_STATUS_RETRIES;
+    if may_retry && delay > p.io_timeout {
+        tracing::debug!(
+            qid = p.qid,
+            "{} failed ({status}) with a retry delay of {delay:?}, longer than the I/O timeout: not retried",
+            f.cmd.name
+        );
+    } else if may_retry {
         let mut cmd = f.cmd;
         cmd.retries += 1;
         let why = if status.is_success() { "data digest mismatch".to_string() } else { status.to_string() };
@@ -595,13 +602,6 @@ fn retry_or_keep(
         );
         delayed.push((Instant::now() + delay, cmd));
         return None;
-    }
-    if retryable && delay > p.io_timeout {
-        tracing::debug!(
-            qid = p.qid,
-            "{} failed ({status}) with a retry delay of {delay:?}, longer than the I/O timeout: not retried",
-            f.cmd.name
-        );
     }
     if f.bad_data && status.is_success() {
         let what = format!("{}: data digest mismatch on its data", f.cmd.name);
