@@ -15,7 +15,9 @@
 # two rounds of one run), so the pairs run in SBS_ROUNDS rounds, the order of the pairs reversed every other
 # round, and the table holds each pair's median IOPS with its range; the ratios are of the medians.
 #
-# Prints a Markdown section (the table with both ratios) on stdout; the guest's console goes to $SBS_LOG.
+# Prints a Markdown section on stdout: the table with both ratios, then what each pair cost (TCP segments per
+# I/O, and how busy each CPU was: under an initiator whose CPU is the limit, a target that answers in more
+# segments costs it more per I/O). The guest's console goes to $SBS_LOG.
 # env: SBS_SECONDS (5) per point, SBS_ROUNDS (3), SBS_POINTS (the guest's default matrix), SBS_RPS (1),
 # SBS_ROLES ("kk kh hk hh", one round's order), SBS_TARGET_ARGS (extra `holdfast target` flags), SBS_HOST_ARGS
 # (extra `holdfast bench` flags), SBS_BIN (a holdfast binary to measure instead of building this tree's; for A/B
@@ -60,13 +62,18 @@ if ((rc != 0)) || ! grep -q "SBS-DONE" "$log"; then
   exit 1
 fi
 kver=$(sed -n 's/.*INTEROP-BOOTED kernel=\([^ ]*\).*/\1/p;T;q' "$log")
-grep -a '^SBS|' "$log" | tr -d '\r' | python3 -c '
+# SBS lines: each pair's figures; SBSC lines: what it cost (bench/guest/side-by-side.sh, `cost`).
+grep -a -E '^SBSC?[|]' "$log" | tr -d '\r' | python3 -c '
 import sys, statistics
 kver, secs, rounds = sys.argv[1], sys.argv[2], sys.argv[3]
-m = {}
+m, costs = {}, {}
 order = []
 for line in sys.stdin:
-    _, ini, tgt, label, iops, mbps, err = line.strip().split("|")
+    kind, ini, tgt, label, *fields = line.strip().split("|")
+    if kind == "SBSC":
+        costs.setdefault((ini, tgt, label), []).append(tuple(float(f) for f in fields))
+        continue
+    iops, mbps, err = fields
     m.setdefault((ini, tgt, label), []).append((int(iops), float(mbps), int(err)))
     if label not in order:
         order.append(label)
@@ -110,4 +117,22 @@ for l in order:
     cell = lambda x: "not run" if x is None else "failed" if x == "failed" else "%d IOPS [%d-%d], %.1f MB/s" % (x[0], x[2], x[3], x[1])
     print("| %s | %s | %s | %s | %s | %s, %s | %s, %s |" % (label, cell(kk), cell(kh), cell(hk), cell(hh),
           r(kh, kk), r(hh, hk), r(hk, kk), r(hh, kh)))
+def cost(runs):
+    if not runs:
+        return "not run"
+    med = [statistics.median(x[k] for x in runs) for k in range(3)]
+    return "%.2f segments, CPU %.0f %% / %.0f %%" % (med[0], med[1] * 100, med[2] * 100)
+if costs:
+    print()
+    print("What each pair cost, medians of the rounds: TCP segments per I/O (both directions: on loopback each segment")
+    print("is sent and received once), and how busy CPU 0 (the target, and all loopback receive processing) and CPU 1")
+    print("(the initiator) were during the point. Under one initiator whose CPU is the limit, the target whose answers")
+    print("come in fewer segments costs that initiator less per I/O, and gets more IOPS from it. holdfast'"'"'s side spins")
+    print("on its socket while it waits (busy polling), so its CPU counts as busy whatever its load.")
+    print()
+    print("| point | kernel host: kernel target | kernel host: holdfast target | holdfast host: kernel target | holdfast host: holdfast target |")
+    print("|---|---|---|---|---|")
+    for l in order:
+        cells = [cost(costs.get((i, t, l), [])) for i, t in (("kernel", "kernel"), ("kernel", "holdfast"), ("holdfast", "kernel"), ("holdfast", "holdfast"))]
+        print("| %s | %s |" % (name(l), " | ".join(cells)))
 ' "${kver:-unknown}" "$secs" "$rounds"

@@ -33,6 +33,24 @@ for t in "4420 $KNQN" "4421 $HNQN"; do
     --json >/dev/null
 done
 
+# What a point cost, for the table of segments and CPU: `snap` before and after it, then `cost BEFORE AFTER
+# INITIATOR TARGET LABEL IOPS` prints "SBSC|initiator|target|label|TCP segments per I/O|CPU 0 busy|CPU 1 busy".
+# On loopback every segment sent is also received, so OutSegs counts each once, both directions together.
+snap() {
+  awk '/^Tcp:/ { n++; if (n == 2) print $12 }' /proc/net/snmp
+  awk '/^cpu[01] / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat
+}
+cost() {
+  printf '%s\n%s\n' "$1" "$2" | awk -v t="$3|$4|$5" -v iops="$6" -v secs="$SECS" '
+    NR == 1 { s0 = $1 } NR == 2 { b0 = -$1; i0 = -$2 } NR == 3 { b1 = -$1; i1 = -$2 }
+    NR == 4 { s1 = $1 } NR == 5 { b0 += $1; i0 += $2 } NR == 6 { b1 += $1; i1 += $2 }
+    END {
+      io = iops * secs
+      # (Parenthesised: a bare ">" in a printf argument list is an output redirection.)
+      printf "SBSC|%s|%.2f|%.2f|%.2f\n", t, (io > 0 ? (s1 - s0) / io : 0), (b0 + i0 > 0 ? b0 / (b0 + i0) : 0), (b1 + i1 > 0 ? b1 / (b1 + i1) : 0)
+    }'
+}
+
 # kernel_host PORT NQN TARGETNAME: connect the kernel host, run the points, disconnect.
 kernel_host() {
   nvme connect -t tcp -a 127.0.0.1 -s "$1" -n "$2" >/dev/null
@@ -41,12 +59,15 @@ kernel_host() {
     wl=${p%%,*}; r=${p#*,}; bs=${r%%,*}; qd=${r#*,}
     # A failed point is reported (its error count, or -1 if fio printed nothing), not the end of the run.
     rm -f /tmp/fio.out
+    before=$(snap)
     taskset -c 1 fio --name=p --filename="$d" --rw="$wl" --bs="$bs" --iodepth="$qd" --ioengine=libaio --direct=1 \
       --size="$size" --runtime="$SECS" --time_based --norandommap --randrepeat=0 \
       --output-format=terse --terse-version=3 >/tmp/fio.out || true
+    after=$(snap)
     # terse v3: 5 error, 7/8 read KiB/s and IOPS, 48/49 write KiB/s and IOPS
     if [ -s /tmp/fio.out ]; then
       awk -F';' -v t="$3" -v l="$wl $bs $qd" '{ printf "SBS|kernel|%s|%s|%d|%.1f|%d\n", t, l, $8 + $49, ($7 + $48) * 1024 / 1e6, $5 }' /tmp/fio.out
+      cost "$before" "$after" kernel "$3" "$wl $bs $qd" "$(awk -F';' '{ print $8 + $49 }' /tmp/fio.out)"
     else
       echo "SBS|kernel|$3|$wl $bs $qd|0|0.0|-1"
     fi
@@ -60,11 +81,14 @@ holdfast_host() {
     wl=${p%%,*}; r=${p#*,}; bs=${r%%,*}; qd=${r#*,}
     # `holdfast bench` exits 1 when any I/O failed; its report (with the count) still comes.
     rm -f /tmp/hf.out
+    before=$(snap)
     taskset -c 1 "$HF" bench --addr "127.0.0.1:$1" --nqn "$2" --workload "$wl" --bs "$bs" --qd "$qd" --queues 1 \
       --size "$size" --time "$SECS" --json ${HOST_ARGS:-} >/tmp/hf.out || true
+    after=$(snap)
     if grep -q '"iops"' /tmp/hf.out 2>/dev/null; then
       sed -e 's/.*"errors":\([0-9]*\).*"iops":\([0-9.]*\).*"mbps":\([0-9.]*\).*/\2 \3 \1/' /tmp/hf.out |
         awk -v t="$3" -v l="$wl $bs $qd" '{ printf "SBS|holdfast|%s|%s|%d|%.1f|%d\n", t, l, $1, $2, $3 }'
+      cost "$before" "$after" holdfast "$3" "$wl $bs $qd" "$(sed -e 's/.*"iops":\([0-9.]*\).*/\1/' /tmp/hf.out)"
     else
       echo "SBS|holdfast|$3|$wl $bs $qd|0|0.0|-1"
     fi
