@@ -17,7 +17,7 @@
 #
 # Prints a Markdown section on stdout: the table with both ratios, then what each pair cost (TCP segments per
 # I/O, and how busy each CPU was: under an initiator whose CPU is the limit, a target that answers in more
-# segments costs it more per I/O). The guest's console goes to $SBS_LOG.
+# segments costs it more receives and wake-ups per I/O, one of its costs). The guest's console goes to $SBS_LOG.
 # env: SBS_SECONDS (5) per point, SBS_ROUNDS (3), SBS_POINTS (the guest's default matrix), SBS_RPS (1),
 # SBS_ROLES ("kk kh hk hh", one round's order), SBS_TARGET_ARGS (extra `holdfast target` flags), SBS_HOST_ARGS
 # (extra `holdfast bench` flags), SBS_BIN (a holdfast binary to measure instead of building this tree's; for A/B

@@ -66,8 +66,9 @@ kernel_host() {
     after=$(snap)
     # terse v3: 5 error, 7/8 read KiB/s and IOPS, 48/49 write KiB/s and IOPS
     if [ -s /tmp/fio.out ]; then
-      awk -F';' -v t="$3" -v l="$wl $bs $qd" '{ printf "SBS|kernel|%s|%s|%d|%.1f|%d\n", t, l, $8 + $49, ($7 + $48) * 1024 / 1e6, $5 }' /tmp/fio.out
-      cost "$before" "$after" kernel "$3" "$wl $bs $qd" "$(awk -F';' '{ print $8 + $49 }' /tmp/fio.out)"
+      iops=$(awk -F';' '{ print $8 + $49 }' /tmp/fio.out)
+      awk -F';' -v t="$3" -v l="$wl $bs $qd" -v iops="$iops" '{ printf "SBS|kernel|%s|%s|%d|%.1f|%d\n", t, l, iops, ($7 + $48) * 1024 / 1e6, $5 }' /tmp/fio.out
+      cost "$before" "$after" kernel "$3" "$wl $bs $qd" "$iops"
     else
       echo "SBS|kernel|$3|$wl $bs $qd|0|0.0|-1"
     fi
@@ -86,9 +87,10 @@ holdfast_host() {
       --size "$size" --time "$SECS" --json ${HOST_ARGS:-} >/tmp/hf.out || true
     after=$(snap)
     if grep -q '"iops"' /tmp/hf.out 2>/dev/null; then
-      sed -e 's/.*"errors":\([0-9]*\).*"iops":\([0-9.]*\).*"mbps":\([0-9.]*\).*/\2 \3 \1/' /tmp/hf.out |
-        awk -v t="$3" -v l="$wl $bs $qd" '{ printf "SBS|holdfast|%s|%s|%d|%.1f|%d\n", t, l, $1, $2, $3 }'
-      cost "$before" "$after" holdfast "$3" "$wl $bs $qd" "$(sed -e 's/.*"iops":\([0-9.]*\).*/\1/' /tmp/hf.out)"
+      iops=$(sed -e 's/.*"iops":\([0-9.]*\).*/\1/' /tmp/hf.out)
+      sed -e 's/.*"errors":\([0-9]*\).*"mbps":\([0-9.]*\).*/\2 \1/' /tmp/hf.out |
+        awk -v t="$3" -v l="$wl $bs $qd" -v iops="$iops" '{ printf "SBS|holdfast|%s|%s|%d|%.1f|%d\n", t, l, iops, $1, $2 }'
+      cost "$before" "$after" holdfast "$3" "$wl $bs $qd" "$iops"
     else
       echo "SBS|holdfast|$3|$wl $bs $qd|0|0.0|-1"
     fi
