@@ -8,6 +8,7 @@
 # Prints one line per measurement: SBS|initiator|target|label|iops|MB/s.
 # env: SECS (5) per point, MIB (256) namespace size, POINTS ("workload,bs,qd ..."), RPS (1: steer as above; 0: no),
 # TARGET_ARGS (extra `holdfast target` flags), HOST_ARGS (extra `holdfast bench` flags), ROLES ("kk kh hk hh": initiator then target, k kernel, h holdfast).
+# Under bench/tcg-profile.sh (its marker program is /opt/tbmark) each point is also a profile window.
 : "${SECS:=5}" "${MIB:=256}" "${RPS:=1}" "${ROLES:=kk kh hk hh}"
 POINTS=${POINTS:-"randread,4096,1 randread,4096,32 randwrite,4096,32 read,131072,16 write,131072,16"}
 HF=/opt/holdfast
@@ -15,6 +16,18 @@ KNQN=nqn.2026-01.io.holdfast:sbs-kernel
 HNQN=nqn.2026-01.io.holdfast:sbs-holdfast
 modprobe nvmet; modprobe nvmet-tcp; modprobe nvme-tcp
 ip link set lo up
+# Profiling (bench/tcg-profile.sh, bench/tcgprof/tbprof.c): user-space addresses the same in every process run
+# (so the driver can name them), and a window of the QEMU plugin's counts around each point.
+PROF=0 PN=0
+if [ -x /opt/tbmark ]; then PROF=1; echo 0 >/proc/sys/kernel/randomize_va_space; fi
+prof_start() {
+  [ "$PROF" = 1 ] || return 0
+  echo "TBPROF-POINT|$PN|$1|$2|$3"; PN=$((PN + 1)); /opt/tbmark 1
+}
+prof_stop() {
+  [ "$PROF" = 1 ] || return 0
+  /opt/tbmark 2
+}
 # Loopback runs the receive path on the sending CPU; without steering, nvmet-tcp (which queues its work on the
 # socket's incoming CPU) would share CPU 1 with the initiator. RPS sends all loopback receive work to CPU 0.
 [ "$RPS" = 0 ] || echo 1 >/sys/class/net/lo/queues/rx-0/rps_cpus
@@ -25,6 +38,14 @@ taskset -c 0 "$HF" target --listen 127.0.0.1:4421 --nqn "$HNQN" --ram-mib "$MIB"
 hpid=$!
 sleep 1
 kill -0 "$hpid" || { cat /tmp/target.log; exit 1; }
+if [ "$PROF" = 1 ]; then
+  # The kernel's symbols and the target's mappings, for the driver: it resolves the functions whose entries the
+  # plugin logs while the guest waits (vm.sh -H), and the plugin loads them.
+  echo TBPROF-KSYMS-BEGIN; grep -i ' t ' /proc/kallsyms | gzip -c | base64; echo TBPROF-KSYMS-END
+  sed 's/^/TBPROF-MAPS|/' "/proc/$hpid/maps"
+  wait_host
+  /opt/tbmark 3
+fi
 size=$((MIB * 1024 * 1024))
 # Both namespaces written once, before any pair runs, so that reads copy real data whatever ROLES holds.
 for t in "4420 $KNQN" "4421 $HNQN"; do
@@ -59,10 +80,12 @@ kernel_host() {
     wl=${p%%,*}; r=${p#*,}; bs=${r%%,*}; qd=${r#*,}
     # A failed point is reported (its error count, or -1 if fio printed nothing), not the end of the run.
     rm -f /tmp/fio.out
+    prof_start kernel "$3" "$wl $bs $qd"
     before=$(snap)
     taskset -c 1 fio --name=p --filename="$d" --rw="$wl" --bs="$bs" --iodepth="$qd" --ioengine=libaio --direct=1 \
       --size="$size" --runtime="$SECS" --time_based --norandommap --randrepeat=0 \
       --output-format=terse --terse-version=3 >/tmp/fio.out || true
+    prof_stop
     after=$(snap)
     # terse v3: 5 error, 7/8 read KiB/s and IOPS, 48/49 write KiB/s and IOPS
     if [ -s /tmp/fio.out ]; then
@@ -82,9 +105,11 @@ holdfast_host() {
     wl=${p%%,*}; r=${p#*,}; bs=${r%%,*}; qd=${r#*,}
     # `holdfast bench` exits 1 when any I/O failed; its report (with the count) still comes.
     rm -f /tmp/hf.out
+    prof_start holdfast "$3" "$wl $bs $qd"
     before=$(snap)
     taskset -c 1 "$HF" bench --addr "127.0.0.1:$1" --nqn "$2" --workload "$wl" --bs "$bs" --qd "$qd" --queues 1 \
       --size "$size" --time "$SECS" --json ${HOST_ARGS:-} >/tmp/hf.out || true
+    prof_stop
     after=$(snap)
     if grep -q '"iops"' /tmp/hf.out 2>/dev/null; then
       iops=$(sed -e 's/.*"iops":\([0-9.]*\).*/\1/' /tmp/hf.out)
