@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # bench/tcg-profile.sh: where the time goes in bench/side-by-side.sh's VM, kernel and user, on both vCPUs.
 #
-# The side-by-side pairs run in a QEMU guest under TCG, where no profiler runs (the image has none, and a
-# guest's perf would see emulated counters at best). QEMU itself executes every guest instruction, so a TCG
-# plugin sees them all: bench/tcgprof/tbprof.c counts instructions per translated block, samples which block
+# The side-by-side pairs run in a QEMU guest under TCG, whose image has no profiler. QEMU itself executes
+# every guest instruction, so a TCG plugin sees them all: bench/tcgprof/tbprof.c counts instructions per translated block, samples which block
 # each vCPU is in, and logs the entries of chosen kernel functions (IPIs, wake-ups, context switches, the
 # steps of an I/O on each side), in a window the guest opens and closes around each point
 # (bench/guest/side-by-side.sh, with the marker program bench/tcgprof/tbmark.c in /opt). The report
