@@ -235,7 +235,7 @@ prev=$(git show HEAD:BENCHMARKS.md 2>/dev/null) || { prev=""; [[ -f BENCHMARKS.m
   echo
   echo "Produced by \`bench/run.sh\` on $(date -u +%Y-%m-%d) ($(nproc) cores, $(uname -r)): target pinned to core $tcore,"
   echo "\`holdfast bench\` pinned to core $hcore, RAM namespace of 1 GiB with 4 KiB blocks (written once before the"
-  echo "reads), loopback, $secs s per point, busy polling on (the default: \`--busy-poll-us 200\`) unless a row says otherwise."
+  echo "reads), loopback, $secs s per point, busy polling on (the defaults: \`--busy-poll-us 50\` for the target, 200 for \`bench\`) unless a row says otherwise."
   echo "Reference in the same run: iperf3, one stream, 128 KiB writes, same pinning: **$iperf_gbps Gbit/s**."
   echo "Latency reference in the same run: a 72-byte request answered with 4144 bytes (the wire shape of a 4 KiB"
   echo "read) between two processes spinning on nonblocking loopback sockets, no NVMe work: **$floor_us µs** per round trip."

@@ -69,7 +69,15 @@ pub struct Args {
     sigusr1_downtime_ms: u32,
     /// Adaptive busy polling: after network activity keep polling this many microseconds instead of
     /// sleeping (lower latency, one core busy while I/O flows); 0 turns it off.
-    #[arg(long, default_value_t = 200)]
+    // 50 by default, the kernel's recommended `net.core.busy_poll` for a few sockets: it covers the gap
+    // between a host's commands on loopback and LAN round trips, and stops answering each command of a host
+    // that sends them slower than that the moment it arrives. Answers that early cost such a host (short of
+    // CPU, one command per segment: the Linux host under emulation) a wake-up each. Under that host
+    // (`bench/side-by-side.sh`, 4 KiB QD32, medians of 5 and 8 two-round runs) 50 got 0.88 and 0.85 of
+    // nvmet's IOPS at random reads and writes, 200 got 0.85 and 0.815; on loopback the two are the same
+    // (`bench/ab.sh`: QD1 x1.004, QD32 x0.998). `bench` keeps 200: it waits for its target's answers, and
+    // spinning only speeds its own completions.
+    #[arg(long, default_value_t = 50)]
     busy_poll_us: u64,
     /// Test only: delay every write this long before it reaches the media.
     #[arg(long, hide = true)]
