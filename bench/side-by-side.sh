@@ -24,6 +24,7 @@
 # runs of two builds), SBS_LOG.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+source "$root/bench/common.sh"  # round_roles
 interop=${INTEROP_DIR:-$root/../shared/interop}
 log=${SBS_LOG:-$(mktemp "${TMPDIR:-/tmp}/holdfast-sbs.XXXXXX.log")}
 cd "$root"
@@ -42,11 +43,8 @@ secs=${SBS_SECONDS:-5}
 envs=(-e "SECS=$secs" -e "RPS=${SBS_RPS:-1}")
 [[ -n ${SBS_POINTS:-} ]] && envs+=(-e "POINTS=$SBS_POINTS")
 rounds=${SBS_ROUNDS:-3}
-one=(${SBS_ROLES:-kk kh hk hh})
-roles=()
-for ((i = 0; i < rounds; i++)); do
-  if ((i % 2 == 0)); then roles+=("${one[@]}"); else for ((j = ${#one[@]} - 1; j >= 0; j--)); do roles+=("${one[j]}"); done; fi
-done
+# shellcheck disable=SC2086
+round_roles "$rounds" ${SBS_ROLES:-kk kh hk hh}
 envs+=(-e "ROLES=${roles[*]}")
 [[ -n ${SBS_TARGET_ARGS:-} ]] && envs+=(-e "TARGET_ARGS=$SBS_TARGET_ARGS")
 [[ -n ${SBS_HOST_ARGS:-} ]] && envs+=(-e "HOST_ARGS=$SBS_HOST_ARGS")

@@ -20,6 +20,7 @@
 # plugin support (Debian 12's qemu-system-x86 has it).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+source "$root/bench/common.sh"  # round_roles
 interop=${INTEROP_DIR:-$root/../shared/interop}
 out=${1:-$(mktemp -d "${TMPDIR:-/tmp}/holdfast-tcgprof.XXXXXX")}
 mkdir -p "$out"
@@ -36,11 +37,8 @@ fi
 "$interop/setup.sh" >/dev/null
 secs=${TP_SECONDS:-5}
 rounds=${TP_ROUNDS:-1}
-one=(${TP_ROLES:-kk kh})
-roles=()
-for ((i = 0; i < rounds; i++)); do
-  if ((i % 2 == 0)); then roles+=("${one[@]}"); else for ((j = ${#one[@]} - 1; j >= 0; j--)); do roles+=("${one[j]}"); done; fi
-done
+# shellcheck disable=SC2086
+round_roles "$rounds" ${TP_ROLES:-kk kh}
 envs=(-e "SECS=$secs" -e "RPS=1" -e "ROLES=${roles[*]}" -e "POINTS=${TP_POINTS:-randread,4096,32}")
 [[ -n ${TP_TARGET_ARGS:-} ]] && envs+=(-e "TARGET_ARGS=$TP_TARGET_ARGS")
 [[ -n ${TP_HOST_ARGS:-} ]] && envs+=(-e "HOST_ARGS=$TP_HOST_ARGS")
