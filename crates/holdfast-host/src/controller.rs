@@ -1184,8 +1184,15 @@ fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
             }
             let ev = holdfast_proto::features::AsyncEvent::from_dword(c.cqe.dw0.get());
             tracing::info!(event_type = ev.event_type, info = ev.info, log_page = ev.log_page, "asynchronous event");
-            // Reading the log page clears the event so the controller may report more.
-            let Ok(page) = get_log_page(&admin, ev.log_page, 0xFFFF_FFFF, 512, 0).await else { continue };
+            // Reading the log page clears the event so the controller may report more. Given up with the
+            // association (a new one reads the policy page as it is set up, and its own task asks for events):
+            // left running, this task would ride the read through the reconnect and then ask for one event
+            // more on the new association, which could take the controller's last slot for them.
+            let page = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = get_log_page(&admin, ev.log_page, 0xFFFF_FFFF, 512, 0) => r,
+            };
+            let Ok(page) = page else { continue };
             if ev.log_page == LID_HOLDFAST_POLICY {
                 if let (Some(sh), Ok(p)) = (weak.upgrade(), ConnectionPolicy::from_bytes(&page)) {
                     let eff = policy::resolve(&sh.opts, Some(&p));
@@ -1303,11 +1310,16 @@ async fn supervise(
             }
             let eff = lock(&sh.info).effective.clone();
             let elapsed = since.elapsed();
-            if let Some(f) = eff.fast_io_fail_tmo.0 {
+            if let Some(f) = eff.fast_fail_after() {
                 if elapsed >= f {
+                    let what = if f > eff.fast_io_fail_tmo.0.unwrap_or_default() {
+                        "fast_io_fail_tmo and the planned downtime"
+                    } else {
+                        "fast_io_fail_tmo"
+                    };
                     if !failing_fast {
                         failing_fast = true;
-                        tracing::warn!(addr = %sh.opts.addr, "fast_io_fail_tmo ({f:?}) passed: failing queued I/O while reconnecting");
+                        tracing::warn!(addr = %sh.opts.addr, "{what} ({f:?}) passed: failing queued I/O while reconnecting");
                         sh.set_state(|s| {
                             if let State::Reconnecting { failing_fast: ff, .. } = s {
                                 *ff = true;
@@ -1318,7 +1330,7 @@ async fn supervise(
                     let c = cause.clone();
                     fail_all(
                         &mut slots,
-                        &|| Error::PathError(format!("disconnected for more than fast_io_fail_tmo ({c})")),
+                        &|| Error::PathError(format!("disconnected for more than {what} ({c})")),
                         false,
                     );
                 }
@@ -1348,7 +1360,7 @@ async fn supervise(
                 if let Some(limit) = eff.loss_limit() {
                     wake = wake.min(limit.saturating_sub(elapsed));
                 }
-                if let Some(f) = eff.fast_io_fail_tmo.0.filter(|_| !failing_fast) {
+                if let Some(f) = eff.fast_fail_after().filter(|_| !failing_fast) {
                     wake = wake.min(f.saturating_sub(elapsed));
                 }
                 if failing_fast {
@@ -1373,7 +1385,7 @@ async fn supervise(
             // command held by the target would otherwise keep the callers waiting past it. Cut there, the loop
             // fails what is queued and tries again.
             let mut left = eff.loss_limit().map_or(Duration::from_secs(3600), |l| l.saturating_sub(since.elapsed()));
-            if let Some(f) = eff.fast_io_fail_tmo.0.filter(|_| !failing_fast) {
+            if let Some(f) = eff.fast_fail_after().filter(|_| !failing_fast) {
                 left = left.min(f.saturating_sub(since.elapsed()));
             }
             let deadline = TInstant::now() + left.max(Duration::from_millis(10));

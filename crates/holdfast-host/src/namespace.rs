@@ -98,18 +98,28 @@ impl Namespace {
         }
         let mut rxs = Vec::new();
         let mut at = lba;
+        let mut sent = Ok(());
         while at < lba + blocks {
             let n = (lba + blocks - at).min(max);
             let sqe = self.rw_sqe(op::READ, at, n as u32, 0);
-            rxs.push(self.ctrl.io_send(queue, sqe, Bytes::new(), (n * self.block_size as u64) as usize).await?);
+            match self.ctrl.io_send(queue, sqe, Bytes::new(), (n * self.block_size as u64) as usize).await {
+                Ok(rx) => rxs.push(rx),
+                Err(e) => {
+                    sent = Err(e);
+                    break;
+                }
+            }
             at += n;
         }
-        if rxs.len() == 1 {
-            return Ok(finish(rxs.pop().unwrap_or_else(|| unreachable!()), "Read").await?.data);
+        let pieces = finish_pieces(rxs, "Read").await;
+        sent?;
+        let mut pieces = pieces?;
+        if pieces.len() == 1 {
+            return Ok(pieces.pop().unwrap_or_else(|| unreachable!()).data);
         }
         let mut out = BytesMut::with_capacity((blocks * self.block_size as u64) as usize);
-        for rx in rxs {
-            out.extend_from_slice(&finish(rx, "Read").await?.data);
+        for c in pieces {
+            out.extend_from_slice(&c.data);
         }
         Ok(out.freeze())
     }
@@ -162,17 +172,23 @@ impl Namespace {
         }
         let mut rxs = Vec::new();
         let mut at = 0u64;
+        let mut sent = Ok(());
         while at < blocks {
             let n = (blocks - at).min(max);
             let sqe = self.rw_sqe(op::WRITE, lba + at, n as u32, if fua { rw::FUA } else { 0 });
             let piece = data.slice((at as usize) * bs..((at + n) as usize) * bs);
-            rxs.push(self.ctrl.io_send(queue, sqe, piece, 0).await?);
+            match self.ctrl.io_send(queue, sqe, piece, 0).await {
+                Ok(rx) => rxs.push(rx),
+                Err(e) => {
+                    sent = Err(e);
+                    break;
+                }
+            }
             at += n;
         }
-        for rx in rxs {
-            finish(rx, "Write").await?;
-        }
-        Ok(())
+        let pieces = finish_pieces(rxs, "Write").await;
+        sent?;
+        pieces.map(|_| ())
     }
 
     /// Write `data` at `lba`.
@@ -220,4 +236,20 @@ impl Namespace {
         }
         Ok(())
     }
+}
+
+/// The completions of a transfer split into several commands (over MDTS), in order, once every piece has
+/// finished; else the first piece's error, also only once every piece has finished. Returning at the first
+/// error would leave the other pieces running: a write's could then land after a newer write the caller
+/// makes to the same blocks on seeing the error.
+async fn finish_pieces(rxs: Vec<crate::reply::Reply>, name: &'static str) -> Result<Vec<crate::queue::Completion>> {
+    let mut out = Ok(Vec::with_capacity(rxs.len()));
+    for rx in rxs {
+        match (finish(rx, name).await, &mut out) {
+            (Ok(c), Ok(v)) => v.push(c),
+            (Err(e), Ok(_)) => out = Err(e),
+            (_, Err(_)) => {}
+        }
+    }
+    out
 }

@@ -109,6 +109,12 @@ impl Effective {
     pub fn loss_limit(&self) -> Option<Duration> {
         self.ctrl_loss_tmo.0.map(|c| c.max(self.planned_downtime))
     }
+    /// How long an outage may last before queued I/O fails with a path error: fast_io_fail_tmo, but never
+    /// inside an announced planned downtime, which hosts ride through with their I/O queued (design §3), as
+    /// [`Effective::loss_limit`] does for ctrl_loss_tmo (None: I/O fails only with the controller).
+    pub fn fast_fail_after(&self) -> Option<Duration> {
+        self.fast_io_fail_tmo.0.map(|f| f.max(self.planned_downtime))
+    }
     /// The delay before reconnect attempt `n` (1-based): doubling from reconnect_delay up to the cap.
     pub fn delay(&self, attempt: u32) -> Duration {
         let d = self.reconnect_delay.0.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));

@@ -417,6 +417,19 @@ pub async fn run(
     pending.extend(setup_backlog);
     pending.extend(backlog);
     pending.extend(delayed.into_iter().map(|(_, c)| c));
+    // A command that is never issued again (a set-up command of a (re)connect attempt, a Keep Alive, an event
+    // request, an admin command that is not idempotent) fails now if this queue failed of itself: a set-up
+    // waits on its answer, and the supervisor, which fails such commands too, reads this exit only once the
+    // attempt has ended, so the attempt would wait out its whole deadline (the rest of ctrl_loss_tmo) for a
+    // connection already gone. Not when the controller closed the queue: the supervisor then fails them with
+    // the loss's own cause.
+    if let (Some(e), false) = (&error, cancelled.fired()) {
+        let (keep, once): (Vec<Command>, Vec<Command>) = pending.into_iter().partition(|c| c.replayable);
+        pending = keep;
+        for c in once {
+            c.reply.send(Err(Error::PathError(format!("{} was in flight when the connection dropped ({e})", c.name))));
+        }
+    }
     if term {
         // The termination request goes after what is queued ahead of it (a PDU may be partly written), for
         // as long as the target reads.

@@ -161,6 +161,13 @@ struct State {
     bad_h2c_bytes: AtomicU64,
     /// The termination requests the host sent.
     h2c_terms: Mutex<Vec<TermReq>>,
+    /// The next this many admin Connects are answered by closing the connection (a target that fails while
+    /// it comes up).
+    kill_connects: AtomicU32,
+    /// Served as the holdfast policy log page (none: the page is refused, as by a target that has none).
+    policy: Mutex<Option<holdfast_proto::policy::ConnectionPolicy>>,
+    /// Writes (past those `fail_writes` fails) are neither done nor answered while this is set.
+    hang_writes: AtomicBool,
 }
 
 struct Fake {
@@ -202,6 +209,9 @@ async fn fake(b: Behaviour) -> Fake {
         bad_r2t_sent: AtomicBool::new(false),
         bad_h2c_bytes: AtomicU64::new(0),
         h2c_terms: Mutex::new(Vec::new()),
+        kill_connects: AtomicU32::new(0),
+        policy: Mutex::new(None),
+        hang_writes: AtomicBool::new(false),
     });
     let st2 = st.clone();
     tokio::spawn(async move {
@@ -319,6 +329,9 @@ impl Conn {
         if self.st.fail_writes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
             return self.resp(sqe.cid(), self.st.b.fail_status, 0);
         }
+        if self.st.hang_writes.load(Ordering::Relaxed) {
+            return;
+        }
         let at = rw::slba(sqe) as usize * BS;
         self.st.ram.lock().unwrap()[at..at + data.len()].copy_from_slice(data);
         self.st.writes.fetch_add(1, Ordering::Relaxed);
@@ -334,6 +347,16 @@ impl Conn {
                         return self.resp(cid, s, 0);
                     }
                     let c = ConnectCommand::from_sqe(&sqe);
+                    if c.qid.get() == 0
+                        && self
+                            .st
+                            .kill_connects
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok()
+                    {
+                        self.close = true;
+                        return;
+                    }
                     self.qid = c.qid.get();
                     self.st.connects.fetch_add(1, Ordering::Relaxed);
                     if data.len() == 1024 {
@@ -448,6 +471,16 @@ impl Conn {
                         .collect();
                     let log = discovery_log_bytes(7, &records);
                     self.send_data(cid, &log_page_slice(&log, get_log_page::offset(&sqe), len));
+                }
+                admin::GET_LOG_PAGE
+                    if get_log_page::lid(&sqe) == holdfast_proto::policy::LID_HOLDFAST_POLICY
+                        && self.st.policy.lock().unwrap().is_some() =>
+                {
+                    let p = self.st.policy.lock().unwrap().unwrap().to_log_page();
+                    let len = get_log_page::len_bytes(&sqe) as usize;
+                    let b = p.as_bytes();
+                    let v = b[..len.min(b.len())].to_vec();
+                    self.send_data(cid, &v);
                 }
                 admin::GET_LOG_PAGE => self.resp(cid, Status::INVALID_LOG_PAGE, 0),
                 admin::HOLDFAST_FENCE_ASSOCIATION => {
@@ -1324,5 +1357,112 @@ async fn a_write_retried_after_a_status_answers_its_r2t_afresh() {
     assert_eq!(f.st.h2c_pdus.load(Ordering::Relaxed), 3);
     assert_eq!(f.st.connections.load(Ordering::Relaxed), 2, "no reconnect: admin + 1 I/O queue");
     assert!(ns.read(16, 128).await.unwrap() == d);
+    c.shutdown().await.unwrap();
+}
+
+/// The connection dies during a reconnect attempt's set-up (the target answers the admin Connect by closing
+/// it, as one that fails while it comes up): the attempt fails at once, and the next one, a reconnect delay
+/// later, restores the association, instead of the first waiting out the rest of ctrl_loss_tmo for an
+/// answer on a connection already gone.
+#[tokio::test]
+async fn a_connection_lost_during_a_reconnect_attempts_set_up_fails_that_attempt_at_once() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    o.ctrl_loss_tmo = Some(Duration::from_secs(60));
+    let c = Controller::connect(o).await.expect("connect");
+    let ns = Namespace::open(&c, 1).await.expect("namespace");
+    f.st.kill_connects.store(1, Ordering::SeqCst);
+    go_down(&f, &c).await;
+    let connects = f.st.connects.load(Ordering::Relaxed);
+    f.st.down.store(false, Ordering::Relaxed);
+    let r = tokio::time::timeout(Duration::from_secs(30), ns.read(0, 1)).await;
+    assert!(matches!(r, Ok(Ok(_))), "read across the failed attempt: {r:?}");
+    assert_eq!(f.st.kill_connects.load(Ordering::SeqCst), 0, "the attempt whose Connect was cut was made");
+    assert!(f.st.connects.load(Ordering::Relaxed) > connects, "a later attempt connected");
+    c.shutdown().await.unwrap();
+}
+
+/// The same on the first connect: a Connect answered by a close fails the connect with a path error at once,
+/// not after the set-up's deadline (three connect timeouts).
+#[tokio::test]
+async fn a_connection_lost_during_the_first_set_up_fails_the_connect_at_once() {
+    let f = fake(Behaviour::default()).await;
+    f.st.kill_connects.store(1, Ordering::SeqCst);
+    let mut o = opts(&f, 1, false);
+    o.connect_timeout = Duration::from_secs(20);
+    match tokio::time::timeout(Duration::from_secs(15), Controller::connect(o)).await {
+        Ok(Err(Error::PathError(m))) => assert!(m.contains("Connect"), "{m}"),
+        Ok(Err(e)) => panic!("expected a path error naming the Connect: {e}"),
+        Ok(Ok(_)) => panic!("connected through a Connect answered by a close"),
+        Err(_) => panic!("the connect did not fail at once"),
+    }
+}
+
+/// An announced planned downtime longer than fast_io_fail_tmo: I/O queued during an outage shorter than the
+/// downtime stays queued and completes (design: hosts keep I/O queued at least this long), where without the
+/// announcement it fails once fast_io_fail_tmo has passed.
+#[tokio::test]
+async fn an_announced_planned_downtime_holds_off_fast_io_fail() {
+    for announced in [true, false] {
+        let f = fake(Behaviour::default()).await;
+        *f.st.policy.lock().unwrap() = Some(holdfast_proto::policy::ConnectionPolicy {
+            instance_id: 1,
+            kato_ms: 5000,
+            reconnect_delay_ms: 100,
+            reconnect_delay_max_ms: 100,
+            ctrl_loss_tmo_ms: 30_000,
+            fast_io_fail_tmo_ms: 300,
+            planned_downtime_ms: if announced { 10_000 } else { 0 },
+            ..Default::default()
+        });
+        let c = Controller::connect(opts(&f, 1, false)).await.expect("connect");
+        assert_eq!(c.effective_policy().fast_io_fail_tmo.0, Some(Duration::from_millis(300)));
+        let ns = Namespace::open(&c, 1).await.expect("namespace");
+        go_down(&f, &c).await;
+        let st = f.st.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            st.down.store(false, Ordering::Relaxed);
+        });
+        let r = ns.read(0, 1).await;
+        if announced {
+            assert!(r.is_ok(), "queued through the announced downtime: {r:?}");
+        } else {
+            assert!(matches!(r, Err(Error::PathError(_))), "failed after fast_io_fail_tmo: {r:?}");
+        }
+        c.shutdown().await.unwrap();
+    }
+}
+
+/// A write split into several commands (over MDTS) whose first piece fails returns only once every piece has
+/// finished: returning at the first error would leave the others running, and one could land after a newer
+/// write the caller makes to the same blocks on seeing the error.
+#[tokio::test]
+async fn a_split_write_that_fails_returns_only_once_every_piece_has_finished() {
+    let f = fake(Behaviour { mdts: 1, fail_status: Status::INVALID_FIELD.with_dnr(), ..Behaviour::default() }).await;
+    let mut o = opts(&f, 1, false);
+    o.io_timeout = Duration::from_secs(2);
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    let c = Controller::connect(o).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    // MDTS 8 KiB: four pieces. The first fails (Do Not Retry); the others are held, unanswered.
+    f.st.fail_writes.store(1, Ordering::Relaxed);
+    f.st.hang_writes.store(true, Ordering::Relaxed);
+    let d = pattern(4 * 8192, 9);
+    let w = ns.write(0, d.clone(), false);
+    tokio::pin!(w);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut w).await.is_err(),
+        "the write returned while three of its pieces were outstanding"
+    );
+    // Let them through: past the command timeout they are issued again on a new connection and done there;
+    // only then does the write report the first piece's error.
+    f.st.hang_writes.store(false, Ordering::Relaxed);
+    match w.await {
+        Err(Error::Nvme { status, .. }) => assert_eq!(status.code(), Status::INVALID_FIELD.code()),
+        other => panic!("expected the first piece's status, got {other:?}"),
+    }
+    assert!(f.st.ram.lock().unwrap()[8192..4 * 8192] == d[8192..], "the other pieces landed before it returned");
     c.shutdown().await.unwrap();
 }
