@@ -68,7 +68,7 @@ async fn run(ctx: &mut QueueCtx, sqe: &SubmissionEntry, incapsule: &[u8]) {
     if req.len == 0 && !incapsule.is_empty() {
         return; // SGL Length Invalid
     }
-    if req.len > 0 && cmd::check_sgl(sqe, req.len, incapsule.len()).is_err() {
+    if req.len > 0 && cmd::check_sgl(sqe, req.len, req.dir, incapsule.len()).is_err() {
         return;
     }
     let data = if req.dir == DataDir::ToController && req.len > 0 && incapsule.is_empty() {

@@ -229,6 +229,7 @@ impl PropertyCommand {
     pub fn new(cid: u16, ofst: u32, wide: bool, value: Option<u64>) -> Self {
         let mut c = Self::new_zeroed();
         c.opcode = crate::opcode::FABRICS;
+        c.flags = crate::sqe::PSDT_SGL;
         c.cid.set(cid);
         c.fctype =
             if value.is_some() { crate::opcode::fctype::PROPERTY_SET } else { crate::opcode::fctype::PROPERTY_GET };

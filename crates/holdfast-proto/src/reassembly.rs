@@ -2,7 +2,10 @@
 //! the controller; NVMe/TCP 1.0 §3.6.2.7–§3.6.2.8).
 //!
 //! Most transfers fit one PDU: its data is kept as the [`Bytes`] the decoder produced (a slice of the
-//! receive buffer), never copied. Only a transfer split over several PDUs is gathered into one buffer.
+//! receive buffer), never copied. A transfer split over several PDUs is gathered into a buffer of its own
+//! from its first PDU on: a first piece kept as a slice would keep the whole receive buffer it lies in
+//! alive (64 KiB or more) until the transfer ends, so that a peer sending a few bytes of each of many
+//! transfers could make the other side hold far more memory than the transfers' lengths add up to.
 //! Offsets are checked by the caller, which knows the PDU's DATAO.
 
 use bytes::{Bytes, BytesMut};
@@ -37,7 +40,12 @@ impl Reassembly {
     /// Append the next PDU's data; `total` is the transfer's length (the buffer size when gathering).
     pub fn push(&mut self, data: Bytes, total: usize) {
         match self {
-            Reassembly::Empty => *self = Reassembly::One(data),
+            Reassembly::Empty if data.len() >= total => *self = Reassembly::One(data),
+            Reassembly::Empty => {
+                let mut m = BytesMut::with_capacity(total);
+                m.extend_from_slice(&data);
+                *self = Reassembly::Many(m);
+            }
             Reassembly::One(first) => {
                 let mut m = BytesMut::with_capacity(total.max(first.len() + data.len()));
                 m.extend_from_slice(first);
@@ -82,6 +90,12 @@ mod tests {
         assert_eq!(r.len(), 100);
         let out = r.into_bytes();
         assert_eq!(out.as_ptr(), a.as_ptr());
+
+        // A first piece is copied out at once: a slice would hold its whole receive buffer.
+        let big = Bytes::from(vec![7u8; 4096]);
+        let mut r = Reassembly::default();
+        r.push(big.slice(..3), 8);
+        assert!(matches!(&r, Reassembly::Many(m) if m.capacity() >= 8 && m.as_ptr() != big.as_ptr()));
 
         let mut r = Reassembly::default();
         r.push(Bytes::from_static(b"abc"), 8);

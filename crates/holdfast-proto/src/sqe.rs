@@ -78,6 +78,10 @@ impl SubmissionEntry {
     pub fn fuse(&self) -> u8 {
         self.flags & 0x3
     }
+    /// PSDT, the data pointer's kind (byte 1 bits 7:6; [`PSDT_SGL`] >> 6 = 01b is what NVMe-oF allows).
+    pub fn psdt(&self) -> u8 {
+        self.flags >> 6
+    }
     /// Fabrics command type (byte 4), meaningful when `opcode == 0x7F`.
     pub fn fctype(&self) -> u8 {
         self.nsid.get() as u8

@@ -1104,3 +1104,59 @@ async fn nothing_runs_after_a_disconnect() {
     assert_eq!(stats.write_cmds.load(Ordering::Relaxed), writes, "write executed after Disconnect");
     server.stop().await;
 }
+
+/// What a command over a fabric must look like, and the Linux target's answers when it does not: PSDT other
+/// than 01b (SGLs), and in-capsule data on a command whose data goes to the host, both Invalid Field with DNR;
+/// the queue goes on.
+#[tokio::test]
+async fn prps_and_in_capsule_data_for_the_host_are_invalid_fields() {
+    let (server, addr) = start("").await;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    // PSDT 00b (PRPs) on a read, and on a Property Get.
+    let mut s = rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512));
+    s.flags = 0;
+    assert_eq!(q.cmd(s, Bytes::new()).await.0.status(), Status::INVALID_FIELD.with_dnr(), "PRPs on a Read");
+    let mut s = PropertyCommand::new(0, property::CAP, true, None).to_sqe();
+    s.flags = 0x80; // PSDT 10b (reserved)
+    assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::INVALID_FIELD.with_dnr(), "PSDT 10b");
+    // A read, and an Identify, carrying in-capsule data.
+    let s = rw_sqe(io::READ, 0, 1, SglDescriptor::incapsule(512));
+    let (r, d) = q.cmd(s, Bytes::from(vec![1u8; 512])).await;
+    assert_eq!((r.status(), d.len()), (Status::INVALID_FIELD.with_dnr(), 0), "in-capsule data on a Read");
+    let mut s = SubmissionEntry::new(admin::IDENTIFY, 0);
+    s.dptr = SglDescriptor::incapsule(4096);
+    s.cdw10.set(1);
+    let (r, d) = a.cmd(s, Bytes::from(vec![0u8; 4096])).await;
+    assert_eq!((r.status(), d.len()), (Status::INVALID_FIELD.with_dnr(), 0), "in-capsule data on an Identify");
+    // Both queues serve on.
+    let (r, d) = q.cmd(rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512)), Bytes::new()).await;
+    assert_eq!((r.status(), d.len()), (Status::SUCCESS, 512));
+    assert_eq!(a.prop_get(property::CSTS, false).await.status(), Status::SUCCESS);
+    server.stop().await;
+}
+
+/// An H2CData PDU that says it is the last of its R2T's (LAST_PDU) while data is still owed: the rest never
+/// comes, so the connection ends (Invalid PDU Header Field at FLAGS) instead of the write waiting for ever.
+#[tokio::test]
+async fn h2c_data_marked_last_before_the_end_of_its_r2t_ends_the_connection() {
+    use holdfast_proto::pdu::R2T;
+    let (server, addr) = start("").await;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    let mut s = rw_sqe(io::WRITE, 0, 2, SglDescriptor::transport(1024));
+    let cid = q.next_cid();
+    s.cid.set(cid);
+    q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe: s, data: Bytes::new() })).await;
+    let Pdu::R2T(R2T { ttag, r2tl, .. }) = q.recv().await else { panic!("expected R2T") };
+    assert_eq!(r2tl, 1024);
+    let data = Bytes::from(vec![5u8; 512]);
+    q.send(Pdu::H2CData(H2CData { cccid: cid, ttag, datao: 0, data, last: true })).await;
+    q.expect_term(pdu::Fes::InvalidHeaderField as u16, pdu::offset::FLAGS).await;
+    // Nothing of it landed.
+    let (a2, cntlid2) = Conn::admin(addr, NQN, false, false).await;
+    let mut a2 = a2;
+    let mut q2 = Conn::io(addr, &mut a2, cntlid2, false, false).await;
+    assert_block0_zero(&mut q2, "the cut write").await;
+    server.stop().await;
+}

@@ -17,8 +17,9 @@ use holdfast_proto::sgl;
 use holdfast_proto::{Status, SubmissionEntry};
 
 /// Check the SGL of a command against the data it moves: a transport data block or in-capsule data block
-/// whose length is `len` (NVMe/TCP 1.0 §3.3.3, §3.3.5). `incapsule` is the in-capsule data length received.
-pub fn check_sgl(sqe: &SubmissionEntry, len: usize, incapsule: usize) -> Result<(), Status> {
+/// whose length is `len` (NVMe/TCP 1.0 §3.3.3, §3.3.5), `dir` the way it moves. `incapsule` is the in-capsule
+/// data length received.
+pub fn check_sgl(sqe: &SubmissionEntry, len: usize, dir: DataDir, incapsule: usize) -> Result<(), Status> {
     let d = &sqe.dptr;
     if len == 0 {
         return Ok(());
@@ -30,6 +31,11 @@ pub fn check_sgl(sqe: &SubmissionEntry, len: usize, incapsule: usize) -> Result<
             }
         }
         sgl::ID_INCAPSULE => {
+            // In-capsule data is data for the controller (NVMe/TCP 1.0 §3.3.3): a command whose data goes to
+            // the host (a Read, an Identify) has nowhere to put it. Invalid Field, as the Linux target answers.
+            if dir != DataDir::ToController {
+                return Err(Status::INVALID_FIELD.with_dnr());
+            }
             if d.addr.get() != 0 {
                 return Err(Status::SGL_OFFSET_INVALID.with_dnr());
             }
@@ -56,6 +62,12 @@ fn sgl_sized(sqe: &SubmissionEntry, exec: Exec, dir: DataDir, max: usize) -> Par
 
 /// Parse a command on this queue: choose its execute step, or the status to fail it with.
 pub fn parse(ctx: &QueueCtx, sqe: &SubmissionEntry) -> ParseResult {
+    // Every command over a fabric uses SGLs, with PSDT 01b (NVMe-oF 1.1 §2.1; NVMe/TCP 1.0 §3.3.3): PRPs
+    // (00b) mean nothing here, and a host sending them has built the command for another transport. Invalid
+    // Field, as the Linux target answers, Fabrics commands included.
+    if sqe.psdt() != holdfast_proto::sqe::PSDT_SGL >> 6 {
+        return Err(Status::INVALID_FIELD.with_dnr());
+    }
     if sqe.opcode == opcode::FABRICS {
         return fabrics::parse(ctx, sqe);
     }

@@ -358,7 +358,7 @@ impl Connection {
                 Err(Close::Normal("H2CTermReq from host"))
             }
             Pdu::CapsuleCmd(c) => self.handle_capsule(c.sqe, c.data),
-            Pdu::H2CData(d) => self.handle_h2c_data(d.cccid, d.ttag, d.datao, d.data, false),
+            Pdu::H2CData(d) => self.handle_h2c_data(d.cccid, d.ttag, d.datao, d.data, d.last, false),
             // The decoder only lets host-to-controller PDUs through.
             _ => Err(Self::fatal(Fes::InvalidHeaderField, 0, Bytes::new(), "unexpected PDU type")),
         }
@@ -374,7 +374,7 @@ impl Connection {
             }
             // Keep receiving the transfer, then fail the command.
             // Account for the bytes (so later offsets line up), then fail the command once the transfer ends.
-            Pdu::H2CData(d) => self.handle_h2c_data(d.cccid, d.ttag, d.datao, d.data, true),
+            Pdu::H2CData(d) => self.handle_h2c_data(d.cccid, d.ttag, d.datao, d.data, d.last, true),
             _ => Err(Self::fatal(Fes::InvalidHeaderField, 0, Bytes::new(), "data digest error on a PDU without data")),
         }
     }
@@ -422,7 +422,7 @@ impl Connection {
             return Ok(None);
         }
         if req.len > 0 {
-            if let Err(status) = check_sgl(&sqe, req.len, data.len()) {
+            if let Err(status) = check_sgl(&sqe, req.len, req.dir, data.len()) {
                 self.send_response(cid, status, 0, 0);
                 return Ok(None);
             }
@@ -468,6 +468,7 @@ impl Connection {
         ttag: u16,
         datao: u32,
         data: Bytes,
+        last: bool,
         digest_failed: bool,
     ) -> Result<Option<PendingConnect>, Close> {
         let Some(Slot::Receiving { req, buf, failed }) = self.slots.get_mut(&ttag) else {
@@ -505,6 +506,17 @@ impl Connection {
         *failed |= digest_failed;
         buf.push(data, req.len);
         if buf.len() < req.len {
+            // The host says it has sent all it will for this R2T (NVMe/TCP 1.0 §3.6.2.8, LAST_PDU): the rest
+            // never comes, and waiting for it would hold the command (and its share of the R2T budget) for
+            // ever. (LAST_PDU missing on the PDU that ends the transfer is let pass, as the Linux target does.)
+            if last {
+                return Err(Self::fatal(
+                    Fes::InvalidHeaderField,
+                    pdu::offset::FLAGS,
+                    Self::offending_header(&self.decoder),
+                    "H2CData LAST_PDU before the end of the R2T's data",
+                ));
+            }
             return Ok(None);
         }
         let Some(Slot::Receiving { req, buf, failed }) = self.slots.remove(&ttag) else { return Ok(None) };
