@@ -261,6 +261,9 @@ impl PduDecoder {
                 return Err(self.fail(Fes::InvalidHeaderField, offset::PLEN, buf, "ICReq/ICResp PLEN is not 128"));
             }
             data_len = 0;
+        } else if plen < hlen + hd {
+            // Not even the header (and its digest) fits: PLEN is what is wrong, whatever PDO says.
+            return Err(self.fail(Fes::InvalidHeaderField, offset::PLEN, buf, "PLEN smaller than the header"));
         } else if plen == hlen + hd {
             data_len = 0;
             if fl & flags::DDGSTF != 0 {
@@ -585,6 +588,10 @@ mod tests {
         assert_eq!(fatal(&mut d, &[0x04, 0, 72, 0, 76, 0, 0, 0]).fei, offset::FLAGS, "missing HDGSTF");
         let mut d = ready(Role::Controller, false, false);
         assert_eq!(fatal(&mut d, &[0x04, 0, 72, 10, 100, 0, 0, 0]).fei, offset::PDO);
+        let mut d = ready(Role::Controller, false, false);
+        assert_eq!(fatal(&mut d, &[0x04, 0, 72, 0, 10, 0, 0, 0]).fei, offset::PLEN, "PLEN shorter than the header");
+        let mut d = ready(Role::Controller, true, false);
+        assert_eq!(fatal(&mut d, &[0x04, 1, 72, 0, 72, 0, 0, 0]).fei, offset::PLEN, "no room for the header digest");
         let mut d = ready(Role::Controller, false, false);
         let mut c = PduDecoder::new(Role::Controller, Limits::default());
         assert_eq!(fatal(&mut c, &[0x04, 0, 72, 0, 72, 0, 0, 0]).fes, Fes::SequenceError, "capsule before ICReq");
