@@ -661,8 +661,11 @@ async fn establish(
             let i = lock(&sh.info);
             i.id.holdfast_uniquifier().map(|u| (i.cntlid, u))
         };
-        // (A previous CNTLID given to this new association means the previous one is gone already.)
-        if let Some((prev_cntlid, prev_uniquifier)) = previous.filter(|&(c, _)| !first && c != cntlid) {
+        // Even when the new association got the previous CNTLID back: the previous one is gone then, but it
+        // may have been torn down between the Connect's drain and its CNTLID allocation, with writes still in
+        // flight that the drain never saw. The fence reports those (the target's ended associations), and
+        // leaves a controller alone that is this one (its uniquifier differs).
+        if let Some((prev_cntlid, prev_uniquifier)) = previous.filter(|_| !first) {
             let cqt_ms = adv.map_or(0, |a| a.cqt_ms);
             fence_previous_association(&admin, prev_cntlid, prev_uniquifier, cqt_ms, deadline).await?;
         }

@@ -239,9 +239,12 @@ impl Controller {
     }
 
     /// Apply a CC write (NVMe Base 2.0 §3.6.1 and §3.6.2): EN 0→1 sets CSTS.RDY (after checking the queue
-    /// entry sizes), EN 1→0 is a controller reset, SHN starts (and, with nothing to flush asynchronously,
-    /// completes) a shutdown. Returns Err for an invalid CC value.
-    pub fn write_cc(&self, new: u32) -> Result<(), Status> {
+    /// entry sizes), EN 1→0 is a controller reset, SHN starts a shutdown, complete once the file namespaces'
+    /// volatile write cache (the page cache) is on the media. Returns Err for an invalid CC value.
+    pub fn write_cc(self: &Arc<Self>, new: u32) -> Result<(), Status> {
+        // Looked up before the state lock is taken (the namespace table has its own lock).
+        let files: Vec<Arc<crate::namespace::Namespace>> =
+            self.subsys.namespaces.read().values().filter(|n| n.backend.blocking()).cloned().collect();
         let mut st = self.state.lock();
         let old = st.cc;
         if new & cc::EN != 0 && old & cc::EN == 0 {
@@ -257,9 +260,28 @@ impl Controller {
             st.csts &= !(csts::RDY | csts::CFS);
         }
         if new & cc::SHN_MASK != 0 && old & cc::SHN_MASK == 0 {
-            // Every completed write is already on the backend; file backends are flushed by the transport
-            // on close. Report shutdown complete.
-            st.csts = (st.csts & !csts::SHST_MASK) | csts::SHST_COMPLETE;
+            // Every completed write is already on the backend, but a file namespace's may still be in the page
+            // cache: the shutdown flushes them (fdatasync on the namespaces' I/O threads, never on this task)
+            // and says "occurring" meanwhile, as a drive writes its cache back before it reports the shutdown
+            // complete. RAM namespaces have nothing to write back.
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) if !files.is_empty() => {
+                    st.csts = (st.csts & !csts::SHST_MASK) | csts::SHST_OCCURRING;
+                    let ctrl = self.clone();
+                    rt.spawn_blocking(move || {
+                        for ns in &files {
+                            if let Err(e) = ns.backend.flush(&crate::backend::MediaGate::open()) {
+                                tracing::error!(cntlid = ctrl.cntlid, nsid = ns.nsid, "flush at shutdown failed: {e}");
+                            }
+                        }
+                        let mut st = ctrl.state.lock();
+                        if st.cc & cc::SHN_MASK != 0 && st.csts & csts::SHST_MASK == csts::SHST_OCCURRING {
+                            st.csts = (st.csts & !csts::SHST_MASK) | csts::SHST_COMPLETE;
+                        }
+                    });
+                }
+                _ => st.csts = (st.csts & !csts::SHST_MASK) | csts::SHST_COMPLETE,
+            }
         } else if new & cc::SHN_MASK == 0 {
             st.csts &= !csts::SHST_MASK;
         }

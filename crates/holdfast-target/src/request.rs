@@ -78,6 +78,8 @@ pub enum Exec {
         len: u64,
         /// Deallocate instead of writing (DEAC).
         deallocate: bool,
+        /// Force Unit Access: the zeroes are durable when the command completes.
+        fua: bool,
     },
     /// Dataset Management with the Deallocate attribute.
     DatasetManagement {

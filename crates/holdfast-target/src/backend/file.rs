@@ -1,6 +1,12 @@
 //! File backend: positional reads and writes on a regular file (or block device). Flush is `fdatasync`;
 //! FUA writes are followed by `fdatasync` before they complete. Calls block, so they run on the
 //! namespace's I/O threads (`backend::pool`), never on a network task.
+//!
+//! A failed `fdatasync` is final: Linux reports a writeback error once per open file and marks the pages
+//! that failed clean, so a second `fdatasync` returns 0 with the data gone. After the first failure every
+//! write, flush and zeroing of the namespace fails (the file has to be checked and the namespace opened
+//! again); `fdatasync` calls take turns, so that the one that sees the error has set that before any other
+//! reports success for writes whose pages may be among those lost.
 
 use super::{Backend, MediaGate};
 use std::fs::{File, OpenOptions};
@@ -16,6 +22,13 @@ pub struct FileBackend {
     size: u64,
     /// preadv2(RWF_NOWAIT) works here (cleared if the kernel or filesystem refuses it).
     nowait: AtomicBool,
+    /// Set once an `fdatasync` failed (module doc); read and set under `sync_turn`, read without it too.
+    sync_failed: AtomicBool,
+    /// Held across each `fdatasync` and the check of `sync_failed` after it.
+    sync_turn: parking_lot::Mutex<()>,
+    /// Tests: the next `fdatasync` fails with EIO.
+    #[cfg(test)]
+    fail_next_sync: AtomicBool,
 }
 
 impl FileBackend {
@@ -36,7 +49,48 @@ impl FileBackend {
             Some(s) => s,
             None => cur,
         };
-        Ok(FileBackend { file, path: path.to_owned(), size, nowait: AtomicBool::new(true) })
+        Ok(FileBackend {
+            file,
+            path: path.to_owned(),
+            size,
+            nowait: AtomicBool::new(true),
+            sync_failed: AtomicBool::new(false),
+            sync_turn: parking_lot::Mutex::new(()),
+            #[cfg(test)]
+            fail_next_sync: AtomicBool::new(false),
+        })
+    }
+
+    /// The error every write, flush and zeroing returns once an `fdatasync` failed.
+    fn failed(&self) -> io::Result<()> {
+        if self.sync_failed.load(Ordering::Acquire) {
+            return Err(io::Error::other(format!(
+                "an earlier fdatasync of {} failed: writes acknowledged before it may be lost, so this namespace \
+                 accepts no more writes until it is checked and opened again",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// `fdatasync`, one at a time; Ok only if neither this one nor any before it failed.
+    fn datasync(&self) -> io::Result<()> {
+        let _turn = self.sync_turn.lock();
+        self.failed()?;
+        #[cfg(test)]
+        let r = if self.fail_next_sync.swap(false, Ordering::Relaxed) {
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        } else {
+            self.file.sync_data()
+        };
+        #[cfg(not(test))]
+        let r = self.file.sync_data();
+        if let Err(e) = r {
+            self.sync_failed.store(true, Ordering::Release);
+            tracing::error!(path = %self.path.display(), "fdatasync failed: {e}; the namespace fails every write from now on");
+            return Err(e);
+        }
+        Ok(())
     }
 }
 
@@ -46,10 +100,6 @@ fn block_device_size(f: &File) -> io::Result<u64> {
     use std::io::{Seek, SeekFrom};
     let mut f = f.try_clone()?;
     f.seek(SeekFrom::End(0))
-}
-
-fn datasync(f: &File) -> io::Result<()> {
-    f.sync_data()
 }
 
 impl Backend for FileBackend {
@@ -102,18 +152,20 @@ impl Backend for FileBackend {
     }
     fn write_at(&self, offset: u64, data: &[u8], fua: bool, gate: &MediaGate) -> io::Result<()> {
         gate.check()?;
+        self.failed()?;
         self.file.write_all_at(data, offset)?;
         if fua {
-            datasync(&self.file)?;
+            self.datasync()?;
         }
         Ok(())
     }
     fn flush(&self, gate: &MediaGate) -> io::Result<()> {
         gate.check()?;
-        datasync(&self.file)
+        self.datasync()
     }
     fn write_zeroes(&self, offset: u64, len: u64, gate: &MediaGate) -> io::Result<()> {
         gate.check()?;
+        self.failed()?;
         // FALLOC_FL_ZERO_RANGE where the filesystem has it; otherwise write zeroes.
         // SAFETY: fallocate on an owned, open file descriptor with plain integer arguments.
         let r = unsafe {
@@ -138,6 +190,7 @@ impl Backend for FileBackend {
     }
     fn deallocate(&self, offset: u64, len: u64, gate: &MediaGate) -> io::Result<()> {
         gate.check()?;
+        self.failed()?;
         // SAFETY: as above; punching a hole keeps the size and makes the range read as zeroes.
         let r = unsafe {
             libc::fallocate(
@@ -194,5 +247,25 @@ mod tests {
         b.deallocate(4096, 4096, &g).unwrap();
         b.read_at(4096, &mut buf, &g).unwrap();
         assert!(buf.iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn a_failed_fdatasync_fails_every_write_and_flush_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = FileBackend::open(&dir.path().join("ns.img"), Some(1 << 20)).unwrap();
+        let g = MediaGate::open();
+        b.write_at(0, &[1u8; 4096], false, &g).unwrap();
+        b.flush(&g).unwrap();
+        b.write_at(4096, &[2u8; 4096], false, &g).unwrap();
+        b.fail_next_sync.store(true, Ordering::Relaxed);
+        assert!(b.flush(&g).is_err(), "the failed fdatasync");
+        // The kernel would now report success for a second fdatasync: the backend does not.
+        assert!(b.flush(&g).is_err(), "a flush after it");
+        assert!(b.write_at(8192, &[3u8; 4096], false, &g).is_err(), "a write after it");
+        assert!(b.write_at(8192, &[3u8; 4096], true, &g).is_err(), "a FUA write after it");
+        assert!(b.write_zeroes(0, 4096, &g).is_err() && b.deallocate(0, 4096, &g).is_err(), "zeroing after it");
+        let mut buf = vec![0u8; 4096];
+        b.read_at(0, &mut buf, &g).unwrap();
+        assert!(buf.iter().all(|&x| x == 1), "reads go on");
     }
 }

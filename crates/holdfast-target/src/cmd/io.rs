@@ -99,7 +99,8 @@ pub fn parse(_ctx: &QueueCtx, ctrl: &Controller, sqe: &SubmissionEntry) -> Parse
             let (offset, len) =
                 ns.byte_range(rw::slba(sqe), rw::nlb(sqe) as u64).ok_or(Status::LBA_OUT_OF_RANGE.with_dnr())?;
             let deallocate = sqe.cdw12.get() & rw::DEAC != 0;
-            req(Exec::WriteZeroes { ns, offset, len, deallocate }, DataDir::None, 0)
+            let fua = sqe.cdw12.get() & rw::FUA != 0;
+            req(Exec::WriteZeroes { ns, offset, len, deallocate, fua }, DataDir::None, 0)
         }
         op::DATASET_MANAGEMENT => {
             let ns = namespace(ctrl, sqe.nsid())?;
@@ -165,13 +166,15 @@ fn run(exec: Exec, len: usize, data: Bytes, gate: MediaGate, write_through: bool
             ns.backend.write_at(offset, &data, fua || write_through, &gate).map_err(|e| (e, true))
         }
         Exec::Flush { ns } => ns.iter().try_for_each(|n| n.backend.flush(&gate)).map_err(|e| (e, true)),
-        Exec::WriteZeroes { ns, offset, len, deallocate } => {
+        // Zeroes are data like any write's: durable on completion with FUA, or with the write cache off
+        // (NVM Command Set 1.0 §3.2.8; Volatile Write Cache, NVMe Base 2.0 §5.27.1.4).
+        Exec::WriteZeroes { ns, offset, len, deallocate, fua } => {
             let r = if deallocate {
                 ns.backend.deallocate(offset, len, &gate)
             } else {
                 ns.backend.write_zeroes(offset, len, &gate)
             };
-            r.map_err(|e| (e, true))
+            r.and_then(|()| if fua || write_through { ns.backend.flush(&gate) } else { Ok(()) }).map_err(|e| (e, true))
         }
         Exec::DatasetManagement { ns, ranges, deallocate } => {
             if !deallocate {
@@ -185,7 +188,13 @@ fn run(exec: Exec, len: usize, data: Bytes, gate: MediaGate, write_through: bool
                     None => return Response::err(Status::LBA_OUT_OF_RANGE.with_dnr()),
                 }
             }
-            checked.iter().try_for_each(|&(o, l)| ns.backend.deallocate(o, l, &gate)).map_err(|e| (e, true))
+            // Deallocated blocks read as zeroes from now on (DLFEAT): with the write cache off that is as
+            // durable as a write would be.
+            checked
+                .iter()
+                .try_for_each(|&(o, l)| ns.backend.deallocate(o, l, &gate))
+                .and_then(|()| if write_through { ns.backend.flush(&gate) } else { Ok(()) })
+                .map_err(|e| (e, true))
         }
         _ => return Response::err(Status::INTERNAL_ERROR),
     };
