@@ -29,7 +29,7 @@
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -237,8 +237,26 @@ impl NamespaceConfig {
     }
     /// Size in bytes, if set.
     pub fn size_bytes(&self) -> Option<u64> {
-        self.size_mib.map(|m| m << 20)
+        self.size_mib.map(|m| m.saturating_mul(1 << 20))
     }
+}
+
+/// A namespace identifier given in the file: not all zeroes ("not reported", NVMe Base 2.0 §5.17.2.1), and
+/// not one another namespace has (a host tells namespaces apart by them, and the Linux host refuses a
+/// namespace whose identifier another already has).
+fn unique_id(
+    seen: &mut HashMap<(&'static str, Vec<u8>), String>,
+    kind: &'static str,
+    v: &[u8],
+    key: &str,
+) -> Result<(), String> {
+    if v.iter().all(|&b| b == 0) {
+        return Err(format!("an all-zero {kind} means \"none\"; leave it out to have one derived"));
+    }
+    if let Some(other) = seen.insert((kind, v.to_vec()), key.to_string()) {
+        return Err(format!("the same {kind} as {other}"));
+    }
+    Ok(())
 }
 
 fn valid_nqn(n: &str) -> Result<(), String> {
@@ -250,6 +268,16 @@ fn valid_nqn(n: &str) -> Result<(), String> {
     }
     if !n.starts_with("nqn.") {
         return Err(format!("\"{n}\" does not start with \"nqn.\""));
+    }
+    // NVMe Base 2.0 §4.5: "nqn.yyyy-mm." and a reverse domain name (or the UUID form, "nqn.2014-08.org.nvmexpress:uuid:...").
+    let date = n.as_bytes().get(4..12).unwrap_or_default();
+    let date_ok = date.len() == 8
+        && date[..4].iter().all(u8::is_ascii_digit)
+        && date[4] == b'-'
+        && date[5..7].iter().all(u8::is_ascii_digit)
+        && date[7] == b'.';
+    if !date_ok || n.len() <= 12 {
+        return Err(format!("\"{n}\" is not \"nqn.yyyy-mm.\" followed by a reverse domain name"));
     }
     if n.bytes().any(|b| b == 0 || b.is_ascii_control()) {
         return Err("contains control characters".into());
@@ -275,7 +303,8 @@ impl Config {
             let reason = e.message().to_string();
             let key = match e.span() {
                 Some(span) => {
-                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    let at = span.start.min(text.len());
+                    let line = text.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
                     format!("line {line}")
                 }
                 None => "(document)".into(),
@@ -297,11 +326,28 @@ impl Config {
             if !ids.insert(p.id) {
                 return Err(err(format!("port[{i}].id"), format!("duplicate port id {}", p.id)));
             }
-            if p.listen.parse::<SocketAddr>().is_err() {
+            let Ok(a) = p.listen.parse::<SocketAddr>() else {
                 return Err(err(format!("port[{i}].listen"), format!("\"{}\" is not an IP:PORT address", p.listen)));
+            };
+            // Two ports on one TCP port: the second could never be bound (an unspecified address takes the
+            // port on every address). Port 0 (any free port) is each its own.
+            if a.port() != 0 {
+                for (j, q) in self.ports[..i].iter().enumerate() {
+                    let Ok(b) = q.listen.parse::<SocketAddr>() else { continue };
+                    if b.port() == a.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+                    {
+                        return Err(err(
+                            format!("port[{i}].listen"),
+                            format!("{} overlaps port[{j}]'s {} (same TCP port)", p.listen, q.listen),
+                        ));
+                    }
+                }
             }
         }
         let mut nqns = HashSet::new();
+        // Namespace identifiers given in the file, with the key that gave each: unique across subsystems.
+        let mut seen: HashMap<(&'static str, Vec<u8>), String> = HashMap::new();
+        let mut ram_mib = 0u64;
         for (i, s) in self.subsystems.iter().enumerate() {
             let k = |f: &str| format!("subsystem[{i}].{f}");
             valid_nqn(&s.nqn).map_err(|r| err(k("nqn"), format!("NQN {r}")))?;
@@ -399,6 +445,11 @@ impl Config {
                 if n.block_size != 512 && n.block_size != 4096 {
                     return Err(err(k("block_size"), format!("{} is not 512 or 4096", n.block_size)));
                 }
+                if let Some(m) = n.size_mib {
+                    if m.checked_mul(1 << 20).is_none_or(|b| b > i64::MAX as u64) {
+                        return Err(err(k("size_mib"), format!("{m} MiB is more bytes than a file can hold")));
+                    }
+                }
                 match n.backend {
                     BackendKind::Ram => {
                         if n.path.is_some() {
@@ -406,6 +457,18 @@ impl Config {
                         }
                         if n.size_mib.unwrap_or(0) == 0 {
                             return Err(err(k("size_mib"), "a RAM namespace needs a size above 0".into()));
+                        }
+                        ram_mib = ram_mib.saturating_add(n.size_mib.unwrap_or(0));
+                        let max = crate::backend::ram::max_total_mib();
+                        if ram_mib > max {
+                            return Err(err(
+                                k("size_mib"),
+                                format!(
+                                    "RAM namespaces of {ram_mib} MiB in all, above the {max} MiB this machine takes: \
+                                     their chunks are allocated only when written, but the table of them (16 bytes \
+                                     per 128 KiB) is allocated at once, and may take at most 1/16 of its memory"
+                                ),
+                            ));
                         }
                     }
                     BackendKind::File => {
@@ -418,13 +481,18 @@ impl Config {
                     }
                 }
                 if let Some(u) = &n.uuid {
-                    parse_hex::<16>(u).ok_or_else(|| err(k("uuid"), format!("\"{u}\" is not a UUID")))?;
+                    let v = parse_hex::<16>(u).ok_or_else(|| err(k("uuid"), format!("\"{u}\" is not a UUID")))?;
+                    unique_id(&mut seen, "uuid", &v, &k("uuid")).map_err(|r| err(k("uuid"), r))?;
                 }
                 if let Some(u) = &n.nguid {
-                    parse_hex::<16>(u).ok_or_else(|| err(k("nguid"), format!("\"{u}\" is not 32 hex digits")))?;
+                    let v =
+                        parse_hex::<16>(u).ok_or_else(|| err(k("nguid"), format!("\"{u}\" is not 32 hex digits")))?;
+                    unique_id(&mut seen, "nguid", &v, &k("nguid")).map_err(|r| err(k("nguid"), r))?;
                 }
                 if let Some(u) = &n.eui64 {
-                    parse_hex::<8>(u).ok_or_else(|| err(k("eui64"), format!("\"{u}\" is not 16 hex digits")))?;
+                    let v =
+                        parse_hex::<8>(u).ok_or_else(|| err(k("eui64"), format!("\"{u}\" is not 16 hex digits")))?;
+                    unique_id(&mut seen, "eui64", &v, &k("eui64")).map_err(|r| err(k("eui64"), r))?;
                 }
             }
         }
@@ -463,8 +531,39 @@ block_size = 4096
         let e = Config::parse(&GOOD.replace("4096", "1024"), "t.toml").unwrap_err();
         assert_eq!(e.to_string(), "t.toml: subsystem[0].namespace[0].block_size: 1024 is not 512 or 4096");
         let e = Config::parse(&GOOD.replace("size_mib = 16", "size_mib = 16\nsizee = 1"), "t.toml").unwrap_err();
-        assert!(e.to_string().starts_with("t.toml: line "), "{e}");
+        assert!(e.to_string().starts_with("t.toml: line 13: "), "the line of `sizee`: {e}");
         assert!(e.to_string().contains("sizee"), "{e}");
+        // Sizes: one that wraps when made bytes, and RAM namespaces whose chunk tables this machine cannot hold.
+        let e = Config::parse(&GOOD.replace("size_mib = 16", "size_mib = 17592186044417"), "t.toml").unwrap_err();
+        assert_eq!(e.key, "subsystem[0].namespace[0].size_mib", "{e}");
+        let e = Config::parse(&GOOD.replace("size_mib = 16", "size_mib = 4000000000000"), "t.toml").unwrap_err();
+        assert_eq!(e.key, "subsystem[0].namespace[0].size_mib", "{e}");
+        assert!(e.reason.contains("this machine takes"), "{e}");
+        // NQNs without the date and domain.
+        let e = Config::parse(&GOOD.replace("nqn.2026-01.io.holdfast:a", "nqn."), "t.toml").unwrap_err();
+        assert_eq!(e.key, "subsystem[0].nqn", "{e}");
+        // Two ports on one TCP port.
+        let two = GOOD.replace(
+            "listen = \"127.0.0.1:4420\"",
+            "listen = \"127.0.0.1:4420\"\n[[port]]\nid = 2\nlisten = \"0.0.0.0:4420\"",
+        );
+        let e = Config::parse(&two, "t.toml").unwrap_err();
+        assert_eq!(e.key, "port[1].listen", "{e}");
+        // Namespace identifiers: all zeroes, or the same as another namespace's.
+        let e = Config::parse(
+            &GOOD.replace("block_size = 4096", "block_size = 4096\neui64 = \"0000000000000000\""),
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "subsystem[0].namespace[0].eui64", "{e}");
+        let g = "nguid = \"000102030405060708090a0b0c0d0e0f\"";
+        let twice = GOOD.replace("block_size = 4096", &format!("block_size = 4096\n{g}"))
+            + &format!("[[subsystem.namespace]]\nnsid = 2\nbackend = \"ram\"\nsize_mib = 1\n{g}\n");
+        let e = Config::parse(&twice, "t.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.toml: subsystem[0].namespace[1].nguid: the same nguid as subsystem[0].namespace[0].nguid"
+        );
         let e = Config::parse(&GOOD.replace("nqn.2026", "foo.2026"), "t.toml").unwrap_err();
         assert_eq!(e.key, "subsystem[0].nqn");
         let e = Config::parse(

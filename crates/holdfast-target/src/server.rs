@@ -42,8 +42,8 @@ impl Server {
         let configured: Vec<Port> = target.ports.read().clone();
         let mut server = Server { target, shutdown, bound: Vec::new(), ports: Vec::new() };
         for port in configured {
-            let (listener, addr) =
-                bind(port.addr).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", port.addr))?;
+            let (listener, addr) = bind(port.addr)
+                .map_err(|e| anyhow::anyhow!("port {} (listen {}): cannot listen: {e}", port.id, port.addr))?;
             server.serve(port.id, port.addr, addr, listener);
         }
         server.publish_ports();

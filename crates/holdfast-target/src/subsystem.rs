@@ -256,14 +256,19 @@ pub struct Target {
     pub busy_poll: Option<Arc<holdfast_rt::BusyPoll>>,
 }
 
-fn open_backend(n: &crate::config::NamespaceConfig, settings: &TargetSettings) -> anyhow::Result<Arc<dyn Backend>> {
+/// Open namespace `n`'s backend; errors name its key, `key` (`subsystem[i].namespace[j]`).
+fn open_backend(
+    n: &crate::config::NamespaceConfig,
+    settings: &TargetSettings,
+    key: &str,
+) -> anyhow::Result<Arc<dyn Backend>> {
     let b: Arc<dyn Backend> = match n.backend {
         BackendKind::Ram => Arc::new(RamBackend::new(n.size_bytes().unwrap_or(0))),
         BackendKind::File => {
-            let path = n.path.as_ref().ok_or_else(|| anyhow::anyhow!("file namespace without a path"))?;
+            let path = n.path.as_ref().ok_or_else(|| anyhow::anyhow!("{key}.path: a file namespace needs one"))?;
             Arc::new(
                 FileBackend::open(path, n.size_bytes())
-                    .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?,
+                    .map_err(|e| anyhow::anyhow!("{key}.path: cannot open {}: {e}", path.display()))?,
             )
         }
     };
@@ -285,23 +290,33 @@ fn build_namespace(
     s: &SubsystemConfig,
     n: &crate::config::NamespaceConfig,
     settings: &TargetSettings,
+    key: &str,
 ) -> anyhow::Result<Namespace> {
-    let backend = open_backend(n, settings)?;
+    let backend = open_backend(n, settings, key)?;
     if backend.size() < n.block_size as u64 {
-        anyhow::bail!("namespace {} of {} is smaller than one block", n.nsid, s.nqn);
+        let what = if n.size_mib.is_some() { "size_mib" } else { "path" };
+        anyhow::bail!(
+            "{key}.{what}: namespace {} of {} has {} bytes, less than one block ({})",
+            n.nsid,
+            s.nqn,
+            backend.size(),
+            n.block_size
+        );
     }
     Ok(Namespace::new(n.nsid, n.block_size, backend, n.ids(&s.nqn)))
 }
 
-fn build_subsystem(s: &SubsystemConfig, settings: &TargetSettings) -> anyhow::Result<Subsystem> {
+/// Subsystem `s`, `subsystem[i]` in the configuration, with its namespaces opened.
+fn build_subsystem(i: usize, s: &SubsystemConfig, settings: &TargetSettings) -> anyhow::Result<Subsystem> {
     let serial = s.serial.clone().unwrap_or_else(|| crate::config::derived_serial(&s.nqn));
     let model = s.model.clone().unwrap_or_else(|| "holdfast".into());
     let mut sub = Subsystem::new(&s.nqn, serial, model, false);
     *sub.access.get_mut() = access_of(s);
     *sub.policy.get_mut() = s.policy.clone();
     *sub.cntlids.get_mut() = CntlidRange::new(s.cntlid_min, s.cntlid_max);
-    for n in &s.namespaces {
-        sub.namespaces.get_mut().insert(n.nsid, Arc::new(build_namespace(s, n, settings)?));
+    for (j, n) in s.namespaces.iter().enumerate() {
+        let ns = build_namespace(s, n, settings, &format!("subsystem[{i}].namespace[{j}]"))?;
+        sub.namespaces.get_mut().insert(n.nsid, Arc::new(ns));
     }
     Ok(sub)
 }
@@ -310,8 +325,8 @@ impl Target {
     /// Build the target from a validated configuration (opens every backend).
     pub fn new(cfg: &Config, settings: TargetSettings) -> anyhow::Result<Arc<Target>> {
         let mut subs = BTreeMap::new();
-        for s in &cfg.subsystems {
-            subs.insert(s.nqn.clone(), Arc::new(build_subsystem(s, &settings)?));
+        for (i, s) in cfg.subsystems.iter().enumerate() {
+            subs.insert(s.nqn.clone(), Arc::new(build_subsystem(i, s, &settings)?));
         }
         let disc = Subsystem::new(
             DISCOVERY_NQN,
@@ -391,14 +406,14 @@ impl Target {
         let mut fresh: BTreeMap<String, Subsystem> = BTreeMap::new();
         let mut ns_new: Vec<(Arc<Subsystem>, u32, Option<Arc<Namespace>>)> = Vec::new();
         let current = self.subsystems.read().clone();
-        for s in &cfg.subsystems {
+        for (i, s) in cfg.subsystems.iter().enumerate() {
             match current.get(&s.nqn) {
                 None => {
-                    fresh.insert(s.nqn.clone(), build_subsystem(s, &self.settings)?);
+                    fresh.insert(s.nqn.clone(), build_subsystem(i, s, &self.settings)?);
                 }
                 Some(old) => {
                     let have = old.namespaces.read().clone();
-                    for n in &s.namespaces {
+                    for (j, n) in s.namespaces.iter().enumerate() {
                         let same = have.get(&n.nsid).is_some_and(|o| {
                             o.block_size == n.block_size
                                 && o.ids == n.ids(&s.nqn)
@@ -408,7 +423,9 @@ impl Target {
                                     .contains(&n.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
                         });
                         if !same {
-                            ns_new.push((old.clone(), n.nsid, Some(Arc::new(build_namespace(s, n, &self.settings)?))));
+                            let key = format!("subsystem[{i}].namespace[{j}]");
+                            let ns = build_namespace(s, n, &self.settings, &key)?;
+                            ns_new.push((old.clone(), n.nsid, Some(Arc::new(ns))));
                         }
                     }
                     for nsid in have.keys().filter(|k| !s.namespaces.iter().any(|n| n.nsid == **k)) {

@@ -165,3 +165,31 @@ fn discover_identify_write_read_and_bench_verify() {
         assert!(v["lat_us"][k].as_u64().is_some(), "lat_us.{k}");
     }
 }
+
+/// A configuration that validates but fails when the target starts (a file namespace whose file is missing,
+/// a port already taken): the error names the file, the key and the reason, on one line, and the target exits.
+#[test]
+fn startup_errors_name_the_config_file_and_key() {
+    let dir = std::env::temp_dir().join(format!("holdfast-cli-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("t.toml");
+    let missing = dir.join("missing.img");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let write = |listen: &str, ns: &str| {
+        let text = format!(
+            "[[port]]\nid = 1\nlisten = \"{listen}\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
+             [[subsystem.namespace]]\nnsid = 1\n{ns}\n"
+        );
+        std::fs::write(&cfg, text).unwrap();
+    };
+    write("127.0.0.1:0", &format!("backend = \"file\"\npath = \"{}\"", missing.display()));
+    let (rc, _, err) = holdfast(&["target", "--config", cfg.to_str().unwrap()]);
+    assert_ne!(rc, 0);
+    let want = format!("{}: subsystem[0].namespace[0].path: cannot open {}", cfg.display(), missing.display());
+    assert!(err.contains(&want), "{err}");
+    write(&taken.local_addr().unwrap().to_string(), "backend = \"ram\"\nsize_mib = 1");
+    let (rc, _, err) = holdfast(&["target", "--config", cfg.to_str().unwrap()]);
+    assert_ne!(rc, 0);
+    assert!(err.contains(&format!("{}: port 1 (listen {})", cfg.display(), taken.local_addr().unwrap())), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -39,6 +39,20 @@ pub struct RamBackend {
 /// One lazily allocated chunk.
 type Chunk = RwLock<Option<Arc<Box<[u8]>>>>;
 
+/// The most MiB of RAM namespaces this machine takes (the configuration refuses more): a backend allocates its
+/// table of chunks (16 bytes per 128 KiB) at once, and the tables together may take at most 1/16 of the
+/// machine's memory (8 TiB of namespaces on a machine of 16 GiB). The chunks themselves are allocated only
+/// when written, so a namespace may be larger than the memory (until it is filled).
+pub fn max_total_mib() -> u64 {
+    // SAFETY: sysconf has no preconditions and only reads system parameters.
+    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    if pages <= 0 || page <= 0 {
+        return u64::MAX;
+    }
+    let table_bytes = (pages as u64).saturating_mul(page as u64) / 16;
+    table_bytes.saturating_mul(CHUNK / std::mem::size_of::<Chunk>() as u64) >> 20
+}
+
 /// The part of a chunk's memory that a response holds ([`Bytes::from_owner`]): built for the read's own range,
 /// so that the `Bytes` needs no `slice` (a clone and a drop of its count) after it is made.
 struct Shared {

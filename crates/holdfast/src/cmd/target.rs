@@ -163,8 +163,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let rt = super::common::runtime()?;
     rt.block_on(async move {
         let a = a;
-        let target = Target::new(&cfg, settings)?;
-        let mut server = Server::start(target.clone()).await?;
+        // What fails here (a backend that does not open, a port already taken) names its key; with a
+        // configuration file, the file too.
+        let in_file = |e: anyhow::Error| match &a.config {
+            Some(p) => anyhow::anyhow!("{}: {e}", p.display()),
+            None => e,
+        };
+        let target = Target::new(&cfg, settings).map_err(in_file)?;
+        let mut server = Server::start(target.clone()).await.map_err(in_file)?;
         for (id, addr) in &server.bound {
             tracing::info!(port = id, "listening on {addr} (NVMe/TCP and discovery)");
         }
@@ -229,7 +235,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                         tracing::error!(genctr = s.genctr, "SIGHUP: {} applied except for the errors above", path.display());
                     }
                 }
-                Err(e) => tracing::error!("SIGHUP: configuration not applied, the old one stays: {e:#}"),
+                Err(e) => tracing::error!("SIGHUP: {} not applied, the old configuration stays: {e:#}", path.display()),
             }
         }
         let _ = std::fs::remove_file(&control);
