@@ -112,7 +112,9 @@ pub struct CtrlState {
     pub csts: u32,
     /// Features.
     pub features: Features,
-    /// I/O queues granted by Set Features Number of Queues (count, not 0's based).
+    /// I/O queues granted (count, not 0's based): [`MAX_IO_QUEUES`], what Get Features Number of Queues
+    /// reports as the default, until the host's Set Features asks for fewer. A host may connect I/O queues
+    /// without asking (Linux nvmet checks only its subsystem's maximum).
     pub io_queues_granted: u16,
     /// Set once an I/O queue connected (Number of Queues may no longer change).
     pub io_queue_connected: bool,
@@ -203,7 +205,7 @@ impl Controller {
                 cc: 0,
                 csts: 0,
                 features: Features::default(),
-                io_queues_granted: 0,
+                io_queues_granted: MAX_IO_QUEUES,
                 io_queue_connected: false,
                 live_qids: std::collections::BTreeSet::new(),
                 aers: VecDeque::new(),

@@ -836,12 +836,20 @@ allow_any_host = true
     assert_eq!(summary.genctr, genctr + 1);
     let (r, _) = a.finish(aer_cid).await;
     assert_eq!(r.dw0.get(), 0x0004_0002, "notice / namespace attribute changed / log page 04h");
+    // A read that fails (an offset past the page) changes nothing: the list is still there after it.
+    let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
+    s.dptr = SglDescriptor::transport(4);
+    holdfast_proto::sqe::get_log_page::set(&mut s, 0x04, 0, 4, 4100);
+    assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::INVALID_FIELD.with_dnr(), "offset past the page");
     let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
     s.dptr = SglDescriptor::transport(4096);
     holdfast_proto::sqe::get_log_page::set(&mut s, 0x04, 0, 4096, 0);
     let (r, list) = a.cmd(s, Bytes::new()).await;
     assert_eq!(r.status(), Status::SUCCESS);
     assert_eq!(&list[..8], &[2, 0, 0, 0, 0, 0, 0, 0], "changed namespace list holds nsid 2");
+    // That read (RAE clear) took it.
+    let (r, list) = a.cmd(s, Bytes::new()).await;
+    assert_eq!((r.status(), &list[..4]), (Status::SUCCESS, &[0u8; 4][..]), "read once, then empty");
     let (r, _) = d.finish(daer).await;
     assert_eq!(r.dw0.get(), 0x0070_F002, "notice / discovery log page change / log page 70h");
     server.stop().await;
@@ -1158,5 +1166,43 @@ async fn h2c_data_marked_last_before_the_end_of_its_r2t_ends_the_connection() {
     let mut a2 = a2;
     let mut q2 = Conn::io(addr, &mut a2, cntlid2, false, false).await;
     assert_block0_zero(&mut q2, "the cut write").await;
+    server.stop().await;
+}
+
+/// Admin commands against what the Linux target answers: an I/O queue connects without Set Features Number of
+/// Queues (the default Get Features reports is granted); Identify and Get Log Page whose SGL length differs
+/// from the length their own fields give are Data SGL Length Invalid; Identify Namespace of FFFFFFFFh is
+/// Invalid Namespace (no Namespace Management); the discovery controller keeps to its MDTS.
+#[tokio::test]
+async fn admin_lengths_namespaces_and_queue_counts_as_nvmet_answers() {
+    let (server, addr) = start("").await;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut q = Conn::ic(addr, false, false).await;
+    assert_eq!(q.connect(1, cntlid, NQN, 0).await.status(), Status::SUCCESS, "I/O Connect without Number of Queues");
+    let (r, d) = q.cmd(rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512)), Bytes::new()).await;
+    assert_eq!((r.status(), d.len()), (Status::SUCCESS, 512));
+    // Identify with a 512-byte SGL; Get Log Page asking for 512 bytes with a 4096-byte SGL, and the reverse.
+    let mut s = SubmissionEntry::new(admin::IDENTIFY, 0);
+    s.dptr = SglDescriptor::transport(512);
+    s.cdw10.set(1);
+    assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::SGL_LENGTH_INVALID.with_dnr(), "Identify of 512");
+    for (numd, sgl) in [(512u32, 4096u32), (4096, 512)] {
+        let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
+        s.dptr = SglDescriptor::transport(sgl);
+        holdfast_proto::sqe::get_log_page::set(&mut s, 0x02, 0, numd, 0);
+        let (r, d) = a.cmd(s, Bytes::new()).await;
+        assert_eq!((r.status(), d.len()), (Status::SGL_LENGTH_INVALID.with_dnr(), 0), "NUMD {numd}, SGL {sgl}");
+    }
+    let mut s = SubmissionEntry::new(admin::IDENTIFY, 0);
+    s.dptr = SglDescriptor::transport(4096);
+    s.nsid.set(0xFFFF_FFFF);
+    assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::INVALID_NAMESPACE.with_dnr(), "CNS 0, all NSIDs");
+    // The discovery controller: a Get Log Page of 64 MiB is above its MDTS (256 KiB).
+    let (mut d, _) = Conn::admin(addr, fabrics::DISCOVERY_NQN, false, false).await;
+    let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
+    s.dptr = SglDescriptor::transport(64 << 20);
+    holdfast_proto::sqe::get_log_page::set(&mut s, 0x70, 0, 64 << 20, 0);
+    let (r, data) = d.cmd(s, Bytes::new()).await;
+    assert_eq!((r.status(), data.len()), (Status::INVALID_FIELD.with_dnr(), 0), "discovery log of 64 MiB");
     server.stop().await;
 }

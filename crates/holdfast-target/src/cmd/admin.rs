@@ -106,12 +106,9 @@ pub fn identify(_ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
     match identify::cns(&req.sqe) {
         id::CNS_NAMESPACE => match ns_or_inactive(c, nsid) {
             Ok(Some(ns)) => Response::data(identify_namespace(&ns).as_bytes().to_vec()),
-            Ok(None) if nsid == 0xFFFF_FFFF => {
-                // Capabilities common to all namespaces: the one LBA format list we support.
-                let mut d = IdentifyNamespace::new_zeroed();
-                d.lbaf[0].lbads = 9;
-                Response::data(d.as_bytes().to_vec())
-            }
+            // The capabilities common to all namespaces are for controllers with Namespace Management
+            // (OACS bit 3), which this one is not: Invalid Namespace (NVMe Base 2.0 §5.17.2.1), as nvmet.
+            Ok(None) if nsid == 0xFFFF_FFFF => Response::err(Status::INVALID_NAMESPACE.with_dnr()),
             Ok(None) => Response::data(vec![0u8; 4096]), // inactive NSID: zero-filled
             Err(s) => Response::err(s),
         },
@@ -137,11 +134,15 @@ pub fn identify(_ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
         },
         // NVM command set specific structures: nothing beyond the defaults (all zero).
         id::CNS_CSI_NAMESPACE if csi == 0 => match ns_or_inactive(c, nsid) {
+            Ok(None) if nsid == 0xFFFF_FFFF => Response::err(Status::INVALID_NAMESPACE.with_dnr()),
             Ok(_) => Response::data(vec![0u8; 4096]),
             Err(s) => Response::err(s),
         },
         id::CNS_CSI_CONTROLLER if csi == 0 => Response::data(vec![0u8; 4096]),
         id::CNS_CSI_ACTIVE_NS_LIST if csi == 0 => {
+            if nsid >= 0xFFFF_FFFE {
+                return Response::err(Status::INVALID_NAMESPACE.with_dnr());
+            }
             let list: Vec<u32> = c.subsys.namespaces.read().keys().copied().filter(|&n| n > nsid).collect();
             Response::data(id::active_ns_list(&list).to_vec())
         }
@@ -184,7 +185,7 @@ pub fn get_features(c: &Controller, req: &Request) -> Response {
         fid::ERROR_RECOVERY => cur.error_recovery,
         fid::VOLATILE_WRITE_CACHE => cur.write_cache as u32,
         fid::NUMBER_OF_QUEUES => {
-            let n = if sel == SEL_DEFAULT || st.io_queues_granted == 0 { MAX_IO_QUEUES } else { st.io_queues_granted };
+            let n = if sel == SEL_DEFAULT { MAX_IO_QUEUES } else { st.io_queues_granted };
             (n as u32 - 1) | ((n as u32 - 1) << 16)
         }
         fid::WRITE_ATOMICITY => cur.write_atomicity,

@@ -42,7 +42,8 @@ pub fn get_log_page(ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
             lp::LID_ERROR_INFO => error_log(c),
             lp::LID_SMART_HEALTH => smart_log(c).as_bytes().to_vec(),
             lp::LID_FIRMWARE_SLOT => firmware_slot_log(),
-            lp::LID_CHANGED_NS_LIST => changed_ns_list(c, glp::rae(&req.sqe)),
+            // Read without clearing; cleared below once the command is known to succeed.
+            lp::LID_CHANGED_NS_LIST => changed_ns_list(c),
             lp::LID_COMMANDS_SUPPORTED_EFFECTS => commands_effects().as_bytes().to_vec(),
             policy::LID_HOLDFAST_POLICY => policy_page(c),
             _ => return Response::err(Status::INVALID_LOG_PAGE.with_dnr()),
@@ -52,6 +53,11 @@ pub fn get_log_page(ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
         return Response::err(Status::INVALID_FIELD.with_dnr());
     }
     if !glp::rae(&req.sqe) {
+        if lid == lp::LID_CHANGED_NS_LIST && !c.subsys.is_discovery {
+            // Read: the NSIDs reported go (those added since stay for the next read).
+            let reported = page_nsids(&page);
+            c.state.lock().changed_nsids.retain(|n| !reported.contains(n) && !reported.contains(&0xFFFF_FFFF));
+        }
         c.unmask_log(lid);
     }
     Response::data(lp::log_page_slice(&page, offset, req.len))
@@ -111,9 +117,14 @@ fn firmware_slot_log() -> Vec<u8> {
     d.as_bytes().to_vec()
 }
 
-fn changed_ns_list(c: &Controller, rae: bool) -> Vec<u8> {
-    let mut st = c.state.lock();
-    let list = if rae { st.changed_nsids.clone() } else { std::mem::take(&mut st.changed_nsids) };
+/// The NSIDs a Changed Namespace List page holds (FFFFFFFFh: more than it can list).
+fn page_nsids(page: &[u8]) -> Vec<u32> {
+    page.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).take_while(|&n| n != 0).collect()
+}
+
+fn changed_ns_list(c: &Controller) -> Vec<u8> {
+    let st = c.state.lock();
+    let list = st.changed_nsids.clone();
     let mut d = lp::ChangedNamespaceList::new_zeroed();
     if list.len() > d.nsid.len() {
         d.nsid[0].set(0xFFFF_FFFF);

@@ -51,6 +51,21 @@ pub fn check_sgl(sqe: &SubmissionEntry, len: usize, dir: DataDir, incapsule: usi
     Ok(())
 }
 
+/// The data length an admin command's own fields give, where they give one, against its SGL's: Identify
+/// returns 4096 bytes, Get Log Page (NUMDU:NUMDL + 1) dwords. A mismatch is Data SGL Length Invalid, as
+/// Linux nvmet answers (nvmet_check_transfer_len); the host built one of the two wrong.
+pub fn check_transfer_len(sqe: &SubmissionEntry) -> Result<(), Status> {
+    let want = match sqe.opcode {
+        aop::IDENTIFY => 4096,
+        aop::GET_LOG_PAGE => holdfast_proto::sqe::get_log_page::len_bytes(sqe),
+        _ => return Ok(()),
+    };
+    if sqe.dptr.len() as u64 != want {
+        return Err(Status::SGL_LENGTH_INVALID.with_dnr());
+    }
+    Ok(())
+}
+
 /// A request for a command whose data length is the SGL's length (admin and fabrics commands).
 fn sgl_sized(sqe: &SubmissionEntry, exec: Exec, dir: DataDir, max: usize) -> ParseResult {
     let len = if dir == DataDir::None { 0 } else { sqe.dptr.len() as usize };
@@ -84,6 +99,7 @@ pub fn parse(ctx: &QueueCtx, sqe: &SubmissionEntry) -> ParseResult {
     if ctx.qid != 0 {
         return io::parse(ctx, ctrl, sqe);
     }
+    check_transfer_len(sqe)?;
     if ctrl.subsys.is_discovery {
         return discovery::parse(ctx, sqe);
     }
