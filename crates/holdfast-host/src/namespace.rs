@@ -47,9 +47,9 @@ impl Namespace {
         Ok(Namespace { ctrl: ctrl.clone(), nsid, block_size, nblocks: id.nsze.get(), id: Box::new(id), descriptors })
     }
 
-    /// Size in bytes.
+    /// Size in bytes (saturating: a foreign target may report a block count no byte count holds).
     pub fn size(&self) -> u64 {
-        self.nblocks * self.block_size as u64
+        self.nblocks.saturating_mul(self.block_size as u64)
     }
 
     /// The controller.
@@ -57,7 +57,8 @@ impl Namespace {
         &self.ctrl
     }
 
-    fn check_range(&self, lba: u64, blocks: u64) -> Result<()> {
+    /// `blocks` blocks at `lba` (at least one) lie within the namespace; else [`Error::Invalid`] naming them.
+    pub fn check_range(&self, lba: u64, blocks: u64) -> Result<()> {
         if blocks == 0 {
             return Err(Error::Invalid("zero blocks".into()));
         }

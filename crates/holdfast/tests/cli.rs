@@ -164,6 +164,72 @@ fn discover_identify_write_read_and_bench_verify() {
     for k in ["p50", "p99", "max"] {
         assert!(v["lat_us"][k].as_u64().is_some(), "lat_us.{k}");
     }
+    // A write-only workload is verified by reading back what it wrote; a read-only one refuses --verify.
+    let base = ["bench", "--addr", &t.addr(), "--nqn", NQN, "--bs", "4096", "--qd", "8", "--size", "4194304"];
+    let (rc, out, err) =
+        holdfast(&[&base[..], &["--workload", "randwrite", "--time", "1", "--verify", "--json"]].concat());
+    assert_eq!(rc, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((v["errors"].as_u64(), v["verify_mismatches"].as_u64()), (Some(0), Some(0)), "{v}");
+    assert!(v["verify_read_back"].as_u64().is_some_and(|n| n > 0 && n <= 1024), "{v}");
+    let (rc, _, err) = holdfast(&[&base[..], &["--workload", "randread", "--verify"]].concat());
+    assert_eq!(rc, 1);
+    assert!(err.contains("--verify checks what this run wrote"), "{err}");
+    // Reads and writes past the end are refused before anything is written (here or to the namespace).
+    let dir = std::env::temp_dir().join(format!("holdfast-cli-io-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keep = dir.join("keep.bin");
+    std::fs::write(&keep, b"precious").unwrap();
+    let end = (32u64 << 20).to_string();
+    let (rc, _, err) = holdfast(&[
+        "read",
+        "--addr",
+        &t.addr(),
+        "--nqn",
+        NQN,
+        "--offset",
+        &end,
+        "--length",
+        "4096",
+        "--output",
+        keep.to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("beyond the end"), "{err}");
+    assert_eq!(std::fs::read(&keep).unwrap(), b"precious", "the output file was left alone");
+    let two_mib = dir.join("two.bin");
+    std::fs::write(&two_mib, vec![0xA5u8; 2 << 20]).unwrap();
+    let near_end = ((32u64 << 20) - (1 << 20)).to_string();
+    let (rc, _, err) = holdfast(&[
+        "write",
+        "--addr",
+        &t.addr(),
+        "--nqn",
+        NQN,
+        "--offset",
+        &near_end,
+        "--input",
+        two_mib.to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("beyond the end"), "{err}");
+    let back = dir.join("back.bin");
+    let (rc, _, err) = holdfast(&[
+        "read",
+        "--addr",
+        &t.addr(),
+        "--nqn",
+        NQN,
+        "--offset",
+        &near_end,
+        "--length",
+        "4096",
+        "--output",
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(!std::fs::read(&back).unwrap().iter().all(|&b| b == 0xA5), "nothing of the refused write landed");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A configuration that validates but fails when the target starts (a file namespace whose file is missing,

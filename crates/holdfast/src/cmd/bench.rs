@@ -5,6 +5,8 @@
 //! block — followed by bytes derived from (LBA, generation); the last acknowledged generation of every I/O
 //! unit is remembered and every read of a written unit is checked against it. Two I/Os never overlap; a unit
 //! whose write failed is uncertain (its old or its attempted generation is accepted) until it is written again.
+//! Write-only workloads read every unit they wrote back once the run is over (not counted in its figures);
+//! read-only ones have nothing of this run's to check, and refuse `--verify`.
 
 use super::common::{runtime, HostArgs};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -86,6 +88,8 @@ pub struct Args {
 
 const MAGIC: u64 = 0x3154_4e45_4246_4648; // "HFBENT1"
 const UNKNOWN: u64 = 1 << 63;
+/// A worker's pause after an I/O error other than the controller's loss.
+const ERROR_PAUSE: Duration = Duration::from_millis(10);
 
 struct Shared {
     ops: AtomicU64,
@@ -116,6 +120,71 @@ impl Shared {
             p.push(s);
         }
     }
+
+    /// Check the data read from `unit` (at `lba`) against the generation last written there; count and note
+    /// a mismatch. A unit never written in this run is not checked. After a failed write the unit is
+    /// uncertain: the old or the attempted generation (or, if never written before, anything) is acceptable
+    /// until the next good write.
+    fn check_unit(&self, unit: u64, lba: u64, data: &[u8], block: usize) {
+        let gen = self.gens[unit as usize].load(Ordering::Acquire);
+        if gen == 0 {
+            return;
+        }
+        let uncertain = gen & UNKNOWN != 0;
+        let (prev, alt) = (gen & !UNKNOWN, self.alt[unit as usize].load(Ordering::Acquire));
+        for (i, chunk) in data.chunks(block).enumerate() {
+            let l = lba + i as u64;
+            let Some(p) = check_block(chunk, l, prev) else { continue };
+            if uncertain
+                && (check_block(chunk, l, alt).is_none() || (prev == 0 && !chunk.starts_with(&MAGIC.to_le_bytes())))
+            {
+                continue;
+            }
+            self.mismatches.fetch_add(1, Ordering::Relaxed);
+            self.problem(format!("verify: {p}{}", if uncertain { format!(" (or {alt})") } else { String::new() }));
+            break;
+        }
+    }
+}
+
+/// After a write-only run with `--verify`: read back every unit it wrote, `qd` at a time on each
+/// namespace handle's queues, and check each; returns how many units were read back and how many could not be.
+async fn read_back(nss: &[Namespace], sh: &Arc<Shared>, a: &Arc<Args>, units: u64, per_io: u64) -> (u64, u64) {
+    let cursor = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let checked = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..(a.qd as usize * a.queues as usize) {
+        let (ns, sh, cursor, failed, a) = (nss[0].clone(), sh.clone(), cursor.clone(), failed.clone(), a.clone());
+        let checked = checked.clone();
+        tasks.push(tokio::spawn(async move {
+            let block = ns.block_size as usize;
+            loop {
+                let unit = cursor.fetch_add(1, Ordering::Relaxed);
+                if unit >= units {
+                    return;
+                }
+                if sh.gens[unit as usize].load(Ordering::Acquire) == 0 {
+                    continue;
+                }
+                match ns.read_on(Some(w % a.queues as usize), unit * per_io, per_io).await {
+                    Ok(data) => {
+                        sh.check_unit(unit, unit * per_io, &data, block);
+                        checked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        if failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                            sh.problem(format!("verify read-back error: {e}"));
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    (checked.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
 }
 
 fn fill_block(buf: &mut BytesMut, lba: u64, gen: u64, block: usize) {
@@ -220,28 +289,8 @@ async fn worker(
         let result = if is_read {
             match ns.read_on(Some(queue), lba, per_io).await {
                 Ok(data) => {
-                    let gen = if a.verify { sh.gens[unit as usize].load(Ordering::Acquire) } else { 0 };
-                    if a.verify && gen != 0 {
-                        // After a failed write the unit is uncertain: the old or the attempted generation
-                        // (or, if never written before, anything) is acceptable until the next good write.
-                        let uncertain = gen & UNKNOWN != 0;
-                        let (prev, alt) = (gen & !UNKNOWN, sh.alt[unit as usize].load(Ordering::Acquire));
-                        for (i, chunk) in data.chunks(block as usize).enumerate() {
-                            let l = lba + i as u64;
-                            let Some(p) = check_block(chunk, l, prev) else { continue };
-                            if uncertain
-                                && (check_block(chunk, l, alt).is_none()
-                                    || (prev == 0 && !chunk.starts_with(&MAGIC.to_le_bytes())))
-                            {
-                                continue;
-                            }
-                            sh.mismatches.fetch_add(1, Ordering::Relaxed);
-                            sh.problem(format!(
-                                "verify: {p}{}",
-                                if uncertain { format!(" (or {alt})") } else { String::new() }
-                            ));
-                            break;
-                        }
+                    if a.verify {
+                        sh.check_unit(unit, lba, &data, block as usize);
                     }
                     Ok(())
                 }
@@ -290,6 +339,11 @@ async fn worker(
                 if matches!(e, holdfast_host::Error::ControllerLost(_) | holdfast_host::Error::NotConnected(_)) {
                     // The controller is gone for good: no point in spinning.
                     sh.stop.store(true, Ordering::Relaxed);
+                } else {
+                    // A controller failing fast answers at once: without a pause each worker would go round
+                    // (and count) hundreds of thousands of errors a second until the connection is back.
+                    tokio::time::sleep(ERROR_PAUSE).await;
+                    last_end = Instant::now();
                 }
             }
         }
@@ -302,6 +356,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.queues >= 1 && a.queues <= 64, "--queues must be 1..=64");
     anyhow::ensure!(a.mix <= 100, "--mix is a percentage");
     anyhow::ensure!(a.controllers >= 1 && a.controllers <= 1024, "--controllers must be 1..=1024");
+    if let Some(t) = a.time {
+        anyhow::ensure!(t.is_finite() && t > 0.0 && t <= 1e7, "--time {t}: give seconds above 0 (at most 10^7)");
+    }
+    anyhow::ensure!(a.size != Some(0), "--size 0: give the bytes of the region to use, above 0");
+    anyhow::ensure!(
+        !(a.verify && matches!(a.workload, Workload::Read | Workload::Randread)),
+        "--verify checks what this run wrote: a read-only workload writes nothing (use randrw, or a write workload, \
+         whose units are read back at the end)"
+    );
     let a = Arc::new(a);
     let rt = runtime()?;
     rt.block_on(async move {
@@ -324,7 +387,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(a.bs >= ns.block_size && a.bs.is_multiple_of(ns.block_size), "--bs {} is not a multiple of the {}-byte block size", a.bs, ns.block_size);
         let region = a.size.unwrap_or(ns.size()).min(ns.size());
         let units = region / a.bs as u64;
-        anyhow::ensure!(units > 0, "the namespace ({} bytes) holds no {}-byte I/O", ns.size(), a.bs);
+        anyhow::ensure!(
+            units > 0,
+            "{} ({region} bytes) holds no {}-byte I/O",
+            if a.size.is_some_and(|s| s < ns.size()) { "--size" } else { "the namespace" },
+            a.bs
+        );
         let (deadline, byte_limit) = match (a.time, a.size) {
             (Some(t), _) => (Some(Instant::now() + Duration::from_secs_f64(t)), None),
             (None, Some(s)) => (None, Some(s)),
@@ -439,6 +507,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         let secs = t0.elapsed().as_secs_f64();
         let cpu1 = holdfast_rt::process_cpu();
+        let mut read_back_units = None;
+        if a.verify
+            && matches!(a.workload, Workload::Write | Workload::Randwrite)
+            && sh.lost.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+        {
+            let (checked, failed) = read_back(&nss, &sh, &a, units, a.bs as u64 / ns.block_size as u64).await;
+            sh.errors.fetch_add(failed, Ordering::Relaxed);
+            read_back_units = Some(checked);
+        }
         for c in &ctrls {
             let _ = c.shutdown().await;
         }
@@ -459,7 +536,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             "controllers": a.controllers,
             "seconds": (secs * 1000.0).round() / 1000.0, "ops": ops,
             "iops": (ops as f64 / secs).round(), "mbps": ((bytes as f64 / secs / 1e6) * 10.0).round() / 10.0,
-            "errors": errors, "verify": a.verify, "verify_mismatches": mismatches,
+            "errors": errors, "verify": a.verify, "verify_mismatches": mismatches, "verify_read_back": read_back_units,
             "cpu_us_per_io": { "user": cpu_user, "sys": cpu_sys },
             "lat_us": { "p50": q(0.5), "p99": q(0.99), "p999": q(0.999), "max": if hist.is_empty() { 0 } else { hist.max() } },
             "outages": sh.outages.load(Ordering::Relaxed), "longest_stall_ms": sh.longest_stall_ms.load(Ordering::Relaxed),
@@ -480,7 +557,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             );
             outln!("latency us: p50 {} p99 {} p99.9 {} max {}", q(0.5), q(0.99), q(0.999), report["lat_us"]["max"]);
             outln!("cpu us per I/O (this process): {cpu_user:.2} user + {cpu_sys:.2} system");
-            outln!("errors {errors}, verify mismatches {mismatches}{}", if a.verify { "" } else { " (not verifying)" });
+            let how = match (a.verify, read_back_units) {
+                (false, _) => " (not verifying)".to_string(),
+                (true, Some(n)) => format!(" ({n} units written read back after the run)"),
+                (true, None) => String::new(),
+            };
+            outln!("errors {errors}, verify mismatches {mismatches}{how}");
             outln!("outages {}, longest stall {} ms", report["outages"], report["longest_stall_ms"]);
             for p in &problems {
                 outln!("  {p}");

@@ -72,6 +72,8 @@ pub fn run_read(a: ReadArgs) -> anyhow::Result<ExitCode> {
         let c = Controller::connect(o).await?;
         let ns = Namespace::open(&c, a.nsid).await?;
         let (lba, n) = (blocks(&ns, "offset", a.offset)?, blocks(&ns, "length", a.length)?);
+        // The whole range first: the output file is not created (emptied) for a read that cannot be done.
+        ns.check_range(lba, n)?;
         let mut out: Box<dyn Write> = match &a.output {
             Some(p) if p.as_os_str() != "-" => {
                 Box::new(std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?)
@@ -117,11 +119,13 @@ pub fn run_write(a: WriteArgs) -> anyhow::Result<ExitCode> {
         let c = Controller::connect(o).await?;
         let ns = Namespace::open(&c, a.nsid).await?;
         let lba = blocks(&ns, "offset", a.offset)?;
-        blocks(&ns, "input length", data.len() as u64)?;
+        let n = blocks(&ns, "input length", data.len() as u64)?;
         anyhow::ensure!(!data.is_empty(), "nothing to write");
+        // The whole range before anything is sent: a write refused halfway would have changed the first part.
+        ns.check_range(lba, n)?;
         let data = Bytes::from(data);
-        // 1 MiB pieces, up to WINDOW in flight over the queues.
-        let chunk = 1024 * 1024 / ns.block_size as usize * ns.block_size as usize;
+        // 1 MiB pieces (at least a block), up to WINDOW in flight over the queues.
+        let chunk = (1024 * 1024 / ns.block_size as usize * ns.block_size as usize).max(ns.block_size as usize);
         let mut inflight = std::collections::VecDeque::new();
         let mut at = 0;
         while at < data.len() || !inflight.is_empty() {

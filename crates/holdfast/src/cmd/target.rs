@@ -27,7 +27,7 @@ pub struct Args {
     /// Quick mode: a RAM namespace of this many MiB.
     #[arg(long, conflicts_with = "file")]
     ram_mib: Option<u64>,
-    /// Quick mode: a file namespace at this path (created if missing).
+    /// Quick mode: a file namespace at this path (created, at --size-mib, if missing).
     #[arg(long)]
     file: Option<PathBuf>,
     /// Quick mode: size of the file namespace in MiB (grows the file; default: its current size).
@@ -94,10 +94,19 @@ fn quick_config(a: &Args) -> anyhow::Result<Config> {
     let listen = a.listen.clone().context("quick mode needs --listen ADDR:PORT (or use --config FILE)")?;
     let nqn = a.nqn.clone().context("quick mode needs --nqn NQN")?;
     let (backend, path, size_mib) = match (&a.ram_mib, &a.file) {
+        (Some(_), None) if a.size_mib.is_some() => {
+            anyhow::bail!("command line: --size-mib is for --file; --ram-mib gives the RAM namespace's size")
+        }
         (Some(m), None) => (BackendKind::Ram, None, Some(*m)),
-        (None, Some(p)) => (BackendKind::File, Some(p.clone()), a.size_mib),
+        (None, Some(p)) => {
+            if a.size_mib.is_none() && !p.exists() {
+                anyhow::bail!("command line: --file {}: no such file (--size-mib N creates it)", p.display());
+            }
+            (BackendKind::File, Some(p.clone()), a.size_mib)
+        }
         _ => anyhow::bail!("quick mode needs --ram-mib N or --file PATH [--size-mib N]"),
     };
+    let ram = backend == BackendKind::Ram;
     let mut policy = PolicyConfig::default();
     let set = |dst: &mut u32, v: Option<u32>| {
         if let Some(v) = v {
@@ -139,11 +148,16 @@ fn quick_config(a: &Args) -> anyhow::Result<Config> {
     };
     // Name the flag, not the config key: `subsystem[0].policy.cqt_ms` is `--cqt-ms` here.
     cfg.validate("command line").map_err(|e| {
-        let key = ["subsystem[0].namespace[0].", "subsystem[0].policy.", "subsystem[0]."]
+        let key = ["subsystem[0].namespace[0].", "subsystem[0].policy.", "subsystem[0].", "port[0]."]
             .iter()
             .find_map(|p| e.key.strip_prefix(p))
             .unwrap_or(&e.key);
-        anyhow::anyhow!("command line: --{}: {}", key.replace('_', "-"), e.reason)
+        let flag = match key {
+            "size_mib" if ram => "ram-mib".to_string(),
+            "path" => "file".to_string(),
+            k => k.replace('_', "-"),
+        };
+        anyhow::anyhow!("command line: --{flag}: {}", e.reason)
     })?;
     Ok(cfg)
 }
