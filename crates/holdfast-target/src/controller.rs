@@ -155,6 +155,8 @@ pub struct Controller {
     pub local_addr: SocketAddr,
     /// Keep Alive Timeout in ms (0 = disabled).
     pub kato_ms: AtomicU32,
+    /// Notified when Set Features changes KATO: the keep-alive watchdog re-arms with the new value at once.
+    pub kato_changed: tokio::sync::Notify,
     last_activity_ms: AtomicU64,
     /// State behind a lock (admin path only; the I/O path never takes it).
     pub state: Mutex<CtrlState>,
@@ -198,6 +200,7 @@ impl Controller {
             port_id,
             local_addr,
             kato_ms: AtomicU32::new(kato_ms),
+            kato_changed: tokio::sync::Notify::new(),
             last_activity_ms: AtomicU64::new(now),
             gates: Mutex::new(Vec::new()),
             uniquifier: rand::random::<u64>() | 1,
@@ -419,6 +422,8 @@ impl Controller {
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(sleep)) => {}
+                // A lower KATO counts from the last command now, not once the old one has run out.
+                _ = self.kato_changed.notified() => {}
                 _ = self.cancel.cancelled() => return,
             }
         }

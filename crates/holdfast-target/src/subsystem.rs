@@ -477,6 +477,14 @@ impl Target {
                     *sub.access.write() = a;
                     summary.notes.push(format!("{}: access list updated", s.nqn));
                     discovery_changed = true;
+                    // Associations through a port the subsystem is no longer exported on end, as when Linux
+                    // nvmet unlinks a subsystem from a port. (A host taken off the list keeps its association
+                    // until it ends, as on nvmet: the list is checked at Connect.)
+                    for c in sub.controllers() {
+                        if !sub.on_port(c.port_id) {
+                            c.teardown("subsystem no longer exported on this port");
+                        }
+                    }
                 }
                 {
                     let mut ids = sub.cntlids.lock();

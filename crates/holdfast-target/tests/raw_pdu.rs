@@ -1206,3 +1206,43 @@ async fn admin_lengths_namespaces_and_queue_counts_as_nvmet_answers() {
     assert_eq!((r.status(), data.len()), (Status::INVALID_FIELD.with_dnr(), 0), "discovery log of 64 MiB");
     server.stop().await;
 }
+
+/// KATO lowered with Set Features counts from the last command at once: an idle association goes within the
+/// new KATO, not once the old one (30 s here) has run out.
+#[tokio::test]
+async fn a_lower_kato_set_by_set_features_applies_at_once() {
+    let (server, addr) = start("").await;
+    let mut c = Conn::ic(addr, false, false).await;
+    assert_eq!(c.connect(0, 0xFFFF, NQN, 30_000).await.status(), Status::SUCCESS);
+    assert_eq!(c.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
+    let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+    s.cdw10.set(0x0F);
+    s.cdw11.set(500);
+    assert_eq!(c.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), c.s.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "the association outlived the new KATO by seconds");
+    server.stop().await;
+}
+
+/// A reload that takes a subsystem off a port ends the associations made through that port (as Linux nvmet
+/// does when a subsystem is unlinked from a port); those through its other ports go on.
+#[tokio::test]
+async fn a_subsystem_taken_off_a_port_ends_the_associations_through_it() {
+    let (mut server, addr1) = start("").await;
+    server.reload(&ports_config(&[(1, "127.0.0.1:0"), (2, "127.0.0.1:0")])).await.unwrap();
+    let addr2 = server.bound[1].1;
+    let (mut a1, _) = Conn::admin(addr1, NQN, false, false).await;
+    let (mut a2, _) = Conn::admin(addr2, NQN, false, false).await;
+    let mut cfg = ports_config(&[(1, "127.0.0.1:0"), (2, "127.0.0.1:0")]);
+    cfg.subsystems[0].ports = vec![2];
+    let s = server.reload(&cfg).await.unwrap();
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    let mut b = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), a1.s.read(&mut b)).await.expect("closed, not left serving");
+    assert!(matches!(n, Ok(0) | Err(_)), "the association through port 1 ended");
+    let mut ka = SubmissionEntry::new(admin::KEEP_ALIVE, 0);
+    ka.dptr = SglDescriptor::transport(0);
+    assert_eq!(a2.cmd(ka, Bytes::new()).await.0.status(), Status::SUCCESS, "port 2's association serves on");
+    server.stop().await;
+}

@@ -284,6 +284,7 @@ pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Response {
             let g = KAS_100MS as u32 * 100;
             c.kato_ms.store(v.div_ceil(g).saturating_mul(g), Ordering::Relaxed);
             // no wrap to a tiny KATO (found by fuzzing)
+            c.kato_changed.notify_one();
         }
         fid::HOST_BEHAVIOR_SUPPORT => {
             if data.len() < 512 {

@@ -9,6 +9,7 @@ use holdfast_proto::fabrics::{
 use holdfast_proto::opcode::fctype;
 use holdfast_proto::Status;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// KATO a discovery controller gets when the host asks for none (Linux nvmet does the same: 120 s).
@@ -109,6 +110,17 @@ pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response
             if !subsys.drain_host(&hostnqn, &d.hostid, cqt).await {
                 tracing::warn!(host = %hostnqn, "previous association did not drain within CQT {cqt:?}: Controller Busy");
                 return Response::err(Status::CONNECT_CONTROLLER_BUSY);
+            }
+            // The wait may have lasted up to CQT: a reload meanwhile may have removed the subsystem, taken it
+            // off this port or the host off its list. Checked again, so that no controller is made for a
+            // subsystem that is gone (its teardown at the reload could not see this one).
+            let still = ctx.target.subsystem(&subnqn).is_some_and(|s| Arc::ptr_eq(&s, &subsys));
+            if !still || !subsys.on_port(ctx.port.id) {
+                tracing::warn!(host = %hostnqn, "{subnqn} was removed or unexported while the Connect waited");
+                return invalid(256, true);
+            }
+            if !subsys.host_allowed(&hostnqn) {
+                return Response::err(Status::CONNECT_INVALID_HOST.with_dnr());
             }
         }
         let Some(cntlid) = subsys.alloc_cntlid() else {

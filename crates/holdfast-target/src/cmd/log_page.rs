@@ -30,6 +30,12 @@ pub fn get_log_page(ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
     if !offset.is_multiple_of(4) {
         return Response::err(Status::INVALID_FIELD.with_dnr());
     }
+    // Reading without RAE re-enables the log's events: before the page is taken, so that an event raised
+    // while it is built is reported anew (unmasked after, it would find the log still masked and be lost).
+    // A read that then fails has unmasked it early, which costs at most an event with nothing new.
+    if !glp::rae(&req.sqe) {
+        c.unmask_log(lid);
+    }
     let page: Vec<u8> = if c.subsys.is_discovery {
         match lid {
             lp::LID_DISCOVERY => super::discovery::discovery_log(ctx, c, glp::lsp(&req.sqe)),
@@ -52,13 +58,10 @@ pub fn get_log_page(ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
     if offset > page.len() as u64 {
         return Response::err(Status::INVALID_FIELD.with_dnr());
     }
-    if !glp::rae(&req.sqe) {
-        if lid == lp::LID_CHANGED_NS_LIST && !c.subsys.is_discovery {
-            // Read: the NSIDs reported go (those added since stay for the next read).
-            let reported = page_nsids(&page);
-            c.state.lock().changed_nsids.retain(|n| !reported.contains(n) && !reported.contains(&0xFFFF_FFFF));
-        }
-        c.unmask_log(lid);
+    if !glp::rae(&req.sqe) && lid == lp::LID_CHANGED_NS_LIST && !c.subsys.is_discovery {
+        // Read: the NSIDs reported go (those added since stay for the next read, with their own event).
+        let reported = page_nsids(&page);
+        c.state.lock().changed_nsids.retain(|n| !reported.contains(n) && !reported.contains(&0xFFFF_FFFF));
     }
     Response::data(lp::log_page_slice(&page, offset, req.len))
 }
