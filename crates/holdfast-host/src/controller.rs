@@ -609,6 +609,18 @@ async fn establish(
         };
         let capv = prop_get(property::CAP, true).await?;
         let vs = prop_get(property::VS, false).await? as u32;
+        // CC.MPS is 0 (4 KiB pages, what this host uses): a controller whose smallest page is larger cannot be
+        // enabled with it (NVMe Base 2.0 §3.1.4.5; the Linux host refuses it the same way).
+        let mpsmin = ((capv >> 48) & 0xF) as u32;
+        if mpsmin != 0 {
+            return Err(Error::Protocol {
+                qid: 0,
+                what: format!(
+                    "the controller's smallest memory page is {} KiB (CAP.MPSMIN); this host uses 4 KiB",
+                    4 << mpsmin
+                ),
+            });
+        }
         setup_ok(
             &admin,
             PropertyCommand::new(0, property::CC, false, Some(cc::ENABLE_DEFAULT as u64)).to_sqe(),
@@ -643,6 +655,24 @@ async fn establish(
             IdentifyController::read_from_bytes(idb.get(..4096).unwrap_or_default())
                 .map_err(|_| Error::Protocol { qid: 0, what: "short Identify".into() })?,
         );
+        // Over fabrics data goes by SGL and in-capsule data right after the command (NVMe-oF 1.1 §2.1, §3.3):
+        // a controller that says otherwise would read our commands' data from elsewhere. The Linux host refuses
+        // such a controller too ("icdoff is not supported", "Mandatory sgls are not supported").
+        if id.icdoff.get() != 0 {
+            return Err(Error::Protocol {
+                qid: 0,
+                what: format!(
+                    "the controller wants in-capsule data at offset {} (ICDOFF); only 0 is supported",
+                    id.icdoff.get()
+                ),
+            });
+        }
+        if id.sgls.get() & 0x3 == 0 {
+            return Err(Error::Protocol {
+                qid: 0,
+                what: "the controller reports no SGL support (SGLS), which fabrics require".into(),
+            });
+        }
         if !first {
             check_namespace_ids(sh, &admin, deadline).await?;
         }
@@ -702,7 +732,6 @@ async fn establish(
         let mdts = id.mdts;
         // MDTS is a power of two in units of the minimum memory page size, 2^(12 + CAP.MPSMIN) (NVMe Base 2.0
         // §5.17.2.1, CAP bits 51:48 in §3.1.4.1); 0 = no limit.
-        let mpsmin = ((capv >> 48) & 0xF) as u32;
         let max_transfer = if mdts == 0 {
             DEFAULT_MAX_TRANSFER
         } else {
@@ -727,7 +756,13 @@ async fn establish(
                     active + 1
                 );
             }
-            let size = (o.queue_size as u32).min(cap::mqes(capv) as u32 + 1) as u16;
+            // At most MQES + 1 entries, and no more commands outstanding than MAXCMD (0: not reported), as the
+            // Linux host clamps its queue size.
+            let maxcmd = match id.maxcmd.get() as u32 {
+                0 => u32::MAX,
+                m => m.max(2),
+            };
+            let size = (o.queue_size as u32).min(cap::mqes(capv) as u32 + 1).min(maxcmd) as u16;
             let max_incapsule = (id.ioccsz.get() as usize * 16).saturating_sub(64);
             for qi in 1..=nq {
                 let slot = take(slots, qi)?;
@@ -1191,9 +1226,12 @@ fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
             // association (a new one reads the policy page as it is set up, and its own task asks for events):
             // left running, this task would ride the read through the reconnect and then ask for one event
             // more on the new association, which could take the controller's last slot for them.
+            // At the page's own length where it has one: the Changed Namespace List is 4096 bytes, and Linux
+            // nvmet refuses any other length for it (the event would then never clear).
+            let len = if ev.log_page == holdfast_proto::log_page::LID_CHANGED_NS_LIST { 4096 } else { 512 };
             let page = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = get_log_page(&admin, ev.log_page, 0xFFFF_FFFF, 512, 0) => r,
+                r = get_log_page(&admin, ev.log_page, 0xFFFF_FFFF, len, 0) => r,
             };
             let Ok(page) = page else { continue };
             if ev.log_page == LID_HOLDFAST_POLICY {

@@ -71,6 +71,8 @@ struct Behaviour {
     /// Answer the first write with R2Ts that break the protocol (see [`BadR2T`]); that write is never
     /// completed on that connection.
     bad_r2t: Option<BadR2T>,
+    /// ICDOFF in Identify Controller (in-capsule data offset, 16-byte units).
+    icdoff: u16,
 }
 
 /// R2Ts a host must refuse: it announces MAXR2T 0 (one R2T at a time per command) and sends each byte once.
@@ -106,6 +108,7 @@ impl Default for Behaviour {
             close_io_on_shn: false,
             discovery_records: 0,
             bad_r2t: None,
+            icdoff: 0,
         }
     }
 }
@@ -412,6 +415,8 @@ impl Conn {
                             let mut id = IdentifyController::new_zeroed();
                             id.mdts = self.st.b.mdts;
                             id.ioccsz.set(self.st.b.ioccsz);
+                            id.sgls.set(identify::SGLS_SUPPORTED | identify::SGLS_OFFSET);
+                            id.icdoff.set(self.st.b.icdoff);
                             id.nn.set(1);
                             id.crdt1.set(self.st.b.crdt1);
                             identify::set_ascii(&mut id.mn, "fake");
@@ -1465,4 +1470,16 @@ async fn a_split_write_that_fails_returns_only_once_every_piece_has_finished() {
     }
     assert!(f.st.ram.lock().unwrap()[8192..4 * 8192] == d[8192..], "the other pieces landed before it returned");
     c.shutdown().await.unwrap();
+}
+
+/// A controller that wants in-capsule data at an offset (ICDOFF) would read commands' data from the wrong
+/// place: the connect fails, saying so, as the Linux host refuses it.
+#[tokio::test]
+async fn a_controller_with_an_in_capsule_data_offset_is_refused() {
+    let f = fake(Behaviour { icdoff: 4, ..Behaviour::default() }).await;
+    match Controller::connect(opts(&f, 1, false)).await {
+        Err(Error::Protocol { what, .. }) => assert!(what.contains("ICDOFF"), "{what}"),
+        Err(e) => panic!("expected a protocol error naming ICDOFF, got {e}"),
+        Ok(_) => panic!("connected to a controller with ICDOFF 4"),
+    }
 }
