@@ -36,6 +36,8 @@ const R2T_BUDGET: usize = 2 << 20;
 /// received wait in the receive buffer) and nothing more is read from the socket. Bounds what a host that
 /// pipelines large reads and does not read its socket can make the target hold.
 const SEND_HIGH_WATER: usize = 8 << 20;
+/// How long a connection whose Disconnect was answered waits for the host to read the answer before closing.
+const DISCONNECT_LINGER: Duration = Duration::from_secs(2);
 /// Receive buffer's initial size. Larger PDUs grow it (the decoder reserves a whole PDU once its header is
 /// in); the space is reused once the PDUs split off it are dropped.
 const RECV_CHUNK: usize = 64 * 1024;
@@ -268,9 +270,15 @@ impl Connection {
                 // In an async block: select! builds every branch's future each round, enabled or not, and a
                 // Sleep takes a handle to the runtime when built. Ahead of the read branch, so that a host that
                 // keeps sending (refused) commands instead of a Connect does not keep it from firing.
-                _ = async { tokio::time::sleep_until(bind_deadline).await }, if c.ctx.ctrl.is_none() => {
-                    let why = if ic_done { "no Connect in time" } else { "no ICReq in time" };
-                    tracing::info!(peer = %c.ctx.peer_addr, "closing a connection whose queue was never bound: {why}");
+                _ = async { tokio::time::sleep_until(bind_deadline).await }, if c.ctx.ctrl.is_none() || c.ctx.close_after_response => {
+                    let why = if c.ctx.close_after_response {
+                        "Disconnect answered, and the host did not read the answer in time"
+                    } else if ic_done {
+                        "no Connect in time"
+                    } else {
+                        "no ICReq in time"
+                    };
+                    tracing::info!(peer = %c.ctx.peer_addr, "closing the connection: {why}");
                     break Close::Normal(why);
                 }
                 // Off above the high-water mark (and so while `held`, and after a Disconnect): the write branch
@@ -543,9 +551,12 @@ impl Connection {
         match cmd::execute(&mut self.ctx, req, data) {
             Outcome::Done(resp) => {
                 self.respond(cid, resp, len);
-                // Set by a Disconnect just run.
+                // Set by a Disconnect just run: nothing more is decoded, and the connection closes once the
+                // response is out, or after DISCONNECT_LINGER if the host does not read it (a Disconnect on the
+                // admin queue also stops the keep-alive watchdog, which would otherwise end such a host).
                 if self.ctx.close_after_response {
                     self.stop_decoding_at = 0;
+                    self.bind_deadline = tokio::time::Instant::now() + DISCONNECT_LINGER;
                 }
             }
             Outcome::Later(work) => {
