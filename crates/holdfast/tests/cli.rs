@@ -57,6 +57,12 @@ fn holdfast(args: &[&str]) -> (i32, String, String) {
 
 const NQN: &str = "nqn.2026-01.io.holdfast:cli";
 
+/// `holdfast VERB --addr T --nqn NQN ARGS...`
+fn on(t: &TargetProc, verb: &str, args: &[&str]) -> (i32, String, String) {
+    let addr = t.addr();
+    holdfast(&[&[verb, "--addr", addr.as_str(), "--nqn", NQN][..], args].concat())
+}
+
 #[test]
 fn closed_port_and_wrong_nqn_give_one_clear_line_quickly() {
     // A port nobody listens on.
@@ -178,55 +184,18 @@ fn discover_identify_write_read_and_bench_verify() {
     // Reads and writes past the end are refused before anything is written (here or to the namespace).
     let dir = std::env::temp_dir().join(format!("holdfast-cli-io-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let keep = dir.join("keep.bin");
+    let (keep, two_mib, back) = (dir.join("keep.bin"), dir.join("two.bin"), dir.join("back.bin"));
     std::fs::write(&keep, b"precious").unwrap();
-    let end = (32u64 << 20).to_string();
-    let (rc, _, err) = holdfast(&[
-        "read",
-        "--addr",
-        &t.addr(),
-        "--nqn",
-        NQN,
-        "--offset",
-        &end,
-        "--length",
-        "4096",
-        "--output",
-        keep.to_str().unwrap(),
-    ]);
+    std::fs::write(&two_mib, vec![0xA5u8; 2 << 20]).unwrap();
+    let (end, near_end) = ((32u64 << 20).to_string(), ((32u64 << 20) - (1 << 20)).to_string());
+    let (rc, _, err) = on(&t, "read", &["--offset", &end, "--length", "4096", "--output", keep.to_str().unwrap()]);
     assert_eq!(rc, 1);
     assert!(err.contains("beyond the end"), "{err}");
     assert_eq!(std::fs::read(&keep).unwrap(), b"precious", "the output file was left alone");
-    let two_mib = dir.join("two.bin");
-    std::fs::write(&two_mib, vec![0xA5u8; 2 << 20]).unwrap();
-    let near_end = ((32u64 << 20) - (1 << 20)).to_string();
-    let (rc, _, err) = holdfast(&[
-        "write",
-        "--addr",
-        &t.addr(),
-        "--nqn",
-        NQN,
-        "--offset",
-        &near_end,
-        "--input",
-        two_mib.to_str().unwrap(),
-    ]);
+    let (rc, _, err) = on(&t, "write", &["--offset", &near_end, "--input", two_mib.to_str().unwrap()]);
     assert_eq!(rc, 1);
     assert!(err.contains("beyond the end"), "{err}");
-    let back = dir.join("back.bin");
-    let (rc, _, err) = holdfast(&[
-        "read",
-        "--addr",
-        &t.addr(),
-        "--nqn",
-        NQN,
-        "--offset",
-        &near_end,
-        "--length",
-        "4096",
-        "--output",
-        back.to_str().unwrap(),
-    ]);
+    let (rc, _, err) = on(&t, "read", &["--offset", &near_end, "--length", "4096", "--output", back.to_str().unwrap()]);
     assert_eq!(rc, 0, "{err}");
     assert!(!std::fs::read(&back).unwrap().iter().all(|&b| b == 0xA5), "nothing of the refused write landed");
     let _ = std::fs::remove_dir_all(&dir);
