@@ -332,9 +332,27 @@ impl Controller {
         }
     }
 
-    /// The host read log page `lid` without RAE: events of that kind may be reported again.
+    /// The host read log page `lid` without RAE: events of that kind may be reported again, and one still
+    /// waiting for an AER is dropped (the host has just read what it would point at; delivered now, it
+    /// would be a second notice of the same change).
     pub fn unmask_log(&self, lid: u8) {
-        self.state.lock().masked_logs.retain(|l| *l != lid);
+        let mut st = self.state.lock();
+        st.masked_logs.retain(|l| *l != lid);
+        st.pending_events.retain(|&dw0| AsyncEvent::from_dword(dw0).log_page != lid);
+    }
+
+    /// Asynchronous Event Configuration changed to `enabled`: events of a class now off that still wait for
+    /// an AER are dropped (and their logs unmasked, so that the class reports again once it is back on).
+    pub fn event_classes_changed(st: &mut CtrlState, enabled: u32) {
+        let off = |lid: u8| match lid {
+            LID_CHANGED_NS_LIST => enabled & (1 << 8) == 0,
+            LID_DISCOVERY => enabled & (1 << 31) == 0,
+            _ => false,
+        };
+        let dropped: Vec<u8> =
+            st.pending_events.iter().map(|&dw0| AsyncEvent::from_dword(dw0).log_page).filter(|&lid| off(lid)).collect();
+        st.pending_events.retain(|&dw0| !off(AsyncEvent::from_dword(dw0).log_page));
+        st.masked_logs.retain(|l| !dropped.contains(l));
     }
 
     /// Namespaces of the subsystem were attached, detached or changed: add them to the Changed Namespace

@@ -1246,3 +1246,44 @@ async fn a_subsystem_taken_off_a_port_ends_the_associations_through_it() {
     assert_eq!(a2.cmd(ka, Bytes::new()).await.0.status(), Status::SUCCESS, "port 2's association serves on");
     server.stop().await;
 }
+
+/// A notice still waiting for an AER when the host reads its log page (without RAE) is dropped: the host has
+/// read the change, and delivering the notice afterwards would report it twice. The next change is reported.
+#[tokio::test]
+async fn a_notice_whose_log_was_read_before_an_aer_came_is_not_delivered_after() {
+    let (server, addr) = start("").await;
+    let (mut a, _) = Conn::admin(addr, NQN, false, false).await;
+    let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+    s.cdw10.set(0x0B);
+    s.cdw11.set(1 << 8);
+    assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+    let with = |nsids: &[u32]| {
+        let mut t = format!(
+            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n"
+        );
+        for n in nsids {
+            t.push_str(&format!("[[subsystem.namespace]]\nnsid = {n}\nbackend = \"ram\"\nsize_mib = 4\n"));
+        }
+        Config::parse(&t, "reload").unwrap()
+    };
+    server.target.reload(&with(&[1, 2])).unwrap();
+    // No AER yet: the notice waits. The host reads the Changed Namespace List anyway.
+    let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
+    s.dptr = SglDescriptor::transport(4096);
+    holdfast_proto::sqe::get_log_page::set(&mut s, 0x04, 0, 4096, 0);
+    let (r, list) = a.cmd(s, Bytes::new()).await;
+    assert_eq!((r.status(), &list[..4]), (Status::SUCCESS, &[2u8, 0, 0, 0][..]));
+    let aer_cid = a.next_cid();
+    a.send(Pdu::CapsuleCmd(CapsuleCmd {
+        sqe: SubmissionEntry::new(admin::ASYNC_EVENT_REQUEST, aer_cid),
+        data: Bytes::new(),
+    }))
+    .await;
+    let early = tokio::time::timeout(Duration::from_millis(300), a.recv()).await;
+    assert!(early.is_err(), "a notice for a change already read: {early:?}");
+    // A later change is reported on that AER.
+    server.target.reload(&with(&[1, 2, 3])).unwrap();
+    let (r, _) = a.finish(aer_cid).await;
+    assert_eq!(r.dw0.get(), 0x0004_0002, "notice / namespace attribute changed / log page 04h");
+    server.stop().await;
+}

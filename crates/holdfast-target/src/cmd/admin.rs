@@ -278,6 +278,7 @@ pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Response {
         fid::ASYNC_EVENT_CONFIG => {
             let supported = if c.subsys.is_discovery { super::discovery::AEC_DISCOVERY_CHANGE } else { AEC_SUPPORTED };
             st.features.async_event_config = v & supported;
+            Controller::event_classes_changed(&mut st, v & supported);
         }
         fid::KEEP_ALIVE_TIMER => {
             // Round up to the Keep Alive granularity (KAS).
