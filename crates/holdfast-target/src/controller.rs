@@ -332,13 +332,28 @@ impl Controller {
         }
     }
 
-    /// The host read log page `lid` without RAE: events of that kind may be reported again, and one still
-    /// waiting for an AER is dropped (the host has just read what it would point at; delivered now, it
-    /// would be a second notice of the same change).
+    /// The host reads log page `lid` without RAE: events of that kind may be reported again.
     pub fn unmask_log(&self, lid: u8) {
+        self.state.lock().masked_logs.retain(|l| *l != lid);
+    }
+
+    /// The host has read log page `lid` (without RAE, which [`Controller::unmask_log`] saw before the page
+    /// was taken): a notice of it raised before that and still waiting for an AER is dropped (delivered now,
+    /// it would be a second notice of what the host has just read). One raised since (the log is masked
+    /// again: while masked none is raised, so there is at most one) stays: it may be of a change the page
+    /// did not hold.
+    pub fn log_read(&self, lid: u8) {
         let mut st = self.state.lock();
-        st.masked_logs.retain(|l| *l != lid);
-        st.pending_events.retain(|&dw0| AsyncEvent::from_dword(dw0).log_page != lid);
+        let of_lid = |dw0: &u32| AsyncEvent::from_dword(*dw0).log_page == lid;
+        let keep_last = st.masked_logs.contains(&lid);
+        let mut left = st.pending_events.iter().filter(|d| of_lid(d)).count().saturating_sub(usize::from(keep_last));
+        st.pending_events.retain(|d| {
+            if left > 0 && of_lid(d) {
+                left -= 1;
+                return false;
+            }
+            true
+        });
     }
 
     /// Asynchronous Event Configuration changed to `enabled`: events of a class now off that still wait for

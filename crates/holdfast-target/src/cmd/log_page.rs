@@ -58,10 +58,14 @@ pub fn get_log_page(ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
     if offset > page.len() as u64 {
         return Response::err(Status::INVALID_FIELD.with_dnr());
     }
-    if !glp::rae(&req.sqe) && lid == lp::LID_CHANGED_NS_LIST && !c.subsys.is_discovery {
-        // Read: the NSIDs reported go (those added since stay for the next read, with their own event).
-        let reported = page_nsids(&page);
-        c.state.lock().changed_nsids.retain(|n| !reported.contains(n) && !reported.contains(&0xFFFF_FFFF));
+    if !glp::rae(&req.sqe) {
+        // Read: the notice still waiting for it goes. Events raised while the page was built were queued
+        // after it and stay, as do the NSIDs they added (the next read reports them).
+        if lid == lp::LID_CHANGED_NS_LIST && !c.subsys.is_discovery {
+            let reported = page_nsids(&page);
+            c.state.lock().changed_nsids.retain(|n| !reported.contains(n) && !reported.contains(&0xFFFF_FFFF));
+        }
+        c.log_read(lid);
     }
     Response::data(lp::log_page_slice(&page, offset, req.len))
 }
