@@ -161,9 +161,10 @@ pub async fn run(
     cancel: tokio_util::sync::CancellationToken,
 ) -> QueueExit {
     let (mut rd, mut wr) = stream.into_split();
-    let depth = p.depth.max(1) as usize;
+    let depth = (p.depth.max(1) as usize).min(CID_SLOTS);
     let mut slots: Vec<Option<InFlight>> = (0..depth).map(|_| None).collect();
     let mut free: Vec<u16> = (0..depth as u16).rev().collect();
+    let mut gens: Vec<u8> = vec![0; depth];
     let mut out = SendQueue::new();
     let mut backlog: std::collections::VecDeque<Command> = initial.into();
     // New commands taken from the channel in one go (one permit release for the lot, not one each).
@@ -180,8 +181,8 @@ pub async fn run(
     // Commands completed since the loop last went round: their callers may submit more as soon as they run.
     let mut completed = false;
     let current_thread = holdfast_rt::on_current_thread_runtime();
-    // The CID issued last: with one command outstanding, it is that one if its slot is still taken.
-    let mut last_cid = 0u16;
+    // The slot issued last: with one command outstanding, it is that one if it is still taken.
+    let mut last_slot = 0usize;
     // Commands the controller failed with a retryable status, waiting out their retry delay.
     let mut delayed: Vec<(Instant, Command)> = Vec::new();
     // Waited on in every round of the select below: a watch, not `cancel.cancelled()` (see CancelWatch).
@@ -214,7 +215,8 @@ pub async fn run(
         // Issue what we can: set-up commands (Connect, enable, ...) first; once the queue is opened,
         // re-issued commands, then new ones.
         let is_open = *open.borrow();
-        let mut issue = Issue { p: &p, slots: &mut slots, free: &mut free, out: &mut out, seq: &mut seq, now };
+        let mut issue =
+            Issue { p: &p, slots: &mut slots, free: &mut free, gens: &mut gens, out: &mut out, seq: &mut seq, now };
         while !issue.free.is_empty() {
             let setup = setup_backlog.pop_front().or_else(|| setup_rx.try_recv());
             let cmd = match setup {
@@ -235,7 +237,7 @@ pub async fn run(
                             Some(_) => {
                                 for cmd in intake.drain(..) {
                                     match issue.command(cmd) {
-                                        Ok(Some(cid)) => last_cid = cid,
+                                        Ok(Some(i)) => last_slot = i,
                                         Ok(None) => {}
                                         Err(cmd) => backlog.push_back(*cmd),
                                     }
@@ -247,7 +249,7 @@ pub async fn run(
                 },
             };
             match issue.command(cmd) {
-                Ok(Some(cid)) => last_cid = cid,
+                Ok(Some(i)) => last_slot = i,
                 Ok(None) => {}
                 Err(cmd) => {
                     backlog.push_front(*cmd);
@@ -292,7 +294,7 @@ pub async fn run(
             && depth - free.len() == 1
             && delayed.is_empty()
             && holdfast_rt::solo(&p.poll, conn_id)
-            && slots[last_cid as usize].as_ref().is_some_and(|f| !f.cmd.long_lived(p.qid));
+            && slots[last_slot].as_ref().is_some_and(|f| !f.cmd.long_lived(p.qid));
         if !spin {
             yielded_for_spin = false;
         } else if !yielded_for_spin {
@@ -361,7 +363,7 @@ pub async fn run(
                         if let Pdu::C2HData(d) = &pdu {
                             recv_hint = recv_hint.max((d.data.len() + 1024).min(MAX_RECV_HINT));
                         }
-                        if let Err(f) = handle_pdu(pdu, &p, &mut slots, &mut free, &mut out, &mut delayed) {
+                        if let Err(f) = handle_pdu(pdu, &p, &mut slots, &gens, &mut free, &mut out, &mut delayed) {
                             break 'run Some(fault(f, &p, &mut out, &mut term));
                         }
                     }
@@ -389,10 +391,14 @@ pub async fn run(
                              received {received:#010x}): its data is dropped and the command issued again",
                             d.cccid
                         );
-                        if let Some(Some(f)) = slots.get_mut(d.cccid as usize) {
-                            f.bad_data = true;
+                        if let Some(i) = slot_of(&slots, &gens, d.cccid) {
+                            if let Some(f) = slots[i].as_mut() {
+                                f.bad_data = true;
+                            }
                         }
-                        if let Err(f) = handle_pdu(Pdu::C2HData(d), &p, &mut slots, &mut free, &mut out, &mut delayed) {
+                        if let Err(f) =
+                            handle_pdu(Pdu::C2HData(d), &p, &mut slots, &gens, &mut free, &mut out, &mut delayed)
+                        {
                             break 'run Some(fault(f, &p, &mut out, &mut term));
                         }
                     }
@@ -450,32 +456,49 @@ pub async fn run(
     QueueExit { rx, pending, error }
 }
 
-/// Issuing commands: a free CID, the capsule encoded into the send queue, the in-flight record.
+/// Slots (commands outstanding at once) a queue has at most: a CID is its slot in the low 12 bits and the
+/// slot's generation in the high 4, as the Linux host builds it (`nvme_cid`), so that a PDU a target sends for
+/// a command already completed (a target bug) is refused instead of landing in the next command given the
+/// same slot.
+const CID_SLOTS: usize = 1 << 12;
+
+/// The slot of CID `cid`, if a command with that CID is outstanding (slot taken, generation current).
+fn slot_of(slots: &[Option<InFlight>], gens: &[u8], cid: u16) -> Option<usize> {
+    let i = (cid as usize) & (CID_SLOTS - 1);
+    (slots.get(i).is_some_and(Option::is_some) && gens[i] == (cid >> 12) as u8).then_some(i)
+}
+
+/// Issuing commands: a free slot and its next CID, the capsule encoded into the send queue, the in-flight record.
 struct Issue<'a> {
     p: &'a QueueParams,
     slots: &'a mut [Option<InFlight>],
     free: &'a mut Vec<u16>,
+    /// Each slot's generation: the high 4 bits of the CID it was last issued with ([`CID_SLOTS`]).
+    gens: &'a mut [u8],
     out: &'a mut SendQueue,
     seq: &'a mut u64,
     now: Instant,
 }
 
 impl Issue<'_> {
-    /// Issue `cmd`: `Ok(Some(cid))`, or `Ok(None)` if its caller gave up on it (dropped), or `Err(cmd)` back if
-    /// no CID is free (callers issue only with one free: not on the I/O path).
-    fn command(&mut self, cmd: Command) -> Result<Option<u16>, Box<Command>> {
+    /// Issue `cmd`: `Ok(Some(slot))`, or `Ok(None)` if its caller gave up on it (dropped), or `Err(cmd)` back if
+    /// no slot is free (callers issue only with one free: not on the I/O path).
+    fn command(&mut self, cmd: Command) -> Result<Option<usize>, Box<Command>> {
         if cmd.reply.is_closed() {
             return Ok(None);
         }
-        let Some(cid) = self.free.pop() else { return Err(Box::new(cmd)) };
+        let Some(i) = self.free.pop() else { return Err(Box::new(cmd)) };
+        let i = i as usize;
+        self.gens[i] = (self.gens[i] + 1) & 0xF;
+        let cid = (self.gens[i] as u16) << 12 | i as u16;
         let h2c_end = encode_command(self.out, self.p, cid, &cmd);
         *self.seq += 1;
-        // Assigned through a reference to the slot: assigned to `self.slots[cid]` directly (or from a local),
+        // Assigned through a reference to the slot: assigned to `self.slots[i]` directly (or from a local),
         // the record was built on the stack and all 208 bytes copied in (objdump); this way about 140 are.
-        let slot = &mut self.slots[cid as usize];
+        let slot = &mut self.slots[i];
         *slot =
             Some(InFlight { buf: Reassembly::Empty, cmd, started: self.now, seq: *self.seq, bad_data: false, h2c_end });
-        Ok(Some(cid))
+        Ok(Some(i))
     }
 }
 
@@ -624,19 +647,19 @@ fn retry_or_keep(
     Some(f)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn handle_pdu(
     pdu: Pdu,
     p: &QueueParams,
     slots: &mut [Option<InFlight>],
+    gens: &[u8],
     free: &mut Vec<u16>,
     out: &mut SendQueue,
     delayed: &mut Vec<(Instant, Command)>,
 ) -> Result<(), Fault> {
     let slot = |slots: &mut [Option<InFlight>], cid: u16| -> Result<usize, Error> {
-        match slots.get(cid as usize) {
-            Some(Some(_)) => Ok(cid as usize),
-            _ => Err(protocol(p.qid, format!("PDU for command {cid}, which is not outstanding"))),
-        }
+        slot_of(slots, gens, cid)
+            .ok_or_else(|| protocol(p.qid, format!("PDU for command {cid:#06x}, which is not outstanding")))
     };
     match pdu {
         Pdu::CapsuleResp(r) => {

@@ -171,6 +171,9 @@ struct State {
     policy: Mutex<Option<holdfast_proto::policy::ConnectionPolicy>>,
     /// Writes (past those `fail_writes` fails) are neither done nor answered while this is set.
     hang_writes: AtomicBool,
+    /// Armed: the next read on a connection that answered one before is preceded by a C2HData (SUCCESS) for
+    /// that earlier read's CID, full of 0xEE: a target bug that sends data for a completed command.
+    stray_c2h: AtomicBool,
 }
 
 struct Fake {
@@ -215,6 +218,7 @@ async fn fake(b: Behaviour) -> Fake {
         kill_connects: AtomicU32::new(0),
         policy: Mutex::new(None),
         hang_writes: AtomicBool::new(false),
+        stray_c2h: AtomicBool::new(false),
     });
     let st2 = st.clone();
     tokio::spawn(async move {
@@ -260,6 +264,8 @@ struct Conn {
     aers: Vec<u16>,
     /// This admin queue's controller (0 on I/O queues).
     cntlid: u16,
+    /// The CID of the last read answered on this connection.
+    last_read_cid: Option<u16>,
 }
 
 impl Conn {
@@ -517,6 +523,12 @@ impl Conn {
                 }
                 let (at, n) = (rw::slba(&sqe) as usize * BS, rw::nlb(&sqe) as usize * BS);
                 let data = self.st.ram.lock().unwrap()[at..at + n].to_vec();
+                if let Some(prev) = self.last_read_cid.filter(|_| self.st.stray_c2h.swap(false, Ordering::Relaxed)) {
+                    let stray =
+                        C2HData { cccid: prev, datao: 0, data: Bytes::from(vec![0xEE; n]), last: true, success: true };
+                    Pdu::C2HData(stray).encode(&self.framing, &mut self.out);
+                }
+                self.last_read_cid = Some(cid);
                 self.send_data(cid, &data);
             }
             io::WRITE => {
@@ -610,6 +622,7 @@ async fn serve(mut s: TcpStream, st: Arc<State>) {
         close: false,
         aers: Vec::new(),
         cntlid: 0,
+        last_read_cid: None,
     };
     loop {
         if c.st.down.load(Ordering::Relaxed) {
@@ -1482,4 +1495,25 @@ async fn a_controller_with_an_in_capsule_data_offset_is_refused() {
         Err(e) => panic!("expected a protocol error naming ICDOFF, got {e}"),
         Ok(_) => panic!("connected to a controller with ICDOFF 4"),
     }
+}
+
+/// A target that sends data for a command already completed (here a C2HData with SUCCESS for the previous
+/// read's CID, arriving as the next read is outstanding on the same slot): the CID's generation bits tell the
+/// two apart, so the stray PDU is a protocol error (the connection is reset and the read issued again) instead
+/// of completing the new read with the old command's bytes.
+#[tokio::test]
+async fn data_for_a_completed_command_never_completes_the_next_one() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    let c = Controller::connect(o).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    let d = pattern(BS, 3);
+    ns.write(0, d.clone(), false).await.unwrap();
+    assert!(ns.read(0, 1).await.unwrap() == d);
+    f.st.stray_c2h.store(true, Ordering::Relaxed);
+    let got = ns.read(0, 1).await.expect("the read is issued again after the reset");
+    assert!(got == d, "the read completed with the stray PDU's bytes");
+    assert!(!f.st.stray_c2h.load(Ordering::Relaxed), "the stray PDU was sent");
+    c.shutdown().await.unwrap();
 }
