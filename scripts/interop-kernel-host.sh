@@ -72,4 +72,7 @@ run kernel-host-4k "HOST-ROLE-PASSED" nodigest_4k
 run kernel-host-file "HOST-ROLE-PASSED" file_ns
 run kernel-host-nvme-cli "NVME-CLI-PASSED" nvme_cli
 echo "interop (kernel host -> holdfast target): $pass passed, $fail failed (logs in $logs)"
-((fail == 0))
+# The data files (images, what was written and read back) go either way; the logs stay only for a failure.
+find "$logs" -name '*.img' -o -name '*.bin' | xargs -r rm -f
+((fail == 0)) || exit 1
+[[ -n ${INTEROP_LOGS:-} ]] || rm -rf "$logs"

@@ -55,4 +55,7 @@ command -v tcpdump >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get instal
 run kernel-target-512-digests-sqflow-off 512 --digests --disable-sqflow
 run kernel-target-4k 4096
 echo "interop (holdfast host -> kernel target): $pass passed, $fail failed (logs in $logs)"
-((fail == 0))
+# The data files (images, what was written and read back) go either way; the logs stay only for a failure.
+find "$logs" -name '*.img' -o -name '*.bin' | xargs -r rm -f
+((fail == 0)) || exit 1
+[[ -n ${INTEROP_LOGS:-} ]] || rm -rf "$logs"

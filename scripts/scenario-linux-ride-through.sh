@@ -15,9 +15,16 @@ echo $! >"$work/pid"
 trap 'kill "$(cat "$work/pid")" 2>/dev/null; true' EXIT
 sleep 0.5
 # The host-side command, run when the guest calls wait_host: SIGKILL, 3 s down, restart on the same port.
-restart="kill -9 \$(cat $work/pid); sleep 3; $bin ${args[*]} >$work/target2.log 2>&1 & echo \$! >$work/pid; sleep 0.5"
+# Its exit status is the kill's and the new target's start: a kill that did nothing (or a target that did not
+# come back) fails the guest's check of it, so the scenario cannot pass without the outage.
+restart="kill -9 \$(cat $work/pid) && sleep 3 && { $bin ${args[*]} >$work/target2.log 2>&1 & echo \$! >$work/pid; } && sleep 0.5 && kill -0 \$(cat $work/pid)"
 rc=0
 "$interop/kernel-host.sh" --port "$port" --nqn "$nqn" --guest-script "$root/tests/interop/guest-ride-through.sh" \
   -- -H "$restart" || rc=$?
 echo "--- target after restart:"; grep -E "controller created|torn down|WARN|ERROR" "$work/target2.log" | head -n 20 || true
+# The kernel host came back to the restarted target, not only to the first one.
+if ((rc == 0)) && ! grep -q "controller created" "$work/target2.log"; then
+  echo "S7: the kernel host never connected to the restarted target"; rc=1
+fi
+((rc != 0)) || rm -rf "$work"
 exit $rc

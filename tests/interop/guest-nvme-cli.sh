@@ -1,23 +1,24 @@
 # shellcheck shell=sh
 # guest-nvme-cli.sh: kernel-host.sh --guest-script for holdfast's target. Connects with the Linux kernel host,
 # then asks nvme-cli for every Identify structure, log page and feature the target claims, does a small
-# write/read-back, and disconnects; fails on any nvme-cli error or NVMe error in the kernel log.
+# write/read-back, and disconnects; fails on any nvme-cli error or NVMe error in the kernel log. (Output that
+# is cut short is captured first: `sh -e` sees only the last command of a pipeline fail.)
 : "${PORT:?}" "${NQN:?}"
 ADDR=10.0.2.2
 nvme discover -t tcp -a "$ADDR" -s "$PORT"
 # shellcheck disable=SC2086
 nvme connect -t tcp -a "$ADDR" -s "$PORT" -n "$NQN" ${CONNECT_OPTS:-} -i 2 -k 5
 dev=$(ns_dev "$NQN"); ctrl=$(ctrl_dev "$NQN")
-log "id-ctrl"; nvme id-ctrl "$ctrl" | head -n 40
-log "id-ns"; nvme id-ns "$dev" | head -n 30
+log "id-ctrl"; out=$(nvme id-ctrl "$ctrl"); printf '%s\n' "$out" | head -n 40
+log "id-ns"; out=$(nvme id-ns "$dev"); printf '%s\n' "$out" | head -n 30
 log "ns-descs"; nvme ns-descs "$dev"
 log "list-ns"; nvme list-ns "$ctrl"
 log "smart-log"; nvme smart-log "$ctrl"
 log "error-log"; nvme error-log "$ctrl" -e 4
 log "fw-log"; nvme fw-log "$ctrl"
-log "effects-log"; nvme effects-log "$ctrl" | head -n 20
+log "effects-log"; out=$(nvme effects-log "$ctrl"); printf '%s\n' "$out" | head -n 20
 for lid in 0 1 2 3 4 5 0xc0; do
-  log "get-log $lid"; nvme get-log "$ctrl" --log-id="$lid" --log-len=512 | head -n 6
+  log "get-log $lid"; out=$(nvme get-log "$ctrl" --log-id="$lid" --log-len=512); printf '%s\n' "$out" | head -n 6
 done
 for f in 1 2 4 5 6 7 0xa 0xb 0xf 0x16 0x80; do
   log "get-feature $f"; nvme get-feature "$ctrl" -f "$f" -n 1

@@ -734,19 +734,21 @@ mod tests {
 
     #[tokio::test]
     async fn spins_within_the_window_and_parks_after_it() {
-        let p = BusyPoll::new(Duration::from_millis(50)).unwrap();
+        let p = BusyPoll::new(Duration::from_millis(500)).unwrap();
         p.spawn();
         tokio::task::yield_now().await;
         assert!(p.is_parked(), "no activity yet");
         p.touch();
         assert!(!p.is_parked());
-        // Keep touching for a while: it stays awake.
+        // Keep touching for a while: it stays awake. Checked before each touch (a touch itself clears
+        // `parked`): 10 ms after the last one, far inside the 500 ms window (room for a loaded machine), it
+        // has not parked.
         for _ in 0..10 {
             tokio::time::sleep(Duration::from_millis(10)).await;
+            assert!(!p.is_parked(), "parked within the window after a touch");
             p.touch();
-            assert!(!p.is_parked());
         }
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(p.is_parked(), "the spinner parks once the window has passed");
         p.touch();
         assert!(!p.is_parked());

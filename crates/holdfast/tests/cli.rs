@@ -43,6 +43,8 @@ impl Drop for TargetProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Killed, it could not remove its control socket (by default $TMPDIR/holdfast-target-PORT.sock).
+        let _ = std::fs::remove_file(std::env::temp_dir().join(format!("holdfast-target-{}.sock", self.port)));
     }
 }
 
