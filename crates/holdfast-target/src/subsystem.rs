@@ -500,7 +500,8 @@ impl Target {
                     *sub.policy.write() = s.policy.clone();
                     sub.policy_generation.fetch_add(1, Ordering::SeqCst);
                     summary.notes.push(format!("{}: connection policy updated", s.nqn));
-                    for c in sub.controllers() {
+                    // The discovery controllers serve a subsystem's policy too (`log_page::policy_page`).
+                    for c in sub.controllers().into_iter().chain(self.discovery.controllers()) {
                         c.raise_policy_changed();
                     }
                 }

@@ -1287,3 +1287,29 @@ async fn a_notice_whose_log_was_read_before_an_aer_came_is_not_delivered_after()
     assert_eq!(r.dw0.get(), 0x0004_0002, "notice / namespace attribute changed / log page 04h");
     server.stop().await;
 }
+
+/// A reload that changes a subsystem's connection policy notifies the discovery controllers too: they serve
+/// that policy on their own policy page (a host may read it there before it connects).
+#[tokio::test]
+async fn a_policy_change_is_announced_on_the_discovery_controller_too() {
+    let (server, addr) = start("").await;
+    let (mut d, _) = Conn::admin(addr, fabrics::DISCOVERY_NQN, false, false).await;
+    let aer = d.next_cid();
+    d.send(Pdu::CapsuleCmd(CapsuleCmd {
+        sqe: SubmissionEntry::new(admin::ASYNC_EVENT_REQUEST, aer),
+        data: Bytes::new(),
+    }))
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut cfg = ports_config(&[(1, "127.0.0.1:0")]);
+    cfg.subsystems[0].policy.ctrl_loss_tmo_ms = 123_000;
+    server.target.reload(&cfg).unwrap();
+    let (r, _) = d.finish(aer).await;
+    let ev = holdfast_proto::features::AsyncEvent::from_dword(r.dw0.get());
+    assert_eq!(
+        (ev.info, ev.log_page),
+        (holdfast_proto::policy::AEN_INFO_POLICY_CHANGED, holdfast_proto::policy::LID_HOLDFAST_POLICY),
+        "policy-changed notice pointing at the policy page"
+    );
+    server.stop().await;
+}
