@@ -138,6 +138,26 @@ impl Conn {
         self.cid = self.cid.wrapping_add(1);
         self.cid
     }
+    /// Set Features `fid` to `v` (CDW11), which must succeed.
+    async fn set_feature(&mut self, fid: u32, v: u32) {
+        let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+        s.cdw10.set(fid);
+        s.cdw11.set(v);
+        assert_eq!(self.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS, "Set Features {fid:#x}");
+    }
+    /// Post an Asynchronous Event Request (held by the target); its CID.
+    async fn post_aer(&mut self) -> u16 {
+        let cid = self.next_cid();
+        let sqe = SubmissionEntry::new(admin::ASYNC_EVENT_REQUEST, cid);
+        self.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() })).await;
+        cid
+    }
+    /// A Keep Alive's status.
+    async fn keep_alive(&mut self) -> Status {
+        let mut ka = SubmissionEntry::new(admin::KEEP_ALIVE, 0);
+        ka.dptr = SglDescriptor::transport(0);
+        self.cmd(ka, Bytes::new()).await.0.status()
+    }
     async fn cmd(&mut self, mut sqe: SubmissionEntry, data: Bytes) -> (CompletionEntry, Vec<u8>) {
         let cid = self.next_cid();
         sqe.cid.set(cid);
@@ -785,25 +805,12 @@ async fn namespace_change_completes_the_aer_and_discovery_sees_a_new_genctr() {
     let (server, addr) = start("").await;
     let (mut a, _) = Conn::admin(addr, NQN, false, false).await;
     // Enable namespace attribute notices, post an AER.
-    let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
-    s.cdw10.set(0x0B);
-    s.cdw11.set(1 << 8);
-    assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
-    let aer_cid = a.next_cid();
-    let sqe = SubmissionEntry::new(admin::ASYNC_EVENT_REQUEST, aer_cid);
-    a.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() })).await;
+    a.set_feature(0x0B, 1 << 8).await;
+    let aer_cid = a.post_aer().await;
     // A discovery controller with discovery-change notices and an AER.
     let (mut d, _) = Conn::admin(addr, fabrics::DISCOVERY_NQN, false, false).await;
-    let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
-    s.cdw10.set(0x0B);
-    s.cdw11.set(1 << 31);
-    assert_eq!(d.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
-    let daer = d.next_cid();
-    d.send(Pdu::CapsuleCmd(CapsuleCmd {
-        sqe: SubmissionEntry::new(admin::ASYNC_EVENT_REQUEST, daer),
-        data: Bytes::new(),
-    }))
-    .await;
+    d.set_feature(0x0B, 1 << 31).await;
+    let daer = d.post_aer().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let genctr = server.target.genctr.load(std::sync::atomic::Ordering::SeqCst);
     // Reload: namespace 2 added, a second subsystem added.
@@ -870,9 +877,7 @@ async fn huge_keep_alive_timer_saturates_instead_of_wrapping() {
     let (r, _) = a.cmd(g, Bytes::new()).await;
     assert!(r.dw0.get() >= 0xFFFF_FF00, "KATO {} should saturate, not wrap", r.dw0.get());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut ka = SubmissionEntry::new(admin::KEEP_ALIVE, 0);
-    ka.dptr = SglDescriptor::transport(0);
-    assert_eq!(a.cmd(ka, Bytes::new()).await.0.status(), Status::SUCCESS, "the association is still alive");
+    assert_eq!(a.keep_alive().await, Status::SUCCESS, "the association is still alive");
     server.stop().await;
 }
 
@@ -916,9 +921,7 @@ async fn reload_adds_and_removes_ports() {
     let mut b = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(5), a1.s.read(&mut b)).await.expect("closed, not left hanging");
     assert!(matches!(n, Ok(0) | Err(_)), "the connection on the removed port is closed");
-    let mut ka = SubmissionEntry::new(admin::KEEP_ALIVE, 0);
-    ka.dptr = SglDescriptor::transport(0);
-    assert_eq!(a2.cmd(ka, Bytes::new()).await.0.status(), Status::SUCCESS, "port 2 serves on");
+    assert_eq!(a2.keep_alive().await, Status::SUCCESS, "port 2 serves on");
 
     // The same address under another port ID: bound once the old port has let it go.
     let a2s = addr2.to_string();
@@ -1241,9 +1244,7 @@ async fn a_subsystem_taken_off_a_port_ends_the_associations_through_it() {
     let mut b = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(5), a1.s.read(&mut b)).await.expect("closed, not left serving");
     assert!(matches!(n, Ok(0) | Err(_)), "the association through port 1 ended");
-    let mut ka = SubmissionEntry::new(admin::KEEP_ALIVE, 0);
-    ka.dptr = SglDescriptor::transport(0);
-    assert_eq!(a2.cmd(ka, Bytes::new()).await.0.status(), Status::SUCCESS, "port 2's association serves on");
+    assert_eq!(a2.keep_alive().await, Status::SUCCESS, "port 2's association serves on");
     server.stop().await;
 }
 
@@ -1253,10 +1254,7 @@ async fn a_subsystem_taken_off_a_port_ends_the_associations_through_it() {
 async fn a_notice_whose_log_was_read_before_an_aer_came_is_not_delivered_after() {
     let (server, addr) = start("").await;
     let (mut a, _) = Conn::admin(addr, NQN, false, false).await;
-    let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
-    s.cdw10.set(0x0B);
-    s.cdw11.set(1 << 8);
-    assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+    a.set_feature(0x0B, 1 << 8).await;
     let with = |nsids: &[u32]| {
         let mut t = format!(
             "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n"
@@ -1273,12 +1271,7 @@ async fn a_notice_whose_log_was_read_before_an_aer_came_is_not_delivered_after()
     holdfast_proto::sqe::get_log_page::set(&mut s, 0x04, 0, 4096, 0);
     let (r, list) = a.cmd(s, Bytes::new()).await;
     assert_eq!((r.status(), &list[..4]), (Status::SUCCESS, &[2u8, 0, 0, 0][..]));
-    let aer_cid = a.next_cid();
-    a.send(Pdu::CapsuleCmd(CapsuleCmd {
-        sqe: SubmissionEntry::new(admin::ASYNC_EVENT_REQUEST, aer_cid),
-        data: Bytes::new(),
-    }))
-    .await;
+    let aer_cid = a.post_aer().await;
     let early = tokio::time::timeout(Duration::from_millis(300), a.recv()).await;
     assert!(early.is_err(), "a notice for a change already read: {early:?}");
     // A later change is reported on that AER.
@@ -1294,12 +1287,7 @@ async fn a_notice_whose_log_was_read_before_an_aer_came_is_not_delivered_after()
 async fn a_policy_change_is_announced_on_the_discovery_controller_too() {
     let (server, addr) = start("").await;
     let (mut d, _) = Conn::admin(addr, fabrics::DISCOVERY_NQN, false, false).await;
-    let aer = d.next_cid();
-    d.send(Pdu::CapsuleCmd(CapsuleCmd {
-        sqe: SubmissionEntry::new(admin::ASYNC_EVENT_REQUEST, aer),
-        data: Bytes::new(),
-    }))
-    .await;
+    let aer = d.post_aer().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut cfg = ports_config(&[(1, "127.0.0.1:0")]);
     cfg.subsystems[0].policy.ctrl_loss_tmo_ms = 123_000;
