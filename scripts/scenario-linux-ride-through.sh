@@ -12,7 +12,14 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 args=(target --listen "127.0.0.1:$port" --nqn "$nqn" --file "$work/ns.img" --size-mib 128 --block-size 4096)
 "$bin" "${args[@]}" >"$work/target1.log" 2>&1 &
 echo $! >"$work/pid"
-trap 'kill "$(cat "$work/pid")" 2>/dev/null; true' EXIT
+# The target running at exit (the first, or the restarted one) is killed by PID; the work directory (a 128 MiB
+# image and the logs) goes once that is done, unless the scenario failed.
+keep=1
+cleanup() {
+  kill "$(cat "$work/pid" 2>/dev/null)" 2>/dev/null || true
+  if ((keep == 0)); then rm -rf "$work"; fi
+}
+trap cleanup EXIT
 sleep 0.5
 # The host-side command, run when the guest calls wait_host: SIGKILL, 3 s down, restart on the same port.
 # Its exit status is the kill's and the new target's start: a kill that did nothing (or a target that did not
@@ -26,5 +33,5 @@ echo "--- target after restart:"; grep -E "controller created|torn down|WARN|ERR
 if ((rc == 0)) && ! grep -q "controller created" "$work/target2.log"; then
   echo "S7: the kernel host never connected to the restarted target"; rc=1
 fi
-((rc != 0)) || rm -rf "$work"
+((rc != 0)) || keep=0
 exit $rc
