@@ -97,24 +97,7 @@ impl Namespace {
             };
             return Ok(finish(rx, "Read").await?.data);
         }
-        let mut rxs = Vec::new();
-        let mut at = lba;
-        let mut sent = Ok(());
-        while at < lba + blocks {
-            let n = (lba + blocks - at).min(max);
-            let sqe = self.rw_sqe(op::READ, at, n as u32, 0);
-            match self.ctrl.io_send(queue, sqe, Bytes::new(), (n * self.block_size as u64) as usize).await {
-                Ok(rx) => rxs.push(rx),
-                Err(e) => {
-                    sent = Err(e);
-                    break;
-                }
-            }
-            at += n;
-        }
-        let pieces = finish_pieces(rxs, "Read").await;
-        sent?;
-        let mut pieces = pieces?;
+        let mut pieces = self.split(queue, op::READ, lba, blocks, 0, &Bytes::new(), "Read").await?;
         if pieces.len() == 1 {
             return Ok(pieces.pop().unwrap_or_else(|| unreachable!()).data);
         }
@@ -171,14 +154,39 @@ impl Namespace {
             finish(rx, "Write").await?;
             return Ok(());
         }
+        self.split(queue, op::WRITE, lba, blocks, if fua { rw::FUA } else { 0 }, &data, "Write").await.map(|_| ())
+    }
+
+    /// A transfer over MDTS: commands of at most [`Namespace::max_blocks`] blocks issued in order on `queue`,
+    /// each with its part of `data` (a write's; empty for a read, which asks for its pieces' length), and
+    /// their completions in order once every one has finished; else the first error, also only once every
+    /// piece issued has finished (a failed submission's after those issued before it). Returning at the first
+    /// error would leave the other pieces running: a write's could then land after a newer write the caller
+    /// makes to the same blocks on seeing the error.
+    #[allow(clippy::too_many_arguments)]
+    async fn split(
+        &self,
+        queue: Option<usize>,
+        opcode: u8,
+        lba: u64,
+        blocks: u64,
+        flags: u32,
+        data: &Bytes,
+        name: &'static str,
+    ) -> Result<Vec<crate::queue::Completion>> {
+        let (max, bs) = (self.max_blocks(), self.block_size as u64);
         let mut rxs = Vec::new();
-        let mut at = 0u64;
         let mut sent = Ok(());
+        let mut at = 0u64;
         while at < blocks {
             let n = (blocks - at).min(max);
-            let sqe = self.rw_sqe(op::WRITE, lba + at, n as u32, if fua { rw::FUA } else { 0 });
-            let piece = data.slice((at as usize) * bs..((at + n) as usize) * bs);
-            match self.ctrl.io_send(queue, sqe, piece, 0).await {
+            let sqe = self.rw_sqe(opcode, lba + at, n as u32, flags);
+            let (out, in_len) = if data.is_empty() {
+                (Bytes::new(), (n * bs) as usize)
+            } else {
+                (data.slice((at * bs) as usize..((at + n) * bs) as usize), 0)
+            };
+            match self.ctrl.io_send(queue, sqe, out, in_len).await {
                 Ok(rx) => rxs.push(rx),
                 Err(e) => {
                     sent = Err(e);
@@ -187,9 +195,16 @@ impl Namespace {
             }
             at += n;
         }
-        let pieces = finish_pieces(rxs, "Write").await;
+        let mut out = Ok(Vec::with_capacity(rxs.len()));
+        for rx in rxs {
+            match (finish(rx, name).await, &mut out) {
+                (Ok(c), Ok(v)) => v.push(c),
+                (Err(e), Ok(_)) => out = Err(e),
+                (_, Err(_)) => {}
+            }
+        }
         sent?;
-        pieces.map(|_| ())
+        out
     }
 
     /// Write `data` at `lba`.
@@ -237,20 +252,4 @@ impl Namespace {
         }
         Ok(())
     }
-}
-
-/// The completions of a transfer split into several commands (over MDTS), in order, once every piece has
-/// finished; else the first piece's error, also only once every piece has finished. Returning at the first
-/// error would leave the other pieces running: a write's could then land after a newer write the caller
-/// makes to the same blocks on seeing the error.
-async fn finish_pieces(rxs: Vec<crate::reply::Reply>, name: &'static str) -> Result<Vec<crate::queue::Completion>> {
-    let mut out = Ok(Vec::with_capacity(rxs.len()));
-    for rx in rxs {
-        match (finish(rx, name).await, &mut out) {
-            (Ok(c), Ok(v)) => v.push(c),
-            (Err(e), Ok(_)) => out = Err(e),
-            (_, Err(_)) => {}
-        }
-    }
-    out
 }
