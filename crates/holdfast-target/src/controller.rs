@@ -247,9 +247,9 @@ impl Controller {
     /// entry sizes), EN 1→0 is a controller reset, SHN starts a shutdown, complete once the file namespaces'
     /// volatile write cache (the page cache) is on the media. Returns Err for an invalid CC value.
     pub fn write_cc(self: &Arc<Self>, new: u32) -> Result<(), Status> {
-        // Looked up before the state lock is taken (the namespace table has its own lock).
-        let files: Vec<Arc<crate::namespace::Namespace>> =
-            self.subsys.namespaces.read().values().filter(|n| n.backend.blocking()).cloned().collect();
+        // Looked up before the state lock is taken (the namespace table has its own lock), and only for a
+        // shutdown notification.
+        let flush = new & cc::SHN_MASK != 0 && self.subsys.has_file_namespaces();
         let mut st = self.state.lock();
         let old = st.cc;
         if new & cc::EN != 0 && old & cc::EN == 0 {
@@ -270,15 +270,11 @@ impl Controller {
             // and says "occurring" meanwhile, as a drive writes its cache back before it reports the shutdown
             // complete. RAM namespaces have nothing to write back.
             match tokio::runtime::Handle::try_current() {
-                Ok(rt) if !files.is_empty() => {
+                Ok(rt) if flush => {
                     st.csts = (st.csts & !csts::SHST_MASK) | csts::SHST_OCCURRING;
                     let ctrl = self.clone();
                     rt.spawn_blocking(move || {
-                        for ns in &files {
-                            if let Err(e) = ns.backend.flush(&crate::backend::MediaGate::open()) {
-                                tracing::error!(cntlid = ctrl.cntlid, nsid = ns.nsid, "flush at shutdown failed: {e}");
-                            }
-                        }
+                        ctrl.subsys.flush_namespaces();
                         let mut st = ctrl.state.lock();
                         if st.cc & cc::SHN_MASK != 0 && st.csts & csts::SHST_MASK == csts::SHST_OCCURRING {
                             st.csts = (st.csts & !csts::SHST_MASK) | csts::SHST_COMPLETE;

@@ -1,7 +1,6 @@
 //! Running a target: bind every port, serve until asked to stop, then close every connection and flush
 //! every file backend.
 
-use crate::backend::MediaGate;
 use crate::config::Config;
 use crate::subsystem::{Port, ReloadSummary, Target};
 use std::net::SocketAddr;
@@ -144,11 +143,7 @@ impl Server {
         let target = self.target.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for s in target.subsystems() {
-                for ns in s.namespaces.read().values() {
-                    if let Err(e) = ns.backend.flush(&MediaGate::open()) {
-                        tracing::error!("flush of {} nsid {} failed: {e}", s.nqn, ns.nsid);
-                    }
-                }
+                s.flush_namespaces();
             }
         })
         .await;

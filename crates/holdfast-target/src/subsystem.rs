@@ -142,6 +142,21 @@ impl Subsystem {
         a.ports.is_empty() || a.ports.contains(&port_id)
     }
 
+    /// Make every namespace's completed writes durable (`fdatasync` on a file backend; nothing to do on RAM);
+    /// a failure is logged. Blocks: from a blocking thread.
+    pub fn flush_namespaces(&self) {
+        for ns in self.namespaces.read().values() {
+            if let Err(e) = ns.backend.flush(&crate::backend::MediaGate::open()) {
+                tracing::error!("flush of {} nsid {} failed: {e}", self.nqn, ns.nsid);
+            }
+        }
+    }
+
+    /// Whether any namespace has a backend whose writes may sit in a volatile cache (a file's page cache).
+    pub fn has_file_namespaces(&self) -> bool {
+        self.namespaces.read().values().any(|n| n.backend.blocking())
+    }
+
     /// A namespace by NSID.
     pub fn namespace(&self, nsid: u32) -> Option<Arc<Namespace>> {
         self.namespaces.read().get(&nsid).cloned()
