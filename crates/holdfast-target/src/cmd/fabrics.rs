@@ -2,6 +2,7 @@
 
 use crate::controller::{Controller, ADMIN_QUEUE_ENTRIES, MAX_QUEUE_ENTRIES};
 use crate::request::{DataDir, Exec, ParseResult, QueueCtx, Request, Response};
+use crate::subsystem::Subsystem;
 use holdfast_proto::fabrics::{
     cap, nqn_from_field, property, ConnectCommand, ConnectData, InvalidParameter, NqnError, PropertyCommand,
     CATTR_DISABLE_SQ_FLOW, CNTLID_DYNAMIC, CONNECT_DATA_SIZE, VERSION_1_3, VERSION_2_0,
@@ -79,15 +80,10 @@ pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response
         Err(NqnError::Empty) => String::new(),
         Err(_) => return invalid(512, true),
     };
-    let Some(subsys) = ctx.target.subsystem(&subnqn).filter(|s| s.is_discovery || s.on_port(ctx.port.id)) else {
-        tracing::warn!(peer = %ctx.peer_addr, host = %hostnqn, "Connect to unknown subsystem {subnqn}");
-        return invalid(256, true);
+    let subsys = match admit(ctx, &subnqn, &hostnqn) {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    if !subsys.host_allowed(&hostnqn) {
-        let who = if hostnqn.is_empty() { "with an empty host NQN" } else { &hostnqn };
-        tracing::warn!(peer = %ctx.peer_addr, "host {who} is not allowed on {subnqn}");
-        return Response::err(Status::CONNECT_INVALID_HOST.with_dnr());
-    }
     let qid = cmd.qid.get();
     let sqsize = cmd.sqsize.get() as u32; // 0's based
     if qid == 0 {
@@ -111,16 +107,14 @@ pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response
                 tracing::warn!(host = %hostnqn, "previous association did not drain within CQT {cqt:?}: Controller Busy");
                 return Response::err(Status::CONNECT_CONTROLLER_BUSY);
             }
-            // The wait may have lasted up to CQT: a reload meanwhile may have removed the subsystem, taken it
-            // off this port or the host off its list. Checked again, so that no controller is made for a
-            // subsystem that is gone (its teardown at the reload could not see this one).
-            let still = ctx.target.subsystem(&subnqn).is_some_and(|s| Arc::ptr_eq(&s, &subsys));
-            if !still || !subsys.on_port(ctx.port.id) {
-                tracing::warn!(host = %hostnqn, "{subnqn} was removed or unexported while the Connect waited");
-                return invalid(256, true);
-            }
-            if !subsys.host_allowed(&hostnqn) {
-                return Response::err(Status::CONNECT_INVALID_HOST.with_dnr());
+            // The wait may have lasted up to CQT: a reload meanwhile may have removed the subsystem (or put a
+            // new one under its NQN), taken it off this port or the host off its list. Admitted again, so that
+            // no controller is made for a subsystem that is gone (its teardown at the reload could not see
+            // this one).
+            match admit(ctx, &subnqn, &hostnqn) {
+                Ok(s) if Arc::ptr_eq(&s, &subsys) => {}
+                Ok(_) => return invalid(256, true),
+                Err(r) => return r,
             }
         }
         let Some(cntlid) = subsys.alloc_cntlid() else {
@@ -220,6 +214,22 @@ pub fn property_set(ctx: &QueueCtx, req: &Request) -> Response {
         },
         _ => Response::err(Status::INVALID_FIELD.with_dnr()),
     }
+}
+
+/// The subsystem `subnqn` for a Connect from host `hostnqn` on this queue's port, or the refusal: Connect
+/// Invalid Parameters at SUBNQN if there is none here (or it is not exported on this port), Connect Invalid
+/// Host if the host is not on its list.
+fn admit(ctx: &QueueCtx, subnqn: &str, hostnqn: &str) -> Result<Arc<Subsystem>, Response> {
+    let Some(subsys) = ctx.target.subsystem(subnqn).filter(|s| s.is_discovery || s.on_port(ctx.port.id)) else {
+        tracing::warn!(peer = %ctx.peer_addr, host = %hostnqn, "Connect to unknown subsystem {subnqn}");
+        return Err(invalid(256, true));
+    };
+    if !subsys.host_allowed(hostnqn) {
+        let who = if hostnqn.is_empty() { "with an empty host NQN" } else { hostnqn };
+        tracing::warn!(peer = %ctx.peer_addr, "host {who} is not allowed on {subnqn}");
+        return Err(Response::err(Status::CONNECT_INVALID_HOST.with_dnr()));
+    }
+    Ok(subsys)
 }
 
 /// Disconnect (NVMe-oF 1.1a §3.x): delete this queue; on the admin queue, the whole association. The
