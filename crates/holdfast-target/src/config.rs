@@ -526,35 +526,35 @@ block_size = 4096
         assert_eq!(c.subsystems[0].policy, PolicyConfig::default());
     }
 
+    /// GOOD with `from` replaced by `to`, which must be refused.
+    fn bad(from: &str, to: &str) -> ConfigError {
+        Config::parse(&GOOD.replace(from, to), "t.toml").unwrap_err()
+    }
+
     #[test]
     fn errors_name_file_key_and_reason() {
-        let e = Config::parse(&GOOD.replace("4096", "1024"), "t.toml").unwrap_err();
+        let e = bad("4096", "1024");
         assert_eq!(e.to_string(), "t.toml: subsystem[0].namespace[0].block_size: 1024 is not 512 or 4096");
-        let e = Config::parse(&GOOD.replace("size_mib = 16", "size_mib = 16\nsizee = 1"), "t.toml").unwrap_err();
+        let e = bad("size_mib = 16", "size_mib = 16\nsizee = 1");
         assert!(e.to_string().starts_with("t.toml: line 13: "), "the line of `sizee`: {e}");
         assert!(e.to_string().contains("sizee"), "{e}");
         // Sizes: one that wraps when made bytes, and RAM namespaces whose chunk tables this machine cannot hold.
-        let e = Config::parse(&GOOD.replace("size_mib = 16", "size_mib = 17592186044417"), "t.toml").unwrap_err();
+        let e = bad("size_mib = 16", "size_mib = 17592186044417");
         assert_eq!(e.key, "subsystem[0].namespace[0].size_mib", "{e}");
-        let e = Config::parse(&GOOD.replace("size_mib = 16", "size_mib = 4000000000000"), "t.toml").unwrap_err();
+        let e = bad("size_mib = 16", "size_mib = 4000000000000");
         assert_eq!(e.key, "subsystem[0].namespace[0].size_mib", "{e}");
         assert!(e.reason.contains("this machine takes"), "{e}");
         // NQNs without the date and domain.
-        let e = Config::parse(&GOOD.replace("nqn.2026-01.io.holdfast:a", "nqn."), "t.toml").unwrap_err();
+        let e = bad("nqn.2026-01.io.holdfast:a", "nqn.");
         assert_eq!(e.key, "subsystem[0].nqn", "{e}");
         // Two ports on one TCP port.
-        let two = GOOD.replace(
+        let e = bad(
             "listen = \"127.0.0.1:4420\"",
             "listen = \"127.0.0.1:4420\"\n[[port]]\nid = 2\nlisten = \"0.0.0.0:4420\"",
         );
-        let e = Config::parse(&two, "t.toml").unwrap_err();
         assert_eq!(e.key, "port[1].listen", "{e}");
         // Namespace identifiers: all zeroes, or the same as another namespace's.
-        let e = Config::parse(
-            &GOOD.replace("block_size = 4096", "block_size = 4096\neui64 = \"0000000000000000\""),
-            "t.toml",
-        )
-        .unwrap_err();
+        let e = bad("block_size = 4096", "block_size = 4096\neui64 = \"0000000000000000\"");
         assert_eq!(e.key, "subsystem[0].namespace[0].eui64", "{e}");
         let g = "nguid = \"000102030405060708090a0b0c0d0e0f\"";
         let twice = GOOD.replace("block_size = 4096", &format!("block_size = 4096\n{g}"))
@@ -564,31 +564,15 @@ block_size = 4096
             e.to_string(),
             "t.toml: subsystem[0].namespace[1].nguid: the same nguid as subsystem[0].namespace[0].nguid"
         );
-        let e = Config::parse(&GOOD.replace("nqn.2026", "foo.2026"), "t.toml").unwrap_err();
+        let e = bad("nqn.2026", "foo.2026");
         assert_eq!(e.key, "subsystem[0].nqn");
-        let e = Config::parse(
-            &GOOD.replace("allow_any_host = true", "allow_any_host = true\n[subsystem.policy]\ncqt_ms = 90000"),
-            "t.toml",
-        )
-        .unwrap_err();
+        let e = bad("allow_any_host = true", "allow_any_host = true\n[subsystem.policy]\ncqt_ms = 90000");
         assert_eq!(e.key, "subsystem[0].policy.cqt_ms", "{e}");
-        let e = Config::parse(
-            &GOOD.replace("allow_any_host = true", "allow_any_host = true\n[subsystem.policy]\nkato_ms = 100"),
-            "t.toml",
-        )
-        .unwrap_err();
+        let e = bad("allow_any_host = true", "allow_any_host = true\n[subsystem.policy]\nkato_ms = 100");
         assert_eq!(e.to_string(), "t.toml: subsystem[0].policy.kato_ms: 100 is below 500 (keep-alive is mandatory on fabrics, and a host sends a Keep Alive every third of KATO and must have its answer within the rest)");
-        let e = Config::parse(
-            &GOOD.replace("allow_any_host = true", "allow_any_host = true\ncntlid_min = 9\ncntlid_max = 8"),
-            "t.toml",
-        )
-        .unwrap_err();
+        let e = bad("allow_any_host = true", "allow_any_host = true\ncntlid_min = 9\ncntlid_max = 8");
         assert_eq!(e.key, "subsystem[0].cntlid_min", "{e}");
-        let e = Config::parse(
-            &GOOD.replace("allow_any_host = true", "allow_any_host = true\ncntlid_max = 65520"),
-            "t.toml",
-        )
-        .unwrap_err();
+        let e = bad("allow_any_host = true", "allow_any_host = true\ncntlid_max = 65520");
         assert_eq!(e.key, "subsystem[0].cntlid_max", "{e}");
     }
 
