@@ -117,9 +117,10 @@ struct Connection {
     aer_rx: Option<mpsc::UnboundedReceiver<AerCompletion>>,
     /// Completes when the controller this queue is bound to is torn down (never before a Connect binds it).
     ctrl_gone: holdfast_rt::CancelWatch,
-    /// Until a Connect binds the queue, the connection is closed at this instant: [`IC_TIMEOUT`] from
-    /// accept, then [`CONNECT_TIMEOUT`] from the ICReq.
-    bind_deadline: tokio::time::Instant,
+    /// While no Connect has bound the queue, or once a Disconnect has been answered, the connection is closed
+    /// at this instant: [`IC_TIMEOUT`] from accept, then [`CONNECT_TIMEOUT`] from the ICReq; after a
+    /// Disconnect, [`DISCONNECT_LINGER`] from its answer.
+    close_deadline: tokio::time::Instant,
     /// No PDU is decoded, nor anything read, while this much (or more) waits to be sent: [`SEND_HIGH_WATER`],
     /// and 0 once a Disconnect has been answered: it deletes the queue (NVMe Base 2.0 §6.4), so nothing the host
     /// sent after it runs, and the connection closes once its response is out.
@@ -148,7 +149,7 @@ impl Connection {
             done_tx,
             aer_rx: None,
             ctrl_gone: holdfast_rt::CancelWatch::never(),
-            bind_deadline: tokio::time::Instant::now() + IC_TIMEOUT,
+            close_deadline: tokio::time::Instant::now() + IC_TIMEOUT,
             stop_decoding_at: SEND_HIGH_WATER,
         };
         let (mut rd, mut wr) = stream.into_split();
@@ -234,7 +235,7 @@ impl Connection {
                     Err(e) => break Close::Io(e),
                 }
             }
-            let bind_deadline = c.bind_deadline;
+            let close_deadline = c.close_deadline;
             let aer = async {
                 match c.aer_rx.as_mut() {
                     Some(rx) => rx.recv().await,
@@ -270,7 +271,7 @@ impl Connection {
                 // In an async block: select! builds every branch's future each round, enabled or not, and a
                 // Sleep takes a handle to the runtime when built. Ahead of the read branch, so that a host that
                 // keeps sending (refused) commands instead of a Connect does not keep it from firing.
-                _ = async { tokio::time::sleep_until(bind_deadline).await }, if c.ctx.ctrl.is_none() || c.ctx.close_after_response => {
+                _ = async { tokio::time::sleep_until(close_deadline).await }, if c.ctx.ctrl.is_none() || c.ctx.close_after_response => {
                     let why = if c.ctx.close_after_response {
                         "Disconnect answered, and the host did not read the answer in time"
                     } else if ic_done {
@@ -351,7 +352,7 @@ impl Connection {
                 let params = ControllerIcParams { maxh2cdata: MAXH2CDATA, allow_hdgst: true, allow_ddgst: true };
                 match req.negotiate(&params) {
                     Ok(resp) => {
-                        self.bind_deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+                        self.close_deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
                         Pdu::IcResp(resp).encode(&Framing::default(), self.out.header_buf());
                         self.decoder.set_negotiated(resp.hdgst, resp.ddgst, resp.cpda);
                         self.framing = Framing { hdgst: resp.hdgst, ddgst: resp.ddgst, pda: req.hpda };
@@ -556,7 +557,7 @@ impl Connection {
                 // admin queue also stops the keep-alive watchdog, which would otherwise end such a host).
                 if self.ctx.close_after_response {
                     self.stop_decoding_at = 0;
-                    self.bind_deadline = tokio::time::Instant::now() + DISCONNECT_LINGER;
+                    self.close_deadline = tokio::time::Instant::now() + DISCONNECT_LINGER;
                 }
             }
             Outcome::Later(work) => {
