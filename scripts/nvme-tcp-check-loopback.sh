@@ -27,13 +27,26 @@ pcap=$1 port=$2
 here=$(cd "$(dirname "$0")" && pwd)
 check=${NVME_TCP_CHECK:-$here/../../shared/captures/nvme-tcp-check.sh}
 
+# Run CMD, again (up to three times in all) if it was killed by a signal: Debian's tshark 4.0 has died here of a
+# general protection fault in libwsutil while reading a capture that the next run read cleanly (CI, a 53 MB
+# capture: `traps: tshark ... general protection fault ... in libwsutil.so`). A crash is no verdict on the
+# PDUs; any exit the program chose (a failed check included) is returned as it is.
+again_if_crashed() {
+  local rc tries=0
+  while :; do
+    rc=0; "$@" || rc=$?
+    ((rc > 128 && ++tries < 3)) || return "$rc"
+    echo "nvme-tcp-check-loopback: $1 died of signal $((rc - 128)); running it again" >&2
+  done
+}
+
 if [[ ${3:-} == --expect-c2h-success ]]; then
-  n=$(tshark -r "$pcap" -d "tcp.port==$port,nvme-tcp" -Y "nvme-tcp.flags.pdu.data_success == 1" 2>/dev/null | wc -l)
+  n=$(again_if_crashed tshark -r "$pcap" -d "tcp.port==$port,nvme-tcp" -Y "nvme-tcp.flags.pdu.data_success == 1" 2>/dev/null | wc -l)
   echo "nvme-tcp-check-loopback: C2HData with SUCCESS (no CapsuleResp): $n frames"
   ((n > 0)) || { echo "nvme-tcp-check-loopback: no C2HData with SUCCESS in $pcap"; exit 1; }
 fi
 
-if out=$("$check" "$pcap" "$port"); then
+if out=$(again_if_crashed "$check" "$pcap" "$port"); then
   echo "$out"
   # It passes a capture it could not read, or one without NVMe/TCP: a check of nothing is a failure here.
   grep -qE 'nvme-tcp-check: [1-9][0-9]* NVMe/TCP PDUs' <<<"$out" || { echo "nvme-tcp-check-loopback: no NVMe/TCP PDU in $pcap"; exit 1; }
@@ -42,7 +55,7 @@ fi
 # Its verdict and flagged frames, without its per-PDU counts ("  12 NVMe Write": a count, then no arrow).
 official=$(awk '!/^ *[0-9]+ / || /→/' <<<"$out")
 
-ts=(tshark -r "$pcap" -d "tcp.port==$port,nvme-tcp" -o nvme-tcp.check_hdgst:TRUE -o nvme-tcp.check_ddgst:TRUE
+ts=(again_if_crashed tshark -r "$pcap" -d "tcp.port==$port,nvme-tcp" -o nvme-tcp.check_hdgst:TRUE -o nvme-tcp.check_ddgst:TRUE
     -o tcp.analyze_sequence_numbers:FALSE)
 flt="_ws.malformed || _ws.expert.severity >= warning || nvme-tcp.hdgst.status == 0 || nvme-tcp.ddgst.status == 0"
 fields=(-T fields -E separator=$'\t' -E occurrence=a -E aggregator='|')
