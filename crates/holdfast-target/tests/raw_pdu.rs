@@ -561,6 +561,33 @@ async fn data_digest_error_fails_the_command_not_the_connection() {
     server.stop().await;
 }
 
+/// A capsule failing its data digest whose CID is that of a command still running is answered as any other
+/// capsule with that CID: Command ID Conflict, leaving the running command to complete as itself.
+#[tokio::test]
+async fn a_corrupt_capsule_reusing_a_running_commands_cid_is_a_cid_conflict() {
+    let settings = TargetSettings { test_delay_writes: Some(Duration::from_millis(500)), ..TargetSettings::default() };
+    let (server, addr) = start_with("", settings).await;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, true).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, true).await;
+    let held = |byte: u8| {
+        let mut sqe = rw_sqe(io::WRITE, 0, 1, SglDescriptor::incapsule(512));
+        sqe.cid.set(9);
+        Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::from(vec![byte; 512]) }).to_bytes(&q.f)
+    };
+    let first = held(7);
+    let mut second = BytesMut::from(&held(8)[..]);
+    second[100] ^= 1;
+    q.send_raw(&first).await;
+    q.send_raw(&second).await;
+    let (r, _) = q.finish(9).await;
+    assert_eq!(r.status(), Status::CID_CONFLICT.with_dnr(), "the corrupt capsule's answer");
+    let (r, _) = q.finish(9).await;
+    assert_eq!(r.status(), Status::SUCCESS, "the running write completes as itself");
+    let (_, d) = q.cmd(rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512)), Bytes::new()).await;
+    assert_eq!(d, vec![7u8; 512]);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn keep_alive_expiry_tears_the_association_down() {
     let (server, addr) = start("").await;

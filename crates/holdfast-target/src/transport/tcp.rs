@@ -376,9 +376,13 @@ impl Connection {
     fn handle_data_digest_error(&mut self, p: Pdu) -> Result<Option<PendingConnect>, Close> {
         match p {
             // The command never runs: Transient Transport Error, the host may retry it.
+            // Its CID is checked first, as any capsule's: a CID still in use answers for the command using it.
             Pdu::CapsuleCmd(c) => {
                 self.advance_sqhd();
-                self.send_response(c.sqe.cid(), Status::TRANSIENT_TRANSPORT_ERROR, 0, 0);
+                let cid = c.sqe.cid();
+                if self.admit_cid(cid)? {
+                    self.send_response(cid, Status::TRANSIENT_TRANSPORT_ERROR, 0, 0);
+                }
                 Ok(None)
             }
             // Keep receiving the transfer, then fail the command.
@@ -397,13 +401,10 @@ impl Connection {
         }
     }
 
-    fn handle_capsule(
-        &mut self,
-        sqe: holdfast_proto::SubmissionEntry,
-        data: Bytes,
-    ) -> Result<Option<PendingConnect>, Close> {
-        self.advance_sqhd();
-        let cid = sqe.cid();
+    /// May a new command with this CID be taken on? A queue with more commands outstanding than it holds is a
+    /// fatal error; a CID still in use is answered Command ID Conflict (`false`), without touching the slot,
+    /// which belongs to the command already using it.
+    fn admit_cid(&mut self, cid: u16) -> Result<bool, Close> {
         if self.slots.len() >= MAX_QUEUE_ENTRIES as usize
             || (self.ctx.size > 0 && self.slots.len() >= self.ctx.size as usize * 2)
         {
@@ -415,8 +416,20 @@ impl Connection {
             ));
         }
         if self.slots.contains_key(&cid) {
-            // Answered without touching the slot: it belongs to the command already using this CID.
             self.send_response(cid, Status::CID_CONFLICT.with_dnr(), 0, 0);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn handle_capsule(
+        &mut self,
+        sqe: holdfast_proto::SubmissionEntry,
+        data: Bytes,
+    ) -> Result<Option<PendingConnect>, Close> {
+        self.advance_sqhd();
+        let cid = sqe.cid();
+        if !self.admit_cid(cid)? {
             return Ok(None);
         }
         let req = match cmd::parse(&self.ctx, &sqe) {
