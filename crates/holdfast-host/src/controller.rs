@@ -25,6 +25,7 @@ use holdfast_proto::fabrics::{
     self, cap, cc, csts, property, ConnectCommand, ConnectData, InvalidParameter, PropertyCommand,
 };
 use holdfast_proto::identify::{self, IdentifyController};
+use holdfast_proto::log_page::{ChangedNamespaceList, LID_CHANGED_NS_LIST};
 use holdfast_proto::opcode::{admin as aop, admin_name, fctype_name, io_name, FABRICS};
 use holdfast_proto::policy::{ConnectionPolicy, LID_HOLDFAST_POLICY};
 use holdfast_proto::sqe::get_log_page;
@@ -97,6 +98,13 @@ pub enum Event {
         reissued: usize,
         /// The target restarted (its instance ID changed), rather than the network blipping.
         target_restarted: bool,
+    },
+    /// The controller reported that namespaces changed (a Namespace Attribute Notice, whose Changed Namespace
+    /// List was read): added, removed or resized. A [`crate::namespace::Namespace`] keeps what it was opened
+    /// with; open it again to see what changed.
+    NamespacesChanged {
+        /// The changed NSIDs; `None` when the controller listed too many (more than 1024): any may have changed.
+        nsids: Option<Vec<u32>>,
     },
     /// The controller is lost for good.
     Failed {
@@ -729,6 +737,22 @@ async fn establish(
         } else {
             [0; 3]
         };
+        // Asynchronous Event Configuration (FID 0Bh): which optional notices a controller reports before the host
+        // says is the controller's choice (holdfast's target: none; Linux nvmet: all it supports). The ones this
+        // host answers by reading their log page, where the controller supports them (OAES, whose bits are AEC's:
+        // NVMe Base 2.0 §5.27.1.6), as the Linux host enables its own at every association. Not enabled is no
+        // reason to fail.
+        let notices = id.oaes.get() & (identify::OAES_NS_ATTR | identify::OAES_DISCOVERY_CHANGE);
+        if notices != 0 {
+            let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
+            s.cdw10.set(holdfast_proto::features::ASYNC_EVENT_CONFIG as u32);
+            s.cdw11.set(notices);
+            if let Err(e) =
+                setup_ok(&admin, s, Bytes::new(), 0, "Set Features (Asynchronous Event Configuration)", deadline).await
+            {
+                tracing::debug!(addr = %o.addr, "notices {notices:#x} not enabled: {e}");
+            }
+        }
         let mdts = id.mdts;
         // MDTS is a power of two in units of the minimum memory page size, 2^(12 + CAP.MPSMIN) (NVMe Base 2.0
         // §5.17.2.1, CAP bits 51:48 in §3.1.4.1); 0 = no limit.
@@ -1228,12 +1252,22 @@ fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
             // more on the new association, which could take the controller's last slot for them.
             // At the page's own length where it has one: the Changed Namespace List is 4096 bytes, and Linux
             // nvmet refuses any other length for it (the event would then never clear).
-            let len = if ev.log_page == holdfast_proto::log_page::LID_CHANGED_NS_LIST { 4096 } else { 512 };
+            let len = if ev.log_page == LID_CHANGED_NS_LIST { 4096 } else { 512 };
             let page = tokio::select! {
                 _ = cancel.cancelled() => return,
                 r = get_log_page(&admin, ev.log_page, 0xFFFF_FFFF, len, 0) => r,
             };
             let Ok(page) = page else { continue };
+            if ev.log_page == LID_CHANGED_NS_LIST {
+                if let (Some(sh), Some(list)) = (weak.upgrade(), ChangedNamespaceList::from_slice(&page)) {
+                    let nsids = (!list.overflowed()).then(|| list.nsids());
+                    tracing::info!(addr = %sh.opts.addr, "namespaces changed: {}", match &nsids {
+                        Some(n) => format!("{n:?}"),
+                        None => "more than 1024".into(),
+                    });
+                    let _ = sh.events.send(Event::NamespacesChanged { nsids });
+                }
+            }
             if ev.log_page == LID_HOLDFAST_POLICY {
                 if let (Some(sh), Ok(p)) = (weak.upgrade(), ConnectionPolicy::from_bytes(&page)) {
                     let eff = policy::resolve(&sh.opts, Some(&p));
