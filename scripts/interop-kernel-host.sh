@@ -5,7 +5,7 @@
 #      C2HData alone (SUCCESS flag)
 #   2. RAM namespace, 4096-byte blocks, no digests
 #   3. file namespace
-#   4. nvme-cli: every Identify, log page and feature the target claims
+#   4. nvme-cli: every Identify, log page and feature the target claims; two controller resets
 # Each run starts its own target on a free 127.0.0.1 port and kills it by PID afterwards.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")

@@ -1,8 +1,9 @@
 # shellcheck shell=sh
 # guest-nvme-cli.sh: kernel-host.sh --guest-script for holdfast's target. Connects with the Linux kernel host,
 # then asks nvme-cli for every Identify structure, log page and feature the target claims, does a small
-# write/read-back, and disconnects; fails on any nvme-cli error or NVMe error in the kernel log. (Output that
-# is cut short is captured first: `sh -e` sees only the last command of a pipeline fail.)
+# write/read-back, resets the controller twice (data kept, I/O goes on), and disconnects; fails on any nvme-cli
+# error or NVMe error in the kernel log. (Output that is cut short is captured first: `sh -e` sees only the last
+# command of a pipeline fail.)
 : "${PORT:?}" "${NQN:?}"
 ADDR=10.0.2.2
 nvme discover -t tcp -a "$ADDR" -s "$PORT"
@@ -30,6 +31,25 @@ log "write/read-back"; rw_check "$dev" 8
 log "flush"; nvme flush "$dev" -n 1
 log "write-zeroes"; nvme write-zeroes "$dev" -n 1 -s 0 -c 7
 log "dsm deallocate"; nvme dsm "$dev" -n 1 -d -s 8 -b 8
-log "disconnect"; nvme disconnect -n "$NQN"
+# Checked here, before the resets: the kernel logs each as "resetting controller", which kernel_errors counts.
 kernel_errors
+# A controller reset: the Linux host disables the controller (CC.EN 0), ends the association and makes a new one
+# (new admin and I/O queues); what was written before must read back after, and I/O must go on.
+dd if=/dev/urandom of=/tmp/pat bs=1M count=2 2>/dev/null
+dd if=/tmp/pat of="$dev" bs=1M count=2 oflag=direct conv=fsync 2>/dev/null
+for n in 1 2; do
+  log "reset $n"; nvme reset "$ctrl"
+  i=0; while [ "$(cat "/sys/class/nvme/${ctrl#/dev/}/state")" != live ]; do
+    i=$((i + 1)); [ $i -le 100 ] || { echo "controller not live 10 s after reset $n"; exit 1; }; sleep 0.1
+  done
+  dd if="$dev" of=/tmp/back bs=1M count=2 iflag=direct 2>/dev/null
+  cmp /tmp/pat /tmp/back; echo "reset $n: data kept"
+done
+rm -f /tmp/pat /tmp/back
+log "write/read-back after the resets"; rw_check "$dev" 4
+log "ns-rescan"; nvme ns-rescan "$ctrl"
+log "disconnect"; nvme disconnect -n "$NQN"
+if dmesg | grep -v "resetting controller" | grep -iE "nvme.*(error|failed|timeout|reset)|I/O error|Buffer I/O"; then
+  echo "the kernel logged errors"; exit 1
+fi
 echo NVME-CLI-PASSED
