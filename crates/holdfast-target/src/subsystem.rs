@@ -475,8 +475,17 @@ impl Target {
             let mut map = sub.namespaces.write();
             match ns {
                 Some(ns) => {
-                    summary.notes.push(format!("{} nsid {nsid}: {}", sub.nqn, ns.backend.describe()));
-                    map.insert(nsid, ns);
+                    let (what, volatile) = (ns.backend.describe(), ns.backend.volatile());
+                    summary.notes.push(match map.insert(nsid, ns) {
+                        None => format!("{} nsid {nsid} added: {what}", sub.nqn),
+                        // Same NSID and identifiers, other contents: say so, hosts cannot tell.
+                        Some(_) if volatile => format!(
+                            "{} nsid {nsid} replaced: {what}, whose contents start empty (a RAM namespace is not \
+                             resized in place)",
+                            sub.nqn
+                        ),
+                        Some(_) => format!("{} nsid {nsid} replaced: {what}", sub.nqn),
+                    });
                 }
                 None => {
                     summary.notes.push(format!("{} nsid {nsid} removed", sub.nqn));

@@ -889,6 +889,31 @@ allow_any_host = true
     server.stop().await;
 }
 
+/// A reload says which namespaces it added and which it replaced; a RAM namespace replaced (here: resized)
+/// keeps its NSID and identifiers but not its contents, which the note says, since hosts cannot tell.
+#[tokio::test]
+async fn a_reload_says_which_namespaces_it_added_and_which_it_replaced() {
+    let (server, _) = start("").await;
+    let cfg = |ns1_mib: u32| {
+        let text = format!(
+            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
+             [[subsystem.namespace]]\nnsid = 1\nbackend = \"ram\"\nsize_mib = {ns1_mib}\nblock_size = 512\n\
+             [[subsystem.namespace]]\nnsid = 2\nbackend = \"ram\"\nsize_mib = 8\n"
+        );
+        Config::parse(&text, "reload").unwrap()
+    };
+    let notes = server.target.reload(&cfg(4)).unwrap().notes;
+    assert_eq!(notes, vec![format!("{NQN} nsid 2 added: ram 8 MiB")]);
+    let notes = server.target.reload(&cfg(16)).unwrap().notes;
+    assert_eq!(
+        notes,
+        vec![format!(
+            "{NQN} nsid 1 replaced: ram 16 MiB, whose contents start empty (a RAM namespace is not resized in place)"
+        )]
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn huge_keep_alive_timer_saturates_instead_of_wrapping() {
     // Found by fuzzing: CDW11 = FFFFFFFFh once overflowed the rounding to the KAS granularity (a panic in

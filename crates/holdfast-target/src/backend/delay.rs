@@ -55,6 +55,9 @@ impl Backend for DelayWrites {
         self.maybe_wait();
         self.inner.deallocate(offset, len, gate)
     }
+    fn volatile(&self) -> bool {
+        self.inner.volatile()
+    }
     fn describe(&self) -> String {
         format!("{} (every {}. write delayed {:?}, test only)", self.inner.describe(), self.every, self.delay)
     }

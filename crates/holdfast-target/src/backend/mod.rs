@@ -57,6 +57,10 @@ pub trait Backend: Send + Sync + 'static {
     fn deallocate(&self, offset: u64, len: u64, gate: &MediaGate) -> io::Result<()>;
     /// A short description for logs ("ram 256 MiB", "file /x").
     fn describe(&self) -> String;
+    /// True if the contents live only as long as this backend (RAM): a replacement starts empty.
+    fn volatile(&self) -> bool {
+        false
+    }
 }
 
 /// Ask the CPU to bring the cache line at `p` in (a hint: no effect on what any load or store sees).

@@ -260,6 +260,9 @@ impl Backend for RamBackend {
     fn describe(&self) -> String {
         format!("ram {} MiB", self.size >> 20)
     }
+    fn volatile(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
