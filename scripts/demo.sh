@@ -5,8 +5,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-[[ -x target/release/holdfast ]] || cargo build --release --quiet
-bin=$root/target/release/holdfast
+command -v cargo >/dev/null || { echo "demo.sh: needs a Rust toolchain (https://rustup.rs)" >&2; exit 1; }
+cargo build --release --quiet   # at once when the binary is current; never a stale one after a pull
+bin=${CARGO_TARGET_DIR:-$root/target}/release/holdfast
 work=$(mktemp -d "${TMPDIR:-/tmp}/holdfast-demo.XXXXXX")
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 nqn=nqn.2026-01.io.holdfast:demo

@@ -6,7 +6,11 @@
 #   2. RAM namespace, 4096-byte blocks, no digests
 #   3. file namespace
 #   4. nvme-cli: every Identify, log page and feature the target claims; two controller resets
-# Each run starts its own target on a free 127.0.0.1 port and kills it by PID afterwards.
+#   5. a configuration reload under the connected host: namespace 1 (a file) grows, a RAM namespace 2 is added;
+#      the host must learn both from the target's notice, without reconnecting
+# Each run starts its own target on a free 127.0.0.1 port and kills it by PID afterwards. Arguments name the
+# cases to run (kernel-host-digests-512, kernel-host-4k, kernel-host-file, kernel-host-nvme-cli,
+# kernel-host-ns-change); without any, all run.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
 interop=${INTEROP_DIR:-$root/../shared/interop}
@@ -35,7 +39,7 @@ run() {  # run NAME PATTERN COMMAND...
   "$@" >"$logs/$name.log" 2>&1 || rc=$?
   local dt; dt=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
   if ((rc == 0)) && grep -q "$pattern" "$logs/$name.log"; then
-    pass=$((pass + 1)); echo "    pass ($dt s)"; grep -E "rw_check|ext4:|HOST-ROLE|NVME-CLI|nvme-tcp-check" "$logs/$name.log" | sed 's/^/    /' || true
+    pass=$((pass + 1)); echo "    pass ($dt s)"; grep -E "rw_check|ext4:|HOST-ROLE|NVME-CLI|NS-CHANGE|namespace [12]:|nvme-tcp-check" "$logs/$name.log" | sed 's/^/    /' || true
   else
     fail=$((fail + 1)); echo "    FAIL ($dt s, exit $rc): last lines of $logs/$name.log"; tail -n 60 "$logs/$name.log" | sed 's/^/    /'
     [[ -n ${port:-} && -f $logs/target-$port.log ]] && { echo "    target log:"; tail -n 30 "$logs/target-$port.log" | sed 's/^/    /'; }
@@ -65,12 +69,37 @@ file_ns() { start_target --file "$logs/ns.img" --size-mib 64 --block-size 512; l
 nvme_cli() { start_target --ram-mib 64 --block-size 4096; local rc=0
   "$interop/kernel-host.sh" --port "$port" --nqn "$nqn" --guest-script "$root/tests/interop/guest-nvme-cli.sh" || rc=$?; stop_target; return $rc; }
 
+ns_config() {  # ns_config NS1_MIB [EXTRA]: a configuration file's text: port $port, namespace 1 a file
+  printf '[[port]]\nid = 1\nlisten = "127.0.0.1:%s"\n[[subsystem]]\nnqn = "%s"\nallow_any_host = true\n' "$port" "$nqn"
+  printf '[[subsystem.namespace]]\nnsid = 1\nbackend = "file"\npath = "%s"\nsize_mib = %s\n%s' "$logs/ns1.img" "$1" "${2:-}"
+}
+ns_change() {
+  port=$(free_port)
+  ns_config 64 >"$logs/ns-change.toml"
+  ns_config 96 $'[[subsystem.namespace]]\nnsid = 2\nbackend = "ram"\nsize_mib = 16\n' >"$logs/ns-change-2.toml"
+  "$bin" target --config "$logs/ns-change.toml" >"$logs/target-$port.log" 2>&1 &
+  tpid=$!
+  for _ in $(seq 100); do grep -q '^connect:' "$logs/target-$port.log" 2>/dev/null && break; sleep 0.05; done
+  # Run here once the guest has connected and written: the new configuration in place, SIGHUP, and wait until
+  # the target says it applied it.
+  local reload="cp '$logs/ns-change-2.toml' '$logs/ns-change.toml' && kill -HUP $tpid && for _ in \$(seq 100); do
+    grep -q 'applied' '$logs/target-$port.log' && exit 0; sleep 0.05; done; echo 'reload not applied'; exit 1"
+  local rc=0
+  "$interop/kernel-host.sh" --port "$port" --nqn "$nqn" --guest-script "$root/tests/interop/guest-ns-change.sh" \
+    -- -H "$reload" || rc=$?
+  stop_target; return $rc
+}
+
 "$interop/setup.sh" >/dev/null
 command -v tcpdump >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tcpdump >/dev/null; }
-run kernel-host-digests-512 "nvme-tcp-check: .* none malformed" digests_512
-run kernel-host-4k "HOST-ROLE-PASSED" nodigest_4k
-run kernel-host-file "HOST-ROLE-PASSED" file_ns
-run kernel-host-nvme-cli "NVME-CLI-PASSED" nvme_cli
+# Arguments, if any, name the cases to run (kernel-host-4k ...); none runs them all.
+cases=" $* "
+case_on() { [[ $cases == "  " || $cases == *" $1 "* ]]; }
+if case_on kernel-host-digests-512; then run kernel-host-digests-512 "nvme-tcp-check: .* none malformed" digests_512; fi
+if case_on kernel-host-4k; then run kernel-host-4k "HOST-ROLE-PASSED" nodigest_4k; fi
+if case_on kernel-host-file; then run kernel-host-file "HOST-ROLE-PASSED" file_ns; fi
+if case_on kernel-host-nvme-cli; then run kernel-host-nvme-cli "NVME-CLI-PASSED" nvme_cli; fi
+if case_on kernel-host-ns-change; then run kernel-host-ns-change "NS-CHANGE-PASSED" ns_change; fi
 echo "interop (kernel host -> holdfast target): $pass passed, $fail failed (logs in $logs)"
 # The data files (images, what was written and read back) go either way; the logs stay only for a failure.
 find "$logs" -name '*.img' -o -name '*.bin' | xargs -r rm -f

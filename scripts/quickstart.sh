@@ -6,5 +6,5 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 command -v cargo >/dev/null || { echo "quickstart.sh: needs a Rust toolchain (https://rustup.rs)" >&2; exit 1; }
 cargo build --release --quiet
-exec target/release/holdfast target --listen "${LISTEN:-127.0.0.1:4420}" \
+exec "${CARGO_TARGET_DIR:-$root/target}/release/holdfast" target --listen "${LISTEN:-127.0.0.1:4420}" \
   --nqn "${NQN:-nqn.2026-01.io.holdfast:demo}" --ram-mib "${RAM_MIB:-256}"

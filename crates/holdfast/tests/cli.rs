@@ -230,3 +230,14 @@ fn startup_errors_name_the_config_file_and_key() {
     assert!(err.contains(&format!("{}: port 1 (listen {})", cfg.display(), taken.local_addr().unwrap())), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With a configuration file, the quick-mode and policy flags are refused by name rather than ignored (the
+/// file gives the namespaces and the policy: a --kato-ms beside it used to change nothing, silently).
+#[test]
+fn quick_mode_and_policy_flags_are_refused_beside_a_config_file() {
+    for flag in [["--kato-ms", "1000"], ["--block-size", "4096"], ["--size-mib", "8"], ["--cntlid-min", "5"]] {
+        let (rc, _, err) = holdfast(&["target", "--config", "/nonexistent.toml", flag[0], flag[1]]);
+        assert_eq!(rc, 2, "{flag:?}: {err}");
+        assert!(err.contains("cannot be used with") && err.contains(flag[0]), "{flag:?}: {err}");
+    }
+}

@@ -15,8 +15,11 @@ use std::time::Duration;
                         Config file: holdfast target --config target.toml"
 )]
 pub struct Args {
-    /// Configuration file (TOML); excludes the quick-mode flags.
-    #[arg(long, short = 'c', conflicts_with_all = ["listen", "nqn", "ram_mib", "file"])]
+    /// Configuration file (TOML); excludes the quick-mode and policy flags (the file says all that).
+    #[arg(long, short = 'c', conflicts_with_all = [
+        "listen", "nqn", "ram_mib", "file", "size_mib", "block_size", "kato_ms", "reconnect_delay_ms",
+        "reconnect_delay_max_ms", "ctrl_loss_tmo_ms", "fast_io_fail_tmo_ms", "cqt_ms", "cntlid_min", "cntlid_max",
+    ])]
     config: Option<PathBuf>,
     /// Quick mode: address to listen on (NVMe/TCP and discovery).
     #[arg(long)]
