@@ -11,7 +11,7 @@ use holdfast_proto::log_page::{self as lp, DiscoveryLogEntry};
 use holdfast_proto::opcode::admin as aop;
 use holdfast_proto::sqe::{features, identify};
 use holdfast_proto::{Status, SubmissionEntry};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use zerocopy::IntoBytes;
 
@@ -65,19 +65,33 @@ fn adrfam(a: &SocketAddr) -> u8 {
     }
 }
 
+/// Where a host reaches a port: the port's own address, or for a port listening on a wildcard address the
+/// address this host reached the target at (`local`), if that listener accepts it: an IPv4 address on
+/// 0.0.0.0, any address on [::] (dual-stack, the Linux default). None: this host's address says nothing of
+/// where an IPv4 wildcard port can be reached (the host came in over IPv6), and the port is left out rather
+/// than listed at an address it does not listen on.
+fn reachable_addr(port: SocketAddr, local: IpAddr) -> Option<SocketAddr> {
+    if !port.ip().is_unspecified() {
+        return Some(port);
+    }
+    // A host on IPv4 that reached a [::] listener shows as ::ffff:a.b.c.d: listed as the IPv4 address it is.
+    let local = local.to_canonical();
+    match (port.ip(), local) {
+        (IpAddr::V4(_), IpAddr::V6(_)) => None,
+        _ => Some(SocketAddr::new(local, port.port())),
+    }
+}
+
 /// The Discovery log page for this controller's host. LSP bit 1 (PLEO) limits it to the port the host is
-/// connected to. A port listening on a wildcard address reports the address the host reached us at.
+/// connected to. A port listening on a wildcard address reports the address the host reached us at
+/// ([`reachable_addr`]).
 pub fn discovery_log(ctx: &QueueCtx, c: &Controller, lsp: u8) -> Vec<u8> {
     let port_local_only = lsp & 0x2 != 0;
     let target = &c.target;
     let ports = target.ports.read().clone();
     let mut entries = Vec::new();
     for port in ports.iter().filter(|p| !port_local_only || p.id == ctx.port.id) {
-        let addr = if port.addr.ip().is_unspecified() {
-            SocketAddr::new(c.local_addr.ip(), port.addr.port())
-        } else {
-            port.addr
-        };
+        let Some(addr) = reachable_addr(port.addr, c.local_addr.ip()) else { continue };
         let traddr = addr.ip().to_string();
         let trsvcid = addr.port().to_string();
         for s in target.subsystems().iter().filter(|s| s.on_port(port.id) && s.host_allowed(&c.hostnqn)) {
@@ -104,4 +118,27 @@ fn entry(subtype: u8, portid: u16, traddr: &str, trsvcid: &str, subnqn: &str, ad
 /// Bytes of an entry (for tests).
 pub fn entry_bytes(e: &DiscoveryLogEntry) -> &[u8] {
     e.as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reachable_addr;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn a_wildcard_port_is_listed_only_at_an_address_it_accepts() {
+        let at = |port: &str, local: &str| {
+            reachable_addr(port.parse().unwrap(), local.parse().unwrap()).map(|a: SocketAddr| a.to_string())
+        };
+        // A bound address is listed as it is, whatever the host came in over.
+        assert_eq!(at("10.1.2.3:4420", "::1").as_deref(), Some("10.1.2.3:4420"));
+        // Wildcards: the host's own way in, when the listener takes that family.
+        assert_eq!(at("0.0.0.0:4420", "192.0.2.7").as_deref(), Some("192.0.2.7:4420"));
+        assert_eq!(at("[::]:4420", "2001:db8::7").as_deref(), Some("[2001:db8::7]:4420"));
+        assert_eq!(at("[::]:4420", "192.0.2.7").as_deref(), Some("192.0.2.7:4420"));
+        assert_eq!(at("[::]:4420", "::ffff:192.0.2.7").as_deref(), Some("192.0.2.7:4420"), "IPv4-mapped");
+        assert_eq!(at("0.0.0.0:4420", "::ffff:192.0.2.7").as_deref(), Some("192.0.2.7:4420"), "IPv4-mapped");
+        // An IPv4 wildcard port seen from IPv6: no address to give.
+        assert_eq!(at("0.0.0.0:4420", "::1"), None);
+    }
 }
