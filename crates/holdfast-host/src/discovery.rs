@@ -7,6 +7,7 @@ use bytes::BytesMut;
 use holdfast_proto::fabrics::DISCOVERY_NQN;
 use holdfast_proto::log_page::{field_str, DiscoveryLogEntry, LID_DISCOVERY};
 use holdfast_proto::policy::{ConnectionPolicy, LID_HOLDFAST_POLICY};
+use holdfast_proto::Status;
 
 /// One discovery log entry, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,12 +111,25 @@ async fn read_log(ctrl: &Controller) -> Result<Vec<DiscoveryEntry>> {
             get_log_page(admin, LID_DISCOVERY, 0, total, 0).await?
         } else {
             let mut log = BytesMut::with_capacity(total);
+            let mut restart = false;
             while log.len() < total {
                 let n = piece.min(total - log.len());
-                let part = get_log_page(admin, LID_DISCOVERY, 0, n, log.len() as u64).await?;
-                log.extend_from_slice(&part);
+                match get_log_page(admin, LID_DISCOVERY, 0, n, log.len() as u64).await {
+                    Ok(part) => log.extend_from_slice(&part),
+                    // The log shrank since its header was read (a piece's offset past its new end: Invalid Field,
+                    // as holdfast's target answers), or the controller says so (Discover Restart): start over.
+                    Err(e)
+                        if e.status().is_some_and(|s| {
+                            s.code() == Status::INVALID_FIELD || s.code() == Status::DISCOVER_RESTART
+                        }) =>
+                    {
+                        restart = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            if le64(&get_log_page(admin, LID_DISCOVERY, 0, 1024, 0).await?, 0) != genctr {
+            if restart || le64(&get_log_page(admin, LID_DISCOVERY, 0, 1024, 0).await?, 0) != genctr {
                 continue;
             }
             log.freeze()

@@ -68,6 +68,9 @@ struct Behaviour {
     /// Records in the Discovery log page (0: no such page). A Get Log Page longer than MDTS allows is a
     /// fatal transport error here, as on SPDK's target (C2HTermReq, connection closed).
     discovery_records: usize,
+    /// After the first Discovery read the log holds this many records (GENCTR 8); an offset past its end is
+    /// answered Invalid Field (as holdfast's target does).
+    discovery_shrink_to: Option<usize>,
     /// Answer the first write with R2Ts that break the protocol (see [`BadR2T`]); that write is never
     /// completed on that connection.
     bad_r2t: Option<BadR2T>,
@@ -107,6 +110,7 @@ impl Default for Behaviour {
             fail_status: Status::TRANSIENT_TRANSPORT_ERROR.with_crd(1),
             close_io_on_shn: false,
             discovery_records: 0,
+            discovery_shrink_to: None,
             bad_r2t: None,
             icdoff: 0,
         }
@@ -466,7 +470,11 @@ impl Conn {
                 }
                 admin::ASYNC_EVENT_REQUEST => self.aers.push(cid), // held, as a controller does
                 admin::GET_LOG_PAGE if get_log_page::lid(&sqe) == LID_DISCOVERY && self.st.b.discovery_records > 0 => {
-                    self.st.discovery_reads.fetch_add(1, Ordering::Relaxed);
+                    let nread = self.st.discovery_reads.fetch_add(1, Ordering::Relaxed);
+                    let (count, gen) = match self.st.b.discovery_shrink_to {
+                        Some(k) if nread > 0 => (k, 8),
+                        _ => (self.st.b.discovery_records, 7),
+                    };
                     let len = get_log_page::len_bytes(&sqe) as usize;
                     if self.st.b.mdts > 0 && len > 4096 << self.st.b.mdts {
                         let t = TermReq { fes: 5, fei: 0, data: Bytes::new() };
@@ -474,13 +482,17 @@ impl Conn {
                         self.close = true;
                         return;
                     }
-                    let records: Vec<_> = (0..self.st.b.discovery_records)
+                    let records: Vec<_> = (0..count)
                         .map(|i| {
                             let nqn = format!("nqn.2026-01.io.holdfast:rec-{i:03}");
                             DiscoveryLogEntry::build(2, 1, 0xFFFF, 32, "4420", &nqn, "127.0.0.1", 1)
                         })
                         .collect();
-                    let log = discovery_log_bytes(7, &records);
+                    let log = discovery_log_bytes(gen, &records);
+                    if get_log_page::offset(&sqe) > log.len() as u64 {
+                        self.resp(cid, Status::INVALID_FIELD.with_dnr(), 0);
+                        return;
+                    }
                     self.send_data(cid, &log_page_slice(&log, get_log_page::offset(&sqe), len));
                 }
                 admin::GET_LOG_PAGE
@@ -1516,4 +1528,17 @@ async fn data_for_a_completed_command_never_completes_the_next_one() {
     assert!(got == d, "the read completed with the stray PDU's bytes");
     assert!(!f.st.stray_c2h.load(Ordering::Relaxed), "the stray PDU was sent");
     c.shutdown().await.unwrap();
+}
+
+/// The discovery log shrinks (a reload removed subsystems) between the header read and the pieces: the host
+/// starts over (NVMe-oF 1.1 §5.3: GENCTR changed; a target may even answer Discover Restart), and does not
+/// fail discovery.
+#[tokio::test]
+async fn a_discovery_log_that_shrinks_while_read_in_pieces_is_read_again() {
+    let f =
+        fake(Behaviour { mdts: 5, discovery_records: 300, discovery_shrink_to: Some(10), ..Default::default() }).await;
+    let mut o = opts(&f, 0, false);
+    o.subnqn = fabrics::DISCOVERY_NQN.into();
+    let entries = holdfast_host::discover(o).await.expect("discover");
+    assert_eq!(entries.len(), 10);
 }

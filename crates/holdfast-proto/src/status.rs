@@ -100,6 +100,9 @@ statuses! {
     CONNECT_RESTART_DISCOVERY = (sct::COMMAND_SPECIFIC, 0x83),
     /// Fabrics: Connect Invalid Host.
     CONNECT_INVALID_HOST = (sct::COMMAND_SPECIFIC, 0x84),
+    /// Fabrics: Discover Restart (a Get Log Page of the Discovery log: the log changed, read it again from the
+    /// start; NVMe-oF 1.1 §5.3).
+    DISCOVER_RESTART = (sct::COMMAND_SPECIFIC, 0x90),
     /// NVM: Conflicting Attributes (Dataset Management, Read, Write).
     CONFLICTING_ATTRIBUTES = (sct::COMMAND_SPECIFIC, 0x80),
     /// Write Fault.
