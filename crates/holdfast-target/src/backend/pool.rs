@@ -309,4 +309,48 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+
+    /// Stress: one or two "CPUs", one to four threads, four submitters, jobs that sometimes block: every job
+    /// runs (no wake-up is lost).
+    #[test]
+    fn every_job_runs_under_many_submitters() {
+        for round in 0..60u64 {
+            let pool = IoPool {
+                inner: Arc::new(Inner {
+                    name: "rv".into(),
+                    max: 1 + (round % 4) as usize,
+                    cpus: 1 + (round % 2) as usize,
+                    state: Mutex::new(State::default()),
+                    work: Condvar::new(),
+                }),
+            };
+            let pool = Arc::new(pool);
+            let (tx, rx) = mpsc::channel();
+            let mut hs = Vec::new();
+            for t in 0..4u64 {
+                let (pool, tx) = (pool.clone(), tx.clone());
+                hs.push(std::thread::spawn(move || {
+                    for i in 0..200u64 {
+                        let tx = tx.clone();
+                        let slow = (i * 7 + t + round) % 37 == 0;
+                        pool.submit(Box::new(move || {
+                            if slow {
+                                std::thread::sleep(Duration::from_micros(500));
+                            }
+                            tx.send(()).unwrap();
+                        }));
+                        if i % 50 == 0 {
+                            std::thread::sleep(Duration::from_micros(300));
+                        }
+                    }
+                }));
+            }
+            for h in hs {
+                h.join().unwrap();
+            }
+            for n in 0..800 {
+                rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("round {round}: job {n} never ran"));
+            }
+        }
+    }
 }

@@ -165,7 +165,18 @@ fn run(exec: Exec, len: usize, data: Bytes, gate: MediaGate, write_through: bool
         Exec::Write { ns, offset, fua } => {
             ns.backend.write_at(offset, &data, fua || write_through, &gate).map_err(|e| (e, true))
         }
-        Exec::Flush { ns } => ns.iter().try_for_each(|n| n.backend.flush(&gate)).map_err(|e| (e, true)),
+        // Every namespace is flushed (NSID FFFFFFFFh: all of them) even after one fails, whose error is returned
+        // then: a failure that sticks (a file namespace's failed fdatasync) must not leave the others unflushed.
+        Exec::Flush { ns } => {
+            let mut first = Ok(());
+            for n in &ns {
+                let r = n.backend.flush(&gate);
+                if first.is_ok() {
+                    first = r;
+                }
+            }
+            first.map_err(|e| (e, true))
+        }
         // Zeroes are data like any write's: durable on completion with FUA, or with the write cache off
         // (NVM Command Set 1.0 §3.2.8; Volatile Write Cache, NVMe Base 2.0 §5.27.1.4).
         Exec::WriteZeroes { ns, offset, len, deallocate, fua } => {
@@ -255,5 +266,64 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
     } else {
         let r = run(req.exec, len, data, gate, write_through);
         Outcome::Done(finish(r, &ctrl))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use std::sync::atomic::AtomicU32;
+
+    /// A backend whose flush fails (`bad`) or counts.
+    struct B {
+        bad: bool,
+        flushes: AtomicU32,
+    }
+    impl Backend for B {
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+        fn blocking(&self) -> bool {
+            false
+        }
+        fn read_at(&self, _: u64, _: &mut [u8], _: &MediaGate) -> io::Result<()> {
+            Ok(())
+        }
+        fn write_at(&self, _: u64, _: &[u8], _: bool, _: &MediaGate) -> io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self, _: &MediaGate) -> io::Result<()> {
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            if self.bad {
+                Err(io::Error::other("fdatasync failed earlier"))
+            } else {
+                Ok(())
+            }
+        }
+        fn write_zeroes(&self, _: u64, _: u64, _: &MediaGate) -> io::Result<()> {
+            Ok(())
+        }
+        fn deallocate(&self, _: u64, _: u64, _: &MediaGate) -> io::Result<()> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "b".into()
+        }
+    }
+
+    /// Flush of NSID FFFFFFFFh: a namespace whose flush fails does not keep the others from being flushed.
+    #[test]
+    fn flush_all_flushes_every_namespace_even_after_one_fails() {
+        let bad = Arc::new(B { bad: true, flushes: AtomicU32::new(0) });
+        let good = Arc::new(B { bad: false, flushes: AtomicU32::new(0) });
+        let ids = crate::config::NsIds { uuid: [0; 16], nguid: [0; 16], eui64: [0; 8] };
+        let ns = vec![
+            Arc::new(Namespace::new(1, 512, bad.clone(), ids)),
+            Arc::new(Namespace::new(2, 512, good.clone(), ids)),
+        ];
+        let r = run(Exec::Flush { ns }, 0, Bytes::new(), MediaGate::open(), false);
+        assert!(!r.status.is_success());
+        assert_eq!(good.flushes.load(Ordering::SeqCst), 1, "namespace 2 was never flushed");
     }
 }
