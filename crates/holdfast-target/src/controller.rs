@@ -58,6 +58,8 @@ pub struct ErrorRecord {
     pub nsid: u32,
     /// LBA, if any.
     pub lba: u64,
+    /// The error is the transport's (a digest that did not match): the entry names the transport type.
+    pub transport: bool,
 }
 
 /// Feature values (NVMe Base 2.0 §5.27.1).
@@ -291,12 +293,26 @@ impl Controller {
         Ok(())
     }
 
-    /// Record an error for the Error Information log.
-    pub fn log_error(&self, sqid: u16, cid: u16, status: Status, nsid: u32, lba: u64) {
+    /// Record a failed command for the Error Information log (NVMe Base 2.0 §5.16.1.2): its queue, CID,
+    /// status, namespace and, for a command that addresses LBAs, its starting LBA. Called for every completion
+    /// that failed, once, by the transport, which sees them all ([`crate::transport::tcp`]). A success, or an
+    /// Aborted SQ Deletion (the command did not fail: its association ended), logs nothing.
+    pub fn log_error(&self, sqid: u16, sqe: &holdfast_proto::SubmissionEntry, status: Status, transport: bool) {
+        use holdfast_proto::opcode::io;
+        if status.is_success() || status.code() == Status::ABORTED_SQ_DELETION {
+            return;
+        }
+        let lba = match sqe.opcode {
+            io::READ | io::WRITE | io::WRITE_ZEROES | io::COMPARE | io::VERIFY if sqid != 0 => {
+                holdfast_proto::sqe::rw::slba(sqe)
+            }
+            _ => 0,
+        };
+        let (cid, nsid) = (sqe.cid(), sqe.nsid());
         let mut st = self.state.lock();
         st.error_count += 1;
         let count = st.error_count;
-        st.errors.push_front(ErrorRecord { count, sqid, cid, status, nsid, lba });
+        st.errors.push_front(ErrorRecord { count, sqid, cid, status, nsid, lba, transport });
         st.errors.truncate(ERROR_LOG_ENTRIES);
     }
 

@@ -588,6 +588,71 @@ async fn a_corrupt_capsule_reusing_a_running_commands_cid_is_a_cid_conflict() {
     server.stop().await;
 }
 
+/// The Error Information log holds every failed command once, with its queue, CID, status, namespace and,
+/// for a command that addresses LBAs, its first LBA; Transport Type only for a transport error. Refusals for a
+/// command's fields are not media errors in the SMART log.
+#[tokio::test]
+async fn each_failed_command_is_in_the_error_log_once_with_its_namespace_and_lba() {
+    let (server, addr) = start("").await; // 4 MiB of 512-byte blocks: 8192 blocks
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, true).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, true).await;
+    // Refused when parsed: a read one block past the end.
+    let (r, _) = q.cmd(rw_sqe(io::READ, 8192, 1, SglDescriptor::transport(512)), Bytes::new()).await;
+    assert_eq!(r.status(), Status::LBA_OUT_OF_RANGE.with_dnr());
+    let read_cid = r.cid();
+    // Refused when run: a deallocation past the end (its range is in the data).
+    let range = holdfast_proto::sqe::dsm::Range { cattr: 0, nlb: 8, slba: 8190 };
+    let mut sqe = SubmissionEntry::new(io::DATASET_MANAGEMENT, 0);
+    sqe.nsid.set(1);
+    sqe.dptr = SglDescriptor::incapsule(16);
+    sqe.cdw11.set(holdfast_proto::sqe::dsm::AD);
+    let (r, _) = q.cmd(sqe, Bytes::copy_from_slice(&range.encode())).await;
+    assert_eq!(r.status(), Status::LBA_OUT_OF_RANGE.with_dnr());
+    let dsm_cid = r.cid();
+    // A transport error: a capsule whose data digest does not match.
+    let mut sqe = rw_sqe(io::WRITE, 5, 1, SglDescriptor::incapsule(512));
+    sqe.cid.set(q.next_cid());
+    let digest_cid = sqe.cid.get();
+    let mut b =
+        BytesMut::from(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::from(vec![1u8; 512]) }).to_bytes(&q.f)[..]);
+    b[100] ^= 1;
+    q.send_raw(&b).await;
+    assert_eq!(q.finish(digest_cid).await.0.status(), Status::TRANSIENT_TRANSPORT_ERROR);
+
+    let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
+    s.dptr = SglDescriptor::transport(4 * 64);
+    holdfast_proto::sqe::get_log_page::set(&mut s, 0x01, 0, 4 * 64, 0);
+    let (r, log) = a.cmd(s, Bytes::new()).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    let e: Vec<_> =
+        log.chunks_exact(64).filter_map(holdfast_proto::log_page::ErrorInformationEntry::from_slice).collect();
+    let row = |e: &holdfast_proto::log_page::ErrorInformationEntry| {
+        (
+            e.error_count.get(),
+            e.sqid.get(),
+            e.cid.get(),
+            Status::from_cqe_word(e.status.get()),
+            e.nsid.get(),
+            e.lba.get(),
+            e.trtype,
+        )
+    };
+    // Newest first; the fourth entry is empty (nothing was logged twice).
+    assert_eq!(row(&e[0]), (3, 1, digest_cid, Status::TRANSIENT_TRANSPORT_ERROR, 1, 5, 3), "digest error: TCP");
+    assert_eq!(row(&e[1]), (2, 1, dsm_cid, Status::LBA_OUT_OF_RANGE.with_dnr(), 1, 0, 0), "DSM: no LBA field");
+    assert_eq!(row(&e[2]), (1, 1, read_cid, Status::LBA_OUT_OF_RANGE.with_dnr(), 1, 8192, 0), "read past the end");
+    assert_eq!(e[3].error_count.get(), 0, "one entry per failed command");
+
+    let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
+    s.dptr = SglDescriptor::transport(512);
+    holdfast_proto::sqe::get_log_page::set(&mut s, 0x02, 0, 512, 0);
+    let (_, smart) = a.cmd(s, Bytes::new()).await;
+    let smart = holdfast_proto::log_page::SmartHealthLog::from_slice(&smart).unwrap();
+    assert_eq!(smart.media_errors, [0; 16], "no media errors");
+    assert_eq!(holdfast_proto::log_page::u128_from(&smart.num_err_log_entries), 3);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn keep_alive_expiry_tears_the_association_down() {
     let (server, addr) = start("").await;

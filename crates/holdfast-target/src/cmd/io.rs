@@ -241,11 +241,13 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
     };
     let write_through = ctrl.write_through.load(Ordering::Acquire);
     let gate = ctx.gate.enter();
-    let (len, sqid, cid, nsid, slba) = (req.len, ctx.qid, req.sqe.cid(), req.sqe.nsid(), rw::slba(&req.sqe));
+    let len = req.len;
+    // Media and Data Integrity Errors count in the SMART log (Media and Data Integrity Errors: unrecovered
+    // data integrity errors); a command refused for its fields does not. The transport logs every failure in
+    // the Error Information log.
     let finish = move |r: Response, ctrl: &Controller| {
-        if !r.status.is_success() && r.status.code() != Status::ABORTED_SQ_DELETION {
+        if r.status.sct() == holdfast_proto::status::sct::MEDIA {
             ctrl.subsys.stats.media_errors.fetch_add(1, Ordering::Relaxed);
-            ctrl.log_error(sqid, cid, r.status, nsid, slba);
         }
         r
     };

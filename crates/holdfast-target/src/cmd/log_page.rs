@@ -92,7 +92,11 @@ fn error_log(c: &Controller) -> Vec<u8> {
             e.parameter_error_location.set(0xFFFF);
             e.lba.set(r.lba);
             e.nsid.set(r.nsid);
-            e.trtype = 3; // TCP
+            // Transport Type only for an error of the transport's; 0 otherwise (Figure "Error Information
+            // Log Entry Data Structure"), as Linux nvmet leaves it.
+            if r.transport {
+                e.trtype = lp::TRTYPE_TCP;
+            }
         }
         v.extend_from_slice(e.as_bytes());
     }

@@ -379,9 +379,8 @@ impl Connection {
             // Its CID is checked first, as any capsule's: a CID still in use answers for the command using it.
             Pdu::CapsuleCmd(c) => {
                 self.advance_sqhd();
-                let cid = c.sqe.cid();
-                if self.admit_cid(cid)? {
-                    self.send_response(cid, Status::TRANSIENT_TRANSPORT_ERROR, 0, 0);
+                if self.admit_cid(&c.sqe)? {
+                    self.fail(&c.sqe, Status::TRANSIENT_TRANSPORT_ERROR, true);
                 }
                 Ok(None)
             }
@@ -404,7 +403,8 @@ impl Connection {
     /// May a new command with this CID be taken on? A queue with more commands outstanding than it holds is a
     /// fatal error; a CID still in use is answered Command ID Conflict (`false`), without touching the slot,
     /// which belongs to the command already using it.
-    fn admit_cid(&mut self, cid: u16) -> Result<bool, Close> {
+    fn admit_cid(&mut self, sqe: &holdfast_proto::SubmissionEntry) -> Result<bool, Close> {
+        let cid = sqe.cid();
         if self.slots.len() >= MAX_QUEUE_ENTRIES as usize
             || (self.ctx.size > 0 && self.slots.len() >= self.ctx.size as usize * 2)
         {
@@ -416,10 +416,24 @@ impl Connection {
             ));
         }
         if self.slots.contains_key(&cid) {
-            self.send_response(cid, Status::CID_CONFLICT.with_dnr(), 0, 0);
+            self.fail(sqe, Status::CID_CONFLICT.with_dnr(), false);
             return Ok(false);
         }
         Ok(true)
+    }
+
+    /// Answer a command that failed before it ran, and log it ([`Connection::log_failure`]).
+    fn fail(&mut self, sqe: &holdfast_proto::SubmissionEntry, status: Status, transport: bool) {
+        self.log_failure(sqe, status, transport);
+        self.send_response(sqe.cid(), status, 0, 0);
+    }
+
+    /// Every failed completion of a bound queue is logged in its controller's Error Information log, once:
+    /// here, or where a command run elsewhere finished ([`Connection::exec`]).
+    fn log_failure(&self, sqe: &holdfast_proto::SubmissionEntry, status: Status, transport: bool) {
+        if let Some(ctrl) = &self.ctx.ctrl {
+            ctrl.log_error(self.ctx.qid, sqe, status, transport);
+        }
     }
 
     fn handle_capsule(
@@ -429,23 +443,23 @@ impl Connection {
     ) -> Result<Option<PendingConnect>, Close> {
         self.advance_sqhd();
         let cid = sqe.cid();
-        if !self.admit_cid(cid)? {
+        if !self.admit_cid(&sqe)? {
             return Ok(None);
         }
         let req = match cmd::parse(&self.ctx, &sqe) {
             Ok(r) => r,
             Err(status) => {
-                self.send_response(cid, status, 0, 0);
+                self.fail(&sqe, status, false);
                 return Ok(None);
             }
         };
         if req.len == 0 && !data.is_empty() {
-            self.send_response(cid, Status::SGL_LENGTH_INVALID.with_dnr(), 0, 0);
+            self.fail(&sqe, Status::SGL_LENGTH_INVALID.with_dnr(), false);
             return Ok(None);
         }
         if req.len > 0 {
             if let Err(status) = check_sgl(&sqe, req.len, req.dir, data.len()) {
-                self.send_response(cid, status, 0, 0);
+                self.fail(&sqe, status, false);
                 return Ok(None);
             }
         }
@@ -547,7 +561,7 @@ impl Connection {
         self.r2t_bytes -= req.len;
         self.start_r2ts();
         if failed {
-            self.send_response(cccid, Status::TRANSIENT_TRANSPORT_ERROR, 0, 0);
+            self.fail(&req.sqe, Status::TRANSIENT_TRANSPORT_ERROR, true);
             return Ok(None);
         }
         Ok(self.exec(cccid, req, data))
@@ -560,10 +574,11 @@ impl Connection {
             return Some(PendingConnect { cid, req, data });
         }
         // Only data for the host is trimmed or padded to the command's transfer length.
-        let len = req.len_to_host();
+        let (len, sqe) = (req.len_to_host(), req.sqe);
         // The slot is taken only by a command that outlives this call (no other PDU is handled meanwhile).
         match cmd::execute(&mut self.ctx, req, data) {
             Outcome::Done(resp) => {
+                self.log_failure(&sqe, resp.status, false);
                 self.respond(cid, resp, len);
                 // Set by a Disconnect just run: nothing more is decoded, and the connection closes once the
                 // response is out, or after DISCONNECT_LINGER if the host does not read it (a Disconnect on the
@@ -575,8 +590,12 @@ impl Connection {
             }
             Outcome::Later(work) => {
                 self.slots.insert(cid, Slot::Executing);
-                let tx = self.done_tx.clone();
+                let (tx, ctrl, qid) = (self.done_tx.clone(), self.ctx.ctrl.clone(), self.ctx.qid);
                 work.run(move |r| {
+                    // Logged where it finished (the connection task no longer has its SQE when it answers).
+                    if let Some(ctrl) = &ctrl {
+                        ctrl.log_error(qid, &sqe, r.status, false);
+                    }
                     let _ = tx.send((cid, pad_len(r, len)));
                 });
             }
@@ -593,6 +612,7 @@ impl Connection {
         let len = req.len_to_host();
         let bound_before = self.ctx.ctrl.is_some();
         let resp = cmd::fabrics::connect(&mut self.ctx, &req, &data).await;
+        self.log_failure(&req.sqe, resp.status, false);
         // A Connect on a bound queue is refused before it changes anything (a queue is bound once).
         if !bound_before && self.ctx.ctrl.is_some() {
             self.on_connected();
@@ -639,11 +659,6 @@ impl Connection {
     fn respond(&mut self, cid: u16, resp: Response, len: usize) {
         let resp = pad_len(resp, len);
         if !resp.status.is_success() {
-            if let Some(ctrl) = &self.ctx.ctrl {
-                if resp.status.code() != Status::ABORTED_SQ_DELETION {
-                    ctrl.log_error(self.ctx.qid, cid, resp.status, 0, 0);
-                }
-            }
             self.send_response(cid, resp.status, resp.dw0, resp.dw1);
             return;
         }
