@@ -875,6 +875,8 @@ async fn fence_association_ends_the_hosts_old_association_and_reports_its_drain(
 async fn discovery_log_lists_subsystem_and_discovery_entries() {
     let (server, addr) = start("").await;
     let (mut c, _) = Conn::admin(addr, fabrics::DISCOVERY_NQN, false, false).await;
+    // CAP as an I/O controller's (the Linux host warns at every discovery when MQES is below its 128).
+    assert_eq!(fabrics::cap::mqes(c.prop_get(property::CAP, true).await.result64()), 1023, "discovery CAP.MQES");
     let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
     s.dptr = SglDescriptor::transport(3072);
     holdfast_proto::sqe::get_log_page::set(&mut s, 0x70, 0, 3072, 0);

@@ -2,7 +2,7 @@
 //! entry per (subsystem this host may use, port) plus one per port for the current discovery subsystem, and
 //! the few other admin commands a discovery controller accepts.
 
-use crate::controller::{Controller, ADMIN_QUEUE_ENTRIES};
+use crate::controller::{Controller, ADMIN_QUEUE_ENTRIES, MAX_QUEUE_ENTRIES};
 use crate::request::{DataDir, Exec, ParseResult, QueueCtx, Request, Response, MAX_TRANSFER};
 use holdfast_proto::fabrics::{DISCOVERY_NQN, VERSION_1_3};
 use holdfast_proto::features as fid;
@@ -52,7 +52,9 @@ pub fn identify(_ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
     d.ver.set(VERSION_1_3);
     d.cntrltype = id::CNTRLTYPE_DISCOVERY;
     d.oaes.set(AEC_DISCOVERY_CHANGE);
-    d.maxcmd.set(ADMIN_QUEUE_ENTRIES as u16);
+    // As an I/O controller's, and nvmet's (a high value, not a limit): the Linux host sizes its view of the
+    // controller by the smaller of MAXCMD and CAP.MQES and warned "clamping down" at every discovery at 32.
+    d.maxcmd.set(MAX_QUEUE_ENTRIES as u16);
     d.subnqn = holdfast_proto::fabrics::nqn_to_field(DISCOVERY_NQN);
     Response::data(d.as_bytes().to_vec())
 }

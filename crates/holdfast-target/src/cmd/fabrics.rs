@@ -175,10 +175,12 @@ pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response
     Response::dw0(cntlid as u32)
 }
 
-fn cap_value(ctx: &QueueCtx) -> u64 {
-    let disc = ctx.ctrl.as_ref().is_some_and(|c| c.subsys.is_discovery);
-    let mqes = if disc { ADMIN_QUEUE_ENTRIES - 1 } else { MAX_QUEUE_ENTRIES - 1 };
-    cap::build(mqes as u16, CAP_TIMEOUT_500MS)
+/// CAP: the same for discovery controllers, as Linux nvmet's. MQES bounds I/O queues, which a discovery
+/// controller has none of (its admin queue's bound is ASQSZ, [`ADMIN_QUEUE_ENTRIES`]); the Linux host still
+/// sizes its view of the controller by it (and by MAXCMD) and warned "clamping down" at every `nvme discover`
+/// while it was 31.
+fn cap_value() -> u64 {
+    cap::build((MAX_QUEUE_ENTRIES - 1) as u16, CAP_TIMEOUT_500MS)
 }
 
 /// Property Get (NVMe-oF 1.1 §3.4).
@@ -186,7 +188,7 @@ pub fn property_get(ctx: &QueueCtx, req: &Request) -> Response {
     let p = PropertyCommand::from_sqe(&req.sqe);
     let Some(ctrl) = &ctx.ctrl else { return Response::err(Status::COMMAND_SEQUENCE_ERROR) };
     let (value, size): (u64, usize) = match p.ofst.get() {
-        property::CAP => (cap_value(ctx), 8),
+        property::CAP => (cap_value(), 8),
         property::VS => (if ctrl.subsys.is_discovery { VERSION_1_3 } else { VERSION_2_0 } as u64, 4),
         property::CC => (ctrl.state.lock().cc as u64, 4),
         property::CSTS => (ctrl.state.lock().csts as u64, 4),
