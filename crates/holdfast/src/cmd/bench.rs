@@ -100,7 +100,12 @@ struct Shared {
     /// Per I/O unit: the last acknowledged write generation (0: never written), with `UNKNOWN` set while the
     /// unit is uncertain (a write to it failed).
     gens: Vec<AtomicU64>,
-    /// Per I/O unit: the generation of the failed write that made it uncertain.
+    /// Per I/O unit, while it is uncertain: the generations of the first and of the last write to it that failed
+    /// since its last acknowledged one. Any of those writes may have landed (a failed write is not known not
+    /// to have reached the media, and a later failure, perhaps never sent, says nothing of an earlier one), and
+    /// every generation between them written to this unit was one of them: a block of this unit's LBA with a
+    /// generation in that range is one of them.
+    alt_first: Vec<AtomicU64>,
     alt: Vec<AtomicU64>,
     busy: Vec<AtomicBool>,
     next_gen: AtomicU64,
@@ -121,27 +126,70 @@ impl Shared {
         }
     }
 
+    /// Shared state for `vunits` verified I/O units (0 without `--verify`).
+    fn new(vunits: usize) -> Shared {
+        let zeroes = || (0..vunits).map(|_| AtomicU64::new(0)).collect();
+        Shared {
+            ops: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            mismatches: AtomicU64::new(0),
+            first_problems: Mutex::new(Vec::new()),
+            gens: zeroes(),
+            alt_first: zeroes(),
+            alt: zeroes(),
+            busy: (0..vunits).map(|_| AtomicBool::new(false)).collect(),
+            next_gen: AtomicU64::new(0),
+            cursor: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            outages: AtomicU64::new(0),
+            longest_stall_ms: AtomicU64::new(0),
+            down: Mutex::new(None),
+            lost: Mutex::new(None),
+        }
+    }
+
+    /// A write of generation `gen` to `unit` ended. Acknowledged: the unit holds `gen`. Failed: it keeps its
+    /// last acknowledged generation and becomes uncertain, or stays so, with `gen` the last failed attempt.
+    /// (One I/O at a time per unit: `busy`.)
+    fn write_ended(&self, unit: u64, gen: u64, ok: bool) {
+        let u = unit as usize;
+        if ok {
+            self.gens[u].store(gen, Ordering::Release);
+            return;
+        }
+        if self.gens[u].load(Ordering::Acquire) & UNKNOWN == 0 {
+            self.alt_first[u].store(gen, Ordering::Release);
+        }
+        self.alt[u].store(gen, Ordering::Release);
+        self.gens[u].fetch_or(UNKNOWN, Ordering::AcqRel);
+    }
+
     /// Check the data read from `unit` (at `lba`) against the generation last written there; count and note
     /// a mismatch. A unit never written in this run is not checked. After a failed write the unit is
-    /// uncertain: the old or the attempted generation (or, if never written before, anything) is acceptable
-    /// until the next good write.
+    /// uncertain: the old generation or that of any write that failed since (or, if never written before,
+    /// anything) is acceptable, block by block, until the next good write.
     fn check_unit(&self, unit: u64, lba: u64, data: &[u8], block: usize) {
         let gen = self.gens[unit as usize].load(Ordering::Acquire);
         if gen == 0 {
             return;
         }
         let uncertain = gen & UNKNOWN != 0;
-        let (prev, alt) = (gen & !UNKNOWN, self.alt[unit as usize].load(Ordering::Acquire));
+        let prev = gen & !UNKNOWN;
+        let (first, last) =
+            (self.alt_first[unit as usize].load(Ordering::Acquire), self.alt[unit as usize].load(Ordering::Acquire));
         for (i, chunk) in data.chunks(block).enumerate() {
             let l = lba + i as u64;
             let Some(p) = check_block(chunk, l, prev) else { continue };
             if uncertain
-                && (check_block(chunk, l, alt).is_none() || (prev == 0 && !chunk.starts_with(&MAGIC.to_le_bytes())))
+                && (block_generation(chunk, l).is_ok_and(|g| (first..=last).contains(&g))
+                    || (prev == 0 && !chunk.starts_with(&MAGIC.to_le_bytes())))
             {
                 continue;
             }
             self.mismatches.fetch_add(1, Ordering::Relaxed);
-            self.problem(format!("verify: {p}{}", if uncertain { format!(" (or {alt})") } else { String::new() }));
+            let or = if uncertain { format!(" (or one of {first}..={last})") } else { String::new() };
+            self.problem(format!("verify: {p}{or}"));
             break;
         }
     }
@@ -208,23 +256,31 @@ fn fill_block(buf: &mut BytesMut, lba: u64, gen: u64, block: usize) {
 
 /// Check one block; None if good, else what is wrong.
 fn check_block(b: &[u8], lba: u64, gen: u64) -> Option<String> {
+    match block_generation(b, lba) {
+        Err(Some(p)) => Some(p),
+        Err(None) => Some(format!("lba {lba}: no verify header (expected generation {gen})")),
+        Ok(g) if g != gen => Some(format!("lba {lba}: generation {g} where {gen} was last acknowledged (stale data)")),
+        Ok(_) => None,
+    }
+}
+
+/// The generation a block of `lba` carries, once its header and checksum are checked; Err(None): no verify
+/// header, Err(Some(problem)) otherwise.
+fn block_generation(b: &[u8], lba: u64) -> Result<u64, Option<String>> {
     let u = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or_default());
     if u(0) != MAGIC {
-        return Some(format!("lba {lba}: no verify header (expected generation {gen})"));
+        return Err(None);
     }
     if u(8) != lba {
-        return Some(format!("lba {lba}: holds the data of lba {}", u(8)));
+        return Err(Some(format!("lba {lba}: holds the data of lba {}", u(8))));
     }
     // CRC32C of the block with its checksum field read as zero, without copying the block.
     let crc = u32::from_le_bytes(b[24..28].try_into().unwrap_or_default());
     let computed = crc32c_append(crc32c_append(crc32c(&b[..24]), &[0; 4]), &b[28..]);
     if computed != crc {
-        return Some(format!("lba {lba}: checksum mismatch (corrupt data)"));
+        return Err(Some(format!("lba {lba}: checksum mismatch (corrupt data)")));
     }
-    if u(16) != gen {
-        return Some(format!("lba {lba}: generation {} where {gen} was last acknowledged (stale data)", u(16)));
-    }
-    None
+    Ok(u(16))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -311,14 +367,7 @@ async fn worker(
             };
             let r = ns.write_on(Some(queue), lba, data, false).await;
             if a.verify {
-                let g = &sh.gens[unit as usize];
-                if r.is_ok() {
-                    g.store(gen, Ordering::Release);
-                } else {
-                    // Keep the last acknowledged generation, mark the unit uncertain, remember the attempt.
-                    sh.alt[unit as usize].store(gen, Ordering::Release);
-                    g.fetch_or(UNKNOWN, Ordering::AcqRel);
-                }
+                sh.write_ended(unit, gen, r.is_ok());
             }
             r
         };
@@ -399,23 +448,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             (None, None) => (Some(Instant::now() + Duration::from_secs(10)), None),
         };
         let vunits = if a.verify { units as usize } else { 0 };
-        let sh = Arc::new(Shared {
-            ops: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            mismatches: AtomicU64::new(0),
-            first_problems: Mutex::new(Vec::new()),
-            gens: (0..vunits).map(|_| AtomicU64::new(0)).collect(),
-            alt: (0..vunits).map(|_| AtomicU64::new(0)).collect(),
-            busy: (0..vunits).map(|_| AtomicBool::new(false)).collect(),
-            next_gen: AtomicU64::new(0),
-            cursor: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
-            outages: AtomicU64::new(0),
-            longest_stall_ms: AtomicU64::new(0),
-            down: Mutex::new(None),
-            lost: Mutex::new(None),
-        });
+        let sh = Arc::new(Shared::new(vunits));
         // Outages, from the controller's event stream.
         let watchers: Vec<_> = ctrls.iter().map(|c| {
             let (sh, mut ev) = (sh.clone(), c.events());
@@ -600,5 +633,31 @@ mod tests {
         let mut d = BytesMut::new();
         fill_block(&mut d, 42, 8, 512);
         assert_ne!(b[32..], d[32..]);
+    }
+
+    /// After two failed writes to a unit, the data of either may be there (the first may have landed, the
+    /// second may never have been sent), or the last acknowledged; older data may not.
+    #[test]
+    fn every_write_that_failed_since_the_last_acknowledged_one_may_have_landed() {
+        let sh = Shared::new(1);
+        let block = |gen: u64| {
+            let mut b = BytesMut::new();
+            fill_block(&mut b, 42, gen, 512);
+            b
+        };
+        sh.write_ended(0, 2, true);
+        sh.write_ended(0, 3, true);
+        sh.write_ended(0, 5, false);
+        sh.write_ended(0, 9, false);
+        for g in [3, 5, 9] {
+            sh.check_unit(0, 42, &block(g), 512);
+            assert_eq!(sh.mismatches.load(Ordering::Relaxed), 0, "generation {g}: {:?}", sh.first_problems.lock());
+        }
+        sh.check_unit(0, 42, &block(2), 512);
+        assert_eq!(sh.mismatches.load(Ordering::Relaxed), 1, "generation 2 is older than the acknowledged 3");
+        // A good write ends the uncertainty: only its data then.
+        sh.write_ended(0, 11, true);
+        sh.check_unit(0, 42, &block(5), 512);
+        assert_eq!(sh.mismatches.load(Ordering::Relaxed), 2, "generation 5 after 11 was acknowledged");
     }
 }
