@@ -157,6 +157,11 @@ impl Status {
     pub const fn with_dnr(self) -> Status {
         Status(self.0 | (1 << 14))
     }
+    /// This status with More set: the Error Information log has an entry for the command.
+    #[must_use]
+    pub const fn with_more(self) -> Status {
+        Status(self.0 | (1 << 13))
+    }
     /// This status with the Command Retry Delay field set (0..=3).
     #[must_use]
     pub const fn with_crd(self, crd: u8) -> Status {

@@ -297,10 +297,20 @@ impl Controller {
     /// status, namespace and, for a command that addresses LBAs, its starting LBA. Called for every completion
     /// that failed, once, by the transport, which sees them all ([`crate::transport::tcp`]). A success, or an
     /// Aborted SQ Deletion (the command did not fail: its association ended), logs nothing.
-    pub fn log_error(&self, sqid: u16, sqe: &holdfast_proto::SubmissionEntry, status: Status, transport: bool) {
+    ///
+    /// Returns the status the completion carries: with More set when an entry was made (NVMe Base 2.0
+    /// Figure 96: More says the log has information for this command; Linux nvmet sets it the same way).
+    #[must_use]
+    pub fn log_error(
+        &self,
+        sqid: u16,
+        sqe: &holdfast_proto::SubmissionEntry,
+        status: Status,
+        transport: bool,
+    ) -> Status {
         use holdfast_proto::opcode::io;
         if status.is_success() || status.code() == Status::ABORTED_SQ_DELETION {
-            return;
+            return status;
         }
         let lba = match sqe.opcode {
             io::READ | io::WRITE | io::WRITE_ZEROES | io::COMPARE | io::VERIFY if sqid != 0 => {
@@ -314,6 +324,7 @@ impl Controller {
         let count = st.error_count;
         st.errors.push_front(ErrorRecord { count, sqid, cid, status, nsid, lba, transport });
         st.errors.truncate(ERROR_LOG_ENTRIES);
+        status.with_more()
     }
 
     /// Queue an asynchronous event (completion dword 0) for log page `lid`, if the host enabled events of

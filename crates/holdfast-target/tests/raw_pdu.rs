@@ -67,6 +67,9 @@ struct Conn {
     buf: BytesMut,
     f: Framing,
     cid: u16,
+    /// The last completion had More set (an Error Information log entry was made for it), which
+    /// [`Conn::finish`] clears so that tests compare statuses as the specification names them.
+    more: bool,
 }
 
 impl Conn {
@@ -79,6 +82,7 @@ impl Conn {
             buf: BytesMut::new(),
             f: Framing::default(),
             cid: 0,
+            more: false,
         }
     }
     async fn ic(addr: SocketAddr, hd: bool, dd: bool) -> Conn {
@@ -173,8 +177,11 @@ impl Conn {
                     assert_eq!(d.datao as usize, data.len());
                     data.extend_from_slice(&d.data);
                 }
-                Pdu::CapsuleResp(r) => {
+                Pdu::CapsuleResp(mut r) => {
                     assert_eq!(r.cqe.cid(), cid);
+                    let word = r.cqe.status.get();
+                    self.more = Status::from_cqe_word(word).more();
+                    r.cqe.status.set(word & !(1 << 14));
                     return (r.cqe, data);
                 }
                 p => panic!("unexpected {p:?}"),
@@ -589,8 +596,8 @@ async fn a_corrupt_capsule_reusing_a_running_commands_cid_is_a_cid_conflict() {
 }
 
 /// The Error Information log holds every failed command once, with its queue, CID, status, namespace and,
-/// for a command that addresses LBAs, its first LBA; Transport Type only for a transport error. Refusals for a
-/// command's fields are not media errors in the SMART log.
+/// for a command that addresses LBAs, its first LBA; Transport Type only for a transport error; the
+/// completion has More set. Refusals for a command's fields are not media errors in the SMART log.
 #[tokio::test]
 async fn each_failed_command_is_in_the_error_log_once_with_its_namespace_and_lba() {
     let (server, addr) = start("").await; // 4 MiB of 512-byte blocks: 8192 blocks
@@ -599,6 +606,7 @@ async fn each_failed_command_is_in_the_error_log_once_with_its_namespace_and_lba
     // Refused when parsed: a read one block past the end.
     let (r, _) = q.cmd(rw_sqe(io::READ, 8192, 1, SglDescriptor::transport(512)), Bytes::new()).await;
     assert_eq!(r.status(), Status::LBA_OUT_OF_RANGE.with_dnr());
+    assert!(q.more, "More: the error log has an entry for it");
     let read_cid = r.cid();
     // Refused when run: a deallocation past the end (its range is in the data).
     let range = holdfast_proto::sqe::dsm::Range { cattr: 0, nlb: 8, slba: 8190 };
@@ -608,6 +616,7 @@ async fn each_failed_command_is_in_the_error_log_once_with_its_namespace_and_lba
     sqe.cdw11.set(holdfast_proto::sqe::dsm::AD);
     let (r, _) = q.cmd(sqe, Bytes::copy_from_slice(&range.encode())).await;
     assert_eq!(r.status(), Status::LBA_OUT_OF_RANGE.with_dnr());
+    assert!(q.more, "More");
     let dsm_cid = r.cid();
     // A transport error: a capsule whose data digest does not match.
     let mut sqe = rw_sqe(io::WRITE, 5, 1, SglDescriptor::incapsule(512));
@@ -618,6 +627,10 @@ async fn each_failed_command_is_in_the_error_log_once_with_its_namespace_and_lba
     b[100] ^= 1;
     q.send_raw(&b).await;
     assert_eq!(q.finish(digest_cid).await.0.status(), Status::TRANSIENT_TRANSPORT_ERROR);
+    assert!(q.more, "More");
+    // A success has no More.
+    let (r, _) = q.cmd(rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512)), Bytes::new()).await;
+    assert!(r.status().is_success() && !q.more);
 
     let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
     s.dptr = SglDescriptor::transport(4 * 64);
@@ -1134,7 +1147,8 @@ async fn a_second_connect_delivered_by_r2t_is_refused() {
         cqes.push(r.cqe);
     }
     assert_eq!(cqes[0].status(), Status::SUCCESS);
-    assert_eq!(cqes[1].status(), Status::COMMAND_SEQUENCE_ERROR.with_dnr(), "the second Connect ran");
+    // Logged (More): the queue is bound to the first Connect's controller.
+    assert_eq!(cqes[1].status(), Status::COMMAND_SEQUENCE_ERROR.with_dnr().with_more(), "the second Connect ran");
     let subsys = server.target.subsystem(NQN).unwrap();
     let ids: Vec<u16> = subsys.controllers().iter().map(|c| c.cntlid).collect();
     assert_eq!(ids, vec![cqes[0].dw0.get() as u16], "controllers after two Connects on one queue");

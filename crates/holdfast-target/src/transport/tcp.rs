@@ -424,15 +424,17 @@ impl Connection {
 
     /// Answer a command that failed before it ran, and log it ([`Connection::log_failure`]).
     fn fail(&mut self, sqe: &holdfast_proto::SubmissionEntry, status: Status, transport: bool) {
-        self.log_failure(sqe, status, transport);
+        let status = self.log_failure(sqe, status, transport);
         self.send_response(sqe.cid(), status, 0, 0);
     }
 
     /// Every failed completion of a bound queue is logged in its controller's Error Information log, once:
-    /// here, or where a command run elsewhere finished ([`Connection::exec`]).
-    fn log_failure(&self, sqe: &holdfast_proto::SubmissionEntry, status: Status, transport: bool) {
-        if let Some(ctrl) = &self.ctx.ctrl {
-            ctrl.log_error(self.ctx.qid, sqe, status, transport);
+    /// here, or where a command run elsewhere finished ([`Connection::exec`]). The status to answer with (More
+    /// set once logged).
+    fn log_failure(&self, sqe: &holdfast_proto::SubmissionEntry, status: Status, transport: bool) -> Status {
+        match &self.ctx.ctrl {
+            Some(ctrl) => ctrl.log_error(self.ctx.qid, sqe, status, transport),
+            None => status,
         }
     }
 
@@ -577,8 +579,8 @@ impl Connection {
         let (len, sqe) = (req.len_to_host(), req.sqe);
         // The slot is taken only by a command that outlives this call (no other PDU is handled meanwhile).
         match cmd::execute(&mut self.ctx, req, data) {
-            Outcome::Done(resp) => {
-                self.log_failure(&sqe, resp.status, false);
+            Outcome::Done(mut resp) => {
+                resp.status = self.log_failure(&sqe, resp.status, false);
                 self.respond(cid, resp, len);
                 // Set by a Disconnect just run: nothing more is decoded, and the connection closes once the
                 // response is out, or after DISCONNECT_LINGER if the host does not read it (a Disconnect on the
@@ -591,10 +593,10 @@ impl Connection {
             Outcome::Later(work) => {
                 self.slots.insert(cid, Slot::Executing);
                 let (tx, ctrl, qid) = (self.done_tx.clone(), self.ctx.ctrl.clone(), self.ctx.qid);
-                work.run(move |r| {
+                work.run(move |mut r| {
                     // Logged where it finished (the connection task no longer has its SQE when it answers).
                     if let Some(ctrl) = &ctrl {
-                        ctrl.log_error(qid, &sqe, r.status, false);
+                        r.status = ctrl.log_error(qid, &sqe, r.status, false);
                     }
                     let _ = tx.send((cid, pad_len(r, len)));
                 });
@@ -611,8 +613,8 @@ impl Connection {
         let PendingConnect { cid, req, data } = c;
         let len = req.len_to_host();
         let bound_before = self.ctx.ctrl.is_some();
-        let resp = cmd::fabrics::connect(&mut self.ctx, &req, &data).await;
-        self.log_failure(&req.sqe, resp.status, false);
+        let mut resp = cmd::fabrics::connect(&mut self.ctx, &req, &data).await;
+        resp.status = self.log_failure(&req.sqe, resp.status, false);
         // A Connect on a bound queue is refused before it changes anything (a queue is bound once).
         if !bound_before && self.ctx.ctrl.is_some() {
             self.on_connected();
