@@ -137,6 +137,9 @@ pub struct CtrlState {
     pub error_count: u64,
     /// Admin queue task's AER channel.
     pub aer_tx: Option<mpsc::UnboundedSender<AerCompletion>>,
+    /// A shutdown notification's flush of the file namespaces is running ([`Controller::write_cc`]), and
+    /// whether another was asked for meanwhile (it runs once that one ends, covering every write before it).
+    pub shutdown_flush: (bool, bool),
 }
 
 /// A controller.
@@ -220,6 +223,7 @@ impl Controller {
                 errors: VecDeque::new(),
                 error_count: 0,
                 aer_tx: None,
+                shutdown_flush: (false, false),
             }),
             cancel: CancellationToken::new(),
             torn_down: AtomicBool::new(false),
@@ -271,16 +275,29 @@ impl Controller {
             // cache: the shutdown flushes them (fdatasync on the namespaces' I/O threads, never on this task)
             // and says "occurring" meanwhile, as a drive writes its cache back before it reports the shutdown
             // complete. RAM namespaces have nothing to write back.
+            // One flush at a time per controller: a host toggling SHN asks for one more after the running one
+            // (which may have started before writes it must cover), never for one per toggle (a peer looping
+            // Property Set queued millions of blocking jobs).
             match tokio::runtime::Handle::try_current() {
+                Ok(_) if flush && st.shutdown_flush.0 => {
+                    st.csts = (st.csts & !csts::SHST_MASK) | csts::SHST_OCCURRING;
+                    st.shutdown_flush.1 = true;
+                }
                 Ok(rt) if flush => {
                     st.csts = (st.csts & !csts::SHST_MASK) | csts::SHST_OCCURRING;
+                    st.shutdown_flush = (true, false);
                     let ctrl = self.clone();
-                    rt.spawn_blocking(move || {
+                    rt.spawn_blocking(move || loop {
                         ctrl.subsys.flush_namespaces();
                         let mut st = ctrl.state.lock();
+                        if std::mem::take(&mut st.shutdown_flush.1) {
+                            continue;
+                        }
+                        st.shutdown_flush.0 = false;
                         if st.cc & cc::SHN_MASK != 0 && st.csts & csts::SHST_MASK == csts::SHST_OCCURRING {
                             st.csts = (st.csts & !csts::SHST_MASK) | csts::SHST_COMPLETE;
                         }
+                        return;
                     });
                 }
                 _ => st.csts = (st.csts & !csts::SHST_MASK) | csts::SHST_COMPLETE,

@@ -48,6 +48,8 @@ pub struct Stats {
     pub write_cmds: AtomicU64,
     /// Media and data integrity errors.
     pub media_errors: AtomicU64,
+    /// Flushes of every namespace (shutdown notifications, target stop).
+    pub whole_flushes: AtomicU64,
 }
 
 /// Who may use a subsystem, and where it is exported.
@@ -145,6 +147,7 @@ impl Subsystem {
     /// Make every namespace's completed writes durable (`fdatasync` on a file backend; nothing to do on RAM);
     /// a failure is logged. Blocks: from a blocking thread.
     pub fn flush_namespaces(&self) {
+        self.stats.whole_flushes.fetch_add(1, Ordering::Relaxed);
         for ns in self.namespaces.read().values() {
             if let Err(e) = ns.backend.flush(&crate::backend::MediaGate::open()) {
                 tracing::error!("flush of {} nsid {} failed: {e}", self.nqn, ns.nsid);

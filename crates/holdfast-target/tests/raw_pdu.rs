@@ -666,6 +666,41 @@ async fn each_failed_command_is_in_the_error_log_once_with_its_namespace_and_lba
     server.stop().await;
 }
 
+/// A host toggling CC.SHN gets one flush of the (file) namespaces running at a time, and one more after it,
+/// not one per toggle (a peer looping Property Set queued millions of blocking flushes); the last shutdown
+/// notification still completes once a flush that started after it has ended.
+#[tokio::test]
+async fn toggling_shutdown_notifications_runs_one_flush_at_a_time() {
+    // Writes delayed: the namespace counts as one with a volatile cache (a file's), whose shutdown flushes.
+    let settings = TargetSettings { test_delay_writes: Some(Duration::from_millis(1)), ..TargetSettings::default() };
+    let (server, addr) = start_with("", settings).await;
+    let (mut a, _) = Conn::admin(addr, NQN, false, false).await;
+    let shn = (cc::ENABLE_DEFAULT | cc::SHN_NORMAL) as u64;
+    // Sent without waiting for the answers, as a flooding peer does.
+    let mut cids = Vec::new();
+    let mut burst = Vec::new();
+    for i in 0..2001 {
+        let v = if i % 2 == 0 { shn } else { cc::ENABLE_DEFAULT as u64 };
+        let mut sqe = PropertyCommand::new(0, property::CC, false, Some(v)).to_sqe();
+        let cid = a.next_cid();
+        sqe.cid.set(cid);
+        cids.push(cid);
+        burst.extend_from_slice(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() }).to_bytes(&a.f));
+    }
+    a.send_raw(&burst).await;
+    for cid in cids {
+        assert_eq!(a.finish(cid).await.0.status(), Status::SUCCESS);
+    }
+    let t0 = std::time::Instant::now();
+    while a.prop_get(property::CSTS, false).await.dw0.get() & csts::SHST_MASK != csts::SHST_COMPLETE {
+        assert!(t0.elapsed() < Duration::from_secs(10), "shutdown never completed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let flushes = server.target.subsystem(NQN).unwrap().stats.whole_flushes.load(Ordering::Relaxed);
+    assert!(flushes < 200, "{flushes} flushes for 1001 shutdown notifications");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn keep_alive_expiry_tears_the_association_down() {
     let (server, addr) = start("").await;
