@@ -24,6 +24,8 @@ pub struct TargetSettings {
     pub test_delay_writes: Option<Duration>,
     /// ...every N-th write (1 = all).
     pub test_delay_every: u64,
+    /// Test only: every flush of a namespace waits this long first (a slow disk's `fdatasync`).
+    pub test_delay_flushes: Option<Duration>,
     /// Adaptive busy polling: after socket activity the runtime keeps polling for this long instead of
     /// sleeping (zero: never spin). See [`holdfast_rt::BusyPoll`].
     pub busy_poll: Duration,
@@ -31,7 +33,13 @@ pub struct TargetSettings {
 
 impl Default for TargetSettings {
     fn default() -> Self {
-        TargetSettings { drain: true, test_delay_writes: None, test_delay_every: 1, busy_poll: Duration::ZERO }
+        TargetSettings {
+            drain: true,
+            test_delay_writes: None,
+            test_delay_every: 1,
+            test_delay_flushes: None,
+            busy_poll: Duration::ZERO,
+        }
     }
 }
 
@@ -290,9 +298,11 @@ fn open_backend(
             )
         }
     };
-    Ok(match settings.test_delay_writes {
-        Some(d) => Arc::new(DelayWrites::new(b, d, settings.test_delay_every)),
-        None => b,
+    Ok(match (settings.test_delay_writes, settings.test_delay_flushes) {
+        (None, None) => b,
+        (writes, flushes) => {
+            Arc::new(DelayWrites::new(b, writes.unwrap_or_default(), settings.test_delay_every, flushes))
+        }
     })
 }
 

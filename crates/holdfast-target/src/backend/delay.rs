@@ -1,7 +1,8 @@
 //! A test-only wrapper that holds some writes back before they reach the media, to make the stale-write
 //! ("ghost write") window of design §5 wide enough to test: every `every`-th write (the first, then every
 //! N-th after it) waits `delay`, the others go straight through, so a stuck old write can be overtaken by newer
-//! ones. Enabled only by the hidden `--test-delay-writes-ms` / `--test-delay-every` flags.
+//! ones. Enabled only by the hidden `--test-delay-writes-ms` / `--test-delay-every` flags. It can also make
+//! every flush wait (tests only, [`crate::TargetSettings::test_delay_flushes`]), as a slow disk's `fdatasync`.
 
 use super::{Backend, MediaGate};
 use std::io;
@@ -15,12 +16,14 @@ pub struct DelayWrites {
     delay: Duration,
     every: u64,
     count: AtomicU64,
+    flush_delay: Option<Duration>,
 }
 
 impl DelayWrites {
-    /// Wrap `inner`: writes number 0, N, 2N, ... wait `delay` (N = `every`, at least 1).
-    pub fn new(inner: Arc<dyn Backend>, delay: Duration, every: u64) -> Self {
-        DelayWrites { inner, delay, every: every.max(1), count: AtomicU64::new(0) }
+    /// Wrap `inner`: writes number 0, N, 2N, ... wait `delay` (N = `every`, at least 1); every flush waits
+    /// `flush_delay`, if given.
+    pub fn new(inner: Arc<dyn Backend>, delay: Duration, every: u64, flush_delay: Option<Duration>) -> Self {
+        DelayWrites { inner, delay, every: every.max(1), count: AtomicU64::new(0), flush_delay }
     }
 
     fn maybe_wait(&self) {
@@ -45,6 +48,9 @@ impl Backend for DelayWrites {
         self.inner.write_at(offset, data, fua, gate)
     }
     fn flush(&self, gate: &MediaGate) -> io::Result<()> {
+        if let Some(d) = self.flush_delay {
+            std::thread::sleep(d);
+        }
         self.inner.flush(gate)
     }
     fn write_zeroes(&self, offset: u64, len: u64, gate: &MediaGate) -> io::Result<()> {

@@ -175,6 +175,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         drain: !a.test_no_drain,
         test_delay_writes: a.test_delay_writes_ms.map(Duration::from_millis),
         test_delay_every: a.test_delay_every,
+        test_delay_flushes: None,
         busy_poll: Duration::from_micros(a.busy_poll_us),
     };
     let rt = super::common::runtime()?;
