@@ -478,7 +478,7 @@ impl Controller {
         }
         self.cancel.cancel();
         self.subsys.remove_controller(self.cntlid);
-        tracing::info!(cntlid = self.cntlid, subsys = %self.subsys.nqn, host = %self.hostnqn, "controller torn down: {reason}");
+        tracing::info!(cntlid = self.cntlid, subsys = %self.subsys.nqn, host = ?self.hostnqn, "controller torn down: {reason}");
     }
 
     /// Run the keep-alive watchdog until the controller is torn down: no command within KATO (plus the

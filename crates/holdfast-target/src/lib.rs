@@ -18,6 +18,7 @@ pub mod config;
 pub mod control;
 pub mod controller;
 pub mod namespace;
+pub mod peer_log;
 pub mod request;
 pub mod server;
 pub mod subsystem;

@@ -57,7 +57,9 @@ fn invalid(offset: usize, in_data: bool) -> Response {
 /// run after (its data came through R2T behind an earlier Connect's).
 pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response {
     if let Some(ctrl) = &ctx.ctrl {
-        tracing::warn!(peer = %ctx.peer_addr, cntlid = ctrl.cntlid, qid = ctx.qid, "Connect on a queue already connected");
+        if crate::peer_log::allow() {
+            tracing::warn!(peer = %ctx.peer_addr, cntlid = ctrl.cntlid, qid = ctx.qid, "Connect on a queue already connected");
+        }
         return Response::err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
     }
     let cmd = ConnectCommand::from_sqe(&req.sqe);
@@ -101,10 +103,10 @@ pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response
             let cqt = Duration::from_millis(subsys.policy.read().cqt_ms as u64);
             let pending = subsys.dead_inflight(&hostnqn, &d.hostid);
             if pending > 0 {
-                tracing::info!(host = %hostnqn, pending, "holding Connect until the host's previous association drains");
+                tracing::info!(host = ?hostnqn, pending, "holding Connect until the host's previous association drains");
             }
             if !subsys.drain_host(&hostnqn, &d.hostid, cqt).await {
-                tracing::warn!(host = %hostnqn, "previous association did not drain within CQT {cqt:?}: Controller Busy");
+                tracing::warn!(host = ?hostnqn, "previous association did not drain within CQT {cqt:?}: Controller Busy");
                 return Response::err(Status::CONNECT_CONTROLLER_BUSY);
             }
             // The wait may have lasted up to CQT: a reload meanwhile may have removed the subsystem (or put a
@@ -132,7 +134,7 @@ pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response
         );
         subsys.add_controller(&ctrl);
         tokio::spawn(ctrl.clone().keep_alive_watchdog());
-        tracing::info!(cntlid, subsys = %subnqn, host = %hostnqn, peer = %ctx.peer_addr, kato_ms = kato, "controller created");
+        tracing::info!(cntlid, subsys = %subnqn, host = ?hostnqn, peer = %ctx.peer_addr, kato_ms = kato, "controller created");
         ctx.ctrl = Some(ctrl);
         ctx.qid = 0;
         ctx.size = sqsize + 1;
@@ -223,12 +225,16 @@ pub fn property_set(ctx: &QueueCtx, req: &Request) -> Response {
 /// Host if the host is not on its list.
 fn admit(ctx: &QueueCtx, subnqn: &str, hostnqn: &str) -> Result<Arc<Subsystem>, Response> {
     let Some(subsys) = ctx.target.subsystem(subnqn).filter(|s| s.is_discovery || s.on_port(ctx.port.id)) else {
-        tracing::warn!(peer = %ctx.peer_addr, host = %hostnqn, "Connect to unknown subsystem {subnqn}");
+        if crate::peer_log::allow() {
+            tracing::warn!(peer = %ctx.peer_addr, host = ?hostnqn, "Connect to unknown subsystem {subnqn:?}");
+        }
         return Err(invalid(256, true));
     };
     if !subsys.host_allowed(hostnqn) {
-        let who = if hostnqn.is_empty() { "with an empty host NQN" } else { hostnqn };
-        tracing::warn!(peer = %ctx.peer_addr, "host {who} is not allowed on {subnqn}");
+        let who = if hostnqn.is_empty() { "with an empty host NQN".to_string() } else { format!("{hostnqn:?}") };
+        if crate::peer_log::allow() {
+            tracing::warn!(peer = %ctx.peer_addr, "host {who} is not allowed on {subnqn:?}");
+        }
         return Err(Response::err(Status::CONNECT_INVALID_HOST.with_dnr()));
     }
     Ok(subsys)

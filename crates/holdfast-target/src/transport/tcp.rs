@@ -182,7 +182,9 @@ impl Connection {
                     Ok(None) => break,
                     Err(DecodeError::Fatal(f)) => break 'conn Close::Fatal(f),
                     Err(DecodeError::DataDigest { pdu, expected, received }) => {
-                        tracing::warn!(peer = %c.ctx.peer_addr, "data digest mismatch: computed {expected:#x}, received {received:#x}");
+                        if crate::peer_log::allow() {
+                            tracing::warn!(peer = %c.ctx.peer_addr, "data digest mismatch: computed {expected:#x}, received {received:#x}");
+                        }
                         match c.handle_data_digest_error(*pdu) {
                             Ok(None) => {}
                             Ok(Some(connect)) => c.connect(connect).await,
@@ -299,7 +301,9 @@ impl Connection {
             Close::Normal(r) => r.to_string(),
             Close::Io(e) => format!("socket error: {e}"),
             Close::Fatal(f) => {
-                tracing::warn!(peer = %c.ctx.peer_addr, qid = c.ctx.qid, "fatal transport error, sending C2HTermReq: {f}");
+                if crate::peer_log::allow() {
+                    tracing::warn!(peer = %c.ctx.peer_addr, qid = c.ctx.qid, "fatal transport error, sending C2HTermReq: {f}");
+                }
                 let t = TermReq { fes: f.fes as u16, fei: f.fei, data: f.header.clone() };
                 Pdu::C2HTermReq(t).encode(&c.framing, c.out.header_buf());
                 format!("fatal transport error: {f}")
@@ -363,7 +367,9 @@ impl Connection {
             }
             Pdu::H2CTermReq(t) => {
                 let fes = Fes::from_u16(t.fes).map(Fes::name).unwrap_or("unknown");
-                tracing::warn!(peer = %self.ctx.peer_addr, "host terminated the connection: {fes} (FES {:#x}, FEI {:#x})", t.fes, t.fei);
+                if crate::peer_log::allow() {
+                    tracing::warn!(peer = %self.ctx.peer_addr, "host terminated the connection: {fes} (FES {:#x}, FEI {:#x})", t.fes, t.fei);
+                }
                 Err(Close::Normal("H2CTermReq from host"))
             }
             Pdu::CapsuleCmd(c) => self.handle_capsule(c.sqe, c.data),

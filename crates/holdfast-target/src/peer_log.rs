@@ -1,0 +1,52 @@
+//! Log lines a peer can cause at will (a refused Connect, a digest that does not match, a malformed PDU, a
+//! termination request), limited target-wide to [`PEER_LINES_PER_SEC`] a second: a peer repeating a refused
+//! Connect wrote 272,000 lines a second before, and its own connection needs no Connect to do it. The lines
+//! over the limit are counted, and the count is logged with the next line allowed in a later second.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Peer-caused log lines allowed per second, all peers together.
+pub const PEER_LINES_PER_SEC: u64 = 20;
+
+static WINDOW: AtomicU64 = AtomicU64::new(0);
+static COUNT: AtomicU64 = AtomicU64::new(0);
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// May one more peer-caused line be logged now? Call it just before such a line, and log only if it says so.
+pub fn allow() -> bool {
+    allow_at(holdfast_rt::coarse_ms() / 1000)
+}
+
+fn allow_at(second: u64) -> bool {
+    let w = WINDOW.load(Ordering::Relaxed);
+    if second != w && WINDOW.compare_exchange(w, second, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        COUNT.store(0, Ordering::Relaxed);
+        let dropped = DROPPED.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!("{dropped} log lines caused by peers were left out (at most {PEER_LINES_PER_SEC} a second)");
+        }
+    }
+    if COUNT.fetch_add(1, Ordering::Relaxed) < PEER_LINES_PER_SEC {
+        true
+    } else {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_most_the_limit_each_second_and_the_rest_counted() {
+        // Seconds far from the clock's, so that no other test's line shares them.
+        let base = u64::MAX / 2;
+        let allowed = (0..1000).filter(|_| allow_at(base)).count() as u64;
+        assert_eq!(allowed, PEER_LINES_PER_SEC);
+        assert_eq!(DROPPED.load(Ordering::Relaxed), 1000 - PEER_LINES_PER_SEC);
+        // A new second: allowed again, and the count reported (and reset).
+        assert!(allow_at(base + 1));
+        assert_eq!(DROPPED.load(Ordering::Relaxed), 0);
+    }
+}
