@@ -702,6 +702,65 @@ async fn toggling_shutdown_notifications_runs_one_flush_at_a_time() {
     server.stop().await;
 }
 
+/// Reads that run on a file namespace's I/O threads count towards the send high-water mark from the moment
+/// they are taken in, not only once their data is queued: a host pipelining large reads without reading its
+/// socket had all of them run (and their data held) at once, 256 MiB a queue.
+#[tokio::test]
+async fn reads_running_elsewhere_count_towards_the_send_limit() {
+    // Delayed writes make the namespace one whose commands run on I/O threads (as a file's).
+    let settings = TargetSettings { test_delay_writes: Some(Duration::from_millis(1)), ..TargetSettings::default() };
+    let (server, addr) = start_with("", settings).await;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    let mut burst = Vec::new();
+    for cid in 0..250u16 {
+        let mut sqe = rw_sqe(io::READ, 0, 512, SglDescriptor::transport(256 << 10));
+        sqe.cid.set(cid);
+        burst.extend_from_slice(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() }).to_bytes(&q.f));
+    }
+    let mut s = q.s;
+    s.write_all(&burst).await.unwrap();
+    // Never read: 62.5 MiB of answers. What the socket buffers take, plus 8 MiB, is all that may run.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reads = server.target.subsystem(NQN).unwrap().stats.read_cmds.load(Ordering::Relaxed);
+    eprintln!("reads taken in: {reads}");
+    assert!(reads < 160, "{reads} of 250 256 KiB reads taken in while the host reads nothing");
+    drop(s);
+    server.stop().await;
+}
+
+/// Write data that came by R2T stays counted in the R2T budget until its write has run (on a file namespace's
+/// I/O threads): given back when the data was all in, a host could have every write's data received and held
+/// at once (a slow disk: 1024 writes of 256 KiB held 280 MB).
+#[tokio::test]
+async fn write_data_counts_in_the_r2t_budget_until_the_write_has_run() {
+    let settings = TargetSettings { test_delay_writes: Some(Duration::from_millis(500)), ..TargetSettings::default() };
+    let (server, addr) = start_with("", settings).await;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    let mut burst = Vec::new();
+    for cid in 0..40u16 {
+        let mut sqe = rw_sqe(io::WRITE, 0, 512, SglDescriptor::transport(256 << 10));
+        sqe.cid.set(cid);
+        burst.extend_from_slice(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() }).to_bytes(&q.f));
+    }
+    q.send_raw(&burst).await;
+    // Answer every R2T at once for 300 ms, while no write can have run (each waits 500 ms).
+    let half = Bytes::from(vec![7u8; 128 << 10]); // MAXH2CDATA
+    let mut r2ts = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(300);
+    while let Ok(p) = tokio::time::timeout_at(until, q.recv()).await {
+        let Pdu::R2T(r) = p else { panic!("expected an R2T, got {p:?}") };
+        r2ts += 1;
+        for (datao, last) in [(0, false), (128 << 10, true)] {
+            let d = H2CData { cccid: r.cccid, ttag: r.ttag, datao, data: half.clone(), last };
+            q.send(Pdu::H2CData(d)).await;
+        }
+    }
+    assert!(r2ts <= 8, "{r2ts} R2Ts of 256 KiB answered while none of their writes had run (budget 2 MiB)");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn keep_alive_expiry_tears_the_association_down() {
     let (server, addr) = start("").await;

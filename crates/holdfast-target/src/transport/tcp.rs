@@ -29,12 +29,14 @@ pub const ADMIN_INCAPSULE: usize = 8192;
 pub const IO_INCAPSULE: usize = 16384;
 /// Largest C2HData PDU we send.
 const MAX_C2H_PDU: usize = 128 * 1024;
-/// Bytes of write data solicited (R2T sent, H2CData not yet all in) at once per queue: bounds receive
-/// memory per connection. One transfer (at most MDTS) is always allowed.
+/// Bytes of write data held per queue, solicited (R2T sent, H2CData not yet all in) or received and not yet
+/// written (a file namespace's I/O threads run it): bounds write memory per connection. One transfer (at most
+/// MDTS) is always allowed when none is held.
 const R2T_BUDGET: usize = 2 << 20;
-/// Send high-water mark: while this much is waiting to be sent, no further PDU is decoded (those already
-/// received wait in the receive buffer) and nothing more is read from the socket. Bounds what a host that
-/// pipelines large reads and does not read its socket can make the target hold.
+/// Send high-water mark: while this much is waiting to be sent, or will be once reads running elsewhere (a
+/// file namespace's I/O threads) finish, no further PDU is decoded (those already received wait in the
+/// receive buffer) and nothing more is read from the socket. Bounds what a host that pipelines large reads
+/// and does not read its socket can make the target hold.
 const SEND_HIGH_WATER: usize = 8 << 20;
 /// How long a connection whose Disconnect was answered waits for the host to read the answer before closing.
 const DISCONNECT_LINGER: Duration = Duration::from_secs(2);
@@ -79,8 +81,9 @@ enum Slot {
     Queued(Request),
     /// R2T sent, H2CData arriving.
     Receiving { req: Request, buf: Reassembly, failed: bool },
-    /// Executing (or held: an AER).
-    Executing,
+    /// Executing (or held: an AER), holding `out` bytes of data to send when it completes (a read) and `r2t`
+    /// bytes of the R2T budget (a write whose data came by R2T), both given back when it completes.
+    Executing { out: usize, r2t: usize },
 }
 
 /// A Connect command with its data, to be run by [`Connection::connect`].
@@ -110,8 +113,11 @@ struct Connection {
     /// the host, and at most twice the queue size are tracked (the capsule check below).
     slots: FxHashMap<u16, Slot>,
     r2t_queue: VecDeque<u16>,
-    active_r2t: usize,
+    /// Write data held, solicited or received and running elsewhere ([`R2T_BUDGET`]).
     r2t_bytes: usize,
+    /// Data that commands running elsewhere will send when they complete (counted against
+    /// [`SEND_HIGH_WATER`] with what already waits in `out`).
+    deferred_out: usize,
     sqhd: u16,
     done_tx: mpsc::UnboundedSender<(u16, Response)>,
     aer_rx: Option<mpsc::UnboundedReceiver<AerCompletion>>,
@@ -143,8 +149,8 @@ impl Connection {
             out: SendQueue::new(),
             slots: FxHashMap::default(),
             r2t_queue: VecDeque::new(),
-            active_r2t: 0,
             r2t_bytes: 0,
+            deferred_out: 0,
             sqhd: 0,
             done_tx,
             aer_rx: None,
@@ -166,7 +172,7 @@ impl Connection {
             // PDUs left in `inbuf` are decoded once the socket has taken enough (never, after a Disconnect).
             let mut held = false;
             loop {
-                if c.out.len() >= c.stop_decoding_at {
+                if c.backlog() >= c.stop_decoding_at {
                     held = true;
                     break;
                 }
@@ -203,7 +209,7 @@ impl Connection {
             }
             // Decoding stopped at the high-water mark and the socket has taken enough since: go on with what is
             // waiting in `inbuf` (each round decodes at least one PDU, or finds none left and clears `held`).
-            if held && c.out.len() < c.stop_decoding_at {
+            if held && c.backlog() < c.stop_decoding_at {
                 continue;
             }
             // Nothing to send or finish: if this connection has the busy poller to itself, wait for the host's
@@ -238,6 +244,7 @@ impl Connection {
                 }
             }
             let close_deadline = c.close_deadline;
+            let may_read = c.backlog() < c.stop_decoding_at;
             let aer = async {
                 match c.aer_rx.as_mut() {
                     Some(rx) => rx.recv().await,
@@ -285,8 +292,9 @@ impl Connection {
                     break Close::Normal(why);
                 }
                 // Off above the high-water mark (and so while `held`, and after a Disconnect): the write branch
-                // above is what runs then, waiting for the socket to take data.
-                r = async { holdfast_rt::reserve_for_read(&mut inbuf, READ_MIN_FREE); rd.read_buf(&mut inbuf).await }, if c.out.len() < c.stop_decoding_at => match r {
+                // above is what runs then, waiting for the socket to take data, or the completions of reads
+                // running elsewhere, whose data counts towards the mark.
+                r = async { holdfast_rt::reserve_for_read(&mut inbuf, READ_MIN_FREE); rd.read_buf(&mut inbuf).await }, if may_read => match r {
                     Ok(0) => break Close::Normal("connection closed by host"),
                     Ok(_) => {
                         holdfast_rt::touch(&poll, conn_id);
@@ -488,8 +496,8 @@ impl Connection {
                 self.r2t_queue.pop_front();
                 continue;
             };
-            // Bounded receive memory per connection: one transfer always, more within the budget.
-            if self.active_r2t > 0 && self.r2t_bytes + req.len > R2T_BUDGET {
+            // Bounded write memory per connection: one transfer when none is held, more within the budget.
+            if self.r2t_bytes > 0 && self.r2t_bytes + req.len > R2T_BUDGET {
                 return;
             }
             self.r2t_queue.pop_front();
@@ -497,7 +505,6 @@ impl Connection {
             let len = req.len;
             self.r2t_bytes += len;
             self.slots.insert(cid, Slot::Receiving { req, buf: Reassembly::Empty, failed: false });
-            self.active_r2t += 1;
             pdu::encode_r2t(
                 self.out.header_buf(),
                 &self.framing,
@@ -565,26 +572,40 @@ impl Connection {
         }
         let Some(Slot::Receiving { req, buf, failed }) = self.slots.remove(&ttag) else { return Ok(None) };
         let data = buf.into_bytes();
-        self.active_r2t -= 1;
-        self.r2t_bytes -= req.len;
-        self.start_r2ts();
-        if failed {
+        let connect = if failed {
+            self.r2t_bytes -= req.len;
             self.fail(&req.sqe, Status::TRANSIENT_TRANSPORT_ERROR, true);
-            return Ok(None);
-        }
-        Ok(self.exec(cccid, req, data))
+            None
+        } else {
+            // The data stays counted in the R2T budget while the write runs elsewhere.
+            let r2t = req.len;
+            self.exec_holding(cccid, req, data, r2t)
+        };
+        self.start_r2ts();
+        Ok(connect)
     }
 
     /// Run a command whose data is all here, or hand back a Connect (which may wait for an older
     /// association to drain) for [`Connection::connect`].
     fn exec(&mut self, cid: u16, req: Request, data: Bytes) -> Option<PendingConnect> {
+        self.exec_holding(cid, req, data, 0)
+    }
+
+    /// [`Connection::exec`] for a command whose data holds `r2t` bytes of the R2T budget: kept while it runs
+    /// elsewhere, given back as soon as it is done (or handed on, a Connect).
+    fn exec_holding(&mut self, cid: u16, req: Request, data: Bytes, r2t: usize) -> Option<PendingConnect> {
         if matches!(req.exec, Exec::Connect) {
+            self.r2t_bytes -= r2t;
             return Some(PendingConnect { cid, req, data });
         }
         // Only data for the host is trimmed or padded to the command's transfer length.
         let (len, sqe) = (req.len_to_host(), req.sqe);
         // The slot is taken only by a command that outlives this call (no other PDU is handled meanwhile).
-        match cmd::execute(&mut self.ctx, req, data) {
+        let outcome = cmd::execute(&mut self.ctx, req, data);
+        if !matches!(outcome, Outcome::Later(_)) {
+            self.r2t_bytes -= r2t;
+        }
+        match outcome {
             Outcome::Done(mut resp) => {
                 resp.status = self.log_failure(&sqe, resp.status, false);
                 self.respond(cid, resp, len);
@@ -597,7 +618,9 @@ impl Connection {
                 }
             }
             Outcome::Later(work) => {
-                self.slots.insert(cid, Slot::Executing);
+                // What it will send, and the write data it holds, count until it completes (`complete`).
+                self.deferred_out += len;
+                self.slots.insert(cid, Slot::Executing { out: len, r2t });
                 let (tx, ctrl, qid) = (self.done_tx.clone(), self.ctx.ctrl.clone(), self.ctx.qid);
                 work.run(move |mut r| {
                     // Logged where it finished (the connection task no longer has its SQE when it answers).
@@ -608,7 +631,7 @@ impl Connection {
                 });
             }
             Outcome::Held => {
-                self.slots.insert(cid, Slot::Executing);
+                self.slots.insert(cid, Slot::Executing { out: 0, r2t: 0 });
             }
         }
         None
@@ -658,7 +681,13 @@ impl Connection {
 
     /// A command that ran elsewhere ([`Outcome::Later`]) is done.
     fn complete(&mut self, cid: u16, resp: Response) {
-        self.slots.remove(&cid);
+        if let Some(Slot::Executing { out, r2t }) = self.slots.remove(&cid) {
+            self.deferred_out -= out;
+            if r2t > 0 {
+                self.r2t_bytes -= r2t;
+                self.start_r2ts();
+            }
+        }
         let len = resp.data.len();
         self.respond(cid, resp, len);
     }
@@ -688,6 +717,11 @@ impl Connection {
         if !success_flag {
             self.send_response(cid, Status::SUCCESS, resp.dw0, resp.dw1);
         }
+    }
+
+    /// What waits to be sent, or will once the reads running elsewhere complete ([`SEND_HIGH_WATER`]).
+    fn backlog(&self) -> usize {
+        self.out.len() + self.deferred_out
     }
 
     /// Queue a completion without data (a CapsuleResp). Touches no slot: a command answered here either never
