@@ -18,6 +18,10 @@ const COPY_BELOW: usize = 512;
 pub struct SendQueue {
     /// Frozen pieces, in order, ahead of `tail`.
     chunks: VecDeque<Bytes>,
+    /// Per piece of `chunks`: memory it keeps alive beyond its own bytes (a slice of a larger buffer).
+    pins: VecDeque<usize>,
+    /// Sum of `pins`.
+    pinned: usize,
     /// Headers encoded since the last data chunk.
     tail: BytesMut,
     len: usize,
@@ -26,12 +30,24 @@ pub struct SendQueue {
 impl SendQueue {
     /// An empty queue.
     pub fn new() -> SendQueue {
-        SendQueue { chunks: VecDeque::new(), tail: BytesMut::with_capacity(16 * 1024), len: 0 }
+        SendQueue {
+            chunks: VecDeque::new(),
+            pins: VecDeque::new(),
+            pinned: 0,
+            tail: BytesMut::with_capacity(16 * 1024),
+            len: 0,
+        }
     }
 
     /// Bytes waiting.
     pub fn len(&self) -> usize {
         self.len + self.tail.len()
+    }
+
+    /// Memory the waiting data keeps alive: its bytes, and what the buffers it is a slice of hold beyond them
+    /// ([`SendQueue::push_data_pdu_pinning`]). What a limit on a connection's memory should count.
+    pub fn weight(&self) -> usize {
+        self.len() + self.pinned
     }
 
     /// Nothing waiting.
@@ -53,6 +69,7 @@ impl SendQueue {
         self.seal();
         self.len += data.len();
         self.chunks.push_back(data);
+        self.pins.push_back(0);
     }
 
     /// Queue one H2CData or C2HData PDU (Figures 28 and 23): its header, `data` by reference, then the data
@@ -76,11 +93,38 @@ impl SendQueue {
         }
     }
 
+    /// [`SendQueue::push_data_pdu`] for data that is a slice of a larger buffer, kept alive until the data is
+    /// sent: `pins` bytes (the whole buffer's size) count towards [`SendQueue::weight`] until then. Data
+    /// short enough to be copied pins nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_data_pdu_pinning(
+        &mut self,
+        framing: &crate::pdu::Framing,
+        ty: crate::pdu::PduType,
+        flags: u8,
+        cccid: u16,
+        ttag: u16,
+        datao: u32,
+        data: Bytes,
+        pins: usize,
+    ) {
+        let by_reference = data.len() >= COPY_BELOW;
+        self.push_data_pdu(framing, ty, flags, cccid, ttag, datao, data);
+        // Queued by reference, the data is the last piece of `chunks` (its digest, if any, went to `tail`).
+        if by_reference && pins > 0 {
+            if let Some(p) = self.pins.back_mut() {
+                *p = pins;
+                self.pinned += pins;
+            }
+        }
+    }
+
     fn seal(&mut self) {
         if !self.tail.is_empty() {
             let t = self.tail.split().freeze();
             self.len += t.len();
             self.chunks.push_back(t);
+            self.pins.push_back(0);
         }
     }
 
@@ -120,6 +164,7 @@ impl SendQueue {
             n -= k;
             if front.is_empty() {
                 self.chunks.pop_front();
+                self.pinned -= self.pins.pop_front().unwrap_or(0);
             }
         }
     }
@@ -133,6 +178,8 @@ impl SendQueue {
         all.extend_from_slice(&self.tail);
         self.tail.clear();
         self.len = 0;
+        self.pins.clear();
+        self.pinned = 0;
         all
     }
 }
@@ -190,6 +237,26 @@ mod tests {
         }
         assert_eq!(got, want);
         assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn pinned_weight_lasts_until_the_data_is_sent() {
+        let f = crate::pdu::Framing::default();
+        let mut q = SendQueue::new();
+        let data = Bytes::from(vec![5u8; 4096]);
+        q.push_data_pdu_pinning(&f, crate::pdu::PduType::C2HData, 0, 1, 0, 0, data, 128 << 10);
+        // Short data is copied: it pins nothing.
+        q.push_data_pdu_pinning(&f, crate::pdu::PduType::C2HData, 0, 2, 0, 0, Bytes::from(vec![6u8; 16]), 128 << 10);
+        let len = q.len();
+        assert_eq!(q.weight(), len + (128 << 10));
+        // The header (24 bytes) and half the data sent: still pinned.
+        q.advance(24 + 2048);
+        assert_eq!(q.weight(), q.len() + (128 << 10));
+        // The rest of that data sent: no longer.
+        q.advance(2048);
+        assert_eq!(q.weight(), q.len());
+        q.advance(q.len());
+        assert_eq!((q.len(), q.weight()), (0, 0));
     }
 
     #[test]

@@ -127,6 +127,9 @@ pub struct Response {
     pub dw1: u32,
     /// Data for the host (reads).
     pub data: Bytes,
+    /// Memory `data` keeps alive beyond its own bytes while it waits to be sent (a RAM namespace's read shares
+    /// its whole chunk): counted against the connection's send limit ([`holdfast_proto::send::SendQueue::weight`]).
+    pub pins: usize,
 }
 
 impl Response {

@@ -280,6 +280,8 @@ pub struct Target {
     pub planned_downtime_ms: std::sync::atomic::AtomicU32,
     /// Busy polling (None: off); the server starts its spinner.
     pub busy_poll: Option<Arc<holdfast_rt::BusyPoll>>,
+    /// Connections waiting for a Connect, limited in all and per address.
+    pub unbound: Arc<crate::transport::admission::Unbound>,
 }
 
 /// Open namespace `n`'s backend; errors name its key, `key` (`subsystem[i].namespace[j]`).
@@ -376,6 +378,7 @@ impl Target {
             epoch_ms: holdfast_rt::coarse_ms(),
             planned_downtime_ms: std::sync::atomic::AtomicU32::new(0),
             busy_poll: holdfast_rt::BusyPoll::new(settings.busy_poll),
+            unbound: Arc::default(),
             settings,
         }))
     }

@@ -761,6 +761,70 @@ async fn write_data_counts_in_the_r2t_budget_until_the_write_has_run() {
     server.stop().await;
 }
 
+/// A RAM namespace's read shares its 128 KiB chunk with the data sent (no copy), and the send limit counts the
+/// whole chunk until the data is sent: small reads a host never reads could otherwise pin a chunk each, past
+/// what the socket buffers take, a thousand times the bytes waiting (1.9 GiB a connection).
+#[tokio::test]
+async fn small_ram_reads_waiting_to_be_sent_count_their_whole_chunk() {
+    let (server, addr) = start_ns("", TargetSettings::default(), 256, 512).await; // 2048 chunks
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    let chunk_lba = |i: u64| (i % 2048) * 256;
+    // Every chunk written once (a never-written chunk reads as shared zeroes).
+    let mut burst = Vec::new();
+    for i in 0..2048u64 {
+        let mut sqe = rw_sqe(io::WRITE, chunk_lba(i), 1, SglDescriptor::incapsule(512));
+        sqe.cid.set(i as u16);
+        burst.extend_from_slice(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::from(vec![1u8; 512]) }).to_bytes(&q.f));
+    }
+    q.send_raw(&burst).await;
+    for i in 0..2048u16 {
+        assert_eq!(q.finish(i).await.0.status(), Status::SUCCESS);
+    }
+    // 40000 one-block reads over the chunks, never read: about 21 MiB of answers.
+    let mut burst = Vec::new();
+    for i in 0..40000u64 {
+        let mut sqe = rw_sqe(io::READ, chunk_lba(i), 1, SglDescriptor::transport(512));
+        sqe.cid.set(i as u16);
+        burst.extend_from_slice(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() }).to_bytes(&q.f));
+    }
+    let mut s = q.s;
+    let writer = tokio::spawn(async move {
+        let _ = s.write_all(&burst).await;
+        s
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reads = server.target.subsystem(NQN).unwrap().stats.read_cmds.load(Ordering::Relaxed);
+    eprintln!("reads taken in: {reads}");
+    // What the socket buffers took (a few MiB of 536-byte answers), then 8 MiB of chunks: 64 reads.
+    assert!(reads < 30000, "{reads} of 40000 small reads taken in while the host reads nothing");
+    writer.abort();
+    server.stop().await;
+}
+
+/// A connection counts among those waiting for a Connect (limited in all and per address) from accept until a
+/// Connect binds its queue, or it ends.
+#[tokio::test]
+async fn a_connection_waits_for_a_connect_among_the_limited_until_its_queue_is_bound() {
+    let (server, addr) = start("").await;
+    let waiting = || server.target.unbound.count();
+    let until = |want: usize| async move {
+        let t0 = std::time::Instant::now();
+        while waiting() != want {
+            assert!(t0.elapsed() < Duration::from_secs(5), "{} waiting, not {want}", waiting());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let idle = Conn::raw(addr).await;
+    until(1).await;
+    let (a, _) = Conn::admin(addr, NQN, false, false).await;
+    until(1).await; // the admin queue is bound: only the idle connection waits
+    drop(idle);
+    until(0).await;
+    drop(a);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn keep_alive_expiry_tears_the_association_down() {
     let (server, addr) = start("").await;

@@ -61,6 +61,9 @@ impl Backend for DelayWrites {
         self.maybe_wait();
         self.inner.deallocate(offset, len, gate)
     }
+    fn inline_read_pins(&self) -> usize {
+        self.inner.inline_read_pins()
+    }
     fn volatile(&self) -> bool {
         self.inner.volatile()
     }

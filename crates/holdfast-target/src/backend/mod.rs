@@ -29,6 +29,11 @@ pub trait Backend: Send + Sync + 'static {
     fn read_inline(&self, _offset: u64, _len: usize, _gate: &MediaGate) -> Option<io::Result<bytes::Bytes>> {
         None
     }
+    /// Memory a read answered by [`Backend::read_inline`] keeps alive until its data is sent, beyond the data
+    /// itself (RAM: the whole chunk it is a slice of).
+    fn inline_read_pins(&self) -> usize {
+        0
+    }
     /// Hint: a read of `len` bytes at `offset` is about to run. Called for a batch of reads just received, each
     /// three times: with `stage` 0 for all of them, then with 1, then with 2, so that a backend whose lookup
     /// takes dependent loads (RAM: the chunk's entry, then the chunk's header, then the data it points to) can

@@ -188,6 +188,9 @@ impl Backend for RamBackend {
             None => Bytes::from_static(&ZEROES[..len]),
         }))
     }
+    fn inline_read_pins(&self) -> usize {
+        CHUNK as usize
+    }
     fn prefetch(&self, offset: u64, len: usize, stage: u8) {
         let Some(chunk) = self.chunks.get((offset >> CHUNK_SHIFT) as usize) else { return };
         if stage == 0 {

@@ -3,4 +3,5 @@
 //! crossed the wire (in-capsule, R2T + H2CData, C2HData) is the transport's business alone. TCP is the only
 //! transport today.
 
+pub mod admission;
 pub mod tcp;

@@ -3,6 +3,7 @@
 //! reads in batches (one read, every PDU in it decoded), writes in batches (every PDU produced goes into one
 //! send buffer), and never takes a lock shared with other queues on the I/O path.
 
+use super::admission;
 use crate::cmd::{self, check_sgl};
 use crate::controller::{AerCompletion, MAX_QUEUE_ENTRIES};
 use crate::request::{DataDir, Exec, Outcome, QueueCtx, Request, Response};
@@ -62,9 +63,15 @@ pub async fn serve(target: Arc<Target>, port: Port, listener: TcpListener, shutd
             _ = shutdown.cancelled() => return,
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
+                    let Some(unbound) = target.unbound.admit(peer.ip()) else {
+                        if crate::peer_log::allow() {
+                            tracing::warn!(%peer, "connection closed at once: too many waiting for a Connect ({} in all)", target.unbound.count());
+                        }
+                        continue;
+                    };
                     tracing::debug!(%peer, port = port.id, "connection accepted");
                     let (t, p, s) = (target.clone(), port.clone(), shutdown.clone());
-                    tokio::spawn(async move { Connection::run(stream, t, p, s).await });
+                    tokio::spawn(async move { Connection::run(stream, t, p, s, unbound).await });
                 }
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
@@ -131,6 +138,8 @@ struct Connection {
     /// and 0 once a Disconnect has been answered: it deletes the queue (NVMe Base 2.0 §6.4), so nothing the host
     /// sent after it runs, and the connection closes once its response is out.
     stop_decoding_at: usize,
+    /// Counts this connection among those waiting for a Connect ([`admission`]) until its queue is bound.
+    unbound: Option<admission::UnboundGuard>,
 }
 
 fn limits(max_incapsule: usize) -> Limits {
@@ -138,7 +147,13 @@ fn limits(max_incapsule: usize) -> Limits {
 }
 
 impl Connection {
-    async fn run(stream: TcpStream, target: Arc<Target>, port: Port, shutdown: CancellationToken) {
+    async fn run(
+        stream: TcpStream,
+        target: Arc<Target>,
+        port: Port,
+        shutdown: CancellationToken,
+        unbound: admission::UnboundGuard,
+    ) {
         let _ = stream.set_nodelay(true);
         let (Ok(local_addr), Ok(peer_addr)) = (stream.local_addr(), stream.peer_addr()) else { return };
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
@@ -157,6 +172,7 @@ impl Connection {
             ctrl_gone: holdfast_rt::CancelWatch::never(),
             close_deadline: tokio::time::Instant::now() + IC_TIMEOUT,
             stop_decoding_at: SEND_HIGH_WATER,
+            unbound: Some(unbound),
         };
         let (mut rd, mut wr) = stream.into_split();
         let mut inbuf = BytesMut::with_capacity(RECV_CHUNK);
@@ -662,6 +678,7 @@ impl Connection {
 
     fn on_connected(&mut self) {
         let Some(ctrl) = self.ctx.ctrl.clone() else { return };
+        self.unbound = None;
         ctrl.bind_gate(&self.ctx.gate);
         // The submission queue exists from this Connect on, and the Connect is its first entry (SQ entry 0):
         // counted now that the queue has a size, so that its response carries SQ Head Pointer 1 and every
@@ -711,7 +728,10 @@ impl Connection {
             if last && success_flag {
                 f |= flags::SUCCESS;
             }
-            self.out.push_data_pdu(&self.framing, PduType::C2HData, f, cid, 0, off as u32, data.slice(off..off + n));
+            // What the data keeps alive counts once, with its first piece.
+            let pins = if off == 0 { resp.pins } else { 0 };
+            let piece = data.slice(off..off + n);
+            self.out.push_data_pdu_pinning(&self.framing, PduType::C2HData, f, cid, 0, off as u32, piece, pins);
             off += n;
         }
         if !success_flag {
@@ -719,9 +739,10 @@ impl Connection {
         }
     }
 
-    /// What waits to be sent, or will once the reads running elsewhere complete ([`SEND_HIGH_WATER`]).
+    /// What waits to be sent (with the memory it keeps alive: a RAM read's whole chunk), or will once the reads
+    /// running elsewhere complete ([`SEND_HIGH_WATER`]).
     fn backlog(&self) -> usize {
-        self.out.len() + self.deferred_out
+        self.out.weight() + self.deferred_out
     }
 
     /// Queue a completion without data (a CapsuleResp). Touches no slot: a command answered here either never

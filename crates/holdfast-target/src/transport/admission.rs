@@ -1,0 +1,98 @@
+//! How many connections may wait for a Connect at once: [`MAX_UNBOUND`] in all, [`MAX_UNBOUND_PER_ADDR`] from
+//! one address. A connection counts from accept until a Connect binds its queue (or it ends), which takes a
+//! real host a few round trips; one that sends nothing is closed after 10 s anyway, but until then a peer
+//! opening connections in a loop held a file descriptor and ~88 KiB each, and once the descriptors ran out no
+//! host could connect. Over the limit a new connection is closed at once.
+//!
+//! The per-address limit is well above what one host needs: the Linux host opens every I/O queue's
+//! connection (up to 128 per controller here, [`crate::controller::MAX_IO_QUEUES`]) before it sends their
+//! Connects, and one machine may connect several controllers at once.
+
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Connections waiting for a Connect, all addresses together.
+pub const MAX_UNBOUND: usize = 4096;
+/// Connections waiting for a Connect from one address.
+pub const MAX_UNBOUND_PER_ADDR: u32 = 1024;
+
+/// The connections waiting for a Connect, by peer address.
+#[derive(Default)]
+pub struct Unbound {
+    inner: Mutex<(usize, HashMap<IpAddr, u32>)>,
+}
+
+impl Unbound {
+    /// Count a new connection from `addr`, unless a limit is reached (None: close it).
+    pub fn admit(self: &Arc<Self>, addr: IpAddr) -> Option<UnboundGuard> {
+        self.admit_within(addr, MAX_UNBOUND, MAX_UNBOUND_PER_ADDR)
+    }
+
+    fn admit_within(self: &Arc<Self>, addr: IpAddr, total: usize, per_addr: u32) -> Option<UnboundGuard> {
+        let addr = addr.to_canonical();
+        let mut g = self.inner.lock();
+        let (all, by_addr) = &mut *g;
+        let n = by_addr.entry(addr).or_insert(0);
+        if *all >= total || *n >= per_addr {
+            if *n == 0 {
+                by_addr.remove(&addr);
+            }
+            return None;
+        }
+        *n += 1;
+        *all += 1;
+        Some(UnboundGuard { unbound: self.clone(), addr })
+    }
+
+    /// Connections counted now.
+    pub fn count(&self) -> usize {
+        self.inner.lock().0
+    }
+}
+
+/// A connection counted in [`Unbound`] until this is dropped (its queue bound, or the connection ended).
+pub struct UnboundGuard {
+    unbound: Arc<Unbound>,
+    addr: IpAddr,
+}
+
+impl Drop for UnboundGuard {
+    fn drop(&mut self) {
+        let mut g = self.unbound.inner.lock();
+        let (all, by_addr) = &mut *g;
+        *all -= 1;
+        if let Some(n) = by_addr.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                by_addr.remove(&self.addr);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_in_all_and_per_address_and_release_on_drop() {
+        let u = Arc::new(Unbound::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let held: Vec<_> = (0..3).map(|_| u.admit_within(a, 5, 3).unwrap()).collect();
+        assert!(u.admit_within(a, 5, 3).is_none(), "per address");
+        // The same address written as IPv4-mapped IPv6 is the same address.
+        assert!(u.admit_within("::ffff:192.0.2.1".parse().unwrap(), 5, 3).is_none());
+        let more: Vec<_> = (0..2).map(|_| u.admit_within(b, 5, 3).unwrap()).collect();
+        assert!(u.admit_within("192.0.2.3".parse().unwrap(), 5, 3).is_none(), "in all");
+        assert_eq!(u.count(), 5);
+        drop(held);
+        assert_eq!(u.count(), 2);
+        assert!(u.admit_within(a, 5, 3).is_some(), "free again");
+        drop(more);
+        assert_eq!(u.count(), 0);
+        assert!(u.inner.lock().1.is_empty(), "no address left behind");
+    }
+}
