@@ -433,6 +433,26 @@ pub fn coarse_ms() -> u64 {
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
+/// Raise this process's soft limit on open files to its hard limit (a target holds a descriptor per
+/// connection, and the usual soft limit of 1024 is reached by a few hosts with many queues, or by a peer opening
+/// connections in a loop). Returns (before, after), or None if the limit could not be read or set.
+pub fn raise_open_files_limit() -> Option<(u64, u64)> {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `rl` is a valid, writable rlimit for the duration of the call; getrlimit writes only it.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return None;
+    }
+    let before = rl.rlim_cur;
+    if rl.rlim_cur < rl.rlim_max {
+        rl.rlim_cur = rl.rlim_max;
+        // SAFETY: `rl` is a valid rlimit; setrlimit only reads it.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } != 0 {
+            return None;
+        }
+    }
+    Some((before, rl.rlim_cur))
+}
+
 /// CPU time this process has used so far, (user, system), from `getrusage(RUSAGE_SELF)` (microsecond
 /// resolution; all threads). The bench reports its CPU cost per I/O from two readings: on a shared machine whose
 /// throughput swings from run to run, the CPU one side spends per I/O moves much less.
@@ -507,6 +527,16 @@ pub fn spin_read(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        let (before, after) = raise_open_files_limit().expect("getrlimit/setrlimit");
+        assert!(after >= before);
+        let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: as in raise_open_files_limit.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) }, 0);
+        assert_eq!((rl.rlim_cur, rl.rlim_cur), (rl.rlim_max, after), "soft limit at the hard limit");
+    }
 
     #[test]
     fn yield_to_tasks_lets_the_tasks_woken_before_it_run_first() {

@@ -179,8 +179,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         busy_poll: Duration::from_micros(a.busy_poll_us),
     };
     let rt = super::common::runtime()?;
+    let open_files = holdfast_rt::raise_open_files_limit();
     rt.block_on(async move {
         let a = a;
+        if let Some((before, after)) = open_files.filter(|(b, a)| a > b) {
+            tracing::debug!("open files limit raised from {before} to {after}");
+        }
         // What fails here (a backend that does not open, a port already taken) names its key; with a
         // configuration file, the file too.
         let in_file = |e: anyhow::Error| match &a.config {
