@@ -759,7 +759,7 @@ fn handle_pdu(
                 let last = off + n == o + l;
                 let fl = if last { flags::LAST_PDU } else { 0 };
                 let chunk = f.cmd.data_out.slice(off..off + n);
-                out.push_data_pdu(&p.framing, PduType::H2CData, fl, r.cccid, r.ttag, off as u32, chunk);
+                out.push_data_pdu(&p.framing, PduType::H2CData, fl, r.cccid, r.ttag, off as u32, chunk, 0);
                 off += n;
             }
         }

@@ -45,7 +45,7 @@ impl SendQueue {
     }
 
     /// Memory the waiting data keeps alive: its bytes, and what the buffers it is a slice of hold beyond them
-    /// ([`SendQueue::push_data_pdu_pinning`]). What a limit on a connection's memory should count.
+    /// ([`SendQueue::push_data_pdu`]'s `pins`). What a limit on a connection's memory should count.
     pub fn weight(&self) -> usize {
         self.len() + self.pinned
     }
@@ -73,7 +73,9 @@ impl SendQueue {
     }
 
     /// Queue one H2CData or C2HData PDU (Figures 28 and 23): its header, `data` by reference, then the data
-    /// digest if `framing` negotiated one. `flags` carries LAST_PDU / SUCCESS.
+    /// digest if `framing` negotiated one. `flags` carries LAST_PDU / SUCCESS. `pins`: if `data` is a slice of
+    /// a larger buffer it keeps alive until sent, that buffer's size, counted in [`SendQueue::weight`] until
+    /// then (0: nothing beyond the data; data short enough to be copied pins nothing either).
     #[allow(clippy::too_many_arguments)]
     pub fn push_data_pdu(
         &mut self,
@@ -84,38 +86,21 @@ impl SendQueue {
         ttag: u16,
         datao: u32,
         data: Bytes,
+        pins: usize,
     ) {
         crate::pdu::encode_data_header(&mut self.tail, framing, ty, flags, cccid, ttag, datao, data.len() as u32);
         let digest = framing.ddgst.then(|| crate::digest::digest_bytes(&data));
-        self.push_data(data);
-        if let Some(d) = digest {
-            self.tail.extend_from_slice(&d);
-        }
-    }
-
-    /// [`SendQueue::push_data_pdu`] for data that is a slice of a larger buffer, kept alive until the data is
-    /// sent: `pins` bytes (the whole buffer's size) count towards [`SendQueue::weight`] until then. Data
-    /// short enough to be copied pins nothing.
-    #[allow(clippy::too_many_arguments)]
-    pub fn push_data_pdu_pinning(
-        &mut self,
-        framing: &crate::pdu::Framing,
-        ty: crate::pdu::PduType,
-        flags: u8,
-        cccid: u16,
-        ttag: u16,
-        datao: u32,
-        data: Bytes,
-        pins: usize,
-    ) {
         let by_reference = data.len() >= COPY_BELOW;
-        self.push_data_pdu(framing, ty, flags, cccid, ttag, datao, data);
-        // Queued by reference, the data is the last piece of `chunks` (its digest, if any, went to `tail`).
+        self.push_data(data);
+        // Queued by reference, the data is the last piece of `chunks` (its digest goes to `tail`).
         if by_reference && pins > 0 {
             if let Some(p) = self.pins.back_mut() {
                 *p = pins;
                 self.pinned += pins;
             }
+        }
+        if let Some(d) = digest {
+            self.tail.extend_from_slice(&d);
         }
     }
 
@@ -244,9 +229,9 @@ mod tests {
         let f = crate::pdu::Framing::default();
         let mut q = SendQueue::new();
         let data = Bytes::from(vec![5u8; 4096]);
-        q.push_data_pdu_pinning(&f, crate::pdu::PduType::C2HData, 0, 1, 0, 0, data, 128 << 10);
+        q.push_data_pdu(&f, crate::pdu::PduType::C2HData, 0, 1, 0, 0, data, 128 << 10);
         // Short data is copied: it pins nothing.
-        q.push_data_pdu_pinning(&f, crate::pdu::PduType::C2HData, 0, 2, 0, 0, Bytes::from(vec![6u8; 16]), 128 << 10);
+        q.push_data_pdu(&f, crate::pdu::PduType::C2HData, 0, 2, 0, 0, Bytes::from(vec![6u8; 16]), 128 << 10);
         let len = q.len();
         assert_eq!(q.weight(), len + (128 << 10));
         // The header (24 bytes) and half the data sent: still pinned.

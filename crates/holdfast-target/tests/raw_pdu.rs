@@ -277,6 +277,17 @@ async fn assert_block0_zero(q: &mut Conn, why: &str) {
     assert_eq!(d, vec![0u8; 512], "{why}");
 }
 
+/// These commands' capsules back to back, each with the CID given, to send in one write as a host that
+/// pipelines commands does.
+fn capsules(f: &Framing, cmds: impl IntoIterator<Item = (u16, SubmissionEntry, Bytes)>) -> Vec<u8> {
+    let mut burst = Vec::new();
+    for (cid, mut sqe, data) in cmds {
+        sqe.cid.set(cid);
+        burst.extend_from_slice(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data }).to_bytes(f));
+    }
+    burst
+}
+
 fn rw_sqe(op: u8, slba: u64, blocks: u32, sgl: SglDescriptor) -> SubmissionEntry {
     let mut s = SubmissionEntry::new(op, 0);
     s.nsid.set(1);
@@ -679,15 +690,14 @@ async fn toggling_shutdown_notifications_runs_one_flush_at_a_time() {
     let shn = (cc::ENABLE_DEFAULT | cc::SHN_NORMAL) as u64;
     // Sent without waiting for the answers, as a flooding peer does.
     let mut cids = Vec::new();
-    let mut burst = Vec::new();
+    let mut cmds = Vec::new();
     for i in 0..2001 {
         let v = if i % 2 == 0 { shn } else { cc::ENABLE_DEFAULT as u64 };
-        let mut sqe = PropertyCommand::new(0, property::CC, false, Some(v)).to_sqe();
         let cid = a.next_cid();
-        sqe.cid.set(cid);
         cids.push(cid);
-        burst.extend_from_slice(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() }).to_bytes(&a.f));
+        cmds.push((cid, PropertyCommand::new(0, property::CC, false, Some(v)).to_sqe(), Bytes::new()));
     }
+    let burst = capsules(&a.f, cmds);
     a.send_raw(&burst).await;
     for cid in cids {
         assert_eq!(a.finish(cid).await.0.status(), Status::SUCCESS);
@@ -712,12 +722,8 @@ async fn reads_running_elsewhere_count_towards_the_send_limit() {
     let (server, addr) = start_with("", settings).await;
     let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
     let q = Conn::io(addr, &mut a, cntlid, false, false).await;
-    let mut burst = Vec::new();
-    for cid in 0..250u16 {
-        let mut sqe = rw_sqe(io::READ, 0, 512, SglDescriptor::transport(256 << 10));
-        sqe.cid.set(cid);
-        burst.extend_from_slice(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() }).to_bytes(&q.f));
-    }
+    let read = rw_sqe(io::READ, 0, 512, SglDescriptor::transport(256 << 10));
+    let burst = capsules(&q.f, (0..250u16).map(|cid| (cid, read, Bytes::new())));
     let mut s = q.s;
     s.write_all(&burst).await.unwrap();
     // Never read: 62.5 MiB of answers. What the socket buffers take, plus 8 MiB, is all that may run.
@@ -738,13 +744,8 @@ async fn write_data_counts_in_the_r2t_budget_until_the_write_has_run() {
     let (server, addr) = start_with("", settings).await;
     let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
     let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
-    let mut burst = Vec::new();
-    for cid in 0..40u16 {
-        let mut sqe = rw_sqe(io::WRITE, 0, 512, SglDescriptor::transport(256 << 10));
-        sqe.cid.set(cid);
-        burst.extend_from_slice(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() }).to_bytes(&q.f));
-    }
-    q.send_raw(&burst).await;
+    let write = rw_sqe(io::WRITE, 0, 512, SglDescriptor::transport(256 << 10));
+    q.send_raw(&capsules(&q.f, (0..40u16).map(|cid| (cid, write, Bytes::new())))).await;
     // Answer every R2T at once for 300 ms, while no write can have run (each waits 500 ms).
     let half = Bytes::from(vec![7u8; 128 << 10]); // MAXH2CDATA
     let mut r2ts = 0;
@@ -771,23 +772,17 @@ async fn small_ram_reads_waiting_to_be_sent_count_their_whole_chunk() {
     let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
     let chunk_lba = |i: u64| (i % 2048) * 256;
     // Every chunk written once (a never-written chunk reads as shared zeroes).
-    let mut burst = Vec::new();
-    for i in 0..2048u64 {
-        let mut sqe = rw_sqe(io::WRITE, chunk_lba(i), 1, SglDescriptor::incapsule(512));
-        sqe.cid.set(i as u16);
-        burst.extend_from_slice(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::from(vec![1u8; 512]) }).to_bytes(&q.f));
-    }
-    q.send_raw(&burst).await;
+    let block = Bytes::from(vec![1u8; 512]);
+    let writes = (0..2048u64)
+        .map(|i| (i as u16, rw_sqe(io::WRITE, chunk_lba(i), 1, SglDescriptor::incapsule(512)), block.clone()));
+    q.send_raw(&capsules(&q.f, writes)).await;
     for i in 0..2048u16 {
         assert_eq!(q.finish(i).await.0.status(), Status::SUCCESS);
     }
     // 40000 one-block reads over the chunks, never read: about 21 MiB of answers.
-    let mut burst = Vec::new();
-    for i in 0..40000u64 {
-        let mut sqe = rw_sqe(io::READ, chunk_lba(i), 1, SglDescriptor::transport(512));
-        sqe.cid.set(i as u16);
-        burst.extend_from_slice(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() }).to_bytes(&q.f));
-    }
+    let reads = (0..40000u64)
+        .map(|i| (i as u16, rw_sqe(io::READ, chunk_lba(i), 1, SglDescriptor::transport(512)), Bytes::new()));
+    let burst = capsules(&q.f, reads);
     let mut s = q.s;
     let writer = tokio::spawn(async move {
         let _ = s.write_all(&burst).await;
@@ -1252,13 +1247,9 @@ async fn a_host_that_does_not_read_cannot_make_the_target_buffer_a_whole_batch_o
         }
         let stats = &server.target.subsystem(NQN).unwrap().stats;
         let before = stats.read_cmds.load(std::sync::atomic::Ordering::Relaxed);
-        let mut burst = Vec::new();
-        for i in 0..READS {
-            let mut sqe = rw_sqe(io::READ, 0, (LEN / 512) as u32, SglDescriptor::transport(LEN as u32));
-            sqe.cid.set(100 + i);
-            burst.extend_from_slice(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() }).to_bytes(&q.f));
-        }
-        q.send_raw(&burst).await; // 14 KiB of capsules: one socket read on the target
+        let read = rw_sqe(io::READ, 0, (LEN / 512) as u32, SglDescriptor::transport(LEN as u32));
+        // 14 KiB of capsules: one socket read on the target
+        q.send_raw(&capsules(&q.f, (0..READS).map(|i| (100 + i, read, Bytes::new())))).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let executed = stats.read_cmds.load(std::sync::atomic::Ordering::Relaxed) - before;
         // 8 MiB / 256 KiB = 32 before the mark, plus what the two socket buffers took meanwhile.

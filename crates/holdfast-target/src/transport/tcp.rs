@@ -731,7 +731,7 @@ impl Connection {
             // What the data keeps alive counts once, with its first piece.
             let pins = if off == 0 { resp.pins } else { 0 };
             let piece = data.slice(off..off + n);
-            self.out.push_data_pdu_pinning(&self.framing, PduType::C2HData, f, cid, 0, off as u32, piece, pins);
+            self.out.push_data_pdu(&self.framing, PduType::C2HData, f, cid, 0, off as u32, piece, pins);
             off += n;
         }
         if !success_flag {
