@@ -116,13 +116,18 @@ async fn read_log(ctrl: &Controller) -> Result<Vec<DiscoveryEntry>> {
                 let n = piece.min(total - log.len());
                 match get_log_page(admin, LID_DISCOVERY, 0, n, log.len() as u64).await {
                     Ok(part) => log.extend_from_slice(&part),
-                    // The log shrank since its header was read (a piece's offset past its new end: Invalid Field,
-                    // as holdfast's target answers), or the controller says so (Discover Restart): start over.
-                    Err(e)
-                        if e.status().is_some_and(|s| {
-                            s.code() == Status::INVALID_FIELD || s.code() == Status::DISCOVER_RESTART
-                        }) =>
-                    {
+                    // The controller says the log changed (Discover Restart): start over.
+                    Err(e) if e.status().is_some_and(|s| s.code() == Status::DISCOVER_RESTART) => {
+                        restart = true;
+                        break;
+                    }
+                    // The log may have shrunk since its header was read (a piece's offset past its new end is
+                    // Invalid Field, as holdfast's target answers): start over if GENCTR moved; if it did not,
+                    // the refusal is the controller's answer, and the caller's.
+                    Err(e) if e.status().is_some_and(|s| s.code() == Status::INVALID_FIELD) => {
+                        if le64(&get_log_page(admin, LID_DISCOVERY, 0, 1024, 0).await?, 0) == genctr {
+                            return Err(e);
+                        }
                         restart = true;
                         break;
                     }

@@ -71,6 +71,8 @@ struct Behaviour {
     /// After the first Discovery read the log holds this many records (GENCTR 8); an offset past its end is
     /// answered Invalid Field (as holdfast's target does).
     discovery_shrink_to: Option<usize>,
+    /// Refuse every Discovery log read at an offset other than 0 with Invalid Field (the log unchanged).
+    discovery_refuse_offsets: bool,
     /// Answer the first write with R2Ts that break the protocol (see [`BadR2T`]); that write is never
     /// completed on that connection.
     bad_r2t: Option<BadR2T>,
@@ -111,6 +113,7 @@ impl Default for Behaviour {
             close_io_on_shn: false,
             discovery_records: 0,
             discovery_shrink_to: None,
+            discovery_refuse_offsets: false,
             bad_r2t: None,
             icdoff: 0,
         }
@@ -489,7 +492,8 @@ impl Conn {
                         })
                         .collect();
                     let log = discovery_log_bytes(gen, &records);
-                    if get_log_page::offset(&sqe) > log.len() as u64 {
+                    let refused = self.st.b.discovery_refuse_offsets && get_log_page::offset(&sqe) > 0;
+                    if refused || get_log_page::offset(&sqe) > log.len() as u64 {
                         self.resp(cid, Status::INVALID_FIELD.with_dnr(), 0);
                         return;
                     }
@@ -1541,4 +1545,16 @@ async fn a_discovery_log_that_shrinks_while_read_in_pieces_is_read_again() {
     o.subnqn = fabrics::DISCOVERY_NQN.into();
     let entries = holdfast_host::discover(o).await.expect("discover");
     assert_eq!(entries.len(), 10);
+}
+
+/// A piece refused with Invalid Field while GENCTR has not moved is the controller's answer, not a sign that the
+/// log changed: discovery fails with that status (it retried five times and then blamed a changing log).
+#[tokio::test]
+async fn a_piece_refused_while_the_log_is_unchanged_fails_discovery_with_that_status() {
+    let f =
+        fake(Behaviour { mdts: 5, discovery_records: 300, discovery_refuse_offsets: true, ..Default::default() }).await;
+    let mut o = opts(&f, 0, false);
+    o.subnqn = fabrics::DISCOVERY_NQN.into();
+    let e = holdfast_host::discover(o).await.expect_err("a refused piece");
+    assert_eq!(e.status().map(|s| s.code()), Some(Status::INVALID_FIELD), "{e}");
 }
