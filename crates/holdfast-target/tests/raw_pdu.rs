@@ -797,10 +797,11 @@ async fn small_ram_reads_waiting_to_be_sent_count_their_whole_chunk() {
     server.stop().await;
 }
 
-/// A connection counts among those waiting for a Connect (limited in all and per address) from accept until a
-/// Connect binds its queue, or it ends.
+/// A connection counts among those without an NVM controller (limited in all and per address) from accept
+/// until a Connect binds its queue to an NVM subsystem's controller, or it ends; a discovery controller's stays
+/// counted (any host may open one, with any keep-alive).
 #[tokio::test]
-async fn a_connection_waits_for_a_connect_among_the_limited_until_its_queue_is_bound() {
+async fn a_connection_counts_among_the_limited_until_bound_to_an_nvm_controller() {
     let (server, addr) = start("").await;
     let waiting = || server.target.unbound.count();
     let until = |want: usize| async move {
@@ -813,8 +814,12 @@ async fn a_connection_waits_for_a_connect_among_the_limited_until_its_queue_is_b
     let idle = Conn::raw(addr).await;
     until(1).await;
     let (a, _) = Conn::admin(addr, NQN, false, false).await;
-    until(1).await; // the admin queue is bound: only the idle connection waits
+    until(1).await; // the admin queue is bound: only the idle connection counts
+    let (d, _) = Conn::admin(addr, fabrics::DISCOVERY_NQN, false, false).await;
+    until(2).await; // bound to the discovery controller: still counted
     drop(idle);
+    until(1).await;
+    drop(d);
     until(0).await;
     drop(a);
     server.stop().await;

@@ -65,7 +65,7 @@ pub async fn serve(target: Arc<Target>, port: Port, listener: TcpListener, shutd
                 Ok((stream, peer)) => {
                     let Some(unbound) = target.unbound.admit(peer.ip()) else {
                         if crate::peer_log::allow() {
-                            tracing::warn!(%peer, "connection closed at once: too many waiting for a Connect ({} in all)", target.unbound.count());
+                            tracing::warn!(%peer, "connection closed at once: too many without an NVM controller ({} in all)", target.unbound.count());
                         }
                         continue;
                     };
@@ -138,7 +138,8 @@ struct Connection {
     /// and 0 once a Disconnect has been answered: it deletes the queue (NVMe Base 2.0 §6.4), so nothing the host
     /// sent after it runs, and the connection closes once its response is out.
     stop_decoding_at: usize,
-    /// Counts this connection among those waiting for a Connect ([`admission`]) until its queue is bound.
+    /// Counts this connection among those without an NVM controller ([`admission`]) until a Connect binds
+    /// its queue to one.
     unbound: Option<admission::UnboundGuard>,
 }
 
@@ -678,7 +679,10 @@ impl Connection {
 
     fn on_connected(&mut self) {
         let Some(ctrl) = self.ctx.ctrl.clone() else { return };
-        self.unbound = None;
+        // A discovery controller's connection stays counted (any host may open one, with any keep-alive).
+        if !ctrl.subsys.is_discovery {
+            self.unbound = None;
+        }
         ctrl.bind_gate(&self.ctx.gate);
         // The submission queue exists from this Connect on, and the Connect is its first entry (SQ entry 0):
         // counted now that the queue has a size, so that its response carries SQ Head Pointer 1 and every
