@@ -61,8 +61,8 @@ impl Backend for DelayWrites {
         self.maybe_wait();
         self.inner.deallocate(offset, len, gate)
     }
-    fn inline_read_pins(&self) -> usize {
-        self.inner.inline_read_pins()
+    fn inline_read_pins(&self, data: &bytes::Bytes) -> usize {
+        self.inner.inline_read_pins(data)
     }
     fn volatile(&self) -> bool {
         self.inner.volatile()

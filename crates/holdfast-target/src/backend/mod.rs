@@ -29,9 +29,9 @@ pub trait Backend: Send + Sync + 'static {
     fn read_inline(&self, _offset: u64, _len: usize, _gate: &MediaGate) -> Option<io::Result<bytes::Bytes>> {
         None
     }
-    /// Memory a read answered by [`Backend::read_inline`] keeps alive until its data is sent, beyond the data
-    /// itself (RAM: the whole chunk it is a slice of).
-    fn inline_read_pins(&self) -> usize {
+    /// Memory `data`, as answered by [`Backend::read_inline`], keeps alive until it is sent, beyond itself
+    /// (RAM: the whole chunk it is a slice of; nothing for a never-written chunk's shared zeroes).
+    fn inline_read_pins(&self, _data: &bytes::Bytes) -> usize {
         0
     }
     /// Hint: a read of `len` bytes at `offset` is about to run. Called for a batch of reads just received, each

@@ -188,8 +188,12 @@ impl Backend for RamBackend {
             None => Bytes::from_static(&ZEROES[..len]),
         }))
     }
-    fn inline_read_pins(&self) -> usize {
-        CHUNK as usize
+    fn inline_read_pins(&self, data: &Bytes) -> usize {
+        if ZEROES.as_ptr_range().contains(&data.as_ptr()) {
+            0
+        } else {
+            CHUNK as usize
+        }
     }
     fn prefetch(&self, offset: u64, len: usize, stage: u8) {
         let Some(chunk) = self.chunks.get((offset >> CHUNK_SHIFT) as usize) else { return };
@@ -315,8 +319,10 @@ mod tests {
         assert!(b.read_inline(CHUNK - 512, 1024, &g).is_none());
         assert!(b.read_inline(4 * CHUNK - 512, 512, &g).unwrap().is_ok());
         assert!(RamBackend::new(CHUNK / 2).read_inline(CHUNK / 2 - 512, 1024, &g).unwrap().is_err());
-        // Unwritten: zeroes.
-        assert!(b.read_inline(3 * CHUNK, 4096, &g).unwrap().unwrap().iter().all(|&x| x == 0));
+        // Unwritten: zeroes, which keep no chunk alive; a written chunk's share keeps all of it.
+        let z = b.read_inline(3 * CHUNK, 4096, &g).unwrap().unwrap();
+        assert!(z.iter().all(|&x| x == 0));
+        assert_eq!((b.inline_read_pins(&z), b.inline_read_pins(&r2)), (0, CHUNK as usize), "pins");
         // Prefetch hints, anywhere (written, unwritten, past the end, while a writer holds the chunk), change
         // nothing.
         b.write_at(CHUNK + 4096, &[3u8; 4096], false, &g).unwrap();

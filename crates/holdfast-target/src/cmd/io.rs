@@ -255,7 +255,7 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
     if let Exec::Read { ns, offset } = &req.exec {
         if let Some(r) = ns.backend.read_inline(*offset, len, &gate) {
             let r = match r {
-                Ok(data) => Response { pins: ns.backend.inline_read_pins(), ..Response::data(data) },
+                Ok(data) => Response { pins: ns.backend.inline_read_pins(&data), ..Response::data(data) },
                 Err(e) => Response::err(media_status(&e, false)),
             };
             return Outcome::Done(finish(r, &ctrl));
