@@ -46,6 +46,7 @@ impl Server {
             server.serve(port.id, port.addr, addr, listener);
         }
         server.publish_ports();
+        server.target.publish_discovery_view();
         Ok(server)
     }
 

@@ -71,6 +71,31 @@ pub struct Access {
     pub ports: Vec<u16>,
 }
 
+impl Access {
+    /// Is host `hostnqn` admitted?
+    pub fn admits(&self, hostnqn: &str) -> bool {
+        self.allow_any_host || self.allowed_hosts.contains(hostnqn)
+    }
+    /// Is the subsystem exported on port `port_id`?
+    pub fn exported_on(&self, port_id: u16) -> bool {
+        self.ports.is_empty() || self.ports.contains(&port_id)
+    }
+}
+
+/// What the discovery log is built from: the ports, each NVM subsystem's access, and the GENCTR that names
+/// this state, published whole ([`Target::discovery_changed`]). A reload changes subsystems, access lists and
+/// ports in steps (some awaiting listeners); a log built from them meanwhile would carry the old GENCTR with
+/// new entries, which a host reading the log in two commands (header, then entries) takes for one state.
+#[derive(Debug, Default)]
+pub struct DiscoveryView {
+    /// Discovery Log Page GENCTR of this state.
+    pub genctr: u64,
+    /// The ports served.
+    pub ports: Vec<Port>,
+    /// Each NVM subsystem's NQN and access, in NQN order.
+    pub subsystems: Vec<(String, Access)>,
+}
+
 /// An NVM subsystem (or the discovery subsystem).
 pub struct Subsystem {
     /// Subsystem NQN.
@@ -142,14 +167,12 @@ impl Subsystem {
 
     /// May `hostnqn` connect?
     pub fn host_allowed(&self, hostnqn: &str) -> bool {
-        let a = self.access.read();
-        a.allow_any_host || a.allowed_hosts.contains(hostnqn)
+        self.access.read().admits(hostnqn)
     }
 
     /// Is the subsystem exported on `port_id`?
     pub fn on_port(&self, port_id: u16) -> bool {
-        let a = self.access.read();
-        a.ports.is_empty() || a.ports.contains(&port_id)
+        self.access.read().exported_on(port_id)
     }
 
     /// Make every namespace's completed writes durable (`fdatasync` on a file backend; nothing to do on RAM);
@@ -270,6 +293,8 @@ pub struct Target {
     pub ports: RwLock<Vec<Port>>,
     /// Discovery log generation counter: bumped on every configuration change.
     pub genctr: AtomicU64,
+    /// What discovery reports, as last published ([`Target::publish_discovery_view`]).
+    pub discovery_view: RwLock<Arc<DiscoveryView>>,
     /// Changes at every start: a host can tell a restart from a network blip.
     pub instance_id: u64,
     /// Non-configuration settings.
@@ -369,18 +394,32 @@ impl Target {
             .iter()
             .map(|p| Ok(Port { id: p.id, addr: p.listen.parse()? }))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Arc::new(Target {
+        let target = Arc::new(Target {
             subsystems: RwLock::new(subs),
             discovery: Arc::new(disc),
             ports: RwLock::new(ports),
             genctr: AtomicU64::new(1),
+            discovery_view: RwLock::default(),
             instance_id: rand::random::<u64>() | 1,
             epoch_ms: holdfast_rt::coarse_ms(),
             planned_downtime_ms: std::sync::atomic::AtomicU32::new(0),
             busy_poll: holdfast_rt::BusyPoll::new(settings.busy_poll),
             unbound: Arc::default(),
             settings,
-        }))
+        });
+        target.publish_discovery_view();
+        Ok(target)
+    }
+
+    /// Publish what discovery reports now (ports, subsystems, access, GENCTR) as one state. Only where GENCTR
+    /// moves ([`Target::discovery_changed`]) or the ports are first bound ([`crate::server::Server::start`]).
+    pub fn publish_discovery_view(&self) {
+        let view = DiscoveryView {
+            genctr: self.genctr.load(Ordering::SeqCst),
+            ports: self.ports.read().clone(),
+            subsystems: self.subsystems().iter().map(|s| (s.nqn.clone(), s.access.read().clone())).collect(),
+        };
+        *self.discovery_view.write() = Arc::new(view);
     }
 
     /// A subsystem by NQN (the discovery NQN gives the discovery subsystem).
@@ -410,6 +449,7 @@ impl Target {
     /// discovery controller that asked for it.
     pub fn discovery_changed(&self) {
         self.bump_genctr();
+        self.publish_discovery_view();
         for c in self.discovery.controllers() {
             c.discovery_changed();
         }

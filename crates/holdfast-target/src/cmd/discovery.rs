@@ -12,7 +12,6 @@ use holdfast_proto::opcode::admin as aop;
 use holdfast_proto::sqe::{features, identify};
 use holdfast_proto::{Status, SubmissionEntry};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
 use zerocopy::IntoBytes;
 
 /// Asynchronous Event Configuration bit 31: Discovery Log Page Change notices.
@@ -89,19 +88,19 @@ fn reachable_addr(port: SocketAddr, local: IpAddr) -> Option<SocketAddr> {
 /// ([`reachable_addr`]).
 pub fn discovery_log(ctx: &QueueCtx, c: &Controller, lsp: u8) -> Vec<u8> {
     let port_local_only = lsp & 0x2 != 0;
-    let target = &c.target;
-    let ports = target.ports.read().clone();
+    // One published state, entries and GENCTR together.
+    let view = c.target.discovery_view.read().clone();
     let mut entries = Vec::new();
-    for port in ports.iter().filter(|p| !port_local_only || p.id == ctx.port.id) {
+    for port in view.ports.iter().filter(|p| !port_local_only || p.id == ctx.port.id) {
         let Some(addr) = reachable_addr(port.addr, c.local_addr.ip()) else { continue };
         let traddr = addr.ip().to_string();
         let trsvcid = addr.port().to_string();
-        for s in target.subsystems().iter().filter(|s| s.on_port(port.id) && s.host_allowed(&c.hostnqn)) {
-            entries.push(entry(lp::SUBTYPE_NVME, port.id, &traddr, &trsvcid, &s.nqn, adrfam(&addr)));
+        for (nqn, _) in view.subsystems.iter().filter(|(_, a)| a.exported_on(port.id) && a.admits(&c.hostnqn)) {
+            entries.push(entry(lp::SUBTYPE_NVME, port.id, &traddr, &trsvcid, nqn, adrfam(&addr)));
         }
         entries.push(entry(lp::SUBTYPE_CURRENT_DISCOVERY, port.id, &traddr, &trsvcid, DISCOVERY_NQN, adrfam(&addr)));
     }
-    lp::discovery_log_bytes(target.genctr.load(Ordering::SeqCst), &entries)
+    lp::discovery_log_bytes(view.genctr, &entries)
 }
 
 fn entry(subtype: u8, portid: u16, traddr: &str, trsvcid: &str, subnqn: &str, adrfam: u8) -> DiscoveryLogEntry {
