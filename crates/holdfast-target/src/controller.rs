@@ -62,6 +62,15 @@ pub struct ErrorRecord {
     pub transport: bool,
 }
 
+/// One flush at a time per controller for its shutdown notifications ([`Controller::write_cc`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ShutdownFlush {
+    /// A flush is running.
+    pub running: bool,
+    /// Another notification came while it ran: one more flush follows, covering every write before it.
+    pub again: bool,
+}
+
 /// Feature values (NVMe Base 2.0 §5.27.1).
 #[derive(Debug, Clone)]
 pub struct Features {
@@ -137,9 +146,8 @@ pub struct CtrlState {
     pub error_count: u64,
     /// Admin queue task's AER channel.
     pub aer_tx: Option<mpsc::UnboundedSender<AerCompletion>>,
-    /// A shutdown notification's flush of the file namespaces is running ([`Controller::write_cc`]), and
-    /// whether another was asked for meanwhile (it runs once that one ends, covering every write before it).
-    pub shutdown_flush: (bool, bool),
+    /// The shutdown notifications' flush of the file namespaces ([`Controller::write_cc`]).
+    pub shutdown_flush: ShutdownFlush,
 }
 
 /// A controller.
@@ -223,7 +231,7 @@ impl Controller {
                 errors: VecDeque::new(),
                 error_count: 0,
                 aer_tx: None,
-                shutdown_flush: (false, false),
+                shutdown_flush: ShutdownFlush::default(),
             }),
             cancel: CancellationToken::new(),
             torn_down: AtomicBool::new(false),
@@ -279,26 +287,26 @@ impl Controller {
             // (which may have started before writes it must cover), never for one per toggle (a peer looping
             // Property Set queued millions of blocking jobs).
             match tokio::runtime::Handle::try_current() {
-                Ok(_) if flush && st.shutdown_flush.0 => {
-                    st.csts = (st.csts & !csts::SHST_MASK) | csts::SHST_OCCURRING;
-                    st.shutdown_flush.1 = true;
-                }
                 Ok(rt) if flush => {
                     st.csts = (st.csts & !csts::SHST_MASK) | csts::SHST_OCCURRING;
-                    st.shutdown_flush = (true, false);
-                    let ctrl = self.clone();
-                    rt.spawn_blocking(move || loop {
-                        ctrl.subsys.flush_namespaces();
-                        let mut st = ctrl.state.lock();
-                        if std::mem::take(&mut st.shutdown_flush.1) {
-                            continue;
-                        }
-                        st.shutdown_flush.0 = false;
-                        if st.cc & cc::SHN_MASK != 0 && st.csts & csts::SHST_MASK == csts::SHST_OCCURRING {
-                            st.csts = (st.csts & !csts::SHST_MASK) | csts::SHST_COMPLETE;
-                        }
-                        return;
-                    });
+                    if st.shutdown_flush.running {
+                        st.shutdown_flush.again = true;
+                    } else {
+                        st.shutdown_flush.running = true;
+                        let ctrl = self.clone();
+                        rt.spawn_blocking(move || loop {
+                            ctrl.subsys.flush_namespaces();
+                            let mut st = ctrl.state.lock();
+                            if std::mem::take(&mut st.shutdown_flush.again) {
+                                continue;
+                            }
+                            st.shutdown_flush.running = false;
+                            if st.cc & cc::SHN_MASK != 0 && st.csts & csts::SHST_MASK == csts::SHST_OCCURRING {
+                                st.csts = (st.csts & !csts::SHST_MASK) | csts::SHST_COMPLETE;
+                            }
+                            return;
+                        });
+                    }
                 }
                 _ => st.csts = (st.csts & !csts::SHST_MASK) | csts::SHST_COMPLETE,
             }
