@@ -12,7 +12,19 @@ static WINDOW: AtomicU64 = AtomicU64::new(0);
 static COUNT: AtomicU64 = AtomicU64::new(0);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
-/// May one more peer-caused line be logged now? Call it just before such a line, and log only if it says so.
+/// Log a warning a peer caused, if [`allow`] lets one more through: `peer_warn!(peer = %addr, "...")`, the
+/// arguments of `tracing::warn!`.
+macro_rules! peer_warn {
+    ($($arg:tt)*) => {
+        if $crate::peer_log::allow() {
+            tracing::warn!($($arg)*);
+        }
+    };
+}
+pub(crate) use peer_warn;
+
+/// May one more peer-caused line be logged now? Call it just before such a line, and log only if it says so
+/// ([`peer_warn`] does both).
 pub fn allow() -> bool {
     allow_at(holdfast_rt::coarse_ms() / 1000)
 }

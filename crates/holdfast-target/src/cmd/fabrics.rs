@@ -57,9 +57,7 @@ fn invalid(offset: usize, in_data: bool) -> Response {
 /// run after (its data came through R2T behind an earlier Connect's).
 pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response {
     if let Some(ctrl) = &ctx.ctrl {
-        if crate::peer_log::allow() {
-            tracing::warn!(peer = %ctx.peer_addr, cntlid = ctrl.cntlid, qid = ctx.qid, "Connect on a queue already connected");
-        }
+        crate::peer_log::peer_warn!(peer = %ctx.peer_addr, cntlid = ctrl.cntlid, qid = ctx.qid, "Connect on a queue already connected");
         return Response::err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
     }
     let cmd = ConnectCommand::from_sqe(&req.sqe);
@@ -225,16 +223,12 @@ pub fn property_set(ctx: &QueueCtx, req: &Request) -> Response {
 /// Host if the host is not on its list.
 fn admit(ctx: &QueueCtx, subnqn: &str, hostnqn: &str) -> Result<Arc<Subsystem>, Response> {
     let Some(subsys) = ctx.target.subsystem(subnqn).filter(|s| s.is_discovery || s.on_port(ctx.port.id)) else {
-        if crate::peer_log::allow() {
-            tracing::warn!(peer = %ctx.peer_addr, host = ?hostnqn, "Connect to unknown subsystem {subnqn:?}");
-        }
+        crate::peer_log::peer_warn!(peer = %ctx.peer_addr, host = ?hostnqn, "Connect to unknown subsystem {subnqn:?}");
         return Err(invalid(256, true));
     };
     if !subsys.host_allowed(hostnqn) {
         let who = if hostnqn.is_empty() { "with an empty host NQN".to_string() } else { format!("{hostnqn:?}") };
-        if crate::peer_log::allow() {
-            tracing::warn!(peer = %ctx.peer_addr, "host {who} is not allowed on {subnqn:?}");
-        }
+        crate::peer_log::peer_warn!(peer = %ctx.peer_addr, "host {who} is not allowed on {subnqn:?}");
         return Err(Response::err(Status::CONNECT_INVALID_HOST.with_dnr()));
     }
     Ok(subsys)

@@ -64,9 +64,7 @@ pub async fn serve(target: Arc<Target>, port: Port, listener: TcpListener, shutd
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
                     let Some(unbound) = target.unbound.admit(peer.ip()) else {
-                        if crate::peer_log::allow() {
-                            tracing::warn!(%peer, "connection closed at once: too many without an NVM controller ({} in all)", target.unbound.count());
-                        }
+                        crate::peer_log::peer_warn!(%peer, "connection closed at once: too many without an NVM controller ({} in all)", target.unbound.count());
                         continue;
                     };
                     tracing::debug!(%peer, port = port.id, "connection accepted");
@@ -205,9 +203,7 @@ impl Connection {
                     Ok(None) => break,
                     Err(DecodeError::Fatal(f)) => break 'conn Close::Fatal(f),
                     Err(DecodeError::DataDigest { pdu, expected, received }) => {
-                        if crate::peer_log::allow() {
-                            tracing::warn!(peer = %c.ctx.peer_addr, "data digest mismatch: computed {expected:#x}, received {received:#x}");
-                        }
+                        crate::peer_log::peer_warn!(peer = %c.ctx.peer_addr, "data digest mismatch: computed {expected:#x}, received {received:#x}");
                         match c.handle_data_digest_error(*pdu) {
                             Ok(None) => {}
                             Ok(Some(connect)) => c.connect(connect).await,
@@ -326,9 +322,7 @@ impl Connection {
             Close::Normal(r) => r.to_string(),
             Close::Io(e) => format!("socket error: {e}"),
             Close::Fatal(f) => {
-                if crate::peer_log::allow() {
-                    tracing::warn!(peer = %c.ctx.peer_addr, qid = c.ctx.qid, "fatal transport error, sending C2HTermReq: {f}");
-                }
+                crate::peer_log::peer_warn!(peer = %c.ctx.peer_addr, qid = c.ctx.qid, "fatal transport error, sending C2HTermReq: {f}");
                 let t = TermReq { fes: f.fes as u16, fei: f.fei, data: f.header.clone() };
                 Pdu::C2HTermReq(t).encode(&c.framing, c.out.header_buf());
                 format!("fatal transport error: {f}")
@@ -392,9 +386,7 @@ impl Connection {
             }
             Pdu::H2CTermReq(t) => {
                 let fes = Fes::from_u16(t.fes).map(Fes::name).unwrap_or("unknown");
-                if crate::peer_log::allow() {
-                    tracing::warn!(peer = %self.ctx.peer_addr, "host terminated the connection: {fes} (FES {:#x}, FEI {:#x})", t.fes, t.fei);
-                }
+                crate::peer_log::peer_warn!(peer = %self.ctx.peer_addr, "host terminated the connection: {fes} (FES {:#x}, FEI {:#x})", t.fes, t.fei);
                 Err(Close::Normal("H2CTermReq from host"))
             }
             Pdu::CapsuleCmd(c) => self.handle_capsule(c.sqe, c.data),
