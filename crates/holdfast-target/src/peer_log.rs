@@ -24,7 +24,7 @@ macro_rules! peer_warn {
 pub(crate) use peer_warn;
 
 /// May one more peer-caused line be logged now? Call it just before such a line, and log only if it says so
-/// ([`peer_warn`] does both).
+/// (`peer_warn!` does both).
 pub fn allow() -> bool {
     allow_at(holdfast_rt::coarse_ms() / 1000)
 }

@@ -85,7 +85,7 @@ fn reachable_addr(port: SocketAddr, local: IpAddr) -> Option<SocketAddr> {
 
 /// The Discovery log page for this controller's host. LSP bit 1 (PLEO) limits it to the port the host is
 /// connected to. A port listening on a wildcard address reports the address the host reached us at
-/// ([`reachable_addr`]).
+/// (`reachable_addr`).
 pub fn discovery_log(ctx: &QueueCtx, c: &Controller, lsp: u8) -> Vec<u8> {
     let port_local_only = lsp & 0x2 != 0;
     // One published state, entries and GENCTR together.
