@@ -127,16 +127,25 @@ async fn run(drain: bool) -> u8 {
     let (_a2, mut q2) = associate(addr).await;
     let (s, d) = write_sqe(0xBB);
     assert_eq!(q2.cmd(s, d).await.0.status(), Status::SUCCESS);
-    // Long after the old write's delay, read the block back.
+    // Long after the old write's delay, read the block back. Without the drain the old write is expected to
+    // land: under a loaded machine it may land late, so the block is read again until it shows the old data
+    // or 10 s have passed (with the drain, a read that already shows the old data is a failure at once).
     tokio::time::sleep(DELAY * 2).await;
-    let mut r = SubmissionEntry::new(io::READ, 0);
-    r.nsid.set(1);
-    r.dptr = SglDescriptor::transport(512);
-    rw::set(&mut r, 0, 1, 0);
-    let (c, data) = q2.cmd(r, Bytes::new()).await;
-    assert_eq!(c.status(), Status::SUCCESS);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let block = loop {
+        let mut r = SubmissionEntry::new(io::READ, 0);
+        r.nsid.set(1);
+        r.dptr = SglDescriptor::transport(512);
+        rw::set(&mut r, 0, 1, 0);
+        let (c, data) = q2.cmd(r, Bytes::new()).await;
+        assert_eq!(c.status(), Status::SUCCESS);
+        if drain || data[0] == 0xAA || tokio::time::Instant::now() > deadline {
+            break data[0];
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     server.stop().await;
-    data[0]
+    block
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
