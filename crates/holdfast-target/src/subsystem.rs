@@ -284,6 +284,13 @@ pub struct Port {
     pub addr: SocketAddr,
 }
 
+/// The first GENCTR of a run: milliseconds since the Unix epoch (at least 1). Each run starts above every value
+/// a run before it reached, unless that run made more configuration changes than milliseconds passed (each
+/// is a reload) or the clock was set back; NVMe-oF §5.3 asks only that GENCTR change with the log.
+fn initial_genctr() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64).max(1)
+}
+
 /// The whole target: every subsystem and port.
 pub struct Target {
     subsystems: RwLock<BTreeMap<String, Arc<Subsystem>>>,
@@ -291,7 +298,9 @@ pub struct Target {
     pub discovery: Arc<Subsystem>,
     /// Ports.
     pub ports: RwLock<Vec<Port>>,
-    /// Discovery log generation counter: bumped on every configuration change.
+    /// Discovery log generation counter: bumped on every configuration change. It starts at the wall-clock
+    /// time in milliseconds ([`initial_genctr`]), so a restarted target does not repeat a GENCTR its previous
+    /// run gave to other contents (a host caching the log by GENCTR would keep a stale one).
     pub genctr: AtomicU64,
     /// What discovery reports, as last published ([`Target::publish_discovery_view`]).
     pub discovery_view: RwLock<Arc<DiscoveryView>>,
@@ -398,7 +407,7 @@ impl Target {
             subsystems: RwLock::new(subs),
             discovery: Arc::new(disc),
             ports: RwLock::new(ports),
-            genctr: AtomicU64::new(1),
+            genctr: AtomicU64::new(initial_genctr()),
             discovery_view: RwLock::default(),
             instance_id: rand::random::<u64>() | 1,
             epoch_ms: holdfast_rt::coarse_ms(),

@@ -1190,6 +1190,15 @@ async fn the_discovery_log_changes_only_with_its_genctr() {
     let (_, log) = d.cmd(read_log(), Bytes::new()).await;
     assert_eq!(header(&log), (genctr + 1, 3));
     server.stop().await;
+
+    // A restarted target does not start over: its GENCTR is past every value the run before gave out (a
+    // host holding the old log by GENCTR would otherwise take a new log for it after one reload).
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let (server, addr) = start("").await;
+    let (mut d, _) = Conn::admin(addr, fabrics::DISCOVERY_NQN, false, false).await;
+    let (_, log) = d.cmd(read_log(), Bytes::new()).await;
+    assert!(header(&log).0 > genctr + 1, "GENCTR {} after a restart, {} before", header(&log).0, genctr + 1);
+    server.stop().await;
 }
 
 #[tokio::test]
