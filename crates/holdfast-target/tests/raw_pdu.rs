@@ -415,6 +415,33 @@ async fn io_statuses_are_exact() {
     server.stop().await;
 }
 
+/// Every connection has TCP keep-alive on, so a host that asked for no Keep Alive Timer and then vanished does
+/// not hold its controller for ever: the target's end of a fresh connection runs the keep-alive timer
+/// (/proc/net/tcp column `tr` 2, with about a minute to go).
+#[tokio::test]
+async fn connections_run_tcp_keep_alive() {
+    let (server, addr) = start("").await;
+    let s = TcpStream::connect(addr).await.unwrap();
+    let ours = s.local_addr().unwrap().port();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap(), 16).unwrap();
+    let timer = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| port(f[1]) == addr.port() && port(f[2]) == ours)
+        .map(|f| f[5].to_owned())
+        .expect("the target's end of the connection");
+    let (tr, when) = timer.split_once(':').unwrap();
+    let when = u64::from_str_radix(when, 16).unwrap();
+    assert_eq!(tr, "02", "keep-alive timer running (tr:tm->when {timer})");
+    // In clock ticks (USER_HZ 100 or more): between 30 s and 70 s.
+    assert!((3000..=70_000).contains(&when), "keep-alive due in {when} ticks");
+    drop(s);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn connect_refusals_say_why() {
     let (server, addr) = start("allowed_hosts = [\"nqn.2014-08.org.nvmexpress:uuid:someone-else\"]").await;
