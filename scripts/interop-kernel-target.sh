@@ -5,6 +5,9 @@
 # nvme-cli connects after discovery: the kernel target then completes reads with their C2HData alone, SUCCESS
 # flag set, and the capture must show such PDUs), 4096-byte blocks with neither. With digests, a short
 # write/read/bench is also captured and decoded by Wireshark (scripts/nvme-tcp-check-loopback.sh).
+# Ride-through: bench --verify for 30 s while the kernel target goes away twice for 3 s (its port removed, then
+# the subsystem off a listening port so that Connects are refused; tests/interop/guest-target-outage.sh): 0
+# errors, 0 mismatches, 2 outages, the controller not lost.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
 interop=${INTEROP_DIR:-$root/../shared/interop}
@@ -50,10 +53,32 @@ run() {  # run NAME BLOCK FLAGS...
   else fail=$((fail + 1)); echo "    FAIL (exit $rc)"; tail -n 40 "$logs/$name.log" | sed 's/^/    /'; fi
 }
 
+# Ride-through against the kernel target: its guest script takes the target away twice while this runs.
+cat >"$logs/outage.sh" <<EOS
+set -euo pipefail
+$bin bench --addr 127.0.0.1:\$1 --nqn $nqn --nsid 1 --workload randrw --bs 4096 --qd 16 --queues 2 --time 30 --verify \\
+  --reconnect-delay-ms 500 --ctrl-loss-tmo-ms 60000 --kato-ms 5000 --json | tee $logs/outage.json
+grep -q '"errors":0,' $logs/outage.json && grep -q '"verify_mismatches":0,' $logs/outage.json
+grep -q '"outages":2,' $logs/outage.json && grep -q '"controller_lost":null,' $logs/outage.json
+EOS
+
+run_outage() {
+  local name=kernel-target-ride-through port rc=0; port=$(free_port)
+  echo "=== $name"
+  "$interop/vm.sh" -q -t 600 -p "$port:4420" -e "NQN=$nqn" -e SIZE_MIB=64 -e BLOCK=4096 -e OUTAGES=2 \
+    -H "bash $logs/outage.sh $port" "$root/tests/interop/guest-target-outage.sh" >"$logs/$name.log" 2>&1 || rc=$?
+  if ((rc == 0)); then pass=$((pass + 1)); echo "    pass"; grep -E "connection restored|\"iops\"" "$logs/$name.log" | sed 's/^/    /'
+  else fail=$((fail + 1)); echo "    FAIL (exit $rc)"; tail -n 40 "$logs/$name.log" | sed 's/^/    /'; fi
+}
+
 "$interop/setup.sh" >/dev/null
 command -v tcpdump >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tcpdump >/dev/null; }
-run kernel-target-512-digests-sqflow-off 512 --digests --disable-sqflow
-run kernel-target-4k 4096
+# Arguments, if any, name the cases to run (kernel-target-4k ...); none runs them all.
+cases=" $* "
+case_on() { [[ $cases == "  " || $cases == *" $1 "* ]]; }
+if case_on kernel-target-512-digests-sqflow-off; then run kernel-target-512-digests-sqflow-off 512 --digests --disable-sqflow; fi
+if case_on kernel-target-4k; then run kernel-target-4k 4096; fi
+if case_on kernel-target-ride-through; then run_outage; fi
 echo "interop (holdfast host -> kernel target): $pass passed, $fail failed (logs in $logs)"
 # The data files (images, what was written and read back) go either way; the logs stay only for a failure.
 find "$logs" -name '*.img' -o -name '*.bin' | xargs -r rm -f
