@@ -1,0 +1,50 @@
+//! What the end-to-end tests of the `holdfast` binary share: the binary, and a target process on an ephemeral
+//! port.
+#![allow(dead_code)] // each test crate uses its own part
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
+
+/// A target on an ephemeral port, killed (by PID) when dropped.
+pub struct TargetProc {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl TargetProc {
+    pub fn start(args: &[&str]) -> TargetProc {
+        let mut child = Command::new(BIN)
+            .args(["target", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start target");
+        let out = child.stdout.take().expect("stdout");
+        let mut port = 0;
+        for line in BufReader::new(out).lines() {
+            let line = line.expect("read");
+            if let Some(rest) = line.strip_prefix("connect:") {
+                let s = rest.split(" -s ").nth(1).expect("port in connect line");
+                port = s.split_whitespace().next().unwrap().parse().unwrap();
+                break;
+            }
+        }
+        assert_ne!(port, 0, "target printed no connect line");
+        TargetProc { child, port }
+    }
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TargetProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Killed, it could not remove its control socket (by default $TMPDIR/holdfast-target-PORT.sock).
+        let _ = std::fs::remove_file(std::env::temp_dir().join(format!("holdfast-target-{}.sock", self.port)));
+    }
+}
