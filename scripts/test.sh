@@ -20,6 +20,7 @@ echo "== cargo build --release"; cargo build --release --quiet
 echo "== cargo test"; HOLDFAST_BIN=$root/target/release/holdfast cargo test --workspace --quiet 2>&1 | tee /tmp/holdfast-cargo-test.log
 grep -q "test result: FAILED" /tmp/holdfast-cargo-test.log && exit 1
 echo "== ride-through scenarios S1-S6"; scripts/scenarios.sh
+echo "== NBD bridge: qemu-io, qemu-img, nbdcopy, nbdinfo, and a target restart under qemu-io"; scripts/interop-nbd.sh
 echo "== soak: random faults under bench --verify --digests"; scripts/soak.sh 15
 if [[ ${SKIP_INTEROP:-0} != 1 ]]; then
   echo "== interop: Linux kernel host -> holdfast target"; scripts/interop-kernel-host.sh

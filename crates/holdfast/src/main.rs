@@ -1,4 +1,5 @@
-//! `holdfast`: one CLI for the NVMe/TCP target, the host tools, the benchmark and the fault proxy.
+//! `holdfast`: one CLI for the NVMe/TCP target, the host tools, the benchmark, the fault proxy and the NBD
+//! bridge.
 //! Each subcommand lives in its own file under `cmd/`.
 
 use clap::{Parser, Subcommand};
@@ -12,6 +13,7 @@ macro_rules! outln {
 }
 
 mod cmd;
+mod nbd;
 
 /// mimalloc: per-I/O buffers (a 128 KiB read, a receive buffer after its PDUs were split off) come back
 /// from thread-local free lists instead of glibc's mmap/munmap round trips and their page faults (measured
@@ -47,6 +49,9 @@ enum Command {
     ProxyCtl(cmd::proxy::CtlArgs),
     /// Control a running target (announce a planned restart).
     TargetCtl(cmd::target_ctl::Args),
+    /// Serve a namespace as an NBD export, so that NBD clients (QEMU, qemu-img, nbdcopy, the Linux NBD
+    /// client) use it unmodified and ride through target outages.
+    Nbd(cmd::nbd::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -62,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Proxy(a) => cmd::proxy::run(a),
         Command::ProxyCtl(a) => cmd::proxy::run_ctl(a),
+        Command::Nbd(a) => cmd::nbd::run(a),
     };
     match r {
         Ok(code) => code,

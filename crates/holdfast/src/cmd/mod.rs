@@ -5,6 +5,7 @@ pub mod common;
 pub mod discover;
 pub mod identify;
 pub mod io;
+pub mod nbd;
 pub mod proxy;
 pub mod target;
 pub mod target_ctl;

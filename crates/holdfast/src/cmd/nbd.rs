@@ -1,0 +1,219 @@
+//! `holdfast nbd`: serve one namespace of an NVMe/TCP controller as an NBD export (the bridge in
+//! [`crate::nbd`]), on a TCP address or a Unix socket, until SIGINT/SIGTERM.
+
+use super::common::{runtime, HostArgs};
+use crate::nbd::server::{self, Export};
+use anyhow::Context as _;
+use clap::Args as ClapArgs;
+use holdfast_host::{Controller, Namespace};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Options of `holdfast nbd`.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    host: HostArgs,
+    /// Subsystem NQN.
+    #[arg(long)]
+    nqn: String,
+    /// Namespace to export.
+    #[arg(long, default_value_t = 1)]
+    nsid: u32,
+    /// TCP address to serve NBD on (port 0: any free port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:10809", conflicts_with = "socket")]
+    listen: std::net::SocketAddr,
+    /// Serve on this Unix socket instead of TCP (created; an existing socket file is replaced).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Export name (the default export, "", is the same one).
+    #[arg(long, default_value = "holdfast")]
+    name: String,
+    /// Refuse writes, trims and write-zeroes (EPERM), and say so to clients.
+    #[arg(long)]
+    read_only: bool,
+    /// NVMe I/O queues to use.
+    #[arg(long, default_value_t = 2)]
+    queues: u16,
+    /// NBD clients served at once; more are refused at connect.
+    #[arg(long, default_value_t = 64)]
+    max_clients: usize,
+}
+
+/// How long connections have to finish their requests once SIGINT/SIGTERM arrived.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// Run the bridge. Prints the export, then `listening: ADDR`, once serving.
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(a.name.len() <= 4096, "--name is {} bytes; NBD names are at most 4096", a.name.len());
+    anyhow::ensure!(a.max_clients > 0, "--max-clients must be at least 1");
+    runtime()?.block_on(async move {
+        let mut o = a.host.options(&a.nqn);
+        o.nr_io_queues = a.queues.max(1);
+        let c = Controller::connect(o).await?;
+        let ns = Namespace::open(&c, a.nsid).await?;
+        let export = Arc::new(Export {
+            description: format!("holdfast: namespace {} of {} at {}", a.nsid, a.nqn, a.host.addr),
+            ns,
+            name: a.name.clone(),
+            read_only: a.read_only,
+            budget: Arc::new(tokio::sync::Semaphore::new(server::INFLIGHT_BYTES)),
+        });
+        let stop = CancellationToken::new();
+        let listener = match &a.socket {
+            Some(p) => {
+                if std::fs::symlink_metadata(p).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+                {
+                    std::fs::remove_file(p).with_context(|| format!("cannot replace {}", p.display()))?;
+                }
+                let l = tokio::net::UnixListener::bind(p).with_context(|| format!("cannot bind {}", p.display()))?;
+                Listener::Unix(l)
+            }
+            None => {
+                let l = tokio::net::TcpListener::bind(a.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", a.listen))?;
+                Listener::Tcp(l)
+            }
+        };
+        outln!(
+            "export {:?}: namespace {} of {}, {} bytes in {}-byte blocks{}",
+            export.name,
+            a.nsid,
+            a.nqn,
+            export.ns.size(),
+            export.ns.block_size,
+            if a.read_only { ", read-only" } else { "" }
+        );
+        // Last: a script may stop reading stdout at this line.
+        match &listener {
+            Listener::Tcp(l) => outln!("listening: {}", l.local_addr()?),
+            Listener::Unix(_) => {
+                outln!("listening: unix:{}", a.socket.as_deref().unwrap_or(std::path::Path::new("")).display())
+            }
+        }
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+
+        let slots = Arc::new(tokio::sync::Semaphore::new(a.max_clients));
+        let mut conns = JoinSet::new();
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        loop {
+            let accepted = tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+                r = listener.accept() => r,
+            };
+            let (stream, peer) = match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and the like: wait a little rather than spin.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!("NBD client {peer} refused: {} clients already served (--max-clients)", a.max_clients);
+                continue;
+            };
+            let (export, stop) = (export.clone(), stop.clone());
+            conns.spawn(async move {
+                tracing::info!("NBD client {peer} connected");
+                match server::serve(stream, export, stop).await {
+                    Ok(()) => tracing::info!("NBD client {peer} disconnected"),
+                    Err(e) => tracing::warn!("NBD client {peer} dropped: {e:#}"),
+                }
+                drop(slot);
+            });
+        }
+        tracing::info!("stopping: answering the requests already received (up to {DRAIN:?})");
+        stop.cancel();
+        drop(listener);
+        if let Some(p) = &a.socket {
+            let _ = std::fs::remove_file(p);
+        }
+        if tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await.is_err() {
+            tracing::warn!("clients still busy after {DRAIN:?}: closing them");
+            conns.shutdown().await;
+        }
+        c.shutdown().await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A TCP or Unix listener.
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// An accepted connection of either kind.
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<(Stream, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, a) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((Stream::Tcp(s), a.to_string()))
+            }
+            Listener::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                Ok((Stream::Unix(s), "on the Unix socket".to_string()))
+            }
+        }
+    }
+}
+
+macro_rules! both {
+    ($s:expr, $x:ident => $e:expr) => {
+        match $s.get_mut() {
+            Stream::Tcp($x) => $e,
+            Stream::Unix($x) => $e,
+        }
+    };
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        both!(self, s => std::pin::Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        both!(self, s => std::pin::Pin::new(s).poll_write(cx, buf))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        both!(self, s => std::pin::Pin::new(s).poll_flush(cx))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        both!(self, s => std::pin::Pin::new(s).poll_shutdown(cx))
+    }
+}

@@ -1,0 +1,318 @@
+//! `holdfast nbd` over loopback, driven byte by byte by a minimal NBD client written here from the protocol
+//! (doc/proto.md of the NBD reference implementation): the handshake's replies, every request type, the
+//! errors the protocol names for bad requests, and the connection dropped for abuse. Independent clients
+//! (qemu-io, qemu-img, nbdcopy, nbdinfo) are run by scripts/interop-nbd.sh.
+
+mod common;
+use common::{TargetProc, BIN};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const NQN: &str = "nqn.2026-01.io.holdfast:nbd";
+const IHAVEOPT: &[u8; 8] = b"IHAVEOPT";
+const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+const SIZE: u64 = 16 << 20;
+
+const OPT_EXPORT_NAME: u32 = 1;
+const OPT_ABORT: u32 = 2;
+const OPT_LIST: u32 = 3;
+const OPT_STARTTLS: u32 = 5;
+const OPT_INFO: u32 = 6;
+const OPT_GO: u32 = 7;
+const OPT_STRUCTURED_REPLY: u32 = 8;
+const REP_ACK: u32 = 1;
+const REP_SERVER: u32 = 2;
+const REP_INFO: u32 = 3;
+const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
+const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
+const CMD_READ: u16 = 0;
+const CMD_WRITE: u16 = 1;
+const CMD_DISC: u16 = 2;
+const CMD_FLUSH: u16 = 3;
+const CMD_TRIM: u16 = 4;
+const CMD_WRITE_ZEROES: u16 = 6;
+const FLAG_FUA: u16 = 1;
+const EPERM: u32 = 1;
+const EINVAL: u32 = 22;
+const ENOSPC: u32 = 28;
+
+/// `holdfast nbd` on an ephemeral port, killed (by PID) when dropped.
+struct Bridge {
+    child: Child,
+    port: u16,
+}
+
+impl Bridge {
+    fn start(t: &TargetProc, extra: &[&str]) -> Bridge {
+        let addr = t.addr();
+        let mut child = Command::new(BIN)
+            .args(["nbd", "--addr", &addr, "--nqn", NQN, "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start holdfast nbd");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut port = 0;
+        for line in lines.by_ref() {
+            let line = line.expect("read");
+            if let Some(rest) = line.strip_prefix("listening: ") {
+                port = rest.rsplit(':').next().unwrap().parse().unwrap();
+                break;
+            }
+        }
+        assert_ne!(port, 0, "holdfast nbd printed no listening line");
+        // Whatever it prints later must not meet a closed pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Bridge { child, port }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client connection in the handshake, then in transmission.
+struct Client {
+    s: TcpStream,
+}
+
+/// One option reply: its type and data.
+type OptReply = (u32, Vec<u8>);
+
+impl Client {
+    /// Connect and answer the greeting with `flags`.
+    fn connect(port: u16, flags: u32) -> Client {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut g = [0u8; 18];
+        s.read_exact(&mut g).unwrap();
+        assert_eq!(&g[..16], b"NBDMAGICIHAVEOPT");
+        assert_eq!(u16::from_be_bytes([g[16], g[17]]), 0b11, "fixed newstyle, no zeroes");
+        s.write_all(&flags.to_be_bytes()).unwrap();
+        Client { s }
+    }
+
+    fn send_option(&mut self, option: u32, data: &[u8]) {
+        let mut b = IHAVEOPT.to_vec();
+        b.extend_from_slice(&option.to_be_bytes());
+        b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        b.extend_from_slice(data);
+        self.s.write_all(&b).unwrap();
+    }
+
+    /// Send an option, collect its replies up to the final one (ACK or an error).
+    fn option(&mut self, option: u32, data: &[u8]) -> Vec<OptReply> {
+        self.send_option(option, data);
+        let mut out = Vec::new();
+        loop {
+            let mut h = [0u8; 20];
+            self.s.read_exact(&mut h).unwrap();
+            assert_eq!(u64::from_be_bytes(h[0..8].try_into().unwrap()), REPLY_MAGIC);
+            assert_eq!(u32::from_be_bytes(h[8..12].try_into().unwrap()), option, "reply to the option sent");
+            let ty = u32::from_be_bytes(h[12..16].try_into().unwrap());
+            let mut d = vec![0u8; u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize];
+            self.s.read_exact(&mut d).unwrap();
+            out.push((ty, d));
+            if ty == REP_ACK || ty & (1 << 31) != 0 {
+                return out;
+            }
+        }
+    }
+
+    fn request(&mut self, ty: u16, flags: u16, handle: u64, offset: u64, len: u32, payload: &[u8]) {
+        let mut b = Vec::with_capacity(28 + payload.len());
+        b.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+        b.extend_from_slice(&flags.to_be_bytes());
+        b.extend_from_slice(&ty.to_be_bytes());
+        b.extend_from_slice(&handle.to_be_bytes());
+        b.extend_from_slice(&offset.to_be_bytes());
+        b.extend_from_slice(&len.to_be_bytes());
+        b.extend_from_slice(payload);
+        self.s.write_all(&b).unwrap();
+    }
+
+    /// A simple reply's error and handle.
+    fn reply(&mut self) -> (u32, u64) {
+        let mut h = [0u8; 16];
+        self.s.read_exact(&mut h).unwrap();
+        assert_eq!(u32::from_be_bytes(h[0..4].try_into().unwrap()), 0x6744_6698, "simple reply magic");
+        (u32::from_be_bytes(h[4..8].try_into().unwrap()), u64::from_be_bytes(h[8..16].try_into().unwrap()))
+    }
+
+    /// One request and its reply's error (and data, for a successful read).
+    fn call(&mut self, ty: u16, flags: u16, offset: u64, len: u32, payload: &[u8]) -> (u32, Vec<u8>) {
+        self.request(ty, flags, 77, offset, len, payload);
+        let (e, h) = self.reply();
+        assert_eq!(h, 77);
+        let mut d = Vec::new();
+        if ty == CMD_READ && e == 0 {
+            d = vec![0u8; len as usize];
+            self.s.read_exact(&mut d).unwrap();
+        }
+        (e, d)
+    }
+
+    /// True if the server closed the connection (EOF or reset) within the read timeout.
+    fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.s.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+fn go(port: u16) -> Client {
+    let mut c = Client::connect(port, 0b11);
+    let r = c.option(OPT_GO, &[0, 0, 0, 0, 0, 1, 0, 3]);
+    assert_eq!(r.last().unwrap().0, REP_ACK, "{r:?}");
+    c
+}
+
+fn info(r: &[OptReply], ty: u16) -> Option<Vec<u8>> {
+    r.iter().find(|(t, d)| *t == REP_INFO && d[0..2] == ty.to_be_bytes()).map(|(_, d)| d[2..].to_vec())
+}
+
+#[test]
+fn handshake_answers_every_option_as_the_protocol_says() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "16"]);
+    let b = Bridge::start(&t, &[]);
+    let mut c = Client::connect(b.port, 0b11);
+    // LIST: the export, then ACK; with data it is invalid.
+    let r = c.option(OPT_LIST, &[]);
+    assert_eq!(r, vec![(REP_SERVER, [&8u32.to_be_bytes()[..], b"holdfast"].concat()), (REP_ACK, vec![])]);
+    assert_eq!(c.option(OPT_LIST, b"x").last().unwrap().0, REP_ERR_INVALID);
+    // Unknown export, malformed INFO, TLS, structured replies, an option nobody defined.
+    let r = c.option(OPT_INFO, &[&5u32.to_be_bytes()[..], b"other", &[0, 0]].concat());
+    assert_eq!(r.len(), 1, "no information for an unknown export: {r:?}");
+    assert_eq!(r[0].0, REP_ERR_UNKNOWN);
+    assert!(String::from_utf8_lossy(&r[0].1).contains("other"), "the error names the export");
+    assert_eq!(c.option(OPT_INFO, &[0, 0, 0, 9, b'a']).last().unwrap().0, REP_ERR_INVALID);
+    assert_eq!(c.option(OPT_INFO, &[0, 0, 0, 0, 0, 1]).last().unwrap().0, REP_ERR_INVALID, "a request missing");
+    assert_eq!(c.option(OPT_STARTTLS, &[]).last().unwrap().0, REP_ERR_UNSUP);
+    assert_eq!(c.option(OPT_STRUCTURED_REPLY, &[]).last().unwrap().0, REP_ERR_UNSUP);
+    assert_eq!(c.option(99, b"whatever").last().unwrap().0, REP_ERR_UNSUP);
+    // INFO by name, asking for the name, description and block sizes.
+    let r = c.option(OPT_INFO, &[&8u32.to_be_bytes()[..], b"holdfast", &[0, 3, 0, 1, 0, 2, 0, 3]].concat());
+    assert_eq!(r.last().unwrap().0, REP_ACK, "{r:?}");
+    let e = info(&r, 0).expect("NBD_INFO_EXPORT");
+    assert_eq!(u64::from_be_bytes(e[0..8].try_into().unwrap()), SIZE);
+    let flags = u16::from_be_bytes([e[8], e[9]]);
+    // HAS_FLAGS, SEND_FLUSH, SEND_FUA, SEND_TRIM, SEND_WRITE_ZEROES, CAN_MULTI_CONN; not READ_ONLY.
+    assert_eq!(flags, 1 | 1 << 2 | 1 << 3 | 1 << 5 | 1 << 6 | 1 << 8);
+    assert_eq!(info(&r, 1).unwrap(), b"holdfast");
+    assert!(String::from_utf8(info(&r, 2).unwrap()).unwrap().contains(NQN));
+    let bs = info(&r, 3).expect("NBD_INFO_BLOCK_SIZE");
+    let be = |i: usize| u32::from_be_bytes(bs[i..i + 4].try_into().unwrap());
+    assert_eq!((be(0), be(4), be(8)), (512, 4096, 32 << 20));
+    // ABORT: ACK, then the server closes.
+    assert_eq!(c.option(OPT_ABORT, &[]), vec![(REP_ACK, vec![])]);
+    assert!(c.closed());
+
+    // The old way in: NBD_OPT_EXPORT_NAME is answered with size and flags, no zeroes when asked for none.
+    let mut c = Client::connect(b.port, 0b11);
+    c.send_option(OPT_EXPORT_NAME, b"");
+    let mut d = [0u8; 10];
+    c.s.read_exact(&mut d).unwrap();
+    assert_eq!(u64::from_be_bytes(d[0..8].try_into().unwrap()), SIZE);
+    assert_eq!(c.call(CMD_READ, 0, 0, 512, &[]).0, 0);
+    // Without NBD_FLAG_C_NO_ZEROES the 124 zero bytes follow.
+    let mut c = Client::connect(b.port, 0b01);
+    c.send_option(OPT_EXPORT_NAME, b"holdfast");
+    let mut d = [0xffu8; 134];
+    c.s.read_exact(&mut d).unwrap();
+    assert!(d[10..].iter().all(|&x| x == 0));
+    assert_eq!(c.call(CMD_READ, 0, 0, 512, &[]).0, 0);
+
+    // Dropped: a client flag never offered, an unknown export by EXPORT_NAME, a wrong option magic.
+    let mut c = Client::connect(b.port, 0b111);
+    assert!(c.closed(), "unknown client flag");
+    let mut c = Client::connect(b.port, 0b11);
+    c.send_option(OPT_EXPORT_NAME, b"nope");
+    assert!(c.closed(), "EXPORT_NAME of an unknown export cannot be answered otherwise");
+    let mut c = Client::connect(b.port, 0b11);
+    c.s.write_all(&[0u8; 16]).unwrap();
+    assert!(c.closed(), "option without IHAVEOPT");
+}
+
+#[test]
+fn requests_do_what_they_say_and_bad_ones_get_the_protocols_errors() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "16"]);
+    let b = Bridge::start(&t, &[]);
+    let mut c = go(b.port);
+    let pattern: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 3) as u8).collect();
+    assert_eq!(c.call(CMD_WRITE, FLAG_FUA, 4096, 8192, &pattern).0, 0);
+    assert_eq!(c.call(CMD_READ, 0, 4096, 8192, &[]), (0, pattern.clone()));
+    assert_eq!(c.call(CMD_FLUSH, 0, 0, 0, &[]).0, 0);
+    // Write zeroes (FUA too) and trim.
+    assert_eq!(c.call(CMD_WRITE_ZEROES, FLAG_FUA, 4096, 4096, &[]).0, 0);
+    assert_eq!(c.call(CMD_READ, 0, 4096, 8192, &[]).1, [vec![0u8; 4096], pattern[4096..].to_vec()].concat());
+    assert_eq!(c.call(CMD_TRIM, 0, 2 << 20, 4096, &[]).0, 0);
+    // A zero-length read is answered with no data.
+    assert_eq!(c.call(CMD_READ, 0, 0, 0, &[]), (0, vec![]));
+
+    // Misaligned to the 512-byte blocks, beyond the end (a write: ENOSPC, its payload still taken in),
+    // too large, an unknown command, a flag the command does not have.
+    assert_eq!(c.call(CMD_READ, 0, 100, 512, &[]).0, EINVAL);
+    assert_eq!(c.call(CMD_READ, 0, 0, 100, &[]).0, EINVAL);
+    assert_eq!(c.call(CMD_READ, 0, SIZE - 512, 1024, &[]).0, EINVAL);
+    assert_eq!(c.call(CMD_READ, 0, u64::MAX - 511, 512, &[]).0, EINVAL);
+    assert_eq!(c.call(CMD_WRITE, 0, SIZE, 512, &[1u8; 512]).0, ENOSPC);
+    assert_eq!(c.call(CMD_WRITE_ZEROES, 0, SIZE - 512, 1024, &[]).0, ENOSPC);
+    assert_eq!(c.call(CMD_READ, 0, 0, (32 << 20) + 512, &[]).0, EINVAL);
+    assert_eq!(c.call(42, 0, 0, 512, &[]).0, EINVAL);
+    assert_eq!(c.call(CMD_READ, 1 << 1, 0, 512, &[]).0, EINVAL, "NO_HOLE on a read");
+    assert_eq!(c.call(CMD_READ, 0, 4096, 8192, &[]).1[4096..], pattern[4096..], "still in step");
+
+    // 64 reads sent at once: every one answered, each under its own handle with its own data.
+    for i in 0..64u64 {
+        let block: Vec<u8> = vec![i as u8; 512];
+        assert_eq!(c.call(CMD_WRITE, 0, (1 << 20) + i * 512, 512, &block).0, 0);
+    }
+    for i in 0..64u64 {
+        c.request(CMD_READ, 0, 1000 + i, (1 << 20) + i * 512, 512, &[]);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..64 {
+        let (e, h) = c.reply();
+        assert_eq!(e, 0);
+        let mut d = [0u8; 512];
+        c.s.read_exact(&mut d).unwrap();
+        assert!(d.iter().all(|&x| x as u64 == h - 1000), "handle {h} got the data of another read");
+        assert!(seen.insert(h));
+    }
+    // DISC: no reply; the server closes.
+    c.request(CMD_DISC, 0, 1, 0, 0, &[]);
+    assert!(c.closed());
+
+    // Dropped: a request with the wrong magic, a write whose payload is too large to take in.
+    let mut c = go(b.port);
+    c.s.write_all(&[0u8; 28]).unwrap();
+    assert!(c.closed(), "wrong request magic");
+    let mut c = go(b.port);
+    c.request(CMD_WRITE, 0, 9, 0, (32 << 20) + 512, &[]);
+    assert!(c.closed(), "a write over 32 MiB");
+    // The bridge serves on.
+    let mut c = go(b.port);
+    assert_eq!(c.call(CMD_READ, 0, 4096 + 4096, 4096, &[]).1, pattern[4096..]);
+}
+
+#[test]
+fn a_read_only_export_refuses_changes_with_eperm() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "16"]);
+    let b = Bridge::start(&t, &["--read-only"]);
+    let mut c = Client::connect(b.port, 0b11);
+    let r = c.option(OPT_GO, &[0, 0, 0, 0, 0, 0]);
+    assert_eq!(r.last().unwrap().0, REP_ACK);
+    let e = info(&r, 0).unwrap();
+    assert_ne!(u16::from_be_bytes([e[8], e[9]]) & 2, 0, "READ_ONLY flag");
+    assert_eq!(c.call(CMD_WRITE, 0, 0, 512, &[5u8; 512]).0, EPERM);
+    assert_eq!(c.call(CMD_TRIM, 0, 0, 512, &[]).0, EPERM);
+    assert_eq!(c.call(CMD_WRITE_ZEROES, 0, 0, 512, &[]).0, EPERM);
+    assert_eq!(c.call(CMD_READ, 0, 0, 512, &[]), (0, vec![0u8; 512]));
+    assert_eq!(c.call(CMD_FLUSH, 0, 0, 0, &[]).0, 0);
+}
