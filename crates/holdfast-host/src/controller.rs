@@ -1308,6 +1308,10 @@ async fn supervise(
     mut running: usize,
 ) {
     let _closed = sh.closed.clone().drop_guard();
+    // When the current association was set up, and how many associations in a row ended within
+    // policy::STABLE_ASSOCIATION of theirs (Effective::flap_delay).
+    let mut restored_at = Instant::now();
+    let mut flaps = 0u32;
     loop {
         // Live: wait for the first queue to end.
         let first = exits_rx.recv().await;
@@ -1346,6 +1350,11 @@ async fn supervise(
         }
         let since = Instant::now();
         let lost_at = SystemTime::now();
+        // A target that drops every association soon after it is set up (or answers it with a fatal error) would
+        // otherwise be reconnected to at once every time, a storm of connections and associations: the first
+        // attempt after such a loss waits, longer with every loss in a row.
+        flaps = if restored_at.elapsed() < policy::STABLE_ASSOCIATION { flaps.saturating_add(1) } else { 0 };
+        let first_wait = lock(&sh.info).effective.flap_delay(flaps);
         tracing::warn!(addr = %sh.opts.addr, "connection lost: {cause}; reconnecting");
         // Commands that cannot be replayed fail now, with a retryable path error.
         for s in slots.iter_mut().flatten() {
@@ -1375,7 +1384,7 @@ async fn supervise(
         let _ = sh.events.send(Event::Reconnecting { attempt: 0, cause: cause.clone(), outage: Duration::ZERO });
         let mut attempt = 0u32;
         let mut failing_fast = false;
-        let mut next_try = Instant::now();
+        let mut next_try = Instant::now() + first_wait;
         loop {
             // Shut down (the last handle dropped, or shutdown()) while reconnecting: the wait below sees it, but
             // an attempt that failed at once goes round without waiting.
@@ -1469,6 +1478,7 @@ async fn supervise(
             match establish(&sh, &mut slots, &exits_tx, &mut started, deadline, false).await {
                 Ok((assoc, restarted)) => {
                     running = started;
+                    restored_at = Instant::now();
                     *lock(&sh.assoc) = assoc.clone();
                     sh.set_state(|s| *s = State::Live);
                     let outage = since.elapsed();

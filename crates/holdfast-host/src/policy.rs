@@ -36,6 +36,9 @@ pub const MIN_KATO: Duration = Duration::from_millis(holdfast_proto::policy::MIN
 /// SPDK, and means "at once"): an attempt that fails at once (connection refused) would otherwise start the next
 /// at once, a storm of connections against a target that is coming back up.
 pub const MIN_RETRY_GAP: Duration = Duration::from_millis(100);
+/// An association lost sooner than this after it was set up did not hold: the reconnect after it is not
+/// immediate but waits [`Effective::flap_delay`].
+pub const STABLE_ASSOCIATION: Duration = Duration::from_secs(5);
 /// Default first reconnect delay (Linux: 10 s).
 pub const DEFAULT_RECONNECT_DELAY: Duration = Duration::from_secs(10);
 /// Default controller loss timeout (Linux: 600 s).
@@ -133,6 +136,18 @@ impl Effective {
         };
         d.max(MIN_RETRY_GAP)
     }
+    /// How long to wait before the first reconnect attempt after a loss, `flaps` being how many associations in a
+    /// row (this one included) were lost within [`STABLE_ASSOCIATION`] of being set up: none after an
+    /// association that held (0), else [`MIN_RETRY_GAP`] doubling with every such loss, up to the backoff cap
+    /// (reconnect_delay_max). The Linux host always waits reconnect_delay; holdfast reconnects at once after a
+    /// loss, but not to a target that keeps dropping what it just accepted.
+    pub fn flap_delay(&self, flaps: u32) -> Duration {
+        if flaps == 0 {
+            return Duration::ZERO;
+        }
+        let cap = self.reconnect_delay_max.0.max(self.reconnect_delay.0).max(MIN_RETRY_GAP);
+        MIN_RETRY_GAP.saturating_mul(1u32 << (flaps - 1).min(16)).min(cap)
+    }
     /// True if every value is holdfast's default (nothing advertised, nothing overridden).
     pub fn all_default(&self) -> bool {
         [self.kato.1, self.reconnect_delay.1, self.reconnect_delay_max.1, self.ctrl_loss_tmo.1, self.fast_io_fail_tmo.1]
@@ -197,6 +212,19 @@ mod tests {
         assert_eq!(e.retry_delay(5, Duration::from_secs(12)), Duration::from_millis(500));
         assert_eq!(e.retry_delay(5, Duration::from_secs(21)), Duration::from_millis(4000));
         assert_eq!(resolve(&o, Some(&adv)).retry_delay(5, Duration::from_secs(12)), Duration::from_millis(4000));
+    }
+
+    #[test]
+    fn flap_delay_is_none_after_a_stable_association_then_doubles_up_to_the_cap() {
+        let mut o = ConnectOptions::new("127.0.0.1:1", "nqn.x");
+        let e = resolve(&o, None);
+        assert_eq!(e.flap_delay(0), Duration::ZERO);
+        assert_eq!(e.flap_delay(1), MIN_RETRY_GAP);
+        assert_eq!(e.flap_delay(3), MIN_RETRY_GAP * 4);
+        assert_eq!(e.flap_delay(1000), DEFAULT_RECONNECT_DELAY, "capped at reconnect_delay(_max)");
+        o.reconnect_delay = Some(Duration::ZERO);
+        o.reconnect_delay_max = Some(Duration::ZERO);
+        assert_eq!(resolve(&o, None).flap_delay(9), MIN_RETRY_GAP, "never below the floor");
     }
 
     #[test]

@@ -78,6 +78,9 @@ struct Behaviour {
     bad_r2t: Option<BadR2T>,
     /// ICDOFF in Identify Controller (in-capsule data offset, 16-byte units).
     icdoff: u16,
+    /// Answer every Asynchronous Event Request (sent as soon as an association is up) with a C2HTermReq and
+    /// close: a target that drops every association right after accepting it.
+    term_aers: bool,
 }
 
 /// R2Ts a host must refuse: it announces MAXR2T 0 (one R2T at a time per command) and sends each byte once.
@@ -116,6 +119,7 @@ impl Default for Behaviour {
             discovery_refuse_offsets: false,
             bad_r2t: None,
             icdoff: 0,
+            term_aers: false,
         }
     }
 }
@@ -470,6 +474,11 @@ impl Conn {
                 admin::KEEP_ALIVE => {
                     self.st.keep_alives.fetch_add(1, Ordering::Relaxed);
                     self.resp(cid, Status::SUCCESS, 0)
+                }
+                admin::ASYNC_EVENT_REQUEST if self.st.b.term_aers => {
+                    let t = TermReq { fes: pdu::Fes::SequenceError as u16, fei: 0, data: Bytes::new() };
+                    Pdu::C2HTermReq(t).encode(&self.framing, &mut self.out);
+                    self.close = true;
                 }
                 admin::ASYNC_EVENT_REQUEST => self.aers.push(cid), // held, as a controller does
                 admin::GET_LOG_PAGE if get_log_page::lid(&sqe) == LID_DISCOVERY && self.st.b.discovery_records > 0 => {
@@ -1557,4 +1566,23 @@ async fn a_piece_refused_while_the_log_is_unchanged_fails_discovery_with_that_st
     o.subnqn = fabrics::DISCOVERY_NQN.into();
     let e = holdfast_host::discover(o).await.expect_err("a refused piece");
     assert_eq!(e.status().map(|s| s.code()), Some(Status::INVALID_FIELD), "{e}");
+}
+
+/// A target that drops every association as soon as it is up (here: a C2HTermReq for the first Asynchronous
+/// Event Request) is not reconnected to at once every time: the first attempt after a loss that came right after
+/// the set-up waits, longer each time in a row (policy::STABLE_ASSOCIATION, Effective::flap_delay), up to the
+/// backoff cap. Without that the host set up thousands of associations a second against it.
+#[tokio::test]
+async fn a_target_that_drops_every_new_association_gets_no_reconnect_storm() {
+    let f = fake(Behaviour { term_aers: true, ..Behaviour::default() }).await;
+    let mut o = opts(&f, 1, false);
+    o.reconnect_delay = Some(Duration::from_millis(500));
+    o.ctrl_loss_tmo = Some(Duration::from_secs(60));
+    let c = Controller::connect(o).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let n = f.st.connections.load(Ordering::Relaxed);
+    // Waits of 100, 200, 400, 500, 500, ... ms: about eight associations of two connections in 3 s.
+    assert!(n <= 24, "{n} connections in 3 s");
+    assert!(n >= 4, "{n} connections in 3 s: the host stopped reconnecting");
+    c.shutdown().await.unwrap();
 }
