@@ -657,13 +657,37 @@ fn handle_pdu(
     out: &mut SendQueue,
     delayed: &mut Vec<(Instant, Command)>,
 ) -> Result<(), Fault> {
-    let slot = |slots: &mut [Option<InFlight>], cid: u16| -> Result<usize, Error> {
-        slot_of(slots, gens, cid)
-            .ok_or_else(|| protocol(p.qid, format!("PDU for command {cid:#06x}, which is not outstanding")))
+    // A PDU the controller got wrong in a way only we can tell ends the connection with an H2CTermReq that says
+    // which field (NVMe/TCP 1.0 §3.6.2.2, H2CTermReq; SPDK's host answers the same cases so), with the offending
+    // PDU's header as its data.
+    let term = |header: BytesMut, fes: Fes, fei: u32, error: Error| Fault {
+        error,
+        term: Some(pdu::TermReq { fes: fes as u16, fei, data: header.freeze() }),
     };
+    let data_header = |d: &pdu::C2HData| {
+        let mut h = BytesMut::new();
+        let fl = if d.last { flags::LAST_PDU } else { 0 } | if d.success { flags::SUCCESS } else { 0 };
+        pdu::encode_data_header(
+            &mut h,
+            &Framing::default(),
+            PduType::C2HData,
+            fl,
+            d.cccid,
+            0,
+            d.datao,
+            d.data.len() as u32,
+        );
+        h.truncate(pdu::HLEN_DATA as usize);
+        h
+    };
+    let not_outstanding = |cid: u16| protocol(p.qid, format!("PDU for command {cid:#06x}, which is not outstanding"));
     match pdu {
         Pdu::CapsuleResp(r) => {
-            let i = slot(slots, r.cqe.cid())?;
+            let Some(i) = slot_of(slots, gens, r.cqe.cid()) else {
+                let mut h = BytesMut::new();
+                pdu::encode_capsule_resp(&mut h, &Framing::default(), &r.cqe);
+                return Err(term(h, Fes::InvalidHeaderField, pdu::offset::RESP_CID, not_outstanding(r.cqe.cid())));
+            };
             if let Some(f) = slots[i].take() {
                 free.push(i as u16);
                 // The common case (success, all the data, nothing to retry) answered at once: the in-flight
@@ -692,26 +716,46 @@ fn handle_pdu(
             }
         }
         Pdu::C2HData(d) => {
-            let i = slot(slots, d.cccid)?;
+            let Some(i) = slot_of(slots, gens, d.cccid) else {
+                return Err(term(
+                    data_header(&d),
+                    Fes::InvalidHeaderField,
+                    pdu::offset::DATA_CCCID,
+                    not_outstanding(d.cccid),
+                ));
+            };
             let Some(f) = slots[i].as_mut() else { return Ok(()) };
-            if d.datao as usize != f.buf.len() || f.buf.len() + d.data.len() > f.cmd.data_in_len() {
-                return Err(protocol(
+            // In order and without gaps (DATAO where the last one ended), within the command's data.
+            let bad = if d.datao as usize + d.data.len() > f.cmd.data_in_len() {
+                Some((Fes::DataOutOfRange, 0))
+            } else if d.datao as usize != f.buf.len() {
+                Some((Fes::InvalidHeaderField, pdu::offset::DATA_DATAO))
+            } else {
+                None
+            };
+            if let Some((fes, fei)) = bad {
+                let error = protocol(
                     p.qid,
                     format!(
-                        "C2HData out of range for command {} (offset {}, {} bytes)",
+                        "C2HData out of range for command {} (offset {}, {} bytes; {} of {} bytes received)",
                         d.cccid,
                         d.datao,
-                        d.data.len()
+                        d.data.len(),
+                        f.buf.len(),
+                        f.cmd.data_in_len()
                     ),
-                )
-                .into());
+                );
+                return Err(term(data_header(&d), fes, fei, error));
             }
+            // SUCCESS: the command completed successfully and no CapsuleResp follows (§3.6.2.6); only on the
+            // last PDU of all the data.
+            if d.success && (!d.last || f.buf.len() + d.data.len() != f.cmd.data_in_len()) {
+                let error = protocol(p.qid, "C2HData SUCCESS flag before all data arrived");
+                return Err(term(data_header(&d), Fes::InvalidHeaderField, pdu::offset::FLAGS, error));
+            }
+            let success = d.success;
             f.buf.push(d.data, f.cmd.data_in_len());
-            if d.success {
-                // SUCCESS: the command completed successfully and no CapsuleResp follows (§3.6.2.6).
-                if !d.last || f.buf.len() != f.cmd.data_in_len() {
-                    return Err(protocol(p.qid, "C2HData SUCCESS flag before all data arrived").into());
-                }
+            if success {
                 if let Some(f) = slots[i].take() {
                     free.push(i as u16);
                     let Some(f) = retry_or_keep(f, Status::SUCCESS, p, delayed) else { return Ok(()) };
@@ -721,7 +765,11 @@ fn handle_pdu(
             }
         }
         Pdu::R2T(r) => {
-            let i = slot(slots, r.cccid)?;
+            let Some(i) = slot_of(slots, gens, r.cccid) else {
+                let mut h = BytesMut::new();
+                Pdu::R2T(r).encode(&Framing::default(), &mut h);
+                return Err(term(h, Fes::InvalidHeaderField, pdu::offset::DATA_CCCID, not_outstanding(r.cccid)));
+            };
             let Some(f) = slots[i].as_mut() else { return Ok(()) };
             let (o, l) = (r.r2to as usize, r.r2tl as usize);
             // Each byte is sent once: an R2T asks for data past what was sent (in the capsule or for an

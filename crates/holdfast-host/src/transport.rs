@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use bytes::BytesMut;
 use holdfast_proto::decoder::{Limits, PduDecoder, Role};
-use holdfast_proto::pdu::{Framing, IcReq, Pdu};
+use holdfast_proto::pdu::{offset, Fes, Framing, IcReq, Pdu, TermReq};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -54,7 +54,12 @@ pub async fn connect(addr: &str, hdgst: bool, ddgst: bool, max_c2h: usize, timeo
                     return Err(Error::Protocol { qid: 0, what: format!("expected ICResp, got {:?}", p.pdu_type()) })
                 }
                 Ok(None) => {}
-                Err(e) => return Err(Error::Protocol { qid: 0, what: e.to_string() }),
+                Err(e) => {
+                    if let holdfast_proto::decoder::DecodeError::Fatal(f) = &e {
+                        refuse(&mut stream, f.fes, f.fei, f.header.clone()).await;
+                    }
+                    return Err(Error::Protocol { qid: 0, what: e.to_string() });
+                }
             }
             let n =
                 stream.read_buf(&mut inbuf).await.map_err(|e| Error::Transport { addr: addr.into(), qid: 0, io: e })?;
@@ -66,6 +71,23 @@ pub async fn connect(addr: &str, hdgst: bool, ddgst: bool, max_c2h: usize, timeo
                 });
             }
         };
+        // An ICResp we cannot take ends the connection with an H2CTermReq naming the field, the ICResp as its
+        // data (NVMe/TCP 1.0 §3.6.2.2).
+        let header = bytes::Bytes::copy_from_slice(decoder.last_header());
+        let bad = if resp.pfv != 0 {
+            Some((Fes::UnsupportedParameter, offset::IC_PFV))
+        } else if resp.hdgst != hdgst || resp.ddgst != ddgst {
+            Some((Fes::InvalidHeaderField, offset::IC_DGST))
+        } else if resp.maxh2cdata < MIN_MAXH2CDATA || !resp.maxh2cdata.is_multiple_of(4) {
+            Some((Fes::InvalidHeaderField, offset::IC_MAX))
+        } else if resp.cpda > 31 {
+            Some((Fes::InvalidHeaderField, offset::IC_PDA))
+        } else {
+            None
+        };
+        if let Some((fes, fei)) = bad {
+            refuse(&mut stream, fes, fei, header).await;
+        }
         if resp.pfv != 0 {
             return Err(Error::Protocol { qid: 0, what: format!("unsupported PDU format version {}", resp.pfv) });
         }
@@ -92,4 +114,18 @@ pub async fn connect(addr: &str, hdgst: bool, ddgst: bool, max_c2h: usize, timeo
         Ok(r) => r,
         Err(_) => Err(Error::Timeout { what: format!("connecting to {addr} (TCP + ICReq)"), after: timeout }),
     }
+}
+
+/// How long a refused ICResp's H2CTermReq may take to go out.
+const REFUSE_FLUSH: Duration = Duration::from_millis(200);
+
+/// Send an H2CTermReq (best effort, briefly) and close our side.
+async fn refuse(stream: &mut TcpStream, fes: Fes, fei: u32, header: bytes::Bytes) {
+    tracing::debug!("refusing the ICResp: sending H2CTermReq (FES {:#x}, FEI {fei:#x})", fes as u16);
+    let t = Pdu::H2CTermReq(TermReq { fes: fes as u16, fei, data: header }).to_bytes(&Framing::default());
+    let _ = tokio::time::timeout(REFUSE_FLUSH, async {
+        let _ = stream.write_all(&t).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }

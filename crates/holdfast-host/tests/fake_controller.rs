@@ -185,6 +185,8 @@ struct State {
     /// Armed: the next read on a connection that answered one before is preceded by a C2HData (SUCCESS) for
     /// that earlier read's CID, full of 0xEE: a target bug that sends data for a completed command.
     stray_c2h: AtomicBool,
+    /// Armed: the next read is preceded by a CapsuleResp (success) for a CID the host never used.
+    stray_resp: AtomicBool,
 }
 
 struct Fake {
@@ -230,6 +232,7 @@ async fn fake(b: Behaviour) -> Fake {
         policy: Mutex::new(None),
         hang_writes: AtomicBool::new(false),
         stray_c2h: AtomicBool::new(false),
+        stray_resp: AtomicBool::new(false),
     });
     let st2 = st.clone();
     tokio::spawn(async move {
@@ -552,6 +555,9 @@ impl Conn {
                     let stray =
                         C2HData { cccid: prev, datao: 0, data: Bytes::from(vec![0xEE; n]), last: true, success: true };
                     Pdu::C2HData(stray).encode(&self.framing, &mut self.out);
+                }
+                if self.st.stray_resp.swap(false, Ordering::Relaxed) {
+                    self.resp(0x0FFF, Status::SUCCESS, 0);
                 }
                 self.last_read_cid = Some(cid);
                 self.send_data(cid, &data);
@@ -1585,4 +1591,76 @@ async fn a_target_that_drops_every_new_association_gets_no_reconnect_storm() {
     assert!(n <= 24, "{n} connections in 3 s");
     assert!(n >= 4, "{n} connections in 3 s: the host stopped reconnecting");
     c.shutdown().await.unwrap();
+}
+
+/// Waits up to 2 s for the fake to have received `n` termination requests, and returns them.
+async fn wait_terms(f: &Fake, n: usize) -> Vec<TermReq> {
+    let t0 = Instant::now();
+    while f.st.h2c_terms.lock().unwrap().len() < n && t0.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f.st.h2c_terms.lock().unwrap().clone()
+}
+
+/// A PDU for a command that is not outstanding (C2HData for a completed command, a CapsuleResp for a CID never
+/// used) ends the connection with an H2CTermReq naming the CID field (FES Invalid PDU Header Field), the
+/// offending header as its data, as SPDK's host does; the read is issued again and returns the right bytes.
+#[tokio::test]
+async fn a_pdu_for_a_command_not_outstanding_gets_an_h2c_termination_request() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    let c = Controller::connect(o).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    let d = pattern(BS, 5);
+    ns.write(0, d.clone(), false).await.unwrap();
+    assert!(ns.read(0, 1).await.unwrap() == d);
+    f.st.stray_c2h.store(true, Ordering::Relaxed);
+    assert!(ns.read(0, 1).await.expect("issued again") == d);
+    let terms = wait_terms(&f, 1).await;
+    assert_eq!(terms.len(), 1, "{terms:?}");
+    assert_eq!((terms[0].fes, terms[0].fei), (pdu::Fes::InvalidHeaderField as u16, pdu::offset::DATA_CCCID));
+    assert_eq!((terms[0].data.len(), terms[0].data[0]), (pdu::HLEN_DATA as usize, pdu::PduType::C2HData as u8));
+
+    f.st.stray_resp.store(true, Ordering::Relaxed);
+    assert!(ns.read(0, 1).await.expect("issued again") == d);
+    let terms = wait_terms(&f, 2).await;
+    assert_eq!(terms.len(), 2, "{terms:?}");
+    assert_eq!((terms[1].fes, terms[1].fei), (pdu::Fes::InvalidHeaderField as u16, pdu::offset::RESP_CID));
+    assert_eq!(
+        (terms[1].data.len(), terms[1].data[0]),
+        (pdu::HLEN_CAPSULE_RESP as usize, pdu::PduType::CapsuleResp as u8)
+    );
+    assert_eq!(&terms[1].data[20..22], &0x0FFFu16.to_le_bytes());
+    c.shutdown().await.unwrap();
+}
+
+/// An ICResp the host cannot take (here PDU format version 1) is refused with an H2CTermReq naming the field
+/// (FES Unsupported Parameter, FEI 8), the ICResp as its data, before the connection closes.
+#[tokio::test]
+async fn an_unsupported_icresp_gets_an_h2c_termination_request() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let target = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut icreq = [0u8; 128];
+        s.read_exact(&mut icreq).await.unwrap();
+        let resp = IcResp { pfv: 1, cpda: 0, hdgst: false, ddgst: false, maxh2cdata: 131072 };
+        s.write_all(&Pdu::IcResp(resp).to_bytes(&Framing::default())).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await;
+        rest
+    });
+    let e = Controller::connect(ConnectOptions::new(addr, NQN)).await.err().expect("refused");
+    assert!(e.to_string().contains("format version 1"), "{e}");
+    let rest = target.await.unwrap();
+    let mut dec = PduDecoder::new(Role::Controller, Limits::default());
+    let mut buf = BytesMut::from(&rest[..]);
+    match dec.decode(&mut buf) {
+        Ok(Some(Pdu::H2CTermReq(t))) => {
+            assert_eq!((t.fes, t.fei), (pdu::Fes::UnsupportedParameter as u16, pdu::offset::IC_PFV));
+            assert_eq!((t.data.len(), t.data[0]), (128, pdu::PduType::IcResp as u8));
+        }
+        other => panic!("expected an H2CTermReq, got {other:?} ({} bytes)", rest.len()),
+    }
 }

@@ -310,7 +310,11 @@ impl PduDecoder {
                 _ => self.limits.max_c2h_data,
             } as usize;
             if data_len > max {
-                return Err(self.fail(Fes::DataLimitExceeded, 0, buf, "PDU data longer than negotiated"));
+                // FES 05h is Data Transfer Limit Exceeded in a C2HTermReq but R2T Limit Exceeded in an H2CTermReq
+                // (NVMe/TCP 1.0 Figures 24 and 25): a host refuses C2HData longer than any of its transfers as
+                // Data Transfer Out of Range.
+                let fes = if self.role == Role::Host { Fes::DataOutOfRange } else { Fes::DataLimitExceeded };
+                return Err(self.fail(fes, 0, buf, "PDU data longer than negotiated"));
             }
         }
 
@@ -573,6 +577,17 @@ mod tests {
         h.resize(24, 0);
         let f = fatal(&mut d, &h);
         assert_eq!(f.fes, Fes::DataLimitExceeded);
+        assert_eq!(&f.header[..], &h[..]);
+    }
+
+    #[test]
+    fn a_host_refuses_huge_c2h_data_as_out_of_range_not_r2t_limit_exceeded() {
+        let mut d = ready(Role::Host, false, false);
+        // C2HData header claiming 4 GiB: FES 05h would read "R2T Limit Exceeded" in the H2CTermReq.
+        let mut h = vec![0x07, flags::LAST_PDU, 24, 24, 0xFF, 0xFF, 0xFF, 0xFF];
+        h.resize(24, 0);
+        let f = fatal(&mut d, &h);
+        assert_eq!(f.fes, Fes::DataOutOfRange);
         assert_eq!(&f.header[..], &h[..]);
     }
 

@@ -147,6 +147,8 @@ pub mod offset {
     pub const DATA_DATAO: u32 = 12;
     /// H2CData/C2HData DATAL, R2T R2TL.
     pub const DATA_DATAL: u32 = 16;
+    /// CapsuleResp: the CID in its CQE (bytes 12-13 of the CQE, which starts at 8).
+    pub const RESP_CID: u32 = 20;
 }
 
 /// ICReq (Figure 26) and ICResp (Figure 27) share one layout; byte 10 is HPDA or CPDA and bytes 12–15
