@@ -373,10 +373,11 @@ async fn setup(
     name: &'static str,
     deadline: TInstant,
 ) -> Result<Completion> {
+    let start = TInstant::now();
     let rx = send(tx, sqe, data, data_in, name, false).await?;
     match tokio::time::timeout_at(deadline, rx).await {
         Ok(r) => r.map_err(|_| Error::NotConnected("queue closed during set-up".into()))?,
-        Err(_) => Err(Error::Timeout { what: format!("{name} during set-up"), after: Duration::ZERO }),
+        Err(_) => Err(Error::Timeout { what: format!("{name} during set-up"), after: start.elapsed() }),
     }
 }
 
@@ -1475,7 +1476,14 @@ async fn supervise(
             let deadline = TInstant::now() + left.max(Duration::from_millis(10));
             let reissued: usize = slots.iter().flatten().map(|s| s.pending.len()).sum();
             let mut started = 0;
-            match establish(&sh, &mut slots, &exits_tx, &mut started, deadline, false).await {
+            // Given up at once if the controller is shut down meanwhile: the attempt could otherwise wait out its
+            // deadline (a set-up command the closed queue never answers, a connect into a black hole), which is up
+            // to ctrl_loss_tmo, long after shutdown() stopped waiting for this task.
+            let attempt_result = tokio::select! {
+                r = establish(&sh, &mut slots, &exits_tx, &mut started, deadline, false) => r,
+                _ = sh.shutdown.cancelled() => Err(Error::NotConnected("controller shut down".into())),
+            };
+            match attempt_result {
                 Ok((assoc, restarted)) => {
                     running = started;
                     restored_at = Instant::now();

@@ -1664,3 +1664,50 @@ async fn an_unsupported_icresp_gets_an_h2c_termination_request() {
         other => panic!("expected an H2CTermReq, got {other:?} ({} bytes)", rest.len()),
     }
 }
+
+/// shutdown() while a reconnect attempt is under way (here a connect into a black hole: the target accepts and
+/// never answers the ICReq) ends the attempt at once: shutdown returns promptly and the controller's tasks are
+/// gone, instead of shutdown giving up after its own wait while the attempt runs on to its deadline.
+#[tokio::test]
+async fn shutdown_during_a_reconnect_attempt_returns_at_once() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.kato = Some(Duration::from_millis(600));
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    o.connect_timeout = Duration::from_secs(20);
+    let c = Controller::connect(o).await.unwrap();
+    f.st.mute.store(true, Ordering::Relaxed);
+    go_down(&f, &c).await;
+    // Past the first attempt's start: it is now waiting for an ICResp.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = Instant::now();
+    c.shutdown().await.unwrap();
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
+}
+
+/// A set-up command the target never answers times out with the time it was waited for in the error, not 0.
+#[tokio::test]
+async fn an_unanswered_connect_times_out_saying_how_long_it_waited() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut icreq = [0u8; 128];
+        s.read_exact(&mut icreq).await.unwrap();
+        let resp = IcResp { pfv: 0, cpda: 0, hdgst: false, ddgst: false, maxh2cdata: 131072 };
+        s.write_all(&Pdu::IcResp(resp).to_bytes(&Framing::default())).await.unwrap();
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut sink)).await;
+    });
+    let mut o = ConnectOptions::new(addr, NQN);
+    o.connect_timeout = Duration::from_millis(500);
+    let e = Controller::connect(o).await.err().expect("no answer to the Connect");
+    match e {
+        Error::Timeout { what, after } => {
+            assert!(what.contains("Connect"), "{what}");
+            assert!(after >= Duration::from_millis(1000), "after {after:?}");
+        }
+        other => panic!("expected a timeout, got {other}"),
+    }
+}
