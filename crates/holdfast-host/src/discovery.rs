@@ -143,11 +143,20 @@ async fn read_log(ctrl: &Controller) -> Result<Vec<DiscoveryEntry>> {
             continue; // changed between the two reads: start over (NVMe-oF 1.1 §5.3, GENCTR)
         }
         let numrec = le64(&log, 8).min(numrec) as usize;
-        return Ok(log
-            .get(1024..)
-            .unwrap_or_default()
-            .chunks_exact(1024)
-            .take(numrec)
+        let records: Vec<&[u8]> = log.get(1024..).unwrap_or_default().chunks_exact(1024).take(numrec).collect();
+        // A record of all zeroes is none (TRTYPE 0 is reserved, SUBNQN empty): a controller that sent fewer bytes
+        // than the log it described (a short transfer reads as zeroes here) would otherwise list phantom entries.
+        if let Some(i) = records.iter().position(|r| r.iter().all(|&b| b == 0)) {
+            return Err(Error::Protocol {
+                qid: 0,
+                what: format!(
+                    "the discovery log's NUMREC says {numrec} records, but record {i} is empty: the controller \
+                     returned less than the log it described"
+                ),
+            });
+        }
+        return Ok(records
+            .into_iter()
             .filter_map(DiscoveryLogEntry::from_slice)
             .map(|e| DiscoveryEntry::from(&e))
             .collect());

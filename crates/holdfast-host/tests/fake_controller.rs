@@ -81,6 +81,9 @@ struct Behaviour {
     /// Answer every Asynchronous Event Request (sent as soon as an association is up) with a C2HTermReq and
     /// close: a target that drops every association right after accepting it.
     term_aers: bool,
+    /// The Discovery log header's NUMREC claims this many records more than there are, and reads send only the
+    /// bytes that exist (a short transfer, completed successfully).
+    discovery_numrec_extra: u64,
 }
 
 /// R2Ts a host must refuse: it announces MAXR2T 0 (one R2T at a time per command) and sends each byte once.
@@ -120,6 +123,7 @@ impl Default for Behaviour {
             bad_r2t: None,
             icdoff: 0,
             term_aers: false,
+            discovery_numrec_extra: 0,
         }
     }
 }
@@ -503,7 +507,16 @@ impl Conn {
                             DiscoveryLogEntry::build(2, 1, 0xFFFF, 32, "4420", &nqn, "127.0.0.1", 1)
                         })
                         .collect();
-                    let log = discovery_log_bytes(gen, &records);
+                    let mut log = discovery_log_bytes(gen, &records);
+                    if self.st.b.discovery_numrec_extra > 0 {
+                        let claimed = count as u64 + self.st.b.discovery_numrec_extra;
+                        log[8..16].copy_from_slice(&claimed.to_le_bytes());
+                        let at = (get_log_page::offset(&sqe) as usize).min(log.len());
+                        let end = (at + len).min(log.len());
+                        let part = log[at..end].to_vec();
+                        self.send_data(cid, &part);
+                        return;
+                    }
                     let refused = self.st.b.discovery_refuse_offsets && get_log_page::offset(&sqe) > 0;
                     if refused || get_log_page::offset(&sqe) > log.len() as u64 {
                         self.resp(cid, Status::INVALID_FIELD.with_dnr(), 0);
@@ -1709,5 +1722,19 @@ async fn an_unanswered_connect_times_out_saying_how_long_it_waited() {
             assert!(after >= Duration::from_millis(1000), "after {after:?}");
         }
         other => panic!("expected a timeout, got {other}"),
+    }
+}
+
+/// A Discovery log whose NUMREC claims more records than the controller sends (the transfer ends early, with a
+/// successful status) fails discovery with an error that says so, instead of listing the missing records as
+/// empty entries (the short admin transfer reads as zeroes).
+#[tokio::test]
+async fn a_discovery_log_with_fewer_records_than_numrec_is_an_error_not_empty_entries() {
+    let f = fake(Behaviour { discovery_records: 1, discovery_numrec_extra: 2, ..Default::default() }).await;
+    let mut o = opts(&f, 0, false);
+    o.subnqn = fabrics::DISCOVERY_NQN.into();
+    match holdfast_host::discover(o).await {
+        Err(Error::Protocol { what, .. }) => assert!(what.contains("NUMREC"), "{what}"),
+        other => panic!("expected a protocol error, got {other:?}"),
     }
 }
