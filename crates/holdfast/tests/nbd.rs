@@ -52,7 +52,7 @@ impl Bridge {
             .args(["nbd", "--addr", &addr, "--nqn", NQN, "--listen", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(if std::env::var_os("NBD_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
             .spawn()
             .expect("start holdfast nbd");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
@@ -315,4 +315,86 @@ fn a_read_only_export_refuses_changes_with_eperm() {
     assert_eq!(c.call(CMD_WRITE_ZEROES, 0, 0, 512, &[]).0, EPERM);
     assert_eq!(c.call(CMD_READ, 0, 0, 512, &[]), (0, vec![0u8; 512]));
     assert_eq!(c.call(CMD_FLUSH, 0, 0, 0, &[]).0, 0);
+}
+
+#[test]
+fn a_misaligned_trim_is_narrowed_to_the_whole_blocks_inside_it() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "16"]);
+    let b = Bridge::start(&t, &[]);
+    let mut c = go(b.port);
+    let (head, tail) = (vec![0x11u8; 512], vec![0x22u8; 512]);
+    assert_eq!(c.call(CMD_WRITE, 0, 0, 512, &head).0, 0);
+    assert_eq!(c.call(CMD_WRITE, 0, 9728, 512, &tail).0, 0);
+    // Bytes 7..10007: blocks 1..19 are trimmed; blocks 0 and 19, which it only touches, keep their data.
+    assert_eq!(c.call(CMD_TRIM, 0, 7, 10000, &[]).0, 0);
+    assert_eq!(c.call(CMD_READ, 0, 0, 512, &[]).1, head);
+    assert_eq!(c.call(CMD_READ, 0, 9728, 512, &[]).1, tail);
+    assert_eq!(c.call(CMD_TRIM, 0, 100, 300, &[]).0, 0, "no whole block inside: nothing to do");
+    assert_eq!(c.call(CMD_TRIM, 0, SIZE - 100, 200, &[]).0, EINVAL, "beyond the end");
+}
+
+/// SIGTERM: every request received before it is answered, data and all (the bridge keeps reading, so the
+/// close is not a reset that discards replies on their way), and one that arrives after it gets ESHUTDOWN.
+#[test]
+fn at_sigterm_requests_received_are_answered_and_later_ones_get_eshutdown() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "16"]);
+    let b = Bridge::start(&t, &[]);
+    let mut c = go(b.port);
+    for i in 0..16u64 {
+        assert_eq!(c.call(CMD_WRITE, 0, i << 20, 512, &[i as u8; 512]).0, 0);
+    }
+    // 16 reads of 1 MiB, not read yet: their replies fill the socket buffers and wait in the bridge.
+    for i in 0..16u64 {
+        c.request(CMD_READ, 0, i, i << 20, 1 << 20, &[]);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let kill = Command::new("kill").args(["-TERM", &b.child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    std::thread::sleep(Duration::from_secs(1));
+    c.request(CMD_READ, 0, 100, 0, 512, &[]);
+    let mut answered = std::collections::HashMap::new();
+    for _ in 0..17 {
+        let (e, h) = c.reply();
+        if e == 0 {
+            let mut d = vec![0u8; 1 << 20];
+            c.s.read_exact(&mut d).unwrap();
+            assert_eq!(d[0], h as u8, "read {h} got another's data");
+        }
+        answered.insert(h, e);
+    }
+    assert_eq!((0..16).map(|h| answered.get(&h).copied()).collect::<Vec<_>>(), vec![Some(0); 16]);
+    assert_eq!(answered.get(&100), Some(&108), "a request after SIGTERM: ESHUTDOWN");
+    assert!(c.closed(), "then the bridge closes");
+}
+
+/// A client that pipelines large reads and never reads the replies holds at most its own share of the
+/// bridge's request budget, so other clients are served meanwhile (at once, not when the hog is dropped); and
+/// it is dropped once a reply has waited for it longer than the stall timeout (4 s here, 30 s by default).
+#[test]
+fn a_client_that_does_not_read_its_replies_holds_no_one_else_up() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "64"]);
+    let b = Bridge::start(&t, &["--test-stall-timeout-ms", "4000"]);
+    let mut hog = go(b.port);
+    // 20 x 32 MiB: more than all clients together may hold (512 MiB).
+    for i in 0..20u64 {
+        hog.request(CMD_READ, 0, i, 0, 32 << 20, &[]);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut other = go(b.port);
+    other.s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert_eq!(other.call(CMD_READ, 0, 4096, 4096, &[]), (0, vec![0u8; 4096]), "served while the hog waits");
+    // Still not reading, past the stall timeout, the hog is dropped: reading now, it gets what had reached its
+    // socket, far less than the 640 MiB it asked for, then the end of the stream.
+    std::thread::sleep(Duration::from_secs(6));
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match hog.s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the hog's connection was not closed: {e}"),
+        }
+    }
+    assert!(got < 100 << 20, "the hog received {got} bytes: it was not dropped");
 }

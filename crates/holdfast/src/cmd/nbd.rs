@@ -42,10 +42,17 @@ pub struct Args {
     /// NBD clients served at once; more are refused at connect.
     #[arg(long, default_value_t = 64)]
     max_clients: usize,
+    /// Tests only: how long a write's payload or a reply may take before the client is dropped (ms).
+    #[arg(long, hide = true, default_value_t = server::STALL_TIMEOUT.as_millis() as u64)]
+    test_stall_timeout_ms: u64,
 }
 
-/// How long connections have to finish their requests once SIGINT/SIGTERM arrived.
+/// How long connections have to finish their requests once SIGINT/SIGTERM arrived (a second signal ends the
+/// wait).
 const DRAIN: Duration = Duration::from_secs(30);
+
+/// Refused connections logged (a client retrying in a loop would flood the log).
+static REFUSED: server::RateLimit = server::RateLimit::new();
 
 /// Run the bridge. Prints the export, then `listening: ADDR`, once serving.
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -62,12 +69,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             name: a.name.clone(),
             read_only: a.read_only,
             budget: Arc::new(tokio::sync::Semaphore::new(server::INFLIGHT_BYTES)),
+            stall_timeout: Duration::from_millis(a.test_stall_timeout_ms.max(1)),
         });
         let stop = CancellationToken::new();
         let listener = match &a.socket {
             Some(p) => {
                 if std::fs::symlink_metadata(p).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
                 {
+                    // A socket left by a bridge that died is replaced; one that a live process answers on is not.
+                    anyhow::ensure!(
+                        std::os::unix::net::UnixStream::connect(p).is_err(),
+                        "{} is in use by another process",
+                        p.display()
+                    );
                     std::fs::remove_file(p).with_context(|| format!("cannot replace {}", p.display()))?;
                 }
                 let l = tokio::net::UnixListener::bind(p).with_context(|| format!("cannot bind {}", p.display()))?;
@@ -120,7 +134,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 }
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::warn!("NBD client {peer} refused: {} clients already served (--max-clients)", a.max_clients);
+                if let Some(dropped) = REFUSED.allow() {
+                    tracing::warn!(
+                        "NBD client {peer} refused: {} clients already served (--max-clients){}",
+                        a.max_clients,
+                        if dropped > 0 { format!("; {dropped} more refused and not logged") } else { String::new() }
+                    );
+                }
                 continue;
             };
             let (export, stop) = (export.clone(), stop.clone());
@@ -139,8 +159,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         if let Some(p) = &a.socket {
             let _ = std::fs::remove_file(p);
         }
-        if tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await.is_err() {
-            tracing::warn!("clients still busy after {DRAIN:?}: closing them");
+        let drained = tokio::select! {
+            r = tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }) => r.is_ok(),
+            // A second signal: do not wait.
+            _ = term.recv() => false,
+            _ = tokio::signal::ctrl_c() => false,
+        };
+        if !drained {
+            tracing::warn!("closing the clients still busy ({} connections)", conns.len());
             conns.shutdown().await;
         }
         c.shutdown().await?;
@@ -167,6 +193,14 @@ impl Listener {
             Listener::Tcp(l) => {
                 let (s, a) = l.accept().await?;
                 let _ = s.set_nodelay(true);
+                // A client that vanished (power lost, cable pulled) without closing is found by TCP keep-alive
+                // probes after a minute of silence, as the target does for its hosts.
+                let _ = socket2::SockRef::from(&s).set_tcp_keepalive(
+                    &socket2::TcpKeepalive::new()
+                        .with_time(Duration::from_secs(60))
+                        .with_interval(Duration::from_secs(10))
+                        .with_retries(6),
+                );
                 Ok((Stream::Tcp(s), a.to_string()))
             }
             Listener::Unix(l) => {

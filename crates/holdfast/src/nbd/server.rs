@@ -1,7 +1,9 @@
 //! One NBD connection: the fixed newstyle handshake, then the transmission phase, each request executed on
 //! the namespace through the host library (so a target outage inside the connection policy is only latency
 //! here, and beyond it an `EIO`). Requests run concurrently and are answered as they complete (NBD allows
-//! any order); the memory they hold, across all connections, is bounded by [`INFLIGHT_BYTES`].
+//! any order). The request data they hold is bounded per connection ([`CONNECTION_BYTES`]) and across all
+//! of them ([`INFLIGHT_BYTES`]), and a client that stops sending a write's payload or reading its replies is
+//! dropped after [`Export::stall_timeout`], so one client cannot hold the others up for long.
 
 use super::wire::{self, cflags, cmd, errno, info, opt, rep, tflags, InfoRequest, OptionHeader, Request};
 use anyhow::{bail, Context};
@@ -22,12 +24,22 @@ pub const MAX_REQUEST: u32 = 32 << 20;
 const MAX_OPTION: u32 = 64 * 1024;
 /// Time a client has from connecting to entering the transmission phase.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Bytes of request data (a write's payload, a read's answer) all connections together may hold at once;
-/// each request counts at least [`MIN_COST`], so it also bounds the requests in flight (2048). A connection
-/// whose next request does not fit waits before reading it (its payload included).
-pub const INFLIGHT_BYTES: usize = 256 << 20;
-/// What a request without data (or with little) counts towards [`INFLIGHT_BYTES`].
+/// Bytes of request data (a write's payload, a read's answer) all connections together may hold at once.
+/// A connection whose next request does not fit waits before reading it (its payload included).
+pub const INFLIGHT_BYTES: usize = 512 << 20;
+/// The same, for one connection: each request counts at least [`MIN_COST`], so at most 512 are in flight.
+const CONNECTION_BYTES: usize = 64 << 20;
+/// What a request without data (or with little) counts towards the budgets.
 const MIN_COST: u32 = 128 * 1024;
+/// A write's payload not all in, or a reply not taken by the client, this long after it started: the client
+/// is taken to be gone or hostile and the connection is dropped (the protocol allows a hard disconnect against
+/// denial of service), freeing what its requests held. The default of [`Export::stall_timeout`].
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// At shutdown, how long a client with nothing outstanding may stay quiet before the connection is closed.
+const QUIET: Duration = Duration::from_millis(200);
+/// At shutdown, how long the bridge waits for the client to close after the last reply (closing with unread
+/// input would reset the connection and could discard replies the client has not received yet).
+const LINGER: Duration = Duration::from_secs(2);
 
 /// The export: one namespace of a connected controller.
 pub struct Export {
@@ -41,6 +53,8 @@ pub struct Export {
     pub read_only: bool,
     /// The request data budget all connections share ([`INFLIGHT_BYTES`] permits, a byte each).
     pub budget: Arc<Semaphore>,
+    /// How long a write's payload or a reply may take ([`STALL_TIMEOUT`] unless a test says otherwise).
+    pub stall_timeout: Duration,
 }
 
 impl Export {
@@ -110,7 +124,12 @@ where
     let zeroes = cf & wire::client::NO_ZEROES == 0;
     loop {
         let mut h = [0u8; wire::OPTION_HEADER];
-        match rd.read_exact(&mut h).await {
+        let r = tokio::select! {
+            r = rd.read_exact(&mut h) => r,
+            // Shutting down: a client between options is closed at once.
+            _ = shutdown.cancelled() => return Ok(false),
+        };
+        match r {
             Ok(_) => {}
             // A client may simply go away during negotiation (nbdinfo --list does after NBD_OPT_ABORT).
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
@@ -194,12 +213,15 @@ where
     }
 }
 
-/// A reply for the writer: a simple reply, with a read's data, and the budget its request held.
+/// A reply for the writer: a simple reply, with a read's data, and what its request held.
 struct Reply {
     handle: u64,
     error: u32,
     data: Option<Bytes>,
-    _budget: OwnedSemaphorePermit,
+    /// The request's share of the budgets (none for an `ESHUTDOWN` answer), released once written.
+    _budget: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    /// Counts the request as outstanding until its reply is written (see [`next_request`]).
+    _outstanding: Arc<()>,
 }
 
 async fn transmission<R, W>(mut rd: R, wr: W, export: Arc<Export>, shutdown: CancellationToken) -> anyhow::Result<()>
@@ -208,22 +230,13 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, rx) = mpsc::unbounded_channel::<Reply>();
-    let writer = tokio::spawn(write_replies(wr, rx));
-    let budget = export.budget.clone();
+    let writer = tokio::spawn(write_replies(wr, rx, export.stall_timeout));
+    let mine = Arc::new(Semaphore::new(CONNECTION_BYTES));
+    let outstanding = Arc::new(());
+    let mut closing = false;
     let result: anyhow::Result<()> = async {
         loop {
-            let mut h = [0u8; wire::REQUEST_LEN];
-            tokio::select! {
-                r = rd.read_exact(&mut h) => match r {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                        tracing::debug!("the client closed the connection without NBD_CMD_DISC");
-                        return Ok(());
-                    }
-                    Err(e) => return Err(e.into()),
-                },
-                _ = shutdown.cancelled() => return Ok(()),
-            }
+            let Some(h) = next_request(&mut rd, &shutdown, &mut closing, &outstanding).await? else { return Ok(()) };
             let r = Request::decode(&h);
             if r.magic != wire::REQUEST_MAGIC {
                 bail!("request with magic {:#010x} instead of {:#010x}", r.magic, wire::REQUEST_MAGIC);
@@ -235,22 +248,52 @@ where
                 // Its payload cannot be skipped at a bounded cost: the protocol lets the server hang up.
                 bail!("write of {} bytes (at most {MAX_REQUEST})", r.length);
             }
+            if closing {
+                // Shutting down: what arrives now is answered ESHUTDOWN (NBD § Terminating the transmission
+                // phase), a write's payload read and dropped.
+                if r.ty == cmd::WRITE {
+                    let (mut payload, mut sink) = ((&mut rd).take(r.length as u64), tokio::io::sink());
+                    stalled(tokio::io::copy(&mut payload, &mut sink), "a write's payload", export.stall_timeout)
+                        .await?;
+                }
+                let reply = Reply {
+                    handle: r.handle,
+                    error: errno::ESHUTDOWN,
+                    data: None,
+                    _budget: None,
+                    _outstanding: outstanding.clone(),
+                };
+                let _ = tx.send(reply);
+                continue;
+            }
             let cost = r.length.clamp(MIN_COST, MAX_REQUEST);
-            let permit = budget.clone().acquire_many_owned(cost).await.expect("the budget is never closed");
+            let budget = tokio::select! {
+                b = async {
+                    let m = mine.clone().acquire_many_owned(cost).await;
+                    let a = export.budget.clone().acquire_many_owned(cost).await;
+                    (m, a)
+                } => b,
+                // Replies no longer go anywhere (the writer gave up on the client): stop taking requests.
+                _ = tx.closed() => bail!("the client stopped reading its replies"),
+            };
+            let budget = match budget {
+                (Ok(m), Ok(a)) => (m, a),
+                _ => bail!("request budget closed"),
+            };
             let data = if r.ty == cmd::WRITE {
                 let mut d = BytesMut::zeroed(r.length as usize);
-                rd.read_exact(&mut d).await.context("reading a write's payload")?;
+                stalled(rd.read_exact(&mut d), "a write's payload", export.stall_timeout).await?;
                 d.freeze()
             } else {
                 Bytes::new()
             };
-            let (export, tx) = (export.clone(), tx.clone());
+            let (export, tx, token) = (export.clone(), tx.clone(), outstanding.clone());
             tokio::spawn(async move {
                 let (error, data) = match execute(&export, &r, data).await {
                     Ok(d) => (0, d),
                     Err(e) => (e, None),
                 };
-                let _ = tx.send(Reply { handle: r.handle, error, data, _budget: permit });
+                let _ = tx.send(Reply { handle: r.handle, error, data, _budget: Some(budget), _outstanding: token });
             });
         }
     }
@@ -259,21 +302,82 @@ where
     // outstanding requests"): the writer ends once the last task has sent its reply.
     drop(tx);
     let written = writer.await.map_err(|e| anyhow::anyhow!("reply writer: {e}"))?;
+    if closing && written.is_ok() {
+        let _ = tokio::time::timeout(LINGER, tokio::io::copy(&mut rd, &mut tokio::io::sink())).await;
+    }
     result.and(written)
 }
 
-async fn write_replies<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::UnboundedReceiver<Reply>) -> anyhow::Result<()> {
+/// The next request's header; None at the client's EOF, or at shutdown once nothing is outstanding and the
+/// client has been quiet for [`QUIET`]. Shutdown sets `closing` but does not cut a header half read: the
+/// bridge keeps reading, so that the replies already written are not lost to a reset.
+async fn next_request<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    shutdown: &CancellationToken,
+    closing: &mut bool,
+    outstanding: &Arc<()>,
+) -> anyhow::Result<Option<[u8; wire::REQUEST_LEN]>> {
+    let mut h = [0u8; wire::REQUEST_LEN];
+    let r = {
+        let mut read = std::pin::pin!(rd.read_exact(&mut h));
+        loop {
+            if *closing {
+                tokio::select! {
+                    r = &mut read => break r,
+                    _ = tokio::time::sleep(QUIET) => {
+                        if Arc::strong_count(outstanding) == 1 {
+                            return Ok(None);
+                        }
+                    }
+                }
+            } else {
+                tokio::select! {
+                    r = &mut read => break r,
+                    _ = shutdown.cancelled() => *closing = true,
+                }
+            }
+        }
+    };
+    match r {
+        Ok(_) => Ok(Some(h)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            tracing::debug!("the client closed the connection");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `io`, or an error if it takes longer than `limit`.
+async fn stalled<T>(
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+    what: &str,
+    limit: Duration,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(limit, io).await {
+        Ok(r) => Ok(r.with_context(|| format!("reading {what}"))?),
+        Err(_) => bail!("{what} not all in after {limit:?}"),
+    }
+}
+
+async fn write_replies<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::UnboundedReceiver<Reply>,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let timed = |_| anyhow::anyhow!("the client has not taken a reply in {limit:?}");
     while let Some(r) = rx.recv().await {
-        wr.write_all(&wire::simple_reply(r.error, r.handle)).await?;
+        let header = wire::simple_reply(r.error, r.handle);
+        tokio::time::timeout(limit, wr.write_all(&header)).await.map_err(timed)??;
         if let Some(d) = &r.data {
-            wr.write_all(d).await?;
+            tokio::time::timeout(limit, wr.write_all(d)).await.map_err(timed)??;
         }
         if rx.is_empty() {
-            wr.flush().await?;
+            tokio::time::timeout(limit, wr.flush()).await.map_err(timed)??;
         }
     }
-    wr.flush().await?;
-    wr.shutdown().await.ok();
+    tokio::time::timeout(limit, wr.flush()).await.map_err(timed)??;
+    let _ = tokio::time::timeout(limit, wr.shutdown()).await;
     Ok(())
 }
 
@@ -296,13 +400,19 @@ async fn execute(export: &Export, r: &Request, data: Bytes) -> Result<Option<Byt
         return export.ns.flush().await.map(|_| None).map_err(|e| nbd_errno(&e, false));
     }
     let bs = export.block_size() as u64;
-    let (offset, len) = (r.offset, r.length as u64);
-    if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
-        return Err(errno::EINVAL);
-    }
+    let (mut offset, mut len) = (r.offset, r.length as u64);
     if offset.checked_add(len).is_none_or(|end| end > export.size()) {
         // A write beyond the end is ENOSPC (§ Error values); anything else there is invalid.
         return Err(if matches!(r.ty, cmd::WRITE | cmd::WRITE_ZEROES) { errno::ENOSPC } else { errno::EINVAL });
+    }
+    if r.ty == cmd::TRIM {
+        // A trim is a hint: a misaligned one is narrowed to the whole blocks inside it (the protocol lets a
+        // server round its offset up and its length down; qemu sends such trims).
+        let end = (offset + len) / bs * bs;
+        offset = offset.div_ceil(bs) * bs;
+        len = end.saturating_sub(offset);
+    } else if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
+        return Err(errno::EINVAL);
     }
     if matches!(r.ty, cmd::READ) && r.length > MAX_REQUEST {
         return Err(errno::EINVAL);
@@ -320,7 +430,8 @@ async fn execute(export: &Export, r: &Request, data: Bytes) -> Result<Option<Byt
     };
     res.map_err(|e| nbd_errno(&e, true))?;
     if fua && r.ty != cmd::WRITE {
-        // Write Zeroes and Dataset Management have no FUA bit: a flush makes them durable before the reply.
+        // The host library's write zeroes and deallocate take no FUA: a flush makes them durable before the
+        // reply.
         ns.flush().await.map_err(|e| nbd_errno(&e, true))?;
     }
     Ok(None)
@@ -345,22 +456,46 @@ fn nbd_errno(e: &Error, write: bool) -> u32 {
 }
 
 fn log_failure(e: &Error, v: u32) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    // At most about 10 lines a second (a lost controller fails every request at once), the rest counted.
-    static WINDOW: AtomicU64 = AtomicU64::new(0);
-    static IN_WINDOW: AtomicU64 = AtomicU64::new(0);
-    static DROPPED: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    if WINDOW.swap(now, Ordering::Relaxed) != now {
-        IN_WINDOW.store(0, Ordering::Relaxed);
-        let n = DROPPED.swap(0, Ordering::Relaxed);
-        if n > 0 {
-            tracing::warn!("{n} more failed requests not logged");
+    if let Some(dropped) = FAILURES.allow() {
+        if dropped > 0 {
+            tracing::warn!("{dropped} more failed requests were not logged");
         }
-    }
-    if IN_WINDOW.fetch_add(1, Ordering::Relaxed) < 10 {
         tracing::warn!("request failed, answered with NBD error {v}: {e}");
-    } else {
-        DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Failed requests logged: a lost controller fails every request at once.
+static FAILURES: RateLimit = RateLimit::new();
+
+/// At most [`RateLimit::PER_SECOND`] log lines a second, the rest counted and reported with the next one let
+/// through.
+pub struct RateLimit {
+    second: std::sync::atomic::AtomicU64,
+    in_second: std::sync::atomic::AtomicU64,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl RateLimit {
+    const PER_SECOND: u64 = 10;
+
+    /// A limiter with nothing logged yet.
+    pub const fn new() -> RateLimit {
+        use std::sync::atomic::AtomicU64;
+        RateLimit { second: AtomicU64::new(0), in_second: AtomicU64::new(0), dropped: AtomicU64::new(0) }
+    }
+
+    /// Some(lines dropped since the last one let through) if this line may be logged.
+    pub fn allow(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if self.second.swap(now, Relaxed) != now {
+            self.in_second.store(0, Relaxed);
+        }
+        if self.in_second.fetch_add(1, Relaxed) < Self::PER_SECOND {
+            Some(self.dropped.swap(0, Relaxed))
+        } else {
+            self.dropped.fetch_add(1, Relaxed);
+            None
+        }
     }
 }

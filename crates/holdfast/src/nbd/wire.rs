@@ -132,6 +132,8 @@ pub mod errno {
     pub const EINVAL: u32 = 22;
     /// No space left (a write beyond the end of the export).
     pub const ENOSPC: u32 = 28;
+    /// The server is shutting down (requests that arrive after SIGINT/SIGTERM).
+    pub const ESHUTDOWN: u32 = 108;
 }
 
 /// Size of an option request's header: IHAVEOPT (8), option (4), length (4).
