@@ -458,7 +458,14 @@ async fn start_queue(
                 let granted = c.cqe.sqhd.get() == fabrics::SQHD_FLOW_DISABLED;
                 tracing::debug!(qid, granted, "SQ flow control disable requested");
             }
-            Ok((setup_tx, open_tx, c.cqe.dw0.get() as u16))
+            let cntlid = c.cqe.dw0.get() as u16;
+            if qid == 0 && cntlid >= 0xFFF0 {
+                // FFF0h-FFFFh are reserved (NVMe-oF 1.1 §4.2, as the target's MAX_CNTLID has it); FFFFh in the I/O
+                // queues' Connects would even ask for "any dynamic controller".
+                let what = format!("Connect answered with controller ID {cntlid:#06x}, a reserved value");
+                return Err((Error::Protocol { qid, what }, None));
+            }
+            Ok((setup_tx, open_tx, cntlid))
         }
         Ok(c) => Err((connect_refusal(c.status(), c.cqe.dw0.get(), o), None)),
         Err(e) => Err((e, None)),

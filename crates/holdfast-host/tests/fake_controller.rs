@@ -1738,3 +1738,15 @@ async fn a_discovery_log_with_fewer_records_than_numrec_is_an_error_not_empty_en
         other => panic!("expected a protocol error, got {other:?}"),
     }
 }
+
+/// A Connect answered with a reserved controller ID (FFF0h-FFFFh) is refused: the host would otherwise send
+/// FFFFh ("any dynamic controller") in its I/O queues' Connects.
+#[tokio::test]
+async fn a_reserved_controller_id_from_connect_is_refused() {
+    let f = fake(Behaviour::default()).await;
+    f.st.next_cntlid.store(0xFFFF, Ordering::Relaxed);
+    let mut o = opts(&f, 1, false);
+    o.connect_timeout = Duration::from_secs(2);
+    let Err(e) = Controller::connect(o).await else { panic!("connected with a reserved CNTLID") };
+    assert!(e.to_string().contains("reserved"), "{e}");
+}
