@@ -199,3 +199,21 @@ fn quick_mode_and_policy_flags_are_refused_beside_a_config_file() {
         assert!(err.contains("cannot be used with") && err.contains(flag[0]), "{flag:?}: {err}");
     }
 }
+
+/// `--io-timeout-ms` bounds how long a command may go unanswered: every write held 2 s by the target, a 500 ms
+/// limit fails the write on its third connection with a timeout that says so; the default (30 s) waits.
+#[test]
+fn io_timeout_bounds_an_unanswered_command() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "16", "--test-delay-writes-ms", "2000"]);
+    let f = std::env::temp_dir().join(format!("holdfast-io-timeout-{}.bin", std::process::id()));
+    std::fs::write(&f, vec![7u8; 4096]).unwrap();
+    let input = f.to_str().unwrap();
+    let (rc, _, err) = on(&t, "write", &["--input", input, "--io-timeout-ms", "500"]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("unanswered on 3 connections in a row) timed out after 500ms"), "{err}");
+    let (rc, _, err) = on(&t, "write", &["--input", input]);
+    assert_eq!(rc, 0, "{err}");
+    let (rc, _, err) = on(&t, "write", &["--input", input, "--io-timeout-ms", "0"]);
+    assert_eq!(rc, 2, "{err}");
+    let _ = std::fs::remove_file(&f);
+}

@@ -19,6 +19,10 @@ pub struct HostArgs {
     /// Limit for the TCP connect and ICReq/ICResp (ms).
     #[arg(long, default_value_t = 10_000)]
     pub connect_timeout_ms: u64,
+    /// Limit for one command (ms): a longer wait counts as a lost connection, and a command unanswered on 3
+    /// connections in a row fails with a timeout.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub io_timeout_ms: u64,
     /// Host override of the keep-alive timeout (ms; default: the target's policy).
     #[arg(long)]
     pub kato_ms: Option<u64>,
@@ -50,6 +54,7 @@ impl HostArgs {
         o.hdgst = self.digests;
         o.ddgst = self.digests;
         o.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
+        o.io_timeout = Duration::from_millis(self.io_timeout_ms);
         let ms = |v: Option<u64>| v.map(Duration::from_millis);
         o.kato = ms(self.kato_ms);
         o.reconnect_delay = ms(self.reconnect_delay_ms);
