@@ -398,3 +398,27 @@ fn a_client_that_does_not_read_its_replies_holds_no_one_else_up() {
     }
     assert!(got < 100 << 20, "the hog received {got} bytes: it was not dropped");
 }
+
+/// The same with few requests, well within the connection's share of the budget: once a reply has waited
+/// longer than the stall timeout the connection is closed (it stayed open, holding its client slot, while the
+/// bridge waited for the next request).
+#[test]
+fn a_client_that_stops_reading_is_dropped_even_with_few_requests_out() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "64"]);
+    let b = Bridge::start(&t, &["--test-stall-timeout-ms", "1000"]);
+    let mut c = go(b.port);
+    c.request(CMD_READ, 0, 1, 0, 32 << 20, &[]);
+    c.request(CMD_READ, 0, 2, 0, 32 << 20, &[]);
+    std::thread::sleep(Duration::from_secs(4));
+    c.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (mut got, mut buf) = (0usize, vec![0u8; 1 << 20]);
+    loop {
+        match c.s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the connection was not closed ({got} bytes read): {e}"),
+        }
+    }
+    assert!(got < 64 << 20, "all {got} bytes arrived: the client was not dropped");
+}

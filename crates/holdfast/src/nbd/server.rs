@@ -218,8 +218,9 @@ struct Reply {
     handle: u64,
     error: u32,
     data: Option<Bytes>,
-    /// The request's share of the budgets (none for an `ESHUTDOWN` answer), released once written.
-    _budget: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    /// The request's share of the connection's budget and of the shared one (an `ESHUTDOWN` answer holds only
+    /// the first), released once written.
+    _budget: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
     /// Counts the request as outstanding until its reply is written (see [`next_request`]).
     _outstanding: Arc<()>,
 }
@@ -236,7 +237,12 @@ where
     let mut closing = false;
     let result: anyhow::Result<()> = async {
         loop {
-            let Some(h) = next_request(&mut rd, &shutdown, &mut closing, &outstanding).await? else { return Ok(()) };
+            let next = tokio::select! {
+                r = next_request(&mut rd, &shutdown, &mut closing, &outstanding) => r?,
+                // The writer gave up on the client (a reply it did not take): nothing more is read or run.
+                _ = tx.closed() => bail!("the client stopped reading its replies"),
+            };
+            let Some(h) = next else { return Ok(()) };
             let r = Request::decode(&h);
             if r.magic != wire::REQUEST_MAGIC {
                 bail!("request with magic {:#010x} instead of {:#010x}", r.magic, wire::REQUEST_MAGIC);
@@ -250,17 +256,23 @@ where
             }
             if closing {
                 // Shutting down: what arrives now is answered ESHUTDOWN (NBD § Terminating the transmission
-                // phase), a write's payload read and dropped.
+                // phase), a write's payload read and dropped. Each answer holds the least share of the
+                // connection's budget until written, so a client that sends and does not read is held back.
                 if r.ty == cmd::WRITE {
                     let (mut payload, mut sink) = ((&mut rd).take(r.length as u64), tokio::io::sink());
                     stalled(tokio::io::copy(&mut payload, &mut sink), "a write's payload", export.stall_timeout)
                         .await?;
                 }
+                let share = tokio::select! {
+                    biased;
+                    _ = tx.closed() => bail!("the client stopped reading its replies"),
+                    p = mine.clone().acquire_many_owned(MIN_COST) => p?,
+                };
                 let reply = Reply {
                     handle: r.handle,
                     error: errno::ESHUTDOWN,
                     data: None,
-                    _budget: None,
+                    _budget: (share, None),
                     _outstanding: outstanding.clone(),
                 };
                 let _ = tx.send(reply);
@@ -268,17 +280,14 @@ where
             }
             let cost = r.length.clamp(MIN_COST, MAX_REQUEST);
             let budget = tokio::select! {
-                b = async {
-                    let m = mine.clone().acquire_many_owned(cost).await;
-                    let a = export.budget.clone().acquire_many_owned(cost).await;
-                    (m, a)
-                } => b,
+                biased;
                 // Replies no longer go anywhere (the writer gave up on the client): stop taking requests.
                 _ = tx.closed() => bail!("the client stopped reading its replies"),
-            };
-            let budget = match budget {
-                (Ok(m), Ok(a)) => (m, a),
-                _ => bail!("request budget closed"),
+                b = async {
+                    let m = mine.clone().acquire_many_owned(cost).await?;
+                    let a = export.budget.clone().acquire_many_owned(cost).await?;
+                    Ok::<_, tokio::sync::AcquireError>((m, Some(a)))
+                } => b?,
             };
             let data = if r.ty == cmd::WRITE {
                 let mut d = BytesMut::zeroed(r.length as usize);
@@ -287,13 +296,16 @@ where
             } else {
                 Bytes::new()
             };
+            if tx.is_closed() {
+                bail!("the client stopped reading its replies");
+            }
             let (export, tx, token) = (export.clone(), tx.clone(), outstanding.clone());
             tokio::spawn(async move {
                 let (error, data) = match execute(&export, &r, data).await {
                     Ok(d) => (0, d),
                     Err(e) => (e, None),
                 };
-                let _ = tx.send(Reply { handle: r.handle, error, data, _budget: Some(budget), _outstanding: token });
+                let _ = tx.send(Reply { handle: r.handle, error, data, _budget: budget, _outstanding: token });
             });
         }
     }
