@@ -73,38 +73,24 @@ pub async fn connect(addr: &str, hdgst: bool, ddgst: bool, max_c2h: usize, timeo
         };
         // An ICResp we cannot take ends the connection with an H2CTermReq naming the field, the ICResp as its
         // data (NVMe/TCP 1.0 §3.6.2.2).
-        let header = bytes::Bytes::copy_from_slice(decoder.last_header());
-        let bad = if resp.pfv != 0 {
-            Some((Fes::UnsupportedParameter, offset::IC_PFV))
+        let refusal = if resp.pfv != 0 {
+            Some((Fes::UnsupportedParameter, offset::IC_PFV, format!("unsupported PDU format version {}", resp.pfv)))
         } else if resp.hdgst != hdgst || resp.ddgst != ddgst {
-            Some((Fes::InvalidHeaderField, offset::IC_DGST))
+            let what = format!(
+                "digests not granted as asked (asked header {hdgst} data {ddgst}, got header {} data {})",
+                resp.hdgst, resp.ddgst
+            );
+            Some((Fes::InvalidHeaderField, offset::IC_DGST, what))
         } else if resp.maxh2cdata < MIN_MAXH2CDATA || !resp.maxh2cdata.is_multiple_of(4) {
-            Some((Fes::InvalidHeaderField, offset::IC_MAX))
+            Some((Fes::InvalidHeaderField, offset::IC_MAX, format!("invalid MAXH2CDATA {}", resp.maxh2cdata)))
         } else if resp.cpda > 31 {
-            Some((Fes::InvalidHeaderField, offset::IC_PDA))
+            Some((Fes::InvalidHeaderField, offset::IC_PDA, format!("invalid CPDA {}", resp.cpda)))
         } else {
             None
         };
-        if let Some((fes, fei)) = bad {
-            refuse(&mut stream, fes, fei, header).await;
-        }
-        if resp.pfv != 0 {
-            return Err(Error::Protocol { qid: 0, what: format!("unsupported PDU format version {}", resp.pfv) });
-        }
-        if resp.hdgst != hdgst || resp.ddgst != ddgst {
-            return Err(Error::Protocol {
-                qid: 0,
-                what: format!(
-                    "digests not granted as asked (asked header {hdgst} data {ddgst}, got header {} data {})",
-                    resp.hdgst, resp.ddgst
-                ),
-            });
-        }
-        if resp.maxh2cdata < MIN_MAXH2CDATA || !resp.maxh2cdata.is_multiple_of(4) {
-            return Err(Error::Protocol { qid: 0, what: format!("invalid MAXH2CDATA {}", resp.maxh2cdata) });
-        }
-        if resp.cpda > 31 {
-            return Err(Error::Protocol { qid: 0, what: format!("invalid CPDA {}", resp.cpda) });
+        if let Some((fes, fei, what)) = refusal {
+            refuse(&mut stream, fes, fei, bytes::Bytes::copy_from_slice(decoder.last_header())).await;
+            return Err(Error::Protocol { qid: 0, what });
         }
         decoder.set_negotiated(hdgst, ddgst, 0);
         let framing = Framing { hdgst, ddgst, pda: resp.cpda };
