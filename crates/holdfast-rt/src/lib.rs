@@ -524,6 +524,71 @@ pub fn spin_read(
     }
 }
 
+/// TCP keep-alive as every holdfast server sets it on the connections it accepts: probes after
+/// [`TCP_KEEPALIVE_IDLE`] without traffic, every [`TCP_KEEPALIVE_INTERVAL`], and [`TCP_KEEPALIVE_PROBES`]
+/// unanswered ones end the connection. A peer that vanished without closing (power lost, cable pulled) is
+/// found within about two minutes even when nothing else would notice (an NVMe/TCP host that asked for no
+/// Keep Alive Timer, an idle NBD client); a live idle peer answers the probes in its kernel, unseen.
+pub fn set_tcp_keepalive(s: &tokio::net::TcpStream) -> std::io::Result<()> {
+    socket2::SockRef::from(s).set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(TCP_KEEPALIVE_IDLE)
+            .with_interval(TCP_KEEPALIVE_INTERVAL)
+            .with_retries(TCP_KEEPALIVE_PROBES),
+    )
+}
+/// See [`set_tcp_keepalive`].
+pub const TCP_KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+/// See [`set_tcp_keepalive`].
+pub const TCP_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// See [`set_tcp_keepalive`].
+pub const TCP_KEEPALIVE_PROBES: u32 = 6;
+
+/// At most a number of log lines a second (lines a peer can cause at will), the rest counted: the count is
+/// handed to the first line let through in a later second, for it to report. Lock-free; one per kind of line,
+/// usually a `static`.
+pub struct RateLimit {
+    per_second: u64,
+    second: std::sync::atomic::AtomicU64,
+    count: std::sync::atomic::AtomicU64,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl RateLimit {
+    /// A limit of `per_second` lines a second.
+    pub const fn new(per_second: u64) -> RateLimit {
+        use std::sync::atomic::AtomicU64;
+        RateLimit { per_second, second: AtomicU64::new(0), count: AtomicU64::new(0), dropped: AtomicU64::new(0) }
+    }
+
+    /// May one more line be logged now? Some(lines left out before it, to report), or None.
+    pub fn allow(&self) -> Option<u64> {
+        self.allow_at(coarse_ms() / 1000)
+    }
+
+    /// [`RateLimit::allow`] in second `second` of a clock of the caller's (tests).
+    pub fn allow_at(&self, second: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let w = self.second.load(Ordering::Relaxed);
+        let mut dropped = 0;
+        if second != w && self.second.compare_exchange(w, second, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            self.count.store(0, Ordering::Relaxed);
+            dropped = self.dropped.swap(0, Ordering::Relaxed);
+        }
+        if self.count.fetch_add(1, Ordering::Relaxed) < self.per_second {
+            Some(dropped)
+        } else {
+            self.dropped.fetch_add(1 + dropped, Ordering::Relaxed);
+            None
+        }
+    }
+
+    /// Lines left out and not yet reported.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,14 +3,10 @@
 //! Connect wrote 272,000 lines a second before, and its own connection needs no Connect to do it. The lines
 //! over the limit are counted, and the count is logged with the next line allowed in a later second.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 /// Peer-caused log lines allowed per second, all peers together.
 pub const PEER_LINES_PER_SEC: u64 = 20;
 
-static WINDOW: AtomicU64 = AtomicU64::new(0);
-static COUNT: AtomicU64 = AtomicU64::new(0);
-static DROPPED: AtomicU64 = AtomicU64::new(0);
+static PEER_LINES: holdfast_rt::RateLimit = holdfast_rt::RateLimit::new(PEER_LINES_PER_SEC);
 
 /// Log a warning a peer caused, if [`allow`] lets one more through: `peer_warn!(peer = %addr, "...")`, the
 /// arguments of `tracing::warn!`.
@@ -30,20 +26,11 @@ pub fn allow() -> bool {
 }
 
 fn allow_at(second: u64) -> bool {
-    let w = WINDOW.load(Ordering::Relaxed);
-    if second != w && WINDOW.compare_exchange(w, second, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-        COUNT.store(0, Ordering::Relaxed);
-        let dropped = DROPPED.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            tracing::warn!("{dropped} log lines caused by peers were left out (at most {PEER_LINES_PER_SEC} a second)");
-        }
+    let Some(dropped) = PEER_LINES.allow_at(second) else { return false };
+    if dropped > 0 {
+        tracing::warn!("{dropped} log lines caused by peers were left out (at most {PEER_LINES_PER_SEC} a second)");
     }
-    if COUNT.fetch_add(1, Ordering::Relaxed) < PEER_LINES_PER_SEC {
-        true
-    } else {
-        DROPPED.fetch_add(1, Ordering::Relaxed);
-        false
-    }
+    true
 }
 
 #[cfg(test)]
@@ -56,9 +43,9 @@ mod tests {
         let base = u64::MAX / 2;
         let allowed = (0..1000).filter(|_| allow_at(base)).count() as u64;
         assert_eq!(allowed, PEER_LINES_PER_SEC);
-        assert_eq!(DROPPED.load(Ordering::Relaxed), 1000 - PEER_LINES_PER_SEC);
+        assert_eq!(PEER_LINES.dropped(), 1000 - PEER_LINES_PER_SEC);
         // A new second: allowed again, and the count reported (and reset).
         assert!(allow_at(base + 1));
-        assert_eq!(DROPPED.load(Ordering::Relaxed), 0);
+        assert_eq!(PEER_LINES.dropped(), 0);
     }
 }

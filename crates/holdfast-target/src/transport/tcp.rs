@@ -55,18 +55,6 @@ const IC_TIMEOUT: Duration = Duration::from_secs(10);
 /// first command on a queue and nothing else runs before it (NVMe-oF 1.1 §3.3), so a connection without
 /// one after this long is closed rather than held forever.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// TCP keep-alive on every connection: probes after this long without traffic, every
-/// [`TCP_KEEPALIVE_INTERVAL`], [`TCP_KEEPALIVE_PROBES`] unanswered ones end the connection. A controller whose
-/// host asked for no Keep Alive Timer (KATO 0, which NVMe-oF allows and nvmet accepts) and then vanished (power
-/// lost, cable pulled) would otherwise hold its CNTLID, queues and admission slot until the target stops; a
-/// host with a KATO is caught by its keep-alive timer long before. A live but idle host answers the probes in
-/// its kernel, unseen by the application.
-const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
-/// See [`TCP_KEEPALIVE_IDLE`].
-const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// See [`TCP_KEEPALIVE_IDLE`].
-const TCP_KEEPALIVE_PROBES: u32 = 6;
-
 /// Accept connections on `listener` until `shutdown`.
 pub async fn serve(target: Arc<Target>, port: Port, listener: TcpListener, shutdown: CancellationToken) {
     loop {
@@ -165,12 +153,9 @@ impl Connection {
         unbound: admission::UnboundGuard,
     ) {
         let _ = stream.set_nodelay(true);
-        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(
-            &socket2::TcpKeepalive::new()
-                .with_time(TCP_KEEPALIVE_IDLE)
-                .with_interval(TCP_KEEPALIVE_INTERVAL)
-                .with_retries(TCP_KEEPALIVE_PROBES),
-        );
+        // A controller whose host asked for no Keep Alive Timer (KATO 0, which NVMe-oF allows and nvmet
+        // accepts) and vanished would otherwise hold its CNTLID, queues and admission slot until the target stops.
+        let _ = holdfast_rt::set_tcp_keepalive(&stream);
         let (Ok(local_addr), Ok(peer_addr)) = (stream.local_addr(), stream.peer_addr()) else { return };
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
         let mut c = Connection {

@@ -52,7 +52,7 @@ pub struct Args {
 const DRAIN: Duration = Duration::from_secs(30);
 
 /// Refused connections logged (a client retrying in a loop would flood the log).
-static REFUSED: server::RateLimit = server::RateLimit::new();
+static REFUSED: holdfast_rt::RateLimit = holdfast_rt::RateLimit::new(10);
 
 /// Run the bridge. Prints the export, then `listening: ADDR`, once serving.
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -193,14 +193,8 @@ impl Listener {
             Listener::Tcp(l) => {
                 let (s, a) = l.accept().await?;
                 let _ = s.set_nodelay(true);
-                // A client that vanished (power lost, cable pulled) without closing is found by TCP keep-alive
-                // probes after a minute of silence, as the target does for its hosts.
-                let _ = socket2::SockRef::from(&s).set_tcp_keepalive(
-                    &socket2::TcpKeepalive::new()
-                        .with_time(Duration::from_secs(60))
-                        .with_interval(Duration::from_secs(10))
-                        .with_retries(6),
-                );
+                // A client that vanished without closing is found by TCP keep-alive, as the target finds hosts.
+                let _ = holdfast_rt::set_tcp_keepalive(&s);
                 Ok((Stream::Tcp(s), a.to_string()))
             }
             Listener::Unix(l) => {

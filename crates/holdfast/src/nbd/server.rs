@@ -476,38 +476,5 @@ fn log_failure(e: &Error, v: u32) {
     }
 }
 
-/// Failed requests logged: a lost controller fails every request at once.
-static FAILURES: RateLimit = RateLimit::new();
-
-/// At most [`RateLimit::PER_SECOND`] log lines a second, the rest counted and reported with the next one let
-/// through.
-pub struct RateLimit {
-    second: std::sync::atomic::AtomicU64,
-    in_second: std::sync::atomic::AtomicU64,
-    dropped: std::sync::atomic::AtomicU64,
-}
-
-impl RateLimit {
-    const PER_SECOND: u64 = 10;
-
-    /// A limiter with nothing logged yet.
-    pub const fn new() -> RateLimit {
-        use std::sync::atomic::AtomicU64;
-        RateLimit { second: AtomicU64::new(0), in_second: AtomicU64::new(0), dropped: AtomicU64::new(0) }
-    }
-
-    /// Some(lines dropped since the last one let through) if this line may be logged.
-    pub fn allow(&self) -> Option<u64> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        if self.second.swap(now, Relaxed) != now {
-            self.in_second.store(0, Relaxed);
-        }
-        if self.in_second.fetch_add(1, Relaxed) < Self::PER_SECOND {
-            Some(self.dropped.swap(0, Relaxed))
-        } else {
-            self.dropped.fetch_add(1, Relaxed);
-            None
-        }
-    }
-}
+/// Failed requests logged, at most ten lines a second: a lost controller fails every request at once.
+static FAILURES: holdfast_rt::RateLimit = holdfast_rt::RateLimit::new(10);
