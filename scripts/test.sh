@@ -25,6 +25,7 @@ echo "== soak: random faults under bench --verify --digests"; scripts/soak.sh 15
 if [[ ${SKIP_INTEROP:-0} != 1 ]]; then
   echo "== interop: Linux kernel host -> holdfast target"; scripts/interop-kernel-host.sh
   echo "== interop: holdfast host -> Linux kernel target"; scripts/interop-kernel-target.sh
+  echo "== interop: Linux kernel NBD device through holdfast nbd --device"; scripts/interop-nbd-device.sh
   echo "== scenario S7: Linux kernel host + ext4 rides through a target kill and restart"
   scripts/scenario-linux-ride-through.sh >/tmp/holdfast-s7.log 2>&1 || { tail -n 60 /tmp/holdfast-s7.log; exit 1; }
   grep -E "files written across|verified after remount|RIDE-THROUGH-PASSED" /tmp/holdfast-s7.log

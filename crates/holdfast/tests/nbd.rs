@@ -422,3 +422,38 @@ fn a_client_that_stops_reading_is_dropped_even_with_few_requests_out() {
     }
     assert!(got < 64 << 20, "all {got} bytes arrived: the client was not dropped");
 }
+
+/// `--device` says what is wrong with the device before it contacts any target (the address here is a closed
+/// port, so a bridge that tried to connect first would fail with "connection refused" instead). The kernel
+/// side itself (attach, ride-through, detach) runs against the Linux NBD driver in the interop VM:
+/// scripts/interop-nbd-device.sh.
+#[test]
+fn a_device_that_cannot_be_used_is_refused_with_the_reason_before_connecting() {
+    let dir = std::env::temp_dir().join(format!("holdfast-nbd-dev-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plain = dir.join("not-a-device");
+    std::fs::write(&plain, b"").unwrap();
+    let cases = [
+        (dir.join("nbd-missing"), "No such file or directory"),
+        (plain.clone(), "is not a block device"),
+        (std::path::PathBuf::from("/dev/null"), "is not a block device"),
+    ];
+    for (path, why) in cases {
+        let out = Command::new(BIN)
+            .args(["nbd", "--addr", "127.0.0.1:1", "--nqn", NQN, "--device"])
+            .arg(&path)
+            .output()
+            .expect("run holdfast nbd");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{}: exit 0", path.display());
+        assert!(err.contains(&*path.to_string_lossy()) && err.contains(why), "{}: {err}", path.display());
+        assert!(!err.contains("refused"), "{}: contacted the target first: {err}", path.display());
+    }
+    // A device is one client's: it does not go with a listener.
+    let out = Command::new(BIN)
+        .args(["nbd", "--addr", "127.0.0.1:1", "--nqn", NQN, "--device", "/dev/nbd0", "--socket", "/tmp/x.sock"])
+        .output()
+        .expect("run holdfast nbd");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,5 +1,6 @@
 //! `holdfast nbd`: serve one namespace of an NVMe/TCP controller as an NBD export (the bridge in
-//! [`crate::nbd`]), on a TCP address or a Unix socket, until SIGINT/SIGTERM.
+//! [`crate::nbd`]), on a TCP address or a Unix socket, or attach it to a Linux NBD device (`--device`), until
+//! SIGINT/SIGTERM.
 
 use super::common::{runtime, HostArgs};
 use crate::nbd::server::{self, Export};
@@ -30,6 +31,12 @@ pub struct Args {
     /// Serve on this Unix socket instead of TCP (created; an existing socket file is replaced).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Attach the namespace to this Linux NBD device (`/dev/nbdN`: needs the `nbd` module, and root) instead
+    /// of serving NBD on a socket, so that every program uses it as a local block device. Runs until
+    /// SIGINT/SIGTERM (unmount first: the device is disconnected) or until the device is disconnected
+    /// elsewhere (`nbd-client -d`).
+    #[arg(long, conflicts_with_all = ["socket", "listen", "max_clients", "name"])]
+    device: Option<PathBuf>,
     /// Export name (the default export, "", is the same one).
     #[arg(long, default_value = "holdfast")]
     name: String,
@@ -58,6 +65,8 @@ static REFUSED: holdfast_rt::RateLimit = holdfast_rt::RateLimit::new(10);
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.name.len() <= 4096, "--name is {} bytes; NBD names are at most 4096", a.name.len());
     anyhow::ensure!(a.max_clients > 0, "--max-clients must be at least 1");
+    // A device that cannot be used is said before connecting to the target.
+    let device = a.device.as_deref().map(crate::nbd::device::Device::open).transpose()?;
     runtime()?.block_on(async move {
         let mut o = a.host.options(&a.nqn);
         o.nr_io_queues = a.queues.max(1);
@@ -71,6 +80,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             budget: Arc::new(tokio::sync::Semaphore::new(server::INFLIGHT_BYTES)),
             stall_timeout: Duration::from_millis(a.test_stall_timeout_ms.max(1)),
         });
+        if let Some(dev) = device {
+            let r = attach(dev, export, a.queues.max(1)).await;
+            c.shutdown().await?;
+            return r;
+        }
         let stop = CancellationToken::new();
         let listener = match &a.socket {
             Some(p) => {
@@ -173,6 +187,100 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--device`: attach the export to a Linux NBD device through `connections` socket pairs, serve them until
+/// the device disconnects. The first SIGINT/SIGTERM asks the kernel to disconnect (it sends NBD_CMD_DISC
+/// after its last request, and the requests before it are answered), a second one, or the drain's end,
+/// closes the connections.
+async fn attach(device: crate::nbd::device::Device, export: Arc<Export>, connections: u16) -> anyhow::Result<()> {
+    use crate::nbd::device::{self, Geometry};
+    use std::os::fd::OwnedFd;
+    let stop = CancellationToken::new();
+    let mut conns = JoinSet::new();
+    let mut kernel_ends: Vec<OwnedFd> = Vec::new();
+    let mut ours = Vec::new();
+    for _ in 0..connections {
+        let (mine, theirs) = std::os::unix::net::UnixStream::pair().context("socketpair")?;
+        mine.set_nonblocking(true)?;
+        ours.push(tokio::net::UnixStream::from_std(mine)?);
+        kernel_ends.push(theirs.into());
+    }
+    let g = Geometry { block_size: export.block_size(), size: export.size(), flags: export.flags() };
+    let dev = device.path().to_owned();
+    let dev = dev.as_path();
+    let device = device.configure(&g, kernel_ends)?;
+    let disconnect = device.disconnect_handle()?;
+    for (i, s) in ours.into_iter().enumerate() {
+        let (export, stop) = (export.clone(), stop.clone());
+        conns.spawn(async move {
+            match server::serve_transmission(s, export, stop).await {
+                Ok(()) => tracing::debug!("NBD device connection {i} closed"),
+                Err(e) => tracing::warn!("NBD device connection {i} dropped: {e:#}"),
+            }
+        });
+    }
+    // NBD_DO_IT blocks until the device disconnects: a thread of its own, signals blocked there.
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("nbd-device".into()).spawn(move || {
+        let _ = done_tx.send(device.run());
+    })?;
+    // The device is usable once the kernel started it (its size is set then).
+    let t0 = std::time::Instant::now();
+    while device::block_layer_size(dev) != Some(g.size) {
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(10), "{} did not start within 10 s", dev.display());
+        if let Ok(r) = done_rx.try_recv() {
+            r.with_context(|| format!("{} stopped as it started", dev.display()))?;
+            anyhow::bail!("{} stopped as it started", dev.display());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    outln!(
+        "attached: {}: {} bytes in {}-byte blocks{}, {connections} connection{}",
+        dev.display(),
+        g.size,
+        g.block_size,
+        if export.read_only { ", read-only" } else { "" },
+        if connections == 1 { "" } else { "s" }
+    );
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let ran = loop {
+        let drain_over = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = &mut done_rx => break r.map_err(|_| anyhow::anyhow!("the NBD device thread ended without a result"))?,
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = drain_over => {
+                tracing::warn!("the kernel still has requests out after {DRAIN:?}: closing the connections");
+                stop.cancel();
+                deadline = None;
+                continue;
+            }
+        }
+        if deadline.is_none() && !stop.is_cancelled() {
+            tracing::info!("detaching {}: answering the requests already sent (up to {DRAIN:?})", dev.display());
+            disconnect.request()?;
+            deadline = Some(tokio::time::Instant::now() + DRAIN);
+        } else {
+            // A second signal: do not wait.
+            stop.cancel();
+        }
+    };
+    // The device stopped: the kernel closed its ends, so every connection ends.
+    stop.cancel();
+    while conns.join_next().await.is_some() {}
+    ran.with_context(|| format!("{} stopped", dev.display()))?;
+    outln!("detached: {}", dev.display());
+    Ok(())
 }
 
 /// A TCP or Unix listener.

@@ -62,17 +62,17 @@ impl Export {
         name.is_empty() || name == self.name.as_bytes()
     }
 
-    fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         self.ns.size()
     }
 
-    fn block_size(&self) -> u32 {
+    pub(crate) fn block_size(&self) -> u32 {
         self.ns.block_size
     }
 
     /// Transmission flags: flush, FUA, trim and write zeroes, and multi-connection (every connection of this
     /// process goes through one NVMe controller, and the target, not this bridge, holds any cache).
-    fn flags(&self) -> u16 {
+    pub(crate) fn flags(&self) -> u16 {
         let mut f = tflags::HAS_FLAGS
             | tflags::SEND_FLUSH
             | tflags::SEND_FUA
@@ -107,6 +107,16 @@ where
         return Ok(());
     }
     transmission(rd, wr, export, shutdown).await
+}
+
+/// Serve a client that starts in the transmission phase (the Linux kernel's NBD device, whose size and flags
+/// were set by ioctl: [`super::device`]) until it sends `NBD_CMD_DISC` or closes, or `shutdown`.
+pub async fn serve_transmission<S>(stream: S, export: Arc<Export>, shutdown: CancellationToken) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    transmission(BufReader::new(rd), BufWriter::with_capacity(256 * 1024, wr), export, shutdown).await
 }
 
 /// The handshake: true once the client entered transmission, false if it ended the negotiation.

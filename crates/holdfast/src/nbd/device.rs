@@ -1,0 +1,178 @@
+//! The Linux kernel's NBD client as the bridge's client: a `/dev/nbdN` device given one end of a socket
+//! pair whose other end the bridge serves, as `qemu-nbd --connect` and `nbd-client` set a device up. The
+//! kernel skips the handshake (user space tells it the size, block size and transmission flags by ioctl)
+//! and speaks the transmission phase on the socket: the requests of the block layer, the simple replies of
+//! [`super::server`].
+//!
+//! The ioctls are the ones `nbd-client` uses (Linux `include/uapi/linux/nbd.h`, `_IO(0xab, n)`); the
+//! device's request timeout is left at 0, which on Linux 5.10 and later means "never give up on the
+//! server" (the kernel logs "Possible stuck request" every 30 s and waits): whether a request fails is the
+//! host library's decision, under the connection policy the target advertises, not a second timer's.
+
+use anyhow::{bail, Context as _};
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// `_IO(0xab, n)` numbers of `include/uapi/linux/nbd.h`.
+mod ioctl {
+    pub const SET_SOCK: u64 = 0xab00;
+    pub const SET_BLKSIZE: u64 = 0xab01;
+    pub const DO_IT: u64 = 0xab03;
+    pub const CLEAR_SOCK: u64 = 0xab04;
+    pub const SET_SIZE_BLOCKS: u64 = 0xab07;
+    pub const DISCONNECT: u64 = 0xab08;
+    pub const SET_FLAGS: u64 = 0xab0a;
+}
+
+/// `ioctl(fd, req, arg)` with an integer argument (every NBD ioctl takes one or none).
+fn nbd_ioctl(f: &File, req: u64, arg: u64, what: &str) -> std::io::Result<()> {
+    // SAFETY: `f` is an open file for the call's whole length; the NBD ioctls used here take their argument
+    // as an integer by value (a size, a flag word, a file descriptor) and never as a pointer, so the kernel
+    // reads and writes no memory of ours.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), req as libc::Ioctl, arg as libc::c_ulong) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(e.kind(), format!("{what}: {e}")));
+    }
+    Ok(())
+}
+
+/// A configured NBD device, not yet running.
+pub struct Device {
+    path: PathBuf,
+    file: File,
+    /// The kernel's ends of the socket pairs, kept open until the device stops (the kernel holds its own
+    /// references while it runs).
+    socks: Vec<OwnedFd>,
+}
+
+/// What [`Device::configure`] tells the kernel.
+pub struct Geometry {
+    pub block_size: u32,
+    pub size: u64,
+    /// NBD transmission flags (`NBD_FLAG_*`).
+    pub flags: u16,
+}
+
+impl Device {
+    /// Open `path`: a Linux NBD device that no client runs. Fails with the reason if the device is missing
+    /// (no `nbd` module), not a block device, or in use.
+    pub fn open(path: &Path) -> anyhow::Result<Device> {
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| {
+            let hint =
+                if e.kind() == std::io::ErrorKind::NotFound { " (is the nbd module loaded? modprobe nbd)" } else { "" };
+            anyhow::anyhow!("cannot open {}: {e}{hint}", path.display())
+        })?;
+        use std::os::unix::fs::FileTypeExt as _;
+        if !file.metadata()?.file_type().is_block_device() {
+            bail!("{} is not a block device", path.display());
+        }
+        // A device another client runs has a pid in sysfs (nbd-client checks the same). Nothing is sent to
+        // such a device: NBD_CLEAR_SOCK would shut its sockets down and NBD_SET_BLKSIZE resize it under its
+        // user.
+        if let Some(pid) = running_pid(path) {
+            bail!("{} is in use by another NBD client (process {pid})", path.display());
+        }
+        Ok(Device { path: path.to_owned(), file, socks: Vec::new() })
+    }
+
+    /// Configure the device: one connection per socket in `socks` (the kernel's ends; the bridge serves the
+    /// other ends), block size, size and flags.
+    pub fn configure(mut self, g: &Geometry, socks: Vec<OwnedFd>) -> anyhow::Result<Device> {
+        let (file, path) = (&self.file, &self.path);
+        if !g.size.is_multiple_of(g.block_size as u64) {
+            bail!("the namespace's size ({} bytes) is not a whole number of {}-byte blocks", g.size, g.block_size);
+        }
+        let dev = path.display();
+        // The sockets first: the first NBD_SET_SOCK makes this thread the device's set-up task, and another
+        // process's then gets EBUSY. Once one is in, a failure undoes the set-up (NBD_CLEAR_SOCK), ours alone.
+        for (i, s) in socks.iter().enumerate() {
+            if let Err(e) = nbd_ioctl(file, ioctl::SET_SOCK, s.as_raw_fd() as u64, "NBD_SET_SOCK") {
+                if i > 0 {
+                    let _ = nbd_ioctl(file, ioctl::CLEAR_SOCK, 0, "NBD_CLEAR_SOCK");
+                }
+                if e.raw_os_error() == Some(libc::EBUSY) {
+                    bail!("{dev} is in use by another NBD client ({e})");
+                }
+                bail!("{dev}: {e}");
+            }
+        }
+        let set = || -> anyhow::Result<()> {
+            nbd_ioctl(file, ioctl::SET_BLKSIZE, g.block_size as u64, "NBD_SET_BLKSIZE")
+                .with_context(|| format!("{dev}: block size {}", g.block_size))?;
+            nbd_ioctl(file, ioctl::SET_SIZE_BLOCKS, g.size / g.block_size as u64, "NBD_SET_SIZE_BLOCKS")
+                .with_context(|| format!("{dev}: size {} bytes", g.size))?;
+            nbd_ioctl(file, ioctl::SET_FLAGS, g.flags as u64, "NBD_SET_FLAGS").with_context(|| dev.to_string())?;
+            Ok(())
+        };
+        if let Err(e) = set() {
+            let _ = nbd_ioctl(file, ioctl::CLEAR_SOCK, 0, "NBD_CLEAR_SOCK");
+            return Err(e);
+        }
+        self.socks = socks;
+        Ok(self)
+    }
+
+    /// The device's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A handle that can ask the running device to disconnect ([`Disconnect::request`]).
+    pub fn disconnect_handle(&self) -> anyhow::Result<Disconnect> {
+        Ok(Disconnect { file: self.file.try_clone()?, path: self.path.clone() })
+    }
+
+    /// Run the device until it disconnects (`NBD_DO_IT`, which blocks), then clear its sockets. To run on a
+    /// thread of its own: every signal is blocked on it first, since a signal that interrupts `NBD_DO_IT`
+    /// makes the kernel shut the sockets down at once, failing the requests still outstanding; signals go to
+    /// the runtime's threads instead.
+    pub fn run(self) -> std::io::Result<()> {
+        // SAFETY: `set` is a local sigset_t, initialised by sigfillset before pthread_sigmask reads it; a null
+        // old-set pointer is allowed. Only this thread's mask changes.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut set);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        let r = nbd_ioctl(&self.file, ioctl::DO_IT, 0, "NBD_DO_IT");
+        let _ = nbd_ioctl(&self.file, ioctl::CLEAR_SOCK, 0, "NBD_CLEAR_SOCK");
+        drop(self.socks);
+        r
+    }
+}
+
+/// Asks a running device to disconnect.
+pub struct Disconnect {
+    file: File,
+    path: PathBuf,
+}
+
+impl Disconnect {
+    /// `NBD_DISCONNECT`: the kernel sends `NBD_CMD_DISC` on every connection; the bridge answers what it
+    /// received before it, then closes, and `NBD_DO_IT` returns. Requests the block layer submits after it
+    /// fail.
+    pub fn request(&self) -> anyhow::Result<()> {
+        nbd_ioctl(&self.file, ioctl::DISCONNECT, 0, "NBD_DISCONNECT")
+            .with_context(|| self.path.display().to_string())?;
+        Ok(())
+    }
+}
+
+/// The process running the device (`/sys/block/NAME/pid`, present while `NBD_DO_IT` runs).
+pub fn running_pid(path: &Path) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/sys/block/{}/pid", sys_name(path)?)).ok()?;
+    s.trim().parse().ok()
+}
+
+fn sys_name(path: &Path) -> Option<String> {
+    Some(std::fs::canonicalize(path).ok()?.file_name()?.to_str()?.to_owned())
+}
+
+/// The device's size in bytes as the block layer sees it (`/sys/block/NAME/size`, in 512-byte sectors):
+/// non-zero once `NBD_DO_IT` has started it.
+pub fn block_layer_size(path: &Path) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/sys/block/{}/size", sys_name(path)?)).ok()?;
+    s.trim().parse::<u64>().ok().map(|n| n * 512)
+}
