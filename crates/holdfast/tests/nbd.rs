@@ -457,3 +457,72 @@ fn a_device_that_cannot_be_used_is_refused_with_the_reason_before_connecting() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A client that agreed to no block size (NBD_OPT_EXPORT_NAME, or GO without NBD_INFO_BLOCK_SIZE) has NBD's
+/// default minimum of one byte: its misaligned reads, writes and write zeroes are served (read-modify-write
+/// of the partial blocks), and two writes to different bytes of one block, in flight together, both land. A
+/// client that asked for the block sizes is held to them (EINVAL, in the test above).
+#[test]
+fn a_client_without_block_sizes_may_read_and_write_any_bytes() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "16", "--block-size", "4096"]);
+    let b = Bridge::start(&t, &[]);
+    let mut model = vec![0u8; 64 << 10];
+    let fill = |seed: u32, n: usize| -> Vec<u8> { (0..n as u32).map(|i| (i.wrapping_mul(31) ^ seed) as u8).collect() };
+    for way in ["export-name", "go"] {
+        let mut c = Client::connect(b.port, 0b11);
+        if way == "export-name" {
+            c.send_option(OPT_EXPORT_NAME, b"holdfast");
+            let mut r = [0u8; 10];
+            c.s.read_exact(&mut r).unwrap();
+        } else {
+            let r = c.option(OPT_GO, &[0, 0, 0, 0, 0, 0]);
+            assert_eq!(r.last().unwrap().0, REP_ACK, "{r:?}");
+        }
+        // (offset, length): inside one block, across a block boundary, head + whole blocks + tail, ending on
+        // a boundary, starting on one, one byte.
+        let cases: [(u64, u32); 6] =
+            [(100, 200), (4000, 200), (5000, 3 * 4096 + 300), (8192 + 17, 4096 - 17), (16384, 4100), (40000, 1)];
+        for (i, (off, len)) in cases.into_iter().enumerate() {
+            let d = fill(i as u32 + if way == "go" { 100 } else { 0 }, len as usize);
+            assert_eq!(
+                c.call(CMD_WRITE, if i % 2 == 0 { FLAG_FUA } else { 0 }, off, len, &d).0,
+                0,
+                "{way}: write {off}+{len}"
+            );
+            model[off as usize..off as usize + len as usize].copy_from_slice(&d);
+            assert_eq!(c.call(CMD_READ, 0, off, len, &[]), (0, d), "{way}: read {off}+{len}");
+        }
+        // Write zeroes across a boundary and inside one block.
+        for (off, len) in [(4090u64, 20u32), (5001, 10)] {
+            assert_eq!(c.call(CMD_WRITE_ZEROES, 0, off, len, &[]).0, 0);
+            model[off as usize..(off + len as u64) as usize].fill(0);
+        }
+        // Bytes around every change kept: the whole region reads as the model says.
+        assert_eq!(c.call(CMD_READ, 0, 0, 48 << 10, &[]).1, model[..48 << 10], "{way}: the region");
+        assert_eq!(c.call(CMD_READ, 0, 33, 48 << 10, &[]).1, model[33..33 + (48 << 10)], "{way}: misaligned read");
+    }
+    // Two writes to different bytes of one block, sent together: both land (one read-modify-write at a time).
+    let mut c = Client::connect(b.port, 0b11);
+    assert_eq!(c.option(OPT_GO, &[0, 0, 0, 0, 0, 0]).last().unwrap().0, REP_ACK);
+    for round in 0..20u64 {
+        let base = 49152 + (round % 4) * 4096;
+        let mut reqs = Vec::new();
+        for k in 0..8u64 {
+            let d = vec![(round * 8 + k) as u8 | 1; 100];
+            c.request(CMD_WRITE, 0, 500 + k, base + k * 400 + 50, 100, &d);
+            reqs.push((base + k * 400 + 50, d));
+        }
+        for _ in 0..8 {
+            assert_eq!(c.reply().0, 0);
+        }
+        for (off, d) in reqs {
+            model[off as usize..off as usize + 100].copy_from_slice(&d);
+        }
+        let got = c.call(CMD_READ, 0, base, 4096, &[]).1;
+        assert_eq!(
+            got,
+            model[base as usize..base as usize + 4096],
+            "round {round}: a write to a shared block was lost"
+        );
+    }
+}

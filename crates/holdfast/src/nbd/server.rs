@@ -55,6 +55,8 @@ pub struct Export {
     pub budget: Arc<Semaphore>,
     /// How long a write's payload or a reply may take ([`STALL_TIMEOUT`] unless a test says otherwise).
     pub stall_timeout: Duration,
+    /// Held by a write that changes part of a block (read, change, write back: [`unaligned`]).
+    pub partial_blocks: tokio::sync::Mutex<()>,
 }
 
 impl Export {
@@ -103,10 +105,23 @@ where
     let go = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut rd, &mut wr, &export, &shutdown))
         .await
         .map_err(|_| anyhow::anyhow!("no export chosen within {HANDSHAKE_TIMEOUT:?} of connecting"))??;
-    if !go {
+    let Some(align) = go else {
         return Ok(());
-    }
-    transmission(rd, wr, export, shutdown).await
+    };
+    transmission(rd, wr, export, shutdown, align).await
+}
+
+/// What a connection's requests must be aligned to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alignment {
+    /// The namespace's blocks: the client asked for the block sizes (`NBD_INFO_BLOCK_SIZE` in its
+    /// `NBD_OPT_GO`), or they were set out of band (the kernel's device, by ioctl). A misaligned request is
+    /// refused with `EINVAL`, as the protocol allows.
+    Blocks,
+    /// None: a client that agreed to no block size has NBD's default minimum of 1 byte, which a server
+    /// SHOULD support (NBD § Block size constraints). Its misaligned requests are served by reading the
+    /// blocks they touch ([`unaligned`]).
+    Bytes,
 }
 
 /// Serve a client that starts in the transmission phase (the Linux kernel's NBD device, whose size and flags
@@ -116,11 +131,18 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (rd, wr) = tokio::io::split(stream);
-    transmission(BufReader::new(rd), BufWriter::with_capacity(256 * 1024, wr), export, shutdown).await
+    transmission(BufReader::new(rd), BufWriter::with_capacity(256 * 1024, wr), export, shutdown, Alignment::Blocks)
+        .await
 }
 
-/// The handshake: true once the client entered transmission, false if it ended the negotiation.
-async fn handshake<R, W>(rd: &mut R, wr: &mut W, export: &Export, shutdown: &CancellationToken) -> anyhow::Result<bool>
+/// The handshake: once the client entered transmission, what its requests must be aligned to; None if it
+/// ended the negotiation.
+async fn handshake<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    export: &Export,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Alignment>>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -137,12 +159,12 @@ where
         let r = tokio::select! {
             r = rd.read_exact(&mut h) => r,
             // Shutting down: a client between options is closed at once.
-            _ = shutdown.cancelled() => return Ok(false),
+            _ = shutdown.cancelled() => return Ok(None),
         };
         match r {
             Ok(_) => {}
             // A client may simply go away during negotiation (nbdinfo --list does after NBD_OPT_ABORT).
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(e) => return Err(e.into()),
         }
         let h = OptionHeader::decode(&h);
@@ -170,12 +192,13 @@ where
                 }
                 wr.write_all(&wire::export_name_reply(export.size(), export.flags(), zeroes)).await?;
                 wr.flush().await?;
-                return Ok(true);
+                // The old way in has no block sizes to agree to.
+                return Ok(Some(Alignment::Bytes));
             }
             opt::ABORT => {
                 wr.write_all(&reply(rep::ACK, &[])).await?;
                 wr.flush().await?;
-                return Ok(false);
+                return Ok(None);
             }
             opt::LIST if !data.is_empty() => {
                 wr.write_all(&reply(rep::ERR_INVALID, b"NBD_OPT_LIST carries no data")).await?
@@ -203,13 +226,15 @@ where
                         let d = wire::info_string(info::DESCRIPTION, &export.description);
                         wr.write_all(&reply(rep::INFO, &d)).await?;
                     }
-                    // Always: requests must be aligned to the namespace's blocks, which is not the default.
+                    // Always, asked for or not: the sizes that serve best. A client that did not ask is not
+                    // held to them (Alignment::Bytes).
                     let (min, pref, max) = export.block_sizes();
                     wr.write_all(&reply(rep::INFO, &wire::info_block_size(min, pref, max))).await?;
                     wr.write_all(&reply(rep::ACK, &[])).await?;
                     if h.option == opt::GO {
                         wr.flush().await?;
-                        return Ok(true);
+                        let asked = r.requests.contains(&info::BLOCK_SIZE);
+                        return Ok(Some(if asked { Alignment::Blocks } else { Alignment::Bytes }));
                     }
                 }
             },
@@ -235,7 +260,13 @@ struct Reply {
     _outstanding: Arc<()>,
 }
 
-async fn transmission<R, W>(mut rd: R, wr: W, export: Arc<Export>, shutdown: CancellationToken) -> anyhow::Result<()>
+async fn transmission<R, W>(
+    mut rd: R,
+    wr: W,
+    export: Arc<Export>,
+    shutdown: CancellationToken,
+    align: Alignment,
+) -> anyhow::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -311,7 +342,7 @@ where
             }
             let (export, tx, token) = (export.clone(), tx.clone(), outstanding.clone());
             tokio::spawn(async move {
-                let (error, data) = match execute(&export, &r, data).await {
+                let (error, data) = match execute(&export, &r, data, align).await {
                     Ok(d) => (0, d),
                     Err(e) => (e, None),
                 };
@@ -404,7 +435,7 @@ async fn write_replies<W: AsyncWrite + Unpin>(
 }
 
 /// Check a request against the export and run it: Ok with a read's data, or the NBD error value.
-async fn execute(export: &Export, r: &Request, data: Bytes) -> Result<Option<Bytes>, u32> {
+async fn execute(export: &Export, r: &Request, data: Bytes, align: Alignment) -> Result<Option<Bytes>, u32> {
     let writes = matches!(r.ty, cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES);
     let allowed = match r.ty {
         cmd::READ | cmd::WRITE | cmd::FLUSH | cmd::TRIM => cflags::FUA,
@@ -433,11 +464,15 @@ async fn execute(export: &Export, r: &Request, data: Bytes) -> Result<Option<Byt
         let end = (offset + len) / bs * bs;
         offset = offset.div_ceil(bs) * bs;
         len = end.saturating_sub(offset);
-    } else if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
-        return Err(errno::EINVAL);
     }
     if matches!(r.ty, cmd::READ) && r.length > MAX_REQUEST {
         return Err(errno::EINVAL);
+    }
+    if r.ty != cmd::TRIM && len > 0 && (!offset.is_multiple_of(bs) || !len.is_multiple_of(bs)) {
+        return match align {
+            Alignment::Blocks => Err(errno::EINVAL),
+            Alignment::Bytes => unaligned(export, r, data, fua).await,
+        };
     }
     let (lba, blocks) = (offset / bs, len / bs);
     if blocks == 0 {
@@ -455,6 +490,63 @@ async fn execute(export: &Export, r: &Request, data: Bytes) -> Result<Option<Byt
         // The host library's write zeroes and deallocate take no FUA: a flush makes them durable before the
         // reply.
         ns.flush().await.map_err(|e| nbd_errno(&e, true))?;
+    }
+    Ok(None)
+}
+
+/// A read, write or write zeroes not aligned to the namespace's blocks, from a client held to no block size:
+/// a read reads the blocks it touches and answers the bytes asked for; a write or write zeroes writes its
+/// whole blocks as they are and each partial block at its ends by reading that block, changing the bytes
+/// asked for and writing it back. Those read-modify-writes run one at a time across the bridge
+/// ([`Export::partial_blocks`]): two writes to different bytes of one block, both in flight, both land.
+/// Requests that overlap are the client's to order, as with any block device.
+async fn unaligned(export: &Export, r: &Request, data: Bytes, fua: bool) -> Result<Option<Bytes>, u32> {
+    let (ns, bs) = (&export.ns, export.block_size() as u64);
+    let (off, end) = (r.offset, r.offset + r.length as u64);
+    let (lo, hi) = (off / bs * bs, end.div_ceil(bs) * bs);
+    if r.ty == cmd::READ {
+        let d = ns.read(lo / bs, (hi - lo) / bs).await.map_err(|e| nbd_errno(&e, false))?;
+        let at = (off - lo) as usize;
+        return Ok(Some(d.slice(at..at + r.length as usize)));
+    }
+    let _one_at_a_time = export.partial_blocks.lock().await;
+    // The whole blocks inside [off, end): a..b (empty when the request lies within one block).
+    let (a, b) = (off.div_ceil(bs) * bs, end / bs * bs);
+    // The bytes from `data` for [from, to), or zeroes for write zeroes.
+    let src = |from: u64, to: u64| {
+        if r.ty == cmd::WRITE {
+            data.slice((from - off) as usize..(to - off) as usize)
+        } else {
+            Bytes::from(vec![0u8; (to - from) as usize])
+        }
+    };
+    let patch = |block: u64, from: u64, to: u64| {
+        let bytes = src(from, to);
+        async move {
+            let old = ns.read(block / bs, 1).await.map_err(|e| nbd_errno(&e, false))?;
+            let mut new = BytesMut::from(&old[..]);
+            new[(from - block) as usize..(to - block) as usize].copy_from_slice(&bytes);
+            ns.write(block / bs, new.freeze(), fua).await.map_err(|e| nbd_errno(&e, true))
+        }
+    };
+    if off < a {
+        // The head block (or the only one, when the request starts and ends inside it).
+        patch(lo, off, end.min(lo + bs)).await?;
+    }
+    if a < b {
+        let res = if r.ty == cmd::WRITE {
+            ns.write(a / bs, src(a, b), fua).await
+        } else {
+            match ns.write_zeroes(a / bs, (b - a) / bs).await {
+                Ok(()) if fua => ns.flush().await,
+                other => other,
+            }
+        };
+        res.map_err(|e| nbd_errno(&e, true))?;
+    }
+    if b < end && a <= b {
+        // The tail block, when it is not the head block.
+        patch(b, b, end).await?;
     }
     Ok(None)
 }
