@@ -3,19 +3,21 @@
 # and libnbd-bin, with holdfast's target (file namespace, 4 KiB blocks) behind it:
 #   1. nbdinfo shows the negotiated export: size, block sizes (4096 minimum), flush/FUA/trim/zero/multi-conn;
 #   2. qemu-io writes patterns (plain, FUA, zeroes), discards, flushes and reads them back checked;
-#   3. qemu-img converts 32 MiB of random data into the export and compares; nbdcopy (several connections,
+#   3. nbdsh (libnbd's Python shell) as a client that asks for no block sizes writes, zeroes and reads bytes at
+#      offsets and lengths that are not multiples of the 4096-byte blocks;
+#   4. qemu-img converts 32 MiB of random data into the export and compares; nbdcopy (several connections,
 #      as the export allows) copies it back out, compared with cmp;
-#   4. ride-through: the target is SIGKILLed and restarted on the same port and file while one qemu-io holds
+#   5. ride-through: the target is SIGKILLed and restarted on the same port and file while one qemu-io holds
 #      its connection (acknowledged data before, a write after) and another's write is issued while the
 #      target is down: both exit 0, every pattern reads back, so does what qemu-img wrote before, and the
 #      bridge logged the restored connection.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${HOLDFAST_BIN:-$root/target/release/holdfast}
-if ! command -v qemu-io >/dev/null || ! command -v nbdinfo >/dev/null; then
-  echo "interop-nbd: installing qemu-utils libnbd-bin"
+if ! command -v qemu-io >/dev/null || ! command -v nbdinfo >/dev/null || [[ ! -x /usr/bin/nbdsh ]]; then
+  echo "interop-nbd: installing qemu-utils libnbd-bin python3-libnbd"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq --no-install-recommends qemu-utils libnbd-bin >/dev/null
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends qemu-utils libnbd-bin python3-libnbd >/dev/null
 fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/holdfast-nbd.XXXXXX")
 nqn=nqn.2026-01.io.holdfast:nbd
@@ -64,6 +66,24 @@ qio "$work/qio1.log" 'write -P 0xa1 0 1M' 'write -P 0xb2 -f 1M 256k' 'write -z 2
   fail "qemu-io"
 grep -c "^read " "$work/qio1.log" | grep -qx 4 || fail "qemu-io did not do its four reads"
 echo "    4 writes, discard, flush, 4 checked reads"
+
+echo "== libnbd as a client that does not ask for block sizes: bytes at any offset"
+# nbdsh (Debian's python3-libnbd) without NBD_INFO_BLOCK_SIZE in its GO, and without libnbd's own alignment
+# checks: NBD's default minimum block size of one byte applies, so the bridge must take these. Debian's own
+# python3 (the module is installed for it), whatever python3 comes first in PATH.
+PATH=/usr/bin:$PATH /usr/bin/nbdsh -c 'h.set_request_block_size(False)' -c 'h.set_strict_mode(0)' -c "h.connect_uri('$uri')" -c '
+import os
+data = os.urandom(10000)
+h.pwrite(data, 5 * 1024 * 1024 + 7)
+assert h.pread(10000, 5 * 1024 * 1024 + 7) == data, "unaligned read-back"
+h.zero(100, 5 * 1024 * 1024 + 4000)
+back = h.pread(10007, 5 * 1024 * 1024)
+assert back == bytes(7) + data[:3993] + bytes(100) + data[4093:], "bytes around the zeroed ones"
+h.pwrite(b"x", 6 * 1024 * 1024 + 4095)
+assert h.pread(2, 6 * 1024 * 1024 + 4095) == b"x" + bytes(1), "one byte"
+print("    10000 bytes at offset 5 MiB + 7, 100 zeroed across a block boundary, one byte: read back")
+' 2>&1 | tee "$work/nbdsh.log"
+grep -q "read back" "$work/nbdsh.log" || fail "libnbd without block sizes"
 
 echo "== qemu-img convert + compare, nbdcopy back"
 head -c 33554432 /dev/urandom >"$work/src.img"
