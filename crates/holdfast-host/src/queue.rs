@@ -145,6 +145,9 @@ struct InFlight {
     /// data already sent; Linux's host checks the same), so each byte is queued at most once. Set afresh
     /// each time the command is issued, on whatever connection, after whatever status.
     h2c_end: u32,
+    /// A C2HData with LAST_PDU arrived: its data transfer is over (NVMe/TCP 1.0 §3.6.2.6), and a further
+    /// C2HData for it is a PDU Sequence Error, however few bytes the transfer carried.
+    c2h_done: bool,
 }
 
 /// Run a queue on an initialized connection until it fails or is no longer needed.
@@ -496,8 +499,15 @@ impl Issue<'_> {
         // Assigned through a reference to the slot: assigned to `self.slots[i]` directly (or from a local),
         // the record was built on the stack and all 208 bytes copied in (objdump); this way about 140 are.
         let slot = &mut self.slots[i];
-        *slot =
-            Some(InFlight { buf: Reassembly::Empty, cmd, started: self.now, seq: *self.seq, bad_data: false, h2c_end });
+        *slot = Some(InFlight {
+            buf: Reassembly::Empty,
+            cmd,
+            started: self.now,
+            seq: *self.seq,
+            bad_data: false,
+            h2c_end,
+            c2h_done: false,
+        });
         Ok(Some(i))
     }
 }
@@ -725,8 +735,11 @@ fn handle_pdu(
                 ));
             };
             let Some(f) = slots[i].as_mut() else { return Ok(()) };
-            // In order and without gaps (DATAO where the last one ended), within the command's data.
-            let bad = if d.datao as usize + d.data.len() > f.cmd.data_in_len() {
+            // In order and without gaps (DATAO where the last one ended), within the command's data, and not
+            // after the PDU that said it was the last.
+            let bad = if f.c2h_done {
+                Some((Fes::SequenceError, 0))
+            } else if d.datao as usize + d.data.len() > f.cmd.data_in_len() {
                 Some((Fes::DataOutOfRange, 0))
             } else if d.datao as usize != f.buf.len() {
                 Some((Fes::InvalidHeaderField, pdu::offset::DATA_DATAO))
@@ -734,10 +747,11 @@ fn handle_pdu(
                 None
             };
             if let Some((fes, fei)) = bad {
+                let what = if f.c2h_done { "after its last C2HData" } else { "out of range" };
                 let error = protocol(
                     p.qid,
                     format!(
-                        "C2HData out of range for command {} (offset {}, {} bytes; {} of {} bytes received)",
+                        "C2HData {what} for command {} (offset {}, {} bytes; {} of {} bytes received)",
                         d.cccid,
                         d.datao,
                         d.data.len(),
@@ -754,6 +768,7 @@ fn handle_pdu(
                 return Err(term(data_header(&d), Fes::InvalidHeaderField, pdu::offset::FLAGS, error));
             }
             let success = d.success;
+            f.c2h_done = d.last;
             f.buf.push(d.data, f.cmd.data_in_len());
             if success {
                 if let Some(f) = slots[i].take() {

@@ -191,6 +191,8 @@ struct State {
     stray_c2h: AtomicBool,
     /// Armed: the next read is preceded by a CapsuleResp (success) for a CID the host never used.
     stray_resp: AtomicBool,
+    /// Armed: the next read's data comes in two C2HData PDUs, the first flagged LAST_PDU (a target bug).
+    data_after_last: AtomicBool,
 }
 
 struct Fake {
@@ -237,6 +239,7 @@ async fn fake(b: Behaviour) -> Fake {
         hang_writes: AtomicBool::new(false),
         stray_c2h: AtomicBool::new(false),
         stray_resp: AtomicBool::new(false),
+        data_after_last: AtomicBool::new(false),
     });
     let st2 = st.clone();
     tokio::spawn(async move {
@@ -573,6 +576,16 @@ impl Conn {
                     self.resp(0x0FFF, Status::SUCCESS, 0);
                 }
                 self.last_read_cid = Some(cid);
+                if data.len() > 1 && self.st.data_after_last.swap(false, Ordering::Relaxed) {
+                    let h = data.len() / 2;
+                    for (datao, part) in [(0, &data[..h]), (h, &data[h..])] {
+                        let d = Bytes::copy_from_slice(part);
+                        let pdu = C2HData { cccid: cid, datao: datao as u32, data: d, last: true, success: false };
+                        Pdu::C2HData(pdu).encode(&self.framing, &mut self.out);
+                    }
+                    self.resp(cid, Status::SUCCESS, 0);
+                    return;
+                }
                 self.send_data(cid, &data);
             }
             io::WRITE => {
@@ -1645,6 +1658,28 @@ async fn a_pdu_for_a_command_not_outstanding_gets_an_h2c_termination_request() {
         (pdu::HLEN_CAPSULE_RESP as usize, pdu::PduType::CapsuleResp as u8)
     );
     assert_eq!(&terms[1].data[20..22], &0x0FFFu16.to_le_bytes());
+    c.shutdown().await.unwrap();
+}
+
+/// C2HData for a command after a C2HData that said it was the last (LAST_PDU) ends the connection with an
+/// H2CTermReq, FES PDU Sequence Error; the read is issued again and returns the right bytes. (The data here
+/// is in order and within the read, so only the LAST_PDU flag makes it wrong.)
+#[tokio::test]
+async fn c2h_data_after_the_last_one_gets_an_h2c_termination_request() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    let c = Controller::connect(o).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    let d = pattern(2 * BS, 9);
+    ns.write(0, d.clone(), false).await.unwrap();
+    f.st.data_after_last.store(true, Ordering::Relaxed);
+    assert!(ns.read(0, 2).await.expect("issued again") == d);
+    assert!(!f.st.data_after_last.load(Ordering::Relaxed), "the split data was sent");
+    let terms = wait_terms(&f, 1).await;
+    assert_eq!(terms.len(), 1, "{terms:?}");
+    assert_eq!(terms[0].fes, pdu::Fes::SequenceError as u16);
+    assert_eq!((terms[0].data.len(), terms[0].data[0]), (pdu::HLEN_DATA as usize, pdu::PduType::C2HData as u8));
     c.shutdown().await.unwrap();
 }
 
