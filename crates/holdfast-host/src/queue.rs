@@ -710,9 +710,11 @@ fn handle_pdu(
                 let want = f.cmd.data_in_len();
                 let result = if !r.cqe.status().is_success() || f.buf.len() == want {
                     Ok(Completion { cqe: r.cqe, data: f.buf.into_bytes() })
-                } else if p.qid == 0 {
-                    // An admin command (Identify, Get Log Page) that transferred less than asked: the rest of
-                    // the structure reads as zeroes (reserved or absent), as a shorter page would.
+                } else if p.qid == 0 && f.cmd.sqe.opcode != holdfast_proto::opcode::admin::IDENTIFY {
+                    // An admin command (Get Log Page) that transferred less than asked: the rest of the page
+                    // reads as zeroes (reserved or absent), as a shorter page would. Not an Identify: its data
+                    // structure is always 4096 bytes, and one cut short would read as a structure with zero
+                    // fields (no LBA formats, no queues) and fail later for a reason it does not have.
                     tracing::debug!(qid = p.qid, "{} returned {} of {want} bytes", f.cmd.name, f.buf.len());
                     Ok(Completion { cqe: r.cqe, data: f.buf.into_padded(want) })
                 } else {

@@ -84,6 +84,8 @@ struct Behaviour {
     /// The Discovery log header's NUMREC claims this many records more than there are, and reads send only the
     /// bytes that exist (a short transfer, completed successfully).
     discovery_numrec_extra: u64,
+    /// Identify Namespace sends only its first 384 bytes (a short transfer, completed successfully).
+    short_identify_ns: bool,
 }
 
 /// R2Ts a host must refuse: it announces MAXR2T 0 (one R2T at a time per command) and sends each byte once.
@@ -124,6 +126,7 @@ impl Default for Behaviour {
             icdoff: 0,
             term_aers: false,
             discovery_numrec_extra: 0,
+            short_identify_ns: false,
         }
     }
 }
@@ -466,6 +469,9 @@ impl Conn {
                             )]));
                         }
                         _ => {}
+                    }
+                    if self.st.b.short_identify_ns && sqe.cdw10.get() as u8 == identify::CNS_NAMESPACE {
+                        page.truncate(384);
                     }
                     self.send_data(cid, &page);
                 }
@@ -1772,6 +1778,19 @@ async fn a_discovery_log_with_fewer_records_than_numrec_is_an_error_not_empty_en
         Err(Error::Protocol { what, .. }) => assert!(what.contains("NUMREC"), "{what}"),
         other => panic!("expected a protocol error, got {other:?}"),
     }
+}
+
+/// An Identify whose data comes short (a successful completion after 384 of its 4096 bytes) fails with an
+/// error that says so, instead of reading as a structure with zero fields (no LBA formats: "unusable LBA
+/// format", a reason the namespace does not have).
+#[tokio::test]
+async fn a_short_identify_is_an_error_that_says_so() {
+    let f = fake(Behaviour { short_identify_ns: true, ..Default::default() }).await;
+    let c = Controller::connect(opts(&f, 1, false)).await.unwrap();
+    let Err(e) = Namespace::open(&c, 1).await else { panic!("opened a namespace from a short Identify") };
+    let msg = e.to_string();
+    assert!(msg.contains("Identify") && msg.contains("384 of 4096 bytes"), "{msg}");
+    c.shutdown().await.unwrap();
 }
 
 /// A Connect answered with a reserved controller ID (FFF0h-FFFFh) is refused: the host would otherwise send
