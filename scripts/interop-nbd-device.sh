@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # interop-nbd-device.sh: `holdfast nbd --device` with the Linux kernel's NBD client (in the interop VM):
 # the bridge, in the guest, attaches holdfast's target here (file namespace, 4096-byte blocks) to /dev/nbd0;
-# ext4 on it rides through a SIGKILL of the target and a restart 3 s later, O_DIRECT data reads back, a second
-# bridge on the running device is refused, SIGTERM detaches it (tests/interop/guest-nbd-device.sh).
+# ext4 on it rides through a SIGKILL of the target and a restart 35 s later, O_DIRECT data reads back, a
+# second bridge on the running device is refused, SIGTERM detaches it; a forced detach and fail-fast beyond
+# the policy on a second device (tests/interop/guest-nbd-device.sh).
 # The interop VM's kernel has no nbd module in its image: nbd.ko is taken from the same Debian kernel package
 # (downloaded once, kept in the interop cache).
 set -euo pipefail
@@ -44,9 +45,10 @@ args=(target --listen "127.0.0.1:$port" --nqn "$nqn" --file "$work/ns.img" --siz
 echo $! >"$work/pid"
 disown  # killed by the restart below; no "Killed" notice from this shell
 for _ in $(seq 100); do grep -q '^connect:' "$work/target1.log" 2>/dev/null && break; sleep 0.05; done
-# Run here when the guest calls wait_host: SIGKILL, 3 s down, restart on the same port; fails (and so fails
-# the guest's check) if the kill did nothing or the target did not come back.
-restart="kill -9 \$(cat $work/pid) && sleep 3 && { $bin ${args[*]} >$work/target2.log 2>&1 & echo \$! >$work/pid; } && sleep 0.5 && kill -0 \$(cat $work/pid)"
+# Run here when the guest calls wait_host: SIGKILL, 35 s down (past the block layer's 30 s request timeout),
+# restart on the same port; fails (and so fails the guest's check) if the kill did nothing or the target did
+# not come back.
+restart="kill -9 \$(cat $work/pid) && sleep 35 && { $bin ${args[*]} >$work/target2.log 2>&1 & echo \$! >$work/pid; } && sleep 0.5 && kill -0 \$(cat $work/pid)"
 rc=0
 "$interop/vm.sh" -g -t 400 -f "$work/holdfast" -f "$work/nbd.ko" -e "PORT=$port" -e "NQN=$nqn" -H "$restart" \
   "$root/tests/interop/guest-nbd-device.sh" >"$work/guest.log" 2>&1 || rc=$?

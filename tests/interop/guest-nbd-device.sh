@@ -1,10 +1,13 @@
 # shellcheck shell=sh
 # guest-nbd-device.sh: vm.sh guest script for scripts/interop-nbd-device.sh. holdfast's NBD bridge, run in the
 # guest, attaches holdfast's target (on this machine, reached as 10.0.2.2:$PORT) to the Linux kernel's NBD
-# device /dev/nbd0; ext4 on it; files written while the host side (vm.sh -H) kills the target and restarts it;
+# device /dev/nbd0; ext4 on it; files written while the host side (vm.sh -H) kills the target and restarts it
+# 35 s later (longer than the block layer's 30 s request timeout, which must not fail anything);
 # every file verified, before and after a remount; O_DIRECT data written and read back; a second bridge on the
-# same device refused; SIGTERM detaches the device and the bridge exits 0; the kernel logs no I/O error. Then,
-# beyond the policy: a target in the guest killed for good under /dev/nbd1 makes a write fail with EIO.
+# same device refused; SIGTERM detaches the device and the bridge exits 0; the kernel logs no I/O error. Then
+# on /dev/nbd1, against a target in the guest: a second SIGTERM with a write stuck forces the detach (the
+# write fails, the bridge exits non-zero within seconds); beyond the policy, a target killed for good makes a
+# write fail with EIO.
 : "${PORT:?}" "${NQN:?}"
 insmod /opt/nbd.ko nbds_max=2
 [ -b /dev/nbd0 ] || { log "no /dev/nbd0 after insmod"; exit 1; }
@@ -49,6 +52,8 @@ sleep 2; touch /tmp/stop; wait $wp
 [ "$rc" = 0 ] || exit "$rc"
 if [ -f /tmp/writer_failed ]; then log "writer: $(cat /tmp/writer_failed)"; exit 1; fi
 log "$(cat /tmp/during_count) file writes (2 MiB, fsync) across the outage"; sync
+# The outage outlasted the block layer's 30 s request timeout: the kernel logged and kept waiting.
+dmesg | grep -m 1 "Possible stuck request" || { log "no request outlived the kernel's 30 s timer"; exit 1; }
 for f in /mnt/t/before* /mnt/t/during*; do cmp /tmp/seed "$f"; done
 umount /mnt/t; mount /dev/nbd0 /mnt/t
 for f in /mnt/t/before* /mnt/t/during*; do cmp /tmp/seed "$f"; done
@@ -68,20 +73,46 @@ if dmesg | grep -E "I/O error|Buffer I/O|EXT4-fs error|Receive control failed|sh
   echo "kernel logged I/O errors"; exit 1
 fi
 
-# Beyond the policy, fail fast: a target in this guest, /dev/nbd1 attached with ctrl_loss_tmo 3 s, the target
-# killed for good. A write then fails with EIO (the kernel does not wait on, nor give up on, the bridge by
-# itself), within the policy's time plus a margin for emulation, and the bridge still detaches at SIGTERM.
+# A forced detach: a target in this guest, stopped (SIGSTOP: its connections stay open, nothing is answered)
+# with a write outstanding on /dev/nbd1. The first SIGTERM asks the kernel to detach, which waits for that
+# write; the second closes the connection: the write fails, and the bridge exits at once, non-zero.
+dmesg -c >/dev/null
 /opt/holdfast target --listen 127.0.0.1:4420 --nqn "$NQN:local" --ram-mib 16 --block-size 4096 >/tmp/t2.log 2>&1 &
 tp=$!
 i=0; until grep -q '^connect:' /tmp/t2.log; do i=$((i + 1)); [ $i -lt 300 ] || exit 1; sleep 0.1; done
-/opt/holdfast nbd --addr 127.0.0.1:4420 --nqn "$NQN:local" --device /dev/nbd1 --ctrl-loss-tmo-ms 3000 \
-  --reconnect-delay-ms 500 >/tmp/b2.log 2>&1 &
-b2=$!
-i=0; until grep -q '^attached:' /tmp/b2.log; do
-  i=$((i + 1)); [ $i -lt 600 ] && kill -0 $b2 2>/dev/null || { log "second device did not attach"; cat /tmp/b2.log; exit 1; }
-  sleep 0.1
-done
+attach_nbd1() {  # attach_nbd1 LOG ARGS...: a bridge on /dev/nbd1 to the local target; sets b2
+  log_=$1; shift
+  /opt/holdfast nbd --addr 127.0.0.1:4420 --nqn "$NQN:local" --device /dev/nbd1 --reconnect-delay-ms 500 "$@" \
+    >"$log_" 2>&1 &
+  b2=$!
+  i=0; until grep -q '^attached:' "$log_"; do
+    i=$((i + 1)); [ $i -lt 600 ] && kill -0 $b2 2>/dev/null || { log "/dev/nbd1 did not attach"; cat "$log_"; exit 1; }
+    sleep 0.1
+  done
+}
+attach_nbd1 /tmp/b2.log --ctrl-loss-tmo-ms 60000
 dd if=/tmp/direct of=/dev/nbd1 bs=1M count=1 oflag=direct 2>/dev/null
+kill -STOP $tp
+( if dd if=/tmp/direct of=/dev/nbd1 bs=4k count=1 seek=2000 oflag=direct 2>/dev/null; then echo ok >/tmp/stuck; else echo failed >/tmp/stuck; fi ) &
+sp=$!
+sleep 1; kill -TERM $b2; sleep 2
+kill -0 $b2 2>/dev/null || { log "the bridge did not wait for the outstanding write"; tail -n 5 /tmp/b2.log; exit 1; }
+t0=$(now); kill -TERM $b2
+brc=0; wait $b2 || brc=$?
+t=$(elapsed "$t0"); wait $sp
+log "second SIGTERM: the bridge exited $brc after $t s; the stuck write: $(cat /tmp/stuck)"
+[ "$brc" != 0 ] && grep -q "detached by force" /tmp/b2.log || { log "no forced detach"; tail -n 5 /tmp/b2.log; exit 1; }
+[ "$(cat /tmp/stuck)" = failed ] || { log "the stuck write did not fail"; exit 1; }
+awk -v t="$t" 'BEGIN { exit !(t < 15) }' || { log "forcing took $t s"; exit 1; }
+[ ! -e /sys/block/nbd1/pid ] || { log "/dev/nbd1 still running after the forced detach"; exit 1; }
+kill -CONT $tp
+
+# Beyond the policy, fail fast: /dev/nbd1 again (free after the forced detach) with ctrl_loss_tmo 3 s, the
+# target killed for good. A write then fails with EIO (the kernel does not wait on, nor give up on, the bridge
+# by itself), within the policy's time plus a margin for emulation, and the bridge still detaches at SIGTERM.
+attach_nbd1 /tmp/b3.log --ctrl-loss-tmo-ms 3000
+dd if=/tmp/direct of=/dev/nbd1 bs=1M count=1 oflag=direct 2>/dev/null
+dmesg -c >/dev/null  # the forced detach's I/O error is not this one
 kill -9 $tp
 t0=$(now)
 if dd if=/tmp/direct of=/dev/nbd1 bs=4k count=1 seek=1000 oflag=direct 2>/tmp/dd2.err; then
@@ -91,8 +122,8 @@ t=$(elapsed "$t0")
 log "with the target gone for good, a write failed after $t s: $(head -n 1 /tmp/dd2.err)"
 awk -v t="$t" 'BEGIN { exit !(t < 30) }' || { log "failing took $t s (ctrl_loss_tmo 3 s)"; exit 1; }
 dmesg | grep -q "I/O error, dev nbd1" || { log "the kernel did not see an I/O error"; exit 1; }
-grep -E "lost|gave up|giving up" /tmp/b2.log | head -n 3
+grep -E "lost|gave up|giving up" /tmp/b3.log | head -n 3
 kill -TERM $b2
 brc=0; wait $b2 || brc=$?
-[ "$brc" = 0 ] && grep -q '^detached: /dev/nbd1' /tmp/b2.log || { log "bridge 2 exited $brc"; tail -n 5 /tmp/b2.log; exit 1; }
+[ "$brc" = 0 ] && grep -q '^detached: /dev/nbd1' /tmp/b3.log || { log "bridge 3 exited $brc"; tail -n 5 /tmp/b3.log; exit 1; }
 echo NBD-DEVICE-PASSED

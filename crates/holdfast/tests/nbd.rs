@@ -433,11 +433,19 @@ fn a_device_that_cannot_be_used_is_refused_with_the_reason_before_connecting() {
     std::fs::create_dir_all(&dir).unwrap();
     let plain = dir.join("not-a-device");
     std::fs::write(&plain, b"").unwrap();
-    let cases = [
+    let mut cases = vec![
         (dir.join("nbd-missing"), "No such file or directory"),
         (plain.clone(), "is not a block device"),
         (std::path::PathBuf::from("/dev/null"), "is not a block device"),
     ];
+    // Another driver's block device (a loop device, where the machine has one; opened, never changed).
+    use std::os::unix::fs::FileTypeExt as _;
+    if let Some(loopdev) = (0..8)
+        .map(|i| std::path::PathBuf::from(format!("/dev/loop{i}")))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device()))
+    {
+        cases.push((loopdev, "is not an NBD device (major 7"));
+    }
     for (path, why) in cases {
         let out = Command::new(BIN)
             .args(["nbd", "--addr", "127.0.0.1:1", "--nqn", NQN, "--device"])

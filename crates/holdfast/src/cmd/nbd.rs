@@ -33,8 +33,8 @@ pub struct Args {
     socket: Option<PathBuf>,
     /// Attach the namespace to this Linux NBD device (`/dev/nbdN`: needs the `nbd` module, and root) instead
     /// of serving NBD on a socket, so that every program uses it as a local block device. Runs until
-    /// SIGINT/SIGTERM (unmount first: the device is disconnected) or until the device is disconnected
-    /// elsewhere (`nbd-client -d`).
+    /// SIGINT/SIGTERM (unmount first: the device is disconnected; a second signal forces it) or until the
+    /// device is disconnected elsewhere (`nbd-client -d`).
     #[arg(long, conflicts_with_all = ["socket", "listen", "max_clients", "name"])]
     device: Option<PathBuf>,
     /// Export name (the default export, "", is the same one).
@@ -67,7 +67,17 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.max_clients > 0, "--max-clients must be at least 1");
     // A device that cannot be used is said before connecting to the target.
     let device = a.device.as_deref().map(crate::nbd::device::Device::open).transpose()?;
-    runtime()?.block_on(async move {
+    let rt = if device.is_some() {
+        // Before any thread starts, so that every one inherits it.
+        crate::nbd::device::prepare_process();
+        // Never the single-threaded runtime: the device's thread and the blocking disconnect must not stand
+        // between the kernel's requests and their answers.
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(2);
+        tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?
+    } else {
+        runtime()?
+    };
+    rt.block_on(async move {
         let mut o = a.host.options(&a.nqn);
         o.nr_io_queues = a.queues.max(1);
         let c = Controller::connect(o).await?;
@@ -82,9 +92,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             partial_blocks: tokio::sync::Mutex::new(()),
         });
         if let Some(dev) = device {
-            let r = attach(dev, export, a.queues.max(1)).await;
-            c.shutdown().await?;
-            return r;
+            let r = attach(dev, export).await;
+            let shut = c.shutdown().await;
+            r?;
+            return Ok(shut?);
         }
         let stop = CancellationToken::new();
         let listener = match &a.socket {
@@ -190,45 +201,38 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--device`: attach the export to a Linux NBD device through `connections` socket pairs, serve them until
-/// the device disconnects. The first SIGINT/SIGTERM asks the kernel to disconnect (it sends NBD_CMD_DISC
-/// after its last request, and the requests before it are answered), a second one, or the drain's end,
-/// closes the connections.
-async fn attach(device: crate::nbd::device::Device, export: Arc<Export>, connections: u16) -> anyhow::Result<()> {
+/// `--device`: attach the export to a Linux NBD device and serve it until the device stops. The first
+/// SIGINT/SIGTERM asks the kernel to disconnect (it sends NBD_CMD_DISC after the requests it already sent,
+/// which are answered); a second one, or [`DRAIN`] without the device stopping, shuts the connection down,
+/// failing what is outstanding. Ok only for a detach the kernel completed with NBD_CMD_DISC.
+async fn attach(device: crate::nbd::device::Device, export: Arc<Export>) -> anyhow::Result<()> {
     use crate::nbd::device::{self, Geometry};
-    use std::os::fd::OwnedFd;
-    let stop = CancellationToken::new();
-    let mut conns = JoinSet::new();
-    let mut kernel_ends: Vec<OwnedFd> = Vec::new();
-    let mut ours = Vec::new();
-    for _ in 0..connections {
-        let (mine, theirs) = std::os::unix::net::UnixStream::pair().context("socketpair")?;
-        mine.set_nonblocking(true)?;
-        ours.push(tokio::net::UnixStream::from_std(mine)?);
-        kernel_ends.push(theirs.into());
-    }
-    let g = Geometry { block_size: export.block_size(), size: export.size(), flags: export.flags() };
+    use crate::nbd::server::Ended;
+    use tokio::signal::unix::{signal, SignalKind};
+    // Handlers first: a signal that came before them would end the bridge under the kernel's requests.
+    let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+    // One connection. With several, the kernel takes a request unanswered for 30 s (the block layer's
+    // timeout) for a dead connection, sends it again on another, and shuts the device down when none is left,
+    // whatever the connection policy says; with one, and no timeout set, it logs "Possible stuck request"
+    // and waits. The NVMe side keeps its --queues.
+    let (mine, theirs) = std::os::unix::net::UnixStream::pair().context("socketpair")?;
+    let ours = mine.try_clone()?; // to shut the connection down at a forced close
+    mine.set_nonblocking(true)?;
+    let mine = tokio::net::UnixStream::from_std(mine)?;
     let dev = device.path().to_owned();
-    let dev = dev.as_path();
-    let device = device.configure(&g, kernel_ends)?;
-    let disconnect = device.disconnect_handle()?;
-    for (i, s) in ours.into_iter().enumerate() {
-        let (export, stop) = (export.clone(), stop.clone());
-        conns.spawn(async move {
-            match server::serve_transmission(s, export, stop).await {
-                Ok(()) => tracing::debug!("NBD device connection {i} closed"),
-                Err(e) => tracing::warn!("NBD device connection {i} dropped: {e:#}"),
-            }
-        });
-    }
-    // NBD_DO_IT blocks until the device disconnects: a thread of its own, signals blocked there.
+    let g = Geometry { block_size: export.block_size(), size: export.size(), flags: export.flags() };
+    let device = device.configure(&g, vec![theirs.into()])?;
+    let disconnect = Arc::new(device.disconnect_handle()?);
+    let stop = CancellationToken::new();
+    let mut serving = tokio::spawn(server::serve_transmission(mine, export.clone(), stop.clone()));
+    // NBD_DO_IT blocks until the device stops: a thread of its own, signals blocked there.
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name("nbd-device".into()).spawn(move || {
         let _ = done_tx.send(device.run());
     })?;
     // The device is usable once the kernel started it (its size is set then).
     let t0 = std::time::Instant::now();
-    while device::block_layer_size(dev) != Some(g.size) {
+    while device::block_layer_size(&dev) != Some(g.size) {
         anyhow::ensure!(t0.elapsed() < Duration::from_secs(10), "{} did not start within 10 s", dev.display());
         if let Ok(r) = done_rx.try_recv() {
             r.with_context(|| format!("{} stopped as it started", dev.display()))?;
@@ -237,20 +241,19 @@ async fn attach(device: crate::nbd::device::Device, export: Arc<Export>, connect
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     outln!(
-        "attached: {}: {} bytes in {}-byte blocks{}, {connections} connection{}",
+        "attached: {}: {} bytes in {}-byte blocks{}",
         dev.display(),
         g.size,
         g.block_size,
-        if export.read_only { ", read-only" } else { "" },
-        if connections == 1 { "" } else { "s" }
+        if export.read_only { ", read-only" } else { "" }
     );
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
+    // Ask the kernel to detach (first signal), then force (second signal, or the drain's end).
+    let (mut asked, mut forced) = (false, false);
     let mut deadline: Option<tokio::time::Instant> = None;
     let ran = loop {
-        let drain_over = async {
+        let expired = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
                 None => std::future::pending().await,
@@ -259,29 +262,57 @@ async fn attach(device: crate::nbd::device::Device, export: Arc<Export>, connect
         tokio::select! {
             r = &mut done_rx => break r.map_err(|_| anyhow::anyhow!("the NBD device thread ended without a result"))?,
             _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-            _ = drain_over => {
-                tracing::warn!("the kernel still has requests out after {DRAIN:?}: closing the connections");
-                stop.cancel();
-                deadline = None;
-                continue;
+            _ = int.recv() => {}
+            _ = expired => {
+                if forced {
+                    anyhow::bail!("{} did not stop within 10 s of its connection being shut down", dev.display());
+                }
+                tracing::warn!("{} still has requests outstanding after {DRAIN:?}", dev.display());
             }
         }
-        if deadline.is_none() && !stop.is_cancelled() {
+        if !asked {
+            asked = true;
             tracing::info!("detaching {}: answering the requests already sent (up to {DRAIN:?})", dev.display());
-            disconnect.request()?;
+            let d = disconnect.clone();
+            tokio::spawn(async move {
+                if let Err(e) = d.request_off_thread().await {
+                    tracing::warn!("{e:#}");
+                }
+            });
             deadline = Some(tokio::time::Instant::now() + DRAIN);
-        } else {
-            // A second signal: do not wait.
+        } else if !forced {
+            forced = true;
+            tracing::warn!("closing the connection of {}: the requests outstanding fail", dev.display());
             stop.cancel();
+            let _ = ours.shutdown(std::net::Shutdown::Both);
+            serving.abort();
+            deadline = Some(tokio::time::Instant::now() + Duration::from_secs(10));
         }
     };
-    // The device stopped: the kernel closed its ends, so every connection ends.
-    stop.cancel();
-    while conns.join_next().await.is_some() {}
+    // The device stopped, and the kernel closed its end: the connection ends once its last answer is sent.
+    let ended = match tokio::time::timeout(Duration::from_secs(10), &mut serving).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(anyhow::anyhow!("closed")),
+        Err(_) => {
+            serving.abort();
+            Err(anyhow::anyhow!("requests still outstanding 10 s after the device stopped"))
+        }
+    };
     ran.with_context(|| format!("{} stopped", dev.display()))?;
-    outln!("detached: {}", dev.display());
-    Ok(())
+    if forced {
+        anyhow::bail!("{} detached by force; requests outstanding failed", dev.display());
+    }
+    match ended {
+        Ok(Ended::Disconnect) => {
+            outln!("detached: {}", dev.display());
+            Ok(())
+        }
+        Ok(Ended::Closed) => anyhow::bail!(
+            "the kernel stopped {} without a disconnect request (see its log): I/O on it failed",
+            dev.display()
+        ),
+        Err(e) => Err(e.context(format!("the connection of {} failed, and the device stopped", dev.display()))),
+    }
 }
 
 /// A TCP or Unix listener.

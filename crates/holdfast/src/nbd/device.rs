@@ -14,6 +14,32 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+/// The block major number of NBD devices (`include/uapi/linux/major.h`).
+const NBD_MAJOR: u32 = 43;
+
+/// Settings of the process that serves a device, made before any other thread starts (threads inherit
+/// them): it is in the device's writeback path, so the memory it allocates while serving must not wait on
+/// that writeback (`PR_SET_IO_FLUSHER`, Linux 5.6, what prctl(2) asks of such processes; needs
+/// CAP_SYS_RESOURCE, else a warning), and the terminal's job-control stops (SIGTSTP, SIGTTIN, SIGTTOU) are
+/// ignored, since a stopped bridge is a device that fails its I/O. SIGSTOP, a debugger attaching or the
+/// freezer (cgroup freeze, suspend) cannot be kept out: they interrupt `NBD_DO_IT`, and the kernel then shuts
+/// the device down.
+pub fn prepare_process() {
+    // SAFETY: prctl with integer arguments only; PR_SET_IO_FLUSHER (57) sets flags of the calling task.
+    let r = unsafe { libc::prctl(57, 1 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    if r != 0 {
+        tracing::warn!(
+            "cannot mark the bridge as an I/O flusher (PR_SET_IO_FLUSHER: {}): under memory pressure it may wait \
+             on the device it serves",
+            std::io::Error::last_os_error()
+        );
+    }
+    for sig in [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU] {
+        // SAFETY: SIG_IGN for a job-control signal; no handler code of ours runs.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+}
+
 /// `_IO(0xab, n)` numbers of `include/uapi/linux/nbd.h`.
 mod ioctl {
     pub const SET_SOCK: u64 = 0xab00;
@@ -64,14 +90,29 @@ impl Device {
                 if e.kind() == std::io::ErrorKind::NotFound { " (is the nbd module loaded? modprobe nbd)" } else { "" };
             anyhow::anyhow!("cannot open {}: {e}{hint}", path.display())
         })?;
-        use std::os::unix::fs::FileTypeExt as _;
-        if !file.metadata()?.file_type().is_block_device() {
+        use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+        let meta = file.metadata()?;
+        if !meta.file_type().is_block_device() {
             bail!("{} is not a block device", path.display());
+        }
+        // Only a whole NBD device: the ioctls on another driver's device mean something else, and on a
+        // partition of one they would act on the whole device.
+        if libc::major(meta.rdev()) != NBD_MAJOR {
+            bail!("{} is not an NBD device (major {}, NBD's is {NBD_MAJOR})", path.display(), libc::major(meta.rdev()));
+        }
+        let name = sys_name(path).unwrap_or_default();
+        if !Path::new("/sys/block").join(&name).exists() {
+            bail!("{} is a partition, not a whole NBD device", path.display());
         }
         // A device another client runs has a pid in sysfs (nbd-client checks the same). Nothing is sent to
         // such a device: NBD_CLEAR_SOCK would shut its sockets down and NBD_SET_BLKSIZE resize it under its
         // user.
-        if let Some(pid) = running_pid(path) {
+        if let Some(tid) = running_pid(path) {
+            // sysfs gives the thread that runs NBD_DO_IT; the process is its thread group.
+            let pid = std::fs::read_to_string(format!("/proc/{tid}/status"))
+                .ok()
+                .and_then(|st| st.lines().find_map(|l| l.strip_prefix("Tgid:").map(|v| v.trim().to_owned())))
+                .unwrap_or_else(|| tid.to_string());
             bail!("{} is in use by another NBD client (process {pid})", path.display());
         }
         Ok(Device { path: path.to_owned(), file, socks: Vec::new() })
@@ -150,6 +191,14 @@ pub struct Disconnect {
 }
 
 impl Disconnect {
+    /// [`Disconnect::request`] on a thread of its own: the ioctl waits for each connection's send lock,
+    /// which the kernel holds while a write's payload waits for room in the socket, that is for as long as
+    /// the bridge does not read (its request budget full while the target is away).
+    pub async fn request_off_thread(&self) -> anyhow::Result<()> {
+        let d = Disconnect { file: self.file.try_clone()?, path: self.path.clone() };
+        tokio::task::spawn_blocking(move || d.request()).await?
+    }
+
     /// `NBD_DISCONNECT`: the kernel sends `NBD_CMD_DISC` on every connection; the bridge answers what it
     /// received before it, then closes, and `NBD_DO_IT` returns. Requests the block layer submits after it
     /// fail.

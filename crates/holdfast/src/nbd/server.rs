@@ -108,7 +108,16 @@ where
     let Some(align) = go else {
         return Ok(());
     };
-    transmission(rd, wr, export, shutdown, align).await
+    transmission(rd, wr, export, shutdown, align).await.map(|_| ())
+}
+
+/// How a transmission phase ended without error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The client sent `NBD_CMD_DISC` (every request before it answered).
+    Disconnect,
+    /// The client closed the connection, or the bridge closed it at shutdown.
+    Closed,
 }
 
 /// What a connection's requests must be aligned to.
@@ -126,7 +135,7 @@ pub enum Alignment {
 
 /// Serve a client that starts in the transmission phase (the Linux kernel's NBD device, whose size and flags
 /// were set by ioctl: [`super::device`]) until it sends `NBD_CMD_DISC` or closes, or `shutdown`.
-pub async fn serve_transmission<S>(stream: S, export: Arc<Export>, shutdown: CancellationToken) -> anyhow::Result<()>
+pub async fn serve_transmission<S>(stream: S, export: Arc<Export>, shutdown: CancellationToken) -> anyhow::Result<Ended>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -266,7 +275,7 @@ async fn transmission<R, W>(
     export: Arc<Export>,
     shutdown: CancellationToken,
     align: Alignment,
-) -> anyhow::Result<()>
+) -> anyhow::Result<Ended>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -276,20 +285,20 @@ where
     let mine = Arc::new(Semaphore::new(CONNECTION_BYTES));
     let outstanding = Arc::new(());
     let mut closing = false;
-    let result: anyhow::Result<()> = async {
+    let result: anyhow::Result<Ended> = async {
         loop {
             let next = tokio::select! {
                 r = next_request(&mut rd, &shutdown, &mut closing, &outstanding) => r?,
                 // The writer gave up on the client (a reply it did not take): nothing more is read or run.
                 _ = tx.closed() => bail!("the client stopped reading its replies"),
             };
-            let Some(h) = next else { return Ok(()) };
+            let Some(h) = next else { return Ok(Ended::Closed) };
             let r = Request::decode(&h);
             if r.magic != wire::REQUEST_MAGIC {
                 bail!("request with magic {:#010x} instead of {:#010x}", r.magic, wire::REQUEST_MAGIC);
             }
             if r.ty == cmd::DISC {
-                return Ok(());
+                return Ok(Ended::Disconnect);
             }
             if r.ty == cmd::WRITE && r.length > MAX_REQUEST {
                 // Its payload cannot be skipped at a bounded cost: the protocol lets the server hang up.
@@ -358,7 +367,7 @@ where
     if closing && written.is_ok() {
         let _ = tokio::time::timeout(LINGER, tokio::io::copy(&mut rd, &mut tokio::io::sink())).await;
     }
-    result.and(written)
+    result.and_then(|ended| written.map(|()| ended))
 }
 
 /// The next request's header; None at the client's EOF, or at shutdown once nothing is outstanding and the
