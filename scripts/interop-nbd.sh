@@ -68,12 +68,13 @@ grep -c "^read " "$work/qio1.log" | grep -qx 4 || fail "qemu-io did not do its f
 echo "    4 writes, discard, flush, 4 checked reads"
 
 echo "== libnbd as a client that does not ask for block sizes: bytes at any offset"
-# nbdsh (Debian's python3-libnbd) without NBD_INFO_BLOCK_SIZE in its GO, and without libnbd's own alignment
-# checks: NBD's default minimum block size of one byte applies, so the bridge must take these. Debian's own
-# python3 (the module is installed for it), whatever python3 comes first in PATH.
-PATH=/usr/bin:$PATH /usr/bin/nbdsh -c 'h.set_request_block_size(False)' -c 'h.set_strict_mode(0)' -c "h.connect_uri('$uri')" -c '
+# nbdsh (Debian's python3-libnbd) without NBD_INFO_BLOCK_SIZE in its GO: NBD's default minimum block size of
+# one byte applies, the bridge says so (libnbd's own checks then let these through) and must take them.
+# Debian's own python3 (the module is installed for it), whatever python3 comes first in PATH.
+PATH=/usr/bin:$PATH /usr/bin/nbdsh -c 'h.set_request_block_size(False)' -c "h.connect_uri('$uri')" -c '
 import os
 data = os.urandom(10000)
+assert h.get_block_size(nbd.SIZE_MINIMUM) == 1, "minimum block size %d" % h.get_block_size(nbd.SIZE_MINIMUM)
 h.pwrite(data, 5 * 1024 * 1024 + 7)
 assert h.pread(10000, 5 * 1024 * 1024 + 7) == data, "unaligned read-back"
 h.zero(100, 5 * 1024 * 1024 + 4000)

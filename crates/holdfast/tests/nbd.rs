@@ -258,6 +258,7 @@ fn requests_do_what_they_say_and_bad_ones_get_the_protocols_errors() {
     // Misaligned to the 512-byte blocks, beyond the end (a write: ENOSPC, its payload still taken in),
     // too large, an unknown command, a flag the command does not have.
     assert_eq!(c.call(CMD_READ, 0, 100, 512, &[]).0, EINVAL);
+    assert_eq!(c.call(CMD_READ, 0, 100, 0, &[]).0, EINVAL, "no data, but at a misaligned offset");
     assert_eq!(c.call(CMD_READ, 0, 0, 100, &[]).0, EINVAL);
     assert_eq!(c.call(CMD_READ, 0, SIZE - 512, 1024, &[]).0, EINVAL);
     assert_eq!(c.call(CMD_READ, 0, u64::MAX - 511, 512, &[]).0, EINVAL);
@@ -485,6 +486,9 @@ fn a_client_without_block_sizes_may_read_and_write_any_bytes() {
         } else {
             let r = c.option(OPT_GO, &[0, 0, 0, 0, 0, 0]);
             assert_eq!(r.last().unwrap().0, REP_ACK, "{r:?}");
+            // Told the truth: a minimum of 1, and the preferred size.
+            let bs = info(&r, 3).expect("NBD_INFO_BLOCK_SIZE, unasked");
+            assert_eq!((&bs[0..4], &bs[4..8]), (&1u32.to_be_bytes()[..], &4096u32.to_be_bytes()[..]));
         }
         // (offset, length): inside one block, across a block boundary, head + whole blocks + tail, ending on
         // a boundary, starting on one, one byte.
@@ -501,13 +505,20 @@ fn a_client_without_block_sizes_may_read_and_write_any_bytes() {
             assert_eq!(c.call(CMD_READ, 0, off, len, &[]), (0, d), "{way}: read {off}+{len}");
         }
         // Write zeroes across a boundary and inside one block.
-        for (off, len) in [(4090u64, 20u32), (5001, 10)] {
-            assert_eq!(c.call(CMD_WRITE_ZEROES, 0, off, len, &[]).0, 0);
+        // Write zeroes across a boundary, inside one block, and with whole blocks between two partial ones
+        // (FUA: the whole blocks are zeroed and flushed, the partial ones written with FUA).
+        for (off, len, fl) in [(4090u64, 20u32, 0), (5001, 10, 0), (20000, 3 * 4096 + 100, FLAG_FUA)] {
+            assert_eq!(c.call(CMD_WRITE_ZEROES, fl, off, len, &[]).0, 0);
             model[off as usize..(off + len as u64) as usize].fill(0);
         }
         // Bytes around every change kept: the whole region reads as the model says.
         assert_eq!(c.call(CMD_READ, 0, 0, 48 << 10, &[]).1, model[..48 << 10], "{way}: the region");
         assert_eq!(c.call(CMD_READ, 0, 33, 48 << 10, &[]).1, model[33..33 + (48 << 10)], "{way}: misaligned read");
+        // The last bytes of the export.
+        let d = fill(7, 10);
+        assert_eq!(c.call(CMD_WRITE, 0, SIZE - 10, 10, &d).0, 0);
+        assert_eq!(c.call(CMD_READ, 0, SIZE - 4096 - 7, 4096 + 7, &[]).1[4096 - 3..], d[..]);
+        assert_eq!(c.call(CMD_WRITE, 0, SIZE - 10, 11, &[0u8; 11]).0, ENOSPC, "one byte beyond");
     }
     // Two writes to different bytes of one block, sent together: both land (one read-modify-write at a time).
     let mut c = Client::connect(b.port, 0b11);

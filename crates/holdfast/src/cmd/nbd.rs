@@ -89,7 +89,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             read_only: a.read_only,
             budget: Arc::new(tokio::sync::Semaphore::new(server::INFLIGHT_BYTES)),
             stall_timeout: Duration::from_millis(a.test_stall_timeout_ms.max(1)),
-            partial_blocks: tokio::sync::Mutex::new(()),
+            partial_blocks: (0..server::PARTIAL_BLOCK_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
         });
         if let Some(dev) = device {
             let r = attach(dev, export).await;

@@ -55,9 +55,14 @@ pub struct Export {
     pub budget: Arc<Semaphore>,
     /// How long a write's payload or a reply may take ([`STALL_TIMEOUT`] unless a test says otherwise).
     pub stall_timeout: Duration,
-    /// Held by a write that changes part of a block (read, change, write back: [`unaligned`]).
-    pub partial_blocks: tokio::sync::Mutex<()>,
+    /// Held by a write that changes part of a block while it reads, changes and writes back that block
+    /// ([`unaligned`]): one lock per block number modulo their count ([`PARTIAL_BLOCK_LOCKS`]).
+    pub partial_blocks: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// Locks for read-modify-writes of partial blocks ([`Export::partial_blocks`]): two writes into one block
+/// take turns, writes into different blocks mostly do not.
+pub const PARTIAL_BLOCK_LOCKS: usize = 64;
 
 impl Export {
     fn matches(&self, name: &[u8]) -> bool {
@@ -91,6 +96,11 @@ impl Export {
     fn block_sizes(&self) -> (u32, u32, u32) {
         let bs = self.block_size();
         (bs, bs.max(4096), MAX_REQUEST / bs * bs)
+    }
+
+    /// The lock of block `lba` for a read-modify-write of part of it ([`unaligned`]).
+    fn partial_block_lock(&self, lba: u64) -> &tokio::sync::Mutex<()> {
+        &self.partial_blocks[(lba % self.partial_blocks.len() as u64) as usize]
     }
 }
 
@@ -235,14 +245,16 @@ where
                         let d = wire::info_string(info::DESCRIPTION, &export.description);
                         wr.write_all(&reply(rep::INFO, &d)).await?;
                     }
-                    // Always, asked for or not: the sizes that serve best. A client that did not ask is not
-                    // held to them (Alignment::Bytes).
+                    // Always, asked for or not. A client that asked is held to the namespace's blocks; one that
+                    // did not gets NBD's default minimum of 1 (Alignment::Bytes, served by read-modify-write),
+                    // and is told so, with the preferred size that avoids it.
+                    let asked = r.requests.contains(&info::BLOCK_SIZE);
                     let (min, pref, max) = export.block_sizes();
+                    let min = if asked { min } else { 1 };
                     wr.write_all(&reply(rep::INFO, &wire::info_block_size(min, pref, max))).await?;
                     wr.write_all(&reply(rep::ACK, &[])).await?;
                     if h.option == opt::GO {
                         wr.flush().await?;
-                        let asked = r.requests.contains(&info::BLOCK_SIZE);
                         return Ok(Some(if asked { Alignment::Blocks } else { Alignment::Bytes }));
                     }
                 }
@@ -477,11 +489,12 @@ async fn execute(export: &Export, r: &Request, data: Bytes, align: Alignment) ->
     if matches!(r.ty, cmd::READ) && r.length > MAX_REQUEST {
         return Err(errno::EINVAL);
     }
-    if r.ty != cmd::TRIM && len > 0 && (!offset.is_multiple_of(bs) || !len.is_multiple_of(bs)) {
-        return match align {
-            Alignment::Blocks => Err(errno::EINVAL),
-            Alignment::Bytes => unaligned(export, r, data, fua).await,
-        };
+    if r.ty != cmd::TRIM && (!offset.is_multiple_of(bs) || !len.is_multiple_of(bs)) {
+        match align {
+            Alignment::Blocks => return Err(errno::EINVAL),
+            Alignment::Bytes if len > 0 => return unaligned(export, r, data, fua).await,
+            Alignment::Bytes => {} // nothing to move, wherever it is
+        }
     }
     let (lba, blocks) = (offset / bs, len / bs);
     if blocks == 0 {
@@ -506,9 +519,10 @@ async fn execute(export: &Export, r: &Request, data: Bytes, align: Alignment) ->
 /// A read, write or write zeroes not aligned to the namespace's blocks, from a client held to no block size:
 /// a read reads the blocks it touches and answers the bytes asked for; a write or write zeroes writes its
 /// whole blocks as they are and each partial block at its ends by reading that block, changing the bytes
-/// asked for and writing it back. Those read-modify-writes run one at a time across the bridge
-/// ([`Export::partial_blocks`]): two writes to different bytes of one block, both in flight, both land.
-/// Requests that overlap are the client's to order, as with any block device.
+/// asked for and writing it back. Two read-modify-writes of one block take turns (the block's lock in
+/// [`Export::partial_blocks`], held for that block's read and write only): two writes to different bytes of
+/// one block, both in flight, both land. Anything else that writes a block this request changes part of
+/// overlaps its bytes: requests that overlap are the client's to order, as with any block device.
 async fn unaligned(export: &Export, r: &Request, data: Bytes, fua: bool) -> Result<Option<Bytes>, u32> {
     let (ns, bs) = (&export.ns, export.block_size() as u64);
     let (off, end) = (r.offset, r.offset + r.length as u64);
@@ -518,7 +532,6 @@ async fn unaligned(export: &Export, r: &Request, data: Bytes, fua: bool) -> Resu
         let at = (off - lo) as usize;
         return Ok(Some(d.slice(at..at + r.length as usize)));
     }
-    let _one_at_a_time = export.partial_blocks.lock().await;
     // The whole blocks inside [off, end): a..b (empty when the request lies within one block).
     let (a, b) = (off.div_ceil(bs) * bs, end / bs * bs);
     // The bytes from `data` for [from, to), or zeroes for write zeroes.
@@ -532,6 +545,7 @@ async fn unaligned(export: &Export, r: &Request, data: Bytes, fua: bool) -> Resu
     let patch = |block: u64, from: u64, to: u64| {
         let bytes = src(from, to);
         async move {
+            let _turn = export.partial_block_lock(block / bs).lock().await;
             let old = ns.read(block / bs, 1).await.map_err(|e| nbd_errno(&e, false))?;
             let mut new = BytesMut::from(&old[..]);
             new[(from - block) as usize..(to - block) as usize].copy_from_slice(&bytes);
