@@ -90,6 +90,14 @@ attach_nbd1() {  # attach_nbd1 LOG ARGS...: a bridge on /dev/nbd1 to the local t
     sleep 0.1
   done
 }
+# --read-only: the kernel makes the device read-only (the bridge's READ_ONLY flag); reads work.
+attach_nbd1 /tmp/b1.log --read-only
+[ "$(blockdev --getro /dev/nbd1)" = 1 ] || { log "/dev/nbd1 is not read-only"; exit 1; }
+if dd if=/tmp/direct of=/dev/nbd1 bs=4k count=1 oflag=direct 2>/dev/null; then log "wrote to a read-only device"; exit 1; fi
+dd if=/dev/nbd1 of=/dev/null bs=4k count=4 iflag=direct 2>/dev/null
+kill -TERM $b2; brc=0; wait $b2 || brc=$?
+[ "$brc" = 0 ] || { log "read-only bridge exited $brc"; tail -n 5 /tmp/b1.log; exit 1; }
+log "read-only: the kernel refused a write, reads worked, detached"
 attach_nbd1 /tmp/b2.log --ctrl-loss-tmo-ms 60000
 dd if=/tmp/direct of=/dev/nbd1 bs=1M count=1 oflag=direct 2>/dev/null
 kill -STOP $tp
