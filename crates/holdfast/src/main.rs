@@ -55,6 +55,11 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // The process `holdfast nbd --device` starts to run its device (not a command for people: no clap).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().take(3).collect();
+    if args.len() == 3 && args[1] == nbd::device::DEVICE_PROCESS_ARG {
+        return nbd::device::run_device_process(&args[2].to_string_lossy());
+    }
     let cli = Cli::parse();
     init_tracing();
     let r = match cli.command {

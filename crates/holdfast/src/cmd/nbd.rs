@@ -225,10 +225,11 @@ async fn attach(device: crate::nbd::device::Device, export: Arc<Export>) -> anyh
     let disconnect = Arc::new(device.disconnect_handle()?);
     let stop = CancellationToken::new();
     let mut serving = tokio::spawn(server::serve_transmission(mine, export.clone(), stop.clone()));
-    // NBD_DO_IT blocks until the device stops: a thread of its own, signals blocked there.
+    // NBD_DO_IT blocks until the device stops: in a process of its own, waited for on a thread of its own.
+    let running = device.start()?;
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name("nbd-device".into()).spawn(move || {
-        let _ = done_tx.send(device.run());
+        let _ = done_tx.send(running.wait());
     })?;
     // The device is usable once the kernel started it (its size is set then).
     let t0 = std::time::Instant::now();
@@ -260,7 +261,7 @@ async fn attach(device: crate::nbd::device::Device, export: Arc<Export>) -> anyh
             }
         };
         tokio::select! {
-            r = &mut done_rx => break r.map_err(|_| anyhow::anyhow!("the NBD device thread ended without a result"))?,
+            r = &mut done_rx => break r.map_err(|_| anyhow::anyhow!("the NBD device's waiter ended without a result"))?,
             _ = term.recv() => {}
             _ = int.recv() => {}
             _ = expired => {

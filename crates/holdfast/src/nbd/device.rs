@@ -4,8 +4,9 @@
 //! and speaks the transmission phase on the socket: the requests of the block layer, the simple replies of
 //! [`super::server`].
 //!
-//! The ioctls are the ones `nbd-client` uses (Linux `include/uapi/linux/nbd.h`, `_IO(0xab, n)`); the
-//! device's request timeout is left at 0, which on Linux 5.10 and later means "never give up on the
+//! The ioctls are the ones `nbd-client` uses (Linux `include/uapi/linux/nbd.h`, `_IO(0xab, n)`), the one
+//! that runs the device (`NBD_DO_IT`) in a process of its own ([`Device::start`]); the device's request
+//! timeout is left at 0, which on Linux 5.10 and later means "never give up on the
 //! server" (the kernel logs "Possible stuck request" every 30 s and waits): whether a request fails is the
 //! host library's decision, under the connection policy the target advertises, not a second timer's.
 
@@ -64,7 +65,7 @@ fn nbd_ioctl(f: &File, req: u64, arg: u64, what: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A configured NBD device, not yet running.
+/// An NBD device, opened, then configured, then started ([`Device::start`]).
 pub struct Device {
     path: PathBuf,
     file: File,
@@ -165,22 +166,78 @@ impl Device {
         Ok(Disconnect { file: self.file.try_clone()?, path: self.path.clone() })
     }
 
-    /// Run the device until it disconnects (`NBD_DO_IT`, which blocks), then clear its sockets. To run on a
-    /// thread of its own: every signal is blocked on it first, since a signal that interrupts `NBD_DO_IT`
-    /// makes the kernel shut the sockets down at once, failing the requests still outstanding; signals go to
-    /// the runtime's threads instead.
-    pub fn run(self) -> std::io::Result<()> {
-        // SAFETY: `set` is a local sigset_t, initialised by sigfillset before pthread_sigmask reads it; a null
-        // old-set pointer is allowed. Only this thread's mask changes.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut set);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    /// Start the device: `NBD_DO_IT`, which blocks until the device stops, in a process of its own (this
+    /// program, [`run_device_process`]), given the device's file and nothing else. Anything that interrupts
+    /// the task waiting in `NBD_DO_IT` (a signal, even a blocked one when it stops the process: SIGSTOP; a
+    /// tracer attaching, strace or gdb; the freezer) makes the kernel shut the device down at once, failing
+    /// its outstanding I/O. In the bridge's own process that task would be exposed to everything aimed at
+    /// the bridge; in its own, it is exposed only to what is aimed at it (it blocks every signal it can).
+    pub fn start(self) -> anyhow::Result<Running> {
+        // A descriptor without close-on-exec, so that the child inherits it (std's own descriptors, and
+        // tokio's, all have close-on-exec: the child gets this one and stdio only).
+        // SAFETY: dup of a descriptor `self.file` keeps open; the result is checked and owned below.
+        let fd = unsafe { libc::dup(self.file.as_raw_fd()) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("dup");
         }
-        let r = nbd_ioctl(&self.file, ioctl::DO_IT, 0, "NBD_DO_IT");
-        let _ = nbd_ioctl(&self.file, ioctl::CLEAR_SOCK, 0, "NBD_CLEAR_SOCK");
-        drop(self.socks);
-        r
+        // SAFETY: `fd` was just returned by dup and nothing else owns it.
+        let inherited = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let exe = std::env::current_exe().context("the path of this program")?;
+        let child = std::process::Command::new(exe)
+            .args([DEVICE_PROCESS_ARG, &fd.to_string()])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("starting the device's process")?;
+        drop(inherited);
+        Ok(Running { child, _device: self })
+    }
+}
+
+/// The hidden first argument that makes this program the device's process ([`run_device_process`]).
+pub const DEVICE_PROCESS_ARG: &str = "__nbd-device-process";
+
+/// The device's process: `NBD_DO_IT` on the inherited descriptor `fd` until the device stops, then
+/// `NBD_CLEAR_SOCK`; exit 0, or 1 with the reason. Every signal it can block is blocked: a SIGTERM or
+/// SIGINT meant for the bridge (a terminal's Ctrl-C reaches the whole process group) must not interrupt
+/// it. When the bridge goes, so does the device: the kernel sees its connection close, `NBD_DO_IT` returns.
+pub fn run_device_process(fd: &str) -> std::process::ExitCode {
+    // SAFETY: a local sigset_t filled by sigfillset before sigprocmask reads it; the old-set pointer may be
+    // null. The process is single-threaded here.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    let Ok(fd) = fd.parse::<i32>() else {
+        eprintln!("holdfast: {DEVICE_PROCESS_ARG}: not a descriptor: {fd}");
+        return std::process::ExitCode::from(2);
+    };
+    // SAFETY: the bridge passed this descriptor, open and without close-on-exec, for this process to own.
+    let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let r = nbd_ioctl(&file, ioctl::DO_IT, 0, "NBD_DO_IT");
+    let _ = nbd_ioctl(&file, ioctl::CLEAR_SOCK, 0, "NBD_CLEAR_SOCK");
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("holdfast: the NBD device stopped: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+/// A device whose process runs `NBD_DO_IT`.
+pub struct Running {
+    child: std::process::Child,
+    /// Its file and the kernel's ends of the sockets, kept open until it stops.
+    _device: Device,
+}
+
+impl Running {
+    /// Wait (blocking) until the device stopped: Ok if `NBD_DO_IT` returned without error.
+    pub fn wait(mut self) -> anyhow::Result<()> {
+        let st = self.child.wait().context("waiting for the device's process")?;
+        anyhow::ensure!(st.success(), "the device's process ended with {st} (its reason is in the log above)");
+        Ok(())
     }
 }
 
