@@ -125,6 +125,18 @@ awk -v t="$t" 'BEGIN { exit !(t < 15) }' || { log "forcing took $t s"; exit 1; }
 [ ! -e /sys/block/nbd1/pid ] || { log "/dev/nbd1 still running after the forced detach"; exit 1; }
 kill -CONT $tp
 
+# The bridge killed (SIGKILL): the kernel sees its connection close, the device's process ends and the
+# device stops (size 0) and is free again (the next case attaches it).
+attach_nbd1 /tmp/b4.log
+dp=$(cat /sys/block/nbd1/pid)
+kill -9 $b2; wait $b2 2>/dev/null || true
+i=0; while [ -e /sys/block/nbd1/pid ] || kill -0 "$dp" 2>/dev/null; do
+  i=$((i + 1)); [ $i -lt 100 ] || { log "/dev/nbd1 still running 10 s after its bridge was killed"; exit 1; }
+  sleep 0.1
+done
+[ "$(cat /sys/block/nbd1/size)" = 0 ] || { log "/dev/nbd1 kept its size after its bridge was killed"; exit 1; }
+log "bridge killed: the device's process (pid $dp) ended and /dev/nbd1 stopped (size 0)"
+
 # Beyond the policy, fail fast: /dev/nbd1 again (free after the forced detach) with ctrl_loss_tmo 3 s, the
 # target killed for good. A write then fails with EIO (the kernel does not wait on, nor give up on, the bridge
 # by itself), within the policy's time plus a margin for emulation, and the bridge still detaches at SIGTERM.
