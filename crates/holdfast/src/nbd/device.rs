@@ -22,9 +22,7 @@ const NBD_MAJOR: u32 = 43;
 /// them): it is in the device's writeback path, so the memory it allocates while serving must not wait on
 /// that writeback (`PR_SET_IO_FLUSHER`, Linux 5.6, what prctl(2) asks of such processes; needs
 /// CAP_SYS_RESOURCE, else a warning), and the terminal's job-control stops (SIGTSTP, SIGTTIN, SIGTTOU) are
-/// ignored, since a stopped bridge is a device that fails its I/O. SIGSTOP, a debugger attaching or the
-/// freezer (cgroup freeze, suspend) cannot be kept out: they interrupt `NBD_DO_IT`, and the kernel then shuts
-/// the device down.
+/// ignored, since a stopped bridge is a device whose I/O waits (a Ctrl-Z typed at the wrong terminal).
 pub fn prepare_process() {
     // SAFETY: prctl with integer arguments only; PR_SET_IO_FLUSHER (57) sets flags of the calling task.
     let r = unsafe { libc::prctl(57, 1 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
@@ -171,7 +169,8 @@ impl Device {
     /// the task waiting in `NBD_DO_IT` (a signal, even a blocked one when it stops the process: SIGSTOP; a
     /// tracer attaching, strace or gdb; the freezer) makes the kernel shut the device down at once, failing
     /// its outstanding I/O. In the bridge's own process that task would be exposed to everything aimed at
-    /// the bridge; in its own, it is exposed only to what is aimed at it (it blocks every signal it can).
+    /// the bridge; in its own, only to what is aimed at it (it blocks every signal it can), and to the
+    /// freezer (a frozen cgroup, a suspend), which nothing keeps out.
     pub fn start(self) -> anyhow::Result<Running> {
         // A descriptor without close-on-exec, so that the child inherits it (std's own descriptors, and
         // tokio's, all have close-on-exec: the child gets this one and stdio only).
