@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # interop-nbd-device.sh: `holdfast nbd --device` with the Linux kernel's NBD client (in the interop VM):
 # the bridge, in the guest, attaches holdfast's target here (file namespace, 4096-byte blocks) to /dev/nbd0;
-# ext4 on it rides through a SIGKILL of the target and a restart 35 s later, O_DIRECT data reads back, a
-# second bridge on the running device is refused, SIGTERM detaches it; a forced detach and fail-fast beyond
-# the policy on a second device (tests/interop/guest-nbd-device.sh).
+# ext4 on it rides through a SIGKILL of the target and a restart 35 s later, O_DIRECT data reads back (also
+# across a SIGSTOP of the bridge), a second bridge on the running device is refused, SIGTERM detaches it;
+# read-only, a forced detach, the bridge killed, and fail-fast beyond the policy on a second device
+# (tests/interop/guest-nbd-device.sh).
 # The interop VM's kernel has no nbd module in its image: nbd.ko is taken from the same Debian kernel package
 # (downloaded once, kept in the interop cache).
 set -euo pipefail

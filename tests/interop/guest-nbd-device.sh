@@ -1,13 +1,14 @@
 # shellcheck shell=sh
 # guest-nbd-device.sh: vm.sh guest script for scripts/interop-nbd-device.sh. holdfast's NBD bridge, run in the
 # guest, attaches holdfast's target (on this machine, reached as 10.0.2.2:$PORT) to the Linux kernel's NBD
-# device /dev/nbd0; ext4 on it; files written while the host side (vm.sh -H) kills the target and restarts it
-# 35 s later (longer than the block layer's 30 s request timeout, which must not fail anything);
-# every file verified, before and after a remount; O_DIRECT data written and read back; a second bridge on the
-# same device refused; SIGTERM detaches the device and the bridge exits 0; the kernel logs no I/O error. Then
-# on /dev/nbd1, against a target in the guest: a second SIGTERM with a write stuck forces the detach (the
-# write fails, the bridge exits non-zero within seconds); beyond the policy, a target killed for good makes a
-# write fail with EIO.
+# device /dev/nbd0: a second bridge on the running device refused; O_DIRECT data written and read back; the
+# bridge SIGSTOPped for 2 s under a write, which completes; ext4, files written while the host side (vm.sh -H)
+# kills the target and restarts it 35 s later (longer than the block layer's 30 s request timeout, which must
+# not fail anything), every file verified before and after a remount; SIGTERM detaches the device and the
+# bridge exits 0; the kernel logs no I/O error. Then on /dev/nbd1, against a target in the guest: read-only;
+# a second SIGTERM with a write stuck forces the detach (the write fails, the bridge exits non-zero within
+# seconds); the bridge SIGKILLed stops the device; beyond the policy, a target killed for good makes a write
+# fail with EIO.
 : "${PORT:?}" "${NQN:?}"
 insmod /opt/nbd.ko nbds_max=2
 [ -b /dev/nbd0 ] || { log "no /dev/nbd0 after insmod"; exit 1; }
