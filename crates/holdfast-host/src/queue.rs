@@ -366,7 +366,8 @@ pub async fn run(
                         if let Pdu::C2HData(d) = &pdu {
                             recv_hint = recv_hint.max((d.data.len() + 1024).min(MAX_RECV_HINT));
                         }
-                        if let Err(f) = handle_pdu(pdu, &p, &mut slots, &gens, &mut free, &mut out, &mut delayed) {
+                        let raw = decoder.last_header();
+                        if let Err(f) = handle_pdu(pdu, raw, &p, &mut slots, &gens, &mut free, &mut out, &mut delayed) {
                             break 'run Some(fault(f, &p, &mut out, &mut term));
                         }
                     }
@@ -399,8 +400,9 @@ pub async fn run(
                                 f.bad_data = true;
                             }
                         }
+                        let raw = decoder.last_header();
                         if let Err(f) =
-                            handle_pdu(Pdu::C2HData(d), &p, &mut slots, &gens, &mut free, &mut out, &mut delayed)
+                            handle_pdu(Pdu::C2HData(d), raw, &p, &mut slots, &gens, &mut free, &mut out, &mut delayed)
                         {
                             break 'run Some(fault(f, &p, &mut out, &mut term));
                         }
@@ -657,9 +659,12 @@ fn retry_or_keep(
     Some(f)
 }
 
+/// Act on one PDU from the controller. `raw` is the header of the PDU as received when it is a C2HData or an
+/// R2T ([`PduDecoder::last_header`]), for the termination request that refuses it.
 #[allow(clippy::too_many_arguments)]
 fn handle_pdu(
     pdu: Pdu,
+    raw: &[u8],
     p: &QueueParams,
     slots: &mut [Option<InFlight>],
     gens: &[u8],
@@ -669,33 +674,20 @@ fn handle_pdu(
 ) -> Result<(), Fault> {
     // A PDU the controller got wrong in a way only we can tell ends the connection with an H2CTermReq that says
     // which field (NVMe/TCP 1.0 §3.6.2.2, H2CTermReq; SPDK's host answers the same cases so), with the offending
-    // PDU's header as its data.
-    let term = |header: BytesMut, fes: Fes, fei: u32, error: Error| Fault {
+    // PDU's header as its data: as received (digest included) for a C2HData or an R2T, re-encoded for a
+    // CapsuleResp (the decoder does not keep capsule headers).
+    let term = |header: Bytes, fes: Fes, fei: u32, error: Error| Fault {
         error,
-        term: Some(pdu::TermReq { fes: fes as u16, fei, data: header.freeze() }),
+        term: Some(pdu::TermReq { fes: fes as u16, fei, data: header }),
     };
-    let data_header = |d: &pdu::C2HData| {
-        let mut h = BytesMut::new();
-        let fl = if d.last { flags::LAST_PDU } else { 0 } | if d.success { flags::SUCCESS } else { 0 };
-        pdu::encode_data_header(
-            &mut h,
-            &Framing::default(),
-            PduType::C2HData,
-            fl,
-            d.cccid,
-            0,
-            d.datao,
-            d.data.len() as u32,
-        );
-        h.truncate(pdu::HLEN_DATA as usize);
-        h
-    };
+    let received = || Bytes::copy_from_slice(raw);
     let not_outstanding = |cid: u16| protocol(p.qid, format!("PDU for command {cid:#06x}, which is not outstanding"));
     match pdu {
         Pdu::CapsuleResp(r) => {
             let Some(i) = slot_of(slots, gens, r.cqe.cid()) else {
                 let mut h = BytesMut::new();
                 pdu::encode_capsule_resp(&mut h, &Framing::default(), &r.cqe);
+                let h = h.freeze();
                 return Err(term(h, Fes::InvalidHeaderField, pdu::offset::RESP_CID, not_outstanding(r.cqe.cid())));
             };
             if let Some(f) = slots[i].take() {
@@ -730,7 +722,7 @@ fn handle_pdu(
         Pdu::C2HData(d) => {
             let Some(i) = slot_of(slots, gens, d.cccid) else {
                 return Err(term(
-                    data_header(&d),
+                    received(),
                     Fes::InvalidHeaderField,
                     pdu::offset::DATA_CCCID,
                     not_outstanding(d.cccid),
@@ -761,13 +753,13 @@ fn handle_pdu(
                         f.cmd.data_in_len()
                     ),
                 );
-                return Err(term(data_header(&d), fes, fei, error));
+                return Err(term(received(), fes, fei, error));
             }
             // SUCCESS: the command completed successfully and no CapsuleResp follows (§3.6.2.6); only on the
             // last PDU of all the data.
             if d.success && (!d.last || f.buf.len() + d.data.len() != f.cmd.data_in_len()) {
                 let error = protocol(p.qid, "C2HData SUCCESS flag before all data arrived");
-                return Err(term(data_header(&d), Fes::InvalidHeaderField, pdu::offset::FLAGS, error));
+                return Err(term(received(), Fes::InvalidHeaderField, pdu::offset::FLAGS, error));
             }
             let success = d.success;
             f.c2h_done = d.last;
@@ -783,9 +775,12 @@ fn handle_pdu(
         }
         Pdu::R2T(r) => {
             let Some(i) = slot_of(slots, gens, r.cccid) else {
-                let mut h = BytesMut::new();
-                Pdu::R2T(r).encode(&Framing::default(), &mut h);
-                return Err(term(h, Fes::InvalidHeaderField, pdu::offset::DATA_CCCID, not_outstanding(r.cccid)));
+                return Err(term(
+                    received(),
+                    Fes::InvalidHeaderField,
+                    pdu::offset::DATA_CCCID,
+                    not_outstanding(r.cccid),
+                ));
             };
             let Some(f) = slots[i].as_mut() else { return Ok(()) };
             let (o, l) = (r.r2to as usize, r.r2tl as usize);
@@ -802,8 +797,6 @@ fn handle_pdu(
                 None
             };
             if let Some((fes, fei, why)) = bad {
-                let mut header = BytesMut::new();
-                Pdu::R2T(r).encode(&Framing::default(), &mut header);
                 let error = protocol(
                     p.qid,
                     format!(
@@ -814,7 +807,7 @@ fn handle_pdu(
                         f.cmd.data_out.len()
                     ),
                 );
-                return Err(Fault { error, term: Some(pdu::TermReq { fes: fes as u16, fei, data: header.freeze() }) });
+                return Err(term(received(), fes, fei, error));
             }
             f.h2c_end = (o + l) as u32;
             // Answer with H2CData PDUs of at most MAXH2CDATA (§3.6.2.8).

@@ -1668,25 +1668,36 @@ async fn a_pdu_for_a_command_not_outstanding_gets_an_h2c_termination_request() {
 }
 
 /// C2HData for a command after a C2HData that said it was the last (LAST_PDU) ends the connection with an
-/// H2CTermReq, FES PDU Sequence Error; the read is issued again and returns the right bytes. (The data here
+/// H2CTermReq, FES PDU Sequence Error, whose data is the offending header as received (with header digests:
+/// the HDGSTF flag and the digest too); the read is issued again and returns the right bytes. (The data here
 /// is in order and within the read, so only the LAST_PDU flag makes it wrong.)
 #[tokio::test]
 async fn c2h_data_after_the_last_one_gets_an_h2c_termination_request() {
-    let f = fake(Behaviour::default()).await;
-    let mut o = opts(&f, 1, false);
-    o.reconnect_delay = Some(Duration::from_millis(100));
-    let c = Controller::connect(o).await.unwrap();
-    let ns = Namespace::open(&c, 1).await.unwrap();
-    let d = pattern(2 * BS, 9);
-    ns.write(0, d.clone(), false).await.unwrap();
-    f.st.data_after_last.store(true, Ordering::Relaxed);
-    assert!(ns.read(0, 2).await.expect("issued again") == d);
-    assert!(!f.st.data_after_last.load(Ordering::Relaxed), "the split data was sent");
-    let terms = wait_terms(&f, 1).await;
-    assert_eq!(terms.len(), 1, "{terms:?}");
-    assert_eq!(terms[0].fes, pdu::Fes::SequenceError as u16);
-    assert_eq!((terms[0].data.len(), terms[0].data[0]), (pdu::HLEN_DATA as usize, pdu::PduType::C2HData as u8));
-    c.shutdown().await.unwrap();
+    for digests in [false, true] {
+        let f = fake(Behaviour::default()).await;
+        let mut o = opts(&f, 1, digests);
+        o.reconnect_delay = Some(Duration::from_millis(100));
+        let c = Controller::connect(o).await.unwrap();
+        let ns = Namespace::open(&c, 1).await.unwrap();
+        let d = pattern(2 * BS, 9);
+        ns.write(0, d.clone(), false).await.unwrap();
+        f.st.data_after_last.store(true, Ordering::Relaxed);
+        assert!(ns.read(0, 2).await.expect("issued again") == d);
+        assert!(!f.st.data_after_last.load(Ordering::Relaxed), "the split data was sent");
+        let terms = wait_terms(&f, 1).await;
+        assert_eq!(terms.len(), 1, "{terms:?}");
+        assert_eq!(terms[0].fes, pdu::Fes::SequenceError as u16);
+        let h = &terms[0].data;
+        let hd = if digests { 4 } else { 0 };
+        assert_eq!((h.len(), h[0]), (pdu::HLEN_DATA as usize + hd, pdu::PduType::C2HData as u8), "digests {digests}");
+        assert_eq!(h[1] & 1 != 0, digests, "HDGSTF as received");
+        assert_eq!(u32::from_le_bytes(h[12..16].try_into().unwrap()), BS as u32, "DATAO of the second PDU");
+        if digests {
+            let crc = holdfast_proto::digest::crc32c(&h[..24]);
+            assert_eq!(u32::from_le_bytes(h[24..28].try_into().unwrap()), crc, "the header digest as received");
+        }
+        c.shutdown().await.unwrap();
+    }
 }
 
 /// An ICResp the host cannot take (here PDU format version 1) is refused with an H2CTermReq naming the field

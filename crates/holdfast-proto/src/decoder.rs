@@ -126,7 +126,8 @@ pub struct PduDecoder {
     ddgst: bool,
     pda: u8,
     limits: Limits,
-    /// The header (and header digest) of the last data PDU or ICReq/ICResp decoded: [`PduDecoder::last_header`].
+    /// The header (and header digest) of the last data PDU, R2T or ICReq/ICResp decoded:
+    /// [`PduDecoder::last_header`].
     last_header: [u8; TERM_MAX_DATA],
     last_header_len: usize,
 }
@@ -146,17 +147,18 @@ impl PduDecoder {
         }
     }
 
-    /// The header, with its digest, of the last H2CData, C2HData, ICReq or ICResp PDU decoded (empty before
-    /// the first): the data of a termination request over a field only the receiver of a well-formed PDU
-    /// can judge (a TTAG no R2T gave, an offset out of order, parameters refused), which carries the
-    /// offending PDU's header (NVMe/TCP 1.0 Figures 24 and 25). Capsules are not kept: their errors are
-    /// answered with a status, and they are most of the PDUs decoded.
+    /// The header, with its digest, of the last H2CData, C2HData, R2T, ICReq or ICResp PDU decoded (empty
+    /// before the first): the data of a termination request over a field only the receiver of a well-formed
+    /// PDU can judge (a TTAG no R2T gave, an offset out of order, an R2T for data already sent, parameters
+    /// refused), which carries the offending PDU's header as received (NVMe/TCP 1.0 Figures 24 and 25).
+    /// Capsules are not kept: they are most of the PDUs decoded (a host refusing a CapsuleResp for a CID
+    /// not outstanding re-encodes its header).
     pub fn last_header(&self) -> &[u8] {
         &self.last_header[..self.last_header_len]
     }
 
     fn keep_header(&mut self, ty: PduType, header: &[u8]) {
-        if matches!(ty, PduType::H2CData | PduType::C2HData | PduType::IcReq | PduType::IcResp) {
+        if matches!(ty, PduType::H2CData | PduType::C2HData | PduType::R2T | PduType::IcReq | PduType::IcResp) {
             let n = header.len().min(TERM_MAX_DATA);
             self.last_header[..n].copy_from_slice(&header[..n]);
             self.last_header_len = n;
