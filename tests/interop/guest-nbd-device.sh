@@ -91,18 +91,24 @@ dmesg -c >/dev/null
 /opt/holdfast target --listen 127.0.0.1:4420 --nqn "$NQN:local" --ram-mib 16 --block-size 4096 >/tmp/t2.log 2>&1 &
 tp=$!
 i=0; until grep -q '^connect:' /tmp/t2.log; do i=$((i + 1)); [ $i -lt 300 ] || exit 1; sleep 0.1; done
-attach_nbd1() {  # attach_nbd1 LOG ARGS...: a bridge on /dev/nbd1 to the local target; sets b2
+attach_nbd1() {  # attach_nbd1 LOG ARGS...: a bridge on /dev/nbd1 to the local target; sets b2 (BIN: the binary)
   log_=$1; shift
-  /opt/holdfast nbd --addr 127.0.0.1:4420 --nqn "$NQN:local" --device /dev/nbd1 --reconnect-delay-ms 500 "$@" \
-    >"$log_" 2>&1 &
+  "${BIN:-/opt/holdfast}" nbd --addr 127.0.0.1:4420 --nqn "$NQN:local" --device /dev/nbd1 --reconnect-delay-ms 500 \
+    "$@" >"$log_" 2>&1 &
   b2=$!
+  if [ -n "${BIN:-}" ]; then rm -f "$BIN"; fi  # gone before the bridge starts the device's process
   i=0; until grep -q '^attached:' "$log_"; do
     i=$((i + 1)); [ $i -lt 600 ] && kill -0 $b2 2>/dev/null || { log "/dev/nbd1 did not attach"; cat "$log_"; exit 1; }
     sleep 0.1
   done
 }
-# --read-only: the kernel makes the device read-only (the bridge's READ_ONLY flag); reads work.
-attach_nbd1 /tmp/b1.log --read-only
+# --read-only: the kernel makes the device read-only (the bridge's READ_ONLY flag); reads work. The bridge
+# runs from a copy of the program removed as it starts (an upgrade under it): its device's process is the
+# same program all the same.
+cp /opt/holdfast /tmp/holdfast-copy
+BIN=/tmp/holdfast-copy attach_nbd1 /tmp/b1.log --read-only
+[ ! -e /tmp/holdfast-copy ] || exit 1
+unset BIN
 [ "$(blockdev --getro /dev/nbd1)" = 1 ] || { log "/dev/nbd1 is not read-only"; exit 1; }
 if dd if=/tmp/direct of=/dev/nbd1 bs=4k count=1 oflag=direct 2>/dev/null; then log "wrote to a read-only device"; exit 1; fi
 dd if=/dev/nbd1 of=/dev/null bs=4k count=4 iflag=direct 2>/dev/null

@@ -181,8 +181,9 @@ impl Device {
         }
         // SAFETY: `fd` was just returned by dup and nothing else owns it.
         let inherited = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let exe = std::env::current_exe().context("the path of this program")?;
-        let child = std::process::Command::new(exe)
+        // This very program: /proc/self/exe runs the image this process runs even if the file was replaced
+        // or removed since (an upgrade under a running bridge), where its path would not.
+        let child = std::process::Command::new("/proc/self/exe")
             .args([DEVICE_PROCESS_ARG, &fd.to_string()])
             .stdin(std::process::Stdio::null())
             .spawn()
