@@ -70,8 +70,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let rt = if device.is_some() {
         // Before any thread starts, so that every one inherits it.
         crate::nbd::device::prepare_process();
-        // Never the single-threaded runtime: the device's thread and the blocking disconnect must not stand
-        // between the kernel's requests and their answers.
+        // Never the single-threaded runtime: nothing that waits on the kernel (the disconnect ioctl, which runs
+        // on the blocking pool) may share the one thread that answers the kernel's requests.
         let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(2);
         tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?
     } else {
