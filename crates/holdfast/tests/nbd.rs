@@ -159,6 +159,20 @@ impl Client {
         (e, d)
     }
 
+    /// Read until the server closes the connection (EOF or reset) and return how many bytes came first;
+    /// panic if the read fails otherwise (the read timeout passing: the connection was not closed).
+    fn bytes_until_closed(&mut self) -> usize {
+        let (mut got, mut buf) = (0usize, vec![0u8; 1 << 20]);
+        loop {
+            match self.s.read(&mut buf) {
+                Ok(0) => return got,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+                Err(e) => panic!("the connection was not closed ({got} bytes read): {e}"),
+            }
+        }
+    }
+
     /// True if the server closed the connection (EOF or reset) within the read timeout.
     fn closed(&mut self) -> bool {
         let mut b = [0u8; 1];
@@ -387,16 +401,7 @@ fn a_client_that_does_not_read_its_replies_holds_no_one_else_up() {
     // Still not reading, past the stall timeout, the hog is dropped: reading now, it gets what had reached its
     // socket, far less than the 640 MiB it asked for, then the end of the stream.
     std::thread::sleep(Duration::from_secs(6));
-    let mut got = 0usize;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match hog.s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("the hog's connection was not closed: {e}"),
-        }
-    }
+    let got = hog.bytes_until_closed();
     assert!(got < 100 << 20, "the hog received {got} bytes: it was not dropped");
 }
 
@@ -412,15 +417,7 @@ fn a_client_that_stops_reading_is_dropped_even_with_few_requests_out() {
     c.request(CMD_READ, 0, 2, 0, 32 << 20, &[]);
     std::thread::sleep(Duration::from_secs(4));
     c.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let (mut got, mut buf) = (0usize, vec![0u8; 1 << 20]);
-    loop {
-        match c.s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("the connection was not closed ({got} bytes read): {e}"),
-        }
-    }
+    let got = c.bytes_until_closed();
     assert!(got < 64 << 20, "all {got} bytes arrived: the client was not dropped");
 }
 

@@ -221,7 +221,7 @@ async fn attach(device: crate::nbd::device::Device, export: Arc<Export>) -> anyh
     let mine = tokio::net::UnixStream::from_std(mine)?;
     let dev = device.path().to_owned();
     let g = Geometry { block_size: export.block_size(), size: export.size(), flags: export.flags() };
-    let device = device.configure(&g, vec![theirs.into()])?;
+    let device = device.configure(&g, theirs.into())?;
     let disconnect = Arc::new(device.disconnect_handle()?);
     let stop = CancellationToken::new();
     let mut serving = tokio::spawn(server::serve_transmission(mine, export.clone(), stop.clone()));

@@ -67,9 +67,9 @@ fn nbd_ioctl(f: &File, req: u64, arg: u64, what: &str) -> std::io::Result<()> {
 pub struct Device {
     path: PathBuf,
     file: File,
-    /// The kernel's ends of the socket pairs, kept open until the device stops (the kernel holds its own
-    /// references while it runs).
-    socks: Vec<OwnedFd>,
+    /// The kernel's end of the socket pair, kept open until the device stops (the kernel holds its own
+    /// reference while it runs).
+    sock: Option<OwnedFd>,
 }
 
 /// What [`Device::configure`] tells the kernel.
@@ -114,29 +114,24 @@ impl Device {
                 .unwrap_or_else(|| tid.to_string());
             bail!("{} is in use by another NBD client (process {pid})", path.display());
         }
-        Ok(Device { path: path.to_owned(), file, socks: Vec::new() })
+        Ok(Device { path: path.to_owned(), file, sock: None })
     }
 
-    /// Configure the device: one connection per socket in `socks` (the kernel's ends; the bridge serves the
-    /// other ends), block size, size and flags.
-    pub fn configure(mut self, g: &Geometry, socks: Vec<OwnedFd>) -> anyhow::Result<Device> {
+    /// Configure the device: its one connection, `sock` (the kernel's end; the bridge serves the other), block
+    /// size, size and flags.
+    pub fn configure(mut self, g: &Geometry, sock: OwnedFd) -> anyhow::Result<Device> {
         let (file, path) = (&self.file, &self.path);
         if !g.size.is_multiple_of(g.block_size as u64) {
             bail!("the namespace's size ({} bytes) is not a whole number of {}-byte blocks", g.size, g.block_size);
         }
         let dev = path.display();
-        // The sockets first: the first NBD_SET_SOCK makes this thread the device's set-up task, and another
-        // process's then gets EBUSY. Once one is in, a failure undoes the set-up (NBD_CLEAR_SOCK), ours alone.
-        for (i, s) in socks.iter().enumerate() {
-            if let Err(e) = nbd_ioctl(file, ioctl::SET_SOCK, s.as_raw_fd() as u64, "NBD_SET_SOCK") {
-                if i > 0 {
-                    let _ = nbd_ioctl(file, ioctl::CLEAR_SOCK, 0, "NBD_CLEAR_SOCK");
-                }
-                if e.raw_os_error() == Some(libc::EBUSY) {
-                    bail!("{dev} is in use by another NBD client ({e})");
-                }
-                bail!("{dev}: {e}");
+        // The socket first: NBD_SET_SOCK makes this thread the device's set-up task, and another process's
+        // then gets EBUSY. Once it is in, a failure undoes the set-up (NBD_CLEAR_SOCK), ours alone.
+        if let Err(e) = nbd_ioctl(file, ioctl::SET_SOCK, sock.as_raw_fd() as u64, "NBD_SET_SOCK") {
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                bail!("{dev} is in use by another NBD client ({e})");
             }
+            bail!("{dev}: {e}");
         }
         let set = || -> anyhow::Result<()> {
             nbd_ioctl(file, ioctl::SET_BLKSIZE, g.block_size as u64, "NBD_SET_BLKSIZE")
@@ -150,7 +145,7 @@ impl Device {
             let _ = nbd_ioctl(file, ioctl::CLEAR_SOCK, 0, "NBD_CLEAR_SOCK");
             return Err(e);
         }
-        self.socks = socks;
+        self.sock = Some(sock);
         Ok(self)
     }
 
@@ -228,7 +223,7 @@ pub fn run_device_process(fd: &str) -> std::process::ExitCode {
 /// A device whose process runs `NBD_DO_IT`.
 pub struct Running {
     child: std::process::Child,
-    /// Its file and the kernel's ends of the sockets, kept open until it stops.
+    /// Its file and the kernel's end of the socket, kept open until it stops.
     _device: Device,
 }
 
@@ -251,9 +246,8 @@ impl Disconnect {
     /// [`Disconnect::request`] on a thread of its own: the ioctl waits for each connection's send lock,
     /// which the kernel holds while a write's payload waits for room in the socket, that is for as long as
     /// the bridge does not read (its request budget full while the target is away).
-    pub async fn request_off_thread(&self) -> anyhow::Result<()> {
-        let d = Disconnect { file: self.file.try_clone()?, path: self.path.clone() };
-        tokio::task::spawn_blocking(move || d.request()).await?
+    pub async fn request_off_thread(self: std::sync::Arc<Self>) -> anyhow::Result<()> {
+        tokio::task::spawn_blocking(move || self.request()).await?
     }
 
     /// `NBD_DISCONNECT`: the kernel sends `NBD_CMD_DISC` on every connection; the bridge answers what it
