@@ -27,7 +27,7 @@ use holdfast_proto::fabrics::{
 use holdfast_proto::identify::{self, IdentifyController};
 use holdfast_proto::log_page::{ChangedNamespaceList, LID_CHANGED_NS_LIST};
 use holdfast_proto::opcode::{admin as aop, admin_name, fctype_name, io_name, FABRICS};
-use holdfast_proto::policy::{ConnectionPolicy, LID_HOLDFAST_POLICY};
+use holdfast_proto::policy::{ConnectionPolicy, PolicyParseError, LID_HOLDFAST_POLICY};
 use holdfast_proto::sqe::get_log_page;
 use holdfast_proto::{Status, SubmissionEntry};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -103,7 +103,8 @@ pub enum Event {
     /// List was read): added, removed or resized. A [`crate::namespace::Namespace`] keeps what it was opened
     /// with; open it again to see what changed.
     NamespacesChanged {
-        /// The changed NSIDs; `None` when the controller listed too many (more than 1024): any may have changed.
+        /// The changed NSIDs; `None` when any may have changed: the controller listed too many (more than 1024),
+        /// or returned the list cut short.
         nsids: Option<Vec<u32>>,
     },
     /// The controller is lost for good.
@@ -350,12 +351,14 @@ pub async fn identify_raw(tx: &submit::Sender<Command>, cns: u8, nsid: u32) -> R
     Ok(submit(tx, s, Bytes::new(), 4096, "Identify").await?.data)
 }
 
-/// Get Log Page: `len` bytes of `lid` at `offset`.
+/// Get Log Page: `len` bytes of `lid` at `offset`, or fewer if the controller sent fewer (never padded: a
+/// reader of a page tells a page cut short from one whose fields are zero).
 pub async fn get_log_page(tx: &submit::Sender<Command>, lid: u8, nsid: u32, len: usize, offset: u64) -> Result<Bytes> {
     let mut s = SubmissionEntry::new(aop::GET_LOG_PAGE, 0);
     s.nsid.set(nsid);
     get_log_page::set(&mut s, lid, 0, len as u32, offset);
-    Ok(submit(tx, s, Bytes::new(), len, "Get Log Page").await?.data)
+    let c = submit(tx, s, Bytes::new(), len, "Get Log Page").await?;
+    Ok(c.data.slice(..c.transferred.min(c.data.len())))
 }
 
 /// A queue's receiver and unfinished commands while it has no connection.
@@ -698,7 +701,16 @@ async fn establish(
             let mut s = SubmissionEntry::new(aop::GET_LOG_PAGE, 0);
             get_log_page::set(&mut s, LID_HOLDFAST_POLICY, 0, 512, 0);
             if let Ok(c) = setup_ok(&admin, s, Bytes::new(), 512, "Get Log Page", deadline).await {
-                adv = ConnectionPolicy::from_bytes(&c.data).ok();
+                // What the controller sent: a page cut short of the fields we read is refused (TooShort), not
+                // read as one whose missing fields are unset.
+                adv = ConnectionPolicy::from_bytes(c.data.get(..c.transferred).unwrap_or_default())
+                    .inspect_err(|e| {
+                        // Not a holdfast page at all (a target that answers unknown pages with zeroes): quietly none.
+                        if !matches!(e, PolicyParseError::BadSignature(_)) {
+                            tracing::warn!(addr = %o.addr, "ignoring the advertised policy: {e}");
+                        }
+                    })
+                    .ok();
             }
         }
         // The previous association was with a holdfast controller (its Identify carried a uniquifier): end it
@@ -1267,10 +1279,12 @@ fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
             };
             let Ok(page) = page else { continue };
             if ev.log_page == LID_CHANGED_NS_LIST {
-                if let (Some(sh), Some(list)) = (weak.upgrade(), ChangedNamespaceList::from_slice(&page)) {
-                    let nsids = (!list.overflowed()).then(|| list.nsids());
+                if let Some(sh) = weak.upgrade() {
+                    // A page cut short before its terminating zero reads as an overflowed one: rescan them all.
+                    let nsids = ChangedNamespaceList::changed_nsids(&page);
                     tracing::info!(addr = %sh.opts.addr, "namespaces changed: {}", match &nsids {
                         Some(n) => format!("{n:?}"),
+                        None if page.len() < 4096 => format!("unknown ({} of 4096 bytes of the list)", page.len()),
                         None => "more than 1024".into(),
                     });
                     let _ = sh.events.send(Event::NamespacesChanged { nsids });

@@ -96,6 +96,12 @@ async fn read_log(ctrl: &Controller) -> Result<Vec<DiscoveryEntry>> {
     let admin = ctrl.admin_queue();
     for _ in 0..5 {
         let h = get_log_page(admin, LID_DISCOVERY, 0, 1024, 0).await?;
+        if h.len() < 16 {
+            return Err(Error::Protocol {
+                qid: 0,
+                what: format!("the discovery log's header was cut short ({} bytes)", h.len()),
+            });
+        }
         let genctr = le64(&h, 0);
         let numrec = le64(&h, 8);
         if numrec > 4096 {
@@ -115,6 +121,14 @@ async fn read_log(ctrl: &Controller) -> Result<Vec<DiscoveryEntry>> {
             while log.len() < total {
                 let n = piece.min(total - log.len());
                 match get_log_page(admin, LID_DISCOVERY, 0, n, log.len() as u64).await {
+                    // A piece cut short is continued from where it stopped; one that brought nothing ends
+                    // the read (asked again, it would bring nothing again).
+                    Ok(part) if part.is_empty() => {
+                        return Err(Error::Protocol {
+                            qid: 0,
+                            what: format!("the discovery log's piece at offset {} came back empty", log.len()),
+                        })
+                    }
                     Ok(part) => log.extend_from_slice(&part),
                     // The controller says the log changed (Discover Restart): start over.
                     Err(e) if e.status().is_some_and(|s| s.code() == Status::DISCOVER_RESTART) => {
@@ -144,8 +158,17 @@ async fn read_log(ctrl: &Controller) -> Result<Vec<DiscoveryEntry>> {
         }
         let numrec = le64(&log, 8).min(numrec) as usize;
         let records: Vec<&[u8]> = log.get(1024..).unwrap_or_default().chunks_exact(1024).take(numrec).collect();
-        // A record of all zeroes is none (TRTYPE 0 is reserved, SUBNQN empty): a controller that sent fewer bytes
-        // than the log it described (a short transfer reads as zeroes here) would otherwise list phantom entries.
+        if records.len() < numrec {
+            return Err(Error::Protocol {
+                qid: 0,
+                what: format!(
+                    "the discovery log's NUMREC says {numrec} records, but the controller returned {} bytes of it",
+                    log.len()
+                ),
+            });
+        }
+        // A record of all zeroes is none (TRTYPE 0 is reserved, SUBNQN empty): a controller that padded the log
+        // it described with zeroes would otherwise list phantom entries.
         if let Some(i) = records.iter().position(|r| r.iter().all(|&b| b == 0)) {
             return Err(Error::Protocol {
                 qid: 0,

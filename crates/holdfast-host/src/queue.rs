@@ -86,8 +86,12 @@ pub const MAX_STATUS_RETRIES: u8 = 5;
 pub struct Completion {
     /// The completion entry.
     pub cqe: CompletionEntry,
-    /// Data (reads).
+    /// Data (reads): as long as asked when the command succeeded. An admin command other than Identify that
+    /// transferred less (a Get Log Page from a controller that sent less than asked) has the rest as zeroes;
+    /// [`Completion::transferred`] says how much came.
     pub data: Bytes,
+    /// Bytes of `data` the controller sent: its whole length but for the zero-padded admin case above.
+    pub transferred: usize,
 }
 
 impl Completion {
@@ -695,20 +699,22 @@ fn handle_pdu(
                 // The common case (success, all the data, nothing to retry) answered at once: the in-flight
                 // record (a few hundred bytes) is not passed through the retry check and back.
                 if r.cqe.status().is_success() && !f.bad_data && f.buf.len() == f.cmd.data_in_len() {
-                    f.cmd.reply.send(Ok(Completion { cqe: r.cqe, data: f.buf.into_bytes() }));
+                    let transferred = f.buf.len();
+                    f.cmd.reply.send(Ok(Completion { cqe: r.cqe, data: f.buf.into_bytes(), transferred }));
                     return Ok(());
                 }
                 let Some(f) = retry_or_keep(f, r.cqe.status(), p, delayed) else { return Ok(()) };
-                let want = f.cmd.data_in_len();
+                let (want, transferred) = (f.cmd.data_in_len(), f.buf.len());
                 let result = if !r.cqe.status().is_success() || f.buf.len() == want {
-                    Ok(Completion { cqe: r.cqe, data: f.buf.into_bytes() })
+                    Ok(Completion { cqe: r.cqe, data: f.buf.into_bytes(), transferred })
                 } else if p.qid == 0 && f.cmd.sqe.opcode != holdfast_proto::opcode::admin::IDENTIFY {
                     // An admin command (Get Log Page) that transferred less than asked: the rest of the page
-                    // reads as zeroes (reserved or absent), as a shorter page would. Not an Identify: its data
-                    // structure is always 4096 bytes, and one cut short would read as a structure with zero
-                    // fields (no LBA formats, no queues) and fail later for a reason it does not have.
-                    tracing::debug!(qid = p.qid, "{} returned {} of {want} bytes", f.cmd.name, f.buf.len());
-                    Ok(Completion { cqe: r.cqe, data: f.buf.into_padded(want) })
+                    // reads as zeroes (reserved or absent), as a shorter page would, and `transferred` says
+                    // where the controller stopped (the library's own log readers go by it). Not an Identify:
+                    // its data structure is always 4096 bytes, and one cut short would read as a structure with
+                    // zero fields (no LBA formats, no queues) and fail later for a reason it does not have.
+                    tracing::debug!(qid = p.qid, "{} returned {transferred} of {want} bytes", f.cmd.name);
+                    Ok(Completion { cqe: r.cqe, data: f.buf.into_padded(want), transferred })
                 } else {
                     // A successful read that did not deliver its data must not look like data.
                     Err(protocol(
@@ -769,7 +775,8 @@ fn handle_pdu(
                     free.push(i as u16);
                     let Some(f) = retry_or_keep(f, Status::SUCCESS, p, delayed) else { return Ok(()) };
                     let cqe = CompletionEntry::new(d.cccid, Status::SUCCESS, 0);
-                    f.cmd.reply.send(Ok(Completion { cqe, data: f.buf.into_bytes() }));
+                    let transferred = f.buf.len();
+                    f.cmd.reply.send(Ok(Completion { cqe, data: f.buf.into_bytes(), transferred }));
                 }
             }
         }

@@ -162,7 +162,7 @@ mod tests {
     use holdfast_proto::{CompletionEntry, Status};
 
     fn done(cid: u16) -> Outcome {
-        Ok(Completion { cqe: CompletionEntry::new(cid, Status::SUCCESS, 0), data: bytes::Bytes::new() })
+        Ok(Completion { cqe: CompletionEntry::new(cid, Status::SUCCESS, 0), data: bytes::Bytes::new(), transferred: 0 })
     }
 
     fn pooled() -> usize {

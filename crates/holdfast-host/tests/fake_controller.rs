@@ -86,6 +86,10 @@ struct Behaviour {
     discovery_numrec_extra: u64,
     /// Identify Namespace sends only its first 384 bytes (a short transfer, completed successfully).
     short_identify_ns: bool,
+    /// The policy log page sends only its first this many bytes (a short transfer, completed successfully).
+    policy_page_bytes: Option<usize>,
+    /// The Discovery log sends at most this many bytes per read (a short transfer, completed successfully).
+    discovery_read_bytes: Option<usize>,
 }
 
 /// R2Ts a host must refuse: it announces MAXR2T 0 (one R2T at a time per command) and sends each byte once.
@@ -127,6 +131,8 @@ impl Default for Behaviour {
             term_aers: false,
             discovery_numrec_extra: 0,
             short_identify_ns: false,
+            policy_page_bytes: None,
+            discovery_read_bytes: None,
         }
     }
 }
@@ -531,7 +537,8 @@ impl Conn {
                         self.resp(cid, Status::INVALID_FIELD.with_dnr(), 0);
                         return;
                     }
-                    self.send_data(cid, &log_page_slice(&log, get_log_page::offset(&sqe), len));
+                    let part = log_page_slice(&log, get_log_page::offset(&sqe), len);
+                    self.send_data(cid, &part[..part.len().min(self.st.b.discovery_read_bytes.unwrap_or(len))]);
                 }
                 admin::GET_LOG_PAGE
                     if get_log_page::lid(&sqe) == holdfast_proto::policy::LID_HOLDFAST_POLICY
@@ -540,7 +547,7 @@ impl Conn {
                     let p = self.st.policy.lock().unwrap().unwrap().to_log_page();
                     let len = get_log_page::len_bytes(&sqe) as usize;
                     let b = p.as_bytes();
-                    let v = b[..len.min(b.len())].to_vec();
+                    let v = b[..len.min(b.len()).min(self.st.b.policy_page_bytes.unwrap_or(len))].to_vec();
                     self.send_data(cid, &v);
                 }
                 admin::GET_LOG_PAGE => self.resp(cid, Status::INVALID_LOG_PAGE, 0),
@@ -1789,6 +1796,53 @@ async fn a_discovery_log_with_fewer_records_than_numrec_is_an_error_not_empty_en
         Err(Error::Protocol { what, .. }) => assert!(what.contains("NUMREC"), "{what}"),
         other => panic!("expected a protocol error, got {other:?}"),
     }
+}
+
+/// A policy page cut short (a successful completion after 40 of its 512 bytes, short of its version 1 fields)
+/// is not taken at all: it read as a whole page whose missing fields were zero (here FLAGS, so no policy
+/// advertised, with the instance ID, which tells a target's restart from a blip, taken from the part that came).
+#[tokio::test]
+async fn a_policy_page_cut_short_is_not_taken() {
+    for bytes in [None, Some(40)] {
+        let f = fake(Behaviour { policy_page_bytes: bytes, ..Default::default() }).await;
+        *f.st.policy.lock().unwrap() = Some(holdfast_proto::policy::ConnectionPolicy {
+            instance_id: 1,
+            kato_ms: 5000,
+            ctrl_loss_tmo_ms: 30_000,
+            fast_io_fail_tmo_ms: 300,
+            ..Default::default()
+        });
+        let c = Controller::connect(opts(&f, 1, false)).await.expect("connect");
+        let eff = c.effective_policy();
+        let advertised = (eff.ctrl_loss_tmo.0, eff.fast_io_fail_tmo.0);
+        if bytes.is_none() {
+            assert_eq!(advertised, (Some(Duration::from_secs(30)), Some(Duration::from_millis(300))));
+        } else {
+            assert_ne!(advertised.0, Some(Duration::from_secs(30)), "{eff:?}");
+            assert_eq!(eff.instance_id, None, "a page cut short was taken: {eff:?}");
+        }
+        c.shutdown().await.unwrap();
+    }
+}
+
+/// A Discovery log read in one command that comes back cut short (a successful completion after 1500 of its
+/// 3072 bytes) fails discovery with an error that says how much came; read in pieces, each piece cut short is
+/// continued from where it stopped.
+#[tokio::test]
+async fn a_discovery_log_cut_short_is_an_error_and_short_pieces_are_continued() {
+    let f = fake(Behaviour { discovery_records: 2, discovery_read_bytes: Some(1500), ..Default::default() }).await;
+    let mut o = opts(&f, 0, false);
+    o.subnqn = fabrics::DISCOVERY_NQN.into();
+    match holdfast_host::discover(o).await {
+        Err(Error::Protocol { what, .. }) => assert!(what.contains("returned 1500 bytes"), "{what}"),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    let f = fake(Behaviour { mdts: 1, discovery_records: 20, discovery_read_bytes: Some(5000), ..Default::default() })
+        .await;
+    let mut o = opts(&f, 0, false);
+    o.subnqn = fabrics::DISCOVERY_NQN.into();
+    let entries = holdfast_host::discover(o).await.expect("discover");
+    assert_eq!(entries.len(), 20);
 }
 
 /// An Identify whose data comes short (a successful completion after 384 of its 4096 bytes) fails with an

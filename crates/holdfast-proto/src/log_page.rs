@@ -384,6 +384,19 @@ impl ChangedNamespaceList {
     pub fn from_slice(b: &[u8]) -> Option<Self> {
         Self::read_from_prefix(b).ok().map(|(v, _)| v)
     }
+
+    /// The NSIDs listed in `b`, the bytes of the page a controller returned, which may be fewer than 4096:
+    /// `None` when every namespace must be rescanned, because the list overflowed or because it was cut short
+    /// before its terminating zero (the IDs past the cut are unknown).
+    pub fn changed_nsids(b: &[u8]) -> Option<Vec<u32>> {
+        let mut ids = b.chunks_exact(4).take(1024).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        if b.len() >= 4 && ids.clone().next() == Some(CHANGED_NS_OVERFLOW) {
+            return None;
+        }
+        let listed: Vec<u32> = ids.by_ref().take_while(|&n| n != 0).collect();
+        let terminated = listed.len() < b.len().min(4096) / 4;
+        (terminated || listed.len() == 1024).then_some(listed)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -772,6 +785,23 @@ mod tests {
         assert_eq!(o.nsids(), Vec::<u32>::new());
         let full: Vec<u32> = (1..=1024).collect();
         assert_eq!(ChangedNamespaceList::build(&full).nsids(), full);
+    }
+
+    #[test]
+    fn changed_nsids_from_a_page_cut_short() {
+        let page = |ids: &[u32]| ChangedNamespaceList::build(ids).as_bytes().to_vec();
+        let changed = ChangedNamespaceList::changed_nsids;
+        assert_eq!(changed(&page(&[3, 1])), Some(vec![3, 1]));
+        assert_eq!(changed(&page(&[3, 1])[..12]), Some(vec![3, 1]), "the terminator arrived");
+        assert_eq!(changed(&page(&[3, 1])[..8]), None, "cut before the terminator: more may have followed");
+        assert_eq!(changed(&page(&[3, 1])[..10]), None);
+        assert_eq!(changed(&[]), None);
+        assert_eq!(changed(&page(&[])), Some(vec![]));
+        assert_eq!(changed(&page(&[])[..4]), Some(vec![]));
+        let full: Vec<u32> = (1..=1024).collect();
+        assert_eq!(changed(&page(&full)), Some(full.clone()), "1024 entries need no terminator");
+        assert_eq!(changed(&page(&full)[..4092]), None);
+        assert_eq!(changed(&page(&(1..=1025).collect::<Vec<u32>>())[..4]), None, "overflow");
     }
 
     #[test]
