@@ -678,8 +678,9 @@ fn handle_pdu(
 ) -> Result<(), Fault> {
     // A PDU the controller got wrong in a way only we can tell ends the connection with an H2CTermReq that says
     // which field (NVMe/TCP 1.0 §3.6.2.2, H2CTermReq; SPDK's host answers the same cases so), with the offending
-    // PDU's header as its data: as received (digest included) for a C2HData or an R2T, re-encoded for a
-    // CapsuleResp (the decoder does not keep capsule headers).
+    // PDU's header as its data: as received (digest included) for a C2HData or an R2T; for a CapsuleResp (the
+    // decoder does not keep capsule headers) encoded again with the connection's framing, which gives the bytes
+    // received (digest included) but for reserved bits of its flags.
     let term = |header: Bytes, fes: Fes, fei: u32, error: Error| Fault {
         error,
         term: Some(pdu::TermReq { fes: fes as u16, fei, data: header }),
@@ -690,7 +691,7 @@ fn handle_pdu(
         Pdu::CapsuleResp(r) => {
             let Some(i) = slot_of(slots, gens, r.cqe.cid()) else {
                 let mut h = BytesMut::new();
-                pdu::encode_capsule_resp(&mut h, &Framing::default(), &r.cqe);
+                pdu::encode_capsule_resp(&mut h, &p.framing, &r.cqe);
                 let h = h.freeze();
                 return Err(term(h, Fes::InvalidHeaderField, pdu::offset::RESP_CID, not_outstanding(r.cqe.cid())));
             };

@@ -1643,11 +1643,19 @@ async fn wait_terms(f: &Fake, n: usize) -> Vec<TermReq> {
 
 /// A PDU for a command that is not outstanding (C2HData for a completed command, a CapsuleResp for a CID never
 /// used) ends the connection with an H2CTermReq naming the CID field (FES Invalid PDU Header Field), the
-/// offending header as its data, as SPDK's host does; the read is issued again and returns the right bytes.
+/// offending header as its data (with header digests: its HDGSTF flag and digest too), as SPDK's host does; the
+/// read is issued again and returns the right bytes.
 #[tokio::test]
 async fn a_pdu_for_a_command_not_outstanding_gets_an_h2c_termination_request() {
+    for digests in [false, true] {
+        not_outstanding_gets_an_h2c_termination_request(digests).await;
+    }
+}
+
+async fn not_outstanding_gets_an_h2c_termination_request(digests: bool) {
+    let hd = if digests { 4 } else { 0 };
     let f = fake(Behaviour::default()).await;
-    let mut o = opts(&f, 1, false);
+    let mut o = opts(&f, 1, digests);
     o.reconnect_delay = Some(Duration::from_millis(100));
     let c = Controller::connect(o).await.unwrap();
     let ns = Namespace::open(&c, 1).await.unwrap();
@@ -1659,18 +1667,21 @@ async fn a_pdu_for_a_command_not_outstanding_gets_an_h2c_termination_request() {
     let terms = wait_terms(&f, 1).await;
     assert_eq!(terms.len(), 1, "{terms:?}");
     assert_eq!((terms[0].fes, terms[0].fei), (pdu::Fes::InvalidHeaderField as u16, pdu::offset::DATA_CCCID));
-    assert_eq!((terms[0].data.len(), terms[0].data[0]), (pdu::HLEN_DATA as usize, pdu::PduType::C2HData as u8));
+    assert_eq!((terms[0].data.len(), terms[0].data[0]), (pdu::HLEN_DATA as usize + hd, pdu::PduType::C2HData as u8));
 
     f.st.stray_resp.store(true, Ordering::Relaxed);
     assert!(ns.read(0, 1).await.expect("issued again") == d);
     let terms = wait_terms(&f, 2).await;
     assert_eq!(terms.len(), 2, "{terms:?}");
     assert_eq!((terms[1].fes, terms[1].fei), (pdu::Fes::InvalidHeaderField as u16, pdu::offset::RESP_CID));
-    assert_eq!(
-        (terms[1].data.len(), terms[1].data[0]),
-        (pdu::HLEN_CAPSULE_RESP as usize, pdu::PduType::CapsuleResp as u8)
-    );
-    assert_eq!(&terms[1].data[20..22], &0x0FFFu16.to_le_bytes());
+    let h = &terms[1].data;
+    assert_eq!((h.len(), h[0]), (pdu::HLEN_CAPSULE_RESP as usize + hd, pdu::PduType::CapsuleResp as u8));
+    assert_eq!(&h[20..22], &0x0FFFu16.to_le_bytes());
+    assert_eq!(h[1] & 1 != 0, digests, "HDGSTF as received");
+    if digests {
+        let crc = holdfast_proto::digest::crc32c(&h[..24]);
+        assert_eq!(u32::from_le_bytes(h[24..28].try_into().unwrap()), crc, "the header digest as received");
+    }
     c.shutdown().await.unwrap();
 }
 
