@@ -15,7 +15,7 @@ fi
 if [[ ${SKIP_INTEROP:-0} != 1 ]]; then ../shared/interop/setup.sh >/dev/null; fi
 echo "== cargo fmt --check"; cargo fmt --all -- --check
 echo "== cargo clippy"; cargo clippy --workspace --all-targets --quiet -- -D warnings
-echo "== fuzz harnesses compile"; (cd fuzz && CARGO_TARGET_DIR=$root/target/fuzz-check cargo check --quiet)
+echo "== fuzz harnesses: replay the committed corpora and regressions"; scripts/fuzz-replay.sh
 echo "== cargo build --release"; cargo build --release --quiet
 echo "== cargo test"; HOLDFAST_BIN=$root/target/release/holdfast cargo test --workspace --quiet 2>&1 | tee /tmp/holdfast-cargo-test.log
 grep -q "test result: FAILED" /tmp/holdfast-cargo-test.log && exit 1

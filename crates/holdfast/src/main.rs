@@ -13,7 +13,7 @@ macro_rules! outln {
 }
 
 mod cmd;
-mod nbd;
+use holdfast::nbd;
 
 /// mimalloc: per-I/O buffers (a 128 KiB read, a receive buffer after its PDUs were split off) come back
 /// from thread-local free lists instead of glibc's mmap/munmap round trips and their page faults (measured

@@ -69,17 +69,19 @@ impl Export {
         name.is_empty() || name == self.name.as_bytes()
     }
 
-    pub(crate) fn size(&self) -> u64 {
+    /// The export's size in bytes (the namespace's).
+    pub fn size(&self) -> u64 {
         self.ns.size()
     }
 
-    pub(crate) fn block_size(&self) -> u32 {
+    /// The namespace's block size in bytes.
+    pub fn block_size(&self) -> u32 {
         self.ns.block_size
     }
 
     /// Transmission flags: flush, FUA, trim and write zeroes, and multi-connection (every connection of this
     /// process goes through one NVMe controller, and the target, not this bridge, holds any cache).
-    pub(crate) fn flags(&self) -> u16 {
+    pub fn flags(&self) -> u16 {
         let mut f = tflags::HAS_FLAGS
             | tflags::SEND_FLUSH
             | tflags::SEND_FUA

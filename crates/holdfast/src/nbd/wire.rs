@@ -288,8 +288,7 @@ impl Request {
         }
     }
 
-    /// Encode (tests).
-    #[cfg(test)]
+    /// Encode, as a client does (the tests and the fuzz harness).
     pub fn encode(&self) -> [u8; REQUEST_LEN] {
         let mut b = [0u8; REQUEST_LEN];
         b[0..4].copy_from_slice(&self.magic.to_be_bytes());

@@ -1,0 +1,539 @@
+//! Fuzz the target's TCP transport end to end (`holdfast_target::transport::tcp` behind a running `Server`):
+//! a hostile host on a loopback connection sends the PDUs the input chooses (commands with any opcode, SGL and
+//! in-capsule data, H2CData for any command, tag, offset and length, termination requests, PDUs a host never
+//! sends, bytes that are no PDU at all, data with a bad digest, PDUs split across writes), then closes. The
+//! target must never panic (libFuzzer's panic hook aborts on a panic in any task), and:
+//!
+//! - everything it sends decodes as well-formed PDUs with the digests negotiated, answers only commands that
+//!   were sent, C2HData and R2Ts only within the data of a command sent with that CID, and nothing after a
+//!   C2HTermReq;
+//! - it closes the connection once the host has closed its side (no hang, within 10 s);
+//! - no controller and no connection waiting for a Connect outlives the connections (within 10 s).
+//!
+//! Input: byte 0: bit 0 header digests, bit 1 data digests, bit 2 the script runs on the admin queue (else on
+//! I/O queue 1), bit 3 the script's connection sends no Connect (it starts right after the ICResp), bit 4 the
+//! script's connection sends no ICReq either, bit 5 the discovery subsystem (the script then runs on its admin
+//! queue); then the script, one operation after another (see `Host::op`).
+#![no_main]
+use bytes::{Bytes, BytesMut};
+use holdfast_proto::decoder::{DecodeError, Limits, PduDecoder, Role};
+use holdfast_proto::fabrics::{cc, property, ConnectCommand, ConnectData, PropertyCommand, DISCOVERY_NQN};
+use holdfast_proto::opcode::{admin, io};
+use holdfast_proto::pdu::{C2HData, CapsuleCmd, CapsuleResp, Framing, H2CData, IcReq, Pdu, TermReq, R2T};
+use holdfast_proto::sgl::SglDescriptor;
+use holdfast_proto::{CompletionEntry, Status, SubmissionEntry};
+use holdfast_target::config::Config;
+use holdfast_target::{Server, Target, TargetSettings};
+use libfuzzer_sys::fuzz_target;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const NQN: &str = "nqn.2026-01.io.holdfast:fuzz";
+const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-00000000f023";
+/// The namespace: 1 MiB in 512-byte blocks.
+const BLOCKS: u64 = 2048;
+
+struct World {
+    rt: tokio::runtime::Runtime,
+    target: Arc<Target>,
+    addr: SocketAddr,
+    _server: Server,
+}
+
+fn world() -> &'static World {
+    static W: OnceLock<World> = OnceLock::new();
+    W.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let cfg = Config::parse(
+            &format!(
+                "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\n\
+                 allow_any_host = true\n[[subsystem.namespace]]\nnsid = 1\nbackend = \"ram\"\nsize_mib = 1\n\
+                 block_size = 512\n"
+            ),
+            "fuzz",
+        )
+        .unwrap();
+        // No busy polling: an idle fuzzer should not spin, and the target's logic is the same either way.
+        let settings = TargetSettings { busy_poll: Duration::ZERO, ..TargetSettings::default() };
+        let target = Target::new(&cfg, settings).unwrap();
+        let server = rt.block_on(Server::start(target.clone())).unwrap();
+        let addr = server.bound[0].1;
+        World { rt, target, addr, _server: server }
+    })
+}
+
+/// Reads the input from the front.
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes([self.byte()?, self.byte()?]))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes([self.byte()?, self.byte()?, self.byte()?, self.byte()?]))
+    }
+}
+
+fn pattern(from: usize, len: usize) -> Bytes {
+    (from..from + len).map(|i| (i as u8).wrapping_mul(31) ^ 0x5A).collect::<Vec<u8>>().into()
+}
+
+/// One connection to the target, as a host (well-behaved or not).
+struct Host {
+    s: TcpStream,
+    dec: PduDecoder,
+    buf: BytesMut,
+    f: Framing,
+    /// For each CID sent: the largest data length any command sent with it described.
+    sent: HashMap<u16, usize>,
+    /// R2Ts received: (CID, TTAG, offset, length, bytes of it sent so far).
+    r2ts: Vec<(u16, u16, usize, usize, usize)>,
+    /// The target sent a C2HTermReq.
+    terminated: bool,
+    /// The target closed its side.
+    closed: bool,
+    /// The next PDU goes out in two writes, the target running in between.
+    split_next: Option<u8>,
+    next_cid: u16,
+    /// The ICReq/ICResp exchange is done.
+    negotiated: bool,
+}
+
+impl Host {
+    async fn open(addr: SocketAddr) -> Host {
+        let s = TcpStream::connect(addr).await.expect("connect to the target");
+        let _ = s.set_nodelay(true);
+        // Closed with a reset: no TIME_WAIT connection left behind by each run.
+        #[allow(deprecated)]
+        let _ = s.set_linger(Some(Duration::ZERO));
+        Host {
+            s,
+            dec: PduDecoder::new(Role::Host, Limits { max_incapsule: 0, max_h2c_data: 0, max_c2h_data: 4 << 20 }),
+            buf: BytesMut::new(),
+            f: Framing::default(),
+            sent: HashMap::new(),
+            r2ts: Vec::new(),
+            terminated: false,
+            closed: false,
+            split_next: None,
+            next_cid: 0x100,
+            negotiated: false,
+        }
+    }
+
+    async fn write(&mut self, b: &[u8]) {
+        let b = match self.split_next.take() {
+            Some(at) if b.len() > 1 => {
+                let at = 1 + at as usize % (b.len() - 1);
+                if self.s.write_all(&b[..at]).await.is_err() {
+                    self.closed = true;
+                    return;
+                }
+                tokio::task::yield_now().await;
+                self.drain();
+                &b[at..]
+            }
+            _ => b,
+        };
+        if self.s.write_all(b).await.is_err() {
+            self.closed = true;
+        }
+    }
+
+    async fn send(&mut self, p: &Pdu) {
+        if let Pdu::CapsuleCmd(c) = p {
+            let len = c.sqe.dptr.len() as usize;
+            let e = self.sent.entry(c.sqe.cid.get()).or_default();
+            *e = (*e).max(len);
+        }
+        let b = p.to_bytes(&self.f);
+        self.write(&b).await;
+    }
+
+    /// Take whatever the target has sent, without waiting, and check it.
+    fn drain(&mut self) {
+        while !self.closed {
+            self.buf.reserve(64 * 1024);
+            match self.s.try_read_buf(&mut self.buf) {
+                Ok(0) => self.closed = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => self.closed = true,
+            }
+            while let Some(p) = self.next_pdu() {
+                self.check(p);
+            }
+        }
+    }
+
+    fn next_pdu(&mut self) -> Option<Pdu> {
+        match self.dec.decode(&mut self.buf) {
+            Ok(p) => p,
+            Err(DecodeError::Fatal(f)) => panic!("the target sent a malformed PDU: {f}"),
+            Err(DecodeError::DataDigest { .. }) => panic!("the target sent data with a bad digest"),
+        }
+    }
+
+    fn check(&mut self, p: Pdu) {
+        if std::env::var_os("TARGET_CONNECTION_DEBUG").is_some() {
+            match &p {
+                Pdu::C2HData(d) => eprintln!("target: C2HData {:#x} at {} ({} bytes)", d.cccid, d.datao, d.data.len()),
+                p => eprintln!("target: {p:?}"),
+            }
+        }
+        assert!(!self.terminated, "the target sent {:?} after its C2HTermReq", p.pdu_type());
+        let known = |cid: u16| self.sent.get(&cid).copied();
+        match p {
+            // The answer to an ICReq the script sent as raw bytes: framed as it asked from here on.
+            Pdu::IcResp(r) if !self.negotiated => {
+                self.negotiated = true;
+                self.dec.set_negotiated(r.hdgst, r.ddgst, 0);
+                self.f = Framing { hdgst: r.hdgst, ddgst: r.ddgst, pda: 0 };
+            }
+            Pdu::CapsuleResp(r) => {
+                assert!(known(r.cqe.cid()).is_some(), "a completion for CID {:#x}, never sent", r.cqe.cid());
+            }
+            Pdu::C2HData(d) => {
+                let len = known(d.cccid).unwrap_or_else(|| panic!("C2HData for CID {:#x}, never sent", d.cccid));
+                assert!(
+                    d.datao as usize + d.data.len() <= len,
+                    "C2HData (offset {}, {} bytes) past the {len} bytes of command {:#x}",
+                    d.datao,
+                    d.data.len(),
+                    d.cccid
+                );
+            }
+            Pdu::R2T(r) => {
+                let len = known(r.cccid).unwrap_or_else(|| panic!("R2T for CID {:#x}, never sent", r.cccid));
+                let (o, l) = (r.r2to as usize, r.r2tl as usize);
+                assert!(l > 0 && o + l <= len, "R2T (offset {o}, {l} bytes) for the {len} bytes of {:#x}", r.cccid);
+                self.r2ts.push((r.cccid, r.ttag, o, l, 0));
+            }
+            Pdu::C2HTermReq(_) => self.terminated = true,
+            other => panic!("the target sent a {:?} PDU", other.pdu_type()),
+        }
+    }
+
+    /// Wait for the target's answer to command `cid` (well-behaved set-up steps); its completion.
+    async fn wait(&mut self, cid: u16) -> Option<CompletionEntry> {
+        let r = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                while let Some(p) = self.next_pdu() {
+                    if let Pdu::CapsuleResp(r) = &p {
+                        if r.cqe.cid() == cid {
+                            return Some(r.cqe);
+                        }
+                    }
+                    self.check(p);
+                }
+                if self.closed {
+                    return None;
+                }
+                match self.s.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => self.closed = true,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        r.expect("no answer from the target within 10 s")
+    }
+
+    async fn ic(&mut self, hdgst: bool, ddgst: bool) -> bool {
+        self.write(&Pdu::IcReq(IcReq { pfv: 0, hpda: 0, hdgst, ddgst, maxr2t: 0 }).to_bytes(&Framing::default())).await;
+        let r = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(p) = self.next_pdu() {
+                    return matches!(p, Pdu::IcResp(_));
+                }
+                match self.s.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .expect("no ICResp within 10 s");
+        self.negotiated = true;
+        self.dec.set_negotiated(hdgst, ddgst, 0);
+        self.f = Framing { hdgst, ddgst, pda: 0 };
+        r
+    }
+
+    async fn command(&mut self, mut sqe: SubmissionEntry, data: Bytes) -> Option<CompletionEntry> {
+        let cid = self.next_cid;
+        self.next_cid += 1;
+        sqe.cid.set(cid);
+        self.send(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data })).await;
+        self.wait(cid).await
+    }
+
+    async fn connect(&mut self, subnqn: &str, qid: u16, cntlid: u16) -> Option<u16> {
+        let c = ConnectCommand::new(0, qid, 31, if qid == 0 { 30_000 } else { 0 });
+        let d = ConnectData::new([0xF3; 16], cntlid, subnqn, HOSTNQN);
+        let r = self.command(c.to_sqe(), Bytes::copy_from_slice(zerocopy::IntoBytes::as_bytes(&d))).await?;
+        r.status().is_success().then(|| r.dw0.get() as u16)
+    }
+
+    /// The CID of one of the commands sent, or any CID, as the input chooses.
+    fn pick_cid(&self, inp: &mut Input) -> Option<u16> {
+        let b = inp.byte()?;
+        if b < 0xF0 && !self.sent.is_empty() {
+            let mut cids: Vec<u16> = self.sent.keys().copied().collect();
+            cids.sort_unstable();
+            Some(cids[b as usize % cids.len()])
+        } else {
+            inp.u16()
+        }
+    }
+
+    /// Run one operation of the script; `None` at its end.
+    async fn op(&mut self, inp: &mut Input<'_>, admin_queue: bool) -> Option<()> {
+        let f = self.f;
+        match inp.byte()? % 10 {
+            // A command: an opcode of the queue's (or any), any CID, any LBA range, an SGL for data by R2T, in
+            // the capsule, or anything, and in-capsule data of any length.
+            0 => {
+                let sel = inp.byte()?;
+                let opcode = if admin_queue {
+                    [
+                        admin::IDENTIFY,
+                        admin::GET_LOG_PAGE,
+                        admin::SET_FEATURES,
+                        admin::GET_FEATURES,
+                        admin::KEEP_ALIVE,
+                        admin::ASYNC_EVENT_REQUEST,
+                        holdfast_proto::opcode::FABRICS,
+                    ]
+                    .get(sel as usize % 8)
+                    .copied()
+                    .unwrap_or(sel)
+                } else {
+                    [io::READ, io::WRITE, io::FLUSH, io::WRITE_ZEROES, io::DATASET_MANAGEMENT, io::COMPARE]
+                        .get(sel as usize % 7)
+                        .copied()
+                        .unwrap_or(sel)
+                };
+                // A fresh CID, or one already used (perhaps still outstanding), or any.
+                let cid = if inp.byte()? & 1 == 0 {
+                    self.next_cid += 1;
+                    self.next_cid
+                } else {
+                    self.pick_cid(inp)?
+                };
+                let mut sqe = SubmissionEntry::new(opcode, cid);
+                sqe.nsid.set(if sel & 0x80 == 0 { 1 } else { inp.u32()? });
+                let (slba, nlb) = (inp.byte()? as u64 * 8 % BLOCKS, inp.byte()? as u32 % 64);
+                if admin_queue {
+                    sqe.cdw10.set(inp.u32()?);
+                    sqe.cdw11.set(inp.u32()?);
+                    sqe.cdw12.set(inp.u32()?);
+                } else {
+                    holdfast_proto::sqe::rw::set(&mut sqe, slba, nlb + 1, 0);
+                }
+                let mode = inp.byte()?;
+                let len = match mode & 3 {
+                    0 => (nlb as usize + 1) * 512,
+                    1 => mode as usize * 64,
+                    2 => inp.u16()? as usize * 2,
+                    _ => 0,
+                };
+                let incapsule = match (mode >> 2) & 3 {
+                    0 => 0,
+                    1 => len,
+                    2 => (inp.u16()? as usize) % 20_000,
+                    _ => len.min(8192),
+                };
+                sqe.dptr = match (mode >> 4) & 3 {
+                    0 if incapsule > 0 => SglDescriptor::incapsule(incapsule as u32),
+                    0 | 1 => SglDescriptor::transport(len as u32),
+                    2 => SglDescriptor::incapsule(len as u32),
+                    _ => {
+                        let mut d = [0u8; 16];
+                        for b in d.iter_mut() {
+                            *b = inp.byte()?;
+                        }
+                        zerocopy::FromBytes::read_from_bytes(&d[..]).ok()?
+                    }
+                };
+                if opcode == holdfast_proto::opcode::FABRICS && admin_queue {
+                    // A property get or set, mostly: the fabrics command type is CDW0's byte 4.
+                    let p = PropertyCommand::new(
+                        cid,
+                        [property::CC, property::CSTS, property::CAP, inp.u32()?][mode as usize % 4],
+                        mode & 0x40 != 0,
+                        (mode & 0x80 != 0).then_some(cc::ENABLE_DEFAULT as u64 ^ (sel as u64 & 0xF)),
+                    );
+                    sqe = p.to_sqe();
+                }
+                let data = pattern(0, incapsule);
+                self.send(&Pdu::CapsuleCmd(CapsuleCmd { sqe, data })).await;
+            }
+            // H2CData: for an R2T received (the next data of it, or any part) or for any CID and tag.
+            op @ (1 | 5) => {
+                let b = inp.byte()?;
+                let r2t = (b < 0xF0 && !self.r2ts.is_empty()).then(|| b as usize % self.r2ts.len());
+                let (cccid, ttag, next, rest) = match r2t {
+                    Some(i) => {
+                        let (c, t, o, l, done) = self.r2ts[i];
+                        (c, t, o + done, l - done.min(l))
+                    }
+                    None => (inp.u16()?, inp.byte()? as u16, 0, 512),
+                };
+                let mode = inp.byte()?;
+                let datao = if mode & 1 == 0 { next } else { inp.u16()? as usize };
+                let len = match (mode >> 1) & 3 {
+                    0 => rest,
+                    1 => rest.min(512 * (1 + (mode >> 4) as usize)),
+                    2 => (mode >> 4) as usize * 4,
+                    _ => inp.u32()? as usize % 140_000,
+                };
+                let last = mode & 0x80 != 0 || datao + len == next + rest;
+                if let Some(i) = r2t {
+                    if datao == next {
+                        self.r2ts[i].4 += len;
+                    }
+                }
+                let mut b = Pdu::H2CData(H2CData { cccid, ttag, datao: datao as u32, data: pattern(datao, len), last })
+                    .to_bytes(&f);
+                if op == 5 && f.ddgst && len > 0 {
+                    // The data changed after its digest was computed.
+                    let mut m = BytesMut::from(&b[..]);
+                    let at = m.len() - 5;
+                    m[at] ^= 0xA5;
+                    b = m.freeze();
+                }
+                self.write(&b).await;
+            }
+            // Bytes that may be no PDU at all.
+            2 => {
+                let n = (inp.byte()? % 64) as usize;
+                let b = inp.0.get(..n)?.to_vec();
+                inp.0 = &inp.0[n..];
+                self.write(&b).await;
+            }
+            // Let the target run, and read what it sent.
+            3 => {
+                tokio::task::yield_now().await;
+                self.drain();
+            }
+            // An H2CTermReq.
+            4 => {
+                let fes = inp.byte()? as u16 % 8;
+                self.send(&Pdu::H2CTermReq(TermReq { fes, fei: 0, data: Bytes::new() })).await;
+            }
+            // A PDU a host never sends (or never again).
+            6 => {
+                let p = match inp.byte()? % 4 {
+                    0 => Pdu::IcReq(IcReq { pfv: 0, hpda: 0, hdgst: f.hdgst, ddgst: f.ddgst, maxr2t: 0 }),
+                    1 => Pdu::CapsuleResp(CapsuleResp { cqe: CompletionEntry::new(1, Status::SUCCESS, 0) }),
+                    2 => Pdu::C2HData(C2HData { cccid: 1, datao: 0, data: pattern(0, 8), last: true, success: false }),
+                    _ => Pdu::R2T(R2T { cccid: 1, ttag: 1, r2to: 0, r2tl: 512 }),
+                };
+                self.send(&p).await;
+            }
+            // The next PDU in two writes.
+            7 => self.split_next = Some(inp.byte()?),
+            // Wait a little for the target (a write's data, a held command).
+            8 => {
+                let _ = tokio::time::timeout(Duration::from_millis(2), self.s.readable()).await;
+                self.drain();
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+
+    /// Close our side and read (and check) until the target closes its side.
+    async fn finish(&mut self) {
+        let _ = self.s.shutdown().await;
+        let r = tokio::time::timeout(Duration::from_secs(10), async {
+            while !self.closed {
+                self.buf.reserve(64 * 1024);
+                match self.s.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => self.closed = true,
+                    Ok(_) => {}
+                }
+                while let Some(p) = self.next_pdu() {
+                    self.check(p);
+                }
+            }
+        })
+        .await;
+        assert!(r.is_ok(), "the target did not close the connection within 10 s of the host closing its side");
+    }
+}
+
+async fn case(input: &[u8]) {
+    let w = world();
+    let mut inp = Input(input);
+    let Some(mode) = inp.byte() else { return };
+    let (hdgst, ddgst) = (mode & 1 != 0, mode & 2 != 0);
+    let discovery = mode & 0x20 != 0;
+    let admin_queue = mode & 4 != 0 || discovery;
+    let (no_connect, no_ic) = (mode & 8 != 0, mode & 0x10 != 0);
+    let subnqn = if discovery { DISCOVERY_NQN } else { NQN };
+
+    // The association: an admin queue connected and enabled, and (unless the script runs on the admin queue)
+    // I/O queue 1's connection.
+    let mut admin = Host::open(w.addr).await;
+    let mut script_host = None;
+    if admin.ic(hdgst, ddgst).await {
+        if let Some(cntlid) = admin.connect(subnqn, 0, 0xFFFF).await {
+            let en = PropertyCommand::new(0, property::CC, false, Some(cc::ENABLE_DEFAULT as u64));
+            admin.command(en.to_sqe(), Bytes::new()).await;
+            if !admin_queue {
+                let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+                s.cdw10.set(0x07);
+                s.cdw11.set(0x0001_0001);
+                admin.command(s, Bytes::new()).await;
+                let mut q = Host::open(w.addr).await;
+                let up =
+                    no_ic || (q.ic(hdgst, ddgst).await && (no_connect || q.connect(NQN, 1, cntlid).await.is_some()));
+                if up {
+                    script_host = Some(q);
+                } else {
+                    q.finish().await;
+                }
+            }
+        }
+    }
+    if admin_queue || script_host.is_none() {
+        while admin.op(&mut inp, true).await.is_some() {
+            admin.drain();
+        }
+    } else if let Some(q) = script_host.as_mut() {
+        while q.op(&mut inp, false).await.is_some() {
+            q.drain();
+        }
+        q.finish().await;
+    }
+    admin.finish().await;
+
+    // Nothing outlives the connections: the controller and every connection's admission are released.
+    let leaked = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let ctrls =
+                w.target.subsystem(NQN).map_or(0, |s| s.controllers().len()) + w.target.discovery.controllers().len();
+            if ctrls == 0 && w.target.unbound.count() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    assert!(leaked.is_ok(), "a controller or a connection's admission outlived its connections by 10 s");
+}
+
+fuzz_target!(|input: &[u8]| {
+    world().rt.block_on(case(input));
+});
