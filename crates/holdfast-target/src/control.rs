@@ -71,7 +71,15 @@ pub async fn serve(target: Arc<Target>, path: &Path, shutdown: CancellationToken
         tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => {
-                let Ok((stream, _)) = r else { continue };
+                let (stream, _) = match r {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // EMFILE and the like: the listener stays readable, so wait a little rather than spin.
+                        tracing::warn!("control socket: accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let target = target.clone();
                 tokio::spawn(async move {
                     let (rd, mut wr) = stream.into_split();
