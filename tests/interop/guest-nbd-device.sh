@@ -2,7 +2,7 @@
 # guest-nbd-device.sh: vm.sh guest script for scripts/interop-nbd-device.sh. holdfast's NBD bridge, run in the
 # guest, attaches holdfast's target (on this machine, reached as 10.0.2.2:$PORT) to the Linux kernel's NBD
 # device /dev/nbd0: a second bridge on the running device refused; O_DIRECT data written and read back; the
-# bridge SIGSTOPped for 2 s under a write, which completes; ext4, files written while the host side (vm.sh -H)
+# bridge SIGSTOPped for 2 s under a write, which completes; a SIGHUP ignored; ext4, files written while the host side (vm.sh -H)
 # kills the target and restarts it 35 s later (longer than the block layer's 30 s request timeout, which must
 # not fail anything), every file verified before and after a remount; SIGTERM detaches the device and the
 # bridge exits 0; the kernel logs no I/O error. Then on /dev/nbd1, against a target in the guest: read-only;
@@ -40,6 +40,12 @@ sw=$!
 kill -STOP $bp; sleep 2; kill -CONT $bp; wait $sw
 [ -f /tmp/stopped_write ] || { log "a write across a SIGSTOP of the bridge failed"; dmesg | tail -n 5; exit 1; }
 log "the bridge stopped for 2 s under a write and continued: the write completed"
+# A closed terminal (SIGHUP) leaves the device attached.
+kill -HUP $bp; sleep 0.5
+kill -0 $bp 2>/dev/null || { log "the bridge ended on SIGHUP"; tail -n 3 /tmp/bridge.log; exit 1; }
+grep -q "SIGHUP ignored" /tmp/bridge.log || { log "no word of the SIGHUP"; tail -n 3 /tmp/bridge.log; exit 1; }
+dd if=/dev/nbd0 of=/tmp/direct.back bs=1M skip=100 count=8 iflag=direct 2>/dev/null
+cmp /tmp/direct /tmp/direct.back && log "SIGHUP ignored: the device stayed attached"
 
 mkfs.ext4 -q -F -E nodiscard /dev/nbd0 64M; mkdir -p /mnt/t; mount /dev/nbd0 /mnt/t
 dd if=/dev/urandom of=/tmp/seed bs=1M count=2 2>/dev/null
@@ -96,7 +102,14 @@ attach_nbd1() {  # attach_nbd1 LOG ARGS...: a bridge on /dev/nbd1 to the local t
   "${BIN:-/opt/holdfast}" nbd --addr 127.0.0.1:4420 --nqn "$NQN:local" --device /dev/nbd1 --reconnect-delay-ms 500 \
     "$@" >"$log_" 2>&1 &
   b2=$!
-  if [ -n "${BIN:-}" ]; then rm -f "$BIN"; fi  # gone before the bridge starts the device's process
+  if [ -n "${BIN:-}" ]; then
+    # Gone before the bridge starts the device's process, but only once the bridge runs it: the background
+    # job's exec may come after this shell's next command.
+    i=0; until [ "$(readlink /proc/$b2/exe 2>/dev/null)" = "$BIN" ]; do
+      i=$((i + 1)); [ $i -lt 2000 ] && kill -0 $b2 2>/dev/null || { log "the bridge did not start"; exit 1; }
+    done
+    rm -f "$BIN"
+  fi
   i=0; until grep -q '^attached:' "$log_"; do
     i=$((i + 1)); [ $i -lt 600 ] && kill -0 $b2 2>/dev/null || { log "/dev/nbd1 did not attach"; cat "$log_"; exit 1; }
     sleep 0.1

@@ -34,7 +34,7 @@ pub struct Args {
     /// Attach the namespace to this Linux NBD device (`/dev/nbdN`: needs the `nbd` module, and root) instead
     /// of serving NBD on a socket, so that every program uses it as a local block device. Runs until
     /// SIGINT/SIGTERM (unmount first: the device is disconnected; a second signal forces it) or until the
-    /// device is disconnected elsewhere (`nbd-client -d`).
+    /// device is disconnected elsewhere (`nbd-client -d`); SIGHUP (a closed terminal) is ignored.
     #[arg(long, conflicts_with_all = ["socket", "listen", "max_clients", "name"])]
     device: Option<PathBuf>,
     /// Export name (the default export, "", is the same one).
@@ -211,6 +211,9 @@ async fn attach(device: crate::nbd::device::Device, export: Arc<Export>) -> anyh
     use tokio::signal::unix::{signal, SignalKind};
     // Handlers first: a signal that came before them would end the bridge under the kernel's requests.
     let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+    // A closed terminal (SIGHUP) leaves the device attached: its default would end the bridge, and with it the
+    // device, under a mounted filesystem (nbd-client and qemu-nbd detach from the terminal for the same reason).
+    let mut hup = signal(SignalKind::hangup())?;
     // One connection. With several, the kernel takes a request unanswered for 30 s (the block layer's
     // timeout) for a dead connection, sends it again on another, and shuts the device down when none is left,
     // whatever the connection policy says; with one, and no timeout set, it logs "Possible stuck request"
@@ -264,6 +267,10 @@ async fn attach(device: crate::nbd::device::Device, export: Arc<Export>) -> anyh
             r = &mut done_rx => break r.map_err(|_| anyhow::anyhow!("the NBD device's waiter ended without a result"))?,
             _ = term.recv() => {}
             _ = int.recv() => {}
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP ignored: {} stays attached (SIGTERM or SIGINT detaches it)", dev.display());
+                continue;
+            }
             _ = expired => {
                 if forced {
                     anyhow::bail!("{} did not stop within 10 s of its connection being shut down", dev.display());
@@ -305,7 +312,9 @@ async fn attach(device: crate::nbd::device::Device, export: Arc<Export>) -> anyh
     }
     match ended {
         Ok(Ended::Disconnect) => {
-            outln!("detached: {}", dev.display());
+            // Best effort: after a SIGHUP the terminal may be gone, and the detach succeeded all the same.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stdout().lock(), "detached: {}", dev.display());
             Ok(())
         }
         Ok(Ended::Closed) => anyhow::bail!(
