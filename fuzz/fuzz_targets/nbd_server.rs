@@ -55,8 +55,9 @@ fn world() -> &'static World {
             name: "fuzz".into(),
             description: "fuzz".into(),
             read_only: false,
-            // Small enough that a few large requests wait for one another.
-            budget: Arc::new(tokio::sync::Semaphore::new(4 << 20)),
+            // Small enough that large requests wait for one another, and no smaller than one request's cost
+            // (as `holdfast nbd`'s INFLIGHT_BYTES is not): a request costing more would wait for ever.
+            budget: Arc::new(tokio::sync::Semaphore::new(2 * server::MAX_REQUEST as usize)),
             stall_timeout: Duration::from_secs(2),
             partial_blocks: (0..server::PARTIAL_BLOCK_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
         });

@@ -27,6 +27,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes of request data (a write's payload, a read's answer) all connections together may hold at once.
 /// A connection whose next request does not fit waits before reading it (its payload included).
 pub const INFLIGHT_BYTES: usize = 512 << 20;
+const _: () = assert!(INFLIGHT_BYTES >= MAX_REQUEST as usize && CONNECTION_BYTES >= MAX_REQUEST as usize);
 /// The same, for one connection: each request counts at least [`MIN_COST`], so at most 512 are in flight.
 const CONNECTION_BYTES: usize = 64 << 20;
 /// What a request without data (or with little) counts towards the budgets.
@@ -51,7 +52,8 @@ pub struct Export {
     pub description: String,
     /// Refuse writes, trims and write-zeroes with `EPERM`.
     pub read_only: bool,
-    /// The request data budget all connections share ([`INFLIGHT_BYTES`] permits, a byte each).
+    /// The request data budget all connections share ([`INFLIGHT_BYTES`] permits, a byte each). At least
+    /// [`MAX_REQUEST`]: a request takes up to that much at once, and with fewer permits in all would wait for ever.
     pub budget: Arc<Semaphore>,
     /// How long a write's payload or a reply may take ([`STALL_TIMEOUT`] unless a test says otherwise).
     pub stall_timeout: Duration,
