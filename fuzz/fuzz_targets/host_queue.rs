@@ -14,7 +14,8 @@
 //!
 //! Input: byte 0: bit 0 header digests, bit 1 data digests, bit 2 admin queue (else I/O queue 1), bits 3-5
 //! depth - 1, bit 6 no in-capsule data (every write through R2T), bit 7 MAXH2CDATA 4096 (else 16384);
-//! byte 1: commands - 1 (low 3 bits); then one byte per command (bit 0 write, bit 1 not replayable, bits 2-6
+//! byte 1: commands - 1 (low 3 bits), bit 3 busy polling (the queue reads its own socket while one command is
+//! outstanding); then one byte per command (bit 0 write, bit 1 not replayable, bits 2-6
 //! length in 512-byte units - 1); then the fake's script, one operation after another (see [`Op`]).
 #![no_main]
 use bytes::{Bytes, BytesMut};
@@ -379,6 +380,11 @@ async fn case(input: &[u8]) {
     drop(tx);
     let n = replies.len();
 
+    // Busy polling: with one command outstanding the queue then reads its socket itself (spin_read).
+    let poll = if ncmd & 8 != 0 { holdfast_rt::BusyPoll::new(Duration::from_micros(200)) } else { None };
+    if let Some(b) = &poll {
+        b.spawn();
+    }
     let p = QueueParams {
         qid,
         depth,
@@ -387,7 +393,7 @@ async fn case(input: &[u8]) {
         maxh2cdata,
         io_timeout: Duration::from_secs(60),
         addr: addr.to_string(),
-        poll: None,
+        poll: poll.clone(),
         closing: tokio_util::sync::CancellationToken::new(),
         crdt: [0; 3],
     };

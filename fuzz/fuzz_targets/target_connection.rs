@@ -1,4 +1,5 @@
-//! Fuzz the target's TCP transport end to end (`holdfast_target::transport::tcp` behind a running `Server`):
+//! Fuzz the target's TCP transport end to end (`holdfast_target::transport::tcp` behind a running `Server`,
+//! namespace 1 on RAM, namespace 2 on a file):
 //! a hostile host on a loopback connection sends the PDUs the input chooses (commands with any opcode, SGL and
 //! in-capsule data, H2CData for any command, tag, offset and length, termination requests, PDUs a host never
 //! sends, bytes that are no PDU at all, data with a bad digest, PDUs split across writes), then closes. The
@@ -48,11 +49,17 @@ fn world() -> &'static World {
     static W: OnceLock<World> = OnceLock::new();
     W.get_or_init(|| {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        // Namespace 2 is a file, served by the file backend's I/O threads: commands that complete on another
+        // thread, after their connection may have gone.
+        let file = std::env::temp_dir().join(format!("holdfast-fuzz-target-connection-{}.img", std::process::id()));
+        std::fs::File::create(&file).and_then(|f| f.set_len(1 << 20)).unwrap();
         let cfg = Config::parse(
             &format!(
                 "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\n\
                  allow_any_host = true\n[[subsystem.namespace]]\nnsid = 1\nbackend = \"ram\"\nsize_mib = 1\n\
-                 block_size = 512\n"
+                 block_size = 512\n[[subsystem.namespace]]\nnsid = 2\nbackend = \"file\"\npath = {:?}\n\
+                 block_size = 512\n",
+                file.display().to_string()
             ),
             "fuzz",
         )
@@ -60,6 +67,8 @@ fn world() -> &'static World {
         // No busy polling: an idle fuzzer should not spin, and the target's logic is the same either way.
         let settings = TargetSettings { busy_poll: Duration::ZERO, ..TargetSettings::default() };
         let target = Target::new(&cfg, settings).unwrap();
+        // Open now: no file left behind by each fuzzing process.
+        let _ = std::fs::remove_file(&file);
         let server = rt.block_on(Server::start(target.clone())).unwrap();
         let addr = server.bound[0].1;
         World { rt, target, addr, _server: server }
@@ -331,7 +340,11 @@ impl Host {
                     self.pick_cid(inp)?
                 };
                 let mut sqe = SubmissionEntry::new(opcode, cid);
-                sqe.nsid.set(if sel & 0x80 == 0 { 1 } else { inp.u32()? });
+                sqe.nsid.set(match sel >> 6 {
+                    0 | 1 => 1,
+                    2 => 2,
+                    _ => inp.u32()?,
+                });
                 let (slba, nlb) = (inp.byte()? as u64 * 8 % BLOCKS, inp.byte()? as u32 % 64);
                 if admin_queue {
                     sqe.cdw10.set(inp.u32()?);
