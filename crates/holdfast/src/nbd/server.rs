@@ -27,7 +27,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes of request data (a write's payload, a read's answer) all connections together may hold at once.
 /// A connection whose next request does not fit waits before reading it (its payload included).
 pub const INFLIGHT_BYTES: usize = 512 << 20;
-const _: () = assert!(INFLIGHT_BYTES >= MAX_REQUEST as usize && CONNECTION_BYTES >= MAX_REQUEST as usize);
+const _: () = assert!(INFLIGHT_BYTES >= MAX_REQUEST as usize);
+const _: () = assert!(CONNECTION_BYTES >= MAX_REQUEST as usize);
 /// The same, for one connection: each request counts at least [`MIN_COST`], so at most 512 are in flight.
 const CONNECTION_BYTES: usize = 64 << 20;
 /// What a request without data (or with little) counts towards the budgets.
