@@ -148,6 +148,10 @@ pub struct CtrlState {
     pub aer_tx: Option<mpsc::UnboundedSender<AerCompletion>>,
     /// The shutdown notifications' flush of the file namespaces ([`Controller::write_cc`]).
     pub shutdown_flush: ShutdownFlush,
+    /// A Controller Level Reset (CC.EN 1 to 0) is under way: its I/O queues are closing and the commands they
+    /// had on the media finishing, and CSTS.RDY still reads 1 until both are done ([`Controller::csts`]).
+    /// The fenced gates of those queues, to wait for.
+    pub resetting: Option<Vec<Arc<AssociationGate>>>,
 }
 
 /// A controller.
@@ -180,9 +184,13 @@ pub struct Controller {
     /// this association in a Fence Association ([`crate::cmd::admin::fence_association`]), even after the
     /// CNTLID was given to another. Reported in Identify Controller's vendor-specific area.
     pub uniquifier: u64,
-    /// The media gates of the queues bound to this controller ([`Controller::bind_gate`]): killed by the
-    /// teardown itself, not by each queue task when it gets round to exiting.
-    gates: Mutex<Vec<std::sync::Weak<AssociationGate>>>,
+    /// The media gates of the queues bound to this controller, with their queue IDs ([`Controller::bind_gate`]):
+    /// killed by the teardown itself (the I/O queues' by a reset too), not by each queue task when it gets
+    /// round to exiting.
+    gates: Mutex<Vec<(u16, std::sync::Weak<AssociationGate>)>>,
+    /// Cancelled by a Controller Level Reset (and with `cancel`): the I/O queues connected before it close.
+    /// A child of `cancel`, replaced by a fresh one at each reset for the queues connected after it.
+    io_cancel: Mutex<CancellationToken>,
     /// CSTS.RDY, mirrored out of `state` for the I/O path.
     ready: AtomicBool,
     /// Volatile write cache disabled (Set Features 06h): writes are made durable before completion.
@@ -204,6 +212,7 @@ impl Controller {
         kato_ms: u32,
     ) -> Arc<Self> {
         let now = target.now_ms();
+        let cancel = CancellationToken::new();
         Arc::new(Controller {
             cntlid,
             subsys,
@@ -232,8 +241,10 @@ impl Controller {
                 error_count: 0,
                 aer_tx: None,
                 shutdown_flush: ShutdownFlush::default(),
+                resetting: None,
             }),
-            cancel: CancellationToken::new(),
+            io_cancel: Mutex::new(cancel.child_token()),
+            cancel,
             torn_down: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             write_through: AtomicBool::new(false),
@@ -258,7 +269,8 @@ impl Controller {
     }
 
     /// Apply a CC write (NVMe Base 2.0 §3.6.1 and §3.6.2): EN 0→1 sets CSTS.RDY (after checking the queue
-    /// entry sizes), EN 1→0 is a controller reset, SHN starts a shutdown, complete once the file namespaces'
+    /// entry sizes), EN 1→0 is a Controller Level Reset (the I/O queues close; CSTS.RDY reads 0 once they are gone
+    /// and their commands off the media, [`Controller::csts`]), SHN starts a shutdown, complete once the file namespaces'
     /// volatile write cache (the page cache) is on the media. Returns Err for an invalid CC value.
     pub fn write_cc(self: &Arc<Self>, new: u32) -> Result<(), Status> {
         // Looked up before the state lock is taken (the namespace table has its own lock), and only for a
@@ -275,8 +287,26 @@ impl Controller {
                 return Ok(());
             }
             st.csts = (st.csts & !csts::SHST_MASK) | csts::RDY;
+            // Enabled again before the reset was seen done (a host that did not wait for CSTS.RDY 0): what is
+            // left of it goes on in the background, fenced.
+            st.resetting = None;
         } else if new & cc::EN == 0 && old & cc::EN != 0 {
-            st.csts &= !(csts::RDY | csts::CFS);
+            // A Controller Level Reset (NVMe Base 2.0 §3.7.2): the controller stops processing commands and its
+            // I/O queues are deleted. Their connections close now, and what they had not started on the media
+            // never lands; CSTS.RDY reads 0 once those queues are gone and what they had on the media has
+            // finished ([`Controller::csts`]), so that nothing of theirs lands after the host has seen the
+            // reset done (and issued anything anew). SPDK's target does the same; Linux nvmet leaves the I/O
+            // queues connected. Commands on any queue are refused meanwhile (`ready`, below).
+            st.csts &= !csts::CFS;
+            let gates: Vec<_> =
+                self.gates.lock().iter().filter(|(qid, _)| *qid != 0).filter_map(|(_, g)| g.upgrade()).collect();
+            for g in &gates {
+                self.fence_gate(g);
+            }
+            std::mem::replace(&mut *self.io_cancel.lock(), self.cancel.child_token()).cancel();
+            st.resetting = Some(gates);
+            // No I/O queue exists now: Number of Queues may be set again, as during any initialization.
+            st.io_queue_connected = false;
         }
         if new & cc::SHN_MASK != 0 && old & cc::SHN_MASK == 0 {
             // Every completed write is already on the backend, but a file namespace's may still be in the page
@@ -314,8 +344,27 @@ impl Controller {
             st.csts &= !csts::SHST_MASK;
         }
         st.cc = new;
-        self.ready.store(st.csts & csts::RDY != 0, Ordering::Release);
+        self.ready.store(st.csts & csts::RDY != 0 && st.resetting.is_none(), Ordering::Release);
         Ok(())
+    }
+
+    /// CSTS as a Property Get reads it: a reset under way ([`CtrlState::resetting`]) ends here, CSTS.RDY
+    /// going to 0, once the I/O queues it closes are gone and their commands off the media.
+    pub fn csts(&self) -> u32 {
+        let mut st = self.state.lock();
+        let done =
+            st.resetting.as_ref().is_some_and(|g| st.live_qids.is_empty() && g.iter().all(|g| g.inflight() == 0));
+        if done {
+            st.resetting = None;
+            st.csts &= !csts::RDY;
+        }
+        st.csts
+    }
+
+    /// The token an I/O queue connected now watches: cancelled by the next Controller Level Reset or the
+    /// teardown.
+    pub fn io_queues_cancel(&self) -> CancellationToken {
+        self.io_cancel.lock().clone()
     }
 
     /// Record a failed command for the Error Information log (NVMe Base 2.0 §5.16.1.2): its queue, CID,
@@ -451,11 +500,11 @@ impl Controller {
 
     /// Note that a queue bound to this controller passes its media accesses through `gate`, so that the
     /// teardown fences them (design §5). A queue bound after the teardown began has its gate killed here.
-    pub fn bind_gate(&self, gate: &Arc<AssociationGate>) {
+    pub fn bind_gate(&self, qid: u16, gate: &Arc<AssociationGate>) {
         {
             let mut g = self.gates.lock();
-            g.retain(|w| w.strong_count() > 0);
-            g.push(Arc::downgrade(gate));
+            g.retain(|(_, w)| w.strong_count() > 0);
+            g.push((qid, Arc::downgrade(gate)));
         }
         // After the push: a teardown that took the list before it has set `torn_down` before taking it.
         if self.torn_down.load(Ordering::SeqCst) {
@@ -480,7 +529,7 @@ impl Controller {
         if self.torn_down.swap(true, Ordering::SeqCst) {
             return;
         }
-        let gates: Vec<_> = self.gates.lock().iter().filter_map(std::sync::Weak::upgrade).collect();
+        let gates: Vec<_> = self.gates.lock().iter().filter_map(|(_, g)| g.upgrade()).collect();
         for gate in &gates {
             self.fence_gate(gate);
         }

@@ -965,6 +965,69 @@ async fn teardown_fences_every_queue_of_the_association_at_once() {
     server.stop().await;
 }
 
+/// Read CSTS until RDY reads `rdy` (within 5 s).
+async fn wait_rdy(a: &mut Conn, rdy: bool) {
+    let t0 = std::time::Instant::now();
+    while (a.prop_get(property::CSTS, false).await.dw0.get() & csts::RDY != 0) != rdy {
+        assert!(t0.elapsed() < Duration::from_secs(5), "CSTS.RDY did not read {rdy} within 5 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Read `q` until the target closes it (within 5 s); false if it sent a PDU first.
+async fn closed_by_target(q: &mut Conn) -> bool {
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), q.s.read_to_end(&mut rest)).await;
+    matches!(r, Ok(Ok(_)) | Ok(Err(_))) && rest.is_empty() && q.buf.is_empty()
+}
+
+/// A Controller Level Reset (CC.EN 1 to 0) deletes the I/O queues (NVMe Base 2.0 §3.7.2): the target closes
+/// their connections, a write that was waiting for its data (R2T sent) never lands even if the data comes
+/// after the reset, and once CSTS.RDY reads 0 the host connects I/O queue 1 afresh on the re-enabled
+/// controller and reads the block unchanged. (Linux nvmet keeps the I/O queues and would take the data.)
+#[tokio::test]
+async fn a_controller_reset_closes_the_io_queues_and_a_write_waiting_for_data_never_lands() {
+    let (server, addr) = start("").await;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    let cid = q.next_cid();
+    let mut sqe = rw_sqe(io::WRITE, 0, 1, SglDescriptor::transport(512));
+    sqe.cid.set(cid);
+    q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() })).await;
+    let Pdu::R2T(r2t) = q.recv().await else { panic!("expected an R2T") };
+    assert_eq!(a.prop_set(property::CC, 0).await.status(), Status::SUCCESS);
+    // The data arrives after the reset (written into a socket the target may already have closed).
+    let h2c = H2CData { cccid: cid, ttag: r2t.ttag, datao: 0, data: Bytes::from(vec![9u8; 512]), last: true };
+    let _ = q.s.write_all(&Pdu::H2CData(h2c).to_bytes(&q.f)).await;
+    assert!(closed_by_target(&mut q).await, "the reset left the I/O queue's connection open");
+    wait_rdy(&mut a, false).await;
+    assert_eq!(a.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
+    wait_rdy(&mut a, true).await;
+    let mut q2 = Conn::io(addr, &mut a, cntlid, false, false).await;
+    assert_block0_zero(&mut q2, "a write of the I/O queue the reset deleted landed").await;
+    server.stop().await;
+}
+
+/// CSTS.RDY reads 0 after a reset only once the deleted I/O queues' commands are off the media: here a write
+/// held 500 ms before the media keeps RDY at 1 meanwhile, and it never lands (its queue's gate was fenced),
+/// so that nothing of the old queues lands after the host has seen the reset done.
+#[tokio::test]
+async fn a_controller_reset_reads_done_only_once_the_io_queues_writes_are_off_the_media() {
+    let (server, addr, mut a, cntlid, mut q) = association_with_a_held_write(500).await;
+    assert_eq!(a.prop_set(property::CC, 0).await.status(), Status::SUCCESS);
+    let csts_now = a.prop_get(property::CSTS, false).await.dw0.get();
+    assert_ne!(csts_now & csts::RDY, 0, "CSTS.RDY read 0 while a write of a deleted I/O queue was still held");
+    assert!(closed_by_target(&mut q).await, "the reset left the I/O queue's connection open");
+    wait_rdy(&mut a, false).await;
+    let subsys = server.target.subsystem(NQN).unwrap();
+    assert_eq!(subsys.dead_inflight(HOSTNQN, &HOSTID), 0, "RDY read 0 with the write still in flight");
+    assert_eq!(a.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
+    wait_rdy(&mut a, true).await;
+    let mut q2 = Conn::io(addr, &mut a, cntlid, false, false).await;
+    assert_block0_zero(&mut q2, "a write of the I/O queue the reset deleted landed").await;
+    server.stop().await;
+}
+
 /// A Dataset Management deallocation over gigabytes of a RAM namespace runs off the connection's task: it
 /// visits every 128 KiB chunk of its ranges (here 64 ranges over 64 GiB, 33 million chunks), and on this
 /// current-thread runtime everything else (other connections, keep-alive timers, this test's own timer) would

@@ -191,7 +191,7 @@ pub fn property_get(ctx: &QueueCtx, req: &Request) -> Response {
         property::CAP => (cap_value(), 8),
         property::VS => (if ctrl.subsys.is_discovery { VERSION_1_3 } else { VERSION_2_0 } as u64, 4),
         property::CC => (ctrl.state.lock().cc as u64, 4),
-        property::CSTS => (ctrl.state.lock().csts as u64, 4),
+        property::CSTS => (ctrl.csts() as u64, 4),
         property::NSSR => (0, 4),
         property::CRTO => {
             let to = CAP_TIMEOUT_500MS as u64;

@@ -269,7 +269,7 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = &mut stopped => break Close::Normal("listener stopped (target shutting down, or port removed)"),
-                _ = &mut c.ctrl_gone => break Close::Normal("controller torn down"),
+                _ = &mut c.ctrl_gone => break Close::Normal("controller torn down or reset"),
                 r = holdfast_rt::write_some(&mut wr, &c.out), if !c.out.is_empty() => match r {
                     Ok(n) => {
                         c.out.advance(n);
@@ -677,13 +677,18 @@ impl Connection {
         if !ctrl.subsys.is_discovery {
             self.unbound = None;
         }
-        ctrl.bind_gate(&self.ctx.gate);
+        ctrl.bind_gate(self.ctx.qid, &self.ctx.gate);
         // The submission queue exists from this Connect on, and the Connect is its first entry (SQ entry 0):
         // counted now that the queue has a size, so that its response carries SQ Head Pointer 1 and every
         // later completion the entries consumed since (completion queue entry Dword 2; Linux nvmet answers
         // the Connect with SQHD 1 as well). No-op with SQ flow control disabled (NVMe-oF 1.1 §3.3, CATTR).
         self.advance_sqhd();
-        self.ctrl_gone = holdfast_rt::CancelWatch::new(&ctrl.cancel);
+        // An I/O queue also closes at a Controller Level Reset (its queue is deleted).
+        self.ctrl_gone = if self.ctx.qid == 0 {
+            holdfast_rt::CancelWatch::new(&ctrl.cancel)
+        } else {
+            holdfast_rt::CancelWatch::new(&ctrl.io_queues_cancel())
+        };
         if self.ctx.qid == 0 {
             let (tx, rx) = mpsc::unbounded_channel();
             ctrl.state.lock().aer_tx = Some(tx);
