@@ -14,7 +14,8 @@
 //! Input: byte 0: bit 0 header digests, bit 1 data digests, bit 2 the script runs on the admin queue (else on
 //! I/O queue 1), bit 3 the script's connection sends no Connect (it starts right after the ICResp), bit 4 the
 //! script's connection sends no ICReq either, bit 5 the discovery subsystem (the script then runs on its admin
-//! queue); then the script, one operation after another (see `Host::op`).
+//! queue); then the script, one operation after another (see `Host::op`; operation 10 moves the script between
+//! the admin queue and I/O queue 1).
 #![no_main]
 use bytes::{Bytes, BytesMut};
 use holdfast_proto::decoder::{DecodeError, Limits, PduDecoder, Role};
@@ -308,7 +309,7 @@ impl Host {
     /// Run one operation of the script; `None` at its end.
     async fn op(&mut self, inp: &mut Input<'_>, admin_queue: bool) -> Option<()> {
         let f = self.f;
-        match inp.byte()? % 10 {
+        match inp.byte()? % 11 {
             // A command: an opcode of the queue's (or any), any CID, any LBA range, an SGL for data by R2T, in
             // the capsule, or anything, and in-capsule data of any length.
             0 => {
@@ -379,13 +380,27 @@ impl Host {
                     }
                 };
                 if opcode == holdfast_proto::opcode::FABRICS && admin_queue {
-                    // A property get or set, mostly: the fabrics command type is CDW0's byte 4.
-                    let p = PropertyCommand::new(
-                        cid,
-                        [property::CC, property::CSTS, property::CAP, inp.u32()?][mode as usize % 4],
-                        mode & 0x40 != 0,
-                        (mode & 0x80 != 0).then_some(cc::ENABLE_DEFAULT as u64 ^ (sel as u64 & 0xF)),
-                    );
+                    // A property get or set: CC (disable, enable, shutdown normal or abrupt, anything), CSTS,
+                    // CAP or any offset.
+                    let ofst = match mode % 4 {
+                        0 => property::CC,
+                        1 => property::CSTS,
+                        2 => property::CAP,
+                        _ => inp.u32()?,
+                    };
+                    let value = if mode & 0x80 == 0 {
+                        None
+                    } else {
+                        let en = cc::ENABLE_DEFAULT as u64;
+                        Some(match inp.byte()? % 5 {
+                            0 => 0,
+                            1 => en,
+                            2 => en | 1 << 14,
+                            3 => en | 2 << 14,
+                            _ => inp.u32()? as u64,
+                        })
+                    };
+                    let p = PropertyCommand::new(cid, ofst, mode & 0x40 != 0, value);
                     sqe = p.to_sqe();
                 }
                 let data = pattern(0, incapsule);
@@ -520,14 +535,25 @@ async fn case(input: &[u8]) {
             }
         }
     }
-    if admin_queue || script_host.is_none() {
-        while admin.op(&mut inp, true).await.is_some() {
-            admin.drain();
+    // The script, on the I/O queue (or the admin queue); operation 10 moves it to the other queue (a reset or
+    // a shutdown through CC while I/O is outstanding, say).
+    let mut on_io = !admin_queue && script_host.is_some();
+    loop {
+        if inp.0.first().is_some_and(|&b| b % 11 == 10) {
+            inp.byte();
+            on_io = !on_io && script_host.is_some();
+            continue;
         }
-    } else if let Some(q) = script_host.as_mut() {
-        while q.op(&mut inp, false).await.is_some() {
-            q.drain();
+        let (h, admin_ops) = match script_host.as_mut() {
+            Some(q) if on_io => (q, false),
+            _ => (&mut admin, true),
+        };
+        if h.op(&mut inp, admin_ops).await.is_none() {
+            break;
         }
+        h.drain();
+    }
+    if let Some(q) = script_host.as_mut() {
         q.finish().await;
     }
     admin.finish().await;
