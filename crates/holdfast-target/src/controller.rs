@@ -39,8 +39,9 @@ pub const KAS_100MS: u16 = 1;
 pub struct AerCompletion {
     /// CID of the held AER.
     pub cid: u16,
-    /// Completion dword 0 (event type, info, log page).
-    pub dw0: u32,
+    /// Completion dword 0 (event type, info, log page); None: the AER is dropped without a completion (a
+    /// Controller Level Reset ended it).
+    pub dw0: Option<u32>,
 }
 
 /// One Error Information log entry's content.
@@ -307,6 +308,13 @@ impl Controller {
             st.resetting = Some(gates);
             // No I/O queue exists now: Number of Queues may be set again, as during any initialization.
             st.io_queue_connected = false;
+            // The held Asynchronous Event Requests end too, without a completion: the host posts new ones once
+            // it enabled the controller again, and may have given their CIDs to other commands by then.
+            for cid in std::mem::take(&mut st.aers) {
+                if let Some(tx) = &st.aer_tx {
+                    let _ = tx.send(AerCompletion { cid, dw0: None });
+                }
+            }
         }
         if new & cc::SHN_MASK != 0 && old & cc::SHN_MASK == 0 {
             // Every completed write is already on the backend, but a file namespace's may still be in the page
@@ -424,7 +432,7 @@ impl Controller {
         while !st.aers.is_empty() && !st.pending_events.is_empty() {
             let (Some(cid), Some(dw0)) = (st.aers.pop_front(), st.pending_events.pop_front()) else { break };
             if let Some(tx) = &st.aer_tx {
-                let _ = tx.send(AerCompletion { cid, dw0 });
+                let _ = tx.send(AerCompletion { cid, dw0: Some(dw0) });
             }
         }
     }

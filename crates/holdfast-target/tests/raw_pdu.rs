@@ -1028,6 +1028,31 @@ async fn a_controller_reset_reads_done_only_once_the_io_queues_writes_are_off_th
     server.stop().await;
 }
 
+/// A Controller Level Reset ends the Asynchronous Event Requests held before it without a completion: the
+/// host posts new ones after enabling the controller again, and the next event completes one of those, not
+/// one the host gave up with the reset (whose CID it may have given to another command since).
+#[tokio::test]
+async fn a_controller_reset_ends_the_held_event_requests_without_completing_them() {
+    let (server, addr) = start("").await;
+    let (mut d, _) = Conn::admin(addr, fabrics::DISCOVERY_NQN, false, false).await;
+    let before = d.post_aer().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(d.prop_set(property::CC, 0).await.status(), Status::SUCCESS);
+    wait_rdy(&mut d, false).await;
+    assert_eq!(d.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
+    wait_rdy(&mut d, true).await;
+    let after = d.post_aer().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut cfg = ports_config(&[(1, "127.0.0.1:0")]);
+    cfg.subsystems[0].policy.ctrl_loss_tmo_ms = 123_000;
+    server.target.reload(&cfg).unwrap();
+    let Pdu::CapsuleResp(r) = d.recv().await else { panic!("expected a completion") };
+    assert_eq!(r.cqe.cid(), after, "the event completed the request held before the reset ({before})");
+    let more = tokio::time::timeout(Duration::from_millis(300), d.recv()).await;
+    assert!(more.is_err(), "a second completion: {more:?}");
+    server.stop().await;
+}
+
 /// A Dataset Management deallocation over gigabytes of a RAM namespace runs off the connection's task: it
 /// visits every 128 KiB chunk of its ranges (here 64 ranges over 64 GiB, 33 million chunks), and on this
 /// current-thread runtime everything else (other connections, keep-alive timers, this test's own timer) would

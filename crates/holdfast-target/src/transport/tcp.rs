@@ -290,7 +290,10 @@ impl Connection {
                 }
                 Some(ev) = aer => {
                     c.slots.remove(&ev.cid);
-                    c.send_response(ev.cid, Status::SUCCESS, ev.dw0, 0);
+                    // None: ended by a Controller Level Reset, without a completion.
+                    if let Some(dw0) = ev.dw0 {
+                        c.send_response(ev.cid, Status::SUCCESS, dw0, 0);
+                    }
                 }
                 // In an async block: select! builds every branch's future each round, enabled or not, and a
                 // Sleep takes a handle to the runtime when built. Ahead of the read branch, so that a host that
