@@ -686,11 +686,23 @@ impl Connection {
         // later completion the entries consumed since (completion queue entry Dword 2; Linux nvmet answers
         // the Connect with SQHD 1 as well). No-op with SQ flow control disabled (NVMe-oF 1.1 §3.3, CATTR).
         self.advance_sqhd();
-        // An I/O queue also closes at a Controller Level Reset (its queue is deleted).
+        // An I/O queue also closes at a Controller Level Reset (its queue is deleted). Its token is taken under
+        // the state lock a reset holds: a queue whose Connect raced a reset (or came in as it finished) closes
+        // at once, deleted with the others, instead of outliving it (and holding the reset's end back).
         self.ctrl_gone = if self.ctx.qid == 0 {
             holdfast_rt::CancelWatch::new(&ctrl.cancel)
         } else {
-            holdfast_rt::CancelWatch::new(&ctrl.io_queues_cancel())
+            let st = ctrl.state.lock();
+            let token = if st.resetting.is_some() || st.csts & holdfast_proto::fabrics::csts::RDY == 0 {
+                // A token of its own, cancelled (the controller's is for the queues connected after the reset).
+                let gone = tokio_util::sync::CancellationToken::new();
+                gone.cancel();
+                gone
+            } else {
+                ctrl.io_queues_cancel()
+            };
+            drop(st);
+            holdfast_rt::CancelWatch::new(&token)
         };
         if self.ctx.qid == 0 {
             let (tx, rx) = mpsc::unbounded_channel();
