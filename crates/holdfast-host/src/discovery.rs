@@ -121,15 +121,16 @@ async fn read_log(ctrl: &Controller) -> Result<Vec<DiscoveryEntry>> {
             while log.len() < total {
                 let n = piece.min(total - log.len());
                 match get_log_page(admin, LID_DISCOVERY, 0, n, log.len() as u64).await {
-                    // A piece cut short is continued from where it stopped; one that brought nothing ends
-                    // the read (asked again, it would bring nothing again).
-                    Ok(part) if part.is_empty() => {
+                    // A piece cut short is continued from where it stopped, at a whole dword (Get Log Page's
+                    // offset and length are in dwords); one that brought no whole dword ends the read (asked
+                    // again, it would bring nothing again).
+                    Ok(part) if part.len() < 4 => {
                         return Err(Error::Protocol {
                             qid: 0,
                             what: format!("the discovery log's piece at offset {} came back empty", log.len()),
                         })
                     }
-                    Ok(part) => log.extend_from_slice(&part),
+                    Ok(part) => log.extend_from_slice(&part[..part.len() & !3]),
                     // The controller says the log changed (Discover Restart): start over.
                     Err(e) if e.status().is_some_and(|s| s.code() == Status::DISCOVER_RESTART) => {
                         restart = true;
@@ -153,6 +154,12 @@ async fn read_log(ctrl: &Controller) -> Result<Vec<DiscoveryEntry>> {
             }
             log.freeze()
         };
+        if log.len() < 16 {
+            return Err(Error::Protocol {
+                qid: 0,
+                what: format!("the discovery log was cut short ({} bytes, less than its header)", log.len()),
+            });
+        }
         if le64(&log, 0) != genctr {
             continue; // changed between the two reads: start over (NVMe-oF 1.1 §5.3, GENCTR)
         }

@@ -532,7 +532,9 @@ impl Conn {
                         self.send_data(cid, &part);
                         return;
                     }
-                    let refused = self.st.b.discovery_refuse_offsets && get_log_page::offset(&sqe) > 0;
+                    // An offset that is not a whole dword is Invalid Field (LPOL/LPOU, NVMe Base 2.0 §5.16).
+                    let refused = (self.st.b.discovery_refuse_offsets && get_log_page::offset(&sqe) > 0)
+                        || !get_log_page::offset(&sqe).is_multiple_of(4);
                     if refused || get_log_page::offset(&sqe) > log.len() as u64 {
                         self.resp(cid, Status::INVALID_FIELD.with_dnr(), 0);
                         return;
@@ -1848,7 +1850,16 @@ async fn a_discovery_log_cut_short_is_an_error_and_short_pieces_are_continued() 
         Err(Error::Protocol { what, .. }) => assert!(what.contains("returned 1500 bytes"), "{what}"),
         other => panic!("expected a protocol error, got {other:?}"),
     }
-    let f = fake(Behaviour { mdts: 1, discovery_records: 20, discovery_read_bytes: Some(5000), ..Default::default() })
+    // Shorter than the log's 16-byte header: an error, not an empty log.
+    let f = fake(Behaviour { discovery_records: 2, discovery_read_bytes: Some(12), ..Default::default() }).await;
+    let mut o = opts(&f, 0, false);
+    o.subnqn = fabrics::DISCOVERY_NQN.into();
+    match holdfast_host::discover(o).await {
+        Err(Error::Protocol { what, .. }) => assert!(what.contains("cut short"), "{what}"),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    // Pieces of 5002 bytes (not whole dwords) are continued from the last whole dword.
+    let f = fake(Behaviour { mdts: 1, discovery_records: 20, discovery_read_bytes: Some(5002), ..Default::default() })
         .await;
     let mut o = opts(&f, 0, false);
     o.subnqn = fabrics::DISCOVERY_NQN.into();
