@@ -45,7 +45,8 @@ kill -HUP $bp; sleep 0.5
 kill -0 $bp 2>/dev/null || { log "the bridge ended on SIGHUP"; tail -n 3 /tmp/bridge.log; exit 1; }
 grep -q "SIGHUP ignored" /tmp/bridge.log || { log "no word of the SIGHUP"; tail -n 3 /tmp/bridge.log; exit 1; }
 dd if=/dev/nbd0 of=/tmp/direct.back bs=1M skip=100 count=8 iflag=direct 2>/dev/null
-cmp /tmp/direct /tmp/direct.back && log "SIGHUP ignored: the device stayed attached"
+cmp /tmp/direct /tmp/direct.back || { log "data read back after the SIGHUP differs"; exit 1; }
+log "SIGHUP ignored: the device stayed attached"
 
 mkfs.ext4 -q -F -E nodiscard /dev/nbd0 64M; mkdir -p /mnt/t; mount /dev/nbd0 /mnt/t
 dd if=/dev/urandom of=/tmp/seed bs=1M count=2 2>/dev/null
@@ -106,7 +107,8 @@ attach_nbd1() {  # attach_nbd1 LOG ARGS...: a bridge on /dev/nbd1 to the local t
     # Gone before the bridge starts the device's process, but only once the bridge runs it: the background
     # job's exec may come after this shell's next command.
     i=0; until [ "$(readlink /proc/$b2/exe 2>/dev/null)" = "$BIN" ]; do
-      i=$((i + 1)); [ $i -lt 2000 ] && kill -0 $b2 2>/dev/null || { log "the bridge did not start"; exit 1; }
+      i=$((i + 1)); [ $i -lt 1000 ] && kill -0 $b2 2>/dev/null || { log "the bridge did not start"; exit 1; }
+      sleep 0.01
     done
     rm -f "$BIN"
   fi

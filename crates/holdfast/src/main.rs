@@ -81,7 +81,10 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(141)
         }
         Err(e) => {
-            eprintln!("holdfast: error: {e:#}");
+            // Best effort (not eprintln!, which panics): stderr may be a terminal that hung up (`nbd --device`
+            // outlives a SIGHUP).
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "holdfast: error: {e:#}");
             std::process::ExitCode::from(1)
         }
     }

@@ -214,7 +214,9 @@ pub fn run_device_process(fd: &str) -> std::process::ExitCode {
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("holdfast: the NBD device stopped: {e}");
+            // Best effort: the terminal may have hung up long ago (the bridge outlives a SIGHUP).
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "holdfast: the NBD device stopped: {e}");
             std::process::ExitCode::from(1)
         }
     }
