@@ -465,6 +465,8 @@ async fn case(input: &[u8]) {
                     assert!(admin, "a successful read delivered data the controller did not send for it");
                     assert!(c.data[good..].iter().all(|&b| b == 0), "a Get Log Page's padding is not zeroes");
                 }
+                // `pat` is never 0: what came is exactly the part that matches it.
+                assert_eq!(c.transferred, good, "Completion::transferred is not what the controller sent");
             }
         }
     }

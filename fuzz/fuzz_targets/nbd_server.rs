@@ -2,9 +2,11 @@
 //! namespace 1 (1 MiB, 512-byte blocks) of an in-process holdfast target, reached through the host library,
 //! as `holdfast nbd` serves it; the client sends what the input says (client flags, options with any code
 //! and data, lengths that lie, then requests of any type, flags, handle, offset and length, with or without
-//! their payload, or raw bytes), then closes. The server must never panic (in any task), must end within 10 s
+//! their payload, or raw bytes), then closes. The server must never panic (in any task), must end within 20 s
 //! of the client closing, and must send no more than the greeting, a bounded answer per option and, per
-//! request, a reply with at most the data it asked for.
+//! request, a reply with at most the data it asked for (with raw bytes, or an option whose length lies, counted
+//! as if every 16 bytes were an option and every 28 a read of the most a request may ask: a bound that only
+//! a runaway server breaks).
 //!
 //! Input: byte 0: bit 0 the old EXPORT_NAME instead of GO, bit 1 no NBD_INFO_BLOCK_SIZE request in GO (the
 //! client is then held to bytes, not blocks), bit 2 client flags from the input, bit 3 everything from the
@@ -88,6 +90,9 @@ struct Client {
     out: Vec<u8>,
     /// Options sent.
     options: usize,
+    /// An option's length did not match its data: what follows may be read as other options or requests
+    /// than were built, and the bound is counted as for raw bytes.
+    lied: bool,
     /// Requests sent, and the data their replies may carry.
     requests: usize,
     read_bytes: u64,
@@ -127,6 +132,7 @@ impl Client {
         }
         // A length that lies (shorter or longer than the data), sometimes.
         let claimed = (sel & 0x80 != 0).then(|| inp.u32()).flatten();
+        self.lied |= claimed.is_some_and(|c| c as usize != data.len());
         self.option(code, &data, claimed);
         Some(())
     }
@@ -223,6 +229,11 @@ async fn case(input: &[u8]) {
             c.option(opt::GO, &d, None);
         }
         while c.op_request(&mut inp).is_some() {}
+        if c.lied {
+            c.options = c.out.len() / 16 + 1;
+            c.requests = c.out.len() / wire::REQUEST_LEN + 1;
+            c.read_bytes = server::MAX_REQUEST as u64 * c.requests as u64;
+        }
     }
 
     let (client, srv) = tokio::io::duplex(256 * 1024);

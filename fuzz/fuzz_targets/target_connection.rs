@@ -6,8 +6,8 @@
 //! target must never panic (libFuzzer's panic hook aborts on a panic in any task), and:
 //!
 //! - everything it sends decodes as well-formed PDUs with the digests negotiated, answers only commands that
-//!   were sent, C2HData and R2Ts only within the data of a command sent with that CID, and nothing after a
-//!   C2HTermReq;
+//!   were sent, C2HData and R2Ts only within the data of a command sent with that CID (until raw bytes went
+//!   out, which may have begun a PDU the next one completed), and nothing after a C2HTermReq;
 //! - it closes the connection once the host has closed its side (no hang, within 10 s);
 //! - no controller and no connection waiting for a Connect outlives the connections (within 10 s).
 //!
@@ -116,6 +116,10 @@ struct Host {
     next_cid: u16,
     /// The ICReq/ICResp exchange is done.
     negotiated: bool,
+    /// Raw bytes went out: a PDU they began may have been completed by the next one sent, so the target may
+    /// run commands (and answer CIDs) this side never recorded. Only the checks that hold whatever the
+    /// target was sent stay on (well-formed PDUs, nothing after a C2HTermReq, closing).
+    desynced: bool,
 }
 
 impl Host {
@@ -137,6 +141,7 @@ impl Host {
             split_next: None,
             next_cid: 0x100,
             negotiated: false,
+            desynced: false,
         }
     }
 
@@ -201,7 +206,8 @@ impl Host {
             }
         }
         assert!(!self.terminated, "the target sent {:?} after its C2HTermReq", p.pdu_type());
-        let known = |cid: u16| self.sent.get(&cid).copied();
+        let desynced = self.desynced;
+        let known = |cid: u16| if desynced { Some(usize::MAX / 2) } else { self.sent.get(&cid).copied() };
         match p {
             // The answer to an ICReq the script sent as raw bytes: framed as it asked from here on.
             Pdu::IcResp(r) if !self.negotiated => {
@@ -447,6 +453,7 @@ impl Host {
                 let n = (inp.byte()? % 64) as usize;
                 let b = inp.0.get(..n)?.to_vec();
                 inp.0 = &inp.0[n..];
+                self.desynced |= !b.is_empty();
                 self.write(&b).await;
             }
             // Let the target run, and read what it sent.
