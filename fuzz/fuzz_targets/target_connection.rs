@@ -76,22 +76,9 @@ fn world() -> &'static World {
     })
 }
 
-/// Reads the input from the front.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> Option<u8> {
-        let (&b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(b)
-    }
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_le_bytes([self.byte()?, self.byte()?]))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes([self.byte()?, self.byte()?, self.byte()?, self.byte()?]))
-    }
-}
+#[path = "../common/input.rs"]
+mod input;
+use input::Input;
 
 fn pattern(from: usize, len: usize) -> Bytes {
     (from..from + len).map(|i| (i as u8).wrapping_mul(31) ^ 0x5A).collect::<Vec<u8>>().into()

@@ -974,6 +974,14 @@ async fn wait_rdy(a: &mut Conn, rdy: bool) {
     }
 }
 
+/// After a CC.EN 1 to 0: wait for the reset to read done (CSTS.RDY 0), enable the controller again and wait for
+/// it to be ready.
+async fn reset_done_then_enable(a: &mut Conn) {
+    wait_rdy(a, false).await;
+    assert_eq!(a.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
+    wait_rdy(a, true).await;
+}
+
 /// Read `q` until the target closes it (within 5 s); false if it sent a PDU first.
 async fn closed_by_target(q: &mut Conn) -> bool {
     let mut rest = Vec::new();
@@ -1000,9 +1008,7 @@ async fn a_controller_reset_closes_the_io_queues_and_a_write_waiting_for_data_ne
     let h2c = H2CData { cccid: cid, ttag: r2t.ttag, datao: 0, data: Bytes::from(vec![9u8; 512]), last: true };
     let _ = q.s.write_all(&Pdu::H2CData(h2c).to_bytes(&q.f)).await;
     assert!(closed_by_target(&mut q).await, "the reset left the I/O queue's connection open");
-    wait_rdy(&mut a, false).await;
-    assert_eq!(a.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
-    wait_rdy(&mut a, true).await;
+    reset_done_then_enable(&mut a).await;
     let mut q2 = Conn::io(addr, &mut a, cntlid, false, false).await;
     assert_block0_zero(&mut q2, "a write of the I/O queue the reset deleted landed").await;
     server.stop().await;
@@ -1021,8 +1027,7 @@ async fn a_controller_reset_reads_done_only_once_the_io_queues_writes_are_off_th
     wait_rdy(&mut a, false).await;
     let subsys = server.target.subsystem(NQN).unwrap();
     assert_eq!(subsys.dead_inflight(HOSTNQN, &HOSTID), 0, "RDY read 0 with the write still in flight");
-    assert_eq!(a.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
-    wait_rdy(&mut a, true).await;
+    reset_done_then_enable(&mut a).await;
     let mut q2 = Conn::io(addr, &mut a, cntlid, false, false).await;
     assert_block0_zero(&mut q2, "a write of the I/O queue the reset deleted landed").await;
     server.stop().await;
@@ -1038,9 +1043,7 @@ async fn a_controller_reset_ends_the_held_event_requests_without_completing_them
     let before = d.post_aer().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(d.prop_set(property::CC, 0).await.status(), Status::SUCCESS);
-    wait_rdy(&mut d, false).await;
-    assert_eq!(d.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
-    wait_rdy(&mut d, true).await;
+    reset_done_then_enable(&mut d).await;
     let after = d.post_aer().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut cfg = ports_config(&[(1, "127.0.0.1:0")]);
