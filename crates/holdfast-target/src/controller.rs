@@ -42,6 +42,9 @@ pub struct AerCompletion {
     /// Completion dword 0 (event type, info, log page); None: the AER is dropped without a completion (a
     /// Controller Level Reset ended it).
     pub dw0: Option<u32>,
+    /// [`CtrlState::resets`] when it was matched with its event: a completion matched before a reset that
+    /// its queue has not sent yet is not sent (the event goes back for the AERs posted after the reset).
+    pub resets: u64,
 }
 
 /// One Error Information log entry's content.
@@ -153,6 +156,8 @@ pub struct CtrlState {
     /// had on the media finishing, and CSTS.RDY still reads 1 until both are done ([`Controller::csts`]).
     /// The fenced gates of those queues, to wait for.
     pub resetting: Option<Vec<Arc<AssociationGate>>>,
+    /// Controller Level Resets so far ([`AerCompletion::resets`]).
+    pub resets: u64,
 }
 
 /// A controller.
@@ -243,6 +248,7 @@ impl Controller {
                 aer_tx: None,
                 shutdown_flush: ShutdownFlush::default(),
                 resetting: None,
+                resets: 0,
             }),
             io_cancel: Mutex::new(cancel.child_token()),
             cancel,
@@ -283,6 +289,8 @@ impl Controller {
             // Enabling: I/O queue entry sizes must be 64/16 bytes on an I/O controller, MPS 4 KiB, NVM set.
             let io_ok = self.subsys.is_discovery || (cc::iosqes(new) == 6 && cc::iocqes(new) == 4);
             if !io_ok || cc::mps(new) != 0 || cc::css(new) != 0 {
+                // (During a reset not yet seen done CSTS then reads RDY and CFS until it is; `ready` stays
+                // false either way.)
                 st.csts |= csts::CFS;
                 st.cc = new;
                 return Ok(());
@@ -306,13 +314,15 @@ impl Controller {
             }
             std::mem::replace(&mut *self.io_cancel.lock(), self.cancel.child_token()).cancel();
             st.resetting = Some(gates);
+            st.resets += 1;
             // No I/O queue exists now: Number of Queues may be set again, as during any initialization.
             st.io_queue_connected = false;
             // The held Asynchronous Event Requests end too, without a completion: the host posts new ones once
             // it enabled the controller again, and may have given their CIDs to other commands by then.
+            let resets = st.resets;
             for cid in std::mem::take(&mut st.aers) {
                 if let Some(tx) = &st.aer_tx {
-                    let _ = tx.send(AerCompletion { cid, dw0: None });
+                    let _ = tx.send(AerCompletion { cid, dw0: None, resets });
                 }
             }
         }
@@ -432,7 +442,7 @@ impl Controller {
         while !st.aers.is_empty() && !st.pending_events.is_empty() {
             let (Some(cid), Some(dw0)) = (st.aers.pop_front(), st.pending_events.pop_front()) else { break };
             if let Some(tx) = &st.aer_tx {
-                let _ = tx.send(AerCompletion { cid, dw0: Some(dw0) });
+                let _ = tx.send(AerCompletion { cid, dw0: Some(dw0), resets: st.resets });
             }
         }
     }
@@ -506,8 +516,9 @@ impl Controller {
         self.raise_event(ev.to_dword(), LID_HOLDFAST_POLICY, None);
     }
 
-    /// Note that a queue bound to this controller passes its media accesses through `gate`, so that the
-    /// teardown fences them (design §5). A queue bound after the teardown began has its gate killed here.
+    /// Note that queue `qid`, bound to this controller, passes its media accesses through `gate`, so that the
+    /// teardown fences them (design §5), and a Controller Level Reset those of the I/O queues. A queue bound
+    /// after the teardown began has its gate killed here.
     pub fn bind_gate(&self, qid: u16, gate: &Arc<AssociationGate>) {
         {
             let mut g = self.gates.lock();

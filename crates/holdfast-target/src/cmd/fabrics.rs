@@ -157,6 +157,11 @@ pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response
         if qid > st.io_queues_granted {
             return invalid(42, false);
         }
+        // Checked again under the lock a Controller Level Reset holds: a reset since the check above (which
+        // cleared `io_queue_connected` and deletes every I/O queue) refuses this one too.
+        if st.resetting.is_some() || st.csts & holdfast_proto::fabrics::csts::RDY == 0 {
+            return Response::err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+        }
         // The queue exists already, on another connection (NVMe-oF 1.1 §3.3: a queue is created by its Connect
         // and lives as long as its connection). Linux's nvmet answers the same.
         if !st.live_qids.insert(qid) {

@@ -125,7 +125,8 @@ struct Connection {
     sqhd: u16,
     done_tx: mpsc::UnboundedSender<(u16, Response)>,
     aer_rx: Option<mpsc::UnboundedReceiver<AerCompletion>>,
-    /// Completes when the controller this queue is bound to is torn down (never before a Connect binds it).
+    /// Completes when the controller this queue is bound to is torn down, or (an I/O queue) reset (never before
+    /// a Connect binds it).
     ctrl_gone: holdfast_rt::CancelWatch,
     /// While no Connect has bound the queue, or once a Disconnect has been answered, the connection is closed
     /// at this instant: [`IC_TIMEOUT`] from accept, then [`CONNECT_TIMEOUT`] from the ICReq; after a
@@ -290,9 +291,18 @@ impl Connection {
                 }
                 Some(ev) = aer => {
                     c.slots.remove(&ev.cid);
-                    // None: ended by a Controller Level Reset, without a completion.
-                    if let Some(dw0) = ev.dw0 {
-                        c.send_response(ev.cid, Status::SUCCESS, dw0, 0);
+                    // None: ended by a Controller Level Reset, without a completion. One matched with its event
+                    // before a reset that came since is not sent either: its event waits for the AERs posted
+                    // after the reset.
+                    if let (Some(dw0), Some(ctrl)) = (ev.dw0, &c.ctx.ctrl) {
+                        let mut st = ctrl.state.lock();
+                        if st.resets == ev.resets {
+                            drop(st);
+                            c.send_response(ev.cid, Status::SUCCESS, dw0, 0);
+                        } else {
+                            st.pending_events.push_front(dw0);
+                            crate::controller::Controller::deliver(&mut st);
+                        }
                     }
                 }
                 // In an async block: select! builds every branch's future each round, enabled or not, and a
@@ -694,7 +704,10 @@ impl Connection {
         } else {
             let st = ctrl.state.lock();
             let token = if st.resetting.is_some() || st.csts & holdfast_proto::fabrics::csts::RDY == 0 {
-                // A token of its own, cancelled (the controller's is for the queues connected after the reset).
+                // A token of its own, cancelled (the controller's is for the queues connected after the reset),
+                // and its gate fenced now: commands already in its receive buffer are decoded before the
+                // cancellation is seen, and must not reach the media of a controller enabled again meanwhile.
+                ctrl.fence_gate(&self.ctx.gate);
                 let gone = tokio_util::sync::CancellationToken::new();
                 gone.cancel();
                 gone
