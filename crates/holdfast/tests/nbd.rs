@@ -173,6 +173,17 @@ impl Client {
         }
     }
 
+    /// Wait (up to 60 s) until a reply has begun to arrive, without reading it: from then on the server waits
+    /// for this client to read, and its stall timer runs. (Sleeping a fixed time after the requests instead
+    /// counted the target's time to read their data, seconds on a loaded machine, as the client's stall.)
+    fn wait_for_a_reply(&mut self) {
+        let before = self.s.read_timeout().unwrap();
+        self.s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut one = [0u8; 1];
+        assert_eq!(self.s.peek(&mut one).expect("no reply within 60 s"), 1);
+        self.s.set_read_timeout(before).unwrap();
+    }
+
     /// True if the server closed the connection (EOF or reset) within the read timeout.
     fn closed(&mut self) -> bool {
         let mut b = [0u8; 1];
@@ -400,6 +411,7 @@ fn a_client_that_does_not_read_its_replies_holds_no_one_else_up() {
     assert_eq!(other.call(CMD_READ, 0, 4096, 4096, &[]), (0, vec![0u8; 4096]), "served while the hog waits");
     // Still not reading, past the stall timeout, the hog is dropped: reading now, it gets what had reached its
     // socket, far less than the 640 MiB it asked for, then the end of the stream.
+    hog.wait_for_a_reply();
     std::thread::sleep(Duration::from_secs(6));
     let got = hog.bytes_until_closed();
     assert!(got < 100 << 20, "the hog received {got} bytes: it was not dropped");
@@ -415,6 +427,7 @@ fn a_client_that_stops_reading_is_dropped_even_with_few_requests_out() {
     let mut c = go(b.port);
     c.request(CMD_READ, 0, 1, 0, 32 << 20, &[]);
     c.request(CMD_READ, 0, 2, 0, 32 << 20, &[]);
+    c.wait_for_a_reply();
     std::thread::sleep(Duration::from_secs(4));
     c.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let got = c.bytes_until_closed();
