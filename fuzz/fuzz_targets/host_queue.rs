@@ -58,6 +58,8 @@ fn world() -> &'static World {
 
 #[path = "../common/input.rs"]
 mod input;
+#[path = "../common/socket.rs"]
+mod socket;
 use input::Input;
 
 /// A command the fake has seen the host issue.
@@ -93,13 +95,10 @@ impl Fake {
     /// Take whatever the host has sent, without waiting, and check it.
     fn drain(&mut self) {
         while !self.host_closed {
-            self.inbuf.reserve(64 * 1024);
-            match self.s.try_read_buf(&mut self.inbuf) {
-                Ok(0) => self.host_closed = true,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                // The host reset the connection (it closed with our bytes unread).
-                Err(_) => self.host_closed = true,
+            match socket::read_ready(&self.s, &mut self.inbuf) {
+                socket::Ready::Bytes => {}
+                socket::Ready::Nothing => break,
+                socket::Ready::Closed => self.host_closed = true,
             }
             self.check_host_pdus();
         }
@@ -197,13 +196,7 @@ impl Fake {
                 let (next, rest) =
                     self.seen_mut(cid).map_or((0, 4096), |s| (s.c2h_sent, s.read_len - s.c2h_sent.min(s.read_len)));
                 let mode = inp.byte()?;
-                let datao = if mode & 1 == 0 { next } else { inp.u16()? as usize };
-                let len = match (mode >> 1) & 3 {
-                    0 => rest,
-                    1 => rest.min(512 * (1 + (mode >> 4) as usize)),
-                    2 => (mode >> 4) as usize * 4,
-                    _ => inp.u16()? as usize % 9000,
-                };
+                let (datao, len) = inp.offset_and_length(mode, next, rest, |i| Some(i.u16()? as usize % 9000))?;
                 let (last, success) = (inp.byte()? & 1 == 1, mode & 0x80 != 0);
                 let data = pattern(datao, len);
                 let mut b = Pdu::C2HData(C2HData { cccid: cid, datao: datao as u32, data, last, success }).to_bytes(&f);

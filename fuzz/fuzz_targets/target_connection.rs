@@ -78,6 +78,8 @@ fn world() -> &'static World {
 
 #[path = "../common/input.rs"]
 mod input;
+#[path = "../common/socket.rs"]
+mod socket;
 use input::Input;
 
 fn pattern(from: usize, len: usize) -> Bytes {
@@ -164,12 +166,10 @@ impl Host {
     /// Take whatever the target has sent, without waiting, and check it.
     fn drain(&mut self) {
         while !self.closed {
-            self.buf.reserve(64 * 1024);
-            match self.s.try_read_buf(&mut self.buf) {
-                Ok(0) => self.closed = true,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => self.closed = true,
+            match socket::read_ready(&self.s, &mut self.buf) {
+                socket::Ready::Bytes => {}
+                socket::Ready::Nothing => break,
+                socket::Ready::Closed => self.closed = true,
             }
             while let Some(p) = self.next_pdu() {
                 self.check(p);
@@ -411,13 +411,7 @@ impl Host {
                     None => (inp.u16()?, inp.byte()? as u16, 0, 512),
                 };
                 let mode = inp.byte()?;
-                let datao = if mode & 1 == 0 { next } else { inp.u16()? as usize };
-                let len = match (mode >> 1) & 3 {
-                    0 => rest,
-                    1 => rest.min(512 * (1 + (mode >> 4) as usize)),
-                    2 => (mode >> 4) as usize * 4,
-                    _ => inp.u32()? as usize % 140_000,
-                };
+                let (datao, len) = inp.offset_and_length(mode, next, rest, |i| Some(i.u32()? as usize % 140_000))?;
                 let last = mode & 0x80 != 0 || datao + len == next + rest;
                 if let Some(i) = r2t {
                     if datao == next {
