@@ -14,7 +14,10 @@
 #   - an ACK whose only note is its D-SACK block (a pure ACK, or one riding on a data segment of ours: the
 #     PDUs in that segment were decoded and checked like any other, and would add notes of their own), or
 #   - a data segment whose only note is the TCP overlap, and whose whole byte range the receiver D-SACKed
-#     (the receiver's own word that those bytes were a duplicate of what it had already taken).
+#     (the receiver's own word that those bytes were a duplicate of what it had already taken), or
+#   - such a segment that the receiver did not D-SACK whole (a resend split in two, only the second half
+#     D-SACKed: seen in CI), whose bytes are, byte for byte, those an earlier segment of the capture carried
+#     at the same sequence numbers: the byte stream the PDUs were decoded from is the same either way.
 # Anything else (a malformed NVMe/TCP PDU, a bad header or data digest, an overlap the receiver did not
 # D-SACK, any other note) fails, and is printed.
 #
@@ -112,11 +115,47 @@ verdict=$(awk -F'\t' -v dsacks="$dsacks" '
     if (hd ~ /(^|\|)0($|\|)/ || dd ~ /(^|\|)0($|\|)/) { print "frame " frame ": bad digest"; bad++; next }
     if (msg == "D-SACK Sequence") { dsack_acks++; next }
     if (msg == "New fragment overlaps old data (retransmission?)" && len > 0 && acked_dup(st, src, seq, len)) { dups++; next }
+    if (msg == "New fragment overlaps old data (retransmission?)" && len > 0) { print "resend " frame " " st " " src; next }
     print "frame " frame ": " msg " (seq " seq ", len " len ")"; bad++
   }
   END { printf "summary %d %d %d\n", bad, dups, dsack_acks }' <<<"$flagged")
 
 summary=$(tail -n 1 <<<"$verdict"); read -r _ bad dups acks <<<"$summary"
+# Overlapping segments the receiver did not D-SACK whole: each must repeat bytes the capture already holds.
+resends=$(grep '^resend ' <<<"$verdict" || true)
+verdict=$(grep -v '^resend ' <<<"$verdict")
+if [[ -n $resends ]]; then
+  streams=$(awk '{print "(tcp.stream==" $3 " && tcp.srcport==" $4 ")"}' <<<"$resends" | sort -u | paste -sd'|' | sed 's/|/ || /g')
+  same=$("${ts[@]}" -Y "($streams) && tcp.len > 0" -T fields -E separator=$'\t' -e frame.number -e tcp.stream \
+    -e tcp.srcport -e tcp.seq -e tcp.payload 2>/dev/null | python3 -c '
+import sys
+targets = {line.split()[1] for line in sys.argv[1].splitlines()}
+seen = {}  # (stream, port) -> [(seq, bytes)] of the segments before
+ok = bad = 0
+for line in sys.stdin:
+    f = line.rstrip("\n").split("\t")
+    if len(f) < 5:
+        continue
+    frame, key, seq, data = f[0], (f[1], f[2]), int(f[3]), bytes.fromhex(f[4].replace(":", ""))
+    if frame in targets:
+        covered, same = 0, True
+        for s0, d0 in seen.get(key, []):
+            lo, hi = max(seq, s0), min(seq + len(data), s0 + len(d0))
+            if lo < hi:
+                covered += 1
+                same &= data[lo - seq:hi - seq] == d0[lo - s0:hi - s0]
+        if covered and same:
+            ok += 1
+        else:
+            bad += 1
+            print(f"frame {frame}: overlaps earlier data with different bytes, or none captured (seq {seq}, len {len(data)})")
+    seen.setdefault(key, []).append((seq, data))
+print(f"summary {bad} {ok}")
+' "$resends")
+  read -r _ rbad rok <<<"$(tail -n 1 <<<"$same")"
+  bad=$((bad + rbad)); dups=$((dups + rok))
+  if ((rbad > 0)); then verdict=$(printf '%s\n%s' "$(sed '$d' <<<"$same")" "$verdict"); fi
+fi
 if ((bad > 0)); then
   echo "$official"
   echo "nvme-tcp-check-loopback: $bad flagged frame(s) are not loopback retransmissions:"
