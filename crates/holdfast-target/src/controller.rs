@@ -307,11 +307,7 @@ impl Controller {
             // reset done (and issued anything anew). SPDK's target does the same; Linux nvmet leaves the I/O
             // queues connected. Commands on any queue are refused meanwhile (`ready`, below).
             st.csts &= !csts::CFS;
-            let gates: Vec<_> =
-                self.gates.lock().iter().filter(|(qid, _)| *qid != 0).filter_map(|(_, g)| g.upgrade()).collect();
-            for g in &gates {
-                self.fence_gate(g);
-            }
+            let gates = self.fence_queues(|qid| qid != 0);
             std::mem::replace(&mut *self.io_cancel.lock(), self.cancel.child_token()).cancel();
             st.resetting = Some(gates);
             st.resets += 1;
@@ -539,6 +535,16 @@ impl Controller {
         self.subsys.add_dead_association(&self.hostnqn, self.hostid, gate.clone());
     }
 
+    /// Fence the gates of the live queues whose IDs `which` picks ([`Controller::fence_gate`]); those gates.
+    fn fence_queues(&self, which: impl Fn(u16) -> bool) -> Vec<Arc<AssociationGate>> {
+        let gates: Vec<_> =
+            self.gates.lock().iter().filter(|(qid, _)| which(*qid)).filter_map(|(_, g)| g.upgrade()).collect();
+        for g in &gates {
+            self.fence_gate(g);
+        }
+        gates
+    }
+
     /// Tear the association down: every queue's media gate is killed now (commands that have not touched
     /// media yet never will) and what is still in flight is registered with the subsystem, so that a new
     /// association of this host waits for it (design §5: the fence holds from this moment, not from when
@@ -548,10 +554,7 @@ impl Controller {
         if self.torn_down.swap(true, Ordering::SeqCst) {
             return;
         }
-        let gates: Vec<_> = self.gates.lock().iter().filter_map(|(_, g)| g.upgrade()).collect();
-        for gate in &gates {
-            self.fence_gate(gate);
-        }
+        self.fence_queues(|_| true);
         self.cancel.cancel();
         self.subsys.remove_controller(self.cntlid);
         tracing::info!(cntlid = self.cntlid, subsys = %self.subsys.nqn, host = ?self.hostnqn, "controller torn down: {reason}");
