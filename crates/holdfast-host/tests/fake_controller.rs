@@ -1205,14 +1205,27 @@ async fn a_command_that_kills_every_connection_fails_instead_of_looping() {
 #[tokio::test]
 async fn a_discovery_log_larger_than_mdts_is_read_in_pieces() {
     let f = fake(Behaviour { mdts: 5, discovery_records: 300, ..Default::default() }).await;
-    let mut o = opts(&f, 0, false);
-    o.subnqn = fabrics::DISCOVERY_NQN.into();
-    let entries = holdfast_host::discover(o).await.expect("discover");
+    let entries = discover(&f).await.expect("discover");
     let names: Vec<String> = entries.iter().map(|e| e.subnqn.clone()).collect();
     let want: Vec<String> = (0..300).map(|i| format!("nqn.2026-01.io.holdfast:rec-{i:03}")).collect();
     assert_eq!(names, want);
     // The header, three pieces of at most 128 KiB (301 KiB in all), the header again.
     assert_eq!(f.st.discovery_reads.load(Ordering::Relaxed), 5);
+}
+
+/// Read `f`'s Discovery log, as `holdfast_host::discover` does for a host.
+async fn discover(f: &Fake) -> Result<Vec<holdfast_host::DiscoveryEntry>, Error> {
+    let mut o = opts(f, 0, false);
+    o.subnqn = fabrics::DISCOVERY_NQN.into();
+    holdfast_host::discover(o).await
+}
+
+/// Read the Discovery log of a fake that behaves as `b`, which must fail with a protocol error: its text.
+async fn discovery_protocol_error(b: Behaviour) -> String {
+    match discover(&fake(b).await).await {
+        Err(Error::Protocol { what, .. }) => what,
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
 }
 
 /// Writes and reads back `n` blocks at once (so that every queue has work), each block its own command.
@@ -1597,9 +1610,7 @@ async fn data_for_a_completed_command_never_completes_the_next_one() {
 async fn a_discovery_log_that_shrinks_while_read_in_pieces_is_read_again() {
     let f =
         fake(Behaviour { mdts: 5, discovery_records: 300, discovery_shrink_to: Some(10), ..Default::default() }).await;
-    let mut o = opts(&f, 0, false);
-    o.subnqn = fabrics::DISCOVERY_NQN.into();
-    let entries = holdfast_host::discover(o).await.expect("discover");
+    let entries = discover(&f).await.expect("discover");
     assert_eq!(entries.len(), 10);
 }
 
@@ -1609,9 +1620,7 @@ async fn a_discovery_log_that_shrinks_while_read_in_pieces_is_read_again() {
 async fn a_piece_refused_while_the_log_is_unchanged_fails_discovery_with_that_status() {
     let f =
         fake(Behaviour { mdts: 5, discovery_records: 300, discovery_refuse_offsets: true, ..Default::default() }).await;
-    let mut o = opts(&f, 0, false);
-    o.subnqn = fabrics::DISCOVERY_NQN.into();
-    let e = holdfast_host::discover(o).await.expect_err("a refused piece");
+    let e = discover(&f).await.expect_err("a refused piece");
     assert_eq!(e.status().map(|s| s.code()), Some(Status::INVALID_FIELD), "{e}");
 }
 
@@ -1802,13 +1811,10 @@ async fn an_unanswered_connect_times_out_saying_how_long_it_waited() {
 /// empty entries (the short admin transfer reads as zeroes).
 #[tokio::test]
 async fn a_discovery_log_with_fewer_records_than_numrec_is_an_error_not_empty_entries() {
-    let f = fake(Behaviour { discovery_records: 1, discovery_numrec_extra: 2, ..Default::default() }).await;
-    let mut o = opts(&f, 0, false);
-    o.subnqn = fabrics::DISCOVERY_NQN.into();
-    match holdfast_host::discover(o).await {
-        Err(Error::Protocol { what, .. }) => assert!(what.contains("NUMREC"), "{what}"),
-        other => panic!("expected a protocol error, got {other:?}"),
-    }
+    let what =
+        discovery_protocol_error(Behaviour { discovery_records: 1, discovery_numrec_extra: 2, ..Default::default() })
+            .await;
+    assert!(what.contains("NUMREC"), "{what}");
 }
 
 /// A policy page cut short (a successful completion after 40 of its 512 bytes, short of its version 1 fields)
@@ -1843,27 +1849,25 @@ async fn a_policy_page_cut_short_is_not_taken() {
 /// continued from where it stopped.
 #[tokio::test]
 async fn a_discovery_log_cut_short_is_an_error_and_short_pieces_are_continued() {
-    let f = fake(Behaviour { discovery_records: 2, discovery_read_bytes: Some(1500), ..Default::default() }).await;
-    let mut o = opts(&f, 0, false);
-    o.subnqn = fabrics::DISCOVERY_NQN.into();
-    match holdfast_host::discover(o).await {
-        Err(Error::Protocol { what, .. }) => assert!(what.contains("returned 1500 bytes"), "{what}"),
-        other => panic!("expected a protocol error, got {other:?}"),
-    }
+    let what = discovery_protocol_error(Behaviour {
+        discovery_records: 2,
+        discovery_read_bytes: Some(1500),
+        ..Default::default()
+    })
+    .await;
+    assert!(what.contains("returned 1500 bytes"), "{what}");
     // Shorter than the log's 16-byte header: an error, not an empty log.
-    let f = fake(Behaviour { discovery_records: 2, discovery_read_bytes: Some(12), ..Default::default() }).await;
-    let mut o = opts(&f, 0, false);
-    o.subnqn = fabrics::DISCOVERY_NQN.into();
-    match holdfast_host::discover(o).await {
-        Err(Error::Protocol { what, .. }) => assert!(what.contains("cut short"), "{what}"),
-        other => panic!("expected a protocol error, got {other:?}"),
-    }
+    let what = discovery_protocol_error(Behaviour {
+        discovery_records: 2,
+        discovery_read_bytes: Some(12),
+        ..Default::default()
+    })
+    .await;
+    assert!(what.contains("cut short"), "{what}");
     // Pieces of 5002 bytes (not whole dwords) are continued from the last whole dword.
     let f = fake(Behaviour { mdts: 1, discovery_records: 20, discovery_read_bytes: Some(5002), ..Default::default() })
         .await;
-    let mut o = opts(&f, 0, false);
-    o.subnqn = fabrics::DISCOVERY_NQN.into();
-    let entries = holdfast_host::discover(o).await.expect("discover");
+    let entries = discover(&f).await.expect("discover");
     assert_eq!(entries.len(), 20);
 }
 
