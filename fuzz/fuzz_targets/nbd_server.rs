@@ -15,8 +15,7 @@
 use holdfast::nbd::server::{self, Export};
 use holdfast::nbd::wire::{self, cmd, info, opt};
 use holdfast_host::{ConnectOptions, Controller, Namespace};
-use holdfast_target::config::Config;
-use holdfast_target::{Server, Target, TargetSettings};
+use holdfast_target::Server;
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -35,22 +34,11 @@ fn world() -> &'static World {
     static W: OnceLock<World> = OnceLock::new();
     W.get_or_init(|| {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let cfg = Config::parse(
-            &format!(
-                "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\n\
-                 allow_any_host = true\n[[subsystem.namespace]]\nnsid = 1\nbackend = \"ram\"\nsize_mib = 1\n\
-                 block_size = 512\n"
-            ),
-            "fuzz",
-        )
-        .unwrap();
-        let settings = TargetSettings { busy_poll: Duration::ZERO, ..TargetSettings::default() };
-        let target = Target::new(&cfg, settings).unwrap();
-        let (srv, ctrl, ns) = rt.block_on(async {
-            let srv = Server::start(target).await.unwrap();
+        let (_, srv) = target::start(&rt, NQN, "");
+        let (ctrl, ns) = rt.block_on(async {
             let ctrl = Controller::connect(ConnectOptions::new(srv.bound[0].1.to_string(), NQN)).await.unwrap();
             let ns = Namespace::open(&ctrl, 1).await.unwrap();
-            (srv, ctrl, ns)
+            (ctrl, ns)
         });
         let export = Arc::new(Export {
             ns,
@@ -71,6 +59,8 @@ fn world() -> &'static World {
 #[allow(dead_code)]
 #[path = "../common/input.rs"]
 mod input;
+#[path = "../common/target.rs"]
+mod target;
 use input::Input;
 
 /// What the client sends, and the most the server may answer with.

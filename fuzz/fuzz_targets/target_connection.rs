@@ -24,8 +24,7 @@ use holdfast_proto::opcode::{admin, io};
 use holdfast_proto::pdu::{C2HData, CapsuleCmd, CapsuleResp, Framing, H2CData, IcReq, Pdu, TermReq, R2T};
 use holdfast_proto::sgl::SglDescriptor;
 use holdfast_proto::{CompletionEntry, Status, SubmissionEntry};
-use holdfast_target::config::Config;
-use holdfast_target::{Server, Target, TargetSettings};
+use holdfast_target::{Server, Target};
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -54,23 +53,13 @@ fn world() -> &'static World {
         // thread, after their connection may have gone.
         let file = std::env::temp_dir().join(format!("holdfast-fuzz-target-connection-{}.img", std::process::id()));
         std::fs::File::create(&file).and_then(|f| f.set_len(1 << 20)).unwrap();
-        let cfg = Config::parse(
-            &format!(
-                "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\n\
-                 allow_any_host = true\n[[subsystem.namespace]]\nnsid = 1\nbackend = \"ram\"\nsize_mib = 1\n\
-                 block_size = 512\n[[subsystem.namespace]]\nnsid = 2\nbackend = \"file\"\npath = {:?}\n\
-                 block_size = 512\n",
-                file.display().to_string()
-            ),
-            "fuzz",
-        )
-        .unwrap();
-        // No busy polling: an idle fuzzer should not spin, and the target's logic is the same either way.
-        let settings = TargetSettings { busy_poll: Duration::ZERO, ..TargetSettings::default() };
-        let target = Target::new(&cfg, settings).unwrap();
+        let file_ns = format!(
+            "[[subsystem.namespace]]\nnsid = 2\nbackend = \"file\"\npath = {:?}\nblock_size = 512\n",
+            file.display().to_string()
+        );
+        let (target, server) = target::start(&rt, NQN, &file_ns);
         // Open now: no file left behind by each fuzzing process.
         let _ = std::fs::remove_file(&file);
-        let server = rt.block_on(Server::start(target.clone())).unwrap();
         let addr = server.bound[0].1;
         World { rt, target, addr, _server: server }
     })
@@ -80,6 +69,8 @@ fn world() -> &'static World {
 mod input;
 #[path = "../common/socket.rs"]
 mod socket;
+#[path = "../common/target.rs"]
+mod target;
 use input::Input;
 
 fn pattern(from: usize, len: usize) -> Bytes {
