@@ -1794,3 +1794,70 @@ async fn every_discovery_entry_for_a_wildcard_port_can_be_connected_to() {
     }
     server.stop().await;
 }
+
+/// A backend that never blocks (so that its calls run on the connection's own task, as RAM's do) and panics on
+/// every write: a bug in command handling, standing in for any.
+struct PanicsOnWrite(std::sync::Arc<dyn holdfast_target::backend::Backend>);
+
+impl holdfast_target::backend::Backend for PanicsOnWrite {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn blocking(&self) -> bool {
+        false
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8], gate: &holdfast_target::backend::MediaGate) -> std::io::Result<()> {
+        self.0.read_at(offset, buf, gate)
+    }
+    fn write_at(&self, _: u64, _: &[u8], _: bool, _: &holdfast_target::backend::MediaGate) -> std::io::Result<()> {
+        panic!("a bug while handling a write (this test's backend)")
+    }
+    fn flush(&self, gate: &holdfast_target::backend::MediaGate) -> std::io::Result<()> {
+        self.0.flush(gate)
+    }
+    fn write_zeroes(&self, o: u64, l: u64, gate: &holdfast_target::backend::MediaGate) -> std::io::Result<()> {
+        self.0.write_zeroes(o, l, gate)
+    }
+    fn deallocate(&self, o: u64, l: u64, gate: &holdfast_target::backend::MediaGate) -> std::io::Result<()> {
+        self.0.deallocate(o, l, gate)
+    }
+    fn describe(&self) -> String {
+        "panics on write".into()
+    }
+}
+
+/// A connection whose task panics (a bug) still gives its queue back, as a connection that closes does: its
+/// connection closes, the host connects I/O queue 1 again on the same controller, and a Controller Level
+/// Reset reads done (it waits for the I/O queues to be gone). Before, the queue stayed live for ever: the
+/// queue ID refused, and CSTS.RDY stuck at 1 after CC.EN went 0.
+#[tokio::test]
+async fn a_connection_task_that_panics_still_gives_its_queue_back() {
+    let (server, addr) = start("").await;
+    let subsys = server.target.subsystem(NQN).unwrap();
+    {
+        let mut nss = subsys.namespaces.write();
+        let ns = nss.get(&1).cloned().unwrap();
+        let backend = std::sync::Arc::new(PanicsOnWrite(ns.backend.clone()));
+        let replaced = holdfast_target::namespace::Namespace::new(1, ns.block_size, backend, ns.ids);
+        nss.insert(1, std::sync::Arc::new(replaced));
+    }
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    let cid = q.next_cid();
+    let mut sqe = rw_sqe(io::WRITE, 0, 1, SglDescriptor::incapsule(512));
+    sqe.cid.set(cid);
+    q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::from(vec![5u8; 512]) })).await;
+    assert!(closed_by_target(&mut q).await, "the connection whose task panicked stayed open");
+    let t0 = std::time::Instant::now();
+    loop {
+        let mut again = Conn::ic(addr, false, false).await;
+        if again.connect(1, cntlid, NQN, 0).await.status() == Status::SUCCESS {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "queue 1 stayed taken after its task panicked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.prop_set(property::CC, 0).await.status(), Status::SUCCESS);
+    reset_done_then_enable(&mut a).await;
+    server.stop().await;
+}

@@ -139,6 +139,17 @@ struct Connection {
     /// Counts this connection among those without an NVM controller ([`admission`]) until a Connect binds
     /// its queue to one.
     unbound: Option<admission::UnboundGuard>,
+    /// Set once the queue has been given back ([`Connection::release`]).
+    released: bool,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if !self.released {
+            tracing::error!(peer = %self.ctx.peer_addr, qid = self.ctx.qid, "connection task ended without closing its queue (a panic): closing it");
+            self.release("the connection's task panicked");
+        }
+    }
 }
 
 fn limits(max_incapsule: usize) -> Limits {
@@ -175,6 +186,7 @@ impl Connection {
             close_deadline: tokio::time::Instant::now() + IC_TIMEOUT,
             stop_decoding_at: SEND_HIGH_WATER,
             unbound: Some(unbound),
+            released: false,
         };
         let (mut rd, mut wr) = stream.into_split();
         let mut inbuf = BytesMut::with_capacity(RECV_CHUNK);
@@ -343,26 +355,38 @@ impl Connection {
                 format!("fatal transport error: {f}")
             }
         };
-        // Commands of this queue that have not reached the media are dropped; those still running are what a
-        // reconnecting host will wait for. Both before the last flush below, which may take its 2 s on a
-        // half-dead path: a Connect from the same host arriving meanwhile must already find them (design §5).
-        if let Some(ctrl) = &c.ctx.ctrl {
-            ctrl.fence_gate(&c.ctx.gate);
-            if c.ctx.qid == 0 {
-                ctrl.teardown(&format!("admin queue: {reason}"));
-            } else {
-                ctrl.state.lock().live_qids.remove(&c.ctx.qid);
-                tracing::debug!(cntlid = ctrl.cntlid, qid = c.ctx.qid, "I/O queue closed: {reason}");
-            }
-        } else {
-            c.ctx.gate.kill();
-            tracing::debug!(peer = %c.ctx.peer_addr, "connection ended before Connect: {reason}");
-        }
+        // Before the last flush below, which may take its 2 s on a half-dead path: a Connect from the same host
+        // arriving meanwhile must already find this queue's commands fenced (design §5).
+        c.release(&reason);
         if !c.out.is_empty() && !matches!(close, Close::Io(_)) {
             let all = c.out.take_all();
             let _ = tokio::time::timeout(Duration::from_secs(2), wr.write_all(&all)).await;
         }
         let _ = wr.shutdown().await;
+    }
+
+    /// Give the queue back, once: commands of this queue that have not reached the media are dropped (its gate
+    /// fenced; those still running are what a reconnecting host will wait for), and the queue leaves its
+    /// controller (an I/O queue its ID, which may then be connected again and no longer holds up a Controller
+    /// Level Reset; the admin queue the whole association). At the end of [`Connection::run`], or when the
+    /// connection is dropped without it (its task panicked: a bug, which must not leave the queue live for
+    /// ever).
+    fn release(&mut self, reason: &str) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
+        if let Some(ctrl) = &self.ctx.ctrl {
+            ctrl.fence_gate(&self.ctx.gate);
+            if self.ctx.qid == 0 {
+                ctrl.teardown(&format!("admin queue: {reason}"));
+            } else {
+                ctrl.state.lock().live_qids.remove(&self.ctx.qid);
+                tracing::debug!(cntlid = ctrl.cntlid, qid = self.ctx.qid, "I/O queue closed: {reason}");
+            }
+        } else {
+            self.ctx.gate.kill();
+            tracing::debug!(peer = %self.ctx.peer_addr, "connection ended before Connect: {reason}");
+        }
     }
 
     /// Before the PDUs just received are handled one by one: let the backends of the reads among them start
