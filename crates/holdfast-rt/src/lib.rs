@@ -404,22 +404,10 @@ pub fn on_current_thread_runtime() -> bool {
 /// 64 KiB (BytesMut would otherwise grow by 64 bytes when full, one tiny read at a time). The space is
 /// reused once the PDUs split off the buffer have been dropped.
 ///
-/// A buffer whose PDUs have all been consumed and released is read into from its front again: a queue that
-/// reads a few PDUs at a time keeps reusing the first KiB of its buffer (in cache), not all 64 KiB in turn.
-/// Measured (`bench/ab.sh` and `bench/run.sh`'s scale points, alternated runs): 64 controllers × 4 queues at QD 4
-/// x1.16-1.18 IOPS and the host's peak RSS 64 -> 56 MiB (256 controllers: 214 -> 178 MiB); 128 KiB reads QD16
-/// x1.11-1.12; 4 KiB random reads and writes QD32, 128 KiB writes and QD1 within 2 %.
-///
 /// A PDU in progress whose rest fits in the free space is left where it is: the decoder reserved its room
 /// when its header came in, and growing the buffer now would copy all of it that has arrived (perf: 5-7 % of
 /// `holdfast bench` at 128 KiB reads, copying parts of C2HData PDUs on nearly every read).
 pub fn reserve_for_read(buf: &mut bytes::BytesMut, min_free: usize) {
-    if buf.is_empty() {
-        // Everything read has been consumed: if nothing else still holds the buffer, the next read goes to its
-        // front again (no copy, no allocation) instead of further along it. A connection that reads little at
-        // a time then keeps reusing the first few KiB of its buffer, not all of it in turn.
-        let _ = buf.try_reclaim(buf.capacity() + 1);
-    }
     let free = buf.capacity() - buf.len();
     if holdfast_proto::decoder::pdu_rest(buf).is_some_and(|rest| rest > 0 && rest <= free) {
         return;
@@ -641,31 +629,6 @@ mod tests {
             assert!(!on_current_thread_runtime());
             yield_to_tasks(false).await;
         });
-    }
-
-    #[test]
-    fn an_emptied_buffer_reads_into_its_front_again_unless_still_held() {
-        use bytes::BytesMut;
-        let mut b = BytesMut::with_capacity(64 * 1024);
-        let front = b.as_ptr();
-        // Two PDUs read and consumed in place (advanced past), as commands without data are.
-        b.extend_from_slice(&[1; 72 * 2]);
-        bytes::Buf::advance(&mut b, 72 * 2);
-        reserve_for_read(&mut b, 16 * 1024);
-        assert_eq!(b.as_ptr(), front, "read into the front again");
-        assert_eq!(b.capacity(), 64 * 1024, "the whole buffer is free");
-        // Data split off and still held (a write running elsewhere): the buffer is not reused under it.
-        b.extend_from_slice(&[2; 4096]);
-        let held = b.split_to(4096).freeze();
-        reserve_for_read(&mut b, 16 * 1024);
-        assert_ne!(b.as_ptr(), front, "read over data still held");
-        assert!(held.iter().all(|&x| x == 2));
-        // A PDU in progress stays where it is.
-        drop(held);
-        b.extend_from_slice(&[0x04, 0, 72, 0]);
-        let at = b.as_ptr();
-        reserve_for_read(&mut b, 16 * 1024);
-        assert_eq!(b.as_ptr(), at);
     }
 
     #[test]
