@@ -154,6 +154,17 @@ struct InFlight {
     c2h_done: bool,
 }
 
+/// The most one socket read takes: half of what the controller still has to send for the commands outstanding
+/// (their read data not yet received, and a header and a completion each), at least 16 KiB. With the whole
+/// buffer free, one read would take every completion outstanding, and at moderate depths (16 x 4 KiB) the host
+/// and the controller then take turns instead of overlapping: the host completes and reissues a first half
+/// while the second is still arriving.
+fn read_cap(slots: &[Option<InFlight>]) -> usize {
+    let expected: usize =
+        slots.iter().flatten().map(|f| (f.cmd.data_in_len as usize).saturating_sub(f.buf.len()) + 48).sum();
+    (expected / 2).max(16 * 1024)
+}
+
 /// Run a queue on an initialized connection until it fails or is no longer needed.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
@@ -310,7 +321,9 @@ pub async fn run(
             continue;
         } else {
             yielded_for_spin = false;
-            read = holdfast_rt::spin_read(rd.as_ref(), &mut inbuf, recv_hint, holdfast_rt::spin_budget(&p.poll))
+            holdfast_rt::restart_if_empty(&mut inbuf);
+            let max = read_cap(&slots);
+            read = holdfast_rt::spin_read(rd.as_ref(), &mut inbuf, recv_hint, max, holdfast_rt::spin_budget(&p.poll))
                 .transpose();
         }
         if read.is_none() {
@@ -327,8 +340,9 @@ pub async fn run(
                 r = async {
                     // Room for a whole data PDU of the size seen lately, so that it lands contiguous without
                     // being moved when the decoder sees its header.
+                    holdfast_rt::restart_if_empty(&mut inbuf);
                     holdfast_rt::reserve_for_read(&mut inbuf, recv_hint);
-                    rd.read_buf(&mut inbuf).await
+                    rd.read_buf(&mut bytes::BufMut::limit(&mut inbuf, read_cap(&slots))).await
                 } => read = Some(r),
                 // New commands: taken at the top of the loop, as many as there are free slots.
                 more = std::future::poll_fn(|cx| rx.poll_ready(cx)), if is_open && rx_open && !free.is_empty() && backlog.is_empty() => {

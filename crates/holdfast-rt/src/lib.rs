@@ -417,6 +417,15 @@ pub fn reserve_for_read(buf: &mut bytes::BytesMut, min_free: usize) {
     }
 }
 
+/// Once everything read into `buf` has been consumed and nothing else holds it, make the next read go to its
+/// front again (no copy, no allocation) instead of further along it: a connection that reads a few PDUs at a
+/// time then keeps reusing the first KiB of its buffer (in cache), not all of it in turn.
+pub fn restart_if_empty(buf: &mut bytes::BytesMut) {
+    if buf.is_empty() {
+        let _ = buf.try_reclaim(buf.capacity() + 1);
+    }
+}
+
 /// Milliseconds on the system's coarse monotonic clock (`CLOCK_MONOTONIC_COARSE`: the last timer tick, a few
 /// milliseconds stale at most; read from the vDSO without the time-stamp counter). For clocks that run per
 /// command but only need to be right to a few milliseconds, such as a keep-alive timer: a precise
@@ -496,6 +505,7 @@ pub fn spin_read(
     sock: &impl AsRawFd,
     buf: &mut bytes::BytesMut,
     min_free: usize,
+    max: usize,
     budget: Duration,
 ) -> std::io::Result<Option<usize>> {
     reserve_for_read(buf, min_free);
@@ -503,6 +513,8 @@ pub fn spin_read(
     let start = Instant::now();
     loop {
         let spare = buf.spare_capacity_mut();
+        let n = max.min(spare.len());
+        let spare = &mut spare[..n];
         // SAFETY: recv writes at most `spare.len()` bytes into `spare`, memory owned by `buf` and valid for
         // writes; `fd` is borrowed from `sock`, open for the whole call.
         let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) };
@@ -629,6 +641,42 @@ mod tests {
             assert!(!on_current_thread_runtime());
             yield_to_tasks(false).await;
         });
+    }
+
+    #[test]
+    fn an_emptied_buffer_restarts_at_its_front_unless_still_held() {
+        use bytes::BytesMut;
+        let mut b = BytesMut::with_capacity(64 * 1024);
+        let front = b.as_ptr();
+        // Two PDUs read and consumed in place (advanced past), as completions without data are.
+        b.extend_from_slice(&[1; 24 * 2]);
+        bytes::Buf::advance(&mut b, 24 * 2);
+        restart_if_empty(&mut b);
+        assert_eq!(b.as_ptr(), front, "read into the front again");
+        assert_eq!(b.capacity(), 64 * 1024, "the whole buffer is free");
+        // Data split off and still held (a read's data not yet delivered): not read over.
+        b.extend_from_slice(&[2; 4096]);
+        let held = b.split_to(4096).freeze();
+        restart_if_empty(&mut b);
+        assert_ne!(b.as_ptr(), front, "read over data still held");
+        b.extend_from_slice(&[3; 64]);
+        assert!(held.iter().all(|&x| x == 2));
+        // Not empty (a PDU in progress): left where it is.
+        drop(held);
+        let at = b.as_ptr();
+        restart_if_empty(&mut b);
+        assert_eq!(b.as_ptr(), at);
+    }
+
+    #[test]
+    fn spin_read_takes_at_most_max() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        std::io::Write::write_all(&mut &a, &[7; 1000]).unwrap();
+        let mut buf = bytes::BytesMut::new();
+        assert_eq!(spin_read(&b, &mut buf, 4096, 300, Duration::from_millis(100)).unwrap(), Some(300));
+        assert_eq!(spin_read(&b, &mut buf, 4096, usize::MAX, Duration::from_millis(100)).unwrap(), Some(700));
+        assert_eq!(&buf[..], &[7; 1000][..]);
     }
 
     #[test]
@@ -807,11 +855,11 @@ mod tests {
         let (sock, _) = l.accept().unwrap();
         let mut buf = bytes::BytesMut::from(&b"ab"[..]);
         let budget = Duration::from_millis(2);
-        assert!(spin_read(&sock, &mut buf, 1024, budget).unwrap().is_none(), "nothing sent");
+        assert!(spin_read(&sock, &mut buf, 1024, usize::MAX, budget).unwrap().is_none(), "nothing sent");
         peer.write_all(b"cdef").unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         let n = loop {
-            if let Some(n) = spin_read(&sock, &mut buf, 1024, budget).unwrap() {
+            if let Some(n) = spin_read(&sock, &mut buf, 1024, usize::MAX, budget).unwrap() {
                 break n;
             }
             assert!(Instant::now() < deadline, "data never arrived");
@@ -819,7 +867,7 @@ mod tests {
         assert_eq!((n, &buf[..]), (4, &b"abcdef"[..]), "appended after what was there");
         drop(peer);
         let eof = loop {
-            if let Some(n) = spin_read(&sock, &mut buf, 1024, budget).unwrap() {
+            if let Some(n) = spin_read(&sock, &mut buf, 1024, usize::MAX, budget).unwrap() {
                 break n;
             }
             assert!(Instant::now() < deadline, "close never seen");

@@ -254,7 +254,13 @@ impl Connection {
                 && !stopped.fired()
                 && !c.ctrl_gone.fired()
             {
-                match holdfast_rt::spin_read(rd.as_ref(), &mut inbuf, READ_MIN_FREE, holdfast_rt::spin_budget(&poll)) {
+                match holdfast_rt::spin_read(
+                    rd.as_ref(),
+                    &mut inbuf,
+                    READ_MIN_FREE,
+                    usize::MAX,
+                    holdfast_rt::spin_budget(&poll),
+                ) {
                     Ok(Some(0)) => break Close::Normal("connection closed by host"),
                     Ok(Some(_)) => {
                         holdfast_rt::touch(&poll, conn_id);
