@@ -1102,16 +1102,22 @@ async fn a_second_connect_for_a_live_io_queue_id_is_refused() {
     let r = dup.connect(1, cntlid, NQN, 0).await;
     assert_eq!(r.status(), Status::COMMAND_SEQUENCE_ERROR.with_dnr(), "a second queue 1");
     drop(q);
+    connect_queue_1_again(addr, cntlid, "its connection closed").await;
+    server.stop().await;
+}
+
+/// Connect I/O queue 1 of controller `cntlid` on a fresh connection until the target takes it (within 5 s), once
+/// the queue that had it is gone (`after`, for the failure message).
+async fn connect_queue_1_again(addr: SocketAddr, cntlid: u16, after: &str) {
     let t0 = std::time::Instant::now();
     loop {
         let mut again = Conn::ic(addr, false, false).await;
         if again.connect(1, cntlid, NQN, 0).await.status() == Status::SUCCESS {
-            break;
+            return;
         }
-        assert!(t0.elapsed() < Duration::from_secs(5), "queue 1 stayed taken after its connection closed");
+        assert!(t0.elapsed() < Duration::from_secs(5), "queue 1 stayed taken after {after}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    server.stop().await;
 }
 
 /// Fence Association (holdfast's vendor admin command C1h, design §5): a host whose old association the target
@@ -1848,15 +1854,7 @@ async fn a_connection_task_that_panics_still_gives_its_queue_back() {
     sqe.cid.set(cid);
     q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::from(vec![5u8; 512]) })).await;
     assert!(closed_by_target(&mut q).await, "the connection whose task panicked stayed open");
-    let t0 = std::time::Instant::now();
-    loop {
-        let mut again = Conn::ic(addr, false, false).await;
-        if again.connect(1, cntlid, NQN, 0).await.status() == Status::SUCCESS {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(5), "queue 1 stayed taken after its task panicked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    connect_queue_1_again(addr, cntlid, "its task panicked").await;
     assert_eq!(a.prop_set(property::CC, 0).await.status(), Status::SUCCESS);
     reset_done_then_enable(&mut a).await;
     server.stop().await;
