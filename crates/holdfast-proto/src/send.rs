@@ -16,11 +16,10 @@ const COPY_BELOW: usize = 512;
 /// Outgoing bytes: encoded headers and referenced data, in order.
 #[derive(Debug, Default)]
 pub struct SendQueue {
-    /// Frozen pieces, in order, ahead of `tail`.
-    chunks: VecDeque<Bytes>,
-    /// Per piece of `chunks`: memory it keeps alive beyond its own bytes (a slice of a larger buffer).
-    pins: VecDeque<usize>,
-    /// Sum of `pins`.
+    /// Frozen pieces, in order, ahead of `tail`, each with the memory it keeps alive beyond its own bytes (a
+    /// slice of a larger buffer: see [`SendQueue::push_data_pdu`]'s `pins`).
+    chunks: VecDeque<(Bytes, usize)>,
+    /// Sum of the chunks' pins.
     pinned: usize,
     /// Headers encoded since the last data chunk.
     tail: BytesMut,
@@ -30,13 +29,7 @@ pub struct SendQueue {
 impl SendQueue {
     /// An empty queue.
     pub fn new() -> SendQueue {
-        SendQueue {
-            chunks: VecDeque::new(),
-            pins: VecDeque::new(),
-            pinned: 0,
-            tail: BytesMut::with_capacity(16 * 1024),
-            len: 0,
-        }
+        SendQueue { chunks: VecDeque::new(), pinned: 0, tail: BytesMut::with_capacity(16 * 1024), len: 0 }
     }
 
     /// Bytes waiting.
@@ -62,14 +55,20 @@ impl SendQueue {
 
     /// Append a PDU's data after what is queued, without copying it (short data is copied).
     pub fn push_data(&mut self, data: Bytes) {
+        self.push_pinned(data, 0);
+    }
+
+    /// [`SendQueue::push_data`], `data` keeping `pins` bytes alive beyond its own until sent, if queued by
+    /// reference (copied, it pins nothing).
+    fn push_pinned(&mut self, data: Bytes, pins: usize) {
         if data.len() < COPY_BELOW {
             self.tail.extend_from_slice(&data);
             return;
         }
         self.seal();
         self.len += data.len();
-        self.chunks.push_back(data);
-        self.pins.push_back(0);
+        self.pinned += pins;
+        self.chunks.push_back((data, pins));
     }
 
     /// Queue one H2CData or C2HData PDU (Figures 28 and 23): its header, `data` by reference, then the data
@@ -90,15 +89,7 @@ impl SendQueue {
     ) {
         crate::pdu::encode_data_header(&mut self.tail, framing, ty, flags, cccid, ttag, datao, data.len() as u32);
         let digest = framing.ddgst.then(|| crate::digest::digest_bytes(&data));
-        let by_reference = data.len() >= COPY_BELOW;
-        self.push_data(data);
-        // Queued by reference, the data is the last piece of `chunks` (its digest goes to `tail`).
-        if by_reference && pins > 0 {
-            if let Some(p) = self.pins.back_mut() {
-                *p = pins;
-                self.pinned += pins;
-            }
-        }
+        self.push_pinned(data, pins);
         if let Some(d) = digest {
             self.tail.extend_from_slice(&d);
         }
@@ -108,8 +99,7 @@ impl SendQueue {
         if !self.tail.is_empty() {
             let t = self.tail.split().freeze();
             self.len += t.len();
-            self.chunks.push_back(t);
-            self.pins.push_back(0);
+            self.chunks.push_back((t, 0));
         }
     }
 
@@ -125,7 +115,7 @@ impl SendQueue {
             if n == dst.len() {
                 return n;
             }
-            dst[n] = IoSlice::new(c);
+            dst[n] = IoSlice::new(&c.0);
             n += 1;
         }
         if n < dst.len() && !self.tail.is_empty() {
@@ -138,7 +128,7 @@ impl SendQueue {
     /// `n` bytes were written: drop them.
     pub fn advance(&mut self, mut n: usize) {
         while n > 0 {
-            let Some(front) = self.chunks.front_mut() else {
+            let Some((front, pins)) = self.chunks.front_mut() else {
                 let k = n.min(self.tail.len());
                 self.tail.advance(k);
                 return;
@@ -148,8 +138,8 @@ impl SendQueue {
             self.len -= k;
             n -= k;
             if front.is_empty() {
+                self.pinned -= *pins;
                 self.chunks.pop_front();
-                self.pinned -= self.pins.pop_front().unwrap_or(0);
             }
         }
     }
@@ -157,13 +147,12 @@ impl SendQueue {
     /// Everything waiting, as one contiguous buffer (for a last write before closing), leaving it empty.
     pub fn take_all(&mut self) -> BytesMut {
         let mut all = BytesMut::with_capacity(self.len());
-        for c in self.chunks.drain(..) {
+        for (c, _) in self.chunks.drain(..) {
             all.extend_from_slice(&c);
         }
         all.extend_from_slice(&self.tail);
         self.tail.clear();
         self.len = 0;
-        self.pins.clear();
         self.pinned = 0;
         all
     }

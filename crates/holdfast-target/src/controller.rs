@@ -389,6 +389,7 @@ impl Controller {
     /// Returns the status the completion carries: with More set when an entry was made (NVMe Base 2.0
     /// Figure 96: More says the log has information for this command; Linux nvmet sets it the same way).
     #[must_use]
+    #[inline]
     pub fn log_error(
         &self,
         sqid: u16,
@@ -396,10 +397,16 @@ impl Controller {
         status: Status,
         transport: bool,
     ) -> Status {
-        use holdfast_proto::opcode::io;
         if status.is_success() || status.code() == Status::ABORTED_SQ_DELETION {
             return status;
         }
+        self.log_failed(sqid, sqe, status, transport)
+    }
+
+    /// [`Controller::log_error`] for a status that is logged (kept out of line: every success passes through).
+    #[cold]
+    fn log_failed(&self, sqid: u16, sqe: &holdfast_proto::SubmissionEntry, status: Status, transport: bool) -> Status {
+        use holdfast_proto::opcode::io;
         let lba = match sqe.opcode {
             io::READ | io::WRITE | io::WRITE_ZEROES | io::COMPARE | io::VERIFY if sqid != 0 => {
                 holdfast_proto::sqe::rw::slba(sqe)
