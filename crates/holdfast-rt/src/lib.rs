@@ -422,6 +422,9 @@ pub fn reserve_for_read(buf: &mut bytes::BytesMut, min_free: usize) {
 /// time then keeps reusing the first KiB of its buffer (in cache), not all of it in turn.
 pub fn restart_if_empty(buf: &mut bytes::BytesMut) {
     if buf.is_empty() {
+        // Asking for more than the capacity it has is what makes try_reclaim move the start back to the front of
+        // the allocation (it does nothing when the room asked for is already there). It fails, allocating
+        // nothing, when the start is already there or while a PDU split off the buffer still holds it.
         let _ = buf.try_reclaim(buf.capacity() + 1);
     }
 }
