@@ -166,6 +166,17 @@ impl Shared {
         let ok = matches!(*st, State::Live | State::Reconnecting { failing_fast: false, .. });
         self.accepting.store(ok, Ordering::Release);
     }
+
+    /// The error for a command that found its submission channel closed: the reason the controller was lost
+    /// (or shut down) when it was, as [`Controller::check`] gives it, rather than a bare "closed" (design §4:
+    /// every request fails with an error that says why and since when). A request that waited for room in a
+    /// full channel through an outage is refused this way when the controller is lost at ctrl_loss_tmo.
+    fn closed_error(&self) -> Error {
+        match &*lock(&self.state) {
+            State::Failed { reason } => Error::ControllerLost(reason.clone()),
+            _ => closed(),
+        }
+    }
 }
 
 /// A controller. Cheap to clone. When the last clone (and the last [`crate::Namespace`] of it) is dropped
@@ -268,6 +279,7 @@ pub enum Submitted<'a> {
 
 /// A command waiting for room in its queue's channel.
 pub struct Backlogged<'a> {
+    sh: &'a Shared,
     tx: &'a submit::Sender<Command>,
     /// Boxed, so that a [`Submitted`] is a few words: on the usual path it is returned and matched by value.
     cmd: Box<Command>,
@@ -277,8 +289,9 @@ pub struct Backlogged<'a> {
 impl Backlogged<'_> {
     /// Wait for room and queue the command; then the completion comes through the returned [`Reply`].
     pub async fn queue(self) -> Result<Reply> {
-        self.tx.send(*self.cmd).await.map_err(|_| closed())?;
-        Ok(self.rx)
+        let Backlogged { sh, tx, cmd, rx } = self;
+        tx.send(*cmd).await.map_err(|_| sh.closed_error())?;
+        Ok(rx)
     }
 }
 
@@ -1014,7 +1027,7 @@ impl Controller {
     }
 
     /// Fail fast if the controller is failed, or failing fast.
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         if self.inner.accepting.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -1035,7 +1048,11 @@ impl Controller {
         let replayable =
             matches!(sqe.opcode, aop::IDENTIFY | aop::GET_LOG_PAGE | aop::GET_FEATURES | aop::SET_FEATURES);
         let name = command_name(&sqe, true);
-        let rx = send(&self.inner.admin, sqe, data_out, data_in_len, name, replayable).await?;
+        let (cmd, rx) = command(sqe, data_out, data_in_len, name, replayable)?;
+        let tx = &self.inner.admin;
+        if let Some(cmd) = try_enqueue(tx, cmd).map_err(|_| self.inner.closed_error())? {
+            tx.send(cmd).await.map_err(|_| self.inner.closed_error())?;
+        }
         finish(rx, name).await
     }
 
@@ -1079,9 +1096,9 @@ impl Controller {
         ) && sqe.fuse() == 0;
         let (cmd, rx) = command(sqe, data_out, data_in_len, command_name(&sqe, false), replayable)?;
         let tx = &self.inner.io[i];
-        Ok(match try_enqueue(tx, cmd)? {
+        Ok(match try_enqueue(tx, cmd).map_err(|_| self.inner.closed_error())? {
             None => Submitted::Queued(rx),
-            Some(cmd) => Submitted::Full(Backlogged { tx, cmd: Box::new(cmd), rx }),
+            Some(cmd) => Submitted::Full(Backlogged { sh: &self.inner, tx, cmd: Box::new(cmd), rx }),
         })
     }
 

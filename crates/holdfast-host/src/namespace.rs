@@ -30,6 +30,8 @@ pub struct Namespace {
 impl Namespace {
     /// Open namespace `nsid`: Identify Namespace and its descriptor list.
     pub async fn open(ctrl: &Controller, nsid: u32) -> Result<Namespace> {
+        // A failed controller says why (its admin channel, closed, would only say that it is).
+        ctrl.check()?;
         let b = crate::controller::identify_raw(ctrl.admin_queue(), identify::CNS_NAMESPACE, nsid).await?;
         let id = IdentifyNamespace::read_from_bytes(b.get(..4096).unwrap_or_default())
             .map_err(|_| Error::Invalid("short Identify Namespace".into()))?;

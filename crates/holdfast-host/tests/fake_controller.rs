@@ -1895,3 +1895,40 @@ async fn a_reserved_controller_id_from_connect_is_refused() {
     let Err(e) = Controller::connect(o).await else { panic!("connected with a reserved CNTLID") };
     assert!(e.to_string().contains("reserved"), "{e}");
 }
+
+/// Past ctrl_loss_tmo every request fails with an error that says why and since when (design §4), including
+/// the ones that were still waiting for room in their queue's submission channel (more requests outstanding
+/// during the outage than the channel holds): they too get [`Error::ControllerLost`] with the reason, not a bare
+/// "the controller is closed".
+#[tokio::test]
+async fn requests_waiting_for_room_when_the_controller_is_lost_say_why() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false); // queue size 8: the submission channel holds 16
+    o.kato = Some(Duration::from_millis(600));
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    o.ctrl_loss_tmo = Some(Duration::from_millis(1500));
+    let c = Controller::connect(o).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    go_down(&f, &c).await;
+    let reads: Vec<_> = (0..40u64)
+        .map(|i| {
+            let ns = ns.clone();
+            tokio::spawn(async move { ns.read(i, 1).await })
+        })
+        .collect();
+    let mut other = Vec::new();
+    for r in reads {
+        let r = tokio::time::timeout(Duration::from_secs(10), r).await.expect("a read outlived ctrl_loss_tmo").unwrap();
+        match r {
+            Err(Error::ControllerLost(why)) => assert!(why.contains("ctrl_loss_tmo"), "{why}"),
+            other_result => other.push(format!("{other_result:?}")),
+        }
+    }
+    assert!(other.is_empty(), "{} of 40 reads failed without saying why: {:?}", other.len(), other.first());
+    // So does a namespace opened on the failed controller.
+    match Namespace::open(&c, 1).await {
+        Err(Error::ControllerLost(why)) => assert!(why.contains("ctrl_loss_tmo"), "{why}"),
+        Err(e) => panic!("opening a namespace on a lost controller: {e}"),
+        Ok(_) => panic!("opened a namespace on a lost controller"),
+    }
+}
