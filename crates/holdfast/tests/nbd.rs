@@ -624,3 +624,37 @@ fn random_misaligned_io_from_two_clients_matches_a_model() {
         }
     }
 }
+
+/// A write the target's file cannot take for want of room (here EFBIG: the target runs under a 1 MiB
+/// RLIMIT_FSIZE, SIGXFSZ ignored, over a 16 MiB file) is ENOSPC to the NBD client, as the protocol asks
+/// ("SHOULD map the EDQUOT and EFBIG errors to ENOSPC", § Error values), not EIO: the target answers it with
+/// Capacity Exceeded, as nvmet does for ENOSPC, which the bridge maps to ENOSPC. QEMU's default werror=enospc
+/// pauses the guest on ENOSPC (room can be made, the write retried) but hands EIO to the guest's filesystem.
+#[test]
+fn a_write_the_file_has_no_room_for_is_enospc_not_eio() {
+    use std::os::unix::process::CommandExt as _;
+    let path = std::env::temp_dir().join(format!("holdfast-nbd-fsize-{}.img", std::process::id()));
+    std::fs::File::create(&path).unwrap().set_len(SIZE).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["target", "--listen", "127.0.0.1:0", "--nqn", NQN, "--file"]).arg(&path);
+    // SAFETY: setrlimit and signal are async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit { rlim_cur: 1 << 20, rlim_max: 1 << 20 };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let t = TargetProc::spawn(cmd);
+    let b = Bridge::start(&t, &[]);
+    let mut c = go(b.port);
+    assert_eq!(c.call(CMD_WRITE, 0, 0, 4096, &[7u8; 4096]).0, 0, "within the limit");
+    assert_eq!(c.call(CMD_WRITE, 0, 2 << 20, 4096, &[7u8; 4096]).0, ENOSPC, "beyond it");
+    assert_eq!(c.call(CMD_WRITE, FLAG_FUA, 2 << 20, 4096, &[7u8; 4096]).0, ENOSPC, "beyond it, FUA");
+    assert_eq!(c.call(CMD_READ, 0, 0, 4096, &[]), (0, vec![7u8; 4096]), "the export still serves");
+    drop((c, b, t));
+    let _ = std::fs::remove_file(&path);
+}

@@ -118,9 +118,15 @@ pub fn parse(_ctx: &QueueCtx, ctrl: &Controller, sqe: &SubmissionEntry) -> Parse
     }
 }
 
+/// The status of a command whose backend call failed with `e`. No room for the data (the file system full, a
+/// quota, the file size limit: a sparse file namespace is thinly provisioned) is Capacity Exceeded, as nvmet
+/// answers ENOSPC; the Linux host makes it ENOSPC, the NBD bridge too, where a write fault is EIO, a media
+/// error, retried by the host and counted in the SMART log.
 fn media_status(e: &io::Error, write: bool) -> Status {
     if e.kind() == io::ErrorKind::Interrupted {
         Status::ABORTED_SQ_DELETION
+    } else if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG)) {
+        Status::CAPACITY_EXCEEDED.with_dnr()
     } else if write {
         Status::WRITE_FAULT
     } else {
@@ -312,6 +318,19 @@ mod tests {
         fn describe(&self) -> String {
             "b".into()
         }
+    }
+
+    /// A backend out of room (ENOSPC, EDQUOT, EFBIG) fails a write, a write of zeroes or a flush with Capacity
+    /// Exceeded, not a media error; any other failure is still a write fault.
+    #[test]
+    fn no_room_is_capacity_exceeded() {
+        for errno in [libc::ENOSPC, libc::EDQUOT, libc::EFBIG] {
+            let s = media_status(&io::Error::from_raw_os_error(errno), true);
+            assert_eq!(s.code(), Status::CAPACITY_EXCEEDED, "errno {errno}");
+            assert!(s.dnr(), "errno {errno}: retrying will not make room");
+        }
+        assert_eq!(media_status(&io::Error::from_raw_os_error(libc::EIO), true), Status::WRITE_FAULT);
+        assert_eq!(media_status(&io::Error::from_raw_os_error(libc::EIO), false), Status::UNRECOVERED_READ_ERROR);
     }
 
     /// Flush of NSID FFFFFFFFh: a namespace whose flush fails does not keep the others from being flushed.

@@ -15,13 +15,14 @@ pub struct TargetProc {
 
 impl TargetProc {
     pub fn start(args: &[&str]) -> TargetProc {
-        let mut child = Command::new(BIN)
-            .args(["target", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start target");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["target", "--listen", "127.0.0.1:0"]).args(args);
+        TargetProc::spawn(cmd)
+    }
+    /// Spawn `cmd`, a whole `holdfast target` command the caller prepared (a `pre_exec`, say), listening on
+    /// an ephemeral port, and wait for its connect line.
+    pub fn spawn(mut cmd: Command) -> TargetProc {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start target");
         let out = child.stdout.take().expect("stdout");
         let mut port = 0;
         for line in BufReader::new(out).lines() {
