@@ -579,16 +579,14 @@ async fn unaligned(export: &Export, r: &Request, data: Bytes, fua: bool) -> Resu
     Ok(None)
 }
 
-/// The NBD error value for a failed namespace call, logged (rate-limited) with what it was.
+/// The NBD error value for a failed namespace call, logged (rate-limited) with what it was. Capacity Exceeded
+/// is no room, whatever the command (a flush whose fsync found none: nvmet's answer to ENOSPC), not an invalid
+/// request; LBA Out of Range is the request's, ENOSPC for a write (NBD § Error values).
 fn nbd_errno(e: &Error, write: bool) -> u32 {
     let code = e.status().map(|s| s.code());
-    let v = if code == Some(Status::LBA_OUT_OF_RANGE) || code == Some(Status::CAPACITY_EXCEEDED) {
-        if write {
-            errno::ENOSPC
-        } else {
-            errno::EINVAL
-        }
-    } else if code == Some(Status::INVALID_FIELD) {
+    let v = if code == Some(Status::CAPACITY_EXCEEDED) || (write && code == Some(Status::LBA_OUT_OF_RANGE)) {
+        errno::ENOSPC
+    } else if code == Some(Status::LBA_OUT_OF_RANGE) || code == Some(Status::INVALID_FIELD) {
         errno::EINVAL
     } else {
         errno::EIO
@@ -608,3 +606,94 @@ fn log_failure(e: &Error, v: u32) {
 
 /// Failed requests logged, at most ten lines a second: a lost controller fails every request at once.
 static FAILURES: holdfast_rt::RateLimit = holdfast_rt::RateLimit::new(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use holdfast_target::backend::{Backend, MediaGate};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A backend whose flush fails for want of room (a thin device or NFS server that ran out of space
+    /// under writeback: fsync then returns ENOSPC); everything else goes to `inner`.
+    struct NoRoomToFlush(Arc<dyn Backend>);
+
+    impl Backend for NoRoomToFlush {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn blocking(&self) -> bool {
+            false
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8], gate: &MediaGate) -> std::io::Result<()> {
+            self.0.read_at(offset, buf, gate)
+        }
+        fn write_at(&self, offset: u64, data: &[u8], fua: bool, gate: &MediaGate) -> std::io::Result<()> {
+            self.0.write_at(offset, data, fua, gate)
+        }
+        fn flush(&self, _: &MediaGate) -> std::io::Result<()> {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+        fn write_zeroes(&self, offset: u64, len: u64, gate: &MediaGate) -> std::io::Result<()> {
+            self.0.write_zeroes(offset, len, gate)
+        }
+        fn deallocate(&self, offset: u64, len: u64, gate: &MediaGate) -> std::io::Result<()> {
+            self.0.deallocate(offset, len, gate)
+        }
+        fn describe(&self) -> String {
+            "no room to flush".into()
+        }
+    }
+
+    /// A flush the namespace fails with Capacity Exceeded (what nvmet, and holdfast's target, answer when
+    /// the backing store's fsync fails with ENOSPC) is not the client's mistake: it gets ENOSPC, not EINVAL
+    /// (NBD § Error values: EINVAL is for invalid requests; ENOSPC for want of room).
+    #[test]
+    fn a_flush_that_fails_for_want_of_room_is_enospc_not_einval() {
+        const NQN: &str = "nqn.2026-01.io.holdfast:nbd-unit";
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let cfg = holdfast_target::Config::parse(
+                &format!(
+                    "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\n\
+                     allow_any_host = true\n[[subsystem.namespace]]\nnsid = 1\nbackend = \"ram\"\nsize_mib = 1\n\
+                     block_size = 512\n"
+                ),
+                "test",
+            )
+            .unwrap();
+            let target = holdfast_target::Target::new(&cfg, holdfast_target::TargetSettings::default()).unwrap();
+            let sub = target.subsystem(NQN).unwrap();
+            {
+                let mut nss = sub.namespaces.write();
+                let old = nss.get(&1).unwrap().clone();
+                let backend: Arc<dyn Backend> = Arc::new(NoRoomToFlush(old.backend.clone()));
+                nss.insert(1, Arc::new(holdfast_target::namespace::Namespace::new(1, 512, backend, old.ids)));
+            }
+            let server = holdfast_target::Server::start(target.clone()).await.unwrap();
+            let addr = server.bound[0].1.to_string();
+            let ctrl = holdfast_host::Controller::connect(holdfast_host::ConnectOptions::new(addr, NQN)).await.unwrap();
+            let export = Arc::new(Export {
+                ns: Namespace::open(&ctrl, 1).await.unwrap(),
+                name: "t".into(),
+                description: String::new(),
+                read_only: false,
+                budget: Arc::new(Semaphore::new(INFLIGHT_BYTES)),
+                stall_timeout: STALL_TIMEOUT,
+                partial_blocks: (0..PARTIAL_BLOCK_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            });
+            let (mut client, theirs) = tokio::io::duplex(1 << 20);
+            let serving = tokio::spawn(serve_transmission(theirs, export, CancellationToken::new()));
+            let req = |ty, handle| {
+                Request { magic: wire::REQUEST_MAGIC, flags: 0, ty, handle, offset: 0, length: 0 }.encode()
+            };
+            client.write_all(&req(cmd::FLUSH, 7)).await.unwrap();
+            let mut reply = [0u8; wire::SIMPLE_REPLY_LEN];
+            client.read_exact(&mut reply).await.unwrap();
+            assert_eq!(reply, wire::simple_reply(errno::ENOSPC, 7), "the flush's reply");
+            client.write_all(&req(cmd::DISC, 8)).await.unwrap();
+            assert_eq!(serving.await.unwrap().unwrap(), Ended::Disconnect);
+            drop(server);
+            let _ = ctrl.shutdown().await;
+        });
+    }
+}
