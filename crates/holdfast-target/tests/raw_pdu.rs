@@ -1859,3 +1859,111 @@ async fn a_connection_task_that_panics_still_gives_its_queue_back() {
     reset_done_then_enable(&mut a).await;
     server.stop().await;
 }
+
+/// Get Features `fid` with Select `sel` (and CDW11 `cdw11`, NSID `nsid`): the completion.
+async fn get_feature_sel(c: &mut Conn, fid: u8, sel: u8, cdw11: u32, nsid: u32, sgl: u32) -> CompletionEntry {
+    let mut s = SubmissionEntry::new(admin::GET_FEATURES, 0);
+    s.nsid.set(nsid);
+    s.dptr = SglDescriptor::transport(sgl);
+    s.cdw10.set(fid as u32 | (sel as u32) << 8);
+    s.cdw11.set(cdw11);
+    c.cmd(s, Bytes::new()).await.0
+}
+
+/// Get Features with Select 010b (Saved) of a feature that is not saveable returns its default value, not its
+/// current one (NVMe Base 2.0 §5.15, Select field; QEMU's controller answers the same). Every feature here is
+/// unsaveable: Set Features with SV is Feature Identifier Not Saveable, Select 011b never reports SAVEABLE. And
+/// Select 100b..111b is reserved: Invalid Field, for the features answered with a data buffer too.
+#[tokio::test]
+async fn get_features_saved_of_an_unsaveable_feature_is_its_default() {
+    let (server, addr) = start("").await;
+    let (mut a, _) = Conn::admin(addr, NQN, false, false).await;
+    // Volatile Write Cache off, Number of Queues 2, KATO 7 s: Current says so, Default and Saved do not.
+    a.set_feature(0x06, 0).await;
+    a.set_feature(0x07, 0x0001_0001).await;
+    a.set_feature(0x0F, 7000).await;
+    for (fid, current, default) in [(0x06u8, 0u32, 1u32), (0x07, 0x0001_0001, 0x007F_007F), (0x0F, 7000, 5000)] {
+        let r = get_feature_sel(&mut a, fid, 0, 0, 0, 0).await;
+        assert_eq!((r.status(), r.dw0.get()), (Status::SUCCESS, current), "FID {fid:#x} current");
+        let r = get_feature_sel(&mut a, fid, 1, 0, 0, 0).await;
+        assert_eq!((r.status(), r.dw0.get()), (Status::SUCCESS, default), "FID {fid:#x} default");
+        let r = get_feature_sel(&mut a, fid, 3, 0, 0, 0).await;
+        assert_eq!(r.dw0.get() & 1, 0, "FID {fid:#x} is not saveable");
+        let r = get_feature_sel(&mut a, fid, 2, 0, 0, 0).await;
+        assert_eq!((r.status(), r.dw0.get()), (Status::SUCCESS, default), "FID {fid:#x} saved: the default");
+    }
+    // Reserved Select values, on a dword feature and on the two answered with data.
+    for (fid, cdw11, sgl) in [(0x06u8, 0u32, 0u32), (0x16, 0, 512), (0x81, 1, 16)] {
+        for sel in 4..8 {
+            let r = get_feature_sel(&mut a, fid, sel, cdw11, 0, sgl).await;
+            assert_eq!(r.status(), Status::INVALID_FIELD.with_dnr(), "FID {fid:#x} SEL {sel}");
+        }
+    }
+    server.stop().await;
+}
+
+/// Set Features of a feature that is not namespace specific, naming a namespace (an NSID other than 0h and
+/// FFFFFFFFh): Feature Not Namespace Specific (SCT 1h, SC 0Fh; NVMe Base 2.0 §5.27, and the status code's
+/// definition), Invalid Namespace for an NSID above NN; nothing changes. QEMU's controller answers the same.
+/// The namespace-specific feature (Error Recovery) takes the namespace.
+#[tokio::test]
+async fn set_features_naming_a_namespace_for_a_controller_feature_is_refused() {
+    let (server, addr) = start("").await;
+    let (mut a, _) = Conn::admin(addr, NQN, false, false).await;
+    for (fid, v) in [(0x01u32, 3u32), (0x06, 0), (0x0B, 1 << 8), (0x0F, 9000), (0x80, 5)] {
+        let before = get_feature_sel(&mut a, fid as u8, 0, 0, 0, 0).await.dw0.get();
+        for (nsid, want) in [
+            (1u32, Status::FEATURE_NOT_NS_SPECIFIC.with_dnr()),
+            (7, Status::FEATURE_NOT_NS_SPECIFIC.with_dnr()),
+            (0x10_0000, Status::INVALID_NAMESPACE.with_dnr()),
+        ] {
+            let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+            s.nsid.set(nsid);
+            s.cdw10.set(fid);
+            s.cdw11.set(v);
+            assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), want, "FID {fid:#x} NSID {nsid:#x}");
+        }
+        let after = get_feature_sel(&mut a, fid as u8, 0, 0, 0, 0).await.dw0.get();
+        assert_eq!(after, before, "FID {fid:#x} changed by a refused Set Features");
+        // NSID 0h and FFFFFFFFh are the controller's.
+        for nsid in [0, 0xFFFF_FFFF] {
+            let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+            s.nsid.set(nsid);
+            s.cdw10.set(fid);
+            s.cdw11.set(v);
+            assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS, "FID {fid:#x} NSID {nsid:#x}");
+        }
+    }
+    let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+    s.nsid.set(1);
+    s.cdw10.set(0x05);
+    assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS, "Error Recovery of namespace 1");
+    server.stop().await;
+}
+
+/// Set Features Asynchronous Event Configuration enabling an event the controller does not report (a bit
+/// outside OAES and the SMART critical warnings it has): Invalid Field in Command, the configuration unchanged,
+/// as Linux nvmet answers (nvmet_set_feat_async_event); before, the bit was dropped and the command succeeded,
+/// so the host believed a notice enabled that would never come. On the discovery controller only its Discovery
+/// Log Page Change notice exists.
+#[tokio::test]
+async fn set_features_enabling_an_event_the_controller_does_not_report_is_invalid_field() {
+    let (server, addr) = start("").await;
+    let (mut a, _) = Conn::admin(addr, NQN, false, false).await;
+    a.set_feature(0x0B, 1 << 8).await;
+    for bit in [9u32, 10, 31] {
+        let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+        s.cdw10.set(0x0B);
+        s.cdw11.set(1 << 8 | 1 << bit);
+        assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::INVALID_FIELD.with_dnr(), "AEC bit {bit}");
+    }
+    assert_eq!(get_feature_sel(&mut a, 0x0B, 0, 0, 0, 0).await.dw0.get(), 1 << 8, "configuration unchanged");
+    let (mut d, _) = Conn::admin(addr, fabrics::DISCOVERY_NQN, false, false).await;
+    d.set_feature(0x0B, 1 << 31).await;
+    let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+    s.cdw10.set(0x0B);
+    s.cdw11.set(1 << 31 | 1 << 8);
+    assert_eq!(d.cmd(s, Bytes::new()).await.0.status(), Status::INVALID_FIELD.with_dnr(), "discovery: NS attribute");
+    assert_eq!(get_feature_sel(&mut d, 0x0B, 0, 0, 0, 0).await.dw0.get(), 1 << 31);
+    server.stop().await;
+}

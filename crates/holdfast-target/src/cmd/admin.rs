@@ -150,7 +150,6 @@ pub fn identify(_ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
     }
 }
 
-const SEL_CURRENT: u8 = 0;
 const SEL_DEFAULT: u8 = 1;
 const SEL_SAVED: u8 = 2;
 const SEL_SUPPORTED: u8 = 3;
@@ -162,15 +161,41 @@ const CAP_NS_SPECIFIC: u32 = 1 << 1;
 /// Asynchronous Event Configuration bits we can report.
 pub const AEC_SUPPORTED: u32 = 0xFF | (1 << 8);
 
+/// The features Set Features changes (or answers for: Host Identifier).
+const SET_FIDS: &[u8] = &[
+    fid::ARBITRATION,
+    fid::POWER_MANAGEMENT,
+    fid::TEMPERATURE_THRESHOLD,
+    fid::ERROR_RECOVERY,
+    fid::VOLATILE_WRITE_CACHE,
+    fid::NUMBER_OF_QUEUES,
+    fid::WRITE_ATOMICITY,
+    fid::ASYNC_EVENT_CONFIG,
+    fid::KEEP_ALIVE_TIMER,
+    fid::HOST_BEHAVIOR_SUPPORT,
+    fid::SOFTWARE_PROGRESS_MARKER,
+    fid::HOST_IDENTIFIER,
+];
+
+/// The namespace-specific ones among them (Get Features Select 011b says so).
+const NS_SPECIFIC_FIDS: &[u8] = &[fid::ERROR_RECOVERY, fid::WRITE_ATOMICITY];
+
 /// Get Features (NVMe Base 2.0 §5.15).
 pub fn get_features(c: &Controller, req: &Request) -> Response {
     let f = features::fid(&req.sqe);
     let sel = features::sel(&req.sqe);
+    // Select 100b..111b is reserved, for the features answered with data too.
+    if sel > SEL_SUPPORTED {
+        return Response::err(Status::INVALID_FIELD.with_dnr());
+    }
     let def = crate::controller::Features::default();
     let st = c.state.lock();
-    let cur = if sel == SEL_DEFAULT { &def } else { &st.features };
+    // No feature here is saveable (Set Features with SV fails, Select 011b never says SAVEABLE): the saved value
+    // of one is its default (NVMe Base 2.0 §5.15, Select; QEMU's controller answers the same).
+    let current = !matches!(sel, SEL_DEFAULT | SEL_SAVED);
+    let cur = if current { &st.features } else { &def };
     let cdw11 = req.sqe.cdw11.get();
-    let ns_specific = matches!(f, fid::ERROR_RECOVERY | fid::WRITE_ATOMICITY);
+    let ns_specific = NS_SPECIFIC_FIDS.contains(&f);
     let value = match f {
         fid::ARBITRATION => cur.arbitration,
         fid::POWER_MANAGEMENT => cur.power_management,
@@ -185,16 +210,16 @@ pub fn get_features(c: &Controller, req: &Request) -> Response {
         fid::ERROR_RECOVERY => cur.error_recovery,
         fid::VOLATILE_WRITE_CACHE => cur.write_cache as u32,
         fid::NUMBER_OF_QUEUES => {
-            let n = if sel == SEL_DEFAULT { MAX_IO_QUEUES } else { st.io_queues_granted };
+            let n = if current { st.io_queues_granted } else { MAX_IO_QUEUES };
             (n as u32 - 1) | ((n as u32 - 1) << 16)
         }
         fid::WRITE_ATOMICITY => cur.write_atomicity,
         fid::ASYNC_EVENT_CONFIG => cur.async_event_config,
         fid::KEEP_ALIVE_TIMER => {
-            if sel == SEL_DEFAULT {
-                c.subsys.policy.read().kato_ms
-            } else {
+            if current {
                 c.kato_ms.load(Ordering::Relaxed)
+            } else {
+                c.subsys.policy.read().kato_ms
             }
         }
         fid::HOST_BEHAVIOR_SUPPORT => {
@@ -215,14 +240,13 @@ pub fn get_features(c: &Controller, req: &Request) -> Response {
         }
         _ => return Response::err(Status::INVALID_FIELD.with_dnr()),
     };
-    match sel {
-        SEL_CURRENT | SEL_DEFAULT | SEL_SAVED => Response::dw0(value),
-        SEL_SUPPORTED => {
-            let changeable = f != fid::NUMBER_OF_QUEUES || !st.io_queue_connected;
-            Response::dw0(if changeable { CAP_CHANGEABLE } else { 0 } | if ns_specific { CAP_NS_SPECIFIC } else { 0 })
-        }
-        _ => Response::err(Status::INVALID_FIELD.with_dnr()),
+    if sel == SEL_SUPPORTED {
+        let changeable = f != fid::NUMBER_OF_QUEUES || !st.io_queue_connected;
+        return Response::dw0(
+            if changeable { CAP_CHANGEABLE } else { 0 } | if ns_specific { CAP_NS_SPECIFIC } else { 0 },
+        );
     }
+    Response::dw0(value)
 }
 
 /// Set Features (NVMe Base 2.0 §5.27).
@@ -232,6 +256,14 @@ pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Response {
     }
     let f = features::fid(&req.sqe);
     let v = req.sqe.cdw11.get();
+    // A feature that is not namespace specific belongs to the controller: a command naming a namespace for it
+    // (an NSID other than 0h and FFFFFFFFh) is Feature Not Namespace Specific (NVMe Base 2.0 §5.27, as QEMU's
+    // controller answers); an NSID that names none at all, Invalid Namespace. Unknown FIDs are Invalid Field below.
+    let nsid = req.sqe.nsid();
+    if SET_FIDS.contains(&f) && !NS_SPECIFIC_FIDS.contains(&f) && nsid != 0 && nsid != 0xFFFF_FFFF {
+        let status = if nsid <= crate::MAX_NSID { Status::FEATURE_NOT_NS_SPECIFIC } else { Status::INVALID_NAMESPACE };
+        return Response::err(status.with_dnr());
+    }
     let mut st = c.state.lock();
     match f {
         fid::ARBITRATION => st.features.arbitration = v,
@@ -277,8 +309,13 @@ pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Response {
         fid::WRITE_ATOMICITY => st.features.write_atomicity = v & 1,
         fid::ASYNC_EVENT_CONFIG => {
             let supported = if c.subsys.is_discovery { super::discovery::AEC_DISCOVERY_CHANGE } else { AEC_SUPPORTED };
-            st.features.async_event_config = v & supported;
-            Controller::event_classes_changed(&mut st, v & supported);
+            // An event this controller never reports cannot be enabled: Invalid Field, nothing changed (as Linux
+            // nvmet answers). Dropping the bit and succeeding let the host wait for a notice that never comes.
+            if v & !supported != 0 {
+                return Response::err(Status::INVALID_FIELD.with_dnr());
+            }
+            st.features.async_event_config = v;
+            Controller::event_classes_changed(&mut st, v);
         }
         fid::KEEP_ALIVE_TIMER => {
             // Round up to the Keep Alive granularity (KAS).
