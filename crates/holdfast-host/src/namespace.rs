@@ -40,6 +40,19 @@ impl Namespace {
         }
         let block_size =
             id.block_size().ok_or_else(|| Error::Invalid(format!("namespace {nsid} has an unusable LBA format")))?;
+        // Over a fabric metadata travels only inside the data, as extended LBAs of block size + MS bytes (there is
+        // no metadata pointer; the Linux host's nvme_configure_metadata says as much, and gives such a namespace
+        // a capacity of 0 on a transport without metadata support, as TCP is). Every length here counts blocks of
+        // the data size alone, so such a namespace is refused rather than read and written with lengths its
+        // controller does not expect.
+        let ms = id.lbaf.get(id.formatted_lba_index()).map_or(0, |f| f.ms.get());
+        if ms != 0 {
+            return Err(Error::Invalid(format!(
+                "namespace {nsid} is formatted with {ms} bytes of metadata per {block_size}-byte block (LBA format {}): \
+                 this host reads and writes namespaces without metadata only",
+                id.formatted_lba_index()
+            )));
+        }
         let descriptors =
             match crate::controller::identify_raw(ctrl.admin_queue(), identify::CNS_NS_DESC_LIST, nsid).await {
                 Ok(d) => identify::parse_ns_descriptor_list(&d),

@@ -78,6 +78,8 @@ struct Behaviour {
     bad_r2t: Option<BadR2T>,
     /// ICDOFF in Identify Controller (in-capsule data offset, 16-byte units).
     icdoff: u16,
+    /// Metadata bytes per block in the namespace's LBA format (extended LBAs, FLBAS bit 4, as fabrics have them).
+    ns_metadata: u16,
     /// Answer every Asynchronous Event Request (sent as soon as an association is up) with a C2HTermReq and
     /// close: a target that drops every association right after accepting it.
     term_aers: bool,
@@ -128,6 +130,7 @@ impl Default for Behaviour {
             discovery_refuse_offsets: false,
             bad_r2t: None,
             icdoff: 0,
+            ns_metadata: 0,
             term_aers: false,
             discovery_numrec_extra: 0,
             short_identify_ns: false,
@@ -465,6 +468,10 @@ impl Conn {
                             ns.ncap.set(NBLOCKS);
                             ns.nuse.set(NBLOCKS);
                             ns.lbaf[0].lbads = 9;
+                            ns.lbaf[0].ms.set(self.st.b.ns_metadata);
+                            if self.st.b.ns_metadata != 0 {
+                                ns.flbas |= 1 << 4;
+                            }
                             page.copy_from_slice(ns.as_bytes());
                         }
                         identify::CNS_ACTIVE_NS_LIST => page.copy_from_slice(&identify::active_ns_list(&[1])),
@@ -1931,4 +1938,18 @@ async fn requests_waiting_for_room_when_the_controller_is_lost_say_why() {
         Err(e) => panic!("opening a namespace on a lost controller: {e}"),
         Ok(_) => panic!("opened a namespace on a lost controller"),
     }
+}
+
+/// A namespace formatted with metadata (extended LBAs of 512 + 8 bytes) is refused when opened, saying why: every
+/// transfer length the host computes counts 512-byte blocks, which such a controller would not expect.
+#[tokio::test]
+async fn a_namespace_with_metadata_is_refused_saying_why() {
+    let f = fake(Behaviour { ns_metadata: 8, ..Default::default() }).await;
+    let c = Controller::connect(opts(&f, 1, false)).await.unwrap();
+    match Namespace::open(&c, 1).await {
+        Err(Error::Invalid(why)) => assert!(why.contains("8 bytes of metadata"), "{why}"),
+        Err(e) => panic!("expected Invalid, got {e}"),
+        Ok(_) => panic!("opened a namespace with metadata"),
+    }
+    c.shutdown().await.unwrap();
 }
