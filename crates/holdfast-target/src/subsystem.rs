@@ -498,9 +498,10 @@ impl Target {
                             o.block_size == n.block_size
                                 && o.ids == n.ids(&s.nqn)
                                 && n.size_bytes().is_none_or(|b| o.backend.size() == b)
-                                && o.backend
-                                    .describe()
-                                    .contains(&n.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
+                                // The same file (or RAM, which has none). Not a substring of the old
+                                // description: a RAM namespace's empty path is in every one, and a path that is a
+                                // prefix of the old (`vol.img` for `vol.img.old`) names another file.
+                                && o.backend.path() == n.path.as_deref()
                         });
                         if !same {
                             let key = format!("subsystem[{i}].namespace[{j}]");

@@ -1277,6 +1277,35 @@ async fn a_reload_says_which_namespaces_it_added_and_which_it_replaced() {
     server.stop().await;
 }
 
+/// A reload that points a namespace at another file, or at another backend, replaces it: whether the
+/// namespace is unchanged is not decided by the old description containing the new path (a path that is a
+/// prefix of the old one, or a relative path naming its tail, is another file; and a RAM namespace has no path,
+/// which every description "contains").
+#[tokio::test]
+async fn a_reload_that_changes_a_namespace_file_or_kind_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("vol.img.old");
+    let new = dir.path().join("vol.img");
+    let cfg = |ns: &str| {
+        let text = format!(
+            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
+             [[subsystem.namespace]]\nnsid = 1\n{ns}\nsize_mib = 4\n"
+        );
+        Config::parse(&text, "reload").unwrap()
+    };
+    let file = |p: &std::path::Path| format!("backend = \"file\"\npath = \"{}\"", p.display());
+    let target = Target::new(&cfg(&file(&old)), TargetSettings::default()).unwrap();
+    let served = |t: &Target| t.subsystem(NQN).unwrap().namespace(1).unwrap().backend.describe();
+    assert!(served(&target).contains("vol.img.old"), "{}", served(&target));
+    // Another file, whose path the old one's starts with.
+    let notes = target.reload(&cfg(&file(&new))).unwrap().notes;
+    assert!(!served(&target).contains("vol.img.old"), "still serving the old file: {} ({notes:?})", served(&target));
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    // The same size in RAM instead of a file.
+    let notes = target.reload(&cfg("backend = \"ram\"")).unwrap().notes;
+    assert!(served(&target).starts_with("ram"), "still serving a file: {} ({notes:?})", served(&target));
+}
+
 /// The discovery log is one published state, entries and GENCTR together: a reload's changes applied but not
 /// yet announced (GENCTR not moved) are not in it, so a host reading the header and then the entries never
 /// takes new entries for the old GENCTR's.

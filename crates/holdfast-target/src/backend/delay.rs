@@ -67,6 +67,9 @@ impl Backend for DelayWrites {
     fn volatile(&self) -> bool {
         self.inner.volatile()
     }
+    fn path(&self) -> Option<&std::path::Path> {
+        self.inner.path()
+    }
     fn describe(&self) -> String {
         format!("{} (every {}. write delayed {:?}, test only)", self.inner.describe(), self.every, self.delay)
     }

@@ -209,6 +209,9 @@ impl Backend for FileBackend {
     fn describe(&self) -> String {
         format!("file {} ({} MiB)", self.path.display(), self.size >> 20)
     }
+    fn path(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
 }
 
 #[cfg(test)]

@@ -66,6 +66,11 @@ pub trait Backend: Send + Sync + 'static {
     fn volatile(&self) -> bool {
         false
     }
+    /// The file it was opened on, as configured (None: not a file, RAM). A reload keeps a namespace only if
+    /// the configuration names the same one.
+    fn path(&self) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 /// Ask the CPU to bring the cache line at `p` in (a hint: no effect on what any load or store sees).
