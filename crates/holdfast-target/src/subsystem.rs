@@ -117,14 +117,19 @@ pub struct Subsystem {
     controllers: Mutex<BTreeMap<u16, Weak<Controller>>>,
     /// Where dynamic CNTLIDs come from.
     cntlids: Mutex<CntlidRange>,
-    /// Associations that died with commands still in flight, by (host NQN, host ID).
-    dead: Mutex<Vec<DeadQueue>>,
+    /// Associations that died with commands still in flight, by (host NQN, host ID). Shared with every
+    /// subsystem the target has had under this NQN ([`Target::dead_list`]): one removed by a reload and added
+    /// again by another is the same subsystem to a host, on the same media if it names the same files.
+    dead: DeadList,
     /// SMART counters.
     pub stats: Stats,
 }
 
 /// A dead queue with commands in flight: (host NQN, host ID, its gate).
 type DeadQueue = (String, [u8; 16], Arc<AssociationGate>);
+
+/// The dead queues of the subsystems of one NQN.
+type DeadList = Arc<Mutex<Vec<DeadQueue>>>;
 
 /// The CNTLIDs a subsystem's controllers get (`cntlid_min..=cntlid_max`, validated by the config), handed out
 /// round robin from `next`.
@@ -160,7 +165,7 @@ impl Subsystem {
             policy_generation: AtomicU64::new(1),
             controllers: Mutex::new(BTreeMap::new()),
             cntlids: Mutex::new(CntlidRange::new(MIN_CNTLID, MAX_CNTLID)),
-            dead: Mutex::new(Vec::new()),
+            dead: DeadList::default(),
             stats: Stats::default(),
         }
     }
@@ -316,6 +321,18 @@ pub struct Target {
     pub busy_poll: Option<Arc<holdfast_rt::BusyPoll>>,
     /// Connections waiting for a Connect, limited in all and per address.
     pub unbound: Arc<crate::transport::admission::Unbound>,
+    /// The dead associations of each NQN's subsystem, outliving the subsystem ([`dead_list`]).
+    dead_lists: Mutex<BTreeMap<String, DeadList>>,
+}
+
+/// The list of dead associations of the subsystem `nqn`, the one its earlier subsystems had if any still holds
+/// commands in flight (design §5: a subsystem removed by a reload, its controllers torn down while a write was
+/// on its way to the media, then added again, must still hold its hosts' new associations until that write is
+/// done). Lists with nothing in flight and no subsystem are forgotten here.
+fn dead_list(lists: &Mutex<BTreeMap<String, DeadList>>, nqn: &str) -> DeadList {
+    let mut lists = lists.lock();
+    lists.retain(|_, l| Arc::strong_count(l) > 1 || l.lock().iter().any(|(_, _, g)| g.inflight() > 0));
+    lists.entry(nqn.to_owned()).or_default().clone()
 }
 
 /// Open namespace `n`'s backend; errors name its key, `key` (`subsystem[i].namespace[j]`).
@@ -370,11 +387,18 @@ fn build_namespace(
     Ok(Namespace::new(n.nsid, n.block_size, backend, n.ids(&s.nqn)))
 }
 
-/// Subsystem `s`, `subsystem[i]` in the configuration, with its namespaces opened.
-fn build_subsystem(i: usize, s: &SubsystemConfig, settings: &TargetSettings) -> anyhow::Result<Subsystem> {
+/// Subsystem `s`, `subsystem[i]` in the configuration, with its namespaces opened; `dead` is where the
+/// dead associations of its NQN are kept ([`Target::dead_list`]).
+fn build_subsystem(
+    i: usize,
+    s: &SubsystemConfig,
+    settings: &TargetSettings,
+    dead: DeadList,
+) -> anyhow::Result<Subsystem> {
     let serial = s.serial.clone().unwrap_or_else(|| crate::config::derived_serial(&s.nqn));
     let model = s.model.clone().unwrap_or_else(|| "holdfast".into());
     let mut sub = Subsystem::new(&s.nqn, serial, model, false);
+    sub.dead = dead;
     *sub.access.get_mut() = access_of(s);
     *sub.policy.get_mut() = s.policy.clone();
     *sub.cntlids.get_mut() = CntlidRange::new(s.cntlid_min, s.cntlid_max);
@@ -389,8 +413,10 @@ impl Target {
     /// Build the target from a validated configuration (opens every backend).
     pub fn new(cfg: &Config, settings: TargetSettings) -> anyhow::Result<Arc<Target>> {
         let mut subs = BTreeMap::new();
+        let dead_lists = Mutex::new(BTreeMap::new());
         for (i, s) in cfg.subsystems.iter().enumerate() {
-            subs.insert(s.nqn.clone(), Arc::new(build_subsystem(i, s, &settings)?));
+            let dead = dead_list(&dead_lists, &s.nqn);
+            subs.insert(s.nqn.clone(), Arc::new(build_subsystem(i, s, &settings, dead)?));
         }
         let disc = Subsystem::new(
             DISCOVERY_NQN,
@@ -414,6 +440,7 @@ impl Target {
             planned_downtime_ms: std::sync::atomic::AtomicU32::new(0),
             busy_poll: holdfast_rt::BusyPoll::new(settings.busy_poll),
             unbound: Arc::default(),
+            dead_lists,
             settings,
         });
         target.publish_discovery_view();
@@ -489,7 +516,8 @@ impl Target {
         for (i, s) in cfg.subsystems.iter().enumerate() {
             match current.get(&s.nqn) {
                 None => {
-                    fresh.insert(s.nqn.clone(), build_subsystem(i, s, &self.settings)?);
+                    let dead = dead_list(&self.dead_lists, &s.nqn);
+                    fresh.insert(s.nqn.clone(), build_subsystem(i, s, &self.settings, dead)?);
                 }
                 Some(old) => {
                     let have = old.namespaces.read().clone();

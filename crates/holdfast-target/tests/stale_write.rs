@@ -157,3 +157,42 @@ async fn old_write_never_lands_after_newer_data() {
 async fn without_the_drain_the_stale_write_lands() {
     assert_eq!(run(false).await, 0xAA, "the test must be able to fail: without the drain the old write wins");
 }
+
+/// The drain holds across a reload that removes the subsystem and one that adds it again (an operator's
+/// mistake undone, say): the NQN names the same subsystem to the host, and a file namespace the same media, so
+/// a host reconnecting to it is admitted only once its old association's write has finished or been dropped,
+/// not at once because the subsystem object that recorded that association is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subsystem_removed_and_added_again_still_drains_the_old_association() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ns.img");
+    let cfg = |with: bool| {
+        let sub = format!(
+            "[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n[subsystem.policy]\ncqt_ms = 5000\n\
+             [[subsystem.namespace]]\nnsid = 1\nbackend = \"file\"\npath = \"{}\"\nsize_mib = 1\n",
+            path.display()
+        );
+        let text = format!("[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n{}", if with { sub.as_str() } else { "" });
+        Config::parse(&text, "test").unwrap()
+    };
+    let settings = TargetSettings { test_delay_writes: Some(DELAY), test_delay_every: 1000, ..Default::default() };
+    let server = Server::start(Target::new(&cfg(true), settings).unwrap()).await.unwrap();
+    let addr = server.bound[0].1;
+
+    let (_a1, mut q1) = associate(addr).await;
+    let (s, d) = write_sqe(0xAA);
+    q1.submit(s, d).await;
+    let sent = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Removed (its controllers torn down, the write still held back on its way to the media), then back.
+    server.target.reload(&cfg(false)).unwrap();
+    server.target.reload(&cfg(true)).unwrap();
+    let _ = associate(addr).await;
+    let waited = sent.elapsed();
+    assert!(
+        waited >= DELAY - Duration::from_millis(50),
+        "the new association was admitted {waited:?} after the old write was sent, before that write ({DELAY:?}) \
+         finished or was dropped"
+    );
+    server.stop().await;
+}
