@@ -191,6 +191,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             Some(p) => anyhow::anyhow!("{}: {e}", p.display()),
             None => e,
         };
+        // Before anything is announced: a SIGHUP that comes once the target says where it listens reloads
+        // (before, it takes its default action and ends the process).
+        let mut signals = Signals::new();
         let target = Target::new(&cfg, settings).map_err(in_file)?;
         let mut server = Server::start(target.clone()).await.map_err(in_file)?;
         for (id, addr) in &server.bound {
@@ -224,7 +227,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         let config_path = a.config.clone();
         loop {
-            match wait_for_signal().await {
+            match signals.next().await {
                 Signal::Stop => break,
                 Signal::Announce => {
                     holdfast_target::control::announce_restart(&target, a.sigusr1_downtime_ms);
@@ -275,22 +278,34 @@ enum Signal {
     Announce,
 }
 
-/// SIGINT / SIGTERM stop the target; SIGHUP reloads the configuration file; SIGUSR1 announces a planned
-/// restart.
-async fn wait_for_signal() -> Signal {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-        signal(SignalKind::user_defined1()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => Signal::Stop,
-        _ = int.recv() => Signal::Stop,
-        _ = hup.recv() => Signal::Reload,
-        _ = usr1.recv() => Signal::Announce,
+/// The target's signal handlers, made once for its whole run: SIGINT / SIGTERM stop the target; SIGHUP reloads
+/// the configuration file; SIGUSR1 announces a planned restart. Made anew for each wait, a signal that arrived
+/// while the one before was handled (a SIGTERM during a reload, or with a SIGUSR1 in the same wake-up, whose
+/// handler the `select` dropped) was lost: a new handler sees only signals that come after it is made, and once
+/// one has been made the default action (terminating) no longer happens.
+struct Signals(Option<[tokio::signal::unix::Signal; 4]>);
+
+impl Signals {
+    fn new() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let kinds =
+            [SignalKind::terminate(), SignalKind::interrupt(), SignalKind::hangup(), SignalKind::user_defined1()];
+        let made: Result<Vec<_>, _> = kinds.into_iter().map(signal).collect();
+        Signals(made.ok().and_then(|v| v.try_into().ok()))
+    }
+
+    /// The next signal.
+    async fn next(&mut self) -> Signal {
+        let Some([term, int, hup, usr1]) = &mut self.0 else {
+            return std::future::pending().await;
+        };
+        // Stops first: a stop that came with another signal is not put off behind it.
+        tokio::select! {
+            biased;
+            _ = term.recv() => Signal::Stop,
+            _ = int.recv() => Signal::Stop,
+            _ = hup.recv() => Signal::Reload,
+            _ = usr1.recv() => Signal::Announce,
+        }
     }
 }
