@@ -259,6 +259,27 @@ fn unique_id(
     Ok(())
 }
 
+/// Which file a namespace's path names, to tell two paths to one file: a block device by its device number, an
+/// existing file by its inode (whatever links or symbolic links lead to it), a file yet to be created by its
+/// absolute path.
+#[derive(PartialEq, Eq, Hash)]
+enum FileIdentity {
+    Device(u64),
+    Inode(u64, u64),
+    Path(PathBuf),
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> FileIdentity {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        match std::fs::metadata(path) {
+            Ok(m) if m.file_type().is_block_device() => FileIdentity::Device(m.rdev()),
+            Ok(m) => FileIdentity::Inode(m.dev(), m.ino()),
+            Err(_) => FileIdentity::Path(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())),
+        }
+    }
+}
+
 fn valid_nqn(n: &str) -> Result<(), String> {
     if n.is_empty() {
         return Err("is empty".into());
@@ -348,6 +369,9 @@ impl Config {
         // Namespace identifiers given in the file, with the key that gave each: unique across subsystems.
         let mut seen: HashMap<(&'static str, Vec<u8>), String> = HashMap::new();
         let mut ram_mib = 0u64;
+        // The file each file namespace names, with its key: one file under two namespaces would have each
+        // overwrite the other's data unseen (two identities for one medium; SPDK refuses it by claiming the bdev).
+        let mut files: HashMap<FileIdentity, String> = HashMap::new();
         for (i, s) in self.subsystems.iter().enumerate() {
             let k = |f: &str| format!("subsystem[{i}].{f}");
             valid_nqn(&s.nqn).map_err(|r| err(k("nqn"), format!("NQN {r}")))?;
@@ -472,8 +496,18 @@ impl Config {
                         }
                     }
                     BackendKind::File => {
-                        if n.path.is_none() {
+                        let Some(path) = &n.path else {
                             return Err(err(k("path"), "a file namespace needs a path".into()));
+                        };
+                        if let Some(other) = files.insert(FileIdentity::of(path), k("path")) {
+                            return Err(err(
+                                k("path"),
+                                format!(
+                                    "{} is the same file as {other}: two namespaces on one file would overwrite \
+                                     each other's data",
+                                    path.display()
+                                ),
+                            ));
                         }
                         if n.size_mib == Some(0) {
                             return Err(err(k("size_mib"), "must be above 0".into()));
@@ -574,6 +608,40 @@ block_size = 4096
         assert_eq!(e.key, "subsystem[0].cntlid_min", "{e}");
         let e = bad("allow_any_host = true", "allow_any_host = true\ncntlid_max = 65520");
         assert_eq!(e.key, "subsystem[0].cntlid_max", "{e}");
+    }
+
+    /// Two file namespaces on one file, by the same path, by another spelling of a file yet to be created, or
+    /// through a symbolic link, in one subsystem or two: refused, naming both keys.
+    #[test]
+    fn two_namespaces_on_one_file_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vol.img");
+        std::fs::write(&file, [0u8; 4096]).unwrap();
+        let link = dir.path().join("link.img");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let ns = |nsid: u32, p: &Path| {
+            format!("[[subsystem.namespace]]\nnsid = {nsid}\nbackend = \"file\"\npath = \"{}\"\n", p.display())
+        };
+        let sub2 = "[[subsystem]]\nnqn = \"nqn.2026-01.io.holdfast:b\"\nallow_any_host = true\n";
+        let nowhere = dir.path().join("new.img");
+        let respelled = dir.path().join(".").join("new.img");
+        for (a, b, two_subsystems) in
+            [(&file, &file, false), (&file, &link, false), (&file, &link, true), (&nowhere, &respelled, false)]
+        {
+            let text = if two_subsystems {
+                format!("{GOOD}{}{sub2}{}", ns(2, a), ns(1, b))
+            } else {
+                format!("{GOOD}{}{}", ns(2, a), ns(3, b))
+            };
+            let e = Config::parse(&text, "t.toml").unwrap_err();
+            let second =
+                if two_subsystems { "subsystem[1].namespace[0].path" } else { "subsystem[0].namespace[2].path" };
+            assert_eq!(e.key, second, "{e}");
+            assert!(e.reason.contains("the same file as subsystem[0].namespace[1].path"), "{e}");
+        }
+        // Two files: accepted.
+        let other = dir.path().join("other.img");
+        Config::parse(&format!("{GOOD}{}{}", ns(2, &file), ns(3, &other)), "t.toml").unwrap();
     }
 
     #[test]
