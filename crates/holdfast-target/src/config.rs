@@ -306,6 +306,67 @@ fn valid_nqn(n: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The key path (`subsystem[0].namespace[1].size_mib`) of what TOML text `text` has at byte `at`: the innermost
+/// key whose name or value covers it, or table whose header does. None if `text` is not TOML.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut path = String::new();
+    key_in_table(doc.as_table(), at, &mut path).then_some(path)
+}
+
+fn covers(span: Option<std::ops::Range<usize>>, at: usize) -> bool {
+    span.is_some_and(|s| s.contains(&at))
+}
+
+/// `path` extended by `step`, kept if `found` says so.
+fn descend(path: &mut String, step: &str, found: impl FnOnce(&mut String) -> bool) -> bool {
+    let len = path.len();
+    if !path.is_empty() && !step.starts_with('[') {
+        path.push('.');
+    }
+    path.push_str(step);
+    if found(path) {
+        return true;
+    }
+    path.truncate(len);
+    false
+}
+
+fn key_in_table(t: &toml_edit::Table, at: usize, path: &mut String) -> bool {
+    t.iter().any(|(k, item)| {
+        let key_span = t.get_key_value(k).and_then(|(key, _)| key.span());
+        descend(path, k, |p| key_in_item(item, at, p) || covers(key_span, at))
+    })
+}
+
+fn key_in_item(item: &toml_edit::Item, at: usize, path: &mut String) -> bool {
+    match item {
+        toml_edit::Item::Value(v) => key_in_value(v, at, path),
+        toml_edit::Item::Table(t) => key_in_table(t, at, path) || covers(t.span(), at),
+        toml_edit::Item::ArrayOfTables(a) => a
+            .iter()
+            .enumerate()
+            .any(|(i, t)| descend(path, &format!("[{i}]"), |p| key_in_table(t, at, p) || covers(t.span(), at))),
+        toml_edit::Item::None => false,
+    }
+}
+
+fn key_in_value(v: &toml_edit::Value, at: usize, path: &mut String) -> bool {
+    match v {
+        toml_edit::Value::Array(a) => {
+            a.iter().enumerate().any(|(i, x)| descend(path, &format!("[{i}]"), |p| key_in_value(x, at, p)))
+                || covers(a.span(), at)
+        }
+        toml_edit::Value::InlineTable(t) => {
+            t.iter().any(|(k, x)| {
+                let key_span = t.get_key_value(k).and_then(|(key, _)| key.span());
+                descend(path, k, |p| key_in_value(x, at, p) || covers(key_span, at))
+            }) || covers(t.span(), at)
+        }
+        _ => covers(v.span(), at),
+    }
+}
+
 impl Config {
     /// Read and validate a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -321,12 +382,20 @@ impl Config {
     /// Parse and validate TOML text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| {
-            let reason = e.message().to_string();
+            let mut reason = e.message().to_string();
             let key = match e.span() {
                 Some(span) => {
                     let at = span.start.min(text.len());
                     let line = text.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
-                    format!("line {line}")
+                    // `toml` names the key of an unknown field, not that of a value of the wrong type: the
+                    // key whose name or value is at the error's place, when the text is TOML at all.
+                    match key_at(text, at) {
+                        Some(key) => {
+                            reason = format!("{reason} (line {line})");
+                            key
+                        }
+                        None => format!("line {line}"),
+                    }
                 }
                 None => "(document)".into(),
             };
@@ -570,8 +639,8 @@ block_size = 4096
         let e = bad("4096", "1024");
         assert_eq!(e.to_string(), "t.toml: subsystem[0].namespace[0].block_size: 1024 is not 512 or 4096");
         let e = bad("size_mib = 16", "size_mib = 16\nsizee = 1");
-        assert!(e.to_string().starts_with("t.toml: line 13: "), "the line of `sizee`: {e}");
-        assert!(e.to_string().contains("sizee"), "{e}");
+        assert!(e.to_string().starts_with("t.toml: subsystem[0].namespace[0].sizee: "), "{e}");
+        assert!(e.to_string().ends_with("(line 13)"), "the line of `sizee`: {e}");
         // Sizes: one that wraps when made bytes, and RAM namespaces whose chunk tables this machine cannot hold.
         let e = bad("size_mib = 16", "size_mib = 17592186044417");
         assert_eq!(e.key, "subsystem[0].namespace[0].size_mib", "{e}");
@@ -642,6 +711,40 @@ block_size = 4096
         // Two files: accepted.
         let other = dir.path().join("other.img");
         Config::parse(&format!("{GOOD}{}{}", ns(2, &file), ns(3, &other)), "t.toml").unwrap();
+    }
+
+    /// A value of the wrong type or out of its type's range: `toml` gives only its place, the error names its key
+    /// (it used to say `t.toml: line 13: invalid type: string "16", expected u64`, not which key).
+    #[test]
+    fn type_errors_name_the_key() {
+        let cases = [
+            ("size_mib = 16", "size_mib = \"16\"", "subsystem[0].namespace[0].size_mib", "invalid type: string"),
+            ("allow_any_host = true", "allow_any_host = \"yes\"", "subsystem[0].allow_any_host", "expected a boolean"),
+            ("id = 1", "id = 70000", "port[0].id", "expected u16"),
+            ("listen = \"127.0.0.1:4420\"", "listen = 4420", "port[0].listen", "expected a string"),
+            ("allow_any_host = true", "allow_any_host = true\nports = [1, \"2\"]", "subsystem[0].ports[1]", "string"),
+            (
+                "allow_any_host = true",
+                "allow_any_host = true\n[subsystem.policy]\nkato_ms = \"5s\"",
+                "subsystem[0].policy.kato_ms",
+                "expected u32",
+            ),
+            ("backend = \"ram\"", "backend = \"disk\"", "subsystem[0].namespace[0].backend", "unknown variant"),
+            ("backend = \"ram\"\n", "", "subsystem[0].namespace[0]", "missing field `backend`"),
+        ];
+        for (from, to, key, reason) in cases {
+            let e = bad(from, to);
+            assert_eq!(e.key, key, "{to}: {e}");
+            assert!(e.reason.contains(reason) && e.reason.contains("(line "), "{to}: {e}");
+        }
+        // Namespaces as an inline array of inline tables.
+        let inline = GOOD.split("[[subsystem.namespace]]").next().unwrap_or_default().to_string()
+            + "namespace = [ { nsid = 1, backend = \"ram\", size_mib = true } ]\n";
+        let e = Config::parse(&inline, "t.toml").unwrap_err();
+        assert_eq!(e.key, "subsystem[0].namespace[0].size_mib", "{e}");
+        // Text that is not TOML: the line alone.
+        let e = Config::parse("this is not toml\n", "t.toml").unwrap_err();
+        assert_eq!(e.key, "line 1", "{e}");
     }
 
     #[test]
