@@ -62,11 +62,32 @@ pub fn execute(target: &Target, line: &str) -> String {
     }
 }
 
-/// Serve the control socket at `path` until `shutdown`; removes the socket file afterwards.
-pub async fn serve(target: Arc<Target>, path: &Path, shutdown: CancellationToken) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    tracing::info!("control socket at {}", path.display());
+/// Bind the control socket at `path`. A socket file that nothing answers on (left by a target that died) is
+/// replaced; one a live process answers on (another target whose first port has the same TCP port number, on
+/// another address) or anything but a socket (a file given to `--control` by mistake) is left alone, an error.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_socket() {
+            let what = format!("{} exists and is not a socket: left alone", path.display());
+            return Err(Error::new(ErrorKind::AlreadyExists, what));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            let what = format!(
+                "{} is in use by another process (another target on the same TCP port number?): left alone; \
+                 --control PATH chooses another",
+                path.display()
+            );
+            return Err(Error::new(ErrorKind::AddrInUse, what));
+        }
+        std::fs::remove_file(path)?;
+    }
+    UnixListener::bind(path)
+}
+
+/// Serve the control socket `listener` (from [`bind`]) until `shutdown`. Removing its file is the caller's.
+pub async fn serve(target: Arc<Target>, listener: UnixListener, shutdown: CancellationToken) -> std::io::Result<()> {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -94,6 +115,5 @@ pub async fn serve(target: Arc<Target>, path: &Path, shutdown: CancellationToken
             }
         }
     }
-    let _ = std::fs::remove_file(path);
     Ok(())
 }

@@ -284,3 +284,44 @@ fn two_signals_that_come_together_are_both_handled() {
         }
     }
 }
+
+/// `kill -TERM PID` and wait for it: the target's orderly exit (a `TargetProc` is dropped with SIGKILL).
+fn terminate(t: &mut TargetProc) -> i32 {
+    let pid = t.child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    t.child.wait().map(|s| s.code().unwrap_or(-1)).unwrap_or(-1)
+}
+
+/// The control socket is only ever a socket this target created: `--control` naming a file that exists is not
+/// deleted (it used to be replaced by the socket, then removed at exit), and a second target whose first port has
+/// the same TCP port number (another address) does not take the first's socket (`target-ctl --port` then talked
+/// to the second target, and once that one stopped, the first had no control socket at all).
+#[test]
+fn control_socket_is_neither_stolen_nor_clobbered() {
+    let dir = std::env::temp_dir().join(format!("holdfast-cli-ctl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keep = dir.join("target.toml");
+    std::fs::write(&keep, b"precious").unwrap();
+    let mut t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "1", "--control", keep.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&keep).unwrap(), b"precious", "the file given to --control is left alone");
+    assert_eq!(terminate(&mut t), 0);
+    assert_eq!(std::fs::read(&keep).unwrap(), b"precious", "and not removed at exit");
+
+    let a = TargetProc::start(&["--nqn", NQN, "--ram-mib", "1"]);
+    let port = a.port.to_string();
+    let (rc, status_a, err) = holdfast(&["target-ctl", "--port", &port, "status"]);
+    assert_eq!(rc, 0, "{err}");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["target", "--listen", &format!("127.0.0.2:{port}"), "--nqn", NQN, "--ram-mib", "1"]);
+    let mut b = TargetProc::spawn(cmd);
+    assert_eq!(b.port, a.port);
+    let (rc, status, err) = holdfast(&["target-ctl", "--port", &port, "status"]);
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(status, status_a, "target-ctl --port {port} still reaches the first target");
+    assert_eq!(terminate(&mut b), 0);
+    let (rc, status, err) = holdfast(&["target-ctl", "--port", &port, "status"]);
+    assert_eq!((rc, status.as_str()), (0, status_a.as_str()), "the first target's socket outlives the second: {err}");
+    std::mem::forget(b); // its drop would remove the socket of its port, the first target's
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}

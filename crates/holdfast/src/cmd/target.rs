@@ -217,14 +217,23 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         use std::io::Write;
         let _ = std::io::stdout().flush();
         let control = a.control.clone().unwrap_or_else(|| holdfast_target::control::default_path(server.bound[0].1.port()));
-        {
-            let (t, s, p) = (target.clone(), server.shutdown.clone(), control.clone());
-            tokio::spawn(async move {
-                if let Err(e) = holdfast_target::control::serve(t, &p, s).await {
-                    tracing::warn!("control socket {} unavailable: {e}", p.display());
-                }
-            });
-        }
+        // Only a socket file this target created is removed at exit.
+        let control_bound = match holdfast_target::control::bind(&control) {
+            Ok(listener) => {
+                tracing::info!("control socket at {}", control.display());
+                let (t, s) = (target.clone(), server.shutdown.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = holdfast_target::control::serve(t, listener, s).await {
+                        tracing::warn!("control socket failed: {e}");
+                    }
+                });
+                true
+            }
+            Err(e) => {
+                tracing::warn!("control socket {} unavailable: {e}", control.display());
+                false
+            }
+        };
         let config_path = a.config.clone();
         loop {
             match signals.next().await {
@@ -263,7 +272,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 Err(e) => tracing::error!("SIGHUP: {} not applied, the old configuration stays: {e:#}", path.display()),
             }
         }
-        let _ = std::fs::remove_file(&control);
+        if control_bound {
+            let _ = std::fs::remove_file(&control);
+        }
         tracing::info!("shutting down: closing connections, flushing namespaces");
         server.stop().await;
         tracing::info!("stopped");
