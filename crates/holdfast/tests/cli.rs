@@ -285,10 +285,11 @@ fn two_signals_that_come_together_are_both_handled() {
     }
 }
 
-/// `kill -TERM PID` and wait for it: the target's orderly exit (a `TargetProc` is dropped with SIGKILL).
+/// SIGTERM, at once, and its exit status (-1: killed by a signal): the target's orderly exit (a `TargetProc` is
+/// dropped with SIGKILL).
 fn terminate(t: &mut TargetProc) -> i32 {
-    let pid = t.child.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    // SAFETY: kill(2) on our own child, which has not been waited for, so its PID is not reused.
+    unsafe { libc::kill(t.child.id() as libc::pid_t, libc::SIGTERM) };
     t.child.wait().map(|s| s.code().unwrap_or(-1)).unwrap_or(-1)
 }
 
@@ -324,4 +325,22 @@ fn control_socket_is_neither_stolen_nor_clobbered() {
     std::mem::forget(b); // its drop would remove the socket of its port, the first target's
     drop(a);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The connect line says the target is ready: a SIGTERM sent as soon as it is out (by a supervisor or a script
+/// that waited for it) stops the target in order, exit 0, and `target-ctl` reaches it. The signal handlers used
+/// to be installed, and the control socket bound, only after that line, so such a signal killed the target by
+/// default (no flush of file namespaces, the control socket left behind).
+#[test]
+fn the_connect_line_means_ready_for_signals_and_target_ctl() {
+    for i in 0..10 {
+        let mut t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "1"]);
+        let sock = std::env::temp_dir().join(format!("holdfast-target-{}.sock", t.port));
+        if i % 2 == 1 {
+            let (rc, out, err) = holdfast(&["target-ctl", "--port", &t.port.to_string(), "status"]);
+            assert_eq!(rc, 0, "{out}{err}");
+        }
+        assert_eq!(terminate(&mut t), 0, "exit status after SIGTERM");
+        assert!(!sock.exists(), "{} removed at exit", sock.display());
+    }
 }

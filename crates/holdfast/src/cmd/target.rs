@@ -207,17 +207,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         if !target.settings.drain {
             tracing::warn!("TEST MODE: reconnecting hosts are admitted without draining; stale writes are possible");
         }
-        for (_, addr) in &server.bound {
-            let host = if addr.ip().is_unspecified() { "<this-host-address>".to_string() } else { addr.ip().to_string() };
-            println!("discover: nvme discover -t tcp -a {host} -s {}", addr.port());
-            for s in target.subsystems().iter().filter(|s| s.on_port(server.bound.iter().find(|b| b.1 == *addr).map(|b| b.0).unwrap_or(0))) {
-                println!("connect:  nvme connect -t tcp -a {host} -s {} -n {}", addr.port(), s.nqn);
-            }
-        }
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
         let control = a.control.clone().unwrap_or_else(|| holdfast_target::control::default_path(server.bound[0].1.port()));
-        // Only a socket file this target created is removed at exit.
+        // Bound before the connect lines, which say the target is ready (for `target-ctl` too). Only a socket
+        // file this target created is removed at exit.
         let control_bound = match holdfast_target::control::bind(&control) {
             Ok(listener) => {
                 tracing::info!("control socket at {}", control.display());
@@ -234,6 +226,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 false
             }
         };
+        for (_, addr) in &server.bound {
+            let host = if addr.ip().is_unspecified() { "<this-host-address>".to_string() } else { addr.ip().to_string() };
+            println!("discover: nvme discover -t tcp -a {host} -s {}", addr.port());
+            for s in target.subsystems().iter().filter(|s| s.on_port(server.bound.iter().find(|b| b.1 == *addr).map(|b| b.0).unwrap_or(0))) {
+                println!("connect:  nvme connect -t tcp -a {host} -s {} -n {}", addr.port(), s.nqn);
+            }
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
         let config_path = a.config.clone();
         loop {
             match signals.next().await {
