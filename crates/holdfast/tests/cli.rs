@@ -344,3 +344,38 @@ fn the_connect_line_means_ready_for_signals_and_target_ctl() {
         assert!(!sock.exists(), "{} removed at exit", sock.display());
     }
 }
+
+/// A target whose stdout is a pipe nobody reads any more (`holdfast target ... | head -1`, a harness that
+/// took the port from the first line) goes on serving: printing its connect lines used to panic on EPIPE
+/// (exit 101 and a backtrace).
+#[test]
+fn target_outlives_its_stdout_reader() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap().to_string();
+    drop(free);
+    let mut child = Command::new(BIN)
+        .args(["target", "--listen", &addr, "--nqn", NQN, "--ram-mib", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start target");
+    drop(child.stdout.take()); // the reader goes before the target prints
+    let t0 = Instant::now();
+    let (mut rc, mut out) = (1, String::new());
+    while t0.elapsed() < Duration::from_secs(10) {
+        let r = holdfast(&["discover", &addr]);
+        (rc, out) = (r.0, r.1);
+        if rc == 0 || child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let alive = child.try_wait().ok().flatten().is_none();
+    let _ = child.kill();
+    let o = child.wait_with_output().unwrap();
+    let port = addr.rsplit(':').next().unwrap_or_default().to_string();
+    let _ = std::fs::remove_file(std::env::temp_dir().join(format!("holdfast-target-{port}.sock")));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(alive && rc == 0, "target serving: {out}\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

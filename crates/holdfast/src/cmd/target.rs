@@ -226,15 +226,23 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 false
             }
         };
+        // Best effort: a server whose stdout is gone (a pipe whose reader took the first line and left) goes on
+        // serving; println! would panic.
+        let mut lines = String::new();
         for (_, addr) in &server.bound {
             let host = if addr.ip().is_unspecified() { "<this-host-address>".to_string() } else { addr.ip().to_string() };
-            println!("discover: nvme discover -t tcp -a {host} -s {}", addr.port());
+            lines += &format!("discover: nvme discover -t tcp -a {host} -s {}\n", addr.port());
             for s in target.subsystems().iter().filter(|s| s.on_port(server.bound.iter().find(|b| b.1 == *addr).map(|b| b.0).unwrap_or(0))) {
-                println!("connect:  nvme connect -t tcp -a {host} -s {} -n {}", addr.port(), s.nqn);
+                lines += &format!("connect:  nvme connect -t tcp -a {host} -s {} -n {}\n", addr.port(), s.nqn);
             }
         }
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = out.write_all(lines.as_bytes()).and_then(|()| out.flush()) {
+                tracing::debug!("stdout: {e}");
+            }
+        }
         let config_path = a.config.clone();
         loop {
             match signals.next().await {
