@@ -379,3 +379,29 @@ fn target_outlives_its_stdout_reader() {
     assert!(alive && rc == 0, "target serving: {out}\n{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// `proxy-ctl` succeeds only on a proxy's `ok`: pointed at something else (a web server on the port) it used
+/// to print that server's first line and exit 0, and one that never answers gave "Resource temporarily
+/// unavailable (os error 11)", without saying where or what.
+#[test]
+fn proxy_ctl_fails_on_what_is_not_a_proxy() {
+    use std::io::{Read, Write};
+    let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (web_addr, silent_addr) = (web.local_addr().unwrap().to_string(), silent.local_addr().unwrap().to_string());
+    std::thread::spawn(move || {
+        for mut c in web.incoming().flatten() {
+            let _ = c.read(&mut [0u8; 512]);
+            let _ = c.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n");
+        }
+    });
+    let (rc, out, err) = holdfast(&["proxy-ctl", "--control", &web_addr, "status"]);
+    assert_eq!(rc, 1, "{out}{err}");
+    assert!(err.contains(&web_addr) && err.contains("not a holdfast proxy") && err.contains("HTTP/1.0 400"), "{err}");
+    let t0 = Instant::now();
+    let (rc, out, err) = holdfast(&["proxy-ctl", "--control", &silent_addr, "status"]);
+    assert_eq!(rc, 1, "{out}{err}");
+    assert!(err.contains(&silent_addr) && err.contains("no reply"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(8));
+    drop(silent);
+}

@@ -57,16 +57,31 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Send one command line to a proxy's control port and print its reply; exit 1 on `error: ...`.
+/// Send one command line to a proxy's control port and print its reply; exit 0 on `ok ...`, 1 on `error: ...`
+/// or anything else (what answered is not a proxy's control port).
 pub fn run_ctl(a: CtlArgs) -> anyhow::Result<ExitCode> {
     let mut s = TcpStream::connect_timeout(&a.control, Duration::from_secs(5))
         .with_context(|| format!("cannot reach the proxy control port {}", a.control))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    writeln!(s, "{}", a.command.join(" "))?;
+    writeln!(s, "{}", a.command.join(" "))
+        .with_context(|| format!("cannot send to the proxy control port {}", a.control))?;
     let mut reply = String::new();
-    BufReader::new(&s).read_line(&mut reply)?;
+    BufReader::new(&s).read_line(&mut reply).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            anyhow::anyhow!("no reply from {} within 5 s: is it a holdfast proxy's control port?", a.control)
+        }
+        _ => anyhow::Error::new(e).context(format!("no reply from the proxy control port {}", a.control)),
+    })?;
     let reply = reply.trim();
     anyhow::ensure!(!reply.is_empty(), "proxy at {} closed the control connection without a reply", a.control);
-    outln!("{reply}");
-    Ok(if reply.starts_with("error:") { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    if reply.starts_with("ok") {
+        outln!("{reply}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if reply.starts_with("error:") {
+        outln!("{reply}");
+        return Ok(ExitCode::from(1));
+    }
+    let first: String = reply.chars().take(80).collect();
+    anyhow::bail!("{} is not a holdfast proxy's control port: it answered {first:?}", a.control)
 }
