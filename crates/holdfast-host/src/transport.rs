@@ -47,18 +47,21 @@ pub async fn connect(addr: &str, hdgst: bool, ddgst: bool, max_c2h: usize, timeo
                 Ok(Some(Pdu::C2HTermReq(t))) => {
                     return Err(Error::Protocol {
                         qid: 0,
-                        what: format!("ICReq refused (FES {:#x}, FEI {:#x})", t.fes, t.fei),
+                        what: format!("{addr} refused the ICReq (FES {:#x}, FEI {:#x})", t.fes, t.fei),
                     })
                 }
                 Ok(Some(p)) => {
-                    return Err(Error::Protocol { qid: 0, what: format!("expected ICResp, got {:?}", p.pdu_type()) })
+                    let what = format!("{addr} answered the ICReq with {:?}, not an ICResp", p.pdu_type());
+                    return Err(Error::Protocol { qid: 0, what });
                 }
                 Ok(None) => {}
                 Err(e) => {
                     if let holdfast_proto::decoder::DecodeError::Fatal(f) = &e {
                         refuse(&mut stream, f.fes, f.fei, f.header.clone()).await;
                     }
-                    return Err(Error::Protocol { qid: 0, what: e.to_string() });
+                    // What answered is most likely not an NVMe/TCP target at all (a web server, SSH): say where.
+                    let what = format!("{addr} answered the ICReq with something that is not NVMe/TCP ({e})");
+                    return Err(Error::Protocol { qid: 0, what });
                 }
             }
             let n =

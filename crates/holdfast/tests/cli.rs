@@ -405,3 +405,24 @@ fn proxy_ctl_fails_on_what_is_not_a_proxy() {
     assert!(t0.elapsed() < Duration::from_secs(8));
     drop(silent);
 }
+
+/// A server on the port that is not an NVMe/TCP target (it answers the ICReq with text): the error names the
+/// address and says the answer was not NVMe/TCP. It used to be "protocol error on queue 0: fatal PDU error:
+/// Invalid PDU Header Field (FEI 0x0): unknown PDU type", with no address.
+#[test]
+fn a_server_that_is_not_nvme_tcp_is_named() {
+    use std::io::{Read, Write};
+    let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = web.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut c in web.incoming().flatten() {
+            let _ = c.read(&mut [0u8; 512]);
+            let _ = c.write_all(b"HTTP/1.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    for args in [&["discover", &addr][..], &["identify", "--addr", &addr, "--nqn", NQN]] {
+        let (rc, _, err) = holdfast(args);
+        assert_eq!(rc, 1, "{err}");
+        assert!(err.contains(&addr) && err.contains("not NVMe/TCP"), "{args:?}: {err}");
+    }
+}
