@@ -426,3 +426,21 @@ fn a_server_that_is_not_nvme_tcp_is_named() {
         assert!(err.contains(&addr) && err.contains("not NVMe/TCP"), "{args:?}: {err}");
     }
 }
+
+/// In quick mode what fails as the target starts names the flag, as what fails validation does: a `--file`
+/// that is a directory was "subsystem[0].namespace[0].path: cannot open ...", a key of a file there is none of.
+#[test]
+fn quick_mode_startup_errors_name_the_flag() {
+    let dir = std::env::temp_dir().join(format!("holdfast-cli-quick-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    let (rc, _, err) = holdfast(&["target", "--listen", "127.0.0.1:0", "--nqn", NQN, "--file", d, "--size-mib", "1"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains(&format!("command line: --file: cannot open {d}")), "{err}");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = taken.local_addr().unwrap().to_string();
+    let (rc, _, err) = holdfast(&["target", "--listen", &at, "--nqn", NQN, "--ram-mib", "1"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains(&format!("command line: --listen ({at})")), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -189,7 +189,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         // configuration file, the file too.
         let in_file = |e: anyhow::Error| match &a.config {
             Some(p) => anyhow::anyhow!("{}: {e}", p.display()),
-            None => e,
+            // Quick mode: the flag the user gave, not the key of a file there is none of.
+            None => {
+                let e = format!("{e:#}");
+                let flags = [
+                    ("subsystem[0].namespace[0].path: ", "--file: "),
+                    ("subsystem[0].namespace[0].size_mib: ", "--size-mib: "),
+                    ("port 1 (listen ", "--listen ("),
+                ];
+                match flags.iter().find_map(|(key, flag)| e.strip_prefix(key).map(|rest| format!("{flag}{rest}"))) {
+                    Some(e) => anyhow::anyhow!("command line: {e}"),
+                    None => anyhow::anyhow!(e),
+                }
+            }
         };
         // Before anything is announced: a SIGHUP that comes once the target says where it listens reloads
         // (before, it takes its default action and ends the process).
