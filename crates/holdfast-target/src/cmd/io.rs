@@ -218,9 +218,30 @@ fn run(exec: Exec, len: usize, data: Bytes, gate: MediaGate, write_through: bool
     match result {
         Ok(()) => Response::ok(),
         Err((e, w)) => {
-            tracing::warn!("backend error: {e}");
+            log_backend_error(&e);
             Response::err(media_status(&e, w))
         }
+    }
+}
+
+/// Backend failures logged, at most this many lines a second: a failing disk fails every command at once.
+const BACKEND_LINES_PER_SEC: u64 = 10;
+static BACKEND_LINES: holdfast_rt::RateLimit = holdfast_rt::RateLimit::new(BACKEND_LINES_PER_SEC);
+
+/// Log a backend failure, rate-limited. A command of a lost association dropped before it reached the media
+/// (design §5) is no failure of the backend: a target stopped under load, or a host that reconnected, has one
+/// for every command in flight.
+fn log_backend_error(e: &io::Error) {
+    if e.kind() == io::ErrorKind::Interrupted {
+        tracing::debug!("command dropped: {e}");
+        return;
+    }
+    match BACKEND_LINES.allow() {
+        Some(0) => tracing::warn!("backend error: {e}"),
+        Some(n) => {
+            tracing::warn!("backend error: {e} ({n} more left out before it, at most {BACKEND_LINES_PER_SEC} a second)")
+        }
+        None => {}
     }
 }
 
