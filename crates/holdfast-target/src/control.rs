@@ -42,6 +42,10 @@ pub fn execute(target: &Target, line: &str) -> String {
     let mut w = line.split_whitespace();
     match (w.next(), w.next()) {
         (Some("announce-restart"), Some(ms)) => match ms.parse::<u32>() {
+            Ok(0) => {
+                announce_restart(target, 0);
+                "ok planned restart withdrawn (a downtime of 0 is none)".into()
+            }
             Ok(ms) => {
                 announce_restart(target, ms);
                 format!("ok planned downtime {ms} ms announced to {} controller(s)", target.all_controllers().len())
@@ -116,4 +120,38 @@ pub async fn serve(target: Arc<Target>, listener: UnixListener, shutdown: Cancel
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const CFG: &str = r#"
+[[port]]
+id = 1
+listen = "127.0.0.1:0"
+
+[[subsystem]]
+nqn = "nqn.2026-01.io.holdfast:ctl"
+allow_any_host = true
+[[subsystem.namespace]]
+nsid = 1
+backend = "ram"
+size_mib = 1
+"#;
+
+    /// `announce-restart` with a downtime says what it did; with 0 it withdraws the announcement and says so
+    /// (it answered "announced" before).
+    #[test]
+    fn announcing_no_downtime_says_it_withdraws() {
+        let t = Target::new(&Config::parse(CFG, "t.toml").unwrap(), Default::default()).unwrap();
+        let r = execute(&t, "announce-restart 30000");
+        assert!(r.starts_with("ok planned downtime 30000 ms announced"), "{r}");
+        assert_eq!(t.planned_downtime_ms.load(Ordering::SeqCst), 30000);
+        let r = execute(&t, "announce-restart 0");
+        assert_eq!(r, "ok planned restart withdrawn (a downtime of 0 is none)");
+        assert_eq!(t.planned_downtime_ms.load(Ordering::SeqCst), 0);
+        assert!(execute(&t, "announce-restart soon").starts_with("error: "));
+    }
 }
