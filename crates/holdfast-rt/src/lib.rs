@@ -539,6 +539,25 @@ pub fn spin_read(
     }
 }
 
+/// Bind a Unix socket at `path`, replacing only a socket file that nothing answers on (left by a process that
+/// died). A socket a live process answers on is left alone (`AddrInUse`), and so is anything that is not a socket
+/// (`AlreadyExists`: a file named by mistake is never deleted). The caller removes the file when it is done.
+pub fn bind_unix_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_socket() {
+            let what = format!("{} exists and is not a socket: left alone", path.display());
+            return Err(Error::new(ErrorKind::AlreadyExists, what));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Error::new(ErrorKind::AddrInUse, format!("{} is in use by another process", path.display())));
+        }
+        std::fs::remove_file(path)?;
+    }
+    tokio::net::UnixListener::bind(path)
+}
+
 /// TCP keep-alive as every holdfast server sets it on the connections it accepts: probes after
 /// [`TCP_KEEPALIVE_IDLE`] without traffic, every [`TCP_KEEPALIVE_INTERVAL`], and [`TCP_KEEPALIVE_PROBES`]
 /// unanswered ones end the connection. A peer that vanished without closing (power lost, cable pulled) is
@@ -669,6 +688,24 @@ mod tests {
         let at = b.as_ptr();
         restart_if_empty(&mut b);
         assert_eq!(b.as_ptr(), at);
+    }
+
+    /// Only a socket file nothing answers on is replaced: a live socket and a file that is not a socket are left
+    /// alone, the file's contents intact.
+    #[tokio::test]
+    async fn bind_unix_socket_replaces_only_a_dead_socket() {
+        use std::io::ErrorKind;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("notes.txt");
+        std::fs::write(&file, "keep me").unwrap();
+        assert_eq!(bind_unix_socket(&file).unwrap_err().kind(), ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+        let sock = dir.path().join("s.sock");
+        let live = bind_unix_socket(&sock).unwrap();
+        assert_eq!(bind_unix_socket(&sock).unwrap_err().kind(), ErrorKind::AddrInUse);
+        drop(live); // the file stays, nothing answers on it
+        assert!(sock.exists());
+        let _again = bind_unix_socket(&sock).expect("a dead socket file is replaced");
     }
 
     #[test]

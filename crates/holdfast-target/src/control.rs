@@ -70,24 +70,13 @@ pub fn execute(target: &Target, line: &str) -> String {
 /// replaced; one a live process answers on (another target whose first port has the same TCP port number, on
 /// another address) or anything but a socket (a file given to `--control` by mistake) is left alone, an error.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    use std::io::{Error, ErrorKind};
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        if !m.file_type().is_socket() {
-            let what = format!("{} exists and is not a socket: left alone", path.display());
-            return Err(Error::new(ErrorKind::AlreadyExists, what));
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            let what = format!(
-                "{} is in use by another process (another target on the same TCP port number?): left alone; \
-                 --control PATH chooses another",
-                path.display()
-            );
-            return Err(Error::new(ErrorKind::AddrInUse, what));
-        }
-        std::fs::remove_file(path)?;
-    }
-    UnixListener::bind(path)
+    holdfast_rt::bind_unix_socket(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => std::io::Error::new(
+            e.kind(),
+            format!("{e} (another target on the same TCP port number?): left alone; --control PATH chooses another"),
+        ),
+        _ => e,
+    })
 }
 
 /// Serve the control socket `listener` (from [`bind`]) until `shutdown`. Removing its file is the caller's.

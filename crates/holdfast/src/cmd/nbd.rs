@@ -28,7 +28,7 @@ pub struct Args {
     /// TCP address to serve NBD on (port 0: any free port, printed at start).
     #[arg(long, default_value = "127.0.0.1:10809", conflicts_with = "socket")]
     listen: std::net::SocketAddr,
-    /// Serve on this Unix socket instead of TCP (created; an existing socket file is replaced).
+    /// Serve on this Unix socket instead of TCP (created; a socket file that nothing answers on is replaced, anything else at the path is left alone).
     #[arg(long)]
     socket: Option<PathBuf>,
     /// Attach the namespace to this Linux NBD device (`/dev/nbdN`: needs the `nbd` module, and root) instead
@@ -100,17 +100,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let stop = CancellationToken::new();
         let listener = match &a.socket {
             Some(p) => {
-                if std::fs::symlink_metadata(p).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
-                {
-                    // A socket left by a bridge that died is replaced; one that a live process answers on is not.
-                    anyhow::ensure!(
-                        std::os::unix::net::UnixStream::connect(p).is_err(),
-                        "{} is in use by another process",
-                        p.display()
-                    );
-                    std::fs::remove_file(p).with_context(|| format!("cannot replace {}", p.display()))?;
-                }
-                let l = tokio::net::UnixListener::bind(p).with_context(|| format!("cannot bind {}", p.display()))?;
+                // A socket left by a bridge that died is replaced; one a live process answers on, or a file that
+                // is not a socket, is left alone.
+                let l = holdfast_rt::bind_unix_socket(p).with_context(|| format!("cannot bind {}", p.display()))?;
                 Listener::Unix(l)
             }
             None => {
