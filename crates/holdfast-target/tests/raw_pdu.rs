@@ -1717,6 +1717,21 @@ async fn a_lower_kato_set_by_set_features_applies_at_once() {
     server.stop().await;
 }
 
+/// A Connect's KATO is rounded up to the Keep Alive granularity (KAS, 100 ms), as one set with Set Features is:
+/// Get Features reports the timer the controller runs (it reported 5050 before).
+#[tokio::test]
+async fn a_connect_kato_is_rounded_up_to_the_keep_alive_granularity() {
+    let (server, addr) = start("").await;
+    let mut c = Conn::ic(addr, false, false).await;
+    assert_eq!(c.connect(0, 0xFFFF, NQN, 5_050).await.status(), Status::SUCCESS);
+    assert_eq!(c.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
+    let mut s = SubmissionEntry::new(admin::GET_FEATURES, 0);
+    s.cdw10.set(0x0F);
+    let (cqe, _) = c.cmd(s, Bytes::new()).await;
+    assert_eq!((cqe.status(), cqe.dw0.get()), (Status::SUCCESS, 5_100));
+    server.stop().await;
+}
+
 /// A reload that takes a subsystem off a port ends the associations made through that port (as Linux nvmet
 /// does when a subsystem is unlinked from a port); those through its other ports go on.
 #[tokio::test]

@@ -97,6 +97,10 @@ pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response
         if subsys.is_discovery && kato == 0 {
             kato = DISCOVERY_DEFAULT_KATO_MS;
         }
+        // Rounded up to the Keep Alive granularity (KAS), as Set Features rounds it (and nvmet rounds a Connect's
+        // to its own, a second): Get Features then reports what the timer runs with.
+        let g = crate::controller::KAS_100MS as u32 * 100;
+        kato = kato.div_ceil(g).saturating_mul(g);
         if !subsys.is_discovery && ctx.target.settings.drain {
             let cqt = Duration::from_millis(subsys.policy.read().cqt_ms as u64);
             let pending = subsys.dead_inflight(&hostnqn, &d.hostid);
