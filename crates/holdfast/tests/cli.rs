@@ -158,6 +158,14 @@ fn discover_identify_write_read_and_bench_verify() {
     let (rc, _, err) = on(&t, "read", &["--offset", &near_end, "--length", "4096", "--output", back.to_str().unwrap()]);
     assert_eq!(rc, 0, "{err}");
     assert!(!std::fs::read(&back).unwrap().iter().all(|&b| b == 0xA5), "nothing of the refused write landed");
+    // Said in the bytes the command line gave, not in blocks.
+    let (rc, _, err) = on(&t, "read", &["--offset", &near_end, "--length", &(2u64 << 20).to_string()]);
+    assert_eq!(rc, 1);
+    assert!(err.contains(&format!("bytes {near_end}..{} are beyond the end", (33u64 << 20))), "{err}");
+    assert!(err.contains(&format!("({} bytes)", 32u64 << 20)), "{err}");
+    let (rc, _, err) = on(&t, "read", &["--length", "0"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("length is 0 bytes: nothing to do"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

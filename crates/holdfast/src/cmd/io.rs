@@ -64,6 +64,21 @@ fn blocks(ns: &Namespace, what: &str, v: u64) -> anyhow::Result<u64> {
     Ok(v / bs)
 }
 
+/// The blocks (first, count) of `len` bytes at byte `offset`, refused in the bytes the command line gave (the
+/// namespace's own check speaks of blocks): nothing to do, not whole blocks, or beyond the end.
+fn byte_range(ns: &Namespace, offset: u64, len: u64, what: &str) -> anyhow::Result<(u64, u64)> {
+    anyhow::ensure!(len > 0, "{what} is 0 bytes: nothing to do");
+    let (lba, n) = (blocks(ns, "offset", offset)?, blocks(ns, what, len)?);
+    anyhow::ensure!(
+        offset.checked_add(len).is_some_and(|end| end <= ns.size()),
+        "bytes {offset}..{} are beyond the end of namespace {} ({} bytes)",
+        offset.saturating_add(len),
+        ns.nsid,
+        ns.size()
+    );
+    Ok((lba, n))
+}
+
 /// Run `read`.
 pub fn run_read(a: ReadArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
@@ -71,9 +86,8 @@ pub fn run_read(a: ReadArgs) -> anyhow::Result<ExitCode> {
         o.nr_io_queues = QUEUES;
         let c = Controller::connect(o).await?;
         let ns = Namespace::open(&c, a.nsid).await?;
-        let (lba, n) = (blocks(&ns, "offset", a.offset)?, blocks(&ns, "length", a.length)?);
         // The whole range first: the output file is not created (emptied) for a read that cannot be done.
-        ns.check_range(lba, n)?;
+        let (lba, n) = byte_range(&ns, a.offset, a.length, "length")?;
         let mut out: Box<dyn Write> = match &a.output {
             Some(p) if p.as_os_str() != "-" => {
                 Box::new(std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?)
@@ -118,11 +132,8 @@ pub fn run_write(a: WriteArgs) -> anyhow::Result<ExitCode> {
         o.nr_io_queues = QUEUES;
         let c = Controller::connect(o).await?;
         let ns = Namespace::open(&c, a.nsid).await?;
-        let lba = blocks(&ns, "offset", a.offset)?;
-        let n = blocks(&ns, "input length", data.len() as u64)?;
-        anyhow::ensure!(!data.is_empty(), "nothing to write");
         // The whole range before anything is sent: a write refused halfway would have changed the first part.
-        ns.check_range(lba, n)?;
+        let (lba, _) = byte_range(&ns, a.offset, data.len() as u64, "input")?;
         let data = Bytes::from(data);
         // 1 MiB pieces (at least a block), up to WINDOW in flight over the queues.
         let chunk = (1024 * 1024 / ns.block_size as usize * ns.block_size as usize).max(ns.block_size as usize);
