@@ -452,3 +452,29 @@ fn quick_mode_startup_errors_name_the_flag() {
     assert!(err.contains(&format!("command line: --listen ({at})")), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Ctrl-C (SIGINT) ends a bench run early with its report of what was done, exit status 130 (it used to take
+/// the default action: no report at all).
+#[test]
+fn bench_interrupted_reports_what_it_did() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "16"]);
+    let addr = t.addr();
+    let child = Command::new(BIN)
+        .args(["bench", "--addr", &addr, "--nqn", NQN, "--workload", "randread", "--time", "60", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill(2) on our own child, which has not been waited for, so its PID is not reused.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let t0 = Instant::now();
+    let o = child.wait_with_output().unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(10), "the run went on after Ctrl-C");
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(130), "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    assert_eq!(v["interrupted"].as_bool(), Some(true), "{v}");
+    assert!(v["ops"].as_u64().is_some_and(|n| n > 0), "{v}");
+    assert!(v["seconds"].as_f64().is_some_and(|s| s < 30.0), "{v}");
+}

@@ -474,6 +474,22 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 }
             })
         }).collect();
+        // Ctrl-C ends the run early, with its report (what was done until then); a second one quits at once
+        // (the I/Os in flight may wait on a target that is away).
+        let interrupted = Arc::new(AtomicBool::new(false));
+        let on_sigint = {
+            let (sh, interrupted) = (sh.clone(), interrupted.clone());
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    interrupted.store(true, Ordering::Relaxed);
+                    sh.stop.store(true, Ordering::Relaxed);
+                    eprintln!("\nholdfast: interrupted: finishing the I/Os in flight (Ctrl-C again to quit at once)");
+                    if tokio::signal::ctrl_c().await.is_ok() {
+                        std::process::exit(130);
+                    }
+                }
+            })
+        };
         let t0 = Instant::now();
         let cpu0 = holdfast_rt::process_cpu();
         let mut tasks = Vec::new();
@@ -522,6 +538,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         for t in tasks {
             let _ = t.await;
         }
+        let interrupted = interrupted.load(Ordering::Relaxed);
         let mut hist = latency_histogram()?;
         for h in &shards {
             let _ = hist.add(&*h.lock().unwrap_or_else(|p| p.into_inner()));
@@ -574,19 +591,21 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             "lat_us": { "p50": q(0.5), "p99": q(0.99), "p999": q(0.999), "max": if hist.is_empty() { 0 } else { hist.max() } },
             "outages": sh.outages.load(Ordering::Relaxed), "longest_stall_ms": sh.longest_stall_ms.load(Ordering::Relaxed),
             "problems": problems, "controller_lost": sh.lost.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            "interrupted": interrupted,
         });
         if a.json {
             outln!("{report}");
         } else {
             outln!(
-                "{} bs={} qd={} queues={}: {:.0} IOPS, {:.1} MB/s over {:.1} s",
+                "{} bs={} qd={} queues={}: {:.0} IOPS, {:.1} MB/s over {:.1} s{}",
                 report["workload"].as_str().unwrap_or(""),
                 a.bs,
                 a.qd,
                 a.queues,
                 ops as f64 / secs,
                 bytes as f64 / secs / 1e6,
-                secs
+                secs,
+                if interrupted { " (interrupted)" } else { "" }
             );
             outln!("latency us: p50 {} p99 {} p99.9 {} max {}", q(0.5), q(0.99), q(0.999), report["lat_us"]["max"]);
             outln!("cpu us per I/O (this process): {cpu_user:.2} user + {cpu_sys:.2} system");
@@ -604,7 +623,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         if let Some(reason) = sh.lost.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             eprintln!("holdfast: error: controller lost: {reason}");
         }
-        Ok::<_, anyhow::Error>(if errors > 0 || mismatches > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        on_sigint.abort();
+        Ok::<_, anyhow::Error>(if errors > 0 || mismatches > 0 {
+            ExitCode::from(1)
+        } else if interrupted {
+            ExitCode::from(130)
+        } else {
+            ExitCode::SUCCESS
+        })
     })
 }
 
