@@ -25,11 +25,21 @@ pub struct Connection {
     pub maxh2cdata: usize,
 }
 
+/// A connect error for an address that is not HOST:PORT (the error names the address) says what is expected (the resolver's own words are
+/// "invalid socket address").
+fn address_hint(e: std::io::Error) -> std::io::Error {
+    if e.kind() != std::io::ErrorKind::InvalidInput {
+        return e;
+    }
+    std::io::Error::new(e.kind(), format!("{e}: expected HOST:PORT (e.g. 127.0.0.1:4420, [::1]:4420)"))
+}
+
 /// Connect to `addr` and exchange ICReq/ICResp, within `timeout`. The controller must grant exactly the
 /// digests asked for.
 pub async fn connect(addr: &str, hdgst: bool, ddgst: bool, max_c2h: usize, timeout: Duration) -> Result<Connection> {
     let fut = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| Error::Connect { addr: addr.into(), io: e })?;
+        let stream =
+            TcpStream::connect(addr).await.map_err(|e| Error::Connect { addr: addr.into(), io: address_hint(e) })?;
         let _ = stream.set_nodelay(true);
         let mut stream = stream;
         let ic = Pdu::IcReq(IcReq { pfv: 0, hpda: 0, hdgst, ddgst, maxr2t: 0 });
