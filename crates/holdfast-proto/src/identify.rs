@@ -847,10 +847,8 @@ pub struct IdentifyNamespace {
     pub eui64: [u8; 8],
     /// LBA Format 0 to 63 support (LBAF0–LBAF63).
     pub lbaf: [LbaFormat; 64],
-    /// Reserved.
-    pub rsvd384: [u8; 3328],
-    /// Vendor Specific (VS).
-    pub vs: [u8; 384],
+    /// Vendor Specific (VS), bytes 4095:384 (Linux `struct nvme_id_ns`: `vs[3712]` after `lbaf[64]`).
+    pub vs: [u8; 3712],
 }
 const _: () = assert!(core::mem::size_of::<IdentifyNamespace>() == 4096);
 const _: () = assert!(core::mem::offset_of!(IdentifyNamespace, ncap) == 8);
@@ -874,7 +872,7 @@ const _: () = assert!(core::mem::offset_of!(IdentifyNamespace, endgid) == 102);
 const _: () = assert!(core::mem::offset_of!(IdentifyNamespace, nguid) == 104);
 const _: () = assert!(core::mem::offset_of!(IdentifyNamespace, eui64) == 120);
 const _: () = assert!(core::mem::offset_of!(IdentifyNamespace, lbaf) == 128);
-const _: () = assert!(core::mem::offset_of!(IdentifyNamespace, vs) == 3712);
+const _: () = assert!(core::mem::offset_of!(IdentifyNamespace, vs) == 384);
 
 impl IdentifyNamespace {
     /// Parse the first 4096 bytes of `b`; `None` if it is shorter.
@@ -1307,6 +1305,20 @@ pub(crate) mod tests {
         assert_eq!(n.find_lba_format(512), None);
         assert_eq!(IdentifyNamespace::with_single_format(1, 1000), None);
         assert_eq!(IdentifyNamespace::with_single_format(1, 256), None);
+    }
+
+    #[test]
+    fn namespace_vendor_specific_area_is_bytes_384_to_4095() {
+        // NVM Command Set, "Identify Namespace Data Structure, NVM Command Set": bytes 4095:384 are Vendor
+        // Specific, right after LBAF63 (bytes 383:380). Linux `struct nvme_id_ns` ends `lbaf[64]; vs[3712];`
+        // and Wireshark's packet-nvme.c dissects `nvme.cmd.identify.ns.vs` from byte 384 to the end.
+        assert_eq!(core::mem::offset_of!(IdentifyNamespace, vs), 384);
+        let mut n = IdentifyNamespace::new_zeroed();
+        n.vs[0] = 0xA5;
+        n.vs[n.vs.len() - 1] = 0x5A;
+        let b = n.as_bytes();
+        assert_eq!((b[384], b[4095]), (0xA5, 0x5A));
+        assert_eq!(n.vs.len(), 4096 - 384);
     }
 
     #[test]
