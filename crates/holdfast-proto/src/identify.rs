@@ -1022,14 +1022,15 @@ pub fn ns_descriptor_list(descs: &[NsDescriptor]) -> [u8; 4096] {
     out
 }
 
-/// Decode a descriptor list. Stops at NIDT 0 or where a descriptor would run past the data; skips descriptors
-/// of an unknown type or with the wrong NIDL for their type.
+/// Decode a descriptor list. Stops at NIDL 0 (the end of the list, NVMe Base 2.1 §5.1.13, CNS 03h), at NIDT 0,
+/// or where a descriptor would run past the data; skips descriptors of an unknown type or with the wrong NIDL
+/// for their type.
 pub fn parse_ns_descriptor_list(b: &[u8]) -> Vec<NsDescriptor> {
     let mut v = Vec::new();
     let mut rest = b;
     while let [nidt, nidl, _, _, tail @ ..] = rest {
         let (nidt, nidl) = (*nidt, *nidl as usize);
-        if nidt == 0 || nidl > tail.len() {
+        if nidt == 0 || nidl == 0 || nidl > tail.len() {
             break;
         }
         let (id, next) = tail.split_at(nidl);
@@ -1413,6 +1414,22 @@ pub(crate) mod tests {
         assert_eq!(parse_ns_descriptor_list(&b), vec![NsDescriptor::Csi(2)]);
         assert_eq!(parse_ns_descriptor_list(&[]), vec![]);
         assert_eq!(parse_ns_descriptor_list(&[1, 8, 0]), vec![]);
+    }
+
+    #[test]
+    fn descriptor_list_ends_at_nidl_zero() {
+        // NVMe Base 2.1 §5.1.13, CNS 03h (2.0 §5.17.2.3): "the host should interpret a Namespace Identifier Descriptor
+        // Length (NIDL) value of 0h as the end of the list"; Linux nvme_identify_ns_descs() and nvme-cli break
+        // on `cur->nidl == 0` whatever NIDT says. A descriptor with NIDL 0 ends the list: nothing after it
+        // is a descriptor.
+        let mut b = vec![NIDT_UUID, 0, 0, 0];
+        b.extend_from_slice(&[NIDT_EUI64, 8, 0, 0]);
+        b.extend_from_slice(&[7; 8]);
+        assert_eq!(parse_ns_descriptor_list(&b), vec![]);
+        let mut b = vec![NIDT_CSI, 1, 0, 0, 0, NIDT_NGUID, 0, 0, 0];
+        b.extend_from_slice(&[NIDT_EUI64, 8, 0, 0]);
+        b.extend_from_slice(&[7; 8]);
+        assert_eq!(parse_ns_descriptor_list(&b), vec![NsDescriptor::Csi(0)]);
     }
 
     #[test]
