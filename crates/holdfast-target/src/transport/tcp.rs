@@ -825,7 +825,9 @@ impl Connection {
     }
 }
 
-/// Trim or zero-pad response data to the transfer length the command asked for.
+/// Trim or zero-pad response data to the transfer length the command asked for. Inline: every read answered
+/// passes through it, and out of line its call cost 37 instructions per I/O (bench/icount.sh, target side).
+#[inline]
 fn pad_len(mut r: Response, len: usize) -> Response {
     if r.status.is_success() && r.data.len() != len {
         let mut b = BytesMut::zeroed(len);
