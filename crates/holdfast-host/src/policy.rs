@@ -76,8 +76,10 @@ pub fn resolve(o: &ConnectOptions, adv: Option<&ConnectionPolicy>) -> Effective 
             (None, None) => (default, Source::Default),
         }
     }
-    let t = adv.filter(|p| p.kato_ms > 0);
-    let mut kato = pick(o.kato, t.map(|p| ms(p.kato_ms)), DEFAULT_KATO);
+    // The timing fields, if the page advertises any (POLICY_SET: `from_bytes` leaves them all zero without
+    // it); each is then the target's, but for a KATO of 0, which the page calls "not advertised".
+    let t = adv.filter(|p| p.advertises_timing());
+    let mut kato = pick(o.kato, t.filter(|p| p.kato_ms > 0).map(|p| ms(p.kato_ms)), DEFAULT_KATO);
     kato.0 = kato.0.max(MIN_KATO);
     let reconnect_delay = pick(o.reconnect_delay, t.map(|p| ms(p.reconnect_delay_ms)), DEFAULT_RECONNECT_DELAY);
     let reconnect_delay_max = pick(
@@ -212,6 +214,35 @@ mod tests {
         assert_eq!(e.retry_delay(5, Duration::from_secs(12)), Duration::from_millis(500));
         assert_eq!(e.retry_delay(5, Duration::from_secs(21)), Duration::from_millis(4000));
         assert_eq!(resolve(&o, Some(&adv)).retry_delay(5, Duration::from_secs(12)), Duration::from_millis(4000));
+    }
+
+    #[test]
+    fn a_policy_without_kato_still_advertises_its_other_fields() {
+        // POLICY_SET with kato_ms 0 ("not advertised", as ConnectionPolicy has it): the other timing fields are
+        // the target's all the same, and KATO is the default.
+        let o = ConnectOptions::new("127.0.0.1:1", "nqn.x");
+        let adv = ConnectionPolicy {
+            kato_ms: 0,
+            reconnect_delay_ms: 500,
+            reconnect_delay_max_ms: 4000,
+            ctrl_loss_tmo_ms: 30_000,
+            fast_io_fail_tmo_ms: 2000,
+            cqt_ms: 100,
+            ..Default::default()
+        };
+        let page = adv.to_log_page();
+        let adv = ConnectionPolicy::from_bytes(zerocopy::IntoBytes::as_bytes(&page)).expect("valid page");
+        let e = resolve(&o, Some(&adv));
+        assert_eq!(e.kato, (DEFAULT_KATO, Source::Default));
+        assert_eq!(e.ctrl_loss_tmo, (Some(Duration::from_secs(30)), Source::Target));
+        assert_eq!(e.fast_io_fail_tmo, (Some(Duration::from_secs(2)), Source::Target));
+        assert_eq!(e.reconnect_delay, (Duration::from_millis(500), Source::Target));
+        assert_eq!(e.reconnect_delay_max, (Duration::from_millis(4000), Source::Target));
+        // Nothing advertised (POLICY_SET clear): every value the default.
+        let none = ConnectionPolicy { instance_id: 7, ..Default::default() };
+        let e = resolve(&o, Some(&none));
+        assert!(e.all_default(), "{e:?}");
+        assert_eq!(e.instance_id, Some(7));
     }
 
     #[test]
