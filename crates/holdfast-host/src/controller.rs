@@ -138,6 +138,9 @@ struct Shared {
     closed: CancellationToken,
     /// Why the current association was declared lost by keep-alive, if it was.
     loss_cause: Mutex<Option<String>>,
+    /// Notified when the effective KATO changed on a live association (a policy-changed event): the keep-alive
+    /// task takes up the new pace at once rather than after the sleep it is in.
+    kato_changed: Arc<tokio::sync::Notify>,
     /// Set if a queue task panicked (a bug), with what it said: its submission channel and the commands it
     /// held went with it, so the controller cannot go on and is lost ([`watch_queue`]).
     broken: Arc<Mutex<Option<String>>>,
@@ -995,6 +998,7 @@ impl Controller {
             shutdown: CancellationToken::new(),
             closed: CancellationToken::new(),
             loss_cause: Mutex::new(None),
+            kato_changed: Arc::new(tokio::sync::Notify::new()),
             broken: Arc::new(Mutex::new(None)),
             assoc: Mutex::new(CancellationToken::new()),
             tasks: Mutex::new(CancellationToken::new()),
@@ -1231,19 +1235,26 @@ impl Drop for Shared {
 /// Keep-alive and asynchronous events for one association.
 fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
     let eff = lock(&sh.info).effective.clone();
-    let kato = eff.kato.0;
+    let mut kato = eff.kato.0;
     let weak = Arc::downgrade(sh);
     let tasks = assoc.child_token();
     *lock(&sh.tasks) = tasks.clone();
-    let (admin, cancel, lose) = (sh.admin.clone(), tasks.clone(), assoc.clone());
+    let (admin, cancel, lose, changed) = (sh.admin.clone(), tasks.clone(), assoc.clone(), sh.kato_changed.clone());
     if !kato.is_zero() {
         tokio::spawn(async move {
-            // Well inside KATO: a blackholed path is noticed within KATO of the last good exchange.
-            let period = (kato / 3).max(Duration::from_millis(100));
             loop {
+                // Well inside KATO: a blackholed path is noticed within KATO of the last good exchange.
+                let period = (kato / 3).max(Duration::from_millis(100));
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(period) => {}
+                    _ = changed.notified() => {
+                        // A policy-changed event set another KATO: go on at its pace.
+                        if let Some(sh) = weak.upgrade() {
+                            kato = lock(&sh.info).effective.kato.0;
+                        }
+                        continue;
+                    }
                 }
                 let ka = SubmissionEntry::new(aop::KEEP_ALIVE, 0);
                 let r = async {
@@ -1308,16 +1319,48 @@ fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
                 }
             }
             if ev.log_page == LID_HOLDFAST_POLICY {
-                if let (Some(sh), Ok(p)) = (weak.upgrade(), ConnectionPolicy::from_bytes(&page)) {
-                    let eff = policy::resolve(&sh.opts, Some(&p));
-                    eff.log(&sh.opts.addr);
+                let Some(sh) = weak.upgrade() else { return };
+                let Ok(p) = ConnectionPolicy::from_bytes(&page) else { continue };
+                let eff = policy::resolve(&sh.opts, Some(&p));
+                eff.log(&sh.opts.addr);
+                let (old, new) = {
                     let mut info = lock(&sh.info);
+                    let old = info.effective.kato;
                     info.policy = Some(p);
                     info.effective = eff;
+                    (old, info.effective.kato)
+                };
+                if new.0 != old.0 {
+                    // Adopted as a reconnect adopts a changed KATO (Set Features Keep Alive Timer), with Keep
+                    // Alives at the new pace first, so that a shorter KATO never finds them at the old one.
+                    sh.kato_changed.notify_one();
+                    let addr = sh.opts.addr.clone();
+                    drop(sh);
+                    let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
+                    s.cdw10.set(holdfast_proto::features::KEEP_ALIVE_TIMER as u32);
+                    s.cdw11.set(kato_ms(new.0));
+                    let r = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        r = submit(&admin, s, Bytes::new(), 0, "Set Features (Keep Alive Timer)") => r,
+                    };
+                    if let Err(e) = r {
+                        // The association keeps the KATO it had; say so rather than report one it does not run.
+                        tracing::warn!(addr = %addr, "the advertised KATO {:?} was not set: {e}", new.0);
+                        if let Some(sh) = weak.upgrade() {
+                            lock(&sh.info).effective.kato = old;
+                            sh.kato_changed.notify_one();
+                        }
+                    }
                 }
             }
         }
     });
+}
+
+/// A KATO in the milliseconds of Connect and Set Features: at most FFFFFFFFh ms (49.7 days), never wrapped to a
+/// small value (or to 0, which disables keep-alive).
+fn kato_ms(kato: Duration) -> u32 {
+    u32::try_from(kato.as_millis()).unwrap_or(u32::MAX)
 }
 
 fn fail_all(slots: &mut [Option<Slot>], err: &dyn Fn() -> Error, close: bool) -> usize {

@@ -205,6 +205,9 @@ struct State {
     stray_resp: AtomicBool,
     /// Armed: the next read's data comes in two C2HData PDUs, the first flagged LAST_PDU (a target bug).
     data_after_last: AtomicBool,
+    /// Bumped to raise a policy-changed asynchronous event: each admin queue completes one held Asynchronous
+    /// Event Request with it (as soon as it holds one) for every bump it has not reported yet.
+    policy_aen: tokio::sync::watch::Sender<u32>,
 }
 
 struct Fake {
@@ -252,6 +255,7 @@ async fn fake(b: Behaviour) -> Fake {
         stray_c2h: AtomicBool::new(false),
         stray_resp: AtomicBool::new(false),
         data_after_last: AtomicBool::new(false),
+        policy_aen: tokio::sync::watch::Sender::new(0),
     });
     let st2 = st.clone();
     tokio::spawn(async move {
@@ -489,6 +493,9 @@ impl Conn {
                     self.send_data(cid, &page);
                 }
                 admin::SET_FEATURES => {
+                    if sqe.cdw10.get() as u8 == holdfast_proto::features::KEEP_ALIVE_TIMER {
+                        self.st.log.lock().unwrap().push(format!("kato {}", sqe.cdw11.get()));
+                    }
                     if sqe.cdw10.get() as u8 == holdfast_proto::features::HOST_BEHAVIOR_SUPPORT {
                         self.st.acre.store(data.first() == Some(&1), Ordering::Relaxed);
                     }
@@ -692,6 +699,8 @@ async fn serve(mut s: TcpStream, st: Arc<State>) {
     let mut dec = PduDecoder::new(Role::Controller, limits);
     let mut inbuf = BytesMut::with_capacity(64 * 1024);
     let mut shn = st.shn.subscribe();
+    let mut aen = st.policy_aen.subscribe();
+    let mut aen_seen = *aen.borrow_and_update();
     let mut c = Conn {
         st,
         framing: Framing::default(),
@@ -720,6 +729,12 @@ async fn serve(mut s: TcpStream, st: Arc<State>) {
                 Err(e) => panic!("fake controller could not decode: {e}"),
             }
         }
+        let raised = *aen.borrow_and_update();
+        if c.qid == 0 && c.cntlid != 0 && raised != aen_seen && !c.aers.is_empty() {
+            aen_seen = aen_seen.wrapping_add(1);
+            let cid = c.aers.remove(0);
+            c.resp(cid, Status::SUCCESS, holdfast_proto::policy::policy_changed_event().to_dword() as u64);
+        }
         if !c.out.is_empty() && s.write_all(&c.out.split()).await.is_err() {
             return;
         }
@@ -727,7 +742,10 @@ async fn serve(mut s: TcpStream, st: Arc<State>) {
             return;
         }
         let close_on_shn = c.qid != 0 && c.st.b.close_io_on_shn;
+        let events_due = c.qid == 0 && *aen.borrow() != aen_seen && !c.aers.is_empty();
         tokio::select! {
+            _ = aen.changed() => {},
+            _ = std::future::ready(()), if events_due => {},
             r = s.read_buf(&mut inbuf) => match r {
                 Ok(0) => return abort_held(s, c).await,
                 Err(_) => return,
@@ -1950,6 +1968,53 @@ async fn a_namespace_with_metadata_is_refused_saying_why() {
         Err(Error::Invalid(why)) => assert!(why.contains("8 bytes of metadata"), "{why}"),
         Err(e) => panic!("expected Invalid, got {e}"),
         Ok(_) => panic!("opened a namespace with metadata"),
+    }
+    c.shutdown().await.unwrap();
+}
+
+/// A policy-changed event whose page carries another KATO (design §3: the host re-reads the page when an
+/// event says it changed): the association adopts it as a reconnect adopts a changed one, with Set Features
+/// Keep Alive Timer, and Keep Alives go at the new KATO's pace; the effective policy does not report a KATO
+/// the association does not run with.
+#[tokio::test]
+async fn a_kato_changed_by_a_policy_event_is_adopted_by_the_live_association() {
+    let f = fake(Behaviour::default()).await;
+    let policy = holdfast_proto::policy::ConnectionPolicy {
+        instance_id: 1,
+        generation: 1,
+        kato_ms: 6000,
+        reconnect_delay_ms: 100,
+        reconnect_delay_max_ms: 100,
+        ctrl_loss_tmo_ms: 30_000,
+        ..Default::default()
+    };
+    *f.st.policy.lock().unwrap() = Some(policy);
+    let c = Controller::connect(opts(&f, 1, false)).await.expect("connect");
+    assert_eq!(c.effective_policy().kato.0, Duration::from_secs(6));
+    let katos = || f.st.log.lock().unwrap().iter().filter(|l| l.starts_with("kato")).cloned().collect::<Vec<_>>();
+    assert_eq!(katos(), ["kato 6000"], "the advertised KATO is adopted at connect");
+    *f.st.policy.lock().unwrap() =
+        Some(holdfast_proto::policy::ConnectionPolicy { kato_ms: 1000, generation: 2, ..policy });
+    f.st.policy_aen.send_modify(|n| *n += 1);
+    let t0 = Instant::now();
+    while c.effective_policy().kato.0 != Duration::from_secs(1) {
+        assert!(t0.elapsed() < Duration::from_secs(3), "the changed policy was never read");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(katos(), ["kato 6000", "kato 1000"], "the changed KATO is set on the association");
+    let before = f.st.keep_alives.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let sent = f.st.keep_alives.load(Ordering::Relaxed) - before;
+    assert!(sent >= 4, "{sent} Keep Alives in 2.1 s with a KATO of 1 s");
+    // The event was answered by a new request: a second change is read too.
+    *f.st.policy.lock().unwrap() =
+        Some(holdfast_proto::policy::ConnectionPolicy { kato_ms: 2000, generation: 3, ..policy });
+    f.st.policy_aen.send_modify(|n| *n += 1);
+    let t0 = Instant::now();
+    while c.effective_policy().kato.0 != Duration::from_secs(2) {
+        assert!(t0.elapsed() < Duration::from_secs(3), "the second change was never read");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     c.shutdown().await.unwrap();
 }
