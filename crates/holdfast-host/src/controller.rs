@@ -465,7 +465,7 @@ async fn start_queue(
         cancel2,
     ));
     watch_queue(queue, idx, sh.broken.clone(), exits);
-    let mut cmd = ConnectCommand::new(0, qid, size - 1, if qid == 0 { kato.as_millis() as u32 } else { 0 });
+    let mut cmd = ConnectCommand::new(0, qid, size - 1, if qid == 0 { kato_ms(kato) } else { 0 });
     if o.disable_sqflow {
         cmd.cattr |= fabrics::CATTR_DISABLE_SQ_FLOW;
     }
@@ -751,7 +751,7 @@ async fn establish(
             // The target advertises another KATO than the Connect carried: adopt it (Set Features 0Fh).
             let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
             s.cdw10.set(holdfast_proto::features::KEEP_ALIVE_TIMER as u32);
-            s.cdw11.set(new_eff.kato.0.as_millis() as u32);
+            s.cdw11.set(kato_ms(new_eff.kato.0));
             setup_ok(&admin, s, Bytes::new(), 0, "Set Features (Keep Alive Timer)", deadline).await?;
         }
         let restarted = matches!((eff.instance_id, new_eff.instance_id), (Some(a), Some(b)) if a != b);

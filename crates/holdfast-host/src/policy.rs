@@ -32,6 +32,9 @@ pub const DEFAULT_KATO: Duration = Duration::from_secs(5);
 /// The smallest KATO the host uses, whatever the target advertises or the host option says: a smaller one is
 /// raised to it ([`holdfast_proto::policy::MIN_KATO_MS`] says why).
 pub const MIN_KATO: Duration = Duration::from_millis(holdfast_proto::policy::MIN_KATO_MS as u64);
+/// The longest KATO: what Connect and Set Features carry (32 bits of milliseconds, 49.7 days). A longer host
+/// option is lowered to it.
+pub const MAX_KATO: Duration = Duration::from_millis(u32::MAX as u64);
 /// The shortest wait between two reconnect attempts, whatever reconnect_delay says (0 is allowed there, as in
 /// SPDK, and means "at once"): an attempt that fails at once (connection refused) would otherwise start the next
 /// at once, a storm of connections against a target that is coming back up.
@@ -80,7 +83,7 @@ pub fn resolve(o: &ConnectOptions, adv: Option<&ConnectionPolicy>) -> Effective 
     // it); each is then the target's, but for a KATO of 0, which the page calls "not advertised".
     let t = adv.filter(|p| p.advertises_timing());
     let mut kato = pick(o.kato, t.filter(|p| p.kato_ms > 0).map(|p| ms(p.kato_ms)), DEFAULT_KATO);
-    kato.0 = kato.0.max(MIN_KATO);
+    kato.0 = kato.0.clamp(MIN_KATO, MAX_KATO);
     let reconnect_delay = pick(o.reconnect_delay, t.map(|p| ms(p.reconnect_delay_ms)), DEFAULT_RECONNECT_DELAY);
     let reconnect_delay_max = pick(
         o.reconnect_delay_max,

@@ -208,6 +208,8 @@ struct State {
     /// Bumped to raise a policy-changed asynchronous event: each admin queue completes one held Asynchronous
     /// Event Request with it (as soon as it holds one) for every bump it has not reported yet.
     policy_aen: tokio::sync::watch::Sender<u32>,
+    /// KATO of the last admin Connect.
+    connect_kato: AtomicU32,
 }
 
 struct Fake {
@@ -256,6 +258,7 @@ async fn fake(b: Behaviour) -> Fake {
         stray_resp: AtomicBool::new(false),
         data_after_last: AtomicBool::new(false),
         policy_aen: tokio::sync::watch::Sender::new(0),
+        connect_kato: AtomicU32::new(0),
     });
     let st2 = st.clone();
     tokio::spawn(async move {
@@ -413,6 +416,7 @@ impl Conn {
                     }
                     self.st.log.lock().unwrap().push(format!("connect {}", self.qid));
                     if self.qid == 0 {
+                        self.st.connect_kato.store(c.kato.get(), Ordering::Relaxed);
                         self.cntlid = self.st.next_cntlid.fetch_add(1, Ordering::Relaxed) as u16;
                     }
                     self.resp(cid, Status::SUCCESS, self.cntlid.max(1) as u64);
@@ -2016,5 +2020,18 @@ async fn a_kato_changed_by_a_policy_event_is_adopted_by_the_live_association() {
         assert!(t0.elapsed() < Duration::from_secs(3), "the second change was never read");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    c.shutdown().await.unwrap();
+}
+
+/// A KATO host option past what Connect's 32-bit KATO holds (FFFFFFFFh ms, 49.7 days) is sent as the most it
+/// holds, not wrapped: 2^32 ms + 5 s went out as 5 s, and 2^32 ms as 0, which disables keep-alive.
+#[tokio::test]
+async fn a_kato_option_past_32_bits_of_milliseconds_is_not_wrapped() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.kato = Some(Duration::from_millis((1 << 32) + 5000));
+    let c = Controller::connect(o).await.expect("connect");
+    assert_eq!(f.st.connect_kato.load(Ordering::Relaxed), u32::MAX);
+    assert_eq!(c.effective_policy().kato.0, Duration::from_millis(u32::MAX as u64), "what the association runs");
     c.shutdown().await.unwrap();
 }
