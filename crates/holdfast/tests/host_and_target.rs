@@ -47,3 +47,39 @@ async fn a_namespace_added_on_the_target_reaches_the_host_as_an_event() {
     ctrl.shutdown().await.unwrap();
     server.stop().await;
 }
+
+/// A KATO changed in the target's configuration (reload: a policy-changed event) is the KATO the host's
+/// association runs with on the target (Get Features Keep Alive Timer), not only the one the host reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kato_changed_by_a_reload_is_set_on_the_hosts_association() {
+    let with_kato = |ms: u32| {
+        let s = format!(
+            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
+             [subsystem.policy]\nkato_ms = {ms}\n[[subsystem.namespace]]\nnsid = 1\nbackend = \"ram\"\nsize_mib = 1\n"
+        );
+        Config::parse(&s, "test").unwrap()
+    };
+    let server = Server::start(Target::new(&with_kato(6000), TargetSettings::default()).unwrap()).await.unwrap();
+    let mut o = ConnectOptions::new(server.bound[0].1.to_string(), NQN);
+    o.nr_io_queues = 1;
+    let ctrl = Controller::connect(o).await.unwrap();
+    let kato_on_target = || async {
+        let mut s = holdfast_proto::SubmissionEntry::new(holdfast_proto::opcode::admin::GET_FEATURES, 0);
+        s.cdw10.set(holdfast_proto::features::KEEP_ALIVE_TIMER as u32);
+        ctrl.admin(s, bytes::Bytes::new(), 0).await.unwrap().cqe.dw0.get()
+    };
+    assert_eq!(kato_on_target().await, 6000);
+    server.target.reload(&with_kato(1000)).unwrap();
+    let t0 = std::time::Instant::now();
+    while ctrl.effective_policy().kato.0 != Duration::from_secs(1) {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the changed policy never reached the host");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t0 = std::time::Instant::now();
+    while kato_on_target().await != 1000 {
+        assert!(t0.elapsed() < Duration::from_secs(2), "the association kept KATO {} ms", kato_on_target().await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ctrl.shutdown().await.unwrap();
+    server.stop().await;
+}
