@@ -18,6 +18,8 @@ pass=0 fail=0
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # The host-side check, run while the kernel target is up on 127.0.0.1:$1 ($2 = extra flags, e.g. --digests).
+# One check a line, in it and in outage.sh below: set -e does not stop at a failed command followed by && (a
+# failed `cmp A B && echo same` goes on), so such a check could not fail the script.
 cat >"$logs/check.sh" <<EOS
 set -euo pipefail
 p=\$1; shift
@@ -27,7 +29,8 @@ i=\$(\$b identify --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 "\$@" --json); grep -
 head -c 33554432 /dev/urandom >$logs/w.bin
 \$b write --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 --offset 1048576 --input $logs/w.bin "\$@"
 \$b read --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 --offset 1048576 --length 33554432 --output $logs/r.bin "\$@"
-cmp $logs/w.bin $logs/r.bin && echo "32 MiB written and read back identical"
+cmp $logs/w.bin $logs/r.bin
+echo "32 MiB written and read back identical"
 if [[ " \$* " == *" --digests "* ]]; then  # our host's own PDUs, decoded by Wireshark with digests checked
   tcpdump -i lo -s 0 -U -w $logs/host-digests.pcap "tcp port \$p" >$logs/tcpdump.log 2>&1 & dpid=\$!
   sleep 0.5
@@ -41,7 +44,8 @@ if [[ " \$* " == *" --digests "* ]]; then  # our host's own PDUs, decoded by Wir
   $here/nvme-tcp-check-loopback.sh $logs/host-digests.pcap \$p \${expect[@]+"\${expect[@]}"}
 fi
 \$b bench --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 --workload randrw --bs 4096 --qd 16 --queues 2 --time 10 --verify --json "\$@" | tee $logs/bench.json
-grep -q '"errors":0,' $logs/bench.json && grep -q '"verify_mismatches":0,' $logs/bench.json
+grep -q '"errors":0,' $logs/bench.json
+grep -q '"verify_mismatches":0,' $logs/bench.json
 EOS
 
 run() {  # run NAME BLOCK FLAGS...
@@ -58,8 +62,10 @@ cat >"$logs/outage.sh" <<EOS
 set -euo pipefail
 $bin bench --addr 127.0.0.1:\$1 --nqn $nqn --nsid 1 --workload randrw --bs 4096 --qd 16 --queues 2 --time 30 --verify \\
   --reconnect-delay-ms 500 --ctrl-loss-tmo-ms 60000 --kato-ms 5000 --json | tee $logs/outage.json
-grep -q '"errors":0,' $logs/outage.json && grep -q '"verify_mismatches":0,' $logs/outage.json
-grep -q '"outages":2,' $logs/outage.json && grep -q '"controller_lost":null,' $logs/outage.json
+grep -q '"errors":0,' $logs/outage.json
+grep -q '"verify_mismatches":0,' $logs/outage.json
+grep -q '"outages":2,' $logs/outage.json
+grep -q '"controller_lost":null,' $logs/outage.json
 EOS
 
 run_outage() {
