@@ -31,7 +31,8 @@ log "second bridge refused: $(tail -n 1 /tmp/second.log)"
 dd if=/dev/urandom of=/tmp/direct bs=1M count=8 2>/dev/null
 dd if=/tmp/direct of=/dev/nbd0 bs=1M seek=100 oflag=direct 2>/dev/null
 dd if=/dev/nbd0 of=/tmp/direct.back bs=1M skip=100 count=8 iflag=direct 2>/dev/null
-cmp /tmp/direct /tmp/direct.back && log "8 MiB written and read back with O_DIRECT"
+cmp /tmp/direct /tmp/direct.back || { log "8 MiB written with O_DIRECT read back different"; exit 1; }
+log "8 MiB written and read back with O_DIRECT"
 # The bridge stopped (SIGSTOP, as a debugger or a tracer attaching does) under a write, then continued: the
 # write completes. (The task waiting in NBD_DO_IT is in a process of its own; were it the bridge's, the kernel
 # would shut the device down.)
