@@ -86,6 +86,10 @@ if ((rc == 0)); then
   grep -qE 'nvme-tcp-check: [1-9][0-9]* NVMe/TCP PDUs' <<<"$out" || { echo "nvme-tcp-check-loopback: no NVMe/TCP PDU in $pcap"; exit 1; }
   exit 0
 fi
+# Only a verdict is looked at again: a check that failed without one (tshark could not read the capture to the
+# end, or the check did not run at all) is a failure here too, whatever notes the capture holds.
+grep -q '^nvme-tcp-check: packets Wireshark finds malformed' <<<"$out" || {
+  echo "$out"; echo "nvme-tcp-check-loopback: $check failed (exit $rc) without flagging any packet"; exit 1; }
 # Its verdict and flagged frames, without its per-PDU counts ("  12 NVMe Write": a count, then no arrow).
 official=$(awk '!/^ *[0-9]+ / || /→/' <<<"$out")
 
@@ -94,9 +98,12 @@ ts=(again_if_crashed tshark -r "$pcap" -d "tcp.port==$port,nvme-tcp" -o nvme-tcp
 flt="_ws.malformed || _ws.expert.severity >= warning || nvme-tcp.hdgst.status == 0 || nvme-tcp.ddgst.status == 0"
 fields=(-T fields -E separator=$'\t' -E occurrence=a -E aggregator='|')
 dsacks=$("${ts[@]}" -Y tcp.options.sack.dsack "${fields[@]}" -e tcp.stream -e tcp.dstport \
-  -e tcp.options.sack.dsack_le -e tcp.options.sack.dsack_re 2>/dev/null || true)
+  -e tcp.options.sack.dsack_le -e tcp.options.sack.dsack_re 2>/dev/null) ||
+  { echo "$official"; echo "nvme-tcp-check-loopback: tshark could not list the D-SACKs in $pcap"; exit 1; }
+# A partial list (tshark stopped part way) would leave frames unexamined: it is a failure, not a shorter list.
 flagged=$("${ts[@]}" -Y "$flt" "${fields[@]}" -e frame.number -e tcp.stream -e tcp.srcport -e tcp.seq -e tcp.len \
-  -e nvme-tcp.hdgst.status -e nvme-tcp.ddgst.status -e _ws.expert.message 2>/dev/null || true)
+  -e nvme-tcp.hdgst.status -e nvme-tcp.ddgst.status -e _ws.expert.message 2>/dev/null) ||
+  { echo "$official"; echo "nvme-tcp-check-loopback: tshark could not list the flagged frames in $pcap"; exit 1; }
 [[ -n $flagged ]] || { echo "$official"; echo "nvme-tcp-check-loopback: check failed but tshark lists no flagged frame"; exit 1; }
 
 verdict=$(awk -F'\t' -v dsacks="$dsacks" '
