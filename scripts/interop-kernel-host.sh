@@ -95,6 +95,10 @@ command -v tcpdump >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get instal
 # Arguments, if any, name the cases to run (kernel-host-4k ...); none runs them all.
 cases=" $* "
 case_on() { [[ $cases == "  " || $cases == *" $1 "* ]]; }
+# A name that is no case would run nothing and pass: refused.
+for c in "$@"; do
+  [[ " kernel-host-digests-512 kernel-host-4k kernel-host-file kernel-host-nvme-cli kernel-host-ns-change " == *" $c "* ]] || { echo "no interop case $c (kernel-host-digests-512 kernel-host-4k kernel-host-file kernel-host-nvme-cli kernel-host-ns-change)"; exit 2; }
+done
 if case_on kernel-host-digests-512; then run kernel-host-digests-512 "nvme-tcp-check: .* none malformed" digests_512; fi
 if case_on kernel-host-4k; then run kernel-host-4k "HOST-ROLE-PASSED" nodigest_4k; fi
 if case_on kernel-host-file; then run kernel-host-file "HOST-ROLE-PASSED" file_ns; fi

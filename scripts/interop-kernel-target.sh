@@ -82,6 +82,10 @@ command -v tcpdump >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get instal
 # Arguments, if any, name the cases to run (kernel-target-4k ...); none runs them all.
 cases=" $* "
 case_on() { [[ $cases == "  " || $cases == *" $1 "* ]]; }
+# A name that is no case would run nothing and pass: refused.
+for c in "$@"; do
+  [[ " kernel-target-512-digests-sqflow-off kernel-target-4k kernel-target-ride-through " == *" $c "* ]] || { echo "no interop case $c (kernel-target-512-digests-sqflow-off kernel-target-4k kernel-target-ride-through)"; exit 2; }
+done
 if case_on kernel-target-512-digests-sqflow-off; then run kernel-target-512-digests-sqflow-off 512 --digests --disable-sqflow; fi
 if case_on kernel-target-4k; then run kernel-target-4k 4096; fi
 if case_on kernel-target-ride-through; then run_outage; fi

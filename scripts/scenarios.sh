@@ -162,7 +162,8 @@ s6() {
 declare -A checks=([s1]=1 [s2]=1 [s3]=1 [s4]=1 [s5]=2 [s6]=2)
 expected=0
 for s in ${SCENARIOS:-s1 s2 s3 s4 s5 s6}; do
-  expected=$((expected + ${checks[$s]:-0}))
+  [[ -n ${checks[$s]:-} ]] || { echo "scenarios: no scenario $s (s1 to s6)"; exit 2; }
+  expected=$((expected + checks[$s]))
   "$s"
 done
 if ((fail == 0 && pass == expected)); then
