@@ -296,6 +296,15 @@ fn rw_sqe(op: u8, slba: u64, blocks: u32, sgl: SglDescriptor) -> SubmissionEntry
     s
 }
 
+/// Waits until `cond` holds, 10 s at most (a bound for liveness, not a timing check).
+async fn wait_until(cond: impl Fn() -> bool, what: &str) {
+    let t0 = std::time::Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "not within 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn connect_enable_identify_and_io_with_every_digest_setting() {
     let (server, addr) = start("").await;
@@ -753,9 +762,12 @@ async fn reads_running_elsewhere_count_towards_the_send_limit() {
     let burst = capsules(&q.f, (0..250u16).map(|cid| (cid, read, Bytes::new())));
     let mut s = q.s;
     s.write_all(&burst).await.unwrap();
-    // Never read: 62.5 MiB of answers. What the socket buffers take, plus 8 MiB, is all that may run.
+    // Never read: 62.5 MiB of answers. What the socket buffers take, plus 8 MiB, is all that may run; at least
+    // half the 8 MiB must (a target that took nothing in would pass the bound below).
+    let taken = || server.target.subsystem(NQN).unwrap().stats.read_cmds.load(Ordering::Relaxed);
+    wait_until(|| taken() >= 16, "16 of the 256 KiB reads taken in").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let reads = server.target.subsystem(NQN).unwrap().stats.read_cmds.load(Ordering::Relaxed);
+    let reads = taken();
     eprintln!("reads taken in: {reads}");
     assert!(reads < 160, "{reads} of 250 256 KiB reads taken in while the host reads nothing");
     drop(s);
@@ -773,17 +785,21 @@ async fn write_data_counts_in_the_r2t_budget_until_the_write_has_run() {
     let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
     let write = rw_sqe(io::WRITE, 0, 512, SglDescriptor::transport(256 << 10));
     q.send_raw(&capsules(&q.f, (0..40u16).map(|cid| (cid, write, Bytes::new())))).await;
-    // Answer every R2T at once for 300 ms, while no write can have run (each waits 500 ms).
+    // Answer every R2T at once for 300 ms from the first, while no write can have run (each waits 500 ms once
+    // its data is in). The first is waited for: a target that sent none would pass the bound below.
     let half = Bytes::from(vec![7u8; 128 << 10]); // MAXH2CDATA
     let mut r2ts = 0;
+    let first = q.recv().await; // 5 s at most
     let until = tokio::time::Instant::now() + Duration::from_millis(300);
-    while let Ok(p) = tokio::time::timeout_at(until, q.recv()).await {
+    let mut next = Some(first);
+    while let Some(p) = next.take() {
         let Pdu::R2T(r) = p else { panic!("expected an R2T, got {p:?}") };
         r2ts += 1;
         for (datao, last) in [(0, false), (128 << 10, true)] {
             let d = H2CData { cccid: r.cccid, ttag: r.ttag, datao, data: half.clone(), last };
             q.send(Pdu::H2CData(d)).await;
         }
+        next = tokio::time::timeout_at(until, q.recv()).await.ok();
     }
     assert!(r2ts <= 8, "{r2ts} R2Ts of 256 KiB answered while none of their writes had run (budget 2 MiB)");
     server.stop().await;
@@ -815,10 +831,13 @@ async fn small_ram_reads_waiting_to_be_sent_count_their_whole_chunk() {
         let _ = s.write_all(&burst).await;
         s
     });
+    // What the socket buffers take (a few MiB of 536-byte answers), then 8 MiB of chunks: 64 reads. Those 64
+    // at least must run (a target that took nothing in would pass the bound below).
+    let taken = || server.target.subsystem(NQN).unwrap().stats.read_cmds.load(Ordering::Relaxed);
+    wait_until(|| taken() >= 64, "64 of the small reads taken in").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let reads = server.target.subsystem(NQN).unwrap().stats.read_cmds.load(Ordering::Relaxed);
+    let reads = taken();
     eprintln!("reads taken in: {reads}");
-    // What the socket buffers took (a few MiB of 536-byte answers), then 8 MiB of chunks: 64 reads.
     assert!(reads < 30000, "{reads} of 40000 small reads taken in while the host reads nothing");
     writer.abort();
     server.stop().await;
