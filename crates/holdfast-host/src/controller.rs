@@ -744,7 +744,7 @@ async fn establish(
             fence_previous_association(&admin, prev_cntlid, prev_uniquifier, cqt_ms, deadline).await?;
         }
         let new_eff = policy::resolve(o, adv.as_ref());
-        if !is_discovery && (first || new_eff.kato != eff.kato || new_eff.ctrl_loss_tmo != eff.ctrl_loss_tmo) {
+        if !is_discovery && (first || !new_eff.logs_as(&eff)) {
             new_eff.log(&o.addr);
         }
         if new_eff.kato.0 != eff.kato.0 {

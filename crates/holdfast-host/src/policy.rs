@@ -160,6 +160,19 @@ impl Effective {
             .all(|s| *s == Source::Default)
             && self.planned_downtime.is_zero()
     }
+
+    /// True if `other` would log the same line ([`Effective::log`]): every value and its source, all but the
+    /// instance. A reconnect logs the policy again when this is false (a restarted target may advertise another
+    /// fast_io_fail_tmo, reconnect delay or planned downtime, not only another KATO or ctrl_loss_tmo).
+    pub fn logs_as(&self, other: &Effective) -> bool {
+        self.kato == other.kato
+            && self.reconnect_delay == other.reconnect_delay
+            && self.reconnect_delay_max == other.reconnect_delay_max
+            && self.ctrl_loss_tmo == other.ctrl_loss_tmo
+            && self.fast_io_fail_tmo == other.fast_io_fail_tmo
+            && self.planned_downtime == other.planned_downtime
+    }
+
     /// Log every value with its source (at info level when something is not a default, else at debug level,
     /// so that the CLI stays quiet against targets that advertise no policy).
     pub fn log(&self, addr: &str) {
@@ -217,6 +230,30 @@ mod tests {
         assert_eq!(e.retry_delay(5, Duration::from_secs(12)), Duration::from_millis(500));
         assert_eq!(e.retry_delay(5, Duration::from_secs(21)), Duration::from_millis(4000));
         assert_eq!(resolve(&o, Some(&adv)).retry_delay(5, Duration::from_secs(12)), Duration::from_millis(4000));
+    }
+
+    #[test]
+    fn every_logged_value_counts_for_logging_again() {
+        let o = ConnectOptions::new("127.0.0.1:1", "nqn.x");
+        let adv = ConnectionPolicy {
+            kato_ms: 5000,
+            ctrl_loss_tmo_ms: 30_000,
+            fast_io_fail_tmo_ms: 2000,
+            ..Default::default()
+        };
+        let page = adv.to_log_page();
+        let adv = ConnectionPolicy::from_bytes(zerocopy::IntoBytes::as_bytes(&page)).expect("valid page");
+        let a = resolve(&o, Some(&adv));
+        assert!(a.logs_as(&a.clone()));
+        let mut other = ConnectionPolicy { instance_id: 9, ..adv };
+        assert!(resolve(&o, Some(&other)).logs_as(&a), "another instance alone logs the same line");
+        other.fast_io_fail_tmo_ms = 3000;
+        let page = other.to_log_page();
+        let other = ConnectionPolicy::from_bytes(zerocopy::IntoBytes::as_bytes(&page)).expect("valid page");
+        assert!(!resolve(&o, Some(&other)).logs_as(&a), "another fast_io_fail_tmo is logged again");
+        let mut b = a.clone();
+        b.planned_downtime = Duration::from_secs(20);
+        assert!(!b.logs_as(&a));
     }
 
     #[test]
