@@ -604,10 +604,11 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    /// A valid configuration: one port, one subsystem with one 16 MiB RAM namespace (other modules' tests too).
+    pub(crate) const GOOD: &str = r#"
 [[port]]
 id = 1
 listen = "127.0.0.1:4420"

@@ -116,25 +116,11 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    const CFG: &str = r#"
-[[port]]
-id = 1
-listen = "127.0.0.1:0"
-
-[[subsystem]]
-nqn = "nqn.2026-01.io.holdfast:ctl"
-allow_any_host = true
-[[subsystem.namespace]]
-nsid = 1
-backend = "ram"
-size_mib = 1
-"#;
-
     /// `announce-restart` with a downtime says what it did; with 0 it withdraws the announcement and says so
     /// (it answered "announced" before).
     #[test]
     fn announcing_no_downtime_says_it_withdraws() {
-        let t = Target::new(&Config::parse(CFG, "t.toml").unwrap(), Default::default()).unwrap();
+        let t = Target::new(&Config::parse(crate::config::tests::GOOD, "t.toml").unwrap(), Default::default()).unwrap();
         let r = execute(&t, "announce-restart 30000");
         assert!(r.starts_with("ok planned downtime 30000 ms announced"), "{r}");
         assert_eq!(t.planned_downtime_ms.load(Ordering::SeqCst), 30000);
