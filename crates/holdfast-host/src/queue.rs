@@ -713,14 +713,30 @@ fn handle_pdu(
                 free.push(i as u16);
                 // The common case (success, all the data, nothing to retry) answered at once: the in-flight
                 // record (a few hundred bytes) is not passed through the retry check and back.
-                if r.cqe.status().is_success() && !f.bad_data && f.buf.len() == f.cmd.data_in_len() {
+                let asked = f.h2c_end as usize;
+                if r.cqe.status().is_success()
+                    && !f.bad_data
+                    && f.buf.len() == f.cmd.data_in_len()
+                    && asked == f.cmd.data_out.len()
+                {
                     let transferred = f.buf.len();
                     f.cmd.reply.send(Ok(Completion { cqe: r.cqe, data: f.buf.into_bytes(), transferred }));
                     return Ok(());
                 }
                 let Some(f) = retry_or_keep(f, r.cqe.status(), p, delayed) else { return Ok(()) };
                 let (want, transferred) = (f.cmd.data_in_len(), f.buf.len());
-                let result = if !r.cqe.status().is_success() || f.buf.len() == want {
+                let result = if r.cqe.status().is_success() && asked < f.cmd.data_out.len() {
+                    // A successful write whose data the controller never asked for in full is not done: it
+                    // completes a command only after its data transfer (NVMe/TCP 1.0 §3.3.2, §3.6.2.8).
+                    Err(protocol(
+                        p.qid,
+                        format!(
+                            "{} completed successfully with {asked} of its {} bytes of data asked for",
+                            f.cmd.name,
+                            f.cmd.data_out.len()
+                        ),
+                    ))
+                } else if !r.cqe.status().is_success() || f.buf.len() == want {
                     Ok(Completion { cqe: r.cqe, data: f.buf.into_bytes(), transferred })
                 } else if p.qid == 0 && f.cmd.sqe.opcode != holdfast_proto::opcode::admin::IDENTIFY {
                     // An admin command (Get Log Page) that transferred less than asked: the rest of the page

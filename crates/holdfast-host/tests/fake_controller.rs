@@ -92,6 +92,9 @@ struct Behaviour {
     policy_page_bytes: Option<usize>,
     /// The Discovery log sends at most this many bytes per read (a short transfer, completed successfully).
     discovery_read_bytes: Option<usize>,
+    /// Writes whose data does not come in the capsule get an R2T for at most this many bytes (0: none at all)
+    /// and are then completed successfully, the rest of their data never asked for (a target bug).
+    short_r2t_writes: Option<usize>,
 }
 
 /// R2Ts a host must refuse: it announces MAXR2T 0 (one R2T at a time per command) and sends each byte once.
@@ -136,6 +139,7 @@ impl Default for Behaviour {
             short_identify_ns: false,
             policy_page_bytes: None,
             discovery_read_bytes: None,
+            short_r2t_writes: None,
         }
     }
 }
@@ -626,6 +630,18 @@ impl Conn {
                 if let Some(bad) = self.st.b.bad_r2t.filter(|_| !self.st.bad_r2t_sent.swap(true, Ordering::Relaxed)) {
                     return self.bad_r2t(bad, sqe, !data.is_empty());
                 }
+                if let Some(asked) = self.st.b.short_r2t_writes.filter(|_| data.is_empty()) {
+                    // Ask for `asked` bytes at most (none: complete at once), then complete the write when
+                    // they came (below, in `pdu`), doing nothing with them.
+                    let asked = asked.min(n);
+                    self.writes.insert(cid, PendingWrite { sqe, buf: vec![0; n], r2t_end: asked, bad: true });
+                    if asked == 0 {
+                        self.resp(cid, Status::SUCCESS, 0);
+                    } else {
+                        self.send_r2t(cid, 0, asked);
+                    }
+                    return;
+                }
                 if !data.is_empty() {
                     assert_eq!(data.len(), n, "in-capsule data length");
                     self.apply_write(&sqe, &data);
@@ -638,6 +654,13 @@ impl Conn {
                 let (at, n) = (rw::slba(&sqe) as usize * BS, rw::nlb(&sqe) as usize * BS);
                 self.st.ram.lock().unwrap()[at..at + n].fill(0);
                 self.resp(cid, Status::SUCCESS, 0);
+            }
+            // Its ranges fetched first when they did not come in the capsule, as a target does before it
+            // completes a command with data.
+            io::DATASET_MANAGEMENT if data.is_empty() => {
+                let n = ((sqe.cdw10.get() & 0xFF) as usize + 1) * 16;
+                self.writes.insert(cid, PendingWrite { sqe, buf: vec![0; n], r2t_end: 0, bad: false });
+                self.r2t(cid);
             }
             io::FLUSH | io::DATASET_MANAGEMENT => self.resp(cid, Status::SUCCESS, 0),
             _ => self.resp(cid, Status::INVALID_OPCODE, 0),
@@ -667,6 +690,10 @@ impl Conn {
                     // Count what the host sends; complete nothing.
                     self.st.bad_h2c_bytes.fetch_add(d.data.len() as u64, Ordering::Relaxed);
                     let n = w.buf.len();
+                    if self.st.b.short_r2t_writes.is_some() && d.last {
+                        self.resp(d.cccid, Status::SUCCESS, 0);
+                        return;
+                    }
                     if self.st.b.bad_r2t == Some(BadR2T::Overlap) && d.last && w.r2t_end == n / 2 {
                         w.r2t_end = n / 4 + n / 2;
                         self.send_r2t(d.cccid, n / 4, n / 2);
@@ -681,7 +708,11 @@ impl Conn {
                     assert!(d.last, "LAST_PDU on the last H2CData of an R2T");
                     if w.r2t_end == w.buf.len() {
                         let w = self.writes.remove(&d.cccid).unwrap();
-                        self.apply_write(&w.sqe, &w.buf);
+                        if w.sqe.opcode == io::DATASET_MANAGEMENT {
+                            self.resp(d.cccid, Status::SUCCESS, 0);
+                        } else {
+                            self.apply_write(&w.sqe, &w.buf);
+                        }
                     } else {
                         self.r2t(d.cccid);
                     }
@@ -2034,4 +2065,29 @@ async fn a_kato_option_past_32_bits_of_milliseconds_is_not_wrapped() {
     assert_eq!(f.st.connect_kato.load(Ordering::Relaxed), u32::MAX);
     assert_eq!(c.effective_policy().kato.0, Duration::from_millis(u32::MAX as u64), "what the association runs");
     c.shutdown().await.unwrap();
+}
+
+/// A write completed successfully by a target that asked for only part of its data (an R2T for the first half,
+/// or none at all) is not done: the host must not report it done. The controller completes a command only after
+/// its data transfer (NVMe/TCP 1.0 §3.3.2 and §3.6.2.8: the host sends a command's data in H2CData PDUs the
+/// controller asks for with R2Ts; the response capsule ends the command).
+#[tokio::test]
+async fn a_write_completed_before_its_data_was_asked_for_is_not_reported_done() {
+    for asked in [0, 32 * 1024] {
+        let f = fake(Behaviour { short_r2t_writes: Some(asked), ..Behaviour::default() }).await;
+        let mut o = opts(&f, 1, false);
+        o.reconnect_delay = Some(Duration::from_millis(100));
+        o.io_timeout = Duration::from_secs(2);
+        let c = Controller::connect(o).await.unwrap();
+        let ns = Namespace::open(&c, 1).await.unwrap();
+        let d = pattern(64 * 1024, 21);
+        let r = tokio::time::timeout(Duration::from_secs(15), ns.write(8, d, false)).await.expect("no hang");
+        match r {
+            Err(Error::Protocol { what, .. }) => assert!(what.contains(&format!("{asked} of its")), "{what}"),
+            Err(e) => panic!("asked for {asked} bytes: expected a protocol error, got {e}"),
+            Ok(()) => panic!("asked for {asked} bytes: a write whose data was never sent was reported done"),
+        }
+        assert!(f.st.bad_h2c_bytes.load(Ordering::Relaxed) as usize <= asked);
+        c.shutdown().await.unwrap();
+    }
 }
