@@ -152,6 +152,10 @@ struct InFlight {
     /// A C2HData with LAST_PDU arrived: its data transfer is over (NVMe/TCP 1.0 §3.6.2.6), and a further
     /// C2HData for it is a PDU Sequence Error, however few bytes the transfer carried.
     c2h_done: bool,
+    /// Where in the stream sent on this connection (see `written` in [`run`]) the data answering its last R2T
+    /// ends: until that much is written, the R2T is outstanding, and another one for this command exceeds the
+    /// MAXR2T announced (0: one outstanding per command).
+    r2t_sent_at: u64,
 }
 
 /// The most one socket read takes: half of what the controller still has to send for the commands outstanding
@@ -184,6 +188,9 @@ pub async fn run(
     let mut free: Vec<u16> = (0..depth as u16).rev().collect();
     let mut gens: Vec<u8> = vec![0; depth];
     let mut out = SendQueue::new();
+    // Bytes of `out` written to the socket so far: where a byte queued now ends up in the stream is this plus
+    // `out.len()` (see `InFlight::r2t_sent_at`).
+    let mut written = 0u64;
     let mut backlog: std::collections::VecDeque<Command> = initial.into();
     // New commands taken from the channel in one go (one permit release for the lot, not one each).
     let mut intake: Vec<Command> = Vec::new();
@@ -276,9 +283,11 @@ pub async fn run(
             }
         }
         // What was just queued goes out now if the socket takes it, not after one more round of the select.
+        let waiting = out.len();
         if let Err(e) = holdfast_rt::try_write_some(&wr, &mut out, &p.poll, conn_id) {
             break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, io: e });
         }
+        written += (waiting - out.len()) as u64;
         if !rx_open
             && free.len() == depth
             && backlog.is_empty()
@@ -333,6 +342,7 @@ pub async fn run(
                 r = holdfast_rt::write_some(&mut wr, &out), if !out.is_empty() => match r {
                     Ok(n) => {
                         out.advance(n);
+                        written += n as u64;
                         holdfast_rt::touch(&p.poll, conn_id);
                     }
                     Err(e) => break Some(Error::Transport { addr: p.addr.clone(), qid: p.qid, io: e }),
@@ -385,7 +395,9 @@ pub async fn run(
                             recv_hint = recv_hint.max((d.data.len() + 1024).min(MAX_RECV_HINT));
                         }
                         let raw = decoder.last_header();
-                        if let Err(f) = handle_pdu(pdu, raw, &p, &mut slots, &gens, &mut free, &mut out, &mut delayed) {
+                        if let Err(f) =
+                            handle_pdu(pdu, raw, &p, &mut slots, &gens, &mut free, &mut out, written, &mut delayed)
+                        {
                             break 'run Some(fault(f, &p, &mut out, &mut term));
                         }
                     }
@@ -419,9 +431,17 @@ pub async fn run(
                             }
                         }
                         let raw = decoder.last_header();
-                        if let Err(f) =
-                            handle_pdu(Pdu::C2HData(d), raw, &p, &mut slots, &gens, &mut free, &mut out, &mut delayed)
-                        {
+                        if let Err(f) = handle_pdu(
+                            Pdu::C2HData(d),
+                            raw,
+                            &p,
+                            &mut slots,
+                            &gens,
+                            &mut free,
+                            &mut out,
+                            written,
+                            &mut delayed,
+                        ) {
                             break 'run Some(fault(f, &p, &mut out, &mut term));
                         }
                     }
@@ -527,6 +547,7 @@ impl Issue<'_> {
             bad_data: false,
             h2c_end,
             c2h_done: false,
+            r2t_sent_at: 0,
         });
         Ok(Some(i))
     }
@@ -688,6 +709,7 @@ fn handle_pdu(
     gens: &[u8],
     free: &mut Vec<u16>,
     out: &mut SendQueue,
+    written: u64,
     delayed: &mut Vec<(Instant, Command)>,
 ) -> Result<(), Fault> {
     // A PDU the controller got wrong in a way only we can tell ends the connection with an H2CTermReq that says
@@ -831,6 +853,11 @@ fn handle_pdu(
                 Some((Fes::DataOutOfRange, 0, "beyond the command's data"))
             } else if o < f.h2c_end as usize {
                 Some((Fes::InvalidHeaderField, pdu::offset::DATA_DATAO, "for data already sent"))
+            } else if f.r2t_sent_at > written {
+                // The data for its previous R2T is not all sent yet: this is a second R2T outstanding at once
+                // (NVMe/TCP 1.0, ICReq MAXR2T; H2CTermReq FES 05h R2T Limit Exceeded, FEI reserved), as the
+                // Linux host refuses an R2T while H2CData is pending.
+                Some((Fes::DataLimitExceeded, 0, "while the data for its previous R2T is still being sent"))
             } else {
                 None
             };
@@ -858,6 +885,7 @@ fn handle_pdu(
                 out.push_data_pdu(&p.framing, PduType::H2CData, fl, r.cccid, r.ttag, off as u32, chunk, 0);
                 off += n;
             }
+            f.r2t_sent_at = written + out.len() as u64;
         }
         Pdu::C2HTermReq(t) => {
             let fes = Fes::from_u16(t.fes).map(|f| f.name()).unwrap_or("unknown error");

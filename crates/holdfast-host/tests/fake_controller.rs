@@ -108,6 +108,9 @@ enum BadR2T {
     InCapsule,
     /// An R2T for no data (R2TL 0).
     Zero,
+    /// An R2T for the first half and, at once, before any of that half came, one for the second half: two
+    /// outstanding for one command where the host allows one (MAXR2T 0).
+    Two,
 }
 
 impl Default for Behaviour {
@@ -369,6 +372,7 @@ impl Conn {
             BadR2T::Overlap => &[(0, n / 2)],
             BadR2T::InCapsule => &[(0, n)],
             BadR2T::Zero => &[(0, 0)],
+            BadR2T::Two => &[(0, n / 2), (n / 2, n - n / 2)],
         };
         let (o, l) = r2ts[0];
         self.writes.insert(cid, PendingWrite { sqe, buf: vec![0; n], r2t_end: o + l, bad: true });
@@ -1446,6 +1450,10 @@ async fn idle_carried_queues_never_block_the_granted_one() {
 /// the host sends `sent` bytes of H2CData for it, none of them twice, then ends the connection at once with
 /// a termination request over the R2T field at `fei`, and issues the write again on a new connection.
 async fn bad_r2t_ends_the_connection(bad: BadR2T, len: usize, sent: u64, fei: u32) {
+    bad_r2t_ends_the_connection_with(bad, len, sent, pdu::Fes::InvalidHeaderField, fei).await
+}
+
+async fn bad_r2t_ends_the_connection_with(bad: BadR2T, len: usize, sent: u64, fes: pdu::Fes, fei: u32) {
     let f = fake(Behaviour { bad_r2t: Some(bad), ..Behaviour::default() }).await;
     let mut o = opts(&f, 1, false);
     o.reconnect_delay = Some(Duration::from_millis(100));
@@ -1476,7 +1484,7 @@ async fn bad_r2t_ends_the_connection(bad: BadR2T, len: usize, sent: u64, fei: u3
     }
     let terms = f.st.h2c_terms.lock().unwrap().clone();
     assert_eq!(terms.len(), 1, "{bad:?}: one H2CTermReq");
-    assert_eq!((terms[0].fes, terms[0].fei), (pdu::Fes::InvalidHeaderField as u16, fei), "{bad:?}: FES and FEI");
+    assert_eq!((terms[0].fes, terms[0].fei), (fes as u16, fei), "{bad:?}: FES and FEI");
     assert_eq!(terms[0].data.len(), pdu::HLEN_DATA as usize, "{bad:?}: the R2T's header");
     assert_eq!(terms[0].data[0], pdu::PduType::R2T as u8, "{bad:?}: the R2T's header");
     assert!(ns.read(8, (len / BS) as u64).await.unwrap() == d, "{bad:?}: read-back differs");
@@ -1503,6 +1511,15 @@ async fn an_r2t_for_in_capsule_data_ends_the_connection() {
 #[tokio::test]
 async fn an_r2t_for_no_data_ends_the_connection() {
     bad_r2t_ends_the_connection(BadR2T::Zero, 64 * 1024, 0, pdu::offset::DATA_DATAL).await;
+}
+
+/// A second R2T for a command while the data of the first is still to be sent exceeds the MAXR2T the host
+/// announced (0: one R2T outstanding per command): the host refuses it with an H2CTermReq, FES R2T Limit
+/// Exceeded (NVMe/TCP 1.0 §3.6.2.2 ICReq MAXR2T; Figure 24, FES 05h), after the first R2T's data, as the
+/// Linux host refuses an R2T while H2CData is pending.
+#[tokio::test]
+async fn a_second_r2t_outstanding_at_once_ends_the_connection_with_r2t_limit_exceeded() {
+    bad_r2t_ends_the_connection_with(BadR2T::Two, 64 * 1024, 32 * 1024, pdu::Fes::DataLimitExceeded, 0).await;
 }
 
 /// A write retried after a retryable status is a new transfer: its R2T from offset 0 is answered in full
