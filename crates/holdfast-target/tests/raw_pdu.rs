@@ -2030,3 +2030,27 @@ async fn set_features_enabling_an_event_the_controller_does_not_report_is_invali
     assert_eq!(get_feature_sel(&mut d, 0x0B, 0, 0, 0, 0).await.dw0.get(), 1 << 31);
     server.stop().await;
 }
+
+/// A Controller Level Reset (CC.EN 1 to 0) stops the controller processing every outstanding command (NVMe
+/// Base 2.0 §3.7.2), and commands are refused until it is enabled again: an admin command whose data was
+/// solicited (R2T) before the reset and arrives after it does not run on the disabled controller.
+#[tokio::test]
+async fn an_admin_command_whose_data_arrives_after_a_controller_reset_does_not_run() {
+    let (server, addr) = start("").await;
+    let (mut a, _) = Conn::admin(addr, NQN, false, false).await;
+    let mut s = SubmissionEntry::new(admin::SET_FEATURES, 40);
+    s.cdw10.set(0x16); // Host Behavior Support
+    s.dptr = SglDescriptor::transport(512);
+    a.send(Pdu::CapsuleCmd(CapsuleCmd { sqe: s, data: Bytes::new() })).await;
+    let Pdu::R2T(r2t) = a.recv().await else { panic!("expected an R2T") };
+    assert_eq!(a.prop_set(property::CC, 0).await.status(), Status::SUCCESS);
+    wait_rdy(&mut a, false).await;
+    let mut data = vec![0u8; 512];
+    data[0] = 1; // ACRE
+    let h2c = H2CData { cccid: 40, ttag: r2t.ttag, datao: 0, data: Bytes::from(data), last: true };
+    a.send(Pdu::H2CData(h2c)).await;
+    let (r, _) = a.finish(40).await;
+    assert_eq!(r.status(), Status::COMMAND_SEQUENCE_ERROR.with_dnr(), "Set Features ran on a disabled controller");
+    assert_eq!(a.prop_get(property::CSTS, false).await.dw0.get() & csts::RDY, 0);
+    server.stop().await;
+}

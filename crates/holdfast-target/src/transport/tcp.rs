@@ -630,6 +630,16 @@ impl Connection {
             self.r2t_bytes -= req.len;
             self.fail(&req.sqe, Status::TRANSIENT_TRANSPORT_ERROR, true);
             None
+        } else if req.sqe.opcode != holdfast_proto::opcode::FABRICS
+            && self.ctx.ctrl.as_ref().is_some_and(|c| !c.ready())
+        {
+            // Parsed while the controller was ready, its data in only now: a Controller Level Reset since
+            // (CC.EN 1 to 0) stops the processing of every outstanding command (NVMe Base 2.0 §3.7.2), and a
+            // controller not ready refuses commands, as `cmd::parse` does (an Admin Set Features must not run
+            // on the disabled controller).
+            self.r2t_bytes -= req.len;
+            self.fail(&req.sqe, Status::COMMAND_SEQUENCE_ERROR.with_dnr(), false);
+            None
         } else {
             // The data stays counted in the R2T budget while the write runs elsewhere.
             let r2t = req.len;
