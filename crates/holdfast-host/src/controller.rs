@@ -236,9 +236,23 @@ pub async fn send(
     name: &'static str,
     replayable: bool,
 ) -> Result<Reply> {
+    send_or(tx, sqe, data_out, data_in_len, name, replayable, closed).await
+}
+
+/// [`send`], a closed channel failing the command with `closed_error()` ([`Shared::closed_error`] for a caller
+/// that can say why the controller went).
+async fn send_or(
+    tx: &submit::Sender<Command>,
+    sqe: SubmissionEntry,
+    data_out: Bytes,
+    data_in_len: usize,
+    name: &'static str,
+    replayable: bool,
+    closed_error: impl Fn() -> Error,
+) -> Result<Reply> {
     let (cmd, rx) = command(sqe, data_out, data_in_len, name, replayable)?;
-    if let Some(cmd) = try_enqueue(tx, cmd)? {
-        tx.send(cmd).await.map_err(|_| closed())?;
+    if let Some(cmd) = try_enqueue(tx, cmd).map_err(|_| closed_error())? {
+        tx.send(cmd).await.map_err(|_| closed_error())?;
     }
     Ok(rx)
 }
@@ -749,10 +763,8 @@ async fn establish(
         }
         if new_eff.kato.0 != eff.kato.0 {
             // The target advertises another KATO than the Connect carried: adopt it (Set Features 0Fh).
-            let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
-            s.cdw10.set(holdfast_proto::features::KEEP_ALIVE_TIMER as u32);
-            s.cdw11.set(kato_ms(new_eff.kato.0));
-            setup_ok(&admin, s, Bytes::new(), 0, "Set Features (Keep Alive Timer)", deadline).await?;
+            setup_ok(&admin, set_kato(new_eff.kato.0), Bytes::new(), 0, "Set Features (Keep Alive Timer)", deadline)
+                .await?;
         }
         let restarted = matches!((eff.instance_id, new_eff.instance_id), (Some(a), Some(b)) if a != b);
         // Advanced Command Retry: once enabled, a retryable error's CRD field selects how long to wait
@@ -1052,11 +1064,8 @@ impl Controller {
         let replayable =
             matches!(sqe.opcode, aop::IDENTIFY | aop::GET_LOG_PAGE | aop::GET_FEATURES | aop::SET_FEATURES);
         let name = command_name(&sqe, true);
-        let (cmd, rx) = command(sqe, data_out, data_in_len, name, replayable)?;
-        let tx = &self.inner.admin;
-        if let Some(cmd) = try_enqueue(tx, cmd).map_err(|_| self.inner.closed_error())? {
-            tx.send(cmd).await.map_err(|_| self.inner.closed_error())?;
-        }
+        let rx = send_or(&self.inner.admin, sqe, data_out, data_in_len, name, replayable, || self.inner.closed_error())
+            .await?;
         finish(rx, name).await
     }
 
@@ -1336,12 +1345,9 @@ fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
                     sh.kato_changed.notify_one();
                     let addr = sh.opts.addr.clone();
                     drop(sh);
-                    let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
-                    s.cdw10.set(holdfast_proto::features::KEEP_ALIVE_TIMER as u32);
-                    s.cdw11.set(kato_ms(new.0));
                     let r = tokio::select! {
                         _ = cancel.cancelled() => return,
-                        r = submit(&admin, s, Bytes::new(), 0, "Set Features (Keep Alive Timer)") => r,
+                        r = submit(&admin, set_kato(new.0), Bytes::new(), 0, "Set Features (Keep Alive Timer)") => r,
                     };
                     if let Err(e) = r {
                         // The association keeps the KATO it had; say so rather than report one it does not run.
@@ -1355,6 +1361,15 @@ fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
             }
         }
     });
+}
+
+/// Set Features Keep Alive Timer (FID 0Fh) to `kato`: how an association adopts another KATO than its Connect
+/// carried, at a reconnect or on a policy-changed event.
+fn set_kato(kato: Duration) -> SubmissionEntry {
+    let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
+    s.cdw10.set(holdfast_proto::features::KEEP_ALIVE_TIMER as u32);
+    s.cdw11.set(kato_ms(kato));
+    s
 }
 
 /// A KATO in the milliseconds of Connect and Set Features: at most FFFFFFFFh ms (49.7 days), never wrapped to a
