@@ -232,6 +232,11 @@ mod tests {
         assert_eq!(resolve(&o, Some(&adv)).retry_delay(5, Duration::from_secs(12)), Duration::from_millis(4000));
     }
 
+    /// `p` as a host reads it: encoded into the policy log page and decoded again (POLICY_SET and all).
+    fn through_page(p: ConnectionPolicy) -> ConnectionPolicy {
+        ConnectionPolicy::from_bytes(zerocopy::IntoBytes::as_bytes(&p.to_log_page())).expect("valid page")
+    }
+
     #[test]
     fn every_logged_value_counts_for_logging_again() {
         let o = ConnectOptions::new("127.0.0.1:1", "nqn.x");
@@ -241,15 +246,13 @@ mod tests {
             fast_io_fail_tmo_ms: 2000,
             ..Default::default()
         };
-        let page = adv.to_log_page();
-        let adv = ConnectionPolicy::from_bytes(zerocopy::IntoBytes::as_bytes(&page)).expect("valid page");
+        let adv = through_page(adv);
         let a = resolve(&o, Some(&adv));
         assert!(a.logs_as(&a.clone()));
         let mut other = ConnectionPolicy { instance_id: 9, ..adv };
         assert!(resolve(&o, Some(&other)).logs_as(&a), "another instance alone logs the same line");
         other.fast_io_fail_tmo_ms = 3000;
-        let page = other.to_log_page();
-        let other = ConnectionPolicy::from_bytes(zerocopy::IntoBytes::as_bytes(&page)).expect("valid page");
+        let other = through_page(other);
         assert!(!resolve(&o, Some(&other)).logs_as(&a), "another fast_io_fail_tmo is logged again");
         let mut b = a.clone();
         b.planned_downtime = Duration::from_secs(20);
@@ -270,8 +273,7 @@ mod tests {
             cqt_ms: 100,
             ..Default::default()
         };
-        let page = adv.to_log_page();
-        let adv = ConnectionPolicy::from_bytes(zerocopy::IntoBytes::as_bytes(&page)).expect("valid page");
+        let adv = through_page(adv);
         let e = resolve(&o, Some(&adv));
         assert_eq!(e.kato, (DEFAULT_KATO, Source::Default));
         assert_eq!(e.ctrl_loss_tmo, (Some(Duration::from_secs(30)), Source::Target));

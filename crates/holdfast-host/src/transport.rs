@@ -25,8 +25,8 @@ pub struct Connection {
     pub maxh2cdata: usize,
 }
 
-/// A connect error for an address that is not HOST:PORT (the error names the address) says what is expected (the resolver's own words are
-/// "invalid socket address").
+/// A connect error for an address that is not HOST:PORT (the error names the address) says what is expected
+/// (the resolver's own words are "invalid socket address").
 fn address_hint(e: std::io::Error) -> std::io::Error {
     if e.kind() != std::io::ErrorKind::InvalidInput {
         return e;
