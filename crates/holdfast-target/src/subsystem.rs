@@ -180,20 +180,32 @@ impl Subsystem {
         self.access.read().exported_on(port_id)
     }
 
-    /// Make every namespace's completed writes durable (`fdatasync` on a file backend; nothing to do on RAM);
-    /// a failure is logged. Blocks: from a blocking thread.
-    pub fn flush_namespaces(&self) {
+    /// Make every namespace's completed writes durable (`fdatasync` on a file backend; nothing to do on RAM),
+    /// each even after another failed; a failure is logged, and the first is returned. Blocks: from a blocking
+    /// thread.
+    pub fn flush_namespaces(&self) -> std::io::Result<()> {
         self.stats.whole_flushes.fetch_add(1, Ordering::Relaxed);
+        let mut first = Ok(());
         for ns in self.namespaces.read().values() {
             if let Err(e) = ns.backend.flush(&crate::backend::MediaGate::open()) {
                 tracing::error!("flush of {} nsid {} failed: {e}", self.nqn, ns.nsid);
+                if first.is_ok() {
+                    first = Err(e);
+                }
             }
         }
+        first
     }
 
     /// Whether any namespace has a backend whose writes may sit in a volatile cache (a file's page cache).
     pub fn has_file_namespaces(&self) -> bool {
-        self.namespaces.read().values().any(|n| n.backend.blocking())
+        self.file_namespace().is_some()
+    }
+
+    /// A namespace whose backend's writes may sit in a volatile cache (a file's page cache), if any: its I/O
+    /// threads are where work that flushes them all runs.
+    pub fn file_namespace(&self) -> Option<Arc<Namespace>> {
+        self.namespaces.read().values().find(|n| n.backend.blocking()).cloned()
     }
 
     /// A namespace by NSID.

@@ -748,6 +748,34 @@ async fn toggling_shutdown_notifications_runs_one_flush_at_a_time() {
     server.stop().await;
 }
 
+/// Turning the volatile write cache off (Set Features 06h, CDW11 bit 0 cleared) writes back what it holds before
+/// the command completes: a host stops sending Flush once the cache is off, so writes completed while it was on
+/// would otherwise never be made durable. Turning it on, or off again, flushes nothing; neither does a target
+/// whose namespaces are all RAM.
+#[tokio::test]
+async fn turning_the_write_cache_off_flushes_it_first() {
+    const FLUSH: Duration = Duration::from_millis(300);
+    // Flushes take 300 ms, as on a slow disk (and the namespace counts as one with a volatile cache, a file's).
+    let settings = TargetSettings { test_delay_flushes: Some(FLUSH), ..TargetSettings::default() };
+    let (server, addr) = start_with("", settings).await;
+    let (mut a, _) = Conn::admin(addr, NQN, false, false).await;
+    let flushes = || server.target.subsystem(NQN).unwrap().stats.whole_flushes.load(Ordering::Relaxed);
+    let t0 = std::time::Instant::now();
+    a.set_feature(0x06, 0).await;
+    assert!(t0.elapsed() >= FLUSH, "Set Features completed {:?} after it was sent, before the flush", t0.elapsed());
+    assert_eq!(flushes(), 1, "the cache written back once");
+    a.set_feature(0x06, 0).await;
+    a.set_feature(0x06, 1).await;
+    assert_eq!(flushes(), 1, "off again, or on: nothing to write back");
+    server.stop().await;
+
+    let (server, addr) = start("").await;
+    let (mut a, _) = Conn::admin(addr, NQN, false, false).await;
+    a.set_feature(0x06, 0).await;
+    assert_eq!(server.target.subsystem(NQN).unwrap().stats.whole_flushes.load(Ordering::Relaxed), 0, "RAM only");
+    server.stop().await;
+}
+
 /// Reads that run on a file namespace's I/O threads count towards the send high-water mark from the moment
 /// they are taken in, not only once their data is queued: a host pipelining large reads without reading its
 /// socket had all of them run (and their data held) at once, 256 MiB a queue.

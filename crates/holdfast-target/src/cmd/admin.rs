@@ -4,7 +4,7 @@
 
 use crate::controller::{Controller, KAS_100MS, MAX_AERS, MAX_IO_QUEUES, MAX_QUEUE_ENTRIES};
 use crate::namespace::Namespace;
-use crate::request::{Outcome, QueueCtx, Request, Response, MDTS};
+use crate::request::{Deferred, Outcome, QueueCtx, Request, Response, MDTS};
 use crate::transport::tcp::IO_INCAPSULE;
 use holdfast_proto::fabrics::VERSION_2_0;
 use holdfast_proto::features as fid;
@@ -250,9 +250,9 @@ pub fn get_features(c: &Controller, req: &Request) -> Response {
 }
 
 /// Set Features (NVMe Base 2.0 §5.27).
-pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Response {
+pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Outcome {
     if features::save(&req.sqe) {
-        return Response::err(Status::FEATURE_NOT_SAVEABLE.with_dnr());
+        return Response::err(Status::FEATURE_NOT_SAVEABLE.with_dnr()).into();
     }
     let f = features::fid(&req.sqe);
     let v = req.sqe.cdw11.get();
@@ -262,14 +262,17 @@ pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Response {
     let nsid = req.sqe.nsid();
     if SET_FIDS.contains(&f) && !NS_SPECIFIC_FIDS.contains(&f) && nsid != 0 && nsid != 0xFFFF_FFFF {
         let status = if nsid <= crate::MAX_NSID { Status::FEATURE_NOT_NS_SPECIFIC } else { Status::INVALID_NAMESPACE };
-        return Response::err(status.with_dnr());
+        return Response::err(status.with_dnr()).into();
     }
+    // The namespace whose I/O threads write the volatile write cache back when it is turned off (below),
+    // looked up before the state lock is taken (the namespace table has its own lock).
+    let writeback = if f == fid::VOLATILE_WRITE_CACHE && v & 1 == 0 { c.subsys.file_namespace() } else { None };
     let mut st = c.state.lock();
     match f {
         fid::ARBITRATION => st.features.arbitration = v,
         fid::POWER_MANAGEMENT => {
             if v & 0x1F != 0 {
-                return Response::err(Status::INVALID_FIELD.with_dnr()); // only power state 0 exists
+                return Response::err(Status::INVALID_FIELD.with_dnr()).into(); // only power state 0 exists
             }
             st.features.power_management = v;
         }
@@ -277,7 +280,7 @@ pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Response {
             let tmpsel = ((v >> 16) & 0xF) as usize;
             let thsel = ((v >> 20) & 0x3) as usize;
             if thsel > 1 || (tmpsel > 8 && tmpsel != 0xF) {
-                return Response::err(Status::INVALID_FIELD.with_dnr());
+                return Response::err(Status::INVALID_FIELD.with_dnr()).into();
             }
             let sensors = if tmpsel == 0xF { 0..9 } else { tmpsel..tmpsel + 1 };
             for s in sensors {
@@ -286,25 +289,37 @@ pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Response {
         }
         fid::ERROR_RECOVERY => {
             if v & (1 << 16) != 0 {
-                return Response::err(Status::INVALID_FIELD.with_dnr()); // DULBE needs NSFEAT bit 2
+                return Response::err(Status::INVALID_FIELD.with_dnr()).into(); // DULBE needs NSFEAT bit 2
             }
             st.features.error_recovery = v;
         }
         fid::VOLATILE_WRITE_CACHE => {
-            st.features.write_cache = v & 1 != 0;
+            let was_on = std::mem::replace(&mut st.features.write_cache, v & 1 != 0);
             c.write_through.store(v & 1 == 0, std::sync::atomic::Ordering::Release);
+            // Turned off: what the cache holds goes to the media before the command completes, as a drive
+            // writes its cache back when it is disabled. A host stops sending Flush once the cache is off
+            // (Linux clears the queue's write cache flag), so writes completed while it was on would
+            // otherwise never be made durable. Writes completing from now on are durable by themselves
+            // (`cmd::io::run`, which also covers one still on its way to the cache now).
+            if let Some(ns) = writeback.filter(|_| was_on && v & 1 == 0) {
+                let subsys = c.subsys.clone();
+                return Outcome::Later(Deferred::off_task(ns, move || match subsys.flush_namespaces() {
+                    Ok(()) => Response::ok(),
+                    Err(e) => Response::err(super::io::media_status(&e, true)),
+                }));
+            }
         }
         fid::NUMBER_OF_QUEUES => {
             if st.io_queue_connected {
-                return Response::err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+                return Response::err(Status::COMMAND_SEQUENCE_ERROR.with_dnr()).into();
             }
             let (nsqr, ncqr) = (v & 0xFFFF, v >> 16);
             if nsqr == 0xFFFF || ncqr == 0xFFFF {
-                return Response::err(Status::INVALID_FIELD.with_dnr());
+                return Response::err(Status::INVALID_FIELD.with_dnr()).into();
             }
             let n = ((nsqr.min(ncqr) + 1) as u16).min(MAX_IO_QUEUES);
             st.io_queues_granted = n;
-            return Response::dw0((n as u32 - 1) | ((n as u32 - 1) << 16));
+            return Response::dw0((n as u32 - 1) | ((n as u32 - 1) << 16)).into();
         }
         fid::WRITE_ATOMICITY => st.features.write_atomicity = v & 1,
         fid::ASYNC_EVENT_CONFIG => {
@@ -312,7 +327,7 @@ pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Response {
             // An event this controller never reports cannot be enabled: Invalid Field, nothing changed (as Linux
             // nvmet answers). Dropping the bit and succeeding let the host wait for a notice that never comes.
             if v & !supported != 0 {
-                return Response::err(Status::INVALID_FIELD.with_dnr());
+                return Response::err(Status::INVALID_FIELD.with_dnr()).into();
             }
             st.features.async_event_config = v;
             Controller::event_classes_changed(&mut st, v);
@@ -326,15 +341,15 @@ pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Response {
         }
         fid::HOST_BEHAVIOR_SUPPORT => {
             if data.len() < 512 {
-                return Response::err(Status::SGL_LENGTH_INVALID.with_dnr());
+                return Response::err(Status::SGL_LENGTH_INVALID.with_dnr()).into();
             }
             st.features.host_behavior.copy_from_slice(&data[..512]);
         }
         fid::SOFTWARE_PROGRESS_MARKER => st.features.sw_progress = v & 0xFF,
-        fid::HOST_IDENTIFIER => return Response::err(Status::COMMAND_SEQUENCE_ERROR.with_dnr()),
-        _ => return Response::err(Status::INVALID_FIELD.with_dnr()),
+        fid::HOST_IDENTIFIER => return Response::err(Status::COMMAND_SEQUENCE_ERROR.with_dnr()).into(),
+        _ => return Response::err(Status::INVALID_FIELD.with_dnr()).into(),
     }
-    Response::ok()
+    Response::ok().into()
 }
 
 /// Asynchronous Event Request (NVMe Base 2.0 §5.2): held until an event; AERL + 1 may be outstanding.

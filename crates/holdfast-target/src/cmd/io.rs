@@ -12,7 +12,7 @@ use holdfast_proto::opcode::io as op;
 use holdfast_proto::sqe::{dsm, rw};
 use holdfast_proto::{Status, SubmissionEntry};
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Broadcast NSID (Flush of every namespace, allowed because VWC bits 2:1 say so).
@@ -122,7 +122,7 @@ pub fn parse(_ctx: &QueueCtx, ctrl: &Controller, sqe: &SubmissionEntry) -> Parse
 /// quota, the file size limit: a sparse file namespace is thinly provisioned) is Capacity Exceeded, as nvmet
 /// answers ENOSPC; the Linux host makes it ENOSPC, the NBD bridge too, where a write fault is EIO, a media
 /// error, retried by the host and counted in the SMART log.
-fn media_status(e: &io::Error, write: bool) -> Status {
+pub(crate) fn media_status(e: &io::Error, write: bool) -> Status {
     if e.kind() == io::ErrorKind::Interrupted {
         Status::ABORTED_SQ_DELETION
     } else if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG)) {
@@ -159,7 +159,13 @@ fn long_deallocation(exec: &Exec, data: &[u8]) -> Option<Arc<Namespace>> {
 }
 
 /// The blocking part of a command: runs inline (RAM) or on the namespace's I/O threads (file).
-fn run(exec: Exec, len: usize, data: Bytes, gate: MediaGate, write_through: bool) -> Response {
+///
+/// `write_through` is the controller's: its volatile write cache disabled (Set Features 06h). It is read as
+/// late as each command allows, and a write that began with the cache on is flushed if the cache is off once
+/// it is done: Set Features flushes what is in the cache when it turns it off, and a write still on its way
+/// to the cache then would otherwise be acknowledged after it without being on the media.
+fn run(exec: Exec, len: usize, data: Bytes, gate: MediaGate, write_through: &AtomicBool) -> Response {
+    let write_through = || write_through.load(Ordering::Acquire);
     let result = match exec {
         Exec::Read { ns, offset } => {
             let mut buf = BytesMut::with_capacity(len);
@@ -169,7 +175,11 @@ fn run(exec: Exec, len: usize, data: Bytes, gate: MediaGate, write_through: bool
             };
         }
         Exec::Write { ns, offset, fua } => {
-            ns.backend.write_at(offset, &data, fua || write_through, &gate).map_err(|e| (e, true))
+            let durable = fua || write_through();
+            ns.backend
+                .write_at(offset, &data, durable, &gate)
+                .and_then(|()| if !durable && write_through() { ns.backend.flush(&gate) } else { Ok(()) })
+                .map_err(|e| (e, true))
         }
         // Every namespace is flushed (NSID FFFFFFFFh: all of them) even after one fails, whose error is returned
         // then: a failure that sticks (a file namespace's failed fdatasync) must not leave the others unflushed.
@@ -191,7 +201,8 @@ fn run(exec: Exec, len: usize, data: Bytes, gate: MediaGate, write_through: bool
             } else {
                 ns.backend.write_zeroes(offset, len, &gate)
             };
-            r.and_then(|()| if fua || write_through { ns.backend.flush(&gate) } else { Ok(()) }).map_err(|e| (e, true))
+            r.and_then(|()| if fua || write_through() { ns.backend.flush(&gate) } else { Ok(()) })
+                .map_err(|e| (e, true))
         }
         Exec::DatasetManagement { ns, ranges, deallocate } => {
             if !deallocate {
@@ -210,7 +221,7 @@ fn run(exec: Exec, len: usize, data: Bytes, gate: MediaGate, write_through: bool
             checked
                 .iter()
                 .try_for_each(|&(o, l)| ns.backend.deallocate(o, l, &gate))
-                .and_then(|()| if write_through { ns.backend.flush(&gate) } else { Ok(()) })
+                .and_then(|()| if write_through() { ns.backend.flush(&gate) } else { Ok(()) })
                 .map_err(|e| (e, true))
         }
         _ => return Response::err(Status::INTERNAL_ERROR),
@@ -266,7 +277,6 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
         Exec::WriteZeroes { ns, .. } | Exec::DatasetManagement { ns, .. } => blocking(ns),
         _ => None,
     };
-    let write_through = ctrl.write_through.load(Ordering::Acquire);
     let gate = ctx.gate.enter();
     let len = req.len;
     // Media and Data Integrity Errors count in the SMART log (Media and Data Integrity Errors: unrecovered
@@ -289,11 +299,13 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
         }
     }
     if let Some(ns) = offload {
-        Outcome::Later(Deferred::new(ns, move || finish(run(req.exec, len, data, gate, write_through), &ctrl)))
+        Outcome::Later(Deferred::new(ns, move || finish(run(req.exec, len, data, gate, &ctrl.write_through), &ctrl)))
     } else if let Some(ns) = long_deallocation(&req.exec, &data) {
-        Outcome::Later(Deferred::off_task(ns, move || finish(run(req.exec, len, data, gate, write_through), &ctrl)))
+        Outcome::Later(Deferred::off_task(ns, move || {
+            finish(run(req.exec, len, data, gate, &ctrl.write_through), &ctrl)
+        }))
     } else {
-        let r = run(req.exec, len, data, gate, write_through);
+        let r = run(req.exec, len, data, gate, &ctrl.write_through);
         Outcome::Done(finish(r, &ctrl))
     }
 }
@@ -304,10 +316,11 @@ mod tests {
     use crate::backend::Backend;
     use std::sync::atomic::AtomicU32;
 
-    /// A backend whose flush fails (`bad`) or counts.
+    /// A backend whose flush fails (`bad`) or counts; a write sets `during_write` (when given) while it runs.
     struct B {
         bad: bool,
         flushes: AtomicU32,
+        during_write: Option<Arc<AtomicBool>>,
     }
     impl Backend for B {
         fn size(&self) -> u64 {
@@ -320,6 +333,9 @@ mod tests {
             Ok(())
         }
         fn write_at(&self, _: u64, _: &[u8], _: bool, _: &MediaGate) -> io::Result<()> {
+            if let Some(b) = &self.during_write {
+                b.store(true, Ordering::Release);
+            }
             Ok(())
         }
         fn flush(&self, _: &MediaGate) -> io::Result<()> {
@@ -357,15 +373,37 @@ mod tests {
     /// Flush of NSID FFFFFFFFh: a namespace whose flush fails does not keep the others from being flushed.
     #[test]
     fn flush_all_flushes_every_namespace_even_after_one_fails() {
-        let bad = Arc::new(B { bad: true, flushes: AtomicU32::new(0) });
-        let good = Arc::new(B { bad: false, flushes: AtomicU32::new(0) });
+        let bad = Arc::new(B { bad: true, flushes: AtomicU32::new(0), during_write: None });
+        let good = Arc::new(B { bad: false, flushes: AtomicU32::new(0), during_write: None });
         let ids = crate::config::NsIds { uuid: [0; 16], nguid: [0; 16], eui64: [0; 8] };
         let ns = vec![
             Arc::new(Namespace::new(1, 512, bad.clone(), ids)),
             Arc::new(Namespace::new(2, 512, good.clone(), ids)),
         ];
-        let r = run(Exec::Flush { ns }, 0, Bytes::new(), MediaGate::open(), false);
+        let r = run(Exec::Flush { ns }, 0, Bytes::new(), MediaGate::open(), &AtomicBool::new(false));
         assert!(!r.status.is_success());
         assert_eq!(good.flushes.load(Ordering::SeqCst), 1, "namespace 2 was never flushed");
+    }
+
+    /// A write that began with the volatile write cache on and ended after the host turned it off is flushed
+    /// before it completes: the flush Set Features ran when it turned the cache off may have come before this
+    /// write's data reached the cache. A write that begins and ends with the cache on is not.
+    #[test]
+    fn a_write_the_cache_was_turned_off_during_is_flushed() {
+        let write_through = Arc::new(AtomicBool::new(false));
+        let ids = crate::config::NsIds { uuid: [0; 16], nguid: [0; 16], eui64: [0; 8] };
+        for turned_off in [false, true] {
+            write_through.store(false, Ordering::Release);
+            let b = Arc::new(B {
+                bad: false,
+                flushes: AtomicU32::new(0),
+                during_write: turned_off.then(|| write_through.clone()),
+            });
+            let ns = Arc::new(Namespace::new(1, 512, b.clone(), ids));
+            let w = Exec::Write { ns, offset: 0, fua: false };
+            let r = run(w, 512, Bytes::from(vec![1; 512]), MediaGate::open(), &write_through);
+            assert!(r.status.is_success());
+            assert_eq!(b.flushes.load(Ordering::SeqCst), turned_off as u32, "cache turned off during: {turned_off}");
+        }
     }
 }

@@ -138,7 +138,10 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
             None => Response::err(Status::COMMAND_SEQUENCE_ERROR).into(),
         },
         Exec::GetFeatures => with_ctrl(ctx, |c| admin::get_features(c, &req)),
-        Exec::SetFeatures => with_ctrl(ctx, |c| admin::set_features(c, &req, &data)),
+        Exec::SetFeatures => match &ctx.ctrl {
+            Some(c) => admin::set_features(c, &req, &data),
+            None => Response::err(Status::COMMAND_SEQUENCE_ERROR).into(),
+        },
         Exec::KeepAlive => Response::ok().into(),
         Exec::AsyncEvent => match &ctx.ctrl {
             Some(c) => admin::async_event_request(c, &req),
