@@ -328,6 +328,11 @@ pub mod cc {
     pub fn css(cc: u32) -> u32 {
         (cc >> 4) & 0x7
     }
+    /// Arbitration Mechanism Selected, bits 13:11 (0 = round robin, the one every controller supports; CAP.AMS
+    /// lists the others).
+    pub fn ams(cc: u32) -> u32 {
+        (cc >> 11) & 0x7
+    }
     /// The CC value a host writes to enable a controller: EN, IOSQES 6, IOCQES 4.
     pub const ENABLE_DEFAULT: u32 = EN | (6 << 16) | (4 << 20);
 }

@@ -286,9 +286,11 @@ impl Controller {
         let mut st = self.state.lock();
         let old = st.cc;
         if new & cc::EN != 0 && old & cc::EN == 0 {
-            // Enabling: I/O queue entry sizes must be 64/16 bytes on an I/O controller, MPS 4 KiB, NVM set.
+            // Enabling: I/O queue entry sizes must be 64/16 bytes on an I/O controller, MPS 4 KiB, NVM set,
+            // round robin arbitration (CAP.AMS advertises no other; as Linux nvmet, a controller enabled with
+            // a setting it does not support reports Controller Fatal Status instead of ready).
             let io_ok = self.subsys.is_discovery || (cc::iosqes(new) == 6 && cc::iocqes(new) == 4);
-            if !io_ok || cc::mps(new) != 0 || cc::css(new) != 0 {
+            if !io_ok || cc::mps(new) != 0 || cc::css(new) != 0 || cc::ams(new) != 0 {
                 // (During a reset not yet seen done CSTS then reads RDY and CFS until it is; `ready` stays
                 // false either way.)
                 st.csts |= csts::CFS;

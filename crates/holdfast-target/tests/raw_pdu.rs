@@ -1021,6 +1021,34 @@ async fn wait_rdy(a: &mut Conn, rdy: bool) {
     }
 }
 
+/// A controller enabled with a CC setting it does not support (NVMe Base 2.0 §3.1.4.5: I/O queue entry sizes
+/// other than 64/16 bytes, a memory page size other than 4 KiB, a command set other than NVM, an arbitration
+/// mechanism CAP.AMS does not list) reports Controller Fatal Status, never ready, as Linux nvmet; a reset
+/// clears it and a supported setting then enables it.
+#[tokio::test]
+async fn enabling_with_an_unsupported_cc_setting_is_controller_fatal() {
+    let (server, addr) = start("").await;
+    let bad = [
+        ("weighted round robin arbitration (AMS 001b)", cc::ENABLE_DEFAULT | 1 << 11),
+        ("vendor-specific arbitration (AMS 111b)", cc::ENABLE_DEFAULT | 7 << 11),
+        ("8 KiB pages (MPS 1)", cc::ENABLE_DEFAULT | 1 << 7),
+        ("another command set (CSS 001b)", cc::ENABLE_DEFAULT | 1 << 4),
+        ("128-byte SQ entries (IOSQES 7)", cc::EN | 7 << 16 | 4 << 20),
+    ];
+    for (what, v) in bad {
+        let mut a = Conn::ic(addr, false, false).await;
+        assert_eq!(a.connect(0, 0xFFFF, NQN, 5000).await.status(), Status::SUCCESS, "admin connect");
+        assert_eq!(a.prop_set(property::CC, v as u64).await.status(), Status::SUCCESS, "{what}");
+        let st = a.prop_get(property::CSTS, false).await.dw0.get();
+        assert_eq!(st & (csts::CFS | csts::RDY), csts::CFS, "{what}: CSTS {st:#x}");
+        assert_eq!(a.prop_set(property::CC, 0).await.status(), Status::SUCCESS, "{what}: reset");
+        assert_eq!(a.prop_get(property::CSTS, false).await.dw0.get() & csts::CFS, 0, "{what}: CFS after a reset");
+        assert_eq!(a.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
+        wait_rdy(&mut a, true).await;
+    }
+    server.stop().await;
+}
+
 /// After a CC.EN 1 to 0: wait for the reset to read done (CSTS.RDY 0), enable the controller again and wait for
 /// it to be ready.
 async fn reset_done_then_enable(a: &mut Conn) {
