@@ -427,6 +427,52 @@ async fn setup_ok(
 
 type Exits = (mpsc::UnboundedSender<(usize, QueueExit)>, mpsc::UnboundedReceiver<(usize, QueueExit)>);
 
+/// Read the connection policy page (design §3) on a new association's admin queue. None: the target advertises
+/// none (it refuses the page as one it does not have, or answers something that is not a holdfast page).
+///
+/// `last` is the policy of the previous association (None at the first connect). A page that target could not
+/// give this time (another error status, or a page cut short or malformed) leaves `last` in force, with a
+/// warning: a transient failure must not swap the target's ctrl_loss_tmo for a default many times as long. A
+/// transport failure or a timeout fails the attempt, as for any command of the set-up.
+async fn read_policy(
+    admin: &submit::Sender<Command>,
+    o: &ConnectOptions,
+    last: Option<ConnectionPolicy>,
+    deadline: TInstant,
+) -> Result<Option<ConnectionPolicy>> {
+    let mut s = SubmissionEntry::new(aop::GET_LOG_PAGE, 0);
+    get_log_page::set(&mut s, LID_HOLDFAST_POLICY, 0, 512, 0);
+    let c = setup(admin, s, Bytes::new(), 512, "Get Log Page", deadline).await?;
+    let why = if c.status().is_success() {
+        // What the controller sent: a page cut short of the fields we read is refused (TooShort), not read as
+        // one whose missing fields are unset.
+        match ConnectionPolicy::from_bytes(c.data.get(..c.transferred).unwrap_or_default()) {
+            Ok(p) => return Ok(Some(p)),
+            // Not a holdfast page at all (a target that answers unknown pages with zeroes): quietly none.
+            Err(PolicyParseError::BadSignature(_)) => return Ok(None),
+            Err(e) => e.to_string(),
+        }
+    } else {
+        // The page is not there (Invalid Log Page; Invalid Field from a target that checks the identifier
+        // that way): the target advertises no policy, now.
+        let code = c.status().code();
+        if code == Status::INVALID_LOG_PAGE || code == Status::INVALID_FIELD {
+            return Ok(None);
+        }
+        format!("reading it failed: {}", c.status())
+    };
+    match last {
+        Some(p) => {
+            tracing::warn!(addr = %o.addr, "the advertised policy could not be read again ({why}): the last one read stays in force");
+            Ok(Some(p))
+        }
+        None => {
+            tracing::warn!(addr = %o.addr, "ignoring the advertised policy: {why}");
+            Ok(None)
+        }
+    }
+}
+
 /// Start queue `idx` (0 = admin) on a fresh connection, Connect it, and return its set-up channel and the
 /// switch that opens it to callers. The queue task reports its exit on `exits`.
 #[allow(clippy::too_many_arguments)]
@@ -726,23 +772,12 @@ async fn establish(
             check_namespace_ids(sh, &admin, deadline).await?;
         }
         let is_discovery = o.subnqn == fabrics::DISCOVERY_NQN;
-        let mut adv = None;
-        if !is_discovery {
-            let mut s = SubmissionEntry::new(aop::GET_LOG_PAGE, 0);
-            get_log_page::set(&mut s, LID_HOLDFAST_POLICY, 0, 512, 0);
-            if let Ok(c) = setup_ok(&admin, s, Bytes::new(), 512, "Get Log Page", deadline).await {
-                // What the controller sent: a page cut short of the fields we read is refused (TooShort), not
-                // read as one whose missing fields are unset.
-                adv = ConnectionPolicy::from_bytes(c.data.get(..c.transferred).unwrap_or_default())
-                    .inspect_err(|e| {
-                        // Not a holdfast page at all (a target that answers unknown pages with zeroes): quietly none.
-                        if !matches!(e, PolicyParseError::BadSignature(_)) {
-                            tracing::warn!(addr = %o.addr, "ignoring the advertised policy: {e}");
-                        }
-                    })
-                    .ok();
-            }
-        }
+        let adv = if is_discovery {
+            None
+        } else {
+            let last = if first { None } else { lock(&sh.info).policy };
+            read_policy(&admin, o, last, deadline).await?
+        };
         // The previous association was with a holdfast controller (its Identify carried a uniquifier): end it
         // there before anything is issued again (design §5).
         let previous = {

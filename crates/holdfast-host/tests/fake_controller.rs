@@ -203,6 +203,8 @@ struct State {
     kill_connects: AtomicU32,
     /// Served as the holdfast policy log page (none: the page is refused, as by a target that has none).
     policy: Mutex<Option<holdfast_proto::policy::ConnectionPolicy>>,
+    /// The policy log page is answered with this status instead (a target that cannot read it this time).
+    policy_status: Mutex<Option<Status>>,
     /// Writes (past those `fail_writes` fails) are neither done nor answered while this is set.
     hang_writes: AtomicBool,
     /// Armed: the next read on a connection that answered one before is preceded by a C2HData (SUCCESS) for
@@ -260,6 +262,7 @@ async fn fake(b: Behaviour) -> Fake {
         h2c_terms: Mutex::new(Vec::new()),
         kill_connects: AtomicU32::new(0),
         policy: Mutex::new(None),
+        policy_status: Mutex::new(None),
         hang_writes: AtomicBool::new(false),
         stray_c2h: AtomicBool::new(false),
         stray_resp: AtomicBool::new(false),
@@ -567,6 +570,13 @@ impl Conn {
                     }
                     let part = log_page_slice(&log, get_log_page::offset(&sqe), len);
                     self.send_data(cid, &part[..part.len().min(self.st.b.discovery_read_bytes.unwrap_or(len))]);
+                }
+                admin::GET_LOG_PAGE
+                    if get_log_page::lid(&sqe) == holdfast_proto::policy::LID_HOLDFAST_POLICY
+                        && self.st.policy_status.lock().unwrap().is_some() =>
+                {
+                    let status = self.st.policy_status.lock().unwrap().unwrap();
+                    self.resp(cid, status, 0)
                 }
                 admin::GET_LOG_PAGE
                     if get_log_page::lid(&sqe) == holdfast_proto::policy::LID_HOLDFAST_POLICY
@@ -1916,6 +1926,42 @@ async fn a_policy_page_cut_short_is_not_taken() {
         } else {
             assert_ne!(advertised.0, Some(Duration::from_secs(30)), "{eff:?}");
             assert_eq!(eff.instance_id, None, "a page cut short was taken: {eff:?}");
+        }
+        c.shutdown().await.unwrap();
+    }
+}
+
+/// A reconnect whose policy page read fails (the restarted target answers Internal Error) keeps the policy the
+/// target advertised before, with its ctrl_loss_tmo of 30 s: falling back to the default (600 s) would keep a
+/// database volume's I/O queued ten minutes past what its target asked for. A page refused as one the target
+/// does not have (Invalid Log Page: no longer a holdfast target) does mean no policy, and the defaults.
+#[tokio::test]
+async fn a_policy_page_that_fails_at_a_reconnect_leaves_the_last_policy_in_force() {
+    for (status, kept) in [(Status::INTERNAL_ERROR, true), (Status::INVALID_LOG_PAGE, false)] {
+        let f = fake(Behaviour::default()).await;
+        *f.st.policy.lock().unwrap() = Some(holdfast_proto::policy::ConnectionPolicy {
+            instance_id: 1,
+            kato_ms: 5000,
+            reconnect_delay_ms: 50,
+            reconnect_delay_max_ms: 50,
+            ctrl_loss_tmo_ms: 30_000,
+            ..Default::default()
+        });
+        let c = Controller::connect(opts(&f, 1, false)).await.expect("connect");
+        let ns = Namespace::open(&c, 1).await.expect("namespace");
+        assert_eq!(c.effective_policy().ctrl_loss_tmo.0, Some(Duration::from_secs(30)));
+        *f.st.policy_status.lock().unwrap() = Some(status);
+        go_down(&f, &c).await;
+        f.st.down.store(false, Ordering::Relaxed);
+        tokio::time::timeout(Duration::from_secs(10), ns.read(0, 1)).await.expect("no hang").expect("read");
+        assert_eq!(c.state(), holdfast_host::controller::State::Live);
+        let eff = c.effective_policy();
+        if kept {
+            assert_eq!(eff.ctrl_loss_tmo.0, Some(Duration::from_secs(30)), "{status}: {eff:?}");
+            assert_eq!(c.policy().map(|p| p.instance_id), Some(1), "{status}");
+        } else {
+            assert_ne!(eff.ctrl_loss_tmo.0, Some(Duration::from_secs(30)), "{status}: {eff:?}");
+            assert_eq!(c.policy(), None, "{status}");
         }
         c.shutdown().await.unwrap();
     }
