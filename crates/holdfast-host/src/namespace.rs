@@ -124,6 +124,11 @@ impl Namespace {
     }
 
     /// Read `blocks` blocks at `lba`.
+    ///
+    /// The data comes without a copy: a read that fits in one command is a slice of its queue's receive
+    /// buffer (64 KiB or more), which stays allocated while any slice of it is held. Data kept for long (a
+    /// cache of blocks) is best copied out of it (`Bytes::copy_from_slice`) or read with
+    /// [`Namespace::read_into`], else each block kept may hold a whole receive buffer.
     pub async fn read(&self, lba: u64, blocks: u64) -> Result<Bytes> {
         self.read_on(None, lba, blocks).await
     }
