@@ -475,6 +475,11 @@ async fn read_policy(
 
 /// Start queue `idx` (0 = admin) on a fresh connection, Connect it, and return its set-up channel and the
 /// switch that opens it to callers. The queue task reports its exit on `exits`.
+///
+/// `slot` is taken only when the queue task is started, and `started` counted at once: dropped at any await
+/// (the supervisor gives up an attempt when the controller is shut down), this leaves the slot where it was or
+/// with a task whose exit the supervisor collects. Taken into the future, it would be dropped with it, and
+/// every command waiting in it would fail with a bare "the command was dropped".
 #[allow(clippy::too_many_arguments)]
 async fn start_queue(
     sh: &Shared,
@@ -484,18 +489,20 @@ async fn start_queue(
     kato: Duration,
     max_incapsule: usize,
     max_transfer: usize,
-    slot: Slot,
+    slot: &mut Option<Slot>,
+    started: &mut usize,
     exits: &mpsc::UnboundedSender<(usize, QueueExit)>,
     cancel: &CancellationToken,
     deadline: TInstant,
     crdt: [u16; 3],
-) -> std::result::Result<(submit::Sender<Command>, watch::Sender<bool>, u16), (Error, Option<Slot>)> {
+) -> Result<(submit::Sender<Command>, watch::Sender<bool>, u16)> {
     let o = &sh.opts;
+    if slot.is_none() {
+        return Err(Error::NotConnected("queue slot missing".into()));
+    }
     let timeout = o.connect_timeout.min(deadline.saturating_duration_since(TInstant::now()));
-    let conn = match transport::connect(&o.addr, o.hdgst, o.ddgst, max_transfer.max(64 << 10), timeout).await {
-        Ok(c) => c,
-        Err(e) => return Err((e, Some(slot))),
-    };
+    let conn = transport::connect(&o.addr, o.hdgst, o.ddgst, max_transfer.max(64 << 10), timeout).await?;
+    let Some(slot) = slot.take() else { return Err(Error::NotConnected("queue slot missing".into())) };
     let qid = idx as u16;
     let params = QueueParams {
         qid,
@@ -525,6 +532,7 @@ async fn start_queue(
         cancel2,
     ));
     watch_queue(queue, idx, sh.broken.clone(), exits);
+    *started += 1;
     let mut cmd = ConnectCommand::new(0, qid, size - 1, if qid == 0 { kato_ms(kato) } else { 0 });
     if o.disable_sqflow {
         cmd.cattr |= fabrics::CATTR_DISABLE_SQ_FLOW;
@@ -542,12 +550,12 @@ async fn start_queue(
                 // FFF0h-FFFFh are reserved (NVMe-oF 1.1 §4.2, as the target's MAX_CNTLID has it); FFFFh in the I/O
                 // queues' Connects would even ask for "any dynamic controller".
                 let what = format!("Connect answered with controller ID {cntlid:#06x}, a reserved value");
-                return Err((Error::Protocol { qid, what }, None));
+                return Err(Error::Protocol { qid, what });
             }
             Ok((setup_tx, open_tx, cntlid))
         }
-        Ok(c) => Err((connect_refusal(c.status(), c.cqe.dw0.get(), o), None)),
-        Err(e) => Err((e, None)),
+        Ok(c) => Err(connect_refusal(c.status(), c.cqe.dw0.get(), o)),
+        Err(e) => Err(e),
     }
 }
 
@@ -653,7 +661,6 @@ async fn establish(
     let take = |slots: &mut Vec<Option<Slot>>, i: usize| {
         slots[i].take().ok_or_else(|| Error::NotConnected("queue slot missing".into()))
     };
-    let admin_slot = take(slots, 0)?;
     let (admin, open_admin, cntlid) = match start_queue(
         sh,
         0,
@@ -662,7 +669,8 @@ async fn establish(
         eff.kato.0,
         ADMIN_INCAPSULE,
         1 << 20,
-        admin_slot,
+        &mut slots[0],
+        started,
         exits,
         &cancel,
         deadline,
@@ -670,15 +678,8 @@ async fn establish(
     )
     .await
     {
-        Ok(v) => {
-            *started += 1;
-            v
-        }
-        Err((e, slot)) => {
-            match slot {
-                Some(s) => slots[0] = Some(s),
-                None => *started += 1,
-            }
+        Ok(v) => v,
+        Err(e) => {
             cancel.cancel();
             return Err(e);
         }
@@ -872,13 +873,13 @@ async fn establish(
             let size = (o.queue_size as u32).min(cap::mqes(capv) as u32 + 1).min(maxcmd) as u16;
             let max_incapsule = (id.ioccsz.get() as usize * 16).saturating_sub(64);
             for qi in 1..=nq {
-                let slot = take(slots, qi)?;
                 if qi > active {
+                    let slot = take(slots, qi)?;
                     carry_queue(qi, slot, sh.io[(qi - 1) % active].clone(), exits, &cancel);
                     *started += 1;
                     continue;
                 }
-                match start_queue(
+                let (_setup, open, _) = start_queue(
                     sh,
                     qi,
                     size,
@@ -886,26 +887,15 @@ async fn establish(
                     eff.kato.0,
                     max_incapsule,
                     max_transfer,
-                    slot,
+                    &mut slots[qi],
+                    started,
                     exits,
                     &cancel,
                     deadline,
                     crdt,
                 )
-                .await
-                {
-                    Ok((_setup, open, _)) => {
-                        *started += 1;
-                        opens.push(open);
-                    }
-                    Err((e, slot)) => {
-                        match slot {
-                            Some(s) => slots[qi] = Some(s),
-                            None => *started += 1,
-                        }
-                        return Err(e);
-                    }
-                }
+                .await?;
+                opens.push(open);
             }
         }
         *lock(&sh.info) = Info { cntlid, id, cap: capv, vs, policy: adv, effective: new_eff };

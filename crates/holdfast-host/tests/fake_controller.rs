@@ -2154,3 +2154,28 @@ async fn a_write_completed_before_its_data_was_asked_for_is_not_reported_done() 
         c.shutdown().await.unwrap();
     }
 }
+
+/// An admin command queued while a reconnect attempt is under way (here stuck waiting for an ICResp), when the
+/// controller is shut down, fails saying so: not with a bare "the command was dropped".
+#[tokio::test]
+async fn an_admin_command_queued_during_a_reconnect_attempt_fails_saying_shut_down() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.kato = Some(Duration::from_millis(600));
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    o.connect_timeout = Duration::from_secs(20);
+    let c = Controller::connect(o).await.unwrap();
+    f.st.mute.store(true, Ordering::Relaxed);
+    go_down(&f, &c).await;
+    // Past the first attempt's start: it is now waiting for an ICResp.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let c2 = c.clone();
+    let list = tokio::spawn(async move { c2.active_namespaces().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.shutdown().await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(3), list).await.expect("still waiting after shutdown").unwrap();
+    match r {
+        Err(e) => assert!(e.to_string().contains("shut down"), "{e}"),
+        Ok(v) => panic!("listed {v:?} on a controller shut down while reconnecting"),
+    }
+}
