@@ -1211,6 +1211,17 @@ impl Controller {
     /// No Fabrics Disconnect is sent, as the Linux and SPDK hosts send none: a queue ends with its connection,
     /// and the Linux target rejects Disconnect (FCTYPE 08h) as an unknown capsule type.
     pub async fn shutdown(&self) -> Result<()> {
+        // Given up by its caller at any await (a timeout around it), the shutdown still ends the controller, at
+        // once: left half done, it would stay live without keep-alive, with every queue it lost taken for part
+        // of a shutdown, so that nothing would reconnect and I/O would wait for ever.
+        struct Stop<'a>(&'a Shared);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.set_state(|s| *s = State::Failed { reason: "controller shut down".into() });
+                self.0.shutdown.cancel();
+            }
+        }
+        let stop = Stop(&self.inner);
         self.inner.stopping.store(true, Ordering::Release);
         lock(&self.inner.tasks).cancel(); // keep-alive and AER stop; the queues close at the end
         if *lock(&self.inner.state) == State::Live {
@@ -1253,8 +1264,7 @@ impl Controller {
                 tracing::debug!("shutdown notification failed: {e}");
             }
         }
-        self.inner.set_state(|s| *s = State::Failed { reason: "controller shut down".into() });
-        self.inner.shutdown.cancel();
+        drop(stop);
         let _ = tokio::time::timeout(queue::LINGER * 2, self.inner.closed.cancelled()).await;
         Ok(())
     }

@@ -2179,3 +2179,32 @@ async fn an_admin_command_queued_during_a_reconnect_attempt_fails_saying_shut_do
         Ok(v) => panic!("listed {v:?} on a controller shut down while reconnecting"),
     }
 }
+
+/// A shutdown its caller gives up on (a timeout around it, here after its first poll, once it has stopped the
+/// keep-alive) still shuts the controller down, abruptly: left half done, the controller stayed live without
+/// keep-alive and with every queue loss taken for part of a shutdown, so that after the connection dropped
+/// nothing reconnected and I/O waited for ever.
+#[tokio::test]
+async fn a_shutdown_given_up_by_its_caller_still_shuts_the_controller_down() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.kato = Some(Duration::from_millis(600));
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    o.io_timeout = Duration::from_secs(1);
+    o.ctrl_loss_tmo = Some(Duration::from_secs(2));
+    let c = Controller::connect(o).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    tokio::select! {
+        biased;
+        _ = c.shutdown() => panic!("shutdown completed in one poll"),
+        _ = std::future::ready(()) => {}
+    }
+    f.st.down.store(true, Ordering::Relaxed);
+    let r = tokio::time::timeout(Duration::from_secs(6), ns.read(0, 1)).await;
+    match r.expect("a read waited 6 s (past io_timeout and ctrl_loss_tmo) on a controller whose shutdown was given up")
+    {
+        Err(e) => assert!(e.to_string().contains("shut down"), "{e}"),
+        Ok(_) => panic!("read from a target that is down"),
+    }
+    assert!(matches!(c.state(), holdfast_host::controller::State::Failed { .. }), "{:?}", c.state());
+}
