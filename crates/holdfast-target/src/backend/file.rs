@@ -114,9 +114,17 @@ impl Backend for FileBackend {
         let mut done = 0;
         while done < buf.len() {
             match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                // The file is never shorter than the namespace (`open` grows it): it was truncated since, and
+                // the blocks cut off are lost, not zeroes.
                 Ok(0) => {
-                    buf[done..].fill(0); // past the end of a sparse/short file
-                    break;
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "{} ends before byte {}: truncated under the target",
+                            self.path.display(),
+                            offset + done as u64
+                        ),
+                    ))
                 }
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -250,6 +258,25 @@ mod tests {
         b.deallocate(4096, 4096, &g).unwrap();
         b.read_at(4096, &mut buf, &g).unwrap();
         assert!(buf.iter().all(|&x| x == 0));
+    }
+
+    /// A file truncated under the running target has lost the namespace's blocks past its new end: a read of
+    /// them fails (Unrecovered Read Error), it does not answer zeroes for data acknowledged and then lost.
+    #[test]
+    fn a_read_past_the_end_of_a_file_truncated_under_the_target_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ns.img");
+        let b = FileBackend::open(&p, Some(1 << 20)).unwrap();
+        let g = MediaGate::open();
+        b.write_at(8192, &[7u8; 8192], true, &g).unwrap();
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(12288).unwrap();
+        let mut buf = vec![0u8; 8192];
+        let e = b.read_at(8192, &mut buf, &g).expect_err("the blocks cut off read as zeroes");
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(crate::cmd::io::media_status(&e, false), holdfast_proto::Status::UNRECOVERED_READ_ERROR);
+        assert!(b.read_inline(8192, 8192, &g).is_none_or(|r| r.is_err()), "answered from the page cache");
+        b.read_at(8192, &mut buf[..4096], &g).unwrap();
+        assert!(buf[..4096].iter().all(|&x| x == 7), "what is left still reads");
     }
 
     #[test]
