@@ -67,19 +67,19 @@ impl FileBackend {
 
     /// The stripes covering `len` bytes at `offset`, in ascending order (the order every caller takes them in,
     /// so that none waits for another that waits for it): region `r` (of `1 << STRIPE_SHIFT` bytes) is stripe
-    /// `r % STRIPES`.
-    fn stripes_of(offset: u64, len: u64) -> Vec<usize> {
+    /// `r % STRIPES`. The regions are consecutive, so their stripes are one run that may wrap past the last:
+    /// the wrapped part (from stripe 0) comes first.
+    fn stripes_of(offset: u64, len: u64) -> impl Iterator<Item = usize> {
         let first = offset >> STRIPE_SHIFT;
-        let n = (offset.saturating_add(len.max(1) - 1) >> STRIPE_SHIFT) - first + 1;
-        let mut v: Vec<usize> = (0..n.min(STRIPES as u64)).map(|i| ((first + i) % STRIPES as u64) as usize).collect();
-        v.sort_unstable();
-        v
+        let last = offset.saturating_add(len.max(1) - 1) >> STRIPE_SHIFT;
+        let n = (last - first + 1).min(STRIPES as u64) as usize;
+        let start = (first % STRIPES as u64) as usize;
+        (0..(start + n).saturating_sub(STRIPES)).chain(start..(start + n).min(STRIPES))
     }
 
     /// Lock `len` bytes at `offset`: shared (a read) or exclusive (a write).
-    fn lock(&self, offset: u64, len: u64, exclusive: bool) -> Vec<RangeGuard<'_>> {
+    fn lock(&self, offset: u64, len: u64, exclusive: bool) -> RangeLock<'_> {
         Self::stripes_of(offset, len)
-            .into_iter()
             .map(|i| match exclusive {
                 true => RangeGuard::Write(self.stripes[i].write()),
                 false => RangeGuard::Read(self.stripes[i].read()),
@@ -133,6 +133,10 @@ enum RangeGuard<'a> {
     Write(parking_lot::RwLockWriteGuard<'a, ()>),
 }
 
+/// A held range lock: its stripes' guards, in the order taken. Inline for the one or two stripes of nearly every
+/// command (no allocation per I/O); only a zeroing or deallocation over more than 2 MiB spills to the heap.
+type RangeLock<'a> = smallvec::SmallVec<[RangeGuard<'a>; 2]>;
+
 fn block_device_size(f: &File) -> io::Result<u64> {
     use std::io::{Seek, SeekFrom};
     let mut f = f.try_clone()?;
@@ -179,9 +183,9 @@ impl Backend for FileBackend {
             return Some(Err(e));
         }
         // Never waits on the network task: a write under way in the range sends the read to the I/O threads.
-        let mut range = Vec::new();
+        let mut range = RangeLock::new();
         for i in Self::stripes_of(offset, len as u64) {
-            range.push(self.stripes[i].try_read()?);
+            range.push(RangeGuard::Read(self.stripes[i].try_read()?));
         }
         let mut buf = bytes::BytesMut::zeroed(len);
         let iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: len };
@@ -308,6 +312,23 @@ mod tests {
         b.deallocate(4096, 4096, &g).unwrap();
         b.read_at(4096, &mut buf, &g).unwrap();
         assert!(buf.iter().all(|&x| x == 0));
+    }
+
+    /// The stripes of a range: each once, ascending (the lock order), wrapping past the last, all of them
+    /// for a range of more regions than there are stripes.
+    #[test]
+    fn stripes_of_a_range_are_each_once_in_ascending_order() {
+        let r = 1u64 << STRIPE_SHIFT;
+        let of = |o: u64, l: u64| FileBackend::stripes_of(o, l).collect::<Vec<_>>();
+        assert_eq!(of(0, 0), [0]);
+        assert_eq!(of(r - 512, 512), [0]);
+        assert_eq!(of(r - 512, 1024), [0, 1]);
+        assert_eq!(of(3 * r + 5, 2 * r), [3, 4, 5]);
+        assert_eq!(of((STRIPES as u64 - 1) * r, 2 * r), [0, STRIPES - 1]);
+        assert_eq!(of((STRIPES as u64 + 7) * r, r + 1), [7, 8]);
+        assert_eq!(of(5 * r, 1 << 40), (0..STRIPES).collect::<Vec<_>>());
+        assert_eq!(of(5 * r, (STRIPES as u64 - 1) * r), (0..STRIPES).filter(|&i| i != 4).collect::<Vec<_>>());
+        assert_eq!(of(u64::MAX - 10, u64::MAX), [(u64::MAX >> STRIPE_SHIFT) as usize % STRIPES]);
     }
 
     /// A file truncated under the running target has lost the namespace's blocks past its new end: a read of
