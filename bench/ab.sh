@@ -17,7 +17,8 @@
 # "both", "target" (the host is always A) or "host" (the target is always A); AB_PREFILL (0) 1 writes the
 # whole 1 GiB RAM namespace before the run (reads then copy real data, and writes do not pay for the kernel
 # zeroing fresh pages, which otherwise dominates short write runs; costs a few seconds per run); AB_POLL (1)
-# 0 runs both sides with --busy-poll-us 0.
+# 0 runs both sides with --busy-poll-us 0; AB_FILE (unset) a path: the namespace is a 1 GiB file there
+# (`--file`, created afresh for each run) instead of RAM.
 # Defaults for the point: --workload randread --bs 4096 --qd 32, for those of these flags not given.
 set -euo pipefail
 [[ $# -ge 2 ]] || { sed -n '2,21p' "$0" >&2; exit 2; }
@@ -39,7 +40,9 @@ run_one() {  # run_one BIN: prints "IOPS target-µs/IO host-µs/IO" of one run
   [[ $side == host ]] && tbin=$a
   [[ $side == target ]] && hbin=$a
   port=$(free_port)
-  taskset -c 0 "$tbin" target --listen "127.0.0.1:$port" --nqn "$nqn" --ram-mib 1024 --block-size 4096 \
+  local backend=(--ram-mib 1024)
+  [[ -n ${AB_FILE:-} ]] && { rm -f "$AB_FILE"; backend=(--file "$AB_FILE" --size-mib 1024); }
+  taskset -c 0 "$tbin" target --listen "127.0.0.1:$port" --nqn "$nqn" "${backend[@]}" --block-size 4096 \
     ${poll[@]+"${poll[@]}"} >/dev/null 2>&1 &
   tpid=$!
   sleep 0.5
