@@ -228,6 +228,13 @@ impl Namespace {
     }
 
     /// Write `data` at `lba`.
+    ///
+    /// Dropping the future (a `timeout` around it, a `select!` that takes another branch) cancels only what has
+    /// not been sent yet: a command already with the target runs to its end there, and may land after a write
+    /// the caller then makes to the same blocks on another queue (NVMe orders no two outstanding commands). Let
+    /// a write finish, or fail, before writing its blocks again. The library's own limit
+    /// ([`crate::ConnectOptions::io_timeout`]) ends the connection instead, and the reconnect waits until the
+    /// target has nothing of the old one left to run (design §5) before anything is issued again.
     pub async fn write(&self, lba: u64, data: Bytes, fua: bool) -> Result<()> {
         self.write_on(None, lba, data, fua).await
     }
