@@ -53,10 +53,14 @@ impl Namespace {
                 id.formatted_lba_index()
             )));
         }
+        // A controller that refuses CNS 03h (an error status) has no identifiers to give; any other failure
+        // (the connection, a timeout) fails the open: a namespace taken as one without identifiers is never
+        // checked across a reconnect (design §5, `check_namespace_ids`).
         let descriptors =
             match crate::controller::identify_raw(ctrl.admin_queue(), identify::CNS_NS_DESC_LIST, nsid).await {
                 Ok(d) => identify::parse_ns_descriptor_list(&d),
-                Err(_) => Vec::new(),
+                Err(Error::Nvme { .. }) => Vec::new(),
+                Err(e) => return Err(e),
             };
         ctrl.note_namespace_ids(nsid, &descriptors);
         Ok(Namespace { ctrl: ctrl.clone(), nsid, block_size, nblocks: id.nsze.get(), id: Box::new(id), descriptors })

@@ -201,6 +201,9 @@ struct State {
     /// The next this many admin Connects are answered by closing the connection (a target that fails while
     /// it comes up).
     kill_connects: AtomicU32,
+    /// Armed: the next Identify of the namespace identification descriptor list (CNS 03h) is answered by closing
+    /// the connection and going down (`down`).
+    kill_desc_list: AtomicBool,
     /// Served as the holdfast policy log page (none: the page is refused, as by a target that has none).
     policy: Mutex<Option<holdfast_proto::policy::ConnectionPolicy>>,
     /// The policy log page is answered with this status instead (a target that cannot read it this time).
@@ -261,6 +264,7 @@ async fn fake(b: Behaviour) -> Fake {
         bad_h2c_bytes: AtomicU64::new(0),
         h2c_terms: Mutex::new(Vec::new()),
         kill_connects: AtomicU32::new(0),
+        kill_desc_list: AtomicBool::new(false),
         policy: Mutex::new(None),
         policy_status: Mutex::new(None),
         hang_writes: AtomicBool::new(false),
@@ -494,6 +498,11 @@ impl Conn {
                             page.copy_from_slice(ns.as_bytes());
                         }
                         identify::CNS_ACTIVE_NS_LIST => page.copy_from_slice(&identify::active_ns_list(&[1])),
+                        identify::CNS_NS_DESC_LIST if self.st.kill_desc_list.swap(false, Ordering::SeqCst) => {
+                            self.st.down.store(true, Ordering::Relaxed);
+                            self.close = true;
+                            return;
+                        }
                         identify::CNS_NS_DESC_LIST if sqe.nsid() == 1 => {
                             let g = self.st.ns_gen.load(Ordering::Relaxed) as u8 + 1;
                             page.copy_from_slice(&identify::ns_descriptor_list(&[identify::NsDescriptor::Nguid(
@@ -1162,6 +1171,34 @@ async fn changed_namespace_identifiers_fail_pending_io_instead_of_replaying_it()
     }
     assert_eq!(f.st.write_attempts.load(Ordering::Relaxed), writes, "the write was replayed onto another namespace");
     assert!(matches!(c.state(), holdfast_host::controller::State::Failed { .. }));
+}
+
+/// A namespace whose identifiers (CNS 03h) could not be read, the target gone past fast_io_fail_tmo meanwhile, is
+/// not opened: taken as one without identifiers, it would never be checked across a reconnect, and pending
+/// writes could be replayed onto another namespace under the same NSID. The open fails with the path error;
+/// opened again once the target is back, it has its identifiers.
+#[tokio::test]
+async fn a_namespace_whose_identifiers_could_not_be_read_is_not_opened_without_them() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.reconnect_delay = Some(Duration::from_millis(50));
+    o.fast_io_fail_tmo = Some(Duration::from_millis(200));
+    let c = Controller::connect(o).await.expect("connect");
+    f.st.kill_desc_list.store(true, Ordering::SeqCst);
+    let r = tokio::time::timeout(Duration::from_secs(10), Namespace::open(&c, 1)).await.expect("no hang");
+    match r {
+        Err(e) => assert!(matches!(e, Error::PathError(_)), "{e}"),
+        Ok(ns) => panic!("opened with identifiers {:?} while they could not be read", ns.descriptors),
+    }
+    f.st.down.store(false, Ordering::Relaxed);
+    let t0 = std::time::Instant::now();
+    while c.state() != holdfast_host::controller::State::Live {
+        assert!(t0.elapsed() < Duration::from_secs(5), "never reconnected: {:?}", c.state());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ns = tokio::time::timeout(Duration::from_secs(10), Namespace::open(&c, 1)).await.expect("no hang");
+    assert_eq!(ns.expect("opened again").descriptors.len(), 1);
+    c.shutdown().await.unwrap();
 }
 
 /// A reconnect to a holdfast controller (its Identify carried a uniquifier) ends the previous association
