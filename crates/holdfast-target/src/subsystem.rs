@@ -113,8 +113,9 @@ pub struct Subsystem {
     pub policy: RwLock<PolicyConfig>,
     /// Incremented whenever the policy changes.
     pub policy_generation: AtomicU64,
-    /// Live controllers by CNTLID.
-    controllers: Mutex<BTreeMap<u16, Weak<Controller>>>,
+    /// Live controllers by CNTLID; None: the CNTLID is handed out to a Connect that is making its controller
+    /// ([`Subsystem::alloc_cntlid`], until [`Subsystem::add_controller`]).
+    controllers: Mutex<BTreeMap<u16, Option<Weak<Controller>>>>,
     /// Where dynamic CNTLIDs come from.
     cntlids: Mutex<CntlidRange>,
     /// Associations that died with commands still in flight, by (host NQN, host ID). Shared with every
@@ -213,24 +214,26 @@ impl Subsystem {
         self.namespaces.read().get(&nsid).cloned()
     }
 
-    /// Allocate a CNTLID not used by a live controller.
+    /// Allocate a CNTLID not used by a live controller, nor handed out to another Connect still making its
+    /// controller: held for the caller until it registers that controller ([`Subsystem::add_controller`]).
     pub fn alloc_cntlid(&self) -> Option<u16> {
-        let ctrls = self.controllers.lock();
+        let mut ctrls = self.controllers.lock();
         let mut ids = self.cntlids.lock();
         let (min, max) = (ids.min, ids.max);
         for _ in min..=max {
             let id = ids.next;
             ids.next = if id >= max { min } else { id + 1 };
-            if ctrls.get(&id).is_none_or(|w| w.strong_count() == 0) {
+            if ctrls.get(&id).is_none_or(|w| w.as_ref().is_some_and(|w| w.strong_count() == 0)) {
+                ctrls.insert(id, None);
                 return Some(id);
             }
         }
         None
     }
 
-    /// Register a live controller.
+    /// Register a live controller (its CNTLID from [`Subsystem::alloc_cntlid`]).
     pub fn add_controller(&self, c: &Arc<Controller>) {
-        self.controllers.lock().insert(c.cntlid, Arc::downgrade(c));
+        self.controllers.lock().insert(c.cntlid, Some(Arc::downgrade(c)));
     }
 
     /// Forget a controller.
@@ -240,12 +243,12 @@ impl Subsystem {
 
     /// A live controller by CNTLID.
     pub fn controller(&self, cntlid: u16) -> Option<Arc<Controller>> {
-        self.controllers.lock().get(&cntlid).and_then(Weak::upgrade)
+        self.controllers.lock().get(&cntlid).and_then(|w| w.as_ref()?.upgrade())
     }
 
     /// All live controllers.
     pub fn controllers(&self) -> Vec<Arc<Controller>> {
-        self.controllers.lock().values().filter_map(Weak::upgrade).collect()
+        self.controllers.lock().values().filter_map(|w| w.as_ref()?.upgrade()).collect()
     }
 
     /// Remember a dead association whose commands are still in flight (once: the teardown and the queue's
@@ -653,5 +656,29 @@ impl Target {
             v.extend(s.controllers());
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two admin Connects on two threads, both past `alloc_cntlid` before either has registered its controller
+    /// (`cmd::fabrics::connect` makes the controller in between): the second must not get the CNTLID the first
+    /// holds, or two live controllers share it (the second replacing the first in the table).
+    #[test]
+    fn a_cntlid_handed_out_is_not_handed_out_again_before_its_controller_is_registered() {
+        let text = crate::config::tests::GOOD
+            .replace("allow_any_host = true", "allow_any_host = true\ncntlid_min = 7\ncntlid_max = 7");
+        let target = Target::new(&Config::parse(&text, "t").unwrap(), TargetSettings::default()).unwrap();
+        let s = target.subsystems()[0].clone();
+        assert_eq!((s.alloc_cntlid(), s.alloc_cntlid()), (Some(7), None), "CNTLID 7 handed out twice");
+        let c =
+            Controller::new(7, s.clone(), target.clone(), "h".into(), [1; 16], 1, "127.0.0.1:1".parse().unwrap(), 0);
+        s.add_controller(&c);
+        assert!(s.controller(7).is_some_and(|x| Arc::ptr_eq(&x, &c)));
+        assert_eq!(s.alloc_cntlid(), None, "in use");
+        c.teardown("test");
+        assert_eq!(s.alloc_cntlid(), Some(7), "free again once its controller is gone");
     }
 }
