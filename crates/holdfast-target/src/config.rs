@@ -80,7 +80,7 @@ pub struct SubsystemConfig {
     /// Admit any host.
     #[serde(default)]
     pub allow_any_host: bool,
-    /// Host NQNs admitted when `allow_any_host` is false.
+    /// Host NQNs admitted when `allow_any_host` is false (both at once is refused).
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
     /// Port IDs the subsystem is exported on; empty = all.
@@ -466,6 +466,14 @@ impl Config {
             if !s.allow_any_host && s.allowed_hosts.is_empty() {
                 return Err(err(k("allowed_hosts"), "no host could connect: set allow_any_host or list hosts".into()));
             }
+            // Either every host or the listed ones: with both, the list would look enforced and admit anyone
+            // (Linux nvmet's configfs refuses the combination either way round).
+            if s.allow_any_host && !s.allowed_hosts.is_empty() {
+                return Err(err(
+                    k("allowed_hosts"),
+                    "lists hosts while allow_any_host = true admits every host: remove one of the two".into(),
+                ));
+            }
             for (j, p) in s.ports.iter().enumerate() {
                 if !ids.contains(p) {
                     return Err(err(k(&format!("ports[{j}]")), format!("no [[port]] has id {p}")));
@@ -678,6 +686,13 @@ block_size = 4096
         assert_eq!(e.key, "subsystem[0].cntlid_min", "{e}");
         let e = bad("allow_any_host = true", "allow_any_host = true\ncntlid_max = 65520");
         assert_eq!(e.key, "subsystem[0].cntlid_max", "{e}");
+        // Every host and a list at once: the list would look enforced.
+        let e = bad(
+            "allow_any_host = true",
+            "allow_any_host = true\nallowed_hosts = [\"nqn.2014-08.org.nvmexpress:uuid:1\"]",
+        );
+        assert_eq!(e.key, "subsystem[0].allowed_hosts", "{e}");
+        assert!(e.to_string().contains("allow_any_host = true admits every host"), "{e}");
     }
 
     /// Two file namespaces on one file, by the same path, by another spelling of a file yet to be created, or
