@@ -482,3 +482,46 @@ fn bench_interrupted_reports_what_it_did() {
     assert!(v["ops"].as_u64().is_some_and(|n| n > 0), "{v}");
     assert!(v["seconds"].as_f64().is_some_and(|s| s < 30.0), "{v}");
 }
+
+/// With `--size` and no `--time` a run does exactly that much I/O: it used to check the bytes completed before
+/// each I/O, so every worker in flight at the limit went on (287 I/Os of 4 KiB for a `--size` of 1 MiB at QD 16
+/// × 2 queues), and failed I/Os, which never add to the bytes completed, never brought the run to an end: a
+/// target failing every read (its file namespace truncated under it) kept `bench` going forever.
+#[test]
+fn bench_size_is_the_io_done_and_failed_io_ends_the_run_too() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "16"]);
+    for wl in ["write", "randwrite", "randrw"] {
+        let (rc, out, err) =
+            on(&t, "bench", &["--workload", wl, "--size", "1048576", "--qd", "16", "--queues", "2", "--json"]);
+        assert_eq!(rc, 0, "{out}{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["ops"].as_u64(), Some(256), "{wl}: 1 MiB of 4 KiB I/O: {v}");
+    }
+    drop(t);
+    let img = std::env::temp_dir().join(format!("holdfast-cli-size-{}.img", std::process::id()));
+    let _ = std::fs::remove_file(&img);
+    let t = TargetProc::start(&["--nqn", NQN, "--file", img.to_str().unwrap(), "--size-mib", "16"]);
+    std::fs::File::options().write(true).open(&img).unwrap().set_len(0).unwrap();
+    let addr = t.addr();
+    let mut child = Command::new(BIN)
+        .args(["bench", "--addr", &addr, "--nqn", NQN, "--workload", "randread", "--size", "65536", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ended = child.try_wait().unwrap().is_some();
+    if !ended {
+        let _ = child.kill();
+    }
+    let o = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&img);
+    assert!(ended, "bench --size against a target failing every read still ran 20 s later");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((v["ops"].as_u64(), v["errors"].as_u64()), (Some(0), Some(16)), "{v}");
+}

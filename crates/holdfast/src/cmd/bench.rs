@@ -65,7 +65,8 @@ pub struct Args {
     /// Run time in seconds (default 10 unless --size is given).
     #[arg(long)]
     time: Option<f64>,
-    /// Bytes of the namespace to use (default: all of it); with no --time, stop after this much I/O.
+    /// Bytes of the namespace to use (default: all of it); with no --time, stop after this much I/O (failed I/O
+    /// included).
     #[arg(long)]
     size: Option<u64>,
     /// Percentage of reads for randrw.
@@ -94,6 +95,8 @@ const ERROR_PAUSE: Duration = Duration::from_millis(10);
 struct Shared {
     ops: AtomicU64,
     bytes: AtomicU64,
+    /// Bytes of the I/Os started (or about to be), failed ones included: what `--size` without `--time` limits.
+    issued: AtomicU64,
     errors: AtomicU64,
     mismatches: AtomicU64,
     first_problems: Mutex<Vec<String>>,
@@ -132,6 +135,7 @@ impl Shared {
         Shared {
             ops: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            issued: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             mismatches: AtomicU64::new(0),
             first_problems: Mutex::new(Vec::new()),
@@ -310,7 +314,9 @@ async fn worker(
         if sh.stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| last_end >= d) {
             break;
         }
-        if byte_limit.is_some_and(|l| sh.bytes.load(Ordering::Relaxed) >= l) {
+        // The I/O's share of the limit is taken before it starts (a failed one keeps it): checking the bytes
+        // completed let every worker in flight at the limit go on, and failed I/O never end the run.
+        if byte_limit.is_some_and(|l| sh.issued.fetch_add(bs, Ordering::Relaxed) >= l) {
             break;
         }
         let is_read = match a.workload {
@@ -332,6 +338,9 @@ async fn worker(
                 unit = (unit + 1) % units;
             }
             if !got {
+                if byte_limit.is_some() {
+                    sh.issued.fetch_sub(bs, Ordering::Relaxed);
+                }
                 tokio::task::yield_now().await;
                 last_end = Instant::now();
                 continue;
