@@ -525,3 +525,19 @@ fn bench_size_is_the_io_done_and_failed_io_ends_the_run_too() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!((v["ops"].as_u64(), v["errors"].as_u64()), (Some(0), Some(16)), "{v}");
 }
+
+/// `randrw --mix 0` writes only and `--mix 100` reads only: with `--verify` the first is read back after the run
+/// and the second refused, as `randwrite` and `randread` are. They used to check nothing at all (no read of a
+/// written unit ever came), and reported 0 mismatches.
+#[test]
+fn bench_verify_randrw_that_only_writes_or_only_reads() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "16"]);
+    let base = ["--workload", "randrw", "--size", "1048576", "--qd", "8", "--verify", "--json"];
+    let (rc, out, err) = on(&t, "bench", &[&base[..], &["--mix", "0"]].concat());
+    assert_eq!(rc, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["verify_read_back"].as_u64().is_some_and(|n| n > 0), "{v}");
+    let (rc, out, err) = on(&t, "bench", &[&base[..], &["--mix", "100"]].concat());
+    assert_eq!(rc, 1, "{out}{err}");
+    assert!(err.contains("--verify checks what this run wrote"), "{err}");
+}

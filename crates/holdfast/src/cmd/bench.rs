@@ -420,9 +420,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     anyhow::ensure!(a.size != Some(0), "--size 0: give the bytes of the region to use, above 0");
     anyhow::ensure!(
-        !(a.verify && matches!(a.workload, Workload::Read | Workload::Randread)),
-        "--verify checks what this run wrote: a read-only workload writes nothing (use randrw, or a write workload, \
-         whose units are read back at the end)"
+        !(a.verify && reads_only(&a)),
+        "--verify checks what this run wrote: a read-only workload writes nothing (use randrw with --mix below 100, \
+         or a write workload, whose units are read back at the end)"
     );
     let a = Arc::new(a);
     let rt = runtime()?;
@@ -569,7 +569,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let cpu1 = holdfast_rt::process_cpu();
         let mut read_back_units = None;
         if a.verify
-            && matches!(a.workload, Workload::Write | Workload::Randwrite)
+            && writes_only(&a)
             && sh.lost.lock().unwrap_or_else(|p| p.into_inner()).is_none()
         {
             let (checked, failed) = read_back(&nss, &sh, &a, units, a.bs as u64 / ns.block_size as u64).await;
@@ -642,6 +642,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         })
     })
+}
+
+/// Whether the run only reads: `read`, `randread`, or `randrw` with `--mix 100`.
+fn reads_only(a: &Args) -> bool {
+    matches!(a.workload, Workload::Read | Workload::Randread) || (a.workload == Workload::Randrw && a.mix == 100)
+}
+
+/// Whether the run only writes: `write`, `randwrite`, or `randrw` with `--mix 0`.
+fn writes_only(a: &Args) -> bool {
+    matches!(a.workload, Workload::Write | Workload::Randwrite) || (a.workload == Workload::Randrw && a.mix == 0)
 }
 
 /// Latencies in µs from 1 µs to an hour, 3 significant digits: the workers' shards and their sum.
