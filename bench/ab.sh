@@ -61,7 +61,7 @@ run_one() {  # run_one BIN: prints "IOPS target-µs/IO host-µs/IO" of one run
   python3 -c '
 import json, sys
 d = json.loads(sys.argv[1])
-if d["errors"]:
+if d["errors"] or d.get("verify_mismatches"):
     print("errors 0 0")
 else:
     tgt = (int(sys.argv[3]) - int(sys.argv[2])) / int(sys.argv[4]) * 1e6 / max(d["ops"], 1)

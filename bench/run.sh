@@ -67,8 +67,16 @@ bench_argv() {  # sets $argv: `holdfast bench` on the host core against the runn
   argv=(taskset -c $hcore "$bin" bench --addr "127.0.0.1:$port" --nqn "$nqn" --time "$secs" --size "${region:-1073741824}"
     --json)
 }
-bench() {  # bench ARGS...: prints the JSON report
-  bench_argv; "${argv[@]}" "$@" 2>/dev/null
+bench() {  # bench ARGS...: prints the JSON report. A run that fails (errors, verify mismatches, a lost
+  # controller) says so on stderr with the end of its own; its report, if it printed one, still goes out, and its
+  # row counts the errors (set -e would otherwise end the whole suite here without a word).
+  bench_argv
+  local rc=0
+  "${argv[@]}" "$@" 2>"$work/bench.err" || rc=$?
+  if ((rc != 0)); then
+    echo "run.sh: bench $* exited $rc:" >&2
+    tail -n 5 "$work/bench.err" >&2
+  fi
 }
 
 rows=()
@@ -81,7 +89,7 @@ d = json.loads(sys.argv[1]); ref = float(sys.argv[2]); floor = float(sys.argv[4]
 gbps = d["mbps"] * 8 / 1000
 mean = d["qd"] * d["queues"] / d["iops"] * 1e6 if d["iops"] else 0
 xfloor = "%.2f" % (mean / floor) if d["qd"] * d["queues"] == 1 and floor > 0 else ""
-print("| %s | %d | %.1f | %.1f | %d | %d | %d | %.3f | %s |" % (sys.argv[3], d["iops"], d["mbps"], mean, d["lat_us"]["p50"], d["lat_us"]["p99"], d["errors"], gbps / ref, xfloor))
+print("| %s | %d | %.1f | %.1f | %d | %d | %d | %.3f | %s |" % (sys.argv[3], d["iops"], d["mbps"], mean, d["lat_us"]["p50"], d["lat_us"]["p99"], d["errors"] + d["verify_mismatches"], gbps / ref, xfloor))
 ' "$j" "$iperf_gbps" "$label" "$floor_us")
   echo "$line"; rows+=("$line")
 }
@@ -194,7 +202,8 @@ if [[ ${BENCH_QUICK:-0} != 1 ]]; then
     # Not prefilled: the RAM namespace stays unallocated, so the RSS is what the connections cost.
     PREFILL=0 start_target
     j=$(/usr/bin/time -f '%M' -o "$work/host_rss" taskset -c $hcore "$bin" bench --addr "127.0.0.1:$port" --nqn "$nqn" \
-      --workload randread --bs 4096 --qd 4 --queues 4 --controllers "$n" --time "$secs" --json 2>/dev/null)
+      --workload randread --bs 4096 --qd 4 --queues 4 --controllers "$n" --time "$secs" --json 2>"$work/bench.err") ||
+      { echo "run.sh: bench --controllers $n failed:" >&2; tail -n 5 "$work/bench.err" >&2; }
     trss=$(awk '/VmHWM/ {print $2}' "/proc/$tpid/status")
     line=$(python3 -c '
 import json, sys
@@ -248,7 +257,8 @@ if drift > 0.15:
     print("**The references moved by %.0f %% during the run: the machine changed speed, and rows measured at" % (drift * 100))
     print("different times do not compare. Take this table as a sketch, not as a measurement.**")
 PY
-  echo "*mean µs* = outstanding I/Os / IOPS (Little's law); *ratio* = the point's throughput / the iperf3 reference;"
+  echo "*mean µs* = outstanding I/Os / IOPS (Little's law); *errors* = failed I/Os and verify mismatches; *ratio* = the point's"
+  echo "throughput / the iperf3 reference;"
   echo "*× floor* = mean µs / the round-trip floor (QD1 rows). *QD n, 2 queues* is n outstanding in all, n/2 on each"
   echo "queue. A queue's I/Os travel in about two groups, so each TCP segment's cost is shared by about half that"
   echo "queue's depth: such a row pays per I/O what the one-queue QD n/2 row does, and trails the one-queue QD n row."
