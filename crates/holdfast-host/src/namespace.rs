@@ -66,6 +66,12 @@ impl Namespace {
         Ok(Namespace { ctrl: ctrl.clone(), nsid, block_size, nblocks: id.nsze.get(), id: Box::new(id), descriptors })
     }
 
+    /// Write protected by the target (Identify Namespace NSATTR bit 0): writes, write zeroes and deallocation
+    /// fail with Namespace is Write Protected.
+    pub fn write_protected(&self) -> bool {
+        self.id.nsattr & identify::NSATTR_WRITE_PROTECTED != 0
+    }
+
     /// Size in bytes (saturating: a foreign target may report a block count no byte count holds).
     pub fn size(&self) -> u64 {
         self.nblocks.saturating_mul(self.block_size as u64)

@@ -66,6 +66,8 @@ statuses! {
     KEEP_ALIVE_EXPIRED = (sct::GENERIC, 0x19),
     /// Keep Alive Timeout Invalid.
     KEEP_ALIVE_INVALID = (sct::GENERIC, 0x1A),
+    /// Namespace is Write Protected.
+    NS_WRITE_PROTECTED = (sct::GENERIC, 0x20),
     /// Transient Transport Error.
     TRANSIENT_TRANSPORT_ERROR = (sct::GENERIC, 0x22),
     /// LBA Out of Range.

@@ -176,6 +176,11 @@ pub struct NamespaceConfig {
     pub nguid: Option<String>,
     /// EUI-64 (16 hex digits); derived if absent.
     pub eui64: Option<String>,
+    /// Export the namespace write protected (a file backend only): the file is opened read-only and never
+    /// grown (`size_mib`, if given, at most its size), Identify Namespace says so (NSATTR bit 0), and every
+    /// command but Read and Flush fails with Namespace is Write Protected, as nvmet serves a read-only device.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 fn default_block_size() -> u32 {
@@ -556,6 +561,12 @@ impl Config {
                         if n.path.is_some() {
                             return Err(err(k("path"), "a RAM namespace has no path".into()));
                         }
+                        if n.read_only {
+                            return Err(err(
+                                k("read_only"),
+                                "a RAM namespace starts empty: write protected, it could only read zeroes".into(),
+                            ));
+                        }
                         if n.size_mib.unwrap_or(0) == 0 {
                             return Err(err(k("size_mib"), "a RAM namespace needs a size above 0".into()));
                         }
@@ -686,6 +697,9 @@ block_size = 4096
         assert_eq!(e.key, "subsystem[0].cntlid_min", "{e}");
         let e = bad("allow_any_host = true", "allow_any_host = true\ncntlid_max = 65520");
         assert_eq!(e.key, "subsystem[0].cntlid_max", "{e}");
+        // A write-protected RAM namespace could only read zeroes.
+        let e = bad("size_mib = 16", "size_mib = 16\nread_only = true");
+        assert_eq!(e.key, "subsystem[0].namespace[0].read_only", "{e}");
         // Every host and a list at once: the list would look enforced.
         let e = bad(
             "allow_any_host = true",

@@ -19,6 +19,8 @@ pub struct Namespace {
     pub ids: NsIds,
     /// The threads a blocking backend's calls run on (None for a backend that never blocks).
     pub io: Option<IoPool>,
+    /// Write protected ([`crate::config::NamespaceConfig::read_only`]): only Read and Flush run.
+    pub read_only: bool,
 }
 
 /// Most threads a blocking namespace's calls run on at once: enough for the queue depth a disk behind a
@@ -30,7 +32,7 @@ impl Namespace {
     pub fn new(nsid: u32, block_size: u32, backend: Arc<dyn Backend>, ids: NsIds) -> Self {
         let nblocks = backend.size() / block_size as u64;
         let io = backend.blocking().then(|| IoPool::new(&format!("hf-io-ns{nsid}"), IO_THREADS));
-        Namespace { nsid, block_size, nblocks, backend, ids, io }
+        Namespace { nsid, block_size, nblocks, backend, ids, io, read_only: false }
     }
     /// log2 of the block size.
     pub fn lba_shift(&self) -> u32 {

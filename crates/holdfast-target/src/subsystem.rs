@@ -360,10 +360,16 @@ fn open_backend(
         BackendKind::Ram => Arc::new(RamBackend::new(n.size_bytes().unwrap_or(0))),
         BackendKind::File => {
             let path = n.path.as_ref().ok_or_else(|| anyhow::anyhow!("{key}.path: a file namespace needs one"))?;
-            Arc::new(
-                FileBackend::open(path, n.size_bytes())
-                    .map_err(|e| anyhow::anyhow!("{key}.path: cannot open {}: {e}", path.display()))?,
-            )
+            let open = if n.read_only { FileBackend::open_read_only } else { FileBackend::open };
+            Arc::new(open(path, n.size_bytes()).map_err(|e| {
+                let hint = match e.raw_os_error() {
+                    Some(libc::EROFS | libc::EACCES | libc::EPERM) if !n.read_only => {
+                        " (read_only = true exports it write protected)"
+                    }
+                    _ => "",
+                };
+                anyhow::anyhow!("{key}.path: cannot open {}: {e}{hint}", path.display())
+            })?)
         }
     };
     Ok(match (settings.test_delay_writes, settings.test_delay_flushes) {
@@ -399,7 +405,9 @@ fn build_namespace(
             n.block_size
         );
     }
-    Ok(Namespace::new(n.nsid, n.block_size, backend, n.ids(&s.nqn)))
+    let mut ns = Namespace::new(n.nsid, n.block_size, backend, n.ids(&s.nqn));
+    ns.read_only = n.read_only;
+    Ok(ns)
 }
 
 /// Subsystem `s`, `subsystem[i]` in the configuration, with its namespaces opened; `dead` is where the
@@ -539,6 +547,7 @@ impl Target {
                     for (j, n) in s.namespaces.iter().enumerate() {
                         let same = have.get(&n.nsid).is_some_and(|o| {
                             o.block_size == n.block_size
+                                && o.read_only == n.read_only
                                 && o.ids == n.ids(&s.nqn)
                                 && n.size_bytes().is_none_or(|b| o.backend.size() == b)
                                 // The same file (or RAM, which has none). Not a substring of the old

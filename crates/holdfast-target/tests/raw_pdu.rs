@@ -1381,6 +1381,70 @@ async fn a_reload_that_changes_a_namespace_file_or_kind_replaces_it() {
     assert!(served(&target).starts_with("ram"), "still serving a file: {} ({notes:?})", served(&target));
 }
 
+/// A namespace exported read-only (`read_only = true`): its file opened for reading only, Identify Namespace
+/// says write protected (NSATTR bit 0), Write, Write Zeroes and a deallocation fail with Namespace is Write
+/// Protected (DNR), before their LBA range is looked at, as nvmet answers for a read-only device; Read, Flush
+/// and attribute hints alone run, and the file is left as it was. A reload that makes it writable replaces it.
+#[tokio::test]
+async fn a_read_only_namespace_is_write_protected() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("golden.img");
+    let content: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&img, &content).unwrap();
+    let cfg = |ro: bool| {
+        let text = format!(
+            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
+             [[subsystem.namespace]]\nnsid = 1\nbackend = \"file\"\npath = \"{}\"\nread_only = {ro}\n",
+            img.display()
+        );
+        Config::parse(&text, "ro").unwrap()
+    };
+    let server = Server::start(Target::new(&cfg(true), TargetSettings::default()).unwrap()).await.unwrap();
+    let addr = server.bound[0].1;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut s = SubmissionEntry::new(admin::IDENTIFY, 0);
+    s.dptr = SglDescriptor::transport(4096);
+    s.nsid.set(1);
+    let (r, d) = a.cmd(s, Bytes::new()).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    let id: holdfast_proto::identify::IdentifyNamespace = zerocopy::FromBytes::read_from_bytes(&d[..4096]).unwrap();
+    assert_eq!(id.nsattr & holdfast_proto::identify::NSATTR_WRITE_PROTECTED, 1, "NSATTR");
+    assert_eq!(id.nsze.get(), 2048, "the file's size, in 512-byte blocks");
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    let protected = Status::NS_WRITE_PROTECTED.with_dnr();
+    let (r, _) = q.cmd(rw_sqe(io::WRITE, 8, 1, SglDescriptor::incapsule(512)), Bytes::from(vec![0xEE; 512])).await;
+    assert_eq!(r.status(), protected, "Write");
+    // Refused for the namespace before its range: past the end too.
+    let (r, _) = q.cmd(rw_sqe(io::WRITE, 1 << 20, 1, SglDescriptor::incapsule(512)), Bytes::from(vec![0; 512])).await;
+    assert_eq!(r.status(), protected, "Write past the end");
+    let (r, _) = q.cmd(rw_sqe(io::WRITE_ZEROES, 0, 8, SglDescriptor::default()), Bytes::new()).await;
+    assert_eq!(r.status(), protected, "Write Zeroes");
+    let range = holdfast_proto::sqe::dsm::Range { cattr: 0, nlb: 8, slba: 0 };
+    let dsm = |attrs: u32| {
+        let mut sqe = SubmissionEntry::new(io::DATASET_MANAGEMENT, 0);
+        sqe.nsid.set(1);
+        sqe.dptr = SglDescriptor::incapsule(16);
+        sqe.cdw11.set(attrs);
+        sqe
+    };
+    let (r, _) = q.cmd(dsm(holdfast_proto::sqe::dsm::AD), Bytes::copy_from_slice(&range.encode())).await;
+    assert_eq!(r.status(), protected, "deallocate");
+    let (r, _) = q.cmd(dsm(0), Bytes::copy_from_slice(&range.encode())).await;
+    assert_eq!(r.status(), Status::SUCCESS, "attribute hints alone");
+    let mut flush = SubmissionEntry::new(io::FLUSH, 0);
+    flush.nsid.set(1);
+    assert_eq!(q.cmd(flush, Bytes::new()).await.0.status(), Status::SUCCESS, "Flush");
+    let (r, data) = q.cmd(rw_sqe(io::READ, 8, 2, SglDescriptor::transport(1024)), Bytes::new()).await;
+    assert_eq!(r.status(), Status::SUCCESS, "Read");
+    assert_eq!(&data[..], &content[4096..5120]);
+    assert!(std::fs::read(&img).unwrap() == content, "the file changed");
+    // Made writable by a reload: replaced, and a write lands.
+    let notes = server.target.reload(&cfg(false)).unwrap().notes;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(!server.target.subsystem(NQN).unwrap().namespace(1).unwrap().read_only);
+    server.stop().await;
+}
+
 /// The discovery log is one published state, entries and GENCTR together: a reload's changes applied but not
 /// yet announced (GENCTR not moved) are not in it, so a host reading the header and then the entries never
 /// takes new entries for the old GENCTR's.

@@ -83,3 +83,37 @@ async fn a_kato_changed_by_a_reload_is_set_on_the_hosts_association() {
     ctrl.shutdown().await.unwrap();
     server.stop().await;
 }
+
+/// A namespace the target exports write protected (`read_only = true`): the host says so
+/// (`Namespace::write_protected`), reads it, and a write fails with Namespace is Write Protected, at once
+/// (DNR: not retried) and without a reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_protected_namespace_reads_and_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("golden.img");
+    std::fs::write(&img, vec![0x5A; 1 << 20]).unwrap();
+    let s = format!(
+        "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
+         [[subsystem.namespace]]\nnsid = 1\nbackend = \"file\"\npath = \"{}\"\nread_only = true\n",
+        img.display()
+    );
+    let server = Server::start(Target::new(&Config::parse(&s, "test").unwrap(), TargetSettings::default()).unwrap())
+        .await
+        .unwrap();
+    let mut o = ConnectOptions::new(server.bound[0].1.to_string(), NQN);
+    o.nr_io_queues = 1;
+    let ctrl = Controller::connect(o).await.unwrap();
+    let ns = holdfast_host::Namespace::open(&ctrl, 1).await.unwrap();
+    assert!(ns.write_protected());
+    assert_eq!(&ns.read(3, 1).await.unwrap()[..], &[0x5A; 512][..]);
+    match ns.write(3, bytes::Bytes::from(vec![0u8; 512]), false).await {
+        Err(holdfast_host::Error::Nvme { status, .. }) => {
+            assert_eq!(status.code(), holdfast_proto::Status::NS_WRITE_PROTECTED, "{status}");
+            assert!(status.dnr(), "{status}")
+        }
+        other => panic!("a write to a write-protected namespace: {other:?}"),
+    }
+    assert_eq!(ctrl.state(), holdfast_host::controller::State::Live);
+    ctrl.shutdown().await.unwrap();
+    server.stop().await;
+}

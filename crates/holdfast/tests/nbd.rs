@@ -343,6 +343,28 @@ fn a_read_only_export_refuses_changes_with_eperm() {
     assert_eq!(c.call(CMD_FLUSH, 0, 0, 0, &[]).0, 0);
 }
 
+/// A namespace the target write-protects (`holdfast target --file PATH --read-only`) is exported read-only
+/// without --read-only on the bridge: clients are told (NBD_FLAG_READ_ONLY), changes get EPERM, the file stays.
+#[test]
+fn a_write_protected_namespace_is_exported_read_only() {
+    let path = std::env::temp_dir().join(format!("holdfast-nbd-ro-{}.img", std::process::id()));
+    std::fs::write(&path, vec![9u8; 1 << 20]).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["target", "--listen", "127.0.0.1:0", "--nqn", NQN, "--read-only", "--file"]).arg(&path);
+    let t = TargetProc::spawn(cmd);
+    let b = Bridge::start(&t, &[]);
+    let mut c = Client::connect(b.port, 0b11);
+    let r = c.option(OPT_GO, &[0, 0, 0, 0, 0, 0]);
+    assert_eq!(r.last().unwrap().0, REP_ACK);
+    let e = info(&r, 0).unwrap();
+    assert_ne!(u16::from_be_bytes([e[8], e[9]]) & 2, 0, "READ_ONLY flag");
+    assert_eq!(c.call(CMD_WRITE, 0, 0, 512, &[5u8; 512]).0, EPERM);
+    assert_eq!(c.call(CMD_READ, 0, 512, 512, &[]), (0, vec![9u8; 512]));
+    drop((c, b, t));
+    assert!(std::fs::read(&path).unwrap() == vec![9u8; 1 << 20], "the file changed");
+    let _ = std::fs::remove_file(&path);
+}
+
 #[test]
 fn a_misaligned_trim_is_narrowed_to_the_whole_blocks_inside_it() {
     let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "16"]);

@@ -38,10 +38,31 @@ impl FileBackend {
     /// Open (creating if needed) `path`. With `size` the file is extended to it if shorter; without, the
     /// current length is used.
     pub fn open(path: &Path, size: Option<u64>) -> io::Result<Self> {
-        let file = OpenOptions::new().read(true).write(true).create(size.is_some()).truncate(false).open(path)?;
+        Self::open_as(path, size, false)
+    }
+
+    /// Open `path` for reading only (a write-protected namespace): never created or grown, so `size`, if given,
+    /// must not exceed it. Writes through it fail (EBADF); the namespace refuses them before.
+    pub fn open_read_only(path: &Path, size: Option<u64>) -> io::Result<Self> {
+        Self::open_as(path, size, true)
+    }
+
+    fn open_as(path: &Path, size: Option<u64>, read_only: bool) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .create(size.is_some() && !read_only)
+            .truncate(false)
+            .open(path)?;
         let meta = file.metadata()?;
         let cur = if meta.file_type().is_block_device() { block_device_size(&file)? } else { meta.len() };
         let size = match size {
+            Some(s) if s > cur && read_only => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("only {cur} bytes, and a read-only namespace's file is never grown"),
+                ))
+            }
             Some(s) if s > cur && !meta.file_type().is_block_device() => {
                 file.set_len(s)?;
                 s
@@ -329,6 +350,26 @@ mod tests {
         assert_eq!(of(5 * r, 1 << 40), (0..STRIPES).collect::<Vec<_>>());
         assert_eq!(of(5 * r, (STRIPES as u64 - 1) * r), (0..STRIPES).filter(|&i| i != 4).collect::<Vec<_>>());
         assert_eq!(of(u64::MAX - 10, u64::MAX), [(u64::MAX >> STRIPE_SHIFT) as usize % STRIPES]);
+    }
+
+    /// Opened read-only (a write-protected namespace), a file is never created or grown, its contents are read,
+    /// and a write through it fails.
+    #[test]
+    fn a_read_only_file_is_neither_created_nor_grown_nor_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ro.img");
+        assert!(FileBackend::open_read_only(&p, Some(4096)).is_err(), "created");
+        std::fs::write(&p, [5u8; 4096]).unwrap();
+        let e = FileBackend::open_read_only(&p, Some(8192)).err().expect("grown");
+        assert!(e.to_string().contains("never grown"), "{e}");
+        let b = FileBackend::open_read_only(&p, None).unwrap();
+        assert_eq!(b.size(), 4096);
+        let g = MediaGate::open();
+        let mut buf = [0u8; 512];
+        b.read_at(512, &mut buf, &g).unwrap();
+        assert_eq!(buf, [5u8; 512]);
+        assert!(b.write_at(0, &[1u8; 512], false, &g).is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), vec![5u8; 4096]);
     }
 
     /// A file truncated under the running target has lost the namespace's blocks past its new end: a read of

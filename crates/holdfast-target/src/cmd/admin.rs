@@ -85,6 +85,9 @@ pub fn identify_namespace(ns: &Namespace) -> IdentifyNamespace {
     d.flbas = 0;
     d.dlfeat = id::DLFEAT_READS_ZEROES | id::DLFEAT_WRITE_ZEROES_DEAC;
     d.nmic = 1; // may be attached to several controllers
+    if ns.read_only {
+        d.nsattr |= id::NSATTR_WRITE_PROTECTED;
+    }
     d.nvmcap = ((ns.nblocks as u128) << ns.lba_shift()).to_le_bytes();
     d.nguid = ns.ids.nguid;
     d.eui64 = ns.ids.eui64;

@@ -22,6 +22,17 @@ fn namespace(ctrl: &Controller, nsid: u32) -> Result<Arc<Namespace>, Status> {
     ctrl.subsys.namespace(nsid).ok_or(Status::INVALID_NAMESPACE.with_dnr())
 }
 
+/// `ns`, if a command may change its contents: on a write-protected namespace that is Namespace is Write
+/// Protected (generic status 20h; Namespace Write Protection, NVMe Base 2.0, from TP 4005), checked right after
+/// the namespace is found, as nvmet does (before the LBA range). With DNR: it stays protected until a reload
+/// changes it.
+fn writable(ns: Arc<Namespace>) -> Result<Arc<Namespace>, Status> {
+    if ns.read_only {
+        return Err(Status::NS_WRITE_PROTECTED.with_dnr());
+    }
+    Ok(ns)
+}
+
 /// Hints for a batch of commands received but not yet handled (`sqes`, as the transport peeked them): each
 /// Read's namespace may start bringing in what the read will touch ([`crate::backend::Backend::prefetch`],
 /// all of the batch at stage 0, then all at 1, then all at 2). Nothing is checked or changed: a command that
@@ -74,6 +85,7 @@ pub fn parse(_ctx: &QueueCtx, ctrl: &Controller, sqe: &SubmissionEntry) -> Parse
     match sqe.opcode {
         op::READ | op::WRITE => {
             let ns = namespace(ctrl, sqe.nsid())?;
+            let ns = if sqe.opcode == op::WRITE { writable(ns)? } else { ns };
             let (slba, nlb) = (rw::slba(sqe), rw::nlb(sqe) as u64);
             let (offset, len) = ns.byte_range(slba, nlb).ok_or(Status::LBA_OUT_OF_RANGE.with_dnr())?;
             if len as usize > MAX_TRANSFER {
@@ -95,7 +107,7 @@ pub fn parse(_ctx: &QueueCtx, ctrl: &Controller, sqe: &SubmissionEntry) -> Parse
             req(Exec::Flush { ns }, DataDir::None, 0)
         }
         op::WRITE_ZEROES => {
-            let ns = namespace(ctrl, sqe.nsid())?;
+            let ns = writable(namespace(ctrl, sqe.nsid())?)?;
             let (offset, len) =
                 ns.byte_range(rw::slba(sqe), rw::nlb(sqe) as u64).ok_or(Status::LBA_OUT_OF_RANGE.with_dnr())?;
             let deallocate = sqe.cdw12.get() & rw::DEAC != 0;
@@ -106,6 +118,8 @@ pub fn parse(_ctx: &QueueCtx, ctrl: &Controller, sqe: &SubmissionEntry) -> Parse
             let ns = namespace(ctrl, sqe.nsid())?;
             let ranges = (sqe.cdw10.get() & 0xFF) as usize + 1;
             let deallocate = sqe.cdw11.get() & dsm::AD != 0;
+            // Only deallocation changes the namespace; attribute hints alone are taken.
+            let ns = if deallocate { writable(ns)? } else { ns };
             // NR+1 ranges are meaningful, but hosts may send a longer buffer: Linux always sends all 256
             // range slots (4096 bytes). Accept any SGL length from NR+1 ranges up to 256 ranges.
             let len = sqe.dptr.len() as usize;

@@ -84,9 +84,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let ns = Namespace::open(&c, a.nsid).await?;
         let export = Arc::new(Export {
             description: format!("holdfast: namespace {} of {} at {}", a.nsid, a.nqn, a.host.addr),
-            ns,
             name: a.name.clone(),
-            read_only: a.read_only,
+            // A namespace the target write-protects is exported read-only whatever the flag says: clients are told
+            // (NBD_FLAG_READ_ONLY) rather than failing every write.
+            read_only: a.read_only || ns.write_protected(),
+            ns,
             budget: Arc::new(tokio::sync::Semaphore::new(server::INFLIGHT_BYTES)),
             stall_timeout: Duration::from_millis(a.test_stall_timeout_ms.max(1)),
             partial_blocks: (0..server::PARTIAL_BLOCK_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -119,7 +121,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             a.nqn,
             export.ns.size(),
             export.ns.block_size,
-            if a.read_only { ", read-only" } else { "" }
+            if export.read_only { ", read-only" } else { "" }
         );
         // Last: a script may stop reading stdout at this line.
         match &listener {

@@ -17,7 +17,7 @@ use std::time::Duration;
 pub struct Args {
     /// Configuration file (TOML); excludes the quick-mode and policy flags (the file says all that).
     #[arg(long, short = 'c', conflicts_with_all = [
-        "listen", "nqn", "ram_mib", "file", "size_mib", "block_size", "kato_ms", "reconnect_delay_ms",
+        "listen", "nqn", "ram_mib", "file", "size_mib", "block_size", "read_only", "kato_ms", "reconnect_delay_ms",
         "reconnect_delay_max_ms", "ctrl_loss_tmo_ms", "fast_io_fail_tmo_ms", "cqt_ms", "cntlid_min", "cntlid_max",
     ])]
     config: Option<PathBuf>,
@@ -39,6 +39,10 @@ pub struct Args {
     /// Quick mode: logical block size, 512 or 4096.
     #[arg(long, default_value_t = 512)]
     block_size: u32,
+    /// Quick mode: export the file namespace write protected (the file opened read-only, never grown; Identify
+    /// says so, and writes fail with Namespace is Write Protected).
+    #[arg(long, requires = "file")]
+    read_only: bool,
     /// Policy: keep-alive timeout hosts should use (ms).
     #[arg(long)]
     kato_ms: Option<u32>,
@@ -143,6 +147,7 @@ fn quick_config(a: &Args) -> anyhow::Result<Config> {
                 path,
                 size_mib,
                 block_size: a.block_size,
+                read_only: a.read_only,
                 uuid: None,
                 nguid: None,
                 eui64: None,
