@@ -8,9 +8,11 @@
 #   4. nvme-cli: every Identify, log page and feature the target claims; two controller resets
 #   5. a configuration reload under the connected host: namespace 1 (a file) grows, a RAM namespace 2 is added;
 #      the host must learn both from the target's notice, without reconnecting
+#   6. a write-protected file namespace (--read-only): a read-only disk to the host, which reads the image and
+#      refuses writes itself; the image is unchanged afterwards
 # Each run starts its own target on a free 127.0.0.1 port and kills it by PID afterwards. Arguments name the
 # cases to run (kernel-host-digests-512, kernel-host-4k, kernel-host-file, kernel-host-nvme-cli,
-# kernel-host-ns-change); without any, all run.
+# kernel-host-ns-change, kernel-host-read-only); without any, all run.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
 interop=${INTEROP_DIR:-$root/../shared/interop}
@@ -39,7 +41,7 @@ run() {  # run NAME PATTERN COMMAND...
   "$@" >"$logs/$name.log" 2>&1 || rc=$?
   local dt; dt=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
   if ((rc == 0)) && grep -q "$pattern" "$logs/$name.log"; then
-    pass=$((pass + 1)); echo "    pass ($dt s)"; grep -E "rw_check|ext4:|HOST-ROLE|NVME-CLI|NS-CHANGE|namespace [12]:|nvme-tcp-check" "$logs/$name.log" | sed 's/^/    /' || true
+    pass=$((pass + 1)); echo "    pass ($dt s)"; grep -E "rw_check|ext4:|HOST-ROLE|NVME-CLI|NS-CHANGE|READ-ONLY|namespace [12]:|nvme-tcp-check" "$logs/$name.log" | sed 's/^/    /' || true
   else
     fail=$((fail + 1)); echo "    FAIL ($dt s, exit $rc): last lines of $logs/$name.log"; tail -n 60 "$logs/$name.log" | sed 's/^/    /'
     [[ -n ${port:-} && -f $logs/target-$port.log ]] && { echo "    target log:"; tail -n 30 "$logs/target-$port.log" | sed 's/^/    /'; }
@@ -90,6 +92,18 @@ ns_change() {
   stop_target; return $rc
 }
 
+read_only_ns() {
+  local mib=16 sum rc=0
+  head -c $((mib << 20)) /dev/urandom >"$logs/ro.img"
+  sum=$(md5sum <"$logs/ro.img" | cut -d' ' -f1)
+  start_target --file "$logs/ro.img" --read-only --block-size 512
+  "$interop/kernel-host.sh" --port "$port" --nqn "$nqn" --guest-script "$root/tests/interop/guest-read-only.sh" \
+    -- -e "IMG_MD5=$sum" -e "IMG_MIB=$mib" || rc=$?
+  stop_target
+  ((rc == 0)) || return $rc
+  [[ $(md5sum <"$logs/ro.img" | cut -d' ' -f1) == "$sum" ]] || { echo "the image changed"; return 1; }
+}
+
 "$interop/setup.sh" >/dev/null
 command -v tcpdump >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tcpdump >/dev/null; }
 # Arguments, if any, name the cases to run (kernel-host-4k ...); none runs them all.
@@ -97,13 +111,14 @@ cases=" $* "
 case_on() { [[ $cases == "  " || $cases == *" $1 "* ]]; }
 # A name that is no case would run nothing and pass: refused.
 for c in "$@"; do
-  [[ " kernel-host-digests-512 kernel-host-4k kernel-host-file kernel-host-nvme-cli kernel-host-ns-change " == *" $c "* ]] || { echo "no interop case $c (kernel-host-digests-512 kernel-host-4k kernel-host-file kernel-host-nvme-cli kernel-host-ns-change)"; exit 2; }
+  [[ " kernel-host-digests-512 kernel-host-4k kernel-host-file kernel-host-nvme-cli kernel-host-ns-change kernel-host-read-only " == *" $c "* ]] || { echo "no interop case $c (kernel-host-digests-512 kernel-host-4k kernel-host-file kernel-host-nvme-cli kernel-host-ns-change kernel-host-read-only)"; exit 2; }
 done
 if case_on kernel-host-digests-512; then run kernel-host-digests-512 "nvme-tcp-check: .* none malformed" digests_512; fi
 if case_on kernel-host-4k; then run kernel-host-4k "HOST-ROLE-PASSED" nodigest_4k; fi
 if case_on kernel-host-file; then run kernel-host-file "HOST-ROLE-PASSED" file_ns; fi
 if case_on kernel-host-nvme-cli; then run kernel-host-nvme-cli "NVME-CLI-PASSED" nvme_cli; fi
 if case_on kernel-host-ns-change; then run kernel-host-ns-change "NS-CHANGE-PASSED" ns_change; fi
+if case_on kernel-host-read-only; then run kernel-host-read-only "READ-ONLY-PASSED" read_only_ns; fi
 echo "interop (kernel host -> holdfast target): $pass passed, $fail failed (logs in $logs)"
 # The data files (images, what was written and read back) go either way; the logs stay only for a failure.
 find "$logs" -name '*.img' -o -name '*.bin' | xargs -r rm -f
