@@ -101,7 +101,8 @@ pub enum Event {
     },
     /// The controller reported that namespaces changed (a Namespace Attribute Notice, whose Changed Namespace
     /// List was read): added, removed or resized. A [`crate::namespace::Namespace`] keeps what it was opened
-    /// with; open it again to see what changed.
+    /// with (its size among it); open it again to see what changed. One of a namespace found removed, or
+    /// replaced by another under its NSID (other identifiers), fails every command from then on.
     NamespacesChanged {
         /// The changed NSIDs; `None` when any may have changed: the controller listed too many (more than 1024),
         /// or returned the list cut short.
@@ -156,10 +157,23 @@ struct Shared {
     /// Set when [`Controller::shutdown`] starts: a queue that closes from then on is part of the shutdown, not
     /// a lost connection (SPDK's target closes the I/O queues itself when CC.SHN is set).
     stopping: AtomicBool,
-    /// The identifiers (EUI-64, NGUID, UUID) of the namespaces opened, as first read: a reconnect checks them
-    /// before anything is issued again ([`check_namespace_ids`]).
-    ns_ids: Mutex<Vec<(u32, Vec<identify::NsDescriptor>)>>,
+    /// The namespaces opened with identifiers (EUI-64, NGUID, UUID): a reconnect checks them before anything is
+    /// issued again ([`check_namespace_ids`]), and a Namespace Attribute Changed notice for one of them as soon as
+    /// it comes ([`check_changed_namespaces`]).
+    ns_ids: Mutex<Vec<NsEntry>>,
 }
+
+/// A namespace opened: its identifiers, as read when it was opened, and the mark its handles
+/// ([`crate::Namespace`]) look at before every command: set, with why, once it was found removed from the target
+/// or replaced by another namespace under its NSID.
+struct NsEntry {
+    nsid: u32,
+    ids: Vec<identify::NsDescriptor>,
+    gone: NsGone,
+}
+
+/// Set when a namespace was removed or replaced (why, in words): see [`NsEntry`].
+pub(crate) type NsGone = Arc<std::sync::OnceLock<String>>;
 
 impl Shared {
     /// Change the state (and what the I/O path sees of it).
@@ -975,7 +989,7 @@ fn namespace_identity(descriptors: &[identify::NsDescriptor]) -> Vec<identify::N
 /// changed for nsid" and fails the namespace's I/O; here the controller is lost, with
 /// [`Error::ControllerLost`] naming the namespace, and nothing pending is issued again.
 async fn check_namespace_ids(sh: &Shared, admin: &submit::Sender<Command>, deadline: TInstant) -> Result<()> {
-    let known = lock(&sh.ns_ids).clone();
+    let known: Vec<_> = lock(&sh.ns_ids).iter().map(|e| (e.nsid, e.ids.clone())).collect();
     for (nsid, before) in known {
         let mut s = SubmissionEntry::new(aop::IDENTIFY, 0);
         s.nsid.set(nsid);
@@ -1189,14 +1203,26 @@ impl Controller {
         &self.inner.admin
     }
     /// Remember namespace `nsid`'s identifiers, as [`crate::Namespace::open`] read them, for the check at every
-    /// reconnect ([`check_namespace_ids`]). The first reading stands; a namespace without identifiers
-    /// (a controller that does not report them) is not checked.
-    pub(crate) fn note_namespace_ids(&self, nsid: u32, descriptors: &[identify::NsDescriptor]) {
+    /// reconnect ([`check_namespace_ids`]) and at a Namespace Attribute Changed notice; returns the mark the
+    /// handle looks at before every command. Opened again with the identifiers it had, the namespace shares its
+    /// mark; with others, another namespace took the NSID since (a notice not seen yet, or a controller that
+    /// sends none): the handles of the one before are marked gone, and the new one is checked from then on. A
+    /// namespace without identifiers (a controller that does not report them) is not checked.
+    pub(crate) fn note_namespace_ids(&self, nsid: u32, descriptors: &[identify::NsDescriptor]) -> NsGone {
         let ids = namespace_identity(descriptors);
         let mut known = lock(&self.inner.ns_ids);
-        if !ids.is_empty() && !known.iter().any(|(n, _)| *n == nsid) {
-            known.push((nsid, ids));
+        if let Some(i) = known.iter().position(|e| e.nsid == nsid) {
+            if ids.is_empty() || known[i].ids == ids {
+                return known[i].gone.clone();
+            }
+            let e = known.remove(i);
+            let _ = e.gone.set(format!("was replaced by another namespace (identifiers {:?} -> {ids:?})", e.ids));
         }
+        let gone = NsGone::default();
+        if !ids.is_empty() {
+            known.push(NsEntry { nsid, ids, gone: gone.clone() });
+        }
+        gone
     }
     /// Active namespace IDs.
     pub async fn active_namespaces(&self) -> Result<Vec<u32>> {
@@ -1359,7 +1385,14 @@ fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
                         None if page.len() < 4096 => format!("unknown ({} of 4096 bytes of the list)", page.len()),
                         None => "more than 1024".into(),
                     });
-                    let _ = sh.events.send(Event::NamespacesChanged { nsids });
+                    drop(sh);
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = check_changed_namespaces(&weak, &admin, nsids.as_deref()) => {}
+                    }
+                    if let Some(sh) = weak.upgrade() {
+                        let _ = sh.events.send(Event::NamespacesChanged { nsids });
+                    }
                 }
             }
             if ev.log_page == LID_HOLDFAST_POLICY {
@@ -1396,6 +1429,44 @@ fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
             }
         }
     });
+}
+
+/// A Namespace Attribute Changed notice listed `nsids` (None: any may have changed): each namespace opened among
+/// them is identified again (CNS 03h), as the Linux host revalidates the namespaces of the Changed Namespace
+/// List. One no longer there (an error status) or with other identifiers (another namespace under its NSID) is
+/// marked gone: its handles fail from then on rather than read or write whatever took its NSID, and it is not
+/// checked at a reconnect any more, which would otherwise take the whole controller down for it. A namespace
+/// that was only resized keeps its handles (their size is what it was when opened). A failure of the
+/// connection leaves the namespace to the check at the reconnect ([`check_namespace_ids`]).
+async fn check_changed_namespaces(
+    weak: &std::sync::Weak<Shared>,
+    admin: &submit::Sender<Command>,
+    nsids: Option<&[u32]>,
+) {
+    let Some(sh) = weak.upgrade() else { return };
+    let listed: Vec<(u32, Vec<identify::NsDescriptor>, NsGone)> = lock(&sh.ns_ids)
+        .iter()
+        .filter(|e| nsids.is_none_or(|l| l.contains(&e.nsid)))
+        .map(|e| (e.nsid, e.ids.clone(), e.gone.clone()))
+        .collect();
+    drop(sh);
+    for (nsid, before, gone) in listed {
+        let why = match identify_raw(admin, identify::CNS_NS_DESC_LIST, nsid).await {
+            Ok(d) => {
+                let now = namespace_identity(&identify::parse_ns_descriptor_list(&d));
+                if now == before {
+                    continue;
+                }
+                format!("was replaced by another namespace (identifiers {before:?} -> {now:?})")
+            }
+            Err(Error::Nvme { status, .. }) => format!("was removed from the target ({status})"),
+            Err(_) => continue,
+        };
+        let Some(sh) = weak.upgrade() else { return };
+        tracing::warn!(addr = %sh.opts.addr, "namespace {nsid} {why}");
+        let _ = gone.set(why);
+        lock(&sh.ns_ids).retain(|e| !Arc::ptr_eq(&e.gone, &gone));
+    }
 }
 
 /// Set Features Keep Alive Timer (FID 0Fh) to `kato`: how an association adopts another KATO than its Connect

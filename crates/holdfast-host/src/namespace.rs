@@ -25,6 +25,8 @@ pub struct Namespace {
     pub id: Box<IdentifyNamespace>,
     /// Namespace identifiers (EUI-64, NGUID, UUID, CSI).
     pub descriptors: Vec<NsDescriptor>,
+    /// Set once the namespace was found removed or replaced ([`Controller::note_namespace_ids`]).
+    gone: crate::controller::NsGone,
 }
 
 impl Namespace {
@@ -62,8 +64,16 @@ impl Namespace {
                 Err(Error::Nvme { .. }) => Vec::new(),
                 Err(e) => return Err(e),
             };
-        ctrl.note_namespace_ids(nsid, &descriptors);
-        Ok(Namespace { ctrl: ctrl.clone(), nsid, block_size, nblocks: id.nsze.get(), id: Box::new(id), descriptors })
+        let gone = ctrl.note_namespace_ids(nsid, &descriptors);
+        Ok(Namespace {
+            ctrl: ctrl.clone(),
+            nsid,
+            block_size,
+            nblocks: id.nsze.get(),
+            id: Box::new(id),
+            descriptors,
+            gone,
+        })
     }
 
     /// Write protected by the target (Identify Namespace NSATTR bit 0): writes, write zeroes and deallocation
@@ -80,6 +90,19 @@ impl Namespace {
     /// The controller.
     pub fn controller(&self) -> &Controller {
         &self.ctrl
+    }
+
+    /// [`Error::Invalid`] saying why if the namespace was removed from the target or replaced by another under its
+    /// NSID, as a Namespace Attribute Changed notice (or opening it again) found.
+    fn check_gone(&self) -> Result<()> {
+        match self.gone.get() {
+            None => Ok(()),
+            Some(why) => Err(Error::Invalid(format!(
+                "namespace {} of {} {why}: this handle is not used any more (open the namespace again)",
+                self.nsid,
+                self.ctrl.options().subnqn
+            ))),
+        }
     }
 
     /// `blocks` blocks at `lba` (at least one) lie within the namespace; else [`Error::Invalid`] naming them.
@@ -111,6 +134,7 @@ impl Namespace {
 
     /// Read `blocks` blocks at `lba`, on queue `queue` (None: round robin).
     pub async fn read_on(&self, queue: Option<usize>, lba: u64, blocks: u64) -> Result<Bytes> {
+        self.check_gone()?;
         self.check_range(lba, blocks)?;
         let max = self.max_blocks();
         if blocks <= max {
@@ -173,6 +197,7 @@ impl Namespace {
             )));
         }
         let blocks = (data.len() / bs) as u64;
+        self.check_gone()?;
         self.check_range(lba, blocks)?;
         let max = self.max_blocks();
         if blocks <= max {
@@ -251,6 +276,7 @@ impl Namespace {
 
     /// Flush: every completed write durable.
     pub async fn flush(&self) -> Result<()> {
+        self.check_gone()?;
         let mut s = SubmissionEntry::new(op::FLUSH, 0);
         s.nsid.set(self.nsid);
         finish(self.ctrl.io_send(None, s, Bytes::new(), 0).await?, "Flush").await.map(|_| ())
@@ -258,6 +284,7 @@ impl Namespace {
 
     /// Write Zeroes over `blocks` blocks at `lba` (split at 65536 blocks per command).
     pub async fn write_zeroes(&self, lba: u64, blocks: u64) -> Result<()> {
+        self.check_gone()?;
         self.check_range(lba, blocks)?;
         let mut at = lba;
         while at < lba + blocks {
@@ -271,6 +298,7 @@ impl Namespace {
 
     /// Deallocate (trim) `blocks` blocks at `lba` with Dataset Management.
     pub async fn deallocate(&self, lba: u64, blocks: u64) -> Result<()> {
+        self.check_gone()?;
         self.check_range(lba, blocks)?;
         let mut ranges = Vec::new();
         let mut at = lba;

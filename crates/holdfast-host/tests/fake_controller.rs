@@ -2245,3 +2245,34 @@ async fn a_shutdown_given_up_by_its_caller_still_shuts_the_controller_down() {
     }
     assert!(matches!(c.state(), holdfast_host::controller::State::Failed { .. }), "{:?}", c.state());
 }
+
+/// Namespace 1 is replaced on the live controller (another NGUID) without a notice (the fake sends none for
+/// namespaces), and the application opens it again: the handle opened again is the namespace now under NSID 1,
+/// and a reconnect keeps it (the identifiers checked are the ones it was opened with, not the first ones ever
+/// read, which took the controller down); the handle of the namespace before fails saying it was replaced,
+/// rather than writing into the new one.
+#[tokio::test]
+async fn a_namespace_opened_again_after_it_was_replaced_is_kept_across_a_reconnect() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.reconnect_delay = Some(Duration::from_millis(50));
+    o.ctrl_loss_tmo = Some(Duration::from_secs(60));
+    let c = Controller::connect(o).await.unwrap();
+    let old = Namespace::open(&c, 1).await.unwrap();
+    old.write(0, pattern(BS, 1), false).await.unwrap();
+    f.st.ns_gen.store(1, Ordering::Relaxed);
+    let new = Namespace::open(&c, 1).await.unwrap();
+    assert_ne!(new.descriptors, old.descriptors);
+    let writes = f.st.write_attempts.load(Ordering::Relaxed);
+    match old.write(0, pattern(BS, 2), false).await {
+        Err(Error::Invalid(why)) => assert!(why.contains("namespace 1") && why.contains("replaced"), "{why}"),
+        other => panic!("expected the old handle to fail as replaced, got {other:?}"),
+    }
+    assert_eq!(f.st.write_attempts.load(Ordering::Relaxed), writes, "the old handle wrote into the new namespace");
+    go_down(&f, &c).await;
+    f.st.down.store(false, Ordering::Relaxed);
+    let r = tokio::time::timeout(Duration::from_secs(5), new.write(0, pattern(BS, 3), false)).await.expect("no hang");
+    r.expect("a write through the handle opened again, across the reconnect");
+    assert_eq!(c.state(), holdfast_host::controller::State::Live);
+    c.shutdown().await.unwrap();
+}

@@ -117,3 +117,104 @@ async fn a_write_protected_namespace_reads_and_refuses_writes() {
     ctrl.shutdown().await.unwrap();
     server.stop().await;
 }
+
+/// A configuration with namespaces `(nsid, uuid)`: a namespace whose UUID is given has it (and an NGUID and
+/// EUI-64 derived from the same byte), else all three derived from the NQN and NSID.
+fn config_ids(namespaces: &[(u32, Option<u8>)]) -> Config {
+    let mut s =
+        format!("[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n");
+    for (n, id) in namespaces {
+        s += &format!("[[subsystem.namespace]]\nnsid = {n}\nbackend = \"ram\"\nsize_mib = 1\n");
+        if let Some(b) = id {
+            let hex = |len: usize| format!("{b:02x}").repeat(len);
+            s += &format!("uuid = \"{}\"\nnguid = \"{}\"\neui64 = \"{}\"\n", hex(16), hex(16), hex(8));
+        }
+    }
+    Config::parse(&s, "test").unwrap()
+}
+
+async fn changed_event(events: &mut tokio::sync::broadcast::Receiver<Event>) -> Option<Vec<u32>> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.recv().await {
+                Ok(Event::NamespacesChanged { nsids }) => return nsids,
+                Ok(_) => continue,
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("no namespace change event within 5 s")
+}
+
+/// End the host's association from the target side and wait until the host has a new one.
+async fn reconnect(server: &Server, ctrl: &Controller) {
+    let mut events = ctrl.events();
+    for c in server.target.subsystem(NQN).unwrap().controllers() {
+        c.teardown("test");
+    }
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Ok(Event::Restored { .. }) => return,
+                Ok(Event::Failed { reason }) => panic!("the controller was lost: {reason}"),
+                Ok(_) => continue,
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("not reconnected within 10 s");
+}
+
+/// Namespace 1 replaced on the live target by another namespace under the same NSID (new identifiers): once
+/// the host has the Namespace Attribute Changed notice for it, a handle opened on the old one does not write
+/// into the new one; it fails saying why. A handle opened again gets the new namespace, and a later reconnect
+/// takes it for the namespace it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_replaced_on_the_target_is_not_written_through_an_old_handle() {
+    let server =
+        Server::start(Target::new(&config_ids(&[(1, Some(0x11))]), TargetSettings::default()).unwrap()).await.unwrap();
+    let mut o = ConnectOptions::new(server.bound[0].1.to_string(), NQN);
+    o.nr_io_queues = 1;
+    let ctrl = Controller::connect(o).await.unwrap();
+    let mut events = ctrl.events();
+    let old = holdfast_host::Namespace::open(&ctrl, 1).await.unwrap();
+    old.write(0, bytes::Bytes::from(vec![0xAA; 512]), false).await.unwrap();
+    server.target.reload(&config_ids(&[(1, Some(0x22))])).unwrap();
+    assert_eq!(changed_event(&mut events).await, Some(vec![1]));
+    let new = holdfast_host::Namespace::open(&ctrl, 1).await.unwrap();
+    assert_ne!(new.descriptors, old.descriptors);
+    let r = old.write(0, bytes::Bytes::from(vec![0xBB; 512]), false).await;
+    let e = r.expect_err("a write through the old handle went into the namespace that replaced it");
+    assert!(e.to_string().contains("namespace 1"), "{e}");
+    assert_eq!(new.read(0, 1).await.unwrap(), vec![0u8; 512], "the new namespace was written through the old handle");
+    // The handle opened again is the namespace now under NSID 1: a reconnect keeps it.
+    reconnect(&server, &ctrl).await;
+    new.write(0, bytes::Bytes::from(vec![0xCC; 512]), false).await.unwrap();
+    ctrl.shutdown().await.unwrap();
+    server.stop().await;
+}
+
+/// Two namespaces; the target's configuration drops namespace 2 (the host is told). A later reconnect does not
+/// take the controller down for it: namespace 1 goes on, and namespace 2's handle fails saying it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_removed_on_the_target_does_not_take_the_others_down_at_a_reconnect() {
+    let server = Server::start(Target::new(&config(&[1, 2]), TargetSettings::default()).unwrap()).await.unwrap();
+    let mut o = ConnectOptions::new(server.bound[0].1.to_string(), NQN);
+    o.nr_io_queues = 1;
+    let ctrl = Controller::connect(o).await.unwrap();
+    let mut events = ctrl.events();
+    let ns1 = holdfast_host::Namespace::open(&ctrl, 1).await.unwrap();
+    let ns2 = holdfast_host::Namespace::open(&ctrl, 2).await.unwrap();
+    ns2.write(0, bytes::Bytes::from(vec![0xAA; 4096]), false).await.unwrap();
+    server.target.reload(&config(&[1])).unwrap();
+    assert_eq!(changed_event(&mut events).await, Some(vec![2]));
+    let e = ns2.read(0, 1).await.expect_err("read of a removed namespace");
+    assert!(e.to_string().contains("namespace 2") || e.to_string().contains("Invalid Namespace"), "{e}");
+    reconnect(&server, &ctrl).await;
+    ns1.write(0, bytes::Bytes::from(vec![0xBB; 4096]), false).await.unwrap();
+    assert_eq!(ns1.read(0, 8).await.unwrap(), vec![0xBB; 4096]);
+    ctrl.shutdown().await.unwrap();
+    server.stop().await;
+}
