@@ -24,7 +24,7 @@ use bytes::Bytes;
 use holdfast_proto::fabrics::{
     self, cap, cc, csts, property, ConnectCommand, ConnectData, InvalidParameter, PropertyCommand,
 };
-use holdfast_proto::identify::{self, IdentifyController};
+use holdfast_proto::identify::{self, IdentifyController, IdentifyNamespace};
 use holdfast_proto::log_page::{ChangedNamespaceList, LID_CHANGED_NS_LIST};
 use holdfast_proto::opcode::{admin as aop, admin_name, fctype_name, io_name, FABRICS};
 use holdfast_proto::policy::{ConnectionPolicy, PolicyParseError, LID_HOLDFAST_POLICY};
@@ -163,12 +163,13 @@ struct Shared {
     ns_ids: Mutex<Vec<NsEntry>>,
 }
 
-/// A namespace opened: its identifiers, as read when it was opened, and the mark its handles
-/// ([`crate::Namespace`]) look at before every command: set, with why, once it was found removed from the target
-/// or replaced by another namespace under its NSID.
+/// A namespace opened: its identifiers and block size, as read when it was opened, and the mark its handles
+/// ([`crate::Namespace`]) look at before every command: set, with why, once it was found removed from the target,
+/// replaced by another namespace under its NSID, or formatted with other blocks than its handles count.
 struct NsEntry {
     nsid: u32,
     ids: Vec<identify::NsDescriptor>,
+    block_size: u32,
     gone: NsGone,
 }
 
@@ -1202,25 +1203,35 @@ impl Controller {
     pub fn admin_queue(&self) -> &submit::Sender<Command> {
         &self.inner.admin
     }
-    /// Remember namespace `nsid`'s identifiers, as [`crate::Namespace::open`] read them, for the check at every
-    /// reconnect ([`check_namespace_ids`]) and at a Namespace Attribute Changed notice; returns the mark the
-    /// handle looks at before every command. Opened again with the identifiers it had, the namespace shares its
-    /// mark; with others, another namespace took the NSID since (a notice not seen yet, or a controller that
-    /// sends none): the handles of the one before are marked gone, and the new one is checked from then on. A
+    /// Remember namespace `nsid`'s identifiers and block size, as [`crate::Namespace::open`] read them, for the
+    /// check at every reconnect ([`check_namespace_ids`]) and at a Namespace Attribute Changed notice; returns the
+    /// mark the handle looks at before every command. Opened again with the identifiers and block size it had,
+    /// the namespace shares its mark; with other identifiers, another namespace took the NSID since (a notice not
+    /// seen yet, or a controller that sends none), and with another block size the handles before count blocks
+    /// it no longer has: the handles before are marked gone, and the new one is checked from then on. A
     /// namespace without identifiers (a controller that does not report them) is not checked.
-    pub(crate) fn note_namespace_ids(&self, nsid: u32, descriptors: &[identify::NsDescriptor]) -> NsGone {
+    pub(crate) fn note_namespace_ids(
+        &self,
+        nsid: u32,
+        descriptors: &[identify::NsDescriptor],
+        block_size: u32,
+    ) -> NsGone {
         let ids = namespace_identity(descriptors);
         let mut known = lock(&self.inner.ns_ids);
         if let Some(i) = known.iter().position(|e| e.nsid == nsid) {
-            if ids.is_empty() || known[i].ids == ids {
+            if known[i].block_size == block_size && (ids.is_empty() || known[i].ids == ids) {
                 return known[i].gone.clone();
             }
             let e = known.remove(i);
-            let _ = e.gone.set(format!("was replaced by another namespace (identifiers {:?} -> {ids:?})", e.ids));
+            let _ = e.gone.set(if e.block_size != block_size {
+                format!("was formatted with {block_size}-byte blocks, not the {}-byte ones it had", e.block_size)
+            } else {
+                format!("was replaced by another namespace (identifiers {:?} -> {ids:?})", e.ids)
+            });
         }
         let gone = NsGone::default();
         if !ids.is_empty() {
-            known.push(NsEntry { nsid, ids, gone: gone.clone() });
+            known.push(NsEntry { nsid, ids, block_size, gone: gone.clone() });
         }
         gone
     }
@@ -1432,32 +1443,54 @@ fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
 }
 
 /// A Namespace Attribute Changed notice listed `nsids` (None: any may have changed): each namespace opened among
-/// them is identified again (CNS 03h), as the Linux host revalidates the namespaces of the Changed Namespace
-/// List. One no longer there (an error status) or with other identifiers (another namespace under its NSID) is
-/// marked gone: its handles fail from then on rather than read or write whatever took its NSID, and it is not
-/// checked at a reconnect any more, which would otherwise take the whole controller down for it. A namespace
-/// that was only resized keeps its handles (their size is what it was when opened). A failure of the
-/// connection leaves the namespace to the check at the reconnect ([`check_namespace_ids`]).
+/// them is identified again (CNS 03h, then CNS 00h), as the Linux host revalidates the namespaces of the Changed
+/// Namespace List. One no longer there (an error status, or a size of 0), with other identifiers (another
+/// namespace under its NSID) or with another block size (its handles would count other blocks: a Write Zeroes,
+/// which carries no data whose length would betray it, would zero other blocks than asked for) is marked gone:
+/// its handles fail from then on, and it is not checked at a reconnect any more, which would otherwise take the
+/// whole controller down for it. A namespace that was only resized keeps its handles (their size is what it was
+/// when opened). A failure of the connection leaves the namespace to the check at the reconnect
+/// ([`check_namespace_ids`]).
 async fn check_changed_namespaces(
     weak: &std::sync::Weak<Shared>,
     admin: &submit::Sender<Command>,
     nsids: Option<&[u32]>,
 ) {
     let Some(sh) = weak.upgrade() else { return };
-    let listed: Vec<(u32, Vec<identify::NsDescriptor>, NsGone)> = lock(&sh.ns_ids)
+    let listed: Vec<(u32, Vec<identify::NsDescriptor>, u32, NsGone)> = lock(&sh.ns_ids)
         .iter()
         .filter(|e| nsids.is_none_or(|l| l.contains(&e.nsid)))
-        .map(|e| (e.nsid, e.ids.clone(), e.gone.clone()))
+        .map(|e| (e.nsid, e.ids.clone(), e.block_size, e.gone.clone()))
         .collect();
     drop(sh);
-    for (nsid, before, gone) in listed {
+    for (nsid, before, block_size, gone) in listed {
         let why = match identify_raw(admin, identify::CNS_NS_DESC_LIST, nsid).await {
             Ok(d) => {
                 let now = namespace_identity(&identify::parse_ns_descriptor_list(&d));
-                if now == before {
-                    continue;
+                if now != before {
+                    format!("was replaced by another namespace (identifiers {before:?} -> {now:?})")
+                } else {
+                    match identify_raw(admin, identify::CNS_NAMESPACE, nsid).await {
+                        Ok(b) => {
+                            let Ok(id) = IdentifyNamespace::read_from_bytes(b.get(..4096).unwrap_or_default()) else {
+                                continue;
+                            };
+                            let ms = id.lbaf.get(id.formatted_lba_index()).map_or(0, |f| f.ms.get());
+                            match id.block_size() {
+                                _ if id.nsze.get() == 0 => "was removed from the target (it is not active)".into(),
+                                Some(bs) if bs == block_size && ms == 0 => continue,
+                                bs => format!(
+                                    "was formatted with other blocks ({} bytes{}), not the {block_size}-byte ones it \
+                                     had",
+                                    bs.unwrap_or(0),
+                                    if ms != 0 { format!(" and {ms} of metadata") } else { String::new() }
+                                ),
+                            }
+                        }
+                        Err(Error::Nvme { status, .. }) => format!("was removed from the target ({status})"),
+                        Err(_) => continue,
+                    }
                 }
-                format!("was replaced by another namespace (identifiers {before:?} -> {now:?})")
             }
             Err(Error::Nvme { status, .. }) => format!("was removed from the target ({status})"),
             Err(_) => continue,

@@ -64,7 +64,7 @@ impl Namespace {
                 Err(Error::Nvme { .. }) => Vec::new(),
                 Err(e) => return Err(e),
             };
-        let gone = ctrl.note_namespace_ids(nsid, &descriptors);
+        let gone = ctrl.note_namespace_ids(nsid, &descriptors, block_size);
         Ok(Namespace {
             ctrl: ctrl.clone(),
             nsid,

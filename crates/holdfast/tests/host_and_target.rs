@@ -218,3 +218,37 @@ async fn a_namespace_removed_on_the_target_does_not_take_the_others_down_at_a_re
     ctrl.shutdown().await.unwrap();
     server.stop().await;
 }
+
+/// Namespace 1's block size changed by a reload (512 to 4096 bytes; the same identifiers): a handle opened with
+/// 512-byte blocks counts blocks the namespace no longer has. Once the host has the notice, a Write Zeroes
+/// through it (no data whose length would betray the mismatch) fails saying why instead of zeroing eight times
+/// the blocks asked for, at eight times the offset, in the namespace as it is now. Opened again, it has the new
+/// blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_whose_block_size_changed_is_not_zeroed_through_an_old_handle() {
+    let with_bs = |bs: u32| {
+        let s = format!(
+            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
+             [[subsystem.namespace]]\nnsid = 1\nbackend = \"ram\"\nsize_mib = 1\nblock_size = {bs}\n"
+        );
+        Config::parse(&s, "test").unwrap()
+    };
+    let server = Server::start(Target::new(&with_bs(512), TargetSettings::default()).unwrap()).await.unwrap();
+    let mut o = ConnectOptions::new(server.bound[0].1.to_string(), NQN);
+    o.nr_io_queues = 1;
+    let ctrl = Controller::connect(o).await.unwrap();
+    let mut events = ctrl.events();
+    let old = holdfast_host::Namespace::open(&ctrl, 1).await.unwrap();
+    assert_eq!(old.block_size, 512);
+    server.target.reload(&with_bs(4096)).unwrap();
+    assert_eq!(changed_event(&mut events).await, Some(vec![1]));
+    // Bytes 4096..8192 of the namespace, as the old handle counts them: 32768..65536 now.
+    let r = old.write_zeroes(8, 8).await;
+    let e = r.expect_err("a Write Zeroes in 512-byte blocks went to a namespace of 4096-byte blocks");
+    assert!(e.to_string().contains("namespace 1") && e.to_string().contains("4096"), "{e}");
+    let new = holdfast_host::Namespace::open(&ctrl, 1).await.unwrap();
+    assert_eq!(new.block_size, 4096);
+    new.write_zeroes(8, 8).await.unwrap();
+    ctrl.shutdown().await.unwrap();
+    server.stop().await;
+}
