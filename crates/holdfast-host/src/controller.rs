@@ -988,10 +988,12 @@ fn namespace_identity(descriptors: &[identify::NsDescriptor]) -> Vec<identify::N
 /// NSID (a target re-created with new ones, as Linux's nvmet gives a namespace a random UUID when it is
 /// created): replaying writes onto it would write someone else's blocks. Linux's host then logs "identifiers
 /// changed for nsid" and fails the namespace's I/O; here the controller is lost, with
-/// [`Error::ControllerLost`] naming the namespace, and nothing pending is issued again.
+/// [`Error::ControllerLost`] naming the namespace, and nothing pending is issued again. So it is when the
+/// namespace is formatted with another block size than its handles count (Identify CNS 00h): a Write Zeroes or
+/// Deallocate, which carries no data whose length would betray it, would act on other blocks than asked for.
 async fn check_namespace_ids(sh: &Shared, admin: &submit::Sender<Command>, deadline: TInstant) -> Result<()> {
-    let known: Vec<_> = lock(&sh.ns_ids).iter().map(|e| (e.nsid, e.ids.clone())).collect();
-    for (nsid, before) in known {
+    let known: Vec<_> = lock(&sh.ns_ids).iter().map(|e| (e.nsid, e.ids.clone(), e.block_size)).collect();
+    for (nsid, before, block_size) in known {
         let mut s = SubmissionEntry::new(aop::IDENTIFY, 0);
         s.nsid.set(nsid);
         s.cdw10.set(identify::CNS_NS_DESC_LIST as u32);
@@ -1009,6 +1011,26 @@ async fn check_namespace_ids(sh: &Shared, admin: &submit::Sender<Command>, deadl
             return Err(Error::ControllerLost(format!(
                 "namespace {nsid}'s identifiers changed across the reconnect ({before:?} -> {now:?}): another \
                  namespace under the same NSID; pending I/O is not issued again"
+            )));
+        }
+        let mut s = SubmissionEntry::new(aop::IDENTIFY, 0);
+        s.nsid.set(nsid);
+        s.cdw10.set(identify::CNS_NAMESPACE as u32);
+        let c = setup(admin, s, Bytes::new(), 4096, "Identify", deadline).await?;
+        let id = IdentifyNamespace::read_from_bytes(c.data.get(..4096).unwrap_or_default()).ok();
+        let ms = id.as_ref().and_then(|id| id.lbaf.get(id.formatted_lba_index())).map_or(0, |f| f.ms.get());
+        if c.status().is_success() && id.as_ref().is_none_or(|id| id.nsze.get() == 0) {
+            return Err(Error::ControllerLost(format!(
+                "namespace {nsid} is not active after the reconnect; pending I/O is not issued again"
+            )));
+        }
+        let now = id.as_ref().and_then(|id| id.block_size());
+        if c.status().is_success() && (now != Some(block_size) || ms != 0) {
+            return Err(Error::ControllerLost(format!(
+                "namespace {nsid} was formatted with other blocks across the reconnect ({} bytes{}, not the \
+                 {block_size}-byte ones its handles count); pending I/O is not issued again",
+                now.unwrap_or(0),
+                if ms != 0 { format!(" and {ms} of metadata") } else { String::new() }
             )));
         }
     }

@@ -192,6 +192,9 @@ struct State {
     /// Namespace 1's NGUID is sixteen bytes of this plus one (Identify CNS 03h): changing it makes namespace 1
     /// another namespace.
     ns_gen: AtomicU32,
+    /// Namespace 1's LBA data size, as a power of two (Identify Namespace LBADS; the fake's I/O counts 512-byte
+    /// blocks whatever it says).
+    ns_lbads: std::sync::atomic::AtomicU8,
     /// The bad R2Ts of `Behaviour::bad_r2t` went out (they go out once).
     bad_r2t_sent: AtomicBool,
     /// H2CData bytes received for the write that got the bad R2Ts.
@@ -258,6 +261,7 @@ async fn fake(b: Behaviour) -> Fake {
         down: AtomicBool::new(false),
         mute: AtomicBool::new(false),
         ns_gen: AtomicU32::new(0),
+        ns_lbads: std::sync::atomic::AtomicU8::new(9),
         next_cntlid: AtomicU32::new(1),
         log: Mutex::new(Vec::new()),
         bad_r2t_sent: AtomicBool::new(false),
@@ -490,7 +494,7 @@ impl Conn {
                             ns.nsze.set(NBLOCKS);
                             ns.ncap.set(NBLOCKS);
                             ns.nuse.set(NBLOCKS);
-                            ns.lbaf[0].lbads = 9;
+                            ns.lbaf[0].lbads = self.st.ns_lbads.load(Ordering::Relaxed);
                             ns.lbaf[0].ms.set(self.st.b.ns_metadata);
                             if self.st.b.ns_metadata != 0 {
                                 ns.flbas |= 1 << 4;
@@ -2275,4 +2279,33 @@ async fn a_namespace_opened_again_after_it_was_replaced_is_kept_across_a_reconne
     r.expect("a write through the handle opened again, across the reconnect");
     assert_eq!(c.state(), holdfast_host::controller::State::Live);
     c.shutdown().await.unwrap();
+}
+
+/// A reconnect finds namespace 1 with its identifiers but formatted with 4096-byte blocks, where the handle counts
+/// 512-byte ones: a Write Zeroes queued during the outage (no data whose length would betray the mismatch) is not
+/// replayed, where it would zero eight times the blocks asked for at eight times the offset; it fails, and the
+/// controller is lost saying why, as for changed identifiers.
+#[tokio::test]
+async fn a_namespace_formatted_with_other_blocks_across_a_reconnect_gets_no_replayed_io() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    o.ctrl_loss_tmo = Some(Duration::from_secs(60));
+    let c = Controller::connect(o).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    ns.write(0, pattern(8 * BS, 1), false).await.unwrap();
+    go_down(&f, &c).await;
+    let z = tokio::spawn({
+        let ns = ns.clone();
+        async move { ns.write_zeroes(0, 8).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    f.st.ns_lbads.store(12, Ordering::Relaxed);
+    f.st.down.store(false, Ordering::Relaxed);
+    let r = tokio::time::timeout(Duration::from_secs(5), z).await.expect("the Write Zeroes never finished").unwrap();
+    match r {
+        Err(Error::ControllerLost(why)) => assert!(why.contains("namespace 1") && why.contains("4096"), "{why}"),
+        other => panic!("expected the controller lost over the new block size, got {other:?}"),
+    }
+    assert_eq!(&f.st.ram.lock().unwrap()[..8 * BS], &pattern(8 * BS, 1)[..], "the Write Zeroes was replayed");
 }
