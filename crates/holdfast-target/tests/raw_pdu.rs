@@ -232,8 +232,12 @@ impl Conn {
     }
     /// Admin connect + enable; returns the CNTLID.
     async fn admin(addr: SocketAddr, subnqn: &str, hd: bool, dd: bool) -> (Conn, u16) {
+        Conn::admin_kato(addr, subnqn, hd, dd, 5000).await
+    }
+    /// [`Conn::admin`] with KATO `kato` ms (0: no keep-alive timer).
+    async fn admin_kato(addr: SocketAddr, subnqn: &str, hd: bool, dd: bool, kato: u32) -> (Conn, u16) {
         let mut c = Conn::ic(addr, hd, dd).await;
-        let r = c.connect(0, 0xFFFF, subnqn, 5000).await;
+        let r = c.connect(0, 0xFFFF, subnqn, kato).await;
         assert_eq!(r.status(), Status::SUCCESS, "admin connect");
         let cntlid = r.dw0.get() as u16;
         assert_eq!(c.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
@@ -1146,7 +1150,9 @@ async fn a_controller_reset_ends_the_held_event_requests_without_completing_them
 #[tokio::test]
 async fn a_huge_deallocation_does_not_stall_the_runtime() {
     let (server, addr) = start_ns("", TargetSettings::default(), 65536, 4096).await;
-    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    // No keep-alive timer: nothing is sent while the deallocation runs, which takes longer than a KATO of 5 s
+    // on a loaded machine (the association was torn down under it).
+    let (mut a, cntlid) = Conn::admin_kato(addr, NQN, false, false, 0).await;
     let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
     let ranges = 64usize;
     let whole = holdfast_proto::sqe::dsm::Range { cattr: 0, nlb: (65536u32 << 8), slba: 0 };
