@@ -1419,12 +1419,17 @@ fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
                         None => "more than 1024".into(),
                     });
                     drop(sh);
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = check_changed_namespaces(&weak, &admin, nsids.as_deref()) => {}
-                    }
+                    // Given up with the association, the check still ends in the event: the list was read, so
+                    // the target reports these changes no more, and the reconnect checks the namespaces itself.
+                    let checked = tokio::select! {
+                        _ = cancel.cancelled() => false,
+                        _ = check_changed_namespaces(&weak, &admin, nsids.as_deref()) => true,
+                    };
                     if let Some(sh) = weak.upgrade() {
                         let _ = sh.events.send(Event::NamespacesChanged { nsids });
+                    }
+                    if !checked {
+                        return;
                     }
                 }
             }

@@ -14,7 +14,9 @@ use holdfast_host::{ConnectOptions, Controller, Error, Namespace};
 use holdfast_proto::decoder::{Limits, PduDecoder, Role};
 use holdfast_proto::fabrics::{self, cap, cc, csts, property, ConnectCommand, PropertyCommand};
 use holdfast_proto::identify::{self, IdentifyController, IdentifyNamespace};
-use holdfast_proto::log_page::{discovery_log_bytes, log_page_slice, DiscoveryLogEntry, LID_DISCOVERY};
+use holdfast_proto::log_page::{
+    discovery_log_bytes, log_page_slice, ChangedNamespaceList, DiscoveryLogEntry, LID_CHANGED_NS_LIST, LID_DISCOVERY,
+};
 use holdfast_proto::opcode::{admin, fctype, io, FABRICS};
 use holdfast_proto::pdu::{self as pdu, C2HData, CapsuleResp, Framing, IcResp, Pdu, TermReq, R2T};
 use holdfast_proto::sqe::{get_log_page, rw};
@@ -223,6 +225,9 @@ struct State {
     /// Bumped to raise a policy-changed asynchronous event: each admin queue completes one held Asynchronous
     /// Event Request with it (as soon as it holds one) for every bump it has not reported yet.
     policy_aen: tokio::sync::watch::Sender<u32>,
+    /// The events `policy_aen` raises are Namespace Attribute Changed notices listing namespace 1 (Changed
+    /// Namespace List, LID 04h) instead.
+    ns_aen: AtomicBool,
     /// KATO of the last admin Connect.
     connect_kato: AtomicU32,
 }
@@ -276,6 +281,7 @@ async fn fake(b: Behaviour) -> Fake {
         stray_resp: AtomicBool::new(false),
         data_after_last: AtomicBool::new(false),
         policy_aen: tokio::sync::watch::Sender::new(0),
+        ns_aen: AtomicBool::new(false),
         connect_kato: AtomicU32::new(0),
     });
     let st2 = st.clone();
@@ -601,6 +607,12 @@ impl Conn {
                     let v = b[..len.min(b.len()).min(self.st.b.policy_page_bytes.unwrap_or(len))].to_vec();
                     self.send_data(cid, &v);
                 }
+                admin::GET_LOG_PAGE
+                    if get_log_page::lid(&sqe) == LID_CHANGED_NS_LIST && self.st.ns_aen.load(Ordering::SeqCst) =>
+                {
+                    let l = ChangedNamespaceList::build(&[1]);
+                    self.send_data(cid, l.as_bytes());
+                }
                 admin::GET_LOG_PAGE => self.resp(cid, Status::INVALID_LOG_PAGE, 0),
                 admin::HOLDFAST_FENCE_ASSOCIATION => {
                     let u = sqe.cdw11.get() as u64 | (sqe.cdw12.get() as u64) << 32;
@@ -795,7 +807,15 @@ async fn serve(mut s: TcpStream, st: Arc<State>) {
         if c.qid == 0 && c.cntlid != 0 && raised != aen_seen && !c.aers.is_empty() {
             aen_seen = aen_seen.wrapping_add(1);
             let cid = c.aers.remove(0);
-            c.resp(cid, Status::SUCCESS, holdfast_proto::policy::policy_changed_event().to_dword() as u64);
+            let ev = if c.st.ns_aen.load(Ordering::SeqCst) {
+                holdfast_proto::features::AsyncEvent::notice(
+                    holdfast_proto::features::notice::NS_ATTR_CHANGED,
+                    LID_CHANGED_NS_LIST,
+                )
+            } else {
+                holdfast_proto::policy::policy_changed_event()
+            };
+            c.resp(cid, Status::SUCCESS, ev.to_dword() as u64);
         }
         if !c.out.is_empty() && s.write_all(&c.out.split()).await.is_err() {
             return;
@@ -1202,6 +1222,44 @@ async fn a_namespace_whose_identifiers_could_not_be_read_is_not_opened_without_t
     }
     let ns = tokio::time::timeout(Duration::from_secs(10), Namespace::open(&c, 1)).await.expect("no hang");
     assert_eq!(ns.expect("opened again").descriptors.len(), 1);
+    c.shutdown().await.unwrap();
+}
+
+/// A Namespace Attribute Changed notice whose Changed Namespace List was read (which clears it on the target:
+/// it is not reported again) and whose namespaces were being identified again when the connection was lost:
+/// the application is still told (Event::NamespacesChanged), once the list is read, whatever becomes of that
+/// check; the reconnect checks the namespaces opened itself.
+#[tokio::test]
+async fn a_namespace_notice_is_reported_even_if_the_connection_is_lost_while_its_namespaces_are_checked() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.reconnect_delay = Some(Duration::from_millis(50));
+    o.ctrl_loss_tmo = Some(Duration::from_secs(60));
+    let c = Controller::connect(o).await.expect("connect");
+    let ns = Namespace::open(&c, 1).await.expect("open");
+    let mut events = c.events();
+    f.st.ns_aen.store(true, Ordering::SeqCst);
+    f.st.kill_desc_list.store(true, Ordering::SeqCst);
+    f.st.policy_aen.send_modify(|n| *n += 1);
+    let t0 = Instant::now();
+    while !f.st.down.load(Ordering::Relaxed) {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the namespace was never identified again");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    f.st.down.store(false, Ordering::Relaxed);
+    let got = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.recv().await {
+                Ok(holdfast_host::controller::Event::NamespacesChanged { nsids }) => return nsids,
+                Ok(_) => continue,
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the namespace notice was never reported");
+    assert_eq!(got, Some(vec![1]));
+    ns.write(0, pattern(BS, 3), false).await.expect("the namespace, unchanged, goes on");
     c.shutdown().await.unwrap();
 }
 
