@@ -526,6 +526,21 @@ fn bench_size_is_the_io_done_and_failed_io_ends_the_run_too() {
     assert_eq!((v["ops"].as_u64(), v["errors"].as_u64()), (Some(0), Some(16)), "{v}");
 }
 
+/// A `--size` that is not a whole number of `--bs` I/Os: the run does the whole I/Os that fit in it, no more. One
+/// more was done (257 I/Os of 4 KiB for 1 MiB + 100 bytes): more I/O than asked for, and a sequential write (a
+/// prefill of the region) wrapped round to rewrite its first unit.
+#[test]
+fn bench_size_not_a_multiple_of_the_io_size_is_not_exceeded() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "16"]);
+    for wl in ["write", "randwrite"] {
+        let (rc, out, err) =
+            on(&t, "bench", &["--workload", wl, "--size", "1048676", "--qd", "16", "--queues", "2", "--json"]);
+        assert_eq!(rc, 0, "{out}{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["ops"].as_u64(), Some(256), "{wl}: 1 MiB + 100 bytes holds 256 I/Os of 4 KiB: {v}");
+    }
+}
+
 /// `randrw --mix 0` writes only and `--mix 100` reads only: with `--verify` the first is read back after the run
 /// and the second refused, as `randwrite` and `randread` are. They used to check nothing at all (no read of a
 /// written unit ever came), and reported 0 mismatches.

@@ -316,8 +316,9 @@ async fn worker(
             break;
         }
         // The I/O's share of the limit is taken before it starts (a failed one keeps it): checking the bytes
-        // completed let every worker in flight at the limit go on, and failed I/O never end the run.
-        if byte_limit.is_some_and(|l| sh.issued.fetch_add(bs, Ordering::Relaxed) >= l) {
+        // completed let every worker in flight at the limit go on, and failed I/O never end the run. Only whole
+        // I/Os within the limit run: one that would end past it (a limit that is no multiple of --bs) does not.
+        if byte_limit.is_some_and(|l| sh.issued.fetch_add(bs, Ordering::Relaxed) + bs > l) {
             break;
         }
         let is_read = match a.workload {
