@@ -1514,12 +1514,18 @@ async fn check_changed_namespaces(
                                 ),
                             }
                         }
-                        Err(Error::Nvme { status, .. }) => format!("was removed from the target ({status})"),
+                        Err(Error::Nvme { status, .. }) if status.code() == Status::INVALID_NAMESPACE => {
+                            format!("was removed from the target ({status})")
+                        }
                         Err(_) => continue,
                     }
                 }
             }
-            Err(Error::Nvme { status, .. }) => format!("was removed from the target ({status})"),
+            // Not active (any more): removed. Another status (a controller's passing trouble) says nothing about
+            // the namespace: left to the next notice or reconnect, as a failed connection is.
+            Err(Error::Nvme { status, .. }) if status.code() == Status::INVALID_NAMESPACE => {
+                format!("was removed from the target ({status})")
+            }
             Err(_) => continue,
         };
         let Some(sh) = weak.upgrade() else { return };

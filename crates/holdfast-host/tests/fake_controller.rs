@@ -209,6 +209,8 @@ struct State {
     /// Armed: the next Identify of the namespace identification descriptor list (CNS 03h) is answered by closing
     /// the connection and going down (`down`).
     kill_desc_list: AtomicBool,
+    /// The namespace identification descriptor list (CNS 03h) is answered with this status instead.
+    desc_list_status: Mutex<Option<Status>>,
     /// Served as the holdfast policy log page (none: the page is refused, as by a target that has none).
     policy: Mutex<Option<holdfast_proto::policy::ConnectionPolicy>>,
     /// The policy log page is answered with this status instead (a target that cannot read it this time).
@@ -274,6 +276,7 @@ async fn fake(b: Behaviour) -> Fake {
         h2c_terms: Mutex::new(Vec::new()),
         kill_connects: AtomicU32::new(0),
         kill_desc_list: AtomicBool::new(false),
+        desc_list_status: Mutex::new(None),
         policy: Mutex::new(None),
         policy_status: Mutex::new(None),
         hang_writes: AtomicBool::new(false),
@@ -508,6 +511,11 @@ impl Conn {
                             page.copy_from_slice(ns.as_bytes());
                         }
                         identify::CNS_ACTIVE_NS_LIST => page.copy_from_slice(&identify::active_ns_list(&[1])),
+                        identify::CNS_NS_DESC_LIST if self.st.desc_list_status.lock().unwrap().is_some() => {
+                            let status = self.st.desc_list_status.lock().unwrap().unwrap();
+                            self.resp(cid, status, 0);
+                            return;
+                        }
                         identify::CNS_NS_DESC_LIST if self.st.kill_desc_list.swap(false, Ordering::SeqCst) => {
                             self.st.down.store(true, Ordering::Relaxed);
                             self.close = true;
@@ -1261,6 +1269,35 @@ async fn a_namespace_notice_is_reported_even_if_the_connection_is_lost_while_its
     assert_eq!(got, Some(vec![1]));
     ns.write(0, pattern(BS, 3), false).await.expect("the namespace, unchanged, goes on");
     c.shutdown().await.unwrap();
+}
+
+/// A namespace notice whose check of a listed namespace gets a status that does not say the namespace is gone
+/// (here Internal Error, a controller's passing trouble) leaves the namespace's handles working: only Invalid
+/// Namespace (not active) means removed. Marked gone, the handles would fail for good over one failed Identify.
+#[tokio::test]
+async fn a_namespace_check_that_fails_with_a_passing_status_leaves_the_namespace_alone() {
+    for (status, gone) in [(Status::INTERNAL_ERROR, false), (Status::INVALID_NAMESPACE.with_dnr(), true)] {
+        let f = fake(Behaviour::default()).await;
+        let c = Controller::connect(opts(&f, 1, false)).await.expect("connect");
+        let ns = Namespace::open(&c, 1).await.expect("open");
+        let mut events = c.events();
+        f.st.ns_aen.store(true, Ordering::SeqCst);
+        *f.st.desc_list_status.lock().unwrap() = Some(status);
+        f.st.policy_aen.send_modify(|n| *n += 1);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Ok(holdfast_host::controller::Event::NamespacesChanged { .. }) = events.recv().await {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("the namespace notice was never reported");
+        *f.st.desc_list_status.lock().unwrap() = None;
+        let r = ns.write(0, pattern(BS, 3), false).await;
+        assert_eq!(r.is_err(), gone, "{status}: {r:?}");
+        c.shutdown().await.unwrap();
+    }
 }
 
 /// A reconnect to a holdfast controller (its Identify carried a uniquifier) ends the previous association
