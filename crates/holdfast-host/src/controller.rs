@@ -195,6 +195,14 @@ impl Shared {
             _ => closed(),
         }
     }
+
+    /// The error for a command its namespace's mark (`gone`, set) kept out of the submission channel.
+    #[cold]
+    #[inline(never)]
+    fn refused(&self, cmd: &Command, gone: Option<&NsGone>) -> Error {
+        let why = gone.and_then(|g| g.get()).map_or("is gone", |w| w.as_str());
+        crate::namespace::gone_error(cmd.sqe.nsid.get(), &self.opts.subnqn, why)
+    }
 }
 
 /// A controller. Cheap to clone. When the last clone (and the last [`crate::Namespace`] of it) is dropped
@@ -293,7 +301,7 @@ fn try_enqueue(tx: &submit::Sender<Command>, cmd: Command) -> Result<Option<Comm
     match tx.try_send(cmd) {
         Ok(()) => Ok(None),
         Err(submit::TrySendError::Full(cmd)) => Ok(Some(cmd)),
-        Err(submit::TrySendError::Closed(_)) => Err(closed()),
+        Err(submit::TrySendError::Closed(_) | submit::TrySendError::Refused(_)) => Err(closed()),
     }
 }
 
@@ -313,6 +321,9 @@ pub enum Submitted<'a> {
 pub struct Backlogged<'a> {
     sh: &'a Shared,
     tx: &'a submit::Sender<Command>,
+    /// The mark of the namespace the command is for, if it came through a [`crate::Namespace`]: looked at under
+    /// the channel's lock at every try ([`submit::Sender::send_unless`]), see [`Controller::io_submit_for`].
+    gone: Option<&'a NsGone>,
     /// Boxed, so that a [`Submitted`] is a few words: on the usual path it is returned and matched by value.
     cmd: Box<Command>,
     rx: Reply,
@@ -321,9 +332,12 @@ pub struct Backlogged<'a> {
 impl Backlogged<'_> {
     /// Wait for room and queue the command; then the completion comes through the returned [`Reply`].
     pub async fn queue(self) -> Result<Reply> {
-        let Backlogged { sh, tx, cmd, rx } = self;
-        tx.send(*cmd).await.map_err(|_| sh.closed_error())?;
-        Ok(rx)
+        let Backlogged { sh, tx, gone, cmd, rx } = self;
+        match tx.send_unless(*cmd, || gone.is_some_and(|g| g.get().is_some())).await {
+            Ok(()) => Ok(rx),
+            Err(submit::TrySendError::Refused(c)) => Err(sh.refused(&c, gone)),
+            Err(_) => Err(sh.closed_error()),
+        }
     }
 }
 
@@ -650,7 +664,7 @@ fn carry_queue(
                 Ok(()) => {}
                 // Another sender took the room first: wait again.
                 Err(submit::TrySendError::Full(cmd)) => backlog.push_front(cmd),
-                Err(submit::TrySendError::Closed(cmd)) => {
+                Err(submit::TrySendError::Closed(cmd) | submit::TrySendError::Refused(cmd)) => {
                     backlog.push_front(cmd);
                     break;
                 }
@@ -785,7 +799,8 @@ async fn establish(
             });
         }
         if !first {
-            check_namespace_ids(sh, &admin, deadline).await?;
+            let gone = check_namespace_ids(sh, &admin, deadline).await?;
+            fail_gone_namespaces(sh, slots, gone);
         }
         let is_discovery = o.subnqn == fabrics::DISCOVERY_NQN;
         let adv = if is_discovery {
@@ -986,14 +1001,21 @@ fn namespace_identity(descriptors: &[identify::NsDescriptor]) -> Vec<identify::N
 /// On a reconnect, before anything is issued again: every namespace opened must still have the identifiers
 /// it had (EUI-64, NGUID, UUID; Identify CNS 03h). Other identifiers mean another namespace under the same
 /// NSID (a target re-created with new ones, as Linux's nvmet gives a namespace a random UUID when it is
-/// created): replaying writes onto it would write someone else's blocks. Linux's host then logs "identifiers
-/// changed for nsid" and fails the namespace's I/O; here the controller is lost, with
-/// [`Error::ControllerLost`] naming the namespace, and nothing pending is issued again. So it is when the
-/// namespace is formatted with another block size than its handles count (Identify CNS 00h): a Write Zeroes or
+/// created): replaying writes onto it would write someone else's blocks. So it is when the namespace is no longer
+/// active, or formatted with another block size than its handles count (Identify CNS 00h): a Write Zeroes or
 /// Deallocate, which carries no data whose length would betray it, would act on other blocks than asked for.
-async fn check_namespace_ids(sh: &Shared, admin: &submit::Sender<Command>, deadline: TInstant) -> Result<()> {
-    let known: Vec<_> = lock(&sh.ns_ids).iter().map(|e| (e.nsid, e.ids.clone(), e.block_size)).collect();
-    for (nsid, before, block_size) in known {
+/// Returns the namespaces found so, each with its mark and why, for [`fail_gone_namespaces`]: as the Linux host
+/// (nvme_validate_ns: "identifiers changed for nsid") removes that namespace alone, the others ride through. A
+/// failure to ask (the connection, a timeout) fails the attempt.
+async fn check_namespace_ids(
+    sh: &Shared,
+    admin: &submit::Sender<Command>,
+    deadline: TInstant,
+) -> Result<Vec<(NsGone, u32, String)>> {
+    let known: Vec<_> =
+        lock(&sh.ns_ids).iter().map(|e| (e.nsid, e.ids.clone(), e.block_size, e.gone.clone())).collect();
+    let mut gone = Vec::new();
+    for (nsid, before, block_size, mark) in known {
         let mut s = SubmissionEntry::new(aop::IDENTIFY, 0);
         s.nsid.set(nsid);
         s.cdw10.set(identify::CNS_NS_DESC_LIST as u32);
@@ -1001,17 +1023,17 @@ async fn check_namespace_ids(sh: &Shared, admin: &submit::Sender<Command>, deadl
             Ok(c) => namespace_identity(&identify::parse_ns_descriptor_list(&c.data)),
             // Not active any more (Invalid Namespace or Format): not the namespace it was either.
             Err(Error::Nvme { status, .. }) => {
-                return Err(Error::ControllerLost(format!(
-                    "namespace {nsid} is gone after the reconnect ({status}); pending I/O is not issued again"
-                )))
+                gone.push((mark, nsid, format!("was removed from the target ({status}; found at a reconnect)")));
+                continue;
             }
             Err(e) => return Err(e),
         };
         if now != before {
-            return Err(Error::ControllerLost(format!(
-                "namespace {nsid}'s identifiers changed across the reconnect ({before:?} -> {now:?}): another \
-                 namespace under the same NSID; pending I/O is not issued again"
-            )));
+            let why = format!(
+                "was replaced by another namespace across a reconnect (identifiers changed: {before:?} -> {now:?})"
+            );
+            gone.push((mark, nsid, why));
+            continue;
         }
         let mut s = SubmissionEntry::new(aop::IDENTIFY, 0);
         s.nsid.set(nsid);
@@ -1020,21 +1042,57 @@ async fn check_namespace_ids(sh: &Shared, admin: &submit::Sender<Command>, deadl
         let id = IdentifyNamespace::read_from_bytes(c.data.get(..4096).unwrap_or_default()).ok();
         let ms = id.as_ref().and_then(|id| id.lbaf.get(id.formatted_lba_index())).map_or(0, |f| f.ms.get());
         if c.status().is_success() && id.as_ref().is_none_or(|id| id.nsze.get() == 0) {
-            return Err(Error::ControllerLost(format!(
-                "namespace {nsid} is not active after the reconnect; pending I/O is not issued again"
-            )));
+            gone.push((mark, nsid, "was removed from the target (it is not active; found at a reconnect)".into()));
+            continue;
         }
         let now = id.as_ref().and_then(|id| id.block_size());
         if c.status().is_success() && (now != Some(block_size) || ms != 0) {
-            return Err(Error::ControllerLost(format!(
-                "namespace {nsid} was formatted with other blocks across the reconnect ({} bytes{}, not the \
-                 {block_size}-byte ones its handles count); pending I/O is not issued again",
+            let why = format!(
+                "was formatted with other blocks across a reconnect ({} bytes{}), not the {block_size}-byte ones its \
+                 handles count",
                 now.unwrap_or(0),
                 if ms != 0 { format!(" and {ms} of metadata") } else { String::new() }
-            )));
+            );
+            gone.push((mark, nsid, why));
         }
     }
-    Ok(())
+    Ok(gone)
+}
+
+/// The namespaces a reconnect found changed (`gone`: each one's mark, NSID and why; [`check_namespace_ids`]), before
+/// anything is issued again: each is marked gone, so that its handles fail every command from then on, and is no
+/// longer checked; and every I/O command for its NSID still waiting fails with why, never issued to the
+/// namespace now under that NSID (design §5): those kept from the lost connections (in flight, in a queue's
+/// backlog or waiting out a retry delay, all in the slots' `pending`) and those queued in the submission channels
+/// since. The mark is set first: a caller that waited for room in a full channel queues nothing after the
+/// channel was cleared ([`Controller::io_submit_for`]). Commands for the other namespaces are re-issued as ever;
+/// admin commands name no namespace to check.
+fn fail_gone_namespaces(sh: &Shared, slots: &mut [Option<Slot>], gone: Vec<(NsGone, u32, String)>) {
+    if gone.is_empty() {
+        return;
+    }
+    for (mark, nsid, why) in &gone {
+        tracing::warn!(addr = %sh.opts.addr, "namespace {nsid} {why}: its pending I/O fails, the other namespaces go on");
+        let _ = mark.set(why.clone());
+    }
+    lock(&sh.ns_ids).retain(|e| !gone.iter().any(|(g, ..)| Arc::ptr_eq(&e.gone, g)));
+    let why_of = |c: &Command| gone.iter().find(|g| g.1 == c.sqe.nsid.get()).map(|g| (g.1, g.2.as_str()));
+    let mut failed = 0usize;
+    for s in slots.iter_mut().skip(1).flatten() {
+        let (stale, keep): (Vec<_>, Vec<_>) = s.pending.drain(..).partition(|c| why_of(c).is_some());
+        s.pending = keep;
+        let queued = s.rx.take_if(|c| why_of(c).is_some());
+        for c in stale.into_iter().chain(queued) {
+            let Some((nsid, why)) = why_of(&c) else { continue };
+            let e = Error::Invalid(format!(
+                "namespace {nsid} of {} {why}: the {} pending for it was not issued again (open the namespace again)",
+                sh.opts.subnqn, c.name
+            ));
+            c.reply.send(Err(e));
+            failed += 1;
+        }
+    }
+    tracing::info!(addr = %sh.opts.addr, failed, "pending I/O of the namespaces gone failed");
 }
 
 impl Controller {
@@ -1139,7 +1197,19 @@ impl Controller {
         data_out: Bytes,
         data_in_len: usize,
     ) -> Result<Reply> {
-        match self.io_submit(hint, sqe, data_out, data_in_len)? {
+        self.io_send_for(hint, sqe, data_out, data_in_len, None).await
+    }
+
+    /// [`Controller::io_send`] for a namespace whose mark is `gone` ([`Controller::io_submit_for`]).
+    pub(crate) async fn io_send_for(
+        &self,
+        hint: Option<usize>,
+        sqe: SubmissionEntry,
+        data_out: Bytes,
+        data_in_len: usize,
+        gone: Option<&NsGone>,
+    ) -> Result<Reply> {
+        match self.io_submit_for(hint, sqe, data_out, data_in_len, gone)? {
             Submitted::Queued(rx) => Ok(rx),
             Submitted::Full(b) => b.queue().await,
         }
@@ -1156,6 +1226,24 @@ impl Controller {
         data_out: Bytes,
         data_in_len: usize,
     ) -> Result<Submitted<'_>> {
+        self.io_submit_for(hint, sqe, data_out, data_in_len, None)
+    }
+
+    /// [`Controller::io_submit`] for a namespace whose handles look at the mark `gone`: the command is not queued
+    /// once it is set, looked at under the submission channel's lock. A reconnect that finds the namespace changed
+    /// sets the mark and then takes the namespace's commands out of the channels ([`fail_gone_namespaces`]): a
+    /// caller that found the mark clear before it was set, and queues only now (it waited for room in a full
+    /// channel through the outage), is refused rather than sending a stale command to the namespace now under
+    /// the NSID (design §5).
+    #[inline]
+    pub(crate) fn io_submit_for<'a>(
+        &'a self,
+        hint: Option<usize>,
+        sqe: SubmissionEntry,
+        data_out: Bytes,
+        data_in_len: usize,
+        gone: Option<&'a NsGone>,
+    ) -> Result<Submitted<'a>> {
         self.check()?;
         if self.inner.io.is_empty() {
             return Err(Error::Invalid("this controller has no I/O queues".into()));
@@ -1171,9 +1259,13 @@ impl Controller {
         ) && sqe.fuse() == 0;
         let (cmd, rx) = command(sqe, data_out, data_in_len, command_name(&sqe, false), replayable)?;
         let tx = &self.inner.io[i];
-        Ok(match try_enqueue(tx, cmd).map_err(|_| self.inner.closed_error())? {
-            None => Submitted::Queued(rx),
-            Some(cmd) => Submitted::Full(Backlogged { sh: &self.inner, tx, cmd: Box::new(cmd), rx }),
+        Ok(match tx.try_send_unless(cmd, || gone.is_some_and(|g| g.get().is_some())) {
+            Ok(()) => Submitted::Queued(rx),
+            Err(submit::TrySendError::Full(cmd)) => {
+                Submitted::Full(Backlogged { sh: &self.inner, tx, gone, cmd: Box::new(cmd), rx })
+            }
+            Err(submit::TrySendError::Refused(cmd)) => return Err(self.inner.refused(&cmd, gone)),
+            Err(submit::TrySendError::Closed(_)) => return Err(self.inner.closed_error()),
         })
     }
 
@@ -1474,8 +1566,8 @@ fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
 /// Namespace List. One no longer there (an error status, or a size of 0), with other identifiers (another
 /// namespace under its NSID) or with another block size (its handles would count other blocks: a Write Zeroes,
 /// which carries no data whose length would betray it, would zero other blocks than asked for) is marked gone:
-/// its handles fail from then on, and it is not checked at a reconnect any more, which would otherwise take the
-/// whole controller down for it. A namespace that was only resized keeps its handles (their size is what it was
+/// its handles fail from then on, and it is not checked at a reconnect any more (where it would be found gone
+/// again: [`fail_gone_namespaces`]). A namespace that was only resized keeps its handles (their size is what it was
 /// when opened). A failure of the connection leaves the namespace to the check at the reconnect
 /// ([`check_namespace_ids`]).
 async fn check_changed_namespaces(

@@ -11,6 +11,15 @@ use holdfast_proto::sqe::{dsm, rw};
 use holdfast_proto::SubmissionEntry;
 use zerocopy::FromBytes;
 
+/// The error of a command through a handle of namespace `nsid` (of `subnqn`) once it is marked gone, `why`.
+#[cold]
+#[inline(never)]
+pub(crate) fn gone_error(nsid: u32, subnqn: &str, why: &str) -> Error {
+    Error::Invalid(format!(
+        "namespace {nsid} of {subnqn} {why}: this handle is not used any more (open the namespace again)"
+    ))
+}
+
 /// A namespace of a connected controller.
 #[derive(Clone)]
 pub struct Namespace {
@@ -108,11 +117,7 @@ impl Namespace {
     #[cold]
     #[inline(never)]
     fn gone_error(&self, why: &str) -> Error {
-        Error::Invalid(format!(
-            "namespace {} of {} {why}: this handle is not used any more (open the namespace again)",
-            self.nsid,
-            self.ctrl.options().subnqn
-        ))
+        gone_error(self.nsid, &self.ctrl.options().subnqn, why)
     }
 
     /// `blocks` blocks at `lba` (at least one) lie within the namespace; else [`Error::Invalid`] naming them.
@@ -150,7 +155,13 @@ impl Namespace {
         if blocks <= max {
             // One command: no bookkeeping beyond it.
             let sqe = self.rw_sqe(op::READ, lba, blocks as u32, 0);
-            let rx = match self.ctrl.io_submit(queue, sqe, Bytes::new(), (blocks * self.block_size as u64) as usize)? {
+            let rx = match self.ctrl.io_submit_for(
+                queue,
+                sqe,
+                Bytes::new(),
+                (blocks * self.block_size as u64) as usize,
+                Some(&self.gone),
+            )? {
                 Submitted::Queued(rx) => rx,
                 Submitted::Full(b) => b.queue().await?,
             };
@@ -212,7 +223,7 @@ impl Namespace {
         let max = self.max_blocks();
         if blocks <= max {
             let sqe = self.rw_sqe(op::WRITE, lba, blocks as u32, if fua { rw::FUA } else { 0 });
-            let rx = match self.ctrl.io_submit(queue, sqe, data, 0)? {
+            let rx = match self.ctrl.io_submit_for(queue, sqe, data, 0, Some(&self.gone))? {
                 Submitted::Queued(rx) => rx,
                 Submitted::Full(b) => b.queue().await?,
             };
@@ -251,7 +262,7 @@ impl Namespace {
             } else {
                 (data.slice((at * bs) as usize..((at + n) * bs) as usize), 0)
             };
-            match self.ctrl.io_send(queue, sqe, out, in_len).await {
+            match self.ctrl.io_send_for(queue, sqe, out, in_len, Some(&self.gone)).await {
                 Ok(rx) => rxs.push(rx),
                 Err(e) => {
                     sent = Err(e);
@@ -289,7 +300,7 @@ impl Namespace {
         self.check_gone()?;
         let mut s = SubmissionEntry::new(op::FLUSH, 0);
         s.nsid.set(self.nsid);
-        finish(self.ctrl.io_send(None, s, Bytes::new(), 0).await?, "Flush").await.map(|_| ())
+        finish(self.ctrl.io_send_for(None, s, Bytes::new(), 0, Some(&self.gone)).await?, "Flush").await.map(|_| ())
     }
 
     /// Write Zeroes over `blocks` blocks at `lba` (split at 65536 blocks per command).
@@ -300,7 +311,7 @@ impl Namespace {
         while at < lba + blocks {
             let n = (lba + blocks - at).min(65536);
             let sqe = self.rw_sqe(op::WRITE_ZEROES, at, n as u32, 0);
-            finish(self.ctrl.io_send(None, sqe, Bytes::new(), 0).await?, "Write Zeroes").await?;
+            finish(self.ctrl.io_send_for(None, sqe, Bytes::new(), 0, Some(&self.gone)).await?, "Write Zeroes").await?;
             at += n;
         }
         Ok(())
@@ -323,7 +334,8 @@ impl Namespace {
             s.cdw10.set(chunk.len() as u32 - 1);
             s.cdw11.set(dsm::AD);
             let data: Vec<u8> = chunk.iter().flat_map(|r| r.encode()).collect();
-            finish(self.ctrl.io_send(None, s, Bytes::from(data), 0).await?, "Dataset Management").await?;
+            finish(self.ctrl.io_send_for(None, s, Bytes::from(data), 0, Some(&self.gone)).await?, "Dataset Management")
+                .await?;
         }
         Ok(())
     }

@@ -84,6 +84,8 @@ pub enum TrySendError<T> {
     Full(T),
     /// The receiver is gone.
     Closed(T),
+    /// The sender's own check refused it ([`Sender::try_send_unless`]).
+    Refused(T),
 }
 
 /// The receiver is gone: [`Sender::send`] gives its item back.
@@ -120,10 +122,22 @@ impl<T> std::fmt::Debug for Sender<T> {
 
 impl<T> Sender<T> {
     /// Queue `item` if there is room, without waiting.
+    #[inline]
     pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
+        self.try_send_unless(item, || false)
+    }
+
+    /// [`Sender::try_send`], refused ([`TrySendError::Refused`]) if `refuse` says so, asked under the channel's
+    /// lock: a receiver that takes items out ([`Receiver::take_if`]) after something changed that `refuse` looks at
+    /// either finds the item queued or is never sent it.
+    #[inline]
+    pub fn try_send_unless(&self, item: T, refuse: impl FnOnce() -> bool) -> Result<(), TrySendError<T>> {
         let mut s = self.chan.lock();
         if !s.rx_alive {
             return Err(TrySendError::Closed(item));
+        }
+        if refuse() {
+            return Err(TrySendError::Refused(item));
         }
         if s.queue.len() >= self.chan.cap {
             return Err(TrySendError::Full(item));
@@ -137,16 +151,24 @@ impl<T> Sender<T> {
     /// Queue `item`, waiting for room; the item back if the receiver is gone. Cancel-safe in the sense that
     /// matters here: dropped while waiting, the future drops the item (callers that must keep it wait with
     /// [`Sender::ready`] and queue with [`Sender::try_send`]).
-    pub async fn send(&self, mut item: T) -> Result<(), SendError<T>> {
+    pub async fn send(&self, item: T) -> Result<(), SendError<T>> {
+        self.send_unless(item, || false).await.map_err(|e| match e {
+            TrySendError::Closed(i) | TrySendError::Refused(i) | TrySendError::Full(i) => SendError(i),
+        })
+    }
+
+    /// [`Sender::send`], refused as [`Sender::try_send_unless`] refuses (asked again at every try): `Closed` or
+    /// `Refused` with the item back, never `Full`.
+    pub async fn send_unless(&self, mut item: T, refuse: impl Fn() -> bool) -> Result<(), TrySendError<T>> {
         loop {
             let room = self.chan.room.notified();
             tokio::pin!(room);
             // Registered before the check: a receiver that takes from the full queue after it notifies us.
             room.as_mut().enable();
-            match self.try_send(item) {
+            match self.try_send_unless(item, &refuse) {
                 Ok(()) => return Ok(()),
-                Err(TrySendError::Closed(i)) => return Err(SendError(i)),
                 Err(TrySendError::Full(i)) => item = i,
+                Err(e) => return Err(e),
             }
             room.await;
         }
@@ -279,6 +301,20 @@ impl<T> Receiver<T> {
         Some(item)
     }
 
+    /// Take out every queued item `pick` chooses, in their order, leaving the others in theirs; senders waiting
+    /// for room are told if the queue was full.
+    pub fn take_if(&mut self, pick: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut s = self.chan.lock();
+        let (out, keep): (VecDeque<T>, VecDeque<T>) = std::mem::take(&mut s.queue).into_iter().partition(pick);
+        s.queue = keep;
+        let out = Vec::from(out);
+        let n = out.len();
+        if n > 0 {
+            self.taken(s, n);
+        }
+        out
+    }
+
     /// Up to `limit` items into `buf`; with `cx`, a wait registered if there are none (and senders remain).
     fn take(&mut self, cx: Option<&mut Context<'_>>, buf: &mut Vec<T>, limit: usize) -> Option<usize> {
         if limit == 0 {
@@ -363,6 +399,32 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").unwrap().unwrap();
         assert_eq!(rx.recv().await, Some(3));
         assert!(tx.ready().await);
+    }
+
+    /// Items taken out by `take_if` leave the others in order and make room; a sender that waited for it asks
+    /// its own check again, under the lock, and is refused once the check says so.
+    #[tokio::test]
+    async fn take_if_makes_room_and_a_waiting_sender_is_refused_by_its_check() {
+        let (tx, mut rx) = channel::<u32>(3);
+        for i in 1..=3 {
+            tx.try_send(i).unwrap();
+        }
+        let stale = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx2, stale2) = (tx.clone(), stale.clone());
+        let waiting = tokio::spawn(async move {
+            tx2.send_unless(4, || stale2.load(Ordering::Relaxed))
+                .await
+                .map_err(|e| matches!(e, TrySendError::Refused(4)))
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "no room yet");
+        stale.store(true, Ordering::Relaxed);
+        assert_eq!(rx.take_if(|i| i % 2 == 1), vec![1, 3]);
+        let r = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").unwrap();
+        assert_eq!(r, Err(true));
+        assert!(matches!(tx.try_send_unless(5, || true), Err(TrySendError::Refused(5))));
+        tx.try_send(6).unwrap();
+        assert_eq!((rx.try_recv(), rx.try_recv(), rx.try_recv()), (Some(2), Some(6), None));
     }
 
     #[tokio::test]

@@ -219,6 +219,72 @@ async fn a_namespace_removed_on_the_target_does_not_take_the_others_down_at_a_re
     server.stop().await;
 }
 
+/// Two namespaces; the host's association is torn down on the target, and the target's configuration replaces
+/// namespace 2 (new identifiers) before the host is back: the reconnect finds namespace 2 another namespace and
+/// fails it alone, as the Linux host does, rather than the whole controller. Namespace 1's write queued during
+/// the outage completes and its I/O goes on; namespace 2's fails saying why and is never written to the namespace
+/// now under NSID 2 (read back through a handle opened again); the controller stays live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_replaced_while_the_host_is_away_fails_alone_at_the_reconnect() {
+    let server = Server::start(
+        Target::new(&config_ids(&[(1, Some(0x11)), (2, Some(0x22))]), TargetSettings::default()).unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut o = ConnectOptions::new(server.bound[0].1.to_string(), NQN);
+    o.nr_io_queues = 1;
+    let ctrl = Controller::connect(o).await.unwrap();
+    let mut events = ctrl.events();
+    let ns1 = holdfast_host::Namespace::open(&ctrl, 1).await.unwrap();
+    let ns2 = holdfast_host::Namespace::open(&ctrl, 2).await.unwrap();
+    ns2.write(0, bytes::Bytes::from(vec![0xAA; 4096]), false).await.unwrap();
+    // No await in between: the host's first attempt after an association this young waits 100 ms (the flap delay).
+    for c in server.target.subsystem(NQN).unwrap().controllers() {
+        c.teardown("test");
+    }
+    server.target.reload(&config_ids(&[(1, Some(0x11)), (2, Some(0x33))])).unwrap();
+    let w1 = tokio::spawn({
+        let ns1 = ns1.clone();
+        async move { ns1.write(0, bytes::Bytes::from(vec![0xB1; 4096]), false).await }
+    });
+    let w2 = tokio::spawn({
+        let ns2 = ns2.clone();
+        async move { ns2.write(0, bytes::Bytes::from(vec![0xB2; 4096]), false).await }
+    });
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Ok(Event::Restored { .. }) => return,
+                Ok(Event::Failed { reason }) => panic!("the controller was lost: {reason}"),
+                Ok(_) => continue,
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("not reconnected within 10 s");
+    let done = |h: tokio::task::JoinHandle<holdfast_host::Result<()>>| async move {
+        tokio::time::timeout(Duration::from_secs(5), h).await.expect("a write never finished").unwrap()
+    };
+    done(w1).await.expect("namespace 1's write queued during the outage");
+    let e = done(w2).await.expect_err("namespace 2's write went to the namespace that replaced it");
+    assert!(
+        e.to_string().contains("namespace 2")
+            && e.to_string().contains("replaced by another namespace across a reconnect"),
+        "{e}"
+    );
+    assert_eq!(ctrl.state(), holdfast_host::controller::State::Live);
+    assert_eq!(ns1.read(0, 8).await.unwrap(), vec![0xB1; 4096]);
+    ns1.write(8, bytes::Bytes::from(vec![0xC1; 4096]), false).await.unwrap();
+    let e = ns2.read(0, 1).await.expect_err("a read through the handle of the namespace replaced");
+    assert!(e.to_string().contains("namespace 2"), "{e}");
+    let new = holdfast_host::Namespace::open(&ctrl, 2).await.unwrap();
+    assert_ne!(new.descriptors, ns2.descriptors);
+    assert_eq!(new.read(0, 8).await.unwrap(), vec![0u8; 4096], "namespace 2's pending write landed in the new one");
+    ctrl.shutdown().await.unwrap();
+    server.stop().await;
+}
+
 /// Namespace 1's block size changed by a reload (512 to 4096 bytes; the same identifiers): a handle opened with
 /// 512-byte blocks counts blocks the namespace no longer has. Once the host has the notice, a Write Zeroes
 /// through it (no data whose length would betray the mismatch) fails saying why instead of zeroing eight times
