@@ -1021,8 +1021,10 @@ async fn check_namespace_ids(
         s.cdw10.set(identify::CNS_NS_DESC_LIST as u32);
         let now: Vec<_> = match setup_ok(admin, s, Bytes::new(), 4096, "Identify", deadline).await {
             Ok(c) => namespace_identity(&identify::parse_ns_descriptor_list(&c.data)),
-            // Not active any more (Invalid Namespace or Format): not the namespace it was either.
-            Err(Error::Nvme { status, .. }) => {
+            // Not active any more (Invalid Namespace or Format): not the namespace it was either. Another status
+            // (a controller's passing trouble) says nothing about the namespace: the attempt fails, as for a lost
+            // connection, and the next one asks again.
+            Err(Error::Nvme { status, .. }) if status.code() == Status::INVALID_NAMESPACE => {
                 gone.push((mark, nsid, format!("was removed from the target ({status}; found at a reconnect)")));
                 continue;
             }

@@ -1390,6 +1390,31 @@ async fn a_namespace_check_that_fails_with_a_passing_status_leaves_the_namespace
     }
 }
 
+/// At a reconnect, a namespace whose Identify (CNS 03h) fails with a status that does not say it is gone (Internal
+/// Error) is not taken for removed: that attempt fails and a later one, answered, finds the namespace as it was,
+/// and its handle goes on. Only Invalid Namespace means removed.
+#[tokio::test]
+async fn a_passing_status_at_the_reconnect_check_is_not_a_removed_namespace() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.reconnect_delay = Some(Duration::from_millis(50));
+    o.ctrl_loss_tmo = Some(Duration::from_secs(60));
+    let c = Controller::connect(o).await.expect("connect");
+    let ns = Namespace::open(&c, 1).await.expect("open");
+    *f.st.desc_list_status.lock().unwrap() = Some(Status::INTERNAL_ERROR);
+    go_down(&f, &c).await;
+    f.st.down.store(false, Ordering::Relaxed);
+    let st = f.st.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        *st.desc_list_status.lock().unwrap() = None;
+    });
+    let r = tokio::time::timeout(Duration::from_secs(10), ns.write(0, pattern(BS, 5), false)).await.expect("no hang");
+    assert!(r.is_ok(), "the namespace was taken for gone over a passing status: {r:?}");
+    assert_eq!(c.state(), holdfast_host::controller::State::Live);
+    c.shutdown().await.unwrap();
+}
+
 /// A reconnect to a holdfast controller (its Identify carried a uniquifier) ends the previous association
 /// with Fence Association, naming its CNTLID and uniquifier, right after the new admin queue is up and before
 /// any I/O queue is connected, so before anything is issued again (design §5).
