@@ -159,7 +159,8 @@ struct Shared {
     stopping: AtomicBool,
     /// The namespaces opened with identifiers (EUI-64, NGUID, UUID): a reconnect checks them before anything is
     /// issued again ([`check_namespace_ids`]), and a Namespace Attribute Changed notice for one of them as soon as
-    /// it comes ([`check_changed_namespaces`]).
+    /// it comes ([`check_changed_namespaces`]). One a notice marked gone stays until the next reconnect, which fails
+    /// the commands kept for it (or until the NSID is opened again).
     ns_ids: Mutex<Vec<NsEntry>>,
 }
 
@@ -1014,7 +1015,8 @@ fn namespace_identity(descriptors: &[identify::NsDescriptor]) -> Vec<identify::N
 /// Deallocate, which carries no data whose length would betray it, would act on other blocks than asked for.
 /// Returns the namespaces found so, each with its mark and why, for [`fail_gone_namespaces`]: as the Linux host
 /// (nvme_validate_ns: "identifiers changed for nsid") removes that namespace alone, the others ride through. A
-/// failure to ask (the connection, a timeout) fails the attempt.
+/// failure to ask (the connection, a timeout) fails the attempt. One a namespace notice already marked gone is
+/// returned as it is, not asked about again.
 async fn check_namespace_ids(
     sh: &Shared,
     admin: &submit::Sender<Command>,
@@ -1024,6 +1026,12 @@ async fn check_namespace_ids(
         lock(&sh.ns_ids).iter().map(|e| (e.nsid, e.ids.clone(), e.block_size, e.gone.clone())).collect();
     let mut gone = Vec::new();
     for (nsid, before, block_size, mark) in known {
+        // Marked gone by a namespace notice on the association lost: its commands kept from it fail here too.
+        if let Some(why) = mark.get() {
+            let why = why.clone();
+            gone.push((mark, nsid, why));
+            continue;
+        }
         let mut s = SubmissionEntry::new(aop::IDENTIFY, 0);
         s.nsid.set(nsid);
         s.cdw10.set(identify::CNS_NS_DESC_LIST as u32);
@@ -1342,6 +1350,9 @@ impl Controller {
     ) -> NsGone {
         let ids = namespace_identity(descriptors);
         let mut known = lock(&self.inner.ns_ids);
+        // One a notice marked gone is not shared, and goes: from then on the commands its handles left are told
+        // apart from the new handle's by NSID alone, so a reconnect can no longer fail them.
+        known.retain(|e| e.nsid != nsid || e.gone.get().is_none());
         if let Some(i) = known.iter().position(|e| e.nsid == nsid) {
             if known[i].block_size == block_size && (ids.is_empty() || known[i].ids == ids) {
                 return known[i].gone.clone();
@@ -1576,8 +1587,9 @@ fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
 /// Namespace List. One no longer there (an error status, or a size of 0), with other identifiers (another
 /// namespace under its NSID) or with another block size (its handles would count other blocks: a Write Zeroes,
 /// which carries no data whose length would betray it, would zero other blocks than asked for) is marked gone:
-/// its handles fail from then on, and it is not checked at a reconnect any more (where it would be found gone
-/// again: [`fail_gone_namespaces`]). A namespace that was only resized keeps its handles (their size is what it was
+/// its handles fail from then on, and it stays in `ns_ids`, marked, until the next reconnect, which fails the
+/// commands kept for it from the association lost (in flight, backlogged) instead of issuing them to the namespace
+/// now under its NSID ([`check_namespace_ids`], [`fail_gone_namespaces`]). A namespace that was only resized keeps its handles (their size is what it was
 /// when opened). A failure of the connection leaves the namespace to the check at the reconnect
 /// ([`check_namespace_ids`]).
 async fn check_changed_namespaces(
@@ -1588,7 +1600,7 @@ async fn check_changed_namespaces(
     let Some(sh) = weak.upgrade() else { return };
     let listed: Vec<(u32, Vec<identify::NsDescriptor>, u32, NsGone)> = lock(&sh.ns_ids)
         .iter()
-        .filter(|e| nsids.is_none_or(|l| l.contains(&e.nsid)))
+        .filter(|e| e.gone.get().is_none() && nsids.is_none_or(|l| l.contains(&e.nsid)))
         .map(|e| (e.nsid, e.ids.clone(), e.block_size, e.gone.clone()))
         .collect();
     drop(sh);
@@ -1632,8 +1644,9 @@ async fn check_changed_namespaces(
         };
         let Some(sh) = weak.upgrade() else { return };
         tracing::warn!(addr = %sh.opts.addr, "namespace {nsid} {why}");
+        // Left in `ns_ids`, marked: the reconnect fails the commands kept for it from this association
+        // ([`check_namespace_ids`]) rather than issue them to the namespace now under its NSID.
         let _ = gone.set(why);
-        lock(&sh.ns_ids).retain(|e| !Arc::ptr_eq(&e.gone, &gone));
     }
 }
 
