@@ -684,7 +684,8 @@ fn carry_queue(
 }
 
 /// Bring up one association on the given queue slots. On failure every queue task started is torn down
-/// and its slot comes back through `exits` (the caller collects `started` exits).
+/// and its slot comes back through `exits` (the caller collects `started` exits). `unissued` counts the commands
+/// of the slots' `pending` failed instead of re-issued (their namespace found gone: [`fail_gone_namespaces`]).
 async fn establish(
     sh: &Shared,
     slots: &mut Vec<Option<Slot>>,
@@ -692,6 +693,7 @@ async fn establish(
     started: &mut usize,
     deadline: TInstant,
     first: bool,
+    unissued: &mut usize,
 ) -> Result<(CancellationToken, bool)> {
     let o = &sh.opts;
     let cancel = sh.shutdown.child_token();
@@ -809,7 +811,7 @@ async fn establish(
         }
         if !first {
             let gone = check_namespace_ids(sh, &admin, deadline).await?;
-            fail_gone_namespaces(sh, slots, gone);
+            *unissued += fail_gone_namespaces(sh, slots, gone);
         }
         let is_discovery = o.subnqn == fabrics::DISCOVERY_NQN;
         let adv = if is_discovery {
@@ -1084,10 +1086,11 @@ async fn check_namespace_ids(
 /// backlog or waiting out a retry delay, all in the slots' `pending`) and those queued in the submission channels
 /// since. The mark is set first: a caller that waited for room in a full channel queues nothing after the
 /// channel was cleared ([`Controller::io_submit_for`]). Commands for the other namespaces are re-issued as ever;
-/// admin commands name no namespace to check.
-fn fail_gone_namespaces(sh: &Shared, slots: &mut [Option<Slot>], gone: Vec<(NsGone, u32, String)>) {
+/// admin commands name no namespace to check. Returns how many of those failed were in the slots' `pending`
+/// (which [`Event::Restored`] would otherwise count as re-issued).
+fn fail_gone_namespaces(sh: &Shared, slots: &mut [Option<Slot>], gone: Vec<(NsGone, u32, String)>) -> usize {
     if gone.is_empty() {
-        return;
+        return 0;
     }
     for (mark, nsid, why) in &gone {
         tracing::warn!(addr = %sh.opts.addr, "namespace {nsid} {why}: its pending I/O fails, the other namespaces go on");
@@ -1095,10 +1098,11 @@ fn fail_gone_namespaces(sh: &Shared, slots: &mut [Option<Slot>], gone: Vec<(NsGo
     }
     lock(&sh.ns_ids).retain(|e| !gone.iter().any(|(g, ..)| Arc::ptr_eq(&e.gone, g)));
     let why_of = |c: &Command| gone.iter().find(|g| g.1 == c.sqe.nsid.get()).map(|g| (g.1, g.2.as_str()));
-    let mut failed = 0usize;
+    let (mut failed, mut from_pending) = (0usize, 0usize);
     for s in slots.iter_mut().skip(1).flatten() {
         let (stale, keep): (Vec<_>, Vec<_>) = s.pending.drain(..).partition(|c| why_of(c).is_some());
         s.pending = keep;
+        from_pending += stale.len();
         let queued = s.rx.take_if(|c| why_of(c).is_some());
         for c in stale.into_iter().chain(queued) {
             let Some((nsid, why)) = why_of(&c) else { continue };
@@ -1111,6 +1115,7 @@ fn fail_gone_namespaces(sh: &Shared, slots: &mut [Option<Slot>], gone: Vec<(NsGo
         }
     }
     tracing::info!(addr = %sh.opts.addr, failed, "pending I/O of the namespaces gone failed");
+    from_pending
 }
 
 impl Controller {
@@ -1161,7 +1166,7 @@ impl Controller {
         let (exits_tx, mut exits_rx): Exits = mpsc::unbounded_channel();
         let mut started = 0;
         let deadline = TInstant::now() + sh.opts.connect_timeout.max(Duration::from_secs(1)) * 3;
-        match establish(&sh, &mut slots, &exits_tx, &mut started, deadline, true).await {
+        match establish(&sh, &mut slots, &exits_tx, &mut started, deadline, true, &mut 0).await {
             Ok((assoc, _)) => {
                 *lock(&sh.assoc) = assoc.clone();
                 start_association_tasks(&sh, &assoc);
@@ -1858,16 +1863,19 @@ async fn supervise(
             }
             let deadline = TInstant::now() + left.max(Duration::from_millis(10));
             let reissued: usize = slots.iter().flatten().map(|s| s.pending.len()).sum();
+            // Of those, the ones failed instead (their namespace found gone: fail_gone_namespaces).
+            let mut unissued = 0;
             let mut started = 0;
             // Given up at once if the controller is shut down meanwhile: the attempt could otherwise wait out its
             // deadline (a set-up command the closed queue never answers, a connect into a black hole), which is up
             // to ctrl_loss_tmo, long after shutdown() stopped waiting for this task.
             let attempt_result = tokio::select! {
-                r = establish(&sh, &mut slots, &exits_tx, &mut started, deadline, false) => r,
+                r = establish(&sh, &mut slots, &exits_tx, &mut started, deadline, false, &mut unissued) => r,
                 _ = sh.shutdown.cancelled() => Err(Error::NotConnected("controller shut down".into())),
             };
             match attempt_result {
                 Ok((assoc, restarted)) => {
+                    let reissued = reissued.saturating_sub(unissued);
                     running = started;
                     restored_at = Instant::now();
                     *lock(&sh.assoc) = assoc.clone();

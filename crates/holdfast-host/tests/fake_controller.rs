@@ -1256,6 +1256,7 @@ async fn a_namespace_replaced_across_a_reconnect_fails_its_pending_io_and_the_ot
         assert!(t0.elapsed() < Duration::from_secs(3), "the write never reached the fake");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let mut events = c.events();
     go_down(&f, &c).await;
     f.st.hang_writes.store(false, Ordering::Relaxed);
     let queued: Vec<_> = (0..24u64)
@@ -1284,6 +1285,19 @@ async fn a_namespace_replaced_across_a_reconnect_fails_its_pending_io_and_the_ot
         }
     }
     assert_eq!(c.state(), holdfast_host::controller::State::Live);
+    // Namespace 1's write kept from the lost connection failed: nothing was re-issued.
+    let reissued = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.recv().await {
+                Ok(holdfast_host::controller::Event::Restored { reissued, .. }) => break reissued,
+                Ok(_) => continue,
+                Err(e) => panic!("no Restored event: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("no Restored event");
+    assert_eq!(reissued, 0, "Restored counts namespace 1's write, failed, as re-issued");
     assert_eq!(f.st.write_attempts.load(Ordering::Relaxed), attempts + 2, "a write of namespace 1 was sent again");
     assert!(f.st.ram.lock().unwrap()[..64 * BS] == before[..], "a write of namespace 1 landed in the new one");
     assert_eq!(ns2.read(100, 1).await.unwrap(), pattern(BS, 4));
