@@ -31,18 +31,7 @@ async fn a_namespace_added_on_the_target_reaches_the_host_as_an_event() {
     // The host's event task has its Asynchronous Event Request outstanding once the target holds it; a
     // notice raised before would be held by the target until then, so no wait is needed for correctness.
     server.target.reload(&config(&[1, 2])).unwrap();
-    let changed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match events.recv().await {
-                Ok(Event::NamespacesChanged { nsids }) => return nsids,
-                Ok(_) => continue,
-                Err(e) => panic!("event stream ended: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("no namespace change event within 5 s");
-    assert_eq!(changed, Some(vec![2]));
+    assert_eq!(changed_event(&mut events).await, Some(vec![2]));
     assert_eq!(ctrl.active_namespaces().await.unwrap(), vec![1, 2]);
     ctrl.shutdown().await.unwrap();
     server.stop().await;
@@ -153,6 +142,11 @@ async fn reconnect(server: &Server, ctrl: &Controller) {
     for c in server.target.subsystem(NQN).unwrap().controllers() {
         c.teardown("test");
     }
+    restored(&mut events).await;
+}
+
+/// Wait (up to 10 s) for the host's next association: `Restored`, not `Failed`.
+async fn restored(events: &mut tokio::sync::broadcast::Receiver<Event>) {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match events.recv().await {
@@ -251,18 +245,7 @@ async fn a_namespace_replaced_while_the_host_is_away_fails_alone_at_the_reconnec
         let ns2 = ns2.clone();
         async move { ns2.write(0, bytes::Bytes::from(vec![0xB2; 4096]), false).await }
     });
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match events.recv().await {
-                Ok(Event::Restored { .. }) => return,
-                Ok(Event::Failed { reason }) => panic!("the controller was lost: {reason}"),
-                Ok(_) => continue,
-                Err(e) => panic!("event stream ended: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("not reconnected within 10 s");
+    restored(&mut events).await;
     let done = |h: tokio::task::JoinHandle<holdfast_host::Result<()>>| async move {
         tokio::time::timeout(Duration::from_secs(5), h).await.expect("a write never finished").unwrap()
     };
