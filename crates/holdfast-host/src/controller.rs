@@ -1059,24 +1059,41 @@ async fn check_namespace_ids(
         s.nsid.set(nsid);
         s.cdw10.set(identify::CNS_NAMESPACE as u32);
         let c = setup(admin, s, Bytes::new(), 4096, "Identify", deadline).await?;
-        let id = IdentifyNamespace::read_from_bytes(c.data.get(..4096).unwrap_or_default()).ok();
-        let ms = id.as_ref().and_then(|id| id.lbaf.get(id.formatted_lba_index())).map_or(0, |f| f.ms.get());
-        if c.status().is_success() && id.as_ref().is_none_or(|id| id.nsze.get() == 0) {
-            gone.push((mark, nsid, "was removed from the target (it is not active; found at a reconnect)".into()));
-            continue;
-        }
-        let now = id.as_ref().and_then(|id| id.block_size());
-        if c.status().is_success() && (now != Some(block_size) || ms != 0) {
-            let why = format!(
-                "was formatted with other blocks across a reconnect ({} bytes{}), not the {block_size}-byte ones its \
-                 handles count",
-                now.unwrap_or(0),
-                if ms != 0 { format!(" and {ms} of metadata") } else { String::new() }
-            );
-            gone.push((mark, nsid, why));
+        if c.status().is_success() {
+            // Identify Namespace data that does not even parse is taken for a namespace that is not active.
+            let why = match IdentifyNamespace::read_from_bytes(c.data.get(..4096).unwrap_or_default()) {
+                Ok(id) => namespace_format_change(&id, block_size),
+                Err(_) => Some(NOT_ACTIVE.into()),
+            };
+            if let Some(why) = why {
+                gone.push((mark, nsid, format!("{why}, found at a reconnect")));
+            }
         }
     }
     Ok(gone)
+}
+
+/// Why a namespace that is not active any more is gone.
+const NOT_ACTIVE: &str = "was removed from the target (it is not active)";
+
+/// What Identify Namespace data `id` says of a namespace whose handles count `block_size`-byte blocks without
+/// metadata: None if it still is that namespace; else why not (not active, or formatted with other blocks: a
+/// Write Zeroes or Deallocate, which carries no data whose length would betray it, would act on other blocks than
+/// asked for). The one judgement of both checks: at a reconnect ([`check_namespace_ids`]) and at a namespace
+/// notice ([`check_changed_namespaces`]).
+fn namespace_format_change(id: &IdentifyNamespace, block_size: u32) -> Option<String> {
+    if id.nsze.get() == 0 {
+        return Some(NOT_ACTIVE.into());
+    }
+    let ms = id.lbaf.get(id.formatted_lba_index()).map_or(0, |f| f.ms.get());
+    match id.block_size() {
+        Some(bs) if bs == block_size && ms == 0 => None,
+        bs => Some(format!(
+            "was formatted with other blocks ({} bytes{}), not the {block_size}-byte ones its handles count",
+            bs.unwrap_or(0),
+            if ms != 0 { format!(" and {ms} of metadata") } else { String::new() }
+        )),
+    }
 }
 
 /// The namespaces a reconnect found changed (`gone`: each one's mark, NSID and why; [`check_namespace_ids`]), before
@@ -1621,17 +1638,8 @@ async fn check_changed_namespaces(
                             let Ok(id) = IdentifyNamespace::read_from_bytes(b.get(..4096).unwrap_or_default()) else {
                                 continue;
                             };
-                            let ms = id.lbaf.get(id.formatted_lba_index()).map_or(0, |f| f.ms.get());
-                            match id.block_size() {
-                                _ if id.nsze.get() == 0 => "was removed from the target (it is not active)".into(),
-                                Some(bs) if bs == block_size && ms == 0 => continue,
-                                bs => format!(
-                                    "was formatted with other blocks ({} bytes{}), not the {block_size}-byte ones it \
-                                     had",
-                                    bs.unwrap_or(0),
-                                    if ms != 0 { format!(" and {ms} of metadata") } else { String::new() }
-                                ),
-                            }
+                            let Some(why) = namespace_format_change(&id, block_size) else { continue };
+                            why
                         }
                         Err(Error::Nvme { status, .. }) if status.code() == Status::INVALID_NAMESPACE => {
                             format!("was removed from the target ({status})")
