@@ -9,13 +9,21 @@ use std::time::Duration;
 
 const NQN: &str = "nqn.2026-01.io.holdfast:host-and-target";
 
-fn config(namespaces: &[u32]) -> Config {
-    let mut s =
-        format!("[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n");
-    for n in namespaces {
-        s += &format!("[[subsystem.namespace]]\nnsid = {n}\nbackend = \"ram\"\nsize_mib = 1\n");
-    }
+/// One port and subsystem `NQN` (any host), `tables` (TOML: its policy, its namespaces) after it.
+fn config_with(tables: &str) -> Config {
+    let s = format!(
+        "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n{tables}"
+    );
     Config::parse(&s, "test").unwrap()
+}
+
+/// A 1 MiB RAM namespace `nsid`, with `keys` (TOML lines) added.
+fn ram_ns(nsid: u32, keys: &str) -> String {
+    format!("[[subsystem.namespace]]\nnsid = {nsid}\nbackend = \"ram\"\nsize_mib = 1\n{keys}")
+}
+
+fn config(namespaces: &[u32]) -> Config {
+    config_with(&namespaces.iter().map(|&n| ram_ns(n, "")).collect::<String>())
 }
 
 /// The host enables the namespace notices the controller offers (Set Features Asynchronous Event
@@ -41,13 +49,7 @@ async fn a_namespace_added_on_the_target_reaches_the_host_as_an_event() {
 /// association runs with on the target (Get Features Keep Alive Timer), not only the one the host reports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kato_changed_by_a_reload_is_set_on_the_hosts_association() {
-    let with_kato = |ms: u32| {
-        let s = format!(
-            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
-             [subsystem.policy]\nkato_ms = {ms}\n[[subsystem.namespace]]\nnsid = 1\nbackend = \"ram\"\nsize_mib = 1\n"
-        );
-        Config::parse(&s, "test").unwrap()
-    };
+    let with_kato = |ms: u32| config_with(&format!("[subsystem.policy]\nkato_ms = {ms}\n{}", ram_ns(1, "")));
     let server = Server::start(Target::new(&with_kato(6000), TargetSettings::default()).unwrap()).await.unwrap();
     let mut o = ConnectOptions::new(server.bound[0].1.to_string(), NQN);
     o.nr_io_queues = 1;
@@ -81,14 +83,11 @@ async fn a_write_protected_namespace_reads_and_refuses_writes() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("golden.img");
     std::fs::write(&img, vec![0x5A; 1 << 20]).unwrap();
-    let s = format!(
-        "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
-         [[subsystem.namespace]]\nnsid = 1\nbackend = \"file\"\npath = \"{}\"\nread_only = true\n",
+    let ns = format!(
+        "[[subsystem.namespace]]\nnsid = 1\nbackend = \"file\"\npath = \"{}\"\nread_only = true\n",
         img.display()
     );
-    let server = Server::start(Target::new(&Config::parse(&s, "test").unwrap(), TargetSettings::default()).unwrap())
-        .await
-        .unwrap();
+    let server = Server::start(Target::new(&config_with(&ns), TargetSettings::default()).unwrap()).await.unwrap();
     let mut o = ConnectOptions::new(server.bound[0].1.to_string(), NQN);
     o.nr_io_queues = 1;
     let ctrl = Controller::connect(o).await.unwrap();
@@ -110,16 +109,14 @@ async fn a_write_protected_namespace_reads_and_refuses_writes() {
 /// A configuration with namespaces `(nsid, uuid)`: a namespace whose UUID is given has it (and an NGUID and
 /// EUI-64 derived from the same byte), else all three derived from the NQN and NSID.
 fn config_ids(namespaces: &[(u32, Option<u8>)]) -> Config {
-    let mut s =
-        format!("[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n");
-    for (n, id) in namespaces {
-        s += &format!("[[subsystem.namespace]]\nnsid = {n}\nbackend = \"ram\"\nsize_mib = 1\n");
-        if let Some(b) = id {
+    let ns = |&(n, id): &(u32, Option<u8>)| {
+        let ids = id.map(|b| {
             let hex = |len: usize| format!("{b:02x}").repeat(len);
-            s += &format!("uuid = \"{}\"\nnguid = \"{}\"\neui64 = \"{}\"\n", hex(16), hex(16), hex(8));
-        }
-    }
-    Config::parse(&s, "test").unwrap()
+            format!("uuid = \"{}\"\nnguid = \"{}\"\neui64 = \"{}\"\n", hex(16), hex(16), hex(8))
+        });
+        ram_ns(n, &ids.unwrap_or_default())
+    };
+    config_with(&namespaces.iter().map(ns).collect::<String>())
 }
 
 async fn changed_event(events: &mut tokio::sync::broadcast::Receiver<Event>) -> Option<Vec<u32>> {
@@ -275,13 +272,7 @@ async fn a_namespace_replaced_while_the_host_is_away_fails_alone_at_the_reconnec
 /// blocks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_whose_block_size_changed_is_not_zeroed_through_an_old_handle() {
-    let with_bs = |bs: u32| {
-        let s = format!(
-            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
-             [[subsystem.namespace]]\nnsid = 1\nbackend = \"ram\"\nsize_mib = 1\nblock_size = {bs}\n"
-        );
-        Config::parse(&s, "test").unwrap()
-    };
+    let with_bs = |bs: u32| config_with(&ram_ns(1, &format!("block_size = {bs}\n")));
     let server = Server::start(Target::new(&with_bs(512), TargetSettings::default()).unwrap()).await.unwrap();
     let mut o = ConnectOptions::new(server.bound[0].1.to_string(), NQN);
     o.nr_io_queues = 1;

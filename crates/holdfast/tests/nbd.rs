@@ -198,6 +198,16 @@ fn go(port: u16) -> Client {
     c
 }
 
+/// [`go`] without a block-size request to an export that must say it is read-only (NBD_FLAG_READ_ONLY).
+fn go_read_only(port: u16) -> Client {
+    let mut c = Client::connect(port, 0b11);
+    let r = c.option(OPT_GO, &[0, 0, 0, 0, 0, 0]);
+    assert_eq!(r.last().unwrap().0, REP_ACK);
+    let e = info(&r, 0).unwrap();
+    assert_ne!(u16::from_be_bytes([e[8], e[9]]) & 2, 0, "READ_ONLY flag");
+    c
+}
+
 fn info(r: &[OptReply], ty: u16) -> Option<Vec<u8>> {
     r.iter().find(|(t, d)| *t == REP_INFO && d[0..2] == ty.to_be_bytes()).map(|(_, d)| d[2..].to_vec())
 }
@@ -331,11 +341,7 @@ fn requests_do_what_they_say_and_bad_ones_get_the_protocols_errors() {
 fn a_read_only_export_refuses_changes_with_eperm() {
     let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "16"]);
     let b = Bridge::start(&t, &["--read-only"]);
-    let mut c = Client::connect(b.port, 0b11);
-    let r = c.option(OPT_GO, &[0, 0, 0, 0, 0, 0]);
-    assert_eq!(r.last().unwrap().0, REP_ACK);
-    let e = info(&r, 0).unwrap();
-    assert_ne!(u16::from_be_bytes([e[8], e[9]]) & 2, 0, "READ_ONLY flag");
+    let mut c = go_read_only(b.port);
     assert_eq!(c.call(CMD_WRITE, 0, 0, 512, &[5u8; 512]).0, EPERM);
     assert_eq!(c.call(CMD_TRIM, 0, 0, 512, &[]).0, EPERM);
     assert_eq!(c.call(CMD_WRITE_ZEROES, 0, 0, 512, &[]).0, EPERM);
@@ -353,11 +359,7 @@ fn a_write_protected_namespace_is_exported_read_only() {
     cmd.args(["target", "--listen", "127.0.0.1:0", "--nqn", NQN, "--read-only", "--file"]).arg(&path);
     let t = TargetProc::spawn(cmd);
     let b = Bridge::start(&t, &[]);
-    let mut c = Client::connect(b.port, 0b11);
-    let r = c.option(OPT_GO, &[0, 0, 0, 0, 0, 0]);
-    assert_eq!(r.last().unwrap().0, REP_ACK);
-    let e = info(&r, 0).unwrap();
-    assert_ne!(u16::from_be_bytes([e[8], e[9]]) & 2, 0, "READ_ONLY flag");
+    let mut c = go_read_only(b.port);
     assert_eq!(c.call(CMD_WRITE, 0, 0, 512, &[5u8; 512]).0, EPERM);
     assert_eq!(c.call(CMD_READ, 0, 512, 512, &[]), (0, vec![9u8; 512]));
     drop((c, b, t));
