@@ -31,9 +31,7 @@ fn config(namespaces: &[u32]) -> Config {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_added_on_the_target_reaches_the_host_as_an_event() {
     let server = Server::start(Target::new(&config(&[1]), TargetSettings::default()).unwrap()).await.unwrap();
-    let mut o = ConnectOptions::new(server.bound[0].1.to_string(), NQN);
-    o.nr_io_queues = 1;
-    let ctrl = Controller::connect(o).await.unwrap();
+    let ctrl = connect(&server).await;
     let mut events = ctrl.events();
     assert_eq!(ctrl.active_namespaces().await.unwrap(), vec![1]);
     // The host's event task has its Asynchronous Event Request outstanding once the target holds it; a
@@ -51,9 +49,7 @@ async fn a_namespace_added_on_the_target_reaches_the_host_as_an_event() {
 async fn a_kato_changed_by_a_reload_is_set_on_the_hosts_association() {
     let with_kato = |ms: u32| config_with(&format!("[subsystem.policy]\nkato_ms = {ms}\n{}", ram_ns(1, "")));
     let server = Server::start(Target::new(&with_kato(6000), TargetSettings::default()).unwrap()).await.unwrap();
-    let mut o = ConnectOptions::new(server.bound[0].1.to_string(), NQN);
-    o.nr_io_queues = 1;
-    let ctrl = Controller::connect(o).await.unwrap();
+    let ctrl = connect(&server).await;
     let kato_on_target = || async {
         let mut s = holdfast_proto::SubmissionEntry::new(holdfast_proto::opcode::admin::GET_FEATURES, 0);
         s.cdw10.set(holdfast_proto::features::KEEP_ALIVE_TIMER as u32);
@@ -88,9 +84,7 @@ async fn a_write_protected_namespace_reads_and_refuses_writes() {
         img.display()
     );
     let server = Server::start(Target::new(&config_with(&ns), TargetSettings::default()).unwrap()).await.unwrap();
-    let mut o = ConnectOptions::new(server.bound[0].1.to_string(), NQN);
-    o.nr_io_queues = 1;
-    let ctrl = Controller::connect(o).await.unwrap();
+    let ctrl = connect(&server).await;
     let ns = holdfast_host::Namespace::open(&ctrl, 1).await.unwrap();
     assert!(ns.write_protected());
     assert_eq!(&ns.read(3, 1).await.unwrap()[..], &[0x5A; 512][..]);
@@ -117,6 +111,13 @@ fn config_ids(namespaces: &[(u32, Option<u8>)]) -> Config {
         ram_ns(n, &ids.unwrap_or_default())
     };
     config_with(&namespaces.iter().map(ns).collect::<String>())
+}
+
+/// The host connected to `server`'s subsystem `NQN`, with one I/O queue.
+async fn connect(server: &Server) -> Controller {
+    let mut o = ConnectOptions::new(server.bound[0].1.to_string(), NQN);
+    o.nr_io_queues = 1;
+    Controller::connect(o).await.unwrap()
 }
 
 async fn changed_event(events: &mut tokio::sync::broadcast::Receiver<Event>) -> Option<Vec<u32>> {
@@ -166,9 +167,7 @@ async fn restored(events: &mut tokio::sync::broadcast::Receiver<Event>) {
 async fn a_namespace_replaced_on_the_target_is_not_written_through_an_old_handle() {
     let server =
         Server::start(Target::new(&config_ids(&[(1, Some(0x11))]), TargetSettings::default()).unwrap()).await.unwrap();
-    let mut o = ConnectOptions::new(server.bound[0].1.to_string(), NQN);
-    o.nr_io_queues = 1;
-    let ctrl = Controller::connect(o).await.unwrap();
+    let ctrl = connect(&server).await;
     let mut events = ctrl.events();
     let old = holdfast_host::Namespace::open(&ctrl, 1).await.unwrap();
     old.write(0, bytes::Bytes::from(vec![0xAA; 512]), false).await.unwrap();
@@ -192,9 +191,7 @@ async fn a_namespace_replaced_on_the_target_is_not_written_through_an_old_handle
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_removed_on_the_target_does_not_take_the_others_down_at_a_reconnect() {
     let server = Server::start(Target::new(&config(&[1, 2]), TargetSettings::default()).unwrap()).await.unwrap();
-    let mut o = ConnectOptions::new(server.bound[0].1.to_string(), NQN);
-    o.nr_io_queues = 1;
-    let ctrl = Controller::connect(o).await.unwrap();
+    let ctrl = connect(&server).await;
     let mut events = ctrl.events();
     let ns1 = holdfast_host::Namespace::open(&ctrl, 1).await.unwrap();
     let ns2 = holdfast_host::Namespace::open(&ctrl, 2).await.unwrap();
@@ -222,9 +219,7 @@ async fn a_namespace_replaced_while_the_host_is_away_fails_alone_at_the_reconnec
     )
     .await
     .unwrap();
-    let mut o = ConnectOptions::new(server.bound[0].1.to_string(), NQN);
-    o.nr_io_queues = 1;
-    let ctrl = Controller::connect(o).await.unwrap();
+    let ctrl = connect(&server).await;
     let mut events = ctrl.events();
     let ns1 = holdfast_host::Namespace::open(&ctrl, 1).await.unwrap();
     let ns2 = holdfast_host::Namespace::open(&ctrl, 2).await.unwrap();
@@ -274,9 +269,7 @@ async fn a_namespace_replaced_while_the_host_is_away_fails_alone_at_the_reconnec
 async fn a_namespace_whose_block_size_changed_is_not_zeroed_through_an_old_handle() {
     let with_bs = |bs: u32| config_with(&ram_ns(1, &format!("block_size = {bs}\n")));
     let server = Server::start(Target::new(&with_bs(512), TargetSettings::default()).unwrap()).await.unwrap();
-    let mut o = ConnectOptions::new(server.bound[0].1.to_string(), NQN);
-    o.nr_io_queues = 1;
-    let ctrl = Controller::connect(o).await.unwrap();
+    let ctrl = connect(&server).await;
     let mut events = ctrl.events();
     let old = holdfast_host::Namespace::open(&ctrl, 1).await.unwrap();
     assert_eq!(old.block_size, 512);
