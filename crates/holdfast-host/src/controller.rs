@@ -159,9 +159,12 @@ struct Shared {
     stopping: AtomicBool,
     /// The namespaces opened with identifiers (EUI-64, NGUID, UUID): a reconnect checks them before anything is
     /// issued again ([`check_namespace_ids`]), and a Namespace Attribute Changed notice for one of them as soon as
-    /// it comes ([`check_changed_namespaces`]). One a notice marked gone stays until the next reconnect, which fails
-    /// the commands kept for it (or until the NSID is opened again).
+    /// it comes ([`check_changed_namespaces`]). One marked gone (by a notice, or by opening its NSID again and
+    /// finding another namespace there) stays until the next reconnect, which fails the commands kept for it:
+    /// beside the one opened since under the same NSID, told apart from it by its tag.
     ns_ids: Mutex<Vec<NsEntry>>,
+    /// The last namespace tag given out ([`NsMark::tag`]).
+    ns_tags: std::sync::atomic::AtomicU32,
 }
 
 /// A namespace opened: its identifiers and block size, as read when it was opened, and the mark its handles
@@ -171,11 +174,22 @@ struct NsEntry {
     nsid: u32,
     ids: Vec<identify::NsDescriptor>,
     block_size: u32,
-    gone: NsGone,
+    mark: NsMark,
 }
 
 /// Set when a namespace was removed or replaced (why, in words): see [`NsEntry`].
 pub(crate) type NsGone = Arc<std::sync::OnceLock<String>>;
+
+/// What a [`crate::Namespace`] handle holds of the opening it came from: the mark it looks at before every
+/// command, shared by every handle of that namespace, and the tag its commands carry ([`Command::ns_tag`]).
+/// Each namespace opened gets its own tag (never 0, which commands sent without a handle carry), so that once
+/// a namespace was replaced and its NSID opened again, a reconnect tells the commands of the namespace before
+/// (failed) from those of the one opened since (re-issued), which the NSID alone does not.
+#[derive(Clone)]
+pub(crate) struct NsMark {
+    pub(crate) gone: NsGone,
+    pub(crate) tag: u32,
+}
 
 impl Shared {
     /// Change the state (and what the I/O path sees of it).
@@ -200,8 +214,8 @@ impl Shared {
     /// The error for a command its namespace's mark (`gone`, set) kept out of the submission channel.
     #[cold]
     #[inline(never)]
-    fn refused(&self, cmd: &Command, gone: Option<&NsGone>) -> Error {
-        let why = gone.and_then(|g| g.get()).map_or("is gone", |w| w.as_str());
+    fn refused(&self, cmd: &Command, ns: Option<&NsMark>) -> Error {
+        let why = ns.and_then(|m| m.gone.get()).map_or("is gone", |w| w.as_str());
         crate::namespace::gone_error(cmd.sqe.nsid.get(), &self.opts.subnqn, why)
     }
 }
@@ -274,7 +288,7 @@ async fn send_or(
     replayable: bool,
     closed_error: impl Fn() -> Error,
 ) -> Result<Reply> {
-    let (cmd, rx) = command(sqe, data_out, data_in_len, name, replayable)?;
+    let (cmd, rx) = command(sqe, data_out, data_in_len, name, replayable, 0)?;
     if let Some(cmd) = try_enqueue(tx, cmd).map_err(|_| closed_error())? {
         tx.send(cmd).await.map_err(|_| closed_error())?;
     }
@@ -290,12 +304,13 @@ fn command(
     data_in_len: usize,
     name: &'static str,
     replayable: bool,
+    ns_tag: u32,
 ) -> Result<(Command, Reply)> {
     let Ok(data_in_len) = u32::try_from(data_in_len) else {
         return Err(too_long(name, data_in_len));
     };
     let (reply, rx) = crate::reply::channel();
-    Ok((Command { sqe, data_out, data_in_len, name, replayable, reply, timeouts: 0, retries: 0, losses: 0 }, rx))
+    Ok((Command { sqe, data_out, data_in_len, ns_tag, replayable, reply, timeouts: 0, retries: 0, losses: 0 }, rx))
 }
 
 #[cold]
@@ -332,7 +347,7 @@ pub struct Backlogged<'a> {
     tx: &'a submit::Sender<Command>,
     /// The mark of the namespace the command is for, if it came through a [`crate::Namespace`]: looked at under
     /// the channel's lock at every try ([`submit::Sender::send_unless`]), see [`Controller::io_submit_for`].
-    gone: Option<&'a NsGone>,
+    ns: Option<&'a NsMark>,
     /// Boxed, so that a [`Submitted`] is a few words: on the usual path it is returned and matched by value.
     cmd: Box<Command>,
     rx: Reply,
@@ -341,10 +356,10 @@ pub struct Backlogged<'a> {
 impl Backlogged<'_> {
     /// Wait for room and queue the command; then the completion comes through the returned [`Reply`].
     pub async fn queue(self) -> Result<Reply> {
-        let Backlogged { sh, tx, gone, cmd, rx } = self;
-        match tx.send_unless(*cmd, || gone.is_some_and(|g| g.get().is_some())).await {
+        let Backlogged { sh, tx, ns, cmd, rx } = self;
+        match tx.send_unless(*cmd, || ns.is_some_and(|m| m.gone.get().is_some())).await {
             Ok(()) => Ok(rx),
-            Err(submit::TrySendError::Refused(c)) => Err(sh.refused(&c, gone)),
+            Err(submit::TrySendError::Refused(c)) => Err(sh.refused(&c, ns)),
             Err(_) => Err(sh.closed_error()),
         }
     }
@@ -1023,13 +1038,14 @@ async fn check_namespace_ids(
     sh: &Shared,
     admin: &submit::Sender<Command>,
     deadline: TInstant,
-) -> Result<Vec<(NsGone, u32, String)>> {
+) -> Result<Vec<(NsMark, u32, String)>> {
     let known: Vec<_> =
-        lock(&sh.ns_ids).iter().map(|e| (e.nsid, e.ids.clone(), e.block_size, e.gone.clone())).collect();
+        lock(&sh.ns_ids).iter().map(|e| (e.nsid, e.ids.clone(), e.block_size, e.mark.clone())).collect();
     let mut gone = Vec::new();
     for (nsid, before, block_size, mark) in known {
-        // Marked gone by a namespace notice on the association lost: its commands kept from it fail here too.
-        if let Some(why) = mark.get() {
+        // Marked gone on the association lost (by a namespace notice, or its NSID opened again on another
+        // namespace): its commands kept from it fail here too.
+        if let Some(why) = mark.gone.get() {
             let why = why.clone();
             gone.push((mark, nsid, why));
             continue;
@@ -1098,23 +1114,29 @@ fn namespace_format_change(id: &IdentifyNamespace, block_size: u32) -> Option<St
 
 /// The namespaces a reconnect found changed (`gone`: each one's mark, NSID and why; [`check_namespace_ids`]), before
 /// anything is issued again: each is marked gone, so that its handles fail every command from then on, and is no
-/// longer checked; and every I/O command for its NSID still waiting fails with why, never issued to the
+/// longer checked; and every I/O command of its handles still waiting fails with why, never issued to the
 /// namespace now under that NSID (design §5): those kept from the lost connections (in flight, in a queue's
 /// backlog or waiting out a retry delay, all in the slots' `pending`) and those queued in the submission channels
 /// since. The mark is set first: a caller that waited for room in a full channel queues nothing after the
-/// channel was cleared ([`Controller::io_submit_for`]). Commands for the other namespaces are re-issued as ever;
-/// admin commands name no namespace to check. Returns how many of those failed were in the slots' `pending`
+/// channel was cleared ([`Controller::io_submit_for`]). A command is told to be the namespace's by its tag
+/// ([`NsMark`]): the NSID may since have been opened again on the namespace now there, whose handles' commands are
+/// re-issued; one sent without a handle (tag 0) by its NSID. Commands for the other namespaces are re-issued as
+/// ever; admin commands name no namespace to check. Returns how many of those failed were in the slots' `pending`
 /// (which [`Event::Restored`] would otherwise count as re-issued).
-fn fail_gone_namespaces(sh: &Shared, slots: &mut [Option<Slot>], gone: Vec<(NsGone, u32, String)>) -> usize {
+fn fail_gone_namespaces(sh: &Shared, slots: &mut [Option<Slot>], gone: Vec<(NsMark, u32, String)>) -> usize {
     if gone.is_empty() {
         return 0;
     }
     for (mark, nsid, why) in &gone {
         tracing::warn!(addr = %sh.opts.addr, "namespace {nsid} {why}: its pending I/O fails, the other namespaces go on");
-        let _ = mark.set(why.clone());
+        let _ = mark.gone.set(why.clone());
     }
-    lock(&sh.ns_ids).retain(|e| !gone.iter().any(|(g, ..)| Arc::ptr_eq(&e.gone, g)));
-    let why_of = |c: &Command| gone.iter().find(|g| g.1 == c.sqe.nsid.get()).map(|g| (g.1, g.2.as_str()));
+    lock(&sh.ns_ids).retain(|e| !gone.iter().any(|(m, ..)| m.tag == e.mark.tag));
+    let why_of = |c: &Command| {
+        gone.iter()
+            .find(|(m, nsid, _)| if c.ns_tag == 0 { *nsid == c.sqe.nsid.get() } else { m.tag == c.ns_tag })
+            .map(|g| (g.1, g.2.as_str()))
+    };
     let (mut failed, mut from_pending) = (0usize, 0usize);
     for s in slots.iter_mut().skip(1).flatten() {
         let (stale, keep): (Vec<_>, Vec<_>) = s.pending.drain(..).partition(|c| why_of(c).is_some());
@@ -1125,7 +1147,8 @@ fn fail_gone_namespaces(sh: &Shared, slots: &mut [Option<Slot>], gone: Vec<(NsGo
             let Some((nsid, why)) = why_of(&c) else { continue };
             let e = Error::Invalid(format!(
                 "namespace {nsid} of {} {why}: the {} pending for it was not issued again (open the namespace again)",
-                sh.opts.subnqn, c.name
+                sh.opts.subnqn,
+                c.name(1)
             ));
             c.reply.send(Err(e));
             failed += 1;
@@ -1177,6 +1200,7 @@ impl Controller {
             poll: o.busy_poll.clone(),
             accepting: AtomicBool::new(true),
             ns_ids: Mutex::new(Vec::new()),
+            ns_tags: std::sync::atomic::AtomicU32::new(0),
             stopping: AtomicBool::new(false),
             opts: o,
         });
@@ -1240,16 +1264,16 @@ impl Controller {
         self.io_send_for(hint, sqe, data_out, data_in_len, None).await
     }
 
-    /// [`Controller::io_send`] for a namespace whose mark is `gone` ([`Controller::io_submit_for`]).
+    /// [`Controller::io_send`] through a namespace handle whose mark is `ns` ([`Controller::io_submit_for`]).
     pub(crate) async fn io_send_for(
         &self,
         hint: Option<usize>,
         sqe: SubmissionEntry,
         data_out: Bytes,
         data_in_len: usize,
-        gone: Option<&NsGone>,
+        ns: Option<&NsMark>,
     ) -> Result<Reply> {
-        match self.io_submit_for(hint, sqe, data_out, data_in_len, gone)? {
+        match self.io_submit_for(hint, sqe, data_out, data_in_len, ns)? {
             Submitted::Queued(rx) => Ok(rx),
             Submitted::Full(b) => b.queue().await,
         }
@@ -1269,12 +1293,12 @@ impl Controller {
         self.io_submit_for(hint, sqe, data_out, data_in_len, None)
     }
 
-    /// [`Controller::io_submit`] for a namespace whose handles look at the mark `gone`: the command is not queued
-    /// once it is set, looked at under the submission channel's lock. A reconnect that finds the namespace changed
-    /// sets the mark and then takes the namespace's commands out of the channels ([`fail_gone_namespaces`]): a
-    /// caller that found the mark clear before it was set, and queues only now (it waited for room in a full
-    /// channel through the outage), is refused rather than sending a stale command to the namespace now under
-    /// the NSID (design §5).
+    /// [`Controller::io_submit`] through a namespace handle whose mark is `ns`: the command carries the handle's
+    /// tag, and is not queued once the mark is set (gone), looked at under the submission channel's lock. A
+    /// reconnect that finds the namespace changed sets the mark and then takes the namespace's commands out of the
+    /// channels ([`fail_gone_namespaces`]): a caller that found the mark clear before it was set, and queues only
+    /// now (it waited for room in a full channel through the outage), is refused rather than sending a stale
+    /// command to the namespace now under the NSID (design §5).
     #[inline]
     pub(crate) fn io_submit_for<'a>(
         &'a self,
@@ -1282,7 +1306,7 @@ impl Controller {
         sqe: SubmissionEntry,
         data_out: Bytes,
         data_in_len: usize,
-        gone: Option<&'a NsGone>,
+        ns: Option<&'a NsMark>,
     ) -> Result<Submitted<'a>> {
         self.check()?;
         if self.inner.io.is_empty() {
@@ -1297,14 +1321,15 @@ impl Controller {
                 | holdfast_proto::opcode::io::WRITE_ZEROES
                 | holdfast_proto::opcode::io::DATASET_MANAGEMENT
         ) && sqe.fuse() == 0;
-        let (cmd, rx) = command(sqe, data_out, data_in_len, command_name(&sqe, false), replayable)?;
+        let (cmd, rx) =
+            command(sqe, data_out, data_in_len, command_name(&sqe, false), replayable, ns.map_or(0, |m| m.tag))?;
         let tx = &self.inner.io[i];
-        Ok(match tx.try_send_unless(cmd, || gone.is_some_and(|g| g.get().is_some())) {
+        Ok(match tx.try_send_unless(cmd, || ns.is_some_and(|m| m.gone.get().is_some())) {
             Ok(()) => Submitted::Queued(rx),
             Err(submit::TrySendError::Full(cmd)) => {
-                Submitted::Full(Backlogged { sh: &self.inner, tx, gone, cmd: Box::new(cmd), rx })
+                Submitted::Full(Backlogged { sh: &self.inner, tx, ns, cmd: Box::new(cmd), rx })
             }
-            Err(submit::TrySendError::Refused(cmd)) => return Err(self.inner.refused(&cmd, gone)),
+            Err(submit::TrySendError::Refused(cmd)) => return Err(self.inner.refused(&cmd, ns)),
             Err(submit::TrySendError::Closed(_)) => return Err(self.inner.closed_error()),
         })
     }
@@ -1359,38 +1384,39 @@ impl Controller {
     }
     /// Remember namespace `nsid`'s identifiers and block size, as [`crate::Namespace::open`] read them, for the
     /// check at every reconnect ([`check_namespace_ids`]) and at a Namespace Attribute Changed notice; returns the
-    /// mark the handle looks at before every command. Opened again with the identifiers and block size it had,
-    /// the namespace shares its mark; with other identifiers, another namespace took the NSID since (a notice not
-    /// seen yet, or a controller that sends none), and with another block size the handles before count blocks
-    /// it no longer has: the handles before are marked gone, and the new one is checked from then on. A
-    /// namespace without identifiers (a controller that does not report them) is not checked.
+    /// mark the handle looks at before every command and the tag its commands carry ([`NsMark`]). Opened again
+    /// with the identifiers and block size it had, the namespace shares its mark and tag; with other identifiers,
+    /// another namespace took the NSID since (a notice not seen yet, or a controller that sends none), and with
+    /// another block size the handles before count blocks it no longer has: the handles before are marked gone,
+    /// and the new one gets a mark and tag of its own and is checked from then on. One marked gone (so, or by a
+    /// notice) stays in the list until the next reconnect, which fails the commands its handles left there (in
+    /// flight when the connection dropped) by their tag, and re-issues the new handle's. A namespace without
+    /// identifiers (a controller that does not report them) is not checked, but gets its own tag all the same.
     pub(crate) fn note_namespace_ids(
         &self,
         nsid: u32,
         descriptors: &[identify::NsDescriptor],
         block_size: u32,
-    ) -> NsGone {
+    ) -> NsMark {
         let ids = namespace_identity(descriptors);
         let mut known = lock(&self.inner.ns_ids);
-        // One a notice marked gone is not shared, and goes: from then on the commands its handles left are told
-        // apart from the new handle's by NSID alone, so a reconnect can no longer fail them.
-        known.retain(|e| e.nsid != nsid || e.gone.get().is_none());
-        if let Some(i) = known.iter().position(|e| e.nsid == nsid) {
-            if known[i].block_size == block_size && (ids.is_empty() || known[i].ids == ids) {
-                return known[i].gone.clone();
+        if let Some(e) = known.iter().find(|e| e.nsid == nsid && e.mark.gone.get().is_none()) {
+            if e.block_size == block_size && (ids.is_empty() || e.ids == ids) {
+                return e.mark.clone();
             }
-            let e = known.remove(i);
-            let _ = e.gone.set(if e.block_size != block_size {
+            let _ = e.mark.gone.set(if e.block_size != block_size {
                 format!("was formatted with {block_size}-byte blocks, not the {}-byte ones it had", e.block_size)
             } else {
                 format!("was replaced by another namespace (identifiers {:?} -> {ids:?})", e.ids)
             });
         }
-        let gone = NsGone::default();
+        // 1 to u32::MAX, round and round: 0 is the tag of commands sent without a handle.
+        let tag = self.inner.ns_tags.fetch_add(1, Ordering::Relaxed) % u32::MAX + 1;
+        let mark = NsMark { gone: NsGone::default(), tag };
         if !ids.is_empty() {
-            known.push(NsEntry { nsid, ids, block_size, gone: gone.clone() });
+            known.push(NsEntry { nsid, ids, block_size, mark: mark.clone() });
         }
-        gone
+        mark
     }
     /// Active namespace IDs.
     pub async fn active_namespaces(&self) -> Result<Vec<u32>> {
@@ -1622,8 +1648,8 @@ async fn check_changed_namespaces(
     let Some(sh) = weak.upgrade() else { return };
     let listed: Vec<(u32, Vec<identify::NsDescriptor>, u32, NsGone)> = lock(&sh.ns_ids)
         .iter()
-        .filter(|e| e.gone.get().is_none() && nsids.is_none_or(|l| l.contains(&e.nsid)))
-        .map(|e| (e.nsid, e.ids.clone(), e.block_size, e.gone.clone()))
+        .filter(|e| e.mark.gone.get().is_none() && nsids.is_none_or(|l| l.contains(&e.nsid)))
+        .map(|e| (e.nsid, e.ids.clone(), e.block_size, e.mark.gone.clone()))
         .collect();
     drop(sh);
     for (nsid, before, block_size, gone) in listed {
@@ -1754,7 +1780,7 @@ async fn supervise(
         let first_wait = lock(&sh.info).effective.flap_delay(flaps);
         tracing::warn!(addr = %sh.opts.addr, "connection lost: {cause}; reconnecting");
         // Commands that cannot be replayed fail now, with a retryable path error.
-        for s in slots.iter_mut().flatten() {
+        for (qid, s) in slots.iter_mut().enumerate().filter_map(|(i, s)| Some((i as u16, s.as_mut()?))) {
             let (keep, drop_): (Vec<_>, Vec<_>) = s.pending.drain(..).partition(|c| {
                 c.replayable && c.timeouts < queue::MAX_COMMAND_TIMEOUTS && c.losses < queue::MAX_COMMAND_LOSSES
             });
@@ -1762,16 +1788,17 @@ async fn supervise(
             for c in drop_ {
                 let e = if c.timeouts >= queue::MAX_COMMAND_TIMEOUTS {
                     Error::Timeout {
-                        what: format!("{} (unanswered on {} connections in a row)", c.name, c.timeouts),
+                        what: format!("{} (unanswered on {} connections in a row)", c.name(qid), c.timeouts),
                         after: sh.opts.io_timeout,
                     }
                 } else if c.losses >= queue::MAX_COMMAND_LOSSES {
                     Error::PathError(format!(
                         "{} was outstanding on {} connections that were lost, the last one: {cause}; not issued again",
-                        c.name, c.losses
+                        c.name(qid),
+                        c.losses
                     ))
                 } else {
-                    Error::PathError(format!("{} was in flight when the connection dropped ({cause})", c.name))
+                    Error::PathError(format!("{} was in flight when the connection dropped ({cause})", c.name(qid)))
                 };
                 c.reply.send(Err(e));
             }

@@ -34,8 +34,9 @@ pub struct Namespace {
     pub id: Box<IdentifyNamespace>,
     /// Namespace identifiers (EUI-64, NGUID, UUID, CSI).
     pub descriptors: Vec<NsDescriptor>,
-    /// Set once the namespace was found removed or replaced ([`Controller::note_namespace_ids`]).
-    gone: crate::controller::NsGone,
+    /// Set once the namespace was found removed or replaced, and the tag its commands carry
+    /// ([`Controller::note_namespace_ids`]).
+    mark: crate::controller::NsMark,
 }
 
 impl Namespace {
@@ -73,7 +74,7 @@ impl Namespace {
                 Err(Error::Nvme { .. }) => Vec::new(),
                 Err(e) => return Err(e),
             };
-        let gone = ctrl.note_namespace_ids(nsid, &descriptors, block_size);
+        let mark = ctrl.note_namespace_ids(nsid, &descriptors, block_size);
         Ok(Namespace {
             ctrl: ctrl.clone(),
             nsid,
@@ -81,7 +82,7 @@ impl Namespace {
             nblocks: id.nsze.get(),
             id: Box::new(id),
             descriptors,
-            gone,
+            mark,
         })
     }
 
@@ -108,7 +109,7 @@ impl Namespace {
     /// bench/icount.sh, host randwrite QD32).
     #[inline]
     fn check_gone(&self) -> Result<()> {
-        match self.gone.get() {
+        match self.mark.gone.get() {
             None => Ok(()),
             Some(why) => Err(self.gone_error(why)),
         }
@@ -160,7 +161,7 @@ impl Namespace {
                 sqe,
                 Bytes::new(),
                 (blocks * self.block_size as u64) as usize,
-                Some(&self.gone),
+                Some(&self.mark),
             )? {
                 Submitted::Queued(rx) => rx,
                 Submitted::Full(b) => b.queue().await?,
@@ -223,7 +224,7 @@ impl Namespace {
         let max = self.max_blocks();
         if blocks <= max {
             let sqe = self.rw_sqe(op::WRITE, lba, blocks as u32, if fua { rw::FUA } else { 0 });
-            let rx = match self.ctrl.io_submit_for(queue, sqe, data, 0, Some(&self.gone))? {
+            let rx = match self.ctrl.io_submit_for(queue, sqe, data, 0, Some(&self.mark))? {
                 Submitted::Queued(rx) => rx,
                 Submitted::Full(b) => b.queue().await?,
             };
@@ -262,7 +263,7 @@ impl Namespace {
             } else {
                 (data.slice((at * bs) as usize..((at + n) * bs) as usize), 0)
             };
-            match self.ctrl.io_send_for(queue, sqe, out, in_len, Some(&self.gone)).await {
+            match self.ctrl.io_send_for(queue, sqe, out, in_len, Some(&self.mark)).await {
                 Ok(rx) => rxs.push(rx),
                 Err(e) => {
                     sent = Err(e);
@@ -300,7 +301,7 @@ impl Namespace {
         self.check_gone()?;
         let mut s = SubmissionEntry::new(op::FLUSH, 0);
         s.nsid.set(self.nsid);
-        finish(self.ctrl.io_send_for(None, s, Bytes::new(), 0, Some(&self.gone)).await?, "Flush").await.map(|_| ())
+        finish(self.ctrl.io_send_for(None, s, Bytes::new(), 0, Some(&self.mark)).await?, "Flush").await.map(|_| ())
     }
 
     /// Write Zeroes over `blocks` blocks at `lba` (split at 65536 blocks per command).
@@ -311,7 +312,7 @@ impl Namespace {
         while at < lba + blocks {
             let n = (lba + blocks - at).min(65536);
             let sqe = self.rw_sqe(op::WRITE_ZEROES, at, n as u32, 0);
-            finish(self.ctrl.io_send_for(None, sqe, Bytes::new(), 0, Some(&self.gone)).await?, "Write Zeroes").await?;
+            finish(self.ctrl.io_send_for(None, sqe, Bytes::new(), 0, Some(&self.mark)).await?, "Write Zeroes").await?;
             at += n;
         }
         Ok(())
@@ -334,7 +335,7 @@ impl Namespace {
             s.cdw10.set(chunk.len() as u32 - 1);
             s.cdw11.set(dsm::AD);
             let data: Vec<u8> = chunk.iter().flat_map(|r| r.encode()).collect();
-            finish(self.ctrl.io_send_for(None, s, Bytes::from(data), 0, Some(&self.gone)).await?, "Dataset Management")
+            finish(self.ctrl.io_send_for(None, s, Bytes::from(data), 0, Some(&self.mark)).await?, "Dataset Management")
                 .await?;
         }
         Ok(())

@@ -28,8 +28,11 @@ pub struct Command {
     /// inline, and a command is moved several times on its way (into the channel, out of it, into the
     /// in-flight table).
     pub data_in_len: u32,
-    /// Name for errors ("Read", "Identify", ...).
-    pub name: &'static str,
+    /// Which opening of its namespace the command came through (the tag of its [`crate::Namespace`] handle;
+    /// 0 for a command sent without one). The NSID alone does not say: once a namespace was replaced and opened
+    /// again, the commands of the handles before and those of the new one carry the same NSID, and a reconnect
+    /// must fail the first and re-issue the second (`fail_gone_namespaces`, design §5).
+    pub ns_tag: u32,
     /// True if the command may be re-issued after a lost connection (idempotent effect).
     pub replayable: bool,
     /// Where the result goes.
@@ -58,6 +61,12 @@ impl Command {
     /// Bytes expected from the controller.
     pub fn data_in_len(&self) -> usize {
         self.data_in_len as usize
+    }
+
+    /// Name for errors ("Read", "Identify", ...), from the opcode as queue `qid` (0: the admin queue) reads it:
+    /// not kept in the command, which its size (see `data_in_len`) has no room for.
+    pub fn name(&self, qid: u16) -> &'static str {
+        crate::controller::command_name(&self.sqe, qid == 0)
     }
 }
 
@@ -476,7 +485,8 @@ pub async fn run(
         let (keep, once): (Vec<Command>, Vec<Command>) = pending.into_iter().partition(|c| c.replayable);
         pending = keep;
         for c in once {
-            c.reply.send(Err(Error::PathError(format!("{} was in flight when the connection dropped ({e})", c.name))));
+            let e = Error::PathError(format!("{} was in flight when the connection dropped ({e})", c.name(p.qid)));
+            c.reply.send(Err(e));
         }
     }
     if term {
@@ -596,7 +606,7 @@ const TIMEOUT_CHECK: Duration = Duration::from_millis(250);
 fn timed_out(slots: &[Option<InFlight>], p: &QueueParams) -> Option<Error> {
     let oldest = slots.iter().flatten().filter(|f| !f.cmd.long_lived(p.qid)).min_by_key(|f| f.started)?;
     (oldest.started.elapsed() > p.io_timeout).then(|| Error::Timeout {
-        what: format!("{} (queue {}, no completion)", oldest.cmd.name, p.qid),
+        what: format!("{} (queue {}, no completion)", oldest.cmd.name(p.qid), p.qid),
         after: p.io_timeout,
     })
 }
@@ -675,7 +685,7 @@ fn retry_or_keep(
         tracing::debug!(
             qid = p.qid,
             "{} failed ({status}) with a retry delay of {delay:?}, longer than the I/O timeout: not retried",
-            f.cmd.name
+            f.cmd.name(p.qid)
         );
     } else if may_retry {
         let mut cmd = f.cmd;
@@ -684,14 +694,14 @@ fn retry_or_keep(
         tracing::debug!(
             qid = p.qid,
             "{} failed ({why}), which may be retried: again in {delay:?} (retry {})",
-            cmd.name,
+            cmd.name(p.qid),
             cmd.retries
         );
         delayed.push((Instant::now() + delay, cmd));
         return None;
     }
     if f.bad_data && status.is_success() {
-        let what = format!("{}: data digest mismatch on its data", f.cmd.name);
+        let what = format!("{}: data digest mismatch on its data", f.cmd.name(p.qid));
         f.cmd.reply.send(Err(protocol(p.qid, what)));
         return None;
     }
@@ -754,7 +764,7 @@ fn handle_pdu(
                         p.qid,
                         format!(
                             "{} completed successfully with {asked} of its {} bytes of data asked for",
-                            f.cmd.name,
+                            f.cmd.name(p.qid),
                             f.cmd.data_out.len()
                         ),
                     ))
@@ -766,13 +776,17 @@ fn handle_pdu(
                     // where the controller stopped (the library's own log readers go by it). Not an Identify:
                     // its data structure is always 4096 bytes, and one cut short would read as a structure with
                     // zero fields (no LBA formats, no queues) and fail later for a reason it does not have.
-                    tracing::debug!(qid = p.qid, "{} returned {transferred} of {want} bytes", f.cmd.name);
+                    tracing::debug!(qid = p.qid, "{} returned {transferred} of {want} bytes", f.cmd.name(p.qid));
                     Ok(Completion { cqe: r.cqe, data: f.buf.into_padded(want), transferred })
                 } else {
                     // A successful read that did not deliver its data must not look like data.
                     Err(protocol(
                         p.qid,
-                        format!("{} completed successfully with {} of {want} bytes of data", f.cmd.name, f.buf.len()),
+                        format!(
+                            "{} completed successfully with {} of {want} bytes of data",
+                            f.cmd.name(p.qid),
+                            f.buf.len()
+                        ),
                     ))
                 };
                 f.cmd.reply.send(result);
@@ -866,7 +880,7 @@ fn handle_pdu(
                     p.qid,
                     format!(
                         "R2T {why} for {} (command {}: offset {o}, {l} bytes; {} of {} bytes already sent)",
-                        f.cmd.name,
+                        f.cmd.name(p.qid),
                         r.cccid,
                         f.h2c_end,
                         f.cmd.data_out.len()

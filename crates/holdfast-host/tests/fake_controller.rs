@@ -2593,3 +2593,73 @@ async fn a_write_pending_for_a_namespace_a_notice_found_replaced_is_not_replayed
     }
     c.shutdown().await.unwrap();
 }
+
+/// A write of namespace 1 is in flight (held by the fake) when namespace 1 is replaced (another NGUID), and the
+/// application opens NSID 1 again, on the namespace now there, before any notice (with `notice`, after the notice
+/// marked the old one gone); then the connection is lost. The reconnect must not replay the old handle's write
+/// onto the new namespace, though it carries the same NSID as the new handle's commands (design §5: never let a
+/// stale write land): it fails saying why, and the handle opened again rides through and writes.
+async fn a_write_in_flight_through_a_replaced_namespace_opened_again(notice: bool) {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.kato = Some(Duration::from_millis(600));
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    o.ctrl_loss_tmo = Some(Duration::from_secs(60));
+    let c = Controller::connect(o).await.unwrap();
+    let old = Namespace::open(&c, 1).await.unwrap();
+    let before = pattern(BS, 1);
+    old.write(0, before.clone(), false).await.unwrap();
+    f.st.hang_writes.store(true, Ordering::Relaxed);
+    let attempts = f.st.write_attempts.load(Ordering::Relaxed);
+    let in_flight = tokio::spawn({
+        let old = old.clone();
+        async move { old.write(0, pattern(BS, 2), false).await }
+    });
+    let t0 = std::time::Instant::now();
+    while f.st.write_attempts.load(Ordering::Relaxed) == attempts {
+        assert!(t0.elapsed() < Duration::from_secs(3), "the write never reached the fake");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut events = c.events();
+    f.st.ns_gen.store(1, Ordering::Relaxed);
+    if notice {
+        f.st.ns_aen.store(true, Ordering::SeqCst);
+        f.st.policy_aen.send_modify(|n| *n += 1);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Ok(holdfast_host::controller::Event::NamespacesChanged { .. }) = events.recv().await {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("the namespace notice was never reported");
+    }
+    let new = Namespace::open(&c, 1).await.unwrap();
+    assert_ne!(new.descriptors, old.descriptors);
+    assert!(old.write(0, pattern(BS, 3), false).await.is_err(), "the old handle was not marked gone");
+    go_down(&f, &c).await;
+    f.st.hang_writes.store(false, Ordering::Relaxed);
+    f.st.down.store(false, Ordering::Relaxed);
+    let r = tokio::time::timeout(Duration::from_secs(5), in_flight).await.expect("the write never finished").unwrap();
+    live(&c).await;
+    assert!(f.st.ram.lock().unwrap()[..BS] == before[..], "the old handle's write landed in the new namespace: {r:?}");
+    match r {
+        Err(Error::Invalid(why)) => assert!(why.contains("namespace 1") && why.contains("replaced"), "{why}"),
+        other => panic!("expected the old handle's write failed as replaced, got {other:?}"),
+    }
+    let w = tokio::time::timeout(Duration::from_secs(5), new.write(0, pattern(BS, 4), false)).await.expect("no hang");
+    w.expect("a write through the handle opened again, after the reconnect");
+    assert!(f.st.ram.lock().unwrap()[..BS] == pattern(BS, 4)[..], "the new handle's write did not land");
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_write_in_flight_through_a_namespace_replaced_and_opened_again_is_not_replayed_onto_the_new_one() {
+    a_write_in_flight_through_a_replaced_namespace_opened_again(false).await;
+}
+
+#[tokio::test]
+async fn a_write_in_flight_through_a_namespace_a_notice_found_replaced_and_opened_again_is_not_replayed() {
+    a_write_in_flight_through_a_replaced_namespace_opened_again(true).await;
+}
