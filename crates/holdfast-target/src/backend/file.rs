@@ -7,11 +7,14 @@
 //! write, flush and zeroing of the namespace fails (the file has to be checked and the namespace opened
 //! again); `fdatasync` calls take turns, so that the one that sees the error has set that before any other
 //! reports success for writes whose pages may be among those lost.
+//!
+//! A Flush's `fdatasync` makes the file's data durable, not the directory entry that names it: a file the
+//! target creates is `fsync`ed, then its directory, before its namespace is served ([`sync_created`]).
 
 use super::{Backend, MediaGate};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -36,7 +39,8 @@ pub struct FileBackend {
 
 impl FileBackend {
     /// Open (creating if needed) `path`. With `size` the file is extended to it if shorter; without, the
-    /// current length is used.
+    /// current length is used. A file created is durable, its directory entry too, and a file extended has its
+    /// new length durable, before this returns ([`FileBackend::size_durably`]).
     pub fn open(path: &Path, size: Option<u64>) -> io::Result<Self> {
         Self::open_as(path, size, false)
     }
@@ -48,15 +52,41 @@ impl FileBackend {
     }
 
     fn open_as(path: &Path, size: Option<u64>, read_only: bool) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .create(size.is_some() && !read_only)
-            .truncate(false)
-            .open(path)?;
+        let create = size.is_some() && !read_only;
+        // This open makes the file, so its directory entry is new ([`sync_created`]). (One removed between this
+        // look and the open is made again without that: a race with whoever removes it as the target starts.)
+        let created = create && !path.exists();
+        let file = OpenOptions::new().read(true).write(!read_only).create(create).truncate(false).open(path)?;
+        let size = match Self::size_durably(&file, path, size, read_only, created) {
+            // Removed again, so that the next open makes it anew, and syncs it: left behind, it would be taken
+            // for a file that was there before, and served with its directory entry maybe not durable.
+            Err(e) if created => {
+                let _ = std::fs::remove_file(std::fs::canonicalize(path).as_deref().unwrap_or(path));
+                return Err(io::Error::new(e.kind(), format!("{e}; the new file is removed again")));
+            }
+            r => r?,
+        };
+        Ok(FileBackend {
+            file,
+            path: path.to_owned(),
+            size,
+            nowait: AtomicBool::new(true),
+            sync_failed: AtomicBool::new(false),
+            sync_turn: parking_lot::Mutex::new(()),
+            stripes: (0..STRIPES).map(|_| parking_lot::RwLock::new(())).collect(),
+            #[cfg(test)]
+            fail_next_sync: AtomicBool::new(false),
+        })
+    }
+
+    /// The namespace's size in `file` (`path`, opened by `open_as`), the file grown to `size` if given and
+    /// longer, and what this open made durable before the namespace is served: a file it `created` and its
+    /// directory entry ([`sync_created`]), or the new length of a file it grew (`fdatasync` writes the
+    /// metadata a later read needs, the size among it, fdatasync(2)).
+    fn size_durably(file: &File, path: &Path, size: Option<u64>, read_only: bool, created: bool) -> io::Result<u64> {
         let meta = file.metadata()?;
-        let cur = if meta.file_type().is_block_device() { block_device_size(&file)? } else { meta.len() };
-        let size = match size {
+        let cur = if meta.file_type().is_block_device() { block_device_size(file)? } else { meta.len() };
+        let new = match size {
             Some(s) if s > cur && read_only => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -73,17 +103,14 @@ impl FileBackend {
             Some(s) => s,
             None => cur,
         };
-        Ok(FileBackend {
-            file,
-            path: path.to_owned(),
-            size,
-            nowait: AtomicBool::new(true),
-            sync_failed: AtomicBool::new(false),
-            sync_turn: parking_lot::Mutex::new(()),
-            stripes: (0..STRIPES).map(|_| parking_lot::RwLock::new(())).collect(),
-            #[cfg(test)]
-            fail_next_sync: AtomicBool::new(false),
-        })
+        if created {
+            sync_created(file, path)?;
+        } else if new > cur {
+            sync(file, path, true).map_err(|e| {
+                io::Error::new(e.kind(), format!("grew it to {new} bytes, but its fdatasync failed: {e}"))
+            })?;
+        }
+        Ok(new)
     }
 
     /// The stripes covering `len` bytes at `offset`, in ascending order (the order every caller takes them in,
@@ -142,6 +169,51 @@ impl FileBackend {
 }
 
 use std::os::unix::fs::FileTypeExt;
+
+/// Make a file `open` just created (and sized) durable before its namespace is served: `fsync` it, then the
+/// directory that holds it. fsync(2): "Calling fsync() does not necessarily ensure that the entry in the
+/// directory containing the file has also reached disk. For that an explicit fsync() on a file descriptor for
+/// the directory is also needed." Without it a crash, even after a Flush was acknowledged, may lose the file
+/// and with it every write made durable there.
+fn sync_created(file: &File, path: &Path) -> io::Result<()> {
+    // The file itself, through a symlink or a relative path: its directory is the one that changed.
+    let real = std::fs::canonicalize(path)?;
+    let dir = real.parent().unwrap_or(Path::new("/"));
+    let failed = |e: io::Error, what: String| io::Error::new(e.kind(), format!("created it, but {what} failed: {e}"));
+    sync(file, &real, false).map_err(|e| failed(e, "its fsync".into()))?;
+    let d = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(dir)
+        .map_err(|e| failed(e, format!("opening its directory {}", dir.display())))?;
+    sync(&d, dir, false).map_err(|e| failed(e, format!("the fsync of its directory {}", dir.display())))
+}
+
+/// `fsync` of `f` (with `data`, `fdatasync`), which is `what`: how `open` makes what it created or grew
+/// durable. Tests record each call, and may fail one (`SYNCS`, `FAIL_SYNC_OF`).
+fn sync(f: &File, what: &Path, data: bool) -> io::Result<()> {
+    let call = if data { "fdatasync" } else { "fsync" };
+    tracing::debug!(path = %what.display(), "{call} of what this open created or grew");
+    #[cfg(test)]
+    {
+        SYNCS.with(|s| s.borrow_mut().push((call, what.to_owned())));
+        if FAIL_SYNC_OF.with(|p| p.borrow().as_deref() == Some(what)) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+    }
+    match data {
+        true => f.sync_data(),
+        false => f.sync_all(),
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: the calls [`sync`] made on this thread (`"fsync"` or `"fdatasync"`, and the path synced).
+    static SYNCS: std::cell::RefCell<Vec<(&'static str, PathBuf)>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Tests: the path whose [`sync`] on this thread fails with EIO.
+    static FAIL_SYNC_OF: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
+}
 
 /// Range lock stripes, and the size of the region each covers (1 MiB: most commands take one stripe).
 const STRIPES: usize = 64;
@@ -455,5 +527,52 @@ mod tests {
         let mut buf = vec![0u8; 4096];
         b.read_at(0, &mut buf, &g).unwrap();
         assert!(buf.iter().all(|&x| x == 1), "reads go on");
+    }
+
+    /// The syncs `open` made on this thread in `f`.
+    fn syncs_of(f: impl FnOnce() -> io::Result<FileBackend>) -> Vec<(&'static str, PathBuf)> {
+        SYNCS.take();
+        f().unwrap();
+        SYNCS.take()
+    }
+
+    /// A file `open` creates is fsynced, then the directory that holds it (through a symlink, the target's),
+    /// before it is served: without the directory's fsync a crash may lose the new entry, and with it the file
+    /// and every write a Flush made durable there (fsync(2)). A file it grows is fdatasynced (its new size). A
+    /// file neither created nor grown, or opened read-only, is not synced.
+    #[test]
+    fn a_created_file_and_its_directory_are_fsynced_and_a_grown_one_fdatasynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = std::fs::canonicalize(dir.path()).unwrap();
+        let p = d.join("ns.img");
+        let created = syncs_of(|| FileBackend::open(&p, Some(1 << 20)));
+        assert_eq!(created, [("fsync", p.clone()), ("fsync", d.clone())], "created");
+        assert_eq!(syncs_of(|| FileBackend::open(&p, Some(2 << 20))), [("fdatasync", p.clone())], "grown");
+        assert_eq!(syncs_of(|| FileBackend::open(&p, Some(1 << 20))), [], "neither created nor grown");
+        assert_eq!(syncs_of(|| FileBackend::open(&p, None)), [], "no size");
+        assert_eq!(syncs_of(|| FileBackend::open_read_only(&p, Some(1 << 20))), [], "read-only");
+        std::fs::create_dir(d.join("sub")).unwrap();
+        let (link, real) = (d.join("link.img"), d.join("sub/real.img"));
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let created = syncs_of(|| FileBackend::open(&link, Some(1 << 20)));
+        assert_eq!(created, [("fsync", real), ("fsync", d.join("sub"))], "created through a dangling symlink");
+    }
+
+    /// A failed fsync of a new file's directory fails the open, naming the directory and the error, and the
+    /// file is removed again: left behind, the next open would take it for one it did not create, and serve it
+    /// with its directory entry still not durable.
+    #[test]
+    fn a_failed_fsync_of_a_new_files_directory_fails_the_open_and_removes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = std::fs::canonicalize(dir.path()).unwrap();
+        let p = d.join("ns.img");
+        FAIL_SYNC_OF.set(Some(d.clone()));
+        let e = FileBackend::open(&p, Some(1 << 20)).err().expect("served");
+        FAIL_SYNC_OF.set(None);
+        let want =
+            format!("the fsync of its directory {} failed: {}", d.display(), io::Error::from_raw_os_error(libc::EIO));
+        assert!(e.to_string().contains(&want), "{e}");
+        assert!(!p.exists(), "the new file was left behind");
+        assert_eq!(syncs_of(|| FileBackend::open(&p, Some(1 << 20))), [("fsync", p.clone()), ("fsync", d)], "again");
     }
 }
