@@ -345,7 +345,7 @@ async fn case(input: &[u8]) {
             sqe,
             data_out,
             data_in_len,
-            name: "fuzz",
+            ns_tag: 0,
             replayable: b & 2 == 0,
             reply: reply_tx,
             timeouts: 0,
