@@ -49,7 +49,7 @@ fn world() -> &'static World {
             // (as `holdfast nbd`'s INFLIGHT_BYTES is not): a request costing more would wait for ever.
             budget: Arc::new(tokio::sync::Semaphore::new(2 * server::MAX_REQUEST as usize)),
             stall_timeout: Duration::from_secs(2),
-            partial_blocks: (0..server::PARTIAL_BLOCK_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            partial_blocks: server::partial_block_locks(),
         });
         World { rt, export, _ctrl: ctrl, _server: srv }
     })

@@ -682,3 +682,47 @@ fn a_write_the_file_has_no_room_for_is_enospc_not_eio() {
     drop((c, b, t));
     let _ = std::fs::remove_file(&path);
 }
+
+/// A read-modify-write of part of a block (from a client without block sizes) never writes the block's old
+/// bytes back over a write of the whole block that lands between its read and its write: the target holds the
+/// first write to reach it 1.5 s, so the partial write's block goes out with the bytes it read before the
+/// whole-block write (sent 0.4 s later, answered at once) and would undo that write's 3996 other bytes. Each
+/// byte must end as one of the writes that covered it left it, in either order of the two.
+#[test]
+fn a_partial_block_write_does_not_undo_a_whole_block_write_to_its_other_bytes() {
+    for partial_first in [true, false] {
+        let t = TargetProc::start(&[
+            "--nqn",
+            NQN,
+            "--ram-mib",
+            "16",
+            "--block-size",
+            "4096",
+            "--test-delay-writes-ms",
+            "1500",
+            "--test-delay-every",
+            "1000000",
+        ]);
+        let b = Bridge::start(&t, &[]);
+        let mut bytes = Client::connect(b.port, 0b11);
+        assert_eq!(bytes.option(OPT_GO, &[0, 0, 0, 0, 0, 0]).last().unwrap().0, REP_ACK);
+        let mut blocks = go(b.port);
+        let partial = |c: &mut Client| c.request(CMD_WRITE, 0, 1, 4096 + 100, 100, &[0xaa; 100]);
+        let whole = |c: &mut Client| c.request(CMD_WRITE, 0, 2, 4096, 4096, &[0xbb; 4096]);
+        if partial_first {
+            partial(&mut bytes);
+            std::thread::sleep(Duration::from_millis(400));
+            whole(&mut blocks);
+        } else {
+            whole(&mut blocks);
+            std::thread::sleep(Duration::from_millis(400));
+            partial(&mut bytes);
+        }
+        assert_eq!(blocks.reply(), (0, 2));
+        assert_eq!(bytes.reply(), (0, 1));
+        let got = blocks.call(CMD_READ, 0, 4096, 4096, &[]).1;
+        let undone = got.iter().enumerate().filter(|&(i, &x)| !(100..200).contains(&i) && x != 0xbb).count();
+        assert_eq!(undone, 0, "partial write first: {partial_first}: bytes only the whole-block write covered");
+        assert!(got[100..200].iter().all(|&x| x == 0xaa) || got[100..200].iter().all(|&x| x == 0xbb));
+    }
+}

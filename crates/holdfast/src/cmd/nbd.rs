@@ -91,7 +91,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             ns,
             budget: Arc::new(tokio::sync::Semaphore::new(server::INFLIGHT_BYTES)),
             stall_timeout: Duration::from_millis(a.test_stall_timeout_ms.max(1)),
-            partial_blocks: (0..server::PARTIAL_BLOCK_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            partial_blocks: server::partial_block_locks(),
         });
         if let Some(dev) = device {
             let r = attach(dev, export).await;

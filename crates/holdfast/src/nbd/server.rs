@@ -58,14 +58,21 @@ pub struct Export {
     pub budget: Arc<Semaphore>,
     /// How long a write's payload or a reply may take ([`STALL_TIMEOUT`] unless a test says otherwise).
     pub stall_timeout: Duration,
-    /// Held by a write that changes part of a block while it reads, changes and writes back that block
-    /// ([`unaligned`]): one lock per block number modulo their count ([`PARTIAL_BLOCK_LOCKS`]).
-    pub partial_blocks: Vec<tokio::sync::Mutex<()>>,
+    /// Held alone by a write that changes part of a block while it reads, changes and writes back that block
+    /// ([`unaligned`]), and shared by writes of whole blocks while they run ([`Export::whole_blocks_turn`]):
+    /// one lock per block number modulo their count ([`PARTIAL_BLOCK_LOCKS`]).
+    pub partial_blocks: Vec<tokio::sync::RwLock<()>>,
 }
 
 /// Locks for read-modify-writes of partial blocks ([`Export::partial_blocks`]): two writes into one block
-/// take turns, writes into different blocks mostly do not.
+/// take turns, writes into different blocks mostly do not; a write of whole blocks waits for a
+/// read-modify-write of one of them, and the other way round, but not for other writes of whole blocks.
 pub const PARTIAL_BLOCK_LOCKS: usize = 64;
+
+/// The locks of a new export ([`Export::partial_blocks`]).
+pub fn partial_block_locks() -> Vec<tokio::sync::RwLock<()>> {
+    (0..PARTIAL_BLOCK_LOCKS).map(|_| tokio::sync::RwLock::new(())).collect()
+}
 
 impl Export {
     fn matches(&self, name: &[u8]) -> bool {
@@ -104,8 +111,30 @@ impl Export {
     }
 
     /// The lock of block `lba` for a read-modify-write of part of it ([`unaligned`]).
-    fn partial_block_lock(&self, lba: u64) -> &tokio::sync::Mutex<()> {
+    fn partial_block_lock(&self, lba: u64) -> &tokio::sync::RwLock<()> {
         &self.partial_blocks[(lba % self.partial_blocks.len() as u64) as usize]
+    }
+
+    /// A write (or write zeroes) of the whole blocks `lba..lba + blocks` takes a shared turn on their locks
+    /// while it runs: a read-modify-write of one of those blocks (another request's, whose bytes it overlaps)
+    /// then reads the block either before this write starts, and writes it back before this one lands, or
+    /// once it has landed. Without it the read-modify-write could read the block's old bytes before this
+    /// write and write them back after it, undoing this write's bytes that the other request never covered.
+    /// Taken in the order of the locks, never while holding a lock alone, so no two requests wait on each
+    /// other.
+    async fn whole_blocks_turn(&self, lba: u64, blocks: u64) -> Vec<tokio::sync::RwLockReadGuard<'_, ()>> {
+        let n = self.partial_blocks.len() as u64;
+        let mut slots: Vec<usize> = if blocks >= n {
+            (0..n as usize).collect()
+        } else {
+            (lba..lba + blocks).map(|b| (b % n) as usize).collect()
+        };
+        slots.sort_unstable();
+        let mut held = Vec::with_capacity(slots.len());
+        for s in slots {
+            held.push(self.partial_blocks[s].read().await);
+        }
+        held
     }
 }
 
@@ -508,9 +537,16 @@ async fn execute(export: &Export, r: &Request, data: Bytes, align: Alignment) ->
     let ns = &export.ns;
     let res = match r.ty {
         cmd::READ => return ns.read(lba, blocks).await.map(Some).map_err(|e| nbd_errno(&e, false)),
-        cmd::WRITE => ns.write(lba, data, fua).await,
+        // A trim leaves its blocks' contents undefined (NBD § NBD_CMD_TRIM): it needs no turn.
         cmd::TRIM => ns.deallocate(lba, blocks).await,
-        _ => ns.write_zeroes(lba, blocks).await,
+        ty => {
+            let _turn = export.whole_blocks_turn(lba, blocks).await;
+            if ty == cmd::WRITE {
+                ns.write(lba, data, fua).await
+            } else {
+                ns.write_zeroes(lba, blocks).await
+            }
+        }
     };
     res.map_err(|e| nbd_errno(&e, true))?;
     if fua && r.ty != cmd::WRITE {
@@ -526,8 +562,12 @@ async fn execute(export: &Export, r: &Request, data: Bytes, align: Alignment) ->
 /// whole blocks as they are and each partial block at its ends by reading that block, changing the bytes
 /// asked for and writing it back. Two read-modify-writes of one block take turns (the block's lock in
 /// [`Export::partial_blocks`], held for that block's read and write only): two writes to different bytes of
-/// one block, both in flight, both land. Anything else that writes a block this request changes part of
-/// overlaps its bytes: requests that overlap are the client's to order, as with any block device.
+/// one block, both in flight, both land. A write of whole blocks (this request's middle, or any other
+/// request's) takes a shared turn on the same locks ([`Export::whole_blocks_turn`]), so it lands wholly before
+/// or wholly after a read-modify-write of one of its blocks: the bytes of a block that only it covers keep its
+/// data (a read-modify-write that read the block before it landed and wrote it back after would undo them).
+/// Where two requests' bytes overlap, which one's bytes stay is the client's to order, as with any block
+/// device.
 async fn unaligned(export: &Export, r: &Request, data: Bytes, fua: bool) -> Result<Option<Bytes>, u32> {
     let (ns, bs) = (&export.ns, export.block_size() as u64);
     let (off, end) = (r.offset, r.offset + r.length as u64);
@@ -550,7 +590,7 @@ async fn unaligned(export: &Export, r: &Request, data: Bytes, fua: bool) -> Resu
     let patch = |block: u64, from: u64, to: u64| {
         let bytes = src(from, to);
         async move {
-            let _turn = export.partial_block_lock(block / bs).lock().await;
+            let _turn = export.partial_block_lock(block / bs).write().await;
             let old = ns.read(block / bs, 1).await.map_err(|e| nbd_errno(&e, false))?;
             let mut new = BytesMut::from(&old[..]);
             new[(from - block) as usize..(to - block) as usize].copy_from_slice(&bytes);
@@ -562,11 +602,15 @@ async fn unaligned(export: &Export, r: &Request, data: Bytes, fua: bool) -> Resu
         patch(lo, off, end.min(lo + bs)).await?;
     }
     if a < b {
+        let turn = export.whole_blocks_turn(a / bs, (b - a) / bs).await;
         let res = if r.ty == cmd::WRITE {
             ns.write(a / bs, src(a, b), fua).await
         } else {
             match ns.write_zeroes(a / bs, (b - a) / bs).await {
-                Ok(()) if fua => ns.flush().await,
+                Ok(()) if fua => {
+                    drop(turn);
+                    ns.flush().await
+                }
                 other => other,
             }
         };
@@ -679,7 +723,7 @@ mod tests {
                 read_only: false,
                 budget: Arc::new(Semaphore::new(INFLIGHT_BYTES)),
                 stall_timeout: STALL_TIMEOUT,
-                partial_blocks: (0..PARTIAL_BLOCK_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
+                partial_blocks: partial_block_locks(),
             });
             let (mut client, theirs) = tokio::io::duplex(1 << 20);
             let serving = tokio::spawn(serve_transmission(theirs, export, CancellationToken::new()));
