@@ -726,3 +726,37 @@ fn a_partial_block_write_does_not_undo_a_whole_block_write_to_its_other_bytes() 
         assert!(got[100..200].iter().all(|&x| x == 0xaa) || got[100..200].iter().all(|&x| x == 0xbb));
     }
 }
+
+/// A namespace the target write-protects only after the bridge opened it (the target restarted with
+/// `--read-only` on the same file, which the bridge rides through): a write is EPERM, as the protocol asks
+/// for a change to a read-only export (§ Error values), not EIO; reads still serve the file.
+#[test]
+fn a_namespace_write_protected_after_a_restart_refuses_writes_with_eperm() {
+    let path = std::env::temp_dir().join(format!("holdfast-nbd-wp-{}.img", std::process::id()));
+    std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+    let spawn = |port: u16, ro: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["target", "--listen", &format!("127.0.0.1:{port}"), "--nqn", NQN]);
+        if ro {
+            cmd.arg("--read-only");
+        }
+        cmd.arg("--file").arg(&path);
+        TargetProc::spawn(cmd)
+    };
+    let mut t = spawn(0, false);
+    let port = t.port;
+    let b = Bridge::start(&t, &["--reconnect-delay-ms", "100", "--reconnect-delay-max-ms", "200"]);
+    let mut c = go(b.port);
+    assert_eq!(c.call(CMD_WRITE, 0, 0, 512, &[5u8; 512]).0, 0);
+    assert_eq!(c.call(CMD_FLUSH, 0, 0, 0, &[]).0, 0);
+    let _ = t.child.kill();
+    let _ = t.child.wait();
+    t = spawn(port, true);
+    assert_eq!(c.call(CMD_READ, 0, 0, 512, &[]), (0, vec![5u8; 512]), "the bridge rode through");
+    assert_eq!(c.call(CMD_WRITE, 0, 512, 512, &[6u8; 512]).0, EPERM);
+    assert_eq!(c.call(CMD_WRITE_ZEROES, 0, 512, 512, &[]).0, EPERM);
+    assert_eq!(c.call(CMD_TRIM, 0, 512, 512, &[]).0, EPERM);
+    assert_eq!(c.call(CMD_READ, 0, 0, 1024, &[]).1, [vec![5u8; 512], vec![0u8; 512]].concat(), "the file kept");
+    drop((c, b, t));
+    let _ = std::fs::remove_file(&path);
+}

@@ -625,10 +625,14 @@ async fn unaligned(export: &Export, r: &Request, data: Bytes, fua: bool) -> Resu
 
 /// The NBD error value for a failed namespace call, logged (rate-limited) with what it was. Capacity Exceeded
 /// is no room, whatever the command (a flush whose fsync found none: nvmet's answer to ENOSPC), not an invalid
-/// request; LBA Out of Range is the request's, ENOSPC for a write (NBD § Error values).
+/// request; LBA Out of Range is the request's, ENOSPC for a write (NBD § Error values). Namespace is Write
+/// Protected (a namespace the target made read-only after the bridge opened it, a restart with `--read-only`
+/// ridden through) is EPERM, the protocol's answer to a change of a read-only export.
 fn nbd_errno(e: &Error, write: bool) -> u32 {
     let code = e.status().map(|s| s.code());
-    let v = if code == Some(Status::CAPACITY_EXCEEDED) || (write && code == Some(Status::LBA_OUT_OF_RANGE)) {
+    let v = if code == Some(Status::NS_WRITE_PROTECTED) {
+        errno::EPERM
+    } else if code == Some(Status::CAPACITY_EXCEEDED) || (write && code == Some(Status::LBA_OUT_OF_RANGE)) {
         errno::ENOSPC
     } else if code == Some(Status::LBA_OUT_OF_RANGE) || code == Some(Status::INVALID_FIELD) {
         errno::EINVAL
