@@ -2539,67 +2539,14 @@ async fn a_namespace_formatted_with_other_blocks_across_a_reconnect_gets_no_repl
     c.shutdown().await.unwrap();
 }
 
-/// A namespace notice finds namespace 1 replaced (another NGUID) while a write of its is in flight (held by the
-/// fake), and the connection is then lost: the mark is set, so the reconnect must not replay that write onto the
-/// namespace now under NSID 1 (design §5); it fails saying why, as a write found pending for a namespace the
-/// reconnect itself finds replaced.
-#[tokio::test]
-async fn a_write_pending_for_a_namespace_a_notice_found_replaced_is_not_replayed_at_the_reconnect() {
-    let f = fake(Behaviour::default()).await;
-    let mut o = opts(&f, 1, false);
-    o.kato = Some(Duration::from_millis(600));
-    o.reconnect_delay = Some(Duration::from_millis(100));
-    o.ctrl_loss_tmo = Some(Duration::from_secs(60));
-    let c = Controller::connect(o).await.unwrap();
-    let ns1 = Namespace::open(&c, 1).await.unwrap();
-    let ns2 = Namespace::open(&c, 2).await.unwrap();
-    let before = pattern(BS, 1);
-    ns1.write(0, before.clone(), false).await.unwrap();
-    f.st.hang_writes.store(true, Ordering::Relaxed);
-    let attempts = f.st.write_attempts.load(Ordering::Relaxed);
-    let in_flight = tokio::spawn({
-        let ns1 = ns1.clone();
-        async move { ns1.write(0, pattern(BS, 2), false).await }
-    });
-    let t0 = std::time::Instant::now();
-    while f.st.write_attempts.load(Ordering::Relaxed) == attempts {
-        assert!(t0.elapsed() < Duration::from_secs(3), "the write never reached the fake");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let mut events = c.events();
-    f.st.ns_gen.store(1, Ordering::Relaxed);
-    f.st.ns_aen.store(true, Ordering::SeqCst);
-    f.st.policy_aen.send_modify(|n| *n += 1);
-    tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if let Ok(holdfast_host::controller::Event::NamespacesChanged { .. }) = events.recv().await {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("the namespace notice was never reported");
-    assert!(ns1.write(0, pattern(BS, 3), false).await.is_err(), "the notice did not mark namespace 1 gone");
-    go_down(&f, &c).await;
-    f.st.hang_writes.store(false, Ordering::Relaxed);
-    f.st.down.store(false, Ordering::Relaxed);
-    let r = tokio::time::timeout(Duration::from_secs(5), in_flight).await.expect("the write never finished").unwrap();
-    live(&c).await;
-    ns2.write(100, pattern(BS, 4), false).await.expect("namespace 2 rides through");
-    assert!(f.st.ram.lock().unwrap()[..BS] == before[..], "namespace 1's old write landed in the new one: {r:?}");
-    match r {
-        Err(Error::Invalid(why)) => assert!(why.contains("namespace 1") && why.contains("replaced"), "{why}"),
-        other => panic!("expected namespace 1's write failed as replaced, got {other:?}"),
-    }
-    c.shutdown().await.unwrap();
-}
-
-/// A write of namespace 1 is in flight (held by the fake) when namespace 1 is replaced (another NGUID), and the
-/// application opens NSID 1 again, on the namespace now there, before any notice (with `notice`, after the notice
-/// marked the old one gone); then the connection is lost. The reconnect must not replay the old handle's write
-/// onto the new namespace, though it carries the same NSID as the new handle's commands (design §5: never let a
-/// stale write land): it fails saying why, and the handle opened again rides through and writes.
-async fn a_write_in_flight_through_a_replaced_namespace_opened_again(notice: bool) {
+/// A write of namespace 1 is in flight (held by the fake) when namespace 1 is replaced (another NGUID), and then
+/// the connection is lost. With `notice`, a namespace notice marked namespace 1 gone first; with `reopen`, the
+/// application then opened NSID 1 again, on the namespace now there (without a notice, opening it is what finds
+/// the replacement). The reconnect must not replay the old write onto the namespace now under NSID 1 (design §5:
+/// never let a stale write land), though a handle opened again sends commands with the same NSID: it fails saying
+/// why, as a write found pending for a namespace the reconnect itself finds replaced; namespace 2, and the handle
+/// opened again, ride through.
+async fn a_write_in_flight_through_a_replaced_namespace(notice: bool, reopen: bool) {
     let f = fake(Behaviour::default()).await;
     let mut o = opts(&f, 1, false);
     o.kato = Some(Duration::from_millis(600));
@@ -2607,6 +2554,7 @@ async fn a_write_in_flight_through_a_replaced_namespace_opened_again(notice: boo
     o.ctrl_loss_tmo = Some(Duration::from_secs(60));
     let c = Controller::connect(o).await.unwrap();
     let old = Namespace::open(&c, 1).await.unwrap();
+    let ns2 = Namespace::open(&c, 2).await.unwrap();
     let before = pattern(BS, 1);
     old.write(0, before.clone(), false).await.unwrap();
     f.st.hang_writes.store(true, Ordering::Relaxed);
@@ -2635,31 +2583,44 @@ async fn a_write_in_flight_through_a_replaced_namespace_opened_again(notice: boo
         .await
         .expect("the namespace notice was never reported");
     }
-    let new = Namespace::open(&c, 1).await.unwrap();
-    assert_ne!(new.descriptors, old.descriptors);
-    assert!(old.write(0, pattern(BS, 3), false).await.is_err(), "the old handle was not marked gone");
+    let new = match reopen {
+        true => Some(Namespace::open(&c, 1).await.unwrap()),
+        false => None,
+    };
+    if let Some(new) = &new {
+        assert_ne!(new.descriptors, old.descriptors);
+    }
+    assert!(old.write(0, pattern(BS, 3), false).await.is_err(), "namespace 1's old handle was not marked gone");
     go_down(&f, &c).await;
     f.st.hang_writes.store(false, Ordering::Relaxed);
     f.st.down.store(false, Ordering::Relaxed);
     let r = tokio::time::timeout(Duration::from_secs(5), in_flight).await.expect("the write never finished").unwrap();
     live(&c).await;
-    assert!(f.st.ram.lock().unwrap()[..BS] == before[..], "the old handle's write landed in the new namespace: {r:?}");
+    ns2.write(100, pattern(BS, 4), false).await.expect("namespace 2 rides through");
+    assert!(f.st.ram.lock().unwrap()[..BS] == before[..], "namespace 1's old write landed in the new one: {r:?}");
     match r {
         Err(Error::Invalid(why)) => assert!(why.contains("namespace 1") && why.contains("replaced"), "{why}"),
-        other => panic!("expected the old handle's write failed as replaced, got {other:?}"),
+        other => panic!("expected namespace 1's old write failed as replaced, got {other:?}"),
     }
-    let w = tokio::time::timeout(Duration::from_secs(5), new.write(0, pattern(BS, 4), false)).await.expect("no hang");
-    w.expect("a write through the handle opened again, after the reconnect");
-    assert!(f.st.ram.lock().unwrap()[..BS] == pattern(BS, 4)[..], "the new handle's write did not land");
+    if let Some(new) = new {
+        let w = tokio::time::timeout(Duration::from_secs(5), new.write(0, pattern(BS, 5), false)).await;
+        w.expect("no hang").expect("a write through the handle opened again, after the reconnect");
+        assert!(f.st.ram.lock().unwrap()[..BS] == pattern(BS, 5)[..], "the new handle's write did not land");
+    }
     c.shutdown().await.unwrap();
 }
 
 #[tokio::test]
+async fn a_write_pending_for_a_namespace_a_notice_found_replaced_is_not_replayed_at_the_reconnect() {
+    a_write_in_flight_through_a_replaced_namespace(true, false).await;
+}
+
+#[tokio::test]
 async fn a_write_in_flight_through_a_namespace_replaced_and_opened_again_is_not_replayed_onto_the_new_one() {
-    a_write_in_flight_through_a_replaced_namespace_opened_again(false).await;
+    a_write_in_flight_through_a_replaced_namespace(false, true).await;
 }
 
 #[tokio::test]
 async fn a_write_in_flight_through_a_namespace_a_notice_found_replaced_and_opened_again_is_not_replayed() {
-    a_write_in_flight_through_a_replaced_namespace_opened_again(true).await;
+    a_write_in_flight_through_a_replaced_namespace(true, true).await;
 }
