@@ -1388,15 +1388,7 @@ async fn a_namespace_check_that_fails_with_a_passing_status_leaves_the_namespace
         f.st.ns_aen.store(true, Ordering::SeqCst);
         *f.st.desc_list_status.lock().unwrap() = Some(status);
         f.st.policy_aen.send_modify(|n| *n += 1);
-        tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                if let Ok(holdfast_host::controller::Event::NamespacesChanged { .. }) = events.recv().await {
-                    return;
-                }
-            }
-        })
-        .await
-        .expect("the namespace notice was never reported");
+        namespaces_changed(&mut events).await;
         *f.st.desc_list_status.lock().unwrap() = None;
         let r = ns.write(0, pattern(BS, 3), false).await;
         assert_eq!(r.is_err(), gone, "{status}: {r:?}");
@@ -2573,15 +2565,7 @@ async fn a_write_in_flight_through_a_replaced_namespace(notice: bool, reopen: bo
     if notice {
         f.st.ns_aen.store(true, Ordering::SeqCst);
         f.st.policy_aen.send_modify(|n| *n += 1);
-        tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                if let Ok(holdfast_host::controller::Event::NamespacesChanged { .. }) = events.recv().await {
-                    return;
-                }
-            }
-        })
-        .await
-        .expect("the namespace notice was never reported");
+        namespaces_changed(&mut events).await;
     }
     let new = match reopen {
         true => Some(Namespace::open(&c, 1).await.unwrap()),
@@ -2623,4 +2607,17 @@ async fn a_write_in_flight_through_a_namespace_replaced_and_opened_again_is_not_
 #[tokio::test]
 async fn a_write_in_flight_through_a_namespace_a_notice_found_replaced_and_opened_again_is_not_replayed() {
     a_write_in_flight_through_a_replaced_namespace(true, true).await;
+}
+
+/// Wait (at most 5 s) for the controller to report a namespace notice.
+async fn namespaces_changed(events: &mut tokio::sync::broadcast::Receiver<holdfast_host::controller::Event>) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(holdfast_host::controller::Event::NamespacesChanged { .. }) = events.recv().await {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the namespace notice was never reported");
 }
