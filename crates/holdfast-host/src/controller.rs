@@ -96,7 +96,10 @@ pub enum Event {
         attempts: u32,
         /// Commands re-issued.
         reissued: usize,
-        /// The target restarted (its instance ID changed), rather than the network blipping.
+        /// The target restarted (its instance ID changed), rather than the network blipping. Writes completed
+        /// before the restart and not flushed since may be lost (a target machine that lost power lost its
+        /// volatile write cache), and a Flush now covers only what the restarted target holds: an application
+        /// that must know writes them again (README, "No stale writes").
         target_restarted: bool,
     },
     /// The controller reported that namespaces changed (a Namespace Attribute Notice, whose Changed Namespace
