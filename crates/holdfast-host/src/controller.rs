@@ -30,7 +30,7 @@ use holdfast_proto::opcode::{admin as aop, admin_name, fctype_name, io_name, FAB
 use holdfast_proto::policy::{ConnectionPolicy, PolicyParseError, LID_HOLDFAST_POLICY};
 use holdfast_proto::sqe::get_log_page;
 use holdfast_proto::{Status, SubmissionEntry};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -135,6 +135,10 @@ struct Shared {
     info: Mutex<Info>,
     /// Largest transfer of one command (from MDTS), read by the I/O path (which splits requests by it).
     max_transfer: AtomicUsize,
+    /// Optional NVM Command Support of the current association's Identify Controller (ONCS, `identify::ONCS_*`),
+    /// read by write zeroes and deallocate: what the controller the host is connected to now supports, not what
+    /// one before a reconnect did.
+    oncs: AtomicU16,
     state: Mutex<State>,
     events: broadcast::Sender<Event>,
     shutdown: CancellationToken,
@@ -957,8 +961,10 @@ async fn establish(
                 opens.push(open);
             }
         }
+        let oncs = id.oncs.get();
         *lock(&sh.info) = Info { cntlid, id, cap: capv, vs, policy: adv, effective: new_eff };
         sh.max_transfer.store(max_transfer, Ordering::Release);
+        sh.oncs.store(oncs, Ordering::Release);
         Ok::<_, Error>((opens, restarted))
     }
     .await;
@@ -1191,6 +1197,7 @@ impl Controller {
                 effective: eff,
             }),
             max_transfer: AtomicUsize::new(DEFAULT_MAX_TRANSFER),
+            oncs: AtomicU16::new(0),
             state: Mutex::new(State::Live),
             events: broadcast::channel(64).0,
             shutdown: CancellationToken::new(),
@@ -1368,6 +1375,12 @@ impl Controller {
     /// Largest transfer of one command, in bytes.
     pub fn max_transfer(&self) -> usize {
         self.inner.max_transfer.load(Ordering::Acquire)
+    }
+    /// Optional NVM Command Support (Identify Controller ONCS, `holdfast_proto::identify::ONCS_*`) of the current
+    /// association: after a reconnect, the controller's answer then, not the one before (without the copy of the
+    /// whole Identify data that [`Controller::identify`] makes).
+    pub fn oncs(&self) -> u16 {
+        self.inner.oncs.load(Ordering::Acquire)
     }
     /// The options used.
     pub fn options(&self) -> &ConnectOptions {

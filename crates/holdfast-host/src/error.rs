@@ -71,6 +71,10 @@ pub enum Error {
     /// Bad argument from the caller.
     #[error("{0}")]
     Invalid(String),
+    /// The controller does not support what was asked (an optional command its Identify Controller data does not
+    /// advertise); nothing was sent.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl Error {

@@ -8,8 +8,20 @@ use bytes::{Bytes, BytesMut};
 use holdfast_proto::identify::{self, IdentifyNamespace, NsDescriptor};
 use holdfast_proto::opcode::io as op;
 use holdfast_proto::sqe::{dsm, rw};
-use holdfast_proto::SubmissionEntry;
+use holdfast_proto::{Status, SubmissionEntry};
 use zerocopy::FromBytes;
+
+/// Zeroes for [`Namespace::write_zeroes`] on a controller without Write Zeroes: every such Write's data is a
+/// slice of this one buffer (1 MiB, the largest transfer the host sends in one command,
+/// [`crate::controller::DEFAULT_MAX_TRANSFER`]), allocated zeroed at the first such call and shared by every call
+/// after it, never written. Not a `static` array: that would put 1 MiB of zeroes into every binary's read-only data.
+fn zeroes() -> Bytes {
+    static ZEROES: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    ZEROES.get_or_init(|| Bytes::from(vec![0u8; crate::controller::DEFAULT_MAX_TRANSFER])).clone()
+}
+
+/// Writes of zeroes [`Namespace::write_zeroes`] keeps outstanding at once on a controller without Write Zeroes.
+pub const ZERO_WRITES_IN_FLIGHT: usize = 8;
 
 /// The error of a command through a handle of namespace `nsid` (of `subnqn`) once it is marked gone, `why`.
 #[cold]
@@ -84,6 +96,17 @@ impl Namespace {
             descriptors,
             mark,
         })
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn no_deallocate(&self) -> Error {
+        Error::Unsupported(format!(
+            "cannot deallocate on namespace {} of {}: the controller does not support deallocation (Dataset \
+             Management, Identify Controller ONCS bit 2, is clear)",
+            self.nsid,
+            self.ctrl.options().subnqn
+        ))
     }
 
     /// Write protected by the target (Identify Namespace NSATTR bit 0): writes, write zeroes and deallocation
@@ -304,24 +327,110 @@ impl Namespace {
         finish(self.ctrl.io_send_for(None, s, Bytes::new(), 0, Some(&self.mark)).await?, "Flush").await.map(|_| ())
     }
 
-    /// Write Zeroes over `blocks` blocks at `lba` (split at 65536 blocks per command).
+    /// The controller supports Write Zeroes (Identify Controller ONCS bit 3), as it says now: read at each call
+    /// from the current association, so a reconnect to a target that changed its answer is taken into account.
+    /// Without it [`Namespace::write_zeroes`] still zeroes, with Writes.
+    pub fn supports_write_zeroes(&self) -> bool {
+        self.ctrl.oncs() & identify::ONCS_WRITE_ZEROES != 0
+    }
+
+    /// The controller supports deallocation (Identify Controller ONCS bit 2, Dataset Management), as it says now
+    /// (read at each call, as [`Namespace::supports_write_zeroes`]). Without it [`Namespace::deallocate`] fails
+    /// with [`Error::Unsupported`] and sends nothing.
+    pub fn supports_deallocate(&self) -> bool {
+        self.ctrl.oncs() & identify::ONCS_DSM != 0
+    }
+
+    /// Zero `blocks` blocks at `lba`: afterwards they read as zeroes.
+    ///
+    /// With Write Zeroes (split at 65536 blocks per command) where the controller supports it
+    /// ([`Namespace::supports_write_zeroes`]); else, as the Linux block layer's `blkdev_issue_zeroout` does, with
+    /// ordinary Writes of zeroes, in pieces of the controller's transfer limit (MDTS) taken from one buffer of
+    /// zeroes shared by every call (1 MiB, never written; no allocation per call or per block), at most
+    /// [`ZERO_WRITES_IN_FLIGHT`] at once. So a caller gets the same result from every controller, more slowly
+    /// (every zero crosses the network) from one without Write Zeroes. A controller that advertises Write Zeroes
+    /// yet refuses it with Invalid Command Opcode (it changed under a replayed command, or a target that
+    /// advertises more than it does) gets the rest of the range as Writes too.
     pub async fn write_zeroes(&self, lba: u64, blocks: u64) -> Result<()> {
         self.check_gone()?;
         self.check_range(lba, blocks)?;
+        let end = lba + blocks;
         let mut at = lba;
-        while at < lba + blocks {
-            let n = (lba + blocks - at).min(65536);
-            let sqe = self.rw_sqe(op::WRITE_ZEROES, at, n as u32, 0);
-            finish(self.ctrl.io_send_for(None, sqe, Bytes::new(), 0, Some(&self.mark)).await?, "Write Zeroes").await?;
-            at += n;
+        if self.supports_write_zeroes() {
+            while at < end {
+                let n = (end - at).min(65536);
+                let sqe = self.rw_sqe(op::WRITE_ZEROES, at, n as u32, 0);
+                match finish(self.ctrl.io_send_for(None, sqe, Bytes::new(), 0, Some(&self.mark)).await?, "Write Zeroes")
+                    .await
+                {
+                    Ok(_) => at += n,
+                    Err(e) if e.status().is_some_and(|s| s.code() == Status::INVALID_OPCODE) => {
+                        tracing::debug!(nsid = self.nsid, "Write Zeroes refused ({e}): zeroing with Writes");
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if at < end {
+            self.zero_with_writes(at, end - at).await?;
         }
         Ok(())
     }
 
+    /// [`Namespace::write_zeroes`] without Write Zeroes: Writes of zeroes from [`zeroes`], each at most MDTS (and
+    /// the buffer), at most [`ZERO_WRITES_IN_FLIGHT`] outstanding; on an error, once every piece issued has finished
+    /// (as [`Namespace::split`], and for the same reason).
+    async fn zero_with_writes(&self, lba: u64, blocks: u64) -> Result<()> {
+        let bs = self.block_size as u64;
+        // A block larger than the shared buffer (a namespace of blocks over 1 MiB): one block per Write, from one
+        // buffer of that block's size for this call.
+        let shared = zeroes();
+        let (zeroes, per) = if bs as usize <= shared.len() {
+            let per = self.max_blocks().min(shared.len() as u64 / bs);
+            (shared, per)
+        } else {
+            (Bytes::from(vec![0u8; bs as usize]), 1)
+        };
+        let end = lba + blocks;
+        let mut at = lba;
+        let mut out: Result<()> = Ok(());
+        let mut inflight = std::collections::VecDeque::with_capacity(ZERO_WRITES_IN_FLIGHT);
+        while at < end && out.is_ok() {
+            if inflight.len() == ZERO_WRITES_IN_FLIGHT {
+                if let Some(rx) = inflight.pop_front() {
+                    out = finish(rx, "Write").await.map(|_| ());
+                    continue;
+                }
+            }
+            let n = (end - at).min(per);
+            let sqe = self.rw_sqe(op::WRITE, at, n as u32, 0);
+            match self.ctrl.io_send_for(None, sqe, zeroes.slice(..(n * bs) as usize), 0, Some(&self.mark)).await {
+                Ok(rx) => inflight.push_back(rx),
+                Err(e) => out = Err(e),
+            }
+            at += n;
+        }
+        for rx in inflight {
+            let r = finish(rx, "Write").await;
+            if out.is_ok() {
+                out = r.map(|_| ());
+            }
+        }
+        out
+    }
+
     /// Deallocate (trim) `blocks` blocks at `lba` with Dataset Management.
+    ///
+    /// A controller without Dataset Management ([`Namespace::supports_deallocate`]) gets nothing:
+    /// [`Error::Unsupported`] at once. There is no stand-in (what deallocated blocks read as is the controller's
+    /// to say), and a caller that only hints, as a file system's discard does, can ask first and skip it.
     pub async fn deallocate(&self, lba: u64, blocks: u64) -> Result<()> {
         self.check_gone()?;
         self.check_range(lba, blocks)?;
+        if !self.supports_deallocate() {
+            return Err(self.no_deallocate());
+        }
         let mut ranges = Vec::new();
         let mut at = lba;
         while at < lba + blocks {

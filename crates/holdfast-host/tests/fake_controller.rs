@@ -7,7 +7,8 @@
 //! small MDTS; digests; a refused Connect; a command that is never answered; a termination request; fewer I/O
 //! queues granted than asked for; Asynchronous Event Requests aborted after the host closes; writes failed with a
 //! retryable status (CRD and CRDT1) or with Do Not Retry; C2HData with a wrong data digest; R2Ts that ask for
-//! data already sent (repeated, overlapping, for in-capsule data) or for none.
+//! data already sent (repeated, overlapping, for in-capsule data) or for none; no Write Zeroes or Dataset
+//! Management (ONCS).
 
 use bytes::{Bytes, BytesMut};
 use holdfast_host::{ConnectOptions, Controller, Error, Namespace};
@@ -232,6 +233,13 @@ struct State {
     ns_aen: AtomicBool,
     /// KATO of the last admin Connect.
     connect_kato: AtomicU32,
+    /// ONCS in Identify Controller (Dataset Management and Write Zeroes unless a test clears them): a Write
+    /// Zeroes or Dataset Management without its bit is answered Invalid Command Opcode, as by a controller
+    /// without the command (changed while a host is connected: a target that advertised more than it does).
+    oncs: std::sync::atomic::AtomicU16,
+    /// Write Zeroes and Dataset Management commands received (done or refused).
+    write_zeroes_cmds: AtomicU32,
+    dsm_cmds: AtomicU32,
 }
 
 struct Fake {
@@ -286,6 +294,9 @@ async fn fake(b: Behaviour) -> Fake {
         policy_aen: tokio::sync::watch::Sender::new(0),
         ns_aen: AtomicBool::new(false),
         connect_kato: AtomicU32::new(0),
+        oncs: std::sync::atomic::AtomicU16::new(identify::ONCS_DSM | identify::ONCS_WRITE_ZEROES),
+        write_zeroes_cmds: AtomicU32::new(0),
+        dsm_cmds: AtomicU32::new(0),
     });
     let st2 = st.clone();
     tokio::spawn(async move {
@@ -494,6 +505,7 @@ impl Conn {
                             id.icdoff.set(self.st.b.icdoff);
                             id.nn.set(2);
                             id.crdt1.set(self.st.b.crdt1);
+                            id.oncs.set(self.st.oncs.load(Ordering::SeqCst));
                             identify::set_ascii(&mut id.mn, "fake");
                             id.set_holdfast_uniquifier(0xF00D_0000 + self.cntlid as u64);
                             page.copy_from_slice(id.as_bytes());
@@ -635,6 +647,17 @@ impl Conn {
                 _ => self.resp(cid, Status::INVALID_OPCODE, 0),
             }
             return;
+        }
+        let (counter, oncs_bit) = match sqe.opcode {
+            io::WRITE_ZEROES => (Some(&self.st.write_zeroes_cmds), identify::ONCS_WRITE_ZEROES),
+            io::DATASET_MANAGEMENT => (Some(&self.st.dsm_cmds), identify::ONCS_DSM),
+            _ => (None, 0),
+        };
+        if let Some(counter) = counter {
+            counter.fetch_add(1, Ordering::SeqCst);
+            if self.st.oncs.load(Ordering::SeqCst) & oncs_bit == 0 {
+                return self.resp(cid, Status::INVALID_OPCODE.with_dnr(), 0);
+            }
         }
         match sqe.opcode {
             io::READ => {
@@ -1911,6 +1934,110 @@ async fn a_split_write_that_fails_returns_only_once_every_piece_has_finished() {
         other => panic!("expected the first piece's status, got {other:?}"),
     }
     assert!(f.st.ram.lock().unwrap()[8192..4 * 8192] == d[8192..], "the other pieces landed before it returned");
+    c.shutdown().await.unwrap();
+}
+
+/// Fill the fake's whole namespace with a pattern (a write of its own, so that zeroes are seen to be written).
+async fn fill(ns: &Namespace) -> Bytes {
+    let all = pattern(NBLOCKS as usize * BS, 5);
+    ns.write(0, all.clone(), false).await.expect("fill");
+    all
+}
+
+/// A controller whose ONCS has neither Write Zeroes nor Dataset Management (Linux nvmet passing through an SSD
+/// without them, older targets): write zeroes still zeroes, with Writes only, in MDTS pieces (8 KiB here: a
+/// range of 90 blocks takes 6, the whole namespace 256, more than are kept in flight at once); deallocate fails
+/// at once saying why, with no command sent.
+#[tokio::test]
+async fn without_write_zeroes_and_dsm_in_oncs_zeroes_are_written_and_deallocate_is_refused_unsent() {
+    let f = fake(Behaviour { mdts: 1, ..Behaviour::default() }).await;
+    f.st.oncs.store(0, Ordering::SeqCst);
+    let c = Controller::connect(opts(&f, 2, false)).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    assert!(!ns.supports_write_zeroes() && !ns.supports_deallocate(), "ONCS 0 read as supporting them");
+    let all = fill(&ns).await;
+    let writes = f.st.writes.load(Ordering::SeqCst);
+    ns.write_zeroes(3, 90).await.expect("write zeroes by writes");
+    {
+        let ram = f.st.ram.lock().unwrap();
+        assert!(ram[3 * BS..93 * BS].iter().all(|&b| b == 0), "blocks 3..93 are not zeroes");
+        assert!(ram[..3 * BS] == all[..3 * BS] && ram[93 * BS..] == all[93 * BS..], "zeroes outside the range");
+    }
+    assert_eq!(f.st.writes.load(Ordering::SeqCst) - writes, 6, "90 blocks in 16-block (8 KiB) Writes");
+    ns.write_zeroes(0, NBLOCKS).await.expect("write zeroes of the whole namespace by writes");
+    assert!(f.st.ram.lock().unwrap().iter().all(|&b| b == 0), "the namespace is not all zeroes");
+    assert_eq!(f.st.writes.load(Ordering::SeqCst) - writes, 6 + 256);
+    assert_eq!(f.st.write_zeroes_cmds.load(Ordering::SeqCst), 0, "a Write Zeroes was sent");
+    match ns.deallocate(0, 8).await {
+        Err(Error::Unsupported(why)) => {
+            assert!(why.contains("does not support deallocation") && why.contains("ONCS"), "{why}")
+        }
+        other => panic!("expected deallocate refused as unsupported, got {other:?}"),
+    }
+    assert_eq!(f.st.dsm_cmds.load(Ordering::SeqCst), 0, "a Dataset Management was sent");
+    c.shutdown().await.unwrap();
+}
+
+/// ONCS is the current association's: a reconnect to a target that lost Write Zeroes and Dataset Management
+/// (restarted on other media) is taken into account by handles opened before it, and one that got them back
+/// again.
+#[tokio::test]
+async fn oncs_changed_across_a_reconnect_is_taken_into_account() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.kato = Some(Duration::from_millis(600));
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    o.ctrl_loss_tmo = Some(Duration::from_secs(60));
+    let c = Controller::connect(o).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    assert!(ns.supports_write_zeroes() && ns.supports_deallocate());
+    ns.write_zeroes(0, 4).await.unwrap();
+    ns.deallocate(0, 4).await.unwrap();
+    assert_eq!((f.st.write_zeroes_cmds.load(Ordering::SeqCst), f.st.dsm_cmds.load(Ordering::SeqCst)), (1, 1));
+    go_down(&f, &c).await;
+    f.st.oncs.store(0, Ordering::SeqCst);
+    f.st.down.store(false, Ordering::SeqCst);
+    live(&c).await;
+    assert!(!ns.supports_write_zeroes() && !ns.supports_deallocate(), "the old association's ONCS is still used");
+    let all = fill(&ns).await;
+    ns.write_zeroes(8, 16).await.expect("write zeroes by writes after the reconnect");
+    {
+        let ram = f.st.ram.lock().unwrap();
+        assert!(ram[8 * BS..24 * BS].iter().all(|&b| b == 0), "blocks 8..24 are not zeroes");
+        assert!(ram[..8 * BS] == all[..8 * BS] && ram[24 * BS..] == all[24 * BS..], "zeroes outside the range");
+    }
+    assert!(matches!(ns.deallocate(0, 4).await, Err(Error::Unsupported(_))));
+    assert_eq!((f.st.write_zeroes_cmds.load(Ordering::SeqCst), f.st.dsm_cmds.load(Ordering::SeqCst)), (1, 1));
+    go_down(&f, &c).await;
+    f.st.oncs.store(identify::ONCS_DSM | identify::ONCS_WRITE_ZEROES, Ordering::SeqCst);
+    f.st.down.store(false, Ordering::SeqCst);
+    live(&c).await;
+    ns.write_zeroes(0, 4).await.unwrap();
+    ns.deallocate(0, 4).await.unwrap();
+    assert_eq!((f.st.write_zeroes_cmds.load(Ordering::SeqCst), f.st.dsm_cmds.load(Ordering::SeqCst)), (2, 2));
+    c.shutdown().await.unwrap();
+}
+
+/// A controller that advertises Write Zeroes yet answers it with Invalid Command Opcode (what a host meets when
+/// the target changed under it, or one that advertises more than it does): the range is zeroed with Writes, as
+/// the Linux block layer falls back when a device turns out to have no Write Zeroes.
+#[tokio::test]
+async fn write_zeroes_refused_as_an_invalid_opcode_is_done_with_writes() {
+    let f = fake(Behaviour::default()).await;
+    let c = Controller::connect(opts(&f, 1, false)).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    let all = fill(&ns).await;
+    f.st.oncs.store(identify::ONCS_DSM, Ordering::SeqCst); // the host still has the ONCS it connected with
+    let writes = f.st.writes.load(Ordering::SeqCst);
+    ns.write_zeroes(100, 3000).await.expect("write zeroes");
+    {
+        let ram = f.st.ram.lock().unwrap();
+        assert!(ram[100 * BS..3100 * BS].iter().all(|&b| b == 0), "blocks 100..3100 are not zeroes");
+        assert!(ram[..100 * BS] == all[..100 * BS] && ram[3100 * BS..] == all[3100 * BS..], "zeroes outside");
+    }
+    assert_eq!(f.st.write_zeroes_cmds.load(Ordering::SeqCst), 1, "the first refusal is the last Write Zeroes");
+    // MDTS 0 (none): Writes of up to 1 MiB (2048 blocks), the host's largest: 3000 blocks in 2.
+    assert_eq!(f.st.writes.load(Ordering::SeqCst) - writes, 2);
     c.shutdown().await.unwrap();
 }
 
