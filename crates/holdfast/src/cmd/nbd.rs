@@ -93,6 +93,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             stall_timeout: Duration::from_millis(a.test_stall_timeout_ms.max(1)),
             partial_blocks: server::partial_block_locks(),
         });
+        if !export.ns.supports_deallocate() {
+            tracing::info!(
+                "the controller does not support deallocation (Identify Controller ONCS: no Dataset Management): \
+                 trim is not offered"
+            );
+        }
         if let Some(dev) = device {
             let r = attach(dev, export).await;
             let shut = c.shutdown().await;

@@ -64,6 +64,23 @@ pub struct Export {
     pub partial_blocks: Vec<tokio::sync::RwLock<()>>,
 }
 
+/// Transmission flags: flush, FUA, write zeroes (the host library zeroes with Writes on a controller without
+/// Write Zeroes), multi-connection (every connection of this process goes through one NVMe controller, and the
+/// target, not this bridge, holds any cache), trim only with `trim` (the controller supports deallocation:
+/// otherwise a client never sends one, and one sent anyway is a hint that is answered without doing anything,
+/// [`execute`]), and read-only with `read_only`.
+pub fn transmission_flags(read_only: bool, trim: bool) -> u16 {
+    let mut f =
+        tflags::HAS_FLAGS | tflags::SEND_FLUSH | tflags::SEND_FUA | tflags::SEND_WRITE_ZEROES | tflags::CAN_MULTI_CONN;
+    if trim {
+        f |= tflags::SEND_TRIM;
+    }
+    if read_only {
+        f |= tflags::READ_ONLY;
+    }
+    f
+}
+
 /// Locks for read-modify-writes of partial blocks ([`Export::partial_blocks`]): two writes into one block
 /// take turns, writes into different blocks mostly do not; a write of whole blocks waits for a
 /// read-modify-write of one of them, and the other way round, but not for other writes of whole blocks.
@@ -89,19 +106,11 @@ impl Export {
         self.ns.block_size
     }
 
-    /// Transmission flags: flush, FUA, trim and write zeroes, and multi-connection (every connection of this
-    /// process goes through one NVMe controller, and the target, not this bridge, holds any cache).
+    /// Transmission flags ([`transmission_flags`]), trim only if the controller supports deallocation now (its
+    /// Identify Controller ONCS, as of the current association): asked at each handshake, so a client that
+    /// connects after a reconnect to a target that changed its answer is told the new one.
     pub fn flags(&self) -> u16 {
-        let mut f = tflags::HAS_FLAGS
-            | tflags::SEND_FLUSH
-            | tflags::SEND_FUA
-            | tflags::SEND_TRIM
-            | tflags::SEND_WRITE_ZEROES
-            | tflags::CAN_MULTI_CONN;
-        if self.read_only {
-            f |= tflags::READ_ONLY;
-        }
-        f
+        transmission_flags(self.read_only, self.ns.supports_deallocate())
     }
 
     /// Minimum (the namespace's block size: requests must be aligned to it), preferred, maximum.
@@ -537,8 +546,16 @@ async fn execute(export: &Export, r: &Request, data: Bytes, align: Alignment) ->
     let ns = &export.ns;
     let res = match r.ty {
         cmd::READ => return ns.read(lba, blocks).await.map(Some).map_err(|e| nbd_errno(&e, false)),
+        // A trim is a hint the server may ignore (NBD § NBD_CMD_TRIM): on a controller without deallocation (the
+        // export did not offer trim, or the controller lost it in a reconnect after this client's handshake) it
+        // succeeds doing nothing, as does one the controller refuses as an unknown command although it advertised
+        // it. Nothing was written, so FUA asks for nothing either.
+        cmd::TRIM if !ns.supports_deallocate() => return Ok(None),
         // A trim leaves its blocks' contents undefined (NBD § NBD_CMD_TRIM): it needs no turn.
-        cmd::TRIM => ns.deallocate(lba, blocks).await,
+        cmd::TRIM => match ns.deallocate(lba, blocks).await {
+            Err(e) if e.status().is_some_and(|s| s.code() == Status::INVALID_OPCODE) => return Ok(None),
+            other => other,
+        },
         ty => {
             let _turn = export.whole_blocks_turn(lba, blocks).await;
             if ty == cmd::WRITE {
@@ -690,6 +707,23 @@ mod tests {
         fn describe(&self) -> String {
             "no room to flush".into()
         }
+    }
+
+    /// Trim is offered only when the controller supports deallocation (ONCS Dataset Management); write zeroes
+    /// always (the host library falls back to Writes); read-only as asked. (The holdfast target always has
+    /// Dataset Management, so an export without it is tested by its flags; tests/nbd.rs checks the flags of one
+    /// with it.)
+    #[test]
+    fn trim_is_offered_only_when_the_controller_can_deallocate() {
+        let common = tflags::HAS_FLAGS
+            | tflags::SEND_FLUSH
+            | tflags::SEND_FUA
+            | tflags::SEND_WRITE_ZEROES
+            | tflags::CAN_MULTI_CONN;
+        assert_eq!(transmission_flags(false, false), common, "no deallocation: no trim, write zeroes still");
+        assert_eq!(transmission_flags(false, true), common | tflags::SEND_TRIM);
+        assert_eq!(transmission_flags(true, false), common | tflags::READ_ONLY);
+        assert_eq!(transmission_flags(true, true), common | tflags::SEND_TRIM | tflags::READ_ONLY);
     }
 
     /// A flush the namespace fails with Capacity Exceeded (what nvmet, and holdfast's target, answer when
