@@ -105,6 +105,9 @@ statuses! {
     /// Fabrics: Discover Restart (a Get Log Page of the Discovery log: the log changed, read it again from the
     /// start; NVMe-oF 1.1 §5.3).
     DISCOVER_RESTART = (sct::COMMAND_SPECIFIC, 0x90),
+    /// Fabrics: Authentication Required (a queue that must authenticate has not yet; NVMe-oF 1.1 §6.2,
+    /// NVMe Base 2.0 §8.13).
+    AUTHENTICATION_REQUIRED = (sct::COMMAND_SPECIFIC, 0x91),
     /// NVM: Conflicting Attributes (Dataset Management, Read, Write).
     CONFLICTING_ATTRIBUTES = (sct::COMMAND_SPECIFIC, 0x80),
     /// Write Fault.
