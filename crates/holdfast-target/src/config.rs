@@ -23,6 +23,12 @@
 //! size_mib = 1024                # ram: required; file: optional (grows the file)
 //! block_size = 4096              # 512 or 4096
 //! uuid = "..."; nguid = "..."; eui64 = "..."   # optional: derived from the NQN and nsid
+//!
+//! [[host]]                       # optional: DH-HMAC-CHAP keys of a host that subsystems list
+//! nqn = "nqn.2014-08.org.nvmexpress:uuid:..."
+//! dhchap_key = "DHHC-1:00:...:"  # the host must authenticate on every queue
+//! dhchap_ctrl_key = "DHHC-1:00:...:"   # optional: the controller authenticates to the host too
+//! dhchap_hash = "sha256"         # optional: sha256 (default), sha384, sha512
 //! ```
 //!
 //! Every error names the file, the key and the reason.
@@ -55,6 +61,66 @@ pub struct Config {
     /// Subsystems.
     #[serde(rename = "subsystem", default)]
     pub subsystems: Vec<SubsystemConfig>,
+    /// Hosts with DH-HMAC-CHAP keys.
+    #[serde(rename = "host", default)]
+    pub hosts: Vec<HostConfig>,
+}
+
+/// A host's DH-HMAC-CHAP secrets (Linux nvmet's configfs `hosts/NQN/dhchap_key`, `dhchap_ctrl_key`,
+/// `dhchap_hash`). A subsystem that lists the host in `allowed_hosts` makes it authenticate on every queue.
+/// Its `Debug` never shows the secrets.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// Host NQN.
+    pub nqn: String,
+    /// The host's secret, `DHHC-1:XX:<base64>:` (`nvme gen-dhchap-key`).
+    pub dhchap_key: String,
+    /// The controller's secret, for bidirectional authentication (the host proves the controller knows it).
+    pub dhchap_ctrl_key: Option<String>,
+    /// The HMAC hash offered first: "sha256" (default), "sha384" or "sha512".
+    pub dhchap_hash: Option<String>,
+}
+
+impl std::fmt::Debug for HostConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostConfig")
+            .field("nqn", &self.nqn)
+            .field("dhchap_key", &"<secret>")
+            .field("dhchap_ctrl_key", &self.dhchap_ctrl_key.as_ref().map(|_| "<secret>"))
+            .field("dhchap_hash", &self.dhchap_hash)
+            .finish()
+    }
+}
+
+/// A host's parsed DH-HMAC-CHAP keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostKeys {
+    /// The host's secret.
+    pub host_key: holdfast_proto::auth::DhchapSecret,
+    /// The controller's secret (bidirectional authentication).
+    pub ctrl_key: Option<holdfast_proto::auth::DhchapSecret>,
+    /// The hash the controller picks when the host offers it.
+    pub hash: holdfast_proto::auth::HashId,
+}
+
+impl HostConfig {
+    /// The parsed keys, or (the key at fault, why).
+    pub fn keys(&self) -> Result<HostKeys, (&'static str, String)> {
+        use holdfast_proto::auth::{DhchapSecret, HashId};
+        let host_key = DhchapSecret::parse(&self.dhchap_key).map_err(|e| ("dhchap_key", e.to_string()))?;
+        let ctrl_key = match &self.dhchap_ctrl_key {
+            Some(k) => Some(DhchapSecret::parse(k).map_err(|e| ("dhchap_ctrl_key", e.to_string()))?),
+            None => None,
+        };
+        let hash = match &self.dhchap_hash {
+            None => HashId::Sha256,
+            Some(h) => {
+                HashId::from_name(h).ok_or(("dhchap_hash", format!("\"{h}\" is not sha256, sha384 or sha512")))?
+            }
+        };
+        Ok(HostKeys { host_key, ctrl_key, hash })
+    }
 }
 
 /// One listener (an NVMe-oF port).
@@ -618,6 +684,25 @@ impl Config {
                 }
             }
         }
+        let mut host_nqns = HashSet::new();
+        for (i, h) in self.hosts.iter().enumerate() {
+            let k = |f: &str| format!("host[{i}].{f}");
+            valid_nqn(&h.nqn).map_err(|r| err(k("nqn"), format!("host NQN {r}")))?;
+            if !host_nqns.insert(&h.nqn) {
+                return Err(err(k("nqn"), format!("duplicate host {}", h.nqn)));
+            }
+            h.keys().map_err(|(key, reason)| err(k(key), reason))?;
+            if !self.subsystems.iter().any(|s| s.allowed_hosts.contains(&h.nqn)) {
+                return Err(err(
+                    k("nqn"),
+                    format!(
+                        "no subsystem lists {} in allowed_hosts, so its keys would never be asked for (a subsystem \
+                         with allow_any_host = true does not authenticate hosts)",
+                        h.nqn
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -647,6 +732,46 @@ block_size = 4096
         let c = Config::parse(GOOD, "t.toml").unwrap();
         assert_eq!(c.subsystems[0].namespaces[0].block_size, 4096);
         assert_eq!(c.subsystems[0].policy, PolicyConfig::default());
+    }
+
+    const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000001";
+    // bytes(range(32)) with its CRC-32 (see holdfast_proto::auth's known answers).
+    const KEY: &str = "DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:";
+
+    /// GOOD with HOSTNQN listed, and a [[host]] table with these extra lines.
+    fn with_host(lines: &str) -> Result<Config, ConfigError> {
+        let text = GOOD.replace("allow_any_host = true", &format!("allowed_hosts = [\"{HOST}\"]"))
+            + &format!("[[host]]\nnqn = \"{HOST}\"\n{lines}");
+        Config::parse(&text, "t.toml")
+    }
+
+    #[test]
+    fn host_keys_parse_and_bad_ones_are_refused_by_key_without_the_secret() {
+        let c = with_host(&format!(
+            "dhchap_key = \"{KEY}\"\ndhchap_ctrl_key = \"{}\"\ndhchap_hash = \"sha512\"\n",
+            KEY.replace(":00:", ":01:")
+        ))
+        .unwrap();
+        let k = c.hosts[0].keys().unwrap();
+        assert_eq!(k.hash, holdfast_proto::auth::HashId::Sha512);
+        assert_eq!(k.ctrl_key.unwrap().transform, Some(holdfast_proto::auth::HashId::Sha256));
+        assert!(!format!("{c:?}").contains("AAEC"), "Debug shows no secret");
+        let e =
+            with_host("dhchap_key = \"DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaS:\"\n").unwrap_err();
+        assert_eq!(e.key, "host[0].dhchap_key");
+        assert!(e.reason.contains("CRC-32"), "{e}");
+        assert!(!e.to_string().contains("AAEC"), "{e}");
+        let e = with_host("dhchap_key = \"secret\"\n").unwrap_err();
+        assert_eq!((e.key.as_str(), e.file.as_str()), ("host[0].dhchap_key", "t.toml"));
+        let e = with_host(&format!("dhchap_key = \"{KEY}\"\ndhchap_ctrl_key = \"DHHC-1:07:AAAA:\"\n")).unwrap_err();
+        assert_eq!(e.key, "host[0].dhchap_ctrl_key", "{e}");
+        let e = with_host(&format!("dhchap_key = \"{KEY}\"\ndhchap_hash = \"md5\"\n")).unwrap_err();
+        assert_eq!(e.to_string(), "t.toml: host[0].dhchap_hash: \"md5\" is not sha256, sha384 or sha512");
+        // A host no subsystem lists (here: the subsystem admits any host) would never be asked for its keys.
+        let text = GOOD.to_string() + &format!("[[host]]\nnqn = \"{HOST}\"\ndhchap_key = \"{KEY}\"\n");
+        let e = Config::parse(&text, "t.toml").unwrap_err();
+        assert_eq!(e.key, "host[0].nqn");
+        assert!(e.reason.contains("allowed_hosts"), "{e}");
     }
 
     /// GOOD with `from` replaced by `to`, which must be refused.

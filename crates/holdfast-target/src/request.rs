@@ -31,6 +31,10 @@ pub enum Exec {
     PropertySet,
     /// Fabrics Disconnect.
     Disconnect,
+    /// Fabrics Authentication Send (DH-HMAC-CHAP).
+    AuthSend,
+    /// Fabrics Authentication Receive (DH-HMAC-CHAP).
+    AuthReceive,
     /// Identify.
     Identify,
     /// Get Log Page.
@@ -230,6 +234,11 @@ pub struct QueueCtx {
     /// This queue's media gate: its commands are dropped before touching media once the queue is dead,
     /// and a reconnecting host waits for them (design §5).
     pub gate: std::sync::Arc<crate::backend::AssociationGate>,
+    /// This queue's DH-HMAC-CHAP exchange, when its host must authenticate (set by Connect).
+    pub auth: Option<Box<crate::cmd::auth::QueueAuth>>,
+    /// The queue must authenticate and has not (yet): every command but Authentication Send / Receive and
+    /// Disconnect is refused with Authentication Required. The one check the command path makes for it.
+    pub auth_pending: bool,
 }
 
 impl QueueCtx {
@@ -255,6 +264,8 @@ impl QueueCtx {
             max_incapsule,
             close_after_response: false,
             gate,
+            auth: None,
+            auth_pending: false,
         }
     }
 }

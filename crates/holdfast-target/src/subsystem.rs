@@ -338,6 +338,16 @@ pub struct Target {
     pub unbound: Arc<crate::transport::admission::Unbound>,
     /// The dead associations of each NQN's subsystem, outliving the subsystem ([`dead_list`]).
     dead_lists: Mutex<BTreeMap<String, DeadList>>,
+    /// DH-HMAC-CHAP keys by host NQN (`[[host]]`): read at each Connect, replaced whole by a reload.
+    host_keys: RwLock<Arc<HostKeyMap>>,
+}
+
+/// DH-HMAC-CHAP keys by host NQN.
+pub type HostKeyMap = std::collections::HashMap<String, Arc<crate::config::HostKeys>>;
+
+/// The keys of every `[[host]]` (validated: [`Config::validate`] refused any that does not parse).
+fn host_keys_of(cfg: &Config) -> HostKeyMap {
+    cfg.hosts.iter().filter_map(|h| Some((h.nqn.clone(), Arc::new(h.keys().ok()?)))).collect()
 }
 
 /// The list of dead associations of the subsystem `nqn`, the one its earlier subsystems had if any still holds
@@ -464,6 +474,7 @@ impl Target {
             busy_poll: holdfast_rt::BusyPoll::new(settings.busy_poll),
             unbound: Arc::default(),
             dead_lists,
+            host_keys: RwLock::new(Arc::new(host_keys_of(cfg))),
             settings,
         });
         target.publish_discovery_view();
@@ -487,6 +498,23 @@ impl Target {
             return Some(self.discovery.clone());
         }
         self.subsystems.read().get(nqn).cloned()
+    }
+
+    /// The DH-HMAC-CHAP keys host `hostnqn` must authenticate with on `subsys`, if it must: the subsystem
+    /// lists the host (a subsystem with `allow_any_host` authenticates no one, as Linux nvmet) and the host
+    /// has keys. Discovery controllers never ask.
+    pub fn auth_keys(&self, subsys: &Subsystem, hostnqn: &str) -> Option<Arc<crate::config::HostKeys>> {
+        if subsys.is_discovery {
+            return None;
+        }
+        let listed = {
+            let a = subsys.access.read();
+            !a.allow_any_host && a.allowed_hosts.contains(hostnqn)
+        };
+        if !listed {
+            return None;
+        }
+        self.host_keys.read().get(hostnqn).cloned()
     }
 
     /// Every NVM subsystem.
@@ -653,6 +681,12 @@ impl Target {
             for c in sub.controllers() {
                 c.namespaces_changed(nsids);
             }
+        }
+        let keys = host_keys_of(cfg);
+        if **self.host_keys.read() != keys {
+            // Associations already authenticated keep going; new Connects (and re-authentications) use these.
+            *self.host_keys.write() = Arc::new(keys);
+            summary.notes.push("DH-HMAC-CHAP host keys updated (new associations use them)".into());
         }
         summary.genctr = self.genctr.load(Ordering::SeqCst);
         Ok((summary, discovery_changed))

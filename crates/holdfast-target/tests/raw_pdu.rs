@@ -2190,3 +2190,229 @@ async fn an_admin_command_whose_data_arrives_after_a_controller_reset_does_not_r
     assert_eq!(a.prop_get(property::CSTS, false).await.dw0.get() & csts::RDY, 0);
     server.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// DH-HMAC-CHAP (NVMe Base 2.0 §8.13.5): a host listed with keys authenticates on every queue.
+
+mod dhchap {
+    use super::*;
+    use holdfast_proto::auth::{
+        self as a, AuthCommand, AuthNegotiate, DhchapChallenge, DhchapFailure, DhchapReply, DhchapSecret,
+        DhchapSuccess1, DhchapSuccess2, HashId,
+    };
+
+    const AUTHREQ_ATR: u32 = 1 << 17;
+
+    fn secret(byte: u8, transform: Option<HashId>) -> DhchapSecret {
+        DhchapSecret::new(&[byte; 32], transform)
+    }
+
+    /// A target whose subsystem lists HOSTNQN, with this `[[host]]` table's keys.
+    async fn start_auth(host_key: &DhchapSecret, ctrl_key: Option<&DhchapSecret>, hash: &str) -> (Server, SocketAddr) {
+        let ctrl = ctrl_key.map(|k| format!("dhchap_ctrl_key = \"{}\"\n", k.encode())).unwrap_or_default();
+        let extra = format!(
+            "allowed_hosts = [\"{HOSTNQN}\"]\n[[host]]\nnqn = \"{HOSTNQN}\"\ndhchap_key = \"{}\"\n{ctrl}dhchap_hash = \"{hash}\"\n",
+            host_key.encode()
+        );
+        // The [[host]] table has to come after the subsystem's namespace (TOML arrays of tables).
+        let text = format!(
+            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\n{}\n[[subsystem.namespace]]\n\
+             nsid = 1\nbackend = \"ram\"\nsize_mib = 4\nblock_size = 512\n{}",
+            extra.lines().next().unwrap(),
+            extra.lines().skip(1).collect::<Vec<_>>().join("\n")
+        );
+        let cfg = Config::parse(&text, "test").unwrap();
+        let target = Target::new(&cfg, TargetSettings::default()).unwrap();
+        let server = Server::start(target).await.unwrap();
+        let addr = server.bound[0].1;
+        (server, addr)
+    }
+
+    async fn auth_send(c: &mut Conn, msg: &[u8]) -> Status {
+        let mut sqe = AuthCommand::new(true, msg.len() as u32).to_sqe();
+        sqe.dptr = SglDescriptor::incapsule(msg.len() as u32);
+        c.cmd(sqe, Bytes::copy_from_slice(msg)).await.0.status()
+    }
+
+    async fn auth_receive(c: &mut Conn, al: u32) -> (Status, Vec<u8>) {
+        let (r, d) = c.cmd(AuthCommand::new(false, al).to_sqe(), Bytes::new()).await;
+        (r.status(), d)
+    }
+
+    fn negotiate(tid: u16, hashes: &[u8], groups: &[u8]) -> Vec<u8> {
+        AuthNegotiate {
+            t_id: tid,
+            sc_c: 0,
+            napd: 1,
+            authid: a::AUTH_ID_DHCHAP,
+            hash_ids: hashes.to_vec(),
+            dh_group_ids: groups.to_vec(),
+        }
+        .to_bytes()
+    }
+
+    /// The host's side of a whole exchange, as the Linux host runs it (it offers every hash and group);
+    /// `ctrl_key`: bidirectional. Returns the hash the controller chose, or the Failure1 it sent instead.
+    async fn authenticate(
+        c: &mut Conn,
+        key: &DhchapSecret,
+        ctrl_key: Option<&DhchapSecret>,
+        tid: u16,
+    ) -> Result<HashId, DhchapFailure> {
+        assert_eq!(auth_send(c, &negotiate(tid, &[1, 2, 3], &[0, 1, 2, 3, 4, 5])).await, Status::SUCCESS);
+        let (st, d) = auth_receive(c, 4096).await;
+        assert_eq!(st, Status::SUCCESS);
+        assert_eq!(d.len(), 4096, "Authentication Receive returns AL bytes");
+        let ch = DhchapChallenge::parse(&d).expect("a Challenge");
+        assert_eq!((ch.t_id, ch.dh_group, ch.dh_value.len()), (tid, a::dh_group::NULL, 0));
+        let r1 = a::host_response(ch.hash, &key.transform(HOSTNQN), &ch.challenge, ch.seqnum, tid, HOSTNQN, NQN);
+        let c2 = vec![0x5A; ch.hash.len()];
+        let reply = DhchapReply {
+            t_id: tid,
+            seqnum: if ctrl_key.is_some() { 77 } else { 0 },
+            response: r1,
+            challenge: ctrl_key.map(|_| c2.clone()),
+            dh_value: vec![],
+        };
+        assert_eq!(auth_send(c, &reply.to_bytes()).await, Status::SUCCESS);
+        let (st, d) = auth_receive(c, 4096).await;
+        assert_eq!(st, Status::SUCCESS);
+        if let Some(f) = DhchapFailure::parse(&d) {
+            return Err(f);
+        }
+        let s1 = DhchapSuccess1::parse(&d).expect("a Success1");
+        assert_eq!((s1.t_id, s1.hl as usize), (tid, ch.hash.len()));
+        match ctrl_key {
+            Some(k) => {
+                let r2 = s1.response.expect("R2 for a host that challenged the controller");
+                assert!(
+                    a::verify_controller_response(ch.hash, &k.transform(NQN), &c2, 77, tid, NQN, HOSTNQN, &r2),
+                    "the controller's response R2"
+                );
+                assert_eq!(auth_send(c, &DhchapSuccess2 { t_id: tid }.to_bytes()).await, Status::SUCCESS);
+            }
+            None => assert_eq!(s1.response, None),
+        }
+        Ok(ch.hash)
+    }
+
+    async fn read_block0(q: &mut Conn) -> Status {
+        q.cmd(rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512)), Bytes::new()).await.0.status()
+    }
+
+    #[tokio::test]
+    async fn a_host_with_a_key_authenticates_on_every_queue_before_anything_runs() {
+        let (key, ckey) = (secret(1, None), secret(2, Some(HashId::Sha256)));
+        let (server, addr) = start_auth(&key, Some(&ckey), "sha384").await;
+        let mut adm = Conn::ic(addr, false, false).await;
+        let r = adm.connect(0, 0xFFFF, NQN, 5000).await;
+        assert_eq!(r.status(), Status::SUCCESS);
+        assert_eq!(r.dw0.get() & AUTHREQ_ATR, AUTHREQ_ATR, "Connect response says authentication is required");
+        let cntlid = r.dw0.get() as u16;
+        // Before authentication: nothing else runs, Property Get and Set included.
+        let req = Status::AUTHENTICATION_REQUIRED.with_dnr();
+        assert_eq!(adm.prop_get(property::CAP, true).await.status(), req);
+        assert_eq!(adm.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), req);
+        assert_eq!(adm.keep_alive().await, req);
+        let mut s = SubmissionEntry::new(admin::IDENTIFY, 0);
+        s.dptr = SglDescriptor::transport(4096);
+        s.cdw10.set(1);
+        assert_eq!(adm.cmd(s, Bytes::new()).await.0.status(), req);
+        // An I/O queue cannot join the controller either (not enabled).
+        let mut q = Conn::ic(addr, false, false).await;
+        assert_eq!(q.connect(1, cntlid, NQN, 0).await.status(), Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+        // Unidirectional on the admin queue, with the hash the configuration names.
+        assert_eq!(authenticate(&mut adm, &key, None, 1).await, Ok(HashId::Sha384));
+        assert_eq!(adm.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
+        wait_rdy(&mut adm, true).await;
+        assert_eq!(adm.identify_controller().await.cntlid.get(), cntlid);
+        // The I/O queue must authenticate on its own: bidirectional here.
+        let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+        s.cdw10.set(0x07);
+        s.cdw11.set(0x0001_0001);
+        assert_eq!(adm.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+        let mut q = Conn::ic(addr, false, false).await;
+        let r = q.connect(1, cntlid, NQN, 0).await;
+        assert_eq!((r.status(), r.dw0.get() & AUTHREQ_ATR), (Status::SUCCESS, AUTHREQ_ATR));
+        assert_eq!(read_block0(&mut q).await, req);
+        assert_eq!(authenticate(&mut q, &key, Some(&ckey), 9).await, Ok(HashId::Sha384));
+        assert_eq!(read_block0(&mut q).await, Status::SUCCESS);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_gets_failure1_and_the_association_ends() {
+        let key = secret(1, Some(HashId::Sha256));
+        let (server, addr) = start_auth(&key, None, "sha256").await;
+        let mut adm = Conn::ic(addr, false, false).await;
+        assert_eq!(adm.connect(0, 0xFFFF, NQN, 5000).await.status(), Status::SUCCESS);
+        let f = authenticate(&mut adm, &secret(3, Some(HashId::Sha256)), None, 1).await.unwrap_err();
+        assert_eq!(
+            (f.failure1, f.t_id, f.reason, f.explanation),
+            (true, 1, a::REASON_AUTHENTICATION_FAILURE, a::explanation::FAILED)
+        );
+        assert!(closed_by_target(&mut adm).await, "the target closes the queue after Failure1");
+        // The right key still works on a new association.
+        let mut adm = Conn::ic(addr, false, false).await;
+        assert_eq!(adm.connect(0, 0xFFFF, NQN, 5000).await.status(), Status::SUCCESS);
+        assert_eq!(authenticate(&mut adm, &key, None, 2).await, Ok(HashId::Sha256));
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_offer_without_the_null_group_or_out_of_order_messages_fail_with_their_reason() {
+        let key = secret(1, None);
+        let (server, addr) = start_auth(&key, None, "sha512").await;
+        // FFDHE groups only: DH group not usable. A host offering only SHA-256 gets SHA-256.
+        let mut adm = Conn::ic(addr, false, false).await;
+        assert_eq!(adm.connect(0, 0xFFFF, NQN, 5000).await.status(), Status::SUCCESS);
+        assert_eq!(auth_send(&mut adm, &negotiate(4, &[1], &[1, 2])).await, Status::SUCCESS);
+        let f = DhchapFailure::parse(&auth_receive(&mut adm, 8).await.1).unwrap();
+        assert_eq!((f.failure1, f.explanation), (true, a::explanation::DHGROUP_UNUSABLE));
+        assert!(closed_by_target(&mut adm).await);
+        // A Reply before any Challenge: incorrect protocol message.
+        let mut adm = Conn::ic(addr, false, false).await;
+        assert_eq!(adm.connect(0, 0xFFFF, NQN, 5000).await.status(), Status::SUCCESS);
+        let reply = DhchapReply { t_id: 0, seqnum: 0, response: vec![0; 64], challenge: None, dh_value: vec![] };
+        assert_eq!(auth_send(&mut adm, &reply.to_bytes()).await, Status::SUCCESS);
+        let f = DhchapFailure::parse(&auth_receive(&mut adm, 4096).await.1).unwrap();
+        assert_eq!(f.explanation, a::explanation::INCORRECT_MESSAGE);
+        assert!(closed_by_target(&mut adm).await);
+        // A wrong SECP is an invalid field, as nvmet answers.
+        let mut adm = Conn::ic(addr, false, false).await;
+        assert_eq!(adm.connect(0, 0xFFFF, NQN, 5000).await.status(), Status::SUCCESS);
+        let mut cmd = AuthCommand::new(false, 16);
+        cmd.secp = 0xEA;
+        assert_eq!(adm.cmd(cmd.to_sqe(), Bytes::new()).await.0.status(), Status::INVALID_FIELD.with_dnr());
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_host_without_keys_and_hosts_of_any_host_subsystems_do_not_authenticate() {
+        // Any host allowed: the Connect says nothing of authentication, and commands run.
+        let (server, addr) = start("").await;
+        let mut adm = Conn::ic(addr, false, false).await;
+        let r = adm.connect(0, 0xFFFF, NQN, 5000).await;
+        assert_eq!((r.status(), r.dw0.get() & AUTHREQ_ATR), (Status::SUCCESS, 0));
+        assert_eq!(adm.prop_get(property::CAP, true).await.status(), Status::SUCCESS);
+        // Authentication Send on a queue that needs none: Command Sequence Error.
+        assert_eq!(auth_send(&mut adm, &negotiate(1, &[1], &[0])).await, Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_exchange_not_finished_in_time_closes_the_connection() {
+        let key = secret(1, None);
+        let (server, addr) = start_auth(&key, None, "sha256").await;
+        let mut adm = Conn::ic(addr, false, false).await;
+        // KATO 0: no keep-alive timer to end the association first.
+        assert_eq!(adm.connect(0, 0xFFFF, NQN, 0).await.status(), Status::SUCCESS);
+        assert_eq!(auth_send(&mut adm, &negotiate(1, &[1], &[0])).await, Status::SUCCESS);
+        let t0 = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(30), adm.s.read_to_end(&mut rest)).await;
+        assert!(r.is_ok(), "still open after 30 s");
+        assert!(t0.elapsed() >= Duration::from_secs(9), "closed after {:?}", t0.elapsed());
+        server.stop().await;
+    }
+}

@@ -1,4 +1,5 @@
-//! Fabrics commands (NVMe over Fabrics 1.1 §3): Connect, Property Get, Property Set, Disconnect.
+//! Fabrics commands (NVMe over Fabrics 1.1 §3): Connect, Property Get, Property Set, Disconnect, and
+//! Authentication Send / Receive ([`super::auth`]).
 
 use crate::controller::{Controller, ADMIN_QUEUE_ENTRIES, MAX_QUEUE_ENTRIES};
 use crate::request::{DataDir, Exec, ParseResult, QueueCtx, Request, Response};
@@ -24,9 +25,24 @@ pub fn parse(ctx: &QueueCtx, sqe: &holdfast_proto::SubmissionEntry) -> ParseResu
         fctype::CONNECT if ctx.ctrl.is_none() => (Exec::Connect, DataDir::ToController),
         fctype::CONNECT => return Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr()),
         _ if ctx.ctrl.is_none() => return Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr()),
+        fctype::AUTH_SEND | fctype::AUTH_RECEIVE => {
+            let cmd = holdfast_proto::auth::AuthCommand::from_sqe(sqe);
+            let len = super::auth::check_command(&cmd)?;
+            let (exec, dir) = if sqe.fctype() == fctype::AUTH_SEND {
+                (Exec::AuthSend, DataDir::ToController)
+            } else {
+                (Exec::AuthReceive, DataDir::ToHost)
+            };
+            return Ok(Request { sqe: *sqe, exec, dir, len });
+        }
+        fctype::DISCONNECT => (Exec::Disconnect, DataDir::None),
+        // Property Get / Set on a queue that has yet to authenticate: refused like any other command (stricter
+        // than nvmet, which lets them through; the Linux host authenticates before it reads CAP).
+        fctype::PROPERTY_GET | fctype::PROPERTY_SET if ctx.auth_pending => {
+            return Err(Status::AUTHENTICATION_REQUIRED.with_dnr())
+        }
         fctype::PROPERTY_GET if ctx.qid == 0 => (Exec::PropertyGet, DataDir::None),
         fctype::PROPERTY_SET if ctx.qid == 0 => (Exec::PropertySet, DataDir::None),
-        fctype::DISCONNECT => (Exec::Disconnect, DataDir::None),
         _ => return Err(Status::INVALID_OPCODE.with_dnr()),
     };
     let len = if dir == DataDir::ToController { CONNECT_DATA_SIZE } else { 0 };
@@ -141,7 +157,7 @@ pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response
         ctx.qid = 0;
         ctx.size = sqsize + 1;
         ctx.sq_flow_disabled = cmd.cattr & CATTR_DISABLE_SQ_FLOW != 0;
-        return Response::dw0(cntlid as u32);
+        return Response::dw0(cntlid as u32 | require_auth(ctx, &subsys, &subnqn, &hostnqn));
     }
     // An I/O queue joins an existing controller of this host.
     let Some(ctrl) = subsys.controller(d.cntlid.get()).filter(|c| c.hostnqn == hostnqn && c.hostid == d.hostid) else {
@@ -181,7 +197,25 @@ pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response
     ctrl.touch();
     let cntlid = ctrl.cntlid;
     ctx.ctrl = Some(ctrl);
-    Response::dw0(cntlid as u32)
+    Response::dw0(cntlid as u32 | require_auth(ctx, &subsys, &subnqn, &hostnqn))
+}
+
+/// Connect response Dword 0, AUTHREQ: ATR, authentication transaction required (NVMe-oF; nvmet's
+/// NVME_CONNECT_AUTHREQ_ATR).
+pub const AUTHREQ_ATR: u32 = 1 << 17;
+
+/// A queue just connected of a host that must authenticate on `subsys` (it is listed and has keys, read now:
+/// a reload's new keys apply from the next Connect): its exchange starts, every other command is refused
+/// until it succeeds, and the Connect response says so (AUTHREQ ATR). Else 0.
+fn require_auth(ctx: &mut QueueCtx, subsys: &Subsystem, subnqn: &str, hostnqn: &str) -> u32 {
+    match ctx.target.auth_keys(subsys, hostnqn) {
+        Some(keys) => {
+            ctx.auth = Some(Box::new(super::auth::QueueAuth::new(keys, hostnqn, subnqn)));
+            ctx.auth_pending = true;
+            AUTHREQ_ATR
+        }
+        None => 0,
+    }
 }
 
 /// CAP: the same for discovery controllers, as Linux nvmet's. MQES bounds I/O queues, which a discovery

@@ -5,6 +5,7 @@
 //! [`parse`] picks the execute step; [`execute`] runs it.
 
 pub mod admin;
+pub mod auth;
 pub mod discovery;
 pub mod fabrics;
 pub mod io;
@@ -90,6 +91,11 @@ pub fn parse(ctx: &QueueCtx, sqe: &SubmissionEntry) -> ParseResult {
         // Nothing but Fabrics commands before Connect (NVMe-oF 1.1 §3.3).
         return Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
     };
+    // A queue that must authenticate runs nothing until it has (NVMe Base 2.0 §8.13.5; nvmet's
+    // nvmet_check_auth_status): one flag, false on every queue of a host without keys.
+    if ctx.auth_pending {
+        return Err(Status::AUTHENTICATION_REQUIRED.with_dnr());
+    }
     if sqe.fuse() != 0 {
         return Err(Status::INVALID_FIELD.with_dnr());
     }
@@ -128,6 +134,8 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
         Exec::PropertyGet => fabrics::property_get(ctx, &req).into(),
         Exec::PropertySet => fabrics::property_set(ctx, &req).into(),
         Exec::Disconnect => fabrics::disconnect(ctx).into(),
+        Exec::AuthSend => auth::send(ctx, &data).into(),
+        Exec::AuthReceive => auth::receive(ctx, &req).into(),
         Exec::Identify => match &ctx.ctrl {
             Some(c) if c.subsys.is_discovery => discovery::identify(ctx, c, &req).into(),
             Some(c) => admin::identify(ctx, c, &req).into(),

@@ -55,6 +55,9 @@ const IC_TIMEOUT: Duration = Duration::from_secs(10);
 /// first command on a queue and nothing else runs before it (NVMe-oF 1.1 §3.3), so a connection without
 /// one after this long is closed rather than held forever.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a queue that must authenticate (DH-HMAC-CHAP) has, from its Connect, to finish the exchange: like
+/// the bounds before Connect, a peer that stops half way does not hold the queue (and its controller) open.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accept connections on `listener` until `shutdown`.
 pub async fn serve(target: Arc<Target>, port: Port, listener: TcpListener, shutdown: CancellationToken) {
     loop {
@@ -249,6 +252,7 @@ impl Connection {
             if c.out.is_empty()
                 && !held
                 && c.ctx.ctrl.is_some()
+                && !c.ctx.auth_pending
                 && c.slots.is_empty()
                 && holdfast_rt::solo(&poll, conn_id)
                 && !stopped.fired()
@@ -326,9 +330,11 @@ impl Connection {
                 // In an async block: select! builds every branch's future each round, enabled or not, and a
                 // Sleep takes a handle to the runtime when built. Ahead of the read branch, so that a host that
                 // keeps sending (refused) commands instead of a Connect does not keep it from firing.
-                _ = async { tokio::time::sleep_until(close_deadline).await }, if c.ctx.ctrl.is_none() || c.ctx.close_after_response => {
+                _ = async { tokio::time::sleep_until(close_deadline).await }, if c.ctx.ctrl.is_none() || c.ctx.close_after_response || c.ctx.auth_pending => {
                     let why = if c.ctx.close_after_response {
                         "Disconnect answered, and the host did not read the answer in time"
+                    } else if c.ctx.auth_pending {
+                        "DH-HMAC-CHAP authentication not completed in time"
                     } else if ic_done {
                         "no Connect in time"
                     } else {
@@ -711,6 +717,9 @@ impl Connection {
         // A Connect on a bound queue is refused before it changes anything (a queue is bound once).
         if !bound_before && self.ctx.ctrl.is_some() {
             self.on_connected();
+            if self.ctx.auth_pending {
+                self.close_deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
+            }
         }
         // The host asked for no SQ flow control and got it: the Connect response says so with SQHD FFFFh;
         // later responses leave the field reserved (TP 8005, as the Linux target does).

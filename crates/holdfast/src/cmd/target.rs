@@ -153,6 +153,7 @@ fn quick_config(a: &Args) -> anyhow::Result<Config> {
                 eui64: None,
             }],
         }],
+        hosts: vec![],
     };
     // Name the flag, not the config key: `subsystem[0].policy.cqt_ms` is `--cqt-ms` here.
     cfg.validate("command line").map_err(|e| {

@@ -1,0 +1,353 @@
+//! In-band authentication, the controller's side of DH-HMAC-CHAP (NVMe Base 2.0 §8.13.5; the Linux nvmet
+//! model, `drivers/nvme/target/fabrics-cmd-auth.c`): Authentication Send carries the host's messages
+//! (Negotiate, Reply, Success2, Failure2), Authentication Receive returns the controller's (Challenge,
+//! Success1, Failure1). Each queue of a host that must authenticate runs the exchange on its own after its
+//! Connect; until it succeeds, every other command on the queue is refused with Authentication Required
+//! ([`crate::cmd::parse`], one flag).
+//!
+//! NULL DH group only: the controller picks it from the host's offer, and refuses an offer without it
+//! (Failure1, DH group not usable). A failed exchange answers the host's next Authentication Receive with
+//! AUTH_Failure1 and closes the queue (on an I/O queue, the whole association, as nvmet's fatal error).
+
+use crate::config::HostKeys;
+use crate::request::{QueueCtx, Request, Response};
+use holdfast_proto::auth::{
+    self as a, explanation, message, AuthCommand, AuthNegotiate, DhchapChallenge, DhchapFailure, DhchapReply,
+    DhchapSuccess1, HashId, MessageHeader,
+};
+use holdfast_proto::Status;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+/// Largest Authentication Send / Receive transfer accepted: a Reply with SHA-512 values is 144 bytes, and
+/// FFDHE values (not offered) would be at most 1 KiB.
+pub const MAX_AUTH_LEN: usize = 4096;
+
+/// The message the exchange expects next (nvmet's `dhchap_step`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// The host's AUTH_Negotiate (Send).
+    Negotiate,
+    /// Our DH-HMAC-CHAP_Challenge (Receive).
+    Challenge,
+    /// The host's DH-HMAC-CHAP_Reply (Send).
+    Reply,
+    /// Our DH-HMAC-CHAP_Success1 (Receive).
+    Success1,
+    /// The host's DH-HMAC-CHAP_Success2 (Send), after bidirectional authentication.
+    Success2,
+    /// Our AUTH_Failure1 (Receive); the queue closes after it.
+    Failure1,
+    /// Authenticated (a new Negotiate starts over).
+    Done,
+}
+
+/// One queue's DH-HMAC-CHAP exchange. Never logged or printed: it holds the keys and challenges.
+pub struct QueueAuth {
+    keys: Arc<HostKeys>,
+    hostnqn: String,
+    subnqn: String,
+    step: Step,
+    tid: u16,
+    hash: HashId,
+    c1: Vec<u8>,
+    s1: u32,
+    c2: Option<Vec<u8>>,
+    s2: u32,
+    explanation: u8,
+}
+
+impl QueueAuth {
+    /// A queue of `hostnqn` on `subnqn`, to authenticate with `keys`.
+    pub fn new(keys: Arc<HostKeys>, hostnqn: &str, subnqn: &str) -> QueueAuth {
+        QueueAuth {
+            hash: keys.hash,
+            keys,
+            hostnqn: hostnqn.to_owned(),
+            subnqn: subnqn.to_owned(),
+            step: Step::Negotiate,
+            tid: 0,
+            c1: Vec::new(),
+            s1: 0,
+            c2: None,
+            s2: 0,
+            explanation: 0,
+        }
+    }
+
+    fn fail(&mut self, why: u8) {
+        self.step = Step::Failure1;
+        self.explanation = why;
+    }
+
+    /// The host's AUTH_Negotiate: pick the hash (the configured one if offered, else the first offered that
+    /// we compute, as nvmet falls back) and the NULL DH group.
+    fn negotiate(&mut self, msg: &[u8]) -> Result<(), u8> {
+        let n = AuthNegotiate::parse(msg)?;
+        self.tid = n.t_id;
+        if n.sc_c != a::sc_c::NOSC {
+            return Err(explanation::CONCAT_MISMATCH);
+        }
+        if n.napd != 1 {
+            return Err(explanation::HASH_UNUSABLE);
+        }
+        if n.authid != a::AUTH_ID_DHCHAP {
+            return Err(explanation::INCORRECT_PAYLOAD);
+        }
+        let offered: Vec<HashId> = n.hash_ids.iter().filter_map(|&h| HashId::from_id(h)).collect();
+        self.hash = if offered.contains(&self.keys.hash) {
+            self.keys.hash
+        } else {
+            *offered.first().ok_or(explanation::HASH_UNUSABLE)?
+        };
+        if !n.dh_group_ids.contains(&a::dh_group::NULL) {
+            return Err(explanation::DHGROUP_UNUSABLE);
+        }
+        Ok(())
+    }
+
+    /// The host's DH-HMAC-CHAP_Reply: check R1 against C1.
+    fn reply(&mut self, msg: &[u8]) -> Result<(), u8> {
+        let r = DhchapReply::parse(msg)?;
+        if r.response.len() != self.hash.len() || !r.dh_value.is_empty() {
+            return Err(explanation::INCORRECT_PAYLOAD);
+        }
+        let key = self.keys.host_key.transform(&self.hostnqn);
+        if !a::verify_host_response(
+            self.hash,
+            &key,
+            &self.c1,
+            self.s1,
+            self.tid,
+            &self.hostnqn,
+            &self.subnqn,
+            &r.response,
+        ) {
+            return Err(explanation::FAILED);
+        }
+        // A challenge for us (bidirectional): S2 is non-zero (0 would mean a C2 carried only to derive a TLS
+        // PSK, which we do not do), and we need the controller key to answer it.
+        self.s2 = r.seqnum;
+        self.c2 = match r.challenge {
+            Some(c2) if r.seqnum != 0 => {
+                if self.keys.ctrl_key.is_none() {
+                    return Err(explanation::FAILED);
+                }
+                Some(c2)
+            }
+            _ => None,
+        };
+        Ok(())
+    }
+
+    /// Our DH-HMAC-CHAP_Challenge: fresh C1 from the OS random number generator, a new S1.
+    fn challenge(&mut self) -> Vec<u8> {
+        use rand::RngCore;
+        self.c1 = vec![0; self.hash.len()];
+        rand::rngs::OsRng.fill_bytes(&mut self.c1);
+        self.s1 = next_seqnum();
+        DhchapChallenge {
+            t_id: self.tid,
+            hash: self.hash,
+            dh_group: a::dh_group::NULL,
+            seqnum: self.s1,
+            challenge: self.c1.clone(),
+            dh_value: Vec::new(),
+        }
+        .to_bytes()
+    }
+
+    /// Our DH-HMAC-CHAP_Success1, with R2 if the host challenged us.
+    fn success1(&self) -> Vec<u8> {
+        let response = self.c2.as_ref().zip(self.keys.ctrl_key.as_ref()).map(|(c2, k)| {
+            a::controller_response(
+                self.hash,
+                &k.transform(&self.subnqn),
+                c2,
+                self.s2,
+                self.tid,
+                &self.subnqn,
+                &self.hostnqn,
+            )
+        });
+        DhchapSuccess1 { t_id: self.tid, hl: self.hash.len() as u8, response }.to_bytes()
+    }
+}
+
+/// S1: one counter for the whole target, from a random start, never 0 (as the Linux implementation).
+fn next_seqnum() -> u32 {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    loop {
+        let cur = SEQ.load(Ordering::Relaxed);
+        let next = if cur == 0 { rand::random::<u32>() } else { cur.wrapping_add(1) };
+        if next != 0 && SEQ.compare_exchange(cur, next, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            return next;
+        }
+    }
+}
+
+/// The SECP / SPSP0 / SPSP1 / length checks of both commands (as nvmet: Invalid Field, DNR): the length, or
+/// the refusal.
+pub fn check_command(cmd: &AuthCommand) -> Result<usize, Status> {
+    if cmd.secp != a::SECP_NVME_AUTH || cmd.spsp0 != a::SPSP0_DHCHAP || cmd.spsp1 != a::SPSP1_DHCHAP {
+        return Err(Status::INVALID_FIELD.with_dnr());
+    }
+    let len = cmd.len.get() as usize;
+    if len == 0 || len > MAX_AUTH_LEN {
+        return Err(Status::INVALID_FIELD.with_dnr());
+    }
+    Ok(len)
+}
+
+fn who(ctx: &QueueCtx) -> (u16, u16) {
+    (ctx.ctrl.as_ref().map_or(0, |c| c.cntlid), ctx.qid)
+}
+
+/// What a message did to the queue.
+enum Outcome {
+    /// Nothing beyond the exchange's own state.
+    None,
+    /// The queue is authenticated.
+    Authenticated,
+    /// The exchange failed: the queue closes once this command is answered.
+    Failed(String),
+}
+
+/// Authentication Send: take the host's message.
+pub fn send(ctx: &mut QueueCtx, data: &[u8]) -> Response {
+    let Some(mut st) = ctx.auth.take() else {
+        return Response::err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+    };
+    let outcome = take_message(ctx, &mut st, data);
+    ctx.auth = Some(st);
+    apply(ctx, outcome);
+    Response::ok()
+}
+
+fn take_message(ctx: &QueueCtx, st: &mut QueueAuth, data: &[u8]) -> Outcome {
+    let (cntlid, qid) = who(ctx);
+    let peer = ctx.peer_addr;
+    let Some(h) = MessageHeader::peek(data) else {
+        st.fail(explanation::INCORRECT_PAYLOAD);
+        return Outcome::None;
+    };
+    let tid_ok = h.t_id.get() == st.tid;
+    match (h.auth_type, h.auth_id) {
+        // A Negotiate starts (or restarts: re-authentication) the exchange at any point.
+        (a::auth_type::COMMON, message::NEGOTIATE) => match st.negotiate(data) {
+            Ok(()) => st.step = Step::Challenge,
+            Err(e) => {
+                crate::peer_log::peer_warn!(peer = %peer, cntlid, qid, host = %st.hostnqn, "DH-HMAC-CHAP: negotiation refused: {}", explanation::name(e));
+                st.fail(e);
+            }
+        },
+        // The host refused our Success1 (its check of R2 failed), or gave up.
+        (a::auth_type::COMMON, message::FAILURE2) => {
+            let e = DhchapFailure::parse(data).map_or(0, |f| f.explanation);
+            st.step = Step::Negotiate;
+            return Outcome::Failed(format!(
+                "DH-HMAC-CHAP: the host ended the exchange with AUTH_Failure2 ({})",
+                explanation::name(e)
+            ));
+        }
+        (a::auth_type::DHCHAP, _) if !tid_ok => {
+            crate::peer_log::peer_warn!(peer = %peer, cntlid, qid, host = %st.hostnqn, "DH-HMAC-CHAP: message for transaction {} in transaction {}", h.t_id.get(), st.tid);
+            st.fail(explanation::INCORRECT_PAYLOAD);
+        }
+        (a::auth_type::DHCHAP, message::REPLY) if st.step == Step::Reply => match st.reply(data) {
+            Ok(()) => {
+                st.step = Step::Success1;
+                if st.c2.is_none() {
+                    tracing::info!(peer = %peer, cntlid, qid, host = %st.hostnqn, hash = st.hash.name(), "DH-HMAC-CHAP: host authenticated");
+                    return Outcome::Authenticated;
+                }
+            }
+            Err(e) => {
+                crate::peer_log::peer_warn!(peer = %peer, cntlid, qid, host = %st.hostnqn, "DH-HMAC-CHAP: authentication failed: {}", explanation::name(e));
+                st.fail(e);
+            }
+        },
+        (a::auth_type::DHCHAP, message::SUCCESS2) if st.step == Step::Success2 => {
+            st.step = Step::Done;
+            tracing::info!(peer = %peer, cntlid, qid, host = %st.hostnqn, hash = st.hash.name(), "DH-HMAC-CHAP: host and controller authenticated (bidirectional)");
+            return Outcome::Authenticated;
+        }
+        _ => {
+            crate::peer_log::peer_warn!(peer = %peer, cntlid, qid, host = %st.hostnqn, "DH-HMAC-CHAP: unexpected message (type {:#x}, id {:#x}) in step {:?}", h.auth_type, h.auth_id, st.step);
+            st.fail(explanation::INCORRECT_MESSAGE);
+        }
+    }
+    Outcome::None
+}
+
+fn apply(ctx: &mut QueueCtx, outcome: Outcome) {
+    match outcome {
+        Outcome::None => {}
+        Outcome::Authenticated => ctx.auth_pending = false,
+        Outcome::Failed(why) => {
+            ctx.auth_pending = true;
+            fail_queue(ctx, &why);
+        }
+    }
+}
+
+/// Authentication Receive: the controller's next message.
+pub fn receive(ctx: &mut QueueCtx, req: &Request) -> Response {
+    let al = req.len;
+    let Some(mut st) = ctx.auth.take() else {
+        return Response::err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+    };
+    let hl = st.hash.len();
+    let msg = match st.step {
+        Step::Challenge | Step::Success1 if al < 16 + hl => None,
+        Step::Challenge => {
+            st.step = Step::Reply;
+            Some(st.challenge())
+        }
+        Step::Success1 => {
+            let m = st.success1();
+            st.step = if st.c2.is_some() { Step::Success2 } else { Step::Done };
+            st.c1.clear();
+            Some(m)
+        }
+        Step::Failure1 => Some(failure1(&mut st)),
+        // Nothing to receive now (the host should have sent): nvmet answers Failure1, Failed.
+        Step::Negotiate | Step::Reply | Step::Success2 | Step::Done => {
+            st.explanation = explanation::FAILED;
+            Some(failure1(&mut st))
+        }
+    };
+    let failed = st.step == Step::Failure1;
+    let why = explanation::name(st.explanation);
+    ctx.auth = Some(st);
+    let Some(msg) = msg else {
+        return Response::err(Status::INVALID_FIELD.with_dnr());
+    };
+    if failed {
+        apply(ctx, Outcome::Failed(format!("DH-HMAC-CHAP authentication failed ({why}): AUTH_Failure1 sent")));
+    }
+    Response::data(msg)
+}
+
+fn failure1(st: &mut QueueAuth) -> Vec<u8> {
+    st.step = Step::Failure1;
+    DhchapFailure {
+        t_id: st.tid,
+        failure1: true,
+        reason: a::REASON_AUTHENTICATION_FAILURE,
+        explanation: st.explanation,
+    }
+    .to_bytes()
+}
+
+/// End the queue once the response is out; an I/O queue's failure ends its association too (nvmet's fatal
+/// error), and the admin queue's closing does that by itself.
+fn fail_queue(ctx: &mut QueueCtx, why: &str) {
+    ctx.close_after_response = true;
+    if let Some(c) = &ctx.ctrl {
+        crate::peer_log::peer_warn!(peer = %ctx.peer_addr, cntlid = c.cntlid, qid = ctx.qid, host = %c.hostnqn, "{why}: closing the queue");
+        if ctx.qid != 0 {
+            c.teardown(why);
+        }
+    }
+}
