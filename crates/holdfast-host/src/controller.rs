@@ -428,6 +428,10 @@ fn connect_refusal(status: Status, dw0: u32, o: &ConnectOptions) -> Error {
             "controller busy (the target may still be draining an older association)".into()
         }
         s if s == Status::CONNECT_INCOMPATIBLE_FORMAT => "incompatible Connect format".into(),
+        s if s == Status::AUTHENTICATION_REQUIRED => format!(
+            "the subsystem {} requires DH-HMAC-CHAP authentication, which this host does not support yet",
+            o.subnqn
+        ),
         _ => status.name(true).to_string(),
     };
     Error::ConnectRefused { reason: format!("{reason} ({})", status.name(true)), status }
@@ -604,6 +608,17 @@ async fn start_queue(
                 // Nothing to do either way: the queue never holds more than its size (TP 8005).
                 let granted = c.cqe.sqhd.get() == fabrics::SQHD_FLOW_DISABLED;
                 tracing::debug!(qid, granted, "SQ flow control disable requested");
+            }
+            // AUTHREQ (dw0 bits 17 ATR, 18 ASCR): the controller runs nothing on this queue until the host
+            // authenticates in band (NVMe Base 2.0 §8.13), which this host does not do: say so now, not as
+            // Authentication Required on the next command.
+            if c.cqe.dw0.get() & (3 << 17) != 0 {
+                let reason = format!(
+                    "the subsystem {} requires DH-HMAC-CHAP authentication (AUTHREQ), which this host does not \
+                     support yet",
+                    o.subnqn
+                );
+                return Err(Error::ConnectRefused { reason, status: Status::AUTHENTICATION_REQUIRED });
             }
             let cntlid = c.cqe.dw0.get() as u16;
             if qid == 0 && cntlid >= 0xFFF0 {

@@ -285,3 +285,24 @@ async fn a_namespace_whose_block_size_changed_is_not_zeroed_through_an_old_handl
     ctrl.shutdown().await.unwrap();
     server.stop().await;
 }
+
+/// A subsystem that makes this host authenticate (DH-HMAC-CHAP, which the holdfast host does not do yet):
+/// the Connect is refused with words that say so, not with the next command's Authentication Required.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subsystem_requiring_dhchap_is_refused_with_the_reason() {
+    let host = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0000000000aa";
+    let key = holdfast_proto::auth::DhchapSecret::new(&[7; 32], None).encode();
+    let text = format!(
+        "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallowed_hosts = [\"{host}\"]\n{}\
+         [[host]]\nnqn = \"{host}\"\ndhchap_key = \"{key}\"\n",
+        ram_ns(1, "")
+    );
+    let cfg = Config::parse(&text, "test").unwrap();
+    let server = Server::start(Target::new(&cfg, TargetSettings::default()).unwrap()).await.unwrap();
+    let mut o = ConnectOptions::new(server.bound[0].1.to_string(), NQN);
+    o.hostnqn = host.into();
+    o.nr_io_queues = 1;
+    let e = Controller::connect(o).await.err().expect("the Connect must be refused").to_string();
+    assert!(e.contains("requires DH-HMAC-CHAP authentication (AUTHREQ), which this host does not support yet"), "{e}");
+    server.stop().await;
+}
