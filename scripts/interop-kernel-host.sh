@@ -10,9 +10,14 @@
 #      the host must learn both from the target's notice, without reconnecting
 #   6. a write-protected file namespace (--read-only): a read-only disk to the host, which reads the image and
 #      refuses writes itself; the image is unchanged afterwards
+#   7. DH-HMAC-CHAP: a subsystem listing the host with keys; the kernel authenticates with --dhchap-secret
+#      (and, bidirectionally, --dhchap-ctrl-secret), does I/O, and a wrong secret is refused. Debian's 6.1
+#      kernel has no NVMe in-band authentication (CONFIG_NVME_HOST_AUTH is off), so this case boots Debian's
+#      6.12 kernel (linux-image-6.12-amd64, in bookworm), from a second cache the shared setup builds
+#      ($INTEROP_612_CACHE, default ~/.cache/nvme-interop-6.12)
 # Each run starts its own target on a free 127.0.0.1 port and kills it by PID afterwards. Arguments name the
 # cases to run (kernel-host-digests-512, kernel-host-4k, kernel-host-file, kernel-host-nvme-cli,
-# kernel-host-ns-change, kernel-host-read-only); without any, all run.
+# kernel-host-ns-change, kernel-host-read-only, kernel-host-dhchap); without any, all run.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
 interop=${INTEROP_DIR:-$root/../shared/interop}
@@ -41,7 +46,7 @@ run() {  # run NAME PATTERN COMMAND...
   "$@" >"$logs/$name.log" 2>&1 || rc=$?
   local dt; dt=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
   if ((rc == 0)) && grep -q "$pattern" "$logs/$name.log"; then
-    pass=$((pass + 1)); echo "    pass ($dt s)"; grep -E "rw_check|ext4:|HOST-ROLE|NVME-CLI|NS-CHANGE|READ-ONLY|namespace [12]:|nvme-tcp-check" "$logs/$name.log" | sed 's/^/    /' || true
+    pass=$((pass + 1)); echo "    pass ($dt s)"; grep -E "rw_check|ext4:|HOST-ROLE|NVME-CLI|NS-CHANGE|READ-ONLY|DHCHAP|dhchap:|target: DH-HMAC|namespace [12]:|nvme-tcp-check" "$logs/$name.log" | sed 's/^/    /' || true
   else
     fail=$((fail + 1)); echo "    FAIL ($dt s, exit $rc): last lines of $logs/$name.log"; tail -n 60 "$logs/$name.log" | sed 's/^/    /'
     [[ -n ${port:-} && -f $logs/target-$port.log ]] && { echo "    target log:"; tail -n 30 "$logs/target-$port.log" | sed 's/^/    /'; }
@@ -104,6 +109,50 @@ read_only_ns() {
   [[ $(md5sum <"$logs/ro.img" | cut -d' ' -f1) == "$sum" ]] || { echo "the image changed"; return 1; }
 }
 
+# The shared interop scripts, with setup.sh building from Debian's 6.12 kernel package instead of the default
+# (6.1) into a cache of its own: prints the directory of that copy. The shared files are not changed.
+interop_612() {
+  local dir=${INTEROP_612_DIR:-${TMPDIR:-/tmp}/holdfast-interop-6.12}
+  rm -rf "$dir"; mkdir -p "$dir"; cp -r "$interop/." "$dir/"
+  sed -i 's/apt-cache depends linux-image-amd64/apt-cache depends linux-image-6.12-amd64/;
+          s/resolve linux-image-amd64/resolve linux-image-6.12-amd64/' "$dir/setup.sh"
+  grep -q 'linux-image-6.12-amd64' "$dir/setup.sh" || { echo "interop_612: setup.sh no longer names its kernel package as expected" >&2; return 1; }
+  NVME_INTEROP_CACHE=$INTEROP_612_CACHE "$dir/setup.sh" >&2 || return 1
+  echo "$dir"
+}
+INTEROP_612_CACHE=${INTEROP_612_CACHE:-$HOME/.cache/nvme-interop-6.12}
+
+dhchap() {
+  local dir hostnqn=nqn.2014-08.org.nvmexpress:uuid:5b1f6e0e-7d7a-4f4e-9a43-0d2f1a6c0001 keys rc=0
+  dir=$(interop_612) || return 1
+  # Keys as `nvme gen-dhchap-key` makes them: DHHC-1:XX:base64(key || CRC-32 little endian):. The host key is
+  # transformed with SHA-256 (01), the controller key used as it is (00); a third, wrong one.
+  keys=$(python3 -c '
+import base64, os, struct, zlib
+for xx, n in ((1, 32), (0, 48), (1, 32)):
+    k = os.urandom(n)
+    print("DHHC-1:%02d:%s:" % (xx, base64.b64encode(k + struct.pack("<I", zlib.crc32(k))).decode()))')
+  local key ckey wrong
+  { read -r key; read -r ckey; read -r wrong; } <<<"$keys"
+  port=$(free_port)
+  printf '[[port]]\nid = 1\nlisten = "127.0.0.1:%s"\n[[subsystem]]\nnqn = "%s"\nallowed_hosts = ["%s"]\n' \
+    "$port" "$nqn" "$hostnqn" >"$logs/dhchap.toml"
+  printf '[[subsystem.namespace]]\nnsid = 1\nbackend = "ram"\nsize_mib = 64\n' >>"$logs/dhchap.toml"
+  printf '[[host]]\nnqn = "%s"\ndhchap_key = "%s"\ndhchap_ctrl_key = "%s"\ndhchap_hash = "sha384"\n' \
+    "$hostnqn" "$key" "$ckey" >>"$logs/dhchap.toml"
+  "$bin" target --config "$logs/dhchap.toml" >"$logs/target-$port.log" 2>&1 &
+  tpid=$!
+  for _ in $(seq 100); do grep -q '^connect:' "$logs/target-$port.log" 2>/dev/null && break; sleep 0.05; done
+  NVME_INTEROP_CACHE=$INTEROP_612_CACHE "$dir/kernel-host.sh" --port "$port" --nqn "$nqn" \
+    --guest-script "$root/tests/interop/guest-dhchap.sh" -- \
+    -e "HOSTNQN=$hostnqn" -e "KEY=$key" -e "CKEY=$ckey" -e "WRONG_KEY=$wrong" || rc=$?
+  stop_target
+  # What the target said of it, and that it said no secret.
+  grep -E "DH-HMAC-CHAP" "$logs/target-$port.log" | sed -E 's/^.*(DH-HMAC-CHAP.*) peer=.*$/target: \1/' | sort | uniq -c | sed 's/^ */    /'
+  if grep -qF -e "${key:10:20}" -e "${ckey:10:20}" "$logs/target-$port.log"; then echo "the target logged a secret"; return 1; fi
+  return $rc
+}
+
 "$interop/setup.sh" >/dev/null
 command -v tcpdump >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tcpdump >/dev/null; }
 # Arguments, if any, name the cases to run (kernel-host-4k ...); none runs them all.
@@ -111,7 +160,7 @@ cases=" $* "
 case_on() { [[ $cases == "  " || $cases == *" $1 "* ]]; }
 # A name that is no case would run nothing and pass: refused.
 for c in "$@"; do
-  [[ " kernel-host-digests-512 kernel-host-4k kernel-host-file kernel-host-nvme-cli kernel-host-ns-change kernel-host-read-only " == *" $c "* ]] || { echo "no interop case $c (kernel-host-digests-512 kernel-host-4k kernel-host-file kernel-host-nvme-cli kernel-host-ns-change kernel-host-read-only)"; exit 2; }
+  [[ " kernel-host-digests-512 kernel-host-4k kernel-host-file kernel-host-nvme-cli kernel-host-ns-change kernel-host-read-only kernel-host-dhchap " == *" $c "* ]] || { echo "no interop case $c (kernel-host-digests-512 kernel-host-4k kernel-host-file kernel-host-nvme-cli kernel-host-ns-change kernel-host-read-only kernel-host-dhchap)"; exit 2; }
 done
 if case_on kernel-host-digests-512; then run kernel-host-digests-512 "nvme-tcp-check: .* none malformed" digests_512; fi
 if case_on kernel-host-4k; then run kernel-host-4k "HOST-ROLE-PASSED" nodigest_4k; fi
@@ -119,6 +168,7 @@ if case_on kernel-host-file; then run kernel-host-file "HOST-ROLE-PASSED" file_n
 if case_on kernel-host-nvme-cli; then run kernel-host-nvme-cli "NVME-CLI-PASSED" nvme_cli; fi
 if case_on kernel-host-ns-change; then run kernel-host-ns-change "NS-CHANGE-PASSED" ns_change; fi
 if case_on kernel-host-read-only; then run kernel-host-read-only "READ-ONLY-PASSED" read_only_ns; fi
+if case_on kernel-host-dhchap; then run kernel-host-dhchap "DHCHAP-PASSED" dhchap; fi
 echo "interop (kernel host -> holdfast target): $pass passed, $fail failed (logs in $logs)"
 # The data files (images, what was written and read back) go either way; the logs stay only for a failure.
 find "$logs" -name '*.img' -o -name '*.bin' | xargs -r rm -f

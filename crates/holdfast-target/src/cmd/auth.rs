@@ -324,7 +324,7 @@ pub fn receive(ctx: &mut QueueCtx, req: &Request) -> Response {
         return Response::err(Status::INVALID_FIELD.with_dnr());
     };
     if failed {
-        apply(ctx, Outcome::Failed(format!("DH-HMAC-CHAP authentication failed ({why}): AUTH_Failure1 sent")));
+        apply(ctx, Outcome::Failed(format!("DH-HMAC-CHAP: AUTH_Failure1 sent ({why})")));
     }
     Response::data(msg)
 }
