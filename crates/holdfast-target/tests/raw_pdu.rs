@@ -2209,6 +2209,13 @@ mod dhchap {
 
     /// A target whose subsystem lists HOSTNQN, with this `[[host]]` table's keys.
     async fn start_auth(host_key: &DhchapSecret, ctrl_key: Option<&DhchapSecret>, hash: &str) -> (Server, SocketAddr) {
+        let target = Target::new(&auth_config(host_key, ctrl_key, hash), TargetSettings::default()).unwrap();
+        let server = Server::start(target).await.unwrap();
+        let addr = server.bound[0].1;
+        (server, addr)
+    }
+
+    fn auth_config(host_key: &DhchapSecret, ctrl_key: Option<&DhchapSecret>, hash: &str) -> Config {
         let ctrl = ctrl_key.map(|k| format!("dhchap_ctrl_key = \"{}\"\n", k.encode())).unwrap_or_default();
         let extra = format!(
             "allowed_hosts = [\"{HOSTNQN}\"]\n[[host]]\nnqn = \"{HOSTNQN}\"\ndhchap_key = \"{}\"\n{ctrl}dhchap_hash = \"{hash}\"\n",
@@ -2221,11 +2228,7 @@ mod dhchap {
             extra.lines().next().unwrap(),
             extra.lines().skip(1).collect::<Vec<_>>().join("\n")
         );
-        let cfg = Config::parse(&text, "test").unwrap();
-        let target = Target::new(&cfg, TargetSettings::default()).unwrap();
-        let server = Server::start(target).await.unwrap();
-        let addr = server.bound[0].1;
-        (server, addr)
+        Config::parse(&text, "test").unwrap()
     }
 
     async fn auth_send(c: &mut Conn, msg: &[u8]) -> Status {
@@ -2356,6 +2359,31 @@ mod dhchap {
         let mut adm = Conn::ic(addr, false, false).await;
         assert_eq!(adm.connect(0, 0xFFFF, NQN, 5000).await.status(), Status::SUCCESS);
         assert_eq!(authenticate(&mut adm, &key, None, 2).await, Ok(HashId::Sha256));
+        server.stop().await;
+    }
+
+    /// A reload (SIGHUP) gives new associations the new key; the association already authenticated goes on.
+    #[tokio::test]
+    async fn a_reload_changes_the_key_for_new_associations() {
+        let (old, new) = (secret(1, None), secret(4, Some(HashId::Sha512)));
+        let (server, addr) = start_auth(&old, None, "sha256").await;
+        let mut first = Conn::ic(addr, false, false).await;
+        assert_eq!(first.connect(0, 0xFFFF, NQN, 0).await.status(), Status::SUCCESS);
+        assert_eq!(authenticate(&mut first, &old, None, 1).await, Ok(HashId::Sha256));
+        let summary = server.target.reload(&auth_config(&new, None, "sha512")).unwrap();
+        assert!(summary.notes.iter().any(|n| n.contains("DH-HMAC-CHAP host keys updated")), "{:?}", summary.notes);
+        let mut adm = Conn::ic(addr, false, false).await;
+        assert_eq!(adm.connect(0, 0xFFFF, NQN, 0).await.status(), Status::SUCCESS);
+        let f = authenticate(&mut adm, &old, None, 2).await.unwrap_err();
+        assert_eq!(f.explanation, a::explanation::FAILED, "the old key no longer authenticates");
+        let mut adm = Conn::ic(addr, false, false).await;
+        assert_eq!(adm.connect(0, 0xFFFF, NQN, 0).await.status(), Status::SUCCESS);
+        assert_eq!(authenticate(&mut adm, &new, None, 3).await, Ok(HashId::Sha512));
+        assert_eq!(
+            first.prop_get(property::CAP, true).await.status(),
+            Status::SUCCESS,
+            "the first association goes on"
+        );
         server.stop().await;
     }
 
