@@ -263,7 +263,11 @@ fn take_message(ctx: &QueueCtx, st: &mut QueueAuth, data: &[u8]) -> Outcome {
                 }
             }
             Err(e) => {
-                crate::peer_log::peer_warn!(peer = %peer, cntlid, qid, host = %st.hostnqn, "DH-HMAC-CHAP: authentication failed: {}", explanation::name(e));
+                let why = match e {
+                    explanation::FAILED => "the host's response does not match its key (a wrong secret?)",
+                    e => explanation::name(e),
+                };
+                crate::peer_log::peer_warn!(peer = %peer, cntlid, qid, host = %st.hostnqn, "DH-HMAC-CHAP: Reply refused: {why}");
                 st.fail(e);
             }
         },
