@@ -214,8 +214,8 @@ pub async fn run(
     // `out.len()` (see `InFlight::r2t_sent_at`).
     let mut written = 0u64;
     let mut backlog: std::collections::VecDeque<Command> = initial.into();
-    // New commands taken from the channel in one go (one permit release for the lot, not one each).
-    let mut intake: Vec<Command> = Vec::new();
+    // New commands taken from the channel in one go (one lock for the lot, not one each), issued from here.
+    let mut intake: std::collections::VecDeque<Command> = Default::default();
     let mut setup_backlog: std::collections::VecDeque<Command> = Default::default();
     let mut seq = 0u64;
     let mut rx_open = true;
@@ -282,7 +282,7 @@ pub async fn run(
                             }
                             Some(0) => break,
                             Some(_) => {
-                                for cmd in intake.drain(..) {
+                                while let Some(cmd) = intake.pop_front() {
                                     match issue.command(cmd) {
                                         Ok(Some(i)) => last_slot = i,
                                         Ok(None) => {}

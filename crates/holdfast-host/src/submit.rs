@@ -237,13 +237,16 @@ impl<T> Receiver<T> {
     /// every sender is gone (or the channel was closed) and nothing is left; that end may also show as
     /// `Some(0)`, and is certain to show to a wait ([`Receiver::poll_recv_many`], [`Receiver::recv`]). Registers
     /// no wait; an earlier one stays in place unless something is taken.
-    pub fn try_recv_many(&mut self, buf: &mut Vec<T>, limit: usize) -> Option<usize> {
+    ///
+    /// Taking all that is queued into an empty `buf`, the usual case for a queue task, moves no item: the channel's
+    /// storage and `buf`'s are swapped, and the channel goes on with the latter.
+    pub fn try_recv_many(&mut self, buf: &mut VecDeque<T>, limit: usize) -> Option<usize> {
         self.take(None, buf, limit)
     }
 
     /// Take up to `limit` items into `buf`: `Ready(n)` with n > 0; `Ready(0)` once every sender is gone and
     /// nothing is left (or if `limit` is 0); `Pending` (the task woken by the next send) if none is there yet.
-    pub fn poll_recv_many(&mut self, cx: &mut Context<'_>, buf: &mut Vec<T>, limit: usize) -> Poll<usize> {
+    pub fn poll_recv_many(&mut self, cx: &mut Context<'_>, buf: &mut VecDeque<T>, limit: usize) -> Poll<usize> {
         match self.take(Some(cx), buf, limit) {
             Some(0) if limit > 0 => Poll::Pending,
             Some(n) => Poll::Ready(n),
@@ -316,7 +319,13 @@ impl<T> Receiver<T> {
     }
 
     /// Up to `limit` items into `buf`; with `cx`, a wait registered if there are none (and senders remain).
-    fn take(&mut self, cx: Option<&mut Context<'_>>, buf: &mut Vec<T>, limit: usize) -> Option<usize> {
+    ///
+    /// All of the queue into an empty `buf`: the two swap storage, and no item is moved. A queue task issues the
+    /// commands it takes straight from `buf` into its in-flight table; copied into `buf` first (128 bytes each), they
+    /// were written once more, to memory of the queue's own that at a few hundred queues was no longer in the
+    /// core's caches. Each side keeps the capacity it grew to, so that once both have room for a full channel
+    /// nothing is allocated.
+    fn take(&mut self, cx: Option<&mut Context<'_>>, buf: &mut VecDeque<T>, limit: usize) -> Option<usize> {
         if limit == 0 {
             return Some(0);
         }
@@ -328,7 +337,11 @@ impl<T> Receiver<T> {
         let mut s = self.chan.lock();
         let n = s.queue.len().min(limit);
         if n > 0 {
-            buf.extend(s.queue.drain(..n));
+            if n == s.queue.len() && buf.is_empty() {
+                std::mem::swap(&mut s.queue, buf);
+            } else {
+                buf.extend(s.queue.drain(..n));
+            }
             s.rx_waiting = false;
             self.taken(s, n);
             return Some(n);
@@ -393,9 +406,9 @@ mod tests {
         let waiting = tokio::spawn(async move { tx2.send(3).await.map_err(|e| e.0) });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "no room yet");
-        let mut got = Vec::new();
+        let mut got = VecDeque::new();
         let n = poll_fn(|cx| rx.poll_recv_many(cx, &mut got, 8)).await;
-        assert_eq!((n, &got[..]), (2, &[1, 2][..]));
+        assert_eq!((n, got.make_contiguous() as &[u32]), (2, &[1, 2][..]));
         tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").unwrap().unwrap();
         assert_eq!(rx.recv().await, Some(3));
         assert!(tx.ready().await);
@@ -483,7 +496,7 @@ mod tests {
         drop(tx);
         let receiver = tokio::spawn(async move {
             let mut next = [0u64; SENDERS as usize];
-            let mut buf = Vec::new();
+            let mut buf = VecDeque::new();
             loop {
                 // Both ways of receiving, as a queue task does.
                 if poll_fn(|cx| rx.poll_ready(cx)).await {
@@ -524,7 +537,7 @@ mod tests {
     fn trying_takes_what_is_there_and_registers_no_wait() {
         let (tx, mut rx) = channel::<u32>(2);
         assert_eq!(rx.try_recv(), None);
-        let mut buf = Vec::new();
+        let mut buf = VecDeque::new();
         assert_eq!(rx.try_recv_many(&mut buf, 2), Some(0));
         assert!(!rx.chan.lock().rx_waiting, "trying is not waiting");
         tx.try_send(5).unwrap();
