@@ -219,9 +219,10 @@ pub async fn run(
     let mut setup_backlog: std::collections::VecDeque<Command> = Default::default();
     let mut seq = 0u64;
     let mut rx_open = true;
-    let mut tick = tokio::time::interval(TIMEOUT_CHECK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_check = Instant::now() + TIMEOUT_CHECK;
+    // Wakes the task at `next_check` if nothing else does: waited on in every round of the select below, so a
+    // watch (see TimerWatch), not an Interval's tick.
+    let mut tick = holdfast_rt::TimerWatch::new(next_check);
     let mut recv_hint = 16 * 1024;
     let conn_id = holdfast_rt::connection_id();
     let mut yielded_for_spin = false;
@@ -243,6 +244,7 @@ pub async fn run(
         let now = Instant::now();
         if now >= next_check {
             next_check = now + TIMEOUT_CHECK;
+            tick.reset(next_check);
             if let Some(e) = timed_out(&slots, &p) {
                 break Some(e);
             }
@@ -389,8 +391,9 @@ pub async fn run(
                 // In an async block: select! builds every branch's future each round, enabled or not, and a
                 // Sleep takes a handle to the runtime when built.
                 _ = async { tokio::time::sleep_until(next_retry.unwrap_or(now).into()).await }, if next_retry.is_some() => {}
-                _ = tick.tick() => {
+                _ = std::future::poll_fn(|cx| tick.poll_expired(cx)) => {
                     next_check = Instant::now() + TIMEOUT_CHECK;
+                    tick.reset(next_check);
                     if let Some(e) = timed_out(&slots, &p) {
                         break Some(e);
                     }

@@ -314,6 +314,54 @@ impl Future for CancelWatch {
     }
 }
 
+/// A deadline that a connection loop can wait on in its `select!` every round for next to nothing, as
+/// [`CancelWatch`] is for a token.
+///
+/// Polling a tokio `Sleep` (or an `Interval`'s tick) registers the task's waker with its timer entry again on
+/// every poll: a clone of the waker and a drop of the one it held (two atomic operations on the task), and the
+/// entry's own lines, which at a few hundred connections are out of the core's caches. A queue's loop goes round
+/// its `select!` a few times per batch of I/O, and its timer is for timeouts of a quarter of a second. The entry
+/// keeps the waker it was given until it fires, so a `TimerWatch` polls it only when it is not registered with
+/// the polling task's waker yet, or when it has fired (an atomic load on the entry); otherwise it is pending.
+#[derive(Debug)]
+pub struct TimerWatch {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// The waker the entry holds, given at the last poll that left it pending.
+    registered: Option<std::task::Waker>,
+}
+
+impl TimerWatch {
+    /// A watch that completes at `deadline`. Needs a runtime with its time driver.
+    pub fn new(deadline: Instant) -> TimerWatch {
+        TimerWatch { sleep: Box::pin(tokio::time::sleep_until(deadline.into())), registered: None }
+    }
+
+    /// Complete at `deadline` instead (also after it has completed).
+    pub fn reset(&mut self, deadline: Instant) {
+        self.sleep.as_mut().reset(deadline.into());
+        // A reset entry holds no waker once it has fired: registered again at the next poll.
+        self.registered = None;
+    }
+
+    /// `Ready` once the deadline has passed (again at every poll until a [`TimerWatch::reset`]); else the task
+    /// is woken when it does.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) && !self.sleep.is_elapsed() {
+            return Poll::Pending;
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.registered = None;
+                Poll::Ready(())
+            }
+            Poll::Pending => {
+                self.registered = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
 /// Write as much of `q` as the socket takes, in one vectored write; the caller advances `q` by the result.
 pub async fn write_some<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, q: &SendQueue) -> std::io::Result<usize> {
     use tokio::io::AsyncWriteExt;
@@ -782,6 +830,36 @@ mod tests {
         let mut never = CancelWatch::never();
         tokio::task::yield_now().await;
         assert!(Pin::new(&mut never).poll(&mut cx).is_pending());
+    }
+
+    #[tokio::test]
+    async fn a_timer_watch_completes_at_its_deadline_and_again_after_a_reset() {
+        use std::future::poll_fn;
+        let limit = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let mut w = TimerWatch::new(t0 + Duration::from_millis(30));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(w.poll_expired(&mut cx).is_pending());
+        assert!(w.poll_expired(&mut cx).is_pending(), "registered: pending without polling the timer");
+        // Waited on with the task's own waker (the poll with it registers it in place of the no-op one).
+        tokio::time::timeout(limit, poll_fn(|cx| w.poll_expired(cx))).await.expect("completes");
+        assert!(t0.elapsed() >= Duration::from_millis(30));
+        assert!(w.poll_expired(&mut cx).is_ready(), "stays complete until reset");
+        // Reset after it completed: pending again, and complete at the new deadline.
+        let t1 = Instant::now();
+        w.reset(t1 + Duration::from_millis(20));
+        assert!(w.poll_expired(&mut cx).is_pending());
+        tokio::time::timeout(limit, poll_fn(|cx| w.poll_expired(cx))).await.expect("completes");
+        assert!(t1.elapsed() >= Duration::from_millis(20));
+        // Reset while registered with the task's waker, to a later deadline then to an earlier one: it goes by the
+        // last.
+        w.reset(Instant::now() + Duration::from_secs(3600));
+        let short = tokio::time::timeout(Duration::from_millis(20), poll_fn(|cx| w.poll_expired(cx))).await;
+        assert!(short.is_err(), "pending until its new deadline");
+        let t2 = Instant::now();
+        w.reset(t2 + Duration::from_millis(20));
+        tokio::time::timeout(limit, poll_fn(|cx| w.poll_expired(cx))).await.expect("completes at the earlier deadline");
+        assert!(t2.elapsed() >= Duration::from_millis(20));
     }
 
     #[tokio::test]
