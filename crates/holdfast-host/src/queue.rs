@@ -217,6 +217,9 @@ pub async fn run(
     // New commands taken from the channel in one go (one lock for the lot, not one each), issued from here.
     let mut intake: std::collections::VecDeque<Command> = Default::default();
     let mut setup_backlog: std::collections::VecDeque<Command> = Default::default();
+    // The set-up channel may still bring commands: its senders (the connect's, dropped once the queue is open)
+    // are not all gone. Once they are it is looked at no more (a lock and a line of its own in every round).
+    let mut setup_open = true;
     let mut seq = 0u64;
     let mut rx_open = true;
     let mut next_check = Instant::now() + TIMEOUT_CHECK;
@@ -267,7 +270,7 @@ pub async fn run(
         let mut issue =
             Issue { p: &p, slots: &mut slots, free: &mut free, gens: &mut gens, out: &mut out, seq: &mut seq, now };
         while !issue.free.is_empty() {
-            let setup = setup_backlog.pop_front().or_else(|| setup_rx.try_recv());
+            let setup = setup_backlog.pop_front().or_else(|| if setup_open { setup_rx.try_recv() } else { None });
             let cmd = match setup {
                 Some(c) => c,
                 None if !is_open => break,
@@ -382,7 +385,10 @@ pub async fn run(
                 more = std::future::poll_fn(|cx| rx.poll_ready(cx)), if is_open && rx_open && !free.is_empty() && backlog.is_empty() => {
                     rx_open = more;
                 }
-                Some(c) = setup_rx.recv(), if !free.is_empty() => setup_backlog.push_back(c),
+                c = setup_rx.recv(), if setup_open && !free.is_empty() => match c {
+                    Some(c) => setup_backlog.push_back(c),
+                    None => setup_open = false,
+                },
                 r = open.changed(), if !is_open => {
                     if r.is_err() {
                         break Some(Error::NotConnected(format!("queue {} set-up abandoned", p.qid)));
