@@ -158,6 +158,8 @@ struct Shared {
     tasks: Mutex<CancellationToken>,
     /// Adaptive busy polling shared by every queue (None: off).
     poll: Option<Arc<holdfast_rt::BusyPoll>>,
+    /// The DH-HMAC-CHAP secrets (None: none given), for every queue whose Connect asks for authentication.
+    auth: Option<crate::auth::HostSecrets>,
     /// True while new I/O is accepted (live, or reconnecting before fast_io_fail_tmo): the I/O path reads
     /// this instead of locking `state`. Updated by [`Shared::set_state`].
     accepting: AtomicBool,
@@ -429,8 +431,10 @@ fn connect_refusal(status: Status, dw0: u32, o: &ConnectOptions) -> Error {
         }
         s if s == Status::CONNECT_INCOMPATIBLE_FORMAT => "incompatible Connect format".into(),
         s if s == Status::AUTHENTICATION_REQUIRED => format!(
-            "the subsystem {} requires DH-HMAC-CHAP authentication, which this host does not support yet",
-            o.subnqn
+            "the subsystem {} requires DH-HMAC-CHAP authentication of host {}{}",
+            o.subnqn,
+            o.hostnqn,
+            if o.dhchap_secret.is_none() { ": give --dhchap-secret" } else { "" }
         ),
         _ => status.name(true).to_string(),
     };
@@ -478,7 +482,7 @@ async fn setup(
     }
 }
 
-async fn setup_ok(
+pub(crate) async fn setup_ok(
     tx: &submit::Sender<Command>,
     sqe: SubmissionEntry,
     data: Bytes,
@@ -609,23 +613,35 @@ async fn start_queue(
                 let granted = c.cqe.sqhd.get() == fabrics::SQHD_FLOW_DISABLED;
                 tracing::debug!(qid, granted, "SQ flow control disable requested");
             }
-            // AUTHREQ (dw0 bits 17 ATR, 18 ASCR): the controller runs nothing on this queue until the host
-            // authenticates in band (NVMe Base 2.0 §8.13), which this host does not do: say so now, not as
-            // Authentication Required on the next command.
-            if c.cqe.dw0.get() & (3 << 17) != 0 {
-                let reason = format!(
-                    "the subsystem {} requires DH-HMAC-CHAP authentication (AUTHREQ), which this host does not \
-                     support yet",
-                    o.subnqn
-                );
-                return Err(Error::ConnectRefused { reason, status: Status::AUTHENTICATION_REQUIRED });
-            }
             let cntlid = c.cqe.dw0.get() as u16;
             if qid == 0 && cntlid >= 0xFFF0 {
                 // FFF0h-FFFFh are reserved (NVMe-oF 1.1 §4.2, as the target's MAX_CNTLID has it); FFFFh in the I/O
                 // queues' Connects would even ask for "any dynamic controller".
                 let what = format!("Connect answered with controller ID {cntlid:#06x}, a reserved value");
                 return Err(Error::Protocol { qid, what });
+            }
+            // AUTHREQ (dw0 bits 17 ATR, 18 ASCR): the controller runs nothing on this queue until the host
+            // authenticates in band (NVMe Base 2.0 §8.13), which it does here, before anything else goes on the
+            // queue. Secure channel concatenation (ASCR, a TLS PSK from the exchange) is not done.
+            let authreq = (c.cqe.dw0.get() >> 17) & 3;
+            if authreq & 2 != 0 {
+                let reason = format!(
+                    "the subsystem {} requires secure channel concatenation (AUTHREQ ASCR), which this host does \
+                     not support",
+                    o.subnqn
+                );
+                return Err(Error::ConnectRefused { reason, status: Status::AUTHENTICATION_REQUIRED });
+            }
+            if authreq & 1 != 0 {
+                let Some(secrets) = &sh.auth else {
+                    let reason = format!(
+                        "the subsystem {} requires DH-HMAC-CHAP authentication of host {}: give --dhchap-secret \
+                         (ConnectOptions::dhchap_secret)",
+                        o.subnqn, o.hostnqn
+                    );
+                    return Err(Error::ConnectRefused { reason, status: Status::AUTHENTICATION_REQUIRED });
+                };
+                crate::auth::authenticate(&setup_tx, qid, secrets, o, deadline).await?;
             }
             Ok((setup_tx, open_tx, cntlid))
         }
@@ -1188,6 +1204,7 @@ impl Controller {
         if o.queue_size < 2 || o.queue_size > 1024 {
             return Err(Error::Invalid(format!("queue size {} is outside 2..=1024", o.queue_size)));
         }
+        let auth = crate::auth::HostSecrets::from_options(&o)?;
         let is_discovery = o.subnqn == fabrics::DISCOVERY_NQN;
         let nq = if is_discovery { 0 } else { o.nr_io_queues as usize };
         let (admin, arx) = submit::channel(ADMIN_QUEUE_SIZE as usize * 2);
@@ -1223,6 +1240,7 @@ impl Controller {
             assoc: Mutex::new(CancellationToken::new()),
             tasks: Mutex::new(CancellationToken::new()),
             poll: o.busy_poll.clone(),
+            auth,
             accepting: AtomicBool::new(true),
             ns_ids: Mutex::new(Vec::new()),
             ns_tags: std::sync::atomic::AtomicU32::new(0),

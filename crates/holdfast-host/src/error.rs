@@ -68,6 +68,10 @@ pub enum Error {
     /// replayed was in flight when it dropped).
     #[error("path error (retryable): {0}")]
     PathError(String),
+    /// In-band authentication (DH-HMAC-CHAP) failed: the controller refused the host, or the host the
+    /// controller. Never carries a secret.
+    #[error("authentication failed: {0}")]
+    Authentication(String),
     /// Bad argument from the caller.
     #[error("{0}")]
     Invalid(String),

@@ -8,6 +8,7 @@
 //! ([`submit`]) that outlives the connection, and a failed connection hands back its unfinished commands with
 //! their buffers — the structure reconnection (design §4) builds on.
 
+mod auth;
 pub mod controller;
 pub mod discovery;
 pub mod error;

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 /// How to connect to a controller.
-#[derive(Clone, Debug)]
+///
+/// Its `Debug` shows whether DH-HMAC-CHAP secrets are set, never the secrets.
+#[derive(Clone)]
 pub struct ConnectOptions {
     /// Target address, `IP:PORT`.
     pub addr: String,
@@ -49,6 +51,45 @@ pub struct ConnectOptions {
     /// flow control, which this host never needs (it never has more commands outstanding than a queue holds).
     /// Off by default, as in Linux.
     pub disable_sqflow: bool,
+    /// The host's DH-HMAC-CHAP secret (`DHHC-1:XX:<base64>:`, as `nvme gen-dhchap-key` prints it; nvme-cli's
+    /// `--dhchap-secret`). When a queue's Connect response asks for in-band authentication (AUTHREQ ATR),
+    /// the host authenticates that queue with it before anything else is sent on it, at every (re)connect;
+    /// a controller that does not ask is connected to as usual. Checked at connect ([`Error::Invalid`] with
+    /// the reason, never the secret). Without it, a controller that asks refuses the connect.
+    ///
+    /// [`Error::Invalid`]: crate::Error::Invalid
+    pub dhchap_secret: Option<String>,
+    /// The controller's DH-HMAC-CHAP secret, for bidirectional authentication (nvme-cli's
+    /// `--dhchap-ctrl-secret`): the host challenges the controller too, and refuses it unless its answer
+    /// matches this key. Needs [`ConnectOptions::dhchap_secret`].
+    pub dhchap_ctrl_secret: Option<String>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |s: &Option<String>| s.as_ref().map(|_| "<secret>");
+        f.debug_struct("ConnectOptions")
+            .field("addr", &self.addr)
+            .field("subnqn", &self.subnqn)
+            .field("hostnqn", &self.hostnqn)
+            .field("hostid", &self.hostid)
+            .field("nr_io_queues", &self.nr_io_queues)
+            .field("queue_size", &self.queue_size)
+            .field("kato", &self.kato)
+            .field("reconnect_delay", &self.reconnect_delay)
+            .field("reconnect_delay_max", &self.reconnect_delay_max)
+            .field("ctrl_loss_tmo", &self.ctrl_loss_tmo)
+            .field("fast_io_fail_tmo", &self.fast_io_fail_tmo)
+            .field("hdgst", &self.hdgst)
+            .field("ddgst", &self.ddgst)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("io_timeout", &self.io_timeout)
+            .field("busy_poll", &self.busy_poll)
+            .field("disable_sqflow", &self.disable_sqflow)
+            .field("dhchap_secret", &redacted(&self.dhchap_secret))
+            .field("dhchap_ctrl_secret", &redacted(&self.dhchap_ctrl_secret))
+            .finish()
+    }
 }
 
 impl ConnectOptions {
@@ -74,6 +115,8 @@ impl ConnectOptions {
             io_timeout: Duration::from_secs(30),
             busy_poll: None,
             disable_sqflow: false,
+            dhchap_secret: None,
+            dhchap_ctrl_secret: None,
         }
     }
 }
@@ -109,6 +152,16 @@ pub fn default_host_identity() -> (String, [u8; 16]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn debug_never_shows_the_secrets() {
+        let mut o = super::ConnectOptions::new("127.0.0.1:4420", "nqn.test");
+        o.dhchap_secret = Some("DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:".into());
+        o.dhchap_ctrl_secret = Some("DHHC-1:01:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:".into());
+        let d = format!("{o:?}");
+        assert!(!d.contains("DHHC") && !d.contains("AAEC"), "{d}");
+        assert!(d.contains("dhchap_secret: Some(\"<secret>\")") && d.contains("127.0.0.1:4420"), "{d}");
+    }
+
     #[test]
     fn host_identity_is_stable_and_consistent() {
         let (nqn, id) = super::default_host_identity();

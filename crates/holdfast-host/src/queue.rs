@@ -665,6 +665,11 @@ fn encode_command(out: &mut SendQueue, p: &QueueParams, cid: u16, cmd: &Command)
     }
 }
 
+/// An Authentication Send / Receive's Receive (a fabrics command, FCTYPE 06h).
+fn is_auth_receive(sqe: &SubmissionEntry) -> bool {
+    sqe.opcode == holdfast_proto::opcode::FABRICS && sqe.fctype() == holdfast_proto::opcode::fctype::AUTH_RECEIVE
+}
+
 fn protocol(qid: u16, what: impl Into<String>) -> Error {
     Error::Protocol { qid, what: what.into() }
 }
@@ -793,12 +798,16 @@ fn handle_pdu(
                     ))
                 } else if !r.cqe.status().is_success() || f.buf.len() == want {
                     Ok(Completion { cqe: r.cqe, data: f.buf.into_bytes(), transferred })
-                } else if p.qid == 0 && f.cmd.sqe.opcode != holdfast_proto::opcode::admin::IDENTIFY {
+                } else if (p.qid == 0 && f.cmd.sqe.opcode != holdfast_proto::opcode::admin::IDENTIFY)
+                    || is_auth_receive(&f.cmd.sqe)
+                {
                     // An admin command (Get Log Page) that transferred less than asked: the rest of the page
                     // reads as zeroes (reserved or absent), as a shorter page would, and `transferred` says
                     // where the controller stopped (the library's own log readers go by it). Not an Identify:
                     // its data structure is always 4096 bytes, and one cut short would read as a structure with
                     // zero fields (no LBA formats, no queues) and fail later for a reason it does not have.
+                    // An Authentication Receive, on any queue: its message says how long it is, and a
+                    // controller may send just that of the allocation length.
                     tracing::debug!(qid = p.qid, "{} returned {transferred} of {want} bytes", f.cmd.name(p.qid));
                     Ok(Completion { cqe: r.cqe, data: f.buf.into_padded(want), transferred })
                 } else {

@@ -1,0 +1,267 @@
+//! In-band authentication, the host's side of DH-HMAC-CHAP (NVMe Base 2.0 §8.13.5, TP 8006; the model is the
+//! Linux host, `drivers/nvme/host/auth.c`), NULL DH group only.
+//!
+//! A queue whose Connect response sets AUTHREQ ATR runs the exchange before anything else is sent on it:
+//! AUTH_Negotiate (Authentication Send: SHA-256/384/512, the NULL DH group, no secure channel), the
+//! controller's Challenge (Authentication Receive), the Reply (R1 from the transformed host key; with a
+//! controller secret, a challenge C2 of our own), Success1 (Receive; with a controller secret, R2 checked in
+//! constant time), Success2 (Send) when bidirectional. A problem the host finds is answered with AUTH_Failure2
+//! (as Linux), a Failure1 from the controller ends the exchange; either fails the queue's set-up.
+
+use crate::controller::setup_ok;
+use crate::error::{Error, Result};
+use crate::options::ConnectOptions;
+use crate::queue::Command;
+use crate::submit;
+use bytes::Bytes;
+use holdfast_proto::auth::{
+    self as a, explanation, message, AuthCommand, AuthNegotiate, DhchapChallenge, DhchapFailure, DhchapReply,
+    DhchapSecret, DhchapSuccess1, DhchapSuccess2, HashId, MessageHeader, SecretError,
+};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use tokio::time::Instant as TInstant;
+
+/// Allocation length of every Authentication Receive (as the Linux host: room for any FFDHE value).
+const RECEIVE_LEN: usize = 4096;
+
+/// The secrets of a controller's host, parsed and transformed once at connect. Its `Debug` shows nothing of
+/// them.
+pub(crate) struct HostSecrets {
+    /// Kh': the host key transformed with the host NQN (§8.13.5.8).
+    host_key: Vec<u8>,
+    /// Kc': the controller key transformed with the subsystem NQN, for bidirectional authentication.
+    ctrl_key: Option<Vec<u8>>,
+    /// The next transaction identifier (one per exchange, as the Linux host counts them per controller).
+    next_tid: AtomicU16,
+}
+
+impl std::fmt::Debug for HostSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HostSecrets {{ bidirectional: {} }}", self.ctrl_key.is_some())
+    }
+}
+
+/// A secret's parse error, for a user: never any part of the secret (an unknown transformation field is
+/// named only when it has the two characters a real one has, not when the key itself landed there).
+fn secret_error(flag: &str, e: SecretError) -> Error {
+    let why = match e {
+        SecretError::TransformHash(x) if x.len() != 2 => {
+            "no key transformation field: expected \"DHHC-1:XX:<base64>:\" (XX 00, 01, 02 or 03)".to_string()
+        }
+        e => e.to_string(),
+    };
+    Error::Invalid(format!("{flag}: {why}"))
+}
+
+impl HostSecrets {
+    /// The options' secrets, checked (None: no `dhchap_secret`, the host does not authenticate).
+    pub(crate) fn from_options(o: &ConnectOptions) -> Result<Option<HostSecrets>> {
+        let parse = |flag: &str, s: &Option<String>| {
+            s.as_deref().map(|s| DhchapSecret::parse(s).map_err(|e| secret_error(flag, e))).transpose()
+        };
+        let host = parse("--dhchap-secret", &o.dhchap_secret)?;
+        let ctrl = parse("--dhchap-ctrl-secret", &o.dhchap_ctrl_secret)?;
+        match (host, ctrl) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(Error::Invalid(
+                "--dhchap-ctrl-secret: bidirectional authentication needs the host's own secret too \
+                 (--dhchap-secret)"
+                    .into(),
+            )),
+            (Some(h), c) => Ok(Some(HostSecrets {
+                host_key: h.transform(&o.hostnqn),
+                ctrl_key: c.map(|c| c.transform(&o.subnqn)),
+                next_tid: AtomicU16::new(0),
+            })),
+        }
+    }
+}
+
+/// S2: one counter for the process, from a random start, never 0 (0 would say no C2 is carried).
+fn next_seqnum() -> u32 {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    loop {
+        let cur = SEQ.load(Ordering::Relaxed);
+        let next = if cur == 0 { rand::random::<u32>() } else { cur.wrapping_add(1) };
+        if next != 0 && SEQ.compare_exchange(cur, next, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            return next;
+        }
+    }
+}
+
+/// How an exchange failed.
+enum Fail {
+    /// The host found a problem: Failure2 with this explanation goes to the controller, then the error.
+    Host(u8, String),
+    /// The controller ended it (Failure1), or the transport or a command failed: the error alone.
+    Done(Error),
+}
+
+fn failed(qid: u16, reason: String) -> Error {
+    let on = if qid == 0 { String::new() } else { format!(" (I/O queue {qid})") };
+    Error::Authentication(format!("{reason}{on}"))
+}
+
+/// Run DH-HMAC-CHAP on queue `qid` through its set-up channel `tx`, for `o.hostnqn` on `o.subnqn`.
+pub(crate) async fn authenticate(
+    tx: &submit::Sender<Command>,
+    qid: u16,
+    secrets: &HostSecrets,
+    o: &ConnectOptions,
+    deadline: TInstant,
+) -> Result<()> {
+    let tid = secrets.next_tid.fetch_add(1, Ordering::Relaxed);
+    match exchange(tx, qid, secrets, o, tid, deadline).await {
+        Ok(hash) => {
+            tracing::debug!(
+                qid,
+                hash = hash.name(),
+                bidirectional = secrets.ctrl_key.is_some(),
+                "DH-HMAC-CHAP: authenticated"
+            );
+            Ok(())
+        }
+        Err(Fail::Done(e)) => Err(e),
+        Err(Fail::Host(why, reason)) => {
+            let f = DhchapFailure {
+                t_id: tid,
+                failure1: false,
+                reason: a::REASON_AUTHENTICATION_FAILURE,
+                explanation: why,
+            };
+            // Best effort: the exchange has failed either way.
+            if let Err(e) = send(tx, &f.to_bytes(), deadline).await {
+                tracing::debug!(qid, "AUTH_Failure2 not delivered: {e}");
+            }
+            Err(failed(qid, reason))
+        }
+    }
+}
+
+async fn send(tx: &submit::Sender<Command>, msg: &[u8], deadline: TInstant) -> Result<()> {
+    let sqe = AuthCommand::new(true, msg.len() as u32).to_sqe();
+    setup_ok(tx, sqe, Bytes::copy_from_slice(msg), 0, "Authentication Send", deadline).await.map(|_| ())
+}
+
+async fn receive(tx: &submit::Sender<Command>, deadline: TInstant) -> Result<Bytes> {
+    let sqe = AuthCommand::new(false, RECEIVE_LEN as u32).to_sqe();
+    let c = setup_ok(tx, sqe, Bytes::new(), RECEIVE_LEN, "Authentication Receive", deadline).await?;
+    Ok(c.data.slice(..c.transferred.min(c.data.len())))
+}
+
+/// The controller's next message, which must be `expected` of this transaction; a Failure1 ends the exchange
+/// with its reason (`refused` words the common one, a failed authentication, for this step).
+fn expect(qid: u16, msg: &[u8], tid: u16, expected: u8, step: &str, refused: &str) -> std::result::Result<(), Fail> {
+    let Some(h) = MessageHeader::peek(msg) else {
+        return Err(Fail::Host(explanation::INCORRECT_PAYLOAD, format!("the controller's {step} is too short")));
+    };
+    if (h.auth_type, h.auth_id) == (a::auth_type::COMMON, message::FAILURE1) {
+        let e = DhchapFailure::parse(msg).map_or(0, |f| f.explanation);
+        let reason = match e {
+            explanation::FAILED => refused.to_string(),
+            e => format!("the controller ended the exchange with AUTH_Failure1: {}", explanation::name(e)),
+        };
+        return Err(Fail::Done(failed(qid, reason)));
+    }
+    if (h.auth_type, h.auth_id) != (a::auth_type::DHCHAP, expected) {
+        let what = format!(
+            "the controller sent message {:#04x}/{:#04x} where its {step} was expected",
+            h.auth_type, h.auth_id
+        );
+        return Err(Fail::Host(explanation::INCORRECT_MESSAGE, what));
+    }
+    if h.t_id.get() != tid {
+        let what = format!("the controller's {step} is for transaction {}, not {tid}", h.t_id.get());
+        return Err(Fail::Host(explanation::INCORRECT_MESSAGE, what));
+    }
+    Ok(())
+}
+
+async fn exchange(
+    tx: &submit::Sender<Command>,
+    qid: u16,
+    secrets: &HostSecrets,
+    o: &ConnectOptions,
+    tid: u16,
+    deadline: TInstant,
+) -> std::result::Result<HashId, Fail> {
+    // 1. Negotiate: every hash we compute, the one DH group (NULL), no secure channel concatenation.
+    let offered: Vec<u8> = HashId::ALL.iter().map(|h| h.id()).collect();
+    let negotiate = AuthNegotiate {
+        t_id: tid,
+        sc_c: a::sc_c::NOSC,
+        napd: 1,
+        authid: a::AUTH_ID_DHCHAP,
+        hash_ids: offered.clone(),
+        dh_group_ids: vec![a::dh_group::NULL],
+    };
+    send(tx, &negotiate.to_bytes(), deadline).await.map_err(Fail::Done)?;
+
+    // 2. The Challenge: a hash and a DH group we offered, and with the NULL group no DH value.
+    let msg = receive(tx, deadline).await.map_err(Fail::Done)?;
+    let refused = "the controller refused the negotiation (authentication failed)";
+    expect(qid, &msg, tid, message::CHALLENGE, "Challenge", refused)?;
+    let hashid = msg.get(8).copied().unwrap_or(0);
+    if !offered.contains(&hashid) {
+        let what = format!("the controller chose hash {hashid:#04x}, which this host did not offer");
+        return Err(Fail::Host(explanation::HASH_UNUSABLE, what));
+    }
+    let Some(ch) = DhchapChallenge::parse(&msg) else {
+        return Err(Fail::Host(explanation::INCORRECT_PAYLOAD, "the controller's Challenge is malformed".into()));
+    };
+    if ch.dh_group != a::dh_group::NULL {
+        let what = format!("the controller chose DH group {:#04x}; this host offers only the NULL group", ch.dh_group);
+        return Err(Fail::Host(explanation::DHGROUP_UNUSABLE, what));
+    }
+    if !ch.dh_value.is_empty() {
+        let what = "the controller's Challenge carries a DH value with the NULL DH group".to_string();
+        return Err(Fail::Host(explanation::INCORRECT_PAYLOAD, what));
+    }
+    let hash = ch.hash;
+
+    // 3. The Reply: R1, and for bidirectional authentication our own challenge C2 (OS RNG) with S2 != 0.
+    let r1 = a::host_response(hash, &secrets.host_key, &ch.challenge, ch.seqnum, tid, &o.hostnqn, &o.subnqn);
+    let c2 = secrets.ctrl_key.as_ref().map(|_| {
+        use rand::RngCore;
+        let mut c2 = vec![0u8; hash.len()];
+        rand::rngs::OsRng.fill_bytes(&mut c2);
+        c2
+    });
+    let s2 = if c2.is_some() { next_seqnum() } else { 0 };
+    let reply = DhchapReply { t_id: tid, seqnum: s2, response: r1, challenge: c2.clone(), dh_value: Vec::new() };
+    send(tx, &reply.to_bytes(), deadline).await.map_err(Fail::Done)?;
+
+    // 4. Success1; with a controller secret, its R2 must match (constant time).
+    let msg = receive(tx, deadline).await.map_err(Fail::Done)?;
+    let refused = if secrets.ctrl_key.is_some() {
+        "the controller refused the host's response (wrong secret? or the controller has no controller key for \
+         bidirectional authentication)"
+    } else {
+        "the controller refused the host's response (wrong secret?)"
+    };
+    expect(qid, &msg, tid, message::SUCCESS1, "Success1", refused)?;
+    let Some(s1) = DhchapSuccess1::parse(&msg) else {
+        return Err(Fail::Host(explanation::INCORRECT_PAYLOAD, "the controller's Success1 is malformed".into()));
+    };
+    if s1.hl as usize != hash.len() {
+        let what = format!("the controller's Success1 has hash length {}, not {}", s1.hl, hash.len());
+        return Err(Fail::Host(explanation::HASH_UNUSABLE, what));
+    }
+    let (Some(kc), Some(c2)) = (&secrets.ctrl_key, &c2) else {
+        return Ok(hash);
+    };
+    // Stricter than Linux, which takes a Success1 without R2 as success: asked to prove it holds the key, a
+    // controller that does not is not authenticated.
+    let Some(r2) = s1.response else {
+        let what = "the controller did not answer the host's challenge (no R2 in Success1)".to_string();
+        return Err(Fail::Host(explanation::FAILED, what));
+    };
+    if !a::verify_controller_response(hash, kc, c2, s2, tid, &o.subnqn, &o.hostnqn, &r2) {
+        let what = "the controller's response does not match --dhchap-ctrl-secret (wrong controller secret?)".into();
+        return Err(Fail::Host(explanation::FAILED, what));
+    }
+
+    // 5. Success2.
+    send(tx, &DhchapSuccess2 { t_id: tid }.to_bytes(), deadline).await.map_err(Fail::Done)?;
+    Ok(hash)
+}
