@@ -42,6 +42,45 @@ pub struct HostArgs {
     /// discovery log entry's TREQ allows it): reads may then complete with their data alone.
     #[arg(long)]
     pub disable_sqflow: bool,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// DH-HMAC-CHAP secrets (nvme-cli's flags of the same names).
+#[derive(ClapArgs, Debug, Clone, Default)]
+pub struct AuthArgs {
+    /// The host's DH-HMAC-CHAP secret, "DHHC-1:XX:<base64>:" (`nvme gen-dhchap-key`): used on every queue whose
+    /// Connect asks for in-band authentication, at every reconnect.
+    #[arg(long, value_name = "SECRET")]
+    pub dhchap_secret: Option<Secret>,
+    /// The controller's DH-HMAC-CHAP secret: authenticate the controller too (bidirectional).
+    #[arg(long, value_name = "SECRET")]
+    pub dhchap_ctrl_secret: Option<Secret>,
+}
+
+impl AuthArgs {
+    /// Put the secrets into `o`.
+    pub fn apply(&self, o: &mut ConnectOptions) {
+        o.dhchap_secret = self.dhchap_secret.as_ref().map(|s| s.0.clone());
+        o.dhchap_ctrl_secret = self.dhchap_ctrl_secret.as_ref().map(|s| s.0.clone());
+    }
+}
+
+/// A secret given on the command line: its `Debug` never shows it.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
 }
 
 impl HostArgs {
@@ -62,6 +101,7 @@ impl HostArgs {
         o.ctrl_loss_tmo = ms(self.ctrl_loss_tmo_ms);
         o.fast_io_fail_tmo = ms(self.fast_io_fail_tmo_ms);
         o.disable_sqflow = self.disable_sqflow;
+        self.auth.apply(&mut o);
         o
     }
 }

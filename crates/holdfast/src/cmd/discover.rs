@@ -1,6 +1,6 @@
 //! `holdfast discover ADDR`: list what a discovery controller offers.
 
-use super::common::runtime;
+use super::common::{runtime, AuthArgs};
 use clap::Args as ClapArgs;
 use holdfast_host::{discover_with_policy, ConnectOptions};
 use std::process::ExitCode;
@@ -20,6 +20,8 @@ pub struct Args {
     /// Connect timeout (ms).
     #[arg(long, default_value_t = 10_000)]
     connect_timeout_ms: u64,
+    #[command(flatten)]
+    auth: AuthArgs,
 }
 
 /// Run.
@@ -29,6 +31,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         o.hostnqn = h;
     }
     o.connect_timeout = Duration::from_millis(a.connect_timeout_ms);
+    a.auth.apply(&mut o);
     let (entries, policy) = runtime()?.block_on(discover_with_policy(o))?;
     if a.json {
         let v: Vec<_> = entries
