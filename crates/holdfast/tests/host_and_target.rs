@@ -286,23 +286,183 @@ async fn a_namespace_whose_block_size_changed_is_not_zeroed_through_an_old_handl
     server.stop().await;
 }
 
-/// A subsystem that makes this host authenticate (DH-HMAC-CHAP, which the holdfast host does not do yet):
-/// the Connect is refused with words that say so, not with the next command's Authentication Required.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subsystem_requiring_dhchap_is_refused_with_the_reason() {
-    let host = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0000000000aa";
-    let key = holdfast_proto::auth::DhchapSecret::new(&[7; 32], None).encode();
+const AUTH_HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0000000000aa";
+
+/// A DH-HMAC-CHAP secret of 32 bytes `b`, transformed with `t` (None: used as it is).
+fn secret(b: u8, t: Option<holdfast_proto::auth::HashId>) -> String {
+    holdfast_proto::auth::DhchapSecret::new(&[b; 32], t).encode()
+}
+
+/// Subsystem `NQN` open to `AUTH_HOST` alone, which must authenticate with `key` (and `ctrl_key`, for
+/// bidirectional authentication), HMAC `hash`.
+fn auth_config(key: &str, ctrl_key: Option<&str>, hash: &str) -> Config {
+    let ctrl = ctrl_key.map(|k| format!("dhchap_ctrl_key = \"{k}\"\n")).unwrap_or_default();
     let text = format!(
-        "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallowed_hosts = [\"{host}\"]\n{}\
-         [[host]]\nnqn = \"{host}\"\ndhchap_key = \"{key}\"\n",
+        "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallowed_hosts = [\"{AUTH_HOST}\"]\n{}\
+         [[host]]\nnqn = \"{AUTH_HOST}\"\ndhchap_key = \"{key}\"\n{ctrl}dhchap_hash = \"{hash}\"\n",
         ram_ns(1, "")
     );
-    let cfg = Config::parse(&text, "test").unwrap();
-    let server = Server::start(Target::new(&cfg, TargetSettings::default()).unwrap()).await.unwrap();
+    Config::parse(&text, "test").unwrap()
+}
+
+/// `AUTH_HOST`'s options for `server`, two I/O queues, with these secrets.
+fn auth_options(server: &Server, key: Option<&str>, ctrl_key: Option<&str>) -> ConnectOptions {
     let mut o = ConnectOptions::new(server.bound[0].1.to_string(), NQN);
-    o.hostnqn = host.into();
-    o.nr_io_queues = 1;
-    let e = Controller::connect(o).await.err().expect("the Connect must be refused").to_string();
-    assert!(e.contains("requires DH-HMAC-CHAP authentication (AUTHREQ), which this host does not support yet"), "{e}");
+    o.hostnqn = AUTH_HOST.into();
+    o.nr_io_queues = 2;
+    o.dhchap_secret = key.map(str::to_string);
+    o.dhchap_ctrl_secret = ctrl_key.map(str::to_string);
+    o
+}
+
+/// Writes and reads back (the commands go round the I/O queues).
+async fn io_works(ctrl: &Controller, seed: u8) {
+    let ns = holdfast_host::Namespace::open(ctrl, 1).await.unwrap();
+    for i in 0..8u64 {
+        ns.write(i, bytes::Bytes::from(vec![seed.wrapping_add(i as u8); 512]), false).await.unwrap();
+    }
+    for i in 0..8u64 {
+        assert_eq!(&ns.read(i, 1).await.unwrap()[..], &[seed.wrapping_add(i as u8); 512][..]);
+    }
+}
+
+async fn auth_server(cfg: &Config) -> Server {
+    Server::start(Target::new(cfg, TargetSettings::default()).unwrap()).await.unwrap()
+}
+
+/// A subsystem that makes this host authenticate, and the host given its secret: every queue (admin and
+/// both I/O queues) authenticates (the target refuses any other command before), and I/O flows. Keys used as
+/// they are and transformed, every hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_authenticates_with_its_dhchap_secret() {
+    use holdfast_proto::auth::HashId;
+    for (t, hash) in [(None, "sha256"), (Some(HashId::Sha256), "sha384"), (Some(HashId::Sha512), "sha512")] {
+        let key = secret(7, t);
+        let server = auth_server(&auth_config(&key, None, hash)).await;
+        let ctrl = Controller::connect(auth_options(&server, Some(&key), None)).await.unwrap();
+        io_works(&ctrl, 1).await;
+        ctrl.shutdown().await.unwrap();
+        server.stop().await;
+    }
+}
+
+/// Bidirectional: the host challenges the controller too and checks its answer against the controller secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_authenticates_the_controller_with_its_ctrl_secret() {
+    let (key, ckey) = (secret(7, Some(holdfast_proto::auth::HashId::Sha256)), secret(9, None));
+    let server = auth_server(&auth_config(&key, Some(&ckey), "sha384")).await;
+    let ctrl = Controller::connect(auth_options(&server, Some(&key), Some(&ckey))).await.unwrap();
+    io_works(&ctrl, 2).await;
+    ctrl.shutdown().await.unwrap();
+    // A controller secret that is not the controller's: the host refuses the controller (and tells it, with
+    // AUTH_Failure2).
+    let e = Controller::connect(auth_options(&server, Some(&key), Some(&secret(8, None))))
+        .await
+        .err()
+        .expect("a controller with another key must be refused")
+        .to_string();
+    assert!(e.contains("authentication failed: the controller's response does not match --dhchap-ctrl-secret"), "{e}");
+    assert!(!e.contains("DHHC"), "{e}");
+    server.stop().await;
+}
+
+/// A wrong secret: the controller refuses the host's response (AUTH_Failure1), and the connect fails saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_dhchap_secret_fails_the_connect_with_the_reason() {
+    let server = auth_server(&auth_config(&secret(7, None), None, "sha256")).await;
+    let e = Controller::connect(auth_options(&server, Some(&secret(6, None)), None))
+        .await
+        .err()
+        .expect("a wrong secret must be refused");
+    assert!(matches!(e, holdfast_host::Error::Authentication(_)), "{e:?}");
+    let e = e.to_string();
+    assert!(e.contains("authentication failed: the controller refused the host's response (wrong secret?)"), "{e}");
+    // A secret that is not one says why, never what it was.
+    let bad = "DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaS:";
+    let e = Controller::connect(auth_options(&server, Some(bad), None)).await.err().expect("a bad secret").to_string();
+    assert!(e.contains("--dhchap-secret: the key's CRC-32 does not match") && !e.contains("AAEC"), "{e}");
+    server.stop().await;
+}
+
+/// A subsystem that makes this host authenticate, and no secret: the Connect is refused with words that say
+/// what to give, not with the next command's Authentication Required.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subsystem_requiring_dhchap_is_refused_with_the_reason() {
+    let server = auth_server(&auth_config(&secret(7, None), None, "sha256")).await;
+    let e = Controller::connect(auth_options(&server, None, None)).await.err().expect("the Connect must be refused");
+    assert_eq!(e.status().map(|s| s.code()), Some(holdfast_proto::Status::AUTHENTICATION_REQUIRED), "{e}");
+    let e = e.to_string();
+    assert!(
+        e.contains(&format!("requires DH-HMAC-CHAP authentication of host {AUTH_HOST}: give --dhchap-secret")),
+        "{e}"
+    );
+    server.stop().await;
+}
+
+/// A secret given for a subsystem that does not ask for authentication: connected as usual (as Linux).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dhchap_secret_is_not_used_where_the_controller_does_not_ask() {
+    let server = Server::start(Target::new(&config(&[1]), TargetSettings::default()).unwrap()).await.unwrap();
+    let ctrl = Controller::connect(auth_options(&server, Some(&secret(7, None)), None)).await.unwrap();
+    io_works(&ctrl, 3).await;
+    ctrl.shutdown().await.unwrap();
+    server.stop().await;
+}
+
+/// Ride-through: every association the host reconnects authenticates every queue again, with the same
+/// secrets. One whose authentication fails (the target's key changed meanwhile) is a failed attempt, retried
+/// like a refused Connect: once the key is back, the host reconnects, and I/O queued meanwhile completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticated_host_rides_through_and_authenticates_again() {
+    let (key, ckey) = (secret(7, None), secret(9, Some(holdfast_proto::auth::HashId::Sha512)));
+    let good = auth_config(&key, Some(&ckey), "sha256");
+    let server = auth_server(&good).await;
+    let mut o = auth_options(&server, Some(&key), Some(&ckey));
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    o.ctrl_loss_tmo = Some(Duration::from_secs(30));
+    let ctrl = Controller::connect(o).await.unwrap();
+    io_works(&ctrl, 4).await;
+    reconnect(&server, &ctrl).await;
+    io_works(&ctrl, 5).await;
+
+    // The target now wants another key: the reconnect attempts fail authentication, and go on.
+    let mut events = ctrl.events();
+    server.target.reload(&auth_config(&secret(1, None), Some(&ckey), "sha256")).unwrap();
+    for c in server.target.subsystem(NQN).unwrap().controllers() {
+        c.teardown("test");
+    }
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Ok(Event::Reconnecting { attempt, cause, .. })
+                    if attempt > 0 && cause.contains("authentication failed") =>
+                {
+                    assert!(cause.contains("the controller refused the host's response"), "{cause}");
+                    return;
+                }
+                Ok(Event::Failed { reason }) => panic!("the controller was lost: {reason}"),
+                Ok(_) => continue,
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("no failed authentication at a reconnect within 10 s");
+    assert!(matches!(ctrl.state(), holdfast_host::controller::State::Reconnecting { .. }), "{:?}", ctrl.state());
+    // A command queued while the host cannot authenticate completes once it can again.
+    let write = {
+        let ctrl = ctrl.clone();
+        tokio::spawn(async move {
+            let mut s = holdfast_proto::SubmissionEntry::new(holdfast_proto::opcode::admin::GET_FEATURES, 0);
+            s.cdw10.set(holdfast_proto::features::KEEP_ALIVE_TIMER as u32);
+            ctrl.admin(s, bytes::Bytes::new(), 0).await
+        })
+    };
+    server.target.reload(&good).unwrap();
+    restored(&mut events).await;
+    write.await.unwrap().unwrap();
+    io_works(&ctrl, 6).await;
+    assert_eq!(ctrl.state(), holdfast_host::controller::State::Live);
+    ctrl.shutdown().await.unwrap();
     server.stop().await;
 }
