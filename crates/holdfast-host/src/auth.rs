@@ -18,7 +18,7 @@ use holdfast_proto::auth::{
     self as a, explanation, message, AuthCommand, AuthNegotiate, DhchapChallenge, DhchapFailure, DhchapReply,
     DhchapSecret, DhchapSuccess1, DhchapSuccess2, HashId, MessageHeader, SecretError,
 };
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 use tokio::time::Instant as TInstant;
 
 /// Allocation length of every Authentication Receive (as the Linux host: room for any FFDHE value).
@@ -33,6 +33,10 @@ pub(crate) struct HostSecrets {
     ctrl_key: Option<Vec<u8>>,
     /// The next transaction identifier (one per exchange, as the Linux host counts them per controller).
     next_tid: AtomicU16,
+    /// Offer the FFDHE groups too, after NULL: learned from a controller that refused the NULL group alone.
+    wide_offer: AtomicBool,
+    /// Set with `wide_offer`: the attempt that failed for it may be made again at once.
+    retry: AtomicBool,
 }
 
 impl std::fmt::Debug for HostSecrets {
@@ -72,8 +76,15 @@ impl HostSecrets {
                 host_key: h.transform(&o.hostnqn),
                 ctrl_key: c.map(|c| c.transform(&o.subnqn)),
                 next_tid: AtomicU16::new(0),
+                wide_offer: AtomicBool::new(false),
+                retry: AtomicBool::new(false),
             })),
         }
+    }
+
+    /// True once after the DH group offer was widened: the failed attempt may be made again at once.
+    pub(crate) fn take_retry(&self) -> bool {
+        self.retry.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -185,21 +196,49 @@ async fn exchange(
     tid: u16,
     deadline: TInstant,
 ) -> std::result::Result<HashId, Fail> {
-    // 1. Negotiate: every hash we compute, the one DH group (NULL), no secure channel concatenation.
+    // 1. Negotiate: every hash we compute, the one DH group we compute (NULL), no secure channel
+    // concatenation. Linux nvmet (6.x; drivers/nvme/target/fabrics-cmd-auth.c, nvmet_auth_negotiate) takes
+    // from an offer the first group that is *not* its configured one (NULL by default), and refuses an offer
+    // of its configured NULL group alone (Failure1, DH group not usable), although its Challenge then uses the
+    // configured group whatever was picked. Such a refusal widens the offer for the next exchanges to the
+    // Linux host's (NULL, then ffdhe2048..8192): nvmet then answers with its NULL group, and a controller
+    // that picks an FFDHE group is refused with the reason. NULL alone first: a controller that picks the
+    // strongest group offered (SPDK) then picks NULL.
     let offered: Vec<u8> = HashId::ALL.iter().map(|h| h.id()).collect();
+    let wide = secrets.wide_offer.load(Ordering::Acquire);
+    let groups: Vec<u8> =
+        if wide { (a::dh_group::NULL..=a::dh_group::FFDHE8192).collect() } else { vec![a::dh_group::NULL] };
     let negotiate = AuthNegotiate {
         t_id: tid,
         sc_c: a::sc_c::NOSC,
         napd: 1,
         authid: a::AUTH_ID_DHCHAP,
         hash_ids: offered.clone(),
-        dh_group_ids: vec![a::dh_group::NULL],
+        dh_group_ids: groups,
     };
     send(tx, &negotiate.to_bytes(), deadline).await.map_err(Fail::Done)?;
 
-    // 2. The Challenge: a hash and a DH group we offered, and with the NULL group no DH value.
-    let msg = receive(tx, deadline).await.map_err(Fail::Done)?;
+    // 2. The Challenge: a hash and a DH group we offered, and with the NULL group no DH value. nvmet ends the
+    // association right after its Failure1, which may then never arrive: a connection closed instead of a
+    // Challenge widens the offer too.
+    let widen = |why: &str| {
+        secrets.wide_offer.store(true, Ordering::Release);
+        secrets.retry.store(true, Ordering::Release);
+        let what = format!("{why}; the next attempt offers the FFDHE DH groups too (as Linux nvmet wants)");
+        Fail::Done(failed(qid, what))
+    };
+    let msg = match receive(tx, deadline).await {
+        Ok(m) => m,
+        Err(e) if !wide && e.is_path_error() => {
+            return Err(widen("the controller closed the connection instead of sending its Challenge"));
+        }
+        Err(e) => return Err(Fail::Done(e)),
+    };
     let refused = "the controller refused the negotiation (authentication failed)";
+    let dh_refused = |f: DhchapFailure| f.failure1 && f.explanation == explanation::DHGROUP_UNUSABLE;
+    if !wide && DhchapFailure::parse(&msg).is_some_and(dh_refused) {
+        return Err(widen("the controller found no usable DH group in an offer of the NULL group alone"));
+    }
     expect(qid, &msg, tid, message::CHALLENGE, "Challenge", refused)?;
     let hashid = msg.get(8).copied().unwrap_or(0);
     if !offered.contains(&hashid) {
@@ -210,7 +249,11 @@ async fn exchange(
         return Err(Fail::Host(explanation::INCORRECT_PAYLOAD, "the controller's Challenge is malformed".into()));
     };
     if ch.dh_group != a::dh_group::NULL {
-        let what = format!("the controller chose DH group {:#04x}; this host offers only the NULL group", ch.dh_group);
+        let what = format!(
+            "the controller chose DH group {:#04x}; this host computes only the NULL group (configure null as \
+             the controller's DH group for this host)",
+            ch.dh_group
+        );
         return Err(Fail::Host(explanation::DHGROUP_UNUSABLE, what));
     }
     if !ch.dh_value.is_empty() {
@@ -231,13 +274,21 @@ async fn exchange(
     let reply = DhchapReply { t_id: tid, seqnum: s2, response: r1, challenge: c2.clone(), dh_value: Vec::new() };
     send(tx, &reply.to_bytes(), deadline).await.map_err(Fail::Done)?;
 
-    // 4. Success1; with a controller secret, its R2 must match (constant time).
-    let msg = receive(tx, deadline).await.map_err(Fail::Done)?;
+    // 4. Success1; with a controller secret, its R2 must match (constant time). A connection closed instead
+    // (nvmet ends the association right after its Failure1, which may then never arrive) is a refusal too.
     let refused = if secrets.ctrl_key.is_some() {
         "the controller refused the host's response (wrong secret? or the controller has no controller key for \
          bidirectional authentication)"
     } else {
         "the controller refused the host's response (wrong secret?)"
+    };
+    let msg = match receive(tx, deadline).await {
+        Ok(m) => m,
+        Err(e) if e.is_path_error() => {
+            let what = format!("{refused}: it closed the connection instead of sending Success1");
+            return Err(Fail::Done(failed(qid, what)));
+        }
+        Err(e) => return Err(Fail::Done(e)),
     };
     expect(qid, &msg, tid, message::SUCCESS1, "Success1", refused)?;
     let Some(s1) = DhchapSuccess1::parse(&msg) else {
