@@ -109,18 +109,9 @@ read_only_ns() {
   [[ $(md5sum <"$logs/ro.img" | cut -d' ' -f1) == "$sum" ]] || { echo "the image changed"; return 1; }
 }
 
-# The shared interop scripts, with setup.sh building from Debian's 6.12 kernel package instead of the default
-# (6.1) into a cache of its own: prints the directory of that copy. The shared files are not changed.
-interop_612() {
-  local dir=${INTEROP_612_DIR:-${TMPDIR:-/tmp}/holdfast-interop-6.12}
-  rm -rf "$dir"; mkdir -p "$dir"; cp -r "$interop/." "$dir/"
-  sed -i 's/apt-cache depends linux-image-amd64/apt-cache depends linux-image-6.12-amd64/;
-          s/resolve linux-image-amd64/resolve linux-image-6.12-amd64/' "$dir/setup.sh"
-  grep -q 'linux-image-6.12-amd64' "$dir/setup.sh" || { echo "interop_612: setup.sh no longer names its kernel package as expected" >&2; return 1; }
-  NVME_INTEROP_CACHE=$INTEROP_612_CACHE "$dir/setup.sh" >&2 || return 1
-  echo "$dir"
-}
-INTEROP_612_CACHE=${INTEROP_612_CACHE:-$HOME/.cache/nvme-interop-6.12}
+# interop_612, $INTEROP_612_CACHE: Debian's 6.12 kernel (NVMe in-band authentication).
+# shellcheck source=lib/interop-612.sh
+source "$here/lib/interop-612.sh"
 
 dhchap() {
   local dir hostnqn=nqn.2014-08.org.nvmexpress:uuid:5b1f6e0e-7d7a-4f4e-9a43-0d2f1a6c0001 keys rc=0

@@ -8,6 +8,11 @@
 # Ride-through: bench --verify for 30 s while the kernel target goes away twice for 3 s (its port removed, then
 # the subsystem off a listening port so that Connects are refused; tests/interop/guest-target-outage.sh): 0
 # errors, 0 mismatches, 2 outages, the controller not lost.
+# DH-HMAC-CHAP (kernel-target-dhchap): the kernel target requires in-band authentication of our host NQN
+# (configfs hosts/NQN/dhchap_key, dhchap_ctrl_key, dhchap_hash; tests/interop/guest-target-dhchap.sh); our host
+# authenticates with --dhchap-secret and benches with --verify, then bidirectionally (--dhchap-ctrl-secret);
+# a wrong secret, a wrong controller secret and no secret are refused with their reasons. Debian's 6.1 kernel
+# has no NVMe in-band authentication, so this case boots Debian's 6.12 (scripts/lib/interop-612.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
 interop=${INTEROP_DIR:-$root/../shared/interop}
@@ -77,6 +82,62 @@ run_outage() {
   else fail=$((fail + 1)); echo "    FAIL (exit $rc)"; tail -n 40 "$logs/$name.log" | sed 's/^/    /'; fi
 }
 
+# interop_612, $INTEROP_612_CACHE: Debian's 6.12 kernel (NVMe in-band authentication).
+# shellcheck source=lib/interop-612.sh
+source "$here/lib/interop-612.sh"
+
+# The host side of kernel-target-dhchap, run here while the kernel target requires authentication.
+cat >"$logs/dhchap.sh" <<EOS
+set -euo pipefail
+p=\$1 hostnqn=\$2 key=\$3 ckey=\$4 wrong=\$5
+b=$bin
+a=(--addr 127.0.0.1:\$p --nqn $nqn --hostnqn \$hostnqn)
+\$b bench "\${a[@]}" --nsid 1 --workload randrw --bs 4096 --qd 16 --queues 2 --time 4 --verify --json \\
+  --dhchap-secret "\$key" | tee $logs/dhchap-uni.json
+grep -q '"errors":0,' $logs/dhchap-uni.json
+grep -q '"verify_mismatches":0,' $logs/dhchap-uni.json
+echo "dhchap: unidirectional: bench --verify, 0 errors, 0 mismatches"
+\$b bench "\${a[@]}" --nsid 1 --workload randrw --bs 4096 --qd 16 --queues 2 --time 4 --verify --json \\
+  --dhchap-secret "\$key" --dhchap-ctrl-secret "\$ckey" | tee $logs/dhchap-bi.json
+grep -q '"errors":0,' $logs/dhchap-bi.json
+grep -q '"verify_mismatches":0,' $logs/dhchap-bi.json
+echo "dhchap: bidirectional: bench --verify, 0 errors, 0 mismatches"
+refused() {  # refused WHAT PATTERN FLAGS...: identify must fail, saying PATTERN, and never print a secret
+  local what=\$1 pattern=\$2 out; shift 2
+  if out=\$(\$b identify "\${a[@]}" --nsid 1 "\$@" 2>&1); then echo "dhchap: \$what connected"; return 1; fi
+  grep -qF "\$pattern" <<<"\$out" || { echo "dhchap: \$what: unexpected error: \$out"; return 1; }
+  if grep -qF -e "\${key:10:20}" -e "\${ckey:10:20}" -e "\${wrong:10:20}" <<<"\$out"; then echo "dhchap: \$what: a secret was printed"; return 1; fi
+  echo "dhchap: \$what refused: \$(tail -n 1 <<<"\$out")"
+}
+refused "a wrong secret" "authentication failed: the controller refused the host's response" --dhchap-secret "\$wrong"
+refused "a wrong controller secret" "does not match --dhchap-ctrl-secret" --dhchap-secret "\$key" --dhchap-ctrl-secret "\$wrong"
+refused "no secret" "give --dhchap-secret"
+echo TARGET-DHCHAP-PASSED
+EOS
+
+run_dhchap() {
+  local name=kernel-target-dhchap port rc=0 dir keys key ckey wrong
+  local hostnqn=nqn.2014-08.org.nvmexpress:uuid:5b1f6e0e-7d7a-4f4e-9a43-0d2f1a6c0002
+  echo "=== $name"
+  dir=$(interop_612 2>"$logs/$name-setup.log") || { fail=$((fail + 1)); echo "    FAIL: the 6.12 interop cache"; tail -n 20 "$logs/$name-setup.log" | sed 's/^/    /'; return; }
+  # Keys as `nvme gen-dhchap-key` makes them: DHHC-1:XX:base64(key || CRC-32 little endian):. The host key is
+  # transformed with SHA-256 (01), the controller key with SHA-512 (03, 64 bytes); a third, wrong one.
+  keys=$(python3 -c '
+import base64, os, struct, zlib
+for xx, n in ((1, 32), (3, 64), (0, 32)):
+    k = os.urandom(n)
+    print("DHHC-1:%02d:%s:" % (xx, base64.b64encode(k + struct.pack("<I", zlib.crc32(k))).decode()))')
+  { read -r key; read -r ckey; read -r wrong; } <<<"$keys"
+  port=$(free_port)
+  NVME_INTEROP_CACHE=$INTEROP_612_CACHE "$dir/vm.sh" -q -t 600 -p "$port:4420" -e "NQN=$nqn" -e SIZE_MIB=64 -e BLOCK=4096 \
+    -e "HOSTNQN=$hostnqn" -e "KEY=$key" -e "CKEY=$ckey" -e "HASH=hmac(sha384)" \
+    -H "bash $logs/dhchap.sh $port $hostnqn '$key' '$ckey' '$wrong'" "$root/tests/interop/guest-target-dhchap.sh" \
+    >"$logs/$name.log" 2>&1 || rc=$?
+  if ((rc == 0)) && grep -q TARGET-DHCHAP-PASSED "$logs/$name.log"; then
+    pass=$((pass + 1)); echo "    pass"; grep -E "^dhchap:|\"iops\"|target-dhchap:" "$logs/$name.log" | cut -c1-240 | sed 's/^/    /'
+  else fail=$((fail + 1)); echo "    FAIL (exit $rc)"; tail -n 40 "$logs/$name.log" | sed 's/^/    /'; fi
+}
+
 "$interop/setup.sh" >/dev/null
 command -v tcpdump >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tcpdump >/dev/null; }
 # Arguments, if any, name the cases to run (kernel-target-4k ...); none runs them all.
@@ -84,11 +145,12 @@ cases=" $* "
 case_on() { [[ $cases == "  " || $cases == *" $1 "* ]]; }
 # A name that is no case would run nothing and pass: refused.
 for c in "$@"; do
-  [[ " kernel-target-512-digests-sqflow-off kernel-target-4k kernel-target-ride-through " == *" $c "* ]] || { echo "no interop case $c (kernel-target-512-digests-sqflow-off kernel-target-4k kernel-target-ride-through)"; exit 2; }
+  [[ " kernel-target-512-digests-sqflow-off kernel-target-4k kernel-target-ride-through kernel-target-dhchap " == *" $c "* ]] || { echo "no interop case $c (kernel-target-512-digests-sqflow-off kernel-target-4k kernel-target-ride-through kernel-target-dhchap)"; exit 2; }
 done
 if case_on kernel-target-512-digests-sqflow-off; then run kernel-target-512-digests-sqflow-off 512 --digests --disable-sqflow; fi
 if case_on kernel-target-4k; then run kernel-target-4k 4096; fi
 if case_on kernel-target-ride-through; then run_outage; fi
+if case_on kernel-target-dhchap; then run_dhchap; fi
 echo "interop (holdfast host -> kernel target): $pass passed, $fail failed (logs in $logs)"
 # The data files (images, what was written and read back) go either way; the logs stay only for a failure.
 find "$logs" -name '*.img' -o -name '*.bin' | xargs -r rm -f
