@@ -91,13 +91,7 @@ impl HostSecrets {
 /// S2: one counter for the process, from a random start, never 0 (0 would say no C2 is carried).
 fn next_seqnum() -> u32 {
     static SEQ: AtomicU32 = AtomicU32::new(0);
-    loop {
-        let cur = SEQ.load(Ordering::Relaxed);
-        let next = if cur == 0 { rand::random::<u32>() } else { cur.wrapping_add(1) };
-        if next != 0 && SEQ.compare_exchange(cur, next, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            return next;
-        }
-    }
+    a::next_seqnum(&SEQ, rand::random::<u32>)
 }
 
 /// How an exchange failed.

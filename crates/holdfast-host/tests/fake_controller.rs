@@ -1218,11 +1218,7 @@ async fn fast_io_fail_tmo_holds_during_a_reconnect_attempt_into_a_black_hole() {
 #[tokio::test]
 async fn changed_namespace_identifiers_fail_pending_io_instead_of_replaying_it() {
     let f = fake(Behaviour::default()).await;
-    let mut o = opts(&f, 1, false);
-    o.kato = Some(Duration::from_millis(600));
-    o.reconnect_delay = Some(Duration::from_millis(100));
-    o.ctrl_loss_tmo = Some(Duration::from_secs(60));
-    let c = Controller::connect(o).await.unwrap();
+    let c = Controller::connect(riding_opts(&f)).await.unwrap();
     let ns = Namespace::open(&c, 1).await.unwrap();
     ns.write(0, pattern(BS, 1), false).await.unwrap();
     go_down(&f, &c).await;
@@ -1258,11 +1254,7 @@ async fn changed_namespace_identifiers_fail_pending_io_instead_of_replaying_it()
 #[tokio::test]
 async fn a_namespace_replaced_across_a_reconnect_fails_its_pending_io_and_the_others_ride_through() {
     let f = fake(Behaviour::default()).await;
-    let mut o = opts(&f, 1, false);
-    o.kato = Some(Duration::from_millis(600));
-    o.reconnect_delay = Some(Duration::from_millis(100));
-    o.ctrl_loss_tmo = Some(Duration::from_secs(60));
-    let c = Controller::connect(o).await.unwrap();
+    let c = Controller::connect(riding_opts(&f)).await.unwrap();
     let ns1 = Namespace::open(&c, 1).await.unwrap();
     let ns2 = Namespace::open(&c, 2).await.unwrap();
     let before = pattern(64 * BS, 1);
@@ -1984,11 +1976,7 @@ async fn without_write_zeroes_and_dsm_in_oncs_zeroes_are_written_and_deallocate_
 #[tokio::test]
 async fn oncs_changed_across_a_reconnect_is_taken_into_account() {
     let f = fake(Behaviour::default()).await;
-    let mut o = opts(&f, 1, false);
-    o.kato = Some(Duration::from_millis(600));
-    o.reconnect_delay = Some(Duration::from_millis(100));
-    o.ctrl_loss_tmo = Some(Duration::from_secs(60));
-    let c = Controller::connect(o).await.unwrap();
+    let c = Controller::connect(riding_opts(&f)).await.unwrap();
     let ns = Namespace::open(&c, 1).await.unwrap();
     assert!(ns.supports_write_zeroes() && ns.supports_deallocate());
     ns.write_zeroes(0, 4).await.unwrap();
@@ -2667,11 +2655,7 @@ async fn a_namespace_formatted_with_other_blocks_across_a_reconnect_gets_no_repl
 /// opened again, ride through.
 async fn a_write_in_flight_through_a_replaced_namespace(notice: bool, reopen: bool) {
     let f = fake(Behaviour::default()).await;
-    let mut o = opts(&f, 1, false);
-    o.kato = Some(Duration::from_millis(600));
-    o.reconnect_delay = Some(Duration::from_millis(100));
-    o.ctrl_loss_tmo = Some(Duration::from_secs(60));
-    let c = Controller::connect(o).await.unwrap();
+    let c = Controller::connect(riding_opts(&f)).await.unwrap();
     let old = Namespace::open(&c, 1).await.unwrap();
     let ns2 = Namespace::open(&c, 2).await.unwrap();
     let before = pattern(BS, 1);
@@ -2747,4 +2731,14 @@ async fn namespaces_changed(events: &mut tokio::sync::broadcast::Receiver<holdfa
     })
     .await
     .expect("the namespace notice was never reported");
+}
+
+/// One I/O queue, a keep-alive of 600 ms, reconnects every 100 ms for up to a minute: a controller that notices a
+/// fake gone down soon and rides through it.
+fn riding_opts(f: &Fake) -> ConnectOptions {
+    let mut o = opts(f, 1, false);
+    o.kato = Some(Duration::from_millis(600));
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    o.ctrl_loss_tmo = Some(Duration::from_secs(60));
+    o
 }

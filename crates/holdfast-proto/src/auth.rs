@@ -296,6 +296,24 @@ fn crc32(data: &[u8]) -> u32 {
     crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32IsoHdlc, data) as u32
 }
 
+/// The next sequence number (S1 of a controller's challenge, S2 of a host's) from `counter`: one counter per
+/// process, starting at `random_start()` (called at the first use) and counting up, never 0 (an S2 of 0 says no
+/// challenge is carried): a start of 0, or the count wrapping to it, gives 1. The caller passes the randomness
+/// in: this crate reads no source of its own.
+pub fn next_seqnum(counter: &core::sync::atomic::AtomicU32, random_start: impl Fn() -> u32) -> u32 {
+    use core::sync::atomic::Ordering;
+    loop {
+        let cur = counter.load(Ordering::Relaxed);
+        let next = match if cur == 0 { random_start() } else { cur.wrapping_add(1) } {
+            0 => 1,
+            n => n,
+        };
+        if counter.compare_exchange(cur, next, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            return next;
+        }
+    }
+}
+
 /// The host's response R1 (§8.13.5.6, NULL DH group): HMAC(Kh', C1 || S1 || T_ID || 00h || "HostHost" ||
 /// NQNh || 00h || NQNc), where Kh' is the transformed host key, S1 little-endian 32 bits, T_ID 16 bits.
 pub fn host_response(hash: HashId, key: &[u8], c1: &[u8], s1: u32, tid: u16, hostnqn: &str, subnqn: &str) -> Vec<u8> {
@@ -938,5 +956,20 @@ mod tests {
         assert_eq!(&b[44..48], &72u32.to_le_bytes());
         assert_eq!(sqe.dptr.len(), 72);
         assert_eq!(AuthCommand::from_sqe(&sqe).len.get(), 72);
+    }
+
+    /// Sequence numbers start where the random start says and count up; never 0: a start of 0 and the count
+    /// wrapping give 1 (the loop before this function spun for ever at the wrap, in both the host and the target).
+    #[test]
+    fn sequence_numbers_count_up_from_a_random_start_and_skip_zero() {
+        use core::sync::atomic::AtomicU32;
+        let c = AtomicU32::new(0);
+        assert_eq!(next_seqnum(&c, || 7), 7);
+        assert_eq!(next_seqnum(&c, || 99), 8, "the start is drawn once");
+        let c = AtomicU32::new(0);
+        assert_eq!(next_seqnum(&c, || 0), 1, "a start of 0");
+        let c = AtomicU32::new(u32::MAX);
+        assert_eq!(next_seqnum(&c, || 5), 1, "the wrap");
+        assert_eq!(next_seqnum(&c, || 5), 2);
     }
 }

@@ -16,7 +16,7 @@ use holdfast_proto::auth::{
     DhchapSuccess1, HashId, MessageHeader,
 };
 use holdfast_proto::Status;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 /// Largest Authentication Send / Receive transfer accepted: a Reply with SHA-512 values is 144 bytes, and
@@ -177,13 +177,7 @@ impl QueueAuth {
 /// S1: one counter for the whole target, from a random start, never 0 (as the Linux implementation).
 fn next_seqnum() -> u32 {
     static SEQ: AtomicU32 = AtomicU32::new(0);
-    loop {
-        let cur = SEQ.load(Ordering::Relaxed);
-        let next = if cur == 0 { rand::random::<u32>() } else { cur.wrapping_add(1) };
-        if next != 0 && SEQ.compare_exchange(cur, next, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            return next;
-        }
-    }
+    a::next_seqnum(&SEQ, rand::random::<u32>)
 }
 
 /// The SECP / SPSP0 / SPSP1 / length checks of both commands (as nvmet: Invalid Field, DNR): the length, or
