@@ -45,16 +45,9 @@ impl std::fmt::Debug for HostSecrets {
     }
 }
 
-/// A secret's parse error, for a user: never any part of the secret (an unknown transformation field is
-/// named only when it has the two characters a real one has, not when the key itself landed there).
+/// A secret's parse error, for a user: never any part of the secret ([`SecretError`] carries none).
 fn secret_error(flag: &str, e: SecretError) -> Error {
-    let why = match e {
-        SecretError::TransformHash(x) if x.len() != 2 => {
-            "no key transformation field: expected \"DHHC-1:XX:<base64>:\" (XX 00, 01, 02 or 03)".to_string()
-        }
-        e => e.to_string(),
-    };
-    Error::Invalid(format!("{flag}: {why}"))
+    Error::Invalid(format!("{flag}: {e}"))
 }
 
 impl HostSecrets {

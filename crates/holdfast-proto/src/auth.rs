@@ -243,7 +243,10 @@ impl DhchapSecret {
             "01" => Some(HashId::Sha256),
             "02" => Some(HashId::Sha384),
             "03" => Some(HashId::Sha512),
-            other => return Err(SecretError::TransformHash(other.chars().take(8).collect())),
+            // Only a field of the two characters a real one has is named: a secret without it ("DHHC-1:<key>:")
+            // would put its key here, and no error carries any part of a key.
+            other if other.chars().count() == 2 => return Err(SecretError::TransformHash(other.to_string())),
+            _ => return Err(SecretError::Format),
         };
         // The key ends at the last ':' (which may be absent), as the Linux parser takes it.
         let b64 = rest.strip_suffix(':').unwrap_or(rest);
@@ -842,6 +845,9 @@ mod tests {
         assert_eq!(DhchapSecret::parse("DHHC-2:00:abc:"), Err(SecretError::Format));
         assert_eq!(DhchapSecret::parse("DHHC-1"), Err(SecretError::Format));
         assert_eq!(DhchapSecret::parse(&good.replace(":00:", ":04:")), Err(SecretError::TransformHash("04".into())));
+        // Without the XX field the key stands where XX belongs: refused as malformed, naming none of it.
+        let no_xx = good.replacen(":00:", ":", 1);
+        assert_eq!(DhchapSecret::parse(&no_xx), Err(SecretError::Format));
         assert_eq!(DhchapSecret::parse("DHHC-1:00:!!!!:"), Err(SecretError::Base64));
         assert_eq!(DhchapSecret::parse("DHHC-1:00:AAAA:"), Err(SecretError::Length(3)));
         // One character of the key changed: the CRC catches it.
