@@ -2343,6 +2343,51 @@ mod dhchap {
         server.stop().await;
     }
 
+    /// A queue that must authenticate stays counted among the connections without an NVM controller (limited
+    /// in all and per address) until it has: a host NQN is no secret, and each Connect as a listed host makes a
+    /// controller that an unauthenticated peer would otherwise hold for up to 10 s per connection, uncounted.
+    #[tokio::test]
+    async fn a_queue_counts_among_the_limited_until_authenticated() {
+        let (key, ckey) = (secret(1, None), secret(2, None));
+        let (server, addr) = start_auth(&key, Some(&ckey), "sha256").await;
+        let waiting = || server.target.unbound.count();
+        let until = |want: usize| async move {
+            let t0 = std::time::Instant::now();
+            while waiting() != want {
+                assert!(t0.elapsed() < Duration::from_secs(5), "{} waiting, not {want}", waiting());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let mut adm = Conn::ic(addr, false, false).await;
+        let r = adm.connect(0, 0xFFFF, NQN, 5000).await;
+        assert_eq!(r.status(), Status::SUCCESS);
+        let cntlid = r.dw0.get() as u16;
+        let mut other = Conn::ic(addr, false, false).await;
+        assert_eq!(other.connect(0, 0xFFFF, NQN, 5000).await.status(), Status::SUCCESS);
+        until(2).await; // both bound to a controller, neither authenticated
+        // Unidirectional: authenticated at Success1 (an Authentication Receive).
+        assert_eq!(authenticate(&mut adm, &key, None, 1).await, Ok(HashId::Sha256));
+        until(1).await;
+        // A failed exchange: the queue stays counted until the target closes it.
+        assert!(authenticate(&mut other, &secret(3, None), None, 2).await.is_err());
+        assert!(closed_by_target(&mut other).await);
+        until(0).await;
+        // Bidirectional, on an I/O queue: authenticated at the host's Success2 (an Authentication Send).
+        assert_eq!(adm.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
+        wait_rdy(&mut adm, true).await;
+        let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+        s.cdw10.set(0x07);
+        s.cdw11.set(0x0001_0001);
+        assert_eq!(adm.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+        let mut q = Conn::ic(addr, false, false).await;
+        assert_eq!(q.connect(1, cntlid, NQN, 0).await.status(), Status::SUCCESS);
+        until(1).await;
+        assert_eq!(authenticate(&mut q, &key, Some(&ckey), 3).await, Ok(HashId::Sha256));
+        until(0).await;
+        assert_eq!(read_block0(&mut q).await, Status::SUCCESS);
+        server.stop().await;
+    }
+
     #[tokio::test]
     async fn a_wrong_key_gets_failure1_and_the_association_ends() {
         let key = secret(1, Some(HashId::Sha256));

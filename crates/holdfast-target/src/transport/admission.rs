@@ -1,8 +1,9 @@
 //! How many connections may be without an NVM controller at once: waiting for a Connect, or connected to
 //! the discovery controller (which any host may use, with a keep-alive as long as it likes). A connection
-//! counts from accept until a Connect binds its queue to an NVM subsystem's controller (or it ends); one that
-//! sends nothing is closed after 10 s, but until then a peer opening connections in a loop held a file
-//! descriptor and ~88 KiB each, and once the descriptors ran out no host could connect.
+//! counts from accept until a Connect binds its queue to an NVM subsystem's controller and, for a host that
+//! must authenticate (DH-HMAC-CHAP), until the queue has (or it ends); one that sends nothing is closed after
+//! 10 s, but until then a peer opening connections in a loop held a file descriptor and ~88 KiB each (and,
+//! connecting as a listed host, a controller), and once the descriptors ran out no host could connect.
 //!
 //! The limits: [`MAX_UNBOUND`] in all and [`MAX_UNBOUND_PER_ADDR`] from one address, except that an address
 //! holding fewer than [`UNBOUND_FLOOR_PER_ADDR`] is let in over the total (up to [`MAX_UNBOUND_HARD`]), so that

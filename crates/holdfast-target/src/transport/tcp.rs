@@ -670,8 +670,18 @@ impl Connection {
         }
         // Only data for the host is trimmed or padded to the command's transfer length.
         let (len, sqe) = (req.len_to_host(), req.sqe);
+        let auth = matches!(req.exec, Exec::AuthSend | Exec::AuthReceive);
         // The slot is taken only by a command that outlives this call (no other PDU is handled meanwhile).
         let outcome = cmd::execute(&mut self.ctx, req, data);
+        // The exchange authenticated the queue (at Success1, or at the host's Success2): it is bound
+        // now, and no longer counted among those without an NVM controller (`on_connected`).
+        if auth
+            && !self.ctx.auth_pending
+            && self.unbound.is_some()
+            && self.ctx.ctrl.as_ref().is_some_and(|c| !c.subsys.is_discovery)
+        {
+            self.unbound = None;
+        }
         if !matches!(outcome, Outcome::Later(_)) {
             self.r2t_bytes -= r2t;
         }
@@ -735,8 +745,11 @@ impl Connection {
 
     fn on_connected(&mut self) {
         let Some(ctrl) = self.ctx.ctrl.clone() else { return };
-        // A discovery controller's connection stays counted (any host may open one, with any keep-alive).
-        if !ctrl.subsys.is_discovery {
+        // A discovery controller's connection stays counted (any host may open one, with any keep-alive), and
+        // so does a queue that must authenticate, until it has (`exec_holding`): a host NQN is no secret, and
+        // a peer connecting in a loop as a listed host would otherwise hold a controller for up to
+        // AUTH_TIMEOUT with each connection, uncounted.
+        if !ctrl.subsys.is_discovery && !self.ctx.auth_pending {
             self.unbound = None;
         }
         ctrl.bind_gate(self.ctx.qid, &self.ctx.gate);
