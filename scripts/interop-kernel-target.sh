@@ -20,6 +20,12 @@ bin=${HOLDFAST_BIN:-$root/target/release/holdfast}
 logs=${INTEROP_LOGS:-$(mktemp -d "${TMPDIR:-/tmp}/holdfast-kt.XXXXXX")}
 nqn=nqn.2014-08.org.kernel:interop
 pass=0 fail=0
+# The last lines of a VM case's guest console (vm.sh -l), kept for a failed case: a guest that went away (a
+# kernel panic ends QEMU, -no-reboot) says why only there.
+console_tail() {
+  [[ -s $logs/$1-console.log ]] || return 0
+  echo "    guest console ($logs/$1-console.log), last 40 lines:"; tail -n 40 "$logs/$1-console.log" | sed 's/^/    | /'
+}
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # The host-side check, run while the kernel target is up on 127.0.0.1:$1 ($2 = extra flags, e.g. --digests).
@@ -65,7 +71,7 @@ run() {  # run NAME BLOCK FLAGS...
   echo "=== $name"
   "$interop/kernel-target.sh" --port "$port" --block "$block" -- bash "$logs/check.sh" "$port" "$@" >"$logs/$name.log" 2>&1 || rc=$?
   if ((rc == 0)); then pass=$((pass + 1)); echo "    pass"; grep -E "identical|\"iops\"|^nvme-tcp-check" "$logs/$name.log" | sed 's/^/    /'
-  else fail=$((fail + 1)); echo "    FAIL (exit $rc)"; tail -n 40 "$logs/$name.log" | sed 's/^/    /'; fi
+  else fail=$((fail + 1)); echo "    FAIL (exit $rc)"; tail -n 40 "$logs/$name.log" | sed 's/^/    /'; console_tail "$name"; fi
 }
 
 # Ride-through against the kernel target: its guest script takes the target away twice while this runs.
@@ -82,10 +88,10 @@ EOS
 run_outage() {
   local name=kernel-target-ride-through port rc=0; port=$(free_port)
   echo "=== $name"
-  "$interop/vm.sh" -q -t 600 -p "$port:4420" -e "NQN=$nqn" -e SIZE_MIB=64 -e BLOCK=4096 -e OUTAGES=2 \
+  "$interop/vm.sh" -q -l "$logs/$name-console.log" -t 600 -p "$port:4420" -e "NQN=$nqn" -e SIZE_MIB=64 -e BLOCK=4096 -e OUTAGES=2 \
     -H "bash $logs/outage.sh $port" "$root/tests/interop/guest-target-outage.sh" >"$logs/$name.log" 2>&1 || rc=$?
   if ((rc == 0)); then pass=$((pass + 1)); echo "    pass"; grep -E "connection restored|\"iops\"" "$logs/$name.log" | sed 's/^/    /'
-  else fail=$((fail + 1)); echo "    FAIL (exit $rc)"; tail -n 40 "$logs/$name.log" | sed 's/^/    /'; fi
+  else fail=$((fail + 1)); echo "    FAIL (exit $rc)"; tail -n 40 "$logs/$name.log" | sed 's/^/    /'; console_tail "$name"; fi
 }
 
 # interop_612, $INTEROP_612_CACHE: Debian's 6.12 kernel (NVMe in-band authentication).
@@ -99,12 +105,12 @@ p=\$1 hostnqn=\$2 key=\$3 ckey=\$4 wrong=\$5
 b=$bin
 a=(--addr 127.0.0.1:\$p --nqn $nqn --hostnqn \$hostnqn)
 \$b bench "\${a[@]}" --nsid 1 --workload randrw --bs 4096 --qd 16 --queues 2 --time 4 --verify --json \\
-  --dhchap-secret "\$key" | tee $logs/dhchap-uni.json
+  --ctrl-loss-tmo-ms 20000 --dhchap-secret "\$key" | tee $logs/dhchap-uni.json
 grep -q '"errors":0,' $logs/dhchap-uni.json
 grep -q '"verify_mismatches":0,' $logs/dhchap-uni.json
 echo "dhchap: unidirectional: bench --verify, 0 errors, 0 mismatches"
 \$b bench "\${a[@]}" --nsid 1 --workload randrw --bs 4096 --qd 16 --queues 2 --time 4 --verify --json \\
-  --dhchap-secret "\$key" --dhchap-ctrl-secret "\$ckey" | tee $logs/dhchap-bi.json
+  --ctrl-loss-tmo-ms 20000 --dhchap-secret "\$key" --dhchap-ctrl-secret "\$ckey" | tee $logs/dhchap-bi.json
 grep -q '"errors":0,' $logs/dhchap-bi.json
 grep -q '"verify_mismatches":0,' $logs/dhchap-bi.json
 echo "dhchap: bidirectional: bench --verify, 0 errors, 0 mismatches"
@@ -135,13 +141,13 @@ for xx, n in ((1, 32), (3, 64), (0, 32)):
     print("DHHC-1:%02d:%s:" % (xx, base64.b64encode(k + struct.pack("<I", zlib.crc32(k))).decode()))')
   { read -r key; read -r ckey; read -r wrong; } <<<"$keys"
   port=$(free_port)
-  NVME_INTEROP_CACHE=$INTEROP_612_CACHE "$dir/vm.sh" -q -t 600 -p "$port:4420" -e "NQN=$nqn" -e SIZE_MIB=64 -e BLOCK=4096 \
+  NVME_INTEROP_CACHE=$INTEROP_612_CACHE "$dir/vm.sh" -q -l "$logs/$name-console.log" -t 600 -p "$port:4420" -e "NQN=$nqn" -e SIZE_MIB=64 -e BLOCK=4096 \
     -e "HOSTNQN=$hostnqn" -e "KEY=$key" -e "CKEY=$ckey" -e "HASH=hmac(sha384)" \
     -H "bash $logs/dhchap.sh $port $hostnqn '$key' '$ckey' '$wrong'" "$root/tests/interop/guest-target-dhchap.sh" \
     >"$logs/$name.log" 2>&1 || rc=$?
   if ((rc == 0)) && grep -q TARGET-DHCHAP-PASSED "$logs/$name.log"; then
     pass=$((pass + 1)); echo "    pass"; grep -E "^dhchap:|\"iops\"|target-dhchap:" "$logs/$name.log" | cut -c1-240 | sed 's/^/    /'
-  else fail=$((fail + 1)); echo "    FAIL (exit $rc)"; tail -n 40 "$logs/$name.log" | sed 's/^/    /'; fi
+  else fail=$((fail + 1)); echo "    FAIL (exit $rc)"; tail -n 40 "$logs/$name.log" | sed 's/^/    /'; console_tail "$name"; fi
 }
 
 "$interop/setup.sh" >/dev/null
