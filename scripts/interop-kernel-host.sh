@@ -124,6 +124,8 @@ source "$here/lib/interop-612.sh"
 
 dhchap() {
   local dir hostnqn=nqn.2014-08.org.nvmexpress:uuid:5b1f6e0e-7d7a-4f4e-9a43-0d2f1a6c0001 keys rc=0
+  # A second host, whose exchanges use the FFDHE group ffdhe3072 (dhchap_dhgroup).
+  local hostnqn_dh=nqn.2014-08.org.nvmexpress:uuid:5b1f6e0e-7d7a-4f4e-9a43-0d2f1a6c0003
   dir=$(interop_612) || return 1
   # Keys as `nvme gen-dhchap-key` makes them: DHHC-1:XX:base64(key || CRC-32 little endian):. The host key is
   # transformed with SHA-256 (01), the controller key used as it is (00); a third, wrong one.
@@ -135,17 +137,19 @@ for xx, n in ((1, 32), (0, 48), (1, 32)):
   local key ckey wrong
   { read -r key; read -r ckey; read -r wrong; } <<<"$keys"
   port=$(free_port)
-  printf '[[port]]\nid = 1\nlisten = "127.0.0.1:%s"\n[[subsystem]]\nnqn = "%s"\nallowed_hosts = ["%s"]\n' \
-    "$port" "$nqn" "$hostnqn" >"$logs/dhchap.toml"
+  printf '[[port]]\nid = 1\nlisten = "127.0.0.1:%s"\n[[subsystem]]\nnqn = "%s"\nallowed_hosts = ["%s", "%s"]\n' \
+    "$port" "$nqn" "$hostnqn" "$hostnqn_dh" >"$logs/dhchap.toml"
   printf '[[subsystem.namespace]]\nnsid = 1\nbackend = "ram"\nsize_mib = 64\n' >>"$logs/dhchap.toml"
   printf '[[host]]\nnqn = "%s"\ndhchap_key = "%s"\ndhchap_ctrl_key = "%s"\ndhchap_hash = "sha384"\n' \
     "$hostnqn" "$key" "$ckey" >>"$logs/dhchap.toml"
+  printf '[[host]]\nnqn = "%s"\ndhchap_key = "%s"\ndhchap_ctrl_key = "%s"\ndhchap_hash = "sha256"\ndhchap_dhgroup = "ffdhe3072"\n' \
+    "$hostnqn_dh" "$key" "$ckey" >>"$logs/dhchap.toml"
   "$bin" target --config "$logs/dhchap.toml" >"$logs/target-$port.log" 2>&1 &
   tpid=$!
   for _ in $(seq 100); do grep -q '^connect:' "$logs/target-$port.log" 2>/dev/null && break; sleep 0.05; done
   NVME_INTEROP_CACHE=$INTEROP_612_CACHE "$dir/kernel-host.sh" --port "$port" --nqn "$nqn" \
     --guest-script "$root/tests/interop/guest-dhchap.sh" -- \
-    -e "HOSTNQN=$hostnqn" -e "KEY=$key" -e "CKEY=$ckey" -e "WRONG_KEY=$wrong" || rc=$?
+    -e "HOSTNQN=$hostnqn" -e "HOSTNQN_DH=$hostnqn_dh" -e "KEY=$key" -e "CKEY=$ckey" -e "WRONG_KEY=$wrong" || rc=$?
   stop_target
   # What the target said of it, and that it said no secret.
   grep -E "DH-HMAC-CHAP" "$logs/target-$port.log" | sed -E 's/^.*(DH-HMAC-CHAP.*) peer=.*$/target: \1/' | sort | uniq -c | sed 's/^ */    /'

@@ -127,8 +127,8 @@ refused "no secret" "give --dhchap-secret"
 echo TARGET-DHCHAP-PASSED
 EOS
 
-run_dhchap() {
-  local name=kernel-target-dhchap port rc=0 dir keys key ckey wrong
+run_dhchap() {  # run_dhchap NAME DHGROUP: nvmet's dhchap_dhgroup for the host (null: its default)
+  local name=$1 dhgroup=$2 port rc=0 dir keys key ckey wrong
   local hostnqn=nqn.2014-08.org.nvmexpress:uuid:5b1f6e0e-7d7a-4f4e-9a43-0d2f1a6c0002
   echo "=== $name"
   dir=$(interop_612 2>"$logs/$name-setup.log") || { fail=$((fail + 1)); echo "    FAIL: the 6.12 interop cache"; tail -n 20 "$logs/$name-setup.log" | sed 's/^/    /'; return; }
@@ -142,11 +142,15 @@ for xx, n in ((1, 32), (3, 64), (0, 32)):
   { read -r key; read -r ckey; read -r wrong; } <<<"$keys"
   port=$(free_port)
   NVME_INTEROP_CACHE=$INTEROP_612_CACHE "$dir/vm.sh" -q -l "$logs/$name-console.log" -t 600 -p "$port:4420" -e "NQN=$nqn" -e SIZE_MIB=64 -e BLOCK=4096 \
-    -e "HOSTNQN=$hostnqn" -e "KEY=$key" -e "CKEY=$ckey" -e "HASH=hmac(sha384)" \
+    -e "HOSTNQN=$hostnqn" -e "KEY=$key" -e "CKEY=$ckey" -e "HASH=hmac(sha384)" -e "DHGROUP=$dhgroup" \
     -H "bash $logs/dhchap.sh $port $hostnqn '$key' '$ckey' '$wrong'" "$root/tests/interop/guest-target-dhchap.sh" \
     >"$logs/$name.log" 2>&1 || rc=$?
+  # The group used must be the one nvmet was given: our host names it when the admin queue authenticates.
+  if ((rc == 0)) && ! grep -qE "DH-HMAC-CHAP: authenticated .*dhgroup=\"?$dhgroup\"? " "$logs/$name.log"; then
+    echo "    our host did not log authenticating with DH group $dhgroup"; rc=1
+  fi
   if ((rc == 0)) && grep -q TARGET-DHCHAP-PASSED "$logs/$name.log"; then
-    pass=$((pass + 1)); echo "    pass"; grep -E "^dhchap:|\"iops\"|target-dhchap:" "$logs/$name.log" | cut -c1-240 | sed 's/^/    /'
+    pass=$((pass + 1)); echo "    pass"; { grep -m 1 "DH-HMAC-CHAP: authenticated" "$logs/$name.log"; grep -E "^dhchap:|\"iops\"|target-dhchap:|DH group" "$logs/$name.log"; } | cut -c1-240 | sed 's/^/    /'
   else fail=$((fail + 1)); echo "    FAIL (exit $rc)"; tail -n 40 "$logs/$name.log" | sed 's/^/    /'; console_tail "$name"; fi
 }
 
@@ -157,12 +161,13 @@ cases=" $* "
 case_on() { [[ $cases == "  " || $cases == *" $1 "* ]]; }
 # A name that is no case would run nothing and pass: refused.
 for c in "$@"; do
-  [[ " kernel-target-512-digests-sqflow-off kernel-target-4k kernel-target-ride-through kernel-target-dhchap " == *" $c "* ]] || { echo "no interop case $c (kernel-target-512-digests-sqflow-off kernel-target-4k kernel-target-ride-through kernel-target-dhchap)"; exit 2; }
+  [[ " kernel-target-512-digests-sqflow-off kernel-target-4k kernel-target-ride-through kernel-target-dhchap kernel-target-dhchap-ffdhe " == *" $c "* ]] || { echo "no interop case $c (kernel-target-512-digests-sqflow-off kernel-target-4k kernel-target-ride-through kernel-target-dhchap kernel-target-dhchap-ffdhe)"; exit 2; }
 done
 if case_on kernel-target-512-digests-sqflow-off; then run kernel-target-512-digests-sqflow-off 512 --digests --disable-sqflow; fi
 if case_on kernel-target-4k; then run kernel-target-4k 4096; fi
 if case_on kernel-target-ride-through; then run_outage; fi
-if case_on kernel-target-dhchap; then run_dhchap; fi
+if case_on kernel-target-dhchap; then run_dhchap kernel-target-dhchap null; fi
+if case_on kernel-target-dhchap-ffdhe; then run_dhchap kernel-target-dhchap-ffdhe ffdhe4096; fi
 echo "interop (holdfast host -> kernel target): $pass passed, $fail failed (logs in $logs)"
 # The data files (images, what was written and read back) go either way; the logs stay only for a failure.
 find "$logs" -name '*.img' -o -name '*.bin' | xargs -r rm -f

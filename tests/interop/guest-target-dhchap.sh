@@ -5,7 +5,8 @@
 # to require DH-HMAC-CHAP of host HOSTNQN alone, through configfs as nvmetcli would: hosts/HOSTNQN/dhchap_key,
 # dhchap_ctrl_key and dhchap_hash, the subsystem's attr_allow_any_host 0 and an allowed_hosts link. holdfast's
 # host, on this machine (vm.sh -H), then connects with its secrets.
-# env: NQN, SIZE_MIB, BLOCK as target-role.sh; HOSTNQN, KEY, CKEY, HASH (hmac(sha384)).
+# env: NQN, SIZE_MIB, BLOCK as target-role.sh; HOSTNQN, KEY, CKEY, HASH (hmac(sha384)); DHGROUP (the host's
+# dhchap_dhgroup: null, as nvmet's default, unless set).
 : "${NQN:?}" "${HOSTNQN:?}" "${KEY:?}" "${CKEY:?}"
 S=/sys/kernel/config/nvmet
 grep -q . /sys/module/nvme_auth/initstate 2>/dev/null || modprobe nvme-auth
@@ -14,9 +15,10 @@ mkdir "$S/hosts/$HOSTNQN"
 echo "$KEY" >"$S/hosts/$HOSTNQN/dhchap_key"
 echo "$CKEY" >"$S/hosts/$HOSTNQN/dhchap_ctrl_key"
 echo "${HASH:-hmac(sha384)}" >"$S/hosts/$HOSTNQN/dhchap_hash"
+[ -z "${DHGROUP:-}" ] || echo "$DHGROUP" >"$S/hosts/$HOSTNQN/dhchap_dhgroup"
 echo 0 >"$S/subsystems/$NQN/attr_allow_any_host"
 ln -s "$S/hosts/$HOSTNQN" "$S/subsystems/$NQN/allowed_hosts/$HOSTNQN"
-log "nvmet: $NQN requires DH-HMAC-CHAP of $HOSTNQN ($(cat "$S/hosts/$HOSTNQN/dhchap_hash"))"
+log "nvmet: $NQN requires DH-HMAC-CHAP of $HOSTNQN ($(cat "$S/hosts/$HOSTNQN/dhchap_hash"), DH group $(cat "$S/hosts/$HOSTNQN/dhchap_dhgroup"))"
 rc=0; wait_host || rc=$?
 log "host command finished: exit $rc"
 # What nvmet said of the exchanges (its pr_debug lines are off; its warnings and errors are not).

@@ -1,10 +1,12 @@
 //! In-band authentication, the host's side of DH-HMAC-CHAP (NVMe Base 2.0 §8.13.5, TP 8006; the model is the
-//! Linux host, `drivers/nvme/host/auth.c`), NULL DH group only.
+//! Linux host, `drivers/nvme/host/auth.c`), with the NULL DH group and the FFDHE groups.
 //!
 //! A queue whose Connect response sets AUTHREQ ATR runs the exchange before anything else is sent on it:
-//! AUTH_Negotiate (Authentication Send: SHA-256/384/512, the NULL DH group, no secure channel), the
-//! controller's Challenge (Authentication Receive), the Reply (R1 from the transformed host key; with a
-//! controller secret, a challenge C2 of our own), Success1 (Receive; with a controller secret, R2 checked in
+//! AUTH_Negotiate (Authentication Send: SHA-256/384/512; the NULL group, then ffdhe2048 ... ffdhe8192, as the
+//! Linux host offers them; no secure channel), the controller's Challenge (Authentication Receive; with an
+//! FFDHE group it carries g^x mod p), the Reply (R1 from the transformed host key, over the augmented
+//! challenge with an FFDHE group, and then our own g^y mod p; with a controller secret, a challenge C2 of our
+//! own), Success1 (Receive; with a controller secret, R2 checked in
 //! constant time), Success2 (Send) when bidirectional. A problem the host finds is answered with AUTH_Failure2
 //! (as Linux), a Failure1 from the controller ends the exchange; either fails the queue's set-up.
 
@@ -15,10 +17,10 @@ use crate::queue::Command;
 use crate::submit;
 use bytes::Bytes;
 use holdfast_proto::auth::{
-    self as a, explanation, message, AuthCommand, AuthNegotiate, DhchapChallenge, DhchapFailure, DhchapReply,
+    self as a, explanation, ffdhe, message, AuthCommand, AuthNegotiate, DhchapChallenge, DhchapFailure, DhchapReply,
     DhchapSecret, DhchapSuccess1, DhchapSuccess2, HashId, MessageHeader, SecretError,
 };
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use tokio::time::Instant as TInstant;
 
 /// Allocation length of every Authentication Receive (as the Linux host: room for any FFDHE value).
@@ -33,10 +35,6 @@ pub(crate) struct HostSecrets {
     ctrl_key: Option<Vec<u8>>,
     /// The next transaction identifier (one per exchange, as the Linux host counts them per controller).
     next_tid: AtomicU16,
-    /// Offer the FFDHE groups too, after NULL: learned from a controller that refused the NULL group alone.
-    wide_offer: AtomicBool,
-    /// Set with `wide_offer`: the attempt that failed for it may be made again at once.
-    retry: AtomicBool,
 }
 
 impl std::fmt::Debug for HostSecrets {
@@ -69,15 +67,8 @@ impl HostSecrets {
                 host_key: h.transform(&o.hostnqn),
                 ctrl_key: c.map(|c| c.transform(&o.subnqn)),
                 next_tid: AtomicU16::new(0),
-                wide_offer: AtomicBool::new(false),
-                retry: AtomicBool::new(false),
             })),
         }
-    }
-
-    /// True once after the DH group offer was widened: the failed attempt may be made again at once.
-    pub(crate) fn take_retry(&self) -> bool {
-        self.retry.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -110,13 +101,14 @@ pub(crate) async fn authenticate(
 ) -> Result<()> {
     let tid = secrets.next_tid.fetch_add(1, Ordering::Relaxed);
     match exchange(tx, qid, secrets, o, tid, deadline).await {
-        Ok(hash) => {
-            tracing::debug!(
-                qid,
-                hash = hash.name(),
-                bidirectional = secrets.ctrl_key.is_some(),
-                "DH-HMAC-CHAP: authenticated"
-            );
+        Ok((hash, group)) => {
+            // As the Linux host: the admin queue's at info, each I/O queue's at debug.
+            let (bidirectional, dhgroup) = (secrets.ctrl_key.is_some(), group.map_or("null", |g| g.name));
+            if qid == 0 {
+                tracing::info!(addr = %o.addr, hash = hash.name(), dhgroup, bidirectional, "DH-HMAC-CHAP: authenticated");
+            } else {
+                tracing::debug!(qid, hash = hash.name(), dhgroup, bidirectional, "DH-HMAC-CHAP: authenticated");
+            }
             Ok(())
         }
         Err(Fail::Done(e)) => Err(e),
@@ -182,19 +174,14 @@ async fn exchange(
     o: &ConnectOptions,
     tid: u16,
     deadline: TInstant,
-) -> std::result::Result<HashId, Fail> {
-    // 1. Negotiate: every hash we compute, the one DH group we compute (NULL), no secure channel
-    // concatenation. Linux nvmet (6.x; drivers/nvme/target/fabrics-cmd-auth.c, nvmet_auth_negotiate) takes
-    // from an offer the first group that is *not* its configured one (NULL by default), and refuses an offer
-    // of its configured NULL group alone (Failure1, DH group not usable), although its Challenge then uses the
-    // configured group whatever was picked. Such a refusal widens the offer for the next exchanges to the
-    // Linux host's (NULL, then ffdhe2048..8192): nvmet then answers with its NULL group, and a controller
-    // that picks an FFDHE group is refused with the reason. NULL alone first: a controller that picks the
-    // strongest group offered (SPDK) then picks NULL.
+) -> std::result::Result<(HashId, Option<&'static ffdhe::Group>), Fail> {
+    // 1. Negotiate: every hash and every DH group we compute, as the Linux host offers them (NULL first, then
+    // ffdhe2048 ... ffdhe8192), no secure channel concatenation. Linux nvmet (6.x; drivers/nvme/target/
+    // fabrics-cmd-auth.c, nvmet_auth_negotiate) refuses an offer of its configured group alone (Failure1, DH
+    // group not usable) and then uses its configured group whatever the offer: this offer gets it, and so does
+    // a controller that picks a group from it.
     let offered: Vec<u8> = HashId::ALL.iter().map(|h| h.id()).collect();
-    let wide = secrets.wide_offer.load(Ordering::Acquire);
-    let groups: Vec<u8> =
-        if wide { (a::dh_group::NULL..=a::dh_group::FFDHE8192).collect() } else { vec![a::dh_group::NULL] };
+    let groups: Vec<u8> = std::iter::once(a::dh_group::NULL).chain(ffdhe::GROUPS.iter().map(|g| g.id)).collect();
     let negotiate = AuthNegotiate {
         t_id: tid,
         sc_c: a::sc_c::NOSC,
@@ -205,27 +192,18 @@ async fn exchange(
     };
     send(tx, &negotiate.to_bytes(), deadline).await.map_err(Fail::Done)?;
 
-    // 2. The Challenge: a hash and a DH group we offered, and with the NULL group no DH value. nvmet ends the
-    // association right after its Failure1, which may then never arrive: a connection closed instead of a
-    // Challenge widens the offer too.
-    let widen = |why: &str| {
-        secrets.wide_offer.store(true, Ordering::Release);
-        secrets.retry.store(true, Ordering::Release);
-        let what = format!("{why}; the next attempt offers the FFDHE DH groups too (as Linux nvmet wants)");
-        Fail::Done(failed(qid, what))
-    };
+    // 2. The Challenge: a hash and a DH group we offered; with the NULL group no DH value, with an FFDHE group
+    // the controller's g^x mod p (checked: 2 <= value <= p - 2). nvmet ends the association right after its
+    // Failure1, which may then never arrive: a connection closed instead of a Challenge is a refusal too.
+    let refused = "the controller refused the negotiation (authentication failed)";
     let msg = match receive(tx, deadline).await {
         Ok(m) => m,
-        Err(e) if !wide && e.is_path_error() => {
-            return Err(widen("the controller closed the connection instead of sending its Challenge"));
+        Err(e) if e.is_path_error() => {
+            let what = format!("{refused}: it closed the connection instead of sending its Challenge");
+            return Err(Fail::Done(failed(qid, what)));
         }
         Err(e) => return Err(Fail::Done(e)),
     };
-    let refused = "the controller refused the negotiation (authentication failed)";
-    let dh_refused = |f: DhchapFailure| f.failure1 && f.explanation == explanation::DHGROUP_UNUSABLE;
-    if !wide && DhchapFailure::parse(&msg).is_some_and(dh_refused) {
-        return Err(widen("the controller found no usable DH group in an offer of the NULL group alone"));
-    }
     expect(qid, &msg, tid, message::CHALLENGE, "Challenge", refused)?;
     let hashid = msg.get(8).copied().unwrap_or(0);
     if !offered.contains(&hashid) {
@@ -235,22 +213,39 @@ async fn exchange(
     let Some(ch) = DhchapChallenge::parse(&msg) else {
         return Err(Fail::Host(explanation::INCORRECT_PAYLOAD, "the controller's Challenge is malformed".into()));
     };
-    if ch.dh_group != a::dh_group::NULL {
-        let what = format!(
-            "the controller chose DH group {:#04x}; this host computes only the NULL group (configure null as \
-             the controller's DH group for this host)",
-            ch.dh_group
-        );
-        return Err(Fail::Host(explanation::DHGROUP_UNUSABLE, what));
-    }
-    if !ch.dh_value.is_empty() {
-        let what = "the controller's Challenge carries a DH value with the NULL DH group".to_string();
-        return Err(Fail::Host(explanation::INCORRECT_PAYLOAD, what));
-    }
     let hash = ch.hash;
+    let (group, dh_value, shared) = match (ch.dh_group, ffdhe::group(ch.dh_group)) {
+        (a::dh_group::NULL, _) if ch.dh_value.is_empty() => (None, Vec::new(), Vec::new()),
+        (a::dh_group::NULL, _) => {
+            let what = "the controller's Challenge carries a DH value with the NULL DH group".to_string();
+            return Err(Fail::Host(explanation::INCORRECT_PAYLOAD, what));
+        }
+        (_, Some(g)) => {
+            let mut x = vec![0u8; ffdhe::PRIVATE_LEN];
+            {
+                use rand::RngCore;
+                rand::rngs::OsRng.fill_bytes(&mut x);
+            }
+            let shared = g.shared_secret(&x, &ch.dh_value).map_err(|e| {
+                Fail::Host(explanation::DHGROUP_UNUSABLE, format!("the controller's {} value: {e}", g.name))
+            })?;
+            (Some(g), g.public_value(&x), shared)
+        }
+        (id, None) => {
+            let what = format!("the controller chose DH group {id:#04x}, which this host did not offer");
+            return Err(Fail::Host(explanation::DHGROUP_UNUSABLE, what));
+        }
+    };
+    // The challenge a response is computed over: itself with the NULL group, else Ca = HMAC(H(Z), C).
+    let effective = |c: &[u8]| match group {
+        None => c.to_vec(),
+        Some(_) => ffdhe::augmented_challenge(hash, &shared, c),
+    };
 
-    // 3. The Reply: R1, and for bidirectional authentication our own challenge C2 (OS RNG) with S2 != 0.
-    let r1 = a::host_response(hash, &secrets.host_key, &ch.challenge, ch.seqnum, tid, &o.hostnqn, &o.subnqn);
+    // 3. The Reply: R1, our DH value, and for bidirectional authentication our own challenge C2 (OS RNG) with
+    // S2 != 0.
+    let r1 =
+        a::host_response(hash, &secrets.host_key, &effective(&ch.challenge), ch.seqnum, tid, &o.hostnqn, &o.subnqn);
     let c2 = secrets.ctrl_key.as_ref().map(|_| {
         use rand::RngCore;
         let mut c2 = vec![0u8; hash.len()];
@@ -258,7 +253,7 @@ async fn exchange(
         c2
     });
     let s2 = if c2.is_some() { next_seqnum() } else { 0 };
-    let reply = DhchapReply { t_id: tid, seqnum: s2, response: r1, challenge: c2.clone(), dh_value: Vec::new() };
+    let reply = DhchapReply { t_id: tid, seqnum: s2, response: r1, challenge: c2.clone(), dh_value };
     send(tx, &reply.to_bytes(), deadline).await.map_err(Fail::Done)?;
 
     // 4. Success1; with a controller secret, its R2 must match (constant time). A connection closed instead
@@ -286,7 +281,7 @@ async fn exchange(
         return Err(Fail::Host(explanation::HASH_UNUSABLE, what));
     }
     let (Some(kc), Some(c2)) = (&secrets.ctrl_key, &c2) else {
-        return Ok(hash);
+        return Ok((hash, group));
     };
     // Stricter than Linux, which takes a Success1 without R2 as success: asked to prove it holds the key, a
     // controller that does not is not authenticated.
@@ -294,12 +289,12 @@ async fn exchange(
         let what = "the controller did not answer the host's challenge (no R2 in Success1)".to_string();
         return Err(Fail::Host(explanation::FAILED, what));
     };
-    if !a::verify_controller_response(hash, kc, c2, s2, tid, &o.subnqn, &o.hostnqn, &r2) {
+    if !a::verify_controller_response(hash, kc, &effective(c2), s2, tid, &o.subnqn, &o.hostnqn, &r2) {
         let what = "the controller's response does not match --dhchap-ctrl-secret (wrong controller secret?)".into();
         return Err(Fail::Host(explanation::FAILED, what));
     }
 
     // 5. Success2.
     send(tx, &DhchapSuccess2 { t_id: tid }.to_bytes(), deadline).await.map_err(Fail::Done)?;
-    Ok(hash)
+    Ok((hash, group))
 }

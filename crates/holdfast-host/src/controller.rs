@@ -1250,17 +1250,7 @@ impl Controller {
         let (exits_tx, mut exits_rx): Exits = mpsc::unbounded_channel();
         let mut started = 0;
         let deadline = TInstant::now() + sh.opts.connect_timeout.max(Duration::from_secs(1)) * 3;
-        let mut result = establish(&sh, &mut slots, &exits_tx, &mut started, deadline, true, &mut 0).await;
-        if result.is_err() && sh.auth.as_ref().is_some_and(|a| a.take_retry()) {
-            // A controller that found no usable DH group in an offer of the NULL group alone (Linux nvmet):
-            // once more at once, with the wider offer it takes (see crate::auth), as a reconnect would.
-            for _ in 0..std::mem::take(&mut started) {
-                if let Some((i, ex)) = exits_rx.recv().await {
-                    slots[i] = Some(Slot { rx: ex.rx, pending: ex.pending });
-                }
-            }
-            result = establish(&sh, &mut slots, &exits_tx, &mut started, deadline, true, &mut 0).await;
-        }
+        let result = establish(&sh, &mut slots, &exits_tx, &mut started, deadline, true, &mut 0).await;
         match result {
             Ok((assoc, _)) => {
                 *lock(&sh.assoc) = assoc.clone();

@@ -12,8 +12,10 @@
 //! - the key transformation and the two responses (§8.13.5.2 and §8.13.5.6): [`DhchapSecret::transform`],
 //!   [`host_response`], [`controller_response`], and their constant-time checks.
 //!
-//! Only the NULL DH group (00h) is computed here: with it the challenge is used as it is (no augmented
-//! challenge) and no DH value is carried. The FFDHE groups are named ([`dh_group`]) but not implemented.
+//! DH groups: NULL (00h), with which the challenge is used as it is and no DH value is carried, and the FFDHE
+//! groups 01h-05h ([`ffdhe`]: RFC 7919's ffdhe2048 ... ffdhe8192), with which each side sends g^x mod p and
+//! both responses are computed over the augmented challenge Ca = HMAC(H(g^xy mod p), C)
+//! ([`ffdhe::augmented_challenge`]).
 //!
 //! Every message begins with the same six bytes: AUTH-Type (00h common, 01h DH-HMAC-CHAP), AUTH-Id (the
 //! message), two reserved bytes, and the transaction identifier T_ID (little endian).
@@ -24,6 +26,8 @@ use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::sqe::SubmissionEntry;
+
+pub mod ffdhe;
 
 /// Security Protocol (SECP) of NVMe in-band authentication (NVMe Base 2.0 Figure 545).
 pub const SECP_NVME_AUTH: u8 = 0xE9;

@@ -29,6 +29,7 @@
 //! dhchap_key = "DHHC-1:00:...:"  # the host must authenticate on every queue
 //! dhchap_ctrl_key = "DHHC-1:00:...:"   # optional: the controller authenticates to the host too
 //! dhchap_hash = "sha256"         # optional: sha256 (default), sha384, sha512
+//! dhchap_dhgroup = "null"        # optional: null (default), ffdhe2048, ffdhe3072, ffdhe4096, ffdhe6144, ffdhe8192
 //! ```
 //!
 //! Every error names the file, the key and the reason.
@@ -67,7 +68,7 @@ pub struct Config {
 }
 
 /// A host's DH-HMAC-CHAP secrets (Linux nvmet's configfs `hosts/NQN/dhchap_key`, `dhchap_ctrl_key`,
-/// `dhchap_hash`). A subsystem that lists the host in `allowed_hosts` makes it authenticate on every queue.
+/// `dhchap_hash`, `dhchap_dhgroup`). A subsystem that lists the host in `allowed_hosts` makes it authenticate on every queue.
 /// Its `Debug` never shows the secrets.
 #[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -80,6 +81,8 @@ pub struct HostConfig {
     pub dhchap_ctrl_key: Option<String>,
     /// The HMAC hash offered first: "sha256" (default), "sha384" or "sha512".
     pub dhchap_hash: Option<String>,
+    /// The DH group: "null" (default) or an FFDHE group, "ffdhe2048" ... "ffdhe8192".
+    pub dhchap_dhgroup: Option<String>,
 }
 
 impl std::fmt::Debug for HostConfig {
@@ -89,6 +92,7 @@ impl std::fmt::Debug for HostConfig {
             .field("dhchap_key", &"<secret>")
             .field("dhchap_ctrl_key", &self.dhchap_ctrl_key.as_ref().map(|_| "<secret>"))
             .field("dhchap_hash", &self.dhchap_hash)
+            .field("dhchap_dhgroup", &self.dhchap_dhgroup)
             .finish()
     }
 }
@@ -102,6 +106,8 @@ pub struct HostKeys {
     pub ctrl_key: Option<holdfast_proto::auth::DhchapSecret>,
     /// The hash the controller picks when the host offers it.
     pub hash: holdfast_proto::auth::HashId,
+    /// The DH group the controller asks for ([`holdfast_proto::auth::dh_group`]: NULL, or an FFDHE group).
+    pub dh_group: u8,
 }
 
 impl HostConfig {
@@ -119,7 +125,14 @@ impl HostConfig {
                 HashId::from_name(h).ok_or(("dhchap_hash", format!("\"{h}\" is not sha256, sha384 or sha512")))?
             }
         };
-        Ok(HostKeys { host_key, ctrl_key, hash })
+        let dh_group = match self.dhchap_dhgroup.as_deref() {
+            None | Some("null") => holdfast_proto::auth::dh_group::NULL,
+            Some(g) => holdfast_proto::auth::ffdhe::group_by_name(g).map(|g| g.id).ok_or((
+                "dhchap_dhgroup",
+                format!("\"{g}\" is not null, ffdhe2048, ffdhe3072, ffdhe4096, ffdhe6144 or ffdhe8192"),
+            ))?,
+        };
+        Ok(HostKeys { host_key, ctrl_key, hash, dh_group })
     }
 }
 
@@ -767,6 +780,16 @@ block_size = 4096
         assert_eq!(e.key, "host[0].dhchap_ctrl_key", "{e}");
         let e = with_host(&format!("dhchap_key = \"{KEY}\"\ndhchap_hash = \"md5\"\n")).unwrap_err();
         assert_eq!(e.to_string(), "t.toml: host[0].dhchap_hash: \"md5\" is not sha256, sha384 or sha512");
+        let k =
+            with_host(&format!("dhchap_key = \"{KEY}\"\ndhchap_dhgroup = \"ffdhe3072\"\n")).unwrap().hosts[0].keys();
+        assert_eq!(k.unwrap().dh_group, 0x02);
+        assert_eq!(with_host(&format!("dhchap_key = \"{KEY}\"\n")).unwrap().hosts[0].keys().unwrap().dh_group, 0);
+        let e = with_host(&format!("dhchap_key = \"{KEY}\"\ndhchap_dhgroup = \"ffdhe1024\"\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.toml: host[0].dhchap_dhgroup: \"ffdhe1024\" is not null, ffdhe2048, ffdhe3072, ffdhe4096, ffdhe6144 or \
+             ffdhe8192"
+        );
         // A host no subsystem lists (here: the subsystem admits any host) would never be asked for its keys.
         let text = GOOD.to_string() + &format!("[[host]]\nnqn = \"{HOST}\"\ndhchap_key = \"{KEY}\"\n");
         let e = Config::parse(&text, "t.toml").unwrap_err();

@@ -2209,26 +2209,44 @@ mod dhchap {
 
     /// A target whose subsystem lists HOSTNQN, with this `[[host]]` table's keys.
     async fn start_auth(host_key: &DhchapSecret, ctrl_key: Option<&DhchapSecret>, hash: &str) -> (Server, SocketAddr) {
-        let target = Target::new(&auth_config(host_key, ctrl_key, hash), TargetSettings::default()).unwrap();
+        start_auth_with(host_key, ctrl_key, hash, "").await
+    }
+
+    /// [`start_auth`] with more lines for the `[[host]]` table (`dhchap_dhgroup = ...`).
+    async fn start_auth_with(
+        host_key: &DhchapSecret,
+        ctrl_key: Option<&DhchapSecret>,
+        hash: &str,
+        more: &str,
+    ) -> (Server, SocketAddr) {
+        let mut config = auth_config(host_key, ctrl_key, hash);
+        if !more.is_empty() {
+            let text = config_text(host_key, ctrl_key, hash) + "\n" + more;
+            config = Config::parse(&text, "test").unwrap();
+        }
+        let target = Target::new(&config, TargetSettings::default()).unwrap();
         let server = Server::start(target).await.unwrap();
         let addr = server.bound[0].1;
         (server, addr)
     }
 
     fn auth_config(host_key: &DhchapSecret, ctrl_key: Option<&DhchapSecret>, hash: &str) -> Config {
+        Config::parse(&config_text(host_key, ctrl_key, hash), "test").unwrap()
+    }
+
+    fn config_text(host_key: &DhchapSecret, ctrl_key: Option<&DhchapSecret>, hash: &str) -> String {
         let ctrl = ctrl_key.map(|k| format!("dhchap_ctrl_key = \"{}\"\n", k.encode())).unwrap_or_default();
         let extra = format!(
             "allowed_hosts = [\"{HOSTNQN}\"]\n[[host]]\nnqn = \"{HOSTNQN}\"\ndhchap_key = \"{}\"\n{ctrl}dhchap_hash = \"{hash}\"\n",
             host_key.encode()
         );
         // The [[host]] table has to come after the subsystem's namespace (TOML arrays of tables).
-        let text = format!(
+        format!(
             "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\n{}\n[[subsystem.namespace]]\n\
              nsid = 1\nbackend = \"ram\"\nsize_mib = 4\nblock_size = 512\n{}",
             extra.lines().next().unwrap(),
             extra.lines().skip(1).collect::<Vec<_>>().join("\n")
-        );
-        Config::parse(&text, "test").unwrap()
+        )
     }
 
     async fn auth_send(c: &mut Conn, msg: &[u8]) -> Status {
@@ -2262,20 +2280,45 @@ mod dhchap {
         ctrl_key: Option<&DhchapSecret>,
         tid: u16,
     ) -> Result<HashId, DhchapFailure> {
+        authenticate_dh(c, key, ctrl_key, tid, a::dh_group::NULL).await
+    }
+
+    /// [`authenticate`], expecting the controller to pick DH group `group`: with an FFDHE group, the host
+    /// computes its value and the augmented challenges as the Linux host does.
+    async fn authenticate_dh(
+        c: &mut Conn,
+        key: &DhchapSecret,
+        ctrl_key: Option<&DhchapSecret>,
+        tid: u16,
+        group: u8,
+    ) -> Result<HashId, DhchapFailure> {
         assert_eq!(auth_send(c, &negotiate(tid, &[1, 2, 3], &[0, 1, 2, 3, 4, 5])).await, Status::SUCCESS);
         let (st, d) = auth_receive(c, 4096).await;
         assert_eq!(st, Status::SUCCESS);
         assert_eq!(d.len(), 4096, "Authentication Receive returns AL bytes");
+        if let Some(f) = DhchapFailure::parse(&d) {
+            return Err(f);
+        }
         let ch = DhchapChallenge::parse(&d).expect("a Challenge");
-        assert_eq!((ch.t_id, ch.dh_group, ch.dh_value.len()), (tid, a::dh_group::NULL, 0));
-        let r1 = a::host_response(ch.hash, &key.transform(HOSTNQN), &ch.challenge, ch.seqnum, tid, HOSTNQN, NQN);
+        let g = a::ffdhe::group(group);
+        assert_eq!((ch.t_id, ch.dh_group, ch.dh_value.len()), (tid, group, g.map_or(0, |g| g.len)));
+        let y = [0x42u8; a::ffdhe::PRIVATE_LEN];
+        let (dh_value, shared) = match g {
+            Some(g) => (g.public_value(&y), g.shared_secret(&y, &ch.dh_value).expect("the controller's value")),
+            None => (vec![], vec![]),
+        };
+        let aug = |c: &[u8]| match g {
+            Some(_) => a::ffdhe::augmented_challenge(ch.hash, &shared, c),
+            None => c.to_vec(),
+        };
+        let r1 = a::host_response(ch.hash, &key.transform(HOSTNQN), &aug(&ch.challenge), ch.seqnum, tid, HOSTNQN, NQN);
         let c2 = vec![0x5A; ch.hash.len()];
         let reply = DhchapReply {
             t_id: tid,
             seqnum: if ctrl_key.is_some() { 77 } else { 0 },
             response: r1,
             challenge: ctrl_key.map(|_| c2.clone()),
-            dh_value: vec![],
+            dh_value,
         };
         assert_eq!(auth_send(c, &reply.to_bytes()).await, Status::SUCCESS);
         let (st, d) = auth_receive(c, 4096).await;
@@ -2289,7 +2332,7 @@ mod dhchap {
             Some(k) => {
                 let r2 = s1.response.expect("R2 for a host that challenged the controller");
                 assert!(
-                    a::verify_controller_response(ch.hash, &k.transform(NQN), &c2, 77, tid, NQN, HOSTNQN, &r2),
+                    a::verify_controller_response(ch.hash, &k.transform(NQN), &aug(&c2), 77, tid, NQN, HOSTNQN, &r2),
                     "the controller's response R2"
                 );
                 assert_eq!(auth_send(c, &DhchapSuccess2 { t_id: tid }.to_bytes()).await, Status::SUCCESS);
@@ -2365,7 +2408,7 @@ mod dhchap {
         let mut other = Conn::ic(addr, false, false).await;
         assert_eq!(other.connect(0, 0xFFFF, NQN, 5000).await.status(), Status::SUCCESS);
         until(2).await; // both bound to a controller, neither authenticated
-        // Unidirectional: authenticated at Success1 (an Authentication Receive).
+                        // Unidirectional: authenticated at Success1 (an Authentication Receive).
         assert_eq!(authenticate(&mut adm, &key, None, 1).await, Ok(HashId::Sha256));
         until(1).await;
         // A failed exchange: the queue stays counted until the target closes it.
@@ -2385,6 +2428,76 @@ mod dhchap {
         assert_eq!(authenticate(&mut q, &key, Some(&ckey), 3).await, Ok(HashId::Sha256));
         until(0).await;
         assert_eq!(read_block0(&mut q).await, Status::SUCCESS);
+        server.stop().await;
+    }
+
+    /// `dhchap_dhgroup = "ffdhe2048"`: the Challenge carries the controller's value, the Reply must carry the
+    /// host's, and both responses are over the augmented challenges; an offer without the group, a Reply
+    /// without a value or with one out of range, and a response over the plain challenge are refused.
+    #[tokio::test]
+    async fn an_ffdhe_group_is_used_when_configured_and_offered() {
+        let (key, ckey) = (secret(1, None), secret(2, Some(HashId::Sha256)));
+        let (server, addr) = start_auth_with(&key, Some(&ckey), "sha256", "dhchap_dhgroup = \"ffdhe2048\"").await;
+        let mut adm = Conn::ic(addr, false, false).await;
+        let cntlid = adm.connect(0, 0xFFFF, NQN, 5000).await.dw0.get() as u16;
+        assert_eq!(authenticate_dh(&mut adm, &key, None, 1, 0x01).await, Ok(HashId::Sha256));
+        assert_eq!(adm.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
+        wait_rdy(&mut adm, true).await;
+        let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+        s.cdw10.set(0x07);
+        s.cdw11.set(0x0001_0001);
+        assert_eq!(adm.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+        let mut q = Conn::ic(addr, false, false).await;
+        assert_eq!(q.connect(1, cntlid, NQN, 0).await.status(), Status::SUCCESS);
+        assert_eq!(authenticate_dh(&mut q, &key, Some(&ckey), 2, 0x01).await, Ok(HashId::Sha256));
+        assert_eq!(read_block0(&mut q).await, Status::SUCCESS);
+
+        // Refusals, each on a new association: (the offer, the Reply's DH value, use the augmented C1) -> why.
+        let g = a::ffdhe::group(0x01).unwrap();
+        let y = [9u8; a::ffdhe::PRIVATE_LEN];
+        for (groups, value, augment, why) in [
+            (&[0u8, 2, 3][..], None, true, a::explanation::DHGROUP_UNUSABLE),
+            (&[0, 1], Some(vec![]), true, a::explanation::INCORRECT_PAYLOAD),
+            (&[0, 1], Some(vec![1]), true, a::explanation::DHGROUP_UNUSABLE),
+            (&[0, 1], Some(vec![0xFF; 256]), true, a::explanation::DHGROUP_UNUSABLE),
+            (&[0, 1], Some(g.public_value(&y)), false, a::explanation::FAILED),
+        ] {
+            let mut adm = Conn::ic(addr, false, false).await;
+            assert_eq!(adm.connect(0, 0xFFFF, NQN, 5000).await.status(), Status::SUCCESS);
+            assert_eq!(auth_send(&mut adm, &negotiate(5, &[1], groups)).await, Status::SUCCESS);
+            let d = auth_receive(&mut adm, 4096).await.1;
+            let f = match (value, DhchapFailure::parse(&d)) {
+                (None, Some(f)) => f,
+                (Some(value), None) => {
+                    let ch = DhchapChallenge::parse(&d).unwrap();
+                    assert_eq!((ch.dh_group, ch.dh_value.len()), (0x01, 256));
+                    let c = match g.shared_secret(&y, &ch.dh_value) {
+                        Ok(z) if augment => a::ffdhe::augmented_challenge(ch.hash, &z, &ch.challenge),
+                        _ => ch.challenge.clone(),
+                    };
+                    let r1 = a::host_response(ch.hash, &key.transform(HOSTNQN), &c, ch.seqnum, 5, HOSTNQN, NQN);
+                    let reply = DhchapReply { t_id: 5, seqnum: 0, response: r1, challenge: None, dh_value: value };
+                    assert_eq!(auth_send(&mut adm, &reply.to_bytes()).await, Status::SUCCESS);
+                    DhchapFailure::parse(&auth_receive(&mut adm, 4096).await.1).expect("Failure1")
+                }
+                (v, f) => panic!("{groups:?} {v:?}: {f:?}"),
+            };
+            assert_eq!((f.failure1, f.explanation), (true, why), "offer {groups:?}");
+            assert!(closed_by_target(&mut adm).await);
+        }
+        server.stop().await;
+    }
+
+    /// With the default (null) group, a host that offers no NULL group gets the first FFDHE group it offers.
+    #[tokio::test]
+    async fn a_host_without_the_null_group_gets_its_first_ffdhe_group() {
+        let key = secret(1, None);
+        let (server, addr) = start_auth(&key, None, "sha256").await;
+        let mut adm = Conn::ic(addr, false, false).await;
+        assert_eq!(adm.connect(0, 0xFFFF, NQN, 5000).await.status(), Status::SUCCESS);
+        assert_eq!(auth_send(&mut adm, &negotiate(3, &[1], &[3, 1])).await, Status::SUCCESS);
+        let ch = DhchapChallenge::parse(&auth_receive(&mut adm, 4096).await.1).unwrap();
+        assert_eq!((ch.dh_group, ch.dh_value.len()), (0x03, 512));
         server.stop().await;
     }
 
@@ -2433,13 +2546,13 @@ mod dhchap {
     }
 
     #[tokio::test]
-    async fn an_offer_without_the_null_group_or_out_of_order_messages_fail_with_their_reason() {
+    async fn an_offer_of_no_known_group_or_out_of_order_messages_fail_with_their_reason() {
         let key = secret(1, None);
         let (server, addr) = start_auth(&key, None, "sha512").await;
-        // FFDHE groups only: DH group not usable. A host offering only SHA-256 gets SHA-256.
+        // No group we know: DH group not usable.
         let mut adm = Conn::ic(addr, false, false).await;
         assert_eq!(adm.connect(0, 0xFFFF, NQN, 5000).await.status(), Status::SUCCESS);
-        assert_eq!(auth_send(&mut adm, &negotiate(4, &[1], &[1, 2])).await, Status::SUCCESS);
+        assert_eq!(auth_send(&mut adm, &negotiate(4, &[1], &[6, 0x20])).await, Status::SUCCESS);
         let f = DhchapFailure::parse(&auth_receive(&mut adm, 8).await.1).unwrap();
         assert_eq!((f.failure1, f.explanation), (true, a::explanation::DHGROUP_UNUSABLE));
         assert!(closed_by_target(&mut adm).await);

@@ -346,6 +346,35 @@ async fn the_host_authenticates_with_its_dhchap_secret() {
     }
 }
 
+/// An FFDHE group configured for the host (`dhchap_dhgroup`): every queue's exchange carries both DH values and
+/// both responses are over the augmented challenges, one way and both ways, every group; a controller secret
+/// that is not the controller's is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_authenticates_with_an_ffdhe_group() {
+    let (key, ckey) = (secret(7, Some(holdfast_proto::auth::HashId::Sha256)), secret(9, None));
+    for (i, g) in holdfast_proto::auth::ffdhe::GROUPS.iter().enumerate() {
+        let bidirectional = i % 2 == 1;
+        let cfg = auth_config(&key, bidirectional.then_some(ckey.as_str()), "sha384");
+        let mut cfg = cfg;
+        cfg.hosts[0].dhchap_dhgroup = Some(g.name.to_string());
+        let server = auth_server(&cfg).await;
+        let ctrl = Controller::connect(auth_options(&server, Some(&key), bidirectional.then_some(ckey.as_str())))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", g.name));
+        io_works(&ctrl, 10 + i as u8).await;
+        ctrl.shutdown().await.unwrap();
+        if bidirectional {
+            let e = Controller::connect(auth_options(&server, Some(&key), Some(&secret(8, None))))
+                .await
+                .err()
+                .expect("a controller with another key must be refused")
+                .to_string();
+            assert!(e.contains("does not match --dhchap-ctrl-secret"), "{}: {e}", g.name);
+        }
+        server.stop().await;
+    }
+}
+
 /// Bidirectional: the host challenges the controller too and checks its answer against the controller secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_authenticates_the_controller_with_its_ctrl_secret() {

@@ -5,22 +5,25 @@
 //! Connect; until it succeeds, every other command on the queue is refused with Authentication Required
 //! ([`crate::cmd::parse`], one flag).
 //!
-//! NULL DH group only: the controller picks it from the host's offer, and refuses an offer without it
-//! (Failure1, DH group not usable). A failed exchange answers the host's next Authentication Receive with
+//! DH group: the host's `dhchap_dhgroup` (NULL by default) if the host offers it; a host that does not offer a
+//! configured NULL group gets the first FFDHE group it offers, and one that does not offer a configured FFDHE
+//! group is refused (Failure1, DH group not usable: no fallback to a weaker group). With an FFDHE group the
+//! Challenge carries g^x mod p, the Reply must carry the host's g^y mod p, and both responses are computed over
+//! the augmented challenges ([`holdfast_proto::auth::ffdhe`]). A failed exchange answers the host's next Authentication Receive with
 //! AUTH_Failure1 and closes the queue (on an I/O queue, the whole association, as nvmet's fatal error).
 
 use crate::config::HostKeys;
 use crate::request::{QueueCtx, Request, Response};
 use holdfast_proto::auth::{
-    self as a, explanation, message, AuthCommand, AuthNegotiate, DhchapChallenge, DhchapFailure, DhchapReply,
+    self as a, explanation, ffdhe, message, AuthCommand, AuthNegotiate, DhchapChallenge, DhchapFailure, DhchapReply,
     DhchapSuccess1, HashId, MessageHeader,
 };
 use holdfast_proto::Status;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
-/// Largest Authentication Send / Receive transfer accepted: a Reply with SHA-512 values is 144 bytes, and
-/// FFDHE values (not offered) would be at most 1 KiB.
+/// Largest Authentication Send / Receive transfer accepted: a Reply with SHA-512 values and an ffdhe8192
+/// value is 16 + 2 × 64 + 1024 = 1168 bytes.
 pub const MAX_AUTH_LEN: usize = 4096;
 
 /// The message the exchange expects next (nvmet's `dhchap_step`).
@@ -55,6 +58,12 @@ pub struct QueueAuth {
     c2: Option<Vec<u8>>,
     s2: u32,
     explanation: u8,
+    /// The FFDHE group picked (None: the NULL group).
+    group: Option<&'static ffdhe::Group>,
+    /// Our private exponent x for this exchange's Challenge (FFDHE).
+    private: Vec<u8>,
+    /// The shared secret g^xy mod p, from the host's value in its Reply (FFDHE).
+    shared: Vec<u8>,
 }
 
 impl QueueAuth {
@@ -72,16 +81,38 @@ impl QueueAuth {
             c2: None,
             s2: 0,
             explanation: 0,
+            group: None,
+            private: Vec::new(),
+            shared: Vec::new(),
         }
     }
 
     fn fail(&mut self, why: u8) {
         self.step = Step::Failure1;
         self.explanation = why;
+        self.forget();
+    }
+
+    fn group_name(&self) -> &'static str {
+        self.group.map_or("null", |g| g.name)
+    }
+
+    /// Drop the exchange's DH secrets (its end, whichever way).
+    fn forget(&mut self) {
+        self.private.clear();
+        self.shared.clear();
+    }
+
+    /// The challenge a response is computed over: C itself with the NULL group, else Ca = HMAC(H(Z), C).
+    fn effective(&self, c: &[u8]) -> Vec<u8> {
+        match self.group {
+            None => c.to_vec(),
+            Some(_) => ffdhe::augmented_challenge(self.hash, &self.shared, c),
+        }
     }
 
     /// The host's AUTH_Negotiate: pick the hash (the configured one if offered, else the first offered that
-    /// we compute, as nvmet falls back) and the NULL DH group.
+    /// we compute, as nvmet falls back) and the DH group (the module's doc).
     fn negotiate(&mut self, msg: &[u8]) -> Result<(), u8> {
         let n = AuthNegotiate::parse(msg)?;
         self.tid = n.t_id;
@@ -100,23 +131,39 @@ impl QueueAuth {
         } else {
             *offered.first().ok_or(explanation::HASH_UNUSABLE)?
         };
-        if !n.dh_group_ids.contains(&a::dh_group::NULL) {
+        let want = self.keys.dh_group;
+        let id = if n.dh_group_ids.contains(&want) {
+            want
+        } else if want == a::dh_group::NULL {
+            *n.dh_group_ids.iter().find(|&&g| ffdhe::group(g).is_some()).ok_or(explanation::DHGROUP_UNUSABLE)?
+        } else {
             return Err(explanation::DHGROUP_UNUSABLE);
-        }
+        };
+        self.group = ffdhe::group(id);
         Ok(())
     }
 
     /// The host's DH-HMAC-CHAP_Reply: check R1 against C1.
     fn reply(&mut self, msg: &[u8]) -> Result<(), u8> {
         let r = DhchapReply::parse(msg)?;
-        if r.response.len() != self.hash.len() || !r.dh_value.is_empty() {
+        if r.response.len() != self.hash.len() {
             return Err(explanation::INCORRECT_PAYLOAD);
+        }
+        match self.group {
+            None if !r.dh_value.is_empty() => return Err(explanation::INCORRECT_PAYLOAD),
+            None => {}
+            Some(_) if r.dh_value.is_empty() => return Err(explanation::INCORRECT_PAYLOAD),
+            // A value out of range or of the wrong size: as nvmet answers a failed session key computation.
+            Some(g) => {
+                self.shared = g.shared_secret(&self.private, &r.dh_value).map_err(|_| explanation::DHGROUP_UNUSABLE)?;
+                self.private.clear();
+            }
         }
         let key = self.keys.host_key.transform(&self.hostnqn);
         if !a::verify_host_response(
             self.hash,
             &key,
-            &self.c1,
+            &self.effective(&self.c1),
             self.s1,
             self.tid,
             &self.hostnqn,
@@ -140,21 +187,35 @@ impl QueueAuth {
         Ok(())
     }
 
-    /// Our DH-HMAC-CHAP_Challenge: fresh C1 from the OS random number generator, a new S1.
+    /// Our DH-HMAC-CHAP_Challenge: fresh C1 from the OS random number generator, a new S1, and with an FFDHE
+    /// group g^x mod p for a fresh x.
     fn challenge(&mut self) -> Vec<u8> {
         use rand::RngCore;
         self.c1 = vec![0; self.hash.len()];
         rand::rngs::OsRng.fill_bytes(&mut self.c1);
         self.s1 = next_seqnum();
+        let dh_value = match self.group {
+            None => Vec::new(),
+            Some(g) => {
+                self.private = vec![0; ffdhe::PRIVATE_LEN];
+                rand::rngs::OsRng.fill_bytes(&mut self.private);
+                g.public_value(&self.private)
+            }
+        };
         DhchapChallenge {
             t_id: self.tid,
             hash: self.hash,
-            dh_group: a::dh_group::NULL,
+            dh_group: self.group.map_or(a::dh_group::NULL, |g| g.id),
             seqnum: self.s1,
             challenge: self.c1.clone(),
-            dh_value: Vec::new(),
+            dh_value,
         }
         .to_bytes()
+    }
+
+    /// Length of our Challenge: its fixed part, C1, and the DH value.
+    fn challenge_len(&self) -> usize {
+        16 + self.hash.len() + self.group.map_or(0, |g| g.len)
     }
 
     /// Our DH-HMAC-CHAP_Success1, with R2 if the host challenged us.
@@ -163,7 +224,7 @@ impl QueueAuth {
             a::controller_response(
                 self.hash,
                 &k.transform(&self.subnqn),
-                c2,
+                &self.effective(c2),
                 self.s2,
                 self.tid,
                 &self.subnqn,
@@ -252,7 +313,7 @@ fn take_message(ctx: &QueueCtx, st: &mut QueueAuth, data: &[u8]) -> Outcome {
             Ok(()) => {
                 st.step = Step::Success1;
                 if st.c2.is_none() {
-                    tracing::info!(peer = %peer, cntlid, qid, host = %st.hostnqn, hash = st.hash.name(), "DH-HMAC-CHAP: host authenticated");
+                    tracing::info!(peer = %peer, cntlid, qid, host = %st.hostnqn, hash = st.hash.name(), dhgroup = st.group_name(), "DH-HMAC-CHAP: host authenticated");
                     return Outcome::Authenticated;
                 }
             }
@@ -267,7 +328,7 @@ fn take_message(ctx: &QueueCtx, st: &mut QueueAuth, data: &[u8]) -> Outcome {
         },
         (a::auth_type::DHCHAP, message::SUCCESS2) if st.step == Step::Success2 => {
             st.step = Step::Done;
-            tracing::info!(peer = %peer, cntlid, qid, host = %st.hostnqn, hash = st.hash.name(), "DH-HMAC-CHAP: host and controller authenticated (bidirectional)");
+            tracing::info!(peer = %peer, cntlid, qid, host = %st.hostnqn, hash = st.hash.name(), dhgroup = st.group_name(), "DH-HMAC-CHAP: host and controller authenticated (bidirectional)");
             return Outcome::Authenticated;
         }
         _ => {
@@ -297,7 +358,8 @@ pub fn receive(ctx: &mut QueueCtx, req: &Request) -> Response {
     };
     let hl = st.hash.len();
     let msg = match st.step {
-        Step::Challenge | Step::Success1 if al < 16 + hl => None,
+        Step::Challenge if al < st.challenge_len() => None,
+        Step::Success1 if al < 16 + hl => None,
         Step::Challenge => {
             st.step = Step::Reply;
             Some(st.challenge())
@@ -306,6 +368,7 @@ pub fn receive(ctx: &mut QueueCtx, req: &Request) -> Response {
             let m = st.success1();
             st.step = if st.c2.is_some() { Step::Success2 } else { Step::Done };
             st.c1.clear();
+            st.forget();
             Some(m)
         }
         Step::Failure1 => Some(failure1(&mut st)),
