@@ -1064,6 +1064,27 @@ fn namespace_identity(descriptors: &[identify::NsDescriptor]) -> Vec<identify::N
     descriptors.iter().copied().filter(|d| !matches!(d, identify::NsDescriptor::Csi(_))).collect()
 }
 
+/// Does this status of an Identify CNS 03h say the controller does not give Namespace Identification Descriptor
+/// lists (Invalid Field: a controller before NVMe 1.3, where the list is optional)? Then the namespace's
+/// identifiers are the EUI-64 and NGUID of its Identify Namespace data ([`identity_from_namespace`]), as the Linux
+/// host takes them (nvme_ns_info_from_identify). Any other status is a controller's passing trouble.
+pub(crate) fn descriptors_unsupported(status: Status) -> bool {
+    status.code() == Status::INVALID_FIELD
+}
+
+/// The identifiers Identify Namespace data carries (EUI-64, NGUID; the non-zero ones), for a controller without
+/// descriptor lists ([`descriptors_unsupported`]).
+pub(crate) fn identity_from_namespace(id: &IdentifyNamespace) -> Vec<identify::NsDescriptor> {
+    let mut ids = Vec::new();
+    if id.eui64 != [0; 8] {
+        ids.push(identify::NsDescriptor::Eui64(id.eui64));
+    }
+    if id.nguid != [0; 16] {
+        ids.push(identify::NsDescriptor::Nguid(id.nguid));
+    }
+    ids
+}
+
 /// On a reconnect, before anything is issued again: every namespace opened must still have the identifiers
 /// it had (EUI-64, NGUID, UUID; Identify CNS 03h). Other identifiers mean another namespace under the same
 /// NSID (a target re-created with new ones, as Linux's nvmet gives a namespace a random UUID when it is
@@ -1093,8 +1114,9 @@ async fn check_namespace_ids(
         let mut s = SubmissionEntry::new(aop::IDENTIFY, 0);
         s.nsid.set(nsid);
         s.cdw10.set(identify::CNS_NS_DESC_LIST as u32);
-        let now: Vec<_> = match setup_ok(admin, s, Bytes::new(), 4096, "Identify", deadline).await {
-            Ok(c) => namespace_identity(&identify::parse_ns_descriptor_list(&c.data)),
+        // None: the controller gives no descriptor lists; the identifiers are then Identify Namespace's, below.
+        let listed: Option<Vec<_>> = match setup_ok(admin, s, Bytes::new(), 4096, "Identify", deadline).await {
+            Ok(c) => Some(namespace_identity(&identify::parse_ns_descriptor_list(&c.data))),
             // Not active any more (Invalid Namespace or Format): not the namespace it was either. Another status
             // (a controller's passing trouble) says nothing about the namespace: the attempt fails, as for a lost
             // connection, and the next one asks again.
@@ -1102,14 +1124,17 @@ async fn check_namespace_ids(
                 gone.push((mark, nsid, format!("was removed from the target ({status}; found at a reconnect)")));
                 continue;
             }
+            Err(Error::Nvme { status, .. }) if descriptors_unsupported(status) => None,
             Err(e) => return Err(e),
         };
-        if now != before {
-            let why = format!(
-                "was replaced by another namespace across a reconnect (identifiers changed: {before:?} -> {now:?})"
-            );
-            gone.push((mark, nsid, why));
-            continue;
+        let replaced = |now: &Vec<identify::NsDescriptor>| {
+            format!("was replaced by another namespace across a reconnect (identifiers changed: {before:?} -> {now:?})")
+        };
+        if let Some(now) = &listed {
+            if *now != before {
+                gone.push((mark, nsid, replaced(now)));
+                continue;
+            }
         }
         let mut s = SubmissionEntry::new(aop::IDENTIFY, 0);
         s.nsid.set(nsid);
@@ -1118,12 +1143,23 @@ async fn check_namespace_ids(
         if c.status().is_success() {
             // Identify Namespace data that does not even parse is taken for a namespace that is not active.
             let why = match IdentifyNamespace::read_from_bytes(c.data.get(..4096).unwrap_or_default()) {
-                Ok(id) => namespace_format_change(&id, block_size),
-                Err(_) => Some(NOT_ACTIVE.into()),
+                Ok(id) => match listed {
+                    None if identity_from_namespace(&id) != before => Some(replaced(&identity_from_namespace(&id))),
+                    _ => namespace_format_change(&id, block_size).map(|why| format!("{why}, found at a reconnect")),
+                },
+                Err(_) => Some(format!("{NOT_ACTIVE}, found at a reconnect")),
             };
             if let Some(why) = why {
-                gone.push((mark, nsid, format!("{why}, found at a reconnect")));
+                gone.push((mark, nsid, why));
             }
+        } else if listed.is_none() {
+            // Neither list nor data: not active any more, or the identifiers could not be checked (a passing
+            // trouble, as above).
+            if c.status().code() == Status::INVALID_NAMESPACE {
+                gone.push((mark, nsid, format!("was removed from the target ({}; found at a reconnect)", c.status())));
+                continue;
+            }
+            return Err(Error::Nvme { command: "Identify", status: c.status() });
         }
     }
     Ok(gone)
@@ -1703,10 +1739,15 @@ async fn check_changed_namespaces(
         .collect();
     drop(sh);
     for (nsid, before, block_size, gone) in listed {
-        let why = match identify_raw(admin, identify::CNS_NS_DESC_LIST, nsid).await {
-            Ok(d) => {
-                let now = namespace_identity(&identify::parse_ns_descriptor_list(&d));
-                if now != before {
+        // None: the controller gives no descriptor lists; the identifiers are then Identify Namespace's.
+        let listed = match identify_raw(admin, identify::CNS_NS_DESC_LIST, nsid).await {
+            Ok(d) => Ok(Some(namespace_identity(&identify::parse_ns_descriptor_list(&d)))),
+            Err(Error::Nvme { status, .. }) if descriptors_unsupported(status) => Ok(None),
+            Err(e) => Err(e),
+        };
+        let why = match listed {
+            Ok(listed) => {
+                if let Some(now) = listed.as_ref().filter(|now| **now != before) {
                     format!("was replaced by another namespace (identifiers {before:?} -> {now:?})")
                 } else {
                     match identify_raw(admin, identify::CNS_NAMESPACE, nsid).await {
@@ -1714,8 +1755,13 @@ async fn check_changed_namespaces(
                             let Ok(id) = IdentifyNamespace::read_from_bytes(b.get(..4096).unwrap_or_default()) else {
                                 continue;
                             };
-                            let Some(why) = namespace_format_change(&id, block_size) else { continue };
-                            why
+                            let now = identity_from_namespace(&id);
+                            if listed.is_none() && now != before {
+                                format!("was replaced by another namespace (identifiers {before:?} -> {now:?})")
+                            } else {
+                                let Some(why) = namespace_format_change(&id, block_size) else { continue };
+                                why
+                            }
                         }
                         Err(Error::Nvme { status, .. }) if status.code() == Status::INVALID_NAMESPACE => {
                             format!("was removed from the target ({status})")

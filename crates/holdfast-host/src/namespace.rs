@@ -77,13 +77,17 @@ impl Namespace {
                 id.formatted_lba_index()
             )));
         }
-        // A controller that refuses CNS 03h (an error status) has no identifiers to give; any other failure
-        // (the connection, a timeout) fails the open: a namespace taken as one without identifiers is never
-        // checked across a reconnect (design §5, `check_namespace_ids`).
+        // A controller that does not give descriptor lists (CNS 03h refused with Invalid Field, as before NVMe
+        // 1.3) has the identifiers of its Identify Namespace data (EUI-64, NGUID), as the Linux host takes them;
+        // any other failure (another status, the connection, a timeout) fails the open: a namespace taken as one
+        // without its identifiers would be found "replaced" at the first reconnect that reads them, or never
+        // checked (design §5, `check_namespace_ids`).
         let descriptors =
             match crate::controller::identify_raw(ctrl.admin_queue(), identify::CNS_NS_DESC_LIST, nsid).await {
                 Ok(d) => identify::parse_ns_descriptor_list(&d),
-                Err(Error::Nvme { .. }) => Vec::new(),
+                Err(Error::Nvme { status, .. }) if crate::controller::descriptors_unsupported(status) => {
+                    crate::controller::identity_from_namespace(&id)
+                }
                 Err(e) => return Err(e),
             };
         let mark = ctrl.note_namespace_ids(nsid, &descriptors, block_size);

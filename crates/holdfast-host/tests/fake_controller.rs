@@ -519,6 +519,12 @@ impl Conn {
                             ns.lbaf[0].lbads =
                                 if sqe.nsid() == 1 { self.st.ns_lbads.load(Ordering::Relaxed) } else { 9 };
                             ns.lbaf[0].ms.set(self.st.b.ns_metadata);
+                            // The NGUID its descriptor list gives (below), as a real controller has them agree.
+                            ns.nguid = if sqe.nsid() == 1 {
+                                [self.st.ns_gen.load(Ordering::Relaxed) as u8 + 1; 16]
+                            } else {
+                                [0xEE; 16]
+                            };
                             if self.st.b.ns_metadata != 0 {
                                 ns.flbas |= 1 << 4;
                             }
@@ -1433,6 +1439,45 @@ async fn a_passing_status_at_the_reconnect_check_is_not_a_removed_namespace() {
     let r = tokio::time::timeout(Duration::from_secs(10), ns.write(0, pattern(BS, 5), false)).await.expect("no hang");
     assert!(r.is_ok(), "the namespace was taken for gone over a passing status: {r:?}");
     assert_eq!(c.state(), holdfast_host::controller::State::Live);
+    c.shutdown().await.unwrap();
+}
+
+/// A controller that gives no Namespace Identification Descriptor lists (CNS 03h refused with Invalid Field, as
+/// one before NVMe 1.3 may): the namespace's identifiers are those of its Identify Namespace data (here the
+/// NGUID), as the Linux host takes them. A reconnect that finds them unchanged rides through (before, each
+/// attempt failed on the refusal until ctrl_loss_tmo), and one that finds another NGUID fails the write kept for
+/// it as replaced, not replaying it.
+#[tokio::test]
+async fn a_controller_without_descriptor_lists_is_checked_by_its_identify_namespace_ids() {
+    let f = fake(Behaviour::default()).await;
+    *f.st.desc_list_status.lock().unwrap() = Some(Status::INVALID_FIELD.with_dnr());
+    let c = Controller::connect(riding_opts(&f)).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    ns.write(0, pattern(BS, 1), false).await.unwrap();
+    for (round, replaced) in [(2u8, false), (3, true)] {
+        go_down(&f, &c).await;
+        let writes = f.st.write_attempts.load(Ordering::Relaxed);
+        let w = tokio::spawn({
+            let ns = ns.clone();
+            async move { ns.write(0, pattern(BS, round), false).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if replaced {
+            f.st.ns_gen.store(1, Ordering::Relaxed);
+        }
+        f.st.down.store(false, Ordering::Relaxed);
+        let r =
+            tokio::time::timeout(Duration::from_secs(5), w).await.expect("the queued write never finished").unwrap();
+        match (r, replaced) {
+            (Ok(()), false) => {}
+            (Err(Error::Invalid(why)), true) => {
+                assert!(why.contains("namespace 1") && why.contains("identifiers changed"), "{why}");
+                assert_eq!(f.st.write_attempts.load(Ordering::Relaxed), writes, "replayed onto another namespace");
+            }
+            (r, _) => panic!("round {round}: {r:?}"),
+        }
+        live(&c).await;
+    }
     c.shutdown().await.unwrap();
 }
 
