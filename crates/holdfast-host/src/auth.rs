@@ -22,6 +22,7 @@ use holdfast_proto::auth::{
 };
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use tokio::time::Instant as TInstant;
+use zeroize::Zeroizing;
 
 /// Allocation length of every Authentication Receive (as the Linux host: room for any FFDHE value).
 const RECEIVE_LEN: usize = 4096;
@@ -29,10 +30,10 @@ const RECEIVE_LEN: usize = 4096;
 /// The secrets of a controller's host, parsed and transformed once at connect. Its `Debug` shows nothing of
 /// them.
 pub(crate) struct HostSecrets {
-    /// Kh': the host key transformed with the host NQN (§8.13.5.8).
-    host_key: Vec<u8>,
+    /// Kh': the host key transformed with the host NQN (§8.13.5.8). Wiped from memory when dropped.
+    host_key: Zeroizing<Vec<u8>>,
     /// Kc': the controller key transformed with the subsystem NQN, for bidirectional authentication.
-    ctrl_key: Option<Vec<u8>>,
+    ctrl_key: Option<Zeroizing<Vec<u8>>>,
     /// The next transaction identifier (one per exchange, as the Linux host counts them per controller).
     next_tid: AtomicU16,
 }
@@ -215,13 +216,13 @@ async fn exchange(
     };
     let hash = ch.hash;
     let (group, dh_value, shared) = match (ch.dh_group, ffdhe::group(ch.dh_group)) {
-        (a::dh_group::NULL, _) if ch.dh_value.is_empty() => (None, Vec::new(), Vec::new()),
+        (a::dh_group::NULL, _) if ch.dh_value.is_empty() => (None, Vec::new(), Zeroizing::new(Vec::new())),
         (a::dh_group::NULL, _) => {
             let what = "the controller's Challenge carries a DH value with the NULL DH group".to_string();
             return Err(Fail::Host(explanation::INCORRECT_PAYLOAD, what));
         }
         (_, Some(g)) => {
-            let mut x = vec![0u8; ffdhe::PRIVATE_LEN];
+            let mut x = Zeroizing::new(vec![0u8; ffdhe::PRIVATE_LEN]);
             {
                 use rand::RngCore;
                 rand::rngs::OsRng.fill_bytes(&mut x);
@@ -229,7 +230,7 @@ async fn exchange(
             let shared = g.shared_secret(&x, &ch.dh_value).map_err(|e| {
                 Fail::Host(explanation::DHGROUP_UNUSABLE, format!("the controller's {} value: {e}", g.name))
             })?;
-            (Some(g), g.public_value(&x), shared)
+            (Some(g), g.public_value(&x), Zeroizing::new(shared))
         }
         (id, None) => {
             let what = format!("the controller chose DH group {id:#04x}, which this host did not offer");

@@ -229,6 +229,12 @@ pub struct DhchapSecret {
     key: Vec<u8>,
 }
 
+impl Drop for DhchapSecret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
 impl std::fmt::Debug for DhchapSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "DhchapSecret {{ transform: {:?}, key: <{} bytes> }}", self.transform, self.key.len())
@@ -289,12 +295,13 @@ impl DhchapSecret {
 
     /// The key used in the HMAC of a response (§8.13.5.8): the key itself for transformation 00, else
     /// HMAC(key, NQN || "NVMe-over-Fabrics") with the transformation's hash. `nqn` is the NQN of the side
-    /// whose secret this is: the host's for the host key, the subsystem's for the controller key.
-    pub fn transform(&self, nqn: &str) -> Vec<u8> {
-        match self.transform {
+    /// whose secret this is: the host's for the host key, the subsystem's for the controller key. Wiped from
+    /// memory when dropped, as the secret itself is.
+    pub fn transform(&self, nqn: &str) -> zeroize::Zeroizing<Vec<u8>> {
+        zeroize::Zeroizing::new(match self.transform {
             None => self.key.clone(),
             Some(h) => hmac(h, &self.key, &[nqn.as_bytes(), b"NVMe-over-Fabrics"]),
-        }
+        })
     }
 }
 
@@ -865,8 +872,8 @@ mod tests {
     #[test]
     fn key_transformation_known_answer() {
         let s = DhchapSecret::parse(KAT_SECRET_01).unwrap();
-        assert_eq!(s.transform(HOSTNQN), hex(KAT_TRANSFORMED_01));
-        assert_eq!(DhchapSecret::parse(KAT_SECRET_00).unwrap().transform(HOSTNQN), (0u8..32).collect::<Vec<_>>());
+        assert_eq!(*s.transform(HOSTNQN), hex(KAT_TRANSFORMED_01));
+        assert_eq!(*DhchapSecret::parse(KAT_SECRET_00).unwrap().transform(HOSTNQN), (0u8..32).collect::<Vec<_>>());
     }
 
     #[test]

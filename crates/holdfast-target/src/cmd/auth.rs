@@ -21,6 +21,7 @@ use holdfast_proto::auth::{
 use holdfast_proto::Status;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
+use zeroize::Zeroize;
 
 /// Largest Authentication Send / Receive transfer accepted: a Reply with SHA-512 values and an ffdhe8192
 /// value is 16 + 2 × 64 + 1024 = 1168 bytes.
@@ -97,10 +98,10 @@ impl QueueAuth {
         self.group.map_or("null", |g| g.name)
     }
 
-    /// Drop the exchange's DH secrets (its end, whichever way).
+    /// Wipe the exchange's DH secrets (its end, whichever way).
     fn forget(&mut self) {
-        self.private.clear();
-        self.shared.clear();
+        self.private.zeroize();
+        self.shared.zeroize();
     }
 
     /// The challenge a response is computed over: C itself with the NULL group, else Ca = HMAC(H(Z), C).
@@ -156,7 +157,7 @@ impl QueueAuth {
             // A value out of range or of the wrong size: as nvmet answers a failed session key computation.
             Some(g) => {
                 self.shared = g.shared_secret(&self.private, &r.dh_value).map_err(|_| explanation::DHGROUP_UNUSABLE)?;
-                self.private.clear();
+                self.private.zeroize();
             }
         }
         let key = self.keys.host_key.transform(&self.hostnqn);
@@ -232,6 +233,12 @@ impl QueueAuth {
             )
         });
         DhchapSuccess1 { t_id: self.tid, hl: self.hash.len() as u8, response }.to_bytes()
+    }
+}
+
+impl Drop for QueueAuth {
+    fn drop(&mut self) {
+        self.forget();
     }
 }
 
