@@ -227,10 +227,10 @@ async fn exchange(
                 use rand::RngCore;
                 rand::rngs::OsRng.fill_bytes(&mut x);
             }
-            let shared = g.shared_secret(&x, &ch.dh_value).map_err(|e| {
+            let shared = holdfast_rt::compute(|| g.shared_secret(&x, &ch.dh_value)).map_err(|e| {
                 Fail::Host(explanation::DHGROUP_UNUSABLE, format!("the controller's {} value: {e}", g.name))
             })?;
-            (Some(g), g.public_value(&x), Zeroizing::new(shared))
+            (Some(g), holdfast_rt::compute(|| g.public_value(&x)), Zeroizing::new(shared))
         }
         (id, None) => {
             let what = format!("the controller chose DH group {id:#04x}, which this host did not offer");

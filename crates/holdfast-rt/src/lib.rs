@@ -442,6 +442,20 @@ pub async fn yield_to_tasks(current_thread: bool) {
     .await
 }
 
+/// Run `f`, a computation long enough to hold up other tasks (milliseconds: a DH-HMAC-CHAP FFDHE
+/// exponentiation), where the runtime allows without holding them up: on a multi-thread runtime through
+/// `block_in_place` (the worker's other tasks move to another worker meanwhile); elsewhere (a current-thread
+/// runtime, or no runtime) on the spot.
+pub fn compute<T>(f: impl FnOnce() -> T) -> T {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 /// Whether the caller runs on a current-thread runtime (for [`yield_to_tasks`]).
 pub fn on_current_thread_runtime() -> bool {
     tokio::runtime::Handle::try_current()
@@ -683,6 +697,41 @@ mod tests {
         // SAFETY: as in raise_open_files_limit.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) }, 0);
         assert_eq!((rl.rlim_cur, rl.rlim_cur), (rl.rlim_max, after), "soft limit at the hard limit");
+    }
+
+    /// On a multi-thread runtime of one worker, another task goes on while a task computes (its worker is handed
+    /// over); on a current-thread runtime the computation runs on the spot (nothing else could run, and
+    /// `block_in_place` would panic there).
+    #[test]
+    fn compute_lets_other_tasks_run_on_a_multi_thread_runtime() {
+        use std::sync::atomic::AtomicU32;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_time().build().unwrap();
+        rt.block_on(async {
+            let ticks = Arc::new(AtomicU32::new(0));
+            let t = ticks.clone();
+            let ticker = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    t.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let during = tokio::spawn({
+                let ticks = ticks.clone();
+                async move {
+                    let before = ticks.load(Ordering::Relaxed);
+                    compute(|| std::thread::sleep(std::time::Duration::from_millis(300)));
+                    ticks.load(Ordering::Relaxed) - before
+                }
+            })
+            .await
+            .unwrap();
+            ticker.abort();
+            assert!(during >= 5, "the other task ticked {during} times during a 300 ms computation");
+        });
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert_eq!(rt.block_on(async { compute(|| 7) }), 7);
+        assert_eq!(compute(|| 8), 8);
     }
 
     #[test]

@@ -156,7 +156,9 @@ impl QueueAuth {
             Some(_) if r.dh_value.is_empty() => return Err(explanation::INCORRECT_PAYLOAD),
             // A value out of range or of the wrong size: as nvmet answers a failed session key computation.
             Some(g) => {
-                self.shared = g.shared_secret(&self.private, &r.dh_value).map_err(|_| explanation::DHGROUP_UNUSABLE)?;
+                let (private, value) = (&self.private, &r.dh_value);
+                self.shared = holdfast_rt::compute(|| g.shared_secret(private, value))
+                    .map_err(|_| explanation::DHGROUP_UNUSABLE)?;
                 self.private.zeroize();
             }
         }
@@ -200,7 +202,7 @@ impl QueueAuth {
             Some(g) => {
                 self.private = vec![0; ffdhe::PRIVATE_LEN];
                 rand::rngs::OsRng.fill_bytes(&mut self.private);
-                g.public_value(&self.private)
+                holdfast_rt::compute(|| g.public_value(&self.private))
             }
         };
         DhchapChallenge {
