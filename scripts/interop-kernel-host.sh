@@ -147,14 +147,28 @@ for xx, n in ((1, 32), (0, 48), (1, 32)):
   "$bin" target --config "$logs/dhchap.toml" >"$logs/target-$port.log" 2>&1 &
   tpid=$!
   for _ in $(seq 100); do grep -q '^connect:' "$logs/target-$port.log" 2>/dev/null && break; sleep 0.05; done
+  # Captured, for Wireshark's word on every exchange's Authentication Send / Receive PDUs (below).
+  tcpdump -i lo -s 0 -B 32768 -U -w "$logs/dhchap.pcap" "tcp port $port" >"$logs/tcpdump-dhchap.log" 2>&1 & dpid=$!
+  sleep 0.5
   NVME_INTEROP_CACHE=$INTEROP_612_CACHE "$dir/kernel-host.sh" --port "$port" --nqn "$nqn" \
     --guest-script "$root/tests/interop/guest-dhchap.sh" -- \
     -e "HOSTNQN=$hostnqn" -e "HOSTNQN_DH=$hostnqn_dh" -e "KEY=$key" -e "CKEY=$ckey" -e "WRONG_KEY=$wrong" || rc=$?
+  sleep 0.3; kill "$dpid" 2>/dev/null; wait "$dpid" 2>/dev/null || true; dpid=""
   stop_target
   # What the target said of it, and that it said no secret.
   grep -E "DH-HMAC-CHAP" "$logs/target-$port.log" | sed -E 's/^.*(DH-HMAC-CHAP.*) peer=.*$/target: \1/' | sort | uniq -c | sed 's/^ */    /'
   if grep -qF -e "${key:10:20}" -e "${ckey:10:20}" "$logs/target-$port.log"; then echo "the target logged a secret"; return 1; fi
-  return $rc
+  ((rc == 0)) || return $rc
+  # Wireshark decodes the exchanges (the NULL group's and ffdhe3072's, the refused one's) with the rest: no
+  # malformed PDU. A capture tcpdump dropped packets from would be decoded across the hole: no verdict, a failure.
+  grep -q '^0 packets dropped by kernel' "$logs/tcpdump-dhchap.log" || {
+    echo "tcpdump: $(grep 'dropped by kernel' "$logs/tcpdump-dhchap.log" || echo 'no drop count'): the capture is incomplete"; return 1; }
+  local sends
+  sends=$(tshark -r "$logs/dhchap.pcap" -d "tcp.port==$port,nvme-tcp" -Y 'nvme-tcp' -T fields -e _ws.col.Info 2>/dev/null |
+    grep -o "NVMeOF Authentication Send" | wc -l)
+  ((sends >= 20)) || { echo "the capture holds $sends Authentication Send commands, not the exchanges run"; return 1; }
+  echo "dhchap: the capture holds $sends Authentication Send commands"
+  "$root/scripts/nvme-tcp-check-loopback.sh" "$logs/dhchap.pcap" "$port"
 }
 
 "$interop/setup.sh" >/dev/null
