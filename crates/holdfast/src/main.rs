@@ -52,6 +52,8 @@ enum Command {
     /// Serve a namespace as an NBD export, so that NBD clients (QEMU, qemu-img, nbdcopy, the Linux NBD
     /// client) use it unmodified and ride through target outages.
     Nbd(cmd::nbd::Args),
+    /// Generate a DH-HMAC-CHAP secret (DHHC-1), as `nvme gen-dhchap-key` does.
+    GenDhchapKey(cmd::gen_key::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -73,6 +75,7 @@ fn main() -> std::process::ExitCode {
         Command::Proxy(a) => cmd::proxy::run(a),
         Command::ProxyCtl(a) => cmd::proxy::run_ctl(a),
         Command::Nbd(a) => cmd::nbd::run(a),
+        Command::GenDhchapKey(a) => cmd::gen_key::run(a),
     };
     match r {
         Ok(code) => code,

@@ -556,3 +556,30 @@ fn bench_verify_randrw_that_only_writes_or_only_reads() {
     assert_eq!(rc, 1, "{out}{err}");
     assert!(err.contains("--verify checks what this run wrote"), "{err}");
 }
+
+/// `gen-dhchap-key` prints a DHHC-1 secret as nvme-cli does: a given key encodes to the known representation
+/// (computed with Python's base64 and zlib.crc32), random ones parse back with the length and hash asked for,
+/// two are never the same, and a bad length or key is refused without echoing the key.
+#[test]
+fn gen_dhchap_key_prints_a_dhhc_1_secret() {
+    use holdfast_proto::auth::{DhchapSecret, HashId};
+    let hex: String = (0u8..32).map(|b| format!("{b:02x}")).collect();
+    let (rc, out, err) = holdfast(&["gen-dhchap-key", "--hmac", "1", "--secret", &hex]);
+    assert_eq!((rc, out.trim()), (0, "DHHC-1:01:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:"), "{err}");
+    for (args, len, hash) in [
+        (&[][..], 32, None),
+        (&["-m", "2"][..], 48, Some(HashId::Sha384)),
+        (&["-m", "3", "-l", "32"][..], 32, Some(HashId::Sha512)),
+    ] {
+        let (rc, a, err) = holdfast(&[&["gen-dhchap-key"][..], args].concat());
+        assert_eq!(rc, 0, "{err}");
+        let (_, b, _) = holdfast(&[&["gen-dhchap-key"][..], args].concat());
+        assert_ne!(a, b, "two random secrets were the same");
+        let s = DhchapSecret::parse(a.trim()).unwrap();
+        assert_eq!((s.key_len(), s.transform), (len, hash), "{args:?}");
+    }
+    let (rc, _, err) = holdfast(&["gen-dhchap-key", "--key-len", "40"]);
+    assert!(rc != 0 && err.contains("32, 48 or 64"), "{err}");
+    let (rc, _, err) = holdfast(&["gen-dhchap-key", "--secret", "abcdefgh"]);
+    assert!(rc != 0 && err.contains("not hexadecimal") && !err.contains("abcdefgh"), "{err}");
+}

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod common;
 pub mod discover;
+pub mod gen_key;
 pub mod identify;
 pub mod io;
 pub mod nbd;
