@@ -14,10 +14,25 @@
 //! Input: byte 0: bit 0 header digests, bit 1 data digests, bit 2 the script runs on the admin queue (else on
 //! I/O queue 1), bit 3 the script's connection sends no Connect (it starts right after the ICResp), bit 4 the
 //! script's connection sends no ICReq either, bit 5 the discovery subsystem (the script then runs on its admin
-//! queue); then the script, one operation after another (see `Host::op`; operation 10 moves the script between
-//! the admin queue and I/O queue 1).
+//! queue), bit 6 DH-HMAC-CHAP (below); then the script, one operation after another (see `Host::op`; operation
+//! 10 moves the script between the admin queue and I/O queue 1).
+//!
+//! DH-HMAC-CHAP: with bit 6 both queues connect as a host that must authenticate on a second subsystem (a
+//! `[[host]]` table with a key and a controller key, the subsystem listing it). The set-up authenticates the
+//! admin queue (bidirectionally) before enabling the controller, and the I/O queue unless bit 7 is set (with
+//! bit 7 and bit 2, not the admin queue either, nor is the controller enabled): the script's queue may then
+//! still have to authenticate, and operation 9 (else the end of the script) plays the host's side of the
+//! exchange (see `Host::auth_op`): Negotiate, Authentication Receive, a Reply with R1 computed from the last
+//! Challenge received (right key or not, with C2 or not), Success2, Failure2, any message, in the capsule or
+//! by R2T. Checks, beyond the above: while the script's queue has yet to authenticate (no Reply with the right
+//! R1 sent), no command but a Fabrics one completes successfully; a Failure1 received means the queue is
+//! closed (the target closes within 10 s of the host closing, as for every run).
 #![no_main]
 use bytes::{Bytes, BytesMut};
+use holdfast_proto::auth::{
+    self as a, AuthCommand, AuthNegotiate, DhchapChallenge, DhchapFailure, DhchapReply, DhchapSecret, DhchapSuccess2,
+    HashId, MessageHeader,
+};
 use holdfast_proto::decoder::{DecodeError, Limits, PduDecoder, Role};
 use holdfast_proto::fabrics::{cc, property, ConnectCommand, ConnectData, PropertyCommand, DISCOVERY_NQN};
 use holdfast_proto::opcode::{admin, io};
@@ -27,6 +42,7 @@ use holdfast_proto::{CompletionEntry, Status, SubmissionEntry};
 use holdfast_target::{Server, Target};
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -35,6 +51,12 @@ use tokio::net::TcpStream;
 
 const NQN: &str = "nqn.2026-01.io.holdfast:fuzz";
 const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-00000000f023";
+/// The subsystem whose host must authenticate, the host, its key and the controller key.
+const AUTH_NQN: &str = "nqn.2026-01.io.holdfast:fuzz-auth";
+const AUTH_HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-0000000000c3";
+fn auth_keys() -> (DhchapSecret, DhchapSecret) {
+    (DhchapSecret::new(&[0x66; 32], Some(HashId::Sha512)), DhchapSecret::new(&[0x77; 48], None))
+}
 /// The namespace: 1 MiB in 512-byte blocks.
 const BLOCKS: u64 = 2048;
 
@@ -57,7 +79,15 @@ fn world() -> &'static World {
             "[[subsystem.namespace]]\nnsid = 2\nbackend = \"file\"\npath = {:?}\nblock_size = 512\n",
             file.display().to_string()
         );
-        let (target, server) = target::start(&rt, NQN, &file_ns);
+        let (key, ckey) = auth_keys();
+        let auth_subsystem = format!(
+            "[[subsystem]]\nnqn = \"{AUTH_NQN}\"\nallowed_hosts = [\"{AUTH_HOSTNQN}\"]\n[[subsystem.namespace]]\nnsid = 1\n\
+             backend = \"ram\"\nsize_mib = 1\nblock_size = 512\n[[host]]\nnqn = \"{AUTH_HOSTNQN}\"\n\
+             dhchap_key = \"{}\"\ndhchap_ctrl_key = \"{}\"\ndhchap_hash = \"sha256\"\n",
+            key.encode(),
+            ckey.encode()
+        );
+        let (target, server) = target::start(&rt, NQN, &format!("{file_ns}{auth_subsystem}"));
         // Open now: no file left behind by each fuzzing process.
         let _ = std::fs::remove_file(&file);
         let addr = server.bound[0].1;
@@ -100,10 +130,23 @@ struct Host {
     /// run commands (and answer CIDs) this side never recorded. Only the checks that hold whatever the
     /// target was sent stay on (well-formed PDUs, nothing after a C2HTermReq, closing).
     desynced: bool,
+    /// The host NQN this connection connects as.
+    hostnqn: &'static str,
+    /// DH-HMAC-CHAP: the last Authentication Receive's CID and the data that came for it.
+    auth_rx: Option<(u16, Vec<u8>)>,
+    /// The last Challenge received, and the T_ID of the last Negotiate sent.
+    auth_ch: Option<DhchapChallenge>,
+    auth_tid: u16,
+    /// C2 and S2 of the last Reply sent.
+    auth_c2: Option<(Vec<u8>, u32)>,
+    /// The queue may be authenticated: the set-up did it, or a Reply with the right R1 went out.
+    auth_maybe: bool,
+    /// Commands (not Fabrics) sent while the queue had yet to authenticate: none may succeed.
+    gated: HashSet<u16>,
 }
 
 impl Host {
-    async fn open(addr: SocketAddr) -> Host {
+    async fn open(addr: SocketAddr, hostnqn: &'static str) -> Host {
         let s = TcpStream::connect(addr).await.expect("connect to the target");
         let _ = s.set_nodelay(true);
         // Closed with a reset: no TIME_WAIT connection left behind by each run.
@@ -122,6 +165,13 @@ impl Host {
             next_cid: 0x100,
             negotiated: false,
             desynced: false,
+            hostnqn,
+            auth_rx: None,
+            auth_ch: None,
+            auth_tid: 0,
+            auth_c2: None,
+            auth_maybe: true,
+            gated: HashSet::new(),
         }
     }
 
@@ -147,8 +197,16 @@ impl Host {
     async fn send(&mut self, p: &Pdu) {
         if let Pdu::CapsuleCmd(c) = p {
             let len = c.sqe.dptr.len() as usize;
-            let e = self.sent.entry(c.sqe.cid.get()).or_default();
+            let cid = c.sqe.cid.get();
+            // Only a CID never used before is checked: an earlier command with it may still be answered.
+            let fresh = !self.sent.contains_key(&cid);
+            let e = self.sent.entry(cid).or_default();
             *e = (*e).max(len);
+            if fresh && !self.auth_maybe && c.sqe.opcode != holdfast_proto::opcode::FABRICS {
+                self.gated.insert(cid);
+            } else {
+                self.gated.remove(&cid);
+            }
         }
         let b = p.to_bytes(&self.f);
         self.write(&b).await;
@@ -195,6 +253,23 @@ impl Host {
             }
             Pdu::CapsuleResp(r) => {
                 assert!(known(r.cqe.cid()).is_some(), "a completion for CID {:#x}, never sent", r.cqe.cid());
+                if !desynced && self.gated.remove(&r.cqe.cid()) {
+                    assert!(
+                        !r.cqe.status().is_success(),
+                        "command {:#x} succeeded on a queue yet to authenticate",
+                        r.cqe.cid()
+                    );
+                }
+            }
+            Pdu::C2HData(d) if self.auth_rx.as_ref().is_some_and(|(cid, _)| *cid == d.cccid) => {
+                let len = known(d.cccid).unwrap_or(0);
+                assert!(d.datao as usize + d.data.len() <= len, "C2HData past an Authentication Receive's length");
+                let buf = &mut self.auth_rx.as_mut().unwrap().1;
+                let end = d.datao as usize + d.data.len();
+                if buf.len() < end {
+                    buf.resize(end, 0);
+                }
+                buf[d.datao as usize..end].copy_from_slice(&d.data);
             }
             Pdu::C2HData(d) => {
                 let len = known(d.cccid).unwrap_or_else(|| panic!("C2HData for CID {:#x}, never sent", d.cccid));
@@ -273,9 +348,149 @@ impl Host {
 
     async fn connect(&mut self, subnqn: &str, qid: u16, cntlid: u16) -> Option<u16> {
         let c = ConnectCommand::new(0, qid, 31, if qid == 0 { 30_000 } else { 0 });
-        let d = ConnectData::new([0xF3; 16], cntlid, subnqn, HOSTNQN);
+        let d = ConnectData::new([0xF3; 16], cntlid, subnqn, self.hostnqn);
         let r = self.command(c.to_sqe(), Bytes::copy_from_slice(zerocopy::IntoBytes::as_bytes(&d))).await?;
         r.status().is_success().then(|| r.dw0.get() as u16)
+    }
+
+    /// The data the last Authentication Receive brought: a Challenge is kept.
+    fn auth_received(&mut self) {
+        let Some((_, d)) = self.auth_rx.take() else { return };
+        let Some(h) = MessageHeader::peek(&d) else { return };
+        if (h.auth_type, h.auth_id) == (a::auth_type::DHCHAP, a::message::CHALLENGE) {
+            if let Some(ch) = DhchapChallenge::parse(&d) {
+                self.auth_ch = Some(ch);
+            }
+        }
+    }
+
+    /// An Authentication Send of `msg` (in the capsule, or by R2T: the data then comes from the script's
+    /// H2CData operations), with a fresh CID.
+    fn auth_send_pdu(&mut self, msg: &[u8], r2t: bool) -> (u16, Pdu) {
+        self.next_cid += 1;
+        let cid = self.next_cid;
+        let mut sqe = AuthCommand::new(true, msg.len() as u32).to_sqe();
+        sqe.cid.set(cid);
+        let data = if r2t {
+            Bytes::new()
+        } else {
+            sqe.dptr = SglDescriptor::incapsule(msg.len() as u32);
+            Bytes::copy_from_slice(msg)
+        };
+        (cid, Pdu::CapsuleCmd(CapsuleCmd { sqe, data }))
+    }
+
+    fn auth_receive_pdu(&mut self, al: u32) -> (u16, Pdu) {
+        self.auth_received();
+        self.next_cid += 1;
+        let cid = self.next_cid;
+        let mut sqe = AuthCommand::new(false, al).to_sqe();
+        sqe.cid.set(cid);
+        self.auth_rx = Some((cid, Vec::new()));
+        (cid, Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() }))
+    }
+
+    /// The host's Reply to the last Challenge: R1 with the right key (or the controller key, a wrong one), C2
+    /// when `bidi`. Whether it is the right R1 for a Challenge received.
+    fn auth_reply(&mut self, right: bool, bidi: bool, s2: u32) -> (Vec<u8>, bool) {
+        self.auth_received();
+        let (key, ckey) = auth_keys();
+        let good = self.auth_ch.is_some() && right;
+        let ch = self.auth_ch.clone().unwrap_or(DhchapChallenge {
+            t_id: self.auth_tid,
+            hash: HashId::Sha256,
+            dh_group: 0,
+            seqnum: 1,
+            challenge: vec![0; 32],
+            dh_value: Vec::new(),
+        });
+        let k = if right { key } else { ckey }.transform(self.hostnqn);
+        let r1 = a::host_response(ch.hash, &k, &ch.challenge, ch.seqnum, ch.t_id, self.hostnqn, AUTH_NQN);
+        let c2 = bidi.then(|| vec![0xC2; ch.hash.len()]);
+        let seqnum = if bidi { s2 | 1 } else { 0 };
+        self.auth_c2 = c2.clone().map(|c| (c, seqnum));
+        let r = DhchapReply { t_id: ch.t_id, seqnum, response: r1, challenge: c2, dh_value: Vec::new() };
+        (r.to_bytes(), good)
+    }
+
+    fn negotiate(&mut self, tid: u16, wide: bool) -> Vec<u8> {
+        self.auth_tid = tid;
+        let dh_group_ids = if wide { (0..=5).collect() } else { vec![0] };
+        AuthNegotiate { t_id: tid, sc_c: 0, napd: 1, authid: a::AUTH_ID_DHCHAP, hash_ids: vec![1, 2, 3], dh_group_ids }
+            .to_bytes()
+    }
+
+    /// A whole bidirectional exchange, as a well-behaved host runs it in the set-up; whether it succeeded.
+    async fn authenticate(&mut self) -> bool {
+        let m = self.negotiate(7, false);
+        let (cid, p) = self.auth_send_pdu(&m, false);
+        self.send(&p).await;
+        if !self.wait(cid).await.is_some_and(|c| c.status().is_success()) {
+            return false;
+        }
+        let (cid, p) = self.auth_receive_pdu(4096);
+        self.send(&p).await;
+        if !self.wait(cid).await.is_some_and(|c| c.status().is_success()) {
+            return false;
+        }
+        self.auth_received();
+        let (m, good) = self.auth_reply(true, true, 0x5eed);
+        let (cid, p) = self.auth_send_pdu(&m, false);
+        self.send(&p).await;
+        if !good || !self.wait(cid).await.is_some_and(|c| c.status().is_success()) {
+            return false;
+        }
+        let (cid, p) = self.auth_receive_pdu(4096);
+        self.send(&p).await;
+        if !self.wait(cid).await.is_some_and(|c| c.status().is_success()) {
+            return false;
+        }
+        let (cid, p) = self.auth_send_pdu(&DhchapSuccess2 { t_id: 7 }.to_bytes(), false);
+        self.send(&p).await;
+        self.wait(cid).await.is_some_and(|c| c.status().is_success())
+    }
+
+    /// Operation 9 with DH-HMAC-CHAP: one of the host's messages.
+    async fn auth_op(&mut self, inp: &mut Input<'_>) -> Option<()> {
+        let f = inp.byte()?;
+        let r2t = f & 0x80 != 0;
+        let msg = match f % 6 {
+            0 => {
+                let tid = inp.byte()? as u16;
+                self.negotiate(tid, f & 8 != 0)
+            }
+            1 => {
+                let al = if f & 8 == 0 { 4096 } else { inp.byte()? as u32 };
+                let (_, p) = self.auth_receive_pdu(al);
+                self.send(&p).await;
+                return Some(());
+            }
+            2 => {
+                let (right, bidi) = (f & 8 == 0, f & 0x10 != 0);
+                let s2 = if bidi { inp.u32()? } else { 0 };
+                let (m, good) = self.auth_reply(right, bidi, s2);
+                if good && !r2t {
+                    // From here on the target may let the queue in.
+                    self.auth_maybe = true;
+                    self.gated.clear();
+                }
+                m
+            }
+            3 => DhchapSuccess2 { t_id: self.auth_ch.as_ref().map_or(self.auth_tid, |c| c.t_id) }.to_bytes(),
+            4 => DhchapFailure { t_id: self.auth_tid, failure1: false, reason: 1, explanation: f >> 3 }.to_bytes(),
+            _ => {
+                let n = inp.byte()? as usize;
+                let b = inp.0.get(..n)?.to_vec();
+                inp.0 = &inp.0[n..];
+                b
+            }
+        };
+        if msg.is_empty() {
+            return Some(());
+        }
+        let (_, p) = self.auth_send_pdu(&msg, r2t);
+        self.send(&p).await;
+        Some(())
     }
 
     /// The CID of one of the commands sent, or any CID, as the input chooses.
@@ -291,9 +506,10 @@ impl Host {
     }
 
     /// Run one operation of the script; `None` at its end.
-    async fn op(&mut self, inp: &mut Input<'_>, admin_queue: bool) -> Option<()> {
+    async fn op(&mut self, inp: &mut Input<'_>, admin_queue: bool, auth: bool) -> Option<()> {
         let f = self.f;
         match inp.byte()? % 11 {
+            9 if auth => self.auth_op(inp).await?,
             // A command: an opcode of the queue's (or any), any CID, any LBA range, an SGL for data by R2T, in
             // the capsule, or anything, and in-capsule data of any length.
             0 => {
@@ -488,24 +704,49 @@ async fn case(input: &[u8]) {
     let discovery = mode & 0x20 != 0;
     let admin_queue = mode & 4 != 0 || discovery;
     let (no_connect, no_ic) = (mode & 8 != 0, mode & 0x10 != 0);
-    let subnqn = if discovery { DISCOVERY_NQN } else { NQN };
+    let auth = mode & 0x40 != 0;
+    // With DH-HMAC-CHAP, the script's queue authenticates in the set-up unless bit 7 says so (and then the
+    // admin queue, for a script on it, with the controller left disabled).
+    let script_auth_left = auth && mode & 0x80 != 0;
+    let subnqn = match (discovery, auth) {
+        (true, _) => DISCOVERY_NQN,
+        (false, true) => AUTH_NQN,
+        (false, false) => NQN,
+    };
+    let hostnqn = if auth { AUTH_HOSTNQN } else { HOSTNQN };
 
     // The association: an admin queue connected and enabled, and (unless the script runs on the admin queue)
     // I/O queue 1's connection.
-    let mut admin = Host::open(w.addr).await;
+    let mut admin = Host::open(w.addr, hostnqn).await;
     let mut script_host = None;
     if admin.ic(hdgst, ddgst).await {
         if let Some(cntlid) = admin.connect(subnqn, 0, 0xFFFF).await {
-            let en = PropertyCommand::new(0, property::CC, false, Some(cc::ENABLE_DEFAULT as u64));
-            admin.command(en.to_sqe(), Bytes::new()).await;
+            let authed = if !auth || discovery {
+                true
+            } else if script_auth_left && admin_queue {
+                admin.auth_maybe = false;
+                false
+            } else {
+                admin.authenticate().await
+            };
+            if authed {
+                let en = PropertyCommand::new(0, property::CC, false, Some(cc::ENABLE_DEFAULT as u64));
+                admin.command(en.to_sqe(), Bytes::new()).await;
+            }
             if !admin_queue {
                 let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
                 s.cdw10.set(0x07);
                 s.cdw11.set(0x0001_0001);
                 admin.command(s, Bytes::new()).await;
-                let mut q = Host::open(w.addr).await;
-                let up =
-                    no_ic || (q.ic(hdgst, ddgst).await && (no_connect || q.connect(NQN, 1, cntlid).await.is_some()));
+                let mut q = Host::open(w.addr, hostnqn).await;
+                let up = no_ic
+                    || (q.ic(hdgst, ddgst).await
+                        && (no_connect
+                            || (q.connect(subnqn, 1, cntlid).await.is_some()
+                                && (!auth || script_auth_left || q.authenticate().await))));
+                if auth && script_auth_left && !no_ic && !no_connect {
+                    q.auth_maybe = false;
+                }
                 if up {
                     script_host = Some(q);
                 } else {
@@ -527,7 +768,7 @@ async fn case(input: &[u8]) {
             Some(q) if on_io => (q, false),
             _ => (&mut admin, true),
         };
-        if h.op(&mut inp, admin_ops).await.is_none() {
+        if h.op(&mut inp, admin_ops, auth).await.is_none() {
             break;
         }
         h.drain();
@@ -540,8 +781,11 @@ async fn case(input: &[u8]) {
     // Nothing outlives the connections: the controller and every connection's admission are released.
     let leaked = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let ctrls =
-                w.target.subsystem(NQN).map_or(0, |s| s.controllers().len()) + w.target.discovery.controllers().len();
+            let ctrls = [NQN, AUTH_NQN]
+                .iter()
+                .map(|n| w.target.subsystem(n).map_or(0, |s| s.controllers().len()))
+                .sum::<usize>()
+                + w.target.discovery.controllers().len();
             if ctrls == 0 && w.target.unbound.count() == 0 {
                 return;
             }
