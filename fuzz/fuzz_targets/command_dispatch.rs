@@ -15,8 +15,9 @@
 //! raw commands as above, and commands the gate must refuse. Checks: while the queue must authenticate only
 //! Connect, Disconnect and Authentication Send / Receive pass `cmd::parse`; the queue is let in (`auth_pending`
 //! cleared) only by an operation after a Reply with the right R1 for the last Challenge; every Authentication
-//! Receive returns a well-formed Challenge (for the T_ID and a hash offered, the NULL group), Success1 (with an
-//! R2 that verifies under the controller key when the host challenged) or Failure1; a Failure1 sent or a
+//! Receive returns a well-formed Challenge (for the T_ID and a hash offered; the NULL group when offered, else
+//! the first FFDHE group offered, with a value of its length), Success1 (with an R2 that verifies under the
+//! controller key, over the augmented C2 with an FFDHE group, when the host challenged) or Failure1; a Failure1 sent or a
 //! Failure2 taken leaves `auth_pending` set and the queue closing. `COMMAND_DISPATCH_DEBUG=1` prints each
 //! operation's outcome.
 //!
@@ -26,8 +27,8 @@
 #![no_main]
 use bytes::Bytes;
 use holdfast_proto::auth::{
-    self as a, AuthCommand, AuthNegotiate, DhchapChallenge, DhchapFailure, DhchapReply, DhchapSecret, DhchapSuccess1,
-    DhchapSuccess2, HashId, MessageHeader,
+    self as a, ffdhe, AuthCommand, AuthNegotiate, DhchapChallenge, DhchapFailure, DhchapReply, DhchapSecret,
+    DhchapSuccess1, DhchapSuccess2, HashId, MessageHeader,
 };
 use holdfast_proto::fabrics::{cc, ConnectCommand, ConnectData, DISCOVERY_NQN};
 use holdfast_proto::sgl::SglDescriptor;
@@ -187,6 +188,12 @@ struct Auth {
     tid: u16,
     /// The hash IDs it offered.
     offered: Vec<u8>,
+    /// The DH group IDs it offered.
+    groups: Vec<u8>,
+    /// With an FFDHE group, the shared secret of the last Reply sent with our own DH value.
+    shared: Option<Vec<u8>>,
+    /// The shared secret the Reply being run carries (it counts once the target has taken it).
+    reply_shared: Option<Vec<u8>>,
     /// The last Challenge received.
     ch: Option<DhchapChallenge>,
     /// Since it: a Reply went out with the right R1 for it (the only way in).
@@ -295,7 +302,16 @@ impl Auth {
                 let t_id = if f & 2 == 0 { ch.t_id } else { inp.u16()? };
                 let other_hash = f & 0x20 != 0;
                 let hash = if other_hash { HashId::ALL[ch.hash.id() as usize % 3] } else { ch.hash };
-                let mut r1 = a::host_response(hash, &key, &ch.challenge, ch.seqnum, t_id, self.host.nqn, self.subnqn);
+                // With an FFDHE group: our value g^y, the shared secret from the controller's, R1 over the augmented
+                // challenge (a value the Challenge's group refuses leaves the Reply one the target must refuse).
+                let y = [0x24u8; ffdhe::PRIVATE_LEN];
+                let dh = ffdhe::group(ch.dh_group)
+                    .and_then(|g| Some((g.public_value(&y), g.shared_secret(&y, &ch.dh_value).ok()?)));
+                let c1 = match &dh {
+                    Some((_, z)) => ffdhe::augmented_challenge(hash, z, &ch.challenge),
+                    None => ch.challenge.clone(),
+                };
+                let mut r1 = a::host_response(hash, &key, &c1, ch.seqnum, t_id, self.host.nqn, self.subnqn);
                 let tampered = f & 0x10 != 0;
                 if tampered {
                     let at = inp.byte()? as usize;
@@ -308,13 +324,15 @@ impl Auth {
                     2 => (0, Some(c2)),
                     _ => (inp.u32()? | 1, None),
                 };
-                let dh_value = if f & 0x40 != 0 {
+                let made_up = f & 0x40 != 0;
+                let dh_value = if made_up {
                     let n = inp.byte()? as usize % 64;
                     Self::bytes(inp, n)
                 } else {
-                    Vec::new()
+                    dh.as_ref().map_or(Vec::new(), |(v, _)| v.clone())
                 };
-                let good = has_ch && right_key && t_id == ch.t_id && !tampered && !other_hash;
+                let good = has_ch && right_key && t_id == ch.t_id && !tampered && !other_hash && !made_up;
+                self.reply_shared = dh.map(|(_, z)| z);
                 self.reply = Some((good, challenge.clone().map(|c| (c, seqnum))));
                 let r = DhchapReply { t_id, seqnum, response: r1, challenge, dh_value };
                 Self::cut(inp, r.to_bytes(), f & 0x80 != 0)?
@@ -404,6 +422,7 @@ impl Auth {
         if let Some((good, c2)) = self.reply.take() {
             self.good |= good;
             self.c2 = c2;
+            self.shared = self.reply_shared.take();
         }
         let send =
             sqe.opcode == holdfast_proto::opcode::FABRICS && sqe.fctype() == holdfast_proto::opcode::fctype::AUTH_SEND;
@@ -412,6 +431,7 @@ impl Auth {
                 if let Ok(n) = AuthNegotiate::parse(msg) {
                     self.tid = n.t_id;
                     self.offered = n.hash_ids;
+                    self.groups = n.dh_group_ids;
                 }
             }
         }
@@ -445,7 +465,18 @@ impl Auth {
                         let ch = DhchapChallenge::parse(d).expect("a well-formed Challenge");
                         assert_eq!(ch.t_id, self.tid, "a Challenge for another transaction");
                         assert!(self.offered.contains(&ch.hash.id()), "a Challenge with a hash not offered");
-                        assert_eq!((ch.dh_group, ch.dh_value.len()), (a::dh_group::NULL, 0));
+                        // The configured (default) NULL group when offered, else the first FFDHE group offered.
+                        let want = if self.groups.contains(&a::dh_group::NULL) {
+                            a::dh_group::NULL
+                        } else {
+                            *self
+                                .groups
+                                .iter()
+                                .find(|&&g| ffdhe::group(g).is_some())
+                                .expect("a Challenge without a group offered")
+                        };
+                        let len = ffdhe::group(want).map_or(0, |g| g.len);
+                        assert_eq!((ch.dh_group, ch.dh_value.len()), (want, len));
                         self.ch = Some(ch);
                         self.good = false;
                     }
@@ -462,7 +493,10 @@ impl Auth {
                                 a::verify_controller_response(
                                     ch.hash,
                                     &kc,
-                                    c2,
+                                    &match &self.shared {
+                                        Some(z) => ffdhe::augmented_challenge(ch.hash, z, c2),
+                                        None => c2.clone(),
+                                    },
                                     *s2,
                                     ch.t_id,
                                     self.subnqn,
@@ -519,6 +553,9 @@ fuzz_target!(|input: &[u8]| {
                 subnqn,
                 tid: 1,
                 offered: Vec::new(),
+                groups: Vec::new(),
+                shared: None,
+                reply_shared: None,
                 ch: None,
                 good: false,
                 c2: None,

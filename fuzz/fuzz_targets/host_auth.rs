@@ -3,15 +3,17 @@
 //! fake on the far end of loopback TCP answers the ICReq and the Connect (AUTHREQ as the input says), then
 //! every Authentication Send with success, an error status or a closed connection, and every Authentication
 //! Receive with what the input chooses: the right Challenge or Success1 (the fake holds the controller key and
-//! computes R2 from the host's C2), one with a field changed (T_ID, hash, HL, DH group, DH value, RVALID, R2,
-//! cut short, another message), a Failure1 with any explanation, any bytes, an error status, or a closed
+//! computes R2 from the host's C2), with the NULL DH group or ffdhe2048 (the fake's value g^x, and the
+//! augmented challenges), one with a field changed (T_ID, hash, HL, DH group, DH value, RVALID, R2, cut short,
+//! another message), a Failure1 with any explanation, any bytes, an error status, or a closed
 //! connection. The first command after the exchange ends the connection. Never a panic or a hang
 //! (`connect` returns within 20 s; the host never leaves the fake waiting 5 s), and:
 //!
-//! - every message the host sends parses: its Negotiate offers SHA-256/384/512 and the NULL group (with the
-//!   FFDHE groups after a Failure1 "DH group not usable", or a connection closed, in answer to an offer of
-//!   NULL alone), no secure channel; its Reply has the T_ID, HL of the Challenge's hash, an R1 that verifies
-//!   under the host key, and a C2 with a non-zero S2 exactly when bidirectional; a Failure2 has the T_ID;
+//! - every message the host sends parses: its Negotiate offers SHA-256/384/512 and the NULL group then
+//!   ffdhe2048 ... ffdhe8192, no secure channel; its Reply has the T_ID, HL of the Challenge's hash, with an
+//!   FFDHE group a DH value of the group's length in range, an R1 that verifies under the host key (over the
+//!   augmented challenge with an FFDHE group), and a C2 with a non-zero S2 exactly when bidirectional; a
+//!   Failure2 has the T_ID;
 //! - the host answers a Challenge with a Reply only if the Challenge is acceptable (as the spec and
 //!   `holdfast_proto::auth` read it), sends Success2 only for a Success1 whose R2 verifies, sends a Failure2
 //!   only for a message it may refuse, and sends anything other than authentication commands on the queue
@@ -25,8 +27,8 @@
 use bytes::{Bytes, BytesMut};
 use holdfast_host::ConnectOptions;
 use holdfast_proto::auth::{
-    self as a, explanation, AuthNegotiate, DhchapChallenge, DhchapFailure, DhchapReply, DhchapSecret, DhchapSuccess1,
-    HashId, MessageHeader,
+    self as a, explanation, ffdhe, AuthNegotiate, DhchapChallenge, DhchapFailure, DhchapReply, DhchapSecret,
+    DhchapSuccess1, HashId, MessageHeader,
 };
 use holdfast_proto::decoder::{Limits, PduDecoder, Role};
 use holdfast_proto::opcode::{fctype, FABRICS};
@@ -61,16 +63,39 @@ fn world() -> &'static World {
     })
 }
 
-/// Would the host take `msg` as the Challenge of transaction `tid` (after an offer of every hash)? As NVMe
-/// Base 2.0 §8.13.5.x and the proto layouts read it: a DH-HMAC-CHAP_Challenge of that T_ID, of a known hash
-/// with HL its length, the NULL DH group and no DH value.
+/// The fake controller's private exponent x, for ffdhe2048.
+const FAKE_X: [u8; ffdhe::PRIVATE_LEN] = [0x33; ffdhe::PRIVATE_LEN];
+
+/// The fake's ffdhe2048 value g^x, computed once.
+fn fake_value() -> &'static [u8] {
+    static V: OnceLock<Vec<u8>> = OnceLock::new();
+    V.get_or_init(|| ffdhe::group(0x01).unwrap().public_value(&FAKE_X))
+}
+
+/// Would the host take `msg` as the Challenge of transaction `tid` (after an offer of every hash and group)? As
+/// NVMe Base 2.0 §8.13.5.x and the proto layouts read it: a DH-HMAC-CHAP_Challenge of that T_ID, of a known
+/// hash with HL its length, and either the NULL DH group without a DH value or an FFDHE group with a value of
+/// at most its length in 2..=p-2.
 fn acceptable_challenge(msg: &[u8], tid: u16) -> Option<DhchapChallenge> {
     let h = MessageHeader::peek(msg)?;
     if (h.auth_type, h.auth_id, h.t_id.get()) != (a::auth_type::DHCHAP, a::message::CHALLENGE, tid) {
         return None;
     }
     let c = DhchapChallenge::parse(msg)?;
-    (c.dh_group == a::dh_group::NULL && c.dh_value.is_empty()).then_some(c)
+    let ok = match (c.dh_group, ffdhe::group(c.dh_group)) {
+        (a::dh_group::NULL, _) => c.dh_value.is_empty(),
+        (_, Some(g)) => g.shared_secret(&FAKE_X, &c.dh_value).is_ok(),
+        (_, None) => false,
+    };
+    ok.then_some(c)
+}
+
+/// The challenge a response is computed over: `c` with the NULL group, else HMAC(H(Z), c).
+fn effective(ch: &DhchapChallenge, shared: &Option<Vec<u8>>, c: &[u8]) -> Vec<u8> {
+    match shared {
+        Some(z) => ffdhe::augmented_challenge(ch.hash, z, c),
+        None => c.to_vec(),
+    }
 }
 
 /// Would the host take `msg` as the Success1 of transaction `tid` after Challenge `ch`? Of that T_ID, HL the
@@ -92,23 +117,25 @@ fn acceptable_success1(msg: &[u8], tid: u16, ch: &DhchapChallenge, c2: Option<(&
     }
 }
 
-/// What the fake has seen and sent, across the connections of one `connect` (it may retry once).
+/// What the fake has seen and sent, across the connections of one `connect`.
 struct Fake<'a> {
     inp: Input<'a>,
     bidi: bool,
     host_key: Vec<u8>,
     ctrl_key: Vec<u8>,
     authreq: u32,
-    /// The next Negotiate must offer the FFDHE groups too.
-    expect_wide: bool,
 }
 
 /// One connection's exchange.
 #[derive(Default)]
 struct Conn {
     tid: Option<u16>,
-    /// Negotiate offered NULL alone.
-    narrow: bool,
+    /// With an FFDHE group: the shared secret from the host's value in its Reply.
+    shared: Option<Vec<u8>>,
+    /// The Challenge's DH value is the fake's own g^x (or the group is NULL): the fake can compute the shared
+    /// secret, and so check R1 and answer with an R2 the host must take. A value the input made up is taken by
+    /// the host when in range, but nobody here knows its exponent.
+    zknown: bool,
     /// The Challenge sent, if the host may take it.
     ch: Option<DhchapChallenge>,
     /// A Challenge (acceptable or not) went out.
@@ -264,12 +291,7 @@ impl Fake<'_> {
                 let n = AuthNegotiate::parse(msg).expect("a well-formed Negotiate");
                 assert_eq!((n.sc_c, n.napd, n.authid), (a::sc_c::NOSC, 1, a::AUTH_ID_DHCHAP));
                 assert_eq!(n.hash_ids, [1, 2, 3], "the host offers every hash");
-                let wide: Vec<u8> = (0..=5).collect();
-                assert!(n.dh_group_ids == [0] || n.dh_group_ids == wide, "offer {:?}", n.dh_group_ids);
-                if self.expect_wide {
-                    assert_eq!(n.dh_group_ids, wide, "the retry after a refusal of NULL alone offers more");
-                }
-                c.narrow = n.dh_group_ids == [0];
+                assert_eq!(n.dh_group_ids, [0, 1, 2, 3, 4, 5], "the host offers NULL, then every FFDHE group");
                 c.tid = Some(n.t_id);
             }
             (a::auth_type::DHCHAP, a::message::REPLY) => {
@@ -278,18 +300,28 @@ impl Fake<'_> {
                 let tid = c.tid.expect("a Reply before Negotiate");
                 let r = DhchapReply::parse(msg).expect("a well-formed Reply");
                 assert_eq!((r.t_id, r.response.len()), (tid, ch.hash.len()));
-                assert!(r.dh_value.is_empty());
+                c.shared = match ffdhe::group(ch.dh_group) {
+                    None => {
+                        assert!(r.dh_value.is_empty(), "a DH value with the NULL group");
+                        None
+                    }
+                    Some(g) => {
+                        assert_eq!(r.dh_value.len(), g.len, "the host's DH value has the group's length");
+                        Some(g.shared_secret(&FAKE_X, &r.dh_value).expect("the host's DH value is in range"))
+                    }
+                };
                 assert!(
-                    a::verify_host_response(
-                        ch.hash,
-                        &self.host_key,
-                        &ch.challenge,
-                        ch.seqnum,
-                        tid,
-                        HOSTNQN,
-                        SUBNQN,
-                        &r.response
-                    ),
+                    !c.zknown
+                        || a::verify_host_response(
+                            ch.hash,
+                            &self.host_key,
+                            &effective(ch, &c.shared, &ch.challenge),
+                            ch.seqnum,
+                            tid,
+                            HOSTNQN,
+                            SUBNQN,
+                            &r.response
+                        ),
                     "R1 does not verify"
                 );
                 assert_eq!(r.challenge.is_some(), self.bidi, "C2 exactly when bidirectional");
@@ -325,14 +357,15 @@ impl Fake<'_> {
             // The right message for the step (with a mutation: 3).
             0..=3 if first => {
                 let hash = HashId::ALL[(b >> 3) as usize % 3];
+                let dh = b >> 6 == 1; // ffdhe2048, else NULL
                 let seqnum = self.inp.u32()?;
                 let ch = DhchapChallenge {
                     t_id: tid,
                     hash,
-                    dh_group: a::dh_group::NULL,
+                    dh_group: if dh { 0x01 } else { a::dh_group::NULL },
                     seqnum,
                     challenge: (0..hash.len()).map(|i| (i as u8).wrapping_mul(7) ^ b).collect(),
-                    dh_value: Vec::new(),
+                    dh_value: if dh { fake_value().to_vec() } else { Vec::new() },
                 };
                 let mut m = ch.to_bytes();
                 if b % 8 == 3 {
@@ -341,7 +374,19 @@ impl Fake<'_> {
                         0 => m[4] ^= x | 1,                          // T_ID
                         1 => m[8] = [0, 4, 0xFF, x][x as usize % 4], // HASHID
                         2 => m[6] = x,                               // HL
-                        3 => m[9] = 1 + x % 5,                       // DHGID
+                        // DHGID: another group for the fake's value would be one whose exponent nobody knows
+                        // (`zknown`); the input's own bytes (5) reach that.
+                        3 if dh => m[9] = [0, 6, 0xFF][x as usize % 3],
+                        3 => m[9] = [1, 2, 5, 6, 0xFF][x as usize % 5],
+                        4 if dh => {
+                            // A value out of range (p or more, 1, or 0).
+                            let at = 16 + hash.len();
+                            let v = [0xFF, 0x00][x as usize % 2];
+                            m[at..].fill(v);
+                            if x % 3 == 0 {
+                                *m.last_mut().unwrap() = 1;
+                            }
+                        }
                         4 => {
                             // A DH value with the NULL group.
                             let n = 1 + x as usize % 64;
@@ -357,9 +402,11 @@ impl Fake<'_> {
             0..=3 => {
                 let hl = c.ch.as_ref().map_or(32, |ch| ch.hash.len());
                 let hash = c.ch.as_ref().map_or(HashId::Sha256, |ch| ch.hash);
-                let response =
-                    c.c2.as_ref()
-                        .map(|(c2, s2)| a::controller_response(hash, &self.ctrl_key, c2, *s2, tid, SUBNQN, HOSTNQN));
+                let aug = |c2: &[u8]| c.ch.as_ref().map_or(c2.to_vec(), |ch| effective(ch, &c.shared, c2));
+                let response = c
+                    .c2
+                    .as_ref()
+                    .map(|(c2, s2)| a::controller_response(hash, &self.ctrl_key, &aug(c2), *s2, tid, SUBNQN, HOSTNQN));
                 let mut m = DhchapSuccess1 { t_id: tid, hl: hl as u8, response }.to_bytes();
                 if b % 8 == 3 {
                     let x = self.inp.byte()?;
@@ -379,15 +426,12 @@ impl Fake<'_> {
                 }
                 m
             }
-            // AUTH_Failure1, of any explanation (DH group not usable: the host widens its offer).
+            // AUTH_Failure1, of any explanation.
             4 => {
                 let e = match self.inp.byte()? {
                     x if x < 0x80 => explanation::DHGROUP_UNUSABLE,
                     x => x & 7,
                 };
-                if first && c.narrow && e == explanation::DHGROUP_UNUSABLE {
-                    self.expect_wide = true;
-                }
                 let f = DhchapFailure {
                     t_id: tid,
                     failure1: true,
@@ -407,21 +451,26 @@ impl Fake<'_> {
             // An error status.
             6 => return Some(Err(status(b >> 3))),
             // The connection closed.
-            _ => {
-                if first && c.narrow {
-                    self.expect_wide = true;
-                }
-                return None;
-            }
+            _ => return None,
         };
         // Whether the host must take it: as its Challenge, or as its Success1.
         if first {
             c.ch_sent = true;
             c.ch = acceptable_challenge(&msg, tid);
             c.last_ok = c.ch.is_some();
+            c.zknown = c.ch.as_ref().is_some_and(|ch| {
+                ch.dh_group == a::dh_group::NULL || (ch.dh_group == 0x01 && ch.dh_value == fake_value())
+            });
         } else {
-            let c2 = c.c2.as_ref().filter(|_| self.bidi).map(|(c2, s2)| (&c2[..], *s2, &self.ctrl_key[..]));
-            c.s1_ok = c.ch.as_ref().is_some_and(|ch| acceptable_success1(&msg, tid, ch, c2));
+            let aug_c2 = c.c2.as_ref().zip(c.ch.as_ref()).map(|((c2, _), ch)| effective(ch, &c.shared, c2));
+            let c2 =
+                c.c2.as_ref()
+                    .zip(aug_c2.as_ref())
+                    .filter(|_| self.bidi)
+                    .map(|((_, s2), a2)| (&a2[..], *s2, &self.ctrl_key[..]));
+            // Bidirectional with a shared secret the fake does not know: its R2 cannot be the right one.
+            c.s1_ok =
+                c.ch.as_ref().is_some_and(|ch| acceptable_success1(&msg, tid, ch, c2)) && (c.zknown || !self.bidi);
             c.last_ok = c.s1_ok;
         }
         Some(Ok(msg))
@@ -449,10 +498,9 @@ async fn case(input: &[u8]) {
     let mut fake = Fake {
         inp,
         bidi,
-        host_key: host_secret.transform(HOSTNQN),
-        ctrl_key: ctrl_secret.transform(SUBNQN),
+        host_key: host_secret.transform(HOSTNQN).to_vec(),
+        ctrl_key: ctrl_secret.transform(SUBNQN).to_vec(),
         authreq,
-        expect_wide: false,
     };
     let fake_task = async {
         loop {
