@@ -2564,6 +2564,15 @@ mod dhchap {
         let f = DhchapFailure::parse(&auth_receive(&mut adm, 4096).await.1).unwrap();
         assert_eq!(f.explanation, a::explanation::INCORRECT_MESSAGE);
         assert!(closed_by_target(&mut adm).await);
+        // A message out of step for another transaction: incorrect message (the step is checked first, as nvmet).
+        let mut adm = Conn::ic(addr, false, false).await;
+        assert_eq!(adm.connect(0, 0xFFFF, NQN, 5000).await.status(), Status::SUCCESS);
+        assert_eq!(auth_send(&mut adm, &negotiate(7, &[3], &[0])).await, Status::SUCCESS);
+        assert!(DhchapChallenge::parse(&auth_receive(&mut adm, 4096).await.1).is_some());
+        assert_eq!(auth_send(&mut adm, &DhchapSuccess2 { t_id: 8 }.to_bytes()).await, Status::SUCCESS);
+        let f = DhchapFailure::parse(&auth_receive(&mut adm, 4096).await.1).unwrap();
+        assert_eq!(f.explanation, a::explanation::INCORRECT_MESSAGE);
+        assert!(closed_by_target(&mut adm).await);
         // A wrong SECP is an invalid field, as nvmet answers.
         let mut adm = Conn::ic(addr, false, false).await;
         assert_eq!(adm.connect(0, 0xFFFF, NQN, 5000).await.status(), Status::SUCCESS);

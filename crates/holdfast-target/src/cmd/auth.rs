@@ -314,7 +314,13 @@ fn take_message(ctx: &QueueCtx, st: &mut QueueAuth, data: &[u8]) -> Outcome {
                 explanation::name(e)
             ));
         }
-        (a::auth_type::DHCHAP, _) if !tid_ok => {
+        // A message of the step expected, for another transaction (one out of step is an incorrect message
+        // whatever its T_ID, below: nvmet checks the step first too).
+        (a::auth_type::DHCHAP, id)
+            if !tid_ok
+                && ((id == message::REPLY && st.step == Step::Reply)
+                    || (id == message::SUCCESS2 && st.step == Step::Success2)) =>
+        {
             crate::peer_log::peer_warn!(peer = %peer, cntlid, qid, host = %st.hostnqn, "DH-HMAC-CHAP: message for transaction {} in transaction {}", h.t_id.get(), st.tid);
             st.fail(explanation::INCORRECT_PAYLOAD);
         }
