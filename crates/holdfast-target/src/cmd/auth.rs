@@ -9,8 +9,10 @@
 //! configured NULL group gets the first FFDHE group it offers, and one that does not offer a configured FFDHE
 //! group is refused (Failure1, DH group not usable: no fallback to a weaker group). With an FFDHE group the
 //! Challenge carries g^x mod p, the Reply must carry the host's g^y mod p, and both responses are computed over
-//! the augmented challenges ([`holdfast_proto::auth::ffdhe`]). A failed exchange answers the host's next Authentication Receive with
-//! AUTH_Failure1 and closes the queue (on an I/O queue, the whole association, as nvmet's fatal error).
+//! the augmented challenges ([`holdfast_proto::auth::ffdhe`]).
+//!
+//! A failed exchange answers the host's next Authentication Receive with AUTH_Failure1 and closes the queue (on
+//! an I/O queue, the whole association, as nvmet's fatal error).
 
 use crate::config::HostKeys;
 use crate::request::{QueueCtx, Request, Response};
@@ -200,6 +202,7 @@ impl QueueAuth {
         let dh_value = match self.group {
             None => Vec::new(),
             Some(g) => {
+                self.private.zeroize();
                 self.private = vec![0; ffdhe::PRIVATE_LEN];
                 rand::rngs::OsRng.fill_bytes(&mut self.private);
                 holdfast_rt::compute(|| g.public_value(&self.private))
