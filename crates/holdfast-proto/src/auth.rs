@@ -74,11 +74,11 @@ pub mod sc_c {
 
 /// DH group identifiers (NVMe Base 2.0 Figure 581).
 pub mod dh_group {
-    /// The NULL DH exponentiation: the one group holdfast offers.
+    /// The NULL DH exponentiation (no DH value, the challenge used as it is).
     pub const NULL: u8 = 0x00;
-    /// ffdhe2048 (not implemented).
+    /// ffdhe2048 ([`super::ffdhe`]).
     pub const FFDHE2048: u8 = 0x01;
-    /// ffdhe8192 (not implemented), the last defined.
+    /// ffdhe8192 ([`super::ffdhe`]), the last defined.
     pub const FFDHE8192: u8 = 0x05;
 }
 
