@@ -331,7 +331,9 @@ impl Auth {
                 } else {
                     dh.as_ref().map_or(Vec::new(), |(v, _)| v.clone())
                 };
-                let good = has_ch && right_key && t_id == ch.t_id && !tampered && !other_hash && !made_up;
+                // A made-up value spoils the Reply unless it is the one a good Reply carries (none, with NULL).
+                let value_ok = dh_value == dh.as_ref().map_or(Vec::new(), |(v, _)| v.clone());
+                let good = has_ch && right_key && t_id == ch.t_id && !tampered && !other_hash && value_ok;
                 self.reply_shared = dh.map(|(_, z)| z);
                 self.reply = Some((good, challenge.clone().map(|c| (c, seqnum))));
                 let r = DhchapReply { t_id, seqnum, response: r1, challenge, dh_value };
