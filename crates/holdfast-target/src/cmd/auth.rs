@@ -304,7 +304,8 @@ fn take_message(ctx: &QueueCtx, st: &mut QueueAuth, data: &[u8]) -> Outcome {
         (a::auth_type::COMMON, message::NEGOTIATE) => match st.negotiate(data) {
             Ok(()) => st.step = Step::Challenge,
             Err(e) => {
-                crate::peer_log::peer_warn!(peer = %peer, cntlid, qid, host = %st.hostnqn, "DH-HMAC-CHAP: negotiation refused: {}", explanation::name(e));
+                let offer = offer_summary(data, &st.keys);
+                crate::peer_log::peer_warn!(peer = %peer, cntlid, qid, host = %st.hostnqn, "DH-HMAC-CHAP: negotiation refused: {}{offer}", explanation::name(e));
                 st.fail(e);
             }
         },
@@ -355,6 +356,19 @@ fn take_message(ctx: &QueueCtx, st: &mut QueueAuth, data: &[u8]) -> Outcome {
         }
     }
     Outcome::None
+}
+
+/// What a Negotiate offered beside what is configured for the host, for the operator to match one to the other
+/// when a negotiation is refused (identifiers only, no secret); empty for a message that does not parse.
+fn offer_summary(msg: &[u8], keys: &HostKeys) -> String {
+    let Ok(n) = AuthNegotiate::parse(msg) else { return String::new() };
+    let group = ffdhe::group(keys.dh_group).map_or("null", |g| g.name);
+    format!(
+        " (the host offered hashes {:?} and DH groups {:?}; configured for it: {}, {group})",
+        n.hash_ids,
+        n.dh_group_ids,
+        keys.hash.name()
+    )
 }
 
 fn apply(ctx: &mut QueueCtx, outcome: Outcome) {
@@ -428,5 +442,34 @@ fn fail_queue(ctx: &mut QueueCtx, why: &str) {
         if ctx.qid != 0 {
             c.teardown(why);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use holdfast_proto::auth::DhchapSecret;
+
+    #[test]
+    fn a_refused_negotiation_is_logged_with_the_offer_and_the_configuration() {
+        let keys = HostKeys {
+            host_key: DhchapSecret::new(&[1; 32], None),
+            ctrl_key: None,
+            hash: HashId::Sha384,
+            dh_group: 0x02,
+        };
+        let n = AuthNegotiate {
+            t_id: 1,
+            sc_c: 0,
+            napd: 1,
+            authid: a::AUTH_ID_DHCHAP,
+            hash_ids: vec![1, 2],
+            dh_group_ids: vec![0, 1],
+        };
+        assert_eq!(
+            offer_summary(&n.to_bytes(), &keys),
+            " (the host offered hashes [1, 2] and DH groups [0, 1]; configured for it: sha384, ffdhe3072)"
+        );
+        assert_eq!(offer_summary(&[0; 4], &keys), "");
     }
 }
