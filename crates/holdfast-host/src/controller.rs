@@ -1144,7 +1144,10 @@ async fn check_namespace_ids(
             // Identify Namespace data that does not even parse is taken for a namespace that is not active.
             let why = match IdentifyNamespace::read_from_bytes(c.data.get(..4096).unwrap_or_default()) {
                 Ok(id) => match listed {
-                    None if identity_from_namespace(&id) != before => Some(replaced(&identity_from_namespace(&id))),
+                    // (Zeroed data, a namespace not active any more, is told as such below, not as replaced.)
+                    None if id.nsze.get() != 0 && identity_from_namespace(&id) != before => {
+                        Some(replaced(&identity_from_namespace(&id)))
+                    }
                     _ => namespace_format_change(&id, block_size).map(|why| format!("{why}, found at a reconnect")),
                 },
                 Err(_) => Some(format!("{NOT_ACTIVE}, found at a reconnect")),
@@ -1756,7 +1759,7 @@ async fn check_changed_namespaces(
                                 continue;
                             };
                             let now = identity_from_namespace(&id);
-                            if listed.is_none() && now != before {
+                            if listed.is_none() && id.nsze.get() != 0 && now != before {
                                 format!("was replaced by another namespace (identifiers {before:?} -> {now:?})")
                             } else {
                                 let Some(why) = namespace_format_change(&id, block_size) else { continue };

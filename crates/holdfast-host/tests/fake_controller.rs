@@ -195,6 +195,8 @@ struct State {
     /// Namespace 1's NGUID is sixteen bytes of this plus one (Identify CNS 03h): changing it makes namespace 1
     /// another namespace.
     ns_gen: AtomicU32,
+    /// Identify Namespace of NSID 1 answers zeroed data (a namespace not active any more).
+    ns1_inactive: AtomicBool,
     /// Namespace 1's LBA data size, as a power of two (Identify Namespace LBADS; the fake's I/O counts 512-byte
     /// blocks whatever it says).
     ns_lbads: std::sync::atomic::AtomicU8,
@@ -276,6 +278,7 @@ async fn fake(b: Behaviour) -> Fake {
         down: AtomicBool::new(false),
         mute: AtomicBool::new(false),
         ns_gen: AtomicU32::new(0),
+        ns1_inactive: AtomicBool::new(false),
         ns_lbads: std::sync::atomic::AtomicU8::new(9),
         next_cntlid: AtomicU32::new(1),
         log: Mutex::new(Vec::new()),
@@ -511,6 +514,7 @@ impl Conn {
                             page.copy_from_slice(id.as_bytes());
                         }
                         // Namespace 2 shares namespace 1's blocks (the fake's I/O ignores the NSID), and never changes.
+                        identify::CNS_NAMESPACE if sqe.nsid() == 1 && self.st.ns1_inactive.load(Ordering::Relaxed) => {}
                         identify::CNS_NAMESPACE if sqe.nsid() == 1 || sqe.nsid() == 2 => {
                             let mut ns = IdentifyNamespace::new_zeroed();
                             ns.nsze.set(NBLOCKS);
@@ -1478,6 +1482,15 @@ async fn a_controller_without_descriptor_lists_is_checked_by_its_identify_namesp
         }
         live(&c).await;
     }
+    // Namespace 1 opened again (the new one), then no longer active: its Identify Namespace data comes back
+    // zeroed, which says removed, not replaced.
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    go_down(&f, &c).await;
+    f.st.ns1_inactive.store(true, Ordering::Relaxed);
+    f.st.down.store(false, Ordering::Relaxed);
+    live(&c).await;
+    let e = ns.write(0, pattern(BS, 4), false).await.expect_err("a write to a namespace no longer active");
+    assert!(e.to_string().contains("not active"), "{e}");
     c.shutdown().await.unwrap();
 }
 
