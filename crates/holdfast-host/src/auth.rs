@@ -140,6 +140,24 @@ async fn receive(tx: &submit::Sender<Command>, deadline: TInstant) -> Result<Byt
     Ok(c.data.slice(..c.transferred.min(c.data.len())))
 }
 
+/// The controller's next message, `step` of the exchange. A connection closed instead is the refusal `refused`:
+/// nvmet ends the association right after its Failure1, which may then never arrive.
+async fn receive_step(
+    tx: &submit::Sender<Command>,
+    qid: u16,
+    deadline: TInstant,
+    refused: &str,
+    step: &str,
+) -> std::result::Result<Bytes, Fail> {
+    match receive(tx, deadline).await {
+        Ok(m) => Ok(m),
+        Err(e) if e.is_path_error() => {
+            Err(Fail::Done(failed(qid, format!("{refused}: it closed the connection instead of sending {step}"))))
+        }
+        Err(e) => Err(Fail::Done(e)),
+    }
+}
+
 /// The controller's next message, which must be `expected` of this transaction; a Failure1 ends the exchange
 /// with its reason (`refused` words the common one, a failed authentication, for this step).
 fn expect(qid: u16, msg: &[u8], tid: u16, expected: u8, step: &str, refused: &str) -> std::result::Result<(), Fail> {
@@ -197,14 +215,7 @@ async fn exchange(
     // the controller's g^x mod p (checked: 2 <= value <= p - 2). nvmet ends the association right after its
     // Failure1, which may then never arrive: a connection closed instead of a Challenge is a refusal too.
     let refused = "the controller refused the negotiation (authentication failed)";
-    let msg = match receive(tx, deadline).await {
-        Ok(m) => m,
-        Err(e) if e.is_path_error() => {
-            let what = format!("{refused}: it closed the connection instead of sending its Challenge");
-            return Err(Fail::Done(failed(qid, what)));
-        }
-        Err(e) => return Err(Fail::Done(e)),
-    };
+    let msg = receive_step(tx, qid, deadline, refused, "its Challenge").await?;
     expect(qid, &msg, tid, message::CHALLENGE, "Challenge", refused)?;
     let hashid = msg.get(8).copied().unwrap_or(0);
     if !offered.contains(&hashid) {
@@ -265,14 +276,7 @@ async fn exchange(
     } else {
         "the controller refused the host's response (wrong secret?)"
     };
-    let msg = match receive(tx, deadline).await {
-        Ok(m) => m,
-        Err(e) if e.is_path_error() => {
-            let what = format!("{refused}: it closed the connection instead of sending Success1");
-            return Err(Fail::Done(failed(qid, what)));
-        }
-        Err(e) => return Err(Fail::Done(e)),
-    };
+    let msg = receive_step(tx, qid, deadline, refused, "Success1").await?;
     expect(qid, &msg, tid, message::SUCCESS1, "Success1", refused)?;
     let Some(s1) = DhchapSuccess1::parse(&msg) else {
         return Err(Fail::Host(explanation::INCORRECT_PAYLOAD, "the controller's Success1 is malformed".into()));
