@@ -15,9 +15,11 @@
 #      kernel has no NVMe in-band authentication (CONFIG_NVME_HOST_AUTH is off), so this case boots Debian's
 #      6.12 kernel (linux-image-6.12-amd64, in bookworm), from a second cache the shared setup builds
 #      ($INTEROP_612_CACHE, default ~/.cache/nvme-interop-6.12)
+#   8. ANA (multipath): one subsystem on two ports, optimized and inaccessible; the kernel's native multipath
+#      must see both paths' states and ride through a reload that swaps them, a writer running
 # Each run starts its own target on a free 127.0.0.1 port and kills it by PID afterwards. Arguments name the
 # cases to run (kernel-host-digests-512, kernel-host-4k, kernel-host-file, kernel-host-nvme-cli,
-# kernel-host-ns-change, kernel-host-read-only, kernel-host-dhchap); without any, all run.
+# kernel-host-ns-change, kernel-host-read-only, kernel-host-dhchap, kernel-host-ana); without any, all run.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
 interop=${INTEROP_DIR:-$root/../shared/interop}
@@ -46,7 +48,7 @@ run() {  # run NAME PATTERN COMMAND...
   "$@" >"$logs/$name.log" 2>&1 || rc=$?
   local dt; dt=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
   if ((rc == 0)) && grep -q "$pattern" "$logs/$name.log"; then
-    pass=$((pass + 1)); echo "    pass ($dt s)"; grep -E "rw_check|ext4:|HOST-ROLE|NVME-CLI|NS-CHANGE|READ-ONLY|DHCHAP|dhchap:|target: DH-HMAC|namespace [12]:|nvme-tcp-check" "$logs/$name.log" | sed 's/^/    /' || true
+    pass=$((pass + 1)); echo "    pass ($dt s)"; grep -E "rw_check|ext4:|HOST-ROLE|NVME-CLI|NS-CHANGE|READ-ONLY|DHCHAP|dhchap:|ana:|ANA|target: DH-HMAC|namespace [12]:|nvme-tcp-check" "$logs/$name.log" | sed 's/^/    /' || true
   else
     fail=$((fail + 1)); echo "    FAIL ($dt s, exit $rc): last lines of $logs/$name.log"; tail -n 60 "$logs/$name.log" | sed 's/^/    /'
     [[ -n ${port:-} && -f $logs/target-$port.log ]] && { echo "    target log:"; tail -n 30 "$logs/target-$port.log" | sed 's/^/    /'; }
@@ -118,6 +120,28 @@ read_only_ns() {
   [[ $(md5sum <"$logs/ro.img" | cut -d' ' -f1) == "$sum" ]] || { echo "the image changed"; return 1; }
 }
 
+ana_config() {  # ana_config STATE1 STATE2: port $port in STATE1 and $port2 in STATE2, one RAM namespace
+  printf '[[port]]\nid = 1\nlisten = "127.0.0.1:%s"\nana_state = "%s"\n' "$port" "$1"
+  printf '[[port]]\nid = 2\nlisten = "127.0.0.1:%s"\nana_state = "%s"\n' "$port2" "$2"
+  printf '[[subsystem]]\nnqn = "%s"\nallow_any_host = true\n' "$nqn"
+  printf '[[subsystem.namespace]]\nnsid = 1\nbackend = "ram"\nsize_mib = 64\n'
+}
+ana() {
+  port=$(free_port); port2=$(free_port)
+  ana_config optimized inaccessible >"$logs/ana.toml"
+  ana_config inaccessible optimized >"$logs/ana-2.toml"
+  "$bin" target --config "$logs/ana.toml" >"$logs/target-$port.log" 2>&1 &
+  tpid=$!
+  for _ in $(seq 100); do grep -q '^connect:' "$logs/target-$port.log" 2>/dev/null && break; sleep 0.05; done
+  local reload="cp '$logs/ana-2.toml' '$logs/ana.toml' && kill -HUP $tpid && for _ in \$(seq 100); do
+    grep -q 'applied' '$logs/target-$port.log' && exit 0; sleep 0.05; done; echo 'reload not applied'; exit 1"
+  local rc=0
+  "$interop/kernel-host.sh" --port "$port" --nqn "$nqn" --guest-script "$root/tests/interop/guest-ana.sh" \
+    -- -e "PORT2=$port2" -H "$reload" || rc=$?
+  grep -E "ANA" "$logs/target-$port.log" | sed -E 's/^.*(port [0-9]+: ANA.*)$/target: \1/' | head -n 4
+  stop_target; return $rc
+}
+
 # interop_612, $INTEROP_612_CACHE: Debian's 6.12 kernel (NVMe in-band authentication).
 # shellcheck source=lib/interop-612.sh
 source "$here/lib/interop-612.sh"
@@ -178,7 +202,7 @@ cases=" $* "
 case_on() { [[ $cases == "  " || $cases == *" $1 "* ]]; }
 # A name that is no case would run nothing and pass: refused.
 for c in "$@"; do
-  [[ " kernel-host-digests-512 kernel-host-4k kernel-host-file kernel-host-nvme-cli kernel-host-ns-change kernel-host-read-only kernel-host-dhchap " == *" $c "* ]] || { echo "no interop case $c (kernel-host-digests-512 kernel-host-4k kernel-host-file kernel-host-nvme-cli kernel-host-ns-change kernel-host-read-only kernel-host-dhchap)"; exit 2; }
+  [[ " kernel-host-digests-512 kernel-host-4k kernel-host-file kernel-host-nvme-cli kernel-host-ns-change kernel-host-read-only kernel-host-dhchap kernel-host-ana " == *" $c "* ]] || { echo "no interop case $c (kernel-host-digests-512 kernel-host-4k kernel-host-file kernel-host-nvme-cli kernel-host-ns-change kernel-host-read-only kernel-host-dhchap kernel-host-ana)"; exit 2; }
 done
 if case_on kernel-host-digests-512; then run kernel-host-digests-512 "nvme-tcp-check: .* none malformed" digests_512; fi
 if case_on kernel-host-4k; then run kernel-host-4k "HOST-ROLE-PASSED" nodigest_4k; fi
@@ -187,6 +211,7 @@ if case_on kernel-host-nvme-cli; then run kernel-host-nvme-cli "NVME-CLI-PASSED"
 if case_on kernel-host-ns-change; then run kernel-host-ns-change "NS-CHANGE-PASSED" ns_change; fi
 if case_on kernel-host-read-only; then run kernel-host-read-only "READ-ONLY-PASSED" read_only_ns; fi
 if case_on kernel-host-dhchap; then run kernel-host-dhchap "DHCHAP-PASSED" dhchap; fi
+if case_on kernel-host-ana; then run kernel-host-ana "ANA-PASSED" ana; fi
 echo "interop (kernel host -> holdfast target): $pass passed, $fail failed (logs in $logs)"
 # The data files (images, what was written and read back) go either way; the logs stay only for a failure.
 find "$logs" -name '*.img' -o -name '*.bin' | xargs -r rm -f

@@ -450,6 +450,207 @@ impl CommandsSupportedAndEffects {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Asymmetric Namespace Access (LID 0Ch)
+// ---------------------------------------------------------------------------------------------------------
+
+/// Get Log Page LSP bit 0 for LID 0Ch: Return Groups Only (RGO): every descriptor with no NSIDs.
+pub const ANA_LSP_RGO: u8 = 1 << 0;
+
+/// An ANA group's state on one controller (NVMe Base 2.1 §8.1.1 "Asymmetric Namespace Access Reporting";
+/// the ANA State field of the ANA Group Descriptor, bits 3:0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum AnaState {
+    /// 01h: ANA Optimized: the best path to the namespace.
+    Optimized = 0x01,
+    /// 02h: ANA Non-Optimized: usable, but another path is better.
+    NonOptimized = 0x02,
+    /// 03h: ANA Inaccessible: commands that use the namespace fail with Asymmetric Access Inaccessible.
+    Inaccessible = 0x03,
+    /// 04h: ANA Persistent Loss: as Inaccessible, for good (Asymmetric Access Persistent Loss).
+    PersistentLoss = 0x04,
+    /// 0Fh: ANA Change: moving between states, expected to end within ANATT (Asymmetric Access Transition).
+    Change = 0x0F,
+}
+
+impl AnaState {
+    /// Every state, in the order of their values.
+    pub const ALL: [AnaState; 5] = [
+        AnaState::Optimized,
+        AnaState::NonOptimized,
+        AnaState::Inaccessible,
+        AnaState::PersistentLoss,
+        AnaState::Change,
+    ];
+
+    /// The state a descriptor's ANA State byte holds (bits 3:0); `None` for a reserved value.
+    pub fn from_u8(v: u8) -> Option<AnaState> {
+        AnaState::ALL.into_iter().find(|s| *s as u8 == v & 0x0F)
+    }
+    /// The name Linux nvmet's configfs `ana_state` and nvme-cli use: `optimized`, `non-optimized`,
+    /// `inaccessible`, `persistent-loss`, `change`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AnaState::Optimized => "optimized",
+            AnaState::NonOptimized => "non-optimized",
+            AnaState::Inaccessible => "inaccessible",
+            AnaState::PersistentLoss => "persistent-loss",
+            AnaState::Change => "change",
+        }
+    }
+    /// The state [`AnaState::name`] names.
+    pub fn from_name(name: &str) -> Option<AnaState> {
+        AnaState::ALL.into_iter().find(|s| s.name() == name)
+    }
+    /// True if commands that use the namespace are processed (Optimized, Non-Optimized).
+    pub fn is_accessible(self) -> bool {
+        matches!(self, AnaState::Optimized | AnaState::NonOptimized)
+    }
+    /// The status a command that uses the namespace completes with in this state (`None`: it is processed).
+    pub fn command_status(self) -> Option<crate::Status> {
+        match self {
+            AnaState::Optimized | AnaState::NonOptimized => None,
+            AnaState::Inaccessible => Some(crate::Status::ANA_INACCESSIBLE),
+            AnaState::PersistentLoss => Some(crate::Status::ANA_PERSISTENT_LOSS),
+            AnaState::Change => Some(crate::Status::ANA_TRANSITION),
+        }
+    }
+}
+
+impl core::fmt::Display for AnaState {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Header of the Asymmetric Namespace Access log page, 16 bytes (NVMe Base 2.1 §5.1.12.1.13, figure
+/// "Asymmetric Namespace Access Log Page"); [`AnaGroupDescriptor`]s follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct AnaLogHeader {
+    /// Bytes 07:00 Change Count: moves whenever the page's content changes.
+    pub chgcnt: U64,
+    /// Bytes 09:08 Number of ANA Group Descriptors.
+    pub ngrps: U16,
+    /// Bytes 15:10 reserved.
+    pub rsvd10: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<AnaLogHeader>() == 16);
+
+/// One ANA Group Descriptor, 32 bytes followed by its NNSID NSIDs (4 bytes each, ascending) (NVMe Base 2.1
+/// §5.1.12.1.13, figure "ANA Group Descriptor format").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct AnaGroupDescriptor {
+    /// Bytes 03:00 ANA Group ID (ANAGRPID), 1..=ANAGRPMAX.
+    pub anagrpid: U32,
+    /// Bytes 07:04 Number of NSID Values (0 when the host asked for groups only).
+    pub nnsids: U32,
+    /// Bytes 15:08 Change Count of this group's descriptor.
+    pub chgcnt: U64,
+    /// Byte 16 ANA State, bits 3:0 ([`AnaState`]).
+    pub state: u8,
+    /// Bytes 31:17 reserved.
+    pub rsvd17: [u8; 15],
+}
+const _: () = assert!(core::mem::size_of::<AnaGroupDescriptor>() == 32);
+const _: () = assert!(core::mem::offset_of!(AnaGroupDescriptor, state) == 16);
+
+/// One group of an Asymmetric Namespace Access log page, as built or parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnaGroup {
+    /// ANA Group ID.
+    pub anagrpid: u32,
+    /// The descriptor's Change Count.
+    pub chgcnt: u64,
+    /// The group's state on the controller that returned the page.
+    pub state: AnaState,
+    /// Its namespaces (ascending; empty with RGO).
+    pub nsids: Vec<u32>,
+}
+
+/// A whole Asymmetric Namespace Access log page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnaLog {
+    /// The header's Change Count.
+    pub chgcnt: u64,
+    /// Its groups, in page order.
+    pub groups: Vec<AnaGroup>,
+}
+
+/// Why an Asymmetric Namespace Access log page could not be parsed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AnaLogError {
+    /// The page ends inside the header, a descriptor or its NSID list.
+    #[error("ANA log page cut short at byte {0}")]
+    Truncated(usize),
+    /// A descriptor's ANA State is a reserved value.
+    #[error("ANA group {anagrpid} has the reserved ANA state {state:#04x}")]
+    ReservedState {
+        /// The group.
+        anagrpid: u32,
+        /// The byte.
+        state: u8,
+    },
+    /// A descriptor with ANA Group ID 0.
+    #[error("ANA group descriptor {0} has ANA Group ID 0")]
+    ZeroGroupId(usize),
+}
+
+impl AnaLog {
+    /// The page's bytes: the header, then each group's descriptor and NSIDs (none with `rgo`, Return Groups
+    /// Only, NNSID then 0).
+    pub fn to_bytes(&self, rgo: bool) -> Vec<u8> {
+        let nsids: usize = if rgo { 0 } else { self.groups.iter().map(|g| g.nsids.len()).sum() };
+        let mut v = Vec::with_capacity(16 + 32 * self.groups.len() + 4 * nsids);
+        let mut h = AnaLogHeader::new_zeroed();
+        h.chgcnt.set(self.chgcnt);
+        h.ngrps.set(self.groups.len() as u16);
+        v.extend_from_slice(h.as_bytes());
+        for g in &self.groups {
+            let mut d = AnaGroupDescriptor::new_zeroed();
+            d.anagrpid.set(g.anagrpid);
+            d.nnsids.set(if rgo { 0 } else { g.nsids.len() as u32 });
+            d.chgcnt.set(g.chgcnt);
+            d.state = g.state as u8;
+            v.extend_from_slice(d.as_bytes());
+            if !rgo {
+                for n in &g.nsids {
+                    v.extend_from_slice(&n.to_le_bytes());
+                }
+            }
+        }
+        v
+    }
+
+    /// Parse the bytes a controller returned. NNSID and NGRPS are a peer's counts: each NSID list is taken
+    /// only as far as the bytes go, so memory is bounded by `b`'s length.
+    pub fn parse(b: &[u8]) -> Result<AnaLog, AnaLogError> {
+        let (h, _) = AnaLogHeader::read_from_prefix(b).map_err(|_| AnaLogError::Truncated(b.len()))?;
+        let mut at = core::mem::size_of::<AnaLogHeader>();
+        let mut groups = Vec::new();
+        for i in 0..h.ngrps.get() as usize {
+            let (d, _) = b
+                .get(at..)
+                .and_then(|r| AnaGroupDescriptor::read_from_prefix(r).ok())
+                .ok_or(AnaLogError::Truncated(b.len()))?;
+            at += core::mem::size_of::<AnaGroupDescriptor>();
+            if d.anagrpid.get() == 0 {
+                return Err(AnaLogError::ZeroGroupId(i));
+            }
+            let state = AnaState::from_u8(d.state)
+                .ok_or(AnaLogError::ReservedState { anagrpid: d.anagrpid.get(), state: d.state })?;
+            let n = d.nnsids.get() as usize;
+            let list = b.get(at..).filter(|r| r.len() / 4 >= n).ok_or(AnaLogError::Truncated(b.len()))?;
+            let nsids = list[..n * 4].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            at += n * 4;
+            groups.push(AnaGroup { anagrpid: d.anagrpid.get(), chgcnt: d.chgcnt.get(), state, nsids });
+        }
+        Ok(AnaLog { chgcnt: h.chgcnt.get(), groups })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Discovery (LID 70h)
 // ---------------------------------------------------------------------------------------------------------
 
@@ -921,5 +1122,71 @@ mod tests {
         spaced.traddr[..8].copy_from_slice(b"10.0.0.1");
         assert_eq!((spaced.trsvcid_str(), spaced.traddr_str()), ("4420".to_string(), "10.0.0.1".to_string()));
         assert_eq!(field_str(&[0; 8]), "");
+    }
+
+    #[test]
+    fn ana_log_page_has_the_spec_layout() {
+        let log = AnaLog {
+            chgcnt: 7,
+            groups: vec![
+                AnaGroup { anagrpid: 1, chgcnt: 5, state: AnaState::Optimized, nsids: vec![1, 3] },
+                AnaGroup { anagrpid: 2, chgcnt: 7, state: AnaState::Inaccessible, nsids: vec![2] },
+            ],
+        };
+        let b = log.to_bytes(false);
+        assert_eq!(b.len(), 16 + 32 + 8 + 32 + 4);
+        assert_eq!(&b[0..8], &7u64.to_le_bytes()); // Change Count
+        assert_eq!(&b[8..10], &2u16.to_le_bytes()); // NGRPS
+        assert_eq!(&b[16..20], &1u32.to_le_bytes()); // ANAGRPID
+        assert_eq!(&b[20..24], &2u32.to_le_bytes()); // NNSID
+        assert_eq!(&b[24..32], &5u64.to_le_bytes()); // descriptor Change Count
+        assert_eq!(b[32], 0x01); // ANA State
+        assert_eq!(&b[48..56], &[1, 0, 0, 0, 3, 0, 0, 0]);
+        assert_eq!(&b[56..60], &2u32.to_le_bytes());
+        assert_eq!(b[72], 0x03);
+        assert_eq!(&b[88..92], &2u32.to_le_bytes());
+        assert_eq!(AnaLog::parse(&b), Ok(log.clone()));
+
+        let rgo = log.to_bytes(true);
+        assert_eq!(rgo.len(), 16 + 64);
+        assert_eq!(&rgo[20..24], &[0; 4]);
+        let parsed = AnaLog::parse(&rgo).unwrap();
+        assert!(parsed.groups.iter().all(|g| g.nsids.is_empty()));
+        assert_eq!(parsed.groups[1].state, AnaState::Inaccessible);
+    }
+
+    #[test]
+    fn ana_log_parse_refuses_what_a_peer_gets_wrong() {
+        let log = AnaLog {
+            chgcnt: 1,
+            groups: vec![AnaGroup { anagrpid: 1, chgcnt: 1, state: AnaState::Change, nsids: vec![1, 2] }],
+        };
+        let b = log.to_bytes(false);
+        for cut in [0, 15, 16, 47, 48, 55] {
+            assert!(matches!(AnaLog::parse(&b[..cut]), Err(AnaLogError::Truncated(_))), "cut at {cut}");
+        }
+        // A huge NNSID is bounded by the bytes there are, not allocated.
+        let mut huge = b.clone();
+        huge[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(AnaLog::parse(&huge), Err(AnaLogError::Truncated(_))));
+        let mut reserved = b.clone();
+        reserved[32] = 0x05;
+        assert_eq!(AnaLog::parse(&reserved), Err(AnaLogError::ReservedState { anagrpid: 1, state: 5 }));
+        let mut zero = b;
+        zero[16..20].copy_from_slice(&[0; 4]);
+        assert_eq!(AnaLog::parse(&zero), Err(AnaLogError::ZeroGroupId(0)));
+    }
+
+    #[test]
+    fn ana_states_have_nvmets_names_and_their_statuses() {
+        for s in AnaState::ALL {
+            assert_eq!(AnaState::from_name(s.name()), Some(s));
+            assert_eq!(AnaState::from_u8(s as u8), Some(s));
+            assert_eq!(s.is_accessible(), s.command_status().is_none());
+        }
+        assert_eq!(AnaState::from_name("optimised"), None);
+        assert_eq!(AnaState::Change.command_status(), Some(crate::Status::ANA_TRANSITION));
+        assert_eq!(crate::Status::ANA_INACCESSIBLE.name(false), "Asymmetric Access Inaccessible");
+        assert!(crate::Status::ANA_PERSISTENT_LOSS.is_path_error());
     }
 }

@@ -116,6 +116,14 @@ statuses! {
     UNRECOVERED_READ_ERROR = (sct::MEDIA, 0x81),
     /// Internal Path Error.
     INTERNAL_PATH_ERROR = (sct::PATH, 0x00),
+    /// Asymmetric Access Persistent Loss: the namespace's ANA group is in the Persistent Loss state on this
+    /// controller (NVMe Base 2.1 §8.1.1.5).
+    ANA_PERSISTENT_LOSS = (sct::PATH, 0x01),
+    /// Asymmetric Access Inaccessible: the namespace's ANA group is Inaccessible on this controller.
+    ANA_INACCESSIBLE = (sct::PATH, 0x02),
+    /// Asymmetric Access Transition: the namespace's ANA group is changing state on this controller (retry
+    /// within ANATT).
+    ANA_TRANSITION = (sct::PATH, 0x03),
     /// Controller Pathing Error.
     CONTROLLER_PATHING_ERROR = (sct::PATH, 0x60),
     /// Host Pathing Error.

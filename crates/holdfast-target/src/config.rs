@@ -4,6 +4,9 @@
 //! [[port]]
 //! id = 1
 //! listen = "0.0.0.0:4420"
+//! ana_state = "optimized"        # optional: ANA state of every group through this port (or non-optimized,
+//!                                # inaccessible, persistent-loss, change)
+//! ana_groups = { "2" = "inaccessible" }   # optional: per ANA group
 //!
 //! [[subsystem]]
 //! nqn = "nqn.2026-01.io.holdfast:vol1"
@@ -23,6 +26,7 @@
 //! size_mib = 1024                # ram: required; file: optional (grows the file)
 //! block_size = 4096              # 512 or 4096
 //! uuid = "..."; nguid = "..."; eui64 = "..."   # optional: derived from the NQN and nsid
+//! ana_group = 1                  # optional: its ANA group (1..=128)
 //!
 //! [[host]]                       # optional: DH-HMAC-CHAP keys of a host that subsystems list
 //! nqn = "nqn.2014-08.org.nvmexpress:uuid:..."
@@ -34,6 +38,7 @@
 //!
 //! Every error names the file, the key and the reason.
 
+use holdfast_proto::log_page::AnaState;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -144,6 +149,39 @@ pub struct PortConfig {
     pub id: u16,
     /// Address to listen on.
     pub listen: String,
+    /// The Asymmetric Namespace Access state of every ANA group through this port, unless `ana_groups` names
+    /// the group (as nvmet's `ports/N/ana_groups/G/ana_state`): `optimized` (the default), `non-optimized`,
+    /// `inaccessible`, `persistent-loss` or `change`.
+    pub ana_state: Option<String>,
+    /// ANA states of chosen groups through this port: `ana_groups = { "2" = "inaccessible" }`.
+    #[serde(default)]
+    pub ana_groups: std::collections::BTreeMap<String, String>,
+}
+
+impl PortConfig {
+    /// The ANA states this port gives: the default for every group and the groups named; the key and the
+    /// reason for a state or group that is not one.
+    pub fn ana(&self) -> Result<crate::ana::PortAnaConfig, (String, String)> {
+        let state = |v: &str| {
+            AnaState::from_name(v).ok_or_else(|| {
+                let names: Vec<&str> = AnaState::ALL.iter().map(|s| s.name()).collect();
+                format!("\"{v}\" is not an ANA state ({})", names.join(", "))
+            })
+        };
+        let default = match &self.ana_state {
+            None => AnaState::Optimized,
+            Some(v) => state(v).map_err(|r| ("ana_state".to_string(), r))?,
+        };
+        let mut groups = std::collections::BTreeMap::new();
+        for (g, v) in &self.ana_groups {
+            let key = format!("ana_groups.{g}");
+            let id = g.parse::<u32>().ok().filter(|id| (1..=crate::ana::ANAGRPMAX).contains(id)).ok_or_else(|| {
+                (key.clone(), format!("\"{g}\" is not an ANA group ID (1..={})", crate::ana::ANAGRPMAX))
+            })?;
+            groups.insert(id, state(v).map_err(|r| (key, r))?);
+        }
+        Ok(crate::ana::PortAnaConfig { default, groups })
+    }
 }
 
 /// One subsystem.
@@ -260,6 +298,14 @@ pub struct NamespaceConfig {
     /// command but Read and Flush fails with Namespace is Write Protected, as nvmet serves a read-only device.
     #[serde(default)]
     pub read_only: bool,
+    /// The ANA group the namespace belongs to (ANAGRPID, 1..=128; default 1): its state through each port is
+    /// that port's `ana_state` for the group.
+    #[serde(default = "default_ana_group")]
+    pub ana_group: u32,
+}
+
+fn default_ana_group() -> u32 {
+    1
 }
 
 fn default_block_size() -> u32 {
@@ -500,6 +546,7 @@ impl Config {
             if !ids.insert(p.id) {
                 return Err(err(format!("port[{i}].id"), format!("duplicate port id {}", p.id)));
             }
+            p.ana().map_err(|(key, reason)| err(format!("port[{i}].{key}"), reason))?;
             let Ok(a) = p.listen.parse::<SocketAddr>() else {
                 return Err(err(format!("port[{i}].listen"), format!("\"{}\" is not an IP:PORT address", p.listen)));
             };
@@ -626,6 +673,12 @@ impl Config {
                 }
                 if !nsids.insert(n.nsid) {
                     return Err(err(k("nsid"), format!("duplicate nsid {}", n.nsid)));
+                }
+                if !(1..=crate::ana::ANAGRPMAX).contains(&n.ana_group) {
+                    return Err(err(
+                        k("ana_group"),
+                        format!("{} is not an ANA group ID (1..={})", n.ana_group, crate::ana::ANAGRPMAX),
+                    ));
                 }
                 if n.block_size != 512 && n.block_size != 4096 {
                     return Err(err(k("block_size"), format!("{} is not 512 or 4096", n.block_size)));
@@ -855,6 +908,21 @@ block_size = 4096
         );
         assert_eq!(e.key, "subsystem[0].allowed_hosts", "{e}");
         assert!(e.to_string().contains("allow_any_host = true admits every host"), "{e}");
+        // ANA: a state by another name, a group ID out of range, as a port's key or a namespace's group.
+        let port = "listen = \"127.0.0.1:4420\"";
+        let e = bad(port, &format!("{port}\nana_state = \"standby\""));
+        assert_eq!(
+            e.to_string(),
+            "t.toml: port[0].ana_state: \"standby\" is not an ANA state (optimized, non-optimized, inaccessible, \
+             persistent-loss, change)"
+        );
+        let e = bad(port, &format!("{port}\nana_groups = {{ \"0\" = \"optimized\" }}"));
+        assert_eq!(e.to_string(), "t.toml: port[0].ana_groups.0: \"0\" is not an ANA group ID (1..=128)");
+        let e = bad(port, &format!("{port}\nana_groups = {{ \"2\" = \"gone\" }}"));
+        assert_eq!(e.key, "port[0].ana_groups.2", "{e}");
+        let e = bad("size_mib = 16", "size_mib = 16\nana_group = 129");
+        assert_eq!(e.to_string(), "t.toml: subsystem[0].namespace[0].ana_group: 129 is not an ANA group ID (1..=128)");
+        Config::parse(&GOOD.replace(port, &format!("{port}\nana_groups = {{ \"128\" = \"change\" }}")), "t").unwrap();
     }
 
     /// Two file namespaces on one file, by the same path, by another spelling of a file yet to be created, or

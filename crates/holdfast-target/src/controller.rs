@@ -7,7 +7,7 @@ use crate::backend::AssociationGate;
 use crate::subsystem::{Subsystem, Target};
 use holdfast_proto::fabrics::{cc, csts};
 use holdfast_proto::features::{event_type, notice, AsyncEvent};
-use holdfast_proto::log_page::{LID_CHANGED_NS_LIST, LID_DISCOVERY};
+use holdfast_proto::log_page::{LID_ANA, LID_CHANGED_NS_LIST, LID_DISCOVERY};
 use holdfast_proto::policy::{AEN_INFO_POLICY_CHANGED, LID_HOLDFAST_POLICY};
 use holdfast_proto::Status;
 use parking_lot::Mutex;
@@ -174,6 +174,8 @@ pub struct Controller {
     pub hostid: [u8; 16],
     /// Port the admin queue came in on.
     pub port_id: u16,
+    /// The ANA states of every group through that port ([`crate::ana`]), read by each I/O command.
+    pub ana: Arc<crate::ana::PortAna>,
     /// Local address of the admin connection (discovery reports it for wildcard listeners).
     pub local_addr: SocketAddr,
     /// Keep Alive Timeout in ms (0 = disabled).
@@ -219,6 +221,7 @@ impl Controller {
     ) -> Arc<Self> {
         let now = target.now_ms();
         let cancel = CancellationToken::new();
+        let ana = target.ana.port(port_id);
         Arc::new(Controller {
             cntlid,
             subsys,
@@ -226,6 +229,7 @@ impl Controller {
             hostnqn,
             hostid,
             port_id,
+            ana,
             local_addr,
             kato_ms: AtomicU32::new(kato_ms),
             kato_changed: tokio::sync::Notify::new(),
@@ -482,6 +486,7 @@ impl Controller {
     pub fn event_classes_changed(st: &mut CtrlState, enabled: u32) {
         let off = |lid: u8| match lid {
             LID_CHANGED_NS_LIST => enabled & (1 << 8) == 0,
+            LID_ANA => enabled & (1 << 11) == 0,
             LID_DISCOVERY => enabled & (1 << 31) == 0,
             _ => false,
         };
@@ -506,6 +511,13 @@ impl Controller {
         let ev =
             AsyncEvent { event_type: event_type::NOTICE, info: notice::NS_ATTR_CHANGED, log_page: LID_CHANGED_NS_LIST };
         self.raise_event(ev.to_dword(), LID_CHANGED_NS_LIST, Some(8));
+    }
+
+    /// An ANA group's state through this controller's port changed, or a namespace moved between groups:
+    /// Asymmetric Namespace Access Change notice (Asynchronous Event Configuration bit 11).
+    pub fn ana_changed(&self) {
+        let ev = AsyncEvent { event_type: event_type::NOTICE, info: notice::ANA_CHANGE, log_page: LID_ANA };
+        self.raise_event(ev.to_dword(), LID_ANA, Some(11));
     }
 
     /// The discovery log changed: Discovery Log Page Change notice (Asynchronous Event Configuration bit 31).

@@ -12,6 +12,7 @@
 //!
 //! Configuration is [`config::Config`] (a TOML file or the quick mode's flags).
 
+pub mod ana;
 pub mod backend;
 pub mod cmd;
 pub mod config;

@@ -3,6 +3,7 @@
 use crate::backend::pool::IoPool;
 use crate::backend::Backend;
 use crate::config::NsIds;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 /// An attached namespace.
@@ -21,6 +22,8 @@ pub struct Namespace {
     pub io: Option<IoPool>,
     /// Write protected ([`crate::config::NamespaceConfig::read_only`]): only Read and Flush run.
     pub read_only: bool,
+    /// ANA group (ANAGRPID, [`crate::ana`]): a reload may move the namespace to another.
+    pub ana_group: AtomicU32,
 }
 
 /// Most threads a blocking namespace's calls run on at once: enough for the queue depth a disk behind a
@@ -32,7 +35,11 @@ impl Namespace {
     pub fn new(nsid: u32, block_size: u32, backend: Arc<dyn Backend>, ids: NsIds) -> Self {
         let nblocks = backend.size() / block_size as u64;
         let io = backend.blocking().then(|| IoPool::new(&format!("hf-io-ns{nsid}"), IO_THREADS));
-        Namespace { nsid, block_size, nblocks, backend, ids, io, read_only: false }
+        Namespace { nsid, block_size, nblocks, backend, ids, io, read_only: false, ana_group: AtomicU32::new(1) }
+    }
+    /// Its ANA group.
+    pub fn ana_group(&self) -> u32 {
+        self.ana_group.load(Ordering::Relaxed)
     }
     /// log2 of the block size.
     pub fn lba_shift(&self) -> u32 {

@@ -340,6 +340,8 @@ pub struct Target {
     dead_lists: Mutex<BTreeMap<String, DeadList>>,
     /// DH-HMAC-CHAP keys by host NQN (`[[host]]`): read at each Connect, replaced whole by a reload.
     host_keys: RwLock<Arc<HostKeyMap>>,
+    /// Asymmetric Namespace Access: each port's group states.
+    pub ana: crate::ana::Ana,
 }
 
 /// DH-HMAC-CHAP keys by host NQN.
@@ -417,6 +419,7 @@ fn build_namespace(
     }
     let mut ns = Namespace::new(n.nsid, n.block_size, backend, n.ids(&s.nqn));
     ns.read_only = n.read_only;
+    *ns.ana_group.get_mut() = n.ana_group;
     Ok(ns)
 }
 
@@ -475,6 +478,7 @@ impl Target {
             unbound: Arc::default(),
             dead_lists,
             host_keys: RwLock::new(Arc::new(host_keys_of(cfg))),
+            ana: crate::ana::Ana::new(cfg),
             settings,
         });
         target.publish_discovery_view();
@@ -563,6 +567,8 @@ impl Target {
         // Build everything new first, so that a backend that fails to open changes nothing.
         let mut fresh: BTreeMap<String, Subsystem> = BTreeMap::new();
         let mut ns_new: Vec<(Arc<Subsystem>, u32, Option<Arc<Namespace>>)> = Vec::new();
+        // Namespaces kept as they are but moved to another ANA group: (subsystem, namespace, new group).
+        let mut regrouped: Vec<(Arc<Subsystem>, Arc<Namespace>, u32)> = Vec::new();
         let current = self.subsystems.read().clone();
         for (i, s) in cfg.subsystems.iter().enumerate() {
             match current.get(&s.nqn) {
@@ -587,6 +593,8 @@ impl Target {
                             let key = format!("subsystem[{i}].namespace[{j}]");
                             let ns = build_namespace(s, n, &self.settings, &key)?;
                             ns_new.push((old.clone(), n.nsid, Some(Arc::new(ns))));
+                        } else if let Some(o) = have.get(&n.nsid).filter(|o| o.ana_group() != n.ana_group) {
+                            regrouped.push((old.clone(), o.clone(), n.ana_group));
                         }
                     }
                     for nsid in have.keys().filter(|k| !s.namespaces.iter().any(|n| n.nsid == **k)) {
@@ -680,6 +688,34 @@ impl Target {
         for (sub, nsids) in changed.values() {
             for c in sub.controllers() {
                 c.namespaces_changed(nsids);
+            }
+        }
+        // ANA: the log page changes with the namespaces it lists, and each controller behind a port whose
+        // states changed, or of a subsystem whose namespace changed group, gets an ANA Change notice.
+        if !changed.is_empty() || !regrouped.is_empty() {
+            self.ana.membership_changed();
+        }
+        let mut ana_notice: Vec<Arc<Subsystem>> = Vec::new();
+        for (sub, ns, group) in regrouped {
+            summary.notes.push(format!("{} nsid {}: ANA group {} -> {group}", sub.nqn, ns.nsid, ns.ana_group()));
+            ns.ana_group.store(group, Ordering::SeqCst);
+            if !ana_notice.iter().any(|s| Arc::ptr_eq(s, &sub)) {
+                ana_notice.push(sub);
+            }
+        }
+        let used: std::collections::BTreeSet<u32> = self
+            .subsystems()
+            .iter()
+            .flat_map(|s| s.namespaces.read().values().map(|n| n.ana_group()).collect::<Vec<_>>())
+            .collect();
+        let ana = self.ana.apply(cfg, &used);
+        summary.notes.extend(ana.notes);
+        for sub in self.subsystems() {
+            let moved = ana_notice.iter().any(|s| Arc::ptr_eq(s, &sub));
+            for c in sub.controllers() {
+                if moved || ana.ports.contains(&c.port_id) {
+                    c.ana_changed();
+                }
             }
         }
         let keys = host_keys_of(cfg);

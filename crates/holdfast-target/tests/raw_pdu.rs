@@ -1343,6 +1343,141 @@ allow_any_host = true
     server.stop().await;
 }
 
+/// Asymmetric Namespace Access: each port gives each ANA group a state; Identify says ANA is reported and
+/// which group a namespace is in; the log page (LID 0Ch) gives the states through the port asked on; a command
+/// that uses a namespace of a group not accessible through the port fails with the state's path error (no
+/// DNR); a reload that changes a state (or moves a namespace between groups) sends an ANA Change notice to the
+/// controllers it concerns, and none to the others.
+#[tokio::test]
+async fn ana_states_are_per_port_gate_io_and_a_reload_sends_an_ana_change_notice() {
+    use holdfast_proto::log_page::{AnaLog, AnaState};
+    let config = |port1: &str, port2: &str, ns2_group: u32| {
+        let text = format!(
+            r#"
+[[port]]
+id = 1
+listen = "127.0.0.1:0"
+{port1}
+[[port]]
+id = 2
+listen = "127.0.0.1:0"
+{port2}
+[[subsystem]]
+nqn = "{NQN}"
+allow_any_host = true
+[[subsystem.namespace]]
+nsid = 1
+backend = "ram"
+size_mib = 4
+[[subsystem.namespace]]
+nsid = 2
+backend = "ram"
+size_mib = 4
+ana_group = {ns2_group}
+"#
+        );
+        Config::parse(&text, "test").unwrap()
+    };
+    let cfg = config("ana_groups = { \"2\" = \"non-optimized\" }", "ana_state = \"inaccessible\"", 2);
+    let server = Server::start(Target::new(&cfg, TargetSettings::default()).unwrap()).await.unwrap();
+    let (p1, p2) = (server.bound[0].1, server.bound[1].1);
+    let ana_log = |rgo: bool| {
+        let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
+        s.dptr = SglDescriptor::transport(4096);
+        holdfast_proto::sqe::get_log_page::set(&mut s, 0x0C, rgo as u8, 4096, 0);
+        s
+    };
+    let states = |page: &[u8]| {
+        let log = AnaLog::parse(page).unwrap();
+        log.groups.iter().map(|g| (g.anagrpid, g.state, g.nsids.clone())).collect::<Vec<_>>()
+    };
+
+    let (mut a1, c1) = Conn::admin(p1, NQN, false, false).await;
+    let id = a1.identify_controller().await;
+    assert_eq!(id.cmic & holdfast_proto::identify::CMIC_ANA, holdfast_proto::identify::CMIC_ANA);
+    assert_eq!(id.oaes.get() & holdfast_proto::identify::OAES_ANA_CHANGE, holdfast_proto::identify::OAES_ANA_CHANGE);
+    assert_eq!((id.anatt, id.anacap, id.anagrpmax.get(), id.nanagrpid.get()), (10, 0x1F, 128, 128));
+    assert!(id.mnan.get() != 0 && id.mnan.get() <= id.nn.get(), "the Linux host refuses MNAN 0 or above NN");
+    let mut s = SubmissionEntry::new(admin::IDENTIFY, 0);
+    s.dptr = SglDescriptor::transport(4096);
+    s.nsid.set(2);
+    let (r, ns) = a1.cmd(s, Bytes::new()).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    assert_eq!(&ns[92..96], &2u32.to_le_bytes(), "ANAGRPID of nsid 2");
+
+    let (r, page) = a1.cmd(ana_log(false), Bytes::new()).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    assert_eq!(states(&page), vec![(1, AnaState::Optimized, vec![1]), (2, AnaState::NonOptimized, vec![2])]);
+    let (_, page) = a1.cmd(ana_log(true), Bytes::new()).await;
+    assert_eq!(states(&page), vec![(1, AnaState::Optimized, vec![]), (2, AnaState::NonOptimized, vec![])], "RGO");
+    let mut q1 = Conn::io(p1, &mut a1, c1, false, false).await;
+    for nsid in [1, 2] {
+        let mut s = rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512));
+        s.nsid.set(nsid);
+        assert_eq!(q1.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS, "nsid {nsid} through port 1");
+    }
+
+    // Through port 2 every group is inaccessible: reads and writes fail with the path error, without DNR.
+    let (mut a2, c2) = Conn::admin(p2, NQN, false, false).await;
+    let (_, page) = a2.cmd(ana_log(false), Bytes::new()).await;
+    assert_eq!(states(&page), vec![(1, AnaState::Inaccessible, vec![1]), (2, AnaState::Inaccessible, vec![2])]);
+    let mut q2 = Conn::io(p2, &mut a2, c2, false, false).await;
+    let (r, _) = q2.cmd(rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512)), Bytes::new()).await;
+    assert_eq!(r.status(), Status::ANA_INACCESSIBLE);
+    let w = rw_sqe(io::WRITE, 0, 1, SglDescriptor::incapsule(512));
+    assert_eq!(q2.cmd(w, Bytes::from(vec![7u8; 512])).await.0.status(), Status::ANA_INACCESSIBLE);
+    let mut s = SubmissionEntry::new(io::FLUSH, 0);
+    s.nsid.set(0xFFFF_FFFF);
+    assert_eq!(
+        q2.cmd(s, Bytes::new()).await.0.status(),
+        Status::SUCCESS,
+        "a broadcast flush skips what it cannot reach"
+    );
+
+    // Both controllers want ANA notices; a reload makes group 1 change through port 2 only.
+    a1.set_feature(0x0B, 1 << 11).await;
+    a2.set_feature(0x0B, 1 << 11).await;
+    let (aer1, aer2) = (a1.post_aer().await, a2.post_aer().await);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let summary = server
+        .target
+        .reload(&config("ana_groups = { \"2\" = \"non-optimized\" }", "ana_groups = { \"1\" = \"change\" }", 2))
+        .unwrap();
+    assert!(
+        summary
+            .notes
+            .iter()
+            .any(|n| n.starts_with("port 2: ANA group 1 inaccessible -> change, group 2 inaccessible -> optimized")),
+        "{:?}",
+        summary.notes
+    );
+    let (r, _) = a2.finish(aer2).await;
+    assert_eq!(r.dw0.get(), 0x000C_0302, "notice / ANA change / log page 0Ch");
+    let (r, _) = q2.cmd(rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512)), Bytes::new()).await;
+    assert_eq!(r.status(), Status::ANA_TRANSITION, "group 1 in change");
+    let mut s = rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512));
+    s.nsid.set(2);
+    assert_eq!(q2.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS, "group 2 now optimized through port 2");
+    let (_, page) = a2.cmd(ana_log(false), Bytes::new()).await;
+    assert_eq!(states(&page), vec![(1, AnaState::Change, vec![1]), (2, AnaState::Optimized, vec![2])]);
+    // Port 1 changed nothing: its controller's AER is still held (a Keep Alive answered first shows it).
+    assert_eq!(a1.keep_alive().await, Status::SUCCESS);
+
+    // Moving nsid 2 into group 1 concerns every controller of the subsystem.
+    let summary = server
+        .target
+        .reload(&config("ana_groups = { \"2\" = \"non-optimized\" }", "ana_groups = { \"1\" = \"change\" }", 1))
+        .unwrap();
+    assert!(summary.notes.iter().any(|n| n == &format!("{NQN} nsid 2: ANA group 2 -> 1")), "{:?}", summary.notes);
+    let (r, _) = a1.finish(aer1).await;
+    assert_eq!(r.dw0.get(), 0x000C_0302);
+    let (_, page) = a1.cmd(ana_log(false), Bytes::new()).await;
+    let log = AnaLog::parse(&page).unwrap();
+    assert_eq!(states(&page), vec![(1, AnaState::Optimized, vec![1, 2])]);
+    assert!(log.chgcnt > 1, "the change count moved");
+    server.stop().await;
+}
+
 /// A reload says which namespaces it added and which it replaced; a RAM namespace replaced (here: resized)
 /// keeps its NSID and identifiers but not its contents, which the note says, since hosts cannot tell.
 #[tokio::test]

@@ -44,10 +44,11 @@ pub fn common_identify(c: &Controller) -> IdentifyController {
 pub fn identify_controller(c: &Controller) -> IdentifyController {
     let mut d = common_identify(c);
     let policy = c.subsys.policy.read().clone();
-    d.cmic = id::CMIC_MULTI_CTRL;
+    // Several controllers (one per host association), several ports, and ANA reporting (crate::ana).
+    d.cmic = id::CMIC_MULTI_CTRL | id::CMIC_MULTI_PORT | id::CMIC_ANA;
     d.set_holdfast_uniquifier(c.uniquifier);
     d.ver.set(VERSION_2_0);
-    d.oaes.set(id::OAES_NS_ATTR);
+    d.oaes.set(id::OAES_NS_ATTR | id::OAES_ANA_CHANGE);
     // Any command resets the keep-alive timer here, but TBKAS (traffic-based keep-alive) is not advertised:
     // with it, a Linux host before 6.4 (and its stable backports) skips a Keep Alive whenever it saw a
     // completion in the last KATO, which can leave up to two KATOs between the commands this controller
@@ -60,6 +61,13 @@ pub fn identify_controller(c: &Controller) -> IdentifyController {
     d.lpa |= id::LPA_CMD_EFFECTS;
     d.maxcmd.set(MAX_QUEUE_ENTRIES as u16);
     d.nn.set(crate::MAX_NSID);
+    // ANA (NVMe Base 2.1 §8.1.1): with CMIC bit 3 the Linux host refuses a controller whose MNAN is 0 or above
+    // NN, and sizes its ANA log reads as NANAGRPID descriptors plus MNAN NSIDs (within MDTS).
+    d.mnan.set(crate::MAX_NSID);
+    d.anatt = crate::ana::ANATT_S;
+    d.anacap = crate::ana::ANACAP;
+    d.anagrpmax.set(crate::ana::ANAGRPMAX);
+    d.nanagrpid.set(crate::ana::ANAGRPMAX);
     d.oncs.set(id::ONCS_DSM | id::ONCS_WRITE_ZEROES | id::ONCS_SAVE_SELECT);
     d.vwc = id::VWC_PRESENT | id::VWC_FLUSH_BROADCAST;
     d.cqt.set(policy.cqt_ms.min(u16::MAX as u32) as u16);
@@ -89,6 +97,7 @@ pub fn identify_namespace(ns: &Namespace) -> IdentifyNamespace {
         d.nsattr |= id::NSATTR_WRITE_PROTECTED;
     }
     d.nvmcap = ((ns.nblocks as u128) << ns.lba_shift()).to_le_bytes();
+    d.anagrpid.set(ns.ana_group());
     d.nguid = ns.ids.nguid;
     d.eui64 = ns.ids.eui64;
     d.lbaf[0].lbads = ns.lba_shift() as u8;
@@ -162,7 +171,7 @@ const CAP_CHANGEABLE: u32 = 1 << 2;
 const CAP_NS_SPECIFIC: u32 = 1 << 1;
 
 /// Asynchronous Event Configuration bits we can report.
-pub const AEC_SUPPORTED: u32 = 0xFF | (1 << 8);
+pub const AEC_SUPPORTED: u32 = 0xFF | (1 << 8) | (1 << 11);
 
 /// The features Set Features changes (or answers for: Host Identifier).
 const SET_FIDS: &[u8] = &[

@@ -18,8 +18,17 @@ use std::sync::Arc;
 /// Broadcast NSID (Flush of every namespace, allowed because VWC bits 2:1 say so).
 pub const NSID_ALL: u32 = 0xFFFF_FFFF;
 
+/// Namespace `nsid`, if the command may use it through this controller: it exists, and its ANA group is
+/// Optimized or Non-Optimized through the controller's port; otherwise the group's state says why (Asymmetric
+/// Access Inaccessible, Persistent Loss or Transition: path errors, without DNR, for a multipath host to take
+/// the command to another path; NVMe Base 2.1 §8.1.1.3-8.1.1.6), checked before anything else about the
+/// command, as nvmet does.
 fn namespace(ctrl: &Controller, nsid: u32) -> Result<Arc<Namespace>, Status> {
-    ctrl.subsys.namespace(nsid).ok_or(Status::INVALID_NAMESPACE.with_dnr())
+    let ns = ctrl.subsys.namespace(nsid).ok_or(Status::INVALID_NAMESPACE.with_dnr())?;
+    match ctrl.ana.state(ns.ana_group()).command_status() {
+        None => Ok(ns),
+        Some(status) => Err(status),
+    }
 }
 
 /// `ns`, if a command may change its contents: on a write-protected namespace that is Namespace is Write
@@ -100,7 +109,10 @@ pub fn parse(_ctx: &QueueCtx, ctrl: &Controller, sqe: &SubmissionEntry) -> Parse
         }
         op::FLUSH => {
             let ns = if sqe.nsid() == NSID_ALL {
-                ctrl.subsys.namespaces.read().values().cloned().collect()
+                // Every namespace this controller can reach: those of groups not accessible through its port
+                // are flushed by a controller that can.
+                let all = ctrl.subsys.namespaces.read();
+                all.values().filter(|n| ctrl.ana.state(n.ana_group()).is_accessible()).cloned().collect()
             } else {
                 vec![namespace(ctrl, sqe.nsid())?]
             };

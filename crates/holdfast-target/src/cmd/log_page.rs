@@ -1,6 +1,6 @@
 //! Get Log Page (NVMe Base 2.0 §5.16) and every log an NVM controller offers: Supported Log Pages, Error
-//! Information, SMART / Health, Firmware Slot, Changed Namespace List, Commands Supported and Effects, and
-//! holdfast's connection-policy page. The discovery log is built in [`super::discovery`].
+//! Information, SMART / Health, Firmware Slot, Changed Namespace List, Commands Supported and Effects,
+//! Asymmetric Namespace Access ([`crate::ana`]), and holdfast's connection-policy page. The discovery log is built in [`super::discovery`].
 
 use crate::controller::{Controller, ERROR_LOG_ENTRIES};
 use crate::request::{QueueCtx, Request, Response};
@@ -20,6 +20,7 @@ pub const IO_LOGS: &[u8] = &[
     lp::LID_FIRMWARE_SLOT,
     lp::LID_CHANGED_NS_LIST,
     lp::LID_COMMANDS_SUPPORTED_EFFECTS,
+    lp::LID_ANA,
     policy::LID_HOLDFAST_POLICY,
 ];
 
@@ -51,6 +52,9 @@ pub fn get_log_page(ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
             // Read without clearing; cleared below once the command is known to succeed.
             lp::LID_CHANGED_NS_LIST => changed_ns_list(c),
             lp::LID_COMMANDS_SUPPORTED_EFFECTS => commands_effects().as_bytes().to_vec(),
+            // Asymmetric Namespace Access: the groups' states through this controller's port; LSP bit 0
+            // (RGO) asks for the groups without their NSIDs.
+            lp::LID_ANA => c.target.ana.log(&c.ana, &c.subsys).to_bytes(glp::lsp(&req.sqe) & lp::ANA_LSP_RGO != 0),
             policy::LID_HOLDFAST_POLICY => policy_page(c),
             _ => return Response::err(Status::INVALID_LOG_PAGE.with_dnr()),
         }

@@ -19,6 +19,7 @@ pub struct Args {
     #[arg(long, short = 'c', conflicts_with_all = [
         "listen", "nqn", "ram_mib", "file", "size_mib", "block_size", "read_only", "kato_ms", "reconnect_delay_ms",
         "reconnect_delay_max_ms", "ctrl_loss_tmo_ms", "fast_io_fail_tmo_ms", "cqt_ms", "cntlid_min", "cntlid_max",
+        "ana_state",
     ])]
     config: Option<PathBuf>,
     /// Quick mode: address to listen on (NVMe/TCP and discovery).
@@ -68,6 +69,11 @@ pub struct Args {
     /// Quick mode: highest CNTLID of the subsystem's controllers (at most 0xFFEF = 65519).
     #[arg(long, default_value_t = holdfast_target::subsystem::MAX_CNTLID)]
     cntlid_max: u16,
+    /// Quick mode: the ANA state of the namespace through this target's port (optimized, non-optimized,
+    /// inaccessible, persistent-loss, change): two targets serving one file on two paths, one optimized and
+    /// one non-optimized, make a Linux multipath host prefer the first.
+    #[arg(long)]
+    ana_state: Option<String>,
     /// Control socket (default: $TMPDIR/holdfast-target-PORT.sock for the first port).
     #[arg(long)]
     control: Option<PathBuf>,
@@ -130,7 +136,7 @@ fn quick_config(a: &Args) -> anyhow::Result<Config> {
     set(&mut policy.fast_io_fail_tmo_ms, a.fast_io_fail_tmo_ms);
     set(&mut policy.cqt_ms, a.cqt_ms);
     let cfg = Config {
-        ports: vec![PortConfig { id: 1, listen }],
+        ports: vec![PortConfig { id: 1, listen, ana_state: a.ana_state.clone(), ana_groups: Default::default() }],
         subsystems: vec![SubsystemConfig {
             nqn,
             serial: None,
@@ -151,6 +157,7 @@ fn quick_config(a: &Args) -> anyhow::Result<Config> {
                 uuid: None,
                 nguid: None,
                 eui64: None,
+                ana_group: 1,
             }],
         }],
         hosts: vec![],
