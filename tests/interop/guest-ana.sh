@@ -29,7 +29,8 @@ wait_states() {
   done
 }
 wait_states optimized inaccessible
-n=$(ls -d /sys/block/${dev#/dev/}/multipath/* 2>/dev/null | wc -l)
+# One disk (the multipath head) and a hidden path node per controller (nvmeXcYn1).
+n=$(ls -d /sys/block/nvme*c*n1 2>/dev/null | wc -l)
 log "ana: $dev has $n paths: port $PORT $(path_state "$PORT"), port $PORT2 $(path_state "$PORT2")"
 [ "$n" -eq 2 ] || { echo "expected one disk with two paths"; exit 1; }
 rw_check "$dev" 8
