@@ -351,6 +351,7 @@ async fn case(input: &[u8]) {
             timeouts: 0,
             retries: 0,
             losses: 0,
+            ana_waits: 0,
         };
         if tx.try_send(cmd).is_err() {
             panic!("the submission channel refused a command");
@@ -376,6 +377,8 @@ async fn case(input: &[u8]) {
         poll: poll.clone(),
         closing: tokio_util::sync::CancellationToken::new(),
         crdt: [0; 3],
+        // No ANA: an Asymmetric Access Transition would hold a command for up to twice ANATT.
+        anatt: Duration::ZERO,
     };
     let cancel = tokio_util::sync::CancellationToken::new();
     let run = queue::run(host_s, host_dec, BytesMut::new(), p, rx, Vec::new(), setup_rx, open, cancel);

@@ -319,7 +319,21 @@ fn command(
         return Err(too_long(name, data_in_len));
     };
     let (reply, rx) = crate::reply::channel();
-    Ok((Command { sqe, data_out, data_in_len, ns_tag, replayable, reply, timeouts: 0, retries: 0, losses: 0 }, rx))
+    Ok((
+        Command {
+            sqe,
+            data_out,
+            data_in_len,
+            ns_tag,
+            replayable,
+            reply,
+            timeouts: 0,
+            retries: 0,
+            losses: 0,
+            ana_waits: 0,
+        },
+        rx,
+    ))
 }
 
 #[cold]
@@ -563,6 +577,7 @@ async fn start_queue(
     cancel: &CancellationToken,
     deadline: TInstant,
     crdt: [u16; 3],
+    anatt: Duration,
 ) -> Result<(submit::Sender<Command>, watch::Sender<bool>, u16)> {
     let o = &sh.opts;
     if slot.is_none() {
@@ -583,6 +598,7 @@ async fn start_queue(
         poll: sh.poll.clone(),
         closing: sh.shutdown.clone(),
         crdt,
+        anatt,
     };
     let (setup_tx, setup_rx) = submit::channel(8);
     let (open_tx, open_rx) = watch::channel(false);
@@ -768,6 +784,7 @@ async fn establish(
         &cancel,
         deadline,
         [0; 3],
+        Duration::ZERO,
     )
     .await
     {
@@ -915,6 +932,10 @@ async fn establish(
         } else {
             [0; 3]
         };
+        // ANA Transition Time: how long a command refused with Asymmetric Access Transition may wait for the
+        // change to end ([`queue::ana_transition_delay`]), for a controller that reports ANA (CMIC bit 3).
+        let anatt =
+            if id.cmic & identify::CMIC_ANA != 0 { Duration::from_secs(id.anatt as u64) } else { Duration::ZERO };
         // Asynchronous Event Configuration (FID 0Bh): which optional notices a controller reports before the host
         // says is the controller's choice (holdfast's target: none; Linux nvmet: all it supports). The ones this
         // host answers by reading their log page, where the controller supports them (OAES, whose bits are AEC's:
@@ -987,6 +1008,7 @@ async fn establish(
                     &cancel,
                     deadline,
                     crdt,
+                    anatt,
                 )
                 .await?;
                 opens.push(open);

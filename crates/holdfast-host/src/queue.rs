@@ -46,6 +46,9 @@ pub struct Command {
     pub retries: u8,
     /// How many lost connections this command was outstanding on ([`MAX_COMMAND_LOSSES`]).
     pub losses: u8,
+    /// How many times the controller answered it with Asymmetric Access Transition and it waited
+    /// ([`ana_transition_delay`]).
+    pub ana_waits: u8,
 }
 
 // See `data_in_len`: a bigger command is moved with a call to memcpy at every step.
@@ -134,6 +137,21 @@ pub struct QueueParams {
     /// Command Retry Delay Times 1..3 in 100 ms units (Identify Controller CRDT1..3), all 0 unless the host
     /// enabled ACRE: how long a retryable error with CRD 1..3 waits before the command is issued again.
     pub crdt: [u16; 3],
+    /// ANA Transition Time (Identify Controller ANATT) of a controller that reports Asymmetric Namespace
+    /// Access; zero otherwise.
+    pub anatt: Duration,
+}
+
+/// How long a command the controller answered with Asymmetric Access Transition for the `waits`-th time waits
+/// before it is issued again: 100 ms, doubling to 1 s, for as long as the first `waits` waits add up to less
+/// than twice ANATT (the Linux host's ANATT timer allows as much); `None` once they do. Its namespace's ANA
+/// group is changing state on this controller (a failover or failback inside the subsystem, NVMe Base 2.1
+/// §8.1.1.6) and the change is to end within ANATT: the command rides it out instead of failing after five
+/// immediate retries. These waits do not count against [`MAX_STATUS_RETRIES`].
+pub fn ana_transition_delay(anatt: Duration, waits: u8) -> Option<Duration> {
+    let step = |k: u32| Duration::from_millis((100u64 << k.min(4)).min(1000));
+    let waited: Duration = (0..waits as u32).map(step).sum();
+    (waited < anatt * 2 && waits < u8::MAX).then(|| step(waits as u32))
 }
 
 /// Why and how a queue task ended.
@@ -709,6 +727,22 @@ fn retry_or_keep(
         n => Duration::from_millis(100 * p.crdt[(n as usize - 1).min(2)] as u64),
     };
     let may_retry = retryable && p.qid != 0 && f.cmd.replayable && f.cmd.retries < MAX_STATUS_RETRIES;
+    if status.code() == Status::ANA_TRANSITION && !p.anatt.is_zero() && retryable && p.qid != 0 && f.cmd.replayable {
+        if let Some(delay) = ana_transition_delay(p.anatt, f.cmd.ana_waits) {
+            let mut cmd = f.cmd;
+            cmd.ana_waits += 1;
+            tracing::debug!(qid = p.qid, "{} met an ANA transition: again in {delay:?}", cmd.name(p.qid));
+            delayed.push((Instant::now() + delay, cmd));
+            return None;
+        }
+        tracing::warn!(
+            qid = p.qid,
+            "{}: its namespace's ANA group is still in transition after twice ANATT ({:?}): failed",
+            f.cmd.name(p.qid),
+            p.anatt
+        );
+        return Some(f);
+    }
     if may_retry && delay > p.io_timeout {
         tracing::debug!(
             qid = p.qid,
@@ -944,4 +978,22 @@ fn handle_pdu(
         other => return Err(protocol(p.qid, format!("unexpected {:?} PDU", other.pdu_type())).into()),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ana_transition_is_waited_out_for_twice_anatt() {
+        let ms = |v| Duration::from_millis(v);
+        let anatt = Duration::from_secs(10);
+        let steps: Vec<_> = (0..6).map(|w| ana_transition_delay(anatt, w).unwrap()).collect();
+        assert_eq!(steps, vec![ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]);
+        // 1.5 s in four waits, then a second each: 19.5 s after 22 waits, 20.5 s after 23.
+        assert_eq!(ana_transition_delay(anatt, 22), Some(ms(1000)));
+        assert_eq!(ana_transition_delay(anatt, 23), None);
+        // No ANA (ANATT 0): not waited at all.
+        assert_eq!(ana_transition_delay(Duration::ZERO, 0), None);
+    }
 }

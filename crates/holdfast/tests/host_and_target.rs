@@ -100,6 +100,45 @@ async fn a_write_protected_namespace_reads_and_refuses_writes() {
     server.stop().await;
 }
 
+/// Asymmetric Namespace Access: a command refused with Asymmetric Access Transition (its namespace's group is
+/// changing state through this port) waits for the change to end, within twice ANATT, instead of failing after
+/// five immediate retries; one refused with Asymmetric Access Inaccessible fails with that status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ana_transition_is_ridden_out_and_an_inaccessible_namespace_fails_with_its_status() {
+    let with_state = |state: &str| {
+        let s = format!(
+            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\nana_state = \"{state}\"\n[[subsystem]]\nnqn = \"{NQN}\"\n\
+             allow_any_host = true\n{}",
+            ram_ns(1, "")
+        );
+        Config::parse(&s, "test").unwrap()
+    };
+    let server = Server::start(Target::new(&with_state("change"), TargetSettings::default()).unwrap()).await.unwrap();
+    let ctrl = connect(&server).await;
+    let ns = holdfast_host::Namespace::open(&ctrl, 1).await.unwrap();
+    let write = tokio::spawn({
+        let ns = ns.clone();
+        async move { ns.write(5, bytes::Bytes::from(vec![0xA5; 512]), false).await }
+    });
+    // Well past five immediate retries; the write is still waiting for the transition to end.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!write.is_finished(), "the write ended during the transition: {:?}", write.await);
+    server.target.reload(&with_state("optimized")).unwrap();
+    write.await.unwrap().expect("the write rides out the ANA transition");
+    assert_eq!(&ns.read(5, 1).await.unwrap()[..], &[0xA5; 512][..]);
+
+    server.target.reload(&with_state("inaccessible")).unwrap();
+    match ns.read(5, 1).await {
+        Err(holdfast_host::Error::Nvme { status, .. }) => {
+            assert_eq!(status.code(), holdfast_proto::Status::ANA_INACCESSIBLE, "{status}")
+        }
+        other => panic!("a read through an inaccessible path: {other:?}"),
+    }
+    assert_eq!(ctrl.state(), holdfast_host::controller::State::Live);
+    ctrl.shutdown().await.unwrap();
+    server.stop().await;
+}
+
 /// A configuration with namespaces `(nsid, uuid)`: a namespace whose UUID is given has it (and an NGUID and
 /// EUI-64 derived from the same byte), else all three derived from the NQN and NSID.
 fn config_ids(namespaces: &[(u32, Option<u8>)]) -> Config {
