@@ -40,6 +40,17 @@ start_target() {  # start_target ARGS...: our target on a fresh port; sets port,
   echo "target did not start:"; cat "$logs/target-$port.log"; return 1
 }
 stop_target() { kill "$tpid" 2>/dev/null; wait "$tpid" 2>/dev/null || true; tpid=""; }
+start_config() {  # start_config FILE: our target from a configuration file whose first port is $port; sets tpid
+  "$bin" target --config "$1" >"$logs/target-$port.log" 2>&1 &
+  tpid=$!
+  for _ in $(seq 100); do grep -q '^connect:' "$logs/target-$port.log" 2>/dev/null && return 0; sleep 0.05; done
+  echo "target did not start:"; cat "$logs/target-$port.log"; return 1
+}
+reload_cmd() {  # reload_cmd NEW FILE: a host command (vm.sh -H) that puts NEW in place of FILE, sends the target
+  # SIGHUP and waits until it says it applied it (run once the guest is ready for it)
+  printf '%s' "cp '$1' '$2' && kill -HUP $tpid && for _ in \$(seq 100); do
+    grep -q 'applied' '$logs/target-$port.log' && exit 0; sleep 0.05; done; echo 'reload not applied'; exit 1"
+}
 
 run() {  # run NAME PATTERN COMMAND...
   local name=$1 pattern=$2; shift 2
@@ -95,13 +106,9 @@ ns_change() {
   port=$(free_port)
   ns_config 64 >"$logs/ns-change.toml"
   ns_config 96 $'[[subsystem.namespace]]\nnsid = 2\nbackend = "ram"\nsize_mib = 16\n' >"$logs/ns-change-2.toml"
-  "$bin" target --config "$logs/ns-change.toml" >"$logs/target-$port.log" 2>&1 &
-  tpid=$!
-  for _ in $(seq 100); do grep -q '^connect:' "$logs/target-$port.log" 2>/dev/null && break; sleep 0.05; done
-  # Run here once the guest has connected and written: the new configuration in place, SIGHUP, and wait until
-  # the target says it applied it.
-  local reload="cp '$logs/ns-change-2.toml' '$logs/ns-change.toml' && kill -HUP $tpid && for _ in \$(seq 100); do
-    grep -q 'applied' '$logs/target-$port.log' && exit 0; sleep 0.05; done; echo 'reload not applied'; exit 1"
+  start_config "$logs/ns-change.toml" || return 1
+  # Run once the guest has connected and written.
+  local reload; reload=$(reload_cmd "$logs/ns-change-2.toml" "$logs/ns-change.toml")
   local rc=0
   "$interop/kernel-host.sh" --port "$port" --nqn "$nqn" --guest-script "$root/tests/interop/guest-ns-change.sh" \
     -- -H "$reload" || rc=$?
@@ -130,11 +137,8 @@ ana() {
   port=$(free_port); port2=$(free_port)
   ana_config optimized inaccessible >"$logs/ana.toml"
   ana_config inaccessible optimized >"$logs/ana-2.toml"
-  "$bin" target --config "$logs/ana.toml" >"$logs/target-$port.log" 2>&1 &
-  tpid=$!
-  for _ in $(seq 100); do grep -q '^connect:' "$logs/target-$port.log" 2>/dev/null && break; sleep 0.05; done
-  local reload="cp '$logs/ana-2.toml' '$logs/ana.toml' && kill -HUP $tpid && for _ in \$(seq 100); do
-    grep -q 'applied' '$logs/target-$port.log' && exit 0; sleep 0.05; done; echo 'reload not applied'; exit 1"
+  start_config "$logs/ana.toml" || return 1
+  local reload; reload=$(reload_cmd "$logs/ana-2.toml" "$logs/ana.toml")
   local rc=0
   "$interop/kernel-host.sh" --port "$port" --nqn "$nqn" --guest-script "$root/tests/interop/guest-ana.sh" \
     -- -e "PORT2=$port2" -H "$reload" || rc=$?
@@ -168,9 +172,7 @@ for xx, n in ((1, 32), (0, 48), (1, 32)):
     "$hostnqn" "$key" "$ckey" >>"$logs/dhchap.toml"
   printf '[[host]]\nnqn = "%s"\ndhchap_key = "%s"\ndhchap_ctrl_key = "%s"\ndhchap_hash = "sha256"\ndhchap_dhgroup = "ffdhe3072"\n' \
     "$hostnqn_dh" "$key" "$ckey" >>"$logs/dhchap.toml"
-  "$bin" target --config "$logs/dhchap.toml" >"$logs/target-$port.log" 2>&1 &
-  tpid=$!
-  for _ in $(seq 100); do grep -q '^connect:' "$logs/target-$port.log" 2>/dev/null && break; sleep 0.05; done
+  start_config "$logs/dhchap.toml" || return 1
   # Captured, for Wireshark's word on every exchange's Authentication Send / Receive PDUs (below).
   tcpdump -i lo -s 0 -B 32768 -U -w "$logs/dhchap.pcap" "tcp port $port" >"$logs/tcpdump-dhchap.log" 2>&1 & dpid=$!
   sleep 0.5

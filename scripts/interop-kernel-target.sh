@@ -13,6 +13,8 @@
 # authenticates with --dhchap-secret and benches with --verify, then bidirectionally (--dhchap-ctrl-secret);
 # a wrong secret, a wrong controller secret and no secret are refused with their reasons. Debian's 6.1 kernel
 # has no NVMe in-band authentication, so this case boots Debian's 6.12 (scripts/lib/interop-612.sh).
+# ANA (kernel-target-ana): bench --verify for 20 s while nvmet puts the namespace's ANA group in the Change
+# state twice for 3 s (tests/interop/guest-target-ana.sh): 0 errors, 0 mismatches, no outage.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
 interop=${INTEROP_DIR:-$root/../shared/interop}
@@ -94,6 +96,27 @@ run_outage() {
   else fail=$((fail + 1)); echo "    FAIL (exit $rc)"; tail -n 40 "$logs/$name.log" | sed 's/^/    /'; console_tail "$name"; fi
 }
 
+# ANA transitions at the kernel target: its guest script puts the namespace's ANA group in the Change state
+# twice for 3 s while this runs; every I/O then meets Asymmetric Access Transition and must wait it out.
+cat >"$logs/ana.sh" <<EOS
+set -euo pipefail
+$bin bench --addr 127.0.0.1:\$1 --nqn $nqn --nsid 1 --workload randrw --bs 4096 --qd 16 --queues 2 --time 20 --verify \\
+  --json | tee $logs/ana.json
+grep -q '"errors":0,' $logs/ana.json
+grep -q '"verify_mismatches":0,' $logs/ana.json
+grep -q '"outages":0,' $logs/ana.json
+EOS
+
+run_ana() {
+  local name=kernel-target-ana port rc=0; port=$(free_port)
+  echo "=== $name"
+  "$interop/vm.sh" -q -l "$logs/$name-console.log" -t 600 -p "$port:4420" -e "NQN=$nqn" -e SIZE_MIB=64 -e BLOCK=4096 \
+    -H "bash $logs/ana.sh $port" "$root/tests/interop/guest-target-ana.sh" >"$logs/$name.log" 2>&1 || rc=$?
+  if ((rc == 0)); then pass=$((pass + 1)); echo "    pass"
+    grep -hE "transition [0-9]" "$logs/$name-console.log" | sed 's/^/    /'; grep -E "\"iops\"" "$logs/$name.log" | sed 's/^/    /'
+  else fail=$((fail + 1)); echo "    FAIL (exit $rc)"; tail -n 40 "$logs/$name.log" | sed 's/^/    /'; console_tail "$name"; fi
+}
+
 # interop_612, $INTEROP_612_CACHE: Debian's 6.12 kernel (NVMe in-band authentication).
 # shellcheck source=lib/interop-612.sh
 source "$here/lib/interop-612.sh"
@@ -161,13 +184,14 @@ cases=" $* "
 case_on() { [[ $cases == "  " || $cases == *" $1 "* ]]; }
 # A name that is no case would run nothing and pass: refused.
 for c in "$@"; do
-  [[ " kernel-target-512-digests-sqflow-off kernel-target-4k kernel-target-ride-through kernel-target-dhchap kernel-target-dhchap-ffdhe " == *" $c "* ]] || { echo "no interop case $c (kernel-target-512-digests-sqflow-off kernel-target-4k kernel-target-ride-through kernel-target-dhchap kernel-target-dhchap-ffdhe)"; exit 2; }
+  [[ " kernel-target-512-digests-sqflow-off kernel-target-4k kernel-target-ride-through kernel-target-dhchap kernel-target-dhchap-ffdhe kernel-target-ana " == *" $c "* ]] || { echo "no interop case $c (kernel-target-512-digests-sqflow-off kernel-target-4k kernel-target-ride-through kernel-target-dhchap kernel-target-dhchap-ffdhe kernel-target-ana)"; exit 2; }
 done
 if case_on kernel-target-512-digests-sqflow-off; then run kernel-target-512-digests-sqflow-off 512 --digests --disable-sqflow; fi
 if case_on kernel-target-4k; then run kernel-target-4k 4096; fi
 if case_on kernel-target-ride-through; then run_outage; fi
 if case_on kernel-target-dhchap; then run_dhchap kernel-target-dhchap null; fi
 if case_on kernel-target-dhchap-ffdhe; then run_dhchap kernel-target-dhchap-ffdhe ffdhe4096; fi
+if case_on kernel-target-ana; then run_ana; fi
 echo "interop (holdfast host -> kernel target): $pass passed, $fail failed (logs in $logs)"
 # The data files (images, what was written and read back) go either way; the logs stay only for a failure.
 find "$logs" -name '*.img' -o -name '*.bin' | xargs -r rm -f

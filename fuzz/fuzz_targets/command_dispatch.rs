@@ -307,10 +307,7 @@ impl Auth {
                 let y = [0x24u8; ffdhe::PRIVATE_LEN];
                 let dh = ffdhe::group(ch.dh_group)
                     .and_then(|g| Some((g.public_value(&y), g.shared_secret(&y, &ch.dh_value).ok()?)));
-                let c1 = match &dh {
-                    Some((_, z)) => ffdhe::augmented_challenge(hash, z, &ch.challenge),
-                    None => ch.challenge.clone(),
-                };
+                let c1 = ffdhe::response_challenge(hash, dh.as_ref().map(|(_, z)| &z[..]), &ch.challenge);
                 let mut r1 = a::host_response(hash, &key, &c1, ch.seqnum, t_id, self.host.nqn, self.subnqn);
                 let tampered = f & 0x10 != 0;
                 if tampered {
@@ -495,10 +492,7 @@ impl Auth {
                                 a::verify_controller_response(
                                     ch.hash,
                                     &kc,
-                                    &match &self.shared {
-                                        Some(z) => ffdhe::augmented_challenge(ch.hash, z, c2),
-                                        None => c2.clone(),
-                                    },
+                                    &ffdhe::response_challenge(ch.hash, self.shared.as_deref(), c2),
                                     *s2,
                                     ch.t_id,
                                     self.subnqn,

@@ -92,10 +92,7 @@ fn acceptable_challenge(msg: &[u8], tid: u16) -> Option<DhchapChallenge> {
 
 /// The challenge a response is computed over: `c` with the NULL group, else HMAC(H(Z), c).
 fn effective(ch: &DhchapChallenge, shared: &Option<Vec<u8>>, c: &[u8]) -> Vec<u8> {
-    match shared {
-        Some(z) => ffdhe::augmented_challenge(ch.hash, z, c),
-        None => c.to_vec(),
-    }
+    ffdhe::response_challenge(ch.hash, shared.as_deref(), c)
 }
 
 /// Would the host take `msg` as the Success1 of transaction `tid` after Challenge `ch`? Of that T_ID, HL the

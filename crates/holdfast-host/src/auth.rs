@@ -249,10 +249,7 @@ async fn exchange(
         }
     };
     // The challenge a response is computed over: itself with the NULL group, else Ca = HMAC(H(Z), C).
-    let effective = |c: &[u8]| match group {
-        None => c.to_vec(),
-        Some(_) => ffdhe::augmented_challenge(hash, &shared, c),
-    };
+    let effective = |c: &[u8]| ffdhe::response_challenge(hash, group.map(|_| &shared[..]), c);
 
     // 3. The Reply: R1, our DH value, and for bidirectional authentication our own challenge C2 (OS RNG) with
     // S2 != 0.

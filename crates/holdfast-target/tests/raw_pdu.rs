@@ -2442,10 +2442,7 @@ mod dhchap {
             Some(g) => (g.public_value(&y), g.shared_secret(&y, &ch.dh_value).expect("the controller's value")),
             None => (vec![], vec![]),
         };
-        let aug = |c: &[u8]| match g {
-            Some(_) => a::ffdhe::augmented_challenge(ch.hash, &shared, c),
-            None => c.to_vec(),
-        };
+        let aug = |c: &[u8]| a::ffdhe::response_challenge(ch.hash, g.map(|_| &shared[..]), c);
         let r1 = a::host_response(ch.hash, &key.transform(HOSTNQN), &aug(&ch.challenge), ch.seqnum, tid, HOSTNQN, NQN);
         let c2 = vec![0x5A; ch.hash.len()];
         let reply = DhchapReply {

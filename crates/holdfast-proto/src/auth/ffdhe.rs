@@ -142,6 +142,15 @@ pub fn augmented_challenge(hash: HashId, shared: &[u8], challenge: &[u8]) -> Vec
     hmac(hash, &hashed, &[challenge])
 }
 
+/// The challenge a response is computed over (NVMe Base 2.0 §8.13.5.2, §8.13.5.4): `challenge` itself with the
+/// NULL DH group (`shared` None), else the augmented challenge HMAC(H(Z), C) over the shared secret Z.
+pub fn response_challenge(hash: HashId, shared: Option<&[u8]>, challenge: &[u8]) -> Vec<u8> {
+    match shared {
+        None => challenge.to_vec(),
+        Some(z) => augmented_challenge(hash, z, challenge),
+    }
+}
+
 /// ffdhe2048's prime p (RFC 7919 Appendix A), 2048 bits, big-endian hexadecimal.
 const P2048: &str = concat!(
     "FFFFFFFFFFFFFFFFADF85458A2BB4A9AAFDC5620273D3CF1D8B9C583CE2D3695A9E13641146433FBCC939DCE249B3EF9",

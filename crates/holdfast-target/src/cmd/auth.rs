@@ -108,10 +108,7 @@ impl QueueAuth {
 
     /// The challenge a response is computed over: C itself with the NULL group, else Ca = HMAC(H(Z), C).
     fn effective(&self, c: &[u8]) -> Vec<u8> {
-        match self.group {
-            None => c.to_vec(),
-            Some(_) => ffdhe::augmented_challenge(self.hash, &self.shared, c),
-        }
+        ffdhe::response_challenge(self.hash, self.group.map(|_| &self.shared[..]), c)
     }
 
     /// The host's AUTH_Negotiate: pick the hash (the configured one if offered, else the first offered that
