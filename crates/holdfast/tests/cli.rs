@@ -69,6 +69,15 @@ fn discover_identify_write_read_and_bench_verify() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["namespace"]["block_size"], 4096);
     assert_eq!(v["controller"]["policy"]["kato_ms"], 5000);
+    assert_eq!((&v["namespace"]["ana_group"], &v["namespace"]["ana_state"]), (&1.into(), &"optimized".into()), "{out}");
+    // A target whose port gives the namespace's group another state: identify says so.
+    let other = TargetProc::start(&["--nqn", NQN, "--ram-mib", "1", "--ana-state", "non-optimized"]);
+    let (rc, out, err) = holdfast(&["identify", "--addr", &other.addr(), "--nqn", NQN, "--nsid", "1", "--json"]);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["namespace"]["ana_state"], "non-optimized", "{out}");
+    assert_eq!(v["controller"]["ana"][0]["nsids"], serde_json::json!([1]), "{out}");
+    drop(other);
 
     let dir = std::env::temp_dir().join(format!("holdfast-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -443,6 +452,10 @@ fn a_server_that_is_not_nvme_tcp_is_named() {
 /// that is a directory was "subsystem[0].namespace[0].path: cannot open ...", a key of a file there is none of.
 #[test]
 fn quick_mode_startup_errors_name_the_flag() {
+    let (rc, _, err) =
+        holdfast(&["target", "--listen", "127.0.0.1:0", "--nqn", NQN, "--ram-mib", "1", "--ana-state", "up"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("command line: --ana-state: \"up\" is not an ANA state"), "{err}");
     let dir = std::env::temp_dir().join(format!("holdfast-cli-quick-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let d = dir.to_str().unwrap();

@@ -4,6 +4,8 @@ use super::common::{runtime, HostArgs};
 use clap::Args as ClapArgs;
 use holdfast_host::{Controller, Namespace};
 use holdfast_proto::identify::{get_ascii, NsDescriptor};
+use holdfast_proto::log_page::AnaLog;
+use holdfast_proto::SubmissionEntry;
 use std::process::ExitCode;
 
 /// Options of `holdfast identify`.
@@ -53,6 +55,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 "fast_io_fail_tmo_ms": p.fast_io_fail_tmo_ms, "cqt_ms": p.cqt_ms, "planned_downtime_ms": p.planned_downtime_ms,
             });
         }
+        // Asymmetric Namespace Access: each group's state through this controller (its port), where reported.
+        let ana = if id.cmic & holdfast_proto::identify::CMIC_ANA != 0 { ana_log(&c, &id).await } else { None };
+        if let Some(log) = &ana {
+            ctrl["ana"] = log
+                .groups
+                .iter()
+                .map(|g| serde_json::json!({ "group": g.anagrpid, "state": g.state.name(), "nsids": g.nsids }))
+                .collect();
+        }
         let nsj = ns.as_ref().map(|n| {
             let mut ids = serde_json::Map::new();
             for d in &n.descriptors {
@@ -63,7 +74,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                     NsDescriptor::Csi(v) => ids.insert("csi".into(), (*v).into()),
                 };
             }
-            serde_json::json!({ "nsid": n.nsid, "nsze": n.nblocks, "block_size": n.block_size, "bytes": n.size(), "ids": ids })
+            let mut j = serde_json::json!({ "nsid": n.nsid, "nsze": n.nblocks, "block_size": n.block_size, "bytes": n.size(), "ids": ids });
+            if let Some(g) = ana.as_ref().and_then(|l| l.groups.iter().find(|g| g.nsids.contains(&n.nsid))) {
+                j["ana_group"] = g.anagrpid.into();
+                j["ana_state"] = g.state.name().into();
+            }
+            j
         });
         if a.json {
             outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "controller": ctrl, "namespace": nsj }))?);
@@ -83,4 +99,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The controller's Asymmetric Namespace Access log page (LID 0Ch), as long as Identify Controller says it can
+/// be (NANAGRPID descriptors and MNAN NSIDs, within 1 MiB); None, with a warning, if it cannot be read.
+async fn ana_log(c: &Controller, id: &holdfast_proto::identify::IdentifyController) -> Option<AnaLog> {
+    let len = (16 + 32 * id.nanagrpid.get() as usize + 4 * id.mnan.get() as usize).next_multiple_of(4).min(1 << 20);
+    let mut s = SubmissionEntry::new(holdfast_proto::opcode::admin::GET_LOG_PAGE, 0);
+    holdfast_proto::sqe::get_log_page::set(&mut s, holdfast_proto::log_page::LID_ANA, 0, len as u32, 0);
+    s.nsid.set(0xFFFF_FFFF);
+    let got = match c.admin(s, bytes::Bytes::new(), len).await {
+        Ok(r) if r.status().is_success() => AnaLog::parse(&r.data).map_err(|e| e.to_string()),
+        Ok(r) => Err(r.status().to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    got.map_err(|e| tracing::warn!("ANA log page: {e}")).ok()
 }
