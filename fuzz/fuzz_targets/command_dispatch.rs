@@ -1,6 +1,7 @@
 //! Fuzz the target's command dispatcher: arbitrary SQEs and data, parsed and executed the way the TCP transport
 //! does it (`holdfast_target::transport::tcp`), on the admin queue or an I/O queue of an enabled controller of
-//! an in-process target with a RAM namespace, or on a discovery controller. It must never panic.
+//! an in-process target with a RAM namespace, or on a discovery controller. It must never panic. A second
+//! namespace is in an ANA group the port makes inaccessible: no command that parses may reach it.
 //!
 //! Input: byte 0 selects the queue (bit 0: I/O queue 1; bit 1: the discovery subsystem; bit 2: leave CC.EN
 //! at 0), then up to 8 commands, each `[len: u16 LE][SQE: 64 bytes][len bytes of in-capsule data]`.
@@ -90,8 +91,10 @@ fn world() -> &'static World {
         let [ha, hb] = hosts();
         let cfg = Config::parse(
             &format!(
-                "[[port]]\nid = 1\nlisten = \"127.0.0.1:4420\"\n[[subsystem]]\nnqn = \"{NQN}\"\n\
+                "[[port]]\nid = 1\nlisten = \"127.0.0.1:4420\"\nana_groups = {{ \"2\" = \"inaccessible\" }}\n\
+                 [[subsystem]]\nnqn = \"{NQN}\"\n\
                  allow_any_host = true\n[[subsystem.namespace]]\nnsid = 1\nbackend = \"ram\"\nsize_mib = 1\n\
+                 [[subsystem.namespace]]\nnsid = 2\nbackend = \"ram\"\nsize_mib = 1\nana_group = 2\n\
                  [[subsystem]]\nnqn = \"{AUTH_NQN}\"\nallowed_hosts = [\"{}\", \"{}\"]\n\
                  [[subsystem.namespace]]\nnsid = 1\nbackend = \"ram\"\nsize_mib = 1\n\
                  [[host]]\nnqn = \"{}\"\ndhchap_key = \"{}\"\ndhchap_hash = \"sha256\"\n\
@@ -140,6 +143,18 @@ async fn run(ctx: &mut QueueCtx, sqe: &SubmissionEntry, incapsule: &[u8]) -> Opt
             sqe.opcode,
             sqe.fctype()
         );
+    }
+    if let Ok(r) = &req {
+        // Namespace 2's ANA group is inaccessible through the port: no command may reach it.
+        let reaches_ns2 = match &r.exec {
+            Exec::Read { ns, .. }
+            | Exec::Write { ns, .. }
+            | Exec::WriteZeroes { ns, .. }
+            | Exec::DatasetManagement { ns, .. } => ns.nsid == 2,
+            Exec::Flush { ns } => ns.iter().any(|n| n.nsid == 2),
+            _ => false,
+        };
+        assert!(!reaches_ns2, "opcode {:#04x} reached a namespace of an inaccessible ANA group", sqe.opcode);
     }
     let req = req.ok()?;
     if req.len == 0 && !incapsule.is_empty() {
