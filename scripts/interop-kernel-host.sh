@@ -59,7 +59,7 @@ run() {  # run NAME PATTERN COMMAND...
   "$@" >"$logs/$name.log" 2>&1 || rc=$?
   local dt; dt=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
   if ((rc == 0)) && grep -q "$pattern" "$logs/$name.log"; then
-    pass=$((pass + 1)); echo "    pass ($dt s)"; grep -E "rw_check|ext4:|HOST-ROLE|NVME-CLI|NS-CHANGE|READ-ONLY|DHCHAP|dhchap:|ana:|ANA|target: DH-HMAC|namespace [12]:|nvme-tcp-check" "$logs/$name.log" | sed 's/^/    /' || true
+    pass=$((pass + 1)); echo "    pass ($dt s)"; grep -E "rw_check|ext4:|HOST-ROLE|NVME-CLI|NS-CHANGE|READ-ONLY|DHCHAP|dhchap:|ana:|ANA-PASSED|target: DH-HMAC|namespace [12]:|nvme-tcp-check" "$logs/$name.log" | sed 's/^/    /' || true
   else
     fail=$((fail + 1)); echo "    FAIL ($dt s, exit $rc): last lines of $logs/$name.log"; tail -n 60 "$logs/$name.log" | sed 's/^/    /'
     [[ -n ${port:-} && -f $logs/target-$port.log ]] && { echo "    target log:"; tail -n 30 "$logs/target-$port.log" | sed 's/^/    /'; }

@@ -18,14 +18,16 @@ log "smart-log"; nvme smart-log "$ctrl"
 log "error-log"; nvme error-log "$ctrl" -e 4
 log "fw-log"; nvme fw-log "$ctrl"
 log "effects-log"; out=$(nvme effects-log "$ctrl"); printf '%s\n' "$out" | head -n 20
-for lid in 0 1 2 3 4 5 0xc0; do
+log "ana-log"; out=$(nvme ana-log "$ctrl"); printf '%s\n' "$out" | head -n 20
+printf '%s\n' "$out" | grep -q "optimized" || { echo "ana-log: no group in the optimized state"; exit 1; }
+for lid in 0 1 2 3 4 5 0xc 0xc0; do
   log "get-log $lid"; out=$(nvme get-log "$ctrl" --log-id="$lid" --log-len=512); printf '%s\n' "$out" | head -n 6
 done
 for f in 1 2 4 5 6 7 0xa 0xb 0xf 0x16 0x80; do
   log "get-feature $f"; nvme get-feature "$ctrl" -f "$f" -n 1
 done
 log "get-feature 0x81 (host id)"; nvme get-feature "$ctrl" -f 0x81 --cdw11=1
-log "set-feature 0xb (async event config)"; nvme set-feature "$ctrl" -f 0xb -v 0x100
+log "set-feature 0xb (async event config)"; nvme set-feature "$ctrl" -f 0xb -v 0x900
 log "set-feature 6 (write cache on)"; nvme set-feature "$ctrl" -f 6 -v 1
 log "write/read-back"; rw_check "$dev" 8
 log "flush"; nvme flush "$dev" -n 1

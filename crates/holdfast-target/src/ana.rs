@@ -27,6 +27,15 @@ pub const ANATT_S: u8 = 10;
 /// Loss, Change). Bit 6 (ANAGRPID never changes while attached) is not set: a reload may move a namespace.
 pub const ANACAP: u8 = 0x1F;
 
+/// The length the Asymmetric Namespace Access log page is served at: as long as Identify Controller lets a host
+/// compute it (a header, NANAGRPID descriptors, and without RGO MNAN NSIDs), zeroes after the descriptors. A
+/// host reads that many bytes, and libnvme (nvme-cli's `ana-log`) reads them 4 KiB at a time: an offset past
+/// the descriptors must still be inside the page.
+pub fn log_len(rgo: bool) -> usize {
+    let nsids = if rgo { 0 } else { crate::MAX_NSID as usize * 4 };
+    16 + 32 * ANAGRPMAX as usize + nsids
+}
+
 /// A port's configured states: `default` for every group but those in `groups`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortAnaConfig {

@@ -1475,6 +1475,25 @@ ana_group = {ns2_group}
     let log = AnaLog::parse(&page).unwrap();
     assert_eq!(states(&page), vec![(1, AnaState::Optimized, vec![1, 2])]);
     assert!(log.chgcnt > 1, "the change count moved");
+    // The page is as long as Identify lets a host compute (16 + NANAGRPID x 32 + MNAN x 4 = 8208 bytes), zeroes
+    // after the descriptors: libnvme reads it 4 KiB at a time (`nvme ana-log` failed with Invalid Field at the
+    // second piece when the page ended with its descriptors).
+    let piece = |offset: u64, len: u32| {
+        let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
+        s.dptr = SglDescriptor::transport(len);
+        holdfast_proto::sqe::get_log_page::set(&mut s, 0x0C, 0, len, offset);
+        s
+    };
+    let mut whole = page.clone();
+    for (offset, len) in [(4096, 4096), (8192, 16)] {
+        let (r, d) = a1.cmd(piece(offset, len), Bytes::new()).await;
+        assert_eq!((r.status(), d.len()), (Status::SUCCESS, len as usize), "offset {offset}");
+        whole.extend_from_slice(&d);
+    }
+    assert_eq!(whole.len(), 8208);
+    assert!(whole[16 + 32 + 8..].iter().all(|&b| b == 0), "zeroes after the descriptor");
+    let (r, _) = a1.cmd(piece(8212, 4), Bytes::new()).await;
+    assert_eq!(r.status(), Status::INVALID_FIELD.with_dnr(), "an offset past the page");
     server.stop().await;
 }
 

@@ -54,7 +54,12 @@ pub fn get_log_page(ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
             lp::LID_COMMANDS_SUPPORTED_EFFECTS => commands_effects().as_bytes().to_vec(),
             // Asymmetric Namespace Access: the groups' states through this controller's port; LSP bit 0
             // (RGO) asks for the groups without their NSIDs.
-            lp::LID_ANA => c.target.ana.log(&c.ana, &c.subsys).to_bytes(glp::lsp(&req.sqe) & lp::ANA_LSP_RGO != 0),
+            lp::LID_ANA => {
+                let rgo = glp::lsp(&req.sqe) & lp::ANA_LSP_RGO != 0;
+                let mut page = c.target.ana.log(&c.ana, &c.subsys).to_bytes(rgo);
+                page.resize(page.len().max(crate::ana::log_len(rgo)), 0);
+                page
+            }
             policy::LID_HOLDFAST_POLICY => policy_page(c),
             _ => return Response::err(Status::INVALID_LOG_PAGE.with_dnr()),
         }
