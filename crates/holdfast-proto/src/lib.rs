@@ -13,8 +13,8 @@
 //!   and [`reassembly::Reassembly`], incoming data kept where the decoder left it;
 //! - [`sqe::SubmissionEntry`] and [`cqe::CompletionEntry`] with [`status::Status`];
 //! - the data structures commands carry: [`fabrics`] (Connect, Property Get/Set), [`identify`],
-//!   [`log_page`] (including the discovery log), [`features`], and [`policy`], holdfast's vendor-specific
-//!   connection-policy log page.
+//!   [`log_page`] (including the discovery log), [`features`], [`reservation`], and [`policy`], holdfast's
+//!   vendor-specific connection-policy log page.
 //!
 //! Every fixed layout is a `#[repr(C)]` struct whose doc comment names the specification figure it follows
 //! and whose field offsets are asserted at compile time: that is the one place byte offsets are written.
@@ -34,6 +34,7 @@ pub mod opcode;
 pub mod pdu;
 pub mod policy;
 pub mod reassembly;
+pub mod reservation;
 pub mod send;
 pub mod sgl;
 pub mod sqe;

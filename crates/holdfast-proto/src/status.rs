@@ -62,6 +62,9 @@ statuses! {
     SGL_TYPE_INVALID = (sct::GENERIC, 0x11),
     /// SGL Offset Invalid.
     SGL_OFFSET_INVALID = (sct::GENERIC, 0x16),
+    /// Host Identifier Inconsistent Format (a Reservation Report without the extended data structure, where
+    /// hosts are known by 128-bit Host Identifiers).
+    HOST_ID_INCONSISTENT = (sct::GENERIC, 0x18),
     /// Keep Alive Timer Expired.
     KEEP_ALIVE_EXPIRED = (sct::GENERIC, 0x19),
     /// Keep Alive Timeout Invalid.
@@ -76,6 +79,9 @@ statuses! {
     CAPACITY_EXCEEDED = (sct::GENERIC, 0x81),
     /// Namespace Not Ready.
     NAMESPACE_NOT_READY = (sct::GENERIC, 0x82),
+    /// Reservation Conflict: another host's reservation does not let this command through, or a reservation
+    /// command's key or type does not match.
+    RESERVATION_CONFLICT = (sct::GENERIC, 0x83),
     /// Invalid Queue Identifier.
     INVALID_QUEUE_ID = (sct::COMMAND_SPECIFIC, 0x01),
     /// Invalid Queue Size.

@@ -24,6 +24,8 @@ pub struct Namespace {
     pub read_only: bool,
     /// ANA group (ANAGRPID, [`crate::ana`]): a reload may move the namespace to another.
     pub ana_group: AtomicU32,
+    /// Its registrants and reservation.
+    pub pr: crate::cmd::reservation::Reservations,
 }
 
 /// Most threads a blocking namespace's calls run on at once: enough for the queue depth a disk behind a
@@ -35,7 +37,17 @@ impl Namespace {
     pub fn new(nsid: u32, block_size: u32, backend: Arc<dyn Backend>, ids: NsIds) -> Self {
         let nblocks = backend.size() / block_size as u64;
         let io = backend.blocking().then(|| IoPool::new(&format!("hf-io-ns{nsid}"), IO_THREADS));
-        Namespace { nsid, block_size, nblocks, backend, ids, io, read_only: false, ana_group: AtomicU32::new(1) }
+        Namespace {
+            nsid,
+            block_size,
+            nblocks,
+            backend,
+            ids,
+            io,
+            read_only: false,
+            ana_group: AtomicU32::new(1),
+            pr: Default::default(),
+        }
     }
     /// Its ANA group.
     pub fn ana_group(&self) -> u32 {

@@ -85,6 +85,13 @@ pub enum Exec {
         /// Force Unit Access: the zeroes are durable when the command completes.
         fua: bool,
     },
+    /// Reservation Register, Report, Acquire or Release ([`crate::cmd::reservation`]).
+    Reservation {
+        /// Namespace.
+        ns: Arc<Namespace>,
+        /// Which.
+        cmd: crate::cmd::reservation::Command,
+    },
     /// Dataset Management with the Deallocate attribute.
     DatasetManagement {
         /// Namespace.

@@ -1497,6 +1497,121 @@ ana_group = {ns2_group}
     server.stop().await;
 }
 
+/// Reservations between two hosts (two Host Identifiers): registration, a Write Exclusive reservation that
+/// keeps the other host's writes out but not its reads, a report with both registrants in the extended
+/// structure, preemption, release, clear; a report without EDS is Host Identifier Inconsistent Format.
+#[tokio::test]
+async fn reservations_are_kept_per_host_and_checked_on_every_io() {
+    use holdfast_proto::reservation::{ReservationKeys, ReservationReport, ReservationType};
+    use zerocopy::IntoBytes;
+    let (server, addr) = start("").await;
+    /// Admin and I/O queue 1 of host `hostid`.
+    async fn host(addr: SocketAddr, hostid: [u8; 16], hostnqn: &str) -> (Conn, Conn) {
+        let connect = |qid: u16, cntlid: u16| {
+            let c = ConnectCommand::new(0, qid, if qid == 0 { 31 } else { 127 }, if qid == 0 { 5000 } else { 0 });
+            (c.to_sqe(), Bytes::copy_from_slice(ConnectData::new(hostid, cntlid, NQN, hostnqn).as_bytes()))
+        };
+        let mut a = Conn::ic(addr, false, false).await;
+        let (s, d) = connect(0, 0xFFFF);
+        let r = a.cmd(s, d).await.0;
+        assert_eq!(r.status(), Status::SUCCESS);
+        let cntlid = r.dw0.get() as u16;
+        assert_eq!(a.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
+        let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+        s.cdw10.set(0x07);
+        s.cdw11.set(0x0001_0001);
+        assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+        let mut q = Conn::ic(addr, false, false).await;
+        let (s, d) = connect(1, cntlid);
+        assert_eq!(q.cmd(s, d).await.0.status(), Status::SUCCESS);
+        (a, q)
+    }
+    let (_a1, mut qa) = host(addr, HOSTID, HOSTNQN).await;
+    let (_b1, mut qb) =
+        host(addr, [0x22; 16], "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000002").await;
+    let resv = |op: u8, cdw10: u32, keys: &[u8]| {
+        let mut s = SubmissionEntry::new(op, 0);
+        s.nsid.set(1);
+        s.cdw10.set(cdw10);
+        s.dptr = SglDescriptor::incapsule(keys.len() as u32);
+        (s, Bytes::copy_from_slice(keys))
+    };
+    let keys = |c: u64, o: u64| ReservationKeys::new(c, o).as_bytes().to_vec();
+    let write = |slba| rw_sqe(io::WRITE, slba, 1, SglDescriptor::incapsule(512));
+    let read = || rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512));
+    let report = |q_numd: u32, eds: bool| {
+        let mut s = SubmissionEntry::new(io::RESERVATION_REPORT, 0);
+        s.nsid.set(1);
+        s.cdw10.set(q_numd / 4 - 1);
+        s.cdw11.set(eds as u32);
+        s.dptr = SglDescriptor::transport(q_numd);
+        s
+    };
+    let data = || Bytes::from(vec![0x5Au8; 512]);
+
+    // Both register (B twice with the same key: no change); A acquires Write Exclusive.
+    let (s, d) = resv(io::RESERVATION_REGISTER, 0, &keys(0, 0xA1));
+    assert_eq!(qa.cmd(s, d).await.0.status(), Status::SUCCESS);
+    for _ in 0..2 {
+        let (s, d) = resv(io::RESERVATION_REGISTER, 0, &keys(0, 0xB1));
+        assert_eq!(qb.cmd(s, d).await.0.status(), Status::SUCCESS);
+    }
+    let (s, d) = resv(io::RESERVATION_ACQUIRE, 1 << 8, &keys(0xA1, 0));
+    assert_eq!(qa.cmd(s, d).await.0.status(), Status::SUCCESS);
+    // B may read, not write; A writes.
+    assert_eq!(qb.cmd(write(3), data()).await.0.status(), Status::RESERVATION_CONFLICT.with_dnr());
+    assert_eq!(qb.cmd(read(), Bytes::new()).await.0.status(), Status::SUCCESS);
+    assert_eq!(qa.cmd(write(3), data()).await.0.status(), Status::SUCCESS);
+    let mut flush = SubmissionEntry::new(io::FLUSH, 0);
+    flush.nsid.set(1);
+    assert_eq!(qb.cmd(flush, Bytes::new()).await.0.status(), Status::RESERVATION_CONFLICT.with_dnr());
+    // B cannot acquire it; the report says who holds what.
+    let (s, d) = resv(io::RESERVATION_ACQUIRE, 1 << 8, &keys(0xB1, 0));
+    assert_eq!(qb.cmd(s, d).await.0.status(), Status::RESERVATION_CONFLICT.with_dnr());
+    assert_eq!(qb.cmd(report(4096, false), Bytes::new()).await.0.status(), Status::HOST_ID_INCONSISTENT.with_dnr());
+    let (r, page) = qb.cmd(report(4096, true), Bytes::new()).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    let rep = ReservationReport::parse(&page).unwrap();
+    assert_eq!((rep.gen, rep.rtype), (2, Some(ReservationType::WriteExclusive)));
+    let regs: Vec<_> = rep.registrants.iter().map(|r| (r.hostid, r.rkey, r.holds)).collect();
+    assert_eq!(regs, vec![(HOSTID, 0xA1, true), ([0x22; 16], 0xB1, false)]);
+    assert_eq!(&page[64..66], &[0xFF, 0xFF], "CNTLID FFFFh: dynamic controllers");
+
+    // B preempts A by A's key, as Exclusive Access: A is unregistered and may not even read.
+    let (s, d) = resv(io::RESERVATION_ACQUIRE, 1 | 2 << 8, &keys(0xB1, 0xA1));
+    assert_eq!(qb.cmd(s, d).await.0.status(), Status::SUCCESS);
+    assert_eq!(qa.cmd(read(), Bytes::new()).await.0.status(), Status::RESERVATION_CONFLICT.with_dnr());
+    let rep = ReservationReport::parse(&qa.cmd(report(128, true), Bytes::new()).await.1).unwrap();
+    assert_eq!((rep.gen, rep.registrants.len()), (3, 1));
+    // A's old key no longer releases anything; B releases with the wrong type (Invalid Field), then right.
+    let (s, d) = resv(io::RESERVATION_RELEASE, 2 << 8, &0xA1u64.to_le_bytes());
+    assert_eq!(qa.cmd(s, d).await.0.status(), Status::RESERVATION_CONFLICT.with_dnr());
+    let (s, d) = resv(io::RESERVATION_RELEASE, 1 << 8, &0xB1u64.to_le_bytes());
+    assert_eq!(qb.cmd(s, d).await.0.status(), Status::INVALID_FIELD.with_dnr());
+    let (s, d) = resv(io::RESERVATION_RELEASE, 2 << 8, &0xB1u64.to_le_bytes());
+    assert_eq!(qb.cmd(s, d).await.0.status(), Status::SUCCESS);
+    assert_eq!(qa.cmd(write(4), data()).await.0.status(), Status::SUCCESS, "no reservation: anyone writes");
+    // Clear: every registration goes.
+    let (s, d) = resv(io::RESERVATION_RELEASE, 1, &0xB1u64.to_le_bytes());
+    assert_eq!(qb.cmd(s, d).await.0.status(), Status::SUCCESS);
+    let rep = ReservationReport::parse(&qa.cmd(report(64, true), Bytes::new()).await.1).unwrap();
+    assert_eq!((rep.gen, rep.rtype, rep.registrants.len()), (4, None, 0));
+    // The controller says it supports them: ONCS bit 5; the namespace, every type and IEKEY (RESCAP).
+    let (oncs, rescap) = reservation_support(addr).await;
+    assert_eq!((oncs & (1 << 5), rescap), (1 << 5, 0xFE));
+    server.stop().await;
+}
+
+/// ONCS of a new controller, and namespace 1's RESCAP (Identify Namespace byte 31).
+async fn reservation_support(addr: SocketAddr) -> (u16, u8) {
+    let (mut a, _) = Conn::admin(addr, NQN, false, false).await;
+    let oncs = a.identify_controller().await.oncs.get();
+    let mut s = SubmissionEntry::new(admin::IDENTIFY, 0);
+    s.dptr = SglDescriptor::transport(4096);
+    s.nsid.set(1);
+    (oncs, a.cmd(s, Bytes::new()).await.1[31])
+}
+
 /// A reload says which namespaces it added and which it replaced; a RAM namespace replaced (here: resized)
 /// keeps its NSID and identifiers but not its contents, which the note says, since hosts cannot tell.
 #[tokio::test]

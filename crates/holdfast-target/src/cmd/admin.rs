@@ -68,7 +68,7 @@ pub fn identify_controller(c: &Controller) -> IdentifyController {
     d.anacap = crate::ana::ANACAP;
     d.anagrpmax.set(crate::ana::ANAGRPMAX);
     d.nanagrpid.set(crate::ana::ANAGRPMAX);
-    d.oncs.set(id::ONCS_DSM | id::ONCS_WRITE_ZEROES | id::ONCS_SAVE_SELECT);
+    d.oncs.set(id::ONCS_DSM | id::ONCS_WRITE_ZEROES | id::ONCS_SAVE_SELECT | id::ONCS_RESERVATIONS);
     d.vwc = id::VWC_PRESENT | id::VWC_FLUSH_BROADCAST;
     d.cqt.set(policy.cqt_ms.min(u16::MAX as u32) as u16);
     // Command Retry Delay Times (100 ms units), selected by CRD in retryable statuses once the host enables
@@ -93,6 +93,7 @@ pub fn identify_namespace(ns: &Namespace) -> IdentifyNamespace {
     d.flbas = 0;
     d.dlfeat = id::DLFEAT_READS_ZEROES | id::DLFEAT_WRITE_ZEROES_DEAC;
     d.nmic = 1; // may be attached to several controllers
+    d.rescap = holdfast_proto::reservation::RESCAP_ALL_TYPES_IEKEY;
     if ns.read_only {
         d.nsattr |= id::NSATTR_WRITE_PROTECTED;
     }

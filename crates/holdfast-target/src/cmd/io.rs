@@ -1,8 +1,10 @@
 //! NVM command set I/O commands (NVM Command Set Specification 1.0 §3): Read, Write (FUA), Flush, Write
-//! Zeroes (DEAC), Dataset Management (deallocate). Blocking backends run on their namespace's I/O threads (a
+//! Zeroes (DEAC), Dataset Management (deallocate); the reservation commands are parsed here and run in
+//! [`super::reservation`], whose check every command that uses a namespace passes. Blocking backends run on their namespace's I/O threads (a
 //! file read the page cache can answer runs inline); the RAM backend runs inline on the queue's task, and its
 //! reads are sent from its own memory (`Backend::read_inline`).
 
+use super::reservation;
 use crate::backend::MediaGate;
 use crate::controller::Controller;
 use crate::namespace::Namespace;
@@ -94,6 +96,7 @@ pub fn parse(_ctx: &QueueCtx, ctrl: &Controller, sqe: &SubmissionEntry) -> Parse
     match sqe.opcode {
         op::READ | op::WRITE => {
             let ns = namespace(ctrl, sqe.nsid())?;
+            ns.pr.check(&ctrl.hostid, sqe.opcode == op::WRITE)?;
             let ns = if sqe.opcode == op::WRITE { writable(ns)? } else { ns };
             let (slba, nlb) = (rw::slba(sqe), rw::nlb(sqe) as u64);
             let (offset, len) = ns.byte_range(slba, nlb).ok_or(Status::LBA_OUT_OF_RANGE.with_dnr())?;
@@ -111,15 +114,24 @@ pub fn parse(_ctx: &QueueCtx, ctrl: &Controller, sqe: &SubmissionEntry) -> Parse
             let ns = if sqe.nsid() == NSID_ALL {
                 // Every namespace this controller can reach: those of groups not accessible through its port
                 // are flushed by a controller that can.
+                // Reservations likewise: those another host's reservation keeps this host from writing are
+                // skipped.
                 let all = ctrl.subsys.namespaces.read();
-                all.values().filter(|n| ctrl.ana.state(n.ana_group()).is_accessible()).cloned().collect()
+                all.values()
+                    .filter(|n| ctrl.ana.state(n.ana_group()).is_accessible() && n.pr.check(&ctrl.hostid, true).is_ok())
+                    .cloned()
+                    .collect()
             } else {
-                vec![namespace(ctrl, sqe.nsid())?]
+                let ns = namespace(ctrl, sqe.nsid())?;
+                ns.pr.check(&ctrl.hostid, true)?;
+                vec![ns]
             };
             req(Exec::Flush { ns }, DataDir::None, 0)
         }
         op::WRITE_ZEROES => {
-            let ns = writable(namespace(ctrl, sqe.nsid())?)?;
+            let ns = namespace(ctrl, sqe.nsid())?;
+            ns.pr.check(&ctrl.hostid, true)?;
+            let ns = writable(ns)?;
             let (offset, len) =
                 ns.byte_range(rw::slba(sqe), rw::nlb(sqe) as u64).ok_or(Status::LBA_OUT_OF_RANGE.with_dnr())?;
             let deallocate = sqe.cdw12.get() & rw::DEAC != 0;
@@ -128,6 +140,7 @@ pub fn parse(_ctx: &QueueCtx, ctrl: &Controller, sqe: &SubmissionEntry) -> Parse
         }
         op::DATASET_MANAGEMENT => {
             let ns = namespace(ctrl, sqe.nsid())?;
+            ns.pr.check(&ctrl.hostid, true)?;
             let ranges = (sqe.cdw10.get() & 0xFF) as usize + 1;
             let deallocate = sqe.cdw11.get() & dsm::AD != 0;
             // Only deallocation changes the namespace; attribute hints alone are taken.
@@ -140,6 +153,12 @@ pub fn parse(_ctx: &QueueCtx, ctrl: &Controller, sqe: &SubmissionEntry) -> Parse
             }
             req(Exec::DatasetManagement { ns, ranges, deallocate }, DataDir::ToController, len)
         }
+        op::RESERVATION_REGISTER => {
+            reservation::parse(sqe, namespace(ctrl, sqe.nsid())?, reservation::Command::Register)
+        }
+        op::RESERVATION_REPORT => reservation::parse(sqe, namespace(ctrl, sqe.nsid())?, reservation::Command::Report),
+        op::RESERVATION_ACQUIRE => reservation::parse(sqe, namespace(ctrl, sqe.nsid())?, reservation::Command::Acquire),
+        op::RESERVATION_RELEASE => reservation::parse(sqe, namespace(ctrl, sqe.nsid())?, reservation::Command::Release),
         _ => Err(Status::INVALID_OPCODE.with_dnr()),
     }
 }

@@ -175,6 +175,9 @@ fn commands_effects() -> lp::CommandsSupportedAndEffects {
     for op in [iop::WRITE, iop::WRITE_ZEROES, iop::DATASET_MANAGEMENT] {
         d.iocs[op as usize].set(lp::EFFECTS_CSUPP | lp::EFFECTS_LBCC);
     }
+    for op in [iop::RESERVATION_REGISTER, iop::RESERVATION_REPORT, iop::RESERVATION_ACQUIRE, iop::RESERVATION_RELEASE] {
+        d.iocs[op as usize].set(lp::EFFECTS_CSUPP);
+    }
     d
 }
 

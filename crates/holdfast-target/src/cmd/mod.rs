@@ -1,6 +1,7 @@
 //! Command handling, one file per command set (the Linux nvmet layout): [`fabrics`] (Connect, Property
 //! Get/Set, Disconnect), [`admin`] (Identify, Get/Set Features, Keep Alive, AER, Abort), [`log_page`] (Get Log
-//! Page, every log), [`discovery`] (the discovery controller's Identify and log page), [`io`] (NVM commands).
+//! Page, every log), [`discovery`] (the discovery controller's Identify and log page), [`io`] (NVM commands),
+//! [`reservation`] (Reservation Register / Report / Acquire / Release).
 //!
 //! [`parse`] picks the execute step; [`execute`] runs it.
 
@@ -10,6 +11,7 @@ pub mod discovery;
 pub mod fabrics;
 pub mod io;
 pub mod log_page;
+pub mod reservation;
 
 use crate::request::{DataDir, Exec, Outcome, ParseResult, QueueCtx, Request, Response, MAX_TRANSFER};
 use bytes::Bytes;
@@ -162,6 +164,7 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
         | Exec::Flush { .. }
         | Exec::WriteZeroes { .. }
         | Exec::DatasetManagement { .. } => io::execute(ctx, req, data),
+        Exec::Reservation { .. } => with_ctrl(ctx, |c| reservation::execute(c, &req, &data)),
     }
 }
 

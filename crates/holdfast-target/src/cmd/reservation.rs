@@ -1,0 +1,423 @@
+//! Reservations (NVMe Base 2.0 §8.19; NVM Command Set 1.0 §3.2.4-3.2.7): Reservation Register, Report,
+//! Acquire and Release, and the check every I/O command passes ([`Reservations::check`]).
+//!
+//! A namespace's registrants are hosts, known by their Host Identifier: every controller of a host (its
+//! queues through any port, its association after a reconnect) shares its registration, and the registrations
+//! and the reservation live as long as the namespace does in this target process (no Persist Through Power
+//! Loss: RESCAP bit 0 is clear). The reservation has a type and a holder; with an All Registrants type every
+//! registrant holds it. Preempt and Abort preempts: commands of the preempted host that passed the check
+//! before it may still complete (the abort is not implemented; nvmet waits for them).
+//!
+//! No reservation notices are sent (log page 80h is not supported); the generation a Report carries tells a
+//! host that looks what changed.
+
+use crate::controller::Controller;
+use crate::namespace::Namespace;
+use crate::request::{Exec, ParseResult, Request, Response};
+use holdfast_proto::reservation::{self as r, Registrant, ReservationReport, ReservationType};
+use holdfast_proto::{Status, SubmissionEntry};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Which reservation command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Reservation Register (opcode 0Dh).
+    Register,
+    /// Reservation Report (0Eh).
+    Report,
+    /// Reservation Acquire (11h).
+    Acquire,
+    /// Reservation Release (15h).
+    Release,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Generation: moves with every registration, unregistration, key replacement, preemption and clear.
+    gen: u32,
+    /// Registrants in the order they registered: (Host Identifier, key).
+    registrants: Vec<([u8; 16], u64)>,
+    /// The reservation: its type and the host that holds it (with an All Registrants type, one of them; the
+    /// reservation goes only with the last registrant).
+    reservation: Option<(ReservationType, [u8; 16])>,
+}
+
+impl State {
+    fn key_of(&self, host: &[u8; 16]) -> Option<u64> {
+        self.registrants.iter().find(|(h, _)| h == host).map(|(_, k)| *k)
+    }
+    fn holds(&self, host: &[u8; 16]) -> bool {
+        match self.reservation {
+            Some((t, _)) if t.all_registrants() => self.key_of(host).is_some(),
+            Some((_, h)) => h == *host,
+            None => false,
+        }
+    }
+    /// Remove `host`'s registration; the reservation goes with it if it held it (with an All Registrants type,
+    /// only when no registrant is left).
+    fn unregister(&mut self, host: &[u8; 16]) {
+        self.registrants.retain(|(h, _)| h != host);
+        if let Some((t, holder)) = self.reservation {
+            if t.all_registrants() {
+                match self.registrants.first() {
+                    None => self.reservation = None,
+                    Some((h, _)) if holder == *host => self.reservation = Some((t, *h)),
+                    Some(_) => {}
+                }
+            } else if holder == *host {
+                self.reservation = None;
+            }
+        }
+    }
+}
+
+/// One namespace's registrations and reservation.
+#[derive(Debug, Default)]
+pub struct Reservations {
+    /// True while there is a reservation: the I/O path's check is one load of this when there is none.
+    reserved: AtomicBool,
+    state: Mutex<State>,
+}
+
+impl Reservations {
+    /// Whether host `hostid` may run a command of the write group (`write`: Write, Write Zeroes, Dataset
+    /// Management, Flush) or the read group (Read) on this namespace: Reservation Conflict (DNR) if the
+    /// reservation's type keeps it out.
+    pub fn check(&self, hostid: &[u8; 16], write: bool) -> Result<(), Status> {
+        if !self.reserved.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let st = self.state.lock();
+        match st.reservation {
+            Some((t, _)) if !st.holds(hostid) && !t.allows(write, st.key_of(hostid).is_some()) => {
+                Err(Status::RESERVATION_CONFLICT.with_dnr())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn publish(&self, st: &State) {
+        self.reserved.store(st.reservation.is_some(), Ordering::Release);
+    }
+}
+
+/// Parse a reservation command on namespace `ns` (found, and reachable through the controller's port): the
+/// data it moves (the keys, 16 bytes or 8 for a Release; a Report, NUMD + 1 dwords) against its SGL.
+pub fn parse(sqe: &SubmissionEntry, ns: Arc<Namespace>, cmd: Command) -> ParseResult {
+    use crate::request::DataDir;
+    let sgl = sqe.dptr.len() as usize;
+    let (dir, len) = match cmd {
+        Command::Report => {
+            let numd = (sqe.cdw10.get() as usize + 1) * 4;
+            if sqe.cdw11.get() & r::REPORT_EDS == 0 {
+                // Hosts are known here by 128-bit Host Identifiers, which only the extended structure holds.
+                return Err(Status::HOST_ID_INCONSISTENT.with_dnr());
+            }
+            if !(64..=crate::request::MAX_TRANSFER).contains(&numd) {
+                return Err(Status::INVALID_FIELD.with_dnr());
+            }
+            if sgl != numd {
+                return Err(Status::SGL_LENGTH_INVALID.with_dnr());
+            }
+            (DataDir::ToHost, numd)
+        }
+        Command::Release => (DataDir::ToController, 8),
+        Command::Register | Command::Acquire => (DataDir::ToController, 16),
+    };
+    // The keys: at least the structure, at most a page (a host may send a longer buffer).
+    if dir == DataDir::ToController && !(len..=4096).contains(&sgl) {
+        return Err(Status::SGL_LENGTH_INVALID.with_dnr());
+    }
+    let len = if dir == DataDir::ToController { sgl } else { len };
+    Ok(Request { sqe: *sqe, exec: Exec::Reservation { ns, cmd }, dir, len })
+}
+
+/// Run a parsed reservation command from `ctrl`'s host, `data` its keys.
+pub fn execute(ctrl: &Controller, req: &Request, data: &[u8]) -> Response {
+    let Exec::Reservation { ns, cmd } = &req.exec else { return Response::err(Status::INTERNAL_ERROR) };
+    let cdw10 = req.sqe.cdw10.get();
+    let host = ctrl.hostid;
+    let pr = &ns.pr;
+    if *cmd == Command::Report {
+        let st = pr.state.lock();
+        let report = ReservationReport {
+            gen: st.gen,
+            rtype: st.reservation.map(|(t, _)| t),
+            registrants: st
+                .registrants
+                .iter()
+                .map(|(h, k)| Registrant { hostid: *h, rkey: *k, holds: st.holds(h) })
+                .collect(),
+        };
+        return Response::data(bytes::Bytes::from(report.to_bytes(req.len)));
+    }
+    let Some((crkey, other)) = r::ReservationKeys::parse(data) else {
+        return Response::err(Status::SGL_LENGTH_INVALID.with_dnr());
+    };
+    let iekey = cdw10 & r::IEKEY != 0;
+    let mut st = pr.state.lock();
+    let before = st.reservation;
+    let result = match cmd {
+        Command::Register => register(&mut st, &host, cdw10, iekey, crkey, other),
+        Command::Acquire => acquire(&mut st, &host, cdw10, iekey, crkey, other),
+        Command::Release => release(&mut st, &host, cdw10, iekey, crkey),
+        Command::Report => Ok(()),
+    };
+    pr.publish(&st);
+    if st.reservation != before {
+        let now = st.reservation.map_or("none".to_string(), |(t, h)| format!("{} held by host {}", t.name(), hex(&h)));
+        tracing::info!(subsys = %ctrl.subsys.nqn, nsid = ns.nsid, host = ?ctrl.hostnqn, "reservation: {now}");
+    }
+    match result {
+        Ok(()) => Response::ok(),
+        Err(s) => Response::err(s),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+const CONFLICT: Status = Status::RESERVATION_CONFLICT;
+
+/// Reservation Register: register `nrkey`, unregister, or replace the key (CRKEY checked unless IEKEY).
+fn register(st: &mut State, host: &[u8; 16], cdw10: u32, iekey: bool, crkey: u64, nrkey: u64) -> Result<(), Status> {
+    // Persist Through Power Loss is not supported (RESCAP bit 0): a request to turn it on is refused.
+    if cdw10 >> 30 == r::CPTPL_SET {
+        return Err(Status::INVALID_FIELD.with_dnr());
+    }
+    let mine = st.key_of(host);
+    match r::action(cdw10) {
+        r::RREGA_REGISTER => match mine {
+            // Registering again with the key it has is no change; with another, a conflict.
+            Some(k) if k == nrkey => return Ok(()),
+            Some(_) => return Err(CONFLICT.with_dnr()),
+            None => st.registrants.push((*host, nrkey)),
+        },
+        r::RREGA_UNREGISTER => match mine {
+            Some(k) if iekey || k == crkey => st.unregister(host),
+            _ => return Err(CONFLICT.with_dnr()),
+        },
+        r::RREGA_REPLACE => match mine {
+            Some(k) if iekey || k == crkey => {
+                if let Some(e) = st.registrants.iter_mut().find(|(h, _)| h == host) {
+                    e.1 = nrkey;
+                }
+            }
+            // Replace by a host not registered, ignoring the key it does not have: registers it (NVM Command
+            // Set 1.0 §3.2.6.1).
+            None if iekey => st.registrants.push((*host, nrkey)),
+            _ => return Err(CONFLICT.with_dnr()),
+        },
+        _ => return Err(Status::INVALID_FIELD.with_dnr()),
+    }
+    st.gen = st.gen.wrapping_add(1);
+    Ok(())
+}
+
+/// Reservation Acquire: acquire, or preempt the holder or other registrants by their key (PRKEY).
+fn acquire(st: &mut State, host: &[u8; 16], cdw10: u32, iekey: bool, crkey: u64, prkey: u64) -> Result<(), Status> {
+    let Some(t) = r::ReservationType::from_u8(r::rtype(cdw10)) else { return Err(Status::INVALID_FIELD.with_dnr()) };
+    if iekey {
+        return Err(Status::INVALID_FIELD.with_dnr()); // IEKEY is for Register only (NVMe 1.3 and later)
+    }
+    if st.key_of(host) != Some(crkey) {
+        return Err(CONFLICT.with_dnr());
+    }
+    match r::action(cdw10) {
+        r::RACQA_ACQUIRE => match st.reservation {
+            None => st.reservation = Some((t, *host)),
+            Some((held, _)) if st.holds(host) && held == t => {}
+            Some(_) => return Err(CONFLICT.with_dnr()),
+        },
+        r::RACQA_PREEMPT | r::RACQA_PREEMPT_AND_ABORT => {
+            preempt(st, host, t, prkey)?;
+            st.gen = st.gen.wrapping_add(1);
+        }
+        _ => return Err(Status::INVALID_FIELD.with_dnr()),
+    }
+    Ok(())
+}
+
+/// Preempt (NVMe Base 2.0 §8.19.7): without a reservation, or under an All Registrants one with a PRKEY other
+/// than 0, the registrants with key PRKEY are unregistered (none: a conflict); PRKEY 0 under an All
+/// Registrants reservation, or the holder's key, takes the reservation (type `t`) and unregisters the others
+/// with that key (all others, for 0); a holder preempting itself changes the type.
+fn preempt(st: &mut State, host: &[u8; 16], t: ReservationType, prkey: u64) -> Result<(), Status> {
+    let unregister_others_with = |st: &mut State, key: Option<u64>| {
+        let gone: Vec<[u8; 16]> = st
+            .registrants
+            .iter()
+            .filter(|(h, k)| h != host && key.is_none_or(|key| *k == key))
+            .map(|(h, _)| *h)
+            .collect();
+        for h in &gone {
+            st.unregister(h);
+        }
+        gone.len()
+    };
+    match st.reservation {
+        Some((held, _)) if held.all_registrants() && prkey == 0 => {
+            st.reservation = Some((t, *host));
+            unregister_others_with(st, None);
+        }
+        Some((held, holder)) if !held.all_registrants() && holder == *host => st.reservation = Some((t, *host)),
+        Some((held, holder)) if !held.all_registrants() && st.key_of(&holder) == Some(prkey) => {
+            st.reservation = Some((t, *host));
+            unregister_others_with(st, Some(prkey));
+        }
+        // A reservation held by another host under a key that is not PRKEY, and PRKEY 0.
+        Some(_) if prkey == 0 => return Err(Status::INVALID_FIELD.with_dnr()),
+        _ => {
+            // No reservation, or one not held with PRKEY: only registrations go. Unregistering the caller
+            // itself by its own key is allowed too.
+            let own = st.key_of(host) == Some(prkey);
+            let n = unregister_others_with(st, Some(prkey));
+            if own {
+                st.unregister(host);
+            }
+            if n == 0 && !own {
+                return Err(CONFLICT.with_dnr());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reservation Release: release the reservation (type must match), or clear every registration.
+fn release(st: &mut State, host: &[u8; 16], cdw10: u32, iekey: bool, crkey: u64) -> Result<(), Status> {
+    if iekey {
+        return Err(Status::INVALID_FIELD.with_dnr());
+    }
+    if st.key_of(host) != Some(crkey) {
+        return Err(CONFLICT.with_dnr());
+    }
+    match r::action(cdw10) {
+        r::RRELA_RELEASE => match st.reservation {
+            // Releasing a reservation it does not hold (or none) is no change.
+            Some((t, _)) if st.holds(host) => {
+                if r::ReservationType::from_u8(r::rtype(cdw10)) != Some(t) {
+                    return Err(Status::INVALID_FIELD.with_dnr());
+                }
+                st.reservation = None;
+            }
+            _ => {}
+        },
+        r::RRELA_CLEAR => {
+            st.registrants.clear();
+            st.reservation = None;
+            st.gen = st.gen.wrapping_add(1);
+        }
+        _ => return Err(Status::INVALID_FIELD.with_dnr()),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ReservationType::*;
+
+    const A: [u8; 16] = [0xA; 16];
+    const B: [u8; 16] = [0xB; 16];
+    const C: [u8; 16] = [0xC; 16];
+
+    fn reg(st: &mut State, h: &[u8; 16], key: u64) {
+        register(st, h, 0, false, 0, key).unwrap();
+    }
+    fn acq(action: u8, t: ReservationType) -> u32 {
+        action as u32 | (t as u32) << 8
+    }
+
+    #[test]
+    fn register_acquire_release_and_their_conflicts() {
+        let mut st = State::default();
+        reg(&mut st, &A, 1);
+        reg(&mut st, &A, 1); // the same key again: no change
+        assert_eq!(register(&mut st, &A, 0, false, 0, 2), Err(CONFLICT.with_dnr()), "another key");
+        reg(&mut st, &B, 2);
+        assert_eq!(st.gen, 2);
+        // Acquire with a wrong key, then right; B cannot acquire over it; A again with its type is no change.
+        assert_eq!(acquire(&mut st, &A, acq(0, WriteExclusive), false, 9, 0), Err(CONFLICT.with_dnr()));
+        acquire(&mut st, &A, acq(0, WriteExclusive), false, 1, 0).unwrap();
+        assert_eq!(acquire(&mut st, &B, acq(0, WriteExclusive), false, 2, 0), Err(CONFLICT.with_dnr()));
+        acquire(&mut st, &A, acq(0, WriteExclusive), false, 1, 0).unwrap();
+        assert_eq!(acquire(&mut st, &A, acq(0, ExclusiveAccess), false, 1, 0), Err(CONFLICT.with_dnr()));
+        assert_eq!(st.gen, 2, "acquiring does not move the generation");
+        // B releasing what it does not hold: no change. A releasing with the wrong type: Invalid Field.
+        release(&mut st, &B, RRELA_WITH(WriteExclusive), false, 2).unwrap();
+        assert!(st.holds(&A));
+        assert_eq!(release(&mut st, &A, RRELA_WITH(ExclusiveAccess), false, 1), Err(Status::INVALID_FIELD.with_dnr()));
+        release(&mut st, &A, RRELA_WITH(WriteExclusive), false, 1).unwrap();
+        assert_eq!(st.reservation, None);
+        // Unregistering the holder releases; replace with IEKEY ignores the current key.
+        acquire(&mut st, &A, acq(0, ExclusiveAccess), false, 1, 0).unwrap();
+        register(&mut st, &A, 2 | r::IEKEY, true, 0, 7).unwrap();
+        assert_eq!(st.key_of(&A), Some(7));
+        assert!(st.holds(&A), "a new key keeps the reservation");
+        register(&mut st, &A, 1, false, 7, 0).unwrap();
+        assert_eq!((st.reservation, st.key_of(&A)), (None, None));
+        assert_eq!(register(&mut st, &A, 3 << 30, false, 0, 1), Err(Status::INVALID_FIELD.with_dnr()), "CPTPL 11b");
+    }
+
+    #[allow(non_snake_case)]
+    fn RRELA_WITH(t: ReservationType) -> u32 {
+        (t as u32) << 8
+    }
+
+    #[test]
+    fn preempt_takes_the_reservation_or_the_registrations() {
+        let mut st = State::default();
+        reg(&mut st, &A, 1);
+        reg(&mut st, &B, 2);
+        reg(&mut st, &C, 3);
+        acquire(&mut st, &A, acq(0, WriteExclusiveRegistrantsOnly), false, 1, 0).unwrap();
+        // C preempts by the holder's key: it holds, A's registration is gone, B's stays.
+        acquire(&mut st, &C, acq(1, ExclusiveAccess), false, 3, 1).unwrap();
+        assert_eq!(st.reservation, Some((ExclusiveAccess, C)));
+        assert_eq!(st.registrants.iter().map(|(h, _)| *h).collect::<Vec<_>>(), vec![B, C]);
+        // B preempts a key nobody has: conflict; by C's key while C holds: B takes it.
+        assert_eq!(acquire(&mut st, &B, acq(1, WriteExclusive), false, 2, 99), Err(CONFLICT.with_dnr()));
+        acquire(&mut st, &B, acq(2, WriteExclusive), false, 2, 3).unwrap();
+        assert_eq!((st.reservation, st.registrants.len()), (Some((WriteExclusive, B)), 1));
+
+        // All Registrants: every registrant holds; PRKEY 0 takes it alone and unregisters the others.
+        let mut st = State::default();
+        reg(&mut st, &A, 1);
+        reg(&mut st, &B, 2);
+        acquire(&mut st, &A, acq(0, ExclusiveAccessAllRegistrants), false, 1, 0).unwrap();
+        assert!(st.holds(&A) && st.holds(&B));
+        assert!(Reservations::default().check(&C, false).is_ok(), "no reservation: anything goes");
+        // The holder A leaving keeps the reservation for B.
+        register(&mut st, &A, 1, false, 1, 0).unwrap();
+        assert_eq!(st.reservation.map(|(t, _)| t), Some(ExclusiveAccessAllRegistrants));
+        assert!(st.holds(&B));
+        reg(&mut st, &C, 3);
+        acquire(&mut st, &C, acq(1, WriteExclusive), false, 3, 0).unwrap();
+        assert_eq!((st.reservation, st.registrants.len()), (Some((WriteExclusive, C)), 1));
+    }
+
+    #[test]
+    fn the_io_check_follows_the_type() {
+        let pr = Reservations::default();
+        {
+            let mut st = pr.state.lock();
+            reg(&mut st, &A, 1);
+            reg(&mut st, &B, 2);
+            acquire(&mut st, &A, acq(0, WriteExclusiveRegistrantsOnly), false, 1, 0).unwrap();
+            pr.publish(&st);
+        }
+        assert_eq!(pr.check(&A, true), Ok(()), "the holder");
+        assert_eq!(pr.check(&B, true), Ok(()), "a registrant");
+        assert_eq!(pr.check(&C, false), Ok(()), "anyone reads");
+        assert_eq!(pr.check(&C, true), Err(CONFLICT.with_dnr()), "a stranger writes");
+        {
+            let mut st = pr.state.lock();
+            release(&mut st, &A, RRELA_WITH(WriteExclusiveRegistrantsOnly), false, 1).unwrap();
+            pr.publish(&st);
+        }
+        assert_eq!(pr.check(&C, true), Ok(()), "released");
+    }
+}
