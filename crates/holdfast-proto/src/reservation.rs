@@ -32,9 +32,10 @@ pub const RRELA_CLEAR: u8 = 1;
 pub const CPTPL_SET: u32 = 0b11;
 /// Reservation Report CDW11 bit 0: Extended Data Structure (EDS).
 pub const REPORT_EDS: u32 = 1 << 0;
-/// Identify Namespace RESCAP for the six reservation types and IEKEY as NVMe 1.3 defines it (bits 1-7); bit 0
-/// (Persist Through Power Loss) clear.
+/// Identify Namespace RESCAP for the six reservation types and IEKEY as NVMe 1.3 defines it (bits 1-7).
 pub const RESCAP_ALL_TYPES_IEKEY: u8 = 0xFE;
+/// RESCAP bit 0: Persist Through Power Loss.
+pub const RESCAP_PTPL: u8 = 1 << 0;
 
 /// The action field (bits 2:0) of a reservation command's CDW10.
 pub fn action(cdw10: u32) -> u8 {
@@ -197,6 +198,8 @@ pub struct ReservationReport {
     pub gen: u32,
     /// The reservation's type, if there is one.
     pub rtype: Option<ReservationType>,
+    /// Persist Through Power Loss State.
+    pub ptpls: bool,
     /// Every registrant (REGCTL counts them all, even those a short transfer leaves out).
     pub registrants: Vec<Registrant>,
 }
@@ -208,6 +211,7 @@ impl ReservationReport {
         h.gen.set(self.gen);
         h.rtype = self.rtype.map_or(0, |t| t as u8);
         h.regctl.set(self.registrants.len().min(u16::MAX as usize) as u16);
+        h.ptpls = self.ptpls as u8;
         let mut v = Vec::with_capacity(64 * (1 + self.registrants.len()));
         v.extend_from_slice(h.as_bytes());
         for r in &self.registrants {
@@ -235,7 +239,12 @@ impl ReservationReport {
             .filter_map(|c| RegisteredControllerExt::read_from_bytes(c).ok())
             .map(|e| Registrant { hostid: e.hostid, rkey: e.rkey.get(), holds: e.rcsts & 1 != 0 })
             .collect();
-        Some(ReservationReport { gen: h.gen.get(), rtype: ReservationType::from_u8(h.rtype), registrants })
+        Some(ReservationReport {
+            gen: h.gen.get(),
+            rtype: ReservationType::from_u8(h.rtype),
+            ptpls: h.ptpls & 1 != 0,
+            registrants,
+        })
     }
 }
 
@@ -248,6 +257,7 @@ mod tests {
         let r = ReservationReport {
             gen: 3,
             rtype: Some(ReservationType::WriteExclusive),
+            ptpls: true,
             registrants: vec![
                 Registrant { hostid: [0x11; 16], rkey: 0xAB, holds: true },
                 Registrant { hostid: [0x22; 16], rkey: 0xCD, holds: false },
@@ -257,6 +267,7 @@ mod tests {
         assert_eq!(&b[0..4], &3u32.to_le_bytes());
         assert_eq!(b[4], 1, "RTYPE");
         assert_eq!(&b[5..7], &2u16.to_le_bytes(), "REGCTL");
+        assert_eq!(b[9], 1, "PTPLS");
         assert_eq!(&b[64..66], &[0xFF, 0xFF], "CNTLID: dynamic controller model");
         assert_eq!(b[66], 1, "RCSTS: holds");
         assert_eq!(&b[72..80], &0xABu64.to_le_bytes());

@@ -417,9 +417,22 @@ fn build_namespace(
             n.block_size
         );
     }
-    let mut ns = Namespace::new(n.nsid, n.block_size, backend, n.ids(&s.nqn));
+    let ids = n.ids(&s.nqn);
+    // A namespace on a regular file keeps its reservations beside it while Persist Through Power Loss is on
+    // (a block device has no place for them).
+    let pr = match n.path.as_deref().filter(|p| n.backend == crate::config::BackendKind::File && p.is_file()) {
+        Some(p) => Some(
+            crate::cmd::reservation::Reservations::persistable(p, ids.nguid)
+                .map_err(|e| anyhow::anyhow!("{key}.path: {e}"))?,
+        ),
+        None => None,
+    };
+    let mut ns = Namespace::new(n.nsid, n.block_size, backend, ids);
     ns.read_only = n.read_only;
     *ns.ana_group.get_mut() = n.ana_group;
+    if let Some(pr) = pr {
+        ns.pr = pr;
+    }
     Ok(ns)
 }
 

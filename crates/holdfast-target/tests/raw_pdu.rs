@@ -1602,6 +1602,95 @@ async fn reservations_are_kept_per_host_and_checked_on_every_io() {
     server.stop().await;
 }
 
+/// Persist Through Power Loss on a file namespace: turned on by Register's CPTPL, the registrations and the
+/// reservation are in `<file>.holdfast-pr` before the command completes, and a target started again on the
+/// file has them (another host's write still conflicts); turned off (Feature 83h), the file goes. A RAM
+/// namespace cannot turn it on. A reservation file that is not this namespace's stops the target, naming it.
+#[tokio::test]
+async fn reservations_persist_through_a_restart_with_ptpl() {
+    use holdfast_proto::reservation::{ReservationKeys, ReservationReport, ReservationType};
+    use zerocopy::IntoBytes;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("vol.img");
+    let text = format!(
+        "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
+         [[subsystem.namespace]]\nnsid = 1\nbackend = \"file\"\npath = \"{}\"\nsize_mib = 4\n\
+         [[subsystem.namespace]]\nnsid = 2\nbackend = \"ram\"\nsize_mib = 1\n",
+        img.display()
+    );
+    let cfg = Config::parse(&text, "test").unwrap();
+    let resv = |op: u8, nsid: u32, cdw10: u32, keys: &[u8]| {
+        let mut s = SubmissionEntry::new(op, 0);
+        s.nsid.set(nsid);
+        s.cdw10.set(cdw10);
+        s.dptr = SglDescriptor::incapsule(keys.len() as u32);
+        (s, Bytes::copy_from_slice(keys))
+    };
+    let report = || {
+        let mut s = SubmissionEntry::new(io::RESERVATION_REPORT, 0);
+        s.nsid.set(1);
+        s.cdw10.set(4096 / 4 - 1);
+        s.cdw11.set(1);
+        s.dptr = SglDescriptor::transport(4096);
+        s
+    };
+    let feature = |op: u8, v: u32| {
+        let mut s = SubmissionEntry::new(op, 0);
+        s.nsid.set(1);
+        s.cdw10.set(0x83);
+        s.cdw11.set(v);
+        s
+    };
+    let keys = ReservationKeys::new(0, 0xA1).as_bytes().to_vec();
+    let sidecar = dir.path().join("vol.img.holdfast-pr");
+
+    let server = Server::start(Target::new(&cfg, TargetSettings::default()).unwrap()).await.unwrap();
+    let addr = server.bound[0].1;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    // RESCAP bit 0 on the file namespace, not on the RAM one, which refuses CPTPL 11b.
+    for (nsid, rescap) in [(1, 0xFF), (2, 0xFE)] {
+        let mut s = SubmissionEntry::new(admin::IDENTIFY, 0);
+        s.dptr = SglDescriptor::transport(4096);
+        s.nsid.set(nsid);
+        assert_eq!(a.cmd(s, Bytes::new()).await.1[31], rescap, "nsid {nsid}");
+    }
+    let (s, d) = resv(io::RESERVATION_REGISTER, 2, 3 << 30, &keys);
+    assert_eq!(q.cmd(s, d).await.0.status(), Status::INVALID_FIELD.with_dnr());
+    let (s, d) = resv(io::RESERVATION_REGISTER, 1, 3 << 30, &keys);
+    assert_eq!(q.cmd(s, d).await.0.status(), Status::SUCCESS);
+    let (s, d) = resv(io::RESERVATION_ACQUIRE, 1, 1 << 8, ReservationKeys::new(0xA1, 0).as_bytes());
+    assert_eq!(q.cmd(s, d).await.0.status(), Status::SUCCESS);
+    assert!(sidecar.is_file(), "the reservation file is written before the command completes");
+    assert_eq!(a.cmd(feature(admin::GET_FEATURES, 0), Bytes::new()).await.0.dw0.get(), 1, "Feature 83h: PTPL on");
+    server.stop().await;
+
+    // The target again, on the same file: the reservation is there, held by this host, PTPLS set.
+    let server = Server::start(Target::new(&cfg, TargetSettings::default()).unwrap()).await.unwrap();
+    let addr = server.bound[0].1;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    let rep = ReservationReport::parse(&q.cmd(report(), Bytes::new()).await.1).unwrap();
+    assert_eq!((rep.rtype, rep.ptpls, rep.gen), (Some(ReservationType::WriteExclusive), true, 1));
+    assert_eq!(
+        rep.registrants.iter().map(|r| (r.hostid, r.rkey, r.holds)).collect::<Vec<_>>(),
+        vec![(HOSTID, 0xA1, true)]
+    );
+    let w = rw_sqe(io::WRITE, 0, 1, SglDescriptor::incapsule(512));
+    assert_eq!(q.cmd(w, Bytes::from(vec![1u8; 512])).await.0.status(), Status::SUCCESS, "the holder writes");
+    // PTPL off: the file goes (the state stays in memory).
+    assert_eq!(a.cmd(feature(admin::SET_FEATURES, 0), Bytes::new()).await.0.status(), Status::SUCCESS);
+    assert!(!sidecar.exists());
+    assert_eq!(ReservationReport::parse(&q.cmd(report(), Bytes::new()).await.1).unwrap().registrants.len(), 1);
+    server.stop().await;
+
+    // A reservation file that is someone else's: the target does not start, and says which file.
+    std::fs::write(&sidecar, "written_by = \"x\"\nnguid = \"00112233445566778899aabbccddeeff\"\ngeneration = 1\n")
+        .unwrap();
+    let e = Target::new(&cfg, TargetSettings::default()).err().expect("a foreign reservation file").to_string();
+    assert!(e.contains("vol.img.holdfast-pr") && e.contains("another namespace"), "{e}");
+}
+
 /// ONCS of a new controller, and namespace 1's RESCAP (Identify Namespace byte 31).
 async fn reservation_support(addr: SocketAddr) -> (u16, u8) {
     let (mut a, _) = Conn::admin(addr, NQN, false, false).await;

@@ -94,6 +94,9 @@ pub fn identify_namespace(ns: &Namespace) -> IdentifyNamespace {
     d.dlfeat = id::DLFEAT_READS_ZEROES | id::DLFEAT_WRITE_ZEROES_DEAC;
     d.nmic = 1; // may be attached to several controllers
     d.rescap = holdfast_proto::reservation::RESCAP_ALL_TYPES_IEKEY;
+    if ns.pr.ptpl_capable() {
+        d.rescap |= holdfast_proto::reservation::RESCAP_PTPL;
+    }
     if ns.read_only {
         d.nsattr |= id::NSATTR_WRITE_PROTECTED;
     }
@@ -201,6 +204,9 @@ pub fn get_features(c: &Controller, req: &Request) -> Response {
     if sel > SEL_SUPPORTED {
         return Response::err(Status::INVALID_FIELD.with_dnr());
     }
+    if f == fid::RESERVATION_PERSISTENCE {
+        return reservation_persistence(c, req, None);
+    }
     let def = crate::controller::Features::default();
     let st = c.state.lock();
     // No feature here is saveable (Set Features with SV fails, Select 011b never says SAVEABLE): the saved value
@@ -262,6 +268,29 @@ pub fn get_features(c: &Controller, req: &Request) -> Response {
     Response::dw0(value)
 }
 
+/// Feature 83h, Reservation Persistence (NVMe Base 2.0 §5.27.1.21), of the namespace the command names: Get
+/// (`set` None) answers its Persist Through Power Loss State; Set turns it on or off (on only where the
+/// namespace can persist: [`crate::cmd::reservation::Reservations::ptpl_capable`]).
+fn reservation_persistence(c: &Controller, req: &Request, set: Option<bool>) -> Response {
+    let Some(ns) = c.subsys.namespace(req.sqe.nsid()) else {
+        return Response::err(Status::INVALID_NAMESPACE.with_dnr());
+    };
+    let capable = ns.pr.ptpl_capable();
+    match set {
+        None => match features::sel(&req.sqe) {
+            SEL_SUPPORTED => Response::dw0(CAP_NS_SPECIFIC | if capable { CAP_CHANGEABLE } else { 0 }),
+            SEL_DEFAULT => Response::dw0(0),
+            s if s > SEL_SUPPORTED => Response::err(Status::INVALID_FIELD.with_dnr()),
+            _ => Response::dw0(ns.pr.ptpl() as u32),
+        },
+        Some(true) if !capable => Response::err(Status::INVALID_FIELD.with_dnr()),
+        Some(on) => match ns.pr.set_ptpl(on) {
+            Ok(()) => Response::ok(),
+            Err(s) => Response::err(s),
+        },
+    }
+}
+
 /// Set Features (NVMe Base 2.0 §5.27).
 pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Outcome {
     if features::save(&req.sqe) {
@@ -269,6 +298,9 @@ pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Outcome {
     }
     let f = features::fid(&req.sqe);
     let v = req.sqe.cdw11.get();
+    if f == fid::RESERVATION_PERSISTENCE {
+        return reservation_persistence(c, req, Some(v & 1 != 0)).into();
+    }
     // A feature that is not namespace specific belongs to the controller: a command naming a namespace for it
     // (an NSID other than 0h and FFFFFFFFh) is Feature Not Namespace Specific (NVMe Base 2.0 §5.27, as QEMU's
     // controller answers); an NSID that names none at all, Invalid Namespace. Unknown FIDs are Invalid Field below.

@@ -2,11 +2,16 @@
 //! Acquire and Release, and the check every I/O command passes ([`Reservations::check`]).
 //!
 //! A namespace's registrants are hosts, known by their Host Identifier: every controller of a host (its
-//! queues through any port, its association after a reconnect) shares its registration, and the registrations
-//! and the reservation live as long as the namespace does in this target process (no Persist Through Power
-//! Loss: RESCAP bit 0 is clear). The reservation has a type and a holder; with an All Registrants type every
-//! registrant holds it. Preempt and Abort preempts: commands of the preempted host that passed the check
-//! before it may still complete (the abort is not implemented; nvmet waits for them).
+//! queues through any port, its association after a reconnect) shares its registration. The reservation has
+//! a type and a holder; with an All Registrants type every registrant holds it. Preempt and Abort preempts:
+//! commands of the preempted host that passed the check before it may still complete (the abort is not
+//! implemented; nvmet waits for them).
+//!
+//! Persist Through Power Loss (PTPL; RESCAP bit 0, Feature 83h, Register's CPTPL) for a namespace on a regular
+//! file: while it is on, every change is written to `<file>.holdfast-pr` (a temporary file, fsync, rename,
+//! fsync of the directory) before the command completes, and a target that opens the namespace again (a
+//! restart, a reload) starts from it, so a cluster's fencing survives the target's restart. Otherwise the
+//! registrations and the reservation live as long as the namespace does in this process.
 //!
 //! No reservation notices are sent (log page 80h is not supported); the generation a Report carries tells a
 //! host that looks what changed.
@@ -17,6 +22,8 @@ use crate::request::{Exec, ParseResult, Request, Response};
 use holdfast_proto::reservation::{self as r, Registrant, ReservationReport, ReservationType};
 use holdfast_proto::{Status, SubmissionEntry};
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -33,8 +40,10 @@ pub enum Command {
     Release,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq)]
 struct State {
+    /// Persist Through Power Loss is on: the state is kept in the namespace's reservation file.
+    ptpl: bool,
     /// Generation: moves with every registration, unregistration, key replacement, preemption and clear.
     gen: u32,
     /// Registrants in the order they registered: (Host Identifier, key).
@@ -79,9 +88,160 @@ pub struct Reservations {
     /// True while there is a reservation: the I/O path's check is one load of this when there is none.
     reserved: AtomicBool,
     state: Mutex<State>,
+    /// The reservation file, for a namespace that can persist through power loss (one on a regular file).
+    file: Option<PathBuf>,
+    /// The namespace's NGUID, written in the file: a file left by another namespace is not taken.
+    nguid: [u8; 16],
+}
+
+/// The reservation file's contents (TOML).
+#[derive(Debug, Serialize, Deserialize)]
+struct Saved {
+    /// What wrote it.
+    written_by: String,
+    /// The namespace's NGUID (hex).
+    nguid: String,
+    generation: u32,
+    /// The reservation's type (1..=6), if any, and its holder's Host Identifier (hex).
+    reservation_type: Option<u8>,
+    holder: Option<String>,
+    /// Registrants: Host Identifier and key (hex: keys are 64 bits, TOML integers 63).
+    #[serde(default)]
+    registrant: Vec<SavedRegistrant>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedRegistrant {
+    host: String,
+    key: String,
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    if s.len() != 2 * N {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 impl Reservations {
+    /// The reservations of a namespace on the regular file `data` whose NGUID is `nguid`: persistable, and
+    /// as its reservation file left them if there is one (with PTPL on). A file that cannot be read or is not
+    /// this namespace's is an error naming it: starting without the fencing it records could let a fenced
+    /// host write.
+    pub fn persistable(data: &Path, nguid: [u8; 16]) -> anyhow::Result<Reservations> {
+        let mut name = data.as_os_str().to_owned();
+        name.push(".holdfast-pr");
+        let file = PathBuf::from(name);
+        let pr = Reservations { file: Some(file.clone()), nguid, ..Default::default() };
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(pr),
+            Err(e) => anyhow::bail!("{}: cannot read the reservation file: {e}", file.display()),
+        };
+        let bad = |why: String| anyhow::anyhow!("{}: {why} (remove it to start without reservations)", file.display());
+        let saved: Saved =
+            toml::from_str(&text).map_err(|e| bad(format!("not a reservation file: {}", e.message())))?;
+        if unhex::<16>(&saved.nguid) != Some(nguid) {
+            return Err(bad(format!("the reservations of another namespace (NGUID {})", saved.nguid)));
+        }
+        let mut st = State { ptpl: true, gen: saved.generation, ..Default::default() };
+        for r in &saved.registrant {
+            let host = unhex::<16>(&r.host).ok_or_else(|| bad(format!("host \"{}\" is not 32 hex digits", r.host)))?;
+            let key = u64::from_str_radix(&r.key, 16).map_err(|_| bad(format!("key \"{}\" is not hex", r.key)))?;
+            st.registrants.push((host, key));
+        }
+        st.reservation = match (saved.reservation_type, &saved.holder) {
+            (None, _) => None,
+            (Some(t), Some(h)) => Some((
+                ReservationType::from_u8(t).ok_or_else(|| bad(format!("reservation type {t}")))?,
+                unhex::<16>(h)
+                    .filter(|h| st.key_of(h).is_some())
+                    .ok_or_else(|| bad(format!("holder {h} is not a registrant")))?,
+            )),
+            (Some(_), None) => return Err(bad("a reservation without its holder".into())),
+        };
+        tracing::info!(
+            file = %file.display(),
+            registrants = st.registrants.len(),
+            "reservations restored (persist through power loss): {}",
+            st.reservation.map_or("no reservation".to_string(), |(t, h)| format!("{} held by host {}", t.name(), hex(&h)))
+        );
+        pr.publish(&st);
+        *pr.state.lock() = st;
+        Ok(pr)
+    }
+
+    /// Whether the namespace can persist its reservations (RESCAP bit 0).
+    pub fn ptpl_capable(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Whether Persist Through Power Loss is on (Feature 83h).
+    pub fn ptpl(&self) -> bool {
+        self.state.lock().ptpl
+    }
+
+    /// Set Features 83h: turn Persist Through Power Loss on or off.
+    pub fn set_ptpl(&self, on: bool) -> Result<(), Status> {
+        let mut st = self.state.lock();
+        let before = st.clone();
+        st.ptpl = on;
+        self.commit(&mut st, before)
+    }
+
+    /// Keep `st`, changed from `before`: written to the reservation file first while PTPL is on (the file
+    /// removed when it goes off); if that fails, `st` goes back to `before` and the command fails.
+    fn commit(&self, st: &mut State, before: State) -> Result<(), Status> {
+        if *st != before && (st.ptpl || before.ptpl) {
+            if let Err(e) = self.write_file(st) {
+                tracing::error!(file = ?self.file, "reservations not changed: the reservation file cannot be written: {e}");
+                *st = before;
+                return Err(Status::INTERNAL_ERROR);
+            }
+        }
+        self.publish(st);
+        Ok(())
+    }
+
+    fn write_file(&self, st: &State) -> std::io::Result<()> {
+        let Some(file) = &self.file else { return Err(std::io::Error::other("no reservation file")) };
+        if !st.ptpl {
+            return match std::fs::remove_file(file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        let saved = Saved {
+            written_by: concat!("holdfast ", env!("CARGO_PKG_VERSION")).into(),
+            nguid: hex(&self.nguid),
+            generation: st.gen,
+            reservation_type: st.reservation.map(|(t, _)| t as u8),
+            holder: st.reservation.map(|(_, h)| hex(&h)),
+            registrant: st
+                .registrants
+                .iter()
+                .map(|(h, k)| SavedRegistrant { host: hex(h), key: format!("{k:016x}") })
+                .collect(),
+        };
+        let text = toml::to_string(&saved).map_err(std::io::Error::other)?;
+        let mut tmp = file.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, file)?;
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::File::open(dir)?.sync_all()
+    }
+
     /// Whether host `hostid` may run a command of the write group (`write`: Write, Write Zeroes, Dataset
     /// Management, Flush) or the read group (Read) on this namespace: Reservation Conflict (DNR) if the
     /// reservation's type keeps it out.
@@ -144,6 +304,7 @@ pub fn execute(ctrl: &Controller, req: &Request, data: &[u8]) -> Response {
         let st = pr.state.lock();
         let report = ReservationReport {
             gen: st.gen,
+            ptpls: st.ptpl,
             rtype: st.reservation.map(|(t, _)| t),
             registrants: st
                 .registrants
@@ -158,15 +319,20 @@ pub fn execute(ctrl: &Controller, req: &Request, data: &[u8]) -> Response {
     };
     let iekey = cdw10 & r::IEKEY != 0;
     let mut st = pr.state.lock();
-    let before = st.reservation;
-    let result = match cmd {
-        Command::Register => register(&mut st, &host, cdw10, iekey, crkey, other),
+    let before = st.clone();
+    let mut result = match cmd {
+        Command::Register => register(&mut st, &host, cdw10, iekey, crkey, other, pr.ptpl_capable()),
         Command::Acquire => acquire(&mut st, &host, cdw10, iekey, crkey, other),
         Command::Release => release(&mut st, &host, cdw10, iekey, crkey),
         Command::Report => Ok(()),
     };
-    pr.publish(&st);
-    if st.reservation != before {
+    if result.is_err() {
+        *st = before.clone(); // a refused command changes nothing, whatever it had done before refusing
+    }
+    if let Err(e) = pr.commit(&mut st, before.clone()) {
+        result = Err(e);
+    }
+    if st.reservation != before.reservation {
         let now = st.reservation.map_or("none".to_string(), |(t, h)| format!("{} held by host {}", t.name(), hex(&h)));
         tracing::info!(subsys = %ctrl.subsys.nqn, nsid = ns.nsid, host = ?ctrl.hostnqn, "reservation: {now}");
     }
@@ -182,12 +348,39 @@ fn hex(b: &[u8]) -> String {
 
 const CONFLICT: Status = Status::RESERVATION_CONFLICT;
 
-/// Reservation Register: register `nrkey`, unregister, or replace the key (CRKEY checked unless IEKEY).
-fn register(st: &mut State, host: &[u8; 16], cdw10: u32, iekey: bool, crkey: u64, nrkey: u64) -> Result<(), Status> {
-    // Persist Through Power Loss is not supported (RESCAP bit 0): a request to turn it on is refused.
-    if cdw10 >> 30 == r::CPTPL_SET {
+/// Reservation Register: register `nrkey`, unregister, or replace the key (CRKEY checked unless IEKEY); then
+/// CPTPL: 10b turns Persist Through Power Loss off, 11b on (a namespace that is not `ptpl_capable`: Invalid
+/// Field), 01b is reserved.
+fn register(
+    st: &mut State,
+    host: &[u8; 16],
+    cdw10: u32,
+    iekey: bool,
+    crkey: u64,
+    nrkey: u64,
+    ptpl_capable: bool,
+) -> Result<(), Status> {
+    let cptpl = cdw10 >> 30;
+    if cptpl == 0b01 || (cptpl == r::CPTPL_SET && !ptpl_capable) {
         return Err(Status::INVALID_FIELD.with_dnr());
     }
+    register_action(st, host, cdw10, iekey, crkey, nrkey)?;
+    match cptpl {
+        0b10 => st.ptpl = false,
+        0b11 => st.ptpl = true,
+        _ => {}
+    }
+    Ok(())
+}
+
+fn register_action(
+    st: &mut State,
+    host: &[u8; 16],
+    cdw10: u32,
+    iekey: bool,
+    crkey: u64,
+    nrkey: u64,
+) -> Result<(), Status> {
     let mine = st.key_of(host);
     match r::action(cdw10) {
         r::RREGA_REGISTER => match mine {
@@ -325,7 +518,7 @@ mod tests {
     const C: [u8; 16] = [0xC; 16];
 
     fn reg(st: &mut State, h: &[u8; 16], key: u64) {
-        register(st, h, 0, false, 0, key).unwrap();
+        register(st, h, 0, false, 0, key, false).unwrap();
     }
     fn acq(action: u8, t: ReservationType) -> u32 {
         action as u32 | (t as u32) << 8
@@ -336,7 +529,7 @@ mod tests {
         let mut st = State::default();
         reg(&mut st, &A, 1);
         reg(&mut st, &A, 1); // the same key again: no change
-        assert_eq!(register(&mut st, &A, 0, false, 0, 2), Err(CONFLICT.with_dnr()), "another key");
+        assert_eq!(register(&mut st, &A, 0, false, 0, 2, false), Err(CONFLICT.with_dnr()), "another key");
         reg(&mut st, &B, 2);
         assert_eq!(st.gen, 2);
         // Acquire with a wrong key, then right; B cannot acquire over it; A again with its type is no change.
@@ -354,12 +547,20 @@ mod tests {
         assert_eq!(st.reservation, None);
         // Unregistering the holder releases; replace with IEKEY ignores the current key.
         acquire(&mut st, &A, acq(0, ExclusiveAccess), false, 1, 0).unwrap();
-        register(&mut st, &A, 2 | r::IEKEY, true, 0, 7).unwrap();
+        register(&mut st, &A, 2 | r::IEKEY, true, 0, 7, false).unwrap();
         assert_eq!(st.key_of(&A), Some(7));
         assert!(st.holds(&A), "a new key keeps the reservation");
-        register(&mut st, &A, 1, false, 7, 0).unwrap();
+        register(&mut st, &A, 1, false, 7, 0, false).unwrap();
         assert_eq!((st.reservation, st.key_of(&A)), (None, None));
-        assert_eq!(register(&mut st, &A, 3 << 30, false, 0, 1), Err(Status::INVALID_FIELD.with_dnr()), "CPTPL 11b");
+        let cptpl = |v: u32| v << 30;
+        assert_eq!(
+            register(&mut st, &A, cptpl(3), false, 0, 1, false),
+            Err(Status::INVALID_FIELD.with_dnr()),
+            "no PTPL"
+        );
+        assert_eq!(register(&mut st, &A, cptpl(1), false, 0, 1, true), Err(Status::INVALID_FIELD.with_dnr()), "01b");
+        register(&mut st, &A, cptpl(3), false, 0, 1, true).unwrap();
+        assert!(st.ptpl);
     }
 
     #[allow(non_snake_case)]
@@ -391,7 +592,7 @@ mod tests {
         assert!(st.holds(&A) && st.holds(&B));
         assert!(Reservations::default().check(&C, false).is_ok(), "no reservation: anything goes");
         // The holder A leaving keeps the reservation for B.
-        register(&mut st, &A, 1, false, 1, 0).unwrap();
+        register(&mut st, &A, 1, false, 1, 0, false).unwrap();
         assert_eq!(st.reservation.map(|(t, _)| t), Some(ExclusiveAccessAllRegistrants));
         assert!(st.holds(&B));
         reg(&mut st, &C, 3);
