@@ -534,6 +534,11 @@ impl Controller {
         self.raise_event(ev.to_dword(), LID_HOLDFAST_POLICY, None);
     }
 
+    /// Media accesses of this controller's queues in flight (commands past their gate and not finished).
+    pub fn media_inflight(&self) -> u64 {
+        self.gates.lock().iter().filter_map(|(_, g)| g.upgrade()).map(|g| g.inflight()).sum()
+    }
+
     /// Note that queue `qid`, bound to this controller, passes its media accesses through `gate`, so that the
     /// teardown fences them (design §5), and a Controller Level Reset those of the I/O queues. A queue bound
     /// after the teardown began has its gate killed here.

@@ -268,6 +268,14 @@ impl Subsystem {
         d.iter().filter(|(n, id, _)| n == hostnqn && id == hostid).map(|(_, _, g)| g.inflight()).sum()
     }
 
+    /// Commands of the dead associations of the host with Host Identifier `hostid` (any host NQN) still in
+    /// flight.
+    pub fn dead_inflight_of(&self, hostid: &[u8; 16]) -> u64 {
+        let mut d = self.dead.lock();
+        d.retain(|(_, _, g)| g.inflight() > 0);
+        d.iter().filter(|(_, id, _)| id == hostid).map(|(_, _, g)| g.inflight()).sum()
+    }
+
     /// Wait (at most `limit`) until every command of this host's dead associations has finished or been
     /// dropped before touching media. True if drained.
     pub async fn drain_host(&self, hostnqn: &str, hostid: &[u8; 16], limit: Duration) -> bool {

@@ -1497,6 +1497,29 @@ ana_group = {ns2_group}
     server.stop().await;
 }
 
+/// Admin and I/O queue 1 of host `hostid`.
+async fn host_queues(addr: SocketAddr, hostid: [u8; 16], hostnqn: &str) -> (Conn, Conn) {
+    use zerocopy::IntoBytes;
+    let connect = |qid: u16, cntlid: u16| {
+        let c = ConnectCommand::new(0, qid, if qid == 0 { 31 } else { 127 }, if qid == 0 { 5000 } else { 0 });
+        (c.to_sqe(), Bytes::copy_from_slice(ConnectData::new(hostid, cntlid, NQN, hostnqn).as_bytes()))
+    };
+    let mut a = Conn::ic(addr, false, false).await;
+    let (s, d) = connect(0, 0xFFFF);
+    let r = a.cmd(s, d).await.0;
+    assert_eq!(r.status(), Status::SUCCESS);
+    let cntlid = r.dw0.get() as u16;
+    assert_eq!(a.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
+    let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+    s.cdw10.set(0x07);
+    s.cdw11.set(0x0001_0001);
+    assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+    let mut q = Conn::ic(addr, false, false).await;
+    let (s, d) = connect(1, cntlid);
+    assert_eq!(q.cmd(s, d).await.0.status(), Status::SUCCESS);
+    (a, q)
+}
+
 /// Reservations between two hosts (two Host Identifiers): registration, a Write Exclusive reservation that
 /// keeps the other host's writes out but not its reads, a report with both registrants in the extended
 /// structure, preemption, release, clear; a report without EDS is Host Identifier Inconsistent Format.
@@ -1505,30 +1528,9 @@ async fn reservations_are_kept_per_host_and_checked_on_every_io() {
     use holdfast_proto::reservation::{ReservationKeys, ReservationReport, ReservationType};
     use zerocopy::IntoBytes;
     let (server, addr) = start("").await;
-    /// Admin and I/O queue 1 of host `hostid`.
-    async fn host(addr: SocketAddr, hostid: [u8; 16], hostnqn: &str) -> (Conn, Conn) {
-        let connect = |qid: u16, cntlid: u16| {
-            let c = ConnectCommand::new(0, qid, if qid == 0 { 31 } else { 127 }, if qid == 0 { 5000 } else { 0 });
-            (c.to_sqe(), Bytes::copy_from_slice(ConnectData::new(hostid, cntlid, NQN, hostnqn).as_bytes()))
-        };
-        let mut a = Conn::ic(addr, false, false).await;
-        let (s, d) = connect(0, 0xFFFF);
-        let r = a.cmd(s, d).await.0;
-        assert_eq!(r.status(), Status::SUCCESS);
-        let cntlid = r.dw0.get() as u16;
-        assert_eq!(a.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
-        let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
-        s.cdw10.set(0x07);
-        s.cdw11.set(0x0001_0001);
-        assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
-        let mut q = Conn::ic(addr, false, false).await;
-        let (s, d) = connect(1, cntlid);
-        assert_eq!(q.cmd(s, d).await.0.status(), Status::SUCCESS);
-        (a, q)
-    }
-    let (_a1, mut qa) = host(addr, HOSTID, HOSTNQN).await;
+    let (_a1, mut qa) = host_queues(addr, HOSTID, HOSTNQN).await;
     let (_b1, mut qb) =
-        host(addr, [0x22; 16], "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000002").await;
+        host_queues(addr, [0x22; 16], "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000002").await;
     let resv = |op: u8, cdw10: u32, keys: &[u8]| {
         let mut s = SubmissionEntry::new(op, 0);
         s.nsid.set(1);
@@ -1599,6 +1601,47 @@ async fn reservations_are_kept_per_host_and_checked_on_every_io() {
     // The controller says it supports them: ONCS bit 5; the namespace, every type and IEKEY (RESCAP).
     let (oncs, rescap) = reservation_support(addr).await;
     assert_eq!((oncs & (1 << 5), rescap), (1 << 5, 0xFE));
+    server.stop().await;
+}
+
+/// Preempt and Abort completes only once the preempted host's write in flight has reached the media: a read
+/// right after it finds that write's data (never the old data with the write landing later); the preempted
+/// host's next write is refused. A plain Preempt does not wait.
+#[tokio::test]
+async fn preempt_and_abort_waits_for_the_preempted_hosts_writes() {
+    use holdfast_proto::reservation::ReservationKeys;
+    use zerocopy::IntoBytes;
+    let settings = TargetSettings { test_delay_writes: Some(Duration::from_millis(400)), ..Default::default() };
+    let (server, addr) = start_with("", settings).await;
+    let (_aa, mut qa) = host_queues(addr, HOSTID, HOSTNQN).await;
+    let (_ab, mut qb) =
+        host_queues(addr, [0x22; 16], "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000002").await;
+    let resv = |op: u8, cdw10: u32, keys: &[u8]| {
+        let mut s = SubmissionEntry::new(op, 0);
+        s.nsid.set(1);
+        s.cdw10.set(cdw10);
+        s.dptr = SglDescriptor::incapsule(keys.len() as u32);
+        (s, Bytes::copy_from_slice(keys))
+    };
+    for (q, key) in [(&mut qa, 0xA1u64), (&mut qb, 0xB1)] {
+        let (s, d) = resv(io::RESERVATION_REGISTER, 0, ReservationKeys::new(0, key).as_bytes());
+        assert_eq!(q.cmd(s, d).await.0.status(), Status::SUCCESS);
+    }
+    let (s, d) = resv(io::RESERVATION_ACQUIRE, 1 << 8, ReservationKeys::new(0xA1, 0).as_bytes());
+    assert_eq!(qa.cmd(s, d).await.0.status(), Status::SUCCESS);
+    // A's write goes in and is held 400 ms before the media; B preempts A and aborts.
+    let mut w = rw_sqe(io::WRITE, 9, 1, SglDescriptor::incapsule(512));
+    w.cid.set(77);
+    qa.send(Pdu::CapsuleCmd(CapsuleCmd { sqe: w, data: Bytes::from(vec![0xA5; 512]) })).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (s, d) = resv(io::RESERVATION_ACQUIRE, 2 | 1 << 8, ReservationKeys::new(0xB1, 0xA1).as_bytes());
+    assert_eq!(qb.cmd(s, d).await.0.status(), Status::SUCCESS);
+    let (r, data) = qb.cmd(rw_sqe(io::READ, 9, 1, SglDescriptor::transport(512)), Bytes::new()).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    assert!(data.iter().all(|&b| b == 0xA5), "the preempted host's write landed before Preempt and Abort completed");
+    assert_eq!(qa.finish(77).await.0.status(), Status::SUCCESS, "it passed the check before the preemption");
+    let w = rw_sqe(io::WRITE, 9, 1, SglDescriptor::incapsule(512));
+    assert_eq!(qa.cmd(w, Bytes::from(vec![0x11; 512])).await.0.status(), Status::RESERVATION_CONFLICT.with_dnr());
     server.stop().await;
 }
 

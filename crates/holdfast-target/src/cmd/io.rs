@@ -304,6 +304,22 @@ fn log_backend_error(e: &io::Error) {
 /// Execute an I/O command.
 pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
     let Some(ctrl) = ctx.ctrl.clone() else { return Response::err(Status::COMMAND_SEQUENCE_ERROR).into() };
+    let gate = ctx.gate.enter();
+    // The reservation again, now that the command counts among its association's commands in flight: a
+    // Preempt and Abort that took this host's registration since the command was parsed (a write whose data
+    // came by R2T meanwhile) waits for the commands in flight, and one that enters after it is refused here
+    // (`reservation::execute`).
+    let conflict = match &req.exec {
+        Exec::Read { ns, .. } => ns.pr.check(&ctrl.hostid, false),
+        Exec::Write { ns, .. } | Exec::WriteZeroes { ns, .. } | Exec::DatasetManagement { ns, .. } => {
+            ns.pr.check(&ctrl.hostid, true)
+        }
+        Exec::Flush { ns } if ns.len() == 1 => ns[0].pr.check(&ctrl.hostid, true),
+        _ => Ok(()),
+    };
+    if let Err(s) = conflict {
+        return Response::err(s).into();
+    }
     let stats = &ctrl.subsys.stats;
     // The namespace whose I/O threads run the command, if its backend may block.
     let blocking = |ns: &Arc<Namespace>| ns.io.is_some().then(|| ns.clone());
@@ -322,7 +338,6 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
         Exec::WriteZeroes { ns, .. } | Exec::DatasetManagement { ns, .. } => blocking(ns),
         _ => None,
     };
-    let gate = ctx.gate.enter();
     let len = req.len;
     // Media and Data Integrity Errors count in the SMART log (Media and Data Integrity Errors: unrecovered
     // data integrity errors); a command refused for its fields does not. The transport logs every failure in

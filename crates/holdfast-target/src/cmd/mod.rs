@@ -164,7 +164,10 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
         | Exec::Flush { .. }
         | Exec::WriteZeroes { .. }
         | Exec::DatasetManagement { .. } => io::execute(ctx, req, data),
-        Exec::Reservation { .. } => with_ctrl(ctx, |c| reservation::execute(c, &req, &data)),
+        Exec::Reservation { .. } => match &ctx.ctrl {
+            Some(c) => reservation::execute(c, &req, &data),
+            None => Response::err(Status::COMMAND_SEQUENCE_ERROR).into(),
+        },
     }
 }
 

@@ -3,9 +3,10 @@
 //!
 //! A namespace's registrants are hosts, known by their Host Identifier: every controller of a host (its
 //! queues through any port, its association after a reconnect) shares its registration. The reservation has
-//! a type and a holder; with an All Registrants type every registrant holds it. Preempt and Abort preempts:
-//! commands of the preempted host that passed the check before it may still complete (the abort is not
-//! implemented; nvmet waits for them).
+//! a type and a holder; with an All Registrants type every registrant holds it. Preempt and Abort completes
+//! once the preempted hosts' commands in flight have finished (as nvmet waits for them; they are not cut
+//! short), and every I/O command checks the reservation again once it counts as in flight, so none of theirs
+//! lands after it.
 //!
 //! Persist Through Power Loss (PTPL; RESCAP bit 0, Feature 83h, Register's CPTPL) for a namespace on a regular
 //! file: while it is on, every change is written to `<file>.holdfast-pr` (a temporary file, fsync, rename,
@@ -18,7 +19,7 @@
 
 use crate::controller::Controller;
 use crate::namespace::Namespace;
-use crate::request::{Exec, ParseResult, Request, Response};
+use crate::request::{Deferred, Exec, Outcome, ParseResult, Request, Response};
 use holdfast_proto::reservation::{self as r, Registrant, ReservationReport, ReservationType};
 use holdfast_proto::{Status, SubmissionEntry};
 use parking_lot::Mutex;
@@ -295,8 +296,8 @@ pub fn parse(sqe: &SubmissionEntry, ns: Arc<Namespace>, cmd: Command) -> ParseRe
 }
 
 /// Run a parsed reservation command from `ctrl`'s host, `data` its keys.
-pub fn execute(ctrl: &Controller, req: &Request, data: &[u8]) -> Response {
-    let Exec::Reservation { ns, cmd } = &req.exec else { return Response::err(Status::INTERNAL_ERROR) };
+pub fn execute(ctrl: &Controller, req: &Request, data: &[u8]) -> Outcome {
+    let Exec::Reservation { ns, cmd } = &req.exec else { return Response::err(Status::INTERNAL_ERROR).into() };
     let cdw10 = req.sqe.cdw10.get();
     let host = ctrl.hostid;
     let pr = &ns.pr;
@@ -312,10 +313,10 @@ pub fn execute(ctrl: &Controller, req: &Request, data: &[u8]) -> Response {
                 .map(|(h, k)| Registrant { hostid: *h, rkey: *k, holds: st.holds(h) })
                 .collect(),
         };
-        return Response::data(bytes::Bytes::from(report.to_bytes(req.len)));
+        return Response::data(bytes::Bytes::from(report.to_bytes(req.len))).into();
     }
     let Some((crkey, other)) = r::ReservationKeys::parse(data) else {
-        return Response::err(Status::SGL_LENGTH_INVALID.with_dnr());
+        return Response::err(Status::SGL_LENGTH_INVALID.with_dnr()).into();
     };
     let iekey = cdw10 & r::IEKEY != 0;
     let mut st = pr.state.lock();
@@ -336,9 +337,43 @@ pub fn execute(ctrl: &Controller, req: &Request, data: &[u8]) -> Response {
         let now = st.reservation.map_or("none".to_string(), |(t, h)| format!("{} held by host {}", t.name(), hex(&h)));
         tracing::info!(subsys = %ctrl.subsys.nqn, nsid = ns.nsid, host = ?ctrl.hostnqn, "reservation: {now}");
     }
+    // Preempt and Abort: the preempted hosts' commands in flight (on this target: every media access of their
+    // controllers, and of their dead associations) finish before the command completes, so that none lands
+    // after the preempting host is told it has the namespace. Their commands that enter after the change are
+    // refused by the check `io::execute` makes once a command is in flight.
+    let preempted: Vec<[u8; 16]> =
+        before.registrants.iter().map(|(h, _)| *h).filter(|h| *h != host && st.key_of(h).is_none()).collect();
+    drop(st);
     match result {
-        Ok(()) => Response::ok(),
-        Err(s) => Response::err(s),
+        Ok(())
+            if *cmd == Command::Acquire && r::action(cdw10) == r::RACQA_PREEMPT_AND_ABORT && !preempted.is_empty() =>
+        {
+            let subsys = ctrl.subsys.clone();
+            Outcome::Later(Deferred::off_task(ns.clone(), move || {
+                wait_for_preempted(&subsys, &preempted);
+                Response::ok()
+            }))
+        }
+        Ok(()) => Response::ok().into(),
+        Err(s) => Response::err(s).into(),
+    }
+}
+
+/// Wait until no command of the hosts `hosts` is in flight on `subsys`'s media (a blocking thread's wait).
+fn wait_for_preempted(subsys: &crate::subsystem::Subsystem, hosts: &[[u8; 16]]) {
+    let inflight = || -> u64 {
+        let live: u64 =
+            subsys.controllers().iter().filter(|c| hosts.contains(&c.hostid)).map(|c| c.media_inflight()).sum();
+        live + hosts.iter().map(|h| subsys.dead_inflight_of(h)).sum::<u64>()
+    };
+    let start = std::time::Instant::now();
+    let mut warned = false;
+    while inflight() > 0 {
+        if !warned && start.elapsed() > std::time::Duration::from_secs(10) {
+            tracing::warn!(subsys = %subsys.nqn, "Preempt and Abort: still waiting for the preempted hosts' commands");
+            warned = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
