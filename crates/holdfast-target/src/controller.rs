@@ -534,9 +534,13 @@ impl Controller {
         self.raise_event(ev.to_dword(), LID_HOLDFAST_POLICY, None);
     }
 
-    /// Media accesses of this controller's queues in flight (commands past their gate and not finished).
-    pub fn media_inflight(&self) -> u64 {
-        self.gates.lock().iter().filter_map(|(_, g)| g.upgrade()).map(|g| g.inflight()).sum()
+    /// Block until every media access of this controller's queues that began before the call has finished
+    /// ([`AssociationGate::wait_for_earlier`]; a blocking thread's wait).
+    pub fn wait_for_earlier_media(&self) {
+        let gates: Vec<_> = self.gates.lock().iter().filter_map(|(_, g)| g.upgrade()).collect();
+        for g in gates {
+            g.wait_for_earlier();
+        }
     }
 
     /// Note that queue `qid`, bound to this controller, passes its media accesses through `gate`, so that the

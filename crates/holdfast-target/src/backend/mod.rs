@@ -91,17 +91,24 @@ pub fn cancelled() -> io::Error {
 }
 
 /// The per-association gate commands pass before touching media, and the count of such commands in flight.
+///
+/// The count is kept in two halves, and a command counts in the half the gate's epoch named when it entered:
+/// [`AssociationGate::wait_for_earlier`] moves new commands to the other half and waits for the first to
+/// empty, so it waits for the commands that entered before it, however busy the association stays.
 #[derive(Debug, Default)]
 pub struct AssociationGate {
     dead: AtomicBool,
-    inflight: AtomicU64,
+    inflight: [AtomicU64; 2],
+    epoch: std::sync::atomic::AtomicUsize,
+    /// Held by a [`AssociationGate::wait_for_earlier`] from its flip until its half is empty.
+    flip: parking_lot::Mutex<()>,
     enforce: bool,
 }
 
 impl AssociationGate {
     /// A new, live gate. With `enforce` false (a test-only setting) a dead association's commands still land.
     pub fn new(enforce: bool) -> Arc<Self> {
-        Arc::new(AssociationGate { dead: AtomicBool::new(false), inflight: AtomicU64::new(0), enforce })
+        Arc::new(AssociationGate { enforce, ..Default::default() })
     }
     /// Mark the association dead: commands that have not yet touched media will be dropped.
     pub fn kill(&self) {
@@ -113,12 +120,22 @@ impl AssociationGate {
     }
     /// Commands registered and not yet finished.
     pub fn inflight(&self) -> u64 {
-        self.inflight.load(Ordering::SeqCst)
+        self.inflight[0].load(Ordering::SeqCst) + self.inflight[1].load(Ordering::SeqCst)
     }
     /// Register a command; the returned guard unregisters it when dropped.
     pub fn enter(self: &Arc<Self>) -> MediaGate {
-        self.inflight.fetch_add(1, Ordering::SeqCst);
-        MediaGate { assoc: Some(self.clone()) }
+        let half = self.epoch.load(Ordering::SeqCst) & 1;
+        self.inflight[half].fetch_add(1, Ordering::SeqCst);
+        MediaGate { assoc: Some(self.clone()), half }
+    }
+    /// Block (a blocking thread's wait) until every command that entered before this call has finished;
+    /// commands entering meanwhile are not waited for.
+    pub fn wait_for_earlier(&self) {
+        let _one_at_a_time = self.flip.lock();
+        let old = self.epoch.fetch_add(1, Ordering::SeqCst) & 1;
+        while self.inflight[old].load(Ordering::SeqCst) != 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 }
 
@@ -126,12 +143,14 @@ impl AssociationGate {
 #[derive(Debug, Default)]
 pub struct MediaGate {
     assoc: Option<Arc<AssociationGate>>,
+    /// The half of the count it is in.
+    half: usize,
 }
 
 impl MediaGate {
     /// A gate that never refuses (internal use: shutdown flushes, tests).
     pub fn open() -> Self {
-        MediaGate { assoc: None }
+        MediaGate { assoc: None, half: 0 }
     }
     /// Call immediately before touching media. Errors if the association died (and drain is enforced).
     pub fn check(&self) -> io::Result<()> {
@@ -145,7 +164,7 @@ impl MediaGate {
 impl Drop for MediaGate {
     fn drop(&mut self) {
         if let Some(a) = &self.assoc {
-            a.inflight.fetch_sub(1, Ordering::SeqCst);
+            a.inflight[self.half].fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -164,6 +183,21 @@ mod tests {
         assert!(g.check().is_err());
         drop(g);
         assert_eq!(a.inflight(), 0);
+        // Waiting for earlier commands does not wait for later ones.
+        let early = a.enter();
+        let waiter = {
+            let a = a.clone();
+            std::thread::spawn(move || a.wait_for_earlier())
+        };
+        while a.epoch.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        let late = a.enter();
+        assert!(!waiter.is_finished());
+        drop(early);
+        waiter.join().unwrap();
+        assert_eq!(a.inflight(), 1, "the later command still counts");
+        drop(late);
         let lax = AssociationGate::new(false);
         lax.kill();
         assert!(lax.enter().check().is_ok(), "drain disabled: dead commands still land");

@@ -359,18 +359,18 @@ pub fn execute(ctrl: &Controller, req: &Request, data: &[u8]) -> Outcome {
     }
 }
 
-/// Wait until no command of the hosts `hosts` is in flight on `subsys`'s media (a blocking thread's wait).
+/// Wait until the commands of the hosts `hosts` in flight on `subsys` (those of their live controllers that
+/// began before the call, and all of their dead associations', which take no new ones) have finished: a
+/// blocking thread's wait.
 fn wait_for_preempted(subsys: &crate::subsystem::Subsystem, hosts: &[[u8; 16]]) {
-    let inflight = || -> u64 {
-        let live: u64 =
-            subsys.controllers().iter().filter(|c| hosts.contains(&c.hostid)).map(|c| c.media_inflight()).sum();
-        live + hosts.iter().map(|h| subsys.dead_inflight_of(h)).sum::<u64>()
-    };
+    for c in subsys.controllers().iter().filter(|c| hosts.contains(&c.hostid)) {
+        c.wait_for_earlier_media();
+    }
     let start = std::time::Instant::now();
     let mut warned = false;
-    while inflight() > 0 {
+    while hosts.iter().map(|h| subsys.dead_inflight_of(h)).sum::<u64>() > 0 {
         if !warned && start.elapsed() > std::time::Duration::from_secs(10) {
-            tracing::warn!(subsys = %subsys.nqn, "Preempt and Abort: still waiting for the preempted hosts' commands");
+            tracing::warn!(subsys = %subsys.nqn, "Preempt and Abort: still waiting for a preempted host's dead association");
             warned = true;
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
