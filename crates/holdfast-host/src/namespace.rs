@@ -7,9 +7,11 @@ use crate::error::{Error, Result};
 use bytes::{Bytes, BytesMut};
 use holdfast_proto::identify::{self, IdentifyNamespace, NsDescriptor};
 use holdfast_proto::opcode::io as op;
+use holdfast_proto::reservation;
 use holdfast_proto::sqe::{dsm, rw};
 use holdfast_proto::{Status, SubmissionEntry};
 use zerocopy::FromBytes;
+use zerocopy::IntoBytes;
 
 /// Zeroes for [`Namespace::write_zeroes`] on a controller without Write Zeroes: every such Write's data is a
 /// slice of this one buffer (1 MiB, the largest transfer the host sends in one command,
@@ -452,5 +454,101 @@ impl Namespace {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Reservation Register (NVMe Base 2.0 §8.19): `action` is [`reservation::RREGA_REGISTER`] (register
+    /// `new_key`), [`reservation::RREGA_UNREGISTER`] or [`reservation::RREGA_REPLACE`] (with `new_key`);
+    /// `current_key` is checked unless `ignore_key` (IEKEY). The registration is this host's (its Host
+    /// Identifier) on every controller of the subsystem.
+    ///
+    /// Reservation commands are not replayed after a lost connection (their effect is not idempotent, design
+    /// §4): one outstanding then fails with a retryable path error, and [`Namespace::reservation_report`] tells
+    /// whether it took effect.
+    pub async fn reservation_register(
+        &self,
+        action: u8,
+        current_key: u64,
+        new_key: u64,
+        ignore_key: bool,
+    ) -> Result<()> {
+        let cdw10 = (action as u32 & 0x7) | if ignore_key { reservation::IEKEY } else { 0 };
+        self.reservation_cmd(
+            op::RESERVATION_REGISTER,
+            cdw10,
+            reservation::ReservationKeys::new(current_key, new_key).as_bytes(),
+        )
+        .await
+    }
+
+    /// Reservation Acquire: `action` [`reservation::RACQA_ACQUIRE`], [`reservation::RACQA_PREEMPT`] or
+    /// [`reservation::RACQA_PREEMPT_AND_ABORT`] (the registrants with `preempt_key`, or the holder if it is its
+    /// key), for a reservation of type `rtype`, with this host's `current_key`.
+    pub async fn reservation_acquire(
+        &self,
+        action: u8,
+        rtype: reservation::ReservationType,
+        current_key: u64,
+        preempt_key: u64,
+    ) -> Result<()> {
+        let cdw10 = (action as u32 & 0x7) | (rtype as u32) << 8;
+        self.reservation_cmd(
+            op::RESERVATION_ACQUIRE,
+            cdw10,
+            reservation::ReservationKeys::new(current_key, preempt_key).as_bytes(),
+        )
+        .await
+    }
+
+    /// Reservation Release: release the reservation of type `rtype` this host holds, or with `clear` end every
+    /// registration and the reservation.
+    pub async fn reservation_release(
+        &self,
+        clear: bool,
+        rtype: reservation::ReservationType,
+        current_key: u64,
+    ) -> Result<()> {
+        let action = if clear { reservation::RRELA_CLEAR } else { reservation::RRELA_RELEASE };
+        let cdw10 = action as u32 | (rtype as u32) << 8;
+        self.reservation_cmd(op::RESERVATION_RELEASE, cdw10, &current_key.to_le_bytes()).await
+    }
+
+    /// Reservation Report, in the extended data structure (128-bit Host Identifiers): the generation, the
+    /// reservation and every registrant (read again, longer, when they do not fit 4 KiB).
+    pub async fn reservation_report(&self) -> Result<reservation::ReservationReport> {
+        self.check_gone()?;
+        let mut len = 4096usize;
+        loop {
+            let mut s = SubmissionEntry::new(op::RESERVATION_REPORT, 0);
+            s.nsid.set(self.nsid);
+            s.cdw10.set((len / 4 - 1) as u32);
+            s.cdw11.set(reservation::REPORT_EDS);
+            let c = finish(
+                self.ctrl.io_send_for(None, s, Bytes::new(), len, Some(&self.mark)).await?,
+                "Reservation Report",
+            )
+            .await?;
+            let bad = || Error::Protocol {
+                qid: 0,
+                what: format!("nsid {}: a Reservation Report shorter than its header", self.nsid),
+            };
+            let report = reservation::ReservationReport::parse(&c.data).ok_or_else(bad)?;
+            let regctl = u16::from_le_bytes([c.data[5], c.data[6]]) as usize;
+            let need = 64 * (1 + regctl);
+            if report.registrants.len() == regctl || need <= len || len >= self.ctrl.max_transfer() {
+                return Ok(report);
+            }
+            len = need.min(self.ctrl.max_transfer());
+        }
+    }
+
+    async fn reservation_cmd(&self, opcode: u8, cdw10: u32, data: &[u8]) -> Result<()> {
+        self.check_gone()?;
+        let mut s = SubmissionEntry::new(opcode, 0);
+        s.nsid.set(self.nsid);
+        s.cdw10.set(cdw10);
+        let name = holdfast_proto::opcode::io_name(opcode);
+        finish(self.ctrl.io_send_for(None, s, Bytes::copy_from_slice(data), 0, Some(&self.mark)).await?, name)
+            .await
+            .map(|_| ())
     }
 }

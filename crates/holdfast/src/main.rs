@@ -37,6 +37,8 @@ enum Command {
     Discover(cmd::discover::Args),
     /// Identify a controller (and a namespace).
     Identify(cmd::identify::Args),
+    /// A namespace's reservations: register, acquire, preempt, release, clear, report.
+    Resv(cmd::resv::Args),
     /// Read from a namespace to a file or stdout.
     Read(cmd::io::ReadArgs),
     /// Write a file or stdin to a namespace.
@@ -69,6 +71,7 @@ fn main() -> std::process::ExitCode {
         Command::TargetCtl(a) => cmd::target_ctl::run(a),
         Command::Discover(a) => cmd::discover::run(a),
         Command::Identify(a) => cmd::identify::run(a),
+        Command::Resv(a) => cmd::resv::run(a),
         Command::Read(a) => cmd::io::run_read(a),
         Command::Write(a) => cmd::io::run_write(a),
         Command::Bench(a) => cmd::bench::run(a),

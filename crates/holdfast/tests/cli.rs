@@ -596,3 +596,39 @@ fn gen_dhchap_key_prints_a_dhhc_1_secret() {
     let (rc, _, err) = holdfast(&["gen-dhchap-key", "--secret", "abcdefgh"]);
     assert!(rc != 0 && err.contains("not hexadecimal") && !err.contains("abcdefgh"), "{err}");
 }
+
+/// `holdfast resv`: register, acquire Write Exclusive, the report (JSON) shows this host holding it, release,
+/// clear; a bad type or key is refused with the reason before anything is sent.
+#[test]
+fn resv_registers_acquires_reports_and_clears() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "1"]);
+    let addr = t.addr();
+    let resv = |args: &[&str]| {
+        let mut all = vec!["resv", "--addr", &addr, "--nqn", NQN];
+        all.extend_from_slice(args);
+        holdfast(&all)
+    };
+    for args in [&["register", "--key", "0xa1"][..], &["acquire", "--key", "0xa1", "--type", "we"]] {
+        let (rc, _, err) = resv(args);
+        assert_eq!(rc, 0, "{args:?}: {err}");
+    }
+    let (rc, out, err) = resv(&["--json", "report"]);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((&v["type"], &v["generation"]), (&"we".into(), &1.into()), "{out}");
+    assert_eq!((&v["registrants"][0]["key"], &v["registrants"][0]["holds"]), (&"0xa1".into(), &true.into()), "{out}");
+    // Acquiring with another key: the target's Reservation Conflict, named.
+    let (rc, _, err) = resv(&["acquire", "--key", "5", "--type", "ea"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("Reservation Conflict"), "{err}");
+    for args in [&["release", "--key", "0xa1", "--type", "1"][..], &["clear", "--key", "0xa1"]] {
+        let (rc, _, err) = resv(args);
+        assert_eq!(rc, 0, "{args:?}: {err}");
+    }
+    let (rc, out, _) = resv(&["report"]);
+    assert_eq!(rc, 0);
+    assert!(out.contains("reservation: none") && !out.contains("registrant "), "{out}");
+    let (rc, _, err) = resv(&["acquire", "--key", "1", "--type", "shared"]);
+    assert_eq!(rc, 2);
+    assert!(err.contains("\"shared\" is not a reservation type"), "{err}");
+}

@@ -8,5 +8,6 @@ pub mod identify;
 pub mod io;
 pub mod nbd;
 pub mod proxy;
+pub mod resv;
 pub mod target;
 pub mod target_ctl;
