@@ -338,7 +338,8 @@ pub fn derived_serial(nqn: &str) -> String {
     derive("serial", nqn, 0)[..10].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+/// `2 * N` hex digits (dashes ignored, as in a UUID) as `N` bytes.
+pub(crate) fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let s: String = s.chars().filter(|c| *c != '-').collect();
     if s.len() != N * 2 {
         return None;

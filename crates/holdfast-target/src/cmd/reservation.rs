@@ -17,6 +17,7 @@
 //! No reservation notices are sent (log page 80h is not supported); the generation a Report carries tells a
 //! host that looks what changed.
 
+use crate::config::parse_hex;
 use crate::controller::Controller;
 use crate::namespace::Namespace;
 use crate::request::{Deferred, Exec, Outcome, ParseResult, Request, Response};
@@ -117,17 +118,6 @@ struct SavedRegistrant {
     key: String,
 }
 
-fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let mut out = [0u8; N];
-    if s.len() != 2 * N {
-        return None;
-    }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 impl Reservations {
     /// The reservations of a namespace on the regular file `data` whose NGUID is `nguid`: persistable, and
     /// as its reservation file left them if there is one (with PTPL on). A file that cannot be read or is not
@@ -146,12 +136,13 @@ impl Reservations {
         let bad = |why: String| anyhow::anyhow!("{}: {why} (remove it to start without reservations)", file.display());
         let saved: Saved =
             toml::from_str(&text).map_err(|e| bad(format!("not a reservation file: {}", e.message())))?;
-        if unhex::<16>(&saved.nguid) != Some(nguid) {
+        if parse_hex::<16>(&saved.nguid) != Some(nguid) {
             return Err(bad(format!("the reservations of another namespace (NGUID {})", saved.nguid)));
         }
         let mut st = State { ptpl: true, gen: saved.generation, ..Default::default() };
         for r in &saved.registrant {
-            let host = unhex::<16>(&r.host).ok_or_else(|| bad(format!("host \"{}\" is not 32 hex digits", r.host)))?;
+            let host =
+                parse_hex::<16>(&r.host).ok_or_else(|| bad(format!("host \"{}\" is not 32 hex digits", r.host)))?;
             let key = u64::from_str_radix(&r.key, 16).map_err(|_| bad(format!("key \"{}\" is not hex", r.key)))?;
             st.registrants.push((host, key));
         }
@@ -159,7 +150,7 @@ impl Reservations {
             (None, _) => None,
             (Some(t), Some(h)) => Some((
                 ReservationType::from_u8(t).ok_or_else(|| bad(format!("reservation type {t}")))?,
-                unhex::<16>(h)
+                parse_hex::<16>(h)
                     .filter(|h| st.key_of(h).is_some())
                     .ok_or_else(|| bad(format!("holder {h} is not a registrant")))?,
             )),
