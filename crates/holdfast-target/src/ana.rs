@@ -69,6 +69,18 @@ impl PortAna {
         }
     }
 
+    /// The status a command that uses a namespace of group `grp` fails with through this port, if any: the
+    /// I/O path's check, one load and a comparison while the group is Optimized or Non-Optimized.
+    #[inline]
+    pub fn command_status(&self, grp: u32) -> Option<holdfast_proto::Status> {
+        const OPTIMIZED: u8 = AnaState::Optimized as u8;
+        const NON_OPTIMIZED: u8 = AnaState::NonOptimized as u8;
+        match self.states.get(grp as usize).map(|s| s.load(Ordering::Relaxed)) {
+            None | Some(OPTIMIZED | NON_OPTIMIZED) => None,
+            Some(v) => AnaState::from_u8(v).and_then(AnaState::command_status),
+        }
+    }
+
     /// Group `grp`'s state through this port (Optimized for an ID out of range, which configuration refuses).
     pub fn state(&self, grp: u32) -> AnaState {
         self.states

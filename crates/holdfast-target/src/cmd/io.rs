@@ -27,7 +27,7 @@ pub const NSID_ALL: u32 = 0xFFFF_FFFF;
 /// command, as nvmet does.
 fn namespace(ctrl: &Controller, nsid: u32) -> Result<Arc<Namespace>, Status> {
     let ns = ctrl.subsys.namespace(nsid).ok_or(Status::INVALID_NAMESPACE.with_dnr())?;
-    match ctrl.ana.state(ns.ana_group()).command_status() {
+    match ctrl.ana.command_status(ns.ana_group()) {
         None => Ok(ns),
         Some(status) => Err(status),
     }
