@@ -25,6 +25,7 @@ pub const NSID_ALL: u32 = 0xFFFF_FFFF;
 /// Access Inaccessible, Persistent Loss or Transition: path errors, without DNR, for a multipath host to take
 /// the command to another path; NVMe Base 2.1 §8.1.1.3-8.1.1.6), checked before anything else about the
 /// command, as nvmet does.
+#[inline]
 fn namespace(ctrl: &Controller, nsid: u32) -> Result<Arc<Namespace>, Status> {
     let ns = ctrl.subsys.namespace(nsid).ok_or(Status::INVALID_NAMESPACE.with_dnr())?;
     match ctrl.ana.command_status(ns.ana_group()) {

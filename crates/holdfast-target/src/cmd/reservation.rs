@@ -237,10 +237,16 @@ impl Reservations {
     /// Whether host `hostid` may run a command of the write group (`write`: Write, Write Zeroes, Dataset
     /// Management, Flush) or the read group (Read) on this namespace: Reservation Conflict (DNR) if the
     /// reservation's type keeps it out.
+    #[inline]
     pub fn check(&self, hostid: &[u8; 16], write: bool) -> Result<(), Status> {
         if !self.reserved.load(Ordering::Acquire) {
             return Ok(());
         }
+        self.check_reserved(hostid, write)
+    }
+
+    #[inline(never)]
+    fn check_reserved(&self, hostid: &[u8; 16], write: bool) -> Result<(), Status> {
         let st = self.state.lock();
         match st.reservation {
             Some((t, _)) if !st.holds(hostid) && !t.allows(write, st.key_of(hostid).is_some()) => {
