@@ -1497,6 +1497,25 @@ ana_group = {ns2_group}
     server.stop().await;
 }
 
+/// A reservation command (Register, Acquire, Release) on `nsid` with its keys in the capsule.
+fn resv_cmd(op: u8, nsid: u32, cdw10: u32, keys: &[u8]) -> (SubmissionEntry, Bytes) {
+    let mut s = SubmissionEntry::new(op, 0);
+    s.nsid.set(nsid);
+    s.cdw10.set(cdw10);
+    s.dptr = SglDescriptor::incapsule(keys.len() as u32);
+    (s, Bytes::copy_from_slice(keys))
+}
+
+/// A Reservation Report of namespace 1 asking for `len` bytes, with the extended structure or not.
+fn resv_report(len: u32, eds: bool) -> SubmissionEntry {
+    let mut s = SubmissionEntry::new(io::RESERVATION_REPORT, 0);
+    s.nsid.set(1);
+    s.cdw10.set(len / 4 - 1);
+    s.cdw11.set(eds as u32);
+    s.dptr = SglDescriptor::transport(len);
+    s
+}
+
 /// Admin and I/O queue 1 of host `hostid`.
 async fn host_queues(addr: SocketAddr, hostid: [u8; 16], hostnqn: &str) -> (Conn, Conn) {
     use zerocopy::IntoBytes;
@@ -1531,24 +1550,11 @@ async fn reservations_are_kept_per_host_and_checked_on_every_io() {
     let (_a1, mut qa) = host_queues(addr, HOSTID, HOSTNQN).await;
     let (_b1, mut qb) =
         host_queues(addr, [0x22; 16], "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000002").await;
-    let resv = |op: u8, cdw10: u32, keys: &[u8]| {
-        let mut s = SubmissionEntry::new(op, 0);
-        s.nsid.set(1);
-        s.cdw10.set(cdw10);
-        s.dptr = SglDescriptor::incapsule(keys.len() as u32);
-        (s, Bytes::copy_from_slice(keys))
-    };
+    let resv = |op: u8, cdw10: u32, keys: &[u8]| resv_cmd(op, 1, cdw10, keys);
     let keys = |c: u64, o: u64| ReservationKeys::new(c, o).as_bytes().to_vec();
     let write = |slba| rw_sqe(io::WRITE, slba, 1, SglDescriptor::incapsule(512));
     let read = || rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512));
-    let report = |q_numd: u32, eds: bool| {
-        let mut s = SubmissionEntry::new(io::RESERVATION_REPORT, 0);
-        s.nsid.set(1);
-        s.cdw10.set(q_numd / 4 - 1);
-        s.cdw11.set(eds as u32);
-        s.dptr = SglDescriptor::transport(q_numd);
-        s
-    };
+    let report = resv_report;
     let data = || Bytes::from(vec![0x5Au8; 512]);
 
     // Both register (B twice with the same key: no change); A acquires Write Exclusive.
@@ -1616,13 +1622,7 @@ async fn preempt_and_abort_waits_for_the_preempted_hosts_writes() {
     let (_aa, mut qa) = host_queues(addr, HOSTID, HOSTNQN).await;
     let (_ab, mut qb) =
         host_queues(addr, [0x22; 16], "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000002").await;
-    let resv = |op: u8, cdw10: u32, keys: &[u8]| {
-        let mut s = SubmissionEntry::new(op, 0);
-        s.nsid.set(1);
-        s.cdw10.set(cdw10);
-        s.dptr = SglDescriptor::incapsule(keys.len() as u32);
-        (s, Bytes::copy_from_slice(keys))
-    };
+    let resv = |op: u8, cdw10: u32, keys: &[u8]| resv_cmd(op, 1, cdw10, keys);
     for (q, key) in [(&mut qa, 0xA1u64), (&mut qb, 0xB1)] {
         let (s, d) = resv(io::RESERVATION_REGISTER, 0, ReservationKeys::new(0, key).as_bytes());
         assert_eq!(q.cmd(s, d).await.0.status(), Status::SUCCESS);
@@ -1662,21 +1662,8 @@ async fn reservations_persist_through_a_restart_with_ptpl() {
         img.display()
     );
     let cfg = Config::parse(&text, "test").unwrap();
-    let resv = |op: u8, nsid: u32, cdw10: u32, keys: &[u8]| {
-        let mut s = SubmissionEntry::new(op, 0);
-        s.nsid.set(nsid);
-        s.cdw10.set(cdw10);
-        s.dptr = SglDescriptor::incapsule(keys.len() as u32);
-        (s, Bytes::copy_from_slice(keys))
-    };
-    let report = || {
-        let mut s = SubmissionEntry::new(io::RESERVATION_REPORT, 0);
-        s.nsid.set(1);
-        s.cdw10.set(4096 / 4 - 1);
-        s.cdw11.set(1);
-        s.dptr = SglDescriptor::transport(4096);
-        s
-    };
+    let resv = resv_cmd;
+    let report = || resv_report(4096, true);
     let feature = |op: u8, v: u32| {
         let mut s = SubmissionEntry::new(op, 0);
         s.nsid.set(1);
