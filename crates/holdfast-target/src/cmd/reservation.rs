@@ -572,10 +572,10 @@ mod tests {
         assert_eq!(acquire(&mut st, &A, acq(0, ExclusiveAccess), false, 1, 0), Err(CONFLICT.with_dnr()));
         assert_eq!(st.gen, 2, "acquiring does not move the generation");
         // B releasing what it does not hold: no change. A releasing with the wrong type: Invalid Field.
-        release(&mut st, &B, RRELA_WITH(WriteExclusive), false, 2).unwrap();
+        release(&mut st, &B, release_of(WriteExclusive), false, 2).unwrap();
         assert!(st.holds(&A));
-        assert_eq!(release(&mut st, &A, RRELA_WITH(ExclusiveAccess), false, 1), Err(Status::INVALID_FIELD.with_dnr()));
-        release(&mut st, &A, RRELA_WITH(WriteExclusive), false, 1).unwrap();
+        assert_eq!(release(&mut st, &A, release_of(ExclusiveAccess), false, 1), Err(Status::INVALID_FIELD.with_dnr()));
+        release(&mut st, &A, release_of(WriteExclusive), false, 1).unwrap();
         assert_eq!(st.reservation, None);
         // Unregistering the holder releases; replace with IEKEY ignores the current key.
         acquire(&mut st, &A, acq(0, ExclusiveAccess), false, 1, 0).unwrap();
@@ -595,8 +595,8 @@ mod tests {
         assert!(st.ptpl);
     }
 
-    #[allow(non_snake_case)]
-    fn RRELA_WITH(t: ReservationType) -> u32 {
+    /// A Release's CDW10 for type `t` (action 0, release).
+    fn release_of(t: ReservationType) -> u32 {
         (t as u32) << 8
     }
 
@@ -648,7 +648,7 @@ mod tests {
         assert_eq!(pr.check(&C, true), Err(CONFLICT.with_dnr()), "a stranger writes");
         {
             let mut st = pr.state.lock();
-            release(&mut st, &A, RRELA_WITH(WriteExclusiveRegistrantsOnly), false, 1).unwrap();
+            release(&mut st, &A, release_of(WriteExclusiveRegistrantsOnly), false, 1).unwrap();
             pr.publish(&st);
         }
         assert_eq!(pr.check(&C, true), Ok(()), "released");
