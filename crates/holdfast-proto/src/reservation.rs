@@ -1,7 +1,7 @@
 //! Reservations: the command fields and data structures of Reservation Register, Report, Acquire and Release.
 //!
 //! Sources: NVMe Base Specification 2.0 §8.19 "Reservations" (the reservation types and which commands each
-//! lets through), NVM Command Set Specification 1.0 §3.2.4-3.2.7 (the four commands: their Command Dword 10/11
+//! lets through) and §7.2-7.5 (Reservation Acquire, Register, Release, Report: their Command Dword 10/11
 //! fields, the Reservation Register / Acquire / Release data structures, and the Reservation Status Extended
 //! Data Structure with its Registered Controller Extended Data Structures), and Identify Namespace RESCAP.
 //! Over fabrics a host is known by its 128-bit Host Identifier, so reports use the extended structures
@@ -109,7 +109,7 @@ impl ReservationType {
 }
 
 /// The data of a Reservation Register (CRKEY, NRKEY) or Acquire (CRKEY, PRKEY) command: two keys, 16 bytes
-/// (NVM Command Set 1.0, figures "Reservation Register Data Structure" and "Reservation Acquire Data
+/// (NVMe Base 2.0 §7.2-7.3, figures "Reservation Register Data Structure" and "Reservation Acquire Data
 /// Structure"). A Release carries the first key alone (8 bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
@@ -135,7 +135,7 @@ impl ReservationKeys {
     }
 }
 
-/// Header of the Reservation Status Extended Data Structure, 64 bytes (NVM Command Set 1.0, figure
+/// Header of the Reservation Status Extended Data Structure, 64 bytes (NVMe Base 2.0 §7.5, figure
 /// "Reservation Status Extended Data Structure"); [`RegisteredControllerExt`]s follow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
@@ -158,7 +158,7 @@ const _: () = assert!(core::mem::size_of::<ReservationStatusExt>() == 64);
 const _: () = assert!(core::mem::offset_of!(ReservationStatusExt, regctl) == 5);
 const _: () = assert!(core::mem::offset_of!(ReservationStatusExt, ptpls) == 9);
 
-/// One Registered Controller Extended Data Structure, 64 bytes (NVM Command Set 1.0, figure "Registered
+/// One Registered Controller Extended Data Structure, 64 bytes (NVMe Base 2.0 §7.5, figure "Registered
 /// Controller Extended Data Structure").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]

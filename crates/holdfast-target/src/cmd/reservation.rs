@@ -1,4 +1,4 @@
-//! Reservations (NVMe Base 2.0 §8.19; NVM Command Set 1.0 §3.2.4-3.2.7): Reservation Register, Report,
+//! Reservations (NVMe Base 2.0 §8.19, the commands in §7.2-7.5): Reservation Register, Report,
 //! Acquire and Release, and the check every I/O command passes ([`Reservations::check`]).
 //!
 //! A namespace's registrants are hosts, known by their Host Identifier: every controller of a host (its
@@ -431,9 +431,7 @@ fn register_action(
                     e.1 = nrkey;
                 }
             }
-            // Replace by a host not registered, ignoring the key it does not have: registers it (NVM Command
-            // Set 1.0 §3.2.6.1).
-            None if iekey => st.registrants.push((*host, nrkey)),
+            // A host not registered has no key to replace, IEKEY or not (as nvmet answers).
             _ => return Err(CONFLICT.with_dnr()),
         },
         _ => return Err(Status::INVALID_FIELD.with_dnr()),
@@ -580,6 +578,7 @@ mod tests {
         // Unregistering the holder releases; replace with IEKEY ignores the current key.
         acquire(&mut st, &A, acq(0, ExclusiveAccess), false, 1, 0).unwrap();
         register(&mut st, &A, 2 | r::IEKEY, true, 0, 7, false).unwrap();
+        assert_eq!(register(&mut st, &C, 2 | r::IEKEY, true, 0, 7, false), Err(CONFLICT.with_dnr()), "C has no key");
         assert_eq!(st.key_of(&A), Some(7));
         assert!(st.holds(&A), "a new key keeps the reservation");
         register(&mut st, &A, 1, false, 7, 0, false).unwrap();
