@@ -5,7 +5,8 @@
 #      C2HData alone (SUCCESS flag)
 #   2. RAM namespace, 4096-byte blocks, no digests
 #   3. file namespace
-#   4. nvme-cli: every Identify, log page and feature the target claims; two controller resets
+#   4. nvme-cli: every Identify, log page and feature the target claims (ana-log included), reservations on a
+#      file namespace with persist through power loss (its file gone once PTPL is off); two controller resets
 #   5. a configuration reload under the connected host: namespace 1 (a file) grows, a RAM namespace 2 is added;
 #      the host must learn both from the target's notice, without reconnecting
 #   6. a write-protected file namespace (--read-only): a read-only disk to the host, which reads the image and
@@ -95,8 +96,14 @@ nodigest_4k() { start_target --ram-mib 64 --block-size 4096; local rc=0
   "$interop/kernel-host.sh" --port "$port" --nqn "$nqn" --mib 16 -- -q || rc=$?; stop_target; ((rc == 0)) && echo HOST-ROLE-PASSED; return $rc; }
 file_ns() { start_target --file "$logs/ns.img" --size-mib 64 --block-size 512; local rc=0
   "$interop/kernel-host.sh" --port "$port" --nqn "$nqn" --mib 16 -- -q || rc=$?; stop_target; ((rc == 0)) && echo HOST-ROLE-PASSED; return $rc; }
-nvme_cli() { start_target --ram-mib 64 --block-size 4096; local rc=0
-  "$interop/kernel-host.sh" --port "$port" --nqn "$nqn" --guest-script "$root/tests/interop/guest-nvme-cli.sh" || rc=$?; stop_target; return $rc; }
+nvme_cli() {  # a file namespace: reservations may persist through power loss (RESCAP bit 0)
+  rm -f "$logs/cli.img" "$logs/cli.img.holdfast-pr"
+  start_target --file "$logs/cli.img" --size-mib 64 --block-size 4096; local rc=0
+  "$interop/kernel-host.sh" --port "$port" --nqn "$nqn" --guest-script "$root/tests/interop/guest-nvme-cli.sh" || rc=$?; stop_target
+  ((rc == 0)) || return $rc
+  # The guest turned PTPL off as it unregistered: the reservation file is gone.
+  [[ ! -e $logs/cli.img.holdfast-pr ]] || { echo "the reservation file outlived PTPL"; return 1; }
+}
 
 ns_config() {  # ns_config NS1_MIB [EXTRA]: a configuration file's text: port $port, namespace 1 a file
   printf '[[port]]\nid = 1\nlisten = "127.0.0.1:%s"\n[[subsystem]]\nnqn = "%s"\nallow_any_host = true\n' "$port" "$nqn"

@@ -33,16 +33,18 @@ log "write/read-back"; rw_check "$dev" 8
 log "flush"; nvme flush "$dev" -n 1
 log "write-zeroes"; nvme write-zeroes "$dev" -n 1 -s 0 -c 7
 log "dsm deallocate"; nvme dsm "$dev" -n 1 -d -s 8 -b 8
-# Reservations: register, acquire Write Exclusive, the report (extended structure: 128-bit host IDs) shows this
-# host holding it with its key, I/O goes on (the holder writes), release, unregister.
-log "resv-register"; nvme resv-register "$dev" -n 1 --nrkey=0xa1 --rrega=0
+# Reservations: register (Persist Through Power Loss on: the namespace is a file), acquire Write Exclusive, the
+# report (extended structure: 128-bit host IDs) shows this host holding it with its key and PTPL on, I/O goes on
+# (the holder writes), release, unregister turning PTPL off.
+log "resv-register"; nvme resv-register "$dev" -n 1 --nrkey=0xa1 --rrega=0 --cptpl=3
 log "resv-acquire"; nvme resv-acquire "$dev" -n 1 --crkey=0xa1 --rtype=1 --racqa=0
 log "resv-report"; out=$(nvme resv-report "$dev" -n 1 --eds); printf '%s\n' "$out"
 printf '%s\n' "$out" | grep -Eq "rtype *: *1" || { echo "resv-report: no Write Exclusive reservation"; exit 1; }
 printf '%s\n' "$out" | grep -Eq "rkey *: *(0x)?a1" || { echo "resv-report: no registrant with key a1"; exit 1; }
+printf '%s\n' "$out" | grep -Eq "ptpls *: *1" || { echo "resv-report: persist through power loss not on"; exit 1; }
 log "write/read-back as the holder"; rw_check "$dev" 2
 log "resv-release"; nvme resv-release "$dev" -n 1 --crkey=0xa1 --rtype=1 --rrela=0
-log "resv-register (unregister)"; nvme resv-register "$dev" -n 1 --crkey=0xa1 --rrega=1
+log "resv-register (unregister)"; nvme resv-register "$dev" -n 1 --crkey=0xa1 --rrega=1 --cptpl=2
 out=$(nvme resv-report "$dev" -n 1 --eds); printf '%s\n' "$out" | grep -Eq "regctl *: *0" || { echo "resv-report after unregistering: $out"; exit 1; }
 # Checked here, before the resets: the kernel logs each as "resetting controller", which kernel_errors counts.
 kernel_errors
