@@ -532,8 +532,10 @@ impl Namespace {
                 what: format!("nsid {}: a Reservation Report shorter than its header", self.nsid),
             };
             let report = reservation::ReservationReport::parse(&c.data).ok_or_else(bad)?;
-            let regctl = u16::from_le_bytes([c.data[5], c.data[6]]) as usize;
-            let need = 64 * (1 + regctl);
+            let (header, _) = reservation::ReservationStatusExt::read_from_prefix(&c.data).map_err(|_| bad())?;
+            let regctl = header.regctl.get() as usize;
+            let need = core::mem::size_of::<reservation::ReservationStatusExt>()
+                + regctl * core::mem::size_of::<reservation::RegisteredControllerExt>();
             if report.registrants.len() == regctl || need <= len || len >= self.ctrl.max_transfer() {
                 return Ok(report);
             }

@@ -598,11 +598,17 @@ pub enum AnaLogError {
 }
 
 impl AnaLog {
+    /// The length of a page of `groups` descriptors holding `nsids` NSIDs in all: what a host reads to be
+    /// sure of the whole page with NANAGRPID groups and MNAN namespaces (NVMe Base 2.1 §5.1.12.1.13).
+    pub fn len_for(groups: usize, nsids: usize) -> usize {
+        core::mem::size_of::<AnaLogHeader>() + groups * core::mem::size_of::<AnaGroupDescriptor>() + nsids * 4
+    }
+
     /// The page's bytes: the header, then each group's descriptor and NSIDs (none with `rgo`, Return Groups
     /// Only, NNSID then 0).
     pub fn to_bytes(&self, rgo: bool) -> Vec<u8> {
         let nsids: usize = if rgo { 0 } else { self.groups.iter().map(|g| g.nsids.len()).sum() };
-        let mut v = Vec::with_capacity(16 + 32 * self.groups.len() + 4 * nsids);
+        let mut v = Vec::with_capacity(Self::len_for(self.groups.len(), nsids));
         let mut h = AnaLogHeader::new_zeroed();
         h.chgcnt.set(self.chgcnt);
         h.ngrps.set(self.groups.len() as u16);

@@ -32,8 +32,7 @@ pub const ANACAP: u8 = 0x1F;
 /// host reads that many bytes, and libnvme (nvme-cli's `ana-log`) reads them 4 KiB at a time: an offset past
 /// the descriptors must still be inside the page.
 pub fn log_len(rgo: bool) -> usize {
-    let nsids = if rgo { 0 } else { crate::MAX_NSID as usize * 4 };
-    16 + 32 * ANAGRPMAX as usize + nsids
+    AnaLog::len_for(ANAGRPMAX as usize, if rgo { 0 } else { crate::MAX_NSID as usize })
 }
 
 /// A port's configured states: `default` for every group but those in `groups`.

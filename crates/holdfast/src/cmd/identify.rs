@@ -1,6 +1,6 @@
 //! `holdfast identify`: Identify Controller (and Namespace) of a subsystem.
 
-use super::common::{runtime, HostArgs};
+use super::common::{hex, runtime, HostArgs};
 use clap::Args as ClapArgs;
 use holdfast_host::{Controller, Namespace};
 use holdfast_proto::identify::{get_ascii, NsDescriptor};
@@ -22,10 +22,6 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Run.
@@ -104,7 +100,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 /// The controller's Asymmetric Namespace Access log page (LID 0Ch), as long as Identify Controller says it can
 /// be (NANAGRPID descriptors and MNAN NSIDs, within 1 MiB); None, with a warning, if it cannot be read.
 async fn ana_log(c: &Controller, id: &holdfast_proto::identify::IdentifyController) -> Option<AnaLog> {
-    let len = (16 + 32 * id.nanagrpid.get() as usize + 4 * id.mnan.get() as usize).next_multiple_of(4).min(1 << 20);
+    let len = AnaLog::len_for(id.nanagrpid.get() as usize, id.mnan.get() as usize).next_multiple_of(4).min(1 << 20);
     let mut s = SubmissionEntry::new(holdfast_proto::opcode::admin::GET_LOG_PAGE, 0);
     holdfast_proto::sqe::get_log_page::set(&mut s, holdfast_proto::log_page::LID_ANA, 0, len as u32, 0);
     s.nsid.set(0xFFFF_FFFF);
