@@ -263,17 +263,21 @@ impl Subsystem {
 
     /// Commands of this host's dead associations still in flight.
     pub fn dead_inflight(&self, hostnqn: &str, hostid: &[u8; 16]) -> u64 {
-        let mut d = self.dead.lock();
-        d.retain(|(_, _, g)| g.inflight() > 0);
-        d.iter().filter(|(n, id, _)| n == hostnqn && id == hostid).map(|(_, _, g)| g.inflight()).sum()
+        self.dead_inflight_where(|n, id| n == hostnqn && id == hostid)
     }
 
     /// Commands of the dead associations of the host with Host Identifier `hostid` (any host NQN) still in
     /// flight.
     pub fn dead_inflight_of(&self, hostid: &[u8; 16]) -> u64 {
+        self.dead_inflight_where(|_, id| id == hostid)
+    }
+
+    /// Commands in flight of the dead associations whose (host NQN, Host Identifier) `which` picks; the
+    /// drained ones are forgotten.
+    fn dead_inflight_where(&self, which: impl Fn(&str, &[u8; 16]) -> bool) -> u64 {
         let mut d = self.dead.lock();
         d.retain(|(_, _, g)| g.inflight() > 0);
-        d.iter().filter(|(_, id, _)| id == hostid).map(|(_, _, g)| g.inflight()).sum()
+        d.iter().filter(|(n, id, _)| which(n, id)).map(|(_, _, g)| g.inflight()).sum()
     }
 
     /// Wait (at most `limit`) until every command of this host's dead associations has finished or been

@@ -106,6 +106,11 @@ impl HostArgs {
     }
 }
 
+/// Bytes as lowercase hexadecimal, as identifiers (EUI-64, NGUID, Host Identifier) are printed.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// The runtime for a command: one worker thread per CPU this process may run on (its affinity mask, so
 /// `taskset -c 1 holdfast bench` gets one), or `HOLDFAST_WORKER_THREADS`. With a single CPU the runtime is
 /// current-thread: every task runs on the thread that drives the socket, with no cross-thread wake-ups

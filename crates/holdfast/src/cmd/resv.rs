@@ -2,7 +2,7 @@
 //! clear, report. The host's registration is its Host Identifier's (`--hostnqn` / `/etc/nvme/hostid`, as
 //! nvme-cli), shared by every controller it has on the subsystem.
 
-use super::common::{runtime, HostArgs};
+use super::common::{hex, runtime, HostArgs};
 use anyhow::Context;
 use clap::{Args as ClapArgs, Subcommand};
 use holdfast_host::{Controller, Namespace};
@@ -124,10 +124,6 @@ fn parse_type(s: &str) -> Result<ReservationType, String> {
         .map(|(_, t)| *t)
         .or_else(|| s.parse::<u8>().ok().and_then(ReservationType::from_u8))
         .ok_or_else(|| format!("\"{s}\" is not a reservation type (we, ea, we-ro, ea-ro, we-ar, ea-ar, or 1..6)"))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Run.
