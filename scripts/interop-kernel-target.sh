@@ -88,12 +88,7 @@ grep -q '"controller_lost":null,' $logs/outage.json
 EOS
 
 run_outage() {
-  local name=kernel-target-ride-through port rc=0; port=$(free_port)
-  echo "=== $name"
-  "$interop/vm.sh" -q -l "$logs/$name-console.log" -t 600 -p "$port:4420" -e "NQN=$nqn" -e SIZE_MIB=64 -e BLOCK=4096 -e OUTAGES=2 \
-    -H "bash $logs/outage.sh $port" "$root/tests/interop/guest-target-outage.sh" >"$logs/$name.log" 2>&1 || rc=$?
-  if ((rc == 0)); then pass=$((pass + 1)); echo "    pass"; grep -E "connection restored|\"iops\"" "$logs/$name.log" | sed 's/^/    /'
-  else fail=$((fail + 1)); echo "    FAIL (exit $rc)"; tail -n 40 "$logs/$name.log" | sed 's/^/    /'; console_tail "$name"; fi
+  run_vm_case kernel-target-ride-through outage guest-target-outage.sh "connection restored|\"iops\"" -e OUTAGES=2
 }
 
 # ANA transitions at the kernel target: its guest script puts the namespace's ANA group in the Change state
@@ -107,13 +102,18 @@ grep -q '"verify_mismatches":0,' $logs/ana.json
 grep -q '"outages":0,' $logs/ana.json
 EOS
 
-run_ana() {
-  local name=kernel-target-ana port rc=0; port=$(free_port)
+run_ana() { run_vm_case kernel-target-ana ana guest-target-ana.sh "transition [0-9]|\"iops\""; }
+
+# run_vm_case NAME HOST_SCRIPT GUEST_SCRIPT SHOW [vm.sh -e ...]: the kernel target in a VM running
+# tests/interop/GUEST_SCRIPT while $logs/HOST_SCRIPT.sh runs here against it; on a pass, the lines of its log and
+# of the guest's console that match SHOW.
+run_vm_case() {
+  local name=$1 host=$2 guest=$3 show=$4 port rc=0; shift 4; port=$(free_port)
   echo "=== $name"
-  "$interop/vm.sh" -q -l "$logs/$name-console.log" -t 600 -p "$port:4420" -e "NQN=$nqn" -e SIZE_MIB=64 -e BLOCK=4096 \
-    -H "bash $logs/ana.sh $port" "$root/tests/interop/guest-target-ana.sh" >"$logs/$name.log" 2>&1 || rc=$?
+  "$interop/vm.sh" -q -l "$logs/$name-console.log" -t 600 -p "$port:4420" -e "NQN=$nqn" -e SIZE_MIB=64 -e BLOCK=4096 "$@" \
+    -H "bash $logs/$host.sh $port" "$root/tests/interop/$guest" >"$logs/$name.log" 2>&1 || rc=$?
   if ((rc == 0)); then pass=$((pass + 1)); echo "    pass"
-    grep -hE "transition [0-9]" "$logs/$name-console.log" | sed 's/^/    /'; grep -E "\"iops\"" "$logs/$name.log" | sed 's/^/    /'
+    grep -hE "$show" "$logs/$name-console.log" "$logs/$name.log" | sed 's/^/    /'
   else fail=$((fail + 1)); echo "    FAIL (exit $rc)"; tail -n 40 "$logs/$name.log" | sed 's/^/    /'; console_tail "$name"; fi
 }
 
