@@ -11,6 +11,13 @@ pub const SQE_SIZE: usize = 64;
 /// PSDT (byte 1 bits 7:6) value for "SGLs used, metadata pointer is an address": the value NVMe-oF requires.
 pub const PSDT_SGL: u8 = 0x1 << 6;
 
+/// FUSE (byte 1 bits 1:0) of the first command of a fused operation (NVMe Base 2.0 §3.4.2, Figure 87): in
+/// the NVM command set, the Compare of a Compare and Write.
+pub const FUSE_FIRST: u8 = 0b01;
+/// FUSE of the second command of a fused operation: the Write of a Compare and Write, next in the same
+/// submission queue after its first.
+pub const FUSE_SECOND: u8 = 0b10;
+
 /// A Submission Queue Entry (Figure 87). Fabrics commands overlay the same 64 bytes (see
 /// [`crate::fabrics`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -74,9 +81,13 @@ impl SubmissionEntry {
     pub fn nsid(&self) -> u32 {
         self.nsid.get()
     }
-    /// FUSE bits (0 = normal).
+    /// FUSE bits (0 = normal, [`FUSE_FIRST`], [`FUSE_SECOND`]; 11b is reserved).
     pub fn fuse(&self) -> u8 {
         self.flags & 0x3
+    }
+    /// Set the FUSE bits.
+    pub fn set_fuse(&mut self, fuse: u8) {
+        self.flags = (self.flags & !0x3) | (fuse & 0x3);
     }
     /// PSDT, the data pointer's kind (byte 1 bits 7:6; [`PSDT_SGL`] >> 6 = 01b is what NVMe-oF allows).
     pub fn psdt(&self) -> u8 {

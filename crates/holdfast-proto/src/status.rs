@@ -50,6 +50,12 @@ statuses! {
     ABORT_REQUESTED = (sct::GENERIC, 0x07),
     /// Command Aborted due to SQ Deletion.
     ABORTED_SQ_DELETION = (sct::GENERIC, 0x08),
+    /// Command Aborted due to Failed Fused Command: the other command of its fused operation failed
+    /// (NVMe Base 2.0 §3.4.2).
+    ABORTED_FAILED_FUSED = (sct::GENERIC, 0x09),
+    /// Command Aborted due to Missing Fused Command: the command next to it in the submission queue is not the
+    /// other half of its fused operation (NVMe Base 2.0 §3.4.2).
+    ABORTED_MISSING_FUSED = (sct::GENERIC, 0x0A),
     /// Invalid Namespace or Format.
     INVALID_NAMESPACE = (sct::GENERIC, 0x0B),
     /// Command Sequence Error.
@@ -120,6 +126,8 @@ statuses! {
     WRITE_FAULT = (sct::MEDIA, 0x80),
     /// Unrecovered Read Error.
     UNRECOVERED_READ_ERROR = (sct::MEDIA, 0x81),
+    /// Compare Failure: a Compare command's data differs from the namespace's (NVM Command Set 1.0 §3.2.1).
+    COMPARE_FAILURE = (sct::MEDIA, 0x85),
     /// Internal Path Error.
     INTERNAL_PATH_ERROR = (sct::PATH, 0x00),
     /// Asymmetric Access Persistent Loss: the namespace's ANA group is in the Persistent Loss state on this

@@ -58,6 +58,15 @@ pub enum Exec {
         /// Byte offset.
         offset: u64,
     },
+    /// Compare the host's `len` bytes with the namespace's at byte `offset` (NVM Command Set 1.0 §3.2.1); as
+    /// the first command of a fused operation, the Compare of a Compare and Write
+    /// ([`crate::cmd::io::execute_fused`]).
+    Compare {
+        /// Namespace.
+        ns: Arc<Namespace>,
+        /// Byte offset.
+        offset: u64,
+    },
     /// Write at byte `offset`.
     Write {
         /// Namespace.
@@ -173,34 +182,54 @@ pub enum Outcome {
     Held,
 }
 
-/// A command's blocking backend work, not yet started.
-pub struct Deferred {
+/// What a command's work answers with if it panicked: Internal Error (every command of it, for a fused
+/// operation's pair).
+pub trait WorkResult: Send + 'static {
+    /// The answer of a work that panicked.
+    fn internal_error() -> Self;
+}
+
+impl WorkResult for Response {
+    fn internal_error() -> Self {
+        Response::err(Status::INTERNAL_ERROR)
+    }
+}
+
+impl WorkResult for (Response, Response) {
+    fn internal_error() -> Self {
+        (Response::err(Status::INTERNAL_ERROR), Response::err(Status::INTERNAL_ERROR))
+    }
+}
+
+/// A command's blocking backend work, not yet started: one command's [`Response`], or the two of a fused
+/// operation ([`FusedOutcome`]).
+pub struct Deferred<T: WorkResult = Response> {
     ns: Arc<Namespace>,
-    work: Box<dyn FnOnce() -> Response + Send>,
+    work: Box<dyn FnOnce() -> T + Send>,
     /// Never inline: without I/O threads, on tokio's blocking pool.
     off_task: bool,
 }
 
-impl Deferred {
+impl<T: WorkResult> Deferred<T> {
     /// Work to run on `ns`'s I/O threads (inline, on the caller's thread, if it has none).
-    pub fn new(ns: Arc<Namespace>, work: impl FnOnce() -> Response + Send + 'static) -> Deferred {
+    pub fn new(ns: Arc<Namespace>, work: impl FnOnce() -> T + Send + 'static) -> Deferred<T> {
         Deferred { ns, work: Box::new(work), off_task: false }
     }
 
     /// Work too long to run on a connection's task even for a backend that never blocks (a deallocation
     /// over gigabytes of a RAM namespace): on `ns`'s I/O threads, or tokio's blocking pool if it has none, so
     /// that the runtime's other connections and timers go on meanwhile. Must be started on a runtime.
-    pub fn off_task(ns: Arc<Namespace>, work: impl FnOnce() -> Response + Send + 'static) -> Deferred {
+    pub fn off_task(ns: Arc<Namespace>, work: impl FnOnce() -> T + Send + 'static) -> Deferred<T> {
         Deferred { ns, work: Box::new(work), off_task: true }
     }
 
     /// Start the work; `done` gets its response, on the I/O thread that ran it (a panic in the work is
     /// answered with Internal Error, as tokio's blocking pool did).
-    pub fn run(self, done: impl FnOnce(Response) + Send + 'static) {
+    pub fn run(self, done: impl FnOnce(T) + Send + 'static) {
         let work = self.work;
         let job = move || {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
-            done(r.unwrap_or_else(|_| Response::err(Status::INTERNAL_ERROR)))
+            done(r.unwrap_or_else(|_| T::internal_error()))
         };
         match &self.ns.io {
             Some(pool) => pool.submit(Box::new(job)),
@@ -208,6 +237,15 @@ impl Deferred {
             None => job(),
         }
     }
+}
+
+/// How a fused operation (a Compare and Write, [`crate::cmd::io::execute_fused`]) finishes: the responses of
+/// its first command (the Compare) and its second (the Write).
+pub enum FusedOutcome {
+    /// Now.
+    Done(Response, Response),
+    /// Later, on the namespace's I/O threads.
+    Later(Deferred<(Response, Response)>),
 }
 
 impl From<Response> for Outcome {

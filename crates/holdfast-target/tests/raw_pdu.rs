@@ -2996,3 +2996,148 @@ mod dhchap {
         server.stop().await;
     }
 }
+
+/// The completions of `cids`, in whatever order they come (C2HData is not expected): their statuses by CID.
+async fn statuses_of(q: &mut Conn, cids: &[u16]) -> std::collections::HashMap<u16, Status> {
+    let mut got = std::collections::HashMap::new();
+    while got.len() < cids.len() {
+        match q.recv().await {
+            Pdu::CapsuleResp(r) => {
+                let cid = r.cqe.cid();
+                assert!(cids.contains(&cid), "completion for CID {cid}, not one of {cids:?}");
+                let status = Status(r.cqe.status().0 & !(1 << 13)); // More: an Error Information entry was made
+                assert!(got.insert(cid, status).is_none(), "two completions for CID {cid}");
+            }
+            p => panic!("expected completions, got {p:?}"),
+        }
+    }
+    got
+}
+
+/// The first `blocks` 512-byte blocks of namespace 1.
+async fn read0(q: &mut Conn, blocks: u32) -> Vec<u8> {
+    q.cmd(rw_sqe(io::READ, 0, blocks, SglDescriptor::transport(blocks * 512)), Bytes::new()).await.1
+}
+
+/// A Compare or Write of `blocks` 512-byte blocks at `slba` with in-capsule data `byte`, fused as `fuse`.
+fn fused_rw(op: u8, slba: u64, blocks: u32, fuse: u8, byte: u8) -> (SubmissionEntry, Bytes) {
+    let len = blocks * 512;
+    let mut s = rw_sqe(op, slba, blocks, SglDescriptor::incapsule(len));
+    s.set_fuse(fuse);
+    (s, Bytes::from(vec![byte; len as usize]))
+}
+
+/// Compare (ONCS bit 0) and the Compare and Write fused operation (FUSES bit 0; NVMe Base 2.0 §3.4.2), with
+/// every status a fused pair can end in: both done; a miscompare (Compare Failure, and the Write aborted as its
+/// fused command failed, nothing written); a first followed by another command (Missing Fused Command for the
+/// first, the other runs); a second alone (Missing Fused); the two on different blocks (Invalid Field for the
+/// second, Failed Fused for the first); a fused Read (Invalid Field) whose second is aborted; and a pair whose
+/// data comes by R2T.
+#[tokio::test]
+async fn compare_and_fused_compare_and_write_answer_as_the_spec_says() {
+    use holdfast_proto::sqe::{FUSE_FIRST, FUSE_SECOND};
+    let (server, addr) = start("").await;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let id = a.identify_controller().await;
+    assert_ne!(id.oncs.get() & holdfast_proto::identify::ONCS_COMPARE, 0, "ONCS: Compare");
+    assert_eq!(id.fuses.get(), holdfast_proto::identify::FUSES_COMPARE_AND_WRITE, "FUSES: Compare and Write");
+    assert_eq!(id.acwu.get(), 63, "ACWU: MDTS (256 KiB) in 4 KiB blocks, 0's based");
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    let (s, d) = fused_rw(io::WRITE, 0, 2, 0, 0xAA);
+    assert_eq!(q.cmd(s, d).await.0.status(), Status::SUCCESS);
+
+    // Compare alone.
+    let (s, d) = fused_rw(io::COMPARE, 0, 2, 0, 0xAA);
+    assert_eq!(q.cmd(s, d).await.0.status(), Status::SUCCESS, "equal data");
+    let (s, mut d) = fused_rw(io::COMPARE, 0, 2, 0, 0xAA);
+    let mut last_differs = d.to_vec();
+    last_differs[1023] = 0;
+    d = Bytes::from(last_differs);
+    assert_eq!(q.cmd(s, d).await.0.status(), Status::COMPARE_FAILURE.with_dnr(), "one byte differs");
+
+    // Compare and Write: done, then a miscompare that writes nothing.
+    let pair = |expect: u8, new: u8| {
+        [fused_rw(io::COMPARE, 0, 2, FUSE_FIRST, expect), fused_rw(io::WRITE, 0, 2, FUSE_SECOND, new)]
+    };
+    let [(c, cd), (w, wd)] = pair(0xAA, 0xCC);
+    q.send_raw(&capsules(&q.f, [(10, c, cd), (11, w, wd)])).await;
+    let st = statuses_of(&mut q, &[10, 11]).await;
+    assert_eq!((st[&10], st[&11]), (Status::SUCCESS, Status::SUCCESS));
+    assert_eq!(read0(&mut q, 2).await, vec![0xCC; 1024], "the write landed");
+    let [(c, cd), (w, wd)] = pair(0xAA, 0xDD);
+    q.send_raw(&capsules(&q.f, [(12, c, cd), (13, w, wd)])).await;
+    let st = statuses_of(&mut q, &[12, 13]).await;
+    assert_eq!((st[&12], st[&13]), (Status::COMPARE_FAILURE.with_dnr(), Status::ABORTED_FAILED_FUSED));
+    assert_eq!(read0(&mut q, 2).await, vec![0xCC; 1024], "a miscompare writes nothing");
+
+    // A first whose next command is not its second; a second alone.
+    let (c, cd) = fused_rw(io::COMPARE, 0, 2, FUSE_FIRST, 0xCC);
+    let (w, wd) = fused_rw(io::WRITE, 4, 1, 0, 0xEE);
+    q.send_raw(&capsules(&q.f, [(14, c, cd), (15, w, wd)])).await;
+    let st = statuses_of(&mut q, &[14, 15]).await;
+    assert_eq!((st[&14], st[&15]), (Status::ABORTED_MISSING_FUSED, Status::SUCCESS));
+    let (w, wd) = fused_rw(io::WRITE, 0, 2, FUSE_SECOND, 0x11);
+    assert_eq!(q.cmd(w, wd).await.0.status(), Status::ABORTED_MISSING_FUSED, "a second without a first");
+    assert_eq!(read0(&mut q, 2).await, vec![0xCC; 1024], "neither wrote");
+
+    // Not the same blocks; a fused Read.
+    let (c, cd) = fused_rw(io::COMPARE, 0, 2, FUSE_FIRST, 0xCC);
+    let (w, wd) = fused_rw(io::WRITE, 1, 2, FUSE_SECOND, 0x22);
+    q.send_raw(&capsules(&q.f, [(16, c, cd), (17, w, wd)])).await;
+    let st = statuses_of(&mut q, &[16, 17]).await;
+    assert_eq!((st[&16], st[&17]), (Status::ABORTED_FAILED_FUSED, Status::INVALID_FIELD.with_dnr()));
+    let mut r = rw_sqe(io::READ, 0, 2, SglDescriptor::transport(1024));
+    r.set_fuse(FUSE_FIRST);
+    let (w, wd) = fused_rw(io::WRITE, 0, 2, FUSE_SECOND, 0x33);
+    q.send_raw(&capsules(&q.f, [(18, r, Bytes::new()), (19, w, wd)])).await;
+    let st = statuses_of(&mut q, &[18, 19]).await;
+    assert_eq!((st[&18], st[&19]), (Status::INVALID_FIELD.with_dnr(), Status::ABORTED_FAILED_FUSED));
+    assert_eq!(read0(&mut q, 2).await, vec![0xCC; 1024], "neither wrote");
+
+    // 64 KiB each, data by R2T: the first's asked for, then the second's.
+    let mut c = rw_sqe(io::COMPARE, 0, 128, SglDescriptor::transport(64 << 10));
+    c.set_fuse(FUSE_FIRST);
+    let mut w = rw_sqe(io::WRITE, 0, 128, SglDescriptor::transport(64 << 10));
+    w.set_fuse(FUSE_SECOND);
+    for slba in (0..128).step_by(32) {
+        let (s, d) = fused_rw(io::WRITE, slba, 32, 0, 0x5A); // in-capsule: 16 KiB at most
+        assert_eq!(q.cmd(s, d).await.0.status(), Status::SUCCESS);
+    }
+    q.send_raw(&capsules(&q.f, [(20, c, Bytes::new()), (21, w, Bytes::new())])).await;
+    for (cid, byte) in [(20u16, 0x5Au8), (21, 0xA5)] {
+        let Pdu::R2T(r) = q.recv().await else { panic!("expected the R2T of CID {cid}") };
+        assert_eq!((r.cccid, r.r2to, r.r2tl), (cid, 0, 64 << 10));
+        let data = Bytes::from(vec![byte; 64 << 10]);
+        q.send(Pdu::H2CData(H2CData { cccid: cid, ttag: r.ttag, datao: 0, data, last: true })).await;
+    }
+    let st = statuses_of(&mut q, &[20, 21]).await;
+    assert_eq!((st[&20], st[&21]), (Status::SUCCESS, Status::SUCCESS));
+    assert_eq!(read0(&mut q, 128).await, vec![0xA5; 64 << 10]);
+    server.stop().await;
+}
+
+/// A fused pair whose second's data fails its digest: the second fails with Transient Transport Error and
+/// the first, whose data had come, is aborted (Failed Fused Command) instead of waiting for ever; nothing is
+/// written, and the queue goes on.
+#[tokio::test]
+async fn a_fused_write_whose_data_fails_its_digest_aborts_its_compare() {
+    use holdfast_proto::sqe::{FUSE_FIRST, FUSE_SECOND};
+    let (server, addr) = start("").await;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, true).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, true).await;
+    let (c, cd) = fused_rw(io::COMPARE, 0, 32, FUSE_FIRST, 0);
+    let mut w = rw_sqe(io::WRITE, 0, 32, SglDescriptor::transport(16 << 10));
+    w.set_fuse(FUSE_SECOND);
+    q.send_raw(&capsules(&q.f, [(5, c, cd), (6, w, Bytes::new())])).await;
+    let Pdu::R2T(r) = q.recv().await else { panic!("expected the write's R2T") };
+    assert_eq!(r.cccid, 6);
+    let h2c =
+        Pdu::H2CData(H2CData { cccid: 6, ttag: r.ttag, datao: 0, data: Bytes::from(vec![9u8; 16 << 10]), last: true });
+    let mut b = BytesMut::from(&h2c.to_bytes(&q.f)[..]);
+    b[200] ^= 1;
+    q.send_raw(&b).await;
+    let st = statuses_of(&mut q, &[5, 6]).await;
+    assert_eq!((st[&5], st[&6]), (Status::ABORTED_FAILED_FUSED, Status::TRANSIENT_TRANSPORT_ERROR));
+    assert_block0_zero(&mut q, "the pair never ran").await;
+    server.stop().await;
+}

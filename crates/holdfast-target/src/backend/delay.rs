@@ -4,7 +4,7 @@
 //! ones. Enabled only by the hidden `--test-delay-writes-ms` / `--test-delay-every` flags. It can also make
 //! every flush wait (tests only, [`crate::TargetSettings::test_delay_flushes`]), as a slow disk's `fdatasync`.
 
-use super::{Backend, MediaGate};
+use super::{Backend, CompareAndWrite, MediaGate};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,6 +46,17 @@ impl Backend for DelayWrites {
     fn write_at(&self, offset: u64, data: &[u8], fua: bool, gate: &MediaGate) -> io::Result<()> {
         self.maybe_wait();
         self.inner.write_at(offset, data, fua, gate)
+    }
+    fn compare_and_write(
+        &self,
+        offset: u64,
+        expected: &[u8],
+        data: &[u8],
+        fua: bool,
+        gate: &MediaGate,
+    ) -> CompareAndWrite {
+        self.maybe_wait();
+        self.inner.compare_and_write(offset, expected, data, fua, gate)
     }
     fn flush(&self, gate: &MediaGate) -> io::Result<()> {
         if let Some(d) = self.flush_delay {

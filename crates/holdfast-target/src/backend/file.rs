@@ -11,7 +11,7 @@
 //! A Flush's `fdatasync` makes the file's data durable, not the directory entry that names it: a file the
 //! target creates is `fsync`ed, then its directory, before its namespace is served ([`sync_created`]).
 
-use super::{Backend, MediaGate};
+use super::{Backend, CompareAndWrite, MediaGate};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -135,6 +135,31 @@ impl FileBackend {
             .collect()
     }
 
+    /// Read `buf.len()` bytes at `offset`, the caller holding the range's lock.
+    fn read_locked(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                // The file is never shorter than the namespace (`open` grows it): it was truncated since, and
+                // the blocks cut off are lost, not zeroes.
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "{} ends before byte {}: truncated under the target",
+                            self.path.display(),
+                            offset + done as u64
+                        ),
+                    ))
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// The error every write, flush and zeroing returns once an `fdatasync` failed.
     fn failed(&self) -> io::Result<()> {
         if self.sync_failed.load(Ordering::Acquire) {
@@ -246,27 +271,7 @@ impl Backend for FileBackend {
     fn read_at(&self, offset: u64, buf: &mut [u8], gate: &MediaGate) -> io::Result<()> {
         gate.check()?;
         let _range = self.lock(offset, buf.len() as u64, false);
-        let mut done = 0;
-        while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], offset + done as u64) {
-                // The file is never shorter than the namespace (`open` grows it): it was truncated since, and
-                // the blocks cut off are lost, not zeroes.
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "{} ends before byte {}: truncated under the target",
-                            self.path.display(),
-                            offset + done as u64
-                        ),
-                    ))
-                }
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        self.read_locked(offset, buf)
     }
     fn read_inline(&self, offset: u64, len: usize, gate: &MediaGate) -> Option<io::Result<bytes::Bytes>> {
         if !self.nowait.load(Ordering::Relaxed) || len == 0 || offset.saturating_add(len as u64) > self.size {
@@ -308,6 +313,39 @@ impl Backend for FileBackend {
             self.datasync()?;
         }
         Ok(())
+    }
+    /// The range is locked exclusively for the read, the compare and the write (the page cache alone would
+    /// let another write land between them).
+    fn compare_and_write(
+        &self,
+        offset: u64,
+        expected: &[u8],
+        data: &[u8],
+        fua: bool,
+        gate: &MediaGate,
+    ) -> CompareAndWrite {
+        debug_assert_eq!(expected.len(), data.len());
+        if let Err(e) = gate.check() {
+            return CompareAndWrite::ReadFailed(e);
+        }
+        let range = self.lock(offset, data.len() as u64, true);
+        let mut current = vec![0u8; expected.len()];
+        if let Err(e) = self.read_locked(offset, &mut current) {
+            return CompareAndWrite::ReadFailed(e);
+        }
+        if current != expected {
+            return CompareAndWrite::Miscompare;
+        }
+        if let Err(e) = self.failed().and_then(|()| self.file.write_all_at(data, offset)) {
+            return CompareAndWrite::WriteFailed(e);
+        }
+        drop(range);
+        if fua {
+            if let Err(e) = self.datasync() {
+                return CompareAndWrite::WriteFailed(e);
+            }
+        }
+        CompareAndWrite::Written
     }
     fn flush(&self, gate: &MediaGate) -> io::Result<()> {
         gate.check()?;
@@ -372,6 +410,14 @@ impl Backend for FileBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Compare and Write across two stripes of the range lock is atomic.
+    #[test]
+    fn compare_and_write_across_stripes_loses_no_increment() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = std::sync::Arc::new(FileBackend::open(&dir.path().join("ns"), Some(4 << 20)).unwrap());
+        crate::backend::checks::compare_and_write_loses_no_increment(b, (1 << STRIPE_SHIFT) - 8);
+    }
 
     #[test]
     fn read_inline_answers_from_the_page_cache() {

@@ -7,7 +7,7 @@
 //! (rare: only while a response referencing the chunk is being sent) against how many reads fit in one
 //! chunk (every aligned transfer up to 128 KiB).
 
-use super::{prefetch_line, Backend, MediaGate};
+use super::{prefetch_line, Backend, CompareAndWrite, MediaGate};
 use bytes::Bytes;
 use parking_lot::RwLock;
 use std::io;
@@ -245,6 +245,43 @@ impl Backend for RamBackend {
         }
         Ok(())
     }
+    /// Every chunk of the range is locked for writing, in ascending order, for the compare and the write
+    /// together; every other call holds one chunk at a time, so none waits for this one while holding what it
+    /// waits for.
+    fn compare_and_write(
+        &self,
+        offset: u64,
+        expected: &[u8],
+        data: &[u8],
+        _fua: bool,
+        gate: &MediaGate,
+    ) -> CompareAndWrite {
+        debug_assert_eq!(expected.len(), data.len());
+        let len = data.len() as u64;
+        if let Err(e) = self.check_range(offset, len).and_then(|()| gate.check()) {
+            return CompareAndWrite::ReadFailed(e);
+        }
+        if len == 0 {
+            return CompareAndWrite::Written;
+        }
+        let first = (offset >> CHUNK_SHIFT) as usize;
+        let last = ((offset + len - 1) >> CHUNK_SHIFT) as usize;
+        let mut held: smallvec::SmallVec<[_; 3]> = self.chunks[first..=last].iter().map(|c| c.write()).collect();
+        for (idx, within, n, pos) in Self::pieces(offset, len) {
+            let want = &expected[pos..pos + n];
+            let equal = match &*held[idx - first] {
+                Some(c) => &c[within..within + n] == want,
+                None => want.iter().all(|&b| b == 0),
+            };
+            if !equal {
+                return CompareAndWrite::Miscompare;
+            }
+        }
+        for (idx, within, n, pos) in Self::pieces(offset, len) {
+            copy_in(&mut writable(&mut held[idx - first])[within..within + n], &data[pos..pos + n]);
+        }
+        CompareAndWrite::Written
+    }
     fn flush(&self, gate: &MediaGate) -> io::Result<()> {
         gate.check()
     }
@@ -369,6 +406,13 @@ mod tests {
         stream_copy(dst, src);
         #[cfg(not(target_arch = "x86_64"))]
         copy_in(dst, src);
+    }
+
+    /// Compare and Write across two chunks is atomic (both chunks held for the compare and the write).
+    #[test]
+    fn compare_and_write_across_chunks_loses_no_increment() {
+        let b = Arc::new(RamBackend::new(4 * CHUNK));
+        crate::backend::checks::compare_and_write_loses_no_increment(b, CHUNK - 8);
     }
 
     #[test]

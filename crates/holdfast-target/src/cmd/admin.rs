@@ -4,7 +4,7 @@
 
 use crate::controller::{Controller, KAS_100MS, MAX_AERS, MAX_IO_QUEUES, MAX_QUEUE_ENTRIES};
 use crate::namespace::Namespace;
-use crate::request::{Deferred, Outcome, QueueCtx, Request, Response, MDTS};
+use crate::request::{Deferred, Outcome, QueueCtx, Request, Response, MAX_TRANSFER, MDTS};
 use crate::transport::tcp::IO_INCAPSULE;
 use holdfast_proto::fabrics::VERSION_2_0;
 use holdfast_proto::features as fid;
@@ -68,7 +68,11 @@ pub fn identify_controller(c: &Controller) -> IdentifyController {
     d.anacap = crate::ana::ANACAP;
     d.anagrpmax.set(crate::ana::ANAGRPMAX);
     d.nanagrpid.set(crate::ana::ANAGRPMAX);
-    d.oncs.set(id::ONCS_DSM | id::ONCS_WRITE_ZEROES | id::ONCS_SAVE_SELECT | id::ONCS_RESERVATIONS);
+    d.oncs.set(id::ONCS_COMPARE | id::ONCS_DSM | id::ONCS_WRITE_ZEROES | id::ONCS_SAVE_SELECT | id::ONCS_RESERVATIONS);
+    // Compare and Write (cmd::io::execute_fused) holds its whole range, so any of them within MDTS is atomic;
+    // ACWU is said in logical blocks for every format at once: MDTS in the largest blocks, 4 KiB.
+    d.fuses.set(id::FUSES_COMPARE_AND_WRITE);
+    d.acwu.set((MAX_TRANSFER / 4096 - 1) as u16);
     d.vwc = id::VWC_PRESENT | id::VWC_FLUSH_BROADCAST;
     d.cqt.set(policy.cqt_ms.min(u16::MAX as u32) as u16);
     // Command Retry Delay Times (100 ms units), selected by CRD in retryable statuses once the host enables

@@ -1,14 +1,17 @@
-//! NVM command set I/O commands (NVM Command Set Specification 1.0 §3): Read, Write (FUA), Flush, Write
-//! Zeroes (DEAC), Dataset Management (deallocate); the reservation commands are parsed here and run in
+//! NVM command set I/O commands (NVM Command Set Specification 1.0 §3): Read, Write (FUA), Compare, the
+//! Compare and Write fused operation ([`execute_fused`]), Flush, Write Zeroes (DEAC), Dataset Management
+//! (deallocate); the reservation commands are parsed here and run in
 //! [`super::reservation`], whose check every command that uses a namespace passes. Blocking backends run on their namespace's I/O threads (a
 //! file read the page cache can answer runs inline); the RAM backend runs inline on the queue's task, and its
 //! reads are sent from its own memory (`Backend::read_inline`).
 
 use super::reservation;
-use crate::backend::MediaGate;
+use crate::backend::{CompareAndWrite, MediaGate};
 use crate::controller::Controller;
 use crate::namespace::Namespace;
-use crate::request::{DataDir, Deferred, Exec, Outcome, ParseResult, QueueCtx, Request, Response, MAX_TRANSFER};
+use crate::request::{
+    DataDir, Deferred, Exec, FusedOutcome, Outcome, ParseResult, QueueCtx, Request, Response, MAX_TRANSFER,
+};
 use bytes::{Bytes, BytesMut};
 use holdfast_proto::opcode::io as op;
 use holdfast_proto::sqe::{dsm, rw};
@@ -95,20 +98,24 @@ pub fn prefetch<'a>(ctrl: &Controller, sqes: impl Iterator<Item = &'a Submission
 pub fn parse(_ctx: &QueueCtx, ctrl: &Controller, sqe: &SubmissionEntry) -> ParseResult {
     let req = |exec, dir, len| Ok(Request { sqe: *sqe, exec, dir, len });
     match sqe.opcode {
-        op::READ | op::WRITE => {
+        // Compare is in the read command group of reservations (NVMe Base 2.0 Figure 432).
+        op::READ | op::WRITE | op::COMPARE => {
+            let write = sqe.opcode == op::WRITE;
             let ns = namespace(ctrl, sqe.nsid())?;
-            ns.pr.check(&ctrl.hostid, sqe.opcode == op::WRITE)?;
-            let ns = if sqe.opcode == op::WRITE { writable(ns)? } else { ns };
+            ns.pr.check(&ctrl.hostid, write)?;
+            let ns = if write { writable(ns)? } else { ns };
             let (slba, nlb) = (rw::slba(sqe), rw::nlb(sqe) as u64);
             let (offset, len) = ns.byte_range(slba, nlb).ok_or(Status::LBA_OUT_OF_RANGE.with_dnr())?;
             if len as usize > MAX_TRANSFER {
                 return Err(Status::INVALID_FIELD.with_dnr());
             }
-            if sqe.opcode == op::READ {
-                req(Exec::Read { ns, offset }, DataDir::ToHost, len as usize)
-            } else {
-                let fua = sqe.cdw12.get() & rw::FUA != 0;
-                req(Exec::Write { ns, offset, fua }, DataDir::ToController, len as usize)
+            match sqe.opcode {
+                op::READ => req(Exec::Read { ns, offset }, DataDir::ToHost, len as usize),
+                op::COMPARE => req(Exec::Compare { ns, offset }, DataDir::ToController, len as usize),
+                _ => {
+                    let fua = sqe.cdw12.get() & rw::FUA != 0;
+                    req(Exec::Write { ns, offset, fua }, DataDir::ToController, len as usize)
+                }
             }
         }
         op::FLUSH => {
@@ -220,6 +227,17 @@ fn run(exec: Exec, len: usize, data: Bytes, gate: MediaGate, write_through: &Ato
                 Err(e) => Response::err(media_status(&e, false)),
             };
         }
+        Exec::Compare { ns, offset } => {
+            let mut buf = BytesMut::with_capacity(len);
+            return match ns.backend.read_append(offset, len, &mut buf, &gate) {
+                Ok(()) if buf[..] == data[..] => Response::ok(),
+                Ok(()) => Response::err(COMPARE_FAILURE),
+                Err(e) => {
+                    log_backend_error(&e);
+                    Response::err(media_status(&e, false))
+                }
+            };
+        }
         Exec::Write { ns, offset, fua } => {
             let durable = fua || write_through();
             ns.backend
@@ -311,7 +329,7 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
     // came by R2T meanwhile) waits for the commands in flight, and one that enters after it is refused here
     // (`reservation::execute`).
     let conflict = match &req.exec {
-        Exec::Read { ns, .. } => ns.pr.check(&ctrl.hostid, false),
+        Exec::Read { ns, .. } | Exec::Compare { ns, .. } => ns.pr.check(&ctrl.hostid, false),
         Exec::Write { ns, .. } | Exec::WriteZeroes { ns, .. } | Exec::DatasetManagement { ns, .. } => {
             ns.pr.check(&ctrl.hostid, true)
         }
@@ -325,7 +343,8 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
     // The namespace whose I/O threads run the command, if its backend may block.
     let blocking = |ns: &Arc<Namespace>| ns.io.is_some().then(|| ns.clone());
     let offload = match &req.exec {
-        Exec::Read { ns, .. } => {
+        // The SMART log's Host Read Commands and Data Units Read count Compares too (NVMe Base 2.0 Figure 207).
+        Exec::Read { ns, .. } | Exec::Compare { ns, .. } => {
             stats.read_cmds.fetch_add(1, Ordering::Relaxed);
             stats.bytes_read.fetch_add(req.len as u64, Ordering::Relaxed);
             blocking(ns)
@@ -344,9 +363,7 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
     // data integrity errors); a command refused for its fields does not. The transport logs every failure in
     // the Error Information log.
     let finish = move |r: Response, ctrl: &Controller| {
-        if r.status.sct() == holdfast_proto::status::sct::MEDIA {
-            ctrl.subsys.stats.media_errors.fetch_add(1, Ordering::Relaxed);
-        }
+        count_media_error(ctrl, r.status);
         r
     };
     // A read the backend can answer at once (shared RAM, a page-cache hit) is answered here.
@@ -368,6 +385,104 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
     } else {
         let r = run(req.exec, len, data, gate, &ctrl.write_through);
         Outcome::Done(finish(r, &ctrl))
+    }
+}
+
+/// Count a Media and Data Integrity Error in the SMART log (Media and Data Integrity Errors: unrecovered data
+/// integrity errors). A Compare Failure has that status type but is the host's answer, not an error of the media.
+fn count_media_error(ctrl: &Controller, status: Status) {
+    if status.sct() == holdfast_proto::status::sct::MEDIA && status.code() != Status::COMPARE_FAILURE {
+        ctrl.subsys.stats.media_errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A Compare whose data differs from the namespace's. With DNR: the same compare fails again until the data
+/// changes (a Linux host would otherwise send it again, up to five times).
+const COMPARE_FAILURE: Status = Status::COMPARE_FAILURE.with_dnr();
+
+/// May `first` and `second`, a fused operation's two commands as parsed (a Compare with FUSE_FIRST, then the
+/// Write with FUSE_SECOND that came next on its queue: [`super::parse`] lets no other fused command through),
+/// run as a Compare and Write (NVMe Base 2.0 §3.4.2)? Both must cover the same blocks of the same namespace,
+/// else the Write is refused with Invalid Field (and the Compare aborted as its fused command failed).
+pub fn fused_pair(first: &Request, second: &Request) -> Result<(), Status> {
+    match (&first.exec, &second.exec) {
+        (Exec::Compare { ns: a, offset: x }, Exec::Write { ns: b, offset: y, .. })
+            if Arc::ptr_eq(a, b) && x == y && first.len == second.len =>
+        {
+            Ok(())
+        }
+        _ => Err(Status::INVALID_FIELD.with_dnr()),
+    }
+}
+
+/// Run a Compare and Write fused operation (NVMe Base 2.0 §3.4.2; NVM Command Set 1.0 §3.2.1, FUSES bit 0):
+/// `first` (the Compare, with its data) and `second` (the Write, with its), paired by [`fused_pair`]. The
+/// namespace's blocks are compared with the first's data and, only if they are equal, the second's data is
+/// written, nothing else landing in the range between the two ([`crate::backend::Backend::compare_and_write`]).
+/// A miscompare fails the Compare with Compare Failure and the Write with Command Aborted due to Failed Fused
+/// Command; a failed write fails the Write alone. The reservation is checked again now that both count in
+/// flight, as the write group's (a registrant that may write may read).
+pub fn execute_fused(
+    ctx: &mut QueueCtx,
+    first: Request,
+    first_data: Bytes,
+    second: Request,
+    second_data: Bytes,
+) -> FusedOutcome {
+    let failed = |s: Status| (Response::err(s), Response::err(Status::ABORTED_FAILED_FUSED));
+    let Some(ctrl) = ctx.ctrl.clone() else {
+        let (a, b) = failed(Status::COMMAND_SEQUENCE_ERROR);
+        return FusedOutcome::Done(a, b);
+    };
+    let (Exec::Compare { ns, offset }, Exec::Write { fua, .. }) = (first.exec, second.exec) else {
+        let (a, b) = failed(Status::INTERNAL_ERROR);
+        return FusedOutcome::Done(a, b);
+    };
+    let gate = ctx.gate.enter();
+    if let Err(s) = ns.pr.check(&ctrl.hostid, true) {
+        return FusedOutcome::Done(Response::err(s), Response::err(Status::ABORTED_FAILED_FUSED));
+    }
+    let stats = &ctrl.subsys.stats;
+    stats.read_cmds.fetch_add(1, Ordering::Relaxed);
+    stats.bytes_read.fetch_add(first.len as u64, Ordering::Relaxed);
+    stats.write_cmds.fetch_add(1, Ordering::Relaxed);
+    stats.bytes_written.fetch_add(second.len as u64, Ordering::Relaxed);
+    let run = {
+        let (ns, ctrl) = (ns.clone(), ctrl.clone());
+        move || {
+            let write_through = || ctrl.write_through.load(Ordering::Acquire);
+            let durable = fua || write_through();
+            let (a, b) = match ns.backend.compare_and_write(offset, &first_data, &second_data, durable, &gate) {
+                CompareAndWrite::Written => {
+                    // As a Write: one that began with the write cache on and ended with it off is flushed (`run`).
+                    match if !durable && write_through() { ns.backend.flush(&gate) } else { Ok(()) } {
+                        Ok(()) => (Response::ok(), Response::ok()),
+                        Err(e) => (Response::ok(), Response::err(media_status(&e, true))),
+                    }
+                }
+                CompareAndWrite::Miscompare => failed(COMPARE_FAILURE),
+                CompareAndWrite::ReadFailed(e) if e.kind() == io::ErrorKind::Unsupported => {
+                    failed(Status::INVALID_OPCODE.with_dnr())
+                }
+                CompareAndWrite::ReadFailed(e) => {
+                    log_backend_error(&e);
+                    failed(media_status(&e, false))
+                }
+                CompareAndWrite::WriteFailed(e) => {
+                    log_backend_error(&e);
+                    (Response::ok(), Response::err(media_status(&e, true)))
+                }
+            };
+            count_media_error(&ctrl, a.status);
+            count_media_error(&ctrl, b.status);
+            (a, b)
+        }
+    };
+    if ns.io.is_some() {
+        FusedOutcome::Later(Deferred::new(ns, run))
+    } else {
+        let (a, b) = run();
+        FusedOutcome::Done(a, b)
     }
 }
 

@@ -170,7 +170,9 @@ fn commands_effects() -> lp::CommandsSupportedAndEffects {
     ] {
         d.acs[op as usize].set(lp::EFFECTS_CSUPP);
     }
-    d.iocs[iop::READ as usize].set(lp::EFFECTS_CSUPP);
+    for op in [iop::READ, iop::COMPARE] {
+        d.iocs[op as usize].set(lp::EFFECTS_CSUPP);
+    }
     d.iocs[iop::FLUSH as usize].set(lp::EFFECTS_CSUPP | lp::EFFECTS_LBCC);
     for op in [iop::WRITE, iop::WRITE_ZEROES, iop::DATASET_MANAGEMENT] {
         d.iocs[op as usize].set(lp::EFFECTS_CSUPP | lp::EFFECTS_LBCC);

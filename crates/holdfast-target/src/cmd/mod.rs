@@ -3,7 +3,8 @@
 //! Page, every log), [`discovery`] (the discovery controller's Identify and log page), [`io`] (NVM commands),
 //! [`reservation`] (Reservation Register / Report / Acquire / Release).
 //!
-//! [`parse`] picks the execute step; [`execute`] runs it.
+//! [`parse`] picks the execute step; [`execute`] runs it (a fused operation's two commands:
+//! [`io::execute_fused`]).
 
 pub mod admin;
 pub mod auth;
@@ -98,8 +99,14 @@ pub fn parse(ctx: &QueueCtx, sqe: &SubmissionEntry) -> ParseResult {
     if ctx.auth_pending {
         return Err(Status::AUTHENTICATION_REQUIRED.with_dnr());
     }
-    if sqe.fuse() != 0 {
-        return Err(Status::INVALID_FIELD.with_dnr());
+    // Fused operations (NVMe Base 2.0 §3.4.2): Compare and Write alone (FUSES bit 0), on I/O queues. The
+    // transport pairs the two commands ([`io::fused_pair`]) and runs them together ([`io::execute_fused`]).
+    match (sqe.fuse(), sqe.opcode) {
+        (0, _) => {}
+        (holdfast_proto::sqe::FUSE_FIRST, opcode::io::COMPARE)
+        | (holdfast_proto::sqe::FUSE_SECOND, opcode::io::WRITE)
+            if ctx.qid != 0 => {}
+        _ => return Err(Status::INVALID_FIELD.with_dnr()),
     }
     if !ctrl.ready() {
         return Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
@@ -160,6 +167,7 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
         Exec::Abort => admin::abort(&req).into(),
         Exec::FenceAssociation => with_ctrl(ctx, |c| admin::fence_association(c, &req)),
         Exec::Read { .. }
+        | Exec::Compare { .. }
         | Exec::Write { .. }
         | Exec::Flush { .. }
         | Exec::WriteZeroes { .. }

@@ -6,12 +6,13 @@
 use super::admission;
 use crate::cmd::{self, check_sgl};
 use crate::controller::{AerCompletion, MAX_QUEUE_ENTRIES};
-use crate::request::{DataDir, Exec, Outcome, QueueCtx, Request, Response};
+use crate::request::{DataDir, Exec, FusedOutcome, Outcome, QueueCtx, Request, Response};
 use crate::subsystem::{Port, Target};
 use bytes::{Bytes, BytesMut};
 use holdfast_proto::decoder::{peek_capsule_sqes, DecodeError, Fatal, Limits, PduDecoder, Role};
 use holdfast_proto::fabrics::SQHD_FLOW_DISABLED;
 use holdfast_proto::pdu::{self, flags, ControllerIcParams, Fes, Framing, Pdu, PduType, TermReq, R2T};
+use holdfast_proto::sqe::{FUSE_FIRST, FUSE_SECOND};
 use holdfast_proto::{CompletionEntry, Reassembly, SendQueue, Status};
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
@@ -86,11 +87,30 @@ pub async fn serve(target: Arc<Target>, port: Port, listener: TcpListener, shutd
 enum Slot {
     /// Waiting for a free R2T buffer.
     Queued(Request),
-    /// R2T sent, H2CData arriving.
-    Receiving { req: Request, buf: Reassembly, failed: bool },
+    /// R2T sent, H2CData arriving; `failed`: the status to fail it with once its data is in (a data digest
+    /// error, or the other command of its fused operation failed).
+    Receiving { req: Request, buf: Reassembly, failed: Option<Status> },
+    /// The first command of a fused operation (NVMe Base 2.0 §3.4.2), with its in-capsule data if any, until
+    /// the next capsule on the queue, which must be its second ([`Connection::fused_adjacency`]).
+    FusedFirst { req: Request, data: Bytes },
+    /// A fused operation's command with all its data, waiting for the other's ([`Connection::fused_ready`]),
+    /// holding `r2t` bytes of the R2T budget.
+    Fused { req: Request, data: Bytes, r2t: usize },
     /// Executing (or held: an AER), holding `out` bytes of data to send when it completes (a read) and `r2t`
     /// bytes of the R2T budget (a write whose data came by R2T), both given back when it completes.
     Executing { out: usize, r2t: usize },
+}
+
+/// Where the queue is in a fused operation's pair of commands: the command after a first must be its second.
+#[derive(Clone, Copy, Default)]
+enum FusedOpen {
+    /// The last capsule was no fused operation's first.
+    #[default]
+    None,
+    /// The last capsule was the first with this CID, held (`Slot::FusedFirst`).
+    Waiting(u16),
+    /// The last capsule was a first that failed: its second is aborted (Failed Fused Command).
+    Failed,
 }
 
 /// A Connect command with its data, to be run by [`Connection::connect`].
@@ -120,6 +140,10 @@ struct Connection {
     /// the host, and at most twice the queue size are tracked (the capsule check below).
     slots: FxHashMap<u16, Slot>,
     r2t_queue: VecDeque<u16>,
+    /// Fused operations being assembled: where the last capsule left the queue, and each paired command's
+    /// partner (both ways) until the pair runs or one of them fails.
+    fused_open: FusedOpen,
+    fused: FxHashMap<u16, u16>,
     /// Write data held, solicited or received and running elsewhere ([`R2T_BUDGET`]).
     r2t_bytes: usize,
     /// Data that commands running elsewhere will send when they complete (counted against
@@ -180,6 +204,8 @@ impl Connection {
             out: SendQueue::new(),
             slots: FxHashMap::default(),
             r2t_queue: VecDeque::new(),
+            fused_open: FusedOpen::None,
+            fused: FxHashMap::default(),
             r2t_bytes: 0,
             deferred_out: 0,
             sqhd: 0,
@@ -453,6 +479,10 @@ impl Connection {
             // Its CID is checked first, as any capsule's: a CID still in use answers for the command using it.
             Pdu::CapsuleCmd(c) => {
                 self.advance_sqhd();
+                // A fused operation's first or second all the same: the other is aborted.
+                if let Ok(Some(first)) = self.fused_adjacency(&c.sqe) {
+                    self.abort_fused_first(first, Status::ABORTED_FAILED_FUSED);
+                }
                 if self.admit_cid(&c.sqe)? {
                     self.fail(&c.sqe, Status::TRANSIENT_TRANSPORT_ERROR, true);
                 }
@@ -518,34 +548,187 @@ impl Connection {
         data: Bytes,
     ) -> Result<Option<PendingConnect>, Close> {
         self.advance_sqhd();
+        let first = self.fused_adjacency(&sqe);
         let cid = sqe.cid();
         if !self.admit_cid(&sqe)? {
+            if let Ok(Some(first)) = first {
+                self.abort_fused_first(first, Status::ABORTED_FAILED_FUSED);
+            }
             return Ok(None);
         }
-        let req = match cmd::parse(&self.ctx, &sqe) {
-            Ok(r) => r,
+        let first = match first {
+            Ok(first) => first,
             Err(status) => {
                 self.fail(&sqe, status, false);
                 return Ok(None);
             }
         };
-        if req.len == 0 && !data.is_empty() {
-            self.fail(&sqe, Status::SGL_LENGTH_INVALID.with_dnr(), false);
-            return Ok(None);
-        }
-        if req.len > 0 {
-            if let Err(status) = check_sgl(&sqe, req.len, req.dir, data.len()) {
+        let req = match self.parse_capsule(&sqe, &data) {
+            Ok(r) => r,
+            Err(status) => {
                 self.fail(&sqe, status, false);
+                if let Some(first) = first {
+                    self.abort_fused_first(first, Status::ABORTED_FAILED_FUSED);
+                }
                 return Ok(None);
             }
+        };
+        if let Some(first) = first {
+            self.pair_fused(first, req, data);
+            return Ok(None);
         }
+        if sqe.fuse() == FUSE_FIRST {
+            // Held until the next capsule, its second: no R2T yet, so that a first left alone is aborted
+            // without data on its way.
+            self.slots.insert(cid, Slot::FusedFirst { req, data });
+            self.fused_open = FusedOpen::Waiting(cid);
+            return Ok(None);
+        }
+        Ok(self.start(cid, req, data))
+    }
+
+    /// Parse a command capsule and check its data against what the command moves.
+    fn parse_capsule(&self, sqe: &holdfast_proto::SubmissionEntry, data: &Bytes) -> Result<Request, Status> {
+        let req = cmd::parse(&self.ctx, sqe)?;
+        if req.len == 0 && !data.is_empty() {
+            return Err(Status::SGL_LENGTH_INVALID.with_dnr());
+        }
+        if req.len > 0 {
+            check_sgl(sqe, req.len, req.dir, data.len())?;
+        }
+        Ok(req)
+    }
+
+    /// Run a parsed command, or first ask for its data (R2T) if it moves data to the controller and brought none.
+    fn start(&mut self, cid: u16, req: Request, data: Bytes) -> Option<PendingConnect> {
         if req.dir == DataDir::ToController && req.len > 0 && data.is_empty() {
             self.slots.insert(cid, Slot::Queued(req));
             self.r2t_queue.push_back(cid);
             self.start_r2ts();
-            return Ok(None);
+            return None;
         }
-        Ok(self.exec(cid, req, data))
+        self.exec(cid, req, data)
+    }
+
+    /// The fused-operation check every capsule passes first (NVMe Base 2.0 §3.4.2: a fused operation's two
+    /// commands are next to each other in the submission queue). `Ok(Some(first))`: this capsule is the second
+    /// of the held `first`. `Ok(None)`: it is no second (a first held before it, left without its second, is
+    /// aborted with Missing Fused Command). `Err`: it is a second without a first (Missing Fused Command), or
+    /// whose first failed (Failed Fused Command). A first is noted as failed until it is held.
+    fn fused_adjacency(&mut self, sqe: &holdfast_proto::SubmissionEntry) -> Result<Option<u16>, Status> {
+        let next = if sqe.fuse() == FUSE_FIRST { FusedOpen::Failed } else { FusedOpen::None };
+        match (std::mem::replace(&mut self.fused_open, next), sqe.fuse()) {
+            (FusedOpen::Waiting(first), FUSE_SECOND) => Ok(Some(first)),
+            (FusedOpen::Failed, FUSE_SECOND) => Err(Status::ABORTED_FAILED_FUSED),
+            (FusedOpen::None, FUSE_SECOND) => Err(Status::ABORTED_MISSING_FUSED),
+            (FusedOpen::Waiting(first), _) => {
+                self.abort_fused_first(first, Status::ABORTED_MISSING_FUSED);
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Fail a held first (`Slot::FusedFirst`) that will not run: its second is missing or failed.
+    fn abort_fused_first(&mut self, first: u16, status: Status) {
+        if let Some(Slot::FusedFirst { req, .. }) = self.slots.remove(&first) {
+            self.fail(&req.sqe, status, false);
+        }
+    }
+
+    /// The second of the held `first` has come and parsed: if the two make a Compare and Write
+    /// ([`cmd::io::fused_pair`]) each gets its data (in its capsule, or by R2T, the first's asked for first) and
+    /// the pair runs once both have theirs ([`Connection::fused_ready`]).
+    fn pair_fused(&mut self, first: u16, second_req: Request, second_data: Bytes) {
+        let Some(Slot::FusedFirst { req, data }) = self.slots.remove(&first) else {
+            self.fail(&second_req.sqe, Status::ABORTED_MISSING_FUSED, false);
+            return;
+        };
+        if let Err(status) = cmd::io::fused_pair(&req, &second_req) {
+            self.fail(&second_req.sqe, status, false);
+            self.fail(&req.sqe, Status::ABORTED_FAILED_FUSED, false);
+            return;
+        }
+        let second = second_req.sqe.cid();
+        self.fused.insert(first, second);
+        self.fused.insert(second, first);
+        // Neither can be a Connect, so neither hands one back.
+        let _ = self.start(first, req, data);
+        let _ = self.start(second, second_req, second_data);
+    }
+
+    /// A fused operation's command `cid` has all its data: run the pair if the other has too, else wait for it.
+    fn fused_ready(&mut self, cid: u16, req: Request, data: Bytes, r2t: usize) {
+        let Some(&partner) = self.fused.get(&cid) else {
+            // The other failed meanwhile (its failure marks this one failed while its data still came in, so
+            // this is only a safeguard).
+            self.r2t_bytes -= r2t;
+            self.fail(&req.sqe, Status::ABORTED_FAILED_FUSED, false);
+            return;
+        };
+        let (other, other_data, other_r2t) = match self.slots.remove(&partner) {
+            Some(Slot::Fused { req, data, r2t }) => (req, data, r2t),
+            // The other's data is still to come (or to be asked for).
+            still_waiting => {
+                if let Some(slot) = still_waiting {
+                    self.slots.insert(partner, slot);
+                }
+                self.slots.insert(cid, Slot::Fused { req, data, r2t });
+                return;
+            }
+        };
+        self.fused.remove(&cid);
+        self.fused.remove(&partner);
+        let mine = (cid, req, data, r2t);
+        let theirs = (partner, other, other_data, other_r2t);
+        let ((c1, r1, d1, t1), (c2, r2, d2, t2)) =
+            if mine.1.sqe.fuse() == FUSE_FIRST { (mine, theirs) } else { (theirs, mine) };
+        let (s1, s2) = (r1.sqe, r2.sqe);
+        match cmd::io::execute_fused(&mut self.ctx, r1, d1, r2, d2) {
+            FusedOutcome::Done(a, b) => {
+                self.r2t_bytes -= t1 + t2;
+                let a = Response { status: self.log_failure(&s1, a.status, false), ..a };
+                let b = Response { status: self.log_failure(&s2, b.status, false), ..b };
+                self.respond(c1, a, 0);
+                self.respond(c2, b, 0);
+            }
+            FusedOutcome::Later(work) => {
+                self.slots.insert(c1, Slot::Executing { out: 0, r2t: t1 });
+                self.slots.insert(c2, Slot::Executing { out: 0, r2t: t2 });
+                let (tx, ctrl, qid) = (self.done_tx.clone(), self.ctx.ctrl.clone(), self.ctx.qid);
+                work.run(move |(mut a, mut b)| {
+                    if let Some(ctrl) = &ctrl {
+                        a.status = ctrl.log_error(qid, &s1, a.status, false);
+                        b.status = ctrl.log_error(qid, &s2, b.status, false);
+                    }
+                    let _ = tx.send((c1, a));
+                    let _ = tx.send((c2, b));
+                });
+            }
+        }
+    }
+
+    /// A fused operation's command `cid` failed before it ran: the other is aborted (Failed Fused Command), at
+    /// once if its data is in or not yet asked for, else once its data is in (it is on its way after an R2T).
+    fn fused_member_failed(&mut self, cid: u16) {
+        let Some(partner) = self.fused.remove(&cid) else { return };
+        self.fused.remove(&partner);
+        match self.slots.remove(&partner) {
+            Some(Slot::Receiving { req, buf, .. }) => {
+                let failed = Some(Status::ABORTED_FAILED_FUSED);
+                self.slots.insert(partner, Slot::Receiving { req, buf, failed });
+            }
+            // Its R2T never sent: no data comes for it.
+            Some(Slot::Queued(req)) => self.fail(&req.sqe, Status::ABORTED_FAILED_FUSED, false),
+            Some(Slot::Fused { req, r2t, .. }) => {
+                self.r2t_bytes -= r2t;
+                self.fail(&req.sqe, Status::ABORTED_FAILED_FUSED, false);
+            }
+            Some(other) => {
+                self.slots.insert(partner, other);
+            }
+            None => {}
+        }
     }
 
     /// Send R2Ts for queued writes while buffers are free. One R2T covers the whole transfer; the host
@@ -564,7 +747,7 @@ impl Connection {
             let Some(Slot::Queued(req)) = self.slots.remove(&cid) else { continue };
             let len = req.len;
             self.r2t_bytes += len;
-            self.slots.insert(cid, Slot::Receiving { req, buf: Reassembly::Empty, failed: false });
+            self.slots.insert(cid, Slot::Receiving { req, buf: Reassembly::Empty, failed: None });
             pdu::encode_r2t(
                 self.out.header_buf(),
                 &self.framing,
@@ -614,7 +797,9 @@ impl Connection {
                 "H2CData beyond the R2T",
             ));
         }
-        *failed |= digest_failed;
+        if digest_failed {
+            failed.get_or_insert(Status::TRANSIENT_TRANSPORT_ERROR);
+        }
         buf.push(data, req.len);
         if buf.len() < req.len {
             // The host says it has sent all it will for this R2T (NVMe/TCP 1.0 §3.6.2.8, LAST_PDU): the rest
@@ -632,9 +817,10 @@ impl Connection {
         }
         let Some(Slot::Receiving { req, buf, failed }) = self.slots.remove(&ttag) else { return Ok(None) };
         let data = buf.into_bytes();
-        let connect = if failed {
+        let connect = if let Some(status) = failed {
             self.r2t_bytes -= req.len;
-            self.fail(&req.sqe, Status::TRANSIENT_TRANSPORT_ERROR, true);
+            self.fail(&req.sqe, status, status == Status::TRANSIENT_TRANSPORT_ERROR);
+            self.fused_member_failed(ttag);
             None
         } else if req.sqe.opcode != holdfast_proto::opcode::FABRICS
             && self.ctx.ctrl.as_ref().is_some_and(|c| !c.ready())
@@ -645,6 +831,7 @@ impl Connection {
             // on the disabled controller).
             self.r2t_bytes -= req.len;
             self.fail(&req.sqe, Status::COMMAND_SEQUENCE_ERROR.with_dnr(), false);
+            self.fused_member_failed(ttag);
             None
         } else {
             // The data stays counted in the R2T budget while the write runs elsewhere.
@@ -664,6 +851,10 @@ impl Connection {
     /// [`Connection::exec`] for a command whose data holds `r2t` bytes of the R2T budget: kept while it runs
     /// elsewhere, given back as soon as it is done (or handed on, a Connect).
     fn exec_holding(&mut self, cid: u16, req: Request, data: Bytes, r2t: usize) -> Option<PendingConnect> {
+        if req.sqe.fuse() != 0 {
+            self.fused_ready(cid, req, data, r2t);
+            return None;
+        }
         if matches!(req.exec, Exec::Connect) {
             self.r2t_bytes -= r2t;
             return Some(PendingConnect { cid, req, data });
