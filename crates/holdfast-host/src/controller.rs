@@ -331,6 +331,7 @@ fn command(
             retries: 0,
             losses: 0,
             ana_waits: 0,
+            fused: None,
         },
         rx,
     ))
@@ -1437,6 +1438,35 @@ impl Controller {
             Err(submit::TrySendError::Refused(cmd)) => return Err(self.inner.refused(&cmd, ns)),
             Err(submit::TrySendError::Closed(_)) => return Err(self.inner.closed_error()),
         })
+    }
+
+    /// Send a fused operation's two commands (NVMe Base 2.0 §3.4.2: a Compare and Write) through a namespace
+    /// handle whose mark is `ns`, back to back on one I/O queue; their replies, first's and second's. Neither is
+    /// replayed after a lost connection (design §4): each then fails with a retryable path error.
+    pub(crate) async fn io_send_fused_for(
+        &self,
+        first: (SubmissionEntry, Bytes),
+        second: (SubmissionEntry, Bytes),
+        ns: &NsMark,
+    ) -> Result<(Reply, Reply)> {
+        self.check()?;
+        if self.inner.io.is_empty() {
+            return Err(Error::Invalid("this controller has no I/O queues".into()));
+        }
+        let i = self.inner.rr.fetch_add(1, Ordering::Relaxed) % self.inner.io.len();
+        let (mut cmd, rx) = command(first.0, first.1, 0, command_name(&first.0, false), false, ns.tag)?;
+        let (second_cmd, second_rx) = command(second.0, second.1, 0, command_name(&second.0, false), false, ns.tag)?;
+        cmd.fused = Some(Box::new(second_cmd));
+        let tx = &self.inner.io[i];
+        let rx = match tx.try_send_unless(cmd, || ns.gone.get().is_some()) {
+            Ok(()) => rx,
+            Err(submit::TrySendError::Full(cmd)) => {
+                Backlogged { sh: &self.inner, tx, ns: Some(ns), cmd: Box::new(cmd), rx }.queue().await?
+            }
+            Err(submit::TrySendError::Refused(cmd)) => return Err(self.inner.refused(&cmd, Some(ns))),
+            Err(submit::TrySendError::Closed(_)) => return Err(self.inner.closed_error()),
+        };
+        Ok((rx, second_rx))
     }
 
     /// State changes from now on.

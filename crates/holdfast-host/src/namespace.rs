@@ -1,6 +1,6 @@
-//! The async namespace API: read, write (optional FUA), flush, write zeroes, deallocate. Requests larger
-//! than the controller's transfer limit (MDTS) are split; the pieces go out together, spread over the I/O
-//! queues (NVM Command Set 1.0 §3.2 and §3.3).
+//! The async namespace API: read, write (optional FUA), flush, write zeroes, deallocate, compare, compare and
+//! write, reservations. Requests larger than the controller's transfer limit (MDTS) are split (but a compare and
+//! write); the pieces go out together, spread over the I/O queues (NVM Command Set 1.0 §3.2 and §3.3).
 
 use crate::controller::{finish, Controller, Submitted};
 use crate::error::{Error, Result};
@@ -454,6 +454,88 @@ impl Namespace {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Compare (NVM Command Set 1.0 §3.2.1): are the blocks at `lba` `data` (a whole number of blocks)? `Ok(false)`
+    /// when the controller answers Compare Failure. One command per [`Controller::max_transfer`] of it (the
+    /// blocks are not compared all at one instant: [`Namespace::compare_and_write`] is for that). Not replayed
+    /// after a lost connection (design §4): one outstanding then fails with a retryable path error.
+    pub async fn compare(&self, lba: u64, data: Bytes) -> Result<bool> {
+        let blocks = self.whole_blocks("compare", &data)?;
+        self.check_gone()?;
+        self.check_range(lba, blocks)?;
+        if self.ctrl.identify().oncs.get() & identify::ONCS_COMPARE == 0 {
+            return Err(Error::Unsupported(format!(
+                "the controller of namespace {} does not support Compare (ONCS bit 0 clear)",
+                self.nsid
+            )));
+        }
+        match self.split(None, op::COMPARE, lba, blocks, 0, &data, "Compare").await {
+            Ok(_) => Ok(true),
+            Err(e) if e.status().is_some_and(|s| s.code() == Status::COMPARE_FAILURE) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Compare and Write (NVMe Base 2.0 §3.4.2, a fused operation): if the blocks at `lba` are `expected`, write
+    /// `data` (as long: a whole number of blocks) there, nothing else landing in them between the compare and
+    /// the write; with `fua` durable on completion. `Ok(true)`: written; `Ok(false)`: the blocks differ (Compare
+    /// Failure) and nothing was written. At most the controller's Atomic Compare & Write Unit (ACWU) of blocks,
+    /// in one command pair.
+    ///
+    /// Never replayed after a lost connection (design §4): had the first try written, the second would find the
+    /// new data and answer that the blocks differ. An operation outstanding when the connection drops fails with a
+    /// retryable path error; whether it wrote is then for the caller to read.
+    pub async fn compare_and_write(&self, lba: u64, expected: Bytes, data: Bytes, fua: bool) -> Result<bool> {
+        let blocks = self.whole_blocks("compare and write", &data)?;
+        if expected.len() != data.len() {
+            return Err(Error::Invalid(format!(
+                "compare and write: {} bytes to compare but {} to write",
+                expected.len(),
+                data.len()
+            )));
+        }
+        self.check_gone()?;
+        self.check_range(lba, blocks)?;
+        let id = self.ctrl.identify();
+        if id.fuses.get() & identify::FUSES_COMPARE_AND_WRITE == 0 {
+            return Err(Error::Unsupported(format!(
+                "the controller of namespace {} does not support Compare and Write (FUSES bit 0 clear)",
+                self.nsid
+            )));
+        }
+        let acwu = id.acwu.get() as u64 + 1;
+        if blocks > acwu.min(self.max_blocks()) {
+            return Err(Error::Invalid(format!(
+                "compare and write of {blocks} blocks: the controller does it atomically for at most {} (ACWU, MDTS)",
+                acwu.min(self.max_blocks())
+            )));
+        }
+        let flags = if fua { rw::FUA } else { 0 };
+        let mut compare = self.rw_sqe(op::COMPARE, lba, blocks as u32, 0);
+        compare.set_fuse(holdfast_proto::sqe::FUSE_FIRST);
+        let mut write = self.rw_sqe(op::WRITE, lba, blocks as u32, flags);
+        write.set_fuse(holdfast_proto::sqe::FUSE_SECOND);
+        let (first, second) = self.ctrl.io_send_fused_for((compare, expected), (write, data), &self.mark).await?;
+        // Both answers are waited for, whatever the first says: the Write's is the last word on the blocks.
+        let (compared, written) = (finish(first, "Compare").await, finish(second, "Write").await);
+        match compared {
+            Err(e) if e.status().is_some_and(|s| s.code() == Status::COMPARE_FAILURE) => Ok(false),
+            Err(e) => Err(e),
+            Ok(_) => written.map(|_| true),
+        }
+    }
+
+    /// The number of blocks in `data`, if it is a whole number of them, at least one.
+    fn whole_blocks(&self, what: &str, data: &Bytes) -> Result<u64> {
+        let bs = self.block_size as usize;
+        if data.is_empty() || !data.len().is_multiple_of(bs) {
+            return Err(Error::Invalid(format!(
+                "{what} of {} bytes is not a whole number of {bs}-byte blocks",
+                data.len()
+            )));
+        }
+        Ok((data.len() / bs) as u64)
     }
 
     /// Reservation Register (NVMe Base 2.0 §8.19): `action` is [`reservation::RREGA_REGISTER`] (register

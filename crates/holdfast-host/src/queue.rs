@@ -49,6 +49,10 @@ pub struct Command {
     /// How many times the controller answered it with Asymmetric Access Transition and it waited
     /// ([`ana_transition_delay`]).
     pub ana_waits: u8,
+    /// The second command of the fused operation this one is the first of (a Compare and Write's Write): issued
+    /// right after it on the same queue, the two next to each other in the submission queue as NVMe Base 2.0
+    /// §3.4.2 requires (so never through the channel on its own). Neither is replayable.
+    pub fused: Option<Box<Command>>,
 }
 
 // See `data_in_len`: a bigger command is moved with a call to memcpy at every step.
@@ -577,10 +581,35 @@ struct Issue<'a> {
 impl Issue<'_> {
     /// Issue `cmd`: `Ok(Some(slot))`, or `Ok(None)` if its caller gave up on it (dropped), or `Err(cmd)` back if
     /// no slot is free (callers issue only with one free: not on the I/O path).
-    fn command(&mut self, cmd: Command) -> Result<Option<usize>, Box<Command>> {
+    fn command(&mut self, mut cmd: Command) -> Result<Option<usize>, Box<Command>> {
         if cmd.reply.is_closed() {
             return Ok(None);
         }
+        if cmd.fused.is_some() {
+            // A fused operation takes two slots at once, its commands back to back.
+            if self.slots.len() < 2 {
+                let e = Error::Invalid(format!(
+                    "a fused operation needs two entries of queue {}, which has one",
+                    self.p.qid
+                ));
+                cmd.reply.send(Err(e));
+                return Ok(None);
+            }
+            if self.free.len() < 2 {
+                return Err(Box::new(cmd));
+            }
+        }
+        // Only a command without a second can find no free slot, so none is lost with a refusal here.
+        let second = cmd.fused.take();
+        let first = self.issue(cmd)?;
+        match second {
+            Some(second) => Ok(self.issue(*second)?.or(first)),
+            None => Ok(first),
+        }
+    }
+
+    /// [`Issue::command`] for a command that has a free slot (checked by the caller).
+    fn issue(&mut self, cmd: Command) -> Result<Option<usize>, Box<Command>> {
         let Some(i) = self.free.pop() else { return Err(Box::new(cmd)) };
         let i = i as usize;
         self.gens[i] = (self.gens[i] + 1) & 0xF;
