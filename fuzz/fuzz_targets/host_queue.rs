@@ -352,6 +352,7 @@ async fn case(input: &[u8]) {
             retries: 0,
             losses: 0,
             ana_waits: 0,
+            fused: None,
         };
         if tx.try_send(cmd).is_err() {
             panic!("the submission channel refused a command");

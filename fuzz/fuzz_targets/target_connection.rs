@@ -1,9 +1,9 @@
 //! Fuzz the target's TCP transport end to end (`holdfast_target::transport::tcp` behind a running `Server`,
 //! namespace 1 on RAM, namespace 2 on a file):
 //! a hostile host on a loopback connection sends the PDUs the input chooses (commands with any opcode, SGL and
-//! in-capsule data, H2CData for any command, tag, offset and length, termination requests, PDUs a host never
-//! sends, bytes that are no PDU at all, data with a bad digest, PDUs split across writes), then closes. The
-//! target must never panic (libFuzzer's panic hook aborts on a panic in any task), and:
+//! in-capsule data, I/O commands fused or not, H2CData for any command, tag, offset and length, termination
+//! requests, PDUs a host never sends, bytes that are no PDU at all, data with a bad digest, PDUs split across
+//! writes), then closes. The target must never panic (libFuzzer's panic hook aborts on a panic in any task), and:
 //!
 //! - everything it sends decodes as well-formed PDUs with the digests negotiated, answers only commands that
 //!   were sent, C2HData and R2Ts only within the data of a command sent with that CID (until raw bytes went
@@ -555,6 +555,10 @@ impl Host {
                     holdfast_proto::sqe::rw::set(&mut sqe, slba, nlb + 1, 0);
                 }
                 let mode = inp.byte()?;
+                if !admin_queue {
+                    // FUSE: a fused operation's first or second (a Compare and Write's), or reserved.
+                    sqe.set_fuse(mode >> 6);
+                }
                 let len = match mode & 3 {
                     0 => (nlb as usize + 1) * 512,
                     1 => mode as usize * 64,

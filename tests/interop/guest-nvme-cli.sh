@@ -1,7 +1,7 @@
 # shellcheck shell=sh
 # guest-nvme-cli.sh: kernel-host.sh --guest-script for holdfast's target. Connects with the Linux kernel host,
 # then asks nvme-cli for every Identify structure, log page and feature the target claims, does a small
-# write/read-back, resets the controller twice (data kept, I/O goes on), and disconnects; fails on any nvme-cli
+# write/read-back, a compare, resets the controller twice (data kept, I/O goes on), and disconnects; fails on any nvme-cli
 # error or NVMe error in the kernel log. (Output that is cut short is captured first: `sh -e` sees only the last
 # command of a pipeline fail.)
 : "${PORT:?}" "${NQN:?}"
@@ -33,6 +33,17 @@ log "write/read-back"; rw_check "$dev" 8
 log "flush"; nvme flush "$dev" -n 1
 log "write-zeroes"; nvme write-zeroes "$dev" -n 1 -s 0 -c 7
 log "dsm deallocate"; nvme dsm "$dev" -n 1 -d -s 8 -b 8
+# Compare (ONCS bit 0), passed through by the kernel: two blocks as read compare equal; the same with every byte
+# changed fail with Compare Failure (SCT 2h, SC 85h: nvme-cli's exit status and message).
+log "compare"; bs=$(cat "/sys/block/${dev#/dev/}/queue/logical_block_size")
+dd if="$dev" of=/tmp/cmp bs="$bs" count=2 iflag=direct 2>/dev/null
+nvme compare "$dev" --start-block=0 --block-count=1 --data-size=$((2 * bs)) --data=/tmp/cmp
+tr '\000-\377' '\001-\377\000' </tmp/cmp >/tmp/cmp2
+if out=$(nvme compare "$dev" --start-block=0 --block-count=1 --data-size=$((2 * bs)) --data=/tmp/cmp2 2>&1); then
+  echo "compare of differing data succeeded: $out"; exit 1
+fi
+printf '%s\n' "$out"; printf '%s\n' "$out" | grep -qiE "compare.?fail|0x285|0x4285" || { echo "compare: not Compare Failure: $out"; exit 1; }
+rm -f /tmp/cmp /tmp/cmp2
 # Reservations: register (Persist Through Power Loss on: the namespace is a file), acquire Write Exclusive, the
 # report (extended structure: 128-bit host IDs) shows this host holding it with its key and PTPL on, I/O goes on
 # (the holder writes), release, unregister turning PTPL off.
