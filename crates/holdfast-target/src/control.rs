@@ -7,6 +7,8 @@
 //! | `announce-restart MS` | advertise a planned downtime of MS ms in the policy page; notify every host |
 //! | `cancel-restart` | withdraw it |
 //! | `status` | one line: instance, controllers, planned downtime |
+//! | `controllers` | `ok` and a JSON array: every controller (host, address, port, I/O queues, KATO, age) |
+//! | `stats` | `ok` and a JSON array: every subsystem's I/O counters (the SMART log's, summed) |
 
 use crate::subsystem::Target;
 use std::path::{Path, PathBuf};
@@ -62,8 +64,115 @@ pub fn execute(target: &Target, line: &str) -> String {
             target.all_controllers().len(),
             target.planned_downtime_ms.load(Ordering::SeqCst)
         ),
-        _ => format!("error: unknown command \"{}\" (announce-restart MS, cancel-restart, status)", line.trim()),
+        (Some("controllers"), None) => json_reply(&controllers(target)),
+        (Some("stats"), None) => json_reply(&stats(target)),
+        _ => format!(
+            "error: unknown command \"{}\" (announce-restart MS, cancel-restart, status, controllers, stats)",
+            line.trim()
+        ),
     }
+}
+
+/// `ok` and `value` as JSON, on one line (the socket's replies are one line each).
+fn json_reply(value: &impl serde::Serialize) -> String {
+    match serde_json::to_string(value) {
+        Ok(j) => format!("ok {j}"),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// A controller (one host association), as `controllers` reports it: what Linux nvmet shows per controller
+/// in debugfs (`nvmet/SUBSYS/ctrlN/`), and SPDK's `nvmf_subsystem_get_controllers`.
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct ControllerInfo {
+    /// Subsystem NQN (the discovery subsystem's for a discovery controller).
+    pub subsystem: String,
+    /// Controller ID.
+    pub cntlid: u16,
+    /// Host NQN.
+    pub hostnqn: String,
+    /// Host Identifier, as a UUID.
+    pub hostid: String,
+    /// Port ID its admin queue came in on.
+    pub port: u16,
+    /// The host's address on the admin queue.
+    pub host_addr: String,
+    /// I/O queues connected.
+    pub io_queues: usize,
+    /// Keep Alive Timeout (0: none).
+    pub kato_ms: u32,
+    /// CSTS.RDY: the host enabled it.
+    pub ready: bool,
+    /// Seconds since its Connect.
+    pub age_s: u64,
+}
+
+/// Every controller of the target.
+pub fn controllers(target: &Target) -> Vec<ControllerInfo> {
+    let now = target.now_ms();
+    let mut v: Vec<ControllerInfo> = target
+        .all_controllers()
+        .into_iter()
+        .map(|c| ControllerInfo {
+            subsystem: c.subsys.nqn.clone(),
+            cntlid: c.cntlid,
+            hostnqn: c.hostnqn.clone(),
+            hostid: uuid::Uuid::from_bytes(c.hostid).to_string(),
+            port: c.port_id,
+            host_addr: c.peer_addr.to_string(),
+            io_queues: c.io_queues(),
+            kato_ms: c.kato_ms.load(Ordering::Relaxed),
+            ready: c.ready(),
+            age_s: now.saturating_sub(c.created_ms) / 1000,
+        })
+        .collect();
+    v.sort_by(|a, b| (&a.subsystem, a.cntlid).cmp(&(&b.subsystem, b.cntlid)));
+    v
+}
+
+/// A subsystem's I/O counters since the target started (a namespace replaced by a reload keeps counting into
+/// its subsystem's), as `stats` reports them.
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct SubsystemStats {
+    /// Subsystem NQN.
+    pub subsystem: String,
+    /// Namespaces.
+    pub namespaces: usize,
+    /// Controllers now.
+    pub controllers: usize,
+    /// Read and Compare commands.
+    pub read_cmds: u64,
+    /// Write commands.
+    pub write_cmds: u64,
+    /// Bytes read (and compared).
+    pub bytes_read: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+    /// Media and data integrity errors.
+    pub media_errors: u64,
+}
+
+/// Every subsystem's counters.
+pub fn stats(target: &Target) -> Vec<SubsystemStats> {
+    let mut v: Vec<SubsystemStats> = target
+        .subsystems()
+        .into_iter()
+        .map(|s| {
+            let st = &s.stats;
+            SubsystemStats {
+                subsystem: s.nqn.clone(),
+                namespaces: s.namespaces.read().len(),
+                controllers: s.controllers().len(),
+                read_cmds: st.read_cmds.load(Ordering::Relaxed),
+                write_cmds: st.write_cmds.load(Ordering::Relaxed),
+                bytes_read: st.bytes_read.load(Ordering::Relaxed),
+                bytes_written: st.bytes_written.load(Ordering::Relaxed),
+                media_errors: st.media_errors.load(Ordering::Relaxed),
+            }
+        })
+        .collect();
+    v.sort_by(|a, b| a.subsystem.cmp(&b.subsystem));
+    v
 }
 
 /// Bind the control socket at `path`. A socket file that nothing answers on (left by a target that died) is

@@ -178,6 +178,10 @@ pub struct Controller {
     pub ana: Arc<crate::ana::PortAna>,
     /// Local address of the admin connection (discovery reports it for wildcard listeners).
     pub local_addr: SocketAddr,
+    /// The host's address on the admin connection.
+    pub peer_addr: SocketAddr,
+    /// When it was created ([`Target::now_ms`]).
+    pub created_ms: u64,
     /// Keep Alive Timeout in ms (0 = disabled).
     pub kato_ms: AtomicU32,
     /// Notified when Set Features changes KATO: the keep-alive watchdog re-arms with the new value at once.
@@ -217,6 +221,7 @@ impl Controller {
         hostid: [u8; 16],
         port_id: u16,
         local_addr: SocketAddr,
+        peer_addr: SocketAddr,
         kato_ms: u32,
     ) -> Arc<Self> {
         let now = target.now_ms();
@@ -231,6 +236,8 @@ impl Controller {
             port_id,
             ana,
             local_addr,
+            peer_addr,
+            created_ms: now,
             kato_ms: AtomicU32::new(kato_ms),
             kato_changed: tokio::sync::Notify::new(),
             last_activity_ms: AtomicU64::new(now),
@@ -272,6 +279,11 @@ impl Controller {
     /// True if enabled and ready.
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// I/O queues bound to it and live (connected, not fenced by a reset or the teardown).
+    pub fn io_queues(&self) -> usize {
+        self.gates.lock().iter().filter(|(qid, g)| *qid != 0 && g.upgrade().is_some_and(|g| !g.is_dead())).count()
     }
 
     /// True once torn down.

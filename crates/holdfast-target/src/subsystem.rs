@@ -777,8 +777,8 @@ mod tests {
         let target = Target::new(&Config::parse(&text, "t").unwrap(), TargetSettings::default()).unwrap();
         let s = target.subsystems()[0].clone();
         assert_eq!((s.alloc_cntlid(), s.alloc_cntlid()), (Some(7), None), "CNTLID 7 handed out twice");
-        let c =
-            Controller::new(7, s.clone(), target.clone(), "h".into(), [1; 16], 1, "127.0.0.1:1".parse().unwrap(), 0);
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let c = Controller::new(7, s.clone(), target.clone(), "h".into(), [1; 16], 1, addr, addr, 0);
         s.add_controller(&c);
         assert!(s.controller(7).is_some_and(|x| Arc::ptr_eq(&x, &c)));
         assert_eq!(s.alloc_cntlid(), None, "in use");

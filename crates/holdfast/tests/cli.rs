@@ -632,3 +632,53 @@ fn resv_registers_acquires_reports_and_clears() {
     assert_eq!(rc, 2);
     assert!(err.contains("\"shared\" is not a reservation type"), "{err}");
 }
+
+/// `target-ctl controllers` lists the host associations (here a bench's: its host NQN, address, two I/O queues,
+/// the KATO, enabled), as JSON and as a table; `target-ctl stats` counts a subsystem's commands and bytes.
+#[test]
+fn target_ctl_lists_controllers_and_counts_io() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "1"]);
+    let port = t.port.to_string();
+    let input = std::env::temp_dir().join(format!("holdfast-cli-ctl-{}.bin", std::process::id()));
+    std::fs::write(&input, vec![7u8; 8192]).unwrap();
+    let (rc, _, err) = on(&t, "write", &["--offset", "0", "--input", input.to_str().unwrap()]);
+    std::fs::remove_file(&input).unwrap();
+    assert_eq!(rc, 0, "{err}");
+    let (rc, out, err) = holdfast(&["target-ctl", "--port", &port, "stats", "--json"]);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let sub = v.as_array().unwrap().iter().find(|s| s["subsystem"] == NQN).expect("the subsystem");
+    assert_eq!(
+        (&sub["write_cmds"], &sub["bytes_written"], &sub["namespaces"]),
+        (&1.into(), &8192.into(), &1.into()),
+        "{out}"
+    );
+
+    let addr = t.addr();
+    let hostnqn = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-00000000c71e";
+    let mut bench = Command::new(BIN)
+        .args(["bench", "--addr", &addr, "--nqn", NQN, "--hostnqn", hostnqn, "--queues", "2", "--time", "20"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let listed = loop {
+        let (rc, out, err) = holdfast(&["target-ctl", "--port", &port, "controllers", "--json"]);
+        assert_eq!(rc, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if let Some(c) = v.as_array().unwrap().iter().find(|c| c["hostnqn"] == hostnqn && c["io_queues"] == 2) {
+            break c.clone();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the bench's controller with 2 I/O queues never listed: {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!((&listed["subsystem"], &listed["port"], &listed["ready"]), (&NQN.into(), &1.into(), &true.into()));
+    assert!(listed["host_addr"].as_str().unwrap().starts_with("127.0.0.1:"), "{listed}");
+    assert!(listed["kato_ms"].as_u64().unwrap() > 0, "{listed}");
+    let (rc, out, _) = holdfast(&["target-ctl", "--port", &port, "controllers"]);
+    assert_eq!(rc, 0);
+    assert!(out.starts_with("SUBSYSTEM") && out.contains(hostnqn), "{out}");
+    let _ = bench.kill();
+    let _ = bench.wait();
+}

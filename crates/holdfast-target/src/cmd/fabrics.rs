@@ -148,6 +148,7 @@ pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response
             d.hostid,
             ctx.port.id,
             ctx.local_addr,
+            ctx.peer_addr,
             kato,
         );
         subsys.add_controller(&ctrl);

@@ -1,4 +1,5 @@
-//! `holdfast target-ctl`: talk to a running target's control socket (announce a planned restart).
+//! `holdfast target-ctl`: talk to a running target's control socket (announce a planned restart, list its
+//! controllers and I/O counters).
 
 use anyhow::Context;
 use clap::{Args as ClapArgs, Subcommand};
@@ -33,6 +34,18 @@ enum Action {
     CancelRestart,
     /// Show the target's instance, controllers and planned downtime.
     Status,
+    /// List the controllers (host associations): subsystem, CNTLID, host, its address, port, I/O queues, KATO.
+    Controllers {
+        /// The target's JSON as it is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Each subsystem's I/O counters since the target started.
+    Stats {
+        /// The target's JSON as it is.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Parse "30s", "1500ms", "2m" or a bare number of seconds.
@@ -61,10 +74,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         (None, Some(port)) => holdfast_target::control::default_path(port),
         (None, None) => anyhow::bail!("say which target: --control PATH or --port N"),
     };
-    let line = match a.action {
-        Action::AnnounceRestart { downtime } => format!("announce-restart {}", downtime.as_millis()),
-        Action::CancelRestart => "cancel-restart".into(),
-        Action::Status => "status".into(),
+    let (line, table, json) = match a.action {
+        Action::AnnounceRestart { downtime } => (format!("announce-restart {}", downtime.as_millis()), None, false),
+        Action::CancelRestart => ("cancel-restart".into(), None, false),
+        Action::Status => ("status".into(), None, false),
+        Action::Controllers { json } => ("controllers".into(), Some(controllers_table as Table), json),
+        Action::Stats { json } => ("stats".into(), Some(stats_table as Table), json),
     };
     let mut s = UnixStream::connect(&path)
         .with_context(|| format!("cannot reach the target's control socket {}", path.display()))?;
@@ -73,8 +88,75 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut reply = String::new();
     BufReader::new(&s).read_line(&mut reply).context("no reply from the target")?;
     let reply = reply.trim();
-    outln!("{reply}");
+    match (reply.strip_prefix("ok "), table) {
+        (Some(j), Some(_)) if json => outln!("{j}"),
+        (Some(j), Some(table)) => table(j)?,
+        _ => outln!("{reply}"),
+    }
     Ok(if reply.starts_with("ok") { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Print a JSON reply as a table.
+type Table = fn(&str) -> anyhow::Result<()>;
+
+fn controllers_table(j: &str) -> anyhow::Result<()> {
+    let v: Vec<holdfast_target::control::ControllerInfo> =
+        serde_json::from_str(j).context("the target's controller list")?;
+    outln!(
+        "{:<40} {:>6} {:<22} {:>4} {:>3} {:>7} {:>5} {:>8}  HOST NQN",
+        "SUBSYSTEM",
+        "CNTLID",
+        "HOST ADDRESS",
+        "PORT",
+        "IOQ",
+        "KATO MS",
+        "READY",
+        "AGE S"
+    );
+    for c in v {
+        outln!(
+            "{:<40} {:>6} {:<22} {:>4} {:>3} {:>7} {:>5} {:>8}  {}",
+            c.subsystem,
+            c.cntlid,
+            c.host_addr,
+            c.port,
+            c.io_queues,
+            c.kato_ms,
+            if c.ready { "yes" } else { "no" },
+            c.age_s,
+            c.hostnqn
+        );
+    }
+    Ok(())
+}
+
+fn stats_table(j: &str) -> anyhow::Result<()> {
+    let v: Vec<holdfast_target::control::SubsystemStats> = serde_json::from_str(j).context("the target's counters")?;
+    outln!(
+        "{:<40} {:>3} {:>5} {:>12} {:>12} {:>14} {:>14} {:>12}",
+        "SUBSYSTEM",
+        "NS",
+        "CTRLS",
+        "READS",
+        "WRITES",
+        "BYTES READ",
+        "BYTES WRITTEN",
+        "MEDIA ERRORS"
+    );
+    for s in v {
+        outln!(
+            "{:<40} {:>3} {:>5} {:>12} {:>12} {:>14} {:>14} {:>12}",
+            s.subsystem,
+            s.namespaces,
+            s.controllers,
+            s.read_cmds,
+            s.write_cmds,
+            s.bytes_read,
+            s.bytes_written,
+            s.media_errors
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
