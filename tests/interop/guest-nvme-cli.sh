@@ -20,10 +20,10 @@ log "fw-log"; nvme fw-log "$ctrl"
 log "effects-log"; out=$(nvme effects-log "$ctrl"); printf '%s\n' "$out" | head -n 20
 log "ana-log"; out=$(nvme ana-log "$ctrl"); printf '%s\n' "$out" | head -n 20
 printf '%s\n' "$out" | grep -q "optimized" || { echo "ana-log: no group in the optimized state"; exit 1; }
-for lid in 0 1 2 3 4 5 0xc 0xc0; do
+for lid in 0 1 2 3 4 5 0xc 0x80 0xc0; do
   log "get-log $lid"; out=$(nvme get-log "$ctrl" --log-id="$lid" --log-len=512); printf '%s\n' "$out" | head -n 6
 done
-for f in 1 2 4 5 6 7 0xa 0xb 0xf 0x16 0x80; do
+for f in 1 2 4 5 6 7 0xa 0xb 0xf 0x16 0x80 0x82; do
   log "get-feature $f"; nvme get-feature "$ctrl" -f "$f" -n 1
 done
 log "get-feature 0x81 (host id)"; nvme get-feature "$ctrl" -f 0x81 --cdw11=1

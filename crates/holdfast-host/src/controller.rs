@@ -111,6 +111,18 @@ pub enum Event {
         /// or returned the list cut short.
         nsids: Option<Vec<u32>>,
     },
+    /// Another host's reservation command concerned this host (a Reservation Notification log page entry,
+    /// NVMe Base 2.0 §8.19.6): its registration was preempted (it is fenced off the namespace: I/O the
+    /// reservation does not allow fails with Reservation Conflict), the reservation was released, or cleared.
+    ReservationNotice {
+        /// The namespace.
+        nsid: u32,
+        /// What happened ([`holdfast_proto::log_page::rnlpt`]: 1 Registration Preempted, 2 Reservation
+        /// Released, 3 Reservation Preempted).
+        kind: u8,
+        /// Notices the controller could not keep since the last one read (it keeps 64 or so unread).
+        lost: u64,
+    },
     /// The controller is lost for good.
     Failed {
         /// Why.
@@ -1684,6 +1696,8 @@ fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
     }
     let (admin, cancel, weak) = (sh.admin.clone(), tasks, Arc::downgrade(sh));
     tokio::spawn(async move {
+        // The Log Page Count of the last reservation notice read on this association (a gap: notices lost).
+        let mut last_resv_count = 0u64;
         loop {
             let aer = SubmissionEntry::new(aop::ASYNC_EVENT_REQUEST, 0);
             let Ok(rx) = send(&admin, aer, Bytes::new(), 0, "Asynchronous Event Request", false).await else {
@@ -1711,6 +1725,38 @@ fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
                 r = get_log_page(&admin, ev.log_page, 0xFFFF_FFFF, len, 0) => r,
             };
             let Ok(page) = page else { continue };
+            if ev.log_page == holdfast_proto::log_page::LID_RESERVATION_NOTIFICATION {
+                // One event for what may be several notices (the controller raises no other until the page is
+                // read): each read takes one; read on while more wait.
+                let mut page = page;
+                for _ in 0..RESERVATION_NOTICES_READ_MAX {
+                    let Ok(n) =
+                        holdfast_proto::log_page::ReservationNotification::read_from_prefix(&page).map(|(n, _)| n)
+                    else {
+                        break;
+                    };
+                    if n.rnlpt == holdfast_proto::log_page::rnlpt::EMPTY {
+                        break;
+                    }
+                    let Some(sh) = weak.upgrade() else { return };
+                    let lost = n.lpc.get().saturating_sub(last_resv_count.saturating_add(1));
+                    last_resv_count = n.lpc.get();
+                    tracing::warn!(addr = %sh.opts.addr, nsid = n.nsid.get(), kind = n.rnlpt, "reservation notice");
+                    let _ = sh.events.send(Event::ReservationNotice { nsid: n.nsid.get(), kind: n.rnlpt, lost });
+                    drop(sh);
+                    if n.nalp == 0 {
+                        break;
+                    }
+                    page = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        r = get_log_page(&admin, ev.log_page, 0xFFFF_FFFF, 64, 0) => match r {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
+                    };
+                }
+                continue;
+            }
             if ev.log_page == LID_CHANGED_NS_LIST {
                 if let Some(sh) = weak.upgrade() {
                     // A page cut short before its terminating zero reads as an overflowed one: rescan them all.
@@ -1770,6 +1816,9 @@ fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
         }
     });
 }
+
+/// Reservation Notification log pages read for one event at most: the controller keeps 64 or so.
+const RESERVATION_NOTICES_READ_MAX: usize = 256;
 
 /// A Namespace Attribute Changed notice listed `nsids` (None: any may have changed): each namespace opened among
 /// them is identified again (CNS 03h, then CNS 00h), as the Linux host revalidates the namespaces of the Changed

@@ -454,6 +454,30 @@ pub mod notice {
     pub const DISCOVERY_CHANGE: u8 = 0xF0;
 }
 
+/// Asynchronous Event Information for the I/O Command specific status type (NVMe Base 2.1 §5.1.2,
+/// "Asynchronous Event Information – I/O Command Specific Status").
+pub mod io_specific {
+    /// 00h: Reservation Log Page Available (read LID 80h).
+    pub const RESERVATION_LOG_AVAILABLE: u8 = 0x00;
+}
+
+/// Reservation Notification Mask (Feature 82h, namespace specific; NVMe Base 2.0 §5.27.1.20): CDW11 / dword 0
+/// bits that stop a kind of notice ([`crate::log_page::rnlpt`]) for the namespace.
+pub mod resv_mask {
+    /// Bit 1: Mask Registration Preempted Notification (REGPRE).
+    pub const REGPRE: u32 = 1 << 1;
+    /// Bit 2: Mask Reservation Released Notification (RESREL).
+    pub const RESREL: u32 = 1 << 2;
+    /// Bit 3: Mask Reservation Preempted Notification (RESPRE).
+    pub const RESPRE: u32 = 1 << 3;
+    /// All three.
+    pub const ALL: u32 = REGPRE | RESREL | RESPRE;
+    /// The bit that masks notices of type `rnlpt`.
+    pub const fn of(rnlpt: u8) -> u32 {
+        1 << rnlpt
+    }
+}
+
 /// Asynchronous Event Information for the SMART / Health type (NVMe Base 2.1 §5.1.2, "Asynchronous Event
 /// Information – SMART / Health Status").
 pub mod smart {

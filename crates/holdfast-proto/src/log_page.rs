@@ -1196,3 +1196,46 @@ mod tests {
         assert!(crate::Status::ANA_PERSISTENT_LOSS.is_path_error());
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Reservation Notification (LID 80h)
+// ---------------------------------------------------------------------------------------------------------
+
+/// Reservation Notification Log Page Type (RNLPT, byte 8 of [`ReservationNotification`]; NVMe Base 2.0
+/// §5.16.1.24, figure "Reservation Notification Log Page Type").
+pub mod rnlpt {
+    /// 00h: Empty Log Page (no notice waiting).
+    pub const EMPTY: u8 = 0;
+    /// 01h: Registration Preempted: another host's Preempt (and Abort) removed this host's registration.
+    pub const REGISTRATION_PREEMPTED: u8 = 1;
+    /// 02h: Reservation Released: another host released a reservation of a Registrants Only or All
+    /// Registrants type (or changed its type) while this host was registered.
+    pub const RESERVATION_RELEASED: u8 = 2;
+    /// 03h: Reservation Preempted: another host cleared the reservation and every registration.
+    pub const RESERVATION_PREEMPTED: u8 = 3;
+}
+
+/// Reservation Notification log page (LID 80h; NVMe Base 2.0 §5.16.1.24, figure "Reservation Notification
+/// Log Page"), 64 bytes: the oldest notice the controller holds for the host, taken by the read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct ReservationNotification {
+    /// Log Page Count: 1 for the first notice, one more for each after it (0 only when empty), skipping the
+    /// counts of notices lost (the controller held too many).
+    pub lpc: U64,
+    /// Reservation Notification Log Page Type ([`rnlpt`]).
+    pub rnlpt: u8,
+    /// Number of Available Log Pages: notices still waiting after this one (255 at most).
+    pub nalp: u8,
+    /// Reserved.
+    pub rsvd10: [u8; 2],
+    /// The namespace.
+    pub nsid: U32,
+    /// Reserved.
+    pub rsvd16: [u8; 48],
+}
+
+const _: () = assert!(core::mem::size_of::<ReservationNotification>() == 64);
+const _: () = assert!(core::mem::offset_of!(ReservationNotification, rnlpt) == 8);
+const _: () = assert!(core::mem::offset_of!(ReservationNotification, nalp) == 9);
+const _: () = assert!(core::mem::offset_of!(ReservationNotification, nsid) == 12);

@@ -7,7 +7,7 @@ use crate::backend::AssociationGate;
 use crate::subsystem::{Subsystem, Target};
 use holdfast_proto::fabrics::{cc, csts};
 use holdfast_proto::features::{event_type, notice, AsyncEvent};
-use holdfast_proto::log_page::{LID_ANA, LID_CHANGED_NS_LIST, LID_DISCOVERY};
+use holdfast_proto::log_page::{LID_ANA, LID_CHANGED_NS_LIST, LID_DISCOVERY, LID_RESERVATION_NOTIFICATION};
 use holdfast_proto::policy::{AEN_INFO_POLICY_CHANGED, LID_HOLDFAST_POLICY};
 use holdfast_proto::Status;
 use parking_lot::Mutex;
@@ -31,6 +31,9 @@ pub const ADMIN_QUEUE_ENTRIES: u32 = 32;
 pub const MAX_AERS: usize = 4;
 /// Error log entries kept (ELPE + 1).
 pub const ERROR_LOG_ENTRIES: usize = 64;
+/// Reservation notices a controller keeps unread at most (as Linux nvmet): a host that never reads them costs
+/// no more.
+pub const RESERVATION_NOTICES_MAX: usize = 64;
 /// Keep Alive granularity advertised in KAS, in 100 ms units.
 pub const KAS_100MS: u16 = 1;
 
@@ -144,6 +147,13 @@ pub struct CtrlState {
     pub masked_logs: Vec<u8>,
     /// Namespaces changed since the Changed Namespace List was last read.
     pub changed_nsids: Vec<u32>,
+    /// Reservation notices not yet read (Reservation Notification log page), oldest first: (Log Page Count,
+    /// type, NSID). At most [`RESERVATION_NOTICES_MAX`]; the count of every notice raised since, kept or not.
+    pub resv_notices: VecDeque<(u64, u8, u32)>,
+    /// The Log Page Count of the last reservation notice raised.
+    pub resv_count: u64,
+    /// Reservation Notification Mask (Feature 82h) of each namespace that has one set.
+    pub resv_masks: std::collections::HashMap<u32, u32>,
     /// Error log, newest first.
     pub errors: VecDeque<ErrorRecord>,
     /// Total errors ever logged.
@@ -254,6 +264,9 @@ impl Controller {
                 pending_events: VecDeque::new(),
                 masked_logs: Vec::new(),
                 changed_nsids: Vec::new(),
+                resv_notices: VecDeque::new(),
+                resv_count: 0,
+                resv_masks: std::collections::HashMap::new(),
                 errors: VecDeque::new(),
                 error_count: 0,
                 aer_tx: None,
@@ -523,6 +536,45 @@ impl Controller {
         let ev =
             AsyncEvent { event_type: event_type::NOTICE, info: notice::NS_ATTR_CHANGED, log_page: LID_CHANGED_NS_LIST };
         self.raise_event(ev.to_dword(), LID_CHANGED_NS_LIST, Some(8));
+    }
+
+    /// Another host's reservation command concerns this controller's host: a notice of type `rnlpt`
+    /// ([`holdfast_proto::log_page::rnlpt`]) for namespace `nsid`, unless the host masked that type for it
+    /// (Feature 82h). Kept for the Reservation Notification log page (the oldest
+    /// [`RESERVATION_NOTICES_MAX`]; one over that is lost, its count skipped, as the page's count shows), and
+    /// an I/O Command Specific event says a notice is there (NVMe Base 2.0 §8.19.6).
+    pub fn reservation_notice(&self, rnlpt: u8, nsid: u32) {
+        {
+            let mut st = self.state.lock();
+            if st.resv_masks.get(&nsid).copied().unwrap_or(0) & holdfast_proto::features::resv_mask::of(rnlpt) != 0 {
+                return;
+            }
+            st.resv_count = st.resv_count.checked_add(1).unwrap_or(1);
+            if st.resv_notices.len() < RESERVATION_NOTICES_MAX {
+                let count = st.resv_count;
+                st.resv_notices.push_back((count, rnlpt, nsid));
+            }
+        }
+        let ev = AsyncEvent {
+            event_type: event_type::IO_SPECIFIC,
+            info: holdfast_proto::features::io_specific::RESERVATION_LOG_AVAILABLE,
+            log_page: LID_RESERVATION_NOTIFICATION,
+        };
+        self.raise_event(ev.to_dword(), LID_RESERVATION_NOTIFICATION, None);
+    }
+
+    /// The Reservation Notification log page: the oldest notice, taken (all zeroes, Empty, when there is none).
+    pub fn take_reservation_notice(&self) -> holdfast_proto::log_page::ReservationNotification {
+        use zerocopy::FromZeros;
+        let mut page = holdfast_proto::log_page::ReservationNotification::new_zeroed();
+        let mut st = self.state.lock();
+        if let Some((count, rnlpt, nsid)) = st.resv_notices.pop_front() {
+            page.lpc.set(count);
+            page.rnlpt = rnlpt;
+            page.nalp = st.resv_notices.len().min(255) as u8;
+            page.nsid.set(nsid);
+        }
+        page
     }
 
     /// An ANA group's state through this controller's port changed, or a namespace moved between groups:

@@ -3141,3 +3141,79 @@ async fn a_fused_write_whose_data_fails_its_digest_aborts_its_compare() {
     assert_block0_zero(&mut q, "the pair never ran").await;
     server.stop().await;
 }
+
+/// The Reservation Notification log page (LID 80h) of controller `a`, read without RAE: (Log Page Count, type,
+/// available after it, NSID).
+async fn resv_notice(a: &mut Conn) -> (u64, u8, u8, u32) {
+    use holdfast_proto::log_page::ReservationNotification;
+    use zerocopy::FromBytes;
+    let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
+    s.dptr = SglDescriptor::transport(64);
+    holdfast_proto::sqe::get_log_page::set(&mut s, 0x80, 0, 64, 0);
+    let (r, page) = a.cmd(s, Bytes::new()).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    let n = ReservationNotification::read_from_bytes(&page).unwrap();
+    (n.lpc.get(), n.rnlpt, n.nalp, n.nsid.get())
+}
+
+/// Reservation notices (NVMe Base 2.0 §8.19.6): a host whose registration another host preempts gets an I/O
+/// Command Specific event pointing at log page 80h, which says Registration Preempted for namespace 1 (count
+/// 1, none after it) and is empty once read; a holder's release of a Registrants Only reservation tells the
+/// other registrants Reservation Released; a Clear tells them Reservation Preempted. A host that masks a kind
+/// (Feature 82h) gets none of it, and the issuing host never hears of its own command.
+#[tokio::test]
+async fn reservation_notices_reach_the_other_hosts_controllers() {
+    use holdfast_proto::log_page::rnlpt;
+    use holdfast_proto::reservation::ReservationKeys;
+    use zerocopy::IntoBytes;
+    let (server, addr) = start("").await;
+    let (mut aa, mut qa) = host_queues(addr, HOSTID, HOSTNQN).await;
+    let (mut ba, mut qb) =
+        host_queues(addr, [0x22; 16], "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000002").await;
+    let resv = |op: u8, cdw10: u32, keys: &[u8]| resv_cmd(op, 1, cdw10, keys);
+    let keys = |c: u64, o: u64| ReservationKeys::new(c, o).as_bytes().to_vec();
+    for (q, key) in [(&mut qa, 0xA1), (&mut qb, 0xB1)] {
+        let (s, d) = resv(io::RESERVATION_REGISTER, 0, &keys(0, key));
+        assert_eq!(q.cmd(s, d).await.0.status(), Status::SUCCESS);
+    }
+    let aer_a = aa.post_aer().await;
+    let aer_b = ba.post_aer().await;
+    // B preempts A's registration (no reservation: by key).
+    let (s, d) = resv(io::RESERVATION_ACQUIRE, 1 | 1 << 8, &keys(0xB1, 0xA1));
+    assert_eq!(qb.cmd(s, d).await.0.status(), Status::SUCCESS);
+    let (r, _) = aa.finish(aer_a).await;
+    assert_eq!(r.dw0.get(), 0x0080_0006, "I/O Command Specific, Reservation Log Page Available, LID 80h");
+    assert_eq!(resv_notice(&mut aa).await, (1, rnlpt::REGISTRATION_PREEMPTED, 0, 1));
+    assert_eq!(resv_notice(&mut aa).await, (0, rnlpt::EMPTY, 0, 0), "taken by the read");
+
+    // A registers again; B takes Write Exclusive - Registrants Only and releases it: A hears Released.
+    let (s, d) = resv(io::RESERVATION_REGISTER, 0, &keys(0, 0xA2));
+    assert_eq!(qa.cmd(s, d).await.0.status(), Status::SUCCESS);
+    let aer_a = aa.post_aer().await;
+    let (s, d) = resv(io::RESERVATION_ACQUIRE, 3 << 8, &keys(0xB1, 0));
+    assert_eq!(qb.cmd(s, d).await.0.status(), Status::SUCCESS);
+    let (s, d) = resv(io::RESERVATION_RELEASE, 3 << 8, &0xB1u64.to_le_bytes());
+    assert_eq!(qb.cmd(s, d).await.0.status(), Status::SUCCESS);
+    assert_eq!(aa.finish(aer_a).await.0.dw0.get(), 0x0080_0006);
+    assert_eq!(resv_notice(&mut aa).await, (2, rnlpt::RESERVATION_RELEASED, 0, 1));
+
+    // A masks Reservation Preempted for namespace 1; B clears: A hears nothing; B never heard of its own.
+    let mut mask = SubmissionEntry::new(admin::SET_FEATURES, 0);
+    mask.nsid.set(1);
+    mask.cdw10.set(0x82);
+    mask.cdw11.set(holdfast_proto::features::resv_mask::RESPRE);
+    assert_eq!(aa.cmd(mask, Bytes::new()).await.0.status(), Status::SUCCESS);
+    let mut g = SubmissionEntry::new(admin::GET_FEATURES, 0);
+    g.nsid.set(1);
+    g.cdw10.set(0x82);
+    assert_eq!(aa.cmd(g, Bytes::new()).await.0.dw0.get(), holdfast_proto::features::resv_mask::RESPRE);
+    let aer_a = aa.post_aer().await;
+    let (s, d) = resv(io::RESERVATION_RELEASE, 1, &0xB1u64.to_le_bytes());
+    assert_eq!(qb.cmd(s, d).await.0.status(), Status::SUCCESS);
+    assert_eq!(resv_notice(&mut aa).await, (0, rnlpt::EMPTY, 0, 0), "masked");
+    assert_eq!(resv_notice(&mut ba).await, (0, rnlpt::EMPTY, 0, 0), "its own commands");
+    mask.cdw11.set(1); // bit 0 is reserved
+    assert_eq!(aa.cmd(mask, Bytes::new()).await.0.status(), Status::INVALID_FIELD.with_dnr());
+    let _ = (aer_a, aer_b);
+    server.stop().await;
+}

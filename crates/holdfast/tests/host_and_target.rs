@@ -627,3 +627,35 @@ async fn a_compare_and_write_cut_off_by_a_lost_connection_fails_with_a_path_erro
     ctrl.shutdown().await.unwrap();
     server.stop().await;
 }
+
+/// A host whose registration another host preempts hears of it: the target's reservation notice (an event and
+/// log page 80h) reaches the application as `Event::ReservationNotice` (Registration Preempted, namespace 1),
+/// and the host that preempted hears nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preempted_host_gets_a_reservation_notice_event() {
+    use holdfast_proto::reservation as r;
+    let server = Server::start(Target::new(&config(&[1]), TargetSettings::default()).unwrap()).await.unwrap();
+    let (a, b) = (connect_as_host(&server, 1).await, connect_as_host(&server, 2).await);
+    let (mut a_events, mut b_events) = (a.events(), b.events());
+    let (na, nb) =
+        (holdfast_host::Namespace::open(&a, 1).await.unwrap(), holdfast_host::Namespace::open(&b, 1).await.unwrap());
+    na.reservation_register(r::RREGA_REGISTER, 0, 0xA1, false).await.unwrap();
+    nb.reservation_register(r::RREGA_REGISTER, 0, 0xB1, false).await.unwrap();
+    nb.reservation_acquire(r::RACQA_PREEMPT, r::ReservationType::WriteExclusive, 0xB1, 0xA1).await.unwrap();
+    let notice = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(Event::ReservationNotice { nsid, kind, lost }) = a_events.recv().await {
+                return (nsid, kind, lost);
+            }
+        }
+    })
+    .await
+    .expect("no reservation notice within 5 s");
+    assert_eq!(notice, (1, holdfast_proto::log_page::rnlpt::REGISTRATION_PREEMPTED, 0));
+    while let Ok(e) = b_events.try_recv() {
+        assert!(!matches!(e, Event::ReservationNotice { .. }), "the preempting host heard of its own command: {e:?}");
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    server.stop().await;
+}

@@ -211,6 +211,9 @@ pub fn get_features(c: &Controller, req: &Request) -> Response {
     if f == fid::RESERVATION_PERSISTENCE {
         return reservation_persistence(c, req, None);
     }
+    if f == fid::RESERVATION_NOTIFICATION_MASK {
+        return reservation_notification_mask(c, req, None);
+    }
     let def = crate::controller::Features::default();
     let st = c.state.lock();
     // No feature here is saveable (Set Features with SV fails, Select 011b never says SAVEABLE): the saved value
@@ -272,6 +275,35 @@ pub fn get_features(c: &Controller, req: &Request) -> Response {
     Response::dw0(value)
 }
 
+/// Feature 82h, Reservation Notification Mask (NVMe Base 2.0 §5.27.1.20): which kinds of reservation notice
+/// this controller's host gets for the namespace the command names ([`Controller::reservation_notice`]); Set
+/// with NSID FFFFFFFFh sets it for every namespace. Per controller, as features are.
+fn reservation_notification_mask(c: &Controller, req: &Request, set: Option<u32>) -> Response {
+    use holdfast_proto::features::resv_mask;
+    let nsid = req.sqe.nsid();
+    let all = set.is_some() && nsid == 0xFFFF_FFFF;
+    if !all && c.subsys.namespace(nsid).is_none() {
+        return Response::err(Status::INVALID_NAMESPACE.with_dnr());
+    }
+    match set {
+        None => match features::sel(&req.sqe) {
+            SEL_SUPPORTED => Response::dw0(CAP_NS_SPECIFIC | CAP_CHANGEABLE),
+            SEL_DEFAULT | SEL_SAVED => Response::dw0(0),
+            s if s > SEL_SUPPORTED => Response::err(Status::INVALID_FIELD.with_dnr()),
+            _ => Response::dw0(c.state.lock().resv_masks.get(&nsid).copied().unwrap_or(0)),
+        },
+        Some(mask) if mask & !resv_mask::ALL != 0 => Response::err(Status::INVALID_FIELD.with_dnr()),
+        Some(mask) => {
+            let nsids: Vec<u32> = if all { c.subsys.namespaces.read().keys().copied().collect() } else { vec![nsid] };
+            let mut st = c.state.lock();
+            for n in nsids {
+                st.resv_masks.insert(n, mask);
+            }
+            Response::ok()
+        }
+    }
+}
+
 /// Feature 83h, Reservation Persistence (NVMe Base 2.0 §5.27.1.21), of the namespace the command names: Get
 /// (`set` None) answers its Persist Through Power Loss State; Set turns it on or off (on only where the
 /// namespace can persist: [`crate::cmd::reservation::Reservations::ptpl_capable`]).
@@ -304,6 +336,9 @@ pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Outcome {
     let v = req.sqe.cdw11.get();
     if f == fid::RESERVATION_PERSISTENCE {
         return reservation_persistence(c, req, Some(v & 1 != 0)).into();
+    }
+    if f == fid::RESERVATION_NOTIFICATION_MASK {
+        return reservation_notification_mask(c, req, Some(v)).into();
     }
     // A feature that is not namespace specific belongs to the controller: a command naming a namespace for it
     // (an NSID other than 0h and FFFFFFFFh) is Feature Not Namespace Specific (NVMe Base 2.0 §5.27, as QEMU's

@@ -21,6 +21,7 @@ pub const IO_LOGS: &[u8] = &[
     lp::LID_CHANGED_NS_LIST,
     lp::LID_COMMANDS_SUPPORTED_EFFECTS,
     lp::LID_ANA,
+    lp::LID_RESERVATION_NOTIFICATION,
     policy::LID_HOLDFAST_POLICY,
 ];
 
@@ -59,6 +60,14 @@ pub fn get_log_page(ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
                 let mut page = c.target.ana.log(&c.ana, &c.subsys).to_bytes(rgo);
                 page.resize(page.len().max(crate::ana::log_len(rgo)), 0);
                 page
+            }
+            // The oldest reservation notice, taken by the read (RAE or not: RAE keeps the event masked, not
+            // the notice); checked first, so that a read past the page does not take one.
+            lp::LID_RESERVATION_NOTIFICATION => {
+                if offset >= core::mem::size_of::<lp::ReservationNotification>() as u64 {
+                    return Response::err(Status::INVALID_FIELD.with_dnr());
+                }
+                c.take_reservation_notice().as_bytes().to_vec()
             }
             policy::LID_HOLDFAST_POLICY => policy_page(c),
             _ => return Response::err(Status::INVALID_LOG_PAGE.with_dnr()),

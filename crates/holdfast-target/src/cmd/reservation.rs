@@ -340,7 +340,13 @@ pub fn execute(ctrl: &Controller, req: &Request, data: &[u8]) -> Outcome {
     // refused by the check `io::execute` makes once a command is in flight.
     let preempted: Vec<[u8; 16]> =
         before.registrants.iter().map(|(h, _)| *h).filter(|h| *h != host && st.key_of(h).is_none()).collect();
+    let owed = if result.is_ok() { notices(&before, &st, &host, *cmd) } else { Vec::new() };
     drop(st);
+    for (to, rnlpt) in owed {
+        for c in ctrl.subsys.controllers().iter().filter(|c| c.hostid == to) {
+            c.reservation_notice(rnlpt, ns.nsid);
+        }
+    }
     match result {
         Ok(())
             if *cmd == Command::Acquire && r::action(cdw10) == r::RACQA_PREEMPT_AND_ABORT && !preempted.is_empty() =>
@@ -354,6 +360,37 @@ pub fn execute(ctrl: &Controller, req: &Request, data: &[u8]) -> Outcome {
         Ok(()) => Response::ok().into(),
         Err(s) => Response::err(s).into(),
     }
+}
+
+/// The reservation notices (NVMe Base 2.0 §8.19.6, the Reservation Notification log page) that `host`'s `cmd`,
+/// which changed `before` into `after`, owes other hosts: (Host Identifier, [`lp::rnlpt`] type). As Linux nvmet
+/// sends them: a registration another host's Preempt removed, Registration Preempted; every registration a
+/// Clear removed, Reservation Preempted; the reservation of a Registrants Only or All Registrants type
+/// released (by a Release, or its holder leaving) or any reservation's type changed by a Preempt, Reservation
+/// Released to the hosts still registered. Never to `host` itself.
+fn notices(before: &State, after: &State, host: &[u8; 16], cmd: Command) -> Vec<([u8; 16], u8)> {
+    use holdfast_proto::log_page as lp;
+    let mut owed = Vec::new();
+    let gone = before.registrants.iter().map(|(h, _)| *h).filter(|h| h != host && after.key_of(h).is_none());
+    let kind = match cmd {
+        Command::Acquire => Some(lp::rnlpt::REGISTRATION_PREEMPTED),
+        Command::Release => Some(lp::rnlpt::RESERVATION_PREEMPTED), // a Clear: only it unregisters others
+        _ => None,
+    };
+    if let Some(kind) = kind {
+        owed.extend(gone.map(|h| (h, kind)));
+    }
+    let released = match (before.reservation, after.reservation) {
+        (Some((t, _)), None) => !matches!(t, ReservationType::WriteExclusive | ReservationType::ExclusiveAccess),
+        (Some((t, _)), Some((u, _))) => t != u,
+        _ => false,
+    };
+    if released {
+        owed.extend(
+            after.registrants.iter().filter(|(h, _)| h != host).map(|(h, _)| (*h, lp::rnlpt::RESERVATION_RELEASED)),
+        );
+    }
+    owed
 }
 
 /// Wait until the commands of the hosts `hosts` in flight on `subsys` (those of their live controllers that
@@ -597,6 +634,36 @@ mod tests {
     /// A Release's CDW10 for type `t` (action 0, release).
     fn release_of(t: ReservationType) -> u32 {
         (t as u32) << 8
+    }
+
+    #[test]
+    fn notices_go_to_the_hosts_a_change_concerns() {
+        use holdfast_proto::log_page::rnlpt::*;
+        let mut st = State::default();
+        reg(&mut st, &A, 1);
+        reg(&mut st, &B, 2);
+        reg(&mut st, &C, 3);
+        acquire(&mut st, &A, acq(0, WriteExclusiveRegistrantsOnly), false, 1, 0).unwrap();
+        // C preempts the holder A, with another type: A's registration preempted; B, still registered, hears
+        // that the reservation (of a Registrants Only type) was released; C nothing.
+        let before = st.clone();
+        acquire(&mut st, &C, acq(1, ExclusiveAccess), false, 3, 1).unwrap();
+        let owed = notices(&before, &st, &C, Command::Acquire);
+        assert_eq!(owed, vec![(A, REGISTRATION_PREEMPTED), (B, RESERVATION_RELEASED)]);
+        // C releases Exclusive Access (neither Registrants Only nor All Registrants): nobody hears.
+        let before = st.clone();
+        release(&mut st, &C, (ExclusiveAccess as u32) << 8, false, 3).unwrap();
+        assert_eq!(notices(&before, &st, &C, Command::Release), vec![]);
+        // B takes Write Exclusive - Registrants Only and leaves (unregisters): C hears it was released.
+        acquire(&mut st, &B, acq(0, WriteExclusiveRegistrantsOnly), false, 2, 0).unwrap();
+        let before = st.clone();
+        register(&mut st, &B, 1, false, 2, 0, false).unwrap();
+        assert_eq!(notices(&before, &st, &B, Command::Register), vec![(C, RESERVATION_RELEASED)]);
+        // A Clear: every other registrant hears Reservation Preempted.
+        reg(&mut st, &A, 1);
+        let before = st.clone();
+        release(&mut st, &C, 1, false, 3).unwrap();
+        assert_eq!(notices(&before, &st, &C, Command::Release), vec![(A, RESERVATION_PREEMPTED)]);
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             "sn": get_ascii(&id.sn), "mn": get_ascii(&id.mn), "fr": get_ascii(&id.fr),
             "cntlid": c.cntlid(), "ver": format!("{}.{}.{}", c.version() >> 16, (c.version() >> 8) & 0xFF, c.version() & 0xFF),
             "mdts": id.mdts, "kas": id.kas.get(), "cqt": id.cqt.get(), "nn": id.nn.get(), "oncs": id.oncs.get(),
-            "vwc": id.vwc, "sgls": id.sgls.get(), "ioccsz": id.ioccsz.get(), "iorcsz": id.iorcsz.get(),
+            "fuses": id.fuses.get(), "acwu": id.acwu.get(), "vwc": id.vwc, "sgls": id.sgls.get(), "ioccsz": id.ioccsz.get(), "iorcsz": id.iorcsz.get(),
             "crdt": [id.crdt1.get(), id.crdt2.get(), id.crdt3.get()], "subnqn": holdfast_proto::log_page::field_str(&id.subnqn),
             "active_namespaces": nsids,
         });
