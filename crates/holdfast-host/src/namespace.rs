@@ -519,8 +519,14 @@ impl Namespace {
         let (first, second) = self.ctrl.io_send_fused_for((compare, expected), (write, data), &self.mark).await?;
         // Both answers are waited for, whatever the first says: the Write's is the last word on the blocks.
         let (compared, written) = (finish(first, "Compare").await, finish(second, "Write").await);
+        let status_of = |r: &Result<_>| r.as_ref().err().and_then(Error::status).map(Status::code);
         match compared {
-            Err(e) if e.status().is_some_and(|s| s.code() == Status::COMPARE_FAILURE) => Ok(false),
+            Err(_) if status_of(&compared) == Some(Status::COMPARE_FAILURE) => Ok(false),
+            // The Write was refused before it ran (a write-protected namespace, a reservation that lets this
+            // host read but not write): the Compare was aborted for it, and the Write's status says why.
+            Err(_) if status_of(&compared) == Some(Status::ABORTED_FAILED_FUSED) && written.is_err() => {
+                written.map(|_| true)
+            }
             Err(e) => Err(e),
             Ok(_) => written.map(|_| true),
         }

@@ -3042,6 +3042,14 @@ async fn compare_and_fused_compare_and_write_answer_as_the_spec_says() {
     assert_ne!(id.oncs.get() & holdfast_proto::identify::ONCS_COMPARE, 0, "ONCS: Compare");
     assert_eq!(id.fuses.get(), holdfast_proto::identify::FUSES_COMPARE_AND_WRITE, "FUSES: Compare and Write");
     assert_eq!(id.acwu.get(), 63, "ACWU: MDTS (256 KiB) in 4 KiB blocks, 0's based");
+    // FUSE on an admin or Fabrics command: Invalid Field, at once (not held for a second).
+    let mut p = PropertyCommand::new(0, property::CSTS, false, None).to_sqe();
+    p.set_fuse(FUSE_FIRST);
+    assert_eq!(a.cmd(p, Bytes::new()).await.0.status(), Status::INVALID_FIELD.with_dnr(), "a fused Property Get");
+    assert_eq!(a.keep_alive().await, Status::SUCCESS, "the command after it runs");
+    let mut ka = SubmissionEntry::new(admin::KEEP_ALIVE, 0);
+    ka.set_fuse(0b11); // reserved
+    assert_eq!(a.cmd(ka, Bytes::new()).await.0.status(), Status::INVALID_FIELD.with_dnr(), "FUSE 11b");
     let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
     let (s, d) = fused_rw(io::WRITE, 0, 2, 0, 0xAA);
     assert_eq!(q.cmd(s, d).await.0.status(), Status::SUCCESS);

@@ -592,6 +592,18 @@ async fn compare_and_write_lets_hosts_share_a_counter_without_losing_an_incremen
         t.await.unwrap();
     }
     assert_eq!(ns.read(0, 1).await.unwrap(), block(4 * EACH), "increments lost");
+    // The Write refused (another host's Write Exclusive reservation; the Compare, a read, may run): the
+    // caller gets the Write's status, not the Compare's Failed Fused Command.
+    use holdfast_proto::reservation as r;
+    let other = holdfast_host::Namespace::open(&hosts[1], 1).await.unwrap();
+    other.reservation_register(r::RREGA_REGISTER, 0, 0xB1, false).await.unwrap();
+    other.reservation_acquire(r::RACQA_ACQUIRE, r::ReservationType::WriteExclusive, 0xB1, 0).await.unwrap();
+    match ns.compare_and_write(0, block(4 * EACH), block(0), false).await {
+        Err(holdfast_host::Error::Nvme { status, .. }) => {
+            assert_eq!(status.code(), holdfast_proto::Status::RESERVATION_CONFLICT, "{status}")
+        }
+        other => panic!("a compare and write whose Write the reservation refuses: {other:?}"),
+    }
     for h in hosts {
         h.shutdown().await.unwrap();
     }

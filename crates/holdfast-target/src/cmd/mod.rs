@@ -87,6 +87,17 @@ pub fn parse(ctx: &QueueCtx, sqe: &SubmissionEntry) -> ParseResult {
     if sqe.psdt() != holdfast_proto::sqe::PSDT_SGL >> 6 {
         return Err(Status::INVALID_FIELD.with_dnr());
     }
+    // Fused operations (NVMe Base 2.0 §3.4.2): Compare and Write alone (FUSES bit 0), on I/O queues; FUSE
+    // set on anything else, Fabrics commands included, is Invalid Field (Linux nvmet checks it on every
+    // command). The transport pairs the two commands ([`io::fused_pair`]) and runs them together
+    // ([`io::execute_fused`]).
+    match (sqe.fuse(), sqe.opcode) {
+        (0, _) => {}
+        (holdfast_proto::sqe::FUSE_FIRST, opcode::io::COMPARE)
+        | (holdfast_proto::sqe::FUSE_SECOND, opcode::io::WRITE)
+            if ctx.qid != 0 => {}
+        _ => return Err(Status::INVALID_FIELD.with_dnr()),
+    }
     if sqe.opcode == opcode::FABRICS {
         return fabrics::parse(ctx, sqe);
     }
@@ -98,15 +109,6 @@ pub fn parse(ctx: &QueueCtx, sqe: &SubmissionEntry) -> ParseResult {
     // nvmet_check_auth_status): one flag, false on every queue of a host without keys.
     if ctx.auth_pending {
         return Err(Status::AUTHENTICATION_REQUIRED.with_dnr());
-    }
-    // Fused operations (NVMe Base 2.0 §3.4.2): Compare and Write alone (FUSES bit 0), on I/O queues. The
-    // transport pairs the two commands ([`io::fused_pair`]) and runs them together ([`io::execute_fused`]).
-    match (sqe.fuse(), sqe.opcode) {
-        (0, _) => {}
-        (holdfast_proto::sqe::FUSE_FIRST, opcode::io::COMPARE)
-        | (holdfast_proto::sqe::FUSE_SECOND, opcode::io::WRITE)
-            if ctx.qid != 0 => {}
-        _ => return Err(Status::INVALID_FIELD.with_dnr()),
     }
     if !ctrl.ready() {
         return Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());

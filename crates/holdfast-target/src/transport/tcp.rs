@@ -548,7 +548,12 @@ impl Connection {
         data: Bytes,
     ) -> Result<Option<PendingConnect>, Close> {
         self.advance_sqhd();
-        let first = self.fused_adjacency(&sqe);
+        // Fused operations are rare: a capsule that neither is one nor follows a first passes with two loads.
+        let first = if sqe.fuse() == 0 && matches!(self.fused_open, FusedOpen::None) {
+            Ok(None)
+        } else {
+            self.fused_adjacency(&sqe)
+        };
         let cid = sqe.cid();
         if !self.admit_cid(&sqe)? {
             if let Ok(Some(first)) = first {
@@ -563,16 +568,23 @@ impl Connection {
                 return Ok(None);
             }
         };
-        let req = match self.parse_capsule(&sqe, &data) {
+        let req = match cmd::parse(&self.ctx, &sqe) {
             Ok(r) => r,
             Err(status) => {
-                self.fail(&sqe, status, false);
-                if let Some(first) = first {
-                    self.abort_fused_first(first, Status::ABORTED_FAILED_FUSED);
-                }
+                self.refuse(&sqe, status, first);
                 return Ok(None);
             }
         };
+        if req.len == 0 && !data.is_empty() {
+            self.refuse(&sqe, Status::SGL_LENGTH_INVALID.with_dnr(), first);
+            return Ok(None);
+        }
+        if req.len > 0 {
+            if let Err(status) = check_sgl(&sqe, req.len, req.dir, data.len()) {
+                self.refuse(&sqe, status, first);
+                return Ok(None);
+            }
+        }
         if let Some(first) = first {
             self.pair_fused(first, req, data);
             return Ok(None);
@@ -584,23 +596,26 @@ impl Connection {
             self.fused_open = FusedOpen::Waiting(cid);
             return Ok(None);
         }
-        Ok(self.start(cid, req, data))
+        if req.dir == DataDir::ToController && req.len > 0 && data.is_empty() {
+            self.slots.insert(cid, Slot::Queued(req));
+            self.r2t_queue.push_back(cid);
+            self.start_r2ts();
+            return Ok(None);
+        }
+        Ok(self.exec(cid, req, data))
     }
 
-    /// Parse a command capsule and check its data against what the command moves.
-    fn parse_capsule(&self, sqe: &holdfast_proto::SubmissionEntry, data: &Bytes) -> Result<Request, Status> {
-        let req = cmd::parse(&self.ctx, sqe)?;
-        if req.len == 0 && !data.is_empty() {
-            return Err(Status::SGL_LENGTH_INVALID.with_dnr());
+    /// Fail a command refused before it ran; if it is the second of the held `first`, that one is aborted too.
+    fn refuse(&mut self, sqe: &holdfast_proto::SubmissionEntry, status: Status, first: Option<u16>) {
+        self.fail(sqe, status, false);
+        if let Some(first) = first {
+            self.abort_fused_first(first, Status::ABORTED_FAILED_FUSED);
         }
-        if req.len > 0 {
-            check_sgl(sqe, req.len, req.dir, data.len())?;
-        }
-        Ok(req)
     }
 
-    /// Run a parsed command, or first ask for its data (R2T) if it moves data to the controller and brought none.
-    fn start(&mut self, cid: u16, req: Request, data: Bytes) -> Option<PendingConnect> {
+    /// Run a fused operation's command, or first ask for its data (R2T) if it brought none (the path
+    /// [`Connection::handle_capsule`] takes for the others).
+    fn start_fused(&mut self, cid: u16, req: Request, data: Bytes) -> Option<PendingConnect> {
         if req.dir == DataDir::ToController && req.len > 0 && data.is_empty() {
             self.slots.insert(cid, Slot::Queued(req));
             self.r2t_queue.push_back(cid);
@@ -615,6 +630,7 @@ impl Connection {
     /// of the held `first`. `Ok(None)`: it is no second (a first held before it, left without its second, is
     /// aborted with Missing Fused Command). `Err`: it is a second without a first (Missing Fused Command), or
     /// whose first failed (Failed Fused Command). A first is noted as failed until it is held.
+    #[cold]
     fn fused_adjacency(&mut self, sqe: &holdfast_proto::SubmissionEntry) -> Result<Option<u16>, Status> {
         let next = if sqe.fuse() == FUSE_FIRST { FusedOpen::Failed } else { FusedOpen::None };
         match (std::mem::replace(&mut self.fused_open, next), sqe.fuse()) {
@@ -630,6 +646,7 @@ impl Connection {
     }
 
     /// Fail a held first (`Slot::FusedFirst`) that will not run: its second is missing or failed.
+    #[cold]
     fn abort_fused_first(&mut self, first: u16, status: Status) {
         if let Some(Slot::FusedFirst { req, .. }) = self.slots.remove(&first) {
             self.fail(&req.sqe, status, false);
@@ -639,6 +656,7 @@ impl Connection {
     /// The second of the held `first` has come and parsed: if the two make a Compare and Write
     /// ([`cmd::io::fused_pair`]) each gets its data (in its capsule, or by R2T, the first's asked for first) and
     /// the pair runs once both have theirs ([`Connection::fused_ready`]).
+    #[cold]
     fn pair_fused(&mut self, first: u16, second_req: Request, second_data: Bytes) {
         let Some(Slot::FusedFirst { req, data }) = self.slots.remove(&first) else {
             self.fail(&second_req.sqe, Status::ABORTED_MISSING_FUSED, false);
@@ -653,11 +671,12 @@ impl Connection {
         self.fused.insert(first, second);
         self.fused.insert(second, first);
         // Neither can be a Connect, so neither hands one back.
-        let _ = self.start(first, req, data);
-        let _ = self.start(second, second_req, second_data);
+        let _ = self.start_fused(first, req, data);
+        let _ = self.start_fused(second, second_req, second_data);
     }
 
     /// A fused operation's command `cid` has all its data: run the pair if the other has too, else wait for it.
+    #[cold]
     fn fused_ready(&mut self, cid: u16, req: Request, data: Bytes, r2t: usize) {
         let Some(&partner) = self.fused.get(&cid) else {
             // The other failed meanwhile (its failure marks this one failed while its data still came in, so
@@ -710,6 +729,7 @@ impl Connection {
 
     /// A fused operation's command `cid` failed before it ran: the other is aborted (Failed Fused Command), at
     /// once if its data is in or not yet asked for, else once its data is in (it is on its way after an R2T).
+    #[cold]
     fn fused_member_failed(&mut self, cid: u16) {
         let Some(partner) = self.fused.remove(&cid) else { return };
         self.fused.remove(&partner);
@@ -719,7 +739,10 @@ impl Connection {
                 self.slots.insert(partner, Slot::Receiving { req, buf, failed });
             }
             // Its R2T never sent: no data comes for it.
-            Some(Slot::Queued(req)) => self.fail(&req.sqe, Status::ABORTED_FAILED_FUSED, false),
+            Some(Slot::Queued(req)) => {
+                self.r2t_queue.retain(|&c| c != partner);
+                self.fail(&req.sqe, Status::ABORTED_FAILED_FUSED, false);
+            }
             Some(Slot::Fused { req, r2t, .. }) => {
                 self.r2t_bytes -= r2t;
                 self.fail(&req.sqe, Status::ABORTED_FAILED_FUSED, false);
