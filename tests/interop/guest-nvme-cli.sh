@@ -13,6 +13,12 @@ dev=$(ns_dev "$NQN"); ctrl=$(ctrl_dev "$NQN")
 log "id-ctrl"; out=$(nvme id-ctrl "$ctrl"); printf '%s\n' "$out" | head -n 40
 log "id-ns"; out=$(nvme id-ns "$dev"); printf '%s\n' "$out" | head -n 30
 log "ns-descs"; nvme ns-descs "$dev"
+# CNS 08h (I/O Command Set Independent Identify Namespace), which newer Linux hosts read first: NMIC shared, ANA
+# group 1, NSTAT ready (byte 14).
+log "identify cns 08h"; out=$(nvme admin-passthru "$ctrl" --opcode=0x06 --namespace-id=1 --cdw10=8 --data-len=4096 --read)
+printf '%s\n' "$out" | head -n 3
+printf '%s\n' "$out" | grep -Eiq '^0000: [0-9a-f]{2} 01 [0-9a-f]{2} [0-9a-f]{2} 01 00 00 00( [0-9a-f]{2}){6} 01 ' ||
+  { echo "identify cns 08h: not shared, group 1 and ready"; exit 1; }
 log "list-ns"; nvme list-ns "$ctrl"
 log "smart-log"; nvme smart-log "$ctrl"
 log "error-log"; nvme error-log "$ctrl" -e 4

@@ -3225,3 +3225,29 @@ async fn reservation_notices_reach_the_other_hosts_controllers() {
     let _ = (aer_a, aer_b);
     server.stop().await;
 }
+
+/// Identify CNS 08h, the I/O Command Set Independent Identify Namespace (NVMe Base 2.0 Figure 280, mandatory for
+/// an NVMe 2.0 I/O controller; recent Linux hosts read it first): shared, every reservation type, ANA group 1,
+/// ready (NSTAT bit 0; a Linux host skips a namespace without it); zeroes for an inactive NSID; Invalid
+/// Namespace for FFFFFFFFh, as CNS 00h.
+#[tokio::test]
+async fn identify_cs_independent_namespace_says_ready() {
+    use holdfast_proto::identify::{self as id, IdentifyNamespaceIndependent};
+    let (server, addr) = start("").await;
+    let (mut a, _) = Conn::admin(addr, NQN, false, false).await;
+    let ident = |nsid: u32| {
+        let mut s = SubmissionEntry::new(admin::IDENTIFY, 0);
+        s.nsid.set(nsid);
+        s.dptr = SglDescriptor::transport(4096);
+        s.cdw10.set(id::CNS_CS_INDEPENDENT_NAMESPACE as u32);
+        s
+    };
+    let (r, d) = a.cmd(ident(1), Bytes::new()).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    let n = IdentifyNamespaceIndependent::from_slice(&d).unwrap();
+    assert_eq!((n.nmic, n.rescap, n.anagrpid.get(), n.nsattr, n.nstat), (id::NMIC_SHARED, 0xFE, 1, 0, id::NSTAT_READY));
+    let (r, d) = a.cmd(ident(5), Bytes::new()).await;
+    assert_eq!((r.status(), d), (Status::SUCCESS, vec![0u8; 4096]), "an inactive NSID");
+    assert_eq!(a.cmd(ident(0xFFFF_FFFF), Bytes::new()).await.0.status(), Status::INVALID_NAMESPACE.with_dnr());
+    server.stop().await;
+}

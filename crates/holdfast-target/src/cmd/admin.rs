@@ -112,6 +112,19 @@ pub fn identify_namespace(ns: &Namespace) -> IdentifyNamespace {
     d
 }
 
+/// I/O Command Set Independent Identify Namespace (CNS 08h; NVMe Base 2.0 Figure 280): what CNS 00h says
+/// of sharing, reservations, the ANA group and write protection, and that the namespace is ready.
+pub fn identify_namespace_independent(ns: &Namespace) -> id::IdentifyNamespaceIndependent {
+    let full = identify_namespace(ns);
+    let mut d = id::IdentifyNamespaceIndependent::new_zeroed();
+    d.nmic = full.nmic;
+    d.rescap = full.rescap;
+    d.anagrpid = full.anagrpid;
+    d.nsattr = full.nsattr;
+    d.nstat = id::NSTAT_READY;
+    d
+}
+
 fn ns_or_inactive(c: &Controller, nsid: u32) -> Result<Option<std::sync::Arc<Namespace>>, Status> {
     if nsid == 0 || (nsid > crate::MAX_NSID && nsid != 0xFFFF_FFFF) {
         return Err(Status::INVALID_NAMESPACE.with_dnr());
@@ -130,6 +143,14 @@ pub fn identify(_ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
             // (OACS bit 3), which this one is not: Invalid Namespace (NVMe Base 2.0 §5.17.2.1), as nvmet.
             Ok(None) if nsid == 0xFFFF_FFFF => Response::err(Status::INVALID_NAMESPACE.with_dnr()),
             Ok(None) => Response::data(vec![0u8; 4096]), // inactive NSID: zero-filled
+            Err(s) => Response::err(s),
+        },
+        // Mandatory for an NVMe 2.0 I/O controller; recent Linux hosts ask for it first when they scan a
+        // namespace (and take NSTAT bit 0 clear for a namespace not ready, which they skip).
+        id::CNS_CS_INDEPENDENT_NAMESPACE => match ns_or_inactive(c, nsid) {
+            Ok(Some(ns)) => Response::data(identify_namespace_independent(&ns).as_bytes().to_vec()),
+            Ok(None) if nsid == 0xFFFF_FFFF => Response::err(Status::INVALID_NAMESPACE.with_dnr()),
+            Ok(None) => Response::data(vec![0u8; 4096]),
             Err(s) => Response::err(s),
         },
         id::CNS_CONTROLLER => Response::data(identify_controller(c).as_bytes().to_vec()),
