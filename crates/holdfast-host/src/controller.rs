@@ -1982,7 +1982,7 @@ async fn supervise(
         // Commands that cannot be replayed fail now, with a retryable path error.
         for (qid, s) in slots.iter_mut().enumerate().filter_map(|(i, s)| Some((i as u16, s.as_mut()?))) {
             let (keep, drop_): (Vec<_>, Vec<_>) = s.pending.drain(..).partition(|c| {
-                c.replayable && c.timeouts < queue::MAX_COMMAND_TIMEOUTS && c.losses < queue::MAX_COMMAND_LOSSES
+                c.reissuable(qid) && c.timeouts < queue::MAX_COMMAND_TIMEOUTS && c.losses < queue::MAX_COMMAND_LOSSES
             });
             s.pending = keep;
             for c in drop_ {
@@ -2136,8 +2136,8 @@ async fn supervise(
                         return lose_controller(&sh, &mut slots, reason);
                     }
                     // Set-up commands of the failed attempt are never replayed.
-                    for s in slots.iter_mut().flatten() {
-                        let (keep, drop_): (Vec<_>, Vec<_>) = s.pending.drain(..).partition(|c| c.replayable);
+                    for (qid, s) in slots.iter_mut().enumerate().filter_map(|(i, s)| Some((i as u16, s.as_mut()?))) {
+                        let (keep, drop_): (Vec<_>, Vec<_>) = s.pending.drain(..).partition(|c| c.reissuable(qid));
                         s.pending = keep;
                         drop(drop_);
                     }

@@ -65,6 +65,18 @@ impl Command {
         qid == 0 && self.sqe.opcode == holdfast_proto::opcode::admin::ASYNC_EVENT_REQUEST
     }
 
+    /// May it be issued on a new connection after the one it was on was lost (design §4)? A replayable one
+    /// (its effect is idempotent), or, on I/O queue `qid` (not 0), one that was never outstanding on a lost
+    /// connection: never sent, so issuing it is no replay (a compare and write that was waiting for two free
+    /// slots, a reservation command behind it). Never a set-up command (Connect, authentication).
+    pub fn reissuable(&self, qid: u16) -> bool {
+        self.replayable
+            || (qid != 0
+                && self.losses == 0
+                && self.timeouts == 0
+                && self.sqe.opcode != holdfast_proto::opcode::FABRICS)
+    }
+
     /// Bytes expected from the controller.
     pub fn data_in_len(&self) -> usize {
         self.data_in_len as usize
@@ -527,7 +539,7 @@ pub async fn run(
     // connection already gone. Not when the controller closed the queue: the supervisor then fails them with
     // the loss's own cause.
     if let (Some(e), false) = (&error, cancelled.fired()) {
-        let (keep, once): (Vec<Command>, Vec<Command>) = pending.into_iter().partition(|c| c.replayable);
+        let (keep, once): (Vec<Command>, Vec<Command>) = pending.into_iter().partition(|c| c.reissuable(p.qid));
         pending = keep;
         for c in once {
             let e = Error::PathError(format!("{} was in flight when the connection dropped ({e})", c.name(p.qid)));

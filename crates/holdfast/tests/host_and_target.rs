@@ -671,3 +671,37 @@ async fn a_preempted_host_gets_a_reservation_notice_event() {
     b.shutdown().await.unwrap();
     server.stop().await;
 }
+
+/// A compare and write still waiting in its queue for two free slots when the connection drops was never
+/// sent: it is issued on the next association (no replay) and runs, instead of failing with a path error as
+/// one that was outstanding does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compare_and_write_never_sent_before_a_loss_runs_after_the_reconnect() {
+    use bytes::Bytes;
+    let settings = TargetSettings { test_delay_writes: Some(Duration::from_millis(600)), ..TargetSettings::default() };
+    let server = Server::start(Target::new(&config(&[1]), settings).unwrap()).await.unwrap();
+    let mut o = ConnectOptions::new(server.bound[0].1.to_string(), NQN);
+    o.nr_io_queues = 1;
+    o.queue_size = 3; // two commands outstanding at most
+    let ctrl = Controller::connect(o).await.unwrap();
+    let ns = holdfast_host::Namespace::open(&ctrl, 1).await.unwrap();
+    let (zeroes, ones) = (Bytes::from(vec![0u8; 512]), Bytes::from(vec![1u8; 512]));
+    // A write held on the target takes one of the two slots; the pair needs both, and waits.
+    let held = {
+        let ns = ns.clone();
+        tokio::spawn(async move { ns.write(8, Bytes::from(vec![9u8; 512]), false).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let pair = {
+        let ns = ns.clone();
+        let (zeroes, ones) = (zeroes.clone(), ones.clone());
+        tokio::spawn(async move { ns.compare_and_write(0, zeroes, ones, false).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    reconnect(&server, &ctrl).await;
+    held.await.unwrap().expect("the held write is replayed");
+    assert!(pair.await.unwrap().expect("the pair never sent runs after the reconnect"));
+    assert_eq!(ns.read(0, 1).await.unwrap(), ones);
+    ctrl.shutdown().await.unwrap();
+    server.stop().await;
+}
