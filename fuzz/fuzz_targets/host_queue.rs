@@ -16,7 +16,8 @@
 //! depth - 1, bit 6 no in-capsule data (every write through R2T), bit 7 MAXH2CDATA 4096 (else 16384);
 //! byte 1: commands - 1 (low 3 bits), bit 3 busy polling (the queue reads its own socket while one command is
 //! outstanding); then one byte per command (bit 0 write, bit 1 not replayable, bits 2-6
-//! length in 512-byte units - 1); then the fake's script, one operation after another (see [`Op`]).
+//! length in 512-byte units - 1, bit 7 on an I/O queue's write: a fused Compare and Write pair instead, which
+//! the queue issues back to back); then the fake's script, one operation after another (see [`Op`]).
 #![no_main]
 use bytes::{Bytes, BytesMut};
 use holdfast_host::queue::{self, Command, QueueParams};
@@ -341,7 +342,7 @@ async fn case(input: &[u8]) {
         let mut sqe = SubmissionEntry::new(opcode, 0);
         sqe.nsid.set(1);
         let (reply_tx, reply) = reply::channel();
-        let cmd = Command {
+        let mut cmd = Command {
             sqe,
             data_out,
             data_in_len,
@@ -354,6 +355,31 @@ async fn case(input: &[u8]) {
             ana_waits: 0,
             fused: None,
         };
+        // Bit 7 of an I/O queue's write: a fused pair instead, a Compare (first) carrying the Write (second),
+        // which the queue must issue back to back, both or neither.
+        if !admin && write && b & 0x80 != 0 {
+            let (second_tx, second_reply) = reply::channel();
+            let mut second_sqe = cmd.sqe;
+            second_sqe.set_fuse(holdfast_proto::sqe::FUSE_SECOND);
+            cmd.sqe.opcode = holdfast_proto::opcode::io::COMPARE;
+            cmd.sqe.set_fuse(holdfast_proto::sqe::FUSE_FIRST);
+            cmd.replayable = false;
+            let second = Command {
+                sqe: second_sqe,
+                data_out: cmd.data_out.clone(),
+                data_in_len: 0,
+                ns_tag: 0,
+                replayable: false,
+                reply: second_tx,
+                timeouts: 0,
+                retries: 0,
+                losses: 0,
+                ana_waits: 0,
+                fused: None,
+            };
+            cmd.fused = Some(Box::new(second));
+            replies.push((second_reply, write, 0));
+        }
         if tx.try_send(cmd).is_err() {
             panic!("the submission channel refused a command");
         }
@@ -456,9 +482,11 @@ async fn case(input: &[u8]) {
     }
     // Handed back: outstanding or waiting to be re-issued (`pending`), or never taken from the channel.
     let mut exit = exit;
-    let mut handed_back = exit.pending.len();
-    while exit.rx.try_recv().is_some() {
-        handed_back += 1;
+    // A fused first hands back its second with it.
+    let count = |c: &Command| 1 + c.fused.is_some() as usize;
+    let mut handed_back: usize = exit.pending.iter().map(count).sum();
+    while let Some(c) = exit.rx.try_recv() {
+        handed_back += count(&c);
     }
     assert_eq!(unanswered, handed_back, "commands neither answered nor handed back ({n} issued)");
 }

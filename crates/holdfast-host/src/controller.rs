@@ -1264,7 +1264,7 @@ fn fail_gone_namespaces(sh: &Shared, slots: &mut [Option<Slot>], gone: Vec<(NsMa
                 sh.opts.subnqn,
                 c.name(1)
             ));
-            c.reply.send(Err(e));
+            c.fail(e);
             failed += 1;
         }
     }
@@ -1908,14 +1908,14 @@ fn fail_all(slots: &mut [Option<Slot>], err: &dyn Fn() -> Error, close: bool) ->
     let mut n = 0;
     for s in slots.iter_mut().flatten() {
         for c in s.pending.drain(..) {
-            c.reply.send(Err(err()));
+            c.fail(err());
             n += 1;
         }
         if close {
             s.rx.close();
         }
         while let Some(c) = s.rx.try_recv() {
-            c.reply.send(Err(err()));
+            c.fail(err());
             n += 1;
         }
     }
@@ -2000,7 +2000,7 @@ async fn supervise(
                 } else {
                     Error::PathError(format!("{} was in flight when the connection dropped ({cause})", c.name(qid)))
                 };
-                c.reply.send(Err(e));
+                c.fail(e);
             }
         }
         let mut cause = cause;

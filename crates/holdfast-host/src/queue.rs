@@ -77,6 +77,16 @@ impl Command {
                 && self.sqe.opcode != holdfast_proto::opcode::FABRICS)
     }
 
+    /// Answer it with `e`, never sent (or no longer to be sent); and the second of its fused operation, if it
+    /// carries one, which goes with it.
+    pub fn fail(mut self, e: Error) {
+        if let Some(second) = self.fused.take() {
+            let why = format!("not sent: the first command of its fused operation failed ({e})");
+            second.reply.send(Err(if e.is_path_error() { Error::PathError(why) } else { Error::Invalid(why) }));
+        }
+        self.reply.send(Err(e));
+    }
+
     /// Bytes expected from the controller.
     pub fn data_in_len(&self) -> usize {
         self.data_in_len as usize
@@ -543,7 +553,7 @@ pub async fn run(
         pending = keep;
         for c in once {
             let e = Error::PathError(format!("{} was in flight when the connection dropped ({e})", c.name(p.qid)));
-            c.reply.send(Err(e));
+            c.fail(e);
         }
     }
     if term {
@@ -604,7 +614,7 @@ impl Issue<'_> {
                     "a fused operation needs two entries of queue {}, which has one",
                     self.p.qid
                 ));
-                cmd.reply.send(Err(e));
+                cmd.fail(e);
                 return Ok(None);
             }
             if self.free.len() < 2 {
