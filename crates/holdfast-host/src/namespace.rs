@@ -220,14 +220,8 @@ impl Namespace {
 
     /// Read into `buf` (a whole number of blocks) from `lba`.
     pub async fn read_into(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
-        let bs = self.block_size as usize;
-        if buf.is_empty() || !buf.len().is_multiple_of(bs) {
-            return Err(Error::Invalid(format!(
-                "read of {} bytes is not a whole number of {bs}-byte blocks",
-                buf.len()
-            )));
-        }
-        let data = self.read_on(None, lba, (buf.len() / bs) as u64).await?;
+        let blocks = self.whole_blocks("read", buf)?;
+        let data = self.read_on(None, lba, blocks).await?;
         if data.len() != buf.len() {
             return Err(Error::Protocol {
                 qid: 0,
@@ -240,14 +234,7 @@ impl Namespace {
 
     /// Write `data` (a whole number of blocks) at `lba`, on queue `queue`; with `fua`, durable on completion.
     pub async fn write_on(&self, queue: Option<usize>, lba: u64, data: Bytes, fua: bool) -> Result<()> {
-        let bs = self.block_size as usize;
-        if data.is_empty() || !data.len().is_multiple_of(bs) {
-            return Err(Error::Invalid(format!(
-                "write of {} bytes is not a whole number of {bs}-byte blocks",
-                data.len()
-            )));
-        }
-        let blocks = (data.len() / bs) as u64;
+        let blocks = self.whole_blocks("write", &data)?;
         self.check_gone()?;
         self.check_range(lba, blocks)?;
         let max = self.max_blocks();
@@ -532,8 +519,9 @@ impl Namespace {
         }
     }
 
-    /// The number of blocks in `data`, if it is a whole number of them, at least one.
-    fn whole_blocks(&self, what: &str, data: &Bytes) -> Result<u64> {
+    /// The number of blocks in `data`, if it is a whole number of them, at least one; else [`Error::Invalid`]
+    /// naming `what` (read, write, compare, ...).
+    fn whole_blocks(&self, what: &str, data: &[u8]) -> Result<u64> {
         let bs = self.block_size as usize;
         if data.is_empty() || !data.len().is_multiple_of(bs) {
             return Err(Error::Invalid(format!(

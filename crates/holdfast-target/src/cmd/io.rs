@@ -242,7 +242,7 @@ fn run(exec: Exec, len: usize, data: Bytes, gate: MediaGate, write_through: &Ato
             let durable = fua || write_through();
             ns.backend
                 .write_at(offset, &data, durable, &gate)
-                .and_then(|()| if !durable && write_through() { ns.backend.flush(&gate) } else { Ok(()) })
+                .and_then(|()| flush_if_cache_turned_off(&ns, durable, &gate, write_through))
                 .map_err(|e| (e, true))
         }
         // Every namespace is flushed (NSID FFFFFFFFh: all of them) even after one fails, whose error is returned
@@ -296,6 +296,23 @@ fn run(exec: Exec, len: usize, data: Bytes, gate: MediaGate, write_through: &Ato
             log_backend_error(&e);
             Response::err(media_status(&e, w))
         }
+    }
+}
+
+/// After a write that began `durable` or not (FUA, or the write cache off when it began): flushed if it was
+/// not and the cache is off now (`write_through`), since the flush Set Features ran when it turned the cache
+/// off may have come before this write's data reached the cache ([`run`]).
+#[inline]
+fn flush_if_cache_turned_off(
+    ns: &Namespace,
+    durable: bool,
+    gate: &MediaGate,
+    write_through: impl Fn() -> bool,
+) -> io::Result<()> {
+    if !durable && write_through() {
+        ns.backend.flush(gate)
+    } else {
+        Ok(())
     }
 }
 
@@ -453,13 +470,10 @@ pub fn execute_fused(
             let write_through = || ctrl.write_through.load(Ordering::Acquire);
             let durable = fua || write_through();
             let (a, b) = match ns.backend.compare_and_write(offset, &first_data, &second_data, durable, &gate) {
-                CompareAndWrite::Written => {
-                    // As a Write: one that began with the write cache on and ended with it off is flushed (`run`).
-                    match if !durable && write_through() { ns.backend.flush(&gate) } else { Ok(()) } {
-                        Ok(()) => (Response::ok(), Response::ok()),
-                        Err(e) => (Response::ok(), Response::err(media_status(&e, true))),
-                    }
-                }
+                CompareAndWrite::Written => match flush_if_cache_turned_off(&ns, durable, &gate, write_through) {
+                    Ok(()) => (Response::ok(), Response::ok()),
+                    Err(e) => (Response::ok(), Response::err(media_status(&e, true))),
+                },
                 CompareAndWrite::Miscompare => failed(COMPARE_FAILURE),
                 CompareAndWrite::ReadFailed(e) if e.kind() == io::ErrorKind::Unsupported => {
                     failed(Status::INVALID_OPCODE.with_dnr())
