@@ -8,11 +8,11 @@
 //! Write-only workloads read every unit they wrote back once the run is over (not counted in its figures);
 //! read-only ones have nothing of this run's to check, and refuse `--verify`.
 
-use super::common::{runtime, HostArgs};
+use super::common::{runtime, NamespaceArgs};
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Args as ClapArgs, ValueEnum};
 use hdrhistogram::Histogram;
-use holdfast_host::{Controller, Namespace};
+use holdfast_host::Namespace;
 use holdfast_proto::digest::{crc32c, crc32c_append};
 use rand::{Rng, SeedableRng};
 use std::io::IsTerminal;
@@ -40,13 +40,7 @@ pub enum Workload {
 #[derive(ClapArgs, Debug)]
 pub struct Args {
     #[command(flatten)]
-    host: HostArgs,
-    /// Subsystem NQN.
-    #[arg(long)]
-    nqn: String,
-    /// Namespace.
-    #[arg(long, default_value_t = 1)]
-    nsid: u32,
+    ns: NamespaceArgs,
     /// Workload.
     #[arg(long, value_enum, default_value = "randread")]
     workload: Workload,
@@ -432,8 +426,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let a = Arc::new(a);
     let rt = runtime()?;
     rt.block_on(async move {
-        let mut o = a.host.options(&a.nqn);
-        o.nr_io_queues = a.queues;
+        let mut o = a.ns.options(a.queues);
         o.queue_size = (a.qd + 1).clamp(2, 1024) as u16;
         // One poller for every controller: they share this runtime.
         o.busy_poll = holdfast_rt::BusyPoll::new(Duration::from_micros(a.busy_poll_us));
@@ -443,8 +436,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let mut ctrls = Vec::new();
         let mut nss = Vec::new();
         for _ in 0..a.controllers {
-            let c = Controller::connect(o.clone()).await?;
-            nss.push(Namespace::open(&c, a.nsid).await?);
+            let (c, ns) = a.ns.open(o.clone()).await?;
+            nss.push(ns);
             ctrls.push(c);
         }
         let ns = nss[0].clone();

@@ -1,7 +1,7 @@
 //! Options shared by the host commands.
 
 use clap::Args as ClapArgs;
-use holdfast_host::ConnectOptions;
+use holdfast_host::{ConnectOptions, Controller, Namespace};
 use std::time::Duration;
 
 /// How to reach the target.
@@ -103,6 +103,55 @@ impl HostArgs {
         o.disable_sqflow = self.disable_sqflow;
         self.auth.apply(&mut o);
         o
+    }
+}
+
+/// A subsystem of a target: how to reach it, and its NQN (`identify`; the namespace commands through
+/// [`NamespaceArgs`]).
+#[derive(ClapArgs, Debug, Clone)]
+pub struct SubsystemArgs {
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Subsystem NQN.
+    #[arg(long)]
+    pub nqn: String,
+}
+
+impl SubsystemArgs {
+    /// Connection options for the subsystem, with `nr_io_queues` I/O queues.
+    pub fn options(&self, nr_io_queues: u16) -> ConnectOptions {
+        let mut o = self.host.options(&self.nqn);
+        o.nr_io_queues = nr_io_queues;
+        o
+    }
+}
+
+/// One namespace of a subsystem: what `read`, `write`, `bench`, `resv` and `nbd` work on.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct NamespaceArgs {
+    #[command(flatten)]
+    pub subsystem: SubsystemArgs,
+    /// Namespace.
+    #[arg(long, default_value_t = 1)]
+    pub nsid: u32,
+}
+
+impl NamespaceArgs {
+    /// Connection options for the namespace's subsystem, with `nr_io_queues` I/O queues.
+    pub fn options(&self, nr_io_queues: u16) -> ConnectOptions {
+        self.subsystem.options(nr_io_queues)
+    }
+
+    /// Connect with `o` (from [`NamespaceArgs::options`], adjusted) and open the namespace.
+    pub async fn open(&self, o: ConnectOptions) -> anyhow::Result<(Controller, Namespace)> {
+        let c = Controller::connect(o).await?;
+        let ns = Namespace::open(&c, self.nsid).await?;
+        Ok((c, ns))
+    }
+
+    /// "namespace N of NQN", as messages name it.
+    pub fn describe(&self) -> String {
+        format!("namespace {} of {}", self.nsid, self.subsystem.nqn)
     }
 }
 

@@ -1,6 +1,6 @@
 //! `holdfast identify`: Identify Controller (and Namespace) of a subsystem.
 
-use super::common::{hex, runtime, HostArgs};
+use super::common::{hex, runtime, SubsystemArgs};
 use clap::Args as ClapArgs;
 use holdfast_host::{Controller, Namespace};
 use holdfast_proto::identify::{get_ascii, NsDescriptor};
@@ -12,10 +12,7 @@ use std::process::ExitCode;
 #[derive(ClapArgs, Debug)]
 pub struct Args {
     #[command(flatten)]
-    host: HostArgs,
-    /// Subsystem NQN.
-    #[arg(long)]
-    nqn: String,
+    subsystem: SubsystemArgs,
     /// Also identify this namespace.
     #[arg(long)]
     nsid: Option<u32>,
@@ -26,8 +23,7 @@ pub struct Args {
 
 /// Run.
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let mut o = a.host.options(&a.nqn);
-    o.nr_io_queues = if a.nsid.is_some() { 1 } else { 0 };
+    let o = a.subsystem.options(if a.nsid.is_some() { 1 } else { 0 });
     runtime()?.block_on(async move {
         let c = Controller::connect(o).await?;
         let id = c.identify();
@@ -80,7 +76,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         if a.json {
             outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "controller": ctrl, "namespace": nsj }))?);
         } else {
-            outln!("controller {} of {}", c.cntlid(), a.nqn);
+            outln!("controller {} of {}", c.cntlid(), a.subsystem.nqn);
             for (k, v) in ctrl.as_object().into_iter().flatten() {
                 outln!("  {k:<18} {v}");
             }

@@ -1,10 +1,10 @@
 //! `holdfast read` and `holdfast write`: move bytes between a namespace and a file or stdin/stdout.
 
-use super::common::{runtime, HostArgs};
+use super::common::{runtime, NamespaceArgs};
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Args as ClapArgs;
-use holdfast_host::{Controller, Namespace};
+use holdfast_host::Namespace;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,13 +13,7 @@ use std::process::ExitCode;
 #[derive(ClapArgs, Debug)]
 pub struct ReadArgs {
     #[command(flatten)]
-    host: HostArgs,
-    /// Subsystem NQN.
-    #[arg(long)]
-    nqn: String,
-    /// Namespace.
-    #[arg(long, default_value_t = 1)]
-    nsid: u32,
+    ns: NamespaceArgs,
     /// Byte offset (a multiple of the block size).
     #[arg(long, default_value_t = 0)]
     offset: u64,
@@ -35,13 +29,7 @@ pub struct ReadArgs {
 #[derive(ClapArgs, Debug)]
 pub struct WriteArgs {
     #[command(flatten)]
-    host: HostArgs,
-    /// Subsystem NQN.
-    #[arg(long)]
-    nqn: String,
-    /// Namespace.
-    #[arg(long, default_value_t = 1)]
-    nsid: u32,
+    ns: NamespaceArgs,
     /// Byte offset (a multiple of the block size).
     #[arg(long, default_value_t = 0)]
     offset: u64,
@@ -82,10 +70,7 @@ fn byte_range(ns: &Namespace, offset: u64, len: u64, what: &str) -> anyhow::Resu
 /// Run `read`.
 pub fn run_read(a: ReadArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
-        let mut o = a.host.options(&a.nqn);
-        o.nr_io_queues = QUEUES;
-        let c = Controller::connect(o).await?;
-        let ns = Namespace::open(&c, a.nsid).await?;
+        let (c, ns) = a.ns.open(a.ns.options(QUEUES)).await?;
         // The whole range first: the output file is not created (emptied) for a read that cannot be done.
         let (lba, n) = byte_range(&ns, a.offset, a.length, "length")?;
         let mut out: Box<dyn Write> = match &a.output {
@@ -128,10 +113,7 @@ pub fn run_write(a: WriteArgs) -> anyhow::Result<ExitCode> {
         }
     }
     runtime()?.block_on(async move {
-        let mut o = a.host.options(&a.nqn);
-        o.nr_io_queues = QUEUES;
-        let c = Controller::connect(o).await?;
-        let ns = Namespace::open(&c, a.nsid).await?;
+        let (c, ns) = a.ns.open(a.ns.options(QUEUES)).await?;
         // The whole range before anything is sent: a write refused halfway would have changed the first part.
         let (lba, _) = byte_range(&ns, a.offset, data.len() as u64, "input")?;
         let data = Bytes::from(data);

@@ -2,11 +2,10 @@
 //! [`crate::nbd`]), on a TCP address or a Unix socket, or attach it to a Linux NBD device (`--device`), until
 //! SIGINT/SIGTERM.
 
-use super::common::{runtime, HostArgs};
+use super::common::{runtime, NamespaceArgs};
 use crate::nbd::server::{self, Export};
 use anyhow::Context as _;
 use clap::Args as ClapArgs;
-use holdfast_host::{Controller, Namespace};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,13 +17,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(ClapArgs, Debug)]
 pub struct Args {
     #[command(flatten)]
-    host: HostArgs,
-    /// Subsystem NQN.
-    #[arg(long)]
-    nqn: String,
-    /// Namespace to export.
-    #[arg(long, default_value_t = 1)]
-    nsid: u32,
+    ns: NamespaceArgs,
     /// TCP address to serve NBD on (port 0: any free port, printed at start).
     #[arg(long, default_value = "127.0.0.1:10809", conflicts_with = "socket")]
     listen: std::net::SocketAddr,
@@ -78,12 +71,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         runtime()?
     };
     rt.block_on(async move {
-        let mut o = a.host.options(&a.nqn);
-        o.nr_io_queues = a.queues.max(1);
-        let c = Controller::connect(o).await?;
-        let ns = Namespace::open(&c, a.nsid).await?;
+        let (c, ns) = a.ns.open(a.ns.options(a.queues.max(1))).await?;
         let export = Arc::new(Export {
-            description: format!("holdfast: namespace {} of {} at {}", a.nsid, a.nqn, a.host.addr),
+            description: format!("holdfast: {} at {}", a.ns.describe(), a.ns.subsystem.host.addr),
             name: a.name.clone(),
             // A namespace the target write-protects is exported read-only whatever the flag says: clients are told
             // (NBD_FLAG_READ_ONLY) rather than failing every write.
@@ -121,10 +111,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
         };
         outln!(
-            "export {:?}: namespace {} of {}, {} bytes in {}-byte blocks{}",
+            "export {:?}: {}, {} bytes in {}-byte blocks{}",
             export.name,
-            a.nsid,
-            a.nqn,
+            a.ns.describe(),
             export.ns.size(),
             export.ns.block_size,
             if export.read_only { ", read-only" } else { "" }

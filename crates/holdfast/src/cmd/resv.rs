@@ -2,10 +2,9 @@
 //! clear, report. The host's registration is its Host Identifier's (`--hostnqn` / `/etc/nvme/hostid`, as
 //! nvme-cli), shared by every controller it has on the subsystem.
 
-use super::common::{hex, runtime, HostArgs};
+use super::common::{hex, runtime, NamespaceArgs};
 use anyhow::Context;
 use clap::{Args as ClapArgs, Subcommand};
-use holdfast_host::{Controller, Namespace};
 use holdfast_proto::reservation::{self as r, ReservationType};
 use std::process::ExitCode;
 
@@ -13,13 +12,7 @@ use std::process::ExitCode;
 #[derive(ClapArgs, Debug)]
 pub struct Args {
     #[command(flatten)]
-    host: HostArgs,
-    /// Subsystem NQN.
-    #[arg(long)]
-    nqn: String,
-    /// Namespace.
-    #[arg(long, default_value_t = 1)]
-    nsid: u32,
+    ns: NamespaceArgs,
     /// Print JSON (report).
     #[arg(long)]
     json: bool,
@@ -128,12 +121,9 @@ fn parse_type(s: &str) -> Result<ReservationType, String> {
 
 /// Run.
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let mut o = a.host.options(&a.nqn);
-    o.nr_io_queues = 1;
     runtime()?.block_on(async move {
-        let c = Controller::connect(o).await?;
-        let ns = Namespace::open(&c, a.nsid).await?;
-        let what = format!("namespace {} of {}", a.nsid, a.nqn);
+        let (c, ns) = a.ns.open(a.ns.options(1)).await?;
+        let what = a.ns.describe();
         let done = match a.action {
             Action::Register { key } => ns.reservation_register(r::RREGA_REGISTER, 0, key, false).await,
             Action::Unregister { key, ignore_key } => {
