@@ -191,6 +191,22 @@ impl FileBackend {
         }
         Ok(())
     }
+
+    /// `fallocate(2)` with `mode` (and FALLOC_FL_KEEP_SIZE) on the range, holding its range lock: false where the
+    /// filesystem or device does not do it (the caller then writes zeroes).
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> bool {
+        let _range = self.lock(offset, len, true);
+        // SAFETY: fallocate on an owned, open file descriptor with plain integer arguments.
+        let r = unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&self.file),
+                mode | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        r == 0
+    }
 }
 
 use std::os::unix::fs::FileTypeExt;
@@ -355,18 +371,7 @@ impl Backend for FileBackend {
         gate.check()?;
         self.failed()?;
         // FALLOC_FL_ZERO_RANGE where the filesystem has it; otherwise write zeroes.
-        let range = self.lock(offset, len, true);
-        // SAFETY: fallocate on an owned, open file descriptor with plain integer arguments.
-        let r = unsafe {
-            libc::fallocate(
-                std::os::fd::AsRawFd::as_raw_fd(&self.file),
-                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        drop(range);
-        if r == 0 {
+        if self.fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, len) {
             return Ok(());
         }
         let zeros = vec![0u8; (len.min(1 << 20)) as usize];
@@ -382,18 +387,8 @@ impl Backend for FileBackend {
     fn deallocate(&self, offset: u64, len: u64, gate: &MediaGate) -> io::Result<()> {
         gate.check()?;
         self.failed()?;
-        let range = self.lock(offset, len, true);
-        // SAFETY: as above; punching a hole keeps the size and makes the range read as zeroes.
-        let r = unsafe {
-            libc::fallocate(
-                std::os::fd::AsRawFd::as_raw_fd(&self.file),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        drop(range);
-        if r == 0 {
+        // Punching a hole makes the range read as zeroes; where the filesystem cannot, zeroes are written.
+        if self.fallocate(libc::FALLOC_FL_PUNCH_HOLE, offset, len) {
             Ok(())
         } else {
             self.write_zeroes(offset, len, gate)
@@ -450,7 +445,13 @@ mod tests {
         assert!(buf.iter().all(|&x| x == 7));
         b.deallocate(4096, 4096, &g).unwrap();
         b.read_at(4096, &mut buf, &g).unwrap();
-        assert!(buf.iter().all(|&x| x == 0));
+        assert!(buf.iter().all(|&x| x == 0), "deallocated blocks read as zeroes");
+        b.write_at(8192, &[9u8; 8192], false, &g).unwrap();
+        b.write_zeroes(8192, 4096, &g).unwrap();
+        let mut two = vec![1u8; 8192];
+        b.read_at(8192, &mut two, &g).unwrap();
+        assert!(two[..4096].iter().all(|&x| x == 0), "zeroed blocks read as zeroes");
+        assert!(two[4096..].iter().all(|&x| x == 9), "write zeroes went past its range");
     }
 
     /// The stripes of a range: each once, ascending (the lock order), wrapping past the last, all of them
