@@ -197,6 +197,16 @@ pub mod get_log_page {
     pub fn offset(s: &SubmissionEntry) -> u64 {
         s.cdw12.get() as u64 | ((s.cdw13.get() as u64) << 32)
     }
+    /// Offset Type (CDW14 bit 23): the offset is an index into the log's entries, not a byte offset; only for
+    /// a log whose Supported Log Pages entry sets IOS.
+    pub fn ot(s: &SubmissionEntry) -> bool {
+        s.cdw14.get() & (1 << 23) != 0
+    }
+    /// Command Set Identifier (CDW14 bits 31:24), of a log that is per command set (Commands Supported and
+    /// Effects).
+    pub fn csi(s: &SubmissionEntry) -> u8 {
+        (s.cdw14.get() >> 24) as u8
+    }
     /// Build the dwords for reading `len` bytes (a multiple of 4, at least 4) of log `lid` at `offset`.
     pub fn set(s: &mut SubmissionEntry, lid: u8, lsp: u8, len: u32, offset: u64) {
         let numd = (len / 4).max(1) - 1;

@@ -87,7 +87,7 @@ pub struct Features {
     pub power_management: u32,
     /// FID 04h, by (TMPSEL, THSEL).
     pub temp_thresholds: [[u16; 2]; 9],
-    /// FID 05h.
+    /// FID 05h: the default; a namespace's is in [`CtrlState::error_recovery`] once set.
     pub error_recovery: u32,
     /// FID 06h: Volatile Write Cache enabled.
     pub write_cache: bool,
@@ -134,6 +134,9 @@ pub struct CtrlState {
     /// reports as the default, until the host's Set Features asks for fewer. A host may connect I/O queues
     /// without asking (Linux nvmet checks only its subsystem's maximum).
     pub io_queues_granted: u16,
+    /// Set Features Number of Queues has allocated [`CtrlState::io_queues_granted`]: a later one answers the
+    /// same (the allocation does not change until a reset, NVMe Base 2.0 §5.27.1.5).
+    pub io_queues_allocated: bool,
     /// Set once an I/O queue connected (Number of Queues may no longer change).
     pub io_queue_connected: bool,
     /// I/O queue IDs bound to a live connection: a second Connect for one of them is refused (as Linux's
@@ -154,6 +157,8 @@ pub struct CtrlState {
     pub resv_count: u64,
     /// Reservation Notification Mask (Feature 82h) of each namespace that has one set.
     pub resv_masks: std::collections::HashMap<u32, u32>,
+    /// Error Recovery (Feature 05h, namespace specific) of each namespace that has one set.
+    pub error_recovery: std::collections::HashMap<u32, u32>,
     /// Error log, newest first.
     pub errors: VecDeque<ErrorRecord>,
     /// Total errors ever logged.
@@ -267,6 +272,8 @@ impl Controller {
                 resv_notices: VecDeque::new(),
                 resv_count: 0,
                 resv_masks: std::collections::HashMap::new(),
+                error_recovery: std::collections::HashMap::new(),
+                io_queues_allocated: false,
                 errors: VecDeque::new(),
                 error_count: 0,
                 aer_tx: None,
@@ -344,6 +351,7 @@ impl Controller {
             st.resets += 1;
             // No I/O queue exists now: Number of Queues may be set again, as during any initialization.
             st.io_queue_connected = false;
+            st.io_queues_allocated = false;
             // The held Asynchronous Event Requests end too, without a completion: the host posts new ones once
             // it enabled the controller again, and may have given their CIDs to other commands by then.
             let resets = st.resets;

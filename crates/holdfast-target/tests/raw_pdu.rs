@@ -1332,10 +1332,11 @@ allow_any_host = true
     let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
     s.dptr = SglDescriptor::transport(4096);
     holdfast_proto::sqe::get_log_page::set(&mut s, 0x04, 0, 4096, 0);
+    s.cdw10.set(s.cdw10.get() | 1 << 15); // RAE: the event stays masked, the list is read all the same
     let (r, list) = a.cmd(s, Bytes::new()).await;
     assert_eq!(r.status(), Status::SUCCESS);
     assert_eq!(&list[..8], &[2, 0, 0, 0, 0, 0, 0, 0], "changed namespace list holds nsid 2");
-    // That read (RAE clear) took it.
+    // That read took it, RAE or not (the list is of the changes since it was last read; Linux nvmet alike).
     let (r, list) = a.cmd(s, Bytes::new()).await;
     assert_eq!((r.status(), &list[..4]), (Status::SUCCESS, &[0u8; 4][..]), "read once, then empty");
     let (r, _) = d.finish(daer).await;
@@ -2486,6 +2487,92 @@ async fn get_features_saved_of_an_unsaveable_feature_is_its_default() {
             assert_eq!(r.status(), Status::INVALID_FIELD.with_dnr(), "FID {fid:#x} SEL {sel}");
         }
     }
+    server.stop().await;
+}
+
+/// The fields of Get Log Page and Get/Set Features a host seldom sets, each answered as NVMe Base 2.0 says:
+/// Offset Type (CDW14 bit 23) for logs that are not indexed, Invalid Field; the Commands Supported and Effects
+/// log of another command set (CDW14 CSI), Invalid Log Page; the SMART log of one namespace where it is kept
+/// for the controller only (LPA bit 0 clear), Invalid Field; Error Recovery one value per namespace, its NSID
+/// checked (0h and FFFFFFFFh in a Get: Invalid Namespace; an NSID of no namespace: Invalid Field; FFFFFFFFh in
+/// a Set: every namespace); Write Atomicity Normal of the controller; the Reservation Notification Mask read
+/// for FFFFFFFFh, Invalid Field; a second Number of Queues, the first's allocation. Before, each was accepted
+/// and answered as something else (a namespace's SMART log with the controller's figures, one Error Recovery
+/// value for all namespaces, a second queue count granted).
+#[tokio::test]
+async fn rarely_set_log_and_feature_fields_are_checked() {
+    let (server, addr) = start("").await;
+    let (mut a, _) = Conn::admin(addr, NQN, false, false).await;
+    let log = |lid: u8, nsid: u32, cdw14: u32, len: u32| {
+        let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
+        s.nsid.set(nsid);
+        s.dptr = SglDescriptor::transport(len);
+        holdfast_proto::sqe::get_log_page::set(&mut s, lid, 0, len, 0);
+        s.cdw14.set(cdw14);
+        s
+    };
+    let invalid_field = Status::INVALID_FIELD.with_dnr();
+    assert_eq!(a.cmd(log(0x02, 0, 1 << 23, 512), Bytes::new()).await.0.status(), invalid_field, "OT");
+    assert_eq!(a.cmd(log(0x02, 1, 0, 512), Bytes::new()).await.0.status(), invalid_field, "SMART of nsid 1");
+    for nsid in [0, 0xFFFF_FFFF] {
+        assert_eq!(a.cmd(log(0x02, nsid, 0, 512), Bytes::new()).await.0.status(), Status::SUCCESS, "SMART {nsid:#x}");
+    }
+    let (r, effects) = a.cmd(log(0x05, 0, 0, 4096), Bytes::new()).await;
+    assert_eq!((r.status(), effects[4 * 0x02]), (Status::SUCCESS, 1), "effects of the NVM command set");
+    let r = a.cmd(log(0x05, 0, 2 << 24, 4096), Bytes::new()).await.0;
+    assert_eq!(r.status(), Status::INVALID_LOG_PAGE.with_dnr(), "effects of Zoned Namespaces");
+    // The Reservation Notification page read from its end: nothing, not an error (past it is).
+    let mut s = log(0x80, 0, 0, 4);
+    s.cdw12.set(64);
+    assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS, "LID 80h at its end");
+    s.cdw12.set(68);
+    assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), invalid_field, "LID 80h past its end");
+
+    let set = |fid: u32, nsid: u32, v: u32| {
+        let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+        s.nsid.set(nsid);
+        s.cdw10.set(fid);
+        s.cdw11.set(v);
+        s
+    };
+    let invalid_ns = Status::INVALID_NAMESPACE.with_dnr();
+    // Error Recovery (namespace specific): TLER 5 on namespace 1, the others untouched.
+    assert_eq!(a.cmd(set(0x05, 1, 5), Bytes::new()).await.0.status(), Status::SUCCESS);
+    let r = get_feature_sel(&mut a, 0x05, 0, 0, 1, 0).await;
+    assert_eq!((r.status(), r.dw0.get()), (Status::SUCCESS, 5), "namespace 1's");
+    for (nsid, want) in [(0, invalid_ns), (0xFFFF_FFFF, invalid_ns), (7, invalid_field), (0x10_0000, invalid_ns)] {
+        assert_eq!(get_feature_sel(&mut a, 0x05, 0, 0, nsid, 0).await.status(), want, "Get 05h NSID {nsid:#x}");
+    }
+    for (nsid, want) in [(0, invalid_ns), (7, invalid_field)] {
+        assert_eq!(a.cmd(set(0x05, nsid, 9), Bytes::new()).await.0.status(), want, "Set 05h NSID {nsid:#x}");
+    }
+    assert_eq!(a.cmd(set(0x05, 0xFFFF_FFFF, 9), Bytes::new()).await.0.status(), Status::SUCCESS, "every one");
+    assert_eq!(get_feature_sel(&mut a, 0x05, 0, 0, 1, 0).await.dw0.get(), 9);
+    assert_eq!(get_feature_sel(&mut a, 0x05, 3, 0, 1, 0).await.dw0.get(), 0b110, "changeable, namespace specific");
+    // Write Atomicity Normal is the controller's.
+    let r = a.cmd(set(0x0A, 1, 1), Bytes::new()).await.0;
+    assert_eq!(r.status(), Status::FEATURE_NOT_NS_SPECIFIC.with_dnr(), "0Ah for namespace 1");
+    assert_eq!(get_feature_sel(&mut a, 0x0A, 3, 0, 0, 0).await.dw0.get(), 0b100, "changeable only");
+    // The reservation features read for FFFFFFFFh.
+    for fid in [0x82, 0x83] {
+        let r = get_feature_sel(&mut a, fid, 0, 0, 0xFFFF_FFFF, 0).await;
+        assert_eq!(r.status(), invalid_field, "Get {fid:#x} NSID FFFFFFFFh");
+    }
+    // Number of Queues: allocated once; a second Set Features (before any I/O queue) is told the same.
+    let r = a.cmd(set(0x07, 0, 0x0001_0001), Bytes::new()).await.0;
+    assert_eq!((r.status(), r.dw0.get()), (Status::SUCCESS, 0x0001_0001), "two queues");
+    let r = a.cmd(set(0x07, 0, 0x000F_000F), Bytes::new()).await.0;
+    assert_eq!((r.status(), r.dw0.get()), (Status::SUCCESS, 0x0001_0001), "still two");
+    // The discovery controller's failed commands are logged (ELPE and the More bit say so): its Error
+    // Information log is there to read.
+    let (mut d, _) = Conn::admin(addr, fabrics::DISCOVERY_NQN, false, false).await;
+    let (r, _) = d.cmd(log(0x03, 0, 0, 512), Bytes::new()).await;
+    assert_eq!(r.status(), Status::INVALID_LOG_PAGE.with_dnr(), "a log the discovery controller has not");
+    assert!(d.more, "logged, with More");
+    let (r, entries) = d.cmd(log(0x01, 0, 0, 64), Bytes::new()).await;
+    assert_eq!(r.status(), Status::SUCCESS, "the discovery controller's Error Information log");
+    let e = holdfast_proto::log_page::ErrorInformationEntry::from_slice(&entries).unwrap();
+    assert_eq!((e.error_count.get(), Status::from_cqe_word(e.status.get())), (1, Status::INVALID_LOG_PAGE.with_dnr()));
     server.stop().await;
 }
 

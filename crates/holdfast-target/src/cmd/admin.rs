@@ -218,8 +218,25 @@ const SET_FIDS: &[u8] = &[
     fid::HOST_IDENTIFIER,
 ];
 
-/// The namespace-specific ones among them (Get Features Select 011b says so).
-const NS_SPECIFIC_FIDS: &[u8] = &[fid::ERROR_RECOVERY, fid::WRITE_ATOMICITY];
+/// The namespace-specific ones among them (Get Features Select 011b says so): Error Recovery, whose scope is
+/// the namespace (NVMe Base 2.0 Figure 317; Write Atomicity Normal's is the controller). The reservation
+/// features (82h, 83h) are namespace specific too, handled apart.
+const NS_SPECIFIC_FIDS: &[u8] = &[fid::ERROR_RECOVERY];
+
+/// The namespaces a Get or Set Features of a namespace-specific feature names, checked as NVMe Base 2.0 §5.15
+/// and §5.27 say (and QEMU's controller checks): NSID FFFFFFFFh is every namespace for a Set, and for a Get
+/// Invalid Field where the feature says so (`get_all`: the reservation features, §5.27.1.20-21), else Invalid
+/// Namespace; NSID 0h or above the largest NSID, Invalid Namespace; an NSID of no namespace, Invalid Field.
+fn feature_namespaces(c: &Controller, nsid: u32, set: bool, get_all: Status) -> Result<Vec<u32>, Status> {
+    match nsid {
+        0xFFFF_FFFF if set => Ok(c.subsys.namespaces.read().keys().copied().collect()),
+        0xFFFF_FFFF => Err(get_all.with_dnr()),
+        0 => Err(Status::INVALID_NAMESPACE.with_dnr()),
+        n if n > crate::MAX_NSID => Err(Status::INVALID_NAMESPACE.with_dnr()),
+        n if c.subsys.namespace(n).is_none() => Err(Status::INVALID_FIELD.with_dnr()),
+        n => Ok(vec![n]),
+    }
+}
 
 /// Get Features (NVMe Base 2.0 §5.15).
 pub fn get_features(c: &Controller, req: &Request) -> Response {
@@ -234,6 +251,12 @@ pub fn get_features(c: &Controller, req: &Request) -> Response {
     }
     if f == fid::RESERVATION_NOTIFICATION_MASK {
         return reservation_notification_mask(c, req, None);
+    }
+    // Checked before the state lock is taken (the namespace table has its own lock).
+    if NS_SPECIFIC_FIDS.contains(&f) {
+        if let Err(s) = feature_namespaces(c, req.sqe.nsid(), false, Status::INVALID_NAMESPACE) {
+            return Response::err(s);
+        }
     }
     let def = crate::controller::Features::default();
     let st = c.state.lock();
@@ -254,7 +277,8 @@ pub fn get_features(c: &Controller, req: &Request) -> Response {
             }
             cur.temp_thresholds[tmpsel][thsel] as u32 | (tmpsel as u32) << 16 | (thsel as u32) << 20
         }
-        fid::ERROR_RECOVERY => cur.error_recovery,
+        fid::ERROR_RECOVERY if current => st.error_recovery.get(&req.sqe.nsid()).copied().unwrap_or(def.error_recovery),
+        fid::ERROR_RECOVERY => def.error_recovery,
         fid::VOLATILE_WRITE_CACHE => cur.write_cache as u32,
         fid::NUMBER_OF_QUEUES => {
             let n = if current { st.io_queues_granted } else { MAX_IO_QUEUES };
@@ -302,10 +326,10 @@ pub fn get_features(c: &Controller, req: &Request) -> Response {
 fn reservation_notification_mask(c: &Controller, req: &Request, set: Option<u32>) -> Response {
     use holdfast_proto::features::resv_mask;
     let nsid = req.sqe.nsid();
-    let all = set.is_some() && nsid == 0xFFFF_FFFF;
-    if !all && c.subsys.namespace(nsid).is_none() {
-        return Response::err(Status::INVALID_NAMESPACE.with_dnr());
-    }
+    let nsids = match feature_namespaces(c, nsid, set.is_some(), Status::INVALID_FIELD) {
+        Ok(n) => n,
+        Err(s) => return Response::err(s),
+    };
     match set {
         None => match features::sel(&req.sqe) {
             SEL_SUPPORTED => Response::dw0(CAP_NS_SPECIFIC | CAP_CHANGEABLE),
@@ -315,7 +339,6 @@ fn reservation_notification_mask(c: &Controller, req: &Request, set: Option<u32>
         },
         Some(mask) if mask & !resv_mask::ALL != 0 => Response::err(Status::INVALID_FIELD.with_dnr()),
         Some(mask) => {
-            let nsids: Vec<u32> = if all { c.subsys.namespaces.read().keys().copied().collect() } else { vec![nsid] };
             let mut st = c.state.lock();
             for n in nsids {
                 st.resv_masks.insert(n, mask);
@@ -329,8 +352,16 @@ fn reservation_notification_mask(c: &Controller, req: &Request, set: Option<u32>
 /// (`set` None) answers its Persist Through Power Loss State; Set turns it on or off (on only where the
 /// namespace can persist: [`crate::cmd::reservation::Reservations::ptpl_capable`]).
 fn reservation_persistence(c: &Controller, req: &Request, set: Option<bool>) -> Response {
-    let Some(ns) = c.subsys.namespace(req.sqe.nsid()) else {
+    // One namespace, for a Set too (each namespace's state is its own; FFFFFFFFh is not taken as "all").
+    let nsid = req.sqe.nsid();
+    if set.is_some() && nsid == 0xFFFF_FFFF {
         return Response::err(Status::INVALID_NAMESPACE.with_dnr());
+    }
+    if let Err(s) = feature_namespaces(c, nsid, false, Status::INVALID_FIELD) {
+        return Response::err(s);
+    }
+    let Some(ns) = c.subsys.namespace(nsid) else {
+        return Response::err(Status::INVALID_FIELD.with_dnr());
     };
     let capable = ns.pr.ptpl_capable();
     match set {
@@ -369,6 +400,15 @@ pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Outcome {
         let status = if nsid <= crate::MAX_NSID { Status::FEATURE_NOT_NS_SPECIFIC } else { Status::INVALID_NAMESPACE };
         return Response::err(status.with_dnr()).into();
     }
+    // A namespace-specific one names a namespace, or every one (FFFFFFFFh).
+    let nsids = if NS_SPECIFIC_FIDS.contains(&f) {
+        match feature_namespaces(c, nsid, true, Status::INVALID_NAMESPACE) {
+            Ok(n) => n,
+            Err(s) => return Response::err(s).into(),
+        }
+    } else {
+        Vec::new()
+    };
     // The namespace whose I/O threads write the volatile write cache back when it is turned off (below),
     // looked up before the state lock is taken (the namespace table has its own lock).
     let writeback = if f == fid::VOLATILE_WRITE_CACHE && v & 1 == 0 { c.subsys.file_namespace() } else { None };
@@ -396,7 +436,9 @@ pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Outcome {
             if v & (1 << 16) != 0 {
                 return Response::err(Status::INVALID_FIELD.with_dnr()).into(); // DULBE needs NSFEAT bit 2
             }
-            st.features.error_recovery = v;
+            for n in nsids {
+                st.error_recovery.insert(n, v);
+            }
         }
         fid::VOLATILE_WRITE_CACHE => {
             let was_on = std::mem::replace(&mut st.features.write_cache, v & 1 != 0);
@@ -422,8 +464,15 @@ pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Outcome {
             if nsqr == 0xFFFF || ncqr == 0xFFFF {
                 return Response::err(Status::INVALID_FIELD.with_dnr()).into();
             }
-            let n = ((nsqr.min(ncqr) + 1) as u16).min(MAX_IO_QUEUES);
+            // The first allocates; a later one (before any I/O queue) is answered with that allocation, which
+            // does not change until a reset (NVMe Base 2.0 §5.27.1.5; Linux nvmet's is fixed).
+            let n = if st.io_queues_allocated {
+                st.io_queues_granted
+            } else {
+                ((nsqr.min(ncqr) + 1) as u16).min(MAX_IO_QUEUES)
+            };
             st.io_queues_granted = n;
+            st.io_queues_allocated = true;
             return Response::dw0((n as u32 - 1) | ((n as u32 - 1) << 16)).into();
         }
         fid::WRITE_ATOMICITY => st.features.write_atomicity = v & 1,

@@ -29,7 +29,9 @@ pub const IO_LOGS: &[u8] = &[
 pub fn get_log_page(ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
     let lid = glp::lid(&req.sqe);
     let offset = glp::offset(&req.sqe);
-    if !offset.is_multiple_of(4) {
+    // A byte offset, dword aligned: no log here is indexed (Offset Type, CDW14 bit 23, is for a log whose
+    // Supported Log Pages entry sets IOS, NVMe Base 2.0 §5.16: none of ours does).
+    if !offset.is_multiple_of(4) || glp::ot(&req.sqe) {
         return Response::err(Status::INVALID_FIELD.with_dnr());
     }
     // Reading without RAE re-enables the log's events: before the page is taken, so that an event raised
@@ -41,6 +43,9 @@ pub fn get_log_page(ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
     let page: Vec<u8> = if c.subsys.is_discovery {
         match lid {
             lp::LID_DISCOVERY => super::discovery::discovery_log(ctx, c, glp::lsp(&req.sqe)),
+            // The discovery controller logs its failed commands too (ELPE, and the More bit of their
+            // completions, say so), as an I/O controller does.
+            lp::LID_ERROR_INFO => error_log(c),
             policy::LID_HOLDFAST_POLICY => policy_page(c),
             _ => return Response::err(Status::INVALID_LOG_PAGE.with_dnr()),
         }
@@ -48,11 +53,22 @@ pub fn get_log_page(ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
         match lid {
             lp::LID_SUPPORTED_LOG_PAGES => supported_log_pages(IO_LOGS),
             lp::LID_ERROR_INFO => error_log(c),
-            lp::LID_SMART_HEALTH => smart_log(c).as_bytes().to_vec(),
+            // The controller's log, for NSID FFFFFFFFh (or 0): it is not kept per namespace (LPA bit 0 clear),
+            // and a namespace's is then to be refused (NVMe Base 1.4 §5.14.1.2, 2.0 §5.16.1.3) rather than answered with the
+            // controller's, which a host would read as that namespace's figures.
+            lp::LID_SMART_HEALTH => match req.sqe.nsid() {
+                0 | 0xFFFF_FFFF => smart_log(c).as_bytes().to_vec(),
+                _ => return Response::err(Status::INVALID_FIELD.with_dnr()),
+            },
             lp::LID_FIRMWARE_SLOT => firmware_slot_log(),
             // Read without clearing; cleared below once the command is known to succeed.
             lp::LID_CHANGED_NS_LIST => changed_ns_list(c),
-            lp::LID_COMMANDS_SUPPORTED_EFFECTS => commands_effects().as_bytes().to_vec(),
+            // Per I/O Command Set (CDW14 CSI): the NVM Command Set's is the only one (as Linux nvmet answers other
+            // sets without Zoned Namespaces).
+            lp::LID_COMMANDS_SUPPORTED_EFFECTS => match glp::csi(&req.sqe) {
+                0 => commands_effects().as_bytes().to_vec(),
+                _ => return Response::err(Status::INVALID_LOG_PAGE.with_dnr()),
+            },
             // Asymmetric Namespace Access: the groups' states through this controller's port; LSP bit 0
             // (RGO) asks for the groups without their NSIDs.
             lp::LID_ANA => {
@@ -62,12 +78,15 @@ pub fn get_log_page(ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
                 page
             }
             // The oldest reservation notice, taken by the read (RAE or not: RAE keeps the event masked, not
-            // the notice); checked first, so that a read past the page does not take one.
+            // the notice), unless the read starts at the page's end and so returns none of it (past the end
+            // is refused below).
             lp::LID_RESERVATION_NOTIFICATION => {
-                if offset >= core::mem::size_of::<lp::ReservationNotification>() as u64 {
-                    return Response::err(Status::INVALID_FIELD.with_dnr());
+                let size = core::mem::size_of::<lp::ReservationNotification>();
+                if offset >= size as u64 {
+                    vec![0; size]
+                } else {
+                    c.take_reservation_notice().as_bytes().to_vec()
                 }
-                c.take_reservation_notice().as_bytes().to_vec()
             }
             policy::LID_HOLDFAST_POLICY => policy_page(c),
             _ => return Response::err(Status::INVALID_LOG_PAGE.with_dnr()),
@@ -76,13 +95,16 @@ pub fn get_log_page(ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
     if offset > page.len() as u64 {
         return Response::err(Status::INVALID_FIELD.with_dnr());
     }
+    // The Changed Namespace List holds the changes since it was last read, RAE or not (RAE keeps the event,
+    // not the list: Linux nvmet clears it at every read too). NSIDs added while the page was built stay for
+    // the next read.
+    if lid == lp::LID_CHANGED_NS_LIST && !c.subsys.is_discovery {
+        let reported = page_nsids(&page);
+        c.state.lock().changed_nsids.retain(|n| !reported.contains(n) && !reported.contains(&0xFFFF_FFFF));
+    }
     if !glp::rae(&req.sqe) {
         // Read: the notice still waiting for it goes. Events raised while the page was built were queued
-        // after it and stay, as do the NSIDs they added (the next read reports them).
-        if lid == lp::LID_CHANGED_NS_LIST && !c.subsys.is_discovery {
-            let reported = page_nsids(&page);
-            c.state.lock().changed_nsids.retain(|n| !reported.contains(n) && !reported.contains(&0xFFFF_FFFF));
-        }
+        // after it and stay.
         c.log_read(lid);
     }
     Response::data(lp::log_page_slice(&page, offset, req.len))
