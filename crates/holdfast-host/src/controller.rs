@@ -440,7 +440,9 @@ fn connect_refusal(status: Status, dw0: u32, o: &ConnectOptions) -> Error {
         s if s == Status::CONNECT_INVALID_PARAMETERS => {
             let ip = InvalidParameter::from_dw0(dw0);
             match (ip.in_data, ip.offset) {
-                (true, 256) => format!("the target has no subsystem {}", o.subnqn),
+                // The same answer for a subsystem the target has not and one it does not export on this port
+                // (NVMe-oF gives no other), so both are said.
+                (true, 256) => format!("the target has no subsystem {} (or does not offer it on this port)", o.subnqn),
                 (true, 512) => format!("the host NQN {} was rejected", o.hostnqn),
                 (true, 16) => "the controller ID was rejected (controller gone?)".into(),
                 (false, 46) if o.disable_sqflow => {
@@ -1712,7 +1714,12 @@ fn start_association_tasks(sh: &Arc<Shared>, assoc: &CancellationToken) {
                 return;
             }
             let ev = holdfast_proto::features::AsyncEvent::from_dword(c.cqe.dw0.get());
-            tracing::info!(event_type = ev.event_type, info = ev.info, log_page = ev.log_page, "asynchronous event");
+            tracing::info!(
+                "asynchronous event: type {:#x}, information {:#04x}, log page {:#04x}",
+                ev.event_type,
+                ev.info,
+                ev.log_page
+            );
             // Reading the log page clears the event so the controller may report more. Given up with the
             // association (a new one reads the policy page as it is set up, and its own task asks for events):
             // left running, this task would ride the read through the reconnect and then ask for one event

@@ -547,7 +547,26 @@ impl Namespace {
         new_key: u64,
         ignore_key: bool,
     ) -> Result<()> {
-        let cdw10 = (action as u32 & 0x7) | if ignore_key { reservation::IEKEY } else { 0 };
+        self.reservation_register_ptpl(action, current_key, new_key, ignore_key, None).await
+    }
+
+    /// [`Namespace::reservation_register`] that also changes the namespace's Persist Through Power Loss State
+    /// (CPTPL, CDW10 bits 31:30): `Some(true)` on (reservations and registrations outlive a power loss or a
+    /// target restart; RESCAP bit 0 says whether the namespace can), `Some(false)` off, `None` unchanged.
+    pub async fn reservation_register_ptpl(
+        &self,
+        action: u8,
+        current_key: u64,
+        new_key: u64,
+        ignore_key: bool,
+        ptpl: Option<bool>,
+    ) -> Result<()> {
+        let cptpl = match ptpl {
+            None => 0,
+            Some(true) => reservation::CPTPL_SET,
+            Some(false) => reservation::CPTPL_CLEAR,
+        };
+        let cdw10 = (action as u32 & 0x7) | if ignore_key { reservation::IEKEY } else { 0 } | cptpl << 30;
         self.reservation_cmd(
             op::RESERVATION_REGISTER,
             cdw10,

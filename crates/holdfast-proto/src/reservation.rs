@@ -30,6 +30,8 @@ pub const RRELA_RELEASE: u8 = 0;
 pub const RRELA_CLEAR: u8 = 1;
 /// Reservation Register CDW10 bits 31:30, Change Persist Through Power Loss State: 11b sets it.
 pub const CPTPL_SET: u32 = 0b11;
+/// CPTPL 10b: clears it (reservations and registrations are then lost at a power loss).
+pub const CPTPL_CLEAR: u32 = 0b10;
 /// Reservation Report CDW11 bit 0: Extended Data Structure (EDS).
 pub const REPORT_EDS: u32 = 1 << 0;
 /// Identify Namespace RESCAP for the six reservation types and IEKEY as NVMe 1.3 defines it (bits 1-7).

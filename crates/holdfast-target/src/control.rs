@@ -55,6 +55,9 @@ pub fn execute(target: &Target, line: &str) -> String {
             Err(_) => format!("error: \"{ms}\" is not a number of milliseconds"),
         },
         (Some("cancel-restart"), None) => {
+            if target.planned_downtime_ms.load(Ordering::SeqCst) == 0 {
+                return "ok no planned restart was announced: nothing withdrawn".into();
+            }
             announce_restart(target, 0);
             "ok planned restart withdrawn".into()
         }

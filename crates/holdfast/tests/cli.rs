@@ -621,6 +621,22 @@ fn resv_registers_acquires_reports_and_clears() {
     let (rc, _, err) = resv(&["acquire", "--key", "5", "--type", "ea"]);
     assert_eq!(rc, 1);
     assert!(err.contains("Reservation Conflict"), "{err}");
+    // Other hosts: by --hostid, and by a UUID-based --hostnqn (whose UUID is its Host Identifier; the NQN
+    // alone used to leave the ID this machine's, so the "other host" was this one, with another key).
+    let other_id = "6f1c2e9a-3b4d-4e5f-8a7b-9c0d1e2f3a4b";
+    let (rc, _, err) = resv(&["--hostid", other_id, "register", "--key", "0xb2"]);
+    assert_eq!(rc, 0, "{err}");
+    let other_nqn = "nqn.2014-08.org.nvmexpress:uuid:0b8e6f52-1d2c-4a3b-9e8f-7a6b5c4d3e2f";
+    let (rc, _, err) = resv(&["--hostnqn", other_nqn, "register", "--key", "0xc3"]);
+    assert_eq!(rc, 0, "{err}");
+    let (rc, out, err) = resv(&["--json", "report"]);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["registrants"].as_array().map(|r| r.len()), Some(3), "three hosts: {out}");
+    assert!(out.contains(&other_id.replace('-', "")) && out.contains("0b8e6f521d2c4a3b9e8f7a6b5c4d3e2f"), "{out}");
+    let (rc, _, err) = resv(&["--hostid", "not-a-uuid", "report"]);
+    assert_eq!(rc, 2);
+    assert!(err.contains("\"not-a-uuid\" is not a UUID"), "{err}");
     for args in [&["release", "--key", "0xa1", "--type", "1"][..], &["clear", "--key", "0xa1"]] {
         let (rc, _, err) = resv(args);
         assert_eq!(rc, 0, "{args:?}: {err}");
@@ -681,4 +697,158 @@ fn target_ctl_lists_controllers_and_counts_io() {
     assert!(out.starts_with("SUBSYSTEM") && out.contains(hostnqn), "{out}");
     let _ = bench.kill();
     let _ = bench.wait();
+}
+
+/// Run `holdfast ARGS` with `len` bytes of `byte` written to its stdin through a pipe (no length known
+/// beforehand): its exit code, stderr, and the most memory it held (VmHWM of its own address space, KiB, read
+/// while it runs: a lower bound, reached early by a command that reads its whole input first).
+fn holdfast_piped(args: &[&str], byte: u8, len: usize) -> (i32, String, u64) {
+    use std::io::{Read, Write};
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run holdfast");
+    let mut stdin = child.stdin.take().unwrap();
+    // The child may stop reading (a refused input): a broken pipe then ends the feeding, not the test.
+    let feeder = std::thread::spawn(move || {
+        let piece = vec![byte; 1 << 16];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(piece.len());
+            if stdin.write_all(&piece[..n]).is_err() {
+                return;
+            }
+            left -= n;
+        }
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut err = String::new();
+        let _ = stderr.read_to_string(&mut err);
+        err
+    });
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut hwm = 0u64;
+    let status = loop {
+        if let Ok(text) = std::fs::read_to_string(&status_path) {
+            if let Some(kib) = text.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
+                hwm = hwm.max(kib.trim().trim_end_matches("kB").trim().parse().unwrap_or(0));
+            }
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    feeder.join().unwrap();
+    (status.code().unwrap_or(-1), reader.join().unwrap(), hwm)
+}
+
+/// `write` streams its input (memory held: a few MiB, whatever the input's size; it used to read all of it
+/// first), and a pipe, whose length is known only at its end, that turns out too long or not whole blocks is
+/// refused once what fitted is written, saying how much; what was written is on the namespace.
+#[test]
+fn write_streams_its_input_and_says_what_a_refused_pipe_left_written() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "64", "--block-size", "4096"]);
+    let addr = t.addr();
+    let w = ["write", "--addr", addr.as_str(), "--nqn", NQN];
+    let (rc, err, max_rss_kib) = holdfast_piped(&w, 0x3C, 64 << 20);
+    assert_eq!(rc, 0, "{err}");
+    assert!(max_rss_kib < 48 << 10, "64 MiB written with {max_rss_kib} KiB resident: not streamed");
+    let dir = std::env::temp_dir().join(format!("holdfast-cli-stream-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let back = dir.join("back.bin");
+    let (rc, _, err) = on(&t, "read", &["--length", &(64u64 << 20).to_string(), "--output", back.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(std::fs::read(&back).unwrap().iter().all(|&b| b == 0x3C), "the streamed write read back");
+    // 5 MiB from 60 MiB: the first 4 MiB fit and are written, the rest refused.
+    let at = (60u64 << 20).to_string();
+    let (rc, err, _) = holdfast_piped(&[&w[..], &["--offset", &at]].concat(), 0x5A, 5 << 20);
+    assert_eq!(rc, 1);
+    assert!(
+        err.contains("beyond the end of namespace 1") && err.contains("its first 4194304 bytes were written"),
+        "{err}"
+    );
+    let (rc, _, err) = on(&t, "read", &["--offset", &at, "--length", "4194304", "--output", back.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(std::fs::read(&back).unwrap().iter().all(|&b| b == 0x5A), "what fitted was written");
+    // Not whole blocks: nothing written.
+    let (rc, err, _) = holdfast_piped(&w, 0x11, 4096 + 100);
+    assert_eq!(rc, 1);
+    assert!(err.contains("stdin is 4196 bytes, not a multiple of the 4096-byte block size"), "{err}");
+    assert!(err.contains("its first 0 bytes were written"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `write` during which the target restarted (a RAM namespace: what it had acknowledged before is gone) fails
+/// and says why, after riding through the restart (the writes still pending were sent again); it used to exit 0.
+#[test]
+fn a_write_across_a_target_restart_fails_and_says_why() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let target = |extra: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["target", "--listen", &listen, "--nqn", NQN, "--ram-mib", "8", "--reconnect-delay-ms", "200"]);
+        cmd.args(extra);
+        TargetProc::spawn(cmd)
+    };
+    // Every write held 1.5 s: the write is under way when the target goes.
+    let mut first = target(&["--test-delay-writes-ms", "1500"]);
+    let dir = std::env::temp_dir().join(format!("holdfast-cli-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("in.bin");
+    std::fs::write(&input, vec![0x77u8; 2 << 20]).unwrap();
+    let write = Command::new(BIN)
+        .args(["write", "--addr", &listen, "--nqn", NQN, "--input", input.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    let _second = target(&[]);
+    let out = write.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the target restarted (new instance ID) while 2097152 bytes were written"), "{err}");
+    assert!(err.contains("write them again"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `resv register --ptpl on` turns Persist Through Power Loss on (a file namespace: the report says so, and
+/// the registration outlives a target restart); a RAM namespace, which cannot persist, refuses it.
+#[test]
+fn resv_register_sets_persist_through_power_loss() {
+    let dir = std::env::temp_dir().join(format!("holdfast-cli-ptpl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("vol.img");
+    let file_target = || TargetProc::start(&["--nqn", NQN, "--file", img.to_str().unwrap(), "--size-mib", "1"]);
+    let t = file_target();
+    let (rc, _, err) = on(&t, "resv", &["register", "--key", "0xd4", "--ptpl", "on"]);
+    assert_eq!(rc, 0, "{err}");
+    let (rc, out, err) = on(&t, "resv", &["--json", "report"]);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ptpl"], true, "{out}");
+    drop(t);
+    let t = file_target();
+    let (rc, out, err) = on(&t, "resv", &["--json", "report"]);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((&v["ptpl"], &v["registrants"][0]["key"]), (&true.into(), &"0xd4".into()), "after a restart: {out}");
+    drop(t);
+    let ram = TargetProc::start(&["--nqn", NQN, "--ram-mib", "1"]);
+    let (rc, _, err) = on(&ram, "resv", &["register", "--key", "1", "--ptpl", "on"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("Invalid Field"), "{err}");
+    let (rc, _, err) = on(&ram, "resv", &["register", "--key", "1", "--ptpl", "maybe"]);
+    assert_eq!(rc, 2);
+    assert!(err.contains("\"maybe\" is neither on nor off"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -100,7 +100,19 @@ impl FileBackend {
             Some(s) if s > cur => {
                 return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("device is only {cur} bytes")))
             }
-            Some(s) => s,
+            Some(s) => {
+                // Serving part of a file or device is allowed; a size set for a file that has grown since, or a
+                // typo, would otherwise hide the rest without a word.
+                if s < cur {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "{} is {cur} bytes: the namespace serves its first {s} (its configured size); the rest is \
+                         not exported",
+                        if meta.file_type().is_block_device() { "the device" } else { "the file" },
+                    );
+                }
+                s
+            }
             None => cur,
         };
         if created {

@@ -266,10 +266,17 @@ pub fn property_set(ctx: &QueueCtx, req: &Request) -> Response {
 /// Invalid Parameters at SUBNQN if there is none here (or it is not exported on this port), Connect Invalid
 /// Host if the host is not on its list.
 fn admit(ctx: &QueueCtx, subnqn: &str, hostnqn: &str) -> Result<Arc<Subsystem>, Response> {
-    let Some(subsys) = ctx.target.subsystem(subnqn).filter(|s| s.is_discovery || s.on_port(ctx.port.id)) else {
+    let Some(subsys) = ctx.target.subsystem(subnqn) else {
         crate::peer_log::peer_warn!(peer = %ctx.peer_addr, host = ?hostnqn, "Connect to unknown subsystem {subnqn:?}");
         return Err(invalid(256, true));
     };
+    if !subsys.is_discovery && !subsys.on_port(ctx.port.id) {
+        crate::peer_log::peer_warn!(
+            peer = %ctx.peer_addr, host = ?hostnqn,
+            "Connect to subsystem {subnqn:?}, which is not exported on port {}", ctx.port.id
+        );
+        return Err(invalid(256, true));
+    }
     if !subsys.host_allowed(hostnqn) {
         let who = if hostnqn.is_empty() { "with an empty host NQN".to_string() } else { format!("{hostnqn:?}") };
         crate::peer_log::peer_warn!(peer = %ctx.peer_addr, "host {who} is not allowed on {subnqn:?}");

@@ -13,6 +13,10 @@ pub struct HostArgs {
     /// Host NQN (default: /etc/nvme/hostnqn, or derived from the machine ID).
     #[arg(long)]
     pub hostnqn: Option<String>,
+    /// Host Identifier, a UUID: what reservations know the host by (default: the UUID of a --hostnqn of the
+    /// form nqn.2014-08.org.nvmexpress:uuid:<UUID>, else /etc/nvme/hostid, else derived from the machine ID).
+    #[arg(long, value_parser = parse_hostid)]
+    pub hostid: Option<[u8; 16]>,
     /// Header and data digests.
     #[arg(long)]
     pub digests: bool,
@@ -44,6 +48,20 @@ pub struct HostArgs {
     pub disable_sqflow: bool,
     #[command(flatten)]
     pub auth: AuthArgs,
+}
+
+/// An NSID that can name one namespace: 1 to FFFFFFFEh (0 is none, FFFFFFFFh every one).
+pub fn nsid_parser() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..0xFFFF_FFFF)
+}
+
+/// A Host Identifier given as a UUID (nil and all-ones are not identifiers).
+fn parse_hostid(s: &str) -> Result<[u8; 16], String> {
+    match uuid::Uuid::parse_str(s) {
+        Ok(u) if !u.is_nil() && !u.is_max() => Ok(*u.as_bytes()),
+        Ok(_) => Err(format!("{s} is not a Host Identifier (nil and all-ones UUIDs are reserved)")),
+        Err(e) => Err(format!("\"{s}\" is not a UUID: {e}")),
+    }
 }
 
 /// DH-HMAC-CHAP secrets (nvme-cli's flags of the same names).
@@ -89,6 +107,14 @@ impl HostArgs {
         let mut o = ConnectOptions::new(self.addr.clone(), nqn);
         if let Some(h) = &self.hostnqn {
             o.hostnqn = h.clone();
+            // A UUID-based host NQN names its Host Identifier (NVMe Base 2.0 §4.7): another NQN is another host,
+            // to reservations too, as it is to the Linux host (which refuses an NQN and an ID that disagree).
+            if let Some(id) = h.rsplit_once(":uuid:").and_then(|(_, u)| parse_hostid(u).ok()) {
+                o.hostid = id;
+            }
+        }
+        if let Some(id) = self.hostid {
+            o.hostid = id;
         }
         o.hdgst = self.digests;
         o.ddgst = self.digests;
@@ -132,7 +158,7 @@ pub struct NamespaceArgs {
     #[command(flatten)]
     pub subsystem: SubsystemArgs,
     /// Namespace.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = nsid_parser())]
     pub nsid: u32,
 }
 
@@ -144,6 +170,11 @@ impl NamespaceArgs {
 
     /// Connect with `o` (from [`NamespaceArgs::options`], adjusted) and open the namespace.
     pub async fn open(&self, o: ConnectOptions) -> anyhow::Result<(Controller, Namespace)> {
+        anyhow::ensure!(
+            self.subsystem.nqn != holdfast_proto::fabrics::DISCOVERY_NQN,
+            "{} is the discovery subsystem, which has no namespaces (`holdfast discover` reads its log)",
+            self.subsystem.nqn
+        );
         let c = Controller::connect(o).await?;
         let ns = Namespace::open(&c, self.nsid).await?;
         Ok((c, ns))
@@ -152,6 +183,30 @@ impl NamespaceArgs {
     /// "namespace N of NQN", as messages name it.
     pub fn describe(&self) -> String {
         format!("namespace {} of {}", self.nsid, self.subsystem.nqn)
+    }
+}
+
+/// Why data a command moved before may not be what the namespace holds now, from `events` (subscribed before it
+/// started): the target restarted (a new instance ID: a namespace that does not persist, RAM, starts empty,
+/// and writes it had acknowledged may be gone), or more happened than the event channel kept, so that a
+/// restart cannot be ruled out. None: neither.
+pub fn restart_seen(
+    events: &mut tokio::sync::broadcast::Receiver<holdfast_host::controller::Event>,
+) -> Option<&'static str> {
+    use tokio::sync::broadcast::error::TryRecvError;
+    let mut seen = None;
+    loop {
+        match events.try_recv() {
+            Ok(holdfast_host::controller::Event::Restored { target_restarted: true, .. }) => {
+                seen = Some("the target restarted (new instance ID)")
+            }
+            Ok(_) => {}
+            Err(TryRecvError::Lagged(_)) => {
+                seen =
+                    seen.or(Some("the connection was lost and restored too often to tell whether the target restarted"))
+            }
+            Err(_) => return seen,
+        }
     }
 }
 

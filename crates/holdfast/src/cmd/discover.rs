@@ -52,6 +52,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 "reconnect_delay_ms": p.reconnect_delay_ms, "reconnect_delay_max_ms": p.reconnect_delay_max_ms,
                 "ctrl_loss_tmo_ms": p.ctrl_loss_tmo_ms, "fast_io_fail_tmo_ms": p.fast_io_fail_tmo_ms,
                 "cqt_ms": p.cqt_ms, "planned_downtime_ms": p.planned_downtime_ms,
+                "timing_advertised": p.advertises_timing(),
             })
         });
         outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "records": v, "policy": policy }))?);
@@ -71,6 +72,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             outln!("portid:  {}  cntlid: {:#x}  asqsz: {}  treq: {:#x}{sqflow}", e.portid, e.cntlid, e.asqsz, e.treq);
         }
         match policy {
+            // The page with its timing fields clear (POLICY_SET 0): the discovery controller has no subsystem
+            // this host may use, so no policy to give; its zeros are not values.
+            Some(p) if !p.advertises_timing() => outln!(
+                "connection policy: no timing advertised to this host (no subsystem here allows it), host defaults \
+                 apply; planned downtime {} ms, instance {:016x}",
+                p.planned_downtime_ms,
+                p.instance_id
+            ),
             Some(p) => outln!(
                 "connection policy (discovery controller): kato {} ms, reconnect delay {}..{} ms, ctrl_loss_tmo {}, \
                  fast_io_fail_tmo {}, cqt {} ms, planned downtime {} ms, instance {:016x}",

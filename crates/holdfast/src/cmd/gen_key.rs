@@ -39,7 +39,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 .flatten();
             match key {
                 Some(k) if k.len() == len => zeroize::Zeroizing::new(k),
-                Some(k) => bail!("--secret: {} bytes, not the {len} of --key-len", k.len()),
+                Some(k) if a.key_len.is_some() => bail!("--secret: {} bytes, not the {len} of --key-len", k.len()),
+                Some(k) => bail!(
+                    "--secret: {} bytes, not the {len} of --hmac {} (its hash's length, the key's unless --key-len \
+                     says otherwise)",
+                    k.len(),
+                    a.hmac
+                ),
                 None => bail!("--secret: not hexadecimal (two digits a byte)"),
             }
         }

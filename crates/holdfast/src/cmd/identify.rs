@@ -14,7 +14,7 @@ pub struct Args {
     #[command(flatten)]
     subsystem: SubsystemArgs,
     /// Also identify this namespace.
-    #[arg(long)]
+    #[arg(long, value_parser = super::common::nsid_parser())]
     nsid: Option<u32>,
     /// Print JSON.
     #[arg(long)]

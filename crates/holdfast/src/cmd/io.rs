@@ -71,6 +71,7 @@ fn byte_range(ns: &Namespace, offset: u64, len: u64, what: &str) -> anyhow::Resu
 pub fn run_read(a: ReadArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
         let (c, ns) = a.ns.open(a.ns.options(QUEUES)).await?;
+        let mut events = c.events();
         // The whole range first: the output file is not created (emptied) for a read that cannot be done.
         let (lba, n) = byte_range(&ns, a.offset, a.length, "length")?;
         let mut out: Box<dyn Write> = match &a.output {
@@ -95,6 +96,11 @@ pub fn run_read(a: ReadArgs) -> anyhow::Result<ExitCode> {
             }
         }
         out.flush()?;
+        // What was read before a restart and what after may come from different contents (a namespace that does
+        // not persist starts empty): said, not an error (one that persists reads the same).
+        if let Some(why) = super::common::restart_seen(&mut events) {
+            tracing::warn!("{why} during the read: a namespace that does not persist started empty part-way");
+        }
         c.shutdown().await?;
         Ok::<_, anyhow::Error>(())
     })?;
@@ -102,40 +108,116 @@ pub fn run_read(a: ReadArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Run `write`.
+///
+/// The input is streamed, 1 MiB at a time with [`WINDOW`] pieces in flight: a file's length is known first, so
+/// that its whole range is checked before anything is sent; a pipe's only at its end, and one longer than the
+/// namespace (or not whole blocks) fails once what fitted is written, saying how much (as dd). The write ends
+/// with a Flush (unless `--fua` made each piece durable already), and fails if the target restarted meanwhile:
+/// what it had acknowledged before may be gone.
 pub fn run_write(a: WriteArgs) -> anyhow::Result<ExitCode> {
-    let mut data = Vec::new();
-    match &a.input {
-        Some(p) if p.as_os_str() != "-" => {
-            data = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
-        }
-        _ => {
-            std::io::stdin().read_to_end(&mut data)?;
-        }
+    let (input, name): (Box<dyn Read + Send>, String) = match &a.input {
+        Some(p) if p.as_os_str() != "-" => (
+            Box::new(std::fs::File::open(p).with_context(|| format!("cannot read {}", p.display()))?),
+            p.display().to_string(),
+        ),
+        _ => (Box::new(std::io::stdin()), "stdin".into()),
+    };
+    // A regular file's length (stdin redirected from one included); none for a pipe or a device.
+    let known_len = match &a.input {
+        Some(p) if p.as_os_str() != "-" => std::fs::metadata(p).ok(),
+        _ => std::fs::metadata("/dev/stdin").ok(),
     }
+    .filter(|m| m.is_file())
+    .map(|m| m.len());
     runtime()?.block_on(async move {
         let (c, ns) = a.ns.open(a.ns.options(QUEUES)).await?;
-        // The whole range before anything is sent: a write refused halfway would have changed the first part.
-        let (lba, _) = byte_range(&ns, a.offset, data.len() as u64, "input")?;
-        let data = Bytes::from(data);
-        // 1 MiB pieces (at least a block), up to WINDOW in flight over the queues.
-        let chunk = (1024 * 1024 / ns.block_size as usize * ns.block_size as usize).max(ns.block_size as usize);
+        let mut events = c.events();
+        let bs = ns.block_size as u64;
+        let lba = blocks(&ns, "offset", a.offset)?;
+        if let Some(len) = known_len {
+            // The whole range before anything is sent: a write refused halfway would have changed the first part.
+            byte_range(&ns, a.offset, len, "input")?;
+        }
+        // 1 MiB pieces (whole blocks), read by a thread of their own (reads of a file or a pipe block), at most
+        // two waiting: the memory held is that and the pieces in flight, whatever the input's size.
+        let chunk = ((1 << 20) / bs * bs).max(bs) as usize;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(2);
+        std::thread::spawn(move || read_pieces(input, chunk, tx));
         let mut inflight = std::collections::VecDeque::new();
-        let mut at = 0;
-        while at < data.len() || !inflight.is_empty() {
-            while at < data.len() && inflight.len() < WINDOW {
-                let k = (data.len() - at).min(chunk);
-                let (ns, piece) = (ns.clone(), data.slice(at..at + k));
-                let lba = lba + (at / ns.block_size as usize) as u64;
-                let fua = a.fua;
-                inflight.push_back(tokio::spawn(async move { ns.write(lba, piece, fua).await }));
-                at += k;
+        let (mut sent, mut written, mut eof) = (0u64, 0u64, false);
+        let mut refused = None;
+        while (!eof && refused.is_none()) || !inflight.is_empty() {
+            while !eof && refused.is_none() && inflight.len() < WINDOW {
+                let Some(piece) = rx.recv().await else {
+                    eof = true;
+                    break;
+                };
+                let piece = piece.with_context(|| format!("cannot read {name}"))?;
+                let len = piece.len() as u64;
+                let end = a.offset.saturating_add(sent + len);
+                if !len.is_multiple_of(bs) {
+                    refused =
+                        Some(format!("{name} is {} bytes, not a multiple of the {bs}-byte block size", sent + len));
+                } else if end > ns.size() {
+                    refused = Some(format!(
+                        "{name} reaches byte {end}, beyond the end of namespace {} ({} bytes)",
+                        ns.nsid,
+                        ns.size()
+                    ));
+                } else {
+                    let (ns, at) = (ns.clone(), lba + sent / bs);
+                    let fua = a.fua;
+                    inflight.push_back((len, tokio::spawn(async move { ns.write(at, piece, fua).await })));
+                    sent += len;
+                }
             }
-            if let Some(t) = inflight.pop_front() {
+            if let Some((len, t)) = inflight.pop_front() {
                 t.await??;
+                written += len;
             }
+        }
+        if let Some(why) = refused {
+            anyhow::bail!("{why}: its first {written} bytes were written at offset {}, the rest not", a.offset);
+        }
+        anyhow::ensure!(sent > 0, "{name} is 0 bytes: nothing to do");
+        if !a.fua {
+            ns.flush().await.context("Flush after the write")?;
+        }
+        if let Some(why) = super::common::restart_seen(&mut events) {
+            anyhow::bail!(
+                "{why} while {sent} bytes were written: what it had acknowledged before may be gone (a namespace \
+                 that does not persist starts empty): write them again"
+            );
         }
         c.shutdown().await?;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Read `input` in pieces of `chunk` bytes (the last may be shorter) into `tx`, until its end, an error, or
+/// nobody waiting for them.
+fn read_pieces(mut input: Box<dyn Read + Send>, chunk: usize, tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>) {
+    loop {
+        let mut buf = vec![0u8; chunk];
+        let mut n = 0;
+        while n < chunk {
+            match input.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+        if n == 0 {
+            return;
+        }
+        buf.truncate(n);
+        if tx.blocking_send(Ok(Bytes::from(buf))).is_err() || n < chunk {
+            return;
+        }
+    }
 }

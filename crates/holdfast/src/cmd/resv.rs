@@ -1,6 +1,6 @@
 //! `holdfast resv`: a namespace's reservations (NVMe Base 2.0 §8.19): register, acquire, preempt, release,
-//! clear, report. The host's registration is its Host Identifier's (`--hostnqn` / `/etc/nvme/hostid`, as
-//! nvme-cli), shared by every controller it has on the subsystem.
+//! clear, report. The host's registration is its Host Identifier's (`--hostid`; else the UUID of a UUID-based
+//! `--hostnqn`; else `/etc/nvme/hostid`), shared by every controller it has on the subsystem.
 
 use super::common::{hex, runtime, NamespaceArgs};
 use anyhow::Context;
@@ -28,6 +28,10 @@ pub enum Action {
         /// The key (decimal or 0x hex).
         #[arg(long, value_parser = parse_key)]
         key: u64,
+        /// Persist Through Power Loss, on or off: whether the namespace's reservations and registrations outlive
+        /// a target restart (nvme-cli's --cptpl 3 / 2; a namespace whose RESCAP bit 0 is clear refuses on).
+        #[arg(long, value_parser = parse_on_off)]
+        ptpl: Option<bool>,
     },
     /// Unregister this host (the reservation goes with it if it held it).
     Unregister {
@@ -37,6 +41,9 @@ pub enum Action {
         /// Ignore the current key (IEKEY).
         #[arg(long)]
         ignore_key: bool,
+        /// Persist Through Power Loss, on or off, as for register.
+        #[arg(long, value_parser = parse_on_off)]
+        ptpl: Option<bool>,
     },
     /// Replace this host's key.
     Replace {
@@ -93,6 +100,14 @@ pub enum Action {
     Report,
 }
 
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("\"{s}\" is neither on nor off")),
+    }
+}
+
 fn parse_key(s: &str) -> Result<u64, String> {
     let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         Some(h) => u64::from_str_radix(h, 16),
@@ -125,9 +140,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let (c, ns) = a.ns.open(a.ns.options(1)).await?;
         let what = a.ns.describe();
         let done = match a.action {
-            Action::Register { key } => ns.reservation_register(r::RREGA_REGISTER, 0, key, false).await,
-            Action::Unregister { key, ignore_key } => {
-                ns.reservation_register(r::RREGA_UNREGISTER, key, 0, ignore_key).await
+            Action::Register { key, ptpl } => ns.reservation_register_ptpl(r::RREGA_REGISTER, 0, key, false, ptpl).await,
+            Action::Unregister { key, ignore_key, ptpl } => {
+                ns.reservation_register_ptpl(r::RREGA_UNREGISTER, key, 0, ignore_key, ptpl).await
             }
             Action::Replace { key, new_key, ignore_key } => {
                 ns.reservation_register(r::RREGA_REPLACE, key, new_key, ignore_key).await

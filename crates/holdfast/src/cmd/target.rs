@@ -184,6 +184,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Some(p) => Config::load(p).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => quick_config(&a)?,
     };
+    if cfg.subsystems.is_empty() {
+        // Valid (a discovery-only target, subsystems added by a reload later), but more often a mistake.
+        tracing::warn!("the configuration has no [[subsystem]]: hosts can discover this target but use nothing on it");
+    }
     let settings = TargetSettings {
         drain: !a.test_no_drain,
         test_delay_writes: a.test_delay_writes_ms.map(Duration::from_millis),

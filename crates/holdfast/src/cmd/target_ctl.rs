@@ -26,7 +26,7 @@ pub struct Args {
 enum Action {
     /// Advertise a planned restart: hosts keep I/O queued at least this long.
     AnnounceRestart {
-        /// Expected downtime, e.g. 30s, 1500ms, 2m.
+        /// Expected downtime, e.g. 30s, 1500ms, 2m, 1h.
         #[arg(long, value_parser = parse_duration)]
         downtime: Duration,
     },
@@ -48,7 +48,7 @@ enum Action {
     },
 }
 
-/// Parse "30s", "1500ms", "2m" or a bare number of seconds.
+/// Parse "30s", "1500ms", "2m", "1h" or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, mult) = if let Some(v) = s.strip_suffix("ms") {
@@ -57,10 +57,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         (v, 1000)
     } else if let Some(v) = s.strip_suffix('m') {
         (v, 60_000)
+    } else if let Some(v) = s.strip_suffix('h') {
+        (v, 3_600_000)
     } else {
         (s, 1000)
     };
-    let n: f64 = num.trim().parse().map_err(|_| format!("\"{s}\" is not a duration like 30s, 1500ms or 2m"))?;
+    let n: f64 = num.trim().parse().map_err(|_| format!("\"{s}\" is not a duration like 30s, 1500ms, 2m or 1h"))?;
     if !(0.0..=4.0e6).contains(&(n * mult as f64 / 1000.0)) {
         return Err(format!("\"{s}\" is out of range"));
     }
@@ -81,8 +83,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Action::Controllers { json } => ("controllers".into(), Some(controllers_table as Table), json),
         Action::Stats { json } => ("stats".into(), Some(stats_table as Table), json),
     };
-    let mut s = UnixStream::connect(&path)
-        .with_context(|| format!("cannot reach the target's control socket {}", path.display()))?;
+    let mut s = UnixStream::connect(&path).with_context(|| match a.port {
+        // The default socket is named after the target's first listener's port, whichever it listens on.
+        Some(port) => format!(
+            "cannot reach the control socket of a target whose first listener is on port {port} ({}): is one \
+             running, with that port first (a target on several ports names its socket after the first), and \
+             without a --control of its own?",
+            path.display()
+        ),
+        None => format!("cannot reach the target's control socket {}", path.display()),
+    })?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     writeln!(s, "{line}")?;
     let mut reply = String::new();
