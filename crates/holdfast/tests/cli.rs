@@ -68,6 +68,10 @@ fn discover_identify_write_read_and_bench_verify() {
     assert_eq!(rc, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["namespace"]["block_size"], 4096);
+    assert_eq!(v["namespace"]["write_protected"], false, "{out}");
+    let oncs = v["controller"]["optional_commands"].as_array().unwrap();
+    assert!(oncs.contains(&"compare".into()) && oncs.contains(&"reservations".into()), "ONCS decoded: {out}");
+    assert!(v["controller"]["max_transfer_bytes"].as_u64().is_some_and(|b| b >= 4096), "{out}");
     assert_eq!(v["controller"]["policy"]["kato_ms"], 5000);
     assert_eq!((&v["namespace"]["ana_group"], &v["namespace"]["ana_state"]), (&1.into(), &"optimized".into()), "{out}");
     // A target whose port gives the namespace's group another state: identify says so.

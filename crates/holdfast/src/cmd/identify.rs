@@ -39,6 +39,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             "fuses": id.fuses.get(), "acwu": id.acwu.get(), "vwc": id.vwc, "sgls": id.sgls.get(), "ioccsz": id.ioccsz.get(), "iorcsz": id.iorcsz.get(),
             "crdt": [id.crdt1.get(), id.crdt2.get(), id.crdt3.get()], "subnqn": holdfast_proto::log_page::field_str(&id.subnqn),
             "active_namespaces": nsids,
+            // The same, decoded: MDTS in bytes (as this host uses it), the optional commands ONCS names, the
+            // write cache, the retry delays in ms.
+            "max_transfer_bytes": c.max_transfer(), "optional_commands": optional_commands(id.oncs.get()),
+            "volatile_write_cache": id.vwc & 1 != 0,
+            "crdt_ms": [id.crdt1.get() as u32 * 100, id.crdt2.get() as u32 * 100, id.crdt3.get() as u32 * 100],
         });
         if let Some(p) = c.policy() {
             ctrl["policy"] = serde_json::json!({
@@ -66,7 +71,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                     NsDescriptor::Csi(v) => ids.insert("csi".into(), (*v).into()),
                 };
             }
-            let mut j = serde_json::json!({ "nsid": n.nsid, "nsze": n.nblocks, "block_size": n.block_size, "bytes": n.size(), "ids": ids });
+            let mut j = serde_json::json!({
+                "nsid": n.nsid, "nsze": n.nblocks, "block_size": n.block_size, "bytes": n.size(), "ids": ids,
+                "write_protected": n.write_protected(),
+            });
             if let Some(g) = ana.as_ref().and_then(|l| l.groups.iter().find(|g| g.nsids.contains(&n.nsid))) {
                 j["ana_group"] = g.anagrpid.into();
                 j["ana_state"] = g.state.name().into();
@@ -91,6 +99,23 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The optional NVM commands and features Identify Controller ONCS says the controller supports (NVMe Base 2.0
+/// Figure 275, bits 0-8), by name.
+fn optional_commands(oncs: u16) -> Vec<&'static str> {
+    const NAMES: [&str; 9] = [
+        "compare",
+        "write uncorrectable",
+        "dataset management",
+        "write zeroes",
+        "save/select in features",
+        "reservations",
+        "timestamp",
+        "verify",
+        "copy",
+    ];
+    NAMES.iter().enumerate().filter(|(bit, _)| oncs & (1 << bit) != 0).map(|(_, n)| *n).collect()
 }
 
 /// The controller's Asymmetric Namespace Access log page (LID 0Ch), as long as Identify Controller says it can
