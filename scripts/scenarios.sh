@@ -134,9 +134,11 @@ s5() {
   check S5 "rides through a 10 s planned outage past the 5 s ctrl_loss_tmo" $?
   # Inside the planned window the host retries every reconnect_delay (no backoff), so it is back within
   # about that of the restart: 10 s down + 0.5 s delay, with the max(10 %, 500 ms) tolerance.
-  local stall; stall=$(json "$work/s5.json" '["longest_stall_ms"]')
-  python3 -c "import sys; sys.exit(0 if int(sys.argv[1]) <= 1.1 * 10500 else 1)" "$stall"
-  check S5-prompt "back ${stall} ms after the loss: no backoff inside the planned window" $?
+  # The host's own figure, from the loss noticed to the reconnect (longest_stall_ms is the application's, from
+  # the last I/O that succeeded before to the first after).
+  local outage; outage=$(json "$work/s5.json" '["longest_outage_ms"]')
+  python3 -c "import sys; sys.exit(0 if int(sys.argv[1]) <= 1.1 * 10500 else 1)" "$outage"
+  check S5-prompt "back ${outage} ms after the loss: no backoff inside the planned window" $?
   kill "$TPID"
 }
 

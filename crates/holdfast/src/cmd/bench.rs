@@ -7,12 +7,18 @@
 //! whose write failed is uncertain (its old or its attempted generation is accepted) until it is written again.
 //! Write-only workloads read every unit they wrote back once the run is over (not counted in its figures);
 //! read-only ones have nothing of this run's to check, and refuse `--verify`.
+//!
+//! A run ends when its time is over (or at a first Ctrl-C): no I/O starts after that, and the I/Os in flight
+//! are waited for during a bounded grace period ([`grace`]); the report then says how many never completed,
+//! and the state of the controller they wait on, and the exit status is 1. A second Ctrl-C stops waiting at
+//! once, and reports too.
 
 use super::common::{runtime, NamespaceArgs};
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Args as ClapArgs, ValueEnum};
 use hdrhistogram::Histogram;
-use holdfast_host::Namespace;
+use holdfast_host::controller::{Event, State};
+use holdfast_host::{Controller, Namespace};
 use holdfast_proto::digest::{crc32c, crc32c_append};
 use rand::{Rng, SeedableRng};
 use std::io::IsTerminal;
@@ -20,6 +26,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// Workloads.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +44,13 @@ pub enum Workload {
     Randrw,
 }
 
+impl Workload {
+    /// As the command line and the report name it.
+    fn name(self) -> String {
+        format!("{self:?}").to_lowercase()
+    }
+}
+
 /// Options of `holdfast bench`.
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -44,7 +59,7 @@ pub struct Args {
     /// Workload.
     #[arg(long, value_enum, default_value = "randread")]
     workload: Workload,
-    /// I/O size in bytes (a multiple of the block size).
+    /// I/O size in bytes (one block or more, a multiple of the block size).
     #[arg(long, default_value_t = 4096)]
     bs: u32,
     /// Outstanding I/Os per queue.
@@ -56,16 +71,18 @@ pub struct Args {
     /// Controllers (associations) to open, each with --queues queues of --qd: for scale tests.
     #[arg(long, default_value_t = 1)]
     controllers: u16,
-    /// Run time in seconds (default 10 unless --size is given).
+    /// Run time in seconds (default 10 unless --size is given). Once it is over no I/O starts, and the I/Os in
+    /// flight are waited for a tenth of the run time (at least 5 s, at most 60 s): those still outstanding then
+    /// are reported (with the controller's state), and the exit status is 1.
     #[arg(long)]
     time: Option<f64>,
-    /// Bytes of the namespace to use (default: all of it); with no --time, stop after this much I/O (failed I/O
-    /// included).
+    /// Bytes of the namespace to use (default: all of it; more than the namespace holds is refused); with no
+    /// --time, stop after this much I/O (failed I/O included).
     #[arg(long)]
     size: Option<u64>,
-    /// Percentage of reads for randrw.
-    #[arg(long, default_value_t = 50)]
-    mix: u32,
+    /// Percentage of reads, for randrw only [default: 50].
+    #[arg(long)]
+    mix: Option<u32>,
     /// Verify every read against what was written.
     #[arg(long)]
     verify: bool,
@@ -85,6 +102,62 @@ const MAGIC: u64 = 0x3154_4e45_4246_4648; // "HFBENT1"
 const UNKNOWN: u64 = 1 << 63;
 /// A worker's pause after an I/O error other than the controller's loss.
 const ERROR_PAUSE: Duration = Duration::from_millis(10);
+/// The percentage of reads of randrw without `--mix`.
+const DEFAULT_MIX: u32 = 50;
+/// The run time without `--time` or `--size`.
+const DEFAULT_TIME: Duration = Duration::from_secs(10);
+/// Bounds of the wait for the I/Os in flight once no more start ([`grace`]).
+const GRACE_MIN: Duration = Duration::from_secs(5);
+const GRACE_MAX: Duration = Duration::from_secs(60);
+/// I/Os still in flight this long after the run time is over are not the last ones of a working target
+/// finishing (those take well under a second): the wait for them is said on stderr, which may be all a user
+/// watching a redirected run sees.
+const NOTICE_AFTER: Duration = Duration::from_secs(1);
+
+/// How often the longest stall is sampled ([`StallClock`]): its resolution.
+const STALL_TICK: Duration = Duration::from_millis(10);
+
+/// The longest stall: the longest time in which no I/O succeeded while the run was doing I/O (the workers always
+/// keep I/Os outstanding, or are pausing after one failed), from the run's start to its end. That is an outage as
+/// the application sees it, the time to notice the loss (a connection reset, or KATO or an I/O timeout passing on
+/// a path that went silent) and I/O failing fast included, not only the host's reconnect. Sampled every
+/// [`STALL_TICK`] from the count of I/Os that succeeded: a stall is from the first sample that saw the count
+/// still to the last one that did, so it reads up to a tick short.
+struct StallClock {
+    ops: u64,
+    since: Instant,
+    longest: Duration,
+}
+
+impl StallClock {
+    fn new(ops: u64, now: Instant) -> Self {
+        StallClock { ops, since: now, longest: Duration::ZERO }
+    }
+
+    /// The count of I/Os that succeeded is `ops` at `now`: the longest stall so far.
+    fn sample(&mut self, ops: u64, now: Instant) -> Duration {
+        if ops != self.ops {
+            (self.ops, self.since) = (ops, now);
+        } else {
+            self.longest = self.longest.max(now.saturating_duration_since(self.since));
+        }
+        self.longest
+    }
+}
+
+/// How long the I/Os in flight are waited for once no more start (the run time is over, or Ctrl-C): a tenth of
+/// the run time, at least [`GRACE_MIN`] and at most [`GRACE_MAX`] (`GRACE_MIN` for a run limited by `--size`
+/// alone). A working target completes them in milliseconds; the wait lets a run that ends during a short outage
+/// (a target restarting, a path failing over) see them complete, and longer runs, failover tests, longer
+/// outages. It is bounded whatever the host's ctrl_loss_tmo (600 s by default), during which I/O to a target
+/// that is gone for good stays queued: the run time is what the user asked for, and the report is due then,
+/// with what did not complete.
+fn grace(a: &Args) -> Duration {
+    match (a.time, a.size) {
+        (None, Some(_)) => GRACE_MIN,
+        (t, _) => (t.map(Duration::from_secs_f64).unwrap_or(DEFAULT_TIME) / 10).clamp(GRACE_MIN, GRACE_MAX),
+    }
+}
 
 struct Shared {
     ops: AtomicU64,
@@ -108,8 +181,18 @@ struct Shared {
     next_gen: AtomicU64,
     cursor: AtomicU64,
     stop: AtomicBool,
+    /// The longest time in which no I/O succeeded, in µs ([`StallClock`]).
+    longest_stall_us: AtomicU64,
     outages: AtomicU64,
-    longest_stall_ms: AtomicU64,
+    /// The longest outage as the host saw it: from the loss noticed (a connection reset, or KATO or an
+    /// I/O timeout passing) to the reconnect.
+    longest_outage_ms: AtomicU64,
+    /// When the host found the target restarted (a new instance ID), at a reconnect.
+    restarts: Mutex<Vec<Instant>>,
+    /// Events were missed (the controller's channel overflowed): a restart cannot be ruled out.
+    events_missed: AtomicBool,
+    /// Units read back and checked after a write-only run with `--verify`.
+    read_back: AtomicU64,
     /// Set while the connection is down: the progress line says so.
     down: Mutex<Option<(Instant, u32, String)>>,
     lost: Mutex<Option<String>>,
@@ -140,8 +223,12 @@ impl Shared {
             next_gen: AtomicU64::new(0),
             cursor: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            longest_stall_us: AtomicU64::new(0),
             outages: AtomicU64::new(0),
-            longest_stall_ms: AtomicU64::new(0),
+            longest_outage_ms: AtomicU64::new(0),
+            restarts: Mutex::new(Vec::new()),
+            events_missed: AtomicBool::new(false),
+            read_back: AtomicU64::new(0),
             down: Mutex::new(None),
             lost: Mutex::new(None),
         }
@@ -195,15 +282,21 @@ impl Shared {
 }
 
 /// After a write-only run with `--verify`: read back every unit it wrote, `qd` at a time on each
-/// namespace handle's queues, and check each; returns how many units were read back and how many could not be.
-async fn read_back(nss: &[Namespace], sh: &Arc<Shared>, a: &Arc<Args>, units: u64, per_io: u64) -> (u64, u64) {
+/// namespace handle's queues, and check each, counting the units read back (`read_back`) and those that could
+/// not be (`errors`). False if `quit` (a second Ctrl-C) cut it short: the counts are then of what was done.
+async fn read_back(
+    nss: &[Namespace],
+    sh: &Arc<Shared>,
+    a: &Arc<Args>,
+    units: u64,
+    per_io: u64,
+    quit: &CancellationToken,
+) -> bool {
     let cursor = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let checked = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for w in 0..(a.qd as usize * a.queues as usize) {
         let (ns, sh, cursor, failed, a) = (nss[0].clone(), sh.clone(), cursor.clone(), failed.clone(), a.clone());
-        let checked = checked.clone();
         tasks.push(tokio::spawn(async move {
             let block = ns.block_size as usize;
             loop {
@@ -217,9 +310,10 @@ async fn read_back(nss: &[Namespace], sh: &Arc<Shared>, a: &Arc<Args>, units: u6
                 match ns.read_on(Some(w % a.queues as usize), unit * per_io, per_io).await {
                     Ok(data) => {
                         sh.check_unit(unit, unit * per_io, &data, block);
-                        checked.fetch_add(1, Ordering::Relaxed);
+                        sh.read_back.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {
+                        sh.errors.fetch_add(1, Ordering::Relaxed);
                         if failed.fetch_add(1, Ordering::Relaxed) == 0 {
                             sh.problem(format!("verify read-back error: {e}"));
                         }
@@ -228,10 +322,18 @@ async fn read_back(nss: &[Namespace], sh: &Arc<Shared>, a: &Arc<Args>, units: u6
             }
         }));
     }
-    for t in tasks {
-        let _ = t.await;
+    let done = tokio::select! {
+        _ = async {
+            for t in tasks.iter_mut() {
+                let _ = t.await;
+            }
+        } => true,
+        _ = quit.cancelled() => false,
+    };
+    for t in &tasks {
+        t.abort();
     }
-    (checked.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+    done
 }
 
 fn fill_block(buf: &mut BytesMut, lba: u64, gen: u64, block: usize) {
@@ -322,7 +424,7 @@ async fn worker(
         let is_read = match a.workload {
             Workload::Read | Workload::Randread => true,
             Workload::Write | Workload::Randwrite => false,
-            Workload::Randrw => rng.gen_range(0..100) < a.mix,
+            Workload::Randrw => rng.gen_range(0..100) < a.mix.unwrap_or(DEFAULT_MIX),
         };
         let mut unit = match a.workload {
             Workload::Read | Workload::Write => sh.cursor.fetch_add(1, Ordering::Relaxed) % units,
@@ -412,7 +514,16 @@ async fn worker(
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.qd >= 1 && a.qd <= 1023, "--qd must be 1..=1023");
     anyhow::ensure!(a.queues >= 1 && a.queues <= 64, "--queues must be 1..=64");
-    anyhow::ensure!(a.mix <= 100, "--mix is a percentage");
+    if let Some(m) = a.mix {
+        // Refused, not ignored: `--workload randread --mix 70` reads only, which is not what its user asked for.
+        anyhow::ensure!(
+            a.workload == Workload::Randrw,
+            "--mix {m} is for --workload randrw (the percentage of its I/Os that are reads): {} does only {}",
+            a.workload.name(),
+            if reads_only(&a) { "reads" } else { "writes" }
+        );
+        anyhow::ensure!(m <= 100, "--mix {m}: give a percentage of reads, 0..=100");
+    }
     anyhow::ensure!(a.controllers >= 1 && a.controllers <= 1024, "--controllers must be 1..=1024");
     if let Some(t) = a.time {
         anyhow::ensure!(t.is_finite() && t > 0.0 && t <= 1e7, "--time {t}: give seconds above 0 (at most 10^7)");
@@ -423,6 +534,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         "--verify checks what this run wrote: a read-only workload writes nothing (use randrw with --mix below 100, \
          or a write workload, whose units are read back at the end)"
     );
+    let grace = grace(&a);
     let a = Arc::new(a);
     let rt = runtime()?;
     rt.block_on(async move {
@@ -441,38 +553,71 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             ctrls.push(c);
         }
         let ns = nss[0].clone();
-        anyhow::ensure!(a.bs >= ns.block_size && a.bs.is_multiple_of(ns.block_size), "--bs {} is not a multiple of the {}-byte block size", a.bs, ns.block_size);
-        let region = a.size.unwrap_or(ns.size()).min(ns.size());
+        anyhow::ensure!(
+            a.bs >= ns.block_size,
+            "--bs {}: the I/O size must be at least one block ({} bytes)",
+            a.bs,
+            ns.block_size
+        );
+        anyhow::ensure!(
+            a.bs.is_multiple_of(ns.block_size),
+            "--bs {} is not a multiple of the {}-byte block size",
+            a.bs,
+            ns.block_size
+        );
+        if let Some(s) = a.size {
+            // Refused, not clamped: the region was clamped to the namespace but --size stayed the byte budget of a
+            // run without --time, so that a run meant to write the namespace once went on for many times that.
+            anyhow::ensure!(
+                s <= ns.size(),
+                "--size {s} bytes is larger than {} ({} bytes)",
+                a.ns.describe(),
+                ns.size()
+            );
+        }
+        let region = a.size.unwrap_or(ns.size());
         let units = region / a.bs as u64;
         anyhow::ensure!(
             units > 0,
             "{} ({region} bytes) holds no {}-byte I/O",
-            if a.size.is_some_and(|s| s < ns.size()) { "--size" } else { "the namespace" },
+            if a.size.is_some() { "--size" } else { "the namespace" },
             a.bs
         );
         let (deadline, byte_limit) = match (a.time, a.size) {
             (Some(t), _) => (Some(Instant::now() + Duration::from_secs_f64(t)), None),
             (None, Some(s)) => (None, Some(s)),
-            (None, None) => (Some(Instant::now() + Duration::from_secs(10)), None),
+            (None, None) => (Some(Instant::now() + DEFAULT_TIME), None),
         };
         let vunits = if a.verify { units as usize } else { 0 };
         let sh = Arc::new(Shared::new(vunits));
-        // Outages, from the controller's event stream.
+        // Outages and target restarts, from the controller's event stream.
         let watchers: Vec<_> = ctrls.iter().map(|c| {
             let (sh, mut ev) = (sh.clone(), c.events());
             tokio::spawn(async move {
-                use holdfast_host::controller::Event;
-                while let Ok(e) = ev.recv().await {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    let e = match ev.recv().await {
+                        Ok(e) => e,
+                        // Events were dropped (the channel overflowed): go on with those that follow.
+                        Err(RecvError::Lagged(_)) => {
+                            sh.events_missed.store(true, Ordering::Relaxed);
+                            continue;
+                        }
+                        Err(RecvError::Closed) => return,
+                    };
                     match e {
                         Event::Reconnecting { attempt, cause, .. } => {
                             let mut d = sh.down.lock().unwrap_or_else(|p| p.into_inner());
                             let since = d.as_ref().map(|x| x.0).unwrap_or_else(Instant::now);
                             *d = Some((since, attempt, cause));
                         }
-                        Event::Restored { outage, .. } => {
+                        Event::Restored { outage, target_restarted, .. } => {
                             *sh.down.lock().unwrap_or_else(|p| p.into_inner()) = None;
                             sh.outages.fetch_add(1, Ordering::Relaxed);
-                            sh.longest_stall_ms.fetch_max(outage.as_millis() as u64, Ordering::Relaxed);
+                            sh.longest_outage_ms.fetch_max(outage.as_millis() as u64, Ordering::Relaxed);
+                            if target_restarted {
+                                sh.restarts.lock().unwrap_or_else(|p| p.into_inner()).push(Instant::now());
+                            }
                         }
                         Event::Failed { reason } => {
                             *sh.lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
@@ -482,23 +627,47 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 }
             })
         }).collect();
-        // Ctrl-C ends the run early, with its report (what was done until then); a second one quits at once
-        // (the I/Os in flight may wait on a target that is away).
+        // Ctrl-C ends the run early, with its report (what was done until then): no I/O starts, and those in
+        // flight are waited for as at the end of the run time. A second one (or a first once no I/O starts, as
+        // during the read-back) stops waiting and reports at once; a third quits without a report.
         let interrupted = Arc::new(AtomicBool::new(false));
+        let quit = CancellationToken::new();
         let on_sigint = {
-            let (sh, interrupted) = (sh.clone(), interrupted.clone());
+            let (sh, interrupted, quit) = (sh.clone(), interrupted.clone(), quit.clone());
             tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    interrupted.store(true, Ordering::Relaxed);
-                    sh.stop.store(true, Ordering::Relaxed);
-                    eprintln!("\nholdfast: interrupted: finishing the I/Os in flight (Ctrl-C again to quit at once)");
-                    if tokio::signal::ctrl_c().await.is_ok() {
+                while tokio::signal::ctrl_c().await.is_ok() {
+                    let issuing = !sh.stop.swap(true, Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d);
+                    if !interrupted.swap(true, Ordering::Relaxed) && issuing {
+                        eprintln!(
+                            "\nholdfast: interrupted: finishing the I/Os in flight, for {:.1} s at most (Ctrl-C again to \
+                             stop waiting)",
+                            grace.as_secs_f64()
+                        );
+                    } else if !quit.is_cancelled() {
+                        eprintln!("\nholdfast: interrupted: reporting what was done (Ctrl-C again to quit at once)");
+                        quit.cancel();
+                    } else {
                         std::process::exit(130);
                     }
                 }
             })
         };
         let t0 = Instant::now();
+        // The longest stall, sampled from the count of I/Os that succeeded (kept per I/O already): timing it per
+        // I/O instead cost the workers three more atomic operations each, on the path the figures measure.
+        let stall_clock = {
+            let sh = sh.clone();
+            tokio::spawn(async move {
+                let mut clock = StallClock::new(sh.ops.load(Ordering::Relaxed), Instant::now());
+                let mut tick = tokio::time::interval(STALL_TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let longest = clock.sample(sh.ops.load(Ordering::Relaxed), Instant::now());
+                    sh.longest_stall_us.store(longest.as_micros() as u64, Ordering::Relaxed);
+                }
+            })
+        };
         let cpu0 = holdfast_rt::process_cpu();
         let mut tasks = Vec::new();
         // Latency histograms, a few shards shared by the workers (one per worker cost 4096 large histograms
@@ -543,10 +712,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 }
             })
         };
-        for t in tasks {
-            let _ = t.await;
+        let abandoned = wait_for_workers(&mut tasks, &sh, &ctrls, deadline, grace, &quit, &interrupted, progress).await;
+        let ended = Instant::now();
+        // Nothing starts from now on (the read-back aside): a Ctrl-C now stops the wait at once.
+        sh.stop.store(true, Ordering::Relaxed);
+        // A worker has one I/O at a time: one still running now is waiting on its I/O.
+        let outstanding = tasks.iter().filter(|t| !t.is_finished()).count() as u64;
+        let states = controller_states(&ctrls);
+        for t in &tasks {
+            t.abort();
         }
-        let interrupted = interrupted.load(Ordering::Relaxed);
+        // A stall going on when the run ended counts too (I/Os failing to the end, or never completing): the
+        // clock has sampled it to its last tick.
+        stall_clock.abort();
         let mut hist = latency_histogram()?;
         for h in &shards {
             let _ = hist.add(&*h.lock().unwrap_or_else(|p| p.into_inner()));
@@ -555,7 +733,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         // An outage still going on at the end counts too.
         if let Some((since, _, _)) = sh.down.lock().unwrap_or_else(|p| p.into_inner()).take() {
             sh.outages.fetch_add(1, Ordering::Relaxed);
-            sh.longest_stall_ms.fetch_max(since.elapsed().as_millis() as u64, Ordering::Relaxed);
+            sh.longest_outage_ms.fetch_max(since.elapsed().as_millis() as u64, Ordering::Relaxed);
         }
         for w in &watchers {
             w.abort();
@@ -563,25 +741,49 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         if progress {
             eprintln!();
         }
-        let secs = t0.elapsed().as_secs_f64();
+        let secs = ended.duration_since(t0).as_secs_f64();
         let cpu1 = holdfast_rt::process_cpu();
-        let mut read_back_units = None;
-        if a.verify
-            && writes_only(&a)
-            && sh.lost.lock().unwrap_or_else(|p| p.into_inner()).is_none()
-        {
-            let (checked, failed) = read_back(&nss, &sh, &a, units, a.bs as u64 / ns.block_size as u64).await;
-            sh.errors.fetch_add(failed, Ordering::Relaxed);
-            read_back_units = Some(checked);
-        }
-        for c in &ctrls {
-            let _ = c.shutdown().await;
+        let lost = sh.lost.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // The read-back needs a controller, and every write ended (one still in flight could land after its unit
+        // was read back).
+        let mut read_back_done = None;
+        let read_back_skipped = if !(a.verify && writes_only(&a)) {
+            None
+        } else if lost.is_some() {
+            Some("the controller was lost")
+        } else if outstanding > 0 {
+            Some("I/Os still outstanding")
+        } else if quit.is_cancelled() {
+            Some("interrupted")
+        } else {
+            read_back_done = Some(read_back(&nss, &sh, &a, units, a.bs as u64 / ns.block_size as u64, &quit).await);
+            None
+        };
+        let shut_down = async {
+            for c in &ctrls {
+                let _ = c.shutdown().await;
+            }
+        };
+        if outstanding > 0 || quit.is_cancelled() {
+            // An orderly shutdown waits on the target (its Property commands) that has left I/Os unanswered: given
+            // up, it still ends the controller at once.
+            let _ = tokio::time::timeout(Duration::from_secs(1), shut_down).await;
+        } else {
+            shut_down.await;
         }
         let ops = sh.ops.load(Ordering::Relaxed);
         let bytes = sh.bytes.load(Ordering::Relaxed);
         let errors = sh.errors.load(Ordering::Relaxed);
         let mismatches = sh.mismatches.load(Ordering::Relaxed);
         let problems = sh.first_problems.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let read_back_units = read_back_done.map(|_| sh.read_back.load(Ordering::Relaxed));
+        let restarts: Vec<f64> = sh
+            .restarts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|r| (r.saturating_duration_since(t0).as_secs_f64() * 10.0).round() / 10.0)
+            .collect();
         let q = |p: f64| if hist.is_empty() { 0 } else { hist.value_at_quantile(p) };
         // This process's CPU per I/O over the run (all its threads): what the host side costs, steadier than
         // IOPS on a shared machine.
@@ -590,26 +792,32 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         };
         let (cpu_user, cpu_sys) = (per_io(cpu0.0, cpu1.0), per_io(cpu0.1, cpu1.1));
         let report = serde_json::json!({
-            "workload": format!("{:?}", a.workload).to_lowercase(), "bs": a.bs, "qd": a.qd, "queues": a.queues,
+            "workload": a.workload.name(), "bs": a.bs, "qd": a.qd, "queues": a.queues,
             "controllers": a.controllers,
             "seconds": (secs * 1000.0).round() / 1000.0, "ops": ops,
             "iops": (ops as f64 / secs).round(), "mbps": ((bytes as f64 / secs / 1e6) * 10.0).round() / 10.0,
             "errors": errors, "verify": a.verify, "verify_mismatches": mismatches, "verify_read_back": read_back_units,
             "cpu_us_per_io": { "user": cpu_user, "sys": cpu_sys },
             "lat_us": { "p50": q(0.5), "p99": q(0.99), "p999": q(0.999), "max": if hist.is_empty() { 0 } else { hist.max() } },
-            "outages": sh.outages.load(Ordering::Relaxed), "longest_stall_ms": sh.longest_stall_ms.load(Ordering::Relaxed),
-            "problems": problems, "controller_lost": sh.lost.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-            "interrupted": interrupted,
+            "outages": sh.outages.load(Ordering::Relaxed), "longest_outage_ms": sh.longest_outage_ms.load(Ordering::Relaxed),
+            "longest_stall_ms": sh.longest_stall_us.load(Ordering::Relaxed) / 1000,
+            "target_restarts_s": restarts,
+            "outstanding": outstanding, "unfinished": abandoned.as_ref().filter(|_| outstanding > 0),
+            "controller_state": states,
+            "problems": problems, "controller_lost": lost,
+            "interrupted": interrupted.load(Ordering::Relaxed),
         });
+        let interrupted = interrupted.load(Ordering::Relaxed);
         if a.json {
             outln!("{report}");
         } else {
             outln!(
-                "{} bs={} qd={} queues={}: {:.0} IOPS, {:.1} MB/s over {:.1} s{}",
-                report["workload"].as_str().unwrap_or(""),
+                "{} bs={} qd={} queues={}{}: {:.0} IOPS, {:.1} MB/s over {:.1} s{}",
+                a.workload.name(),
                 a.bs,
                 a.qd,
                 a.queues,
+                if a.controllers > 1 { format!(" controllers={}", a.controllers) } else { String::new() },
                 ops as f64 / secs,
                 bytes as f64 / secs / 1e6,
                 secs,
@@ -617,22 +825,34 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             );
             outln!("latency us: p50 {} p99 {} p99.9 {} max {}", q(0.5), q(0.99), q(0.999), report["lat_us"]["max"]);
             outln!("cpu us per I/O (this process): {cpu_user:.2} user + {cpu_sys:.2} system");
-            let how = match (a.verify, read_back_units) {
-                (false, _) => " (not verifying)".to_string(),
-                (true, Some(n)) => format!(" ({n} units written read back after the run)"),
-                (true, None) => String::new(),
+            let how = match (a.verify, read_back_units, read_back_skipped) {
+                (false, _, _) => " (not verifying)".to_string(),
+                (true, Some(n), _) if read_back_done == Some(false) => {
+                    format!(" ({n} units written read back after the run, before Ctrl-C stopped it)")
+                }
+                (true, Some(n), _) => format!(" ({n} units written read back after the run)"),
+                (true, None, Some(why)) => format!(" (what was written not read back: {why})"),
+                (true, None, None) => String::new(),
             };
-            outln!("errors {errors}, verify mismatches {mismatches}{how}");
-            outln!("outages {}, longest stall {} ms", report["outages"], report["longest_stall_ms"]);
+            let restarted = restart_note(&restarts, a.verify && mismatches > 0, sh.events_missed.load(Ordering::Relaxed));
+            outln!("errors {errors}, verify mismatches {mismatches}{how}{restarted}");
+            let outages = match sh.outages.load(Ordering::Relaxed) {
+                0 => "outages 0".to_string(),
+                n => format!("outages {n} (longest {} ms, from the loss noticed to the reconnect)", report["longest_outage_ms"]),
+            };
+            outln!("{outages}; longest stall {} ms (no I/O succeeded)", report["longest_stall_ms"]);
+            if let Some(why) = abandoned.as_ref().filter(|_| outstanding > 0) {
+                outln!("unfinished: {outstanding} I/Os still outstanding {why}; {states}");
+            }
             for p in &problems {
                 outln!("  {p}");
             }
         }
-        if let Some(reason) = sh.lost.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(reason) = lost {
             eprintln!("holdfast: error: controller lost: {reason}");
         }
         on_sigint.abort();
-        Ok::<_, anyhow::Error>(if errors > 0 || mismatches > 0 {
+        Ok::<_, anyhow::Error>(if errors > 0 || mismatches > 0 || (outstanding > 0 && !interrupted) {
             ExitCode::from(1)
         } else if interrupted {
             ExitCode::from(130)
@@ -642,14 +862,115 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Wait for the workers to end. Once no I/O starts (the run time is over, Ctrl-C, or a controller lost) the I/Os in
+/// flight are waited for `grace` at most, and a second Ctrl-C (`quit`) stops the wait at once; `Some(why)` when
+/// the wait was given up with workers left, `why` saying when, as the report puts it.
+#[allow(clippy::too_many_arguments)]
+async fn wait_for_workers(
+    tasks: &mut [JoinHandle<()>],
+    sh: &Shared,
+    ctrls: &[Controller],
+    deadline: Option<Instant>,
+    grace: Duration,
+    quit: &CancellationToken,
+    interrupted: &AtomicBool,
+    progress: bool,
+) -> Option<String> {
+    // When no more I/O was to start: the deadline itself, or when the stop was seen (within a tick).
+    let mut no_more_since: Option<Instant> = None;
+    let mut noticed = false;
+    for i in 0..tasks.len() {
+        loop {
+            tokio::select! {
+                _ = &mut tasks[i] => break,
+                _ = quit.cancelled() => return Some("when interrupted again".to_string()),
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            let now = Instant::now();
+            if no_more_since.is_none() && (sh.stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| now >= d)) {
+                no_more_since = Some(deadline.filter(|d| now >= *d).unwrap_or(now));
+            }
+            let Some(since) = no_more_since else { continue };
+            let after = if interrupted.load(Ordering::Relaxed) {
+                "the interrupt"
+            } else if deadline.is_some_and(|d| since >= d) {
+                "the run time was over"
+            } else {
+                "the run stopped"
+            };
+            if now.duration_since(since) >= grace {
+                return Some(format!("{:.1} s after {after}", grace.as_secs_f64()));
+            }
+            let n = tasks.iter().filter(|t| !t.is_finished()).count();
+            if !noticed && now.duration_since(since) >= NOTICE_AFTER && n > 0 {
+                noticed = true;
+                eprintln!(
+                    "{}holdfast: waiting {:.1} s at most after {after} for the {n} I/Os still in flight (Ctrl-C to \
+                     stop waiting): {}",
+                    if progress { "\n" } else { "" },
+                    grace.as_secs_f64(),
+                    controller_states(ctrls)
+                );
+            }
+        }
+    }
+    None
+}
+
+/// The controllers' states, for the report of I/Os that did not complete: "controller STATE" or, with several,
+/// "controllers: N STATE, M STATE".
+fn controller_states(ctrls: &[Controller]) -> String {
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    for c in ctrls {
+        let s = match c.state() {
+            State::Live => "live".to_string(),
+            State::Reconnecting { attempt, cause, failing_fast } => format!(
+                "reconnecting (attempt {attempt}: {cause}){}",
+                if failing_fast { ", failing I/O fast" } else { "" }
+            ),
+            State::Failed { reason } => format!("lost ({reason})"),
+        };
+        match seen.iter_mut().find(|(x, _)| *x == s) {
+            Some((_, n)) => *n += 1,
+            None => seen.push((s, 1)),
+        }
+    }
+    match &seen[..] {
+        [(s, 1)] if ctrls.len() == 1 => format!("controller {s}"),
+        _ => format!("controllers: {}", seen.iter().map(|(s, n)| format!("{n} {s}")).collect::<Vec<_>>().join(", ")),
+    }
+}
+
+/// What the report says of target restarts (at `restarts`, seconds into the run), after the mismatch count:
+/// mismatches after a restart are what a namespace that does not persist shows, which a user reading them alone
+/// would take for corruption. `explain` (there are mismatches) says so; `missed` (events were dropped) says a
+/// restart cannot be ruled out.
+fn restart_note(restarts: &[f64], explain: bool, missed: bool) -> String {
+    if restarts.is_empty() {
+        return if missed && explain {
+            "; events from the controller were missed: the target may have restarted".to_string()
+        } else {
+            String::new()
+        };
+    }
+    let at = restarts.iter().map(|s| format!("{s:.1} s")).collect::<Vec<_>>().join(", ");
+    let why = if explain {
+        ": a namespace that does not persist starts empty, and writes acknowledged before a restart may be lost (the \
+         mismatches after it count all the same)"
+    } else {
+        ""
+    };
+    format!("; the target restarted (new instance ID) at {at}{why}")
+}
+
 /// Whether the run only reads: `read`, `randread`, or `randrw` with `--mix 100`.
 fn reads_only(a: &Args) -> bool {
-    matches!(a.workload, Workload::Read | Workload::Randread) || (a.workload == Workload::Randrw && a.mix == 100)
+    matches!(a.workload, Workload::Read | Workload::Randread) || (a.workload == Workload::Randrw && a.mix == Some(100))
 }
 
 /// Whether the run only writes: `write`, `randwrite`, or `randrw` with `--mix 0`.
 fn writes_only(a: &Args) -> bool {
-    matches!(a.workload, Workload::Write | Workload::Randwrite) || (a.workload == Workload::Randrw && a.mix == 0)
+    matches!(a.workload, Workload::Write | Workload::Randwrite) || (a.workload == Workload::Randrw && a.mix == Some(0))
 }
 
 /// Latencies in µs from 1 µs to an hour, 3 significant digits: the workers' shards and their sum.
@@ -703,6 +1024,46 @@ mod tests {
         sh.write_ended(0, 11, true);
         sh.check_unit(0, 42, &block(5), 512);
         assert_eq!(sh.mismatches.load(Ordering::Relaxed), 2, "generation 5 after 11 was acknowledged");
+    }
+
+    /// The wait for the I/Os in flight after the run: a tenth of the run time, from 5 s to 60 s.
+    #[test]
+    fn the_grace_period_is_a_tenth_of_the_run_time_within_bounds() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: Args,
+        }
+        let grace_of = |more: &[&str]| {
+            let base = ["bench", "--addr", "127.0.0.1:4420", "--nqn", "nqn.2026-01.io.holdfast:t"];
+            grace(&Cli::try_parse_from(base.iter().chain(more)).unwrap().a)
+        };
+        let s = Duration::from_secs;
+        assert_eq!(grace_of(&[]), s(5));
+        assert_eq!(grace_of(&["--time", "2"]), s(5));
+        assert_eq!(grace_of(&["--time", "300"]), s(30));
+        assert_eq!(grace_of(&["--time", "3600"]), s(60));
+        assert_eq!(grace_of(&["--size", "1048576"]), s(5));
+        assert_eq!(grace_of(&["--size", "1048576", "--time", "120"]), s(12));
+    }
+
+    /// The longest stall is the longest time in which no I/O succeeded, an ongoing one included: a target that
+    /// stopped answering for less than KATO, which the host never saw as an outage, stalls the run all the same.
+    #[test]
+    fn the_longest_stall_is_the_longest_time_without_a_success() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut c = StallClock::new(0, t0);
+        assert_eq!(c.sample(3, at(10)), Duration::ZERO);
+        assert_eq!(c.sample(9, at(20)), Duration::ZERO);
+        for ms in (30..=3020).step_by(10) {
+            c.sample(9, at(ms));
+        }
+        assert_eq!(c.sample(12, at(3030)), Duration::from_millis(3000), "3 s without a success");
+        assert_eq!(c.sample(15, at(3040)), Duration::from_millis(3000));
+        // A stall still going on counts as far as it went.
+        assert_eq!(c.sample(15, at(7040)), Duration::from_millis(4000));
     }
 
     /// A unit this run never wrote before a write to it failed holds its old data or that write's: the old data
