@@ -30,7 +30,7 @@ use holdfast_proto::opcode::{admin as aop, admin_name, fctype_name, io_name, FAB
 use holdfast_proto::policy::{ConnectionPolicy, PolicyParseError, LID_HOLDFAST_POLICY};
 use holdfast_proto::sqe::get_log_page;
 use holdfast_proto::{Status, SubmissionEntry};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -69,11 +69,6 @@ pub enum State {
 /// State changes, for applications and the CLI.
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// The first association is up.
-    Connected {
-        /// Controller ID.
-        cntlid: u16,
-    },
     /// The connection was lost (attempt 0) or a reconnect attempt starts.
     Reconnecting {
         /// Attempt number.
@@ -178,6 +173,11 @@ struct Shared {
     /// Set when [`Controller::shutdown`] starts: a queue that closes from then on is part of the shutdown, not
     /// a lost connection (SPDK's target closes the I/O queues itself when CC.SHN is set).
     stopping: AtomicBool,
+    /// Reconnects that found the target restarted (a new instance ID), counted before the queues of the new
+    /// association open: [`Controller::target_restarts`].
+    target_restarts: AtomicU64,
+    /// I/O queues the controller granted (Set Features Number of Queues) on the current association.
+    io_queues_granted: AtomicUsize,
     /// The namespaces opened with identifiers (EUI-64, NGUID, UUID): a reconnect checks them before anything is
     /// issued again ([`check_namespace_ids`]), and a Namespace Attribute Changed notice for one of them as soon as
     /// it comes ([`check_changed_namespaces`]). One marked gone (by a notice, or by opening its NSID again and
@@ -244,6 +244,10 @@ impl Shared {
 /// A controller. Cheap to clone. When the last clone (and the last [`crate::Namespace`] of it) is dropped
 /// without [`Controller::shutdown`], the controller is closed abruptly: its queues, keep-alive and reconnect
 /// tasks end and anything still queued fails with "controller shut down".
+///
+/// Its queue, keep-alive and reconnect tasks run on the Tokio runtime [`Controller::connect`] was called on:
+/// it may be used from any runtime or thread (it is `Send + Sync`), but only while that one runs; once it is
+/// shut down (dropped), every command fails with "the controller is closed".
 #[derive(Clone)]
 pub struct Controller {
     inner: Arc<Shared>,
@@ -432,6 +436,13 @@ fn status_ok(c: Completion, name: &'static str) -> Result<Completion> {
     } else {
         Err(Error::Nvme { command: name, status: c.status() })
     }
+}
+
+/// The instant `d` from now, or, for a `d` too long to add (an option of `Duration::MAX`, say), a year from
+/// now: as far as any wait here needs to go, where the sum would overflow.
+fn deadline_after(d: Duration) -> TInstant {
+    let now = TInstant::now();
+    now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(365 * 86_400))
 }
 
 fn connect_refusal(status: Status, dw0: u32, o: &ConnectOptions) -> Error {
@@ -986,6 +997,7 @@ async fn establish(
             // NSQA and NCQA, 0's based (NVMe Base 2.0 §5.27.1, Number of Queues, FID 07h).
             let granted = ((c.cqe.dw0.get() & 0xFFFF).min(c.cqe.dw0.get() >> 16) + 1) as usize;
             let active = granted.min(nq);
+            sh.io_queues_granted.store(active, Ordering::Release);
             if active < nq {
                 tracing::warn!(
                     addr = %o.addr,
@@ -1038,6 +1050,11 @@ async fn establish(
     .await;
     match result {
         Ok((opens, restarted)) => {
+            // Counted before anything of the new association completes: a caller that reads the count before
+            // a write and again after its Flush completed sees the restart (the event may come later).
+            if restarted {
+                sh.target_restarts.fetch_add(1, Ordering::SeqCst);
+            }
             // Open the queues: re-issued commands go first, then new ones.
             let _ = open_admin.send(true);
             for o in opens {
@@ -1280,6 +1297,16 @@ impl Controller {
         if o.queue_size < 2 || o.queue_size > 1024 {
             return Err(Error::Invalid(format!("queue size {} is outside 2..=1024", o.queue_size)));
         }
+        // An NQN is 1 to 223 bytes (NVMe Base 2.0 §4.5): a longer one would be cut short in the Connect data
+        // and refused as another name.
+        for (what, nqn) in [("subsystem NQN", &o.subnqn), ("host NQN", &o.hostnqn)] {
+            if nqn.is_empty() || nqn.len() > 223 {
+                return Err(Error::Invalid(format!("the {what} is {} bytes: an NQN is 1 to 223", nqn.len())));
+            }
+        }
+        if o.io_timeout.is_zero() {
+            return Err(Error::Invalid("io_timeout of 0: every command would time out".into()));
+        }
         let auth = crate::auth::HostSecrets::from_options(&o)?;
         let is_discovery = o.subnqn == fabrics::DISCOVERY_NQN;
         let nq = if is_discovery { 0 } else { o.nr_io_queues as usize };
@@ -1321,18 +1348,19 @@ impl Controller {
             ns_ids: Mutex::new(Vec::new()),
             ns_tags: std::sync::atomic::AtomicU32::new(0),
             stopping: AtomicBool::new(false),
+            target_restarts: AtomicU64::new(0),
+            io_queues_granted: AtomicUsize::new(0),
             opts: o,
         });
         let (exits_tx, mut exits_rx): Exits = mpsc::unbounded_channel();
         let mut started = 0;
-        let deadline = TInstant::now() + sh.opts.connect_timeout.max(Duration::from_secs(1)) * 3;
+        let deadline = deadline_after(sh.opts.connect_timeout.max(Duration::from_secs(1)).saturating_mul(3));
         let result = establish(&sh, &mut slots, &exits_tx, &mut started, deadline, true, &mut 0).await;
         match result {
             Ok((assoc, _)) => {
                 *lock(&sh.assoc) = assoc.clone();
                 start_association_tasks(&sh, &assoc);
                 let ctrl = Controller { _handle: Arc::new(HandleGuard(sh.shutdown.clone())), inner: sh.clone() };
-                let _ = sh.events.send(Event::Connected { cntlid: lock(&sh.info).cntlid });
                 tokio::spawn(supervise(sh, slots, exits_tx, exits_rx, started));
                 Ok(ctrl)
             }
@@ -1483,7 +1511,10 @@ impl Controller {
         Ok((rx, second_rx))
     }
 
-    /// State changes from now on.
+    /// State changes from now on (the connect's own is over before a caller can subscribe: [`Controller::state`]
+    /// says where it is). A receiver keeps the last 64 events; one that falls further behind gets
+    /// `RecvError::Lagged` and misses some (a restart among them, perhaps: [`Controller::target_restarts`]
+    /// counts them all).
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
     }
@@ -1507,7 +1538,24 @@ impl Controller {
     pub fn version(&self) -> u32 {
         lock(&self.inner.info).vs
     }
-    /// Number of I/O queues.
+    /// How many times a reconnect found the target restarted (a new instance ID) since this controller
+    /// connected. Counted before anything is issued on the new association, so that it is the race-free way to
+    /// know whether writes survived: read it before writing, write, [`crate::Namespace::flush`], and read it
+    /// again; the same count means the Flush made those writes durable on the target instance that
+    /// acknowledged them. A different one means they may be gone (a namespace that does not persist, a RAM
+    /// one, starts empty; a target machine that lost power lost what it had not flushed): write them again.
+    /// ([`Event::Restored`] says the same, but may arrive after I/O on the new association has completed.)
+    pub fn target_restarts(&self) -> u64 {
+        self.inner.target_restarts.load(Ordering::SeqCst)
+    }
+    /// I/O queues the controller granted on the current association (Set Features Number of Queues): at most
+    /// [`Controller::io_queues`]; the queues beyond it are carried by these.
+    pub fn io_queues_granted(&self) -> usize {
+        self.inner.io_queues_granted.load(Ordering::Acquire)
+    }
+    /// Number of I/O queues asked for ([`crate::ConnectOptions::nr_io_queues`]): the queue indices I/O may
+    /// name (`0..io_queues()`); a controller that grants fewer has them carried by those it granted
+    /// ([`Controller::io_queues_granted`]).
     pub fn io_queues(&self) -> usize {
         self.inner.io.len()
     }
@@ -1582,6 +1630,12 @@ impl Controller {
     /// Orderly shutdown: CC.SHN = normal, wait for CSTS.SHST complete (bounded), then close every queue's
     /// connection in order (half-close, and read until the target closes its side, within
     /// [`queue::LINGER`]); returns once the queues are closed.
+    ///
+    /// It does not wait for I/O in flight: let what you issued complete first. A command outstanding when it
+    /// is called fails with [`Error::NotConnected`] (or [`Error::ControllerLost`]), and may still have run on
+    /// the target. Ok whether or not the target acknowledged the shutdown notification in time (a target that
+    /// is away is not waited for beyond a few seconds; the outcome is logged at debug level); from then on every
+    /// call on this controller fails with [`Error::ControllerLost`] "controller shut down".
     ///
     /// No Fabrics Disconnect is sent, as the Linux and SPDK hosts send none: a queue ends with its connection,
     /// and the Linux target rejects Disconnect (FCTYPE 08h) as an unknown capsule type.
@@ -2103,7 +2157,8 @@ async fn supervise(
             if let Some(f) = eff.fast_fail_after().filter(|_| !failing_fast) {
                 left = left.min(f.saturating_sub(since.elapsed()));
             }
-            let deadline = TInstant::now() + left.max(Duration::from_millis(10));
+            // (An attempt lasts an hour at most: a longer ctrl_loss_tmo, or none, is tried again after it.)
+            let deadline = deadline_after(left.clamp(Duration::from_millis(10), Duration::from_secs(3600)));
             let reissued: usize = slots.iter().flatten().map(|s| s.pending.len()).sum();
             // Of those, the ones failed instead (their namespace found gone: fail_gone_namespaces).
             let mut unissued = 0;

@@ -34,7 +34,9 @@ pub enum Error {
         /// What happened.
         what: String,
     },
-    /// A command completed with an error status.
+    /// A command completed with an error status. One without Do Not Retry has been issued again already
+    /// ([`crate::queue::MAX_STATUS_RETRIES`] times, after the retry delay the controller asked for), unless that
+    /// delay was longer than the I/O timeout: [`Status::dnr`] clear then says the controller would take it later.
     #[error("{command} failed: {status}")]
     Nvme {
         /// The command's name.
@@ -58,10 +60,13 @@ pub enum Error {
         /// The limit.
         after: Duration,
     },
-    /// The controller is not connected.
+    /// The command could not be sent or completed on this controller: it is shutting down or closed (the
+    /// reason says which), or the command was dropped with its queue.
     #[error("not connected: {0}")]
     NotConnected(String),
-    /// The controller was lost for good: the connection could not be restored within the policy.
+    /// The controller is gone for good: the connection could not be restored within the policy
+    /// (ctrl_loss_tmo), or it was shut down ([`crate::Controller::shutdown`]; the reason says which). Nothing
+    /// more completes on it: connect a new [`crate::Controller`] and open its namespaces again.
     #[error("controller lost: {0}")]
     ControllerLost(String),
     /// A retryable path error: the connection is down (fast_io_fail_tmo passed, or a command that cannot be
@@ -89,7 +94,10 @@ impl Error {
             _ => None,
         }
     }
-    /// True for errors caused by the path (connection) rather than the command.
+    /// True for errors caused by the path (connection) rather than the command: what another path (a
+    /// multipath layer's other controller) might not have met. [`Error::ControllerLost`] is one, and so is a
+    /// [`Error::Timeout`] (no answer on three connections); [`Error::is_retryable`] says which of them this
+    /// controller may still do.
     pub fn is_path_error(&self) -> bool {
         matches!(
             self,
@@ -100,6 +108,18 @@ impl Error {
                 | Error::ControllerLost(_)
                 | Error::PathError(_)
         )
+    }
+}
+
+impl Error {
+    /// True when the same request may succeed if the caller issues it again, later, on this controller: a
+    /// [`Error::PathError`] (the connection was down past fast_io_fail_tmo, the controller reconnecting; or a
+    /// command that is never replayed, a compare and write or a reservation, was cut off by a lost
+    /// connection: see first whether it took effect). False for what issuing it again here cannot change: the
+    /// controller lost or shut down (connect a new one), an NVMe status (already retried, see [`Error::Nvme`]),
+    /// a timeout (unanswered on three connections), a refused or invalid request.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::PathError(_))
     }
 }
 

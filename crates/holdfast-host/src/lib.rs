@@ -24,5 +24,5 @@ pub use controller::Controller;
 pub use discovery::{discover, discover_with_policy, DiscoveryEntry};
 pub use error::{Error, Result};
 pub use namespace::Namespace;
-pub use options::ConnectOptions;
+pub use options::{ConnectOptions, CTRL_LOSS_NEVER};
 pub use reply::Reply;

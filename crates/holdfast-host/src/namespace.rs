@@ -312,7 +312,12 @@ impl Namespace {
         self.write_on(None, lba, data, fua).await
     }
 
-    /// Flush: every completed write durable.
+    /// Flush: every write completed before it was issued durable, on the target instance that completed it.
+    ///
+    /// A target that restarted in between (a new instance ID) holds only what it made durable before it went:
+    /// a namespace that does not persist (RAM) starts empty, and a Flush then succeeds on the new instance
+    /// without covering the writes the old one acknowledged. [`crate::Controller::target_restarts`], read
+    /// before the writes and again after the Flush, tells: the same count, and they are durable.
     pub async fn flush(&self) -> Result<()> {
         self.check_gone()?;
         let mut s = SubmissionEntry::new(op::FLUSH, 0);

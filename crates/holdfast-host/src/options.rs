@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// [`ConnectOptions::ctrl_loss_tmo`] that never gives up (the Linux host's `ctrl_loss_tmo=-1`).
+pub const CTRL_LOSS_NEVER: Duration = Duration::MAX;
+
 /// How to connect to a controller.
 ///
 /// Its `Debug` shows whether DH-HMAC-CHAP secrets are set, never the secrets.
@@ -15,7 +18,8 @@ pub struct ConnectOptions {
     pub hostnqn: String,
     /// Host ID.
     pub hostid: [u8; 16],
-    /// I/O queues to create.
+    /// I/O queues to create (0: an admin queue alone, for Identify and logs; every I/O then fails). A controller
+    /// that grants fewer carries the rest on those it grants ([`crate::Controller::io_queues_granted`]).
     pub nr_io_queues: u16,
     /// Entries per I/O queue.
     pub queue_size: u16,
@@ -25,7 +29,8 @@ pub struct ConnectOptions {
     pub reconnect_delay: Option<Duration>,
     /// Cap of the reconnect backoff (None: target policy, else no backoff).
     pub reconnect_delay_max: Option<Duration>,
-    /// Give up reconnecting after this long (None: target policy, else 600 s).
+    /// Give up reconnecting after this long (None: target policy, else 600 s; [`CTRL_LOSS_NEVER`]: never, I/O
+    /// then waits for the target however long it is away, unless fast_io_fail_tmo fails it).
     pub ctrl_loss_tmo: Option<Duration>,
     /// Fail queued I/O after this long disconnected; zero = off (None: target policy, else off).
     pub fast_io_fail_tmo: Option<Duration>,
@@ -35,7 +40,7 @@ pub struct ConnectOptions {
     pub ddgst: bool,
     /// Limit for TCP connect + ICReq/ICResp.
     pub connect_timeout: Duration,
-    /// Limit for one command (a longer wait is a lost connection).
+    /// Limit for one command (a longer wait is a lost connection). Not 0.
     pub io_timeout: Duration,
     /// Adaptive busy polling: after socket activity the runtime keeps polling instead of sleeping (lower
     /// latency at the cost of a busy core while I/O flows; see [`holdfast_rt::BusyPoll`]). Make one with

@@ -44,6 +44,8 @@ pub const MIN_RETRY_GAP: Duration = Duration::from_millis(100);
 pub const STABLE_ASSOCIATION: Duration = Duration::from_secs(5);
 /// Default first reconnect delay (Linux: 10 s).
 pub const DEFAULT_RECONNECT_DELAY: Duration = Duration::from_secs(10);
+/// The longest delay between reconnect attempts: a longer host option is lowered to it.
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(86_400);
 /// Default controller loss timeout (Linux: 600 s).
 pub const DEFAULT_CTRL_LOSS_TMO: Duration = Duration::from_secs(600);
 
@@ -91,7 +93,7 @@ pub fn resolve(o: &ConnectOptions, adv: Option<&ConnectionPolicy>) -> Effective 
         reconnect_delay.0,
     );
     let ctrl_loss_tmo = pick(
-        o.ctrl_loss_tmo.map(Some),
+        o.ctrl_loss_tmo.map(|d| (d != crate::options::CTRL_LOSS_NEVER).then_some(d)),
         t.map(|p| if p.ctrl_loss_tmo_ms == u32::MAX { None } else { Some(ms(p.ctrl_loss_tmo_ms)) }),
         Some(DEFAULT_CTRL_LOSS_TMO),
     );
@@ -100,6 +102,10 @@ pub fn resolve(o: &ConnectOptions, adv: Option<&ConnectionPolicy>) -> Effective 
         t.map(|p| if p.fast_io_fail_tmo_ms == 0 { None } else { Some(ms(p.fast_io_fail_tmo_ms)) }),
         None,
     );
+    // Delays of a day at most: an option of Duration::MAX would overflow the instant of the next attempt.
+    let (mut reconnect_delay, mut reconnect_delay_max) = (reconnect_delay, reconnect_delay_max);
+    reconnect_delay.0 = reconnect_delay.0.min(MAX_RECONNECT_DELAY);
+    reconnect_delay_max.0 = reconnect_delay_max.0.min(MAX_RECONNECT_DELAY);
     Effective {
         kato,
         reconnect_delay,
@@ -230,6 +236,20 @@ mod tests {
         assert_eq!(e.retry_delay(5, Duration::from_secs(12)), Duration::from_millis(500));
         assert_eq!(e.retry_delay(5, Duration::from_secs(21)), Duration::from_millis(4000));
         assert_eq!(resolve(&o, Some(&adv)).retry_delay(5, Duration::from_secs(12)), Duration::from_millis(4000));
+    }
+
+    /// A host option of `Duration::MAX`: for ctrl_loss_tmo, never ([`crate::CTRL_LOSS_NEVER`]); for the reconnect
+    /// delays, a day (the instant of the next attempt would overflow).
+    #[test]
+    fn duration_max_options_mean_never_and_a_day() {
+        let mut o = ConnectOptions::new("127.0.0.1:1", "nqn.x");
+        o.ctrl_loss_tmo = Some(crate::CTRL_LOSS_NEVER);
+        o.reconnect_delay = Some(Duration::MAX);
+        o.reconnect_delay_max = Some(Duration::MAX);
+        let e = resolve(&o, None);
+        assert_eq!((e.ctrl_loss_tmo, e.loss_limit()), ((None, Source::Host), None));
+        assert_eq!(e.delay(30), MAX_RECONNECT_DELAY);
+        assert_eq!(e.retry_delay(30, Duration::from_secs(5)), MAX_RECONNECT_DELAY);
     }
 
     /// `p` as a host reads it: encoded into the policy log page and decoded again (POLICY_SET and all).

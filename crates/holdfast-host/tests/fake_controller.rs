@@ -1661,6 +1661,7 @@ async fn fewer_granted_queues_are_carried_by_the_granted_ones() {
     f.st.grant.store(2, Ordering::Relaxed);
     let c = Controller::connect(opts(&f, 4, false)).await.expect("connect with 2 of 4 queues granted");
     assert_eq!(f.st.connections.load(Ordering::Relaxed), 3, "admin + the 2 granted I/O queues");
+    assert_eq!((c.io_queues(), c.io_queues_granted()), (4, 2), "asked for, granted");
     let ns = Namespace::open(&c, 1).await.unwrap();
     spread_io(&ns, 32, 1).await;
     c.shutdown().await.unwrap();
@@ -1676,6 +1677,7 @@ async fn a_reconnect_that_gets_fewer_queues_rides_through() {
     let r = tokio::time::timeout(Duration::from_secs(10), ns.read(100, 1)).await.expect("no hang");
     assert!(r.expect("re-issued read") == pattern(BS, 1));
     assert_eq!(f.st.connections.load(Ordering::Relaxed), 3 + 2, "admin + 2 queues, then admin + 1 queue");
+    assert_eq!(c.io_queues_granted(), 1, "the current association's grant");
     spread_io(&ns, 32, 9).await;
     c.shutdown().await.unwrap();
 }
@@ -2799,4 +2801,28 @@ fn riding_opts(f: &Fake) -> ConnectOptions {
     o.reconnect_delay = Some(Duration::from_millis(100));
     o.ctrl_loss_tmo = Some(Duration::from_secs(60));
     o
+}
+
+/// Options that could not work are refused before anything is sent, saying why: an NQN longer than the 223
+/// bytes the Connect data holds (it was cut short, and refused by the target as another name), an empty host
+/// NQN, an I/O timeout of 0 (every command timed out, the association torn down every 250 ms).
+#[tokio::test]
+async fn unusable_options_are_refused_before_connecting() {
+    let f = fake(Behaviour::default()).await;
+    for (change, want) in [
+        (
+            Box::new(|o: &mut ConnectOptions| o.subnqn = "n".repeat(224)) as Box<dyn Fn(&mut ConnectOptions)>,
+            "subsystem NQN is 224 bytes",
+        ),
+        (Box::new(|o: &mut ConnectOptions| o.hostnqn.clear()), "host NQN is 0 bytes"),
+        (Box::new(|o: &mut ConnectOptions| o.io_timeout = Duration::ZERO), "io_timeout of 0"),
+    ] {
+        let mut o = opts(&f, 1, false);
+        change(&mut o);
+        match Controller::connect(o).await {
+            Err(Error::Invalid(m)) => assert!(m.contains(want), "{m}"),
+            r => panic!("{want}: {:?}", r.map(|_| ())),
+        }
+    }
+    assert_eq!(f.st.connections.load(Ordering::SeqCst), 0, "nothing was sent");
 }

@@ -705,3 +705,40 @@ async fn a_compare_and_write_never_sent_before_a_loss_runs_after_the_reconnect()
     ctrl.shutdown().await.unwrap();
     server.stop().await;
 }
+
+/// A target restarted under the host (a new `Target`, so a new instance ID, on the same port; its RAM namespace
+/// starts empty): the write acknowledged before is gone, and a Flush on the new instance succeeds all the same.
+/// `Controller::target_restarts` says so, counted before anything completes on the new association: read after
+/// the Flush, it has changed (the `Restored` event may come after). Options of `Duration::MAX` (never give up,
+/// no limit on connecting, no cap on the backoff) are taken without overflowing an instant: the first of them
+/// used to panic the reconnect task, leaving the controller "reconnecting" for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_restarts_tells_a_flush_that_its_writes_went_with_a_restart() {
+    let server = Server::start(Target::new(&config(&[1]), TargetSettings::default()).unwrap()).await.unwrap();
+    let addr = server.bound[0].1;
+    let mut o = ConnectOptions::new(addr.to_string(), NQN);
+    o.nr_io_queues = 1;
+    o.ctrl_loss_tmo = Some(holdfast_host::CTRL_LOSS_NEVER);
+    o.connect_timeout = Duration::MAX;
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    o.reconnect_delay_max = Some(Duration::MAX);
+    let ctrl = Controller::connect(o).await.unwrap();
+    let ns = holdfast_host::Namespace::open(&ctrl, 1).await.unwrap();
+    let before = ctrl.target_restarts();
+    ns.write(0, bytes::Bytes::from(vec![0x5A; 4096]), false).await.unwrap();
+    ns.flush().await.unwrap();
+    assert_eq!(ctrl.target_restarts(), before, "no restart yet: the write is durable where it landed");
+    server.stop().await;
+    let text = format!(
+        "[[port]]\nid = 1\nlisten = \"{addr}\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n{}",
+        ram_ns(1, "")
+    );
+    let server = Server::start(Target::new(&Config::parse(&text, "test").unwrap(), TargetSettings::default()).unwrap())
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), ns.flush()).await.expect("no reconnect within 10 s").unwrap();
+    assert_eq!(ctrl.target_restarts(), before + 1, "the Flush completed on a restarted target");
+    assert_eq!(ns.read(0, 8).await.unwrap(), vec![0u8; 4096], "the RAM namespace started empty");
+    ctrl.shutdown().await.unwrap();
+    server.stop().await;
+}
