@@ -186,30 +186,6 @@ impl NamespaceArgs {
     }
 }
 
-/// Why data a command moved before may not be what the namespace holds now, from `events` (subscribed before it
-/// started): the target restarted (a new instance ID: a namespace that does not persist, RAM, starts empty,
-/// and writes it had acknowledged may be gone), or more happened than the event channel kept, so that a
-/// restart cannot be ruled out. None: neither.
-pub fn restart_seen(
-    events: &mut tokio::sync::broadcast::Receiver<holdfast_host::controller::Event>,
-) -> Option<&'static str> {
-    use tokio::sync::broadcast::error::TryRecvError;
-    let mut seen = None;
-    loop {
-        match events.try_recv() {
-            Ok(holdfast_host::controller::Event::Restored { target_restarted: true, .. }) => {
-                seen = Some("the target restarted (new instance ID)")
-            }
-            Ok(_) => {}
-            Err(TryRecvError::Lagged(_)) => {
-                seen =
-                    seen.or(Some("the connection was lost and restored too often to tell whether the target restarted"))
-            }
-            Err(_) => return seen,
-        }
-    }
-}
-
 /// Bytes as lowercase hexadecimal, as identifiers (EUI-64, NGUID, Host Identifier) are printed.
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

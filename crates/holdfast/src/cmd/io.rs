@@ -71,7 +71,7 @@ fn byte_range(ns: &Namespace, offset: u64, len: u64, what: &str) -> anyhow::Resu
 pub fn run_read(a: ReadArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
         let (c, ns) = a.ns.open(a.ns.options(QUEUES)).await?;
-        let mut events = c.events();
+        let restarts = c.target_restarts();
         // The whole range first: the output file is not created (emptied) for a read that cannot be done.
         let (lba, n) = byte_range(&ns, a.offset, a.length, "length")?;
         let mut out: Box<dyn Write> = match &a.output {
@@ -98,8 +98,11 @@ pub fn run_read(a: ReadArgs) -> anyhow::Result<ExitCode> {
         out.flush()?;
         // What was read before a restart and what after may come from different contents (a namespace that does
         // not persist starts empty): said, not an error (one that persists reads the same).
-        if let Some(why) = super::common::restart_seen(&mut events) {
-            tracing::warn!("{why} during the read: a namespace that does not persist started empty part-way");
+        if c.target_restarts() != restarts {
+            tracing::warn!(
+                "the target restarted (new instance ID) during the read: a namespace that does not persist started \
+                 empty part-way"
+            );
         }
         c.shutdown().await?;
         Ok::<_, anyhow::Error>(())
@@ -131,7 +134,7 @@ pub fn run_write(a: WriteArgs) -> anyhow::Result<ExitCode> {
     .map(|m| m.len());
     runtime()?.block_on(async move {
         let (c, ns) = a.ns.open(a.ns.options(QUEUES)).await?;
-        let mut events = c.events();
+        let restarts = c.target_restarts();
         let bs = ns.block_size as u64;
         let lba = blocks(&ns, "offset", a.offset)?;
         if let Some(len) = known_len {
@@ -183,10 +186,12 @@ pub fn run_write(a: WriteArgs) -> anyhow::Result<ExitCode> {
         if !a.fua {
             ns.flush().await.context("Flush after the write")?;
         }
-        if let Some(why) = super::common::restart_seen(&mut events) {
+        // Counted before anything completes on a new association: the same count after the Flush means it
+        // covered every piece on the instance that acknowledged it.
+        if c.target_restarts() != restarts {
             anyhow::bail!(
-                "{why} while {sent} bytes were written: what it had acknowledged before may be gone (a namespace \
-                 that does not persist starts empty): write them again"
+                "the target restarted (new instance ID) while {sent} bytes were written: what it had acknowledged \
+                 before may be gone (a namespace that does not persist starts empty): write them again"
             );
         }
         c.shutdown().await?;
