@@ -34,7 +34,8 @@ pub(crate) fn gone_error(nsid: u32, subnqn: &str, why: &str) -> Error {
     ))
 }
 
-/// A namespace of a connected controller.
+/// A namespace of a connected controller. Cheap to clone (its Identify data is shared): a clone per task is
+/// the way to issue I/O from many tasks.
 #[derive(Clone)]
 pub struct Namespace {
     ctrl: Controller,
@@ -45,7 +46,7 @@ pub struct Namespace {
     /// Number of logical blocks.
     pub nblocks: u64,
     /// Identify Namespace data.
-    pub id: Box<IdentifyNamespace>,
+    pub id: std::sync::Arc<IdentifyNamespace>,
     /// Namespace identifiers (EUI-64, NGUID, UUID, CSI).
     pub descriptors: Vec<NsDescriptor>,
     /// Set once the namespace was found removed or replaced, and the tag its commands carry
@@ -98,7 +99,7 @@ impl Namespace {
             nsid,
             block_size,
             nblocks: id.nsze.get(),
-            id: Box::new(id),
+            id: std::sync::Arc::new(id),
             descriptors,
             mark,
         })
