@@ -504,7 +504,11 @@ fn acquire(st: &mut State, host: &[u8; 16], cdw10: u32, iekey: bool, crkey: u64,
 /// Preempt (NVMe Base 2.0 §8.19.7): without a reservation, or under an All Registrants one with a PRKEY other
 /// than 0, the registrants with key PRKEY are unregistered (none: a conflict); PRKEY 0 under an All
 /// Registrants reservation, or the holder's key, takes the reservation (type `t`) and unregisters the others
-/// with that key (all others, for 0); a holder preempting itself changes the type.
+/// with that key (all others, for 0). A holder preempts itself by its own key (a new type, the others with
+/// that key unregistered); with another key it fences the registrants that have it, keeping its reservation
+/// as it is, as anyone's Preempt does, and with 0 it is Invalid Field. (SPDK's target takes it so; Linux
+/// nvmet changed only the type whatever PRKEY said, so that a holder fencing a failed node by its key left
+/// it registered, and able to write under a Registrants Only reservation.)
 fn preempt(st: &mut State, host: &[u8; 16], t: ReservationType, prkey: u64) -> Result<(), Status> {
     let unregister_others_with = |st: &mut State, key: Option<u64>| {
         let gone: Vec<[u8; 16]> = st
@@ -523,7 +527,6 @@ fn preempt(st: &mut State, host: &[u8; 16], t: ReservationType, prkey: u64) -> R
             st.reservation = Some((t, *host));
             unregister_others_with(st, None);
         }
-        Some((held, holder)) if !held.all_registrants() && holder == *host => st.reservation = Some((t, *host)),
         Some((held, holder)) if !held.all_registrants() && st.key_of(&holder) == Some(prkey) => {
             st.reservation = Some((t, *host));
             unregister_others_with(st, Some(prkey));
@@ -664,6 +667,36 @@ mod tests {
         let before = st.clone();
         release(&mut st, &C, 1, false, 3).unwrap();
         assert_eq!(notices(&before, &st, &C, Command::Release), vec![(A, RESERVATION_PREEMPTED)]);
+    }
+
+    /// The holder's own Preempt (NVMe Base 2.0 §8.19.7): by another host's key it fences that host (unregistered,
+    /// told so) and keeps its reservation as it was; by 0 it is Invalid Field; by its own key it takes a new
+    /// type and unregisters the others that share its key. The first two used to change the type only: the
+    /// fenced host stayed registered and could go on writing under a Registrants Only reservation.
+    #[test]
+    fn a_holder_preempting_another_key_fences_that_host() {
+        let mut st = State::default();
+        reg(&mut st, &A, 1);
+        reg(&mut st, &B, 2);
+        reg(&mut st, &C, 1);
+        acquire(&mut st, &A, acq(0, WriteExclusiveRegistrantsOnly), false, 1, 0).unwrap();
+        // What the I/O path checks (Reservations::check_reserved): may host `h` write?
+        let may_write = |st: &State, h: &[u8; 16]| {
+            st.holds(h) || st.reservation.is_none_or(|(t, _)| t.allows(true, st.key_of(h).is_some()))
+        };
+        assert!(may_write(&st, &B), "a registrant writes under Registrants Only");
+        let before = st.clone();
+        acquire(&mut st, &A, acq(1, ExclusiveAccess), false, 1, 2).unwrap();
+        assert_eq!(st.key_of(&B), None, "B fenced");
+        assert_eq!(st.reservation, Some((WriteExclusiveRegistrantsOnly, A)), "the reservation as it was");
+        let told = notices(&before, &st, &A, Command::Acquire);
+        assert_eq!(told, vec![(B, holdfast_proto::log_page::rnlpt::REGISTRATION_PREEMPTED)]);
+        assert!(!may_write(&st, &B), "B may no longer write");
+        assert_eq!(acquire(&mut st, &A, acq(1, ExclusiveAccess), false, 1, 0), Err(Status::INVALID_FIELD.with_dnr()));
+        // By its own key: the new type, and C (key 1 too) unregistered.
+        acquire(&mut st, &A, acq(1, ExclusiveAccess), false, 1, 1).unwrap();
+        assert_eq!(st.reservation, Some((ExclusiveAccess, A)));
+        assert_eq!(st.registrants.iter().map(|(h, _)| *h).collect::<Vec<_>>(), vec![A]);
     }
 
     #[test]
