@@ -1278,7 +1278,7 @@ fn fail_gone_namespaces(sh: &Shared, slots: &mut [Option<Slot>], gone: Vec<(NsMa
         let queued = s.rx.take_if(|c| why_of(c).is_some());
         for c in stale.into_iter().chain(queued) {
             let Some((nsid, why)) = why_of(&c) else { continue };
-            let e = Error::Invalid(format!(
+            let e = Error::NamespaceGone(format!(
                 "namespace {nsid} of {} {why}: the {} pending for it was not issued again (open the namespace again)",
                 sh.opts.subnqn,
                 c.name(1)

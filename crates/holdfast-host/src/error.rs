@@ -80,6 +80,11 @@ pub enum Error {
     /// Bad argument from the caller.
     #[error("{0}")]
     Invalid(String),
+    /// The namespace this handle was opened on is no longer there: removed from the target, replaced by another
+    /// under its NSID, or formatted with other blocks. Nothing was sent; open the namespace again (and see
+    /// whether it is still the one wanted).
+    #[error("{0}")]
+    NamespaceGone(String),
     /// The controller does not support what was asked (an optional command its Identify Controller data does not
     /// advertise); nothing was sent.
     #[error("{0}")]

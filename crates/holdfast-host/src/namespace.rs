@@ -29,7 +29,7 @@ pub const ZERO_WRITES_IN_FLIGHT: usize = 8;
 #[cold]
 #[inline(never)]
 pub(crate) fn gone_error(nsid: u32, subnqn: &str, why: &str) -> Error {
-    Error::Invalid(format!(
+    Error::NamespaceGone(format!(
         "namespace {nsid} of {subnqn} {why}: this handle is not used any more (open the namespace again)"
     ))
 }
@@ -132,7 +132,7 @@ impl Namespace {
         &self.ctrl
     }
 
-    /// [`Error::Invalid`] saying why if the namespace was removed from the target or replaced by another under its
+    /// [`Error::NamespaceGone`] saying why if the namespace was removed from the target or replaced by another under its
     /// NSID, as a Namespace Attribute Changed notice (or opening it again) found.
     /// Inline, its error out of line: every I/O checks it, and with the error's formatting in the callers they
     /// grew past inlining what they call (`max_blocks` went out of line: 18 instructions per I/O more,

@@ -82,7 +82,11 @@ impl Command {
     pub fn fail(mut self, e: Error) {
         if let Some(second) = self.fused.take() {
             let why = format!("not sent: the first command of its fused operation failed ({e})");
-            second.reply.send(Err(if e.is_path_error() { Error::PathError(why) } else { Error::Invalid(why) }));
+            second.reply.send(Err(match &e {
+                e if e.is_path_error() => Error::PathError(why),
+                Error::NamespaceGone(_) => Error::NamespaceGone(why),
+                _ => Error::Invalid(why),
+            }));
         }
         self.reply.send(Err(e));
     }

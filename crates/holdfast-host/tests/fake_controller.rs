@@ -1242,7 +1242,7 @@ async fn changed_namespace_identifiers_fail_pending_io_instead_of_replaying_it()
     f.st.down.store(false, Ordering::Relaxed);
     let r = tokio::time::timeout(Duration::from_secs(5), w).await.expect("the queued write never finished").unwrap();
     match r {
-        Err(Error::Invalid(why)) => {
+        Err(Error::NamespaceGone(why)) => {
             assert!(why.contains("namespace 1") && why.contains("identifiers changed"), "{why}")
         }
         other => panic!("expected the write failed over changed identifiers, got {other:?}"),
@@ -1303,7 +1303,7 @@ async fn a_namespace_replaced_across_a_reconnect_fails_its_pending_io_and_the_ot
     done(w2).await.expect("namespace 2's write queued during the outage");
     for h in std::iter::once(in_flight).chain(queued) {
         match done(h).await {
-            Err(Error::Invalid(why)) => {
+            Err(Error::NamespaceGone(why)) => {
                 assert!(why.contains("namespace 1") && why.contains("identifiers changed"), "{why}")
             }
             other => panic!("expected namespace 1's write failed as replaced, got {other:?}"),
@@ -1474,7 +1474,7 @@ async fn a_controller_without_descriptor_lists_is_checked_by_its_identify_namesp
             tokio::time::timeout(Duration::from_secs(5), w).await.expect("the queued write never finished").unwrap();
         match (r, replaced) {
             (Ok(()), false) => {}
-            (Err(Error::Invalid(why)), true) => {
+            (Err(Error::NamespaceGone(why)), true) => {
                 assert!(why.contains("namespace 1") && why.contains("identifiers changed"), "{why}");
                 assert_eq!(f.st.write_attempts.load(Ordering::Relaxed), writes, "replayed onto another namespace");
             }
@@ -2660,7 +2660,7 @@ async fn a_namespace_opened_again_after_it_was_replaced_is_kept_across_a_reconne
     assert_ne!(new.descriptors, old.descriptors);
     let writes = f.st.write_attempts.load(Ordering::Relaxed);
     match old.write(0, pattern(BS, 2), false).await {
-        Err(Error::Invalid(why)) => assert!(why.contains("namespace 1") && why.contains("replaced"), "{why}"),
+        Err(Error::NamespaceGone(why)) => assert!(why.contains("namespace 1") && why.contains("replaced"), "{why}"),
         other => panic!("expected the old handle to fail as replaced, got {other:?}"),
     }
     assert_eq!(f.st.write_attempts.load(Ordering::Relaxed), writes, "the old handle wrote into the new namespace");
@@ -2695,7 +2695,7 @@ async fn a_namespace_formatted_with_other_blocks_across_a_reconnect_gets_no_repl
     f.st.down.store(false, Ordering::Relaxed);
     let r = tokio::time::timeout(Duration::from_secs(5), z).await.expect("the Write Zeroes never finished").unwrap();
     match r {
-        Err(Error::Invalid(why)) => assert!(why.contains("namespace 1") && why.contains("4096"), "{why}"),
+        Err(Error::NamespaceGone(why)) => assert!(why.contains("namespace 1") && why.contains("4096"), "{why}"),
         other => panic!("expected the Write Zeroes failed over the new block size, got {other:?}"),
     }
     assert_eq!(&f.st.ram.lock().unwrap()[..8 * BS], &pattern(8 * BS, 1)[..], "the Write Zeroes was replayed");
@@ -2754,7 +2754,7 @@ async fn a_write_in_flight_through_a_replaced_namespace(notice: bool, reopen: bo
     ns2.write(100, pattern(BS, 4), false).await.expect("namespace 2 rides through");
     assert!(f.st.ram.lock().unwrap()[..BS] == before[..], "namespace 1's old write landed in the new one: {r:?}");
     match r {
-        Err(Error::Invalid(why)) => assert!(why.contains("namespace 1") && why.contains("replaced"), "{why}"),
+        Err(Error::NamespaceGone(why)) => assert!(why.contains("namespace 1") && why.contains("replaced"), "{why}"),
         other => panic!("expected namespace 1's old write failed as replaced, got {other:?}"),
     }
     if let Some(new) = new {
