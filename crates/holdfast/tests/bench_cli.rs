@@ -138,22 +138,13 @@ fn bench_mix_bs_and_controllers_are_said_plainly() {
 /// counted; the report says, next to them, that the target restarted and why that empties such a namespace.
 #[test]
 fn bench_verify_says_the_target_restarted() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let listen = format!("127.0.0.1:{port}");
-    let target = || {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["target", "--listen", &listen, "--nqn", NQN, "--ram-mib", "8", "--reconnect-delay-ms", "200"]);
-        TargetProc::spawn(cmd)
-    };
+    let listen = common::free_loopback_addr();
+    let target = || TargetProc::start_at(&listen, &["--nqn", NQN, "--ram-mib", "8", "--reconnect-delay-ms", "200"]);
     let mut first = target();
     // A small region, written all over before the restart: reads after it find the units empty.
     let child = bench(&listen, &["--workload", "randrw", "--verify", "--size", "262144", "--qd", "4", "--time", "5"]);
     std::thread::sleep(Duration::from_millis(1500));
-    let _ = first.child.kill();
-    let _ = first.child.wait();
+    first.kill();
     let _second = target();
     let (code, out, err) = finish(child, Duration::from_secs(40));
     assert_eq!(code, Some(1), "{out}{err}");

@@ -791,16 +791,10 @@ fn write_streams_its_input_and_says_what_a_refused_pipe_left_written() {
 /// and says why, after riding through the restart (the writes still pending were sent again); it used to exit 0.
 #[test]
 fn a_write_across_a_target_restart_fails_and_says_why() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let listen = format!("127.0.0.1:{port}");
+    let listen = common::free_loopback_addr();
     let target = |extra: &[&str]| {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["target", "--listen", &listen, "--nqn", NQN, "--ram-mib", "8", "--reconnect-delay-ms", "200"]);
-        cmd.args(extra);
-        TargetProc::spawn(cmd)
+        let args = [&["--nqn", NQN, "--ram-mib", "8", "--reconnect-delay-ms", "200"][..], extra].concat();
+        TargetProc::start_at(&listen, &args)
     };
     // Every write held 1.5 s: the write is under way when the target goes.
     let mut first = target(&["--test-delay-writes-ms", "1500"]);
@@ -814,8 +808,7 @@ fn a_write_across_a_target_restart_fails_and_says_why() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(700));
-    let _ = first.child.kill();
-    let _ = first.child.wait();
+    first.kill();
     let _second = target(&[]);
     let out = write.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -39,6 +39,23 @@ impl TargetProc {
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+    /// A target listening on `listen` (a restarted one takes its predecessor's address).
+    pub fn start_at(listen: &str, args: &[&str]) -> TargetProc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["target", "--listen", listen]).args(args);
+        TargetProc::spawn(cmd)
+    }
+    /// Kill it (SIGKILL, by PID) now, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback address with a port free now: for a target that is to be started again on it.
+pub fn free_loopback_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("address").to_string()
 }
 
 impl Drop for TargetProc {
