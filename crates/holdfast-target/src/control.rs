@@ -182,13 +182,7 @@ pub fn stats(target: &Target) -> Vec<SubsystemStats> {
 /// replaced; one a live process answers on (another target whose first port has the same TCP port number, on
 /// another address) or anything but a socket (a file given to `--control` by mistake) is left alone, an error.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    holdfast_rt::bind_unix_socket(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => std::io::Error::new(
-            e.kind(),
-            format!("{e} (another target on the same TCP port number?): left alone; --control PATH chooses another"),
-        ),
-        _ => e,
-    })
+    holdfast_rt::bind_unix_socket(path)
 }
 
 /// Serve the control socket `listener` (from [`bind`]) until `shutdown`. Removing its file is the caller's.

@@ -251,7 +251,22 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 true
             }
             Err(e) => {
-                tracing::warn!("control socket {} unavailable: {e}", control.display());
+                // Whose socket it is: the one given by --control, or the default named after the first port.
+                let why = match (e.kind(), &a.control) {
+                    (std::io::ErrorKind::AddrInUse, Some(_)) => {
+                        " (a process answers on it: another target given the same --control?); left alone"
+                    }
+                    (std::io::ErrorKind::AddrInUse, None) => {
+                        " (another target whose first port has the same TCP port number, on another address?); left \
+                         alone, --control PATH chooses another"
+                    }
+                    _ => "",
+                };
+                tracing::warn!(
+                    "control socket {} unavailable: {e}{why}; this target runs without one (target-ctl cannot \
+                     reach it)",
+                    control.display()
+                );
                 false
             }
         };
