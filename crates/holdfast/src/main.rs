@@ -98,7 +98,7 @@ fn main() -> std::process::ExitCode {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HOLDFAST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::new(log_directives(std::env::var("HOLDFAST_LOG").ok().as_deref()));
     // Colours only on a terminal: a log redirected to a file (a service's journal, a test's log) stays plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
@@ -106,5 +106,42 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(ansi)
+        // A log line that cannot be written (stderr a pipe whose reader went: a `| tee` killed, a log shipper
+        // restarting) is lost, not reported: the report went to stderr with eprintln!, which panics on a broken
+        // pipe, so that any later line (a peer merely connecting) ended the target.
+        .log_internal_errors(false)
         .init();
+}
+
+/// The filter directives for `HOLDFAST_LOG` (unset or empty: info). A bare level is taken in the spellings
+/// people use ("warning" is warn): tracing's filter reads any other word as a module name, so that
+/// `HOLDFAST_LOG=warning` kept only the lines of a module called "warning", none, errors included.
+fn log_directives(v: Option<&str>) -> String {
+    match v.map(str::trim) {
+        None | Some("") => "info".into(),
+        Some(v) => v
+            .split(',')
+            .map(|d| match d.trim().to_ascii_lowercase().as_str() {
+                "warning" => "warn".to_string(),
+                "err" => "error".to_string(),
+                "information" => "info".to_string(),
+                "none" => "off".to_string(),
+                _ => d.trim().to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Unset or empty is info; levels spelled as people spell them are levels, in a list too.
+    #[test]
+    fn log_directives_take_the_usual_spellings() {
+        assert_eq!(super::log_directives(None), "info");
+        assert_eq!(super::log_directives(Some(" ")), "info");
+        assert_eq!(super::log_directives(Some("warning")), "warn");
+        assert_eq!(super::log_directives(Some("WARNING,holdfast_host=debug")), "warn,holdfast_host=debug");
+        assert_eq!(super::log_directives(Some("debug")), "debug");
+    }
 }

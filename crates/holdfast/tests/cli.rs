@@ -849,3 +849,24 @@ fn resv_register_sets_persist_through_power_loss() {
     assert!(err.contains("\"maybe\" is neither on nor off"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A target whose stderr reader goes away (a `| tee` killed, a log shipper restarting) goes on serving: a log
+/// line it cannot write is lost. It used to die at the next line (tracing reported the failed write with
+/// eprintln!, which panics on a broken pipe), and any peer that connected wrote one.
+#[test]
+fn a_target_outlives_its_log_reader() {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["target", "--listen", "127.0.0.1:0", "--nqn", NQN, "--ram-mib", "1"]);
+    cmd.stderr(std::process::Stdio::piped());
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    drop(child.stderr.take()); // the reader goes
+    let line =
+        std::io::BufRead::lines(std::io::BufReader::new(out)).map(|l| l.unwrap()).find(|l| l.starts_with("connect:"));
+    let port: u16 = line.unwrap().split(" -s ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let t = TargetProc { child, port };
+    for _ in 0..2 {
+        let (rc, _, err) = holdfast(&["identify", "--addr", &t.addr(), "--nqn", NQN]);
+        assert_eq!(rc, 0, "the target died with its log reader: {err}");
+    }
+}
