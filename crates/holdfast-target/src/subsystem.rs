@@ -655,6 +655,12 @@ impl Target {
             match ns {
                 Some(ns) => {
                     let (what, volatile) = (ns.backend.describe(), ns.backend.volatile());
+                    // The same namespace to hosts (its identifiers): their registrations and reservation go on.
+                    if let Some(old) = map.get(&nsid).filter(|o| o.ids == ns.ids) {
+                        if let Some(taken) = ns.pr.carry_from(&old.pr) {
+                            summary.notes.push(format!("{} nsid {nsid}: reservations kept: {taken}", sub.nqn));
+                        }
+                    }
                     summary.notes.push(match map.insert(nsid, ns) {
                         None => format!("{} nsid {nsid} added: {what}", sub.nqn),
                         // Same NSID and identifiers, other contents: say so, hosts cannot tell.

@@ -1540,6 +1540,58 @@ async fn host_queues(addr: SocketAddr, hostid: [u8; 16], hostnqn: &str) -> (Conn
     (a, q)
 }
 
+/// A reload that replaces a namespace under the same identifiers (a file namespace grown, here from 4 to 8
+/// MiB) keeps its registrations and reservation: the hosts' fencing goes on, the other host's writes still
+/// refused. It used to start the new namespace with none, silently: a fenced host could write again once the
+/// operator grew the volume. A namespace with other identifiers (a new UUID: another namespace to hosts)
+/// starts with none.
+#[tokio::test]
+async fn a_reload_that_grows_a_namespace_keeps_its_reservations() {
+    use holdfast_proto::reservation::{ReservationKeys, ReservationReport, ReservationType};
+    use zerocopy::IntoBytes;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("vol.img");
+    let cfg = |size_mib: u32, uuid: &str| {
+        let text = format!(
+            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
+             [[subsystem.namespace]]\nnsid = 1\nbackend = \"file\"\npath = \"{}\"\nsize_mib = {size_mib}\n{uuid}",
+            img.display()
+        );
+        Config::parse(&text, "test").unwrap()
+    };
+    let server = Server::start(Target::new(&cfg(4, ""), TargetSettings::default()).unwrap()).await.unwrap();
+    let addr = server.bound[0].1;
+    let (_a, mut qa) = host_queues(addr, HOSTID, HOSTNQN).await;
+    let (_b, mut qb) =
+        host_queues(addr, [0x22; 16], "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000002").await;
+    let keys = |c: u64, o: u64| ReservationKeys::new(c, o).as_bytes().to_vec();
+    let (s, d) = resv_cmd(io::RESERVATION_REGISTER, 1, 0, &keys(0, 0xA1));
+    assert_eq!(qa.cmd(s, d).await.0.status(), Status::SUCCESS);
+    let (s, d) = resv_cmd(io::RESERVATION_ACQUIRE, 1, 1 << 8, &keys(0xA1, 0));
+    assert_eq!(qa.cmd(s, d).await.0.status(), Status::SUCCESS);
+    let write = || rw_sqe(io::WRITE, 3, 1, SglDescriptor::incapsule(512));
+    let data = || Bytes::from(vec![0x5Au8; 512]);
+    assert_eq!(qb.cmd(write(), data()).await.0.status(), Status::RESERVATION_CONFLICT.with_dnr());
+
+    let notes = server.target.reload(&cfg(8, "")).unwrap().notes;
+    assert!(
+        notes.iter().any(|n| n.contains("reservations kept: 1 registrant(s), Write Exclusive held by host")),
+        "{notes:?}"
+    );
+    let (r, page) = qa.cmd(resv_report(4096, true), Bytes::new()).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    let rep = ReservationReport::parse(&page).unwrap();
+    assert_eq!((rep.rtype, rep.registrants.len()), (Some(ReservationType::WriteExclusive), 1), "after the reload");
+    assert_eq!(qb.cmd(write(), data()).await.0.status(), Status::RESERVATION_CONFLICT.with_dnr(), "still fenced");
+    assert_eq!(qa.cmd(write(), data()).await.0.status(), Status::SUCCESS, "the holder writes");
+
+    // Other identifiers: another namespace, which starts with no reservation.
+    server.target.reload(&cfg(8, "uuid = \"5a1e3c9d-0b7f-4c2a-9e8d-1f2a3b4c5d6e\"\n")).unwrap();
+    let rep = ReservationReport::parse(&qa.cmd(resv_report(4096, true), Bytes::new()).await.1).unwrap();
+    assert_eq!((rep.rtype, rep.registrants.len()), (None, 0), "a new namespace");
+    server.stop().await;
+}
+
 /// Reservations between two hosts (two Host Identifiers): registration, a Write Exclusive reservation that
 /// keeps the other host's writes out but not its reads, a report with both registrants in the extended
 /// structure, preemption, release, clear; a report without EDS is Host Identifier Inconsistent Format.

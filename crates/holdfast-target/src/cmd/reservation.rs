@@ -167,6 +167,44 @@ impl Reservations {
         Ok(pr)
     }
 
+    /// Take over the reservations of `old`, the namespace this one replaces under the same identifiers (a
+    /// reload that resized it, or moved it to another file): the registrations and the reservation are the
+    /// hosts', and the fencing they carry must not end because the operator grew a volume. Not when this one
+    /// started from its own reservation file (Persist Through Power Loss on: that file is the record). Persist
+    /// Through Power Loss goes with them where this namespace can persist (written to its file), and off where
+    /// it cannot. Returns what was taken, for the log.
+    pub fn carry_from(&self, old: &Reservations) -> Option<String> {
+        let mut st = self.state.lock();
+        if st.ptpl {
+            return None;
+        }
+        let taken = old.state.lock().clone();
+        if taken == State::default() {
+            return None;
+        }
+        let mut next = taken;
+        next.ptpl &= self.ptpl_capable();
+        let mut what = format!(
+            "{} registrant(s), {}",
+            next.registrants.len(),
+            next.reservation.map_or("no reservation".to_string(), |(t, h)| format!(
+                "{} held by host {}",
+                t.name(),
+                hex(&h)
+            ))
+        );
+        if next.ptpl {
+            if let Err(e) = self.write_file(&next) {
+                tracing::error!(file = ?self.file, "the reservations taken over cannot be written: {e}");
+                next.ptpl = false;
+                what.push_str(", persist through power loss off (its file cannot be written)");
+            }
+        }
+        self.publish(&next);
+        *st = next;
+        Some(what)
+    }
+
     /// Whether the namespace can persist its reservations (RESCAP bit 0).
     pub fn ptpl_capable(&self) -> bool {
         self.file.is_some()
