@@ -178,6 +178,9 @@ pub fn stats(target: &Target) -> Vec<SubsystemStats> {
     v
 }
 
+/// The longest command line the control socket takes.
+pub const MAX_LINE: usize = 4096;
+
 /// Bind the control socket at `path`. A socket file that nothing answers on (left by a target that died) is
 /// replaced; one a live process answers on (another target whose first port has the same TCP port number, on
 /// another address) or anything but a socket (a file given to `--control` by mistake) is left alone, an error.
@@ -202,10 +205,23 @@ pub async fn serve(target: Arc<Target>, listener: UnixListener, shutdown: Cancel
                 };
                 let target = target.clone();
                 tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
                     let (rd, mut wr) = stream.into_split();
-                    let mut lines = BufReader::new(rd).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        let reply = execute(&target, &line);
+                    let mut rd = BufReader::new(rd);
+                    let mut line = Vec::new();
+                    loop {
+                        // A line is a command of a few words: one longer than MAX_LINE is refused and the
+                        // connection closed, not gathered (it grew the target by the size of what was sent).
+                        line.clear();
+                        match (&mut rd).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                        if line.last() != Some(&b'\n') && line.len() > MAX_LINE {
+                            let _ = wr.write_all(format!("error: a line longer than {MAX_LINE} bytes\n").as_bytes()).await;
+                            break;
+                        }
+                        let reply = execute(&target, String::from_utf8_lossy(&line).trim_end());
                         if wr.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
                             break;
                         }

@@ -1592,6 +1592,31 @@ async fn a_reload_that_grows_a_namespace_keeps_its_reservations() {
     server.stop().await;
 }
 
+/// The discovery controller's policy page is that of a subsystem its discovery log lists through the port
+/// asked: one exported on another port only is not (it was the alphabetically first subsystem the host may
+/// use, wherever it was exported, so a host discovering port 1 was given port 2's subsystem's KATO).
+#[tokio::test]
+async fn the_discovery_policy_page_is_of_a_subsystem_on_this_port() {
+    let text = format!(
+        "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[port]]\nid = 2\nlisten = \"127.0.0.1:0\"\n\
+         [[subsystem]]\nnqn = \"{NQN}-a\"\nallow_any_host = true\nports = [2]\n[subsystem.policy]\nkato_ms = 6000\n\
+         [[subsystem]]\nnqn = \"{NQN}-b\"\nallow_any_host = true\nports = [1]\n[subsystem.policy]\nkato_ms = 9000\n"
+    );
+    let cfg = Config::parse(&text, "test").unwrap();
+    let server = Server::start(Target::new(&cfg, TargetSettings::default()).unwrap()).await.unwrap();
+    for (port, kato) in [(0, 9000), (1, 6000)] {
+        let (mut d, _) = Conn::admin(server.bound[port].1, fabrics::DISCOVERY_NQN, false, false).await;
+        let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
+        s.dptr = SglDescriptor::transport(512);
+        holdfast_proto::sqe::get_log_page::set(&mut s, holdfast_proto::policy::LID_HOLDFAST_POLICY, 0, 512, 0);
+        let (r, page) = d.cmd(s, Bytes::new()).await;
+        assert_eq!(r.status(), Status::SUCCESS);
+        let p = holdfast_proto::policy::ConnectionPolicy::from_bytes(&page).unwrap();
+        assert_eq!(p.kato_ms, kato, "port {}", server.bound[port].0);
+    }
+    server.stop().await;
+}
+
 /// Reservations between two hosts (two Host Identifiers): registration, a Write Exclusive reservation that
 /// keeps the other host's writes out but not its reads, a report with both registrants in the extended
 /// structure, preemption, release, clear; a report without EDS is Host Identifier Inconsistent Format.

@@ -870,3 +870,21 @@ fn a_target_outlives_its_log_reader() {
         assert_eq!(rc, 0, "the target died with its log reader: {err}");
     }
 }
+
+/// The control socket takes command lines of a few KiB: a longer one is refused and the connection closed (the
+/// target gathered all it was sent, 200 MB without a newline growing it by as much); the next client is served.
+#[test]
+fn the_control_socket_refuses_an_endless_line() {
+    use std::io::{Read, Write};
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "1"]);
+    let path = std::env::temp_dir().join(format!("holdfast-target-{}.sock", t.port));
+    let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(&vec![b'a'; 64 << 10]);
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    assert!(reply.starts_with("error: a line longer than 4096 bytes"), "{reply:?}");
+    let (rc, out, err) = holdfast(&["target-ctl", "--port", &t.port.to_string(), "status"]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.starts_with("ok instance "), "{out}");
+}

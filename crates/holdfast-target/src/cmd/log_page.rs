@@ -217,8 +217,12 @@ fn commands_effects() -> lp::CommandsSupportedAndEffects {
 /// holdfast's connection-policy page (design §3), the same on discovery and I/O controllers.
 pub fn policy_page(c: &Controller) -> Vec<u8> {
     let sub = if c.subsys.is_discovery {
-        // The discovery controller serves the policy of the subsystems this host may use: the first one.
-        c.target.subsystems().into_iter().find(|s| s.host_allowed(&c.hostnqn))
+        // The discovery controller serves the policy of the subsystems this host may use through this port (those
+        // its discovery log lists): the first one.
+        c.target
+            .subsystems()
+            .into_iter()
+            .find(|s| !s.is_discovery && s.on_port(c.port_id) && s.host_allowed(&c.hostnqn))
     } else {
         Some(c.subsys.clone())
     };

@@ -75,6 +75,11 @@ impl Unbound {
     pub fn count(&self) -> usize {
         self.inner.lock().0
     }
+
+    /// Connections counted now from `addr` (its IPv4 address or IPv6 /64, as counted).
+    pub fn count_from(&self, addr: IpAddr) -> u32 {
+        self.inner.lock().1.get(&peer_key(addr)).copied().unwrap_or(0)
+    }
 }
 
 /// The limits [`Unbound::admit`] applies (smaller in tests).

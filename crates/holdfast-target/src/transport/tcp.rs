@@ -67,7 +67,15 @@ pub async fn serve(target: Arc<Target>, port: Port, listener: TcpListener, shutd
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
                     let Some(unbound) = target.unbound.admit(peer.ip()) else {
-                        crate::peer_log::peer_warn!(%peer, "connection closed at once: too many without an NVM controller ({} in all)", target.unbound.count());
+                        crate::peer_log::peer_warn!(
+                            %peer,
+                            "connection closed at once: too many connections without an NVM controller ({} from this \
+                             address, limit {}; {} in all, limit {})",
+                            target.unbound.count_from(peer.ip()),
+                            crate::transport::admission::MAX_UNBOUND_PER_ADDR,
+                            target.unbound.count(),
+                            crate::transport::admission::MAX_UNBOUND
+                        );
                         continue;
                     };
                     tracing::debug!(%peer, port = port.id, "connection accepted");
@@ -366,7 +374,11 @@ impl Connection {
                     } else {
                         "no ICReq in time"
                     };
-                    tracing::info!(peer = %c.ctx.peer_addr, "closing the connection: {why}");
+                    // A peer may open connections and send nothing, as many as it likes: limited with the lines
+                    // peers cause (peer_log), at info.
+                    if crate::peer_log::allow() {
+                        tracing::info!(peer = %c.ctx.peer_addr, "closing the connection: {why}");
+                    }
                     break Close::Normal(why);
                 }
                 // Off above the high-water mark (and so while `held`, and after a Disconnect): the write branch
