@@ -751,6 +751,30 @@ impl Config {
                 }
             }
         }
+        // The identifiers in force, derived ones included: one given in the file may be another namespace's
+        // derived one (its UUID, read from `identify`), and two namespaces would then share it.
+        let mut in_force: HashMap<(&'static str, Vec<u8>), (String, bool)> = HashMap::new();
+        for (i, s) in self.subsystems.iter().enumerate() {
+            for (j, n) in s.namespaces.iter().enumerate() {
+                let ids = n.ids(&s.nqn);
+                let here = format!("subsystem[{i}].namespace[{j}]");
+                for (kind, v, given) in [
+                    ("uuid", ids.uuid.to_vec(), n.uuid.is_some()),
+                    ("nguid", ids.nguid.to_vec(), n.nguid.is_some()),
+                    ("eui64", ids.eui64.to_vec(), n.eui64.is_some()),
+                ] {
+                    if let Some((other, other_given)) = in_force.insert((kind, v), (here.clone(), given)) {
+                        // Said at the one the file gives (both given was refused above).
+                        let (at, derived) = if given { (&here, &other) } else { (&other, &here) };
+                        debug_assert!(given || other_given);
+                        return Err(err(
+                            format!("{at}.{kind}"),
+                            format!("the {kind} {derived} has, derived from its subsystem NQN and NSID"),
+                        ));
+                    }
+                }
+            }
+        }
         let mut host_nqns = HashSet::new();
         for (i, h) in self.hosts.iter().enumerate() {
             let k = |f: &str| format!("host[{i}].{f}");
@@ -888,6 +912,18 @@ block_size = 4096
         assert_eq!(
             e.to_string(),
             "t.toml: subsystem[0].namespace[1].nguid: the same nguid as subsystem[0].namespace[0].nguid"
+        );
+        // A UUID given in the file that another namespace has derived (from its subsystem NQN and NSID).
+        let good = Config::parse(GOOD, "t.toml").unwrap();
+        let derived = good.subsystems[0].namespaces[0].ids(&good.subsystems[0].nqn).uuid;
+        let hex: String = derived.iter().map(|b| format!("{b:02x}")).collect();
+        let clash = GOOD.to_string()
+            + &format!("[[subsystem.namespace]]\nnsid = 2\nbackend = \"ram\"\nsize_mib = 1\nuuid = \"{hex}\"\n");
+        let e = Config::parse(&clash, "t.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.toml: subsystem[0].namespace[1].uuid: the uuid subsystem[0].namespace[0] has, derived from its \
+             subsystem NQN and NSID"
         );
         let e = bad("nqn.2026", "foo.2026");
         assert_eq!(e.key, "subsystem[0].nqn");

@@ -705,6 +705,17 @@ impl Target {
                         ));
                     }
                 }
+                // A subsystem's serial and model number are part of its identity to hosts (the Linux host
+                // takes a controller with another serial for another subsystem): kept while it runs, and said.
+                let serial = s.serial.clone().unwrap_or_else(|| crate::config::derived_serial(&s.nqn));
+                let model = s.model.clone().unwrap_or_else(|| "holdfast".into());
+                if serial != sub.serial || model != sub.model {
+                    summary.errors.push(format!(
+                        "{}: serial and model stay \"{}\" / \"{}\" until the target restarts (a host connected \
+                         would take another for another subsystem)",
+                        s.nqn, sub.serial, sub.model
+                    ));
+                }
                 if *sub.policy.read() != s.policy {
                     *sub.policy.write() = s.policy.clone();
                     sub.policy_generation.fetch_add(1, Ordering::SeqCst);
@@ -790,5 +801,21 @@ mod tests {
         assert_eq!(s.alloc_cntlid(), None, "in use");
         c.teardown("test");
         assert_eq!(s.alloc_cntlid(), Some(7), "free again once its controller is gone");
+    }
+
+    /// A reload that changes a running subsystem's serial number keeps the old one and says so: applied, it
+    /// would make a host take the subsystem for another at its next connect; ignored (as it was), "nothing
+    /// changed" was logged.
+    #[test]
+    fn a_reload_that_changes_the_serial_says_it_waits_for_a_restart() {
+        let good = Config::parse(crate::config::tests::GOOD, "t").unwrap();
+        let target = Target::new(&good, TargetSettings::default()).unwrap();
+        let before = target.subsystems()[0].serial.clone();
+        let text =
+            crate::config::tests::GOOD.replace("allow_any_host = true", "allow_any_host = true\nserial = \"NEW1\"");
+        let summary = target.reload(&Config::parse(&text, "t").unwrap()).unwrap();
+        assert_eq!(target.subsystems()[0].serial, before);
+        assert!(summary.errors.iter().any(|e| e.contains("until the target restarts")), "{summary:?}");
+        assert!(target.reload(&good).unwrap().errors.is_empty(), "no change, nothing said");
     }
 }
