@@ -404,6 +404,36 @@ fn open_backend(
     })
 }
 
+/// What changed between two access lists, in a line: hosts allowed or no longer, any host, the ports.
+fn access_change(old: &Access, new: &Access) -> String {
+    let mut parts = Vec::new();
+    if old.allow_any_host != new.allow_any_host {
+        parts.push(if new.allow_any_host {
+            "any host allowed".to_string()
+        } else {
+            "only listed hosts allowed".to_string()
+        });
+    }
+    let mut added: Vec<&String> = new.allowed_hosts.difference(&old.allowed_hosts).collect();
+    let mut removed: Vec<&String> = old.allowed_hosts.difference(&new.allowed_hosts).collect();
+    added.sort();
+    removed.sort();
+    if !added.is_empty() {
+        parts.push(format!("hosts allowed: {}", added.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));
+    }
+    if !removed.is_empty() {
+        parts.push(format!(
+            "hosts no longer allowed: {}",
+            removed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if old.ports != new.ports {
+        let list = |p: &[u16]| if p.is_empty() { "all".to_string() } else { format!("{p:?}") };
+        parts.push(format!("exported on ports {} (was {})", list(&new.ports), list(&old.ports)));
+    }
+    format!("access updated: {}", parts.join("; "))
+}
+
 fn access_of(s: &SubsystemConfig) -> Access {
     Access {
         allow_any_host: s.allow_any_host,
@@ -656,13 +686,18 @@ impl Target {
                 Some(ns) => {
                     let (what, volatile) = (ns.backend.describe(), ns.backend.volatile());
                     // The same namespace to hosts (its identifiers): their registrations and reservation go on.
-                    if let Some(old) = map.get(&nsid).filter(|o| o.ids == ns.ids) {
+                    let same_ids = map.get(&nsid).is_some_and(|o| o.ids == ns.ids);
+                    if let Some(old) = map.get(&nsid).filter(|_| same_ids) {
                         if let Some(taken) = ns.pr.carry_from(&old.pr) {
                             summary.notes.push(format!("{} nsid {nsid}: reservations kept: {taken}", sub.nqn));
                         }
                     }
                     summary.notes.push(match map.insert(nsid, ns) {
                         None => format!("{} nsid {nsid} added: {what}", sub.nqn),
+                        // Other identifiers: another namespace to hosts (the Linux host drops the old one).
+                        Some(_) if !same_ids => {
+                            format!("{} nsid {nsid} replaced by another namespace (new identifiers): {what}", sub.nqn)
+                        }
                         // Same NSID and identifiers, other contents: say so, hosts cannot tell.
                         Some(_) if volatile => format!(
                             "{} nsid {nsid} replaced: {what}, whose contents start empty (a RAM namespace is not \
@@ -683,8 +718,26 @@ impl Target {
             if let Some(sub) = self.subsystem(&s.nqn) {
                 let a = access_of(s);
                 if *sub.access.read() != a {
-                    *sub.access.write() = a;
-                    summary.notes.push(format!("{}: access list updated", s.nqn));
+                    let old = std::mem::replace(&mut *sub.access.write(), a.clone());
+                    summary.notes.push(format!("{}: {}", s.nqn, access_change(&old, &a)));
+                    // A host taken off the list: its live associations go on (below), which the operator may
+                    // not expect: named, with them.
+                    for h in old.allowed_hosts.iter().filter(|h| !a.admits(h)) {
+                        let live: Vec<String> = sub
+                            .controllers()
+                            .iter()
+                            .filter(|c| &c.hostnqn == h && sub.on_port(c.port_id))
+                            .map(|c| c.cntlid.to_string())
+                            .collect();
+                        if !live.is_empty() {
+                            summary.notes.push(format!(
+                                "{}: host {h} is no longer allowed; its association(s) (CNTLID {}) go on until they \
+                                 end: it cannot connect again",
+                                s.nqn,
+                                live.join(", ")
+                            ));
+                        }
+                    }
                     discovery_changed = true;
                     // Associations through a port the subsystem is no longer exported on end, as when Linux
                     // nvmet unlinks a subsystem from a port. (A host taken off the list keeps its association
@@ -801,6 +854,21 @@ mod tests {
         assert_eq!(s.alloc_cntlid(), None, "in use");
         c.teardown("test");
         assert_eq!(s.alloc_cntlid(), Some(7), "free again once its controller is gone");
+    }
+
+    /// A reload's note says what of the access changed (it said "access list updated", for a port moved too).
+    #[test]
+    fn an_access_change_is_said_as_it_is() {
+        let a = |any: bool, hosts: &[&str], ports: &[u16]| Access {
+            allow_any_host: any,
+            allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            ports: ports.to_vec(),
+        };
+        assert_eq!(
+            access_change(&a(false, &["h1", "h2"], &[1]), &a(false, &["h2", "h3"], &[3])),
+            "access updated: hosts allowed: h3; hosts no longer allowed: h1; exported on ports [3] (was [1])"
+        );
+        assert_eq!(access_change(&a(false, &[], &[]), &a(true, &[], &[])), "access updated: any host allowed");
     }
 
     /// A reload that changes a running subsystem's serial number keeps the old one and says so: applied, it
