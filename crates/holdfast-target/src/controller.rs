@@ -660,7 +660,9 @@ impl Controller {
         self.fence_queues(|_| true);
         self.cancel.cancel();
         self.subsys.remove_controller(self.cntlid);
-        tracing::info!(cntlid = self.cntlid, subsys = %self.subsys.nqn, host = ?self.hostnqn, "controller torn down: {reason}");
+        if !self.subsys.is_discovery || crate::peer_log::allow() {
+            tracing::info!(cntlid = self.cntlid, subsys = %self.subsys.nqn, host = ?self.hostnqn, "controller torn down: {reason}");
+        }
     }
 
     /// Run the keep-alive watchdog until the controller is torn down: no command within KATO (plus the
@@ -672,6 +674,14 @@ impl Controller {
             let since = self.target.now_ms().saturating_sub(self.last_activity_ms.load(Ordering::Relaxed));
             let sleep = if kato != 0 && since >= wait { 0 } else { wait.saturating_sub(since).max(50) };
             if sleep == 0 {
+                // A host that went silent (its machine gone, a path blackholed): a warning an operator looks for,
+                // with where it was.
+                if !self.subsys.is_discovery {
+                    tracing::warn!(
+                        cntlid = self.cntlid, subsys = %self.subsys.nqn, host = ?self.hostnqn, peer = %self.peer_addr,
+                        "the host stopped answering: keep-alive timer expired (KATO {kato} ms, no command for {since} ms)"
+                    );
+                }
                 self.teardown(&format!("keep-alive timer expired (KATO {kato} ms, no command for {since} ms)"));
                 return;
             }

@@ -153,7 +153,10 @@ pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response
         );
         subsys.add_controller(&ctrl);
         tokio::spawn(ctrl.clone().keep_alive_watchdog());
-        tracing::info!(cntlid, subsys = %subnqn, host = ?hostnqn, peer = %ctx.peer_addr, kato_ms = kato, "controller created");
+        // Any host may make discovery controllers, as many as it likes: those lines within the peer-caused limit.
+        if !subsys.is_discovery || crate::peer_log::allow() {
+            tracing::info!(cntlid, subsys = %subnqn, host = ?hostnqn, peer = %ctx.peer_addr, kato_ms = kato, "controller created");
+        }
         ctx.ctrl = Some(ctrl);
         ctx.qid = 0;
         ctx.size = sqsize + 1;
