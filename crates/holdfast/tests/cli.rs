@@ -888,3 +888,19 @@ fn the_control_socket_refuses_an_endless_line() {
     assert_eq!(rc, 0, "{err}");
     assert!(out.starts_with("ok instance "), "{out}");
 }
+
+/// The namespace commands refuse what can name no namespace before asking the target: NSID 0 (it reached the
+/// target, whose Identify answered "Invalid Namespace or Format") and the discovery subsystem (answered "Identify
+/// failed: Invalid Field in Command").
+#[test]
+fn namespace_commands_refuse_nsid_0_and_the_discovery_nqn() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "1"]);
+    let (rc, _, err) = on(&t, "read", &["--nsid", "0", "--length", "512"]);
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains("invalid value '0' for '--nsid <NSID>'"), "{err}");
+    let addr = t.addr();
+    let (rc, _, err) =
+        holdfast(&["bench", "--addr", &addr, "--nqn", "nqn.2014-08.org.nvmexpress.discovery", "--time", "1"]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("is the discovery subsystem, which has no namespaces"), "{err}");
+}
