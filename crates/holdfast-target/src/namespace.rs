@@ -25,7 +25,7 @@ pub struct Namespace {
     /// ANA group (ANAGRPID, [`crate::ana`]): a reload may move the namespace to another.
     pub ana_group: AtomicU32,
     /// Its registrants and reservation.
-    pub pr: crate::cmd::reservation::Reservations,
+    pub pr: Arc<crate::cmd::reservation::Reservations>,
 }
 
 /// Most threads a blocking namespace's calls run on at once: enough for the queue depth a disk behind a

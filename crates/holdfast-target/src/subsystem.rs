@@ -10,6 +10,7 @@ use holdfast_proto::fabrics::DISCOVERY_NQN;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -442,11 +443,27 @@ fn access_of(s: &SubsystemConfig) -> Access {
     }
 }
 
+/// A reload's change of one namespace of a subsystem: replaced or added (with where its reservations are to
+/// live: [`reservation_home`]), or removed (None).
+type NamespaceChange = (Arc<Subsystem>, u32, Option<(Arc<Namespace>, Option<PathBuf>)>);
+
+/// Where namespace `n` keeps its reservations while Persist Through Power Loss is on: beside its data, for a
+/// namespace on a regular file (a block device has no place for them, RAM no lasting one).
+fn reservation_home(n: &crate::config::NamespaceConfig) -> Option<&Path> {
+    n.path.as_deref().filter(|p| n.backend == crate::config::BackendKind::File && p.is_file())
+}
+
+/// Namespace `n` of `s`, opened; with the reservations `carry` of the namespace it replaces under the same
+/// identifiers (a reload: [`Reservations::rehome`] moves them once it applies), else its own (from its
+/// reservation file, if it has one).
+///
+/// [`Reservations::rehome`]: crate::cmd::reservation::Reservations::rehome
 fn build_namespace(
     s: &SubsystemConfig,
     n: &crate::config::NamespaceConfig,
     settings: &TargetSettings,
     key: &str,
+    carry: Option<Arc<crate::cmd::reservation::Reservations>>,
 ) -> anyhow::Result<Namespace> {
     let backend = open_backend(n, settings, key)?;
     if backend.size() < n.block_size as u64 {
@@ -460,14 +477,13 @@ fn build_namespace(
         );
     }
     let ids = n.ids(&s.nqn);
-    // A namespace on a regular file keeps its reservations beside it while Persist Through Power Loss is on
-    // (a block device has no place for them).
-    let pr = match n.path.as_deref().filter(|p| n.backend == crate::config::BackendKind::File && p.is_file()) {
-        Some(p) => Some(
+    let pr = match (carry, reservation_home(n)) {
+        (Some(pr), _) => Some(pr),
+        (None, Some(p)) => Some(Arc::new(
             crate::cmd::reservation::Reservations::persistable(p, ids.nguid)
                 .map_err(|e| anyhow::anyhow!("{key}.path: {e}"))?,
-        ),
-        None => None,
+        )),
+        (None, None) => None,
     };
     let mut ns = Namespace::new(n.nsid, n.block_size, backend, ids);
     ns.read_only = n.read_only;
@@ -494,7 +510,7 @@ fn build_subsystem(
     *sub.policy.get_mut() = s.policy.clone();
     *sub.cntlids.get_mut() = CntlidRange::new(s.cntlid_min, s.cntlid_max);
     for (j, n) in s.namespaces.iter().enumerate() {
-        let ns = build_namespace(s, n, settings, &format!("subsystem[{i}].namespace[{j}]"))?;
+        let ns = build_namespace(s, n, settings, &format!("subsystem[{i}].namespace[{j}]"), None)?;
         sub.namespaces.get_mut().insert(n.nsid, Arc::new(ns));
     }
     Ok(sub)
@@ -621,7 +637,7 @@ impl Target {
         let mut summary = ReloadSummary::default();
         // Build everything new first, so that a backend that fails to open changes nothing.
         let mut fresh: BTreeMap<String, Subsystem> = BTreeMap::new();
-        let mut ns_new: Vec<(Arc<Subsystem>, u32, Option<Arc<Namespace>>)> = Vec::new();
+        let mut ns_new: Vec<NamespaceChange> = Vec::new();
         // Namespaces kept as they are but moved to another ANA group: (subsystem, namespace, new group).
         let mut regrouped: Vec<(Arc<Subsystem>, Arc<Namespace>, u32)> = Vec::new();
         let current = self.subsystems.read().clone();
@@ -646,8 +662,11 @@ impl Target {
                         });
                         if !same {
                             let key = format!("subsystem[{i}].namespace[{j}]");
-                            let ns = build_namespace(s, n, &self.settings, &key)?;
-                            ns_new.push((old.clone(), n.nsid, Some(Arc::new(ns))));
+                            // The same namespace to hosts (its identifiers): its reservations go on, shared.
+                            let carry = have.get(&n.nsid).filter(|o| o.ids == n.ids(&s.nqn)).map(|o| o.pr.clone());
+                            let ns = build_namespace(s, n, &self.settings, &key, carry)?;
+                            let home = reservation_home(n).map(Path::to_path_buf);
+                            ns_new.push((old.clone(), n.nsid, Some((Arc::new(ns), home))));
                         } else if let Some(o) = have.get(&n.nsid).filter(|o| o.ana_group() != n.ana_group) {
                             regrouped.push((old.clone(), o.clone(), n.ana_group));
                         }
@@ -683,13 +702,15 @@ impl Target {
         for (sub, nsid, ns) in ns_new {
             let mut map = sub.namespaces.write();
             match ns {
-                Some(ns) => {
+                Some((ns, home)) => {
                     let (what, volatile) = (ns.backend.describe(), ns.backend.volatile());
-                    // The same namespace to hosts (its identifiers): their registrations and reservation go on.
+                    // The same namespace to hosts (its identifiers): their registrations and reservation go on
+                    // (shared with the namespace it replaces), kept where this one keeps them.
                     let same_ids = map.get(&nsid).is_some_and(|o| o.ids == ns.ids);
-                    if let Some(old) = map.get(&nsid).filter(|_| same_ids) {
-                        if let Some(taken) = ns.pr.carry_from(&old.pr) {
-                            summary.notes.push(format!("{} nsid {nsid}: reservations kept: {taken}", sub.nqn));
+                    if same_ids {
+                        let kept = ns.pr.rehome(home.as_deref());
+                        if !ns.pr.is_empty() {
+                            summary.notes.push(format!("{} nsid {nsid}: reservations kept: {kept}", sub.nqn));
                         }
                     }
                     summary.notes.push(match map.insert(nsid, ns) {

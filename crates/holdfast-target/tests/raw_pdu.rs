@@ -1551,17 +1551,20 @@ async fn a_reload_that_grows_a_namespace_keeps_its_reservations() {
     use zerocopy::IntoBytes;
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("vol.img");
-    let cfg = |size_mib: u32, uuid: &str| {
+    let img2 = dir.path().join("vol2.img");
+    let cfg_at = |path: &std::path::Path, size_mib: u32, uuid: &str| {
         let text = format!(
             "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
              [[subsystem.namespace]]\nnsid = 1\nbackend = \"file\"\npath = \"{}\"\nsize_mib = {size_mib}\n{uuid}",
-            img.display()
+            path.display()
         );
         Config::parse(&text, "test").unwrap()
     };
+    let cfg = |size_mib: u32, uuid: &str| cfg_at(&img, size_mib, uuid);
     let server = Server::start(Target::new(&cfg(4, ""), TargetSettings::default()).unwrap()).await.unwrap();
+    let pr_of = || server.target.subsystem(NQN).unwrap().namespace(1).unwrap().pr.clone();
     let addr = server.bound[0].1;
-    let (_a, mut qa) = host_queues(addr, HOSTID, HOSTNQN).await;
+    let (mut a, mut qa) = host_queues(addr, HOSTID, HOSTNQN).await;
     let (_b, mut qb) =
         host_queues(addr, [0x22; 16], "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000002").await;
     let keys = |c: u64, o: u64| ReservationKeys::new(c, o).as_bytes().to_vec();
@@ -1573,7 +1576,11 @@ async fn a_reload_that_grows_a_namespace_keeps_its_reservations() {
     let data = || Bytes::from(vec![0x5Au8; 512]);
     assert_eq!(qb.cmd(write(), data()).await.0.status(), Status::RESERVATION_CONFLICT.with_dnr());
 
+    let before = pr_of();
     let notes = server.target.reload(&cfg(8, "")).unwrap().notes;
+    // Shared, not copied: a reservation command still in flight on the namespace replaced changes what the
+    // new one checks (a copy taken at the reload would have lost it).
+    assert!(std::sync::Arc::ptr_eq(&before, &pr_of()), "the reservations are the same ones");
     assert!(
         notes.iter().any(|n| n.contains("reservations kept: 1 registrant(s), Write Exclusive held by host")),
         "{notes:?}"
@@ -1584,6 +1591,26 @@ async fn a_reload_that_grows_a_namespace_keeps_its_reservations() {
     assert_eq!((rep.rtype, rep.registrants.len()), (Some(ReservationType::WriteExclusive), 1), "after the reload");
     assert_eq!(qb.cmd(write(), data()).await.0.status(), Status::RESERVATION_CONFLICT.with_dnr(), "still fenced");
     assert_eq!(qa.cmd(write(), data()).await.0.status(), Status::SUCCESS, "the holder writes");
+
+    // Persist Through Power Loss on, then the namespace moved to another file: the record moves with it (the
+    // old one removed, so that neither a restart nor a move back finds it stale).
+    let mut ptpl = SubmissionEntry::new(admin::SET_FEATURES, 0);
+    ptpl.nsid.set(1);
+    ptpl.cdw10.set(0x83);
+    ptpl.cdw11.set(1);
+    assert_eq!(a.cmd(ptpl, Bytes::new()).await.0.status(), Status::SUCCESS);
+    let record = |p: &std::path::Path| {
+        let mut n = p.as_os_str().to_owned();
+        n.push(".holdfast-pr");
+        std::path::PathBuf::from(n)
+    };
+    assert!(record(&img).exists());
+    std::fs::copy(&img, &img2).unwrap();
+    server.target.reload(&cfg_at(&img2, 8, "")).unwrap();
+    assert!(!record(&img).exists() && record(&img2).exists(), "the record moved with the namespace");
+    assert_eq!(qb.cmd(write(), data()).await.0.status(), Status::RESERVATION_CONFLICT.with_dnr(), "still fenced");
+    let text = std::fs::read_to_string(record(&img2)).unwrap();
+    assert!(text.contains("reservation_type = 1"), "{text}");
 
     // Other identifiers: another namespace, which starts with no reservation.
     server.target.reload(&cfg(8, "uuid = \"5a1e3c9d-0b7f-4c2a-9e8d-1f2a3b4c5d6e\"\n")).unwrap();

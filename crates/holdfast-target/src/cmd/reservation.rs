@@ -14,8 +14,9 @@
 //! restart, a reload) starts from it, so a cluster's fencing survives the target's restart. Otherwise the
 //! registrations and the reservation live as long as the namespace does in this process.
 //!
-//! No reservation notices are sent (log page 80h is not supported); the generation a Report carries tells a
-//! host that looks what changed.
+//! Reservation notices (log page 80h, the I/O Command Set Specific event) go to the hosts a change concerns
+//! (`notices`). A reload that replaces a namespace under the same identifiers shares these reservations with
+//! its successor ([`Reservations::rehome`]).
 
 use crate::config::parse_hex;
 use crate::controller::Controller;
@@ -91,7 +92,8 @@ pub struct Reservations {
     reserved: AtomicBool,
     state: Mutex<State>,
     /// The reservation file, for a namespace that can persist through power loss (one on a regular file).
-    file: Option<PathBuf>,
+    /// Changed only by [`Reservations::rehome`] (a reload that moves the namespace), under the state lock.
+    file: Mutex<Option<PathBuf>>,
     /// The namespace's NGUID, written in the file: a file left by another namespace is not taken.
     nguid: [u8; 16],
 }
@@ -127,7 +129,7 @@ impl Reservations {
         let mut name = data.as_os_str().to_owned();
         name.push(".holdfast-pr");
         let file = PathBuf::from(name);
-        let pr = Reservations { file: Some(file.clone()), nguid, ..Default::default() };
+        let pr = Reservations { file: Mutex::new(Some(file.clone())), nguid, ..Default::default() };
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(pr),
@@ -167,47 +169,62 @@ impl Reservations {
         Ok(pr)
     }
 
-    /// Take over the reservations of `old`, the namespace this one replaces under the same identifiers (a
-    /// reload that resized it, or moved it to another file): the registrations and the reservation are the
-    /// hosts', and the fencing they carry must not end because the operator grew a volume. Not when this one
-    /// started from its own reservation file (Persist Through Power Loss on: that file is the record). Persist
-    /// Through Power Loss goes with them where this namespace can persist (written to its file), and off where
-    /// it cannot. Returns what was taken, for the log.
-    pub fn carry_from(&self, old: &Reservations) -> Option<String> {
+    /// A reload replaced the namespace under the same identifiers (grown, or moved to another file) and its
+    /// successor shares these reservations (the same `Arc`: a command in flight on the old namespace changes
+    /// what the new one checks, nothing is copied and lost): they now live beside `data` (None: where they
+    /// cannot persist). Moved, the state is written there (or that file removed, with Persist Through Power
+    /// Loss off) and the old file removed, so that neither a restart nor a move back finds a stale record;
+    /// where nothing can persist, Persist Through Power Loss goes off. What there is, for the reload's notes.
+    pub fn rehome(&self, data: Option<&Path>) -> String {
         let mut st = self.state.lock();
-        if st.ptpl {
-            return None;
+        let new = data.map(|d| {
+            let mut name = d.as_os_str().to_owned();
+            name.push(".holdfast-pr");
+            PathBuf::from(name)
+        });
+        let mut file = self.file.lock();
+        let mut note = String::new();
+        if *file != new {
+            let old = std::mem::replace(&mut *file, new.clone());
+            drop(file);
+            if new.is_none() && st.ptpl {
+                st.ptpl = false;
+                note.push_str(", persist through power loss off (nothing to keep them in here)");
+            }
+            if new.is_some() {
+                if let Err(e) = self.write_file(&st) {
+                    tracing::error!(file = ?new, "the reservations cannot be written to their new file: {e}");
+                    st.ptpl = false;
+                    note.push_str(", persist through power loss off (their file cannot be written)");
+                }
+            }
+            if let Some(old) = old {
+                if let Err(e) = std::fs::remove_file(&old) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(file = %old.display(), "the old reservation file cannot be removed: {e}");
+                    }
+                }
+            }
         }
-        let taken = old.state.lock().clone();
-        if taken == State::default() {
-            return None;
-        }
-        let mut next = taken;
-        next.ptpl &= self.ptpl_capable();
-        let mut what = format!(
-            "{} registrant(s), {}",
-            next.registrants.len(),
-            next.reservation.map_or("no reservation".to_string(), |(t, h)| format!(
+        format!(
+            "{} registrant(s), {}{note}",
+            st.registrants.len(),
+            st.reservation.map_or("no reservation".to_string(), |(t, h)| format!(
                 "{} held by host {}",
                 t.name(),
                 hex(&h)
             ))
-        );
-        if next.ptpl {
-            if let Err(e) = self.write_file(&next) {
-                tracing::error!(file = ?self.file, "the reservations taken over cannot be written: {e}");
-                next.ptpl = false;
-                what.push_str(", persist through power loss off (its file cannot be written)");
-            }
-        }
-        self.publish(&next);
-        *st = next;
-        Some(what)
+        )
+    }
+
+    /// Whether it holds anything (a registration, a reservation, Persist Through Power Loss on).
+    pub fn is_empty(&self) -> bool {
+        *self.state.lock() == State::default()
     }
 
     /// Whether the namespace can persist its reservations (RESCAP bit 0).
     pub fn ptpl_capable(&self) -> bool {
-        self.file.is_some()
+        self.file.lock().is_some()
     }
 
     /// Whether Persist Through Power Loss is on (Feature 83h).
@@ -228,7 +245,7 @@ impl Reservations {
     fn commit(&self, st: &mut State, before: State) -> Result<(), Status> {
         if *st != before && (st.ptpl || before.ptpl) {
             if let Err(e) = self.write_file(st) {
-                tracing::error!(file = ?self.file, "reservations not changed: the reservation file cannot be written: {e}");
+                tracing::error!(file = ?self.file.lock(), "reservations not changed: the reservation file cannot be written: {e}");
                 *st = before;
                 return Err(Status::INTERNAL_ERROR);
             }
@@ -238,7 +255,8 @@ impl Reservations {
     }
 
     fn write_file(&self, st: &State) -> std::io::Result<()> {
-        let Some(file) = &self.file else { return Err(std::io::Error::other("no reservation file")) };
+        let Some(file) = self.file.lock().clone() else { return Err(std::io::Error::other("no reservation file")) };
+        let file = &file;
         if !st.ptpl {
             return match std::fs::remove_file(file) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
