@@ -52,7 +52,8 @@ fn bench_time_ends_the_run_when_the_target_is_gone_for_good() {
         &t.addr(),
         &["--workload", "randrw", "--qd", "4", "--time", "3", "--json", "--ctrl-loss-tmo-ms", "600000"],
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    common::wait_for_a_controller(t.port);
+    std::thread::sleep(Duration::from_millis(500));
     drop(t);
     let (code, out, err) = finish(child, Duration::from_secs(40));
     assert!(code.is_some(), "bench --time 3 still ran 40 s after it started, its target gone: {err}");
@@ -72,7 +73,8 @@ fn bench_time_ends_the_run_when_the_target_is_gone_for_good() {
 fn bench_second_ctrl_c_reports_what_was_done() {
     let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "16"]);
     let child = bench(&t.addr(), &["--workload", "randread", "--qd", "2", "--time", "60", "--json"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    common::wait_for_a_controller(t.port);
+    std::thread::sleep(Duration::from_millis(500));
     drop(t);
     std::thread::sleep(Duration::from_millis(500));
     // SAFETY: kill(2) on our own child, which has not been waited for, so its PID is not reused.
@@ -86,7 +88,7 @@ fn bench_second_ctrl_c_reports_what_was_done() {
     assert_eq!(v["interrupted"].as_bool(), Some(true), "{v}");
     assert!(v["ops"].as_u64().is_some_and(|n| n > 0), "{v}");
     assert!(v["outstanding"].as_u64().is_some_and(|n| n > 0), "{v}");
-    assert!(v["unfinished"].as_str().is_some_and(|s| s.contains("interrupted again")), "{v}");
+    assert!(v["unfinished"].as_str().is_some_and(|s| s.contains("when Ctrl-C stopped the wait")), "{v}");
 }
 
 /// A `--size` larger than the namespace is refused, naming both sizes: it used to be clamped for the region but
@@ -143,7 +145,8 @@ fn bench_verify_says_the_target_restarted() {
     let mut first = target();
     // A small region, written all over before the restart: reads after it find the units empty.
     let child = bench(&listen, &["--workload", "randrw", "--verify", "--size", "262144", "--qd", "4", "--time", "5"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    common::wait_for_a_controller(first.port);
+    std::thread::sleep(Duration::from_millis(1000));
     first.kill();
     let _second = target();
     let (code, out, err) = finish(child, Duration::from_secs(40));

@@ -96,10 +96,11 @@ pub fn get_log_page(ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
         return Response::err(Status::INVALID_FIELD.with_dnr());
     }
     // The Changed Namespace List holds the changes since it was last read, RAE or not (RAE keeps the event,
-    // not the list: Linux nvmet clears it at every read too). NSIDs added while the page was built stay for
-    // the next read.
+    // not the list: Linux nvmet clears it at every read too): the NSIDs this read returned go (a read of part of
+    // the page takes only its part). NSIDs added while the page was built stay for the next read.
     if lid == lp::LID_CHANGED_NS_LIST && !c.subsys.is_discovery {
-        let reported = page_nsids(&page);
+        let start = (offset as usize).min(page.len());
+        let reported = page_nsids(&page[start..start.saturating_add(req.len).min(page.len())]);
         c.state.lock().changed_nsids.retain(|n| !reported.contains(n) && !reported.contains(&0xFFFF_FFFF));
     }
     if !glp::rae(&req.sqe) {

@@ -637,7 +637,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             tokio::spawn(async move {
                 while tokio::signal::ctrl_c().await.is_ok() {
                     let issuing = !sh.stop.swap(true, Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d);
-                    if !interrupted.swap(true, Ordering::Relaxed) && issuing {
+                    // `interrupted` says the run was cut short (exit 130 if nothing failed): not by a Ctrl-C that
+                    // comes once its time is over, which only stops the wait (what is outstanding then is the
+                    // failure it is, exit 1).
+                    if issuing && !interrupted.swap(true, Ordering::Relaxed) {
                         eprintln!(
                             "\nholdfast: interrupted: finishing the I/Os in flight, for {:.1} s at most (Ctrl-C again to \
                              stop waiting)",
@@ -883,7 +886,7 @@ async fn wait_for_workers(
         loop {
             tokio::select! {
                 _ = &mut tasks[i] => break,
-                _ = quit.cancelled() => return Some("when interrupted again".to_string()),
+                _ = quit.cancelled() => return Some("when Ctrl-C stopped the wait".to_string()),
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
             let now = Instant::now();

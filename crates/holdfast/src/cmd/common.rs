@@ -13,8 +13,8 @@ pub struct HostArgs {
     /// Host NQN (default: /etc/nvme/hostnqn, or derived from the machine ID).
     #[arg(long)]
     pub hostnqn: Option<String>,
-    /// Host Identifier, a UUID: what reservations know the host by (default: the UUID of a --hostnqn of the
-    /// form nqn.2014-08.org.nvmexpress:uuid:<UUID>, else /etc/nvme/hostid, else derived from the machine ID).
+    /// Host Identifier, a UUID: what reservations know the host by (default: /etc/nvme/hostid, else the UUID of
+    /// a --hostnqn of the form nqn.2014-08.org.nvmexpress:uuid:<UUID>, else derived from the machine ID).
     #[arg(long, value_parser = parse_hostid)]
     pub hostid: Option<[u8; 16]>,
     /// Header and data digests.
@@ -108,9 +108,13 @@ impl HostArgs {
         if let Some(h) = &self.hostnqn {
             o.hostnqn = h.clone();
             // A UUID-based host NQN names its Host Identifier (NVMe Base 2.0 §4.7): another NQN is another host,
-            // to reservations too, as it is to the Linux host (which refuses an NQN and an ID that disagree).
-            if let Some(id) = h.rsplit_once(":uuid:").and_then(|(_, u)| parse_hostid(u).ok()) {
-                o.hostid = id;
+            // to reservations too. Unless /etc/nvme/hostid says which this machine's is: nvme-cli and the default
+            // identity take that one, and the host NQN in /etc/nvme/hostnqn, given as --hostnqn, must stay the
+            // same host (--hostid then makes another).
+            if !std::path::Path::new("/etc/nvme/hostid").exists() {
+                if let Some(id) = h.rsplit_once(":uuid:").and_then(|(_, u)| parse_hostid(u).ok()) {
+                    o.hostid = id;
+                }
             }
         }
         if let Some(id) = self.hostid {

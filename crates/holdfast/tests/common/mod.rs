@@ -52,6 +52,23 @@ impl TargetProc {
     }
 }
 
+/// Wait (up to 20 s) until the target on `port` has a host's controller: a host command started in the
+/// background is connected, whatever the machine's load (a fixed sleep was not always enough on CI).
+pub fn wait_for_a_controller(port: u16) {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(20) {
+        let out = Command::new(BIN)
+            .args(["target-ctl", "--port", &port.to_string(), "controllers", "--json"])
+            .output()
+            .expect("run target-ctl");
+        if String::from_utf8_lossy(&out.stdout).contains("\"cntlid\"") {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("no controller on port {port} within 20 s");
+}
+
 /// A loopback address with a port free now: for a target that is to be started again on it.
 pub fn free_loopback_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
