@@ -25,6 +25,17 @@ use tokio_util::sync::CancellationToken;
 
 /// MAXH2CDATA we advertise in ICResp.
 pub const MAXH2CDATA: u32 = 128 * 1024;
+/// Log a connection closed for want of what the peer was to send: a peer may open connections and send
+/// nothing, as many as it likes, so the line is within the limit of peer-caused lines (peer_log), at info.
+/// Out of line: the connection's loop is the I/O path.
+#[cold]
+#[inline(never)]
+fn log_closing(peer: std::net::SocketAddr, why: &str) {
+    if crate::peer_log::allow() {
+        tracing::info!(%peer, "closing the connection: {why}");
+    }
+}
+
 /// In-capsule data accepted on the admin queue (NVMe/TCP 1.0 §3.3.3: 8 KiB).
 pub const ADMIN_INCAPSULE: usize = 8192;
 /// In-capsule data accepted on I/O queues; IOCCSZ = (64 + this) / 16.
@@ -374,11 +385,7 @@ impl Connection {
                     } else {
                         "no ICReq in time"
                     };
-                    // A peer may open connections and send nothing, as many as it likes: limited with the lines
-                    // peers cause (peer_log), at info.
-                    if crate::peer_log::allow() {
-                        tracing::info!(peer = %c.ctx.peer_addr, "closing the connection: {why}");
-                    }
+                    log_closing(c.ctx.peer_addr, why);
                     break Close::Normal(why);
                 }
                 // Off above the high-water mark (and so while `held`, and after a Disconnect): the write branch
