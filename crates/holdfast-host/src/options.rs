@@ -135,8 +135,18 @@ fn read_trim(p: &str) -> Option<String> {
 /// machine has one, otherwise a UUID derived from `/etc/machine-id`, as `nqn.2014-08.org.nvmexpress:uuid:<uuid>`.
 /// The host ID is the UUID of the host NQN when it has that form (NVMe Base 2.0 §4.7), so both agree.
 pub fn default_host_identity() -> (String, [u8; 16]) {
+    host_identity(None)
+}
+
+/// The host identity for host NQN `hostnqn` (None: the default, [`default_host_identity`]): that NQN, and as
+/// Host Identifier `/etc/nvme/hostid` when the file is there (as nvme-cli: the machine's NQN given
+/// explicitly stays the same host), else the NQN's UUID when it is of the UUID form (another NQN is another
+/// host), else the default's.
+pub fn host_identity(hostnqn: Option<&str>) -> (String, [u8; 16]) {
     let uuid_of = |s: &str| uuid::Uuid::parse_str(s).ok().filter(|u| !u.is_nil() && !u.is_max());
-    let file_nqn = read_trim("/etc/nvme/hostnqn");
+    let nqn_uuid_of = |n: &str| n.rsplit_once(":uuid:").and_then(|(_, u)| uuid_of(u));
+    let given = hostnqn.filter(|_| !std::path::Path::new("/etc/nvme/hostid").exists()).and_then(nqn_uuid_of);
+    let named = hostnqn.map(str::to_string).or_else(|| read_trim("/etc/nvme/hostnqn"));
     let file_id = read_trim("/etc/nvme/hostid").and_then(|s| uuid_of(&s));
     let derived = || {
         read_trim("/sys/class/dmi/id/product_uuid").and_then(|s| uuid_of(&s)).unwrap_or_else(|| {
@@ -149,9 +159,9 @@ pub fn default_host_identity() -> (String, [u8; 16]) {
             uuid::Uuid::from_bytes(b)
         })
     };
-    let nqn_uuid = file_nqn.as_deref().and_then(|n| n.rsplit_once(":uuid:")).and_then(|(_, u)| uuid_of(u));
-    let id = file_id.or(nqn_uuid).unwrap_or_else(derived);
-    let nqn = file_nqn.unwrap_or_else(|| format!("nqn.2014-08.org.nvmexpress:uuid:{id}"));
+    let nqn_uuid = read_trim("/etc/nvme/hostnqn").as_deref().and_then(nqn_uuid_of);
+    let id = given.or(file_id).or(nqn_uuid).unwrap_or_else(derived);
+    let nqn = named.unwrap_or_else(|| format!("nqn.2014-08.org.nvmexpress:uuid:{id}"));
     (nqn, *id.as_bytes())
 }
 

@@ -106,16 +106,9 @@ impl HostArgs {
     pub fn options(&self, nqn: &str) -> ConnectOptions {
         let mut o = ConnectOptions::new(self.addr.clone(), nqn);
         if let Some(h) = &self.hostnqn {
-            o.hostnqn = h.clone();
-            // A UUID-based host NQN names its Host Identifier (NVMe Base 2.0 §4.7): another NQN is another host,
-            // to reservations too. Unless /etc/nvme/hostid says which this machine's is: nvme-cli and the default
-            // identity take that one, and the host NQN in /etc/nvme/hostnqn, given as --hostnqn, must stay the
-            // same host (--hostid then makes another).
-            if !std::path::Path::new("/etc/nvme/hostid").exists() {
-                if let Some(id) = h.rsplit_once(":uuid:").and_then(|(_, u)| parse_hostid(u).ok()) {
-                    o.hostid = id;
-                }
-            }
+            // Its Host Identifier as the library chooses it for a host NQN (the UUID of a UUID-based one, unless
+            // /etc/nvme/hostid says this machine's).
+            (o.hostnqn, o.hostid) = holdfast_host::options::host_identity(Some(h));
         }
         if let Some(id) = self.hostid {
             o.hostid = id;
