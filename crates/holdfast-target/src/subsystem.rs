@@ -415,18 +415,19 @@ fn access_change(old: &Access, new: &Access) -> String {
             "only listed hosts allowed".to_string()
         });
     }
-    let mut added: Vec<&String> = new.allowed_hosts.difference(&old.allowed_hosts).collect();
-    let mut removed: Vec<&String> = old.allowed_hosts.difference(&new.allowed_hosts).collect();
-    added.sort();
-    removed.sort();
-    if !added.is_empty() {
-        parts.push(format!("hosts allowed: {}", added.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));
-    }
-    if !removed.is_empty() {
-        parts.push(format!(
-            "hosts no longer allowed: {}",
-            removed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-        ));
+    // The hosts in `a` and not in `b`, sorted, as a list.
+    let beyond = |a: &HashSet<String>, b: &HashSet<String>| {
+        let mut v: Vec<&str> = a.difference(b).map(String::as_str).collect();
+        v.sort_unstable();
+        v.join(", ")
+    };
+    for (what, hosts) in [
+        ("hosts allowed", beyond(&new.allowed_hosts, &old.allowed_hosts)),
+        ("hosts no longer allowed", beyond(&old.allowed_hosts, &new.allowed_hosts)),
+    ] {
+        if !hosts.is_empty() {
+            parts.push(format!("{what}: {hosts}"));
+        }
     }
     if old.ports != new.ports {
         let list = |p: &[u16]| if p.is_empty() { "all".to_string() } else { format!("{p:?}") };

@@ -252,8 +252,9 @@ pub fn get_features(c: &Controller, req: &Request) -> Response {
     if f == fid::RESERVATION_NOTIFICATION_MASK {
         return reservation_notification_mask(c, req, None);
     }
+    let ns_specific = NS_SPECIFIC_FIDS.contains(&f);
     // Checked before the state lock is taken (the namespace table has its own lock).
-    if NS_SPECIFIC_FIDS.contains(&f) {
+    if ns_specific {
         if let Err(s) = feature_namespaces(c, req.sqe.nsid(), false, Status::INVALID_NAMESPACE) {
             return Response::err(s);
         }
@@ -265,7 +266,6 @@ pub fn get_features(c: &Controller, req: &Request) -> Response {
     let current = !matches!(sel, SEL_DEFAULT | SEL_SAVED);
     let cur = if current { &st.features } else { &def };
     let cdw11 = req.sqe.cdw11.get();
-    let ns_specific = NS_SPECIFIC_FIDS.contains(&f);
     let value = match f {
         fid::ARBITRATION => cur.arbitration,
         fid::POWER_MANAGEMENT => cur.power_management,
@@ -396,12 +396,13 @@ pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Outcome {
     // (an NSID other than 0h and FFFFFFFFh) is Feature Not Namespace Specific (NVMe Base 2.0 §5.27, as QEMU's
     // controller answers); an NSID that names none at all, Invalid Namespace. Unknown FIDs are Invalid Field below.
     let nsid = req.sqe.nsid();
-    if SET_FIDS.contains(&f) && !NS_SPECIFIC_FIDS.contains(&f) && nsid != 0 && nsid != 0xFFFF_FFFF {
+    let ns_specific = NS_SPECIFIC_FIDS.contains(&f);
+    if SET_FIDS.contains(&f) && !ns_specific && nsid != 0 && nsid != 0xFFFF_FFFF {
         let status = if nsid <= crate::MAX_NSID { Status::FEATURE_NOT_NS_SPECIFIC } else { Status::INVALID_NAMESPACE };
         return Response::err(status.with_dnr()).into();
     }
     // A namespace-specific one names a namespace, or every one (FFFFFFFFh).
-    let nsids = if NS_SPECIFIC_FIDS.contains(&f) {
+    let nsids = if ns_specific {
         match feature_namespaces(c, nsid, true, Status::INVALID_NAMESPACE) {
             Ok(n) => n,
             Err(s) => return Response::err(s).into(),

@@ -98,6 +98,13 @@ pub struct Reservations {
     nguid: [u8; 16],
 }
 
+/// The reservation file of a namespace whose data is the file `data`: `<data>.holdfast-pr`.
+fn record_path(data: &Path) -> PathBuf {
+    let mut name = data.as_os_str().to_owned();
+    name.push(".holdfast-pr");
+    PathBuf::from(name)
+}
+
 /// The reservation file's contents (TOML).
 #[derive(Debug, Serialize, Deserialize)]
 struct Saved {
@@ -126,9 +133,7 @@ impl Reservations {
     /// this namespace's is an error naming it: starting without the fencing it records could let a fenced
     /// host write.
     pub fn persistable(data: &Path, nguid: [u8; 16]) -> anyhow::Result<Reservations> {
-        let mut name = data.as_os_str().to_owned();
-        name.push(".holdfast-pr");
-        let file = PathBuf::from(name);
+        let file = record_path(data);
         let pr = Reservations { file: Mutex::new(Some(file.clone())), nguid, ..Default::default() };
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
@@ -177,11 +182,7 @@ impl Reservations {
     /// where nothing can persist, Persist Through Power Loss goes off. What there is, for the reload's notes.
     pub fn rehome(&self, data: Option<&Path>) -> String {
         let mut st = self.state.lock();
-        let new = data.map(|d| {
-            let mut name = d.as_os_str().to_owned();
-            name.push(".holdfast-pr");
-            PathBuf::from(name)
-        });
+        let new = data.map(record_path);
         let mut file = self.file.lock();
         let mut note = String::new();
         if *file != new {
