@@ -4,16 +4,17 @@
 //!
 //! | command | effect |
 //! |---|---|
-//! | `announce-restart MS` | advertise a planned downtime of MS ms in the policy page; notify every host |
+//! | `announce-restart MS [LAPSE_MS]` | advertise a planned downtime of MS ms in the policy page; notify every host; withdrawn after LAPSE_MS (10 min) unless the target restarted |
 //! | `cancel-restart` | withdraw it |
-//! | `status` | one line: instance, controllers, planned downtime |
+//! | `status` | one line: instance, controllers, planned downtime (and when it lapses) |
 //! | `controllers` | `ok` and a JSON array: every controller (host, address, port, I/O queues, KATO, age) |
-//! | `stats` | `ok` and a JSON array: every subsystem's I/O counters (the SMART log's, summed) |
+//! | `stats` | `ok` and a JSON array: every subsystem's I/O counters (the SMART log's, summed) and failed commands |
 
 use crate::subsystem::Target;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
@@ -23,8 +24,68 @@ pub fn default_path(port: u16) -> PathBuf {
     std::env::temp_dir().join(format!("holdfast-target-{port}.sock"))
 }
 
-/// Announce (or with 0, withdraw) a planned restart: every controller gets a policy-changed notice.
-pub fn announce_restart(target: &Target, downtime_ms: u32) {
+/// How long an announced restart stands when the announcement does not say: one that has not happened by then
+/// is withdrawn (hosts notified), so that a restart announced and then called off, and not withdrawn, does not
+/// keep every host riding through the target's next failure for the announced downtime instead of failing
+/// over within its policy.
+pub const DEFAULT_RESTART_LAPSE: Duration = Duration::from_secs(600);
+
+/// The planned restart in force, if any ([`Target::planned_restart`]).
+#[derive(Debug, Default)]
+pub struct PlannedRestart {
+    /// Taken by each announcement and withdrawal.
+    pub seq: u64,
+    /// When the announcement lapses, on [`Target::now_ms`]'s clock (0: none in force).
+    pub lapse_at_ms: u64,
+}
+
+/// Announce a planned restart of `downtime_ms` (0 withdraws one), every controller notified (a policy-changed
+/// notice: hosts read the policy page again). An announcement lapses after `lapse` (withdrawn, hosts notified,
+/// a warning logged) unless another announcement or a withdrawal came first; the target's restart ends it
+/// anyway (a new instance announces nothing). Must run inside the Tokio runtime (the lapse's timer).
+pub fn announce_restart(target: &Arc<Target>, downtime_ms: u32, lapse: Duration) {
+    let seq = {
+        let mut p = target.planned_restart.lock();
+        p.seq += 1;
+        p.lapse_at_ms = if downtime_ms > 0 {
+            target.now_ms().saturating_add(lapse.as_millis().min(u64::MAX as u128) as u64).max(1)
+        } else {
+            0
+        };
+        set_downtime(target, downtime_ms);
+        p.seq
+    };
+    if downtime_ms > 0 {
+        tracing::warn!(
+            downtime_ms,
+            lapse_s = lapse.as_secs(),
+            "planned restart announced: hosts will keep I/O queued at least this long; withdrawn unless the \
+             target restarts within the lapse"
+        );
+        let target = Arc::downgrade(target);
+        tokio::spawn(async move {
+            tokio::time::sleep(lapse).await;
+            let Some(target) = target.upgrade() else { return };
+            let mut p = target.planned_restart.lock();
+            if p.seq != seq {
+                return;
+            }
+            p.seq += 1;
+            p.lapse_at_ms = 0;
+            set_downtime(&target, 0);
+            tracing::warn!(
+                downtime_ms,
+                lapse_s = lapse.as_secs(),
+                "planned restart announced but not carried out within its lapse: withdrawn, hosts notified"
+            );
+        });
+    } else {
+        tracing::info!("planned restart withdrawn");
+    }
+}
+
+/// Advertise `downtime_ms` and notify every controller (the caller holds [`Target::planned_restart`]).
+fn set_downtime(target: &Target, downtime_ms: u32) {
     target.planned_downtime_ms.store(downtime_ms, Ordering::SeqCst);
     for s in target.subsystems() {
         s.policy_generation.fetch_add(1, Ordering::SeqCst);
@@ -32,47 +93,79 @@ pub fn announce_restart(target: &Target, downtime_ms: u32) {
     for c in target.all_controllers() {
         c.raise_policy_changed();
     }
-    if downtime_ms > 0 {
-        tracing::warn!(downtime_ms, "planned restart announced: hosts will keep I/O queued at least this long");
-    } else {
-        tracing::info!("planned restart withdrawn");
-    }
 }
 
 /// Execute one control command line.
-pub fn execute(target: &Target, line: &str) -> String {
+pub fn execute(target: &Arc<Target>, line: &str) -> String {
     let mut w = line.split_whitespace();
-    match (w.next(), w.next()) {
-        (Some("announce-restart"), Some(ms)) => match ms.parse::<u32>() {
-            Ok(0) => {
-                announce_restart(target, 0);
-                "ok planned restart withdrawn (a downtime of 0 is none)".into()
+    match (w.next(), w.next(), w.next(), w.next()) {
+        (Some("announce-restart"), Some(ms), lapse, None) => {
+            let Ok(ms) = ms.parse::<u32>() else {
+                return format!("error: \"{ms}\" is not a number of milliseconds");
+            };
+            let lapse = match lapse.map(str::parse::<u64>) {
+                None => DEFAULT_RESTART_LAPSE,
+                Some(Ok(l)) if l > 0 => Duration::from_millis(l),
+                Some(_) => {
+                    return format!(
+                        "error: the lapse \"{}\" is not a number of milliseconds above 0",
+                        lapse.unwrap_or_default()
+                    )
+                }
+            };
+            if ms == 0 {
+                announce_restart(target, 0, lapse);
+                return "ok planned restart withdrawn (a downtime of 0 is none)".into();
             }
-            Ok(ms) => {
-                announce_restart(target, ms);
-                format!("ok planned downtime {ms} ms announced to {} controller(s)", target.all_controllers().len())
-            }
-            Err(_) => format!("error: \"{ms}\" is not a number of milliseconds"),
-        },
-        (Some("cancel-restart"), None) => {
+            announce_restart(target, ms, lapse);
+            format!(
+                "ok planned downtime {ms} ms announced to {} controller(s), withdrawn unless the target restarts \
+                 within {}",
+                target.all_controllers().len(),
+                human(lapse)
+            )
+        }
+        (Some("cancel-restart"), None, ..) => {
             if target.planned_downtime_ms.load(Ordering::SeqCst) == 0 {
                 return "ok no planned restart was announced: nothing withdrawn".into();
             }
-            announce_restart(target, 0);
+            announce_restart(target, 0, DEFAULT_RESTART_LAPSE);
             "ok planned restart withdrawn".into()
         }
-        (Some("status"), None) => format!(
-            "ok instance {:016x} controllers {} planned_downtime_ms {}",
-            target.instance_id,
-            target.all_controllers().len(),
-            target.planned_downtime_ms.load(Ordering::SeqCst)
-        ),
-        (Some("controllers"), None) => json_reply(&controllers(target)),
-        (Some("stats"), None) => json_reply(&stats(target)),
+        (Some("status"), None, ..) => {
+            let lapse_at = target.planned_restart.lock().lapse_at_ms;
+            let mut line = format!(
+                "ok instance {:016x} controllers {} planned_downtime_ms {}",
+                target.instance_id,
+                target.all_controllers().len(),
+                target.planned_downtime_ms.load(Ordering::SeqCst)
+            );
+            if lapse_at != 0 {
+                line += &format!(" lapses_in_ms {}", lapse_at.saturating_sub(target.now_ms()));
+            }
+            line
+        }
+        (Some("controllers"), None, ..) => json_reply(&controllers(target)),
+        (Some("stats"), None, ..) => json_reply(&stats(target)),
         _ => format!(
-            "error: unknown command \"{}\" (announce-restart MS, cancel-restart, status, controllers, stats)",
+            "error: unknown command \"{}\" (announce-restart MS [LAPSE_MS], cancel-restart, status, controllers, \
+             stats)",
             line.trim()
         ),
+    }
+}
+
+/// A lapse as an operator wrote it: whole hours, minutes or seconds where it is one, else milliseconds.
+fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(3_600_000) {
+        format!("{} h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) {
+        format!("{} min", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{ms} ms")
     }
 }
 
@@ -153,6 +246,9 @@ pub struct SubsystemStats {
     pub bytes_written: u64,
     /// Media and data integrity errors.
     pub media_errors: u64,
+    /// Commands failed, admin and I/O, any status (a target from before this count reports none).
+    #[serde(default)]
+    pub failed_cmds: u64,
 }
 
 /// Every subsystem's counters.
@@ -171,6 +267,7 @@ pub fn stats(target: &Target) -> Vec<SubsystemStats> {
                 bytes_read: st.bytes_read.load(Ordering::Relaxed),
                 bytes_written: st.bytes_written.load(Ordering::Relaxed),
                 media_errors: st.media_errors.load(Ordering::Relaxed),
+                failed_cmds: st.failed_cmds.load(Ordering::Relaxed),
             }
         })
         .collect();
@@ -199,7 +296,7 @@ pub async fn serve(target: Arc<Target>, listener: UnixListener, shutdown: Cancel
                     Err(e) => {
                         // EMFILE and the like: the listener stays readable, so wait a little rather than spin.
                         tracing::warn!("control socket: accept failed: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 };
@@ -240,15 +337,40 @@ mod tests {
 
     /// `announce-restart` with a downtime says what it did; with 0 it withdraws the announcement and says so
     /// (it answered "announced" before).
-    #[test]
-    fn announcing_no_downtime_says_it_withdraws() {
+    #[tokio::test]
+    async fn announcing_no_downtime_says_it_withdraws() {
         let t = Target::new(&Config::parse(crate::config::tests::GOOD, "t.toml").unwrap(), Default::default()).unwrap();
         let r = execute(&t, "announce-restart 30000");
         assert!(r.starts_with("ok planned downtime 30000 ms announced"), "{r}");
+        assert!(r.ends_with("within 10 min"), "{r}");
         assert_eq!(t.planned_downtime_ms.load(Ordering::SeqCst), 30000);
+        assert!(execute(&t, "status").contains("planned_downtime_ms 30000 lapses_in_ms "));
         let r = execute(&t, "announce-restart 0");
         assert_eq!(r, "ok planned restart withdrawn (a downtime of 0 is none)");
         assert_eq!(t.planned_downtime_ms.load(Ordering::SeqCst), 0);
+        assert!(!execute(&t, "status").contains("lapses_in_ms"));
         assert!(execute(&t, "announce-restart soon").starts_with("error: "));
+        assert!(execute(&t, "announce-restart 1000 0").starts_with("error: the lapse"));
+        assert!(execute(&t, "announce-restart 1000 5000 7").starts_with("error: unknown command"));
+    }
+
+    /// An announced restart that does not happen lapses: withdrawn, with a policy notice, once its lapse has
+    /// passed; a later announcement is not withdrawn by an earlier one's timer.
+    #[tokio::test(start_paused = true)]
+    async fn an_announced_restart_lapses_unless_announced_again() {
+        let t = Target::new(&Config::parse(crate::config::tests::GOOD, "t.toml").unwrap(), Default::default()).unwrap();
+        let generation = || t.subsystems()[0].policy_generation.load(Ordering::SeqCst);
+        let r = execute(&t, "announce-restart 30000 60000");
+        assert!(r.ends_with("within 1 min"), "{r}");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        // Announced again, with a lapse of its own: the first one's timer leaves it be.
+        execute(&t, "announce-restart 45000 60000");
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert_eq!(t.planned_downtime_ms.load(Ordering::SeqCst), 45000, "withdrawn by the first lapse");
+        let before = generation();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(t.planned_downtime_ms.load(Ordering::SeqCst), 0, "the second announcement lapsed");
+        assert_eq!(generation(), before + 1, "hosts told of the withdrawal");
+        assert!(!execute(&t, "status").contains("lapses_in_ms"));
     }
 }

@@ -454,6 +454,7 @@ impl Controller {
             _ => 0,
         };
         let (cid, nsid) = (sqe.cid(), sqe.nsid());
+        self.subsys.stats.failed_cmds.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock();
         st.error_count += 1;
         let count = st.error_count;

@@ -34,20 +34,24 @@ struct Listening {
 impl Server {
     /// Bind every port of `target` and start serving.
     pub async fn start(target: Arc<Target>) -> anyhow::Result<Server> {
+        let configured: Vec<Port> = target.ports.read().clone();
+        let listeners = Listeners::bind(configured.iter().map(|p| (p.id, p.addr)))?;
+        Ok(Server::start_on(target, listeners))
+    }
+
+    /// Start serving `target` on `listeners`, bound for its ports before it was built ([`Listeners::bind_config`]).
+    pub fn start_on(target: Arc<Target>, listeners: Listeners) -> Server {
         let shutdown = CancellationToken::new();
         if let Some(p) = &target.busy_poll {
             p.spawn();
         }
-        let configured: Vec<Port> = target.ports.read().clone();
         let mut server = Server { target, shutdown, bound: Vec::new(), ports: Vec::new() };
-        for port in configured {
-            let (listener, addr) = bind(port.addr)
-                .map_err(|e| anyhow::anyhow!("port {} (listen {}): cannot listen: {e}", port.id, port.addr))?;
-            server.serve(port.id, port.addr, addr, listener);
+        for (id, configured, addr, listener) in listeners.0 {
+            server.serve(id, configured, addr, listener);
         }
         server.publish_ports();
         server.target.publish_discovery_view();
-        Ok(server)
+        server
     }
 
     fn serve(&mut self, id: u16, configured: SocketAddr, addr: SocketAddr, listener: TcpListener) {
@@ -148,6 +152,38 @@ impl Server {
             }
         })
         .await;
+    }
+}
+
+/// Listening sockets for a target's ports, bound before the target is built: a start whose address is taken
+/// then fails before any namespace's backend is opened, and leaves no new file namespace's file behind it.
+pub struct Listeners(Vec<(u16, SocketAddr, SocketAddr, TcpListener)>);
+
+impl Listeners {
+    /// Bind `(port ID, address)` each, or fail naming the first that cannot be bound (those bound close).
+    pub fn bind(ports: impl IntoIterator<Item = (u16, SocketAddr)>) -> anyhow::Result<Listeners> {
+        let mut v = Vec::new();
+        for (id, configured) in ports {
+            let (listener, addr) =
+                bind(configured).map_err(|e| anyhow::anyhow!("port {id} (listen {configured}): cannot listen: {e}"))?;
+            v.push((id, configured, addr, listener));
+        }
+        Ok(Listeners(v))
+    }
+
+    /// Bind the ports of a configuration.
+    pub fn bind_config(cfg: &Config) -> anyhow::Result<Listeners> {
+        let ports = cfg
+            .ports
+            .iter()
+            .map(|p| {
+                Ok((
+                    p.id,
+                    p.listen.parse().map_err(|e| anyhow::anyhow!("port {}: listen = {:?}: {e}", p.id, p.listen))?,
+                ))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Listeners::bind(ports)
     }
 }
 

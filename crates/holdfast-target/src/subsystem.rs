@@ -57,6 +57,9 @@ pub struct Stats {
     pub write_cmds: AtomicU64,
     /// Media and data integrity errors.
     pub media_errors: AtomicU64,
+    /// Commands failed, admin and I/O, whatever the status (those of an association that ended, Aborted
+    /// SQ Deletion, are not failures): what each controller's Error Information log records, summed.
+    pub failed_cmds: AtomicU64,
     /// Flushes of every namespace (shutdown notifications, target stop).
     pub whole_flushes: AtomicU64,
 }
@@ -345,6 +348,10 @@ pub struct Target {
     pub epoch_ms: u64,
     /// An announced planned restart: hosts keep I/O queued at least this long (0 = none).
     pub planned_downtime_ms: std::sync::atomic::AtomicU32,
+    /// The announcement in force ([`crate::control::announce_restart`]): its number (each announcement or
+    /// withdrawal takes the next, so a lapse timer knows whether its announcement still stands), and when it
+    /// lapses, on [`Target::now_ms`]'s clock (0: none).
+    pub planned_restart: Mutex<crate::control::PlannedRestart>,
     /// Busy polling (None: off); the server starts its spinner.
     pub busy_poll: Option<Arc<holdfast_rt::BusyPoll>>,
     /// Connections waiting for a Connect, limited in all and per address.
@@ -546,6 +553,7 @@ impl Target {
             instance_id: rand::random::<u64>() | 1,
             epoch_ms: holdfast_rt::coarse_ms(),
             planned_downtime_ms: std::sync::atomic::AtomicU32::new(0),
+            planned_restart: Mutex::default(),
             busy_poll: holdfast_rt::BusyPoll::new(settings.busy_poll),
             unbound: Arc::default(),
             dead_lists,

@@ -414,8 +414,11 @@ async fn io_statuses_are_exact() {
     assert_eq!(r.status(), Status::CONNECT_INVALID_PARAMETERS.with_dnr());
     assert_eq!(InvalidParameter::from_dw0(r.dw0.get()), InvalidParameter { offset: 16, in_data: true });
     let nblocks = 4 * 2048u64;
+    let failed = || holdfast_target::control::stats(&server.target)[0].failed_cmds;
+    assert_eq!(failed(), 0);
     let (r, _) = q.cmd(rw_sqe(io::READ, nblocks - 1, 2, SglDescriptor::transport(1024)), Bytes::new()).await;
     assert_eq!(r.status(), Status::LBA_OUT_OF_RANGE.with_dnr());
+    assert_eq!(failed(), 1, "a failed command counts in the subsystem's stats");
     let mut s = rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512));
     s.nsid.set(7);
     assert_eq!(q.cmd(s, Bytes::new()).await.0.status(), Status::INVALID_NAMESPACE.with_dnr());
@@ -425,6 +428,21 @@ async fn io_statuses_are_exact() {
     assert_eq!(r.status(), Status::INVALID_OPCODE.with_dnr());
     let (r, _) = q.cmd(rw_sqe(io::READ, 0, 1, SglDescriptor::transport(4096)), Bytes::new()).await;
     assert_eq!(r.status(), Status::SGL_LENGTH_INVALID.with_dnr(), "SGL length differs from NLB");
+    // Commands that move no data, with an SGL that gives a length: Data SGL Length Invalid (nvmet's answer), on
+    // the I/O queue, the admin queue and for a Fabrics command; with a length of 0 they succeed.
+    for len in [512u32, 0] {
+        let want = if len == 0 { Status::SUCCESS } else { Status::SGL_LENGTH_INVALID.with_dnr() };
+        let mut flush = SubmissionEntry::new(io::FLUSH, 0);
+        flush.nsid.set(1);
+        flush.dptr = SglDescriptor::transport(len);
+        assert_eq!(q.cmd(flush, Bytes::new()).await.0.status(), want, "Flush, SGL length {len}");
+        let mut ka = SubmissionEntry::new(admin::KEEP_ALIVE, 0);
+        ka.dptr = SglDescriptor::transport(len);
+        assert_eq!(a.cmd(ka, Bytes::new()).await.0.status(), want, "Keep Alive, SGL length {len}");
+        let mut get = PropertyCommand::new(0, property::CSTS, false, None).to_sqe();
+        get.dptr = SglDescriptor::transport(len);
+        assert_eq!(a.cmd(get, Bytes::new()).await.0.status(), want, "Property Get, SGL length {len}");
+    }
     // Admin: unknown log page, unknown feature.
     let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
     s.dptr = SglDescriptor::transport(512);

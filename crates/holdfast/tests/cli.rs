@@ -211,6 +211,16 @@ fn startup_errors_name_the_config_file_and_key() {
     let (rc, _, err) = holdfast(&["target", "--config", cfg.to_str().unwrap()]);
     assert_ne!(rc, 0);
     assert!(err.contains(&format!("{}: port 1 (listen {})", cfg.display(), taken.local_addr().unwrap())), "{err}");
+    // A file namespace to be created, on a port that is taken: the start fails before the file is made.
+    let fresh = dir.join("fresh.img");
+    write(
+        &taken.local_addr().unwrap().to_string(),
+        &format!("backend = \"file\"\npath = \"{}\"\nsize_mib = 4", fresh.display()),
+    );
+    let (rc, _, err) = holdfast(&["target", "--config", cfg.to_str().unwrap()]);
+    assert_ne!(rc, 0);
+    assert!(err.contains("port 1 (listen"), "{err}");
+    assert!(!fresh.exists(), "a failed start left {} behind", fresh.display());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -709,6 +719,7 @@ fn target_ctl_lists_controllers_and_counts_io() {
     let (rc, out, _) = holdfast(&["target-ctl", "--port", &port, "controllers"]);
     assert_eq!(rc, 0);
     assert!(out.starts_with("SUBSYSTEM") && out.contains(hostnqn), "{out}");
+    assert!(out.contains(listed["hostid"].as_str().unwrap()), "the Host Identifier column: {out}");
     let _ = bench.kill();
     let _ = bench.wait();
 }

@@ -594,7 +594,10 @@ impl Connection {
                 return Ok(None);
             }
         };
-        if req.len == 0 && !data.is_empty() {
+        // A command that moves no data (Flush, Keep Alive, a Property Get) whose SGL nonetheless gives a length,
+        // or that brought in-capsule data: Data SGL Length Invalid, as Linux nvmet answers
+        // (nvmet_check_transfer_len(req, 0)). The host built the command for something else.
+        if req.len == 0 && (!data.is_empty() || !sqe.dptr.is_empty()) {
             self.refuse(&sqe, Status::SGL_LENGTH_INVALID.with_dnr(), first);
             return Ok(None);
         }

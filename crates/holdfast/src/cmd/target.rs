@@ -77,7 +77,7 @@ pub struct Args {
     /// Control socket (default: $TMPDIR/holdfast-target-PORT.sock for the first port).
     #[arg(long)]
     control: Option<PathBuf>,
-    /// Planned downtime announced on SIGUSR1 (ms).
+    /// Planned downtime announced on SIGUSR1 (ms); withdrawn after 10 minutes unless the target restarted.
     #[arg(long, default_value_t = 30_000)]
     sigusr1_downtime_ms: u32,
     /// Adaptive busy polling: after network activity keep polling this many microseconds instead of
@@ -223,8 +223,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         // Before anything is announced: a SIGHUP that comes once the target says where it listens reloads
         // (before, it takes its default action and ends the process).
         let mut signals = Signals::new();
+        // Ports first: a start whose address is taken fails before a file namespace's file is created.
+        let listeners = holdfast_target::server::Listeners::bind_config(&cfg).map_err(in_file)?;
         let target = Target::new(&cfg, settings).map_err(in_file)?;
-        let mut server = Server::start(target.clone()).await.map_err(in_file)?;
+        let mut server = Server::start_on(target.clone(), listeners);
         for (id, addr) in &server.bound {
             tracing::info!(port = id, "listening on {addr} (NVMe/TCP and discovery)");
         }
@@ -292,7 +294,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             match signals.next().await {
                 Signal::Stop => break,
                 Signal::Announce => {
-                    holdfast_target::control::announce_restart(&target, a.sigusr1_downtime_ms);
+                    holdfast_target::control::announce_restart(
+                        &target,
+                        a.sigusr1_downtime_ms,
+                        holdfast_target::control::DEFAULT_RESTART_LAPSE,
+                    );
                     continue;
                 }
                 Signal::Reload => {}

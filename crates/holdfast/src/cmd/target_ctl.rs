@@ -29,6 +29,10 @@ enum Action {
         /// Expected downtime, e.g. 30s, 1500ms, 2m, 1h.
         #[arg(long, value_parser = parse_duration)]
         downtime: Duration,
+        /// Withdraw the announcement (hosts notified) if the target has not restarted this long after it, so
+        /// that a restart called off does not change how hosts treat the target's next failure.
+        #[arg(long, value_parser = parse_duration, default_value = "10m")]
+        lapse: Duration,
     },
     /// Withdraw an announced restart.
     CancelRestart,
@@ -77,7 +81,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         (None, None) => anyhow::bail!("say which target: --control PATH or --port N"),
     };
     let (line, table, json) = match a.action {
-        Action::AnnounceRestart { downtime } => (format!("announce-restart {}", downtime.as_millis()), None, false),
+        Action::AnnounceRestart { lapse, .. } if lapse.is_zero() => {
+            anyhow::bail!("--lapse {lapse:?}: an announcement has to stand for some time")
+        }
+        Action::AnnounceRestart { downtime, lapse } => {
+            (format!("announce-restart {} {}", downtime.as_millis(), lapse.as_millis()), None, false)
+        }
         Action::CancelRestart => ("cancel-restart".into(), None, false),
         Action::Status => ("status".into(), None, false),
         Action::Controllers { json } => ("controllers".into(), Some(controllers_table as Table), json),
@@ -113,7 +122,7 @@ fn controllers_table(j: &str) -> anyhow::Result<()> {
     let v: Vec<holdfast_target::control::ControllerInfo> =
         serde_json::from_str(j).context("the target's controller list")?;
     outln!(
-        "{:<40} {:>6} {:<22} {:>4} {:>3} {:>7} {:>5} {:>8}  HOST NQN",
+        "{:<40} {:>6} {:<22} {:>4} {:>3} {:>7} {:>5} {:>8}  {:<36}  HOST NQN",
         "SUBSYSTEM",
         "CNTLID",
         "HOST ADDRESS",
@@ -121,11 +130,12 @@ fn controllers_table(j: &str) -> anyhow::Result<()> {
         "IOQ",
         "KATO MS",
         "READY",
-        "AGE S"
+        "AGE S",
+        "HOST ID"
     );
     for c in v {
         outln!(
-            "{:<40} {:>6} {:<22} {:>4} {:>3} {:>7} {:>5} {:>8}  {}",
+            "{:<40} {:>6} {:<22} {:>4} {:>3} {:>7} {:>5} {:>8}  {:<36}  {}",
             c.subsystem,
             c.cntlid,
             c.host_addr,
@@ -134,6 +144,7 @@ fn controllers_table(j: &str) -> anyhow::Result<()> {
             c.kato_ms,
             if c.ready { "yes" } else { "no" },
             c.age_s,
+            c.hostid,
             c.hostnqn
         );
     }
@@ -143,7 +154,7 @@ fn controllers_table(j: &str) -> anyhow::Result<()> {
 fn stats_table(j: &str) -> anyhow::Result<()> {
     let v: Vec<holdfast_target::control::SubsystemStats> = serde_json::from_str(j).context("the target's counters")?;
     outln!(
-        "{:<40} {:>3} {:>5} {:>12} {:>12} {:>14} {:>14} {:>12}",
+        "{:<40} {:>3} {:>5} {:>12} {:>12} {:>14} {:>14} {:>12} {:>12}",
         "SUBSYSTEM",
         "NS",
         "CTRLS",
@@ -151,11 +162,12 @@ fn stats_table(j: &str) -> anyhow::Result<()> {
         "WRITES",
         "BYTES READ",
         "BYTES WRITTEN",
-        "MEDIA ERRORS"
+        "MEDIA ERRORS",
+        "FAILED CMDS"
     );
     for s in v {
         outln!(
-            "{:<40} {:>3} {:>5} {:>12} {:>12} {:>14} {:>14} {:>12}",
+            "{:<40} {:>3} {:>5} {:>12} {:>12} {:>14} {:>14} {:>12} {:>12}",
             s.subsystem,
             s.namespaces,
             s.controllers,
@@ -163,7 +175,8 @@ fn stats_table(j: &str) -> anyhow::Result<()> {
             s.write_cmds,
             s.bytes_read,
             s.bytes_written,
-            s.media_errors
+            s.media_errors,
+            s.failed_cmds
         );
     }
     Ok(())
