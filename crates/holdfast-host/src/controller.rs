@@ -1,5 +1,5 @@
 //! A controller and its association, kept alive across connection loss (NVMe over Fabrics 1.1 §3.3 and §7;
-//! NVMe Base 2.0 §3.5.2; design §4).
+//! NVMe Base 2.0 §3.5.2; README, Ride-through).
 //!
 //! Set-up of one association: ICReq → Connect (admin, dynamic CNTLID, KATO) → Property Get CAP/VS →
 //! Property Set CC.EN → CSTS.RDY within CAP.TO → Identify Controller → Set Features Number of Queues →
@@ -222,7 +222,7 @@ impl Shared {
     }
 
     /// The error for a command that found its submission channel closed: the reason the controller was lost
-    /// (or shut down) when it was, as [`Controller::check`] gives it, rather than a bare "closed" (design §4:
+    /// (or shut down) when it was, as [`Controller::check`] gives it, rather than a bare "closed" (README, Ride-through:
     /// every request fails with an error that says why and since when). A request that waited for room in a
     /// full channel through an outage is refused this way when the controller is lost at ctrl_loss_tmo.
     fn closed_error(&self) -> Error {
@@ -535,7 +535,7 @@ pub(crate) async fn setup_ok(
 
 type Exits = (mpsc::UnboundedSender<(usize, QueueExit)>, mpsc::UnboundedReceiver<(usize, QueueExit)>);
 
-/// Read the connection policy page (design §3) on a new association's admin queue. None: the target advertises
+/// Read the connection policy page (README, Connection policy) on a new association's admin queue. None: the target advertises
 /// none (it refuses the page as one it does not have, or answers something that is not a holdfast page).
 ///
 /// `last` is the policy of the previous association (None at the first connect). A page that target could not
@@ -917,7 +917,7 @@ async fn establish(
             read_policy(&admin, o, last, deadline).await?
         };
         // The previous association was with a holdfast controller (its Identify carried a uniquifier): end it
-        // there before anything is issued again (design §5).
+        // there before anything is issued again (README, No stale writes).
         let previous = {
             let i = lock(&sh.info);
             i.id.holdfast_uniquifier().map(|u| (i.cntlid, u))
@@ -1248,7 +1248,7 @@ fn namespace_format_change(id: &IdentifyNamespace, block_size: u32) -> Option<St
 /// The namespaces a reconnect found changed (`gone`: each one's mark, NSID and why; [`check_namespace_ids`]), before
 /// anything is issued again: each is marked gone, so that its handles fail every command from then on, and is no
 /// longer checked; and every I/O command of its handles still waiting fails with why, never issued to the
-/// namespace now under that NSID (design §5): those kept from the lost connections (in flight, in a queue's
+/// namespace now under that NSID (README, No stale writes): those kept from the lost connections (in flight, in a queue's
 /// backlog or waiting out a retry delay, all in the slots' `pending`) and those queued in the submission channels
 /// since. The mark is set first: a caller that waited for room in a full channel queues nothing after the
 /// channel was cleared ([`Controller::io_submit_for`]). A command is told to be the namespace's by its tag
@@ -1292,7 +1292,7 @@ fn fail_gone_namespaces(sh: &Shared, slots: &mut [Option<Slot>], gone: Vec<(NsMa
 }
 
 impl Controller {
-    /// Connect, enable and set up the queues; then keep the association alive (design §4).
+    /// Connect, enable and set up the queues; then keep the association alive (README, Ride-through).
     pub async fn connect(o: ConnectOptions) -> Result<Controller> {
         if o.queue_size < 2 || o.queue_size > 1024 {
             return Err(Error::Invalid(format!("queue size {} is outside 2..=1024", o.queue_size)));
@@ -1446,7 +1446,7 @@ impl Controller {
     /// reconnect that finds the namespace changed sets the mark and then takes the namespace's commands out of the
     /// channels ([`fail_gone_namespaces`]): a caller that found the mark clear before it was set, and queues only
     /// now (it waited for room in a full channel through the outage), is refused rather than sending a stale
-    /// command to the namespace now under the NSID (design §5).
+    /// command to the namespace now under the NSID (README, No stale writes).
     #[inline]
     pub(crate) fn io_submit_for<'a>(
         &'a self,
@@ -1484,7 +1484,7 @@ impl Controller {
 
     /// Send a fused operation's two commands (NVMe Base 2.0 §3.4.2: a Compare and Write) through a namespace
     /// handle whose mark is `ns`, back to back on one I/O queue; their replies, first's and second's. Neither is
-    /// replayed after a lost connection (design §4): each then fails with a retryable path error.
+    /// replayed after a lost connection (README, Ride-through): each then fails with a retryable path error.
     pub(crate) async fn io_send_fused_for(
         &self,
         first: (SubmissionEntry, Bytes),
@@ -1983,7 +1983,7 @@ fn fail_all(slots: &mut [Option<Slot>], err: &dyn Fn() -> Error, close: bool) ->
     n
 }
 
-/// The supervisor: watches the association, reconnects, applies the deadlines (design §4).
+/// The supervisor: watches the association, reconnects, applies the deadlines (README, Ride-through).
 async fn supervise(
     sh: Arc<Shared>,
     mut slots: Vec<Option<Slot>>,

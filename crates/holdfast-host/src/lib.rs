@@ -6,7 +6,7 @@
 //!
 //! Each queue is one task that owns its TCP connection ([`queue`]); callers reach it through a channel
 //! ([`submit`]) that outlives the connection, and a failed connection hands back its unfinished commands with
-//! their buffers — the structure reconnection (design §4) builds on.
+//! their buffers — the structure reconnection (README, Ride-through) builds on.
 
 mod auth;
 pub mod controller;

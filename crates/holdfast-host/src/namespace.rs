@@ -84,7 +84,7 @@ impl Namespace {
         // 1.3) has the identifiers of its Identify Namespace data (EUI-64, NGUID), as the Linux host takes them;
         // any other failure (another status, the connection, a timeout) fails the open: a namespace taken as one
         // without its identifiers would be found "replaced" at the first reconnect that reads them, or never
-        // checked (design §5, `check_namespace_ids`).
+        // checked (README, No stale writes, `check_namespace_ids`).
         let descriptors =
             match crate::controller::identify_raw(ctrl.admin_queue(), identify::CNS_NS_DESC_LIST, nsid).await {
                 Ok(d) => identify::parse_ns_descriptor_list(&d),
@@ -308,7 +308,7 @@ impl Namespace {
     /// the caller then makes to the same blocks on another queue (NVMe orders no two outstanding commands). Let
     /// a write finish, or fail, before writing its blocks again. The library's own limit
     /// ([`crate::ConnectOptions::io_timeout`]) ends the connection instead, and the reconnect waits until the
-    /// target has nothing of the old one left to run (design §5) before anything is issued again.
+    /// target has nothing of the old one left to run (README, No stale writes) before anything is issued again.
     pub async fn write(&self, lba: u64, data: Bytes, fua: bool) -> Result<()> {
         self.write_on(None, lba, data, fua).await
     }
@@ -452,7 +452,7 @@ impl Namespace {
     /// Compare (NVM Command Set 1.0 §3.2.1): are the blocks at `lba` `data` (a whole number of blocks)? `Ok(false)`
     /// when the controller answers Compare Failure. One command per [`Controller::max_transfer`] of it (the
     /// blocks are not compared all at one instant: [`Namespace::compare_and_write`] is for that). Not replayed
-    /// after a lost connection (design §4): one outstanding then fails with a retryable path error.
+    /// after a lost connection (README, Ride-through): one outstanding then fails with a retryable path error.
     pub async fn compare(&self, lba: u64, data: Bytes) -> Result<bool> {
         let blocks = self.whole_blocks("compare", &data)?;
         self.check_gone()?;
@@ -476,7 +476,7 @@ impl Namespace {
     /// Failure) and nothing was written. At most the controller's Atomic Compare & Write Unit (ACWU) of blocks,
     /// in one command pair.
     ///
-    /// Never replayed after a lost connection (design §4): had the first try written, the second would find the
+    /// Never replayed after a lost connection (README, Ride-through): had the first try written, the second would find the
     /// new data and answer that the blocks differ. An operation outstanding when the connection drops fails with a
     /// retryable path error; whether it wrote is then for the caller to read.
     pub async fn compare_and_write(&self, lba: u64, expected: Bytes, data: Bytes, fua: bool) -> Result<bool> {
@@ -543,8 +543,8 @@ impl Namespace {
     /// `current_key` is checked unless `ignore_key` (IEKEY). The registration is this host's (its Host
     /// Identifier) on every controller of the subsystem.
     ///
-    /// Reservation commands are not replayed after a lost connection (their effect is not idempotent, design
-    /// §4): one outstanding then fails with a retryable path error, and [`Namespace::reservation_report`] tells
+    /// Reservation commands are not replayed after a lost connection (their effect is not idempotent: README,
+    /// Ride-through): one outstanding then fails with a retryable path error, and [`Namespace::reservation_report`] tells
     /// whether it took effect.
     pub async fn reservation_register(
         &self,

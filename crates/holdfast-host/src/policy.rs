@@ -1,4 +1,4 @@
-//! The effective connection policy (design §3): an explicit host option wins, then what the target
+//! The effective connection policy (README, Connection policy): an explicit host option wins, then what the target
 //! advertises in its policy log page, then the defaults; every value remembers where it came from.
 
 use crate::options::ConnectOptions;
@@ -124,7 +124,7 @@ impl Effective {
         self.ctrl_loss_tmo.0.map(|c| c.max(self.planned_downtime))
     }
     /// How long an outage may last before queued I/O fails with a path error: fast_io_fail_tmo, but never
-    /// inside an announced planned downtime, which hosts ride through with their I/O queued (design §3), as
+    /// inside an announced planned downtime, which hosts ride through with their I/O queued (README, Connection policy), as
     /// [`Effective::loss_limit`] does for ctrl_loss_tmo (None: I/O fails only with the controller).
     pub fn fast_fail_after(&self) -> Option<Duration> {
         self.fast_io_fail_tmo.0.map(|f| f.max(self.planned_downtime))

@@ -4,7 +4,7 @@
 //! [`Command`]s through a channel that outlives any one connection; each command carries its own data and
 //! reply channel. When the connection fails the task does not fail its commands: it returns the channel's
 //! receiver and every command that has not completed, intact, in a [`QueueExit`], so that a controller can
-//! reconnect and re-issue them with new CIDs (design §4).
+//! reconnect and re-issue them with new CIDs (README, Ride-through).
 
 use crate::error::Error;
 use bytes::{Bytes, BytesMut};
@@ -31,7 +31,7 @@ pub struct Command {
     /// Which opening of its namespace the command came through (the tag of its [`crate::Namespace`] handle;
     /// 0 for a command sent without one). The NSID alone does not say: once a namespace was replaced and opened
     /// again, the commands of the handles before and those of the new one carry the same NSID, and a reconnect
-    /// must fail the first and re-issue the second (`fail_gone_namespaces`, design §5).
+    /// must fail the first and re-issue the second (`fail_gone_namespaces`, README, No stale writes).
     pub ns_tag: u32,
     /// True if the command may be re-issued after a lost connection (idempotent effect).
     pub replayable: bool,
@@ -65,7 +65,7 @@ impl Command {
         qid == 0 && self.sqe.opcode == holdfast_proto::opcode::admin::ASYNC_EVENT_REQUEST
     }
 
-    /// May it be issued on a new connection after the one it was on was lost (design §4)? A replayable one
+    /// May it be issued on a new connection after the one it was on was lost (README, Ride-through)? A replayable one
     /// (its effect is idempotent), or, on I/O queue `qid` (not 0), one that was never outstanding on a lost
     /// connection: never sent, so issuing it is no replay (a compare and write that was waiting for two free
     /// slots, a reservation command behind it). Never a set-up command (Connect, authentication).

@@ -2,7 +2,7 @@
 //!
 //! Bounded, any number of [`Sender`]s, one [`Receiver`]. The receiver outlives connections: a queue task that
 //! ends hands it back in its [`QueueExit`](crate::queue::QueueExit), and the task on the next connection takes
-//! it over, so a caller's sender stays valid across reconnections (design §4).
+//! it over, so a caller's sender stays valid across reconnections (README, Ride-through).
 //!
 //! It does what `tokio::sync::mpsc`'s bounded channel does for this use, with less work per command: one
 //! uncontended mutex around a ring buffer instead of a semaphore, a linked list of blocks and an atomic waker,

@@ -1259,7 +1259,7 @@ async fn changed_namespace_identifiers_fail_pending_io_instead_of_replaying_it()
 /// as the Linux host (nvme_validate_ns) removes that namespace alone, and namespace 2 rides through. Namespace
 /// 1's write in flight when the connection went (kept for the reconnect) and its writes queued during the outage,
 /// more than the submission channel holds (16), so that some wait for room, fail saying why: none is sent to the
-/// namespace now under NSID 1 (design §5). Namespace 2's write queued meanwhile completes, the controller stays
+/// namespace now under NSID 1 (README, No stale writes). Namespace 2's write queued meanwhile completes, the controller stays
 /// live, and namespace 2's I/O goes on; namespace 1 opened again is the new namespace.
 #[tokio::test]
 async fn a_namespace_replaced_across_a_reconnect_fails_its_pending_io_and_the_others_ride_through() {
@@ -1496,7 +1496,7 @@ async fn a_controller_without_descriptor_lists_is_checked_by_its_identify_namesp
 
 /// A reconnect to a holdfast controller (its Identify carried a uniquifier) ends the previous association
 /// with Fence Association, naming its CNTLID and uniquifier, right after the new admin queue is up and before
-/// any I/O queue is connected, so before anything is issued again (design §5).
+/// any I/O queue is connected, so before anything is issued again (README, No stale writes).
 #[tokio::test]
 async fn a_reconnect_fences_the_previous_association_before_reissuing() {
     let f = fake(Behaviour::default()).await;
@@ -2451,7 +2451,7 @@ async fn a_reserved_controller_id_from_connect_is_refused() {
     assert!(e.to_string().contains("reserved"), "{e}");
 }
 
-/// Past ctrl_loss_tmo every request fails with an error that says why and since when (design §4), including
+/// Past ctrl_loss_tmo every request fails with an error that says why and since when (README, Ride-through), including
 /// the ones that were still waiting for room in their queue's submission channel (more requests outstanding
 /// during the outage than the channel holds): they too get [`Error::ControllerLost`] with the reason, not a bare
 /// "the controller is closed".
@@ -2502,7 +2502,7 @@ async fn a_namespace_with_metadata_is_refused_saying_why() {
     c.shutdown().await.unwrap();
 }
 
-/// A policy-changed event whose page carries another KATO (design §3: the host re-reads the page when an
+/// A policy-changed event whose page carries another KATO (README, Connection policy: the host re-reads the page when an
 /// event says it changed): the association adopts it as a reconnect adopts a changed one, with Set Features
 /// Keep Alive Timer, and Keep Alives go at the new KATO's pace; the effective policy does not report a KATO
 /// the association does not run with.
@@ -2709,7 +2709,7 @@ async fn a_namespace_formatted_with_other_blocks_across_a_reconnect_gets_no_repl
 /// A write of namespace 1 is in flight (held by the fake) when namespace 1 is replaced (another NGUID), and then
 /// the connection is lost. With `notice`, a namespace notice marked namespace 1 gone first; with `reopen`, the
 /// application then opened NSID 1 again, on the namespace now there (without a notice, opening it is what finds
-/// the replacement). The reconnect must not replay the old write onto the namespace now under NSID 1 (design §5:
+/// the replacement). The reconnect must not replay the old write onto the namespace now under NSID 1 (README, No stale writes:
 /// never let a stale write land), though a handle opened again sends commands with the same NSID: it fails saying
 /// why, as a write found pending for a namespace the reconnect itself finds replaced; namespace 2, and the handle
 /// opened again, ride through.

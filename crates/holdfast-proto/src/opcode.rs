@@ -60,7 +60,7 @@ pub mod admin {
     /// (CDW10 bits 15:0: its CNTLID; CDW11 and CDW12: the low and high 32 bits of its uniquifier, from
     /// [`crate::identify::IdentifyController::holdfast_uniquifier`]) and reports in completion Dword 0 how many
     /// commands of that host's ended associations are still in flight. A reconnecting host issues it until that is 0, before it issues
-    /// anything again (design §5).
+    /// anything again (README, No stale writes).
     pub const HOLDFAST_FENCE_ASSOCIATION: u8 = 0xC1;
 }
 

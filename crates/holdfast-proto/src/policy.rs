@@ -1,4 +1,4 @@
-//! holdfast's connection-policy log page (design §3): a vendor-specific log page, LID C0h, that the discovery
+//! holdfast's connection-policy log page (README, Connection policy): a vendor-specific log page, LID C0h, that the discovery
 //! controller and every I/O controller serve, telling a host how long to ride through an outage.
 //!
 //! Why a log page: it is the specification's own channel for controller-to-host data (Get Log Page, NVMe Base

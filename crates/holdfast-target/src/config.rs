@@ -219,7 +219,7 @@ pub struct SubsystemConfig {
     pub namespaces: Vec<NamespaceConfig>,
 }
 
-/// The connection policy of design §3 (milliseconds).
+/// The connection policy of README, Connection policy (milliseconds).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {

@@ -1,5 +1,5 @@
 //! The target's local control socket (a Unix socket, one command per line, one reply line): lets an
-//! operator announce a planned restart so that hosts keep I/O queued through it (design §3,
+//! operator announce a planned restart so that hosts keep I/O queued through it (README, Connection policy,
 //! `planned_downtime_ms`).
 //!
 //! | command | effect |

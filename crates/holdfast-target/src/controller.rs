@@ -617,7 +617,7 @@ impl Controller {
     }
 
     /// Note that queue `qid`, bound to this controller, passes its media accesses through `gate`, so that the
-    /// teardown fences them (design §5), and a Controller Level Reset those of the I/O queues. A queue bound
+    /// teardown fences them (README, No stale writes), and a Controller Level Reset those of the I/O queues. A queue bound
     /// after the teardown began has its gate killed here.
     pub fn bind_gate(&self, qid: u16, gate: &Arc<AssociationGate>) {
         {
@@ -633,7 +633,7 @@ impl Controller {
 
     /// Close `gate` (one of this controller's queues): its commands that have not touched media never will,
     /// and what it still has in flight is registered with the subsystem as this host's dead association, for
-    /// a reconnecting host to wait for (design §5).
+    /// a reconnecting host to wait for (README, No stale writes).
     pub fn fence_gate(&self, gate: &Arc<AssociationGate>) {
         gate.kill();
         self.subsys.add_dead_association(&self.hostnqn, self.hostid, gate.clone());
@@ -651,7 +651,7 @@ impl Controller {
 
     /// Tear the association down: every queue's media gate is killed now (commands that have not touched
     /// media yet never will) and what is still in flight is registered with the subsystem, so that a new
-    /// association of this host waits for it (design §5: the fence holds from this moment, not from when
+    /// association of this host waits for it (README, No stale writes: the fence holds from this moment, not from when
     /// each queue task gets round to exiting); then every queue is cancelled and the controller forgotten.
     /// Idempotent.
     pub fn teardown(&self, reason: &str) {

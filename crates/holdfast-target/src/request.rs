@@ -277,7 +277,7 @@ pub struct QueueCtx {
     /// Set by Disconnect: close the connection once the response is sent.
     pub close_after_response: bool,
     /// This queue's media gate: its commands are dropped before touching media once the queue is dead,
-    /// and a reconnecting host waits for them (design §5).
+    /// and a reconnecting host waits for them (README, No stale writes).
     pub gate: std::sync::Arc<crate::backend::AssociationGate>,
     /// This queue's DH-HMAC-CHAP exchange, when its host must authenticate (set by Connect).
     pub auth: Option<Box<crate::cmd::auth::QueueAuth>>,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 /// Settings that are not part of the configuration file (command-line, tests).
 #[derive(Clone, Debug)]
 pub struct TargetSettings {
-    /// Hold a reconnecting host's new association until its dead ones have drained (design §5). Only tests
+    /// Hold a reconnecting host's new association until its dead ones have drained (README, No stale writes). Only tests
     /// turn this off, to show the stale write it prevents.
     pub drain: bool,
     /// Test only: delay writes this long before they reach the media...
@@ -373,7 +373,7 @@ fn host_keys_of(cfg: &Config) -> HostKeyMap {
 }
 
 /// The list of dead associations of the subsystem `nqn`, the one its earlier subsystems had if any still holds
-/// commands in flight (design §5: a subsystem removed by a reload, its controllers torn down while a write was
+/// commands in flight (README, No stale writes: a subsystem removed by a reload, its controllers torn down while a write was
 /// on its way to the media, then added again, must still hold its hosts' new associations until that write is
 /// done). Lists with nothing in flight and no subsystem are forgotten here.
 fn dead_list(lists: &Mutex<BTreeMap<String, DeadList>>, nqn: &str) -> DeadList {

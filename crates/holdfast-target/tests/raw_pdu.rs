@@ -944,7 +944,7 @@ async fn keep_alive_expiry_tears_the_association_down() {
 
 /// An I/O queue that has the busy poller to itself and gets one command after another (so that it reads its
 /// socket in its own spin, never waiting in the runtime) still sees its controller torn down: it closes, and no
-/// command runs on it any more. The fence against stale writes (design §5) counts on a torn-down association's
+/// command runs on it any more. The fence against stale writes (README, No stale writes) counts on a torn-down association's
 /// queues stopping. The host here is a thread of its own with a blocking socket, one read at a time, so that the
 /// gaps between commands stay shorter than the target's spin (on a loaded machine a longer gap can still end a
 /// spin, and the queue would then see the teardown in the runtime even without the check this test is for).
@@ -1016,7 +1016,7 @@ async fn a_spinning_io_queue_closes_when_its_controller_is_torn_down() {
     server.stop().await;
 }
 
-/// The teardown fences the association's queues itself, at once (design §5): a Connect from the same host
+/// The teardown fences the association's queues itself, at once (README, No stale writes): a Connect from the same host
 /// that runs its drain check right after the teardown must see the I/O queue's write still in flight, even if
 /// the queue's task has not run since. On this current-thread runtime no queue task runs between the
 /// teardown and the check, which makes that race certain.
@@ -1229,7 +1229,7 @@ async fn connect_queue_1_again(addr: SocketAddr, cntlid: u16, after: &str) {
     }
 }
 
-/// Fence Association (holdfast's vendor admin command C1h, design §5): a host whose old association the target
+/// Fence Association (holdfast's vendor admin command C1h, README, No stale writes): a host whose old association the target
 /// still takes for alive (it noticed a partition first and reconnected) ends it from its new one. The old
 /// association's write still waiting for the media is dropped, and the command reports it in flight until it
 /// is gone; a host may not fence its own controller.

@@ -611,9 +611,9 @@ async fn compare_and_write_lets_hosts_share_a_counter_without_losing_an_incremen
 }
 
 /// A Compare and Write outstanding when the connection drops is not issued again on the next association
-/// (design §4: had it written, a second try would find the new data and answer that the blocks differ): it fails
+/// (README, Ride-through: had it written, a second try would find the new data and answer that the blocks differ): it fails
 /// with a retryable path error, and it did not write (the target drops what the dead association had not yet
-/// taken to the media, design §5); the host rides through, and the next one runs.
+/// taken to the media, README, No stale writes); the host rides through, and the next one runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compare_and_write_cut_off_by_a_lost_connection_fails_with_a_path_error_and_is_not_replayed() {
     use bytes::Bytes;

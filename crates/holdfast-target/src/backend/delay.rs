@@ -1,5 +1,5 @@
 //! A test-only wrapper that holds some writes back before they reach the media, to make the stale-write
-//! ("ghost write") window of design §5 wide enough to test: every `every`-th write (the first, then every
+//! ("ghost write") window (README, No stale writes) wide enough to test: every `every`-th write (the first, then every
 //! N-th after it) waits `delay`, the others go straight through, so a stuck old write can be overtaken by newer
 //! ones. Enabled only by the hidden `--test-delay-writes-ms` / `--test-delay-every` flags. It can also make
 //! every flush wait (tests only, [`crate::TargetSettings::test_delay_flushes`]), as a slow disk's `fdatasync`.

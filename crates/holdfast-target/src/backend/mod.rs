@@ -3,7 +3,7 @@
 //! Every backend call that may touch media first passes the [`MediaGate`] it is given: the gate belongs to the
 //! controller association the command came from, and refuses once that association is dead, so that a command
 //! of a lost connection that has not yet reached the media is dropped instead of landing after newer data
-//! (design §5, "no stale writes").
+//! (README, No stale writes).
 
 pub mod delay;
 pub mod file;

@@ -518,7 +518,7 @@ pub fn async_event_request(c: &Controller, req: &Request) -> Outcome {
     Outcome::Held
 }
 
-/// Fence Association (holdfast, vendor-specific admin opcode C1h; design §5). A host that reconnected names
+/// Fence Association (holdfast, vendor-specific admin opcode C1h; README, No stale writes). A host that reconnected names
 /// its previous association's controller: CNTLID in CDW10 bits 15:0, its uniquifier (Identify Controller,
 /// vendor-specific area) in CDW11 (low 32 bits) and CDW12 (high). If that controller is still alive, has that
 /// uniquifier (not a later controller that got the CNTLID, nor one of another target instance) and is this

@@ -66,7 +66,7 @@ fn invalid(offset: usize, in_data: bool) -> Response {
 
 /// Connect (NVMe-oF 1.1 §3.3): create a controller (admin queue) or bind an I/O queue to one. Awaited by
 /// the transport directly, since it binds the queue and may wait for a reconnecting host's old association
-/// to drain (design §5).
+/// to drain (README, No stale writes).
 ///
 /// A Connect for a queue that already exists is aborted with Command Sequence Error (NVMe-oF 1.1 §3.3). The
 /// parser refuses one that arrives on a bound queue; this catches one parsed before the queue was bound and

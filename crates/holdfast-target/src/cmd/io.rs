@@ -321,7 +321,7 @@ const BACKEND_LINES_PER_SEC: u64 = 10;
 static BACKEND_LINES: holdfast_rt::RateLimit = holdfast_rt::RateLimit::new(BACKEND_LINES_PER_SEC);
 
 /// Log a backend failure, rate-limited. A command of a lost association dropped before it reached the media
-/// (design §5) is no failure of the backend: a target stopped under load, or a host that reconnected, has one
+/// (README, No stale writes) is no failure of the backend: a target stopped under load, or a host that reconnected, has one
 /// for every command in flight.
 fn log_backend_error(e: &io::Error) {
     if e.kind() == io::ErrorKind::Interrupted {

@@ -215,7 +215,7 @@ fn commands_effects() -> lp::CommandsSupportedAndEffects {
     d
 }
 
-/// holdfast's connection-policy page (design §3), the same on discovery and I/O controllers.
+/// holdfast's connection-policy page (README, Connection policy), the same on discovery and I/O controllers.
 pub fn policy_page(c: &Controller) -> Vec<u8> {
     let sub = if c.subsys.is_discovery {
         // The discovery controller serves the policy of the subsystems this host may use through this port (those

@@ -413,7 +413,7 @@ impl Connection {
             }
         };
         // Before the last flush below, which may take its 2 s on a half-dead path: a Connect from the same host
-        // arriving meanwhile must already find this queue's commands fenced (design §5).
+        // arriving meanwhile must already find this queue's commands fenced (README, No stale writes).
         c.release(&reason);
         if !c.out.is_empty() && !matches!(close, Close::Io(_)) {
             let all = c.out.take_all();
