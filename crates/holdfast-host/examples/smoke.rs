@@ -29,10 +29,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         c.cntlid(),
         c.io_queues(),
         c.max_transfer(),
-        ns.nblocks,
-        ns.block_size
+        ns.nblocks(),
+        ns.block_size()
     );
-    let bs = ns.block_size as usize;
+    let bs = ns.block_size() as usize;
     let pattern = |n: usize, seed: u32| -> Bytes {
         (0..n).map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed).to_le_bytes()[2]).collect()
     };
@@ -58,7 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let big = pattern(c.max_transfer() * 2 + bs, 3);
     let blocks = (big.len() / bs) as u64;
-    if blocks + 1024 <= ns.nblocks {
+    if blocks + 1024 <= ns.nblocks() {
         ns.write(1024, big.clone(), false).await?;
         assert!(ns.read(1024, blocks).await? == big, "large read-back differs");
         println!("write + read {} bytes (split by MDTS): ok", big.len());

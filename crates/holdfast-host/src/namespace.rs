@@ -39,16 +39,13 @@ pub(crate) fn gone_error(nsid: u32, subnqn: &str, why: &str) -> Error {
 #[derive(Clone)]
 pub struct Namespace {
     ctrl: Controller,
-    /// Namespace ID.
-    pub nsid: u32,
-    /// Logical block size.
-    pub block_size: u32,
-    /// Number of logical blocks.
-    pub nblocks: u64,
-    /// Identify Namespace data.
-    pub id: std::sync::Arc<IdentifyNamespace>,
-    /// Namespace identifiers (EUI-64, NGUID, UUID, CSI).
-    pub descriptors: Vec<NsDescriptor>,
+    // Read through methods: every length and range check of this handle is computed from these, as they
+    // were when it was opened (a caller changing one would have its commands built for another namespace).
+    nsid: u32,
+    block_size: u32,
+    nblocks: u64,
+    id: std::sync::Arc<IdentifyNamespace>,
+    descriptors: Vec<NsDescriptor>,
     /// Set once the namespace was found removed or replaced, and the tag its commands carry
     /// ([`Controller::note_namespace_ids`]).
     mark: crate::controller::NsMark,
@@ -103,6 +100,31 @@ impl Namespace {
             descriptors,
             mark,
         })
+    }
+
+    /// Namespace ID.
+    pub fn nsid(&self) -> u32 {
+        self.nsid
+    }
+
+    /// Logical block size in bytes (the data size of the formatted LBA format; never 0).
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// Number of logical blocks (Identify Namespace NSZE).
+    pub fn nblocks(&self) -> u64 {
+        self.nblocks
+    }
+
+    /// Identify Namespace data, as read when the namespace was opened.
+    pub fn identify(&self) -> &IdentifyNamespace {
+        &self.id
+    }
+
+    /// Namespace identifiers (EUI-64, NGUID, UUID, CSI), as read when the namespace was opened.
+    pub fn descriptors(&self) -> &[NsDescriptor] {
+        &self.descriptors
     }
 
     #[cold]

@@ -940,7 +940,7 @@ fn pattern(len: usize, seed: u8) -> Bytes {
 async fn round_trip(f: &Fake, digests: bool) {
     let c = Controller::connect(opts(f, 2, digests)).await.expect("connect");
     let ns = Namespace::open(&c, 1).await.expect("namespace");
-    assert_eq!((ns.block_size, ns.nblocks), (BS as u32, NBLOCKS));
+    assert_eq!((ns.block_size(), ns.nblocks()), (BS as u32, NBLOCKS));
     let data = pattern(96 * 1024 + BS, 3);
     ns.write(10, data.clone(), false).await.expect("write");
     ns.write(500, pattern(BS, 9), true).await.expect("write fua");
@@ -1349,7 +1349,7 @@ async fn a_namespace_whose_identifiers_could_not_be_read_is_not_opened_without_t
     let r = tokio::time::timeout(Duration::from_secs(10), Namespace::open(&c, 1)).await.expect("no hang");
     match r {
         Err(e) => assert!(matches!(e, Error::PathError(_)), "{e}"),
-        Ok(ns) => panic!("opened with identifiers {:?} while they could not be read", ns.descriptors),
+        Ok(ns) => panic!("opened with identifiers {:?} while they could not be read", ns.descriptors()),
     }
     f.st.down.store(false, Ordering::Relaxed);
     let t0 = std::time::Instant::now();
@@ -1358,7 +1358,7 @@ async fn a_namespace_whose_identifiers_could_not_be_read_is_not_opened_without_t
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let ns = tokio::time::timeout(Duration::from_secs(10), Namespace::open(&c, 1)).await.expect("no hang");
-    assert_eq!(ns.expect("opened again").descriptors.len(), 1);
+    assert_eq!(ns.expect("opened again").descriptors().len(), 1);
     c.shutdown().await.unwrap();
 }
 
@@ -2657,7 +2657,7 @@ async fn a_namespace_opened_again_after_it_was_replaced_is_kept_across_a_reconne
     old.write(0, pattern(BS, 1), false).await.unwrap();
     f.st.ns_gen.store(1, Ordering::Relaxed);
     let new = Namespace::open(&c, 1).await.unwrap();
-    assert_ne!(new.descriptors, old.descriptors);
+    assert_ne!(new.descriptors(), old.descriptors());
     let writes = f.st.write_attempts.load(Ordering::Relaxed);
     match old.write(0, pattern(BS, 2), false).await {
         Err(Error::NamespaceGone(why)) => assert!(why.contains("namespace 1") && why.contains("replaced"), "{why}"),
@@ -2743,7 +2743,7 @@ async fn a_write_in_flight_through_a_replaced_namespace(notice: bool, reopen: bo
         false => None,
     };
     if let Some(new) = &new {
-        assert_ne!(new.descriptors, old.descriptors);
+        assert_ne!(new.descriptors(), old.descriptors());
     }
     assert!(old.write(0, pattern(BS, 3), false).await.is_err(), "namespace 1's old handle was not marked gone");
     go_down(&f, &c).await;

@@ -213,7 +213,7 @@ async fn a_namespace_replaced_on_the_target_is_not_written_through_an_old_handle
     server.target.reload(&config_ids(&[(1, Some(0x22))])).unwrap();
     assert_eq!(changed_event(&mut events).await, Some(vec![1]));
     let new = holdfast_host::Namespace::open(&ctrl, 1).await.unwrap();
-    assert_ne!(new.descriptors, old.descriptors);
+    assert_ne!(new.descriptors(), old.descriptors());
     let r = old.write(0, bytes::Bytes::from(vec![0xBB; 512]), false).await;
     let e = r.expect_err("a write through the old handle went into the namespace that replaced it");
     assert!(e.to_string().contains("namespace 1"), "{e}");
@@ -293,7 +293,7 @@ async fn a_namespace_replaced_while_the_host_is_away_fails_alone_at_the_reconnec
     let e = ns2.read(0, 1).await.expect_err("a read through the handle of the namespace replaced");
     assert!(e.to_string().contains("namespace 2"), "{e}");
     let new = holdfast_host::Namespace::open(&ctrl, 2).await.unwrap();
-    assert_ne!(new.descriptors, ns2.descriptors);
+    assert_ne!(new.descriptors(), ns2.descriptors());
     assert_eq!(new.read(0, 8).await.unwrap(), vec![0u8; 4096], "namespace 2's pending write landed in the new one");
     ctrl.shutdown().await.unwrap();
     server.stop().await;
@@ -311,7 +311,7 @@ async fn a_namespace_whose_block_size_changed_is_not_zeroed_through_an_old_handl
     let ctrl = connect(&server).await;
     let mut events = ctrl.events();
     let old = holdfast_host::Namespace::open(&ctrl, 1).await.unwrap();
-    assert_eq!(old.block_size, 512);
+    assert_eq!(old.block_size(), 512);
     server.target.reload(&with_bs(4096)).unwrap();
     assert_eq!(changed_event(&mut events).await, Some(vec![1]));
     // Bytes 4096..8192 of the namespace, as the old handle counts them: 32768..65536 now.
@@ -319,7 +319,7 @@ async fn a_namespace_whose_block_size_changed_is_not_zeroed_through_an_old_handl
     let e = r.expect_err("a Write Zeroes in 512-byte blocks went to a namespace of 4096-byte blocks");
     assert!(e.to_string().contains("namespace 1") && e.to_string().contains("4096"), "{e}");
     let new = holdfast_host::Namespace::open(&ctrl, 1).await.unwrap();
-    assert_eq!(new.block_size, 4096);
+    assert_eq!(new.block_size(), 4096);
     new.write_zeroes(8, 8).await.unwrap();
     ctrl.shutdown().await.unwrap();
     server.stop().await;

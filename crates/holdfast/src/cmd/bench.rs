@@ -298,7 +298,7 @@ async fn read_back(
     for w in 0..(a.qd as usize * a.queues as usize) {
         let (ns, sh, cursor, failed, a) = (nss[0].clone(), sh.clone(), cursor.clone(), failed.clone(), a.clone());
         tasks.push(tokio::spawn(async move {
-            let block = ns.block_size as usize;
+            let block = ns.block_size() as usize;
             loop {
                 let unit = cursor.fetch_add(1, Ordering::Relaxed);
                 if unit >= units {
@@ -402,7 +402,7 @@ async fn worker(
     // cryptographic generator.
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let bs = a.bs as u64;
-    let block = ns.block_size as u64;
+    let block = ns.block_size() as u64;
     let per_io = bs / block;
     let mut last_end = Instant::now();
     let pattern = {
@@ -554,16 +554,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         let ns = nss[0].clone();
         anyhow::ensure!(
-            a.bs >= ns.block_size,
+            a.bs >= ns.block_size(),
             "--bs {}: the I/O size must be at least one block ({} bytes)",
             a.bs,
-            ns.block_size
+            ns.block_size()
         );
         anyhow::ensure!(
-            a.bs.is_multiple_of(ns.block_size),
+            a.bs.is_multiple_of(ns.block_size()),
             "--bs {} is not a multiple of the {}-byte block size",
             a.bs,
-            ns.block_size
+            ns.block_size()
         );
         if let Some(s) = a.size {
             // Refused, not clamped: the region was clamped to the namespace but --size stayed the byte budget of a
@@ -759,7 +759,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         } else if quit.is_cancelled() {
             Some("interrupted")
         } else {
-            read_back_done = Some(read_back(&nss, &sh, &a, units, a.bs as u64 / ns.block_size as u64, &quit).await);
+            read_back_done = Some(read_back(&nss, &sh, &a, units, a.bs as u64 / ns.block_size() as u64, &quit).await);
             None
         };
         let shut_down = async {

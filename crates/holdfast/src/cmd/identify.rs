@@ -63,7 +63,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         let nsj = ns.as_ref().map(|n| {
             let mut ids = serde_json::Map::new();
-            for d in &n.descriptors {
+            for d in n.descriptors() {
                 match d {
                     NsDescriptor::Eui64(v) => ids.insert("eui64".into(), hex(v).into()),
                     NsDescriptor::Nguid(v) => ids.insert("nguid".into(), hex(v).into()),
@@ -72,10 +72,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 };
             }
             let mut j = serde_json::json!({
-                "nsid": n.nsid, "nsze": n.nblocks, "block_size": n.block_size, "bytes": n.size(), "ids": ids,
+                "nsid": n.nsid(), "nsze": n.nblocks(), "block_size": n.block_size(), "bytes": n.size(), "ids": ids,
                 "write_protected": n.write_protected(),
             });
-            if let Some(g) = ana.as_ref().and_then(|l| l.groups.iter().find(|g| g.nsids.contains(&n.nsid))) {
+            if let Some(g) = ana.as_ref().and_then(|l| l.groups.iter().find(|g| g.nsids.contains(&n.nsid()))) {
                 j["ana_group"] = g.anagrpid.into();
                 j["ana_state"] = g.state.name().into();
             }

@@ -47,7 +47,7 @@ const WINDOW: usize = 8;
 const QUEUES: u16 = 2;
 
 fn blocks(ns: &Namespace, what: &str, v: u64) -> anyhow::Result<u64> {
-    let bs = ns.block_size as u64;
+    let bs = ns.block_size() as u64;
     anyhow::ensure!(v.is_multiple_of(bs), "{what} {v} is not a multiple of the {bs}-byte block size");
     Ok(v / bs)
 }
@@ -61,7 +61,7 @@ fn byte_range(ns: &Namespace, offset: u64, len: u64, what: &str) -> anyhow::Resu
         offset.checked_add(len).is_some_and(|end| end <= ns.size()),
         "bytes {offset}..{} are beyond the end of namespace {} ({} bytes)",
         offset.saturating_add(len),
-        ns.nsid,
+        ns.nsid(),
         ns.size()
     );
     Ok((lba, n))
@@ -81,7 +81,7 @@ pub fn run_read(a: ReadArgs) -> anyhow::Result<ExitCode> {
             _ => Box::new(std::io::stdout().lock()),
         };
         // 1 MiB pieces, up to WINDOW in flight over the queues, written out in order.
-        let chunk = (1024 * 1024 / ns.block_size as u64).max(1);
+        let chunk = (1024 * 1024 / ns.block_size() as u64).max(1);
         let mut inflight = std::collections::VecDeque::new();
         let mut at = 0;
         while at < n || !inflight.is_empty() {
@@ -135,7 +135,7 @@ pub fn run_write(a: WriteArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
         let (c, ns) = a.ns.open(a.ns.options(QUEUES)).await?;
         let restarts = c.target_restarts();
-        let bs = ns.block_size as u64;
+        let bs = ns.block_size() as u64;
         let lba = blocks(&ns, "offset", a.offset)?;
         if let Some(len) = known_len {
             // The whole range before anything is sent: a write refused halfway would have changed the first part.
@@ -164,7 +164,7 @@ pub fn run_write(a: WriteArgs) -> anyhow::Result<ExitCode> {
                 } else if end > ns.size() {
                     refused = Some(format!(
                         "{name} reaches byte {end}, beyond the end of namespace {} ({} bytes)",
-                        ns.nsid,
+                        ns.nsid(),
                         ns.size()
                     ));
                 } else {

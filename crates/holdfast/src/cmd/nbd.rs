@@ -115,7 +115,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             export.name,
             a.ns.describe(),
             export.ns.size(),
-            export.ns.block_size,
+            export.ns.block_size(),
             if export.read_only { ", read-only" } else { "" }
         );
         // Last: a script may stop reading stdout at this line.
