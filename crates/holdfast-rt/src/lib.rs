@@ -679,6 +679,18 @@ impl RateLimit {
         }
     }
 
+    /// The lines left out in a second before `second` and not yet reported, taken for the caller to report (0
+    /// if none, or if the second lines were left out in is still `second`: more may follow). For a timer, so
+    /// that a flood's count is reported once it ends rather than with the next line let through, which may
+    /// come hours later.
+    pub fn take_stale_at(&self, second: u64) -> u64 {
+        use std::sync::atomic::Ordering;
+        if self.second.load(Ordering::Acquire) == second || self.dropped.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.dropped.swap(0, Ordering::Relaxed)
+    }
+
     /// Lines left out and not yet reported.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(std::sync::atomic::Ordering::Relaxed)

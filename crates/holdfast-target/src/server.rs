@@ -45,6 +45,20 @@ impl Server {
         if let Some(p) = &target.busy_poll {
             p.spawn();
         }
+        // The count of peer-caused lines left out in a flood, once the flood is over (peer_log).
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {
+                        crate::peer_log::report_left_out();
+                    }
+                }
+            }
+        });
         let mut server = Server { target, shutdown, bound: Vec::new(), ports: Vec::new() };
         for (id, configured, addr, listener) in listeners.0 {
             server.serve(id, configured, addr, listener);

@@ -103,7 +103,7 @@ impl Export {
 
     /// The namespace's block size in bytes.
     pub fn block_size(&self) -> u32 {
-        self.ns.block_size
+        self.ns.block_size()
     }
 
     /// Transmission flags ([`transmission_flags`]), trim only if the controller supports deallocation now (its
