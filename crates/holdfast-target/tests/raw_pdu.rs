@@ -1844,6 +1844,64 @@ async fn reservations_persist_through_a_restart_with_ptpl() {
     assert!(e.contains("vol.img.holdfast-pr") && e.contains("another namespace"), "{e}");
 }
 
+/// Writing a namespace's reservation record (a file and two fsyncs, which a slow disk can hold for long) is
+/// not done on a connection's task: while it waits (here the record's temporary file is a FIFO no one reads,
+/// so opening it blocks), the runtime's other connections are answered; then the Register completes (failed:
+/// a FIFO cannot be synced, and a registration whose record is not on disk is not made).
+#[tokio::test]
+async fn a_reservation_record_being_written_holds_no_connection() {
+    use holdfast_proto::reservation::{ReservationKeys, ReservationReport};
+    use zerocopy::IntoBytes;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("vol.img");
+    let text = format!(
+        "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
+         [[subsystem.namespace]]\nnsid = 1\nbackend = \"file\"\npath = \"{}\"\nsize_mib = 4\n",
+        img.display()
+    );
+    let cfg = Config::parse(&text, "test").unwrap();
+    let server = Server::start(Target::new(&cfg, TargetSettings::default()).unwrap()).await.unwrap();
+    let addr = server.bound[0].1;
+    // No keep-alive timer: a runtime held 10 s would otherwise end the association, not fail the check below.
+    let (mut a, cntlid) = Conn::admin_kato(addr, NQN, false, false, 0).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    let fifo = dir.path().join("vol.img.holdfast-pr.tmp");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    // Opens the FIFO (unblocking the writer) when told, or after 10 s by itself (the runtime blocked: nothing
+    // can tell it), and reads what was written; says whether it had to wait the 10 s.
+    let reader = |fifo: std::path::PathBuf| {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let timed_out = rx.recv_timeout(Duration::from_secs(10)).is_err();
+            let mut sink = Vec::new();
+            std::io::Read::read_to_end(&mut std::fs::File::open(&fifo).unwrap(), &mut sink).unwrap();
+            timed_out
+        });
+        (tx, t)
+    };
+    let (tx, opener) = reader(fifo.clone());
+    let (sqe, data) = resv_cmd(io::RESERVATION_REGISTER, 1, 3 << 30, ReservationKeys::new(0, 0xA1).as_bytes());
+    let mut sqe = sqe;
+    sqe.cid.set(0x4242);
+    q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data })).await;
+    // Give the target the Register before the Keep Alive (no timing is checked: either order proves it, but
+    // this one is the one that blocked).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let ka = SubmissionEntry::new(admin::KEEP_ALIVE, 0);
+    assert_eq!(a.cmd(ka, Bytes::new()).await.0.status(), Status::SUCCESS);
+    let _ = tx.send(());
+    assert!(!opener.join().unwrap(), "the Keep Alive was answered only once the record's write had finished");
+    let Pdu::CapsuleResp(r) = q.recv().await else { panic!("expected the Register's response") };
+    // The record went into the FIFO, whose fsync fails: the Register fails with Internal Error, and changed
+    // nothing (a registration not on disk is not made).
+    assert_eq!((r.cqe.cid(), r.cqe.status().code()), (0x4242, Status::INTERNAL_ERROR.code()));
+    let rep = ReservationReport::parse(&q.cmd(resv_report(4096, true), Bytes::new()).await.1).unwrap();
+    assert!(rep.registrants.is_empty(), "{rep:?}");
+    server.stop().await;
+}
+
 /// ONCS of a new controller, and namespace 1's RESCAP (Identify Namespace byte 31).
 async fn reservation_support(addr: SocketAddr) -> (u16, u8) {
     let (mut a, _) = Conn::admin(addr, NQN, false, false).await;

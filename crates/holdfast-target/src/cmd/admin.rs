@@ -247,7 +247,7 @@ pub fn get_features(c: &Controller, req: &Request) -> Response {
         return Response::err(Status::INVALID_FIELD.with_dnr());
     }
     if f == fid::RESERVATION_PERSISTENCE {
-        return reservation_persistence(c, req, None);
+        return get_reservation_persistence(c, req);
     }
     if f == fid::RESERVATION_NOTIFICATION_MASK {
         return reservation_notification_mask(c, req, None);
@@ -348,34 +348,48 @@ fn reservation_notification_mask(c: &Controller, req: &Request, set: Option<u32>
     }
 }
 
-/// Feature 83h, Reservation Persistence (NVMe Base 2.0 §5.27.1.21), of the namespace the command names: Get
-/// (`set` None) answers its Persist Through Power Loss State; Set turns it on or off (on only where the
-/// namespace can persist: [`crate::cmd::reservation::Reservations::ptpl_capable`]).
-fn reservation_persistence(c: &Controller, req: &Request, set: Option<bool>) -> Response {
-    // One namespace, for a Set too (each namespace's state is its own; FFFFFFFFh is not taken as "all").
+/// The namespace Feature 83h, Reservation Persistence (NVMe Base 2.0 §5.27.1.21), names: one namespace, for
+/// a Set too (each namespace's state is its own; FFFFFFFFh is not taken as "all" by a Set).
+fn ptpl_namespace(c: &Controller, req: &Request, set: bool) -> Result<std::sync::Arc<Namespace>, Status> {
     let nsid = req.sqe.nsid();
-    if set.is_some() && nsid == 0xFFFF_FFFF {
-        return Response::err(Status::INVALID_NAMESPACE.with_dnr());
+    if set && nsid == 0xFFFF_FFFF {
+        return Err(Status::INVALID_NAMESPACE.with_dnr());
     }
-    if let Err(s) = feature_namespaces(c, nsid, false, Status::INVALID_FIELD) {
-        return Response::err(s);
-    }
-    let Some(ns) = c.subsys.namespace(nsid) else {
-        return Response::err(Status::INVALID_FIELD.with_dnr());
+    feature_namespaces(c, nsid, false, Status::INVALID_FIELD)?;
+    c.subsys.namespace(nsid).ok_or(Status::INVALID_FIELD.with_dnr())
+}
+
+/// Get Features 83h, Reservation Persistence: the namespace's Persist Through Power Loss State, or (Select
+/// 11b) whether it can be changed ([`crate::cmd::reservation::Reservations::ptpl_capable`]).
+fn get_reservation_persistence(c: &Controller, req: &Request) -> Response {
+    let ns = match ptpl_namespace(c, req, false) {
+        Ok(ns) => ns,
+        Err(s) => return Response::err(s),
     };
-    let capable = ns.pr.ptpl_capable();
-    match set {
-        None => match features::sel(&req.sqe) {
-            SEL_SUPPORTED => Response::dw0(CAP_NS_SPECIFIC | if capable { CAP_CHANGEABLE } else { 0 }),
-            SEL_DEFAULT => Response::dw0(0),
-            s if s > SEL_SUPPORTED => Response::err(Status::INVALID_FIELD.with_dnr()),
-            _ => Response::dw0(ns.pr.ptpl() as u32),
-        },
-        Some(true) if !capable => Response::err(Status::INVALID_FIELD.with_dnr()),
-        Some(on) => match ns.pr.set_ptpl(on) {
-            Ok(()) => Response::ok(),
-            Err(s) => Response::err(s),
-        },
+    match features::sel(&req.sqe) {
+        SEL_SUPPORTED => Response::dw0(CAP_NS_SPECIFIC | if ns.pr.ptpl_capable() { CAP_CHANGEABLE } else { 0 }),
+        SEL_DEFAULT => Response::dw0(0),
+        s if s > SEL_SUPPORTED => Response::err(Status::INVALID_FIELD.with_dnr()),
+        _ => Response::dw0(ns.pr.ptpl() as u32),
+    }
+}
+
+/// Set Features 83h, Reservation Persistence: turn Persist Through Power Loss on (only where the namespace
+/// can persist) or off. Where it can, off the connection's task: it writes or removes the namespace's
+/// reservation record, with fsyncs.
+fn set_reservation_persistence(c: &Controller, req: &Request, on: bool) -> Outcome {
+    let ns = match ptpl_namespace(c, req, true) {
+        Ok(ns) => ns,
+        Err(s) => return Response::err(s).into(),
+    };
+    let set = move |ns: &Namespace| match ns.pr.set_ptpl(on) {
+        Ok(()) => Response::ok(),
+        Err(s) => Response::err(s),
+    };
+    match ns.pr.ptpl_capable() {
+        false if on => Response::err(Status::INVALID_FIELD.with_dnr()).into(),
+        false => set(&ns).into(),
+        true => Outcome::Later(Deferred::off_task(ns.clone(), move || set(&ns))),
     }
 }
 
@@ -387,7 +401,7 @@ pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Outcome {
     let f = features::fid(&req.sqe);
     let v = req.sqe.cdw11.get();
     if f == fid::RESERVATION_PERSISTENCE {
-        return reservation_persistence(c, req, Some(v & 1 != 0)).into();
+        return set_reservation_persistence(c, req, v & 1 != 0);
     }
     if f == fid::RESERVATION_NOTIFICATION_MASK {
         return reservation_notification_mask(c, req, Some(v)).into();

@@ -175,7 +175,7 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
         | Exec::WriteZeroes { .. }
         | Exec::DatasetManagement { .. } => io::execute(ctx, req, data),
         Exec::Reservation { .. } => match &ctx.ctrl {
-            Some(c) => reservation::execute(c, &req, &data),
+            Some(c) => reservation::execute(c, &req, data),
             None => Response::err(Status::COMMAND_SEQUENCE_ERROR).into(),
         },
     }

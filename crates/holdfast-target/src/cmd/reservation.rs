@@ -22,6 +22,7 @@ use crate::config::parse_hex;
 use crate::controller::Controller;
 use crate::namespace::Namespace;
 use crate::request::{Deferred, Exec, Outcome, ParseResult, Request, Response};
+use bytes::Bytes;
 use holdfast_proto::reservation::{self as r, Registrant, ReservationReport, ReservationType};
 use holdfast_proto::{Status, SubmissionEntry};
 use parking_lot::Mutex;
@@ -349,14 +350,14 @@ pub fn parse(sqe: &SubmissionEntry, ns: Arc<Namespace>, cmd: Command) -> ParseRe
     Ok(Request { sqe: *sqe, exec: Exec::Reservation { ns, cmd }, dir, len })
 }
 
-/// Run a parsed reservation command from `ctrl`'s host, `data` its keys.
-pub fn execute(ctrl: &Controller, req: &Request, data: &[u8]) -> Outcome {
+/// Run a parsed reservation command from `ctrl`'s host, `data` its keys. On a namespace whose reservations
+/// are kept in a file (Persist Through Power Loss), a command that may change them runs off the connection's
+/// task, on the namespace's I/O threads: writing the record takes two fsyncs, which on a slow disk held every
+/// connection of the runtime (one thread when the target is pinned to a core).
+pub fn execute(ctrl: &Arc<Controller>, req: &Request, data: Bytes) -> Outcome {
     let Exec::Reservation { ns, cmd } = &req.exec else { return Response::err(Status::INTERNAL_ERROR).into() };
-    let cdw10 = req.sqe.cdw10.get();
-    let host = ctrl.hostid;
-    let pr = &ns.pr;
     if *cmd == Command::Report {
-        let st = pr.state.lock();
+        let st = ns.pr.state.lock();
         let report = ReservationReport {
             gen: st.gen,
             ptpls: st.ptpl,
@@ -367,10 +368,40 @@ pub fn execute(ctrl: &Controller, req: &Request, data: &[u8]) -> Outcome {
                 .map(|(h, k)| Registrant { hostid: *h, rkey: *k, holds: st.holds(h) })
                 .collect(),
         };
-        return Response::data(bytes::Bytes::from(report.to_bytes(req.len))).into();
+        return Response::data(Bytes::from(report.to_bytes(req.len))).into();
     }
+    let (cmd, cdw10) = (*cmd, req.sqe.cdw10.get());
+    if ns.pr.ptpl_capable() {
+        let (ctrl, ns) = (ctrl.clone(), ns.clone());
+        return Outcome::Later(Deferred::off_task(ns.clone(), move || match change(&ctrl, &ns, cmd, cdw10, &data) {
+            Ok(preempted) => {
+                wait_for_preempted(&ctrl.subsys, &preempted);
+                Response::ok()
+            }
+            Err(s) => Response::err(s),
+        }));
+    }
+    match change(ctrl, ns, cmd, cdw10, &data) {
+        Ok(preempted) if !preempted.is_empty() => {
+            let subsys = ctrl.subsys.clone();
+            Outcome::Later(Deferred::off_task(ns.clone(), move || {
+                wait_for_preempted(&subsys, &preempted);
+                Response::ok()
+            }))
+        }
+        Ok(_) => Response::ok().into(),
+        Err(s) => Response::err(s).into(),
+    }
+}
+
+/// Register, Acquire or Release (`cmd`, `cdw10` its dword 10, `data` its keys) on `ns` for `ctrl`'s host:
+/// the state changed (and recorded, where it persists), the notices it owes other hosts raised. Ok: for a
+/// Preempt and Abort, the hosts whose commands in flight must finish before it completes (none otherwise).
+fn change(ctrl: &Controller, ns: &Namespace, cmd: Command, cdw10: u32, data: &[u8]) -> Result<Vec<[u8; 16]>, Status> {
+    let host = ctrl.hostid;
+    let pr = &ns.pr;
     let Some((crkey, other)) = r::ReservationKeys::parse(data) else {
-        return Response::err(Status::SGL_LENGTH_INVALID.with_dnr()).into();
+        return Err(Status::SGL_LENGTH_INVALID.with_dnr());
     };
     let iekey = cdw10 & r::IEKEY != 0;
     let mut st = pr.state.lock();
@@ -397,26 +428,16 @@ pub fn execute(ctrl: &Controller, req: &Request, data: &[u8]) -> Outcome {
     // refused by the check `io::execute` makes once a command is in flight.
     let preempted: Vec<[u8; 16]> =
         before.registrants.iter().map(|(h, _)| *h).filter(|h| *h != host && st.key_of(h).is_none()).collect();
-    let owed = if result.is_ok() { notices(&before, &st, &host, *cmd) } else { Vec::new() };
+    let owed = if result.is_ok() { notices(&before, &st, &host, cmd) } else { Vec::new() };
     drop(st);
     for (to, rnlpt) in owed {
         for c in ctrl.subsys.controllers().iter().filter(|c| c.hostid == to) {
             c.reservation_notice(rnlpt, ns.nsid);
         }
     }
-    match result {
-        Ok(())
-            if *cmd == Command::Acquire && r::action(cdw10) == r::RACQA_PREEMPT_AND_ABORT && !preempted.is_empty() =>
-        {
-            let subsys = ctrl.subsys.clone();
-            Outcome::Later(Deferred::off_task(ns.clone(), move || {
-                wait_for_preempted(&subsys, &preempted);
-                Response::ok()
-            }))
-        }
-        Ok(()) => Response::ok().into(),
-        Err(s) => Response::err(s).into(),
-    }
+    result?;
+    let abort = cmd == Command::Acquire && r::action(cdw10) == r::RACQA_PREEMPT_AND_ABORT;
+    Ok(if abort { preempted } else { Vec::new() })
 }
 
 /// The reservation notices (NVMe Base 2.0 §8.19.6, the Reservation Notification log page) that `host`'s `cmd`,
