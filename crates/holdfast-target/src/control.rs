@@ -9,6 +9,7 @@
 //! | `status` | one line: instance, controllers, planned downtime (and when it lapses) |
 //! | `controllers` | `ok` and a JSON array: every controller (host, address, port, I/O queues, KATO, age) |
 //! | `stats` | `ok` and a JSON array: every subsystem's I/O counters (the SMART log's, summed) and failed commands |
+//! | `disconnect [subsystem=NQN] [cntlid=N] [host=NQN]` | tear down the controllers that match (at least a CNTLID or a host) |
 
 use crate::subsystem::Target;
 use std::path::{Path, PathBuf};
@@ -146,13 +147,60 @@ pub fn execute(target: &Arc<Target>, line: &str) -> String {
             line
         }
         (Some("controllers"), None, ..) => json_reply(&controllers(target)),
+        (Some("disconnect"), ..) => disconnect(target, line.split_whitespace().skip(1)),
         (Some("stats"), None, ..) => json_reply(&stats(target)),
         _ => format!(
             "error: unknown command \"{}\" (announce-restart MS [LAPSE_MS], cancel-restart, status, controllers, \
-             stats)",
+             stats, disconnect [subsystem=NQN] [cntlid=N] [host=NQN])",
             line.trim()
         ),
     }
+}
+
+/// `disconnect` with filters `subsystem=NQN`, `cntlid=N` (with a subsystem), `host=HOSTNQN`, all that are given
+/// applying, at least a CNTLID or a host: tear those controllers' associations down (their connections close,
+/// their commands in flight are fenced as for any lost association). A host still allowed connects again, as
+/// after a network failure; one taken off `allowed_hosts` by a reload cannot (a reload leaves the associations
+/// it already has to go on, as Linux nvmet does).
+fn disconnect<'a>(target: &Target, args: impl Iterator<Item = &'a str>) -> String {
+    let (mut subsys, mut cntlid, mut host) = (None, None, None);
+    for a in args {
+        match a.split_once('=') {
+            Some(("subsystem", v)) => subsys = Some(v),
+            Some(("host", v)) => host = Some(v),
+            Some(("cntlid", v)) => match v.parse::<u16>() {
+                Ok(n) => cntlid = Some(n),
+                Err(_) => return format!("error: cntlid=\"{v}\" is not a controller ID"),
+            },
+            _ => return format!("error: \"{a}\" is not subsystem=NQN, cntlid=N or host=NQN"),
+        }
+    }
+    match (subsys, cntlid, host) {
+        (_, None, None) => return "error: say which controllers: cntlid=N (with subsystem=NQN) or host=NQN".into(),
+        (None, Some(_), _) => return "error: a CNTLID is a subsystem's: give subsystem=NQN with it".into(),
+        _ => {}
+    }
+    let chosen: Vec<_> = target
+        .all_controllers()
+        .into_iter()
+        .filter(|c| subsys.is_none_or(|n| c.subsys.nqn == n))
+        .filter(|c| cntlid.is_none_or(|n| c.cntlid == n))
+        .filter(|c| host.is_none_or(|h| c.hostnqn == h))
+        .collect();
+    if chosen.is_empty() {
+        return "error: no controller matches (target-ctl controllers lists them)".into();
+    }
+    let mut names: Vec<String> = chosen.iter().map(|c| format!("{} CNTLID {}", c.subsys.nqn, c.cntlid)).collect();
+    names.sort();
+    for c in &chosen {
+        tracing::warn!(cntlid = c.cntlid, subsys = %c.subsys.nqn, host = ?c.hostnqn, peer = %c.peer_addr, "disconnected by the operator");
+        c.teardown("disconnected by the operator (target-ctl disconnect)");
+    }
+    format!(
+        "ok {} controller(s) disconnected ({}): a host still allowed connects again",
+        chosen.len(),
+        names.join(", ")
+    )
 }
 
 /// A lapse as an operator wrote it: whole hours, minutes or seconds where it is one, else milliseconds.

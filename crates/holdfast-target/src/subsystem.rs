@@ -762,7 +762,7 @@ impl Target {
                         if !live.is_empty() {
                             summary.notes.push(format!(
                                 "{}: host {h} is no longer allowed; its association(s) (CNTLID {}) go on until they \
-                                 end: it cannot connect again",
+                                 end (target-ctl disconnect --host ends them): it cannot connect again",
                                 s.nqn,
                                 live.join(", ")
                             ));

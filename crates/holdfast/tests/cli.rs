@@ -720,6 +720,28 @@ fn target_ctl_lists_controllers_and_counts_io() {
     assert_eq!(rc, 0);
     assert!(out.starts_with("SUBSYSTEM") && out.contains(hostnqn), "{out}");
     assert!(out.contains(listed["hostid"].as_str().unwrap()), "the Host Identifier column: {out}");
+    // Disconnected by the operator: the association ends, and the host (still allowed) connects again, as a
+    // new controller.
+    let (rc, out, _) =
+        holdfast(&["target-ctl", "--port", &port, "disconnect", "--host", "nqn.2014-08.org.nvmexpress:x"]);
+    assert_eq!((rc, out.trim()), (1, "error: no controller matches (target-ctl controllers lists them)"));
+    let (rc, _, err) = holdfast(&["target-ctl", "--port", &port, "disconnect", "--cntlid", "1"]);
+    assert_eq!(rc, 2, "a CNTLID without its subsystem: {err}");
+    let old = listed["cntlid"].as_u64().unwrap().to_string();
+    let (rc, out, err) = holdfast(&["target-ctl", "--port", &port, "disconnect", "--subsystem", NQN, "--cntlid", &old]);
+    assert_eq!(rc, 0, "{out}{err}");
+    assert!(out.starts_with(&format!("ok 1 controller(s) disconnected ({NQN} CNTLID {old})")), "{out}");
+    let t0 = Instant::now();
+    loop {
+        let (_, out, _) = holdfast(&["target-ctl", "--port", &port, "controllers", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let mine: Vec<_> = v.as_array().unwrap().iter().filter(|c| c["hostnqn"] == hostnqn).collect();
+        if mine.len() == 1 && mine[0]["cntlid"] != listed["cntlid"] && mine[0]["io_queues"] == 2 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "the host did not connect again after the disconnect: {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let _ = bench.kill();
     let _ = bench.wait();
 }

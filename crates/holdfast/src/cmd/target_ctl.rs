@@ -44,6 +44,19 @@ enum Action {
         #[arg(long)]
         json: bool,
     },
+    /// Tear down controllers (host associations): their connections close, their commands in flight are fenced.
+    /// A host still allowed connects again; take it off `allowed_hosts` (and reload) first to keep it out.
+    Disconnect {
+        /// Of this subsystem only (required with --cntlid).
+        #[arg(long)]
+        subsystem: Option<String>,
+        /// The controller with this ID.
+        #[arg(long, requires = "subsystem", required_unless_present = "host")]
+        cntlid: Option<u16>,
+        /// Every controller of this host NQN.
+        #[arg(long)]
+        host: Option<String>,
+    },
     /// Each subsystem's I/O counters since the target started.
     Stats {
         /// The target's JSON as it is.
@@ -91,6 +104,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Action::Status => ("status".into(), None, false),
         Action::Controllers { json } => ("controllers".into(), Some(controllers_table as Table), json),
         Action::Stats { json } => ("stats".into(), Some(stats_table as Table), json),
+        Action::Disconnect { subsystem, cntlid, host } => {
+            let mut line = String::from("disconnect");
+            for (k, v) in [("subsystem", subsystem), ("cntlid", cntlid.map(|c| c.to_string())), ("host", host)] {
+                if let Some(v) = v {
+                    anyhow::ensure!(
+                        !v.is_empty() && !v.contains(char::is_whitespace),
+                        "--{k} {v:?}: an NQN has no spaces"
+                    );
+                    line += &format!(" {k}={v}");
+                }
+            }
+            (line, None, false)
+        }
     };
     let mut s = UnixStream::connect(&path).with_context(|| match a.port {
         // The default socket is named after the target's first listener's port, whichever it listens on.
