@@ -249,6 +249,21 @@ fn default_cntlid_max() -> u16 {
 /// timeout (60 s on Linux), and the value fits Identify Controller CQT (16 bits of milliseconds).
 pub const MAX_CQT_MS: u32 = 30_000;
 
+impl PolicyConfig {
+    /// The policy hosts are told, in a line.
+    pub fn describe(&self) -> String {
+        let fast_io_fail = match self.fast_io_fail_tmo_ms {
+            0 => "off".to_string(),
+            ms => format!("{ms} ms"),
+        };
+        format!(
+            "kato {} ms, reconnect delay {} ms (backoff to {} ms), ctrl_loss_tmo {} ms, fast_io_fail_tmo {fast_io_fail}, \
+             cqt {} ms",
+            self.kato_ms, self.reconnect_delay_ms, self.reconnect_delay_max_ms, self.ctrl_loss_tmo_ms, self.cqt_ms
+        )
+    }
+}
+
 impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {

@@ -76,6 +76,25 @@ pub struct Access {
 }
 
 impl Access {
+    /// Who may connect and where, in a line: "any host" or the hosts listed (sorted), and the ports.
+    pub fn describe(&self) -> String {
+        let hosts = if self.allow_any_host {
+            "any host".to_string()
+        } else if self.allowed_hosts.is_empty() {
+            "no host (allowed_hosts is empty)".to_string()
+        } else {
+            let mut h: Vec<&str> = self.allowed_hosts.iter().map(String::as_str).collect();
+            h.sort_unstable();
+            format!("hosts {}", h.join(", "))
+        };
+        let ports = if self.ports.is_empty() {
+            "every port".to_string()
+        } else {
+            format!("port(s) {}", self.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", "))
+        };
+        format!("{hosts}, on {ports}")
+    }
+
     /// Is host `hostnqn` admitted?
     pub fn admits(&self, hostnqn: &str) -> bool {
         self.allow_any_host || self.allowed_hosts.contains(hostnqn)
@@ -178,6 +197,11 @@ impl Subsystem {
     /// May `hostnqn` connect?
     pub fn host_allowed(&self, hostnqn: &str) -> bool {
         self.access.read().admits(hostnqn)
+    }
+
+    /// Who may connect and where, in a line ([`Access::describe`]).
+    pub fn describe_access(&self) -> String {
+        self.access.read().describe()
     }
 
     /// Is the subsystem exported on `port_id`?
@@ -866,6 +890,26 @@ impl Target {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The startup line of a subsystem's access: any host, no host at all (seen at a glance), or the hosts
+    /// listed, sorted, with the ports; and the policy hosts are told.
+    #[test]
+    fn access_and_policy_are_described_in_a_line() {
+        let any = Access { allow_any_host: true, allowed_hosts: HashSet::new(), ports: vec![] };
+        assert_eq!(any.describe(), "any host, on every port");
+        let none = Access { allow_any_host: false, ..any.clone() };
+        assert_eq!(none.describe(), "no host (allowed_hosts is empty), on every port");
+        let listed = Access {
+            allow_any_host: false,
+            allowed_hosts: ["nqn.b".to_string(), "nqn.a".to_string()].into(),
+            ports: vec![1, 3],
+        };
+        assert_eq!(listed.describe(), "hosts nqn.a, nqn.b, on port(s) 1, 3");
+        let p = PolicyConfig { fast_io_fail_tmo_ms: 0, ..PolicyConfig::default() };
+        assert!(p.describe().contains("fast_io_fail_tmo off"), "{}", p.describe());
+        let p = PolicyConfig { fast_io_fail_tmo_ms: 2500, ..p };
+        assert!(p.describe().contains("fast_io_fail_tmo 2500 ms"), "{}", p.describe());
+    }
 
     /// Two admin Connects on two threads, both past `alloc_cntlid` before either has registered its controller
     /// (`cmd::fabrics::connect` makes the controller in between): the second must not get the CNTLID the first

@@ -231,6 +231,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             tracing::info!(port = id, "listening on {addr} (NVMe/TCP and discovery)");
         }
         for s in target.subsystems() {
+            // Who may connect and what hosts are told, as the configuration resolved them (a subsystem open to
+            // no host, or to any, is seen at a glance).
+            tracing::info!(subsys = %s.nqn, "access: {}; policy: {}", s.describe_access(), s.policy.read().describe());
             for ns in s.namespaces.read().values() {
                 tracing::info!(subsys = %s.nqn, nsid = ns.nsid, block_size = ns.block_size, blocks = ns.nblocks, "namespace: {}", ns.backend.describe());
             }
