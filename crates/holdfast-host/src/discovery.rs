@@ -66,7 +66,9 @@ impl DiscoveryEntry {
 }
 
 /// Read the discovery log of the discovery controller at `opts.addr` (the subsystem NQN is ignored).
-/// The log is read again if its generation counter changes while it is read.
+/// The log is read again if its generation counter changes while it is read. A read is one-shot: unless
+/// `opts.ctrl_loss_tmo` says otherwise, a connection lost under it fails it at once (as nvme-cli's
+/// `discover`), where an I/O controller's default would ride through for 600 s.
 pub async fn discover(opts: ConnectOptions) -> Result<Vec<DiscoveryEntry>> {
     Ok(discover_with_policy(opts).await?.0)
 }
@@ -76,6 +78,7 @@ pub async fn discover(opts: ConnectOptions) -> Result<Vec<DiscoveryEntry>> {
 pub async fn discover_with_policy(mut opts: ConnectOptions) -> Result<(Vec<DiscoveryEntry>, Option<ConnectionPolicy>)> {
     opts.subnqn = DISCOVERY_NQN.into();
     opts.nr_io_queues = 0;
+    opts.ctrl_loss_tmo.get_or_insert(std::time::Duration::ZERO);
     let ctrl = Controller::connect(opts).await?;
     let r = read_log(&ctrl).await;
     // Another target answers Invalid Log Page: no policy, not an error.

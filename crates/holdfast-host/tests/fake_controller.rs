@@ -76,6 +76,8 @@ struct Behaviour {
     discovery_shrink_to: Option<usize>,
     /// Refuse every Discovery log read at an offset other than 0 with Invalid Field (the log unchanged).
     discovery_refuse_offsets: bool,
+    /// Close the connection, unanswered, on every Discovery log read (each new association too).
+    discovery_drop_reads: bool,
     /// Answer the first write with R2Ts that break the protocol (see [`BadR2T`]); that write is never
     /// completed on that connection.
     bad_r2t: Option<BadR2T>,
@@ -137,6 +139,7 @@ impl Default for Behaviour {
             discovery_records: 0,
             discovery_shrink_to: None,
             discovery_refuse_offsets: false,
+            discovery_drop_reads: false,
             bad_r2t: None,
             icdoff: 0,
             ns_metadata: 0,
@@ -586,6 +589,10 @@ impl Conn {
                     self.close = true;
                 }
                 admin::ASYNC_EVENT_REQUEST => self.aers.push(cid), // held, as a controller does
+                admin::GET_LOG_PAGE if get_log_page::lid(&sqe) == LID_DISCOVERY && self.st.b.discovery_drop_reads => {
+                    self.st.discovery_reads.fetch_add(1, Ordering::Relaxed);
+                    self.close = true;
+                }
                 admin::GET_LOG_PAGE if get_log_page::lid(&sqe) == LID_DISCOVERY && self.st.b.discovery_records > 0 => {
                     let nread = self.st.discovery_reads.fetch_add(1, Ordering::Relaxed);
                     let (count, gen) = match self.st.b.discovery_shrink_to {
@@ -1615,6 +1622,27 @@ async fn a_discovery_log_larger_than_mdts_is_read_in_pieces() {
     assert_eq!(names, want);
     // The header, three pieces of at most 128 KiB (301 KiB in all), the header again.
     assert_eq!(f.st.discovery_reads.load(Ordering::Relaxed), 5);
+}
+
+/// A discovery read is one-shot: a connection lost under it fails it (as nvme-cli's `discover`), instead of
+/// riding through for the default ctrl_loss_tmo of 600 s (the discovery controller advertises no policy to the
+/// host); an explicit ctrl_loss_tmo is the caller's and is kept.
+#[tokio::test]
+async fn a_discovery_whose_connection_is_lost_fails_at_once() {
+    let f = fake(Behaviour { discovery_records: 1, discovery_drop_reads: true, ..Default::default() }).await;
+    let r =
+        tokio::time::timeout(Duration::from_secs(30), discover(&f)).await.expect("discovery still waiting after 30 s");
+    let e = r.expect_err("the log was never sent");
+    assert!(e.to_string().contains("no connection") || e.is_retryable(), "{e}");
+    assert_eq!(f.st.discovery_reads.load(Ordering::Relaxed), 1, "read once, not again on a new association");
+    // An explicit limit rides through: the read is sent again on a new association.
+    let mut o = opts(&f, 0, false);
+    o.subnqn = fabrics::DISCOVERY_NQN.into();
+    o.ctrl_loss_tmo = Some(Duration::from_secs(2));
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    let r = tokio::time::timeout(Duration::from_secs(30), holdfast_host::discover(o)).await.expect("bounded by 2 s");
+    assert!(r.is_err());
+    assert!(f.st.discovery_reads.load(Ordering::Relaxed) >= 3, "the read was sent again after a reconnect");
 }
 
 /// Read `f`'s Discovery log, as `holdfast_host::discover` does for a host.
