@@ -641,12 +641,16 @@ impl Target {
     }
 
     /// What discovery reports changed: a new GENCTR, and a Discovery Log Page Change notice to every
-    /// discovery controller that asked for it.
+    /// discovery controller that asked for it and whose host's log is not what it was.
     pub fn discovery_changed(&self) {
+        let before = self.discovery_view.read().clone();
         self.bump_genctr();
         self.publish_discovery_view();
+        let after = self.discovery_view.read().clone();
         for c in self.discovery.controllers() {
-            c.discovery_changed();
+            if crate::cmd::discovery::log_changed_for(&c, &before, &after) {
+                c.discovery_changed();
+            }
         }
     }
 

@@ -2078,6 +2078,54 @@ async fn the_discovery_log_changes_only_with_its_genctr() {
     server.stop().await;
 }
 
+/// A Discovery Log Page Change notice goes to the discovery controllers whose host's log changed, not to
+/// every one (Linux nvmet's nvmet_subsys_disc_changed): a subsystem added for host A notifies A's discovery
+/// controller, and B's, whose log is the same, gets none.
+#[tokio::test]
+async fn a_discovery_change_notifies_only_the_hosts_whose_log_changed() {
+    const HOST_A: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-00000000000a";
+    const HOST_B: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-00000000000b";
+    let cfg = |extra: &str| {
+        let text = format!(
+            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallowed_hosts = [\"{HOST_A}\", \"{HOST_B}\"]\n\
+             [[subsystem.namespace]]\nnsid = 1\nbackend = \"ram\"\nsize_mib = 1\n{extra}"
+        );
+        Config::parse(&text, "test").unwrap()
+    };
+    let server = Server::start(Target::new(&cfg(""), TargetSettings::default()).unwrap()).await.unwrap();
+    let addr = server.bound[0].1;
+    let mut discovery_of = Vec::new();
+    for host in [HOST_A, HOST_B] {
+        let mut d = Conn::ic(addr, false, false).await;
+        assert_eq!(d.connect_full(0, 0xFFFF, fabrics::DISCOVERY_NQN, host, 5000, 0).await.status(), Status::SUCCESS);
+        assert_eq!(d.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
+        d.set_feature(0x0B, 1 << 31).await;
+        let aer = d.post_aer().await;
+        discovery_of.push((d, aer));
+    }
+    let reloaded = cfg(&format!("[[subsystem]]\nnqn = \"{NQN}-a\"\nallowed_hosts = [\"{HOST_A}\"]\n"));
+    server.target.reload(&reloaded).unwrap();
+    let [(mut da, aer_a), (mut db, _)] = <[_; 2]>::try_from(discovery_of).ok().unwrap();
+    let Pdu::CapsuleResp(r) = da.recv().await else { panic!("expected host A's notice") };
+    assert_eq!((r.cqe.cid(), r.cqe.dw0.get()), (aer_a, 0x0070_F002), "host A: Discovery Log Page Change");
+    // Keep Alives one at a time: a notice raised at the reload would be sent at the latest once the first is
+    // answered (B's connection then has nothing else to do), before the second's answer.
+    for _ in 0..3 {
+        let cid = db.next_cid();
+        let mut s = SubmissionEntry::new(admin::KEEP_ALIVE, cid);
+        s.dptr = SglDescriptor::transport(0);
+        db.send(Pdu::CapsuleCmd(CapsuleCmd { sqe: s, data: Bytes::new() })).await;
+        let Pdu::CapsuleResp(r) = db.recv().await else { panic!("expected a response") };
+        assert_eq!(
+            r.cqe.cid(),
+            cid,
+            "host B, whose log did not change, was sent a notice (dw0 {:#x})",
+            r.cqe.dw0.get()
+        );
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn huge_keep_alive_timer_saturates_instead_of_wrapping() {
     // Found by fuzzing: CDW11 = FFFFFFFFh once overflowed the rounding to the KAS granularity (a panic in

@@ -4,6 +4,7 @@
 
 use crate::controller::{Controller, ADMIN_QUEUE_ENTRIES, MAX_QUEUE_ENTRIES};
 use crate::request::{DataDir, Exec, ParseResult, QueueCtx, Request, Response, MAX_TRANSFER};
+use crate::subsystem::DiscoveryView;
 use holdfast_proto::fabrics::{DISCOVERY_NQN, VERSION_1_3};
 use holdfast_proto::features as fid;
 use holdfast_proto::identify as id;
@@ -90,17 +91,37 @@ pub fn discovery_log(ctx: &QueueCtx, c: &Controller, lsp: u8) -> Vec<u8> {
     let port_local_only = lsp & 0x2 != 0;
     // One published state, entries and GENCTR together.
     let view = c.target.discovery_view.read().clone();
+    let entries = entries_for(&view, &c.hostnqn, c.local_addr.ip(), port_local_only.then_some(ctx.port.id));
+    lp::discovery_log_bytes(view.genctr, &entries)
+}
+
+/// The entries of the log `view` gives host `hostnqn`, which reached the target at `local`: every port's (or
+/// only port `only`'s), each with the subsystems exported there that admit the host and the discovery
+/// subsystem itself.
+pub fn entries_for(view: &DiscoveryView, hostnqn: &str, local: IpAddr, only: Option<u16>) -> Vec<DiscoveryLogEntry> {
     let mut entries = Vec::new();
-    for port in view.ports.iter().filter(|p| !port_local_only || p.id == ctx.port.id) {
-        let Some(addr) = reachable_addr(port.addr, c.local_addr.ip()) else { continue };
+    for port in view.ports.iter().filter(|p| only.is_none_or(|id| p.id == id)) {
+        let Some(addr) = reachable_addr(port.addr, local) else { continue };
         let traddr = addr.ip().to_string();
         let trsvcid = addr.port().to_string();
-        for (nqn, _) in view.subsystems.iter().filter(|(_, a)| a.exported_on(port.id) && a.admits(&c.hostnqn)) {
+        for (nqn, _) in view.subsystems.iter().filter(|(_, a)| a.exported_on(port.id) && a.admits(hostnqn)) {
             entries.push(entry(lp::SUBTYPE_NVME, port.id, &traddr, &trsvcid, nqn, adrfam(&addr)));
         }
         entries.push(entry(lp::SUBTYPE_CURRENT_DISCOVERY, port.id, &traddr, &trsvcid, DISCOVERY_NQN, adrfam(&addr)));
     }
-    lp::discovery_log_bytes(view.genctr, &entries)
+    entries
+}
+
+/// Does the log of the discovery controller `c` differ between `before` and `after` (GENCTR aside)? Only then
+/// is it sent a Discovery Log Page Change notice, as Linux nvmet notifies only the hosts a change concerns
+/// (`nvmet_subsys_disc_changed`): a notice is masked until the host reads the log, so one spent on another
+/// host's change can keep a host (reading with RAE set) from hearing of a change of its own.
+pub fn log_changed_for(c: &Controller, before: &DiscoveryView, after: &DiscoveryView) -> bool {
+    let (b, a) = (
+        entries_for(before, &c.hostnqn, c.local_addr.ip(), None),
+        entries_for(after, &c.hostnqn, c.local_addr.ip(), None),
+    );
+    b.len() != a.len() || b.iter().zip(&a).any(|(x, y)| entry_bytes(x) != entry_bytes(y))
 }
 
 fn entry(subtype: u8, portid: u16, traddr: &str, trsvcid: &str, subnqn: &str, adrfam: u8) -> DiscoveryLogEntry {
