@@ -486,9 +486,11 @@ pub async fn run(
                         // Tell the controller why we give up on the connection (H2CTermReq), then go. Queued
                         // behind what `out` holds (written straight to the socket, it could land inside a PDU
                         // partly written) and flushed on the way out.
+                        // (None in answer to a malformed C2HTermReq: the connection just ends.)
                         let t = pdu::TermReq { fes: f.fes as u16, fei: f.fei, data: f.header.clone() };
+                        let term_req = (!f.close_silently).then_some(t);
                         let error = Error::Protocol { qid: p.qid, what: format!("malformed PDU from the target: {f}") };
-                        break 'run Some(fault(Fault { error, term: Some(t) }, &p, &mut out, &mut term));
+                        break 'run Some(fault(Fault { error, term: term_req }, &p, &mut out, &mut term));
                     }
                     Err(DecodeError::DataDigest { pdu, expected, received }) => {
                         // The framing is intact; one command's data is corrupt. Take the PDU as usual

@@ -66,8 +66,11 @@ pub async fn connect(addr: &str, hdgst: bool, ddgst: bool, max_c2h: usize, timeo
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    // (A malformed C2HTermReq is answered by closing alone.)
                     if let holdfast_proto::decoder::DecodeError::Fatal(f) = &e {
-                        refuse(&mut stream, f.fes, f.fei, f.header.clone()).await;
+                        if !f.close_silently {
+                            refuse(&mut stream, f.fes, f.fei, f.header.clone()).await;
+                        }
                     }
                     // What answered is most likely not an NVMe/TCP target at all (a web server, SSH): say where.
                     let what = format!("{addr} answered the ICReq with something that is not NVMe/TCP ({e})");

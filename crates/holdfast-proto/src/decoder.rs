@@ -51,6 +51,10 @@ pub struct Fatal {
     pub header: Bytes,
     /// What was wrong, for logs.
     pub reason: &'static str,
+    /// The offending PDU is itself a termination request: the connection is closed without one in answer
+    /// (NVMe/TCP 1.0, transport errors: a termination request with an invalid PDU length ends the connection
+    /// at once, no error reported; the Linux host's nvme_tcp_handle_c2h_term answers none either).
+    pub close_silently: bool,
 }
 
 /// What the decoder reports instead of a PDU.
@@ -196,7 +200,10 @@ impl PduDecoder {
         self.state = State::Failed;
         let hlen = if buf.len() > 2 { (buf[2] as usize).max(CH_LEN) } else { buf.len() };
         let n = hlen.min(buf.len()).min(TERM_MAX_DATA);
-        DecodeError::Fatal(Fatal { fes, fei, header: Bytes::copy_from_slice(&buf[..n]), reason })
+        // A termination request travelling our way (one of the other direction is a PDU we refuse as any).
+        let incoming_term = if self.role == Role::Controller { PduType::H2CTermReq } else { PduType::C2HTermReq };
+        let close_silently = buf.first().is_some_and(|&t| t == incoming_term as u8);
+        DecodeError::Fatal(Fatal { fes, fei, header: Bytes::copy_from_slice(&buf[..n]), reason, close_silently })
     }
 
     /// Decode one PDU from the front of `buf`, consuming it. `Ok(None)` means more bytes are needed.
@@ -569,6 +576,23 @@ mod tests {
             Err(DecodeError::Fatal(f)) => f,
             other => panic!("expected a fatal error, got {other:?}"),
         }
+    }
+
+    /// A malformed termination request travelling our way is closed on without one in answer; one of the
+    /// other direction, or any other malformed PDU, is answered as usual.
+    #[test]
+    fn a_malformed_termination_request_is_closed_on_silently() {
+        let term = |ty: u8| {
+            let mut h = vec![ty, 0, 24, 0, 200, 0, 0, 0];
+            h.resize(24, 0);
+            h
+        };
+        assert!(fatal(&mut ready(Role::Controller, false, false), &term(0x02)).close_silently, "H2CTermReq");
+        assert!(fatal(&mut ready(Role::Host, false, false), &term(0x03)).close_silently, "C2HTermReq");
+        assert!(!fatal(&mut ready(Role::Controller, false, false), &term(0x03)).close_silently, "the other way");
+        let mut capsule = vec![0x04, 0, 72, 72, 0xFF, 0xFF, 0xFF, 0xFF];
+        capsule.resize(72, 0);
+        assert!(!fatal(&mut ready(Role::Controller, false, false), &capsule).close_silently);
     }
 
     #[test]

@@ -626,6 +626,22 @@ async fn malformed_pdus_get_the_right_termination_request() {
     q.send(h2c).await;
     let t = q.expect_term(0x04, 0).await;
     assert_eq!(&t.data[..], &sent[..24], "the H2CData header");
+    // H2CData whose DATAO lies past the end of the R2T: out of range too (not a DATAO out of order).
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    let mut sqe = rw_sqe(io::WRITE, 0, 1, SglDescriptor::transport(512));
+    sqe.cid.set(6);
+    q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data: Bytes::new() })).await;
+    let Pdu::R2T(r2t) = q.recv().await else { panic!("expected R2T") };
+    q.send(Pdu::H2CData(H2CData {
+        cccid: 6,
+        ttag: r2t.ttag,
+        datao: 4096,
+        data: Bytes::from(vec![0; 512]),
+        last: true,
+    }))
+    .await;
+    q.expect_term(0x04, 0).await;
     server.stop().await;
 }
 
@@ -1899,6 +1915,25 @@ async fn a_reservation_record_being_written_holds_no_connection() {
     assert_eq!((r.cqe.cid(), r.cqe.status().code()), (0x4242, Status::INTERNAL_ERROR.code()));
     let rep = ReservationReport::parse(&q.cmd(resv_report(4096, true), Bytes::new()).await.1).unwrap();
     assert!(rep.registrants.is_empty(), "{rep:?}");
+    server.stop().await;
+}
+
+/// A malformed H2CTermReq (PLEN beyond the largest a termination request has) ends the connection without a
+/// C2HTermReq in answer (NVMe/TCP 1.0: a termination request with an invalid length ends the connection, no
+/// error reported); a well-formed one likewise ends it.
+#[tokio::test]
+async fn a_malformed_termination_request_is_answered_by_closing() {
+    let (server, addr) = start("").await;
+    for plen in [200u32, 24] {
+        let mut c = Conn::ic(addr, false, false).await;
+        let mut b = vec![0x02, 0, 24, 0];
+        b.extend_from_slice(&plen.to_le_bytes());
+        b.resize(24, 0);
+        c.send_raw(&b).await;
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), c.s.read_to_end(&mut rest)).await.expect("not closed");
+        assert!(n.is_err() || rest.is_empty(), "PLEN {plen}: {} bytes in answer: {rest:02x?}", rest.len());
+    }
     server.stop().await;
 }
 

@@ -405,6 +405,10 @@ impl Connection {
         let reason = match &close {
             Close::Normal(r) => r.to_string(),
             Close::Io(e) => format!("socket error: {e}"),
+            Close::Fatal(f) if f.close_silently => {
+                crate::peer_log::peer_warn!(peer = %c.ctx.peer_addr, qid = c.ctx.qid, "malformed H2CTermReq, closing: {f}");
+                format!("malformed H2CTermReq: {f}")
+            }
             Close::Fatal(f) => {
                 crate::peer_log::peer_warn!(peer = %c.ctx.peer_addr, qid = c.ctx.qid, "fatal transport error, sending C2HTermReq: {f}");
                 let t = TermReq { fes: f.fes as u16, fei: f.fei, data: f.header.clone() };
@@ -460,7 +464,7 @@ impl Connection {
     }
 
     fn fatal(fes: Fes, fei: u32, header: Bytes, reason: &'static str) -> Close {
-        Close::Fatal(Fatal { fes, fei, header, reason })
+        Close::Fatal(Fatal { fes, fei, header, reason, close_silently: false })
     }
 
     /// Handle one PDU. Everything but Connect is answered (or started) here, synchronously: the I/O path
@@ -827,20 +831,22 @@ impl Connection {
                 "H2CData CCCID does not match the R2T",
             ));
         }
+        // Data outside what the R2T asked for is Data Transfer Out of Range, wherever DATAO puts it; within it,
+        // data that does not follow what came before is a bad DATAO.
+        if (datao as usize).saturating_add(data.len()) > req.len {
+            return Err(Self::fatal(
+                Fes::DataOutOfRange,
+                0,
+                Self::offending_header(&self.decoder),
+                "H2CData beyond the R2T",
+            ));
+        }
         if datao as usize != buf.len() {
             return Err(Self::fatal(
                 Fes::InvalidHeaderField,
                 pdu::offset::DATA_DATAO,
                 Self::offending_header(&self.decoder),
                 "H2CData DATAO out of order",
-            ));
-        }
-        if buf.len() + data.len() > req.len {
-            return Err(Self::fatal(
-                Fes::DataOutOfRange,
-                0,
-                Self::offending_header(&self.decoder),
-                "H2CData beyond the R2T",
             ));
         }
         if digest_failed {
