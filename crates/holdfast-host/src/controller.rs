@@ -176,6 +176,8 @@ struct Shared {
     /// Reconnects that found the target restarted (a new instance ID), counted before the queues of the new
     /// association open: [`Controller::target_restarts`].
     target_restarts: AtomicU64,
+    /// Of those, the ones the target said lost its namespaces' data: [`Controller::data_losing_restarts`].
+    data_losing_restarts: AtomicU64,
     /// I/O queues the controller granted (Set Features Number of Queues) on the current association.
     io_queues_granted: AtomicUsize,
     /// The namespaces opened with identifiers (EUI-64, NGUID, UUID): a reconnect checks them before anything is
@@ -940,6 +942,9 @@ async fn establish(
                 .await?;
         }
         let restarted = matches!((eff.instance_id, new_eff.instance_id), (Some(a), Some(b)) if a != b);
+        // The instance that acknowledged the writes, or the one that replaced it, keeps a namespace's data only
+        // for its life: those writes are gone, flushed or not.
+        let lost_data = restarted && (eff.volatile_data || new_eff.volatile_data);
         // Advanced Command Retry: once enabled, a retryable error's CRD field selects how long to wait
         // (CRDT1..3) before the command is issued again (NVMe Base 2.0 §5.27.1, Host Behavior Support,
         // FID 16h). As the Linux host does, only for a controller that advertises retry delays.
@@ -1045,15 +1050,18 @@ async fn establish(
         *lock(&sh.info) = Info { cntlid, id, cap: capv, vs, policy: adv, effective: new_eff };
         sh.max_transfer.store(max_transfer, Ordering::Release);
         sh.oncs.store(oncs, Ordering::Release);
-        Ok::<_, Error>((opens, restarted))
+        Ok::<_, Error>((opens, restarted, lost_data))
     }
     .await;
     match result {
-        Ok((opens, restarted)) => {
+        Ok((opens, restarted, lost_data)) => {
             // Counted before anything of the new association completes: a caller that reads the count before
             // a write and again after its Flush completed sees the restart (the event may come later).
             if restarted {
                 sh.target_restarts.fetch_add(1, Ordering::SeqCst);
+            }
+            if lost_data {
+                sh.data_losing_restarts.fetch_add(1, Ordering::SeqCst);
             }
             // Open the queues: re-issued commands go first, then new ones.
             let _ = open_admin.send(true);
@@ -1349,6 +1357,7 @@ impl Controller {
             ns_tags: std::sync::atomic::AtomicU32::new(0),
             stopping: AtomicBool::new(false),
             target_restarts: AtomicU64::new(0),
+            data_losing_restarts: AtomicU64::new(0),
             io_queues_granted: AtomicUsize::new(0),
             opts: o,
         });
@@ -1547,6 +1556,15 @@ impl Controller {
     /// ([`Event::Restored`] says the same, but may arrive after I/O on the new association has completed.)
     pub fn target_restarts(&self) -> u64 {
         self.inner.target_restarts.load(Ordering::SeqCst)
+    }
+    /// Of [`Controller::target_restarts`], those after which the target said (holdfast's policy page,
+    /// VOLATILE_DATA, of the instance before or after) that a namespace keeps its data only for the life of an
+    /// instance (a RAM namespace): writes acknowledged before such a restart are gone, flushed or not. A
+    /// restart not counted here kept what was written (a file namespace), unless the target's machine lost
+    /// power before a Flush: the target cannot tell that, so [`Controller::target_restarts`] is the
+    /// conservative count. Counted at the same moment.
+    pub fn data_losing_restarts(&self) -> u64 {
+        self.inner.data_losing_restarts.load(Ordering::SeqCst)
     }
     /// I/O queues the controller granted on the current association (Set Features Number of Queues): at most
     /// [`Controller::io_queues`]; the queues beyond it are carried by these.

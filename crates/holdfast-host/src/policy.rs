@@ -66,6 +66,8 @@ pub struct Effective {
     pub planned_downtime: Duration,
     /// Target instance the policy came from.
     pub instance_id: Option<u64>,
+    /// The target says a namespace's data lives only as long as its instance (a RAM namespace).
+    pub volatile_data: bool,
 }
 
 fn ms(v: u32) -> Duration {
@@ -114,6 +116,7 @@ pub fn resolve(o: &ConnectOptions, adv: Option<&ConnectionPolicy>) -> Effective 
         fast_io_fail_tmo,
         planned_downtime: adv.map(|p| ms(p.planned_downtime_ms)).unwrap_or_default(),
         instance_id: adv.map(|p| p.instance_id),
+        volatile_data: adv.is_some_and(|p| p.volatile_data),
     }
 }
 

@@ -32,8 +32,13 @@ pub const LENGTH: u16 = 512;
 pub const MIN_LEN: usize = 56;
 /// FLAGS bit 0, POLICY_SET: the timing fields (bytes 24–47) carry an advertised policy. Clear: the target
 /// advertises no policy, those fields are zero and the host uses its defaults; instance_id, generation and
-/// planned_downtime_ms are valid either way. Bits 31:1 are reserved (written 0, ignored on read).
+/// planned_downtime_ms are valid either way. Bits 31:2 are reserved (written 0, ignored on read).
 pub const FLAG_POLICY_SET: u32 = 1 << 0;
+/// FLAGS bit 1, VOLATILE_DATA: a namespace of this subsystem keeps its data only for the life of this target
+/// instance (a RAM namespace): once `instance_id` changes, writes this instance acknowledged are gone, flushed
+/// or not. Valid whatever POLICY_SET says. Clear: the namespaces keep what was written across a restart of
+/// the target (a file namespace: unless the target's machine lost power before a Flush reached it).
+pub const FLAG_VOLATILE_DATA: u32 = 1 << 1;
 /// The smallest `kato_ms` that makes sense: a holdfast host sends a Keep Alive every third of KATO (at least
 /// every 100 ms) and gives it the rest of KATO to be answered, so below half a second the answer must come within
 /// a few scheduler ticks of a loaded machine. The target refuses a smaller value in its configuration; the host
@@ -58,7 +63,7 @@ pub const CTRL_LOSS_NEVER: u32 = u32::MAX;
 /// | 40 | 4 | `fast_io_fail_tmo_ms` | after this long disconnected, fail queued and new I/O while reconnecting continues; 0 = off |
 /// | 44 | 4 | `cqt_ms` | command quiesce time: the longest a command of a lost association may still touch media |
 /// | 48 | 4 | `planned_downtime_ms` | the target announced it will be down for up to this long, starting when hosts lose the connection; 0 = none announced |
-/// | 52 | 4 | `flags` | bit 0 POLICY_SET: bytes 24–47 carry an advertised policy (clear: all zero, use host defaults); bits 31:1 reserved |
+/// | 52 | 4 | `flags` | bit 0 POLICY_SET: bytes 24–47 carry an advertised policy (clear: all zero, use host defaults); bit 1 VOLATILE_DATA: a namespace's data lives only as long as this instance (RAM); bits 31:2 reserved |
 /// | 56 | 456 | reserved | 0 |
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
@@ -128,6 +133,8 @@ pub struct ConnectionPolicy {
     pub cqt_ms: u32,
     /// Announced planned downtime, ms (0: none).
     pub planned_downtime_ms: u32,
+    /// [`FLAG_VOLATILE_DATA`]: a namespace's data lives only as long as this target instance.
+    pub volatile_data: bool,
 }
 
 /// Why a policy page was not accepted.
@@ -194,7 +201,8 @@ impl ConnectionPolicy {
         p.fast_io_fail_tmo_ms.set(self.fast_io_fail_tmo_ms);
         p.cqt_ms.set(self.cqt_ms);
         p.planned_downtime_ms.set(self.planned_downtime_ms);
-        p.flags.set(if self.advertises_timing() { FLAG_POLICY_SET } else { 0 });
+        let volatile = if self.volatile_data { FLAG_VOLATILE_DATA } else { 0 };
+        p.flags.set(if self.advertises_timing() { FLAG_POLICY_SET } else { 0 } | volatile);
         p
     }
 
@@ -226,6 +234,7 @@ impl ConnectionPolicy {
             fast_io_fail_tmo_ms: timing(p.fast_io_fail_tmo_ms),
             cqt_ms: timing(p.cqt_ms),
             planned_downtime_ms: p.planned_downtime_ms.get(),
+            volatile_data: p.flags.get() & FLAG_VOLATILE_DATA != 0,
         })
     }
 }
@@ -252,6 +261,7 @@ mod tests {
             fast_io_fail_tmo_ms: 0,
             cqt_ms: 100,
             planned_downtime_ms: 30_000,
+            volatile_data: false,
         }
     }
 
@@ -274,6 +284,13 @@ mod tests {
         assert_eq!(&b[52..56], &[1, 0, 0, 0], "POLICY_SET");
         assert!(b[56..].iter().all(|&x| x == 0));
         assert_eq!(ConnectionPolicy::from_bytes(b), Ok(sample()));
+        // VOLATILE_DATA is bit 1, with or without POLICY_SET.
+        let v = ConnectionPolicy { volatile_data: true, ..sample() };
+        assert_eq!(&v.to_log_page().as_bytes()[52..56], &[3, 0, 0, 0]);
+        assert_eq!(ConnectionPolicy::from_bytes(v.to_log_page().as_bytes()), Ok(v));
+        let bare = ConnectionPolicy { instance_id: 1, volatile_data: true, ..Default::default() };
+        assert_eq!(&bare.to_log_page().as_bytes()[52..56], &[2, 0, 0, 0]);
+        assert_eq!(ConnectionPolicy::from_bytes(bare.to_log_page().as_bytes()), Ok(bare));
     }
 
     #[test]
@@ -323,16 +340,19 @@ mod tests {
     }
 
     fn policy() -> impl Strategy<Value = ConnectionPolicy> {
-        (any::<u64>(), any::<u64>(), any::<[u32; 7]>()).prop_map(|(instance_id, generation, v)| ConnectionPolicy {
-            instance_id,
-            generation,
-            kato_ms: v[0],
-            reconnect_delay_ms: v[1],
-            reconnect_delay_max_ms: v[2],
-            ctrl_loss_tmo_ms: v[3],
-            fast_io_fail_tmo_ms: v[4],
-            cqt_ms: v[5],
-            planned_downtime_ms: v[6],
+        (any::<u64>(), any::<u64>(), any::<[u32; 7]>(), any::<bool>()).prop_map(|(instance_id, generation, v, vd)| {
+            ConnectionPolicy {
+                instance_id,
+                generation,
+                kato_ms: v[0],
+                reconnect_delay_ms: v[1],
+                reconnect_delay_max_ms: v[2],
+                ctrl_loss_tmo_ms: v[3],
+                fast_io_fail_tmo_ms: v[4],
+                cqt_ms: v[5],
+                planned_downtime_ms: v[6],
+                volatile_data: vd,
+            }
         })
     }
 

@@ -36,6 +36,7 @@ const CMD_TRIM: u16 = 4;
 const CMD_WRITE_ZEROES: u16 = 6;
 const FLAG_FUA: u16 = 1;
 const EPERM: u32 = 1;
+const EIO: u32 = 5;
 const EINVAL: u32 = 22;
 const ENOSPC: u32 = 28;
 
@@ -727,6 +728,32 @@ fn a_partial_block_write_does_not_undo_a_whole_block_write_to_its_other_bytes() 
     }
 }
 
+/// A target whose namespace keeps its data only for the life of an instance (RAM) restarts under the bridge:
+/// the first flush after it fails with EIO (writes the bridge acknowledged before are gone, and a filesystem
+/// must not commit its journal on top of them), the next one covers what was written since and succeeds.
+#[test]
+fn a_flush_after_a_restart_that_lost_the_data_fails_once() {
+    let spawn = |port: u16| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["target", "--listen", &format!("127.0.0.1:{port}"), "--nqn", NQN, "--ram-mib", "1"]);
+        TargetProc::spawn(cmd)
+    };
+    let mut t = spawn(0);
+    let port = t.port;
+    let b = Bridge::start(&t, &["--reconnect-delay-ms", "100", "--reconnect-delay-max-ms", "200"]);
+    let mut c = go(b.port);
+    assert_eq!(c.call(CMD_WRITE, 0, 0, 512, &[5u8; 512]).0, 0);
+    assert_eq!(c.call(CMD_FLUSH, 0, 0, 0, &[]).0, 0);
+    let _ = t.child.kill();
+    let _ = t.child.wait();
+    t = spawn(port);
+    assert_eq!(c.call(CMD_READ, 0, 0, 512, &[]), (0, vec![0u8; 512]), "the restarted RAM namespace is empty");
+    assert_eq!(c.call(CMD_FLUSH, 0, 0, 0, &[]).0, EIO, "the flush after the data was lost");
+    assert_eq!(c.call(CMD_WRITE, 0, 0, 512, &[6u8; 512]).0, 0);
+    assert_eq!(c.call(CMD_FLUSH, 0, 0, 0, &[]).0, 0, "the next flush covers what was written since");
+    drop((c, b, t));
+}
+
 /// A namespace the target write-protects only after the bridge opened it (the target restarted with
 /// `--read-only` on the same file, which the bridge rides through): a write is EPERM, as the protocol asks
 /// for a change to a read-only export (§ Error values), not EIO; reads still serve the file.
@@ -753,6 +780,7 @@ fn a_namespace_write_protected_after_a_restart_refuses_writes_with_eperm() {
     let _ = t.child.wait();
     t = spawn(port, true);
     assert_eq!(c.call(CMD_READ, 0, 0, 512, &[]), (0, vec![5u8; 512]), "the bridge rode through");
+    assert_eq!(c.call(CMD_FLUSH, 0, 0, 0, &[]).0, 0, "a file namespace kept its data: flushes go on succeeding");
     assert_eq!(c.call(CMD_WRITE, 0, 512, 512, &[6u8; 512]).0, EPERM);
     assert_eq!(c.call(CMD_WRITE_ZEROES, 0, 512, 512, &[]).0, EPERM);
     assert_eq!(c.call(CMD_TRIM, 0, 512, 512, &[]).0, EPERM);

@@ -241,6 +241,8 @@ pub fn policy_page(c: &Controller) -> Vec<u8> {
         p.fast_io_fail_tmo_ms = pc.fast_io_fail_tmo_ms;
         p.cqt_ms = pc.cqt_ms;
         p.generation = s.policy_generation.load(Ordering::SeqCst);
+        // A RAM namespace (no file behind it) starts empty at the next start of the target.
+        p.volatile_data = s.namespaces.read().values().any(|n| n.backend.path().is_none());
     }
     p.to_log_page().as_bytes().to_vec()
 }

@@ -62,6 +62,9 @@ pub struct Export {
     /// ([`unaligned`]), and shared by writes of whole blocks while they run ([`Export::whole_blocks_turn`]):
     /// one lock per block number modulo their count ([`PARTIAL_BLOCK_LOCKS`]).
     pub partial_blocks: Vec<tokio::sync::RwLock<()>>,
+    /// The controller's [`holdfast_host::Controller::data_losing_restarts`] the last flush answered saw
+    /// ([`Export::flush`]); set from the controller when the export is made.
+    pub restarts_flushed: std::sync::atomic::AtomicU64,
 }
 
 /// Transmission flags: flush, FUA, write zeroes (the host library zeroes with Writes on a controller without
@@ -99,6 +102,26 @@ impl Export {
     /// The export's size in bytes (the namespace's).
     pub fn size(&self) -> u64 {
         self.ns.size()
+    }
+
+    /// NBD_CMD_FLUSH: the namespace's Flush, failed with EIO (once) if the target restarted since the last
+    /// flush answered and said it lost its namespaces' data (a RAM namespace): the flush would otherwise be
+    /// acknowledged by the new instance while writes acknowledged before it are gone, and a filesystem's
+    /// journal would commit on top of them. The client sees what a disk that lost power looks like; the
+    /// flushes after it cover what was written since.
+    async fn flush(&self) -> Result<Option<Bytes>, u32> {
+        use std::sync::atomic::Ordering;
+        self.ns.flush().await.map_err(|e| nbd_errno(&e, false))?;
+        let now = self.ns.controller().data_losing_restarts();
+        let seen = self.restarts_flushed.swap(now, Ordering::SeqCst);
+        if now != seen {
+            tracing::error!(
+                "NBD flush failed with EIO: the target restarted and lost its namespace's data (a RAM namespace), \
+                 with it writes acknowledged before the restart"
+            );
+            return Err(errno::EIO);
+        }
+        Ok(None)
     }
 
     /// The namespace's block size in bytes.
@@ -514,7 +537,7 @@ async fn execute(export: &Export, r: &Request, data: Bytes, align: Alignment) ->
     }
     let fua = r.flags & cflags::FUA != 0;
     if r.ty == cmd::FLUSH {
-        return export.ns.flush().await.map(|_| None).map_err(|e| nbd_errno(&e, false));
+        return export.flush().await;
     }
     let bs = export.block_size() as u64;
     let (mut offset, mut len) = (r.offset, r.length as u64);
@@ -762,6 +785,7 @@ mod tests {
                 budget: Arc::new(Semaphore::new(INFLIGHT_BYTES)),
                 stall_timeout: STALL_TIMEOUT,
                 partial_blocks: partial_block_locks(),
+                restarts_flushed: ctrl.data_losing_restarts().into(),
             });
             let (mut client, theirs) = tokio::io::duplex(1 << 20);
             let serving = tokio::spawn(serve_transmission(theirs, export, CancellationToken::new()));
