@@ -416,6 +416,64 @@ fn at_sigterm_requests_received_are_answered_and_later_ones_get_eshutdown() {
     assert_eq!((0..16).map(|h| answered.get(&h).copied()).collect::<Vec<_>>(), vec![Some(0); 16]);
     assert_eq!(answered.get(&100), Some(&108), "a request after SIGTERM: ESHUTDOWN");
     assert!(c.closed(), "then the bridge closes");
+    let mut b = b;
+    assert_eq!(exit_within(&mut b.child, Duration::from_secs(20)), Some(0), "a clean stop exits 0");
+}
+
+/// The bridge's exit code, waited for up to `limit` (a bound for liveness; None: still running).
+fn exit_within(child: &mut Child, limit: Duration) -> Option<i32> {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st.code().unwrap_or(-1));
+        }
+        if t0.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A second SIGTERM closes the connections still busy: their requests go unanswered or fail, and the bridge
+/// says so with its exit code (1), as `--device` does; it exited 0 before.
+#[test]
+fn a_forced_stop_exits_with_an_error() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "1", "--test-delay-writes-ms", "8000"]);
+    let mut b = Bridge::start(&t, &[]);
+    let mut c = go(b.port);
+    c.request(CMD_WRITE, 0, 1, 0, 512, &[7u8; 512]);
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..2 {
+        assert!(Command::new("kill").args(["-TERM", &b.child.id().to_string()]).status().unwrap().success());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(exit_within(&mut b.child, Duration::from_secs(20)), Some(1));
+    drop((c, t));
+}
+
+/// Once the controller is lost for good (the target gone past ctrl_loss_tmo), the bridge stops with an error
+/// that says so, instead of serving an export that fails every request to every client that connects.
+#[test]
+fn the_bridge_stops_once_its_controller_is_lost() {
+    let mut t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "1"]);
+    let mut b = Bridge::start(&t, &["--ctrl-loss-tmo-ms", "500", "--reconnect-delay-ms", "100"]);
+    let _ = t.child.kill();
+    let _ = t.child.wait();
+    assert_eq!(exit_within(&mut b.child, Duration::from_secs(20)), Some(1), "the bridge is still serving");
+}
+
+/// The bridge binds its listener before it contacts the target: a taken address is said at once, and
+/// nothing is asked of the target (here there is none to ask).
+#[test]
+fn a_taken_listen_address_is_said_before_the_target_is_contacted() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = Command::new(BIN)
+        .args(["nbd", "--addr", "127.0.0.1:1", "--nqn", NQN, "--listen", &taken.local_addr().unwrap().to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot listen on"), "{err}");
 }
 
 /// A client that pipelines large reads and never reads the replies holds at most its own share of the

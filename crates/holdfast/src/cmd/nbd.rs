@@ -71,6 +71,23 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         runtime()?
     };
     rt.block_on(async move {
+        // Where clients come in, before the target is contacted: a taken address fails at once and leaves
+        // nothing on the target.
+        let listener = match (&device, &a.socket) {
+            (Some(_), _) => None,
+            (None, Some(p)) => {
+                // A socket left by a bridge that died is replaced; one a live process answers on, or a file that
+                // is not a socket, is left alone.
+                let l = holdfast_rt::bind_unix_socket(p).with_context(|| format!("cannot bind {}", p.display()))?;
+                Some(Listener::Unix(l))
+            }
+            (None, None) => {
+                let l = tokio::net::TcpListener::bind(a.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", a.listen))?;
+                Some(Listener::Tcp(l))
+            }
+        };
         let (c, ns) = a.ns.open(a.ns.options(a.queues.max(1))).await?;
         let export = Arc::new(Export {
             description: format!("holdfast: {} at {}", a.ns.describe(), a.ns.subsystem.host.addr),
@@ -94,23 +111,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             let r = attach(dev, export).await;
             let shut = c.shutdown().await;
             r?;
-            return Ok(shut?);
+            shut?;
+            return Ok(ExitCode::SUCCESS);
         }
         let stop = CancellationToken::new();
-        let listener = match &a.socket {
-            Some(p) => {
-                // A socket left by a bridge that died is replaced; one a live process answers on, or a file that
-                // is not a socket, is left alone.
-                let l = holdfast_rt::bind_unix_socket(p).with_context(|| format!("cannot bind {}", p.display()))?;
-                Listener::Unix(l)
-            }
-            None => {
-                let l = tokio::net::TcpListener::bind(a.listen)
-                    .await
-                    .with_context(|| format!("cannot listen on {}", a.listen))?;
-                Listener::Tcp(l)
-            }
-        };
+        let Some(listener) = listener else { anyhow::bail!("no listener") };
         outln!(
             "export {:?}: {}, {} bytes in {}-byte blocks{}",
             export.name,
@@ -133,10 +138,20 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let mut conns = JoinSet::new();
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
+        let lost = controller_lost(&c);
+        tokio::pin!(lost);
+        let mut lost_reason = None;
         loop {
             let accepted = tokio::select! {
                 _ = term.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
+                reason = &mut lost => {
+                    // Every request would fail from now on, and clients that connect would be told of an export
+                    // that cannot serve: stop, so that a supervisor starts the bridge again (a new controller).
+                    tracing::error!("the controller is lost ({reason}): the bridge stops");
+                    lost_reason = Some(reason);
+                    break;
+                }
                 Some(_) = conns.join_next(), if !conns.is_empty() => continue,
                 r = listener.accept() => r,
             };
@@ -185,10 +200,31 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             tracing::warn!("closing the clients still busy ({} connections)", conns.len());
             conns.shutdown().await;
         }
-        c.shutdown().await?;
-        Ok::<_, anyhow::Error>(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+        let shut = c.shutdown().await;
+        if let Some(reason) = lost_reason {
+            anyhow::bail!("the controller was lost: {reason}");
+        }
+        shut?;
+        // Requests cut off unanswered or failed at a forced close: not a clean stop.
+        Ok::<_, anyhow::Error>(if drained { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    })
+}
+
+/// Resolves, with the reason, once `c` has failed for good (ctrl_loss_tmo passed, or a fatal refusal): the
+/// bridge then stops, as nbd-client's device does when its server is gone.
+async fn controller_lost(c: &holdfast_host::Controller) -> String {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut events = c.events();
+    loop {
+        if let holdfast_host::controller::State::Failed { reason } = c.state() {
+            return reason;
+        }
+        match events.recv().await {
+            Ok(holdfast_host::controller::Event::Failed { reason }) => return reason,
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
 }
 
 /// `--device`: attach the export to a Linux NBD device and serve it until the device stops. The first
@@ -243,9 +279,13 @@ async fn attach(device: crate::nbd::device::Device, export: Arc<Export>) -> anyh
     );
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    // Ask the kernel to detach (first signal), then force (second signal, or the drain's end).
+    // Ask the kernel to detach (first signal, or the controller lost for good), then force (second signal, or
+    // the drain's end).
     let (mut asked, mut forced) = (false, false);
     let mut deadline: Option<tokio::time::Instant> = None;
+    let lost = controller_lost(export.ns.controller());
+    tokio::pin!(lost);
+    let mut lost_reason = None;
     let ran = loop {
         let expired = async {
             match deadline {
@@ -260,6 +300,14 @@ async fn attach(device: crate::nbd::device::Device, export: Arc<Export>) -> anyh
             _ = hup.recv() => {
                 tracing::info!("SIGHUP ignored: {} stays attached (SIGTERM or SIGINT detaches it)", dev.display());
                 continue;
+            }
+            reason = &mut lost, if lost_reason.is_none() => {
+                // Every request fails from now on: the device goes, as nbd-client's does when its server is gone.
+                tracing::error!("the controller is lost ({reason}): detaching {}", dev.display());
+                lost_reason = Some(reason);
+                if asked {
+                    continue;
+                }
             }
             _ = expired => {
                 if forced {
@@ -297,6 +345,9 @@ async fn attach(device: crate::nbd::device::Device, export: Arc<Export>) -> anyh
         }
     };
     ran.with_context(|| format!("{} stopped", dev.display()))?;
+    if let Some(reason) = lost_reason {
+        anyhow::bail!("{} detached: the controller was lost: {reason}", dev.display());
+    }
     if forced {
         anyhow::bail!("{} detached by force; requests outstanding failed", dev.display());
     }
