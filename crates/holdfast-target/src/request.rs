@@ -201,6 +201,22 @@ impl WorkResult for (Response, Response) {
     }
 }
 
+/// Data a command keeps while it runs elsewhere (on a namespace's I/O threads), detached from the receive
+/// buffer it was decoded into: a piece of at most [`DETACH_MAX`] bytes is copied, since a slice would keep the
+/// whole buffer (64 KiB) for as long as the command runs, and a host with many small writes outstanding on a
+/// slow backend would hold many times what it sent (in-capsule writes are not counted in the R2T budget).
+/// Larger pieces came through R2Ts, counted, in a buffer grown to their size.
+pub fn detach_small(data: Bytes) -> Bytes {
+    if !data.is_empty() && data.len() <= DETACH_MAX {
+        Bytes::copy_from_slice(&data)
+    } else {
+        data
+    }
+}
+
+/// The largest piece [`detach_small`] copies: the largest in-capsule data an I/O queue takes.
+pub const DETACH_MAX: usize = 16 << 10;
+
 /// A command's blocking backend work, not yet started: one command's [`Response`], or the two of a fused
 /// operation ([`FusedOutcome`]).
 pub struct Deferred<T: WorkResult = Response> {
@@ -322,3 +338,21 @@ pub const MAX_TRANSFER: usize = 4096 << MDTS;
 
 /// Result of parsing: a request, or a status to complete the command with at once.
 pub type ParseResult = Result<Request, Status>;
+
+#[cfg(test)]
+mod detach_tests {
+    use super::*;
+
+    /// A small piece of a larger buffer is copied out of it (the buffer can go); a large one, and nothing,
+    /// are kept as they are.
+    #[test]
+    fn small_pieces_are_detached_from_their_buffer() {
+        let buf = Bytes::from(vec![7u8; 64 << 10]);
+        let small = detach_small(buf.slice(100..4196));
+        let within =
+            |b: &Bytes| (buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len()).contains(&(b.as_ptr() as usize));
+        assert!(!within(&small) && small.len() == 4096 && small.iter().all(|&x| x == 7));
+        let large = detach_small(buf.slice(0..32 << 10));
+        assert!(within(&large), "a piece above DETACH_MAX is not copied");
+    }
+}

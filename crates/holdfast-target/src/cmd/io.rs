@@ -10,7 +10,8 @@ use crate::backend::{CompareAndWrite, MediaGate};
 use crate::controller::Controller;
 use crate::namespace::Namespace;
 use crate::request::{
-    DataDir, Deferred, Exec, FusedOutcome, Outcome, ParseResult, QueueCtx, Request, Response, MAX_TRANSFER,
+    detach_small, DataDir, Deferred, Exec, FusedOutcome, Outcome, ParseResult, QueueCtx, Request, Response,
+    MAX_TRANSFER,
 };
 use bytes::{Bytes, BytesMut};
 use holdfast_proto::opcode::io as op;
@@ -394,8 +395,10 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
         }
     }
     if let Some(ns) = offload {
+        let data = detach_small(data);
         Outcome::Later(Deferred::new(ns, move || finish(run(req.exec, len, data, gate, &ctrl.write_through), &ctrl)))
     } else if let Some(ns) = long_deallocation(&req.exec, &data) {
+        let data = detach_small(data);
         Outcome::Later(Deferred::off_task(ns, move || {
             finish(run(req.exec, len, data, gate, &ctrl.write_through), &ctrl)
         }))
@@ -464,6 +467,9 @@ pub fn execute_fused(
     stats.bytes_read.fetch_add(first.len as u64, Ordering::Relaxed);
     stats.write_cmds.fetch_add(1, Ordering::Relaxed);
     stats.bytes_written.fetch_add(second.len as u64, Ordering::Relaxed);
+    // Kept while the pair runs on the I/O threads: detached from the receive buffer.
+    let (first_data, second_data) =
+        if ns.io.is_some() { (detach_small(first_data), detach_small(second_data)) } else { (first_data, second_data) };
     let run = {
         let (ns, ctrl) = (ns.clone(), ctrl.clone());
         move || {

@@ -372,7 +372,7 @@ pub fn execute(ctrl: &Arc<Controller>, req: &Request, data: Bytes) -> Outcome {
     }
     let (cmd, cdw10) = (*cmd, req.sqe.cdw10.get());
     if ns.pr.ptpl_capable() {
-        let (ctrl, ns) = (ctrl.clone(), ns.clone());
+        let (ctrl, ns, data) = (ctrl.clone(), ns.clone(), crate::request::detach_small(data));
         return Outcome::Later(Deferred::off_task(ns.clone(), move || match change(&ctrl, &ns, cmd, cdw10, &data) {
             Ok(preempted) => {
                 wait_for_preempted(&ctrl.subsys, &preempted);
