@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::options::ConnectOptions;
 use bytes::BytesMut;
 use holdfast_proto::fabrics::DISCOVERY_NQN;
-use holdfast_proto::log_page::{field_str, DiscoveryLogEntry, LID_DISCOVERY};
+use holdfast_proto::log_page::{self as lp, field_str, DiscoveryLogEntry, LID_DISCOVERY};
 use holdfast_proto::policy::{ConnectionPolicy, LID_HOLDFAST_POLICY};
 use holdfast_proto::Status;
 
@@ -32,6 +32,10 @@ pub struct DiscoveryEntry {
     pub subnqn: String,
     /// Transport address.
     pub traddr: String,
+    /// Entry flags (EFLAGS: bit 0 DUPRETINFO, bit 1 EPCSD, bit 2 NCC).
+    pub eflags: u16,
+    /// For TCP, the security type (TSAS byte 0: 0 none, 1 TLS 1.2, 2 TLS 1.3).
+    pub sectype: u8,
 }
 
 impl DiscoveryEntry {
@@ -47,7 +51,63 @@ impl DiscoveryEntry {
             trsvcid: field_str(&e.trsvcid),
             subnqn: field_str(&e.subnqn),
             traddr: field_str(&e.traddr),
+            eflags: e.eflags.get(),
+            sectype: if e.trtype == lp::TRTYPE_TCP { e.tcp_sectype() } else { 0 },
         }
+    }
+    /// The transport in words (TRTYPE).
+    pub fn trtype_name(&self) -> String {
+        match self.trtype {
+            lp::TRTYPE_RDMA => "rdma".into(),
+            lp::TRTYPE_FC => "fc".into(),
+            lp::TRTYPE_TCP => "tcp".into(),
+            lp::TRTYPE_LOOP => "loop".into(),
+            t => format!("unknown ({t})"),
+        }
+    }
+    /// The address family in words (ADRFAM).
+    pub fn adrfam_name(&self) -> String {
+        match self.adrfam {
+            lp::ADRFAM_IPV4 => "ipv4".into(),
+            lp::ADRFAM_IPV6 => "ipv6".into(),
+            lp::ADRFAM_IB => "ib".into(),
+            lp::ADRFAM_FC => "fc".into(),
+            lp::ADRFAM_LOOP => "loop".into(),
+            a => format!("unknown ({a})"),
+        }
+    }
+    /// The secure channel requirement (TREQ bits 1:0) in words.
+    pub fn secure_channel(&self) -> &'static str {
+        match self.treq & lp::TREQ_SECURE_MASK {
+            lp::TREQ_SECURE_NOT_SPECIFIED => "not specified",
+            lp::TREQ_SECURE_REQUIRED => "required",
+            lp::TREQ_SECURE_NOT_REQUIRED => "not required",
+            _ => "reserved",
+        }
+    }
+    /// The security type in words (TSAS SECTYPE, TCP).
+    pub fn sectype_name(&self) -> &'static str {
+        match self.sectype {
+            0 => "none",
+            1 => "tls 1.2",
+            2 => "tls 1.3",
+            _ => "reserved",
+        }
+    }
+    /// Whether this host can connect to the entry: a TCP transport without a required secure channel
+    /// (holdfast's host has no TLS). An entry of another transport, or one that requires TLS (TREQ 01b, as an
+    /// nvmet port with `addr_tsas` tls1.3 lists it), is not one it can use.
+    pub fn connectable(&self) -> bool {
+        self.trtype == lp::TRTYPE_TCP && self.treq & lp::TREQ_SECURE_MASK != lp::TREQ_SECURE_REQUIRED
+    }
+    /// DUPRETINFO (EFLAGS bit 0): the entry's discovery controller returns this same log, so a host need not
+    /// connect to it too (libnvme's connect-all skips such an entry).
+    pub fn duplicate_returned_info(&self) -> bool {
+        self.eflags & lp::EFLAGS_DUPRETINFO != 0
+    }
+    /// EPCSD (EFLAGS bit 1): the entry's discovery controller takes persistent connections.
+    pub fn persistent_discovery(&self) -> bool {
+        self.eflags & lp::EFLAGS_EPCSD != 0
     }
     /// The subsystem supports disabling SQ flow control (TREQ bit 2): connect to it with
     /// [`ConnectOptions::disable_sqflow`] set, as libnvme does.
@@ -195,4 +255,28 @@ async fn read_log(ctrl: &Controller) -> Result<Vec<DiscoveryEntry>> {
             .collect());
     }
     Err(Error::Protocol { qid: 0, what: "the discovery log kept changing while it was read".into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// TREQ, TSAS and EFLAGS decoded: an entry that requires TLS, or of another transport, is not one this host
+    /// can connect to.
+    #[test]
+    fn entries_say_whether_this_host_can_use_them() {
+        let mut e =
+            DiscoveryLogEntry::build(lp::SUBTYPE_NVME, 1, 0xFFFF, 32, "4420", "nqn.x", "10.0.0.1", lp::ADRFAM_IPV4);
+        e.treq = lp::TREQ_SECURE_REQUIRED;
+        e.tsas[0] = 2;
+        e.eflags.set(lp::EFLAGS_DUPRETINFO);
+        let d = DiscoveryEntry::from(&e);
+        assert_eq!((d.secure_channel(), d.sectype_name(), d.trtype_name()), ("required", "tls 1.3", "tcp".into()));
+        assert!(!d.connectable() && d.duplicate_returned_info() && !d.persistent_discovery());
+        e.treq = lp::TREQ_SECURE_NOT_REQUIRED;
+        assert!(DiscoveryEntry::from(&e).connectable(), "TLS offered, not required");
+        e.trtype = lp::TRTYPE_RDMA;
+        let d = DiscoveryEntry::from(&e);
+        assert!(!d.connectable() && d.trtype_name() == "rdma" && d.sectype == 0, "TSAS is TCP's only");
+    }
 }

@@ -60,10 +60,17 @@ fn discover_identify_write_read_and_bench_verify() {
     assert!(v["records"].as_array().is_some_and(|r| !r.is_empty()), "{out}");
     for r in v["records"].as_array().unwrap() {
         assert_eq!(r["sq_flow_disable_supported"], true, "every entry allows disabling SQ flow control: {out}");
+        assert_eq!((&r["trtype"], &r["adrfam"], &r["sectype"]), (&"tcp".into(), &"ipv4".into(), &"none".into()));
+        assert_eq!((&r["secure_channel"], &r["connectable"]), (&"not specified".into(), &true.into()), "{out}");
+        let current_discovery = r["subtype"] == "current discovery subsystem";
+        assert_eq!(r["duplicate_returned_info"], current_discovery, "EFLAGS decoded: {out}");
+        assert_eq!(r["persistent_discovery"], current_discovery, "EFLAGS decoded: {out}");
     }
     let (rc, out, err) = holdfast(&["discover", &t.addr()]);
     assert_eq!(rc, 0, "{err}");
     assert!(out.contains("SQ flow control disable supported"), "TREQ bit 2 decoded: {out}");
+    assert!(out.contains("trtype:  tcp  adrfam: ipv4"), "{out}");
+    assert!(out.contains("eflags: duplicate returned info, persistent connections"), "{out}");
     let (rc, out, err) = holdfast(&["identify", "--addr", &t.addr(), "--nqn", NQN, "--nsid", "1", "--json"]);
     assert_eq!(rc, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

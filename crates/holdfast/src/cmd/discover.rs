@@ -38,11 +38,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|e| {
                 serde_json::json!({
-                    "trtype": if e.trtype == 3 { "tcp".to_string() } else { e.trtype.to_string() },
-                    "adrfam": match e.adrfam { 1 => "ipv4".to_string(), 2 => "ipv6".to_string(), x => x.to_string() },
+                    "trtype": e.trtype_name(), "adrfam": e.adrfam_name(),
                     "subtype": e.subtype_name(), "portid": e.portid, "cntlid": e.cntlid, "asqsz": e.asqsz,
                     "trsvcid": e.trsvcid, "subnqn": e.subnqn, "traddr": e.traddr, "treq": e.treq,
+                    "secure_channel": e.secure_channel(), "sectype": e.sectype_name(),
                     "sq_flow_disable_supported": e.sq_flow_disable_supported(),
+                    "eflags": e.eflags, "duplicate_returned_info": e.duplicate_returned_info(),
+                    "persistent_discovery": e.persistent_discovery(), "connectable": e.connectable(),
                 })
             })
             .collect();
@@ -60,16 +62,41 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         outln!("Discovery log of {}: {} record(s)", a.addr, entries.len());
         for (i, e) in entries.iter().enumerate() {
             outln!("===== entry {i} =====");
+            outln!("trtype:  {}  adrfam: {}", e.trtype_name(), e.adrfam_name());
             outln!("subtype: {}", e.subtype_name());
             outln!("traddr:  {}", e.traddr);
             outln!("trsvcid: {}", e.trsvcid);
             outln!("subnqn:  {}", e.subnqn);
-            let sqflow = if e.sq_flow_disable_supported() {
-                " (SQ flow control disable supported: --disable-sqflow)"
-            } else {
-                ""
-            };
-            outln!("portid:  {}  cntlid: {:#x}  asqsz: {}  treq: {:#x}{sqflow}", e.portid, e.cntlid, e.asqsz, e.treq);
+            let sqflow = if e.sq_flow_disable_supported() { ", SQ flow control disable supported" } else { "" };
+            outln!(
+                "treq:    secure channel {}{sqflow}  sectype: {}",
+                e.secure_channel(),
+                if e.trtype == holdfast_proto::log_page::TRTYPE_TCP { e.sectype_name() } else { "-" }
+            );
+            let mut eflags = Vec::new();
+            if e.duplicate_returned_info() {
+                eflags.push("duplicate returned info");
+            }
+            if e.persistent_discovery() {
+                eflags.push("persistent connections");
+            }
+            outln!(
+                "portid:  {}  cntlid: {:#x}  asqsz: {}  eflags: {}",
+                e.portid,
+                e.cntlid,
+                e.asqsz,
+                if eflags.is_empty() { "none".to_string() } else { eflags.join(", ") }
+            );
+            if !e.connectable() {
+                outln!(
+                    "note:    holdfast's host cannot connect here ({})",
+                    if e.trtype != holdfast_proto::log_page::TRTYPE_TCP {
+                        "another transport than TCP"
+                    } else {
+                        "a TLS secure channel is required, and holdfast has no TLS"
+                    }
+                );
+            }
         }
         match policy {
             // The page with its timing fields clear (POLICY_SET 0): the discovery controller has no subsystem
