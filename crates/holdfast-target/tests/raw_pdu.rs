@@ -1937,6 +1937,24 @@ async fn a_malformed_termination_request_is_answered_by_closing() {
     server.stop().await;
 }
 
+/// The discovery controller's Identify: a discovery controller (CNTRLTYPE 2) of the well-known NQN, that
+/// reports Discovery Log Page Change notices (OAES bit 31) and takes Disconnect (OFCS bit 0), as an I/O
+/// controller of this target says too; a KATO of 0 set there is two minutes.
+#[tokio::test]
+async fn the_discovery_controller_identifies_itself() {
+    let (server, addr) = start("").await;
+    let (mut d, _) = Conn::admin(addr, fabrics::DISCOVERY_NQN, false, false).await;
+    let c = d.identify_controller().await;
+    assert_eq!((c.cntrltype, c.subsystem_nqn()), (2, fabrics::DISCOVERY_NQN.to_string()));
+    assert_eq!((c.oaes.get() >> 31, c.ofcs.get()), (1, 1));
+    // Set Features KATO 0 there is two minutes, as a Connect's KATO 0 is: not a controller that never expires.
+    d.set_feature(0x0F, 0).await;
+    let mut g = SubmissionEntry::new(admin::GET_FEATURES, 0);
+    g.cdw10.set(0x0F);
+    assert_eq!(d.cmd(g, Bytes::new()).await.0.dw0.get(), 120_000);
+    server.stop().await;
+}
+
 /// ONCS of a new controller, and namespace 1's RESCAP (Identify Namespace byte 31).
 async fn reservation_support(addr: SocketAddr) -> (u16, u8) {
     let (mut a, _) = Conn::admin(addr, NQN, false, false).await;

@@ -502,6 +502,9 @@ pub fn set_features(c: &Controller, req: &Request, data: &[u8]) -> Outcome {
             Controller::event_classes_changed(&mut st, v);
         }
         fid::KEEP_ALIVE_TIMER => {
+            // A discovery controller takes 0 as at Connect: two minutes, not "never" (an unauthenticated peer
+            // would otherwise hold it for ever).
+            let v = if v == 0 && c.subsys.is_discovery { super::fabrics::DISCOVERY_DEFAULT_KATO_MS } else { v };
             // Round up to the Keep Alive granularity (KAS).
             let g = KAS_100MS as u32 * 100;
             c.kato_ms.store(v.div_ceil(g).saturating_mul(g), Ordering::Relaxed);

@@ -56,6 +56,7 @@ pub fn identify(_ctx: &QueueCtx, c: &Controller, req: &Request) -> Response {
     // controller by the smaller of MAXCMD and CAP.MQES and warned "clamping down" at every discovery at 32.
     d.maxcmd.set(MAX_QUEUE_ENTRIES as u16);
     d.subnqn = holdfast_proto::fabrics::nqn_to_field(DISCOVERY_NQN);
+    d.ofcs.set(id::OFCS_DISCONNECT); // Disconnect is taken here too (fabrics::disconnect)
     Response::data(d.as_bytes().to_vec())
 }
 
