@@ -238,9 +238,23 @@ impl PduDecoder {
         }
         let hlen = hlen as usize;
 
-        // Digest flags must say what was negotiated.
+        // With header digests, the digest first (the header is at most 128 bytes, HLEN fixed by the type): a bit
+        // flipped on the way in FLAGS, PDO or PLEN is then reported as what it is, a Header Digest Error, not as
+        // the bad field it makes (Linux nvmet verifies the digest before the header's fields too).
         let digestible = ty.digestible();
         let hd = if digestible && self.hdgst { DIGEST_LEN } else { 0 };
+        if hd != 0 {
+            if buf.len() < hlen + hd {
+                return Ok(None);
+            }
+            let want = crc32c(&buf[..hlen]);
+            let got = u32::from_le_bytes([buf[hlen], buf[hlen + 1], buf[hlen + 2], buf[hlen + 3]]);
+            if want != got {
+                return Err(self.fail(Fes::HeaderDigestError, 0, buf, "header digest mismatch"));
+            }
+        }
+
+        // Digest flags must say what was negotiated.
         if digestible && ((fl & flags::HDGSTF != 0) != self.hdgst) {
             return Err(self.fail(
                 Fes::InvalidHeaderField,
@@ -327,16 +341,9 @@ impl PduDecoder {
             }
         }
 
-        // Header digest as soon as the header is here (before waiting for a large data part).
+        // The whole header (its digest, checked above) before its fields are read.
         if buf.len() < hlen + hd {
             return Ok(None);
-        }
-        if hd != 0 {
-            let want = crc32c(&buf[..hlen]);
-            let got = u32::from_le_bytes([buf[hlen], buf[hlen + 1], buf[hlen + 2], buf[hlen + 3]]);
-            if want != got {
-                return Err(self.fail(Fes::HeaderDigestError, 0, buf, "header digest mismatch"));
-            }
         }
         if matches!(ty, PduType::H2CData | PduType::C2HData) {
             let datal = u32::from_le_bytes(buf[16..20].try_into().unwrap_or_default()) as usize;
@@ -625,14 +632,25 @@ mod tests {
         assert_eq!(fatal(&mut d, &[0x04, 0, 70, 0, 72, 0, 0, 0]).fei, offset::HLEN);
         let mut d = ready(Role::Controller, false, false);
         assert_eq!(fatal(&mut d, &[0x05, 0, 24, 0, 24, 0, 0, 0]).fei, 0, "C2H type at a controller");
+        // With header digests, the fields are judged once the header and its (good) digest are in.
+        let with_digest = |head: &[u8]| {
+            let mut h = head.to_vec();
+            h.resize(72, 0);
+            let crc = crc32c(&h);
+            h.extend_from_slice(&crc.to_le_bytes());
+            h
+        };
         let mut d = ready(Role::Controller, true, false);
-        assert_eq!(fatal(&mut d, &[0x04, 0, 72, 0, 76, 0, 0, 0]).fei, offset::FLAGS, "missing HDGSTF");
+        assert!(d.decode(&mut BytesMut::from(&[0x04, 0, 72, 0, 76, 0, 0, 0][..])).unwrap().is_none(), "waits");
+        let mut d = ready(Role::Controller, true, false);
+        assert_eq!(fatal(&mut d, &with_digest(&[0x04, 0, 72, 0, 76, 0, 0, 0])).fei, offset::FLAGS, "missing HDGSTF");
         let mut d = ready(Role::Controller, false, false);
         assert_eq!(fatal(&mut d, &[0x04, 0, 72, 10, 100, 0, 0, 0]).fei, offset::PDO);
         let mut d = ready(Role::Controller, false, false);
         assert_eq!(fatal(&mut d, &[0x04, 0, 72, 0, 10, 0, 0, 0]).fei, offset::PLEN, "PLEN shorter than the header");
         let mut d = ready(Role::Controller, true, false);
-        assert_eq!(fatal(&mut d, &[0x04, 1, 72, 0, 72, 0, 0, 0]).fei, offset::PLEN, "no room for the header digest");
+        let f = fatal(&mut d, &with_digest(&[0x04, 1, 72, 0, 72, 0, 0, 0]));
+        assert_eq!(f.fei, offset::PLEN, "no room for the header digest");
         let mut d = ready(Role::Controller, false, false);
         let mut c = PduDecoder::new(Role::Controller, Limits::default());
         assert_eq!(fatal(&mut c, &[0x04, 0, 72, 0, 72, 0, 0, 0]).fes, Fes::SequenceError, "capsule before ICReq");
@@ -650,6 +668,13 @@ mod tests {
         b[9] ^= 1; // corrupt header
         let mut d = ready(Role::Controller, true, true);
         assert_eq!(fatal(&mut d, &b).fes, Fes::HeaderDigestError);
+        // A bit flipped in a field the decoder checks (FLAGS, PDO, PLEN) is a digest error too, not that field's.
+        for at in [1, 3, 4] {
+            let mut b = BytesMut::from(&pdu.to_bytes(&f)[..]);
+            b[at] ^= 0x10;
+            let mut d = ready(Role::Controller, true, true);
+            assert_eq!(fatal(&mut d, &b).fes, Fes::HeaderDigestError, "byte {at}");
+        }
     }
 
     #[test]
