@@ -70,6 +70,24 @@ pub struct Config {
     /// Hosts with DH-HMAC-CHAP keys.
     #[serde(rename = "host", default)]
     pub hosts: Vec<HostConfig>,
+    /// Other discovery controllers the discovery log refers hosts to.
+    #[serde(rename = "referral", default)]
+    pub referrals: Vec<ReferralConfig>,
+}
+
+/// A referral (NVMe-oF 1.1 §5.3, SUBTYPE 1): another target's discovery controller, listed in this target's
+/// discovery log so that a host that follows referrals (nvme-cli's `connect-all`) finds its subsystems too;
+/// Linux nvmet's `ports/N/referrals/NAME`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReferralConfig {
+    /// The other discovery controller's address, IP:PORT.
+    pub address: String,
+    /// Its port ID there (the entry's PORTID).
+    pub portid: u16,
+    /// Listed to hosts that came in on these of this target's ports (empty: every port).
+    #[serde(default)]
+    pub ports: Vec<u16>,
 }
 
 /// A host's DH-HMAC-CHAP secrets (Linux nvmet's configfs `hosts/NQN/dhchap_key`, `dhchap_ctrl_key`,
@@ -581,6 +599,27 @@ impl Config {
                 }
             }
         }
+        let mut referred = HashSet::new();
+        for (i, r) in self.referrals.iter().enumerate() {
+            let k = |f: &str| format!("referral[{i}].{f}");
+            let a = match r.address.parse::<SocketAddr>() {
+                Ok(a) if a.port() != 0 && !a.ip().is_unspecified() => a,
+                _ => {
+                    return Err(err(
+                        k("address"),
+                        format!("\"{}\" is not the IP:PORT of a discovery controller", r.address),
+                    ))
+                }
+            };
+            if !referred.insert((a, r.portid)) {
+                return Err(err(k("address"), format!("{a} (port ID {}) is referred to twice", r.portid)));
+            }
+            for (j, p) in r.ports.iter().enumerate() {
+                if !ids.contains(p) {
+                    return Err(err(k(&format!("ports[{j}]")), format!("no [[port]] has id {p}")));
+                }
+            }
+        }
         let mut nqns = HashSet::new();
         // Namespace identifiers given in the file, with the key that gave each: unique across subsystems.
         let mut seen: HashMap<(&'static str, Vec<u8>), String> = HashMap::new();
@@ -917,6 +956,20 @@ block_size = 4096
             "listen = \"127.0.0.1:4420\"\n[[port]]\nid = 2\nlisten = \"0.0.0.0:4420\"",
         );
         assert_eq!(e.key, "port[1].listen", "{e}");
+        // Referrals: an address that is not a discovery controller's, a port that does not exist, one twice.
+        let referral = |body: &str| Config::parse(&format!("{GOOD}[[referral]]\n{body}\n"), "t.toml");
+        let e = referral("address = \"0.0.0.0:4420\"\nportid = 1").unwrap_err();
+        assert_eq!(e.key, "referral[0].address", "{e}");
+        let e = referral("address = \"192.0.2.1:4420\"\nportid = 1\nports = [9]").unwrap_err();
+        assert_eq!((e.key.as_str(), e.reason.as_str()), ("referral[0].ports[0]", "no [[port]] has id 9"));
+        let e = referral(
+            "address = \"192.0.2.1:4420\"\nportid = 1\n[[referral]]\naddress = \"192.0.2.1:4420\"\nportid = 1",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "referral[1].address", "{e}");
+        let e = referral("address = \"192.0.2.1:4420\"").unwrap_err();
+        assert!(e.to_string().contains("portid"), "{e}");
+        assert!(referral("address = \"192.0.2.1:4420\"\nportid = 2\nports = [1]").is_ok());
         // Namespace identifiers: all zeroes, or the same as another namespace's.
         let e = bad("block_size = 4096", "block_size = 4096\neui64 = \"0000000000000000\"");
         assert_eq!(e.key, "subsystem[0].namespace[0].eui64", "{e}");

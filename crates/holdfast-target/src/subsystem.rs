@@ -117,6 +117,27 @@ pub struct DiscoveryView {
     pub ports: Vec<Port>,
     /// Each NVM subsystem's NQN and access, in NQN order.
     pub subsystems: Vec<(String, Access)>,
+    /// Other discovery controllers the log refers hosts to.
+    pub referrals: Vec<Referral>,
+}
+
+/// A referral to another discovery controller ([`crate::config::ReferralConfig`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referral {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its port ID there.
+    pub portid: u16,
+    /// Listed to hosts that came in on these ports (empty: every port).
+    pub ports: Vec<u16>,
+}
+
+/// The referrals of a (validated) configuration.
+fn referrals_of(cfg: &Config) -> Vec<Referral> {
+    cfg.referrals
+        .iter()
+        .filter_map(|r| Some(Referral { addr: r.address.parse().ok()?, portid: r.portid, ports: r.ports.clone() }))
+        .collect()
 }
 
 /// An NVM subsystem (or the discovery subsystem).
@@ -386,6 +407,8 @@ pub struct Target {
     host_keys: RwLock<Arc<HostKeyMap>>,
     /// Asymmetric Namespace Access: each port's group states.
     pub ana: crate::ana::Ana,
+    /// Referrals to other discovery controllers (`[[referral]]`), replaced whole by a reload.
+    referrals: RwLock<Vec<Referral>>,
 }
 
 /// DH-HMAC-CHAP keys by host NQN.
@@ -583,6 +606,7 @@ impl Target {
             dead_lists,
             host_keys: RwLock::new(Arc::new(host_keys_of(cfg))),
             ana: crate::ana::Ana::new(cfg),
+            referrals: RwLock::new(referrals_of(cfg)),
             settings,
         });
         target.publish_discovery_view();
@@ -596,6 +620,7 @@ impl Target {
             genctr: self.genctr.load(Ordering::SeqCst),
             ports: self.ports.read().clone(),
             subsystems: self.subsystems().iter().map(|s| (s.nqn.clone(), s.access.read().clone())).collect(),
+            referrals: self.referrals.read().clone(),
         };
         *self.discovery_view.write() = Arc::new(view);
     }
@@ -716,6 +741,17 @@ impl Target {
         }
         // Apply.
         let mut discovery_changed = false;
+        let referrals = referrals_of(cfg);
+        if *self.referrals.read() != referrals {
+            let list: Vec<String> = referrals.iter().map(|r| format!("{} (port ID {})", r.addr, r.portid)).collect();
+            summary.notes.push(if list.is_empty() {
+                "referrals: none".to_string()
+            } else {
+                format!("referrals: {}", list.join(", "))
+            });
+            *self.referrals.write() = referrals;
+            discovery_changed = true;
+        }
         {
             let mut subs = self.subsystems.write();
             for (nqn, s) in fresh {

@@ -1955,6 +1955,51 @@ async fn the_discovery_controller_identifies_itself() {
     server.stop().await;
 }
 
+/// Referrals (`[[referral]]`): another target's discovery controller listed as SUBTYPE 1 under the discovery
+/// NQN, with its own port ID and nothing claimed of it (TREQ 0, no EFLAGS), to the hosts of the ports it names;
+/// a reload that adds one moves GENCTR.
+#[tokio::test]
+async fn referrals_are_listed_in_the_discovery_log() {
+    use holdfast_proto::log_page::DiscoveryLogEntry;
+    use zerocopy::FromBytes;
+    let cfg = |referrals: &str| {
+        let text = format!(
+            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[port]]\nid = 2\nlisten = \"127.0.0.1:0\"\n\
+             [[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n{referrals}"
+        );
+        Config::parse(&text, "test").unwrap()
+    };
+    let two = "[[referral]]\naddress = \"192.0.2.7:8009\"\nportid = 3\n\
+               [[referral]]\naddress = \"[2001:db8::7]:4420\"\nportid = 4\nports = [2]\n";
+    let server = Server::start(Target::new(&cfg(two), TargetSettings::default()).unwrap()).await.unwrap();
+    let addr = server.bound[0].1;
+    let (mut d, _) = Conn::admin(addr, fabrics::DISCOVERY_NQN, false, false).await;
+    let read = || {
+        let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
+        s.dptr = SglDescriptor::transport(8192);
+        holdfast_proto::sqe::get_log_page::set(&mut s, 0x70, 0, 8192, 0);
+        s
+    };
+    let (_, log) = d.cmd(read(), Bytes::new()).await;
+    let genctr = u64::from_le_bytes(log[0..8].try_into().unwrap());
+    let numrec = u64::from_le_bytes(log[8..16].try_into().unwrap()) as usize;
+    let entries: Vec<DiscoveryLogEntry> = (0..numrec)
+        .map(|i| DiscoveryLogEntry::read_from_bytes(&log[1024 * (i + 1)..1024 * (i + 2)]).unwrap())
+        .collect();
+    let referrals: Vec<_> = entries.iter().filter(|e| e.subtype == 1).collect();
+    assert_eq!(referrals.len(), 1, "the referral for port 2's hosts is not listed to port 1's");
+    let r = referrals[0];
+    assert_eq!((r.traddr_str(), r.trsvcid_str(), r.portid.get()), ("192.0.2.7".into(), "8009".into(), 3));
+    assert_eq!((r.subnqn_str(), r.treq, r.eflags.get(), r.adrfam), (fabrics::DISCOVERY_NQN.into(), 0, 0, 1));
+    // Reloaded without them: a new GENCTR, and no referral.
+    server.target.reload(&cfg("")).unwrap();
+    let (_, log) = d.cmd(read(), Bytes::new()).await;
+    assert_eq!(u64::from_le_bytes(log[0..8].try_into().unwrap()), genctr + 1);
+    let numrec = u64::from_le_bytes(log[8..16].try_into().unwrap()) as usize;
+    assert!((0..numrec).all(|i| log[1024 * (i + 1) + 2] != 1), "no referral left");
+    server.stop().await;
+}
+
 /// ONCS of a new controller, and namespace 1's RESCAP (Identify Namespace byte 31).
 async fn reservation_support(addr: SocketAddr) -> (u16, u8) {
     let (mut a, _) = Conn::admin(addr, NQN, false, false).await;

@@ -92,16 +92,22 @@ pub fn discovery_log(ctx: &QueueCtx, c: &Controller, lsp: u8) -> Vec<u8> {
     let port_local_only = lsp & 0x2 != 0;
     // One published state, entries and GENCTR together.
     let view = c.target.discovery_view.read().clone();
-    let entries = entries_for(&view, &c.hostnqn, c.local_addr.ip(), port_local_only.then_some(ctx.port.id));
+    let entries = entries_for(&view, &c.hostnqn, c.local_addr.ip(), ctx.port.id, port_local_only);
     lp::discovery_log_bytes(view.genctr, &entries)
 }
 
-/// The entries of the log `view` gives host `hostnqn`, which reached the target at `local`: every port's (or
-/// only port `only`'s), each with the subsystems exported there that admit the host and the discovery
-/// subsystem itself.
-pub fn entries_for(view: &DiscoveryView, hostnqn: &str, local: IpAddr, only: Option<u16>) -> Vec<DiscoveryLogEntry> {
+/// The entries of the log `view` gives host `hostnqn`, which reached the target at `local` through port
+/// `host_port`: every port's (or with `port_local_only` that port's), each with the subsystems exported there
+/// that admit the host and the discovery subsystem itself; then the referrals listed to that port's hosts.
+pub fn entries_for(
+    view: &DiscoveryView,
+    hostnqn: &str,
+    local: IpAddr,
+    host_port: u16,
+    port_local_only: bool,
+) -> Vec<DiscoveryLogEntry> {
     let mut entries = Vec::new();
-    for port in view.ports.iter().filter(|p| only.is_none_or(|id| p.id == id)) {
+    for port in view.ports.iter().filter(|p| !port_local_only || p.id == host_port) {
         let Some(addr) = reachable_addr(port.addr, local) else { continue };
         let traddr = addr.ip().to_string();
         let trsvcid = addr.port().to_string();
@@ -109,6 +115,16 @@ pub fn entries_for(view: &DiscoveryView, hostnqn: &str, local: IpAddr, only: Opt
             entries.push(entry(lp::SUBTYPE_NVME, port.id, &traddr, &trsvcid, nqn, adrfam(&addr)));
         }
         entries.push(entry(lp::SUBTYPE_CURRENT_DISCOVERY, port.id, &traddr, &trsvcid, DISCOVERY_NQN, adrfam(&addr)));
+    }
+    for r in view.referrals.iter().filter(|r| r.ports.is_empty() || r.ports.contains(&host_port)) {
+        entries.push(entry(
+            lp::SUBTYPE_REFERRAL,
+            r.portid,
+            &r.addr.ip().to_string(),
+            &r.addr.port().to_string(),
+            DISCOVERY_NQN,
+            adrfam(&r.addr),
+        ));
     }
     entries
 }
@@ -118,17 +134,20 @@ pub fn entries_for(view: &DiscoveryView, hostnqn: &str, local: IpAddr, only: Opt
 /// (`nvmet_subsys_disc_changed`): a notice is masked until the host reads the log, so one spent on another
 /// host's change can keep a host (reading with RAE set) from hearing of a change of its own.
 pub fn log_changed_for(c: &Controller, before: &DiscoveryView, after: &DiscoveryView) -> bool {
-    let (b, a) = (
-        entries_for(before, &c.hostnqn, c.local_addr.ip(), None),
-        entries_for(after, &c.hostnqn, c.local_addr.ip(), None),
-    );
+    let of = |v: &DiscoveryView| entries_for(v, &c.hostnqn, c.local_addr.ip(), c.port_id, false);
+    let (b, a) = (of(before), of(after));
     b.len() != a.len() || b.iter().zip(&a).any(|(x, y)| entry_bytes(x) != entry_bytes(y))
 }
 
 fn entry(subtype: u8, portid: u16, traddr: &str, trsvcid: &str, subnqn: &str, adrfam: u8) -> DiscoveryLogEntry {
     let mut e =
         DiscoveryLogEntry::build(subtype, portid, 0xFFFF, ADMIN_QUEUE_ENTRIES as u16, trsvcid, subnqn, traddr, adrfam);
-    e.treq = lp::TREQ_DISABLE_SQFLOW; // secure channel "not specified": no TLS is offered
+    // Secure channel "not specified": no TLS is offered. Of another target's discovery controller nothing is
+    // known (TREQ 0, no EFLAGS).
+    if subtype == lp::SUBTYPE_REFERRAL {
+        return e;
+    }
+    e.treq = lp::TREQ_DISABLE_SQFLOW;
     if subtype == lp::SUBTYPE_CURRENT_DISCOVERY {
         // Every port's discovery controller returns this same log (all ports, unless the host asks for its
         // own only with LSP PLEO), so a host need not connect to the others' too (nvme-cli's connect-all skips

@@ -161,6 +161,7 @@ fn quick_config(a: &Args) -> anyhow::Result<Config> {
             }],
         }],
         hosts: vec![],
+        referrals: vec![],
     };
     // Name the flag, not the config key: `subsystem[0].policy.cqt_ms` is `--cqt-ms` here.
     cfg.validate("command line").map_err(|e| {
