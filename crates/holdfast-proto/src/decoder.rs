@@ -198,7 +198,12 @@ impl PduDecoder {
 
     fn fail(&mut self, fes: Fes, fei: u32, buf: &[u8], reason: &'static str) -> DecodeError {
         self.state = State::Failed;
-        let hlen = if buf.len() > 2 { (buf[2] as usize).max(CH_LEN) } else { buf.len() };
+        let mut hlen = if buf.len() > 2 { (buf[2] as usize).max(CH_LEN) } else { buf.len() };
+        // A HLEN beyond the PDU's own length says nothing of where its header ends: the common header alone,
+        // not the bytes of the PDUs after it.
+        if plen(buf).is_some_and(|plen| plen < hlen) {
+            hlen = CH_LEN;
+        }
         let n = hlen.min(buf.len()).min(TERM_MAX_DATA);
         // A termination request travelling our way (one of the other direction is a PDU we refuse as any).
         let incoming_term = if self.role == Role::Controller { PduType::H2CTermReq } else { PduType::C2HTermReq };
@@ -600,6 +605,17 @@ mod tests {
         let mut capsule = vec![0x04, 0, 72, 72, 0xFF, 0xFF, 0xFF, 0xFF];
         capsule.resize(72, 0);
         assert!(!fatal(&mut ready(Role::Controller, false, false), &capsule).close_silently);
+    }
+
+    /// The termination request carries the offending header, but never bytes past the PDU's own length: a
+    /// HLEN larger than PLEN gives the common header alone.
+    #[test]
+    fn a_termination_request_carries_no_bytes_past_the_pdu() {
+        let mut b = vec![0x04, 0, 200, 0, 24, 0, 0, 0];
+        b.resize(24, 0);
+        b.extend_from_slice(&[0xEE; 200]); // the next PDU's bytes
+        let f = fatal(&mut ready(Role::Controller, false, false), &b);
+        assert_eq!(&f.header[..], &b[..8]);
     }
 
     #[test]
