@@ -26,6 +26,10 @@ pub struct Namespace {
     pub ana_group: AtomicU32,
     /// Its registrants and reservation.
     pub pr: Arc<crate::cmd::reservation::Reservations>,
+    /// For a namespace on a file (a medium another namespace may take over), the gate the commands that
+    /// change its data pass ([`crate::backend::MediaGate::and_namespace`]): [`Namespace::retire`] closes it.
+    /// None for RAM, whose memory no other namespace ever gets.
+    pub media: Option<Arc<crate::backend::AssociationGate>>,
 }
 
 /// Most threads a blocking namespace's calls run on at once: enough for the queue depth a disk behind a
@@ -37,6 +41,7 @@ impl Namespace {
     pub fn new(nsid: u32, block_size: u32, backend: Arc<dyn Backend>, ids: NsIds) -> Self {
         let nblocks = backend.size() / block_size as u64;
         let io = backend.blocking().then(|| IoPool::new(&format!("hf-io-ns{nsid}"), IO_THREADS));
+        let media = backend.path().map(|_| crate::backend::AssociationGate::new(true));
         Namespace {
             nsid,
             block_size,
@@ -47,6 +52,22 @@ impl Namespace {
             read_only: false,
             ana_group: AtomicU32::new(1),
             pr: Default::default(),
+            media,
+        }
+    }
+
+    /// Close the namespace to commands that change its data and have not reached the media yet (they fail
+    /// with a retryable status), and wait for those that have (a blocking wait, up to `deadline`): a reload that
+    /// removes or replaces the namespace does this before another namespace serves its file, so that no write
+    /// accepted here lands after a newer one written there (Linux nvmet waits for a disabled namespace's
+    /// requests the same way). False if some were still at the media at `deadline`.
+    pub fn retire(&self, deadline: std::time::Instant) -> bool {
+        match &self.media {
+            Some(g) => {
+                g.kill();
+                g.wait_for_earlier_until(Some(deadline))
+            }
+            None => true,
         }
     }
     /// Its ANA group.

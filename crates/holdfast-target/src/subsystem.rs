@@ -372,6 +372,10 @@ fn initial_genctr() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64).max(1)
 }
 
+/// How long a reload waits for the writes of a file namespace it retires that are already at the media
+/// ([`Namespace::retire`]): a stuck file system must not hold the reload (and with it every signal) for ever.
+pub const RETIRE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The whole target: every subsystem and port.
 pub struct Target {
     subsystems: RwLock<BTreeMap<String, Arc<Subsystem>>>,
@@ -739,7 +743,35 @@ impl Target {
                 }
             }
         }
-        // Apply.
+        // Apply. First the file namespaces this reload removes or replaces (whole subsystems' too) are retired:
+        // their writes not yet at the media refused (retryable), those at it waited for, before any namespace
+        // is served from their files again (through another NSID or subsystem, or a new namespace on the same
+        // file); without it a write accepted there could land after a newer one written through the new one.
+        {
+            let subs = self.subsystems.read();
+            let mut retiring: Vec<Arc<Namespace>> = ns_new
+                .iter()
+                .filter_map(|(sub, nsid, _)| sub.namespaces.read().get(nsid).cloned())
+                .filter(|n| n.media.is_some())
+                .collect();
+            for (nqn, s) in subs.iter() {
+                if !cfg.subsystems.iter().any(|c| &c.nqn == nqn) {
+                    retiring.extend(s.namespaces.read().values().filter(|n| n.media.is_some()).cloned());
+                }
+            }
+            drop(subs);
+            let deadline = std::time::Instant::now() + RETIRE_WAIT;
+            for n in &retiring {
+                if !n.retire(deadline) {
+                    summary.errors.push(format!(
+                        "nsid {}: writes still at the media of {} {RETIRE_WAIT:?} after it was retired; it is \
+                         served anew all the same, and they may land after newer writes",
+                        n.nsid,
+                        n.backend.describe()
+                    ));
+                }
+            }
+        }
         let mut discovery_changed = false;
         let referrals = referrals_of(cfg);
         if *self.referrals.read() != referrals {

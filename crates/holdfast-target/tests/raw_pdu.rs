@@ -2000,6 +2000,59 @@ async fn referrals_are_listed_in_the_discovery_log() {
     server.stop().await;
 }
 
+/// A reload that moves a file to another NSID retires the namespace it had first: a write accepted on the
+/// old NSID that has not reached the file yet is refused (retryable) before the new NSID serves the file, so it
+/// never lands after a newer write made through the new one (it did: a stale write, found by a review).
+#[tokio::test]
+async fn a_write_on_a_namespace_a_reload_moves_never_lands_after_newer_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("moved.img");
+    let cfg = |nsid: u32| {
+        let text = format!(
+            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
+             [[subsystem.namespace]]\nnsid = {nsid}\nbackend = \"file\"\npath = \"{}\"\nsize_mib = 1\n",
+            img.display()
+        );
+        Config::parse(&text, "test").unwrap()
+    };
+    // The first write of each backend is held 1.5 s before it reaches the file (a write behind slow I/O).
+    let settings = TargetSettings {
+        test_delay_writes: Some(Duration::from_millis(1500)),
+        test_delay_every: 1000,
+        ..TargetSettings::default()
+    };
+    let server = Server::start(Target::new(&cfg(1), settings).unwrap()).await.unwrap();
+    let addr = server.bound[0].1;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    let write = |nsid: u32, lba: u64, byte: u8, cid: u16| {
+        let mut s = rw_sqe(io::WRITE, lba, 1, SglDescriptor::incapsule(512));
+        s.nsid.set(nsid);
+        s.cid.set(cid);
+        Pdu::CapsuleCmd(CapsuleCmd { sqe: s, data: Bytes::from(vec![byte; 512]) })
+    };
+    q.send(write(1, 0, 0xAA, 0x51)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.target.reload(&cfg(2)).unwrap();
+    // Through the new NSID: a write that takes the new backend's delay, and at once the newer write of block 0.
+    q.send(write(2, 100, 0xCC, 0x52)).await;
+    q.send(write(2, 0, 0xBB, 0x53)).await;
+    let mut status = std::collections::HashMap::new();
+    while status.len() < 3 {
+        let Pdu::CapsuleResp(r) = q.recv_within(Duration::from_secs(10)).await else { panic!("expected responses") };
+        status.insert(r.cqe.cid(), r.cqe.status());
+    }
+    assert_eq!(status[&0x53], Status::SUCCESS);
+    let old = status[&0x51];
+    assert!(!old.is_success() && !old.dnr(), "the old NSID's write is refused, retryably: {old:?}");
+    let mut rd = rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512));
+    rd.nsid.set(2);
+    let (r, d) = q.cmd(rd, Bytes::new()).await;
+    assert_eq!(r.status(), Status::SUCCESS);
+    assert!(d.iter().all(|&b| b == 0xBB), "block 0 holds {:#x}, not the newer write's 0xbb", d[0]);
+    server.stop().await;
+}
+
 /// ONCS of a new controller, and namespace 1's RESCAP (Identify Namespace byte 31).
 async fn reservation_support(addr: SocketAddr) -> (u16, u8) {
     let (mut a, _) = Conn::admin(addr, NQN, false, false).await;

@@ -153,36 +153,65 @@ impl AssociationGate {
     pub fn enter(self: &Arc<Self>) -> MediaGate {
         let half = self.epoch.load(Ordering::SeqCst) & 1;
         self.inflight[half].fetch_add(1, Ordering::SeqCst);
-        MediaGate { assoc: Some(self.clone()), half }
+        MediaGate { assoc: Some(self.clone()), half, ns: None }
     }
     /// Block (a blocking thread's wait) until every command that entered before this call has finished;
     /// commands entering meanwhile are not waited for.
     pub fn wait_for_earlier(&self) {
+        self.wait_for_earlier_until(None);
+    }
+    /// [`AssociationGate::wait_for_earlier`], giving up at `deadline` (None: never): true if they all finished.
+    pub fn wait_for_earlier_until(&self, deadline: Option<std::time::Instant>) -> bool {
         let _one_at_a_time = self.flip.lock();
         let old = self.epoch.fetch_add(1, Ordering::SeqCst) & 1;
         while self.inflight[old].load(Ordering::SeqCst) != 0 {
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return false;
+            }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        true
     }
 }
 
-/// One command's pass through its association's gate.
+/// One command's pass through its association's gate (and, for a command that changes a file namespace's
+/// data, through that namespace's: [`MediaGate::and_namespace`]).
 #[derive(Debug, Default)]
 pub struct MediaGate {
     assoc: Option<Arc<AssociationGate>>,
     /// The half of the count it is in.
     half: usize,
+    /// The namespace's gate, and the half of its count.
+    ns: Option<(Arc<AssociationGate>, usize)>,
+}
+
+/// Error returned through `io::Error` when a namespace's gate refuses: a reload removed or replaced it.
+pub fn namespace_retired() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "namespace removed or replaced before the command reached the media")
 }
 
 impl MediaGate {
     /// A gate that never refuses (internal use: shutdown flushes, tests).
     pub fn open() -> Self {
-        MediaGate { assoc: None, half: 0 }
+        MediaGate { assoc: None, half: 0, ns: None }
     }
-    /// Call immediately before touching media. Errors if the association died (and drain is enforced).
+    /// Register the command with its namespace's gate too ([`crate::namespace::Namespace::media`]): a
+    /// reload that retires the namespace waits for it, or it is refused before it touches the media.
+    pub fn and_namespace(mut self, gate: &Arc<AssociationGate>) -> Self {
+        let half = gate.epoch.load(Ordering::SeqCst) & 1;
+        gate.inflight[half].fetch_add(1, Ordering::SeqCst);
+        self.ns = Some((gate.clone(), half));
+        self
+    }
+    /// Call immediately before touching media. Errors if the association died (and drain is enforced), or
+    /// the namespace was retired.
     pub fn check(&self) -> io::Result<()> {
         match &self.assoc {
-            Some(a) if a.enforce && a.is_dead() => Err(cancelled()),
+            Some(a) if a.enforce && a.is_dead() => return Err(cancelled()),
+            _ => {}
+        }
+        match &self.ns {
+            Some((n, _)) if n.is_dead() => Err(namespace_retired()),
             _ => Ok(()),
         }
     }
@@ -192,6 +221,9 @@ impl Drop for MediaGate {
     fn drop(&mut self) {
         if let Some(a) = &self.assoc {
             a.inflight[self.half].fetch_sub(1, Ordering::SeqCst);
+        }
+        if let Some((n, half)) = &self.ns {
+            n.inflight[*half].fetch_sub(1, Ordering::SeqCst);
         }
     }
 }

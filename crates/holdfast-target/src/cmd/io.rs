@@ -341,7 +341,14 @@ fn log_backend_error(e: &io::Error) {
 /// Execute an I/O command.
 pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
     let Some(ctrl) = ctx.ctrl.clone() else { return Response::err(Status::COMMAND_SEQUENCE_ERROR).into() };
-    let gate = ctx.gate.enter();
+    let mut gate = ctx.gate.enter();
+    // A command that changes a file namespace's data passes the namespace's gate too: a reload that retires
+    // the namespace waits for it or refuses it (`Namespace::retire`).
+    if let Exec::Write { ns, .. } | Exec::WriteZeroes { ns, .. } | Exec::DatasetManagement { ns, .. } = &req.exec {
+        if let Some(m) = &ns.media {
+            gate = gate.and_namespace(m);
+        }
+    }
     // The reservation again, now that the command counts among its association's commands in flight: a
     // Preempt and Abort that took this host's registration since the command was parsed (a write whose data
     // came by R2T meanwhile) waits for the commands in flight, and one that enters after it is refused here
@@ -458,7 +465,10 @@ pub fn execute_fused(
         let (a, b) = failed(Status::INTERNAL_ERROR);
         return FusedOutcome::Done(a, b);
     };
-    let gate = ctx.gate.enter();
+    let mut gate = ctx.gate.enter();
+    if let Some(m) = &ns.media {
+        gate = gate.and_namespace(m);
+    }
     if let Err(s) = ns.pr.check(&ctrl.hostid, true) {
         return FusedOutcome::Done(Response::err(s), Response::err(Status::ABORTED_FAILED_FUSED));
     }
