@@ -439,7 +439,16 @@ impl FileIdentity {
         match std::fs::metadata(path) {
             Ok(m) if m.file_type().is_block_device() => FileIdentity::Device(m.rdev()),
             Ok(m) => FileIdentity::Inode(m.dev(), m.ino()),
-            Err(_) => FileIdentity::Path(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())),
+            // Its directory resolved (`..`, symbolic links), then its name: `d/new.img`, `d/sub/../new.img` and
+            // `link-to-d/new.img` are one file to be.
+            Err(_) => {
+                let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+                let resolved = match (abs.parent().map(std::fs::canonicalize), abs.file_name()) {
+                    (Some(Ok(dir)), Some(name)) => dir.join(name),
+                    _ => abs,
+                };
+                FileIdentity::Path(resolved)
+            }
         }
     }
 }
@@ -1030,8 +1039,9 @@ block_size = 4096
         Config::parse(&GOOD.replace(port, &format!("{port}\nana_groups = {{ \"128\" = \"change\" }}")), "t").unwrap();
     }
 
-    /// Two file namespaces on one file, by the same path, by another spelling of a file yet to be created, or
-    /// through a symbolic link, in one subsystem or two: refused, naming both keys.
+    /// Two file namespaces on one file, by the same path, by another spelling of a file yet to be created (`.`,
+    /// `..`, a symbolic link to its directory), or through a symbolic link, in one subsystem or two: refused,
+    /// naming both keys.
     #[test]
     fn two_namespaces_on_one_file_are_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -1045,9 +1055,19 @@ block_size = 4096
         let sub2 = "[[subsystem]]\nnqn = \"nqn.2026-01.io.holdfast:b\"\nallow_any_host = true\n";
         let nowhere = dir.path().join("new.img");
         let respelled = dir.path().join(".").join("new.img");
-        for (a, b, two_subsystems) in
-            [(&file, &file, false), (&file, &link, false), (&file, &link, true), (&nowhere, &respelled, false)]
-        {
+        // A file yet to be created, through `..` and through a symbolic link to its directory.
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let up = dir.path().join("sub").join("..").join("new.img");
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("dirlink")).unwrap();
+        let via_link = dir.path().join("dirlink").join("new.img");
+        for (a, b, two_subsystems) in [
+            (&file, &file, false),
+            (&file, &link, false),
+            (&file, &link, true),
+            (&nowhere, &respelled, false),
+            (&nowhere, &up, false),
+            (&nowhere, &via_link, true),
+        ] {
             let text = if two_subsystems {
                 format!("{GOOD}{}{sub2}{}", ns(2, a), ns(1, b))
             } else {
