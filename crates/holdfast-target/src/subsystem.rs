@@ -372,6 +372,20 @@ fn initial_genctr() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64).max(1)
 }
 
+/// Do `a` and `b` name the same file (the same inode, however spelled)? Two RAM namespaces (no paths) are
+/// "the same" here: neither has a file.
+fn same_file(a: Option<&Path>, b: Option<&Path>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => match (std::fs::metadata(a), std::fs::metadata(b)) {
+            (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+            _ => a == b,
+        },
+        _ => false,
+    }
+}
+
 /// How long a reload waits for the writes of a file namespace it retires that are already at the media
 /// ([`Namespace::retire`]): a stuck file system must not hold the reload (and with it every signal) for ever.
 pub const RETIRE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -445,6 +459,11 @@ fn open_backend(
             let path = n.path.as_ref().ok_or_else(|| anyhow::anyhow!("{key}.path: a file namespace needs one"))?;
             let open = if n.read_only { FileBackend::open_read_only } else { FileBackend::open };
             Arc::new(open(path, n.size_bytes()).map_err(|e| {
+                // A size the file or device cannot give (a read-only file is never grown, a device never):
+                // `size_mib` is what is wrong, and the file opened.
+                if e.kind() == std::io::ErrorKind::InvalidInput {
+                    return anyhow::anyhow!("{key}.size_mib: {}: {e}", path.display());
+                }
                 let hint = match e.raw_os_error() {
                     Some(libc::EROFS | libc::EACCES | libc::EPERM) if !n.read_only => {
                         " (read_only = true exports it write protected)"
@@ -818,18 +837,36 @@ impl Target {
                             summary.notes.push(format!("{} nsid {nsid}: reservations kept: {kept}", sub.nqn));
                         }
                     }
+                    let new_path = ns.backend.path().map(Path::to_path_buf);
                     summary.notes.push(match map.insert(nsid, ns) {
                         None => format!("{} nsid {nsid} added: {what}", sub.nqn),
                         // Other identifiers: another namespace to hosts (the Linux host drops the old one).
                         Some(_) if !same_ids => {
                             format!("{} nsid {nsid} replaced by another namespace (new identifiers): {what}", sub.nqn)
                         }
-                        // Same NSID and identifiers, other contents: say so, hosts cannot tell.
-                        Some(_) if volatile => format!(
-                            "{} nsid {nsid} replaced: {what}, whose contents start empty (a RAM namespace is not \
-                             resized in place)",
-                            sub.nqn
-                        ),
+                        // Same NSID and identifiers, other contents: hosts cannot tell (a Linux host keeps its
+                        // page cache and a mounted file system on it). A warning, with what to do.
+                        Some(_) if volatile => {
+                            tracing::warn!(
+                                subsys = %sub.nqn, nsid,
+                                "RAM namespace replaced under the same identifiers: its contents start empty, and \
+                                 hosts see the same disk (give it new identifiers, uuid/nguid/eui64, to have them \
+                                 see another)"
+                            );
+                            format!(
+                                "{} nsid {nsid} replaced: {what}, whose contents start empty (a RAM namespace is not \
+                                 resized in place)",
+                                sub.nqn
+                            )
+                        }
+                        Some(old) if !same_file(old.backend.path(), new_path.as_deref()) => {
+                            tracing::warn!(
+                                subsys = %sub.nqn, nsid,
+                                "namespace now on another file ({what}) under the same identifiers: hosts see the \
+                                 same disk (give it new identifiers, uuid/nguid/eui64, if its data is another's)"
+                            );
+                            format!("{} nsid {nsid} replaced: now {what}, same identifiers", sub.nqn)
+                        }
                         Some(_) => format!("{} nsid {nsid} replaced: {what}", sub.nqn),
                     });
                 }
@@ -962,6 +999,47 @@ impl Target {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A read-only file namespace asked to be larger than its file (which is never grown) is refused under
+    /// `size_mib`, the key at fault, not as a file that cannot be opened.
+    #[test]
+    fn a_size_a_read_only_file_cannot_give_names_size_mib() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("small.img");
+        std::fs::write(&f, vec![0u8; 1 << 20]).unwrap();
+        let text = format!(
+            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"nqn.2026-01.io.holdfast:t\"\n\
+             allow_any_host = true\n[[subsystem.namespace]]\nnsid = 1\nbackend = \"file\"\npath = \"{}\"\n\
+             size_mib = 4\nread_only = true\n",
+            f.display()
+        );
+        let e = Target::new(&Config::parse(&text, "t.toml").unwrap(), Default::default()).err().unwrap().to_string();
+        assert!(e.starts_with("subsystem[0].namespace[0].size_mib: ") && e.contains("never grown"), "{e}");
+    }
+
+    /// A reload that puts a namespace on another file under the same identifiers says so (hosts see the same
+    /// disk); the same file spelled another way is only re-opened.
+    #[test]
+    fn a_reload_says_when_a_namespace_is_on_another_file_under_the_same_identifiers() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        let cfg = |p: &Path| {
+            let text = format!(
+                "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"nqn.2026-01.io.holdfast:t\"\n\
+                 allow_any_host = true\n[[subsystem.namespace]]\nnsid = 1\nbackend = \"file\"\npath = \"{}\"\n\
+                 size_mib = 1\n",
+                p.display()
+            );
+            Config::parse(&text, "t.toml").unwrap()
+        };
+        let x = dir.path().join("d").join("x.img");
+        let t = Target::new(&cfg(&x), Default::default()).unwrap();
+        let respelled = dir.path().join("d").join("..").join("d").join("x.img");
+        let notes = t.reload(&cfg(&respelled)).unwrap().notes.join("\n");
+        assert!(notes.contains("nsid 1 replaced: file") && !notes.contains("same identifiers"), "{notes}");
+        let notes = t.reload(&cfg(&dir.path().join("y.img"))).unwrap().notes.join("\n");
+        assert!(notes.contains("nsid 1 replaced: now file") && notes.contains("same identifiers"), "{notes}");
+    }
 
     /// The startup line of a subsystem's access: any host, no host at all (seen at a glance), or the hosts
     /// listed, sorted, with the ports; and the policy hosts are told.
