@@ -162,7 +162,8 @@ log "bridge killed: the device's process (pid $dp) ended and /dev/nbd1 stopped (
 
 # Beyond the policy, fail fast: /dev/nbd1 again (free after the forced detach) with ctrl_loss_tmo 3 s, the
 # target killed for good. A write then fails with EIO (the kernel does not wait on, nor give up on, the bridge
-# by itself), within the policy's time plus a margin for emulation, and the bridge still detaches at SIGTERM.
+# by itself), within the policy's time plus a margin for emulation, and the bridge, its controller lost,
+# detaches the device itself and exits 1 saying why.
 attach_nbd1 /tmp/b3.log --ctrl-loss-tmo-ms 3000
 dd if=/tmp/direct of=/dev/nbd1 bs=1M count=1 oflag=direct 2>/dev/null
 dmesg -c >/dev/null  # the forced detach's I/O error is not this one
@@ -176,7 +177,13 @@ log "with the target gone for good, a write failed after $t s: $(head -n 1 /tmp/
 awk -v t="$t" 'BEGIN { exit !(t < 30) }' || { log "failing took $t s (ctrl_loss_tmo 3 s)"; exit 1; }
 dmesg | grep -q "I/O error, dev nbd1" || { log "the kernel did not see an I/O error"; exit 1; }
 grep -E "lost|gave up|giving up" /tmp/b3.log | head -n 3
-kill -TERM $b2
+i=0; while kill -0 $b2 2>/dev/null; do
+  i=$((i + 1)); [ $i -lt 300 ] || { log "bridge 3 still running 30 s after its controller was lost"; exit 1; }
+  sleep 0.1
+done
 brc=0; wait $b2 || brc=$?
-[ "$brc" = 0 ] && grep -q '^detached: /dev/nbd1' /tmp/b3.log || { log "bridge 3 exited $brc"; tail -n 5 /tmp/b3.log; exit 1; }
+[ "$brc" = 1 ] && grep -q 'detached: the controller was lost' /tmp/b3.log \
+  || { log "bridge 3 exited $brc"; tail -n 5 /tmp/b3.log; exit 1; }
+[ ! -e /sys/block/nbd1/pid ] || { log "/dev/nbd1 still attached after its bridge exited"; exit 1; }
+log "controller lost: the bridge detached /dev/nbd1 and exited $brc"
 echo NBD-DEVICE-PASSED
