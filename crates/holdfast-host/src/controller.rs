@@ -132,6 +132,9 @@ struct Info {
     vs: u32,
     policy: Option<ConnectionPolicy>,
     effective: Effective,
+    /// The policy page could not be read on this association (a failure, not a target without one): which
+    /// instance of the target this is, is unknown.
+    instance_unknown: bool,
 }
 
 struct Shared {
@@ -549,7 +552,7 @@ async fn read_policy(
     o: &ConnectOptions,
     last: Option<ConnectionPolicy>,
     deadline: TInstant,
-) -> Result<Option<ConnectionPolicy>> {
+) -> Result<(Option<ConnectionPolicy>, bool)> {
     let mut s = SubmissionEntry::new(aop::GET_LOG_PAGE, 0);
     get_log_page::set(&mut s, LID_HOLDFAST_POLICY, 0, 512, 0);
     let c = setup(admin, s, Bytes::new(), 512, "Get Log Page", deadline).await?;
@@ -557,9 +560,9 @@ async fn read_policy(
         // What the controller sent: a page cut short of the fields we read is refused (TooShort), not read as
         // one whose missing fields are unset.
         match ConnectionPolicy::from_bytes(c.data.get(..c.transferred).unwrap_or_default()) {
-            Ok(p) => return Ok(Some(p)),
+            Ok(p) => return Ok((Some(p), false)),
             // Not a holdfast page at all (a target that answers unknown pages with zeroes): quietly none.
-            Err(PolicyParseError::BadSignature(_)) => return Ok(None),
+            Err(PolicyParseError::BadSignature(_)) => return Ok((None, false)),
             Err(e) => e.to_string(),
         }
     } else {
@@ -567,18 +570,20 @@ async fn read_policy(
         // that way): the target advertises no policy, now.
         let code = c.status().code();
         if code == Status::INVALID_LOG_PAGE || code == Status::INVALID_FIELD {
-            return Ok(None);
+            return Ok((None, false));
         }
         format!("reading it failed: {}", c.status())
     };
+    // Unreadable: which instance of the target this is, is not known (`instance_unknown`: the caller counts a
+    // possible restart). An announced planned downtime is not carried over: a new instance may have none.
     match last {
         Some(p) => {
-            tracing::warn!(addr = %o.addr, "the advertised policy could not be read again ({why}): the last one read stays in force");
-            Ok(Some(p))
+            tracing::warn!(addr = %o.addr, "the advertised policy could not be read again ({why}): the last one read stays in force, but for its planned downtime; the target may have restarted");
+            Ok((Some(ConnectionPolicy { planned_downtime_ms: 0, ..p }), true))
         }
         None => {
             tracing::warn!(addr = %o.addr, "ignoring the advertised policy: {why}");
-            Ok(None)
+            Ok((None, true))
         }
     }
 }
@@ -912,12 +917,13 @@ async fn establish(
             *unissued += fail_gone_namespaces(sh, slots, gone);
         }
         let is_discovery = o.subnqn == fabrics::DISCOVERY_NQN;
-        let adv = if is_discovery {
-            None
+        let (adv, instance_unknown) = if is_discovery {
+            (None, false)
         } else {
             let last = if first { None } else { lock(&sh.info).policy };
             read_policy(&admin, o, last, deadline).await?
         };
+        let was_unknown = lock(&sh.info).instance_unknown;
         // The previous association was with a holdfast controller (its Identify carried a uniquifier): end it
         // there before anything is issued again (README, No stale writes).
         let previous = {
@@ -941,7 +947,11 @@ async fn establish(
             setup_ok(&admin, set_kato(new_eff.kato.0), Bytes::new(), 0, "Set Features (Keep Alive Timer)", deadline)
                 .await?;
         }
-        let restarted = matches!((eff.instance_id, new_eff.instance_id), (Some(a), Some(b)) if a != b);
+        // A reconnect counts as a restart when the instance ID changed, and, not to tell an application that
+        // writes survived when they may not have, when the instance is not known on this association or was
+        // not on the one before (its policy page could not be read): a target restart is then possible.
+        let restarted = matches!((eff.instance_id, new_eff.instance_id), (Some(a), Some(b)) if a != b)
+            || (!first && (instance_unknown || (was_unknown && new_eff.instance_id.is_some())));
         // The instance that acknowledged the writes, or the one that replaced it, keeps a namespace's data only
         // for its life: those writes are gone, flushed or not.
         let lost_data = restarted && (eff.volatile_data || new_eff.volatile_data);
@@ -1047,7 +1057,7 @@ async fn establish(
             }
         }
         let oncs = id.oncs.get();
-        *lock(&sh.info) = Info { cntlid, id, cap: capv, vs, policy: adv, effective: new_eff };
+        *lock(&sh.info) = Info { cntlid, id, cap: capv, vs, policy: adv, effective: new_eff, instance_unknown };
         sh.max_transfer.store(max_transfer, Ordering::Release);
         sh.oncs.store(oncs, Ordering::Release);
         Ok::<_, Error>((opens, restarted, lost_data))
@@ -1338,6 +1348,7 @@ impl Controller {
                 vs: 0,
                 policy: None,
                 effective: eff,
+                instance_unknown: false,
             }),
             max_transfer: AtomicUsize::new(DEFAULT_MAX_TRANSFER),
             oncs: AtomicU16::new(0),

@@ -2854,3 +2854,42 @@ async fn unusable_options_are_refused_before_connecting() {
     }
     assert_eq!(f.st.connections.load(Ordering::SeqCst), 0, "nothing was sent");
 }
+
+/// A target that comes back as another instance whose policy page cannot be read this time: the restart is
+/// possible, so it is counted (`target_restarts`, `Restored.target_restarted`), and an announced planned
+/// downtime of the page read before is not kept. Counted as no restart, the application's check (the count
+/// read before a write and after its Flush) said writes were durable that a RAM namespace's restart erased.
+#[tokio::test]
+async fn a_possible_restart_is_counted_when_the_policy_page_fails_at_a_reconnect() {
+    let f = fake(Behaviour::default()).await;
+    let pol = holdfast_proto::policy::ConnectionPolicy {
+        instance_id: 1,
+        kato_ms: 5000,
+        reconnect_delay_ms: 50,
+        reconnect_delay_max_ms: 50,
+        ctrl_loss_tmo_ms: 30_000,
+        planned_downtime_ms: 60_000,
+        ..Default::default()
+    };
+    *f.st.policy.lock().unwrap() = Some(pol);
+    let c = Controller::connect(riding_opts(&f)).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    let mut ev = c.events();
+    let before = c.target_restarts();
+    ns.write(0, pattern(BS, 1), false).await.unwrap();
+    go_down(&f, &c).await;
+    *f.st.policy.lock().unwrap() = Some(holdfast_proto::policy::ConnectionPolicy { instance_id: 2, ..pol });
+    *f.st.policy_status.lock().unwrap() = Some(Status::INTERNAL_ERROR);
+    f.st.down.store(false, Ordering::Relaxed);
+    ns.flush().await.expect("flush on the new instance");
+    assert_eq!(c.target_restarts(), before + 1, "a possible restart, counted");
+    let mut restored = None;
+    while let Ok(Ok(e)) = tokio::time::timeout(Duration::from_millis(200), ev.recv()).await {
+        if let holdfast_host::controller::Event::Restored { target_restarted, .. } = e {
+            restored = Some(target_restarted);
+        }
+    }
+    assert_eq!(restored, Some(true));
+    assert_eq!(c.policy().map(|p| p.planned_downtime_ms), Some(0), "the old announcement is not kept");
+    c.shutdown().await.unwrap();
+}
