@@ -237,6 +237,17 @@ impl Shared {
         }
     }
 
+    /// The error for a command refused while the controller does not accept I/O (failing fast, or failed).
+    #[cold]
+    #[inline(never)]
+    fn not_accepting_error(&self) -> Error {
+        match &*lock(&self.state) {
+            State::Failed { reason } => Error::ControllerLost(reason.clone()),
+            State::Reconnecting { cause, .. } => Error::PathError(format!("disconnected ({cause}); reconnecting")),
+            _ => closed(),
+        }
+    }
+
     /// The error for a command its namespace's mark (`gone`, set) kept out of the submission channel.
     #[cold]
     #[inline(never)]
@@ -402,9 +413,14 @@ impl Backlogged<'_> {
     /// Wait for room and queue the command; then the completion comes through the returned [`Reply`].
     pub async fn queue(self) -> Result<Reply> {
         let Backlogged { sh, tx, ns, cmd, rx } = self;
-        match tx.send_unless(*cmd, || ns.is_some_and(|m| m.gone.get().is_some())).await {
+        let gone = || ns.is_some_and(|m| m.gone.get().is_some());
+        // Nor once the controller fails fast: a caller that waited for room through the outage would otherwise
+        // be let in by the queued commands failed at fast_io_fail_tmo, and wait out the next reconnect attempt.
+        let refused = || gone() || !sh.accepting.load(Ordering::Acquire);
+        match tx.send_unless(*cmd, refused).await {
             Ok(()) => Ok(rx),
-            Err(submit::TrySendError::Refused(c)) => Err(sh.refused(&c, ns)),
+            Err(submit::TrySendError::Refused(c)) if gone() => Err(sh.refused(&c, ns)),
+            Err(submit::TrySendError::Refused(_)) => Err(sh.not_accepting_error()),
             Err(_) => Err(sh.closed_error()),
         }
     }

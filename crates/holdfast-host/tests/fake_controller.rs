@@ -2893,3 +2893,41 @@ async fn a_possible_restart_is_counted_when_the_policy_page_fails_at_a_reconnect
     assert_eq!(c.policy().map(|p| p.planned_downtime_ms), Some(0), "the old announcement is not kept");
     c.shutdown().await.unwrap();
 }
+
+/// Callers waiting for room in a full submission channel when the controller starts failing fast fail with
+/// it, not once the next reconnect attempt is over: the commands failed at fast_io_fail_tmo made room, and let
+/// them into a channel nothing would serve before that attempt (a connect into a target that does not answer,
+/// up to connect_timeout: 8 s here) ended.
+#[tokio::test]
+async fn callers_waiting_for_room_fail_with_fast_io_fail_tmo() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false); // queue size 8: the channel holds 16
+    o.kato = Some(Duration::from_millis(600));
+    o.reconnect_delay = Some(Duration::from_millis(1000));
+    o.fast_io_fail_tmo = Some(Duration::from_millis(400));
+    o.ctrl_loss_tmo = Some(Duration::from_secs(60));
+    o.connect_timeout = Duration::from_secs(8);
+    let c = Controller::connect(o).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    f.st.mute.store(true, Ordering::Relaxed);
+    go_down(&f, &c).await;
+    let lost = std::time::Instant::now();
+    let reads: Vec<_> = (0..400u64)
+        .map(|i| {
+            let ns = ns.clone();
+            tokio::spawn(async move {
+                let r = ns.read(i, 1).await;
+                (r, std::time::Instant::now())
+            })
+        })
+        .collect();
+    let mut last = Duration::ZERO;
+    for r in reads {
+        let (r, at) = tokio::time::timeout(Duration::from_secs(30), r).await.expect("a read still waiting").unwrap();
+        assert!(matches!(r, Err(Error::PathError(_))), "{r:?}");
+        last = last.max(at - lost);
+    }
+    // A liveness bound, far from either side: 400 ms and retries every 100 ms, against the attempt's 8 s.
+    assert!(last < Duration::from_secs(4), "a caller waited {last:?} (fast_io_fail_tmo 400 ms)");
+    c.shutdown().await.unwrap();
+}
