@@ -1661,9 +1661,9 @@ impl Controller {
         // 1 to u32::MAX, round and round: 0 is the tag of commands sent without a handle.
         let tag = self.inner.ns_tags.fetch_add(1, Ordering::Relaxed) % u32::MAX + 1;
         let mark = NsMark { gone: NsGone::default(), tag };
-        if !ids.is_empty() {
-            known.push(NsEntry { nsid, ids, block_size, mark: mark.clone() });
-        }
+        // Kept without identifiers too (a controller that reports none): its block size is still checked at
+        // every reconnect, and a replayed Write Zeroes or deallocation never acts on blocks of another size.
+        known.push(NsEntry { nsid, ids, block_size, mark: mark.clone() });
         mark
     }
     /// Active namespace IDs.

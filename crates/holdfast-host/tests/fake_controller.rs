@@ -76,6 +76,8 @@ struct Behaviour {
     discovery_shrink_to: Option<usize>,
     /// Refuse every Discovery log read at an offset other than 0 with Invalid Field (the log unchanged).
     discovery_refuse_offsets: bool,
+    /// Namespace 1 has no identifiers (an empty descriptor list, no EUI-64 or NGUID).
+    no_ns_ids: bool,
     /// Close the connection, unanswered, on every Discovery log read (each new association too).
     discovery_drop_reads: bool,
     /// Answer the first write with R2Ts that break the protocol (see [`BadR2T`]); that write is never
@@ -139,6 +141,7 @@ impl Default for Behaviour {
             discovery_records: 0,
             discovery_shrink_to: None,
             discovery_refuse_offsets: false,
+            no_ns_ids: false,
             discovery_drop_reads: false,
             bad_r2t: None,
             icdoff: 0,
@@ -527,7 +530,9 @@ impl Conn {
                                 if sqe.nsid() == 1 { self.st.ns_lbads.load(Ordering::Relaxed) } else { 9 };
                             ns.lbaf[0].ms.set(self.st.b.ns_metadata);
                             // The NGUID its descriptor list gives (below), as a real controller has them agree.
-                            ns.nguid = if sqe.nsid() == 1 {
+                            ns.nguid = if sqe.nsid() == 1 && self.st.b.no_ns_ids {
+                                [0; 16]
+                            } else if sqe.nsid() == 1 {
                                 [self.st.ns_gen.load(Ordering::Relaxed) as u8 + 1; 16]
                             } else {
                                 [0xEE; 16]
@@ -547,6 +552,9 @@ impl Conn {
                             self.st.down.store(true, Ordering::Relaxed);
                             self.close = true;
                             return;
+                        }
+                        identify::CNS_NS_DESC_LIST if sqe.nsid() == 1 && self.st.b.no_ns_ids => {
+                            page.copy_from_slice(&identify::ns_descriptor_list(&[]));
                         }
                         identify::CNS_NS_DESC_LIST if sqe.nsid() == 1 => {
                             let g = self.st.ns_gen.load(Ordering::Relaxed) as u8 + 1;
@@ -2706,7 +2714,18 @@ async fn a_namespace_opened_again_after_it_was_replaced_is_kept_across_a_reconne
 /// as for changed identifiers, and the controller stays live.
 #[tokio::test]
 async fn a_namespace_formatted_with_other_blocks_across_a_reconnect_gets_no_replayed_io() {
-    let f = fake(Behaviour::default()).await;
+    formatted_with_other_blocks(false).await;
+}
+
+/// As above, for a namespace whose controller reports no identifiers at all: its block size is checked all
+/// the same (it was not, such a namespace being left out of the check).
+#[tokio::test]
+async fn a_namespace_without_identifiers_formatted_with_other_blocks_gets_no_replayed_io() {
+    formatted_with_other_blocks(true).await;
+}
+
+async fn formatted_with_other_blocks(no_ns_ids: bool) {
+    let f = fake(Behaviour { no_ns_ids, ..Behaviour::default() }).await;
     let mut o = opts(&f, 1, false);
     o.reconnect_delay = Some(Duration::from_millis(100));
     o.ctrl_loss_tmo = Some(Duration::from_secs(60));
