@@ -372,6 +372,59 @@ fn initial_genctr() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64).max(1)
 }
 
+/// The files of a configuration's file namespaces as they were before it was built: dropped without
+/// [`FilesUndo::keep`] (the build failed), each file the build created is removed and each it grew is cut back
+/// to its length, so that a refused start or reload leaves the disk as it found it.
+struct FilesUndo(Vec<(PathBuf, Option<u64>)>);
+
+impl FilesUndo {
+    fn snapshot(cfg: &Config) -> FilesUndo {
+        let paths = cfg.subsystems.iter().flat_map(|s| &s.namespaces).filter_map(|n| n.path.clone());
+        FilesUndo(
+            paths
+                .map(|p| {
+                    // A block device is never created or resized: left out.
+                    let len = std::fs::metadata(&p).ok().filter(|m| m.is_file()).map(|m| m.len());
+                    let device = std::fs::metadata(&p).is_ok_and(|m| !m.is_file());
+                    (p, len, device)
+                })
+                .filter(|(_, _, device)| !device)
+                .map(|(p, len, _)| (p, len))
+                .collect(),
+        )
+    }
+
+    /// The build succeeded: leave the files as they are now.
+    fn keep(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for FilesUndo {
+    fn drop(&mut self) {
+        for (p, before) in self.0.drain(..) {
+            let Ok(now) = std::fs::metadata(&p) else { continue };
+            match before {
+                None if now.is_file() => {
+                    if let Err(e) = std::fs::remove_file(&p) {
+                        tracing::warn!(
+                            "{}: created for a configuration that failed, and not removed: {e}",
+                            p.display()
+                        );
+                    }
+                }
+                Some(len) if now.len() > len => {
+                    let cut = std::fs::OpenOptions::new().write(true).open(&p).and_then(|f| f.set_len(len));
+                    if let Err(e) = cut {
+                        tracing::warn!("{}: grown for a configuration that failed, and not cut back: {e}", p.display());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Do `a` and `b` name the same file (the same inode, however spelled)? Two RAM namespaces (no paths) are
 /// "the same" here: neither has a file.
 fn same_file(a: Option<&Path>, b: Option<&Path>) -> bool {
@@ -597,6 +650,8 @@ fn build_subsystem(
 impl Target {
     /// Build the target from a validated configuration (opens every backend).
     pub fn new(cfg: &Config, settings: TargetSettings) -> anyhow::Result<Arc<Target>> {
+        // A start that fails (a later namespace's file cannot be opened) leaves no file created or grown.
+        let files = FilesUndo::snapshot(cfg);
         let mut subs = BTreeMap::new();
         let dead_lists = Mutex::new(BTreeMap::new());
         for (i, s) in cfg.subsystems.iter().enumerate() {
@@ -632,6 +687,7 @@ impl Target {
             referrals: RwLock::new(referrals_of(cfg)),
             settings,
         });
+        files.keep();
         target.publish_discovery_view();
         Ok(target)
     }
@@ -720,7 +776,9 @@ impl Target {
     /// for a caller that changes more (ports) and raises one notice for all of it.
     pub fn reload_quiet(&self, cfg: &Config) -> anyhow::Result<(ReloadSummary, bool)> {
         let mut summary = ReloadSummary::default();
-        // Build everything new first, so that a backend that fails to open changes nothing.
+        // Build everything new first, so that a backend that fails to open changes nothing: the files the
+        // build created or grew are put back as they were if it fails ([`FilesUndo`]).
+        let files = FilesUndo::snapshot(cfg);
         let mut fresh: BTreeMap<String, Subsystem> = BTreeMap::new();
         let mut ns_new: Vec<NamespaceChange> = Vec::new();
         // Namespaces kept as they are but moved to another ANA group: (subsystem, namespace, new group).
@@ -762,6 +820,7 @@ impl Target {
                 }
             }
         }
+        files.keep();
         // Apply. First the file namespaces this reload removes or replaces (whole subsystems' too) are retired:
         // their writes not yet at the media refused (retryable), those at it waited for, before any namespace
         // is served from their files again (through another NSID or subsystem, or a new namespace on the same
@@ -1039,6 +1098,34 @@ mod tests {
         assert!(notes.contains("nsid 1 replaced: file") && !notes.contains("same identifiers"), "{notes}");
         let notes = t.reload(&cfg(&dir.path().join("y.img"))).unwrap().notes.join("\n");
         assert!(notes.contains("nsid 1 replaced: now file") && notes.contains("same identifiers"), "{notes}");
+    }
+
+    /// A start or reload that fails on one namespace's file leaves the others' files as it found them: none
+    /// created, none grown (they were: 64 MiB and an 8 MiB file left behind by a refused reload).
+    #[test]
+    fn a_refused_start_or_reload_creates_and_grows_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (x, created, nowhere) =
+            (dir.path().join("x.img"), dir.path().join("created.img"), dir.path().join("nodir").join("y.img"));
+        let ns = |nsid: u32, p: &Path, mib: u32| {
+            format!(
+                "[[subsystem.namespace]]\nnsid = {nsid}\nbackend = \"file\"\npath = \"{}\"\nsize_mib = {mib}\n",
+                p.display()
+            )
+        };
+        let head = "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"nqn.2026-01.io.holdfast:t\"\n\
+                    allow_any_host = true\n";
+        let cfg = |body: String| Config::parse(&format!("{head}{body}"), "t.toml").unwrap();
+        // A start: the second namespace's file is created, then the third cannot be.
+        let bad = cfg(ns(1, &x, 1) + &ns(2, &created, 8) + &ns(3, &nowhere, 1));
+        assert!(Target::new(&bad, Default::default()).is_err());
+        assert!(!x.exists() && !created.exists(), "files left by a refused start");
+        // A reload: namespace 1 grown, namespace 2 created, then namespace 3 fails.
+        let t = Target::new(&cfg(ns(1, &x, 1)), Default::default()).unwrap();
+        let bad = cfg(ns(1, &x, 64) + &ns(2, &created, 8) + &ns(3, &nowhere, 1));
+        assert!(t.reload(&bad).is_err());
+        assert_eq!(std::fs::metadata(&x).unwrap().len(), 1 << 20, "the running namespace's file grown");
+        assert!(!created.exists(), "a file created by the refused reload");
     }
 
     /// The startup line of a subsystem's access: any host, no host at all (seen at a glance), or the hosts
