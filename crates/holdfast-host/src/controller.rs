@@ -942,7 +942,12 @@ async fn establish(
         let was_unknown = lock(&sh.info).instance_unknown;
         // The previous association was with a holdfast controller (its Identify carried a uniquifier): end it
         // there before anything is issued again (README, No stale writes).
-        let previous = {
+        // At a controller's first connect: an association of an earlier controller of this process to the same
+        // subsystem as the same host, lost without the target knowing (ctrl_loss_tmo shorter than its KATO:
+        // it may still run that association's writes), is fenced the same way.
+        let previous = if first {
+            orphans::get(o)
+        } else {
             let i = lock(&sh.info);
             i.id.holdfast_uniquifier().map(|u| (i.cntlid, u))
         };
@@ -950,9 +955,12 @@ async fn establish(
         // may have been torn down between the Connect's drain and its CNTLID allocation, with writes still in
         // flight that the drain never saw. The fence reports those (the target's ended associations), and
         // leaves a controller alone that is this one (its uniquifier differs).
-        if let Some((prev_cntlid, prev_uniquifier)) = previous.filter(|_| !first) {
+        if let Some((prev_cntlid, prev_uniquifier)) = previous {
             let cqt_ms = adv.map_or(0, |a| a.cqt_ms);
             fence_previous_association(&admin, prev_cntlid, prev_uniquifier, cqt_ms, deadline).await?;
+            if first {
+                orphans::forget(o, prev_cntlid, prev_uniquifier);
+            }
         }
         let new_eff = policy::resolve(o, adv.as_ref());
         if !is_discovery && (first || !new_eff.logs_as(&eff)) {
@@ -2268,11 +2276,64 @@ async fn supervise(
 /// [`Error::ControllerLost`], [`Event::Failed`] goes out and the controller shuts down.
 fn lose_controller(sh: &Shared, slots: &mut [Option<Slot>], reason: String) {
     tracing::error!("controller lost: {reason}");
+    {
+        let i = lock(&sh.info);
+        if let Some(u) = i.id.holdfast_uniquifier() {
+            orphans::put(&sh.opts, i.cntlid, u);
+        }
+    }
     sh.set_state(|s| *s = State::Failed { reason: reason.clone() });
     let r = reason.clone();
     fail_all(slots, &|| Error::ControllerLost(r.clone()), true);
     let _ = sh.events.send(Event::Failed { reason });
     sh.shutdown.cancel();
+}
+
+/// Associations this process lost (a controller past ctrl_loss_tmo) on holdfast targets, for the next
+/// controller to the same subsystem as the same host to fence at its first connect (README, No stale writes):
+/// the target may not have noticed the loss yet (its KATO longer than the host's ctrl_loss_tmo), and run a
+/// write of that association after the application wrote the blocks again through the new one.
+mod orphans {
+    use super::ConnectOptions;
+    use std::sync::Mutex;
+
+    /// (address, subsystem NQN, host NQN, Host Identifier), the association's CNTLID and uniquifier.
+    type Orphan = ((String, String, String, [u8; 16]), u16, u64);
+
+    /// The most kept: an application that loses controllers to many targets does not grow this for ever.
+    const MAX: usize = 256;
+
+    static LOST: Mutex<Vec<Orphan>> = Mutex::new(Vec::new());
+
+    fn key(o: &ConnectOptions) -> (String, String, String, [u8; 16]) {
+        (o.addr.clone(), o.subnqn.clone(), o.hostnqn.clone(), o.hostid)
+    }
+
+    /// Record the association of a controller lost for good.
+    pub(super) fn put(o: &ConnectOptions, cntlid: u16, uniquifier: u64) {
+        let mut v = LOST.lock().unwrap_or_else(|e| e.into_inner());
+        let k = key(o);
+        v.retain(|(x, ..)| *x != k);
+        if v.len() >= MAX {
+            v.remove(0);
+        }
+        v.push((k, cntlid, uniquifier));
+    }
+
+    /// The association lost to the same place, for a new controller to fence.
+    pub(super) fn get(o: &ConnectOptions) -> Option<(u16, u64)> {
+        let v = LOST.lock().unwrap_or_else(|e| e.into_inner());
+        let k = key(o);
+        v.iter().find(|(x, ..)| *x == k).map(|&(_, c, u)| (c, u))
+    }
+
+    /// Fenced: no one need fence it again.
+    pub(super) fn forget(o: &ConnectOptions, cntlid: u16, uniquifier: u64) {
+        let k = key(o);
+        LOST.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(x, c, u)| !(*x == k && *c == cntlid && *u == uniquifier));
+    }
 }
 
 fn humantime(t: SystemTime) -> String {

@@ -2950,3 +2950,34 @@ async fn callers_waiting_for_room_fail_with_fast_io_fail_tmo() {
     assert!(last < Duration::from_secs(4), "a caller waited {last:?} (fast_io_fail_tmo 400 ms)");
     c.shutdown().await.unwrap();
 }
+
+/// A controller lost for good (ctrl_loss_tmo) on a holdfast target: the next controller this process connects
+/// to the same subsystem as the same host fences the lost association at its first connect, before any I/O
+/// queue, as a reconnect would (the target may not have noticed the loss yet and still run its writes).
+#[tokio::test]
+async fn a_new_controller_fences_the_association_of_one_lost_before_it() {
+    let f = fake(Behaviour::default()).await;
+    let mut o = opts(&f, 1, false);
+    o.kato = Some(Duration::from_millis(600));
+    o.reconnect_delay = Some(Duration::from_millis(100));
+    o.ctrl_loss_tmo = Some(Duration::from_millis(300));
+    let c = Controller::connect(o.clone()).await.unwrap();
+    go_down(&f, &c).await;
+    let t0 = std::time::Instant::now();
+    while !matches!(c.state(), holdfast_host::controller::State::Failed { .. }) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the controller was never lost");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f.st.down.store(false, Ordering::Relaxed);
+    f.st.log.lock().unwrap().clear();
+    let c2 = Controller::connect(o.clone()).await.unwrap();
+    let log = f.st.log.lock().unwrap().clone();
+    let first = log.iter().position(|l| l == "connect 0").expect("an admin Connect");
+    assert_eq!(log.get(first + 1).map(String::as_str), Some("fence 1 0xf00d0001"), "{log:?}");
+    c2.shutdown().await.unwrap();
+    // Fenced once: a third controller does not fence it again.
+    f.st.log.lock().unwrap().clear();
+    let c3 = Controller::connect(o).await.unwrap();
+    assert!(!f.st.log.lock().unwrap().iter().any(|l| l.starts_with("fence")), "fenced twice");
+    c3.shutdown().await.unwrap();
+}
