@@ -975,7 +975,11 @@ async fn establish(
         // writes survived when they may not have, when the instance is not known on this association or was
         // not on the one before (its policy page could not be read): a target restart is then possible.
         let restarted = matches!((eff.instance_id, new_eff.instance_id), (Some(a), Some(b)) if a != b)
-            || (!first && (instance_unknown || (was_unknown && new_eff.instance_id.is_some())));
+            || (!first
+                && (instance_unknown
+                    // Known again after an association it was not: unless it is the last one known (instance
+                    // IDs are random per start: the same one is the same instance).
+                    || (was_unknown && new_eff.instance_id.is_some() && new_eff.instance_id != eff.instance_id)));
         // The instance that acknowledged the writes, or the one that replaced it, keeps a namespace's data only
         // for its life: those writes are gone, flushed or not.
         let lost_data = restarted && (eff.volatile_data || new_eff.volatile_data);
@@ -2297,16 +2301,18 @@ mod orphans {
     use super::ConnectOptions;
     use std::sync::Mutex;
 
-    /// (address, subsystem NQN, host NQN, Host Identifier), the association's CNTLID and uniquifier.
-    type Orphan = ((String, String, String, [u8; 16]), u16, u64);
+    /// (subsystem NQN, host NQN, Host Identifier), the association's CNTLID and uniquifier. Not the address:
+    /// a new controller to the subsystem through another port (a failover) fences it too; the fence names the
+    /// association by its uniquifier, so a target other than the one it was on answers that it has none.
+    type Orphan = ((String, String, [u8; 16]), u16, u64);
 
     /// The most kept: an application that loses controllers to many targets does not grow this for ever.
     const MAX: usize = 256;
 
     static LOST: Mutex<Vec<Orphan>> = Mutex::new(Vec::new());
 
-    fn key(o: &ConnectOptions) -> (String, String, String, [u8; 16]) {
-        (o.addr.clone(), o.subnqn.clone(), o.hostnqn.clone(), o.hostid)
+    fn key(o: &ConnectOptions) -> (String, String, [u8; 16]) {
+        (o.subnqn.clone(), o.hostnqn.clone(), o.hostid)
     }
 
     /// Record the association of a controller lost for good.

@@ -38,6 +38,8 @@ pub struct PlannedRestart {
     pub seq: u64,
     /// When the announcement lapses, on [`Target::now_ms`]'s clock (0: none in force).
     pub lapse_at_ms: u64,
+    /// The lapse timer of the announcement in force, stopped when another takes its place.
+    pub timer: Option<tokio::task::AbortHandle>,
 }
 
 /// Announce a planned restart of `downtime_ms` (0 withdraws one), every controller notified (a policy-changed
@@ -47,6 +49,9 @@ pub struct PlannedRestart {
 pub fn announce_restart(target: &Arc<Target>, downtime_ms: u32, lapse: Duration) {
     let seq = {
         let mut p = target.planned_restart.lock();
+        if let Some(t) = p.timer.take() {
+            t.abort();
+        }
         p.seq += 1;
         p.lapse_at_ms = if downtime_ms > 0 {
             target.now_ms().saturating_add(lapse.as_millis().min(u64::MAX as u128) as u64).max(1)
@@ -63,8 +68,9 @@ pub fn announce_restart(target: &Arc<Target>, downtime_ms: u32, lapse: Duration)
             "planned restart announced: hosts will keep I/O queued at least this long; withdrawn unless the \
              target restarts within the lapse"
         );
-        let target = Arc::downgrade(target);
-        tokio::spawn(async move {
+        let weak = Arc::downgrade(target);
+        let timer = tokio::spawn(async move {
+            let target = weak;
             tokio::time::sleep(lapse).await;
             let Some(target) = target.upgrade() else { return };
             let mut p = target.planned_restart.lock();
@@ -80,6 +86,12 @@ pub fn announce_restart(target: &Arc<Target>, downtime_ms: u32, lapse: Duration)
                 "planned restart announced but not carried out within its lapse: withdrawn, hosts notified"
             );
         });
+        let mut p = target.planned_restart.lock();
+        if p.seq == seq {
+            p.timer = Some(timer.abort_handle());
+        } else {
+            timer.abort();
+        }
     } else {
         tracing::info!("planned restart withdrawn");
     }

@@ -379,7 +379,20 @@ struct FilesUndo(Vec<(PathBuf, Option<u64>)>);
 
 impl FilesUndo {
     fn snapshot(cfg: &Config) -> FilesUndo {
-        let paths = cfg.subsystems.iter().flat_map(|s| &s.namespaces).filter_map(|n| n.path.clone());
+        // Each path resolved (its directory, then its name; a symbolic link to the file followed): what is
+        // removed or cut back is the file the build made, not a link an operator made to it.
+        let resolve = |p: &Path| -> PathBuf {
+            if let Ok(c) = std::fs::canonicalize(p) {
+                return c;
+            }
+            let target = std::fs::read_link(p).ok().map(|t| p.parent().unwrap_or(Path::new("")).join(t));
+            let p = target.as_deref().unwrap_or(p);
+            match (p.parent().map(std::fs::canonicalize), p.file_name()) {
+                (Some(Ok(dir)), Some(name)) => dir.join(name),
+                _ => p.to_path_buf(),
+            }
+        };
+        let paths = cfg.subsystems.iter().flat_map(|s| &s.namespaces).filter_map(|n| n.path.as_deref().map(resolve));
         FilesUndo(
             paths
                 .map(|p| {

@@ -2032,7 +2032,9 @@ async fn a_write_on_a_namespace_a_reload_moves_never_lands_after_newer_ones() {
         Pdu::CapsuleCmd(CapsuleCmd { sqe: s, data: Bytes::from(vec![byte; 512]) })
     };
     q.send(write(1, 0, 0xAA, 0x51)).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Until the write is in flight on the namespace (held by the delay before the file).
+    let ns1 = server.target.subsystem(NQN).unwrap().namespaces.read()[&1].clone();
+    wait_until(|| ns1.media.as_ref().unwrap().inflight() == 1, "the write in flight").await;
     server.target.reload(&cfg(2)).unwrap();
     // Through the new NSID: a write that takes the new backend's delay, and at once the newer write of block 0.
     q.send(write(2, 100, 0xCC, 0x52)).await;
@@ -2044,7 +2046,8 @@ async fn a_write_on_a_namespace_a_reload_moves_never_lands_after_newer_ones() {
     }
     assert_eq!(status[&0x53], Status::SUCCESS);
     let old = status[&0x51];
-    assert!(!old.is_success() && !old.dnr(), "the old NSID's write is refused, retryably: {old:?}");
+    assert_eq!(old.code(), Status::NAMESPACE_NOT_READY.code(), "the old NSID's write is refused: {old:?}");
+    assert!(!old.dnr() && old.crd() == 2, "retryably, after CRDT2: {old:?}");
     let mut rd = rw_sqe(io::READ, 0, 1, SglDescriptor::transport(512));
     rd.nsid.set(2);
     let (r, d) = q.cmd(rd, Bytes::new()).await;

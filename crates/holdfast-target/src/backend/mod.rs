@@ -185,9 +185,27 @@ pub struct MediaGate {
     ns: Option<(Arc<AssociationGate>, usize)>,
 }
 
+/// Why a namespace's gate refused a command: a reload removed or replaced the namespace
+/// ([`crate::namespace::Namespace::retire`]). Carried inside an `io::Error` ([`namespace_retired`]).
+#[derive(Debug)]
+pub struct NamespaceRetired;
+
+impl std::fmt::Display for NamespaceRetired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("namespace removed or replaced before the command reached the media")
+    }
+}
+
+impl std::error::Error for NamespaceRetired {}
+
 /// Error returned through `io::Error` when a namespace's gate refuses: a reload removed or replaced it.
 pub fn namespace_retired() -> io::Error {
-    io::Error::new(io::ErrorKind::Interrupted, "namespace removed or replaced before the command reached the media")
+    io::Error::other(NamespaceRetired)
+}
+
+/// Is `e` a namespace's gate refusing ([`namespace_retired`])?
+pub fn is_namespace_retired(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|x| x.is::<NamespaceRetired>())
 }
 
 impl MediaGate {

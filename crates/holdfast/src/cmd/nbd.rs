@@ -88,7 +88,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 Some(Listener::Tcp(l))
             }
         };
-        let (c, ns) = a.ns.open(a.ns.options(a.queues.max(1))).await?;
+        let opened = a.ns.open(a.ns.options(a.queues.max(1))).await;
+        if opened.is_err() {
+            // The socket bound for this bridge goes with it.
+            if let Some(p) = a.socket.as_ref().filter(|_| listener.is_some()) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        let (c, ns) = opened?;
         let export = Arc::new(Export {
             description: format!("holdfast: {} at {}", a.ns.describe(), a.ns.subsystem.host.addr),
             name: a.name.clone(),
