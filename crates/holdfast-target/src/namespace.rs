@@ -57,17 +57,14 @@ impl Namespace {
     }
 
     /// Close the namespace to commands that change its data and have not reached the media yet (they fail
-    /// with a retryable status), and wait for those that have (a blocking wait, up to `deadline`): a reload that
-    /// removes or replaces the namespace does this before another namespace serves its file, so that no write
-    /// accepted here lands after a newer one written there (Linux nvmet waits for a disabled namespace's
-    /// requests the same way). False if some were still at the media at `deadline`.
-    pub fn retire(&self, deadline: std::time::Instant) -> bool {
-        match &self.media {
-            Some(g) => {
-                g.kill();
-                g.wait_for_earlier_until(Some(deadline))
-            }
-            None => true,
+    /// with a retryable status): a reload that removes or replaces the namespace does this before another
+    /// namespace serves its file. It does not wait for those already at the media: the namespaces that take
+    /// the file over wait for them before each of their writes ([`crate::backend::AssociationGate::set_after`]),
+    /// so that no write accepted here lands after a newer one written there (Linux nvmet waits for a disabled
+    /// namespace's requests; waiting in the reload would hold every connection of a one-thread target).
+    pub fn retire(&self) {
+        if let Some(g) = &self.media {
+            g.kill();
         }
     }
     /// Its ANA group.

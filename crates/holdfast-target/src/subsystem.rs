@@ -452,8 +452,18 @@ fn same_file(a: Option<&Path>, b: Option<&Path>) -> bool {
     }
 }
 
-/// How long a reload waits for the writes of a file namespace it retires that are already at the media
-/// ([`Namespace::retire`]): a stuck file system must not hold the reload (and with it every signal) for ever.
+/// A retired file namespace's media gate, by its file ([`file_key`]).
+type RetiredGate = ((u64, u64), Arc<crate::backend::AssociationGate>);
+
+/// The key a file is known by across reloads: (device, inode).
+fn file_key(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// How long a write of a namespace that took over a retired namespace's file waits for the retired writes
+/// still at the media ([`Namespace::retire`]) before it is refused (retryable): a stuck file system holds
+/// that namespace's writes, never the reload or the other connections.
 pub const RETIRE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The whole target: every subsystem and port.
@@ -493,6 +503,9 @@ pub struct Target {
     pub ana: crate::ana::Ana,
     /// Referrals to other discovery controllers (`[[referral]]`), replaced whole by a reload.
     referrals: RwLock<Vec<Referral>>,
+    /// The media gates of file namespaces a reload retired while writes of theirs were still in flight, by file
+    /// ([`file_key`]): a namespace served on that file later (this reload or another) waits for them.
+    retired: Mutex<Vec<RetiredGate>>,
 }
 
 /// DH-HMAC-CHAP keys by host NQN.
@@ -698,6 +711,7 @@ impl Target {
             host_keys: RwLock::new(Arc::new(host_keys_of(cfg))),
             ana: crate::ana::Ana::new(cfg),
             referrals: RwLock::new(referrals_of(cfg)),
+            retired: Mutex::default(),
             settings,
         });
         files.keep();
@@ -835,9 +849,9 @@ impl Target {
         }
         files.keep();
         // Apply. First the file namespaces this reload removes or replaces (whole subsystems' too) are retired:
-        // their writes not yet at the media refused (retryable), those at it waited for, before any namespace
-        // is served from their files again (through another NSID or subsystem, or a new namespace on the same
-        // file); without it a write accepted there could land after a newer one written through the new one.
+        // their writes not yet at the media refused (retryable); the namespaces that now serve their files (by
+        // another NSID or subsystem, or anew) wait, before each write, for those already at the media. Without
+        // it a write accepted there could land after a newer one written through the new one.
         {
             let subs = self.subsystems.read();
             let mut retiring: Vec<Arc<Namespace>> = ns_new
@@ -851,15 +865,23 @@ impl Target {
                 }
             }
             drop(subs);
-            let deadline = std::time::Instant::now() + RETIRE_WAIT;
+            let mut retired = self.retired.lock();
+            // Those whose last write has landed are done with.
+            retired.retain(|(_, g)| g.inflight() > 0);
             for n in &retiring {
-                if !n.retire(deadline) {
-                    summary.errors.push(format!(
-                        "nsid {}: writes still at the media of {} {RETIRE_WAIT:?} after it was retired; it is \
-                         served anew all the same, and they may land after newer writes",
-                        n.nsid,
-                        n.backend.describe()
-                    ));
+                n.retire();
+                if let (Some(key), Some(g)) = (n.backend.path().and_then(file_key), &n.media) {
+                    retired.push((key, g.clone()));
+                }
+            }
+            // Every namespace this reload starts serving on a file waits for the retired writes to that file.
+            let fresh_ns = fresh.values().flat_map(|s| s.namespaces.read().values().cloned().collect::<Vec<_>>());
+            let replaced_ns = ns_new.iter().filter_map(|(_, _, n)| n.as_ref().map(|(n, _)| n.clone()));
+            for n in fresh_ns.chain(replaced_ns) {
+                let (Some(key), Some(g)) = (n.backend.path().and_then(file_key), &n.media) else { continue };
+                let before: Vec<_> = retired.iter().filter(|(k, _)| *k == key).map(|(_, g)| g.clone()).collect();
+                if !before.is_empty() {
+                    g.set_after(before);
                 }
             }
         }

@@ -130,6 +130,10 @@ pub struct AssociationGate {
     /// Held by a [`AssociationGate::wait_for_earlier`] from its flip until its half is empty.
     flip: parking_lot::Mutex<()>,
     enforce: bool,
+    /// A namespace's gate only: the gates of the retired namespaces that had its file
+    /// ([`crate::namespace::Namespace::retire`]). A command through this gate waits, before it touches the
+    /// media, until none of theirs is left in flight, so that none of theirs lands after it.
+    after: std::sync::OnceLock<Vec<Arc<AssociationGate>>>,
 }
 
 impl AssociationGate {
@@ -159,6 +163,11 @@ impl AssociationGate {
     /// commands entering meanwhile are not waited for.
     pub fn wait_for_earlier(&self) {
         self.wait_for_earlier_until(None);
+    }
+    /// Commands through this gate wait for those of `predecessors` ([`AssociationGate::after`]); set once, before
+    /// the gate's namespace is served. False if already set.
+    pub fn set_after(&self, predecessors: Vec<Arc<AssociationGate>>) -> bool {
+        self.after.set(predecessors).is_ok()
     }
     /// [`AssociationGate::wait_for_earlier`], giving up at `deadline` (None: never): true if they all finished.
     pub fn wait_for_earlier_until(&self, deadline: Option<std::time::Instant>) -> bool {
@@ -228,10 +237,23 @@ impl MediaGate {
             Some(a) if a.enforce && a.is_dead() => return Err(cancelled()),
             _ => {}
         }
-        match &self.ns {
-            Some((n, _)) if n.is_dead() => Err(namespace_retired()),
-            _ => Ok(()),
+        let Some((n, _)) = &self.ns else { return Ok(()) };
+        if n.is_dead() {
+            return Err(namespace_retired());
         }
+        // Writes of the namespaces that had this file before a reload, still on their way: this one waits
+        // (a blocking thread: a file namespace's commands run on its I/O threads), up to RETIRE_WAIT, then is
+        // refused as the retired namespaces' are (retried later) rather than landing before them.
+        if let Some(before) = n.after.get() {
+            let deadline = std::time::Instant::now() + crate::subsystem::RETIRE_WAIT;
+            while before.iter().any(|p| p.inflight() > 0) {
+                if std::time::Instant::now() >= deadline {
+                    return Err(namespace_retired());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        Ok(())
     }
 }
 
