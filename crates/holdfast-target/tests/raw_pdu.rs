@@ -1861,9 +1861,10 @@ async fn reservations_persist_through_a_restart_with_ptpl() {
 }
 
 /// Writing a namespace's reservation record (a file and two fsyncs, which a slow disk can hold for long) is
-/// not done on a connection's task: while it waits (here the record's temporary file is a FIFO no one reads,
-/// so opening it blocks), the runtime's other connections are answered; then the Register completes (failed:
-/// a FIFO cannot be synced, and a registration whose record is not on disk is not made).
+/// not done on a connection's task, nor under the lock the I/O path's reservation check takes: while it waits
+/// (here the record's temporary file is a FIFO no one reads, so opening it blocks), a Keep Alive and the
+/// reservation holder's write on the same runtime are answered; then the Register completes (failed: a FIFO
+/// cannot be synced, and a change whose record is not on disk is not made).
 #[tokio::test]
 async fn a_reservation_record_being_written_holds_no_connection() {
     use holdfast_proto::reservation::{ReservationKeys, ReservationReport};
@@ -1881,6 +1882,12 @@ async fn a_reservation_record_being_written_holds_no_connection() {
     // No keep-alive timer: a runtime held 10 s would otherwise end the association, not fail the check below.
     let (mut a, cntlid) = Conn::admin_kato(addr, NQN, false, false, 0).await;
     let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    // Registered with Persist Through Power Loss on, and holding Write Exclusive: every write is checked
+    // against the reservation, on the connection's task.
+    let (s, d) = resv_cmd(io::RESERVATION_REGISTER, 1, 3 << 30, ReservationKeys::new(0, 0xA1).as_bytes());
+    assert_eq!(q.cmd(s, d).await.0.status(), Status::SUCCESS);
+    let (s, d) = resv_cmd(io::RESERVATION_ACQUIRE, 1, 1 << 8, ReservationKeys::new(0xA1, 0).as_bytes());
+    assert_eq!(q.cmd(s, d).await.0.status(), Status::SUCCESS);
     let fifo = dir.path().join("vol.img.holdfast-pr.tmp");
     let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: a valid NUL-terminated path.
@@ -1898,23 +1905,29 @@ async fn a_reservation_record_being_written_holds_no_connection() {
         (tx, t)
     };
     let (tx, opener) = reader(fifo.clone());
-    let (sqe, data) = resv_cmd(io::RESERVATION_REGISTER, 1, 3 << 30, ReservationKeys::new(0, 0xA1).as_bytes());
+    // Replace the key (RREGA 010b): the record is written, and waits on the FIFO.
+    let (sqe, data) = resv_cmd(io::RESERVATION_REGISTER, 1, 2, ReservationKeys::new(0xA1, 0xB2).as_bytes());
     let mut sqe = sqe;
     sqe.cid.set(0x4242);
     q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe, data })).await;
-    // Give the target the Register before the Keep Alive (no timing is checked: either order proves it, but
-    // this one is the one that blocked).
+    // Give the target the Register first (no timing is checked: either order proves it, but this one is the
+    // one that blocked). Meanwhile a Keep Alive, and the holder's write, which reads the reservation, are served.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let ka = SubmissionEntry::new(admin::KEEP_ALIVE, 0);
     assert_eq!(a.cmd(ka, Bytes::new()).await.0.status(), Status::SUCCESS);
+    let mut w = rw_sqe(io::WRITE, 0, 1, SglDescriptor::incapsule(512));
+    w.cid.set(0x4343);
+    q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe: w, data: Bytes::from(vec![9u8; 512]) })).await;
+    let Pdu::CapsuleResp(r) = q.recv().await else { panic!("expected a response") };
+    assert_eq!((r.cqe.cid(), r.cqe.status()), (0x4343, Status::SUCCESS), "the write first");
     let _ = tx.send(());
-    assert!(!opener.join().unwrap(), "the Keep Alive was answered only once the record's write had finished");
+    assert!(!opener.join().unwrap(), "the Keep Alive and the write were answered only once the record was written");
     let Pdu::CapsuleResp(r) = q.recv().await else { panic!("expected the Register's response") };
     // The record went into the FIFO, whose fsync fails: the Register fails with Internal Error, and changed
     // nothing (a registration not on disk is not made).
     assert_eq!((r.cqe.cid(), r.cqe.status().code()), (0x4242, Status::INTERNAL_ERROR.code()));
     let rep = ReservationReport::parse(&q.cmd(resv_report(4096, true), Bytes::new()).await.1).unwrap();
-    assert!(rep.registrants.is_empty(), "{rep:?}");
+    assert_eq!(rep.registrants.iter().map(|r| r.rkey).collect::<Vec<_>>(), [0xA1], "{rep:?}");
     server.stop().await;
 }
 

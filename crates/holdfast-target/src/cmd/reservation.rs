@@ -92,6 +92,11 @@ pub struct Reservations {
     /// True while there is a reservation: the I/O path's check is one load of this when there is none.
     reserved: AtomicBool,
     state: Mutex<State>,
+    /// Held by a change from the state it starts from until it is published ([`Reservations::commit`]): changes
+    /// one at a time, while the state lock is held only to read and to publish, never across the record's
+    /// fsyncs (the I/O path's check takes it, on the connection's task, while a reservation is held). Lock
+    /// order: `persist`, `state`, `file`.
+    persist: Mutex<()>,
     /// The reservation file, for a namespace that can persist through power loss (one on a regular file).
     /// Changed only by [`Reservations::rehome`] (a reload that moves the namespace), under the state lock.
     file: Mutex<Option<PathBuf>>,
@@ -182,6 +187,7 @@ impl Reservations {
     /// Loss off) and the old file removed, so that neither a restart nor a move back finds a stale record;
     /// where nothing can persist, Persist Through Power Loss goes off. What there is, for the reload's notes.
     pub fn rehome(&self, data: Option<&Path>) -> String {
+        let _one = self.persist.lock();
         let mut st = self.state.lock();
         let new = data.map(record_path);
         let mut file = self.file.lock();
@@ -236,23 +242,25 @@ impl Reservations {
 
     /// Set Features 83h: turn Persist Through Power Loss on or off.
     pub fn set_ptpl(&self, on: bool) -> Result<(), Status> {
-        let mut st = self.state.lock();
-        let before = st.clone();
-        st.ptpl = on;
-        self.commit(&mut st, before)
+        let _one = self.persist.lock();
+        let before = self.state.lock().clone();
+        self.commit(State { ptpl: on, ..before.clone() }, &before)
     }
 
-    /// Keep `st`, changed from `before`: written to the reservation file first while PTPL is on (the file
-    /// removed when it goes off); if that fails, `st` goes back to `before` and the command fails.
-    fn commit(&self, st: &mut State, before: State) -> Result<(), Status> {
-        if *st != before && (st.ptpl || before.ptpl) {
-            if let Err(e) = self.write_file(st) {
+    /// Keep `next`, changed from `before` (the state, as read under [`Reservations::persist`], which the
+    /// caller holds): written to the reservation file first while PTPL is on (the file removed when it goes
+    /// off), without the state lock; if that fails, the state stays `before` and the command fails. Then
+    /// published.
+    fn commit(&self, next: State, before: &State) -> Result<(), Status> {
+        if next != *before && (next.ptpl || before.ptpl) {
+            if let Err(e) = self.write_file(&next) {
                 tracing::error!(file = ?self.file.lock(), "reservations not changed: the reservation file cannot be written: {e}");
-                *st = before;
                 return Err(Status::INTERNAL_ERROR);
             }
         }
-        self.publish(st);
+        let mut st = self.state.lock();
+        *st = next;
+        self.publish(&st);
         Ok(())
     }
 
@@ -404,8 +412,9 @@ fn change(ctrl: &Controller, ns: &Namespace, cmd: Command, cdw10: u32, data: &[u
         return Err(Status::SGL_LENGTH_INVALID.with_dnr());
     };
     let iekey = cdw10 & r::IEKEY != 0;
-    let mut st = pr.state.lock();
-    let before = st.clone();
+    let _one = pr.persist.lock();
+    let before = pr.state.lock().clone();
+    let mut st = before.clone();
     let mut result = match cmd {
         Command::Register => register(&mut st, &host, cdw10, iekey, crkey, other, pr.ptpl_capable()),
         Command::Acquire => acquire(&mut st, &host, cdw10, iekey, crkey, other),
@@ -413,10 +422,11 @@ fn change(ctrl: &Controller, ns: &Namespace, cmd: Command, cdw10: u32, data: &[u
         Command::Report => Ok(()),
     };
     if result.is_err() {
-        *st = before.clone(); // a refused command changes nothing, whatever it had done before refusing
+        st = before.clone(); // a refused command changes nothing, whatever it had done before refusing
     }
-    if let Err(e) = pr.commit(&mut st, before.clone()) {
+    if let Err(e) = pr.commit(st.clone(), &before) {
         result = Err(e);
+        st = before.clone();
     }
     if st.reservation != before.reservation {
         let now = st.reservation.map_or("none".to_string(), |(t, h)| format!("{} held by host {}", t.name(), hex(&h)));
@@ -429,7 +439,7 @@ fn change(ctrl: &Controller, ns: &Namespace, cmd: Command, cdw10: u32, data: &[u
     let preempted: Vec<[u8; 16]> =
         before.registrants.iter().map(|(h, _)| *h).filter(|h| *h != host && st.key_of(h).is_none()).collect();
     let owed = if result.is_ok() { notices(&before, &st, &host, cmd) } else { Vec::new() };
-    drop(st);
+    drop(_one);
     for (to, rnlpt) in owed {
         for c in ctrl.subsys.controllers().iter().filter(|c| c.hostid == to) {
             c.reservation_notice(rnlpt, ns.nsid);
