@@ -786,6 +786,19 @@ fn a_partial_block_write_does_not_undo_a_whole_block_write_to_its_other_bytes() 
     }
 }
 
+/// A bridge (reconnecting within 200 ms) to `first`, a block of 5s written at 0 and flushed through it, then
+/// the target killed and `again` started on its port: the client, the bridge and the new target.
+fn written_then_restarted(mut first: TargetProc, again: impl Fn(u16) -> TargetProc) -> (Client, Bridge, TargetProc) {
+    let port = first.port;
+    let b = Bridge::start(&first, &["--reconnect-delay-ms", "100", "--reconnect-delay-max-ms", "200"]);
+    let mut c = go(b.port);
+    assert_eq!(c.call(CMD_WRITE, 0, 0, 512, &[5u8; 512]).0, 0);
+    assert_eq!(c.call(CMD_FLUSH, 0, 0, 0, &[]).0, 0);
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    (c, b, again(port))
+}
+
 /// A target whose namespace keeps its data only for the life of an instance (RAM) restarts under the bridge:
 /// the first flush after it fails with EIO (writes the bridge acknowledged before are gone, and a filesystem
 /// must not commit its journal on top of them), the next one covers what was written since and succeeds.
@@ -796,15 +809,7 @@ fn a_flush_after_a_restart_that_lost_the_data_fails_once() {
         cmd.args(["target", "--listen", &format!("127.0.0.1:{port}"), "--nqn", NQN, "--ram-mib", "1"]);
         TargetProc::spawn(cmd)
     };
-    let mut t = spawn(0);
-    let port = t.port;
-    let b = Bridge::start(&t, &["--reconnect-delay-ms", "100", "--reconnect-delay-max-ms", "200"]);
-    let mut c = go(b.port);
-    assert_eq!(c.call(CMD_WRITE, 0, 0, 512, &[5u8; 512]).0, 0);
-    assert_eq!(c.call(CMD_FLUSH, 0, 0, 0, &[]).0, 0);
-    let _ = t.child.kill();
-    let _ = t.child.wait();
-    t = spawn(port);
+    let (mut c, b, t) = written_then_restarted(spawn(0), spawn);
     assert_eq!(c.call(CMD_READ, 0, 0, 512, &[]), (0, vec![0u8; 512]), "the restarted RAM namespace is empty");
     assert_eq!(c.call(CMD_FLUSH, 0, 0, 0, &[]).0, EIO, "the flush after the data was lost");
     assert_eq!(c.call(CMD_WRITE, 0, 0, 512, &[6u8; 512]).0, 0);
@@ -828,15 +833,7 @@ fn a_namespace_write_protected_after_a_restart_refuses_writes_with_eperm() {
         cmd.arg("--file").arg(&path);
         TargetProc::spawn(cmd)
     };
-    let mut t = spawn(0, false);
-    let port = t.port;
-    let b = Bridge::start(&t, &["--reconnect-delay-ms", "100", "--reconnect-delay-max-ms", "200"]);
-    let mut c = go(b.port);
-    assert_eq!(c.call(CMD_WRITE, 0, 0, 512, &[5u8; 512]).0, 0);
-    assert_eq!(c.call(CMD_FLUSH, 0, 0, 0, &[]).0, 0);
-    let _ = t.child.kill();
-    let _ = t.child.wait();
-    t = spawn(port, true);
+    let (mut c, b, t) = written_then_restarted(spawn(0, false), |port| spawn(port, true));
     assert_eq!(c.call(CMD_READ, 0, 0, 512, &[]), (0, vec![5u8; 512]), "the bridge rode through");
     assert_eq!(c.call(CMD_FLUSH, 0, 0, 0, &[]).0, 0, "a file namespace kept its data: flushes go on succeeding");
     assert_eq!(c.call(CMD_WRITE, 0, 512, 512, &[6u8; 512]).0, EPERM);
