@@ -2069,6 +2069,48 @@ async fn a_write_on_a_namespace_a_reload_moves_never_lands_after_newer_ones() {
     server.stop().await;
 }
 
+/// A command of a retired namespace already past the media gate when the reload came (here a Write Zeroes with
+/// FUA, its zeroes written, held in the flush after them) holds up the writes of the namespace that takes its
+/// file over: the new NSID's write completes only after it.
+#[tokio::test]
+async fn a_write_through_the_new_namespace_waits_for_the_retired_ones_at_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("moved.img");
+    let cfg = |nsid: u32| {
+        let text = format!(
+            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
+             [[subsystem.namespace]]\nnsid = {nsid}\nbackend = \"file\"\npath = \"{}\"\nsize_mib = 1\n",
+            img.display()
+        );
+        Config::parse(&text, "test").unwrap()
+    };
+    let settings =
+        TargetSettings { test_delay_flushes: Some(Duration::from_millis(1500)), ..TargetSettings::default() };
+    let server = Server::start(Target::new(&cfg(1), settings).unwrap()).await.unwrap();
+    let addr = server.bound[0].1;
+    let (mut a, cntlid) = Conn::admin(addr, NQN, false, false).await;
+    let mut q = Conn::io(addr, &mut a, cntlid, false, false).await;
+    let mut z = rw_sqe(io::WRITE_ZEROES, 0, 1, SglDescriptor::transport(0));
+    z.cdw12.set(z.cdw12.get() | holdfast_proto::sqe::rw::FUA);
+    z.cid.set(0x61);
+    q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe: z, data: Bytes::new() })).await;
+    let ns1 = server.target.subsystem(NQN).unwrap().namespaces.read()[&1].clone();
+    wait_until(|| ns1.media.as_ref().unwrap().inflight() == 1, "the Write Zeroes at the file").await;
+    server.target.reload(&cfg(2)).unwrap();
+    let mut w = rw_sqe(io::WRITE, 8, 1, SglDescriptor::incapsule(512));
+    w.nsid.set(2);
+    w.cid.set(0x62);
+    q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe: w, data: Bytes::from(vec![0xBB; 512]) })).await;
+    let mut order = Vec::new();
+    while order.len() < 2 {
+        let Pdu::CapsuleResp(r) = q.recv_within(Duration::from_secs(10)).await else { panic!("expected responses") };
+        order.push((r.cqe.cid(), r.cqe.status()));
+    }
+    assert_eq!(order[0].0, 0x61, "the new namespace's write completed before the retired one's command: {order:?}");
+    assert_eq!(order[1], (0x62, Status::SUCCESS));
+    server.stop().await;
+}
+
 /// ONCS of a new controller, and namespace 1's RESCAP (Identify Namespace byte 31).
 async fn reservation_support(addr: SocketAddr) -> (u16, u8) {
     let (mut a, _) = Conn::admin(addr, NQN, false, false).await;
