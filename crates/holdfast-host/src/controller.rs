@@ -237,14 +237,17 @@ impl Shared {
         }
     }
 
-    /// The error for a command refused while the controller does not accept I/O (failing fast, or failed).
+    /// Why the controller does not accept I/O now, if it does not (failed, or failing fast): what a command
+    /// refused for it fails with ([`Controller::check`], [`Backlogged::queue`]).
     #[cold]
     #[inline(never)]
-    fn not_accepting_error(&self) -> Error {
+    fn not_accepting(&self) -> Option<Error> {
         match &*lock(&self.state) {
-            State::Failed { reason } => Error::ControllerLost(reason.clone()),
-            State::Reconnecting { cause, .. } => Error::PathError(format!("disconnected ({cause}); reconnecting")),
-            _ => closed(),
+            State::Failed { reason } => Some(Error::ControllerLost(reason.clone())),
+            State::Reconnecting { failing_fast: true, cause, .. } => {
+                Some(Error::PathError(format!("disconnected ({cause}); reconnecting")))
+            }
+            _ => None,
         }
     }
 
@@ -420,7 +423,7 @@ impl Backlogged<'_> {
         match tx.send_unless(*cmd, refused).await {
             Ok(()) => Ok(rx),
             Err(submit::TrySendError::Refused(c)) if gone() => Err(sh.refused(&c, ns)),
-            Err(submit::TrySendError::Refused(_)) => Err(sh.not_accepting_error()),
+            Err(submit::TrySendError::Refused(_)) => Err(sh.not_accepting().unwrap_or_else(closed)),
             Err(_) => Err(sh.closed_error()),
         }
     }
@@ -1427,13 +1430,7 @@ impl Controller {
         if self.inner.accepting.load(Ordering::Acquire) {
             return Ok(());
         }
-        match &*lock(&self.inner.state) {
-            State::Failed { reason } => Err(Error::ControllerLost(reason.clone())),
-            State::Reconnecting { failing_fast: true, cause, .. } => {
-                Err(Error::PathError(format!("disconnected ({cause}); reconnecting")))
-            }
-            _ => Ok(()),
-        }
+        self.inner.not_accepting().map_or(Ok(()), Err)
     }
 
     /// Run an admin command. Identify, Get Log Page and Get/Set Features are re-issued after a reconnect;
