@@ -439,17 +439,19 @@ impl FileIdentity {
         match std::fs::metadata(path) {
             Ok(m) if m.file_type().is_block_device() => FileIdentity::Device(m.rdev()),
             Ok(m) => FileIdentity::Inode(m.dev(), m.ino()),
-            // Its directory resolved (`..`, symbolic links), then its name: `d/new.img`, `d/sub/../new.img` and
-            // `link-to-d/new.img` are one file to be.
-            Err(_) => {
-                let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-                let resolved = match (abs.parent().map(std::fs::canonicalize), abs.file_name()) {
-                    (Some(Ok(dir)), Some(name)) => dir.join(name),
-                    _ => abs,
-                };
-                FileIdentity::Path(resolved)
-            }
+            Err(_) => FileIdentity::Path(resolved_to_be(path)),
         }
+    }
+}
+
+/// Where a file yet to be created will be: its directory resolved (`..`, symbolic links), then its name, so that
+/// `d/new.img`, `d/sub/../new.img` and `link-to-d/new.img` are one file to be (the absolute path if the
+/// directory cannot be resolved).
+pub(crate) fn resolved_to_be(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    match (abs.parent().map(std::fs::canonicalize), abs.file_name()) {
+        (Some(Ok(dir)), Some(name)) => dir.join(name),
+        _ => abs,
     }
 }
 

@@ -386,11 +386,7 @@ impl FilesUndo {
                 return c;
             }
             let target = std::fs::read_link(p).ok().map(|t| p.parent().unwrap_or(Path::new("")).join(t));
-            let p = target.as_deref().unwrap_or(p);
-            match (p.parent().map(std::fs::canonicalize), p.file_name()) {
-                (Some(Ok(dir)), Some(name)) => dir.join(name),
-                _ => p.to_path_buf(),
-            }
+            crate::config::resolved_to_be(target.as_deref().unwrap_or(p))
         };
         let paths = cfg.subsystems.iter().flat_map(|s| &s.namespaces).filter_map(|n| n.path.as_deref().map(resolve));
         FilesUndo(
@@ -441,11 +437,10 @@ impl Drop for FilesUndo {
 /// Do `a` and `b` name the same file (the same inode, however spelled)? Two RAM namespaces (no paths) are
 /// "the same" here: neither has a file.
 fn same_file(a: Option<&Path>, b: Option<&Path>) -> bool {
-    use std::os::unix::fs::MetadataExt;
     match (a, b) {
         (None, None) => true,
-        (Some(a), Some(b)) => match (std::fs::metadata(a), std::fs::metadata(b)) {
-            (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        (Some(a), Some(b)) => match (file_key(a), file_key(b)) {
+            (Some(x), Some(y)) => x == y,
             _ => a == b,
         },
         _ => false,
