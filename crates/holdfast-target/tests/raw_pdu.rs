@@ -1871,13 +1871,9 @@ async fn a_reservation_record_being_written_holds_no_connection() {
     use zerocopy::IntoBytes;
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("vol.img");
-    let text = format!(
-        "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
-         [[subsystem.namespace]]\nnsid = 1\nbackend = \"file\"\npath = \"{}\"\nsize_mib = 4\n",
-        img.display()
-    );
-    let cfg = Config::parse(&text, "test").unwrap();
-    let server = Server::start(Target::new(&cfg, TargetSettings::default()).unwrap()).await.unwrap();
+    let server = Server::start(Target::new(&file_namespace_config(&img, 1, 4), TargetSettings::default()).unwrap())
+        .await
+        .unwrap();
     let addr = server.bound[0].1;
     // No keep-alive timer: a runtime held 10 s would otherwise end the association, not fail the check below.
     let (mut a, cntlid) = Conn::admin_kato(addr, NQN, false, false, 0).await;
@@ -2020,14 +2016,7 @@ async fn referrals_are_listed_in_the_discovery_log() {
 async fn a_write_on_a_namespace_a_reload_moves_never_lands_after_newer_ones() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("moved.img");
-    let cfg = |nsid: u32| {
-        let text = format!(
-            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
-             [[subsystem.namespace]]\nnsid = {nsid}\nbackend = \"file\"\npath = \"{}\"\nsize_mib = 1\n",
-            img.display()
-        );
-        Config::parse(&text, "test").unwrap()
-    };
+    let cfg = |nsid: u32| file_namespace_config(&img, nsid, 1);
     // The first write of each backend is held 1.5 s before it reaches the file (a write behind slow I/O).
     let settings = TargetSettings {
         test_delay_writes: Some(Duration::from_millis(1500)),
@@ -2076,14 +2065,7 @@ async fn a_write_on_a_namespace_a_reload_moves_never_lands_after_newer_ones() {
 async fn a_write_through_the_new_namespace_waits_for_the_retired_ones_at_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("moved.img");
-    let cfg = |nsid: u32| {
-        let text = format!(
-            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
-             [[subsystem.namespace]]\nnsid = {nsid}\nbackend = \"file\"\npath = \"{}\"\nsize_mib = 1\n",
-            img.display()
-        );
-        Config::parse(&text, "test").unwrap()
-    };
+    let cfg = |nsid: u32| file_namespace_config(&img, nsid, 1);
     let settings =
         TargetSettings { test_delay_flushes: Some(Duration::from_millis(1500)), ..TargetSettings::default() };
     let server = Server::start(Target::new(&cfg(1), settings).unwrap()).await.unwrap();
@@ -2109,6 +2091,16 @@ async fn a_write_through_the_new_namespace_waits_for_the_retired_ones_at_the_fil
     assert_eq!(order[0].0, 0x61, "the new namespace's write completed before the retired one's command: {order:?}");
     assert_eq!(order[1], (0x62, Status::SUCCESS));
     server.stop().await;
+}
+
+/// One port, subsystem `NQN` open to any host, and namespace `nsid` on the file `img` (`size_mib`, created).
+fn file_namespace_config(img: &std::path::Path, nsid: u32, size_mib: u32) -> Config {
+    let text = format!(
+        "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
+         [[subsystem.namespace]]\nnsid = {nsid}\nbackend = \"file\"\npath = \"{}\"\nsize_mib = {size_mib}\n",
+        img.display()
+    );
+    Config::parse(&text, "test").unwrap()
 }
 
 /// ONCS of a new controller, and namespace 1's RESCAP (Identify Namespace byte 31).
