@@ -391,14 +391,13 @@ impl FilesUndo {
         let paths = cfg.subsystems.iter().flat_map(|s| &s.namespaces).filter_map(|n| n.path.as_deref().map(resolve));
         FilesUndo(
             paths
-                .map(|p| {
-                    // A block device is never created or resized: left out.
-                    let len = std::fs::metadata(&p).ok().filter(|m| m.is_file()).map(|m| m.len());
-                    let device = std::fs::metadata(&p).is_ok_and(|m| !m.is_file());
-                    (p, len, device)
+                // A file's length, or none yet; anything else there (a block device) is never created or
+                // resized: left out.
+                .filter_map(|p| match std::fs::metadata(&p) {
+                    Ok(m) if m.is_file() => Some((p, Some(m.len()))),
+                    Ok(_) => None,
+                    Err(_) => Some((p, None)),
                 })
-                .filter(|(_, _, device)| !device)
-                .map(|(p, len, _)| (p, len))
                 .collect(),
         )
     }
