@@ -1506,6 +1506,8 @@ impl Controller {
             return Err(Error::Invalid("this controller has no I/O queues".into()));
         }
         let i = hint.unwrap_or_else(|| self.inner.rr.fetch_add(1, Ordering::Relaxed)) % self.inner.io.len();
+        // Compare and Reservation Report only read: a second try answers for the blocks or the reservation as
+        // they are then, as a read does. A fused command (a Compare and Write's halves) never is.
         let replayable = matches!(
             sqe.opcode,
             holdfast_proto::opcode::io::READ
@@ -1513,6 +1515,8 @@ impl Controller {
                 | holdfast_proto::opcode::io::FLUSH
                 | holdfast_proto::opcode::io::WRITE_ZEROES
                 | holdfast_proto::opcode::io::DATASET_MANAGEMENT
+                | holdfast_proto::opcode::io::COMPARE
+                | holdfast_proto::opcode::io::RESERVATION_REPORT
         ) && sqe.fuse() == 0;
         let (cmd, rx) =
             command(sqe, data_out, data_in_len, command_name(&sqe, false), replayable, ns.map_or(0, |m| m.tag))?;

@@ -119,7 +119,7 @@ impl Error {
 impl Error {
     /// True when the same request may succeed if the caller issues it again, later, on this controller: a
     /// [`Error::PathError`] (the connection was down past fast_io_fail_tmo, the controller reconnecting; or a
-    /// command that is never replayed, a compare and write or a reservation, was cut off by a lost
+    /// command that is never replayed, a compare and write or a change to reservations, was cut off by a lost
     /// connection: see first whether it took effect). False for what issuing it again here cannot change: the
     /// controller lost or shut down (connect a new one), an NVMe status (already retried, see [`Error::Nvme`]),
     /// a timeout (unanswered on three connections), a refused or invalid request.

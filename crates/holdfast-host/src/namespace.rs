@@ -473,8 +473,9 @@ impl Namespace {
 
     /// Compare (NVM Command Set 1.0 §3.2.1): are the blocks at `lba` `data` (a whole number of blocks)? `Ok(false)`
     /// when the controller answers Compare Failure. One command per [`Controller::max_transfer`] of it (the
-    /// blocks are not compared all at one instant: [`Namespace::compare_and_write`] is for that). Not replayed
-    /// after a lost connection (README, Ride-through): one outstanding then fails with a retryable path error.
+    /// blocks are not compared all at one instant: [`Namespace::compare_and_write`] is for that). It only reads,
+    /// and is replayed after a lost connection as a read is (README, Ride-through): the answer is for the blocks
+    /// as they are when it runs.
     pub async fn compare(&self, lba: u64, data: Bytes) -> Result<bool> {
         let blocks = self.whole_blocks("compare", &data)?;
         self.check_gone()?;
@@ -565,7 +566,7 @@ impl Namespace {
     /// `current_key` is checked unless `ignore_key` (IEKEY). The registration is this host's (its Host
     /// Identifier) on every controller of the subsystem.
     ///
-    /// Reservation commands are not replayed after a lost connection (their effect is not idempotent: README,
+    /// Register, Acquire and Release are not replayed after a lost connection (their effect is not idempotent: README,
     /// Ride-through): one outstanding then fails with a retryable path error, and [`Namespace::reservation_report`] tells
     /// whether it took effect.
     pub async fn reservation_register(
@@ -637,6 +638,7 @@ impl Namespace {
 
     /// Reservation Report, in the extended data structure (128-bit Host Identifiers): the generation, the
     /// reservation and every registrant (read again, longer, when they do not fit 4 KiB).
+    /// It only reads, and is replayed after a lost connection as a read is (README, Ride-through).
     pub async fn reservation_report(&self) -> Result<reservation::ReservationReport> {
         self.check_gone()?;
         let mut len = 4096usize;

@@ -640,6 +640,47 @@ async fn a_compare_and_write_cut_off_by_a_lost_connection_fails_with_a_path_erro
     server.stop().await;
 }
 
+/// A Compare and a Reservation Report outstanding when the connection drops only read: they are issued again on
+/// the next association and answer for the blocks and the reservation as they then are, as a read would, instead
+/// of failing with a path error (README, Ride-through). Both are held in a blackholed proxy, so they were sent and
+/// never answered, then the connection is cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compare_and_a_reservation_report_cut_off_by_a_lost_connection_are_replayed() {
+    use bytes::Bytes;
+    use holdfast_proto::reservation as r;
+    let server = Server::start(Target::new(&config(&[1]), TargetSettings::default()).unwrap()).await.unwrap();
+    let proxy =
+        holdfast_testkit::proxy::Proxy::start("127.0.0.1:0".parse().unwrap(), server.bound[0].1).await.unwrap();
+    let mut o = ConnectOptions::new(proxy.local_addr().to_string(), NQN);
+    o.nr_io_queues = 1;
+    let ctrl = Controller::connect(o).await.unwrap();
+    let ns = holdfast_host::Namespace::open(&ctrl, 1).await.unwrap();
+    let ones = Bytes::from(vec![1u8; 512]);
+    ns.write(0, ones.clone(), false).await.unwrap();
+    ns.reservation_register(r::RREGA_REGISTER, 0, 0xA1, false).await.unwrap();
+    let mut events = ctrl.events();
+    proxy.blackhole();
+    let compare = {
+        let ns = ns.clone();
+        tokio::spawn(async move { ns.compare(0, ones).await })
+    };
+    let report = {
+        let ns = ns.clone();
+        tokio::spawn(async move { ns.reservation_report().await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await; // sent, held in the proxy
+    assert!(!compare.is_finished() && !report.is_finished(), "answered through a blackhole");
+    assert!(proxy.cut().await >= 2, "the admin and I/O connections");
+    proxy.resume();
+    restored(&mut events).await;
+    assert!(compare.await.unwrap().expect("the compare is replayed"), "the blocks compare equal");
+    let report = report.await.unwrap().expect("the reservation report is replayed");
+    assert_eq!(report.registrants.iter().map(|g| g.rkey).collect::<Vec<_>>(), [0xA1]);
+    ctrl.shutdown().await.unwrap();
+    proxy.shutdown().await;
+    server.stop().await;
+}
+
 /// A host whose registration another host preempts hears of it: the target's reservation notice (an event and
 /// log page 80h) reaches the application as `Event::ReservationNotice` (Registration Preempted, namespace 1),
 /// and the host that preempted hears nothing.
