@@ -649,8 +649,7 @@ async fn a_compare_and_a_reservation_report_cut_off_by_a_lost_connection_are_rep
     use bytes::Bytes;
     use holdfast_proto::reservation as r;
     let server = Server::start(Target::new(&config(&[1]), TargetSettings::default()).unwrap()).await.unwrap();
-    let proxy =
-        holdfast_testkit::proxy::Proxy::start("127.0.0.1:0".parse().unwrap(), server.bound[0].1).await.unwrap();
+    let proxy = holdfast_testkit::proxy::Proxy::start("127.0.0.1:0".parse().unwrap(), server.bound[0].1).await.unwrap();
     let mut o = ConnectOptions::new(proxy.local_addr().to_string(), NQN);
     o.nr_io_queues = 1;
     let ctrl = Controller::connect(o).await.unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 /// How to reach the target.
 #[derive(ClapArgs, Debug, Clone)]
 pub struct HostArgs {
-    /// Target address, IP:PORT.
+    /// Target address, IP[:PORT] (port 4420, the NVMe/TCP I/O port, if left out, as nvme-cli).
     #[arg(long)]
     pub addr: String,
     /// Host NQN (default: /etc/nvme/hostnqn, or derived from the machine ID).
@@ -51,6 +51,28 @@ pub struct HostArgs {
 }
 
 /// An NSID that can name one namespace: 1 to FFFFFFFEh (0 is none, FFFFFFFFh every one).
+/// The NVMe/TCP transport's well-known ports (NVMe/TCP 1.0 §3.3.1, IANA): 4420 for I/O controllers, 8009 for
+/// discovery controllers. nvme-cli (libnvme's default trsvcid) fills them in the same way.
+pub const NVME_TCP_IO_PORT: u16 = 4420;
+/// See [`NVME_TCP_IO_PORT`].
+pub const NVME_TCP_DISCOVERY_PORT: u16 = 8009;
+
+/// `addr` with `port` added when it names a host alone (`10.0.0.1`, `::1`, `[::1]`, `storage1`); anything
+/// else unchanged (the connect then says what it expected).
+pub fn with_default_port(addr: &str, port: u16) -> String {
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        return addr.to_string();
+    }
+    if let Ok(ip) = addr.parse::<std::net::IpAddr>() {
+        return std::net::SocketAddr::new(ip, port).to_string();
+    }
+    let bracketed = addr.starts_with('[') && addr.ends_with(']');
+    if bracketed || (!addr.is_empty() && !addr.contains(':')) {
+        return format!("{addr}:{port}");
+    }
+    addr.to_string()
+}
+
 pub fn nsid_parser() -> clap::builder::RangedI64ValueParser<u32> {
     clap::value_parser!(u32).range(1..0xFFFF_FFFF)
 }
@@ -104,7 +126,7 @@ impl std::str::FromStr for Secret {
 impl HostArgs {
     /// Connection options for subsystem `nqn`.
     pub fn options(&self, nqn: &str) -> ConnectOptions {
-        let mut o = ConnectOptions::new(self.addr.clone(), nqn);
+        let mut o = ConnectOptions::new(with_default_port(&self.addr, NVME_TCP_IO_PORT), nqn);
         if let Some(h) = &self.hostnqn {
             // Its Host Identifier as the library chooses it for a host NQN (the UUID of a UUID-based one, unless
             // /etc/nvme/hostid says this machine's).
@@ -204,4 +226,26 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
     };
     Ok(rt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_alone_gets_the_default_port() {
+        for (addr, want) in [
+            ("10.0.0.1", "10.0.0.1:8009"),
+            ("10.0.0.1:4420", "10.0.0.1:4420"),
+            ("::1", "[::1]:8009"),
+            ("[::1]", "[::1]:8009"),
+            ("[::1]:4421", "[::1]:4421"),
+            ("storage1", "storage1:8009"),
+            ("storage1:4420", "storage1:4420"),
+            ("", ""),
+            ("fe80::1%eth0", "fe80::1%eth0"),
+        ] {
+            assert_eq!(with_default_port(addr, NVME_TCP_DISCOVERY_PORT), want, "{addr}");
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! `holdfast discover ADDR`: list what a discovery controller offers.
 
-use super::common::{runtime, AuthArgs};
+use super::common::{runtime, with_default_port, AuthArgs, NVME_TCP_DISCOVERY_PORT};
 use clap::Args as ClapArgs;
 use holdfast_host::{discover_with_policy, ConnectOptions};
 use std::process::ExitCode;
@@ -9,7 +9,8 @@ use std::time::Duration;
 /// Options of `holdfast discover`.
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Discovery controller address, IP:PORT.
+    /// Discovery controller address, IP[:PORT] (port 8009, the NVMe/TCP discovery port, if left out, as
+    /// nvme-cli).
     addr: String,
     /// Host NQN.
     #[arg(long)]
@@ -26,7 +27,8 @@ pub struct Args {
 
 /// Run.
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let mut o = ConnectOptions::new(a.addr.clone(), "");
+    let addr = with_default_port(&a.addr, NVME_TCP_DISCOVERY_PORT);
+    let mut o = ConnectOptions::new(addr.clone(), "");
     if let Some(h) = a.hostnqn {
         o.hostnqn = h;
     }
@@ -59,7 +61,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         });
         outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "records": v, "policy": policy }))?);
     } else {
-        outln!("Discovery log of {}: {} record(s)", a.addr, entries.len());
+        outln!("Discovery log of {}: {} record(s)", addr, entries.len());
         for (i, e) in entries.iter().enumerate() {
             outln!("===== entry {i} =====");
             outln!("trtype:  {}  adrfam: {}", e.trtype_name(), e.adrfam_name());
