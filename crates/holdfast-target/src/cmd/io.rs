@@ -181,8 +181,9 @@ pub(crate) fn media_status(e: &io::Error, write: bool) -> Status {
         Status::ABORTED_SQ_DELETION
     } else if crate::backend::is_namespace_retired(e) {
         // A reload is replacing the namespace (`Namespace::retire`): Namespace Not Ready, retried after CRDT2
-        // (1 s; hosts that enable Advanced Command Retry, the Linux host and ours, wait it), by which time
-        // the new namespace serves the NSID. Retried at once, its five retries would be spent in the window.
+        // (1 s; hosts that enable Advanced Command Retry, the Linux host and ours, wait it; to others the
+        // transport sends no CRD, reserved for them), by which time the new namespace serves the NSID. Retried
+        // at once, its five retries would be spent in the window.
         Status::NAMESPACE_NOT_READY.with_crd(2)
     } else if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG)) {
         Status::CAPACITY_EXCEEDED.with_dnr()

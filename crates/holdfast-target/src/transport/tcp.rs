@@ -1084,12 +1084,15 @@ impl Connection {
     /// Queue a completion without data (a CapsuleResp). Touches no slot: a command answered here either never
     /// took one or has given it up already.
     fn send_response(&mut self, cid: u16, mut status: Status, dw0: u32, dw1: u32) {
-        // A retryable error tells a host that enabled ACRE how long to wait (CRD selects CRDT1..3).
-        if !status.is_success() && !status.dnr() && status.crd() == 0 {
-            if let Some(ctrl) = &self.ctx.ctrl {
-                if ctrl.state.lock().features.host_behavior[0] & 1 != 0 {
-                    status = status.with_crd(1);
-                }
+        // CRD (which of CRDT1..3 to wait before a retry) is for a host that enabled Advanced Command Retry (Host
+        // Behavior Support ACRE): to any other it is reserved (NVMe Base 2.0 Figure 92), and cleared. Such a host
+        // is told to wait CRDT1 after a retryable error that names no delay of its own.
+        if !status.is_success() && (status.crd() != 0 || !status.dnr()) {
+            let acre = self.ctx.ctrl.as_ref().is_some_and(|c| c.state.lock().features.host_behavior[0] & 1 != 0);
+            if !acre {
+                status = status.with_crd(0);
+            } else if !status.dnr() && status.crd() == 0 {
+                status = status.with_crd(1);
             }
         }
         let mut cqe = CompletionEntry::new(cid, status, dw0);
