@@ -148,8 +148,9 @@ pub fn execute(target: &Arc<Target>, line: &str) -> String {
         (Some("status"), None, ..) => {
             let lapse_at = target.planned_restart.lock().lapse_at_ms;
             let mut line = format!(
-                "ok instance {:016x} controllers {} planned_downtime_ms {}",
+                "ok instance {:016x} pid {} controllers {} planned_downtime_ms {}",
                 target.instance_id,
+                std::process::id(),
                 target.all_controllers().len(),
                 target.planned_downtime_ms.load(Ordering::SeqCst)
             );
@@ -163,7 +164,7 @@ pub fn execute(target: &Arc<Target>, line: &str) -> String {
         (Some("stats"), None, ..) => json_reply(&stats(target)),
         _ => format!(
             "error: unknown command \"{}\" (announce-restart MS [LAPSE_MS], cancel-restart, status, controllers, \
-             stats, disconnect [subsystem=NQN] [cntlid=N] [host=NQN])",
+             stats, disconnect [subsystem=NQN] [cntlid=N] [host=NQN], reload)",
             line.trim()
         ),
     }
@@ -335,6 +336,18 @@ pub fn stats(target: &Target) -> Vec<SubsystemStats> {
     v
 }
 
+/// Ask for a reload through `reload` and wait for its reply line.
+async fn reload_reply(reload: Option<&tokio::sync::mpsc::Sender<ReloadRequest>>) -> String {
+    let Some(reload) = reload else {
+        return "error: nothing to reload: this target runs without a configuration file (quick mode)".into();
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if reload.send(tx).await.is_err() {
+        return "error: the target is stopping".into();
+    }
+    rx.await.unwrap_or_else(|_| "error: the target is stopping".into())
+}
+
 /// The longest command line the control socket takes.
 pub const MAX_LINE: usize = 4096;
 
@@ -345,8 +358,18 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     holdfast_rt::bind_unix_socket(path)
 }
 
+/// A `reload` asked for on the control socket: the one who runs the target reloads its configuration (as on
+/// SIGHUP) and answers with the reply line (`ok ...` or `error: ...`).
+pub type ReloadRequest = tokio::sync::oneshot::Sender<String>;
+
 /// Serve the control socket `listener` (from [`bind`]) until `shutdown`. Removing its file is the caller's.
-pub async fn serve(target: Arc<Target>, listener: UnixListener, shutdown: CancellationToken) -> std::io::Result<()> {
+/// `reload` takes the `reload` command's requests (None: a target with nothing to reload, as in quick mode).
+pub async fn serve(
+    target: Arc<Target>,
+    listener: UnixListener,
+    shutdown: CancellationToken,
+    reload: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
+) -> std::io::Result<()> {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -360,7 +383,7 @@ pub async fn serve(target: Arc<Target>, listener: UnixListener, shutdown: Cancel
                         continue;
                     }
                 };
-                let target = target.clone();
+                let (target, reload) = (target.clone(), reload.clone());
                 tokio::spawn(async move {
                     use tokio::io::AsyncReadExt;
                     let (rd, mut wr) = stream.into_split();
@@ -378,7 +401,12 @@ pub async fn serve(target: Arc<Target>, listener: UnixListener, shutdown: Cancel
                             let _ = wr.write_all(format!("error: a line longer than {MAX_LINE} bytes\n").as_bytes()).await;
                             break;
                         }
-                        let reply = execute(&target, String::from_utf8_lossy(&line).trim_end());
+                        let line = String::from_utf8_lossy(&line);
+                        let reply = if line.trim() == "reload" {
+                            reload_reply(reload.as_ref()).await
+                        } else {
+                            execute(&target, line.trim_end())
+                        };
                         if wr.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
                             break;
                         }

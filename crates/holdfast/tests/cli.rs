@@ -336,7 +336,7 @@ fn terminate(t: &mut TargetProc) -> i32 {
 }
 
 /// The control socket is only ever a socket this target created: `--control` naming a file that exists is not
-/// deleted (it used to be replaced by the socket, then removed at exit), and a second target whose first port has
+/// deleted (it used to be replaced by the socket, then removed at exit; now the start fails), and a second target whose first port has
 /// the same TCP port number (another address) does not take the first's socket (`target-ctl --port` then talked
 /// to the second target, and once that one stopped, the first had no control socket at all).
 #[test]
@@ -345,10 +345,21 @@ fn control_socket_is_neither_stolen_nor_clobbered() {
     std::fs::create_dir_all(&dir).unwrap();
     let keep = dir.join("target.toml");
     std::fs::write(&keep, b"precious").unwrap();
-    let mut t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "1", "--control", keep.to_str().unwrap()]);
+    // A control socket asked for by name that cannot be had fails the start (it only warned), saying why.
+    let (rc, _, err) = holdfast(&[
+        "target",
+        "--listen",
+        "127.0.0.1:0",
+        "--nqn",
+        NQN,
+        "--ram-mib",
+        "1",
+        "--control",
+        keep.to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains(&format!("command line: --control {}", keep.display())), "{err}");
     assert_eq!(std::fs::read(&keep).unwrap(), b"precious", "the file given to --control is left alone");
-    assert_eq!(terminate(&mut t), 0);
-    assert_eq!(std::fs::read(&keep).unwrap(), b"precious", "and not removed at exit");
 
     let a = TargetProc::start(&["--nqn", NQN, "--ram-mib", "1"]);
     let port = a.port.to_string();
@@ -729,15 +740,19 @@ fn target_ctl_lists_controllers_and_counts_io() {
     assert!(out.contains(listed["hostid"].as_str().unwrap()), "the Host Identifier column: {out}");
     // Disconnected by the operator: the association ends, and the host (still allowed) connects again, as a
     // new controller.
-    let (rc, out, _) =
+    // The target's refusal is an error: on stderr, never in the output a script reads as JSON.
+    let (rc, out, err) =
         holdfast(&["target-ctl", "--port", &port, "disconnect", "--host", "nqn.2014-08.org.nvmexpress:x"]);
-    assert_eq!((rc, out.trim()), (1, "error: no controller matches (target-ctl controllers lists them)"));
+    assert_eq!(
+        (rc, out.as_str(), err.trim()),
+        (1, "", "holdfast: error: no controller matches (target-ctl controllers lists them)")
+    );
     let (rc, _, err) = holdfast(&["target-ctl", "--port", &port, "disconnect", "--cntlid", "1"]);
     assert_eq!(rc, 2, "a CNTLID without its subsystem: {err}");
     let old = listed["cntlid"].as_u64().unwrap().to_string();
     let (rc, out, err) = holdfast(&["target-ctl", "--port", &port, "disconnect", "--subsystem", NQN, "--cntlid", &old]);
     assert_eq!(rc, 0, "{out}{err}");
-    assert!(out.starts_with(&format!("ok 1 controller(s) disconnected ({NQN} CNTLID {old})")), "{out}");
+    assert!(out.starts_with(&format!("1 controller(s) disconnected ({NQN} CNTLID {old})")), "{out}");
     let t0 = Instant::now();
     loop {
         let (_, out, _) = holdfast(&["target-ctl", "--port", &port, "controllers", "--json"]);
@@ -937,7 +952,7 @@ fn the_control_socket_refuses_an_endless_line() {
     assert!(reply.starts_with("error: a line longer than 4096 bytes"), "{reply:?}");
     let (rc, out, err) = holdfast(&["target-ctl", "--port", &t.port.to_string(), "status"]);
     assert_eq!(rc, 0, "{err}");
-    assert!(out.starts_with("ok instance "), "{out}");
+    assert!(out.starts_with("instance ") && out.contains(&format!(" pid {} ", t.child.id())), "{out}");
 }
 
 /// The namespace commands refuse what can name no namespace before asking the target: NSID 0 (it reached the
@@ -954,4 +969,50 @@ fn namespace_commands_refuse_nsid_0_and_the_discovery_nqn() {
         holdfast(&["bench", "--addr", &addr, "--nqn", "nqn.2014-08.org.nvmexpress.discovery", "--time", "1"]);
     assert_eq!(rc, 1, "{err}");
     assert!(err.contains("is the discovery subsystem, which has no namespaces"), "{err}");
+}
+
+/// `target-ctl reload` reloads the configuration file as SIGHUP does and answers with the outcome: what changed,
+/// or (exit 1, on stderr) why the file was not applied, the old configuration staying; a target without a file
+/// (quick mode) says it has nothing to reload.
+#[test]
+fn target_ctl_reload_says_what_changed_or_why_not() {
+    let dir = std::env::temp_dir().join(format!("holdfast-cli-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("t.toml");
+    let write = |nsids: &[u32], extra: &str| {
+        let mut text = format!(
+            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n{extra}"
+        );
+        for n in nsids {
+            text += &format!("[[subsystem.namespace]]\nnsid = {n}\nbackend = \"ram\"\nsize_mib = 1\n");
+        }
+        std::fs::write(&cfg, text).unwrap();
+    };
+    write(&[1], "");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["target", "--config", cfg.to_str().unwrap()]);
+    let t = TargetProc::spawn(cmd);
+    let port = t.port.to_string();
+    let reload = || holdfast(&["target-ctl", "--port", &port, "reload"]);
+
+    write(&[1, 2], "");
+    let (rc, out, err) = reload();
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.starts_with(&format!("{} applied: ", cfg.display())), "{out}");
+    let (rc, out, err) = reload();
+    assert_eq!((rc, out.trim()), (0, format!("{} reloaded, nothing changed", cfg.display()).as_str()), "{err}");
+
+    write(&[1], "allow_any_hots = true\n");
+    let (rc, out, err) = reload();
+    assert_eq!((rc, out.as_str()), (1, ""), "{err}");
+    assert!(err.contains("not applied, the old configuration stays") && err.contains("allow_any_hots"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    let (rc, _, err) = holdfast(&["identify", "--addr", &t.addr(), "--nqn", NQN, "--nsid", "2"]);
+    assert_eq!(rc, 0, "namespace 2 is still served: {err}");
+
+    let quick = TargetProc::start(&["--nqn", NQN, "--ram-mib", "1"]);
+    let (rc, _, err) = holdfast(&["target-ctl", "--port", &quick.port.to_string(), "reload"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("nothing to reload"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -226,6 +226,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let mut signals = Signals::new();
         // Ports first: a start whose address is taken fails before a file namespace's file is created.
         let listeners = holdfast_target::server::Listeners::bind_config(&cfg).map_err(in_file)?;
+        // A control socket asked for by name is part of the start: one that cannot be had fails it, before any
+        // namespace is opened (the default one, named after the first port, is only warned about below).
+        let named_control = match &a.control {
+            Some(path) => Some(holdfast_target::control::bind(path).map_err(|e| {
+                let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+                    " (a process answers on it: another target given the same --control?)"
+                } else {
+                    ""
+                };
+                anyhow::anyhow!("command line: --control {}: {e}{why}", path.display())
+            })?),
+            None => None,
+        };
         let target = Target::new(&cfg, settings).map_err(in_file)?;
         let mut server = Server::start_on(target.clone(), listeners);
         for (id, addr) in &server.bound {
@@ -242,15 +255,22 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         if !target.settings.drain {
             tracing::warn!("TEST MODE: reconnecting hosts are admitted without draining; stale writes are possible");
         }
+        // `target-ctl reload` asks through the control socket, and gets the outcome back.
+        let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<holdfast_target::control::ReloadRequest>(4);
         let control = a.control.clone().unwrap_or_else(|| holdfast_target::control::default_path(server.bound[0].1.port()));
         // Bound before the connect lines, which say the target is ready (for `target-ctl` too). Only a socket
         // file this target created is removed at exit.
-        let control_bound = match holdfast_target::control::bind(&control) {
+        let bound = match named_control {
+            Some(listener) => Ok(listener),
+            None => holdfast_target::control::bind(&control),
+        };
+        let control_bound = match bound {
             Ok(listener) => {
                 tracing::info!("control socket at {}", control.display());
                 let (t, s) = (target.clone(), server.shutdown.clone());
+                let reload = a.config.is_some().then(|| reload_tx.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = holdfast_target::control::serve(t, listener, s).await {
+                    if let Err(e) = holdfast_target::control::serve(t, listener, s, reload).await {
                         tracing::warn!("control socket failed: {e}");
                     }
                 });
@@ -258,11 +278,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
             Err(e) => {
                 // Whose socket it is: the one given by --control, or the default named after the first port.
-                let why = match (e.kind(), &a.control) {
-                    (std::io::ErrorKind::AddrInUse, Some(_)) => {
-                        " (a process answers on it: another target given the same --control?); left alone"
-                    }
-                    (std::io::ErrorKind::AddrInUse, None) => {
+                // (The default one: a --control that cannot be had failed the start.)
+                let why = match e.kind() {
+                    std::io::ErrorKind::AddrInUse => {
                         " (another target whose first port has the same TCP port number, on another address?); left \
                          alone, --control PATH chooses another"
                     }
@@ -295,44 +313,29 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         let config_path = a.config.clone();
         loop {
-            match signals.next().await {
-                Signal::Stop => break,
-                Signal::Announce => {
-                    holdfast_target::control::announce_restart(
-                        &target,
-                        a.sigusr1_downtime_ms,
-                        holdfast_target::control::DEFAULT_RESTART_LAPSE,
-                    );
-                    continue;
-                }
-                Signal::Reload => {}
-            }
+            let asked = tokio::select! {
+                signal = signals.next() => match signal {
+                    Signal::Stop => break,
+                    Signal::Announce => {
+                        holdfast_target::control::announce_restart(
+                            &target,
+                            a.sigusr1_downtime_ms,
+                            holdfast_target::control::DEFAULT_RESTART_LAPSE,
+                        );
+                        continue;
+                    }
+                    Signal::Reload => None,
+                },
+                Some(asked) = reload_rx.recv() => Some(asked),
+            };
             let Some(path) = &config_path else {
                 tracing::warn!("SIGHUP: nothing to reload in quick mode (no --config file)");
                 continue;
             };
-            let reloaded = match Config::load(path) {
-                Ok(c) => server.reload(&c).await,
-                Err(e) => Err(anyhow::Error::from(e)),
-            };
-            match reloaded {
-                Ok(s) if s.notes.is_empty() && s.errors.is_empty() => {
-                    tracing::info!("SIGHUP: {} reloaded, nothing changed", path.display())
-                }
-                Ok(s) => {
-                    for n in &s.notes {
-                        tracing::info!("SIGHUP: {n}");
-                    }
-                    for e in &s.errors {
-                        tracing::error!("SIGHUP: {e}");
-                    }
-                    if s.errors.is_empty() {
-                        tracing::info!(genctr = s.genctr, "SIGHUP: {} applied", path.display());
-                    } else {
-                        tracing::error!(genctr = s.genctr, "SIGHUP: {} applied except for the errors above", path.display());
-                    }
-                }
-                Err(e) => tracing::error!("SIGHUP: {} not applied, the old configuration stays: {e:#}", path.display()),
+            let origin = if asked.is_some() { "reload (target-ctl)" } else { "SIGHUP" };
+            let reply = reload(&mut server, path, origin).await;
+            if let Some(asked) = asked {
+                let _ = asked.send(reply);
             }
         }
         if control_bound {
@@ -344,6 +347,48 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reload the configuration file `path` into `server` (on SIGHUP or `target-ctl reload`, named by `origin` in the
+/// log) and log what changed; the reply line for `target-ctl`: `ok ...`, or `error: ...` when the file was not
+/// applied or applied in part.
+async fn reload(server: &mut Server, path: &std::path::Path, origin: &str) -> String {
+    let reloaded = match Config::load(path) {
+        Ok(c) => server.reload(&c).await,
+        Err(e) => Err(anyhow::Error::from(e)),
+    };
+    match reloaded {
+        Ok(s) if s.notes.is_empty() && s.errors.is_empty() => {
+            tracing::info!("{origin}: {} reloaded, nothing changed", path.display());
+            format!("ok {} reloaded, nothing changed", path.display())
+        }
+        Ok(s) => {
+            for n in &s.notes {
+                tracing::info!("{origin}: {n}");
+            }
+            for e in &s.errors {
+                tracing::error!("{origin}: {e}");
+            }
+            if s.errors.is_empty() {
+                tracing::info!(genctr = s.genctr, "{origin}: {} applied", path.display());
+                format!("ok {} applied: {}", path.display(), s.notes.join("; "))
+            } else {
+                tracing::error!(genctr = s.genctr, "{origin}: {} applied except for the errors above", path.display());
+                format!(
+                    "error: {} applied except for: {} (applied: {})",
+                    path.display(),
+                    s.errors.join("; "),
+                    s.notes.join("; ")
+                )
+            }
+        }
+        Err(e) => {
+            tracing::error!("{origin}: {} not applied, the old configuration stays: {e:#}", path.display());
+            // One line: the configuration's own errors may span several.
+            let e = format!("{e:#}").replace('\n', "; ");
+            format!("error: {} not applied, the old configuration stays: {e}", path.display())
+        }
+    }
 }
 
 enum Signal {

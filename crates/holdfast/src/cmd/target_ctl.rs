@@ -1,5 +1,5 @@
 //! `holdfast target-ctl`: talk to a running target's control socket (announce a planned restart, list its
-//! controllers and I/O counters).
+//! controllers and I/O counters, reload its configuration).
 
 use anyhow::Context;
 use clap::{Args as ClapArgs, Subcommand};
@@ -57,6 +57,8 @@ enum Action {
         #[arg(long)]
         host: Option<String>,
     },
+    /// Reload the target's configuration file (as SIGHUP does) and say what changed, or why it was not applied.
+    Reload,
     /// Each subsystem's I/O counters since the target started.
     Stats {
         /// The target's JSON as it is.
@@ -102,6 +104,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         Action::CancelRestart => ("cancel-restart".into(), None, false),
         Action::Status => ("status".into(), None, false),
+        Action::Reload => ("reload".into(), None, false),
         Action::Controllers { json } => ("controllers".into(), Some(controllers_table as Table), json),
         Action::Stats { json } => ("stats".into(), Some(stats_table as Table), json),
         Action::Disconnect { subsystem, cntlid, host } => {
@@ -128,17 +131,32 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         ),
         None => format!("cannot reach the target's control socket {}", path.display()),
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // A reload may create and size file namespaces, and waits for the target's main loop.
+    let wait = if line == "reload" { Duration::from_secs(120) } else { Duration::from_secs(5) };
+    s.set_read_timeout(Some(wait))?;
     writeln!(s, "{line}")?;
     let mut reply = String::new();
-    BufReader::new(&s).read_line(&mut reply).context("no reply from the target")?;
+    BufReader::new(&s).read_line(&mut reply).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            anyhow::anyhow!("no reply from the target within {} s (is it stopped?)", wait.as_secs())
+        }
+        _ => anyhow::Error::from(e).context("no reply from the target"),
+    })?;
     let reply = reply.trim();
+    if reply.is_empty() {
+        anyhow::bail!("the target closed the control connection without a reply");
+    }
+    // The target's refusals are errors (stderr, exit 1), never output a script would read as JSON.
+    if let Some(e) = reply.strip_prefix("error: ") {
+        anyhow::bail!("{e}");
+    }
     match (reply.strip_prefix("ok "), table) {
         (Some(j), Some(_)) if json => outln!("{j}"),
         (Some(j), Some(table)) => table(j)?,
+        (Some(r), None) => outln!("{r}"),
         _ => outln!("{reply}"),
     }
-    Ok(if reply.starts_with("ok") { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Print a JSON reply as a table.
