@@ -844,11 +844,19 @@ fn write_streams_its_input_and_says_what_a_refused_pipe_left_written() {
     let (rc, _, err) = on(&t, "read", &["--offset", &at, "--length", "4194304", "--output", back.to_str().unwrap()]);
     assert_eq!(rc, 0, "{err}");
     assert!(std::fs::read(&back).unwrap().iter().all(|&b| b == 0x5A), "what fitted was written");
-    // Not whole blocks: nothing written.
+    // The piece that crosses the end: what fits of it is written too (it was dropped whole).
+    let at = ((64u64 << 20) - 4096).to_string();
+    let (rc, err, _) = holdfast_piped(&[&w[..], &["--offset", &at]].concat(), 0x6B, 8192);
+    assert_eq!(rc, 1);
+    assert!(err.contains("its first 4096 bytes were written"), "{err}");
+    let (rc, _, err) = on(&t, "read", &["--offset", &at, "--length", "4096", "--output", back.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(std::fs::read(&back).unwrap().iter().all(|&b| b == 0x6B), "what fitted of the last piece was written");
+    // Not whole blocks: the whole blocks are written.
     let (rc, err, _) = holdfast_piped(&w, 0x11, 4096 + 100);
     assert_eq!(rc, 1);
     assert!(err.contains("stdin is 4196 bytes, not a multiple of the 4096-byte block size"), "{err}");
-    assert!(err.contains("its first 0 bytes were written"), "{err}");
+    assert!(err.contains("its first 4096 bytes were written"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -155,7 +155,7 @@ pub fn run_write(a: WriteArgs) -> anyhow::Result<ExitCode> {
                     eof = true;
                     break;
                 };
-                let piece = piece.with_context(|| format!("cannot read {name}"))?;
+                let mut piece = piece.with_context(|| format!("cannot read {name}"))?;
                 let len = piece.len() as u64;
                 let end = a.offset.saturating_add(sent + len);
                 if !len.is_multiple_of(bs) {
@@ -167,7 +167,15 @@ pub fn run_write(a: WriteArgs) -> anyhow::Result<ExitCode> {
                         ns.nsid(),
                         ns.size()
                     ));
-                } else {
+                }
+                if refused.is_some() {
+                    // What fits of this last piece is written too (whole blocks, up to the namespace's end), as
+                    // dd does, so that the error's count is all the input that could be.
+                    let room = ns.size().saturating_sub(a.offset.saturating_add(sent));
+                    piece.truncate((len.min(room) / bs * bs) as usize);
+                }
+                if !piece.is_empty() {
+                    let len = piece.len() as u64;
                     let (ns, at) = (ns.clone(), lba + sent / bs);
                     let fua = a.fua;
                     inflight.push_back((len, tokio::spawn(async move { ns.write(at, piece, fua).await })));
@@ -180,6 +188,10 @@ pub fn run_write(a: WriteArgs) -> anyhow::Result<ExitCode> {
             }
         }
         if let Some(why) = refused {
+            // What was written is made durable all the same, as a whole write's would be.
+            if written > 0 && !a.fua {
+                ns.flush().await.context("Flush after the part of the write that fitted")?;
+            }
             anyhow::bail!("{why}: its first {written} bytes were written at offset {}, the rest not", a.offset);
         }
         anyhow::ensure!(sent > 0, "{name} is 0 bytes: nothing to do");
