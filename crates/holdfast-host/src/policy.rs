@@ -188,7 +188,7 @@ impl Effective {
         let opt = |d: Option<Duration>| d.map(|d| format!("{d:?}")).unwrap_or_else(|| "off".into());
         let line = format!(
             "effective policy for {addr}: kato {:?} ({}), reconnect_delay {:?} ({}), reconnect_delay_max {:?} ({}), \
-             ctrl_loss_tmo {} ({}), fast_io_fail_tmo {} ({}), planned_downtime {:?}",
+             ctrl_loss_tmo {} ({}), fast_io_fail_tmo {} ({}), planned_downtime {}",
             self.kato.0,
             self.kato.1,
             self.reconnect_delay.0,
@@ -199,7 +199,7 @@ impl Effective {
             self.ctrl_loss_tmo.1,
             opt(self.fast_io_fail_tmo.0),
             self.fast_io_fail_tmo.1,
-            self.planned_downtime
+            if self.planned_downtime.is_zero() { "none".into() } else { format!("{:?}", self.planned_downtime) }
         );
         if self.all_default() {
             tracing::debug!(target: "holdfast::policy", "{line}");

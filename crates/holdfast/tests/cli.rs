@@ -1024,3 +1024,20 @@ fn target_ctl_reload_says_what_changed_or_why_not() {
     assert!(err.contains("nothing to reload"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `bench` with writes on a write-protected namespace is refused before it starts, saying why (it ran its whole
+/// time failing every write); reads run.
+#[test]
+fn bench_refuses_to_write_a_write_protected_namespace() {
+    let dir = std::env::temp_dir().join(format!("holdfast-cli-ro-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("ro.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let t = TargetProc::start(&["--nqn", NQN, "--file", img.to_str().unwrap(), "--read-only"]);
+    let (rc, _, err) = on(&t, "bench", &["--workload", "randwrite", "--time", "1"]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("is write protected") && err.contains("a randwrite run would fail every write"), "{err}");
+    let (rc, _, err) = on(&t, "bench", &["--workload", "randread", "--time", "0.2"]);
+    assert_eq!(rc, 0, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -565,6 +565,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             a.bs,
             ns.block_size()
         );
+        // A run that writes to a write-protected namespace would fail every write for its whole time.
+        anyhow::ensure!(
+            reads_only(&a) || !ns.write_protected(),
+            "{} is write protected (Identify Namespace NSATTR bit 0): a {} run would fail every write; \
+             read or randread (or randrw --mix 100) only reads",
+            a.ns.describe(),
+            format!("{:?}", a.workload).to_lowercase()
+        );
         if let Some(s) = a.size {
             // Refused, not clamped: the region was clamped to the namespace but --size stayed the byte budget of a
             // run without --time, so that a run meant to write the namespace once went on for many times that.
@@ -733,11 +741,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             let _ = hist.add(&*h.lock().unwrap_or_else(|p| p.into_inner()));
         }
         ticker.abort();
-        // An outage still going on at the end counts too.
-        if let Some((since, _, _)) = sh.down.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        // An outage still going on at the end (or that ended with the controller lost) counts too, until now.
+        let unrestored = sh.down.lock().unwrap_or_else(|p| p.into_inner()).take().map(|(since, _, _)| {
             sh.outages.fetch_add(1, Ordering::Relaxed);
             sh.longest_outage_ms.fetch_max(since.elapsed().as_millis() as u64, Ordering::Relaxed);
-        }
+        });
         for w in &watchers {
             w.abort();
         }
@@ -803,6 +811,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             "cpu_us_per_io": { "user": cpu_user, "sys": cpu_sys },
             "lat_us": { "p50": q(0.5), "p99": q(0.99), "p999": q(0.999), "max": if hist.is_empty() { 0 } else { hist.max() } },
             "outages": sh.outages.load(Ordering::Relaxed), "longest_outage_ms": sh.longest_outage_ms.load(Ordering::Relaxed),
+            "outage_not_restored": unrestored.is_some(),
             "longest_stall_ms": sh.longest_stall_us.load(Ordering::Relaxed) / 1000,
             "target_restarts_s": restarts,
             "outstanding": outstanding, "unfinished": abandoned.as_ref().filter(|_| outstanding > 0),
@@ -841,6 +850,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             outln!("errors {errors}, verify mismatches {mismatches}{how}{restarted}");
             let outages = match sh.outages.load(Ordering::Relaxed) {
                 0 => "outages 0".to_string(),
+                n if unrestored.is_some() => format!(
+                    "outages {n} (longest {} ms, from the loss noticed to the reconnect; the last never reconnected, \
+                     counted to the end of the run)",
+                    report["longest_outage_ms"]
+                ),
                 n => format!("outages {n} (longest {} ms, from the loss noticed to the reconnect)", report["longest_outage_ms"]),
             };
             outln!("{outages}; longest stall {} ms (no I/O succeeded)", report["longest_stall_ms"]);
