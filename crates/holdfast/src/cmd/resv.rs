@@ -2,7 +2,7 @@
 //! clear, report. The host's registration is its Host Identifier's (`--hostid`; else the UUID of a UUID-based
 //! `--hostnqn`; else `/etc/nvme/hostid`), shared by every controller it has on the subsystem.
 
-use super::common::{hex, runtime, NamespaceArgs};
+use super::common::{runtime, NamespaceArgs};
 use anyhow::Context;
 use clap::{Args as ClapArgs, Subcommand};
 use holdfast_proto::reservation::{self as r, ReservationType};
@@ -139,6 +139,30 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
         let (c, ns) = a.ns.open(a.ns.options(1)).await?;
         let what = a.ns.describe();
+        let ptpl_on = matches!(a.action, Action::Register { ptpl: Some(true), .. } | Action::Unregister { ptpl: Some(true), .. });
+        anyhow::ensure!(
+            !ptpl_on || ns.identify().rescap & 1 != 0,
+            "{what} cannot keep reservations through a power loss or restart (RESCAP bit 0 clear: a RAM namespace has \
+             nowhere to keep them; a file namespace can): --ptpl on refused"
+        );
+        // What a Reservation Conflict means for each action, beyond the status's name.
+        let conflict_hint = match &a.action {
+            Action::Register { .. } => {
+                "this host is registered already, with another key? (`replace` changes it; `report` lists the registrants)"
+            }
+            Action::Unregister { .. } | Action::Replace { .. } => {
+                "the key is not this host's registration (`report` lists the registrants; --ignore-key skips the check)"
+            }
+            Action::Acquire { .. } | Action::Preempt { .. } => {
+                "this host is not registered with that key, or another holds a reservation of another type"
+            }
+            Action::Release { .. } | Action::Clear { .. } => "the key is not this host's registration (`report` lists them)",
+            Action::Report => "",
+        };
+        let what = match &a.action {
+            Action::Clear { .. } => format!("{what}: clear (a Reservation Release with RRELA 1)"),
+            _ => what,
+        };
         let done = match a.action {
             Action::Register { key, ptpl } => ns.reservation_register_ptpl(r::RREGA_REGISTER, 0, key, false, ptpl).await,
             Action::Unregister { key, ignore_key, ptpl } => {
@@ -162,7 +186,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                     let regs: Vec<_> = rep
                         .registrants
                         .iter()
-                        .map(|g| serde_json::json!({ "hostid": hex(&g.hostid), "key": format!("0x{:x}", g.rkey), "holds": g.holds }))
+                        .map(|g| serde_json::json!({ "hostid": uuid::Uuid::from_bytes(g.hostid).to_string(), "key": format!("0x{:x}", g.rkey), "holds": g.holds }))
                         .collect();
                     outln!(
                         "{}",
@@ -175,13 +199,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                         None => outln!("  reservation: none"),
                     }
                     for g in &rep.registrants {
-                        outln!("  registrant {} key 0x{:x}{}", hex(&g.hostid), g.rkey, if g.holds { " (holds)" } else { "" });
+                        outln!("  registrant {} key 0x{:x}{}", uuid::Uuid::from_bytes(g.hostid), g.rkey, if g.holds { " (holds)" } else { "" });
                     }
                 }
                 Ok(())
             }
         };
-        done.with_context(|| what.clone())?;
+        done.map_err(|e| {
+            if e.status().is_some_and(|s| s.code() == holdfast_proto::Status::RESERVATION_CONFLICT) {
+                anyhow::anyhow!("{what}: {e}: {conflict_hint}")
+            } else {
+                anyhow::Error::from(e).context(what.clone())
+            }
+        })?;
         c.shutdown().await?;
         Ok::<_, anyhow::Error>(())
     })?;
