@@ -54,6 +54,9 @@ fn discover_identify_write_read_and_bench_verify() {
     let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "32", "--block-size", "4096", "--ctrl-loss-tmo-ms", "7000"]);
     let (rc, out, err) = holdfast(&["discover", &t.addr(), "--json"]);
     assert_eq!(rc, 0, "{err}");
+    // The address as the other commands take it, too.
+    let (rc, same, err) = holdfast(&["discover", "--addr", &t.addr(), "--json"]);
+    assert_eq!((rc, &same), (0, &out), "{err}");
     assert!(out.contains(NQN) && out.contains("current discovery subsystem"), "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["policy"]["ctrl_loss_tmo_ms"], 7000, "the discovery controller advertises the policy: {out}");
@@ -80,6 +83,7 @@ fn discover_identify_write_read_and_bench_verify() {
     assert!(oncs.contains(&"compare".into()) && oncs.contains(&"reservations".into()), "ONCS decoded: {out}");
     assert!(v["controller"]["max_transfer_bytes"].as_u64().is_some_and(|b| b >= 4096), "{out}");
     assert_eq!(v["controller"]["policy"]["kato_ms"], 5000);
+    assert_eq!(v["controller"]["policy"]["volatile_data"], true, "a RAM namespace is lost with a restart: {out}");
     assert_eq!((&v["namespace"]["ana_group"], &v["namespace"]["ana_state"]), (&1.into(), &"optimized".into()), "{out}");
     // A target whose port gives the namespace's group another state: identify says so.
     let other = TargetProc::start(&["--nqn", NQN, "--ram-mib", "1", "--ana-state", "non-optimized"]);

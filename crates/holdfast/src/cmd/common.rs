@@ -7,7 +7,7 @@ use std::time::Duration;
 /// How to reach the target.
 #[derive(ClapArgs, Debug, Clone)]
 pub struct HostArgs {
-    /// Target address, IP[:PORT] (port 4420, the NVMe/TCP I/O port, if left out, as nvme-cli).
+    /// Target address, HOST[:PORT] (port 4420, the NVMe/TCP I/O port, if left out, as nvme-cli).
     #[arg(long)]
     pub addr: String,
     /// Host NQN (default: /etc/nvme/hostnqn, or derived from the machine ID).
@@ -50,7 +50,6 @@ pub struct HostArgs {
     pub auth: AuthArgs,
 }
 
-/// An NSID that can name one namespace: 1 to FFFFFFFEh (0 is none, FFFFFFFFh every one).
 /// The NVMe/TCP transport's well-known ports (NVMe/TCP 1.0 §3.3.1, IANA): 4420 for I/O controllers, 8009 for
 /// discovery controllers. nvme-cli (libnvme's default trsvcid) fills them in the same way.
 pub const NVME_TCP_IO_PORT: u16 = 4420;
@@ -73,8 +72,18 @@ pub fn with_default_port(addr: &str, port: u16) -> String {
     addr.to_string()
 }
 
-pub fn nsid_parser() -> clap::builder::RangedI64ValueParser<u32> {
-    clap::value_parser!(u32).range(1..0xFFFF_FFFF)
+/// An NSID that can name one namespace: 1 to FFFFFFFEh (0 is none, FFFFFFFFh every one).
+pub fn parse_nsid(s: &str) -> Result<u32, String> {
+    let n = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u32::from_str_radix(h, 16),
+        None => s.parse(),
+    }
+    .map_err(|_| format!("\"{s}\" is not a namespace ID (1 to 4294967294, decimal or 0x hex)"))?;
+    match n {
+        0 => Err("0 names no namespace: 1 to 4294967294".into()),
+        0xFFFF_FFFF => Err("4294967295 (FFFFFFFFh) stands for every namespace: name one, 1 to 4294967294".into()),
+        n => Ok(n),
+    }
 }
 
 /// A Host Identifier given as a UUID (nil and all-ones are not identifiers).
@@ -177,7 +186,7 @@ pub struct NamespaceArgs {
     #[command(flatten)]
     pub subsystem: SubsystemArgs,
     /// Namespace.
-    #[arg(long, default_value_t = 1, value_parser = nsid_parser())]
+    #[arg(long, default_value_t = 1, value_parser = parse_nsid)]
     pub nsid: u32,
 }
 
@@ -231,6 +240,15 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_nsid_names_one_namespace() {
+        assert_eq!(parse_nsid("1"), Ok(1));
+        assert_eq!(parse_nsid("0xFFFFFFFE"), Ok(0xFFFF_FFFE));
+        assert!(parse_nsid("0").unwrap_err().contains("names no namespace"));
+        assert!(parse_nsid("4294967295").unwrap_err().contains("stands for every namespace"));
+        assert!(parse_nsid("4294967296").unwrap_err().contains("is not a namespace ID"));
+    }
 
     #[test]
     fn a_host_alone_gets_the_default_port() {

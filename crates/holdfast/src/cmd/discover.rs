@@ -9,9 +9,13 @@ use std::time::Duration;
 /// Options of `holdfast discover`.
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Discovery controller address, IP[:PORT] (port 8009, the NVMe/TCP discovery port, if left out, as
+    /// Discovery controller address, HOST[:PORT] (port 8009, the NVMe/TCP discovery port, if left out, as
     /// nvme-cli).
-    addr: String,
+    #[arg(required_unless_present = "addr_flag", value_name = "ADDR")]
+    addr: Option<String>,
+    /// The address as the other commands take it (the same as ADDR).
+    #[arg(long = "addr", value_name = "ADDR", conflicts_with = "addr")]
+    addr_flag: Option<String>,
     /// Host NQN.
     #[arg(long)]
     hostnqn: Option<String>,
@@ -27,7 +31,8 @@ pub struct Args {
 
 /// Run.
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let addr = with_default_port(&a.addr, NVME_TCP_DISCOVERY_PORT);
+    let given = a.addr.or(a.addr_flag).unwrap_or_default();
+    let addr = with_default_port(&given, NVME_TCP_DISCOVERY_PORT);
     let mut o = ConnectOptions::new(addr.clone(), "");
     if let Some(h) = a.hostnqn {
         o.hostnqn = h;

@@ -14,7 +14,7 @@ pub struct Args {
     #[command(flatten)]
     subsystem: SubsystemArgs,
     /// Also identify this namespace.
-    #[arg(long, value_parser = super::common::nsid_parser())]
+    #[arg(long, value_parser = super::common::parse_nsid)]
     nsid: Option<u32>,
     /// Print JSON.
     #[arg(long)]
@@ -50,6 +50,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 "instance_id": format!("{:016x}", p.instance_id), "kato_ms": p.kato_ms, "reconnect_delay_ms": p.reconnect_delay_ms,
                 "reconnect_delay_max_ms": p.reconnect_delay_max_ms, "ctrl_loss_tmo_ms": p.ctrl_loss_tmo_ms,
                 "fast_io_fail_tmo_ms": p.fast_io_fail_tmo_ms, "cqt_ms": p.cqt_ms, "planned_downtime_ms": p.planned_downtime_ms,
+                "generation": p.generation,
+                // FLAGS bit 1: a restart of the target loses what the subsystem's namespaces hold (RAM).
+                "volatile_data": p.volatile_data,
             });
         }
         // Asymmetric Namespace Access: each group's state through this controller (its port), where reported.
