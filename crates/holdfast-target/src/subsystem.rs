@@ -547,6 +547,24 @@ fn open_backend(
             })?)
         }
     };
+    // A file (or device) served at its own length may end in part of a block, which no command can reach.
+    let bs = u64::from(n.block_size.max(1));
+    if let (BackendKind::File, Some(path)) = (n.backend, &n.path) {
+        let size = b.size();
+        anyhow::ensure!(
+            size >= bs,
+            "{key}.path: {} is {size} bytes, less than one {bs}-byte block: no block to serve",
+            path.display()
+        );
+        if size % bs != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                "{key}: {} is {size} bytes, not a whole number of {bs}-byte blocks: its last {} bytes are not exported",
+                path.display(),
+                size % bs
+            );
+        }
+    }
     Ok(match (settings.test_delay_writes, settings.test_delay_flushes) {
         (None, None) => b,
         (writes, flushes) => {

@@ -232,6 +232,15 @@ fn startup_errors_name_the_config_file_and_key() {
     assert_ne!(rc, 0);
     assert!(err.contains("port 1 (listen"), "{err}");
     assert!(!fresh.exists(), "a failed start left {} behind", fresh.display());
+    // A file shorter than one block: nothing to serve (it was a namespace of 0 blocks).
+    let tiny = dir.join("tiny.img");
+    std::fs::write(&tiny, [0u8; 1000]).unwrap();
+    write("127.0.0.1:0", &format!("backend = \"file\"\npath = \"{}\"\nblock_size = 4096", tiny.display()));
+    let (rc, _, err) = holdfast(&["target", "--config", cfg.to_str().unwrap()]);
+    assert_ne!(rc, 0);
+    let want =
+        format!("subsystem[0].namespace[0].path: {} is 1000 bytes, less than one 4096-byte block", tiny.display());
+    assert!(err.contains(&want), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
