@@ -556,7 +556,7 @@ fn open_backend(
             "{key}.path: {} is {size} bytes, less than one {bs}-byte block: no block to serve",
             path.display()
         );
-        if size % bs != 0 {
+        if !size.is_multiple_of(bs) {
             tracing::warn!(
                 path = %path.display(),
                 "{key}: {} is {size} bytes, not a whole number of {bs}-byte blocks: its last {} bytes are not exported",
