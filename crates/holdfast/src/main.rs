@@ -43,6 +43,14 @@ enum Command {
     Read(cmd::io::ReadArgs),
     /// Write a file or stdin to a namespace.
     Write(cmd::io::WriteArgs),
+    /// Flush a namespace: what it acknowledged is made durable.
+    Flush(cmd::io::FlushArgs),
+    /// Zero a range of a namespace (Write Zeroes; writes of zeroes where the controller has none).
+    WriteZeroes(cmd::io::RangeArgs),
+    /// Deallocate (trim) a range of a namespace (Dataset Management).
+    Trim(cmd::io::RangeArgs),
+    /// Read a controller's Error Information or SMART / Health log page.
+    Log(cmd::log::Args),
     /// Benchmark and verify a namespace.
     Bench(cmd::bench::Args),
     /// A fault-injecting TCP proxy (cut, blackhole, delay, flap) for testing ride-through.
@@ -75,6 +83,10 @@ fn main() -> std::process::ExitCode {
         Command::Resv(a) => cmd::resv::run(a),
         Command::Read(a) => cmd::io::run_read(a),
         Command::Write(a) => cmd::io::run_write(a),
+        Command::Flush(a) => cmd::io::run_flush(a),
+        Command::WriteZeroes(a) => cmd::io::run_range(a, cmd::io::RangeOp::WriteZeroes),
+        Command::Trim(a) => cmd::io::run_range(a, cmd::io::RangeOp::Trim),
+        Command::Log(a) => cmd::log::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Proxy(a) => cmd::proxy::run(a),
         Command::ProxyCtl(a) => cmd::proxy::run_ctl(a),

@@ -1063,3 +1063,41 @@ fn bench_refuses_to_write_a_write_protected_namespace() {
     assert_eq!(rc, 0, "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `write-zeroes`, `trim` and `flush` act on the namespace (the zeroed range reads as zeroes, the rest as written);
+/// `log --page smart` counts the commands; `log --page error` reads the controller's (empty) Error Information log.
+#[test]
+fn write_zeroes_trim_flush_and_log_pages() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "4", "--block-size", "4096"]);
+    let dir = std::env::temp_dir().join(format!("holdfast-cli-zero-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("in.bin");
+    std::fs::write(&data, vec![0xA5u8; 3 * 4096]).unwrap();
+    let (rc, _, err) = on(&t, "write", &["--input", data.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+    let (rc, out, err) = on(&t, "write-zeroes", &["--offset", "4096", "--length", "4096"]);
+    assert_eq!((rc, out.trim()), (0, "4096 bytes at offset 4096 zeroed"), "{err}");
+    let back = dir.join("back.bin");
+    let (rc, _, err) = on(&t, "read", &["--length", "12288", "--output", back.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+    let b = std::fs::read(&back).unwrap();
+    assert!(b[..4096].iter().all(|&x| x == 0xA5) && b[4096..8192].iter().all(|&x| x == 0), "the middle block zeroed");
+    assert!(b[8192..].iter().all(|&x| x == 0xA5), "and only it");
+    let (rc, _, err) = on(&t, "write-zeroes", &["--offset", "4194304", "--length", "4096"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("beyond the end of namespace 1"), "{err}");
+    let (rc, out, err) = on(&t, "trim", &[]);
+    assert_eq!((rc, out.trim()), (0, "4194304 bytes at offset 0 deallocated"), "{err}");
+    let (rc, _, err) = on(&t, "flush", &[]);
+    assert_eq!(rc, 0, "{err}");
+    let (rc, out, err) = on(&t, "log", &["--page", "smart", "--json"]);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["host_write_commands"].as_u64().is_some_and(|n| n >= 1), "{out}");
+    assert!(v["host_read_commands"].as_u64().is_some_and(|n| n >= 1), "{out}");
+    let (rc, out, err) = on(&t, "log", &["--page", "error", "--json"]);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["entries"].as_array().is_some() && v["capacity"].as_u64().is_some_and(|n| n >= 1), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,4 +1,5 @@
-//! `holdfast read` and `holdfast write`: move bytes between a namespace and a file or stdin/stdout.
+//! `holdfast read` and `holdfast write`: move bytes between a namespace and a file or stdin/stdout; `flush`,
+//! `write-zeroes` and `trim`: the namespace commands that move none.
 
 use super::common::{runtime, NamespaceArgs};
 use anyhow::Context;
@@ -39,6 +40,26 @@ pub struct WriteArgs {
     /// Force Unit Access: durable before the write completes.
     #[arg(long)]
     fua: bool,
+}
+
+/// Options of `holdfast write-zeroes` and `holdfast trim`.
+#[derive(ClapArgs, Debug)]
+pub struct RangeArgs {
+    #[command(flatten)]
+    ns: NamespaceArgs,
+    /// Byte offset (a multiple of the block size).
+    #[arg(long, default_value_t = 0)]
+    offset: u64,
+    /// Bytes (a multiple of the block size; default: to the end of the namespace).
+    #[arg(long)]
+    length: Option<u64>,
+}
+
+/// Options of `holdfast flush`.
+#[derive(ClapArgs, Debug)]
+pub struct FlushArgs {
+    #[command(flatten)]
+    ns: NamespaceArgs,
 }
 
 /// 1 MiB transfers kept in flight at once by `read` and `write`.
@@ -206,6 +227,55 @@ pub fn run_write(a: WriteArgs) -> anyhow::Result<ExitCode> {
                  before may be gone (a namespace that does not persist starts empty): write them again"
             );
         }
+        c.shutdown().await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run `flush`: what the namespace acknowledged is made durable (NVM Command Set 1.0 §3.2.2), and the flush
+/// fails if the target restarted while it was outstanding (what it covered may be gone).
+pub fn run_flush(a: FlushArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async move {
+        let (c, ns) = a.ns.open(a.ns.options(1)).await?;
+        let restarts = c.target_restarts();
+        ns.flush().await.with_context(|| a.ns.describe())?;
+        anyhow::ensure!(
+            c.target_restarts() == restarts,
+            "the target restarted (new instance ID) during the flush: what it had acknowledged before may be gone"
+        );
+        c.shutdown().await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Which of the range commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangeOp {
+    /// Write Zeroes: the range reads as zeroes afterwards.
+    WriteZeroes,
+    /// Dataset Management, deallocate.
+    Trim,
+}
+
+/// Run `write-zeroes` or `trim` over `--offset`/`--length` (to the namespace's end without `--length`).
+pub fn run_range(a: RangeArgs, op: RangeOp) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async move {
+        let (c, ns) = a.ns.open(a.ns.options(1)).await?;
+        let len = a.length.unwrap_or_else(|| ns.size().saturating_sub(a.offset));
+        let (lba, n) = byte_range(&ns, a.offset, len, "length")?;
+        let what = a.ns.describe();
+        match op {
+            RangeOp::WriteZeroes => {
+                if !ns.supports_write_zeroes() {
+                    tracing::info!("the controller has no Write Zeroes (ONCS bit 3): zeroing with writes");
+                }
+                ns.write_zeroes(lba, n).await.with_context(|| format!("{what}: write zeroes"))?;
+            }
+            RangeOp::Trim => ns.deallocate(lba, n).await.with_context(|| format!("{what}: trim"))?,
+        }
+        outln!("{len} bytes at offset {} {}", a.offset, if op == RangeOp::Trim { "deallocated" } else { "zeroed" });
         c.shutdown().await?;
         Ok::<_, anyhow::Error>(())
     })?;

@@ -6,6 +6,7 @@ pub mod discover;
 pub mod gen_key;
 pub mod identify;
 pub mod io;
+pub mod log;
 pub mod nbd;
 pub mod proxy;
 pub mod resv;
