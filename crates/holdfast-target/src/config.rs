@@ -475,6 +475,11 @@ fn valid_nqn(n: &str) -> Result<(), String> {
     if !date_ok || n.len() <= 12 {
         return Err(format!("\"{n}\" is not \"nqn.yyyy-mm.\" followed by a reverse domain name"));
     }
+    // The month the naming authority held the domain: 01 to 12.
+    let month = (date[5] - b'0') * 10 + (date[6] - b'0');
+    if !(1..=12).contains(&month) {
+        return Err(format!("\"{n}\": {month:02} is not a month (nqn.yyyy-mm., mm from 01 to 12)"));
+    }
     if n.bytes().any(|b| b == 0 || b.is_ascii_control()) {
         return Err("contains control characters".into());
     }
@@ -961,6 +966,8 @@ block_size = 4096
         // NQNs without the date and domain.
         let e = bad("nqn.2026-01.io.holdfast:a", "nqn.");
         assert_eq!(e.key, "subsystem[0].nqn", "{e}");
+        let e = bad("nqn.2026-01.io.holdfast:a", "nqn.2026-13.io.holdfast:a");
+        assert_eq!((e.key.as_str(), e.reason.contains("13 is not a month")), ("subsystem[0].nqn", true), "{e}");
         // Two ports on one TCP port.
         let e = bad(
             "listen = \"127.0.0.1:4420\"",
