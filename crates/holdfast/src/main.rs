@@ -58,7 +58,7 @@ enum Command {
     /// Send a command to a running proxy.
     ProxyCtl(cmd::proxy::CtlArgs),
     /// Control a running target: announce or cancel a planned restart, its status, controllers (and ending
-    /// their associations) and I/O counters.
+    /// their associations), I/O counters, and reloading its configuration file.
     TargetCtl(cmd::target_ctl::Args),
     /// Serve a namespace as an NBD export, so that NBD clients (QEMU, qemu-img, nbdcopy, the Linux NBD
     /// client) use it unmodified and ride through target outages.
