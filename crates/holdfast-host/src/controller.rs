@@ -2096,8 +2096,20 @@ async fn supervise(
         // otherwise be reconnected to at once every time, a storm of connections and associations: the first
         // attempt after such a loss waits, longer with every loss in a row.
         flaps = if restored_at.elapsed() < policy::STABLE_ASSOCIATION { flaps.saturating_add(1) } else { 0 };
-        let first_wait = lock(&sh.info).effective.flap_delay(flaps);
-        tracing::warn!(addr = %sh.opts.addr, "connection lost: {cause}; reconnecting");
+        let (first_wait, limit) = {
+            let info = lock(&sh.info);
+            let eff = &info.effective;
+            // How long it will try, and why that long: a caller waiting on I/O learns what it waits for.
+            let limit = match eff.loss_limit() {
+                None => format!("without giving up (ctrl_loss_tmo never, {})", eff.ctrl_loss_tmo.1),
+                Some(l) if eff.planned_downtime > eff.ctrl_loss_tmo.0.unwrap_or_default() => {
+                    format!("for up to {:.0} s (an announced planned downtime)", l.as_secs_f64())
+                }
+                Some(l) => format!("for up to {:.0} s (ctrl_loss_tmo, {})", l.as_secs_f64(), eff.ctrl_loss_tmo.1),
+            };
+            (eff.flap_delay(flaps), limit)
+        };
+        tracing::warn!(addr = %sh.opts.addr, "connection lost: {cause}; reconnecting {limit}");
         // Commands that cannot be replayed fail now, with a retryable path error.
         for (qid, s) in slots.iter_mut().enumerate().filter_map(|(i, s)| Some((i as u16, s.as_mut()?))) {
             let (keep, drop_): (Vec<_>, Vec<_>) = s.pending.drain(..).partition(|c| {
