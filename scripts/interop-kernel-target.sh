@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # interop-kernel-target.sh: holdfast's host against the Linux kernel NVMe/TCP target (nvmet-tcp in a VM):
 # discover, identify, write + read back 32 MiB through the CLI and compare, and bench --verify for 10 s with
-# 0 errors and 0 mismatches; 512-byte blocks with digests and SQ flow control disabled (--disable-sqflow, as
+# 0 errors and 0 mismatches, write-zeroes (read back as zeroes), flush, and the SMART and Error Information log
+# pages through `log`; 512-byte blocks with digests and SQ flow control disabled (--disable-sqflow, as
 # nvme-cli connects after discovery: the kernel target then completes reads with their C2HData alone, SUCCESS
 # flag set, and the capture must show such PDUs), 4096-byte blocks with neither. With digests, a short
 # write/read/bench is also captured and decoded by Wireshark (scripts/nvme-tcp-check-loopback.sh).
@@ -44,6 +45,15 @@ head -c 33554432 /dev/urandom >$logs/w.bin
 \$b read --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 --offset 1048576 --length 33554432 --output $logs/r.bin "\$@"
 cmp $logs/w.bin $logs/r.bin
 echo "32 MiB written and read back identical"
+# Write Zeroes inside what was just written (so the zeroes are its doing), then Flush and both log pages.
+\$b write-zeroes --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 --offset 2097152 --length 65536 "\$@"
+\$b read --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 --offset 2097152 --length 65536 --output $logs/z.bin "\$@"
+head -c 65536 /dev/zero | cmp - $logs/z.bin
+\$b flush --addr 127.0.0.1:\$p --nqn $nqn --nsid 1 "\$@"
+\$b log --addr 127.0.0.1:\$p --nqn $nqn --page smart --json "\$@" >$logs/smart.json
+python3 -c 'import json, sys; v = json.load(open(sys.argv[1])); assert v["host_write_commands"] > 0 and v["host_read_commands"] > 0, v' $logs/smart.json
+\$b log --addr 127.0.0.1:\$p --nqn $nqn --page error --json "\$@" >/dev/null
+echo "64 KiB write-zeroed read back as zeroes; flush; SMART and Error Information logs decoded"
 if [[ " \$* " == *" --digests "* ]]; then  # our host's own PDUs, decoded by Wireshark with digests checked
   # Captured again (once) if tcpdump dropped packets: a capture with a hole is no record of the wire.
   for attempt in 1 2; do
@@ -72,7 +82,7 @@ run() {  # run NAME BLOCK FLAGS...
   local port rc=0; port=$(free_port)
   echo "=== $name"
   "$interop/kernel-target.sh" --port "$port" --block "$block" -- bash "$logs/check.sh" "$port" "$@" >"$logs/$name.log" 2>&1 || rc=$?
-  if ((rc == 0)); then pass=$((pass + 1)); echo "    pass"; grep -E "identical|\"iops\"|^nvme-tcp-check" "$logs/$name.log" | sed 's/^/    /'
+  if ((rc == 0)); then pass=$((pass + 1)); echo "    pass"; grep -E "identical|write-zeroed|\"iops\"|^nvme-tcp-check" "$logs/$name.log" | sed 's/^/    /'
   else fail=$((fail + 1)); echo "    FAIL (exit $rc)"; tail -n 40 "$logs/$name.log" | sed 's/^/    /'; console_tail "$name"; fi
 }
 
