@@ -379,6 +379,12 @@ pub fn execute(ctrl: &Arc<Controller>, req: &Request, data: Bytes) -> Outcome {
         return Response::data(Bytes::from(report.to_bytes(req.len))).into();
     }
     let (cmd, cdw10) = (*cmd, req.sqe.cdw10.get());
+    // Registrants are known by Host Identifier: a host that connected with none (0h) cannot be told from another
+    // that did the same, and the two would be one registrant, each free to write under the other's reservation
+    // and to replace its key. Such a host may read the report, and change nothing.
+    if ctrl.hostid == [0; 16] {
+        return Response::err(Status::COMMAND_SEQUENCE_ERROR.with_dnr()).into();
+    }
     if ns.pr.ptpl_capable() {
         let (ctrl, ns, data) = (ctrl.clone(), ns.clone(), crate::request::detach_small(data));
         return Outcome::Later(Deferred::off_task(ns.clone(), move || match change(&ctrl, &ns, cmd, cdw10, &data) {
@@ -506,8 +512,10 @@ fn hex(b: &[u8]) -> String {
 const CONFLICT: Status = Status::RESERVATION_CONFLICT;
 
 /// Reservation Register: register `nrkey`, unregister, or replace the key (CRKEY checked unless IEKEY); then
-/// CPTPL: 10b turns Persist Through Power Loss off, 11b on (a namespace that is not `ptpl_capable`: Invalid
-/// Field), 01b is reserved.
+/// CPTPL: 10b turns Persist Through Power Loss off, 11b on, 01b is reserved. On a namespace that is not
+/// `ptpl_capable` (RAM) 11b leaves it off, as nvmet does, and the report's PTPLS says so: the Linux host sets
+/// 11b on every Register it sends for the kernel's persistent reservation calls (`nvme_pr_register`), which
+/// would all fail there if it were refused.
 fn register(
     st: &mut State,
     host: &[u8; 16],
@@ -518,13 +526,13 @@ fn register(
     ptpl_capable: bool,
 ) -> Result<(), Status> {
     let cptpl = cdw10 >> 30;
-    if cptpl == 0b01 || (cptpl == r::CPTPL_SET && !ptpl_capable) {
+    if cptpl == 0b01 {
         return Err(Status::INVALID_FIELD.with_dnr());
     }
     register_action(st, host, cdw10, iekey, crkey, nrkey)?;
     match cptpl {
         0b10 => st.ptpl = false,
-        0b11 => st.ptpl = true,
+        0b11 if ptpl_capable => st.ptpl = true,
         _ => {}
     }
     Ok(())
@@ -541,8 +549,10 @@ fn register_action(
     let mine = st.key_of(host);
     match r::action(cdw10) {
         r::RREGA_REGISTER => match mine {
-            // Registering again with the key it has is no change; with another, a conflict.
-            Some(k) if k == nrkey => return Ok(()),
+            // Registering again with the key it has succeeds (the generation moves, as for every successful
+            // Register, NVMe Base 2.0 Reservation Status data structure, GEN; nvmet counts it too); with another
+            // key, a conflict.
+            Some(k) if k == nrkey => {}
             Some(_) => return Err(CONFLICT.with_dnr()),
             None => st.registrants.push((*host, nrkey)),
         },
@@ -686,17 +696,18 @@ mod tests {
     fn register_acquire_release_and_their_conflicts() {
         let mut st = State::default();
         reg(&mut st, &A, 1);
-        reg(&mut st, &A, 1); // the same key again: no change
+        reg(&mut st, &A, 1); // the same key again: succeeds, the registration unchanged, the generation moved
         assert_eq!(register(&mut st, &A, 0, false, 0, 2, false), Err(CONFLICT.with_dnr()), "another key");
         reg(&mut st, &B, 2);
-        assert_eq!(st.gen, 2);
+        assert_eq!(st.gen, 3, "every successful Register moves the generation");
+        assert_eq!(st.registrants, [(A, 1), (B, 2)]);
         // Acquire with a wrong key, then right; B cannot acquire over it; A again with its type is no change.
         assert_eq!(acquire(&mut st, &A, acq(0, WriteExclusive), false, 9, 0), Err(CONFLICT.with_dnr()));
         acquire(&mut st, &A, acq(0, WriteExclusive), false, 1, 0).unwrap();
         assert_eq!(acquire(&mut st, &B, acq(0, WriteExclusive), false, 2, 0), Err(CONFLICT.with_dnr()));
         acquire(&mut st, &A, acq(0, WriteExclusive), false, 1, 0).unwrap();
         assert_eq!(acquire(&mut st, &A, acq(0, ExclusiveAccess), false, 1, 0), Err(CONFLICT.with_dnr()));
-        assert_eq!(st.gen, 2, "acquiring does not move the generation");
+        assert_eq!(st.gen, 3, "acquiring does not move the generation");
         // B releasing what it does not hold: no change. A releasing with the wrong type: Invalid Field.
         release(&mut st, &B, release_of(WriteExclusive), false, 2).unwrap();
         assert!(st.holds(&A));
@@ -712,11 +723,10 @@ mod tests {
         register(&mut st, &A, 1, false, 7, 0, false).unwrap();
         assert_eq!((st.reservation, st.key_of(&A)), (None, None));
         let cptpl = |v: u32| v << 30;
-        assert_eq!(
-            register(&mut st, &A, cptpl(3), false, 0, 1, false),
-            Err(Status::INVALID_FIELD.with_dnr()),
-            "no PTPL"
-        );
+        // Without PTPL (RAM), 11b (the Linux host's every Register) registers and leaves PTPL off.
+        register(&mut st, &A, cptpl(3), false, 0, 1, false).unwrap();
+        assert_eq!((st.key_of(&A), st.ptpl), (Some(1), false), "no PTPL");
+        register(&mut st, &A, 1, false, 1, 0, false).unwrap();
         assert_eq!(register(&mut st, &A, cptpl(1), false, 0, 1, true), Err(Status::INVALID_FIELD.with_dnr()), "01b");
         register(&mut st, &A, cptpl(3), false, 0, 1, true).unwrap();
         assert!(st.ptpl);
