@@ -204,10 +204,11 @@ impl FileBackend {
         Ok(())
     }
 
-    /// `fallocate(2)` with `mode` (and FALLOC_FL_KEEP_SIZE) on the range, holding its range lock: false where the
-    /// filesystem or device does not do it (the caller then writes zeroes).
-    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> bool {
+    /// `fallocate(2)` with `mode` (and FALLOC_FL_KEEP_SIZE) on the range, holding its range lock (`gate` checked
+    /// again once it is held): false where the filesystem or device does not do it (the caller then writes zeroes).
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64, gate: &MediaGate) -> io::Result<bool> {
         let _range = self.lock(offset, len, true);
+        gate.recheck()?;
         // SAFETY: fallocate on an owned, open file descriptor with plain integer arguments.
         let r = unsafe {
             libc::fallocate(
@@ -217,7 +218,7 @@ impl FileBackend {
                 len as libc::off_t,
             )
         };
-        r == 0
+        Ok(r == 0)
     }
 }
 
@@ -335,6 +336,9 @@ impl Backend for FileBackend {
         gate.check()?;
         self.failed()?;
         let range = self.lock(offset, data.len() as u64, true);
+        // Checked again now that no other write to these blocks is under way: this one may have waited for the
+        // lock while its association was lost (README, No stale writes).
+        gate.recheck()?;
         self.file.write_all_at(data, offset)?;
         drop(range);
         if fua {
@@ -357,6 +361,9 @@ impl Backend for FileBackend {
             return CompareAndWrite::ReadFailed(e);
         }
         let range = self.lock(offset, data.len() as u64, true);
+        if let Err(e) = gate.recheck() {
+            return CompareAndWrite::ReadFailed(e);
+        }
         let mut current = vec![0u8; expected.len()];
         if let Err(e) = self.read_locked(offset, &mut current) {
             return CompareAndWrite::ReadFailed(e);
@@ -383,7 +390,7 @@ impl Backend for FileBackend {
         gate.check()?;
         self.failed()?;
         // FALLOC_FL_ZERO_RANGE where the filesystem has it; otherwise write zeroes.
-        if self.fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, len) {
+        if self.fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, len, gate)? {
             return Ok(());
         }
         let zeros = vec![0u8; (len.min(1 << 20)) as usize];
@@ -391,6 +398,7 @@ impl Backend for FileBackend {
         while pos < len {
             let n = (len - pos).min(zeros.len() as u64) as usize;
             let _range = self.lock(offset + pos, n as u64, true);
+            gate.recheck()?;
             self.file.write_all_at(&zeros[..n], offset + pos)?;
             pos += n as u64;
         }
@@ -400,7 +408,7 @@ impl Backend for FileBackend {
         gate.check()?;
         self.failed()?;
         // Punching a hole makes the range read as zeroes; where the filesystem cannot, zeroes are written.
-        if self.fallocate(libc::FALLOC_FL_PUNCH_HOLE, offset, len) {
+        if self.fallocate(libc::FALLOC_FL_PUNCH_HOLE, offset, len, gate)? {
             Ok(())
         } else {
             self.write_zeroes(offset, len, gate)
@@ -633,5 +641,28 @@ mod tests {
         assert!(e.to_string().contains(&want), "{e}");
         assert!(!p.exists(), "the new file was left behind");
         assert_eq!(syncs_of(|| FileBackend::open(&p, Some(1 << 20))), [("fsync", p.clone()), ("fsync", d)], "again");
+    }
+
+    /// A write whose association is lost while it waits for its blocks' range lock (behind another write to them)
+    /// does not land once it gets the lock: it was checked again there. It did (found by a review): passed the
+    /// gate, it then landed after whatever the live associations wrote to those blocks meanwhile.
+    #[test]
+    fn a_write_whose_association_died_while_it_waited_for_its_blocks_does_not_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = std::sync::Arc::new(FileBackend::open(&dir.path().join("ns.img"), Some(4 << 20)).unwrap());
+        let assoc = crate::backend::AssociationGate::new(true);
+        let held = b.stripes[0].write(); // another command holds the blocks
+        let w = {
+            let (b, g) = (b.clone(), assoc.enter());
+            std::thread::spawn(move || b.write_at(0, &[0xEE; 4096], false, &g))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assoc.kill();
+        drop(held);
+        let r = w.join().unwrap();
+        assert!(r.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::Interrupted), "{r:?}");
+        let mut buf = [0u8; 4096];
+        b.read_at(0, &mut buf, &MediaGate::open()).unwrap();
+        assert_eq!(buf[0], 0, "the dead association's write landed");
     }
 }

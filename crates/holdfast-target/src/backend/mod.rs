@@ -257,6 +257,23 @@ impl MediaGate {
     }
 }
 
+impl MediaGate {
+    /// [`MediaGate::check`]'s refusals alone, without its wait for retired namespaces' writes: called again once
+    /// the command holds its blocks' range lock, right before the media changes. A command that passed `check`
+    /// and then waited for the lock (behind another write to the same blocks) while its association was lost or
+    /// its namespace retired must not land after the writes made since through a live association.
+    pub fn recheck(&self) -> io::Result<()> {
+        match &self.assoc {
+            Some(a) if a.enforce && a.is_dead() => return Err(cancelled()),
+            _ => {}
+        }
+        match &self.ns {
+            Some((n, _)) if n.is_dead() => Err(namespace_retired()),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Drop for MediaGate {
     fn drop(&mut self) {
         if let Some(a) = &self.assoc {
