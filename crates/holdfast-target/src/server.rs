@@ -150,8 +150,9 @@ impl Server {
         Ok(summary)
     }
 
-    /// Stop: close every connection, then make every file backend durable.
-    pub async fn stop(self) {
+    /// Stop: close every connection, then make every file backend durable. False if a flush failed (logged):
+    /// writes acknowledged before it may be lost, which the process's exit status should say.
+    pub async fn stop(self) -> bool {
         self.shutdown.cancel();
         for c in self.target.all_controllers() {
             c.teardown("target shutting down");
@@ -160,12 +161,12 @@ impl Server {
             let _ = l.task.await;
         }
         let target = self.target.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            for s in target.subsystems() {
-                let _ = s.flush_namespaces(); // a failure is logged: nothing else to do at exit
-            }
+        tokio::task::spawn_blocking(move || {
+            // Every subsystem's, whatever one before it gave (each failure is logged).
+            target.subsystems().iter().map(|s| s.flush_namespaces().is_ok()).filter(|ok| !ok).count() == 0
         })
-        .await;
+        .await
+        .unwrap_or(false)
     }
 }
 

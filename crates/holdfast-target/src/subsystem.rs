@@ -455,6 +455,28 @@ fn file_key(p: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
 }
 
+/// Make what retired namespace `n` acknowledged durable, on a thread of its own once its writes still on their
+/// way have landed (at most [`RETIRE_WAIT`]): no host can Flush it any more (its NSID is gone, or another
+/// namespace's), and the write cache may still hold its acknowledged writes. The reload does not wait for it.
+fn flush_once_drained(n: Arc<Namespace>) {
+    let (nsid, what) = (n.nsid, n.backend.describe());
+    let spawned = std::thread::Builder::new().name(format!("hf-retired-ns{nsid}")).spawn(move || {
+        let deadline = std::time::Instant::now() + RETIRE_WAIT;
+        while n.media.as_ref().is_some_and(|g| g.inflight() > 0) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        match n.backend.flush(&crate::backend::MediaGate::open()) {
+            Ok(()) => tracing::debug!(nsid = n.nsid, "retired namespace flushed: {}", n.backend.describe()),
+            Err(e) => {
+                tracing::error!(nsid = n.nsid, "flush of the retired namespace {} failed: {e}", n.backend.describe())
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(nsid, "no thread to flush the retired namespace {what}: {e}");
+    }
+}
+
 /// How long a write of a namespace that took over a retired namespace's file waits for the retired writes
 /// still at the media ([`Namespace::retire`]) before it is refused (retryable): a stuck file system holds
 /// that namespace's writes, never the reload or the other connections.
@@ -885,6 +907,7 @@ impl Target {
                 if let (Some(key), Some(g)) = (n.backend.path().and_then(file_key), &n.media) {
                     retired.push((key, g.clone()));
                 }
+                flush_once_drained(n.clone());
             }
             // Every namespace this reload starts serving on a file waits for the retired writes to that file.
             let fresh_ns = fresh.values().flat_map(|s| s.namespaces.read().values().cloned().collect::<Vec<_>>());

@@ -4,9 +4,15 @@
 //!
 //! A failed `fdatasync` is final: Linux reports a writeback error once per open file and marks the pages
 //! that failed clean, so a second `fdatasync` returns 0 with the data gone. After the first failure every
-//! write, flush and zeroing of the namespace fails (the file has to be checked and the namespace opened
-//! again); `fdatasync` calls take turns, so that the one that sees the error has set that before any other
+//! write, flush and zeroing of the namespace fails (the file has to be checked, below); `fdatasync` calls take
+//! turns, so that the one that sees the error has set that before any other
 //! reports success for writes whose pages may be among those lost.
+//!
+//! The failure outlives the open file within the process: a file (by device and inode) whose `fdatasync`
+//! failed is remembered ([`SYNC_FAILED`], which keeps it open, so that its inode number is not given to another
+//! file), and a backend opened on it again (a reload that replaces the namespace) starts failed too, instead of
+//! a fresh descriptor's `fdatasync` succeeding over the lost pages. A target that stops after such a failure
+//! exits with an error; the file is served again, once checked, by a target started anew.
 //!
 //! A Flush's `fdatasync` makes the file's data durable, not the directory entry that names it: a file the
 //! target creates is `fsync`ed, then its directory, before its namespace is served ([`sync_created`]).
@@ -17,6 +23,20 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The files (device, inode) an `fdatasync` of this process failed on (module doc): what was written to them
+/// may be lost, whichever backend opens them next. Each is kept open (a duplicate descriptor), so that its inode
+/// number, even once the file is removed, names no other file while it is listed.
+static SYNC_FAILED: parking_lot::Mutex<Vec<FailedFile>> = parking_lot::Mutex::new(Vec::new());
+
+/// A file in [`SYNC_FAILED`]: its (device, inode), and a descriptor that keeps it.
+type FailedFile = ((u64, u64), Option<File>);
+
+/// `file`'s (device, inode).
+fn key_of(file: &File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().ok().map(|m| (m.dev(), m.ino()))
+}
 
 /// A file-backed namespace.
 pub struct FileBackend {
@@ -66,12 +86,19 @@ impl FileBackend {
             }
             r => r?,
         };
+        let failed_before = key_of(&file).is_some_and(|k| SYNC_FAILED.lock().iter().any(|(f, _)| *f == k));
+        if failed_before {
+            tracing::error!(
+                path = %path.display(),
+                "an earlier fdatasync of this file failed in this process: the namespace accepts no writes"
+            );
+        }
         Ok(FileBackend {
             file,
             path: path.to_owned(),
             size,
             nowait: AtomicBool::new(true),
-            sync_failed: AtomicBool::new(false),
+            sync_failed: AtomicBool::new(failed_before),
             sync_turn: parking_lot::Mutex::new(()),
             stripes: (0..STRIPES).map(|_| parking_lot::RwLock::new(())).collect(),
             #[cfg(test)]
@@ -177,7 +204,7 @@ impl FileBackend {
         if self.sync_failed.load(Ordering::Acquire) {
             return Err(io::Error::other(format!(
                 "an earlier fdatasync of {} failed: writes acknowledged before it may be lost, so this namespace \
-                 accepts no more writes until it is checked and opened again",
+                 accepts no more writes (check the file, then start the target again)",
                 self.path.display()
             )));
         }
@@ -198,6 +225,12 @@ impl FileBackend {
         let r = self.file.sync_data();
         if let Err(e) = r {
             self.sync_failed.store(true, Ordering::Release);
+            if let Some(k) = key_of(&self.file) {
+                let mut failed = SYNC_FAILED.lock();
+                if !failed.iter().any(|(f, _)| *f == k) {
+                    failed.push((k, self.file.try_clone().ok()));
+                }
+            }
             tracing::error!(path = %self.path.display(), "fdatasync failed: {e}; the namespace fails every write from now on");
             return Err(e);
         }
@@ -594,6 +627,13 @@ mod tests {
         let mut buf = vec![0u8; 4096];
         b.read_at(0, &mut buf, &g).unwrap();
         assert!(buf.iter().all(|&x| x == 1), "reads go on");
+        // Opened again (a reload that replaces the namespace): still failed. A fresh descriptor's fdatasync would
+        // succeed over the lost pages (found by a review, with a real writeback error).
+        let again = FileBackend::open(&dir.path().join("ns.img"), None).unwrap();
+        assert!(again.flush(&g).is_err() && again.write_at(0, &[4u8; 4096], false, &g).is_err(), "opened again");
+        // Another file is not.
+        let other = FileBackend::open(&dir.path().join("other.img"), Some(1 << 20)).unwrap();
+        assert!(other.flush(&g).is_ok());
     }
 
     /// The syncs `open` made on this thread in `f`.

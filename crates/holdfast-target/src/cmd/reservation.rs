@@ -267,10 +267,13 @@ impl Reservations {
     fn write_file(&self, st: &State) -> std::io::Result<()> {
         let Some(file) = self.file.lock().clone() else { return Err(std::io::Error::other("no reservation file")) };
         let file = &file;
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         if !st.ptpl {
+            // Removed durably, as it is written: otherwise a crash could bring back the older state it held.
             return match std::fs::remove_file(file) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
+                Err(_) => Ok(()),
+                Ok(()) => std::fs::File::open(dir)?.sync_all(),
             };
         }
         let saved = Saved {
@@ -296,7 +299,6 @@ impl Reservations {
             f.sync_all()?;
         }
         std::fs::rename(&tmp, file)?;
-        let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::File::open(dir)?.sync_all()
     }
 

@@ -342,7 +342,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             let _ = std::fs::remove_file(&control);
         }
         tracing::info!("shutting down: closing connections, flushing namespaces");
-        server.stop().await;
+        // A failed final flush fails the process: a supervisor must not take the target for one that stopped
+        // cleanly and serve the files again as if their acknowledged writes were there.
+        anyhow::ensure!(
+            server.stop().await,
+            "stopped, but flushing the file namespaces failed (logged above): writes acknowledged before may be \
+             lost; check the files before serving them again"
+        );
         tracing::info!("stopped");
         Ok::<_, anyhow::Error>(())
     })?;
