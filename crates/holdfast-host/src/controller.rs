@@ -191,6 +191,10 @@ struct Shared {
     ns_ids: Mutex<Vec<NsEntry>>,
     /// The last namespace tag given out ([`NsMark::tag`]).
     ns_tags: std::sync::atomic::AtomicU32,
+    /// The volatile write cache setting this host chose (a Set Features 06h that succeeded through
+    /// [`Controller::admin`] or [`Controller::set_write_cache`]), None if it never chose: a new association
+    /// starts with the controller's default, so every reconnect sets it again before anything is re-issued.
+    write_cache: Mutex<Option<bool>>,
 }
 
 /// A namespace opened: its identifiers and block size, as read when it was opened, and the mark its handles
@@ -1004,6 +1008,22 @@ async fn establish(
         } else {
             [0; 3]
         };
+        // The write cache as this host set it on the association before (a new one starts with the controller's
+        // default), before anything is re-issued: replayed writes are then as durable as they were meant to be.
+        // Turning it off again is required (on an attempt that cannot, writes would be acknowledged from a cache
+        // the application turned off); on again is best effort. A controller without a volatile write cache
+        // (Identify VWC bit 0 clear) has nothing to turn off.
+        let write_cache = *lock(&sh.write_cache);
+        if let (Some(enabled), false) = (write_cache, first || id.vwc & 1 == 0) {
+            let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
+            s.cdw10.set(holdfast_proto::features::VOLATILE_WRITE_CACHE as u32);
+            s.cdw11.set(enabled as u32);
+            match setup_ok(&admin, s, Bytes::new(), 0, "Set Features (Volatile Write Cache)", deadline).await {
+                Ok(_) => {}
+                Err(e) if enabled => tracing::debug!(addr = %o.addr, "write cache not turned on again: {e}"),
+                Err(e) => return Err(e),
+            }
+        }
         // ANA Transition Time: how long a command refused with Asymmetric Access Transition may wait for the
         // change to end ([`queue::ana_transition_delay`]), for a controller that reports ANA (CMIC bit 3).
         let anatt =
@@ -1397,6 +1417,7 @@ impl Controller {
             accepting: AtomicBool::new(true),
             ns_ids: Mutex::new(Vec::new()),
             ns_tags: std::sync::atomic::AtomicU32::new(0),
+            write_cache: Mutex::new(None),
             stopping: AtomicBool::new(false),
             target_restarts: AtomicU64::new(0),
             data_losing_restarts: AtomicU64::new(0),
@@ -1443,7 +1464,26 @@ impl Controller {
         let name = command_name(&sqe, true);
         let rx = send_or(&self.inner.admin, sqe, data_out, data_in_len, name, replayable, || self.inner.closed_error())
             .await?;
-        finish(rx, name).await
+        let c = finish(rx, name).await?;
+        // A write cache setting is the association's: kept, to be set again on the next one.
+        if sqe.opcode == aop::SET_FEATURES
+            && sqe.cdw10.get() & 0xFF == holdfast_proto::features::VOLATILE_WRITE_CACHE as u32
+            && c.status().is_success()
+        {
+            *lock(&self.inner.write_cache) = Some(sqe.cdw11.get() & 1 != 0);
+        }
+        Ok(c)
+    }
+
+    /// Turn the controller's volatile write cache on or off (Set Features 06h, NVMe Base 2.0 §5.27.1.4). Off, every
+    /// write is durable when it completes. The setting is the association's: after a lost connection this host
+    /// sets it again on the new one before it re-issues anything, and fails that attempt (another follows) if the
+    /// controller refuses to turn the cache off again.
+    pub async fn set_write_cache(&self, enabled: bool) -> Result<()> {
+        let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
+        s.cdw10.set(holdfast_proto::features::VOLATILE_WRITE_CACHE as u32);
+        s.cdw11.set(enabled as u32);
+        status_ok(self.admin(s, Bytes::new(), 0).await?, "Set Features (Volatile Write Cache)").map(|_| ())
     }
 
     /// Queue an I/O command on queue `hint` (None: round robin); await the receiver for the completion.

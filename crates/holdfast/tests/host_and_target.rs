@@ -680,6 +680,27 @@ async fn a_compare_and_a_reservation_report_cut_off_by_a_lost_connection_are_rep
     server.stop().await;
 }
 
+/// The write cache a host turned off stays off across a reconnect: a new association starts with the
+/// controller's default (on), and the host sets it again before it re-issues anything; it was left on, so that
+/// writes were acknowledged from a cache the application had turned off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_cache_turned_off_stays_off_across_a_reconnect() {
+    let server = Server::start(Target::new(&config(&[1]), TargetSettings::default()).unwrap()).await.unwrap();
+    let ctrl = connect(&server).await;
+    let wce = |ctrl: Controller| async move {
+        let mut s = holdfast_proto::SubmissionEntry::new(holdfast_proto::opcode::admin::GET_FEATURES, 0);
+        s.cdw10.set(holdfast_proto::features::VOLATILE_WRITE_CACHE as u32);
+        ctrl.admin(s, bytes::Bytes::new(), 0).await.unwrap().cqe.dw0.get() & 1
+    };
+    assert_eq!(wce(ctrl.clone()).await, 1, "on by default");
+    ctrl.set_write_cache(false).await.unwrap();
+    assert_eq!(wce(ctrl.clone()).await, 0);
+    reconnect(&server, &ctrl).await;
+    assert_eq!(wce(ctrl.clone()).await, 0, "off again on the new association");
+    ctrl.shutdown().await.unwrap();
+    server.stop().await;
+}
+
 /// A host whose registration another host preempts hears of it: the target's reservation notice (an event and
 /// log page 80h) reaches the application as `Event::ReservationNotice` (Registration Preempted, namespace 1),
 /// and the host that preempted hears nothing.
