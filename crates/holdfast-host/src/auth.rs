@@ -50,6 +50,11 @@ fn secret_error(flag: &str, e: SecretError) -> Error {
 }
 
 impl HostSecrets {
+    /// Whether the controller is to be authenticated too (a controller secret was given).
+    pub(crate) fn bidirectional(&self) -> bool {
+        self.ctrl_key.is_some()
+    }
+
     /// The options' secrets, checked (None: no `dhchap_secret`, the host does not authenticate).
     pub(crate) fn from_options(o: &ConnectOptions) -> Result<Option<HostSecrets>> {
         let parse = |flag: &str, s: &Option<String>| {

@@ -714,6 +714,16 @@ async fn start_queue(
                     return Err(Error::ConnectRefused { reason, status: Status::AUTHENTICATION_REQUIRED });
                 };
                 crate::auth::authenticate(&setup_tx, qid, secrets, o, deadline).await?;
+            } else if sh.auth.as_ref().is_some_and(|s| s.bidirectional()) {
+                // Given the controller's secret, the host authenticates the controller, which it can do only in an
+                // exchange the controller asks for: one that does not (a target impersonated, or a path whose
+                // AUTHREQ was cleared on the way) would be used unauthenticated. (The Linux host goes on then.)
+                let reason = format!(
+                    "{} did not ask for authentication on queue {qid} of {}, so the controller could not be \
+                     authenticated with --dhchap-ctrl-secret (ConnectOptions::dhchap_ctrl_secret): refused",
+                    o.addr, o.subnqn
+                );
+                return Err(Error::ConnectRefused { reason, status: Status::AUTHENTICATION_REQUIRED });
             }
             Ok((setup_tx, open_tx, cntlid))
         }

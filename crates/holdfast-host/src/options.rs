@@ -66,7 +66,8 @@ pub struct ConnectOptions {
     pub dhchap_secret: Option<String>,
     /// The controller's DH-HMAC-CHAP secret, for bidirectional authentication (nvme-cli's
     /// `--dhchap-ctrl-secret`): the host challenges the controller too, and refuses it unless its answer
-    /// matches this key. Needs [`ConnectOptions::dhchap_secret`].
+    /// matches this key; a controller that does not ask for authentication (so cannot be challenged) is
+    /// refused too. Needs [`ConnectOptions::dhchap_secret`].
     pub dhchap_ctrl_secret: Option<String>,
 }
 

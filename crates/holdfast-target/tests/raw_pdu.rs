@@ -3570,6 +3570,58 @@ mod dhchap {
         assert!(t0.elapsed() >= Duration::from_secs(9), "closed after {:?}", t0.elapsed());
         server.stop().await;
     }
+
+    /// A refused Reply's AUTH_Failure1 stands: a Negotiate sent instead of reading it does not start the exchange
+    /// over (it did: one connection had a fresh guess for every refused Reply until its time ran out; found by a
+    /// review). The next Receive gets the Failure1, and the queue closes.
+    #[tokio::test]
+    async fn a_negotiate_after_a_refused_reply_does_not_start_over() {
+        let key = secret(1, None);
+        let (server, addr) = start_auth(&key, None, "sha256").await;
+        let mut adm = Conn::ic(addr, false, false).await;
+        adm.connect(0, 0xFFFF, NQN, 5000).await;
+        assert_eq!(auth_send(&mut adm, &negotiate(1, &[1], &[0])).await, Status::SUCCESS);
+        let (_, d) = auth_receive(&mut adm, 4096).await;
+        DhchapChallenge::parse(&d).expect("a Challenge");
+        let bad = DhchapReply { t_id: 1, seqnum: 0, response: vec![0; 32], challenge: None, dh_value: vec![] };
+        assert_eq!(auth_send(&mut adm, &bad.to_bytes()).await, Status::SUCCESS);
+        let _ = auth_send(&mut adm, &negotiate(2, &[1], &[0])).await;
+        let (_, d) = auth_receive(&mut adm, 4096).await;
+        let f = DhchapFailure::parse(&d).expect("AUTH_Failure1, not a new Challenge");
+        assert!(f.failure1);
+        assert!(closed_by_target(&mut adm).await);
+        server.stop().await;
+    }
+
+    /// An I/O queue that never authenticated and fails (here: AUTH_Failure2 at once) is closed alone: the
+    /// association its host authenticated goes on. Anyone who knows the host NQN, Host ID and CNTLID (sent in
+    /// clear) can Connect such a queue; its failure ended the whole association (found by a review; nvmet does
+    /// the same).
+    #[tokio::test]
+    async fn a_failed_io_queue_that_never_authenticated_does_not_end_the_association() {
+        let key = secret(1, None);
+        let (server, addr) = start_auth(&key, None, "sha256").await;
+        let mut adm = Conn::ic(addr, false, false).await;
+        let cntlid = adm.connect(0, 0xFFFF, NQN, 5000).await.dw0.get() as u16;
+        assert_eq!(authenticate(&mut adm, &key, None, 1).await, Ok(HashId::Sha256));
+        assert_eq!(adm.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
+        wait_rdy(&mut adm, true).await;
+        let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+        s.cdw10.set(0x07);
+        s.cdw11.set(0x0001_0001);
+        assert_eq!(adm.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+        let mut evil = Conn::ic(addr, false, false).await;
+        assert_eq!(evil.connect(1, cntlid, NQN, 0).await.status(), Status::SUCCESS);
+        let f2 = DhchapFailure { t_id: 0, failure1: false, reason: 1, explanation: 1 };
+        let _ = auth_send(&mut evil, &f2.to_bytes()).await;
+        assert!(closed_by_target(&mut evil).await, "the failed queue is closed");
+        // The authenticated admin queue still answers, and the host's own I/O queue 1 connects and authenticates.
+        assert_eq!(adm.keep_alive().await, Status::SUCCESS, "the association was ended");
+        let mut io = Conn::ic(addr, false, false).await;
+        assert_eq!(io.connect(1, cntlid, NQN, 0).await.status(), Status::SUCCESS);
+        assert_eq!(authenticate(&mut io, &key, None, 2).await, Ok(HashId::Sha256));
+        server.stop().await;
+    }
 }
 
 /// The completions of `cids`, in whatever order they come (C2HData is not expected): their statuses by CID.

@@ -467,13 +467,19 @@ async fn a_subsystem_requiring_dhchap_is_refused_with_the_reason() {
     server.stop().await;
 }
 
-/// A secret given for a subsystem that does not ask for authentication: connected as usual (as Linux).
+/// A secret given for a subsystem that does not ask for authentication: connected as usual (as Linux). With a
+/// controller secret too, refused: the controller cannot be authenticated in an exchange it does not start, and
+/// an impersonated target (or an AUTHREQ cleared on the way) was used unauthenticated (found by a review).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dhchap_secret_is_not_used_where_the_controller_does_not_ask() {
     let server = Server::start(Target::new(&config(&[1]), TargetSettings::default()).unwrap()).await.unwrap();
     let ctrl = Controller::connect(auth_options(&server, Some(&secret(7, None)), None)).await.unwrap();
     io_works(&ctrl, 3).await;
     ctrl.shutdown().await.unwrap();
+    match Controller::connect(auth_options(&server, Some(&secret(7, None)), Some(&secret(9, None)))).await {
+        Err(e) => assert!(e.to_string().contains("could not be authenticated with --dhchap-ctrl-secret"), "{e}"),
+        Ok(_) => panic!("a controller that did not ask for authentication taken as authenticated"),
+    }
     server.stop().await;
 }
 

@@ -297,6 +297,11 @@ fn take_message(ctx: &QueueCtx, st: &mut QueueAuth, data: &[u8]) -> Outcome {
     };
     let tid_ok = h.t_id.get() == st.tid;
     match (h.auth_type, h.auth_id) {
+        // A failure decided and not yet sent (AUTH_Failure1 at the next Receive, then the queue closes) stands:
+        // a Negotiate in its place started the exchange over, a fresh guess for every refused Reply.
+        (a::auth_type::COMMON, message::NEGOTIATE) if st.step == Step::Failure1 => {
+            crate::peer_log::peer_warn!(peer = %peer, cntlid, qid, host = %st.hostnqn, "DH-HMAC-CHAP: a Negotiate after a refused exchange, before its AUTH_Failure1 was read: refused");
+        }
         // A Negotiate starts (or restarts: re-authentication) the exchange at any point.
         (a::auth_type::COMMON, message::NEGOTIATE) => match st.negotiate(data) {
             Ok(()) => st.step = Step::Challenge,
@@ -373,8 +378,9 @@ fn apply(ctx: &mut QueueCtx, outcome: Outcome) {
         Outcome::None => {}
         Outcome::Authenticated => ctx.auth_pending = false,
         Outcome::Failed(why) => {
+            let was_authenticated = !ctx.auth_pending;
             ctx.auth_pending = true;
-            fail_queue(ctx, &why);
+            fail_queue(ctx, &why, was_authenticated);
         }
     }
 }
@@ -430,13 +436,16 @@ fn failure1(st: &mut QueueAuth) -> Vec<u8> {
     .to_bytes()
 }
 
-/// End the queue once the response is out; an I/O queue's failure ends its association too (nvmet's fatal
-/// error), and the admin queue's closing does that by itself.
-fn fail_queue(ctx: &mut QueueCtx, why: &str) {
+/// End the queue once the response is out. A failed re-authentication of an I/O queue (`was_authenticated`)
+/// ends its association too (nvmet's fatal error), and the admin queue's closing does that by itself. An I/O
+/// queue that never authenticated is closed alone: anyone who knows the host's NQN, Host ID and the CNTLID (all
+/// sent in clear) can Connect one, and its failure must not end the association the host authenticated (it
+/// did, with nvmet too: found by a review).
+fn fail_queue(ctx: &mut QueueCtx, why: &str, was_authenticated: bool) {
     ctx.close_after_response = true;
     if let Some(c) = &ctx.ctrl {
         crate::peer_log::peer_warn!(peer = %ctx.peer_addr, cntlid = c.cntlid, qid = ctx.qid, host = %c.hostnqn, "{why}: closing the queue");
-        if ctx.qid != 0 {
+        if ctx.qid != 0 && was_authenticated {
             c.teardown(why);
         }
     }
