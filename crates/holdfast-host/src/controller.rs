@@ -1031,6 +1031,14 @@ async fn establish(
             match setup_ok(&admin, s, Bytes::new(), 0, "Set Features (Volatile Write Cache)", deadline).await {
                 Ok(_) => {}
                 Err(e) if enabled => tracing::debug!(addr = %o.addr, "write cache not turned on again: {e}"),
+                // The controller answered, and will not: no later attempt would do better, and none may go on with
+                // the cache the application turned off on again.
+                Err(Error::Nvme { status, .. }) => {
+                    return Err(Error::ControllerLost(format!(
+                        "the controller refused to turn its volatile write cache off again ({status}) after a \
+                         reconnect: writes would be acknowledged from the cache this host turned off"
+                    )))
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -1472,17 +1480,30 @@ impl Controller {
         let replayable =
             matches!(sqe.opcode, aop::IDENTIFY | aop::GET_LOG_PAGE | aop::GET_FEATURES | aop::SET_FEATURES);
         let name = command_name(&sqe, true);
-        let rx = send_or(&self.inner.admin, sqe, data_out, data_in_len, name, replayable, || self.inner.closed_error())
-            .await?;
-        let c = finish(rx, name).await?;
-        // A write cache setting is the association's: kept, to be set again on the next one.
-        if sqe.opcode == aop::SET_FEATURES
-            && sqe.cdw10.get() & 0xFF == holdfast_proto::features::VOLATILE_WRITE_CACHE as u32
-            && c.status().is_success()
+        // A write cache setting is the association's: kept, to be set again on the next one. Kept from the moment
+        // it is sent (a reconnect between its completion and this caller's return must not miss it), and given up
+        // if it fails.
+        let wce = (sqe.opcode == aop::SET_FEATURES
+            && sqe.cdw10.get() & 0xFF == holdfast_proto::features::VOLATILE_WRITE_CACHE as u32)
+            .then(|| sqe.cdw11.get() & 1 != 0);
+        let before = wce.map(|v| lock(&self.inner.write_cache).replace(v));
+        let done = match send_or(&self.inner.admin, sqe, data_out, data_in_len, name, replayable, || {
+            self.inner.closed_error()
+        })
+        .await
         {
-            *lock(&self.inner.write_cache) = Some(sqe.cdw11.get() & 1 != 0);
+            Ok(rx) => finish(rx, name).await,
+            Err(e) => Err(e),
+        };
+        if let (Some(v), Some(before)) = (wce, before) {
+            if !done.as_ref().is_ok_and(|c| c.status().is_success()) {
+                let mut cur = lock(&self.inner.write_cache);
+                if *cur == Some(v) {
+                    *cur = before;
+                }
+            }
         }
-        Ok(c)
+        done
     }
 
     /// Turn the controller's volatile write cache on or off (Set Features 06h, NVMe Base 2.0 §5.27.1.4). Off, every
@@ -2153,9 +2174,9 @@ async fn supervise(
             let limit = match eff.loss_limit() {
                 None => format!("without giving up (ctrl_loss_tmo never, {})", eff.ctrl_loss_tmo.1),
                 Some(l) if eff.planned_downtime > eff.ctrl_loss_tmo.0.unwrap_or_default() => {
-                    format!("for up to {:.0} s (an announced planned downtime)", l.as_secs_f64())
+                    format!("for up to {:.1} s (an announced planned downtime)", l.as_secs_f64())
                 }
-                Some(l) => format!("for up to {:.0} s (ctrl_loss_tmo, {})", l.as_secs_f64(), eff.ctrl_loss_tmo.1),
+                Some(l) => format!("for up to {:.1} s (ctrl_loss_tmo, {})", l.as_secs_f64(), eff.ctrl_loss_tmo.1),
             };
             (eff.flap_delay(flaps), limit)
         };

@@ -150,8 +150,9 @@ impl Server {
         Ok(summary)
     }
 
-    /// Stop: close every connection, then make every file backend durable. False if a flush failed (logged):
-    /// writes acknowledged before it may be lost, which the process's exit status should say.
+    /// Stop: close every connection, then make every file backend durable, retired ones included (their flushes
+    /// waited for). False if a flush failed (logged), now or earlier in the process's life (a namespace a reload
+    /// removed since, say): writes acknowledged before it may be lost, which the process's exit status should say.
     pub async fn stop(self) -> bool {
         self.shutdown.cancel();
         for c in self.target.all_controllers() {
@@ -163,7 +164,9 @@ impl Server {
         let target = self.target.clone();
         tokio::task::spawn_blocking(move || {
             // Every subsystem's, whatever one before it gave (each failure is logged).
-            target.subsystems().iter().map(|s| s.flush_namespaces().is_ok()).filter(|ok| !ok).count() == 0
+            let now = target.subsystems().iter().map(|s| s.flush_namespaces().is_ok()).filter(|ok| !ok).count() == 0;
+            let retired = target.join_retired_flushes();
+            now && retired && !crate::backend::file::any_sync_failed()
         })
         .await
         .unwrap_or(false)

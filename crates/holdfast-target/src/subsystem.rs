@@ -458,7 +458,7 @@ fn file_key(p: &Path) -> Option<(u64, u64)> {
 /// Make what retired namespace `n` acknowledged durable, on a thread of its own once its writes still on their
 /// way have landed (at most [`RETIRE_WAIT`]): no host can Flush it any more (its NSID is gone, or another
 /// namespace's), and the write cache may still hold its acknowledged writes. The reload does not wait for it.
-fn flush_once_drained(n: Arc<Namespace>) {
+fn flush_once_drained(n: Arc<Namespace>) -> Option<std::thread::JoinHandle<bool>> {
     let (nsid, what) = (n.nsid, n.backend.describe());
     let spawned = std::thread::Builder::new().name(format!("hf-retired-ns{nsid}")).spawn(move || {
         let deadline = std::time::Instant::now() + RETIRE_WAIT;
@@ -466,14 +466,22 @@ fn flush_once_drained(n: Arc<Namespace>) {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         match n.backend.flush(&crate::backend::MediaGate::open()) {
-            Ok(()) => tracing::debug!(nsid = n.nsid, "retired namespace flushed: {}", n.backend.describe()),
+            Ok(()) => {
+                tracing::debug!(nsid = n.nsid, "retired namespace flushed: {}", n.backend.describe());
+                true
+            }
             Err(e) => {
-                tracing::error!(nsid = n.nsid, "flush of the retired namespace {} failed: {e}", n.backend.describe())
+                tracing::error!(nsid = n.nsid, "flush of the retired namespace {} failed: {e}", n.backend.describe());
+                false
             }
         }
     });
-    if let Err(e) = spawned {
-        tracing::error!(nsid, "no thread to flush the retired namespace {what}: {e}");
+    match spawned {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(nsid, "no thread to flush the retired namespace {what}: {e}");
+            None
+        }
     }
 }
 
@@ -522,6 +530,9 @@ pub struct Target {
     /// The media gates of file namespaces a reload retired while writes of theirs were still in flight, by file
     /// ([`file_key`]): a namespace served on that file later (this reload or another) waits for them.
     retired: Mutex<Vec<RetiredGate>>,
+    /// The threads flushing retired namespaces ([`flush_once_drained`]), finished ones dropped at each reload:
+    /// [`Target::join_retired_flushes`] waits for them at stop.
+    retired_flushes: Mutex<Vec<std::thread::JoinHandle<bool>>>,
 }
 
 /// DH-HMAC-CHAP keys by host NQN.
@@ -746,6 +757,7 @@ impl Target {
             ana: crate::ana::Ana::new(cfg),
             referrals: RwLock::new(referrals_of(cfg)),
             retired: Mutex::default(),
+            retired_flushes: Mutex::default(),
             settings,
         });
         files.keep();
@@ -788,6 +800,13 @@ impl Target {
             return None;
         }
         self.host_keys.read().get(hostnqn).cloned()
+    }
+
+    /// Wait (a blocking thread's wait) for the flushes of retired namespaces still under way: false if one
+    /// failed, or found no thread to run on.
+    pub fn join_retired_flushes(&self) -> bool {
+        let flushes: Vec<_> = self.retired_flushes.lock().drain(..).collect();
+        flushes.into_iter().map(|t| t.join().unwrap_or(false)).filter(|ok| !ok).count() == 0
     }
 
     /// Every NVM subsystem.
@@ -902,13 +921,16 @@ impl Target {
             let mut retired = self.retired.lock();
             // Those whose last write has landed are done with.
             retired.retain(|(_, g)| g.inflight() > 0);
+            let mut flushes = self.retired_flushes.lock();
+            flushes.retain(|t| !t.is_finished());
             for n in &retiring {
                 n.retire();
                 if let (Some(key), Some(g)) = (n.backend.path().and_then(file_key), &n.media) {
                     retired.push((key, g.clone()));
                 }
-                flush_once_drained(n.clone());
+                flushes.extend(flush_once_drained(n.clone()));
             }
+            drop(flushes);
             // Every namespace this reload starts serving on a file waits for the retired writes to that file.
             let fresh_ns = fresh.values().flat_map(|s| s.namespaces.read().values().cloned().collect::<Vec<_>>());
             let replaced_ns = ns_new.iter().filter_map(|(_, _, n)| n.as_ref().map(|(n, _)| n.clone()));

@@ -214,10 +214,12 @@ fn startup_errors_name_the_config_file_and_key() {
         std::fs::write(&cfg, text).unwrap();
     };
     write("127.0.0.1:0", &format!("backend = \"file\"\npath = \"{}\"", missing.display()));
-    let (rc, _, err) = holdfast(&["target", "--config", cfg.to_str().unwrap()]);
+    let sock = dir.join("ctl.sock");
+    let (rc, _, err) = holdfast(&["target", "--config", cfg.to_str().unwrap(), "--control", sock.to_str().unwrap()]);
     assert_ne!(rc, 0);
     let want = format!("{}: subsystem[0].namespace[0].path: cannot open {}", cfg.display(), missing.display());
     assert!(err.contains(&want), "{err}");
+    assert!(!sock.exists(), "the failed start left its --control socket behind");
     write(&taken.local_addr().unwrap().to_string(), "backend = \"ram\"\nsize_mib = 1");
     let (rc, _, err) = holdfast(&["target", "--config", cfg.to_str().unwrap()]);
     assert_ne!(rc, 0);
@@ -1086,7 +1088,9 @@ fn write_zeroes_trim_flush_and_log_pages() {
     let (rc, _, err) = on(&t, "write-zeroes", &["--offset", "4194304", "--length", "4096"]);
     assert_eq!(rc, 1);
     assert!(err.contains("beyond the end of namespace 1"), "{err}");
-    let (rc, out, err) = on(&t, "trim", &[]);
+    let (rc, _, err) = on(&t, "trim", &[]);
+    assert_eq!(rc, 2, "no --length: refused, not the whole namespace: {err}");
+    let (rc, out, err) = on(&t, "trim", &["--length", "all"]);
     assert_eq!((rc, out.trim()), (0, "4194304 bytes at offset 0 deallocated"), "{err}");
     let (rc, _, err) = on(&t, "flush", &[]);
     assert_eq!(rc, 0, "{err}");

@@ -32,6 +32,12 @@ static SYNC_FAILED: parking_lot::Mutex<Vec<FailedFile>> = parking_lot::Mutex::ne
 /// A file in [`SYNC_FAILED`]: its (device, inode), and a descriptor that keeps it.
 type FailedFile = ((u64, u64), Option<File>);
 
+/// Whether an `fdatasync` of this process failed on any file ([`SYNC_FAILED`]): writes acknowledged before it
+/// may be lost, which a target's exit status says.
+pub fn any_sync_failed() -> bool {
+    !SYNC_FAILED.lock().is_empty()
+}
+
 /// `file`'s (device, inode).
 fn key_of(file: &File) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;

@@ -50,9 +50,26 @@ pub struct RangeArgs {
     /// Byte offset (a multiple of the block size).
     #[arg(long, default_value_t = 0)]
     offset: u64,
-    /// Bytes (a multiple of the block size; default: to the end of the namespace).
-    #[arg(long)]
-    length: Option<u64>,
+    /// Bytes (a multiple of the block size); `--length all` to the end of the namespace (never by default: a
+    /// forgotten length would zero or trim the whole namespace).
+    #[arg(long, value_parser = parse_length)]
+    length: Length,
+}
+
+/// `--length` of `write-zeroes` and `trim`: bytes, or the rest of the namespace.
+#[derive(Clone, Copy, Debug)]
+pub enum Length {
+    /// This many bytes.
+    Bytes(u64),
+    /// From the offset to the end of the namespace.
+    All,
+}
+
+fn parse_length(s: &str) -> Result<Length, String> {
+    match s {
+        "all" => Ok(Length::All),
+        _ => s.parse().map(Length::Bytes).map_err(|_| format!("\"{s}\" is neither a number of bytes nor all")),
+    }
 }
 
 /// Options of `holdfast flush`.
@@ -209,11 +226,19 @@ pub fn run_write(a: WriteArgs) -> anyhow::Result<ExitCode> {
             }
         }
         if let Some(why) = refused {
-            // What was written is made durable all the same, as a whole write's would be.
-            if written > 0 && !a.fua {
-                ns.flush().await.context("Flush after the part of the write that fitted")?;
+            // What was written is made durable all the same, as a whole write's would be, and the error says
+            // whether it is there.
+            let flushed = if written > 0 && !a.fua { ns.flush().await.err() } else { None };
+            let mut said =
+                format!("{why}: its first {written} bytes were written at offset {}, the rest not", a.offset);
+            if let Some(e) = flushed {
+                said += &format!("; the Flush after them failed ({e}): they may not be durable");
             }
-            anyhow::bail!("{why}: its first {written} bytes were written at offset {}, the rest not", a.offset);
+            if c.target_restarts() != restarts {
+                said +=
+                    "; the target restarted (new instance ID) meanwhile: what it had acknowledged before may be gone";
+            }
+            anyhow::bail!("{said}");
         }
         anyhow::ensure!(sent > 0, "{name} is 0 bytes: nothing to do");
         if !a.fua {
@@ -259,11 +284,15 @@ pub enum RangeOp {
     Trim,
 }
 
-/// Run `write-zeroes` or `trim` over `--offset`/`--length` (to the namespace's end without `--length`).
+/// Run `write-zeroes` (then a Flush) or `trim` over `--offset`/`--length`.
 pub fn run_range(a: RangeArgs, op: RangeOp) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
         let (c, ns) = a.ns.open(a.ns.options(1)).await?;
-        let len = a.length.unwrap_or_else(|| ns.size().saturating_sub(a.offset));
+        let restarts = c.target_restarts();
+        let len = match a.length {
+            Length::Bytes(n) => n,
+            Length::All => ns.size().saturating_sub(a.offset),
+        };
         let (lba, n) = byte_range(&ns, a.offset, len, "length")?;
         let what = a.ns.describe();
         match op {
@@ -272,6 +301,12 @@ pub fn run_range(a: RangeArgs, op: RangeOp) -> anyhow::Result<ExitCode> {
                     tracing::info!("the controller has no Write Zeroes (ONCS bit 3): zeroing with writes");
                 }
                 ns.write_zeroes(lba, n).await.with_context(|| format!("{what}: write zeroes"))?;
+                // Durable before it says so, as `write` (a file target's zeroed range is in its page cache).
+                ns.flush().await.context("Flush after the zeroing")?;
+                anyhow::ensure!(
+                    c.target_restarts() == restarts,
+                    "the target restarted (new instance ID) while the range was zeroed: zero it again"
+                );
             }
             RangeOp::Trim => ns.deallocate(lba, n).await.with_context(|| format!("{what}: trim"))?,
         }

@@ -239,7 +239,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             })?),
             None => None,
         };
-        let target = Target::new(&cfg, settings).map_err(in_file)?;
+        let target = Target::new(&cfg, settings).map_err(|e| {
+            // The socket bound for it goes with the start that failed.
+            if let (Some(_), Some(path)) = (&named_control, &a.control) {
+                let _ = std::fs::remove_file(path);
+            }
+            in_file(e)
+        })?;
         let mut server = Server::start_on(target.clone(), listeners);
         for (id, addr) in &server.bound {
             tracing::info!(port = id, "listening on {addr} (NVMe/TCP and discovery)");
@@ -359,6 +365,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 /// log) and log what changed; the reply line for `target-ctl`: `ok ...`, or `error: ...` when the file was not
 /// applied or applied in part.
 async fn reload(server: &mut Server, path: &std::path::Path, origin: &str) -> String {
+    // The control socket's replies are one line each: notes or errors of several lines are joined.
+    reload_reply(server, path, origin).await.replace('\n', "; ")
+}
+
+async fn reload_reply(server: &mut Server, path: &std::path::Path, origin: &str) -> String {
     let reloaded = match Config::load(path) {
         Ok(c) => server.reload(&c).await,
         Err(e) => Err(anyhow::Error::from(e)),
@@ -390,9 +401,7 @@ async fn reload(server: &mut Server, path: &std::path::Path, origin: &str) -> St
         }
         Err(e) => {
             tracing::error!("{origin}: {} not applied, the old configuration stays: {e:#}", path.display());
-            // One line: the configuration's own errors may span several.
-            let e = format!("{e:#}").replace('\n', "; ");
-            format!("error: {} not applied, the old configuration stays: {e}", path.display())
+            format!("error: {} not applied, the old configuration stays: {e:#}", path.display())
         }
     }
 }
