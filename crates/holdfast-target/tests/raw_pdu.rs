@@ -3212,6 +3212,16 @@ mod dhchap {
         )
     }
 
+    /// Enable the (authenticated) admin queue's controller and have it grant one I/O queue.
+    async fn enable_with_one_io_queue(adm: &mut Conn) {
+        assert_eq!(adm.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
+        wait_rdy(adm, true).await;
+        let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+        s.cdw10.set(0x07);
+        s.cdw11.set(0x0001_0001);
+        assert_eq!(adm.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+    }
+
     async fn auth_send(c: &mut Conn, msg: &[u8]) -> Status {
         let mut sqe = AuthCommand::new(true, msg.len() as u32).to_sqe();
         sqe.dptr = SglDescriptor::incapsule(msg.len() as u32);
@@ -3329,14 +3339,9 @@ mod dhchap {
         assert_eq!(q.connect(1, cntlid, NQN, 0).await.status(), Status::COMMAND_SEQUENCE_ERROR.with_dnr());
         // Unidirectional on the admin queue, with the hash the configuration names.
         assert_eq!(authenticate(&mut adm, &key, None, 1).await, Ok(HashId::Sha384));
-        assert_eq!(adm.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
-        wait_rdy(&mut adm, true).await;
+        enable_with_one_io_queue(&mut adm).await;
         assert_eq!(adm.identify_controller().await.cntlid.get(), cntlid);
         // The I/O queue must authenticate on its own: bidirectional here.
-        let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
-        s.cdw10.set(0x07);
-        s.cdw11.set(0x0001_0001);
-        assert_eq!(adm.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
         let mut q = Conn::ic(addr, false, false).await;
         let r = q.connect(1, cntlid, NQN, 0).await;
         assert_eq!((r.status(), r.dw0.get() & AUTHREQ_ATR), (Status::SUCCESS, AUTHREQ_ATR));
@@ -3376,12 +3381,7 @@ mod dhchap {
         assert!(closed_by_target(&mut other).await);
         until(0).await;
         // Bidirectional, on an I/O queue: authenticated at the host's Success2 (an Authentication Send).
-        assert_eq!(adm.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
-        wait_rdy(&mut adm, true).await;
-        let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
-        s.cdw10.set(0x07);
-        s.cdw11.set(0x0001_0001);
-        assert_eq!(adm.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+        enable_with_one_io_queue(&mut adm).await;
         let mut q = Conn::ic(addr, false, false).await;
         assert_eq!(q.connect(1, cntlid, NQN, 0).await.status(), Status::SUCCESS);
         until(1).await;
@@ -3401,12 +3401,7 @@ mod dhchap {
         let mut adm = Conn::ic(addr, false, false).await;
         let cntlid = adm.connect(0, 0xFFFF, NQN, 5000).await.dw0.get() as u16;
         assert_eq!(authenticate_dh(&mut adm, &key, None, 1, 0x01).await, Ok(HashId::Sha256));
-        assert_eq!(adm.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
-        wait_rdy(&mut adm, true).await;
-        let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
-        s.cdw10.set(0x07);
-        s.cdw11.set(0x0001_0001);
-        assert_eq!(adm.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+        enable_with_one_io_queue(&mut adm).await;
         let mut q = Conn::ic(addr, false, false).await;
         assert_eq!(q.connect(1, cntlid, NQN, 0).await.status(), Status::SUCCESS);
         assert_eq!(authenticate_dh(&mut q, &key, Some(&ckey), 2, 0x01).await, Ok(HashId::Sha256));
@@ -3604,12 +3599,7 @@ mod dhchap {
         let mut adm = Conn::ic(addr, false, false).await;
         let cntlid = adm.connect(0, 0xFFFF, NQN, 5000).await.dw0.get() as u16;
         assert_eq!(authenticate(&mut adm, &key, None, 1).await, Ok(HashId::Sha256));
-        assert_eq!(adm.prop_set(property::CC, cc::ENABLE_DEFAULT as u64).await.status(), Status::SUCCESS);
-        wait_rdy(&mut adm, true).await;
-        let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
-        s.cdw10.set(0x07);
-        s.cdw11.set(0x0001_0001);
-        assert_eq!(adm.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+        enable_with_one_io_queue(&mut adm).await;
         let mut evil = Conn::ic(addr, false, false).await;
         assert_eq!(evil.connect(1, cntlid, NQN, 0).await.status(), Status::SUCCESS);
         let f2 = DhchapFailure { t_id: 0, failure1: false, reason: 1, explanation: 1 };
