@@ -1020,9 +1020,10 @@ async fn establish(
         };
         // The write cache as this host set it on the association before (a new one starts with the controller's
         // default), before anything is re-issued: replayed writes are then as durable as they were meant to be.
-        // Turning it off again is required (on an attempt that cannot, writes would be acknowledged from a cache
-        // the application turned off); on again is best effort. A controller without a volatile write cache
-        // (Identify VWC bit 0 clear) has nothing to turn off.
+        // Turning it off again is required (writes would otherwise be acknowledged from a cache the application
+        // turned off); on again is best effort. A controller without a volatile write cache
+        // (Identify VWC bit 0 clear) has nothing to turn off. A transport failure fails the attempt; a refusal
+        // loses the controller (below).
         let write_cache = *lock(&sh.write_cache);
         if let (Some(enabled), false) = (write_cache, first || id.vwc & 1 == 0) {
             let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
@@ -1508,8 +1509,8 @@ impl Controller {
 
     /// Turn the controller's volatile write cache on or off (Set Features 06h, NVMe Base 2.0 §5.27.1.4). Off, every
     /// write is durable when it completes. The setting is the association's: after a lost connection this host
-    /// sets it again on the new one before it re-issues anything, and fails that attempt (another follows) if the
-    /// controller refuses to turn the cache off again.
+    /// sets it again on the new one before it re-issues anything; a controller that then refuses to turn the
+    /// cache off again is lost ([`Error::ControllerLost`], with the reason), rather than used with it on.
     pub async fn set_write_cache(&self, enabled: bool) -> Result<()> {
         let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
         s.cdw10.set(holdfast_proto::features::VOLATILE_WRITE_CACHE as u32);
