@@ -461,9 +461,9 @@ fn file_key(p: &Path) -> Option<(u64, u64)> {
 fn flush_once_drained(n: Arc<Namespace>) -> Option<std::thread::JoinHandle<bool>> {
     let (nsid, what) = (n.nsid, n.backend.describe());
     let spawned = std::thread::Builder::new().name(format!("hf-retired-ns{nsid}")).spawn(move || {
-        let deadline = std::time::Instant::now() + RETIRE_WAIT;
-        while n.media.as_ref().is_some_and(|g| g.inflight() > 0) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(1));
+        // Those that entered after the retirement are refused before the media: the earlier ones are the wait.
+        if let Some(g) = &n.media {
+            g.wait_for_earlier_until(Some(std::time::Instant::now() + RETIRE_WAIT));
         }
         match n.backend.flush(&crate::backend::MediaGate::open()) {
             Ok(()) => {
