@@ -1751,6 +1751,13 @@ impl Controller {
         known.push(NsEntry { nsid, ids, block_size, mark: mark.clone() });
         mark
     }
+    /// Get Log Page `lid` (NVMe Base 2.0 §5.16) for namespace `nsid` (FFFFFFFFh: the whole controller), `len`
+    /// bytes from its start: the bytes the controller transferred; a failing status is [`Error::Nvme`].
+    pub async fn log_page(&self, lid: u8, nsid: u32, len: usize) -> Result<Bytes> {
+        self.check()?;
+        get_log_page(&self.inner.admin, lid, nsid, len, 0).await
+    }
+
     /// Active namespace IDs.
     pub async fn active_namespaces(&self) -> Result<Vec<u32>> {
         self.check()?;

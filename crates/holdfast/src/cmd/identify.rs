@@ -5,7 +5,6 @@ use clap::Args as ClapArgs;
 use holdfast_host::{Controller, Namespace};
 use holdfast_proto::identify::{get_ascii, NsDescriptor};
 use holdfast_proto::log_page::AnaLog;
-use holdfast_proto::SubmissionEntry;
 use std::process::ExitCode;
 
 /// Options of `holdfast identify`.
@@ -125,12 +124,8 @@ fn optional_commands(oncs: u16) -> Vec<&'static str> {
 /// be (NANAGRPID descriptors and MNAN NSIDs, within 1 MiB); None, with a warning, if it cannot be read.
 async fn ana_log(c: &Controller, id: &holdfast_proto::identify::IdentifyController) -> Option<AnaLog> {
     let len = AnaLog::len_for(id.nanagrpid.get() as usize, id.mnan.get() as usize).next_multiple_of(4).min(1 << 20);
-    let mut s = SubmissionEntry::new(holdfast_proto::opcode::admin::GET_LOG_PAGE, 0);
-    holdfast_proto::sqe::get_log_page::set(&mut s, holdfast_proto::log_page::LID_ANA, 0, len as u32, 0);
-    s.nsid.set(0xFFFF_FFFF);
-    let got = match c.admin(s, bytes::Bytes::new(), len).await {
-        Ok(r) if r.status().is_success() => AnaLog::parse(&r.data).map_err(|e| e.to_string()),
-        Ok(r) => Err(r.status().to_string()),
+    let got = match c.log_page(holdfast_proto::log_page::LID_ANA, 0xFFFF_FFFF, len).await {
+        Ok(data) => AnaLog::parse(&data).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     got.map_err(|e| tracing::warn!("ANA log page: {e}")).ok()

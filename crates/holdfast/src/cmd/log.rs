@@ -3,6 +3,7 @@
 //! §5.1.12.1.3).
 
 use super::common::{runtime, SubsystemArgs};
+use anyhow::Context;
 use clap::{Args as ClapArgs, ValueEnum};
 use holdfast_host::controller::command_name;
 use holdfast_host::Controller;
@@ -32,15 +33,11 @@ pub struct Args {
     json: bool,
 }
 
-/// Read log page `lid` of the whole controller (NSID FFFFFFFFh), `len` bytes.
+/// Read log page `lid` of the whole controller (NSID FFFFFFFFh), `len` bytes, all of them.
 async fn get_log(c: &Controller, lid: u8, len: usize) -> anyhow::Result<bytes::Bytes> {
-    let mut s = SubmissionEntry::new(holdfast_proto::opcode::admin::GET_LOG_PAGE, 0);
-    holdfast_proto::sqe::get_log_page::set(&mut s, lid, 0, len as u32, 0);
-    s.nsid.set(0xFFFF_FFFF);
-    let r = c.admin(s, bytes::Bytes::new(), len).await?;
-    anyhow::ensure!(r.status().is_success(), "Get Log Page {} failed: {}", lp::log_page_name(lid), r.status());
-    anyhow::ensure!(r.data.len() >= len, "the {} log came {} bytes short", lp::log_page_name(lid), len - r.data.len());
-    Ok(r.data)
+    let data = c.log_page(lid, 0xFFFF_FFFF, len).await.with_context(|| lp::log_page_name(lid))?;
+    anyhow::ensure!(data.len() >= len, "the {} log came {} bytes short", lp::log_page_name(lid), len - data.len());
+    Ok(data)
 }
 
 /// Run.
