@@ -1026,10 +1026,9 @@ async fn establish(
         // loses the controller (below).
         let write_cache = *lock(&sh.write_cache);
         if let (Some(enabled), false) = (write_cache, first || id.vwc & 1 == 0) {
-            let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
-            s.cdw10.set(holdfast_proto::features::VOLATILE_WRITE_CACHE as u32);
-            s.cdw11.set(enabled as u32);
-            match setup_ok(&admin, s, Bytes::new(), 0, "Set Features (Volatile Write Cache)", deadline).await {
+            match setup_ok(&admin, set_vwc(enabled), Bytes::new(), 0, "Set Features (Volatile Write Cache)", deadline)
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if enabled => tracing::debug!(addr = %o.addr, "write cache not turned on again: {e}"),
                 // The controller answered, and will not: no later attempt would do better, and none may go on with
@@ -1512,10 +1511,8 @@ impl Controller {
     /// sets it again on the new one before it re-issues anything; a controller that then refuses to turn the
     /// cache off again is lost ([`Error::ControllerLost`], with the reason), rather than used with it on.
     pub async fn set_write_cache(&self, enabled: bool) -> Result<()> {
-        let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
-        s.cdw10.set(holdfast_proto::features::VOLATILE_WRITE_CACHE as u32);
-        s.cdw11.set(enabled as u32);
-        status_ok(self.admin(s, Bytes::new(), 0).await?, "Set Features (Volatile Write Cache)").map(|_| ())
+        status_ok(self.admin(set_vwc(enabled), Bytes::new(), 0).await?, "Set Features (Volatile Write Cache)")
+            .map(|_| ())
     }
 
     /// Queue an I/O command on queue `hint` (None: round robin); await the receiver for the completion.
@@ -2089,6 +2086,14 @@ async fn check_changed_namespaces(
 
 /// Set Features Keep Alive Timer (FID 0Fh) to `kato`: how an association adopts another KATO than its Connect
 /// carried, at a reconnect or on a policy-changed event.
+/// Set Features Volatile Write Cache (06h): the cache on (WCE, CDW11 bit 0) or off.
+fn set_vwc(enabled: bool) -> SubmissionEntry {
+    let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
+    s.cdw10.set(holdfast_proto::features::VOLATILE_WRITE_CACHE as u32);
+    s.cdw11.set(enabled as u32);
+    s
+}
+
 fn set_kato(kato: Duration) -> SubmissionEntry {
     let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
     s.cdw10.set(holdfast_proto::features::KEEP_ALIVE_TIMER as u32);
