@@ -300,6 +300,12 @@ pub struct QueueCtx {
     /// The queue must authenticate and has not (yet): every command but Authentication Send / Receive and
     /// Disconnect is refused with Authentication Required. The one check the command path makes for it.
     pub auth_pending: bool,
+    /// An I/O queue whose host must authenticate takes its queue ID (and counts as connected) only once the
+    /// host has proven itself, its Reply checked ([`crate::cmd::auth`]): set by its Connect, cleared when it
+    /// takes the ID. The Connect of an I/O queue carries nothing secret (host NQN, Host ID, CNTLID), so a queue
+    /// that took its ID at Connect let anyone hold that ID against the host's own Connect until its
+    /// authentication timed out.
+    pub qid_claim_pending: bool,
 }
 
 impl QueueCtx {
@@ -327,6 +333,7 @@ impl QueueCtx {
             gate,
             auth: None,
             auth_pending: false,
+            qid_claim_pending: false,
         }
     }
 }

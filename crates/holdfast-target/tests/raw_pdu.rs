@@ -3612,6 +3612,46 @@ mod dhchap {
         assert_eq!(authenticate(&mut io, &key, None, 2).await, Ok(HashId::Sha256));
         server.stop().await;
     }
+
+    /// An I/O queue takes its queue ID once its host has proven itself, not at its Connect: a Connect anyone
+    /// can send (host NQN, Host ID and CNTLID go in clear) held the ID against the host's own Connect, which got
+    /// Command Sequence Error until the squatter's 10 s to authenticate ran out (found by a review; nvmet does
+    /// the same). Of two queues of one ID waiting to authenticate, the first whose host proves itself takes it;
+    /// the other's exchange fails; and the squatter's closing leaves the live queue's ID taken.
+    #[tokio::test]
+    async fn an_io_queue_takes_its_id_once_authenticated_not_at_connect() {
+        let key = secret(1, None);
+        let (server, addr) = start_auth(&key, None, "sha256").await;
+        let mut adm = Conn::ic(addr, false, false).await;
+        let cntlid = adm.connect(0, 0xFFFF, NQN, 5000).await.dw0.get() as u16;
+        assert_eq!(authenticate(&mut adm, &key, None, 1).await, Ok(HashId::Sha256));
+        enable_with_one_io_queue(&mut adm).await;
+        let mut squatter = Conn::ic(addr, false, false).await;
+        assert_eq!(squatter.connect(1, cntlid, NQN, 0).await.status(), Status::SUCCESS);
+        let mut late = Conn::ic(addr, false, false).await;
+        assert_eq!(late.connect(1, cntlid, NQN, 0).await.status(), Status::SUCCESS, "the ID is not taken yet");
+        let mut io = Conn::ic(addr, false, false).await;
+        assert_eq!(io.connect(1, cntlid, NQN, 0).await.status(), Status::SUCCESS, "the host's own Connect");
+        assert_eq!(authenticate(&mut io, &key, None, 2).await, Ok(HashId::Sha256));
+        assert_eq!(read_block0(&mut io).await, Status::SUCCESS);
+        // Another queue of that ID, its host proven too, is refused once the ID is taken.
+        let f = authenticate(&mut late, &key, None, 3).await.expect_err("the ID is taken");
+        assert_eq!(f.explanation, a::explanation::FAILED);
+        assert!(closed_by_target(&mut late).await, "the refused queue is closed");
+        // The squatter gives up (here: AUTH_Failure2); the live queue keeps its ID and its association.
+        let f2 = DhchapFailure { t_id: 0, failure1: false, reason: 1, explanation: 1 };
+        let _ = auth_send(&mut squatter, &f2.to_bytes()).await;
+        assert!(closed_by_target(&mut squatter).await, "the squatter is closed");
+        let mut again = Conn::ic(addr, false, false).await;
+        assert_eq!(
+            again.connect(1, cntlid, NQN, 0).await.status(),
+            Status::COMMAND_SEQUENCE_ERROR.with_dnr(),
+            "I/O queue 1 is still live"
+        );
+        assert_eq!(read_block0(&mut io).await, Status::SUCCESS);
+        assert_eq!(adm.keep_alive().await, Status::SUCCESS);
+        server.stop().await;
+    }
 }
 
 /// The completions of `cids`, in whatever order they come (C2HData is not expected): their statuses by CID.

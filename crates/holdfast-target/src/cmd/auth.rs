@@ -11,8 +11,9 @@
 //! Challenge carries g^x mod p, the Reply must carry the host's g^y mod p, and both responses are computed over
 //! the augmented challenges ([`holdfast_proto::auth::ffdhe`]).
 //!
-//! A failed exchange answers the host's next Authentication Receive with AUTH_Failure1 and closes the queue (on
-//! an I/O queue, the whole association, as nvmet's fatal error).
+//! A failed exchange answers the host's next Authentication Receive with AUTH_Failure1 and closes the queue (a
+//! failed re-authentication of an I/O queue, the whole association, as nvmet's fatal error: `fail_queue`).
+//! An I/O queue takes its queue ID once its host's Reply checks out (`take_qid`), not at its Connect.
 
 use crate::config::HostKeys;
 use crate::request::{QueueCtx, Request, Response};
@@ -288,7 +289,7 @@ pub fn send(ctx: &mut QueueCtx, data: &[u8]) -> Response {
     Response::ok()
 }
 
-fn take_message(ctx: &QueueCtx, st: &mut QueueAuth, data: &[u8]) -> Outcome {
+fn take_message(ctx: &mut QueueCtx, st: &mut QueueAuth, data: &[u8]) -> Outcome {
     let (cntlid, qid) = who(ctx);
     let peer = ctx.peer_addr;
     let Some(h) = MessageHeader::peek(data) else {
@@ -331,6 +332,12 @@ fn take_message(ctx: &QueueCtx, st: &mut QueueAuth, data: &[u8]) -> Outcome {
             st.fail(explanation::INCORRECT_PAYLOAD);
         }
         (a::auth_type::DHCHAP, message::REPLY) if st.step == Step::Reply => match st.reply(data) {
+            // The host has proven itself: an I/O queue takes its ID now, unless another connection's queue, its
+            // host proven too, took it meanwhile (the host's own Connect repeated, or a replay of it).
+            Ok(()) if !take_qid(ctx) => {
+                crate::peer_log::peer_warn!(peer = %peer, cntlid, qid, host = %st.hostnqn, "DH-HMAC-CHAP: host authenticated, but I/O queue {qid} is connected already (or the controller is resetting): refused");
+                st.fail(explanation::FAILED);
+            }
             Ok(()) => {
                 st.step = Step::Success1;
                 if st.c2.is_none() {
@@ -371,6 +378,20 @@ fn offer_summary(msg: &[u8], keys: &HostKeys) -> String {
         n.dh_group_ids,
         keys.hash.name()
     )
+}
+
+/// An I/O queue that connected before its host authenticated takes its queue ID
+/// ([`crate::cmd::fabrics::claim_io_queue`]); true if it did, or had no need to.
+fn take_qid(ctx: &mut QueueCtx) -> bool {
+    if !ctx.qid_claim_pending {
+        return true;
+    }
+    let Some(ctrl) = &ctx.ctrl else { return false };
+    if crate::cmd::fabrics::claim_io_queue(ctrl, ctx.qid, true).is_err() {
+        return false;
+    }
+    ctx.qid_claim_pending = false;
+    true
 }
 
 fn apply(ctx: &mut QueueCtx, outcome: Outcome) {

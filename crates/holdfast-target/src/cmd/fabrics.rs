@@ -176,32 +176,51 @@ pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response
     if sqsize == 0 || sqsize >= MAX_QUEUE_ENTRIES {
         return invalid(44, false);
     }
+    if qid > ctrl.state.lock().io_queues_granted {
+        return invalid(42, false);
+    }
+    ctx.qid = qid;
+    // A queue that must authenticate first takes its ID once its host has proven itself
+    // ([`claim_io_queue`], from the exchange); until then the ID is only checked to be free.
+    let authreq = require_auth(ctx, &subsys, &subnqn, &hostnqn);
+    if let Err(s) = claim_io_queue(&ctrl, qid, authreq == 0) {
+        (ctx.qid, ctx.auth, ctx.auth_pending) = (0, None, false);
+        return Response::err(s);
+    }
+    ctx.qid_claim_pending = authreq != 0;
+    ctx.size = sqsize + 1;
+    ctx.sq_flow_disabled = cmd.cattr & CATTR_DISABLE_SQ_FLOW != 0;
+    let cntlid = ctrl.cntlid;
+    ctx.ctrl = Some(ctrl);
+    Response::dw0(cntlid as u32 | authreq)
+}
+
+/// I/O queue `qid` of `ctrl` comes to life (`take`: the queue takes the ID) or may (`!take`: the ID is free,
+/// for a queue that takes it once authenticated), or the status that refuses it: Command Sequence Error if the
+/// controller is resetting or not ready, or the queue exists already.
+pub fn claim_io_queue(ctrl: &Controller, qid: u16, take: bool) -> Result<(), Status> {
     {
         let mut st = ctrl.state.lock();
-        if qid > st.io_queues_granted {
-            return invalid(42, false);
-        }
-        // Checked again under the lock a Controller Level Reset holds: a reset since the check above (which
-        // cleared `io_queue_connected` and deletes every I/O queue) refuses this one too.
+        // Checked under the lock a Controller Level Reset holds: a reset since the Connect's check of readiness
+        // (which cleared `io_queue_connected` and deletes every I/O queue) refuses this one too.
         if st.resetting.is_some() || st.csts & holdfast_proto::fabrics::csts::RDY == 0 {
-            return Response::err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+            return Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
         }
         // The queue exists already, on another connection (NVMe-oF 1.1 §3.3: a queue is created by its Connect
         // and lives as long as its connection). Linux's nvmet answers the same.
-        if !st.live_qids.insert(qid) {
-            return Response::err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+        if st.live_qids.contains(&qid) {
+            return Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
         }
+        if !take {
+            return Ok(());
+        }
+        st.live_qids.insert(qid);
         st.io_queue_connected = true;
     }
-    ctx.qid = qid;
-    ctx.size = sqsize + 1;
-    ctx.sq_flow_disabled = cmd.cattr & CATTR_DISABLE_SQ_FLOW != 0;
     // Traffic from the host, like any command (Linux before 6.7 starts its Keep Alives only once every I/O
     // queue is connected).
     ctrl.touch();
-    let cntlid = ctrl.cntlid;
-    ctx.ctrl = Some(ctrl);
-    Response::dw0(cntlid as u32 | require_auth(ctx, &subsys, &subnqn, &hostnqn))
+    Ok(())
 }
 
 /// Connect response Dword 0, AUTHREQ: ATR, authentication transaction required (NVMe-oF; nvmet's

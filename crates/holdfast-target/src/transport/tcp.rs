@@ -440,7 +440,7 @@ impl Connection {
             ctrl.fence_gate(&self.ctx.gate);
             if self.ctx.qid == 0 {
                 ctrl.teardown(&format!("admin queue: {reason}"));
-            } else {
+            } else if !self.ctx.qid_claim_pending {
                 ctrl.state.lock().live_qids.remove(&self.ctx.qid);
                 tracing::debug!(cntlid = ctrl.cntlid, qid = self.ctx.qid, "I/O queue closed: {reason}");
             }
