@@ -945,6 +945,24 @@ async fn a_connection_counts_among_the_limited_until_bound_to_an_nvm_controller(
     server.stop().await;
 }
 
+/// With the Keep Alive Timer disabled (KATO 0 at Connect, or set so) a Keep Alive has no timer to restart and
+/// gets Keep Alive Timeout Invalid, as from nvmet; once a KATO is set it succeeds.
+#[tokio::test]
+async fn keep_alive_without_a_keep_alive_timer_is_keep_alive_timeout_invalid() {
+    let (server, addr) = start("").await;
+    let (mut a, _) = Conn::admin_kato(addr, NQN, false, false, 0).await;
+    assert_eq!(a.keep_alive().await, Status::KEEP_ALIVE_INVALID);
+    let mut s = SubmissionEntry::new(admin::SET_FEATURES, 0);
+    s.cdw10.set(0x0F);
+    s.cdw11.set(5000);
+    assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+    assert_eq!(a.keep_alive().await, Status::SUCCESS);
+    s.cdw11.set(0);
+    assert_eq!(a.cmd(s, Bytes::new()).await.0.status(), Status::SUCCESS);
+    assert_eq!(a.keep_alive().await, Status::KEEP_ALIVE_INVALID);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn keep_alive_expiry_tears_the_association_down() {
     let (server, addr) = start("").await;
@@ -1943,8 +1961,9 @@ async fn a_reservation_record_being_written_holds_no_connection() {
     // Give the target the Register first (no timing is checked: either order proves it, but this one is the
     // one that blocked). Meanwhile a Keep Alive, and the holder's write, which reads the reservation, are served.
     tokio::time::sleep(Duration::from_millis(50)).await;
+    // (Answered with Keep Alive Timeout Invalid, this association having no timer: what counts is the answer.)
     let ka = SubmissionEntry::new(admin::KEEP_ALIVE, 0);
-    assert_eq!(a.cmd(ka, Bytes::new()).await.0.status(), Status::SUCCESS);
+    assert_eq!(a.cmd(ka, Bytes::new()).await.0.status(), Status::KEEP_ALIVE_INVALID);
     let mut w = rw_sqe(io::WRITE, 0, 1, SglDescriptor::incapsule(512));
     w.cid.set(0x4343);
     q.send(Pdu::CapsuleCmd(CapsuleCmd { sqe: w, data: Bytes::from(vec![9u8; 512]) })).await;

@@ -161,7 +161,14 @@ pub fn execute(ctx: &mut QueueCtx, req: Request, data: Bytes) -> Outcome {
             Some(c) => admin::set_features(c, &req, &data),
             None => Response::err(Status::COMMAND_SEQUENCE_ERROR).into(),
         },
-        Exec::KeepAlive => Response::ok().into(),
+        // With the Keep Alive Timer disabled (KATO 0) there is no timer to restart: Keep Alive Timeout Invalid
+        // (generic status 1Ah), as nvmet's `nvmet_execute_keep_alive` answers. Any command counts as traffic.
+        Exec::KeepAlive => match &ctx.ctrl {
+            Some(c) if c.kato_ms.load(std::sync::atomic::Ordering::Relaxed) == 0 => {
+                Response::err(Status::KEEP_ALIVE_INVALID).into()
+            }
+            _ => Response::ok().into(),
+        },
         Exec::AsyncEvent => match &ctx.ctrl {
             Some(c) => admin::async_event_request(c, &req),
             None => Response::err(Status::COMMAND_SEQUENCE_ERROR).into(),
