@@ -1333,6 +1333,50 @@ async fn discovery_log_lists_subsystem_and_discovery_entries() {
     server.stop().await;
 }
 
+/// A port's discovery entry says DUPRETINFO (its discovery controller returns this same log: nvme-cli's
+/// connect-all skips it) only where that holds. Two ports give a host the same log until a referral is listed
+/// to port 2's hosts only: then each port's log marks only its own entry (found by a review: every port's entry
+/// said it, so a host starting at port 1 never read port 2's log nor followed its referral).
+#[tokio::test]
+async fn dupretinfo_only_for_ports_whose_log_is_the_same() {
+    use holdfast_proto::log_page::{parse_discovery_log, EFLAGS_DUPRETINFO, SUBTYPE_CURRENT_DISCOVERY};
+    let cfg = |referral: &str| {
+        let text = format!(
+            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n[[port]]\nid = 2\nlisten = \"127.0.0.1:0\"\n\
+             [[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n{referral}"
+        );
+        Config::parse(&text, "t").unwrap()
+    };
+    let mut server = Server::start(Target::new(&cfg(""), TargetSettings::default()).unwrap()).await.unwrap();
+    let mut disc = Vec::new();
+    for id in [1u16, 2] {
+        let addr = server.bound.iter().find(|b| b.0 == id).unwrap().1;
+        disc.push(Conn::admin(addr, fabrics::DISCOVERY_NQN, false, false).await.0);
+    }
+    // Per port asked through: (port of each SUBTYPE 3 entry, DUPRETINFO), and how many entries.
+    async fn dup_flags(c: &mut Conn) -> (Vec<(u16, bool)>, usize) {
+        let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
+        s.dptr = SglDescriptor::transport(8192);
+        holdfast_proto::sqe::get_log_page::set(&mut s, 0x70, 0, 8192, 0);
+        let (r, log) = c.cmd(s, Bytes::new()).await;
+        assert_eq!(r.status(), Status::SUCCESS);
+        let entries = parse_discovery_log(&log).unwrap().1;
+        let flags = entries
+            .iter()
+            .filter(|e| e.subtype == SUBTYPE_CURRENT_DISCOVERY)
+            .map(|e| (e.portid.get(), e.eflags.get() & EFLAGS_DUPRETINFO != 0))
+            .collect();
+        (flags, entries.len())
+    }
+    for c in &mut disc {
+        assert_eq!(dup_flags(c).await, (vec![(1, true), (2, true)], 4), "the same log through either port");
+    }
+    server.reload(&cfg("[[referral]]\naddress = \"192.0.2.7:8009\"\nportid = 3\nports = [2]\n")).await.unwrap();
+    assert_eq!(dup_flags(&mut disc[0]).await, (vec![(1, true), (2, false)], 4), "port 1: port 2 lists a referral more");
+    assert_eq!(dup_flags(&mut disc[1]).await, (vec![(1, false), (2, true)], 5), "port 2: port 1 lists one less");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn namespace_change_completes_the_aer_and_discovery_sees_a_new_genctr() {
     let (server, addr) = start("").await;

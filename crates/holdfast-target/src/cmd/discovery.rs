@@ -99,6 +99,12 @@ pub fn discovery_log(ctx: &QueueCtx, c: &Controller, lsp: u8) -> Vec<u8> {
 /// The entries of the log `view` gives host `hostnqn`, which reached the target at `local` through port
 /// `host_port`: every port's (or with `port_local_only` that port's), each with the subsystems exported there
 /// that admit the host and the discovery subsystem itself; then the referrals listed to that port's hosts.
+///
+/// A port's own discovery entry (SUBTYPE 3) says DUPRETINFO only when that port's discovery controller would
+/// give this host the same log (NVMe Base 2.1, Discovery Log Page Entry, EFLAGS bit 0: nvme-cli's connect-all
+/// then skips it): always for the port asked through, and for another port only if its log, read at the
+/// address listed for it, has the same entries. Referrals listed to some ports only, or a wildcard port that
+/// one address family cannot reach, make the logs of two ports differ.
 pub fn entries_for(
     view: &DiscoveryView,
     hostnqn: &str,
@@ -106,25 +112,50 @@ pub fn entries_for(
     host_port: u16,
     port_local_only: bool,
 ) -> Vec<DiscoveryLogEntry> {
+    let recs = records(view, hostnqn, local, host_port, port_local_only);
+    let same_as_ours = |theirs: &[(DiscoveryLogEntry, Option<IpAddr>)]| {
+        theirs.len() == recs.len() && theirs.iter().zip(&recs).all(|(a, b)| entry_bytes(&a.0) == entry_bytes(&b.0))
+    };
+    let mut entries: Vec<DiscoveryLogEntry> = recs.iter().map(|(e, _)| *e).collect();
+    for (e, (_, at)) in entries.iter_mut().zip(&recs) {
+        let Some(at) = *at else { continue };
+        let port = e.portid.get();
+        if port == host_port || (!port_local_only && same_as_ours(&records(view, hostnqn, at, port, false))) {
+            e.eflags.set(e.eflags.get() | lp::EFLAGS_DUPRETINFO);
+        }
+    }
+    entries
+}
+
+/// [`entries_for`]'s entries without DUPRETINFO, each port's discovery entry with the address it is listed at.
+fn records(
+    view: &DiscoveryView,
+    hostnqn: &str,
+    local: IpAddr,
+    host_port: u16,
+    port_local_only: bool,
+) -> Vec<(DiscoveryLogEntry, Option<IpAddr>)> {
     let mut entries = Vec::new();
     for port in view.ports.iter().filter(|p| !port_local_only || p.id == host_port) {
         let Some(addr) = reachable_addr(port.addr, local) else { continue };
         let traddr = addr.ip().to_string();
         let trsvcid = addr.port().to_string();
         for (nqn, _) in view.subsystems.iter().filter(|(_, a)| a.exported_on(port.id) && a.admits(hostnqn)) {
-            entries.push(entry(lp::SUBTYPE_NVME, port.id, &traddr, &trsvcid, nqn, adrfam(&addr)));
+            entries.push((entry(lp::SUBTYPE_NVME, port.id, &traddr, &trsvcid, nqn, adrfam(&addr)), None));
         }
-        entries.push(entry(lp::SUBTYPE_CURRENT_DISCOVERY, port.id, &traddr, &trsvcid, DISCOVERY_NQN, adrfam(&addr)));
+        let disc = entry(lp::SUBTYPE_CURRENT_DISCOVERY, port.id, &traddr, &trsvcid, DISCOVERY_NQN, adrfam(&addr));
+        entries.push((disc, Some(addr.ip())));
     }
     for r in view.referrals.iter().filter(|r| r.ports.is_empty() || r.ports.contains(&host_port)) {
-        entries.push(entry(
+        let e = entry(
             lp::SUBTYPE_REFERRAL,
             r.portid,
             &r.addr.ip().to_string(),
             &r.addr.port().to_string(),
             DISCOVERY_NQN,
             adrfam(&r.addr),
-        ));
+        );
+        entries.push((e, None));
     }
     entries
 }
@@ -149,10 +180,8 @@ fn entry(subtype: u8, portid: u16, traddr: &str, trsvcid: &str, subnqn: &str, ad
     }
     e.treq = lp::TREQ_DISABLE_SQFLOW;
     if subtype == lp::SUBTYPE_CURRENT_DISCOVERY {
-        // Every port's discovery controller returns this same log (all ports, unless the host asks for its
-        // own only with LSP PLEO), so a host need not connect to the others' too (nvme-cli's connect-all skips
-        // an entry with DUPRETINFO); and they take persistent connections (KATO, log change events).
-        e.eflags.set(lp::EFLAGS_DUPRETINFO | lp::EFLAGS_EPCSD);
+        // Persistent connections are taken (KATO, log change events); DUPRETINFO where it holds, [`entries_for`].
+        e.eflags.set(lp::EFLAGS_EPCSD);
     }
     e
 }
