@@ -103,6 +103,7 @@ fn set_downtime(target: &Target, downtime_ms: u32) {
     for s in target.subsystems() {
         s.policy_generation.fetch_add(1, Ordering::SeqCst);
     }
+    target.discovery_policy_generation.fetch_add(1, Ordering::SeqCst);
     for c in target.all_controllers() {
         c.raise_policy_changed();
     }

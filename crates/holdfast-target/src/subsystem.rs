@@ -511,6 +511,11 @@ pub struct Target {
     pub epoch_ms: u64,
     /// An announced planned restart: hosts keep I/O queued at least this long (0 = none).
     pub planned_downtime_ms: std::sync::atomic::AtomicU32,
+    /// The generation of the policy page on discovery controllers, which serve the policy of a subsystem
+    /// they list ([`crate::cmd::log_page::policy_of`]): moved whenever what any discovery controller serves
+    /// changes, another subsystem's policy after a reload included (each subsystem's own generation counts
+    /// that subsystem's changes only, so it could stand still, or go back, across such a switch).
+    pub discovery_policy_generation: AtomicU64,
     /// The announcement in force ([`crate::control::announce_restart`]): its number (each announcement or
     /// withdrawal takes the next, so a lapse timer knows whether its announcement still stands), and when it
     /// lapses, on [`Target::now_ms`]'s clock (0: none).
@@ -749,6 +754,7 @@ impl Target {
             instance_id: rand::random::<u64>() | 1,
             epoch_ms: holdfast_rt::coarse_ms(),
             planned_downtime_ms: std::sync::atomic::AtomicU32::new(0),
+            discovery_policy_generation: AtomicU64::new(1),
             planned_restart: Mutex::default(),
             busy_poll: holdfast_rt::BusyPoll::new(settings.busy_poll),
             unbound: Arc::default(),
@@ -838,6 +844,26 @@ impl Target {
         }
     }
 
+    /// After a reload: the discovery controllers whose policy page changed (another subsystem's policy, that
+    /// subsystem's changed, or its namespaces' volatility) get a policy-changed notice, and the discovery
+    /// controllers' generation moves once for all of them.
+    fn discovery_policies_changed(&self, before: Vec<(Arc<Controller>, holdfast_proto::policy::ConnectionPolicy)>) {
+        let changed: Vec<_> = before
+            .into_iter()
+            .filter(|(c, was)| {
+                let now = crate::cmd::log_page::policy_of(c);
+                holdfast_proto::policy::ConnectionPolicy { generation: was.generation, ..now } != *was
+            })
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        self.discovery_policy_generation.fetch_add(1, Ordering::SeqCst);
+        for (c, _) in changed {
+            c.raise_policy_changed();
+        }
+    }
+
     /// Apply a new configuration to the running target (SIGHUP): subsystems and namespaces are added,
     /// removed or replaced, access lists and policies updated. Controllers of a subsystem whose namespaces
     /// changed get a Namespace Attribute Changed notice; if what discovery reports changed, GENCTR moves
@@ -856,6 +882,17 @@ impl Target {
     /// for a caller that changes more (ports) and raises one notice for all of it.
     pub fn reload_quiet(&self, cfg: &Config) -> anyhow::Result<(ReloadSummary, bool)> {
         let mut summary = ReloadSummary::default();
+        // What each discovery controller serves as the policy now: compared with what it serves once the
+        // reload is applied ([`Target::discovery_policies_changed`]).
+        let disc_policies: Vec<_> = self
+            .discovery
+            .controllers()
+            .into_iter()
+            .map(|c| {
+                let p = crate::cmd::log_page::policy_of(&c);
+                (c, p)
+            })
+            .collect();
         // Build everything new first, so that a backend that fails to open changes nothing: the files the
         // build created or grew are put back as they were if it fails ([`FilesUndo`]).
         let files = FilesUndo::snapshot(cfg);
@@ -1087,8 +1124,8 @@ impl Target {
                     *sub.policy.write() = s.policy.clone();
                     sub.policy_generation.fetch_add(1, Ordering::SeqCst);
                     summary.notes.push(format!("{}: connection policy updated", s.nqn));
-                    // The discovery controllers serve a subsystem's policy too (`log_page::policy_page`).
-                    for c in sub.controllers().into_iter().chain(self.discovery.controllers()) {
+                    // (The discovery controllers that serve this subsystem's policy are told at the end.)
+                    for c in sub.controllers() {
                         c.raise_policy_changed();
                     }
                 }
@@ -1134,6 +1171,7 @@ impl Target {
             summary.notes.push("DH-HMAC-CHAP host keys updated (new associations use them)".into());
         }
         summary.genctr = self.genctr.load(Ordering::SeqCst);
+        self.discovery_policies_changed(disc_policies);
         Ok((summary, discovery_changed))
     }
 

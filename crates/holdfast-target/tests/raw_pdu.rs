@@ -2901,6 +2901,45 @@ async fn a_policy_change_is_announced_on_the_discovery_controller_too() {
     server.stop().await;
 }
 
+/// A discovery controller serves the policy of the first subsystem it lists to the host: a reload that lists
+/// another first (here one added, sorting before) changes its page, so its generation moves and a
+/// policy-changed notice is raised (found by a review: the page took the new subsystem's own generation, 1,
+/// the same as before, and no notice came). A reload that changes nothing it serves moves nothing.
+#[tokio::test]
+async fn the_discovery_policy_page_moves_its_generation_when_it_serves_another_subsystem() {
+    let cfg = |extra: &str| {
+        let text = format!(
+            "[[port]]\nid = 1\nlisten = \"127.0.0.1:0\"\n{extra}\
+             [[subsystem]]\nnqn = \"{NQN}-b\"\nallow_any_host = true\n[subsystem.policy]\nkato_ms = 9000\n"
+        );
+        Config::parse(&text, "test").unwrap()
+    };
+    let mut server = Server::start(Target::new(&cfg(""), TargetSettings::default()).unwrap()).await.unwrap();
+    let (mut d, _) = Conn::admin(server.bound[0].1, fabrics::DISCOVERY_NQN, false, false).await;
+    async fn page(d: &mut Conn) -> holdfast_proto::policy::ConnectionPolicy {
+        let mut s = SubmissionEntry::new(admin::GET_LOG_PAGE, 0);
+        s.dptr = SglDescriptor::transport(512);
+        holdfast_proto::sqe::get_log_page::set(&mut s, holdfast_proto::policy::LID_HOLDFAST_POLICY, 0, 512, 0);
+        holdfast_proto::policy::ConnectionPolicy::from_bytes(&d.cmd(s, Bytes::new()).await.1).unwrap()
+    }
+    let before = page(&mut d).await;
+    // Unchanged: no notice (a Keep Alive is answered before any completion of the AER).
+    let aer = d.post_aer().await;
+    server.reload(&cfg("")).await.unwrap();
+    assert_eq!(d.keep_alive().await, Status::SUCCESS);
+    assert_eq!(page(&mut d).await, before, "nothing the discovery controller serves changed");
+    let added =
+        format!("[[subsystem]]\nnqn = \"{NQN}-a\"\nallow_any_host = true\n[subsystem.policy]\nkato_ms = 6000\n");
+    server.reload(&cfg(&added)).await.unwrap();
+    let (r, _) = d.finish(aer).await;
+    let ev = holdfast_proto::features::AsyncEvent::from_dword(r.dw0.get());
+    assert_eq!(ev.log_page, holdfast_proto::policy::LID_HOLDFAST_POLICY, "a policy-changed notice");
+    let after = page(&mut d).await;
+    assert_eq!((before.kato_ms, after.kato_ms), (9000, 6000), "the page is now the first listed subsystem's");
+    assert!(after.generation > before.generation, "generation {} -> {}", before.generation, after.generation);
+    server.stop().await;
+}
+
 /// Every entry the discovery log gives for a wildcard port can be connected to. Port 1 on [::1], port 2 on
 /// 0.0.0.0: a host discovering through port 1 was told port 2 is at ::1, where nothing listens (now port 2 is
 /// left out for it: its address over IPv4 is not known from an IPv6 connection). Needs IPv6 loopback.

@@ -217,6 +217,13 @@ fn commands_effects() -> lp::CommandsSupportedAndEffects {
 
 /// holdfast's connection-policy page (README, Connection policy), the same on discovery and I/O controllers.
 pub fn policy_page(c: &Controller) -> Vec<u8> {
+    policy_of(c).to_log_page().as_bytes().to_vec()
+}
+
+/// The policy [`policy_page`] serves to `c`. On an I/O controller its subsystem's, with that subsystem's
+/// generation; on a discovery controller the first subsystem's that this host may use through its port, with
+/// the discovery controllers' own generation ([`crate::subsystem::Target::discovery_policy_generation`]).
+pub fn policy_of(c: &Controller) -> policy::ConnectionPolicy {
     let sub = if c.subsys.is_discovery {
         // The discovery controller serves the policy of the subsystems this host may use through this port (those
         // its discovery log lists): the first one.
@@ -244,5 +251,8 @@ pub fn policy_page(c: &Controller) -> Vec<u8> {
         // A RAM namespace (no file behind it) starts empty at the next start of the target.
         p.volatile_data = s.namespaces.read().values().any(|n| n.backend.path().is_none());
     }
-    p.to_log_page().as_bytes().to_vec()
+    if c.subsys.is_discovery {
+        p.generation = c.target.discovery_policy_generation.load(Ordering::SeqCst);
+    }
+    p
 }
