@@ -156,7 +156,11 @@ async fn receive_step(
 ) -> std::result::Result<Bytes, Fail> {
     match receive(tx, deadline).await {
         Ok(m) => Ok(m),
-        Err(e) if e.is_path_error() => {
+        Err(Error::Timeout { .. }) => {
+            Err(Fail::Done(failed(qid, format!("{refused}: it did not send {step} in time"))))
+        }
+        // The connection, not an NVMe status (which is the controller's own answer, passed on as it is).
+        Err(e) if e.is_path_error() && e.status().is_none() => {
             Err(Fail::Done(failed(qid, format!("{refused}: it closed the connection instead of sending {step}"))))
         }
         Err(e) => Err(Fail::Done(e)),

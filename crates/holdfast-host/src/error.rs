@@ -101,18 +101,23 @@ impl Error {
     }
     /// True for errors caused by the path (connection) rather than the command: what another path (a
     /// multipath layer's other controller) might not have met. [`Error::ControllerLost`] is one, and so is a
-    /// [`Error::Timeout`] (no answer on three connections); [`Error::is_retryable`] says which of them this
-    /// controller may still do.
+    /// [`Error::Timeout`] (no answer on three connections), and an [`Error::Nvme`] with a path-related status
+    /// (SCT 3h: Asymmetric Access Inaccessible or Persistent Loss, which exist to send a host to another
+    /// path, Internal Path Error, Controller or Host Pathing Error); [`Error::is_retryable`] says which of
+    /// them this controller may still do.
     pub fn is_path_error(&self) -> bool {
-        matches!(
-            self,
-            Error::Transport { .. }
-                | Error::Protocol { .. }
-                | Error::Timeout { .. }
-                | Error::NotConnected(_)
-                | Error::ControllerLost(_)
-                | Error::PathError(_)
-        )
+        match self {
+            Error::Nvme { status, .. } => status.is_path_error(),
+            _ => matches!(
+                self,
+                Error::Transport { .. }
+                    | Error::Protocol { .. }
+                    | Error::Timeout { .. }
+                    | Error::NotConnected(_)
+                    | Error::ControllerLost(_)
+                    | Error::PathError(_)
+            ),
+        }
     }
 }
 

@@ -2981,3 +2981,18 @@ async fn a_new_controller_fences_the_association_of_one_lost_before_it() {
     assert!(!f.st.log.lock().unwrap().iter().any(|l| l.starts_with("fence")), "fenced twice");
     c3.shutdown().await.unwrap();
 }
+
+/// A write refused with Asymmetric Access Inaccessible (a path-related status, SCT 3h, no DNR) reaches the
+/// caller, after its retries, as `Error::Nvme` with that status, and `is_path_error` says so: what a multipath
+/// layer above fails over on (it answered false: found by a review). Not retryable on this controller.
+#[tokio::test]
+async fn a_path_related_status_is_a_path_error() {
+    let f = fake(Behaviour { fail_status: Status::ANA_INACCESSIBLE, ..Behaviour::default() }).await;
+    let c = Controller::connect(opts(&f, 1, false)).await.unwrap();
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    f.st.fail_writes.store(100, Ordering::Relaxed);
+    let e = ns.write(7, pattern(BS, 4), false).await.expect_err("every try refused");
+    assert!(matches!(&e, Error::Nvme { status, .. } if status.code() == Status::ANA_INACCESSIBLE.code()), "{e:?}");
+    assert!(e.is_path_error() && !e.is_retryable(), "{e}");
+    c.shutdown().await.unwrap();
+}
