@@ -1590,12 +1590,18 @@ impl Controller {
         let (cmd, rx) =
             command(sqe, data_out, data_in_len, command_name(&sqe, false), replayable, ns.map_or(0, |m| m.tag))?;
         let tx = &self.inner.io[i];
-        Ok(match tx.try_send_unless(cmd, || ns.is_some_and(|m| m.gone.get().is_some())) {
+        let gone = || ns.is_some_and(|m| m.gone.get().is_some());
+        // `accepting` again under the channel's lock: the supervisor turns it off before it fails what the
+        // channels hold at fast_io_fail_tmo (under that lock), so a command that passed `check` just before is
+        // either among those failed or refused here, never left to wait out the next reconnect attempt.
+        let refuse = || gone() || !self.inner.accepting.load(Ordering::Acquire);
+        Ok(match tx.try_send_unless(cmd, refuse) {
             Ok(()) => Submitted::Queued(rx),
             Err(submit::TrySendError::Full(cmd)) => {
                 Submitted::Full(Backlogged { sh: &self.inner, tx, ns, cmd: Box::new(cmd), rx })
             }
-            Err(submit::TrySendError::Refused(cmd)) => return Err(self.inner.refused(&cmd, ns)),
+            Err(submit::TrySendError::Refused(cmd)) if gone() => return Err(self.inner.refused(&cmd, ns)),
+            Err(submit::TrySendError::Refused(_)) => return Err(self.inner.not_accepting().unwrap_or_else(closed)),
             Err(submit::TrySendError::Closed(_)) => return Err(self.inner.closed_error()),
         })
     }
