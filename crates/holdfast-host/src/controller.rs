@@ -2209,7 +2209,7 @@ async fn supervise(
             for c in drop_ {
                 let e = if c.timeouts >= queue::MAX_COMMAND_TIMEOUTS {
                     Error::Timeout {
-                        what: format!("{} (unanswered on {} connections in a row)", c.name(qid), c.timeouts),
+                        what: format!("{} (unanswered on {} connections)", c.name(qid), c.timeouts),
                         after: sh.opts.io_timeout,
                     }
                 } else if c.losses >= queue::MAX_COMMAND_LOSSES {

@@ -24,7 +24,7 @@ pub struct HostArgs {
     #[arg(long, default_value_t = 10_000)]
     pub connect_timeout_ms: u64,
     /// Limit for one command (ms): a longer wait counts as a lost connection, and a command unanswered on 3
-    /// connections in a row fails with a timeout.
+    /// connections fails with a timeout.
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub io_timeout_ms: u64,
     /// Host override of the keep-alive timeout (ms; default: the target's policy).
