@@ -152,6 +152,17 @@ pub async fn connect(ctx: &mut QueueCtx, req: &Request, data: &[u8]) -> Response
             kato,
         );
         subsys.add_controller(&ctrl);
+        // A reload on another worker thread between the admission above and the line before may have removed
+        // the subsystem, taken it off this port or the host off its list, and torn down the controllers it
+        // found, without this one: admitted again now that it is listed, it is either among those or refused
+        // here (found by a review; a window of microseconds).
+        match admit(ctx, &subnqn, &hostnqn) {
+            Ok(s) if Arc::ptr_eq(&s, &subsys) => {}
+            other => {
+                ctrl.teardown("the configuration changed during its Connect");
+                return other.err().unwrap_or_else(|| invalid(256, true));
+            }
+        }
         tokio::spawn(ctrl.clone().keep_alive_watchdog());
         // Any host may make discovery controllers, as many as it likes: those lines within the peer-caused limit.
         if !subsys.is_discovery || crate::peer_log::allow() {
