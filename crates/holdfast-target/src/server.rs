@@ -113,9 +113,14 @@ impl Server {
         };
         let (late, now): (Vec<_>, Vec<_>) = added.iter().copied().partition(|&(_, a)| held(a));
         let mut early = Vec::new();
+        // A listener that cannot be bound is named by the file's key, as a configuration error is.
+        let key = |id: u16| {
+            let i = cfg.ports.iter().position(|p| p.id == id).unwrap_or_default();
+            format!("port[{i}].listen (port {id})")
+        };
         for (id, configured) in now {
             let (l, addr) =
-                bind(configured).map_err(|e| anyhow::anyhow!("port {id}: cannot listen on {configured}: {e}"))?;
+                bind(configured).map_err(|e| anyhow::anyhow!("{}: cannot listen on {configured}: {e}", key(id)))?;
             early.push((id, configured, addr, l));
         }
         // Nothing has changed yet; from here on, everything is applied.
@@ -139,7 +144,7 @@ impl Server {
                     summary.notes.push(format!("port {id} listening on {addr}"));
                     discovery_changed = true;
                 }
-                Err(e) => summary.errors.push(format!("port {id}: cannot listen on {configured}: {e}; not served")),
+                Err(e) => summary.errors.push(format!("{}: cannot listen on {configured}: {e}; not served", key(id))),
             }
         }
         self.publish_ports();
