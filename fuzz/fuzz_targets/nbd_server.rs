@@ -50,7 +50,6 @@ fn world() -> &'static World {
             budget: Arc::new(tokio::sync::Semaphore::new(2 * server::MAX_REQUEST as usize)),
             stall_timeout: Duration::from_secs(2),
             partial_blocks: server::partial_block_locks(),
-            restarts_flushed: ctrl.data_losing_restarts().into(),
         });
         World { rt, export, _ctrl: ctrl, _server: srv }
     })

@@ -106,7 +106,6 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             budget: Arc::new(tokio::sync::Semaphore::new(server::INFLIGHT_BYTES)),
             stall_timeout: Duration::from_millis(a.test_stall_timeout_ms.max(1)),
             partial_blocks: server::partial_block_locks(),
-            restarts_flushed: c.data_losing_restarts().into(),
         });
         if !export.ns.supports_deallocate() {
             tracing::info!(

@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
 use holdfast_host::{Error, Namespace};
 use holdfast_proto::Status;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
@@ -62,9 +63,6 @@ pub struct Export {
     /// ([`unaligned`]), and shared by writes of whole blocks while they run ([`Export::whole_blocks_turn`]):
     /// one lock per block number modulo their count ([`PARTIAL_BLOCK_LOCKS`]).
     pub partial_blocks: Vec<tokio::sync::RwLock<()>>,
-    /// The controller's [`holdfast_host::Controller::data_losing_restarts`] the last flush answered saw
-    /// ([`Export::flush`]); set from the controller when the export is made.
-    pub restarts_flushed: std::sync::atomic::AtomicU64,
 }
 
 /// Transmission flags: flush, FUA, write zeroes (the host library zeroes with Writes on a controller without
@@ -104,17 +102,21 @@ impl Export {
         self.ns.size()
     }
 
-    /// NBD_CMD_FLUSH: the namespace's Flush, failed with EIO (once) if the target restarted since the last
-    /// flush answered and said it lost its namespaces' data (a RAM namespace): the flush would otherwise be
-    /// acknowledged by the new instance while writes acknowledged before it are gone, and a filesystem's
-    /// journal would commit on top of them. The client sees what a disk that lost power looks like; the
-    /// flushes after it cover what was written since.
-    async fn flush(&self) -> Result<Option<Bytes>, u32> {
-        use std::sync::atomic::Ordering;
+    /// NBD_CMD_FLUSH: the namespace's Flush, failed with EIO if the target restarted and said it lost its
+    /// namespaces' data (a RAM namespace) since this connection last heard of such a restart (`restarts`, the
+    /// count [`holdfast_host::Controller::data_losing_restarts`] had then; `seen`, its value when this flush
+    /// was received): the flush would otherwise be acknowledged by the new instance while writes acknowledged
+    /// before it are gone, and a filesystem's journal would commit on top of them. Every connection is told,
+    /// at its first flush after the restart and at every flush it had sent before that one was answered: with
+    /// NBD_FLAG_CAN_MULTI_CONN a flush covers the writes of every connection (NBD, § Transmission flags), and
+    /// one told for the export left the others' flushes succeeding over their lost writes (found by a review).
+    /// The client sees what a disk that lost power looks like; the flushes after it cover what was written
+    /// since.
+    async fn flush(&self, seen: u64, restarts: &AtomicU64) -> Result<Option<Bytes>, u32> {
         self.ns.flush().await.map_err(|e| nbd_errno(&e, false))?;
         let now = self.ns.controller().data_losing_restarts();
-        let seen = self.restarts_flushed.swap(now, Ordering::SeqCst);
         if now != seen {
+            restarts.fetch_max(now, Ordering::SeqCst);
             tracing::error!(
                 "NBD flush failed with EIO: the target restarted and lost its namespace's data (a RAM namespace), \
                  with it writes acknowledged before the restart"
@@ -362,6 +364,8 @@ where
     let writer = tokio::spawn(write_replies(wr, rx, export.stall_timeout));
     let mine = Arc::new(Semaphore::new(CONNECTION_BYTES));
     let outstanding = Arc::new(());
+    // Data-losing target restarts this connection has been told of ([`Export::flush`]): none before it began.
+    let restarts = Arc::new(AtomicU64::new(export.ns.controller().data_losing_restarts()));
     let mut closing = false;
     let result: anyhow::Result<Ended> = async {
         loop {
@@ -427,9 +431,11 @@ where
             if tx.is_closed() {
                 bail!("the client stopped reading its replies");
             }
-            let (export, tx, token) = (export.clone(), tx.clone(), outstanding.clone());
+            let (export, tx, token, restarts) = (export.clone(), tx.clone(), outstanding.clone(), restarts.clone());
+            // What this connection had been told of when the request came (a flush's, [`Export::flush`]).
+            let seen = restarts.load(Ordering::SeqCst);
             tokio::spawn(async move {
-                let (error, data) = match execute(&export, &r, data, align).await {
+                let (error, data) = match execute(&export, &r, data, align, seen, &restarts).await {
                     Ok(d) => (0, d),
                     Err(e) => (e, None),
                 };
@@ -522,7 +528,14 @@ async fn write_replies<W: AsyncWrite + Unpin>(
 }
 
 /// Check a request against the export and run it: Ok with a read's data, or the NBD error value.
-async fn execute(export: &Export, r: &Request, data: Bytes, align: Alignment) -> Result<Option<Bytes>, u32> {
+async fn execute(
+    export: &Export,
+    r: &Request,
+    data: Bytes,
+    align: Alignment,
+    seen: u64,
+    restarts: &AtomicU64,
+) -> Result<Option<Bytes>, u32> {
     let writes = matches!(r.ty, cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES);
     let allowed = match r.ty {
         cmd::READ | cmd::WRITE | cmd::FLUSH | cmd::TRIM => cflags::FUA,
@@ -537,7 +550,7 @@ async fn execute(export: &Export, r: &Request, data: Bytes, align: Alignment) ->
     }
     let fua = r.flags & cflags::FUA != 0;
     if r.ty == cmd::FLUSH {
-        return export.flush().await;
+        return export.flush(seen, restarts).await;
     }
     let bs = export.block_size() as u64;
     let (mut offset, mut len) = (r.offset, r.length as u64);
@@ -785,7 +798,6 @@ mod tests {
                 budget: Arc::new(Semaphore::new(INFLIGHT_BYTES)),
                 stall_timeout: STALL_TIMEOUT,
                 partial_blocks: partial_block_locks(),
-                restarts_flushed: ctrl.data_losing_restarts().into(),
             });
             let (mut client, theirs) = tokio::io::duplex(1 << 20);
             let serving = tokio::spawn(serve_transmission(theirs, export, CancellationToken::new()));
