@@ -231,6 +231,19 @@ impl PduDecoder {
         }
         let is_term = matches!(ty, PduType::H2CTermReq | PduType::C2HTermReq);
         let is_ic = matches!(ty, PduType::IcReq | PduType::IcResp);
+        if hlen != ty.hlen() {
+            return Err(self.fail(Fes::InvalidHeaderField, offset::HLEN, buf, "HLEN does not match the PDU type"));
+        }
+        let hlen = hlen as usize;
+        // A PDU of a known type and length: its whole header (within PLEN) before anything else in it is judged,
+        // so that a bad header that arrives in pieces is returned whole in the termination request (NVMe/TCP 1.0
+        // Figures 24 and 25), as one that arrives at once is (it got the 8 bytes of the common header only: found
+        // by a review). At most 128 bytes, and a peer that never sends the rest meets the connection's deadlines.
+        // (An unknown type, or one for the other direction, is refused on its common header: what follows is
+        // not known to be a header at all, say a web server's answer, which may be shorter.)
+        if buf.len() < hlen.min(plen.max(CH_LEN)) {
+            return Ok(None);
+        }
         match self.state {
             State::Init if !is_ic && !is_term => {
                 return Err(self.fail(Fes::SequenceError, 0, buf, "PDU before connection initialization"))
@@ -238,10 +251,6 @@ impl PduDecoder {
             State::Ready if is_ic => return Err(self.fail(Fes::SequenceError, 0, buf, "second ICReq/ICResp")),
             _ => {}
         }
-        if hlen != ty.hlen() {
-            return Err(self.fail(Fes::InvalidHeaderField, offset::HLEN, buf, "HLEN does not match the PDU type"));
-        }
-        let hlen = hlen as usize;
 
         // With header digests, the digest first (the header is at most 128 bytes, HLEN fixed by the type): a bit
         // flipped on the way in FLAGS, PDO or PLEN is then reported as what it is, a Header Digest Error, not as
@@ -642,12 +651,19 @@ mod tests {
 
     #[test]
     fn field_errors_name_the_offset() {
+        // The header as framed (HLEN, within PLEN, at most 128 bytes), zeroes after the common header.
+        let framed = |ch: &[u8]| {
+            let plen = u32::from_le_bytes(ch[4..8].try_into().unwrap()) as usize;
+            let mut h = ch.to_vec();
+            h.resize((ch[2] as usize).max(CH_LEN).min(plen.max(CH_LEN)).min(TERM_MAX_DATA), 0);
+            h
+        };
         let mut d = ready(Role::Controller, false, false);
-        assert_eq!(fatal(&mut d, &[0x08, 0, 24, 0, 24, 0, 0, 0]).fei, 0, "unknown type");
+        assert_eq!(fatal(&mut d, &framed(&[0x08, 0, 24, 0, 24, 0, 0, 0])).fei, 0, "unknown type");
         let mut d = ready(Role::Controller, false, false);
-        assert_eq!(fatal(&mut d, &[0x04, 0, 70, 0, 72, 0, 0, 0]).fei, offset::HLEN);
+        assert_eq!(fatal(&mut d, &framed(&[0x04, 0, 70, 0, 72, 0, 0, 0])).fei, offset::HLEN);
         let mut d = ready(Role::Controller, false, false);
-        assert_eq!(fatal(&mut d, &[0x05, 0, 24, 0, 24, 0, 0, 0]).fei, 0, "C2H type at a controller");
+        assert_eq!(fatal(&mut d, &framed(&[0x05, 0, 24, 0, 24, 0, 0, 0])).fei, 0, "C2H type at a controller");
         // With header digests, the fields are judged once the header and its (good) digest are in.
         let with_digest = |head: &[u8]| {
             let mut h = head.to_vec();
@@ -657,20 +673,39 @@ mod tests {
             h
         };
         let mut d = ready(Role::Controller, true, false);
-        assert!(d.decode(&mut BytesMut::from(&[0x04, 0, 72, 0, 76, 0, 0, 0][..])).unwrap().is_none(), "waits");
+        assert!(d.decode(&mut BytesMut::from(&framed(&[0x04, 0, 72, 0, 76, 0, 0, 0])[..])).unwrap().is_none(), "waits");
         let mut d = ready(Role::Controller, true, false);
         assert_eq!(fatal(&mut d, &with_digest(&[0x04, 0, 72, 0, 76, 0, 0, 0])).fei, offset::FLAGS, "missing HDGSTF");
         let mut d = ready(Role::Controller, false, false);
-        assert_eq!(fatal(&mut d, &[0x04, 0, 72, 10, 100, 0, 0, 0]).fei, offset::PDO);
+        assert_eq!(fatal(&mut d, &framed(&[0x04, 0, 72, 10, 100, 0, 0, 0])).fei, offset::PDO);
         let mut d = ready(Role::Controller, false, false);
-        assert_eq!(fatal(&mut d, &[0x04, 0, 72, 0, 10, 0, 0, 0]).fei, offset::PLEN, "PLEN shorter than the header");
+        let f = fatal(&mut d, &framed(&[0x04, 0, 72, 0, 10, 0, 0, 0]));
+        assert_eq!((f.fei, f.header.len()), (offset::PLEN, CH_LEN), "PLEN shorter than the header");
         let mut d = ready(Role::Controller, true, false);
         let f = fatal(&mut d, &with_digest(&[0x04, 1, 72, 0, 72, 0, 0, 0]));
         assert_eq!(f.fei, offset::PLEN, "no room for the header digest");
         let mut d = ready(Role::Controller, false, false);
         let mut c = PduDecoder::new(Role::Controller, Limits::default());
-        assert_eq!(fatal(&mut c, &[0x04, 0, 72, 0, 72, 0, 0, 0]).fes, Fes::SequenceError, "capsule before ICReq");
-        assert_eq!(fatal(&mut d, &[0x00, 0, 128, 0, 128, 0, 0, 0]).fes, Fes::SequenceError, "second ICReq");
+        let f = fatal(&mut c, &framed(&[0x04, 0, 72, 0, 72, 0, 0, 0]));
+        assert_eq!(f.fes, Fes::SequenceError, "capsule before ICReq");
+        let f = fatal(&mut d, &framed(&[0x00, 0, 128, 0, 128, 0, 0, 0]));
+        assert_eq!(f.fes, Fes::SequenceError, "second ICReq");
+    }
+
+    /// A bad header is judged once it is all in, so that it goes back whole in the termination request however
+    /// it arrived: here a capsule whose PDO is wrong, its common header first (it went back as those 8 bytes).
+    #[test]
+    fn a_bad_header_that_arrives_in_pieces_is_returned_whole() {
+        let mut h = vec![0x04, 0, 72, 8, 200, 0, 0, 0];
+        h.resize(72, 0xAB);
+        let mut d = ready(Role::Controller, false, false);
+        let mut buf = BytesMut::from(&h[..CH_LEN]);
+        assert!(d.decode(&mut buf).unwrap().is_none(), "the rest of the header first");
+        buf.extend_from_slice(&h[CH_LEN..40]);
+        assert!(d.decode(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(&h[40..]);
+        let Err(DecodeError::Fatal(f)) = d.decode(&mut buf) else { panic!("a fatal error") };
+        assert_eq!((f.fei, &f.header[..]), (offset::PDO, &h[..]));
     }
 
     #[test]
