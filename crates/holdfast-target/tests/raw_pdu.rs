@@ -3690,6 +3690,23 @@ mod dhchap {
         server.stop().await;
     }
 
+    /// A target whose host authenticates with `key` (unidirectional, SHA-256), an admin queue authenticated and
+    /// enabled with one I/O queue granted: the target, its address, the admin queue and its CNTLID.
+    async fn authenticated_with_one_io_queue(key: &DhchapSecret) -> (Server, SocketAddr, Conn, u16) {
+        let (server, addr) = start_auth(key, None, "sha256").await;
+        let mut adm = Conn::ic(addr, false, false).await;
+        let cntlid = adm.connect(0, 0xFFFF, NQN, 5000).await.dw0.get() as u16;
+        assert_eq!(authenticate(&mut adm, key, None, 1).await, Ok(HashId::Sha256));
+        enable_with_one_io_queue(&mut adm).await;
+        (server, addr, adm, cntlid)
+    }
+
+    /// The host ends the exchange on `c` with AUTH_Failure2.
+    async fn give_up(c: &mut Conn) {
+        let f2 = DhchapFailure { t_id: 0, failure1: false, reason: 1, explanation: 1 };
+        let _ = auth_send(c, &f2.to_bytes()).await;
+    }
+
     /// An I/O queue that never authenticated and fails (here: AUTH_Failure2 at once) is closed alone: the
     /// association its host authenticated goes on. Anyone who knows the host NQN, Host ID and CNTLID (sent in
     /// clear) can Connect such a queue; its failure ended the whole association (found by a review; nvmet does
@@ -3697,15 +3714,10 @@ mod dhchap {
     #[tokio::test]
     async fn a_failed_io_queue_that_never_authenticated_does_not_end_the_association() {
         let key = secret(1, None);
-        let (server, addr) = start_auth(&key, None, "sha256").await;
-        let mut adm = Conn::ic(addr, false, false).await;
-        let cntlid = adm.connect(0, 0xFFFF, NQN, 5000).await.dw0.get() as u16;
-        assert_eq!(authenticate(&mut adm, &key, None, 1).await, Ok(HashId::Sha256));
-        enable_with_one_io_queue(&mut adm).await;
+        let (server, addr, mut adm, cntlid) = authenticated_with_one_io_queue(&key).await;
         let mut evil = Conn::ic(addr, false, false).await;
         assert_eq!(evil.connect(1, cntlid, NQN, 0).await.status(), Status::SUCCESS);
-        let f2 = DhchapFailure { t_id: 0, failure1: false, reason: 1, explanation: 1 };
-        let _ = auth_send(&mut evil, &f2.to_bytes()).await;
+        give_up(&mut evil).await;
         assert!(closed_by_target(&mut evil).await, "the failed queue is closed");
         // The authenticated admin queue still answers, and the host's own I/O queue 1 connects and authenticates.
         assert_eq!(adm.keep_alive().await, Status::SUCCESS, "the association was ended");
@@ -3723,11 +3735,7 @@ mod dhchap {
     #[tokio::test]
     async fn an_io_queue_takes_its_id_once_authenticated_not_at_connect() {
         let key = secret(1, None);
-        let (server, addr) = start_auth(&key, None, "sha256").await;
-        let mut adm = Conn::ic(addr, false, false).await;
-        let cntlid = adm.connect(0, 0xFFFF, NQN, 5000).await.dw0.get() as u16;
-        assert_eq!(authenticate(&mut adm, &key, None, 1).await, Ok(HashId::Sha256));
-        enable_with_one_io_queue(&mut adm).await;
+        let (server, addr, mut adm, cntlid) = authenticated_with_one_io_queue(&key).await;
         let mut squatter = Conn::ic(addr, false, false).await;
         assert_eq!(squatter.connect(1, cntlid, NQN, 0).await.status(), Status::SUCCESS);
         let mut late = Conn::ic(addr, false, false).await;
@@ -3741,8 +3749,7 @@ mod dhchap {
         assert_eq!(f.explanation, a::explanation::FAILED);
         assert!(closed_by_target(&mut late).await, "the refused queue is closed");
         // The squatter gives up (here: AUTH_Failure2); the live queue keeps its ID and its association.
-        let f2 = DhchapFailure { t_id: 0, failure1: false, reason: 1, explanation: 1 };
-        let _ = auth_send(&mut squatter, &f2.to_bytes()).await;
+        give_up(&mut squatter).await;
         assert!(closed_by_target(&mut squatter).await, "the squatter is closed");
         let mut again = Conn::ic(addr, false, false).await;
         assert_eq!(
