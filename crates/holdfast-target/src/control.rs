@@ -355,8 +355,29 @@ pub const MAX_LINE: usize = 4096;
 /// Bind the control socket at `path`. A socket file that nothing answers on (left by a target that died) is
 /// replaced; one a live process answers on (another target whose first port has the same TCP port number, on
 /// another address) or anything but a socket (a file given to `--control` by mistake) is left alone, an error.
+///
+/// The socket is its owner's alone (mode 0600, whatever the umask), and [`serve`] answers only a peer of the
+/// same user or root ([`peer_allowed`]): its commands disconnect hosts and reload the configuration.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    holdfast_rt::bind_unix_socket(path)
+    use std::os::unix::fs::PermissionsExt;
+    let l = holdfast_rt::bind_unix_socket(path)?;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        let _ = std::fs::remove_file(path);
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("{}: cannot make it the owner's alone: {e}", path.display()),
+        ));
+    }
+    Ok(l)
+}
+
+/// May the process at the other end of a control connection use it: root, or the user this process runs as
+/// (whose the socket file is). Checked on every connection, so that a permissive umask before the socket's
+/// mode was set, or a path in a directory others may write, gives no one else the target's controls.
+pub fn peer_allowed(stream: &tokio::net::UnixStream) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    stream.peer_cred().is_ok_and(|c| c.uid() == 0 || c.uid() == me)
 }
 
 /// A `reload` asked for on the control socket: the one who runs the target reloads its configuration (as on
@@ -384,6 +405,11 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let allowed = peer_allowed(&stream);
+                if !allowed {
+                    let who = stream.peer_cred().map_or_else(|e| format!("unknown ({e})"), |c| c.uid().to_string());
+                    tracing::warn!("control socket: a connection from user {who} refused (only this target's user and root)");
+                }
                 let (target, reload) = (target.clone(), reload.clone());
                 tokio::spawn(async move {
                     use tokio::io::AsyncReadExt;
@@ -400,6 +426,13 @@ pub async fn serve(
                         }
                         if line.last() != Some(&b'\n') && line.len() > MAX_LINE {
                             let _ = wr.write_all(format!("error: a line longer than {MAX_LINE} bytes\n").as_bytes()).await;
+                            break;
+                        }
+                        // Another user's command is answered (after it is read: a client writing into a connection
+                        // closed under it would die of SIGPIPE without a word) and the connection closed.
+                        if !allowed {
+                            let no = "error: not allowed: the control socket answers only the target's user and root\n";
+                            let _ = wr.write_all(no.as_bytes()).await;
                             break;
                         }
                         let line = String::from_utf8_lossy(&line);

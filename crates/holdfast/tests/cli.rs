@@ -395,6 +395,53 @@ fn control_socket_is_neither_stolen_nor_clobbered() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The control socket disconnects hosts and reloads the configuration: it is its owner's alone (mode 0600,
+/// whatever the umask), the target answers only its own user and root on it, and `target-ctl` talks to no
+/// socket another user owns (the default one lives in the temporary directory, where anyone makes files). The
+/// checks that need a second user run only as root (as CI does), with user nobody.
+#[test]
+fn the_control_socket_answers_only_its_user_and_root() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "1"]);
+    let sock = std::env::temp_dir().join(format!("holdfast-target-{}.sock", t.port));
+    assert_eq!(std::fs::metadata(&sock).unwrap().mode() & 0o777, 0o600, "{}", sock.display());
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: the checks with a second user are skipped");
+        return;
+    }
+    // Opened up by hand, the socket still answers no one else.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = match Command::new(BIN)
+        .args(["target-ctl", "--port", &t.port.to_string(), "status"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("user nobody cannot run {BIN} here ({e}): the checks with a second user are skipped");
+            return;
+        }
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not allowed"), "{err}");
+    let (rc, _, err) = holdfast(&["target-ctl", "--port", &t.port.to_string(), "status"]);
+    assert_eq!(rc, 0, "root is answered: {err}");
+    drop(t);
+    // A socket file of another user where target-ctl looks is not talked to.
+    let other = std::env::temp_dir().join(format!("holdfast-cli-other-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&other);
+    let _l = std::os::unix::net::UnixListener::bind(&other).unwrap();
+    std::os::unix::fs::lchown(&other, Some(65534), Some(65534)).unwrap();
+    let (rc, _, err) = holdfast(&["target-ctl", "--control", other.to_str().unwrap(), "status"]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("belongs to user 65534"), "{err}");
+    let _ = std::fs::remove_file(&other);
+}
+
 /// The connect line says the target is ready: a SIGTERM sent as soon as it is out (by a supervisor or a script
 /// that waited for it) stops the target in order, exit 0, and `target-ctl` reaches it. The signal handlers used
 /// to be installed, and the control socket bound, only after that line, so such a signal killed the target by

@@ -121,6 +121,20 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             (line, None, false)
         }
     };
+    // The default socket lives in the temporary directory, where anyone may make files: one another user made
+    // there (owned by neither this user nor root) is not the target's, and is not talked to.
+    if let Ok(m) = std::fs::symlink_metadata(&path) {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if m.uid() != 0 && m.uid() != me {
+            anyhow::bail!(
+                "{} belongs to user {}, not to this user or root: not a target's control socket of ours, left alone",
+                path.display(),
+                m.uid()
+            );
+        }
+    }
     let mut s = UnixStream::connect(&path).with_context(|| match a.port {
         // The default socket is named after the target's first listener's port, whichever it listens on.
         Some(port) => format!(
