@@ -517,6 +517,33 @@ fn a_client_that_stops_reading_is_dropped_even_with_few_requests_out() {
     assert!(got < 64 << 20, "all {got} bytes arrived: the client was not dropped");
 }
 
+/// A slow client that keeps moving is served: a 32 MiB write's payload sent, and a 32 MiB read's reply taken,
+/// 1 MiB every 100 ms (about 3 s each, three times the stall timeout of 1 s here). The stall timeout bounded the
+/// whole transfer, so any client slower than 32 MiB in 30 s was dropped in the middle of such a request (found by
+/// a review); now it bounds a pause, with a floor of 64 KiB/s on the whole.
+#[test]
+fn a_slow_client_that_keeps_moving_is_not_dropped() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "64"]);
+    let b = Bridge::start(&t, &["--test-stall-timeout-ms", "1000"]);
+    let mut c = go(b.port);
+    let len = 32usize << 20;
+    let data: Vec<u8> = (0..len).map(|i| (i / 4096) as u8).collect();
+    c.request(CMD_WRITE, 0, 1, 0, len as u32, &[]);
+    for piece in data.chunks(1 << 20) {
+        c.s.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(c.reply(), (0, 1), "the slowly sent write");
+    c.request(CMD_READ, 0, 2, 0, len as u32, &[]);
+    assert_eq!(c.reply(), (0, 2));
+    let mut got = vec![0u8; len];
+    for piece in got.chunks_mut(1 << 20) {
+        c.s.read_exact(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(got == data, "the slowly taken read");
+}
+
 /// `--device` says what is wrong with the device before it contacts any target (the address here is a closed
 /// port, so a bridge that tried to connect first would fail with "connection refused" instead). The kernel
 /// side itself (attach, ride-through, detach) runs against the Linux NBD driver in the interop VM:

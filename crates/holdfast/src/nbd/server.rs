@@ -3,7 +3,8 @@
 //! here, and beyond it an `EIO`). Requests run concurrently and are answered as they complete (NBD allows
 //! any order). The request data they hold is bounded per connection ([`CONNECTION_BYTES`]) and across all
 //! of them ([`INFLIGHT_BYTES`]), and a client that stops sending a write's payload or reading its replies is
-//! dropped after [`Export::stall_timeout`], so one client cannot hold the others up for long.
+//! dropped once its transfer has not moved for [`Export::stall_timeout`] (or is slower than [`MIN_CLIENT_RATE`]),
+//! so one client cannot hold the others up for long.
 
 use super::wire::{self, cflags, cmd, errno, info, opt, rep, tflags, InfoRequest, OptionHeader, Request};
 use anyhow::{bail, Context};
@@ -34,10 +35,90 @@ const _: () = assert!(CONNECTION_BYTES >= MAX_REQUEST as usize);
 const CONNECTION_BYTES: usize = 64 << 20;
 /// What a request without data (or with little) counts towards the budgets.
 const MIN_COST: u32 = 128 * 1024;
-/// A write's payload not all in, or a reply not taken by the client, this long after it started: the client
-/// is taken to be gone or hostile and the connection is dropped (the protocol allows a hard disconnect against
-/// denial of service), freeing what its requests held. The default of [`Export::stall_timeout`].
+/// A write's payload or a reply that has not moved for this long (or is slower in all than [`MIN_CLIENT_RATE`],
+/// [`Pace`]): the client is taken to be gone or hostile and the connection is dropped (the protocol allows a
+/// hard disconnect against denial of service), freeing what its requests held. The default of
+/// [`Export::stall_timeout`].
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The slowest client a transfer is given time for, bytes a second: a 32 MiB write's payload may take 30 s +
+/// 512 s in all, as long as it keeps moving. The whole transfer within 30 s dropped any client slower than about
+/// 1.1 MB/s (a WAN link, a loaded machine) in the middle of every large request, though NBD says requests up to
+/// 32 MiB should not be taken for an attack (found by a review).
+const MIN_CLIENT_RATE: u64 = 64 * 1024;
+
+/// The clock of one transfer of `len` bytes to or from the client: each step (one read or write) must move
+/// something within `stall`, and the whole must be done within `stall` and the time it takes at
+/// [`MIN_CLIENT_RATE`].
+struct Pace {
+    len: usize,
+    stall: Duration,
+    all: Duration,
+    deadline: tokio::time::Instant,
+}
+
+impl Pace {
+    fn new(len: usize, stall: Duration) -> Pace {
+        let all = stall + Duration::from_millis(len as u64 * 1000 / MIN_CLIENT_RATE);
+        Pace { len, stall, all, deadline: tokio::time::Instant::now() + all }
+    }
+
+    /// One step, with `done` bytes moved so far: how many it moved, or why the transfer is given up.
+    async fn step(
+        &self,
+        done: usize,
+        what: &str,
+        io: impl std::future::Future<Output = std::io::Result<usize>>,
+    ) -> anyhow::Result<usize> {
+        let wait = self.stall.min(self.deadline.saturating_duration_since(tokio::time::Instant::now()));
+        let (len, stall, all) = (self.len, self.stall, self.all);
+        match tokio::time::timeout(wait, io).await {
+            Ok(Ok(0)) => bail!("{what}: the client closed the connection after {done} of {len} bytes"),
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(anyhow::Error::from(e).context(what.to_string())),
+            Err(_) if tokio::time::Instant::now() >= self.deadline => {
+                bail!("{what}: {done} of {len} bytes after {all:?} (slower than {MIN_CLIENT_RATE} bytes/s)")
+            }
+            Err(_) => bail!("{what}: {done} of {len} bytes, nothing more for {stall:?}"),
+        }
+    }
+}
+
+/// Read all of `buf` from the client, at the [`Pace`] of a transfer.
+async fn read_paced<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut [u8],
+    stall: Duration,
+    what: &str,
+) -> anyhow::Result<()> {
+    let pace = Pace::new(buf.len(), stall);
+    let mut done = 0;
+    while done < buf.len() {
+        done += pace.step(done, what, rd.read(&mut buf[done..])).await?;
+    }
+    Ok(())
+}
+
+/// Read and drop `len` bytes from the client, at the [`Pace`] of a transfer.
+async fn skip_paced<R: AsyncRead + Unpin>(rd: &mut R, len: usize, stall: Duration, what: &str) -> anyhow::Result<()> {
+    let pace = Pace::new(len, stall);
+    let mut scratch = vec![0u8; len.min(64 * 1024)];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(scratch.len());
+        done += pace.step(done, what, rd.read(&mut scratch[..n])).await?;
+    }
+    Ok(())
+}
+
+/// Write all of `buf` to the client, at the [`Pace`] of a transfer.
+async fn write_paced<W: AsyncWrite + Unpin>(wr: &mut W, buf: &[u8], stall: Duration, what: &str) -> anyhow::Result<()> {
+    let pace = Pace::new(buf.len(), stall);
+    let mut done = 0;
+    while done < buf.len() {
+        done += pace.step(done, what, wr.write(&buf[done..])).await?;
+    }
+    Ok(())
+}
 /// At shutdown, how long a client with nothing outstanding may stay quiet before the connection is closed.
 const QUIET: Duration = Duration::from_millis(200);
 /// At shutdown, how long the bridge waits for the client to close after the last reply (closing with unread
@@ -57,7 +138,8 @@ pub struct Export {
     /// The request data budget all connections share ([`INFLIGHT_BYTES`] permits, a byte each). At least
     /// [`MAX_REQUEST`]: a request takes up to that much at once, and with fewer permits in all would wait for ever.
     pub budget: Arc<Semaphore>,
-    /// How long a write's payload or a reply may take ([`STALL_TIMEOUT`] unless a test says otherwise).
+    /// How long a write's payload or a reply may go without moving ([`STALL_TIMEOUT`] unless a test says
+    /// otherwise; [`Pace`]).
     pub stall_timeout: Duration,
     /// Held alone by a write that changes part of a block while it reads, changes and writes back that block
     /// ([`unaligned`]), and shared by writes of whole blocks while they run ([`Export::whole_blocks_turn`]):
@@ -391,9 +473,7 @@ where
                 // phase), a write's payload read and dropped. Each answer holds the least share of the
                 // connection's budget until written, so a client that sends and does not read is held back.
                 if r.ty == cmd::WRITE {
-                    let (mut payload, mut sink) = ((&mut rd).take(r.length as u64), tokio::io::sink());
-                    stalled(tokio::io::copy(&mut payload, &mut sink), "a write's payload", export.stall_timeout)
-                        .await?;
+                    skip_paced(&mut rd, r.length as usize, export.stall_timeout, "reading a write's payload").await?;
                 }
                 let share = tokio::select! {
                     biased;
@@ -423,7 +503,7 @@ where
             };
             let data = if r.ty == cmd::WRITE {
                 let mut d = BytesMut::zeroed(r.length as usize);
-                stalled(rd.read_exact(&mut d), "a write's payload", export.stall_timeout).await?;
+                read_paced(&mut rd, &mut d, export.stall_timeout, "reading a write's payload").await?;
                 d.freeze()
             } else {
                 Bytes::new()
@@ -494,18 +574,6 @@ async fn next_request<R: AsyncRead + Unpin>(
     }
 }
 
-/// `io`, or an error if it takes longer than `limit`.
-async fn stalled<T>(
-    io: impl std::future::Future<Output = std::io::Result<T>>,
-    what: &str,
-    limit: Duration,
-) -> anyhow::Result<T> {
-    match tokio::time::timeout(limit, io).await {
-        Ok(r) => Ok(r.with_context(|| format!("reading {what}"))?),
-        Err(_) => bail!("{what} not all in after {limit:?}"),
-    }
-}
-
 async fn write_replies<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Reply>,
@@ -516,7 +584,7 @@ async fn write_replies<W: AsyncWrite + Unpin>(
         let header = wire::simple_reply(r.error, r.handle);
         tokio::time::timeout(limit, wr.write_all(&header)).await.map_err(timed)??;
         if let Some(d) = &r.data {
-            tokio::time::timeout(limit, wr.write_all(d)).await.map_err(timed)??;
+            write_paced(&mut wr, d, limit, "the client taking a reply").await?;
         }
         if rx.is_empty() {
             tokio::time::timeout(limit, wr.flush()).await.map_err(timed)??;
