@@ -1475,8 +1475,19 @@ impl Controller {
     /// Run an admin command. Identify, Get Log Page and Get/Set Features are re-issued after a reconnect;
     /// any other admin command still outstanding when the connection is lost fails with a retryable path
     /// error instead (its effect is not known to be idempotent: Format NVM, Namespace Management, ...).
+    ///
+    /// A transfer longer than the controller's limit ([`Controller::max_transfer`]) either way is refused with
+    /// [`Error::Invalid`] before it is sent (a target that enforces MDTS ends the connection over it).
     pub async fn admin(&self, sqe: SubmissionEntry, data_out: Bytes, data_in_len: usize) -> Result<Completion> {
         self.check()?;
+        let limit = self.max_transfer();
+        if data_out.len().max(data_in_len) > limit {
+            return Err(Error::Invalid(format!(
+                "{}: {} bytes is more than the controller's transfer limit ({limit} bytes)",
+                command_name(&sqe, true),
+                data_out.len().max(data_in_len)
+            )));
+        }
         let replayable =
             matches!(sqe.opcode, aop::IDENTIFY | aop::GET_LOG_PAGE | aop::GET_FEATURES | aop::SET_FEATURES);
         let name = command_name(&sqe, true);
@@ -1756,9 +1767,37 @@ impl Controller {
     }
     /// Get Log Page `lid` (NVMe Base 2.0 §5.16) for namespace `nsid` (FFFFFFFFh: the whole controller), `len`
     /// bytes from its start: the bytes the controller transferred; a failing status is [`Error::Nvme`].
+    ///
+    /// Longer than the controller's transfer limit ([`Controller::max_transfer`]), it is read in pieces at
+    /// increasing offsets, each a whole number of dwords, if the controller takes offsets (Identify Controller
+    /// LPA bit 2), else refused with [`Error::Invalid`]: sent as one command, a target that enforces MDTS ends
+    /// the connection over it, and a Get Log Page is issued again after every reconnect. A piece cut short
+    /// ends the read there. The pieces are separate commands: a log that changes meanwhile may be read half
+    /// before and half after (a log with a generation counter is read again if it moved).
     pub async fn log_page(&self, lid: u8, nsid: u32, len: usize) -> Result<Bytes> {
         self.check()?;
-        get_log_page(&self.inner.admin, lid, nsid, len, 0).await
+        let piece = self.max_transfer() & !3;
+        if len <= piece {
+            return get_log_page(&self.inner.admin, lid, nsid, len, 0).await;
+        }
+        if self.identify().lpa & holdfast_proto::identify::LPA_EXTENDED_DATA == 0 {
+            return Err(Error::Invalid(format!(
+                "log page {lid:#04x}: {len} bytes is more than the controller's transfer limit ({} bytes), and it \
+                 takes no offsets (LPA bit 2) to read it in pieces",
+                self.max_transfer()
+            )));
+        }
+        let mut log = bytes::BytesMut::with_capacity(len);
+        while log.len() < len {
+            let n = piece.min(len - log.len());
+            let part = get_log_page(&self.inner.admin, lid, nsid, n, log.len() as u64).await?;
+            let whole = part.len() & !3;
+            log.extend_from_slice(&part[..if part.len() < n { part.len() } else { whole }]);
+            if part.len() < n || whole == 0 {
+                break;
+            }
+        }
+        Ok(log.freeze())
     }
 
     /// Active namespace IDs.

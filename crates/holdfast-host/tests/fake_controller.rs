@@ -515,6 +515,10 @@ impl Conn {
                             id.nn.set(2);
                             id.crdt1.set(self.st.b.crdt1);
                             id.oncs.set(self.st.oncs.load(Ordering::SeqCst));
+                            // Get Log Page offsets (LPA bit 2), unless it refuses them.
+                            if !self.st.b.discovery_refuse_offsets {
+                                id.lpa = identify::LPA_EXTENDED_DATA;
+                            }
                             identify::set_ascii(&mut id.mn, "fake");
                             id.set_holdfast_uniquifier(0xF00D_0000 + self.cntlid as u64);
                             page.copy_from_slice(id.as_bytes());
@@ -2995,4 +2999,40 @@ async fn a_path_related_status_is_a_path_error() {
     assert!(matches!(&e, Error::Nvme { status, .. } if status.code() == Status::ANA_INACCESSIBLE.code()), "{e:?}");
     assert!(e.is_path_error() && !e.is_retryable(), "{e}");
     c.shutdown().await.unwrap();
+}
+
+/// `Controller::log_page` of more than the controller's transfer limit (MDTS) is read in pieces at offsets, as
+/// namespace I/O and the discovery reader split theirs: sent as one command, this fake (as SPDK's target) ends
+/// the connection over it, and Get Log Page being issued again after every reconnect, one call cost five
+/// connections (found by a review). A controller that takes no offsets (LPA bit 2 clear) gets none: refused.
+#[tokio::test]
+async fn a_log_page_over_mdts_is_read_in_pieces_or_refused() {
+    for offsets in [true, false] {
+        let f = fake(Behaviour {
+            mdts: 1,
+            discovery_records: 20,
+            discovery_refuse_offsets: !offsets,
+            ..Default::default()
+        })
+        .await;
+        let mut o = opts(&f, 0, false);
+        o.subnqn = fabrics::DISCOVERY_NQN.into();
+        let c = Controller::connect(o).await.unwrap();
+        assert_eq!(c.max_transfer(), 8192);
+        let mut events = c.events();
+        let r = tokio::time::timeout(Duration::from_secs(10), c.log_page(LID_DISCOVERY, 0, 16384)).await.unwrap();
+        while let Ok(e) = events.try_recv() {
+            assert!(!matches!(e, holdfast_host::controller::Event::Reconnecting { .. }), "a lost connection: {e:?}");
+        }
+        let reads = f.st.discovery_reads.load(Ordering::Relaxed);
+        if offsets {
+            let log = r.unwrap();
+            assert_eq!((log.len(), reads), (16384, 2), "two pieces of 8 KiB");
+            assert_eq!(log[8192 + 2], 2, "the second piece is the records from 8 KiB on (SUBTYPE 2), not the header");
+        } else {
+            assert!(matches!(&r, Err(Error::Invalid(m)) if m.contains("transfer limit")), "{r:?}");
+            assert_eq!(reads, 0, "nothing sent");
+        }
+        c.shutdown().await.unwrap();
+    }
 }
