@@ -1585,7 +1585,17 @@ impl Controller {
         if self.inner.io.is_empty() {
             return Err(Error::Invalid("this controller has no I/O queues".into()));
         }
-        let i = hint.unwrap_or_else(|| self.inner.rr.fetch_add(1, Ordering::Relaxed)) % self.inner.io.len();
+        let i = match hint {
+            Some(q) if q >= self.inner.io.len() => {
+                return Err(Error::Invalid(format!(
+                    "I/O queue {q}: this controller has {} (0..{})",
+                    self.inner.io.len(),
+                    self.inner.io.len()
+                )))
+            }
+            Some(q) => q,
+            None => self.inner.rr.fetch_add(1, Ordering::Relaxed) % self.inner.io.len(),
+        };
         // Compare and Reservation Report only read: a second try answers for the blocks or the reservation as
         // they are then, as a read does. A fused command (a Compare and Write's halves) never is.
         let replayable = matches!(

@@ -809,3 +809,25 @@ async fn target_restarts_tells_a_flush_that_its_writes_went_with_a_restart() {
     ctrl.shutdown().await.unwrap();
     server.stop().await;
 }
+
+/// An I/O queue index beyond the controller's (`0..io_queues()`, as documented) is the caller's mistake and
+/// refused, for reads and writes alike: it was taken modulo the count, so a wrong index went unnoticed (found by
+/// a review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_index_beyond_io_queues_is_refused() {
+    let server = Server::start(Target::new(&config(&[1]), TargetSettings::default()).unwrap()).await.unwrap();
+    let ctrl = connect(&server).await;
+    let ns = holdfast_host::Namespace::open(&ctrl, 1).await.unwrap();
+    assert_eq!(ctrl.io_queues(), 1);
+    let r = ns.read_on(Some(7), 0, 1).await;
+    assert!(
+        matches!(&r, Err(holdfast_host::Error::Invalid(m)) if m.contains("I/O queue 7")),
+        "{:?}",
+        r.map(|b| b.len())
+    );
+    let w = ns.write_on(Some(1), 0, bytes::Bytes::from(vec![1u8; 512]), false).await;
+    assert!(matches!(w, Err(holdfast_host::Error::Invalid(_))), "{w:?}");
+    assert_eq!(ns.read_on(Some(0), 0, 1).await.unwrap().len(), 512, "queue 0 is one");
+    ctrl.shutdown().await.unwrap();
+    server.stop().await;
+}
