@@ -2262,7 +2262,7 @@ async fn supervise(
                         after: sh.opts.io_timeout,
                     }
                 } else if c.losses >= queue::MAX_COMMAND_LOSSES {
-                    Error::PathError(format!(
+                    Error::CommandAbandoned(format!(
                         "{} was outstanding on {} connections that were lost, the last one: {cause}; not issued again",
                         c.name(qid),
                         c.losses

@@ -73,6 +73,12 @@ pub enum Error {
     /// replayed was in flight when it dropped).
     #[error("path error (retryable): {0}")]
     PathError(String),
+    /// A command was outstanding on every connection lost, [`crate::queue::MAX_COMMAND_LOSSES`] of them, and
+    /// is not issued again: a fault tied to the command more than to the path (a target that drops the
+    /// connection over it), so issuing it again here would most likely cost as many connections again. The
+    /// controller stays live. A path error (another path may not have the fault), not retryable.
+    #[error("path error (not issued again): {0}")]
+    CommandAbandoned(String),
     /// In-band authentication (DH-HMAC-CHAP) failed: the controller refused the host, or the host the
     /// controller. Never carries a secret.
     #[error("authentication failed: {0}")]
@@ -116,6 +122,7 @@ impl Error {
                     | Error::NotConnected(_)
                     | Error::ControllerLost(_)
                     | Error::PathError(_)
+                    | Error::CommandAbandoned(_)
             ),
         }
     }
@@ -127,7 +134,8 @@ impl Error {
     /// command that is never replayed, a compare and write or a change to reservations, was cut off by a lost
     /// connection: see first whether it took effect). False for what issuing it again here cannot change: the
     /// controller lost or shut down (connect a new one), an NVMe status (already retried, see [`Error::Nvme`]),
-    /// a timeout (unanswered on three connections), a refused or invalid request.
+    /// a timeout (unanswered on three connections), a command given up after five lost connections
+    /// ([`Error::CommandAbandoned`]), a refused or invalid request.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::PathError(_))
     }
