@@ -125,6 +125,35 @@ pub enum Event {
     },
 }
 
+/// The NVM command set's limits on Write Zeroes and Dataset Management of the current association (I/O Command
+/// Set specific Identify Controller, CNS 06h, CSI 00h: WZSL, DMRL, DMRSL, DMSL); None where the controller sets
+/// none (0) or did not answer that Identify (older targets refuse it). Namespace calls split by them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NvmLimits {
+    /// Most bytes one Write Zeroes may cover (WZSL: a power of two in units of CAP.MPSMIN).
+    pub write_zeroes_bytes: Option<u64>,
+    /// Most ranges in one Dataset Management command (DMRL).
+    pub dsm_ranges: Option<u32>,
+    /// Most logical blocks in one range (DMRSL).
+    pub dsm_range_blocks: Option<u32>,
+    /// Most logical blocks in one Dataset Management command (DMSL).
+    pub dsm_blocks: Option<u64>,
+}
+
+impl NvmLimits {
+    /// The limits `d` (Identify CNS 06h) gives, with memory pages of `4096 << mpsmin` bytes.
+    pub fn from_identify(d: &identify::IdentifyControllerNvm, mpsmin: u32) -> NvmLimits {
+        let nz32 = |v: u32| (v != 0).then_some(v);
+        NvmLimits {
+            write_zeroes_bytes: (d.wzsl != 0)
+                .then(|| (4096u64 << mpsmin.min(15)).checked_shl(d.wzsl.min(40) as u32).unwrap_or(u64::MAX)),
+            dsm_ranges: nz32(d.dmrl as u32),
+            dsm_range_blocks: nz32(d.dmrsl.get()),
+            dsm_blocks: (d.dmsl.get() != 0).then_some(d.dmsl.get()),
+        }
+    }
+}
+
 struct Info {
     cntlid: u16,
     id: Box<IdentifyController>,
@@ -149,6 +178,8 @@ struct Shared {
     /// read by write zeroes and deallocate: what the controller the host is connected to now supports, not what
     /// one before a reconnect did.
     oncs: AtomicU16,
+    /// The NVM command set's limits of the current association ([`NvmLimits`]).
+    nvm_limits: Mutex<NvmLimits>,
     state: Mutex<State>,
     events: broadcast::Sender<Event>,
     shutdown: CancellationToken,
@@ -1126,9 +1157,23 @@ async fn establish(
             }
         }
         let oncs = id.oncs.get();
+        // Write Zeroes and Dataset Management limits (I/O controllers only). A status (an older target without
+        // CNS 06h) means none; a lost connection or a timeout fails the set-up as any of its commands does.
+        let limits = if is_discovery {
+            NvmLimits::default()
+        } else {
+            let mut s = SubmissionEntry::new(aop::IDENTIFY, 0);
+            s.cdw10.set(identify::CNS_CSI_CONTROLLER as u32); // CSI 00h (NVM) in CDW11 bits 31:24
+            let c = setup(&admin, s, Bytes::new(), 4096, "Identify (NVM command set controller)", deadline).await?;
+            match identify::IdentifyControllerNvm::read_from_bytes(c.data.get(..4096).unwrap_or_default()) {
+                Ok(d) if c.status().is_success() => NvmLimits::from_identify(&d, mpsmin as u32),
+                _ => NvmLimits::default(),
+            }
+        };
         *lock(&sh.info) = Info { cntlid, id, cap: capv, vs, policy: adv, effective: new_eff, instance_unknown };
         sh.max_transfer.store(max_transfer, Ordering::Release);
         sh.oncs.store(oncs, Ordering::Release);
+        *lock(&sh.nvm_limits) = limits;
         Ok::<_, Error>((opens, restarted, lost_data))
     }
     .await;
@@ -1421,6 +1466,7 @@ impl Controller {
             }),
             max_transfer: AtomicUsize::new(DEFAULT_MAX_TRANSFER),
             oncs: AtomicU16::new(0),
+            nvm_limits: Mutex::new(NvmLimits::default()),
             state: Mutex::new(State::Live),
             events: broadcast::channel(64).0,
             shutdown: CancellationToken::new(),
@@ -1722,6 +1768,11 @@ impl Controller {
     /// whole Identify data that [`Controller::identify`] makes).
     pub fn oncs(&self) -> u16 {
         self.inner.oncs.load(Ordering::Acquire)
+    }
+    /// The NVM command set's limits on Write Zeroes and Dataset Management of the current association
+    /// ([`NvmLimits`]; after a reconnect, the controller's answer then).
+    pub fn nvm_limits(&self) -> NvmLimits {
+        *lock(&self.inner.nvm_limits)
     }
     /// The options used.
     pub fn options(&self) -> &ConnectOptions {

@@ -364,7 +364,8 @@ impl Namespace {
 
     /// Zero `blocks` blocks at `lba`: afterwards they read as zeroes.
     ///
-    /// With Write Zeroes (split at 65536 blocks per command) where the controller supports it
+    /// With Write Zeroes (split at 65536 blocks per command, or the controller's Write Zeroes Size Limit,
+    /// [`crate::controller::NvmLimits`]) where the controller supports it
     /// ([`Namespace::supports_write_zeroes`]); else, as the Linux block layer's `blkdev_issue_zeroout` does, with
     /// ordinary Writes of zeroes, in pieces of the controller's transfer limit (MDTS) taken from one buffer of
     /// zeroes shared by every call (1 MiB, never written; no allocation per call or per block), at most
@@ -378,8 +379,14 @@ impl Namespace {
         let end = lba + blocks;
         let mut at = lba;
         if self.supports_write_zeroes() {
+            // 65536 blocks is the most NLB says; the controller's WZSL may say less (at least one block).
+            let per = self
+                .ctrl
+                .nvm_limits()
+                .write_zeroes_bytes
+                .map_or(65536, |b| (b / self.block_size as u64).clamp(1, 65536));
             while at < end {
-                let n = (end - at).min(65536);
+                let n = (end - at).min(per);
                 let sqe = self.rw_sqe(op::WRITE_ZEROES, at, n as u32, 0);
                 match finish(self.ctrl.io_send_for(None, sqe, Bytes::new(), 0, Some(&self.mark)).await?, "Write Zeroes")
                     .await
@@ -441,7 +448,8 @@ impl Namespace {
         out
     }
 
-    /// Deallocate (trim) `blocks` blocks at `lba` with Dataset Management.
+    /// Deallocate (trim) `blocks` blocks at `lba` with Dataset Management: ranges and commands within the
+    /// controller's limits (DMRSL, DMRL, DMSL: [`crate::controller::NvmLimits`]).
     ///
     /// A controller without Dataset Management ([`Namespace::supports_deallocate`]) gets nothing:
     /// [`Error::Unsupported`] at once. There is no stand-in (what deallocated blocks read as is the controller's
@@ -452,14 +460,30 @@ impl Namespace {
         if !self.supports_deallocate() {
             return Err(self.no_deallocate());
         }
-        let mut ranges = Vec::new();
-        let mut at = lba;
+        // Ranges of at most DMRSL blocks (and DMSL), commands of at most DMRL ranges and DMSL blocks: the
+        // controller's limits (Identify CNS 06h), where it sets them; else NLB's u32 and 256 ranges.
+        let limits = self.ctrl.nvm_limits();
+        let per_cmd = limits.dsm_blocks.unwrap_or(u64::MAX).max(1);
+        let per_range = (limits.dsm_range_blocks.unwrap_or(u32::MAX) as u64).min(per_cmd).max(1);
+        let max_ranges = limits.dsm_ranges.map_or(dsm::MAX_RANGES, |r| (r as usize).clamp(1, dsm::MAX_RANGES));
+        let mut commands: Vec<Vec<dsm::Range>> = vec![Vec::new()];
+        let (mut at, mut in_cmd) = (lba, 0u64);
         while at < lba + blocks {
-            let n = (lba + blocks - at).min(u32::MAX as u64);
-            ranges.push(dsm::Range { cattr: 0, nlb: n as u32, slba: at });
+            let n = (lba + blocks - at).min(per_range);
+            let last = commands.last().map_or(0, Vec::len);
+            if last == max_ranges || in_cmd + n > per_cmd {
+                commands.push(Vec::new());
+                in_cmd = 0;
+            }
+            commands.last_mut().unwrap_or_else(|| unreachable!("never empty")).push(dsm::Range {
+                cattr: 0,
+                nlb: n as u32,
+                slba: at,
+            });
+            in_cmd += n;
             at += n;
         }
-        for chunk in ranges.chunks(dsm::MAX_RANGES) {
+        for chunk in commands.iter().filter(|c| !c.is_empty()) {
             let mut s = SubmissionEntry::new(op::DATASET_MANAGEMENT, 0);
             s.nsid.set(self.nsid);
             s.cdw10.set(chunk.len() as u32 - 1);

@@ -76,6 +76,9 @@ struct Behaviour {
     discovery_shrink_to: Option<usize>,
     /// Refuse every Discovery log read at an offset other than 0 with Invalid Field (the log unchanged).
     discovery_refuse_offsets: bool,
+    /// The NVM command set's limits in Identify CNS 06h, (WZSL, DMRL, DMRSL), enforced: a Write Zeroes or a
+    /// Dataset Management over them gets Invalid Field.
+    nvm_limits: Option<(u8, u8, u32)>,
     /// Namespace 1 has no identifiers (an empty descriptor list, no EUI-64 or NGUID).
     no_ns_ids: bool,
     /// Close the connection, unanswered, on every Discovery log read (each new association too).
@@ -141,6 +144,7 @@ impl Default for Behaviour {
             discovery_records: 0,
             discovery_shrink_to: None,
             discovery_refuse_offsets: false,
+            nvm_limits: None,
             no_ns_ids: false,
             discovery_drop_reads: false,
             bad_r2t: None,
@@ -248,6 +252,8 @@ struct State {
     /// Write Zeroes and Dataset Management commands received (done or refused).
     write_zeroes_cmds: AtomicU32,
     dsm_cmds: AtomicU32,
+    /// The block counts of each Dataset Management command's ranges, in the order received.
+    dsm_ranges: Mutex<Vec<Vec<u32>>>,
 }
 
 struct Fake {
@@ -306,6 +312,7 @@ async fn fake(b: Behaviour) -> Fake {
         oncs: std::sync::atomic::AtomicU16::new(identify::ONCS_DSM | identify::ONCS_WRITE_ZEROES),
         write_zeroes_cmds: AtomicU32::new(0),
         dsm_cmds: AtomicU32::new(0),
+        dsm_ranges: Mutex::new(Vec::new()),
     });
     let st2 = st.clone();
     tokio::spawn(async move {
@@ -547,6 +554,14 @@ impl Conn {
                             page.copy_from_slice(ns.as_bytes());
                         }
                         identify::CNS_ACTIVE_NS_LIST => page.copy_from_slice(&identify::active_ns_list(&[1, 2])),
+                        identify::CNS_CSI_CONTROLLER => {
+                            if let Some((wzsl, dmrl, dmrsl)) = self.st.b.nvm_limits {
+                                let mut l = identify::IdentifyControllerNvm::new_zeroed();
+                                (l.wzsl, l.dmrl) = (wzsl, dmrl);
+                                l.dmrsl.set(dmrsl);
+                                page.copy_from_slice(l.as_bytes());
+                            }
+                        }
                         identify::CNS_NS_DESC_LIST if self.st.desc_list_status.lock().unwrap().is_some() => {
                             let status = self.st.desc_list_status.lock().unwrap().unwrap();
                             self.resp(cid, status, 0);
@@ -754,6 +769,15 @@ impl Conn {
                     self.r2t(cid);
                 }
             }
+            io::WRITE_ZEROES
+                if self
+                    .st
+                    .b
+                    .nvm_limits
+                    .is_some_and(|(wzsl, _, _)| wzsl != 0 && rw::nlb(&sqe) as usize * BS > 4096 << wzsl) =>
+            {
+                self.resp(cid, Status::INVALID_FIELD.with_dnr(), 0);
+            }
             io::WRITE_ZEROES => {
                 let (at, n) = (rw::slba(&sqe) as usize * BS, rw::nlb(&sqe) as usize * BS);
                 self.st.ram.lock().unwrap()[at..at + n].fill(0);
@@ -766,8 +790,28 @@ impl Conn {
                 self.writes.insert(cid, PendingWrite { sqe, buf: vec![0; n], r2t_end: 0, bad: false });
                 self.r2t(cid);
             }
-            io::FLUSH | io::DATASET_MANAGEMENT => self.resp(cid, Status::SUCCESS, 0),
+            io::DATASET_MANAGEMENT => {
+                let st = self.dsm_status(&sqe, &data);
+                self.resp(cid, st, 0)
+            }
+            io::FLUSH => self.resp(cid, Status::SUCCESS, 0),
             _ => self.resp(cid, Status::INVALID_OPCODE, 0),
+        }
+    }
+
+    /// A Dataset Management command's status: Invalid Field over the limits it was given (`nvm_limits`), each
+    /// range counted in `dsm_ranges`.
+    fn dsm_status(&self, sqe: &SubmissionEntry, data: &[u8]) -> Status {
+        let n = (sqe.cdw10.get() & 0xFF) as usize + 1;
+        let nlbs: Vec<u32> = data.chunks(16).take(n).map(|r| u32::from_le_bytes(r[4..8].try_into().unwrap())).collect();
+        self.st.dsm_ranges.lock().unwrap().push(nlbs.clone());
+        match self.st.b.nvm_limits {
+            Some((_, dmrl, dmrsl))
+                if (dmrl != 0 && n > dmrl as usize) || (dmrsl != 0 && nlbs.iter().any(|&b| b > dmrsl)) =>
+            {
+                Status::INVALID_FIELD.with_dnr()
+            }
+            _ => Status::SUCCESS,
         }
     }
 
@@ -813,7 +857,8 @@ impl Conn {
                     if w.r2t_end == w.buf.len() {
                         let w = self.writes.remove(&d.cccid).unwrap();
                         if w.sqe.opcode == io::DATASET_MANAGEMENT {
-                            self.resp(d.cccid, Status::SUCCESS, 0);
+                            let st = self.dsm_status(&w.sqe, &w.buf);
+                            self.resp(d.cccid, st, 0);
                         } else {
                             self.apply_write(&w.sqe, &w.buf);
                         }
@@ -3039,4 +3084,31 @@ async fn a_log_page_over_mdts_is_read_in_pieces_or_refused() {
         }
         c.shutdown().await.unwrap();
     }
+}
+
+/// Write Zeroes and Dataset Management are split by the controller's NVM command set limits (Identify CNS 06h:
+/// WZSL, DMRL, DMRSL), which a target enforcing them (SPDK's, say) refuses with Invalid Field: the host read none
+/// of them (found by a review). WZSL 1 is 8 KiB (16 blocks of 512 bytes); DMRL 2 ranges of DMRSL 10 blocks.
+#[tokio::test]
+async fn write_zeroes_and_deallocation_keep_to_the_controllers_limits() {
+    let f = fake(Behaviour { nvm_limits: Some((1, 2, 10)), ..Default::default() }).await;
+    let c = Controller::connect(opts(&f, 1, false)).await.unwrap();
+    assert_eq!(
+        c.nvm_limits(),
+        holdfast_host::controller::NvmLimits {
+            write_zeroes_bytes: Some(8192),
+            dsm_ranges: Some(2),
+            dsm_range_blocks: Some(10),
+            dsm_blocks: None
+        }
+    );
+    let ns = Namespace::open(&c, 1).await.unwrap();
+    ns.write(0, pattern(BS, 100), false).await.unwrap();
+    ns.write_zeroes(0, 100).await.unwrap();
+    assert_eq!(f.st.write_zeroes_cmds.load(Ordering::Relaxed), 7, "100 blocks in pieces of 16");
+    assert!(ns.read(0, 100).await.unwrap().iter().all(|&b| b == 0));
+    ns.deallocate(0, 45).await.unwrap();
+    let got = f.st.dsm_ranges.lock().unwrap().clone();
+    assert_eq!(got, vec![vec![10, 10], vec![10, 10], vec![5]], "ranges of 10 blocks, 2 a command");
+    c.shutdown().await.unwrap();
 }
