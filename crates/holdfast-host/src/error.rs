@@ -106,8 +106,9 @@ impl Error {
         }
     }
     /// True for errors caused by the path (connection) rather than the command: what another path (a
-    /// multipath layer's other controller) might not have met. [`Error::ControllerLost`] is one, and so is a
-    /// [`Error::Timeout`] (no answer on three connections), and an [`Error::Nvme`] with a path-related status
+    /// multipath layer's other controller) might not have met: a TCP connection that could not be made
+    /// ([`Error::Connect`]) or failed, [`Error::ControllerLost`], a [`Error::Timeout`] (no answer on three
+    /// connections), a command given up ([`Error::CommandAbandoned`]), and an [`Error::Nvme`] with a path-related status
     /// (SCT 3h: Asymmetric Access Inaccessible or Persistent Loss, which exist to send a host to another
     /// path, Internal Path Error, Controller or Host Pathing Error); [`Error::is_retryable`] says which of
     /// them this controller may still do.
@@ -116,7 +117,8 @@ impl Error {
             Error::Nvme { status, .. } => status.is_path_error(),
             _ => matches!(
                 self,
-                Error::Transport { .. }
+                Error::Connect { .. }
+                    | Error::Transport { .. }
                     | Error::Protocol { .. }
                     | Error::Timeout { .. }
                     | Error::NotConnected(_)
@@ -143,3 +145,26 @@ impl Error {
 
 /// Result alias.
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which errors another path might not meet, and which this controller may still do.
+    #[test]
+    fn path_errors_and_retryable_ones() {
+        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let cases = [
+            (Error::Connect { addr: "a".into(), io: io() }, true, false),
+            (Error::Transport { addr: "a".into(), qid: 1, io: io() }, true, false),
+            (Error::PathError("x".into()), true, true),
+            (Error::CommandAbandoned("x".into()), true, false),
+            (Error::Nvme { command: "Read", status: Status::ANA_INACCESSIBLE }, true, false),
+            (Error::Nvme { command: "Read", status: Status::INVALID_FIELD }, false, false),
+            (Error::Invalid("x".into()), false, false),
+        ];
+        for (e, path, retry) in cases {
+            assert_eq!((e.is_path_error(), e.is_retryable()), (path, retry), "{e:?}");
+        }
+    }
+}
