@@ -225,6 +225,10 @@ pub fn claim_io_queue(ctrl: &Controller, qid: u16, take: bool) -> Result<(), Sta
         if !take {
             return Ok(());
         }
+        // Granted at its Connect; a Set Features Number of Queues while it authenticated may have granted fewer.
+        if qid > st.io_queues_granted {
+            return Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+        }
         st.live_qids.insert(qid);
         st.io_queue_connected = true;
     }
