@@ -1833,13 +1833,18 @@ impl Controller {
     /// increasing offsets, each a whole number of dwords, if the controller takes offsets (Identify Controller
     /// LPA bit 2), else refused with [`Error::Invalid`]: sent as one command, a target that enforces MDTS ends
     /// the connection over it, and a Get Log Page is issued again after every reconnect. A piece cut short
-    /// ends the read there. The pieces are separate commands: a log that changes meanwhile may be read half
+    /// ends the read there (the page is shorter). The pieces are separate commands: a log that changes meanwhile may be read half
     /// before and half after (a log with a generation counter is read again if it moved).
     pub async fn log_page(&self, lid: u8, nsid: u32, len: usize) -> Result<Bytes> {
         self.check()?;
+        // Get Log Page counts in dwords (NUMD): a length that is not a whole number of them is asked for
+        // rounded up (a controller transfers NUMD dwords, and refuses an SGL of another length), then cut.
+        let asked = len.div_ceil(4) * 4;
         let piece = self.max_transfer() & !3;
-        if len <= piece {
-            return get_log_page(&self.inner.admin, lid, nsid, len, 0).await;
+        if asked <= piece {
+            let mut page = get_log_page(&self.inner.admin, lid, nsid, asked, 0).await?;
+            page.truncate(len);
+            return Ok(page);
         }
         if self.identify().lpa & holdfast_proto::identify::LPA_EXTENDED_DATA == 0 {
             return Err(Error::Invalid(format!(
@@ -1848,16 +1853,17 @@ impl Controller {
                 self.max_transfer()
             )));
         }
-        let mut log = bytes::BytesMut::with_capacity(len);
-        while log.len() < len {
-            let n = piece.min(len - log.len());
+        let mut log = bytes::BytesMut::with_capacity(asked);
+        while log.len() < asked {
+            let n = piece.min(asked - log.len());
+            // Every piece but the last is `piece` long, a whole number of dwords: the next offset is one too.
             let part = get_log_page(&self.inner.admin, lid, nsid, n, log.len() as u64).await?;
-            let whole = part.len() & !3;
-            log.extend_from_slice(&part[..if part.len() < n { part.len() } else { whole }]);
-            if part.len() < n || whole == 0 {
+            log.extend_from_slice(&part);
+            if part.len() < n {
                 break;
             }
         }
+        log.truncate(len);
         Ok(log.freeze())
     }
 

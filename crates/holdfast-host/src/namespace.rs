@@ -466,29 +466,25 @@ impl Namespace {
         let per_cmd = limits.dsm_blocks.unwrap_or(u64::MAX).max(1);
         let per_range = (limits.dsm_range_blocks.unwrap_or(u32::MAX) as u64).min(per_cmd).max(1);
         let max_ranges = limits.dsm_ranges.map_or(dsm::MAX_RANGES, |r| (r as usize).clamp(1, dsm::MAX_RANGES));
-        let mut commands: Vec<Vec<dsm::Range>> = vec![Vec::new()];
-        let (mut at, mut in_cmd) = (lba, 0u64);
-        while at < lba + blocks {
-            let n = (lba + blocks - at).min(per_range);
-            let last = commands.last().map_or(0, Vec::len);
-            if last == max_ranges || in_cmd + n > per_cmd {
-                commands.push(Vec::new());
-                in_cmd = 0;
+        // One command at a time, built as it goes (a controller allowing small ranges would otherwise have the
+        // ranges of a whole namespace built up front).
+        let (end, mut at) = (lba + blocks, lba);
+        while at < end {
+            let mut ranges = Vec::new();
+            let mut in_cmd = 0u64;
+            while at < end && ranges.len() < max_ranges {
+                let n = (end - at).min(per_range);
+                if in_cmd + n > per_cmd {
+                    break;
+                }
+                ranges.push(dsm::Range { cattr: 0, nlb: n as u32, slba: at });
+                (in_cmd, at) = (in_cmd + n, at + n);
             }
-            commands.last_mut().unwrap_or_else(|| unreachable!("never empty")).push(dsm::Range {
-                cattr: 0,
-                nlb: n as u32,
-                slba: at,
-            });
-            in_cmd += n;
-            at += n;
-        }
-        for chunk in commands.iter().filter(|c| !c.is_empty()) {
             let mut s = SubmissionEntry::new(op::DATASET_MANAGEMENT, 0);
             s.nsid.set(self.nsid);
-            s.cdw10.set(chunk.len() as u32 - 1);
+            s.cdw10.set(ranges.len() as u32 - 1);
             s.cdw11.set(dsm::AD);
-            let data: Vec<u8> = chunk.iter().flat_map(|r| r.encode()).collect();
+            let data: Vec<u8> = ranges.iter().flat_map(|r| r.encode()).collect();
             finish(self.ctrl.io_send_for(None, s, Bytes::from(data), 0, Some(&self.mark)).await?, "Dataset Management")
                 .await?;
         }

@@ -3078,6 +3078,9 @@ async fn a_log_page_over_mdts_is_read_in_pieces_or_refused() {
             let log = r.unwrap();
             assert_eq!((log.len(), reads), (16384, 2), "two pieces of 8 KiB");
             assert_eq!(log[8192 + 2], 2, "the second piece is the records from 8 KiB on (SUBTYPE 2), not the header");
+            // A length that is not a whole number of dwords: its last piece (2 bytes) too.
+            let odd = c.log_page(LID_DISCOVERY, 0, 16386).await.unwrap();
+            assert_eq!((odd.len(), &odd[..16384]), (16386, &log[..]));
         } else {
             assert!(matches!(&r, Err(Error::Invalid(m)) if m.contains("transfer limit")), "{r:?}");
             assert_eq!(reads, 0, "nothing sent");
