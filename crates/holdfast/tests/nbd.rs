@@ -451,6 +451,25 @@ fn a_forced_stop_exits_with_an_error() {
     drop((c, t));
 }
 
+/// A client stopped half way through an option's data does not hold up a stop: at SIGTERM a client still
+/// negotiating has a moment to finish its option, then is closed, and the bridge exits 0 (it kept the
+/// handshake's 60 s, past the 30 s drain, and the stop ended forced, exit 1: found by a review).
+#[test]
+fn a_client_half_way_through_an_option_does_not_hold_up_a_stop() {
+    let t = TargetProc::start(&["--nqn", NQN, "--ram-mib", "1"]);
+    let mut b = Bridge::start(&t, &[]);
+    let mut c = Client::connect(b.port, 0b11);
+    let mut h = IHAVEOPT.to_vec();
+    h.extend_from_slice(&OPT_GO.to_be_bytes());
+    h.extend_from_slice(&100u32.to_be_bytes());
+    h.extend_from_slice(&[0u8; 10]); // 10 of the 100 bytes promised
+    c.s.write_all(&h).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(Command::new("kill").args(["-TERM", &b.child.id().to_string()]).status().unwrap().success());
+    assert_eq!(exit_within(&mut b.child, Duration::from_secs(20)), Some(0), "the stop was held up or forced");
+    drop((c, t));
+}
+
 /// Once the controller is lost for good (the target gone past ctrl_loss_tmo), the bridge stops with an error
 /// that says so, instead of serving an export that fails every request to every client that connects.
 #[test]

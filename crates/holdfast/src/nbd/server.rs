@@ -26,6 +26,8 @@ pub const MAX_REQUEST: u32 = 32 << 20;
 const MAX_OPTION: u32 = 64 * 1024;
 /// Time a client has from connecting to entering the transmission phase.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// At shutdown, how long a client still negotiating may take to finish the option it is on ([`serve`]).
+const HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
 /// Bytes of request data (a write's payload, a read's answer) all connections together may hold at once.
 /// A connection whose next request does not fit waits before reading it (its payload included).
 pub const INFLIGHT_BYTES: usize = 512 << 20;
@@ -262,9 +264,19 @@ where
 {
     let (rd, wr) = tokio::io::split(stream);
     let (mut rd, mut wr) = (BufReader::new(rd), BufWriter::with_capacity(256 * 1024, wr));
-    let go = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut rd, &mut wr, &export, &shutdown))
-        .await
-        .map_err(|_| anyhow::anyhow!("no export chosen within {HANDSHAKE_TIMEOUT:?} of connecting"))??;
+    // At shutdown a client still negotiating has HANDSHAKE_GRACE to finish the option it is on (answered
+    // NBD_REP_ERR_SHUTDOWN), then is closed: one stopped half way through an option's data (or not reading its
+    // replies) held the handshake's own 60 s, past the bridge's 30 s drain, which then ended in a forced stop
+    // and exit 1 (found by a review). It has no request outstanding, so nothing is lost.
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(HANDSHAKE_GRACE).await;
+    };
+    let go = tokio::select! {
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut rd, &mut wr, &export, &shutdown)) => r
+            .map_err(|_| anyhow::anyhow!("no export chosen within {HANDSHAKE_TIMEOUT:?} of connecting"))??,
+        _ = grace => return Ok(()),
+    };
     let Some(align) = go else {
         return Ok(());
     };
