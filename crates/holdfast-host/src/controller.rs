@@ -273,7 +273,7 @@ impl Shared {
     }
 
     /// Why the controller does not accept I/O now, if it does not (failed, or failing fast): what a command
-    /// refused for it fails with ([`Controller::check`], [`Backlogged::queue`]).
+    /// refused for it fails with ([`Controller::check`], [`Shared::refused`]).
     #[cold]
     #[inline(never)]
     fn not_accepting(&self) -> Option<Error> {
@@ -286,12 +286,25 @@ impl Shared {
         }
     }
 
-    /// The error for a command its namespace's mark (`gone`, set) kept out of the submission channel.
+    /// Is a command for the namespace marked `ns` kept out of a submission channel now? Asked under the
+    /// channel's lock ([`submit::Sender::try_send_unless`], [`submit::Sender::send_unless`]): its namespace is
+    /// gone, or the controller does not accept I/O (failed, or failing fast). The supervisor turns `accepting`
+    /// off before it fails what the channels hold at fast_io_fail_tmo, under that lock, so a command that passed
+    /// [`Controller::check`] just before is either among those failed or refused here, never left to wait out
+    /// the next reconnect attempt.
+    fn refuses(&self, ns: Option<&NsMark>) -> bool {
+        ns.is_some_and(|m| m.gone.get().is_some()) || !self.accepting.load(Ordering::Acquire)
+    }
+
+    /// The error for a command [`Shared::refuses`] kept out: its namespace gone, or why the controller does not
+    /// accept I/O.
     #[cold]
     #[inline(never)]
     fn refused(&self, cmd: &Command, ns: Option<&NsMark>) -> Error {
-        let why = ns.and_then(|m| m.gone.get()).map_or("is gone", |w| w.as_str());
-        crate::namespace::gone_error(cmd.sqe.nsid.get(), &self.opts.subnqn, why)
+        match ns.and_then(|m| m.gone.get()) {
+            Some(why) => crate::namespace::gone_error(cmd.sqe.nsid.get(), &self.opts.subnqn, why),
+            None => self.not_accepting().unwrap_or_else(closed),
+        }
     }
 }
 
@@ -451,14 +464,11 @@ impl Backlogged<'_> {
     /// Wait for room and queue the command; then the completion comes through the returned [`Reply`].
     pub async fn queue(self) -> Result<Reply> {
         let Backlogged { sh, tx, ns, cmd, rx } = self;
-        let gone = || ns.is_some_and(|m| m.gone.get().is_some());
-        // Nor once the controller fails fast: a caller that waited for room through the outage would otherwise
-        // be let in by the queued commands failed at fast_io_fail_tmo, and wait out the next reconnect attempt.
-        let refused = || gone() || !sh.accepting.load(Ordering::Acquire);
-        match tx.send_unless(*cmd, refused).await {
+        // Asked at every try: a caller that waited for room through the outage would otherwise be let in by the
+        // queued commands failed at fast_io_fail_tmo, and wait out the next reconnect attempt.
+        match tx.send_unless(*cmd, || sh.refuses(ns)).await {
             Ok(()) => Ok(rx),
-            Err(submit::TrySendError::Refused(c)) if gone() => Err(sh.refused(&c, ns)),
-            Err(submit::TrySendError::Refused(_)) => Err(sh.not_accepting().unwrap_or_else(closed)),
+            Err(submit::TrySendError::Refused(c)) => Err(sh.refused(&c, ns)),
             Err(_) => Err(sh.closed_error()),
         }
     }
@@ -1526,12 +1536,11 @@ impl Controller {
     /// [`Error::Invalid`] before it is sent (a target that enforces MDTS ends the connection over it).
     pub async fn admin(&self, sqe: SubmissionEntry, data_out: Bytes, data_in_len: usize) -> Result<Completion> {
         self.check()?;
-        let limit = self.max_transfer();
-        if data_out.len().max(data_in_len) > limit {
+        let (len, limit) = (data_out.len().max(data_in_len), self.max_transfer());
+        if len > limit {
             return Err(Error::Invalid(format!(
-                "{}: {} bytes is more than the controller's transfer limit ({limit} bytes)",
-                command_name(&sqe, true),
-                data_out.len().max(data_in_len)
+                "{}: {len} bytes is more than the controller's transfer limit ({limit} bytes)",
+                command_name(&sqe, true)
             )));
         }
         let replayable =
@@ -1657,18 +1666,12 @@ impl Controller {
         let (cmd, rx) =
             command(sqe, data_out, data_in_len, command_name(&sqe, false), replayable, ns.map_or(0, |m| m.tag))?;
         let tx = &self.inner.io[i];
-        let gone = || ns.is_some_and(|m| m.gone.get().is_some());
-        // `accepting` again under the channel's lock: the supervisor turns it off before it fails what the
-        // channels hold at fast_io_fail_tmo (under that lock), so a command that passed `check` just before is
-        // either among those failed or refused here, never left to wait out the next reconnect attempt.
-        let refuse = || gone() || !self.inner.accepting.load(Ordering::Acquire);
-        Ok(match tx.try_send_unless(cmd, refuse) {
+        Ok(match tx.try_send_unless(cmd, || self.inner.refuses(ns)) {
             Ok(()) => Submitted::Queued(rx),
             Err(submit::TrySendError::Full(cmd)) => {
                 Submitted::Full(Backlogged { sh: &self.inner, tx, ns, cmd: Box::new(cmd), rx })
             }
-            Err(submit::TrySendError::Refused(cmd)) if gone() => return Err(self.inner.refused(&cmd, ns)),
-            Err(submit::TrySendError::Refused(_)) => return Err(self.inner.not_accepting().unwrap_or_else(closed)),
+            Err(submit::TrySendError::Refused(cmd)) => return Err(self.inner.refused(&cmd, ns)),
             Err(submit::TrySendError::Closed(_)) => return Err(self.inner.closed_error()),
         })
     }
@@ -1691,7 +1694,7 @@ impl Controller {
         let (second_cmd, second_rx) = command(second.0, second.1, 0, command_name(&second.0, false), false, ns.tag)?;
         cmd.fused = Some(Box::new(second_cmd));
         let tx = &self.inner.io[i];
-        let rx = match tx.try_send_unless(cmd, || ns.gone.get().is_some()) {
+        let rx = match tx.try_send_unless(cmd, || self.inner.refuses(Some(ns))) {
             Ok(()) => rx,
             Err(submit::TrySendError::Full(cmd)) => {
                 Backlogged { sh: &self.inner, tx, ns: Some(ns), cmd: Box::new(cmd), rx }.queue().await?
@@ -1833,8 +1836,9 @@ impl Controller {
     /// increasing offsets, each a whole number of dwords, if the controller takes offsets (Identify Controller
     /// LPA bit 2), else refused with [`Error::Invalid`]: sent as one command, a target that enforces MDTS ends
     /// the connection over it, and a Get Log Page is issued again after every reconnect. A piece cut short
-    /// ends the read there (the page is shorter). The pieces are separate commands: a log that changes meanwhile may be read half
-    /// before and half after (a log with a generation counter is read again if it moved).
+    /// ends the read there (the page is shorter). The pieces are separate commands: a log that changes
+    /// meanwhile may be read half before and half after (a log with a generation counter is read again if it
+    /// moved).
     pub async fn log_page(&self, lid: u8, nsid: u32, len: usize) -> Result<Bytes> {
         self.check()?;
         // Get Log Page counts in dwords (NUMD): a length that is not a whole number of them is asked for
@@ -2196,8 +2200,6 @@ async fn check_changed_namespaces(
     }
 }
 
-/// Set Features Keep Alive Timer (FID 0Fh) to `kato`: how an association adopts another KATO than its Connect
-/// carried, at a reconnect or on a policy-changed event.
 /// Set Features Volatile Write Cache (06h): the cache on (WCE, CDW11 bit 0) or off.
 fn set_vwc(enabled: bool) -> SubmissionEntry {
     let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
@@ -2206,6 +2208,8 @@ fn set_vwc(enabled: bool) -> SubmissionEntry {
     s
 }
 
+/// Set Features Keep Alive Timer (FID 0Fh) to `kato`: how an association adopts another KATO than its Connect
+/// carried, at a reconnect or on a policy-changed event.
 fn set_kato(kato: Duration) -> SubmissionEntry {
     let mut s = SubmissionEntry::new(aop::SET_FEATURES, 0);
     s.cdw10.set(holdfast_proto::features::KEEP_ALIVE_TIMER as u32);
