@@ -375,9 +375,14 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 /// (whose the socket file is). Checked on every connection, so that a permissive umask before the socket's
 /// mode was set, or a path in a directory others may write, gives no one else the target's controls.
 pub fn peer_allowed(stream: &tokio::net::UnixStream) -> bool {
+    stream.peer_cred().is_ok_and(|c| trusted_user(c.uid()))
+}
+
+/// Is `uid` one the control socket trusts, either way: root, or the user this process runs as. The target
+/// answers only such a peer ([`peer_allowed`]); `target-ctl` talks only to a socket file such a user owns.
+pub fn trusted_user(uid: u32) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    stream.peer_cred().is_ok_and(|c| c.uid() == 0 || c.uid() == me)
+    uid == 0 || uid == unsafe { libc::geteuid() }
 }
 
 /// A `reload` asked for on the control socket: the one who runs the target reloads its configuration (as on

@@ -125,9 +125,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     // there (owned by neither this user nor root) is not the target's, and is not talked to.
     if let Ok(m) = std::fs::symlink_metadata(&path) {
         use std::os::unix::fs::MetadataExt;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let me = unsafe { libc::geteuid() };
-        if m.uid() != 0 && m.uid() != me {
+        if !holdfast_target::control::trusted_user(m.uid()) {
             anyhow::bail!(
                 "{} belongs to user {}, not to this user or root: not a target's control socket of ours, left alone",
                 path.display(),
